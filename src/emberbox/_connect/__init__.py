@@ -1,0 +1,1 @@
+"""Connect protocol (JSON codec) pieces shared by envd's server side and our clients."""

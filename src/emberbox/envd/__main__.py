@@ -1,0 +1,63 @@
+"""``emberbox-envd``: the daemon inside every sandbox (E2B envd wire protocol on port 49983)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+DEFAULT_PORT = 49983
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="emberbox-envd", description=__doc__)
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument(
+        "--access-token",
+        default=os.environ.get("EMBERBOX_ENVD_ACCESS_TOKEN"),
+        help="require this X-Access-Token (also settable by POST /init)",
+    )
+    parser.add_argument("--default-user", help="user for requests that name none")
+    parser.add_argument("--default-workdir", help="cwd for processes that name none")
+    parser.add_argument(
+        "--max-upload-mb", type=int, default=None, help="refuse uploads above this size (413)"
+    )
+    parser.add_argument(
+        "--sync-clock", action="store_true", help="set the clock from /init (inside sandboxes)"
+    )
+    parser.add_argument("--log-level", default="warning")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s %(message)s")
+
+    import uvicorn
+
+    from .app import create_app
+    from .state import EnvdState
+
+    state = EnvdState(
+        access_token=args.access_token or None,
+        default_user=args.default_user,
+        default_workdir=args.default_workdir,
+        max_upload_bytes=args.max_upload_mb * 1024 * 1024 if args.max_upload_mb else None,
+        sync_clock=args.sync_clock,
+    )
+    uvicorn.run(
+        create_app(state),
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level=args.log_level,
+        timeout_keep_alive=310,  # outlive the SDKs' 300 s pool keepalive
+    )
+
+
+if __name__ == "__main__":
+    main()

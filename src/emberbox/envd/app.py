@@ -1,0 +1,121 @@
+"""Assembles envd: Connect RPCs, plain-HTTP routes, access-token checks, JSON errors."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .._connect.errors import Code, ConnectError
+from . import files, system
+from .filesystem.service import FilesystemService
+from .http_errors import UNAUTHORIZED_MESSAGE, HTTPProblem, problem_response
+from .metrics import MetricsSampler
+from .process.manager import ProcessManager
+from .process.service import ProcessService
+from .rpc import ConnectApp
+from .state import EnvdState
+
+# Reachable without X-Access-Token: health probes, /files (token or signature, checked there),
+# and /init (checks the current token itself).
+_OPEN_PATHS = {"/health", "/files", "/init"}
+_RPC_PATH = re.compile(r"^/[a-z][\w]*\.[A-Z]\w*/\w+$")
+
+
+class AccessTokenMiddleware:
+    def __init__(self, app: ASGIApp, state: EnvdState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and self.state.access_token
+            and scope["path"] not in _OPEN_PATHS
+            and not self.state.token_ok(Headers(scope=scope).get("x-access-token"))
+        ):
+            await problem_response(401, UNAUTHORIZED_MESSAGE)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+class EnvdApp:
+    """Top-level ASGI app: Connect paths go to :class:`ConnectApp`, the rest to Starlette."""
+
+    def __init__(self, state: EnvdState) -> None:
+        self.state = state
+        self.processes = ProcessManager(state)
+        self.filesystem = FilesystemService(state)
+        self.rpc = ConnectApp(
+            {**ProcessService(state, self.processes).methods(), **self.filesystem.methods()}
+        )
+        sampler = MetricsSampler()
+
+        def bind(
+            fn: Callable[..., Awaitable[Response]], first: Any
+        ) -> Callable[[Request], Awaitable[Response]]:
+            return functools.partial(fn, first)
+
+        routes = [
+            Route("/health", system.health, methods=["GET", "HEAD"]),
+            Route("/init", bind(system.init, state), methods=["POST"]),
+            Route("/envs", bind(system.envs, state), methods=["GET"]),
+            Route("/metrics", bind(system.metrics, sampler), methods=["GET"]),
+            Route("/files", bind(files.download, state), methods=["GET", "HEAD"]),
+            Route("/files", bind(files.upload, state), methods=["POST"]),
+        ]
+        self.http = Starlette(
+            routes=routes,
+            exception_handlers={HTTPProblem: _problem, HTTPException: _http_exception},
+            lifespan=self._lifespan,
+        )
+        self._asgi = AccessTokenMiddleware(self._dispatch, state)
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            self.processes.kill_all()
+            self.filesystem.close()
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path = scope["path"]
+            if self.rpc.handles(path):
+                await self.rpc(scope, receive, send)
+                return
+            if _RPC_PATH.match(path):
+                err = ConnectError(Code.UNIMPLEMENTED, f"unknown procedure {path}")
+                await Response(err.to_json(), 404, media_type="application/json")(
+                    scope, receive, send
+                )
+                return
+        await self.http(scope, receive, send)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._asgi(scope, receive, send)
+
+
+async def _problem(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPProblem)
+    return problem_response(exc.status, exc.message)
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return problem_response(exc.status_code, exc.detail)
+
+
+def create_app(state: EnvdState | None = None) -> EnvdApp:
+    return EnvdApp(state or EnvdState())

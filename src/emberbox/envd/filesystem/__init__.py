@@ -1,0 +1,1 @@
+"""The ``filesystem.Filesystem`` service: stat, list, move, remove, watch."""

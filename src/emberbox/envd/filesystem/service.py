@@ -1,0 +1,207 @@
+"""``filesystem.Filesystem`` RPC handlers.
+
+envd runs as root and acts on the whole sandbox filesystem; the requesting user decides how
+relative paths resolve and who owns what envd creates (the same contract as E2B's envd).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator
+
+from ..._connect.errors import Code, ConnectError
+from ..._proto.filesystem import filesystem_pb2 as pb
+from ..rpc import Kind, RpcContext, RpcMethod
+from ..state import EnvdState
+from ..users import User, make_dirs, resolve_path, resolve_user, username_from_basic
+from .entries import entry_info
+from .watcher import DirWatcher, check_watchable
+
+
+def os_error(exc: OSError, path: str) -> ConnectError:
+    """One translation of filesystem errors into Connect codes for every handler."""
+    if exc.errno == errno.ENOENT:
+        return ConnectError(Code.NOT_FOUND, f"path '{path}' does not exist")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return ConnectError(Code.PERMISSION_DENIED, f"permission denied: '{path}'")
+    if exc.errno == errno.ENOTDIR:
+        return ConnectError(Code.INVALID_ARGUMENT, f"a component of '{path}' is not a directory")
+    if exc.errno == errno.EEXIST:
+        return ConnectError(Code.ALREADY_EXISTS, f"path '{path}' already exists")
+    if exc.errno == errno.ENOSPC:
+        return ConnectError(Code.RESOURCE_EXHAUSTED, f"not enough disk space for '{path}'")
+    if exc.errno == errno.ENAMETOOLONG:
+        return ConnectError(Code.INVALID_ARGUMENT, f"path too long: '{path}'")
+    return ConnectError(Code.INTERNAL, f"{exc.strerror or exc}: '{path}'")
+
+
+def _list(root: str, shown_root: str, depth: int) -> list[pb.EntryInfo]:
+    entries: list[pb.EntryInfo] = []
+
+    def walk(real: str, shown: str, level: int) -> None:
+        try:
+            with os.scandir(real) as it:
+                items = sorted(it, key=lambda e: e.name)
+        except OSError:
+            return  # unreadable subdirectory: list what we can
+        for item in items:
+            try:
+                st = item.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            shown_path = os.path.join(shown, item.name)
+            entries.append(entry_info(item.path, st, item.name))
+            entries[-1].path = shown_path
+            if level < depth and item.is_dir(follow_symlinks=False):
+                walk(item.path, shown_path, level + 1)
+
+    walk(root, shown_root, 1)
+    return entries
+
+
+class FilesystemService:
+    def __init__(self, state: EnvdState) -> None:
+        self.state = state
+        self._watchers: dict[str, DirWatcher] = {}
+
+    def methods(self) -> dict[str, RpcMethod]:
+        def keepalive() -> pb.WatchDirResponse:
+            return pb.WatchDirResponse(keepalive=pb.WatchDirResponse.KeepAlive())
+
+        p = "/filesystem.Filesystem/"
+        return {
+            p + "Stat": RpcMethod(Kind.UNARY, pb.StatRequest, self.stat),
+            p + "MakeDir": RpcMethod(Kind.UNARY, pb.MakeDirRequest, self.make_dir),
+            p + "Move": RpcMethod(Kind.UNARY, pb.MoveRequest, self.move),
+            p + "ListDir": RpcMethod(Kind.UNARY, pb.ListDirRequest, self.list_dir),
+            p + "Remove": RpcMethod(Kind.UNARY, pb.RemoveRequest, self.remove),
+            p + "WatchDir": RpcMethod(
+                Kind.SERVER_STREAM, pb.WatchDirRequest, self.watch_dir, keepalive
+            ),
+            p + "CreateWatcher": RpcMethod(
+                Kind.UNARY, pb.CreateWatcherRequest, self.create_watcher
+            ),
+            p + "GetWatcherEvents": RpcMethod(
+                Kind.UNARY, pb.GetWatcherEventsRequest, self.get_watcher_events
+            ),
+            p + "RemoveWatcher": RpcMethod(
+                Kind.UNARY, pb.RemoveWatcherRequest, self.remove_watcher
+            ),
+        }
+
+    def _user_path(self, ctx: RpcContext, path: str) -> tuple[User, str]:
+        user = resolve_user(self.state, username_from_basic(ctx.headers))
+        return user, resolve_path(path, user)
+
+    async def stat(self, request: pb.StatRequest, ctx: RpcContext) -> pb.StatResponse:
+        _, path = self._user_path(ctx, request.path)
+        try:
+            return pb.StatResponse(entry=entry_info(path))
+        except OSError as exc:
+            raise os_error(exc, path) from exc
+
+    async def make_dir(self, request: pb.MakeDirRequest, ctx: RpcContext) -> pb.MakeDirResponse:
+        user, path = self._user_path(ctx, request.path)
+        if os.path.lexists(path):
+            if os.path.isdir(path):
+                raise ConnectError(Code.ALREADY_EXISTS, f"directory '{path}' already exists")
+            raise ConnectError(
+                Code.INVALID_ARGUMENT, f"path '{path}' exists and is not a directory"
+            )
+        try:
+            make_dirs(path, user)
+            return pb.MakeDirResponse(entry=entry_info(path))
+        except OSError as exc:
+            raise os_error(exc, path) from exc
+
+    async def move(self, request: pb.MoveRequest, ctx: RpcContext) -> pb.MoveResponse:
+        user, source = self._user_path(ctx, request.source)
+        destination = resolve_path(request.destination, user)
+        if not os.path.lexists(source):
+            raise ConnectError(Code.NOT_FOUND, f"source '{source}' does not exist")
+        try:
+            make_dirs(os.path.dirname(destination), user)
+            await asyncio.to_thread(shutil.move, source, destination)
+            return pb.MoveResponse(entry=entry_info(destination))
+        except OSError as exc:
+            raise os_error(exc, destination) from exc
+
+    async def list_dir(self, request: pb.ListDirRequest, ctx: RpcContext) -> pb.ListDirResponse:
+        _, path = self._user_path(ctx, request.path)
+        depth = max(request.depth, 1)
+        try:
+            real = os.path.realpath(path, strict=True)
+        except OSError as exc:
+            raise os_error(exc, path) from exc
+        if not os.path.isdir(real):
+            raise ConnectError(Code.INVALID_ARGUMENT, f"path '{path}' is not a directory")
+        entries = await asyncio.to_thread(_list, real, path, depth)
+        return pb.ListDirResponse(entries=entries)
+
+    async def remove(self, request: pb.RemoveRequest, ctx: RpcContext) -> pb.RemoveResponse:
+        _, path = self._user_path(ctx, request.path)
+        if path == "/":
+            raise ConnectError(Code.INVALID_ARGUMENT, "refusing to remove '/'")
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                await asyncio.to_thread(shutil.rmtree, path)
+            else:
+                os.unlink(path)
+        except FileNotFoundError:
+            pass  # remove-all semantics: a missing path is already removed
+        except OSError as exc:
+            raise os_error(exc, path) from exc
+        return pb.RemoveResponse()
+
+    def _watcher(
+        self, ctx: RpcContext, request: pb.WatchDirRequest | pb.CreateWatcherRequest
+    ) -> DirWatcher:
+        _, path = self._user_path(ctx, request.path)
+        check_watchable(path, request.allow_network_mounts)
+        return DirWatcher(path, request.recursive, request.include_entry)
+
+    async def watch_dir(
+        self, request: pb.WatchDirRequest, ctx: RpcContext
+    ) -> AsyncIterator[pb.WatchDirResponse]:
+        watcher = self._watcher(ctx, request)
+        try:
+            yield pb.WatchDirResponse(start=pb.WatchDirResponse.StartEvent())
+            while True:
+                event = await watcher.queue.get()
+                yield pb.WatchDirResponse(filesystem=event)
+        finally:
+            watcher.close()
+
+    async def create_watcher(
+        self, request: pb.CreateWatcherRequest, ctx: RpcContext
+    ) -> pb.CreateWatcherResponse:
+        watcher_id = uuid.uuid4().hex
+        self._watchers[watcher_id] = self._watcher(ctx, request)
+        return pb.CreateWatcherResponse(watcher_id=watcher_id)
+
+    def _get_watcher(self, watcher_id: str) -> DirWatcher:
+        watcher = self._watchers.get(watcher_id)
+        if watcher is None:
+            raise ConnectError(Code.NOT_FOUND, f"watcher '{watcher_id}' not found")
+        return watcher
+
+    async def get_watcher_events(
+        self, request: pb.GetWatcherEventsRequest, ctx: RpcContext
+    ) -> pb.GetWatcherEventsResponse:
+        return pb.GetWatcherEventsResponse(events=self._get_watcher(request.watcher_id).drain())
+
+    async def remove_watcher(
+        self, request: pb.RemoveWatcherRequest, ctx: RpcContext
+    ) -> pb.RemoveWatcherResponse:
+        self._get_watcher(request.watcher_id).close()
+        del self._watchers[request.watcher_id]
+        return pb.RemoveWatcherResponse()
+
+    def close(self) -> None:
+        for watcher in self._watchers.values():
+            watcher.close()
+        self._watchers.clear()

@@ -1,0 +1,1 @@
+"""The ``process.Process`` service: spawning, streaming, input and signals."""

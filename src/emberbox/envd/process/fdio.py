@@ -1,0 +1,93 @@
+"""Non-blocking file-descriptor plumbing on the event loop (pipes and PTY masters)."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+from collections.abc import Callable
+
+READ_CHUNK = 64 * 1024
+
+
+def set_nonblocking(fd: int) -> None:
+    os.set_blocking(fd, False)
+
+
+def read_available(fd: int) -> tuple[list[bytes], bool]:
+    """Everything readable right now, and whether the writer side is gone (EOF / PTY EIO)."""
+    chunks: list[bytes] = []
+    while True:
+        try:
+            data = os.read(fd, READ_CHUNK)
+        except BlockingIOError:
+            return chunks, False
+        except OSError as exc:
+            if exc.errno == errno.EIO:  # PTY master after the last slave fd closed
+                return chunks, True
+            raise
+        if not data:
+            return chunks, True
+        chunks.append(data)
+        if len(data) < READ_CHUNK:
+            return chunks, False
+
+
+class FdReader:
+    """Calls ``on_data`` with each chunk and ``on_eof`` once; owns and closes the fd."""
+
+    def __init__(
+        self, fd: int, on_data: Callable[[bytes], None], on_eof: Callable[[], None]
+    ) -> None:
+        self.fd = fd
+        self._on_data = on_data
+        self._on_eof = on_eof
+        self._loop = asyncio.get_running_loop()
+        self.closed = False
+        set_nonblocking(fd)
+        self._loop.add_reader(fd, self._readable)
+
+    def _readable(self) -> None:
+        try:
+            chunks, eof = read_available(self.fd)
+        except OSError:
+            chunks, eof = [], True
+        for chunk in chunks:
+            self._on_data(chunk)
+        if eof:
+            self.close()
+
+    def drain_and_close(self) -> None:
+        """Take what is buffered now and stop; used when the process has exited."""
+        if not self.closed:
+            self._readable()
+        self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._loop.remove_reader(self.fd)
+        os.close(self.fd)
+        self._on_eof()
+
+
+async def write_all(fd: int, data: bytes) -> None:
+    """Write every byte to a non-blocking fd, waiting for writability instead of blocking."""
+    loop = asyncio.get_running_loop()
+    view = memoryview(data)
+    while view:
+        try:
+            written = os.write(fd, view)
+            view = view[written:]
+        except BlockingIOError:
+            ready = loop.create_future()
+            loop.add_writer(fd, ready.set_result, None)
+            try:
+                await ready
+            finally:
+                loop.remove_writer(fd)
+        except OSError as exc:
+            if exc.errno in (errno.EPIPE, errno.EBADF):
+                raise BrokenPipeError("stdin of the process is closed") from exc
+            raise

@@ -1,0 +1,336 @@
+"""Running processes: spawn, fan output out to subscribers, buffer it while nobody listens.
+
+Each process runs in its own process group so that a signal reaches the whole command tree
+(``bash -c 'a | b'`` included). Exit is observed through a pidfd on the event loop, so no
+thread or SIGCHLD handler is involved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import struct
+import subprocess
+import termios
+from dataclasses import dataclass
+
+from ..._connect.errors import Code, ConnectError
+from ..._proto.process import process_pb2 as pb
+from ..state import EnvdState, default_path
+from ..users import User, resolve_path
+from .exit_status import describe
+from .fdio import FdReader, set_nonblocking, write_all
+
+log = logging.getLogger("emberbox.envd.process")
+
+RETAIN_EXITED_S = 30.0  # a late Connect still gets start + end (protocol notes §2.4)
+BACKLOG_LIMIT = 8 * 1024 * 1024  # output kept for a client that connects later
+
+
+@dataclass(frozen=True)
+class Output:
+    kind: str  # "stdout" | "stderr" | "pty"
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Exit:
+    exit_code: int
+    exited: bool
+    status: str
+
+    @property
+    def error(self) -> str | None:
+        return None if self.exit_code == 0 and self.exited else self.status
+
+
+Event = Output | Exit
+
+
+def _set_controlling_tty() -> None:  # runs in the child between fork and exec
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def set_winsize(fd: int, cols: int, rows: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+class ManagedProcess:
+    def __init__(
+        self,
+        popen: subprocess.Popen[bytes],
+        config: pb.ProcessConfig,
+        tag: str | None,
+        pty_master: int | None,
+        stdin_fd: int | None,
+    ) -> None:
+        self.popen = popen
+        self.pid = popen.pid
+        self.config = config
+        self.tag = tag
+        self.pty_master = pty_master
+        self.stdin_fd = stdin_fd
+        self.exit: Exit | None = None
+        self.finished = asyncio.Event()
+        self._subscribers: list[asyncio.Queue[Event]] = []
+        self._backlog: collections.deque[Output] = collections.deque()
+        self._backlog_bytes = 0
+        self._readers: list[FdReader] = []
+        self._deadline: asyncio.TimerHandle | None = None
+        self._loop = asyncio.get_running_loop()
+        self._pidfd = os.pidfd_open(self.pid)
+        self._loop.add_reader(self._pidfd, self._on_exit)
+
+    def attach_output(self, fd: int, kind: str) -> None:
+        self._readers.append(FdReader(fd, lambda data: self._publish(Output(kind, data)), _noop))
+
+    # -- fan-out ---------------------------------------------------------------------------
+    def _publish(self, event: Output) -> None:
+        if self._subscribers:
+            for queue in self._subscribers:
+                queue.put_nowait(event)
+            return
+        self._backlog.append(event)
+        self._backlog_bytes += len(event.data)
+        while self._backlog_bytes > BACKLOG_LIMIT and self._backlog:
+            self._backlog_bytes -= len(self._backlog.popleft().data)
+
+    def subscribe(self) -> asyncio.Queue[Event]:
+        """A queue that first receives output nobody has seen yet, then live events."""
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+        while self._backlog:
+            queue.put_nowait(self._backlog.popleft())
+        self._backlog_bytes = 0
+        if self.exit is not None:
+            queue.put_nowait(self.exit)
+        self._subscribers.append(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[Event]) -> None:
+        with contextlib.suppress(ValueError):
+            self._subscribers.remove(queue)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def _on_exit(self) -> None:
+        returncode = self.popen.poll()
+        if returncode is None:
+            return
+        self._loop.remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        if self._deadline is not None:
+            self._deadline.cancel()
+        for reader in self._readers:  # readers own the output fds, the PTY master included
+            reader.drain_and_close()
+        if self.stdin_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.stdin_fd)
+            self.stdin_fd = None
+        self.exit = Exit(*describe(returncode))
+        for queue in self._subscribers:
+            queue.put_nowait(self.exit)
+        self.finished.set()
+
+    @property
+    def running(self) -> bool:
+        return self.exit is None
+
+    def signal(self, sig: int) -> None:
+        if not self.running:
+            raise ConnectError(Code.NOT_FOUND, f"process with pid {self.pid} is not running")
+        try:
+            os.killpg(self.pid, sig)
+        except ProcessLookupError:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+    def kill_at(self, when: float) -> None:
+        """The process's lifetime ends at loop time ``when`` (the Start call's deadline)."""
+        self._deadline = self._loop.call_at(when, self._kill_quietly)
+
+    def _kill_quietly(self) -> None:
+        with contextlib.suppress(ConnectError):
+            self.signal(signal.SIGKILL)
+
+    async def send_input(self, data: bytes, to_pty: bool) -> None:
+        if not self.running:
+            raise ConnectError(Code.NOT_FOUND, f"process with pid {self.pid} is not running")
+        if to_pty:
+            if self.pty_master is None:
+                raise ConnectError(Code.INVALID_ARGUMENT, "process has no PTY; send stdin instead")
+            fd = self.pty_master
+        else:
+            if self.pty_master is not None:
+                raise ConnectError(Code.INVALID_ARGUMENT, "process runs in a PTY; send pty input")
+            if self.stdin_fd is None:
+                raise ConnectError(Code.INTERNAL, "stdin not enabled or closed")
+            fd = self.stdin_fd
+        try:
+            await write_all(fd, data)
+        except BrokenPipeError as exc:
+            raise ConnectError(Code.INTERNAL, "stdin not enabled or closed") from exc
+
+    def close_stdin(self) -> None:
+        if not self.running:
+            raise ConnectError(Code.NOT_FOUND, f"process with pid {self.pid} is not running")
+        if self.pty_master is not None:
+            os.write(self.pty_master, b"\x04")  # EOF at the terminal's line discipline
+            return
+        if self.stdin_fd is None:
+            raise ConnectError(Code.INTERNAL, "stdin not enabled or closed")
+        os.close(self.stdin_fd)
+        self.stdin_fd = None
+
+    def resize(self, cols: int, rows: int) -> None:
+        if not self.running:
+            raise ConnectError(Code.NOT_FOUND, f"process with pid {self.pid} is not running")
+        if self.pty_master is None:
+            raise ConnectError(Code.INVALID_ARGUMENT, "process has no PTY to resize")
+        set_winsize(self.pty_master, cols, rows)
+
+    def info(self) -> pb.ProcessInfo:
+        info = pb.ProcessInfo(config=self.config, pid=self.pid)
+        if self.tag is not None:
+            info.tag = self.tag
+        return info
+
+
+def _noop() -> None:
+    pass
+
+
+class ProcessManager:
+    def __init__(self, state: EnvdState) -> None:
+        self.state = state
+        self._by_pid: dict[int, ManagedProcess] = {}
+
+    def list(self) -> list[ManagedProcess]:
+        return [p for p in self._by_pid.values() if p.running]
+
+    def get(self, selector: pb.ProcessSelector) -> ManagedProcess:
+        which = selector.WhichOneof("selector")
+        if which == "pid":
+            process = self._by_pid.get(selector.pid)
+            if process is not None:
+                return process
+            raise ConnectError(Code.NOT_FOUND, f"process with pid {selector.pid} not found")
+        if which == "tag":
+            for process in self._by_pid.values():
+                if process.tag == selector.tag:
+                    return process
+            raise ConnectError(Code.NOT_FOUND, f"process with tag '{selector.tag}' not found")
+        raise ConnectError(Code.INVALID_ARGUMENT, "process selector needs a pid or a tag")
+
+    def start(
+        self,
+        config: pb.ProcessConfig,
+        user: User,
+        *,
+        pty: pb.PTY | None,
+        stdin: bool,
+        tag: str | None,
+    ) -> tuple[ManagedProcess, asyncio.Queue[Event]]:
+        """Spawn and subscribe in one step, so no early output can slip into the backlog."""
+        cwd = self._cwd(config, user)
+        env = {
+            "PATH": default_path(),
+            "HOME": user.home,
+            "USER": user.name,
+            "LOGNAME": user.name,
+            **self.state.process_env(),
+            **dict(config.envs),
+        }
+        if not config.cmd:
+            raise ConnectError(Code.INVALID_ARGUMENT, "process cmd is empty")
+        argv = [config.cmd, *config.args]
+        identity: dict[str, object] = {}
+        if not user.is_current:
+            if os.geteuid() != 0:
+                raise ConnectError(
+                    Code.PERMISSION_DENIED, f"envd is not root and cannot run as '{user.name}'"
+                )
+            identity = {"user": user.uid, "group": user.gid, "extra_groups": user.groups()}
+        child_fds: list[int] = []
+        try:
+            if pty is not None:
+                master, slave = os.openpty()
+                child_fds.append(slave)
+                set_winsize(slave, pty.size.cols or 80, pty.size.rows or 24)
+                popen = subprocess.Popen(
+                    argv,
+                    stdin=slave,
+                    stdout=slave,
+                    stderr=slave,
+                    cwd=cwd,
+                    env=env,
+                    start_new_session=True,
+                    preexec_fn=_set_controlling_tty,
+                    **identity,  # type: ignore[call-overload]
+                )
+                process = ManagedProcess(popen, config, tag, master, None)
+                process.attach_output(master, "pty")
+            else:
+                out_r, out_w = os.pipe2(os.O_CLOEXEC)
+                err_r, err_w = os.pipe2(os.O_CLOEXEC)
+                child_fds += [out_w, err_w]
+                stdin_r: int = subprocess.DEVNULL
+                stdin_w: int | None = None
+                if stdin:
+                    stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
+                    child_fds.append(stdin_r)
+                try:
+                    popen = subprocess.Popen(
+                        argv,
+                        stdin=stdin_r,
+                        stdout=out_w,
+                        stderr=err_w,
+                        cwd=cwd,
+                        env=env,
+                        process_group=0,
+                        **identity,  # type: ignore[call-overload]
+                    )
+                except BaseException:
+                    for fd in (out_r, err_r, stdin_w):
+                        if fd is not None:
+                            os.close(fd)
+                    raise
+                if stdin_w is not None:
+                    set_nonblocking(stdin_w)
+                process = ManagedProcess(popen, config, tag, None, stdin_w)
+                process.attach_output(out_r, "stdout")
+                process.attach_output(err_r, "stderr")
+        except OSError as exc:
+            raise ConnectError(
+                Code.INVALID_ARGUMENT, f"cannot start '{config.cmd}': {exc.strerror or exc}"
+            ) from exc
+        finally:
+            for fd in child_fds:
+                os.close(fd)
+        self._by_pid[process.pid] = process
+        queue = process.subscribe()
+        asyncio.get_running_loop().create_task(self._forget_later(process))
+        return process, queue
+
+    def _cwd(self, config: pb.ProcessConfig, user: User) -> str:
+        if config.HasField("cwd") and config.cwd:
+            cwd = resolve_path(config.cwd, user)
+        else:
+            cwd = self.state.default_workdir or user.home
+        if not os.path.isdir(cwd):
+            raise ConnectError(Code.INVALID_ARGUMENT, f"cwd '{cwd}' does not exist")
+        return cwd
+
+    async def _forget_later(self, process: ManagedProcess) -> None:
+        await process.finished.wait()
+        await asyncio.sleep(RETAIN_EXITED_S)
+        if self._by_pid.get(process.pid) is process:
+            del self._by_pid[process.pid]
+
+    def kill_all(self) -> None:
+        for process in self.list():
+            with contextlib.suppress(ConnectError):
+                process.signal(signal.SIGKILL)

@@ -1,0 +1,365 @@
+"""A thin Connect-protocol server (JSON codec) as a plain ASGI app.
+
+Why not a library: the PyPI ``connectrpc`` server is built on the ``protobuf-py`` runtime and
+its own code generator, while we generate with protoc and must map JSON through
+``json_format``; and envd needs exact control of stream framing (keepalives between messages,
+deadlines, a process that outlives its disconnected client). The surface we need is small:
+unary, server-stream and client-stream calls over HTTP/1.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf.message import Message
+from starlette.datastructures import Headers
+from starlette.types import Receive, Scope, Send
+
+from .._connect.codec import decode_json, encode_json
+from .._connect.envelope import (
+    FLAG_COMPRESSED,
+    FLAG_END_STREAM,
+    EnvelopeDecoder,
+    EnvelopeError,
+    encode_envelope,
+)
+from .._connect.errors import Code, ConnectError
+
+log = logging.getLogger("emberbox.envd.rpc")
+
+DEFAULT_KEEPALIVE_S = 90.0
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+_STREAM_CT = "application/connect+json"
+
+
+class Kind(enum.Enum):
+    UNARY = "unary"
+    SERVER_STREAM = "server_stream"
+    CLIENT_STREAM = "client_stream"
+
+
+@dataclass
+class RpcContext:
+    """What a handler may know about its call besides the request message."""
+
+    headers: Headers
+    deadline: float | None  # event-loop time, None when the client set no timeout
+    keepalive_interval: float
+
+    def remaining(self) -> float | None:
+        if self.deadline is None:
+            return None
+        return self.deadline - asyncio.get_running_loop().time()
+
+
+UnaryHandler = Callable[[Any, RpcContext], Awaitable[Message]]
+StreamHandler = Callable[[Any, RpcContext], AsyncIterator[Message]]
+ClientStreamHandler = Callable[[AsyncIterator[Any], RpcContext], Awaitable[Message]]
+
+
+@dataclass(frozen=True)
+class RpcMethod:
+    kind: Kind
+    request_type: type[Message]
+    handler: Callable[..., Any]
+    keepalive: Callable[[], Message] | None = None
+
+
+class _Disconnected:
+    pass
+
+
+class _Finished:
+    pass
+
+
+_DISCONNECTED = _Disconnected()
+_FINISHED = _Finished()
+
+
+async def _send_body(send: Send, status: int, content_type: str, body: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type.encode()),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_error(send: Send, err: ConnectError) -> None:
+    await _send_body(send, err.http_status, "application/json", err.to_json())
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ConnectError(Code.CANCELED, "client disconnected")
+        body += message.get("body", b"")
+        if len(body) > limit:
+            raise ConnectError(
+                Code.RESOURCE_EXHAUSTED, f"request message exceeds the {limit} byte limit"
+            )
+        if not message.get("more_body", False):
+            return bytes(body)
+
+
+def _deadline(headers: Headers) -> float | None:
+    raw = headers.get("connect-timeout-ms")
+    if raw is None:
+        return None
+    if not raw.isdigit() or len(raw) > 10:
+        raise ConnectError(Code.INVALID_ARGUMENT, f"invalid Connect-Timeout-Ms: {raw!r}")
+    return asyncio.get_running_loop().time() + int(raw) / 1000
+
+
+def _keepalive(headers: Headers) -> float:
+    raw = headers.get("keepalive-ping-interval")
+    try:
+        value = float(raw) if raw is not None else DEFAULT_KEEPALIVE_S
+    except ValueError:
+        value = DEFAULT_KEEPALIVE_S
+    return value if value > 0 else DEFAULT_KEEPALIVE_S
+
+
+def _end_stream(err: ConnectError | None) -> bytes:
+    payload = json.dumps({"error": err.to_dict()} if err else {}).encode()
+    return encode_envelope(payload, FLAG_END_STREAM)
+
+
+class ConnectApp:
+    """Routes ``/<package>.<Service>/<Method>`` to handlers; everything else is not ours."""
+
+    def __init__(self, methods: dict[str, RpcMethod], max_message_bytes: int = MAX_MESSAGE_BYTES):
+        self.methods = methods
+        self.max_message_bytes = max_message_bytes
+
+    def handles(self, path: str) -> bool:
+        return path in self.methods
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method = self.methods[scope["path"]]
+        headers = Headers(scope=scope)
+        if scope["method"] != "POST":
+            await _send_body(
+                send,
+                405,
+                "application/json",
+                ConnectError(Code.UNIMPLEMENTED, "Connect RPCs must be POSTed").to_json(),
+            )
+            return
+        if method.kind is Kind.UNARY:
+            await self._unary(method, headers, receive, send)
+        elif method.kind is Kind.SERVER_STREAM:
+            await self._server_stream(method, headers, receive, send)
+        else:
+            await self._client_stream(method, headers, receive, send)
+
+    async def _unary(
+        self, method: RpcMethod, headers: Headers, receive: Receive, send: Send
+    ) -> None:
+        content_type = headers.get("content-type", "")
+        if not content_type.startswith("application/json"):
+            await _send_error(
+                send,
+                ConnectError(
+                    Code.UNIMPLEMENTED, f"unsupported content-type {content_type!r}, use JSON"
+                ),
+            )
+            return
+        try:
+            encoding = headers.get("content-encoding", "identity")
+            if encoding != "identity":
+                raise ConnectError(Code.UNIMPLEMENTED, f"unsupported encoding {encoding!r}")
+            ctx = RpcContext(headers, _deadline(headers), _keepalive(headers))
+            request = decode_json(
+                await _read_body(receive, self.max_message_bytes), method.request_type
+            )
+            async with asyncio.timeout_at(ctx.deadline):
+                response = await method.handler(request, ctx)
+        except ConnectError as err:
+            await _send_error(send, err)
+            return
+        except TimeoutError:
+            await _send_error(send, ConnectError(Code.DEADLINE_EXCEEDED, "deadline exceeded"))
+            return
+        except Exception as exc:
+            log.exception("unary handler failed")
+            await _send_error(send, ConnectError(Code.INTERNAL, str(exc) or type(exc).__name__))
+            return
+        await _send_body(send, 200, "application/json", encode_json(response))
+
+    async def _read_stream_request(self, method: RpcMethod, receive: Receive) -> Message:
+        body = await _read_body(receive, self.max_message_bytes + 5)
+        try:
+            envelopes = EnvelopeDecoder(self.max_message_bytes).feed(body)
+        except EnvelopeError as exc:
+            raise ConnectError(Code.INVALID_ARGUMENT, str(exc)) from exc
+        messages = [payload for flags, payload in envelopes if not flags & FLAG_END_STREAM]
+        if any(flags & FLAG_COMPRESSED for flags, _ in envelopes):
+            raise ConnectError(Code.UNIMPLEMENTED, "compressed messages are not supported")
+        if len(messages) != 1:
+            raise ConnectError(
+                Code.INVALID_ARGUMENT, f"expected one request message, got {len(messages)}"
+            )
+        return decode_json(messages[0], method.request_type)
+
+    async def _server_stream(
+        self, method: RpcMethod, headers: Headers, receive: Receive, send: Send
+    ) -> None:
+        if not headers.get("content-type", "").startswith(_STREAM_CT):
+            await _send_error(
+                send, ConnectError(Code.UNIMPLEMENTED, f"streams need content-type {_STREAM_CT}")
+            )
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", _STREAM_CT.encode())],
+            }
+        )
+        error: ConnectError | None = None
+        try:
+            ctx = RpcContext(headers, _deadline(headers), _keepalive(headers))
+            request = await self._read_stream_request(method, receive)
+            error = await self._pump(method, method.handler(request, ctx), ctx, receive, send)
+        except ConnectError as err:
+            error = err
+        except OSError:
+            return  # the client went away while we wrote; nobody is left to tell
+        with contextlib.suppress(OSError):
+            await send({"type": "http.response.body", "body": _end_stream(error)})
+
+    async def _pump(
+        self,
+        method: RpcMethod,
+        stream: AsyncIterator[Message],
+        ctx: RpcContext,
+        receive: Receive,
+        send: Send,
+    ) -> ConnectError | None:
+        """Forward handler messages as envelopes, interleaving keepalives, until done or gone."""
+        queue: asyncio.Queue[Message | BaseException | _Disconnected | _Finished] = asyncio.Queue()
+
+        async def produce() -> None:
+            try:
+                async for item in stream:
+                    queue.put_nowait(item)
+                queue.put_nowait(_FINISHED)
+            except BaseException as exc:  # handed to the consumer, which decides
+                queue.put_nowait(exc)
+
+        async def watch_disconnect() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            queue.put_nowait(_DISCONNECTED)
+
+        loop = asyncio.get_running_loop()
+        tasks = [asyncio.create_task(produce()), asyncio.create_task(watch_disconnect())]
+        try:
+            while True:
+                wake = loop.time() + ctx.keepalive_interval
+                if ctx.deadline is not None:
+                    wake = min(wake, ctx.deadline)
+                try:
+                    async with asyncio.timeout_at(wake):
+                        item = await queue.get()
+                except TimeoutError:
+                    if ctx.deadline is not None and loop.time() >= ctx.deadline:
+                        return ConnectError(Code.DEADLINE_EXCEEDED, "deadline exceeded")
+                    if method.keepalive is not None:
+                        await self._send_message(send, method.keepalive())
+                    continue
+                if ctx.deadline is not None and loop.time() >= ctx.deadline:
+                    return ConnectError(Code.DEADLINE_EXCEEDED, "deadline exceeded")
+                if isinstance(item, Message):
+                    await self._send_message(send, item)
+                elif isinstance(item, _Finished):
+                    return None
+                elif isinstance(item, _Disconnected):
+                    raise OSError("client disconnected")
+                elif isinstance(item, ConnectError):
+                    return item
+                elif isinstance(item, asyncio.CancelledError):
+                    return ConnectError(Code.CANCELED, "canceled")
+                else:
+                    log.error("stream handler failed", exc_info=item)
+                    return ConnectError(Code.INTERNAL, str(item) or type(item).__name__)
+        finally:
+            for task in tasks:
+                task.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.gather(*tasks, return_exceptions=True)
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(BaseException):
+                    await aclose()
+
+    @staticmethod
+    async def _send_message(send: Send, message: Message) -> None:
+        await send(
+            {
+                "type": "http.response.body",
+                "body": encode_envelope(encode_json(message)),
+                "more_body": True,
+            }
+        )
+
+    async def _client_stream(
+        self, method: RpcMethod, headers: Headers, receive: Receive, send: Send
+    ) -> None:
+        if not headers.get("content-type", "").startswith(_STREAM_CT):
+            await _send_error(
+                send, ConnectError(Code.UNIMPLEMENTED, f"streams need content-type {_STREAM_CT}")
+            )
+            return
+        decoder = EnvelopeDecoder(self.max_message_bytes)
+
+        async def messages() -> AsyncIterator[Message]:
+            while True:
+                event = await receive()
+                if event["type"] == "http.disconnect":
+                    return
+                try:
+                    envelopes = decoder.feed(event.get("body", b""))
+                except EnvelopeError as exc:
+                    raise ConnectError(Code.INVALID_ARGUMENT, str(exc)) from exc
+                for flags, payload in envelopes:
+                    if flags & FLAG_END_STREAM:
+                        return
+                    yield decode_json(payload, method.request_type)
+                if not event.get("more_body", False):
+                    return
+
+        response: Message | None = None
+        error: ConnectError | None = None
+        try:
+            ctx = RpcContext(headers, _deadline(headers), _keepalive(headers))
+            async with asyncio.timeout_at(ctx.deadline):
+                response = await method.handler(messages(), ctx)
+        except ConnectError as err:
+            error = err
+        except TimeoutError:
+            error = ConnectError(Code.DEADLINE_EXCEEDED, "deadline exceeded")
+        except Exception as exc:
+            log.exception("client-stream handler failed")
+            error = ConnectError(Code.INTERNAL, str(exc) or type(exc).__name__)
+        body = b""
+        if response is not None:
+            body += encode_envelope(encode_json(response))
+        body += _end_stream(error)
+        await _send_body(send, 200, _STREAM_CT, body)

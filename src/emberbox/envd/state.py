@@ -1,0 +1,37 @@
+"""envd's mutable configuration: what ``POST /init`` and the command line set."""
+
+from __future__ import annotations
+
+import hmac
+import os
+from dataclasses import dataclass, field
+from datetime import datetime
+
+ENVD_VERSION = "0.6.13"  # the E2B envd feature level we implement (protocol notes §2.7)
+
+
+@dataclass
+class EnvdState:
+    access_token: str | None = None
+    default_user: str | None = None
+    default_workdir: str | None = None
+    env_vars: dict[str, str] = field(default_factory=dict)
+    last_init: datetime | None = None
+    max_upload_bytes: int | None = None
+    sync_clock: bool = False
+
+    def token_ok(self, presented: str | None) -> bool:
+        """True when no token is required or the presented one matches (constant time)."""
+        if not self.access_token:
+            return True
+        return presented is not None and hmac.compare_digest(
+            presented.encode(), self.access_token.encode()
+        )
+
+    def process_env(self) -> dict[str, str]:
+        """Sandbox-global variables every process gets, before its own request envs."""
+        return dict(self.env_vars)
+
+
+def default_path() -> str:
+    return os.environ.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
