@@ -225,6 +225,15 @@ class ConnectApp:
                 send, ConnectError(Code.UNIMPLEMENTED, f"streams need content-type {_STREAM_CT}")
             )
             return
+        # Read the whole request before answering: some clients stop sending their body once
+        # response headers arrive, which would leave us with an empty request.
+        error: ConnectError | None = None
+        request: Message | None = None
+        try:
+            ctx = RpcContext(headers, _deadline(headers), _keepalive(headers))
+            request = await self._read_stream_request(method, receive)
+        except ConnectError as err:
+            error = err
         await send(
             {
                 "type": "http.response.start",
@@ -232,11 +241,9 @@ class ConnectApp:
                 "headers": [(b"content-type", _STREAM_CT.encode())],
             }
         )
-        error: ConnectError | None = None
         try:
-            ctx = RpcContext(headers, _deadline(headers), _keepalive(headers))
-            request = await self._read_stream_request(method, receive)
-            error = await self._pump(method, method.handler(request, ctx), ctx, receive, send)
+            if request is not None:
+                error = await self._pump(method, method.handler(request, ctx), ctx, receive, send)
         except ConnectError as err:
             error = err
         except OSError:
