@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from typing import Any
@@ -15,10 +16,8 @@ def _collect(handle: Any) -> tuple[list[bytes], threading.Thread]:
     chunks: list[bytes] = []
 
     def pump() -> None:
-        try:
+        with contextlib.suppress(CommandExitException):
             handle.wait(on_pty=lambda data: chunks.append(bytes(data)))
-        except CommandExitException:
-            pass
 
     thread = threading.Thread(target=pump, daemon=True)
     thread.start()
@@ -54,7 +53,7 @@ def test_pty_is_a_terminal_and_takes_input(sandbox: Any) -> None:
 
 def test_pty_exit_ends_the_stream(sandbox: Any) -> None:
     handle = sandbox.pty.create(PtySize(rows=10, cols=40), timeout=0)
-    chunks, thread = _collect(handle)
+    _chunks, thread = _collect(handle)
     sandbox.pty.send_stdin(handle.pid, b"exit 3\n")
     thread.join(10)
     assert not thread.is_alive()

@@ -173,12 +173,8 @@ class ConnectApp:
     ) -> None:
         content_type = headers.get("content-type", "")
         if not content_type.startswith("application/json"):
-            await _send_error(
-                send,
-                ConnectError(
-                    Code.UNIMPLEMENTED, f"unsupported content-type {content_type!r}, use JSON"
-                ),
-            )
+            err = ConnectError(Code.UNIMPLEMENTED, f"unsupported content-type {content_type!r}")
+            await _send_body(send, 415, "application/json", err.to_json())
             return
         try:
             encoding = headers.get("content-encoding", "identity")
