@@ -1,0 +1,213 @@
+"""envd over loopback: command round trip, file throughput, cold start, idle memory.
+
+Each number comes with a baseline measured in the same run (a bare ``subprocess.run``, a local
+file copy), so a slow machine shows up as a slow baseline rather than as a regression.
+
+    python benchmarks/envd_bench.py [--runs 300] [--size-mib 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import httpx
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks._stats import summary  # noqa: E402
+from emberbox.envd.client import EnvdClient  # noqa: E402
+from emberbox.envd.users import fallback_user  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_envd(port: int) -> tuple[subprocess.Popen[bytes], float]:
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "emberbox.envd", "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    with httpx.Client() as http:
+        while True:
+            try:
+                if http.get(f"http://127.0.0.1:{port}/health", timeout=0.2).status_code == 204:
+                    return process, time.perf_counter() - started
+            except httpx.HTTPError:
+                time.sleep(0.002)
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def bench_cold_start(runs: int) -> None:
+    samples = []
+    for _ in range(runs):
+        process, elapsed = start_envd(free_port())
+        samples.append(elapsed)
+        process.terminate()
+        process.wait()
+    summary("envd cold start -> /health 204", samples)
+    interpreter = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "pass"], check=True)
+        interpreter.append(time.perf_counter() - t)
+    base = summary("baseline: bare python3 -c pass", interpreter)
+    print(
+        f"{'':44} cold start / bare interpreter = {sorted(samples)[len(samples) // 2] * 1000 / base['median']:.2f}x"
+    )
+
+
+async def bench_round_trip(url: str, runs: int) -> None:
+    async with httpx.AsyncClient() as http:
+        client = EnvdClient(url, http=http)
+        for _ in range(20):
+            await client.run("true")
+        samples = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            result = await client.run("true")
+            samples.append(time.perf_counter() - t)
+            assert result.exit_code == 0
+    ours = summary('envd Start "bash -l -c true" round trip', samples)
+    bare, login = [], []
+    name = fallback_user()
+    entry = pwd.getpwnam(name)
+    as_user: dict[str, object] = {
+        "cwd": "/",
+        "env": {"HOME": entry.pw_dir, "USER": name, "PATH": os.environ["PATH"]},
+        **({} if name == "root" else {"user": name}),
+    }
+    for _ in range(runs):
+        t = time.perf_counter()
+        subprocess.run(["true"], check=True)
+        bare.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        subprocess.run(["/bin/bash", "-l", "-c", "true"], check=True, **as_user)
+        login.append(time.perf_counter() - t)
+    b = summary('baseline: subprocess.run(["true"])', bare)
+    lb = summary("baseline: subprocess.run(bash -l -c true)", login)
+    print(
+        f"{'':44} round trip / bare true = {ours['median'] / b['median']:.2f}x;"
+        f" / bash -l -c true = {ours['median'] / lb['median']:.2f}x"
+    )
+
+
+def bench_sdk_round_trip(runs: int) -> None:
+    """The official SDK in debug mode needs envd on localhost:49983."""
+    try:
+        from e2b import Sandbox
+    except ImportError:
+        print("official e2b SDK not installed: skipping the SDK round trip")
+        return
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", 49983)) == 0:
+            print("port 49983 is busy: skipping the official-SDK round trip")
+            return
+    process, _ = start_envd(49983)
+    try:
+        os.environ["E2B_DEBUG"] = "true"
+        sandbox = Sandbox.create()
+        for _ in range(20):
+            sandbox.commands.run("true")
+        samples = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            sandbox.commands.run("true")
+            samples.append(time.perf_counter() - t)
+        summary('official e2b SDK commands.run("true")', samples)
+    finally:
+        process.terminate()
+        process.wait()
+
+
+async def bench_transfer(url: str, size_mib: int) -> None:
+    size = size_mib * 1024 * 1024
+    block = os.urandom(1024 * 1024)
+    tmp = tempfile.mkdtemp(prefix="envd-bench-")
+    target = os.path.join(tmp, "upload.bin")
+
+    async def body():  # type: ignore[no-untyped-def]
+        for _ in range(size_mib):
+            yield block
+
+    async with httpx.AsyncClient(timeout=120) as http:
+        t = time.perf_counter()
+        response = await http.post(
+            f"{url}/files",
+            params={"path": target},
+            content=body(),
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        up = time.perf_counter() - t
+        response.raise_for_status()
+        t = time.perf_counter()
+        files = {"file": (target + ".mp", open(target, "rb"))}  # noqa: SIM115
+        response = await http.post(f"{url}/files", files=files)
+        mp = time.perf_counter() - t
+        response.raise_for_status()
+        t = time.perf_counter()
+        received = 0
+        async with http.stream("GET", f"{url}/files", params={"path": target}) as stream:
+            async for chunk in stream.aiter_raw(1024 * 1024):
+                received += len(chunk)
+        down = time.perf_counter() - t
+    assert received == size
+    t = time.perf_counter()
+    shutil.copyfile(target, target + ".copy")
+    copy = time.perf_counter() - t
+    shutil.rmtree(tmp)
+    mb = size / 1e6
+    print(f"{'upload (octet-stream) ' + str(size_mib) + ' MiB':<44} {mb / up:8.0f} MB/s")
+    print(f"{'upload (multipart) ' + str(size_mib) + ' MiB':<44} {mb / mp:8.0f} MB/s")
+    print(f"{'download ' + str(size_mib) + ' MiB':<44} {mb / down:8.0f} MB/s")
+    print(f"{'baseline: local file copy':<44} {mb / copy:8.0f} MB/s")
+    print(f"{'':44} upload / copy = {copy / up:.2f}x; download / copy = {copy / down:.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=300)
+    parser.add_argument("--size-mib", type=int, default=100)
+    parser.add_argument("--starts", type=int, default=10)
+    args = parser.parse_args()
+    print(f"host: {os.cpu_count()} cpus, python {sys.version.split()[0]}")
+    bench_cold_start(args.starts)
+    process, _ = start_envd(free_port())
+    port = process.args[-1]  # type: ignore[index]
+    url = f"http://127.0.0.1:{port}"
+    time.sleep(1.0)
+    print(f"{'envd idle RSS after start':<44} {rss_mib(process.pid):8.1f} MiB")
+    try:
+        asyncio.run(bench_round_trip(url, args.runs))
+        time.sleep(1.0)
+        print(f"{'envd RSS after the round trips':<44} {rss_mib(process.pid):8.1f} MiB")
+        asyncio.run(bench_transfer(url, args.size_mib))
+        print(f"{'envd RSS after the transfers':<44} {rss_mib(process.pid):8.1f} MiB")
+    finally:
+        process.terminate()
+        process.wait()
+    bench_sdk_round_trip(args.runs)
+
+
+if __name__ == "__main__":
+    main()
