@@ -14,18 +14,20 @@ import os
 import pwd
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 
 import httpx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._stats import summary  # noqa: E402
-from emberbox.envd.client import EnvdClient  # noqa: E402
-from emberbox.envd.users import fallback_user  # noqa: E402
+from benchmarks._stats import summary
+from emberbox.envd.client import EnvdClient
+from emberbox.envd.users import fallback_user
 
 
 def free_port() -> int:
@@ -72,12 +74,11 @@ def bench_cold_start(runs: int) -> None:
         subprocess.run([sys.executable, "-c", "pass"], check=True)
         interpreter.append(time.perf_counter() - t)
     base = summary("baseline: bare python3 -c pass", interpreter)
-    print(
-        f"{'':44} cold start / bare interpreter = {sorted(samples)[len(samples) // 2] * 1000 / base['median']:.2f}x"
-    )
+    ratio = statistics.median(samples) * 1000 / base["median"]
+    print(f"{'':44} cold start / bare interpreter = {ratio:.2f}x")
 
 
-async def bench_round_trip(url: str, runs: int) -> None:
+async def envd_round_trips(url: str, runs: int) -> list[float]:
     async with httpx.AsyncClient() as http:
         client = EnvdClient(url, http=http)
         for _ in range(20):
@@ -88,7 +89,13 @@ async def bench_round_trip(url: str, runs: int) -> None:
             result = await client.run("true")
             samples.append(time.perf_counter() - t)
             assert result.exit_code == 0
-    ours = summary('envd Start "bash -l -c true" round trip', samples)
+    return samples
+
+
+def bench_round_trip(url: str, runs: int) -> None:
+    ours = summary(
+        'envd Start "bash -l -c true" round trip', asyncio.run(envd_round_trips(url, runs))
+    )
     bare, login = [], []
     name = fallback_user()
     entry = pwd.getpwnam(name)
@@ -102,10 +109,10 @@ async def bench_round_trip(url: str, runs: int) -> None:
         subprocess.run(["true"], check=True)
         bare.append(time.perf_counter() - t)
         t = time.perf_counter()
-        subprocess.run(["/bin/bash", "-l", "-c", "true"], check=True, **as_user)
+        subprocess.run(["/bin/bash", "-l", "-c", "true"], check=True, **as_user)  # type: ignore[call-overload]
         login.append(time.perf_counter() - t)
     b = summary('baseline: subprocess.run(["true"])', bare)
-    lb = summary("baseline: subprocess.run(bash -l -c true)", login)
+    lb = summary(f"baseline: bash -l -c true as {name!r}", login)
     print(
         f"{'':44} round trip / bare true = {ours['median'] / b['median']:.2f}x;"
         f" / bash -l -c true = {ours['median'] / lb['median']:.2f}x"
@@ -146,7 +153,7 @@ async def bench_transfer(url: str, size_mib: int) -> None:
     tmp = tempfile.mkdtemp(prefix="envd-bench-")
     target = os.path.join(tmp, "upload.bin")
 
-    async def body():  # type: ignore[no-untyped-def]
+    async def body() -> AsyncIterator[bytes]:
         for _ in range(size_mib):
             yield block
 
@@ -161,8 +168,9 @@ async def bench_transfer(url: str, size_mib: int) -> None:
         up = time.perf_counter() - t
         response.raise_for_status()
         t = time.perf_counter()
-        files = {"file": (target + ".mp", open(target, "rb"))}  # noqa: SIM115
-        response = await http.post(f"{url}/files", files=files)
+        response = await http.post(
+            f"{url}/files", files={"file": (target + ".mp", block * size_mib)}
+        )
         mp = time.perf_counter() - t
         response.raise_for_status()
         t = time.perf_counter()
@@ -192,13 +200,13 @@ def main() -> None:
     args = parser.parse_args()
     print(f"host: {os.cpu_count()} cpus, python {sys.version.split()[0]}")
     bench_cold_start(args.starts)
-    process, _ = start_envd(free_port())
-    port = process.args[-1]  # type: ignore[index]
+    port = free_port()
+    process, _ = start_envd(port)
     url = f"http://127.0.0.1:{port}"
     time.sleep(1.0)
     print(f"{'envd idle RSS after start':<44} {rss_mib(process.pid):8.1f} MiB")
     try:
-        asyncio.run(bench_round_trip(url, args.runs))
+        bench_round_trip(url, args.runs)
         time.sleep(1.0)
         print(f"{'envd RSS after the round trips':<44} {rss_mib(process.pid):8.1f} MiB")
         asyncio.run(bench_transfer(url, args.size_mib))
