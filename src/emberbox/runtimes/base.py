@@ -7,6 +7,7 @@ The orchestrator talks only to :class:`Runtime`; a runtime declares what it can 
 from __future__ import annotations
 
 import abc
+import builtins
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -123,9 +124,11 @@ class Runtime(abc.ABC):
     async def snapshot(self, sandbox_id: str, snapshot_id: str) -> None:
         raise CapabilityMissing(f"{self.name} cannot snapshot sandboxes")
 
-    async def fork(self, sandbox_id: str, new_ids: Sequence[str]) -> list[RuntimeSandbox]:
+    async def fork(
+        self, sandbox_id: str, new_ids: Sequence[str]
+    ) -> builtins.list[RuntimeSandbox]:
         raise CapabilityMissing(f"{self.name} cannot fork sandboxes")
 
-    async def cleanup_orphans(self, keep: Sequence[str]) -> list[str]:
+    async def cleanup_orphans(self, keep: Sequence[str]) -> builtins.list[str]:
         """Remove leftovers (netns, veths, mounts, state) of sandboxes not in ``keep``."""
         return []
