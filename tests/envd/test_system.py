@@ -6,6 +6,7 @@ import base64
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 
@@ -13,7 +14,7 @@ from tests.conftest import EnvdProcess
 from tests.envd.wire import run, unary_call
 
 
-def _stdout(frames: list) -> str:
+def _stdout(frames: list[tuple[int, dict[str, Any]]]) -> str:
     return b"".join(
         base64.b64decode(m["event"]["data"].get("stdout", ""))
         for f, m in frames
@@ -69,7 +70,7 @@ def test_ranged_download(envd_debug: EnvdProcess, tmp_path) -> None:
 
 
 def test_sigterm_reaches_the_process(envd_debug: EnvdProcess) -> None:
-    frames: list = []
+    frames: list[tuple[int, dict[str, Any]]] = []
     thread = threading.Thread(
         target=lambda: frames.extend(
             run(
