@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from .._connect import client as rpc
+from ..sdk._async.rpc import AsyncRpc
 from .._proto.process import process_pb2 as pb
 
 
@@ -82,12 +82,11 @@ class EnvdClient:
             config.cwd = cwd
         stdout, stderr = bytearray(), bytearray()
         end: pb.ProcessEvent.EndEvent | None = None
+        rpc = AsyncRpc(self._http, self.base_url, self._auth(user))
         async for message in rpc.server_stream(
-            self._http,
-            f"{self.base_url}/process.Process/Start",
+            "process.Process/Start",
             pb.StartRequest(process=config, stdin=False),
             pb.StartResponse,
-            headers=self._auth(user),
             timeout=timeout,
         ):
             event = message.event

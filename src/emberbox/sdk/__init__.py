@@ -1,0 +1,1 @@
+"""Emberbox's Python SDK: one async core (``_async``) and a generated sync twin (``_sync``)."""

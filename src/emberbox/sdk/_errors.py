@@ -1,0 +1,92 @@
+"""The one place where wire failures become SDK exceptions."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+
+from .._connect.errors import Code, ConnectError
+from .exceptions import (
+    AuthenticationException,
+    FileNotFoundException,
+    InvalidArgumentException,
+    NotEnoughSpaceException,
+    NotFoundException,
+    RateLimitException,
+    SandboxException,
+    SandboxUnavailableException,
+    TemplateException,
+    TimeoutException,
+)
+
+
+def from_connect(err: ConnectError, *, files: bool = False) -> SandboxException:
+    """Map an envd RPC error; ``files`` makes not_found a :class:`FileNotFoundException`."""
+    message = err.message
+    if err.code is Code.NOT_FOUND:
+        return FileNotFoundException(message) if files else NotFoundException(message)
+    if err.code in (Code.INVALID_ARGUMENT, Code.FAILED_PRECONDITION, Code.OUT_OF_RANGE):
+        return InvalidArgumentException(message)
+    if err.code in (Code.UNAUTHENTICATED, Code.PERMISSION_DENIED):
+        return AuthenticationException(message)
+    if err.code is Code.RESOURCE_EXHAUSTED:
+        if "disk space" in message:
+            return NotEnoughSpaceException(message)
+        return RateLimitException(message)
+    if err.code in (Code.DEADLINE_EXCEEDED, Code.CANCELED):
+        return TimeoutException(message)
+    if err.code is Code.UNAVAILABLE:
+        return SandboxUnavailableException(message)
+    return SandboxException(f"{err.code}: {message}")
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        body = json.loads(response.content)
+    except ValueError:
+        return response.text or response.reason_phrase
+    if isinstance(body, dict) and "message" in body:
+        return str(body["message"])
+    return response.text
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    raw = response.headers.get("retry-after")
+    try:
+        return float(raw) if raw is not None else None
+    except ValueError:
+        return None
+
+
+def from_http(
+    response: httpx.Response, *, what: str = "request", files: bool = False
+) -> SandboxException:
+    """Map a non-2xx REST or envd HTTP answer (bodies are ``{code, message}``)."""
+    status = response.status_code
+    message = f"{what}: {_message(response)}"
+    if status == 400:
+        return InvalidArgumentException(message)
+    if status in (401, 403):
+        return AuthenticationException(message)
+    if status == 404:
+        return FileNotFoundException(message) if files else NotFoundException(message)
+    if status == 413:
+        return InvalidArgumentException(message)
+    if status == 429:
+        return RateLimitException(message, retry_after(response))
+    if status == 507:
+        return NotEnoughSpaceException(message)
+    if status == 502:
+        return SandboxUnavailableException(message)
+    if status in (408, 504):
+        return TimeoutException(message)
+    if status == 422 and what.startswith("template"):
+        return TemplateException(message)
+    return SandboxException(f"{status}: {message}")
+
+
+def from_transport(exc: httpx.HTTPError, what: str) -> SandboxException:
+    if isinstance(exc, httpx.TimeoutException):
+        return TimeoutException(f"{what}: timed out ({type(exc).__name__})")
+    return SandboxUnavailableException(f"{what}: {type(exc).__name__}: {exc}")

@@ -1,0 +1,221 @@
+# Generated from ../_async/sandbox.py by scripts/unasync.py; edit that file instead.
+"""``Sandbox``: one sandbox, its commands, PTYs and files, and the class-level API calls."""
+
+from __future__ import annotations
+
+import builtins
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+
+from .._base import hybridmethod
+from .._config import DEFAULT_SANDBOX_TIMEOUT, ENVD_PORT, ConnectionConfig
+from ..exceptions import SandboxException
+from ..models import SandboxInfo, SandboxMetrics
+from .api import Api
+from .commands import Commands, Pty
+from .filesystem import Filesystem
+from .rpc import Rpc
+
+DEBUG_SANDBOX_ID = "debug_sandbox_id"
+
+
+def _http() -> httpx.Client:
+    return httpx.Client(
+        timeout=httpx.Timeout(60.0),
+        limits=httpx.Limits(max_keepalive_connections=20, keepalive_expiry=300),
+    )
+
+
+class Sandbox:
+    """A running sandbox. Create with ``Sandbox.create(...)``; kill on exit of
+    ``with``.
+
+    **Parameters** of :meth:`create`: ``template`` (default ``"base"``), ``timeout`` seconds to
+    live (default 300), ``metadata`` and ``envs`` (maps of strings), ``allow_internet_access``;
+    connection: ``api_key``, ``api_url``, ``sandbox_url``, ``domain``, ``debug``,
+    ``request_timeout`` — each defaults to ``EMBERBOX_*`` then ``E2B_*`` variables.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("create a sandbox with `Sandbox.create(...)`")
+
+    def _setup(
+        self,
+        sandbox_id: str,
+        config: ConnectionConfig,
+        http: httpx.Client,
+        *,
+        envd_access_token: str | None = None,
+        template_id: str | None = None,
+        domain: str | None = None,
+    ) -> None:
+        self.sandbox_id = sandbox_id
+        self.template_id = template_id
+        self._config = config
+        self._http = http
+        self._domain = domain
+        headers = dict(config.routing_headers(sandbox_id))
+        if envd_access_token:
+            headers["X-Access-Token"] = envd_access_token
+        self._envd_access_token = envd_access_token
+        rpc = Rpc(http, config.envd_url(sandbox_id, domain), headers)
+        self.commands = Commands(rpc)
+        self.pty = Pty(rpc)
+        self.files = Filesystem(rpc)
+        self._api = Api(config, http)
+
+    def _setup_from_api(
+        self, data: dict[str, Any], config: ConnectionConfig, http: httpx.Client
+    ) -> None:
+        self._setup(
+            data["sandboxID"],
+            config,
+            http,
+            envd_access_token=data.get("envdAccessToken"),
+            template_id=data.get("templateID"),
+            domain=data.get("domain"),
+        )
+
+    @classmethod
+    def _from_api(
+        cls, data: dict[str, Any], config: ConnectionConfig, http: httpx.Client
+    ) -> Self:
+        sandbox = cls.__new__(cls)
+        sandbox._setup_from_api(data, config, http)
+        return sandbox
+
+    @classmethod
+    def _provision(
+        cls,
+        template: str,
+        timeout: int,
+        metadata: dict[str, str] | None,
+        envs: dict[str, str] | None,
+        allow_internet_access: bool,
+        **connection: Any,
+    ) -> tuple[dict[str, Any], ConnectionConfig, httpx.Client]:
+        config = ConnectionConfig.create(**connection)
+        http = _http()
+        if config.debug:
+            return {"sandboxID": DEBUG_SANDBOX_ID, "templateID": template}, config, http
+        try:
+            data = Api(config, http).create(
+                template, timeout, metadata, envs, allow_internet_access
+            )
+        except BaseException:
+            http.close()
+            raise
+        return data, config, http
+
+    @classmethod
+    def create(
+        cls,
+        template: str = "base",
+        timeout: int = DEFAULT_SANDBOX_TIMEOUT,
+        metadata: dict[str, str] | None = None,
+        envs: dict[str, str] | None = None,
+        allow_internet_access: bool = True,
+        **connection: Any,
+    ) -> Self:
+        data, config, http = cls._provision(
+            template, timeout, metadata, envs, allow_internet_access, **connection
+        )
+        return cls._from_api(data, config, http)
+
+    @classmethod
+    def connect(cls, sandbox_id: str, timeout: int | None = None, **connection: Any) -> Self:
+        """Attach to a running (or resume a paused) sandbox by id."""
+        config = ConnectionConfig.create(**connection)
+        http = _http()
+        if config.debug:
+            return cls._from_api({"sandboxID": sandbox_id}, config, http)
+        try:
+            data = Api(config, http).connect(sandbox_id, timeout)
+        except BaseException:
+            http.close()
+            raise
+        return cls._from_api(data, config, http)
+
+    @classmethod
+    def list(
+        cls,
+        metadata: dict[str, str] | None = None,
+        state: builtins.list[str] | None = None,
+        limit: int | None = None,
+        **connection: Any,
+    ) -> builtins.list[SandboxInfo]:
+        with _http() as http:
+            return Api(ConnectionConfig.create(**connection), http).list(
+                metadata, state, limit
+            )
+
+    @hybridmethod
+    def kill(
+        cls, self: Sandbox | None, sandbox_id: str | None = None, **connection: Any
+    ) -> bool:
+        """Kill this sandbox (``sbx.kill()``) or one by id (``Sandbox.kill(id)``)."""
+        if self is not None:
+            if self._config.debug:
+                return True
+            return self._api.kill(self.sandbox_id)
+        if sandbox_id is None:
+            raise SandboxException("Sandbox.kill needs a sandbox id")
+        with _http() as http:
+            return Api(ConnectionConfig.create(**connection), http).kill(sandbox_id)
+
+    def set_timeout(self, timeout: int) -> None:
+        """The sandbox now ends ``timeout`` seconds from now (shorter or longer than before)."""
+        if not self._config.debug:
+            self._api.set_timeout(self.sandbox_id, timeout)
+
+    def get_info(self) -> SandboxInfo:
+        return self._api.get(self.sandbox_id)
+
+    def get_metrics(self) -> builtins.list[SandboxMetrics]:
+        return self._api.metrics(self.sandbox_id)
+
+    def pause(self) -> bool:
+        """Pause with memory where the runtime can; False if it already was paused."""
+        return self._api.pause(self.sandbox_id)
+
+    def resume(self, timeout: int | None = None) -> None:
+        self._api.connect(self.sandbox_id, timeout)
+
+    def get_host(self, port: int) -> str:
+        """``<port>-<id>.<domain>``: where a server listening on ``port`` inside is reached."""
+        return self._config.host(self.sandbox_id, port, self._domain)
+
+    @property
+    def envd_port(self) -> int:
+        return ENVD_PORT
+
+    def is_running(self) -> bool:
+        try:
+            response = self._http.get(
+                f"{self._config.envd_url(self.sandbox_id, self._domain)}/health",
+                headers=self._config.routing_headers(self.sandbox_id),
+                timeout=5.0,
+            )
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 204
+
+    def close(self) -> None:
+        """Release this client's connections (the sandbox keeps running)."""
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self.kill()
+        finally:
+            self.close()

@@ -1,0 +1,143 @@
+"""Plain data the SDK returns: results, entries, events, sandbox descriptions."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import IO
+
+from .._proto.filesystem import filesystem_pb2 as fs_pb
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    stdout: str
+    stderr: str
+    exit_code: int
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    pid: int
+    tag: str | None
+    cmd: str
+    args: list[str]
+    envs: dict[str, str]
+    cwd: str | None
+
+
+@dataclass(frozen=True)
+class PtySize:
+    rows: int = 24
+    cols: int = 80
+
+
+class FileType(enum.StrEnum):
+    FILE = "file"
+    DIR = "dir"
+    SYMLINK = "symlink"
+
+
+@dataclass(frozen=True)
+class EntryInfo:
+    name: str
+    type: FileType | None
+    path: str
+    size: int
+    mode: int
+    permissions: str
+    owner: str
+    group: str
+    modified_time: datetime | None
+    symlink_target: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_proto(cls, entry: fs_pb.EntryInfo) -> EntryInfo:
+        kinds = {
+            fs_pb.FILE_TYPE_FILE: FileType.FILE,
+            fs_pb.FILE_TYPE_DIRECTORY: FileType.DIR,
+            fs_pb.FILE_TYPE_SYMLINK: FileType.SYMLINK,
+        }
+        return cls(
+            name=entry.name,
+            type=FileType.SYMLINK if entry.is_symlink else kinds.get(entry.type),
+            path=entry.path,
+            size=entry.size,
+            mode=entry.mode,
+            permissions=entry.permissions,
+            owner=entry.owner,
+            group=entry.group,
+            modified_time=entry.modified_time.ToDatetime()
+            if entry.HasField("modified_time")
+            else None,
+            symlink_target=entry.symlink_target if entry.HasField("symlink_target") else None,
+            metadata=dict(entry.metadata),
+        )
+
+
+@dataclass(frozen=True)
+class WriteInfo:
+    name: str
+    path: str
+    type: FileType | None = FileType.FILE
+
+
+@dataclass(frozen=True)
+class WriteEntry:
+    """One file of :meth:`Filesystem.write_files`; ``data`` may be a stream (never buffered)."""
+
+    path: str
+    data: str | bytes | IO[bytes]
+
+
+class FilesystemEventType(enum.StrEnum):
+    CREATE = "create"
+    WRITE = "write"
+    REMOVE = "remove"
+    RENAME = "rename"
+    CHMOD = "chmod"
+
+
+@dataclass(frozen=True)
+class FilesystemEvent:
+    name: str
+    type: FilesystemEventType
+
+    @classmethod
+    def from_proto(cls, event: fs_pb.FilesystemEvent) -> FilesystemEvent | None:
+        kinds = {
+            fs_pb.EVENT_TYPE_CREATE: FilesystemEventType.CREATE,
+            fs_pb.EVENT_TYPE_WRITE: FilesystemEventType.WRITE,
+            fs_pb.EVENT_TYPE_REMOVE: FilesystemEventType.REMOVE,
+            fs_pb.EVENT_TYPE_RENAME: FilesystemEventType.RENAME,
+            fs_pb.EVENT_TYPE_CHMOD: FilesystemEventType.CHMOD,
+        }
+        kind = kinds.get(event.type)
+        return cls(event.name, kind) if kind is not None else None
+
+
+@dataclass(frozen=True)
+class SandboxInfo:
+    sandbox_id: str
+    template_id: str
+    state: str
+    started_at: datetime | None
+    end_at: datetime | None
+    metadata: dict[str, str]
+    cpu_count: int | None = None
+    memory_mb: int | None = None
+    envd_version: str | None = None
+
+
+@dataclass(frozen=True)
+class SandboxMetrics:
+    timestamp: datetime
+    cpu_count: int
+    cpu_used_pct: float
+    mem_used: int
+    mem_total: int
+    disk_used: int
+    disk_total: int
