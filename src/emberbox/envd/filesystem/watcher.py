@@ -101,6 +101,15 @@ class DirWatcher:
             for dirname in dirnames:
                 self._add(os.path.join(dirpath, dirname))
 
+    def _adopt_new_dir(self, path: str) -> None:
+        """Watch a directory that just appeared, and report what was created in it before the
+        watch existed (``mkdir -p a/b && touch a/b/f`` outruns inotify otherwise)."""
+        self._add_tree(path)
+        for dirpath, dirnames, filenames in os.walk(path):
+            for entry in (*dirnames, *filenames):
+                full = os.path.join(dirpath, entry)
+                self._emit(os.path.relpath(full, self.root), pb.EVENT_TYPE_CREATE, full)
+
     def _readable(self) -> None:
         try:
             events = self._inotify.read(timeout=0)
@@ -116,11 +125,11 @@ class DirWatcher:
             full = os.path.join(base, event.name) if event.name else base
             if full == self.root and not event.name:
                 continue  # events about the watched directory itself
-            if self.recursive and event.mask & F.ISDIR and event.mask & (F.CREATE | F.MOVED_TO):
-                self._add_tree(full)
             name = os.path.relpath(full, self.root)
             for event_type in _event_types(event.mask):
                 self._emit(name, event_type, full)
+            if self.recursive and event.mask & F.ISDIR and event.mask & (F.CREATE | F.MOVED_TO):
+                self._adopt_new_dir(full)
 
     def _emit(self, name: str, event_type: pb.EventType, full: str) -> None:
         message = pb.FilesystemEvent(name=name, type=event_type)

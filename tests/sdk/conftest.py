@@ -1,0 +1,37 @@
+"""Every SDK test runs twice: through ``Sandbox`` (sync face) and ``AsyncSandbox`` (async core).
+
+The bodies are written once; :func:`maybe` awaits what the async face returns and passes the
+sync face's values through, and :func:`items` drains either kind of iterator.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from emberbox import AsyncSandbox, Sandbox
+from tests.conftest import EnvdProcess
+
+
+async def maybe(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+async def items(iterable: Any) -> list[Any]:
+    if hasattr(iterable, "__aiter__"):
+        return [item async for item in iterable]
+    return list(iterable)
+
+
+@pytest.fixture(params=["sync", "async"])
+async def sandbox(request: pytest.FixtureRequest, envd_debug: EnvdProcess) -> AsyncIterator[Any]:
+    """A debug-mode sandbox (envd on localhost:49983, no control plane) from either face."""
+    if request.param == "sync":
+        sbx: Any = Sandbox(debug=True)
+    else:
+        sbx = await AsyncSandbox.create(debug=True)
+    yield sbx
+    await maybe(sbx.close())

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from emberbox import (
+    AuthenticationException,
+    FileNotFoundException,
+    NotEnoughSpaceException,
+    NotFoundException,
+    RateLimitException,
+    SandboxUnavailableException,
+    TimeoutException,
+)
+from emberbox._connect.errors import Code, ConnectError
+from emberbox.sdk import _errors
+from emberbox.sdk._async.api import encode_metadata_query
+from emberbox.sdk._config import ConnectionConfig
+
+
+def _response(status: int, body: bytes = b"{}", **headers: str) -> httpx.Response:
+    return httpx.Response(status, content=body, headers=headers)
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [
+        (401, AuthenticationException),
+        (404, NotFoundException),
+        (429, RateLimitException),
+        (502, SandboxUnavailableException),
+        (504, TimeoutException),
+        (507, NotEnoughSpaceException),
+    ],
+)
+def test_http_statuses_map_to_the_tree(status: int, kind: type) -> None:
+    assert isinstance(_errors.from_http(_response(status)), kind)
+
+
+def test_rate_limit_carries_retry_after() -> None:
+    err = _errors.from_http(
+        _response(429, b'{"code":429,"message":"slow down"}', **{"Retry-After": "7"})
+    )
+    assert isinstance(err, RateLimitException)
+    assert err.retry_after == 7.0
+    assert "slow down" in str(err)
+
+
+def test_connect_codes_map_to_the_tree() -> None:
+    missing = ConnectError(Code.NOT_FOUND, "gone")
+    assert isinstance(_errors.from_connect(missing, files=True), FileNotFoundException)
+    assert type(_errors.from_connect(missing)) is NotFoundException
+    full = ConnectError(Code.RESOURCE_EXHAUSTED, "not enough disk space for '/x'")
+    assert isinstance(_errors.from_connect(full), NotEnoughSpaceException)
+
+
+def test_metadata_query_is_encoded_once_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert encode_metadata_query({"a": "b c", "k&": "v="}) == "a=b%20c&k%26=v%3D"
+
+
+def test_config_prefers_arguments_then_emberbox_then_e2b(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("E2B_API_KEY", "e2b-key")
+    monkeypatch.setenv("E2B_API_URL", "http://e2b:1")
+    monkeypatch.setenv("EMBERBOX_API_URL", "http://ember:2/")
+    config = ConnectionConfig.create()
+    assert (config.api_key, config.api_url) == ("e2b-key", "http://ember:2")
+    assert ConnectionConfig.create(api_key="arg").api_key == "arg"
+    assert config.host("abc", 8080, None) == "8080-abc.localhost"
+    assert config.host("abc", 8080, "sbx.example") == "8080-abc.sbx.example"
+    monkeypatch.setenv("EMBERBOX_SANDBOX_URL", "http://127.0.0.1:9")
+    assert ConnectionConfig.create().envd_url("abc", None) == "http://127.0.0.1:9"
