@@ -6,8 +6,9 @@ sync face's values through, and :func:`items` drains either kind of iterator.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -24,6 +25,15 @@ async def items(iterable: Any) -> list[Any]:
     if hasattr(iterable, "__aiter__"):
         return [item async for item in iterable]
     return list(iterable)
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll ``condition``; the sync face delivers callbacks from its own thread meanwhile."""
+    for _ in range(int(timeout / 0.05)):
+        if condition():
+            return True
+        await asyncio.sleep(0.05)
+    return condition()
 
 
 @pytest.fixture(params=["sync", "async"])

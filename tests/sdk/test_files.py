@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
-import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,7 +16,7 @@ from emberbox import (
     InvalidArgumentException,
     WriteEntry,
 )
-from tests.sdk.conftest import items, maybe
+from tests.sdk.conftest import eventually, items, maybe
 
 
 @pytest.fixture
@@ -77,9 +75,7 @@ async def test_watch_dir_pushes_events(sandbox: Any, workdir: str) -> None:
     events: list[Any] = []
     handle = await maybe(sandbox.files.watch_dir(workdir, on_event=events.append, recursive=True))
     await maybe(sandbox.files.write(f"{workdir}/sub/new.txt", "x"))
-    deadline = time.monotonic() + 5
-    while not any(e.name == "sub/new.txt" for e in events) and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)  # noqa: ASYNC110 - the sync face delivers from a thread
+    await eventually(lambda: any(e.name == "sub/new.txt" for e in events))
     await maybe(handle.stop())
     assert ("sub", FilesystemEventType.CREATE) in {(e.name, e.type) for e in events}
     assert any(e.name == "sub/new.txt" for e in events)
