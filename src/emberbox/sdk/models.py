@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import IO
+from typing import IO, Protocol, runtime_checkable
 
 from .._proto.filesystem import filesystem_pb2 as fs_pb
 
@@ -83,6 +83,13 @@ class WriteInfo:
     name: str
     path: str
     type: FileType | None = FileType.FILE
+
+
+@runtime_checkable
+class SupportsRead(Protocol):
+    """Anything with ``read(size) -> bytes``: open files, sockets, custom streams."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ Uploads and downloads are streamed in 1 MiB chunks: a 1 GiB file never sits in c
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from typing import IO, Literal, overload
+from typing import Literal, overload
 
 import httpx
 
@@ -15,11 +15,11 @@ from .. import _errors
 from .._background import AsyncBackground
 from .._base import basic_auth
 from ..exceptions import FileNotFoundException, SandboxException
-from ..models import EntryInfo, FilesystemEvent, WriteEntry, WriteInfo
+from ..models import EntryInfo, FilesystemEvent, SupportsRead, WriteEntry, WriteInfo
 from .rpc import AsyncRpc
 
 CHUNK = 1024 * 1024
-WriteData = str | bytes | IO[bytes] | AsyncIterator[bytes]
+WriteData = str | bytes | SupportsRead | AsyncIterator[bytes]
 
 
 async def iter_chunks(data: WriteData) -> AsyncIterator[bytes]:
@@ -27,7 +27,7 @@ async def iter_chunks(data: WriteData) -> AsyncIterator[bytes]:
         yield data.encode()
     elif isinstance(data, bytes | bytearray | memoryview):
         yield bytes(data)
-    elif hasattr(data, "read"):
+    elif isinstance(data, SupportsRead):
         while chunk := data.read(CHUNK):
             yield chunk
     else:

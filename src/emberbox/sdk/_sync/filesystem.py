@@ -7,7 +7,7 @@ Uploads and downloads are streamed in 1 MiB chunks: a 1 GiB file never sits in c
 from __future__ import annotations
 
 from collections.abc import Iterator, Callable
-from typing import IO, Literal, overload
+from typing import Literal, overload
 
 import httpx
 
@@ -16,11 +16,11 @@ from .. import _errors
 from .._background import Background
 from .._base import basic_auth
 from ..exceptions import FileNotFoundException, SandboxException
-from ..models import EntryInfo, FilesystemEvent, WriteEntry, WriteInfo
+from ..models import EntryInfo, FilesystemEvent, SupportsRead, WriteEntry, WriteInfo
 from .rpc import Rpc
 
 CHUNK = 1024 * 1024
-WriteData = str | bytes | IO[bytes] | Iterator[bytes]
+WriteData = str | bytes | SupportsRead | Iterator[bytes]
 
 
 def iter_chunks(data: WriteData) -> Iterator[bytes]:
@@ -28,7 +28,7 @@ def iter_chunks(data: WriteData) -> Iterator[bytes]:
         yield data.encode()
     elif isinstance(data, bytes | bytearray | memoryview):
         yield bytes(data)
-    elif hasattr(data, "read"):
+    elif isinstance(data, SupportsRead):
         while chunk := data.read(CHUNK):
             yield chunk
     else:
