@@ -1,0 +1,136 @@
+"""``emberbox sandbox create|list|info|kill|exec|shell``."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Annotated
+
+import typer
+
+from ..sdk._async.sandbox import AsyncSandbox
+from ..sdk.exceptions import CommandExitException
+from ..sdk.sandbox import Sandbox
+from .output import console, emit_json, fail, friendly_errors, table
+from .shell import run_shell
+
+app = typer.Typer(help="Create, inspect, use and kill sandboxes.", no_args_is_help=True)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+
+
+def _pairs(values: list[str] | None, what: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise fail(f"{what} must look like KEY=VALUE, got {item!r}")
+        out[key] = value
+    return out
+
+
+@app.command()
+@friendly_errors
+def create(
+    template: Annotated[str, typer.Option("--template", "-t")] = "base",
+    timeout: Annotated[int, typer.Option(help="seconds to live")] = 300,
+    metadata: Annotated[list[str] | None, typer.Option("--metadata", "-m")] = None,
+    env: Annotated[list[str] | None, typer.Option("--env", "-e")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Create a sandbox and print its id."""
+    sandbox = Sandbox.create(
+        template=template,
+        timeout=timeout,
+        metadata=_pairs(metadata, "--metadata"),
+        envs=_pairs(env, "--env"),
+    )
+    if json_out:
+        emit_json({"sandboxID": sandbox.sandbox_id, "templateID": sandbox.template_id})
+    else:
+        console.print(sandbox.sandbox_id)
+
+
+@app.command("list")
+@friendly_errors
+def list_(
+    metadata: Annotated[list[str] | None, typer.Option("--metadata", "-m")] = None,
+    state: Annotated[list[str] | None, typer.Option("--state")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """List sandboxes (running and paused), filtered by metadata or state."""
+    found = Sandbox.list(metadata=_pairs(metadata, "--metadata") or None, state=state)
+    if json_out:
+        emit_json(found)
+        return
+    table(
+        f"{len(found)} sandbox(es)",
+        ["id", "template", "state", "started", "ends", "metadata"],
+        [
+            (s.sandbox_id, s.template_id, s.state, s.started_at, s.end_at, s.metadata or "")
+            for s in found
+        ],
+    )
+
+
+@app.command()
+@friendly_errors
+def info(sandbox_id: str, json_out: JsonFlag = False) -> None:
+    """Show one sandbox."""
+    details = Sandbox.connect(sandbox_id).get_info()
+    if json_out:
+        emit_json(details)
+        return
+    for field, value in vars(details).items():
+        console.print(f"[bold]{field}[/]: {value}")
+
+
+@app.command()
+@friendly_errors
+def kill(sandbox_id: str) -> None:
+    """Kill a sandbox."""
+    if not Sandbox.kill(sandbox_id):
+        raise fail(f"sandbox {sandbox_id} not found")
+    console.print(f"killed {sandbox_id}")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@friendly_errors
+def exec(
+    sandbox_id: str,
+    command: Annotated[list[str], typer.Argument(help="the command, after --")],
+    user: Annotated[str | None, typer.Option("--user", "-u")] = None,
+    cwd: Annotated[str | None, typer.Option("--cwd")] = None,
+    timeout: Annotated[float, typer.Option(help="seconds; 0 = no limit")] = 0,
+) -> None:
+    """Run a command, stream its output, and exit with its exit code."""
+    sandbox = Sandbox.connect(sandbox_id)
+    try:
+        sandbox.commands.run(
+            " ".join(command),
+            user=user,
+            cwd=cwd,
+            timeout=timeout,
+            on_stdout=lambda text: (sys.stdout.write(text), sys.stdout.flush()),
+            on_stderr=lambda text: (sys.stderr.write(text), sys.stderr.flush()),
+        )
+    except CommandExitException as exc:
+        raise typer.Exit(exc.exit_code if exc.exit_code > 0 else 128) from None
+
+
+@app.command()
+@friendly_errors
+def shell(
+    sandbox_id: str,
+    user: Annotated[str | None, typer.Option("--user", "-u")] = None,
+) -> None:
+    """Open an interactive terminal in the sandbox (exit the shell to leave)."""
+
+    async def session() -> int:
+        sandbox = await AsyncSandbox.connect(sandbox_id)
+        try:
+            return await run_shell(sandbox, user=user)
+        finally:
+            await sandbox.close()
+
+    raise typer.Exit(asyncio.run(session()))
