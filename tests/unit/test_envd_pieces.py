@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import signal
 
 import pytest
@@ -49,3 +50,18 @@ def test_signature_matches_the_official_sdk() -> None:
     assert verify(sign("/a", "read", "u", "tok", None), "/a", "write", "u", "tok", None) == (
         "invalid signature"
     )
+
+
+def test_exit_fd_emulation_signals_without_reaping() -> None:
+    import select
+    import subprocess
+
+    from emberbox.envd.process.exit_fd import _emulated
+
+    child = subprocess.Popen(["sh", "-c", "exit 3"])
+    fd = _emulated(child.pid)
+    try:
+        assert select.select([fd], [], [], 5)[0] == [fd]
+        assert child.poll() == 3  # still ours to reap
+    finally:
+        os.close(fd)

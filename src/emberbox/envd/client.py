@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import httpx
 
-from ..sdk._async.rpc import AsyncRpc
 from .._proto.process import process_pb2 as pb
+from ..sdk._async.rpc import AsyncRpc
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Running processes: spawn, fan output out to subscribers, buffer it while nobody listens.
 
 Each process runs in its own process group so that a signal reaches the whole command tree
-(``bash -c 'a | b'`` included). Exit is observed through a pidfd on the event loop, so no
-thread or SIGCHLD handler is involved.
+(``bash -c 'a | b'`` included). Exit is observed through a pidfd on the event loop (or its
+emulation where the kernel lacks one, see ``exit_fd``), so no SIGCHLD handler is involved.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from ..._connect.errors import Code, ConnectError
 from ..._proto.process import process_pb2 as pb
 from ..state import EnvdState, default_path
 from ..users import User, resolve_path
+from .exit_fd import exit_fd
 from .exit_status import describe
 from .fdio import FdReader, set_nonblocking, write_all
 
@@ -83,8 +84,8 @@ class ManagedProcess:
         self._readers: list[FdReader] = []
         self._deadline: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
-        self._pidfd = os.pidfd_open(self.pid)
-        self._loop.add_reader(self._pidfd, self._on_exit)
+        self._exit_fd = exit_fd(self.pid)
+        self._loop.add_reader(self._exit_fd, self._on_exit)
 
     def attach_output(self, fd: int, kind: str) -> None:
         self._readers.append(FdReader(fd, lambda data: self._publish(Output(kind, data)), _noop))
@@ -120,8 +121,8 @@ class ManagedProcess:
         returncode = self.popen.poll()
         if returncode is None:
             return
-        self._loop.remove_reader(self._pidfd)
-        os.close(self._pidfd)
+        self._loop.remove_reader(self._exit_fd)
+        os.close(self._exit_fd)
         if self._deadline is not None:
             self._deadline.cancel()
         for reader in self._readers:  # readers own the output fds, the PTY master included
