@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import resource
 import sys
 from collections.abc import AsyncIterator, Iterator
 
@@ -58,6 +57,15 @@ async def run_async(size_mib: int, path: str) -> tuple[str, int]:
     return digest.hexdigest(), received
 
 
+def peak_rss_mib() -> float:
+    """VmHWM of this process image; ru_maxrss would carry the forking parent's peak over exec."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 class _FileLike:
     """A read()-able view over a generator, as a user's file object would be."""
 
@@ -74,7 +82,7 @@ def main() -> None:
         received_digest, received = run_sync(size_mib, path)
     else:
         received_digest, received = asyncio.run(run_async(size_mib, path))
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mib = peak_rss_mib()
     print(
         json.dumps(
             {
