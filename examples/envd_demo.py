@@ -1,6 +1,6 @@
 """Drive a running envd: wait for it, run a command, write a file and read it back.
 
-    python examples/envd_demo.py [http://127.0.0.1:49983]
+python examples/envd_demo.py [http://127.0.0.1:49983]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ async def main(url: str) -> None:
             if time.monotonic() > deadline:
                 raise SystemExit(f"envd at {url} did not become healthy")
             await asyncio.sleep(0.05)
-        result = await envd.run("echo \"hello from $(whoami) in $(pwd)\"; uname -sr")
+        result = await envd.run('echo "hello from $(whoami) in $(pwd)"; uname -sr')
         print(f"exit {result.exit_code}: {result.text.strip()}")
         await envd.write_file("/tmp/emberbox-demo.txt", b"written through envd\n")
         print("read back:", (await envd.read_file("/tmp/emberbox-demo.txt")).decode().strip())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from typing import Literal, overload
 
 from ..._proto.process import process_pb2 as pb
 from .._base import OutputCollector, basic_auth, start_request
@@ -106,6 +107,34 @@ async def _started(rpc: AsyncRpc, events: AsyncIterator[pb.StartResponse]) -> As
 class AsyncCommands:
     def __init__(self, rpc: AsyncRpc) -> None:
         self._rpc = rpc
+
+    @overload
+    async def run(
+        self,
+        cmd: str,
+        background: Literal[False] = False,
+        envs: dict[str, str] | None = None,
+        user: str | None = None,
+        cwd: str | None = None,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+        stdin: bool = False,
+        timeout: float | None = 60,
+    ) -> CommandResult: ...
+
+    @overload
+    async def run(
+        self,
+        cmd: str,
+        background: Literal[True],
+        envs: dict[str, str] | None = None,
+        user: str | None = None,
+        cwd: str | None = None,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+        stdin: bool = False,
+        timeout: float | None = 60,
+    ) -> AsyncCommandHandle: ...
 
     async def run(
         self,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Callable
+from typing import Literal, overload
 
 from ..._proto.process import process_pb2 as pb
 from .._base import OutputCollector, basic_auth, start_request
@@ -107,6 +108,34 @@ def _started(rpc: Rpc, events: Iterator[pb.StartResponse]) -> CommandHandle:
 class Commands:
     def __init__(self, rpc: Rpc) -> None:
         self._rpc = rpc
+
+    @overload
+    def run(
+        self,
+        cmd: str,
+        background: Literal[False] = False,
+        envs: dict[str, str] | None = None,
+        user: str | None = None,
+        cwd: str | None = None,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+        stdin: bool = False,
+        timeout: float | None = 60,
+    ) -> CommandResult: ...
+
+    @overload
+    def run(
+        self,
+        cmd: str,
+        background: Literal[True],
+        envs: dict[str, str] | None = None,
+        user: str | None = None,
+        cwd: str | None = None,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+        stdin: bool = False,
+        timeout: float | None = 60,
+    ) -> CommandHandle: ...
 
     def run(
         self,
