@@ -128,3 +128,15 @@ def test_envd_keeps_serving_after_bad_input(envd_debug: EnvdProcess) -> None:
     assert (
         run(envd_debug.url, "echo still-alive")[-2][1]["event"]["end"]["status"] == "exit status 0"
     )
+
+
+def test_stream_with_unary_content_type_is_refused(envd_debug: EnvdProcess) -> None:
+    import httpx
+
+    response = httpx.post(
+        f"{envd_debug.url}/process.Process/Start",
+        content=envelope({"process": {"cmd": "/bin/true"}}),
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status_code == 415
+    assert response.json()["code"] == "unimplemented"

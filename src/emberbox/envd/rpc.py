@@ -163,7 +163,12 @@ class ConnectApp:
             return
         if method.kind is Kind.UNARY:
             await self._unary(method, headers, receive, send)
-        elif method.kind is Kind.SERVER_STREAM:
+            return
+        if not headers.get("content-type", "").startswith(_STREAM_CT):
+            err = ConnectError(Code.UNIMPLEMENTED, f"streams need content-type {_STREAM_CT}")
+            await _send_body(send, 415, "application/json", err.to_json())
+            return
+        if method.kind is Kind.SERVER_STREAM:
             await self._server_stream(method, headers, receive, send)
         else:
             await self._client_stream(method, headers, receive, send)
@@ -216,11 +221,6 @@ class ConnectApp:
     async def _server_stream(
         self, method: RpcMethod, headers: Headers, receive: Receive, send: Send
     ) -> None:
-        if not headers.get("content-type", "").startswith(_STREAM_CT):
-            await _send_error(
-                send, ConnectError(Code.UNIMPLEMENTED, f"streams need content-type {_STREAM_CT}")
-            )
-            return
         # Read the whole request before answering: some clients stop sending their body once
         # response headers arrive, which would leave us with an empty request.
         error: ConnectError | None = None
@@ -325,11 +325,6 @@ class ConnectApp:
     async def _client_stream(
         self, method: RpcMethod, headers: Headers, receive: Receive, send: Send
     ) -> None:
-        if not headers.get("content-type", "").startswith(_STREAM_CT):
-            await _send_error(
-                send, ConnectError(Code.UNIMPLEMENTED, f"streams need content-type {_STREAM_CT}")
-            )
-            return
         decoder = EnvelopeDecoder(self.max_message_bytes)
 
         async def messages() -> AsyncIterator[Message]:

@@ -38,6 +38,17 @@ class AsyncRpc:
         self.base_url = base_url.rstrip("/")
         self.headers = dict(headers)
 
+    def _headers(
+        self, content_type: str, timeout: float | None, extra: Mapping[str, str] | None
+    ) -> dict[str, str]:
+        return {
+            **_BASE_HEADERS,
+            "Content-Type": content_type,
+            **_timeout_headers(timeout),
+            **self.headers,
+            **(extra or {}),
+        }
+
     async def unary(
         self,
         method: str,
@@ -52,13 +63,7 @@ class AsyncRpc:
             response = await self.http.post(
                 f"{self.base_url}/{method}",
                 content=encode_json(request),
-                headers={
-                    **_BASE_HEADERS,
-                    "Content-Type": "application/json",
-                    **_timeout_headers(timeout),
-                    **self.headers,
-                    **(headers or {}),
-                },
+                headers=self._headers("application/json", timeout, headers),
                 timeout=_http_timeout(timeout),
             )
         except httpx.HTTPError as exc:
@@ -84,13 +89,7 @@ class AsyncRpc:
                 "POST",
                 f"{self.base_url}/{method}",
                 content=encode_envelope(encode_json(request)),
-                headers={
-                    **_BASE_HEADERS,
-                    "Content-Type": "application/connect+json",
-                    **_timeout_headers(timeout),
-                    **self.headers,
-                    **(headers or {}),
-                },
+                headers=self._headers("application/connect+json", timeout, headers),
                 timeout=_http_timeout(timeout),
             ) as response:
                 if response.status_code != 200:
@@ -128,13 +127,7 @@ class AsyncRpc:
             response = await self.http.post(
                 f"{self.base_url}/{method}",
                 content=body(),
-                headers={
-                    **_BASE_HEADERS,
-                    "Content-Type": "application/connect+json",
-                    **_timeout_headers(timeout),
-                    **self.headers,
-                    **(headers or {}),
-                },
+                headers=self._headers("application/connect+json", timeout, headers),
                 timeout=_http_timeout(timeout),
             )
         except httpx.HTTPError as exc:
