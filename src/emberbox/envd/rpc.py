@@ -237,15 +237,18 @@ class ConnectApp:
                 "headers": [(b"content-type", _STREAM_CT.encode())],
             }
         )
+        tail = b""
         try:
             if request is not None:
-                error = await self._pump(method, method.handler(request, ctx), ctx, receive, send)
+                error, tail = await self._pump(
+                    method, method.handler(request, ctx), ctx, receive, send
+                )
         except ConnectError as err:
             error = err
         except OSError:
             return  # the client went away while we wrote; nobody is left to tell
         with contextlib.suppress(OSError):
-            await send({"type": "http.response.body", "body": _end_stream(error)})
+            await send({"type": "http.response.body", "body": tail + _end_stream(error)})
 
     async def _pump(
         self,
@@ -254,8 +257,12 @@ class ConnectApp:
         ctx: RpcContext,
         receive: Receive,
         send: Send,
-    ) -> ConnectError | None:
-        """Forward handler messages as envelopes, interleaving keepalives, until done or gone."""
+    ) -> tuple[ConnectError | None, bytes]:
+        """Forward handler messages as envelopes, interleaving keepalives, until done or gone.
+
+        Messages that are ready together leave in one write; the last batch is returned so the
+        caller can send it with the end-of-stream frame.
+        """
         queue: asyncio.Queue[Message | BaseException | _Disconnected | _Finished] = asyncio.Queue()
 
         async def produce() -> None:
@@ -283,25 +290,23 @@ class ConnectApp:
                         item = await queue.get()
                 except TimeoutError:
                     if ctx.deadline is not None and loop.time() >= ctx.deadline:
-                        return ConnectError(Code.DEADLINE_EXCEEDED, "deadline exceeded")
+                        return ConnectError(Code.DEADLINE_EXCEEDED, "deadline exceeded"), b""
                     if method.keepalive is not None:
-                        await self._send_message(send, method.keepalive())
+                        await self._send_chunk(
+                            send, encode_envelope(encode_json(method.keepalive()))
+                        )
                     continue
                 if ctx.deadline is not None and loop.time() >= ctx.deadline:
-                    return ConnectError(Code.DEADLINE_EXCEEDED, "deadline exceeded")
-                if isinstance(item, Message):
-                    await self._send_message(send, item)
-                elif isinstance(item, _Finished):
-                    return None
-                elif isinstance(item, _Disconnected):
-                    raise OSError("client disconnected")
-                elif isinstance(item, ConnectError):
-                    return item
-                elif isinstance(item, asyncio.CancelledError):
-                    return ConnectError(Code.CANCELED, "canceled")
-                else:
-                    log.error("stream handler failed", exc_info=item)
-                    return ConnectError(Code.INTERNAL, str(item) or type(item).__name__)
+                    return ConnectError(Code.DEADLINE_EXCEEDED, "deadline exceeded"), b""
+                batch = bytearray()
+                while True:
+                    if not isinstance(item, Message):
+                        return self._outcome(item), bytes(batch)
+                    batch += encode_envelope(encode_json(item))
+                    if queue.empty():
+                        break
+                    item = queue.get_nowait()
+                await self._send_chunk(send, bytes(batch))
         finally:
             for task in tasks:
                 task.cancel()
@@ -313,14 +318,22 @@ class ConnectApp:
                     await aclose()
 
     @staticmethod
-    async def _send_message(send: Send, message: Message) -> None:
-        await send(
-            {
-                "type": "http.response.body",
-                "body": encode_envelope(encode_json(message)),
-                "more_body": True,
-            }
-        )
+    def _outcome(item: BaseException | _Disconnected | _Finished) -> ConnectError | None:
+        """What ends a stream: success, a handler's error, or a client that left (raised)."""
+        if isinstance(item, _Finished):
+            return None
+        if isinstance(item, _Disconnected):
+            raise OSError("client disconnected")
+        if isinstance(item, ConnectError):
+            return item
+        if isinstance(item, asyncio.CancelledError):
+            return ConnectError(Code.CANCELED, "canceled")
+        log.error("stream handler failed", exc_info=item)
+        return ConnectError(Code.INTERNAL, str(item) or type(item).__name__)
+
+    @staticmethod
+    async def _send_chunk(send: Send, body: bytes) -> None:
+        await send({"type": "http.response.body", "body": body, "more_body": True})
 
     async def _client_stream(
         self, method: RpcMethod, headers: Headers, receive: Receive, send: Send
