@@ -26,8 +26,10 @@ import httpx
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks._stats import summary
+from emberbox._proto.process import process_pb2 as pb
 from emberbox.envd.client import EnvdClient
 from emberbox.envd.users import fallback_user
+from emberbox.sdk._async.rpc import AsyncRpc
 
 
 def free_port() -> int:
@@ -92,6 +94,22 @@ async def envd_round_trips(url: str, runs: int) -> list[float]:
     return samples
 
 
+async def envd_bare_round_trips(url: str, runs: int) -> list[float]:
+    """``/bin/true`` without a login shell: what envd itself adds to a process's life."""
+    request = pb.StartRequest(process=pb.ProcessConfig(cmd="/bin/true"), stdin=False)
+    async with httpx.AsyncClient() as http:
+        rpc = AsyncRpc(http, url, {})
+        samples = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            async for _message in rpc.server_stream(
+                "process.Process/Start", request, pb.StartResponse
+            ):
+                pass
+            samples.append(time.perf_counter() - t)
+    return samples
+
+
 def bench_round_trip(url: str, runs: int) -> None:
     ours = summary(
         'envd Start "bash -l -c true" round trip', asyncio.run(envd_round_trips(url, runs))
@@ -111,11 +129,15 @@ def bench_round_trip(url: str, runs: int) -> None:
         t = time.perf_counter()
         subprocess.run(["/bin/bash", "-l", "-c", "true"], check=True, **as_user)  # type: ignore[call-overload]
         login.append(time.perf_counter() - t)
+    direct = summary(
+        'envd Start "/bin/true" (no shell) round trip',
+        asyncio.run(envd_bare_round_trips(url, runs)),
+    )
     b = summary('baseline: subprocess.run(["true"])', bare)
     lb = summary(f"baseline: bash -l -c true as {name!r}", login)
     print(
-        f"{'':44} round trip / bare true = {ours['median'] / b['median']:.2f}x;"
-        f" / bash -l -c true = {ours['median'] / lb['median']:.2f}x"
+        f"{'':44} /bin/true via envd / bare true = {direct['median'] / b['median']:.2f}x;"
+        f" bash -l -c true via envd / bare = {ours['median'] / lb['median']:.2f}x"
     )
 
 

@@ -1,43 +1,94 @@
 """Emberbox: self-hosted sandboxes for AI agents and untrusted code.
 
-    from emberbox import Sandbox
+from emberbox import Sandbox
 
-    with Sandbox(template="base") as sandbox:
-        print(sandbox.commands.run("echo hello").stdout)
+with Sandbox(template="base") as sandbox:
+    print(sandbox.commands.run("echo hello").stdout)
 """
 
-from .sdk._async.commands import AsyncCommandHandle
-from .sdk._async.filesystem import AsyncWatchHandle
-from .sdk._async.sandbox import AsyncSandbox
-from .sdk._sync.commands import CommandHandle
-from .sdk._sync.filesystem import WatchHandle
-from .sdk.exceptions import (
-    AuthenticationException,
-    CommandExitException,
-    FileNotFoundException,
-    InvalidArgumentException,
-    NotEnoughSpaceException,
-    NotFoundException,
-    RateLimitException,
-    SandboxException,
-    SandboxUnavailableException,
-    TemplateException,
-    TimeoutException,
-)
-from .sdk.models import (
-    CommandResult,
-    EntryInfo,
-    FilesystemEvent,
-    FilesystemEventType,
-    FileType,
-    ProcessInfo,
-    PtySize,
-    SandboxInfo,
-    SandboxMetrics,
-    WriteEntry,
-    WriteInfo,
-)
-from .sdk.sandbox import Sandbox
+import importlib as _importlib
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
+
+if _TYPE_CHECKING:
+    from .sdk._async.commands import AsyncCommandHandle
+    from .sdk._async.filesystem import AsyncWatchHandle
+    from .sdk._async.sandbox import AsyncSandbox
+    from .sdk._sync.commands import CommandHandle
+    from .sdk._sync.filesystem import WatchHandle
+    from .sdk.exceptions import (
+        AuthenticationException,
+        CommandExitException,
+        FileNotFoundException,
+        InvalidArgumentException,
+        NotEnoughSpaceException,
+        NotFoundException,
+        RateLimitException,
+        SandboxException,
+        SandboxUnavailableException,
+        TemplateException,
+        TimeoutException,
+    )
+    from .sdk.models import (
+        CommandResult,
+        EntryInfo,
+        FilesystemEvent,
+        FilesystemEventType,
+        FileType,
+        ProcessInfo,
+        PtySize,
+        SandboxInfo,
+        SandboxMetrics,
+        WriteEntry,
+        WriteInfo,
+    )
+    from .sdk.sandbox import Sandbox
+
+# Loaded on first use, so that envd (which lives in this package) starts without the SDK.
+_EXPORTS = {
+    "AsyncCommandHandle": ".sdk._async.commands",
+    "AsyncSandbox": ".sdk._async.sandbox",
+    "AsyncWatchHandle": ".sdk._async.filesystem",
+    "AuthenticationException": ".sdk.exceptions",
+    "CommandExitException": ".sdk.exceptions",
+    "CommandHandle": ".sdk._sync.commands",
+    "CommandResult": ".sdk.models",
+    "EntryInfo": ".sdk.models",
+    "FileNotFoundException": ".sdk.exceptions",
+    "FileType": ".sdk.models",
+    "FilesystemEvent": ".sdk.models",
+    "FilesystemEventType": ".sdk.models",
+    "InvalidArgumentException": ".sdk.exceptions",
+    "NotEnoughSpaceException": ".sdk.exceptions",
+    "NotFoundException": ".sdk.exceptions",
+    "ProcessInfo": ".sdk.models",
+    "PtySize": ".sdk.models",
+    "RateLimitException": ".sdk.exceptions",
+    "Sandbox": ".sdk.sandbox",
+    "SandboxException": ".sdk.exceptions",
+    "SandboxInfo": ".sdk.models",
+    "SandboxMetrics": ".sdk.models",
+    "SandboxUnavailableException": ".sdk.exceptions",
+    "TemplateException": ".sdk.exceptions",
+    "TimeoutException": ".sdk.exceptions",
+    "WatchHandle": ".sdk._sync.filesystem",
+    "WriteEntry": ".sdk.models",
+    "WriteInfo": ".sdk.models",
+}
+
+
+def __getattr__(name: str) -> _Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'emberbox' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __version__ = "0.1.0"
 
