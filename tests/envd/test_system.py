@@ -101,3 +101,17 @@ def test_sigterm_reaches_the_process(envd_debug: EnvdProcess) -> None:
     thread.join(10)
     assert "got-term" in _stdout(frames)
     assert frames[-2][1]["event"]["end"]["exitCode"] == 9
+
+
+def test_logs_journal_records_process_lifecycle(envd_factory: Callable[..., EnvdProcess]) -> None:
+    envd = envd_factory("--access-token", "tok")
+    headers = {"X-Access-Token": "tok"}
+    run(envd.url, "echo journal-marker; exit 3", headers)
+    assert httpx.get(f"{envd.url}/logs").status_code == 401
+    entries = httpx.get(f"{envd.url}/logs", headers=headers).json()["entries"]
+    started = [e for e in entries if "journal-marker" in e["message"]]
+    assert started and started[0]["message"].startswith("process ")
+    pid = started[0]["message"].split()[1]
+    assert any(e["message"] == f"process {pid} ended: exit status 3" for e in entries)
+    later = httpx.get(f"{envd.url}/logs", params={"after": entries[-1]["seq"]}, headers=headers)
+    assert later.json()["entries"] == []

@@ -17,7 +17,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .._connect.errors import Code, ConnectError
-from . import files, system
+from . import files, journal, system
 from .filesystem.service import FilesystemService
 from .http_errors import UNAUTHORIZED_MESSAGE, HTTPProblem, problem_response
 from .metrics import MetricsSampler
@@ -60,6 +60,7 @@ class EnvdApp:
             {**ProcessService(state, self.processes).methods(), **self.filesystem.methods()}
         )
         sampler = MetricsSampler()
+        self.journal = journal.install()
 
         def bind(
             fn: Callable[..., Awaitable[Response]], first: Any
@@ -71,6 +72,7 @@ class EnvdApp:
             Route("/init", bind(system.init, state), methods=["POST"]),
             Route("/envs", bind(system.envs, state), methods=["GET"]),
             Route("/metrics", bind(system.metrics, sampler), methods=["GET"]),
+            Route("/logs", bind(system.logs, self.journal), methods=["GET"]),
             Route("/files", bind(files.download, state), methods=["GET", "HEAD"]),
             Route("/files", bind(files.upload, state), methods=["POST"]),
         ]

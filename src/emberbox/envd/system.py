@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, Response
 
 from .._connect.errors import ConnectError
 from .http_errors import UNAUTHORIZED_MESSAGE, HTTPProblem
+from .journal import Journal
 from .metrics import MetricsSampler
 from .state import ENVD_VERSION, EnvdState
 from .users import User
@@ -89,6 +90,16 @@ async def init(state: EnvdState, request: Request) -> Response:
 
 async def envs(state: EnvdState, request: Request) -> Response:
     return JSONResponse(state.env_vars)
+
+
+async def logs(journal: Journal, request: Request) -> Response:
+    """Recent envd events; ``?after=<seq>`` continues from the last entry a caller saw."""
+    try:
+        after = int(request.query_params.get("after", "0"))
+        limit = min(int(request.query_params.get("limit", "1000")), 1000)
+    except ValueError:
+        raise HTTPProblem(400, "'after' and 'limit' must be integers") from None
+    return JSONResponse({"entries": journal.since(after, limit)})
 
 
 async def metrics(sampler: MetricsSampler, request: Request) -> Response:

@@ -132,6 +132,7 @@ class ManagedProcess:
                 os.close(self.stdin_fd)
             self.stdin_fd = None
         self.exit = Exit(*describe(returncode))
+        log.info("process %d ended: %s", self.pid, self.exit.status)
         for queue in self._subscribers:
             queue.put_nowait(self.exit)
         self.finished.set()
@@ -312,6 +313,13 @@ class ProcessManager:
             for fd in child_fds:
                 os.close(fd)
         self._by_pid[process.pid] = process
+        log.info(
+            "process %d started as %s in %s: %s",
+            process.pid,
+            user.name,
+            cwd,
+            " ".join([config.cmd, *config.args])[:500],
+        )
         queue = process.subscribe()
         asyncio.get_running_loop().create_task(self._forget_later(process))
         return process, queue
