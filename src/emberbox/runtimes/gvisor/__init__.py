@@ -1,0 +1,6 @@
+"""The gVisor (runsc) runtime: a syscall boundary without hardware virtualization."""
+
+from .config import GVisorConfig
+from .runtime import GVisorRuntime, SandboxBootFailed
+
+__all__ = ["GVisorConfig", "GVisorRuntime", "SandboxBootFailed"]

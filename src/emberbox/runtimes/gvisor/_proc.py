@@ -1,0 +1,71 @@
+"""Run host tools (runsc, ip, nft, mount) as asyncio subprocesses with readable failures."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+
+from ..base import RuntimeError_
+
+
+class CommandFailed(RuntimeError_):
+    """A host command exited non-zero; carries argv and stderr so the cause is visible."""
+
+    def __init__(self, argv: tuple[str, ...], code: int, stderr: str) -> None:
+        self.argv, self.code, self.stderr = argv, code, stderr
+        super().__init__(f"{' '.join(argv)} exited {code}: {stderr.strip()[-2000:]}")
+
+
+@dataclass(frozen=True)
+class Completed:
+    code: int
+    stdout: str
+    stderr: str
+
+
+async def run(
+    *argv: str,
+    check: bool = True,
+    stdin: bytes | None = None,
+    timeout: float = 60.0,
+) -> Completed:
+    """Run ``argv`` to completion; raise :class:`CommandFailed` on a non-zero exit if ``check``."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
+    except (TimeoutError, asyncio.CancelledError):
+        proc.kill()
+        await proc.wait()
+        raise
+    code = proc.returncode if proc.returncode is not None else -1
+    result = Completed(code, out.decode(errors="replace"), err.decode(errors="replace"))
+    if check and code != 0:
+        raise CommandFailed(argv, code, result.stderr or result.stdout)
+    return result
+
+
+async def run_to_file(*argv: str, log_path: str, timeout: float | None = None) -> int:
+    """Run ``argv`` with stdio on a file, never a pipe.
+
+    A detached ``runsc run`` keeps its stdio open for the sandbox's whole life, so a pipe would
+    never reach EOF; a file does not have that problem.
+    """
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=fd, stderr=fd
+        )
+    finally:
+        os.close(fd)
+    try:
+        return await asyncio.wait_for(proc.wait(), timeout)
+    except (TimeoutError, asyncio.CancelledError):
+        proc.kill()
+        await proc.wait()
+        raise

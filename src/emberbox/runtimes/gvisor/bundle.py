@@ -1,0 +1,112 @@
+"""The OCI ``config.json`` for one sandbox, built as plain data (no runsc call, easy to test)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Root inside gets what a VM's root would need (apt, chown, sudo, user switching) but neither
+# CAP_SYS_ADMIN nor CAP_SYS_RESOURCE: gVisor lets those bypass RLIMIT_NPROC, our pids limit.
+CAPABILITIES = [
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
+    "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT", "CAP_MKNOD", "CAP_AUDIT_WRITE", "CAP_SETFCAP", "CAP_SYS_PTRACE",
+]  # fmt: skip
+
+CPU_PERIOD_US = 100_000
+
+
+@dataclass(frozen=True)
+class BindMount:
+    source: Path
+    destination: str
+    readonly: bool = True
+
+
+@dataclass(frozen=True)
+class BundleSpec:
+    """Everything that varies between sandboxes; the rest of the OCI spec is fixed."""
+
+    rootfs: Path
+    args: Sequence[str]
+    env: Mapping[str, str]
+    hostname: str
+    netns_path: str
+    cgroups_path: str
+    cpu_count: int
+    memory_mb: int
+    pids_limit: int
+    cwd: str = "/"
+    uid: int = 0
+    gid: int = 0
+    binds: Sequence[BindMount] = field(default_factory=tuple)
+
+
+def oci_config(spec: BundleSpec) -> dict[str, Any]:
+    if spec.cpu_count < 1 or spec.memory_mb < 64 or spec.pids_limit < 16:
+        raise ValueError("need cpu_count >= 1, memory_mb >= 64 and pids_limit >= 16")
+    caps = list(CAPABILITIES)
+    mounts: list[dict[str, Any]] = [
+        {"destination": "/proc", "type": "proc", "source": "proc"},
+        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs"},
+        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+         "options": ["nosuid", "noexec", "nodev", "mode=1777"]},
+        {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+         "options": ["nosuid", "noexec", "nodev", "ro"]},
+    ]  # fmt: skip
+    for bind in spec.binds:
+        mounts.append(
+            {
+                "destination": bind.destination,
+                "type": "bind",
+                "source": str(bind.source),
+                "options": ["rbind", "ro" if bind.readonly else "rw"],
+            }
+        )
+    return {
+        "ociVersion": "1.0.0",
+        "process": {
+            "terminal": False,
+            "noNewPrivileges": False,  # sudo must work: the sandbox is the user's machine
+            "user": {"uid": spec.uid, "gid": spec.gid},
+            "args": list(spec.args),
+            "env": [f"{k}={v}" for k, v in spec.env.items()],
+            "cwd": spec.cwd,
+            "capabilities": {k: caps for k in ("bounding", "effective", "permitted")},
+            "rlimits": [
+                {"type": "RLIMIT_NOFILE", "hard": 65536, "soft": 65536},
+                # Guest tasks are not host pids, so a host pids cgroup alone cannot stop a fork
+                # bomb cleanly; gVisor enforces RLIMIT_NPROC inside (also for root, see above).
+                {"type": "RLIMIT_NPROC", "hard": spec.pids_limit, "soft": spec.pids_limit},
+            ],
+        },
+        "root": {"path": str(spec.rootfs), "readonly": False},
+        "hostname": spec.hostname,
+        "mounts": mounts,
+        "linux": {
+            "namespaces": [
+                {"type": "pid"},
+                {"type": "network", "path": spec.netns_path},
+                {"type": "ipc"},
+                {"type": "uts"},
+                {"type": "mount"},
+            ],
+            "cgroupsPath": spec.cgroups_path,
+            "resources": {
+                "memory": {"limit": spec.memory_mb * 1024 * 1024},
+                "cpu": {"quota": spec.cpu_count * CPU_PERIOD_US, "period": CPU_PERIOD_US},
+                # Backstop for the host: the sentry uses about two host threads per guest task.
+                "pids": {"limit": spec.pids_limit * 3 + 128},
+            },
+        },
+    }
+
+
+def write_bundle(directory: Path, spec: BundleSpec) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "config.json"
+    path.write_text(json.dumps(oci_config(spec), indent=1))
+    return directory

@@ -1,0 +1,93 @@
+"""Read and clean up the cgroups runsc creates from ``linux.cgroupsPath``.
+
+runsc itself creates the cgroup and applies the limits; we read usage for stats and OOM
+detection, and remove cgroups left behind by sandboxes that died while nobody watched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "pids", "devices", "freezer", "blkio")
+
+
+def is_v1() -> bool:
+    return (CGROUP_ROOT / "memory" / "memory.limit_in_bytes").exists()
+
+
+def _read_int(path: Path, default: int = 0) -> int:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return default
+
+
+def _read_keyed(path: Path) -> dict[str, int]:
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return {}
+    out: dict[str, int] = {}
+    for line in lines:
+        key, _, value = line.partition(" ")
+        with contextlib.suppress(ValueError):
+            out[key] = int(value)
+    return out
+
+
+@dataclass(frozen=True)
+class Usage:
+    cpu_ns: int
+    mem_used: int
+    mem_limit: int
+    oom_kills: int
+    pids: int
+
+
+def usage(rel: str) -> Usage | None:
+    """Current usage of cgroup ``rel`` (e.g. ``emberbox/abc``), or None if it does not exist."""
+    if is_v1():
+        mem = CGROUP_ROOT / "memory" / rel
+        if not mem.exists():
+            return None
+        return Usage(
+            cpu_ns=_read_int(CGROUP_ROOT / "cpuacct" / rel / "cpuacct.usage"),
+            mem_used=_read_int(mem / "memory.usage_in_bytes"),
+            mem_limit=_read_int(mem / "memory.limit_in_bytes"),
+            oom_kills=_read_keyed(mem / "memory.oom_control").get("oom_kill", 0),
+            pids=_read_int(CGROUP_ROOT / "pids" / rel / "pids.current"),
+        )
+    group = CGROUP_ROOT / rel
+    if not group.exists():
+        return None
+    limit = (group / "memory.max").read_text().strip()
+    return Usage(
+        cpu_ns=_read_keyed(group / "cpu.stat").get("usage_usec", 0) * 1000,
+        mem_used=_read_int(group / "memory.current"),
+        mem_limit=0 if limit == "max" else int(limit),
+        oom_kills=_read_keyed(group / "memory.events").get("oom_kill", 0),
+        pids=_read_int(group / "pids.current"),
+    )
+
+
+def existing(parent: str) -> list[str]:
+    """Child cgroup names under ``parent`` (one per sandbox that has or had one)."""
+    base = CGROUP_ROOT / ("memory" if is_v1() else "") / parent
+    try:
+        return sorted(p.name for p in base.iterdir() if p.is_dir())
+    except FileNotFoundError:
+        return []
+
+
+def remove(rel: str) -> None:
+    """rmdir the cgroup in every hierarchy; only works (and is only called) once it is empty."""
+    dirs = [CGROUP_ROOT / c / rel for c in V1_CONTROLLERS] if is_v1() else [CGROUP_ROOT / rel]
+    for d in dirs:
+        with contextlib.suppress(FileNotFoundError):
+            for child in sorted(d.glob("**/"), key=lambda p: len(p.parts), reverse=True):
+                with contextlib.suppress(OSError):
+                    os.rmdir(child)

@@ -1,0 +1,75 @@
+"""Where the gVisor runtime keeps its state and how it calls runsc, in one place."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ...templates.store import data_dir
+
+
+@dataclass(frozen=True)
+class GVisorConfig:
+    """Knobs of the gVisor runtime; the defaults are what was measured to work on our hosts.
+
+    **Parameters:**
+    * data_dir - (optional) root of all state; sandboxes live in ``<data_dir>/gvisor``.
+    * runsc - (optional) the runsc binary; ``$EMBERBOX_RUNSC`` or the one on PATH.
+    * platform - (optional) ``systrap`` (fast, runsc >= 2023) or ``ptrace``; ``None`` picks the
+      best one the binary offers (``kvm`` hangs on nested PVM hosts, so it is never auto-picked).
+    * subnet - (optional) pool of /30 links, one per sandbox (host .1, sandbox .2).
+    * cgroup_parent - (optional) cgroup under which each sandbox gets
+      ``<parent>/<instance>/<id>``.
+    * leases_root - (optional) host-wide directory of address leases, shared by every data dir
+      so that two instances on one host never lease the same /30.
+
+    Host-wide names (netns, veths, cgroups) carry ``instance``, a short hash of the data dir,
+    so instances with different data dirs never touch each other's sandboxes.
+    """
+
+    data_dir: Path = field(default_factory=data_dir)
+    runsc: str = field(
+        default_factory=lambda: os.environ.get("EMBERBOX_RUNSC") or shutil.which("runsc") or "runsc"
+    )
+    platform: str | None = None
+    subnet: str = "10.11.0.0/16"
+    cgroup_parent: str = "emberbox"
+    leases_root: Path = Path("/run/emberbox/leases")
+    boot_timeout: float = 30.0
+
+    @property
+    def root(self) -> Path:
+        return self.data_dir / "gvisor"
+
+    @property
+    def runsc_root(self) -> Path:
+        """runsc's own ``--root`` state directory (container records)."""
+        return self.root / "runsc"
+
+    @property
+    def sandboxes_dir(self) -> Path:
+        return self.root / "sandboxes"
+
+    @property
+    def leases_dir(self) -> Path:
+        return self.leases_root
+
+    @property
+    def instance(self) -> str:
+        return hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:4]
+
+    @property
+    def cgroup_base(self) -> str:
+        """Parent cgroup of this instance's sandboxes (relative to each hierarchy's root)."""
+        return f"{self.cgroup_parent}/{self.instance}"
+
+    @property
+    def network(self) -> ipaddress.IPv4Network:
+        net = ipaddress.IPv4Network(self.subnet)
+        if net.prefixlen > 29:
+            raise ValueError(f"subnet {self.subnet} is too small for a pool of /30 links")
+        return net

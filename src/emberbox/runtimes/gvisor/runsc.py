@@ -1,0 +1,111 @@
+"""The runsc command line: one place that knows its flags and its quirks on our hosts.
+
+Quirks handled here (see docs/runtimes.md):
+* runsc decides "am I in the root netns?" by probing ``/proc/sys/net``, which on recent kernels
+  exists in every netns, so ``--network=sandbox`` refuses to start. We run runsc in a private
+  mount namespace where ``/proc/sys`` is a tmpfs carrying only ``kernel``, ``vm`` and ``fs``.
+* A detached ``run`` keeps its stdio for the sandbox's life: stdio always goes to a log file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from . import _proc
+from .config import GVisorConfig
+
+# $0 = hidden-sysctl staging dir, the rest is the runsc argv.
+_NETFIX = """set -e
+d="$1"; shift
+mount --bind /proc/sys "$d"
+mount -t tmpfs -o size=64k,mode=555 none /proc/sys
+for s in kernel vm fs; do mkdir /proc/sys/$s; mount --bind "$d/$s" /proc/sys/$s; done
+umount -l "$d"
+exec "$@"
+"""
+
+
+def with_hidden_net_sysctls(staging: Path, argv: list[str]) -> list[str]:
+    """``argv`` run in a private mount namespace whose /proc/sys has no ``net`` (see above)."""
+    staging.mkdir(parents=True, exist_ok=True)
+    return ["unshare", "-m", "--propagation", "private", "sh", "-c", _NETFIX, "sh",
+            str(staging), *argv]  # fmt: skip
+
+
+class Runsc:
+    def __init__(self, config: GVisorConfig) -> None:
+        self.config = config
+        self._platform = config.platform
+
+    async def platform(self) -> str:
+        """The fastest platform this runsc offers: systrap when present, else ptrace."""
+        if self._platform is None:
+            out = await _proc.run(self.config.runsc, "help", "platforms", check=False)
+            self._platform = "systrap" if "systrap" in out.stdout.split() else "ptrace"
+        return self._platform
+
+    async def _base(self, network: str = "sandbox", overlay: str = "none") -> list[str]:
+        return [
+            self.config.runsc,
+            "--root", str(self.config.runsc_root),
+            f"--platform={await self.platform()}",
+            f"--network={network}",
+            f"--overlay2={overlay}",
+        ]  # fmt: skip
+
+    def _wrapped(self, argv: list[str]) -> list[str]:
+        return with_hidden_net_sysctls(self.config.root / "psys", argv)
+
+    async def run_detached(
+        self, sandbox_id: str, bundle: Path, log: Path, filestore: Path | None = None
+    ) -> None:
+        """Start the sandbox and return once runsc has created it (its init keeps running).
+
+        With ``filestore``, writes go to gVisor's own overlay whose backing file lives in that
+        directory (our size-limited disk); otherwise through the gofer to the root dir.
+        """
+        overlay = f"root:dir={filestore}" if filestore else "none"
+        argv = self._wrapped([*await self._base(overlay=overlay), "run", "--detach",
+                              "--bundle", str(bundle), sandbox_id])  # fmt: skip
+        code = await _proc.run_to_file(*argv, log_path=str(log), timeout=self.config.boot_timeout)
+        if code != 0:
+            raise _proc.CommandFailed(tuple(argv), code, _tail(log))
+
+    async def run_foreground(
+        self, sandbox_id: str, bundle: Path, log: Path, timeout: float | None
+    ) -> int:
+        """Run the sandbox's process to completion and return its exit code."""
+        argv = self._wrapped([*await self._base(), "run", "--bundle", str(bundle), sandbox_id])
+        return await _proc.run_to_file(*argv, log_path=str(log), timeout=timeout)
+
+    async def state(self, sandbox_id: str) -> dict[str, Any] | None:
+        out = await _proc.run(*await self._base(), "state", sandbox_id, check=False)
+        if out.code != 0:
+            return None
+        state: dict[str, Any] = json.loads(out.stdout)
+        return state
+
+    async def delete(self, sandbox_id: str) -> None:
+        """Kill and forget the sandbox; fine if runsc never heard of it."""
+        await _proc.run(*await self._base(), "delete", "--force", sandbox_id, check=False)
+
+    async def pause(self, sandbox_id: str) -> None:
+        await _proc.run(*await self._base(), "pause", sandbox_id)
+
+    async def resume(self, sandbox_id: str) -> None:
+        await _proc.run(*await self._base(), "resume", sandbox_id)
+
+    async def list_ids(self) -> list[str]:
+        out = await _proc.run(*await self._base(), "list", "--format=json", check=False)
+        if out.code != 0 or not out.stdout.strip():
+            return []
+        return [c["id"] for c in json.loads(out.stdout) or []]
+
+
+def _tail(log: Path, limit: int = 4000) -> str:
+    try:
+        return log.read_text(errors="replace")[-limit:]
+    except FileNotFoundError:
+        return ""

@@ -1,0 +1,66 @@
+"""The on-disk record of one sandbox: written before any resource exists, so a restarted
+orchestrator (or a cleanup after SIGKILL) can find and release everything it names."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+@dataclass
+class SandboxRecord:
+    sandbox_id: str
+    template_id: str
+    created_at: float
+    cpu_count: int
+    memory_mb: int
+    disk_mb: int
+    lease_index: int | None = None
+    address: str | None = None
+    external_upper: str | None = None  # template builds keep their writable layer
+
+    def save(self, directory: Path) -> None:
+        tmp = directory / "state.json.tmp"
+        tmp.write_text(json.dumps(asdict(self)))
+        os.replace(tmp, directory / "state.json")
+
+    @classmethod
+    def load(cls, directory: Path) -> SandboxRecord | None:
+        try:
+            return cls(**json.loads((directory / "state.json").read_text()))
+        except (FileNotFoundError, ValueError, TypeError):
+            return None
+
+
+@dataclass(frozen=True)
+class SandboxPaths:
+    """Where one sandbox's pieces live; only a function of its directory."""
+
+    root: Path
+
+    @property
+    def bundle(self) -> Path:
+        return self.root / "bundle"
+
+    @property
+    def disk_image(self) -> Path:
+        return self.root / "disk.img"
+
+    @property
+    def disk(self) -> Path:
+        return self.root / "disk"
+
+    @property
+    def rootfs(self) -> Path:
+        return self.root / "rootfs"
+
+    @property
+    def etc(self) -> Path:
+        """Per-sandbox files bind-mounted over the template's (hosts, hostname, /.e2b)."""
+        return self.root / "etc"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "runsc.log"

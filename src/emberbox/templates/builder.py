@@ -1,0 +1,213 @@
+"""Build a custom template: each RUN/COPY/WORKDIR step runs inside a sandbox of everything
+below it, and its writable layer becomes the next read-only layer.
+
+Every step has a key (parent key + step + the config it runs with + for COPY the hash of its
+files); a key that exists in the store is reused without running anything. A failed step
+raises :class:`StepFailed` with its output; its scratch directory is removed and no manifest
+is written, so the template either appears complete or not at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import posixpath
+import secrets
+import shlex
+import shutil
+from pathlib import Path
+from typing import TextIO
+
+from ..runtimes.base import NetworkPolicy, SandboxSpec
+from ..runtimes.gvisor import GVisorRuntime, SandboxBootFailed
+from ..runtimes.gvisor.bundle import BindMount
+from . import hashing
+from ._run import StepFailed
+from .spec import BuildSpec, SpecError, Step
+from .store import Template, TemplateConfig, TemplateStore, validate_name
+
+CONTEXT_MOUNT = "/.emberbox-context"
+
+
+@dataclasses.dataclass
+class _State:
+    layers: list[str]
+    config: TemplateConfig
+    key: str
+    build_user: str = "root"  # as in Docker, RUN is root until a USER step says otherwise
+
+
+def _lookup_user(store: TemplateStore, layers: list[str], name: str) -> tuple[int, int]:
+    """uid/gid of ``name`` from the top-most layer that has /etc/passwd."""
+    if name.isdigit():
+        return int(name), int(name)
+    for key in reversed(layers):
+        passwd = store.layer_path(key) / "etc" / "passwd"
+        if passwd.is_file():
+            for line in passwd.read_text().splitlines():
+                fields = line.split(":")
+                if len(fields) > 3 and fields[0] == name:
+                    return int(fields[2]), int(fields[3])
+            break
+    raise SpecError(f"USER {name}: no such user in the template (create it with RUN useradd)")
+
+
+def _context_source(context: Path, src: str) -> Path:
+    path = (context / src).resolve()
+    if not path.is_relative_to(context.resolve()):
+        raise SpecError(f"COPY source {src!r} leaves the context")
+    if not path.exists():
+        raise SpecError(f"COPY source {src!r} does not exist in {context}")
+    return path
+
+
+def _copy_script(step: Step, workdir: str) -> str:
+    dest = posixpath.join(workdir, step.dest)
+    to_dir = step.dest.endswith("/") or len(step.sources) > 1
+    owner = step.chown or "root:root"
+    lines = ["set -e"]
+    for src in step.sources:
+        inside = posixpath.join(CONTEXT_MOUNT, src)
+        q_in, q_dest = shlex.quote(inside), shlex.quote(dest)
+        lines.append(
+            f"if [ -d {q_in} ]; then mkdir -p {q_dest} && cp -a {q_in}/. {q_dest}/ && "
+            f"chown -R {shlex.quote(owner)} {q_dest}; "
+            + (
+                f"else mkdir -p {q_dest} && cp -a {q_in} {q_dest}/ && "
+                f"chown -R {shlex.quote(owner)} {q_dest}/{shlex.quote(posixpath.basename(src))}; fi"
+                if to_dir
+                else f"else mkdir -p \"$(dirname {q_dest})\" && cp -a {q_in} {q_dest} && "
+                f"chown {shlex.quote(owner)} {q_dest}; fi"
+            )
+        )
+    return "\n".join(lines)
+
+
+class TemplateBuilder:
+    def __init__(
+        self, store: TemplateStore, runtime: GVisorRuntime | None = None, log: TextIO | None = None
+    ) -> None:
+        self.store = store
+        self.runtime = runtime or GVisorRuntime(store=store)
+        self.log = log
+
+    def _say(self, text: str) -> None:
+        if self.log is not None:
+            self.log.write(text + "\n")
+            self.log.flush()
+
+    async def build(self, name: str, spec: BuildSpec) -> Template:
+        validate_name(name)
+        parent = self.store.get(spec.parent)
+        state = _State(list(parent.layers), parent.config, parent.id)
+        for number, step in enumerate(spec.steps, 1):
+            label = f"[{number}/{len(spec.steps)}] {step.describe()}"
+            await self._apply(state, step, spec, label)
+        config = dataclasses.replace(
+            state.config, start_cmd=spec.start_cmd, ready_cmd=spec.ready_cmd
+        )
+        template = Template(name=name, layers=tuple(state.layers), config=config,
+                            parent=spec.parent)  # fmt: skip
+        if spec.start_cmd:
+            await self._verify_start(template, spec)
+        self.store.save(template)
+        return template
+
+    async def _apply(self, state: _State, step: Step, spec: BuildSpec, label: str) -> None:
+        cfg = state.config
+        if step.kind == "ENV":
+            state.config = dataclasses.replace(cfg, env={**cfg.env, **dict(step.env)})
+            state.key = hashing.hash_json([state.key, label])
+            self._say(label)
+            return
+        if step.kind == "USER":
+            _lookup_user(self.store, state.layers, step.dest)
+            state.config = dataclasses.replace(cfg, user=step.dest)
+            state.build_user = step.dest
+            state.key = hashing.hash_json([state.key, label])
+            self._say(label)
+            return
+        user = (0, 0)
+        binds: list[BindMount] = []
+        extra: object = None
+        if step.kind == "WORKDIR":
+            workdir = posixpath.normpath(posixpath.join(cfg.workdir, step.dest))
+            state.config = dataclasses.replace(cfg, workdir=workdir)
+            command, cwd = f"mkdir -p {shlex.quote(workdir)}", "/"
+        elif step.kind == "COPY":
+            assert spec.context is not None
+            files = [_context_source(spec.context, s) for s in step.sources]
+            extra = hashing.hash_paths(files)
+            command, cwd = _copy_script(step, cfg.workdir), "/"
+            binds.append(BindMount(spec.context.resolve(), CONTEXT_MOUNT))
+        else:
+            command, cwd = step.run, cfg.workdir
+            user = _lookup_user(self.store, state.layers, state.build_user)
+        key = hashing.hash_json([state.key, step.kind, command, cwd, user, dict(cfg.env), extra])
+        if self.store.has_layer(key):
+            self._say(f"{label} (cached)")
+        else:
+            self._say(label)
+            await self._run_step(state, key, label, command, cwd, user, binds, spec)
+        state.layers.append(key)
+        state.key = key
+
+    async def _run_step(
+        self,
+        state: _State,
+        key: str,
+        label: str,
+        command: str,
+        cwd: str,
+        user: tuple[int, int],
+        binds: list[BindMount],
+        spec: BuildSpec,
+    ) -> None:
+        scratch = self.store.scratch("step-")
+        upper, log = scratch / "upper", scratch / "output.log"
+        sandbox_id = f"build-{key[:8]}-{secrets.token_hex(3)}"
+        current = Template(name=spec.parent, layers=tuple(state.layers), config=state.config)
+        home = "/root" if user[0] == 0 else f"/home/{state.build_user}"
+        try:
+            code = await self.runtime.run_once(
+                SandboxSpec(sandbox_id=sandbox_id, template_id=spec.parent, memory_mb=2048,
+                            disk_mb=8192, cpu_count=2, pids_limit=4096,
+                            network=NetworkPolicy(allow_internet=spec.allow_internet)),
+                ["/bin/bash", "-l", "-c", command],
+                upper=upper, log=log, env={**state.config.env, "HOME": home},
+                cwd=cwd, user=user, binds=binds, timeout=spec.step_timeout, template=current,
+            )  # fmt: skip
+            output = log.read_text(errors="replace") if log.exists() else ""
+            if output and self.log is not None:
+                self.log.write(output if output.endswith("\n") else output + "\n")
+            if code != 0:
+                raise StepFailed(label, code, output)
+            self.store.publish_layer(key, upper)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    async def _verify_start(self, template: Template, spec: BuildSpec) -> None:
+        """Boot the finished template once: ``create`` returns only after envd is healthy and
+        the ready check passed, which is exactly what every later sandbox will wait for."""
+        sandbox_id = f"verify-{secrets.token_hex(4)}"
+        self._say(f"verifying start command: {template.config.start_cmd}")
+        try:
+            await self.runtime.create(
+                SandboxSpec(sandbox_id=sandbox_id, template_id=template.name,
+                            network=NetworkPolicy(allow_internet=spec.allow_internet)),
+                template=template,
+            )  # fmt: skip
+        except SandboxBootFailed as exc:
+            raise StepFailed(f"start command {template.config.start_cmd!r}", 1, str(exc)) from None
+        finally:
+            await self.runtime.kill(sandbox_id)
+
+
+async def build_template(
+    store: TemplateStore,
+    name: str,
+    spec: BuildSpec,
+    *,
+    runtime: GVisorRuntime | None = None,
+    log: TextIO | None = None,
+) -> Template:
+    return await TemplateBuilder(store, runtime, log).build(name, spec)

@@ -1,0 +1,1 @@
+"""Code that runs inside sandboxes (standard library only): PID 1 and the port forwarder."""

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from emberbox.runtimes.base import NetworkPolicy, RuntimeSandbox, SandboxSpec
+from emberbox.runtimes.gvisor import GVisorConfig, GVisorRuntime
+from emberbox.templates.store import Template, TemplateStore
+
+from .gvisor_support import ensure_base, require_host
+
+SandboxFactory = Callable[..., Awaitable[RuntimeSandbox]]
+
+
+@pytest.fixture(scope="session")
+async def base_template() -> Template:
+    require_host()
+    return await ensure_base(TemplateStore())
+
+
+@pytest.fixture(scope="session")
+def gvisor_config() -> GVisorConfig:
+    return GVisorConfig()
+
+
+@pytest.fixture(scope="session")
+def runtime(base_template: Template, gvisor_config: GVisorConfig) -> GVisorRuntime:
+    return GVisorRuntime(gvisor_config)
+
+
+@pytest.fixture
+async def make_sandbox(runtime: GVisorRuntime) -> AsyncIterator[SandboxFactory]:
+    """Create sandboxes from ``base`` (or a given template) that are killed after the test."""
+    created: list[str] = []
+
+    async def make(template: str = "base", *, allow_internet: bool = False,
+                   **spec: object) -> RuntimeSandbox:  # fmt: skip
+        sandbox_id = f"t{secrets.token_hex(5)}"
+        created.append(sandbox_id)
+        return await runtime.create(
+            SandboxSpec(sandbox_id=sandbox_id, template_id=template,
+                        network=NetworkPolicy(allow_internet=allow_internet),
+                        **spec)  # type: ignore[arg-type]
+        )  # fmt: skip
+
+    yield make
+    await asyncio.gather(*(runtime.kill(sandbox_id) for sandbox_id in created))

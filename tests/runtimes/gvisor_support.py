@@ -1,0 +1,155 @@
+"""Shared by the runtime, template and orchestrator suites: environment checks, the base
+template, envd helpers and a leak inventory of everything a sandbox can leave on the host."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from emberbox.envd.client import CommandResult, EnvdClient
+from emberbox.runtimes.base import RuntimeSandbox
+from emberbox.runtimes.gvisor import GVisorConfig, network
+from emberbox.runtimes.gvisor import cgroups as cg
+from emberbox.server.testing import ServerProcess
+from emberbox.templates.base import build_base
+from emberbox.templates.store import Template, TemplateStore
+
+REQUIRED_TOOLS = ("runsc", "mmdebstrap", "nft", "ip", "mkfs.ext4", "unshare")
+
+
+def require_host() -> None:
+    """Skip (naming the missing fact) unless this host can run gVisor sandboxes."""
+    if os.geteuid() != 0:
+        pytest.skip("gVisor sandboxes need root (netns, mounts, cgroups)")
+    missing = [t for t in REQUIRED_TOOLS if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"missing host tools: {', '.join(missing)} (see docs/runtimes.md)")
+
+
+async def ensure_base(store: TemplateStore) -> Template:
+    cache = os.environ.get("EMBERBOX_TEMPLATE_CACHE")
+    return await build_base(store, Path(cache) if cache else None)
+
+
+async def run(sandbox: RuntimeSandbox, cmd: str, user: str | None = None,
+              timeout: float = 60) -> CommandResult:  # fmt: skip
+    async with EnvdClient(sandbox.envd_url) as envd:
+        return await envd.run(cmd, user=user, timeout=timeout)
+
+
+async def healthy(sandbox: RuntimeSandbox, timeout: float = 2.0) -> bool:
+    async with EnvdClient(sandbox.envd_url) as envd:
+        return await envd.health(timeout=timeout)
+
+
+async def tcp_read(host: str, port: int, timeout: float = 3.0) -> bytes | None:
+    """Connect, send a GET, return what comes back; None if unreachable."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, TimeoutError):
+        return None
+    try:
+        writer.write(b"GET / HTTP/1.0\r\n\r\n")
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(65536), timeout)
+    except (OSError, TimeoutError):
+        return None
+    finally:
+        writer.close()
+
+
+@dataclass(frozen=True)
+class Inventory:
+    netns: frozenset[str]
+    veths: frozenset[str]
+    mounts: frozenset[str]
+    cgroups: frozenset[str]
+    runsc_pids: frozenset[int]
+    sandbox_dirs: frozenset[str]
+    leases: frozenset[str]
+
+    def leaked_since(self, before: Inventory) -> dict[str, set[object]]:
+        out: dict[str, set[object]] = {}
+        for name in self.__dataclass_fields__:
+            extra = set(getattr(self, name)) - set(getattr(before, name))
+            if extra:
+                out[name] = extra
+        return out
+
+    def mentions(self, sandbox_id: str) -> list[str]:
+        hits = [n for n in self.netns if sandbox_id in n]
+        hits += [m for m in self.mounts if sandbox_id in m]
+        hits += [c for c in self.cgroups if sandbox_id in c]
+        hits += [d for d in self.sandbox_dirs if sandbox_id in d]
+        hits += [lease for lease in self.leases if sandbox_id in lease]
+        return hits
+
+
+def runsc_pids(config: GVisorConfig) -> set[int]:
+    """Host pids of runsc processes (sandbox, gofer, wrappers) using our state root."""
+    marker = str(config.runsc_root).encode()
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"runsc" in cmdline and marker in cmdline:
+            pids.add(int(entry.name))
+    return pids
+
+
+def _mounts_under(root: str) -> set[str]:
+    with open("/proc/self/mountinfo") as f:
+        return {line.split()[4] for line in f if line.split()[4].startswith(root)}
+
+
+async def inventory(config: GVisorConfig) -> Inventory:
+    mounts = _mounts_under(str(config.root))
+    dirs = set()
+    if config.sandboxes_dir.exists():
+        dirs = {p.name for p in config.sandboxes_dir.iterdir()}
+    pool = network.AddressPool(config.leases_dir, config.network, config.instance)
+    return Inventory(
+        netns=frozenset(await network.list_netns(config.instance)),
+        veths=frozenset(await network.list_host_veths(config.instance)),
+        mounts=frozenset(mounts),
+        cgroups=frozenset(cg.existing(config.cgroup_base)),
+        runsc_pids=frozenset(runsc_pids(config)),
+        sandbox_dirs=frozenset(dirs),
+        leases=frozenset(f"{lease.index}:{lease.sandbox_id}" for lease in pool.leases()),
+    )
+
+
+DATA_DIR = Path(os.environ.get("EMBERBOX_DATA_DIR") or "/var/lib/emberbox")
+
+
+@contextlib.contextmanager
+def gvisor_server(tmp: Path) -> Iterator[ServerProcess]:
+    """A real ``emberbox server`` on gVisor: the node's template store, a fresh database.
+
+    The orchestrator owns the sandboxes of its data dir, so only one of these runs at a time;
+    pytest's module-scoped fixtures give exactly that.
+    """
+    require_host()
+    asyncio.run(ensure_base(TemplateStore(DATA_DIR)))
+    server = ServerProcess(
+        DATA_DIR,
+        database_url=f"sqlite+aiosqlite:///{tmp / 'emberbox.db'}",
+        env={"EMBERBOX_BACKEND": "gvisor"},
+        log_dir=tmp,
+    )
+    server.start(timeout_s=60)
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,181 @@
+"""A gVisor sandbox from ``base`` behaves like the machine E2B users expect, driven via envd."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+
+import httpx
+import pytest
+
+from emberbox.envd.client import EnvdClient
+from emberbox.runtimes.base import SandboxSpec, SandboxStatus
+from emberbox.runtimes.gvisor import GVisorRuntime
+from emberbox.templates.store import Template, TemplateStore
+
+from .conftest import SandboxFactory
+from .gvisor_support import healthy, inventory, run, tcp_read
+
+
+async def test_command_runs_through_envd_with_sandbox_conventions(make_sandbox: SandboxFactory):
+    sandbox = await make_sandbox(memory_mb=384)
+    result = await run(
+        sandbox,
+        'id -un; hostname; grep -w "$(hostname)" /etc/hosts | cut -f2; cat /.e2b; '
+        'echo "sid=$E2B_SANDBOX_ID sb=$E2B_SANDBOX tpl=$E2B_TEMPLATE_ID"; pwd; '
+        "grep MemTotal /proc/meminfo; sudo id -u; python --version",
+    )
+    assert result.exit_code == 0, result.stderr
+    lines = result.text.splitlines()
+    assert lines[0] == "user"
+    assert lines[1] == sandbox.sandbox_id
+    assert lines[2] == sandbox.sandbox_id
+    assert "TEMPLATE_ID=base" in lines
+    assert f"sid={sandbox.sandbox_id} sb=true tpl=base" in lines
+    assert "/home/user" in lines
+    mem_kb = int(next(line for line in lines if line.startswith("MemTotal")).split()[1])
+    assert mem_kb == 384 * 1024
+    assert "0" in lines  # sudo works for user
+    assert any(line.startswith("Python 3.11") for line in lines)
+
+    async with EnvdClient(sandbox.envd_url) as envd:
+        await envd.write_file("/home/user/note.txt", b"written via envd")
+        assert await envd.read_file("/home/user/note.txt") == b"written via envd"
+
+
+async def test_writes_never_touch_the_template(
+    make_sandbox: SandboxFactory, base_template: Template
+):
+    marker = f"marker-{secrets.token_hex(4)}"
+    first = await make_sandbox()
+    result = await run(first, f"echo {marker} | sudo tee /etc/{marker} >/dev/null"
+                       f" && sudo rm /usr/bin/git && cat /etc/{marker}")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert result.text.strip() == marker
+    store = TemplateStore()
+    for layer in store.layer_paths(base_template):
+        assert not (layer / "etc" / marker).exists()
+    assert (store.layer_path(base_template.layers[0]) / "usr" / "bin" / "git").exists()
+    second = await make_sandbox()
+    other = await run(second, f"test -e /etc/{marker}; echo $?; test -x /usr/bin/git; echo $?")
+    assert other.text.split() == ["1", "0"]
+
+
+async def test_host_files_are_invisible(make_sandbox: SandboxFactory, tmp_path):
+    secret = tmp_path / f"secret-{secrets.token_hex(4)}"
+    secret.write_text("host secret")
+    sandbox = await make_sandbox()
+    result = await run(
+        sandbox,
+        f"cat {secret} 2>&1; ls /work /var/lib/emberbox 2>&1; cat /proc/1/cmdline | tr '\\0' ' '",
+        user="root",
+    )
+    assert "host secret" not in result.text
+    assert "No such file or directory" in result.text
+    assert "emberbox.templates.guest.init" in result.text  # PID 1 is ours, not the host's
+
+
+async def test_sandboxes_cannot_reach_each_other_or_the_host(make_sandbox: SandboxFactory):
+    a, b = await make_sandbox(), await make_sandbox()
+    started = await run(a, "nohup python3 -m http.server 8000 >/dev/null 2>&1 & sleep 1; echo ok")
+    assert started.exit_code == 0
+    # The host reaches A's server: the server is really there...
+    assert (await tcp_read(a.address, 8000) or b"").startswith(b"HTTP/1.0 200")
+
+    # ...and a server on the host is really there for the host itself.
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.0 200 OK\r\n\r\nhost")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "0.0.0.0", 0)
+    port = server.sockets[0].getsockname()[1]
+    gateway_b = b.address.rsplit(".", 1)[0] + "." + str(int(b.address.rsplit(".", 1)[1]) - 1)
+    try:
+        assert await tcp_read(gateway_b, port) is not None
+        probe = await run(
+            b,
+            f"curl -s -m 3 -o /dev/null -w '%{{http_code}}' http://{a.address}:8000/; echo;"
+            f"curl -s -m 3 -o /dev/null -w '%{{http_code}}' http://{gateway_b}:{port}/; echo",
+        )
+    finally:
+        server.close()
+    assert probe.text.split() == ["000", "000"], probe.text
+
+
+async def test_loopback_ports_are_reachable_from_the_host(make_sandbox: SandboxFactory):
+    sandbox = await make_sandbox()
+    await run(sandbox, "nohup python3 -m http.server --bind 127.0.0.1 8001 >/dev/null 2>&1 &"
+              " sleep 0.5")  # fmt: skip
+    inside = await run(sandbox, "curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8001/")
+    assert inside.text == "200"
+    for _ in range(40):
+        reply = await tcp_read(sandbox.address, 8001)
+        if reply:
+            break
+        await asyncio.sleep(0.25)
+    assert reply is not None and reply.startswith(b"HTTP/1.0 200")
+
+
+async def test_full_disk_fails_writes_inside_only(make_sandbox: SandboxFactory):
+    import os
+
+    sandbox = await make_sandbox(disk_mb=64)
+    host = os.statvfs("/var/lib")
+    result = await run(
+        sandbox,
+        "dd if=/dev/zero of=/home/user/big bs=1M count=200 2>&1; echo rc=$?; "
+        "head -c 2000000 /dev/zero > /home/user/more; echo rc2=$?",
+    )
+    assert "No space left on device" in result.text
+    assert "rc=1" in result.text and "rc2=1" in result.text
+    after = os.statvfs("/var/lib")
+    assert (host.f_bavail - after.f_bavail) * host.f_frsize < 100 * 2**20  # host untouched
+    freed = await run(sandbox, "rm /home/user/big && echo fine >/home/user/ok && cat /home/user/ok")
+    assert freed.text.strip() == "fine"
+    assert await healthy(sandbox)
+
+
+async def test_stats_and_pause_resume(runtime: GVisorRuntime, make_sandbox: SandboxFactory):
+    sandbox = await make_sandbox(cpu_count=1, memory_mb=256, disk_mb=128)
+    stats = await runtime.stats(sandbox.sandbox_id)
+    assert stats.cpu_count == 1 and stats.mem_total == 256 * 2**20
+    assert 0 < stats.mem_used < stats.mem_total
+    assert 100 * 2**20 < stats.disk_total <= 128 * 2**20
+    await runtime.pause(sandbox.sandbox_id)
+    assert (await runtime.get(sandbox.sandbox_id)).status is SandboxStatus.PAUSED
+    assert not await healthy(sandbox, timeout=1.0)
+    await runtime.resume(sandbox.sandbox_id)
+    assert await healthy(sandbox)
+
+
+async def test_kill_releases_everything(runtime: GVisorRuntime, make_sandbox: SandboxFactory):
+    before = await inventory(runtime.config)
+    sandbox = await make_sandbox()
+    during = await inventory(runtime.config)
+    assert during.mentions(sandbox.sandbox_id)  # the inventory does see a live sandbox
+    assert during.runsc_pids - before.runsc_pids
+    await runtime.kill(sandbox.sandbox_id)
+    await runtime.kill(sandbox.sandbox_id)  # idempotent
+    after = await inventory(runtime.config)
+    assert after.leaked_since(before) == {}
+    assert after.mentions(sandbox.sandbox_id) == []
+    with pytest.raises(httpx.HTTPError):
+        async with httpx.AsyncClient(timeout=1) as http:
+            await http.get(f"{sandbox.envd_url}/health")
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"sandbox_id": "Bad_Id", "template_id": "base"}, "invalid sandbox id"),
+        ({"sandbox_id": "tnotemplate", "template_id": "nope"}, "does not exist"),
+        ({"sandbox_id": "ttinymem", "template_id": "base", "memory_mb": 8}, "memory_mb"),
+        ({"sandbox_id": "ttinydisk", "template_id": "base", "disk_mb": 1}, "disk_mb"),
+    ],
+)
+async def test_bad_input_is_refused_without_leaks(runtime: GVisorRuntime, spec, message):
+    before = await inventory(runtime.config)
+    with pytest.raises(ValueError, match=message):
+        await runtime.create(SandboxSpec(**spec))
+    assert (await inventory(runtime.config)).leaked_since(before) == {}
