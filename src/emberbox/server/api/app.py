@@ -1,0 +1,74 @@
+"""Assembles the API: routes, JSON error handlers, and the middleware stack.
+
+Request path, outermost first: API-key auth → per-key rate limit → body-size limit → FastAPI.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from ..auth.middleware import ApiKeyMiddleware, Authenticator
+from ..config import Settings
+from ..lifecycle.service import SandboxService
+from ..limits.ratelimit import RateLimitMiddleware, TokenBuckets
+from .body_limit import BodyLimitMiddleware
+from .errors import install_error_handlers
+from .models import Health
+from .routes import router
+
+
+def _document_real_errors(app: FastAPI) -> None:
+    """FastAPI documents 422 for validation errors; we answer those with 400 ``Error``."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            for item in schema.get("paths", {}).values():
+                for op in item.values():
+                    op.get("responses", {}).pop("422", None)
+            schemas = schema.get("components", {}).get("schemas", {})
+            for name in ("HTTPValidationError", "ValidationError"):
+                schemas.pop(name, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def create_api_app(
+    settings: Settings, service: SandboxService, authenticate: Authenticator
+) -> FastAPI:
+    app = FastAPI(
+        title="Emberbox API",
+        version="0.1.0",
+        description="E2B-compatible control plane: create, list and manage sandboxes.",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.service = service
+    app.state.sandbox_domain = settings.sandbox_domain
+    install_error_handlers(app)
+    app.include_router(router)
+
+    @app.get("/health", response_model=Health, tags=["health"], summary="API liveness")
+    async def health() -> Health:
+        return Health()
+
+    _document_real_errors(app)
+
+    # add_middleware wraps: the last added runs first.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
+    app.add_middleware(
+        RateLimitMiddleware,
+        buckets=TokenBuckets(settings.limits.rate_per_s, settings.limits.rate_burst),
+    )
+    app.add_middleware(ApiKeyMiddleware, authenticate=authenticate)
+    return app

@@ -1,0 +1,117 @@
+"""Every error leaves the API as JSON ``{code, message}`` with ``code`` equal to the HTTP status.
+
+The generated E2B clients parse every documented error body as that shape and crash on anything
+else, and the JS SDK decides "not found" from the body's ``code``, so no HTML or plain text ever.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response
+from starlette.types import Send
+
+log = logging.getLogger("emberbox.api")
+
+
+class ApiError(Exception):
+    """Raised anywhere below a route to produce one error response.
+
+    ``should_retry`` False adds ``Should-Retry: false``: the Python SDK otherwise replays 429 and
+    5xx answers, even for creates, which would turn one refused create into four.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        error_code: str | None = None,
+        should_retry: bool | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.error_code = error_code
+        self.headers = dict(headers or {})
+        if should_retry is not None:
+            self.headers["Should-Retry"] = "true" if should_retry else "false"
+
+
+def error_body(status: int, message: str, error_code: str | None = None) -> dict[str, object]:
+    body: dict[str, object] = {"code": status, "message": message}
+    if error_code:
+        body["error_code"] = error_code
+    return body
+
+
+def json_error(
+    status: int,
+    message: str,
+    *,
+    error_code: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    return JSONResponse(
+        error_body(status, message, error_code), status, headers=dict(headers or {})
+    )
+
+
+async def send_json_error(
+    send: Send, status: int, message: str, headers: Mapping[str, str] | None = None
+) -> None:
+    """The same body from plain ASGI middleware that runs outside FastAPI's handlers."""
+    payload = json.dumps(error_body(status, message)).encode()
+    raw = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+    ]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        if err.get("type") == "json_invalid":
+            return "request body is not valid JSON"
+        loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
+        parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
+    return "invalid request: " + "; ".join(parts)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def on_api_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return json_error(exc.status, exc.message, error_code=exc.error_code, headers=exc.headers)
+
+    async def on_http_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        message = exc.detail if isinstance(exc.detail, str) else "error"
+        if exc.status_code == 404 and message == "Not Found":
+            message = "no such endpoint"
+        elif exc.status_code == 405:
+            message = "method not allowed on this endpoint"
+        elif exc.status_code == 400 and "parsing the body" in message:
+            message = "request body is not valid JSON"
+        return json_error(exc.status_code, message, headers=exc.headers)
+
+    async def on_validation_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        return json_error(400, _validation_message(exc))
+
+    async def on_unexpected(_: Request, exc: Exception) -> Response:
+        log.exception("unhandled error", exc_info=exc)
+        return json_error(500, "internal server error", headers={"Should-Retry": "false"})
+
+    app.add_exception_handler(ApiError, on_api_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(Exception, on_unexpected)

@@ -1,0 +1,347 @@
+"""The sandbox endpoints of protocol §1.4, v1 and v2 paths side by side."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Query, Request, Response
+from starlette.status import HTTP_201_CREATED, HTTP_204_NO_CONTENT
+
+from ..db.models import utcnow
+from ..lifecycle.service import CreateRequest
+from ..lifecycle.states import State
+from .convert import to_detail, to_listed, to_metric, to_sandbox
+from .deps import Caller, Service
+from .errors import ApiError
+from .models import (
+    ConnectSandbox,
+    Error,
+    ListedSandbox,
+    NewSandbox,
+    NewSandboxV2,
+    PauseRequest,
+    Sandbox,
+    SandboxDetail,
+    SandboxLog,
+    SandboxLogEntry,
+    SandboxLogs,
+    SandboxMetric,
+    TimeoutRequest,
+)
+from .query import parse_metadata, parse_order, parse_states, parse_time
+
+MAX_PAGE = 100
+V2_DEFAULT_TIMEOUT_S = 300
+V1_DEFAULT_TIMEOUT_S = 15
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": Error} for code in (400, 401, 429, 500, *codes)}
+
+
+router = APIRouter(tags=["sandboxes"])
+RESUMED: dict[str, Any] = {"model": Sandbox, "description": "Resumed a paused sandbox"}
+
+
+def _domain(request: Request) -> str | None:
+    domain = request.app.state.sandbox_domain
+    return domain if isinstance(domain, str) else None
+
+
+IDEMPOTENCY_KEY = re.compile(r"^[a-z0-9-]{1,255}$")
+
+
+def _unsupported_network(network: dict[str, Any]) -> list[str]:
+    """Network options set to anything but "no restriction"; we refuse rather than ignore them."""
+    return sorted(
+        name
+        for name, value in network.items()
+        if value not in (None, [], {}, "") and not (name == "allowPublicTraffic" and value is True)
+    )
+
+
+async def _create(
+    request: Request, who: Caller, svc: Service, body: NewSandboxV2, default_timeout: int
+) -> Sandbox:
+    key = request.headers.get("idempotency-key")
+    if key is not None and not IDEMPOTENCY_KEY.match(key):
+        raise ApiError(400, "Idempotency-Key must be 1-255 characters of [a-z0-9-]")
+    if body.mcp is not None:
+        raise ApiError(501, "MCP gateway sandboxes are not supported", should_retry=False)
+    if body.autoResume and body.autoResume.get("enabled"):
+        raise ApiError(501, "resuming on inbound traffic is not supported", should_retry=False)
+    if body.volumeMounts:
+        raise ApiError(501, "volume mounts are not supported", should_retry=False)
+    unsupported = _unsupported_network(body.network or {})
+    if unsupported:
+        raise ApiError(
+            501, f"network options not supported: {', '.join(unsupported)}", should_retry=False
+        )
+    req = CreateRequest(
+        template=body.templateID,
+        timeout_s=default_timeout if body.timeout is None else body.timeout,
+        metadata=body.metadata or {},
+        env_vars=body.envVars or {},
+        allow_internet=body.allow_internet_access is not False,
+        auto_pause=bool(body.autoPause),
+        idempotency_key=key,
+    )
+    row = await svc.create(who, req)
+    return to_sandbox(row, _domain(request))
+
+
+@router.post(
+    "/v2/sandboxes",
+    status_code=HTTP_201_CREATED,
+    response_model=Sandbox,
+    responses=_errors(404, 409, 413, 501, 503),
+    summary="Create a sandbox",
+)
+async def create_v2(request: Request, who: Caller, svc: Service, body: NewSandboxV2) -> Sandbox:
+    return await _create(request, who, svc, body, V2_DEFAULT_TIMEOUT_S)
+
+
+@router.post(
+    "/sandboxes",
+    status_code=HTTP_201_CREATED,
+    response_model=Sandbox,
+    responses=_errors(404, 409, 413, 501, 503),
+    summary="Create a sandbox (older SDKs)",
+)
+async def create_v1(request: Request, who: Caller, svc: Service, body: NewSandbox) -> Sandbox:
+    return await _create(request, who, svc, body, V1_DEFAULT_TIMEOUT_S)
+
+
+async def _connect(
+    request: Request,
+    response: Response,
+    who: Caller,
+    svc: Service,
+    body: ConnectSandbox,
+    sandbox_id: str,
+) -> Sandbox:
+    row, resumed = await svc.connect(who, sandbox_id, body.timeout)
+    response.status_code = 201 if resumed else 200
+    return to_sandbox(row, _domain(request))
+
+
+@router.post(
+    "/v2/sandboxes/{sandbox_id}/connect",
+    response_model=Sandbox,
+    responses={**_errors(404, 409, 413, 501), 201: RESUMED},
+    summary="Connect to (and extend) a running sandbox; resume a paused one (201)",
+)
+async def connect_v2(
+    request: Request,
+    response: Response,
+    who: Caller,
+    svc: Service,
+    sandbox_id: str,
+    body: Annotated[ConnectSandbox | None, Body()] = None,
+) -> Sandbox:
+    return await _connect(request, response, who, svc, body or ConnectSandbox(), sandbox_id)
+
+
+@router.post(
+    "/sandboxes/{sandbox_id}/connect",
+    response_model=Sandbox,
+    responses={**_errors(404, 409, 413, 501), 201: RESUMED},
+    summary="Connect to a sandbox (older SDKs)",
+)
+async def connect_v1(
+    request: Request,
+    response: Response,
+    who: Caller,
+    svc: Service,
+    sandbox_id: str,
+    body: Annotated[ConnectSandbox | None, Body()] = None,
+) -> Sandbox:
+    return await _connect(request, response, who, svc, body or ConnectSandbox(), sandbox_id)
+
+
+@router.post(
+    "/sandboxes/{sandbox_id}/resume",
+    status_code=HTTP_201_CREATED,
+    response_model=Sandbox,
+    responses=_errors(404, 409, 413, 501),
+    summary="Resume a paused sandbox (SDKs before ~2.6); 409 when it is running",
+)
+async def resume_legacy(
+    request: Request,
+    who: Caller,
+    svc: Service,
+    sandbox_id: str,
+    body: Annotated[ConnectSandbox | None, Body()] = None,
+) -> Sandbox:
+    row = await svc.get(who, sandbox_id)
+    if row.state == "running":
+        raise ApiError(409, f"sandbox '{sandbox_id}' is already running")
+    row, _ = await svc.connect(who, sandbox_id, (body or ConnectSandbox()).timeout)
+    return to_sandbox(row, _domain(request))
+
+
+@router.get(
+    "/v2/sandboxes",
+    response_model=list[ListedSandbox],
+    responses={
+        **_errors(),
+        200: {
+            "description": "One page, newest first unless order=asc",
+            "headers": {
+                "X-Next-Token": {
+                    "description": "Cursor for the next page; absent on the last page",
+                    "schema": {"type": "string"},
+                }
+            },
+        },
+    },
+    summary="List sandboxes (X-Next-Token paging)",
+)
+async def list_v2(
+    response: Response,
+    who: Caller,
+    svc: Service,
+    metadata: str | None = None,
+    state: Annotated[list[str] | None, Query()] = None,
+    order: str | None = None,
+    startedAfter: str | None = None,
+    template: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = MAX_PAGE,
+    nextToken: str | None = None,
+) -> list[ListedSandbox]:
+    page = await svc.list(
+        who,
+        parse_states(state),
+        metadata=parse_metadata(metadata),
+        template=template,
+        started_after=parse_time(startedAfter, "startedAfter"),
+        descending=parse_order(order),
+        limit=limit,
+        cursor=nextToken,
+    )
+    if page.next_token:
+        response.headers["X-Next-Token"] = page.next_token
+    return [to_listed(r) for r in page.items]
+
+
+@router.get(
+    "/sandboxes",
+    response_model=list[ListedSandbox],
+    responses=_errors(),
+    summary="List running sandboxes (1.x SDKs; first 100)",
+)
+async def list_v1(who: Caller, svc: Service, metadata: str | None = None) -> list[ListedSandbox]:
+    page = await svc.list(
+        who, {State.RUNNING, State.PAUSING}, metadata=parse_metadata(metadata), limit=MAX_PAGE
+    )
+    return [to_listed(r) for r in page.items]
+
+
+@router.get(
+    "/sandboxes/{sandbox_id}",
+    response_model=SandboxDetail,
+    responses=_errors(404),
+    summary="Get a sandbox",
+)
+async def get_sandbox(
+    request: Request, who: Caller, svc: Service, sandbox_id: str
+) -> SandboxDetail:
+    return to_detail(await svc.get(who, sandbox_id), _domain(request))
+
+
+@router.delete(
+    "/sandboxes/{sandbox_id}",
+    status_code=HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=_errors(404),
+    summary="Kill a sandbox",
+)
+async def kill_sandbox(who: Caller, svc: Service, sandbox_id: str) -> Response:
+    await svc.kill(who, sandbox_id)
+    return Response(status_code=HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/sandboxes/{sandbox_id}/timeout",
+    status_code=HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=_errors(404, 413),
+    summary="Set the end time to now + timeout seconds",
+)
+async def set_timeout(who: Caller, svc: Service, sandbox_id: str, body: TimeoutRequest) -> Response:
+    await svc.set_timeout(who, sandbox_id, body.timeout)
+    return Response(status_code=HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/sandboxes/{sandbox_id}/pause",
+    status_code=HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=_errors(404, 409, 413, 501),
+    summary="Pause a sandbox (501 when the backend cannot)",
+)
+async def pause_sandbox(
+    who: Caller,
+    svc: Service,
+    sandbox_id: str,
+    body: Annotated[PauseRequest | None, Body()] = None,
+) -> Response:
+    await svc.pause(who, sandbox_id)
+    return Response(status_code=HTTP_204_NO_CONTENT)
+
+
+@router.get(
+    "/sandboxes/{sandbox_id}/metrics",
+    response_model=list[SandboxMetric],
+    responses=_errors(404),
+    summary="Current resource usage (one sample, or none)",
+)
+async def sandbox_metrics(
+    who: Caller,
+    svc: Service,
+    sandbox_id: str,
+    start: int | None = None,
+    end: int | None = None,
+) -> list[SandboxMetric]:
+    _row, stats = await svc.stats(who, sandbox_id)
+    return [] if stats is None else [to_metric(stats, utcnow())]
+
+
+@router.get(
+    "/sandboxes/{sandbox_id}/logs",
+    response_model=SandboxLogs,
+    responses=_errors(404, 502),
+    summary="Lifecycle events and the processes envd ran (newest last)",
+)
+async def sandbox_logs(
+    who: Caller,
+    svc: Service,
+    sandbox_id: str,
+    start: int | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
+) -> SandboxLogs:
+    """``start`` is envd's journal cursor (the ``seq`` field of the last entry seen)."""
+    row, journal = await svc.envd_journal(who, sandbox_id, after=start or 0)
+    entries = [
+        SandboxLogEntry(
+            timestamp=row.started_at,
+            level="info",
+            message=f"sandbox created from template {row.template_id}",
+            fields={"event": "lifecycle"},
+        )
+    ]
+    for item in journal[:limit]:
+        level = item.get("level", "info")
+        entries.append(
+            SandboxLogEntry(
+                timestamp=item["timestamp"],
+                level=level if level in ("debug", "info", "error") else "warn",
+                message=item["message"],
+                fields={"seq": str(item["seq"]), "logger": item.get("logger", "")},
+            )
+        )
+    return SandboxLogs(
+        logs=[SandboxLog(timestamp=e.timestamp, line=e.message) for e in entries],
+        logEntries=entries,
+    )

@@ -1,0 +1,117 @@
+"""``emberbox server``: the API and the sandbox proxy, two listeners in one process.
+
+Sandboxes outlive the server process: stopping it stops only the listeners and the reaper; the
+next start reconciles the database with the backend and enforces any end time that passed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable, Generator
+from typing import Any
+
+import uvicorn
+
+from .api.app import create_api_app
+from .auth.store import count_keys, create_key
+from .config import Settings
+from .context import ServerContext
+from .proxy.app import SandboxProxy
+
+
+class _Server(uvicorn.Server):
+    """Two servers share one loop, so signals are handled once, by :func:`serve`."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def _has_base_template(settings: Settings) -> bool:
+    from ..templates.store import TemplateError, TemplateStore
+
+    try:
+        TemplateStore(settings.data_dir).get("base")
+    except TemplateError:
+        return False
+    return True
+
+
+def banner(settings: Settings, key: str | None) -> str:
+    api = f"http://{settings.host}:{settings.api_port}"
+    proxy = f"http://{settings.host}:{settings.proxy_port}"
+    backend = settings.resolved_backend
+    lines = [f"Emberbox API on {api}, sandbox proxy on {proxy} (backend: {backend})"]
+    if backend != "local" and not _has_base_template(settings):
+        lines.append(
+            "NOTE: no 'base' template yet; build it once with: "
+            "python -m emberbox.templates build-base"
+        )
+    if backend == "local":
+        lines.append(
+            "WARNING: the local backend runs sandboxes as plain processes on this host with NO "
+            "isolation; use it for development only (EMBERBOX_BACKEND=gvisor needs root + runsc)."
+        )
+    if key:
+        lines += ["", "First start: created an API key (shown only this once):", f"  {key}"]
+    lines += [
+        "",
+        "Point the E2B SDKs here:",
+        f"  export E2B_API_URL={api}",
+        f"  export E2B_SANDBOX_URL={proxy}",
+        f"  export E2B_API_KEY={key or '<your key; create one with: emberbox keys create>'}",
+    ]
+    return "\n".join(lines)
+
+
+def _config(app: Callable[..., Any], host: str, port: int) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+        timeout_keep_alive=310,  # outlive the SDKs' 300 s pool keepalive
+        timeout_graceful_shutdown=3,  # open process streams would hold shutdown forever
+    )
+
+
+async def serve(settings: Settings) -> None:
+    ctx = await ServerContext.open(settings)
+    first_key = None
+    if await count_keys(ctx.sessions) == 0:
+        first_key = (await create_key(ctx.sessions, "default", "first start")).key
+    api = create_api_app(settings, ctx.service, ctx.authenticate)
+    proxy = SandboxProxy(ctx.resolver)
+    servers = [
+        _Server(_config(api, settings.host, settings.api_port)),
+        _Server(_config(proxy, settings.host, settings.proxy_port)),
+    ]
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        for s in servers:
+            s.should_exit = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop)
+    ctx.reaper.start()
+    try:
+        tasks = [asyncio.create_task(s.serve()) for s in servers]
+        while not all(s.started for s in servers):
+            if any(t.done() for t in tasks):
+                break
+            await asyncio.sleep(0.02)
+        if all(s.started for s in servers):
+            print(banner(settings, first_key), flush=True)
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        stop()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for t in done:
+            t.result()
+    finally:
+        await proxy.aclose()
+        await ctx.close()

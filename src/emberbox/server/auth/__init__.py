@@ -1,0 +1,1 @@
+"""API keys and teams: key format and hashing, storage, and the ASGI auth middleware."""

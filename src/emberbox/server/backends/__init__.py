@@ -1,0 +1,1 @@
+"""The seam between the control plane and whatever runs sandboxes on the node."""

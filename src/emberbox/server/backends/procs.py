@@ -1,0 +1,86 @@
+"""Small /proc helpers for the local-process backend: process trees, liveness, usage."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from pathlib import Path
+
+_PROC = Path("/proc")
+
+
+def start_time(pid: int) -> int | None:
+    """Kernel start time in clock ticks (field 22), to tell a live PID from a reused one."""
+    try:
+        raw = (_PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    fields = raw.rsplit(")", 1)[1].split()
+    if fields[0] == "Z":
+        return None
+    return int(fields[19])
+
+
+def _parents() -> dict[int, int]:
+    out: dict[int, int] = {}
+    for entry in _PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "stat").read_text()
+        except OSError:
+            continue
+        out[int(entry.name)] = int(raw.rsplit(")", 1)[1].split()[1])
+    return out
+
+
+def tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants."""
+    parents = _parents()
+    children: dict[int, list[int]] = {}
+    for child, parent in parents.items():
+        children.setdefault(parent, []).append(child)
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        todo.extend(children.get(p, []))
+    return found
+
+
+def kill_tree(pid: int) -> None:
+    """Freeze the whole tree first (no forks escape), then SIGKILL every member."""
+    members = tree(pid)
+    for p in members:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(p, signal.SIGSTOP)
+    for p in tree(pid) + members:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(p, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, 0)  # reap it when it is our child; others are reaped by init
+
+
+def usage(pid: int) -> tuple[int, float]:
+    """(resident bytes, cpu seconds) summed over the tree."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    ticks = os.sysconf("SC_CLK_TCK")
+    rss, cpu = 0, 0.0
+    for p in tree(pid):
+        try:
+            rss += int((_PROC / str(p) / "statm").read_text().split()[1]) * page
+            fields = (_PROC / str(p) / "stat").read_text().rsplit(")", 1)[1].split()
+            cpu += (int(fields[11]) + int(fields[12])) / ticks
+        except (OSError, IndexError, ValueError):
+            continue
+    return rss, cpu
+
+
+def dir_size(path: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total

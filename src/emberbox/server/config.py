@@ -1,0 +1,133 @@
+"""Server settings, read once from ``EMBERBOX_*`` environment variables.
+
+Everything has a default so that ``emberbox server`` with no configuration works: SQLite in the
+data directory, the API on port 3000 and the sandbox proxy on port 3002.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _node_memory_mb() -> int:
+    """Total RAM of this machine, from /proc/meminfo (the scheduler's default capacity)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return 4096
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-team and per-sandbox limits; a request over any of them changes nothing."""
+
+    max_concurrent_sandboxes: int = 20
+    max_timeout_s: int = 24 * 3600
+    max_cpu_count: int = 8
+    max_memory_mb: int = 8192
+    rate_per_s: float = 50.0
+    rate_burst: int = 100
+    max_body_bytes: int = 1 << 20
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What the node offers; ``*_overcommit`` multiplies it (1.0 = never overcommit)."""
+
+    cpus: int = field(default_factory=lambda: os.cpu_count() or 1)
+    memory_mb: int = field(default_factory=_node_memory_mb)
+    cpu_overcommit: float = 8.0
+    memory_overcommit: float = 1.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All knobs of one server process.
+
+    **Parameters:**
+    * data_dir - where SQLite and sandbox state live (``EMBERBOX_DATA_DIR``, /var/lib/emberbox).
+    * database_url - SQLAlchemy async URL (``EMBERBOX_DATABASE_URL``); default SQLite in data_dir.
+    * host, api_port, proxy_port - where the two listeners bind.
+    * domain - the sandbox domain returned to SDKs (``<port>-<id>.<domain>`` for ``get_host``).
+    * backend - ``gvisor`` (isolated, through the node orchestrator), ``local`` (dev/test: plain
+      envd processes, **no isolation**) or ``auto``: gvisor when running as root with runsc on
+      PATH, else local.
+    """
+
+    data_dir: Path = Path("/var/lib/emberbox")
+    database_url: str = ""
+    host: str = "127.0.0.1"
+    api_port: int = 3000
+    proxy_port: int = 3002
+    domain: str | None = None
+    backend: str = "auto"
+    envd_version: str = "0.6.13"
+    reap_interval_s: float = 0.2
+    limits: Limits = field(default_factory=Limits)
+    capacity: Capacity = field(default_factory=Capacity)
+
+    @property
+    def resolved_backend(self) -> str:
+        if self.backend != "auto":
+            return self.backend
+        return "gvisor" if os.geteuid() == 0 and shutil.which("runsc") else "local"
+
+    @property
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.data_dir / 'emberbox.db'}"
+
+    @property
+    def sandbox_domain(self) -> str:
+        """Domain for ``get_host``; by default the proxy itself, which *.localhost resolves to."""
+        return self.domain or f"localhost:{self.proxy_port}"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        e = os.environ if env is None else env
+
+        def num(name: str, default: float) -> float:
+            raw = e.get(name)
+            return float(raw) if raw not in (None, "") else default
+
+        def whole(name: str, default: int) -> int:
+            return int(num(name, default))
+
+        limits = Limits(
+            max_concurrent_sandboxes=whole("EMBERBOX_MAX_SANDBOXES_PER_TEAM", 20),
+            max_timeout_s=whole("EMBERBOX_MAX_TIMEOUT_S", 24 * 3600),
+            max_cpu_count=whole("EMBERBOX_MAX_CPU_COUNT", 8),
+            max_memory_mb=whole("EMBERBOX_MAX_MEMORY_MB", 8192),
+            rate_per_s=num("EMBERBOX_RATE_PER_S", 50.0),
+            rate_burst=whole("EMBERBOX_RATE_BURST", 100),
+            max_body_bytes=whole("EMBERBOX_MAX_BODY_BYTES", 1 << 20),
+        )
+        default_cap = Capacity()
+        capacity = Capacity(
+            cpus=whole("EMBERBOX_NODE_CPUS", default_cap.cpus),
+            memory_mb=whole("EMBERBOX_NODE_MEMORY_MB", default_cap.memory_mb),
+            cpu_overcommit=num("EMBERBOX_CPU_OVERCOMMIT", 8.0),
+            memory_overcommit=num("EMBERBOX_MEMORY_OVERCOMMIT", 1.0),
+        )
+        return cls(
+            data_dir=Path(e.get("EMBERBOX_DATA_DIR") or "/var/lib/emberbox"),
+            database_url=e.get("EMBERBOX_DATABASE_URL", ""),
+            host=e.get("EMBERBOX_HOST", "127.0.0.1"),
+            api_port=whole("EMBERBOX_API_PORT", 3000),
+            proxy_port=whole("EMBERBOX_PROXY_PORT", 3002),
+            domain=e.get("EMBERBOX_DOMAIN") or None,
+            backend=e.get("EMBERBOX_BACKEND") or "auto",
+            envd_version=e.get("EMBERBOX_ENVD_VERSION", "0.6.13"),
+            reap_interval_s=num("EMBERBOX_REAP_INTERVAL_S", 0.2),
+            limits=limits,
+            capacity=capacity,
+        )

@@ -1,0 +1,1 @@
+"""Alembic environment and revisions; run by :func:`emberbox.server.db.engine.migrate`."""

@@ -1,0 +1,182 @@
+"""Queries on the sandboxes table. State changes are compare-and-set updates, so two actors
+(a user's kill and the end-time reaper, say) can never both win the same transition."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, and_, exists, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ..lifecycle.states import State, check_transition
+from .models import Sandbox, SandboxMetadata, utcnow
+
+
+class BadCursor(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[Sandbox]
+    next_token: str | None
+
+
+async def get(s: AsyncSession, sandbox_id: str) -> Sandbox | None:
+    return await s.get(Sandbox, sandbox_id)
+
+
+async def get_for_team(
+    s: AsyncSession, team_id: str, sandbox_id: str, states: Collection[State]
+) -> Sandbox | None:
+    """The sandbox if ``team_id`` owns it and it is in one of ``states``; another team's is None."""
+    row = await s.get(Sandbox, sandbox_id, populate_existing=True)
+    if row is None or row.team_id != team_id or State(row.state) not in states:
+        return None
+    return row
+
+
+async def set_state(
+    s: AsyncSession,
+    sandbox_id: str,
+    from_states: Collection[State],
+    to: State,
+    **values: Any,
+) -> bool:
+    """Move the sandbox to ``to`` if it is in one of ``from_states``; False if it was not."""
+    for current in from_states:
+        check_transition(current, to)
+    if to in (State.KILLED, State.FAILED):
+        values.setdefault("idempotency_key", None)  # the key may create a new sandbox now
+    result = await s.execute(
+        update(Sandbox)
+        .where(Sandbox.id == sandbox_id, Sandbox.state.in_([str(x) for x in from_states]))
+        .values(state=str(to), updated_at=utcnow(), **values)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(cast(CursorResult[Any], result).rowcount)
+
+
+async def update_fields(
+    s: AsyncSession, sandbox_id: str, states: Collection[State], **values: Any
+) -> bool:
+    result = await s.execute(
+        update(Sandbox)
+        .where(Sandbox.id == sandbox_id, Sandbox.state.in_([str(x) for x in states]))
+        .values(updated_at=utcnow(), **values)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(cast(CursorResult[Any], result).rowcount)
+
+
+async def by_idempotency_key(s: AsyncSession, team_id: str, key: str) -> Sandbox | None:
+    q = select(Sandbox).where(Sandbox.team_id == team_id, Sandbox.idempotency_key == key)
+    return (await s.execute(q)).scalar_one_or_none()
+
+
+async def count_for_team(s: AsyncSession, team_id: str, states: Collection[State]) -> int:
+    q = select(func.count()).where(
+        Sandbox.team_id == team_id, Sandbox.state.in_([str(x) for x in states])
+    )
+    return int((await s.execute(q)).scalar_one())
+
+
+async def resources_in_use(s: AsyncSession, states: Collection[State]) -> tuple[int, int]:
+    """(cpus, memory MiB) summed over sandboxes in ``states``."""
+    q = select(
+        func.coalesce(func.sum(Sandbox.cpu_count), 0),
+        func.coalesce(func.sum(Sandbox.memory_mb), 0),
+    ).where(Sandbox.state.in_([str(x) for x in states]))
+    cpus, mem = (await s.execute(q)).one()
+    return int(cpus), int(mem)
+
+
+async def ids_in_states(s: AsyncSession, states: Collection[State]) -> list[str]:
+    q = select(Sandbox.id).where(Sandbox.state.in_([str(x) for x in states]))
+    return list((await s.execute(q)).scalars())
+
+
+async def expired(s: AsyncSession, now: dt.datetime, states: Collection[State]) -> list[str]:
+    q = select(Sandbox.id).where(Sandbox.state.in_([str(x) for x in states]), Sandbox.end_at <= now)
+    return list((await s.execute(q)).scalars())
+
+
+async def next_end_at(s: AsyncSession, states: Collection[State]) -> dt.datetime | None:
+    q = select(func.min(Sandbox.end_at)).where(Sandbox.state.in_([str(x) for x in states]))
+    value = (await s.execute(q)).scalar_one()
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    if isinstance(value, str):  # SQLite aggregates bypass the column type
+        return dt.datetime.fromisoformat(value).replace(tzinfo=dt.UTC)
+    return None
+
+
+def encode_cursor(row: Sandbox) -> str:
+    raw = f"{row.started_at.isoformat()}|{row.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(token: str) -> tuple[dt.datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        ts, sandbox_id = raw.split("|", 1)
+        started = dt.datetime.fromisoformat(ts)
+    except (binascii.Error, UnicodeDecodeError, ValueError) as e:
+        raise BadCursor("invalid nextToken") from e
+    if started.tzinfo is None:
+        raise BadCursor("invalid nextToken")
+    return started, sandbox_id
+
+
+async def list_page(
+    s: AsyncSession,
+    *,
+    team_id: str,
+    states: Collection[State],
+    metadata: Mapping[str, str],
+    template: str | None = None,
+    started_after: dt.datetime | None = None,
+    descending: bool = True,
+    limit: int = 100,
+    cursor: str | None = None,
+) -> Page:
+    """One page of a team's sandboxes, keyset-paginated on (started_at, id)."""
+    q = select(Sandbox).where(
+        Sandbox.team_id == team_id, Sandbox.state.in_([str(x) for x in states])
+    )
+    for key, value in metadata.items():
+        q = q.where(
+            exists().where(
+                SandboxMetadata.sandbox_id == Sandbox.id,
+                SandboxMetadata.key == key,
+                SandboxMetadata.value == value,
+            )
+        )
+    if template:
+        q = q.where(or_(Sandbox.template_id == template, Sandbox.alias == template))
+    if started_after is not None:
+        q = q.where(Sandbox.started_at >= started_after)
+    if cursor:
+        ts, last_id = decode_cursor(cursor)
+        if descending:
+            q = q.where(
+                or_(Sandbox.started_at < ts, and_(Sandbox.started_at == ts, Sandbox.id < last_id))
+            )
+        else:
+            q = q.where(
+                or_(Sandbox.started_at > ts, and_(Sandbox.started_at == ts, Sandbox.id > last_id))
+            )
+    order: Sequence[Any] = (
+        (Sandbox.started_at.desc(), Sandbox.id.desc())
+        if descending
+        else (Sandbox.started_at.asc(), Sandbox.id.asc())
+    )
+    rows = list((await s.execute(q.order_by(*order).limit(limit + 1))).scalars())
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page(items=rows, next_token=encode_cursor(rows[-1]) if more and rows else None)

@@ -1,0 +1,81 @@
+"""Which templates exist and what resources each asks for.
+
+Until the template store lands this is a static catalog: ``base`` plus any templates given as JSON
+in ``EMBERBOX_TEMPLATES`` (``{"name": {"cpuCount": 2, "memoryMB": 512, "diskSizeMB": 1024}}``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class TemplateInfo:
+    template_id: str
+    alias: str | None
+    cpu_count: int = 2
+    memory_mb: int = 512
+    disk_mb: int = 1024
+
+
+class TemplateCatalog(Protocol):
+    def resolve(self, name: str) -> TemplateInfo | None:
+        """Look up by ID or alias; an optional ``:tag`` suffix is accepted and ignored."""
+
+
+class StaticTemplates:
+    def __init__(self, templates: Mapping[str, TemplateInfo]) -> None:
+        self._by_name = dict(templates)
+
+    @classmethod
+    def from_env(cls, raw: str | None) -> StaticTemplates:
+        found = {"base": TemplateInfo("base", "base")}
+        for name, spec in (json.loads(raw) if raw else {}).items():
+            found[name] = TemplateInfo(
+                template_id=name,
+                alias=name,
+                cpu_count=int(spec.get("cpuCount", 2)),
+                memory_mb=int(spec.get("memoryMB", 512)),
+                disk_mb=int(spec.get("diskSizeMB", 1024)),
+            )
+        return cls(found)
+
+    def resolve(self, name: str) -> TemplateInfo | None:
+        base = name.split(":", 1)[0]
+        if "/" in base:  # namespace/alias: we have a single namespace
+            base = base.rsplit("/", 1)[1]
+        return self._by_name.get(base)
+
+
+class StoreTemplates:
+    """Templates built into the node's template store (what the gVisor runtime boots).
+
+    Resources come from ``overrides`` (``EMBERBOX_TEMPLATES``) when given, else the defaults.
+    """
+
+    def __init__(self, root: Path, overrides: StaticTemplates) -> None:
+        from ...templates.store import TemplateStore
+
+        self.store = TemplateStore(root)
+        self.overrides = overrides
+
+    def resolve(self, name: str) -> TemplateInfo | None:
+        from ...templates.store import TemplateError
+
+        base = name.split(":", 1)[0].rsplit("/", 1)[-1]
+        try:
+            template = self.store.get(base)
+        except TemplateError:
+            return None
+        sized = self.overrides.resolve(base)
+        return TemplateInfo(
+            template_id=template.name,
+            alias=template.name,
+            cpu_count=sized.cpu_count if sized else 2,
+            memory_mb=sized.memory_mb if sized else 512,
+            disk_mb=sized.disk_mb if sized else 1024,
+        )

@@ -1,0 +1,1 @@
+"""Admission limits: per-key request rate and node resource accounting."""

@@ -1,0 +1,59 @@
+"""Sandbox ID → where it answers, from the database, with a short positive cache.
+
+The lifecycle service calls :meth:`forget` the moment a sandbox starts dying, so a killed sandbox
+answers 502 at once instead of after the cache expires.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from ..backends.base import port_target
+from ..db import sandboxes as q
+from ..lifecycle.states import State
+
+
+@dataclass(frozen=True)
+class Location:
+    envd_url: str
+    host: str
+
+    def address(self, port: int) -> tuple[str, int]:
+        return port_target(self.envd_url, self.host, port)
+
+
+class SandboxResolver:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], ttl_s: float = 2.0) -> None:
+        self.sessions = sessions
+        self.ttl_s = ttl_s
+        self._cache: dict[str, tuple[Location, float]] = {}
+        self._listeners: list[Callable[[str], None]] = []
+
+    def on_forget(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(sandbox_id)`` whenever a sandbox stops being reachable."""
+        self._listeners.append(listener)
+
+    async def resolve(self, sandbox_id: str) -> Location | None:
+        now = time.monotonic()
+        hit = self._cache.get(sandbox_id)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        async with self.sessions() as s:
+            row = await q.get(s, sandbox_id)
+        if row is None or row.state != State.RUNNING or not row.envd_url or not row.host_address:
+            self.forget(sandbox_id)
+            return None
+        loc = Location(envd_url=row.envd_url, host=row.host_address)
+        if len(self._cache) > 50_000:
+            self._cache.clear()
+        self._cache[sandbox_id] = (loc, now + self.ttl_s)
+        return loc
+
+    def forget(self, sandbox_id: str) -> None:
+        self._cache.pop(sandbox_id, None)
+        for listener in self._listeners:
+            listener(sandbox_id)

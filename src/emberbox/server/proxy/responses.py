@@ -1,0 +1,42 @@
+"""The proxy's own answers, in the shapes the SDKs recognise (protocol §2.1)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.types import Send
+
+NOT_FOUND = "The sandbox was not found"
+PORT_CLOSED = "The sandbox is running but port is not open"
+
+
+def sandbox_not_found(sandbox_id: str) -> dict[str, Any]:
+    return {"sandboxId": sandbox_id, "message": NOT_FOUND, "code": 502}
+
+
+def port_not_open(sandbox_id: str, port: int) -> dict[str, Any]:
+    return {"sandboxId": sandbox_id, "message": PORT_CLOSED, "port": port, "code": 502}
+
+
+def bad_route(message: str) -> dict[str, Any]:
+    return {"message": message, "code": 400}
+
+
+async def send_json(
+    send: Send, status: int, body: dict[str, Any], *, websocket: bool = False
+) -> None:
+    """Plain HTTP JSON answer; for WebSockets, the ASGI denial-response extension."""
+    payload = json.dumps(body).encode()
+    prefix = "websocket.http.response" if websocket else "http.response"
+    await send(
+        {
+            "type": f"{prefix}.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+            ],
+        }
+    )
+    await send({"type": f"{prefix}.body", "body": payload})

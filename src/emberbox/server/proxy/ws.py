@@ -1,0 +1,130 @@
+"""WebSocket forwarding: open upstream first (so failures can still answer 502), then pump."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from starlette.types import Receive, Scope, Send
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from .http import upstream_url
+from .responses import port_not_open, send_json
+
+NO_UPGRADE = "The sandbox's server did not accept the WebSocket upgrade"
+_SKIP = {
+    "host",
+    "connection",
+    "upgrade",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-extensions",
+    "sec-websocket-protocol",
+    "content-length",
+    "transfer-encoding",
+}
+
+
+async def deny(scope: Scope, send: Send, status: int, body: dict[str, object]) -> None:
+    if "websocket.http.response" in scope.get("extensions", {}):
+        await send_json(send, status, body, websocket=True)
+    else:
+        await send({"type": "websocket.close", "code": 1011})
+
+
+async def _relay_refusal(
+    scope: Scope, send: Send, status: int, body: bytes, content_type: str
+) -> None:
+    if "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close", "code": 1011})
+        return
+    await send(
+        {
+            "type": "websocket.http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type.encode("latin-1")),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "websocket.http.response.body", "body": body})
+
+
+async def forward_ws(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    address: tuple[str, int],
+    sandbox_id: str,
+    port: int,
+) -> None:
+    if (await receive())["type"] != "websocket.connect":
+        return
+    headers = [
+        (k.decode("latin-1"), v.decode("latin-1"))
+        for k, v in scope["headers"]
+        if k.decode("latin-1").lower() not in _SKIP
+    ]
+    try:
+        upstream = await connect(
+            upstream_url(scope, *address, ws=True),
+            additional_headers=headers,
+            subprotocols=scope.get("subprotocols") or None,
+            open_timeout=10,
+            max_size=None,
+            compression=None,
+        )
+    except InvalidStatus as e:  # the sandbox's server said no: pass its answer on
+        await _relay_refusal(
+            scope,
+            send,
+            e.response.status_code,
+            bytes(e.response.body or b""),
+            e.response.headers.get("content-type", "text/plain"),
+        )
+        return
+    except OSError:
+        await deny(scope, send, 502, port_not_open(sandbox_id, port))
+        return
+    except (InvalidHandshake, TimeoutError) as e:
+        body = {"sandboxId": sandbox_id, "message": f"{NO_UPGRADE}: {e}", "port": port}
+        await deny(scope, send, 502, {**body, "code": 502})
+        return
+    async with upstream:
+        await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
+        up = asyncio.create_task(_client_to_upstream(receive, upstream))
+        down = asyncio.create_task(_upstream_to_client(upstream, send))
+        _, pending = await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
+        for t in pending:
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+
+
+async def _client_to_upstream(receive: Receive, upstream: ClientConnection) -> None:
+    while True:
+        msg = await receive()
+        if msg["type"] == "websocket.receive":
+            if msg.get("bytes") is not None:
+                await upstream.send(msg["bytes"])
+            elif msg.get("text") is not None:
+                await upstream.send(msg["text"])
+        elif msg["type"] == "websocket.disconnect":
+            await upstream.close(code=msg.get("code", 1000) or 1000)
+            return
+
+
+async def _upstream_to_client(upstream: ClientConnection, send: Send) -> None:
+    try:
+        async for data in upstream:
+            if isinstance(data, bytes):
+                await send({"type": "websocket.send", "bytes": data})
+            else:
+                await send({"type": "websocket.send", "text": data})
+        code = upstream.close_code or 1000
+    except ConnectionClosed as e:
+        code = e.rcvd.code if e.rcvd else 1011
+    with contextlib.suppress(Exception):
+        await send({"type": "websocket.close", "code": code})

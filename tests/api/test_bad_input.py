@@ -1,0 +1,180 @@
+"""Bad requests: every one answers JSON ``{code, message}`` and changes nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.api.conftest import MAX_TIMEOUT_S, Running
+
+
+def _assert_error(r: httpx.Response, status: int, needle: str = "") -> None:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    body = r.json()
+    assert body["code"] == status and isinstance(body["message"], str) and body["message"]
+    assert needle.lower() in body["message"].lower(), body
+
+
+@pytest.fixture
+def unchanged(running: Running) -> Iterator[None]:
+    """Nothing created, nothing leaked: same database rows and envd processes after the test."""
+    rows = running.server.sandbox_states()
+    procs = running.server.live_sandbox_processes()
+    yield
+    assert running.server.sandbox_states() == rows
+    assert running.server.live_sandbox_processes() == procs
+
+
+def test_missing_and_wrong_keys(running: Running, unchanged: None) -> None:
+    body = {"templateID": "base"}
+    with running.client(key="") as c:
+        _assert_error(c.post("/v2/sandboxes", json=body), 401, "api key")
+        _assert_error(c.get("/v2/sandboxes"), 401)
+    for bad in ("e2b_" + "0" * 40, "not-a-key", running.key[:-1] + "x", running.key + "0"):
+        with running.client(key=bad) as c:
+            _assert_error(c.post("/v2/sandboxes", json=body), 401, "invalid api key")
+            _assert_error(c.delete("/sandboxes/abc"), 401)
+
+
+def test_unknown_template(api: httpx.Client, unchanged: None) -> None:
+    r = api.post("/v2/sandboxes", json={"templateID": "no-such-template"})
+    _assert_error(r, 404, "template 'no-such-template' not found")
+    _assert_error(api.post("/sandboxes", json={"templateID": "nope:tag"}), 404)
+
+
+@pytest.mark.parametrize("timeout", [-1, MAX_TIMEOUT_S + 1, 10**12])
+def test_timeout_out_of_range(api: httpx.Client, unchanged: None, timeout: int) -> None:
+    r = api.post("/v2/sandboxes", json={"templateID": "base", "timeout": timeout})
+    _assert_error(r, 400, "timeout must be between 0 and")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"{", b"not json", b'{"templateID": "base",}', b"\xff\xfe", b""],
+)
+def test_malformed_json(api: httpx.Client, unchanged: None, raw: bytes) -> None:
+    r = api.post("/v2/sandboxes", content=raw, headers={"Content-Type": "application/json"})
+    _assert_error(r, 400)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"templateID": 5},
+        {"templateID": ""},
+        {"templateID": "base", "timeout": "soon"},
+        {"templateID": "base", "metadata": {"k": 1}},
+        {"templateID": "base", "envVars": ["A=1"]},
+        [],
+    ],
+)
+def test_invalid_fields(api: httpx.Client, unchanged: None, body: object) -> None:
+    _assert_error(api.post("/v2/sandboxes", json=body), 400, "invalid request")
+
+
+def test_oversized_bodies(api: httpx.Client, unchanged: None) -> None:
+    big = {
+        "templateID": "base",
+        "metadata": {f"k{i}": "v" * 1000 for i in range(60)},
+        "envVars": {"BIG": "x" * 70_000},
+    }
+    _assert_error(api.post("/v2/sandboxes", json=big), 413, "larger than 65536 bytes")
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it streams
+        yield b'{"templateID": "base", "envVars": {"BIG": "'
+        for _ in range(100):
+            yield b"y" * 1000
+        yield b'"}}'
+
+    r = api.post("/v2/sandboxes", content=chunks(), headers={"Content-Type": "application/json"})
+    _assert_error(r, 413)
+
+
+def test_unknown_routes_and_methods(api: httpx.Client, unchanged: None) -> None:
+    _assert_error(api.get("/no/such/path"), 404, "no such endpoint")
+    _assert_error(api.put("/v2/sandboxes"), 405)
+    _assert_error(api.get("/sandboxes/abc/timeout"), 405)
+
+
+def test_bad_list_parameters(api: httpx.Client, unchanged: None) -> None:
+    _assert_error(api.get("/v2/sandboxes", params={"limit": 101}), 400)
+    _assert_error(api.get("/v2/sandboxes", params={"limit": 0}), 400)
+    _assert_error(api.get("/v2/sandboxes", params={"nextToken": "%%%"}), 400, "nextToken")
+    _assert_error(api.get("/v2/sandboxes", params={"state": "sleeping"}), 400, "state")
+    _assert_error(api.get("/v2/sandboxes", params={"metadata": "novalue"}), 400, "metadata")
+    _assert_error(api.get("/v2/sandboxes", params={"order": "sideways"}), 400)
+
+
+def test_unknown_sandbox_everywhere(api: httpx.Client, unchanged: None) -> None:
+    sid = "a" * 20
+    _assert_error(api.get(f"/sandboxes/{sid}"), 404, "not found")
+    _assert_error(api.delete(f"/sandboxes/{sid}"), 404)
+    _assert_error(api.post(f"/sandboxes/{sid}/timeout", json={"timeout": 5}), 404)
+    _assert_error(api.post(f"/sandboxes/{sid}/pause", json={}), 404)
+    _assert_error(api.get(f"/sandboxes/{sid}/metrics"), 404)
+    _assert_error(api.post(f"/v2/sandboxes/{sid}/connect", json={"timeout": 5}), 404)
+    _assert_error(api.post(f"/sandboxes/{sid}/connect", json={"timeout": 5}), 404)
+
+
+def test_other_teams_sandbox_is_not_found(running: Running, api: httpx.Client) -> None:
+    r = api.post(
+        "/v2/sandboxes", json={"templateID": "base", "timeout": 60, "metadata": {"owner": "team-a"}}
+    )
+    assert r.status_code == 201
+    sid = r.json()["sandboxID"]
+    try:
+        detail_before = api.get(f"/sandboxes/{sid}").json()
+        with running.client(running.other_key) as other:
+            _assert_error(other.get(f"/sandboxes/{sid}"), 404)
+            _assert_error(other.delete(f"/sandboxes/{sid}"), 404)
+            _assert_error(other.post(f"/sandboxes/{sid}/timeout", json={"timeout": 1}), 404)
+            _assert_error(other.post(f"/v2/sandboxes/{sid}/connect", json={"timeout": 900}), 404)
+            _assert_error(other.post(f"/sandboxes/{sid}/pause", json={}), 404)
+            _assert_error(other.get(f"/sandboxes/{sid}/metrics"), 404)
+            listed = other.get("/v2/sandboxes", params={"metadata": "owner=team-a"}).json()
+            assert listed == []
+            assert sid not in [s["sandboxID"] for s in other.get("/sandboxes").json()]
+        # untouched: same end time, still running
+        assert api.get(f"/sandboxes/{sid}").json() == detail_before
+        assert sid in running.server.live_sandbox_processes()
+    finally:
+        assert api.delete(f"/sandboxes/{sid}").status_code == 204
+
+
+def test_set_timeout_out_of_range_keeps_end_time(api: httpx.Client) -> None:
+    sid = api.post("/v2/sandboxes", json={"templateID": "base", "timeout": 60}).json()["sandboxID"]
+    try:
+        before = api.get(f"/sandboxes/{sid}").json()["endAt"]
+        for bad in (-5, MAX_TIMEOUT_S + 1):
+            _assert_error(api.post(f"/sandboxes/{sid}/timeout", json={"timeout": bad}), 400)
+        _assert_error(api.post(f"/sandboxes/{sid}/timeout", json={}), 400)
+        assert api.get(f"/sandboxes/{sid}").json()["endAt"] == before
+    finally:
+        api.delete(f"/sandboxes/{sid}")
+
+
+def test_unsupported_options_are_refused(api: httpx.Client, unchanged: None) -> None:
+    extras: list[dict[str, object]] = [
+        {"autoPause": True},
+        {"allow_internet_access": False},
+        {"volumeMounts": [{"name": "v", "path": "/mnt"}]},
+        {"mcp": {}},
+        {"network": {"allowOut": ["1.1.1.1"]}},
+        {"network": {"allowPublicTraffic": False}},
+        {"network": {"dnsServers": ["9.9.9.9"]}},
+        {"autoResume": {"enabled": True}},
+    ]
+    for extra in extras:
+        r = api.post("/v2/sandboxes", json={"templateID": "base", **extra})
+        _assert_error(r, 501)
+        assert r.headers["should-retry"] == "false"
+
+
+def test_bad_idempotency_key(api: httpx.Client, unchanged: None) -> None:
+    for bad in ("UPPER", "a" * 256, "spa ce", "under_score"):
+        r = api.post("/v2/sandboxes", json={"templateID": "base"}, headers={"Idempotency-Key": bad})
+        _assert_error(r, 400, "idempotency-key")

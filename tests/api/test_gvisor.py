@@ -1,0 +1,118 @@
+"""The SDK round against real gVisor sandboxes through the node orchestrator.
+
+Needs root and runsc (``require_host`` skips naming what is missing); ``base`` is built into the
+node's data dir if missing. The orchestrator's start-up removes every sandbox of its data dir
+that it does not own, so never run this next to another gVisor test run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from e2b import CommandExitException, Sandbox, SandboxQuery, SandboxState
+
+from emberbox.server.testing import ServerProcess, free_port
+
+
+@pytest.fixture(scope="module")
+def gvisor_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    from tests.runtimes.gvisor_support import gvisor_server as start
+
+    with start(tmp_path_factory.mktemp("gvisor-server")) as server:
+        yield server
+
+
+@pytest.fixture
+def key(gvisor_server: ServerProcess, monkeypatch: pytest.MonkeyPatch) -> str:
+    assert gvisor_server.first_key
+    for k, v in gvisor_server.sdk_env(gvisor_server.first_key).items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("E2B_DEBUG", raising=False)
+    return gvisor_server.first_key
+
+
+def test_sdk_round_in_gvisor(gvisor_server: ServerProcess, key: str) -> None:
+    tag = uuid.uuid4().hex
+    sbx = Sandbox.create(metadata={"suite": tag}, envs={"FOO": "gv"}, timeout=120)
+    try:
+        r = sbx.commands.run('echo "$FOO $(whoami) $(pwd)"; cat /proc/version')
+        assert r.stdout.splitlines()[0] == "gv user /home/user"
+        assert "gVisor" in r.stdout or "4.4.0" in r.stdout  # runsc's synthetic kernel
+        sbx.files.write("hello.txt", "inside gvisor")
+        assert sbx.files.read("/home/user/hello.txt") == "inside gvisor"
+        listed = Sandbox.list(query=SandboxQuery(metadata={"suite": tag})).next_items()
+        assert [s.sandbox_id for s in listed] == [sbx.sandbox_id]
+
+        port = free_port()
+        sbx.files.write("site/index.html", "served from gvisor")
+        sbx.commands.run(f"cd site && python3 -m http.server {port}", background=True)
+        host = sbx.get_host(port)
+        deadline = time.monotonic() + 20
+        while True:
+            resp = httpx.get(gvisor_server.sandbox_url + "/index.html", headers={"Host": host})
+            if resp.status_code == 200:
+                break
+            assert resp.status_code == 502 and time.monotonic() < deadline, resp.text
+            time.sleep(0.2)
+        assert resp.text == "served from gvisor"
+
+        again = Sandbox.connect(sbx.sandbox_id, timeout=60)
+        assert again.commands.run("echo connected").stdout == "connected\n"
+        sbx.set_timeout(30)
+        assert sbx.get_metrics()
+    finally:
+        assert sbx.kill() is True
+    assert not sbx.is_running()
+
+
+def test_pause_and_resume_in_gvisor(gvisor_server: ServerProcess, key: str) -> None:
+    sbx = Sandbox.create(timeout=120)
+    try:
+        sbx.commands.run("echo kept > /home/user/state.txt")
+        sbx.pause()
+        assert sbx.get_info().state == SandboxState.PAUSED
+        resumed = Sandbox.connect(sbx.sandbox_id, timeout=60)
+        assert resumed.commands.run("cat /home/user/state.txt").stdout == "kept\n"
+        assert sbx.get_info().state == SandboxState.RUNNING
+    finally:
+        sbx.kill()
+
+
+def test_end_time_in_gvisor(gvisor_server: ServerProcess, key: str) -> None:
+    sbx = Sandbox.create(timeout=3)
+    end_at = sbx.get_info().end_at
+    while sbx.is_running():
+        assert dt.datetime.now(dt.UTC) <= end_at + dt.timedelta(seconds=1.0)
+        time.sleep(0.05)
+    with httpx.Client(base_url=gvisor_server.api_url, headers={"X-API-KEY": key}) as api:
+        assert api.get(f"/sandboxes/{sbx.sandbox_id}").status_code == 404
+    # and the runtime really let it go (the kill finishes after the API stops showing it)
+    deadline = time.monotonic() + 20
+    while gvisor_server.sandbox_states()[sbx.sandbox_id] != ("killed", "timeout"):
+        assert time.monotonic() < deadline, gvisor_server.sandbox_states()[sbx.sandbox_id]
+        time.sleep(0.1)
+
+
+_CONNECT = (
+    "python3 -c \"import socket; socket.create_connection(('pypi.org', 443), timeout=5); "
+    "print('reached')\""
+)
+
+
+def test_allow_internet_access_false_is_enforced(gvisor_server: ServerProcess, key: str) -> None:
+    closed = Sandbox.create(timeout=60, allow_internet_access=False)
+    opened = Sandbox.create(timeout=60)
+    try:
+        assert closed.get_info().allow_internet_access is False
+        assert opened.get_info().allow_internet_access is True
+        with pytest.raises(CommandExitException):
+            closed.commands.run(_CONNECT)
+        assert opened.commands.run(_CONNECT).stdout == "reached\n"
+    finally:
+        closed.kill()
+        opened.kill()

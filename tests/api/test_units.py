@@ -1,0 +1,151 @@
+"""Pure parts of the control plane: keys, state machine, scheduler, rate buckets, query parsing,
+and the migrations on each database."""
+
+from __future__ import annotations
+
+import asyncio
+from urllib.parse import quote
+
+import pytest
+from sqlalchemy import inspect, text
+
+from emberbox.server.api.errors import ApiError
+from emberbox.server.api.query import parse_metadata, parse_order, parse_states, parse_time
+from emberbox.server.auth.keys import generate_key, hash_key, is_well_formed, lookup_prefix
+from emberbox.server.config import Capacity, Settings
+from emberbox.server.db.engine import make_engine, migrate
+from emberbox.server.lifecycle.states import (
+    IllegalTransition,
+    State,
+    check_transition,
+    public_state,
+)
+from emberbox.server.limits.ratelimit import TokenBuckets
+from emberbox.server.limits.scheduler import ResourceScheduler, Usage
+from emberbox.server.testing import create_postgres_database, drop_postgres_database
+from tests.api.conftest import DB_PARAMS, PG_URL
+
+
+def test_keys_have_the_sdk_shape_and_are_stored_hashed() -> None:
+    key = generate_key()
+    assert is_well_formed(key) and len(key) == 44 and key.startswith("e2b_")
+    assert generate_key() != key
+    assert hash_key(key) != key and len(hash_key(key)) == 64
+    assert lookup_prefix(key) == key[:12]
+    for bad in ("e2b_XYZ", "e2b_" + "0" * 39, "sk_" + "0" * 40, key.upper()):
+        assert not is_well_formed(bad)
+
+
+@pytest.mark.parametrize(
+    ("current", "wanted", "ok"),
+    [
+        (State.CREATING, State.RUNNING, True),
+        (State.RUNNING, State.KILLING, True),
+        (State.KILLING, State.KILLED, True),
+        (State.RUNNING, State.PAUSING, True),
+        (State.PAUSED, State.RESUMING, True),
+        (State.RUNNING, State.FAILED, True),
+        (State.KILLED, State.RUNNING, False),
+        (State.FAILED, State.KILLING, False),
+        (State.RUNNING, State.KILLED, False),  # always through killing
+        (State.PAUSED, State.RUNNING, False),  # always through resuming
+        (State.CREATING, State.PAUSED, False),
+    ],
+)
+def test_state_machine(current: State, wanted: State, ok: bool) -> None:
+    if ok:
+        check_transition(current, wanted)
+    else:
+        with pytest.raises(IllegalTransition):
+            check_transition(current, wanted)
+
+
+def test_public_states() -> None:
+    assert public_state(State.PAUSING) == "running"
+    assert public_state(State.RESUMING) == "paused"
+
+
+def test_scheduler_applies_the_overcommit_ratio() -> None:
+    sched = ResourceScheduler(
+        Capacity(cpus=2, memory_mb=1000, cpu_overcommit=2.0, memory_overcommit=1.5)
+    )
+    assert sched.cpu_limit == 4 and sched.memory_limit_mb == 1500
+    assert sched.refusal(Usage(2, 500), 2, 500) is None
+    assert "out of CPU" in (sched.refusal(Usage(3, 0), 2, 1) or "")
+    assert "out of memory: 1200 of 1500 MiB" in (sched.refusal(Usage(0, 1200), 1, 400) or "")
+
+
+def test_token_bucket() -> None:
+    b = TokenBuckets(rate_per_s=2.0, burst=2)
+    assert b.take("k", now=0.0) == 0.0 and b.take("k", now=0.0) == 0.0
+    assert b.take("k", now=0.0) == pytest.approx(0.5)
+    assert b.take("other", now=0.0) == 0.0
+    assert b.take("k", now=0.5) == 0.0  # refilled one token
+    with pytest.raises(ValueError):
+        TokenBuckets(0, 1)
+
+
+def test_metadata_double_decoding() -> None:
+    wanted = {"a b": "c&d=e%f", "plain": "x"}
+    inner = "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in wanted.items())
+    assert parse_metadata(quote(inner, safe="")) == wanted
+    assert parse_metadata(None) == {} and parse_metadata("") == {}
+    with pytest.raises(ApiError):
+        parse_metadata("novalue")
+
+
+def test_state_order_and_time_parsing() -> None:
+    assert (
+        parse_states(None)
+        == parse_states(["running,paused"])
+        == parse_states(["running", "paused"])
+    )
+    assert State.PAUSED not in parse_states(["running"])
+    with pytest.raises(ApiError):
+        parse_states(["asleep"])
+    assert parse_order(None) is True and parse_order("asc") is False
+    t = parse_time("2026-01-02T03:04:05+00:00", "x")
+    assert t is not None and t.tzinfo is not None
+    # "+" arrives as a space when a client forgets to encode it
+    assert parse_time("2026-01-02T03:04:05 00:00", "x") == t
+    with pytest.raises(ApiError):
+        parse_time("yesterday", "x")
+
+
+def test_settings_from_env() -> None:
+    s = Settings.from_env({"EMBERBOX_DATA_DIR": "/x", "EMBERBOX_MAX_TIMEOUT_S": "60"})
+    assert s.db_url == "sqlite+aiosqlite:////x/emberbox.db"
+    assert s.limits.max_timeout_s == 60 and s.sandbox_domain == "localhost:3002"
+    pg = Settings.from_env({"EMBERBOX_DATABASE_URL": "postgresql+asyncpg://u@h/d"})
+    assert pg.db_url == "postgresql+asyncpg://u@h/d"
+
+
+@pytest.mark.parametrize("db", DB_PARAMS)
+def test_migrations_create_the_schema_and_are_idempotent(db: str, tmp_path) -> None:
+    url = (
+        create_postgres_database(PG_URL)
+        if db == "postgres"
+        else f"sqlite+aiosqlite:///{tmp_path}/m.db"
+    )
+
+    async def run() -> tuple[set[str], str]:
+        engine = make_engine(url)
+        try:
+            await migrate(engine)
+            await migrate(engine)  # second run is a no-op
+            async with engine.connect() as conn:
+                tables = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
+                version = (
+                    await conn.execute(text("select version_num from alembic_version"))
+                ).scalar_one()
+            return tables, version
+        finally:
+            await engine.dispose()
+
+    try:
+        tables, version = asyncio.run(run())
+    finally:
+        if db == "postgres":
+            drop_postgres_database(PG_URL, url)
+    assert {"teams", "api_keys", "sandboxes", "sandbox_metadata", "alembic_version"} <= tables
+    assert version == "0003"
