@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import typer
 
-from . import sandbox
+from . import logs, sandbox, server, template
 
 app = typer.Typer(
     help="Emberbox: self-hosted sandboxes for AI agents.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+app.command("server")(server.serve)
+app.add_typer(server.keys_app, name="keys")
 app.add_typer(sandbox.app, name="sandbox")
+app.add_typer(template.app, name="template")
+app.command("logs")(logs.logs)
 
 
 def main() -> None:

@@ -203,3 +203,13 @@ class AsyncApi:
             )
             for m in response.json()
         ]
+
+    async def logs(self, sandbox_id: str, start: int = 0) -> builtins.list[dict[str, Any]]:
+        """Entries (``timestamp``, ``level``, ``message``, ``fields``) after cursor ``start``."""
+        response = await self.request(
+            "GET", f"/sandboxes/{sandbox_id}/logs", params={"start": str(start)}, what="logs"
+        )
+        if response.status_code != 200:
+            raise _errors.from_http(response, what=f"logs of {sandbox_id}")
+        entries: builtins.list[dict[str, Any]] = response.json()["logEntries"]
+        return entries

@@ -175,6 +175,11 @@ class AsyncSandbox:
     async def get_metrics(self) -> builtins.list[SandboxMetrics]:
         return await self._api.metrics(self.sandbox_id)
 
+    async def get_logs(self, start: int = 0) -> builtins.list[dict[str, Any]]:
+        """Lifecycle events and the processes envd ran; ``start`` continues from an entry's
+        ``fields["seq"]``."""
+        return await self._api.logs(self.sandbox_id, start)
+
     async def pause(self) -> bool:
         """Pause with memory where the runtime can; False if it already was paused."""
         return await self._api.pause(self.sandbox_id)

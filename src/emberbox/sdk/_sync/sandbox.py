@@ -176,6 +176,11 @@ class Sandbox:
     def get_metrics(self) -> builtins.list[SandboxMetrics]:
         return self._api.metrics(self.sandbox_id)
 
+    def get_logs(self, start: int = 0) -> builtins.list[dict[str, Any]]:
+        """Lifecycle events and the processes envd ran; ``start`` continues from an entry's
+        ``fields["seq"]``."""
+        return self._api.logs(self.sandbox_id, start)
+
     def pause(self) -> bool:
         """Pause with memory where the runtime can; False if it already was paused."""
         return self._api.pause(self.sandbox_id)
