@@ -23,6 +23,7 @@ PROTOCOL_OPERATIONS = {
     ("post", "/sandboxes/{sandbox_id}/timeout"),
     ("post", "/sandboxes/{sandbox_id}/pause"),
     ("get", "/sandboxes/{sandbox_id}/metrics"),
+    ("get", "/sandboxes/{sandbox_id}/logs"),
     ("get", "/health"),
 }
 
