@@ -113,43 +113,21 @@ async def create_v1(request: Request, who: Caller, svc: Service, body: NewSandbo
     return await _create(request, who, svc, body, V1_DEFAULT_TIMEOUT_S)
 
 
-async def _connect(
-    request: Request,
-    response: Response,
-    who: Caller,
-    svc: Service,
-    body: ConnectSandbox,
-    sandbox_id: str,
-) -> Sandbox:
-    row, resumed = await svc.connect(who, sandbox_id, body.timeout)
-    response.status_code = 201 if resumed else 200
-    return to_sandbox(row, _domain(request))
-
-
 @router.post(
     "/v2/sandboxes/{sandbox_id}/connect",
     response_model=Sandbox,
     responses={**_errors(404, 409, 413, 501), 201: RESUMED},
     summary="Connect to (and extend) a running sandbox; resume a paused one (201)",
+    operation_id="connect_v2",
 )
-async def connect_v2(
-    request: Request,
-    response: Response,
-    who: Caller,
-    svc: Service,
-    sandbox_id: str,
-    body: Annotated[ConnectSandbox | None, Body()] = None,
-) -> Sandbox:
-    return await _connect(request, response, who, svc, body or ConnectSandbox(), sandbox_id)
-
-
 @router.post(
     "/sandboxes/{sandbox_id}/connect",
     response_model=Sandbox,
     responses={**_errors(404, 409, 413, 501), 201: RESUMED},
     summary="Connect to a sandbox (older SDKs)",
+    operation_id="connect_v1",
 )
-async def connect_v1(
+async def connect(
     request: Request,
     response: Response,
     who: Caller,
@@ -157,7 +135,10 @@ async def connect_v1(
     sandbox_id: str,
     body: Annotated[ConnectSandbox | None, Body()] = None,
 ) -> Sandbox:
-    return await _connect(request, response, who, svc, body or ConnectSandbox(), sandbox_id)
+    """One handler for both paths: the v1 and v2 connect contracts are the same."""
+    row, resumed = await svc.connect(who, sandbox_id, (body or ConnectSandbox()).timeout)
+    response.status_code = 201 if resumed else 200
+    return to_sandbox(row, _domain(request))
 
 
 @router.post(
