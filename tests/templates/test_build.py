@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import secrets
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -93,8 +94,9 @@ async def test_custom_template_builds_boots_and_caches(
     assert again.id == template.id
     assert log.count("(cached)") == 5
 
-    # A changed file re-runs its COPY and everything above it, nothing below.
-    (context / "config.txt").write_text("setting=2\n")
+    # A changed file re-runs its COPY and everything above it, nothing below. The content is
+    # new on every run: layers outlive test runs as build cache, so "setting=2" could be cached.
+    (context / "config.txt").write_text(f"setting={secrets.token_hex(8)}\n")
     changed, log = await _build("test-app", _spec(context), runtime)
     assert changed.layers[:-2] == template.layers[:-2]
     assert changed.layers[-2:] != template.layers[-2:]
