@@ -17,6 +17,7 @@ import signal
 import struct
 import subprocess
 import termios
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..._connect.errors import Code, ConnectError
@@ -78,6 +79,7 @@ class ManagedProcess:
         self.stdin_fd = stdin_fd
         self.exit: Exit | None = None
         self.finished = asyncio.Event()
+        self.on_exit: Callable[[ManagedProcess], None] | None = None
         self._subscribers: list[asyncio.Queue[Event]] = []
         self._backlog: collections.deque[Output] = collections.deque()
         self._backlog_bytes = 0
@@ -136,6 +138,8 @@ class ManagedProcess:
         for queue in self._subscribers:
             queue.put_nowait(self.exit)
         self.finished.set()
+        if self.on_exit is not None:
+            self.on_exit(self)
 
     @property
     def running(self) -> bool:
@@ -321,7 +325,7 @@ class ProcessManager:
             " ".join([config.cmd, *config.args])[:500],
         )
         queue = process.subscribe()
-        asyncio.get_running_loop().create_task(self._forget_later(process))
+        process.on_exit = self._retain
         return process, queue
 
     def _cwd(self, config: pb.ProcessConfig, user: User) -> str:
@@ -333,9 +337,11 @@ class ProcessManager:
             raise ConnectError(Code.INVALID_ARGUMENT, f"cwd '{cwd}' does not exist")
         return cwd
 
-    async def _forget_later(self, process: ManagedProcess) -> None:
-        await process.finished.wait()
-        await asyncio.sleep(RETAIN_EXITED_S)
+    def _retain(self, process: ManagedProcess) -> None:
+        """Keep an exited process visible to a late ``Connect``, then drop it."""
+        asyncio.get_running_loop().call_later(RETAIN_EXITED_S, self._forget, process)
+
+    def _forget(self, process: ManagedProcess) -> None:
         if self._by_pid.get(process.pid) is process:
             del self._by_pid[process.pid]
 
