@@ -6,13 +6,13 @@ control plane needs to drive a sandbox it just created.
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass
 
 import httpx
 
 from .._proto.process import process_pb2 as pb
 from ..sdk._async.rpc import AsyncRpc
+from ..sdk._base import basic_auth
 
 
 @dataclass(frozen=True)
@@ -51,10 +51,7 @@ class EnvdClient:
             await self._http.aclose()
 
     def _auth(self, user: str | None) -> dict[str, str]:
-        headers = dict(self._headers)
-        if user:
-            headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:".encode()).decode()
-        return headers
+        return {**self._headers, **basic_auth(user)}
 
     async def health(self, timeout: float = 2.0) -> bool:
         try:

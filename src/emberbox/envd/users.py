@@ -63,7 +63,7 @@ def resolve_user(state: EnvdState, name: str | None) -> User:
     return User.lookup(name or state.default_user or fallback_user())
 
 
-def resolve_path(path: str, user: User, state: EnvdState | None = None) -> str:
+def resolve_path(path: str, user: User) -> str:
     """Absolute, normalised path; relative paths and ``~`` are taken from the user's home.
 
     NUL bytes are refused rather than silently truncated by the OS.
@@ -73,10 +73,7 @@ def resolve_path(path: str, user: User, state: EnvdState | None = None) -> str:
     if path == "~" or path.startswith("~/"):
         path = user.home + path[1:]
     elif not path.startswith("/"):
-        base = user.home
-        if state is not None and state.default_workdir and not path:
-            base = state.default_workdir
-        path = os.path.join(base, path)
+        path = os.path.join(user.home, path)
     return os.path.normpath(path)
 
 

@@ -1,10 +1,8 @@
-"""``python -m emberbox.server``: same as the ``emberbox`` command."""
+"""``python -m emberbox.server``: the ``emberbox`` command (``server``, ``keys``, ...)."""
 
 from __future__ import annotations
 
-import sys
-
-from .cli import main
+from ..cli.app import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
