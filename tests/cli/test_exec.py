@@ -33,3 +33,14 @@ def test_errors_are_one_line_and_non_zero(envd_debug: EnvdProcess) -> None:
     assert bad.returncode == 1
     assert bad.stderr.strip().startswith("error: InvalidArgumentException")
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_exec_runs_the_exact_argv(envd_debug: EnvdProcess) -> None:
+    """Several arguments are one argv, not words to re-split: ``sh -c 'exit 7'`` exits 7."""
+    seven = _cli("sandbox", "exec", "debug_sandbox_id", "--", "sh", "-c", "exit 7")
+    assert seven.returncode == 7, seven.stderr
+    both = _cli("sandbox", "exec", "debug_sandbox_id", "--", "sh", "-c", "echo a; echo b")
+    assert (both.returncode, both.stdout) == (0, "a\nb\n")
+    odd = 'it\'s  "quoted" $HOME `x` \\ *'
+    printed = _cli("sandbox", "exec", "debug_sandbox_id", "--", "printf", "%s|", odd, "two words")
+    assert (printed.returncode, printed.stdout) == (0, f"{odd}|two words|")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shlex
 import sys
 from typing import Annotated
 
@@ -94,6 +95,12 @@ def kill(sandbox_id: str) -> None:
     console.print(f"killed {sandbox_id}")
 
 
+def command_line(argv: list[str]) -> str:
+    """The shell line envd runs. Quoted, because joining with spaces re-splits arguments:
+    ``sh -c 'exit 7'`` would become ``sh -c exit 7``, which exits 0."""
+    return argv[0] if len(argv) == 1 else shlex.join(argv)
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 @friendly_errors
 def exec(
@@ -103,11 +110,14 @@ def exec(
     cwd: Annotated[str | None, typer.Option("--cwd")] = None,
     timeout: Annotated[float, typer.Option(help="seconds; 0 = no limit")] = 0,
 ) -> None:
-    """Run a command, stream its output, and exit with its exit code."""
+    """Run a command, stream its output, and exit with its exit code.
+
+    Several arguments run as that exact argv (``-- sh -c 'exit 7'``); a single argument is a
+    shell line (``-- 'make && make test'``)."""
     sandbox = Sandbox.connect(sandbox_id)
     try:
         sandbox.commands.run(
-            " ".join(command),
+            command_line(command),
             user=user,
             cwd=cwd,
             timeout=timeout,
