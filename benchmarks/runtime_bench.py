@@ -1,14 +1,18 @@
 """Create -> envd healthy latency and idle memory: Emberbox's gVisor runtime vs bare runsc.
 
-    sudo .venv/bin/python benchmarks/runtime_bench.py [--count 20] [--json]
+    sudo .venv/bin/python benchmarks/runtime_bench.py [--count 20] [--json] [--quick]
 
 "Ours" is the full ``GVisorRuntime.create``: address lease, netns + veth + nft, sparse ext4 +
 loop mount + overlayfs, bundle, runsc run, envd /health 204, POST /init. "Bare" is only
 ``runsc run --detach`` of the same template tree (read-only overlayfs of its layers, runsc's
 in-memory overlay for writes) into a netns prepared beforehand, running envd directly, until
 ``/health`` answers 204. Both start the same envd, so the ratio is our orchestration overhead.
-Idle memory is the drop in the host's MemAvailable per sandbox after the sandboxes have
-settled for a few seconds.
+The bare side writes its own runsc command line and knows nothing of our runtime's modules, so
+a change there cannot break the baseline. Idle memory is the drop in the host's MemAvailable
+per sandbox after the sandboxes have settled for a few seconds.
+
+Sandboxes live in the benchmarks' own data dir (see ``_host.py``). ``--quick`` boots two of
+each, to prove every step still works; its numbers mean little.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ import json
 import os
 import secrets
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,14 +32,29 @@ from typing import Any
 
 import httpx
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks._host import BenchFailed, check, data_dir, ensure_base, require_root
+from benchmarks._stats import percentile
 from emberbox.runtimes.base import NetworkPolicy, SandboxSpec
 from emberbox.runtimes.gvisor import GVisorConfig, GVisorRuntime
-from emberbox.runtimes.gvisor.runsc import Runsc, with_hidden_net_sysctls
-from emberbox.templates.base import build_base
 from emberbox.templates.store import GUEST_PYTHON, TemplateStore
 
-SETTLE_S = 5.0
 BARE_SUBNET = "10.12"
+ENVD_PORT = 49983
+
+# runsc probes /proc/sys/net to decide whether it runs in the root netns, and on recent kernels
+# that exists in every netns, so --network=sandbox refuses to start (docs/runtimes.md). As our
+# runtime does, run it in a private mount namespace whose /proc/sys has no ``net``.
+# $1 = staging dir, the rest is the runsc argv.
+HIDE_NET_SYSCTLS = """set -e
+d="$1"; shift
+mount --bind /proc/sys "$d"
+mount -t tmpfs -o size=64k,mode=555 none /proc/sys
+for s in kernel vm fs; do mkdir /proc/sys/$s; mount --bind "$d/$s" /proc/sys/$s; done
+umount -l "$d"
+exec "$@"
+"""
 
 
 def mem_available() -> int:
@@ -65,22 +83,11 @@ def pss_bytes(marker: str) -> int:
     return total
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-async def wait_health(url: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient(timeout=1.0) as http:
-        while time.monotonic() < deadline:
-            try:
-                if (await http.get(f"{url}/health")).status_code == 204:
-                    return
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.02)
-    raise TimeoutError(f"{url} never became healthy")
+def tail(path: Path, limit: int = 3000) -> str:
+    try:
+        return path.read_text(errors="replace")[-limit:]
+    except OSError:
+        return ""
 
 
 # -- ours ----------------------------------------------------------------------------------
@@ -89,9 +96,10 @@ async def wait_health(url: str, timeout: float = 120.0) -> None:
 class Ours:
     name = "emberbox"
 
-    def __init__(self) -> None:
-        self.runtime = GVisorRuntime(GVisorConfig())
-        self.marker = str(self.runtime.config.runsc_root)
+    def __init__(self, directory: Path) -> None:
+        config = GVisorConfig(data_dir=directory)
+        self.runtime = GVisorRuntime(config)
+        self.marker = str(config.runsc_root)
         self.ids: list[str] = []
 
     async def setup(self) -> None:
@@ -119,7 +127,8 @@ class Ours:
 
 
 def sh(*argv: str) -> None:
-    subprocess.run(argv, check=True, capture_output=True)
+    done = subprocess.run(argv, capture_output=True, text=True)
+    check(done.returncode == 0, f"{' '.join(argv)}: {done.stderr.strip()}")
 
 
 class Bare:
@@ -127,20 +136,29 @@ class Bare:
 
     name = "bare runsc"
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, directory: Path) -> None:
         self.count = count
+        self.store = TemplateStore(directory)
         self.work = Path(tempfile.mkdtemp(prefix="bare-", dir="/var/tmp"))
         self.rootfs = self.work / "rootfs"
-        self.config = GVisorConfig(data_dir=self.work)
-        self.marker = str(self.config.runsc_root)
-        self.runsc = Runsc(self.config)
+        self.runsc = os.environ.get("EMBERBOX_RUNSC") or shutil.which("runsc") or "runsc"
+        self.root = self.work / "runsc"
+        self.marker = str(self.root)
+        self.platform = "ptrace"
         self.slots: list[int] = []
         self.running: list[str] = []
         self.free: list[int] = []
 
+    def _runsc(self, *args: str) -> list[str]:
+        return [self.runsc, "--root", str(self.root), f"--platform={self.platform}", *args]
+
     async def setup(self) -> None:
-        store = TemplateStore()
-        layers = store.layer_paths(store.get("base"))
+        helped = await asyncio.to_thread(
+            subprocess.run, [self.runsc, "help", "platforms"], capture_output=True, text=True
+        )
+        platforms = helped.stdout.split()
+        self.platform = "systrap" if "systrap" in platforms else "ptrace"
+        layers = self.store.layer_paths(self.store.get("base"))
         self.rootfs.mkdir()
         lowerdir = ":".join(str(p) for p in reversed(layers))
         sh("mount", "-t", "overlay", "overlay", "-o", f"ro,lowerdir={lowerdir}", str(self.rootfs))
@@ -164,8 +182,7 @@ class Bare:
             "ociVersion": "1.0.0",
             "process": {
                 "terminal": False, "user": {"uid": 0, "gid": 0}, "cwd": "/",
-                "args": [GUEST_PYTHON, "-m", "emberbox.templates.guest.envd_launch",
-                         "--port", "49983"],
+                "args": [GUEST_PYTHON, "-m", "emberbox.envd", "--port", str(ENVD_PORT)],
                 "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
             },
             "root": {"path": str(self.rootfs), "readonly": False},
@@ -181,32 +198,54 @@ class Bare:
     async def create(self) -> float:
         i = self.free.pop(0)
         sandbox_id = f"bare{i}-{secrets.token_hex(3)}"
-        argv = with_hidden_net_sysctls(self.work / "psys", [
-            self.config.runsc, "--root", str(self.config.runsc_root),
-            f"--platform={await self.runsc.platform()}", "--network=sandbox",
-            "--overlay2=root:memory", "run", "--detach", "--bundle", str(self.work / f"b{i}"),
-            sandbox_id,
-        ])  # fmt: skip
+        staging = self.work / "psys"
+        staging.mkdir(exist_ok=True)
+        argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", HIDE_NET_SYSCTLS, "sh",
+                str(staging), *self._runsc("--network=sandbox", "--overlay2=root:memory", "run",
+                                           "--detach", "--bundle", str(self.work / f"b{i}"),
+                                           sandbox_id)]  # fmt: skip
         # runsc moves the veth's address into its netstack; give it back for reuse (untimed).
         sh("ip", "-n", f"ebbare{i}", "addr", "replace", f"{BARE_SUBNET}.{i}.2/30",
            "dev", f"ebbs{i}")  # fmt: skip
-        log = os.open(self.work / f"{sandbox_id}.log", os.O_WRONLY | os.O_CREAT, 0o600)
+        log_path = self.work / f"{sandbox_id}.log"
+        log = os.open(log_path, os.O_WRONLY | os.O_CREAT, 0o600)
         started = time.monotonic()
         try:
             proc = await asyncio.create_subprocess_exec(*argv, stdin=subprocess.DEVNULL,
                                                         stdout=log, stderr=log)  # fmt: skip
         finally:
             os.close(log)
-        if await proc.wait() != 0:
-            raise RuntimeError(f"bare runsc run failed, see {self.work}/{sandbox_id}.log")
-        await wait_health(f"http://{BARE_SUBNET}.{i}.2:49983")
-        elapsed = time.monotonic() - started
         self.running.append(sandbox_id)
         self.slots.append(i)
-        return elapsed
+        check(await proc.wait() == 0, f"bare runsc run failed:\n{tail(log_path)}")
+        await self._wait_health(sandbox_id, f"http://{BARE_SUBNET}.{i}.2:{ENVD_PORT}", log_path)
+        return time.monotonic() - started
+
+    async def _wait_health(self, sandbox_id: str, url: str, log: Path) -> None:
+        """Until envd answers 204; fails at once, with the sandbox's output, if it stopped."""
+        deadline = time.monotonic() + 60
+        next_state = time.monotonic() + 1.0
+        async with httpx.AsyncClient(timeout=1.0) as http:
+            while time.monotonic() < deadline:
+                try:
+                    if (await http.get(f"{url}/health")).status_code == 204:
+                        return
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > next_state:
+                    next_state += 1.0
+                    state = await asyncio.to_thread(
+                        subprocess.run, self._runsc("state", sandbox_id), capture_output=True,
+                        text=True)  # fmt: skip
+                    if '"status": "running"' not in state.stdout:
+                        raise BenchFailed(f"bare sandbox {sandbox_id} stopped:\n{tail(log)}")
+                await asyncio.sleep(0.02)
+        raise BenchFailed(f"bare sandbox {sandbox_id}: envd never answered:\n{tail(log)}")
 
     async def destroy_all(self) -> None:
-        await asyncio.gather(*(self.runsc.delete(s) for s in self.running))
+        for sandbox_id in self.running:
+            await asyncio.to_thread(subprocess.run, self._runsc("delete", "--force", sandbox_id),
+                                    capture_output=True)  # fmt: skip
         self.running.clear()
         self.free = sorted(self.free + self.slots)
         self.slots.clear()
@@ -226,60 +265,70 @@ class Bare:
 # -- measurement ---------------------------------------------------------------------------
 
 
-async def measure(kind: Ours | Bare, count: int) -> dict[str, Any]:
+async def measure(kind: Ours | Bare, count: int, settle_s: float) -> dict[str, Any]:
     await kind.setup()
     try:
         baseline = mem_available()
         sequential = [await kind.create() for _ in range(count)]
-        await asyncio.sleep(SETTLE_S)
+        await asyncio.sleep(settle_s)
         idle_mib = (baseline - mem_available()) / count / 2**20
         pss_mib = pss_bytes(kind.marker) / count / 2**20
+        check(pss_mib > 0, f"{kind.name}: no runsc process found under {kind.marker}")
         await kind.destroy_all()
         await asyncio.sleep(1.0)
         concurrent = list(await asyncio.gather(*(kind.create() for _ in range(count))))
         await kind.destroy_all()
     finally:
         await kind.teardown()
-    return {
-        "name": kind.name,
-        "sequential_p50": statistics.median(sequential),
-        "sequential_p95": pct(sequential, 0.95),
-        "concurrent_p50": statistics.median(concurrent),
-        "concurrent_p95": pct(concurrent, 0.95),
-        "idle_mib_per_sandbox": idle_mib,
-        "idle_pss_mib_per_sandbox": pss_mib,
-    }
+    row: dict[str, Any] = {"name": kind.name}
+    for (label, _), samples in zip(SIDES, (sequential, concurrent), strict=True):
+        for q in (50, 95, 99):
+            row[f"{label}_p{q}"] = percentile(samples, q)
+    row["idle_mib_per_sandbox"] = idle_mib
+    row["idle_pss_mib_per_sandbox"] = pss_mib
+    return row
+
+
+SIDES = (("sequential", "seq"), ("concurrent", "conc"))
+COLUMNS = [
+    *((f"{side}_p{q}", f"{short} p{q}", 3) for side, short in SIDES for q in (50, 95, 99)),
+    ("idle_mib_per_sandbox", "idle MiB", 1),
+    ("idle_pss_mib_per_sandbox", "PSS MiB", 1),
+]
 
 
 def report(ours: dict[str, Any], bare: dict[str, Any], count: int) -> str:
-    cols = [("sequential_p50", "seq p50", 3), ("sequential_p95", "seq p95", 3),
-            ("concurrent_p50", "conc p50", 3), ("concurrent_p95", "conc p95", 3),
-            ("idle_mib_per_sandbox", "idle MiB", 1), ("idle_pss_mib_per_sandbox", "PSS MiB", 1)]
-    lines = [f"create -> envd healthy (s), {count} sandboxes each; idle memory per sandbox (MiB:"
-             " MemAvailable drop, PSS of runsc processes)",
-             f"{'':12}" + "".join(f"{title:>10}" for _, title, _ in cols)]
+    lines = [
+        f"create -> envd healthy (s; p50 = median), {count} sandboxes each; idle memory per"
+        " sandbox (MiB: MemAvailable drop, PSS of runsc processes)",
+        f"{'':12}" + "".join(f"{title:>10}" for _, title, _ in COLUMNS),
+    ]
     for row in (ours, bare):
-        lines.append(f"{row['name']:12}" + "".join(f"{row[k]:10.{d}f}" for k, _, d in cols))
-    lines.append(f"{'ratio':12}" + "".join(
-        f"{ours[k] / bare[k] if bare[k] else float('nan'):10.2f}" for k, _, _ in cols))
-    return "\n".join(lines)  # fmt: skip
+        lines.append(f"{row['name']:12}" + "".join(f"{row[k]:10.{d}f}" for k, _, d in COLUMNS))
+    ratios = (ours[k] / bare[k] if bare[k] else float("nan") for k, _, _ in COLUMNS)
+    lines.append(f"{'ratio':12}" + "".join(f"{r:10.2f}" for r in ratios))
+    return "\n".join(lines)
 
 
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=20)
+    parser.add_argument("--settle", type=float, default=5.0, help="seconds before memory is read")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead")
+    parser.add_argument("--quick", action="store_true", help="2 sandboxes each: a smoke run")
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("needs root (netns, mounts, cgroups)", file=sys.stderr)
-        return 2
-    await build_base(TemplateStore())
-    ours = await measure(Ours(), args.count)
-    bare = await measure(Bare(args.count), args.count)
+    if args.quick:
+        args.count, args.settle = 2, 1.0
+    require_root()
+    directory = data_dir()
+    ensure_base(directory)
+    ours = await measure(Ours(directory), args.count, args.settle)
+    bare_side = Bare(args.count, directory)
+    bare = await measure(bare_side, args.count, args.settle)
     if args.json:
         print(json.dumps({"count": args.count, "ours": ours, "bare": bare}))
     else:
-        print(f"runsc platform: {await Runsc(GVisorConfig()).platform()}")
+        print(f"runsc platform: {bare_side.platform}")
         print(report(ours, bare, args.count))
     return 0
 

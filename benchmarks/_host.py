@@ -1,0 +1,70 @@
+"""What the benchmarks that boot real gVisor sandboxes share.
+
+They use a data dir of their own (``$EMBERBOX_BENCH_DATA_DIR``, default
+/var/lib/emberbox-bench), so a benchmark's orchestrator never takes a test run's sandboxes for
+orphans, nor the other way round. The ``base`` template is built there through the template
+CLI, from the layer cache that ``scripts/setup`` and ``scripts/test`` fill
+(``$EMBERBOX_TEMPLATE_CACHE``), which takes a few seconds once the cache is warm.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from emberbox.server.testing import ServerProcess
+
+
+class BenchFailed(Exception):
+    """Something a benchmark drove did not work; its numbers would be meaningless."""
+
+
+def check(ok: bool, message: str) -> None:
+    """``assert`` that survives ``python -O``: a failed step fails the benchmark."""
+    if not ok:
+        raise BenchFailed(message)
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        sys.exit("gVisor sandboxes need root (netns, mounts, cgroups)")
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("EMBERBOX_BENCH_DATA_DIR") or "/var/lib/emberbox-bench")
+
+
+def ensure_base(directory: Path) -> None:
+    """Build (or reuse) ``base`` in ``directory``, then drop layers no template uses."""
+    cache = os.environ.get("EMBERBOX_TEMPLATE_CACHE") or "/var/cache/emberbox/templates"
+    cli = [sys.executable, "-m", "emberbox.templates", "--data-dir", str(directory)]
+    for argv in ([*cli, "build-base", "--cache-dir", cache], [*cli, "gc"]):
+        done = subprocess.run(argv, capture_output=True, text=True)
+        check(done.returncode == 0, f"{' '.join(argv)} failed:\n{done.stderr[-3000:]}")
+
+
+@contextlib.contextmanager
+def gvisor_server(tmp: Path, env: Mapping[str, str] | None = None) -> Iterator[ServerProcess]:
+    """A real ``emberbox server`` on gVisor over the bench data dir, with a fresh database.
+
+    Sandboxes still alive when the block ends are the caller's to kill (the server leaves them
+    running when it stops, as in production).
+    """
+    require_root()
+    directory = data_dir()
+    ensure_base(directory)
+    server = ServerProcess(
+        directory,
+        database_url=f"sqlite+aiosqlite:///{tmp / 'bench.db'}",
+        env={"EMBERBOX_BACKEND": "gvisor", **(env or {})},
+        log_dir=tmp,
+    )
+    server.start(timeout_s=60)
+    try:
+        yield server
+    finally:
+        server.stop()
