@@ -16,17 +16,8 @@ import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from benchmarks._stats import check
 from emberbox.server.testing import ServerProcess
-
-
-class BenchFailed(Exception):
-    """Something a benchmark drove did not work; its numbers would be meaningless."""
-
-
-def check(ok: bool, message: str) -> None:
-    """``assert`` that survives ``python -O``: a failed step fails the benchmark."""
-    if not ok:
-        raise BenchFailed(message)
 
 
 def require_root() -> None:

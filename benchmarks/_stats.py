@@ -1,9 +1,19 @@
-"""Percentiles and printing shared by the benchmark scripts."""
+"""Percentiles, printing and failure checks shared by the benchmark scripts."""
 
 from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
+
+
+class BenchFailed(Exception):
+    """Something a benchmark drove did not work, so its numbers would be meaningless."""
+
+
+def check(ok: bool, message: str) -> None:
+    """``assert`` that survives ``python -O``: a failed step fails the benchmark."""
+    if not ok:
+        raise BenchFailed(message)
 
 
 def percentile(samples: Sequence[float], q: float) -> float:

@@ -3,7 +3,9 @@
 Each number comes with a baseline measured in the same run (a bare ``subprocess.run``, a local
 file copy), so a slow machine shows up as a slow baseline rather than as a regression.
 
-    python benchmarks/envd_bench.py [--runs 300] [--size-mib 100]
+    python benchmarks/envd_bench.py [--runs 300] [--size-mib 100] [--quick]
+
+``--quick`` takes every path with a few runs and small files; any failure exits non-zero.
 """
 
 from __future__ import annotations
@@ -25,11 +27,14 @@ import httpx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._stats import summary
+from e2b import Sandbox
+
+from benchmarks._stats import BenchFailed, check, summary
 from emberbox._proto.process import process_pb2 as pb
-from emberbox.envd.client import EnvdClient
 from emberbox.envd.users import fallback_user
 from emberbox.sdk._async.rpc import AsyncRpc
+
+WARMUP = 20
 
 
 def free_port() -> int:
@@ -39,19 +44,26 @@ def free_port() -> int:
 
 
 def start_envd(port: int) -> tuple[subprocess.Popen[bytes], float]:
-    started = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "emberbox.envd", "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    with httpx.Client() as http:
-        while True:
+    """envd on ``port`` and the time until /health answered 204; fails if it never does."""
+    with tempfile.TemporaryFile() as errors, httpx.Client() as http:
+        started = time.perf_counter()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "emberbox.envd", "--host", "127.0.0.1", "--port", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+        )
+        deadline = time.monotonic() + 30
+        while process.poll() is None and time.monotonic() < deadline:
             try:
                 if http.get(f"http://127.0.0.1:{port}/health", timeout=0.2).status_code == 204:
                     return process, time.perf_counter() - started
             except httpx.HTTPError:
                 time.sleep(0.002)
+        process.kill()
+        process.wait()
+        errors.seek(0)
+        output = errors.read()[-3000:].decode(errors="replace")
+        raise BenchFailed(f"envd on port {port} never became healthy:\n{output}")
 
 
 def rss_mib(pid: int) -> float:
@@ -80,39 +92,33 @@ def bench_cold_start(runs: int) -> None:
     print(f"{'':44} cold start / bare interpreter = {ratio:.2f}x")
 
 
-async def envd_round_trips(url: str, runs: int) -> list[float]:
-    async with httpx.AsyncClient() as http:
-        client = EnvdClient(url, http=http)
-        for _ in range(20):
-            await client.run("true")
-        samples = []
-        for _ in range(runs):
-            t = time.perf_counter()
-            result = await client.run("true")
-            samples.append(time.perf_counter() - t)
-            assert result.exit_code == 0
-    return samples
+async def start(rpc: AsyncRpc, cmd: str, *args: str) -> None:
+    """One ``process.Process/Start`` to its end event; anything but exit 0 fails the run."""
+    request = pb.StartRequest(process=pb.ProcessConfig(cmd=cmd, args=args), stdin=False)
+    exit_code: int | None = None
+    async for message in rpc.server_stream("process.Process/Start", request, pb.StartResponse):
+        if message.event.WhichOneof("event") == "end":
+            exit_code = message.event.end.exit_code
+    check(exit_code == 0, f"{cmd} {' '.join(args)} through envd: exit {exit_code}")
 
 
-async def envd_bare_round_trips(url: str, runs: int) -> list[float]:
-    """``/bin/true`` without a login shell: what envd itself adds to a process's life."""
-    request = pb.StartRequest(process=pb.ProcessConfig(cmd="/bin/true"), stdin=False)
+async def timed_starts(url: str, runs: int, cmd: str, *args: str) -> list[float]:
     async with httpx.AsyncClient() as http:
         rpc = AsyncRpc(http, url, {})
+        for _ in range(WARMUP):
+            await start(rpc, cmd, *args)
         samples = []
         for _ in range(runs):
             t = time.perf_counter()
-            async for _message in rpc.server_stream(
-                "process.Process/Start", request, pb.StartResponse
-            ):
-                pass
+            await start(rpc, cmd, *args)
             samples.append(time.perf_counter() - t)
     return samples
 
 
 def bench_round_trip(url: str, runs: int) -> None:
     ours = summary(
-        'envd Start "bash -l -c true" round trip', asyncio.run(envd_round_trips(url, runs))
+        'envd Start "bash -l -c true" round trip',
+        asyncio.run(timed_starts(url, runs, "/bin/bash", "-l", "-c", "true")),
     )
     bare, login = [], []
     name = fallback_user()
@@ -131,7 +137,7 @@ def bench_round_trip(url: str, runs: int) -> None:
         login.append(time.perf_counter() - t)
     direct = summary(
         'envd Start "/bin/true" (no shell) round trip',
-        asyncio.run(envd_bare_round_trips(url, runs)),
+        asyncio.run(timed_starts(url, runs, "/bin/true")),
     )
     b = summary('baseline: subprocess.run(["true"])', bare)
     lb = summary(f"baseline: bash -l -c true as {name!r}", login)
@@ -143,11 +149,6 @@ def bench_round_trip(url: str, runs: int) -> None:
 
 def bench_sdk_round_trip(runs: int) -> None:
     """The official SDK in debug mode needs envd on localhost:49983."""
-    try:
-        from e2b import Sandbox
-    except ImportError:
-        print("official e2b SDK not installed: skipping the SDK round trip")
-        return
     with socket.socket() as s:
         if s.connect_ex(("127.0.0.1", 49983)) == 0:
             print("port 49983 is busy: skipping the official-SDK round trip")
@@ -156,7 +157,7 @@ def bench_sdk_round_trip(runs: int) -> None:
     try:
         os.environ["E2B_DEBUG"] = "true"
         sandbox = Sandbox.create()
-        for _ in range(20):
+        for _ in range(WARMUP):
             sandbox.commands.run("true")
         samples = []
         for _ in range(runs):
@@ -188,20 +189,22 @@ async def bench_transfer(url: str, size_mib: int) -> None:
             headers={"Content-Type": "application/octet-stream"},
         )
         up = time.perf_counter() - t
-        response.raise_for_status()
+        check(response.status_code == 200, f"upload: {response.status_code} {response.text}")
         t = time.perf_counter()
         response = await http.post(
             f"{url}/files", files={"file": (target + ".mp", block * size_mib)}
         )
         mp = time.perf_counter() - t
-        response.raise_for_status()
+        check(response.status_code == 200, f"multipart: {response.status_code} {response.text}")
         t = time.perf_counter()
         received = 0
         async with http.stream("GET", f"{url}/files", params={"path": target}) as stream:
+            check(stream.status_code == 200, f"download: {stream.status_code}")
             async for chunk in stream.aiter_raw(1024 * 1024):
                 received += len(chunk)
         down = time.perf_counter() - t
-    assert received == size
+    check(received == size, f"downloaded {received} of {size} bytes")
+    check(os.path.getsize(target + ".mp") == size, "multipart upload wrote the wrong size")
     t = time.perf_counter()
     shutil.copyfile(target, target + ".copy")
     copy = time.perf_counter() - t
@@ -215,11 +218,15 @@ async def bench_transfer(url: str, size_mib: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    global WARMUP
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=300)
     parser.add_argument("--size-mib", type=int, default=100)
     parser.add_argument("--starts", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="a few runs, 4 MiB: a smoke run")
     args = parser.parse_args()
+    if args.quick:
+        args.runs, args.size_mib, args.starts, WARMUP = 20, 4, 2, 3
     print(f"host: {os.cpu_count()} cpus, python {sys.version.split()[0]}")
     bench_cold_start(args.starts)
     port = free_port()

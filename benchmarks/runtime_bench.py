@@ -34,8 +34,8 @@ import httpx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._host import BenchFailed, check, data_dir, ensure_base, require_root
-from benchmarks._stats import percentile
+from benchmarks._host import data_dir, ensure_base, require_root
+from benchmarks._stats import BenchFailed, check, percentile
 from emberbox.runtimes.base import NetworkPolicy, SandboxSpec
 from emberbox.runtimes.gvisor import GVisorConfig, GVisorRuntime
 from emberbox.templates.store import GUEST_PYTHON, TemplateStore
