@@ -1,13 +1,16 @@
 """Time to interactive through the control plane, with the official ``e2b`` SDK.
 
-Starts a real ``emberbox server`` (own data dir, SQLite), then measures ``Sandbox.create()`` → first
-``commands.run`` result for N sequential and N concurrent creates, next to the backend's bare create
-time (no API, no SDK) measured in the same run. Prints p50/p95/p99 in milliseconds.
+Starts a real ``emberbox server`` (own SQLite database), then measures ``Sandbox.create()`` →
+first ``commands.run`` result for N sequential and N concurrent creates, next to a bare create
+measured in the same run without API or SDK: for ``--backend local`` an envd process started by
+hand until /health answers 204, for ``--backend gvisor`` ``GVisorRuntime.create`` (boot, envd
+healthy, /init). Prints median/p95/p99 in milliseconds and the ratio of each TTI to the bare
+create.
 
-    .venv/bin/python benchmarks/api_bench.py [--n 20] [--backend local|gvisor]
+    .venv/bin/python benchmarks/api_bench.py [--n 20] [--backend local|gvisor] [--quick]
 
-``--backend gvisor`` needs root, runsc and a built ``base`` template in ``$EMBERBOX_DATA_DIR``
-(default /var/lib/emberbox); like every orchestrator it must be the only one on the host.
+``--backend gvisor`` needs root and runsc; it runs in the benchmarks' own data dir (see
+``_host.py``). ``--quick`` does 3 of each, to prove every step still works.
 """
 
 from __future__ import annotations
@@ -15,35 +18,30 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import statistics
+import secrets
+import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 from e2b import Sandbox
 
-from emberbox.server.backends.base import BackendSpec, SandboxBackend
-from emberbox.server.config import Settings
-from emberbox.server.context import make_backend
-from emberbox.server.lifecycle.service import new_sandbox_id
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks._host import data_dir, gvisor_server
+from benchmarks._stats import check, summary
+from benchmarks.envd_bench import free_port, start_envd
 from emberbox.server.testing import ServerProcess
 
-
-def pct(samples: list[float], p: float) -> float:
-    ordered = sorted(samples)
-    k = (len(ordered) - 1) * p / 100
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
-
-
-def row(name: str, samples_s: list[float]) -> str:
-    ms = [s * 1000 for s in samples_s]
-    return (
-        f"{name:<34} n={len(ms):<3} p50={pct(ms, 50):8.1f}  p95={pct(ms, 95):8.1f}  "
-        f"p99={pct(ms, 99):8.1f}  mean={statistics.fmean(ms):8.1f}"
-    )
+LIMITS = {
+    "EMBERBOX_CPU_OVERCOMMIT": "100",
+    "EMBERBOX_MEMORY_OVERCOMMIT": "4",
+    "EMBERBOX_RATE_PER_S": "1000",
+    "EMBERBOX_RATE_BURST": "1000",
+}
 
 
 def tti_once(env: dict[str, str]) -> float:
@@ -54,10 +52,13 @@ def tti_once(env: dict[str, str]) -> float:
         api_url=env["E2B_API_URL"],
         sandbox_url=env["E2B_SANDBOX_URL"],
     )
-    result = sbx.commands.run("true")
-    elapsed = time.perf_counter() - start
-    assert result.exit_code == 0
-    sbx.kill()
+    try:
+        result = sbx.commands.run("true")
+        elapsed = time.perf_counter() - start
+        check(result.exit_code == 0, f"commands.run('true') exited {result.exit_code}")
+    finally:
+        killed = sbx.kill()
+    check(killed is True, f"kill of {sbx.sandbox_id} answered {killed!r}")
     return elapsed
 
 
@@ -66,91 +67,90 @@ def concurrent(fn: Callable[[], float], n: int) -> list[float]:
         return list(pool.map(lambda _: fn(), range(n)))
 
 
-async def bare_backend_creates(backend: SandboxBackend, n: int) -> list[float]:
-    """The dev backend's own create (spawn envd, wait for health, /init), no API or SDK."""
-    await backend.start()
-    times = []
-    try:
-        for _ in range(n):
-            spec = BackendSpec(
-                sandbox_id=new_sandbox_id(),
-                template_id="base",
-                cpu_count=2,
-                memory_mb=512,
-                disk_mb=1024,
-            )
-            start = time.perf_counter()
-            await backend.create(spec)
-            times.append(time.perf_counter() - start)
-            await backend.kill(spec.sandbox_id)
-    finally:
-        await backend.close()
-    return times
-
-
-async def bare_runtime_creates(runtime_name: str, n: int) -> list[float]:
-    """The isolating runtime's own create (boot + envd healthy), without orchestrator or API."""
-    from emberbox.runtimes import select_runtime
-    from emberbox.runtimes.base import SandboxSpec
-
-    runtime = select_runtime(runtime_name)
+def bare_envd_starts(n: int) -> list[float]:
+    """What the local backend cannot avoid: one envd process, up until /health answers."""
     times = []
     for _ in range(n):
-        spec = SandboxSpec(sandbox_id=new_sandbox_id(), template_id="base")
-        start = time.perf_counter()
-        await runtime.create(spec)
-        times.append(time.perf_counter() - start)
-        await runtime.kill(spec.sandbox_id)
+        process, elapsed = start_envd(free_port())
+        times.append(elapsed)
+        process.terminate()
+        process.wait()
     return times
+
+
+async def bare_runtime_creates(n: int) -> list[float]:
+    """The gVisor runtime's own create (boot, envd healthy, /init), no orchestrator or API."""
+    from emberbox.runtimes.base import SandboxSpec
+    from emberbox.runtimes.gvisor import GVisorConfig, GVisorRuntime
+
+    runtime = GVisorRuntime(GVisorConfig(data_dir=data_dir()))
+    times = []
+    for _ in range(n):
+        spec = SandboxSpec(sandbox_id=f"bench{secrets.token_hex(4)}", template_id="base")
+        start = time.perf_counter()
+        try:
+            await runtime.create(spec)
+            times.append(time.perf_counter() - start)
+        finally:
+            await runtime.kill(spec.sandbox_id)
+    return times
+
+
+@contextmanager
+def server(backend: str, tmp: Path, n: int) -> Iterator[ServerProcess]:
+    env = {**LIMITS, "EMBERBOX_MAX_SANDBOXES_PER_TEAM": str(n + 5)}
+    if backend == "gvisor":
+        with gvisor_server(tmp, env) as started:
+            yield started
+        return
+    local = ServerProcess(
+        tmp / "server",
+        database_url=f"sqlite+aiosqlite:///{tmp}/bench.db",
+        env={**env, "EMBERBOX_BACKEND": "local"},
+        log_dir=tmp,
+    )
+    local.start(timeout_s=60)
+    try:
+        yield local
+    finally:
+        local.stop()
+        local.kill_sandboxes()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20)
     parser.add_argument("--backend", default="local", choices=["local", "gvisor"])
+    parser.add_argument("--quick", action="store_true", help="3 of each: a smoke run")
     args = parser.parse_args()
+    if args.quick:
+        args.n = 3
 
-    isolated = args.backend != "local"
     with tempfile.TemporaryDirectory(prefix="emberbox-bench-") as tmp:
-        env = {
-            "EMBERBOX_BACKEND": args.backend,
-            "EMBERBOX_CPU_OVERCOMMIT": "100",
-            "EMBERBOX_MEMORY_OVERCOMMIT": "4",
-            "EMBERBOX_MAX_SANDBOXES_PER_TEAM": str(args.n + 5),
-            "EMBERBOX_RATE_PER_S": "1000",
-            "EMBERBOX_RATE_BURST": "1000",
-        }
-        # An isolating backend boots templates from the store in the real data directory.
-        data_dir = Path(os.environ.get("EMBERBOX_DATA_DIR", "/var/lib/emberbox"))
-        server = ServerProcess(
-            data_dir if isolated else Path(tmp) / "server",
-            database_url=f"sqlite+aiosqlite:///{tmp}/bench.db",
-            env=env,
-            log_dir=Path(tmp),
-        )
-        server.start(timeout_s=60)
-        try:
-            assert server.first_key
-            sdk_env = server.sdk_env(server.first_key)
+        with server(args.backend, Path(tmp), args.n) as started:
+            assert started.first_key
+            sdk_env = started.sdk_env(started.first_key)
             tti_once(sdk_env)  # warm-up: imports, connection pools, page cache
             seq = [tti_once(sdk_env) for _ in range(args.n)]
             par = concurrent(lambda: tti_once(sdk_env), args.n)
-        finally:
-            server.stop()
-            if not isolated:
-                server.kill_sandboxes()
-        if isolated:
-            bare_name = "bare runtime create"
-            bare = asyncio.run(bare_runtime_creates(args.backend, args.n))
+        if args.backend == "gvisor":
+            bare_name = "GVisorRuntime.create"
+            bare = asyncio.run(bare_runtime_creates(args.n))
         else:
-            bare_name = "bare backend create"
-            settings = Settings.from_env({**env, "EMBERBOX_DATA_DIR": f"{tmp}/bare"})
-            bare = asyncio.run(bare_backend_creates(make_backend(settings), args.n))
+            bare_name = "envd start -> /health"
+            bare = bare_envd_starts(args.n)
 
-    print(f"backend: {args.backend}   (times in ms; TTI = create → first commands.run result)")
-    print(row(f"TTI, {args.n} sequential (SDK)", seq))
-    print(row(f"TTI, {args.n} concurrent (SDK)", par))
-    print(row(f"{bare_name}, {args.n} sequential", bare))
+    print(f"backend: {args.backend}   (TTI = Sandbox.create() -> first commands.run result)")
+    rows = {
+        "sequential": summary(f"TTI, {args.n} sequential (e2b SDK)", seq),
+        "concurrent": summary(f"TTI, {args.n} concurrent (e2b SDK)", par),
+    }
+    base = summary(f"baseline: {bare_name}, seq", bare)
+    for name, row in rows.items():
+        print(
+            f"{'':44} TTI {name} / bare: median {row['median'] / base['median']:.2f}x,"
+            f" p99 {row['p99'] / base['p99']:.2f}x"
+        )
 
 
 if __name__ == "__main__":
