@@ -8,7 +8,7 @@ import httpx
 from starlette.datastructures import Headers
 from starlette.types import Receive, Scope, Send
 
-from .http import forward_http
+from .http import forward_http, quiet_deliberate_aborts, upstream_client
 from .resolver import SandboxResolver
 from .responses import bad_route, sandbox_not_found, send_json
 from .routing import RouteError, route
@@ -25,17 +25,12 @@ class SandboxProxy:
         self._clients: dict[str, httpx.AsyncClient] = {}
         self._closing: set[asyncio.Task[None]] = set()
         resolver.on_forget(self.drop_client)
+        quiet_deliberate_aborts()
 
     def client_for(self, sandbox_id: str) -> httpx.AsyncClient:
         client = self._clients.get(sandbox_id)
         if client is None:
-            # No read timeout: process streams stay open as long as the process runs.
-            client = self._clients[sandbox_id] = httpx.AsyncClient(
-                timeout=httpx.Timeout(None, connect=5.0),
-                limits=httpx.Limits(max_connections=200, max_keepalive_connections=20),
-                trust_env=False,
-                follow_redirects=False,
-            )
+            client = self._clients[sandbox_id] = upstream_client()
         return client
 
     def drop_client(self, sandbox_id: str) -> None:

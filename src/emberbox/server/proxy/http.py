@@ -3,18 +3,32 @@
 Response bytes are passed on raw (no decompression) as they arrive, each chunk its own ASGI
 message, so Connect streams and keepalives reach the SDK when envd sends them. A client that
 goes away closes the upstream request, which envd notices like any disconnect.
+
+Failures are passed on as what they are, not as a closed port:
+
+* A pooled keep-alive connection can be dead before it is used: the upstream closed it while it
+  sat idle, or a previous response left unread bytes on it. When a request fails on a *reused*
+  connection before its response headers arrived and its body was buffered, it is sent once more
+  on a fresh connection (Go's HTTP transport does the same). Only a fresh connection that cannot be
+  opened answers 502 "port is not open".
+* An upstream that breaks mid-response breaks the client's connection too. Ending the response
+  cleanly would tell a Connect client that the stream ended without its end message ("missing
+  EndStreamResponse"); a broken connection makes the SDKs probe the sandbox and report it killed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
+from contextvars import ContextVar
+from typing import Any
 
 import httpx
 from starlette.types import Message, Receive, Scope, Send
 
-from .responses import port_not_open, send_json
+from .responses import port_not_open, send_json, upstream_failed
 
 HOP_BY_HOP = frozenset(
     {
@@ -30,6 +44,39 @@ HOP_BY_HOP = frozenset(
         b"host",
     }
 )
+
+# uvicorn closes the connection when an app returns mid-response, which is the only way ASGI has
+# to abort one, and logs it as an error. The flag marks the responses the proxy cut on purpose.
+_ABORTED: ContextVar[bool] = ContextVar("emberbox_proxy_aborted", default=False)
+_UNFINISHED = "ASGI callable returned without completing response."
+
+
+class _QuietDeliberateAborts(logging.Filter):
+    """Drop uvicorn's "without completing response" line for the proxy's own aborts, only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (_ABORTED.get() and record.msg == _UNFINISHED)
+
+
+def quiet_deliberate_aborts() -> None:
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _QuietDeliberateAborts) for f in logger.filters):
+        logger.addFilter(_QuietDeliberateAborts())
+
+
+def upstream_client(*, pooled: bool = True) -> httpx.AsyncClient:
+    """A client for one sandbox. No read timeout: process streams stay open as long as the
+    process runs. An unpooled client keeps no connection, so its request gets a fresh one."""
+    if pooled:
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=20)
+    else:
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=0)
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(None, connect=5.0),
+        limits=limits,
+        trust_env=False,
+        follow_redirects=False,
+    )
 
 
 def upstream_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
@@ -76,6 +123,37 @@ async def _first_and_rest(receive: Receive) -> tuple[bytes, AsyncIterator[bytes]
     return b"", rest()
 
 
+class _SendFailed(Exception):
+    """A request that got no response; ``reused`` if it went out on a pooled connection."""
+
+    def __init__(self, cause: httpx.TransportError, reused: bool) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.reused = reused
+
+    def answer(self, sandbox_id: str, port: int) -> dict[str, Any]:
+        if isinstance(self.cause, (httpx.ConnectError, httpx.ConnectTimeout)):
+            return port_not_open(sandbox_id, port)
+        return upstream_failed(sandbox_id, port)
+
+
+async def _send(client: httpx.AsyncClient, request: httpx.Request) -> httpx.Response:
+    """Send and return once headers arrive. httpcore's ``trace`` extension reports every new
+    connection, so no ``connect_tcp`` event means the pool handed out a reused one."""
+    dialed = False
+
+    async def trace(event: str, info: dict[str, Any]) -> None:
+        nonlocal dialed
+        if event.startswith("connection.connect_tcp."):
+            dialed = True
+
+    request.extensions["trace"] = trace
+    try:
+        return await client.send(request, stream=True)
+    except httpx.TransportError as e:
+        raise _SendFailed(e, reused=not dialed) from e
+
+
 async def forward_http(
     scope: Scope,
     receive: Receive,
@@ -86,53 +164,69 @@ async def forward_http(
     port: int,
 ) -> None:
     body, stream = await _first_and_rest(receive)
-    request = client.build_request(
-        scope["method"],
-        upstream_url(scope, *address),
-        headers=upstream_headers(scope),
-        content=stream if stream is not None else body,
-    )
-    if stream is not None:  # httpx would add its own framing; keep exactly one
-        request.headers.pop("content-length", None)
-        request.headers["transfer-encoding"] = "chunked"
-    try:
-        response = await client.send(request, stream=True)
-    except (httpx.ConnectError, httpx.ConnectTimeout):
-        await send_json(send, 502, port_not_open(sandbox_id, port))
-        return
-    except httpx.TransportError:
-        await send_json(send, 502, port_not_open(sandbox_id, port))
-        return
-    try:
-        await send(
-            {
-                "type": "http.response.start",
-                "status": response.status_code,
-                "headers": [(k, v) for k, v in response.headers.raw if k.lower() not in HOP_BY_HOP],
-            }
+
+    def build(via: httpx.AsyncClient) -> httpx.Request:
+        request = via.build_request(
+            scope["method"],
+            upstream_url(scope, *address),
+            headers=upstream_headers(scope),
+            content=stream if stream is not None else body,
         )
-        pump = asyncio.create_task(_pump(response, send))
-        gone = asyncio.create_task(_wait_disconnect(receive))
-        done, _ = await asyncio.wait({pump, gone}, return_when=asyncio.FIRST_COMPLETED)
-        for t in (pump, gone):
-            if t not in done:
-                t.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
-        if pump in done:
-            pump.result()
+        if stream is not None:  # httpx would add its own framing; keep exactly one
+            request.headers.pop("content-length", None)
+            request.headers["transfer-encoding"] = "chunked"
+        return request
+
+    fresh: httpx.AsyncClient | None = None
+    try:
+        try:
+            response = await _send(client, build(client))
+        except _SendFailed as stale:
+            if not stale.reused or stream is not None:  # a streamed body cannot be replayed
+                raise
+            fresh = upstream_client(pooled=False)
+            response = await _send(fresh, build(fresh))
+        try:
+            await _relay(response, receive, send)
+        finally:
+            await response.aclose()
+    except _SendFailed as failed:
+        await send_json(send, 502, failed.answer(sandbox_id, port))
     finally:
-        await response.aclose()
+        if fresh is not None:
+            await fresh.aclose()
 
 
-async def _pump(response: httpx.Response, send: Send) -> None:
+async def _relay(response: httpx.Response, receive: Receive, send: Send) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": response.status_code,
+            "headers": [(k, v) for k, v in response.headers.raw if k.lower() not in HOP_BY_HOP],
+        }
+    )
+    pump = asyncio.create_task(_pump(response, send))
+    gone = asyncio.create_task(_wait_disconnect(receive))
+    done, _ = await asyncio.wait({pump, gone}, return_when=asyncio.FIRST_COMPLETED)
+    for t in (pump, gone):
+        if t not in done:
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+    if pump in done and not pump.result():
+        _ABORTED.set(True)  # return unfinished: uvicorn closes the client's connection
+
+
+async def _pump(response: httpx.Response, send: Send) -> bool:
+    """Copy the body as it comes; False if the upstream broke before the body's end."""
     try:
         async for chunk in response.aiter_raw():
             if chunk:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
     except httpx.TransportError:
-        pass  # upstream died mid-stream: end our response; the client sees a short stream
+        return False
     await send({"type": "http.response.body", "body": b"", "more_body": False})
+    return True
 
 
 async def _wait_disconnect(receive: Receive) -> None:

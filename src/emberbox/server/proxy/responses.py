@@ -9,6 +9,8 @@ from starlette.types import Send
 
 NOT_FOUND = "The sandbox was not found"
 PORT_CLOSED = "The sandbox is running but port is not open"
+# Neither of the phrases above: the SDKs then probe the sandbox to learn whether it is gone.
+NO_ANSWER = "The sandbox's server closed the connection without answering"
 
 
 def sandbox_not_found(sandbox_id: str) -> dict[str, Any]:
@@ -17,6 +19,10 @@ def sandbox_not_found(sandbox_id: str) -> dict[str, Any]:
 
 def port_not_open(sandbox_id: str, port: int) -> dict[str, Any]:
     return {"sandboxId": sandbox_id, "message": PORT_CLOSED, "port": port, "code": 502}
+
+
+def upstream_failed(sandbox_id: str, port: int) -> dict[str, Any]:
+    return {"sandboxId": sandbox_id, "message": NO_ANSWER, "port": port, "code": 502}
 
 
 def bad_route(message: str) -> dict[str, Any]:

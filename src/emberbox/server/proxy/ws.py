@@ -1,4 +1,8 @@
-"""WebSocket forwarding: open upstream first (so failures can still answer 502), then pump."""
+"""WebSocket forwarding: open upstream first (so failures can still answer 502), then pump.
+
+An upstream that drops without a closing handshake drops the client too (it sees 1006, as if it
+were connected directly); a close frame of 1011 would claim a clean close that never happened.
+"""
 
 from __future__ import annotations
 
@@ -112,7 +116,9 @@ async def _client_to_upstream(receive: Receive, upstream: ClientConnection) -> N
             elif msg.get("text") is not None:
                 await upstream.send(msg["text"])
         elif msg["type"] == "websocket.disconnect":
-            await upstream.close(code=msg.get("code", 1000) or 1000)
+            # 1005/1006 name a missing status or a lost connection; no frame may carry them.
+            code = msg.get("code") or 1000
+            await upstream.close(code=1000 if code in (1005, 1006) else code)
             return
 
 
@@ -125,6 +131,10 @@ async def _upstream_to_client(upstream: ClientConnection, send: Send) -> None:
                 await send({"type": "websocket.send", "text": data})
         code = upstream.close_code or 1000
     except ConnectionClosed as e:
-        code = e.rcvd.code if e.rcvd else 1011
+        if e.rcvd is None:
+            return  # no closing handshake: return without one, so uvicorn drops the client
+        code = e.rcvd.code
+    if code in (1005, 1006):
+        code = 1000
     with contextlib.suppress(Exception):
         await send({"type": "websocket.close", "code": code})
