@@ -9,7 +9,7 @@ import asyncio
 import sys
 import time
 
-from emberbox.envd.client import EnvdClient
+from emberbox.envd_client import EnvdClient
 
 
 async def main(url: str) -> None:

@@ -7,10 +7,15 @@ target=$out
 if [ "${1:-}" = "--check" ]; then target=$(mktemp -d); fi
 python -m grpc_tools.protoc -I spec/envd --python_out="$target" --pyi_out="$target" \
   spec/envd/process/process.proto spec/envd/filesystem/filesystem.proto
-for pkg in process filesystem; do touch "$target/$pkg/__init__.py"; done
+python -m grpc_tools.protoc -I spec/node --python_out="$target" --pyi_out="$target" \
+  spec/node/node/node.proto
+pkgs=(process filesystem node)
+for pkg in "${pkgs[@]}"; do touch "$target/$pkg/__init__.py"; done
 if [ "${1:-}" = "--check" ]; then
-  for f in process/process_pb2.py process/process_pb2.pyi filesystem/filesystem_pb2.py filesystem/filesystem_pb2.pyi; do
-    diff -u "$out/$f" "$target/$f" || { echo "generated $f is stale: run scripts/generate_proto.sh" >&2; exit 1; }
+  for pkg in "${pkgs[@]}"; do
+    for f in "$pkg/${pkg}_pb2.py" "$pkg/${pkg}_pb2.pyi"; do
+      diff -u "$out/$f" "$target/$f" || { echo "generated $f is stale: run scripts/generate_proto.sh" >&2; exit 1; }
+    done
   done
   echo "generated protobuf modules are up to date"
 fi

@@ -84,7 +84,7 @@ def test_end_times_survive_a_server_restart(own_server: Running) -> None:
 
 
 def test_sandbox_killed_outside_the_server_is_recorded_as_crashed(own_server: Running) -> None:
-    from emberbox.server.backends.procs import kill_tree
+    from emberbox.runtimes.procs import kill_tree
 
     with own_server.client() as api:
         sid, _ = _create(api, 60)
@@ -108,10 +108,10 @@ def test_failed_create_is_recorded_and_leaves_nothing(broken_server: Running) ->
         r = api.post("/v2/sandboxes", json={"templateID": "base"})
         assert r.status_code == 500
         assert r.json()["error_code"] == "sandbox_create_failed"
-        assert "envd exited with status 1" in r.json()["message"]
+        assert "stopped before envd answered" in r.json()["message"]
         assert r.headers["should-retry"] == "false"
         assert api.get("/v2/sandboxes").json() == []
     states = broken_server.server.sandbox_states()
     assert list(states.values()) == [("failed", "create failed")]
     assert broken_server.server.live_sandbox_processes() == {}
-    assert not any((broken_server.server.data_dir / "local-sandboxes").iterdir())
+    assert not any((broken_server.server.data_dir / "process-sandboxes").iterdir())

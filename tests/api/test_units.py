@@ -148,4 +148,4 @@ def test_migrations_create_the_schema_and_are_idempotent(db: str, tmp_path) -> N
         if db == "postgres":
             drop_postgres_database(PG_URL, url)
     assert {"teams", "api_keys", "sandboxes", "sandbox_metadata", "alembic_version"} <= tables
-    assert version == "0003"
+    assert version == "0004"

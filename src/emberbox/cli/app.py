@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import logs, sandbox, server, template
+from . import logs, node, sandbox, server, template
 
 app = typer.Typer(
     help="Emberbox: self-hosted sandboxes for AI agents.",
@@ -12,6 +12,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("server")(server.serve)
+app.command("node")(node.node)
 app.add_typer(server.keys_app, name="keys")
 app.add_typer(sandbox.app, name="sandbox")
 app.add_typer(template.app, name="template")

@@ -21,6 +21,7 @@ def serve(log_level: Annotated[str, typer.Option(help="log level")] = "info") ->
     """Run the API and the sandbox proxy with settings from EMBERBOX_* variables."""
     from ..server.app import serve as run_server
     from ..server.config import Settings
+    from ..server.instance_lock import AlreadyRunning
 
     logging.basicConfig(
         level=log_level.upper(),
@@ -29,7 +30,10 @@ def serve(log_level: Annotated[str, typer.Option(help="log level")] = "info") ->
     )
     for noisy in ("httpx", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    asyncio.run(run_server(Settings.from_env()))
+    try:
+        asyncio.run(run_server(Settings.from_env()))
+    except AlreadyRunning as exc:
+        raise fail(str(exc)) from None
 
 
 def _with_store(work: Callable[[Any], Awaitable[T]]) -> T:

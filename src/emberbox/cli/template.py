@@ -54,6 +54,7 @@ def build(
 ) -> None:
     """Build NAME from a spec whose FROM names one of our templates (RUN, COPY, ENV, WORKDIR,
     USER, CMD/ready check)."""
+    from ..runtimes.gvisor import GVisorConfig, GVisorRuntime
     from ..templates.builder import build_template
     from ..templates.spec import parse_dockerfile
     from ..templates.store import TemplateError, TemplateStore
@@ -61,6 +62,7 @@ def build(
     if not file.is_file():
         raise fail(f"no such file: {file}")
     store = TemplateStore(None)
+    runner = GVisorRuntime(GVisorConfig(data_dir=store.root), store)
     try:
         spec = parse_dockerfile(file.read_text(), context or file.parent)
     except TemplateError as exc:
@@ -70,7 +72,7 @@ def build(
     with Progress(*columns, console=console, transient=True) as progress:
         sink = _ProgressLog(progress)
         try:
-            template = asyncio.run(build_template(store, name, spec, log=sink))  # type: ignore[arg-type]
+            template = asyncio.run(build_template(store, name, spec, runner=runner, log=sink))  # type: ignore[arg-type]
         except TemplateError as exc:
             raise fail(str(exc).splitlines()[0]) from None
         progress.update(sink.task, completed=progress.tasks[0].total or 0)

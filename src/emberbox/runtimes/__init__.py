@@ -1,6 +1,7 @@
 """Sandbox runtimes and the choice between them.
 
-``EMBERBOX_RUNTIME`` (or the ``name`` argument) is ``gvisor``, ``firecracker`` or ``auto``.
+The ``name`` (from ``Settings.runtime``) is ``gvisor``, ``firecracker``, ``process`` (plain envd
+processes on the host, **no isolation**: development and tests) or ``auto``.
 ``auto`` picks Firecracker only where *hardware* KVM works (``kvm_intel``/``kvm_amd`` loaded and
 the CPU advertises vmx/svm): a ``/dev/kvm`` served by a software hypervisor such as ``kvm_pvm``
 cannot boot stock guest kernels, so there it falls back to gVisor.
@@ -8,15 +9,18 @@ cannot boot stock guest kernels, so there it falls back to gVisor.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 import os
+import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from .base import Runtime
 
 log = logging.getLogger(__name__)
-RUNTIMES = ("auto", "gvisor", "firecracker")
+RUNTIMES = ("auto", "gvisor", "firecracker", "process")
 
 
 def hardware_kvm(sys_module: Path = Path("/sys/module"), cpuinfo: Path = Path("/proc/cpuinfo"),
@@ -36,12 +40,18 @@ def hardware_kvm(sys_module: Path = Path("/sys/module"), cpuinfo: Path = Path("/
 
 
 def resolve_name(name: str | None = None) -> str:
-    """The concrete runtime ``name`` (or ``$EMBERBOX_RUNTIME``, default auto) stands for."""
-    chosen = (name or os.environ.get("EMBERBOX_RUNTIME") or "auto").lower()
+    """The concrete runtime ``name`` (default auto) stands for.
+
+    ``auto``: Firecracker where hardware KVM works, else gVisor when running as root with runsc
+    on PATH, else the unisolated process runtime.
+    """
+    chosen = (name or "auto").lower()
     if chosen not in RUNTIMES:
         raise ValueError(f"unknown runtime {chosen!r}; choose one of {', '.join(RUNTIMES)}")
     if chosen != "auto":
         return chosen
+    if os.geteuid() != 0 or not shutil.which("runsc"):
+        return "process"
     if hardware_kvm():
         try:
             importlib.import_module("emberbox.runtimes.firecracker")
@@ -51,15 +61,32 @@ def resolve_name(name: str | None = None) -> str:
     return "gvisor"
 
 
-def select_runtime(name: str | None = None) -> Runtime:
-    """Instantiate the runtime chosen by ``name``/config with its default settings."""
+def select_runtime(
+    name: str | None,
+    data_dir: Path,
+    envd_command: Sequence[str] | None = None,
+    runsc: str = "",
+) -> Runtime:
+    """The runtime ``name`` stands for, keeping its state under ``data_dir``.
+
+    ``envd_command`` replaces the envd the process runtime starts (tests run a wrapped one);
+    ``runsc`` names the runsc binary (default: the one on PATH).
+    """
     resolved = resolve_name(name)
     if resolved == "gvisor":
-        from .gvisor import GVisorRuntime
+        from ..templates.store import TemplateStore
+        from .gvisor import GVisorConfig, GVisorRuntime
 
-        return GVisorRuntime()
+        config = GVisorConfig(data_dir=data_dir)
+        if runsc:
+            config = dataclasses.replace(config, runsc=runsc)
+        return GVisorRuntime(config, TemplateStore(data_dir))
+    if resolved == "process":
+        from .process import ProcessRuntime
+
+        return ProcessRuntime(data_dir, envd_command)
     module = importlib.import_module("emberbox.runtimes.firecracker")
-    runtime: Runtime = module.FirecrackerRuntime()
+    runtime: Runtime = module.FirecrackerRuntime(data_dir)
     return runtime
 
 

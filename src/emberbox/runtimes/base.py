@@ -12,6 +12,15 @@ import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from ..envd_client.handshake import EnvdDefaults
+from ..vocabulary import (
+    DEFAULT_CPU_COUNT,
+    DEFAULT_DISK_MB,
+    DEFAULT_MEMORY_MB,
+    DEFAULT_PIDS_LIMIT,
+    ENVD_PORT,
+)
+
 
 class RuntimeError_(Exception):
     """Base of runtime failures; the orchestrator maps them to sandbox end reasons."""
@@ -19,6 +28,10 @@ class RuntimeError_(Exception):
 
 class CapabilityMissing(RuntimeError_):
     """Raised when an operation the runtime does not declare is asked for."""
+
+
+class CapacityExhausted(RuntimeError_):
+    """The node has no room for another sandbox (addresses, slots)."""
 
 
 class SandboxGone(RuntimeError_):
@@ -31,6 +44,7 @@ class Capabilities:
     snapshot: bool = False
     fork: bool = False
     egress_rules: bool = False
+    no_internet: bool = True  # honours NetworkPolicy(allow_internet=False)
 
 
 @dataclass(frozen=True)
@@ -43,17 +57,28 @@ class NetworkPolicy:
 
 
 @dataclass(frozen=True)
+class SnapshotRef:
+    """A checkpoint a runtime can start sandboxes from: where it lives and what it came from."""
+
+    snapshot_id: str
+    runtime: str
+    path: str
+    template_id: str
+
+
+@dataclass(frozen=True)
 class SandboxSpec:
     """What the orchestrator asks a runtime to start."""
 
     sandbox_id: str
     template_id: str
-    cpu_count: int = 2
-    memory_mb: int = 512
-    disk_mb: int = 1024
+    cpu_count: int = DEFAULT_CPU_COUNT
+    memory_mb: int = DEFAULT_MEMORY_MB
+    disk_mb: int = DEFAULT_DISK_MB
     envs: Mapping[str, str] = field(default_factory=dict)
     network: NetworkPolicy = field(default_factory=NetworkPolicy)
-    pids_limit: int = 1024
+    pids_limit: int = DEFAULT_PIDS_LIMIT
+    snapshot: SnapshotRef | None = None  # start from this checkpoint instead of booting
 
 
 class SandboxStatus(enum.StrEnum):
@@ -64,14 +89,24 @@ class SandboxStatus(enum.StrEnum):
 
 @dataclass(frozen=True)
 class RuntimeSandbox:
-    """A sandbox as the runtime sees it: enough to reach envd and any user port."""
+    """A sandbox as the runtime sees it: enough to reach envd and any user port.
+
+    ``defaults`` is what the node's handshake tells envd (the template's user, workdir, env
+    and ready check); runtimes fill it at create and may leave it empty in ``list``.
+    """
 
     sandbox_id: str
     template_id: str
     address: str  # IP the host reaches the sandbox at
-    envd_port: int = 49983
+    envd_port: int = ENVD_PORT
     status: SandboxStatus = SandboxStatus.RUNNING
     oom_killed: bool = False
+    defaults: EnvdDefaults = field(default_factory=lambda: RuntimeSandbox.defaults_unknown())
+
+    @staticmethod
+    def defaults_unknown() -> EnvdDefaults:
+        """What ``list`` reports: the handshake happened at create, nobody needs them again."""
+        return EnvdDefaults("user", "/home/user")
 
     @property
     def envd_url(self) -> str:
@@ -100,13 +135,26 @@ class Runtime(abc.ABC):
 
     name: str
     capabilities: Capabilities
+    isolation: bool = True  # False only for the plain-process runtime (development, tests)
 
     @abc.abstractmethod
-    async def create(self, spec: SandboxSpec) -> RuntimeSandbox: ...
+    async def create(self, spec: SandboxSpec) -> RuntimeSandbox:
+        """Start the machine; returns once it runs (envd's handshake is the node's job)."""
 
     @abc.abstractmethod
-    async def kill(self, sandbox_id: str) -> None:
-        """Stop the sandbox and release every resource; idempotent."""
+    async def kill(self, sandbox_id: str) -> bool:
+        """Stop the sandbox and release every resource; idempotent.
+
+        Returns True when this call tore something down, False when nothing was left.
+        """
+
+    async def alive(self, sandbox_id: str) -> bool:
+        """Whether the machine still runs (the handshake stops waiting once it does not)."""
+        return True
+
+    async def boot_log(self, sandbox_id: str) -> str:
+        """The tail of the machine's own log, to explain a failed boot."""
+        return ""
 
     @abc.abstractmethod
     async def list(self) -> list[RuntimeSandbox]:
@@ -121,13 +169,10 @@ class Runtime(abc.ABC):
     async def resume(self, sandbox_id: str) -> RuntimeSandbox:
         raise CapabilityMissing(f"{self.name} cannot resume sandboxes")
 
-    async def snapshot(self, sandbox_id: str, snapshot_id: str) -> None:
-        raise CapabilityMissing(f"{self.name} cannot snapshot sandboxes")
-
-    async def fork(
-        self, sandbox_id: str, new_ids: Sequence[str]
-    ) -> builtins.list[RuntimeSandbox]:
-        raise CapabilityMissing(f"{self.name} cannot fork sandboxes")
+    async def checkpoint(self, sandbox_id: str, snapshot_id: str) -> SnapshotRef:
+        """Save the sandbox's memory and files; it keeps running. Create from the result by
+        setting ``SandboxSpec.snapshot`` (start from memory, fork, rollback build on this)."""
+        raise CapabilityMissing(f"{self.name} cannot checkpoint sandboxes")
 
     async def cleanup_orphans(self, keep: Sequence[str]) -> builtins.list[str]:
         """Remove leftovers (netns, veths, mounts, state) of sandboxes not in ``keep``."""

@@ -1,7 +1,7 @@
 """``emberbox server``: the API and the sandbox proxy, two listeners in one process.
 
 Sandboxes outlive the server process: stopping it stops only the listeners and the reaper; the
-next start reconciles the database with the backend and enforces any end time that passed.
+next start reconciles the database with the node and enforces any end time that passed.
 """
 
 from __future__ import annotations
@@ -39,20 +39,20 @@ def _has_base_template(settings: Settings) -> bool:
     return True
 
 
-def banner(settings: Settings, key: str | None) -> str:
+def banner(settings: Settings, key: str | None, runtime: str, isolated: bool) -> str:
     api = f"http://{settings.host}:{settings.api_port}"
     proxy = f"http://{settings.host}:{settings.proxy_port}"
-    backend = settings.resolved_backend
-    lines = [f"Emberbox API on {api}, sandbox proxy on {proxy} (backend: {backend})"]
-    if backend != "local" and not _has_base_template(settings):
+    where = f"node {settings.node_url}" if settings.node_url else "embedded node"
+    lines = [f"Emberbox API on {api}, sandbox proxy on {proxy} ({where}, runtime: {runtime})"]
+    if isolated and not settings.node_url and not _has_base_template(settings):
         lines.append(
             "NOTE: no 'base' template yet; build it once with: "
             "python -m emberbox.templates build-base"
         )
-    if backend == "local":
+    if not isolated:
         lines.append(
-            "WARNING: the local backend runs sandboxes as plain processes on this host with NO "
-            "isolation; use it for development only (EMBERBOX_BACKEND=gvisor needs root + runsc)."
+            "WARNING: the process runtime runs sandboxes as plain processes on this host with NO "
+            "isolation; use it for development only (EMBERBOX_RUNTIME=gvisor needs root + runsc)."
         )
     if key:
         lines += ["", "First start: created an API key (shown only this once):", f"  {key}"]
@@ -106,7 +106,11 @@ async def serve(settings: Settings) -> None:
                 break
             await asyncio.sleep(0.02)
         if all(s.started for s in servers):
-            print(banner(settings, first_key), flush=True)
+            facts = ctx.service.facts
+            print(
+                banner(settings, first_key, facts.runtime, facts.capabilities.isolation),
+                flush=True,
+            )
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         stop()
         await asyncio.gather(*tasks, return_exceptions=True)

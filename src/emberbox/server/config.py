@@ -7,7 +7,7 @@ data directory, the API on port 3000 and the sandbox proxy on port 3002.
 from __future__ import annotations
 
 import os
-import shutil
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,9 +57,15 @@ class Settings:
     * database_url - SQLAlchemy async URL (``EMBERBOX_DATABASE_URL``); default SQLite in data_dir.
     * host, api_port, proxy_port - where the two listeners bind.
     * domain - the sandbox domain returned to SDKs (``<port>-<id>.<domain>`` for ``get_host``).
-    * backend - ``gvisor`` (isolated, through the node orchestrator), ``local`` (dev/test: plain
-      envd processes, **no isolation**) or ``auto``: gvisor when running as root with runsc on
-      PATH, else local.
+    * runtime - what the embedded node runs sandboxes with (``EMBERBOX_RUNTIME``; the older
+      ``EMBERBOX_BACKEND`` is read too, ``local`` meaning ``process``): ``gvisor`` (isolated),
+      ``process`` (dev/test: plain envd processes, **no isolation**) or ``auto``.
+    * node_url - a separate ``emberbox node`` to use (``EMBERBOX_NODE_URL``); empty runs the
+      node inside the server. node_token is their shared secret (``EMBERBOX_NODE_TOKEN``).
+    * node_host, node_port - where ``emberbox node`` listens.
+    * envd_command - the envd the process runtime starts (``EMBERBOX_LOCAL_ENVD_COMMAND``).
+    * templates - JSON sizes per template (``EMBERBOX_TEMPLATES``).
+    * runsc - the runsc binary (``EMBERBOX_RUNSC``); default: the one on PATH.
     """
 
     data_dir: Path = Path("/var/lib/emberbox")
@@ -68,17 +74,25 @@ class Settings:
     api_port: int = 3000
     proxy_port: int = 3002
     domain: str | None = None
-    backend: str = "auto"
-    envd_version: str = "0.6.13"
+    runtime: str = "auto"
+    node_url: str = ""
+    node_token: str = ""
+    node_host: str = "127.0.0.1"
+    node_port: int = 3003
+    envd_command: tuple[str, ...] = ()
+    templates: str = ""
+    runsc: str = ""
     reap_interval_s: float = 0.2
+    reconcile_interval_s: float = 2.0
+    dead_check_interval_s: float = 2.0
     limits: Limits = field(default_factory=Limits)
     capacity: Capacity = field(default_factory=Capacity)
 
     @property
-    def resolved_backend(self) -> str:
-        if self.backend != "auto":
-            return self.backend
-        return "gvisor" if os.geteuid() == 0 and shutil.which("runsc") else "local"
+    def resolved_runtime(self) -> str:
+        from ..runtimes import resolve_name
+
+        return resolve_name(self.runtime)
 
     @property
     def db_url(self) -> str:
@@ -125,9 +139,23 @@ class Settings:
             api_port=whole("EMBERBOX_API_PORT", 3000),
             proxy_port=whole("EMBERBOX_PROXY_PORT", 3002),
             domain=e.get("EMBERBOX_DOMAIN") or None,
-            backend=e.get("EMBERBOX_BACKEND") or "auto",
-            envd_version=e.get("EMBERBOX_ENVD_VERSION", "0.6.13"),
+            runtime=_runtime_name(e.get("EMBERBOX_RUNTIME") or e.get("EMBERBOX_BACKEND")),
+            node_url=e.get("EMBERBOX_NODE_URL", ""),
+            node_token=e.get("EMBERBOX_NODE_TOKEN", ""),
+            node_host=e.get("EMBERBOX_NODE_HOST", "127.0.0.1"),
+            node_port=whole("EMBERBOX_NODE_PORT", 3003),
+            envd_command=tuple(shlex.split(e.get("EMBERBOX_LOCAL_ENVD_COMMAND", ""))),
+            templates=e.get("EMBERBOX_TEMPLATES", ""),
+            runsc=e.get("EMBERBOX_RUNSC", ""),
             reap_interval_s=num("EMBERBOX_REAP_INTERVAL_S", 0.2),
+            reconcile_interval_s=num("EMBERBOX_RECONCILE_INTERVAL_S", 2.0),
+            dead_check_interval_s=num("EMBERBOX_DEAD_CHECK_INTERVAL_S", 2.0),
             limits=limits,
             capacity=capacity,
         )
+
+
+def _runtime_name(raw: str | None) -> str:
+    """``local`` and ``orchestrator`` are the names the first releases used."""
+    name = (raw or "auto").lower()
+    return {"local": "process", "orchestrator": "auto"}.get(name, name)

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
-import shlex
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from ..node.client import EmbeddedNode, NodeClient, RemoteNode
+from ..runtimes import select_runtime
 from .auth.store import Principal, authenticate
-from .backends.base import SandboxBackend
 from .config import Settings
 from .db.engine import make_engine, make_sessionmaker, migrate
+from .instance_lock import InstanceLock
 from .lifecycle.reaper import Reaper
-from .lifecycle.service import SandboxService
+from .lifecycle.service import NodeFacts, SandboxService
 from .lifecycle.templates import StaticTemplates, StoreTemplates, TemplateCatalog
 from .limits.scheduler import ResourceScheduler
 from .proxy.resolver import SandboxResolver
@@ -22,18 +23,21 @@ from .proxy.resolver import SandboxResolver
 log = logging.getLogger("emberbox.server")
 
 
-def make_backend(settings: Settings) -> SandboxBackend:
-    name = settings.resolved_backend
-    if name == "local":
-        from .backends.local_process import LocalProcessBackend
-
-        raw = os.environ.get("EMBERBOX_LOCAL_ENVD_COMMAND")
-        return LocalProcessBackend(settings.data_dir, shlex.split(raw) if raw else None)
-    if name in ("orchestrator", "gvisor"):
-        from .backends.orchestrator import OrchestratorBackend
-
-        return OrchestratorBackend(settings.data_dir, None if name == "orchestrator" else name)
-    raise ValueError(f"unknown backend '{name}' (use auto, gvisor, orchestrator or local)")
+def make_node(settings: Settings) -> tuple[NodeClient, list[InstanceLock]]:
+    """The node this server schedules on: ``emberbox node`` at ``node_url``, or one embedded
+    in this process (then this process also holds the data dir's node lock)."""
+    if settings.node_url:
+        return RemoteNode(settings.node_url, settings.node_token), []
+    lock = InstanceLock(settings.data_dir, "node").acquire()
+    runtime = select_runtime(
+        settings.runtime, settings.data_dir, settings.envd_command or None, settings.runsc
+    )
+    node = EmbeddedNode(
+        runtime,
+        settings.data_dir / "node",
+        dead_check_every_s=settings.dead_check_interval_s,
+    )
+    return node, [lock]
 
 
 @dataclass
@@ -41,42 +45,58 @@ class ServerContext:
     settings: Settings
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
-    backend: SandboxBackend
+    node: NodeClient
     service: SandboxService
     resolver: SandboxResolver
     reaper: Reaper
+    locks: list[InstanceLock]
 
     @classmethod
-    async def open(cls, settings: Settings, backend: SandboxBackend | None = None) -> ServerContext:
+    async def open(cls, settings: Settings) -> ServerContext:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        engine = make_engine(settings.db_url)
-        await migrate(engine)
-        sessions = make_sessionmaker(engine)
-        backend = backend or make_backend(settings)
-        await backend.start()
+        locks = [InstanceLock(settings.data_dir, "server").acquire()]
+        try:
+            node, node_locks = make_node(settings)
+            locks += node_locks
+            engine = make_engine(settings.db_url)
+            await migrate(engine)
+            sessions = make_sessionmaker(engine)
+            await node.start()
+            info = await node.info()
+        except BaseException:
+            for lock in locks:
+                lock.release()
+            raise
+        facts = NodeFacts(info.node_id, info.runtime, info.capabilities)
         resolver = SandboxResolver(sessions)
-        static = StaticTemplates.from_env(os.environ.get("EMBERBOX_TEMPLATES"))
+        static = StaticTemplates.from_env(settings.templates or None)
         templates: TemplateCatalog = (
-            static
-            if settings.resolved_backend == "local"
-            else StoreTemplates(settings.data_dir, static)
+            StoreTemplates(settings.data_dir, static) if info.capabilities.isolation else static
         )
         service = SandboxService(
             sessions,
-            backend,
+            node,
+            facts,
             templates,
             settings.limits,
             ResourceScheduler(settings.capacity),
             on_gone=resolver.forget,
         )
-        reaper = Reaper(service, interval_s=settings.reap_interval_s)
+        reaper = Reaper(
+            service,
+            interval_s=settings.reap_interval_s,
+            reconcile_every_s=settings.reconcile_interval_s,
+        )
         await reaper.recover()
-        return cls(settings, engine, sessions, backend, service, resolver, reaper)
+        return cls(settings, engine, sessions, node, service, resolver, reaper, locks)
 
     async def authenticate(self, key: str) -> Principal | None:
         return await authenticate(self.sessions, key)
 
     async def close(self) -> None:
         await self.reaper.stop()
-        await self.backend.close()
+        await self.node.close()
         await self.engine.dispose()
+        for lock in self.locks:
+            with contextlib.suppress(OSError):
+                lock.release()

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from .backends.procs import kill_tree, start_time
+from ..runtimes.procs import kill_tree, start_time
 
 _KEY_RE = re.compile(r"e2b_[0-9a-f]{40}")
 
@@ -145,9 +145,9 @@ class ServerProcess:
         return found.group(0)
 
     def live_sandbox_processes(self) -> dict[str, int]:
-        """Sandbox ID → envd PID for every local-backend sandbox whose envd still runs."""
+        """Sandbox ID → envd PID for every process-runtime sandbox whose envd still runs."""
         alive = {}
-        for path in (self.data_dir / "local-backend").glob("*.json"):
+        for path in (self.data_dir / "process-runtime").glob("*.json"):
             try:
                 rec = json.loads(path.read_text())
             except (OSError, ValueError):

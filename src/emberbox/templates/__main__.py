@@ -1,8 +1,9 @@
 """``python -m emberbox.templates``: build, list and export templates on this node.
 
     build-base [--cache-dir DIR]      build or reuse ``base`` (CI caches DIR between runs)
-    build NAME -f Dockerfile [--context DIR]
     list | rm NAME | ext4 NAME
+
+Builds from a Dockerfile need a runtime to run their steps: ``emberbox template build``.
 """
 
 from __future__ import annotations
@@ -17,19 +18,18 @@ from .store import TemplateError, TemplateStore
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m emberbox.templates", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", type=Path,
-                        help="default: $EMBERBOX_DATA_DIR or /var/lib/emberbox")
+    parser = argparse.ArgumentParser(
+        prog="python -m emberbox.templates",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, help="default: $EMBERBOX_DATA_DIR or /var/lib/emberbox"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     base = sub.add_parser("build-base", help="build or reuse the base template")
     base.add_argument("--cache-dir", type=Path, help="layer tarballs kept between runs")
     base.add_argument("--ext4", action="store_true", help="also write the ext4 image")
-    build = sub.add_parser("build", help="build a template from a Dockerfile")
-    build.add_argument("name")
-    build.add_argument("-f", "--file", type=Path, required=True)
-    build.add_argument("--context", type=Path,
-                       help="directory COPY reads from (default: the file's)")
     sub.add_parser("list", help="list templates")
     rm = sub.add_parser("rm", help="forget a template (layers stay until gc)")
     rm.add_argument("name")
@@ -52,13 +52,6 @@ async def _main(args: argparse.Namespace) -> int:
             from .ext4 import build_ext4
 
             print(await build_ext4(store, template))
-    elif args.command == "build":
-        from .builder import build_template
-        from .spec import parse_dockerfile
-
-        spec = parse_dockerfile(args.file.read_text(), args.context or args.file.parent)
-        template = await build_template(store, args.name, spec, log=sys.stdout)
-        print(f"{template.name} {template.id} in {time.monotonic() - started:.1f}s")
     elif args.command == "list":
         for name in store.names():
             t = store.get(name)

@@ -17,12 +17,11 @@ import shutil
 from pathlib import Path
 from typing import TextIO
 
-from ..runtimes.base import NetworkPolicy, SandboxSpec
-from ..runtimes.gvisor import GVisorRuntime, SandboxBootFailed
-from ..runtimes.gvisor.bundle import BindMount
 from . import hashing
 from ._run import StepFailed
 from .spec import BuildSpec, SpecError, Step
+from .steps import BootFailed, Mount, StepRunner
+from .steps import Step as RunStep
 from .store import Template, TemplateConfig, TemplateStore, validate_name
 
 CONTEXT_MOUNT = "/.emberbox-context"
@@ -75,7 +74,7 @@ def _copy_script(step: Step, workdir: str) -> str:
                 f"else mkdir -p {q_dest} && cp -a {q_in} {q_dest}/ && "
                 f"chown -R {shlex.quote(owner)} {q_dest}/{shlex.quote(posixpath.basename(src))}; fi"
                 if to_dir
-                else f"else mkdir -p \"$(dirname {q_dest})\" && cp -a {q_in} {q_dest} && "
+                else f'else mkdir -p "$(dirname {q_dest})" && cp -a {q_in} {q_dest} && '
                 f"chown {shlex.quote(owner)} {q_dest}; fi"
             )
         )
@@ -83,11 +82,9 @@ def _copy_script(step: Step, workdir: str) -> str:
 
 
 class TemplateBuilder:
-    def __init__(
-        self, store: TemplateStore, runtime: GVisorRuntime | None = None, log: TextIO | None = None
-    ) -> None:
+    def __init__(self, store: TemplateStore, runner: StepRunner, log: TextIO | None = None) -> None:
         self.store = store
-        self.runtime = runtime or GVisorRuntime(store=store)
+        self.runner = runner
         self.log = log
 
     def _say(self, text: str) -> None:
@@ -127,7 +124,7 @@ class TemplateBuilder:
             self._say(label)
             return
         user = (0, 0)
-        binds: list[BindMount] = []
+        binds: list[Mount] = []
         extra: object = None
         if step.kind == "WORKDIR":
             workdir = posixpath.normpath(posixpath.join(cfg.workdir, step.dest))
@@ -138,7 +135,7 @@ class TemplateBuilder:
             files = [_context_source(spec.context, s) for s in step.sources]
             extra = hashing.hash_paths(files)
             command, cwd = _copy_script(step, cfg.workdir), "/"
-            binds.append(BindMount(spec.context.resolve(), CONTEXT_MOUNT))
+            binds.append(Mount(spec.context.resolve(), CONTEXT_MOUNT))
         else:
             command, cwd = step.run, cfg.workdir
             user = _lookup_user(self.store, state.layers, state.build_user)
@@ -159,7 +156,7 @@ class TemplateBuilder:
         command: str,
         cwd: str,
         user: tuple[int, int],
-        binds: list[BindMount],
+        binds: list[Mount],
         spec: BuildSpec,
     ) -> None:
         scratch = self.store.scratch("step-")
@@ -168,13 +165,12 @@ class TemplateBuilder:
         current = Template(name=spec.parent, layers=tuple(state.layers), config=state.config)
         home = "/root" if user[0] == 0 else f"/home/{state.build_user}"
         try:
-            code = await self.runtime.run_once(
-                SandboxSpec(sandbox_id=sandbox_id, template_id=spec.parent, memory_mb=2048,
-                            disk_mb=8192, cpu_count=2, pids_limit=4096,
-                            network=NetworkPolicy(allow_internet=spec.allow_internet)),
-                ["/bin/bash", "-l", "-c", command],
-                upper=upper, log=log, env={**state.config.env, "HOME": home},
-                cwd=cwd, user=user, binds=binds, timeout=spec.step_timeout, template=current,
+            code = await self.runner.run_step(
+                RunStep(sandbox_id=sandbox_id, template=current,
+                        args=["/bin/bash", "-l", "-c", command], upper=upper, log=log,
+                        env={**state.config.env, "HOME": home}, cwd=cwd, user=user,
+                        mounts=binds, timeout=spec.step_timeout,
+                        allow_internet=spec.allow_internet)
             )  # fmt: skip
             output = log.read_text(errors="replace") if log.exists() else ""
             if output and self.log is not None:
@@ -186,20 +182,14 @@ class TemplateBuilder:
             shutil.rmtree(scratch, ignore_errors=True)
 
     async def _verify_start(self, template: Template, spec: BuildSpec) -> None:
-        """Boot the finished template once: ``create`` returns only after envd is healthy and
-        the ready check passed, which is exactly what every later sandbox will wait for."""
+        """Boot the finished template once and wait for envd and the ready check, which is
+        exactly what every later sandbox will wait for."""
         sandbox_id = f"verify-{secrets.token_hex(4)}"
         self._say(f"verifying start command: {template.config.start_cmd}")
         try:
-            await self.runtime.create(
-                SandboxSpec(sandbox_id=sandbox_id, template_id=template.name,
-                            network=NetworkPolicy(allow_internet=spec.allow_internet)),
-                template=template,
-            )  # fmt: skip
-        except SandboxBootFailed as exc:
+            await self.runner.boot_check(sandbox_id, template, spec.allow_internet)
+        except BootFailed as exc:
             raise StepFailed(f"start command {template.config.start_cmd!r}", 1, str(exc)) from None
-        finally:
-            await self.runtime.kill(sandbox_id)
 
 
 async def build_template(
@@ -207,7 +197,7 @@ async def build_template(
     name: str,
     spec: BuildSpec,
     *,
-    runtime: GVisorRuntime | None = None,
+    runner: StepRunner,
     log: TextIO | None = None,
 ) -> Template:
-    return await TemplateBuilder(store, runtime, log).build(name, spec)
+    return await TemplateBuilder(store, runner, log).build(name, spec)

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..base import RuntimeError_
+from ..base import CapacityExhausted
 from . import _proc
 
 NETNS_PREFIX = "ebx"
@@ -48,7 +48,7 @@ table inet {NFT_TABLE} {{
 """
 
 
-class PoolExhausted(RuntimeError_):
+class PoolExhausted(CapacityExhausted):
     """Every /30 of the configured subnet is leased."""
 
 
@@ -113,6 +113,16 @@ class AddressPool:
             return Lease(index, sandbox_id, self.subnet, self.instance)
         raise PoolExhausted(f"no free address in {self.subnet} ({self.size} sandboxes)")
 
+    def owns(self, lease: Lease) -> bool:
+        """Whether the lease file still names this sandbox (it may have been released and
+        claimed again by another sandbox since ``lease`` was read)."""
+        try:
+            return (self.directory / str(lease.index)).read_text() == (
+                f"{lease.instance}:{lease.sandbox_id}"
+            )
+        except FileNotFoundError:
+            return False
+
     def release(self, lease: Lease) -> None:
         if lease.instance != self.instance:
             return  # never release another instance's address
@@ -172,15 +182,25 @@ async def setup(lease: Lease, allow_internet: bool) -> None:
         raise
 
 
-async def teardown(lease: Lease) -> None:
-    """Remove the egress entry, the netns (which takes the veth pair with it) and the host
-    veth if it was left behind; every step tolerates "already gone"."""
+async def teardown(lease: Lease, owns_index: bool = True) -> None:
+    """Remove the netns (which takes the veth pair with it), then, while the index is still
+    ours, the egress entry and a host veth left behind; every step tolerates "already gone".
+
+    ``owns_index`` False means the index may belong to another sandbox now: the objects
+    named after it (veth, egress address) are then left alone.
+    """
+    await _proc.run("ip", "netns", "delete", lease.netns, check=False)
+    if not owns_index:
+        return
     await _proc.run(
         "nft", "delete", "element", "inet", NFT_TABLE, "egress", f"{{ {lease.guest_ip} }}",
         check=False,
     )  # fmt: skip
-    await _proc.run("ip", "netns", "delete", lease.netns, check=False)
     await _proc.run("ip", "link", "delete", lease.host_veth, check=False)
+
+
+async def link_exists(name: str) -> bool:
+    return (await _proc.run("ip", "link", "show", name, check=False)).code == 0
 
 
 async def delete_link(name: str) -> None:

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import contextlib
-import datetime
 import os
-import re
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -20,10 +17,14 @@ from pathlib import Path
 
 import httpx
 
-from ...envd.client import EnvdClient
+from ...envd_client.handshake import EnvdDefaults, HandshakeFailed, handshake
+from ...templates.steps import BootFailed, Step
 from ...templates.store import Template, TemplateError, TemplateStore
+from ...vocabulary import ENVD_PORT, check_sandbox_id, e2b_env, is_sandbox_id
 from ..base import (
     Capabilities,
+    CapabilityMissing,
+    NetworkPolicy,
     Runtime,
     RuntimeError_,
     RuntimeSandbox,
@@ -32,6 +33,7 @@ from ..base import (
     SandboxStats,
     SandboxStatus,
 )
+from ..locks import KeyedLock
 from . import cgroups, network, rootfs
 from .bundle import BindMount, BundleSpec, write_bundle
 from .config import GVisorConfig
@@ -39,13 +41,9 @@ from .runsc import Runsc
 from .state import SandboxPaths, SandboxRecord
 
 BUILDER_PREFIXES = ("build-", "verify-")  # ids the template builder uses (templates/builder.py)
-SANDBOX_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,47}$")
-ENVD_PORT = 49983
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-class SandboxBootFailed(RuntimeError_):
-    """runsc started but envd never answered /health; carries the sandbox's log tail."""
+# Variables PID 1 needs but commands should not inherit through envd's /init.
+_INIT_ONLY = {"PATH", "HOME", "LANG", "EMBERBOX_START_CMD"}
 
 
 class GVisorRuntime(Runtime):
@@ -63,13 +61,15 @@ class GVisorRuntime(Runtime):
         )
         self._firewall_ready = False
         self._firewall_lock = asyncio.Lock()
+        # Every create/kill of one sandbox id runs under its lock, so a kill never races
+        # another kill (or the end of a create) over the same host objects.
+        self._locks = KeyedLock()
+        self.teardowns: dict[str, int] = {}  # sandbox id -> host teardowns run (for tests)
 
     # -- paths -----------------------------------------------------------------------------
 
     def _paths(self, sandbox_id: str) -> SandboxPaths:
-        if not SANDBOX_ID_RE.match(sandbox_id):
-            raise ValueError(f"invalid sandbox id {sandbox_id!r}: use [a-z0-9-], max 48 chars")
-        return SandboxPaths(self.config.sandboxes_dir / sandbox_id)
+        return SandboxPaths(self.config.sandboxes_dir / check_sandbox_id(sandbox_id))
 
     def _cgroup(self, sandbox_id: str) -> str:
         return f"{self.config.cgroup_base}/{sandbox_id}"
@@ -77,29 +77,68 @@ class GVisorRuntime(Runtime):
     # -- lifecycle -------------------------------------------------------------------------
 
     async def create(
-        self, spec: SandboxSpec, *, wait_healthy: bool = True, template: Template | None = None
+        self, spec: SandboxSpec, *, template: Template | None = None
     ) -> RuntimeSandbox:
-        """Boot a sandbox from ``spec.template_id``; returns once envd answers /health.
-
-        ``template`` overrides the stored manifest (a template build verifying its result).
-        """
+        """Boot a sandbox from ``spec.template_id``; returns once runsc runs it (the node then
+        waits for envd). ``template`` overrides the stored manifest (a build checking its
+        result)."""
+        if spec.snapshot is not None:
+            raise CapabilityMissing("the gvisor runtime cannot start from snapshots yet")
         template = template or self._template(spec.template_id)
-        paths, record = await self._prepare(spec, template)
+        async with self._locks.hold(spec.sandbox_id):
+            paths, record = await self._prepare(spec, template)
+            try:
+                env = self._guest_env(spec, template)
+                self._bundle(spec, template, paths, record, list(template.config.init), env, "/")
+                await self.runsc.run_detached(spec.sandbox_id, paths.bundle, paths.log,
+                                              filestore=paths.disk)  # fmt: skip
+            except BaseException:
+                await self._teardown(spec.sandbox_id)
+                raise
+        cfg = template.config
+        defaults = EnvdDefaults(
+            user=cfg.user,
+            workdir=cfg.workdir,
+            env={k: v for k, v in env.items() if k not in _INIT_ONLY},
+            ready_cmd=cfg.ready_cmd,
+        )
+        return self._sandbox(record, SandboxStatus.RUNNING, defaults)
+
+    async def run_step(self, step: Step) -> int:
+        """Run one template build step to completion in a fresh sandbox (``StepRunner``)."""
+        spec = SandboxSpec(
+            sandbox_id=step.sandbox_id,
+            template_id=step.template.name,
+            cpu_count=step.cpu_count,
+            memory_mb=step.memory_mb,
+            disk_mb=step.disk_mb,
+            pids_limit=step.pids_limit,
+            network=NetworkPolicy(allow_internet=step.allow_internet),
+        )
+        binds = [BindMount(m.source, m.target) for m in step.mounts]
+        return await self.run_once(
+            spec, step.args, upper=step.upper, log=step.log, env=step.env, cwd=step.cwd,
+            user=step.user, binds=binds, timeout=step.timeout, template=step.template,
+        )  # fmt: skip
+
+    async def boot_check(self, sandbox_id: str, template: Template, allow_internet: bool) -> None:
+        """Boot ``template`` once as every sandbox will: envd healthy, ready check passed."""
+        spec = SandboxSpec(
+            sandbox_id=sandbox_id,
+            template_id=template.name,
+            network=NetworkPolicy(allow_internet=allow_internet),
+        )
         try:
-            env = self._guest_env(spec, template)
-            self._bundle(spec, template, paths, record, list(template.config.init), env, "/")
-            await self.runsc.run_detached(spec.sandbox_id, paths.bundle, paths.log,
-                                          filestore=paths.disk)  # fmt: skip
-            sandbox = self._sandbox(record, SandboxStatus.RUNNING)
-            if wait_healthy:
-                await self._wait_healthy(sandbox, paths)
-                await self._init_envd(sandbox, env, template)
-                if template.config.ready_cmd:
-                    await self._wait_ready(sandbox, template.config.ready_cmd, paths)
-            return sandbox
-        except BaseException:
-            await self.kill(spec.sandbox_id)
-            raise
+            sandbox = await self.create(spec, template=template)
+            async with httpx.AsyncClient(trust_env=False) as http:
+                await handshake(
+                    http, sandbox.envd_url, sandbox.defaults, "",
+                    timeout_s=self.config.boot_timeout, alive=lambda: self.alive(sandbox_id),
+                )  # fmt: skip
+        except (HandshakeFailed, RuntimeError_) as exc:
+            raise BootFailed(f"{exc}\n{await self.boot_log(sandbox_id)}") from None
+        finally:
+            await self.kill(sandbox_id)
 
     async def run_once(
         self,
@@ -115,13 +154,11 @@ class GVisorRuntime(Runtime):
         timeout: float | None = None,
         template: Template | None = None,
     ) -> int:
-        """Run one process in a fresh sandbox to completion (template build steps).
-
-        The writable layer is the host directory ``upper``, which survives the sandbox so
-        the caller can keep it as a layer. Returns the process's exit code.
-        """
+        """Run one process in a fresh sandbox to completion; the writable layer is the host
+        directory ``upper``, which survives the sandbox. Returns the process's exit code."""
         template = template or self._template(spec.template_id)
-        paths, record = await self._prepare(spec, template, upper=upper)
+        async with self._locks.hold(spec.sandbox_id):
+            paths, record = await self._prepare(spec, template, upper=upper)
         try:
             full_env = {**self._guest_env(spec, template), **(env or {})}
             self._bundle(spec, template, paths, record, list(args), full_env, cwd, user, binds)
@@ -129,22 +166,53 @@ class GVisorRuntime(Runtime):
         finally:
             await self.kill(spec.sandbox_id)
 
-    async def kill(self, sandbox_id: str) -> None:
+    async def kill(self, sandbox_id: str) -> bool:
+        async with self._locks.hold(sandbox_id):
+            return await self._teardown(sandbox_id)
+
+    async def _teardown(self, sandbox_id: str) -> bool:
+        """Release everything the sandbox holds; the caller holds its lock.
+
+        Objects named after the lease index (host veth, egress entry) are touched only while
+        the lease file still names this sandbox, and the lease is given back last, once they
+        are gone: an index is never reused while anything carrying it exists.
+        """
         paths = self._paths(sandbox_id)
         record = SandboxRecord.load(paths.root)
-        await self.runsc.delete(sandbox_id)
         lease = self._lease_of(sandbox_id, record)
+        found = (
+            record is not None
+            or paths.root.exists()
+            or lease is not None
+            or sandbox_id in await self.runsc.list_ids()
+        )
+        if not found:
+            return False
+        self.teardowns[sandbox_id] = self.teardowns.get(sandbox_id, 0) + 1
+        await self.runsc.delete(sandbox_id)
+        owned = lease is not None and self.pool.owns(lease)
         if lease is not None:
-            await network.teardown(lease)
+            await network.teardown(lease, owns_index=owned)
         await rootfs.unmount(paths.rootfs)
         await rootfs.unmount(paths.disk)
         if record is not None and record.external_upper:
             await rootfs.remove_work_dir(Path(record.external_upper))
         cgroups.remove(self._cgroup(sandbox_id))
-        if lease is not None:
+        if lease is not None and owned and not await network.link_exists(lease.host_veth):
             self.pool.release(lease)
         if paths.root.exists() and not rootfs.mounted(paths.rootfs):
             shutil.rmtree(paths.root, ignore_errors=True)
+        return True
+
+    async def alive(self, sandbox_id: str) -> bool:
+        try:
+            return _status(await self.runsc.state(sandbox_id)) is not SandboxStatus.STOPPED
+        except RuntimeError_:
+            return True  # runsc could not tell: unknown is not dead
+
+    async def boot_log(self, sandbox_id: str) -> str:
+        log = self._paths(sandbox_id).log
+        return log.read_text(errors="replace")[-3000:] if log.exists() else ""
 
     async def pause(self, sandbox_id: str) -> None:
         await self._require(sandbox_id)
@@ -163,8 +231,10 @@ class GVisorRuntime(Runtime):
             record = SandboxRecord.load(directory)
             if record is None or record.external_upper:
                 continue
-            state = await self.runsc.state(record.sandbox_id)
-            status = _status(state)
+            try:
+                status = _status(await self.runsc.state(record.sandbox_id))
+            except RuntimeError_:
+                status = SandboxStatus.RUNNING  # runsc could not tell: unknown is not dead
             out.append(self._sandbox(record, status))
         return out
 
@@ -205,14 +275,12 @@ class GVisorRuntime(Runtime):
         found |= set(cgroups.existing(self.config.cgroup_base))
         removed = []
         for sandbox_id in sorted(found - keep_set):
-            if not SANDBOX_ID_RE.match(sandbox_id):
+            if not is_sandbox_id(sandbox_id):
                 continue
-            if sandbox_id.startswith(BUILDER_PREFIXES) and _status(
-                await self.runsc.state(sandbox_id)
-            ) is not SandboxStatus.STOPPED:
+            if sandbox_id.startswith(BUILDER_PREFIXES) and await self.alive(sandbox_id):
                 continue  # a template build owns it and will remove it when its step ends
-            await self.kill(sandbox_id)
-            removed.append(sandbox_id)
+            if await self.kill(sandbox_id):
+                removed.append(sandbox_id)
         # Host veths whose netns is gone already were deleted with it; any left are strays.
         leased = {lease.host_veth for lease in self.pool.leases()}
         for veth in await network.list_host_veths(instance):
@@ -274,7 +342,7 @@ class GVisorRuntime(Runtime):
                 await rootfs.mount_root(layers, upper, paths.rootfs)
             self._write_etc(spec, template, paths)
         except BaseException:
-            await self.kill(spec.sandbox_id)
+            await self._teardown(spec.sandbox_id)
             raise
         return paths, record
 
@@ -283,11 +351,11 @@ class GVisorRuntime(Runtime):
         sid = spec.sandbox_id
         (paths.etc / "hostname").write_text(f"{sid}\n")
         (paths.etc / "hosts").write_text(
-            f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-            f"127.0.1.1\t{sid}\n"
+            f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{sid}\n"
         )
         (paths.etc / "resolv.conf").write_text(
-            _host_resolv_conf() if spec.network.allow_internet
+            _host_resolv_conf()
+            if spec.network.allow_internet
             # Without egress, no nameserver: lookups fail at once instead of timing out.
             else "# no network access for this sandbox\n"
         )
@@ -302,9 +370,7 @@ class GVisorRuntime(Runtime):
             "PATH": GUEST_PATH,
             "HOME": "/root",
             "LANG": "C.UTF-8",
-            "E2B_SANDBOX": "true",
-            "E2B_SANDBOX_ID": spec.sandbox_id,
-            "E2B_TEMPLATE_ID": spec.template_id,
+            **e2b_env(spec.sandbox_id, spec.template_id),
             "EMBERBOX_DEFAULT_USER": cfg.user,
             "EMBERBOX_DEFAULT_WORKDIR": cfg.workdir,
         }
@@ -353,51 +419,6 @@ class GVisorRuntime(Runtime):
             ),
         )
 
-    async def _wait_healthy(self, sandbox: RuntimeSandbox, paths: SandboxPaths) -> None:
-        deadline = time.monotonic() + self.config.boot_timeout
-        async with httpx.AsyncClient(timeout=1.0) as http:
-            while time.monotonic() < deadline:
-                with contextlib.suppress(httpx.HTTPError):
-                    response = await http.get(f"{sandbox.envd_url}/health")
-                    if response.status_code == 204:
-                        return
-                state = await self.runsc.state(sandbox.sandbox_id)
-                if _status(state) is SandboxStatus.STOPPED:
-                    break
-                await asyncio.sleep(0.02)
-        log = paths.log.read_text(errors="replace")[-3000:] if paths.log.exists() else ""
-        raise SandboxBootFailed(
-            f"sandbox {sandbox.sandbox_id}: envd not healthy at {sandbox.envd_url}; log:\n{log}"
-        )
-
-    async def _init_envd(
-        self, sandbox: RuntimeSandbox, env: Mapping[str, str], template: Template
-    ) -> None:
-        """Hand envd the sandbox's env vars and defaults (POST /init, as E2B's orchestrator)."""
-        hidden = {"PATH", "HOME", "LANG", "EMBERBOX_START_CMD"}
-        body = {
-            "envVars": {k: v for k, v in env.items() if k not in hidden},
-            "defaultUser": template.config.user,
-            "defaultWorkdir": template.config.workdir,
-            "timestamp": datetime.datetime.now(datetime.UTC).isoformat(),
-        }
-        async with httpx.AsyncClient(timeout=5.0) as http:
-            response = await http.post(f"{sandbox.envd_url}/init", json=body)
-            response.raise_for_status()
-
-    async def _wait_ready(self, sandbox: RuntimeSandbox, command: str, paths: SandboxPaths) -> None:
-        """Poll the template's ready check through envd: a sandbox is handed out only once
-        its start command serves (E2B hands out snapshots taken after that point)."""
-        deadline = time.monotonic() + self.config.boot_timeout
-        async with EnvdClient(sandbox.envd_url) as envd:
-            while time.monotonic() < deadline:
-                with contextlib.suppress(Exception):
-                    if (await envd.run(command, timeout=10)).exit_code == 0:
-                        return
-                await asyncio.sleep(0.2)
-        raise SandboxBootFailed(f"sandbox {sandbox.sandbox_id}: ready check {command!r} never "
-                                "passed (see /var/log/emberbox-start.log inside)")  # fmt: skip
-
     def _lease_of(self, sandbox_id: str, record: SandboxRecord | None) -> network.Lease | None:
         if record is not None and record.lease_index is not None:
             return network.Lease(
@@ -414,7 +435,12 @@ class GVisorRuntime(Runtime):
             raise SandboxGone(f"sandbox {sandbox_id} does not exist")
         return record
 
-    def _sandbox(self, record: SandboxRecord, status: SandboxStatus) -> RuntimeSandbox:
+    def _sandbox(
+        self,
+        record: SandboxRecord,
+        status: SandboxStatus,
+        defaults: EnvdDefaults | None = None,
+    ) -> RuntimeSandbox:
         usage = cgroups.usage(self._cgroup(record.sandbox_id))
         return RuntimeSandbox(
             sandbox_id=record.sandbox_id,
@@ -423,6 +449,7 @@ class GVisorRuntime(Runtime):
             envd_port=ENVD_PORT,
             status=status,
             oom_killed=bool(usage and usage.oom_kills),
+            defaults=defaults or RuntimeSandbox.defaults_unknown(),
         )
 
 

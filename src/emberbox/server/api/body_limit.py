@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import send_json_error
+from ..wire_errors import send_json_error
 
 
 class BodyLimitMiddleware:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from ...runtimes.base import SandboxStats
+from ..._proto.node import node_pb2 as pb
 from ..db.models import Sandbox as Row
 from ..lifecycle.states import State, public_state
 from .models import ListedSandbox, Sandbox, SandboxDetail, SandboxMetric
@@ -50,7 +50,7 @@ def to_detail(row: Row, domain: str | None) -> SandboxDetail:
     )
 
 
-def to_metric(stats: SandboxStats, now: dt.datetime) -> SandboxMetric:
+def to_metric(stats: pb.StatsResponse, now: dt.datetime) -> SandboxMetric:
     return SandboxMetric(
         timestamp=now,
         timestampUnix=int(now.timestamp()),

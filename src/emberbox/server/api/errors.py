@@ -1,12 +1,8 @@
-"""Every error leaves the API as JSON ``{code, message}`` with ``code`` equal to the HTTP status.
-
-The generated E2B clients parse every documented error body as that shape and crash on anything
-else, and the JS SDK decides "not found" from the body's ``code``, so no HTML or plain text ever.
-"""
+"""Every error leaves the API as JSON ``{code, message}`` (``wire_errors``); this is the one
+place where the lifecycle's domain errors become HTTP statuses."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 
@@ -14,7 +10,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
-from starlette.types import Send
+
+from ..lifecycle import errors as domain
+from ..wire_errors import error_body
 
 log = logging.getLogger("emberbox.api")
 
@@ -44,13 +42,6 @@ class ApiError(Exception):
             self.headers["Should-Retry"] = "true" if should_retry else "false"
 
 
-def error_body(status: int, message: str, error_code: str | None = None) -> dict[str, object]:
-    body: dict[str, object] = {"code": status, "message": message}
-    if error_code:
-        body["error_code"] = error_code
-    return body
-
-
 def json_error(
     status: int,
     message: str,
@@ -63,20 +54,6 @@ def json_error(
     )
 
 
-async def send_json_error(
-    send: Send, status: int, message: str, headers: Mapping[str, str] | None = None
-) -> None:
-    """The same body from plain ASGI middleware that runs outside FastAPI's handlers."""
-    payload = json.dumps(error_body(status, message)).encode()
-    raw = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(payload)).encode()),
-    ]
-    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": payload})
-
-
 def _validation_message(exc: RequestValidationError) -> str:
     parts = []
     for err in exc.errors():
@@ -87,10 +64,39 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "invalid request: " + "; ".join(parts)
 
 
+# Most specific first: Busy is a Conflict that is worth retrying.
+_STATUS: list[tuple[type[domain.LifecycleError], int]] = [
+    (domain.NotFound, 404),
+    (domain.Invalid, 400),
+    (domain.Busy, 409),
+    (domain.Conflict, 409),
+    (domain.QuotaExceeded, 429),
+    (domain.Unsupported, 501),
+    (domain.NoCapacity, 503),
+    (domain.GuestUnhealthy, 503),
+    (domain.Unreachable, 502),
+    (domain.SandboxFailed, 500),
+]
+
+
+def status_of(exc: domain.LifecycleError) -> int:
+    return next((code for kind, code in _STATUS if isinstance(exc, kind)), 500)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def on_api_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
         return json_error(exc.status, exc.message, error_code=exc.error_code, headers=exc.headers)
+
+    async def on_domain_error(_: Request, exc: Exception) -> Response:
+        """Only a Busy answer invites a retry: the Python SDK otherwise replays 429 and 5xx
+        answers, even for creates, which would turn one refused create into four."""
+        assert isinstance(exc, domain.LifecycleError)
+        busy = isinstance(exc, domain.Busy)
+        headers = {"Should-Retry": "true", "Retry-After": "1"} if busy else {}
+        if not busy and status_of(exc) != 404:
+            headers["Should-Retry"] = "false"
+        return json_error(status_of(exc), exc.message, error_code=exc.error_code, headers=headers)
 
     async def on_http_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
@@ -112,6 +118,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return json_error(500, "internal server error", headers={"Should-Retry": "false"})
 
     app.add_exception_handler(ApiError, on_api_error)
+    app.add_exception_handler(domain.LifecycleError, on_domain_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(Exception, on_unexpected)

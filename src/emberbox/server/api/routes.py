@@ -260,7 +260,7 @@ async def set_timeout(who: Caller, svc: Service, sandbox_id: str, body: TimeoutR
     status_code=HTTP_204_NO_CONTENT,
     response_class=Response,
     responses=_errors(404, 409, 413, 501),
-    summary="Pause a sandbox (501 when the backend cannot)",
+    summary="Pause a sandbox (501 when the runtime cannot, or for memory: false)",
 )
 async def pause_sandbox(
     who: Caller,
@@ -268,7 +268,13 @@ async def pause_sandbox(
     sandbox_id: str,
     body: Annotated[PauseRequest | None, Body()] = None,
 ) -> Response:
-    await svc.pause(who, sandbox_id)
+    opts = body or PauseRequest()
+    await svc.pause(
+        who,
+        sandbox_id,
+        keep_memory=opts.memory is not False,
+        require_healthy_guest=opts.requireHealthyGuest is True,
+    )
     return Response(status_code=HTTP_204_NO_CONTENT)
 
 
@@ -276,7 +282,7 @@ async def pause_sandbox(
     "/sandboxes/{sandbox_id}/metrics",
     response_model=list[SandboxMetric],
     responses=_errors(404),
-    summary="Current resource usage (one sample, or none)",
+    summary="Current resource usage (one sample, or none); no history yet (start/end: 501)",
 )
 async def sandbox_metrics(
     who: Caller,
@@ -285,6 +291,12 @@ async def sandbox_metrics(
     start: int | None = None,
     end: int | None = None,
 ) -> list[SandboxMetric]:
+    if start is not None or end is not None:
+        raise ApiError(
+            501,
+            "metrics history (start/end) is not kept yet; ask without them for the current sample",
+            should_retry=False,
+        )
     _row, stats = await svc.stats(who, sandbox_id)
     return [] if stats is None else [to_metric(stats, utcnow())]
 

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..api.errors import send_json_error
+from ..wire_errors import send_json_error
 from .keys import hash_key
 from .store import Principal
 

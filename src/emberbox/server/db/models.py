@@ -94,6 +94,7 @@ class Sandbox(Base):
     envd_access_token: Mapped[str] = mapped_column(String(128))
     envd_url: Mapped[str | None] = mapped_column(String(300), nullable=True)
     host_address: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    node_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     allow_internet: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     # Cleared when the sandbox ends, so a key protects against duplicates only while it lives.

@@ -1,7 +1,10 @@
-"""Enforces end times from the database and reconciles it with the backend.
+"""The one reaper: ends sandboxes at their end time (from the database) and reconciles the
+database with what the node holds.
 
-State lives only in the database, so after a restart the first tick kills whatever expired while
-the server was down, and sandboxes the backend lost are recorded as crashed.
+State lives only in the database, so after a restart the first tick ends whatever expired while
+the server was down, and sandboxes the node lost are recorded as crashed. Only running
+sandboxes have an end time that fires: a paused sandbox waits, whatever its old end time said.
+End times and reconciliation run as two tasks, so a slow node listing never delays an end.
 """
 
 from __future__ import annotations
@@ -9,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
+from collections.abc import Coroutine
+from typing import Any
 
 from ..db import sandboxes as q
 from ..db.models import utcnow
@@ -18,11 +22,20 @@ from .states import EndReason, State
 
 log = logging.getLogger("emberbox.reaper")
 
-_LIVE = [State.RUNNING]
+_ENDS_ON_TIME = [State.RUNNING]
+# Every state in which the node may hold the sandbox on the control plane's behalf.
+_KNOWN = [
+    State.CREATING,
+    State.RUNNING,
+    State.PAUSING,
+    State.PAUSED,
+    State.RESUMING,
+    State.KILLING,
+]
 
 
 class Reaper:
-    """Background task: end-time enforcement every ``interval_s``, reconciliation less often."""
+    """End-time enforcement every ``interval_s``; reconciliation every ``reconcile_every_s``."""
 
     def __init__(
         self, service: SandboxService, interval_s: float = 0.2, reconcile_every_s: float = 2.0
@@ -30,7 +43,7 @@ class Reaper:
         self.service = service
         self.interval_s = interval_s
         self.reconcile_every_s = reconcile_every_s
-        self._task: asyncio.Task[None] | None = None
+        self._loops: list[asyncio.Task[None]] = []
         self._ending: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -42,19 +55,26 @@ class Reaper:
         for sid in creating:
             await self.service.mark_crashed(sid, oom=False)
         for sid in killing:
-            await self.service.backend.kill(sid)
+            await self.service.node.kill(sid)
             async with self.service.sessions.begin() as s:
                 await q.set_state(s, sid, [State.KILLING], State.KILLED, ended_at=utcnow())
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="emberbox-reaper")
+        self._loops = [
+            asyncio.create_task(self._every(self.interval_s, self.tick), name="reaper-ends"),
+            asyncio.create_task(
+                self._every(self.reconcile_every_s, self.reconcile), name="reaper-reconcile"
+            ),
+        ]
 
     async def stop(self, grace_s: float = 20.0) -> None:
         """Stop checking; let kills already under way finish (a half-done kill leaks)."""
-        if self._task is not None:
-            self._task.cancel()
+        for loop in self._loops:
+            loop.cancel()
+        for loop in self._loops:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await loop
+        self._loops = []
         if self._tasks:
             _, late = await asyncio.wait(set(self._tasks), timeout=grace_s)
             for t in late:
@@ -63,63 +83,56 @@ class Reaper:
 
     async def tick(self) -> None:
         async with self.service.sessions() as s:
-            due = await q.expired(s, utcnow(), _LIVE)
+            due = await q.expired(s, utcnow(), _ENDS_ON_TIME)
         for sid in due:
             if sid not in self._ending:
-                self._ending.add(sid)
-                t = asyncio.create_task(self._end(sid))
-                self._tasks.add(t)
-                t.add_done_callback(self._tasks.discard)
+                self._spawn(sid, self.service.end(sid, EndReason.TIMEOUT))
 
-    async def _end(self, sandbox_id: str) -> None:
-        try:
-            await self.service.end(sandbox_id, EndReason.TIMEOUT)
-        except Exception:
-            log.exception("ending %s failed", sandbox_id)
-        finally:
-            self._ending.discard(sandbox_id)
+    def _spawn(self, sandbox_id: str, work: Coroutine[Any, Any, bool]) -> None:
+        self._ending.add(sandbox_id)
+
+        async def run() -> None:
+            try:
+                await work
+            except Exception:
+                log.exception("ending %s failed", sandbox_id)
+            finally:
+                self._ending.discard(sandbox_id)
+
+        task = asyncio.create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def reconcile(self) -> None:
-        """Record sandboxes the backend lost; kill backend sandboxes the database does not know."""
-        # Order matters: running before the backend list (a create finishing in between must not
-        # look crashed), known after it (a create starting in between must not look orphaned).
+        """Record sandboxes the node lost; kill node sandboxes the database does not know.
+
+        The database is read before and after the node's list: a sandbox is an orphan only if
+        neither read knew it, so one whose create began, or whose kill ended, while the list
+        was taken is never mistaken for one.
+        """
         async with self.service.sessions() as s:
             running = set(await q.ids_in_states(s, [State.RUNNING]))
-        alive = {b.sandbox_id: b for b in await self.service.backend.list()}
+            known_before = set(await q.ids_in_states(s, _KNOWN))
+        listing = await self.service.node.list()
         async with self.service.sessions() as s:
-            known = set(
-                await q.ids_in_states(
-                    s,
-                    [
-                        State.CREATING,
-                        State.RUNNING,
-                        State.PAUSING,
-                        State.PAUSED,
-                        State.RESUMING,
-                        State.KILLING,
-                    ],
-                )
-            )
-        for sid in running:
-            entry = alive.get(sid)
-            if (entry is None or entry.stopped) and sid not in self._ending:
-                oom = entry is not None and entry.oom_killed
+            known_after = set(await q.ids_in_states(s, _KNOWN))
+        held = {b.sandbox_id for b in listing.sandboxes}
+        why = {e.sandbox_id: e.reason for e in listing.ended}
+        for sid in running & known_after:
+            if sid not in held and sid not in self._ending and why.get(sid) != "killed":
+                oom = why.get(sid) == "oom"
                 log.warning("sandbox %s stopped outside the server (oom: %s)", sid, oom)
                 await self.service.mark_crashed(sid, oom=oom)
-        for sid in alive.keys() - known:
+        for sid in held - known_before - known_after:
             log.warning("killing orphan sandbox %s", sid)
-            await self.service.backend.kill(sid)
+            await self.service.node.kill(sid)
 
-    async def _run(self) -> None:
-        last_reconcile = 0.0
+    async def _every(self, seconds: float, work: Any) -> None:
         while True:
             try:
-                await self.tick()
-                if time.monotonic() - last_reconcile >= self.reconcile_every_s:
-                    last_reconcile = time.monotonic()
-                    await self.reconcile()
+                await work()
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("reaper tick failed")
-            await asyncio.sleep(self.interval_s)
+                log.exception("reaper step failed")
+            await asyncio.sleep(seconds)

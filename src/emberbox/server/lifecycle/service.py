@@ -1,8 +1,10 @@
-"""Sandbox operations as the API sees them: admission, backend calls, persisted state changes.
+"""Sandbox operations as the API sees them: admission, node calls, persisted state changes.
 
-Every operation is scoped by team: another team's sandbox is "not found", never "forbidden".
-Creates are admitted under one lock (concurrency cap + node resources + the ``creating`` row are
-decided together), and a refused request leaves no row and no process behind.
+The database is the one owner of lifecycle state and end times; the node (reached only through
+its client) owns what exists on the host. Every operation is scoped by team: another team's
+sandbox is "not found", never "forbidden". Creates are admitted under one lock (concurrency cap
++ node resources + the ``creating`` row are decided together), and a refused request leaves no
+row and no process behind. Failures are raised as domain errors (``errors.py``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import contextlib
 import datetime as dt
 import logging
 import secrets
-import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,26 +22,41 @@ from typing import Any
 import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from ...runtimes.base import SandboxStats
-from ..api.errors import ApiError
+from ..._proto.node import node_pb2 as pb
+from ...node.client import NodeClient, NodeError, NodeFull, NodeSandboxNotFound, NodeUnsupported
+from ...vocabulary import new_sandbox_id
 from ..auth.store import Principal
-from ..backends.base import BackendError, BackendSandbox, BackendSpec, NotSupported, SandboxBackend
 from ..config import Limits
 from ..db import sandboxes as q
 from ..db.models import Sandbox, SandboxMetadata, utcnow
 from ..limits.scheduler import ResourceScheduler, Usage
+from .errors import (
+    Busy,
+    Conflict,
+    GuestUnhealthy,
+    Invalid,
+    NoCapacity,
+    NotFound,
+    QuotaExceeded,
+    SandboxFailed,
+    Unreachable,
+    Unsupported,
+)
 from .states import COUNTS_TOWARD_QUOTA, HOLDS_RESOURCES, VISIBLE, EndReason, State
 from .templates import TemplateCatalog
 
 log = logging.getLogger("emberbox.lifecycle")
 
-_ID_ALPHABET = string.ascii_lowercase + string.digits
 DEFAULT_RESUME_TIMEOUT_S = 300
 
 
-def new_sandbox_id() -> str:
-    """20 chars of [a-z0-9]: no '-' or '.', which ``<port>-<id>.<domain>`` splits on."""
-    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(20))
+@dataclass(frozen=True)
+class NodeFacts:
+    """What the control plane knows of the node it schedules on (from ``Node.Info``)."""
+
+    node_id: str
+    runtime: str
+    capabilities: pb.Capabilities
 
 
 @dataclass(frozen=True)
@@ -58,14 +74,16 @@ class SandboxService:
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
-        backend: SandboxBackend,
+        node: NodeClient,
+        facts: NodeFacts,
         templates: TemplateCatalog,
         limits: Limits,
         scheduler: ResourceScheduler,
         on_gone: Callable[[str], None] = lambda _id: None,
     ) -> None:
         self.sessions = sessions
-        self.backend = backend
+        self.node = node
+        self.facts = facts
         self.templates = templates
         self.limits = limits
         self.scheduler = scheduler
@@ -74,36 +92,32 @@ class SandboxService:
 
     # ---- create -------------------------------------------------------------------------------
 
-    def check_timeout(self, timeout_s: int) -> None:
-        if timeout_s < 0 or timeout_s > self.limits.max_timeout_s:
-            raise ApiError(
-                400, f"timeout must be between 0 and {self.limits.max_timeout_s} seconds"
+    def check_timeout(self, timeout_s: int, minimum: int = 0) -> None:
+        """Up to the deployment's maximum (which may exceed a day). A new sandbox needs at least
+        a second; moving a live one's end to now (0) ends it at the reaper's next tick."""
+        if timeout_s < minimum or timeout_s > self.limits.max_timeout_s:
+            raise Invalid(
+                f"timeout must be between {minimum} and {self.limits.max_timeout_s} seconds"
             )
+
+    def _unsupported(self, what: str) -> Unsupported:
+        return Unsupported(f"the {self.facts.runtime} runtime {what}")
 
     async def create(self, who: Principal, req: CreateRequest) -> Sandbox:
         tpl = self.templates.resolve(req.template)
         if tpl is None:
-            raise ApiError(404, f"template '{req.template}' not found")
-        self.check_timeout(req.timeout_s)
+            raise NotFound(f"template '{req.template}' not found")
+        self.check_timeout(req.timeout_s, minimum=1)
         if tpl.cpu_count > self.limits.max_cpu_count or tpl.memory_mb > self.limits.max_memory_mb:
-            raise ApiError(
-                400,
+            raise Invalid(
                 f"template '{req.template}' needs {tpl.cpu_count} vCPUs and {tpl.memory_mb} MiB; "
                 f"the limit per sandbox is {self.limits.max_cpu_count} vCPUs and "
-                f"{self.limits.max_memory_mb} MiB",
+                f"{self.limits.max_memory_mb} MiB"
             )
-        if req.auto_pause and not self.backend.capabilities.pause:
-            raise ApiError(
-                501,
-                f"the {self.backend.name} backend cannot pause, so autoPause is unavailable",
-                should_retry=False,
-            )
-        if not req.allow_internet and not self.backend.capabilities.no_internet:
-            raise ApiError(
-                501,
-                f"the {self.backend.name} backend cannot restrict internet access",
-                should_retry=False,
-            )
+        if req.auto_pause:
+            raise Unsupported("pausing at the end time (autoPause) is not supported yet")
+        if not req.allow_internet and not self.facts.capabilities.no_internet:
+            raise self._unsupported("cannot restrict internet access")
 
         sandbox_id = new_sandbox_id()
         token = secrets.token_urlsafe(32)
@@ -111,31 +125,22 @@ class SandboxService:
             if req.idempotency_key:
                 same = await q.by_idempotency_key(s, who.team_id, req.idempotency_key)
                 if same is not None and State(same.state) == State.CREATING:
-                    raise ApiError(
-                        409,
+                    raise Busy(
                         "a create with this Idempotency-Key is still in progress",
                         error_code="idempotency_in_progress",
-                        headers={"Should-Retry": "true", "Retry-After": "1"},
                     )
                 if same is not None:
                     return same
             running = await q.count_for_team(s, who.team_id, COUNTS_TOWARD_QUOTA)
             if running >= self.limits.max_concurrent_sandboxes:
-                raise ApiError(
-                    429,
+                raise QuotaExceeded(
                     f"concurrent sandbox limit reached ({self.limits.max_concurrent_sandboxes}"
-                    " per team); kill a sandbox first",
-                    should_retry=False,
+                    " per team); kill a sandbox first"
                 )
             cpus, mem = await q.resources_in_use(s, HOLDS_RESOURCES)
             refusal = self.scheduler.refusal(Usage(cpus, mem), tpl.cpu_count, tpl.memory_mb)
             if refusal is not None:
-                raise ApiError(
-                    503,
-                    refusal,
-                    error_code="sandbox_capacity_unavailable",
-                    should_retry=False,
-                )
+                raise NoCapacity(refusal, error_code="sandbox_capacity_unavailable")
             now = utcnow()
             s.add(
                 Sandbox(
@@ -151,6 +156,7 @@ class SandboxService:
                     envd_access_token=token,
                     idempotency_key=req.idempotency_key,
                     allow_internet=req.allow_internet,
+                    node_id=self.facts.node_id,
                     started_at=now,
                     end_at=now + dt.timedelta(seconds=req.timeout_s),
                     metadata_items=[
@@ -159,7 +165,7 @@ class SandboxService:
                 )
             )
 
-        spec = BackendSpec(
+        spec = pb.SandboxSpec(
             sandbox_id=sandbox_id,
             template_id=tpl.template_id,
             cpu_count=tpl.cpu_count,
@@ -168,28 +174,28 @@ class SandboxService:
             env_vars=dict(req.env_vars),
             access_token=token,
             allow_internet=req.allow_internet,
-            timeout_s=req.timeout_s,
         )
         try:
-            started = await self.backend.create(spec)
+            started = await self.node.create(spec)
         except BaseException as e:  # cancellation too: never leave a half-made sandbox behind
-            log.exception("create of %s failed", sandbox_id)
+            log.warning("create of %s failed: %s", sandbox_id, e)
             if not await self._fail(
                 sandbox_id, EndReason.CREATE_FAILED, str(e) or type(e).__name__, [State.CREATING]
             ):
                 with contextlib.suppress(Exception):
-                    await self.backend.kill(sandbox_id)
+                    await self.node.kill(sandbox_id)
             if not isinstance(e, Exception):
                 raise
-            raise ApiError(
-                500,
-                f"sandbox could not be started: {e}",
-                error_code="sandbox_create_failed",
-                should_retry=False,
+            if isinstance(e, NodeFull):
+                raise NoCapacity(e.message, error_code="sandbox_capacity_unavailable") from e
+            if isinstance(e, NodeUnsupported):
+                raise Unsupported(e.message) from e
+            raise SandboxFailed(
+                f"sandbox could not be started: {e}", error_code="sandbox_create_failed"
             ) from e
         return await self._mark_running(sandbox_id, started, req.timeout_s)
 
-    async def _mark_running(self, sandbox_id: str, b: BackendSandbox, timeout_s: int) -> Sandbox:
+    async def _mark_running(self, sandbox_id: str, b: pb.Sandbox, timeout_s: int) -> Sandbox:
         now = utcnow()
         async with self.sessions.begin() as s:
             ok = await q.set_state(
@@ -204,8 +210,8 @@ class SandboxService:
                 end_at=now + dt.timedelta(seconds=timeout_s),
             )
         if not ok:  # killed while it was starting
-            await self.backend.kill(sandbox_id)
-            raise ApiError(500, "sandbox was stopped while starting", should_retry=False)
+            await self.node.kill(sandbox_id)
+            raise SandboxFailed("sandbox was stopped while starting")
         async with self.sessions() as s:
             row = await q.get(s, sandbox_id)
             assert row is not None
@@ -214,7 +220,7 @@ class SandboxService:
     async def _fail(
         self, sandbox_id: str, reason: EndReason, error: str, from_states: list[State]
     ) -> bool:
-        """Record the failure first (so nobody else acts on it), then clean up in the backend."""
+        """Record the failure first (so nobody else acts on it), then clean up on the node."""
         async with self.sessions.begin() as s:
             ok = await q.set_state(
                 s,
@@ -228,7 +234,7 @@ class SandboxService:
         if ok:
             self.on_gone(sandbox_id)
             try:
-                await self.backend.kill(sandbox_id)
+                await self.node.kill(sandbox_id)
             except Exception:
                 log.exception("cleanup kill of %s failed", sandbox_id)
         return ok
@@ -239,7 +245,7 @@ class SandboxService:
         async with self.sessions() as s:
             row = await q.get_for_team(s, who.team_id, sandbox_id, VISIBLE)
         if row is None:
-            raise ApiError(404, f"sandbox '{sandbox_id}' not found")
+            raise NotFound(f"sandbox '{sandbox_id}' not found")
         return row
 
     async def list(
@@ -269,13 +275,18 @@ class SandboxService:
                     cursor=cursor,
                 )
             except q.BadCursor as e:
-                raise ApiError(400, str(e)) from e
+                raise Invalid(str(e)) from e
 
-    async def stats(self, who: Principal, sandbox_id: str) -> tuple[Sandbox, SandboxStats | None]:
+    async def stats(
+        self, who: Principal, sandbox_id: str
+    ) -> tuple[Sandbox, pb.StatsResponse | None]:
         row = await self.get(who, sandbox_id)
         if State(row.state) != State.RUNNING:
             return row, None
-        return row, await self.backend.stats(sandbox_id)
+        try:
+            return row, await self.node.stats(sandbox_id)
+        except NodeError:
+            return row, None
 
     async def envd_journal(
         self, who: Principal, sandbox_id: str, after: int = 0
@@ -285,16 +296,16 @@ class SandboxService:
         if State(row.state) != State.RUNNING or not row.envd_url:
             return row, []
         try:
-            async with httpx.AsyncClient(timeout=5.0) as http:
+            async with httpx.AsyncClient(timeout=5.0, trust_env=False) as http:
                 response = await http.get(
                     f"{row.envd_url}/logs",
                     params={"after": after},
                     headers={"X-Access-Token": row.envd_access_token},
                 )
         except httpx.HTTPError as exc:
-            raise ApiError(502, f"sandbox '{sandbox_id}' did not answer: {exc}") from exc
+            raise Unreachable(f"sandbox '{sandbox_id}' did not answer: {exc}") from exc
         if response.status_code != 200:
-            raise ApiError(502, f"sandbox '{sandbox_id}' answered {response.status_code}")
+            raise Unreachable(f"sandbox '{sandbox_id}' answered {response.status_code}")
         entries: builtins.list[dict[str, Any]] = response.json().get("entries", [])
         return row, entries
 
@@ -306,8 +317,7 @@ class SandboxService:
         end_at = utcnow() + dt.timedelta(seconds=timeout_s)
         async with self.sessions.begin() as s:
             if not await q.update_fields(s, sandbox_id, VISIBLE, end_at=end_at):
-                raise ApiError(404, f"sandbox '{sandbox_id}' not found")
-        await self.backend.set_timeout(sandbox_id, timeout_s)
+                raise NotFound(f"sandbox '{sandbox_id}' not found")
 
     async def connect(
         self, who: Principal, sandbox_id: str, timeout_s: int | None
@@ -326,49 +336,65 @@ class SandboxService:
             if wanted > row.end_at:
                 async with self.sessions.begin() as s:
                     await q.update_fields(s, sandbox_id, [State.RUNNING], end_at=wanted)
-                await self.backend.set_timeout(sandbox_id, timeout_s)
                 row.end_at = wanted
         return row, False
 
-    async def pause(self, who: Principal, sandbox_id: str) -> None:
+    async def pause(
+        self,
+        who: Principal,
+        sandbox_id: str,
+        keep_memory: bool = True,
+        require_healthy_guest: bool = False,
+    ) -> None:
         row = await self.get(who, sandbox_id)
         if State(row.state) != State.RUNNING:
-            raise ApiError(409, f"sandbox '{sandbox_id}' is already paused")
-        if not self.backend.capabilities.pause:
-            raise ApiError(
-                501, f"the {self.backend.name} backend cannot pause sandboxes", should_retry=False
-            )
+            raise Conflict(f"sandbox '{sandbox_id}' is already paused")
+        if not keep_memory:
+            raise Unsupported("a filesystem-only pause (memory: false) is not supported yet")
+        if not self.facts.capabilities.pause:
+            raise self._unsupported("cannot pause sandboxes")
+        if require_healthy_guest and not await self._envd_answers(row):
+            raise GuestUnhealthy(f"sandbox '{sandbox_id}' envd does not answer; not paused")
         async with self.sessions.begin() as s:
             if not await q.set_state(s, sandbox_id, [State.RUNNING], State.PAUSING):
-                raise ApiError(409, f"sandbox '{sandbox_id}' is already paused")
+                raise Conflict(f"sandbox '{sandbox_id}' is already paused")
         self.on_gone(sandbox_id)
         try:
-            await self.backend.pause(sandbox_id)
+            await self.node.pause(sandbox_id)
         except Exception as e:
             log.exception("pause of %s failed", sandbox_id)
             async with self.sessions.begin() as s:
                 await q.set_state(s, sandbox_id, [State.PAUSING], State.RUNNING)
-            raise ApiError(500, f"pause failed: {e}", should_retry=False) from e
+            raise SandboxFailed(f"pause failed: {e}") from e
         async with self.sessions.begin() as s:
             await q.set_state(s, sandbox_id, [State.PAUSING], State.PAUSED)
 
+    @staticmethod
+    async def _envd_answers(row: Sandbox) -> bool:
+        if not row.envd_url:
+            return False
+        try:
+            async with httpx.AsyncClient(timeout=2.0, trust_env=False) as http:
+                return (await http.get(f"{row.envd_url}/health")).status_code == 204
+        except httpx.HTTPError:
+            return False
+
     async def _resume(self, row: Sandbox, timeout_s: int | None) -> Sandbox:
-        if not self.backend.capabilities.pause:
-            raise ApiError(
-                501,
-                f"the {self.backend.name} backend cannot resume sandboxes",
-                should_retry=False,
-            )
+        if not self.facts.capabilities.pause:
+            raise self._unsupported("cannot resume sandboxes")
         async with self.sessions.begin() as s:
             if not await q.set_state(s, row.id, [State.PAUSED], State.RESUMING):
-                raise ApiError(409, f"sandbox '{row.id}' is being paused or resumed; retry")
+                raise Busy(f"sandbox '{row.id}' is being paused or resumed; retry")
         try:
-            b = await self.backend.resume(row.id)
+            b = await self.node.resume(row.id)
         except Exception as e:
             log.exception("resume of %s failed", row.id)
             async with self.sessions.begin() as s:
                 await q.set_state(s, row.id, [State.RESUMING], State.PAUSED)
-            raise ApiError(500, f"resume failed: {e}", should_retry=False) from e
+            if isinstance(e, NodeSandboxNotFound):
+                await self.mark_crashed(row.id, oom=False)
+                raise NotFound(f"sandbox '{row.id}' no longer exists on its node") from e
+            raise SandboxFailed(f"resume failed: {e}") from e
         timeout = timeout_s if timeout_s is not None else DEFAULT_RESUME_TIMEOUT_S
         end_at = utcnow() + dt.timedelta(seconds=timeout)
         async with self.sessions.begin() as s:
@@ -381,7 +407,6 @@ class SandboxService:
                 host_address=b.host,
                 end_at=end_at,
             )
-        await self.backend.set_timeout(row.id, timeout)
         async with self.sessions() as s:
             fresh = await q.get(s, row.id)
         assert fresh is not None
@@ -390,18 +415,18 @@ class SandboxService:
     async def kill(self, who: Principal, sandbox_id: str) -> None:
         await self.get(who, sandbox_id)
         if not await self.end(sandbox_id, EndReason.KILLED_BY_USER):
-            raise ApiError(404, f"sandbox '{sandbox_id}' not found")
+            raise NotFound(f"sandbox '{sandbox_id}' not found")
 
     async def end(self, sandbox_id: str, reason: EndReason) -> bool:
-        """Kill through the backend and record why; False if another actor already ended it."""
+        """Kill on the node and record why; False if another actor already ended it."""
         from_states = [State.RUNNING, State.PAUSING, State.PAUSED, State.RESUMING, State.CREATING]
         async with self.sessions.begin() as s:
             if not await q.set_state(s, sandbox_id, from_states, State.KILLING):
                 return False
         self.on_gone(sandbox_id)
         try:
-            await self.backend.kill(sandbox_id)
-        except (BackendError, OSError) as e:
+            await self.node.kill(sandbox_id)
+        except (NodeError, OSError) as e:
             log.exception("kill of %s failed", sandbox_id)
             async with self.sessions.begin() as s:
                 await q.set_state(
@@ -432,4 +457,4 @@ class SandboxService:
         return await self._fail(sandbox_id, reason, "sandbox stopped outside the server", live)
 
 
-__all__ = ["CreateRequest", "NotSupported", "SandboxService", "new_sandbox_id"]
+__all__ = ["CreateRequest", "NodeFacts", "SandboxService"]

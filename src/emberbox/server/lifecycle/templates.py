@@ -12,14 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from ...vocabulary import DEFAULT_CPU_COUNT, DEFAULT_DISK_MB, DEFAULT_MEMORY_MB
+
 
 @dataclass(frozen=True)
 class TemplateInfo:
     template_id: str
     alias: str | None
-    cpu_count: int = 2
-    memory_mb: int = 512
-    disk_mb: int = 1024
+    cpu_count: int = DEFAULT_CPU_COUNT
+    memory_mb: int = DEFAULT_MEMORY_MB
+    disk_mb: int = DEFAULT_DISK_MB
 
 
 class TemplateCatalog(Protocol):
@@ -38,9 +40,9 @@ class StaticTemplates:
             found[name] = TemplateInfo(
                 template_id=name,
                 alias=name,
-                cpu_count=int(spec.get("cpuCount", 2)),
-                memory_mb=int(spec.get("memoryMB", 512)),
-                disk_mb=int(spec.get("diskSizeMB", 1024)),
+                cpu_count=int(spec.get("cpuCount", DEFAULT_CPU_COUNT)),
+                memory_mb=int(spec.get("memoryMB", DEFAULT_MEMORY_MB)),
+                disk_mb=int(spec.get("diskSizeMB", DEFAULT_DISK_MB)),
             )
         return cls(found)
 
@@ -75,7 +77,7 @@ class StoreTemplates:
         return TemplateInfo(
             template_id=template.name,
             alias=template.name,
-            cpu_count=sized.cpu_count if sized else 2,
-            memory_mb=sized.memory_mb if sized else 512,
-            disk_mb=sized.disk_mb if sized else 1024,
+            cpu_count=sized.cpu_count if sized else DEFAULT_CPU_COUNT,
+            memory_mb=sized.memory_mb if sized else DEFAULT_MEMORY_MB,
+            disk_mb=sized.disk_mb if sized else DEFAULT_DISK_MB,
         )

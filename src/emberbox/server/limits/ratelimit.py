@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..api.errors import send_json_error
+from ..wire_errors import send_json_error
 
 
 @dataclass

@@ -12,9 +12,18 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from ..backends.base import port_target
+from ...vocabulary import ENVD_PORT
 from ..db import sandboxes as q
 from ..lifecycle.states import State
+
+
+def port_target(envd_url: str, host: str, port: int) -> tuple[str, int]:
+    """Where a sandbox port lives: envd's own URL for its port, else ``host:port``."""
+    if port == ENVD_PORT:
+        hostport = envd_url.split("://", 1)[-1].rstrip("/")
+        h, _, p = hostport.rpartition(":")
+        return h.strip("[]"), int(p)
+    return host, port
 
 
 @dataclass(frozen=True)

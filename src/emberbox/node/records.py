@@ -1,15 +1,15 @@
-"""The orchestrator's own on-disk record per sandbox (end time, metadata, envd token).
+"""The node's on-disk record per sandbox: which template, where envd answers, its token.
 
 Written before the runtime creates anything and removed after it released everything, so
-after a SIGKILL the next orchestrator knows which runtime sandboxes are ours and when each
-must end.
+after a SIGKILL the next node process knows which runtime sandboxes are its own. End times
+are not here: they belong to the control plane's database.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 
@@ -17,12 +17,11 @@ from pathlib import Path
 class SandboxRecord:
     sandbox_id: str
     template_id: str
-    started_at: float
-    end_at: float
+    created_at: float
     state: str = "creating"  # creating | running | paused
-    metadata: dict[str, str] = field(default_factory=dict)
-    envd_access_token: str | None = None
-    address: str | None = None
+    envd_url: str = ""
+    host: str = ""
+    envd_version: str = ""
 
 
 class RecordStore:
@@ -46,7 +45,7 @@ class RecordStore:
             try:
                 record = SandboxRecord(**json.loads(path.read_text()))
             except (ValueError, TypeError):
-                path.unlink(missing_ok=True)  # torn write from a killed process
+                path.unlink(missing_ok=True)  # torn write or an older format: not adoptable
                 continue
             out[record.sandbox_id] = record
         return out

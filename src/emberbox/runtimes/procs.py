@@ -1,4 +1,4 @@
-"""Small /proc helpers for the local-process backend: process trees, liveness, usage."""
+"""Small /proc helpers for the process runtime: process trees, liveness, usage."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A small async envd client for the orchestrator and tests: health, run, read and write files.
+"""A small async envd client for the node, template builds and tests: health, run, files.
 
 The full user-facing surface (streams, PTYs, watchers) belongs to the SDK; this is the part the
 control plane needs to drive a sandbox it just created.

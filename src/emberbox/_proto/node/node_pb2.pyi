@@ -1,0 +1,180 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class SandboxStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SANDBOX_STATUS_UNSPECIFIED: _ClassVar[SandboxStatus]
+    SANDBOX_STATUS_RUNNING: _ClassVar[SandboxStatus]
+    SANDBOX_STATUS_PAUSED: _ClassVar[SandboxStatus]
+SANDBOX_STATUS_UNSPECIFIED: SandboxStatus
+SANDBOX_STATUS_RUNNING: SandboxStatus
+SANDBOX_STATUS_PAUSED: SandboxStatus
+
+class Capabilities(_message.Message):
+    __slots__ = ("pause", "snapshot", "fork", "egress_rules", "no_internet", "isolation")
+    PAUSE_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    FORK_FIELD_NUMBER: _ClassVar[int]
+    EGRESS_RULES_FIELD_NUMBER: _ClassVar[int]
+    NO_INTERNET_FIELD_NUMBER: _ClassVar[int]
+    ISOLATION_FIELD_NUMBER: _ClassVar[int]
+    pause: bool
+    snapshot: bool
+    fork: bool
+    egress_rules: bool
+    no_internet: bool
+    isolation: bool
+    def __init__(self, pause: _Optional[bool] = ..., snapshot: _Optional[bool] = ..., fork: _Optional[bool] = ..., egress_rules: _Optional[bool] = ..., no_internet: _Optional[bool] = ..., isolation: _Optional[bool] = ...) -> None: ...
+
+class InfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class InfoResponse(_message.Message):
+    __slots__ = ("node_id", "runtime", "capabilities", "envd_version")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    ENVD_VERSION_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    runtime: str
+    capabilities: Capabilities
+    envd_version: str
+    def __init__(self, node_id: _Optional[str] = ..., runtime: _Optional[str] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., envd_version: _Optional[str] = ...) -> None: ...
+
+class SandboxSpec(_message.Message):
+    __slots__ = ("sandbox_id", "template_id", "cpu_count", "memory_mb", "disk_mb", "env_vars", "access_token", "allow_internet")
+    class EnvVarsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
+    CPU_COUNT_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
+    DISK_MB_FIELD_NUMBER: _ClassVar[int]
+    ENV_VARS_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_INTERNET_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    template_id: str
+    cpu_count: int
+    memory_mb: int
+    disk_mb: int
+    env_vars: _containers.ScalarMap[str, str]
+    access_token: str
+    allow_internet: bool
+    def __init__(self, sandbox_id: _Optional[str] = ..., template_id: _Optional[str] = ..., cpu_count: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_mb: _Optional[int] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., access_token: _Optional[str] = ..., allow_internet: _Optional[bool] = ...) -> None: ...
+
+class Sandbox(_message.Message):
+    __slots__ = ("sandbox_id", "template_id", "envd_url", "host", "envd_version", "status")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
+    ENVD_URL_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    ENVD_VERSION_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    template_id: str
+    envd_url: str
+    host: str
+    envd_version: str
+    status: SandboxStatus
+    def __init__(self, sandbox_id: _Optional[str] = ..., template_id: _Optional[str] = ..., envd_url: _Optional[str] = ..., host: _Optional[str] = ..., envd_version: _Optional[str] = ..., status: _Optional[_Union[SandboxStatus, str]] = ...) -> None: ...
+
+class CreateRequest(_message.Message):
+    __slots__ = ("spec",)
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    spec: SandboxSpec
+    def __init__(self, spec: _Optional[_Union[SandboxSpec, _Mapping]] = ...) -> None: ...
+
+class CreateResponse(_message.Message):
+    __slots__ = ("sandbox",)
+    SANDBOX_FIELD_NUMBER: _ClassVar[int]
+    sandbox: Sandbox
+    def __init__(self, sandbox: _Optional[_Union[Sandbox, _Mapping]] = ...) -> None: ...
+
+class KillRequest(_message.Message):
+    __slots__ = ("sandbox_id",)
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    def __init__(self, sandbox_id: _Optional[str] = ...) -> None: ...
+
+class KillResponse(_message.Message):
+    __slots__ = ("released",)
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    released: bool
+    def __init__(self, released: _Optional[bool] = ...) -> None: ...
+
+class ListRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class EndedSandbox(_message.Message):
+    __slots__ = ("sandbox_id", "reason")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    reason: str
+    def __init__(self, sandbox_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ListResponse(_message.Message):
+    __slots__ = ("sandboxes", "ended")
+    SANDBOXES_FIELD_NUMBER: _ClassVar[int]
+    ENDED_FIELD_NUMBER: _ClassVar[int]
+    sandboxes: _containers.RepeatedCompositeFieldContainer[Sandbox]
+    ended: _containers.RepeatedCompositeFieldContainer[EndedSandbox]
+    def __init__(self, sandboxes: _Optional[_Iterable[_Union[Sandbox, _Mapping]]] = ..., ended: _Optional[_Iterable[_Union[EndedSandbox, _Mapping]]] = ...) -> None: ...
+
+class StatsRequest(_message.Message):
+    __slots__ = ("sandbox_id",)
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    def __init__(self, sandbox_id: _Optional[str] = ...) -> None: ...
+
+class StatsResponse(_message.Message):
+    __slots__ = ("cpu_count", "cpu_used_pct", "mem_used", "mem_total", "disk_used", "disk_total")
+    CPU_COUNT_FIELD_NUMBER: _ClassVar[int]
+    CPU_USED_PCT_FIELD_NUMBER: _ClassVar[int]
+    MEM_USED_FIELD_NUMBER: _ClassVar[int]
+    MEM_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    DISK_USED_FIELD_NUMBER: _ClassVar[int]
+    DISK_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    cpu_count: int
+    cpu_used_pct: float
+    mem_used: int
+    mem_total: int
+    disk_used: int
+    disk_total: int
+    def __init__(self, cpu_count: _Optional[int] = ..., cpu_used_pct: _Optional[float] = ..., mem_used: _Optional[int] = ..., mem_total: _Optional[int] = ..., disk_used: _Optional[int] = ..., disk_total: _Optional[int] = ...) -> None: ...
+
+class PauseRequest(_message.Message):
+    __slots__ = ("sandbox_id",)
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    def __init__(self, sandbox_id: _Optional[str] = ...) -> None: ...
+
+class PauseResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ResumeRequest(_message.Message):
+    __slots__ = ("sandbox_id",)
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    def __init__(self, sandbox_id: _Optional[str] = ...) -> None: ...
+
+class ResumeResponse(_message.Message):
+    __slots__ = ("sandbox",)
+    SANDBOX_FIELD_NUMBER: _ClassVar[int]
+    sandbox: Sandbox
+    def __init__(self, sandbox: _Optional[_Union[Sandbox, _Mapping]] = ...) -> None: ...

@@ -1,0 +1,156 @@
+"""How the control plane reaches a node: one typed client over the ``node.Node`` messages.
+
+:class:`EmbeddedNode` runs the node inside the server process (the default: nothing else to
+start); :class:`RemoteNode` talks to ``emberbox node`` over HTTP (Connect protocol, JSON).
+Both pass the same request and response messages and turn Connect codes into the same
+:class:`NodeError` subclasses, so the control plane cannot tell them apart.
+"""
+
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+from google.protobuf.message import Message
+
+from .._connect.codec import decode_json, encode_json
+from .._connect.errors import Code, ConnectError
+from .._proto.node import node_pb2 as pb
+from ..runtimes.base import Runtime
+from .orchestrator import Orchestrator
+from .service import NodeService
+
+M = TypeVar("M", bound=Message)
+
+
+class NodeError(Exception):
+    """A node refused or failed an operation; ``message`` is safe to show to API callers."""
+
+    def __init__(self, code: Code, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class NodeSandboxNotFound(NodeError):
+    """The node holds no such sandbox."""
+
+
+class NodeUnsupported(NodeError):
+    """The node's runtime cannot do this (pause on a runtime without it, snapshots, ...)."""
+
+
+class NodeBadRequest(NodeError):
+    """The request is malformed or conflicts with what exists (bad id, duplicate id)."""
+
+
+class NodeFull(NodeError):
+    """The node has no room for another sandbox."""
+
+
+class NodeUnavailable(NodeError):
+    """The node could not be reached, or failed inside."""
+
+
+_BY_CODE: dict[Code, type[NodeError]] = {
+    Code.NOT_FOUND: NodeSandboxNotFound,
+    Code.UNIMPLEMENTED: NodeUnsupported,
+    Code.INVALID_ARGUMENT: NodeBadRequest,
+    Code.ALREADY_EXISTS: NodeBadRequest,
+    Code.RESOURCE_EXHAUSTED: NodeFull,
+}
+
+
+def node_error(err: ConnectError) -> NodeError:
+    return _BY_CODE.get(err.code, NodeUnavailable)(err.code, err.message)
+
+
+class NodeClient(abc.ABC):
+    """Typed calls of the ``node.Node`` service; subclasses only move messages."""
+
+    @abc.abstractmethod
+    async def _call(self, method: str, request: Message, response_type: type[M]) -> M: ...
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Get ready (start the embedded node, or check the remote one answers)."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release clients; sandboxes keep running."""
+
+    async def info(self) -> pb.InfoResponse:
+        return await self._call("Info", pb.InfoRequest(), pb.InfoResponse)
+
+    async def create(self, spec: pb.SandboxSpec) -> pb.Sandbox:
+        return (await self._call("Create", pb.CreateRequest(spec=spec), pb.CreateResponse)).sandbox
+
+    async def kill(self, sandbox_id: str) -> bool:
+        request = pb.KillRequest(sandbox_id=sandbox_id)
+        return (await self._call("Kill", request, pb.KillResponse)).released
+
+    async def list(self) -> pb.ListResponse:
+        return await self._call("List", pb.ListRequest(), pb.ListResponse)
+
+    async def stats(self, sandbox_id: str) -> pb.StatsResponse:
+        return await self._call("Stats", pb.StatsRequest(sandbox_id=sandbox_id), pb.StatsResponse)
+
+    async def pause(self, sandbox_id: str) -> None:
+        await self._call("Pause", pb.PauseRequest(sandbox_id=sandbox_id), pb.PauseResponse)
+
+    async def resume(self, sandbox_id: str) -> pb.Sandbox:
+        request = pb.ResumeRequest(sandbox_id=sandbox_id)
+        return (await self._call("Resume", request, pb.ResumeResponse)).sandbox
+
+
+class EmbeddedNode(NodeClient):
+    """The node inside this process: its orchestrator starts and stops with the server."""
+
+    def __init__(self, runtime: Runtime, state_dir: Path, **orchestrator_options: float) -> None:
+        self.orchestrator = Orchestrator(runtime, state_dir, **orchestrator_options)
+        self.service = NodeService(self.orchestrator)
+
+    async def start(self) -> None:
+        await self.orchestrator.start()
+
+    async def close(self) -> None:
+        await self.orchestrator.close()
+
+    async def _call(self, method: str, request: Message, response_type: type[M]) -> M:
+        try:
+            response = await self.service.call(f"/node.Node/{method}", request)
+        except ConnectError as err:
+            raise node_error(err) from None
+        assert isinstance(response, response_type)
+        return response
+
+
+class RemoteNode(NodeClient):
+    """A node served by ``emberbox node`` at ``url``; ``token`` is its shared secret."""
+
+    def __init__(self, url: str, token: str = "", timeout_s: float = 120.0) -> None:
+        self.url = url.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.AsyncClient(timeout=timeout_s, headers=headers, trust_env=False)
+
+    async def start(self) -> None:
+        await self.info()
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def _call(self, method: str, request: Message, response_type: type[M]) -> M:
+        try:
+            response = await self._http.post(
+                f"{self.url}/node.Node/{method}",
+                content=encode_json(request),
+                headers={"Content-Type": "application/json"},
+            )
+        except httpx.HTTPError as exc:
+            raise NodeUnavailable(Code.UNAVAILABLE, f"node at {self.url}: {exc}") from exc
+        if response.status_code != 200:
+            raise node_error(ConnectError.from_http(response.status_code, response.content))
+        try:
+            return decode_json(response.content, response_type)
+        except ConnectError as err:
+            raise NodeUnavailable(Code.INTERNAL, f"node sent an unreadable answer: {err}") from err

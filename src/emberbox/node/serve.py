@@ -1,0 +1,72 @@
+"""``emberbox node``: one node as a process of its own, reachable by a control plane over HTTP.
+
+The node takes its data dir's node lock before recovering anything, adopts the sandboxes a
+previous node process left running, and keeps them running when it stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Generator, Sequence
+from pathlib import Path
+
+import uvicorn
+
+from ..runtimes import select_runtime
+from .app import node_app
+from .orchestrator import Orchestrator
+from .service import NodeService
+
+
+class _Server(uvicorn.Server):
+    """Signals are handled by :func:`serve_node`, which also closes the orchestrator."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+async def serve_node(
+    data_dir: Path,
+    runtime_name: str,
+    host: str,
+    port: int,
+    token: str = "",
+    envd_command: Sequence[str] | None = None,
+    runsc: str = "",
+    dead_check_every_s: float = 2.0,
+) -> None:
+    """Serve until SIGTERM/SIGINT; the caller holds the data dir's node lock."""
+    runtime = select_runtime(runtime_name, data_dir, envd_command, runsc)
+    orchestrator = Orchestrator(runtime, data_dir / "node", dead_check_every_s=dead_check_every_s)
+    report = await orchestrator.start()
+    service = NodeService(orchestrator)
+    config = uvicorn.Config(
+        node_app(service, token),
+        host=host,
+        port=port,
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+    )
+    server = _Server(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                break
+            await asyncio.sleep(0.02)
+        if server.started:
+            print(
+                f"Emberbox node on http://{host}:{port} (runtime: {runtime.name}; adopted "
+                f"{len(report.adopted)}, removed {len(report.removed)})",
+                flush=True,
+            )
+        await task
+    finally:
+        await orchestrator.close()

@@ -1,0 +1,159 @@
+"""The node's RPC handlers: ``node.Node`` messages in, messages out, errors as Connect codes.
+
+Both ways of reaching a node end here: ``emberbox node`` serves these handlers over HTTP
+(``node/app.py``) and ``emberbox server`` calls them in-process (``EmbeddedNode``), with the
+same messages, so the in-process default exercises the very contract a remote node speaks.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from google.protobuf.message import Message
+
+from .._connect.errors import Code, ConnectError
+from .._proto.node import node_pb2 as pb
+from ..runtimes.base import (
+    CapabilityMissing,
+    CapacityExhausted,
+    NetworkPolicy,
+    Runtime,
+    RuntimeError_,
+    SandboxGone,
+    SandboxSpec,
+)
+from ..vocabulary import ENVD_VERSION, InvalidSandboxId
+from .orchestrator import BootFailed, Orchestrator, SandboxExists, SandboxNotFound
+from .records import SandboxRecord
+
+log = logging.getLogger("emberbox.node")
+
+Handler = Callable[[Any], Awaitable[Message]]
+
+
+def _sandbox(record: SandboxRecord) -> pb.Sandbox:
+    status = pb.SANDBOX_STATUS_PAUSED if record.state == "paused" else pb.SANDBOX_STATUS_RUNNING
+    return pb.Sandbox(
+        sandbox_id=record.sandbox_id,
+        template_id=record.template_id,
+        envd_url=record.envd_url,
+        host=record.host,
+        envd_version=record.envd_version or ENVD_VERSION,
+        status=status,
+    )
+
+
+def _connect_error(exc: Exception) -> ConnectError:
+    """Domain failures below the node, as the codes its clients map back to domain errors."""
+    if isinstance(exc, ConnectError):
+        return exc
+    if isinstance(exc, SandboxNotFound | SandboxGone):
+        return ConnectError(Code.NOT_FOUND, f"sandbox {exc} not found on this node")
+    if isinstance(exc, SandboxExists):
+        return ConnectError(Code.ALREADY_EXISTS, str(exc))
+    if isinstance(exc, CapabilityMissing):
+        return ConnectError(Code.UNIMPLEMENTED, str(exc))
+    if isinstance(exc, CapacityExhausted):
+        return ConnectError(Code.RESOURCE_EXHAUSTED, str(exc))
+    if isinstance(exc, InvalidSandboxId | ValueError):
+        return ConnectError(Code.INVALID_ARGUMENT, str(exc))
+    if isinstance(exc, BootFailed | RuntimeError_ | OSError):
+        return ConnectError(Code.INTERNAL, str(exc) or type(exc).__name__)
+    log.exception("node handler failed", exc_info=exc)
+    return ConnectError(Code.INTERNAL, str(exc) or type(exc).__name__)
+
+
+class NodeService:
+    """Serves one :class:`Orchestrator`; ``handlers`` maps ``/node.Node/<Method>`` to a
+    coroutine taking the request message and returning the response message."""
+
+    def __init__(self, orchestrator: Orchestrator, node_id: str | None = None) -> None:
+        self.orchestrator = orchestrator
+        self.node_id = node_id or socket.gethostname()
+        self.handlers: dict[str, tuple[type[Message], Handler]] = {
+            "/node.Node/Info": (pb.InfoRequest, self.info),
+            "/node.Node/Create": (pb.CreateRequest, self.create),
+            "/node.Node/Kill": (pb.KillRequest, self.kill),
+            "/node.Node/List": (pb.ListRequest, self.list),
+            "/node.Node/Stats": (pb.StatsRequest, self.stats),
+            "/node.Node/Pause": (pb.PauseRequest, self.pause),
+            "/node.Node/Resume": (pb.ResumeRequest, self.resume),
+        }
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.orchestrator.runtime
+
+    async def call(self, path: str, request: Message) -> Message:
+        """Run one handler; every failure leaves as a :class:`ConnectError`."""
+        entry = self.handlers.get(path)
+        if entry is None:
+            raise ConnectError(Code.UNIMPLEMENTED, f"no such node method {path}")
+        try:
+            return await entry[1](request)
+        except Exception as exc:
+            raise _connect_error(exc) from exc
+
+    async def info(self, request: pb.InfoRequest) -> pb.InfoResponse:
+        caps = self.runtime.capabilities
+        return pb.InfoResponse(
+            node_id=self.node_id,
+            runtime=self.runtime.name,
+            envd_version=ENVD_VERSION,
+            capabilities=pb.Capabilities(
+                pause=caps.pause,
+                snapshot=caps.snapshot,
+                fork=caps.fork,
+                egress_rules=caps.egress_rules,
+                no_internet=caps.no_internet,
+                isolation=self.runtime.isolation,
+            ),
+        )
+
+    async def create(self, request: pb.CreateRequest) -> pb.CreateResponse:
+        s = request.spec
+        spec = SandboxSpec(
+            sandbox_id=s.sandbox_id,
+            template_id=s.template_id,
+            cpu_count=s.cpu_count,
+            memory_mb=s.memory_mb,
+            disk_mb=s.disk_mb,
+            envs=dict(s.env_vars),
+            network=NetworkPolicy(allow_internet=s.allow_internet),
+        )
+        record = await self.orchestrator.create(spec, s.access_token)
+        return pb.CreateResponse(sandbox=_sandbox(record))
+
+    async def kill(self, request: pb.KillRequest) -> pb.KillResponse:
+        return pb.KillResponse(released=await self.orchestrator.kill(request.sandbox_id))
+
+    async def list(self, request: pb.ListRequest) -> pb.ListResponse:
+        return pb.ListResponse(
+            sandboxes=[_sandbox(r) for r in self.orchestrator.list()],
+            ended=[
+                pb.EndedSandbox(sandbox_id=i, reason=why)
+                for i, why in self.orchestrator.ended.items()
+            ],
+        )
+
+    async def stats(self, request: pb.StatsRequest) -> pb.StatsResponse:
+        st = await self.orchestrator.stats(request.sandbox_id)
+        return pb.StatsResponse(
+            cpu_count=st.cpu_count,
+            cpu_used_pct=st.cpu_used_pct,
+            mem_used=st.mem_used,
+            mem_total=st.mem_total,
+            disk_used=st.disk_used,
+            disk_total=st.disk_total,
+        )
+
+    async def pause(self, request: pb.PauseRequest) -> pb.PauseResponse:
+        await self.orchestrator.pause(request.sandbox_id)
+        return pb.PauseResponse()
+
+    async def resume(self, request: pb.ResumeRequest) -> pb.ResumeResponse:
+        record = await self.orchestrator.resume(request.sandbox_id)
+        return pb.ResumeResponse(sandbox=_sandbox(record))

@@ -1,0 +1,55 @@
+"""The facts every layer shares, each written down once: sandbox ids, envd's port and version,
+and a sandbox's default size.
+
+The control plane, the node, the runtimes, the proxy and the SDK import these names instead of
+repeating the literals, so changing one (a new envd feature level, a bigger default disk) is a
+one-line change.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import string
+
+ENVD_PORT = 49983
+"""Where envd listens inside every sandbox (E2B's fixed port; the SDKs hard-code it)."""
+
+ENVD_VERSION = "0.6.13"
+"""The E2B envd feature level we implement; SDKs switch behaviour on it (protocol §2.7)."""
+
+DEFAULT_CPU_COUNT = 2
+DEFAULT_MEMORY_MB = 512
+DEFAULT_DISK_MB = 1024
+DEFAULT_PIDS_LIMIT = 1024
+
+SANDBOX_ID_LENGTH = 20
+_ID_ALPHABET = string.ascii_lowercase + string.digits
+SANDBOX_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,47}$")
+"""What any sandbox id looks like: safe in host object names (netns, cgroups, paths) and in
+``<port>-<id>.<domain>`` host names (the port never contains '-', so the first '-' splits)."""
+
+
+class InvalidSandboxId(ValueError):
+    """A sandbox id that no sandbox can have."""
+
+
+def new_sandbox_id() -> str:
+    """20 chars of [a-z0-9], the shape E2B's ids have (no '-' or '.', which hosts split on)."""
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(SANDBOX_ID_LENGTH))
+
+
+def is_sandbox_id(value: str) -> bool:
+    return SANDBOX_ID_RE.match(value) is not None
+
+
+def check_sandbox_id(value: str) -> str:
+    """``value`` if it is a valid sandbox id, else :class:`InvalidSandboxId`."""
+    if not is_sandbox_id(value):
+        raise InvalidSandboxId(f"invalid sandbox id {value!r}: use [a-z0-9-], at most 48 chars")
+    return value
+
+
+def e2b_env(sandbox_id: str, template_id: str) -> dict[str, str]:
+    """The variables every process in an E2B sandbox sees (protocol §2.6)."""
+    return {"E2B_SANDBOX": "true", "E2B_SANDBOX_ID": sandbox_id, "E2B_TEMPLATE_ID": template_id}
