@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -19,6 +19,7 @@ from emberbox.server.testing import (
     create_postgres_database,
     drop_postgres_database,
 )
+from tests.api.e2b_wire_check import E2bWireChecker
 from tests.api.openapi_check import OpenApiChecker
 
 PG_URL = os.environ.get("EMBERBOX_TEST_POSTGRES_URL", "")
@@ -40,13 +41,15 @@ MAX_TIMEOUT_S = 3600
 class Running:
     """A started server plus two keys from different teams.
 
-    Every response of :meth:`client` is checked against the server's own ``/openapi.json``.
+    Every response of :meth:`client` is checked against the server's own ``/openapi.json`` and
+    parsed with the official e2b SDK's generated client models (wire drift from E2B itself).
     """
 
     server: ServerProcess
     key: str
     other_key: str
     checker: OpenApiChecker | None = None
+    wire: E2bWireChecker = field(default_factory=E2bWireChecker)
 
     def client(self, key: str | None = None) -> httpx.Client:
         if self.checker is None:
@@ -56,7 +59,7 @@ class Running:
             base_url=self.server.api_url,
             headers=headers,
             timeout=30,
-            event_hooks={"response": [self.checker]},
+            event_hooks={"response": [self.checker, self.wire]},
         )
 
 
