@@ -5,7 +5,16 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetPydanticSchema,
+    StringConstraints,
+    WithJsonSchema,
+    with_config,
+)
+from typing_extensions import TypedDict
 
 MetaKey = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 MetaValue = Annotated[str, StringConstraints(max_length=1024)]
@@ -13,6 +22,52 @@ EnvName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 EnvValue = Annotated[str, StringConstraints(max_length=32 * 1024)]
 Metadata = Annotated[dict[MetaKey, MetaValue], Field(max_length=64)]
 EnvVars = Annotated[dict[EnvName, EnvValue], Field(max_length=256)]
+
+# An optional response string E2B declares as a plain string (not nullable): omitted when unset,
+# never sent as null (the SDK's generated model types it ``Unset | str``).
+OmittedIfNone = Annotated[
+    str | None,
+    WithJsonSchema({"type": "string"}),
+    Field(exclude_if=lambda v: v is None),
+]
+
+
+# Request shapes exactly as E2B's generated models send them (``e2b/api/client/models``), validated
+# and documented as such. They are TypedDicts so the routes keep reading plain dicts.
+
+
+class SandboxAutoResumeConfig(TypedDict):
+    enabled: bool
+
+
+class SandboxVolumeMount(TypedDict):
+    name: str
+    path: str
+
+
+@with_config(ConfigDict(extra="allow"))  # unknown options reach the route, which refuses them
+class SandboxNetworkConfig(TypedDict, total=False):
+    allowPublicTraffic: bool | None
+    allowOut: list[str]
+    denyOut: list[str]
+    dnsServers: list[str]
+    egressProxy: dict[str, Any] | None
+    maskRequestHost: str
+    httpsPorts: list[int]
+    rules: dict[str, list[dict[str, Any]]]
+
+
+# typed ``dict`` for the routes (which pass it on as one), validated as ``SandboxNetworkConfig``
+NetworkConfig = Annotated[dict[str, Any], GetPydanticSchema(lambda _, h: h(SandboxNetworkConfig))]
+
+
+class SandboxIamToken(TypedDict):
+    audience: str
+    tokenType: str
+
+
+class SandboxIam(TypedDict, total=False):
+    tokens: dict[str, SandboxIamToken]
 
 
 class _In(BaseModel):
@@ -22,7 +77,7 @@ class _In(BaseModel):
 class Error(BaseModel):
     code: int = Field(description="Equal to the HTTP status.")
     message: str
-    error_code: str | None = Field(default=None, description="Machine-readable reason, if any.")
+    error_code: OmittedIfNone = Field(default=None, description="Machine-readable reason, if any.")
 
 
 class NewSandboxV2(_In):
@@ -34,11 +89,12 @@ class NewSandboxV2(_In):
     envVars: EnvVars | None = None
     autoPause: bool | None = None
     autoPauseMemory: bool | None = None
-    autoResume: dict[str, Any] | None = None
+    autoResume: SandboxAutoResumeConfig | None = None
     allow_internet_access: bool | None = None
-    network: dict[str, Any] | None = None
+    network: NetworkConfig | None = None
     mcp: dict[str, Any] | None = None
-    volumeMounts: list[dict[str, Any]] | None = None
+    iam: SandboxIam | None = None
+    volumeMounts: list[SandboxVolumeMount] | None = None
 
 
 class NewSandbox(NewSandboxV2):
@@ -48,7 +104,18 @@ class NewSandbox(NewSandboxV2):
 
 
 class ConnectSandbox(_In):
+    """``POST /v2/sandboxes/{id}/connect`` and ``/sandboxes/{id}/connect`` (E2B requires
+    ``timeout`` on the v1 path; we accept its absence, as on v2)."""
+
     timeout: int | None = None
+    memory: bool | None = None
+
+
+class ResumedSandbox(_In):
+    """``POST /sandboxes/{id}/resume`` (SDKs before ~2.6): E2B's ``ResumedSandbox``."""
+
+    timeout: int | None = None
+    autoPause: bool | None = None
     memory: bool | None = None
 
 
@@ -66,8 +133,8 @@ class Sandbox(BaseModel):
     sandboxID: str
     clientID: str
     envdVersion: str
-    alias: str | None = None
-    envdAccessToken: str | None = None
+    alias: OmittedIfNone = None
+    envdAccessToken: OmittedIfNone = None
     trafficAccessToken: str | None = None
     domain: str | None = None
 
@@ -77,7 +144,7 @@ class ListedSandbox(BaseModel):
     sandboxID: str
     clientID: str
     envdVersion: str
-    alias: str | None = None
+    alias: OmittedIfNone = None
     startedAt: dt.datetime
     endAt: dt.datetime
     cpuCount: int
@@ -93,7 +160,7 @@ class Lifecycle(BaseModel):
 
 
 class SandboxDetail(ListedSandbox):
-    envdAccessToken: str | None = None
+    envdAccessToken: OmittedIfNone = None
     domain: str | None = None
     allowInternetAccess: bool | None = None
     lifecycle: Lifecycle = Field(default_factory=Lifecycle)
