@@ -411,10 +411,6 @@ RESUME = pytest.param(
     "/sandboxes/{sandbox_id}/resume",
     e2b.ResumedSandbox,
     {"timeout": 60, "autoPause": False, "memory": True},
-    marks=pytest.mark.xfail(
-        reason="routes.py declares ConnectSandbox for /resume; needs models.ResumedSandbox",
-        raises=AssertionError,
-    ),
 )
 
 
@@ -456,9 +452,6 @@ def test_the_server_accepts_every_create_shape_the_sdk_sends(
                 assert api.delete(f"/sandboxes/{r.json()['sandboxID']}").status_code == 204
 
 
-@pytest.mark.xfail(
-    reason="routes.py accepts and ignores iam tokens; must refuse with 501", strict=True
-)
 def test_workload_identity_is_refused_not_ignored(api: httpx.Client) -> None:
     body = {"templateID": "base", "iam": FULL_NEW_V2["iam"]}
     r = api.post("/v2/sandboxes", json=body)

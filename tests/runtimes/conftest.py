@@ -4,8 +4,10 @@ import asyncio
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import httpx
 import pytest
 
+from emberbox.envd_client import handshake
 from emberbox.runtimes.base import NetworkPolicy, RuntimeSandbox, SandboxSpec
 from emberbox.runtimes.gvisor import GVisorConfig, GVisorRuntime
 from emberbox.templates.store import Template, TemplateStore
@@ -33,18 +35,23 @@ def runtime(base_template: Template, gvisor_config: GVisorConfig) -> GVisorRunti
 
 @pytest.fixture
 async def make_sandbox(runtime: GVisorRuntime) -> AsyncIterator[SandboxFactory]:
-    """Create sandboxes from ``base`` (or a given template) that are killed after the test."""
+    """Create sandboxes from ``base`` (or a given template), envd handed its identity as the
+    node would (one handshake), killed after the test."""
     created: list[str] = []
 
     async def make(template: str = "base", *, allow_internet: bool = False,
                    **spec: object) -> RuntimeSandbox:  # fmt: skip
         sandbox_id = f"t{secrets.token_hex(5)}"
         created.append(sandbox_id)
-        return await runtime.create(
+        sandbox = await runtime.create(
             SandboxSpec(sandbox_id=sandbox_id, template_id=template,
                         network=NetworkPolicy(allow_internet=allow_internet),
                         **spec)  # type: ignore[arg-type]
         )  # fmt: skip
+        async with httpx.AsyncClient(trust_env=False) as http:
+            await handshake(http, sandbox.envd_url, sandbox.defaults, "",
+                            alive=lambda: runtime.alive(sandbox_id))  # fmt: skip
+        return sandbox
 
     yield make
     await asyncio.gather(*(runtime.kill(sandbox_id) for sandbox_id in created))

@@ -58,7 +58,7 @@ def context(tmp_path: Path) -> Path:
 
 async def _build(name: str, spec: BuildSpec, runtime: GVisorRuntime) -> tuple[Template, str]:
     log = io.StringIO()
-    template = await build_template(TemplateStore(), name, spec, runtime=runtime, log=log)
+    template = await build_template(TemplateStore(), name, spec, runner=runtime, log=log)
     return template, log.getvalue()
 
 

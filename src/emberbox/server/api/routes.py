@@ -21,6 +21,7 @@ from .models import (
     NewSandbox,
     NewSandboxV2,
     PauseRequest,
+    ResumedSandbox,
     Sandbox,
     SandboxDetail,
     SandboxLog,
@@ -73,6 +74,8 @@ async def _create(
         raise ApiError(501, "resuming on inbound traffic is not supported", should_retry=False)
     if body.volumeMounts:
         raise ApiError(501, "volume mounts are not supported", should_retry=False)
+    if body.iam and body.iam.get("tokens"):
+        raise ApiError(501, "workload identity (iam tokens) is not supported", should_retry=False)
     unsupported = _unsupported_network(body.network or {})
     if unsupported:
         raise ApiError(
@@ -136,7 +139,8 @@ async def connect(
     body: Annotated[ConnectSandbox | None, Body()] = None,
 ) -> Sandbox:
     """One handler for both paths: the v1 and v2 connect contracts are the same."""
-    row, resumed = await svc.connect(who, sandbox_id, (body or ConnectSandbox()).timeout)
+    opts = body or ConnectSandbox()
+    row, resumed = await svc.connect(who, sandbox_id, opts.timeout, opts.memory is not False)
     response.status_code = 201 if resumed else 200
     return to_sandbox(row, _domain(request))
 
@@ -153,12 +157,15 @@ async def resume_legacy(
     who: Caller,
     svc: Service,
     sandbox_id: str,
-    body: Annotated[ConnectSandbox | None, Body()] = None,
+    body: Annotated[ResumedSandbox | None, Body()] = None,
 ) -> Sandbox:
+    opts = body or ResumedSandbox()
+    if opts.autoPause:
+        raise ApiError(501, "autoPause on resume is not supported yet", should_retry=False)
     row = await svc.get(who, sandbox_id)
     if row.state == "running":
         raise ApiError(409, f"sandbox '{sandbox_id}' is already running")
-    row, _ = await svc.connect(who, sandbox_id, (body or ConnectSandbox()).timeout)
+    row, _ = await svc.connect(who, sandbox_id, opts.timeout, opts.memory is not False)
     return to_sandbox(row, _domain(request))
 
 

@@ -320,16 +320,19 @@ class SandboxService:
                 raise NotFound(f"sandbox '{sandbox_id}' not found")
 
     async def connect(
-        self, who: Principal, sandbox_id: str, timeout_s: int | None
+        self, who: Principal, sandbox_id: str, timeout_s: int | None, with_memory: bool = True
     ) -> tuple[Sandbox, bool]:
         """Extend (never shorten) a running sandbox's end time, or resume a paused one.
 
         Returns the sandbox and whether it was resumed (the API answers 201 then, else 200).
+        ``with_memory`` False (a cold boot from the files alone) is refused for now.
         """
         if timeout_s is not None:
             self.check_timeout(timeout_s)
         row = await self.get(who, sandbox_id)
         if State(row.state) in (State.PAUSED, State.PAUSING, State.RESUMING):
+            if not with_memory:
+                raise Unsupported("resuming without memory (memory: false) is not supported yet")
             return await self._resume(row, timeout_s), True
         if timeout_s is not None:
             wanted = utcnow() + dt.timedelta(seconds=timeout_s)

@@ -1,0 +1,147 @@
+"""A runtime with no machines: sandboxes are records in memory, envd is a tiny real HTTP
+server per sandbox on loopback (so the node's handshake runs for real), and every host
+teardown is counted. Lets node and lifecycle logic run without root or runsc."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import collections
+from collections.abc import Sequence
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from emberbox.envd_client import EnvdDefaults
+from emberbox.runtimes.base import (
+    Capabilities,
+    Runtime,
+    RuntimeSandbox,
+    SandboxGone,
+    SandboxSpec,
+    SandboxStats,
+    SandboxStatus,
+)
+
+
+class _Envd:
+    """Answers /health and /init like envd; remembers what /init said."""
+
+    def __init__(self) -> None:
+        self.inits: list[dict[str, object]] = []
+
+        async def health(request: Request) -> Response:
+            return Response(status_code=204, headers={"X-Envd-Version": "0.6.13"})
+
+        async def init(request: Request) -> Response:
+            self.inits.append(await request.json())
+            return Response(status_code=204)
+
+        app = Starlette(routes=[Route("/health", health), Route("/init", init, methods=["POST"])])
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error", lifespan="off")
+        )
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> int:
+        self.task = asyncio.create_task(self.server.serve())
+        while not self.server.started:  # noqa: ASYNC110 - uvicorn offers no started event
+            await asyncio.sleep(0.005)
+        port: int = self.server.servers[0].sockets[0].getsockname()[1]
+        return port
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        if self.task is not None:
+            await self.task
+
+
+class FakeRuntime(Runtime):
+    name = "fake"
+    capabilities = Capabilities(pause=True)
+
+    def __init__(self, create_delay_s: float = 0.0, kill_delay_s: float = 0.0) -> None:
+        self.create_delay_s = create_delay_s
+        self.kill_delay_s = kill_delay_s
+        self.sandboxes: dict[str, RuntimeSandbox] = {}
+        self.envds: dict[str, _Envd] = {}
+        self.teardowns: collections.Counter[str] = collections.Counter()
+        self.in_teardown: set[str] = set()
+        self.overlaps = 0  # teardowns of one id that ran at the same time (must stay 0)
+
+    async def create(self, spec: SandboxSpec) -> RuntimeSandbox:
+        if spec.sandbox_id in self.sandboxes:
+            raise ValueError(f"sandbox {spec.sandbox_id} already exists")
+        envd = _Envd()
+        self.envds[spec.sandbox_id] = envd
+        port = await envd.start()
+        await asyncio.sleep(self.create_delay_s)
+        sandbox = RuntimeSandbox(
+            sandbox_id=spec.sandbox_id,
+            template_id=spec.template_id,
+            address="127.0.0.1",
+            envd_port=port,
+            defaults=EnvdDefaults("user", "/home/user", dict(spec.envs)),
+        )
+        self.sandboxes[spec.sandbox_id] = sandbox
+        return sandbox
+
+    async def kill(self, sandbox_id: str) -> bool:
+        if sandbox_id not in self.sandboxes and sandbox_id not in self.envds:
+            return False
+        if sandbox_id in self.in_teardown:
+            self.overlaps += 1
+        self.in_teardown.add(sandbox_id)
+        try:
+            self.teardowns[sandbox_id] += 1
+            await asyncio.sleep(self.kill_delay_s)
+            envd = self.envds.pop(sandbox_id, None)
+            if envd is not None:
+                await envd.stop()
+            self.sandboxes.pop(sandbox_id, None)
+        finally:
+            self.in_teardown.discard(sandbox_id)
+        return True
+
+    def die(self, sandbox_id: str) -> None:
+        """The machine stops on its own (as after an OOM kill of its init)."""
+        sandbox = self.sandboxes[sandbox_id]
+        self.sandboxes[sandbox_id] = RuntimeSandbox(
+            sandbox.sandbox_id, sandbox.template_id, sandbox.address, sandbox.envd_port,
+            SandboxStatus.STOPPED, oom_killed=True,
+        )  # fmt: skip
+
+    async def alive(self, sandbox_id: str) -> bool:
+        sandbox = self.sandboxes.get(sandbox_id)
+        return sandbox is not None and sandbox.status is not SandboxStatus.STOPPED
+
+    async def list(self) -> builtins.list[RuntimeSandbox]:
+        return list(self.sandboxes.values())
+
+    async def stats(self, sandbox_id: str) -> SandboxStats:
+        if sandbox_id not in self.sandboxes:
+            raise SandboxGone(sandbox_id)
+        return SandboxStats(2, 1.0, 1, 2, 3, 4)
+
+    async def pause(self, sandbox_id: str) -> None:
+        sandbox = self.sandboxes[sandbox_id]
+        self.sandboxes[sandbox_id] = RuntimeSandbox(
+            sandbox.sandbox_id, sandbox.template_id, sandbox.address, sandbox.envd_port,
+            SandboxStatus.PAUSED,
+        )  # fmt: skip
+
+    async def resume(self, sandbox_id: str) -> RuntimeSandbox:
+        sandbox = self.sandboxes[sandbox_id]
+        self.sandboxes[sandbox_id] = RuntimeSandbox(
+            sandbox.sandbox_id, sandbox.template_id, sandbox.address, sandbox.envd_port
+        )
+        return self.sandboxes[sandbox_id]
+
+    async def cleanup_orphans(self, keep: Sequence[str]) -> builtins.list[str]:
+        removed = [i for i in list(self.sandboxes) if i not in keep]
+        for sandbox_id in removed:
+            await self.kill(sandbox_id)
+        return removed

@@ -1,0 +1,137 @@
+"""Node logic without root or runsc: the fake runtime counts every teardown, and its envd is a
+real loopback HTTP server, so the node's handshake, locks and dead-sandbox check run for real."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from emberbox._proto.node import node_pb2 as pb
+from emberbox.node.client import EmbeddedNode, NodeBadRequest, NodeSandboxNotFound
+from emberbox.node.orchestrator import Orchestrator
+from emberbox.runtimes.base import SandboxSpec
+from emberbox.vocabulary import new_sandbox_id
+
+from .fake_runtime import FakeRuntime
+
+
+def _spec(sandbox_id: str | None = None) -> pb.SandboxSpec:
+    return pb.SandboxSpec(
+        sandbox_id=sandbox_id or new_sandbox_id(),
+        template_id="base",
+        cpu_count=1,
+        memory_mb=128,
+        disk_mb=64,
+        env_vars={"A": "1"},
+        access_token="tok",
+    )
+
+
+async def test_one_handshake_carries_identity_token_and_clock(tmp_path: Path) -> None:
+    runtime = FakeRuntime()
+    node = EmbeddedNode(runtime, tmp_path, dead_check_every_s=0)
+    await node.start()
+    try:
+        sandbox = await node.create(_spec())
+        (init,) = runtime.envds[sandbox.sandbox_id].inits
+        assert init["accessToken"] == "tok" and init["envVars"] == {"A": "1"}
+        assert init["defaultUser"] == "user" and "timestamp" in init
+        assert sandbox.envd_version == "0.6.13" and sandbox.status == pb.SANDBOX_STATUS_RUNNING
+        with pytest.raises(NodeBadRequest):
+            await node.create(_spec(sandbox.sandbox_id))  # the id is taken: nothing changes
+        assert [s.sandbox_id for s in (await node.list()).sandboxes] == [sandbox.sandbox_id]
+    finally:
+        await node.close()
+
+
+async def test_concurrent_kills_tear_down_once(tmp_path: Path) -> None:
+    runtime = FakeRuntime(kill_delay_s=0.05)
+    orch = Orchestrator(runtime, tmp_path, dead_check_every_s=0)
+    await orch.start()
+    ids = [new_sandbox_id() for _ in range(5)]
+    await asyncio.gather(*(orch.create(SandboxSpec(i, "base")) for i in ids))
+    # API kill, reconciler orphan kill and dead check at once, three times each.
+    runtime.die(ids[0])
+    results = await asyncio.gather(
+        *(orch.kill(i) for i in ids for _ in range(3)), orch.check_dead(), orch.check_dead()
+    )
+    await orch.close()
+    kills = [bool(r) for r in results[:15]]
+    # One caller released each sandbox (for the dead one, maybe the dead check instead).
+    assert all(sum(kills[k * 3 : k * 3 + 3]) == 1 for k in range(1, 5)), kills
+    assert sum(kills[0:3]) <= 1
+    assert runtime.teardowns == dict.fromkeys(ids, 1)
+    assert runtime.overlaps == 0
+    assert orch.releases == dict.fromkeys(ids, 1)
+    assert orch.list() == []
+
+
+async def test_kill_waits_for_a_create_in_progress(tmp_path: Path) -> None:
+    runtime = FakeRuntime(create_delay_s=0.2)
+    orch = Orchestrator(runtime, tmp_path, dead_check_every_s=0)
+    await orch.start()
+    sandbox_id = new_sandbox_id()
+    create = asyncio.create_task(orch.create(SandboxSpec(sandbox_id, "base")))
+    await asyncio.sleep(0.05)  # inside runtime.create
+    assert await orch.kill(sandbox_id) is True  # waited for the create, then released it
+    await create
+    assert runtime.teardowns[sandbox_id] == 1 and sandbox_id not in runtime.sandboxes
+    await orch.close()
+
+
+async def test_dead_sandbox_is_released_with_its_reason(tmp_path: Path) -> None:
+    runtime = FakeRuntime()
+    node = EmbeddedNode(runtime, tmp_path, dead_check_every_s=0.05)
+    await node.start()
+    try:
+        sandbox = await node.create(_spec())
+        runtime.die(sandbox.sandbox_id)
+        for _ in range(100):
+            listing = await node.list()
+            if not listing.sandboxes:
+                break
+            await asyncio.sleep(0.02)
+        assert not listing.sandboxes
+        assert [(e.sandbox_id, e.reason) for e in listing.ended] == [(sandbox.sandbox_id, "oom")]
+        assert runtime.teardowns[sandbox.sandbox_id] == 1
+        with pytest.raises(NodeSandboxNotFound):
+            await node.stats(sandbox.sandbox_id)
+    finally:
+        await node.close()
+
+
+async def test_paused_sandbox_is_never_killed_by_the_node(tmp_path: Path) -> None:
+    """The node keeps no end times: a paused sandbox stays until someone asks to kill it."""
+    runtime = FakeRuntime()
+    node = EmbeddedNode(runtime, tmp_path, dead_check_every_s=0.01)
+    await node.start()
+    try:
+        sandbox = await node.create(_spec())
+        await node.pause(sandbox.sandbox_id)
+        await asyncio.sleep(0.3)  # many dead checks
+        (held,) = (await node.list()).sandboxes
+        assert held.status == pb.SANDBOX_STATUS_PAUSED
+        resumed = await node.resume(sandbox.sandbox_id)
+        assert resumed.status == pb.SANDBOX_STATUS_RUNNING and not runtime.teardowns
+    finally:
+        await node.close()
+
+
+async def test_restart_adopts_live_and_removes_half_created(tmp_path: Path) -> None:
+    runtime = FakeRuntime()
+    first = Orchestrator(runtime, tmp_path, dead_check_every_s=0)
+    await first.start()
+    kept = new_sandbox_id()
+    await first.create(SandboxSpec(kept, "base"))
+    await first.close()
+    # A create that a crash cut off: the record says "creating", the runtime has a machine.
+    half = new_sandbox_id()
+    await runtime.create(SandboxSpec(half, "base"))
+    first.records.save(type(first.records.load_all()[kept])(half, "base", 0.0))
+    second = Orchestrator(runtime, tmp_path, dead_check_every_s=0)
+    report = await second.start()
+    assert report.adopted == [kept] and report.removed == [half]
+    assert [r.sandbox_id for r in second.list()] == [kept]
+    await second.close()

@@ -1,0 +1,69 @@
+"""``emberbox node`` on gVisor, SIGKILLed while it creates: the restarted node adopts what
+finished, removes what did not and what died meanwhile, and the host ends as it began."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from emberbox._proto.node import node_pb2 as pb
+from emberbox.envd_client import EnvdClient
+from emberbox.node.client import NodeError, RemoteNode
+from emberbox.runtimes.gvisor import GVisorConfig, GVisorRuntime
+from emberbox.templates.store import Template
+from emberbox.vocabulary import new_sandbox_id
+from tests.runtimes.gvisor_support import DATA_DIR, inventory
+
+from .support import NodeProcess, data_dir_sharing_templates
+
+
+@pytest.fixture
+def node(tmp_path: Path, base_template: Template) -> Iterator[NodeProcess]:
+    node = NodeProcess(data_dir_sharing_templates(tmp_path / "data", DATA_DIR), "gvisor")
+    yield node
+    node.stop()
+
+
+def _spec() -> pb.SandboxSpec:
+    return pb.SandboxSpec(sandbox_id=new_sandbox_id(), template_id="base", cpu_count=1,
+                          memory_mb=256, disk_mb=256, access_token="t0k")  # fmt: skip
+
+
+async def _echo(sandbox: pb.Sandbox, text: str) -> str:
+    async with EnvdClient(sandbox.envd_url, "t0k") as envd:
+        return (await envd.run(f"echo {text}")).text
+
+
+async def test_sigkill_and_restart_leave_no_orphans(node: NodeProcess) -> None:
+    config = GVisorConfig(data_dir=node.data_dir)
+    baseline = await inventory(config)
+    node.start()
+    client = RemoteNode(node.url, node.token)
+    try:
+        survivor = await client.create(_spec())
+        doomed = await client.create(_spec())
+        cut = asyncio.create_task(client.create(_spec()))
+        await asyncio.sleep(0.4)  # that create is now somewhere inside the node
+        node.sigkill()
+        with pytest.raises(NodeError):
+            await cut
+        assert await _echo(survivor, "alive") == "alive\n", "sandboxes outlive the node"
+        await GVisorRuntime(config).runsc.delete(doomed.sandbox_id)  # dies while no node runs
+
+        line = node.start()
+        assert "adopted 1" in line, line
+        listing = await client.list()
+        assert [s.sandbox_id for s in listing.sandboxes] == [survivor.sandbox_id]
+        after = await inventory(config)
+        assert after.mentions(doomed.sandbox_id) == []
+        assert set(after.sandbox_dirs) - set(baseline.sandbox_dirs) == {survivor.sandbox_id}
+        assert await _echo(survivor, "adopted") == "adopted\n"
+
+        assert await client.kill(survivor.sandbox_id) is True
+        assert await client.kill(survivor.sandbox_id) is False  # nothing left to release
+    finally:
+        await client.close()
+    assert (await inventory(config)).leaked_since(baseline) == {}
