@@ -18,6 +18,19 @@ CAPABILITIES = [
 
 CPU_PERIOD_US = 100_000
 
+# Memory (see docs/runtimes.md, "Memory overruns"). gVisor has no OOM killer of its own: guest
+# memory lives in one memfd charged to the host cgroup, and when that cgroup hits its limit the
+# host kills a host process. Killing the sentry or the gofer ends the whole sandbox; killing the
+# stub process behind one guest address space ends only that guest process. So:
+# * the guest sees ``memory_mb`` (runsc reports the cgroup limit at boot as MemTotal) and its
+#   init kills the biggest process with SIGKILL when that is used up (guest/oom.py);
+# * once booted, the host limit is raised by HOST_HEADROOM_MB for the sentry's own memory and
+#   the guard's reaction time (runsc.py applies ``HOST_LIMIT_ANNOTATION``);
+# * should the host still run out, runsc.py has given the stubs the highest oom_score_adj, so
+#   the host kills the biggest guest process (it exits with status 1), never the sentry.
+HOST_HEADROOM_MB = 256
+HOST_LIMIT_ANNOTATION = "dev.emberbox.host-memory-limit"
+
 
 @dataclass(frozen=True)
 class BindMount:
@@ -45,18 +58,31 @@ class BundleSpec:
     binds: Sequence[BindMount] = field(default_factory=tuple)
 
 
+def host_memory_limit(memory_mb: int) -> int:
+    """Bytes the host cgroup allows once the sandbox runs: the guest's memory plus headroom."""
+    return (memory_mb + HOST_HEADROOM_MB) * 1024 * 1024
+
+
 def oci_config(spec: BundleSpec) -> dict[str, Any]:
     if spec.cpu_count < 1 or spec.memory_mb < 64 or spec.pids_limit < 16:
         raise ValueError("need cpu_count >= 1, memory_mb >= 64 and pids_limit >= 16")
     caps = list(CAPABILITIES)
+    shm_bytes = spec.memory_mb * 1024 * 1024 // 2  # Linux's default tmpfs size: half the RAM
     mounts: list[dict[str, Any]] = [
         {"destination": "/proc", "type": "proc", "source": "proc"},
         {"destination": "/dev", "type": "tmpfs", "source": "tmpfs"},
         {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-         "options": ["nosuid", "noexec", "nodev", "mode=1777"]},
+         "options": ["nosuid", "noexec", "nodev", "mode=1777", f"size={shm_bytes}"]},
         {"destination": "/sys", "type": "sysfs", "source": "sysfs",
          "options": ["nosuid", "noexec", "nodev", "ro"]},
     ]  # fmt: skip
+    if (spec.rootfs / "tmp").is_dir():
+        # Without a /tmp mount runsc puts a tmpfs there, i.e. in the sandbox's memory. Binding
+        # the image's own (empty) /tmp keeps it on disk: sandboxes get gVisor's disk-backed
+        # overlay on it (runsc.py, --overlay2=all:dir=<disk>), so it shares the disk quota;
+        # template builds write through to the layer, as a Dockerfile RUN step would.
+        mounts.append({"destination": "/tmp", "type": "bind",
+                       "source": str(spec.rootfs / "tmp"), "options": ["rbind", "rw"]})  # fmt: skip
     for bind in spec.binds:
         mounts.append(
             {
@@ -86,6 +112,7 @@ def oci_config(spec: BundleSpec) -> dict[str, Any]:
         "root": {"path": str(spec.rootfs), "readonly": False},
         "hostname": spec.hostname,
         "mounts": mounts,
+        "annotations": {HOST_LIMIT_ANNOTATION: str(host_memory_limit(spec.memory_mb))},
         "linux": {
             "namespaces": [
                 {"type": "pid"},

@@ -91,3 +91,20 @@ def remove(rel: str) -> None:
             for child in sorted(d.glob("**/"), key=lambda p: len(p.parts), reverse=True):
                 with contextlib.suppress(OSError):
                     os.rmdir(child)
+
+
+def set_memory_limit(rel: str, limit: int) -> None:
+    """Set the memory limit of cgroup ``rel`` (runsc created it); only raising is safe live."""
+    if is_v1():
+        (CGROUP_ROOT / "memory" / rel / "memory.limit_in_bytes").write_text(str(limit))
+    else:
+        (CGROUP_ROOT / rel / "memory.max").write_text(str(limit))
+
+
+def procs(rel: str) -> list[int]:
+    """Host pids in cgroup ``rel`` (empty if it does not exist)."""
+    base = CGROUP_ROOT / "memory" / rel if is_v1() else CGROUP_ROOT / rel
+    try:
+        return [int(line) for line in (base / "cgroup.procs").read_text().split()]
+    except (OSError, ValueError):
+        return []

@@ -5,16 +5,32 @@ Quirks handled here (see docs/runtimes.md):
   exists in every netns, so ``--network=sandbox`` refuses to start. We run runsc in a private
   mount namespace where ``/proc/sys`` is a tmpfs carrying only ``kernel``, ``vm`` and ``fs``.
 * A detached ``run`` keeps its stdio for the sandbox's life: stdio always goes to a log file.
+* runsc tells the guest the cgroup's memory limit at boot and never changes it; the host limit
+  is raised afterwards by the headroom the bundle asks for (see bundle.py, "Memory").
+* ``runsc state`` exits non-zero both for "no such container" and for failures to read its
+  state: only the first means gone (:meth:`Runsc.state`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
 
-from . import _proc
+from ..base import RuntimeError_
+from . import _proc, cgroups
+from .bundle import HOST_LIMIT_ANNOTATION
 from .config import GVisorConfig
+
+# What runsc prints when it has no record of the container (vs. failing to read the record).
+_NOT_FOUND = "does not exist"
+STUB_OOM_SCORE_ADJ = 1000
+
+
+class RunscError(RuntimeError_):
+    """runsc failed in a way that says nothing about the sandbox (e.g. unreadable state)."""
+
 
 # $0 = hidden-sysctl staging dir, the rest is the runsc argv.
 _NETFIX = """set -e
@@ -63,15 +79,17 @@ class Runsc:
     ) -> None:
         """Start the sandbox and return once runsc has created it (its init keeps running).
 
-        With ``filestore``, writes go to gVisor's own overlay whose backing file lives in that
-        directory (our size-limited disk); otherwise through the gofer to the root dir.
+        With ``filestore``, writes to the root and to every writable bind (/tmp) go to gVisor's
+        own overlays, whose backing files live in that directory (our size-limited disk);
+        otherwise through the gofer to the host directories.
         """
-        overlay = f"root:dir={filestore}" if filestore else "none"
+        overlay = f"all:dir={filestore}" if filestore else "none"
         argv = self._wrapped([*await self._base(overlay=overlay), "run", "--detach",
                               "--bundle", str(bundle), sandbox_id])  # fmt: skip
         code = await _proc.run_to_file(*argv, log_path=str(log), timeout=self.config.boot_timeout)
         if code != 0:
             raise _proc.CommandFailed(tuple(argv), code, _tail(log))
+        _apply_memory_policy(bundle)
 
     async def run_foreground(
         self, sandbox_id: str, bundle: Path, log: Path, timeout: float | None
@@ -81,10 +99,20 @@ class Runsc:
         return await _proc.run_to_file(*argv, log_path=str(log), timeout=timeout)
 
     async def state(self, sandbox_id: str) -> dict[str, Any] | None:
+        """runsc's record of the container, or None if runsc has none.
+
+        Raises :class:`RunscError` when runsc fails otherwise: a caller that took that for
+        "gone" would kill a live sandbox over a transient error.
+        """
         out = await _proc.run(*await self._base(), "state", sandbox_id, check=False)
         if out.code != 0:
-            return None
-        state: dict[str, Any] = json.loads(out.stdout)
+            if _NOT_FOUND in out.stderr:
+                return None
+            raise RunscError(f"runsc state {sandbox_id} exited {out.code}: {out.stderr.strip()}")
+        try:
+            state: dict[str, Any] = json.loads(out.stdout)
+        except ValueError as exc:
+            raise RunscError(f"runsc state {sandbox_id}: unreadable output: {exc}") from None
         return state
 
     async def delete(self, sandbox_id: str) -> None:
@@ -102,6 +130,31 @@ class Runsc:
         if out.code != 0 or not out.stdout.strip():
             return []
         return [c["id"] for c in json.loads(out.stdout) or []]
+
+
+def _apply_memory_policy(bundle: Path) -> None:
+    """What runsc cannot express (see bundle.py, "Memory"), applied once the guest has booted
+    with its own limit as MemTotal: the host cgroup's headroom, and the stubs as the host OOM
+    killer's first choice.
+
+    Only raising is possible: lowering the sentry's oom_score_adj needs CAP_SYS_RESOURCE, which
+    hosts may withhold (runsc's own ``oomScoreAdj`` support then fails the start). Stubs forked
+    later are cloned from the first one and inherit its score.
+    """
+    config = json.loads((bundle / "config.json").read_text())
+    limit = config.get("annotations", {}).get(HOST_LIMIT_ANNOTATION)
+    path = str(config.get("linux", {}).get("cgroupsPath", "")).strip("/")
+    if not limit or not path:
+        return
+    try:
+        cgroups.set_memory_limit(path, int(limit))
+    except OSError as exc:
+        raise RunscError(f"raising the memory limit of cgroup {path}: {exc}") from None
+    for pid in cgroups.procs(path):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"runsc-"):
+                continue  # the sentry and the gofer
+            Path(f"/proc/{pid}/oom_score_adj").write_text(str(STUB_OOM_SCORE_ADJ))
 
 
 def _tail(log: Path, limit: int = 4000) -> str:

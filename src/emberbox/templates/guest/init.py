@@ -1,7 +1,8 @@
 """PID 1 of every sandbox: starts envd and the template's start command, forwards
-loopback-only ports to the external address, serves ``sudo`` (see sudo_broker.py) and reaps
-every orphan. One process for all of that keeps idle memory down. The sandbox stops when envd
-exits, since nothing can reach it then.
+loopback-only ports to the external address, serves ``sudo`` (see sudo_broker.py), reaps
+every orphan and kills the biggest process when memory runs out (see oom.py). One process for
+all of that keeps idle memory down. The sandbox stops when envd exits, since nothing can reach
+it then.
 
 Configured by environment (set by the runtime from the template): ``EMBERBOX_DEFAULT_USER``,
 ``EMBERBOX_DEFAULT_WORKDIR``, ``EMBERBOX_START_CMD``.
@@ -68,12 +69,16 @@ def _spawn_all(envd_pid: int | None) -> int:
 async def supervise(envd_pid: int) -> int:
     import asyncio
     import signal
+    import threading
 
+    from .oom import OomGuard
     from .portfwd import forward_forever
     from .reaper import Reaper
     from .sudo_broker import serve
 
     reaper = Reaper()
+    guard = OomGuard(protected=lambda: (envd_pid,))
+    threading.Thread(target=guard.run_forever, name="oom-guard", daemon=True).start()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGCHLD, reaper.reap)
     for sig in (signal.SIGTERM, signal.SIGINT):

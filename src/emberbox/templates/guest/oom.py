@@ -1,0 +1,146 @@
+"""The guest's OOM killer, run by PID 1 in a thread.
+
+gVisor has none of its own: guest memory is one memfd charged to the host cgroup, and when that
+is full the host kills a host process, which can be the sentry (the whole sandbox dies). So the
+guest polices its own memory as Linux would: once the memory it was booted with (MemTotal, which
+runsc sets to the sandbox's limit) is used up, the process with the most resident memory gets
+SIGKILL. envd and PID 1 are never chosen, nor a process whose ``oom_score_adj`` is -1000.
+The host cgroup keeps headroom above MemTotal for the time between two polls
+(runtimes/gvisor/bundle.py, "Memory").
+
+Polling is cheap while memory is plentiful and tight near the limit: reading /proc/meminfo
+costs the sentry about 0.3 ms, and a process can fault in memory at about 1 GB/s.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+NEVER_KILL = -1000
+
+
+@dataclass(frozen=True)
+class Victim:
+    pid: int
+    comm: str
+    rss: int  # bytes
+
+
+def meminfo(text: str) -> tuple[int, int]:
+    """(MemTotal, MemAvailable) in bytes from the text of /proc/meminfo."""
+    fields = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("MemTotal", "MemAvailable"):
+            fields[key] = int(rest.split()[0]) * 1024
+    return fields["MemTotal"], fields["MemAvailable"]
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def pick_victim(protected: Iterable[int], limit: int, proc: str = "/proc") -> Victim | None:
+    """The process Linux would kill: most resident memory, shifted by ``oom_score_adj``."""
+    skip = {1, os.getpid(), *protected}
+    best: tuple[float, Victim] | None = None
+    for name in os.listdir(proc):
+        if not name.isdigit() or int(name) in skip:
+            continue
+        try:
+            rss = int(_read(f"{proc}/{name}/statm").split()[1]) * PAGE
+            adj = int(_read(f"{proc}/{name}/oom_score_adj"))
+            comm = _read(f"{proc}/{name}/comm").strip()
+        except (OSError, ValueError, IndexError):
+            continue  # exited meanwhile
+        if adj <= NEVER_KILL or rss == 0:
+            continue
+        points = rss + adj * limit / 1000
+        if best is None or points > best[0]:
+            best = (points, Victim(int(name), comm, rss))
+    return best[1] if best else None
+
+
+class OomGuard:
+    """Kill the biggest process whenever guest memory runs out.
+
+    **Parameters:**
+    * protected - callable returning pids that must survive (envd).
+    * limit - (optional) bytes the guest may use; MemTotal at construction by default.
+    """
+
+    def __init__(
+        self,
+        protected: Callable[[], Iterable[int]],
+        limit: int | None = None,
+        read_meminfo: Callable[[], str] = lambda: _read("/proc/meminfo"),
+        proc: str = "/proc",
+    ) -> None:
+        self.protected = protected
+        self._read_meminfo = read_meminfo
+        self.limit = limit if limit is not None else meminfo(read_meminfo())[0]
+        self.reserve = max(4 << 20, self.limit // 64)  # act just before it is all gone
+        self.proc = proc
+        self.kills: list[Victim] = []
+
+    def used(self) -> int:
+        total, available = meminfo(self._read_meminfo())
+        # Past MemTotal the sentry reports a bigger total, so count from what is left.
+        return total - available
+
+    def interval(self, used: int) -> float:
+        share = used / self.limit
+        return 0.01 if share > 0.9 else 0.05 if share > 0.5 else 0.25
+
+    def check(self) -> tuple[int, Victim | None]:
+        """One look: returns memory in use and the process killed, if one was."""
+        used = self.used()
+        if used < self.limit - self.reserve:
+            return used, None
+        victim = pick_victim(self.protected(), self.limit, self.proc)
+        if victim is None:
+            return used, None
+        try:
+            os.kill(victim.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return used, None
+        self.kills.append(victim)
+        print(
+            f"emberbox-init: out of memory ({used >> 20} of {self.limit >> 20} MiB used): "
+            f"killed process {victim.pid} ({victim.comm}), {victim.rss >> 20} MiB resident",
+            file=sys.stderr,
+            flush=True,
+        )
+        self._wait_gone(victim.pid)
+        return used, victim
+
+    def _wait_gone(self, pid: int, timeout: float = 2.0) -> None:
+        """Memory comes back only once the sentry has released the victim's address space,
+        a little after the process is gone: wait for both before choosing again, or a
+        bystander dies for memory that is already being freed."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with open(f"{self.proc}/{pid}/stat") as f:
+                    gone = f.read().rsplit(")", 1)[-1].split()[0] in ("Z", "X")
+            except OSError:
+                gone = True
+            if gone and self.used() < self.limit - self.reserve:
+                return
+            time.sleep(0.005)
+
+    def run_forever(self) -> None:
+        while True:
+            try:
+                used, _ = self.check()
+            except (OSError, ValueError, KeyError) as exc:
+                print(f"emberbox-init: oom guard: {exc}", file=sys.stderr, flush=True)
+                used = 0
+            time.sleep(self.interval(used))
