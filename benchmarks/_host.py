@@ -16,7 +16,12 @@ import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+import httpx
+
 from benchmarks._stats import check
+from emberbox.envd_client.handshake import handshake
+from emberbox.runtimes.base import RuntimeSandbox, SandboxSpec
+from emberbox.runtimes.gvisor import GVisorRuntime
 from emberbox.server.testing import ServerProcess
 
 
@@ -38,6 +43,18 @@ def ensure_base(directory: Path) -> None:
         check(done.returncode == 0, f"{' '.join(argv)} failed:\n{done.stderr[-3000:]}")
 
 
+async def boot(runtime: GVisorRuntime, spec: SandboxSpec) -> RuntimeSandbox:
+    """A sandbox in service, as the node makes one: the runtime starts the machine, then the
+    envd handshake (/health answers 204, one POST /init)."""
+    sandbox = await runtime.create(spec)
+    async with httpx.AsyncClient(trust_env=False) as http:
+        await handshake(
+            http, sandbox.envd_url, sandbox.defaults, "", timeout_s=60,
+            alive=lambda: runtime.alive(spec.sandbox_id),
+        )  # fmt: skip
+    return sandbox
+
+
 @contextlib.contextmanager
 def gvisor_server(tmp: Path, env: Mapping[str, str] | None = None) -> Iterator[ServerProcess]:
     """A real ``emberbox server`` on gVisor over the bench data dir, with a fresh database.
@@ -51,7 +68,8 @@ def gvisor_server(tmp: Path, env: Mapping[str, str] | None = None) -> Iterator[S
     server = ServerProcess(
         directory,
         database_url=f"sqlite+aiosqlite:///{tmp / 'bench.db'}",
-        env={"EMBERBOX_BACKEND": "gvisor", **(env or {})},
+        # EMBERBOX_RUNTIME is the current name; EMBERBOX_BACKEND the one ServerProcess sets.
+        env={"EMBERBOX_RUNTIME": "gvisor", "EMBERBOX_BACKEND": "gvisor", **(env or {})},
         log_dir=tmp,
     )
     server.start(timeout_s=60)

@@ -3,9 +3,9 @@
 Starts a real ``emberbox server`` (own SQLite database), then measures ``Sandbox.create()`` →
 first ``commands.run`` result for N sequential and N concurrent creates, next to a bare create
 measured in the same run without API or SDK: for ``--backend local`` an envd process started by
-hand until /health answers 204, for ``--backend gvisor`` ``GVisorRuntime.create`` (boot, envd
-healthy, /init). Prints median/p95/p99 in milliseconds and the ratio of each TTI to the bare
-create.
+hand until /health answers 204, for ``--backend gvisor`` ``GVisorRuntime.create`` plus the envd
+handshake (healthy, /init) as the node does it. Prints median/p95/p99 in milliseconds and the
+ratio of each TTI to the bare create.
 
     .venv/bin/python benchmarks/api_bench.py [--n 20] [--backend local|gvisor] [--quick]
 
@@ -31,7 +31,7 @@ from e2b import Sandbox
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._host import data_dir, gvisor_server
+from benchmarks._host import boot, data_dir, gvisor_server
 from benchmarks._stats import check, summary
 from benchmarks.envd_bench import free_port, start_envd
 from emberbox.server.testing import ServerProcess
@@ -79,7 +79,7 @@ def bare_envd_starts(n: int) -> list[float]:
 
 
 async def bare_runtime_creates(n: int) -> list[float]:
-    """The gVisor runtime's own create (boot, envd healthy, /init), no orchestrator or API."""
+    """The gVisor runtime's create and the envd handshake (healthy, /init), no node or API."""
     from emberbox.runtimes.base import SandboxSpec
     from emberbox.runtimes.gvisor import GVisorConfig, GVisorRuntime
 
@@ -89,7 +89,7 @@ async def bare_runtime_creates(n: int) -> list[float]:
         spec = SandboxSpec(sandbox_id=f"bench{secrets.token_hex(4)}", template_id="base")
         start = time.perf_counter()
         try:
-            await runtime.create(spec)
+            await boot(runtime, spec)
             times.append(time.perf_counter() - start)
         finally:
             await runtime.kill(spec.sandbox_id)
@@ -134,7 +134,7 @@ def main() -> None:
             seq = [tti_once(sdk_env) for _ in range(args.n)]
             par = concurrent(lambda: tti_once(sdk_env), args.n)
         if args.backend == "gvisor":
-            bare_name = "GVisorRuntime.create"
+            bare_name = "runtime create + handshake"
             bare = asyncio.run(bare_runtime_creates(args.n))
         else:
             bare_name = "envd start -> /health"

@@ -2,14 +2,14 @@
 
     sudo .venv/bin/python benchmarks/runtime_bench.py [--count 20] [--json] [--quick]
 
-"Ours" is the full ``GVisorRuntime.create``: address lease, netns + veth + nft, sparse ext4 +
-loop mount + overlayfs, bundle, runsc run, envd /health 204, POST /init. "Bare" is only
-``runsc run --detach`` of the same template tree (read-only overlayfs of its layers, runsc's
-in-memory overlay for writes) into a netns prepared beforehand, running envd directly, until
-``/health`` answers 204. Both start the same envd, so the ratio is our orchestration overhead.
-The bare side writes its own runsc command line and knows nothing of our runtime's modules, so
-a change there cannot break the baseline. Idle memory is the drop in the host's MemAvailable
-per sandbox after the sandboxes have settled for a few seconds.
+"Ours" is ``GVisorRuntime.create`` plus the node's envd handshake: address lease, netns + veth
++ nft, sparse ext4 + loop mount + overlayfs, bundle, runsc run, envd /health 204, POST /init.
+"Bare" is only ``runsc run --detach`` of the same template tree (read-only overlayfs of its
+layers, runsc's in-memory overlay for writes) into a netns prepared beforehand, running envd
+directly, until ``/health`` answers 204. Both start the same envd, so the ratio is our
+orchestration overhead. The bare side writes its own runsc command line and knows nothing of
+our runtime's modules, so a change there cannot break the baseline. Idle memory is the drop in
+the host's MemAvailable per sandbox after the sandboxes have settled for a few seconds.
 
 Sandboxes live in the benchmarks' own data dir (see ``_host.py``). ``--quick`` boots two of
 each, to prove every step still works; its numbers mean little.
@@ -34,7 +34,7 @@ import httpx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._host import data_dir, ensure_base, require_root
+from benchmarks._host import boot, data_dir, ensure_base, require_root
 from benchmarks._stats import BenchFailed, check, percentile
 from emberbox.runtimes.base import NetworkPolicy, SandboxSpec
 from emberbox.runtimes.gvisor import GVisorConfig, GVisorRuntime
@@ -109,10 +109,12 @@ class Ours:
         sandbox_id = f"bench{secrets.token_hex(4)}"
         self.ids.append(sandbox_id)
         started = time.monotonic()
-        await self.runtime.create(
-            SandboxSpec(sandbox_id=sandbox_id, template_id="base",
-                        network=NetworkPolicy(allow_internet=False))
-        )  # fmt: skip
+        spec = SandboxSpec(
+            sandbox_id=sandbox_id,
+            template_id="base",
+            network=NetworkPolicy(allow_internet=False),
+        )
+        await boot(self.runtime, spec)
         return time.monotonic() - started
 
     async def destroy_all(self) -> None:
