@@ -1,8 +1,8 @@
-"""The SDK round against real gVisor sandboxes through the node orchestrator.
+"""The SDK round against real gVisor sandboxes through the embedded node.
 
 Needs root and runsc (``require_host`` skips naming what is missing); ``base`` is built into the
-node's data dir if missing. The orchestrator's start-up removes every sandbox of its data dir
-that it does not own, so never run this next to another gVisor test run.
+node's data dir if missing. The node's start-up removes every sandbox of its data dir that it
+does not own, and holds the data dir's lock, so never run this next to another gVisor test run.
 """
 
 from __future__ import annotations
@@ -98,21 +98,40 @@ def test_end_time_in_gvisor(gvisor_server: ServerProcess, key: str) -> None:
         time.sleep(0.1)
 
 
-_CONNECT = (
-    "python3 -c \"import socket; socket.create_connection(('pypi.org', 443), timeout=5); "
-    "print('reached')\""
-)
-
-
 def test_allow_internet_access_false_is_enforced(gvisor_server: ServerProcess, key: str) -> None:
-    closed = Sandbox.create(timeout=60, allow_internet_access=False)
-    opened = Sandbox.create(timeout=60)
+    """Egress to a server in a namespace this test made (never a real address)."""
+    from tests.fake_internet import fake_internet
+
+    with fake_internet() as inet:
+        fetch = (
+            f'python3 -c "import urllib.request as u; '
+            f"print(u.urlopen('{inet.url}', timeout=5).read().decode())\""
+        )
+        closed = Sandbox.create(timeout=60, allow_internet_access=False)
+        opened = Sandbox.create(timeout=60)
+        try:
+            assert closed.get_info().allow_internet_access is False
+            assert opened.get_info().allow_internet_access is True
+            with pytest.raises(CommandExitException):
+                closed.commands.run(fetch)
+            assert opened.commands.run(fetch).stdout == inet.body + "\n"
+        finally:
+            closed.kill()
+            opened.kill()
+
+
+def test_paused_past_its_end_time_resumes_with_files(
+    gvisor_server: ServerProcess, key: str
+) -> None:
+    """Regression: the node's own reaper used to kill a paused sandbox at its old end time."""
+    sbx = Sandbox.create(timeout=3)
     try:
-        assert closed.get_info().allow_internet_access is False
-        assert opened.get_info().allow_internet_access is True
-        with pytest.raises(CommandExitException):
-            closed.commands.run(_CONNECT)
-        assert opened.commands.run(_CONNECT).stdout == "reached\n"
+        sbx.files.write("/home/user/before-pause.txt", "still here")
+        sbx.pause()
+        time.sleep(5)  # the end time passes while paused
+        assert sbx.get_info().state == SandboxState.PAUSED
+        resumed = Sandbox.connect(sbx.sandbox_id, timeout=60)
+        assert resumed.files.read("/home/user/before-pause.txt") == "still here"
+        assert gvisor_server.sandbox_states()[sbx.sandbox_id] == ("running", None)
     finally:
-        closed.kill()
-        opened.kill()
+        sbx.kill()
