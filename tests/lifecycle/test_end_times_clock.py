@@ -18,6 +18,7 @@ from emberbox.server.auth.store import Principal, authenticate, create_key
 from emberbox.server.config import Capacity, Limits
 from emberbox.server.db import sandboxes as q
 from emberbox.server.db.engine import make_engine, make_sessionmaker, migrate
+from emberbox.server.db.models import utcnow
 from emberbox.server.lifecycle import reaper as reaper_module
 from emberbox.server.lifecycle.errors import Invalid
 from emberbox.server.lifecycle.reaper import Reaper
@@ -62,8 +63,7 @@ async def plane(tmp_path: Path) -> AsyncIterator[Plane]:
 
 
 def _clock(monkeypatch: pytest.MonkeyPatch, ahead: dt.timedelta) -> None:
-    real = reaper_module.utcnow
-    monkeypatch.setattr(reaper_module, "utcnow", lambda: real() + ahead)
+    monkeypatch.setattr(reaper_module, "utcnow", lambda: utcnow() + ahead)
 
 
 async def _state(plane: Plane, sandbox_id: str) -> tuple[str, str | None]:
