@@ -44,7 +44,7 @@ class NodeProcess:
         out = self.data_dir / "node.out"
         with open(out, "wb") as stdout, open(self.data_dir / "node.log", "ab") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "emberbox.server", "node"],
+                [sys.executable, "-m", "emberbox.cli", "node"],
                 env=self.env(),
                 stdout=stdout,
                 stderr=err,

@@ -87,7 +87,7 @@ def test_second_node_or_server_on_one_data_dir_refuses_and_changes_nothing(
     records = sorted(p.name for p in (node.data_dir / "node" / "sandboxes").iterdir())
 
     second = subprocess.run(
-        [sys.executable, "-m", "emberbox.server", "node"],
+        [sys.executable, "-m", "emberbox.cli", "node"],
         env=node.env(), capture_output=True, timeout=60,
     )  # fmt: skip
     assert second.returncode == 1 and b"already runs" in second.stderr, second.stderr

@@ -98,7 +98,7 @@ class ServerProcess:
         err = open(self.log_dir / "server.log", "ab")  # noqa: SIM115
         with open(out, "wb") as stdout:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "emberbox.server", "server"],
+                [sys.executable, "-m", "emberbox.cli", "server"],
                 env=self.env(),
                 stdout=stdout,
                 stderr=err,
@@ -134,7 +134,7 @@ class ServerProcess:
 
     def create_key(self, team: str) -> str:
         out = subprocess.run(
-            [sys.executable, "-m", "emberbox.server", "keys", "create", "--team", team],
+            [sys.executable, "-m", "emberbox.cli", "keys", "create", "--team", team],
             env=self.env(),
             capture_output=True,
             check=True,
