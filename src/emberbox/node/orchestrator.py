@@ -221,6 +221,7 @@ class Orchestrator:
         with contextlib.suppress(SandboxGone):
             await self.runtime.kill(sandbox_id)
         self.releases[sandbox_id] += 1
+        log.info("released sandbox %s (%s)", sandbox_id, reason)
         self.ended[sandbox_id] = reason
         while len(self.ended) > ENDED_KEPT:
             self.ended.popitem(last=False)

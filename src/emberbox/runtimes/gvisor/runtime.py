@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import logging
 import os
 import shutil
 import time
@@ -40,6 +41,7 @@ from .config import GVisorConfig
 from .runsc import Runsc
 from .state import SandboxPaths, SandboxRecord
 
+log = logging.getLogger("emberbox.gvisor")
 BUILDER_PREFIXES = ("build-", "verify-")  # ids the template builder uses (templates/builder.py)
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Variables PID 1 needs but commands should not inherit through envd's /init.
@@ -189,6 +191,7 @@ class GVisorRuntime(Runtime):
         if not found:
             return False
         self.teardowns[sandbox_id] = self.teardowns.get(sandbox_id, 0) + 1
+        log.info("host teardown of %s", sandbox_id)
         await self.runsc.delete(sandbox_id)
         owned = lease is not None and self.pool.owns(lease)
         if lease is not None:
