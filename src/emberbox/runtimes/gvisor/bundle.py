@@ -18,7 +18,7 @@ CAPABILITIES = [
 
 CPU_PERIOD_US = 100_000
 
-# Memory (see docs/runtimes.md, "Memory overruns"). gVisor has no OOM killer of its own: guest
+# Memory. gVisor (runsc 20240729) has no OOM killer of its own: guest
 # memory lives in one memfd charged to the host cgroup, and when that cgroup hits its limit the
 # host kills a host process. Killing the sentry or the gofer ends the whole sandbox; killing the
 # stub process behind one guest address space ends only that guest process. So:
