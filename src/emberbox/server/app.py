@@ -18,6 +18,7 @@ from .api.app import create_api_app
 from .auth.store import count_keys, create_key
 from .config import Settings
 from .context import ServerContext
+from .draining import Drain
 from .proxy.app import SandboxProxy
 
 
@@ -86,18 +87,30 @@ async def serve(settings: Settings) -> None:
         first_key = (await create_key(ctx.sessions, "default", "first start")).key
     api = create_api_app(settings, ctx.service, ctx.authenticate)
     proxy = SandboxProxy(ctx.resolver)
+    drain = Drain()
     servers = [
-        _Server(_config(api, settings.host, settings.api_port)),
-        _Server(_config(proxy, settings.host, settings.proxy_port)),
+        _Server(_config(drain.wrap(api), settings.host, settings.api_port)),
+        _Server(_config(drain.wrap(proxy), settings.host, settings.proxy_port)),
     ]
     loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task[None]] = []
 
     def stop() -> None:
         for s in servers:
             s.should_exit = True
 
+    async def drain_then_stop() -> None:
+        await drain.drain(settings.shutdown_grace_s)
+        stop()
+
+    def on_signal() -> None:
+        if stopping:  # a second signal: stop now
+            stop()
+            return
+        stopping.append(loop.create_task(drain_then_stop()))
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop)
+        loop.add_signal_handler(sig, on_signal)
     ctx.reaper.start()
     try:
         tasks = [asyncio.create_task(s.serve()) for s in servers]

@@ -83,6 +83,7 @@ class Settings:
     templates: str = ""
     runsc: str = ""
     reap_interval_s: float = 0.2
+    shutdown_grace_s: float = 10.0
     reconcile_interval_s: float = 2.0
     dead_check_interval_s: float = 2.0
     limits: Limits = field(default_factory=Limits)
@@ -148,6 +149,7 @@ class Settings:
             templates=e.get("EMBERBOX_TEMPLATES", ""),
             runsc=e.get("EMBERBOX_RUNSC", ""),
             reap_interval_s=num("EMBERBOX_REAP_INTERVAL_S", 0.2),
+            shutdown_grace_s=num("EMBERBOX_SHUTDOWN_GRACE_S", 10.0),
             reconcile_interval_s=num("EMBERBOX_RECONCILE_INTERVAL_S", 2.0),
             dead_check_interval_s=num("EMBERBOX_DEAD_CHECK_INTERVAL_S", 2.0),
             limits=limits,
