@@ -10,7 +10,7 @@ ratio of each TTI to the bare create.
     .venv/bin/python benchmarks/api_bench.py [--n 20] [--backend local|gvisor] [--quick]
 
 ``--backend gvisor`` needs root and runsc; it runs in the benchmarks' own data dir (see
-``_host.py``). ``--quick`` does 3 of each, to prove every step still works.
+``_host.py``). ``--quick`` does 2 of each, to prove every step still works.
 """
 
 from __future__ import annotations
@@ -121,10 +121,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20)
     parser.add_argument("--backend", default="local", choices=["local", "gvisor"])
-    parser.add_argument("--quick", action="store_true", help="3 of each: a smoke run")
+    parser.add_argument("--quick", action="store_true", help="2 of each: a smoke run")
     args = parser.parse_args()
     if args.quick:
-        args.n = 3
+        args.n = 2
 
     with tempfile.TemporaryDirectory(prefix="emberbox-bench-") as tmp:
         with server(args.backend, Path(tmp), args.n) as started:

@@ -13,7 +13,7 @@ running or burned no CPU, a kill that did not happen.
     sudo .venv/bin/python benchmarks/fairness_bench.py [--n 200] [--rounds 4] [--quick]
 
 Needs root and runsc; runs in the benchmarks' own data dir (see ``_host.py``). ``--quick`` times
-15 commands on each side in one round, to prove every step still works.
+10 commands on each side in one round, to prove every step still works.
 """
 
 from __future__ import annotations
@@ -59,8 +59,8 @@ class Spinners:
 
     def __init__(self, sbx: Sandbox, count: int) -> None:
         self.sbx = sbx
-        self.handles = [sbx.commands.run(SPIN, background=True) for _ in range(count)]
         self.started = time.monotonic()
+        self.handles = [sbx.commands.run(SPIN, background=True) for _ in range(count)]
         running = {p.pid for p in sbx.commands.list()}
         missing = [h.pid for h in self.handles if h.pid not in running]
         check(not missing, f"spinners {missing} are not running")
@@ -98,13 +98,14 @@ def measure(quiet: Sandbox, noisy: Sandbox, n: int, rounds: int) -> tuple[list[f
 
 
 def main() -> None:
+    global WARMUP
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=200, help="timed commands on each side")
     parser.add_argument("--rounds", type=int, default=4, help="alternating quiet/loaded blocks")
-    parser.add_argument("--quick", action="store_true", help="15 commands each: a smoke run")
+    parser.add_argument("--quick", action="store_true", help="10 commands each: a smoke run")
     args = parser.parse_args()
     if args.quick:
-        args.n, args.rounds = 15, 1
+        args.n, args.rounds, WARMUP = 10, 1, 3
 
     with (
         tempfile.TemporaryDirectory(prefix="emberbox-bench-") as tmp,
