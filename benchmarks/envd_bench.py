@@ -174,6 +174,10 @@ async def bench_transfer(url: str, size_mib: int) -> None:
     size = size_mib * 1024 * 1024
     block = os.urandom(1024 * 1024)
     tmp = tempfile.mkdtemp(prefix="envd-bench-")
+    # envd writes with the permissions of its default user, so that user owns the directory.
+    entry = pwd.getpwnam(fallback_user())
+    if os.geteuid() == 0:
+        os.chown(tmp, entry.pw_uid, entry.pw_gid)
     target = os.path.join(tmp, "upload.bin")
 
     async def body() -> AsyncIterator[bytes]:
