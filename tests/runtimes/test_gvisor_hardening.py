@@ -18,7 +18,7 @@ from emberbox.runtimes.base import RuntimeSandbox, SandboxSpec
 from emberbox.runtimes.gvisor import GVisorConfig, GVisorRuntime, cgroups
 from emberbox.runtimes.gvisor.bundle import HOST_HEADROOM_MB
 from emberbox.runtimes.gvisor.runsc import STUB_OOM_SCORE_ADJ, Runsc, RunscError
-from emberbox.templates.guest.oom import OomGuard, pick_victim
+from emberbox.templates.guest.oom import OomGuard, count_kills, pick_victim
 from emberbox.templates.store import Template, TemplateStore
 
 from .gvisor_support import healthy, require_host, run
@@ -129,7 +129,7 @@ async def test_memory_hog_dies_alone_and_envd_answers(
     shell = await run(sandbox, "python3 -c 'b = bytearray(600 << 20)'; echo rc=$?", timeout=60)
     assert "rc=137" in shell.text
     log = await hardening_runtime.boot_log(sandbox.sandbox_id)
-    assert log.count("out of memory") == 2, log
+    assert count_kills(log) == 2, log
 
 
 async def test_tmp_fills_the_disk_not_the_memory(sandbox: RuntimeSandbox):

@@ -23,8 +23,9 @@ from . import _proc, cgroups
 from .bundle import HOST_LIMIT_ANNOTATION
 from .config import GVisorConfig
 
-# What runsc prints when it has no record of the container (vs. failing to read the record).
-_NOT_FOUND = "does not exist"
+# What runsc prints when it has no record of the container (vs. failing to read the record);
+# the second when the record went away while runsc was loading it.
+_NOT_FOUND = ("does not exist", "no such file or directory")
 STUB_OOM_SCORE_ADJ = 1000
 
 
@@ -106,7 +107,7 @@ class Runsc:
         """
         out = await _proc.run(*await self._base(), "state", sandbox_id, check=False)
         if out.code != 0:
-            if _NOT_FOUND in out.stderr:
+            if any(words in out.stderr for words in _NOT_FOUND):
                 return None
             raise RunscError(f"runsc state {sandbox_id} exited {out.code}: {out.stderr.strip()}")
         try:

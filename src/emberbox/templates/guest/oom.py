@@ -23,6 +23,14 @@ from dataclasses import dataclass
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 NEVER_KILL = -1000
+# Each kill is one line on PID 1's stderr, which lands in the sandbox's runsc log on the host:
+# that is how the host learns of kills the host kernel never saw.
+KILL_MARKER = "emberbox-init: out of memory"
+
+
+def count_kills(log_text: str) -> int:
+    """How many processes the guard killed, from the sandbox's log."""
+    return log_text.count(KILL_MARKER)
 
 
 @dataclass(frozen=True)
@@ -113,7 +121,7 @@ class OomGuard:
             return used, None
         self.kills.append(victim)
         print(
-            f"emberbox-init: out of memory ({used >> 20} of {self.limit >> 20} MiB used): "
+            f"{KILL_MARKER} ({used >> 20} of {self.limit >> 20} MiB used): "
             f"killed process {victim.pid} ({victim.comm}), {victim.rss >> 20} MiB resident",
             file=sys.stderr,
             flush=True,
