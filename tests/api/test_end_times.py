@@ -84,7 +84,7 @@ def test_end_times_survive_a_server_restart(own_server: Running) -> None:
 
 
 def test_sandbox_killed_outside_the_server_is_recorded_as_crashed(own_server: Running) -> None:
-    from emberbox.runtimes.procs import kill_tree
+    from emberbox.host.processes import kill_tree
 
     with own_server.client() as api:
         sid, _ = _create(api, 60)

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from emberbox.envd.client import CommandResult, EnvdClient
+from emberbox.envd_client import CommandResult, EnvdClient
+from emberbox.host import cgroups as cg
+from emberbox.host import network
 from emberbox.runtimes.base import RuntimeSandbox
-from emberbox.runtimes.gvisor import GVisorConfig, network
-from emberbox.runtimes.gvisor import cgroups as cg
+from emberbox.runtimes.gvisor import GVisorConfig
 from emberbox.server.testing import ServerProcess
 from emberbox.templates.base import build_base
 from emberbox.templates.store import Template, TemplateStore

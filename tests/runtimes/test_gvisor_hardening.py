@@ -14,8 +14,9 @@ import httpx
 import pytest
 
 from emberbox.envd_client.handshake import handshake
+from emberbox.host import cgroups
 from emberbox.runtimes.base import RuntimeSandbox, SandboxSpec
-from emberbox.runtimes.gvisor import GVisorConfig, GVisorRuntime, cgroups
+from emberbox.runtimes.gvisor import GVisorConfig, GVisorRuntime
 from emberbox.runtimes.gvisor.bundle import HOST_HEADROOM_MB
 from emberbox.runtimes.gvisor.runsc import STUB_OOM_SCORE_ADJ, Runsc, RunscError
 from emberbox.templates.guest.oom import OomGuard, count_kills, pick_victim

@@ -8,7 +8,7 @@ import secrets
 import httpx
 import pytest
 
-from emberbox.envd.client import EnvdClient
+from emberbox.envd_client import EnvdClient
 from emberbox.runtimes.base import SandboxSpec, SandboxStatus
 from emberbox.runtimes.gvisor import GVisorRuntime
 from emberbox.templates.store import Template, TemplateStore

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from emberbox.host.network import AddressPool, PoolExhausted
 from emberbox.runtimes import hardware_kvm, resolve_name
 from emberbox.runtimes.gvisor.bundle import BindMount, BundleSpec, oci_config
-from emberbox.runtimes.gvisor.network import AddressPool, PoolExhausted
 
 
 def _host(tmp_path: Path, modules: list[str], flags: str, kvm: bool = True) -> dict[str, Path]:

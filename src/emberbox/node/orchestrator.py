@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 
 from ..envd_client.handshake import HandshakeFailed, handshake
+from ..host.locks import KeyedLock
 from ..runtimes.base import (
     Runtime,
     RuntimeSandbox,
@@ -30,7 +31,6 @@ from ..runtimes.base import (
     SandboxStats,
     SandboxStatus,
 )
-from ..runtimes.locks import KeyedLock
 from .records import RecordStore, SandboxRecord
 
 log = logging.getLogger("emberbox.node")

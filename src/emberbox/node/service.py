@@ -16,6 +16,7 @@ from google.protobuf.message import Message
 
 from .._connect.errors import Code, ConnectError
 from .._proto.node import node_pb2 as pb
+from ..host.errors import HostError, HostExhausted
 from ..runtimes.base import (
     CapabilityMissing,
     CapacityExhausted,
@@ -56,11 +57,11 @@ def _connect_error(exc: Exception) -> ConnectError:
         return ConnectError(Code.ALREADY_EXISTS, str(exc))
     if isinstance(exc, CapabilityMissing):
         return ConnectError(Code.UNIMPLEMENTED, str(exc))
-    if isinstance(exc, CapacityExhausted):
+    if isinstance(exc, CapacityExhausted | HostExhausted):
         return ConnectError(Code.RESOURCE_EXHAUSTED, str(exc))
     if isinstance(exc, InvalidSandboxId | ValueError):
         return ConnectError(Code.INVALID_ARGUMENT, str(exc))
-    if isinstance(exc, BootFailed | RuntimeError_ | OSError):
+    if isinstance(exc, BootFailed | RuntimeError_ | HostError | OSError):
         return ConnectError(Code.INTERNAL, str(exc) or type(exc).__name__)
     log.exception("node handler failed", exc_info=exc)
     return ConnectError(Code.INTERNAL, str(exc) or type(exc).__name__)

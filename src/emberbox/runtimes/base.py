@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..envd_client.handshake import EnvdDefaults
+from ..host.errors import HostError, HostExhausted
 from ..vocabulary import (
     DEFAULT_CPU_COUNT,
     DEFAULT_DISK_MB,
@@ -22,7 +23,7 @@ from ..vocabulary import (
 )
 
 
-class RuntimeError_(Exception):
+class RuntimeError_(HostError):
     """Base of runtime failures; the orchestrator maps them to sandbox end reasons."""
 
 
@@ -30,7 +31,7 @@ class CapabilityMissing(RuntimeError_):
     """Raised when an operation the runtime does not declare is asked for."""
 
 
-class CapacityExhausted(RuntimeError_):
+class CapacityExhausted(RuntimeError_, HostExhausted):
     """The node has no room for another sandbox (addresses, slots)."""
 
 

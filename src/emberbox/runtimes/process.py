@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..envd_client.handshake import EnvdDefaults
+from ..host.locks import KeyedLock
+from ..host.processes import dir_size, kill_tree, start_time, usage
 from ..vocabulary import check_sandbox_id, e2b_env
 from .base import (
     Capabilities,
@@ -38,8 +40,6 @@ from .base import (
     SandboxStats,
     SandboxStatus,
 )
-from .locks import KeyedLock
-from .procs import dir_size, kill_tree, start_time, usage
 
 
 @dataclass(frozen=True)

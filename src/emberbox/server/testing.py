@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from ..runtimes.procs import kill_tree, start_time
+from ..host.processes import kill_tree, start_time
 
 _KEY_RE = re.compile(r"e2b_[0-9a-f]{40}")
 

@@ -11,7 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ..runtimes.gvisor.rootfs import sparse_file
+from ..host.rootfs import sparse_file
 from . import _run
 from .store import Template, TemplateStore
 

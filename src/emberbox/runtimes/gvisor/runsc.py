@@ -18,8 +18,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ...host import cgroups
+from ...host import commands as _proc
 from ..base import RuntimeError_
-from . import _proc, cgroups
 from .bundle import HOST_LIMIT_ANNOTATION
 from .config import GVisorConfig
 

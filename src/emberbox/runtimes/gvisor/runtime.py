@@ -19,6 +19,9 @@ from pathlib import Path
 import httpx
 
 from ...envd_client.handshake import EnvdDefaults, HandshakeFailed, handshake
+from ...host import cgroups, network, rootfs
+from ...host.locks import KeyedLock
+from ...templates.guest.oom import count_kills
 from ...templates.steps import BootFailed, Step
 from ...templates.store import Template, TemplateError, TemplateStore
 from ...vocabulary import ENVD_PORT, check_sandbox_id, e2b_env, is_sandbox_id
@@ -34,8 +37,6 @@ from ..base import (
     SandboxStats,
     SandboxStatus,
 )
-from ..locks import KeyedLock
-from . import cgroups, network, rootfs
 from .bundle import BindMount, BundleSpec, write_bundle
 from .config import GVisorConfig
 from .runsc import Runsc
@@ -445,13 +446,16 @@ class GVisorRuntime(Runtime):
         defaults: EnvdDefaults | None = None,
     ) -> RuntimeSandbox:
         usage = cgroups.usage(self._cgroup(record.sandbox_id))
+        # The guest's init kills memory hogs itself (templates/guest/oom.py) and logs each kill.
+        log = self._paths(record.sandbox_id).log
+        guest_kills = count_kills(log.read_text(errors="replace")) if log.exists() else 0
         return RuntimeSandbox(
             sandbox_id=record.sandbox_id,
             template_id=record.template_id,
             address=record.address or "",
             envd_port=ENVD_PORT,
             status=status,
-            oom_killed=bool(usage and usage.oom_kills),
+            oom_killed=bool(usage and usage.oom_kills) or guest_kills > 0,
             defaults=defaults or RuntimeSandbox.defaults_unknown(),
         )
 

@@ -6,10 +6,10 @@ import asyncio
 import os
 from dataclasses import dataclass
 
-from ..base import RuntimeError_
+from .errors import HostError
 
 
-class CommandFailed(RuntimeError_):
+class CommandFailed(HostError):
     """A host command exited non-zero; carries argv and stderr so the cause is visible."""
 
     def __init__(self, argv: tuple[str, ...], code: int, stderr: str) -> None:

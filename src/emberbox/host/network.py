@@ -14,8 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..base import CapacityExhausted
-from . import _proc
+from . import commands as _proc
+from .errors import HostExhausted
 
 NETNS_PREFIX = "ebx"
 HOST_VETH_PREFIX = "ebh"
@@ -48,7 +48,7 @@ table inet {NFT_TABLE} {{
 """
 
 
-class PoolExhausted(CapacityExhausted):
+class PoolExhausted(HostExhausted):
     """Every /30 of the configured subnet is leased."""
 
 

@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import _proc
+from . import commands as _proc
 
 
 def overlay_options(lower: Sequence[Path], upper: Path, work: Path) -> str:
