@@ -76,7 +76,7 @@ class BuildSpec:
         for i, raw in enumerate(data.get("steps", [])):
             if not isinstance(raw, Mapping) or len(raw) != 1:
                 raise SpecError(f"steps[{i}]: expected one of run/copy/env/workdir/user")
-            (kind, value), = raw.items()
+            ((kind, value),) = raw.items()
             steps.append(_step_from_json(kind.upper(), value, f"steps[{i}]"))
         if "from" not in data:
             raise SpecError("build spec needs 'from' (a template name)")
