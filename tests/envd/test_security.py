@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 
@@ -56,10 +58,11 @@ def test_init_cannot_take_over_a_token(envd_factory: Callable[..., EnvdProcess])
     assert httpx.get(f"{envd.url}/envs", headers={"X-Access-Token": "next"}).status_code == 200
 
 
-def test_signed_urls(envd_factory: Callable[..., EnvdProcess], tmp_path) -> None:
+def test_signed_urls(envd_factory: Callable[..., EnvdProcess], user_dir: Path) -> None:
     envd = envd_factory("--access-token", TOKEN)
-    target = tmp_path / "signed.txt"
+    target = user_dir / "signed.txt"
     target.write_text("signed content")
+    shutil.chown(target, user_dir.owner(), user_dir.group())
     path = str(target)
     good = sign(path, "read", "", TOKEN, None)
     response = httpx.get(f"{envd.url}/files", params={"path": path, "signature": good})
@@ -120,9 +123,11 @@ def test_path_errors(envd_debug: EnvdProcess) -> None:
     assert dotted.json()["entry"]["path"] == "/etc/hostname"
 
 
-def test_upload_limit_leaves_nothing(envd_factory: Callable[..., EnvdProcess], tmp_path) -> None:
+def test_upload_limit_leaves_nothing(
+    envd_factory: Callable[..., EnvdProcess], user_dir: Path
+) -> None:
     envd = envd_factory("--max-upload-mb", "1")
-    target = tmp_path / "too-big.bin"
+    target = user_dir / "too-big.bin"
 
     def chunks():
         for _ in range(4):
@@ -145,7 +150,7 @@ def test_upload_limit_leaves_nothing(envd_factory: Callable[..., EnvdProcess], t
     assert not target.exists()
 
 
-def test_bad_uploads(envd_debug: EnvdProcess, tmp_path) -> None:
+def test_bad_uploads(envd_debug: EnvdProcess, user_dir: Path) -> None:
     url = envd_debug.url
     no_path = httpx.post(
         f"{url}/files", content=b"x", headers={"Content-Type": "application/octet-stream"}
@@ -154,22 +159,22 @@ def test_bad_uploads(envd_debug: EnvdProcess, tmp_path) -> None:
     dup = httpx.post(
         f"{url}/files",
         files=[
-            ("file", (str(tmp_path / "d.txt"), b"1")),
-            ("file", (str(tmp_path / "d.txt"), b"2")),
+            ("file", (str(user_dir / "d.txt"), b"1")),
+            ("file", (str(user_dir / "d.txt"), b"2")),
         ],
     )
     assert dup.status_code == 400
     bad_gzip = httpx.post(
         f"{url}/files",
-        params={"path": str(tmp_path / "g.bin")},
+        params={"path": str(user_dir / "g.bin")},
         content=b"not gzip at all",
         headers={"Content-Type": "application/octet-stream", "Content-Encoding": "gzip"},
     )
     assert bad_gzip.status_code == 400
-    assert not (tmp_path / "g.bin").exists()
+    assert not (user_dir / "g.bin").exists()
     bad_meta = httpx.post(
         f"{url}/files",
-        params={"path": str(tmp_path / "m.txt")},
+        params={"path": str(user_dir / "m.txt")},
         content=b"x",
         headers={"Content-Type": "application/octet-stream", "X-Metadata-" + "k" * 300: "v"},
     )

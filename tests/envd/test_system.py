@@ -6,6 +6,7 @@ import base64
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -58,8 +59,8 @@ def test_metrics_report_real_usage(envd_debug: EnvdProcess) -> None:
     assert 0.0 <= metrics["cpu_used_pct"] <= 100.0
 
 
-def test_ranged_download(envd_debug: EnvdProcess, tmp_path) -> None:
-    target = tmp_path / "range.txt"
+def test_ranged_download(envd_debug: EnvdProcess, user_dir: Path) -> None:
+    target = user_dir / "range.txt"
     target.write_bytes(b"0123456789")
     response = httpx.get(
         f"{envd_debug.url}/files", params={"path": str(target)}, headers={"Range": "bytes=2-5"}

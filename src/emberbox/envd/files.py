@@ -3,36 +3,67 @@
 Uploads are parsed as they arrive and written straight into the destination, so a 1 GiB upload
 never sits in memory or in a temporary copy. A file written in place (not renamed into place)
 keeps inotify semantics the SDK tests expect: a WRITE event on the file's own name.
+
+Every path is opened under the requesting user's credentials (:mod:`.creds`), so the kernel
+applies that user's permissions and what the user creates is the user's; the bytes then flow
+through the open descriptor, and the path is never opened again as root (a symlink swapped in
+meanwhile cannot redirect the transfer).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
+import stat
 import zlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from typing import Any
+from urllib.parse import quote
 
+import anyio.to_thread
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.datastructures import Headers
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from .._connect.errors import ConnectError
+from .creds import acquire_as_user, as_user
 from .filesystem.entries import METADATA_XATTR_PREFIX
-from .http_errors import UNAUTHORIZED_MESSAGE, HTTPProblem
+from .http_errors import UNAUTHORIZED_MESSAGE, HTTPProblem, problem_response
 from .signing import verify
 from .state import EnvdState
-from .users import User, chown_new, make_dirs, resolve_path, resolve_user
+from .users import User, make_dirs, resolve_path, resolve_user
 
 METADATA_HEADER = "x-metadata-"
 METADATA_KEY_MAX = 246
 METADATA_TOTAL_MAX = 4096
 
 
-class _BigChunkFileResponse(FileResponse):
-    chunk_size = 1024 * 1024  # fewer thread hops per byte than Starlette's 64 KiB default
+CHUNK = 1024 * 1024  # fewer thread hops per byte than Starlette's 64 KiB default
+
+# Filesystems whose files report a made-up size (0 in procfs, 4096 in sysfs): their content is
+# streamed without a Content-Length, never cut to (or padded past) what stat says.
+_PSEUDO_FS_MAGIC = frozenset(
+    {
+        0x9FA0,  # proc
+        0x62656572,  # sysfs
+        0x27E0EB,  # cgroup
+        0x63677270,  # cgroup2
+        0x64626720,  # debugfs
+        0x74726163,  # tracefs
+        0x73636673,  # securityfs
+        0x62656570,  # configfs
+        0xCAFE4A11,  # bpf
+        0x6165676C,  # pstore
+        0xDE5E81E4,  # efivarfs
+    }
+)
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def authorize(state: EnvdState, request: Request, operation: str) -> None:
@@ -79,23 +110,163 @@ async def download(state: EnvdState, request: Request) -> Response:
     if not raw:
         raise HTTPProblem(400, "query parameter 'path' is required")
     path = _path(raw, user)
+    fd, st = await acquire_as_user(user, _close_first, _open_for_reading, path)
     try:
-        st = os.stat(path)
+        return _file_response(request, fd, st, path)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _close_first(opened: tuple[int, os.stat_result]) -> None:
+    os.close(opened[0])
+
+
+def _open_for_reading(path: str) -> tuple[int, os.stat_result]:
+    """Open as the user (run under its credentials); what the descriptor is decides the rest."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise HTTPProblem(404, f"path '{path}' does not exist") from None
     except OSError as exc:
-        raise HTTPProblem(400, f"cannot read '{path}': {exc.strerror}") from None
-    if os.path.isdir(path):
-        raise HTTPProblem(400, f"path '{path}' is a directory")
-    if not os.access(path, os.R_OK):
-        raise HTTPProblem(403, f"permission denied: '{path}'")
-    return _BigChunkFileResponse(
-        path,
-        stat_result=st,
-        filename=os.path.basename(path),
-        content_disposition_type="inline",
-        media_type="application/octet-stream",
-    )
+        raise _read_problem(exc, path) from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise HTTPProblem(400, f"path '{path}' is a directory")
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+            raise HTTPProblem(400, f"path '{path}' is not a file")  # FIFOs would block forever
+        os.set_blocking(fd, True)  # O_NONBLOCK only kept open() of a FIFO from hanging
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def _read_problem(exc: OSError, path: str) -> HTTPProblem:
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return HTTPProblem(403, f"permission denied: '{path}'")
+    if exc.errno in (errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP, errno.ENXIO):
+        return HTTPProblem(400, f"cannot read '{path}': {exc.strerror}")
+    return HTTPProblem(500, f"cannot read '{path}': {exc.strerror}")
+
+
+def _fs_magic(fd: int) -> int | None:
+    buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes; f_type comes first
+    if _libc.fstatfs(fd, buf) != 0:
+        return None
+    return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
+
+
+def _has_true_size(fd: int, st: os.stat_result) -> bool:
+    """Whether ``st_size`` is what a read returns (not so in /proc, /sys, or for devices)."""
+    return stat.S_ISREG(st.st_mode) and st.st_size > 0 and _fs_magic(fd) not in _PSEUDO_FS_MAGIC
+
+
+class _Unsatisfiable(Exception):
+    pass
+
+
+def _requested_range(headers: Headers, size: int) -> tuple[int, int] | None:
+    """One ``bytes=`` range as ``[start, end)``, or None to send the whole file.
+
+    Several ranges, unparsable ones and ``If-Range`` get the whole file: a server may always
+    ignore ``Range`` (RFC 9110 14.2), and no SDK asks for more than one.
+    """
+    value = headers.get("range")
+    if value is None or headers.get("if-range") is not None:
+        return None
+    units, _, spec = value.partition("=")
+    first, dash, last = spec.strip().partition("-")
+    if units.strip().lower() != "bytes" or "," in spec or not dash:
+        return None
+    if not (first.isdigit() or first == "") or not (last.isdigit() or last == ""):
+        return None
+    if first == "":
+        if last == "" or int(last) == 0:
+            raise _Unsatisfiable
+        return max(size - int(last), 0), size
+    start = int(first)
+    end = min(int(last) + 1, size) if last else size
+    if start >= size:
+        raise _Unsatisfiable
+    return (start, end) if end > start else None
+
+
+def _file_response(request: Request, fd: int, st: os.stat_result, path: str) -> Response:
+    name = os.path.basename(path)
+    quoted = quote(name)
+    headers = {
+        "content-disposition": f"inline; filename*=utf-8''{quoted}"
+        if quoted != name
+        else f'inline; filename="{name}"',
+        "last-modified": formatdate(st.st_mtime, usegmt=True),
+    }
+    head = request.method == "HEAD"
+    if not _has_true_size(fd, st):
+        return _DescriptorResponse(fd, headers, head=head)
+    headers["accept-ranges"] = "bytes"
+    try:
+        span = _requested_range(request.headers, st.st_size)
+    except _Unsatisfiable:
+        os.close(fd)
+        response = problem_response(416, f"range not satisfiable for {st.st_size} bytes")
+        response.headers["content-range"] = f"bytes */{st.st_size}"
+        return response
+    if span is None:
+        headers["content-length"] = str(st.st_size)
+        return _DescriptorResponse(fd, headers, head=head, span=(0, st.st_size))
+    start, end = span
+    headers["content-range"] = f"bytes {start}-{end - 1}/{st.st_size}"
+    headers["content-length"] = str(end - start)
+    return _DescriptorResponse(fd, headers, status=206, head=head, span=span)
+
+
+class _DescriptorResponse(StreamingResponse):
+    """Streams an already open descriptor, then closes it.
+
+    With a ``span`` it sends exactly the announced bytes with ``pread`` (a file growing meanwhile
+    cannot overrun Content-Length; one shrinking ends the response short, which the client sees
+    as a broken transfer, as it should). Without one, it reads to EOF with no length at all.
+    """
+
+    def __init__(
+        self,
+        fd: int,
+        headers: dict[str, str],
+        *,
+        status: int = 200,
+        head: bool = False,
+        span: tuple[int, int] | None = None,
+    ) -> None:
+        self.fd = fd
+        body = _nothing() if head else _span(fd, *span) if span else _to_eof(fd)
+        super().__init__(body, status, headers, media_type="application/octet-stream")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            os.close(self.fd)
+
+
+async def _nothing() -> AsyncIterator[bytes]:
+    return
+    yield b""
+
+
+async def _span(fd: int, start: int, end: int) -> AsyncIterator[bytes]:
+    while start < end:
+        chunk = await anyio.to_thread.run_sync(os.pread, fd, min(CHUNK, end - start), start)
+        if not chunk:
+            return
+        start += len(chunk)
+        yield chunk
+
+
+async def _to_eof(fd: int) -> AsyncIterator[bytes]:
+    while chunk := await anyio.to_thread.run_sync(os.read, fd, CHUNK):
+        yield chunk
 
 
 def parse_metadata(request: Request) -> dict[str, str] | None:
@@ -124,6 +295,30 @@ class _Destination:
     created: bool
 
 
+def _close_fd_first(opened: tuple[int, bool]) -> None:
+    os.close(opened[0])
+
+
+def _open_for_writing(path: str) -> tuple[int, bool]:
+    """Create parents and open ``path`` as the user (run under its credentials): the kernel
+    decides whether it may, and what it creates is owned by it. Returns (fd, created)."""
+    if os.path.isdir(path):
+        raise HTTPProblem(400, f"path '{path}' is a directory")
+    try:
+        make_dirs(os.path.dirname(path))
+        created = not os.path.lexists(path)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise _io_problem(exc, path) from None
+    return fd, created
+
+
+def _unlink_all(paths: list[str]) -> None:
+    for path in paths:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
 @dataclass
 class _Upload:
     """Writes incoming files one after another; undoes files it created if the upload fails."""
@@ -136,20 +331,12 @@ class _Upload:
     current: _Destination | None = None
     received: int = 0
 
-    def open(self, path: str) -> None:
+    async def open(self, path: str) -> None:
         if path in self.written:
             raise HTTPProblem(400, f"path '{path}' appears twice in one upload")
-        if os.path.isdir(path):
-            raise HTTPProblem(400, f"path '{path}' is a directory")
-        try:
-            make_dirs(os.path.dirname(path), self.user)
-            created = not os.path.lexists(path)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            raise _io_problem(exc, path) from None
+        fd, created = await acquire_as_user(self.user, _close_fd_first, _open_for_writing, path)
         if created:
             self.created.append(path)
-        chown_new(path, self.user) if created else _chown_existing(path, self.user)
         self.current = _Destination(path, fd, created)
 
     def write(self, data: bytes | memoryview) -> None:
@@ -167,20 +354,20 @@ class _Upload:
     def close_current(self) -> None:
         if self.current is None:
             return
-        os.close(self.current.fd)
-        path = self.current.path
-        self.current = None
-        _replace_metadata(path, self.metadata)
-        self.written.append(path)
+        current, self.current = self.current, None
+        try:
+            _replace_metadata(current.fd, current.path, self.metadata)
+        finally:
+            os.close(current.fd)
+        self.written.append(current.path)
 
-    def abort(self) -> None:
+    async def abort(self) -> None:
         if self.current is not None:
             with contextlib.suppress(OSError):
                 os.close(self.current.fd)
             self.current = None
-        for path in self.created:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+        if self.created:
+            await as_user(self.user, _unlink_all, self.created)
 
     def result(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -192,21 +379,17 @@ class _Upload:
         return out
 
 
-def _chown_existing(path: str, user: User) -> None:
+def _replace_metadata(fd: int, path: str, metadata: dict[str, str] | None) -> None:
+    """Through the descriptor the user opened for writing, so no path is looked up as root."""
     with contextlib.suppress(OSError):
-        chown_new(path, user)
-
-
-def _replace_metadata(path: str, metadata: dict[str, str] | None) -> None:
-    with contextlib.suppress(OSError):
-        for name in os.listxattr(path):
+        for name in os.listxattr(fd):
             if name.startswith(METADATA_XATTR_PREFIX):
-                os.removexattr(path, name)
+                os.removexattr(fd, name)
     if not metadata:
         return
     try:
         for key, value in metadata.items():
-            os.setxattr(path, METADATA_XATTR_PREFIX + key, value.encode())
+            os.setxattr(fd, METADATA_XATTR_PREFIX + key, value.encode())
     except OSError as exc:
         raise HTTPProblem(400, f"cannot store metadata on '{path}': {exc.strerror}") from None
 
@@ -214,7 +397,9 @@ def _replace_metadata(path: str, metadata: dict[str, str] | None) -> None:
 def _io_problem(exc: OSError, path: str) -> HTTPProblem:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return HTTPProblem(507, f"not enough disk space to write '{path}'")
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return HTTPProblem(403, f"permission denied: '{path}'")
+    if exc.errno == errno.EROFS:
         return HTTPProblem(403, f"cannot write '{path}': {exc.strerror}")
     if exc.errno in (errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG):
         return HTTPProblem(400, f"cannot write '{path}': {exc.strerror}")
@@ -238,7 +423,7 @@ async def upload(state: EnvdState, request: Request) -> Response:
             await _receive_raw(request, upload, query_path)
         upload.close_current()
     except BaseException:
-        upload.abort()
+        await upload.abort()
         raise
     if not upload.written:
         raise HTTPProblem(400, "the upload carried no file (form field 'file')")
@@ -255,7 +440,7 @@ async def _receive_raw(request: Request, upload: _Upload, query_path: str | None
         decode = decoder.decompress
     elif encoding != "identity":
         raise HTTPProblem(400, f"unsupported Content-Encoding '{encoding}'")
-    upload.open(_path(query_path, upload.user))
+    await upload.open(_path(query_path, upload.user))
     try:
         async for chunk in request.stream():
             upload.write(decode(chunk) if decode else chunk)
@@ -275,6 +460,20 @@ async def _receive_multipart(
     headers: dict[bytes, bytes] = {}
     active = False  # inside a part named "file"
     files_seen = 0
+    # The parser's callbacks are synchronous, but opening a file means a trip to a credentialed
+    # worker; so callbacks queue what to do (a path to open, bytes to write, None: part ended)
+    # and the queue is applied, in order, after each chunk.
+    pending: list[str | memoryview | None] = []
+
+    async def apply() -> None:
+        for op in pending:
+            if isinstance(op, str):
+                await upload.open(op)
+            elif op is None:
+                upload.close_current()
+            else:
+                upload.write(op)
+        pending.clear()
 
     def on_part_begin() -> None:
         headers.clear()
@@ -306,16 +505,16 @@ async def _receive_multipart(
             target = filename
         else:
             raise HTTPProblem(400, "a file part has no filename and the request has no 'path'")
-        upload.open(_path(target, upload.user))
+        pending.append(_path(target, upload.user))
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
         if active:
-            upload.write(memoryview(data)[start:end])
+            pending.append(memoryview(data)[start:end])
 
     def on_part_end() -> None:
         nonlocal active
         if active:
-            upload.close_current()
+            pending.append(None)
         active = False
 
     parser = MultipartParser(
@@ -331,10 +530,16 @@ async def _receive_multipart(
         },
         max_header_count=32,
     )
+    async for chunk in request.stream():
+        _feed(parser.write, chunk)
+        await apply()
+    _feed(parser.finalize)
+    await apply()
+
+
+def _feed(step: Callable[..., object], *args: bytes) -> None:
     try:
-        async for chunk in request.stream():
-            parser.write(chunk)
-        parser.finalize()
+        step(*args)
     except HTTPProblem:
         raise
     except Exception as exc:  # the parser's own errors: a malformed body

@@ -77,14 +77,9 @@ def resolve_path(path: str, user: User) -> str:
     return os.path.normpath(path)
 
 
-def chown_new(path: str, user: User) -> None:
-    """Hand a file envd created to the requesting user (envd itself runs as root)."""
-    if os.geteuid() == 0 and not user.is_current:
-        os.lchown(path, user.uid, user.gid)
-
-
-def make_dirs(path: str, user: User) -> None:
-    """``mkdir -p`` where every directory created is owned by ``user``."""
+def make_dirs(path: str) -> None:
+    """``mkdir -p``; run under the user's credentials (:mod:`.creds`), so whatever it creates is
+    the user's and it can create only where the user may."""
     missing: list[str] = []
     current = path
     while current and not os.path.exists(current):
@@ -98,4 +93,3 @@ def make_dirs(path: str, user: User) -> None:
             os.mkdir(directory, 0o755)
         except FileExistsError:
             continue
-        chown_new(directory, user)

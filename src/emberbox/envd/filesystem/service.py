@@ -1,12 +1,12 @@
 """``filesystem.Filesystem`` RPC handlers.
 
-envd runs as root and acts on the whole sandbox filesystem; the requesting user decides how
-relative paths resolve and who owns what envd creates (the same contract as E2B's envd).
+The requesting user decides how relative paths resolve, and every filesystem call runs under
+that user's credentials (:mod:`..creds`): envd is root, but ``user`` gets ``permission_denied``
+where a shell of ``user`` would get EACCES, and what it creates is its own.
 """
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import os
 import shutil
@@ -15,11 +15,12 @@ from collections.abc import AsyncIterator
 
 from ..._connect.errors import Code, ConnectError
 from ..._proto.filesystem import filesystem_pb2 as pb
+from ..creds import as_user
 from ..rpc import Kind, RpcContext, RpcMethod
 from ..state import EnvdState
 from ..users import User, make_dirs, resolve_path, resolve_user, username_from_basic
 from .entries import entry_info
-from .watcher import DirWatcher, check_watchable
+from .watcher import DirWatcher
 
 
 def os_error(exc: OSError, path: str) -> ConnectError:
@@ -98,76 +99,45 @@ class FilesystemService:
         return user, resolve_path(path, user)
 
     async def stat(self, request: pb.StatRequest, ctx: RpcContext) -> pb.StatResponse:
-        _, path = self._user_path(ctx, request.path)
-        try:
-            return pb.StatResponse(entry=entry_info(path))
-        except OSError as exc:
-            raise os_error(exc, path) from exc
+        user, path = self._user_path(ctx, request.path)
+        return pb.StatResponse(entry=await as_user(user, _stat, path))
 
     async def make_dir(self, request: pb.MakeDirRequest, ctx: RpcContext) -> pb.MakeDirResponse:
         user, path = self._user_path(ctx, request.path)
-        if os.path.lexists(path):
-            if os.path.isdir(path):
-                raise ConnectError(Code.ALREADY_EXISTS, f"directory '{path}' already exists")
-            raise ConnectError(
-                Code.INVALID_ARGUMENT, f"path '{path}' exists and is not a directory"
-            )
-        try:
-            make_dirs(path, user)
-            return pb.MakeDirResponse(entry=entry_info(path))
-        except OSError as exc:
-            raise os_error(exc, path) from exc
+        return pb.MakeDirResponse(entry=await as_user(user, _make_dir, path))
 
     async def move(self, request: pb.MoveRequest, ctx: RpcContext) -> pb.MoveResponse:
         user, source = self._user_path(ctx, request.source)
         destination = resolve_path(request.destination, user)
-        if not os.path.lexists(source):
-            raise ConnectError(Code.NOT_FOUND, f"source '{source}' does not exist")
-        try:
-            make_dirs(os.path.dirname(destination), user)
-            await asyncio.to_thread(shutil.move, source, destination)
-            return pb.MoveResponse(entry=entry_info(destination))
-        except OSError as exc:
-            raise os_error(exc, destination) from exc
+        return pb.MoveResponse(entry=await as_user(user, _move, source, destination))
 
     async def list_dir(self, request: pb.ListDirRequest, ctx: RpcContext) -> pb.ListDirResponse:
-        _, path = self._user_path(ctx, request.path)
+        user, path = self._user_path(ctx, request.path)
         depth = max(request.depth, 1)
-        try:
-            real = os.path.realpath(path, strict=True)
-        except OSError as exc:
-            raise os_error(exc, path) from exc
-        if not os.path.isdir(real):
-            raise ConnectError(Code.INVALID_ARGUMENT, f"path '{path}' is not a directory")
-        entries = await asyncio.to_thread(_list, real, path, depth)
-        return pb.ListDirResponse(entries=entries)
+        return pb.ListDirResponse(entries=await as_user(user, _list_dir, path, depth))
 
     async def remove(self, request: pb.RemoveRequest, ctx: RpcContext) -> pb.RemoveResponse:
-        _, path = self._user_path(ctx, request.path)
+        user, path = self._user_path(ctx, request.path)
         if path == "/":
             raise ConnectError(Code.INVALID_ARGUMENT, "refusing to remove '/'")
-        try:
-            if os.path.isdir(path) and not os.path.islink(path):
-                await asyncio.to_thread(shutil.rmtree, path)
-            else:
-                os.unlink(path)
-        except FileNotFoundError:
-            pass  # remove-all semantics: a missing path is already removed
-        except OSError as exc:
-            raise os_error(exc, path) from exc
+        await as_user(user, _remove, path)
         return pb.RemoveResponse()
 
-    def _watcher(
+    async def _watcher(
         self, ctx: RpcContext, request: pb.WatchDirRequest | pb.CreateWatcherRequest
     ) -> DirWatcher:
-        _, path = self._user_path(ctx, request.path)
-        check_watchable(path, request.allow_network_mounts)
-        return DirWatcher(path, request.recursive, request.include_entry)
+        user, path = self._user_path(ctx, request.path)
+        try:
+            return await DirWatcher.open(
+                path, request.recursive, request.include_entry, request.allow_network_mounts, user
+            )
+        except OSError as exc:
+            raise os_error(exc, path) from exc
 
     async def watch_dir(
         self, request: pb.WatchDirRequest, ctx: RpcContext
     ) -> AsyncIterator[pb.WatchDirResponse]:
-        watcher = self._watcher(ctx, request)
+        watcher = await self._watcher(ctx, request)
         try:
             yield pb.WatchDirResponse(start=pb.WatchDirResponse.StartEvent())
             while True:
@@ -180,7 +150,7 @@ class FilesystemService:
         self, request: pb.CreateWatcherRequest, ctx: RpcContext
     ) -> pb.CreateWatcherResponse:
         watcher_id = uuid.uuid4().hex
-        self._watchers[watcher_id] = self._watcher(ctx, request)
+        self._watchers[watcher_id] = await self._watcher(ctx, request)
         return pb.CreateWatcherResponse(watcher_id=watcher_id)
 
     def _get_watcher(self, watcher_id: str) -> DirWatcher:
@@ -205,3 +175,64 @@ class FilesystemService:
         for watcher in self._watchers.values():
             watcher.close()
         self._watchers.clear()
+
+
+# The blocking bodies of the handlers; each runs in a worker holding the user's credentials.
+
+
+def _stat(path: str) -> pb.EntryInfo:
+    try:
+        return entry_info(path)
+    except OSError as exc:
+        raise os_error(exc, path) from exc
+
+
+def _make_dir(path: str) -> pb.EntryInfo:
+    if os.path.lexists(path):
+        if os.path.isdir(path):
+            raise ConnectError(Code.ALREADY_EXISTS, f"directory '{path}' already exists")
+        raise ConnectError(Code.INVALID_ARGUMENT, f"path '{path}' exists and is not a directory")
+    try:
+        make_dirs(path)
+        return entry_info(path)
+    except OSError as exc:
+        raise os_error(exc, path) from exc
+
+
+def _move(source: str, destination: str) -> pb.EntryInfo:
+    try:
+        os.lstat(source)
+    except FileNotFoundError:
+        raise ConnectError(Code.NOT_FOUND, f"source '{source}' does not exist") from None
+    except OSError as exc:
+        raise os_error(exc, source) from exc
+    try:
+        make_dirs(os.path.dirname(destination))
+        shutil.move(source, destination)
+        return entry_info(destination)
+    except OSError as exc:
+        raise os_error(exc, destination) from exc
+
+
+def _list_dir(path: str, depth: int) -> list[pb.EntryInfo]:
+    try:
+        real = os.path.realpath(path, strict=True)
+        if not os.path.isdir(real):
+            raise ConnectError(Code.INVALID_ARGUMENT, f"path '{path}' is not a directory")
+        with os.scandir(real):
+            pass  # the directory itself must be readable: an error here is the caller's answer
+    except OSError as exc:
+        raise os_error(exc, path) from exc
+    return _list(real, path, depth)
+
+
+def _remove(path: str) -> None:
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass  # remove-all semantics: a missing path is already removed
+    except OSError as exc:
+        raise os_error(exc, path) from exc

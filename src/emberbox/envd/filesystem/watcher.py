@@ -1,17 +1,29 @@
-"""inotify-based directory watching, as fsnotify reports it (create/write/remove/rename/chmod)."""
+"""inotify-based directory watching, as fsnotify reports it (create/write/remove/rename/chmod).
+
+Watches are placed, new subdirectories adopted and entries described under the requesting
+user's credentials, so a watch shows only what that user could list: inotify itself checks
+read permission when a watch is added. The event loop only reads raw events; one pump task per
+watcher turns them into messages in a credentialed worker, batch after batch, in order.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
+import stat
 
-from inotify_simple import INotify
+from inotify_simple import Event, INotify
 from inotify_simple import flags as F
 
 from ..._connect.errors import Code, ConnectError
 from ..._proto.filesystem import filesystem_pb2 as pb
+from ..creds import as_user
+from ..users import User
 from .entries import entry_info
+
+log = logging.getLogger("emberbox.envd.watcher")
 
 _MASK = (
     F.CREATE
@@ -60,9 +72,8 @@ def _fs_type(path: str) -> str | None:
 
 
 def check_watchable(path: str, allow_network_mounts: bool) -> None:
-    if not os.path.exists(path):
-        raise ConnectError(Code.NOT_FOUND, f"path '{path}' does not exist")
-    if not os.path.isdir(path):
+    """Raises OSError (mapped by the service) or a ConnectError; call it as the user."""
+    if not stat.S_ISDIR(os.stat(path).st_mode):
         raise ConnectError(Code.INVALID_ARGUMENT, f"path '{path}' is not a directory")
     if not allow_network_mounts and _fs_type(path) in _NETWORK_FS:
         raise ConnectError(
@@ -74,48 +85,91 @@ def check_watchable(path: str, allow_network_mounts: bool) -> None:
 class DirWatcher:
     """Events under one directory (optionally recursive), names relative to that directory."""
 
-    def __init__(self, root: str, recursive: bool, include_entry: bool) -> None:
+    def __init__(self, root: str, recursive: bool, include_entry: bool, user: User) -> None:
         self.root = root
         self.recursive = recursive
         self.include_entry = include_entry
+        self.user = user
         self.queue: asyncio.Queue[pb.FilesystemEvent] = asyncio.Queue(MAX_QUEUED_EVENTS)
         self.dropped = 0
         self._inotify = INotify()
-        self._dirs: dict[int, str] = {}
+        self._dirs: dict[int, str] = {}  # touched only by the worker running _add_tree/_translate
+        self._raw: list[Event] = []
+        self._wake = asyncio.Event()
         self._loop = asyncio.get_running_loop()
-        self._add_tree(root)
-        self._loop.add_reader(self._inotify.fileno(), self._readable)
+        self._pump_task: asyncio.Task[None] | None = None
 
-    def _add(self, path: str) -> None:
+    @classmethod
+    async def open(
+        cls, root: str, recursive: bool, include_entry: bool, network_ok: bool, user: User
+    ) -> DirWatcher:
+        """Check ``root`` and watch it as ``user``; OSError when the user may not."""
+        await as_user(user, check_watchable, root, network_ok)
+        watcher = cls(root, recursive, include_entry, user)
+        try:
+            await as_user(user, watcher._add_tree, root, True)
+        except BaseException:
+            watcher.close()
+            raise
+        watcher._loop.add_reader(watcher._inotify.fileno(), watcher._readable)
+        watcher._pump_task = watcher._loop.create_task(watcher._pump())
+        return watcher
+
+    def _add(self, path: str, required: bool = False) -> None:
         try:
             wd = self._inotify.add_watch(path, _MASK)
-        except OSError:
-            return  # vanished or unreadable in the meantime
+        except (OSError, ValueError):  # vanished, unreadable, or the watcher closed meanwhile
+            if required:
+                raise
+            return
         self._dirs[wd] = path
 
-    def _add_tree(self, path: str) -> None:
-        self._add(path)
+    def _add_tree(self, path: str, required: bool = False) -> None:
+        self._add(path, required)
         if not self.recursive:
             return
         for dirpath, dirnames, _ in os.walk(path):
             for dirname in dirnames:
                 self._add(os.path.join(dirpath, dirname))
 
-    def _adopt_new_dir(self, path: str) -> None:
+    def _adopt_new_dir(self, path: str, out: list[pb.FilesystemEvent]) -> None:
         """Watch a directory that just appeared, and report what was created in it before the
         watch existed (``mkdir -p a/b && touch a/b/f`` outruns inotify otherwise)."""
         self._add_tree(path)
         for dirpath, dirnames, filenames in os.walk(path):
             for entry in (*dirnames, *filenames):
                 full = os.path.join(dirpath, entry)
-                self._emit(os.path.relpath(full, self.root), pb.EVENT_TYPE_CREATE, full)
+                name = os.path.relpath(full, self.root)
+                out.append(self._message(name, pb.EVENT_TYPE_CREATE, full))
 
     def _readable(self) -> None:
         try:
             events = self._inotify.read(timeout=0)
         except OSError:
             return
-        for event in events:
+        if events:
+            self._raw.extend(events)
+            self._wake.set()
+
+    async def _pump(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            raw, self._raw = self._raw, []
+            try:
+                messages = await as_user(self.user, self._translate, raw)
+            except Exception:
+                log.exception("dropping %d inotify events under %s", len(raw), self.root)
+                continue
+            for message in messages:
+                try:
+                    self.queue.put_nowait(message)
+                except asyncio.QueueFull:
+                    self.dropped += 1
+
+    def _translate(self, raw: list[Event]) -> list[pb.FilesystemEvent]:
+        out: list[pb.FilesystemEvent] = []
+        for event in raw:
             base = self._dirs.get(event.wd)
             if base is None:
                 continue
@@ -127,11 +181,12 @@ class DirWatcher:
                 continue  # events about the watched directory itself
             name = os.path.relpath(full, self.root)
             for event_type in _event_types(event.mask):
-                self._emit(name, event_type, full)
+                out.append(self._message(name, event_type, full))
             if self.recursive and event.mask & F.ISDIR and event.mask & (F.CREATE | F.MOVED_TO):
-                self._adopt_new_dir(full)
+                self._adopt_new_dir(full, out)
+        return out
 
-    def _emit(self, name: str, event_type: pb.EventType, full: str) -> None:
+    def _message(self, name: str, event_type: pb.EventType, full: str) -> pb.FilesystemEvent:
         message = pb.FilesystemEvent(name=name, type=event_type)
         if self.include_entry and event_type in (
             pb.EVENT_TYPE_CREATE,
@@ -140,10 +195,7 @@ class DirWatcher:
         ):
             with contextlib.suppress(OSError):
                 message.entry.CopyFrom(entry_info(full))
-        try:
-            self.queue.put_nowait(message)
-        except asyncio.QueueFull:
-            self.dropped += 1
+        return message
 
     def drain(self) -> list[pb.FilesystemEvent]:
         events = []
@@ -152,6 +204,8 @@ class DirWatcher:
         return events
 
     def close(self) -> None:
+        if self._pump_task is not None:
+            self._pump_task.cancel()
         with contextlib.suppress(Exception):
             self._loop.remove_reader(self._inotify.fileno())
         with contextlib.suppress(OSError):
