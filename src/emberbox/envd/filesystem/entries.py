@@ -34,8 +34,6 @@ def _file_type(mode: int) -> pb.FileType:
         return pb.FILE_TYPE_DIRECTORY
     if stat.S_ISREG(mode):
         return pb.FILE_TYPE_FILE
-    if stat.S_ISLNK(mode):
-        return pb.FILE_TYPE_SYMLINK
     return pb.FILE_TYPE_UNSPECIFIED
 
 
@@ -58,10 +56,16 @@ def read_metadata(path: str) -> dict[str, str]:
 def entry_info(
     path: str, st: os.stat_result | None = None, name: str | None = None
 ) -> pb.EntryInfo:
-    """Describe ``path`` without following it; a symlink is reported as such, with its target.
+    """Describe ``path`` (``st`` is its ``lstat``); call it with the requesting user's ids.
 
-    Symlinks carry both the old (``type`` = SYMLINK) and new (``isSymlink``) markers so SDKs
-    before and after 2.63 both see a link.
+    A symlink is described the way E2B's envd does it since EntryInfo carried more than a name:
+    ``type`` and ``mode`` are the target's, ``symlink_target`` is the resolved target, and
+    size, owner and ``permissions`` are the link's own. ``is_symlink`` marks the link too: SDKs
+    that read it (Python 2.63) show SYMLINK, older ones and the JS SDK show the target's type.
+    A link whose target cannot be followed (dangling, looping, or where the user may not look)
+    is ``SYMLINK`` with its own mode, where E2B sends ``UNSPECIFIED``: both SDKs' ``list`` drop
+    entries of unknown type, and a dangling link should still be seen (``ls`` shows it).
+    Nothing here raises for a bad link, so one never breaks a stat or a listing.
     """
     st = st if st is not None else os.lstat(path)
     entry = pb.EntryInfo(
@@ -77,10 +81,14 @@ def entry_info(
     entry.modified_time.FromNanoseconds(st.st_mtime_ns)
     if stat.S_ISLNK(st.st_mode):
         entry.is_symlink = True
+        entry.symlink_target = os.path.realpath(path)  # non-strict: never raises
         try:
-            entry.symlink_target = os.path.realpath(path)
+            target = os.stat(path)
         except OSError:
-            entry.symlink_target = os.readlink(path)
+            entry.type = pb.FILE_TYPE_SYMLINK
+        else:
+            entry.type = _file_type(target.st_mode)
+            entry.mode = stat.S_IMODE(target.st_mode)
     metadata = read_metadata(path)
     if metadata:
         entry.metadata.update(metadata)
