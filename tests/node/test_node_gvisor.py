@@ -13,11 +13,12 @@ from emberbox._proto.node import node_pb2 as pb
 from emberbox.envd_client import EnvdClient
 from emberbox.node.client import NodeError, RemoteNode
 from emberbox.runtimes.gvisor import GVisorConfig, GVisorRuntime
+from emberbox.server.testing import NodeProcess
 from emberbox.templates.store import Template
 from emberbox.vocabulary import new_sandbox_id
 from tests.runtimes.gvisor_support import DATA_DIR, inventory
 
-from .support import NodeProcess, data_dir_sharing_templates
+from .support import data_dir_sharing_templates
 
 
 @pytest.fixture

@@ -12,9 +12,7 @@ import httpx
 import pytest
 from e2b import Sandbox
 
-from emberbox.server.testing import ServerProcess
-
-from .support import NodeProcess
+from emberbox.server.testing import NodeProcess, ServerProcess
 
 
 @pytest.fixture

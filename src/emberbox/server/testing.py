@@ -32,6 +32,51 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _launch(
+    argv: list[str], env: Mapping[str, str], out: Path, log: Path
+) -> subprocess.Popen[bytes]:
+    """Start ``python -m emberbox.cli ARGV``: stdout to ``out`` (read for its ready line),
+    stderr appended to ``log``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "wb") as stdout, open(log, "ab") as stderr:
+        return subprocess.Popen(
+            [sys.executable, "-m", "emberbox.cli", *argv],
+            env=dict(env),
+            stdout=stdout,
+            stderr=stderr,
+            stdin=subprocess.DEVNULL,
+        )
+
+
+def _wait_for(proc: subprocess.Popen[bytes], out: Path, marker: str, timeout_s: float) -> str:
+    """The process's stdout once ``marker`` appears in it; "" if it exited or timed out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = out.read_text()
+        if marker in text:
+            return text
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    return ""
+
+
+def _terminate(proc: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM (the process drains and exits), SIGKILL after 30 s."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _base_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("EMBERBOX_", "E2B_"))}
+
+
 class ServerProcess:
     """One server on free loopback ports, state in ``data_dir``.
 
@@ -71,7 +116,7 @@ class ServerProcess:
         return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'emberbox.db'}"
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("EMBERBOX_", "E2B_"))}
+        env = _base_env()
         env.update(
             EMBERBOX_DATA_DIR=str(self.data_dir),
             EMBERBOX_API_PORT=str(self.api_port),
@@ -93,43 +138,19 @@ class ServerProcess:
 
     def start(self, timeout_s: float = 30.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        out = self.log_dir / "server.out"
-        err = open(self.log_dir / "server.log", "ab")  # noqa: SIM115
-        with open(out, "wb") as stdout:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "emberbox.cli", "server"],
-                env=self.env(),
-                stdout=stdout,
-                stderr=err,
-                stdin=subprocess.DEVNULL,
-            )
-        err.close()
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            text = out.read_text()
-            if "export E2B_API_KEY=" in text:
-                found = _KEY_RE.search(text.split("export E2B_API_KEY=")[0])
-                if found and self.first_key is None:
-                    self.first_key = found.group(0)
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        log = (self.log_dir / "server.log").read_text()[-3000:]
+        out, log = self.log_dir / "server.out", self.log_dir / "server.log"
+        self.proc = _launch(["server"], self.env(), out, log)
+        text = _wait_for(self.proc, out, "export E2B_API_KEY=", timeout_s)
+        if text:
+            found = _KEY_RE.search(text.split("export E2B_API_KEY=")[0])
+            if found and self.first_key is None:
+                self.first_key = found.group(0)
+            return
         self.stop()
-        raise RuntimeError(f"server did not start:\n{log}")
+        raise RuntimeError(f"server did not start:\n{log.read_text()[-3000:]}")
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        _terminate(self.proc)
         self.proc = None
 
     def create_key(self, team: str) -> str:
@@ -163,6 +184,58 @@ class ServerProcess:
     def sandbox_states(self) -> dict[str, tuple[str, str | None]]:
         """Sandbox ID → (state, end reason), read straight from the database."""
         return asyncio.run(_sandbox_states(self.db_url))
+
+
+class NodeProcess:
+    """One ``emberbox node`` on a free loopback port with a shared token, state in ``data_dir``.
+
+    **Parameters:** data_dir - its ``EMBERBOX_DATA_DIR``; runtime - ``EMBERBOX_RUNTIME``;
+    env - (optional) more ``EMBERBOX_*`` settings.
+    """
+
+    def __init__(self, data_dir: Path, runtime: str, env: Mapping[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.runtime = runtime
+        self.port = free_port()
+        self.token = secrets.token_hex(16)
+        self.extra_env = dict(env or {})
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        env = _base_env()
+        env.update(
+            EMBERBOX_DATA_DIR=str(self.data_dir),
+            EMBERBOX_RUNTIME=self.runtime,
+            EMBERBOX_NODE_PORT=str(self.port),
+            EMBERBOX_NODE_TOKEN=self.token,
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(self.extra_env)
+        return env
+
+    def start(self, timeout_s: float = 60.0) -> str:
+        """Start it and return its ready line (which says what it adopted and removed)."""
+        out, log = self.data_dir / "node.out", self.data_dir / "node.log"
+        self.proc = _launch(["node"], self.env(), out, log)
+        text = _wait_for(self.proc, out, "Emberbox node on", timeout_s)
+        if text:
+            return next(line for line in text.splitlines() if "Emberbox node on" in line)
+        self.stop()
+        raise RuntimeError(f"node did not start:\n{log.read_text()[-3000:]}")
+
+    def sigkill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+        self.proc = None
+
+    def stop(self) -> None:
+        _terminate(self.proc)
+        self.proc = None
 
 
 async def _sandbox_states(url: str) -> dict[str, tuple[str, str | None]]:
