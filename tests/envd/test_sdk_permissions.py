@@ -9,10 +9,12 @@ operation as root succeeding, so the tests fail if envd refuses everything.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -68,8 +70,15 @@ def test_reads_follow_the_users_permissions(sandbox: Any, root_dir: Path, user_d
 
 def test_writes_follow_the_users_permissions(sandbox: Any, root_dir: Path) -> None:
     before = sorted(p.name for p in root_dir.iterdir())
-    denied(lambda: sandbox.files.write("/etc/emberbox-probe", "x"))
-    denied(lambda: sandbox.files.write("/root/emberbox-probe", "x"))
+    probes = [Path(f"{top}/emberbox-probe-{uuid.uuid4().hex}") for top in ("/etc", "/root")]
+    try:
+        for probe in probes:
+            assert not probe.exists()
+            denied(functools.partial(sandbox.files.write, str(probe), "x"))
+            assert not probe.exists()
+    finally:
+        for probe in probes:
+            probe.unlink(missing_ok=True)  # a broken envd must not leave the next run a file
     denied(lambda: sandbox.files.write(f"{root_dir}/new.txt", "x"))
     denied(lambda: sandbox.files.write(f"{root_dir}/new.bin", b"x", use_octet_stream=True))
     denied(lambda: sandbox.files.write(f"{root_dir}/gz.bin", b"x", gzip=True))
@@ -83,8 +92,6 @@ def test_writes_follow_the_users_permissions(sandbox: Any, root_dir: Path) -> No
             ]
         )
     )
-    assert not Path("/etc/emberbox-probe").exists()
-    assert not Path("/root/emberbox-probe").exists()
     assert sorted(p.name for p in root_dir.iterdir()) == before
     assert (root_dir / "public.txt").read_text() == "public"
     sandbox.files.write(f"{root_dir}/public.txt", "by root", user="root")

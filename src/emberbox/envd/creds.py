@@ -92,8 +92,8 @@ def _pool() -> tuple[_Switcher | None, ThreadPoolExecutor]:
 def _run(switcher: _Switcher | None, ids: Ids, call: Callable[[], T]) -> T:
     if switcher is None:
         return call()
-    switcher.become(ids)
     try:
+        switcher.become(ids)  # inside the try: a switch failing halfway is undone too
         return call()
     finally:
         switcher.become(switcher.home)
