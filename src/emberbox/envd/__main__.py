@@ -1,4 +1,4 @@
-"""``emberbox-envd``: the daemon inside every sandbox (E2B envd wire protocol on port 49983)."""
+"""``emberbox-envd``: the daemon inside every sandbox (E2B envd wire protocol, port 49983)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 
-DEFAULT_PORT = 49983
+from ..vocabulary import ENVD_PORT as DEFAULT_PORT
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

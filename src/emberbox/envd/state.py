@@ -7,7 +7,9 @@ import os
 from dataclasses import dataclass, field
 from datetime import datetime
 
-ENVD_VERSION = "0.6.13"  # the E2B envd feature level we implement (protocol notes §2.7)
+from ..vocabulary import ENVD_VERSION
+
+__all__ = ["ENVD_VERSION", "EnvdState"]
 
 
 @dataclass

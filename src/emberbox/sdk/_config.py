@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-ENVD_PORT = 49983
+from ..vocabulary import ENVD_PORT as ENVD_PORT  # re-exported for the SDK faces
+
 DEFAULT_REQUEST_TIMEOUT = 60.0
 DEFAULT_SANDBOX_TIMEOUT = 300
 

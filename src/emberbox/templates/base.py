@@ -12,6 +12,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..vocabulary import ENVD_PORT
 from . import _run, cache, hashing
 from .store import Template, TemplateConfig, TemplateStore
 
@@ -43,7 +44,7 @@ cat > /opt/emberbox/init <<'EOF'
 #!/bin/sh
 # PID 1: envd first (the host is waiting for it), then become the Python supervisor, which
 # loads its heavier modules only once envd listens.
-/opt/emberbox/venv/bin/python -m emberbox.envd --port 49983 \
+/opt/emberbox/venv/bin/python -m emberbox.envd --port @ENVD_PORT@ \
     --default-user "${EMBERBOX_DEFAULT_USER:-user}" \
     --default-workdir "${EMBERBOX_DEFAULT_WORKDIR:-/home/user}" </dev/null &
 exec /opt/emberbox/venv/bin/python -m emberbox.templates.guest.init --envd-pid $!
@@ -54,7 +55,7 @@ printf '#!/bin/sh\nexec /opt/emberbox/venv/bin/python -m emberbox.templates.gues
     > /usr/bin/sudo
 chmod 0755 /usr/bin/sudo
 usermod -aG sudo user
-"""
+""".replace("@ENVD_PORT@", str(ENVD_PORT))
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,12 @@ import pwd
 import subprocess
 import sys
 
+from ...vocabulary import ENVD_PORT  # a leaf module: cheap to import before envd starts
+
 # envd is what the host waits for, so it is spawned before this module imports anything
 # else: asyncio and the helpers load while envd is already starting.
 
 ENVD = ("/opt/emberbox/venv/bin/python", "-m", "emberbox.envd")
-ENVD_PORT = 49983
 
 
 def _start_envd(user: str, workdir: str) -> subprocess.Popen[bytes]:
