@@ -174,6 +174,22 @@ def test_unsupported_options_are_refused(api: httpx.Client, unchanged: None) -> 
         assert r.headers["should-retry"] == "false"
 
 
+def test_unsupported_options_on_a_sandbox_are_refused(api: httpx.Client) -> None:
+    """Options of live-sandbox calls that we cannot honour get 501, and change nothing."""
+    sid = api.post("/v2/sandboxes", json={"templateID": "base", "timeout": 60}).json()["sandboxID"]
+    try:
+        r = api.post(f"/sandboxes/{sid}/pause", json={"memory": False})
+        _assert_error(r, 501, "memory: false")
+        r = api.get(f"/sandboxes/{sid}/metrics", params={"start": 1})
+        _assert_error(r, 501, "start/end")
+        r = api.post(f"/sandboxes/{sid}/resume", json={"autoPause": True})
+        _assert_error(r, 501, "autoPause")
+        assert api.get(f"/sandboxes/{sid}").json()["state"] == "running"
+        assert api.get(f"/sandboxes/{sid}/metrics").status_code == 200
+    finally:
+        api.delete(f"/sandboxes/{sid}")
+
+
 def test_bad_idempotency_key(api: httpx.Client, unchanged: None) -> None:
     for bad in ("UPPER", "a" * 256, "spa ce", "under_score"):
         r = api.post("/v2/sandboxes", json={"templateID": "base"}, headers={"Idempotency-Key": bad})

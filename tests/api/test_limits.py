@@ -29,7 +29,12 @@ def limited(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 
 @pytest.fixture(scope="module")
 def throttled(tmp_path_factory: pytest.TempPathFactory):
-    env = {"EMBERBOX_RATE_PER_S": "1", "EMBERBOX_RATE_BURST": "3"}
+    env = {
+        "EMBERBOX_RATE_PER_S": "1",
+        "EMBERBOX_RATE_BURST": "3",
+        "EMBERBOX_BAD_KEY_RATE_PER_S": "0.2",
+        "EMBERBOX_BAD_KEY_BURST": "3",
+    }
     yield from start_server(tmp_path_factory.mktemp("throttled"), "sqlite", env)
 
 
@@ -130,3 +135,18 @@ def test_sdk_retries_rate_limited_calls(throttled: Running) -> None:
         except RateLimitException:
             return
     raise AssertionError("expected a RateLimitException with retries=0")
+
+
+def test_guessing_keys_is_rate_limited_per_address(throttled: Running) -> None:
+    """Requests without a valid key draw from a bucket per client address: a key guesser gets
+    429 with Retry-After, while callers with a valid key are not held back."""
+    url = throttled.server.api_url + "/v2/sandboxes"
+    statuses = [
+        httpx.get(url, headers={"X-API-KEY": f"e2b_{i:040x}"}).status_code for i in range(6)
+    ]
+    assert statuses[:3] == [401, 401, 401] and statuses[-1] == 429, statuses
+    r = httpx.get(url)  # no key at all draws from the same bucket
+    assert r.status_code == 429 and r.json()["code"] == 429
+    assert int(r.headers["retry-after"]) >= 1
+    with throttled.client(throttled.other_key) as good:
+        assert good.get("/v2/sandboxes").status_code == 200

@@ -35,6 +35,8 @@ class Limits:
     max_memory_mb: int = 8192
     rate_per_s: float = 50.0
     rate_burst: int = 100
+    bad_key_rate_per_s: float = 2.0  # per client address, for requests without a valid key
+    bad_key_burst: int = 60
     max_body_bytes: int = 1 << 20
 
 
@@ -124,6 +126,8 @@ class Settings:
             max_memory_mb=whole("EMBERBOX_MAX_MEMORY_MB", 8192),
             rate_per_s=num("EMBERBOX_RATE_PER_S", 50.0),
             rate_burst=whole("EMBERBOX_RATE_BURST", 100),
+            bad_key_rate_per_s=num("EMBERBOX_BAD_KEY_RATE_PER_S", 2.0),
+            bad_key_burst=whole("EMBERBOX_BAD_KEY_BURST", 60),
             max_body_bytes=whole("EMBERBOX_MAX_BODY_BYTES", 1 << 20),
         )
         default_cap = Capacity()

@@ -70,5 +70,6 @@ def create_api_app(
         RateLimitMiddleware,
         buckets=TokenBuckets(settings.limits.rate_per_s, settings.limits.rate_burst),
     )
-    app.add_middleware(ApiKeyMiddleware, authenticate=authenticate)
+    failures = TokenBuckets(settings.limits.bad_key_rate_per_s, settings.limits.bad_key_burst)
+    app.add_middleware(ApiKeyMiddleware, authenticate=authenticate, failures=failures)
     return app

@@ -288,7 +288,7 @@ async def pause_sandbox(
 @router.get(
     "/sandboxes/{sandbox_id}/metrics",
     response_model=list[SandboxMetric],
-    responses=_errors(404),
+    responses=_errors(404, 501),
     summary="Current resource usage (one sample, or none); no history yet (start/end: 501)",
 )
 async def sandbox_metrics(

@@ -2,17 +2,20 @@
 
 The verified :class:`Principal` lands in ``scope["state"]["principal"]``; routes read it from there.
 A short positive cache spares the database on the hot path; revocation takes effect within
-``cache_ttl_s``.
+``cache_ttl_s``. Requests with a missing or wrong key draw from a token bucket per client
+address, so guessing keys is rate-limited too (429 with ``Retry-After`` once it is empty).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Awaitable, Callable
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..limits.ratelimit import TokenBuckets
 from ..wire_errors import send_json_error
 from .keys import hash_key
 from .store import Principal
@@ -23,9 +26,16 @@ PUBLIC_PATHS = frozenset({"/health", "/openapi.json", "/docs", "/docs/oauth2-red
 
 
 class ApiKeyMiddleware:
-    def __init__(self, app: ASGIApp, authenticate: Authenticator, cache_ttl_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        authenticate: Authenticator,
+        failures: TokenBuckets,
+        cache_ttl_s: float = 5.0,
+    ) -> None:
         self.app = app
         self.authenticate = authenticate
+        self.failures = failures
         self.cache_ttl_s = cache_ttl_s
         self._cache: dict[str, tuple[Principal, float]] = {}
 
@@ -34,12 +44,19 @@ class ApiKeyMiddleware:
             await self.app(scope, receive, send)
             return
         key = Headers(scope=scope).get("x-api-key", "")
-        if not key:
-            await send_json_error(send, 401, "missing API key: send it in the X-API-KEY header")
-            return
-        principal = await self._lookup(key)
+        principal = await self._lookup(key) if key else None
         if principal is None:
-            await send_json_error(send, 401, "invalid API key")
+            client = scope.get("client") or ("unknown", 0)
+            wait = self.failures.take(str(client[0]))
+            if wait > 0:
+                retry = str(max(1, math.ceil(wait)))
+                await send_json_error(
+                    send, 429, "too many requests without a valid API key", {"Retry-After": retry}
+                )
+            elif not key:
+                await send_json_error(send, 401, "missing API key: send it in the X-API-KEY header")
+            else:
+                await send_json_error(send, 401, "invalid API key")
             return
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)

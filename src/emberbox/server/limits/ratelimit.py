@@ -10,6 +10,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..wire_errors import send_json_error
 
+MAX_BUCKETS = 100_000
+
 
 @dataclass
 class _Bucket:
@@ -30,6 +32,8 @@ class TokenBuckets:
         t = time.monotonic() if now is None else now
         b = self._buckets.get(key)
         if b is None:
+            if len(self._buckets) >= MAX_BUCKETS:  # many distinct callers: start over, stay small
+                self._buckets.clear()
             b = self._buckets[key] = _Bucket(tokens=float(self.burst), updated=t)
         b.tokens = min(float(self.burst), b.tokens + (t - b.updated) * self.rate)
         b.updated = t
