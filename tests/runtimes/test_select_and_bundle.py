@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 
 from emberbox.host.network import AddressPool, PoolExhausted
 from emberbox.runtimes import hardware_kvm, resolve_name
+from emberbox.runtimes.gvisor import GVisorConfig
 from emberbox.runtimes.gvisor.bundle import BindMount, BundleSpec, oci_config
 
 
@@ -37,8 +39,8 @@ def test_runtime_names(monkeypatch: pytest.MonkeyPatch):
     assert resolve_name("gvisor") == "gvisor"
     with pytest.raises(ValueError, match="unknown runtime 'qemu'"):
         resolve_name("qemu")
-    monkeypatch.setenv("EMBERBOX_RUNTIME", "GVISOR")
-    assert resolve_name() == "gvisor"
+    assert resolve_name("GVISOR") == "gvisor" and resolve_name("process") == "process"
+    assert resolve_name() in ("gvisor", "firecracker", "process")  # auto: what the host can run
 
 
 def test_oci_config_carries_the_limits():
@@ -50,7 +52,10 @@ def test_oci_config_carries_the_limits():
     config = oci_config(spec)
     resources = config["linux"]["resources"]
     assert resources["memory"]["limit"] == 512 * 2**20
-    assert resources["cpu"] == {"quota": 200_000, "period": 100_000}
+    assert resources["cpu"] == {"quota": 40_000, "period": 20_000}
+    capped = oci_config(dataclasses.replace(spec, cpu_limit=1.5))["linux"]["resources"]["cpu"]
+    assert capped == {"quota": 30_000, "period": 20_000}
+
     assert {"type": "RLIMIT_NPROC", "hard": 100, "soft": 100} in config["process"]["rlimits"]
     assert "CAP_SYS_ADMIN" not in config["process"]["capabilities"]["bounding"]
     assert config["root"] == {"path": "/r", "readonly": False}
@@ -60,6 +65,11 @@ def test_oci_config_carries_the_limits():
     assert hosts["options"] == ["rbind", "ro"]
     with pytest.raises(ValueError):
         oci_config(BundleSpec(**{**spec.__dict__, "memory_mb": 8}))
+
+def test_a_sandbox_never_gets_every_host_cpu():
+    assert GVisorConfig(host_cpus=2).cpu_cap == 1.5
+    assert GVisorConfig(host_cpus=8, cpu_reserve=1).cpu_cap == 7
+    assert GVisorConfig(host_cpus=1).cpu_cap == 0.5
 
 
 def test_address_pool_leases_are_exclusive_and_per_instance(tmp_path: Path):

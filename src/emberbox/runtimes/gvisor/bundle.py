@@ -16,7 +16,9 @@ CAPABILITIES = [
     "CAP_SYS_CHROOT", "CAP_MKNOD", "CAP_AUDIT_WRITE", "CAP_SETFCAP", "CAP_SYS_PTRACE",
 ]  # fmt: skip
 
-CPU_PERIOD_US = 100_000
+# A short CFS period: a sandbox over its quota waits at most this long, and so does a
+# neighbour behind it (measured next to a spinner, 20 ms: p99 1.25x alone; 100 ms: 2.3x).
+CPU_PERIOD_US = 20_000
 
 # Memory. gVisor (runsc 20240729) has no OOM killer of its own: guest
 # memory lives in one memfd charged to the host cgroup, and when that cgroup hits its limit the
@@ -52,6 +54,7 @@ class BundleSpec:
     cpu_count: int
     memory_mb: int
     pids_limit: int
+    cpu_limit: float | None = None  # CPUs of host time per period; default cpu_count
     cwd: str = "/"
     uid: int = 0
     gid: int = 0
@@ -124,7 +127,10 @@ def oci_config(spec: BundleSpec) -> dict[str, Any]:
             "cgroupsPath": spec.cgroups_path,
             "resources": {
                 "memory": {"limit": spec.memory_mb * 1024 * 1024},
-                "cpu": {"quota": spec.cpu_count * CPU_PERIOD_US, "period": CPU_PERIOD_US},
+                "cpu": {
+                    "quota": int((spec.cpu_limit or spec.cpu_count) * CPU_PERIOD_US),
+                    "period": CPU_PERIOD_US,
+                },
                 # Backstop for the host: the sentry uses about two host threads per guest task.
                 "pids": {"limit": spec.pids_limit * 3 + 128},
             },

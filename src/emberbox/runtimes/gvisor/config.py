@@ -40,6 +40,19 @@ class GVisorConfig:
     cgroup_parent: str = "emberbox"
     leases_root: Path = Path("/run/emberbox/leases")
     boot_timeout: float = 30.0
+    host_cpus: int = field(default_factory=lambda: os.cpu_count() or 1)
+    cpu_reserve: float = 0.5
+
+    @property
+    def cpu_cap(self) -> float:
+        """The most host CPU time one sandbox may use: all CPUs but ``cpu_reserve``.
+
+        A sandbox allowed every CPU starves its neighbours' gVisor sentries in long tails
+        (measured: a neighbour's ``commands.run`` p99 went from 0.13 s to 5 s next to a
+        spinner; with 1.5 of 2 CPUs, 0.3 s, and 0.18 s with a 20 ms CFS period).
+        See ``benchmarks/fairness_bench.py``.
+        """
+        return max(0.5, self.host_cpus - self.cpu_reserve)
 
     @property
     def root(self) -> Path:

@@ -414,6 +414,7 @@ class GVisorRuntime(Runtime):
                 netns_path=lease.netns_path,
                 cgroups_path="/" + self._cgroup(spec.sandbox_id),
                 cpu_count=spec.cpu_count,
+                cpu_limit=min(float(spec.cpu_count), self.config.cpu_cap),
                 memory_mb=spec.memory_mb,
                 pids_limit=spec.pids_limit,
                 cwd=cwd,
