@@ -7,6 +7,7 @@ step and each step's output is printed as it arrives from the builder.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 from pathlib import Path
 from typing import Annotated
@@ -55,14 +56,19 @@ def build(
     """Build NAME from a spec whose FROM names one of our templates (RUN, COPY, ENV, WORKDIR,
     USER, CMD/ready check)."""
     from ..runtimes.gvisor import GVisorConfig, GVisorRuntime
+    from ..server.config import Settings
     from ..templates.builder import build_template
     from ..templates.spec import parse_dockerfile
     from ..templates.store import TemplateError, TemplateStore
 
     if not file.is_file():
         raise fail(f"no such file: {file}")
-    store = TemplateStore(None)
-    runner = GVisorRuntime(GVisorConfig(data_dir=store.root), store)
+    settings = Settings.from_env()
+    store = TemplateStore(settings.data_dir)
+    config = GVisorConfig(data_dir=settings.data_dir)
+    if settings.runsc:
+        config = dataclasses.replace(config, runsc=settings.runsc)
+    runner = GVisorRuntime(config, store)
     try:
         spec = parse_dockerfile(file.read_text(), context or file.parent)
     except TemplateError as exc:

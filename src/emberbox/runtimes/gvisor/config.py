@@ -18,7 +18,8 @@ class GVisorConfig:
 
     **Parameters:**
     * data_dir - (optional) root of all state; sandboxes live in ``<data_dir>/gvisor``.
-    * runsc - (optional) the runsc binary; ``$EMBERBOX_RUNSC`` or the one on PATH.
+    * runsc - (optional) the runsc binary; default the one on PATH (the server passes
+      ``Settings.runsc``).
     * platform - (optional) ``systrap`` (fast, runsc >= 2023) or ``ptrace``; ``None`` picks the
       best one the binary offers (``kvm`` hangs on nested PVM hosts, so it is never auto-picked).
     * subnet - (optional) pool of /30 links, one per sandbox (host .1, sandbox .2).
@@ -32,9 +33,7 @@ class GVisorConfig:
     """
 
     data_dir: Path = field(default_factory=data_dir)
-    runsc: str = field(
-        default_factory=lambda: os.environ.get("EMBERBOX_RUNSC") or shutil.which("runsc") or "runsc"
-    )
+    runsc: str = field(default_factory=lambda: shutil.which("runsc") or "runsc")
     platform: str | None = None
     subnet: str = "10.11.0.0/16"
     cgroup_parent: str = "emberbox"
