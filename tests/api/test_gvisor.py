@@ -135,3 +135,17 @@ def test_paused_past_its_end_time_resumes_with_files(
         assert gvisor_server.sandbox_states()[sbx.sandbox_id] == ("running", None)
     finally:
         sbx.kill()
+
+
+def test_upload_larger_than_memory_lands_on_disk(gvisor_server: ServerProcess, key: str) -> None:
+    """700 MB through the files API into /tmp of a 512 MiB sandbox: streamed to its disk, so
+    neither envd nor the sandbox runs out of memory (it used to kill the whole sandbox)."""
+    sbx = Sandbox.create(timeout=120)
+    try:
+        size = 700 * 10**6
+        sbx.files.write("/tmp/big.bin", b"\x5a" * size, request_timeout=120)
+        assert sbx.commands.run("stat -c %s /tmp/big.bin").stdout.strip() == str(size)
+        assert sbx.commands.run("echo alive").stdout == "alive\n"
+        assert sbx.get_info().state == SandboxState.RUNNING
+    finally:
+        sbx.kill()
