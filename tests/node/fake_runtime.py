@@ -18,6 +18,7 @@ from starlette.routing import Route
 from emberbox.envd_client import EnvdDefaults
 from emberbox.runtimes.base import (
     Capabilities,
+    CapabilityMissing,
     Runtime,
     RuntimeSandbox,
     SandboxGone,
@@ -73,6 +74,8 @@ class FakeRuntime(Runtime):
         self.overlaps = 0  # teardowns of one id that ran at the same time (must stay 0)
 
     async def create(self, spec: SandboxSpec) -> RuntimeSandbox:
+        if spec.snapshot is not None:
+            raise CapabilityMissing("the fake runtime cannot start from snapshots")
         if spec.sandbox_id in self.sandboxes:
             raise ValueError(f"sandbox {spec.sandbox_id} already exists")
         envd = _Envd()

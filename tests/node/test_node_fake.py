@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 
 from emberbox._proto.node import node_pb2 as pb
-from emberbox.node.client import EmbeddedNode, NodeBadRequest, NodeSandboxNotFound
+from emberbox.node.client import (
+    EmbeddedNode,
+    NodeBadRequest,
+    NodeSandboxNotFound,
+    NodeUnsupported,
+)
 from emberbox.node.orchestrator import Orchestrator
 from emberbox.runtimes.base import SandboxSpec
 from emberbox.vocabulary import new_sandbox_id
@@ -135,3 +140,27 @@ async def test_restart_adopts_live_and_removes_half_created(tmp_path: Path) -> N
     assert report.adopted == [kept] and report.removed == [half]
     assert [r.sandbox_id for r in second.list()] == [kept]
     await second.close()
+
+
+async def test_checkpoint_and_restore_are_refused_where_the_runtime_cannot(
+    tmp_path: Path,
+) -> None:
+    """The stateful seam exists already; a runtime without it answers UNIMPLEMENTED, and a
+    refused restore leaves nothing behind."""
+    runtime = FakeRuntime()
+    node = EmbeddedNode(runtime, tmp_path, dead_check_every_s=0)
+    await node.start()
+    try:
+        sandbox = await node.create(_spec())
+        with pytest.raises(NodeUnsupported, match="cannot checkpoint"):
+            await node.checkpoint(sandbox.sandbox_id, "snap1")
+        with pytest.raises(NodeSandboxNotFound):
+            await node.checkpoint("nosuchsandbox", "snap1")
+        spec = _spec()
+        spec.snapshot.CopyFrom(pb.Snapshot(snapshot_id="s", runtime="fake", path="/x"))
+        with pytest.raises(NodeUnsupported, match="snapshots"):
+            await node.create(spec)
+        assert [s.sandbox_id for s in (await node.list()).sandboxes] == [sandbox.sandbox_id]
+        assert spec.sandbox_id not in runtime.sandboxes
+    finally:
+        await node.close()

@@ -71,6 +71,13 @@ def test_node_refuses_calls_without_its_token(node: NodeProcess) -> None:
         f"{node.url}/node.Node/Info", json={}, headers={"Authorization": f"Bearer {node.token}"}
     )
     assert ok.status_code == 200 and ok.json()["runtime"] == "process"
+    auth = {"Authorization": f"Bearer {node.token}"}
+    missing = httpx.post(
+        f"{node.url}/node.Node/Checkpoint", json={"sandboxId": "nosuch"}, headers=auth
+    )
+    assert missing.status_code == 404 and missing.json()["code"] == "not_found"
+    bad = httpx.post(f"{node.url}/node.Node/Kill", json={"sandboxId": "../etc"}, headers=auth)
+    assert bad.status_code == 400 and bad.json()["code"] == "invalid_argument"
 
 
 def test_second_node_or_server_on_one_data_dir_refuses_and_changes_nothing(

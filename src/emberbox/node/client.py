@@ -98,6 +98,10 @@ class NodeClient(abc.ABC):
     async def pause(self, sandbox_id: str) -> None:
         await self._call("Pause", pb.PauseRequest(sandbox_id=sandbox_id), pb.PauseResponse)
 
+    async def checkpoint(self, sandbox_id: str, snapshot_id: str) -> pb.Snapshot:
+        request = pb.CheckpointRequest(sandbox_id=sandbox_id, snapshot_id=snapshot_id)
+        return (await self._call("Checkpoint", request, pb.CheckpointResponse)).snapshot
+
     async def resume(self, sandbox_id: str) -> pb.Sandbox:
         request = pb.ResumeRequest(sandbox_id=sandbox_id)
         return (await self._call("Resume", request, pb.ResumeResponse)).sandbox

@@ -30,6 +30,7 @@ from ..runtimes.base import (
     SandboxSpec,
     SandboxStats,
     SandboxStatus,
+    SnapshotRef,
 )
 from .records import RecordStore, SandboxRecord
 
@@ -192,6 +193,11 @@ class Orchestrator:
             record.envd_url, record.host = sandbox.envd_url, sandbox.address
             self.records.save(record)
             return record
+
+    async def checkpoint(self, sandbox_id: str, snapshot_id: str) -> SnapshotRef:
+        async with self._locks.hold(sandbox_id):
+            self._get(sandbox_id)
+            return await self.runtime.checkpoint(sandbox_id, snapshot_id)
 
     def list(self) -> builtins.list[SandboxRecord]:
         """Sandboxes this node holds once created (a kill under way still holds them)."""

@@ -25,8 +25,9 @@ from ..runtimes.base import (
     RuntimeError_,
     SandboxGone,
     SandboxSpec,
+    SnapshotRef,
 )
-from ..vocabulary import ENVD_VERSION, InvalidSandboxId
+from ..vocabulary import ENVD_VERSION, InvalidSandboxId, check_sandbox_id
 from .orchestrator import BootFailed, Orchestrator, SandboxExists, SandboxNotFound
 from .records import SandboxRecord
 
@@ -67,6 +68,14 @@ def _connect_error(exc: Exception) -> ConnectError:
     return ConnectError(Code.INTERNAL, str(exc) or type(exc).__name__)
 
 
+def _check_ids(request: Message) -> None:
+    """Every sandbox id that enters the node is a valid one before anything uses it (ids name
+    host paths, namespaces and cgroups)."""
+    target = request.spec if isinstance(request, pb.CreateRequest) else request
+    if "sandbox_id" in target.DESCRIPTOR.fields_by_name:
+        check_sandbox_id(getattr(target, "sandbox_id"))  # noqa: B009 - any message type
+
+
 class NodeService:
     """Serves one :class:`Orchestrator`; ``handlers`` maps ``/node.Node/<Method>`` to a
     coroutine taking the request message and returning the response message."""
@@ -82,6 +91,7 @@ class NodeService:
             "/node.Node/Stats": (pb.StatsRequest, self.stats),
             "/node.Node/Pause": (pb.PauseRequest, self.pause),
             "/node.Node/Resume": (pb.ResumeRequest, self.resume),
+            "/node.Node/Checkpoint": (pb.CheckpointRequest, self.checkpoint),
         }
 
     @property
@@ -94,6 +104,7 @@ class NodeService:
         if entry is None:
             raise ConnectError(Code.UNIMPLEMENTED, f"no such node method {path}")
         try:
+            _check_ids(request)
             return await entry[1](request)
         except Exception as exc:
             raise _connect_error(exc) from exc
@@ -116,7 +127,12 @@ class NodeService:
 
     async def create(self, request: pb.CreateRequest) -> pb.CreateResponse:
         s = request.spec
+        snapshot = None
+        if s.HasField("snapshot"):
+            snap = s.snapshot
+            snapshot = SnapshotRef(snap.snapshot_id, snap.runtime, snap.path, snap.template_id)
         spec = SandboxSpec(
+            snapshot=snapshot,
             sandbox_id=s.sandbox_id,
             template_id=s.template_id,
             cpu_count=s.cpu_count,
@@ -154,6 +170,16 @@ class NodeService:
     async def pause(self, request: pb.PauseRequest) -> pb.PauseResponse:
         await self.orchestrator.pause(request.sandbox_id)
         return pb.PauseResponse()
+
+    async def checkpoint(self, request: pb.CheckpointRequest) -> pb.CheckpointResponse:
+        ref = await self.orchestrator.checkpoint(request.sandbox_id, request.snapshot_id)
+        snapshot = pb.Snapshot(
+            snapshot_id=ref.snapshot_id,
+            runtime=ref.runtime,
+            path=ref.path,
+            template_id=ref.template_id,
+        )
+        return pb.CheckpointResponse(snapshot=snapshot)
 
     async def resume(self, request: pb.ResumeRequest) -> pb.ResumeResponse:
         record = await self.orchestrator.resume(request.sandbox_id)

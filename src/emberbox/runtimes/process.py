@@ -32,8 +32,8 @@ from ..host.processes import dir_size, kill_tree, start_time, usage
 from ..vocabulary import check_sandbox_id, e2b_env
 from .base import (
     Capabilities,
+    CapabilityMissing,
     Runtime,
-    RuntimeError_,
     RuntimeSandbox,
     SandboxGone,
     SandboxSpec,
@@ -103,7 +103,7 @@ class ProcessRuntime(Runtime):
     async def create(self, spec: SandboxSpec) -> RuntimeSandbox:
         async with self._locks.hold(spec.sandbox_id):
             if spec.snapshot is not None:
-                raise RuntimeError_("the process runtime cannot start from snapshots")
+                raise CapabilityMissing("the process runtime cannot start from snapshots")
             self.state_dir.mkdir(parents=True, exist_ok=True)
             if self._path(spec.sandbox_id).exists():
                 raise ValueError(f"sandbox {spec.sandbox_id} already exists")
@@ -157,7 +157,7 @@ class ProcessRuntime(Runtime):
     async def kill(self, sandbox_id: str) -> bool:
         async with self._locks.hold(sandbox_id):
             rec = self._load(sandbox_id)
-            home = self.homes / sandbox_id
+            home = self.homes / check_sandbox_id(sandbox_id)
             if rec is None and not home.exists():
                 return False
             if rec is not None and self._alive(rec):

@@ -49,7 +49,7 @@ class InfoResponse(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., runtime: _Optional[str] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., envd_version: _Optional[str] = ...) -> None: ...
 
 class SandboxSpec(_message.Message):
-    __slots__ = ("sandbox_id", "template_id", "cpu_count", "memory_mb", "disk_mb", "env_vars", "access_token", "allow_internet")
+    __slots__ = ("sandbox_id", "template_id", "cpu_count", "memory_mb", "disk_mb", "env_vars", "access_token", "allow_internet", "snapshot")
     class EnvVarsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +65,7 @@ class SandboxSpec(_message.Message):
     ENV_VARS_FIELD_NUMBER: _ClassVar[int]
     ACCESS_TOKEN_FIELD_NUMBER: _ClassVar[int]
     ALLOW_INTERNET_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     template_id: str
     cpu_count: int
@@ -73,7 +74,20 @@ class SandboxSpec(_message.Message):
     env_vars: _containers.ScalarMap[str, str]
     access_token: str
     allow_internet: bool
-    def __init__(self, sandbox_id: _Optional[str] = ..., template_id: _Optional[str] = ..., cpu_count: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_mb: _Optional[int] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., access_token: _Optional[str] = ..., allow_internet: _Optional[bool] = ...) -> None: ...
+    snapshot: Snapshot
+    def __init__(self, sandbox_id: _Optional[str] = ..., template_id: _Optional[str] = ..., cpu_count: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_mb: _Optional[int] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., access_token: _Optional[str] = ..., allow_internet: _Optional[bool] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ...) -> None: ...
+
+class Snapshot(_message.Message):
+    __slots__ = ("snapshot_id", "runtime", "path", "template_id")
+    SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
+    snapshot_id: str
+    runtime: str
+    path: str
+    template_id: str
+    def __init__(self, snapshot_id: _Optional[str] = ..., runtime: _Optional[str] = ..., path: _Optional[str] = ..., template_id: _Optional[str] = ...) -> None: ...
 
 class Sandbox(_message.Message):
     __slots__ = ("sandbox_id", "template_id", "envd_url", "host", "envd_version", "status")
@@ -178,3 +192,17 @@ class ResumeResponse(_message.Message):
     SANDBOX_FIELD_NUMBER: _ClassVar[int]
     sandbox: Sandbox
     def __init__(self, sandbox: _Optional[_Union[Sandbox, _Mapping]] = ...) -> None: ...
+
+class CheckpointRequest(_message.Message):
+    __slots__ = ("sandbox_id", "snapshot_id")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    snapshot_id: str
+    def __init__(self, sandbox_id: _Optional[str] = ..., snapshot_id: _Optional[str] = ...) -> None: ...
+
+class CheckpointResponse(_message.Message):
+    __slots__ = ("snapshot",)
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    snapshot: Snapshot
+    def __init__(self, snapshot: _Optional[_Union[Snapshot, _Mapping]] = ...) -> None: ...

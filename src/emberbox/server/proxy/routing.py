@@ -7,12 +7,12 @@ route by ``E2b-Sandbox-Id`` + ``E2b-Sandbox-Port``; otherwise by ``<port>-<sandb
 from __future__ import annotations
 
 import ipaddress
-import re
 from dataclasses import dataclass
 
 from starlette.datastructures import Headers
 
-_ID = re.compile(r"^[a-z0-9]+$")
+from ...vocabulary import is_sandbox_id
+
 ID_HEADER = "e2b-sandbox-id"
 PORT_HEADER = "e2b-sandbox-port"
 
@@ -50,7 +50,7 @@ def _port(raw: str) -> int:
 
 
 def _sandbox_id(raw: str) -> str:
-    if not _ID.match(raw):
+    if not is_sandbox_id(raw):
         raise RouteError(f"invalid sandbox ID '{raw}'")
     return raw
 
