@@ -66,6 +66,7 @@ def test_oci_config_carries_the_limits():
     with pytest.raises(ValueError):
         oci_config(BundleSpec(**{**spec.__dict__, "memory_mb": 8}))
 
+
 def test_a_sandbox_never_gets_every_host_cpu():
     assert GVisorConfig(host_cpus=2).cpu_cap == 1.5
     assert GVisorConfig(host_cpus=8, cpu_reserve=1).cpu_cap == 7
