@@ -7,59 +7,16 @@ passed, and clamped every lifetime to 24 h (recorded as a runtime crash)."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from emberbox.node.client import EmbeddedNode
-from emberbox.server.auth.store import Principal, authenticate, create_key
-from emberbox.server.config import Capacity, Limits
 from emberbox.server.db import sandboxes as q
-from emberbox.server.db.engine import make_engine, make_sessionmaker, migrate
 from emberbox.server.db.models import utcnow
 from emberbox.server.lifecycle import reaper as reaper_module
 from emberbox.server.lifecycle.errors import Invalid
-from emberbox.server.lifecycle.reaper import Reaper
-from emberbox.server.lifecycle.service import CreateRequest, NodeFacts, SandboxService
-from emberbox.server.lifecycle.templates import StaticTemplates
-from emberbox.server.limits.scheduler import ResourceScheduler
-from tests.node.fake_runtime import FakeRuntime
+from emberbox.server.lifecycle.service import CreateRequest
 
-HOUR = 3600
-
-
-@dataclass
-class Plane:
-    service: SandboxService
-    reaper: Reaper
-    runtime: FakeRuntime
-    who: Principal
-
-
-@pytest.fixture
-async def plane(tmp_path: Path) -> AsyncIterator[Plane]:
-    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}")
-    await migrate(engine)
-    sessions = make_sessionmaker(engine)
-    runtime = FakeRuntime()
-    node = EmbeddedNode(runtime, tmp_path / "node", dead_check_every_s=0)
-    await node.start()
-    info = await node.info()
-    service = SandboxService(
-        sessions,
-        node,
-        NodeFacts(info.node_id, info.runtime, info.capabilities),
-        StaticTemplates.from_env(None),
-        Limits(max_timeout_s=48 * HOUR),
-        ResourceScheduler(Capacity(cpus=64, memory_mb=65536)),
-    )
-    who = await authenticate(sessions, (await create_key(sessions, "t", "k")).key)
-    assert who is not None
-    yield Plane(service, Reaper(service), runtime, who)
-    await node.close()
-    await engine.dispose()
+from .conftest import HOUR, Plane
 
 
 def _clock(monkeypatch: pytest.MonkeyPatch, ahead: dt.timedelta) -> None:

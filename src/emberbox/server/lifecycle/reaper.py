@@ -15,6 +15,7 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
+from ..._proto.node import node_pb2 as pb
 from ..db import sandboxes as q
 from ..db.models import utcnow
 from .service import SandboxService
@@ -48,16 +49,35 @@ class Reaper:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def recover(self) -> None:
-        """Finish what a crash interrupted: half-created or half-killed sandboxes."""
+        """Finish what a crash interrupted: half-created, half-killed, half-paused or
+        half-resumed sandboxes (the node says where a pause or resume really got to)."""
         async with self.service.sessions() as s:
             creating = await q.ids_in_states(s, [State.CREATING])
             killing = await q.ids_in_states(s, [State.KILLING])
+            switching = await q.ids_in_states(s, [State.PAUSING, State.RESUMING])
         for sid in creating:
             await self.service.mark_crashed(sid, oom=False)
         for sid in killing:
             await self.service.node.kill(sid)
             async with self.service.sessions.begin() as s:
                 await q.set_state(s, sid, [State.KILLING], State.KILLED, ended_at=utcnow())
+        if switching:
+            held = {b.sandbox_id: b for b in (await self.service.node.list()).sandboxes}
+            for sid in switching:
+                sandbox = held.get(sid)
+                if sandbox is None:
+                    await self.service.mark_crashed(sid, oom=False)
+                    continue
+                paused = sandbox.status == pb.SANDBOX_STATUS_PAUSED
+                async with self.service.sessions.begin() as s:
+                    await q.set_state(
+                        s,
+                        sid,
+                        [State.PAUSING, State.RESUMING],
+                        State.PAUSED if paused else State.RUNNING,
+                        envd_url=sandbox.envd_url,
+                        host_address=sandbox.host,
+                    )
 
     def start(self) -> None:
         self._loops = [

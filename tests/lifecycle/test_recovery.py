@@ -1,0 +1,53 @@
+"""A server killed in the middle of a pause or resume: on restart the database takes the
+node's word for where the sandbox got to, instead of staying "pausing" forever."""
+
+from __future__ import annotations
+
+import pytest
+
+from emberbox.server.db import sandboxes as q
+from emberbox.server.lifecycle.service import CreateRequest
+from emberbox.server.lifecycle.states import State
+
+from .conftest import Plane
+
+
+async def _force(plane: Plane, sandbox_id: str, state: State) -> None:
+    async with plane.service.sessions.begin() as s:
+        assert await q.update_fields(s, sandbox_id, list(State), state=str(state))
+
+
+async def _state(plane: Plane, sandbox_id: str) -> str:
+    async with plane.service.sessions() as s:
+        row = await q.get(s, sandbox_id)
+    assert row is not None
+    return row.state
+
+
+@pytest.mark.parametrize(
+    ("pause_on_node", "left_in", "expected"),
+    [
+        (True, State.PAUSING, "paused"),  # crashed after the node paused it
+        (False, State.PAUSING, "running"),  # crashed before the node paused it
+        (False, State.RESUMING, "running"),  # crashed after the node resumed it
+        (True, State.RESUMING, "paused"),  # crashed before the node resumed it
+    ],
+)
+async def test_half_done_pause_or_resume_settles_on_the_nodes_word(
+    plane: Plane, pause_on_node: bool, left_in: State, expected: str
+) -> None:
+    row = await plane.service.create(plane.who, CreateRequest("base", 600))
+    if pause_on_node:
+        await plane.service.node.pause(row.id)
+    await _force(plane, row.id, left_in)
+    await plane.reaper.recover()
+    assert await _state(plane, row.id) == expected
+    assert not plane.runtime.teardowns
+
+
+async def test_half_done_pause_of_a_lost_sandbox_is_recorded_as_crashed(plane: Plane) -> None:
+    row = await plane.service.create(plane.who, CreateRequest("base", 600))
+    await plane.service.node.kill(row.id)  # gone from the node while the server was down
+    await _force(plane, row.id, State.PAUSING)
+    await plane.reaper.recover()
+    assert await _state(plane, row.id) == "failed"
