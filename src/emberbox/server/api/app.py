@@ -18,6 +18,7 @@ from .body_limit import BodyLimitMiddleware
 from .errors import install_error_handlers
 from .models import Health
 from .routes import router
+from .unsupported import router as unsupported_router
 
 
 def _document_real_errors(app: FastAPI) -> None:
@@ -56,6 +57,7 @@ def create_api_app(
     app.state.service = service
     app.state.sandbox_domain = settings.sandbox_domain
     install_error_handlers(app)
+    app.include_router(unsupported_router)  # first: /sandboxes/metrics is not a sandbox id
     app.include_router(router)
 
     @app.get("/health", response_model=Health, tags=["health"], summary="API liveness")
