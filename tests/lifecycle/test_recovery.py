@@ -3,9 +3,13 @@ node's word for where the sandbox got to, instead of staying "pausing" forever."
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
+
 import pytest
 
 from emberbox.server.db import sandboxes as q
+from emberbox.server.db.models import utcnow
 from emberbox.server.lifecycle.service import CreateRequest
 from emberbox.server.lifecycle.states import State
 
@@ -51,3 +55,38 @@ async def test_half_done_pause_of_a_lost_sandbox_is_recorded_as_crashed(plane: P
     await _force(plane, row.id, State.PAUSING)
     await plane.reaper.recover()
     assert await _state(plane, row.id) == "failed"
+
+
+async def test_a_resume_that_got_through_gets_a_fresh_end_time(plane: Plane) -> None:
+    """Paused past its end time, resumed, server killed before it recorded the resume: the
+    recovered sandbox must not be ended at once by its stale end time."""
+    row = await plane.service.create(plane.who, CreateRequest("base", 600))
+    async with plane.service.sessions.begin() as s:
+        past = utcnow() - dt.timedelta(hours=1)
+        assert await q.update_fields(s, row.id, list(State), end_at=past)
+    await _force(plane, row.id, State.RESUMING)
+    await plane.reaper.recover()
+    await plane.reaper.tick()
+    await plane.reaper.stop()
+    assert await _state(plane, row.id) == "running"
+    assert not plane.runtime.teardowns
+
+
+async def test_a_paused_sandbox_the_node_lost_is_recorded_as_crashed(plane: Plane) -> None:
+    row = await plane.service.create(plane.who, CreateRequest("base", 600))
+    await plane.service.pause(plane.who, row.id)
+    await plane.service.node.kill(row.id)  # the node lost it (a host reboot, say)
+    await plane.reaper.reconcile()
+    assert await _state(plane, row.id) == "failed"
+
+
+async def test_a_cancelled_pause_leaves_the_sandbox_running(plane: Plane) -> None:
+    plane.runtime.pause_delay_s = 0.5
+    row = await plane.service.create(plane.who, CreateRequest("base", 600))
+    pausing = asyncio.create_task(plane.service.pause(plane.who, row.id))
+    await asyncio.sleep(0.1)
+    assert await _state(plane, row.id) == "pausing"
+    pausing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await pausing
+    assert await _state(plane, row.id) == "running"

@@ -64,9 +64,12 @@ class FakeRuntime(Runtime):
     name = "fake"
     capabilities = Capabilities(pause=True)
 
-    def __init__(self, create_delay_s: float = 0.0, kill_delay_s: float = 0.0) -> None:
+    def __init__(
+        self, create_delay_s: float = 0.0, kill_delay_s: float = 0.0, pause_delay_s: float = 0.0
+    ) -> None:
         self.create_delay_s = create_delay_s
         self.kill_delay_s = kill_delay_s
+        self.pause_delay_s = pause_delay_s
         self.sandboxes: dict[str, RuntimeSandbox] = {}
         self.envds: dict[str, _Envd] = {}
         self.teardowns: collections.Counter[str] = collections.Counter()
@@ -130,6 +133,7 @@ class FakeRuntime(Runtime):
         return SandboxStats(2, 1.0, 1, 2, 3, 4)
 
     async def pause(self, sandbox_id: str) -> None:
+        await asyncio.sleep(self.pause_delay_s)
         sandbox = self.sandboxes[sandbox_id]
         self.sandboxes[sandbox_id] = RuntimeSandbox(
             sandbox.sandbox_id, sandbox.template_id, sandbox.address, sandbox.envd_port,

@@ -7,13 +7,14 @@ import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from emberbox._proto.node import node_pb2 as pb
 from emberbox.envd_client import EnvdClient
 from emberbox.node.client import NodeError, RemoteNode
 from emberbox.runtimes.gvisor import GVisorConfig, GVisorRuntime
-from emberbox.server.testing import NodeProcess
+from emberbox.server.testing import NodeProcess, ServerProcess
 from emberbox.templates.store import Template
 from emberbox.vocabulary import new_sandbox_id
 from tests.runtimes.gvisor_support import DATA_DIR, inventory
@@ -68,3 +69,28 @@ async def test_sigkill_and_restart_leave_no_orphans(node: NodeProcess) -> None:
     finally:
         await client.close()
     assert (await inventory(config)).leaked_since(baseline) == {}
+
+
+def test_a_server_on_a_remote_gvisor_node_finds_its_templates(
+    node: NodeProcess, tmp_path: Path
+) -> None:
+    """The templates live beside the node, not the server: create of base works through a
+    server with no template store of its own (review finding: it answered 404 to every create)."""
+    node.start()
+    server = ServerProcess(
+        tmp_path / "server", env={"EMBERBOX_NODE_URL": node.url, "EMBERBOX_NODE_TOKEN": node.token}
+    )
+    server.start()
+    try:
+        assert server.first_key
+        headers = {"X-API-KEY": server.first_key}
+        with httpx.Client(base_url=server.api_url, headers=headers, timeout=60) as api:
+            created = api.post("/v2/sandboxes", json={"templateID": "base", "timeout": 60})
+            assert created.status_code == 201, created.text
+            sid = created.json()["sandboxID"]
+            assert api.get(f"/sandboxes/{sid}").json()["state"] == "running"
+            assert api.delete(f"/sandboxes/{sid}").status_code == 204
+            missing = api.post("/v2/sandboxes", json={"templateID": "nope", "timeout": 60})
+            assert missing.status_code == 404 and missing.json()["code"] == 404
+    finally:
+        server.stop()

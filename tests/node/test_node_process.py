@@ -104,3 +104,25 @@ def test_second_node_or_server_on_one_data_dir_refuses_and_changes_nothing(
     r = httpx.get(f"{server.api_url}/sandboxes/{sid}", headers=headers)
     assert r.status_code == 200 and r.json()["state"] == "running"
     assert httpx.delete(f"{server.api_url}/sandboxes/{sid}", headers=headers).status_code == 204
+
+
+def test_node_refuses_to_listen_beyond_loopback_without_a_token(tmp_path: Path) -> None:
+    node = NodeProcess(tmp_path / "open", "process", env={"EMBERBOX_NODE_HOST": "0.0.0.0"})
+    env = {**node.env(), "EMBERBOX_NODE_TOKEN": ""}
+    done = subprocess.run(
+        [sys.executable, "-m", "emberbox.cli", "node"], env=env, capture_output=True, timeout=60
+    )
+    assert done.returncode == 1 and b"without EMBERBOX_NODE_TOKEN" in done.stderr
+    assert not (tmp_path / "open" / "node").exists()  # nothing was started or recovered
+
+
+def test_a_non_ascii_authorization_header_is_a_401_not_a_500(node: NodeProcess) -> None:
+    r = httpx.post(
+        f"{node.url}/node.Node/List",
+        content=b"{}",
+        headers={
+            b"Authorization": "Bearer \u00e9t\u00e9".encode("latin-1"),
+            b"Content-Type": b"application/json",
+        },
+    )
+    assert r.status_code == 401 and r.json()["code"] == "unauthenticated"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import sys
 from typing import Annotated
@@ -10,6 +11,13 @@ from typing import Annotated
 import typer
 
 from .output import fail
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def node(log_level: Annotated[str, typer.Option(help="log level")] = "info") -> None:
@@ -27,6 +35,11 @@ def node(log_level: Annotated[str, typer.Option(help="log level")] = "info") -> 
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = Settings.from_env()
+    if not settings.node_token and not _loopback(settings.node_host):
+        raise fail(
+            f"refusing to serve the node on {settings.node_host} without EMBERBOX_NODE_TOKEN: "
+            "anyone who reaches it could create and kill sandboxes"
+        )
     try:
         lock = InstanceLock(settings.data_dir, "node").acquire()
     except AlreadyRunning as exc:

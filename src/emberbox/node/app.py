@@ -26,9 +26,8 @@ def _error(err: ConnectError) -> Response:
 
 def node_app(service: NodeService, token: str = "") -> Starlette:
     async def call(request: Request) -> Response:
-        if token and not hmac.compare_digest(
-            request.headers.get("authorization", ""), f"Bearer {token}"
-        ):
+        sent = request.headers.get("authorization", "").encode("latin-1", "replace")
+        if token and not hmac.compare_digest(sent, f"Bearer {token}".encode()):
             return _error(ConnectError(Code.UNAUTHENTICATED, "missing or wrong node token"))
         entry = service.handlers.get(request.url.path)
         if entry is None:

@@ -26,6 +26,7 @@ from ..runtimes.base import (
     SandboxGone,
     SandboxSpec,
     SnapshotRef,
+    UnknownTemplate,
 )
 from ..vocabulary import ENVD_VERSION, InvalidSandboxId, check_sandbox_id
 from .orchestrator import BootFailed, Orchestrator, SandboxExists, SandboxNotFound
@@ -54,6 +55,8 @@ def _connect_error(exc: Exception) -> ConnectError:
         return exc
     if isinstance(exc, SandboxNotFound | SandboxGone):
         return ConnectError(Code.NOT_FOUND, f"sandbox {exc} not found on this node")
+    if isinstance(exc, UnknownTemplate):
+        return ConnectError(Code.NOT_FOUND, str(exc))
     if isinstance(exc, SandboxExists):
         return ConnectError(Code.ALREADY_EXISTS, str(exc))
     if isinstance(exc, CapabilityMissing):

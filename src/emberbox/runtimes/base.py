@@ -35,6 +35,10 @@ class CapacityExhausted(RuntimeError_, HostExhausted):
     """The node has no room for another sandbox (addresses, slots)."""
 
 
+class UnknownTemplate(RuntimeError_):
+    """The node has no template of that name."""
+
+
 class SandboxGone(RuntimeError_):
     """Raised when the runtime no longer has the sandbox (killed, crashed, never existed)."""
 

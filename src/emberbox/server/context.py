@@ -70,8 +70,11 @@ class ServerContext:
         facts = NodeFacts(info.node_id, info.runtime, info.capabilities)
         resolver = SandboxResolver(sessions)
         static = StaticTemplates.from_env(settings.templates or None)
+        # Templates live beside the node's runtime: this server can read them only when the
+        # node is its own; a remote node is asked at create (404 when it lacks the template).
+        local_store = info.capabilities.isolation and not settings.node_url
         templates: TemplateCatalog = (
-            StoreTemplates(settings.data_dir, static) if info.capabilities.isolation else static
+            StoreTemplates(settings.data_dir, static) if local_store else static
         )
         service = SandboxService(
             sessions,

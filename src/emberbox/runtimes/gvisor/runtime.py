@@ -36,6 +36,7 @@ from ..base import (
     SandboxSpec,
     SandboxStats,
     SandboxStatus,
+    UnknownTemplate,
 )
 from .bundle import BindMount, BundleSpec, write_bundle
 from .config import GVisorConfig
@@ -298,7 +299,7 @@ class GVisorRuntime(Runtime):
         try:
             return self.store.get(name)
         except TemplateError as exc:
-            raise ValueError(str(exc)) from None
+            raise UnknownTemplate(str(exc)) from None
 
     async def _ensure_firewall(self) -> None:
         async with self._firewall_lock:

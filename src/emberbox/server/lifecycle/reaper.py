@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 from collections.abc import Coroutine
 from typing import Any
 
 from ..._proto.node import node_pb2 as pb
+from ...node.client import NodeError
 from ..db import sandboxes as q
 from ..db.models import utcnow
-from .service import SandboxService
+from .service import DEFAULT_RESUME_TIMEOUT_S, SandboxService
 from .states import EndReason, State
 
 log = logging.getLogger("emberbox.reaper")
@@ -58,17 +60,30 @@ class Reaper:
         for sid in creating:
             await self.service.mark_crashed(sid, oom=False)
         for sid in killing:
-            await self.service.node.kill(sid)
+            try:
+                await self.service.node.kill(sid)
+            except NodeError:
+                log.exception("finishing the kill of %s failed; reconciliation retries", sid)
+                continue
             async with self.service.sessions.begin() as s:
                 await q.set_state(s, sid, [State.KILLING], State.KILLED, ended_at=utcnow())
         if switching:
-            held = {b.sandbox_id: b for b in (await self.service.node.list()).sandboxes}
+            try:
+                listing = await self.service.node.list()
+            except NodeError:
+                log.exception("the node did not list its sandboxes; %s stay as they are", switching)
+                return
+            held = {b.sandbox_id: b for b in listing.sandboxes}
             for sid in switching:
                 sandbox = held.get(sid)
                 if sandbox is None:
                     await self.service.mark_crashed(sid, oom=False)
                     continue
                 paused = sandbox.status == pb.SANDBOX_STATUS_PAUSED
+                # A resume that got through counts its lifetime from now, as a resume does
+                # (its old end time may have passed while it was paused).
+                fresh = {} if paused else {"end_at": utcnow() + dt.timedelta(
+                    seconds=DEFAULT_RESUME_TIMEOUT_S)}  # fmt: skip
                 async with self.service.sessions.begin() as s:
                     await q.set_state(
                         s,
@@ -77,6 +92,7 @@ class Reaper:
                         State.PAUSED if paused else State.RUNNING,
                         envd_url=sandbox.envd_url,
                         host_address=sandbox.host,
+                        **fresh,
                     )
 
     def start(self) -> None:
@@ -131,7 +147,9 @@ class Reaper:
         was taken is never mistaken for one.
         """
         async with self.service.sessions() as s:
-            running = set(await q.ids_in_states(s, [State.RUNNING]))
+            # Running and paused rows are stable: every change of them goes through the
+            # database before the node, so one the node does not hold was lost.
+            running = set(await q.ids_in_states(s, [State.RUNNING, State.PAUSED]))
             known_before = set(await q.ids_in_states(s, _KNOWN))
         listing = await self.service.node.list()
         async with self.service.sessions() as s:
@@ -139,7 +157,8 @@ class Reaper:
         held = {b.sandbox_id for b in listing.sandboxes}
         why = {e.sandbox_id: e.reason for e in listing.ended}
         for sid in running & known_after:
-            if sid not in held and sid not in self._ending and why.get(sid) != "killed":
+            # A row a kill has meanwhile moved to killing is left alone by mark_crashed.
+            if sid not in held and sid not in self._ending:
                 oom = why.get(sid) == "oom"
                 log.warning("sandbox %s stopped outside the server (oom: %s)", sid, oom)
                 await self.service.mark_crashed(sid, oom=oom)

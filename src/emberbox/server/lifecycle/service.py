@@ -190,6 +190,8 @@ class SandboxService:
                 raise NoCapacity(e.message, error_code="sandbox_capacity_unavailable") from e
             if isinstance(e, NodeUnsupported):
                 raise Unsupported(e.message) from e
+            if isinstance(e, NodeSandboxNotFound):  # at create: the node lacks the template
+                raise NotFound(f"template '{req.template}' not found on its node") from e
             raise SandboxFailed(
                 f"sandbox could not be started: {e}", error_code="sandbox_create_failed"
             ) from e
@@ -364,10 +366,12 @@ class SandboxService:
         self.on_gone(sandbox_id)
         try:
             await self.node.pause(sandbox_id)
-        except Exception as e:
-            log.exception("pause of %s failed", sandbox_id)
+        except BaseException as e:  # cancellation too: never leave the row half-way
+            log.warning("pause of %s failed: %s", sandbox_id, e)
             async with self.sessions.begin() as s:
                 await q.set_state(s, sandbox_id, [State.PAUSING], State.RUNNING)
+            if not isinstance(e, Exception):
+                raise
             raise SandboxFailed(f"pause failed: {e}") from e
         async with self.sessions.begin() as s:
             await q.set_state(s, sandbox_id, [State.PAUSING], State.PAUSED)
@@ -390,10 +394,12 @@ class SandboxService:
                 raise Busy(f"sandbox '{row.id}' is being paused or resumed; retry")
         try:
             b = await self.node.resume(row.id)
-        except Exception as e:
-            log.exception("resume of %s failed", row.id)
+        except BaseException as e:  # cancellation too: never leave the row half-way
+            log.warning("resume of %s failed: %s", row.id, e)
             async with self.sessions.begin() as s:
                 await q.set_state(s, row.id, [State.RESUMING], State.PAUSED)
+            if not isinstance(e, Exception):
+                raise
             if isinstance(e, NodeSandboxNotFound):
                 await self.mark_crashed(row.id, oom=False)
                 raise NotFound(f"sandbox '{row.id}' no longer exists on its node") from e
