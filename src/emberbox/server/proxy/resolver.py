@@ -41,6 +41,10 @@ class SandboxResolver:
         self.ttl_s = ttl_s
         self._cache: dict[str, tuple[Location, float]] = {}
         self._listeners: list[Callable[[str], None]] = []
+        # A forget that lands while a lookup is in flight must win: the lookup read the row
+        # before the sandbox started dying, and its address may soon be another sandbox's.
+        self._epoch = 0
+        self._forgotten_at: dict[str, int] = {}
 
     def on_forget(self, listener: Callable[[str], None]) -> None:
         """Call ``listener(sandbox_id)`` whenever a sandbox stops being reachable."""
@@ -51,8 +55,11 @@ class SandboxResolver:
         hit = self._cache.get(sandbox_id)
         if hit is not None and hit[1] > now:
             return hit[0]
+        asked_at = self._epoch
         async with self.sessions() as s:
             row = await q.get(s, sandbox_id)
+        if self._forgotten_at.get(sandbox_id, -1) >= asked_at:
+            return None  # it started dying while we looked it up
         if row is None or row.state != State.RUNNING or not row.envd_url or not row.host_address:
             self.forget(sandbox_id)
             return None
@@ -64,5 +71,9 @@ class SandboxResolver:
 
     def forget(self, sandbox_id: str) -> None:
         self._cache.pop(sandbox_id, None)
+        if len(self._forgotten_at) > 50_000:
+            self._forgotten_at.clear()  # lookups older than this epoch are long done
+        self._forgotten_at[sandbox_id] = self._epoch
+        self._epoch += 1
         for listener in self._listeners:
             listener(sandbox_id)
