@@ -13,14 +13,17 @@ import pytest
 from emberbox.server.db import sandboxes as q
 from emberbox.server.db.models import utcnow
 from emberbox.server.lifecycle import reaper as reaper_module
+from emberbox.server.lifecycle import service as service_module
 from emberbox.server.lifecycle.errors import Invalid
 from emberbox.server.lifecycle.service import CreateRequest
+from emberbox.server.lifecycle.states import EndReason
 
 from .conftest import HOUR, Plane
 
 
 def _clock(monkeypatch: pytest.MonkeyPatch, ahead: dt.timedelta) -> None:
     monkeypatch.setattr(reaper_module, "utcnow", lambda: utcnow() + ahead)
+    monkeypatch.setattr(service_module, "utcnow", lambda: utcnow() + ahead)
 
 
 async def _state(plane: Plane, sandbox_id: str) -> tuple[str, str | None]:
@@ -67,3 +70,14 @@ async def test_lifetimes_are_bounded_by_the_deployment(plane: Plane) -> None:
         with pytest.raises(Invalid):
             await plane.service.create(plane.who, CreateRequest("base", bad))
     assert plane.runtime.sandboxes == {}
+
+
+async def test_an_end_time_extended_after_the_reaper_looked_wins(plane: Plane) -> None:
+    """The reaper lists what expired, then ends each; a set_timeout that lands in between
+    must keep the sandbox (it answered 204 to its caller)."""
+    row = await plane.service.create(plane.who, CreateRequest("base", 600))
+    assert await plane.service.end(row.id, EndReason.TIMEOUT) is False
+    assert await _state(plane, row.id) == ("running", None)
+    await plane.service.set_timeout(plane.who, row.id, 0)
+    assert await plane.service.end(row.id, EndReason.TIMEOUT) is True
+    assert await _state(plane, row.id) == ("killed", "timeout")

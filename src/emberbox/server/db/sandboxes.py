@@ -46,16 +46,22 @@ async def set_state(
     sandbox_id: str,
     from_states: Collection[State],
     to: State,
+    *,
+    ended_by: dt.datetime | None = None,
     **values: Any,
 ) -> bool:
-    """Move the sandbox to ``to`` if it is in one of ``from_states``; False if it was not."""
+    """Move the sandbox to ``to`` if it is in one of ``from_states`` (and, with ``ended_by``,
+    only if its end time is not later than that); False if it was not."""
     for current in from_states:
         check_transition(current, to)
     if to in (State.KILLED, State.FAILED):
         values.setdefault("idempotency_key", None)  # the key may create a new sandbox now
+    where = [Sandbox.id == sandbox_id, Sandbox.state.in_([str(x) for x in from_states])]
+    if ended_by is not None:
+        where.append(Sandbox.end_at <= ended_by)
     result = await s.execute(
         update(Sandbox)
-        .where(Sandbox.id == sandbox_id, Sandbox.state.in_([str(x) for x in from_states]))
+        .where(*where)
         .values(state=str(to), updated_at=utcnow(), **values)
         .execution_options(synchronize_session=False)
     )

@@ -429,8 +429,10 @@ class SandboxService:
     async def end(self, sandbox_id: str, reason: EndReason) -> bool:
         """Kill on the node and record why; False if another actor already ended it."""
         from_states = [State.RUNNING, State.PAUSING, State.PAUSED, State.RESUMING, State.CREATING]
+        # An end time moved later since the reaper saw it (set_timeout, connect) wins.
+        ended_by = utcnow() if reason is EndReason.TIMEOUT else None
         async with self.sessions.begin() as s:
-            if not await q.set_state(s, sandbox_id, from_states, State.KILLING):
+            if not await q.set_state(s, sandbox_id, from_states, State.KILLING, ended_by=ended_by):
                 return False
         self.on_gone(sandbox_id)
         try:
