@@ -1,0 +1,59 @@
+"""``python -m emberbox.interpreter``: the code-interpreter service (E2B protocol, port 49999)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from . import INTERPRETER_PORT
+
+
+def default_cwd() -> str:
+    """E2B's contexts start in ``/home/user``; a host without one uses the current directory."""
+    return "/home/user" if os.path.isdir("/home/user") else os.getcwd()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m emberbox.interpreter", description=__doc__)
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    parser.add_argument("--port", type=int, default=INTERPRETER_PORT)
+    parser.add_argument(
+        "--access-token",
+        default=os.environ.get("EMBERBOX_INTERPRETER_ACCESS_TOKEN"),
+        help="require this X-Access-Token (the sandbox's envd token)",
+    )
+    parser.add_argument("--cwd", default=None, help="working directory of contexts naming none")
+    parser.add_argument(
+        "--keepalive", type=float, default=5.0, help="seconds of silence before a keepalive line"
+    )
+    parser.add_argument("--log-level", default="warning")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s %(message)s")
+
+    import uvicorn
+
+    from .app import create_app
+    from .contexts import Contexts
+    from .kernels import kernel_env
+
+    contexts = Contexts(args.cwd or default_cwd(), kernel_env())
+    uvicorn.run(
+        create_app(contexts, access_token=args.access_token or None, keepalive=args.keepalive),
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level=args.log_level,
+        timeout_keep_alive=310,  # outlive the SDKs' 300 s pool keepalive
+    )
+
+
+if __name__ == "__main__":
+    main()
