@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 from typing import Any
 
@@ -92,12 +93,16 @@ def test_background_list_connect_and_kill(sandbox: Any) -> None:
 
 
 def test_kill_kills_the_whole_command_tree(sandbox: Any) -> None:
-    handle = sandbox.commands.run("sleep 300 | cat", background=True, timeout=0)
+    # A duration no other process on the host uses: envd runs on the host here, and pgrep sees
+    # every process (a plain "sleep 300" elsewhere once failed this test).
+    seconds = str(random.randint(10_000, 99_999))
+    handle = sandbox.commands.run(f"sleep {seconds} | cat", background=True, timeout=0)
     time.sleep(0.2)
     assert sandbox.commands.kill(handle.pid)
     with pytest.raises(CommandExitException):
         handle.wait()
-    leftover = sandbox.commands.run("pgrep -f 'sleep 30[0]' || true", user="root").stdout
+    pattern = f"sleep {seconds[:-1]}[{seconds[-1]}]"  # the brackets keep pgrep from finding itself
+    leftover = sandbox.commands.run(f"pgrep -f '{pattern}' || true", user="root").stdout
     assert leftover.strip() == ""
 
 
