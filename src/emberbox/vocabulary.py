@@ -18,6 +18,14 @@ ENVD_PORT = 49983
 ENVD_VERSION = "0.6.13"
 """The E2B envd feature level we implement; SDKs switch behaviour on it (protocol §2.7)."""
 
+DEFAULT_USER = "user"
+DEFAULT_WORKDIR = "/home/user"
+"""Who commands run as, and where, unless a template or a call says otherwise (E2B's)."""
+
+SERVER_KEEPALIVE_S = 310
+"""How long our listeners keep an idle connection: longer than the SDKs' 300 s pool keepalive,
+so a client never sends on a connection the server just closed."""
+
 DEFAULT_CPU_COUNT = 2
 DEFAULT_MEMORY_MB = 512
 DEFAULT_DISK_MB = 1024

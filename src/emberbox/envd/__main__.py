@@ -7,6 +7,7 @@ import logging
 import os
 
 from ..vocabulary import ENVD_PORT as DEFAULT_PORT
+from ..vocabulary import SERVER_KEEPALIVE_S
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         lifespan="on",
         access_log=False,
         log_level=args.log_level,
-        timeout_keep_alive=310,  # outlive the SDKs' 300 s pool keepalive
+        timeout_keep_alive=SERVER_KEEPALIVE_S,
     )
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from starlette.datastructures import Headers
 
 from .._connect.errors import Code, ConnectError
+from ..vocabulary import DEFAULT_USER
 from .state import EnvdState
 
 
@@ -41,8 +42,8 @@ class User:
 def fallback_user() -> str:
     """envd's default user before ``/init``: ``user`` if it exists (templates), else ourselves."""
     try:
-        pwd.getpwnam("user")
-        return "user"
+        pwd.getpwnam(DEFAULT_USER)
+        return DEFAULT_USER
     except KeyError:
         return pwd.getpwuid(os.geteuid()).pw_name
 

@@ -6,12 +6,13 @@ import argparse
 import logging
 import os
 
+from ..vocabulary import DEFAULT_WORKDIR, SERVER_KEEPALIVE_S
 from . import INTERPRETER_PORT
 
 
 def default_cwd() -> str:
     """E2B's contexts start in ``/home/user``; a host without one uses the current directory."""
-    return "/home/user" if os.path.isdir("/home/user") else os.getcwd()
+    return DEFAULT_WORKDIR if os.path.isdir(DEFAULT_WORKDIR) else os.getcwd()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         lifespan="on",
         access_log=False,
         log_level=args.log_level,
-        timeout_keep_alive=310,  # outlive the SDKs' 300 s pool keepalive
+        timeout_keep_alive=SERVER_KEEPALIVE_S,
     )
 
 

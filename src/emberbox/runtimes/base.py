@@ -19,6 +19,8 @@ from ..vocabulary import (
     DEFAULT_DISK_MB,
     DEFAULT_MEMORY_MB,
     DEFAULT_PIDS_LIMIT,
+    DEFAULT_USER,
+    DEFAULT_WORKDIR,
     ENVD_PORT,
 )
 
@@ -92,6 +94,10 @@ class SandboxStatus(enum.StrEnum):
     STOPPED = "stopped"
 
 
+UNKNOWN_DEFAULTS = EnvdDefaults(DEFAULT_USER, DEFAULT_WORKDIR)
+"""What ``list`` reports: the handshake happened at create, nobody needs them again."""
+
+
 @dataclass(frozen=True)
 class RuntimeSandbox:
     """A sandbox as the runtime sees it: enough to reach envd and any user port.
@@ -105,13 +111,10 @@ class RuntimeSandbox:
     address: str  # IP the host reaches the sandbox at
     envd_port: int = ENVD_PORT
     status: SandboxStatus = SandboxStatus.RUNNING
+    # An OOM kill ever happened inside; ``list`` fills it for stopped sandboxes only (the end
+    # reason is all it is for there), a runtime's single-sandbox lookup always.
     oom_killed: bool = False
-    defaults: EnvdDefaults = field(default_factory=lambda: RuntimeSandbox.defaults_unknown())
-
-    @staticmethod
-    def defaults_unknown() -> EnvdDefaults:
-        """What ``list`` reports: the handshake happened at create, nobody needs them again."""
-        return EnvdDefaults("user", "/home/user")
+    defaults: EnvdDefaults = field(default_factory=lambda: UNKNOWN_DEFAULTS)
 
     @property
     def envd_url(self) -> str:

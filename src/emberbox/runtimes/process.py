@@ -31,6 +31,7 @@ from ..host.locks import KeyedLock
 from ..host.processes import dir_size, kill_tree, start_time, usage
 from ..vocabulary import check_sandbox_id, e2b_env
 from .base import (
+    UNKNOWN_DEFAULTS,
     Capabilities,
     CapabilityMissing,
     Runtime,
@@ -88,14 +89,14 @@ class ProcessRuntime(Runtime):
     def _alive(self, rec: _Record) -> bool:
         return start_time(rec.pid) == rec.started
 
-    def _view(self, rec: _Record, defaults: EnvdDefaults | None = None) -> RuntimeSandbox:
+    def _view(self, rec: _Record, defaults: EnvdDefaults = UNKNOWN_DEFAULTS) -> RuntimeSandbox:
         return RuntimeSandbox(
             sandbox_id=rec.sandbox_id,
             template_id=rec.template_id,
             address="127.0.0.1",
             envd_port=rec.port,
             status=SandboxStatus.RUNNING if self._alive(rec) else SandboxStatus.STOPPED,
-            defaults=defaults or RuntimeSandbox.defaults_unknown(),
+            defaults=defaults,
         )
 
     # ---- lifecycle ------------------------------------------------------------------------

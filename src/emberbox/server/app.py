@@ -14,6 +14,7 @@ from typing import Any
 
 import uvicorn
 
+from ..vocabulary import SERVER_KEEPALIVE_S
 from .api.app import create_api_app
 from .auth.store import count_keys, create_key
 from .config import Settings
@@ -75,7 +76,7 @@ def _config(app: Callable[..., Any], host: str, port: int) -> uvicorn.Config:
         lifespan="off",
         log_level="warning",
         access_log=False,
-        timeout_keep_alive=310,  # outlive the SDKs' 300 s pool keepalive
+        timeout_keep_alive=SERVER_KEEPALIVE_S,
         timeout_graceful_shutdown=3,  # open process streams would hold shutdown forever
     )
 

@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..vocabulary import DEFAULT_USER, DEFAULT_WORKDIR
+
 DEFAULT_DATA_DIR = Path("/var/lib/emberbox")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 KEY_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -51,8 +53,8 @@ class TemplateConfig:
     """How sandboxes of the template run: PID 1, default user/cwd, env, start and ready cmds."""
 
     init: Sequence[str] = INIT_ARGS
-    user: str = "user"
-    workdir: str = "/home/user"
+    user: str = DEFAULT_USER
+    workdir: str = DEFAULT_WORKDIR
     env: Mapping[str, str] = field(default_factory=dict)
     start_cmd: str | None = None
     ready_cmd: str | None = None
@@ -66,8 +68,8 @@ class TemplateConfig:
     def from_json(cls, data: Mapping[str, Any]) -> TemplateConfig:
         return cls(
             init=tuple(data.get("init", INIT_ARGS)),
-            user=data.get("user", "user"),
-            workdir=data.get("workdir", "/home/user"),
+            user=data.get("user", DEFAULT_USER),
+            workdir=data.get("workdir", DEFAULT_WORKDIR),
             env=dict(data.get("env", {})),
             start_cmd=data.get("start_cmd"),
             ready_cmd=data.get("ready_cmd"),

@@ -26,6 +26,7 @@ from ...templates.steps import BootFailed, Step
 from ...templates.store import Template, TemplateError, TemplateStore
 from ...vocabulary import ENVD_PORT, check_sandbox_id, e2b_env, is_sandbox_id
 from ..base import (
+    UNKNOWN_DEFAULTS,
     Capabilities,
     CapabilityMissing,
     NetworkPolicy,
@@ -68,7 +69,6 @@ class GVisorRuntime(Runtime):
         # Every create/kill of one sandbox id runs under its lock, so a kill never races
         # another kill (or the end of a create) over the same host objects.
         self._locks = KeyedLock()
-        self.teardowns: dict[str, int] = {}  # sandbox id -> host teardowns run (for tests)
 
     # -- paths -----------------------------------------------------------------------------
 
@@ -192,8 +192,7 @@ class GVisorRuntime(Runtime):
         )
         if not found:
             return False
-        self.teardowns[sandbox_id] = self.teardowns.get(sandbox_id, 0) + 1
-        log.info("host teardown of %s", sandbox_id)
+        log.info("host teardown of %s", sandbox_id)  # counted by tests/api/test_stress.py
         await self.runsc.delete(sandbox_id)
         owned = lease is not None and self.pool.owns(lease)
         if lease is not None:
@@ -240,12 +239,15 @@ class GVisorRuntime(Runtime):
                 status = _status(await self.runsc.state(record.sandbox_id))
             except RuntimeError_:
                 status = SandboxStatus.RUNNING  # runsc could not tell: unknown is not dead
-            out.append(self._sandbox(record, status))
+            # Only a stopped sandbox needs its end reason: the dead check lists every 2 s.
+            oom = status is SandboxStatus.STOPPED and self._oom_killed(record.sandbox_id)
+            out.append(self._sandbox(record, status, oom_killed=oom))
         return out
 
     async def get(self, sandbox_id: str) -> RuntimeSandbox:
         record = await self._require(sandbox_id)
-        return self._sandbox(record, _status(await self.runsc.state(sandbox_id)))
+        status = _status(await self.runsc.state(sandbox_id))
+        return self._sandbox(record, status, oom_killed=self._oom_killed(sandbox_id))
 
     async def stats(self, sandbox_id: str) -> SandboxStats:
         record = await self._require(sandbox_id)
@@ -445,21 +447,26 @@ class GVisorRuntime(Runtime):
         self,
         record: SandboxRecord,
         status: SandboxStatus,
-        defaults: EnvdDefaults | None = None,
+        defaults: EnvdDefaults = UNKNOWN_DEFAULTS,
+        oom_killed: bool = False,
     ) -> RuntimeSandbox:
-        usage = cgroups.usage(self._cgroup(record.sandbox_id))
-        # The guest's init kills memory hogs itself (templates/guest/oom.py) and logs each kill.
-        log = self._paths(record.sandbox_id).log
-        guest_kills = count_kills(log.read_text(errors="replace")) if log.exists() else 0
         return RuntimeSandbox(
             sandbox_id=record.sandbox_id,
             template_id=record.template_id,
             address=record.address or "",
             envd_port=ENVD_PORT,
             status=status,
-            oom_killed=bool(usage and usage.oom_kills) or guest_kills > 0,
-            defaults=defaults or RuntimeSandbox.defaults_unknown(),
+            oom_killed=oom_killed,
+            defaults=defaults,
         )
+
+    def _oom_killed(self, sandbox_id: str) -> bool:
+        """Whether the host's OOM killer or the guest's (``templates/guest/oom.py``, which logs
+        each kill) ever killed in this sandbox; reads its log, so not for every listing."""
+        usage = cgroups.usage(self._cgroup(sandbox_id))
+        log = self._paths(sandbox_id).log
+        guest_kills = count_kills(log.read_text(errors="replace")) if log.exists() else 0
+        return bool(usage and usage.oom_kills) or guest_kills > 0
 
 
 def _host_resolv_conf() -> str:

@@ -15,7 +15,11 @@ import pwd
 import subprocess
 import sys
 
-from ...vocabulary import ENVD_PORT  # a leaf module: cheap to import before envd starts
+from ...vocabulary import (  # a leaf module: cheap to import before envd starts
+    DEFAULT_USER,
+    DEFAULT_WORKDIR,
+    ENVD_PORT,
+)
 
 # envd is what the host waits for, so it is spawned before this module imports anything
 # else: asyncio and the helpers load while envd is already starting.
@@ -57,8 +61,8 @@ def _start_cmd(cmd: str, user: str, workdir: str) -> subprocess.Popen[bytes]:
 
 def _spawn_all(envd_pid: int | None) -> int:
     """Start envd (unless /opt/emberbox/init already did) and the start command."""
-    user = os.environ.get("EMBERBOX_DEFAULT_USER", "user")
-    workdir = os.environ.get("EMBERBOX_DEFAULT_WORKDIR", "/home/user")
+    user = os.environ.get("EMBERBOX_DEFAULT_USER", DEFAULT_USER)
+    workdir = os.environ.get("EMBERBOX_DEFAULT_WORKDIR", DEFAULT_WORKDIR)
     if envd_pid is None:
         envd_pid = _start_envd(user, workdir).pid
     start = os.environ.get("EMBERBOX_START_CMD")
