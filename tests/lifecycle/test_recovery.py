@@ -10,6 +10,7 @@ import pytest
 
 from emberbox.server.db import sandboxes as q
 from emberbox.server.db.models import utcnow
+from emberbox.server.lifecycle.errors import GuestUnhealthy
 from emberbox.server.lifecycle.service import CreateRequest
 from emberbox.server.lifecycle.states import State
 
@@ -90,3 +91,16 @@ async def test_a_cancelled_pause_leaves_the_sandbox_running(plane: Plane) -> Non
     with pytest.raises(asyncio.CancelledError):
         await pausing
     assert await _state(plane, row.id) == "running"
+
+
+async def test_pause_with_require_healthy_guest_checks_envd_first(plane: Plane) -> None:
+    """requireHealthyGuest: a guest whose envd does not answer is refused (503) and keeps
+    running; one that answers is paused."""
+    sick = await plane.service.create(plane.who, CreateRequest("base", 600))
+    await plane.runtime.envds[sick.id].stop()  # envd stops answering; the machine is still up
+    with pytest.raises(GuestUnhealthy):
+        await plane.service.pause(plane.who, sick.id, require_healthy_guest=True)
+    assert await _state(plane, sick.id) == "running"
+    well = await plane.service.create(plane.who, CreateRequest("base", 600))
+    await plane.service.pause(plane.who, well.id, require_healthy_guest=True)
+    assert await _state(plane, well.id) == "paused"

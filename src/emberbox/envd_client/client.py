@@ -37,7 +37,8 @@ class EnvdClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._headers = {"X-Access-Token": access_token} if access_token else {}
-        self._http = http or httpx.AsyncClient(timeout=30.0)
+        # Sandboxes are reached directly, never through an HTTP proxy from the environment.
+        self._http = http or httpx.AsyncClient(timeout=30.0, trust_env=False)
         self._owns_http = http is None
 
     async def __aenter__(self) -> EnvdClient:

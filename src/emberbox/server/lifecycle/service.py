@@ -23,6 +23,7 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..._proto.node import node_pb2 as pb
+from ...envd_client import EnvdClient
 from ...node.client import NodeClient, NodeError, NodeFull, NodeSandboxNotFound, NodeUnsupported
 from ...vocabulary import new_sandbox_id
 from ..auth.store import Principal
@@ -68,6 +69,13 @@ class CreateRequest:
     allow_internet: bool = True
     auto_pause: bool = False
     idempotency_key: str | None = None
+
+
+async def _envd_answers(row: Sandbox) -> bool:
+    if not row.envd_url:
+        return False
+    async with EnvdClient(row.envd_url) as envd:
+        return await envd.health(timeout=2.0)
 
 
 class SandboxService:
@@ -358,7 +366,7 @@ class SandboxService:
             raise Unsupported("a filesystem-only pause (memory: false) is not supported yet")
         if not self.facts.capabilities.pause:
             raise self._unsupported("cannot pause sandboxes")
-        if require_healthy_guest and not await self._envd_answers(row):
+        if require_healthy_guest and not await _envd_answers(row):
             raise GuestUnhealthy(f"sandbox '{sandbox_id}' envd does not answer; not paused")
         async with self.sessions.begin() as s:
             if not await q.set_state(s, sandbox_id, [State.RUNNING], State.PAUSING):
@@ -375,16 +383,6 @@ class SandboxService:
             raise SandboxFailed(f"pause failed: {e}") from e
         async with self.sessions.begin() as s:
             await q.set_state(s, sandbox_id, [State.PAUSING], State.PAUSED)
-
-    @staticmethod
-    async def _envd_answers(row: Sandbox) -> bool:
-        if not row.envd_url:
-            return False
-        try:
-            async with httpx.AsyncClient(timeout=2.0, trust_env=False) as http:
-                return (await http.get(f"{row.envd_url}/health")).status_code == 204
-        except httpx.HTTPError:
-            return False
 
     async def _resume(self, row: Sandbox, timeout_s: int | None) -> Sandbox:
         if not self.facts.capabilities.pause:
