@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import collections
+import contextlib
 from collections.abc import Sequence
 
 import uvicorn
@@ -16,6 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from emberbox.envd_client import EnvdDefaults
+from emberbox.host.errors import HostError
 from emberbox.runtimes.base import (
     Capabilities,
     CapabilityMissing,
@@ -75,6 +77,7 @@ class FakeRuntime(Runtime):
         self.teardowns: collections.Counter[str] = collections.Counter()
         self.in_teardown: set[str] = set()
         self.overlaps = 0  # teardowns of one id that ran at the same time (must stay 0)
+        self.broken: set[str] = set()  # ids whose teardown fails (a host command erring)
 
     async def create(self, spec: SandboxSpec) -> RuntimeSandbox:
         if spec.snapshot is not None:
@@ -96,6 +99,8 @@ class FakeRuntime(Runtime):
         return sandbox
 
     async def kill(self, sandbox_id: str) -> bool:
+        if sandbox_id in self.broken:
+            raise HostError(f"teardown of {sandbox_id} failed")
         if sandbox_id not in self.sandboxes and sandbox_id not in self.envds:
             return False
         if sandbox_id in self.in_teardown:
@@ -148,7 +153,9 @@ class FakeRuntime(Runtime):
         return self.sandboxes[sandbox_id]
 
     async def cleanup_orphans(self, keep: Sequence[str]) -> builtins.list[str]:
-        removed = [i for i in list(self.sandboxes) if i not in keep]
-        for sandbox_id in removed:
-            await self.kill(sandbox_id)
+        removed = []
+        for sandbox_id in [i for i in list(self.sandboxes) if i not in keep]:
+            with contextlib.suppress(HostError):  # as the real runtimes: left for next time
+                await self.kill(sandbox_id)
+                removed.append(sandbox_id)
         return removed

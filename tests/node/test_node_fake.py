@@ -164,3 +164,24 @@ async def test_checkpoint_and_restore_are_refused_where_the_runtime_cannot(
         assert spec.sandbox_id not in runtime.sandboxes
     finally:
         await node.close()
+
+
+async def test_a_failing_teardown_does_not_keep_the_node_from_starting(tmp_path: Path) -> None:
+    runtime = FakeRuntime()
+    first = Orchestrator(runtime, tmp_path, dead_check_every_s=0)
+    await first.start()
+    kept, dead = new_sandbox_id(), new_sandbox_id()
+    await first.create(SandboxSpec(kept, "base"))
+    await first.create(SandboxSpec(dead, "base"))
+    await first.close()
+    runtime.die(dead)
+    runtime.broken.add(dead)
+    second = Orchestrator(runtime, tmp_path, dead_check_every_s=0)
+    report = await second.start()
+    assert report.adopted == [kept] and dead not in report.removed
+    assert dead in second.records.load_all()  # kept on disk: the next start tries again
+    runtime.broken.clear()
+    await second.close()
+    third = Orchestrator(runtime, tmp_path, dead_check_every_s=0)
+    assert (await third.start()).removed == [dead]
+    await third.close()

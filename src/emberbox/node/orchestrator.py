@@ -102,8 +102,12 @@ class Orchestrator:
                 or sandbox.status is SandboxStatus.STOPPED
                 or (record.state == "creating")
             ):
-                async with self._locks.hold(sandbox_id):
-                    await self._release_locked(sandbox_id, "exited")
+                try:
+                    async with self._locks.hold(sandbox_id):
+                        await self._release_locked(sandbox_id, "exited")
+                except Exception:  # its record stays: the next start tries again
+                    log.exception("removing %s at start-up failed", sandbox_id)
+                    continue
                 removed.append(sandbox_id)
                 continue
             record.state = "paused" if sandbox.status is SandboxStatus.PAUSED else "running"

@@ -183,5 +183,8 @@ class Runtime(abc.ABC):
         raise CapabilityMissing(f"{self.name} cannot checkpoint sandboxes")
 
     async def cleanup_orphans(self, keep: Sequence[str]) -> builtins.list[str]:
-        """Remove leftovers (netns, veths, mounts, state) of sandboxes not in ``keep``."""
+        """Remove leftovers (netns, veths, mounts, state) of sandboxes not in ``keep``.
+
+        One that cannot be removed is logged and left for the next call; the rest still go.
+        """
         return []

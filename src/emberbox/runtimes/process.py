@@ -16,6 +16,7 @@ import builtins
 import contextlib
 import getpass
 import json
+import logging
 import os
 import shutil
 import socket
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..envd_client.handshake import EnvdDefaults
+from ..host.errors import HostError
 from ..host.locks import KeyedLock
 from ..host.processes import dir_size, kill_tree, start_time, usage
 from ..vocabulary import check_sandbox_id, e2b_env
@@ -41,6 +43,8 @@ from .base import (
     SandboxStats,
     SandboxStatus,
 )
+
+log = logging.getLogger("emberbox.process")
 
 
 @dataclass(frozen=True)
@@ -133,19 +137,19 @@ class ProcessRuntime(Runtime):
             "LANG": "C.UTF-8",
             **e2b_env(spec.sandbox_id, spec.template_id),
         }
-        log = open(home.parent / f"{spec.sandbox_id}.envd.log", "ab")  # noqa: SIM115
+        out = open(home.parent / f"{spec.sandbox_id}.envd.log", "ab")  # noqa: SIM115
         try:
             return subprocess.Popen(
                 [*self.envd_command, "--host", "127.0.0.1", "--port", str(port)],
                 cwd=home,
                 env=env,
                 stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
+                stdout=out,
+                stderr=out,
                 start_new_session=True,  # survives a node restart; killed only by kill()
             )
         finally:
-            log.close()
+            out.close()
 
     async def alive(self, sandbox_id: str) -> bool:
         rec = self._load(sandbox_id)
@@ -203,6 +207,11 @@ class ProcessRuntime(Runtime):
         keep_set = set(keep)
         removed = []
         for path in sorted(self.state_dir.glob("*.json")):
-            if path.stem not in keep_set and await self.kill(path.stem):
-                removed.append(path.stem)
+            if path.stem in keep_set:
+                continue
+            try:
+                if await self.kill(path.stem):
+                    removed.append(path.stem)
+            except (HostError, OSError):  # left for the next clean-up; the others still go
+                log.exception("removing leftover sandbox %s failed", path.stem)
         return removed

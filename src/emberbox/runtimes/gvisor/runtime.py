@@ -20,6 +20,7 @@ import httpx
 
 from ...envd_client.handshake import EnvdDefaults, HandshakeFailed, handshake
 from ...host import cgroups, network, rootfs
+from ...host.errors import HostError
 from ...host.locks import KeyedLock
 from ...templates.guest.oom import count_kills
 from ...templates.steps import BootFailed, Step
@@ -286,8 +287,11 @@ class GVisorRuntime(Runtime):
                 continue
             if sandbox_id.startswith(BUILDER_PREFIXES) and await self.alive(sandbox_id):
                 continue  # a template build owns it and will remove it when its step ends
-            if await self.kill(sandbox_id):
-                removed.append(sandbox_id)
+            try:
+                if await self.kill(sandbox_id):
+                    removed.append(sandbox_id)
+            except HostError:  # left for the next clean-up; the others still go
+                log.exception("removing leftover sandbox %s failed", sandbox_id)
         # Host veths whose netns is gone already were deleted with it; any left are strays.
         leased = {lease.host_veth for lease in self.pool.leases()}
         for veth in await network.list_host_veths(instance):
