@@ -22,6 +22,9 @@ DEFAULT_USER = "user"
 DEFAULT_WORKDIR = "/home/user"
 """Who commands run as, and where, unless a template or a call says otherwise (E2B's)."""
 
+DEFAULT_UID = 1000
+"""The uid (and gid) of ``DEFAULT_USER`` in our templates: who owns what is put in a volume."""
+
 SERVER_KEEPALIVE_S = 310
 """How long our listeners keep an idle connection: longer than the SDKs' 300 s pool keepalive,
 so a client never sends on a connection the server just closed."""
@@ -45,6 +48,23 @@ class InvalidSandboxId(ValueError):
 def new_sandbox_id() -> str:
     """20 chars of [a-z0-9], the shape E2B's ids have (no '-' or '.', which hosts split on)."""
     return "".join(secrets.choice(_ID_ALPHABET) for _ in range(SANDBOX_ID_LENGTH))
+
+
+def new_snapshot_id() -> str:
+    """A snapshot's id: also a directory name on its node, so it has a sandbox id's shape."""
+    return "snap" + new_sandbox_id()
+
+
+VOLUME_ID_RE = re.compile(r"vol[a-z0-9]{20}")
+"""A volume's id: also its directory's name on the node, checked by the server and the runtime."""
+
+
+def new_volume_id() -> str:
+    return "vol" + new_sandbox_id()
+
+
+def is_volume_id(value: str) -> bool:
+    return VOLUME_ID_RE.fullmatch(value) is not None
 
 
 def is_sandbox_id(value: str) -> bool:

@@ -27,6 +27,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--sync-clock", action="store_true", help="set the clock from /init (inside sandboxes)"
     )
+    parser.add_argument(
+        "--standby-shells",
+        type=int,
+        default=2,
+        help="login shells kept started per (user, cwd) for commands; 0: none (docs/envd.md)",
+    )
     parser.add_argument("--log-level", default="warning")
     return parser.parse_args(argv)
 
@@ -46,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         default_workdir=args.default_workdir,
         max_upload_bytes=args.max_upload_mb * 1024 * 1024 if args.max_upload_mb else None,
         sync_clock=args.sync_clock,
+        standby_shells=max(0, args.standby_shells),
     )
     uvicorn.run(
         create_app(state),

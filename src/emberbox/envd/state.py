@@ -21,6 +21,7 @@ class EnvdState:
     last_init: datetime | None = None
     max_upload_bytes: int | None = None
     sync_clock: bool = False
+    standby_shells: int = 2  # per (user, cwd, stdin); 0 starts every command afresh
 
     def token_ok(self, presented: str | None) -> bool:
         """True when no token is required or the presented one matches (constant time)."""

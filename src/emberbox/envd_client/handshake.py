@@ -74,6 +74,22 @@ async def wait_ready(envd_url: str, command: str, timeout_s: float, token: str =
     raise HandshakeFailed(f"ready check {command!r} never passed within {timeout_s:.0f}s")
 
 
+async def prime_standbys(
+    envd_url: str, user: str, workdir: str, token: str = "", settle_s: float = 0.0
+) -> None:
+    """Run one command as ``user`` in ``workdir``, the (user, cwd) the SDKs' commands run with
+    by default: envd then keeps standby login shells ready for them (``envd/process/standby``),
+    so the first command after a restore or a warm-pool claim need not wait for a login.
+    ``settle_s`` lets those shells finish their login (before a checkpoint). Best effort: a
+    failure only means the first command starts its own shell."""
+    try:
+        async with EnvdClient(envd_url, token or None) as envd:
+            await envd.run("true", user=user, cwd=workdir, timeout=30)
+    except Exception:  # an optimisation, never a reason to fail a sandbox
+        return
+    await asyncio.sleep(settle_s)
+
+
 async def handshake(
     http: httpx.AsyncClient,
     envd_url: str,
@@ -82,15 +98,29 @@ async def handshake(
     *,
     timeout_s: float = 30.0,
     alive: Alive = _always,
+    previous_token: str = "",
+    known_version: str = "",
 ) -> str:
     """Bring a freshly started envd into service; returns its version.
 
     One ``/init`` carries everything (env vars, default user and workdir, the access token and
-    the clock), so envd is never reachable with a half-set identity.
+    the clock), so envd is never reachable with a half-set identity. An envd restored from a
+    checkpoint still holds the token it had then: ``previous_token`` proves the right to
+    replace it. ``known_version``: envd was seen healthy already, with this version.
     """
-    version = await wait_healthy(http, envd_url, timeout_s, alive)
+    # An envd already seen healthy (a warm-pool sandbox) is not asked again: one round trip less.
+    version = known_version or await wait_healthy(http, envd_url, timeout_s, alive)
+    headers = {"X-Access-Token": previous_token} if previous_token else {}
+    env = dict(defaults.env)
+    if previous_token:  # restored: keep what the source's callers set, with our identity on top
+        try:
+            inherited = await http.get(f"{envd_url}/envs", headers=headers, timeout=10.0)
+        except httpx.HTTPError as exc:
+            raise HandshakeFailed(f"envd /envs failed: {exc}") from exc
+        if inherited.status_code == 200 and isinstance(inherited.json(), dict):
+            env = {**inherited.json(), **env}
     body: dict[str, object] = {
-        "envVars": dict(defaults.env),
+        "envVars": env,
         "defaultUser": defaults.user,
         "defaultWorkdir": defaults.workdir,
         "timestamp": dt.datetime.now(dt.UTC).isoformat(),
@@ -98,7 +128,7 @@ async def handshake(
     if access_token:
         body["accessToken"] = access_token
     try:
-        response = await http.post(f"{envd_url}/init", json=body, timeout=10.0)
+        response = await http.post(f"{envd_url}/init", json=body, headers=headers, timeout=10.0)
     except httpx.HTTPError as exc:
         raise HandshakeFailed(f"envd /init failed: {exc}") from exc
     if response.status_code != 204:

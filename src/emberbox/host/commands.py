@@ -8,6 +8,9 @@ from dataclasses import dataclass
 
 from .errors import HostError
 
+# Children started here that asyncio is waiting for: an orphan reaper must never take them.
+SPAWNED: set[int] = set()
+
 
 class CommandFailed(HostError):
     """A host command exited non-zero; carries argv and stderr so the cause is visible."""
@@ -37,12 +40,15 @@ async def run(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
+    SPAWNED.add(proc.pid)
     try:
         out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
     except (TimeoutError, asyncio.CancelledError):
         proc.kill()
         await proc.wait()
         raise
+    finally:
+        SPAWNED.discard(proc.pid)
     code = proc.returncode if proc.returncode is not None else -1
     result = Completed(code, out.decode(errors="replace"), err.decode(errors="replace"))
     if check and code != 0:
@@ -63,9 +69,12 @@ async def run_to_file(*argv: str, log_path: str, timeout: float | None = None) -
         )
     finally:
         os.close(fd)
+    SPAWNED.add(proc.pid)
     try:
         return await asyncio.wait_for(proc.wait(), timeout)
     except (TimeoutError, asyncio.CancelledError):
         proc.kill()
         await proc.wait()
         raise
+    finally:
+        SPAWNED.discard(proc.pid)

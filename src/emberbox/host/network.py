@@ -1,8 +1,11 @@
-"""Per-sandbox networking: a netns, a veth pair with a /30 from a pool, and one nft table.
+"""Per-sandbox networking: a netns, a veth pair with a /30 from a pool, and nftables rules.
 
-Isolation comes from the ``inet emberbox`` table: sandboxes can never reach each other or the
-host (only replies to connections the host opened get back in), and egress is forwarded and
-masqueraded only for addresses in the ``egress`` set, i.e. sandboxes whose policy allows it.
+Everything lives in the ``inet emberbox`` table. Its base chains are the same for every
+sandbox: sandboxes never reach each other or the host (only replies to connections the host
+opened get back in), and a packet a sandbox sends out is handed, by its host veth's name
+(the ``sandboxes`` verdict map), to that sandbox's own chain and sets. Creating, changing
+or removing one sandbox's rules touches only its own chain, sets and map element, never
+another sandbox's. The rule order is ``egress.py``'s.
 """
 
 from __future__ import annotations
@@ -10,10 +13,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import ipaddress
+import json
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..egress import INTERNAL_RANGES, EgressRules
 from . import commands as _proc
 from .errors import HostExhausted
 
@@ -21,31 +27,53 @@ NETNS_PREFIX = "ebx"
 HOST_VETH_PREFIX = "ebh"
 GUEST_VETH_PREFIX = "ebs"
 NFT_TABLE = "emberbox"
+_T = f"inet {NFT_TABLE}"
 
-# One table holds every rule; sandboxes only add/remove set elements, so a restart never
-# has to rewrite rules of sandboxes that are still running.
-NFT_RULESET = f"""
-table inet {NFT_TABLE} {{
-  set egress {{ type ipv4_addr; }}
-  chain forward {{
-    type filter hook forward priority -10; policy accept;
-    iifname "{HOST_VETH_PREFIX}*" oifname "{HOST_VETH_PREFIX}*" drop
-    oifname "{HOST_VETH_PREFIX}*" ct state established,related accept
-    oifname "{HOST_VETH_PREFIX}*" drop
-    iifname "{HOST_VETH_PREFIX}*" ip saddr @egress accept
-    iifname "{HOST_VETH_PREFIX}*" drop
-  }}
-  chain input {{
-    type filter hook input priority -10; policy accept;
-    iifname "{HOST_VETH_PREFIX}*" ct state established,related accept
-    iifname "{HOST_VETH_PREFIX}*" drop
-  }}
-  chain postrouting {{
-    type nat hook postrouting priority 100; policy accept;
-    oifname != "{HOST_VETH_PREFIX}*" ip saddr @egress masquerade
-  }}
-}}
+# The base chains, (re)written whole at every node start in one transaction: idempotent, and
+# it upgrades a table an older node made (whose sandboxes, found only in the ``egress`` set,
+# get the default policy in ``default_egress``). Per-sandbox chains, sets and map elements are
+# never touched here. ``egress`` holds every sandbox address that is masqueraded on its way out.
+_BASE_OBJECTS = f"""
+add table {_T}
+add set {_T} egress {{ type ipv4_addr; }}
+add set {_T} internal {{ type ipv4_addr; flags interval; }}
+add set {_T} resolvers {{ type ipv4_addr; flags interval; }}
+add map {_T} sandboxes {{ type ifname : verdict; }}
+add chain {_T} refuse
+add chain {_T} default_egress
+add chain {_T} forward {{ type filter hook forward priority -10; policy accept; }}
+add chain {_T} input {{ type filter hook input priority -10; policy accept; }}
+add chain {_T} postrouting {{ type nat hook postrouting priority 100; policy accept; }}
+flush chain {_T} refuse
+flush chain {_T} default_egress
+flush chain {_T} forward
+flush chain {_T} input
+flush chain {_T} postrouting
+add rule {_T} refuse meta l4proto tcp reject with tcp reset
+add rule {_T} refuse reject with icmpx admin-prohibited
+add rule {_T} default_egress ip daddr @resolvers meta l4proto {{ tcp, udp }} th dport 53 accept
+add rule {_T} default_egress ip daddr @internal goto refuse
+add rule {_T} default_egress accept
+add rule {_T} forward iifname "{HOST_VETH_PREFIX}*" oifname "{HOST_VETH_PREFIX}*" drop
+add rule {_T} forward oifname "{HOST_VETH_PREFIX}*" ct state established,related accept
+add rule {_T} forward oifname "{HOST_VETH_PREFIX}*" drop
+add rule {_T} forward iifname "{HOST_VETH_PREFIX}*" iifname vmap @sandboxes
+add rule {_T} forward iifname "{HOST_VETH_PREFIX}*" ip saddr @egress goto default_egress
+add rule {_T} forward iifname "{HOST_VETH_PREFIX}*" drop
+add rule {_T} input iifname "{HOST_VETH_PREFIX}*" ct state established,related accept
+add rule {_T} input iifname "{HOST_VETH_PREFIX}*" drop
+add rule {_T} postrouting oifname != "{HOST_VETH_PREFIX}*" ip saddr @egress masquerade
+flush set {_T} internal
+flush set {_T} resolvers
 """
+
+
+def _elements(nets: Iterable[ipaddress.IPv4Network | str]) -> str:
+    return ", ".join(str(n) for n in nets)
+
+
+def _fill(set_name: str, nets: Sequence[ipaddress.IPv4Network | str]) -> str:
+    return f"add element {_T} {set_name} {{ {_elements(nets)} }}\n" if nets else ""
 
 
 class PoolExhausted(HostExhausted):
@@ -148,16 +176,64 @@ class AddressPool:
         return out
 
 
+def host_resolvers() -> list[str]:
+    """The host's IPv4 nameservers a sandbox can reach (loopback ones it cannot)."""
+    try:
+        text = Path("/etc/resolv.conf").read_text()
+    except OSError:
+        return []
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) > 1 and parts[0] == "nameserver":
+            with contextlib.suppress(ValueError):
+                ip = ipaddress.ip_address(parts[1])
+                if isinstance(ip, ipaddress.IPv4Address) and not ip.is_loopback:
+                    out.append(str(ip))
+    return out
+
+
+async def host_networks() -> list[ipaddress.IPv4Network]:
+    """The IPv4 networks the host is directly attached to (its LAN), sandbox links aside."""
+    out = await _proc.run("ip", "-j", "-4", "addr", "show", check=False)
+    nets = []
+    with contextlib.suppress(ValueError):
+        for link in json.loads(out.stdout or "[]"):
+            if str(link.get("ifname", "")).startswith((HOST_VETH_PREFIX, "lo")):
+                continue
+            for addr in link.get("addr_info", []):
+                nets.append(ipaddress.IPv4Network(f"{addr['local']}/{addr['prefixlen']}", False))
+    return nets
+
+
 async def ensure_firewall() -> None:
-    """Create the nft table once and enable forwarding; a no-op when it already exists."""
-    listed = await _proc.run("nft", "list", "table", "inet", NFT_TABLE, check=False)
-    if listed.code != 0:
-        await _proc.run("nft", "-f", "-", stdin=NFT_RULESET.encode())
+    """Write the base table (see ``_BASE_OBJECTS``) and the node-wide sets: the internal
+    ranges plus the host's own networks, and the host's resolvers; enable forwarding."""
+    internal = list(ipaddress.collapse_addresses([*INTERNAL_RANGES, *await host_networks()]))
+    script = _BASE_OBJECTS + _fill("internal", internal) + _fill("resolvers", host_resolvers())
+    await _proc.run("nft", "-f", "-", stdin=script.encode())
     Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
 
 
-async def setup(lease: Lease, allow_internet: bool) -> None:
-    """Create netns + veth pair and address both ends; undo everything if a step fails."""
+def _names(lease: Lease) -> tuple[str, str, str]:
+    """The sandbox's chain and its allow and deny sets, named after its host veth."""
+    chain = lease.host_veth
+    return chain, f"{chain}_allow", f"{chain}_deny"
+
+
+def _rules_script(lease: Lease, rules: EgressRules) -> str:
+    """Replace the sandbox's set elements: one transaction, so no packet sees half a change."""
+    _chain, allow, deny = _names(lease)
+    return (
+        f"flush set {_T} {allow}\nflush set {_T} {deny}\n"
+        + _fill(allow, rules.allow)
+        + _fill(deny, rules.deny)
+    )
+
+
+async def setup(lease: Lease, rules: EgressRules) -> None:
+    """Create netns + veth pair, address both ends and give the sandbox its own chain and
+    sets; undo everything if a step fails."""
     try:
         await _proc.run("ip", "netns", "add", lease.netns)
         await _proc.run(
@@ -173,30 +249,109 @@ async def setup(lease: Lease, allow_internet: bool) -> None:
             f"route add default via {lease.host_ip}\n"
         )
         await _proc.run("ip", "-n", lease.netns, "-batch", "-", stdin=batch.encode())
-        if allow_internet:
-            await _proc.run(
-                "nft", "add", "element", "inet", NFT_TABLE, "egress", f"{{ {lease.guest_ip} }}"
-            )
+        chain, allow, deny = _names(lease)
+        script = (
+            f"add set {_T} {allow} {{ type ipv4_addr; flags interval; }}\n"
+            f"add set {_T} {deny} {{ type ipv4_addr; flags interval; }}\n"
+            f"add chain {_T} {chain}\n"
+            f"flush chain {_T} {chain}\n"
+            f"add rule {_T} {chain} meta nfproto ipv6 goto refuse\n"
+            f"add rule {_T} {chain} ip daddr @{allow} accept\n"
+            f"add rule {_T} {chain} ip daddr @{deny} goto refuse\n"
+            f"add rule {_T} {chain} ip daddr @resolvers meta l4proto {{ tcp, udp }} "
+            "th dport 53 accept\n"
+            f"add rule {_T} {chain} ip daddr @internal goto refuse\n"
+            f"add rule {_T} {chain} accept\n"
+            + _rules_script(lease, rules)
+            + f'add element {_T} sandboxes {{ "{lease.host_veth}" : goto {chain} }}\n'
+            f"add element {_T} egress {{ {lease.guest_ip} }}\n"
+        )
+        await _proc.run("nft", "-f", "-", stdin=script.encode())
     except BaseException:
         await teardown(lease)
         raise
 
 
+async def apply_rules(lease: Lease, rules: EgressRules) -> None:
+    """Replace a live sandbox's egress rules. Every packet it sends is checked against the
+    current sets, so established connections to a now-refused address are reset too."""
+    await _proc.run("nft", "-f", "-", stdin=_rules_script(lease, rules).encode())
+
+
+async def readdress(lease: Lease) -> None:
+    """Give the guest end of the veth its address and route back before a restore.
+
+    gVisor moves the address into its own network stack when it starts, so the netns keeps
+    none; a restore reads the interface's address from the netns again and would come up
+    unreachable without it. Never call this while a sandbox runs in the netns: the kernel
+    would then answer (reset) connections meant for the sandbox.
+    """
+    batch = (
+        f"addr replace {lease.guest_ip}/30 dev {lease.guest_veth}\n"
+        f"route replace default via {lease.host_ip}\n"
+    )
+    await _proc.run("ip", "-n", lease.netns, "-batch", "-", stdin=batch.encode())
+
+
 async def teardown(lease: Lease, owns_index: bool = True) -> None:
     """Remove the netns (which takes the veth pair with it), then, while the index is still
-    ours, the egress entry and a host veth left behind; every step tolerates "already gone".
+    ours, the sandbox's firewall objects and a host veth left behind; every step tolerates
+    "already gone".
 
     ``owns_index`` False means the index may belong to another sandbox now: the objects
-    named after it (veth, egress address) are then left alone.
+    named after it (veth, chain, sets, egress address) are then left alone.
     """
     await _proc.run("ip", "netns", "delete", lease.netns, check=False)
     if not owns_index:
         return
-    await _proc.run(
-        "nft", "delete", "element", "inet", NFT_TABLE, "egress", f"{{ {lease.guest_ip} }}",
-        check=False,
-    )  # fmt: skip
+    await _remove_rules(lease)
     await _proc.run("ip", "link", "delete", lease.host_veth, check=False)
+
+
+async def _remove_rules(lease: Lease) -> None:
+    chain, allow, deny = _names(lease)
+    steps = [
+        f'delete element {_T} sandboxes {{ "{lease.host_veth}" }}',
+        f"delete element {_T} egress {{ {lease.guest_ip} }}",
+        f"flush chain {_T} {chain}\ndelete chain {_T} {chain}",
+        f"delete set {_T} {allow}",
+        f"delete set {_T} {deny}",
+    ]
+    everything = "\n".join(steps) + "\n"
+    if (await _proc.run("nft", "-f", "-", stdin=everything.encode(), check=False)).code == 0:
+        return
+    for step in steps:  # some were gone already: remove the rest one by one
+        await _proc.run("nft", "-f", "-", stdin=(step + "\n").encode(), check=False)
+
+
+async def remove_stray_rules(
+    instance: str, subnet: ipaddress.IPv4Network, leased: set[str]
+) -> list[str]:
+    """Remove this instance's per-sandbox firewall objects whose host veth is not ``leased``
+    (left by a node killed mid-teardown); only the instance's one node process calls this."""
+    prefix = HOST_VETH_PREFIX + instance
+    veths = {o.split(":", 1)[1].removesuffix("_allow").removesuffix("_deny")
+             for o in await list_rule_objects(instance)}  # fmt: skip
+    stray = sorted(v for v in veths - leased if v[len(prefix) :].isdigit())
+    for veth in stray:
+        await _remove_rules(Lease(int(veth[len(prefix) :]), "", subnet, instance))
+    return stray
+
+
+async def list_rule_objects(instance: str) -> list[str]:
+    """This instance's per-sandbox chains, sets and map elements (for leak checks)."""
+    out = await _proc.run("nft", "-j", "list", "table", "inet", NFT_TABLE, check=False)
+    prefix = HOST_VETH_PREFIX + instance
+    found: list[str] = []
+    with contextlib.suppress(ValueError):
+        for item in json.loads(out.stdout or "{}").get("nftables", []):
+            for kind in ("chain", "set"):
+                name = str(item.get(kind, {}).get("name", ""))
+                if name.startswith(prefix):
+                    found.append(f"{kind}:{name}")
+            elems = item.get("map", {}).get("elem", []) if "map" in item else []
+            found += [f"map:{e[0]}" for e in elems if str(e[0]).startswith(prefix)]
+    return found
 
 
 async def link_exists(name: str) -> bool:

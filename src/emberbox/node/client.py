@@ -20,6 +20,7 @@ from .._connect.errors import Code, ConnectError
 from .._proto.node import node_pb2 as pb
 from ..runtimes.base import Runtime
 from .orchestrator import Orchestrator
+from .pool import PoolSettings
 from .service import NodeService
 
 M = TypeVar("M", bound=Message)
@@ -95,8 +96,10 @@ class NodeClient(abc.ABC):
     async def stats(self, sandbox_id: str) -> pb.StatsResponse:
         return await self._call("Stats", pb.StatsRequest(sandbox_id=sandbox_id), pb.StatsResponse)
 
-    async def pause(self, sandbox_id: str) -> None:
-        await self._call("Pause", pb.PauseRequest(sandbox_id=sandbox_id), pb.PauseResponse)
+    async def pause(self, sandbox_id: str) -> int:
+        """Returns the disk the paused sandbox's saved memory takes."""
+        request = pb.PauseRequest(sandbox_id=sandbox_id)
+        return (await self._call("Pause", request, pb.PauseResponse)).size_bytes
 
     async def checkpoint(self, sandbox_id: str, snapshot_id: str) -> pb.Snapshot:
         request = pb.CheckpointRequest(sandbox_id=sandbox_id, snapshot_id=snapshot_id)
@@ -106,12 +109,34 @@ class NodeClient(abc.ABC):
         request = pb.ResumeRequest(sandbox_id=sandbox_id)
         return (await self._call("Resume", request, pb.ResumeResponse)).sandbox
 
+    async def restore(self, sandbox_id: str, snapshot: pb.Snapshot) -> pb.Sandbox:
+        request = pb.RestoreRequest(sandbox_id=sandbox_id, snapshot=snapshot)
+        return (await self._call("Restore", request, pb.RestoreResponse)).sandbox
+
+    async def delete_snapshot(self, snapshot: pb.Snapshot) -> None:
+        request = pb.DeleteSnapshotRequest(snapshot=snapshot)
+        await self._call("DeleteSnapshot", request, pb.DeleteSnapshotResponse)
+
+    async def update_network(self, request: pb.UpdateNetworkRequest) -> None:
+        await self._call("UpdateNetwork", request, pb.UpdateNetworkResponse)
+
+    async def claim(self, spec: pb.SandboxSpec) -> str:
+        """The id of a pooled sandbox fitting ``spec``, now reserved for a Create; "" if none."""
+        return (await self._call("Claim", pb.ClaimRequest(spec=spec), pb.ClaimResponse)).sandbox_id
+
 
 class EmbeddedNode(NodeClient):
     """The node inside this process: its orchestrator starts and stops with the server."""
 
-    def __init__(self, runtime: Runtime, state_dir: Path, **orchestrator_options: float) -> None:
-        self.orchestrator = Orchestrator(runtime, state_dir, **orchestrator_options)
+    def __init__(
+        self,
+        runtime: Runtime,
+        state_dir: Path,
+        *,
+        pool: PoolSettings | None = None,
+        **orchestrator_options: float,
+    ) -> None:
+        self.orchestrator = Orchestrator(runtime, state_dir, pool=pool, **orchestrator_options)
         self.service = NodeService(self.orchestrator)
 
     async def start(self) -> None:

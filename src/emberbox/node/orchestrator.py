@@ -14,14 +14,23 @@ import asyncio
 import builtins
 import collections
 import contextlib
+import dataclasses
 import logging
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-from ..envd_client.handshake import HandshakeFailed, handshake
+from ..envd_client.handshake import (
+    HandshakeFailed,
+    handshake,
+    prime_standbys,
+    wait_healthy,
+    wait_ready,
+)
+from ..host import commands, processes
 from ..host.locks import KeyedLock
 from ..runtimes.base import (
     Runtime,
@@ -32,6 +41,8 @@ from ..runtimes.base import (
     SandboxStatus,
     SnapshotRef,
 )
+from ..vocabulary import new_sandbox_id
+from .pool import PoolKey, PoolSettings, WarmPool
 from .records import RecordStore, SandboxRecord
 
 log = logging.getLogger("emberbox.node")
@@ -60,7 +71,8 @@ class RecoveryReport:
 class Orchestrator:
     """**Parameters:** runtime - the node's runtime; state_dir - where records live (on the
     same host as the runtime's state); boot_timeout_s - how long envd may take to answer;
-    dead_check_every_s - how often sandboxes that stopped on their own are looked for."""
+    dead_check_every_s - how often sandboxes that stopped on their own are looked for;
+    pool - the warm pool's sizes (``pool.py``; off unless given)."""
 
     def __init__(
         self,
@@ -69,6 +81,7 @@ class Orchestrator:
         *,
         boot_timeout_s: float = 30.0,
         dead_check_every_s: float = 2.0,
+        pool: PoolSettings | None = None,
     ) -> None:
         self.runtime = runtime
         self.records = RecordStore(state_dir / "sandboxes")
@@ -80,6 +93,8 @@ class Orchestrator:
         self._locks = KeyedLock()
         self._checker: asyncio.Task[None] | None = None
         self._http: httpx.AsyncClient | None = None
+        self._reaping = False
+        self.pool = WarmPool(pool or PoolSettings(size=0), self._start_pooled, self._release_pooled)
 
     # -- start-up / shutdown ---------------------------------------------------------------
 
@@ -97,10 +112,11 @@ class Orchestrator:
         for sandbox_id, record in records.items():
             sandbox = live.get(sandbox_id)
             # "creating": the previous process died inside create(); nobody ever got this id.
+            # "pooled": started ahead for a claim that the previous process can no longer give.
             if (
                 sandbox is None
                 or sandbox.status is SandboxStatus.STOPPED
-                or (record.state == "creating")
+                or record.state in ("creating", "pooled")
             ):
                 try:
                     async with self._locks.hold(sandbox_id):
@@ -115,13 +131,25 @@ class Orchestrator:
             self._held[sandbox_id] = record
             adopted.append(sandbox_id)
         removed += await self.runtime.cleanup_orphans(keep=adopted)
+        if self.runtime.orphan_names and processes.become_subreaper():
+            asyncio.get_running_loop().add_signal_handler(signal.SIGCHLD, self._reap)
+            self._reaping = True
         if self.dead_check_every_s > 0:
             self._checker = asyncio.create_task(self._check_forever(), name="node-dead-check")
         log.info("node started: adopted %s, removed %s", adopted, removed)
         return RecoveryReport(sorted(adopted), sorted(set(removed)))
 
+    def _reap(self) -> None:
+        processes.reap_orphans(self.runtime.orphan_names, commands.SPAWNED)
+
     async def close(self) -> None:
-        """Stop checking; sandboxes keep running (they outlive the node process)."""
+        """Stop checking; sandboxes keep running (they outlive the node process), except the
+        warm pool's, which nobody owns once this process is gone."""
+        await self.pool.close()
+        await self.runtime.close()
+        if self._reaping:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGCHLD)
+            self._reaping = False
         if self._checker is not None:
             self._checker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -133,8 +161,18 @@ class Orchestrator:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def create(self, spec: SandboxSpec, access_token: str = "") -> SandboxRecord:
-        """Start the machine, then envd's one handshake; on any failure nothing is left."""
+    async def create(
+        self, spec: SandboxSpec, access_token: str = "", previous_token: str = ""
+    ) -> SandboxRecord:
+        """Start the machine, then envd's one handshake; on any failure nothing is left.
+
+        ``previous_token`` is the token envd holds when it starts from a checkpoint. An id
+        :meth:`claim` handed out names a pooled sandbox: it only gets the handshake."""
+        pooled = self.pool.take(spec.sandbox_id, spec)
+        if pooled is not None:
+            handed = await self._hand_over(pooled, spec, access_token)
+            if handed is not None:
+                return handed  # else it died or failed its handshake: start one as usual
         async with self._locks.hold(spec.sandbox_id):
             if spec.sandbox_id in self._held:
                 raise SandboxExists(f"sandbox {spec.sandbox_id} already exists on this node")
@@ -143,7 +181,7 @@ class Orchestrator:
             self._held[spec.sandbox_id] = record
             try:
                 sandbox = await self.runtime.create(spec)
-                version = await self._handshake(sandbox, access_token)
+                version = await self._handshake(sandbox, access_token, previous_token)
             except BaseException:
                 await self._release_locked(spec.sandbox_id, "create failed")
                 raise
@@ -153,7 +191,82 @@ class Orchestrator:
             self.records.save(record)
             return record
 
-    async def _handshake(self, sandbox: RuntimeSandbox, access_token: str) -> str:
+    def claim(self, spec: SandboxSpec) -> str | None:
+        """A pooled sandbox fitting ``spec``, reserved for the create that names it."""
+        return self.pool.claim(spec)
+
+    async def _hand_over(
+        self, pooled: RuntimeSandbox, spec: SandboxSpec, access_token: str
+    ) -> SandboxRecord | None:
+        """A claimed sandbox gets its identity: the caller's env vars on the template's, the
+        access token, the clock (its template was made ready before it was pooled). None when
+        it can not: it is released, and the caller starts a sandbox under that id as usual."""
+        async with self._locks.hold(pooled.sandbox_id):
+            record = self._held.get(pooled.sandbox_id)
+            if record is None:
+                return None
+            record.state = "creating"
+            self.records.save(record)
+            defaults = dataclasses.replace(
+                pooled.defaults, env={**pooled.defaults.env, **spec.envs}, ready_cmd=None
+            )
+            try:
+                version = await self._handshake(
+                    dataclasses.replace(pooled, defaults=defaults),
+                    access_token,
+                    known_version=record.envd_version,
+                )
+            except BaseException as exc:
+                await self._release_locked(pooled.sandbox_id, "pooled handshake failed")
+                if not isinstance(exc, Exception):
+                    raise
+                log.warning("pooled sandbox %s failed its handshake: %s", pooled.sandbox_id, exc)
+                return None
+            record.state = "running"
+            record.created_at = time.time()
+            record.envd_url, record.host = pooled.envd_url, pooled.address
+            record.envd_version = version
+            self.records.save(record)
+            return record
+
+    async def _start_pooled(self, key: PoolKey) -> RuntimeSandbox:
+        """One sandbox for the pool: started, envd healthy, the template's ready check
+        passed, standby login shells started, and no ``/init`` (that is the claim's)."""
+        assert self._http is not None, "node not started"
+        sandbox_id = new_sandbox_id()
+        async with self._locks.hold(sandbox_id):
+            record = SandboxRecord(sandbox_id, key.template_id, time.time(), state="pooled")
+            self.records.save(record)
+            self._held[sandbox_id] = record
+            try:
+                sandbox = await self.runtime.create(key.spec(sandbox_id))
+                record.envd_version = await self._serving(sandbox)
+                if sandbox.defaults.ready_cmd:
+                    await wait_ready(
+                        sandbox.envd_url, sandbox.defaults.ready_cmd, self.boot_timeout_s
+                    )
+                defaults = sandbox.defaults
+                await prime_standbys(sandbox.envd_url, defaults.user, defaults.workdir)
+            except BaseException:
+                await self._release_locked(sandbox_id, "pool start failed")
+                raise
+            record.envd_url, record.host = sandbox.envd_url, sandbox.address
+            self.records.save(record)
+            return sandbox
+
+    async def _release_pooled(self, sandbox_id: str) -> None:
+        async with self._locks.hold(sandbox_id):
+            record = self._held.get(sandbox_id)
+            if record is not None and record.state == "pooled":
+                await self._release_locked(sandbox_id, "pool released")
+
+    async def _handshake(
+        self,
+        sandbox: RuntimeSandbox,
+        access_token: str,
+        previous_token: str = "",
+        known_version: str = "",
+    ) -> str:
         assert self._http is not None, "node not started"
         try:
             return await handshake(
@@ -163,6 +276,8 @@ class Orchestrator:
                 access_token,
                 timeout_s=self.boot_timeout_s,
                 alive=lambda: self.runtime.alive(sandbox.sandbox_id),
+                previous_token=previous_token,
+                known_version=known_version,
             )
         except HandshakeFailed as exc:
             tail = await self.runtime.boot_log(sandbox.sandbox_id)
@@ -182,17 +297,20 @@ class Orchestrator:
                 return await self.runtime.kill(sandbox_id)
             return False
 
-    async def pause(self, sandbox_id: str) -> None:
+    async def pause(self, sandbox_id: str) -> int:
+        """Returns the disk the saved memory takes."""
         async with self._locks.hold(sandbox_id):
             record = self._get(sandbox_id)
-            await self.runtime.pause(sandbox_id)
+            size = await self.runtime.pause(sandbox_id)
             record.state = "paused"
             self.records.save(record)
+            return size
 
     async def resume(self, sandbox_id: str) -> SandboxRecord:
         async with self._locks.hold(sandbox_id):
             record = self._get(sandbox_id)
             sandbox = await self.runtime.resume(sandbox_id)
+            await self._serving(sandbox)
             record.state = "running"
             record.envd_url, record.host = sandbox.envd_url, sandbox.address
             self.records.save(record)
@@ -203,16 +321,42 @@ class Orchestrator:
             self._get(sandbox_id)
             return await self.runtime.checkpoint(sandbox_id, snapshot_id)
 
+    async def restore(self, sandbox_id: str, snapshot: SnapshotRef) -> SandboxRecord:
+        """Roll a sandbox back to ``snapshot`` in place. envd comes back with the identity it
+        had then, which is this sandbox's own: no handshake, only a check that it answers."""
+        async with self._locks.hold(sandbox_id):
+            record = self._get(sandbox_id)
+            sandbox = await self.runtime.restore(sandbox_id, snapshot)
+            await self._serving(sandbox)
+            record.state = "running"
+            self.records.save(record)
+            return record
+
+    async def _serving(self, sandbox: RuntimeSandbox) -> str:
+        """envd answers again after a restore (it comes back with its memory, no /init);
+        returns its version."""
+        assert self._http is not None, "node not started"
+        try:
+            return await wait_healthy(
+                self._http,
+                sandbox.envd_url,
+                self.boot_timeout_s,
+                alive=lambda: self.runtime.alive(sandbox.sandbox_id),
+            )
+        except HandshakeFailed as exc:
+            raise BootFailed(f"sandbox {sandbox.sandbox_id}: {exc}") from None
+
     def list(self) -> builtins.list[SandboxRecord]:
         """Sandboxes this node holds once created (a kill under way still holds them)."""
         return [
             r
             for r in sorted(self._held.values(), key=lambda r: r.created_at)
-            if r.state != "creating"
+            if r.state not in ("creating", "pooled")
         ]
 
     def holds(self, sandbox_id: str) -> bool:
-        return sandbox_id in self._held
+        record = self._held.get(sandbox_id)
+        return record is not None and record.state != "pooled"
 
     async def stats(self, sandbox_id: str) -> SandboxStats:
         self._get(sandbox_id)
@@ -221,10 +365,10 @@ class Orchestrator:
     # -- internals -------------------------------------------------------------------------
 
     def _get(self, sandbox_id: str) -> SandboxRecord:
-        try:
-            return self._held[sandbox_id]
-        except KeyError:
-            raise SandboxNotFound(sandbox_id) from None
+        record = self._held.get(sandbox_id)
+        if record is None or record.state == "pooled":  # nobody's yet: as if it did not exist
+            raise SandboxNotFound(sandbox_id)
+        return record
 
     async def _release_locked(self, sandbox_id: str, reason: str) -> None:
         """Free the sandbox, then forget it: while it is still listed, it still holds resources."""
@@ -237,6 +381,7 @@ class Orchestrator:
             self.ended.popitem(last=False)
         self._held.pop(sandbox_id, None)
         self.records.delete(sandbox_id)
+        self.pool.forget(sandbox_id)
 
     async def check_dead(self) -> builtins.list[str]:
         """Free sandboxes that stopped on their own (OOM, init exited): nothing else would.
@@ -253,7 +398,7 @@ class Orchestrator:
             async with self._locks.hold(sandbox_id):
                 record = self._held.get(sandbox_id)
                 if record is None or record.state == "creating":
-                    continue
+                    continue  # (a pooled one that died is released: the pool forgets it)
                 if await self.runtime.alive(sandbox_id):
                     continue
                 reason = "oom" if sandbox.oom_killed else "exited"
@@ -267,5 +412,6 @@ class Orchestrator:
             await asyncio.sleep(self.dead_check_every_s)
             try:
                 await self.check_dead()
+                await self.pool.tidy()
             except Exception:
                 log.exception("checking for dead sandboxes failed")

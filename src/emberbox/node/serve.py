@@ -17,6 +17,7 @@ import uvicorn
 from ..runtimes import select_runtime
 from .app import node_app
 from .orchestrator import Orchestrator
+from .pool import PoolSettings
 from .service import NodeService
 
 
@@ -37,10 +38,14 @@ async def serve_node(
     envd_command: Sequence[str] | None = None,
     runsc: str = "",
     dead_check_every_s: float = 2.0,
+    template_snapshots: bool = True,
+    pool: PoolSettings | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT; the caller holds the data dir's node lock."""
-    runtime = select_runtime(runtime_name, data_dir, envd_command, runsc)
-    orchestrator = Orchestrator(runtime, data_dir / "node", dead_check_every_s=dead_check_every_s)
+    runtime = select_runtime(runtime_name, data_dir, envd_command, runsc, template_snapshots)
+    orchestrator = Orchestrator(
+        runtime, data_dir / "node", dead_check_every_s=dead_check_every_s, pool=pool
+    )
     report = await orchestrator.start()
     service = NodeService(orchestrator)
     config = uvicorn.Config(

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from google.protobuf.message import Message
 
 from .._connect.errors import Code, ConnectError
 from .._proto.node import node_pb2 as pb
+from ..egress import rules_for
 from ..host.errors import HostError, HostExhausted
 from ..runtimes.base import (
     CapabilityMissing,
@@ -27,6 +28,8 @@ from ..runtimes.base import (
     SandboxSpec,
     SnapshotRef,
     UnknownTemplate,
+    VolumeMount,
+    check_mount_path,
 )
 from ..vocabulary import ENVD_VERSION, InvalidSandboxId, check_sandbox_id
 from .orchestrator import BootFailed, Orchestrator, SandboxExists, SandboxNotFound
@@ -47,6 +50,42 @@ def _sandbox(record: SandboxRecord) -> pb.Sandbox:
         envd_version=record.envd_version or ENVD_VERSION,
         status=status,
     )
+
+
+def _snapshot_ref(snap: pb.Snapshot) -> SnapshotRef:
+    check_sandbox_id(snap.snapshot_id)  # snapshot ids name directories, like sandbox ids
+    return SnapshotRef(snap.snapshot_id, snap.runtime, snap.path, snap.template_id)
+
+
+def _spec(s: pb.SandboxSpec) -> SandboxSpec:
+    snapshot = _snapshot_ref(s.snapshot) if s.HasField("snapshot") else None
+    return SandboxSpec(
+        snapshot=snapshot,
+        sandbox_id=s.sandbox_id,
+        template_id=s.template_id,
+        cpu_count=s.cpu_count,
+        memory_mb=s.memory_mb,
+        disk_mb=s.disk_mb,
+        envs=dict(s.env_vars),
+        network=_policy(s.allow_internet, s.allow_out, s.deny_out),
+        volumes=tuple(_volume(v) for v in s.volume_mounts),
+    )
+
+
+def _volume(v: pb.VolumeMount) -> VolumeMount:
+    """Node messages may come from any client: only absolute, plain paths (the runtime then
+    accepts only its own volume directories as sources)."""
+    return VolumeMount(check_mount_path(v.source), check_mount_path(v.path))
+
+
+def _policy(
+    allow_internet: bool, allow_out: Sequence[str], deny_out: Sequence[str]
+) -> NetworkPolicy:
+    """Checked here too (``InvalidRules`` is a ValueError: INVALID_ARGUMENT): node messages
+    may come from any client."""
+    policy = NetworkPolicy(allow_internet, tuple(allow_out), tuple(deny_out))
+    rules_for(policy.allow_out, policy.deny_out, policy.allow_internet)
+    return policy
 
 
 def _connect_error(exc: Exception) -> ConnectError:
@@ -74,6 +113,8 @@ def _connect_error(exc: Exception) -> ConnectError:
 def _check_ids(request: Message) -> None:
     """Every sandbox id that enters the node is a valid one before anything uses it (ids name
     host paths, namespaces and cgroups)."""
+    if isinstance(request, pb.ClaimRequest):
+        return  # a claim names no sandbox: the node picks one
     target = request.spec if isinstance(request, pb.CreateRequest) else request
     if "sandbox_id" in target.DESCRIPTOR.fields_by_name:
         check_sandbox_id(getattr(target, "sandbox_id"))  # noqa: B009 - any message type
@@ -95,6 +136,10 @@ class NodeService:
             "/node.Node/Pause": (pb.PauseRequest, self.pause),
             "/node.Node/Resume": (pb.ResumeRequest, self.resume),
             "/node.Node/Checkpoint": (pb.CheckpointRequest, self.checkpoint),
+            "/node.Node/Restore": (pb.RestoreRequest, self.restore),
+            "/node.Node/DeleteSnapshot": (pb.DeleteSnapshotRequest, self.delete_snapshot),
+            "/node.Node/Claim": (pb.ClaimRequest, self.claim),
+            "/node.Node/UpdateNetwork": (pb.UpdateNetworkRequest, self.update_network),
         }
 
     @property
@@ -126,26 +171,28 @@ class NodeService:
                 no_internet=caps.no_internet,
                 isolation=self.runtime.isolation,
             ),
+            pools=[
+                pb.PoolStatus(
+                    template_id=p.key.template_id,
+                    cpu_count=p.key.cpu_count,
+                    memory_mb=p.key.memory_mb,
+                    disk_mb=p.key.disk_mb,
+                    ready=p.ready,
+                    target=p.target,
+                )
+                for p in self.orchestrator.pool.status()
+            ],
         )
 
     async def create(self, request: pb.CreateRequest) -> pb.CreateResponse:
+        spec = _spec(request.spec)
         s = request.spec
-        snapshot = None
-        if s.HasField("snapshot"):
-            snap = s.snapshot
-            snapshot = SnapshotRef(snap.snapshot_id, snap.runtime, snap.path, snap.template_id)
-        spec = SandboxSpec(
-            snapshot=snapshot,
-            sandbox_id=s.sandbox_id,
-            template_id=s.template_id,
-            cpu_count=s.cpu_count,
-            memory_mb=s.memory_mb,
-            disk_mb=s.disk_mb,
-            envs=dict(s.env_vars),
-            network=NetworkPolicy(allow_internet=s.allow_internet),
-        )
-        record = await self.orchestrator.create(spec, s.access_token)
+        previous = s.snapshot.access_token if spec.snapshot is not None else ""
+        record = await self.orchestrator.create(spec, s.access_token, previous_token=previous)
         return pb.CreateResponse(sandbox=_sandbox(record))
+
+    async def claim(self, request: pb.ClaimRequest) -> pb.ClaimResponse:
+        return pb.ClaimResponse(sandbox_id=self.orchestrator.claim(_spec(request.spec)) or "")
 
     async def kill(self, request: pb.KillRequest) -> pb.KillResponse:
         return pb.KillResponse(released=await self.orchestrator.kill(request.sandbox_id))
@@ -171,8 +218,8 @@ class NodeService:
         )
 
     async def pause(self, request: pb.PauseRequest) -> pb.PauseResponse:
-        await self.orchestrator.pause(request.sandbox_id)
-        return pb.PauseResponse()
+        size = await self.orchestrator.pause(request.sandbox_id)
+        return pb.PauseResponse(size_bytes=size)
 
     async def checkpoint(self, request: pb.CheckpointRequest) -> pb.CheckpointResponse:
         ref = await self.orchestrator.checkpoint(request.sandbox_id, request.snapshot_id)
@@ -181,8 +228,26 @@ class NodeService:
             runtime=ref.runtime,
             path=ref.path,
             template_id=ref.template_id,
+            size_bytes=ref.size_bytes,
         )
         return pb.CheckpointResponse(snapshot=snapshot)
+
+    async def restore(self, request: pb.RestoreRequest) -> pb.RestoreResponse:
+        snapshot = _snapshot_ref(request.snapshot)
+        record = await self.orchestrator.restore(request.sandbox_id, snapshot)
+        return pb.RestoreResponse(sandbox=_sandbox(record))
+
+    async def delete_snapshot(self, request: pb.DeleteSnapshotRequest) -> pb.DeleteSnapshotResponse:
+        await self.runtime.delete_snapshot(_snapshot_ref(request.snapshot))
+        return pb.DeleteSnapshotResponse()
+
+    async def update_network(self, request: pb.UpdateNetworkRequest) -> pb.UpdateNetworkResponse:
+        """Straight to the runtime, which serialises it with the sandbox's other host work."""
+        policy = _policy(request.allow_internet, request.allow_out, request.deny_out)
+        if not self.orchestrator.holds(request.sandbox_id):
+            raise SandboxNotFound(request.sandbox_id)
+        await self.runtime.update_network(request.sandbox_id, policy)
+        return pb.UpdateNetworkResponse()
 
     async def resume(self, request: pb.ResumeRequest) -> pb.ResumeResponse:
         record = await self.orchestrator.resume(request.sandbox_id)

@@ -66,18 +66,20 @@ def select_runtime(
     data_dir: Path,
     envd_command: Sequence[str] | None = None,
     runsc: str = "",
+    template_snapshots: bool = True,
 ) -> Runtime:
     """The runtime ``name`` stands for, keeping its state under ``data_dir``.
 
     ``envd_command`` replaces the envd the process runtime starts (tests run a wrapped one);
-    ``runsc`` names the runsc binary (default: the one on PATH).
+    ``runsc`` names the runsc binary (default: the one on PATH); ``template_snapshots`` False
+    makes every create boot (gVisor restores a snapshot of the template otherwise).
     """
     resolved = resolve_name(name)
     if resolved == "gvisor":
         from ..templates.store import TemplateStore
         from .gvisor import GVisorConfig, GVisorRuntime
 
-        config = GVisorConfig(data_dir=data_dir)
+        config = GVisorConfig(data_dir=data_dir, template_snapshots=template_snapshots)
         if runsc:
             config = dataclasses.replace(config, runsc=runsc)
         return GVisorRuntime(config, TemplateStore(data_dir))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import abc
 import builtins
 import enum
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -50,17 +51,39 @@ class Capabilities:
     pause: bool = False
     snapshot: bool = False
     fork: bool = False
-    egress_rules: bool = False
+    egress_rules: bool = False  # honours allow_out/deny_out and update_network
     no_internet: bool = True  # honours NetworkPolicy(allow_internet=False)
 
 
 @dataclass(frozen=True)
 class NetworkPolicy:
-    """Egress policy; ``allow_internet`` False means no route out at all."""
+    """Egress policy in E2B's terms (``egress.py`` owns what it means). The defaults mean
+    "no rules" (public internet only): the warm pool serves only sandboxes whose policy is
+    the default one, so every new field needs a default that means "no rules"."""
 
     allow_internet: bool = True
     allow_out: Sequence[str] = ()
     deny_out: Sequence[str] = ()
+
+
+_MOUNT_PATH = re.compile(r"(/[^/\0]+)+")
+
+
+def check_mount_path(path: str) -> str:
+    """``path`` if it is absolute and plain (no ``//``, ``.``, ``..``, trailing ``/``, NUL):
+    what runsc reads as written; else ValueError."""
+    parts = path.split("/")[1:]
+    if not _MOUNT_PATH.fullmatch(path) or any(p in (".", "..") for p in parts):
+        raise ValueError(f"mount paths must be absolute and normalised: {path!r}")
+    return path
+
+
+@dataclass(frozen=True)
+class VolumeMount:
+    """A host directory bound read-write at ``path`` inside the sandbox (a volume)."""
+
+    source: str
+    path: str
 
 
 @dataclass(frozen=True)
@@ -71,6 +94,7 @@ class SnapshotRef:
     runtime: str
     path: str
     template_id: str
+    size_bytes: int = 0  # disk the checkpoint takes on its node
 
 
 @dataclass(frozen=True)
@@ -86,6 +110,8 @@ class SandboxSpec:
     network: NetworkPolicy = field(default_factory=NetworkPolicy)
     pids_limit: int = DEFAULT_PIDS_LIMIT
     snapshot: SnapshotRef | None = None  # start from this checkpoint instead of booting
+    # Volumes: a sandbox with them always boots (no template snapshot or pool was made with them).
+    volumes: Sequence[VolumeMount] = ()
 
 
 class SandboxStatus(enum.StrEnum):
@@ -144,6 +170,9 @@ class Runtime(abc.ABC):
     name: str
     capabilities: Capabilities
     isolation: bool = True  # False only for the plain-process runtime (development, tests)
+    # Names of processes the runtime's tools leave behind as orphans (runsc's sandbox and
+    # gofer outlive ``runsc run``); the node adopts and reaps them (host/processes.py).
+    orphan_names: frozenset[str] = frozenset()
 
     @abc.abstractmethod
     async def create(self, spec: SandboxSpec) -> RuntimeSandbox:
@@ -171,16 +200,34 @@ class Runtime(abc.ABC):
     @abc.abstractmethod
     async def stats(self, sandbox_id: str) -> SandboxStats: ...
 
-    async def pause(self, sandbox_id: str) -> None:
+    async def pause(self, sandbox_id: str) -> int:
+        """Save the sandbox and stop it; returns the disk the saved memory takes."""
         raise CapabilityMissing(f"{self.name} cannot pause sandboxes")
 
     async def resume(self, sandbox_id: str) -> RuntimeSandbox:
         raise CapabilityMissing(f"{self.name} cannot resume sandboxes")
 
+    async def update_network(self, sandbox_id: str, policy: NetworkPolicy) -> None:
+        """Replace a live sandbox's egress rules (``Capabilities.egress_rules``)."""
+        raise CapabilityMissing(f"{self.name} cannot change a sandbox's egress rules")
+
     async def checkpoint(self, sandbox_id: str, snapshot_id: str) -> SnapshotRef:
         """Save the sandbox's memory and files; it keeps running. Create from the result by
         setting ``SandboxSpec.snapshot`` (start from memory, fork, rollback build on this)."""
         raise CapabilityMissing(f"{self.name} cannot checkpoint sandboxes")
+
+    async def restore(self, sandbox_id: str, snapshot: SnapshotRef) -> RuntimeSandbox:
+        """Put a live sandbox back to ``snapshot`` in place: same id, address and disk; what it
+        did since is gone (rollback)."""
+        raise CapabilityMissing(f"{self.name} cannot roll sandboxes back")
+
+    async def delete_snapshot(self, snapshot: SnapshotRef) -> None:
+        """Free a checkpoint's disk; sandboxes started from it keep running."""
+        raise CapabilityMissing(f"{self.name} has no snapshots")
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Stop the runtime's own background work (sandboxes it started for itself, such as
+        the boot a template snapshot is taken of); callers' sandboxes keep running."""
 
     async def cleanup_orphans(self, keep: Sequence[str]) -> builtins.list[str]:
         """Remove leftovers (netns, veths, mounts, state) of sandboxes not in ``keep``.

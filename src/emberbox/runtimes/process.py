@@ -109,6 +109,8 @@ class ProcessRuntime(Runtime):
         async with self._locks.hold(spec.sandbox_id):
             if spec.snapshot is not None:
                 raise CapabilityMissing("the process runtime cannot start from snapshots")
+            if spec.volumes:
+                raise CapabilityMissing("the process runtime cannot mount volumes")
             self.state_dir.mkdir(parents=True, exist_ok=True)
             if self._path(spec.sandbox_id).exists():
                 raise ValueError(f"sandbox {spec.sandbox_id} already exists")
@@ -137,10 +139,16 @@ class ProcessRuntime(Runtime):
             "LANG": "C.UTF-8",
             **e2b_env(spec.sandbox_id, spec.template_id),
         }
+        # No standby login shells: here they would be logins on the host itself, and kill()
+        # SIGKILLs the whole session, which can catch one mid-profile and leave the host's own
+        # state behind (pyenv's rehash lock made every later root login wait 60 s). A fresh
+        # login per command, as before, is the right cost here.
+        argv = [*self.envd_command, "--host", "127.0.0.1", "--port", str(port)]
+        argv += ["--standby-shells", "0"]
         out = open(home.parent / f"{spec.sandbox_id}.envd.log", "ab")  # noqa: SIM115
         try:
             return subprocess.Popen(
-                [*self.envd_command, "--host", "127.0.0.1", "--port", str(port)],
+                argv,
                 cwd=home,
                 env=env,
                 stdin=subprocess.DEVNULL,

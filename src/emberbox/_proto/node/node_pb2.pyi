@@ -37,19 +37,37 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("node_id", "runtime", "capabilities", "envd_version")
+    __slots__ = ("node_id", "runtime", "capabilities", "envd_version", "pools")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     ENVD_VERSION_FIELD_NUMBER: _ClassVar[int]
+    POOLS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     runtime: str
     capabilities: Capabilities
     envd_version: str
-    def __init__(self, node_id: _Optional[str] = ..., runtime: _Optional[str] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., envd_version: _Optional[str] = ...) -> None: ...
+    pools: _containers.RepeatedCompositeFieldContainer[PoolStatus]
+    def __init__(self, node_id: _Optional[str] = ..., runtime: _Optional[str] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., envd_version: _Optional[str] = ..., pools: _Optional[_Iterable[_Union[PoolStatus, _Mapping]]] = ...) -> None: ...
+
+class PoolStatus(_message.Message):
+    __slots__ = ("template_id", "cpu_count", "memory_mb", "disk_mb", "ready", "target")
+    TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
+    CPU_COUNT_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
+    DISK_MB_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    template_id: str
+    cpu_count: int
+    memory_mb: int
+    disk_mb: int
+    ready: int
+    target: int
+    def __init__(self, template_id: _Optional[str] = ..., cpu_count: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_mb: _Optional[int] = ..., ready: _Optional[int] = ..., target: _Optional[int] = ...) -> None: ...
 
 class SandboxSpec(_message.Message):
-    __slots__ = ("sandbox_id", "template_id", "cpu_count", "memory_mb", "disk_mb", "env_vars", "access_token", "allow_internet", "snapshot")
+    __slots__ = ("sandbox_id", "template_id", "cpu_count", "memory_mb", "disk_mb", "env_vars", "access_token", "allow_internet", "snapshot", "allow_out", "deny_out", "volume_mounts")
     class EnvVarsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -66,6 +84,9 @@ class SandboxSpec(_message.Message):
     ACCESS_TOKEN_FIELD_NUMBER: _ClassVar[int]
     ALLOW_INTERNET_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_OUT_FIELD_NUMBER: _ClassVar[int]
+    DENY_OUT_FIELD_NUMBER: _ClassVar[int]
+    VOLUME_MOUNTS_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     template_id: str
     cpu_count: int
@@ -75,19 +96,34 @@ class SandboxSpec(_message.Message):
     access_token: str
     allow_internet: bool
     snapshot: Snapshot
-    def __init__(self, sandbox_id: _Optional[str] = ..., template_id: _Optional[str] = ..., cpu_count: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_mb: _Optional[int] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., access_token: _Optional[str] = ..., allow_internet: _Optional[bool] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ...) -> None: ...
+    allow_out: _containers.RepeatedScalarFieldContainer[str]
+    deny_out: _containers.RepeatedScalarFieldContainer[str]
+    volume_mounts: _containers.RepeatedCompositeFieldContainer[VolumeMount]
+    def __init__(self, sandbox_id: _Optional[str] = ..., template_id: _Optional[str] = ..., cpu_count: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_mb: _Optional[int] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., access_token: _Optional[str] = ..., allow_internet: _Optional[bool] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., allow_out: _Optional[_Iterable[str]] = ..., deny_out: _Optional[_Iterable[str]] = ..., volume_mounts: _Optional[_Iterable[_Union[VolumeMount, _Mapping]]] = ...) -> None: ...
+
+class VolumeMount(_message.Message):
+    __slots__ = ("source", "path")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    path: str
+    def __init__(self, source: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
 
 class Snapshot(_message.Message):
-    __slots__ = ("snapshot_id", "runtime", "path", "template_id")
+    __slots__ = ("snapshot_id", "runtime", "path", "template_id", "access_token", "size_bytes")
     SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     snapshot_id: str
     runtime: str
     path: str
     template_id: str
-    def __init__(self, snapshot_id: _Optional[str] = ..., runtime: _Optional[str] = ..., path: _Optional[str] = ..., template_id: _Optional[str] = ...) -> None: ...
+    access_token: str
+    size_bytes: int
+    def __init__(self, snapshot_id: _Optional[str] = ..., runtime: _Optional[str] = ..., path: _Optional[str] = ..., template_id: _Optional[str] = ..., access_token: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
 
 class Sandbox(_message.Message):
     __slots__ = ("sandbox_id", "template_id", "envd_url", "host", "envd_version", "status")
@@ -178,8 +214,10 @@ class PauseRequest(_message.Message):
     def __init__(self, sandbox_id: _Optional[str] = ...) -> None: ...
 
 class PauseResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("size_bytes",)
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    size_bytes: int
+    def __init__(self, size_bytes: _Optional[int] = ...) -> None: ...
 
 class ResumeRequest(_message.Message):
     __slots__ = ("sandbox_id",)
@@ -206,3 +244,55 @@ class CheckpointResponse(_message.Message):
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     snapshot: Snapshot
     def __init__(self, snapshot: _Optional[_Union[Snapshot, _Mapping]] = ...) -> None: ...
+
+class RestoreRequest(_message.Message):
+    __slots__ = ("sandbox_id", "snapshot")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    snapshot: Snapshot
+    def __init__(self, sandbox_id: _Optional[str] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ...) -> None: ...
+
+class RestoreResponse(_message.Message):
+    __slots__ = ("sandbox",)
+    SANDBOX_FIELD_NUMBER: _ClassVar[int]
+    sandbox: Sandbox
+    def __init__(self, sandbox: _Optional[_Union[Sandbox, _Mapping]] = ...) -> None: ...
+
+class DeleteSnapshotRequest(_message.Message):
+    __slots__ = ("snapshot",)
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    snapshot: Snapshot
+    def __init__(self, snapshot: _Optional[_Union[Snapshot, _Mapping]] = ...) -> None: ...
+
+class DeleteSnapshotResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ClaimRequest(_message.Message):
+    __slots__ = ("spec",)
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    spec: SandboxSpec
+    def __init__(self, spec: _Optional[_Union[SandboxSpec, _Mapping]] = ...) -> None: ...
+
+class ClaimResponse(_message.Message):
+    __slots__ = ("sandbox_id",)
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    def __init__(self, sandbox_id: _Optional[str] = ...) -> None: ...
+
+class UpdateNetworkRequest(_message.Message):
+    __slots__ = ("sandbox_id", "allow_internet", "allow_out", "deny_out")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_INTERNET_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_OUT_FIELD_NUMBER: _ClassVar[int]
+    DENY_OUT_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    allow_internet: bool
+    allow_out: _containers.RepeatedScalarFieldContainer[str]
+    deny_out: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, sandbox_id: _Optional[str] = ..., allow_internet: _Optional[bool] = ..., allow_out: _Optional[_Iterable[str]] = ..., deny_out: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class UpdateNetworkResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

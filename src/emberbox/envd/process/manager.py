@@ -11,22 +11,25 @@ import asyncio
 import collections
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import signal
 import struct
 import subprocess
 import termios
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from ..._connect.errors import Code, ConnectError
 from ..._proto.process import process_pb2 as pb
+from ..creds import spawn_as_user
 from ..state import EnvdState, default_path
 from ..users import User, resolve_path
 from .exit_fd import exit_fd
 from .exit_status import describe
 from .fdio import FdReader, set_nonblocking, write_all
+from .standby import REFILL_AFTER_EXIT_S, REFILL_DELAY_S, Standby, StandbyPool, login_command
 
 log = logging.getLogger("emberbox.envd.process")
 
@@ -213,6 +216,7 @@ class ProcessManager:
     def __init__(self, state: EnvdState) -> None:
         self.state = state
         self._by_pid: dict[int, ManagedProcess] = {}
+        self.standbys = StandbyPool(spawn_as_user, size=state.standby_shells)
 
     def list(self) -> list[ManagedProcess]:
         return [p for p in self._by_pid.values() if p.running]
@@ -231,7 +235,7 @@ class ProcessManager:
             raise ConnectError(Code.NOT_FOUND, f"process with tag '{selector.tag}' not found")
         raise ConnectError(Code.INVALID_ARGUMENT, "process selector needs a pid or a tag")
 
-    def start(
+    async def start(
         self,
         config: pb.ProcessConfig,
         user: User,
@@ -242,23 +246,69 @@ class ProcessManager:
     ) -> tuple[ManagedProcess, asyncio.Queue[Event]]:
         """Spawn and subscribe in one step, so no early output can slip into the backlog."""
         cwd = self._cwd(config, user)
-        env = {
+        base_env = {
             "PATH": default_path(),
             "HOME": user.home,
             "USER": user.name,
             "LOGNAME": user.name,
             **self.state.process_env(),
-            **dict(config.envs),
         }
         if not config.cmd:
             raise ConnectError(Code.INVALID_ARGUMENT, "process cmd is empty")
+        if not user.is_current and os.geteuid() != 0:
+            raise ConnectError(
+                Code.PERMISSION_DENIED, f"envd is not root and cannot run as '{user.name}'"
+            )
+        command = login_command(config.cmd, list(config.args), config.envs, pty is not None)
+        if command is not None and self.standbys.size > 0:
+            standby = await self._standby(user, cwd, base_env, stdin, command, config.envs)
+            if standby is not None:
+                process = ManagedProcess(standby.popen, config, tag, None, standby.stdin)
+                process.attach_output(standby.stdout, "stdout")
+                process.attach_output(standby.stderr, "stderr")
+                refill = functools.partial(self.standbys.refill, user, cwd, stdin)
+                timer = asyncio.get_running_loop().call_later(REFILL_DELAY_S, refill)
+                started = self._register(process, user, cwd, "standby shell")
+                process.on_exit = functools.partial(self._refill_and_retain, timer, refill)
+                return started
+        return self._spawn(config, user, cwd, {**base_env, **dict(config.envs)}, pty, stdin, tag)
+
+    async def _standby(
+        self,
+        user: User,
+        cwd: str,
+        env: dict[str, str],
+        stdin: bool,
+        command: str,
+        envs: Mapping[str, str],
+    ) -> Standby | None:
+        """A standby shell that has taken the command; None: start it the ordinary way."""
+        for _ in range(3):  # a shell killed while it waited (pkill bash) is replaced
+            try:
+                standby = await self.standbys.take(user, cwd, env, stdin)
+            except OSError as exc:  # e.g. cwd not enterable as the user: the old path decides
+                log.info("no standby shell for %s in %s: %s", user.name, cwd, exc)
+                return None
+            try:
+                standby.hand_over(command, envs)
+                return standby
+            except OSError:
+                standby.discard()
+        return None
+
+    def _spawn(
+        self,
+        config: pb.ProcessConfig,
+        user: User,
+        cwd: str,
+        env: dict[str, str],
+        pty: pb.PTY | None,
+        stdin: bool,
+        tag: str | None,
+    ) -> tuple[ManagedProcess, asyncio.Queue[Event]]:
         argv = [config.cmd, *config.args]
         identity: dict[str, object] = {}
         if not user.is_current:
-            if os.geteuid() != 0:
-                raise ConnectError(
-                    Code.PERMISSION_DENIED, f"envd is not root and cannot run as '{user.name}'"
-                )
             identity = {"user": user.uid, "group": user.gid, "extra_groups": user.groups()}
         child_fds: list[int] = []
         try:
@@ -316,13 +366,19 @@ class ProcessManager:
         finally:
             for fd in child_fds:
                 os.close(fd)
+        return self._register(process, user, cwd, "new process")
+
+    def _register(
+        self, process: ManagedProcess, user: User, cwd: str, how: str
+    ) -> tuple[ManagedProcess, asyncio.Queue[Event]]:
         self._by_pid[process.pid] = process
         log.info(
-            "process %d started as %s in %s: %s",
+            "process %d started (%s) as %s in %s: %s",
             process.pid,
+            how,
             user.name,
             cwd,
-            " ".join([config.cmd, *config.args])[:500],
+            " ".join([process.config.cmd, *process.config.args])[:500],
         )
         queue = process.subscribe()
         process.on_exit = self._retain
@@ -337,6 +393,15 @@ class ProcessManager:
             raise ConnectError(Code.INVALID_ARGUMENT, f"cwd '{cwd}' does not exist")
         return cwd
 
+    def _refill_and_retain(
+        self, timer: asyncio.TimerHandle, refill: Callable[[], None], process: ManagedProcess
+    ) -> None:
+        timer.cancel()
+        # Not right away: the end event goes out first, and a command that follows at once
+        # takes the other pooled shell instead of competing with the start of this one.
+        asyncio.get_running_loop().call_later(REFILL_AFTER_EXIT_S, refill)
+        self._retain(process)
+
     def _retain(self, process: ManagedProcess) -> None:
         """Keep an exited process visible to a late ``Connect``, then drop it."""
         asyncio.get_running_loop().call_later(RETAIN_EXITED_S, self._forget, process)
@@ -346,6 +411,7 @@ class ProcessManager:
             del self._by_pid[process.pid]
 
     def kill_all(self) -> None:
+        self.standbys.close()
         for process in self.list():
             with contextlib.suppress(ConnectError):
                 process.signal(signal.SIGKILL)

@@ -64,7 +64,7 @@ class ProcessService:
     ) -> AsyncIterator[pb.StartResponse]:
         user = resolve_user(self.state, username_from_basic(ctx.headers))
         stdin = request.stdin if request.HasField("stdin") else True
-        process, queue = self.manager.start(
+        process, queue = await self.manager.start(
             request.process,
             user,
             pty=request.pty if request.HasField("pty") else None,

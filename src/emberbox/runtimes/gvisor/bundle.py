@@ -59,6 +59,8 @@ class BundleSpec:
     uid: int = 0
     gid: int = 0
     binds: Sequence[BindMount] = field(default_factory=tuple)
+    # /tmp's host directory; default the image's own /tmp (overlaid by gVisor, see oci_config)
+    tmp: Path | None = None
 
 
 def host_memory_limit(memory_mb: int) -> int:
@@ -79,13 +81,15 @@ def oci_config(spec: BundleSpec) -> dict[str, Any]:
         {"destination": "/sys", "type": "sysfs", "source": "sysfs",
          "options": ["nosuid", "noexec", "nodev", "ro"]},
     ]  # fmt: skip
-    if (spec.rootfs / "tmp").is_dir():
+    if spec.tmp is not None or (spec.rootfs / "tmp").is_dir():
         # Without a /tmp mount runsc puts a tmpfs there, i.e. in the sandbox's memory. Binding
         # the image's own (empty) /tmp keeps it on disk: sandboxes get gVisor's disk-backed
         # overlay on it (runsc.py, --overlay2=all:dir=<disk>), so it shares the disk quota;
-        # template builds write through to the layer, as a Dockerfile RUN step would.
+        # template builds write through to the layer, as a Dockerfile RUN step would. Sandboxes
+        # with volumes overlay only the root, so their /tmp is a directory on their disk.
+        tmp = spec.tmp if spec.tmp is not None else spec.rootfs / "tmp"
         mounts.append({"destination": "/tmp", "type": "bind",
-                       "source": str(spec.rootfs / "tmp"), "options": ["rbind", "rw"]})  # fmt: skip
+                       "source": str(tmp), "options": ["rbind", "rw"]})  # fmt: skip
     for bind in spec.binds:
         mounts.append(
             {

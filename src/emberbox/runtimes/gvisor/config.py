@@ -41,6 +41,8 @@ class GVisorConfig:
     boot_timeout: float = 30.0
     host_cpus: int = field(default_factory=lambda: os.cpu_count() or 1)
     cpu_reserve: float = 0.5
+    # Restore creates from a snapshot of each template taken once, instead of booting it.
+    template_snapshots: bool = True
 
     @property
     def cpu_cap(self) -> float:
@@ -65,6 +67,11 @@ class GVisorConfig:
     @property
     def sandboxes_dir(self) -> Path:
         return self.root / "sandboxes"
+
+    @property
+    def snapshots_dir(self) -> Path:
+        """Checkpoints that outlive their sandbox (snapshots, forks), one directory each."""
+        return self.root / "snapshots"
 
     @property
     def leases_dir(self) -> Path:

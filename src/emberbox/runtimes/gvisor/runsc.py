@@ -9,6 +9,10 @@ Quirks handled here (see docs/runtimes.md):
   is raised afterwards by the headroom the bundle asks for (see bundle.py, "Memory").
 * ``runsc state`` exits non-zero both for "no such container" and for failures to read its
   state: only the first means gone (:meth:`Runsc.state`).
+* A checkpoint refuses a TCP connection that is not listening or closed ("endpoint cannot be
+  saved in connected state"); ``--net-disconnect-ok`` lets it save them as disconnected.
+  A restore into another netns (a fork) must still not carry connections: their local
+  address does not exist there, and the restored socket leaves its owner spinning.
 """
 
 from __future__ import annotations
@@ -71,21 +75,28 @@ class Runsc:
             f"--platform={await self.platform()}",
             f"--network={network}",
             f"--overlay2={overlay}",
+            "--net-disconnect-ok",
         ]  # fmt: skip
 
     def _wrapped(self, argv: list[str]) -> list[str]:
         return with_hidden_net_sysctls(self.config.root / "psys", argv)
 
     async def run_detached(
-        self, sandbox_id: str, bundle: Path, log: Path, filestore: Path | None = None
+        self,
+        sandbox_id: str,
+        bundle: Path,
+        log: Path,
+        filestore: Path | None = None,
+        overlay_binds: bool = True,
     ) -> None:
         """Start the sandbox and return once runsc has created it (its init keeps running).
 
-        With ``filestore``, writes to the root and to every writable bind (/tmp) go to gVisor's
-        own overlays, whose backing files live in that directory (our size-limited disk);
-        otherwise through the gofer to the host directories.
+        With ``filestore``, writes to the root and (with ``overlay_binds``) to every writable
+        bind (/tmp) go to gVisor's own overlays, whose backing files live in that directory
+        (our size-limited disk); otherwise through the gofer to the host directories. Volumes
+        need ``overlay_binds=False``: an overlaid bind keeps its writes inside the sandbox.
         """
-        overlay = f"all:dir={filestore}" if filestore else "none"
+        overlay = _overlay(filestore, overlay_binds) if filestore else "none"
         argv = self._wrapped([*await self._base(overlay=overlay), "run", "--detach",
                               "--bundle", str(bundle), sandbox_id])  # fmt: skip
         code = await _proc.run_to_file(*argv, log_path=str(log), timeout=self.config.boot_timeout)
@@ -99,6 +110,39 @@ class Runsc:
         """Run the sandbox's process to completion and return its exit code."""
         argv = self._wrapped([*await self._base(), "run", "--bundle", str(bundle), sandbox_id])
         return await _proc.run_to_file(*argv, log_path=str(log), timeout=timeout)
+
+    async def checkpoint(
+        self, sandbox_id: str, image: Path, filestore: Path, overlay_binds: bool = True
+    ) -> None:
+        """Save the sandbox's memory, and the writes its overlays hold, into ``image``; the
+        sandbox keeps running (a failed checkpoint must not cost the sandbox). The overlay
+        flags must be those it runs with."""
+        overlay = _overlay(filestore, overlay_binds)
+        argv = [*await self._base(overlay=overlay), "checkpoint", "--leave-running",
+                "--compression=none", "--image-path", str(image), sandbox_id]  # fmt: skip
+        out = await _proc.run(*self._wrapped(argv), check=False)
+        if out.code != 0:
+            raise RunscError(f"checkpoint of {sandbox_id} failed: {_reason(out.stderr)}")
+
+    async def restore(
+        self,
+        sandbox_id: str,
+        bundle: Path,
+        image: Path,
+        log: Path,
+        filestore: Path,
+        overlay_binds: bool = True,
+    ) -> None:
+        """Start ``sandbox_id`` from the checkpoint in ``image`` with this bundle's mounts,
+        network namespace and cgroup; returns once it runs."""
+        overlay = _overlay(filestore, overlay_binds)
+        argv = self._wrapped([*await self._base(overlay=overlay), "restore",
+                              "--detach", "--image-path", str(image), "--bundle", str(bundle),
+                              sandbox_id])  # fmt: skip
+        code = await _proc.run_to_file(*argv, log_path=str(log), timeout=self.config.boot_timeout)
+        if code != 0:
+            raise RunscError(f"restore of {sandbox_id} failed: {_reason(_tail(log))}")
+        _apply_memory_policy(bundle)
 
     async def state(self, sandbox_id: str) -> dict[str, Any] | None:
         """runsc's record of the container, or None if runsc has none.
@@ -117,15 +161,14 @@ class Runsc:
             raise RunscError(f"runsc state {sandbox_id}: unreadable output: {exc}") from None
         return state
 
+    async def kill(self, sandbox_id: str) -> None:
+        """SIGKILL the sandbox: it stops at once. ``delete`` then takes over a second more
+        (runsc waits for the cgroup to empty), so callers that only need it stopped do this."""
+        await _proc.run(*await self._base(), "kill", sandbox_id, "KILL", check=False)
+
     async def delete(self, sandbox_id: str) -> None:
         """Kill and forget the sandbox; fine if runsc never heard of it."""
         await _proc.run(*await self._base(), "delete", "--force", sandbox_id, check=False)
-
-    async def pause(self, sandbox_id: str) -> None:
-        await _proc.run(*await self._base(), "pause", sandbox_id)
-
-    async def resume(self, sandbox_id: str) -> None:
-        await _proc.run(*await self._base(), "resume", sandbox_id)
 
     async def list_ids(self) -> list[str]:
         out = await _proc.run(*await self._base(), "list", "--format=json", check=False)
@@ -157,6 +200,18 @@ def _apply_memory_policy(bundle: Path) -> None:
             if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"runsc-"):
                 continue  # the sentry and the gofer
             Path(f"/proc/{pid}/oom_score_adj").write_text(str(STUB_OOM_SCORE_ADJ))
+
+
+def _overlay(filestore: Path, binds: bool = True) -> str:
+    return f"{'all' if binds else 'root'}:dir={filestore}"
+
+
+def _reason(output: str) -> str:
+    """The line that says why runsc failed (it follows it with a Go stack dump)."""
+    for line in reversed(output.splitlines()):
+        if "failed" in line or "rejected" in line:
+            return line.strip()[:500]
+    return output.strip()[-500:]
 
 
 def _tail(log: Path, limit: int = 4000) -> str:

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import json
 import logging
 import os
 import shutil
+import stat
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import httpx
 
+from ...egress import EgressRules, reaches, rules_for
 from ...envd_client.handshake import EnvdDefaults, HandshakeFailed, handshake
 from ...host import cgroups, network, rootfs
 from ...host.errors import HostError
@@ -25,7 +28,7 @@ from ...host.locks import KeyedLock
 from ...templates.guest.oom import count_kills
 from ...templates.steps import BootFailed, Step
 from ...templates.store import Template, TemplateError, TemplateStore
-from ...vocabulary import ENVD_PORT, check_sandbox_id, e2b_env, is_sandbox_id
+from ...vocabulary import ENVD_PORT, check_sandbox_id, e2b_env, is_sandbox_id, is_volume_id
 from ..base import (
     UNKNOWN_DEFAULTS,
     Capabilities,
@@ -38,15 +41,20 @@ from ..base import (
     SandboxSpec,
     SandboxStats,
     SandboxStatus,
+    SnapshotRef,
     UnknownTemplate,
 )
 from .bundle import BindMount, BundleSpec, write_bundle
 from .config import GVisorConfig
-from .runsc import Runsc
+from .runsc import Runsc, RunscError
 from .state import SandboxPaths, SandboxRecord
+from .warm import TemplateSnapshots
 
 log = logging.getLogger("emberbox.gvisor")
-BUILDER_PREFIXES = ("build-", "verify-")  # ids the template builder uses (templates/builder.py)
+# Ids of a template build's sandboxes (templates/builder.py), run by another process: a node
+# starting up leaves them alone while they run. (The boot a template snapshot is taken of,
+# ``warm.WARM_PREFIX``, belongs to the node process itself: a leftover of it is removed.)
+BUILDER_PREFIXES = ("build-", "verify-")
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Variables PID 1 needs but commands should not inherit through envd's /init.
 _INIT_ONLY = {"PATH", "HOME", "LANG", "EMBERBOX_START_CMD"}
@@ -54,7 +62,8 @@ _INIT_ONLY = {"PATH", "HOME", "LANG", "EMBERBOX_START_CMD"}
 
 class GVisorRuntime(Runtime):
     name = "gvisor"
-    capabilities = Capabilities(pause=True)
+    capabilities = Capabilities(pause=True, snapshot=True, fork=True, egress_rules=True)
+    orphan_names = frozenset({"exe"})  # runsc re-executes itself as /proc/self/exe
 
     def __init__(
         self, config: GVisorConfig | None = None, store: TemplateStore | None = None
@@ -70,6 +79,14 @@ class GVisorRuntime(Runtime):
         # Every create/kill of one sandbox id runs under its lock, so a kill never races
         # another kill (or the end of a create) over the same host objects.
         self._locks = KeyedLock()
+        self._background: set[asyncio.Task[None]] = set()
+        self.warm = TemplateSnapshots(self.config.root / "template-snapshots",
+                                      self.config.boot_timeout)  # fmt: skip
+
+    async def close(self) -> None:
+        """A template snapshot under way is abandoned and its boot killed: nobody would
+        remove it until the next node start."""
+        await self.warm.close()
 
     # -- paths -----------------------------------------------------------------------------
 
@@ -84,30 +101,133 @@ class GVisorRuntime(Runtime):
     async def create(
         self, spec: SandboxSpec, *, template: Template | None = None
     ) -> RuntimeSandbox:
-        """Boot a sandbox from ``spec.template_id``; returns once runsc runs it (the node then
-        waits for envd). ``template`` overrides the stored manifest (a build checking its
-        result)."""
+        """Start a sandbox: restored from ``spec.snapshot``, else from the template's own
+        snapshot when there is one (``warm.py``), else booted; returns once runsc runs it (the
+        node then waits for envd). ``template`` overrides the stored manifest (a build checking
+        its result: always booted)."""
+        image: Path | None = None
+        from_template = False
+        self._check_volumes(spec)
         if spec.snapshot is not None:
-            raise CapabilityMissing("the gvisor runtime cannot start from snapshots yet")
+            self._check_snapshot(spec.snapshot)
+            image = Path(spec.snapshot.path)
+        elif template is None and self.config.template_snapshots and not spec.volumes:
+            template = self._template(spec.template_id)
+            image = self.warm.ready(template, spec)
+            from_template = image is not None
         template = template or self._template(spec.template_id)
-        async with self._locks.hold(spec.sandbox_id):
-            paths, record = await self._prepare(spec, template)
-            try:
-                env = self._guest_env(spec, template)
-                self._bundle(spec, template, paths, record, list(template.config.init), env, "/")
-                await self.runsc.run_detached(spec.sandbox_id, paths.bundle, paths.log,
-                                              filestore=paths.disk)  # fmt: skip
-            except BaseException:
-                await self._teardown(spec.sandbox_id)
+        try:
+            record, env = await self._start(spec, template, image)
+        except RunscError:
+            if not from_template:
                 raise
+            log.warning("template %s: its snapshot did not restore; booting", template.name)
+            self.warm.discard(template, spec)
+            image = None
+            record, env = await self._start(spec, template, None)
+        if (
+            image is None
+            and self.config.template_snapshots
+            and not spec.sandbox_id.startswith(BUILDER_PREFIXES)
+            and not spec.volumes  # a template snapshot must not hold a volume's mount
+        ):
+            self.warm.make_later(template, spec, self._boot_for_snapshot, self._checkpoint_to,
+                                 self.kill)  # fmt: skip
         cfg = template.config
         defaults = EnvdDefaults(
             user=cfg.user,
             workdir=cfg.workdir,
             env={k: v for k, v in env.items() if k not in _INIT_ONLY},
-            ready_cmd=cfg.ready_cmd,
+            # A checkpoint is taken of a sandbox that was ready already.
+            ready_cmd=cfg.ready_cmd if image is None else None,
         )
         return self._sandbox(record, SandboxStatus.RUNNING, defaults)
+
+    async def _start(
+        self, spec: SandboxSpec, template: Template, image: Path | None
+    ) -> tuple[SandboxRecord, dict[str, str]]:
+        async with self._locks.hold(spec.sandbox_id):
+            paths, record = await self._prepare(spec, template)
+            try:
+                env = self._guest_env(spec, template)
+                volumes = [BindMount(Path(v.source), v.path, readonly=False) for v in spec.volumes]
+                tmp = self._volume_tmp(paths) if volumes else None
+                self._bundle(spec, template, paths, record, list(template.config.init), env, "/",
+                             binds=volumes, tmp=tmp)  # fmt: skip
+                if image is None:
+                    await self.runsc.run_detached(spec.sandbox_id, paths.bundle, paths.log,
+                                                  filestore=paths.disk,
+                                                  overlay_binds=not volumes)  # fmt: skip
+                else:
+                    await self.runsc.restore(spec.sandbox_id, paths.bundle, image, paths.log,
+                                             paths.disk)  # fmt: skip
+            except BaseException:
+                await self._teardown(spec.sandbox_id)
+                raise
+        return record, env
+
+    @staticmethod
+    def _volume_tmp(paths: SandboxPaths) -> Path:
+        """/tmp of a sandbox with volumes: gVisor overlays only its root, so /tmp is bound
+        from a directory on its size-limited disk (never the template's own /tmp)."""
+        tmp = paths.disk / "tmp"
+        tmp.mkdir(exist_ok=True)
+        tmp.chmod(0o1777)
+        return tmp
+
+    @staticmethod
+    def _mount_points(spec: SandboxSpec, paths: SandboxPaths, layers: Sequence[Path]) -> list[Path]:
+        """A top layer of empty directories where volumes go: runsc mounts a bind only on an
+        existing directory, and the root it gets is read-only. A merged directory takes its
+        owner and mode from its top layer, so each one made here copies the template's
+        (``/home/user/data`` must leave ``/home/user`` to ``user``)."""
+        if not spec.volumes:
+            return []
+        top = paths.root / "mountpoints"
+        top.mkdir(exist_ok=True)
+        for volume in spec.volumes:
+            parts = Path(volume.path.lstrip("/")).parts
+            for depth in range(1, len(parts) + 1):
+                sub = Path(*parts[:depth])
+                made = top / sub
+                if made.is_dir():
+                    continue
+                made.mkdir()
+                st = _template_dir(layers, sub)
+                if st is not None:
+                    os.chown(made, st.st_uid, st.st_gid)
+                    made.chmod(stat.S_IMODE(st.st_mode))
+        return [top]
+
+    def _check_volumes(self, spec: SandboxSpec) -> None:
+        """Only volume directories of this node's data dir are bound, never another host path
+        (the node token would otherwise bind any host directory read-write)."""
+        root = self.config.data_dir / "volumes"
+        for volume in spec.volumes:
+            source = Path(volume.source)
+            if (
+                source.name != "data"
+                or source.parent.parent != root
+                or not is_volume_id(source.parent.name)
+            ):
+                raise ValueError(f"not a volume of this node: {volume.source}")
+
+    @staticmethod
+    def _no_volumes(record: SandboxRecord, what: str) -> None:
+        if record.volumes:
+            raise CapabilityMissing(
+                f"sandbox {record.sandbox_id} mounts volumes and cannot be {what}: gVisor's"
+                " restore looks up again every volume file the sandbox holds, so a file another"
+                " writer removed meanwhile would make it unrestorable"
+            )
+
+    async def _boot_for_snapshot(self, spec: SandboxSpec, template: Template) -> RuntimeSandbox:
+        record, _env = await self._start(spec, template, None)
+        return self._sandbox(record, SandboxStatus.RUNNING)
+
+    async def _checkpoint_to(self, sandbox_id: str, image: Path) -> None:
+        async with self._locks.hold(sandbox_id):
+            await self.runsc.checkpoint(sandbox_id, image, self._paths(sandbox_id).disk)
 
     async def run_step(self, step: Step) -> int:
         """Run one template build step to completion in a fresh sandbox (``StepRunner``)."""
@@ -211,22 +331,134 @@ class GVisorRuntime(Runtime):
 
     async def alive(self, sandbox_id: str) -> bool:
         try:
-            return _status(await self.runsc.state(sandbox_id)) is not SandboxStatus.STOPPED
+            return await self._status(sandbox_id) is not SandboxStatus.STOPPED
         except RuntimeError_:
             return True  # runsc could not tell: unknown is not dead
+
+    async def _status(self, sandbox_id: str) -> SandboxStatus:
+        """runsc's view, except that a sandbox whose memory is saved on disk is paused (its
+        runsc container is killed, then deleted, and comes back only with the resume)."""
+        if self._paths(sandbox_id).memory.is_dir():
+            return SandboxStatus.PAUSED  # runsc may still report the killed sandbox for a while
+        return _status(await self.runsc.state(sandbox_id))
 
     async def boot_log(self, sandbox_id: str) -> str:
         log = self._paths(sandbox_id).log
         return log.read_text(errors="replace")[-3000:] if log.exists() else ""
 
-    async def pause(self, sandbox_id: str) -> None:
-        await self._require(sandbox_id)
-        await self.runsc.pause(sandbox_id)
+    async def pause(self, sandbox_id: str) -> int:
+        """Save the sandbox's memory and writable layer to its directory, then stop it: a
+        paused sandbox holds disk, its address and its mounts, but no memory or CPU.
+
+        If the checkpoint fails the sandbox keeps running and the error is raised.
+        """
+        async with self._locks.hold(sandbox_id):
+            self._no_volumes(await self._require(sandbox_id), "paused")
+            paths = self._paths(sandbox_id)
+            partial = paths.root / "memory.partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir()
+            try:
+                await self.runsc.checkpoint(sandbox_id, partial, paths.disk)
+            except BaseException:
+                shutil.rmtree(partial, ignore_errors=True)
+                raise
+            os.replace(partial, paths.memory)  # from here on the sandbox counts as paused
+            await self.runsc.kill(sandbox_id)
+            size = _du(paths.memory)
+        # runsc's own record goes in the background (it takes a second); a resume first
+        # removes it itself if it is still there.
+        task = asyncio.create_task(self._forget_container(sandbox_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return size
+
+    async def _forget_container(self, sandbox_id: str) -> None:
+        async with self._locks.hold(sandbox_id):
+            if self._paths(sandbox_id).memory.is_dir():
+                await self.runsc.delete(sandbox_id)
 
     async def resume(self, sandbox_id: str) -> RuntimeSandbox:
-        record = await self._require(sandbox_id)
-        await self.runsc.resume(sandbox_id)
-        return self._sandbox(record, SandboxStatus.RUNNING)
+        async with self._locks.hold(sandbox_id):
+            record = await self._require(sandbox_id)
+            paths = self._paths(sandbox_id)
+            if not paths.memory.is_dir():
+                if await self._status(sandbox_id) is SandboxStatus.RUNNING:
+                    return self._sandbox(record, SandboxStatus.RUNNING)
+                raise SandboxGone(f"sandbox {sandbox_id} is neither paused nor running")
+            await self._restore_in_place(sandbox_id, record, paths.memory)
+            shutil.rmtree(paths.memory, ignore_errors=True)
+            return self._sandbox(record, SandboxStatus.RUNNING)
+
+    async def checkpoint(self, sandbox_id: str, snapshot_id: str) -> SnapshotRef:
+        """Save the running sandbox to a snapshot directory of its own; it keeps running."""
+        check_sandbox_id(snapshot_id)  # names a directory
+        async with self._locks.hold(sandbox_id):
+            record = await self._require(sandbox_id)
+            self._no_volumes(record, "snapshotted or forked")
+            if await self._status(sandbox_id) is not SandboxStatus.RUNNING:
+                raise RuntimeError_(f"sandbox {sandbox_id} is not running")
+            dest = self.config.snapshots_dir / snapshot_id
+            partial = self.config.snapshots_dir / f"{snapshot_id}.partial"
+            if dest.exists():
+                raise ValueError(f"snapshot {snapshot_id} already exists")
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+            try:
+                await self.runsc.checkpoint(sandbox_id, partial, self._paths(sandbox_id).disk)
+                (partial / "snapshot.json").write_text(
+                    json.dumps({"source": sandbox_id, "template_id": record.template_id})
+                )
+            except BaseException:
+                shutil.rmtree(partial, ignore_errors=True)
+                raise
+            os.replace(partial, dest)
+        return SnapshotRef(snapshot_id, self.name, str(dest), record.template_id, _du(dest))
+
+    async def restore(self, sandbox_id: str, snapshot: SnapshotRef) -> RuntimeSandbox:
+        self._check_snapshot(snapshot)
+        async with self._locks.hold(sandbox_id):
+            record = await self._require(sandbox_id)
+            self._no_volumes(record, "rolled back")
+            await self.runsc.kill(sandbox_id)
+            shutil.rmtree(self._paths(sandbox_id).memory, ignore_errors=True)
+            await self._restore_in_place(sandbox_id, record, Path(snapshot.path))
+            return self._sandbox(record, SandboxStatus.RUNNING)
+
+    async def delete_snapshot(self, snapshot: SnapshotRef) -> None:
+        self._check_snapshot(snapshot)
+        await asyncio.to_thread(shutil.rmtree, snapshot.path, True)
+
+    async def update_network(self, sandbox_id: str, policy: NetworkPolicy) -> None:
+        """Replace a running or paused sandbox's egress rules in place (one nft transaction);
+        its resolv.conf is not rewritten (a process may hold it open)."""
+        rules = _rules(policy)
+        async with self._locks.hold(sandbox_id):
+            record = await self._require(sandbox_id)
+            lease = self._lease_of(sandbox_id, record)
+            if lease is None or not self.pool.owns(lease):
+                raise SandboxGone(f"sandbox {sandbox_id} has no network lease")
+            await network.apply_rules(lease, rules)
+
+    def _check_snapshot(self, snapshot: SnapshotRef) -> None:
+        """A snapshot path comes over the wire: only our own snapshot directories are used."""
+        path = Path(snapshot.path)
+        if path.parent != self.config.snapshots_dir or path.name != snapshot.snapshot_id:
+            raise ValueError(f"{snapshot.path} is not a snapshot of this node")
+        if not (path / "checkpoint.img").is_file():
+            raise SandboxGone(f"snapshot {snapshot.snapshot_id} is not on this node")
+
+    async def _restore_in_place(self, sandbox_id: str, record: SandboxRecord, image: Path) -> None:
+        """Start the sandbox's own bundle (netns, disk, mounts, cgroup) from ``image``."""
+        lease = self._lease_of(sandbox_id, record)
+        if lease is None:
+            raise SandboxGone(f"sandbox {sandbox_id} has no network lease")
+        paths = self._paths(sandbox_id)
+        if await self.runsc.state(sandbox_id) is not None:
+            await self.runsc.delete(sandbox_id)
+        await network.readdress(lease)
+        await self.runsc.restore(sandbox_id, paths.bundle, image, paths.log, paths.disk,
+                                 overlay_binds=not record.volumes)  # fmt: skip
 
     async def list(self) -> list[RuntimeSandbox]:
         out: list[RuntimeSandbox] = []
@@ -237,7 +469,7 @@ class GVisorRuntime(Runtime):
             if record is None or record.external_upper:
                 continue
             try:
-                status = _status(await self.runsc.state(record.sandbox_id))
+                status = await self._status(record.sandbox_id)
             except RuntimeError_:
                 status = SandboxStatus.RUNNING  # runsc could not tell: unknown is not dead
             # Only a stopped sandbox needs its end reason: the dead check lists every 2 s.
@@ -247,7 +479,7 @@ class GVisorRuntime(Runtime):
 
     async def get(self, sandbox_id: str) -> RuntimeSandbox:
         record = await self._require(sandbox_id)
-        status = _status(await self.runsc.state(sandbox_id))
+        status = await self._status(sandbox_id)
         return self._sandbox(record, status, oom_killed=self._oom_killed(sandbox_id))
 
     async def stats(self, sandbox_id: str) -> SandboxStats:
@@ -297,6 +529,7 @@ class GVisorRuntime(Runtime):
         for veth in await network.list_host_veths(instance):
             if veth not in leased:
                 await network.delete_link(veth)
+        await network.remove_stray_rules(instance, self.config.network, leased)
         return removed
 
     # -- internals -------------------------------------------------------------------------
@@ -334,6 +567,7 @@ class GVisorRuntime(Runtime):
             memory_mb=spec.memory_mb,
             disk_mb=spec.disk_mb,
             external_upper=str(upper) if upper else None,
+            volumes=bool(spec.volumes),
         )
         record.save(paths.root)
         try:
@@ -341,13 +575,14 @@ class GVisorRuntime(Runtime):
             lease = self.pool.claim(spec.sandbox_id)
             record.lease_index, record.address = lease.index, lease.guest_ip
             record.save(paths.root)
-            await network.setup(lease, spec.network.allow_internet)
+            await network.setup(lease, _rules(spec.network))
             if upper is None:
                 # Sandboxes: a read-only view of the layers; gVisor's overlay takes the writes
                 # into a file on the size-limited disk. Read-only files can then be mapped
                 # from the host page cache, shared by every sandbox of the template.
                 await rootfs.make_disk(paths.disk_image, paths.disk, spec.disk_mb)
-                await rootfs.mount_lower(layers, paths.rootfs)
+                await rootfs.mount_lower([*layers, *self._mount_points(spec, paths, layers)],
+                                         paths.rootfs)  # fmt: skip
             else:
                 # Template builds: kernel overlayfs, so the writes form a directory tree.
                 await rootfs.mount_root(layers, upper, paths.rootfs)
@@ -364,12 +599,7 @@ class GVisorRuntime(Runtime):
         (paths.etc / "hosts").write_text(
             f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{sid}\n"
         )
-        (paths.etc / "resolv.conf").write_text(
-            _host_resolv_conf()
-            if spec.network.allow_internet
-            # Without egress, no nameserver: lookups fail at once instead of timing out.
-            else "# no network access for this sandbox\n"
-        )
+        (paths.etc / "resolv.conf").write_text(_resolv_conf(_rules(spec.network)))
         (paths.etc / "e2b").write_text(
             f"ENV_ID={spec.template_id}\nTEMPLATE_ID={spec.template_id}\n"
             f"BUILD_ID={template.id[:32]}\nSANDBOX_ID={sid}\n"
@@ -402,6 +632,7 @@ class GVisorRuntime(Runtime):
         cwd: str,
         user: tuple[int, int] = (0, 0),
         binds: Sequence[BindMount] = (),
+        tmp: Path | None = None,
     ) -> None:
         lease = self._lease_of(spec.sandbox_id, record)
         assert lease is not None
@@ -428,6 +659,7 @@ class GVisorRuntime(Runtime):
                 uid=user[0],
                 gid=user[1],
                 binds=[*etc_binds, *binds],
+                tmp=tmp,
             ),
         )
 
@@ -473,16 +705,34 @@ class GVisorRuntime(Runtime):
         return bool(usage and usage.oom_kills) or guest_kills > 0
 
 
-def _host_resolv_conf() -> str:
-    """The host's resolvers, unless they are loopback ones a sandbox cannot reach."""
-    try:
-        text = Path("/etc/resolv.conf").read_text()
-    except OSError:
-        return ""
-    servers = [line for line in text.splitlines() if line.startswith("nameserver")]
-    if any(s.split()[1].startswith(("127.", "::1")) for s in servers if len(s.split()) > 1):
-        return "# the host's resolver is on loopback, unreachable from sandboxes\n"
-    return text
+def _du(path: Path) -> int:
+    """Bytes the files under ``path`` take on disk."""
+    return sum(f.stat().st_blocks * 512 for f in path.rglob("*") if f.is_file())
+
+
+def _rules(policy: NetworkPolicy) -> EgressRules:
+    return rules_for(policy.allow_out, policy.deny_out, policy.allow_internet)
+
+
+def _template_dir(layers: Sequence[Path], sub: Path) -> os.stat_result | None:
+    """The topmost layer's directory at ``sub``, if the template has one there."""
+    for layer in reversed(layers):
+        try:
+            st = os.lstat(layer / sub)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        return st if stat.S_ISDIR(st.st_mode) else None
+    return None
+
+
+def _resolv_conf(rules: EgressRules) -> str:
+    """The host's resolvers the sandbox may reach; none at all (lookups fail at once instead
+    of timing out) when its rules refuse them."""
+    servers = network.host_resolvers()
+    usable = [s for s in servers if reaches(rules, s, resolvers=servers, dns=True)]
+    if not usable:
+        return "# no nameserver this sandbox may reach\n"
+    return "".join(f"nameserver {s}\n" for s in usable)
 
 
 def _status(state: Mapping[str, object] | None) -> SandboxStatus:

@@ -20,6 +20,7 @@ class SandboxRecord:
     lease_index: int | None = None
     address: str | None = None
     external_upper: str | None = None  # template builds keep their writable layer
+    volumes: bool = False  # host directories are bound in: no checkpoint can hold them
 
     def save(self, directory: Path) -> None:
         tmp = directory / "state.json.tmp"
@@ -60,6 +61,11 @@ class SandboxPaths:
     def etc(self) -> Path:
         """Per-sandbox files bind-mounted over the template's (hosts, hostname, /.e2b)."""
         return self.root / "etc"
+
+    @property
+    def memory(self) -> Path:
+        """The checkpoint of a paused sandbox; it exists only while the sandbox is paused."""
+        return self.root / "memory"
 
     @property
     def log(self) -> Path:

@@ -1,0 +1,158 @@
+"""What a sandbox's egress rules are: E2B's ``allowOut``/``denyOut`` parsed, checked and decided.
+
+One owner for the rule language, shared by the API (bad input is a 400 before anything
+changes), the node (which checks again: its messages may come from anywhere) and the host
+firewall (``host/network.py``), which enforces the same order in nftables:
+
+1. a destination in ``allow`` passes (allowed entries win over denied ones);
+2. one in ``deny`` is refused (``allow_internet_access: false`` adds ``0.0.0.0/0`` here);
+3. DNS to the node's own resolvers passes (the nameservers the sandbox's resolv.conf names);
+4. one in the internal ranges (:data:`INTERNAL_RANGES`, plus the host's own networks) is
+   refused: "internet access" means the public internet, never the cloud metadata service,
+   the host's LAN or other private networks;
+5. everything else passes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+IPv4Network = ipaddress.IPv4Network
+
+# The most entries one list (allowOut or denyOut) may hold; more is refused (400), because a
+# rule set is applied in one kernel transaction on every create and update.
+MAX_ENTRIES = 500
+
+ALL_IPV4 = IPv4Network("0.0.0.0/0")
+
+# Ranges a sandbox with internet access still cannot reach unless allowOut names them: the
+# IANA special-purpose ranges that name internal or non-unicast networks. 198.18.0.0/15
+# (RFC 2544, benchmark networks) stays reachable: operators stand up test networks there, and
+# our tests' fake internet lives in it. The documentation ranges are refused: a host's LAN may
+# use them (ours does).
+INTERNAL_RANGES: tuple[IPv4Network, ...] = tuple(
+    IPv4Network(n)
+    for n in (
+        "0.0.0.0/8",  # "this network"
+        "10.0.0.0/8",  # RFC 1918
+        "100.64.0.0/10",  # carrier-grade NAT (RFC 6598)
+        "127.0.0.0/8",  # loopback
+        "169.254.0.0/16",  # link-local: cloud metadata services live here
+        "172.16.0.0/12",  # RFC 1918
+        "192.0.0.0/24",  # IETF protocol assignments
+        "192.0.2.0/24",  # TEST-NET-1
+        "192.168.0.0/16",  # RFC 1918
+        "198.51.100.0/24",  # TEST-NET-2
+        "203.0.113.0/24",  # TEST-NET-3
+        "224.0.0.0/4",  # multicast
+        "240.0.0.0/4",  # reserved, and the broadcast address
+    )
+)
+
+_DOMAIN = re.compile(r"^(\*\.)?([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z][a-z0-9-]{0,62}\.?$")
+
+
+class InvalidRules(ValueError):
+    """A rule list the caller got wrong (malformed entry, domain in denyOut, too many)."""
+
+
+class UnsupportedRule(ValueError):
+    """A well-formed entry this deployment cannot enforce (domains; IPv6 in allowOut)."""
+
+
+@dataclass(frozen=True)
+class EgressRules:
+    """Collapsed IPv4 networks; ``deny`` already holds ``0.0.0.0/0`` when internet is off."""
+
+    allow: tuple[IPv4Network, ...] = ()
+    deny: tuple[IPv4Network, ...] = ()
+
+
+def _entry(raw: object, field: str) -> IPv4Network | None:
+    """One entry as a network; None for an IPv6 one (sandboxes have no IPv6 egress)."""
+    if not isinstance(raw, str) or not raw.strip():
+        raise InvalidRules(f"{field}: every entry must be a non-empty string, got {raw!r}")
+    text = raw.strip()
+    try:
+        net = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        if _DOMAIN.match(text.lower()) and not text.replace(".", "").isdigit():
+            if field == "denyOut":
+                raise InvalidRules(
+                    f"denyOut: '{text}' is a domain; denyOut takes CIDR blocks and IP "
+                    "addresses only"
+                ) from None
+            raise UnsupportedRule(
+                f"{field}: domain entries ('{text}') are not supported yet; use CIDR blocks "
+                "or IP addresses"
+            ) from None
+        raise InvalidRules(
+            f"{field}: '{text}' is not a CIDR block, an IP address or a domain"
+        ) from None
+    return net if isinstance(net, IPv4Network) else None
+
+
+def parse_list(entries: Sequence[object] | None, field: str) -> tuple[str, ...]:
+    """Check one list and return it normalised (CIDR strings, in order, without duplicates).
+
+    IPv6 entries are kept in ``denyOut`` (trivially honoured: sandboxes have no IPv6 route)
+    and refused in ``allowOut``, which could not be honoured.
+    """
+    if entries is None:
+        return ()
+    if not isinstance(entries, list | tuple):
+        raise InvalidRules(f"{field} must be a list of strings")
+    if len(entries) > MAX_ENTRIES:
+        raise InvalidRules(f"{field} has {len(entries)} entries; at most {MAX_ENTRIES} allowed")
+    out: list[str] = []
+    for raw in entries:
+        net = _entry(raw, field)
+        if net is None:
+            if field == "allowOut":
+                raise UnsupportedRule(
+                    f"allowOut: IPv6 entries ('{raw}') are not supported: sandboxes have "
+                    "IPv4 egress only"
+                )
+            text = str(ipaddress.ip_network(str(raw).strip(), strict=False))
+        else:
+            text = str(net)
+        if text not in out:
+            out.append(text)
+    return tuple(out)
+
+
+def _collapse(nets: Iterable[IPv4Network]) -> tuple[IPv4Network, ...]:
+    return tuple(ipaddress.collapse_addresses(nets))
+
+
+def rules_for(
+    allow_out: Sequence[str], deny_out: Sequence[str], allow_internet: bool = True
+) -> EgressRules:
+    """The kernel's view of a policy: IPv4 only, overlaps merged."""
+    allow = [n for n in (_entry(e, "allowOut") for e in allow_out) if n is not None]
+    deny = [n for n in (_entry(e, "denyOut") for e in deny_out) if n is not None]
+    if not allow_internet:
+        deny.append(ALL_IPV4)
+    return EgressRules(_collapse(allow), _collapse(deny))
+
+
+def reaches(
+    rules: EgressRules,
+    address: str,
+    *,
+    internal: Sequence[IPv4Network] = INTERNAL_RANGES,
+    resolvers: Sequence[str] = (),
+    dns: bool = False,
+) -> bool:
+    """Whether a packet to ``address`` passes, in the firewall's order (module docstring)."""
+    ip = ipaddress.IPv4Address(address)
+    if any(ip in n for n in rules.allow):
+        return True
+    if any(ip in n for n in rules.deny):
+        return False
+    if dns and address in resolvers:
+        return True
+    return not any(ip in n for n in internal)

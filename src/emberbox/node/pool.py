@@ -1,0 +1,307 @@
+"""The warm pool: sandboxes started ahead of demand, waiting for a create to claim them.
+
+A pooled sandbox is a plain sandbox of one template and machine size whose envd is healthy
+and whose template is ready, but which has had no ``/init``: no access token, no caller's env
+vars, nobody's data. A create claims one (the control plane then names the sandbox by the
+pooled id) and the node's handshake gives it its identity, so a create costs one ``/init``
+instead of a restore. A pooled sandbox serves exactly one claim; the pool refills in the
+background, one start at a time and only once claims pause for half a second, so refilling
+never competes with callers for more than one core, nor with a burst of creates at all.
+
+How many per template and size (:class:`PoolSettings`): a fixed number for every template and
+size that has been asked for since the node started, or (``auto``, the default) as many as
+were claimed or asked for in the last ten minutes, at most ``max_per_key``; never more than
+``max_total`` in all, and none started while the host has less than ``min_free_mb`` of memory
+available. A claim not followed by its create within ``hold_s`` is released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..runtimes.base import NetworkPolicy, RuntimeSandbox, SandboxSpec
+from ..vocabulary import DEFAULT_PIDS_LIMIT
+
+log = logging.getLogger("emberbox.node.pool")
+
+DEMAND_WINDOW_S = 600.0  # ``auto`` sizes each key by the creates asked for in this window
+# A refill starts this long after the last claim: a burst of creates gets its first commands
+# done before a restore competes with them for the CPU.
+REFILL_AFTER_CLAIM_S = 0.5
+MEMINFO = Path("/proc/meminfo")
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    """``size``: None for ``auto``, else the fixed number kept per template and size (0: off)."""
+
+    size: int | None = None
+    max_per_key: int = 4
+    max_total: int = 20
+    min_free_mb: int = 1024
+    hold_s: float = 60.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> PoolSettings:
+        """``EMBERBOX_WARM_POOL``: ``auto`` (default), ``0`` (off) or a number per template;
+        ``EMBERBOX_WARM_POOL_MAX`` bounds the whole pool, ``EMBERBOX_WARM_POOL_MIN_FREE_MB``
+        the host memory a refill leaves free."""
+        raw = (env.get("EMBERBOX_WARM_POOL") or "auto").strip().lower()
+        if raw == "auto":
+            size = None
+        elif raw in ("off", "false"):
+            size = 0
+        else:
+            try:
+                size = int(raw)
+            except ValueError:
+                raise ValueError(
+                    f"EMBERBOX_WARM_POOL={raw!r}: expected 'auto', 'off' or a number"
+                ) from None
+            if size < 0:
+                raise ValueError(f"EMBERBOX_WARM_POOL={raw!r} must not be negative")
+        max_total = int(env.get("EMBERBOX_WARM_POOL_MAX") or max(cls.max_total, size or 0))
+        min_free = int(env.get("EMBERBOX_WARM_POOL_MIN_FREE_MB") or cls.min_free_mb)
+        return cls(size=size, max_total=max_total, min_free_mb=min_free)
+
+    @property
+    def enabled(self) -> bool:
+        return self.size != 0 and self.max_total > 0
+
+
+@dataclass(frozen=True)
+class PoolKey:
+    """What makes pooled sandboxes interchangeable: the template and the machine size."""
+
+    template_id: str
+    cpu_count: int
+    memory_mb: int
+    disk_mb: int
+
+    @classmethod
+    def of(cls, spec: SandboxSpec) -> PoolKey | None:
+        """None for a spec a pooled sandbox cannot serve: a restore from a snapshot, or
+        anything but the default network (a policy is set up as the sandbox starts)."""
+        if (
+            spec.snapshot is not None
+            or spec.network != NetworkPolicy()
+            or spec.pids_limit != DEFAULT_PIDS_LIMIT
+        ):
+            return None
+        return cls(spec.template_id, spec.cpu_count, spec.memory_mb, spec.disk_mb)
+
+    def spec(self, sandbox_id: str) -> SandboxSpec:
+        return SandboxSpec(
+            sandbox_id=sandbox_id,
+            template_id=self.template_id,
+            cpu_count=self.cpu_count,
+            memory_mb=self.memory_mb,
+            disk_mb=self.disk_mb,
+        )
+
+
+@dataclass(frozen=True)
+class PoolStatus:
+    key: PoolKey
+    ready: int
+    target: int
+
+
+@dataclass
+class _Held:
+    sandbox: RuntimeSandbox
+    key: PoolKey
+    claimed_at: float = 0.0
+
+
+Start = Callable[[PoolKey], Awaitable[RuntimeSandbox]]
+Release = Callable[[str], Awaitable[None]]
+
+
+def host_free_mb() -> int:
+    """``MemAvailable``: what the host can still give without swapping or reclaiming hard."""
+    try:
+        for line in MEMINFO.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+@dataclass
+class WarmPool:
+    """**Parameters:** settings - sizes and bounds; start - starts one pooled sandbox of a key
+    (the node's orchestrator: record, runtime, envd healthy, template ready); release - frees
+    one by id (the orchestrator's kill)."""
+
+    settings: PoolSettings
+    start: Start
+    release: Release
+    free_mb: Callable[[], int] = host_free_mb
+    _ready: dict[PoolKey, collections.deque[_Held]] = field(default_factory=dict)
+    _claimed: dict[str, _Held] = field(default_factory=dict)
+    _demand: dict[PoolKey, collections.deque[float]] = field(default_factory=dict)
+    _filling: asyncio.Task[None] | None = None
+    _refill_timer: asyncio.TimerHandle | None = None
+    _failures: int = 0
+    _closed: bool = False
+
+    # -- claims ----------------------------------------------------------------------------
+
+    def claim(self, spec: SandboxSpec) -> str | None:
+        """Reserve a ready sandbox fitting ``spec`` for its create; note the demand either way."""
+        key = PoolKey.of(spec)
+        if key is None or not self.settings.enabled or self._closed:
+            return None
+        self._demand.setdefault(key, collections.deque()).append(time.monotonic())
+        ready = self._ready.get(key)
+        held = ready.popleft() if ready else None
+        if held is not None:
+            held.claimed_at = time.monotonic()
+            self._claimed[held.sandbox.sandbox_id] = held
+        if self._refill_timer is not None:
+            self._refill_timer.cancel()
+        self._refill_timer = asyncio.get_running_loop().call_later(
+            REFILL_AFTER_CLAIM_S, self.refill
+        )
+        return held.sandbox.sandbox_id if held is not None else None
+
+    def take(self, sandbox_id: str, spec: SandboxSpec) -> RuntimeSandbox | None:
+        """The claimed sandbox a create names, now the caller's; None if it was never claimed
+        (or its claim expired). A spec that does not fit the claimed key is refused."""
+        held = self._claimed.pop(sandbox_id, None)
+        if held is None:
+            return None
+        if PoolKey.of(spec) != held.key:
+            self._claimed[sandbox_id] = held  # released by tidy() like any unused claim
+            raise ValueError(f"sandbox {sandbox_id} was claimed for another template or size")
+        return held.sandbox
+
+    def holds(self, sandbox_id: str) -> bool:
+        return sandbox_id in self._claimed or any(
+            h.sandbox.sandbox_id == sandbox_id for q in self._ready.values() for h in q
+        )
+
+    def forget(self, sandbox_id: str) -> None:
+        """A pooled sandbox is gone (it died, or the node released it): never hand it out."""
+        self._claimed.pop(sandbox_id, None)
+        for queue in self._ready.values():
+            for held in list(queue):
+                if held.sandbox.sandbox_id == sandbox_id:
+                    queue.remove(held)
+
+    # -- sizing ----------------------------------------------------------------------------
+
+    def target(self, key: PoolKey, now: float | None = None) -> int:
+        if not self.settings.enabled:
+            return 0
+        if self.settings.size is not None:
+            return self.settings.size if key in self._demand else 0
+        asked = self._demand.get(key)
+        if not asked:
+            return 0
+        horizon = (now or time.monotonic()) - DEMAND_WINDOW_S
+        while asked and asked[0] < horizon:
+            asked.popleft()
+        return min(self.settings.max_per_key, len(asked))
+
+    def status(self) -> list[PoolStatus]:
+        keys = set(self._ready) | set(self._demand)
+        return [
+            PoolStatus(k, len(self._ready.get(k, ())), self.target(k))
+            for k in sorted(keys, key=lambda k: (k.template_id, k.cpu_count, k.memory_mb))
+        ]
+
+    def _total(self) -> int:
+        return sum(len(q) for q in self._ready.values())
+
+    def _wanted(self) -> PoolKey | None:
+        """The key furthest below its target, if the pool may grow at all."""
+        if self._closed or self._total() >= self.settings.max_total:
+            return None
+        gaps = [(self.target(k) - len(self._ready.get(k, ())), k) for k in list(self._demand)]
+        gaps = [(gap, k) for gap, k in gaps if gap > 0]
+        if not gaps:
+            return None
+        return max(gaps, key=lambda g: g[0])[1]
+
+    # -- refill and tidy -------------------------------------------------------------------
+
+    def refill(self) -> None:
+        """Start the background filler unless it runs (one start at a time, for every key)."""
+        if self._filling is None or self._filling.done():
+            self._filling = asyncio.create_task(self._fill(), name="warm-pool-fill")
+
+    async def _fill(self) -> None:
+        while (key := self._wanted()) is not None:
+            free = self.free_mb()
+            if free < self.settings.min_free_mb:
+                log.info("warm pool: not refilling, the host has %d MiB free", free)
+                return
+            try:
+                sandbox = await self.start(key)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._failures += 1
+                log.warning("warm pool: starting a %s sandbox failed: %s", key.template_id, exc)
+                if self._failures >= 3:  # a broken template: wait for the next claim or tidy
+                    return
+                await asyncio.sleep(0.5 * self._failures)
+                continue
+            self._failures = 0
+            if self._closed:
+                await self.release(sandbox.sandbox_id)
+                return
+            self._ready.setdefault(key, collections.deque()).append(_Held(sandbox, key))
+
+    async def tidy(self) -> None:
+        """Release expired claims and sandboxes beyond their key's target; resume refilling."""
+        now = time.monotonic()
+        expired = [i for i, h in self._claimed.items() if now - h.claimed_at > self.settings.hold_s]
+        surplus: list[str] = []
+        for key, queue in self._ready.items():
+            while len(queue) > self.target(key, now):
+                surplus.append(queue.pop().sandbox.sandbox_id)
+        for sandbox_id in expired + surplus:
+            self._claimed.pop(sandbox_id, None)
+            with contextlib.suppress(Exception):
+                await self.release(sandbox_id)
+        self._failures = 0
+        if self._wanted() is not None:
+            self.refill()
+
+    async def close(self) -> None:
+        """Stop filling and release every pooled sandbox (nobody else owns them)."""
+        self._closed = True
+        if self._refill_timer is not None:
+            self._refill_timer.cancel()
+        if self._filling is not None:
+            self._filling.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._filling
+        ids = [h.sandbox.sandbox_id for q in self._ready.values() for h in q] + list(self._claimed)
+        self._ready.clear()
+        self._claimed.clear()
+        for sandbox_id in ids:
+            with contextlib.suppress(Exception):
+                await self.release(sandbox_id)
+
+    async def wait_full(self, timeout_s: float) -> None:
+        """Until every key is at its target or the filler gave up (tests, benchmarks)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._wanted() is None or self._filling is None or self._filling.done():
+                if self._wanted() is None:
+                    return
+                self.refill()
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"the warm pool did not fill within {timeout_s:.0f}s")
