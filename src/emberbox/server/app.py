@@ -63,6 +63,7 @@ def banner(settings: Settings, key: str | None, runtime: str, isolated: bool) ->
         "Point the E2B SDKs here:",
         f"  export E2B_API_URL={api}",
         f"  export E2B_SANDBOX_URL={proxy}",
+        f"  export E2B_VOLUME_API_URL={api}  # volume contents (Volume.read_file, ...)",
         f"  export E2B_API_KEY={key or '<your key; create one with: emberbox keys create>'}",
     ]
     return "\n".join(lines)
@@ -86,8 +87,9 @@ async def serve(settings: Settings) -> None:
     first_key = None
     if await count_keys(ctx.sessions) == 0:
         first_key = (await create_key(ctx.sessions, "default", "first start")).key
-    api = create_api_app(settings, ctx.service, ctx.authenticate)
-    proxy = SandboxProxy(ctx.resolver)
+    api = create_api_app(settings, ctx.service, ctx.authenticate, ctx.templates, ctx.volumes)
+    proxy = SandboxProxy(ctx.resolver, wake=ctx.service.wake)
+    ctx.service.quiesce = proxy.close_connections
     drain = Drain()
     servers = [
         _Server(_config(drain.wrap(api), settings.host, settings.api_port)),

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..node.pool import PoolSettings
+
 
 def _node_memory_mb() -> int:
     """Total RAM of this machine, from /proc/meminfo (the scheduler's default capacity)."""
@@ -38,6 +40,21 @@ class Limits:
     bad_key_rate_per_s: float = 2.0  # per client address, for requests without a valid key
     bad_key_burst: int = 60
     max_body_bytes: int = 1 << 20
+    max_snapshot_bytes: int = 50 << 30  # disk all of one team's snapshots may take (0: any)
+    max_volumes: int = 20  # volumes per team
+    volume_mb: int = 1024  # each volume's size (a sparse filesystem: blocks used when written)
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """Template builds through the API: how many run at once, how many may wait, each step
+    sandbox's vCPUs (so builds cannot starve running sandboxes), and the largest upload."""
+
+    max_concurrent: int = 1
+    max_queued: int = 8
+    cpu_count: int = 1
+    max_upload_bytes: int = 4 << 30
+    insecure_registries: tuple[str, ...] = ()  # host[:port]s pulled from over plain HTTP
 
 
 @dataclass(frozen=True)
@@ -68,6 +85,8 @@ class Settings:
     * envd_command - the envd the process runtime starts (``EMBERBOX_LOCAL_ENVD_COMMAND``).
     * templates - JSON sizes per template (``EMBERBOX_TEMPLATES``).
     * runsc - the runsc binary (``EMBERBOX_RUNSC``); default: the one on PATH.
+    * template_snapshots - gVisor creates restore a snapshot of their template taken once
+      (``EMBERBOX_TEMPLATE_SNAPSHOTS``, default on; ``0`` boots every sandbox).
     """
 
     data_dir: Path = Path("/var/lib/emberbox")
@@ -84,12 +103,15 @@ class Settings:
     envd_command: tuple[str, ...] = ()
     templates: str = ""
     runsc: str = ""
+    template_snapshots: bool = True
     reap_interval_s: float = 0.2
     shutdown_grace_s: float = 10.0
     reconcile_interval_s: float = 2.0
     dead_check_interval_s: float = 2.0
+    warm_pool: PoolSettings = field(default_factory=PoolSettings)
     limits: Limits = field(default_factory=Limits)
     capacity: Capacity = field(default_factory=Capacity)
+    builds: BuildSettings = field(default_factory=BuildSettings)
 
     @property
     def resolved_runtime(self) -> str:
@@ -129,6 +151,9 @@ class Settings:
             bad_key_rate_per_s=num("EMBERBOX_BAD_KEY_RATE_PER_S", 2.0),
             bad_key_burst=whole("EMBERBOX_BAD_KEY_BURST", 60),
             max_body_bytes=whole("EMBERBOX_MAX_BODY_BYTES", 1 << 20),
+            max_snapshot_bytes=whole("EMBERBOX_MAX_SNAPSHOT_BYTES_PER_TEAM", 50 << 30),
+            max_volumes=whole("EMBERBOX_MAX_VOLUMES_PER_TEAM", 20),
+            volume_mb=whole("EMBERBOX_VOLUME_SIZE_MB", 1024),
         )
         default_cap = Capacity()
         capacity = Capacity(
@@ -152,12 +177,23 @@ class Settings:
             envd_command=tuple(shlex.split(e.get("EMBERBOX_LOCAL_ENVD_COMMAND", ""))),
             templates=e.get("EMBERBOX_TEMPLATES", ""),
             runsc=e.get("EMBERBOX_RUNSC", ""),
+            template_snapshots=e.get("EMBERBOX_TEMPLATE_SNAPSHOTS", "1") not in ("0", "false"),
             reap_interval_s=num("EMBERBOX_REAP_INTERVAL_S", 0.2),
             shutdown_grace_s=num("EMBERBOX_SHUTDOWN_GRACE_S", 10.0),
             reconcile_interval_s=num("EMBERBOX_RECONCILE_INTERVAL_S", 2.0),
             dead_check_interval_s=num("EMBERBOX_DEAD_CHECK_INTERVAL_S", 2.0),
+            warm_pool=PoolSettings.from_env(e),
             limits=limits,
             capacity=capacity,
+            builds=BuildSettings(
+                max_concurrent=whole("EMBERBOX_MAX_CONCURRENT_BUILDS", 1),
+                max_queued=whole("EMBERBOX_MAX_QUEUED_BUILDS", 8),
+                cpu_count=whole("EMBERBOX_BUILD_CPUS", 1),
+                max_upload_bytes=whole("EMBERBOX_MAX_UPLOAD_BYTES", 4 << 30),
+                insecure_registries=tuple(
+                    h for h in e.get("EMBERBOX_INSECURE_REGISTRIES", "").split(",") if h
+                ),
+            ),
         )
 
 

@@ -11,6 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from ..node.client import EmbeddedNode, NodeClient, RemoteNode
 from ..runtimes import select_runtime
 from .auth.store import Principal, authenticate
+from .builds.open import open_template_service
+from .builds.service import BuiltinTemplates, TemplateService
 from .config import Settings
 from .db.engine import make_engine, make_sessionmaker, migrate
 from .instance_lock import InstanceLock
@@ -19,6 +21,8 @@ from .lifecycle.service import NodeFacts, SandboxService
 from .lifecycle.templates import StaticTemplates, StoreTemplates, TemplateCatalog
 from .limits.scheduler import ResourceScheduler
 from .proxy.resolver import SandboxResolver
+from .volumes.open import open_volume_service
+from .volumes.service import VolumeService
 
 log = logging.getLogger("emberbox.server")
 
@@ -30,12 +34,17 @@ def make_node(settings: Settings) -> tuple[NodeClient, list[InstanceLock]]:
         return RemoteNode(settings.node_url, settings.node_token), []
     lock = InstanceLock(settings.data_dir, "node").acquire()
     runtime = select_runtime(
-        settings.runtime, settings.data_dir, settings.envd_command or None, settings.runsc
+        settings.runtime,
+        settings.data_dir,
+        settings.envd_command or None,
+        settings.runsc,
+        settings.template_snapshots,
     )
     node = EmbeddedNode(
         runtime,
         settings.data_dir / "node",
         dead_check_every_s=settings.dead_check_interval_s,
+        pool=settings.warm_pool,
     )
     return node, [lock]
 
@@ -50,6 +59,8 @@ class ServerContext:
     resolver: SandboxResolver
     reaper: Reaper
     locks: list[InstanceLock]
+    templates: TemplateService
+    volumes: VolumeService
 
     @classmethod
     async def open(cls, settings: Settings) -> ServerContext:
@@ -73,9 +84,13 @@ class ServerContext:
         # Templates live beside the node's runtime: this server can read them only when the
         # node is its own; a remote node is asked at create (404 when it lacks the template).
         local_store = info.capabilities.isolation and not settings.node_url
-        templates: TemplateCatalog = (
+        templates: TemplateCatalog = BuiltinTemplates(
             StoreTemplates(settings.data_dir, static) if local_store else static
         )
+        team_templates = open_template_service(settings, sessions, node, templates)
+        await team_templates.recover()
+        volumes = open_volume_service(settings, sessions, node)
+        await volumes.open()
         service = SandboxService(
             sessions,
             node,
@@ -84,6 +99,8 @@ class ServerContext:
             settings.limits,
             ResourceScheduler(settings.capacity),
             on_gone=resolver.forget,
+            team_templates=team_templates.resolve,
+            volumes=volumes,
         )
         reaper = Reaper(
             service,
@@ -91,14 +108,17 @@ class ServerContext:
             reconcile_every_s=settings.reconcile_interval_s,
         )
         await reaper.recover()
-        return cls(settings, engine, sessions, node, service, resolver, reaper, locks)
+        return cls(settings, engine, sessions, node, service, resolver, reaper, locks,
+                   team_templates, volumes)  # fmt: skip
 
     async def authenticate(self, key: str) -> Principal | None:
         return await authenticate(self.sessions, key)
 
     async def close(self) -> None:
+        await self.templates.close()
         await self.reaper.stop()
         await self.node.close()
+        await self.volumes.close()
         await self.engine.dispose()
         for lock in self.locks:
             with contextlib.suppress(OSError):

@@ -123,6 +123,7 @@ class ServerProcess:
             EMBERBOX_PROXY_PORT=str(self.proxy_port),
             EMBERBOX_DATABASE_URL=self.database_url,
             EMBERBOX_BACKEND="local",  # tests opt in to gVisor explicitly via env
+            EMBERBOX_WARM_POOL="0",  # and to the warm pool: its sandboxes would be noise
             PYTHONUNBUFFERED="1",
         )
         env.update(self.extra_env)
@@ -134,6 +135,7 @@ class ServerProcess:
             "E2B_API_URL": self.api_url,
             "E2B_SANDBOX_URL": self.sandbox_url,
             "E2B_API_KEY": key,
+            "E2B_VOLUME_API_URL": self.api_url,  # the volume content API is ours too
         }
 
     def start(self, timeout_s: float = 30.0) -> None:
@@ -210,6 +212,7 @@ class NodeProcess:
         env.update(
             EMBERBOX_DATA_DIR=str(self.data_dir),
             EMBERBOX_RUNTIME=self.runtime,
+            EMBERBOX_WARM_POOL="0",
             EMBERBOX_NODE_PORT=str(self.port),
             EMBERBOX_NODE_TOKEN=self.token,
             PYTHONUNBUFFERED="1",

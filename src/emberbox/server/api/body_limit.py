@@ -12,14 +12,30 @@ from ..wire_errors import send_json_error
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        exempt_prefixes: tuple[str, ...] = (),
+        exempt_puts: tuple[str, ...] = (),
+    ) -> None:
         if max_bytes < 1:
             raise ValueError("max_bytes must be positive")
         self.app = app
         self.max_bytes = max_bytes
+        self.exempt_prefixes = exempt_prefixes  # paths that stream to disk under their own limit
+        self.exempt_puts = exempt_puts  # the same, for PUTs only (their other methods take JSON)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if (
+            scope["type"] != "http"
+            or (self.exempt_prefixes and scope["path"].startswith(self.exempt_prefixes))
+            or (
+                self.exempt_puts
+                and scope["method"] == "PUT"
+                and scope["path"].startswith(self.exempt_puts)
+            )
+        ):
             await self.app(scope, receive, send)
             return
         for name, value in scope["headers"]:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from ..._proto.node import node_pb2 as pb
 from ..db.models import Sandbox as Row
-from ..lifecycle.states import State, public_state
-from .models import ListedSandbox, Sandbox, SandboxDetail, SandboxMetric
+from ..lifecycle.network import Egress
+from ..lifecycle.states import HOLDS_SAVED_MEMORY, State, public_state
+from .models import Lifecycle, ListedSandbox, Sandbox, SandboxDetail, SandboxMetric
 
 CLIENT_ID = "emberbox"
 
@@ -20,6 +22,7 @@ def to_sandbox(row: Row, domain: str | None) -> Sandbox:
         envdVersion=row.envd_version,
         alias=row.alias,
         envdAccessToken=row.envd_access_token,
+        trafficAccessToken=row.traffic_access_token,
         domain=domain,
     )
 
@@ -38,6 +41,11 @@ def to_listed(row: Row) -> ListedSandbox:
         diskSizeMB=row.disk_mb,
         state=public_state(State(row.state)),
         metadata=row.metadata_dict,
+        pausedBytes=row.paused_bytes if State(row.state) in HOLDS_SAVED_MEMORY else None,
+        volumeMounts=[
+            {"name": m.volume.name, "path": m.path} for m in row.volume_mounts if m.volume
+        ]
+        or None,
     )
 
 
@@ -47,6 +55,11 @@ def to_detail(row: Row, domain: str | None) -> SandboxDetail:
         envdAccessToken=row.envd_access_token,
         domain=domain,
         allowInternetAccess=row.allow_internet,
+        network=network_config(row),
+        lifecycle=Lifecycle(
+            autoResume=bool(row.auto_resume),
+            onTimeout="pause" if row.on_timeout == "pause" else "kill",
+        ),
     )
 
 
@@ -62,3 +75,16 @@ def to_metric(stats: pb.StatsResponse, now: dt.datetime) -> SandboxMetric:
         diskUsed=stats.disk_used,
         diskTotal=stats.disk_total,
     )
+
+
+def network_config(row: Row) -> dict[str, Any] | None:
+    """What is in force, as E2B's ``SandboxNetworkConfig``; None with no rules at all."""
+    egress = Egress.of(row)
+    out: dict[str, Any] = {}
+    if egress.allow_out:
+        out["allowOut"] = list(egress.allow_out)
+    if egress.deny_out:
+        out["denyOut"] = list(egress.deny_out)
+    if row.traffic_access_token is not None:
+        out["allowPublicTraffic"] = False
+    return out or None

@@ -61,6 +61,23 @@ class SandboxNetworkConfig(TypedDict, total=False):
 NetworkConfig = Annotated[dict[str, Any], GetPydanticSchema(lambda _, h: h(SandboxNetworkConfig))]
 
 
+@with_config(ConfigDict(extra="allow"))  # unknown options reach the route, which refuses them
+class SandboxNetworkUpdateConfig(TypedDict, total=False):
+    """``PUT /sandboxes/{id}/network``: replaces the rules; an omitted field is cleared."""
+
+    allowOut: list[str]
+    denyOut: list[str]
+    dnsServers: list[str]
+    egressProxy: dict[str, Any] | None
+    rules: dict[str, list[dict[str, Any]]]
+    allow_internet_access: bool
+
+
+NetworkUpdate = Annotated[
+    dict[str, Any], GetPydanticSchema(lambda _, h: h(SandboxNetworkUpdateConfig))
+]
+
+
 class SandboxIamToken(TypedDict):
     audience: str
     tokenType: str
@@ -152,6 +169,11 @@ class ListedSandbox(BaseModel):
     diskSizeMB: int
     state: Literal["running", "paused"]
     metadata: dict[str, str] = Field(default_factory=dict)
+    # Our extension: disk a paused sandbox's saved memory takes (counted in the snapshot quota).
+    pausedBytes: Annotated[int | None, Field(exclude_if=lambda v: v is None)] = None
+    volumeMounts: Annotated[
+        list[SandboxVolumeMount] | None, Field(exclude_if=lambda v: v is None)
+    ] = None
 
 
 class Lifecycle(BaseModel):
@@ -163,6 +185,8 @@ class SandboxDetail(ListedSandbox):
     envdAccessToken: OmittedIfNone = None
     domain: str | None = None
     allowInternetAccess: bool | None = None
+    # ``SandboxNetworkConfig`` of what is in force (allowOut, denyOut, allowPublicTraffic).
+    network: Annotated[dict[str, Any] | None, Field(exclude_if=lambda v: v is None)] = None
     lifecycle: Lifecycle = Field(default_factory=Lifecycle)
 
 
@@ -199,3 +223,41 @@ class SandboxLogs(BaseModel):
 
     logs: list[SandboxLog]
     logEntries: list[SandboxLogEntry]
+
+
+class SnapshotRequest(_In):
+    """``POST /sandboxes/{id}/snapshots`` (E2B's ``SandboxSnapshotRequest``)."""
+
+    name: str | None = Field(default=None, max_length=200)
+    memory: bool | None = None
+
+
+class SnapshotInfo(BaseModel):
+    """E2B's ``SnapshotInfo`` plus our extensions (``sandboxID``, ``sizeBytes``, ``createdAt``),
+    which the SDKs keep as additional properties."""
+
+    snapshotID: str
+    names: list[str]
+    sandboxID: str
+    sizeBytes: int = Field(description="Disk the snapshot takes on its node.")
+    createdAt: dt.datetime
+
+
+class ForkRequest(_In):
+    """``POST /sandboxes/{id}/fork`` (E2B's ``SandboxForkRequest``)."""
+
+    timeout: int | None = Field(default=None, description="Seconds the forks live; default 15.")
+    count: int | None = Field(default=None, description="How many forks (1-100); default 1.")
+
+
+class ForkResult(BaseModel):
+    """One fork: the sandbox, or why it could not start (E2B's ``SandboxForkResult``)."""
+
+    sandbox: Sandbox | None = Field(default=None, exclude_if=lambda v: v is None)
+    error: Error | None = Field(default=None, exclude_if=lambda v: v is None)
+
+
+class RollbackRequest(_In):
+    """``POST /sandboxes/{id}/rollback`` (our extension): one of this sandbox's snapshots."""
+
+    snapshotID: str = Field(min_length=1, max_length=220)

@@ -30,6 +30,7 @@ from .models import (
     SandboxMetric,
     TimeoutRequest,
 )
+from .network import create_options
 from .query import parse_metadata, parse_order, parse_states, parse_time
 
 MAX_PAGE = 100
@@ -53,15 +54,6 @@ def _domain(request: Request) -> str | None:
 IDEMPOTENCY_KEY = re.compile(r"^[a-z0-9-]{1,255}$")
 
 
-def _unsupported_network(network: dict[str, Any]) -> list[str]:
-    """Network options set to anything but "no restriction"; we refuse rather than ignore them."""
-    return sorted(
-        name
-        for name, value in network.items()
-        if value not in (None, [], {}, "") and not (name == "allowPublicTraffic" and value is True)
-    )
-
-
 async def _create(
     request: Request, who: Caller, svc: Service, body: NewSandboxV2, default_timeout: int
 ) -> Sandbox:
@@ -70,17 +62,17 @@ async def _create(
         raise ApiError(400, "Idempotency-Key must be 1-255 characters of [a-z0-9-]")
     if body.mcp is not None:
         raise ApiError(501, "MCP gateway sandboxes are not supported", should_retry=False)
-    if body.autoResume and body.autoResume.get("enabled"):
-        raise ApiError(501, "resuming on inbound traffic is not supported", should_retry=False)
-    if body.volumeMounts:
-        raise ApiError(501, "volume mounts are not supported", should_retry=False)
+    if body.autoPauseMemory is False:
+        if not body.autoPause:
+            raise ApiError(400, "autoPauseMemory applies only with autoPause: true")
+        raise ApiError(
+            501,
+            "a filesystem-only auto-pause (autoPauseMemory: false) is not supported yet",
+            should_retry=False,
+        )
     if body.iam and body.iam.get("tokens"):
         raise ApiError(501, "workload identity (iam tokens) is not supported", should_retry=False)
-    unsupported = _unsupported_network(body.network or {})
-    if unsupported:
-        raise ApiError(
-            501, f"network options not supported: {', '.join(unsupported)}", should_retry=False
-        )
+    network = create_options(body.network)
     req = CreateRequest(
         template=body.templateID,
         timeout_s=default_timeout if body.timeout is None else body.timeout,
@@ -88,7 +80,12 @@ async def _create(
         env_vars=body.envVars or {},
         allow_internet=body.allow_internet_access is not False,
         auto_pause=bool(body.autoPause),
+        auto_resume=bool(body.autoResume and body.autoResume.get("enabled")),
         idempotency_key=key,
+        allow_out=network.allow_out,
+        deny_out=network.deny_out,
+        allow_public_traffic=network.allow_public_traffic,
+        volume_mounts=[{"name": m["name"], "path": m["path"]} for m in body.volumeMounts or ()],
     )
     row = await svc.create(who, req)
     return to_sandbox(row, _domain(request))
@@ -161,10 +158,12 @@ async def resume_legacy(
 ) -> Sandbox:
     opts = body or ResumedSandbox()
     if opts.autoPause:
-        raise ApiError(501, "autoPause on resume is not supported yet", should_retry=False)
+        svc.check_can_pause("autoPause")
     row = await svc.get(who, sandbox_id)
     if row.state == "running":
         raise ApiError(409, f"sandbox '{sandbox_id}' is already running")
+    if opts.autoPause is not None:  # what the resumed sandbox's end time does
+        await svc.set_on_timeout(who, sandbox_id, "pause" if opts.autoPause else "kill")
     row, _ = await svc.connect(who, sandbox_id, opts.timeout, opts.memory is not False)
     return to_sandbox(row, _domain(request))
 

@@ -15,14 +15,20 @@ router = APIRouter()
 
 # (method, path, what it is, which work brings it)
 _MISSING = [
-    ("POST", "/sandboxes/{sandbox_id}/fork", "forking sandboxes", "stateful sandboxes"),
-    ("POST", "/sandboxes/{sandbox_id}/snapshots", "snapshots", "stateful sandboxes"),
-    ("GET", "/snapshots", "snapshots", "stateful sandboxes"),
-    ("PUT", "/sandboxes/{sandbox_id}/network", "changing a sandbox's network", "network policy"),
     ("POST", "/sandboxes/{sandbox_id}/refreshes", "refreshing sandboxes", "a later release"),
     ("GET", "/v2/sandboxes/{sandbox_id}/logs", "structured logs (v2)", "observability"),
     ("GET", "/sandboxes/metrics", "metrics of many sandboxes", "observability"),
-]
+    ("POST", "/templates/{template_id}/builds/{build_id}",
+     "the v1 build start (use POST /v2/templates/{templateID}/builds/{buildID})", "none"),
+    ("GET", "/templates/{template_id}/tags/count", "counting tags", "a later release"),
+    ("GET", "/templates/{template_id}/tags/exists", "tag lookups", "a later release"),
+    ("GET", "/templates/{template_id}/tags/groups", "tag groups", "a later release"),
+    ("GET", "/templates/{template_id}/tags/{tag}/assignments", "tag history", "a later release"),
+    ("GET", "/default-templates", "default templates", "a later release"),
+    *[(m, path, "secrets (egress credential brokering)", "the egress gateway")
+      for m, path in (("GET", "/secrets"), ("POST", "/secrets"), ("GET", "/secrets/{secret_id}"),
+                      ("POST", "/secrets/{secret_id}"), ("DELETE", "/secrets/{secret_id}"))],
+]  # fmt: skip
 
 
 def _refuser(what: str, later: str) -> Callable[[], Awaitable[None]]:

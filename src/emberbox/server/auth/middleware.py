@@ -32,15 +32,21 @@ class ApiKeyMiddleware:
         authenticate: Authenticator,
         failures: TokenBuckets,
         cache_ttl_s: float = 5.0,
+        public_prefixes: tuple[str, ...] = (),
     ) -> None:
         self.app = app
+        self.public_prefixes = public_prefixes  # paths that check their own signed tokens
         self.authenticate = authenticate
         self.failures = failures
         self.cache_ttl_s = cache_ttl_s
         self._cache: dict[str, tuple[Principal, float]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+        if (
+            scope["type"] != "http"
+            or scope["path"] in PUBLIC_PATHS
+            or scope["path"].startswith(self.public_prefixes or ("\0",))
+        ):
             await self.app(scope, receive, send)
             return
         key = Headers(scope=scope).get("x-api-key", "")

@@ -6,6 +6,7 @@ import datetime as dt
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     DateTime,
     Dialect,
@@ -15,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -97,6 +99,17 @@ class Sandbox(Base):
     node_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     allow_internet: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    # Egress rules as given (``{"allowOut": [...], "denyOut": [...]}`` JSON); None: no rules.
+    egress: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Set when its ports answer only requests carrying it (``allowPublicTraffic: false``).
+    traffic_access_token: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # What its end time does ("kill" or "pause") and whether traffic through the proxy wakes it
+    # when paused (E2B's lifecycle); timeout_s is the lifetime an auto-resume gives it again.
+    on_timeout: Mapped[str] = mapped_column(String(8), default="kill", server_default="kill")
+    auto_resume: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    timeout_s: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Disk its saved memory takes while paused (0 otherwise): shown, and under the snapshot quota.
+    paused_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     # Cleared when the sandbox ends, so a key protects against duplicates only while it lives.
     idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
     started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -107,6 +120,7 @@ class Sandbox(Base):
     metadata_items: Mapped[list[SandboxMetadata]] = relationship(
         cascade="all, delete-orphan", lazy="selectin"
     )
+    volume_mounts: Mapped[list[SandboxVolume]] = relationship(lazy="selectin", viewonly=True)
 
     @property
     def metadata_dict(self) -> dict[str, str]:
@@ -126,3 +140,62 @@ class SandboxMetadata(Base):
     sandbox_id: Mapped[str] = mapped_column(ForeignKey("sandboxes.id", ondelete="CASCADE"))
     key: Mapped[str] = mapped_column(String(256))
     value: Mapped[str] = mapped_column(Text)
+
+
+class Snapshot(Base):
+    """A sandbox's memory and files saved on its node; sandboxes start from it (create, fork)
+    and its source can be rolled back to it. It outlives its source sandbox."""
+
+    __tablename__ = "snapshots"
+    __table_args__ = (Index("ix_snapshots_team_created", "team_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(48), primary_key=True)
+    team_id: Mapped[str] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
+    # Set by the user; a newer snapshot with the same name takes it over (E2B's rule).
+    name: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
+    source_sandbox_id: Mapped[str] = mapped_column(String(32), index=True)
+    template_id: Mapped[str] = mapped_column(String(200))
+    alias: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    cpu_count: Mapped[int] = mapped_column(Integer)
+    memory_mb: Mapped[int] = mapped_column(Integer)
+    disk_mb: Mapped[int] = mapped_column(Integer)
+    allow_internet: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Where it lives: the node that took it, the runtime, and the path on that node.
+    node_id: Mapped[str] = mapped_column(String(200))
+    runtime: Mapped[str] = mapped_column(String(32))
+    path: Mapped[str] = mapped_column(String(500))
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    # envd's token inside the saved memory; a sandbox started from it needs it to take its own.
+    envd_access_token: Mapped[str] = mapped_column(String(128))
+    # Taken for a fork rather than by the user: not listed, deleted with its last fork.
+    internal: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Volume(Base):
+    """A team's persistent directory: a size-capped filesystem on the node (``server/volumes``)
+    that sandboxes mount read-write and the content API reads and writes with its token."""
+
+    __tablename__ = "volumes"
+    __table_args__ = (UniqueConstraint("team_id", "name", name="uq_volumes_team_name"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    team_id: Mapped[str] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(128))
+    # Bearer token of the content API (E2B's VolumeAndToken.token).
+    token: Mapped[str] = mapped_column(String(128))
+    size_mb: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class SandboxVolume(Base):
+    """A volume a sandbox mounts, and where: a volume some live sandbox mounts is not deleted."""
+
+    __tablename__ = "sandbox_volumes"
+    __table_args__ = (Index("ix_sandbox_volumes_volume", "volume_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sandbox_id: Mapped[str] = mapped_column(ForeignKey("sandboxes.id", ondelete="CASCADE"))
+    volume_id: Mapped[str] = mapped_column(ForeignKey("volumes.id", ondelete="CASCADE"))
+    path: Mapped[str] = mapped_column(String(1024))
+    volume: Mapped[Volume | None] = relationship(lazy="selectin", viewonly=True)

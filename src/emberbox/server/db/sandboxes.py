@@ -13,7 +13,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, and_, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..lifecycle.states import State, check_transition
+from ..lifecycle.states import HOLDS_SAVED_MEMORY, State, check_transition
 from .models import Sandbox, SandboxMetadata, utcnow
 
 
@@ -80,6 +80,17 @@ async def update_fields(
     return bool(cast(CursorResult[Any], result).rowcount)
 
 
+async def paused_bytes_used(s: AsyncSession, team_id: str) -> int:
+    """Disk the team's paused sandboxes' saved memory takes on their nodes."""
+    total = await s.scalar(
+        select(func.coalesce(func.sum(Sandbox.paused_bytes), 0)).where(
+            Sandbox.team_id == team_id,
+            Sandbox.state.in_([str(x) for x in HOLDS_SAVED_MEMORY]),
+        )
+    )
+    return int(total or 0)
+
+
 async def by_idempotency_key(s: AsyncSession, team_id: str, key: str) -> Sandbox | None:
     q = select(Sandbox).where(Sandbox.team_id == team_id, Sandbox.idempotency_key == key)
     return (await s.execute(q)).scalar_one_or_none()
@@ -110,6 +121,16 @@ async def ids_in_states(s: AsyncSession, states: Collection[State]) -> list[str]
 async def expired(s: AsyncSession, now: dt.datetime, states: Collection[State]) -> list[str]:
     q = select(Sandbox.id).where(Sandbox.state.in_([str(x) for x in states]), Sandbox.end_at <= now)
     return list((await s.execute(q)).scalars())
+
+
+async def expired_policies(
+    s: AsyncSession, now: dt.datetime, states: Collection[State]
+) -> list[tuple[str, str]]:
+    """(id, on_timeout) of sandboxes in ``states`` whose end time has passed."""
+    q = select(Sandbox.id, Sandbox.on_timeout).where(
+        Sandbox.state.in_([str(x) for x in states]), Sandbox.end_at <= now
+    )
+    return [(sid, policy) for sid, policy in (await s.execute(q)).all()]
 
 
 async def next_end_at(s: AsyncSession, states: Collection[State]) -> dt.datetime | None:

@@ -3,7 +3,9 @@ database with what the node holds.
 
 State lives only in the database, so after a restart the first tick ends whatever expired while
 the server was down, and sandboxes the node lost are recorded as crashed. Only running
-sandboxes have an end time that fires: a paused sandbox waits, whatever its old end time said.
+sandboxes have an end time that fires: a paused sandbox waits, whatever its old end time said,
+until it is killed or resumed (E2B keeps paused sandboxes too). A sandbox created with
+``autoPause`` is paused at its end time instead of killed (``SandboxService.pause_at_end``).
 End times and reconciliation run as two tasks, so a slow node listing never delays an end.
 """
 
@@ -119,9 +121,13 @@ class Reaper:
 
     async def tick(self) -> None:
         async with self.service.sessions() as s:
-            due = await q.expired(s, utcnow(), _ENDS_ON_TIME)
-        for sid in due:
-            if sid not in self._ending:
+            due = await q.expired_policies(s, utcnow(), _ENDS_ON_TIME)
+        for sid, on_timeout in due:
+            if sid in self._ending:
+                continue
+            if on_timeout == "pause":
+                self._spawn(sid, self.service.pause_at_end(sid))
+            else:
                 self._spawn(sid, self.service.end(sid, EndReason.TIMEOUT))
 
     def _spawn(self, sandbox_id: str, work: Coroutine[Any, Any, bool]) -> None:

@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -29,7 +30,9 @@ from ...vocabulary import new_sandbox_id
 from ..auth.store import Principal
 from ..config import Limits
 from ..db import sandboxes as q
-from ..db.models import Sandbox, SandboxMetadata, utcnow
+from ..db import snapshots as snaps
+from ..db import volumes as vols
+from ..db.models import Sandbox, SandboxMetadata, Snapshot, utcnow
 from ..limits.scheduler import ResourceScheduler, Usage
 from .errors import (
     Busy,
@@ -43,12 +46,18 @@ from .errors import (
     Unreachable,
     Unsupported,
 )
+from .network import egress_json
 from .states import COUNTS_TOWARD_QUOTA, HOLDS_RESOURCES, VISIBLE, EndReason, State
-from .templates import TemplateCatalog
+from .templates import TeamTemplates, TemplateCatalog, TemplateInfo
+
+if TYPE_CHECKING:
+    from ..volumes.service import VolumeService
 
 log = logging.getLogger("emberbox.lifecycle")
 
 DEFAULT_RESUME_TIMEOUT_S = 300
+# How long a request that wakes a sandbox waits for a pause or resume already under way.
+WAKE_WAIT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -68,7 +77,33 @@ class CreateRequest:
     env_vars: Mapping[str, str] = field(default_factory=dict)
     allow_internet: bool = True
     auto_pause: bool = False
+    # With auto_pause: traffic through the proxy resumes the paused sandbox.
+    auto_resume: bool = False
     idempotency_key: str | None = None
+    # Start from this snapshot's memory and files instead of booting the template.
+    source: Snapshot | None = None
+    # Egress rules (``egress.parse_list``-checked CIDRs) and whether its ports are public.
+    allow_out: tuple[str, ...] = ()
+    deny_out: tuple[str, ...] = ()
+    allow_public_traffic: bool = True
+    # E2B's volumeMounts: [{name, path}], the team's volumes bound read-write at those paths.
+    volume_mounts: Sequence[Mapping[str, str]] = ()
+
+
+async def _nothing(_sandbox_id: str) -> None:
+    return None
+
+
+def snapshot_message(row: Snapshot) -> pb.Snapshot:
+    """What the node needs to start from (or delete) a snapshot."""
+    return pb.Snapshot(
+        snapshot_id=row.id,
+        runtime=row.runtime,
+        path=row.path,
+        template_id=row.template_id,
+        access_token=row.envd_access_token,
+        size_bytes=row.size_bytes,
+    )
 
 
 async def _envd_answers(row: Sandbox) -> bool:
@@ -88,6 +123,9 @@ class SandboxService:
         limits: Limits,
         scheduler: ResourceScheduler,
         on_gone: Callable[[str], None] = lambda _id: None,
+        quiesce: Callable[[str], Awaitable[None]] | None = None,
+        team_templates: TeamTemplates | None = None,
+        volumes: VolumeService | None = None,
     ) -> None:
         self.sessions = sessions
         self.node = node
@@ -96,7 +134,15 @@ class SandboxService:
         self.limits = limits
         self.scheduler = scheduler
         self.on_gone = on_gone
+        # Closes the proxy's connections to a sandbox before a checkpoint: a connection saved
+        # in one would be restored into its forks (see runtimes/gvisor/runsc.py).
+        self.quiesce = quiesce or _nothing
+        # Templates teams built through the API (server/builds), looked up before built-ins.
+        self.team_templates = team_templates
+        self.volumes = volumes  # None: this deployment serves no volumes
         self._admission = asyncio.Lock()
+        # One resume per paused sandbox, however many requests arrive to wake it (see wake).
+        self._waking: dict[str, asyncio.Task[bool]] = {}
 
     # ---- create -------------------------------------------------------------------------------
 
@@ -111,10 +157,34 @@ class SandboxService:
     def _unsupported(self, what: str) -> Unsupported:
         return Unsupported(f"the {self.facts.runtime} runtime {what}")
 
-    async def create(self, who: Principal, req: CreateRequest) -> Sandbox:
-        tpl = self.templates.resolve(req.template)
-        if tpl is None:
+    async def _template_of(self, who: Principal, req: CreateRequest) -> CreateRequest:
+        """A template name, else one of the team's snapshots (by id or name)."""
+        if req.source is not None:
+            return req
+        async with self.sessions() as s:
+            source = await snaps.find(s, who.team_id, req.template)
+        if source is None:
             raise NotFound(f"template '{req.template}' not found")
+        if not self.facts.capabilities.snapshot:
+            raise self._unsupported("cannot start sandboxes from snapshots")
+        return dataclasses.replace(req, source=source)
+
+    async def _resolve(self, who: Principal, ref: str) -> TemplateInfo | None:
+        if self.team_templates is not None:
+            found = await self.team_templates(who.team_id, ref)
+            if found is not None:
+                return found
+        return self.templates.resolve(ref)
+
+    async def create(self, who: Principal, req: CreateRequest) -> Sandbox:
+        tpl = await self._resolve(who, req.template) if req.source is None else None
+        if tpl is None:
+            req = await self._template_of(who, req)
+            assert req.source is not None
+            src = req.source
+            tpl = TemplateInfo(
+                src.template_id, src.alias, src.cpu_count, src.memory_mb, src.disk_mb
+            )
         self.check_timeout(req.timeout_s, minimum=1)
         if tpl.cpu_count > self.limits.max_cpu_count or tpl.memory_mb > self.limits.max_memory_mb:
             raise Invalid(
@@ -122,14 +192,34 @@ class SandboxService:
                 f"the limit per sandbox is {self.limits.max_cpu_count} vCPUs and "
                 f"{self.limits.max_memory_mb} MiB"
             )
-        if req.auto_pause:
-            raise Unsupported("pausing at the end time (autoPause) is not supported yet")
+        if req.auto_pause or req.auto_resume:
+            self.check_can_pause("autoPause" if req.auto_pause else "autoResume")
+        if req.auto_resume and not req.auto_pause:
+            raise Invalid("autoResume needs autoPause: only a paused sandbox can be woken")
         if not req.allow_internet and not self.facts.capabilities.no_internet:
             raise self._unsupported("cannot restrict internet access")
+        if (req.allow_out or req.deny_out) and not self.facts.capabilities.egress_rules:
+            raise self._unsupported("cannot enforce egress rules (network.allowOut/denyOut)")
+        mounts = await self._volume_mounts(who, req)
 
-        sandbox_id = new_sandbox_id()
         token = secrets.token_urlsafe(32)
-        async with self._admission, self.sessions.begin() as s:
+        spec = pb.SandboxSpec(
+            template_id=tpl.template_id,
+            cpu_count=tpl.cpu_count,
+            memory_mb=tpl.memory_mb,
+            disk_mb=tpl.disk_mb,
+            env_vars=dict(req.env_vars),
+            access_token=token,
+            allow_internet=req.allow_internet,
+            allow_out=req.allow_out,
+            deny_out=req.deny_out,
+        )
+        if req.source is not None:
+            spec.snapshot.CopyFrom(snapshot_message(req.source))
+        spec.volume_mounts.extend(pb.VolumeMount(source=str(m.source), path=m.path) for m in mounts)
+        # A volume delete waits for this admission to commit (or sees its mount and refuses).
+        volumes_held = self.volumes.lock if mounts and self.volumes else contextlib.nullcontext()
+        async with volumes_held, self._admission, self.sessions.begin() as s:
             if req.idempotency_key:
                 same = await q.by_idempotency_key(s, who.team_id, req.idempotency_key)
                 if same is not None and State(same.state) == State.CREATING:
@@ -149,6 +239,9 @@ class SandboxService:
             refusal = self.scheduler.refusal(Usage(cpus, mem), tpl.cpu_count, tpl.memory_mb)
             if refusal is not None:
                 raise NoCapacity(refusal, error_code="sandbox_capacity_unavailable")
+            # A pooled sandbox was made without the volumes: one with them always boots.
+            sandbox_id = (not mounts and await self._claim(spec)) or new_sandbox_id()
+            spec.sandbox_id = sandbox_id
             now = utcnow()
             s.add(
                 Sandbox(
@@ -164,6 +257,13 @@ class SandboxService:
                     envd_access_token=token,
                     idempotency_key=req.idempotency_key,
                     allow_internet=req.allow_internet,
+                    egress=egress_json(req.allow_out, req.deny_out),
+                    traffic_access_token=(
+                        None if req.allow_public_traffic else secrets.token_urlsafe(32)
+                    ),
+                    on_timeout="pause" if req.auto_pause else "kill",
+                    auto_resume=req.auto_resume,
+                    timeout_s=req.timeout_s,
                     node_id=self.facts.node_id,
                     started_at=now,
                     end_at=now + dt.timedelta(seconds=req.timeout_s),
@@ -172,17 +272,9 @@ class SandboxService:
                     ],
                 )
             )
+            if mounts and self.volumes is not None:
+                await self.volumes.record(s, sandbox_id, mounts)
 
-        spec = pb.SandboxSpec(
-            sandbox_id=sandbox_id,
-            template_id=tpl.template_id,
-            cpu_count=tpl.cpu_count,
-            memory_mb=tpl.memory_mb,
-            disk_mb=tpl.disk_mb,
-            env_vars=dict(req.env_vars),
-            access_token=token,
-            allow_internet=req.allow_internet,
-        )
         try:
             started = await self.node.create(spec)
         except BaseException as e:  # cancellation too: never leave a half-made sandbox behind
@@ -204,6 +296,35 @@ class SandboxService:
                 f"sandbox could not be started: {e}", error_code="sandbox_create_failed"
             ) from e
         return await self._mark_running(sandbox_id, started, req.timeout_s)
+
+    async def _volume_mounts(self, who: Principal, req: CreateRequest) -> list[Any]:
+        """The create's volumes, resolved; refused where they cannot be honoured."""
+        if not req.volume_mounts:
+            return []
+        if self.volumes is None:
+            raise Unsupported("volumes are not served by this deployment")
+        if req.source is not None:
+            raise Unsupported("a sandbox started from a snapshot cannot mount volumes")
+        if req.auto_pause:
+            raise Unsupported("a sandbox with volumes cannot be paused (autoPause)")
+        return await self.volumes.mounts_for(who.team_id, req.volume_mounts)
+
+    async def refuse_if_volumes(self, sandbox_id: str, what: str) -> None:
+        """No pause, snapshot, fork or rollback of a sandbox with volumes: gVisor's restore
+        looks up again every volume file the sandbox holds open, and fails for good when
+        another writer removed one meanwhile (measured), so the sandbox would be lost."""
+        async with self.sessions() as s:
+            if await vols.has_volumes(s, sandbox_id):
+                raise Unsupported(f"sandbox '{sandbox_id}' mounts volumes and cannot be {what}")
+
+    async def _claim(self, spec: pb.SandboxSpec) -> str:
+        """A warm-pool sandbox's id for this create, or "" (the node has none that fits, or
+        cannot pool: the create then starts one of its own, so a failed claim costs nothing)."""
+        try:
+            return await self.node.claim(spec)
+        except NodeError as e:
+            log.debug("no warm-pool claim: %s", e)
+            return ""
 
     async def _mark_running(self, sandbox_id: str, b: pb.Sandbox, timeout_s: int) -> Sandbox:
         now = utcnow()
@@ -329,6 +450,21 @@ class SandboxService:
             if not await q.update_fields(s, sandbox_id, VISIBLE, end_at=end_at):
                 raise NotFound(f"sandbox '{sandbox_id}' not found")
 
+    def check_can_pause(self, option: str) -> None:
+        """Refuse a lifecycle ``option`` (autoPause, autoResume) the runtime cannot honour."""
+        if not self.facts.capabilities.pause:
+            raise self._unsupported(f"cannot pause sandboxes ({option})")
+
+    async def set_on_timeout(self, who: Principal, sandbox_id: str, on_timeout: str) -> None:
+        """What the sandbox's end time does from now on: "kill" or "pause" (``/resume``'s
+        ``autoPause``)."""
+        if on_timeout == "pause":
+            self.check_can_pause("autoPause")
+        await self.get(who, sandbox_id)
+        async with self.sessions.begin() as s:
+            if not await q.update_fields(s, sandbox_id, VISIBLE, on_timeout=on_timeout):
+                raise NotFound(f"sandbox '{sandbox_id}' not found")
+
     async def connect(
         self, who: Principal, sandbox_id: str, timeout_s: int | None, with_memory: bool = True
     ) -> tuple[Sandbox, bool]:
@@ -366,14 +502,16 @@ class SandboxService:
             raise Unsupported("a filesystem-only pause (memory: false) is not supported yet")
         if not self.facts.capabilities.pause:
             raise self._unsupported("cannot pause sandboxes")
+        await self.refuse_if_volumes(sandbox_id, "paused")
         if require_healthy_guest and not await _envd_answers(row):
             raise GuestUnhealthy(f"sandbox '{sandbox_id}' envd does not answer; not paused")
+        await self._check_saved_disk(row.team_id, f"sandbox '{sandbox_id}' was not paused")
         async with self.sessions.begin() as s:
             if not await q.set_state(s, sandbox_id, [State.RUNNING], State.PAUSING):
                 raise Conflict(f"sandbox '{sandbox_id}' is already paused")
         self.on_gone(sandbox_id)
         try:
-            await self.node.pause(sandbox_id)
+            size = await self.node.pause(sandbox_id)
         except BaseException as e:  # cancellation too: never leave the row half-way
             log.warning("pause of %s failed: %s", sandbox_id, e)
             async with self.sessions.begin() as s:
@@ -382,14 +520,119 @@ class SandboxService:
                 raise
             raise SandboxFailed(f"pause failed: {e}") from e
         async with self.sessions.begin() as s:
-            await q.set_state(s, sandbox_id, [State.PAUSING], State.PAUSED)
+            await q.set_state(s, sandbox_id, [State.PAUSING], State.PAUSED, paused_bytes=size)
+
+    async def saved_disk_used(self, team_id: str) -> int:
+        """Disk the team's snapshots and paused sandboxes take: what the quota limits."""
+        async with self.sessions() as s:
+            return await snaps.bytes_used(s, team_id) + await q.paused_bytes_used(s, team_id)
+
+    async def _check_saved_disk(self, team_id: str, refused: str) -> None:
+        """Refuse to save more memory once the team's saved disk reached its quota (a pause's
+        size is known only after it, so the quota is checked before)."""
+        limit = self.limits.max_snapshot_bytes
+        if limit and (used := await self.saved_disk_used(team_id)) >= limit:
+            raise QuotaExceeded(
+                f"{refused}: this team's snapshots and paused sandboxes take {used} bytes, at the "
+                f"limit of {limit}; delete snapshots or kill paused sandboxes first"
+            )
+
+    async def pause_at_end(self, sandbox_id: str) -> bool:
+        """The end time of a sandbox created with ``autoPause``: pause it instead of killing it.
+
+        False if another actor got there first (a kill, an end time moved later). A pause that
+        fails kills the sandbox, as its end time asked for it to stop running; it is never
+        left running past its end nor half-paused.
+        """
+        async with self.sessions.begin() as s:
+            if not await q.set_state(
+                s, sandbox_id, [State.RUNNING], State.PAUSING, ended_by=utcnow()
+            ):
+                return False
+        self.on_gone(sandbox_id)
+        try:  # never refused for the disk quota: the end time's pause keeps the user's work
+            size = await self.node.pause(sandbox_id)
+        except Exception as e:
+            log.error("pause at the end time of %s failed (%s); killing it", sandbox_id, e)
+            await self.end(sandbox_id, EndReason.TIMEOUT)
+            return True
+        except BaseException:  # cancelled (shutdown): the next start's recovery asks the node
+            async with self.sessions.begin() as s:
+                await q.set_state(s, sandbox_id, [State.PAUSING], State.RUNNING)
+            raise
+        async with self.sessions.begin() as s:
+            await q.set_state(s, sandbox_id, [State.PAUSING], State.PAUSED, paused_bytes=size)
+        log.info("sandbox %s paused at its end time", sandbox_id)
+        return True
+
+    async def wake(self, sandbox_id: str) -> bool:
+        """Resume a paused sandbox whose lifecycle lets traffic wake it; True once it runs.
+
+        The proxy calls this for every request that finds such a sandbox paused; concurrent
+        callers share one resume (a task per id, shielded so a caller that gives up does not
+        cancel a resume others wait for).
+        """
+        task = self._waking.get(sandbox_id)
+        if task is None:
+            log.info("waking sandbox %s on traffic", sandbox_id)
+            task = asyncio.create_task(self._wake(sandbox_id), name=f"wake-{sandbox_id}")
+            self._waking[sandbox_id] = task
+            task.add_done_callback(lambda _t: self._waking.pop(sandbox_id, None))
+        return await asyncio.shield(task)
+
+    async def _wake(self, sandbox_id: str) -> bool:
+        """Waits out a pause or resume already under way; the new end time is now plus the
+        timeout the sandbox was created with."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + WAKE_WAIT_S
+        while True:
+            async with self.sessions() as s:
+                row = await q.get(s, sandbox_id)
+            if row is None:
+                return False
+            state = State(row.state)
+            if state == State.RUNNING:
+                return True
+            if not row.auto_resume or state not in (State.PAUSED, State.PAUSING, State.RESUMING):
+                return False
+            if state == State.PAUSED:
+                try:
+                    await self._resume(row, row.timeout_s or DEFAULT_RESUME_TIMEOUT_S)
+                except Busy:
+                    pass  # a connect got there first: wait for it below
+                except Exception as e:
+                    log.warning("auto-resume of %s failed: %s", sandbox_id, e)
+                    return False
+                else:
+                    log.info("sandbox %s resumed by traffic", sandbox_id)
+                    return True
+            if loop.time() > deadline:
+                return False
+            await asyncio.sleep(0.05)
 
     async def _resume(self, row: Sandbox, timeout_s: int | None) -> Sandbox:
         if not self.facts.capabilities.pause:
             raise self._unsupported("cannot resume sandboxes")
-        async with self.sessions.begin() as s:
+        # A paused sandbox holds no CPU or memory and is outside the team's cap, so its resume
+        # is admitted like a create: never past the cap, never onto a full node.
+        # (A refusal raises inside the transaction: it rolls back, the sandbox stays paused.)
+        async with self._admission, self.sessions.begin() as s:
             if not await q.set_state(s, row.id, [State.PAUSED], State.RESUMING):
                 raise Busy(f"sandbox '{row.id}' is being paused or resumed; retry")
+            running = await q.count_for_team(s, row.team_id, COUNTS_TOWARD_QUOTA)
+            if running > self.limits.max_concurrent_sandboxes:  # it counts itself now
+                raise QuotaExceeded(
+                    f"concurrent sandbox limit reached ({self.limits.max_concurrent_sandboxes}"
+                    f" per team): sandbox '{row.id}' stays paused; kill a sandbox first"
+                )
+            cpus, mem = await q.resources_in_use(s, HOLDS_RESOURCES)
+            others = Usage(cpus - row.cpu_count, mem - row.memory_mb)
+            refusal = self.scheduler.refusal(others, row.cpu_count, row.memory_mb)
+            if refusal is not None:
+                raise NoCapacity(
+                    f"sandbox '{row.id}' stays paused: {refusal}",
+                    error_code="sandbox_capacity_unavailable",
+                )
         try:
             b = await self.node.resume(row.id)
         except BaseException as e:  # cancellation too: never leave the row half-way
@@ -413,6 +656,7 @@ class SandboxService:
                 envd_url=b.envd_url,
                 host_address=b.host,
                 end_at=end_at,
+                paused_bytes=0,
             )
         async with self.sessions() as s:
             fresh = await q.get(s, row.id)

@@ -46,11 +46,13 @@ _NEXT: dict[State, set[State]] = {
 
 # States a user can see (in list/get) and that hold node resources.
 VISIBLE: frozenset[State] = frozenset({State.RUNNING, State.PAUSED, State.PAUSING, State.RESUMING})
-# Paused sandboxes still hold their memory: the only pause we have (runsc) freezes in place.
+# A paused sandbox is saved to disk and holds no CPU or memory (runtimes/gvisor: pause).
 HOLDS_RESOURCES: frozenset[State] = frozenset(
-    {State.CREATING, State.RUNNING, State.PAUSING, State.PAUSED, State.RESUMING, State.KILLING}
+    {State.CREATING, State.RUNNING, State.PAUSING, State.RESUMING, State.KILLING}
 )
 COUNTS_TOWARD_QUOTA: frozenset[State] = HOLDS_RESOURCES
+# States in which the node keeps a paused sandbox's saved memory on disk (``paused_bytes``).
+HOLDS_SAVED_MEMORY: frozenset[State] = frozenset({State.PAUSED, State.RESUMING})
 
 
 class IllegalTransition(Exception):
@@ -71,4 +73,4 @@ def is_ended(state: State) -> bool:
 
 def public_state(state: State) -> Literal["running", "paused"]:
     """The two states the E2B API knows: in-between states show as where they are heading from."""
-    return "paused" if state in (State.PAUSED, State.RESUMING) else "running"
+    return "paused" if state in HOLDS_SAVED_MEMORY else "running"

@@ -7,7 +7,7 @@ in ``EMBERBOX_TEMPLATES`` (``{"name": {"cpuCount": 2, "memoryMB": 512, "diskSize
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -22,6 +22,10 @@ class TemplateInfo:
     cpu_count: int = DEFAULT_CPU_COUNT
     memory_mb: int = DEFAULT_MEMORY_MB
     disk_mb: int = DEFAULT_DISK_MB
+
+
+# A team's own templates by name or id (``server/builds``): None when the name is not one.
+TeamTemplates = Callable[[str, str], Awaitable[TemplateInfo | None]]
 
 
 class TemplateCatalog(Protocol):
@@ -53,6 +57,17 @@ class StaticTemplates:
         return self._by_name.get(base)
 
 
+def _builtin_aliases() -> dict[str, str]:
+    """Other names of built-in templates: the code-interpreter SDKs ask for
+    ``code-interpreter-v1`` by default."""
+    from ...templates import code_interpreter
+
+    return {alias: code_interpreter.NAME for alias in code_interpreter.ALIASES}
+
+
+_BUILTIN_ALIASES = _builtin_aliases()
+
+
 class StoreTemplates:
     """Templates built into the node's template store (what the gVisor runtime boots).
 
@@ -69,6 +84,7 @@ class StoreTemplates:
         from ...templates.store import TemplateError
 
         base = name.split(":", 1)[0].rsplit("/", 1)[-1]
+        base = _BUILTIN_ALIASES.get(base, base)
         try:
             template = self.store.get(base)
         except TemplateError:

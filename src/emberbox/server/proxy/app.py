@@ -3,25 +3,43 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
+from collections.abc import Awaitable, Callable
 
 import httpx
 from starlette.datastructures import Headers
 from starlette.types import Receive, Scope, Send
 
+from ...vocabulary import ENVD_PORT
 from .http import forward_http, quiet_deliberate_aborts, upstream_client
-from .resolver import SandboxResolver
-from .responses import bad_route, sandbox_not_found, send_json
-from .routing import RouteError, route
+from .resolver import Location, Paused, SandboxResolver
+from .responses import (
+    TRAFFIC_TOKEN_HEADER,
+    bad_route,
+    sandbox_not_found,
+    sandbox_paused,
+    send_json,
+    traffic_token_missing,
+)
+from .routing import RouteError, Target, route
 from .ws import deny, forward_ws
 
 
 class SandboxProxy:
     """**Parameters:** resolver - finds sandboxes; the proxy keeps one connection pool per
     sandbox and drops it when the resolver forgets the sandbox, because a later sandbox may get
-    the same address and a pooled connection to the dead one would fail its first request."""
+    the same address and a pooled connection to the dead one would fail its first request.
+    wake - resumes a paused sandbox whose lifecycle allows it (``SandboxService.wake``: one
+    resume per sandbox however many requests wait), True once it runs; without it, paused
+    sandboxes are refused like missing ones."""
 
-    def __init__(self, resolver: SandboxResolver) -> None:
+    def __init__(
+        self,
+        resolver: SandboxResolver,
+        wake: Callable[[str], Awaitable[bool]] | None = None,
+    ) -> None:
         self.resolver = resolver
+        self.wake = wake
         self._clients: dict[str, httpx.AsyncClient] = {}
         self._closing: set[asyncio.Task[None]] = set()
         resolver.on_forget(self.drop_client)
@@ -39,6 +57,13 @@ class SandboxProxy:
             task = asyncio.get_running_loop().create_task(client.aclose())
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
+
+    async def close_connections(self, sandbox_id: str) -> None:
+        """Close every connection to the sandbox now, streams included (before a checkpoint:
+        a connection saved in one would be restored into its forks)."""
+        client = self._clients.pop(sandbox_id, None)
+        if client is not None:
+            await client.aclose()
 
     async def aclose(self) -> None:
         clients, self._clients = list(self._clients.values()), {}
@@ -62,15 +87,25 @@ class SandboxProxy:
             else:
                 await send_json(send, 400, bad_route(str(e)))
             return
-        location = await self.resolver.resolve(target.sandbox_id)
-        if location is None:
-            body = sandbox_not_found(target.sandbox_id)
+        if not await self._admitted(target, headers):
+            body = traffic_token_missing(target.sandbox_id, target.port)
+            if ws:
+                await deny(scope, send, 401, body)
+            else:
+                await send_json(send, 401, body)
+            return
+        found = await self._locate(target.sandbox_id)
+        if not isinstance(found, Location):
+            if isinstance(found, Paused):
+                body = sandbox_paused(target.sandbox_id, found.auto_resume and bool(self.wake))
+            else:
+                body = sandbox_not_found(target.sandbox_id)
             if ws:
                 await deny(scope, send, 502, body)
             else:
                 await send_json(send, 502, body)
             return
-        address = location.address(target.port)
+        address = found.address(target.port)
         if ws:
             await forward_ws(scope, receive, send, address, target.sandbox_id, target.port)
         else:
@@ -78,6 +113,29 @@ class SandboxProxy:
             await forward_http(
                 scope, receive, send, client, address, target.sandbox_id, target.port
             )
+
+    async def _admitted(self, target: Target, headers: Headers) -> bool:
+        """Whether the request may reach the port: envd's always (it checks its own token),
+        others unless the sandbox is private and the request lacks its traffic token. Checked
+        before anything else, so a request without it cannot wake a paused sandbox."""
+        if target.port == ENVD_PORT:
+            return True
+        found = await self.resolver.lookup(target.sandbox_id)
+        token = found.traffic_token if isinstance(found, Location | Paused) else None
+        if token is None:
+            return True
+        presented = headers.get(TRAFFIC_TOKEN_HEADER, "")
+        return hmac.compare_digest(presented.encode(), token.encode())
+
+    async def _locate(self, sandbox_id: str) -> Location | Paused | None:
+        """Where the sandbox answers; a paused one that traffic may wake is resumed first
+        (the caller sees only the resume's delay)."""
+        found = await self.resolver.lookup(sandbox_id)
+        if not isinstance(found, Paused) or not found.auto_resume or self.wake is None:
+            return found
+        if not await self.wake(sandbox_id):
+            return found
+        return await self.resolver.resolve(sandbox_id) or found
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

@@ -1,7 +1,8 @@
 """Sandbox ID → where it answers, from the database, with a short positive cache.
 
-The lifecycle service calls :meth:`forget` the moment a sandbox starts dying, so a killed sandbox
-answers 502 at once instead of after the cache expires.
+The lifecycle service calls :meth:`forget` the moment a sandbox starts dying or pausing, so a
+killed sandbox answers 502 at once instead of after the cache expires. :meth:`lookup` also tells
+a paused sandbox apart from a missing one, so the proxy can wake it (auto-resume) or say so.
 """
 
 from __future__ import annotations
@@ -30,9 +31,23 @@ def port_target(envd_url: str, host: str, port: int) -> tuple[str, int]:
 class Location:
     envd_url: str
     host: str
+    # Required on requests to its ports but envd's (``allowPublicTraffic: false``); None: public.
+    traffic_token: str | None = None
 
     def address(self, port: int) -> tuple[str, int]:
         return port_target(self.envd_url, self.host, port)
+
+
+@dataclass(frozen=True)
+class Paused:
+    """The sandbox exists but is paused (or pausing, or resuming); ``auto_resume`` says whether
+    traffic may wake it."""
+
+    auto_resume: bool
+    traffic_token: str | None = None
+
+
+_ASLEEP = (State.PAUSED, State.PAUSING, State.RESUMING)
 
 
 class SandboxResolver:
@@ -51,6 +66,11 @@ class SandboxResolver:
         self._listeners.append(listener)
 
     async def resolve(self, sandbox_id: str) -> Location | None:
+        found = await self.lookup(sandbox_id)
+        return found if isinstance(found, Location) else None
+
+    async def lookup(self, sandbox_id: str) -> Location | Paused | None:
+        """Where a running sandbox answers; :class:`Paused` for a paused one; else None."""
         now = time.monotonic()
         hit = self._cache.get(sandbox_id)
         if hit is not None and hit[1] > now:
@@ -58,12 +78,17 @@ class SandboxResolver:
         asked_at = self._epoch
         async with self.sessions() as s:
             row = await q.get(s, sandbox_id)
+        if row is not None and row.state in _ASLEEP:
+            # never cached: it may wake
+            return Paused(auto_resume=bool(row.auto_resume), traffic_token=row.traffic_access_token)
         if self._forgotten_at.get(sandbox_id, -1) >= asked_at:
             return None  # it started dying while we looked it up
         if row is None or row.state != State.RUNNING or not row.envd_url or not row.host_address:
             self.forget(sandbox_id)
             return None
-        loc = Location(envd_url=row.envd_url, host=row.host_address)
+        loc = Location(
+            envd_url=row.envd_url, host=row.host_address, traffic_token=row.traffic_access_token
+        )
         if len(self._cache) > 50_000:
             self._cache.clear()
         self._cache[sandbox_id] = (loc, now + self.ttl_s)

@@ -8,6 +8,12 @@ from typing import Any
 from starlette.types import Send
 
 NOT_FOUND = "The sandbox was not found"
+# E2B's header for ``trafficAccessToken`` (protocol §2.1); envd's port is exempt.
+TRAFFIC_TOKEN_HEADER = "e2b-traffic-access-token"
+# E2B's proxy answers a paused sandbox 409 "The sandbox is paused"; both official SDKs treat only
+# a 502 as "not running" (is_running() is False, calls raise SandboxNotRunningException on
+# "was not found"), so we keep the 502 and that phrase, and add E2B's canAutoResume.
+PAUSED = "The sandbox was not found running: it is paused (resume it with connect)"
 PORT_CLOSED = "The sandbox is running but port is not open"
 # Neither of the phrases above: the SDKs then probe the sandbox to learn whether it is gone.
 NO_ANSWER = "The sandbox's server closed the connection without answering"
@@ -17,12 +23,32 @@ def sandbox_not_found(sandbox_id: str) -> dict[str, Any]:
     return {"sandboxId": sandbox_id, "message": NOT_FOUND, "code": 502}
 
 
+def sandbox_paused(sandbox_id: str, can_auto_resume: bool) -> dict[str, Any]:
+    """``can_auto_resume`` True means a wake was tried and failed."""
+    return {
+        "sandboxId": sandbox_id,
+        "message": PAUSED,
+        "code": 502,
+        "canAutoResume": can_auto_resume,
+    }
+
+
 def port_not_open(sandbox_id: str, port: int) -> dict[str, Any]:
     return {"sandboxId": sandbox_id, "message": PORT_CLOSED, "port": port, "code": 502}
 
 
 def upstream_failed(sandbox_id: str, port: int) -> dict[str, Any]:
     return {"sandboxId": sandbox_id, "message": NO_ANSWER, "port": port, "code": 502}
+
+
+def traffic_token_missing(sandbox_id: str, port: int) -> dict[str, Any]:
+    return {
+        "sandboxId": sandbox_id,
+        "message": f"this sandbox's ports are private: send its traffic access token in the "
+        f"{TRAFFIC_TOKEN_HEADER} header",
+        "port": port,
+        "code": 401,
+    }
 
 
 def bad_route(message: str) -> dict[str, Any]:

@@ -1,0 +1,87 @@
+"""The ``network`` options of a create and ``PUT /sandboxes/{id}/network``: what we honour
+(``allowOut``/``denyOut`` CIDRs and IPs, ``allowPublicTraffic``) and the refusal of the rest.
+
+Bad input is a 400 and changes nothing; a well-formed option we cannot enforce (domain entries,
+``dnsServers``, ``rules``, ``egressProxy``, ...) is a 501 naming it, never silently ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from starlette.status import HTTP_204_NO_CONTENT
+
+from ...egress import InvalidRules, UnsupportedRule, parse_list
+from ..lifecycle.network import Egress, NetworkService
+from .deps import Caller
+from .errors import ApiError
+from .models import Error, NetworkUpdate
+
+router = APIRouter(tags=["sandboxes"])
+
+# Options honoured in a create's ``network`` and in an update; any other option set to
+# something but "nothing" is refused.
+_CREATE_KEYS = frozenset({"allowOut", "denyOut", "allowPublicTraffic"})
+_UPDATE_KEYS = frozenset({"allowOut", "denyOut", "allow_internet_access"})
+
+
+@dataclass(frozen=True)
+class CreateNetwork:
+    allow_out: tuple[str, ...] = ()
+    deny_out: tuple[str, ...] = ()
+    allow_public_traffic: bool = True
+
+
+def _refuse_unsupported(network: dict[str, Any], honoured: frozenset[str]) -> None:
+    unsupported = sorted(
+        name
+        for name, value in network.items()
+        if name not in honoured
+        and value not in (None, [], {}, "")
+        and not (name == "allowPublicTraffic" and value is True)
+    )
+    if unsupported:
+        raise ApiError(
+            501, f"network options not supported: {', '.join(unsupported)}", should_retry=False
+        )
+
+
+def _rules(network: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    try:
+        allow = parse_list(network.get("allowOut"), "allowOut")
+        deny = parse_list(network.get("denyOut"), "denyOut")
+    except InvalidRules as e:
+        raise ApiError(400, str(e)) from None
+    except UnsupportedRule as e:
+        raise ApiError(501, str(e), should_retry=False) from None
+    return allow, deny
+
+
+def create_options(network: dict[str, Any] | None) -> CreateNetwork:
+    """A create's ``network``, checked: 400 for bad input, 501 for what we cannot honour."""
+    network = network or {}
+    _refuse_unsupported(network, _CREATE_KEYS)
+    allow, deny = _rules(network)
+    public = network.get("allowPublicTraffic")
+    return CreateNetwork(allow, deny, public is not False)
+
+
+@router.put(
+    "/sandboxes/{sandbox_id}/network",
+    status_code=HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses={code: {"model": Error} for code in (400, 401, 404, 409, 500, 501)},
+    summary="Replace a sandbox's egress rules (effective for the next packet)",
+)
+async def update_network(
+    request: Request, who: Caller, sandbox_id: str, body: NetworkUpdate
+) -> Response:
+    _refuse_unsupported(body, _UPDATE_KEYS)
+    allow, deny = _rules(body)
+    egress = Egress(body.get("allow_internet_access") is not False, allow, deny)
+    svc = request.app.state.network
+    assert isinstance(svc, NetworkService)
+    await svc.update(who, sandbox_id, egress)
+    return Response(status_code=HTTP_204_NO_CONTENT)

@@ -1,0 +1,1 @@
+"""Templates built through the API: names and tags, uploaded build files, the build queue."""

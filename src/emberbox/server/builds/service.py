@@ -1,0 +1,536 @@
+"""Team-scoped template operations behind the template API: request a build, hand out upload
+URLs, start, watch, tag, list, update and delete templates, and resolve a name at create.
+
+A template belongs to one team; another team neither sees nor uses it (404), unless it is public
+(then its id works for anyone). A name without a tag means the ``default`` tag, else the newest
+ready build.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import delete, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from ...templates.oci import Credentials, import_image
+from ...templates.spec import BuildSpec
+from ...templates.store import TemplateError, TemplateStore
+from ...vocabulary import DEFAULT_CPU_COUNT, DEFAULT_DISK_MB, DEFAULT_MEMORY_MB
+from ..auth.store import Principal
+from ..config import Limits
+from ..db.models import Sandbox, Snapshot, utcnow
+from ..db.templates import BuildLogLine, TeamTemplate, TemplateBuild, TemplateTag
+from ..lifecycle.errors import Conflict, Invalid, NotFound, Unsupported
+from ..lifecycle.states import State
+from ..lifecycle.templates import TemplateCatalog, TemplateInfo
+from . import convert
+from .log import BuildLog
+from .names import (
+    DEFAULT_TAG,
+    check_name,
+    check_tag,
+    is_store_name,
+    new_template_id,
+    split_ref,
+    store_name,
+)
+from .runner import BuildJob, BuildRunner
+from .uploads import Uploads
+
+# What the SDK's from_base_image() asks for: our `base` template.
+BASE_IMAGES = frozenset({"e2bdev/base", "e2bdev/base:latest", "docker.io/e2bdev/base"})
+LOG_PAGE = 100
+
+BuiltinResolver = Callable[[str], TemplateInfo | None]
+
+
+def _credentials(registry: Mapping[str, Any]) -> Credentials:
+    """``fromImageRegistry``: a registry login; AWS and GCP registries are refused."""
+    kind = registry.get("type")
+    if kind != "registry":
+        raise Unsupported(
+            f"images from {kind!r} registries are not supported; use a registry login "
+            "(from_image(..., username=, password=))"
+        )
+    username, password = registry.get("username"), registry.get("password")
+    if not isinstance(username, str) or not isinstance(password, str) or not username:
+        raise Invalid("fromImageRegistry needs username and password")
+    return Credentials(username, password)
+
+
+@dataclass(frozen=True)
+class Parent:
+    """A build's starting point: a store template, or an image made into one when it runs."""
+
+    template: str | None = None
+    image: str | None = None
+    creds: Credentials | None = None
+
+    async def materialize(
+        self, store: TemplateStore, insecure: Sequence[str], log: BuildLog
+    ) -> tuple[str, str]:
+        """The store template's name and its default user (who the steps start as)."""
+        if self.template is not None:
+            return self.template, store.get(self.template).config.user
+        assert self.image is not None
+        log.add(f"FROM {self.image}")
+        tpl = await import_image(store, self.image, store.get("base"), creds=self.creds,
+                                 insecure=insecure, say=log.add)  # fmt: skip
+        return tpl.name, tpl.config.user
+
+
+class BuiltinTemplates:
+    """The node's own templates (``base``, ``code-interpreter``, ...) without the manifests of
+    API builds, which only their team reaches, through :meth:`TemplateService.resolve`."""
+
+    def __init__(self, catalog: TemplateCatalog) -> None:
+        self.catalog = catalog
+
+    def resolve(self, name: str) -> TemplateInfo | None:
+        return None if is_store_name(name) else self.catalog.resolve(name)
+
+
+@dataclass
+class Requested:
+    template: TeamTemplate
+    build: TemplateBuild
+    tags: list[str]
+
+
+@dataclass
+class BuildStatus:
+    build: TemplateBuild
+    entries: list[BuildLogLine]
+
+
+@dataclass
+class Listed:
+    template: TeamTemplate
+    builds: list[TemplateBuild]  # newest first
+    tags: dict[str, str] = field(default_factory=dict)  # tag -> build id
+
+    @property
+    def current(self) -> TemplateBuild | None:
+        ready = [b for b in self.builds if b.status == "ready"]
+        default = self.tags.get(DEFAULT_TAG)
+        return next((b for b in ready if b.id == default), ready[0] if ready else None) or (
+            self.builds[0] if self.builds else None
+        )
+
+
+class TemplateService:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        store: TemplateStore,
+        uploads: Uploads,
+        runner: BuildRunner | None,
+        builtin: BuiltinResolver,
+        limits: Limits,
+        refusal: str = "",
+        insecure_registries: Sequence[str] = (),
+    ) -> None:
+        self.sessions = sessions
+        self.store = store
+        self.uploads = uploads
+        self.runner = runner
+        self.builtin = builtin
+        self.limits = limits
+        self.refusal = refusal  # why builds cannot run here (no runner)
+        self.insecure = tuple(insecure_registries)  # registries reached over plain HTTP
+        self._pending_tags: dict[str, list[str]] = {}
+
+    async def recover(self) -> None:
+        if self.runner is not None:
+            await self.runner.recover()
+
+    async def close(self) -> None:
+        if self.runner is not None:
+            await self.runner.close()
+
+    # ---- lookups ------------------------------------------------------------------------------
+
+    async def _template(self, s: AsyncSession, who: Principal, ref: str) -> TeamTemplate:
+        """The caller's template by id or name (a namespace and tag are dropped)."""
+        name, _ = split_ref(ref)
+        q = select(TeamTemplate).where(
+            TeamTemplate.team_id == who.team_id,
+            or_(TeamTemplate.id == name, TeamTemplate.name == name),
+        )
+        row = (await s.execute(q)).scalars().first()
+        if row is None:
+            raise NotFound(f"template '{ref}' not found")
+        return row
+
+    async def _build(
+        self, s: AsyncSession, who: Principal, template_ref: str, build_id: str
+    ) -> tuple[TeamTemplate, TemplateBuild]:
+        tpl = await self._template(s, who, template_ref)
+        build = await s.get(TemplateBuild, build_id)
+        if build is None or build.template_id != tpl.id:
+            raise NotFound(f"build '{build_id}' of template '{template_ref}' not found")
+        return tpl, build
+
+    async def _tags(self, s: AsyncSession, template_id: str) -> dict[str, str]:
+        rows = await s.execute(select(TemplateTag).where(TemplateTag.template_id == template_id))
+        return {t.tag: t.build_id for t in rows.scalars()}
+
+    async def _tagged_build(
+        self, s: AsyncSession, tpl: TeamTemplate, tag: str | None
+    ) -> TemplateBuild | None:
+        tags = await self._tags(s, tpl.id)
+        if tag is not None and tag != DEFAULT_TAG:
+            build_id = tags.get(tag)
+            return await s.get(TemplateBuild, build_id) if build_id else None
+        if DEFAULT_TAG in tags:
+            return await s.get(TemplateBuild, tags[DEFAULT_TAG])
+        q = (
+            select(TemplateBuild)
+            .where(TemplateBuild.template_id == tpl.id, TemplateBuild.status == "ready")
+            .order_by(TemplateBuild.created_at.desc())
+        )
+        return (await s.execute(q)).scalars().first()
+
+    async def resolve(self, team_id: str, ref: str) -> TemplateInfo | None:
+        """What a create naming ``ref`` boots: the team's template (or a public one by id),
+        its build for the tag; None when it is not an API-built template."""
+        name, tag = split_ref(ref)
+        async with self.sessions() as s:
+            q = select(TeamTemplate).where(
+                or_(
+                    (TeamTemplate.team_id == team_id)
+                    & or_(TeamTemplate.name == name, TeamTemplate.id == name),
+                    (TeamTemplate.public.is_(True)) & (TeamTemplate.id == name),
+                )
+            )
+            tpl = (await s.execute(q)).scalars().first()
+            if tpl is None:
+                return None
+            build = await self._tagged_build(s, tpl, tag)
+            if build is None or build.status != "ready" or not build.store_name:
+                raise NotFound(
+                    f"template '{ref}' has no ready build" + (f" tagged '{tag}'" if tag else "")
+                )
+            return TemplateInfo(build.store_name, tpl.name, build.cpu_count, build.memory_mb,
+                                build.disk_mb)  # fmt: skip
+
+    # ---- request, upload, start ---------------------------------------------------------------
+
+    def _check_size(self, cpu: int | None, memory: int | None) -> tuple[int, int]:
+        cpu = DEFAULT_CPU_COUNT if cpu is None else cpu
+        memory = DEFAULT_MEMORY_MB if memory is None else memory
+        if not 1 <= cpu <= self.limits.max_cpu_count:
+            raise Invalid(f"cpuCount must be between 1 and {self.limits.max_cpu_count}")
+        if not 128 <= memory <= self.limits.max_memory_mb:
+            raise Invalid(f"memoryMB must be between 128 and {self.limits.max_memory_mb}")
+        return cpu, memory
+
+    async def request_build(
+        self,
+        who: Principal,
+        name: str,
+        tags: Sequence[str] = (),
+        cpu_count: int | None = None,
+        memory_mb: int | None = None,
+        min_free_disk_mb: int | None = None,
+    ) -> Requested:
+        base, tag = split_ref(name)
+        check_name(base)
+        wanted = [check_tag(t) for t in ([tag] if tag else []) + list(tags)] or [DEFAULT_TAG]
+        if self.builtin(base) is not None:
+            raise Conflict(f"'{base}' is a built-in template's name; choose another")
+        cpu, memory = self._check_size(cpu_count, memory_mb)
+        if min_free_disk_mb is not None and min_free_disk_mb < 0:
+            raise Invalid("minFreeDiskMb must not be negative")
+        disk = max(DEFAULT_DISK_MB, (min_free_disk_mb or 0) + DEFAULT_DISK_MB // 2)
+        now = utcnow()
+        async with self.sessions.begin() as s:
+            q = select(TeamTemplate).where(
+                TeamTemplate.team_id == who.team_id, TeamTemplate.name == base
+            )
+            tpl = (await s.execute(q)).scalars().first()
+            if tpl is None:
+                tpl = TeamTemplate(
+                    id=new_template_id(), team_id=who.team_id, name=base, public=False,
+                    spawn_count=0, created_at=now, updated_at=now,
+                )  # fmt: skip
+                s.add(tpl)
+                await s.flush()
+            build = TemplateBuild(id=str(uuid.uuid4()), template_id=tpl.id, status="waiting",
+                                  cpu_count=cpu, memory_mb=memory, disk_mb=disk,
+                                  created_at=now, updated_at=now)  # fmt: skip
+            s.add(build)
+        self._pending_tags[build.id] = list(dict.fromkeys(wanted))
+        return Requested(tpl, build, self._pending_tags[build.id])
+
+    async def upload_link(self, who: Principal, template_ref: str, files_hash: str) -> str | None:
+        """None when the file is already there, else the path of a signed upload URL."""
+        async with self.sessions() as s:
+            tpl = await self._template(s, who, template_ref)
+        if self.uploads.present(tpl.id, files_hash):
+            return None
+        return self.uploads.upload_path(tpl.id, files_hash)
+
+    async def start_build(
+        self, who: Principal, template_ref: str, build_id: str, body: Mapping[str, Any]
+    ) -> None:
+        async with self.sessions() as s:
+            tpl, build = await self._build(s, who, template_ref, build_id)
+            if build.status != "waiting" or (self.runner and self.runner.busy(build.id)):
+                raise Conflict(f"build '{build_id}' was already started (status {build.status})")
+            steps = body.get("steps") or []
+            convert.check_steps(steps)
+            for number, raw in enumerate(steps, 1):
+                files_hash = raw.get("filesHash")
+                if str(raw.get("type")).upper() == "COPY" and not self.uploads.present(
+                    tpl.id, str(files_hash)
+                ):
+                    raise Invalid(f"step {number}: COPY {raw['args'][0]}: its files "
+                                  f"({files_hash}) were not uploaded")  # fmt: skip
+            parent = await self._parent(s, who, body)
+        assert self.runner is not None  # _parent refused otherwise
+        context = self.uploads.context_dir(tpl.id)
+        tags = self._pending_tags.pop(build.id, [DEFAULT_TAG])
+        step_cpus, step_memory = self.runner.cpu_count, max(build.memory_mb, 1024)
+
+        async def prepare(log: BuildLog) -> BuildSpec:
+            name, user = await parent.materialize(self.store, self.insecure, log)
+            return convert.to_spec(
+                name, user, steps, context=context, force=bool(body.get("force")),
+                start_cmd=body.get("startCmd") or None, ready_cmd=body.get("readyCmd") or None,
+                cpu_count=step_cpus, memory_mb=step_memory,
+            )  # fmt: skip
+
+        async def on_ready(done_id: str) -> None:
+            await self._assign(tpl.id, done_id, tags)
+
+        self.runner.submit(BuildJob(build.id, store_name(build.id), f"{tpl.name} ({tpl.id})",
+                                    prepare, on_ready))  # fmt: skip
+
+    async def _parent(self, s: AsyncSession, who: Principal, body: Mapping[str, Any]) -> Parent:
+        """What the build starts from: a template in the store, or an image to pull."""
+        image, template = body.get("fromImage"), body.get("fromTemplate")
+        registry = body.get("fromImageRegistry")
+        if bool(image) == bool(template):
+            raise Invalid("give exactly one of fromImage and fromTemplate")
+        if registry and not image:
+            raise Invalid("fromImageRegistry applies only with fromImage")
+        creds = _credentials(registry) if registry else None
+        if image and image not in BASE_IMAGES:
+            if self.runner is None:
+                raise Unsupported(self.refusal)
+            return Parent(image=str(image), creds=creds)
+        name = "base" if image else await self._parent_template(s, who, str(template))
+        if self.runner is None:  # after every check of the request, so those answer first
+            raise Unsupported(self.refusal)
+        try:
+            self.store.get(name)
+        except TemplateError:
+            raise NotFound(f"template '{template or image}' is not on this node") from None
+        return Parent(template=name)
+
+    async def _parent_template(self, s: AsyncSession, who: Principal, ref: str) -> str:
+        info = await self.resolve(who.team_id, ref)
+        if info is None:
+            info = self.builtin(ref)
+        if info is None:
+            raise NotFound(f"template '{ref}' not found")
+        return info.template_id
+
+    async def _assign(self, template_id: str, build_id: str, tags: Sequence[str]) -> None:
+        """Point each tag at the build (moving it if it named another)."""
+        now = utcnow()
+        async with self.sessions.begin() as s:
+            await s.execute(
+                delete(TemplateTag).where(
+                    TemplateTag.template_id == template_id, TemplateTag.tag.in_(list(tags))
+                )
+            )
+            for tag in tags:
+                s.add(TemplateTag(template_id=template_id, tag=tag, build_id=build_id,
+                                  created_at=now))  # fmt: skip
+            tpl = await s.get(TeamTemplate, template_id)
+            if tpl is not None:
+                tpl.updated_at = now
+
+    # ---- status and logs ----------------------------------------------------------------------
+
+    async def status(
+        self,
+        who: Principal,
+        template_ref: str,
+        build_id: str,
+        offset: int = 0,
+        limit: int = LOG_PAGE,
+        level: str | None = None,
+    ) -> BuildStatus:
+        async with self.sessions() as s:
+            _, build = await self._build(s, who, template_ref, build_id)
+            q = (
+                select(BuildLogLine)
+                .where(BuildLogLine.build_id == build.id, BuildLogLine.seq >= max(offset, 0))
+                .order_by(BuildLogLine.seq)
+                .limit(max(0, min(limit, LOG_PAGE)))
+            )
+            if level:
+                q = q.where(BuildLogLine.level.in_(_levels_from(level)))
+            entries = list((await s.execute(q)).scalars())
+        return BuildStatus(build, entries)
+
+    async def logs(
+        self,
+        who: Principal,
+        template_ref: str,
+        build_id: str,
+        cursor_ms: int | None,
+        limit: int,
+        forward: bool,
+        level: str | None,
+    ) -> list[BuildLogLine]:
+        async with self.sessions() as s:
+            _, build = await self._build(s, who, template_ref, build_id)
+            q = select(BuildLogLine).where(BuildLogLine.build_id == build.id)
+            if cursor_ms is not None:
+                at = dt.datetime.fromtimestamp(cursor_ms / 1000, dt.UTC)
+                q = q.where(
+                    BuildLogLine.timestamp >= at if forward else BuildLogLine.timestamp <= at
+                )
+            if level:
+                q = q.where(BuildLogLine.level.in_(_levels_from(level)))
+            order = BuildLogLine.seq if forward else BuildLogLine.seq.desc()
+            q = q.order_by(order).limit(max(0, min(limit, 1000)))
+            return list((await s.execute(q)).scalars())
+
+    # ---- list, get, update, delete ------------------------------------------------------------
+
+    async def _listed(self, s: AsyncSession, tpl: TeamTemplate) -> Listed:
+        q = (
+            select(TemplateBuild)
+            .where(TemplateBuild.template_id == tpl.id)
+            .order_by(TemplateBuild.created_at.desc())
+        )
+        builds = list((await s.execute(q)).scalars())
+        return Listed(tpl, builds, await self._tags(s, tpl.id))
+
+    async def list_templates(self, who: Principal) -> list[Listed]:
+        async with self.sessions() as s:
+            q = (
+                select(TeamTemplate)
+                .where(TeamTemplate.team_id == who.team_id)
+                .order_by(TeamTemplate.created_at)
+            )
+            return [await self._listed(s, t) for t in (await s.execute(q)).scalars()]
+
+    async def get(self, who: Principal, template_ref: str) -> Listed:
+        async with self.sessions() as s:
+            return await self._listed(s, await self._template(s, who, template_ref))
+
+    async def owns(self, who: Principal, template_ref: str) -> bool:
+        async with self.sessions() as s:
+            try:
+                await self._template(s, who, template_ref)
+            except NotFound:
+                return False
+        return True
+
+    async def update(self, who: Principal, template_ref: str, public: bool | None) -> Listed:
+        async with self.sessions.begin() as s:
+            tpl = await self._template(s, who, template_ref)
+            if public is not None:
+                tpl.public = public
+                tpl.updated_at = utcnow()
+        return await self.get(who, tpl.id)
+
+    async def delete(self, who: Principal, template_ref: str) -> None:
+        """The template, its builds, tags, logs and uploaded files; sandboxes running from it
+        keep running (their layers stay until ``gc``)."""
+        async with self.sessions.begin() as s:
+            tpl = await self._template(s, who, template_ref)
+            listed = await self._listed(s, tpl)
+            if self.runner is not None and any(self.runner.busy(b.id) for b in listed.builds):
+                raise Conflict(f"template '{template_ref}' has a build in progress")
+            for b in listed.builds:
+                await s.execute(delete(BuildLogLine).where(BuildLogLine.build_id == b.id))
+            await s.execute(delete(TemplateTag).where(TemplateTag.template_id == tpl.id))
+            await s.execute(delete(TemplateBuild).where(TemplateBuild.template_id == tpl.id))
+            await s.delete(tpl)
+        for b in listed.builds:
+            if b.store_name and not await self._in_use(b.store_name):
+                self.store.delete(b.store_name)
+        self.uploads.drop_template(tpl.id)
+
+    async def _in_use(self, store: str) -> bool:
+        """Whether a sandbox that has not ended, or a snapshot, was made from this build: they
+        need its manifest (a fork or a create from a snapshot reads it), so it stays; ``gc``
+        frees it once nothing refers to it."""
+        async with self.sessions() as s:
+            live = select(Sandbox.id).where(
+                Sandbox.template_id == store,
+                Sandbox.state.not_in([str(State.KILLED), str(State.FAILED)]),
+            )
+            snap = select(Snapshot.id).where(Snapshot.template_id == store)
+            return (await s.execute(live.limit(1))).first() is not None or (
+                await s.execute(snap.limit(1))
+            ).first() is not None
+
+    # ---- tags and names -----------------------------------------------------------------------
+
+    async def alias(self, who: Principal, alias: str) -> TeamTemplate:
+        name, _ = split_ref(alias)
+        async with self.sessions() as s:
+            return await self._template(s, who, name)
+
+    async def list_tags(self, who: Principal, template_ref: str) -> list[TemplateTag]:
+        async with self.sessions() as s:
+            tpl = await self._template(s, who, template_ref)
+            q = (
+                select(TemplateTag)
+                .where(TemplateTag.template_id == tpl.id)
+                .order_by(TemplateTag.created_at, TemplateTag.tag)
+            )
+            return list((await s.execute(q)).scalars())
+
+    async def assign_tags(
+        self, who: Principal, target: str, tags: Sequence[str]
+    ) -> tuple[str, list[str]]:
+        if not tags:
+            raise Invalid("give at least one tag")
+        wanted = [check_tag(t) for t in tags]
+        _, tag = split_ref(target)
+        async with self.sessions() as s:
+            tpl = await self._template(s, who, target)
+            build = await self._tagged_build(s, tpl, tag)
+        if build is None or build.status != "ready":
+            raise NotFound(f"template '{target}' has no ready build to tag")
+        await self._assign(tpl.id, build.id, wanted)
+        return build.id, wanted
+
+    async def remove_tags(self, who: Principal, name: str, tags: Sequence[str]) -> None:
+        if not tags:
+            raise Invalid("give at least one tag")
+        async with self.sessions.begin() as s:
+            tpl = await self._template(s, who, name)
+            existing = await self._tags(s, tpl.id)
+            missing = [t for t in tags if t not in existing]
+            if missing:
+                raise NotFound(f"template '{name}' has no tag(s) {', '.join(missing)}")
+            await s.execute(
+                delete(TemplateTag).where(
+                    TemplateTag.template_id == tpl.id, TemplateTag.tag.in_(list(tags))
+                )
+            )
+
+
+_LEVELS = ["debug", "info", "warn", "error"]
+
+
+def _levels_from(level: str) -> list[str]:
+    """A minimum level and every level above it."""
+    if level not in _LEVELS:
+        raise Invalid(f"level must be one of {', '.join(_LEVELS)}")
+    return _LEVELS[_LEVELS.index(level) :]

@@ -1,0 +1,130 @@
+"""Files uploaded for a template's COPY steps, addressed by the SDK's content hash.
+
+``GET /templates/{id}/files/{hash}`` answers whether a file is present and, if not, where to
+``PUT`` it: a URL on this API carrying a token signed with a key kept in the data dir, bound to
+the template and the hash and good for ``ttl_s``. Archives are stored as plain tar (a gzipped
+upload is unpacked as it arrives) under ``<data_dir>/template-files/<templateID>/<hash>.tar``;
+they are only ever unpacked inside a build sandbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import shutil
+import tarfile
+import time
+import zlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from ..lifecycle.errors import Invalid, QuotaExceeded
+
+HASH_RE = re.compile(r"^[0-9a-f]{64}$")
+BAD = "bad_token"
+UPLOAD_PREFIX = "/_uploads/templates/"  # served outside API-key auth: the token is the check
+
+
+class UploadRefused(Invalid):
+    """Bad token, bad archive or too large; nothing was kept."""
+
+
+class Uploads:
+    def __init__(self, root: Path, key: bytes, ttl_s: float = 3600.0, max_bytes: int = 4 << 30):
+        self.root = root
+        self.key = key
+        self.ttl_s = ttl_s
+        self.max_bytes = max_bytes
+
+    @classmethod
+    def open(cls, data_dir: Path, max_bytes: int) -> Uploads:
+        """The signing key is made once (0600) and kept, so URLs survive a restart."""
+        key_file = data_dir / "secrets" / "upload-url.key"
+        if not key_file.exists():
+            key_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(secrets.token_bytes(32))
+        return cls(data_dir / "template-files", key_file.read_bytes(), max_bytes=max_bytes)
+
+    def context_dir(self, template_id: str) -> Path:
+        return self.root / template_id
+
+    def path(self, template_id: str, files_hash: str) -> Path:
+        if not HASH_RE.match(files_hash):
+            raise Invalid("a files hash is 64 lowercase hex digits (sha256)")
+        return self.context_dir(template_id) / f"{files_hash}.tar"
+
+    def present(self, template_id: str, files_hash: str) -> bool:
+        return self.path(template_id, files_hash).is_file()
+
+    def _signature(self, template_id: str, files_hash: str, expires: int) -> str:
+        msg = f"{template_id}/{files_hash}/{expires}".encode()
+        return hmac.new(self.key, msg, hashlib.sha256).hexdigest()
+
+    def upload_path(self, template_id: str, files_hash: str) -> str:
+        """Path and query of a fresh upload URL (the caller prefixes its own base URL)."""
+        expires = int(time.time() + self.ttl_s)
+        sig = self._signature(template_id, files_hash, expires)
+        return f"{UPLOAD_PREFIX}{template_id}/{files_hash}?expires={expires}&signature={sig}"
+
+    def check_token(self, template_id: str, files_hash: str, expires: str, sig: str) -> None:
+        if not expires.isdigit() or int(expires) < time.time():
+            raise UploadRefused(
+                "the upload URL has expired; ask for a new one", error_code="bad_token"
+            )
+        good = self._signature(template_id, files_hash, int(expires))
+        if not hmac.compare_digest(good, sig):
+            raise UploadRefused("the upload URL's signature is not valid", error_code=BAD)
+
+    async def receive(
+        self, template_id: str, files_hash: str, chunks: AsyncIterator[bytes]
+    ) -> None:
+        """Store one archive; it appears (by rename) only once complete and readable as tar."""
+        target = self.path(template_id, files_hash)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{files_hash}.{secrets.token_hex(4)}.part"
+        try:
+            await self._write(tmp, chunks)
+            await asyncio.to_thread(_check_tar, tmp)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    async def _write(self, tmp: Path, chunks: AsyncIterator[bytes]) -> None:
+        inflate: zlib._Decompress | None = None
+        seen = written = 0
+        with tmp.open("wb") as out:
+            async for chunk in chunks:
+                if not chunk:
+                    continue
+                if seen == 0 and chunk[:2] == b"\x1f\x8b":
+                    inflate = zlib.decompressobj(wbits=31)
+                seen += len(chunk)
+                data = inflate.decompress(chunk) if inflate else chunk
+                written += len(data)
+                if written > self.max_bytes:
+                    raise QuotaExceeded(f"the archive is larger than {self.max_bytes} bytes")
+                out.write(data)
+            if inflate is not None:
+                if not inflate.eof:
+                    raise UploadRefused("the gzip stream ended early")
+                out.write(inflate.flush())
+        if seen == 0:
+            raise UploadRefused("the upload is empty")
+
+    def drop_template(self, template_id: str) -> None:
+        shutil.rmtree(self.context_dir(template_id), ignore_errors=True)
+
+
+def _check_tar(path: Path) -> None:
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for _ in tar:
+                pass
+    except (tarfile.TarError, EOFError, zlib.error) as exc:
+        raise UploadRefused(f"the upload is not a tar archive: {exc}") from None

@@ -1,0 +1,55 @@
+"""Queries on the snapshots table."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from .models import Snapshot
+
+DEFAULT_TAG = ":default"  # E2B names carry a tag; ours have the one
+
+
+async def get(s: AsyncSession, snapshot_id: str) -> Snapshot | None:
+    return await s.get(Snapshot, snapshot_id)
+
+
+async def find(s: AsyncSession, team_id: str, ref: str) -> Snapshot | None:
+    """The team's snapshot named ``ref`` by id, or by name (the newest holding it)."""
+    ref = ref.removesuffix(DEFAULT_TAG)
+    row = await s.get(Snapshot, ref)
+    if row is not None and row.team_id == team_id:
+        return row
+    by_name = (
+        select(Snapshot)
+        .where(Snapshot.team_id == team_id, Snapshot.name == ref)
+        .order_by(Snapshot.created_at.desc())
+        .limit(1)
+    )
+    return (await s.execute(by_name)).scalar_one_or_none()
+
+
+async def list_page(
+    s: AsyncSession,
+    team_id: str,
+    *,
+    source_sandbox_id: str | None,
+    name: str | None,
+    limit: int,
+    offset: int,
+) -> list[Snapshot]:
+    """The team's snapshots, newest first (``limit + 1`` rows tell whether a next page exists)."""
+    query = select(Snapshot).where(Snapshot.team_id == team_id, Snapshot.internal.is_(False))
+    if source_sandbox_id:
+        query = query.where(Snapshot.source_sandbox_id == source_sandbox_id)
+    if name:
+        query = query.where(Snapshot.name == name.removesuffix(DEFAULT_TAG))
+    query = query.order_by(Snapshot.created_at.desc(), Snapshot.id).offset(offset).limit(limit + 1)
+    return list((await s.execute(query)).scalars())
+
+
+async def bytes_used(s: AsyncSession, team_id: str) -> int:
+    total = await s.scalar(
+        select(func.coalesce(func.sum(Snapshot.size_bytes), 0)).where(Snapshot.team_id == team_id)
+    )
+    return int(total or 0)

@@ -1,0 +1,235 @@
+"""Snapshots, forks and rollback: a sandbox's memory and files saved on its node, then used.
+
+A snapshot is taken with the sandbox running (runsc checkpoints and leaves it running); it
+belongs to the team, outlives its source, and is a template for creates (by id or name). A
+fork is a snapshot nobody named, started ``count`` times and deleted once they run. A rollback
+puts the source sandbox itself back to one of its snapshots, keeping its id and address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import logging
+import re
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from ...node.client import NodeError, NodeSandboxNotFound, NodeUnsupported
+from ...vocabulary import new_snapshot_id
+from ..auth.store import Principal
+from ..db import snapshots as snaps
+from ..db.models import Sandbox, Snapshot, utcnow
+from ..db.sandboxes import paused_bytes_used
+from .errors import Conflict, Invalid, LifecycleError, NotFound, QuotaExceeded, SandboxFailed
+from .network import Egress
+from .service import CreateRequest, SandboxService, snapshot_message
+from .states import State
+
+log = logging.getLogger("emberbox.snapshots")
+
+MAX_FORKS = 100
+SNAPSHOT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class SnapshotPage:
+    items: list[Snapshot]
+    next_token: str | None
+
+
+class SnapshotService:
+    """**Parameters:** sandboxes - the sandbox service (admission, node, database);
+    max_bytes_per_team - disk all of a team's snapshots may take (0: no limit)."""
+
+    def __init__(self, sandboxes: SandboxService, max_bytes_per_team: int = 0) -> None:
+        self.sandboxes = sandboxes
+        self.max_bytes_per_team = max_bytes_per_team
+
+    @property
+    def _sessions(self) -> async_sessionmaker[AsyncSession]:
+        return self.sandboxes.sessions
+
+    async def _running(self, who: Principal, sandbox_id: str) -> Sandbox:
+        row = await self.sandboxes.get(who, sandbox_id)
+        if State(row.state) != State.RUNNING:
+            raise Conflict(f"sandbox '{sandbox_id}' is {row.state}, not running")
+        if not self.sandboxes.facts.capabilities.snapshot:
+            raise self.sandboxes._unsupported("cannot snapshot sandboxes")
+        await self.sandboxes.refuse_if_volumes(sandbox_id, "snapshotted, forked or rolled back")
+        return row
+
+    # ---- snapshots ----------------------------------------------------------------------------
+
+    async def create(
+        self, who: Principal, sandbox_id: str, name: str | None = None, *, internal: bool = False
+    ) -> Snapshot:
+        if name is not None and not SNAPSHOT_NAME.match(name.removesuffix(snaps.DEFAULT_TAG)):
+            raise Invalid("a snapshot name is 1-128 characters of [A-Za-z0-9._/-]")
+        name = name.removesuffix(snaps.DEFAULT_TAG) if name else None
+        if name is not None and self.sandboxes.templates.resolve(name) is not None:
+            raise Invalid(f"'{name}' is a template's name; choose another snapshot name")
+        row = await self._running(who, sandbox_id)
+        await self.sandboxes.quiesce(sandbox_id)
+        snapshot_id = new_snapshot_id()
+        try:
+            ref = await self.sandboxes.node.checkpoint(sandbox_id, snapshot_id)
+        except NodeSandboxNotFound as e:
+            raise NotFound(f"sandbox '{sandbox_id}' no longer exists on its node") from e
+        except NodeError as e:
+            raise SandboxFailed(f"snapshot of '{sandbox_id}' failed (it keeps running): {e}") from e
+        snapshot = Snapshot(
+            id=snapshot_id,
+            team_id=who.team_id,
+            name=name,
+            source_sandbox_id=sandbox_id,
+            template_id=row.template_id,
+            alias=row.alias,
+            cpu_count=row.cpu_count,
+            memory_mb=row.memory_mb,
+            disk_mb=row.disk_mb,
+            allow_internet=row.allow_internet,
+            node_id=row.node_id or self.sandboxes.facts.node_id,
+            runtime=ref.runtime,
+            path=ref.path,
+            size_bytes=ref.size_bytes,
+            envd_access_token=row.envd_access_token,
+            internal=internal,
+            created_at=utcnow(),
+        )
+        async with self._sessions.begin() as s:
+            used = await snaps.bytes_used(s, who.team_id)
+            used += await paused_bytes_used(s, who.team_id)
+            over = self.max_bytes_per_team and used + ref.size_bytes > self.max_bytes_per_team
+            if not over:
+                if name is not None:  # a newer snapshot takes the name over (E2B's rule)
+                    for older in await snaps.list_page(
+                        s, who.team_id, source_sandbox_id=None, name=name, limit=1000, offset=0
+                    ):
+                        older.name = None
+                s.add(snapshot)
+        if over:
+            await self._delete_on_node(snapshot)
+            raise QuotaExceeded(
+                f"snapshots and paused sandboxes of this team would take {used + ref.size_bytes} "
+                f"bytes, over the limit of {self.max_bytes_per_team}; delete snapshots or kill "
+                "paused sandboxes first"
+            )
+        return snapshot
+
+    async def list(
+        self,
+        who: Principal,
+        *,
+        sandbox_id: str | None,
+        name: str | None,
+        limit: int,
+        next_token: str | None,
+    ) -> SnapshotPage:
+        if not 1 <= limit <= 100:
+            raise Invalid("limit must be between 1 and 100")
+        try:
+            offset = int(next_token) if next_token else 0
+        except ValueError:
+            raise Invalid("nextToken is not one this server gave out") from None
+        async with self._sessions() as s:
+            rows = await snaps.list_page(
+                s, who.team_id, source_sandbox_id=sandbox_id, name=name, limit=limit, offset=offset
+            )
+        more = len(rows) > limit
+        return SnapshotPage(rows[:limit], str(offset + limit) if more else None)
+
+    async def find(self, who: Principal, ref: str) -> Snapshot | None:
+        async with self._sessions() as s:
+            return await snaps.find(s, who.team_id, ref)
+
+    async def delete(self, who: Principal, ref: str) -> None:
+        snapshot = await self.find(who, ref)
+        if snapshot is None:
+            raise NotFound(f"snapshot '{ref}' not found")
+        async with self._sessions.begin() as s:
+            row = await snaps.get(s, snapshot.id)
+            if row is None:
+                raise NotFound(f"snapshot '{ref}' not found")
+            await s.delete(row)
+        await self._delete_on_node(snapshot)
+
+    async def _delete_on_node(self, snapshot: Snapshot) -> None:
+        try:
+            await self.sandboxes.node.delete_snapshot(snapshot_message(snapshot))
+        except NodeError:  # its row is gone; the files are a leftover, logged for the operator
+            log.exception("deleting snapshot %s on its node failed", snapshot.id)
+
+    # ---- fork ---------------------------------------------------------------------------------
+
+    async def fork(
+        self, who: Principal, sandbox_id: str, count: int, timeout_s: int
+    ) -> builtins.list[Sandbox | LifecycleError]:
+        """``count`` new sandboxes from one checkpoint of a running one, which keeps running
+        with its id and end time. One result per fork: a sandbox or why it failed."""
+        if not 1 <= count <= MAX_FORKS:
+            raise Invalid(f"count must be between 1 and {MAX_FORKS}")
+        self.sandboxes.check_timeout(timeout_s, minimum=1)
+        if not self.sandboxes.facts.capabilities.fork:
+            raise self.sandboxes._unsupported("cannot fork sandboxes")
+        snapshot = await self.create(who, sandbox_id, internal=True)
+        source = await self.sandboxes.get(who, sandbox_id)
+        req = CreateRequest(
+            template=snapshot.id,
+            timeout_s=timeout_s,
+            metadata=source.metadata_dict,
+            allow_internet=source.allow_internet,
+            source=snapshot,
+            # A fork has its source's network policy (never more egress); its own token.
+            allow_out=Egress.of(source).allow_out,
+            deny_out=Egress.of(source).deny_out,
+            allow_public_traffic=source.traffic_access_token is None,
+        )
+        try:
+            results = await asyncio.gather(
+                *(self.sandboxes.create(who, req) for _ in range(count)), return_exceptions=True
+            )
+        finally:
+            # Every fork has its own copy of the memory once it runs: the image can go.
+            async with self._sessions.begin() as s:
+                row = await snaps.get(s, snapshot.id)
+                if row is not None:
+                    await s.delete(row)
+            await self._delete_on_node(snapshot)
+        out: builtins.list[Sandbox | LifecycleError] = []
+        for result in results:
+            if isinstance(result, Sandbox | LifecycleError):
+                out.append(result)
+            elif isinstance(result, Exception):
+                out.append(SandboxFailed(f"fork failed: {result}"))
+            else:
+                raise result
+        return out
+
+    # ---- rollback -----------------------------------------------------------------------------
+
+    async def rollback(self, who: Principal, sandbox_id: str, ref: str) -> Sandbox:
+        """Put the sandbox back to one of its own snapshots, in place (our extension)."""
+        row = await self._running(who, sandbox_id)
+        snapshot = await self.find(who, ref)
+        if snapshot is None:
+            raise NotFound(f"snapshot '{ref}' not found")
+        if snapshot.source_sandbox_id != sandbox_id:
+            raise Invalid(
+                f"snapshot '{ref}' was taken of sandbox '{snapshot.source_sandbox_id}'; a sandbox "
+                "rolls back only to its own snapshots (start a new one from it instead)"
+            )
+        await self.sandboxes.quiesce(sandbox_id)
+        try:
+            await self.sandboxes.node.restore(sandbox_id, snapshot_message(snapshot))
+        except NodeUnsupported as e:
+            raise self.sandboxes._unsupported("cannot roll sandboxes back") from e
+        except NodeError as e:
+            # The runtime stopped the sandbox before restoring it: it is gone now.
+            await self.sandboxes.mark_crashed(sandbox_id, oom=False)
+            raise SandboxFailed(f"rollback of '{sandbox_id}' failed, sandbox lost: {e}") from e
+        return row
+
+
+__all__ = ["MAX_FORKS", "SnapshotPage", "SnapshotService"]
