@@ -1,6 +1,7 @@
 """``python -m emberbox.templates``: build, list and export templates on this node.
 
     build-base [--cache-dir DIR]      build or reuse ``base`` (CI caches DIR between runs)
+    build-code-interpreter [--cache-dir DIR]   the same for ``code-interpreter`` (and base)
     list | rm NAME | ext4 NAME
 
 Builds from a Dockerfile need a runtime to run their steps: ``emberbox template build``.
@@ -30,6 +31,10 @@ def _parser() -> argparse.ArgumentParser:
     base = sub.add_parser("build-base", help="build or reuse the base template")
     base.add_argument("--cache-dir", type=Path, help="layer tarballs kept between runs")
     base.add_argument("--ext4", action="store_true", help="also write the ext4 image")
+    ci = sub.add_parser(
+        "build-code-interpreter", help="build or reuse the code-interpreter template (and base)"
+    )
+    ci.add_argument("--cache-dir", type=Path, help="layer tarballs kept between runs")
     sub.add_parser("list", help="list templates")
     rm = sub.add_parser("rm", help="forget a template (layers stay until gc)")
     rm.add_argument("name")
@@ -52,6 +57,12 @@ async def _main(args: argparse.Namespace) -> int:
             from .ext4 import build_ext4
 
             print(await build_ext4(store, template))
+    elif args.command == "build-code-interpreter":
+        from .code_interpreter import build_code_interpreter
+
+        template = await build_code_interpreter(store, args.cache_dir)
+        print(f"code-interpreter {template.id} layers={len(template.layers)} "
+              f"in {time.monotonic() - started:.1f}s")  # fmt: skip
     elif args.command == "list":
         for name in store.names():
             t = store.get(name)

@@ -34,10 +34,14 @@ class Step:
     dest: str = ""  # COPY destination; WORKDIR path; USER name
     chown: str | None = None
     env: tuple[tuple[str, str], ...] = ()  # ENV pairs
+    user: str | None = None  # RUN: run as this user (this step only)
+    mode: str | None = None  # COPY: octal mode for the copied files (e.g. "0755")
+    archive: str | None = None  # COPY: sources come from this tar in the context, unpacked
+    force: bool = False  # never reuse a cached layer for this step (and so none after it)
 
     def describe(self) -> str:
         if self.kind == "RUN":
-            return f"RUN {self.run}"
+            return f"RUN {self.run}" + (f" (as {self.user})" if self.user else "")
         if self.kind == "COPY":
             return f"COPY {' '.join(self.sources)} {self.dest}"
         if self.kind == "ENV":
@@ -59,6 +63,11 @@ class BuildSpec:
     ready_cmd: str | None = None
     step_timeout: float = 600.0
     allow_internet: bool = True  # build steps usually fetch packages
+    # Who RUN steps run as until a USER step: None is root (Docker's rule); API builds start
+    # as the parent template's user (E2B's rule).
+    build_user: str | None = None
+    cpu_count: int = 2  # each step sandbox's size: builds must not starve running sandboxes
+    memory_mb: int = 2048
 
     def __post_init__(self) -> None:
         validate_name(self.parent)

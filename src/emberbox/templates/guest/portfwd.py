@@ -91,10 +91,18 @@ def _handler(
 
 
 async def forward_forever(interval: float = 0.5, skip: frozenset[int] = frozenset()) -> None:
+    """Relay loopback-only ports, re-reading the external address each round: a sandbox
+    restored from a snapshot (a fork, a template snapshot) wakes up in another network with
+    another address, and relays bound to the old one would be unreachable."""
     servers: dict[int, asyncio.Server] = {}
     address: str | None = None
     while True:
-        address = address or external_address()
+        current = external_address()
+        if current != address:
+            for server in servers.values():
+                server.close()
+            servers.clear()
+            address = current
         if address:
             ext_hex = socket.inet_aton(address)[::-1].hex().upper()
             wanted = loopback_only_ports(ext_hex) - skip
