@@ -8,6 +8,7 @@ import os
 
 from ..vocabulary import DEFAULT_WORKDIR, SERVER_KEEPALIVE_S
 from . import INTERPRETER_PORT
+from .budget import DEFAULT_LIMIT
 
 
 def default_cwd() -> str:
@@ -22,7 +23,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--access-token",
         default=os.environ.get("EMBERBOX_INTERPRETER_ACCESS_TOKEN"),
-        help="require this X-Access-Token (the sandbox's envd token)",
+        help="require this X-Access-Token",
+    )
+    parser.add_argument(
+        "--envd-url",
+        default=None,
+        help="accept exactly the X-Access-Token envd at this URL accepts (in a sandbox: "
+        "http://127.0.0.1:49983); overrides --access-token",
+    )
+    parser.add_argument(
+        "--prestart",
+        action="append",
+        default=[],
+        metavar="LANGUAGE",
+        help="start this language's default context before serving (repeatable)",
+    )
+    parser.add_argument(
+        "--max-output-bytes",
+        type=int,
+        default=DEFAULT_LIMIT,
+        help="output one execution may send before the rest is dropped",
     )
     parser.add_argument("--cwd", default=None, help="working directory of contexts naming none")
     parser.add_argument(
@@ -41,10 +61,19 @@ def main(argv: list[str] | None = None) -> None:
     from .app import create_app
     from .contexts import Contexts
     from .kernels import kernel_env
+    from .tokens import EnvdToken
 
-    contexts = Contexts(args.cwd or default_cwd(), kernel_env())
+    contexts = Contexts(args.cwd or default_cwd(), kernel_env(), output_limit=args.max_output_bytes)
+    tokens = EnvdToken(args.envd_url) if args.envd_url else None
+    app = create_app(
+        contexts,
+        access_token=args.access_token or None,
+        tokens=tokens,
+        keepalive=args.keepalive,
+        prestart=args.prestart,
+    )
     uvicorn.run(
-        create_app(contexts, access_token=args.access_token or None, keepalive=args.keepalive),
+        app,
         host=args.host,
         port=args.port,
         loop="uvloop",

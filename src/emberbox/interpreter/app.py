@@ -10,16 +10,16 @@ Routes (shapes from the official ``e2b-code-interpreter`` SDK's own parsing code
 
 Every error is ``{"code": <status>, "message": ...}``: 400 bad input (unknown language names
 the supported ones), 401 a missing (on ``/execute``) or wrong ``X-Access-Token``, 404 unknown
-context.
+context, 503 when envd cannot be asked about a token (:mod:`.tokens`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from starlette.applications import Starlette
@@ -33,6 +33,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from . import events
 from .contexts import BadRequest, Contexts, UnknownContext
 from .kernels import Run
+from .tokens import FixedToken, TokenCheck, TokenCheckFailed
+
+log = logging.getLogger(__name__)
 
 UNAUTHORIZED_MESSAGE = "unauthorized access, please provide a valid access token"
 KEEPALIVE_SECONDS = 5.0
@@ -129,16 +132,23 @@ def create_app(
     contexts: Contexts,
     *,
     access_token: str | None = None,
+    tokens: TokenCheck | None = None,
     keepalive: float = KEEPALIVE_SECONDS,
+    prestart: Sequence[str] = (),
 ) -> Starlette:
     """The ASGI app over ``contexts``.
 
     **Parameters:**
 
     * `contexts` - the service's :class:`Contexts` (kernels are closed on shutdown).
-    * `access_token` - (optional) require this ``X-Access-Token``, as envd does; default none.
+    * `access_token` - (optional) require this ``X-Access-Token``; default none.
+    * `tokens` - (optional) who decides about tokens instead (:class:`.tokens.EnvdToken`).
     * `keepalive` - (optional) seconds of kernel silence before a keepalive line; default 5.
+    * `prestart` - (optional) languages whose default context starts before the service
+      answers, so the first call does not wait for a kernel; default none.
     """
+
+    checker = tokens or FixedToken(access_token)
 
     async def health(request: Request) -> Response:
         return PlainTextResponse("OK")
@@ -158,7 +168,11 @@ def create_app(
         ):
             raise BadRequest("'env_vars' must map strings to strings")
         context = contexts.get(context_id) if context_id else await contexts.default(language)
-        return EventStream(context.execute(code, env_vars), keepalive)
+        contexts.check_env(context, env_vars)
+        sandbox_env = checker.sandbox_env()
+        if sandbox_env is not None:  # envd's own settings stay out, as in kernel_env()
+            sandbox_env = {k: v for k, v in sandbox_env.items() if not k.startswith("EMBERBOX_")}
+        return EventStream(context.execute(code, env_vars, sandbox_env), keepalive)
 
     async def create_context(request: Request) -> Response:
         body = await _json_object(request)
@@ -193,37 +207,52 @@ def create_app(
 
     return Starlette(
         routes=routes,
-        middleware=[Middleware(AccessTokenMiddleware, access_token=access_token)],
+        middleware=[Middleware(AccessTokenMiddleware, tokens=checker)],
         exception_handlers={UnknownContext: unknown_context, BadRequest: bad_request},
-        lifespan=lambda _app: _lifespan(contexts),
+        lifespan=lambda _app: _lifespan(contexts, tokens, prestart),
     )
 
 
 class AccessTokenMiddleware:
-    """401 ``{code, message}`` on ``POST /execute`` unless ``X-Access-Token`` matches.
+    """401 ``{code, message}`` on ``POST /execute`` unless ``X-Access-Token`` is accepted.
 
     Only ``/execute`` runs code, and it is the only route the official SDK (2.11.5) sends the
     token on: requiring it on ``/contexts`` would break every context call of a secured sandbox.
     A wrong token is refused everywhere; a missing one only on ``/execute``.
     """
 
-    def __init__(self, app: ASGIApp, access_token: str | None) -> None:
+    def __init__(self, app: ASGIApp, tokens: TokenCheck) -> None:
         self.app = app
-        self.access_token = access_token.encode() if access_token else None
+        self.tokens = tokens
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.access_token is not None and scope["type"] == "http":
+        if scope["type"] == "http" and scope["path"] != "/health":
             given = Headers(scope=scope).get("x-access-token")
-            required = scope["path"] == "/execute"
-            if (given is not None or required) and not hmac.compare_digest(
-                (given or "").encode(), self.access_token
-            ):
-                await problem(401, UNAUTHORIZED_MESSAGE)(scope, receive, send)
-                return
+            if given is not None or scope["path"] == "/execute":
+                try:
+                    accepted = await self.tokens.accepts(given)
+                except TokenCheckFailed as exc:
+                    await problem(503, str(exc))(scope, receive, send)
+                    return
+                if not accepted:
+                    await problem(401, UNAUTHORIZED_MESSAGE)(scope, receive, send)
+                    return
         await self.app(scope, receive, send)
 
 
 @contextlib.asynccontextmanager
-async def _lifespan(contexts: Contexts) -> AsyncIterator[None]:
-    yield
-    await contexts.close()
+async def _lifespan(
+    contexts: Contexts, tokens: TokenCheck | None, prestart: Sequence[str]
+) -> AsyncIterator[None]:
+    for language in prestart:
+        try:
+            await contexts.default(language)
+        except Exception:  # the service still serves; the first call starts the kernel
+            log.exception("could not pre-start the default %s context", language)
+    try:
+        yield
+    finally:
+        await contexts.close()
+        aclose = getattr(tokens, "aclose", None)
+        if aclose is not None:
+            await aclose()

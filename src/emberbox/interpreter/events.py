@@ -17,11 +17,12 @@ import json
 from datetime import datetime
 from typing import Any
 
+from .kernel_ext import CHART_MIME
+
 Event = dict[str, Any]
 
 # Jupyter MIME type → field of the SDK's ``Result``. Anything else lands in ``extra``.
-# ``e2b/chart`` is deliberately absent: chart extraction is not built yet, so no result
-# ever carries a ``chart`` (docs/code-interpreter.md).
+# ``e2b/chart`` is what our kernel extension adds to matplotlib figures (:mod:`.kernel_ext`).
 RESULT_FORMATS = {
     "text/plain": "text",
     "text/html": "html",
@@ -34,6 +35,7 @@ RESULT_FORMATS = {
     "application/json": "json",
     "application/javascript": "javascript",
     "e2b/data": "data",
+    CHART_MIME: "chart",
 }
 
 END_OF_EXECUTION: Event = {"type": "end_of_execution"}

@@ -9,7 +9,7 @@ next one behind a busy kernel.
 
 A kernel that dies mid-cell (``os._exit``, OOM) is reported as an error event; the context
 starts a fresh kernel on its next call. Restarting or deleting a context ends its running cell
-the same way.
+the same way. Output past the execution's budget is dropped as it arrives (:mod:`.budget`).
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ from typing import Any
 from jupyter_client.asynchronous.client import AsyncKernelClient
 from jupyter_client.manager import AsyncKernelManager
 
-from . import events
+from . import events, languages
+from .budget import DEFAULT_LIMIT, OutputBudget
 from .events import Event
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_LANGUAGES = ("python",)
 POLL_SECONDS = 0.1  # how often a silent kernel is checked for death or a cancelled call
 INTERRUPT_GRACE_SECONDS = 3.0  # an interrupted cell gets this long to stop before a restart
 START_TIMEOUT_SECONDS = 60.0
@@ -66,10 +66,20 @@ class Run:
 class Context:
     """A kernel with its own working directory, state kept between executions."""
 
-    def __init__(self, language: str, cwd: str, env: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        language: str,
+        cwd: str,
+        env: Mapping[str, str],
+        *,
+        kernel: str = "python3",
+        output_limit: int = DEFAULT_LIMIT,
+    ) -> None:
         self.id = str(uuid.uuid4())
         self.language = language
         self.cwd = cwd
+        self.kernel = kernel
+        self.output_limit = output_limit
         self._env = dict(env)
         self._manager: AsyncKernelManager | None = None
         self._client: AsyncKernelClient | None = None
@@ -77,6 +87,8 @@ class Context:
         self._lock = asyncio.Lock()
         self._generation = 0  # bumped whenever the kernel is replaced or shut down
         self._tasks: set[asyncio.Task[None]] = set()
+        self._sandbox_env: dict[str, str] = {}  # what this kernel was given of the sandbox's env
+        self._reseeded = False  # its random generators seeded afresh before its first cell
         self.closed = False
 
     def describe(self) -> dict[str, str]:
@@ -89,13 +101,17 @@ class Context:
         # can reach the kernel around this service (and its access token).
         runtime = tempfile.mkdtemp(prefix=f"emberbox-kernel-{self.id[:8]}-")
         manager = AsyncKernelManager(
-            kernel_name="python3",
+            kernel_name=self.kernel,
             transport="ipc",
             ip=os.path.join(runtime, "kernel"),
             connection_file=os.path.join(runtime, "connection.json"),
         )
         self._runtime = runtime
-        await manager.start_kernel(cwd=self.cwd, env=self._env)
+        self._sandbox_env = {}
+        self._reseeded = False
+        await manager.start_kernel(
+            cwd=self.cwd, env=self._env, extra_arguments=languages.kernel_arguments(self.language)
+        )
         client = manager.client()
         client.start_channels()
         try:
@@ -133,18 +149,32 @@ class Context:
 
     # -- execution ----------------------------------------------------------------------------
 
-    def execute(self, code: str, env_vars: Mapping[str, str] | None) -> Run:
-        """Queue ``code`` after the context's running cell; its events arrive on the Run."""
+    def execute(
+        self,
+        code: str,
+        env_vars: Mapping[str, str] | None,
+        sandbox_env: Mapping[str, str] | None = None,
+    ) -> Run:
+        """Queue ``code`` after the context's running cell; its events arrive on the Run.
+
+        ``sandbox_env`` is the sandbox's env as envd has it now; the kernel is brought up to
+        date with it (for good) before the cell, and ``env_vars`` apply on top for this cell
+        only. A kernel may predate the sandbox's identity: one restored from the template's
+        snapshot was started before any sandbox existed.
+        """
         run = Run()
-        task = asyncio.create_task(self._produce(run, code, dict(env_vars or {})))
+        sandbox = dict(sandbox_env) if sandbox_env is not None else None
+        task = asyncio.create_task(self._produce(run, code, dict(env_vars or {}), sandbox))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return run
 
-    async def _produce(self, run: Run, code: str, env_vars: dict[str, str]) -> None:
+    async def _produce(
+        self, run: Run, code: str, env_vars: dict[str, str], sandbox_env: dict[str, str] | None
+    ) -> None:
         try:
             async with self._lock:
-                await self._execute_locked(run, code, env_vars)
+                await self._execute_locked(run, code, env_vars, sandbox_env)
         except Exception as exc:  # never leave the reader hanging
             log.exception("execution failed in context %s", self.id)
             await run.put(events.error_event(type(exc).__name__, str(exc), ""))
@@ -152,20 +182,42 @@ class Context:
             await run.put(events.END_OF_EXECUTION)
             await run.put(None)
 
-    async def _execute_locked(self, run: Run, code: str, env_vars: dict[str, str]) -> None:
+    async def _execute_locked(
+        self, run: Run, code: str, env_vars: dict[str, str], sandbox_env: dict[str, str] | None
+    ) -> None:
         if self.closed:
             raise KernelDied("the context was deleted")
         if not await self._alive():
             await self.restart()  # first use after a crash (or a failed start)
+        if sandbox_env is not None:
+            await self._follow_sandbox_env(sandbox_env)
+        if not self._reseeded:
+            # A kernel started before the sandbox existed (in a template snapshot every sandbox
+            # restores) holds the same generator state in all of them: reseed it from the
+            # sandbox's own entropy before the first user code. Later copies (forks, user
+            # snapshots) keep the user's state as it was.
+            reseed = languages.reseed_code(self.language)
+            if reseed:
+                await self._silent(reseed)
+            self._reseeded = True
         if env_vars:
-            await self._silent(_set_env_code(env_vars))
+            await self._silent(languages.set_env_code(self.language, env_vars))
         try:
             await self._cell(run, code)
         except KernelDied as exc:
             await run.put(events.error_event("KernelDied", str(exc), ""))
             return
         if env_vars:
-            await self._silent(_RESTORE_ENV_CODE)
+            await self._silent(languages.restore_env_code(self.language))
+
+    async def _follow_sandbox_env(self, sandbox_env: dict[str, str]) -> None:
+        wanted = languages.settable(self.language, sandbox_env)
+        if wanted == self._sandbox_env:
+            return
+        changed = {k: v for k, v in wanted.items() if self._sandbox_env.get(k) != v}
+        removed = [k for k in self._sandbox_env if k not in wanted]
+        await self._silent(languages.apply_env_code(self.language, changed, removed))
+        self._sandbox_env = wanted
 
     async def _silent(self, code: str) -> None:
         """Run bookkeeping code that leaves no output, history or execution count."""
@@ -176,9 +228,11 @@ class Context:
     async def _cell(self, run: Run, code: str) -> None:
         assert self._client is not None
         msg_id = self._client.execute(code, store_history=True, allow_stdin=False)
-        await self._wait_idle(msg_id, run)
+        await self._wait_idle(msg_id, run, OutputBudget(self.output_limit))
 
-    async def _wait_idle(self, msg_id: str, run: Run | None) -> None:
+    async def _wait_idle(
+        self, msg_id: str, run: Run | None, budget: OutputBudget | None = None
+    ) -> None:
         """Forward the cell's IOPub messages until the kernel reports it idle."""
         client, manager, generation = self._client, self._manager, self._generation
         assert client is not None and manager is not None
@@ -211,7 +265,8 @@ class Context:
             if run is not None:
                 event = events.from_iopub(message)
                 if event is not None:
-                    await run.put(event)
+                    for admitted in budget.admit(event) if budget else [event]:
+                        await run.put(admitted)
 
     async def _drain_reply(self, msg_id: str) -> None:
         """Read the cell's shell reply so replies do not pile up in the socket."""
@@ -223,27 +278,7 @@ class Context:
                     return
 
 
-def _set_env_code(env_vars: Mapping[str, str]) -> str:
-    return (
-        "import os as _emberbox_os\n"
-        f"_emberbox_env = {dict(env_vars)!r}\n"
-        "_emberbox_env_saved = {k: _emberbox_os.environ.get(k) for k in _emberbox_env}\n"
-        "_emberbox_os.environ.update(_emberbox_env)\n"
-    )
-
-
-_RESTORE_ENV_CODE = (
-    "for _k, _v in _emberbox_env_saved.items():\n"
-    "    if _v is None:\n"
-    "        _emberbox_os.environ.pop(_k, None)\n"
-    "    else:\n"
-    "        _emberbox_os.environ[_k] = _v\n"
-    "del _k, _v, _emberbox_env, _emberbox_env_saved, _emberbox_os\n"
-)
-
-
 def kernel_env() -> dict[str, str]:
-    """What every kernel starts with: the service's environment, minus its own secrets."""
-    env = dict(os.environ)
-    env.pop("EMBERBOX_INTERPRETER_ACCESS_TOKEN", None)
-    return env
+    """What every kernel starts with: the service's environment minus our own settings (the
+    access token among them, and the sandbox's start command)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("EMBERBOX_")}
