@@ -29,6 +29,7 @@ RULES: list[tuple[str, str]] = [
     (r"\baread\b", "read"),
     (r"\baiter_raw\b", "iter_raw"),
     (r"\baiter_bytes\b", "iter_bytes"),
+    (r"\baiter_lines\b", "iter_lines"),
     (r"\basyncio\.sleep\b", "time.sleep"),
     (r"^import asyncio$", "import time"),
     (r"\bAsync([A-Z]\w*)\b", r"\1"),

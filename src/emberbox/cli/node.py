@@ -55,6 +55,8 @@ def node(log_level: Annotated[str, typer.Option(help="log level")] = "info") -> 
                 settings.envd_command or None,
                 settings.runsc,
                 settings.dead_check_interval_s,
+                settings.template_snapshots,
+                settings.warm_pool,
             )
         )
     finally:

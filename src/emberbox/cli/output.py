@@ -48,6 +48,18 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> 
     console.print(grid)
 
 
+def human_bytes(size: int | None) -> str:
+    """``1.5 GiB``-style sizes for tables; unknown sizes print as ``?``."""
+    if size is None:
+        return "?"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
     errors.print(f"[bold red]error:[/] {message}", highlight=False)
     return typer.Exit(code)

@@ -1,10 +1,12 @@
-"""``emberbox sandbox create|list|info|kill|exec|shell``."""
+"""``emberbox sandbox create|list|info|kill|exec|run-code|shell`` (and, from ``stateful``,
+``snapshot|fork|rollback|pause|resume``)."""
 
 from __future__ import annotations
 
 import asyncio
 import shlex
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -12,8 +14,10 @@ import typer
 from ..sdk._async.sandbox import AsyncSandbox
 from ..sdk.exceptions import CommandExitException
 from ..sdk.sandbox import Sandbox
+from .cell_output import Printer, read_code
 from .output import console, emit_json, fail, friendly_errors, table
 from .shell import run_shell
+from .stateful import fork, pause, resume, rollback, snapshot
 
 app = typer.Typer(help="Create, inspect, use and kill sandboxes.", no_args_is_help=True)
 
@@ -66,19 +70,36 @@ def list_(
         return
     table(
         f"{len(found)} sandbox(es)",
-        ["id", "template", "state", "started", "ends", "metadata"],
+        ["id", "template", "state", "saved", "started", "ends", "metadata"],
         [
-            (s.sandbox_id, s.template_id, s.state, s.started_at, s.end_at, s.metadata or "")
+            (
+                s.sandbox_id,
+                s.template_id,
+                s.state,
+                _size(s.paused_bytes),
+                s.started_at,
+                s.end_at,
+                s.metadata or "",
+            )
             for s in found
         ],
     )
 
 
+def _size(n: int | None) -> str:
+    """A paused sandbox's saved memory, in MiB (blank while running)."""
+    return "" if n is None else f"{n / 2**20:.1f} MiB"
+
+
 @app.command()
 @friendly_errors
 def info(sandbox_id: str, json_out: JsonFlag = False) -> None:
-    """Show one sandbox."""
-    details = Sandbox.connect(sandbox_id).get_info()
+    """Show one sandbox (without connecting, which would resume a paused one)."""
+    sandbox = Sandbox._handle(sandbox_id)
+    try:
+        details = sandbox.get_info()
+    finally:
+        sandbox.close()
     if json_out:
         emit_json(details)
         return
@@ -128,6 +149,41 @@ def exec(
         raise typer.Exit(exc.exit_code if exc.exit_code > 0 else 128) from None
 
 
+@app.command("run-code")
+@friendly_errors
+def run_code(
+    sandbox_id: str,
+    code: Annotated[list[str], typer.Argument(help="the code, after --; '-' reads stdin")],
+    language: Annotated[str | None, typer.Option("--language", "-l")] = None,
+    context: Annotated[str | None, typer.Option("--context", help="a context id")] = None,
+    out_dir: Annotated[Path, typer.Option(help="where images and PDFs are saved")] = Path("."),
+    env: Annotated[list[str] | None, typer.Option("--env", "-e")] = None,
+    timeout: Annotated[float, typer.Option(help="seconds; 0 = no limit")] = 300,
+) -> None:
+    """Run a notebook cell in the sandbox's code interpreter (state persists between calls).
+
+    Streams its output, prints its value, saves images and PDFs under --out-dir (printing
+    their paths), and exits 1 with the traceback when the cell raises."""
+    printer = Printer(out_dir)
+    sandbox = Sandbox.connect(sandbox_id)
+    try:
+        execution = sandbox.run_code(
+            read_code(code),
+            language=language,
+            context=context,
+            on_stdout=printer.output,
+            on_stderr=printer.output,
+            on_result=printer.result,
+            on_error=printer.error,
+            envs=_pairs(env, "--env") or None,
+            timeout=timeout,
+        )
+    finally:
+        sandbox.close()
+    if execution.error is not None:
+        raise typer.Exit(1)
+
+
 @app.command()
 @friendly_errors
 def shell(
@@ -144,3 +200,7 @@ def shell(
             await sandbox.close()
 
     raise typer.Exit(asyncio.run(session()))
+
+
+for command in (snapshot, fork, rollback, pause, resume):
+    app.command()(command)

@@ -1,7 +1,9 @@
-"""``emberbox template build|list|delete``: templates on this node (run where the server runs).
+"""``emberbox template build|list|delete``.
 
-Builds run each step inside a sandbox of the parent template; the progress bar advances per
-step and each step's output is printed as it arrives from the builder.
+``build`` is a client of the template API (``E2B_API_URL``/``EMBERBOX_API_URL`` and the API key,
+like every other command): the server builds in gVisor sandboxes and the progress bar follows
+its log. ``build --local`` builds on this node without a server (offline; run where the node
+runs), as ``list`` and ``delete`` act on this node's store.
 """
 
 from __future__ import annotations
@@ -10,12 +12,15 @@ import asyncio
 import dataclasses
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .output import console, emit_json, fail, table
+
+if TYPE_CHECKING:
+    from ..templates.spec import BuildSpec
 
 app = typer.Typer(help="Build, list and delete templates on this node.", no_args_is_help=True)
 
@@ -46,29 +51,26 @@ class _ProgressLog:
     def flush(self) -> None:
         pass
 
+    def line(self, text: str) -> None:
+        self.write(text + "\n")
+
 
 @app.command()
 def build(
     name: str,
     file: Annotated[Path, typer.Option("--file", "-f", help="Dockerfile-style spec")],
     context: Annotated[Path | None, typer.Option(help="directory COPY reads from")] = None,
+    local: Annotated[bool, typer.Option("--local", help="build on this node, no server")] = False,
+    cpu_count: Annotated[int | None, typer.Option("--cpu", help="vCPUs of its sandboxes")] = None,
+    memory_mb: Annotated[int | None, typer.Option("--memory-mb")] = None,
 ) -> None:
-    """Build NAME from a spec whose FROM names one of our templates (RUN, COPY, ENV, WORKDIR,
-    USER, CMD/ready check)."""
-    from ..runtimes.gvisor import GVisorConfig, GVisorRuntime
-    from ..server.config import Settings
-    from ..templates.builder import build_template
+    """Build NAME (``name:tag`` tags it) from a spec whose FROM names one of our templates (RUN,
+    COPY, ENV, WORKDIR, USER, CMD/ready check)."""
     from ..templates.spec import parse_dockerfile
-    from ..templates.store import TemplateError, TemplateStore
+    from ..templates.store import TemplateError
 
     if not file.is_file():
         raise fail(f"no such file: {file}")
-    settings = Settings.from_env()
-    store = TemplateStore(settings.data_dir)
-    config = GVisorConfig(data_dir=settings.data_dir)
-    if settings.runsc:
-        config = dataclasses.replace(config, runsc=settings.runsc)
-    runner = GVisorRuntime(config, store)
     try:
         spec = parse_dockerfile(file.read_text(), context or file.parent)
     except TemplateError as exc:
@@ -77,14 +79,51 @@ def build(
                TimeElapsedColumn())  # fmt: skip
     with Progress(*columns, console=console, transient=True) as progress:
         sink = _ProgressLog(progress)
-        try:
-            template = asyncio.run(build_template(store, name, spec, runner=runner, log=sink))  # type: ignore[arg-type]
-        except TemplateError as exc:
-            raise fail(str(exc).splitlines()[0]) from None
+        if local:
+            what = _build_here(name, spec, sink)
+        else:
+            what = _build_through_api(name, spec, sink, cpu_count, memory_mb)
         progress.update(sink.task, completed=progress.tasks[0].total or 0)
-    console.print(
-        f"built [bold]{template.name}[/] ({template.id[:12]}, {len(template.layers)} layers)"
-    )
+    console.print(f"built [bold]{name}[/] ({what})")
+
+
+def _build_through_api(
+    name: str, spec: BuildSpec, sink: _ProgressLog, cpu: int | None, memory: int | None
+) -> str:
+    from ..sdk._config import ConnectionConfig
+    from ..sdk._sync.api import Api, http_client
+    from ..sdk._sync.templates import build_template
+    from ..sdk.exceptions import SandboxException
+    from .template_wire import build_body
+
+    body, files = build_body(spec)
+    try:
+        with http_client() as http:
+            done = build_template(Api(ConnectionConfig.create(), http), name, body, files,
+                                  on_log=lambda e: sink.line(e.message),
+                                  cpu_count=cpu, memory_mb=memory)  # fmt: skip
+    except SandboxException as exc:
+        raise fail(f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    return f"template {done.template_id}, build {done.build_id}"
+
+
+def _build_here(name: str, spec: BuildSpec, sink: _ProgressLog) -> str:
+    from ..runtimes.gvisor import GVisorConfig, GVisorRuntime
+    from ..server.config import Settings
+    from ..templates.builder import build_template
+    from ..templates.store import TemplateError, TemplateStore
+
+    settings = Settings.from_env()
+    store = TemplateStore(settings.data_dir)
+    config = GVisorConfig(data_dir=settings.data_dir)
+    if settings.runsc:
+        config = dataclasses.replace(config, runsc=settings.runsc)
+    runner = GVisorRuntime(config, store)
+    try:
+        template = asyncio.run(build_template(store, name, spec, runner=runner, log=sink))  # type: ignore[arg-type]
+    except TemplateError as exc:
+        raise fail(str(exc).splitlines()[0]) from None
+    return f"{template.id[:12]}, {len(template.layers)} layers, on this node"
 
 
 @app.command("list")

@@ -59,6 +59,16 @@ class ConnectionConfig:
             return self.sandbox_url
         return f"http://{ENVD_PORT}-{sandbox_id}.{sandbox_domain or self.domain}"
 
+    def port_url(self, sandbox_id: str, port: int, sandbox_domain: str | None) -> str:
+        """Where an HTTP service on ``port`` inside the sandbox (the code interpreter) is reached.
+
+        ``sandbox_url`` wins even in debug mode, as in E2B's SDK: it is one proxy that routes by
+        the ``E2b-Sandbox-Id``/``-Port`` headers, or, in tests, the one service under test.
+        """
+        if self.sandbox_url:
+            return self.sandbox_url
+        return f"http://{self.host(sandbox_id, port, sandbox_domain)}"
+
     def host(self, sandbox_id: str, port: int, sandbox_domain: str | None) -> str:
         if self.debug:
             return f"localhost:{port}"

@@ -18,6 +18,7 @@ from .exceptions import (
     SandboxUnavailableException,
     TemplateException,
     TimeoutException,
+    UnsupportedException,
 )
 
 
@@ -63,25 +64,46 @@ def from_http(
     response: httpx.Response, *, what: str = "request", files: bool = False
 ) -> SandboxException:
     """Map a non-2xx REST or envd HTTP answer (bodies are ``{code, message}``)."""
-    status = response.status_code
-    message = f"{what}: {_message(response)}"
+    return from_status(
+        response.status_code,
+        f"{what}: {_message(response)}",
+        files=files,
+        template=what.startswith("template"),
+        retry_after=retry_after(response),
+    )
+
+
+def from_status(
+    status: int,
+    message: str,
+    *,
+    files: bool = False,
+    template: bool = False,
+    retry_after: float | None = None,
+) -> SandboxException:
+    """Map a status and message, from a response or from a ``{code, message}`` inside a 2xx
+    body (one failed fork of several)."""
     if status == 400:
         return InvalidArgumentException(message)
     if status in (401, 403):
         return AuthenticationException(message)
     if status == 404:
         return FileNotFoundException(message) if files else NotFoundException(message)
+    if status == 409:
+        return SandboxUnavailableException(message)
     if status == 413:
         return InvalidArgumentException(message)
     if status == 429:
-        return RateLimitException(message, retry_after(response))
+        return RateLimitException(message, retry_after)
+    if status == 501:
+        return UnsupportedException(message)
     if status == 507:
         return NotEnoughSpaceException(message)
     if status == 502:
         return SandboxUnavailableException(message)
     if status in (408, 504):
         return TimeoutException(message)
-    if status == 422 and what.startswith("template"):
+    if status == 422 and template:
         return TemplateException(message)
     return SandboxException(f"{status}: {message}")
 

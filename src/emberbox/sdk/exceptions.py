@@ -10,7 +10,8 @@
     ├── NotEnoughSpaceException     the sandbox's disk is full
     ├── CommandExitException        a command finished with a non-zero exit code
     ├── TemplateException           a template is missing, broken or too old
-    └── SandboxUnavailableException the sandbox is not running or cannot be reached
+    ├── SandboxUnavailableException the sandbox is not running or cannot be reached
+    └── UnsupportedException        501: this server or its runtime cannot do that (yet)
 
 Errors are converted once, at the transport boundary (``_errors.py``), from HTTP statuses and
 Connect codes; nothing below the public surface raises httpx or protobuf errors.
@@ -60,7 +61,13 @@ class TemplateException(SandboxException):
 
 
 class SandboxUnavailableException(SandboxException):
-    """The sandbox is not running (killed, expired, paused) or its port cannot be reached."""
+    """The sandbox is not running (killed, expired, paused) or its port cannot be reached; also
+    409: the sandbox is not in a state that allows the call (snapshot or fork of a paused one)."""
+
+
+class UnsupportedException(SandboxException):
+    """501: the server or its runtime does not offer this (a runtime without checkpoints, a
+    filesystem-only snapshot); retrying does not help."""
 
 
 class CommandExitException(SandboxException):
@@ -86,4 +93,5 @@ __all__ = [
     "SandboxUnavailableException",
     "TemplateException",
     "TimeoutException",
+    "UnsupportedException",
 ]

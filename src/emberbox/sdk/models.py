@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import IO, Protocol, runtime_checkable
+from typing import IO, Any, Protocol, TypedDict, runtime_checkable
 
 from .._proto.filesystem import filesystem_pb2 as fs_pb
 
@@ -137,6 +137,8 @@ class SandboxInfo:
     cpu_count: int | None = None
     memory_mb: int | None = None
     envd_version: str | None = None
+    # Disk a paused sandbox's saved memory takes (Emberbox's addition; None when running).
+    paused_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -148,3 +150,41 @@ class SandboxMetrics:
     mem_total: int
     disk_used: int
     disk_total: int
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """A saved sandbox (memory and files). ``snapshot_id`` (its name when it has one) is a
+    template for ``create``; ``sandbox_id``, ``size_bytes`` (disk on its node) and
+    ``created_at`` are Emberbox's additions to E2B's ``{snapshotID, names}``."""
+
+    snapshot_id: str
+    names: list[str] = field(default_factory=list)
+    sandbox_id: str | None = None
+    size_bytes: int | None = None
+    created_at: datetime | None = None
+
+
+class NetworkOptions(TypedDict, total=False):
+    """Egress rules and port privacy, with E2B's SDK names: ``allow_out`` / ``deny_out`` (CIDR
+    blocks or IPv4 addresses; allowed entries win), ``allow_public_traffic`` (create only;
+    False makes the sandbox's ports need its ``traffic_access_token``) and
+    ``allow_internet_access`` (update only; False is ``deny_out=["0.0.0.0/0"]``)."""
+
+    allow_out: list[str]
+    deny_out: list[str]
+    allow_public_traffic: bool
+    allow_internet_access: bool
+
+
+_WIRE_NAMES = {
+    "allow_out": "allowOut",
+    "deny_out": "denyOut",
+    "allow_public_traffic": "allowPublicTraffic",
+    "allow_internet_access": "allow_internet_access",
+}
+
+
+def network_body(network: NetworkOptions) -> dict[str, Any]:
+    """The JSON the API takes (unknown keys pass through, so the server names them in a 501)."""
+    return {_WIRE_NAMES.get(k, k): v for k, v in network.items()}

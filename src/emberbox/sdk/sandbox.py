@@ -6,6 +6,7 @@ from typing import Any
 
 from ._config import DEFAULT_SANDBOX_TIMEOUT
 from ._sync.sandbox import Sandbox as _GeneratedSandbox
+from .models import NetworkOptions
 
 
 class Sandbox(_GeneratedSandbox):
@@ -21,9 +22,10 @@ class Sandbox(_GeneratedSandbox):
         metadata: dict[str, str] | None = None,
         envs: dict[str, str] | None = None,
         allow_internet_access: bool = True,
+        network: NetworkOptions | None = None,
         **connection: Any,
     ) -> None:
         data, config, http = self._provision(
-            template, timeout, metadata, envs, allow_internet_access, **connection
+            template, timeout, metadata, envs, allow_internet_access, network, **connection
         )
         self._setup_from_api(data, config, http)

@@ -1,4 +1,5 @@
-"""``AsyncSandbox``: one sandbox, its commands, PTYs and files, and the class-level API calls."""
+"""``AsyncSandbox``: one sandbox, its commands, PTYs, files and code interpreter, and the
+class-level API calls."""
 
 from __future__ import annotations
 
@@ -9,32 +10,33 @@ from typing import Any, Self
 import httpx
 
 from .._base import hybridmethod
+from .._code import INTERPRETER_PORT
 from .._config import DEFAULT_SANDBOX_TIMEOUT, ENVD_PORT, ConnectionConfig
 from ..exceptions import SandboxException
-from ..models import SandboxInfo, SandboxMetrics
-from .api import AsyncApi
+from ..models import NetworkOptions, SandboxInfo, SandboxMetrics, SnapshotInfo
+from . import snapshots
+from .api import AsyncApi, http_client
+from .code import AsyncCodeInterpreter
 from .commands import AsyncCommands, AsyncPty
 from .filesystem import AsyncFilesystem
 from .rpc import AsyncRpc
+from .snapshots import AsyncSnapshotPaginator
 
 DEBUG_SANDBOX_ID = "debug_sandbox_id"
 
 
-def _http() -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(60.0),
-        limits=httpx.Limits(max_keepalive_connections=20, keepalive_expiry=300),
-    )
-
-
-class AsyncSandbox:
+class AsyncSandbox(AsyncCodeInterpreter):
     """A running sandbox. Create with ``await AsyncSandbox.create(...)``; kill on exit of
     ``async with``.
 
     **Parameters** of :meth:`create`: ``template`` (default ``"base"``), ``timeout`` seconds to
-    live (default 300), ``metadata`` and ``envs`` (maps of strings), ``allow_internet_access``;
+    live (default 300), ``metadata`` and ``envs`` (maps of strings), ``allow_internet_access``,
+    ``network`` (:class:`~emberbox.sdk.models.NetworkOptions`);
     connection: ``api_key``, ``api_url``, ``sandbox_url``, ``domain``, ``debug``,
     ``request_timeout`` — each defaults to ``EMBERBOX_*`` then ``E2B_*`` variables.
+
+    In a ``code-interpreter`` sandbox, ``run_code`` and the code-context methods (from
+    :class:`AsyncCodeInterpreter`) run notebook cells.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -49,8 +51,12 @@ class AsyncSandbox:
         envd_access_token: str | None = None,
         template_id: str | None = None,
         domain: str | None = None,
+        traffic_access_token: str | None = None,
     ) -> None:
         self.sandbox_id = sandbox_id
+        # Needed on requests to its ports when it was created with allow_public_traffic False
+        # (header ``e2b-traffic-access-token``).
+        self.traffic_access_token = traffic_access_token
         self.template_id = template_id
         self._config = config
         self._http = http
@@ -64,6 +70,11 @@ class AsyncSandbox:
         self.pty = AsyncPty(rpc)
         self.files = AsyncFilesystem(rpc)
         self._api = AsyncApi(config, http)
+        self._interpreter_url = config.port_url(sandbox_id, INTERPRETER_PORT, domain)
+        self._interpreter_headers = {
+            **config.routing_headers(sandbox_id, INTERPRETER_PORT),
+            **({"X-Access-Token": envd_access_token} if envd_access_token else {}),
+        }
 
     def _setup_from_api(
         self, data: dict[str, Any], config: ConnectionConfig, http: httpx.AsyncClient
@@ -75,6 +86,7 @@ class AsyncSandbox:
             envd_access_token=data.get("envdAccessToken"),
             template_id=data.get("templateID"),
             domain=data.get("domain"),
+            traffic_access_token=data.get("trafficAccessToken"),
         )
 
     @classmethod
@@ -93,15 +105,16 @@ class AsyncSandbox:
         metadata: dict[str, str] | None,
         envs: dict[str, str] | None,
         allow_internet_access: bool,
+        network: NetworkOptions | None = None,
         **connection: Any,
     ) -> tuple[dict[str, Any], ConnectionConfig, httpx.AsyncClient]:
         config = ConnectionConfig.create(**connection)
-        http = _http()
+        http = http_client()
         if config.debug:
             return {"sandboxID": DEBUG_SANDBOX_ID, "templateID": template}, config, http
         try:
             data = await AsyncApi(config, http).create(
-                template, timeout, metadata, envs, allow_internet_access
+                template, timeout, metadata, envs, allow_internet_access, network
             )
         except BaseException:
             await http.aclose()
@@ -116,18 +129,26 @@ class AsyncSandbox:
         metadata: dict[str, str] | None = None,
         envs: dict[str, str] | None = None,
         allow_internet_access: bool = True,
+        network: NetworkOptions | None = None,
         **connection: Any,
     ) -> Self:
         data, config, http = await cls._provision(
-            template, timeout, metadata, envs, allow_internet_access, **connection
+            template, timeout, metadata, envs, allow_internet_access, network, **connection
         )
         return cls._from_api(data, config, http)
+
+    @classmethod
+    def _handle(cls, sandbox_id: str, **connection: Any) -> Self:
+        """A handle for control-plane calls on a sandbox by id, without ``connect`` (which
+        would resume a paused one); envd calls through it lack the access token."""
+        config = ConnectionConfig.create(**connection)
+        return cls._from_api({"sandboxID": sandbox_id}, config, http_client())
 
     @classmethod
     async def connect(cls, sandbox_id: str, timeout: int | None = None, **connection: Any) -> Self:
         """Attach to a running (or resume a paused) sandbox by id."""
         config = ConnectionConfig.create(**connection)
-        http = _http()
+        http = http_client()
         if config.debug:
             return cls._from_api({"sandboxID": sandbox_id}, config, http)
         try:
@@ -145,7 +166,7 @@ class AsyncSandbox:
         limit: int | None = None,
         **connection: Any,
     ) -> builtins.list[SandboxInfo]:
-        async with _http() as http:
+        async with http_client() as http:
             return await AsyncApi(ConnectionConfig.create(**connection), http).list(
                 metadata, state, limit
             )
@@ -161,13 +182,19 @@ class AsyncSandbox:
             return await self._api.kill(self.sandbox_id)
         if sandbox_id is None:
             raise SandboxException("AsyncSandbox.kill needs a sandbox id")
-        async with _http() as http:
+        async with http_client() as http:
             return await AsyncApi(ConnectionConfig.create(**connection), http).kill(sandbox_id)
 
     async def set_timeout(self, timeout: int) -> None:
         """The sandbox now ends ``timeout`` seconds from now (shorter or longer than before)."""
         if not self._config.debug:
             await self._api.set_timeout(self.sandbox_id, timeout)
+
+    async def update_network(self, network: NetworkOptions) -> None:
+        """Replace the sandbox's egress rules (``allow_out``, ``deny_out``,
+        ``allow_internet_access``; omitted ones are cleared), effective for the next packet."""
+        if not self._config.debug:
+            await self._api.update_network(self.sandbox_id, network)
 
     async def get_info(self) -> SandboxInfo:
         return await self._api.get(self.sandbox_id)
@@ -186,6 +213,64 @@ class AsyncSandbox:
 
     async def resume(self, timeout: int | None = None) -> None:
         await self._api.connect(self.sandbox_id, timeout)
+
+    # ---- snapshots, fork, rollback ------------------------------------------------------------
+
+    async def create_snapshot(self, name: str | None = None) -> SnapshotInfo:
+        """Save this sandbox's memory and files; it keeps running. Its ``snapshot_id`` (the
+        name, when given; a newer snapshot takes a name over) is a template for ``create``."""
+        return await snapshots.create_snapshot(self._api, self.sandbox_id, name)
+
+    @hybridmethod
+    def list_snapshots(
+        cls,
+        self: AsyncSandbox | None,
+        sandbox_id: str | None = None,
+        name: str | None = None,
+        limit: int | None = None,
+        next_token: str | None = None,
+        **connection: Any,
+    ) -> AsyncSnapshotPaginator:
+        """This sandbox's snapshots (``sbx.list_snapshots()``) or the team's
+        (``AsyncSandbox.list_snapshots(sandbox_id=None, name=None)``), newest first: a
+        paginator (``next_items()`` per page, or iterate over all of them)."""
+        if self is not None:
+            config = self._config
+            sandbox_id = sandbox_id or self.sandbox_id
+        else:
+            config = ConnectionConfig.create(**connection)
+        return AsyncSnapshotPaginator(
+            config, sandbox_id=sandbox_id, name=name, limit=limit, next_token=next_token
+        )
+
+    @classmethod
+    async def delete_snapshot(cls, snapshot_id: str, **connection: Any) -> bool:
+        """Delete a snapshot by id or name and free its disk; False if there was none."""
+        async with http_client() as http:
+            api = AsyncApi(ConnectionConfig.create(**connection), http)
+            return await snapshots.delete_snapshot(api, snapshot_id)
+
+    async def fork(
+        self, count: int = 1, timeout: int | None = None
+    ) -> builtins.list[Self | SandboxException]:
+        """``count`` (1-100) new sandboxes from one checkpoint of this one, which keeps running
+        with its id and end time. One entry per fork: a connected sandbox (its own client, to
+        close or kill) or the exception saying why that fork failed. ``timeout``: seconds the
+        forks live (the server's default, 15 s, when None)."""
+        entries = await snapshots.fork(self._api, self.sandbox_id, count, timeout)
+        return [
+            entry
+            if isinstance(entry, SandboxException)
+            else type(self)._from_api(entry, self._config, http_client())
+            for entry in entries
+        ]
+
+    async def rollback(self, snapshot: str | SnapshotInfo) -> None:
+        """Put this sandbox back to one of its own snapshots (id, name or
+        :class:`SnapshotInfo`) in place: same id, address and object, the snapshot's memory,
+        processes and files. Emberbox's extension of E2B's API."""
+        ref = snapshot.snapshot_id if isinstance(snapshot, SnapshotInfo) else snapshot
+        await snapshots.rollback(self._api, self.sandbox_id, ref)
 
     def get_host(self, port: int) -> str:
         """``<port>-<id>.<domain>``: where a server listening on ``port`` inside is reached."""

@@ -19,7 +19,7 @@ import httpx
 from .. import _errors
 from .._config import ConnectionConfig
 from ..exceptions import AuthenticationException, NotFoundException
-from ..models import SandboxInfo, SandboxMetrics
+from ..models import NetworkOptions, SandboxInfo, SandboxMetrics, network_body
 
 RETRY_STATUSES = {429, 502, 503, 504}
 MAX_RETRIES = 3
@@ -40,6 +40,15 @@ def sandbox_info(item: dict[str, Any]) -> SandboxInfo:
         cpu_count=item.get("cpuCount"),
         memory_mb=item.get("memoryMB"),
         envd_version=item.get("envdVersion"),
+        paused_bytes=item.get("pausedBytes"),
+    )
+
+
+def http_client() -> httpx.Client:
+    """One client per sandbox object (or per class-level call): its own keep-alive pool."""
+    return httpx.Client(
+        timeout=httpx.Timeout(60.0),
+        limits=httpx.Limits(max_keepalive_connections=20, keepalive_expiry=300),
     )
 
 
@@ -104,14 +113,17 @@ class Api:
         metadata: dict[str, str] | None,
         envs: dict[str, str] | None,
         allow_internet_access: bool,
+        network: NetworkOptions | None = None,
     ) -> dict[str, Any]:
-        body = {
+        body: dict[str, Any] = {
             "templateID": template,
             "timeout": timeout,
             "metadata": metadata or {},
             "envVars": envs or {},
             "allow_internet_access": allow_internet_access,
         }
+        if network:
+            body["network"] = network_body(network)
         response = self.request(
             "POST", "/v2/sandboxes", json_body=body, idempotent=False, what="create sandbox"
         )
@@ -175,6 +187,14 @@ class Api:
         )
         if response.status_code >= 300:
             raise _errors.from_http(response, what=f"set_timeout {sandbox_id}")
+
+    def update_network(self, sandbox_id: str, network: NetworkOptions) -> None:
+        """Replace the sandbox's egress rules (omitted ones are cleared)."""
+        response = self.request(
+            "PUT", f"/sandboxes/{sandbox_id}/network", json_body=network_body(network)
+        )
+        if response.status_code >= 300:
+            raise _errors.from_http(response, what=f"update_network {sandbox_id}")
 
     def pause(self, sandbox_id: str) -> bool:
         response = self.request(

@@ -1,0 +1,178 @@
+"""Snapshots, forks and rollback on the control plane: E2B's calls plus our ``/rollback``.
+
+E2B files snapshots under templates: one is deleted with ``DELETE /templates/{id}`` and started
+by naming it as the template of a create.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import AsyncIterator
+from typing import Any
+
+from .. import _errors
+from .._config import ConnectionConfig
+from ..exceptions import SandboxException
+from ..models import SnapshotInfo
+from .api import AsyncApi, _ts, http_client
+
+
+def snapshot_info(item: dict[str, Any]) -> SnapshotInfo:
+    size = item.get("sizeBytes")
+    return SnapshotInfo(
+        snapshot_id=item["snapshotID"],
+        names=list(item.get("names") or []),
+        sandbox_id=item.get("sandboxID"),
+        size_bytes=int(size) if size is not None else None,
+        created_at=_ts(item.get("createdAt")),
+    )
+
+
+async def create_snapshot(api: AsyncApi, sandbox_id: str, name: str | None) -> SnapshotInfo:
+    # Not retried: a retry after a lost answer would save a second snapshot.
+    response = await api.request(
+        "POST",
+        f"/sandboxes/{sandbox_id}/snapshots",
+        json_body={"name": name} if name is not None else {},
+        idempotent=False,
+        what=f"snapshot of {sandbox_id}",
+    )
+    if response.status_code != 201:
+        raise _errors.from_http(response, what=f"snapshot of {sandbox_id}")
+    return snapshot_info(response.json())
+
+
+async def snapshot_page(
+    api: AsyncApi,
+    *,
+    sandbox_id: str | None,
+    name: str | None,
+    limit: int | None,
+    next_token: str | None,
+) -> tuple[list[SnapshotInfo], str | None]:
+    """One page of ``GET /snapshots`` and the token of the next (None: this was the last)."""
+    params = {
+        key: value
+        for key, value in {
+            "sandboxID": sandbox_id,
+            "name": name,
+            "limit": str(limit) if limit else None,
+            "nextToken": next_token,
+        }.items()
+        if value
+    }
+    response = await api.request("GET", "/snapshots", params=params, what="list snapshots")
+    if response.status_code != 200:
+        raise _errors.from_http(response, what="list snapshots")
+    items = [snapshot_info(item) for item in response.json()]
+    return items, response.headers.get("x-next-token") or None
+
+
+async def delete_snapshot(api: AsyncApi, snapshot_id: str) -> bool:
+    response = await api.request(
+        "DELETE", f"/templates/{snapshot_id}", what=f"delete snapshot {snapshot_id}"
+    )
+    if response.status_code == 404:
+        return False
+    if response.status_code >= 300:
+        raise _errors.from_http(response, what=f"delete snapshot {snapshot_id}")
+    return True
+
+
+async def fork(
+    api: AsyncApi, sandbox_id: str, count: int, timeout: int | None
+) -> builtins.list[dict[str, Any] | SandboxException]:
+    """One entry per fork: the new sandbox's create answer, or its error as an exception."""
+    body: dict[str, Any] = {"count": count}
+    if timeout is not None:
+        body["timeout"] = timeout
+    response = await api.request(
+        "POST",
+        f"/sandboxes/{sandbox_id}/fork",
+        json_body=body,
+        idempotent=False,
+        what=f"fork of {sandbox_id}",
+    )
+    if response.status_code != 201:
+        raise _errors.from_http(response, what=f"fork of {sandbox_id}")
+    out: builtins.list[dict[str, Any] | SandboxException] = []
+    for entry in response.json():
+        if entry.get("sandbox"):
+            out.append(entry["sandbox"])
+            continue
+        error = entry.get("error") or {}
+        out.append(
+            _errors.from_status(
+                int(error.get("code", 500)),
+                f"fork of {sandbox_id}: {error.get('message', 'no sandbox and no error given')}",
+            )
+        )
+    return out
+
+
+async def rollback(api: AsyncApi, sandbox_id: str, snapshot_id: str) -> None:
+    # Not retried: a rollback that landed but whose answer was lost must not run twice over
+    # work done after it.
+    response = await api.request(
+        "POST",
+        f"/sandboxes/{sandbox_id}/rollback",
+        json_body={"snapshotID": snapshot_id},
+        idempotent=False,
+        what=f"rollback of {sandbox_id}",
+    )
+    if response.status_code != 200:
+        raise _errors.from_http(response, what=f"rollback of {sandbox_id}")
+
+
+class AsyncSnapshotPaginator:
+    """The team's snapshots, newest first, a page per request (E2B's paginator: ``has_next``,
+    ``next_token``, ``next_items()``); iterating it walks every remaining page.
+
+    **Parameters:** ``sandbox_id`` and ``name`` filter; ``limit`` is the page size (1-100);
+    ``next_token`` resumes from a page an earlier paginator stopped at.
+    """
+
+    def __init__(
+        self,
+        config: ConnectionConfig,
+        *,
+        sandbox_id: str | None = None,
+        name: str | None = None,
+        limit: int | None = None,
+        next_token: str | None = None,
+    ) -> None:
+        self._config = config
+        self.sandbox_id = sandbox_id
+        self.name = name
+        self.limit = limit
+        self._next_token = next_token
+        self._has_next = True
+
+    @property
+    def has_next(self) -> bool:
+        return self._has_next
+
+    @property
+    def next_token(self) -> str | None:
+        return self._next_token
+
+    async def next_items(self) -> builtins.list[SnapshotInfo]:
+        """The next page; raises :class:`SandboxException` once ``has_next`` is False."""
+        if not self._has_next:
+            raise SandboxException("no more snapshots to fetch (has_next is False)")
+        async with http_client() as http:
+            items, token = await snapshot_page(
+                AsyncApi(self._config, http),
+                sandbox_id=self.sandbox_id,
+                name=self.name,
+                limit=self.limit,
+                next_token=self._next_token,
+            )
+        self._next_token = token
+        self._has_next = token is not None
+        return items
+
+    async def __aiter__(self) -> AsyncIterator[SnapshotInfo]:
+        while self._has_next:
+            for item in await self.next_items():
+                yield item
