@@ -14,6 +14,10 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
+# Servers and nodes made in-process read EMBERBOX_* from here: the warm pool is opt-in in tests
+# (its background sandboxes would show up in every leak inventory).
+os.environ.setdefault("EMBERBOX_WARM_POOL", "0")
+
 ENVD_PORT = 49983  # the E2B SDK in debug mode talks to localhost:49983, fixed
 
 

@@ -93,11 +93,35 @@ def api(running: Running) -> Iterator[httpx.Client]:
         yield c
 
 
-@pytest.fixture
-def sdk_env(running: Running, monkeypatch: pytest.MonkeyPatch) -> Running:
-    """Point the official e2b SDK at the server the way a user does: environment variables."""
-    for k, v in running.server.sdk_env(running.key).items():
+def point_sdks_at(server: ServerProcess, key: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Point the official e2b SDKs at ``server`` the way a user does: environment variables
+    (and none of the ones that would send them elsewhere); returns ``key``."""
+    for k, v in server.sdk_env(key).items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("E2B_DEBUG", raising=False)
     monkeypatch.delenv("E2B_DOMAIN", raising=False)
+    return key
+
+
+@pytest.fixture
+def sdk_env(running: Running, monkeypatch: pytest.MonkeyPatch) -> Running:
+    """Point the official e2b SDK at the server the way a user does: environment variables."""
+    point_sdks_at(running.server, running.key, monkeypatch)
     return running
+
+
+@pytest.fixture(scope="module")
+def gvisor_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A real server on gVisor for one test module (tests/runtimes/gvisor_support.py)."""
+    from tests.runtimes.gvisor_support import gvisor_server as start
+
+    with start(tmp_path_factory.mktemp("gvisor-server")) as server:
+        yield server
+
+
+@pytest.fixture
+def gvisor_key(gvisor_server: ServerProcess, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The server's first key, with the official SDK pointed at the server through its
+    environment variables, as a user does."""
+    assert gvisor_server.first_key
+    return point_sdks_at(gvisor_server, gvisor_server.first_key, monkeypatch)

@@ -2,7 +2,8 @@
 
 ``openapi_check`` compares responses with *our* ``/openapi.json``, so it cannot see drift from what
 E2B's clients read. This check asks E2B's generated client instead: the operation that answers a
-request is looked up among the SDK's generated modules (``e2b.api.client.api.*``, matched by method
+request is looked up among the SDK's generated modules (``e2b.api.client.api.*`` and
+``e2b.volume.client.api.*``, matched by method
 and path template, both read from each module's ``_get_kwargs``), the body goes through that
 module's own ``_parse_response`` (which picks the model per status and calls ``Model.from_dict``,
 exactly as the SDK does), and the parsed objects are then walked against the models' declared
@@ -30,6 +31,7 @@ import pkgutil
 import re
 import types
 import typing
+import uuid
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,6 +40,8 @@ from typing import Any
 import attrs
 import e2b.api.client.api as sdk_api
 import e2b.api.client.models as sdk_models
+import e2b.volume.client.api as sdk_volume_api
+import e2b.volume.client.errors as volume_errors
 import httpx
 from e2b.api.client import errors as sdk_errors
 from e2b.api.client.client import Client as SdkClient
@@ -45,12 +49,21 @@ from e2b.api.client.models import Error as SdkError
 from e2b.api.client.types import Unset
 
 # (e2b model class name, JSON key) -> why we may send a key E2B's model does not define.
-ALLOWED_EXTRA_FIELDS: Mapping[tuple[str, str], str] = {}
+ALLOWED_EXTRA_FIELDS: Mapping[tuple[str, str], str] = {
+    ("SnapshotInfo", "sandboxID"): "our extension: which sandbox it was taken of",
+    ("SnapshotInfo", "sizeBytes"): "our extension: the disk it takes (issue: visible disk use)",
+    ("SnapshotInfo", "createdAt"): "our extension: when it was taken",
+    ("ListedSandbox", "pausedBytes"): "our extension: disk a paused sandbox's memory takes",
+    ("SandboxDetail", "pausedBytes"): "our extension: disk a paused sandbox's memory takes",
+}
 
 # (method, path) of routes we serve that are not E2B operations -> why; their successes are not
 # parsed (no E2B model exists), their errors still must be E2B's Error shape.
 NOT_E2B_OPERATIONS: Mapping[tuple[str, str], str] = {
     ("get", "/health"): "not in the SDK's generated client (E2B's answers plain text); unused",
+    ("post", "/sandboxes/{sandbox_id}/rollback"): "our extension: rollback in place",
+    ("post", "/v2/templates"): "E2B's older template create; the SDK 2.63 calls /v3/templates",
+    ("post", "/templates"): "E2B's v1 template create; the SDK 2.63 calls /v3/templates",
 }
 
 
@@ -75,6 +88,8 @@ class SdkOperation:
 class _Placeholder:
     """Stands in for a required keyword argument (a request body, a list of ids) of _get_kwargs."""
 
+    payload = b""  # a file upload's body
+
     def to_dict(self) -> dict[str, Any]:
         return {}
 
@@ -83,10 +98,13 @@ class _Placeholder:
 
 
 def sdk_operations() -> list[SdkOperation]:
-    """Every operation of the SDK's generated REST client, literal paths before templated ones."""
+    """Every operation of the SDK's generated REST clients (the API's and the volume content
+    API's), literal paths before templated ones."""
     ops = []
-    for group in pkgutil.iter_modules(sdk_api.__path__):
-        package = importlib.import_module(f"{sdk_api.__name__}.{group.name}")
+    groups = [(api, group) for api in (sdk_api, sdk_volume_api)
+              for group in pkgutil.iter_modules(api.__path__)]  # fmt: skip
+    for api, group in groups:
+        package = importlib.import_module(f"{api.__name__}.{group.name}")
         for info in pkgutil.iter_modules(package.__path__):
             module = importlib.import_module(f"{package.__name__}.{info.name}")
             params = inspect.signature(module._get_kwargs).parameters.values()
@@ -165,12 +183,14 @@ class E2bWireChecker:
             return parsed
         try:
             parsed = op.module._parse_response(client=self.sdk_client, response=response)
-        except sdk_errors.UnexpectedStatus:
+        except (sdk_errors.UnexpectedStatus, volume_errors.UnexpectedStatus):
             if status < 400:
                 raise WireDrift(f"{where}: E2B does not document {status} for {op.name}") from None
             parsed = self._parse_error(response, where)  # the SDK reads `message` of any error
         except Exception as e:  # whatever breaks the SDK's parser breaks the SDK
             raise WireDrift(f"{where}: the e2b SDK cannot parse the body: {e!r}") from e
+        if parsed is None and status >= 400:  # the volume client leaves some errors unparsed
+            parsed = self._parse_error(response, where)
         if parsed is None:  # the SDK ignores 204 bodies; there must be none
             if response.content:
                 raise WireDrift(f"{where}: unexpected body {response.content[:200]!r}")
@@ -256,6 +276,8 @@ class E2bWireChecker:
             ok = isinstance(value, int | float)  # a JSON number without a fraction is fine
         elif hint is dt.datetime:
             ok = isinstance(value, dt.datetime) and value.utcoffset() is not None
+        elif hint is uuid.UUID:  # the SDK's parser already turned the string into one
+            ok = isinstance(value, uuid.UUID)
         elif issubclass(hint, enum.Enum | Unset | int | str):
             ok = isinstance(value, hint)
         else:

@@ -164,7 +164,6 @@ def test_unsupported_options_are_refused(api: httpx.Client, unchanged: None) -> 
         {"volumeMounts": [{"name": "v", "path": "/mnt"}]},
         {"mcp": {}},
         {"network": {"allowOut": ["1.1.1.1"]}},
-        {"network": {"allowPublicTraffic": False}},
         {"network": {"dnsServers": ["9.9.9.9"]}},
         {"autoResume": {"enabled": True}},
     ]
@@ -190,6 +189,59 @@ def test_unsupported_options_on_a_sandbox_are_refused(api: httpx.Client) -> None
         api.delete(f"/sandboxes/{sid}")
 
 
+BAD_RULES: list[tuple[dict[str, object], str]] = [
+    ({"allowOut": ["10.0.0.0/33"]}, "allowOut: '10.0.0.0/33'"),
+    ({"allowOut": ["1.2.3"]}, "'1.2.3' is not a CIDR"),
+    ({"allowOut": ["*"]}, "'*' is not a CIDR"),
+    ({"denyOut": ["example.com"]}, "denyOut takes CIDR blocks and IP addresses only"),
+    ({"denyOut": ["10.0.0.0/8", ""]}, "non-empty string"),
+    ({"allowOut": [f"198.18.{i // 250}.{i % 250}" for i in range(501)]}, "at most 500"),
+]
+
+
+@pytest.mark.parametrize(("network", "says"), BAD_RULES)
+def test_bad_egress_rules_are_refused_at_create(
+    api: httpx.Client, unchanged: None, network: dict[str, object], says: str
+) -> None:
+    r = api.post("/v2/sandboxes", json={"templateID": "base", "network": network})
+    _assert_error(r, 400, says.lower())
+
+
+def test_egress_rules_we_cannot_honour_are_refused(api: httpx.Client, unchanged: None) -> None:
+    for network, says in [
+        ({"allowOut": ["example.com"]}, "domain entries"),
+        ({"allowOut": ["*.example.com"]}, "domain entries"),
+        ({"allowOut": ["2001:db8::/32"]}, "ipv6"),
+        ({"dnsServers": ["9.9.9.9"]}, "dnsservers"),
+        ({"rules": {"a.com": [{"transform": {"headers": {"x": "y"}}}]}}, "rules"),
+        ({"egressProxy": {"address": "p:1"}}, "egressproxy"),
+        ({"maskRequestHost": "h"}, "maskrequesthost"),
+    ]:
+        r = api.post("/v2/sandboxes", json={"templateID": "base", "network": network})
+        _assert_error(r, 501, says)
+
+
+def test_bad_network_updates_change_nothing(api: httpx.Client) -> None:
+    sid = api.post("/v2/sandboxes", json={"templateID": "base", "timeout": 60}).json()["sandboxID"]
+    try:
+        before = api.get(f"/sandboxes/{sid}").json()
+        for network, says in BAD_RULES:
+            _assert_error(api.put(f"/sandboxes/{sid}/network", json=network), 400, says.lower())
+        r = api.put(f"/sandboxes/{sid}/network", json={"allowOut": ["a.example.com"]})
+        _assert_error(r, 501, "domain entries")
+        r = api.put(f"/sandboxes/{sid}/network", json={"egressProxy": {"address": "p:1"}})
+        _assert_error(r, 501, "egressproxy")
+        after = api.get(f"/sandboxes/{sid}").json()
+        assert after.get("network") == before.get("network")
+        assert after["allowInternetAccess"] == before["allowInternetAccess"]
+        r = api.put(f"/sandboxes/{sid}/network", json={"denyOut": ["198.18.0.0/15"]})
+        _assert_error(r, 501, "cannot change egress rules")  # the process runtime
+        r = api.put("/sandboxes/" + "b" * 20 + "/network", json={})
+        _assert_error(r, 404)
+    finally:
+        api.delete(f"/sandboxes/{sid}")
+
+
 def test_bad_idempotency_key(api: httpx.Client, unchanged: None) -> None:
     for bad in ("UPPER", "a" * 256, "spa ce", "under_score"):
         r = api.post("/v2/sandboxes", json={"templateID": "base"}, headers={"Idempotency-Key": bad})
@@ -199,11 +251,10 @@ def test_bad_idempotency_key(api: httpx.Client, unchanged: None) -> None:
 @pytest.mark.parametrize(
     ("method", "path"),
     [
-        ("POST", "/sandboxes/{sid}/fork"),
-        ("POST", "/sandboxes/{sid}/snapshots"),
-        ("GET", "/snapshots"),
-        ("PUT", "/sandboxes/{sid}/network"),
         ("POST", "/sandboxes/{sid}/refreshes"),
+        ("GET", "/secrets"),
+        ("POST", "/secrets"),
+        ("DELETE", "/secrets/{sid}"),
         ("GET", "/v2/sandboxes/{sid}/logs"),
         ("GET", "/sandboxes/metrics"),
     ],
@@ -217,3 +268,19 @@ def test_e2b_operations_we_lack_answer_501_not_404(
         r = c.request(method, path.format(sid="a" * 20), json={} if method != "GET" else None)
     _assert_error(r, 501, "not supported yet")
     assert r.headers["should-retry"] == "false"
+
+
+def test_runtime_without_snapshots_refuses_them(api: httpx.Client) -> None:
+    """The process runtime cannot checkpoint: snapshots, forks and creates from them are 501
+    naming the runtime, and nothing is left behind (gVisor: tests/api/test_stateful.py)."""
+    sid = api.post("/v2/sandboxes", json={"templateID": "base"}).json()["sandboxID"]
+    try:
+        for path, body in (("fork", {"count": 2}), ("snapshots", {})):
+            r = api.post(f"/sandboxes/{sid}/{path}", json=body)
+            _assert_error(r, 501, "process runtime cannot")
+        r = api.post(f"/sandboxes/{sid}/rollback", json={"snapshotID": "snapnothere"})
+        _assert_error(r, 501, "process runtime cannot")
+        assert api.get("/snapshots").json() == []
+        _assert_error(api.post(f"/sandboxes/{sid}/fork", json={"count": 0}), 400, "count")
+    finally:
+        api.delete(f"/sandboxes/{sid}")

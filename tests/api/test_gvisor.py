@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import time
 import uuid
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -19,24 +18,7 @@ from e2b import CommandExitException, Sandbox, SandboxQuery, SandboxState
 from emberbox.server.testing import ServerProcess, free_port
 
 
-@pytest.fixture(scope="module")
-def gvisor_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    from tests.runtimes.gvisor_support import gvisor_server as start
-
-    with start(tmp_path_factory.mktemp("gvisor-server")) as server:
-        yield server
-
-
-@pytest.fixture
-def key(gvisor_server: ServerProcess, monkeypatch: pytest.MonkeyPatch) -> str:
-    assert gvisor_server.first_key
-    for k, v in gvisor_server.sdk_env(gvisor_server.first_key).items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.delenv("E2B_DEBUG", raising=False)
-    return gvisor_server.first_key
-
-
-def test_sdk_round_in_gvisor(gvisor_server: ServerProcess, key: str) -> None:
+def test_sdk_round_in_gvisor(gvisor_server: ServerProcess, gvisor_key: str) -> None:
     tag = uuid.uuid4().hex
     sbx = Sandbox.create(metadata={"suite": tag}, envs={"FOO": "gv"}, timeout=120)
     try:
@@ -70,7 +52,7 @@ def test_sdk_round_in_gvisor(gvisor_server: ServerProcess, key: str) -> None:
     assert not sbx.is_running()
 
 
-def test_pause_and_resume_in_gvisor(gvisor_server: ServerProcess, key: str) -> None:
+def test_pause_and_resume_in_gvisor(gvisor_server: ServerProcess, gvisor_key: str) -> None:
     sbx = Sandbox.create(timeout=120)
     try:
         sbx.commands.run("echo kept > /home/user/state.txt")
@@ -83,13 +65,13 @@ def test_pause_and_resume_in_gvisor(gvisor_server: ServerProcess, key: str) -> N
         sbx.kill()
 
 
-def test_end_time_in_gvisor(gvisor_server: ServerProcess, key: str) -> None:
+def test_end_time_in_gvisor(gvisor_server: ServerProcess, gvisor_key: str) -> None:
     sbx = Sandbox.create(timeout=3)
     end_at = sbx.get_info().end_at
     while sbx.is_running():
         assert dt.datetime.now(dt.UTC) <= end_at + dt.timedelta(seconds=1.0)
         time.sleep(0.05)
-    with httpx.Client(base_url=gvisor_server.api_url, headers={"X-API-KEY": key}) as api:
+    with httpx.Client(base_url=gvisor_server.api_url, headers={"X-API-KEY": gvisor_key}) as api:
         assert api.get(f"/sandboxes/{sbx.sandbox_id}").status_code == 404
     # and the runtime really let it go (the kill finishes after the API stops showing it)
     deadline = time.monotonic() + 20
@@ -98,7 +80,9 @@ def test_end_time_in_gvisor(gvisor_server: ServerProcess, key: str) -> None:
         time.sleep(0.1)
 
 
-def test_allow_internet_access_false_is_enforced(gvisor_server: ServerProcess, key: str) -> None:
+def test_allow_internet_access_false_is_enforced(
+    gvisor_server: ServerProcess, gvisor_key: str
+) -> None:
     """Egress to a server in a namespace this test made (never a real address)."""
     from tests.fake_internet import fake_internet
 
@@ -121,7 +105,7 @@ def test_allow_internet_access_false_is_enforced(gvisor_server: ServerProcess, k
 
 
 def test_paused_past_its_end_time_resumes_with_files(
-    gvisor_server: ServerProcess, key: str
+    gvisor_server: ServerProcess, gvisor_key: str
 ) -> None:
     """Regression: the node's own reaper used to kill a paused sandbox at its old end time."""
     sbx = Sandbox.create(timeout=3)
@@ -137,7 +121,9 @@ def test_paused_past_its_end_time_resumes_with_files(
         sbx.kill()
 
 
-def test_upload_larger_than_memory_lands_on_disk(gvisor_server: ServerProcess, key: str) -> None:
+def test_upload_larger_than_memory_lands_on_disk(
+    gvisor_server: ServerProcess, gvisor_key: str
+) -> None:
     """700 MB through the files API into /tmp of a 512 MiB sandbox: streamed to its disk, so
     neither envd nor the sandbox runs out of memory (it used to kill the whole sandbox)."""
     sbx = Sandbox.create(timeout=120)

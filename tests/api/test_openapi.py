@@ -25,6 +25,41 @@ PROTOCOL_OPERATIONS = {
     ("get", "/sandboxes/{sandbox_id}/metrics"),
     ("get", "/sandboxes/{sandbox_id}/logs"),
     ("get", "/health"),
+    ("post", "/sandboxes/{sandbox_id}/snapshots"),
+    ("get", "/snapshots"),
+    ("delete", "/templates/{template_id}"),
+    ("post", "/sandboxes/{sandbox_id}/fork"),
+    ("post", "/sandboxes/{sandbox_id}/rollback"),  # our extension
+    ("put", "/sandboxes/{sandbox_id}/network"),
+    # templates (server/api/templates.py)
+    ("post", "/v3/templates"),
+    ("post", "/v2/templates"),
+    ("post", "/templates"),
+    ("get", "/templates"),
+    ("get", "/v2/templates"),
+    ("get", "/templates/{template_id}/files/{files_hash}"),
+    ("post", "/v2/templates/{template_id}/builds/{build_id}"),
+    ("get", "/templates/{template_id}/builds/{build_id}/status"),
+    ("get", "/templates/{template_id}/builds/{build_id}/logs"),
+    ("get", "/templates/{template_id}"),
+    ("patch", "/templates/{template_id}"),
+    ("patch", "/v2/templates/{template_id}"),
+    ("get", "/templates/aliases/{alias}"),
+    ("post", "/templates/tags"),
+    ("delete", "/templates/tags"),
+    ("get", "/templates/{template_id}/tags"),
+    # volumes (server/api/volumes.py)
+    ("post", "/volumes"),
+    ("get", "/volumes"),
+    ("get", "/volumes/{volume_id}"),
+    ("delete", "/volumes/{volume_id}"),
+    ("get", "/volumecontent/{volume_id}/dir"),
+    ("post", "/volumecontent/{volume_id}/dir"),
+    ("get", "/volumecontent/{volume_id}/path"),
+    ("patch", "/volumecontent/{volume_id}/path"),
+    ("delete", "/volumecontent/{volume_id}/path"),
+    ("get", "/volumecontent/{volume_id}/file"),
+    ("put", "/volumecontent/{volume_id}/file"),
 }
 
 
@@ -53,7 +88,7 @@ def test_every_operation_answers_a_documented_status(running: Running, api: http
     bodies = {"/v2/sandboxes": {"templateID": "no-such"}, "/sandboxes": {"templateID": "no-such"}}
     for path, item in spec["paths"].items():
         for method, op in item.items():
-            url = path.replace("{sandbox_id}", sid)
+            url = path.replace("{sandbox_id}", sid).replace("{template_id}", "no-such")
             r = api.request(method, url, json=bodies.get(path, {"timeout": 5}))
             assert str(r.status_code) in op["responses"], (method, path, r.status_code)
 

@@ -4,6 +4,8 @@ sends its port-49999 traffic to our port instead of the fixed localhost:49999)."
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -37,7 +39,9 @@ class Service:
                 self.process.wait()
 
 
-def start_service(cwd: Path, *args: str, ready_timeout: float = 20.0) -> Service:
+def start_service(
+    cwd: Path, *args: str, ready_timeout: float = 20.0, env: dict[str, str] | None = None
+) -> Service:
     port = free_port()
     process = subprocess.Popen(
         [
@@ -45,6 +49,7 @@ def start_service(cwd: Path, *args: str, ready_timeout: float = 20.0) -> Service
             *("--port", str(port), "--cwd", str(cwd), "--keepalive", KEEPALIVE, *args),
         ],
         stdout=subprocess.DEVNULL,
+        env=env,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + ready_timeout
@@ -65,6 +70,22 @@ def start_service(cwd: Path, *args: str, ready_timeout: float = 20.0) -> Service
 @pytest.fixture(scope="session")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     svc = start_service(tmp_path_factory.mktemp("interpreter-home"))
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture(scope="session")
+def js_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """A service that also offers JavaScript: our kernelspec installed in a private Jupyter
+    path (as the template installs it in the venv), driving the host's node."""
+    if not shutil.which("node"):
+        pytest.skip("node is not installed (scripts/setup installs it)")
+    from emberbox.interpreter.js_kernel import install
+
+    prefix = tmp_path_factory.mktemp("js-kernelspec")
+    install(prefix=str(prefix))
+    env = {**os.environ, "JUPYTER_PATH": str(prefix / "share" / "jupyter")}
+    svc = start_service(tmp_path_factory.mktemp("interpreter-js"), env=env)
     yield svc
     svc.stop()
 

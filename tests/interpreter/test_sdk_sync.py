@@ -13,6 +13,7 @@ import httpx
 import pytest
 from e2b import NotFoundException, SandboxException, TimeoutException
 from e2b_code_interpreter import Context, Sandbox
+from e2b_code_interpreter.charts import LineChart
 
 from .conftest import TOKEN, Service, sdk_env, with_token
 
@@ -62,7 +63,8 @@ def test_rich_results(sandbox: Any) -> None:
     assert markdown.markdown == "# Title"
     assert json_.json == {"k": [1, 2]}
     assert base64.b64decode(figure.png).startswith(b"\x89PNG\r\n\x1a\n")
-    assert "png" in figure.formats() and figure.chart is None
+    assert "png" in figure.formats() and "chart" in figure.formats()
+    assert isinstance(figure.chart, LineChart) and figure.chart.title == "t"
     assert main.is_main_result and main.text == "done" and execution.text == "done"
 
 
@@ -189,7 +191,7 @@ def test_unknown_language_is_400_naming_python(sandbox: Any, service: Service) -
     with pytest.raises(SandboxException, match=r"400 Bad Request.*supported: python"):
         sandbox.run_code("1", language="cobol")
     with pytest.raises(SandboxException, match=r"400 Bad Request.*supported: python"):
-        sandbox.create_code_context(language="javascript")
+        sandbox.create_code_context(language="java")
     response = httpx.post(f"{service.url}/execute", json={"code": "1", "language": "r"})
     assert response.status_code == 400
     assert response.json()["code"] == 400 and "python" in response.json()["message"]

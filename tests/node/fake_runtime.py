@@ -137,13 +137,14 @@ class FakeRuntime(Runtime):
             raise SandboxGone(sandbox_id)
         return SandboxStats(2, 1.0, 1, 2, 3, 4)
 
-    async def pause(self, sandbox_id: str) -> None:
+    async def pause(self, sandbox_id: str) -> int:
         await asyncio.sleep(self.pause_delay_s)
         sandbox = self.sandboxes[sandbox_id]
         self.sandboxes[sandbox_id] = RuntimeSandbox(
             sandbox.sandbox_id, sandbox.template_id, sandbox.address, sandbox.envd_port,
             SandboxStatus.PAUSED,
         )  # fmt: skip
+        return 4096  # what its saved memory would take
 
     async def resume(self, sandbox_id: str) -> RuntimeSandbox:
         sandbox = self.sandboxes[sandbox_id]

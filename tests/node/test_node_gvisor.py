@@ -39,6 +39,16 @@ async def _echo(sandbox: pb.Sandbox, text: str) -> str:
         return (await envd.run(f"echo {text}")).text
 
 
+async def _entered(config: GVisorConfig, sandbox_id: str, create: asyncio.Task[object]) -> None:
+    """Wait until the node has begun ``sandbox_id`` on the host (its directory exists) and has
+    not finished it: creates restored from a template snapshot take well under a second, so a
+    fixed sleep would often kill the node after the create had already answered."""
+    while not (config.sandboxes_dir / sandbox_id).exists():
+        assert not create.done(), "the create finished before it could be cut"
+        await asyncio.sleep(0.005)
+    assert not create.done(), "the create finished before it could be cut"
+
+
 async def test_sigkill_and_restart_leave_no_orphans(node: NodeProcess) -> None:
     config = GVisorConfig(data_dir=node.data_dir)
     baseline = await inventory(config)
@@ -47,8 +57,9 @@ async def test_sigkill_and_restart_leave_no_orphans(node: NodeProcess) -> None:
     try:
         survivor = await client.create(_spec())
         doomed = await client.create(_spec())
-        cut = asyncio.create_task(client.create(_spec()))
-        await asyncio.sleep(0.4)  # that create is now somewhere inside the node
+        cut_spec = _spec()
+        cut = asyncio.create_task(client.create(cut_spec))
+        await _entered(config, cut_spec.sandbox_id, cut)  # that create is now inside the node
         node.sigkill()
         with pytest.raises(NodeError):
             await cut
@@ -75,7 +86,10 @@ def test_a_server_on_a_remote_gvisor_node_finds_its_templates(
     node: NodeProcess, tmp_path: Path
 ) -> None:
     """The templates live beside the node, not the server: create of base works through a
-    server with no template store of its own (review finding: it answered 404 to every create)."""
+    server with no template store of its own (review finding: it answered 404 to every create).
+    The node stops while its template snapshot is still being taken: that boot goes too."""
+    config = GVisorConfig(data_dir=node.data_dir)
+    baseline = asyncio.run(inventory(config))
     node.start()
     server = ServerProcess(
         tmp_path / "server", env={"EMBERBOX_NODE_URL": node.url, "EMBERBOX_NODE_TOKEN": node.token}
@@ -94,3 +108,5 @@ def test_a_server_on_a_remote_gvisor_node_finds_its_templates(
             assert missing.status_code == 404 and missing.json()["code"] == 404
     finally:
         server.stop()
+        node.stop()
+    assert asyncio.run(inventory(config)).leaked_since(baseline) == {}

@@ -25,7 +25,9 @@ async def base_template() -> Template:
 
 @pytest.fixture(scope="session")
 def gvisor_config() -> GVisorConfig:
-    return GVisorConfig()
+    """Creates boot (this suite tests the boot path; test_template_snapshots.py the restore
+    path), and no background snapshot outlives the test that started it."""
+    return GVisorConfig(template_snapshots=False)
 
 
 @pytest.fixture(scope="session")
@@ -40,12 +42,13 @@ async def make_sandbox(runtime: GVisorRuntime) -> AsyncIterator[SandboxFactory]:
     created: list[str] = []
 
     async def make(template: str = "base", *, allow_internet: bool = False,
+                   network: NetworkPolicy | None = None,
                    **spec: object) -> RuntimeSandbox:  # fmt: skip
         sandbox_id = f"t{secrets.token_hex(5)}"
         created.append(sandbox_id)
         sandbox = await runtime.create(
             SandboxSpec(sandbox_id=sandbox_id, template_id=template,
-                        network=NetworkPolicy(allow_internet=allow_internet),
+                        network=network or NetworkPolicy(allow_internet=allow_internet),
                         **spec)  # type: ignore[arg-type]
         )  # fmt: skip
         async with httpx.AsyncClient(trust_env=False) as http:

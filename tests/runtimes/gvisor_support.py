@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,6 +75,7 @@ class Inventory:
     runsc_pids: frozenset[int]
     sandbox_dirs: frozenset[str]
     leases: frozenset[str]
+    nft: frozenset[str]  # per-sandbox chains, sets and verdict-map elements
 
     def leaked_since(self, before: Inventory) -> dict[str, set[object]]:
         out: dict[str, set[object]] = {}
@@ -128,6 +129,7 @@ async def inventory(config: GVisorConfig) -> Inventory:
         runsc_pids=frozenset(runsc_pids(config)),
         sandbox_dirs=frozenset(dirs),
         leases=frozenset(f"{lease.index}:{lease.sandbox_id}" for lease in pool.leases()),
+        nft=frozenset(await network.list_rule_objects(config.instance)),
     )
 
 
@@ -135,7 +137,7 @@ DATA_DIR = Path(os.environ.get("EMBERBOX_DATA_DIR") or "/var/lib/emberbox")
 
 
 @contextlib.contextmanager
-def gvisor_server(tmp: Path) -> Iterator[ServerProcess]:
+def gvisor_server(tmp: Path, env: Mapping[str, str] | None = None) -> Iterator[ServerProcess]:
     """A real ``emberbox server`` on gVisor: the node's template store, a fresh database.
 
     The orchestrator owns the sandboxes of its data dir, so only one of these runs at a time;
@@ -146,7 +148,7 @@ def gvisor_server(tmp: Path) -> Iterator[ServerProcess]:
     server = ServerProcess(
         DATA_DIR,
         database_url=f"sqlite+aiosqlite:///{tmp / 'emberbox.db'}",
-        env={"EMBERBOX_BACKEND": "gvisor"},
+        env={"EMBERBOX_BACKEND": "gvisor", **(env or {})},
         log_dir=tmp,
     )
     server.start(timeout_s=60)

@@ -1,16 +1,10 @@
-"""Isolation: egress policy, memory limit, pids limit. Every "blocked" check is paired with a
-check that the same thing works when allowed, so a broken setup cannot pass by accident."""
+"""Isolation: memory limit, pids limit (egress: test_gvisor_egress.py). Every "blocked" check
+is paired with a check that the same thing works when allowed, so a broken setup cannot pass by
+accident."""
 
 from __future__ import annotations
 
 import asyncio
-import secrets
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-
-import pytest
 
 from emberbox.host import cgroups
 from emberbox.runtimes.base import SandboxStatus
@@ -19,54 +13,7 @@ from emberbox.runtimes.gvisor import GVisorRuntime
 from .conftest import SandboxFactory
 from .gvisor_support import healthy, run
 
-TARGET_SERVER = """
-import http.server
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200); self.end_headers(); self.wfile.write(b"egress-ok")
-    def log_message(self, *a): pass
-http.server.HTTPServer(("0.0.0.0", 8080), H).serve_forever()
-"""
-
-
-@pytest.fixture
-def egress_target() -> Iterator[str]:
-    """A host outside every sandbox: its own netns behind a veth, serving HTTP on :8080.
-    Traffic never leaves this machine."""
-    tag = secrets.token_hex(2)
-    ns, host_if, peer_if = f"ebtgt-{tag}", f"ebtgt{tag}a", f"ebtgt{tag}b"
-    octet = int(tag, 16) % 200 + 20
-    host_ip, target_ip = f"10.99.{octet}.1", f"10.99.{octet}.2"
-    cmds = [
-        ["ip", "netns", "add", ns],
-        ["ip", "link", "add", host_if, "type", "veth", "peer", "name", peer_if, "netns", ns],
-        ["ip", "addr", "add", f"{host_ip}/30", "dev", host_if],
-        ["ip", "link", "set", host_if, "up"],
-        ["ip", "-n", ns, "addr", "add", f"{target_ip}/30", "dev", peer_if],
-        ["ip", "-n", ns, "link", "set", peer_if, "up"],
-        ["ip", "-n", ns, "route", "add", "default", "via", host_ip],
-    ]
-    server = None
-    try:
-        for cmd in cmds:
-            subprocess.run(cmd, check=True, capture_output=True)
-        server = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", TARGET_SERVER])
-        time.sleep(0.5)
-        yield target_ip
-    finally:
-        if server is not None:
-            server.kill()
-            server.wait()
-        subprocess.run(["ip", "netns", "delete", ns], capture_output=True)
-        subprocess.run(["ip", "link", "delete", host_if], capture_output=True)
-
-
-async def test_egress_follows_the_network_policy(make_sandbox: SandboxFactory, egress_target: str):
-    allowed = await make_sandbox(allow_internet=True)
-    denied = await make_sandbox(allow_internet=False)
-    probe = f"curl -s -m 3 http://{egress_target}:8080/ || echo blocked"
-    assert (await run(allowed, probe)).text.strip() == "egress-ok"
-    assert (await run(denied, probe)).text.strip() == "blocked"
+# Egress policy: test_gvisor_egress.py.
 
 
 async def test_memory_limit_kills_only_the_offender(

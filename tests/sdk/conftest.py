@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from emberbox import AsyncSandbox, Sandbox
+from emberbox.sdk._config import ConnectionConfig
 from tests.conftest import EnvdProcess
+from tests.interpreter.conftest import Service, start_service
 
 
 async def maybe(value: Any) -> Any:
@@ -43,5 +46,47 @@ async def sandbox(request: pytest.FixtureRequest, envd_debug: EnvdProcess) -> As
         sbx: Any = Sandbox(debug=True)
     else:
         sbx = await AsyncSandbox.create(debug=True)
+    yield sbx
+    await maybe(sbx.close())
+
+
+# The code-interpreter service as a real process on a loopback port (started as its own tests
+# start it). ``sandbox_url`` points our SDK's port-49999 traffic at it; debug mode means no
+# control plane.
+INTERPRETER_TOKEN = "sdk-interpreter-token"
+
+
+@pytest.fixture(scope="session")
+def interpreter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    svc = start_service(tmp_path_factory.mktemp("sdk-interpreter"))
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture(scope="session")
+def secured_interpreter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    home = tmp_path_factory.mktemp("sdk-interpreter-secured")
+    svc = start_service(home, "--access-token", INTERPRETER_TOKEN)
+    yield svc
+    svc.stop()
+
+
+async def code_sandbox(face: str, url: str, access_token: str | None = None) -> Any:
+    """A debug sandbox of either face whose interpreter is ``url``. With ``access_token`` it is
+    built as from a create's answer, which is where a real sandbox's envd token comes from."""
+    if access_token is None:
+        if face == "sync":
+            return Sandbox(debug=True, sandbox_url=url)
+        return await AsyncSandbox.create(debug=True, sandbox_url=url)
+    cls: Any = Sandbox if face == "sync" else AsyncSandbox
+    config = ConnectionConfig.create(debug=True, sandbox_url=url)
+    data = {"sandboxID": "debug_sandbox_id", "envdAccessToken": access_token}
+    return cls._from_api(data, config, httpx.Client() if face == "sync" else httpx.AsyncClient())
+
+
+@pytest.fixture(params=["sync", "async"])
+async def coder(request: pytest.FixtureRequest, interpreter: Service) -> AsyncIterator[Any]:
+    """A sandbox of either face talking to the loopback interpreter."""
+    sbx = await code_sandbox(request.param, interpreter.url)
     yield sbx
     await maybe(sbx.close())

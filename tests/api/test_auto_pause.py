@@ -1,0 +1,304 @@
+"""Lifecycle through the official e2b SDK: a sandbox created with ``on_timeout: pause`` pauses at
+its end time instead of dying, and with ``auto_resume`` traffic through the proxy wakes it (one
+resume, however many requests arrive). Real gVisor sandboxes; the process runtime, which cannot
+pause, refuses the options with 501."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from e2b import AsyncSandbox, Sandbox, SandboxException, SandboxState
+
+from emberbox.host.errors import HostError
+from emberbox.server.lifecycle.service import CreateRequest
+from emberbox.server.testing import ServerProcess, free_port
+from emberbox.vocabulary import ENVD_PORT
+from tests import background_counter
+from tests.api.conftest import Running, point_sdks_at
+from tests.lifecycle import conftest as lifecycle
+from tests.lifecycle.conftest import Plane
+
+# Started detached (not as an SDK background command): a command stream held open through the
+# proxy would break at the pause, and the SDK's probe after a broken stream is traffic that
+# wakes the sandbox. Detached, nothing touches the proxy while we wait for the pause.
+COUNTER = f"setsid sh -c '{background_counter.LOOP}' >/dev/null 2>&1 </dev/null &"
+PAUSE_AND_RESUME: dict[str, object] = {"on_timeout": "pause", "auto_resume": True}
+
+
+@pytest.fixture(scope="module")
+def gv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    from tests.runtimes.gvisor_support import gvisor_server
+
+    with gvisor_server(tmp_path_factory.mktemp("auto-pause-server")) as server:
+        yield server
+
+
+@pytest.fixture
+def gv_key(gv: ServerProcess, monkeypatch: pytest.MonkeyPatch) -> str:
+    assert gv.first_key
+    return point_sdks_at(gv, gv.first_key, monkeypatch)
+
+
+@pytest.fixture
+def gv_api(gv: ServerProcess, gv_key: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=gv.api_url, headers={"X-API-KEY": gv_key}, timeout=60) as c:
+        yield c
+
+
+def server_log(server: ServerProcess) -> str:
+    return (server.log_dir / "server.log").read_text()
+
+
+def counter(sbx: Sandbox) -> int:
+    return int(sbx.commands.run(background_counter.READ).stdout)
+
+
+def wait_state(sbx: Sandbox, state: SandboxState, within_s: float = 20) -> None:
+    """Polls the API (never the proxy, which would wake the sandbox)."""
+    deadline = time.monotonic() + within_s
+    while (now := sbx.get_info().state) != state:
+        assert time.monotonic() < deadline, f"still {now} after {within_s} s"
+        time.sleep(0.1)
+
+
+def serve_site(gv: ServerProcess, sbx: Sandbox, text: str) -> str:
+    """Starts ``python3 -m http.server`` inside (detached); returns its Host header once it
+    answers through the proxy."""
+    port = free_port()
+    sbx.files.write("/home/user/site/index.html", text)
+    sbx.commands.run(
+        f"cd /home/user/site && setsid python3 -m http.server {port} >/dev/null 2>&1 </dev/null &"
+    )
+    host = sbx.get_host(port)
+    deadline = time.monotonic() + 20
+    while True:
+        r = httpx.get(f"{gv.sandbox_url}/index.html", headers={"Host": host})
+        if r.status_code == 200:
+            return host
+        assert r.status_code == 502 and time.monotonic() < deadline, r.text
+        time.sleep(0.2)
+
+
+def test_paused_at_end_time_then_traffic_wakes_it(gv: ServerProcess, gv_key: str) -> None:
+    sbx = Sandbox.create(timeout=60, lifecycle=PAUSE_AND_RESUME)  # type: ignore[arg-type]
+    try:
+        assert sbx.get_info().lifecycle == {"on_timeout": "pause", "auto_resume": True}
+        sbx.commands.run(COUNTER)
+        host = serve_site(gv, sbx, "woken by traffic")
+        before = counter(sbx)
+        sbx.set_timeout(2)
+        wait_state(sbx, SandboxState.PAUSED)
+        time.sleep(1)  # paused it stays: a paused sandbox's old end time never kills it
+        assert sbx.get_info().state == SandboxState.PAUSED
+
+        r = httpx.get(f"{gv.sandbox_url}/index.html", headers={"Host": host}, timeout=60)
+        assert r.status_code == 200 and r.text == "woken by traffic"
+        info = sbx.get_info()
+        assert info.state == SandboxState.RUNNING
+        # The new end time is now plus the timeout it was created with (60 s), not the 2 s.
+        left = (info.end_at - dt.datetime.now(dt.UTC)).total_seconds()
+        assert 45 < left <= 61, left
+        first = counter(sbx)
+        assert first > before  # the same process, counting on
+        deadline = time.monotonic() + 10
+        while counter(sbx) == first:
+            assert time.monotonic() < deadline, "the counter stopped after the resume"
+            time.sleep(0.1)
+        assert info.lifecycle == {"on_timeout": "pause", "auto_resume": True}
+        assert server_log(gv).count(f"sandbox {sbx.sandbox_id} resumed by traffic") == 1
+    finally:
+        sbx.kill()
+
+
+def test_ten_requests_to_a_paused_sandbox_cause_one_resume(gv: ServerProcess, gv_key: str) -> None:
+    sbx = Sandbox.create(timeout=60, lifecycle=PAUSE_AND_RESUME)  # type: ignore[arg-type]
+    try:
+        host = serve_site(gv, sbx, "one resume")
+        sbx.pause()  # a manual pause wakes on traffic too: auto_resume is the sandbox's
+        assert sbx.get_info().state == SandboxState.PAUSED
+
+        async def ten() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=gv.sandbox_url, timeout=60) as client:
+                return await asyncio.gather(
+                    *(client.get("/index.html", headers={"Host": host}) for _ in range(10))
+                )
+
+        answers = asyncio.run(ten())
+        assert [(r.status_code, r.text) for r in answers] == [(200, "one resume")] * 10
+        log = server_log(gv)
+        assert log.count(f"waking sandbox {sbx.sandbox_id} on traffic") == 1
+        assert log.count(f"sandbox {sbx.sandbox_id} resumed by traffic") == 1
+        assert sbx.get_info().state == SandboxState.RUNNING
+    finally:
+        sbx.kill()
+
+
+async def test_without_auto_resume_traffic_is_refused_and_it_stays_paused(
+    gv: ServerProcess, gv_key: str
+) -> None:
+    sbx = await AsyncSandbox.create(timeout=3, lifecycle={"on_timeout": "pause"})
+    try:
+        info = await sbx.get_info()
+        assert info.lifecycle == {"on_timeout": "pause", "auto_resume": False}
+        deadline = time.monotonic() + 20
+        while (await sbx.get_info()).state != SandboxState.PAUSED:
+            assert time.monotonic() < deadline, "not paused at its end time"
+            await asyncio.sleep(0.1)
+        envd = sbx.get_host(ENVD_PORT)
+        async with httpx.AsyncClient() as client:
+            r = await client.get(f"{gv.sandbox_url}/health", headers={"Host": envd})
+        assert r.status_code == 502, r.text
+        body = r.json()
+        assert body["sandboxId"] == sbx.sandbox_id and body["canAutoResume"] is False
+        assert "was not found" in body["message"] and "paused" in body["message"]
+        assert await sbx.is_running() is False  # what the SDK makes of that answer
+        await asyncio.sleep(0.5)
+        assert (await sbx.get_info()).state == SandboxState.PAUSED
+        # connect still resumes it, with its processes
+        resumed = await AsyncSandbox.connect(sbx.sandbox_id, timeout=60)
+        assert (await resumed.commands.run("echo back")).stdout == "back\n"
+    finally:
+        await sbx.kill()
+
+
+def test_resume_with_auto_pause_pauses_again_at_the_end(
+    gv: ServerProcess, gv_api: httpx.Client
+) -> None:
+    """``POST /sandboxes/{id}/resume`` with ``autoPause`` (SDKs before ~2.6)."""
+    sid = gv_api.post("/v2/sandboxes", json={"templateID": "base", "timeout": 60}).json()[
+        "sandboxID"
+    ]
+    try:
+        assert gv_api.post(f"/sandboxes/{sid}/pause").status_code == 204
+        r = gv_api.post(f"/sandboxes/{sid}/resume", json={"timeout": 2, "autoPause": True})
+        assert r.status_code == 201, r.text
+        detail = gv_api.get(f"/sandboxes/{sid}").json()
+        assert detail["lifecycle"] == {"autoResume": False, "onTimeout": "pause"}
+        deadline = time.monotonic() + 20
+        while gv_api.get(f"/sandboxes/{sid}").json()["state"] != "paused":
+            assert time.monotonic() < deadline, "not paused at its end time"
+            time.sleep(0.1)
+    finally:
+        gv_api.delete(f"/sandboxes/{sid}")
+
+
+def test_lifecycle_bad_input_on_gvisor(gv_api: httpx.Client) -> None:
+    before = gv_api.get("/v2/sandboxes").json()
+    r = gv_api.post("/v2/sandboxes", json={"templateID": "base", "autoResume": {"enabled": True}})
+    assert r.status_code == 400 and "autoPause" in r.json()["message"], r.text
+    r = gv_api.post(
+        "/v2/sandboxes",
+        json={"templateID": "base", "autoPause": True, "autoPauseMemory": False},
+    )
+    assert r.status_code == 501 and "autoPauseMemory" in r.json()["message"], r.text
+    assert gv_api.get("/v2/sandboxes").json() == before
+
+
+# ---- the process runtime (cannot pause) ----------------------------------------------------
+
+
+def test_process_runtime_refuses_lifecycle_it_cannot_honour(
+    sdk_env: Running, api: httpx.Client
+) -> None:
+    before = api.get("/v2/sandboxes").json()
+    for extra in (
+        {"autoPause": True},
+        {"autoPause": True, "autoResume": {"enabled": True}},
+        {"autoResume": {"enabled": True}},
+    ):
+        r = api.post("/v2/sandboxes", json={"templateID": "base", **extra})
+        assert r.status_code == 501, r.text
+        assert r.headers["should-retry"] == "false"
+        assert "cannot pause" in r.json()["message"], r.text
+    with pytest.raises(SandboxException, match="cannot pause"):
+        Sandbox.create(lifecycle={"on_timeout": "pause", "auto_resume": True})
+    assert api.get("/v2/sandboxes").json() == before
+
+
+def test_process_runtime_reports_the_default_lifecycle(sdk_env: Running) -> None:
+    sbx = Sandbox.create(timeout=30, lifecycle={"on_timeout": "kill", "auto_resume": False})
+    try:
+        assert sbx.get_info().lifecycle == {"on_timeout": "kill", "auto_resume": False}
+    finally:
+        sbx.kill()
+
+
+# ---- the end-time rules, with the reaper's clock moved (real SQLite, embedded node, fake
+# runtime: tests/lifecycle/conftest.py) ---------------------------------------------------
+
+
+lifecycle_plane = lifecycle.plane  # the fixture, under a name of this module's
+
+
+def _clock(monkeypatch: pytest.MonkeyPatch, ahead: dt.timedelta) -> None:
+    from emberbox.server.db.models import utcnow
+    from emberbox.server.lifecycle import reaper, service
+
+    monkeypatch.setattr(reaper, "utcnow", lambda: utcnow() + ahead)
+    monkeypatch.setattr(service, "utcnow", lambda: utcnow() + ahead)
+
+
+async def _row(plane: Plane, sandbox_id: str) -> Any:
+    from emberbox.server.db import sandboxes as q
+
+    async with plane.service.sessions() as s:
+        return await q.get(s, sandbox_id)
+
+
+async def test_auto_paused_sandbox_never_times_out(
+    lifecycle_plane: Plane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plane = lifecycle_plane
+    req = CreateRequest("base", 60, auto_pause=True, auto_resume=True)
+    row = await plane.service.create(plane.who, req)
+    _clock(monkeypatch, dt.timedelta(seconds=61))
+    await plane.reaper.tick()
+    await plane.reaper.stop()  # waits for the pause it started
+    assert (await _row(plane, row.id)).state == "paused"
+    _clock(monkeypatch, dt.timedelta(days=30))
+    await plane.reaper.tick()
+    await plane.reaper.reconcile()
+    await plane.reaper.stop()
+    assert (await _row(plane, row.id)).state == "paused"
+    assert plane.runtime.teardowns[row.id] == 0
+    # woken: its lifetime is the one it was created with, counted from now
+    assert await plane.service.wake(row.id) is True
+    woken = await _row(plane, row.id)
+    assert woken.state == "running"
+    left = (woken.end_at - dt.datetime.now(dt.UTC) - dt.timedelta(days=30)).total_seconds()
+    assert 55 < left <= 61, left
+    await plane.service.kill(plane.who, row.id)
+
+
+async def test_failed_pause_at_the_end_time_kills_the_sandbox(
+    lifecycle_plane: Plane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plane = lifecycle_plane
+
+    async def checkpoint_fails(sandbox_id: str) -> None:
+        raise HostError(f"runsc checkpoint of {sandbox_id} failed")
+
+    monkeypatch.setattr(plane.runtime, "pause", checkpoint_fails)
+    row = await plane.service.create(plane.who, CreateRequest("base", 60, auto_pause=True))
+    _clock(monkeypatch, dt.timedelta(seconds=61))
+    await plane.reaper.tick()
+    await plane.reaper.stop()
+    ended = await _row(plane, row.id)
+    assert (ended.state, ended.end_reason) == ("killed", "timeout")
+    assert plane.runtime.teardowns[row.id] == 1
+    assert await plane.service.wake(row.id) is False
+
+
+async def test_wake_refuses_a_sandbox_without_auto_resume(lifecycle_plane: Plane) -> None:
+    plane = lifecycle_plane
+    row = await plane.service.create(plane.who, CreateRequest("base", 60, auto_pause=True))
+    await plane.service.pause(plane.who, row.id)
+    assert await plane.service.wake(row.id) is False
+    assert (await _row(plane, row.id)).state == "paused"
+    await plane.service.kill(plane.who, row.id)

@@ -1,0 +1,354 @@
+"""Stateful sandboxes through the official e2b SDK on real gVisor sandboxes: pause that saves
+memory to disk, resume, snapshots, create from a snapshot, fork, rollback (our extension), and
+the bad input around them. Each test checks processes and files, not only status codes."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from e2b import (
+    AsyncSandbox,
+    CommandExitException,
+    PtySize,
+    Sandbox,
+    SandboxException,
+    SandboxState,
+)
+
+from emberbox.server.testing import ServerProcess
+from tests import background_counter
+
+COUNTER = background_counter.LOOP
+
+
+@pytest.fixture
+def api(gvisor_server: ServerProcess, gvisor_key: str) -> Iterator[httpx.Client]:
+    with httpx.Client(
+        base_url=gvisor_server.api_url, headers={"X-API-KEY": gvisor_key}, timeout=60
+    ) as client:
+        yield client
+
+
+def served(server: ServerProcess, sbx: Sandbox, path: str, body: str) -> None:
+    """``path`` of the HTTP server on port 8123 inside ``sbx``, through the proxy, is ``body``."""
+    host = sbx.get_host(8123)
+    deadline = time.monotonic() + 20
+    while True:
+        r = httpx.get(f"{server.sandbox_url}/{path}", headers={"Host": host}, timeout=5)
+        if r.status_code == 200:
+            assert r.text == body
+            return
+        assert time.monotonic() < deadline, r.text
+        time.sleep(0.3)
+
+
+def counter(sbx: Sandbox) -> int:
+    return int(sbx.commands.run(background_counter.READ).stdout)
+
+
+def counting(sbx: Sandbox) -> int:
+    """The background counter's value, after checking that it still moves."""
+    first = counter(sbx)
+    deadline = time.monotonic() + 10
+    while (now := counter(sbx)) == first:
+        assert time.monotonic() < deadline, "the background counter stopped"
+        time.sleep(0.1)
+    return now
+
+
+def test_pause_resume_five_times_keeps_processes_and_files(
+    gvisor_server: ServerProcess, gvisor_key: str
+) -> None:
+    sbx = Sandbox.create(timeout=300)
+    try:
+        handle = sbx.commands.run(COUNTER, background=True)
+        last = counting(sbx)
+        for i in range(5):
+            sbx.files.write(f"/home/user/before-pause-{i}.txt", f"write {i}")
+            sbx.commands.run(f"echo {i} >> /home/user/log.txt")
+            sbx.pause()
+            assert sbx.get_info().state == SandboxState.PAUSED
+            resumed = Sandbox.connect(sbx.sandbox_id, timeout=300)
+            assert resumed.get_info().state == SandboxState.RUNNING
+            now = counting(resumed)
+            assert now > last  # the same process, counting on from where it was
+            last = now
+            for j in range(i + 1):
+                assert resumed.files.read(f"/home/user/before-pause-{j}.txt") == f"write {j}"
+            assert resumed.commands.run("cat /home/user/log.txt").stdout.split() == [
+                str(j) for j in range(i + 1)
+            ]
+        pids = [p.pid for p in sbx.commands.list()]
+        assert handle.pid in pids
+    finally:
+        sbx.kill()
+
+
+def test_server_restart_between_pause_and_resume(
+    gvisor_server: ServerProcess, gvisor_key: str
+) -> None:
+    sbx = Sandbox.create(timeout=300)
+    try:
+        sbx.commands.run(COUNTER, background=True)
+        before = counting(sbx)
+        sbx.files.write("/home/user/kept.txt", "across restarts")
+        sbx.pause()
+        gvisor_server.stop()
+        gvisor_server.start()
+        assert sbx.get_info().state == SandboxState.PAUSED
+        resumed = Sandbox.connect(sbx.sandbox_id, timeout=300)
+        assert counting(resumed) > before
+        assert resumed.files.read("/home/user/kept.txt") == "across restarts"
+    finally:
+        sbx.kill()
+
+
+def runsc_rss(sandbox_id: str) -> int:
+    """Resident bytes of the host processes runsc runs for this sandbox (sentry, gofer)."""
+    total = 0
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            if not argv[0].startswith(b"runsc") or sandbox_id.encode() not in argv:
+                continue
+            rss_pages = int((proc / "statm").read_text().split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        total += rss_pages * os.sysconf("SC_PAGE_SIZE")
+    return total
+
+
+def test_paused_sandbox_frees_its_memory(gvisor_server: ServerProcess, gvisor_key: str) -> None:
+    sbx = Sandbox.create(timeout=120)
+    try:
+        sbx.commands.run("python3 -c 'b = b\"x\" * (64 << 20); import time; time.sleep(600)' &")
+        assert runsc_rss(sbx.sandbox_id) > 64 << 20
+        sbx.pause()
+        deadline = time.monotonic() + 10
+        while runsc_rss(sbx.sandbox_id) > 0:
+            assert time.monotonic() < deadline, "runsc processes outlived the pause"
+            time.sleep(0.1)
+        Sandbox.connect(sbx.sandbox_id, timeout=60)
+        assert runsc_rss(sbx.sandbox_id) > 64 << 20
+    finally:
+        sbx.kill()
+
+
+def test_snapshot_then_two_creates_diverge(gvisor_server: ServerProcess, gvisor_key: str) -> None:
+    src = Sandbox.create(timeout=300, envs={"FROM_SOURCE": "yes"})
+    made: list[Sandbox] = []
+    try:
+        src.commands.run(COUNTER, background=True)
+        src.files.write("/home/user/state.txt", "at snapshot")
+        info = src.create_snapshot()
+        src.files.write("/home/user/state.txt", "after snapshot")
+        listed = Sandbox.list_snapshots(sandbox_id=src.sandbox_id).next_items()
+        assert [s.snapshot_id for s in listed] == [info.snapshot_id]
+        for i in range(2):
+            sbx = Sandbox.create(info.snapshot_id, timeout=120)
+            made.append(sbx)
+            assert sbx.sandbox_id != src.sandbox_id
+            assert sbx.files.read("/home/user/state.txt") == "at snapshot"
+            sbx.files.write("/home/user/state.txt", f"copy {i}")
+            assert counting(sbx) > 0  # the snapshot's processes run in the copy
+            ids = sbx.commands.run("echo $E2B_SANDBOX_ID $FROM_SOURCE").stdout.split()
+            assert ids == [sbx.sandbox_id, "yes"]
+        assert [m.files.read("/home/user/state.txt") for m in made] == ["copy 0", "copy 1"]
+        assert src.files.read("/home/user/state.txt") == "after snapshot"
+        # the copies hold their own tokens: the source's does not open them
+        stolen = Sandbox.connect(made[0].sandbox_id)
+        assert stolen.commands.run("true").exit_code == 0
+        src.kill()  # snapshots outlive their source
+        again = Sandbox.create(info.snapshot_id, timeout=60)
+        made.append(again)
+        assert again.files.read("/home/user/state.txt") == "at snapshot"
+    finally:
+        for sbx in made:
+            sbx.kill()
+        src.kill()
+    Sandbox.delete_snapshot(info.snapshot_id)
+    assert Sandbox.list_snapshots(sandbox_id=src.sandbox_id).next_items() == []
+    with pytest.raises(SandboxException, match="404"):  # the SDK's create maps no 404
+        Sandbox.create(info.snapshot_id, timeout=60)
+
+
+def test_named_snapshot_and_paging(
+    gvisor_server: ServerProcess, gvisor_key: str, api: httpx.Client
+) -> None:
+    src = Sandbox.create(timeout=120)
+    try:
+        first = src.create_snapshot(name="stateful-named")
+        second = src.create_snapshot(name="stateful-named")
+        third = src.create_snapshot()
+        assert first.snapshot_id == second.snapshot_id == "stateful-named"
+        assert second.names == ["stateful-named"]
+        page = api.get("/snapshots", params={"sandboxID": src.sandbox_id, "limit": 2})
+        assert page.status_code == 200 and len(page.json()) == 2
+        rest = api.get(
+            "/snapshots",
+            params={
+                "sandboxID": src.sandbox_id,
+                "limit": 2,
+                "nextToken": page.headers["x-next-token"],
+            },
+        ).json()
+        assert len(rest) == 1
+        assert all(s["sizeBytes"] > 0 for s in [*page.json(), *rest])
+        named = Sandbox.create("stateful-named", timeout=60)
+        named.kill()
+    finally:
+        src.kill()
+    for s in api.get("/snapshots", params={"sandboxID": src.sandbox_id}).json():
+        assert api.delete(f"/templates/{s['snapshotID']}").status_code == 204
+    assert third.snapshot_id
+
+
+def test_fork_three_diverge_and_source_keeps_its_end_time(
+    gvisor_server: ServerProcess, gvisor_key: str
+) -> None:
+    src = Sandbox.create(timeout=300)
+    forks: list[Sandbox] = []
+    try:
+        src.commands.run(COUNTER, background=True)
+        src.files.write("/home/user/who.txt", "source")
+        src.commands.run(
+            "cd /home/user && python3 -m http.server 8123 --bind 127.0.0.1",
+            background=True,
+            timeout=0,
+        )
+        served(gvisor_server, src, "who.txt", "source")  # relayed to the source's address
+        end_at = src.get_info().end_at
+        results = src.fork(count=3, timeout=120)
+        assert len(results) == 3
+        for r in results:
+            assert isinstance(r, Sandbox), r
+            forks.append(r)
+        assert len({f.sandbox_id for f in forks} | {src.sandbox_id}) == 4
+        for i, f in enumerate(forks):
+            assert f.files.read("/home/user/who.txt") == "source"
+            # The server the fork inherited answers on the fork's own address: the guest's
+            # forwarder noticed it woke up in another network.
+            served(gvisor_server, f, "who.txt", "source")
+            f.files.write("/home/user/who.txt", f"fork {i}")
+            assert counting(f) > 0
+        assert [f.files.read("/home/user/who.txt") for f in forks] == ["fork 0", "fork 1", "fork 2"]
+        info = src.get_info()
+        assert info.state == SandboxState.RUNNING and info.end_at == end_at
+        assert src.files.read("/home/user/who.txt") == "source"
+        assert counting(src) > 0
+        # the fork's image is gone once the forks run: it is not a listed snapshot
+        assert Sandbox.list_snapshots(sandbox_id=src.sandbox_id).next_items() == []
+    finally:
+        for f in forks:
+            f.kill()
+        src.kill()
+
+
+def test_rollback_to_the_first_of_three_snapshots(
+    gvisor_server: ServerProcess, gvisor_key: str, api: httpx.Client
+) -> None:
+    sbx = Sandbox.create(timeout=300)
+    try:
+        shots = []
+        for step in range(3):
+            sbx.files.write("/home/user/step.txt", f"step {step}")
+            sbx.commands.run(f"echo {step} > /tmp/in-memory-fs")
+            shots.append(sbx.create_snapshot().snapshot_id)
+        sbx.files.write("/home/user/step.txt", "after")
+        r = api.post(f"/sandboxes/{sbx.sandbox_id}/rollback", json={"snapshotID": shots[0]})
+        assert r.status_code == 200, r.text
+        assert r.json()["sandboxID"] == sbx.sandbox_id
+        again = Sandbox.connect(sbx.sandbox_id)
+        assert again.files.read("/home/user/step.txt") == "step 0"
+        assert again.commands.run("cat /tmp/in-memory-fs").stdout == "0\n"
+        # and forward again, to the last one
+        r = api.post(f"/sandboxes/{sbx.sandbox_id}/rollback", json={"snapshotID": shots[2]})
+        assert r.status_code == 200, r.text
+        assert again.files.read("/home/user/step.txt") == "step 2"
+    finally:
+        sbx.kill()
+    for shot in shots:
+        Sandbox.delete_snapshot(shot)
+
+
+def test_bad_input_changes_nothing(
+    gvisor_server: ServerProcess, gvisor_key: str, api: httpx.Client
+) -> None:
+    a = Sandbox.create(timeout=120)
+    b = Sandbox.create(timeout=120)
+    try:
+        a.files.write("/home/user/mark.txt", "a")
+        shot_b = b.create_snapshot().snapshot_id
+        with pytest.raises(SandboxException, match="404"):
+            Sandbox.create("snapdoesnotexist0000000000", timeout=30)
+        for count in (0, 101):
+            r = api.post(f"/sandboxes/{a.sandbox_id}/fork", json={"count": count})
+            assert r.status_code == 400, r.text
+            assert set(r.json()) >= {"code", "message"}
+        r = api.post(f"/sandboxes/{a.sandbox_id}/rollback", json={"snapshotID": shot_b})
+        assert r.status_code == 400 and "taken of sandbox" in r.json()["message"]
+        r = api.post(f"/sandboxes/{a.sandbox_id}/rollback", json={"snapshotID": "nosuchsnap"})
+        assert r.status_code == 404
+        r = api.post(f"/sandboxes/{a.sandbox_id}/snapshots", json={"memory": False})
+        assert r.status_code == 501
+        r = api.post(f"/sandboxes/{a.sandbox_id}/snapshots", json={"name": "base"})
+        assert r.status_code == 400  # a template's name
+        assert api.delete("/templates/nosuchsnapshot").status_code == 404
+        a.pause()
+        r = api.post(f"/sandboxes/{a.sandbox_id}/fork", json={"count": 1})
+        assert r.status_code == 409
+        with pytest.raises(SandboxException):
+            a.create_snapshot()
+        resumed = Sandbox.connect(a.sandbox_id)
+        assert resumed.files.read("/home/user/mark.txt") == "a"
+        assert Sandbox.list_snapshots(sandbox_id=a.sandbox_id).next_items() == []
+        listed_b = Sandbox.list_snapshots(sandbox_id=b.sandbox_id).next_items()
+        assert [s.snapshot_id for s in listed_b] == [shot_b]
+    finally:
+        a.kill()
+        b.kill()
+    Sandbox.delete_snapshot(shot_b)
+
+
+async def test_async_sdk_pause_resume_and_fork(
+    gvisor_server: ServerProcess, gvisor_key: str
+) -> None:
+    sbx = await AsyncSandbox.create(timeout=120)
+    try:
+        await sbx.files.write("/home/user/a.txt", "async")
+        await sbx.pause()
+        resumed = await AsyncSandbox.connect(sbx.sandbox_id)
+        assert await resumed.files.read("/home/user/a.txt") == "async"
+        (fork,) = await resumed.fork(count=1, timeout=60)
+        assert isinstance(fork, AsyncSandbox)
+        assert await fork.files.read("/home/user/a.txt") == "async"
+        await fork.kill()
+    finally:
+        await sbx.kill()
+
+
+def test_pty_shell_state_survives_pause(gvisor_server: ServerProcess, gvisor_key: str) -> None:
+    """A shell variable set in a PTY is still there after pause/resume: the same bash process,
+    re-attached with ``pty.connect``."""
+    sbx = Sandbox.create(timeout=120)
+    try:
+        shell = sbx.pty.create(PtySize(rows=24, cols=80), timeout=0)
+        sbx.pty.send_stdin(shell.pid, b"export KEPT=across-pause\n")
+        time.sleep(0.5)
+        shell.disconnect()
+        sbx.pause()
+        resumed = Sandbox.connect(sbx.sandbox_id, timeout=120)
+        again = resumed.pty.connect(shell.pid, timeout=60)
+        resumed.pty.send_stdin(shell.pid, b"echo value=$KEPT; exit 3\n")
+        seen: list[bytes] = []
+        with pytest.raises(CommandExitException) as exited:
+            again.wait(on_pty=seen.append)
+        assert exited.value.exit_code == 3
+        assert b"value=across-pause" in b"".join(seen)
+    finally:
+        sbx.kill()

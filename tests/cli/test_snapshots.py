@@ -1,0 +1,115 @@
+"""``emberbox sandbox snapshot|fork|rollback|pause|resume`` and ``emberbox snapshot list|delete``
+as real processes against a real server on gVisor, configured only by what it prints. The team
+may hold two sandboxes, so a fork of two from a running sandbox gets one fork and one refusal."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from emberbox import Sandbox
+from emberbox.server.testing import ServerProcess
+from emberbox.templates.store import TemplateStore
+
+Cli = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """``gvisor_server``'s server, with a team limit of two sandboxes."""
+    from tests.runtimes import gvisor_support as gv
+
+    gv.require_host()
+    asyncio.run(gv.ensure_base(TemplateStore(gv.DATA_DIR)))
+    tmp = tmp_path_factory.mktemp("cli-snapshots")
+    srv = ServerProcess(
+        gv.DATA_DIR,
+        database_url=f"sqlite+aiosqlite:///{tmp / 'emberbox.db'}",
+        env={"EMBERBOX_BACKEND": "gvisor", "EMBERBOX_MAX_SANDBOXES_PER_TEAM": "2"},
+        log_dir=tmp,
+    )
+    srv.start(timeout_s=60)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def cli(server: ServerProcess) -> Cli:
+    assert server.first_key is not None
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("EMBERBOX_", "E2B_"))},
+        **server.sdk_env(server.first_key),
+    }
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "emberbox.cli", *args],
+            capture_output=True, text=True, timeout=120, env=env,
+        )  # fmt: skip
+
+    return run
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, result.stderr + result.stdout
+    return result.stdout
+
+
+def test_snapshot_rollback_fork_pause_resume_delete(cli: Cli, server: ServerProcess) -> None:
+    sandbox_id = ok(cli("sandbox", "create", "--timeout", "300")).strip()
+    name = f"cli-{uuid.uuid4().hex[:8]}"
+    try:
+        ok(cli("sandbox", "exec", sandbox_id, "--", "sh", "-c", "echo one > /home/user/f"))
+        named, size = ok(cli("sandbox", "snapshot", sandbox_id, "--name", name)).split(maxsplit=1)
+        assert named == name and size.strip().endswith("iB")
+        unnamed = json.loads(ok(cli("sandbox", "snapshot", sandbox_id, "--json")))
+        assert unnamed["sandbox_id"] == sandbox_id and unnamed["size_bytes"] > 0
+
+        listed = json.loads(ok(cli("snapshot", "list", "--sandbox", sandbox_id, "--json")))
+        assert [s["snapshot_id"] for s in listed] == [unnamed["snapshot_id"], name]
+        assert all(s["size_bytes"] > 0 for s in listed)
+        shown = ok(cli("snapshot", "list", "--sandbox", sandbox_id))
+        assert "2 snapshot(s)" in shown and name in shown and "MiB" in shown
+
+        ok(cli("sandbox", "exec", sandbox_id, "--", "sh", "-c", "echo two > /home/user/f"))
+        ok(cli("sandbox", "rollback", sandbox_id, name))
+        assert ok(cli("sandbox", "exec", sandbox_id, "--", "cat", "/home/user/f")) == "one\n"
+        missing = cli("sandbox", "rollback", sandbox_id, "nosuchsnapshot")
+        assert missing.returncode == 1 and "NotFoundException" in missing.stderr
+
+        # two forks, room for one more sandbox: one id on stdout, one refusal, exit 1
+        forked = cli("sandbox", "fork", sandbox_id, "-n", "2", "--timeout", "60")
+        assert forked.returncode == 1, forked.stderr + forked.stdout
+        (fork_id,) = forked.stdout.split()
+        assert "fork failed: RateLimitException" in forked.stderr
+        assert ok(cli("sandbox", "exec", fork_id, "--", "cat", "/home/user/f")) == "one\n"
+        ok(cli("sandbox", "kill", fork_id))
+        zero = cli("sandbox", "fork", sandbox_id, "-n", "0")
+        assert zero.returncode == 1 and "InvalidArgumentException" in zero.stderr
+
+        assert ok(cli("sandbox", "pause", sandbox_id)).strip() == f"paused {sandbox_id}"
+        paused = json.loads(ok(cli("sandbox", "list", "--state", "paused", "--json")))
+        assert [s["sandbox_id"] for s in paused] == [sandbox_id]
+        info = json.loads(ok(cli("sandbox", "info", sandbox_id, "--json")))
+        assert info["state"] == "paused"  # looking does not resume it
+        refused = cli("sandbox", "snapshot", sandbox_id)
+        assert refused.returncode == 1 and "SandboxUnavailableException" in refused.stderr
+        ok(cli("sandbox", "resume", sandbox_id, "--timeout", "120"))
+        assert ok(cli("sandbox", "exec", sandbox_id, "--", "cat", "/home/user/f")) == "one\n"
+    finally:
+        Sandbox.kill(sandbox_id, api_key=server.first_key, api_url=server.api_url)
+
+    assert ok(cli("snapshot", "delete", name)).strip() == f"deleted {name}"
+    gone = cli("snapshot", "delete", name)
+    assert gone.returncode == 1 and "not found" in gone.stderr
+    ok(cli("snapshot", "delete", unnamed["snapshot_id"]))
+    assert json.loads(ok(cli("snapshot", "list", "--sandbox", sandbox_id, "--json"))) == []

@@ -1,0 +1,185 @@
+"""The warm pool's logic on the fake runtime (real loopback envds, real handshakes): claims,
+hand-over, refill, expiry, sizing, death and restarts. ``test_pool_gvisor.py`` runs it for real."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from emberbox._proto.node import node_pb2 as pb
+from emberbox.node.client import EmbeddedNode, NodeBadRequest
+from emberbox.node.orchestrator import Orchestrator
+from emberbox.node.pool import PoolKey, PoolSettings
+from emberbox.runtimes.base import NetworkPolicy, SandboxSpec, SnapshotRef
+from emberbox.vocabulary import new_sandbox_id
+
+from .fake_runtime import FakeRuntime
+
+
+def _spec(memory_mb: int = 128, **envs: str) -> pb.SandboxSpec:
+    return pb.SandboxSpec(template_id="base", cpu_count=1, memory_mb=memory_mb, disk_mb=64,
+                          env_vars=envs, access_token="tok", allow_internet=True)  # fmt: skip
+
+
+async def _create(node: EmbeddedNode, spec: pb.SandboxSpec) -> tuple[pb.Sandbox, bool]:
+    """Create as the control plane does: claim, else a fresh id. (sandbox, came from the pool)"""
+    claimed = await node.claim(spec)
+    spec.sandbox_id = claimed or new_sandbox_id()
+    return await node.create(spec), bool(claimed)
+
+
+def _node(tmp_path: Path, runtime: FakeRuntime, **pool: float) -> EmbeddedNode:
+    settings = PoolSettings(size=int(pool.pop("size", 2)), **pool)  # type: ignore[arg-type]
+    return EmbeddedNode(runtime, tmp_path, pool=settings, dead_check_every_s=0)
+
+
+async def test_a_claimed_sandbox_was_started_ahead_and_only_gets_its_identity(
+    tmp_path: Path,
+) -> None:
+    runtime = FakeRuntime()
+    node = _node(tmp_path, runtime)
+    await node.start()
+    try:
+        first, pooled = await _create(node, _spec())
+        assert not pooled, "an empty pool hands out nothing; the create starts its own"
+        await node.orchestrator.pool.wait_full(10)
+        (status,) = (await node.info()).pools
+        assert (status.template_id, status.memory_mb, status.ready, status.target) == (
+            "base", 128, 2, 2,
+        )  # fmt: skip
+        waiting = set(runtime.sandboxes) - {first.sandbox_id}
+        assert len(waiting) == 2 and all(not runtime.envds[i].inits for i in waiting)
+        assert [s.sandbox_id for s in (await node.list()).sandboxes] == [first.sandbox_id]
+
+        second, pooled = await _create(node, _spec(FOO="bar"))
+        assert pooled and second.sandbox_id in waiting
+        (init,) = runtime.envds[second.sandbox_id].inits  # one /init, with everything
+        assert init["accessToken"] == "tok" and init["envVars"] == {"FOO": "bar"}
+        listed = {s.sandbox_id for s in (await node.list()).sandboxes}
+        assert listed == {first.sandbox_id, second.sandbox_id}
+        await node.orchestrator.pool.wait_full(10)  # refilled with a new one
+        assert len(runtime.sandboxes) == 4
+    finally:
+        await node.close()
+    assert set(runtime.sandboxes) == {first.sandbox_id, second.sandbox_id}, "pool released"
+
+
+async def test_claims_never_hand_one_sandbox_out_twice(tmp_path: Path) -> None:
+    runtime = FakeRuntime(create_delay_s=0.02)
+    node = _node(tmp_path, runtime, size=4)
+    await node.start()
+    try:
+        await _create(node, _spec())
+        await node.orchestrator.pool.wait_full(10)
+        results = await asyncio.gather(*(_create(node, _spec()) for _ in range(10)))
+        ids = [sandbox.sandbox_id for sandbox, _ in results]
+        assert len(set(ids)) == 10
+        assert sum(pooled for _, pooled in results) == 4
+        assert all(len(runtime.envds[i].inits) == 1 for i in ids)
+    finally:
+        await node.close()
+
+
+async def test_unused_claims_and_a_shrunk_target_release_their_sandboxes(tmp_path: Path) -> None:
+    runtime = FakeRuntime()
+    node = _node(tmp_path, runtime, hold_s=0.05)
+    await node.start()
+    try:
+        await _create(node, _spec())
+        pool = node.orchestrator.pool
+        await pool.wait_full(10)
+        claimed = await node.claim(_spec())
+        assert claimed
+        await asyncio.sleep(0.1)
+        await pool.tidy()
+        assert runtime.teardowns[claimed] == 1 and claimed not in runtime.sandboxes
+        spec = _spec()
+        spec.sandbox_id = claimed  # a create that comes too late starts a sandbox of its own
+        late = await node.create(spec)
+        assert late.sandbox_id == claimed and len(runtime.envds[claimed].inits) == 1
+    finally:
+        await node.close()
+
+
+async def test_specs_the_pool_cannot_serve_are_never_claimed(tmp_path: Path) -> None:
+    runtime = FakeRuntime()
+    node = _node(tmp_path, runtime)
+    await node.start()
+    try:
+        await _create(node, _spec())
+        await node.orchestrator.pool.wait_full(10)
+        assert await node.claim(_spec(memory_mb=256)) == ""  # another size: its own key
+        closed = SandboxSpec("x", "base", 1, 128, 64, network=NetworkPolicy(allow_internet=False))
+        assert PoolKey.of(closed) is None
+        restored = SandboxSpec("x", "base", 1, 128, 64, snapshot=SnapshotRef("s", "fake", "/", "b"))
+        assert PoolKey.of(restored) is None
+        claimed = await node.claim(_spec())
+        wrong = _spec(memory_mb=256)
+        wrong.sandbox_id = claimed
+        with pytest.raises(NodeBadRequest, match="claimed for another"):
+            await node.create(wrong)
+    finally:
+        await node.close()
+
+
+async def test_a_pooled_sandbox_that_died_is_never_handed_out(tmp_path: Path) -> None:
+    runtime = FakeRuntime()
+    node = _node(tmp_path, runtime, size=1)
+    await node.start()
+    try:
+        first, _ = await _create(node, _spec())
+        await node.orchestrator.pool.wait_full(10)
+        (doomed,) = set(runtime.sandboxes) - {first.sandbox_id}
+        runtime.die(doomed)
+        assert await node.orchestrator.check_dead() == [doomed]
+        claimed = await node.claim(_spec())
+        assert claimed != doomed
+    finally:
+        await node.close()
+
+
+async def test_a_restarted_node_removes_what_its_predecessor_pooled(tmp_path: Path) -> None:
+    runtime = FakeRuntime()
+    before = _node(tmp_path, runtime)
+    await before.start()
+    kept, _ = await _create(before, _spec())
+    await before.orchestrator.pool.wait_full(10)
+    pooled = set(runtime.sandboxes) - {kept.sandbox_id}
+    # The process dies (no close): a new one over the same records adopts only real sandboxes.
+    after = Orchestrator(runtime, tmp_path, dead_check_every_s=0)
+    report = await after.start()
+    try:
+        assert report.adopted == [kept.sandbox_id]
+        assert set(report.removed) == pooled and set(runtime.sandboxes) == {kept.sandbox_id}
+    finally:
+        await after.close()
+
+
+async def test_auto_sizing_follows_recent_demand() -> None:
+    async def never(_: object) -> None:
+        raise AssertionError("not started in this test")
+
+    from emberbox.node.pool import WarmPool
+
+    pool = WarmPool(PoolSettings(size=None, max_per_key=3), never, never)  # type: ignore[arg-type]
+    pool.refill = lambda: None  # type: ignore[method-assign]
+    key = PoolKey("base", 1, 128, 64)
+    assert pool.target(key) == 0
+    for n in range(1, 6):
+        pool.claim(key.spec("x"))
+        assert pool.target(key) == min(n, 3)
+    assert pool.target(PoolKey("other", 1, 128, 64)) == 0
+    later = 10_000.0 + pool._demand[key][-1]
+    assert pool.target(key, now=later) == 0, "demand older than the window no longer counts"
+
+
+def test_settings_read_from_the_environment() -> None:
+    assert PoolSettings.from_env({}).size is None  # auto
+    assert PoolSettings.from_env({"EMBERBOX_WARM_POOL": "0"}).enabled is False
+    fixed = PoolSettings.from_env({"EMBERBOX_WARM_POOL": "25"})
+    assert (fixed.size, fixed.max_total) == (25, 25)
+    for bad in ("many", "-1"):
+        with pytest.raises(ValueError, match="EMBERBOX_WARM_POOL"):
+            PoolSettings.from_env({"EMBERBOX_WARM_POOL": bad})

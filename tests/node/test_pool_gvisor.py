@@ -1,0 +1,146 @@
+"""The warm pool for real: a gVisor node keeping sandboxes ready, a server in front of it, the
+official SDK creating sandboxes that come out of the pool, and a host that ends as it began."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from e2b import Sandbox
+
+from emberbox.node.client import RemoteNode
+from emberbox.runtimes.gvisor import GVisorConfig
+from emberbox.server.testing import NodeProcess, ServerProcess
+from emberbox.templates.store import Template
+from tests.runtimes.gvisor_support import DATA_DIR, inventory
+
+from .support import data_dir_sharing_templates
+
+POOL = 2
+
+
+@pytest.fixture
+def node(tmp_path: Path, base_template: Template) -> Iterator[NodeProcess]:
+    node = NodeProcess(
+        data_dir_sharing_templates(tmp_path / "data", DATA_DIR),
+        "gvisor",
+        env={"EMBERBOX_WARM_POOL": str(POOL)},
+    )
+    yield node
+    node.stop()
+
+
+def _pooled(node: NodeProcess) -> set[str]:
+    """Ids of the sandboxes the node keeps for claims (its records say so)."""
+    records = (node.data_dir / "node" / "sandboxes").glob("*.json")
+    return {r.stem for r in records if json.loads(r.read_text())["state"] == "pooled"}
+
+
+async def _wait_full(node: NodeProcess, timeout_s: float = 120.0) -> None:
+    client = RemoteNode(node.url, node.token)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            pools = (await client.info()).pools
+            if pools and all(p.ready >= p.target > 0 for p in pools):
+                return
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"the pool never filled: {pools}")
+    finally:
+        await client.close()
+
+
+def test_creates_come_from_the_pool_and_carry_nothing_of_anyone_else(
+    node: NodeProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = GVisorConfig(data_dir=node.data_dir)
+    baseline = asyncio.run(inventory(config))
+    node.start()
+    server = ServerProcess(
+        tmp_path / "server", env={"EMBERBOX_NODE_URL": node.url, "EMBERBOX_NODE_TOKEN": node.token}
+    )
+    server.start()
+    try:
+        assert server.first_key
+        for name, value in server.sdk_env(server.first_key).items():
+            monkeypatch.setenv(name, value)
+        first = Sandbox.create("base", timeout=120)  # the pool learns what is asked for
+        asyncio.run(_wait_full(node))
+        ready = _pooled(node)
+        assert len(ready) == POOL
+
+        sandbox = Sandbox.create("base", timeout=300, envs={"FOO": "bar"})
+        assert sandbox.sandbox_id in ready, "the create did not take a pooled sandbox"
+        out = sandbox.commands.run("echo $FOO $E2B_SANDBOX_ID; id -un; pwd").stdout.split()
+        assert out == ["bar", sandbox.sandbox_id, "user", "/home/user"]
+        info = sandbox.get_info()
+        assert abs((info.end_at - info.started_at).total_seconds() - 300) < 2, "end from claim"
+        host = sandbox.get_host(49983)
+        wrong = httpx.get(f"{server.sandbox_url}/envs", headers={"Host": host,
+                          "X-Access-Token": "not-the-token"})  # fmt: skip
+        assert wrong.status_code == 401, "a pooled sandbox takes its caller's access token"
+
+        sandbox.files.write("/home/user/mine.txt", "private")
+        asyncio.run(_wait_full(node))
+        ready = _pooled(node)
+        other = Sandbox.create("base", timeout=120)
+        assert other.sandbox_id in ready
+        assert not other.files.exists("/home/user/mine.txt")
+        assert other.commands.run("echo ${FOO:-unset}").stdout == "unset\n"
+
+        for s in (first, sandbox, other):
+            s.kill()
+    finally:
+        server.stop()
+        node.stop()  # its pool is released with it
+    assert asyncio.run(inventory(config)).leaked_since(baseline) == {}
+
+
+def test_a_killed_node_leaves_its_pool_to_its_successor(node: NodeProcess) -> None:
+    """SIGKILL: the pooled sandboxes outlive the process; the next node removes them all."""
+    config = GVisorConfig(data_dir=node.data_dir)
+    baseline = asyncio.run(inventory(config))
+    node.start()
+
+    async def teach_and_fill() -> str:
+        client = RemoteNode(node.url, node.token)
+        try:
+            from emberbox._proto.node import node_pb2 as pb
+            from emberbox.vocabulary import new_sandbox_id
+
+            spec = pb.SandboxSpec(template_id="base", cpu_count=1, memory_mb=256, disk_mb=256,
+                                  access_token="t0k", allow_internet=True)  # fmt: skip
+            assert await client.claim(spec) == ""
+            spec.sandbox_id = new_sandbox_id()
+            await client.create(spec)
+            await _wait_full(node)
+            return spec.sandbox_id
+        finally:
+            await client.close()
+
+    kept = asyncio.run(teach_and_fill())
+    pooled = _pooled(node)
+    assert len(pooled) == POOL
+    node.sigkill()
+    line = node.start()
+    # Removed: the pooled ones, and the boot a template snapshot was being taken of, if any.
+    assert re.search(r"adopted 1, removed [2-3]\)", line), line
+    after = asyncio.run(inventory(config))
+    assert [after.mentions(i) for i in pooled] == [[]] * POOL
+
+    async def kill() -> None:
+        client = RemoteNode(node.url, node.token)
+        try:
+            assert await client.kill(kept)
+        finally:
+            await client.close()
+
+    asyncio.run(kill())
+    node.stop()
+    assert asyncio.run(inventory(config)).leaked_since(baseline) == {}

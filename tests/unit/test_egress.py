@@ -1,0 +1,73 @@
+"""The rule language (egress.py): parsing, limits and the decision order the firewall follows."""
+
+from __future__ import annotations
+
+import pytest
+
+from emberbox.egress import (
+    MAX_ENTRIES,
+    InvalidRules,
+    UnsupportedRule,
+    parse_list,
+    reaches,
+    rules_for,
+)
+
+
+def test_entries_are_normalised_and_deduplicated() -> None:
+    assert parse_list(["1.2.3.4", "10.0.0.1/8", " 1.2.3.4/32 "], "allowOut") == (
+        "1.2.3.4/32",
+        "10.0.0.0/8",
+    )
+    assert parse_list(None, "denyOut") == ()
+    assert parse_list(["::/0", "0.0.0.0/0"], "denyOut") == ("::/0", "0.0.0.0/0")
+
+
+@pytest.mark.parametrize(
+    ("field", "entry", "error"),
+    [
+        ("allowOut", "10.0.0.0/33", InvalidRules),
+        ("allowOut", "1.2.3", InvalidRules),
+        ("allowOut", "*", InvalidRules),
+        ("allowOut", "", InvalidRules),
+        ("allowOut", 5, InvalidRules),
+        ("denyOut", "example.com", InvalidRules),
+        ("denyOut", "*.example.com", InvalidRules),
+        ("allowOut", "example.com", UnsupportedRule),
+        ("allowOut", "*.example.com", UnsupportedRule),
+        ("allowOut", "2001:db8::/32", UnsupportedRule),
+    ],
+)
+def test_bad_and_unsupported_entries(field: str, entry: object, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        parse_list([entry], field)
+
+
+def test_oversized_lists_are_refused() -> None:
+    entries = [f"198.18.{i // 250}.{i % 250}" for i in range(MAX_ENTRIES + 1)]
+    with pytest.raises(InvalidRules, match="at most"):
+        parse_list(entries, "allowOut")
+    assert len(parse_list(entries[:MAX_ENTRIES], "allowOut")) == MAX_ENTRIES
+
+
+def test_the_decision_order() -> None:
+    default = rules_for((), ())
+    assert reaches(default, "198.18.0.10")  # public (benchmark range)
+    assert not reaches(default, "169.254.169.254")
+    assert not reaches(default, "10.1.2.3")
+    assert not reaches(default, "192.168.1.1")
+    assert reaches(default, "10.255.255.53", resolvers=["10.255.255.53"], dns=True)
+    assert not reaches(default, "10.255.255.53", resolvers=["10.255.255.53"])  # not DNS
+
+    allow_wins = rules_for(("10.1.0.0/16",), ("10.0.0.0/8",))
+    assert reaches(allow_wins, "10.1.2.3") and not reaches(allow_wins, "10.2.0.1")
+
+    closed = rules_for(("198.18.0.10",), (), allow_internet=False)
+    assert reaches(closed, "198.18.0.10") and not reaches(closed, "198.18.0.11")
+    assert not reaches(closed, "10.255.255.53", resolvers=["10.255.255.53"], dns=True)
+
+
+def test_overlaps_are_merged_for_the_kernel() -> None:
+    rules = rules_for(("10.0.0.0/8", "10.1.0.0/16", "10.1.2.3"), ("0.0.0.0/0", "::/0"))
+    assert [str(n) for n in rules.allow] == ["10.0.0.0/8"]
+    assert [str(n) for n in rules.deny] == ["0.0.0.0/0"]
