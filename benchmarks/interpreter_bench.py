@@ -3,9 +3,11 @@
 The baseline, measured in the same run on a kernel of the same machine, is a bare
 ``jupyter_client`` execute (send, wait for idle): what is left over is the service's own cost
 (HTTP, JSON lines, the context's bookkeeping). Also timed: the service's start until /health,
-and a new context until its first result.
+and a new context until its first result. Then, as root, the same through a real server with
+``code-interpreter`` gVisor sandboxes (``_interpreter_sandbox.py``): create → first
+``run_code`` result, and the round trip through the proxy, each next to its baseline.
 
-    python benchmarks/interpreter_bench.py [--runs 300] [--quick]
+    python benchmarks/interpreter_bench.py [--runs 300] [--creates 10] [--no-sandbox] [--quick]
 
 ``--quick`` takes every path with a few runs; any failure exits non-zero.
 """
@@ -99,9 +101,12 @@ def through_sdk(sandbox: Sandbox, runs: int) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=300)
+    parser.add_argument("--creates", type=int, default=10, help="sandbox creates to time")
+    parser.add_argument("--no-sandbox", action="store_true", help="skip the gVisor part")
     parser.add_argument("--quick", action="store_true", help="a few runs of every path")
     args = parser.parse_args()
     runs = 20 if args.quick else args.runs
+    creates = 2 if args.quick else args.creates
 
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="emberbox-interp-bench-") as cwd:
@@ -127,6 +132,12 @@ def main() -> None:
         finally:
             process.terminate()
             process.wait(15)
+    os.environ.pop("E2B_DEBUG", None)
+    os.environ.pop("E2B_SANDBOX_URL", None)
+    if not args.no_sandbox:
+        from benchmarks import _interpreter_sandbox
+
+        _interpreter_sandbox.run(creates, runs)
 
 
 if __name__ == "__main__":

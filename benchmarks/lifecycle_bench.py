@@ -1,0 +1,355 @@
+"""Stateful sandboxes through the control plane with the official ``e2b`` SDK, next to bare
+``runsc checkpoint`` / ``runsc restore`` of the same kind of sandbox measured in the same run.
+
+Measured (median/p95/p99 in ms, ratio to its baseline):
+* create → first ``commands.run`` result: claimed from the warm pool, restored from the
+  template's snapshot (empty pool), and cold (``EMBERBOX_TEMPLATE_SNAPSHOTS=0``: every create
+  boots); baseline bare ``runsc restore``;
+* pause and resume (``Sandbox.connect``) of a sandbox holding 256 MiB; baselines bare
+  ``runsc checkpoint`` and ``runsc restore`` of a sandbox holding 256 MiB;
+* snapshot, fork x10 (one call), rollback in place;
+* N concurrent creates, each to its first command result, and the wall time of all: from a
+  warm pool of N, and with no pool (restores);
+* host memory (PSS) per idle sandbox: pooled (never claimed), and restored after a command.
+
+    .venv/bin/python benchmarks/lifecycle_bench.py [--n 10] [--concurrent 20] [--quick]
+
+Needs root and runsc; runs in the benchmarks' own data dir (``_host.py``). ``--quick`` does
+2 of each (fork x2, 4 concurrent) to prove every path still works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+from e2b import Sandbox
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks._host import boot, data_dir, ensure_base, gvisor_server, require_root
+from benchmarks._stats import check, summary
+from emberbox.envd_client import EnvdClient
+from emberbox.host import network
+from emberbox.runtimes.base import SandboxSpec
+from emberbox.runtimes.gvisor import GVisorConfig, GVisorRuntime
+from emberbox.templates.store import TemplateStore
+
+HOLD_256 = "python3 -c 'b = b\"x\" * (256 << 20); import time; time.sleep(3600)' >/dev/null 2>&1 &"
+LIMITS = {
+    "EMBERBOX_CPU_OVERCOMMIT": "100",
+    "EMBERBOX_MEMORY_OVERCOMMIT": "8",
+    "EMBERBOX_RATE_PER_S": "1000",
+    "EMBERBOX_RATE_BURST": "1000",
+    "EMBERBOX_MAX_SANDBOXES_PER_TEAM": "100",
+}
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+# ---- bare runsc -------------------------------------------------------------------------------
+
+
+async def bare_checkpoint_restore(n: int) -> tuple[list[float], list[float]]:
+    """runsc checkpoint (--leave-running) and runsc restore of one sandbox holding 256 MiB,
+    without API, node or SDK: what the runtime's pause and resume are built from."""
+    directory = data_dir()
+    runtime = GVisorRuntime(
+        GVisorConfig(data_dir=directory, template_snapshots=False), TemplateStore(directory)
+    )
+    sandbox_id = f"bench{secrets.token_hex(4)}"
+    spec = SandboxSpec(sandbox_id=sandbox_id, template_id="base", memory_mb=1024)
+    sandbox = await boot(runtime, spec)
+    image = Path(tempfile.mkdtemp(prefix="bench-ckpt-"))
+    saves: list[float] = []
+    restores: list[float] = []
+    try:
+        async with EnvdClient(sandbox.envd_url) as envd:
+            check((await envd.run(HOLD_256)).exit_code == 0, "could not start the 256 MiB holder")
+            await asyncio.sleep(2)
+        paths = runtime._paths(sandbox_id)
+        record = await runtime._require(sandbox_id)
+        lease = runtime._lease_of(sandbox_id, record)
+        check(lease is not None, "no lease")
+        assert lease is not None
+        for _ in range(n):
+            shutil.rmtree(image, ignore_errors=True)
+            image.mkdir()
+            start = time.perf_counter()
+            await runtime.runsc.checkpoint(sandbox_id, image, paths.disk)
+            saves.append(time.perf_counter() - start)
+            await runtime.runsc.delete(sandbox_id)
+            await network.readdress(lease)
+            start = time.perf_counter()
+            await runtime.runsc.restore(sandbox_id, paths.bundle, image, paths.log, paths.disk)
+            restores.append(time.perf_counter() - start)
+            async with EnvdClient(sandbox.envd_url) as envd:
+                check(await envd.health(timeout=10), "restored envd does not answer")
+    finally:
+        await runtime.kill(sandbox_id)
+        shutil.rmtree(image, ignore_errors=True)
+    return saves, restores
+
+
+# ---- through the control plane ----------------------------------------------------------------
+
+
+def sdk_env(server: object) -> dict[str, Any]:
+    env = server.sdk_env(server.first_key)  # type: ignore[attr-defined]
+    return {"api_key": env["E2B_API_KEY"], "api_url": env["E2B_API_URL"],
+            "sandbox_url": env["E2B_SANDBOX_URL"]}  # fmt: skip
+
+
+def tti(opts: dict[str, Any], template: str = "base") -> float:
+    """create → first command result; the sandbox is killed afterwards (not timed)."""
+    start = time.perf_counter()
+    sbx = Sandbox.create(template, timeout=300, **opts)
+    result = sbx.commands.run("true")
+    elapsed = time.perf_counter() - start
+    check(result.exit_code == 0, "first command failed")
+    sbx.kill()
+    return elapsed
+
+
+def wait_for_template_snapshot(directory: Path, timeout_s: float = 120) -> None:
+    root = directory / "gvisor" / "template-snapshots"
+    deadline = time.monotonic() + timeout_s
+    while not any((p / "checkpoint.img").is_file() for p in root.glob("base-*")):
+        check(time.monotonic() < deadline, "the template snapshot never appeared")
+        time.sleep(0.2)
+
+
+def pooled_ids(directory: Path) -> set[str]:
+    """The sandboxes the server's embedded node keeps in its warm pool (its records say so)."""
+    ids = set()
+    for record in (directory / "node" / "sandboxes").glob("*.json"):
+        try:
+            if json.loads(record.read_text())["state"] == "pooled":
+                ids.add(record.stem)
+        except (OSError, ValueError, KeyError):
+            continue
+    return ids
+
+
+def wait_for_pool(directory: Path, size: int, timeout_s: float = 300) -> set[str]:
+    deadline = time.monotonic() + timeout_s
+    while len(ids := pooled_ids(directory)) < size:
+        check(time.monotonic() < deadline, f"the warm pool never reached {size}: {len(ids)}")
+        time.sleep(0.1)
+    return ids
+
+
+LATENCY_POOL = 2  # the pool the one-at-a-time creates claim from (the default auto size)
+
+
+def host_busy(seconds: float) -> float:
+    """Share of the host's CPUs in use over ``seconds`` (from /proc/stat)."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # all, idle + iowait
+
+    total0, idle0 = sample()
+    time.sleep(seconds)
+    total1, idle1 = sample()
+    return 1 - (idle1 - idle0) / max(1, total1 - total0)
+
+
+def warm_pool(n: int, concurrent: int) -> dict[str, list[float]]:
+    """Creates claiming a pooled sandbox one at a time, from a pool of two refilled in between
+    (the refill starts half a second after a claim, as it would); then ``concurrent`` at once
+    from a pool of that size; and what an idle pooled sandbox costs the host (memory, CPU)."""
+    out: dict[str, list[float]] = {}
+    env = {**LIMITS, "EMBERBOX_WARM_POOL": str(LATENCY_POOL)}
+    with tempfile.TemporaryDirectory() as tmp, gvisor_server(Path(tmp), env) as server:
+        opts = sdk_env(server)
+        tti(opts)  # the pool learns what is asked for; the template is snapshotted
+        samples = []
+        for _ in range(n):
+            ready = wait_for_pool(data_dir(), LATENCY_POOL)
+            time.sleep(1)  # the last refill's standby shells finish their login
+            start = time.perf_counter()
+            sbx = Sandbox.create("base", timeout=300, **opts)
+            result = sbx.commands.run("true")
+            samples.append(time.perf_counter() - start)
+            check(result.exit_code == 0, "first command failed")
+            check(sbx.sandbox_id in ready, "the create did not come from the pool")
+            sbx.kill()
+        out[f"warm-pool create → first command (pool of {LATENCY_POOL})"] = samples
+
+    env = {**LIMITS, "EMBERBOX_WARM_POOL": str(concurrent)}
+    with tempfile.TemporaryDirectory() as tmp, gvisor_server(Path(tmp), env) as server:
+        opts = sdk_env(server)
+        idle_before = host_busy(3)
+        tti(opts)
+        ready = wait_for_pool(data_dir(), concurrent)
+        time.sleep(3)
+        idle_after = host_busy(5)
+        out["host CPU per idle pooled sandbox, % of one core"] = [
+            100 * (os.cpu_count() or 1) * (idle_after - idle_before) / len(ready)
+        ]
+        pss = [host_pss(i) for i in ready]
+        check(all(p > 0 for p in pss), "no runsc process found for a pooled sandbox")
+        out["host memory (PSS) per idle pooled sandbox, MiB"] = [p / 2**20 for p in pss]
+        with ThreadPoolExecutor(concurrent) as pool:
+            start = time.perf_counter()
+            each = list(pool.map(lambda _i: tti(opts), range(concurrent)))
+            out[f"{concurrent} concurrent creates (pool of {concurrent}), each"] = each
+            out[f"{concurrent} concurrent creates (pool of {concurrent}), all"] = [
+                time.perf_counter() - start
+            ]
+    return out
+
+
+def host_pss(sandbox_id: str) -> int:
+    """Proportional set size of the host processes runsc runs for one sandbox (sentry, gofer,
+    stubs): its share of host memory, shared pages split among their users."""
+    total = 0
+    for proc in Path("/proc").iterdir():
+        try:
+            if sandbox_id.encode() not in (proc / "cmdline").read_bytes().split(b"\0"):
+                continue
+            for line in (proc / "smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1]) * 1024
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def through_api(n: int, forks: int, concurrent: int) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        cold_env = {**LIMITS, "EMBERBOX_TEMPLATE_SNAPSHOTS": "0"}
+        with gvisor_server(Path(tmp) / "cold", cold_env) as server:
+            opts = sdk_env(server)
+            out["cold create → first command"] = [tti(opts) for _ in range(n)]
+
+    with tempfile.TemporaryDirectory() as tmp, gvisor_server(Path(tmp), LIMITS) as server:
+        opts = sdk_env(server)
+        tti(opts)  # the first create boots and has the template snapshotted
+        wait_for_template_snapshot(data_dir())
+        out["restore create → first command"] = [tti(opts) for _ in range(n)]
+
+        sbx = Sandbox.create(timeout=600, **opts)
+        try:
+            check(sbx.commands.run(HOLD_256).exit_code == 0, "could not hold 256 MiB")
+            time.sleep(2)
+            pauses, resumes = [], []
+            for _ in range(n):
+                pauses.append(timed(sbx.pause))
+                resumes.append(timed(lambda: Sandbox.connect(sbx.sandbox_id, **opts)))
+                check(sbx.commands.run("true").exit_code == 0, "resumed sandbox does not run")
+            out["pause (256 MiB held)"] = pauses
+            out["resume (256 MiB held)"] = resumes
+        finally:
+            sbx.kill()
+
+        src = Sandbox.create(timeout=600, **opts)
+        try:
+            shots: list[str] = []
+            takes = []
+            for _ in range(n):
+                start = time.perf_counter()
+                shots.append(src.create_snapshot().snapshot_id)
+                takes.append(time.perf_counter() - start)
+            out["snapshot"] = takes
+            api = httpx.Client(base_url=opts["api_url"], headers={"X-API-KEY": opts["api_key"]},
+                               timeout=120)  # fmt: skip
+            rollbacks = []
+            for shot in shots:
+                start = time.perf_counter()
+                r = api.post(f"/sandboxes/{src.sandbox_id}/rollback", json={"snapshotID": shot})
+                rollbacks.append(time.perf_counter() - start)
+                check(r.status_code == 200, f"rollback answered {r.status_code}: {r.text}")
+            out["rollback"] = rollbacks
+            for shot in shots:
+                Sandbox.delete_snapshot(shot, **opts)
+            fork_times = []
+            for _ in range(max(1, n // 5)):
+                start = time.perf_counter()
+                results = src.fork(count=forks, timeout=120)
+                fork_times.append(time.perf_counter() - start)
+                for fork in results:
+                    check(isinstance(fork, Sandbox), f"a fork failed: {fork}")
+                    if isinstance(fork, Sandbox):
+                        fork.kill()
+            out[f"fork x{forks}"] = fork_times
+        finally:
+            src.kill()
+
+        with ThreadPoolExecutor(concurrent) as pool:
+            start = time.perf_counter()
+            each = list(pool.map(lambda _i: tti(opts), range(concurrent)))
+            out[f"{concurrent} concurrent creates (no pool), each"] = each
+            out[f"{concurrent} concurrent creates (no pool), all"] = [time.perf_counter() - start]
+
+        idle = max(2, n // 2)
+        held = [Sandbox.create(timeout=300, **opts) for _ in range(idle)]
+        for sbx in held:
+            check(sbx.commands.run("true").exit_code == 0, "idle sandbox does not run")
+        time.sleep(3)
+        pss = [host_pss(sbx.sandbox_id) for sbx in held]
+        for sbx in held:
+            sbx.kill()
+        check(all(p > 0 for p in pss), "no runsc process found for an idle sandbox")
+        summary("host memory (PSS) per idle restored sandbox", [p / 2**20 for p in pss], "MiB")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=10)
+    parser.add_argument("--forks", type=int, default=10)
+    parser.add_argument("--concurrent", type=int, default=20)
+    parser.add_argument("--quick", action="store_true", help="2 of each, to prove it works")
+    args = parser.parse_args()
+    if args.quick:
+        args.n, args.forks, args.concurrent = 2, 2, 4
+    require_root()
+    ensure_base(data_dir())
+    saves, restores = asyncio.run(bare_checkpoint_restore(args.n))
+    bare_save = summary("bare runsc checkpoint (256 MiB held)", saves)
+    bare_restore = summary("bare runsc restore (256 MiB held)", restores)
+    rows = warm_pool(args.n, args.concurrent)
+    rows.update(through_api(args.n, args.forks, args.concurrent))
+    baselines = {
+        "pause (256 MiB held)": bare_save,
+        "resume (256 MiB held)": bare_restore,
+        "restore create → first command": bare_restore,
+        f"warm-pool create → first command (pool of {LATENCY_POOL})": bare_restore,
+        "cold create → first command": bare_restore,
+    }
+    for name, samples in rows.items():
+        if name.endswith(", MiB"):
+            summary(name.removesuffix(", MiB"), samples, "MiB")
+            continue
+        if name.endswith(", % of one core"):
+            summary(name.removesuffix(", % of one core"), samples, "%")
+            continue
+        row = summary(name, samples)
+        base = baselines.get(name)
+        if base:
+            print(
+                f"{'':<44} ratio to its bare runsc baseline: {row['median'] / base['median']:.2f}x"
+            )
+
+
+if __name__ == "__main__":
+    main()
