@@ -22,6 +22,7 @@ def serve(log_level: Annotated[str, typer.Option(help="log level")] = "info") ->
     from ..server.app import serve as run_server
     from ..server.config import Settings
     from ..server.instance_lock import AlreadyRunning
+    from ..server.tls import TlsError
 
     logging.basicConfig(
         level=log_level.upper(),
@@ -32,7 +33,7 @@ def serve(log_level: Annotated[str, typer.Option(help="log level")] = "info") ->
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         asyncio.run(run_server(Settings.from_env()))
-    except AlreadyRunning as exc:
+    except (AlreadyRunning, TlsError) as exc:
         raise fail(str(exc)) from None
 
 

@@ -52,12 +52,18 @@ class ConnectionConfig:
             request_timeout=request_timeout or DEFAULT_REQUEST_TIMEOUT,
         )
 
+    @property
+    def scheme(self) -> str:
+        """How sandboxes are reached by name: over TLS when the control plane is (a server with
+        TLS serves both), plain HTTP otherwise (E2B's SDK assumes https, our default is not)."""
+        return "https" if self.api_url.startswith("https://") else "http"
+
     def envd_url(self, sandbox_id: str, sandbox_domain: str | None) -> str:
         if self.debug:
             return f"http://localhost:{ENVD_PORT}"
         if self.sandbox_url:
             return self.sandbox_url
-        return f"http://{ENVD_PORT}-{sandbox_id}.{sandbox_domain or self.domain}"
+        return f"{self.scheme}://{ENVD_PORT}-{sandbox_id}.{sandbox_domain or self.domain}"
 
     def port_url(self, sandbox_id: str, port: int, sandbox_domain: str | None) -> str:
         """Where an HTTP service on ``port`` inside the sandbox (the code interpreter) is reached.
@@ -67,7 +73,7 @@ class ConnectionConfig:
         """
         if self.sandbox_url:
             return self.sandbox_url
-        return f"http://{self.host(sandbox_id, port, sandbox_domain)}"
+        return f"{self.scheme}://{self.host(sandbox_id, port, sandbox_domain)}"
 
     def host(self, sandbox_id: str, port: int, sandbox_domain: str | None) -> str:
         if self.debug:

@@ -21,6 +21,7 @@ from .config import Settings
 from .context import ServerContext
 from .draining import Drain
 from .proxy.app import SandboxProxy
+from .tls import ServerTls, prepare
 
 
 class _Server(uvicorn.Server):
@@ -41,9 +42,15 @@ def _has_base_template(settings: Settings) -> bool:
     return True
 
 
-def banner(settings: Settings, key: str | None, runtime: str, isolated: bool) -> str:
-    api = f"http://{settings.host}:{settings.api_port}"
-    proxy = f"http://{settings.host}:{settings.proxy_port}"
+def banner(
+    settings: Settings,
+    key: str | None,
+    runtime: str,
+    isolated: bool,
+    tls: ServerTls | None = None,
+) -> str:
+    api = f"{settings.scheme}://{settings.host}:{settings.api_port}"
+    proxy = f"{settings.scheme}://{settings.host}:{settings.proxy_port}"
     where = f"node {settings.node_url}" if settings.node_url else "embedded node"
     lines = [f"Emberbox API on {api}, sandbox proxy on {proxy} ({where}, runtime: {runtime})"]
     if isolated and not settings.node_url and not _has_base_template(settings):
@@ -58,22 +65,36 @@ def banner(settings: Settings, key: str | None, runtime: str, isolated: bool) ->
         )
     if key:
         lines += ["", "First start: created an API key (shown only this once):", f"  {key}"]
+    lines += ["", "Point the E2B SDKs here:", f"  export E2B_API_URL={api}"]
+    if tls is None:
+        lines.append(f"  export E2B_SANDBOX_URL={proxy}")
+    else:  # https://<port>-<id>.<domain>: routed by name, so signed URLs work anywhere
+        lines.append(f"  export E2B_DOMAIN={settings.sandbox_domain}")
     lines += [
-        "",
-        "Point the E2B SDKs here:",
-        f"  export E2B_API_URL={api}",
-        f"  export E2B_SANDBOX_URL={proxy}",
         f"  export E2B_VOLUME_API_URL={api}  # volume contents (Volume.read_file, ...)",
         f"  export E2B_API_KEY={key or '<your key; create one with: emberbox keys create>'}",
     ]
+    if tls is not None and tls.ca is not None:
+        lines += [
+            f"  export SSL_CERT_FILE={tls.bundle}  # Python: system roots + the local CA",
+            f"  export NODE_EXTRA_CA_CERTS={tls.ca}  # JavaScript; curl --cacert {tls.ca}",
+        ]
+    if tls is not None:
+        name = settings.sandbox_domain.rsplit(":", 1)[0]
+        lines.append(
+            f"Names under {name} must resolve to this proxy "
+            f"(e.g. dnsmasq: address=/{name}/{settings.host})."
+        )
     return "\n".join(lines)
 
 
-def _config(app: Callable[..., Any], host: str, port: int) -> uvicorn.Config:
+def _config(app: Callable[..., Any], host: str, port: int, tls: ServerTls | None) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         host=host,
         port=port,
+        ssl_certfile=tls.cert if tls else None,
+        ssl_keyfile=tls.key if tls else None,
         lifespan="off",
         log_level="warning",
         access_log=False,
@@ -83,6 +104,7 @@ def _config(app: Callable[..., Any], host: str, port: int) -> uvicorn.Config:
 
 
 async def serve(settings: Settings) -> None:
+    tls = prepare(settings)  # before anything starts: bad TLS settings change nothing
     ctx = await ServerContext.open(settings)
     first_key = None
     if await count_keys(ctx.sessions) == 0:
@@ -92,8 +114,8 @@ async def serve(settings: Settings) -> None:
     ctx.service.quiesce = proxy.close_connections
     drain = Drain()
     servers = [
-        _Server(_config(drain.wrap(api), settings.host, settings.api_port)),
-        _Server(_config(drain.wrap(proxy), settings.host, settings.proxy_port)),
+        _Server(_config(drain.wrap(api), settings.host, settings.api_port, tls)),
+        _Server(_config(drain.wrap(proxy), settings.host, settings.proxy_port, tls)),
     ]
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[None]] = []
@@ -124,7 +146,7 @@ async def serve(settings: Settings) -> None:
         if all(s.started for s in servers):
             facts = ctx.service.facts
             print(
-                banner(settings, first_key, facts.runtime, facts.capabilities.isolation),
+                banner(settings, first_key, facts.runtime, facts.capabilities.isolation, tls),
                 flush=True,
             )
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)

@@ -58,6 +58,24 @@ class BuildSettings:
 
 
 @dataclass(frozen=True)
+class TlsSettings:
+    """Inbound TLS as configured (``server/tls.py`` checks it and makes the local CA):
+    ``mode`` is ``EMBERBOX_TLS`` (``local`` or empty), ``cert``/``key`` the operator's files."""
+
+    mode: str = ""
+    cert: str = ""
+    key: str = ""
+
+    @property
+    def local(self) -> bool:
+        return self.mode == "local"
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.mode or self.cert or self.key)
+
+
+@dataclass(frozen=True)
 class Capacity:
     """What the node offers; ``*_overcommit`` multiplies it (1.0 = never overcommit)."""
 
@@ -75,7 +93,10 @@ class Settings:
     * data_dir - where SQLite and sandbox state live (``EMBERBOX_DATA_DIR``, /var/lib/emberbox).
     * database_url - SQLAlchemy async URL (``EMBERBOX_DATABASE_URL``); default SQLite in data_dir.
     * host, api_port, proxy_port - where the two listeners bind.
-    * domain - the sandbox domain returned to SDKs (``<port>-<id>.<domain>`` for ``get_host``).
+    * domain - the sandbox domain returned to SDKs (``<port>-<id>.<domain>`` for ``get_host``),
+      with ``:<port>`` when clients reach the proxy on another port than 80/443.
+    * tls - serve both listeners over HTTPS (``EMBERBOX_TLS=local`` or ``EMBERBOX_TLS_CERT`` +
+      ``EMBERBOX_TLS_KEY``; needs ``domain``), see ``server/tls.py``.
     * runtime - what the embedded node runs sandboxes with (``EMBERBOX_RUNTIME``; the older
       ``EMBERBOX_BACKEND`` is read too, ``local`` meaning ``process``): ``gvisor`` (isolated),
       ``process`` (dev/test: plain envd processes, **no isolation**) or ``auto``.
@@ -95,6 +116,7 @@ class Settings:
     api_port: int = 3000
     proxy_port: int = 3002
     domain: str | None = None
+    tls: TlsSettings = field(default_factory=TlsSettings)
     runtime: str = "auto"
     node_url: str = ""
     node_token: str = ""
@@ -124,6 +146,10 @@ class Settings:
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{self.data_dir / 'emberbox.db'}"
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls.enabled else "http"
 
     @property
     def sandbox_domain(self) -> str:
@@ -169,6 +195,11 @@ class Settings:
             api_port=whole("EMBERBOX_API_PORT", 3000),
             proxy_port=whole("EMBERBOX_PROXY_PORT", 3002),
             domain=e.get("EMBERBOX_DOMAIN") or None,
+            tls=TlsSettings(
+                mode="" if e.get("EMBERBOX_TLS", "") in ("", "0", "off") else e["EMBERBOX_TLS"],
+                cert=e.get("EMBERBOX_TLS_CERT", ""),
+                key=e.get("EMBERBOX_TLS_KEY", ""),
+            ),
             runtime=_runtime_name(e.get("EMBERBOX_RUNTIME") or e.get("EMBERBOX_BACKEND")),
             node_url=e.get("EMBERBOX_NODE_URL", ""),
             node_token=e.get("EMBERBOX_NODE_TOKEN", ""),

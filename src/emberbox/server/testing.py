@@ -98,18 +98,32 @@ class ServerProcess:
         self.log_dir = log_dir or data_dir
         self.database_url = database_url
         self.extra_env = dict(env or {})
-        self.api_port = free_port()
-        self.proxy_port = free_port()
+        self.api_port = int(self.extra_env.get("EMBERBOX_API_PORT") or free_port())
+        self.proxy_port = int(self.extra_env.get("EMBERBOX_PROXY_PORT") or free_port())
         self.proc: subprocess.Popen[bytes] | None = None
         self.first_key: str | None = None
 
     @property
+    def tls(self) -> bool:
+        """Whether ``env`` turns TLS on (both listeners then speak only HTTPS)."""
+        return bool(self.extra_env.get("EMBERBOX_TLS") or self.extra_env.get("EMBERBOX_TLS_CERT"))
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    @property
     def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
+        return f"{self.scheme}://127.0.0.1:{self.api_port}"
 
     @property
     def sandbox_url(self) -> str:
-        return f"http://127.0.0.1:{self.proxy_port}"
+        return f"{self.scheme}://127.0.0.1:{self.proxy_port}"
+
+    @property
+    def local_ca(self) -> Path:
+        """The CA ``EMBERBOX_TLS=local`` makes (``bundle.pem`` beside it adds the system's)."""
+        return self.data_dir / "tls" / "ca.pem"
 
     @property
     def db_url(self) -> str:
@@ -130,13 +144,20 @@ class ServerProcess:
         return env
 
     def sdk_env(self, key: str) -> dict[str, str]:
-        """What a user exports to point the official SDKs at this server."""
-        return {
+        """What a user exports to point the official SDKs at this server: with TLS, sandboxes
+        are reached by name (``E2B_DOMAIN``) and the local CA is trusted, as the banner says."""
+        env = {
             "E2B_API_URL": self.api_url,
-            "E2B_SANDBOX_URL": self.sandbox_url,
             "E2B_API_KEY": key,
             "E2B_VOLUME_API_URL": self.api_url,  # the volume content API is ours too
         }
+        if not self.tls:
+            return env | {"E2B_SANDBOX_URL": self.sandbox_url}
+        env["E2B_DOMAIN"] = self.extra_env["EMBERBOX_DOMAIN"]
+        if self.extra_env.get("EMBERBOX_TLS") == "local":
+            env["SSL_CERT_FILE"] = str(self.local_ca.with_name("bundle.pem"))
+            env["NODE_EXTRA_CA_CERTS"] = str(self.local_ca)
+        return env
 
     def start(self, timeout_s: float = 30.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
