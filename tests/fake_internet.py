@@ -8,6 +8,12 @@ namespace and routed to it with a /32 host route, so a test can show a sandbox c
 "the metadata service" without a packet ever going to the real one. Every server answers
 ``GET /`` on :data:`PORT` with ``fake internet <tag> <address it was reached at>``.
 
+With ``names``, the namespace is also a small named internet: a DNS server (``dnslib``) on the
+first public address answers those names (and logs every name it is asked, so a test can show
+a name never left the host), and web servers on ports 80 and 443 (HTTPS, a certificate for
+every name from the fake internet's own CA, ``ca_pem``) answer
+``fake internet <tag> <Host> <address it was reached at>`` (and ``/bytes/<n>`` with n bytes).
+
 The namespace hangs off a private /30 link rather than a 198.18 subnet on the host, so the
 public addresses are one routed hop away, as on the internet, and never one of the host's
 directly attached networks (which the node refuses by default).
@@ -16,12 +22,16 @@ directly attached networks (which the node refuses by default).
 from __future__ import annotations
 
 import contextlib
+import datetime
 import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 PORT = 8080
 
@@ -39,12 +49,118 @@ S(("0.0.0.0", int(sys.argv[2])), H).serve_forever()
 """
 
 
+_NAMED = """
+import http.server, socketserver, ssl, sys, threading
+from dnslib import QTYPE, RCODE, RR, A
+from dnslib.server import BaseResolver, DNSLogger, DNSServer
+tag, dns_ip, log_path, cert, key = sys.argv[1:6]
+names = dict(a.split("=", 1) for a in sys.argv[6:])
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        if self.path.startswith("/bytes/"):  # bulk downloads for benchmarks
+            n = int(self.path[7:]); chunk = bytes(65536)
+            self.send_response(200); self.send_header("Content-Length", str(n))
+            self.end_headers()
+            while n > 0:
+                self.wfile.write(chunk[:n]); n -= len(chunk)
+            return
+        host = (self.headers.get("Host") or "").rsplit(":", 1)[0]
+        b = (tag + " " + host + " " + self.connection.getsockname()[0]).encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(b)))
+        self.end_headers(); self.wfile.write(b)
+    def log_message(self, *a): pass
+class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+plain, tls = S(("0.0.0.0", 80), H), S(("0.0.0.0", 443), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain(cert, key)
+tls.socket = ctx.wrap_socket(tls.socket, server_side=True)
+class R(BaseResolver):
+    def resolve(self, request, handler):
+        name = str(request.q.qname).rstrip(".").lower()
+        with open(log_path, "a") as f: f.write(name + "\\n")
+        reply = request.reply()
+        if name not in names: reply.header.rcode = RCODE.NXDOMAIN
+        elif request.q.qtype == QTYPE.A:
+            reply.add_answer(RR(request.q.qname, QTYPE.A, rdata=A(names[name]), ttl=5))
+        return reply
+quiet = DNSLogger(logf=lambda _line: None)
+for t in (False, True): DNSServer(R(), address=dns_ip, port=53, tcp=t, logger=quiet).start_thread()
+threading.Thread(target=tls.serve_forever, daemon=True).start()
+plain.serve_forever()
+"""
+
+
+def _ca_and_cert(directory: Path, names: Sequence[str]) -> tuple[Path, Path, Path]:
+    """The fake internet's CA and one certificate for every name it serves."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fake internet CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+        .issuer_name(ca_name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), False)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    paths = (directory / "ca.pem", directory / "cert.pem", directory / "key.pem")
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return paths
+
+
 @dataclass(frozen=True)
 class FakeInternet:
     public: tuple[str, ...]  # "public" addresses (198.18.0.0/15)
     internal: tuple[str, ...]  # stand-ins for internal addresses the test asked for
     port: int
     tag: str
+    names: Mapping[str, str] = field(default_factory=dict)  # name -> address it resolves to
+    workdir: Path | None = None
+
+    @property
+    def dns(self) -> str:
+        """The fake internet's resolver (with ``names``): its first public address."""
+        return self.public[0]
+
+    @property
+    def ca_pem(self) -> str:
+        assert self.workdir is not None, "the fake internet has no names"
+        return (self.workdir / "ca.pem").read_text()
+
+    def queried(self) -> list[str]:
+        """Every name the fake resolver was asked for, in order."""
+        assert self.workdir is not None, "the fake internet has no names"
+        log = self.workdir / "queries.log"
+        return log.read_text().split() if log.exists() else []
+
+    def named_body(self, name: str) -> str:
+        """What the web servers on 80/443 answer for ``name``."""
+        return f"fake internet {self.tag} {name} {self.names[name]}"
 
     @property
     def address(self) -> str:
@@ -70,9 +186,12 @@ def _ip(*args: str) -> None:
 
 
 @contextlib.contextmanager
-def fake_internet(internal: Sequence[str] = (), public: int = 2) -> Iterator[FakeInternet]:
+def fake_internet(
+    internal: Sequence[str] = (), public: int = 2, names: Mapping[str, int] | None = None
+) -> Iterator[FakeInternet]:
     """Servers answering at ``public`` addresses of 198.18.<n>.0/24 and at ``internal``;
-    everything (namespace, veth, host routes) is removed afterwards."""
+    ``names`` maps a DNS name to an index into ``public + internal``. Everything (namespace,
+    veth, host routes, files) is removed afterwards."""
     tag = secrets.token_hex(2)
     n = int(tag, 16) % 250 + 1
     link = int(tag, 16) % 64 * 4
@@ -82,6 +201,9 @@ def fake_internet(internal: Sequence[str] = (), public: int = 2) -> Iterator[Fak
     routes: list[str] = []
     _ip("netns", "add", ns)
     server: subprocess.Popen[bytes] | None = None
+    named: subprocess.Popen[bytes] | None = None
+    workdir = Path(tempfile.mkdtemp(prefix="fake-internet-")) if names else None
+    resolved = {n: [*addresses, *internal][i] for n, i in (names or {}).items()}
     try:
         _ip("link", "add", host_if, "type", "veth", "peer", "name", ns_if, "netns", ns)
         _ip("addr", "add", f"{host_ip}/30", "dev", host_if)
@@ -107,11 +229,28 @@ def fake_internet(internal: Sequence[str] = (), public: int = 2) -> Iterator[Fak
         ).returncode != 0:  # fmt: skip
             assert time.monotonic() < deadline, "fake internet server did not start"
             time.sleep(0.05)
-        yield FakeInternet(tuple(addresses), tuple(internal), PORT, tag)
+        if workdir is not None:
+            _ca, cert, key = _ca_and_cert(workdir, sorted(resolved))
+            named = subprocess.Popen(
+                ["ip", "netns", "exec", ns, sys.executable, "-c", _NAMED, f"fake internet {tag}",
+                 addresses[0], str(workdir / "queries.log"), str(cert), str(key),
+                 *(f"{n}={a}" for n, a in resolved.items())]
+            )  # fmt: skip
+            while subprocess.run(
+                ["ip", "netns", "exec", ns, sys.executable, "-c",
+                 f"import socket; socket.create_connection(({addresses[0]!r}, 443), 1)"],
+                capture_output=True,
+            ).returncode != 0:  # fmt: skip
+                assert time.monotonic() < deadline + 10, "fake internet web did not start"
+                time.sleep(0.05)
+        yield FakeInternet(tuple(addresses), tuple(internal), PORT, tag, resolved, workdir)
     finally:
-        if server is not None:
-            server.kill()
-            server.wait()
+        for proc in (server, named):
+            if proc is not None:
+                proc.kill()
+                proc.wait()
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
         for dest in routes:
             subprocess.run(["ip", "route", "delete", dest], capture_output=True)
         subprocess.run(["ip", "link", "delete", host_if], capture_output=True)

@@ -5,12 +5,18 @@ changes), the node (which checks again: its messages may come from anywhere) and
 firewall (``host/network.py``), which enforces the same order in nftables:
 
 1. a destination in ``allow`` passes (allowed entries win over denied ones);
-2. one in ``deny`` is refused (``allow_internet_access: false`` adds ``0.0.0.0/0`` here);
-3. DNS to the node's own resolvers passes (the nameservers the sandbox's resolv.conf names);
-4. one in the internal ranges (:data:`INTERNAL_RANGES`, plus the host's own networks) is
+2. a sandbox with **domain** entries (``example.com``, ``*.example.com``) has its HTTP (port
+   80) and TLS (port 443) connections that rules 3-5 would refuse, and all its DNS, steered to
+   the node's egress gateway (``host/egress_gateway.py``): a connection passes when its HTTP
+   ``Host`` or TLS server name matches an entry, and goes to the address the node resolves
+   for that name (never an internal one unless ``allow`` names it); DNS answers only names
+   that match, unless the sandbox could reach the node's resolvers anyway;
+3. one in ``deny`` is refused (``allow_internet_access: false`` adds ``0.0.0.0/0`` here);
+4. DNS to the node's own resolvers passes (the nameservers the sandbox's resolv.conf names);
+5. one in the internal ranges (:data:`INTERNAL_RANGES`, plus the host's own networks) is
    refused: "internet access" means the public internet, never the cloud metadata service,
    the host's LAN or other private networks;
-5. everything else passes.
+6. everything else passes.
 """
 
 from __future__ import annotations
@@ -60,19 +66,30 @@ class InvalidRules(ValueError):
 
 
 class UnsupportedRule(ValueError):
-    """A well-formed entry this deployment cannot enforce (domains; IPv6 in allowOut)."""
+    """A well-formed entry this deployment cannot enforce (IPv6 in allowOut)."""
+
+
+# The ports whose traffic the gateway can judge by name: HTTP by its Host header, TLS by the
+# server name of its ClientHello. Other ports are judged by address only (E2B's rule too).
+DOMAIN_PORTS = (80, 443)
 
 
 @dataclass(frozen=True)
 class EgressRules:
-    """Collapsed IPv4 networks; ``deny`` already holds ``0.0.0.0/0`` when internet is off."""
+    """Collapsed IPv4 networks; ``deny`` already holds ``0.0.0.0/0`` when internet is off.
+    ``domains`` are allowOut's names, lower-case (``*.`` kept for wildcards)."""
 
     allow: tuple[IPv4Network, ...] = ()
     deny: tuple[IPv4Network, ...] = ()
+    domains: tuple[str, ...] = ()
 
 
-def _entry(raw: object, field: str) -> IPv4Network | None:
-    """One entry as a network; None for an IPv6 one (sandboxes have no IPv6 egress)."""
+class _Domain(str):
+    """An entry that is a domain name (normalised), as opposed to an address."""
+
+
+def _entry(raw: object, field: str) -> IPv4Network | _Domain | None:
+    """One entry as a network or a domain; None for an IPv6 one (no IPv6 egress)."""
     if not isinstance(raw, str) or not raw.strip():
         raise InvalidRules(f"{field}: every entry must be a non-empty string, got {raw!r}")
     text = raw.strip()
@@ -85,10 +102,7 @@ def _entry(raw: object, field: str) -> IPv4Network | None:
                     f"denyOut: '{text}' is a domain; denyOut takes CIDR blocks and IP "
                     "addresses only"
                 ) from None
-            raise UnsupportedRule(
-                f"{field}: domain entries ('{text}') are not supported yet; use CIDR blocks "
-                "or IP addresses"
-            ) from None
+            return _Domain(text.lower().rstrip("."))
         raise InvalidRules(
             f"{field}: '{text}' is not a CIDR block, an IP address or a domain"
         ) from None
@@ -110,7 +124,9 @@ def parse_list(entries: Sequence[object] | None, field: str) -> tuple[str, ...]:
     out: list[str] = []
     for raw in entries:
         net = _entry(raw, field)
-        if net is None:
+        if isinstance(net, _Domain):
+            text = str(net)
+        elif net is None:
             if field == "allowOut":
                 raise UnsupportedRule(
                     f"allowOut: IPv6 entries ('{raw}') are not supported: sandboxes have "
@@ -131,12 +147,34 @@ def _collapse(nets: Iterable[IPv4Network]) -> tuple[IPv4Network, ...]:
 def rules_for(
     allow_out: Sequence[str], deny_out: Sequence[str], allow_internet: bool = True
 ) -> EgressRules:
-    """The kernel's view of a policy: IPv4 only, overlaps merged."""
-    allow = [n for n in (_entry(e, "allowOut") for e in allow_out) if n is not None]
-    deny = [n for n in (_entry(e, "denyOut") for e in deny_out) if n is not None]
+    """The enforcing view of a policy: IPv4 networks (overlaps merged) and domain names."""
+    allow: list[IPv4Network] = []
+    domains: list[str] = []
+    for entry in (_entry(e, "allowOut") for e in allow_out):
+        if isinstance(entry, _Domain):
+            if entry not in domains:
+                domains.append(str(entry))
+        elif entry is not None:
+            allow.append(entry)
+    deny = [n for n in (_entry(e, "denyOut") for e in deny_out) if isinstance(n, IPv4Network)]
     if not allow_internet:
         deny.append(ALL_IPV4)
-    return EgressRules(_collapse(allow), _collapse(deny))
+    return EgressRules(_collapse(allow), _collapse(deny), tuple(domains))
+
+
+def name_allowed(domains: Sequence[str], name: str | None) -> bool:
+    """Whether ``name`` (a Host header or TLS server name) matches an entry: ``example.com``
+    matches only itself, ``*.example.com`` any name below it (not ``example.com`` itself)."""
+    if not name:
+        return False
+    name = name.lower().rstrip(".")
+    for entry in domains:
+        if entry.startswith("*."):
+            if name.endswith(entry[1:]) and len(name) > len(entry) - 1:
+                return True
+        elif name == entry:
+            return True
+    return False
 
 
 def reaches(
@@ -156,3 +194,13 @@ def reaches(
     if dns and address in resolvers:
         return True
     return not any(ip in n for n in internal)
+
+
+def gateway_reaches(
+    rules: EgressRules, address: str, *, internal: Sequence[IPv4Network] = INTERNAL_RANGES
+) -> bool:
+    """Whether the gateway may connect to ``address``, resolved for a name that matched a
+    domain entry: the match wins over ``deny`` (allowed entries win), but it never opens an
+    internal address that ``allow`` does not name, since a public name may resolve anywhere."""
+    ip = ipaddress.IPv4Address(address)
+    return any(ip in n for n in rules.allow) or not any(ip in n for n in internal)

@@ -18,10 +18,26 @@ from tests.fake_internet import FakeInternet, fake_internet
 METADATA = "169.254.169.254"
 
 
+ALLOWED, OTHER, UNDER_WILD = "allowed.egress.test", "other.egress.test", "a.wild.egress.test"
+
+
 @pytest.fixture(scope="module")
 def inet() -> Iterator[FakeInternet]:
-    with fake_internet(internal=(METADATA,)) as net:
+    names = {ALLOWED: 0, OTHER: 0, UNDER_WILD: 1}
+    with fake_internet(internal=(METADATA,), names=names) as net:
         yield net
+
+
+@pytest.fixture(scope="module")
+def gvisor_server(
+    tmp_path_factory: pytest.TempPathFactory, inet: FakeInternet
+) -> Iterator[ServerProcess]:
+    """This module's server: its node's egress gateway resolves through the fake internet."""
+    from tests.runtimes.gvisor_support import gvisor_server as start
+
+    env = {"EMBERBOX_EGRESS_DNS": inet.dns}
+    with start(tmp_path_factory.mktemp("gvisor-server"), env) as server:
+        yield server
 
 
 def _probe(inet: FakeInternet, address: str) -> str:
@@ -84,6 +100,32 @@ def test_allow_out_and_deny_out_at_create_then_update(
         Sandbox.update_network(sbx.sandbox_id, {"allow_internet_access": False})
         assert fetch(sbx, inet, other) == "refused"
         assert _detail(gvisor_server, gvisor_key, sbx.sandbox_id)["allowInternetAccess"] is False
+    finally:
+        sbx.kill()
+
+
+def _https(sbx: Sandbox, name: str, at: str | None = None) -> str:
+    pin = f"--resolve {name}:443:{at} " if at else ""
+    probe = f"curl -s -m 5 --cacert /tmp/ca.pem {pin}https://{name}/ || echo refused"
+    return sbx.commands.run(probe).stdout.strip()
+
+
+def test_domains_with_the_official_sdk(
+    gvisor_server: ServerProcess, gvisor_key: str, inet: FakeInternet
+) -> None:
+    sbx = Sandbox.create(timeout=120, network={"allow_out": [ALLOWED], "deny_out": ["0.0.0.0/0"]})
+    try:
+        sbx.files.write("/tmp/ca.pem", inet.ca_pem)
+        assert _https(sbx, ALLOWED) == inet.named_body(ALLOWED)
+        assert _https(sbx, OTHER, at=inet.names[OTHER]) == "refused"  # same address
+        assert fetch(sbx, inet, inet.names[ALLOWED]) == "refused"  # the address, port 8080
+        assert _detail(gvisor_server, gvisor_key, sbx.sandbox_id)["network"] == {
+            "allowOut": [ALLOWED],
+            "denyOut": ["0.0.0.0/0"],
+        }
+        sbx.update_network({"allow_out": ["*.wild.egress.test"], "deny_out": ["0.0.0.0/0"]})
+        assert _https(sbx, UNDER_WILD) == inet.named_body(UNDER_WILD)
+        assert _https(sbx, ALLOWED, at=inet.names[ALLOWED]) == "refused"
     finally:
         sbx.kill()
 

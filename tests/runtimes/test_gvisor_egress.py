@@ -158,14 +158,14 @@ async def test_rule_objects_go_with_the_sandbox(runtime: GVisorRuntime, inet: Fa
           for i in ids)
     )  # fmt: skip
     during = await inventory(runtime.config)
-    assert len(during.nft) - len(before.nft) == 4 * len(ids)  # chain, 2 sets, map element
+    assert len(during.nft) - len(before.nft) == 5 * len(ids)  # 2 chains, 2 sets, map elements
     await asyncio.gather(*(runtime.kill(i) for i in ids))
     assert (await inventory(runtime.config)).leaked_since(before) == {}
 
 
 async def test_node_start_removes_rules_a_killed_node_left(runtime: GVisorRuntime):
-    """A node killed between deleting a sandbox's netns and its firewall objects leaves a
-    chain, sets and a map element behind; the next start's clean-up removes them."""
+    """A node killed between deleting a sandbox's netns and its firewall objects leaves
+    chains, sets and map elements behind; the next start's clean-up removes them."""
     from emberbox.host import network
 
     taken = {lease.index for lease in runtime.pool.leases()}
@@ -175,7 +175,8 @@ async def test_node_start_removes_rules_a_killed_node_left(runtime: GVisorRuntim
     await network.setup(lease, rules_for(("198.18.0.1",), ("0.0.0.0/0",)))
     await network.teardown(lease, owns_index=False)  # the netns (and veth) only
     left = (await inventory(runtime.config)).leaked_since(before)
-    assert left == {"nft": {f"chain:{lease.host_veth}", f"set:{lease.host_veth}_allow",
-                            f"set:{lease.host_veth}_deny", f"map:{lease.host_veth}"}}  # fmt: skip
+    assert left == {"nft": {f"chain:{lease.host_veth}", f"chain:{lease.host_veth}_nat",
+                            f"set:{lease.host_veth}_allow", f"set:{lease.host_veth}_deny",
+                            f"map:{lease.host_veth}"}}  # fmt: skip
     await runtime.cleanup_orphans([s.sandbox_id for s in await runtime.list()])
     assert (await inventory(runtime.config)).leaked_since(before) == {}

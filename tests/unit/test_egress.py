@@ -8,6 +8,8 @@ from emberbox.egress import (
     MAX_ENTRIES,
     InvalidRules,
     UnsupportedRule,
+    gateway_reaches,
+    name_allowed,
     parse_list,
     reaches,
     rules_for,
@@ -33,8 +35,6 @@ def test_entries_are_normalised_and_deduplicated() -> None:
         ("allowOut", 5, InvalidRules),
         ("denyOut", "example.com", InvalidRules),
         ("denyOut", "*.example.com", InvalidRules),
-        ("allowOut", "example.com", UnsupportedRule),
-        ("allowOut", "*.example.com", UnsupportedRule),
         ("allowOut", "2001:db8::/32", UnsupportedRule),
     ],
 )
@@ -71,3 +71,42 @@ def test_overlaps_are_merged_for_the_kernel() -> None:
     rules = rules_for(("10.0.0.0/8", "10.1.0.0/16", "10.1.2.3"), ("0.0.0.0/0", "::/0"))
     assert [str(n) for n in rules.allow] == ["10.0.0.0/8"]
     assert [str(n) for n in rules.deny] == ["0.0.0.0/0"]
+
+
+def test_domains_are_kept_lower_case_and_apart_from_addresses() -> None:
+    assert parse_list(["Example.COM.", "*.Example.com", "1.2.3.4"], "allowOut") == (
+        "example.com",
+        "*.example.com",
+        "1.2.3.4/32",
+    )
+    rules = rules_for(("example.com", "*.api.test", "10.1.0.0/16", "example.com"), ())
+    assert rules.domains == ("example.com", "*.api.test")
+    assert [str(n) for n in rules.allow] == ["10.1.0.0/16"]
+
+
+@pytest.mark.parametrize(
+    ("name", "allowed"),
+    [
+        ("example.com", True),
+        ("EXAMPLE.com.", True),
+        ("www.example.com", False),  # an exact entry is exact
+        ("a.api.test", True),
+        ("a.b.api.test", True),
+        ("api.test", False),  # a wildcard is for names below only
+        ("evilapi.test", False),
+        ("example.com.evil.test", False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_names_match_exactly_or_below_a_wildcard(name: str | None, allowed: bool) -> None:
+    assert name_allowed(("example.com", "*.api.test"), name) is allowed
+
+
+def test_a_matched_name_still_never_opens_an_internal_address() -> None:
+    closed = rules_for(("example.com",), ("0.0.0.0/0",))
+    assert gateway_reaches(closed, "198.18.0.10")  # the name wins over deny
+    assert not gateway_reaches(closed, "169.254.169.254")
+    assert not gateway_reaches(closed, "10.1.2.3")
+    opened = rules_for(("example.com", "10.1.0.0/16"), ("0.0.0.0/0",))
+    assert gateway_reaches(opened, "10.1.2.3")  # unless allowOut names it

@@ -57,6 +57,7 @@ def node(log_level: Annotated[str, typer.Option(help="log level")] = "info") -> 
                 settings.dead_check_interval_s,
                 settings.template_snapshots,
                 settings.warm_pool,
+                settings.egress_dns,
             )
         )
     finally:

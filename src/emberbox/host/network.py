@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..egress import INTERNAL_RANGES, EgressRules
+from ..egress import DOMAIN_PORTS, INTERNAL_RANGES, EgressRules
 from . import commands as _proc
 from .errors import HostExhausted
 
@@ -33,22 +33,28 @@ _T = f"inet {NFT_TABLE}"
 # it upgrades a table an older node made (whose sandboxes, found only in the ``egress`` set,
 # get the default policy in ``default_egress``). Per-sandbox chains, sets and map elements are
 # never touched here. ``egress`` holds every sandbox address that is masqueraded on its way out.
+# ``prerouting`` hands a sandbox's new connections to its own NAT chain (``sandbox_nat``), which
+# redirects to the egress gateway what a sandbox with domain entries must have judged by name;
+# ``input`` lets exactly those redirected connections in.
 _BASE_OBJECTS = f"""
 add table {_T}
 add set {_T} egress {{ type ipv4_addr; }}
 add set {_T} internal {{ type ipv4_addr; flags interval; }}
 add set {_T} resolvers {{ type ipv4_addr; flags interval; }}
 add map {_T} sandboxes {{ type ifname : verdict; }}
+add map {_T} sandbox_nat {{ type ifname : verdict; }}
 add chain {_T} refuse
 add chain {_T} default_egress
 add chain {_T} forward {{ type filter hook forward priority -10; policy accept; }}
 add chain {_T} input {{ type filter hook input priority -10; policy accept; }}
 add chain {_T} postrouting {{ type nat hook postrouting priority 100; policy accept; }}
+add chain {_T} prerouting {{ type nat hook prerouting priority -100; policy accept; }}
 flush chain {_T} refuse
 flush chain {_T} default_egress
 flush chain {_T} forward
 flush chain {_T} input
 flush chain {_T} postrouting
+flush chain {_T} prerouting
 add rule {_T} refuse meta l4proto tcp reject with tcp reset
 add rule {_T} refuse reject with icmpx admin-prohibited
 add rule {_T} default_egress ip daddr @resolvers meta l4proto {{ tcp, udp }} th dport 53 accept
@@ -61,7 +67,9 @@ add rule {_T} forward iifname "{HOST_VETH_PREFIX}*" iifname vmap @sandboxes
 add rule {_T} forward iifname "{HOST_VETH_PREFIX}*" ip saddr @egress goto default_egress
 add rule {_T} forward iifname "{HOST_VETH_PREFIX}*" drop
 add rule {_T} input iifname "{HOST_VETH_PREFIX}*" ct state established,related accept
+add rule {_T} input iifname "{HOST_VETH_PREFIX}*" ct status dnat accept
 add rule {_T} input iifname "{HOST_VETH_PREFIX}*" drop
+add rule {_T} prerouting iifname "{HOST_VETH_PREFIX}*" iifname vmap @sandbox_nat
 add rule {_T} postrouting oifname != "{HOST_VETH_PREFIX}*" ip saddr @egress masquerade
 flush set {_T} internal
 flush set {_T} resolvers
@@ -206,13 +214,15 @@ async def host_networks() -> list[ipaddress.IPv4Network]:
     return nets
 
 
-async def ensure_firewall() -> None:
+async def ensure_firewall() -> list[ipaddress.IPv4Network]:
     """Write the base table (see ``_BASE_OBJECTS``) and the node-wide sets: the internal
-    ranges plus the host's own networks, and the host's resolvers; enable forwarding."""
+    ranges plus the host's own networks, and the host's resolvers; enable forwarding.
+    Returns the internal networks (the gateway refuses them too)."""
     internal = list(ipaddress.collapse_addresses([*INTERNAL_RANGES, *await host_networks()]))
     script = _BASE_OBJECTS + _fill("internal", internal) + _fill("resolvers", host_resolvers())
     await _proc.run("nft", "-f", "-", stdin=script.encode())
     Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
+    return internal
 
 
 def _names(lease: Lease) -> tuple[str, str, str]:
@@ -221,14 +231,45 @@ def _names(lease: Lease) -> tuple[str, str, str]:
     return chain, f"{chain}_allow", f"{chain}_deny"
 
 
+def _gateway_chains(instance: str) -> tuple[str, str]:
+    """The instance's chains that redirect to its egress gateway (TCP, DNS)."""
+    return f"egw{instance}_tcp", f"egw{instance}_dns"
+
+
+async def point_gateway(instance: str, tcp_port: int, dns_port: int) -> None:
+    """(Re)write the instance's redirect chains for the gateway's current ports: sandboxes'
+    NAT chains jump here, so a restarted node only rewrites these two."""
+    tcp, dns = _gateway_chains(instance)
+    script = (
+        f"add chain {_T} {tcp}\nflush chain {_T} {tcp}\n"
+        f"add rule {_T} {tcp} meta l4proto tcp redirect to :{tcp_port}\n"
+        f"add chain {_T} {dns}\nflush chain {_T} {dns}\n"
+        f"add rule {_T} {dns} meta l4proto udp redirect to :{dns_port}\n"
+    )
+    await _proc.run("nft", "-f", "-", stdin=script.encode())
+
+
 def _rules_script(lease: Lease, rules: EgressRules) -> str:
-    """Replace the sandbox's set elements: one transaction, so no packet sees half a change."""
-    _chain, allow, deny = _names(lease)
-    return (
+    """Replace the sandbox's set elements and NAT rules: one transaction, so no packet sees
+    half a change. The NAT chain is empty unless the rules name domains."""
+    chain, allow, deny = _names(lease)
+    nat = f"{chain}_nat"
+    script = (
         f"flush set {_T} {allow}\nflush set {_T} {deny}\n"
         + _fill(allow, rules.allow)
         + _fill(deny, rules.deny)
+        + f"add chain {_T} {nat}\nflush chain {_T} {nat}\n"
     )
+    if rules.domains:
+        tcp, dns = _gateway_chains(lease.instance)
+        ports = ", ".join(str(p) for p in DOMAIN_PORTS)
+        script += (
+            f"add rule {_T} {nat} ip daddr @{allow} return\n"
+            f"add rule {_T} {nat} udp dport 53 goto {dns}\n"
+            f"add rule {_T} {nat} tcp dport {{ {ports} }} ip daddr @{deny} goto {tcp}\n"
+            f"add rule {_T} {nat} tcp dport {{ {ports} }} ip daddr @internal goto {tcp}\n"
+        )
+    return script
 
 
 async def setup(lease: Lease, rules: EgressRules) -> None:
@@ -264,6 +305,7 @@ async def setup(lease: Lease, rules: EgressRules) -> None:
             f"add rule {_T} {chain} accept\n"
             + _rules_script(lease, rules)
             + f'add element {_T} sandboxes {{ "{lease.host_veth}" : goto {chain} }}\n'
+            + f'add element {_T} sandbox_nat {{ "{lease.host_veth}" : goto {chain}_nat }}\n'
             f"add element {_T} egress {{ {lease.guest_ip} }}\n"
         )
         await _proc.run("nft", "-f", "-", stdin=script.encode())
@@ -312,8 +354,10 @@ async def _remove_rules(lease: Lease) -> None:
     chain, allow, deny = _names(lease)
     steps = [
         f'delete element {_T} sandboxes {{ "{lease.host_veth}" }}',
+        f'delete element {_T} sandbox_nat {{ "{lease.host_veth}" }}',
         f"delete element {_T} egress {{ {lease.guest_ip} }}",
         f"flush chain {_T} {chain}\ndelete chain {_T} {chain}",
+        f"flush chain {_T} {chain}_nat\ndelete chain {_T} {chain}_nat",
         f"delete set {_T} {allow}",
         f"delete set {_T} {deny}",
     ]
@@ -330,7 +374,7 @@ async def remove_stray_rules(
     """Remove this instance's per-sandbox firewall objects whose host veth is not ``leased``
     (left by a node killed mid-teardown); only the instance's one node process calls this."""
     prefix = HOST_VETH_PREFIX + instance
-    veths = {o.split(":", 1)[1].removesuffix("_allow").removesuffix("_deny")
+    veths = {o.split(":", 1)[1].removesuffix("_allow").removesuffix("_deny").removesuffix("_nat")
              for o in await list_rule_objects(instance)}  # fmt: skip
     stray = sorted(v for v in veths - leased if v[len(prefix) :].isdigit())
     for veth in stray:

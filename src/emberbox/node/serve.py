@@ -40,9 +40,12 @@ async def serve_node(
     dead_check_every_s: float = 2.0,
     template_snapshots: bool = True,
     pool: PoolSettings | None = None,
+    egress_dns: Sequence[str] = (),
 ) -> None:
     """Serve until SIGTERM/SIGINT; the caller holds the data dir's node lock."""
-    runtime = select_runtime(runtime_name, data_dir, envd_command, runsc, template_snapshots)
+    runtime = select_runtime(
+        runtime_name, data_dir, envd_command, runsc, template_snapshots, egress_dns
+    )
     orchestrator = Orchestrator(
         runtime, data_dir / "node", dead_check_every_s=dead_check_every_s, pool=pool
     )

@@ -67,19 +67,23 @@ def select_runtime(
     envd_command: Sequence[str] | None = None,
     runsc: str = "",
     template_snapshots: bool = True,
+    egress_dns: Sequence[str] = (),
 ) -> Runtime:
     """The runtime ``name`` stands for, keeping its state under ``data_dir``.
 
     ``envd_command`` replaces the envd the process runtime starts (tests run a wrapped one);
     ``runsc`` names the runsc binary (default: the one on PATH); ``template_snapshots`` False
-    makes every create boot (gVisor restores a snapshot of the template otherwise).
+    makes every create boot (gVisor restores a snapshot of the template otherwise);
+    ``egress_dns`` are the resolvers the egress gateway asks (default: the host's).
     """
     resolved = resolve_name(name)
     if resolved == "gvisor":
         from ..templates.store import TemplateStore
         from .gvisor import GVisorConfig, GVisorRuntime
 
-        config = GVisorConfig(data_dir=data_dir, template_snapshots=template_snapshots)
+        config = GVisorConfig(
+            data_dir=data_dir, template_snapshots=template_snapshots, egress_dns=tuple(egress_dns)
+        )
         if runsc:
             config = dataclasses.replace(config, runsc=runsc)
         return GVisorRuntime(config, TemplateStore(data_dir))

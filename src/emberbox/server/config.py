@@ -106,6 +106,8 @@ class Settings:
     * envd_command - the envd the process runtime starts (``EMBERBOX_LOCAL_ENVD_COMMAND``).
     * templates - JSON sizes per template (``EMBERBOX_TEMPLATES``).
     * runsc - the runsc binary (``EMBERBOX_RUNSC``); default: the one on PATH.
+    * egress_dns - the resolvers the node's egress gateway asks for sandboxes with domain rules
+      (``EMBERBOX_EGRESS_DNS``, comma-separated IPv4 addresses; default: the host's).
     * template_snapshots - gVisor creates restore a snapshot of their template taken once
       (``EMBERBOX_TEMPLATE_SNAPSHOTS``, default on; ``0`` boots every sandbox).
     """
@@ -126,6 +128,7 @@ class Settings:
     templates: str = ""
     runsc: str = ""
     template_snapshots: bool = True
+    egress_dns: tuple[str, ...] = ()
     reap_interval_s: float = 0.2
     shutdown_grace_s: float = 10.0
     reconcile_interval_s: float = 2.0
@@ -209,6 +212,9 @@ class Settings:
             templates=e.get("EMBERBOX_TEMPLATES", ""),
             runsc=e.get("EMBERBOX_RUNSC", ""),
             template_snapshots=e.get("EMBERBOX_TEMPLATE_SNAPSHOTS", "1") not in ("0", "false"),
+            egress_dns=tuple(
+                a.strip() for a in e.get("EMBERBOX_EGRESS_DNS", "").split(",") if a.strip()
+            ),
             reap_interval_s=num("EMBERBOX_REAP_INTERVAL_S", 0.2),
             shutdown_grace_s=num("EMBERBOX_SHUTDOWN_GRACE_S", 10.0),
             reconcile_interval_s=num("EMBERBOX_RECONCILE_INTERVAL_S", 2.0),

@@ -39,6 +39,7 @@ def make_node(settings: Settings) -> tuple[NodeClient, list[InstanceLock]]:
         settings.envd_command or None,
         settings.runsc,
         settings.template_snapshots,
+        settings.egress_dns,
     )
     node = EmbeddedNode(
         runtime,

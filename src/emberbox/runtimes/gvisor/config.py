@@ -43,6 +43,8 @@ class GVisorConfig:
     cpu_reserve: float = 0.5
     # Restore creates from a snapshot of each template taken once, instead of booting it.
     template_snapshots: bool = True
+    # The resolvers the egress gateway asks for sandboxes with domain rules; empty: the host's.
+    egress_dns: tuple[str, ...] = ()
 
     @property
     def cpu_cap(self) -> float:

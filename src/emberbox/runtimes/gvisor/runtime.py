@@ -17,12 +17,14 @@ import stat
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from ...egress import EgressRules, reaches, rules_for
 from ...envd_client.handshake import EnvdDefaults, HandshakeFailed, handshake
 from ...host import cgroups, network, rootfs
+from ...host.egress_gateway import EgressGateway
 from ...host.errors import HostError
 from ...host.locks import KeyedLock
 from ...templates.guest.oom import count_kills
@@ -82,11 +84,15 @@ class GVisorRuntime(Runtime):
         self._background: set[asyncio.Task[None]] = set()
         self.warm = TemplateSnapshots(self.config.root / "template-snapshots",
                                       self.config.boot_timeout)  # fmt: skip
+        # Rules of the sandboxes with domain entries, by address: what the gateway judges by.
+        self._egress: dict[str, EgressRules] = {}
+        self.gateway = EgressGateway(self._egress_of, self.config.egress_dns)
 
     async def close(self) -> None:
         """A template snapshot under way is abandoned and its boot killed: nobody would
         remove it until the next node start."""
         await self.warm.close()
+        await self.gateway.close()
 
     # -- paths -----------------------------------------------------------------------------
 
@@ -317,6 +323,8 @@ class GVisorRuntime(Runtime):
         await self.runsc.delete(sandbox_id)
         owned = lease is not None and self.pool.owns(lease)
         if lease is not None:
+            if owned:
+                self._egress.pop(lease.guest_ip, None)
             await network.teardown(lease, owns_index=owned)
         await rootfs.unmount(paths.rootfs)
         await rootfs.unmount(paths.disk)
@@ -438,7 +446,30 @@ class GVisorRuntime(Runtime):
             lease = self._lease_of(sandbox_id, record)
             if lease is None or not self.pool.owns(lease):
                 raise SandboxGone(f"sandbox {sandbox_id} has no network lease")
+            await self._ensure_firewall()
             await network.apply_rules(lease, rules)
+            self._remember_egress(lease.guest_ip, rules, policy)
+            record.egress = _policy_dict(policy) if rules.domains else None
+            record.save(self._paths(sandbox_id).root)
+
+    def _remember_egress(self, address: str, rules: EgressRules, policy: NetworkPolicy) -> None:
+        if rules.domains:
+            self._egress[address] = rules
+        else:
+            self._egress.pop(address, None)
+
+    def _egress_of(self, address: str) -> EgressRules | None:
+        """The rules of the sandbox at ``address`` if they name domains (the gateway's lookup)."""
+        return self._egress.get(address)
+
+    def _load_egress(self) -> None:
+        """The domain rules of sandboxes a previous node process made, from their records."""
+        if not self.config.sandboxes_dir.exists():
+            return
+        for root in self.config.sandboxes_dir.iterdir():
+            record = SandboxRecord.load(root)
+            if record is not None and record.address and record.egress:
+                self._egress.setdefault(record.address, _rules(NetworkPolicy(**record.egress)))
 
     def _check_snapshot(self, snapshot: SnapshotRef) -> None:
         """A snapshot path comes over the wire: only our own snapshot directories are used."""
@@ -503,6 +534,7 @@ class GVisorRuntime(Runtime):
 
     async def cleanup_orphans(self, keep: Sequence[str]) -> builtins.list[str]:
         """Release everything of ours on this host that is not a sandbox in ``keep``."""
+        await self._ensure_firewall()  # the gateway kept sandboxes' domain rules depend on
         keep_set = set(keep)
         found: set[str] = set()
         if self.config.sandboxes_dir.exists():
@@ -543,7 +575,13 @@ class GVisorRuntime(Runtime):
     async def _ensure_firewall(self) -> None:
         async with self._firewall_lock:
             if not self._firewall_ready:
-                await network.ensure_firewall()
+                self.gateway.internal = tuple(await network.ensure_firewall())
+                self.gateway.resolvers = tuple(network.host_resolvers())
+                if not self.gateway.upstream:
+                    self.gateway.upstream = self.gateway.resolvers
+                self._load_egress()
+                ports = await self.gateway.start()
+                await network.point_gateway(self.config.instance, ports.tcp, ports.dns)
                 self._firewall_ready = True
 
     async def _prepare(
@@ -574,8 +612,11 @@ class GVisorRuntime(Runtime):
             await self._ensure_firewall()
             lease = self.pool.claim(spec.sandbox_id)
             record.lease_index, record.address = lease.index, lease.guest_ip
+            rules = _rules(spec.network)
+            record.egress = _policy_dict(spec.network) if rules.domains else None
             record.save(paths.root)
-            await network.setup(lease, _rules(spec.network))
+            await network.setup(lease, rules)
+            self._remember_egress(lease.guest_ip, rules, spec.network)
             if upper is None:
                 # Sandboxes: a read-only view of the layers; gVisor's overlay takes the writes
                 # into a file on the size-limited disk. Read-only files can then be mapped
@@ -586,20 +627,22 @@ class GVisorRuntime(Runtime):
             else:
                 # Template builds: kernel overlayfs, so the writes form a directory tree.
                 await rootfs.mount_root(layers, upper, paths.rootfs)
-            self._write_etc(spec, template, paths)
+            self._write_etc(spec, template, paths, lease.host_ip)
         except BaseException:
             await self._teardown(spec.sandbox_id)
             raise
         return paths, record
 
-    def _write_etc(self, spec: SandboxSpec, template: Template, paths: SandboxPaths) -> None:
+    def _write_etc(
+        self, spec: SandboxSpec, template: Template, paths: SandboxPaths, host_ip: str
+    ) -> None:
         paths.etc.mkdir(exist_ok=True)
         sid = spec.sandbox_id
         (paths.etc / "hostname").write_text(f"{sid}\n")
         (paths.etc / "hosts").write_text(
             f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{sid}\n"
         )
-        (paths.etc / "resolv.conf").write_text(_resolv_conf(_rules(spec.network)))
+        (paths.etc / "resolv.conf").write_text(_resolv_conf(_rules(spec.network), host_ip))
         (paths.etc / "e2b").write_text(
             f"ENV_ID={spec.template_id}\nTEMPLATE_ID={spec.template_id}\n"
             f"BUILD_ID={template.id[:32]}\nSANDBOX_ID={sid}\n"
@@ -725,9 +768,21 @@ def _template_dir(layers: Sequence[Path], sub: Path) -> os.stat_result | None:
     return None
 
 
-def _resolv_conf(rules: EgressRules) -> str:
+def _policy_dict(policy: NetworkPolicy) -> dict[str, Any]:
+    return {
+        "allow_internet": policy.allow_internet,
+        "allow_out": list(policy.allow_out),
+        "deny_out": list(policy.deny_out),
+    }
+
+
+def _resolv_conf(rules: EgressRules, host_ip: str) -> str:
     """The host's resolvers the sandbox may reach; none at all (lookups fail at once instead
-    of timing out) when its rules refuse them."""
+    of timing out) when its rules refuse them. A sandbox with domain entries asks its host end
+    of the link, where its DNS is answered by the node's gateway (any address would do: all
+    its DNS is redirected there)."""
+    if rules.domains:
+        return f"nameserver {host_ip}\n"
     servers = network.host_resolvers()
     usable = [s for s in servers if reaches(rules, s, resolvers=servers, dns=True)]
     if not usable:

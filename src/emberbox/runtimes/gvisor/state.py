@@ -7,6 +7,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass
@@ -21,6 +22,9 @@ class SandboxRecord:
     address: str | None = None
     external_upper: str | None = None  # template builds keep their writable layer
     volumes: bool = False  # host directories are bound in: no checkpoint can hold them
+    # The policy as given (allow_out, deny_out, allow_internet) when it names domains: the
+    # egress gateway of a restarted node finds the sandbox's rules here.
+    egress: dict[str, Any] | None = None
 
     def save(self, directory: Path) -> None:
         tmp = directory / "state.json.tmp"

@@ -1,8 +1,10 @@
 """The ``network`` options of a create and ``PUT /sandboxes/{id}/network``: what we honour
-(``allowOut``/``denyOut`` CIDRs and IPs, ``allowPublicTraffic``) and the refusal of the rest.
+(``allowOut`` CIDRs, IPs and domains, ``denyOut`` CIDRs and IPs, ``allowPublicTraffic``) and
+the refusal of the rest.
 
-Bad input is a 400 and changes nothing; a well-formed option we cannot enforce (domain entries,
-``dnsServers``, ``rules``, ``egressProxy``, ...) is a 501 naming it, never silently ignored.
+Bad input is a 400 and changes nothing; a well-formed option we cannot enforce (IPv6 in
+``allowOut``, ``dnsServers``, ``rules``, ``egressProxy``, ...) is a 501 naming it, never
+silently ignored.
 """
 
 from __future__ import annotations

@@ -1,0 +1,350 @@
+"""The node's egress gateway: judges a sandbox's HTTP and TLS connections by the name they
+carry, and answers its DNS.
+
+The host firewall (``network.py``) steers to it, by ``redirect`` in a per-sandbox NAT chain,
+only what a sandbox with domain entries sends to ports 80/443 of an address its IP rules would
+refuse, and all of that sandbox's DNS (UDP 53). Here:
+
+* **TCP**: the first bytes of the connection give the name, read by real parsers: the TLS
+  ClientHello's server name by OpenSSL itself (``ssl.MemoryBIO`` + ``sni_callback``; the
+  handshake is then abandoned, never answered), the HTTP ``Host`` header by ``h11``. A name that
+  matches an entry is resolved by the node and the connection spliced, bytes untouched (TLS
+  stays end to end), to the original address if the name resolves to it, else to the first
+  address it resolves to; a non-matching name or an internal answer is reset. The sandbox
+  cannot reach an address by lying in its server name: the name is what gets resolved.
+* **DNS**: names that match an entry are forwarded to the node's upstream resolvers; others get
+  NXDOMAIN, so a denied name cannot carry data out, unless the sandbox's rules let it reach the
+  node's resolvers directly anyway (then everything is forwarded).
+
+A connection whose source is not a sandbox with domain entries is closed unread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+import struct
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import h11
+from dnslib import QTYPE, RCODE, DNSRecord
+
+from ..egress import (
+    INTERNAL_RANGES,
+    EgressRules,
+    IPv4Network,
+    gateway_reaches,
+    name_allowed,
+    reaches,
+)
+
+log = logging.getLogger(__name__)
+
+SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h: where a redirected connection was going
+MAX_HELLO = 16 * 1024  # the most we read looking for a name
+NAME_TIMEOUT_S = 10.0
+CONNECT_TIMEOUT_S = 10.0
+DNS_TIMEOUT_S = 2.0
+MAX_CACHE_S = 60.0  # the longest a resolved name is reused, whatever its TTL says
+MAX_CACHED = 4096
+CHUNK = 256 * 1024  # what one read may hand over; also the streams' buffer limit
+
+Lookup = Callable[[str], EgressRules | None]
+
+
+@dataclass(frozen=True)
+class GatewayPorts:
+    tcp: int
+    dns: int
+
+
+def original_destination(sock: socket.socket) -> tuple[str, int]:
+    """The address and port a redirected connection was sent to (a ``sockaddr_in``)."""
+    raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+    port = struct.unpack_from("!H", raw, 2)[0]
+    return socket.inet_ntoa(raw[4:8]), port
+
+
+class _ServerName:
+    """Feeds a ClientHello to OpenSSL until it reports the server name it carries."""
+
+    # One server context for every connection (making one costs ~0.3 ms); its callback finds
+    # the connection's parser by the TLS object it is called for.
+    _context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    _parsers: dict[int, _ServerName] = {}
+
+    def __init__(self) -> None:
+        self.name: str | None = None
+        self.done = False
+        self._in = ssl.MemoryBIO()
+        self._tls = self._context.wrap_bio(self._in, ssl.MemoryBIO(), server_side=True)
+
+    @classmethod
+    def _seen(cls, obj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> int:
+        parser = cls._parsers.get(id(obj))
+        if parser is not None:
+            parser.name, parser.done = name, True
+        return ssl.ALERT_DESCRIPTION_HANDSHAKE_FAILURE  # stop: we only wanted the name
+
+    def feed(self, data: bytes) -> bool:
+        """True once the answer is known (``name`` may then be None: no server name)."""
+        self._in.write(data)
+        self._parsers[id(self._tls)] = self
+        try:
+            self._tls.do_handshake()
+        except ssl.SSLWantReadError:
+            return self.done
+        except ssl.SSLError:
+            self.done = True
+        finally:
+            del self._parsers[id(self._tls)]
+        return True
+
+
+_ServerName._context.sni_callback = _ServerName._seen
+
+
+class _HostHeader:
+    """Feeds the start of an HTTP/1 request to h11 until its ``Host`` header is known."""
+
+    def __init__(self) -> None:
+        self.name: str | None = None
+        self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HELLO)
+
+    def feed(self, data: bytes) -> bool:
+        self._conn.receive_data(data)
+        try:
+            event = self._conn.next_event()
+        except h11.RemoteProtocolError:
+            return True
+        if event is h11.NEED_DATA:
+            return False
+        if isinstance(event, h11.Request):
+            for key, value in event.headers:
+                if key == b"host":
+                    host = value.decode("latin-1").strip()
+                    self.name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        return True
+
+
+async def _read_name(reader: asyncio.StreamReader, port: int) -> tuple[bytes, str | None]:
+    """The bytes read so far and the name they carry (TLS on 443, HTTP otherwise)."""
+    parser: _ServerName | _HostHeader = _ServerName() if port == 443 else _HostHeader()
+    seen = b""
+    while len(seen) < MAX_HELLO:
+        data = await reader.read(MAX_HELLO - len(seen))
+        if not data:
+            break
+        seen += data
+        if parser.feed(data):
+            return seen, parser.name
+    return seen, None
+
+
+async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(OSError, ConnectionError):
+        while data := await src.read(CHUNK):
+            dst.write(data)
+            await dst.drain()
+        if dst.can_write_eof():
+            dst.write_eof()
+
+
+async def _udp_exchange(packet: bytes, server: str, timeout: float) -> bytes:
+    """Send one DNS datagram to ``server`` and return its answer."""
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[bytes] = loop.create_future()
+
+    class Client(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
+            if not answer.done():
+                answer.set_result(data)
+
+        def error_received(self, exc: Exception) -> None:
+            if not answer.done():
+                answer.set_exception(exc)
+
+    transport, _ = await loop.create_datagram_endpoint(Client, remote_addr=(server, 53))
+    try:
+        transport.sendto(packet)
+        return await asyncio.wait_for(answer, timeout)
+    finally:
+        transport.close()
+
+
+class EgressGateway:
+    """One per node runtime. ``lookup`` maps a sandbox address to its rules (None: not ours);
+    ``upstream`` are the resolvers the node asks; ``internal`` the ranges no name may open."""
+
+    def __init__(
+        self,
+        lookup: Lookup,
+        upstream: Sequence[str],
+        internal: Sequence[IPv4Network] = INTERNAL_RANGES,
+        resolvers: Sequence[str] = (),
+    ) -> None:
+        self.lookup = lookup
+        self.upstream = tuple(upstream)
+        self.internal = tuple(internal)
+        self.resolvers = tuple(resolvers)
+        self._tcp: asyncio.Server | None = None
+        self._dns: asyncio.DatagramTransport | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._cache: dict[str, tuple[float, list[str]]] = {}
+        self.ports: GatewayPorts | None = None
+
+    async def start(self) -> GatewayPorts:
+        """Listen on ephemeral ports of every address (only redirected sandbox traffic is let
+        in by the firewall; anything else is closed unread here)."""
+        if self.ports is not None:
+            return self.ports
+        loop = asyncio.get_running_loop()
+        self._tcp = await asyncio.start_server(self._connection, "0.0.0.0", 0, limit=CHUNK)
+        gateway = self
+
+        class Dns(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
+                assert gateway._dns is not None
+                gateway._spawn(gateway._dns_query(gateway._dns, data, addr))
+
+        transport, _ = await loop.create_datagram_endpoint(Dns, local_addr=("0.0.0.0", 0))
+        self._dns = transport
+        tcp_port = self._tcp.sockets[0].getsockname()[1]
+        dns_port = transport.get_extra_info("sockname")[1]
+        self.ports = GatewayPorts(tcp=tcp_port, dns=dns_port)
+        return self.ports
+
+    async def close(self) -> None:
+        if self._tcp is not None:
+            self._tcp.close()
+        if self._dns is not None:
+            self._dns.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.ports = None
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- names ---------------------------------------------------------------------------
+
+    async def resolve(self, name: str) -> list[str]:
+        """The IPv4 addresses the upstream resolvers give for ``name`` (CNAMEs followed by
+        them), kept for their TTL (at most :data:`MAX_CACHE_S`); empty when none answers."""
+        now = time.monotonic()
+        cached = self._cache.get(name)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        query = DNSRecord.question(name, "A").pack()
+        for server in self.upstream:
+            try:
+                answer = DNSRecord.parse(await _udp_exchange(query, server, DNS_TIMEOUT_S))
+            except (TimeoutError, OSError, ValueError) as exc:
+                log.debug("resolver %s did not answer for %s: %s", server, name, exc)
+                continue
+            records = [rr for rr in answer.rr if rr.rtype == QTYPE.A]
+            addresses = [str(rr.rdata) for rr in records]
+            ttl = min((rr.ttl for rr in records), default=0)
+            if len(self._cache) > MAX_CACHED:
+                self._cache.clear()
+            self._cache[name] = (now + min(ttl, MAX_CACHE_S), addresses)
+            return addresses
+        return []
+
+    async def _dns_query(
+        self, transport: asyncio.DatagramTransport, packet: bytes, addr: tuple[str | object, int]
+    ) -> None:
+        peer = str(addr[0])
+        rules = self.lookup(peer)
+        if rules is None:
+            return
+        try:
+            request = DNSRecord.parse(packet)
+            name = str(request.q.qname).rstrip(".")
+        except Exception:  # dnslib raises its own errors for malformed packets; drop them
+            return
+        if not (name_allowed(rules.domains, name) or self._resolvers_open(rules)):
+            log.info("egress dns refused: %s asked for %s", peer, name)
+            reply = request.reply()
+            reply.header.rcode = RCODE.NXDOMAIN
+            transport.sendto(reply.pack(), addr)
+            return
+        for server in self.upstream:
+            try:
+                transport.sendto(await _udp_exchange(packet, server, DNS_TIMEOUT_S), addr)
+                return
+            except (TimeoutError, OSError):
+                continue
+        reply = request.reply()
+        reply.header.rcode = RCODE.SERVFAIL
+        transport.sendto(reply.pack(), addr)
+
+    def _resolvers_open(self, rules: EgressRules) -> bool:
+        """Whether the sandbox could ask the node's resolvers itself (then answering only some
+        names would protect nothing)."""
+        return any(
+            reaches(rules, r, internal=self.internal, resolvers=self.resolvers, dns=True)
+            for r in self.resolvers
+        )
+
+    # -- connections ---------------------------------------------------------------------
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream: asyncio.StreamWriter | None = None
+        try:
+            peer = writer.get_extra_info("peername")[0]
+            rules = self.lookup(peer)
+            if rules is None or not rules.domains:
+                return
+            address, port = original_destination(writer.get_extra_info("socket"))
+            seen, name = await asyncio.wait_for(_read_name(reader, port), NAME_TIMEOUT_S)
+            target = (
+                await self._target(rules, name, address)
+                if name_allowed(rules.domains, name)
+                else None
+            )
+            if target is None:
+                log.info("egress refused: %s -> %s:%d (name %r)", peer, address, port, name)
+                _reset(writer)
+                return
+            log.info("egress allowed: %s -> %s (%s:%d)", peer, name, target, port)
+            up_reader, up_writer = await asyncio.wait_for(
+                asyncio.open_connection(target, port, limit=CHUNK), CONNECT_TIMEOUT_S
+            )
+            upstream = up_writer
+            up_writer.write(seen)
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        except (TimeoutError, OSError, ConnectionError) as exc:
+            log.debug("egress connection ended: %s", exc)
+            _reset(writer)
+        finally:
+            for w in (upstream, writer):
+                if w is not None:
+                    w.close()
+
+    async def _target(self, rules: EgressRules, name: str | None, address: str) -> str | None:
+        assert name is not None
+        usable = [
+            a for a in await self.resolve(name) if gateway_reaches(rules, a, internal=self.internal)
+        ]
+        if not usable:
+            return None
+        return address if address in usable else usable[0]
+
+
+def _reset(writer: asyncio.StreamWriter) -> None:
+    """Close with a TCP reset, so the sandbox's client fails at once."""
+    sock = writer.get_extra_info("socket")
+    with contextlib.suppress(OSError):
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()

@@ -1,0 +1,171 @@
+"""Domain entries in ``allowOut``, enforced by the node's egress gateway, against real gVisor
+sandboxes and a fake internet with its own DNS, HTTP and HTTPS servers (``tests/fake_internet``).
+
+Two names share one address (``allowed`` and ``other``), so a pass or a refusal can only come
+from the name. Every refusal is paired with a pass on the same server.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from dnslib import DNSRecord
+
+from emberbox.runtimes.base import NetworkPolicy, RuntimeSandbox
+from emberbox.runtimes.gvisor import GVisorRuntime
+from tests.fake_internet import FakeInternet, fake_internet
+
+from .conftest import SandboxFactory
+from .gvisor_support import run
+
+METADATA = "169.254.169.254"
+ALLOWED, OTHER = "allowed.egress.test", "other.egress.test"
+WILD, UNDER_WILD = "wild.egress.test", "a.wild.egress.test"
+INSIDE = "inside.egress.test"  # a public name that resolves to the "metadata service"
+
+
+@pytest.fixture(scope="module")
+def inet() -> Iterator[FakeInternet]:
+    names = {ALLOWED: 0, OTHER: 0, WILD: 1, UNDER_WILD: 1, INSIDE: 2}
+    with fake_internet(internal=(METADATA,), names=names) as net:
+        yield net
+
+
+@pytest.fixture(scope="module", autouse=True)
+async def gateway_asks_the_fake_internet(
+    runtime: GVisorRuntime, inet: FakeInternet
+) -> AsyncIterator[None]:
+    """The node's gateway resolves through the fake internet's DNS, never the host's."""
+    await runtime._ensure_firewall()
+    before = runtime.gateway.upstream
+    runtime.gateway.upstream = (inet.dns,)
+    yield
+    runtime.gateway.upstream = before
+
+
+async def trusting(sandbox: RuntimeSandbox, inet: FakeInternet) -> RuntimeSandbox:
+    await run(sandbox, f"cat > /tmp/ca.pem <<'EOF'\n{inet.ca_pem}EOF")
+    return sandbox
+
+
+async def get(sandbox: RuntimeSandbox, url: str, *, at: str | None = None) -> str:
+    """The body, or "refused"; ``at`` pins the name to an address (curl ``--resolve``), which
+    skips the sandbox's DNS."""
+    host = url.split("/")[2]
+    port = 443 if url.startswith("https") else 80
+    pin = f"--resolve {host}:{port}:{at} " if at else ""
+    probe = f"curl -s -m 5 --cacert /tmp/ca.pem {pin}{url} || echo refused"
+    return (await run(sandbox, probe)).text.strip()
+
+
+async def test_a_domain_allows_https_and_http_by_name_only(
+    make_sandbox: SandboxFactory, inet: FakeInternet
+) -> None:
+    policy = NetworkPolicy(allow_internet=False, allow_out=(ALLOWED,))
+    sandbox = await trusting(await make_sandbox(network=policy), inet)
+    address = inet.names[ALLOWED]
+    assert await get(sandbox, f"https://{ALLOWED}/") == inet.named_body(ALLOWED)
+    assert await get(sandbox, f"http://{ALLOWED}/") == inet.named_body(ALLOWED)
+    # Another name on the same address: refused by name, on both ports.
+    assert await get(sandbox, f"https://{OTHER}/", at=address) == "refused"
+    assert await get(sandbox, f"http://{OTHER}/", at=address) == "refused"
+    # The address itself on another port: judged by address only (denied).
+    raw = f"curl -s -m 3 http://{address}:{inet.port}/ || echo refused"
+    assert (await run(sandbox, raw)).text.strip() == "refused"
+    # A lying client: the allowed name sent to another address reaches the name's address.
+    assert await get(sandbox, f"https://{ALLOWED}/", at=inet.public[1]) == inet.named_body(ALLOWED)
+
+
+async def test_dns_answers_only_allowed_names(
+    make_sandbox: SandboxFactory, inet: FakeInternet
+) -> None:
+    policy = NetworkPolicy(allow_internet=False, allow_out=(ALLOWED,))
+    sandbox = await make_sandbox(network=policy)
+    assert (await run(sandbox, f"getent hosts {ALLOWED}")).text.split()[0] == inet.names[ALLOWED]
+    secret = f"s{secrets.token_hex(6)}.exfil.egress.test"
+    lookup = await run(
+        sandbox, f"getent hosts {secret} || echo refused; getent hosts {OTHER} || echo refused"
+    )
+    assert lookup.text.split() == ["refused", "refused"]
+    asked = inet.queried()
+    assert ALLOWED in asked
+    assert secret not in asked and OTHER not in asked  # never left the node
+    # Nor by asking the fake internet's resolver itself: all its DNS goes to the node.
+    direct = f"s{secrets.token_hex(6)}.exfil.egress.test"
+    query = DNSRecord.question(direct).pack().hex()
+    ask = (
+        'python3 -c "import socket; s = socket.socket(2, 2); s.settimeout(3); '
+        f"s.sendto(bytes.fromhex('{query}'), ('{inet.dns}', 53)); print(len(s.recv(512)))\""
+    )
+    assert (await run(sandbox, ask)).exit_code == 0  # answered (NXDOMAIN), by the node
+    assert direct not in inet.queried()
+
+
+async def test_wildcards_match_names_below_only(
+    make_sandbox: SandboxFactory, inet: FakeInternet
+) -> None:
+    policy = NetworkPolicy(allow_internet=False, allow_out=(f"*.{WILD}",))
+    sandbox = await trusting(await make_sandbox(network=policy), inet)
+    assert await get(sandbox, f"https://{UNDER_WILD}/") == inet.named_body(UNDER_WILD)
+    assert await get(sandbox, f"https://{WILD}/", at=inet.names[WILD]) == "refused"
+
+
+async def test_a_name_never_opens_an_internal_address(
+    make_sandbox: SandboxFactory, inet: FakeInternet
+) -> None:
+    """DNS is the attacker's: a public name may resolve to the metadata service."""
+    policy = NetworkPolicy(allow_internet=False, allow_out=(INSIDE, ALLOWED))
+    sandbox = await trusting(await make_sandbox(network=policy), inet)
+    assert await get(sandbox, f"http://{INSIDE}/") == "refused"
+    assert await get(sandbox, f"http://{ALLOWED}/") == inet.named_body(ALLOWED)
+    named = await make_sandbox(network=NetworkPolicy(allow_out=(INSIDE, f"{METADATA}/32")))
+    await trusting(named, inet)
+    assert await get(named, f"http://{INSIDE}/") == inet.named_body(INSIDE)  # allowOut names it
+
+
+async def test_update_network_adds_and_removes_domains_live(
+    runtime: GVisorRuntime, make_sandbox: SandboxFactory, inet: FakeInternet
+) -> None:
+    sandbox = await trusting(await make_sandbox(network=NetworkPolicy(allow_internet=False)), inet)
+    address = inet.names[ALLOWED]
+    assert await get(sandbox, f"https://{ALLOWED}/", at=address) == "refused"
+    await runtime.update_network(
+        sandbox.sandbox_id, NetworkPolicy(allow_internet=False, allow_out=(ALLOWED,))
+    )
+    assert await get(sandbox, f"https://{ALLOWED}/", at=address) == inet.named_body(ALLOWED)
+    await runtime.update_network(sandbox.sandbox_id, NetworkPolicy(allow_internet=False))
+    assert await get(sandbox, f"https://{ALLOWED}/", at=address) == "refused"
+
+
+async def test_domain_rules_survive_pause_and_resume(
+    runtime: GVisorRuntime, make_sandbox: SandboxFactory, inet: FakeInternet
+) -> None:
+    policy = NetworkPolicy(allow_internet=False, allow_out=(ALLOWED,))
+    sandbox = await trusting(await make_sandbox(network=policy), inet)
+    await runtime.pause(sandbox.sandbox_id)
+    resumed = await runtime.resume(sandbox.sandbox_id)
+    assert await get(resumed, f"https://{ALLOWED}/") == inet.named_body(ALLOWED)
+    assert await get(resumed, f"https://{OTHER}/", at=inet.names[OTHER]) == "refused"
+
+
+async def test_a_restarted_node_judges_by_name_again(
+    runtime: GVisorRuntime, make_sandbox: SandboxFactory, inet: FakeInternet
+) -> None:
+    """A new node process over the same data dir: new gateway ports, rules read back from the
+    sandboxes' records; the old process's gateway is gone."""
+    policy = NetworkPolicy(allow_internet=False, allow_out=(ALLOWED,))
+    sandbox = await trusting(await make_sandbox(network=policy), inet)
+    await runtime.gateway.close()
+    restarted = GVisorRuntime(runtime.config)
+    try:
+        keep = [s.sandbox_id for s in await restarted.list()]
+        assert await restarted.cleanup_orphans(keep) == []
+        restarted.gateway.upstream = (inet.dns,)
+        assert await get(sandbox, f"https://{ALLOWED}/") == inet.named_body(ALLOWED)
+        assert await get(sandbox, f"https://{OTHER}/", at=inet.names[OTHER]) == "refused"
+    finally:
+        await restarted.close()
+        runtime._firewall_ready = False  # point the redirect chains back at this process
+        await runtime._ensure_firewall()
