@@ -81,3 +81,7 @@ def check_sandbox_id(value: str) -> str:
 def e2b_env(sandbox_id: str, template_id: str) -> dict[str, str]:
     """The variables every process in an E2B sandbox sees (protocol §2.6)."""
     return {"E2B_SANDBOX": "true", "E2B_SANDBOX_ID": sandbox_id, "E2B_TEMPLATE_ID": template_id}
+
+
+# In E2B's ``network.maskRequestHost``, what stands for the port a request is for.
+MASK_PORT_VARIABLE = "${PORT}"

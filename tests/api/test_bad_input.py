@@ -215,10 +215,17 @@ def test_egress_rules_we_cannot_honour_are_refused(api: httpx.Client, unchanged:
         ({"dnsServers": ["9.9.9.9"]}, "dnsservers"),
         ({"rules": {"a.com": [{"transform": {"headers": {"x": "y"}}}]}}, "rules"),
         ({"egressProxy": {"address": "p:1"}}, "egressproxy"),
-        ({"maskRequestHost": "h"}, "maskrequesthost"),
     ]:
         r = api.post("/v2/sandboxes", json={"templateID": "base", "network": network})
         _assert_error(r, 501, says)
+
+
+@pytest.mark.parametrize(
+    "mask", ["a b", "host\r\nX-Injected: 1", "-lead.example", "h:123456", "h/${PORT}", 5]
+)
+def test_bad_mask_request_host_is_refused(api: httpx.Client, unchanged: None, mask: object) -> None:
+    r = api.post("/v2/sandboxes", json={"templateID": "base", "network": {"maskRequestHost": mask}})
+    _assert_error(r, 400, "maskrequesthost")
 
 
 def test_bad_network_updates_change_nothing(api: httpx.Client) -> None:

@@ -130,11 +130,12 @@ def test_domains_with_the_official_sdk(
         sbx.kill()
 
 
-def test_rules_survive_pause_and_resume_and_forks_inherit_them(
+def test_rules_survive_pause_and_resume_and_forks_inherit_them_and_the_host_mask(
     gvisor_server: ServerProcess, gvisor_key: str, inet: FakeInternet
 ) -> None:
     one, other = inet.public
-    sbx = Sandbox.create(timeout=120, network={"deny_out": [other]})
+    mask = "localhost:${PORT}"
+    sbx = Sandbox.create(timeout=120, network={"deny_out": [other], "mask_request_host": mask})
     forks: list[Sandbox] = []
     try:
         sbx.update_network({"deny_out": [one]})
@@ -147,7 +148,8 @@ def test_rules_survive_pause_and_resume_and_forks_inherit_them(
         assert fetch(forks[0], inet, one) == "refused"
         assert fetch(forks[0], inet, other) == inet.body_of(other)
         assert _detail(gvisor_server, gvisor_key, forks[0].sandbox_id)["network"] == {
-            "denyOut": [f"{one}/32"]
+            "denyOut": [f"{one}/32"],
+            "maskRequestHost": mask,
         }
     finally:
         for s in [sbx, *forks]:

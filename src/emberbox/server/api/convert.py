@@ -87,4 +87,6 @@ def network_config(row: Row) -> dict[str, Any] | None:
         out["denyOut"] = list(egress.deny_out)
     if row.traffic_access_token is not None:
         out["allowPublicTraffic"] = False
+    if row.mask_request_host is not None:
+        out["maskRequestHost"] = row.mask_request_host
     return out or None

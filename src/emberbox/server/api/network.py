@@ -1,6 +1,6 @@
 """The ``network`` options of a create and ``PUT /sandboxes/{id}/network``: what we honour
-(``allowOut`` CIDRs, IPs and domains, ``denyOut`` CIDRs and IPs, ``allowPublicTraffic``) and
-the refusal of the rest.
+(``allowOut`` CIDRs, IPs and domains, ``denyOut`` CIDRs and IPs, ``allowPublicTraffic``,
+``maskRequestHost``) and the refusal of the rest.
 
 Bad input is a 400 and changes nothing; a well-formed option we cannot enforce (IPv6 in
 ``allowOut``, ``dnsServers``, ``rules``, ``egressProxy``, ...) is a 501 naming it, never
@@ -9,6 +9,7 @@ silently ignored.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ from fastapi import APIRouter, Request, Response
 from starlette.status import HTTP_204_NO_CONTENT
 
 from ...egress import InvalidRules, UnsupportedRule, parse_list
+from ...vocabulary import MASK_PORT_VARIABLE
 from ..lifecycle.network import Egress, NetworkService
 from .deps import Caller
 from .errors import ApiError
@@ -25,7 +27,10 @@ router = APIRouter(tags=["sandboxes"])
 
 # Options honoured in a create's ``network`` and in an update; any other option set to
 # something but "nothing" is refused.
-_CREATE_KEYS = frozenset({"allowOut", "denyOut", "allowPublicTraffic"})
+_CREATE_KEYS = frozenset({"allowOut", "denyOut", "allowPublicTraffic", "maskRequestHost"})
+# What maskRequestHost may become once ``${PORT}`` is replaced: a host name or IPv4 address
+# with an optional port (it is sent as a Host header, so nothing else may slip in).
+_MASK = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})(:[0-9]{1,5})?$")
 _UPDATE_KEYS = frozenset({"allowOut", "denyOut", "allow_internet_access"})
 
 
@@ -34,6 +39,20 @@ class CreateNetwork:
     allow_out: tuple[str, ...] = ()
     deny_out: tuple[str, ...] = ()
     allow_public_traffic: bool = True
+    mask_request_host: str | None = None
+
+
+def _mask(raw: object) -> str | None:
+    """maskRequestHost checked: None when unset, else a Host header template."""
+    if raw in (None, ""):
+        return None
+    if not isinstance(raw, str) or not _MASK.match(raw.replace(MASK_PORT_VARIABLE, "1")):
+        raise ApiError(
+            400,
+            f"maskRequestHost: {raw!r} is not a host name with an optional port "
+            f"(it may use {MASK_PORT_VARIABLE} for the port)",
+        )
+    return raw
 
 
 def _refuse_unsupported(network: dict[str, Any], honoured: frozenset[str]) -> None:
@@ -67,7 +86,7 @@ def create_options(network: dict[str, Any] | None) -> CreateNetwork:
     _refuse_unsupported(network, _CREATE_KEYS)
     allow, deny = _rules(network)
     public = network.get("allowPublicTraffic")
-    return CreateNetwork(allow, deny, public is not False)
+    return CreateNetwork(allow, deny, public is not False, _mask(network.get("maskRequestHost")))
 
 
 @router.put(

@@ -103,6 +103,8 @@ class Sandbox(Base):
     egress: Mapped[str | None] = mapped_column(Text, nullable=True)
     # Set when its ports answer only requests carrying it (``allowPublicTraffic: false``).
     traffic_access_token: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # The Host header the proxy sends to its ports (``${PORT}`` = the port); None: unchanged.
+    mask_request_host: Mapped[str | None] = mapped_column(String(300), nullable=True)
     # What its end time does ("kill" or "pause") and whether traffic through the proxy wakes it
     # when paused (E2B's lifecycle); timeout_s is the lifetime an auto-resume gives it again.
     on_timeout: Mapped[str] = mapped_column(String(8), default="kill", server_default="kill")

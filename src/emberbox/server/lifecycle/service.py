@@ -86,6 +86,8 @@ class CreateRequest:
     allow_out: tuple[str, ...] = ()
     deny_out: tuple[str, ...] = ()
     allow_public_traffic: bool = True
+    # The Host header its ports get from the proxy (maskRequestHost; ``${PORT}``: the port).
+    mask_request_host: str | None = None
     # E2B's volumeMounts: [{name, path}], the team's volumes bound read-write at those paths.
     volume_mounts: Sequence[Mapping[str, str]] = ()
 
@@ -261,6 +263,7 @@ class SandboxService:
                     traffic_access_token=(
                         None if req.allow_public_traffic else secrets.token_urlsafe(32)
                     ),
+                    mask_request_host=req.mask_request_host,
                     on_timeout="pause" if req.auto_pause else "kill",
                     auto_resume=req.auto_resume,
                     timeout_s=req.timeout_s,

@@ -185,6 +185,7 @@ class SnapshotService:
             allow_out=Egress.of(source).allow_out,
             deny_out=Egress.of(source).deny_out,
             allow_public_traffic=source.traffic_access_token is None,
+            mask_request_host=source.mask_request_host,
         )
         try:
             results = await asyncio.gather(

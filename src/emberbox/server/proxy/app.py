@@ -106,12 +106,13 @@ class SandboxProxy:
                 await send_json(send, 502, body)
             return
         address = found.address(target.port)
+        host = found.host_header(target.port)
         if ws:
-            await forward_ws(scope, receive, send, address, target.sandbox_id, target.port)
+            await forward_ws(scope, receive, send, address, target.sandbox_id, target.port, host)
         else:
             client = self.client_for(target.sandbox_id)
             await forward_http(
-                scope, receive, send, client, address, target.sandbox_id, target.port
+                scope, receive, send, client, address, target.sandbox_id, target.port, host
             )
 
     async def _admitted(self, target: Target, headers: Headers) -> bool:

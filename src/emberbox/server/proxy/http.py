@@ -91,12 +91,15 @@ def upstream_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
 
 
 def upstream_url(scope: Scope, host: str, port: int, ws: bool = False) -> str:
-    path = scope.get("raw_path") or scope["path"].encode()
-    if isinstance(path, bytes):
-        path = path.decode("latin-1")
+    return f"{'ws' if ws else 'http'}://{host}:{port}{target_of(scope)}"
+
+
+def target_of(scope: Scope) -> str:
+    """The request's path and query string, exactly as the client sent them."""
+    raw = scope.get("raw_path") or scope["path"].encode()
+    path: str = raw.decode("latin-1") if isinstance(raw, bytes) else str(raw)
     qs = scope.get("query_string", b"").decode("latin-1")
-    scheme = "ws" if ws else "http"
-    return f"{scheme}://{host}:{port}{path}" + (f"?{qs}" if qs else "")
+    return path + (f"?{qs}" if qs else "")
 
 
 async def _first_and_rest(receive: Receive) -> tuple[bytes, AsyncIterator[bytes] | None]:
@@ -162,14 +165,19 @@ async def forward_http(
     address: tuple[str, int],
     sandbox_id: str,
     port: int,
+    host: str | None = None,
 ) -> None:
+    """Forward one request; ``host`` replaces the Host header (maskRequestHost)."""
     body, stream = await _first_and_rest(receive)
+    headers = upstream_headers(scope)
+    if host is not None:
+        headers.append((b"host", host.encode("latin-1")))
 
     def build(via: httpx.AsyncClient) -> httpx.Request:
         request = via.build_request(
             scope["method"],
             upstream_url(scope, *address),
-            headers=upstream_headers(scope),
+            headers=headers,
             content=stream if stream is not None else body,
         )
         if stream is not None:  # httpx would add its own framing; keep exactly one

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from ...vocabulary import ENVD_PORT
+from ...vocabulary import ENVD_PORT, MASK_PORT_VARIABLE
 from ..db import sandboxes as q
 from ..lifecycle.states import State
 
@@ -33,9 +33,18 @@ class Location:
     host: str
     # Required on requests to its ports but envd's (``allowPublicTraffic: false``); None: public.
     traffic_token: str | None = None
+    # The Host header its ports get (maskRequestHost, ``${PORT}`` unreplaced); None: the proxy's.
+    mask_host: str | None = None
 
     def address(self, port: int) -> tuple[str, int]:
         return port_target(self.envd_url, self.host, port)
+
+    def host_header(self, port: int) -> str | None:
+        """The Host header requests to ``port`` carry upstream; None: the proxy's own (envd's
+        port is never masked: envd does not look at it)."""
+        if self.mask_host is None or port == ENVD_PORT:
+            return None
+        return self.mask_host.replace(MASK_PORT_VARIABLE, str(port))
 
 
 @dataclass(frozen=True)
@@ -87,7 +96,10 @@ class SandboxResolver:
             self.forget(sandbox_id)
             return None
         loc = Location(
-            envd_url=row.envd_url, host=row.host_address, traffic_token=row.traffic_access_token
+            envd_url=row.envd_url,
+            host=row.host_address,
+            traffic_token=row.traffic_access_token,
+            mask_host=row.mask_request_host,
         )
         if len(self._cache) > 50_000:
             self._cache.clear()

@@ -13,7 +13,7 @@ from starlette.types import Receive, Scope, Send
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from .http import upstream_url
+from .http import target_of, upstream_url
 from .responses import port_not_open, send_json
 
 NO_UPGRADE = "The sandbox's server did not accept the WebSocket upgrade"
@@ -63,7 +63,10 @@ async def forward_ws(
     address: tuple[str, int],
     sandbox_id: str,
     port: int,
+    host: str | None = None,
 ) -> None:
+    """Relay one WebSocket; ``host`` replaces the Host header (maskRequestHost): it names the
+    URI, while the connection still goes to ``address``."""
     if (await receive())["type"] != "websocket.connect":
         return
     headers = [
@@ -72,8 +75,13 @@ async def forward_ws(
         if k.decode("latin-1").lower() not in _SKIP
     ]
     try:
+        uri = upstream_url(scope, *address, ws=True)
+        if host is not None:
+            uri = f"ws://{host}{target_of(scope)}"
         upstream = await connect(
-            upstream_url(scope, *address, ws=True),
+            uri,
+            host=address[0],
+            port=address[1],
             additional_headers=headers,
             subprotocols=scope.get("subprotocols") or None,
             open_timeout=10,
