@@ -101,6 +101,23 @@ async def test_dns_answers_only_allowed_names(
     )
     assert (await run(sandbox, ask)).exit_code == 0  # answered (NXDOMAIN), by the node
     assert direct not in inet.queried()
+    # DNS over TCP (what resolvers fall back to for large answers) is judged the same way.
+    for name, rcode in ((ALLOWED, 0), (f"s{secrets.token_hex(6)}.tcp.egress.test", 3)):
+        query = DNSRecord.question(name).pack()
+        framed = (len(query).to_bytes(2, "big") + query).hex()
+        ask = (
+            "python3 -c \"import socket; s = socket.create_connection(('"
+            + inet.dns
+            + "', 53), 3); "
+            f"s.sendall(bytes.fromhex('{framed}')); n = int.from_bytes(s.recv(2), 'big'); "
+            "b = b''\nwhile len(b) < n: b += s.recv(n - len(b))\nprint(b.hex())\""
+        )
+        answer = DNSRecord.parse(bytes.fromhex((await run(sandbox, ask)).text.strip()))
+        assert answer.header.rcode == rcode
+        if rcode == 0:
+            assert [str(rr.rdata) for rr in answer.rr] == [inet.names[ALLOWED]]
+        else:
+            assert name not in inet.queried()
 
 
 async def test_wildcards_match_names_below_only(

@@ -3,7 +3,7 @@ carry, and answers its DNS.
 
 The host firewall (``network.py``) steers to it, by ``redirect`` in a per-sandbox NAT chain,
 only what a sandbox with domain entries sends to ports 80/443 of an address its IP rules would
-refuse, and all of that sandbox's DNS (UDP 53). Here:
+refuse, and all of that sandbox's DNS (TCP and UDP 53). Here:
 
 * **TCP**: the first bytes of the connection give the name, read by real parsers: the TLS
   ClientHello's server name by OpenSSL itself (``ssl.MemoryBIO`` + ``sni_callback``; the
@@ -12,9 +12,10 @@ refuse, and all of that sandbox's DNS (UDP 53). Here:
   stays end to end), to the original address if the name resolves to it, else to the first
   address it resolves to; a non-matching name or an internal answer is reset. The sandbox
   cannot reach an address by lying in its server name: the name is what gets resolved.
-* **DNS**: names that match an entry are forwarded to the node's upstream resolvers; others get
-  NXDOMAIN, so a denied name cannot carry data out, unless the sandbox's rules let it reach the
-  node's resolvers directly anyway (then everything is forwarded).
+* **DNS** (UDP, and TCP for large answers): names that match an entry are forwarded to the
+  node's upstream resolvers; others get NXDOMAIN, so a denied name cannot carry data out,
+  unless the sandbox's rules let it reach the node's resolvers directly anyway (then
+  everything is forwarded).
 
 A connection whose source is not a sandbox with domain entries is closed unread.
 """
@@ -28,7 +29,7 @@ import socket
 import ssl
 import struct
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,7 +62,8 @@ Lookup = Callable[[str], EgressRules | None]
 @dataclass(frozen=True)
 class GatewayPorts:
     tcp: int
-    dns: int
+    dns: int  # UDP
+    dns_tcp: int
 
 
 def original_destination(sock: socket.socket) -> tuple[str, int]:
@@ -178,6 +180,25 @@ async def _udp_exchange(packet: bytes, server: str, timeout: float) -> bytes:
         transport.close()
 
 
+async def _tcp_exchange(packet: bytes, server: str, timeout: float) -> bytes:
+    """Send one DNS message to ``server`` over TCP and return its answer."""
+
+    async def ask() -> bytes:
+        reader, writer = await asyncio.open_connection(server, 53)
+        try:
+            writer.write(len(packet).to_bytes(2, "big") + packet)
+            await writer.drain()
+            size = int.from_bytes(await reader.readexactly(2), "big")
+            return await reader.readexactly(size)
+        finally:
+            writer.close()
+
+    return await asyncio.wait_for(ask(), timeout)
+
+
+Exchange = Callable[[bytes, str, float], Awaitable[bytes]]
+
+
 class EgressGateway:
     """One per node runtime. ``lookup`` maps a sandbox address to its rules (None: not ours);
     ``upstream`` are the resolvers the node asks; ``internal`` the ranges no name may open."""
@@ -195,6 +216,7 @@ class EgressGateway:
         self.resolvers = tuple(resolvers)
         self._tcp: asyncio.Server | None = None
         self._dns: asyncio.DatagramTransport | None = None
+        self._dns_tcp: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._cache: dict[str, tuple[float, list[str]]] = {}
         self.ports: GatewayPorts | None = None
@@ -215,9 +237,12 @@ class EgressGateway:
 
         transport, _ = await loop.create_datagram_endpoint(Dns, local_addr=("0.0.0.0", 0))
         self._dns = transport
-        tcp_port = self._tcp.sockets[0].getsockname()[1]
-        dns_port = transport.get_extra_info("sockname")[1]
-        self.ports = GatewayPorts(tcp=tcp_port, dns=dns_port)
+        self._dns_tcp = await asyncio.start_server(self._dns_stream, "0.0.0.0", 0)
+        self.ports = GatewayPorts(
+            tcp=self._tcp.sockets[0].getsockname()[1],
+            dns=transport.get_extra_info("sockname")[1],
+            dns_tcp=self._dns_tcp.sockets[0].getsockname()[1],
+        )
         return self.ports
 
     async def close(self) -> None:
@@ -225,6 +250,8 @@ class EgressGateway:
             self._tcp.close()
         if self._dns is not None:
             self._dns.close()
+        if self._dns_tcp is not None:
+            self._dns_tcp.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -263,30 +290,53 @@ class EgressGateway:
     async def _dns_query(
         self, transport: asyncio.DatagramTransport, packet: bytes, addr: tuple[str | object, int]
     ) -> None:
-        peer = str(addr[0])
+        answer = await self._dns_answer(str(addr[0]), packet, _udp_exchange)
+        if answer is not None:
+            transport.sendto(answer, addr)
+
+    async def _dns_stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """DNS over TCP (RFC 1035 4.2.2: each message after its 2-byte length), for answers
+        too large for a datagram; one connection may carry several queries."""
+        peer = writer.get_extra_info("peername")[0]
+        try:
+            while self.lookup(peer) is not None:
+                size = int.from_bytes(await reader.readexactly(2), "big")
+                packet = await asyncio.wait_for(reader.readexactly(size), NAME_TIMEOUT_S)
+                answer = await self._dns_answer(peer, packet, _tcp_exchange)
+                if answer is None:
+                    break
+                writer.write(len(answer).to_bytes(2, "big") + answer)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, TimeoutError, OSError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def _dns_answer(self, peer: str, packet: bytes, exchange: Exchange) -> bytes | None:
+        """The answer for a sandbox's query: forwarded upstream, NXDOMAIN for a name it may
+        not resolve, SERVFAIL when no upstream answers; None (drop) for a non-sandbox or a
+        malformed query."""
         rules = self.lookup(peer)
         if rules is None:
-            return
+            return None
         try:
             request = DNSRecord.parse(packet)
             name = str(request.q.qname).rstrip(".")
         except Exception:  # dnslib raises its own errors for malformed packets; drop them
-            return
+            return None
         if not (name_allowed(rules.domains, name) or self._resolvers_open(rules)):
             log.info("egress dns refused: %s asked for %s", peer, name)
             reply = request.reply()
             reply.header.rcode = RCODE.NXDOMAIN
-            transport.sendto(reply.pack(), addr)
-            return
+            return bytes(reply.pack())
         for server in self.upstream:
             try:
-                transport.sendto(await _udp_exchange(packet, server, DNS_TIMEOUT_S), addr)
-                return
-            except (TimeoutError, OSError):
+                return await exchange(packet, server, DNS_TIMEOUT_S)
+            except (TimeoutError, OSError, asyncio.IncompleteReadError):
                 continue
         reply = request.reply()
         reply.header.rcode = RCODE.SERVFAIL
-        transport.sendto(reply.pack(), addr)
+        return bytes(reply.pack())
 
     def _resolvers_open(self, rules: EgressRules) -> bool:
         """Whether the sandbox could ask the node's resolvers itself (then answering only some

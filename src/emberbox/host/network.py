@@ -236,7 +236,7 @@ def _gateway_chains(instance: str) -> tuple[str, str]:
     return f"egw{instance}_tcp", f"egw{instance}_dns"
 
 
-async def point_gateway(instance: str, tcp_port: int, dns_port: int) -> None:
+async def point_gateway(instance: str, tcp_port: int, dns_port: int, dns_tcp_port: int) -> None:
     """(Re)write the instance's redirect chains for the gateway's current ports: sandboxes'
     NAT chains jump here, so a restarted node only rewrites these two."""
     tcp, dns = _gateway_chains(instance)
@@ -245,6 +245,7 @@ async def point_gateway(instance: str, tcp_port: int, dns_port: int) -> None:
         f"add rule {_T} {tcp} meta l4proto tcp redirect to :{tcp_port}\n"
         f"add chain {_T} {dns}\nflush chain {_T} {dns}\n"
         f"add rule {_T} {dns} meta l4proto udp redirect to :{dns_port}\n"
+        f"add rule {_T} {dns} meta l4proto tcp redirect to :{dns_tcp_port}\n"
     )
     await _proc.run("nft", "-f", "-", stdin=script.encode())
 
@@ -265,7 +266,7 @@ def _rules_script(lease: Lease, rules: EgressRules) -> str:
         ports = ", ".join(str(p) for p in DOMAIN_PORTS)
         script += (
             f"add rule {_T} {nat} ip daddr @{allow} return\n"
-            f"add rule {_T} {nat} udp dport 53 goto {dns}\n"
+            f"add rule {_T} {nat} meta l4proto {{ tcp, udp }} th dport 53 goto {dns}\n"
             f"add rule {_T} {nat} tcp dport {{ {ports} }} ip daddr @{deny} goto {tcp}\n"
             f"add rule {_T} {nat} tcp dport {{ {ports} }} ip daddr @internal goto {tcp}\n"
         )

@@ -581,7 +581,9 @@ class GVisorRuntime(Runtime):
                     self.gateway.upstream = self.gateway.resolvers
                 self._load_egress()
                 ports = await self.gateway.start()
-                await network.point_gateway(self.config.instance, ports.tcp, ports.dns)
+                await network.point_gateway(
+                    self.config.instance, ports.tcp, ports.dns, ports.dns_tcp
+                )
                 self._firewall_ready = True
 
     async def _prepare(
