@@ -12,6 +12,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..sdk.exceptions import SandboxException
@@ -61,7 +62,9 @@ def human_bytes(size: int | None) -> str:
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    errors.print(f"[bold red]error:[/] {message}", highlight=False)
+    """Print one error line (never wrapped, and the message's brackets are not markup: it may
+    come from a server) and the exit to raise."""
+    errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 

@@ -1,4 +1,4 @@
-"""``emberbox sandbox create|list|info|kill|exec|run-code|shell`` (and, from ``stateful``,
+"""``emberbox sandbox create|list|info|kill|network|exec|run-code|shell`` (and, from ``stateful``,
 ``snapshot|fork|rollback|pause|resume``)."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import typer
 
 from ..sdk._async.sandbox import AsyncSandbox
 from ..sdk.exceptions import CommandExitException
+from ..sdk.models import NetworkOptions
 from ..sdk.sandbox import Sandbox
 from .cell_output import Printer, read_code
 from .output import console, emit_json, fail, friendly_errors, table
@@ -34,6 +35,27 @@ def _pairs(values: list[str] | None, what: str) -> dict[str, str]:
     return out
 
 
+AllowOut = Annotated[
+    list[str] | None,
+    typer.Option("--allow-out", help="CIDR, IP or domain (*.example.com) it may reach; repeat"),
+]
+DenyOut = Annotated[
+    list[str] | None, typer.Option("--deny-out", help="CIDR or IP it may not reach; repeat")
+]
+NoInternet = Annotated[
+    bool, typer.Option("--no-internet", help="no egress but what --allow-out names")
+]
+
+
+def _rules(allow_out: list[str] | None, deny_out: list[str] | None) -> NetworkOptions:
+    rules = NetworkOptions()
+    if allow_out:
+        rules["allow_out"] = allow_out
+    if deny_out:
+        rules["deny_out"] = deny_out
+    return rules
+
+
 @app.command()
 @friendly_errors
 def create(
@@ -41,19 +63,62 @@ def create(
     timeout: Annotated[int, typer.Option(help="seconds to live")] = 300,
     metadata: Annotated[list[str] | None, typer.Option("--metadata", "-m")] = None,
     env: Annotated[list[str] | None, typer.Option("--env", "-e")] = None,
+    allow_out: AllowOut = None,
+    deny_out: DenyOut = None,
+    no_internet: NoInternet = False,
+    private: Annotated[
+        bool, typer.Option("--private", help="its ports answer only with its traffic token")
+    ] = False,
+    mask_host: Annotated[
+        str | None,
+        typer.Option("--mask-host", help="the Host its servers see, e.g. 'localhost:${PORT}'"),
+    ] = None,
     json_out: JsonFlag = False,
 ) -> None:
-    """Create a sandbox and print its id."""
+    """Create a sandbox and print its id (and, with --private, its traffic access token on
+    stderr: requests to its ports need it in the e2b-traffic-access-token header)."""
+    network = _rules(allow_out, deny_out)
+    if private:
+        network["allow_public_traffic"] = False
+    if mask_host:
+        network["mask_request_host"] = mask_host
     sandbox = Sandbox.create(
         template=template,
         timeout=timeout,
         metadata=_pairs(metadata, "--metadata"),
         envs=_pairs(env, "--env"),
+        allow_internet_access=not no_internet,
+        network=network or None,
     )
     if json_out:
-        emit_json({"sandboxID": sandbox.sandbox_id, "templateID": sandbox.template_id})
-    else:
-        console.print(sandbox.sandbox_id)
+        out = {"sandboxID": sandbox.sandbox_id, "templateID": sandbox.template_id}
+        if sandbox.traffic_access_token:
+            out["trafficAccessToken"] = sandbox.traffic_access_token
+        emit_json(out)
+        return
+    console.print(sandbox.sandbox_id)
+    if sandbox.traffic_access_token:
+        print(f"traffic access token: {sandbox.traffic_access_token}", file=sys.stderr)
+
+
+@app.command()
+@friendly_errors
+def network(
+    sandbox_id: str,
+    allow_out: AllowOut = None,
+    deny_out: DenyOut = None,
+    no_internet: NoInternet = False,
+) -> None:
+    """Replace a running or paused sandbox's egress rules (what is not given is cleared)."""
+    rules = _rules(allow_out, deny_out)
+    if no_internet:
+        rules["allow_internet_access"] = False
+    sandbox = Sandbox._handle(sandbox_id)
+    try:
+        sandbox.update_network(rules)
+    finally:
+        sandbox.close()
+    console.print(f"updated {sandbox_id}")
 
 
 @app.command("list")

@@ -139,6 +139,9 @@ class SandboxInfo:
     envd_version: str | None = None
     # Disk a paused sandbox's saved memory takes (Emberbox's addition; None when running).
     paused_bytes: int | None = None
+    # The network policy in force, with E2B's SDK names (``allow_out``, ``deny_out``,
+    # ``allow_public_traffic``, ``mask_request_host``); None: no rules.
+    network: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -166,14 +169,17 @@ class SnapshotInfo:
 
 
 class NetworkOptions(TypedDict, total=False):
-    """Egress rules and port privacy, with E2B's SDK names: ``allow_out`` / ``deny_out`` (CIDR
-    blocks or IPv4 addresses; allowed entries win), ``allow_public_traffic`` (create only;
-    False makes the sandbox's ports need its ``traffic_access_token``) and
+    """Egress rules and port privacy, with E2B's SDK names: ``allow_out`` (CIDR blocks, IPv4
+    addresses or domains, ``*.example.com`` for every name below it; allowed entries win) /
+    ``deny_out`` (CIDR blocks or IPv4 addresses), ``allow_public_traffic`` (create only; False
+    makes the sandbox's ports need its ``traffic_access_token``), ``mask_request_host`` (create
+    only; the Host its servers see through the proxy, ``${PORT}`` for the port) and
     ``allow_internet_access`` (update only; False is ``deny_out=["0.0.0.0/0"]``)."""
 
     allow_out: list[str]
     deny_out: list[str]
     allow_public_traffic: bool
+    mask_request_host: str
     allow_internet_access: bool
 
 
@@ -181,8 +187,17 @@ _WIRE_NAMES = {
     "allow_out": "allowOut",
     "deny_out": "denyOut",
     "allow_public_traffic": "allowPublicTraffic",
+    "mask_request_host": "maskRequestHost",
     "allow_internet_access": "allow_internet_access",
 }
+
+
+def network_info(wire: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A ``network`` the API reports, with the SDK's names."""
+    if not wire:
+        return None
+    names = {v: k for k, v in _WIRE_NAMES.items()}
+    return {names.get(k, k): v for k, v in wire.items()}
 
 
 def network_body(network: NetworkOptions) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import httpx
 from .. import _errors
 from .._config import ConnectionConfig
 from ..exceptions import AuthenticationException, NotFoundException
-from ..models import NetworkOptions, SandboxInfo, SandboxMetrics, network_body
+from ..models import NetworkOptions, SandboxInfo, SandboxMetrics, network_body, network_info
 
 RETRY_STATUSES = {429, 502, 503, 504}
 MAX_RETRIES = 3
@@ -41,6 +41,7 @@ def sandbox_info(item: dict[str, Any]) -> SandboxInfo:
         memory_mb=item.get("memoryMB"),
         envd_version=item.get("envdVersion"),
         paused_bytes=item.get("pausedBytes"),
+        network=network_info(item.get("network")),
     )
 
 

@@ -1,0 +1,88 @@
+"""``emberbox sandbox create --allow-out/--deny-out/--no-internet/--private/--mask-host`` and
+``emberbox sandbox network`` as real processes against a real server on gVisor, whose sandboxes
+reach only a fake internet this test made (its own DNS and web servers)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from emberbox.server.testing import ServerProcess
+from tests.fake_internet import FakeInternet, fake_internet
+from tests.runtimes.gvisor_support import gvisor_server
+
+Cli = Callable[..., subprocess.CompletedProcess[str]]
+ALLOWED, OTHER = "allowed.cli.test", "other.cli.test"
+
+
+@pytest.fixture(scope="module")
+def inet() -> Iterator[FakeInternet]:
+    with fake_internet(names={ALLOWED: 0, OTHER: 0}) as net:
+        yield net
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, inet: FakeInternet) -> Iterator[ServerProcess]:
+    env = {"EMBERBOX_EGRESS_DNS": inet.dns}
+    with gvisor_server(tmp_path_factory.mktemp("cli-network"), env) as srv:
+        yield srv
+
+
+@pytest.fixture
+def cli(server: ServerProcess) -> Cli:
+    assert server.first_key is not None
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("EMBERBOX_", "E2B_"))},
+        **server.sdk_env(server.first_key),
+    }
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "emberbox.cli", *args],
+            capture_output=True, text=True, timeout=120, env=env,
+        )  # fmt: skip
+
+    return run
+
+
+def _get(cli: Cli, sandbox_id: str, name: str, at: str | None = None) -> str:
+    pin = ["--resolve", f"{name}:80:{at}"] if at else []
+    argv = ["curl", "-s", "-m", "5", *pin, f"http://{name}/"]
+    done = cli("sandbox", "exec", sandbox_id, "--", *argv)
+    return done.stdout.strip() if done.returncode == 0 else "refused"
+
+
+def test_create_with_rules_then_replace_them(cli: Cli, inet: FakeInternet) -> None:
+    made = cli(
+        "sandbox", "create", "--no-internet", "--allow-out", ALLOWED, "--private",
+        "--mask-host", "localhost:${PORT}", "--json",
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    created = json.loads(made.stdout)
+    sandbox_id = created["sandboxID"]
+    try:
+        assert created["trafficAccessToken"]
+        assert _get(cli, sandbox_id, ALLOWED) == inet.named_body(ALLOWED)
+        assert _get(cli, sandbox_id, OTHER, at=inet.names[OTHER]) == "refused"
+        info = json.loads(cli("sandbox", "info", sandbox_id, "--json").stdout)
+        assert info["network"] == {
+            "allow_out": [ALLOWED],
+            "allow_public_traffic": False,
+            "mask_request_host": "localhost:${PORT}",
+        }
+
+        changed = cli("sandbox", "network", sandbox_id, "--no-internet", "--allow-out", OTHER)
+        assert changed.returncode == 0, changed.stderr
+        assert _get(cli, sandbox_id, OTHER) == inet.named_body(OTHER)
+        assert _get(cli, sandbox_id, ALLOWED, at=inet.names[ALLOWED]) == "refused"
+
+        bad = cli("sandbox", "network", sandbox_id, "--deny-out", "example.com")
+        assert bad.returncode == 1 and "denyOut" in bad.stderr
+        assert len(bad.stderr.strip().splitlines()) == 1
+    finally:
+        cli("sandbox", "kill", sandbox_id)
