@@ -221,7 +221,17 @@ def test_egress_rules_we_cannot_honour_are_refused(api: httpx.Client, unchanged:
 
 
 @pytest.mark.parametrize(
-    "mask", ["a b", "host\r\nX-Injected: 1", "-lead.example", "h:123456", "h/${PORT}", 5]
+    "mask",
+    [
+        "a b",
+        "host\r\nX-Injected: 1",
+        "host\n",
+        "-lead.example",
+        "h:123456",
+        "h/${PORT}",
+        "${PORT}" * 40,
+        5,
+    ],
 )
 def test_bad_mask_request_host_is_refused(api: httpx.Client, unchanged: None, mask: object) -> None:
     r = api.post("/v2/sandboxes", json={"templateID": "base", "network": {"maskRequestHost": mask}})

@@ -24,7 +24,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 from dnslib import QTYPE, RCODE, RR, A
 from dnslib.server import BaseResolver, DNSServer
@@ -137,9 +137,11 @@ def test_the_npm_sdk_reaches_sandboxes_by_name_over_https(
 
 
 def _rogue_leaf(ca_dir: Path, name: str) -> x509.Certificate:
-    """What a thief of the local CA's key could sign: a certificate for another name."""
+    """What a thief of the local CA's key could sign: a well-formed server certificate (key
+    identifier, server-auth usage) for any name."""
     ca = x509.load_pem_x509_certificate((ca_dir / "ca.pem").read_bytes())
-    ca_key = serialization.load_pem_private_key((ca_dir / "ca-key.pem").read_bytes(), None)
+    raw_key = (ca_dir / "private" / "ca-key.pem").read_bytes()
+    ca_key = serialization.load_pem_private_key(raw_key, None)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
@@ -152,6 +154,11 @@ def _rogue_leaf(ca_dir: Path, name: str) -> x509.Certificate:
         .not_valid_before(now - datetime.timedelta(minutes=1))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
 
@@ -168,8 +175,12 @@ def test_the_local_ca_is_kept_and_names_only_its_domain(tmp_path: Path) -> None:
     assert first is not None and first.ca is not None and first.bundle is not None
     ca, leaf = first.ca.read_bytes(), first.cert.read_bytes()
     assert first.bundle.read_bytes().endswith(ca)
-    assert (tmp_path / "tls" / "ca-key.pem").stat().st_mode & 0o077 == 0
+    private = tmp_path / "tls" / "private"
+    assert private.stat().st_mode & 0o077 == 0 and first.key.parent == private
+    assert (private / "ca-key.pem").stat().st_mode & 0o077 == 0
     assert first.key.stat().st_mode & 0o077 == 0
+    for public in (first.ca, first.bundle, first.cert):  # what users point clients at
+        assert public.stat().st_mode & 0o004
 
     again = tls.prepare(settings)  # a restart keeps what clients already trust
     assert again == first and again.ca is not None
@@ -180,8 +191,25 @@ def test_the_local_ca_is_kept_and_names_only_its_domain(tmp_path: Path) -> None:
         _verify(ca, served, name)
     with pytest.raises(VerificationError):
         _verify(ca, served, "other.test")
-    with pytest.raises(VerificationError):  # the name constraints refuse it
+    # The same well-formed certificate passes for a name inside the constraints and fails
+    # outside them: the name constraints, nothing else, refuse it.
+    inside = f"rogue.{DOMAIN}"
+    _verify(ca, _rogue_leaf(tmp_path / "tls", inside), inside)
+    with pytest.raises(VerificationError, match="constraint"):
         _verify(ca, _rogue_leaf(tmp_path / "tls", "bank.example"), "bank.example")
+
+    # A key that no longer matches its certificate (a crash between the two writes) is
+    # replaced at the next start instead of stopping it.
+    first.key.write_bytes(
+        ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    mended = tls.prepare(settings)
+    assert mended is not None and mended.ca is not None
+    assert mended.ca.read_bytes() == ca and mended.cert.read_bytes() != leaf
 
     moved = tls.prepare(replace(settings, domain="elsewhere.test"))
     assert moved is not None and moved.ca is not None

@@ -1,7 +1,7 @@
 """``network.maskRequestHost``: the Host header a sandbox's servers see on requests through the
 proxy (``${PORT}`` becomes the port), for HTTP and WebSockets, header and host routing; envd's
-port is never masked, and forks keep the mask. Dev servers that check Host (Vite, webpack,
-Django's ALLOWED_HOSTS) then accept proxied requests."""
+port is never masked (forks keep the mask: tests/api/test_network.py). Dev servers that check
+Host (Vite, webpack, Django's ALLOWED_HOSTS) then accept proxied requests."""
 
 from __future__ import annotations
 
@@ -97,4 +97,15 @@ def test_the_mask_is_the_host_a_sandbox_server_sees(
         headers={"X-API-KEY": proxy_server.first_key or ""},
     ).json()
     assert info["network"] == {"maskRequestHost": MASK}
-    assert masked.commands.run("echo envd").stdout == "envd\n"  # envd's port is not masked
+    assert masked.commands.run("echo envd").stdout == "envd\n"  # the SDK still works
+
+
+def test_envds_port_is_never_masked() -> None:
+    """envd ignores Host, so a request cannot show it: the proxy's decision is checked."""
+    from emberbox.server.proxy.resolver import Location
+    from emberbox.vocabulary import ENVD_PORT
+
+    masked = Location(envd_url="http://10.0.0.2:49983", host="10.0.0.2", mask_host=MASK)
+    assert masked.host_header(ENVD_PORT) is None
+    assert masked.host_header(3000) == "localhost:3000"
+    assert Location(envd_url="http://10.0.0.2:49983", host="10.0.0.2").host_header(3000) is None

@@ -22,6 +22,7 @@ from .context import ServerContext
 from .draining import Drain
 from .proxy.app import SandboxProxy
 from .tls import ServerTls, prepare
+from .tls import check as check_tls
 
 
 class _Server(uvicorn.Server):
@@ -104,8 +105,13 @@ def _config(app: Callable[..., Any], host: str, port: int, tls: ServerTls | None
 
 
 async def serve(settings: Settings) -> None:
-    tls = prepare(settings)  # before anything starts: bad TLS settings change nothing
+    check_tls(settings)  # before anything starts: bad TLS settings change nothing
     ctx = await ServerContext.open(settings)
+    try:
+        tls = prepare(settings)  # under the data dir's lock: one server writes the files
+    except BaseException:
+        await ctx.close()
+        raise
     first_key = None
     if await count_keys(ctx.sessions) == 0:
         first_key = (await create_key(ctx.sessions, "default", "first start")).key

@@ -53,11 +53,11 @@ class ServerTls:
     bundle: Path | None = None
 
 
-def prepare(settings: Settings) -> ServerTls | None:
-    """The certificate the listeners serve, made or checked now, or None when TLS is off."""
+def check(settings: Settings) -> None:
+    """Refuse settings that cannot work, writing nothing (before the server takes its lock)."""
     tls = settings.tls
     if not tls.enabled:
-        return None
+        return
     if tls.mode not in ("", "local"):
         raise TlsError(f"EMBERBOX_TLS={tls.mode!r}: use 'local', or leave it empty")
     if tls.local and (tls.cert or tls.key):
@@ -69,17 +69,32 @@ def prepare(settings: Settings) -> ServerTls | None:
             "TLS serves https://<port>-<sandboxId>.<domain>: set EMBERBOX_DOMAIN "
             "(with ':<port>' when the proxy does not listen on 443)"
         )
+    if not tls.local and not _pair_loads(Path(tls.cert), Path(tls.key)):
+        raise TlsError(
+            f"cannot use EMBERBOX_TLS_CERT={tls.cert} with EMBERBOX_TLS_KEY={tls.key}: "
+            "not a readable PEM certificate and its private key"
+        )
+
+
+def prepare(settings: Settings) -> ServerTls | None:
+    """The certificate the listeners serve, made or checked now, or None when TLS is off.
+    The server calls it holding the data dir's lock, so only one server writes the files."""
+    check(settings)
+    tls = settings.tls
+    if not tls.enabled:
+        return None
     if tls.local:
         return _local(settings.data_dir / "tls", _names(settings))
-    assert tls.cert and tls.key
-    served = ServerTls(cert=Path(tls.cert), key=Path(tls.key))
+    return ServerTls(cert=Path(tls.cert), key=Path(tls.key))
+
+
+def _pair_loads(cert: Path, key: Path) -> bool:
+    """Whether ``cert`` and ``key`` are a certificate and its key, as the listeners load them."""
     try:
-        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(served.cert, served.key)
-    except (OSError, ssl.SSLError) as exc:
-        raise TlsError(
-            f"cannot use EMBERBOX_TLS_CERT={tls.cert} with EMBERBOX_TLS_KEY={tls.key}: {exc}"
-        ) from None
-    return served
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError):
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -106,22 +121,26 @@ def _names(settings: Settings) -> _Names:
 
 
 def _local(directory: Path, names: _Names) -> ServerTls:
-    directory.mkdir(parents=True, exist_ok=True)
-    os.chmod(directory, 0o700)
+    """Public files (``ca.pem``, ``bundle.pem``, ``server.pem``) readable by everyone, since
+    users point their clients at them; the keys in ``private/``, readable by us only."""
+    private = directory / "private"
+    private.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, 0o755)
+    os.chmod(private, 0o700)
     files = ServerTls(
         cert=directory / "server.pem",
-        key=directory / "server-key.pem",
+        key=private / "server-key.pem",
         ca=directory / "ca.pem",
         bundle=directory / "bundle.pem",
     )
     assert files.ca and files.bundle
-    ca_key_path = directory / "ca-key.pem"
+    ca_key_path = private / "ca-key.pem"
     ca = _load_ca(files.ca, ca_key_path, names)
     if ca is None:
         ca = _new_ca(names)
         _write(ca_key_path, _key_pem(ca[1]), private=True)
         _write(files.ca, ca[0].public_bytes(serialization.Encoding.PEM))
-    if not _leaf_ok(files.cert, ca[0], names):
+    if not (_leaf_ok(files.cert, ca[0], names) and _pair_loads(files.cert, files.key)):
         leaf_key = ec.generate_private_key(ec.SECP256R1())
         _write(files.key, _key_pem(leaf_key), private=True)
         leaf = _new_leaf(leaf_key, ca, names)

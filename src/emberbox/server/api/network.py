@@ -30,7 +30,8 @@ router = APIRouter(tags=["sandboxes"])
 _CREATE_KEYS = frozenset({"allowOut", "denyOut", "allowPublicTraffic", "maskRequestHost"})
 # What maskRequestHost may become once ``${PORT}`` is replaced: a host name or IPv4 address
 # with an optional port (it is sent as a Host header, so nothing else may slip in).
-_MASK = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})(:[0-9]{1,5})?$")
+_MASK = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}(:[0-9]{1,5})?")
+MAX_MASK = 255  # characters of the mask as given (the column holds 300)
 _UPDATE_KEYS = frozenset({"allowOut", "denyOut", "allow_internet_access"})
 
 
@@ -46,7 +47,11 @@ def _mask(raw: object) -> str | None:
     """maskRequestHost checked: None when unset, else a Host header template."""
     if raw in (None, ""):
         return None
-    if not isinstance(raw, str) or not _MASK.match(raw.replace(MASK_PORT_VARIABLE, "1")):
+    if (
+        not isinstance(raw, str)
+        or len(raw) > MAX_MASK
+        or not _MASK.fullmatch(raw.replace(MASK_PORT_VARIABLE, "1"))
+    ):
         raise ApiError(
             400,
             f"maskRequestHost: {raw!r} is not a host name with an optional port "
