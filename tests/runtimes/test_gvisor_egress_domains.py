@@ -8,10 +8,11 @@ from the name. Every refusal is paired with a pass on the same server.
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from dnslib import DNSRecord
+from dnslib import RCODE, DNSQuestion, DNSRecord
 
 from emberbox.runtimes.base import NetworkPolicy, RuntimeSandbox
 from emberbox.runtimes.gvisor import GVisorRuntime
@@ -37,7 +38,10 @@ def inet() -> Iterator[FakeInternet]:
 async def gateway_asks_the_fake_internet(
     runtime: GVisorRuntime, inet: FakeInternet
 ) -> AsyncIterator[None]:
-    """The node's gateway resolves through the fake internet's DNS, never the host's."""
+    """The node's gateway resolves through the fake internet's DNS, never the host's; the
+    redirect chains point at this process's gateway (a server that shared the data dir
+    earlier in the session pointed them at its own, then stopped)."""
+    runtime._firewall_ready = False
     await runtime._ensure_firewall()
     before = runtime.gateway.upstream
     runtime.gateway.upstream = (inet.dns,)
@@ -101,6 +105,15 @@ async def test_dns_answers_only_allowed_names(
     )
     assert (await run(sandbox, ask)).exit_code == 0  # answered (NXDOMAIN), by the node
     assert direct not in inet.queried()
+    # Only the first question would be judged: a query with two is refused whole.
+    smuggled = f"s{secrets.token_hex(6)}.two.egress.test"
+    two = DNSRecord(questions=[DNSQuestion(ALLOWED), DNSQuestion(smuggled)]).pack().hex()
+    ask = (
+        'python3 -c "import socket; s = socket.socket(2, 2); s.settimeout(3); '
+        f"s.sendto(bytes.fromhex('{two}'), ('{inet.dns}', 53)); print(s.recv(512).hex())\""
+    )
+    answer = DNSRecord.parse(bytes.fromhex((await run(sandbox, ask)).text.strip()))
+    assert answer.header.rcode == RCODE.REFUSED and smuggled not in inet.queried()
     # DNS over TCP (what resolvers fall back to for large answers) is judged the same way.
     for name, rcode in ((ALLOWED, 0), (f"s{secrets.token_hex(6)}.tcp.egress.test", 3)):
         query = DNSRecord.question(name).pack()
@@ -154,6 +167,49 @@ async def test_update_network_adds_and_removes_domains_live(
     assert await get(sandbox, f"https://{ALLOWED}/", at=address) == inet.named_body(ALLOWED)
     await runtime.update_network(sandbox.sandbox_id, NetworkPolicy(allow_internet=False))
     assert await get(sandbox, f"https://{ALLOWED}/", at=address) == "refused"
+
+
+async def test_every_request_of_a_keep_alive_connection_is_judged(
+    make_sandbox: SandboxFactory, inet: FakeInternet
+) -> None:
+    """A second request on the same plain-HTTP connection naming another host (same address)
+    is refused, not carried to it."""
+    policy = NetworkPolicy(allow_internet=False, allow_out=(ALLOWED,))
+    sandbox = await make_sandbox(network=policy)
+    script = (
+        "python3 - <<'EOF'\n"
+        "import socket\n"
+        f"s = socket.create_connection(({inet.names[ALLOWED]!r}, 80), 5)\n"
+        "def ask(host):\n"
+        "    s.sendall(f'GET / HTTP/1.1\\r\\nHost: {host}\\r\\n\\r\\n'.encode())\n"
+        "    try:\n"
+        "        data = s.recv(4096)\n"
+        "    except OSError:\n"
+        "        return 'reset'\n"
+        "    return data.decode().split('\\r\\n\\r\\n', 1)[-1] or 'closed'\n"
+        f"print(ask({ALLOWED!r}))\n"
+        f"print(ask({OTHER!r}))\n"
+        "EOF"
+    )
+    first, second = (await run(sandbox, script)).text.strip().splitlines()
+    assert first == inet.named_body(ALLOWED)
+    assert second in ("reset", "closed")
+
+
+async def test_dns_keeps_working_when_the_domains_are_removed(
+    runtime: GVisorRuntime, make_sandbox: SandboxFactory, inet: FakeInternet
+) -> None:
+    """Its resolv.conf names the node (it had domains at create): the node goes on answering,
+    under whatever rules it has now."""
+    policy = NetworkPolicy(allow_internet=False, allow_out=(ALLOWED,))
+    sandbox = await make_sandbox(network=policy)
+    await runtime.update_network(sandbox.sandbox_id, NetworkPolicy())  # the whole internet
+    found = await run(sandbox, f"timeout 3 getent hosts {OTHER} || echo failed")
+    assert found.text.split()[0] == inet.names[OTHER]
+    await runtime.update_network(sandbox.sandbox_id, NetworkPolicy(allow_internet=False))
+    start = time.monotonic()
+    refused = await run(sandbox, f"timeout 3 getent hosts {ALLOWED} || echo failed")
+    assert refused.text.strip() == "failed" and time.monotonic() - start < 2.5  # at once
 
 
 async def test_domain_rules_survive_pause_and_resume(

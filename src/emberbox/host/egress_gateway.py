@@ -11,13 +11,18 @@ refuse, and all of that sandbox's DNS (TCP and UDP 53). Here:
   matches an entry is resolved by the node and the connection spliced, bytes untouched (TLS
   stays end to end), to the original address if the name resolves to it, else to the first
   address it resolves to; a non-matching name or an internal answer is reset. The sandbox
-  cannot reach an address by lying in its server name: the name is what gets resolved.
+  cannot reach an address by lying in its server name: the name is what gets resolved. On
+  plain HTTP every later request of a keep-alive connection is judged too (h11 reads each as
+  it passes); inside TLS only the server name is seen, so a server that answers several names
+  on one address (a CDN) can be asked for another one there ("domain fronting").
 * **DNS** (UDP, and TCP for large answers): names that match an entry are forwarded to the
   node's upstream resolvers; others get NXDOMAIN, so a denied name cannot carry data out,
-  unless the sandbox's rules let it reach the node's resolvers directly anyway (then
-  everything is forwarded).
+  unless the sandbox's rules let it reach the internet anyway (anything short of denying
+  0.0.0.0/0: then everything is forwarded).
 
-A connection whose source is not a sandbox with domain entries is closed unread.
+A connection whose source is not a sandbox with domain entries is closed unread. Each sandbox
+may hold :data:`MAX_PER_SANDBOX` connections, spliced ones idle for :data:`IDLE_S` are closed,
+and a killed sandbox's are closed with it (``forget``).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import socket
 import ssl
 import struct
@@ -34,15 +40,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import h11
-from dnslib import QTYPE, RCODE, DNSRecord
+from dnslib import OPCODE, QTYPE, RCODE, DNSRecord
 
 from ..egress import (
+    ALL_IPV4,
     INTERNAL_RANGES,
     EgressRules,
     IPv4Network,
     gateway_reaches,
     name_allowed,
-    reaches,
 )
 
 log = logging.getLogger(__name__)
@@ -54,6 +60,9 @@ CONNECT_TIMEOUT_S = 10.0
 DNS_TIMEOUT_S = 2.0
 MAX_CACHE_S = 60.0  # the longest a resolved name is reused, whatever its TTL says
 MAX_CACHED = 4096
+IDLE_S = 600.0  # a spliced connection with no bytes either way for this long is closed
+MAX_PER_SANDBOX = 256  # connections (and DNS-over-TCP streams) one sandbox may hold open
+MAX_OPEN = 8192  # ... and all sandboxes together
 CHUNK = 256 * 1024  # what one read may hand over; also the streams' buffer limit
 
 Lookup = Callable[[str], EgressRules | None]
@@ -112,32 +121,69 @@ class _ServerName:
 _ServerName._context.sni_callback = _ServerName._seen
 
 
-class _HostHeader:
-    """Feeds the start of an HTTP/1 request to h11 until its ``Host`` header is known."""
+class _RequestHosts:
+    """Every request of a plain-HTTP connection, read by h11 as it passes, so each one's
+    ``Host`` is judged (a keep-alive connection may ask for another name later); after an
+    ``Upgrade`` (a WebSocket) the bytes are no longer HTTP and are left alone."""
 
     def __init__(self) -> None:
-        self.name: str | None = None
+        self.name: str | None = None  # the first request's host
+        self.upgraded = False
         self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HELLO)
 
     def feed(self, data: bytes) -> bool:
-        self._conn.receive_data(data)
-        try:
-            event = self._conn.next_event()
-        except h11.RemoteProtocolError:
+        """For the first request: True once its host is known (``name``; None: not HTTP)."""
+        hosts = self.hosts(data)
+        if hosts is None:
             return True
-        if event is h11.NEED_DATA:
-            return False
-        if isinstance(event, h11.Request):
-            for key, value in event.headers:
-                if key == b"host":
-                    host = value.decode("latin-1").strip()
-                    self.name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-        return True
+        if hosts:
+            self.name = hosts[0]
+            return True
+        return False
+
+    def hosts(self, data: bytes) -> list[str | None] | None:
+        """The host of each request that starts in ``data`` (None for one without a Host);
+        None when the bytes are not HTTP/1."""
+        if self.upgraded:
+            return []
+        self._conn.receive_data(data)
+        found: list[str | None] = []
+        while True:
+            try:
+                event = self._conn.next_event()
+            except h11.RemoteProtocolError:
+                return None
+            if event is h11.NEED_DATA or isinstance(event, h11.ConnectionClosed):
+                return found
+            if event is h11.PAUSED:  # one request is complete: the next starts afresh
+                rest, _closed = self._conn.trailing_data
+                self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HELLO)
+                if self.upgraded or not rest:
+                    return found
+                self._conn.receive_data(rest)
+                continue
+            if isinstance(event, h11.Request):
+                found.append(_host(event))
+                headers = {k.lower() for k, _v in event.headers}
+                if b"upgrade" in headers or event.method == b"CONNECT":
+                    self.upgraded = True
+                    return found
 
 
-async def _read_name(reader: asyncio.StreamReader, port: int) -> tuple[bytes, str | None]:
-    """The bytes read so far and the name they carry (TLS on 443, HTTP otherwise)."""
-    parser: _ServerName | _HostHeader = _ServerName() if port == 443 else _HostHeader()
+def _host(request: h11.Request) -> str | None:
+    for key, value in request.headers:
+        if key == b"host":
+            host = value.decode("latin-1").strip()
+            return host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    return None
+
+
+async def _read_name(
+    reader: asyncio.StreamReader, port: int
+) -> tuple[bytes, str | None, _RequestHosts | None]:
+    """The bytes read so far and the name they carry (TLS on 443, HTTP otherwise), and for
+    HTTP the parser that goes on judging the connection's later requests."""
+    parser: _ServerName | _RequestHosts = _ServerName() if port == 443 else _RequestHosts()
     seen = b""
     while len(seen) < MAX_HELLO:
         data = await reader.read(MAX_HELLO - len(seen))
@@ -145,17 +191,37 @@ async def _read_name(reader: asyncio.StreamReader, port: int) -> tuple[bytes, st
             break
         seen += data
         if parser.feed(data):
-            return seen, parser.name
-    return seen, None
+            break
+    return seen, parser.name, parser if isinstance(parser, _RequestHosts) else None
 
 
-async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+class _Activity:
+    """When bytes last moved either way on a spliced connection (for the idle timeout)."""
+
+    def __init__(self) -> None:
+        self.at = time.monotonic()
+
+
+async def _pipe(
+    src: asyncio.StreamReader,
+    dst: asyncio.StreamWriter,
+    activity: _Activity,
+    allowed: Callable[[bytes], bool] | None = None,
+) -> None:
+    """Copy until EOF; ``allowed`` sees each chunk first and may stop the copy (False)."""
     with contextlib.suppress(OSError, ConnectionError):
         while data := await src.read(CHUNK):
+            activity.at = time.monotonic()
+            if allowed is not None and not allowed(data):
+                raise _Refused
             dst.write(data)
             await dst.drain()
         if dst.can_write_eof():
             dst.write_eof()
+
+
+class _Refused(Exception):
+    """A later request on a spliced connection named a host the sandbox may not reach."""
 
 
 async def _udp_exchange(packet: bytes, server: str, timeout: float) -> bytes:
@@ -208,17 +274,16 @@ class EgressGateway:
         lookup: Lookup,
         upstream: Sequence[str],
         internal: Sequence[IPv4Network] = INTERNAL_RANGES,
-        resolvers: Sequence[str] = (),
     ) -> None:
         self.lookup = lookup
         self.upstream = tuple(upstream)
         self.internal = tuple(internal)
-        self.resolvers = tuple(resolvers)
         self._tcp: asyncio.Server | None = None
         self._dns: asyncio.DatagramTransport | None = None
         self._dns_tcp: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._cache: dict[str, tuple[float, list[str]]] = {}
+        self._open: dict[str, set[asyncio.StreamWriter]] = {}  # connections by sandbox address
         self.ports: GatewayPorts | None = None
 
     async def start(self) -> GatewayPorts:
@@ -226,6 +291,9 @@ class EgressGateway:
         in by the firewall; anything else is closed unread here)."""
         if self.ports is not None:
             return self.ports
+        _raise_open_files_limit()
+        if not self.upstream:
+            log.error("egress gateway: no resolver to ask; names in allowOut will not resolve")
         loop = asyncio.get_running_loop()
         self._tcp = await asyncio.start_server(self._connection, "0.0.0.0", 0, limit=CHUNK)
         gateway = self
@@ -252,6 +320,8 @@ class EgressGateway:
             self._dns.close()
         if self._dns_tcp is not None:
             self._dns_tcp.close()
+        for peer in list(self._open):
+            self.forget(peer)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -271,7 +341,10 @@ class EgressGateway:
         cached = self._cache.get(name)
         if cached is not None and cached[0] > now:
             return cached[1]
-        query = DNSRecord.question(name, "A").pack()
+        try:
+            query = DNSRecord.question(name, "A").pack()
+        except Exception:  # dnslib refuses names it cannot encode (empty labels, ...)
+            return []
         for server in self.upstream:
             try:
                 answer = DNSRecord.parse(await _udp_exchange(query, server, DNS_TIMEOUT_S))
@@ -298,9 +371,12 @@ class EgressGateway:
         """DNS over TCP (RFC 1035 4.2.2: each message after its 2-byte length), for answers
         too large for a datagram; one connection may carry several queries."""
         peer = writer.get_extra_info("peername")[0]
+        if not self._admit(peer, writer):
+            return
         try:
             while self.lookup(peer) is not None:
-                size = int.from_bytes(await reader.readexactly(2), "big")
+                head = await asyncio.wait_for(reader.readexactly(2), NAME_TIMEOUT_S)
+                size = int.from_bytes(head, "big")
                 packet = await asyncio.wait_for(reader.readexactly(size), NAME_TIMEOUT_S)
                 answer = await self._dns_answer(peer, packet, _tcp_exchange)
                 if answer is None:
@@ -310,6 +386,7 @@ class EgressGateway:
         except (asyncio.IncompleteReadError, TimeoutError, OSError, ConnectionError):
             pass
         finally:
+            self._release(peer, writer)
             writer.close()
 
     async def _dns_answer(self, peer: str, packet: bytes, exchange: Exchange) -> bytes | None:
@@ -324,6 +401,10 @@ class EgressGateway:
             name = str(request.q.qname).rstrip(".")
         except Exception:  # dnslib raises its own errors for malformed packets; drop them
             return None
+        if len(request.questions) != 1 or request.header.opcode != OPCODE.QUERY:
+            reply = request.reply()  # only the first question would be judged: refuse
+            reply.header.rcode = RCODE.REFUSED
+            return bytes(reply.pack())
         if not (name_allowed(rules.domains, name) or self._resolvers_open(rules)):
             log.info("egress dns refused: %s asked for %s", peer, name)
             reply = request.reply()
@@ -338,25 +419,47 @@ class EgressGateway:
         reply.header.rcode = RCODE.SERVFAIL
         return bytes(reply.pack())
 
-    def _resolvers_open(self, rules: EgressRules) -> bool:
-        """Whether the sandbox could ask the node's resolvers itself (then answering only some
-        names would protect nothing)."""
-        return any(
-            reaches(rules, r, internal=self.internal, resolvers=self.resolvers, dns=True)
-            for r in self.resolvers
-        )
+    @staticmethod
+    def _resolvers_open(rules: EgressRules) -> bool:
+        """Whether the sandbox may reach the internet anyway (its rules stop short of denying
+        0.0.0.0/0): then it could ask any public resolver, and answering only some names
+        would protect nothing. Deny-all sandboxes get only their allowed names."""
+        return ALL_IPV4 not in rules.deny
 
     # -- connections ---------------------------------------------------------------------
 
+    def _admit(self, peer: str, writer: asyncio.StreamWriter) -> bool:
+        """Count a connection against its sandbox's and the node's caps; reset it over them."""
+        mine = self._open.setdefault(peer, set())
+        if len(mine) >= MAX_PER_SANDBOX or sum(map(len, self._open.values())) >= MAX_OPEN:
+            log.warning("egress gateway: %s has too many connections open", peer)
+            _reset(writer)
+            return False
+        mine.add(writer)
+        return True
+
+    def _release(self, peer: str, writer: asyncio.StreamWriter) -> None:
+        mine = self._open.get(peer)
+        if mine is not None:
+            mine.discard(writer)
+            if not mine:
+                del self._open[peer]
+
+    def forget(self, peer: str) -> None:
+        """Close every connection of the sandbox at ``peer`` (it is being killed)."""
+        for writer in list(self._open.pop(peer, ())):
+            _reset(writer)
+
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         upstream: asyncio.StreamWriter | None = None
+        peer = writer.get_extra_info("peername")[0]
+        rules = self.lookup(peer)
+        if rules is None or not rules.domains or not self._admit(peer, writer):
+            writer.close()
+            return
         try:
-            peer = writer.get_extra_info("peername")[0]
-            rules = self.lookup(peer)
-            if rules is None or not rules.domains:
-                return
             address, port = original_destination(writer.get_extra_info("socket"))
-            seen, name = await asyncio.wait_for(_read_name(reader, port), NAME_TIMEOUT_S)
+            seen, name, requests = await asyncio.wait_for(_read_name(reader, port), NAME_TIMEOUT_S)
             target = (
                 await self._target(rules, name, address)
                 if name_allowed(rules.domains, name)
@@ -372,14 +475,49 @@ class EgressGateway:
             )
             upstream = up_writer
             up_writer.write(seen)
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
-        except (TimeoutError, OSError, ConnectionError) as exc:
-            log.debug("egress connection ended: %s", exc)
+            await self._splice(reader, writer, up_reader, up_writer, requests, rules)
+        except (TimeoutError, OSError, ConnectionError, _Refused) as exc:
+            log.debug("egress connection of %s ended: %r", peer, exc)
             _reset(writer)
         finally:
+            self._release(peer, writer)
             for w in (upstream, writer):
                 if w is not None:
                     w.close()
+
+    async def _splice(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        up_reader: asyncio.StreamReader,
+        up_writer: asyncio.StreamWriter,
+        requests: _RequestHosts | None,
+        rules: EgressRules,
+    ) -> None:
+        """Copy both ways until both end, or nothing moved for :data:`IDLE_S`, or a later
+        HTTP request names a host the sandbox may not reach (then :class:`_Refused`)."""
+
+        def judged(data: bytes) -> bool:
+            assert requests is not None
+            hosts = requests.hosts(data)
+            return hosts is not None and all(name_allowed(rules.domains, h) for h in hosts)
+
+        activity = _Activity()
+        both = asyncio.gather(
+            _pipe(reader, up_writer, activity, judged if requests is not None else None),
+            _pipe(up_reader, writer, activity),
+        )
+        try:
+            while not both.done():
+                idle = time.monotonic() - activity.at
+                if idle >= IDLE_S:
+                    raise TimeoutError(f"idle for {idle:.0f} s")
+                await asyncio.wait({both}, timeout=IDLE_S - idle)
+            await both
+        finally:
+            both.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await both
 
     async def _target(self, rules: EgressRules, name: str | None, address: str) -> str | None:
         assert name is not None
@@ -389,6 +527,14 @@ class EgressGateway:
         if not usable:
             return None
         return address if address in usable else usable[0]
+
+
+def _raise_open_files_limit() -> None:
+    """Every spliced connection holds two descriptors: use all the process may have."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _reset(writer: asyncio.StreamWriter) -> None:

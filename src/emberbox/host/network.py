@@ -27,6 +27,8 @@ NETNS_PREFIX = "ebx"
 HOST_VETH_PREFIX = "ebh"
 GUEST_VETH_PREFIX = "ebs"
 NFT_TABLE = "emberbox"
+GATEWAY_MARK = 0x0E6B0000  # conntrack mark bits of connections redirected to our gateway
+_MARK = f"{GATEWAY_MARK:#x}"
 _T = f"inet {NFT_TABLE}"
 
 # The base chains, (re)written whole at every node start in one transaction: idempotent, and
@@ -34,8 +36,10 @@ _T = f"inet {NFT_TABLE}"
 # get the default policy in ``default_egress``). Per-sandbox chains, sets and map elements are
 # never touched here. ``egress`` holds every sandbox address that is masqueraded on its way out.
 # ``prerouting`` hands a sandbox's new connections to its own NAT chain (``sandbox_nat``), which
-# redirects to the egress gateway what a sandbox with domain entries must have judged by name;
-# ``input`` lets exactly those redirected connections in.
+# redirects to the egress gateway what a sandbox with domain entries must have judged by name,
+# marking the connection (:data:`GATEWAY_MARK`); ``input`` lets exactly those in (not what the
+# host's own redirect rules send). A packet whose source address does not belong on the link
+# it came in on is dropped (reverse-path check): the gateway knows a sandbox by its address.
 _BASE_OBJECTS = f"""
 add table {_T}
 add set {_T} egress {{ type ipv4_addr; }}
@@ -60,14 +64,16 @@ add rule {_T} refuse reject with icmpx admin-prohibited
 add rule {_T} default_egress ip daddr @resolvers meta l4proto {{ tcp, udp }} th dport 53 accept
 add rule {_T} default_egress ip daddr @internal goto refuse
 add rule {_T} default_egress accept
+add rule {_T} forward iifname "{HOST_VETH_PREFIX}*" fib saddr . iif oif missing drop
 add rule {_T} forward iifname "{HOST_VETH_PREFIX}*" oifname "{HOST_VETH_PREFIX}*" drop
 add rule {_T} forward oifname "{HOST_VETH_PREFIX}*" ct state established,related accept
 add rule {_T} forward oifname "{HOST_VETH_PREFIX}*" drop
 add rule {_T} forward iifname "{HOST_VETH_PREFIX}*" iifname vmap @sandboxes
 add rule {_T} forward iifname "{HOST_VETH_PREFIX}*" ip saddr @egress goto default_egress
 add rule {_T} forward iifname "{HOST_VETH_PREFIX}*" drop
+add rule {_T} input iifname "{HOST_VETH_PREFIX}*" fib saddr . iif oif missing drop
 add rule {_T} input iifname "{HOST_VETH_PREFIX}*" ct state established,related accept
-add rule {_T} input iifname "{HOST_VETH_PREFIX}*" ct status dnat accept
+add rule {_T} input iifname "{HOST_VETH_PREFIX}*" ct mark and {_MARK} == {_MARK} accept
 add rule {_T} input iifname "{HOST_VETH_PREFIX}*" drop
 add rule {_T} prerouting iifname "{HOST_VETH_PREFIX}*" iifname vmap @sandbox_nat
 add rule {_T} postrouting oifname != "{HOST_VETH_PREFIX}*" ip saddr @egress masquerade
@@ -184,8 +190,9 @@ class AddressPool:
         return out
 
 
-def host_resolvers() -> list[str]:
-    """The host's IPv4 nameservers a sandbox can reach (loopback ones it cannot)."""
+def host_resolvers(loopback: bool = False) -> list[str]:
+    """The host's IPv4 nameservers a sandbox can reach (loopback ones it cannot, but the
+    node's gateway, on the host, can: ``loopback`` keeps them, e.g. systemd-resolved's)."""
     try:
         text = Path("/etc/resolv.conf").read_text()
     except OSError:
@@ -196,7 +203,7 @@ def host_resolvers() -> list[str]:
         if len(parts) > 1 and parts[0] == "nameserver":
             with contextlib.suppress(ValueError):
                 ip = ipaddress.ip_address(parts[1])
-                if isinstance(ip, ipaddress.IPv4Address) and not ip.is_loopback:
+                if isinstance(ip, ipaddress.IPv4Address) and (loopback or not ip.is_loopback):
                     out.append(str(ip))
     return out
 
@@ -240,19 +247,31 @@ async def point_gateway(instance: str, tcp_port: int, dns_port: int, dns_tcp_por
     """(Re)write the instance's redirect chains for the gateway's current ports: sandboxes'
     NAT chains jump here, so a restarted node only rewrites these two."""
     tcp, dns = _gateway_chains(instance)
+    mark = f"ct mark set ct mark or {_MARK}"
     script = (
         f"add chain {_T} {tcp}\nflush chain {_T} {tcp}\n"
-        f"add rule {_T} {tcp} meta l4proto tcp redirect to :{tcp_port}\n"
+        f"add rule {_T} {tcp} meta l4proto tcp {mark} redirect to :{tcp_port}\n"
         f"add chain {_T} {dns}\nflush chain {_T} {dns}\n"
-        f"add rule {_T} {dns} meta l4proto udp redirect to :{dns_port}\n"
-        f"add rule {_T} {dns} meta l4proto tcp redirect to :{dns_tcp_port}\n"
+        f"add rule {_T} {dns} meta l4proto udp {mark} redirect to :{dns_port}\n"
+        f"add rule {_T} {dns} meta l4proto tcp {mark} redirect to :{dns_tcp_port}\n"
     )
     await _proc.run("nft", "-f", "-", stdin=script.encode())
 
 
-def _rules_script(lease: Lease, rules: EgressRules) -> str:
+async def unpoint_gateway(instance: str) -> None:
+    """While no gateway listens (the node stopped), what would go to it is dropped, never
+    sent to whatever binds its old ports next."""
+    tcp, dns = _gateway_chains(instance)
+    script = "".join(
+        f"add chain {_T} {c}\nflush chain {_T} {c}\nadd rule {_T} {c} drop\n" for c in (tcp, dns)
+    )
+    await _proc.run("nft", "-f", "-", stdin=script.encode())
+
+
+def _rules_script(lease: Lease, rules: EgressRules, node_dns: bool = False) -> str:
     """Replace the sandbox's set elements and NAT rules: one transaction, so no packet sees
-    half a change. The NAT chain is empty unless the rules name domains."""
+    half a change. The NAT chain is empty unless the rules name domains, or ``node_dns`` (its
+    resolv.conf names the node: its DNS keeps going to the gateway)."""
     chain, allow, deny = _names(lease)
     nat = f"{chain}_nat"
     script = (
@@ -261,19 +280,22 @@ def _rules_script(lease: Lease, rules: EgressRules) -> str:
         + _fill(deny, rules.deny)
         + f"add chain {_T} {nat}\nflush chain {_T} {nat}\n"
     )
-    if rules.domains:
-        tcp, dns = _gateway_chains(lease.instance)
-        ports = ", ".join(str(p) for p in DOMAIN_PORTS)
+    tcp, dns = _gateway_chains(lease.instance)
+    if rules.domains or node_dns:
         script += (
             f"add rule {_T} {nat} ip daddr @{allow} return\n"
             f"add rule {_T} {nat} meta l4proto {{ tcp, udp }} th dport 53 goto {dns}\n"
+        )
+    if rules.domains:
+        ports = ", ".join(str(p) for p in DOMAIN_PORTS)
+        script += (
             f"add rule {_T} {nat} tcp dport {{ {ports} }} ip daddr @{deny} goto {tcp}\n"
             f"add rule {_T} {nat} tcp dport {{ {ports} }} ip daddr @internal goto {tcp}\n"
         )
     return script
 
 
-async def setup(lease: Lease, rules: EgressRules) -> None:
+async def setup(lease: Lease, rules: EgressRules, node_dns: bool = False) -> None:
     """Create netns + veth pair, address both ends and give the sandbox its own chain and
     sets; undo everything if a step fails."""
     try:
@@ -304,7 +326,7 @@ async def setup(lease: Lease, rules: EgressRules) -> None:
             "th dport 53 accept\n"
             f"add rule {_T} {chain} ip daddr @internal goto refuse\n"
             f"add rule {_T} {chain} accept\n"
-            + _rules_script(lease, rules)
+            + _rules_script(lease, rules, node_dns)
             + f'add element {_T} sandboxes {{ "{lease.host_veth}" : goto {chain} }}\n'
             + f'add element {_T} sandbox_nat {{ "{lease.host_veth}" : goto {chain}_nat }}\n'
             f"add element {_T} egress {{ {lease.guest_ip} }}\n"
@@ -315,10 +337,10 @@ async def setup(lease: Lease, rules: EgressRules) -> None:
         raise
 
 
-async def apply_rules(lease: Lease, rules: EgressRules) -> None:
+async def apply_rules(lease: Lease, rules: EgressRules, node_dns: bool = False) -> None:
     """Replace a live sandbox's egress rules. Every packet it sends is checked against the
     current sets, so established connections to a now-refused address are reset too."""
-    await _proc.run("nft", "-f", "-", stdin=_rules_script(lease, rules).encode())
+    await _proc.run("nft", "-f", "-", stdin=_rules_script(lease, rules, node_dns).encode())
 
 
 async def readdress(lease: Lease) -> None:

@@ -84,7 +84,8 @@ class GVisorRuntime(Runtime):
         self._background: set[asyncio.Task[None]] = set()
         self.warm = TemplateSnapshots(self.config.root / "template-snapshots",
                                       self.config.boot_timeout)  # fmt: skip
-        # Rules of the sandboxes with domain entries, by address: what the gateway judges by.
+        # Rules of the sandboxes whose traffic the gateway judges (domain entries, or DNS sent
+        # to the node), by address.
         self._egress: dict[str, EgressRules] = {}
         self.gateway = EgressGateway(self._egress_of, self.config.egress_dns)
 
@@ -92,7 +93,9 @@ class GVisorRuntime(Runtime):
         """A template snapshot under way is abandoned and its boot killed: nobody would
         remove it until the next node start."""
         await self.warm.close()
-        await self.gateway.close()
+        if self.gateway.ports is not None:
+            await self.gateway.close()
+            await network.unpoint_gateway(self.config.instance)
 
     # -- paths -----------------------------------------------------------------------------
 
@@ -325,6 +328,7 @@ class GVisorRuntime(Runtime):
         if lease is not None:
             if owned:
                 self._egress.pop(lease.guest_ip, None)
+                self.gateway.forget(lease.guest_ip)
             await network.teardown(lease, owns_index=owned)
         await rootfs.unmount(paths.rootfs)
         await rootfs.unmount(paths.disk)
@@ -447,29 +451,34 @@ class GVisorRuntime(Runtime):
             if lease is None or not self.pool.owns(lease):
                 raise SandboxGone(f"sandbox {sandbox_id} has no network lease")
             await self._ensure_firewall()
-            await network.apply_rules(lease, rules)
-            self._remember_egress(lease.guest_ip, rules, policy)
-            record.egress = _policy_dict(policy) if rules.domains else None
+            await network.apply_rules(lease, rules, record.node_dns)
+            self._remember_egress(lease.guest_ip, rules, record.node_dns)
+            record.egress = _policy_dict(policy) if rules.domains or record.node_dns else None
             record.save(self._paths(sandbox_id).root)
 
-    def _remember_egress(self, address: str, rules: EgressRules, policy: NetworkPolicy) -> None:
-        if rules.domains:
+    def _remember_egress(self, address: str, rules: EgressRules, node_dns: bool) -> None:
+        if rules.domains or node_dns:
             self._egress[address] = rules
         else:
             self._egress.pop(address, None)
 
     def _egress_of(self, address: str) -> EgressRules | None:
-        """The rules of the sandbox at ``address`` if they name domains (the gateway's lookup)."""
+        """The rules of the sandbox at ``address`` if the gateway judges its traffic (the
+        gateway's lookup)."""
         return self._egress.get(address)
 
     def _load_egress(self) -> None:
-        """The domain rules of sandboxes a previous node process made, from their records."""
+        """The rules of sandboxes a previous node process made, from their records (only those
+        still holding their lease: a leftover record may name a reused address)."""
         if not self.config.sandboxes_dir.exists():
             return
         for root in self.config.sandboxes_dir.iterdir():
             record = SandboxRecord.load(root)
-            if record is not None and record.address and record.egress:
-                self._egress.setdefault(record.address, _rules(NetworkPolicy(**record.egress)))
+            if record is None or not record.address or not record.egress:
+                continue
+            lease = self._lease_of(record.sandbox_id, record)
+            if lease is not None and self.pool.owns(lease):
+                self._egress[record.address] = _rules(NetworkPolicy(**record.egress))
 
     def _check_snapshot(self, snapshot: SnapshotRef) -> None:
         """A snapshot path comes over the wire: only our own snapshot directories are used."""
@@ -576,9 +585,8 @@ class GVisorRuntime(Runtime):
         async with self._firewall_lock:
             if not self._firewall_ready:
                 self.gateway.internal = tuple(await network.ensure_firewall())
-                self.gateway.resolvers = tuple(network.host_resolvers())
-                if not self.gateway.upstream:
-                    self.gateway.upstream = self.gateway.resolvers
+                if not self.gateway.upstream:  # it runs on the host: loopback ones work too
+                    self.gateway.upstream = tuple(network.host_resolvers(loopback=True))
                 self._load_egress()
                 ports = await self.gateway.start()
                 await network.point_gateway(
@@ -615,10 +623,13 @@ class GVisorRuntime(Runtime):
             lease = self.pool.claim(spec.sandbox_id)
             record.lease_index, record.address = lease.index, lease.guest_ip
             rules = _rules(spec.network)
-            record.egress = _policy_dict(spec.network) if rules.domains else None
+            # With domain entries its resolv.conf names the node, which then answers its DNS
+            # for as long as it lives, whatever later updates say.
+            record.node_dns = bool(rules.domains)
+            record.egress = _policy_dict(spec.network) if record.node_dns else None
             record.save(paths.root)
-            await network.setup(lease, rules)
-            self._remember_egress(lease.guest_ip, rules, spec.network)
+            await network.setup(lease, rules, record.node_dns)
+            self._remember_egress(lease.guest_ip, rules, record.node_dns)
             if upper is None:
                 # Sandboxes: a read-only view of the layers; gVisor's overlay takes the writes
                 # into a file on the size-limited disk. Read-only files can then be mapped

@@ -22,9 +22,11 @@ class SandboxRecord:
     address: str | None = None
     external_upper: str | None = None  # template builds keep their writable layer
     volumes: bool = False  # host directories are bound in: no checkpoint can hold them
-    # The policy as given (allow_out, deny_out, allow_internet) when it names domains: the
-    # egress gateway of a restarted node finds the sandbox's rules here.
+    # The policy as given (allow_out, deny_out, allow_internet) when the egress gateway judges
+    # the sandbox's traffic: the gateway of a restarted node finds the rules here.
     egress: dict[str, Any] | None = None
+    # Its resolv.conf names its host end of the link, so its DNS always goes to the gateway.
+    node_dns: bool = False
 
     def save(self, directory: Path) -> None:
         tmp = directory / "state.json.tmp"
