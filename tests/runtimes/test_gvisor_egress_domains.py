@@ -7,6 +7,8 @@ from the name. Every refusal is paired with a pass on the same server.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -242,3 +244,39 @@ async def test_a_restarted_node_judges_by_name_again(
         await restarted.close()
         runtime._firewall_ready = False  # point the redirect chains back at this process
         await runtime._ensure_firewall()
+
+
+async def test_one_sandbox_cannot_hold_all_the_gateways_connections(
+    runtime: GVisorRuntime, make_sandbox: SandboxFactory, inet: FakeInternet
+) -> None:
+    """Connections that never send a ClientHello are held (up to the name timeout) only up to
+    the per-sandbox cap; the ones over it are reset at once, and a killed sandbox's are
+    closed with it."""
+    from emberbox.host.egress_gateway import MAX_PER_SANDBOX
+
+    policy = NetworkPolicy(allow_internet=False, allow_out=(ALLOWED,))
+    sandbox = await make_sandbox(network=policy)
+    over = 4
+    script = (
+        "python3 - <<'EOF'\n"
+        "import socket, time\n"
+        "held = []\n"
+        f"for _ in range({MAX_PER_SANDBOX + over}):\n"
+        f"    held.append(socket.create_connection(({inet.names[OTHER]!r}, 443), 5))\n"
+        "time.sleep(60)\n"
+        "EOF"
+    )
+    address = runtime._lease_of(sandbox.sandbox_id, None)
+    assert address is not None
+    task = asyncio.ensure_future(run(sandbox, script, timeout=120))
+    deadline = time.monotonic() + 60
+    while len(runtime.gateway._open.get(address.guest_ip, ())) < MAX_PER_SANDBOX:
+        assert time.monotonic() < deadline, "the sandbox's connections never reached the cap"
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(2)
+    assert len(runtime.gateway._open[address.guest_ip]) == MAX_PER_SANDBOX
+    await runtime.kill(sandbox.sandbox_id)
+    assert address.guest_ip not in runtime.gateway._open
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
