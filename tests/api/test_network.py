@@ -331,3 +331,26 @@ def test_concurrent_clients_leave_no_rules_behind(
     while set(asyncio.run(network.list_rule_objects(instance))) - before:
         assert time.monotonic() < deadline, asyncio.run(network.list_rule_objects(instance))
         time.sleep(0.2)
+
+
+def test_domain_rules_hold_after_the_server_is_killed_and_restarted(
+    gvisor_server: ServerProcess, gvisor_key: str, inet: FakeInternet
+) -> None:
+    """SIGKILL (no clean stop: the redirect chains still name the dead gateway's ports), then
+    a new server adopts the sandbox: its new gateway judges it by the rules in its record.
+    Last in the module: the module's server is a new process afterwards."""
+    sbx = Sandbox.create(timeout=300, network={"allow_out": [ALLOWED], "deny_out": ["0.0.0.0/0"]})
+    try:
+        sbx.files.write("/tmp/ca.pem", inet.ca_pem)
+        assert _https(sbx, ALLOWED) == inet.named_body(ALLOWED)
+        assert gvisor_server.proc is not None
+        gvisor_server.proc.kill()
+        gvisor_server.proc.wait()
+        gvisor_server.proc = None
+        gvisor_server.start(timeout_s=60)
+        assert _https(sbx, ALLOWED) == inet.named_body(ALLOWED)
+        assert _https(sbx, OTHER, at=inet.names[OTHER]) == "refused"
+        lookup = sbx.commands.run(f"getent hosts {OTHER} || echo refused").stdout.strip()
+        assert lookup == "refused"
+    finally:
+        sbx.kill()
