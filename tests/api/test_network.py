@@ -5,14 +5,20 @@ sandbox sends to lives there). Each "refused" is paired with an "allowed" on the
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 from e2b import AsyncSandbox, Sandbox
 
 from emberbox.server.testing import ServerProcess
+from tests.api.test_npm_sdk import NODE_MODULES
 from tests.fake_internet import FakeInternet, fake_internet
 
 METADATA = "169.254.169.254"
@@ -128,6 +134,31 @@ def test_domains_with_the_official_sdk(
         assert _https(sbx, ALLOWED, at=inet.names[ALLOWED]) == "refused"
     finally:
         sbx.kill()
+
+
+@pytest.mark.skipif(not shutil.which("node"), reason="Node.js is not installed")
+def test_domains_with_the_npm_sdk(
+    gvisor_server: ServerProcess, gvisor_key: str, inet: FakeInternet, tmp_path: Path
+) -> None:
+    shutil.copy(Path(__file__).with_name("js") / "network.mjs", tmp_path / "network.mjs")
+    (tmp_path / "node_modules").symlink_to(NODE_MODULES)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("E2B_")},
+        **gvisor_server.sdk_env(gvisor_key),
+        "ALLOWED": ALLOWED,
+        "OTHER": OTHER,
+        "OTHER_ADDRESS": inet.names[OTHER],
+    }
+    done = subprocess.run(
+        ["node", "network.mjs"], env=env, cwd=tmp_path, capture_output=True, text=True,
+        timeout=180, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["allowed"] == inet.named_body(ALLOWED)
+    assert out["other"] == "refused"
+    assert out["network"]["allowOut"] == [ALLOWED]
+    assert out["network"]["denyOut"] == ["0.0.0.0/0"]
 
 
 def test_rules_survive_pause_and_resume_and_forks_inherit_them_and_the_host_mask(
@@ -292,6 +323,25 @@ def test_our_sdk_sync_and_async(
             assert (await sbx.commands.run(probe)).stdout.strip() == inet.body_of(one)
         finally:
             await sbx.kill()
+        # A domain entry through our SDK (plain HTTP: judged by Host), and get_info's view.
+        named = await OurAsyncSandbox.create(
+            timeout=120,
+            allow_internet_access=False,
+            network={"allow_out": [ALLOWED], "mask_request_host": "localhost:${PORT}"},
+        )
+        try:
+            page = await named.commands.run(f"curl -s -m 5 http://{ALLOWED}/ || echo refused")
+            assert page.stdout.strip() == inet.named_body(ALLOWED)
+            pinned = f"curl -s -m 5 --resolve {OTHER}:80:{inet.names[OTHER]} http://{OTHER}/"
+            other_page = await named.commands.run(f"{pinned} || echo refused")
+            assert other_page.stdout.strip() == "refused"
+            info = await named.get_info()
+            assert info.network == {
+                "allow_out": [ALLOWED],
+                "mask_request_host": "localhost:${PORT}",
+            }
+        finally:
+            await named.kill()
 
     asyncio.run(run_async())
 
