@@ -196,6 +196,23 @@ async def test_every_request_of_a_keep_alive_connection_is_judged(
     first, second = (await run(sandbox, script)).text.strip().splitlines()
     assert first == inet.named_body(ALLOWED)
     assert second in ("reset", "closed")
+    # Both requests in one write (pipelined): the second is judged before anything is sent.
+    pipelined = (
+        "python3 - <<'EOF'\n"
+        "import socket\n"
+        f"s = socket.create_connection(({inet.names[ALLOWED]!r}, 80), 5)\n"
+        f"req = lambda host: f'GET / HTTP/1.1\\r\\nHost: {{host}}\\r\\n\\r\\n'.encode()\n"
+        f"s.sendall(req({ALLOWED!r}) + req({OTHER!r}))\n"
+        "got = b''\n"
+        "try:\n"
+        "    while chunk := s.recv(4096):\n"
+        "        got += chunk\n"
+        "except OSError:\n"
+        "    pass\n"
+        "print(got.decode(errors='replace'))\n"
+        "EOF"
+    )
+    assert inet.named_body(OTHER) not in (await run(sandbox, pipelined)).text
 
 
 async def test_dns_keeps_working_when_the_domains_are_removed(

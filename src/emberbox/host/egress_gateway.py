@@ -128,6 +128,7 @@ class _RequestHosts:
 
     def __init__(self) -> None:
         self.name: str | None = None  # the first request's host
+        self.first: list[str | None] = []  # every request in the first bytes (pipelined too)
         self.upgraded = False
         self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HELLO)
 
@@ -137,7 +138,7 @@ class _RequestHosts:
         if hosts is None:
             return True
         if hosts:
-            self.name = hosts[0]
+            self.name, self.first = hosts[0], hosts
             return True
         return False
 
@@ -460,11 +461,9 @@ class EgressGateway:
         try:
             address, port = original_destination(writer.get_extra_info("socket"))
             seen, name, requests = await asyncio.wait_for(_read_name(reader, port), NAME_TIMEOUT_S)
-            target = (
-                await self._target(rules, name, address)
-                if name_allowed(rules.domains, name)
-                else None
-            )
+            pipelined = requests.first[1:] if requests is not None else []
+            allowed = all(name_allowed(rules.domains, n) for n in [name, *pipelined])
+            target = await self._target(rules, name, address) if allowed else None
             if target is None:
                 log.info("egress refused: %s -> %s:%d (name %r)", peer, address, port, name)
                 _reset(writer)
