@@ -165,6 +165,31 @@ async def test_kill_releases_everything(runtime: GVisorRuntime, make_sandbox: Sa
             await http.get(f"{sandbox.envd_url}/health")
 
 
+async def test_a_create_cut_off_part_way_leaves_no_runsc_running(runtime: GVisorRuntime):
+    """Cancelled once runsc has started the sandbox but before it saved its state (what a node
+    stopping mid warm-pool refill does): runsc itself no longer knows the sandbox, yet its
+    processes must not outlive the clean-up."""
+    before = await inventory(runtime.config)
+    sandbox_id = f"tcut{secrets.token_hex(4)}"
+    sock = runtime.config.runsc_root / f"runsc-{sandbox_id}.sock"
+    create = asyncio.ensure_future(
+        runtime.create(SandboxSpec(sandbox_id=sandbox_id, template_id="base"))
+    )
+    for _ in range(600):
+        if sock.exists() or create.done():
+            break
+        await asyncio.sleep(0.01)
+    assert sock.exists(), "runsc never started the sandbox"
+    create.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await create
+    await runtime.kill(sandbox_id)  # what a node's clean-up does with whatever is left
+    after = await inventory(runtime.config)
+    assert after.leaked_since(before) == {}
+    assert after.mentions(sandbox_id) == []
+    assert not sock.exists()
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
