@@ -120,6 +120,7 @@ def test_a_user_reaches_sandboxes_by_name_over_https(
     assert out["expired"][1] == "401" and "expired" in out["expired"][0]
     assert out["unsigned"][1] == "401", out["unsigned"]
     assert out["ours"] == "ours\n" and out["ours_host"] == out["host"]
+    assert out["by_domain"] == [f"https://api.{domain}", "by-domain\n"]
 
 
 @pytest.mark.skipif(not shutil.which("node"), reason="Node.js is not installed")

@@ -60,6 +60,15 @@ def main() -> None:
         ours = OurSandbox.connect(sbx.sandbox_id)
         out["ours"] = ours.commands.run("echo ours").stdout
         out["ours_host"] = ours.get_host(8080)
+
+        # E2B_DOMAIN alone: the SDK finds the API at https://api.<domain> (the proxy's
+        # listener answers that name).
+        del os.environ["E2B_API_URL"]
+        again = Sandbox.connect(sbx.sandbox_id)
+        out["by_domain"] = [
+            again.connection_config.api_url,
+            again.commands.run("echo by-domain").stdout,
+        ]
     finally:
         sbx.kill()
     print(json.dumps(out))

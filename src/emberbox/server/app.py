@@ -16,6 +16,7 @@ import uvicorn
 
 from ..vocabulary import SERVER_KEEPALIVE_S
 from .api.app import create_api_app
+from .api_host import ApiHostDispatch
 from .auth.store import count_keys, create_key
 from .config import Settings
 from .context import ServerContext
@@ -119,9 +120,10 @@ async def serve(settings: Settings) -> None:
     proxy = SandboxProxy(ctx.resolver, wake=ctx.service.wake)
     ctx.service.quiesce = proxy.close_connections
     drain = Drain()
+    proxy_side = ApiHostDispatch(api, proxy, settings.domain) if settings.domain else proxy
     servers = [
         _Server(_config(drain.wrap(api), settings.host, settings.api_port, tls)),
-        _Server(_config(drain.wrap(proxy), settings.host, settings.proxy_port, tls)),
+        _Server(_config(drain.wrap(proxy_side), settings.host, settings.proxy_port, tls)),
     ]
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[None]] = []
