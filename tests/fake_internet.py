@@ -22,7 +22,6 @@ directly attached networks (which the node refuses by default).
 from __future__ import annotations
 
 import contextlib
-import datetime
 import secrets
 import shutil
 import subprocess
@@ -32,6 +31,8 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.pki import ca_and_certificate
 
 PORT = 8080
 
@@ -89,48 +90,6 @@ for t in (False, True): DNSServer(R(), address=dns_ip, port=53, tcp=t, logger=qu
 threading.Thread(target=tls.serve_forever, daemon=True).start()
 plain.serve_forever()
 """
-
-
-def _ca_and_cert(directory: Path, names: Sequence[str]) -> tuple[Path, Path, Path]:
-    """The fake internet's CA and one certificate for every name it serves."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fake internet CA")])
-    ca = (
-        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )  # fmt: skip
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-        .issuer_name(ca_name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), False)
-        .sign(ca_key, hashes.SHA256())
-    )  # fmt: skip
-    paths = (directory / "ca.pem", directory / "cert.pem", directory / "key.pem")
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return paths
 
 
 @dataclass(frozen=True)
@@ -230,7 +189,7 @@ def fake_internet(
             assert time.monotonic() < deadline, "fake internet server did not start"
             time.sleep(0.05)
         if workdir is not None:
-            _ca, cert, key = _ca_and_cert(workdir, sorted(resolved))
+            _ca, cert, key = ca_and_certificate(workdir, sorted(resolved), "fake internet CA")
             named = subprocess.Popen(
                 ["ip", "netns", "exec", ns, sys.executable, "-c", _NAMED, f"fake internet {tag}",
                  addresses[0], str(workdir / "queries.log"), str(cert), str(key),

@@ -33,6 +33,7 @@ from emberbox.server import tls
 from emberbox.server.config import Settings, TlsSettings
 from emberbox.server.testing import ServerProcess, free_port
 from tests.api.test_npm_sdk import NODE_MODULES
+from tests.pki import ca_and_certificate
 from tests.runtimes.gvisor_support import gvisor_server
 
 DOMAIN = "sandbox.test"
@@ -222,49 +223,9 @@ def test_the_local_ca_is_kept_and_names_only_its_domain(tmp_path: Path) -> None:
     )
 
 
-def _operator_cert(tmp: Path, domain: str) -> tuple[Path, Path, Path]:
-    """An operator's own CA and a wildcard certificate from it (as from their PKI)."""
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "operator CA")])
-    now = datetime.datetime.now(datetime.UTC)
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    leaf = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"*.{domain}")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(f"*.{domain}")]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    paths = (tmp / "op-ca.pem", tmp / "op-cert.pem", tmp / "op-key.pem")
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return paths
-
-
 def test_the_operators_certificate_is_served(tmp_path: Path) -> None:
-    ca, cert, key = _operator_cert(tmp_path, "op.test")
+    # The operator's own CA and a wildcard certificate from it (as from their PKI).
+    ca, cert, key = ca_and_certificate(tmp_path / "operator", ["*.op.test"], "operator CA")
     server = ServerProcess(
         tmp_path / "data",
         env={

@@ -5,18 +5,15 @@ reach only a fake internet this test made (its own DNS and web servers)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from emberbox.server.testing import ServerProcess
+from tests.cli.conftest import Cli
 from tests.fake_internet import FakeInternet, fake_internet
 from tests.runtimes.gvisor_support import gvisor_server
 
-Cli = Callable[..., subprocess.CompletedProcess[str]]
 ALLOWED, OTHER = "allowed.cli.test", "other.cli.test"
 
 
@@ -31,23 +28,6 @@ def server(tmp_path_factory: pytest.TempPathFactory, inet: FakeInternet) -> Iter
     env = {"EMBERBOX_EGRESS_DNS": inet.dns}
     with gvisor_server(tmp_path_factory.mktemp("cli-network"), env) as srv:
         yield srv
-
-
-@pytest.fixture
-def cli(server: ServerProcess) -> Cli:
-    assert server.first_key is not None
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("EMBERBOX_", "E2B_"))},
-        **server.sdk_env(server.first_key),
-    }
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "emberbox.cli", *args],
-            capture_output=True, text=True, timeout=120, env=env,
-        )  # fmt: skip
-
-    return run
 
 
 def _get(cli: Cli, sandbox_id: str, name: str, at: str | None = None) -> str:

@@ -6,19 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
-import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from emberbox import Sandbox
 from emberbox.server.testing import ServerProcess
 from emberbox.templates.store import TemplateStore
-
-Cli = Callable[..., subprocess.CompletedProcess[str]]
+from tests.cli.conftest import Cli
 
 
 @pytest.fixture(scope="module")
@@ -40,23 +37,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         yield srv
     finally:
         srv.stop()
-
-
-@pytest.fixture
-def cli(server: ServerProcess) -> Cli:
-    assert server.first_key is not None
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("EMBERBOX_", "E2B_"))},
-        **server.sdk_env(server.first_key),
-    }
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "emberbox.cli", *args],
-            capture_output=True, text=True, timeout=120, env=env,
-        )  # fmt: skip
-
-    return run
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:
