@@ -15,10 +15,10 @@ from .proxy.routing import hostname
 
 
 class ApiHostDispatch:
-    def __init__(self, api: ASGIApp, proxy: ASGIApp, domain: str) -> None:
+    def __init__(self, api: ASGIApp, proxy: ASGIApp, domain_host: str) -> None:
         self.api = api
         self.proxy = proxy
-        self.api_host = "api." + hostname(domain)
+        self.api_host = "api." + domain_host
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket") and self._for_api(scope):

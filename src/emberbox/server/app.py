@@ -82,7 +82,7 @@ def banner(
             f"  export NODE_EXTRA_CA_CERTS={tls.ca}  # JavaScript; curl --cacert {tls.ca}",
         ]
     if tls is not None:
-        name = settings.sandbox_domain.rsplit(":", 1)[0]
+        name = settings.sandbox_host
         lines.append(
             f"Names under {name} must resolve to this proxy "
             f"(e.g. dnsmasq: address=/{name}/{settings.host})."
@@ -120,7 +120,7 @@ async def serve(settings: Settings) -> None:
     proxy = SandboxProxy(ctx.resolver, wake=ctx.service.wake)
     ctx.service.quiesce = proxy.close_connections
     drain = Drain()
-    proxy_side = ApiHostDispatch(api, proxy, settings.domain) if settings.domain else proxy
+    proxy_side = ApiHostDispatch(api, proxy, settings.sandbox_host) if settings.domain else proxy
     servers = [
         _Server(_config(drain.wrap(api), settings.host, settings.api_port, tls)),
         _Server(_config(drain.wrap(proxy_side), settings.host, settings.proxy_port, tls)),

@@ -159,6 +159,13 @@ class Settings:
         """Domain for ``get_host``; by default the proxy itself, which *.localhost resolves to."""
         return self.domain or f"localhost:{self.proxy_port}"
 
+    @property
+    def sandbox_host(self) -> str:
+        """:attr:`sandbox_domain` without its port: the name certificates and resolvers see."""
+        from .proxy.routing import hostname
+
+        return hostname(self.sandbox_domain)
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         e = os.environ if env is None else env

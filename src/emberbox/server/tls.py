@@ -106,7 +106,7 @@ class _Names:
 def _names(settings: Settings) -> _Names:
     """The names the local certificate covers: the domain, its subdomains, and loopback."""
     assert settings.domain
-    domain = settings.domain.rsplit(":", 1)[0].lower()
+    domain = settings.sandbox_host
     ips: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [
         ipaddress.ip_address("127.0.0.1"),
         ipaddress.ip_address("::1"),
