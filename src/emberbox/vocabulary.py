@@ -63,6 +63,15 @@ def new_volume_id() -> str:
     return "vol" + new_sandbox_id()
 
 
+SECRET_ID_PREFIX = "sec_"
+"""Secret ids start with it, and secret names may not (E2B reserves it): a secret is named by
+its id or its name wherever one is asked for."""
+
+
+def new_secret_id() -> str:
+    return SECRET_ID_PREFIX + new_sandbox_id()
+
+
 def is_volume_id(value: str) -> bool:
     return VOLUME_ID_RE.fullmatch(value) is not None
 

@@ -269,9 +269,6 @@ def test_bad_idempotency_key(api: httpx.Client, unchanged: None) -> None:
     ("method", "path"),
     [
         ("POST", "/sandboxes/{sid}/refreshes"),
-        ("GET", "/secrets"),
-        ("POST", "/secrets"),
-        ("DELETE", "/secrets/{sid}"),
         ("GET", "/v2/sandboxes/{sid}/logs"),
         ("GET", "/sandboxes/metrics"),
     ],

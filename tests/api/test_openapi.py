@@ -60,6 +60,12 @@ PROTOCOL_OPERATIONS = {
     ("delete", "/volumecontent/{volume_id}/path"),
     ("get", "/volumecontent/{volume_id}/file"),
     ("put", "/volumecontent/{volume_id}/file"),
+    # secrets (server/api/secrets.py)
+    ("post", "/secrets"),
+    ("get", "/secrets"),
+    ("get", "/secrets/{secret}"),
+    ("post", "/secrets/{secret}"),
+    ("delete", "/secrets/{secret}"),
 }
 
 

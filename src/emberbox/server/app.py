@@ -116,7 +116,9 @@ async def serve(settings: Settings) -> None:
     first_key = None
     if await count_keys(ctx.sessions) == 0:
         first_key = (await create_key(ctx.sessions, "default", "first start")).key
-    api = create_api_app(settings, ctx.service, ctx.authenticate, ctx.templates, ctx.volumes)
+    api = create_api_app(
+        settings, ctx.service, ctx.authenticate, ctx.templates, ctx.volumes, ctx.secrets
+    )
     proxy = SandboxProxy(ctx.resolver, wake=ctx.service.wake)
     ctx.service.quiesce = proxy.close_connections
     drain = Drain()

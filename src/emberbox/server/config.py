@@ -42,6 +42,7 @@ class Limits:
     max_body_bytes: int = 1 << 20
     max_snapshot_bytes: int = 50 << 30  # disk all of one team's snapshots may take (0: any)
     max_volumes: int = 20  # volumes per team
+    max_secrets: int = 100  # secrets per team
     volume_mb: int = 1024  # each volume's size (a sparse filesystem: blocks used when written)
 
 
@@ -108,6 +109,10 @@ class Settings:
     * runsc - the runsc binary (``EMBERBOX_RUNSC``); default: the one on PATH.
     * egress_dns - the resolvers the node's egress gateway asks for sandboxes with domain rules
       (``EMBERBOX_EGRESS_DNS``, comma-separated IPv4 addresses; default: the host's).
+    * secrets_key - the key that seals secret values at rest (``EMBERBOX_SECRETS_KEY``, 32
+      bytes URL-safe base64); default: ``<data_dir>/secrets.key``, made on first start.
+    * egress_ca - extra CA certificates (PEM file) the egress gateway trusts when it opens
+      HTTPS to a domain with header rules (``EMBERBOX_EGRESS_CA``); the system's are trusted.
     * template_snapshots - gVisor creates restore a snapshot of their template taken once
       (``EMBERBOX_TEMPLATE_SNAPSHOTS``, default on; ``0`` boots every sandbox).
     """
@@ -129,6 +134,8 @@ class Settings:
     runsc: str = ""
     template_snapshots: bool = True
     egress_dns: tuple[str, ...] = ()
+    egress_ca: str = ""
+    secrets_key: str = field(default="", repr=False)
     reap_interval_s: float = 0.2
     shutdown_grace_s: float = 10.0
     reconcile_interval_s: float = 2.0
@@ -189,6 +196,7 @@ class Settings:
             max_body_bytes=whole("EMBERBOX_MAX_BODY_BYTES", 1 << 20),
             max_snapshot_bytes=whole("EMBERBOX_MAX_SNAPSHOT_BYTES_PER_TEAM", 50 << 30),
             max_volumes=whole("EMBERBOX_MAX_VOLUMES_PER_TEAM", 20),
+            max_secrets=whole("EMBERBOX_MAX_SECRETS_PER_TEAM", Limits.max_secrets),
             volume_mb=whole("EMBERBOX_VOLUME_SIZE_MB", 1024),
         )
         default_cap = Capacity()
@@ -222,6 +230,8 @@ class Settings:
             egress_dns=tuple(
                 a.strip() for a in e.get("EMBERBOX_EGRESS_DNS", "").split(",") if a.strip()
             ),
+            egress_ca=e.get("EMBERBOX_EGRESS_CA", ""),
+            secrets_key=e.get("EMBERBOX_SECRETS_KEY", ""),
             reap_interval_s=num("EMBERBOX_REAP_INTERVAL_S", 0.2),
             shutdown_grace_s=num("EMBERBOX_SHUTDOWN_GRACE_S", 10.0),
             reconcile_interval_s=num("EMBERBOX_RECONCILE_INTERVAL_S", 2.0),

@@ -21,6 +21,8 @@ from .lifecycle.service import NodeFacts, SandboxService
 from .lifecycle.templates import StaticTemplates, StoreTemplates, TemplateCatalog
 from .limits.scheduler import ResourceScheduler
 from .proxy.resolver import SandboxResolver
+from .secrets.cipher import SecretCipher, load_key
+from .secrets.service import SecretService
 from .volumes.open import open_volume_service
 from .volumes.service import VolumeService
 
@@ -62,6 +64,7 @@ class ServerContext:
     locks: list[InstanceLock]
     templates: TemplateService
     volumes: VolumeService
+    secrets: SecretService
 
     @classmethod
     async def open(cls, settings: Settings) -> ServerContext:
@@ -92,6 +95,8 @@ class ServerContext:
         await team_templates.recover()
         volumes = open_volume_service(settings, sessions, node)
         await volumes.open()
+        cipher = SecretCipher(load_key(settings.data_dir, settings.secrets_key))
+        team_secrets = SecretService(sessions, cipher, settings.limits.max_secrets)
         service = SandboxService(
             sessions,
             node,
@@ -102,6 +107,7 @@ class ServerContext:
             on_gone=resolver.forget,
             team_templates=team_templates.resolve,
             volumes=volumes,
+            secret_service=team_secrets,
         )
         reaper = Reaper(
             service,
@@ -110,7 +116,7 @@ class ServerContext:
         )
         await reaper.recover()
         return cls(settings, engine, sessions, node, service, resolver, reaper, locks,
-                   team_templates, volumes)  # fmt: skip
+                   team_templates, volumes, team_secrets)  # fmt: skip
 
     async def authenticate(self, key: str) -> Principal | None:
         return await authenticate(self.sessions, key)

@@ -18,12 +18,14 @@ from ..lifecycle.network import NetworkService
 from ..lifecycle.service import SandboxService
 from ..lifecycle.snapshots import SnapshotService
 from ..limits.ratelimit import RateLimitMiddleware, TokenBuckets
+from ..secrets.service import SecretService
 from ..volumes.service import VolumeService
 from .body_limit import BodyLimitMiddleware
 from .errors import install_error_handlers
 from .models import Health
 from .network import router as network_router
 from .routes import router
+from .secrets import router as secrets_router
 from .snapshots import router as snapshots_router
 from .templates import router as templates_router
 from .templates import upload_app
@@ -61,6 +63,7 @@ def create_api_app(
     authenticate: Authenticator,
     templates: TemplateService,
     volumes: VolumeService,
+    secrets: SecretService,
 ) -> FastAPI:
     app = FastAPI(
         title="Emberbox API",
@@ -85,6 +88,8 @@ def create_api_app(
         settings.limits.bad_key_rate_per_s, settings.limits.bad_key_burst
     )
     app.include_router(volumes_router)
+    app.state.secrets = secrets
+    app.include_router(secrets_router)
     app.mount(UPLOAD_PREFIX.rstrip("/"), upload_app(templates.uploads))
 
     @app.get("/health", response_model=Health, tags=["health"], summary="API liveness")

@@ -25,9 +25,6 @@ _MISSING = [
     ("GET", "/templates/{template_id}/tags/groups", "tag groups", "a later release"),
     ("GET", "/templates/{template_id}/tags/{tag}/assignments", "tag history", "a later release"),
     ("GET", "/default-templates", "default templates", "a later release"),
-    *[(m, path, "secrets (egress credential brokering)", "the egress gateway")
-      for m, path in (("GET", "/secrets"), ("POST", "/secrets"), ("GET", "/secrets/{secret_id}"),
-                      ("POST", "/secrets/{secret_id}"), ("DELETE", "/secrets/{secret_id}"))],
 ]  # fmt: skip
 
 

@@ -13,6 +13,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -201,3 +202,32 @@ class SandboxVolume(Base):
     volume_id: Mapped[str] = mapped_column(ForeignKey("volumes.id", ondelete="CASCADE"))
     path: Mapped[str] = mapped_column(String(1024))
     volume: Mapped[Volume | None] = relationship(lazy="selectin", viewonly=True)
+
+
+class Secret(Base):
+    """A team's named secret (E2B's ``/secrets``): metadata here, each value a
+    :class:`SecretVersion`, sealed under the server key (``server/secrets``)."""
+
+    __tablename__ = "secrets"
+    __table_args__ = (UniqueConstraint("team_id", "name", name="uq_secrets_team_name"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    team_id: Mapped[str] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(128))
+    current_version: Mapped[int] = mapped_column(Integer)
+    metadata_json: Mapped[str] = mapped_column(Text, default="{}")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class SecretVersion(Base):
+    """One value of a secret, encrypted (nonce + AES-GCM ciphertext); never stored in clear."""
+
+    __tablename__ = "secret_versions"
+
+    secret_id: Mapped[str] = mapped_column(
+        ForeignKey("secrets.id", ondelete="CASCADE"), primary_key=True
+    )
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -51,6 +51,7 @@ from .states import COUNTS_TOWARD_QUOTA, HOLDS_RESOURCES, VISIBLE, EndReason, St
 from .templates import TeamTemplates, TemplateCatalog, TemplateInfo
 
 if TYPE_CHECKING:
+    from ..secrets.service import SecretService
     from ..volumes.service import VolumeService
 
 log = logging.getLogger("emberbox.lifecycle")
@@ -128,6 +129,7 @@ class SandboxService:
         quiesce: Callable[[str], Awaitable[None]] | None = None,
         team_templates: TeamTemplates | None = None,
         volumes: VolumeService | None = None,
+        secret_service: SecretService | None = None,
     ) -> None:
         self.sessions = sessions
         self.node = node
@@ -142,6 +144,7 @@ class SandboxService:
         # Templates teams built through the API (server/builds), looked up before built-ins.
         self.team_templates = team_templates
         self.volumes = volumes  # None: this deployment serves no volumes
+        self.secret_service = secret_service  # None: header rules cannot name secrets
         self._admission = asyncio.Lock()
         # One resume per paused sandbox, however many requests arrive to wake it (see wake).
         self._waking: dict[str, asyncio.Task[bool]] = {}
