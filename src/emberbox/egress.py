@@ -17,6 +17,11 @@ firewall (``host/network.py``), which enforces the same order in nftables:
    refused: "internet access" means the public internet, never the cloud metadata service,
    the host's LAN or other private networks;
 6. everything else passes.
+
+Header rules (E2B's ``rules``, :func:`parse_header_rules`) allow nothing by themselves: a
+sandbox that has them sends *all* its new port 80/443 connections to the gateway, which
+intercepts those whose name has a rule (when rules 1-6 or a domain entry let them through)
+and splices the rest by the same rules.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 IPv4Network = ipaddress.IPv4Network
 
@@ -74,14 +79,49 @@ class UnsupportedRule(ValueError):
 DOMAIN_PORTS = (80, 443)
 
 
+# Header rules (E2B's ``network.rules``): how many domains, headers per domain, and bytes of
+# names and values in all; more is refused (400).
+MAX_RULE_DOMAINS = 64
+MAX_RULE_HEADERS = 32
+MAX_RULE_BYTES = 64 * 1024
+# Headers a rule may not set: they frame the message or route it, and are the gateway's own.
+FRAMING_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection",
+                             "upgrade", "te", "trailer", "keep-alive", "expect",
+                             "proxy-connection", "http2-settings"})  # fmt: skip
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 field-name
+_BAD_VALUE = re.compile(r"[\r\n\x00]")
+
+
+@dataclass(frozen=True)
+class HeaderRule:
+    """E2B's per-domain ``transform``: headers set (added, or replacing one of the same name,
+    any case) on every HTTP request to a name matching ``domain``, which the egress gateway
+    then reads and re-encrypts. ``headers`` None: the node lost their values (it restarted;
+    the control plane sends them again) and refuses such requests meanwhile."""
+
+    domain: str
+    headers: tuple[tuple[str, str], ...] | None = field(default=(), repr=False)
+
+    def matches(self, name: str | None) -> bool:
+        return name_allowed((self.domain,), name)
+
+
 @dataclass(frozen=True)
 class EgressRules:
     """Collapsed IPv4 networks; ``deny`` already holds ``0.0.0.0/0`` when internet is off.
-    ``domains`` are allowOut's names, lower-case (``*.`` kept for wildcards)."""
+    ``domains`` are allowOut's names, lower-case (``*.`` kept for wildcards); ``rewrites``
+    the header rules (they allow nothing by themselves)."""
 
     allow: tuple[IPv4Network, ...] = ()
     deny: tuple[IPv4Network, ...] = ()
     domains: tuple[str, ...] = ()
+    rewrites: tuple[HeaderRule, ...] = ()
+
+    def rewrite_for(self, name: str | None) -> HeaderRule | None:
+        """The rule for ``name``: one naming it exactly before a wildcard one."""
+        matching = [r for r in self.rewrites if r.matches(name)]
+        matching.sort(key=lambda r: r.domain.startswith("*."))
+        return matching[0] if matching else None
 
 
 class _Domain(str):
@@ -144,8 +184,77 @@ def _collapse(nets: Iterable[IPv4Network]) -> tuple[IPv4Network, ...]:
     return tuple(ipaddress.collapse_addresses(nets))
 
 
+def parse_header_rules(raw: object) -> tuple[HeaderRule, ...]:
+    """E2B's ``rules`` (``{domain: [{"transform": {"headers": {name: value}}}, ...]}``)
+    checked, one :class:`HeaderRule` per domain (a later rule's header wins over an earlier
+    one's). Values are kept as given: ``${e2b.secrets.<name>}`` placeholders are the control
+    plane's to resolve. An address or CIDR key, or a transform other than ``headers``, is
+    :class:`UnsupportedRule`; anything malformed or too large :class:`InvalidRules`."""
+    if raw in (None, {}):
+        return ()
+    if not isinstance(raw, dict):
+        raise InvalidRules("rules must map domains to lists of rules")
+    if len(raw) > MAX_RULE_DOMAINS:
+        raise InvalidRules(f"rules name {len(raw)} domains; at most {MAX_RULE_DOMAINS} allowed")
+    out: list[HeaderRule] = []
+    size = 0
+    for key, entries in raw.items():
+        entry = _entry(key, "rules") if isinstance(key, str) else None
+        if not isinstance(entry, _Domain):
+            raise UnsupportedRule(
+                f"rules: '{key}' is not a domain; header rules apply to domains only"
+            )
+        if not isinstance(entries, list):
+            raise InvalidRules(f"rules['{key}'] must be a list of rules")
+        headers: dict[str, tuple[str, str]] = {}
+        for rule in entries:
+            for name, value in _rule_headers(str(key), rule):
+                headers[name.lower()] = (name, value)
+                size += len(name.encode()) + len(value.encode())
+        if len(headers) > MAX_RULE_HEADERS:
+            raise InvalidRules(f"rules['{key}'] sets {len(headers)} headers; at most "
+                               f"{MAX_RULE_HEADERS} allowed")  # fmt: skip
+        out.append(HeaderRule(str(entry), tuple(headers.values())))
+    if size > MAX_RULE_BYTES:
+        raise InvalidRules(f"rules hold {size} bytes of headers; at most {MAX_RULE_BYTES}")
+    return tuple(out)
+
+
+def _rule_headers(domain: str, rule: object) -> list[tuple[str, str]]:
+    if not isinstance(rule, dict):
+        raise InvalidRules(f"rules['{domain}']: every rule is an object")
+    unknown = sorted(set(rule) - {"transform"})
+    if unknown:
+        raise UnsupportedRule(f"rules['{domain}']: {', '.join(unknown)} not supported")
+    transform = rule.get("transform") or {}
+    if not isinstance(transform, dict):
+        raise InvalidRules(f"rules['{domain}'].transform must be an object")
+    unknown = sorted(set(transform) - {"headers"})
+    if unknown:
+        raise UnsupportedRule(
+            f"rules['{domain}'].transform: {', '.join(unknown)} not supported (only headers)"
+        )
+    headers = transform.get("headers") or {}
+    if not isinstance(headers, dict):
+        raise InvalidRules(f"rules['{domain}'].transform.headers must map names to values")
+    for name, value in headers.items():
+        if not _TOKEN.match(name):
+            raise InvalidRules(f"rules['{domain}']: '{name}' is not a header name")
+        if name.lower() in FRAMING_HEADERS or name.lower().startswith("proxy-"):
+            raise InvalidRules(f"rules['{domain}']: the {name} header cannot be set")
+        if not isinstance(value, str) or _BAD_VALUE.search(value):
+            raise InvalidRules(
+                f"rules['{domain}']: the {name} header's value must be a string without CR, "
+                "LF or NUL"
+            )
+    return list(headers.items())
+
+
 def rules_for(
-    allow_out: Sequence[str], deny_out: Sequence[str], allow_internet: bool = True
+    allow_out: Sequence[str],
+    deny_out: Sequence[str],
+    allow_internet: bool = True,
+    rewrites: Sequence[HeaderRule] = (),
 ) -> EgressRules:
     """The enforcing view of a policy: IPv4 networks (overlaps merged) and domain names."""
     allow: list[IPv4Network] = []
@@ -159,7 +268,7 @@ def rules_for(
     deny = [n for n in (_entry(e, "denyOut") for e in deny_out) if isinstance(n, IPv4Network)]
     if not allow_internet:
         deny.append(ALL_IPV4)
-    return EgressRules(_collapse(allow), _collapse(deny), tuple(domains))
+    return EgressRules(_collapse(allow), _collapse(deny), tuple(domains), tuple(rewrites))
 
 
 def name_allowed(domains: Sequence[str], name: str | None) -> bool:

@@ -10,6 +10,7 @@ from emberbox.egress import (
     UnsupportedRule,
     gateway_reaches,
     name_allowed,
+    parse_header_rules,
     parse_list,
     reaches,
     rules_for,
@@ -110,3 +111,44 @@ def test_a_matched_name_still_never_opens_an_internal_address() -> None:
     assert not gateway_reaches(closed, "10.1.2.3")
     opened = rules_for(("example.com", "10.1.0.0/16"), ("0.0.0.0/0",))
     assert gateway_reaches(opened, "10.1.2.3")  # unless allowOut names it
+
+
+def test_header_rules_merge_per_domain_and_prefer_exact_names() -> None:
+    rules = parse_header_rules(
+        {
+            "*.example.com": [{"transform": {"headers": {"X-Wild": "1"}}}],
+            "API.example.com.": [
+                {"transform": {"headers": {"Authorization": "a", "X-One": "1"}}},
+                {"transform": {"headers": {"authorization": "b"}}},  # a later rule wins
+                {},
+            ],
+        }
+    )
+    by_domain = {r.domain: r.headers for r in rules}
+    assert by_domain["api.example.com"] == (("authorization", "b"), ("X-One", "1"))
+    egress = rules_for(["api.example.com"], [], rewrites=rules)
+    assert egress.rewrite_for("api.example.com") == rules[1]
+    assert egress.rewrite_for("other.example.com") == rules[0]
+    assert egress.rewrite_for("example.com") is None
+    assert egress.rewrite_for(None) is None
+    assert "authorization" not in repr(rules)  # values stay out of logs and tracebacks
+
+
+@pytest.mark.parametrize(
+    ("raw", "error"),
+    [
+        ([], InvalidRules),
+        ({"a.test": {}}, InvalidRules),
+        ({"a.test": [{"transform": {"headers": {"Content-Length": "1"}}}]}, InvalidRules),
+        ({"a.test": [{"transform": {"headers": {"Proxy-Authorization": "1"}}}]}, InvalidRules),
+        ({"a.test": [{"transform": {"headers": {"X": "a\r\nB: c"}}}]}, InvalidRules),
+        ({"a.test": [{"transform": {"headers": {"X": 1}}}]}, InvalidRules),
+        ({f"d{i}.test": [] for i in range(65)}, InvalidRules),
+        ({"a.test": [{"transform": {"headers": {"X": "v" * 70000}}}]}, InvalidRules),
+        ({"1.2.3.4": []}, UnsupportedRule),
+        ({"a.test": [{"match": "x"}]}, UnsupportedRule),
+    ],
+)
+def test_bad_header_rules(raw: object, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        parse_header_rules(raw)

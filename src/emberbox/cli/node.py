@@ -58,6 +58,7 @@ def node(log_level: Annotated[str, typer.Option(help="log level")] = "info") -> 
                 settings.template_snapshots,
                 settings.warm_pool,
                 settings.egress_dns,
+                settings.egress_ca,
             )
         )
     finally:

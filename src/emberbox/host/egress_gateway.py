@@ -20,9 +20,17 @@ refuse, and all of that sandbox's DNS (TCP and UDP 53). Here:
   unless the sandbox's rules let it reach the internet anyway (anything short of denying
   0.0.0.0/0: then everything is forwarded).
 
-A connection whose source is not a sandbox with domain entries is closed unread. Each sandbox
-may hold :data:`MAX_PER_SANDBOX` connections, spliced ones idle for :data:`IDLE_S` are closed,
-and a killed sandbox's are closed with it (``forget``).
+* **Header rules** (``EgressRules.rewrites``): a connection whose name has a rule is
+  intercepted: TLS toward the sandbox is completed with a certificate for the name from the
+  node's egress CA (``certificates.py``; the sandbox trusts it), every HTTP/1 request read by
+  ``h11`` gets the rule's headers, and goes over a TLS connection of the gateway's own,
+  verified, to an address the node resolves for the name. A sandbox with rules has all its
+  port 80/443 connections sent here; those without a ruled name are judged as above, or
+  spliced to their own address when its IP rules allow it.
+
+A connection whose source is not a sandbox with domain entries or rules is closed unread.
+Each sandbox may hold :data:`MAX_PER_SANDBOX` connections, spliced ones idle for
+:data:`IDLE_S` are closed, and a killed sandbox's are closed with it (``forget``).
 """
 
 from __future__ import annotations
@@ -46,10 +54,13 @@ from ..egress import (
     ALL_IPV4,
     INTERNAL_RANGES,
     EgressRules,
+    HeaderRule,
     IPv4Network,
     gateway_reaches,
     name_allowed,
+    reaches,
 )
+from .certificates import EgressCa
 
 log = logging.getLogger(__name__)
 
@@ -275,10 +286,15 @@ class EgressGateway:
         lookup: Lookup,
         upstream: Sequence[str],
         internal: Sequence[IPv4Network] = INTERNAL_RANGES,
+        ca: EgressCa | None = None,
+        trust: str = "",
     ) -> None:
         self.lookup = lookup
         self.upstream = tuple(upstream)
         self.internal = tuple(internal)
+        self.ca = ca  # signs the names it intercepts (header rules); None: it intercepts none
+        self.trust = trust  # extra CAs (PEM file) for the servers it re-encrypts to
+        self._upstream_tls: ssl.SSLContext | None = None
         self._tcp: asyncio.Server | None = None
         self._dns: asyncio.DatagramTransport | None = None
         self._dns_tcp: asyncio.Server | None = None
@@ -455,15 +471,33 @@ class EgressGateway:
         upstream: asyncio.StreamWriter | None = None
         peer = writer.get_extra_info("peername")[0]
         rules = self.lookup(peer)
-        if rules is None or not rules.domains or not self._admit(peer, writer):
+        judged = rules is not None and (rules.domains or rules.rewrites)
+        if rules is None or not judged or not self._admit(peer, writer):
             writer.close()
             return
         try:
             address, port = original_destination(writer.get_extra_info("socket"))
             seen, name, requests = await asyncio.wait_for(_read_name(reader, port), NAME_TIMEOUT_S)
             pipelined = requests.first[1:] if requests is not None else []
-            allowed = all(name_allowed(rules.domains, n) for n in [name, *pipelined])
-            target = await self._target(rules, name, address) if allowed else None
+            by_name = all(name_allowed(rules.domains, n) for n in [name, *pipelined])
+            # Only a sandbox with header rules has connections its IP rules allow sent here.
+            by_address = reaches(rules, address, internal=self.internal)
+            rule = rules.rewrite_for(name) if self.ca is not None else None
+            if rule is not None and name is not None and (by_name or by_address):
+                target = await self._target(rules, name, address, by_name)
+                if target is None or rule.headers is None:
+                    log.info("egress refused: %s -> %s:%d (name %r: %s)", peer, address, port,
+                             name, "no usable address" if target is None else
+                             "its header rules were lost with a node restart")  # fmt: skip
+                    _reset(writer)
+                    return
+                log.info("egress rewritten: %s -> %s (%s:%d)", peer, name, target, port)
+                await self._intercept(reader, writer, seen, name, target, port, rules)
+                return
+            if by_name:
+                target = await self._target(rules, name, address)
+            else:
+                target, requests = (address if by_address else None), None
             if target is None:
                 log.info("egress refused: %s -> %s:%d (name %r)", peer, address, port, name)
                 _reset(writer)
@@ -475,7 +509,7 @@ class EgressGateway:
             upstream = up_writer
             up_writer.write(seen)
             await self._splice(reader, writer, up_reader, up_writer, requests, rules)
-        except (TimeoutError, OSError, ConnectionError, _Refused) as exc:
+        except (TimeoutError, OSError, ConnectionError, _Refused, h11.ProtocolError) as exc:
             log.debug("egress connection of %s ended: %r", peer, exc)
             _reset(writer)
         finally:
@@ -483,6 +517,39 @@ class EgressGateway:
             for w in (upstream, writer):
                 if w is not None:
                     w.close()
+
+    async def _intercept(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        seen: bytes,
+        name: str,
+        target: str,
+        port: int,
+        rules: EgressRules,
+    ) -> None:
+        """Terminate the sandbox's TLS with a certificate for ``name`` from the node's CA
+        (plain HTTP on port 80 needs none), open a verified TLS connection of our own to
+        ``name`` at ``target``, and relay requests with the rule's headers set."""
+        assert self.ca is not None
+        sandbox: _Stream
+        if port == 80:
+            sandbox, first = _Plain(reader, writer), seen
+        else:
+            tls = _TlsServer(self.ca.server_context(name), reader, writer)
+            await asyncio.wait_for(tls.handshake(seen), NAME_TIMEOUT_S)
+            sandbox, first = tls, b""
+        context = self._client_context() if port != 80 else None
+        up_reader, up_writer = await asyncio.wait_for(
+            asyncio.open_connection(
+                target, port, ssl=context, server_hostname=name if context else None, limit=CHUNK
+            ),
+            CONNECT_TIMEOUT_S,
+        )
+        try:
+            await _relay_rewritten(sandbox, _Plain(up_reader, up_writer), first, name, rules)
+        finally:
+            up_writer.close()
 
     async def _splice(
         self,
@@ -518,14 +585,170 @@ class EgressGateway:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await both
 
-    async def _target(self, rules: EgressRules, name: str | None, address: str) -> str | None:
+    def _client_context(self) -> ssl.SSLContext:
+        """How the gateway verifies the servers it re-encrypts to: the system's roots and
+        ``trust``. Made once: loading the roots costs tens of milliseconds."""
+        if self._upstream_tls is None:
+            context = ssl.create_default_context(cafile=self.trust or None)
+            if self.trust:  # the system's roots as well as the operator's
+                context.load_default_certs()
+            context.set_alpn_protocols(["http/1.1"])
+            self._upstream_tls = context
+        return self._upstream_tls
+
+    async def _target(
+        self, rules: EgressRules, name: str | None, address: str, by_name: bool = True
+    ) -> str | None:
+        """Where a connection for ``name`` goes: an address the node resolves for it (the
+        sandbox's own choice when it is one of them), which the name's allowOut entry may
+        open (``by_name``) or else the IP rules must allow; None when there is none."""
         assert name is not None
-        usable = [
-            a for a in await self.resolve(name) if gateway_reaches(rules, a, internal=self.internal)
-        ]
+        opens = gateway_reaches if by_name else reaches
+        usable = [a for a in await self.resolve(name) if opens(rules, a, internal=self.internal)]
         if not usable:
             return None
         return address if address in usable else usable[0]
+
+
+class _Stream:
+    """Bytes to and from one side of an intercepted connection (``recv`` b"": closed)."""
+
+    async def recv(self) -> bytes:
+        raise NotImplementedError
+
+    async def send(self, data: bytes) -> None:
+        raise NotImplementedError
+
+
+class _Plain(_Stream):
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    async def recv(self) -> bytes:
+        return await self.reader.read(CHUNK)
+
+    async def send(self, data: bytes) -> None:
+        if data:
+            self.writer.write(data)
+            await self.writer.drain()
+
+
+class _TlsServer(_Stream):
+    """TLS toward the sandbox, over a ClientHello already read: OpenSSL does the protocol
+    (an ``SSLObject`` on memory BIOs); this only carries its bytes to and from the socket."""
+
+    def __init__(
+        self, context: ssl.SSLContext, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self._tls = context.wrap_bio(self._in, self._out, server_side=True)
+        self.reader, self.writer = reader, writer
+
+    async def _flush(self) -> None:
+        data = self._out.read()
+        if data:
+            self.writer.write(data)
+            await self.writer.drain()
+
+    async def _fill(self) -> None:
+        data = await self.reader.read(CHUNK)
+        if data:
+            self._in.write(data)
+        else:
+            self._in.write_eof()
+
+    async def handshake(self, first: bytes) -> None:
+        self._in.write(first)
+        while True:
+            try:
+                self._tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                await self._flush()
+                await self._fill()
+        await self._flush()
+
+    async def recv(self) -> bytes:
+        while True:
+            try:
+                return self._tls.read(CHUNK)
+            except ssl.SSLWantReadError:
+                await self._flush()
+                await self._fill()
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                return b""
+
+    async def send(self, data: bytes) -> None:
+        self._tls.write(data)
+        await self._flush()
+
+
+async def _next(conn: h11.Connection, stream: _Stream) -> Any:
+    """The next h11 event of ``conn``, reading from ``stream`` as it needs (idle: closed)."""
+    while True:
+        event = conn.next_event()
+        if event is not h11.NEED_DATA:
+            return event
+        conn.receive_data(await asyncio.wait_for(stream.recv(), IDLE_S))
+
+
+def _rewritten(request: h11.Request, rule: HeaderRule) -> h11.Request:
+    assert rule.headers is not None
+    replaced = {n.lower().encode() for n, _v in rule.headers}
+    headers = [(k, v) for k, v in request.headers if k.lower() not in replaced]
+    headers += [(n.encode(), v.encode()) for n, v in rule.headers]
+    return h11.Request(method=request.method, target=request.target, headers=headers,
+                       http_version=request.http_version)  # fmt: skip
+
+
+async def _relay_rewritten(
+    sandbox: _Stream, upstream: _Stream, first: bytes, name: str, rules: EgressRules
+) -> None:
+    """Relay HTTP/1 exchanges one at a time (h11 on both sides), each request getting the
+    headers of the rule for ``name``; a request for another host ends the connection (the
+    upstream is ``name``'s). Bodies stream through; after a ``101`` the bytes are copied."""
+    inbound = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HELLO)
+    outbound = h11.Connection(h11.CLIENT)
+    if first:  # (h11 takes b"" for the end of the stream)
+        inbound.receive_data(first)
+    while True:
+        request = await _next(inbound, sandbox)
+        if isinstance(request, h11.ConnectionClosed):
+            return
+        host = _host(request) if isinstance(request, h11.Request) else None
+        rule = rules.rewrite_for(host)
+        if host is None or host.lower().rstrip(".") != name or rule is None:
+            raise _Refused(f"a request for {host!r} on a connection to {name}")
+        await upstream.send(outbound.send(_rewritten(request, rule)))
+        while not isinstance(event := await _next(inbound, sandbox), h11.EndOfMessage):
+            if not isinstance(event, h11.Data):
+                raise _Refused("the request ended early")
+            await upstream.send(outbound.send(event))
+        await upstream.send(outbound.send(event))
+        while True:
+            event = await _next(outbound, upstream)
+            if isinstance(event, h11.ConnectionClosed):
+                raise _Refused("the server closed before it answered")
+            await sandbox.send(inbound.send(event) or b"")
+            if isinstance(event, h11.InformationalResponse) and event.status_code == 101:
+                await upstream.send(inbound.trailing_data[0])
+                await sandbox.send(outbound.trailing_data[0])
+                await _copy_both(sandbox, upstream)
+                return
+            if isinstance(event, h11.EndOfMessage):
+                break
+        if h11.MUST_CLOSE in (inbound.our_state, outbound.their_state, inbound.their_state):
+            return
+        inbound.start_next_cycle()
+        outbound.start_next_cycle()
+
+
+async def _copy_both(a: _Stream, b: _Stream) -> None:
+    async def copy(src: _Stream, dst: _Stream) -> None:
+        while data := await asyncio.wait_for(src.recv(), IDLE_S):
+            await dst.send(data)
+
+    await asyncio.gather(copy(a, b), copy(b, a))
 
 
 def _raise_open_files_limit() -> None:

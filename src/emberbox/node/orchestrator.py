@@ -23,6 +23,7 @@ from pathlib import Path
 
 import httpx
 
+from ..envd_client.client import EnvdClient
 from ..envd_client.handshake import (
     HandshakeFailed,
     handshake,
@@ -33,6 +34,7 @@ from ..envd_client.handshake import (
 from ..host import commands, processes
 from ..host.locks import KeyedLock
 from ..runtimes.base import (
+    CapabilityMissing,
     Runtime,
     RuntimeSandbox,
     SandboxGone,
@@ -47,6 +49,11 @@ from .records import RecordStore, SandboxRecord
 
 log = logging.getLogger("emberbox.node")
 
+# Where a sandbox with header rules gets the egress gateway's CA: Debian's system bundle, the
+# one OpenSSL (curl, Python's ssl, git) reads, and the file beside it that names our CA.
+EGRESS_BUNDLE_DIR = "/etc/ssl/certs"
+EGRESS_BUNDLE = f"{EGRESS_BUNDLE_DIR}/ca-certificates.crt"
+EGRESS_CA_PATH = "/usr/local/share/ca-certificates/emberbox-egress.crt"
 ENDED_KEPT = 10_000  # how many end reasons the node remembers for the control plane
 
 
@@ -182,6 +189,8 @@ class Orchestrator:
             try:
                 sandbox = await self.runtime.create(spec)
                 version = await self._handshake(sandbox, access_token, previous_token)
+                if spec.network.rewrites:
+                    await self._install_egress_ca(sandbox.envd_url, access_token)
             except BaseException:
                 await self._release_locked(spec.sandbox_id, "create failed")
                 raise
@@ -282,6 +291,34 @@ class Orchestrator:
         except HandshakeFailed as exc:
             tail = await self.runtime.boot_log(sandbox.sandbox_id)
             raise BootFailed(f"sandbox {sandbox.sandbox_id}: {exc}\n{tail}".rstrip()) from None
+
+    async def trust_egress_ca(self, sandbox_id: str, access_token: str) -> None:
+        """Make a running sandbox trust the egress gateway's CA (header rules are coming)."""
+        record = self._held.get(sandbox_id)
+        if record is None:
+            raise SandboxNotFound(sandbox_id)
+        if record.state != "running":
+            raise CapabilityMissing(
+                f"sandbox {sandbox_id} is {record.state}: header rules are added while it runs"
+            )
+        await self._install_egress_ca(record.envd_url, access_token)
+
+    async def _install_egress_ca(self, envd_url: str, access_token: str) -> None:
+        """Add the gateway's CA to the guest's system trust store (the bundle OpenSSL, curl
+        and Python's ``ssl`` read), once; a failure fails the create or the update."""
+        assert self._http is not None, "node not started"
+        pem = self.runtime.egress_ca()
+        envd = EnvdClient(envd_url, access_token, http=self._http)
+        await envd.write_file(EGRESS_CA_PATH, pem, user="root")
+        first_line = pem.decode().splitlines()[1]
+        result = await envd.run(
+            f"mkdir -p {EGRESS_BUNDLE_DIR} && touch {EGRESS_BUNDLE} && "
+            f"(grep -qxF '{first_line}' {EGRESS_BUNDLE} || "
+            f"cat {EGRESS_CA_PATH} >> {EGRESS_BUNDLE})",
+            user="root",
+        )
+        if result.exit_code != 0:
+            raise BootFailed(f"could not install the egress CA: {result.text}")
 
     async def kill(self, sandbox_id: str) -> bool:
         """Release the sandbox; False when this node held nothing under that id.

@@ -41,10 +41,11 @@ async def serve_node(
     template_snapshots: bool = True,
     pool: PoolSettings | None = None,
     egress_dns: Sequence[str] = (),
+    egress_ca: str = "",
 ) -> None:
     """Serve until SIGTERM/SIGINT; the caller holds the data dir's node lock."""
     runtime = select_runtime(
-        runtime_name, data_dir, envd_command, runsc, template_snapshots, egress_dns
+        runtime_name, data_dir, envd_command, runsc, template_snapshots, egress_dns, egress_ca
     )
     orchestrator = Orchestrator(
         runtime, data_dir / "node", dead_check_every_s=dead_check_every_s, pool=pool

@@ -16,7 +16,7 @@ from google.protobuf.message import Message
 
 from .._connect.errors import Code, ConnectError
 from .._proto.node import node_pb2 as pb
-from ..egress import rules_for
+from ..egress import parse_header_rules, rules_for
 from ..host.errors import HostError, HostExhausted
 from ..runtimes.base import (
     CapabilityMissing,
@@ -67,7 +67,7 @@ def _spec(s: pb.SandboxSpec) -> SandboxSpec:
         memory_mb=s.memory_mb,
         disk_mb=s.disk_mb,
         envs=dict(s.env_vars),
-        network=_policy(s.allow_internet, s.allow_out, s.deny_out),
+        network=_policy(s.allow_internet, s.allow_out, s.deny_out, s.header_rules),
         volumes=tuple(_volume(v) for v in s.volume_mounts),
     )
 
@@ -79,11 +79,18 @@ def _volume(v: pb.VolumeMount) -> VolumeMount:
 
 
 def _policy(
-    allow_internet: bool, allow_out: Sequence[str], deny_out: Sequence[str]
+    allow_internet: bool,
+    allow_out: Sequence[str],
+    deny_out: Sequence[str],
+    header_rules: Sequence[pb.HeaderRule] = (),
 ) -> NetworkPolicy:
     """Checked here too (``InvalidRules`` is a ValueError: INVALID_ARGUMENT): node messages
     may come from any client."""
-    policy = NetworkPolicy(allow_internet, tuple(allow_out), tuple(deny_out))
+    rewrites = parse_header_rules(
+        {r.domain: [{"transform": {"headers": {h.name: h.value for h in r.headers}}}]
+         for r in header_rules}
+    )  # fmt: skip
+    policy = NetworkPolicy(allow_internet, tuple(allow_out), tuple(deny_out), rewrites)
     rules_for(policy.allow_out, policy.deny_out, policy.allow_internet)
     return policy
 
@@ -243,9 +250,15 @@ class NodeService:
 
     async def update_network(self, request: pb.UpdateNetworkRequest) -> pb.UpdateNetworkResponse:
         """Straight to the runtime, which serialises it with the sandbox's other host work."""
-        policy = _policy(request.allow_internet, request.allow_out, request.deny_out)
+        policy = _policy(
+            request.allow_internet, request.allow_out, request.deny_out, request.header_rules
+        )
         if not self.orchestrator.holds(request.sandbox_id):
             raise SandboxNotFound(request.sandbox_id)
+        # The sandbox trusts the gateway before it intercepts anything (no token: rules sent
+        # again after a restart, to a sandbox that trusts it already).
+        if policy.rewrites and request.access_token:
+            await self.orchestrator.trust_egress_ca(request.sandbox_id, request.access_token)
         await self.runtime.update_network(request.sandbox_id, policy)
         return pb.UpdateNetworkResponse()
 

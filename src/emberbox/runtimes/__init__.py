@@ -68,13 +68,15 @@ def select_runtime(
     runsc: str = "",
     template_snapshots: bool = True,
     egress_dns: Sequence[str] = (),
+    egress_ca: str = "",
 ) -> Runtime:
     """The runtime ``name`` stands for, keeping its state under ``data_dir``.
 
     ``envd_command`` replaces the envd the process runtime starts (tests run a wrapped one);
     ``runsc`` names the runsc binary (default: the one on PATH); ``template_snapshots`` False
     makes every create boot (gVisor restores a snapshot of the template otherwise);
-    ``egress_dns`` are the resolvers the egress gateway asks (default: the host's).
+    ``egress_dns`` are the resolvers the egress gateway asks (default: the host's), and
+    ``egress_ca`` a PEM file of CAs it trusts besides the system's when it intercepts.
     """
     resolved = resolve_name(name)
     if resolved == "gvisor":
@@ -82,7 +84,10 @@ def select_runtime(
         from .gvisor import GVisorConfig, GVisorRuntime
 
         config = GVisorConfig(
-            data_dir=data_dir, template_snapshots=template_snapshots, egress_dns=tuple(egress_dns)
+            data_dir=data_dir,
+            template_snapshots=template_snapshots,
+            egress_dns=tuple(egress_dns),
+            egress_ca=egress_ca,
         )
         if runsc:
             config = dataclasses.replace(config, runsc=runsc)

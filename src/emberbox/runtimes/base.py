@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from ..egress import HeaderRule
 from ..envd_client.handshake import EnvdDefaults
 from ..host.errors import HostError, HostExhausted
 from ..vocabulary import (
@@ -64,6 +65,7 @@ class NetworkPolicy:
     allow_internet: bool = True
     allow_out: Sequence[str] = ()
     deny_out: Sequence[str] = ()
+    rewrites: Sequence[HeaderRule] = ()  # header rules; values live in memory only
 
 
 _MOUNT_PATH = re.compile(r"(/[^/\0]+)+")
@@ -210,6 +212,11 @@ class Runtime(abc.ABC):
     async def update_network(self, sandbox_id: str, policy: NetworkPolicy) -> None:
         """Replace a live sandbox's egress rules (``Capabilities.egress_rules``)."""
         raise CapabilityMissing(f"{self.name} cannot change a sandbox's egress rules")
+
+    def egress_ca(self) -> bytes:
+        """The PEM certificate of the CA the node's egress gateway signs intercepted names
+        with, which sandboxes with header rules trust (``NetworkPolicy.rewrites``)."""
+        raise CapabilityMissing(f"{self.name} cannot apply header rules")
 
     async def checkpoint(self, sandbox_id: str, snapshot_id: str) -> SnapshotRef:
         """Save the sandbox's memory and files; it keeps running. Create from the result by

@@ -31,6 +31,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from ..host.certificates import key_pem, write_atomic
+from ..host.certificates import now as utc_now
 from .config import Settings
 
 CA_DAYS = 3650
@@ -138,36 +140,16 @@ def _local(directory: Path, names: _Names) -> ServerTls:
     ca = _load_ca(files.ca, ca_key_path, names)
     if ca is None:
         ca = _new_ca(names)
-        _write(ca_key_path, _key_pem(ca[1]), private=True)
-        _write(files.ca, ca[0].public_bytes(serialization.Encoding.PEM))
+        write_atomic(ca_key_path, key_pem(ca[1]), private=True)
+        write_atomic(files.ca, ca[0].public_bytes(serialization.Encoding.PEM))
     if not (_leaf_ok(files.cert, ca[0], names) and _pair_loads(files.cert, files.key)):
         leaf_key = ec.generate_private_key(ec.SECP256R1())
-        _write(files.key, _key_pem(leaf_key), private=True)
+        write_atomic(files.key, key_pem(leaf_key), private=True)
         leaf = _new_leaf(leaf_key, ca, names)
-        _write(files.cert, leaf.public_bytes(serialization.Encoding.PEM))
+        write_atomic(files.cert, leaf.public_bytes(serialization.Encoding.PEM))
     roots = SYSTEM_ROOTS.read_bytes() if SYSTEM_ROOTS.exists() else b""
-    _write(files.bundle, roots.rstrip(b"\n") + b"\n" + files.ca.read_bytes())
+    write_atomic(files.bundle, roots.rstrip(b"\n") + b"\n" + files.ca.read_bytes())
     return files
-
-
-def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def _write(path: Path, data: bytes, private: bool = False) -> None:
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def _constraints(names: _Names) -> x509.NameConstraints:
@@ -193,7 +175,7 @@ def _load_ca(
         return None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         return None
-    if cert.not_valid_after_utc < _now() + datetime.timedelta(days=LEAF_DAYS):
+    if cert.not_valid_after_utc < utc_now() + datetime.timedelta(days=LEAF_DAYS):
         return None
     if constraints != _constraints(names):
         return None
@@ -210,7 +192,7 @@ def _new_ca(names: _Names) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey
             ),
         ]
     )
-    now = _now()
+    now = utc_now()
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -249,7 +231,7 @@ def _leaf_ok(path: Path, ca: x509.Certificate, names: _Names) -> bool:
     except (OSError, ValueError, TypeError, x509.ExtensionNotFound, InvalidSignature):
         return False
     wanted = set(_san(names))
-    return set(san) == wanted and leaf.not_valid_after_utc > _now() + datetime.timedelta(
+    return set(san) == wanted and leaf.not_valid_after_utc > utc_now() + datetime.timedelta(
         days=RENEW_DAYS
     )
 
@@ -264,7 +246,7 @@ def _new_leaf(
     names: _Names,
 ) -> x509.Certificate:
     ca_cert, ca_key = ca
-    now = _now()
+    now = utc_now()
     return (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names.dns[1])]))

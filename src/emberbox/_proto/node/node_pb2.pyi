@@ -67,7 +67,7 @@ class PoolStatus(_message.Message):
     def __init__(self, template_id: _Optional[str] = ..., cpu_count: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_mb: _Optional[int] = ..., ready: _Optional[int] = ..., target: _Optional[int] = ...) -> None: ...
 
 class SandboxSpec(_message.Message):
-    __slots__ = ("sandbox_id", "template_id", "cpu_count", "memory_mb", "disk_mb", "env_vars", "access_token", "allow_internet", "snapshot", "allow_out", "deny_out", "volume_mounts")
+    __slots__ = ("sandbox_id", "template_id", "cpu_count", "memory_mb", "disk_mb", "env_vars", "access_token", "allow_internet", "snapshot", "allow_out", "deny_out", "volume_mounts", "header_rules")
     class EnvVarsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +87,7 @@ class SandboxSpec(_message.Message):
     ALLOW_OUT_FIELD_NUMBER: _ClassVar[int]
     DENY_OUT_FIELD_NUMBER: _ClassVar[int]
     VOLUME_MOUNTS_FIELD_NUMBER: _ClassVar[int]
+    HEADER_RULES_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     template_id: str
     cpu_count: int
@@ -99,7 +100,24 @@ class SandboxSpec(_message.Message):
     allow_out: _containers.RepeatedScalarFieldContainer[str]
     deny_out: _containers.RepeatedScalarFieldContainer[str]
     volume_mounts: _containers.RepeatedCompositeFieldContainer[VolumeMount]
-    def __init__(self, sandbox_id: _Optional[str] = ..., template_id: _Optional[str] = ..., cpu_count: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_mb: _Optional[int] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., access_token: _Optional[str] = ..., allow_internet: _Optional[bool] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., allow_out: _Optional[_Iterable[str]] = ..., deny_out: _Optional[_Iterable[str]] = ..., volume_mounts: _Optional[_Iterable[_Union[VolumeMount, _Mapping]]] = ...) -> None: ...
+    header_rules: _containers.RepeatedCompositeFieldContainer[HeaderRule]
+    def __init__(self, sandbox_id: _Optional[str] = ..., template_id: _Optional[str] = ..., cpu_count: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_mb: _Optional[int] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., access_token: _Optional[str] = ..., allow_internet: _Optional[bool] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., allow_out: _Optional[_Iterable[str]] = ..., deny_out: _Optional[_Iterable[str]] = ..., volume_mounts: _Optional[_Iterable[_Union[VolumeMount, _Mapping]]] = ..., header_rules: _Optional[_Iterable[_Union[HeaderRule, _Mapping]]] = ...) -> None: ...
+
+class HeaderRule(_message.Message):
+    __slots__ = ("domain", "headers")
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    domain: str
+    headers: _containers.RepeatedCompositeFieldContainer[Header]
+    def __init__(self, domain: _Optional[str] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ...) -> None: ...
+
+class Header(_message.Message):
+    __slots__ = ("name", "value")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    value: str
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
 
 class VolumeMount(_message.Message):
     __slots__ = ("source", "path")
@@ -282,16 +300,20 @@ class ClaimResponse(_message.Message):
     def __init__(self, sandbox_id: _Optional[str] = ...) -> None: ...
 
 class UpdateNetworkRequest(_message.Message):
-    __slots__ = ("sandbox_id", "allow_internet", "allow_out", "deny_out")
+    __slots__ = ("sandbox_id", "allow_internet", "allow_out", "deny_out", "header_rules", "access_token")
     SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
     ALLOW_INTERNET_FIELD_NUMBER: _ClassVar[int]
     ALLOW_OUT_FIELD_NUMBER: _ClassVar[int]
     DENY_OUT_FIELD_NUMBER: _ClassVar[int]
+    HEADER_RULES_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_TOKEN_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     allow_internet: bool
     allow_out: _containers.RepeatedScalarFieldContainer[str]
     deny_out: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, sandbox_id: _Optional[str] = ..., allow_internet: _Optional[bool] = ..., allow_out: _Optional[_Iterable[str]] = ..., deny_out: _Optional[_Iterable[str]] = ...) -> None: ...
+    header_rules: _containers.RepeatedCompositeFieldContainer[HeaderRule]
+    access_token: str
+    def __init__(self, sandbox_id: _Optional[str] = ..., allow_internet: _Optional[bool] = ..., allow_out: _Optional[_Iterable[str]] = ..., deny_out: _Optional[_Iterable[str]] = ..., header_rules: _Optional[_Iterable[_Union[HeaderRule, _Mapping]]] = ..., access_token: _Optional[str] = ...) -> None: ...
 
 class UpdateNetworkResponse(_message.Message):
     __slots__ = ()

@@ -45,6 +45,9 @@ class GVisorConfig:
     template_snapshots: bool = True
     # The resolvers the egress gateway asks for sandboxes with domain rules; empty: the host's.
     egress_dns: tuple[str, ...] = ()
+    # CAs (a PEM file) the gateway trusts besides the system's when it intercepts HTTPS for
+    # header rules; empty: the system's only.
+    egress_ca: str = ""
 
     @property
     def cpu_cap(self) -> float:

@@ -23,9 +23,10 @@ from typing import Any
 
 import httpx
 
-from ...egress import EgressRules, reaches, rules_for
+from ...egress import EgressRules, HeaderRule, reaches, rules_for
 from ...envd_client.handshake import EnvdDefaults, HandshakeFailed, handshake
 from ...host import cgroups, network, rootfs
+from ...host.certificates import EgressCa
 from ...host.egress_gateway import EgressGateway
 from ...host.errors import HostError
 from ...host.locks import KeyedLock
@@ -89,7 +90,9 @@ class GVisorRuntime(Runtime):
         # Rules of the sandboxes whose traffic the gateway judges (domain entries, or DNS sent
         # to the node), by address.
         self._egress: dict[str, EgressRules] = {}
-        self.gateway = EgressGateway(self._egress_of, self.config.egress_dns)
+        self.ca = EgressCa(self.config.root / "egress-ca")
+        self.gateway = EgressGateway(self._egress_of, self.config.egress_dns, ca=self.ca,
+                                     trust=self.config.egress_ca)  # fmt: skip
 
     async def close(self) -> None:
         """A template snapshot under way is abandoned and its boot killed: nobody would
@@ -475,11 +478,15 @@ class GVisorRuntime(Runtime):
             await self._ensure_firewall()
             await network.apply_rules(lease, rules, record.node_dns)
             self._remember_egress(lease.guest_ip, rules, record.node_dns)
-            record.egress = _policy_dict(policy) if rules.domains or record.node_dns else None
+            judged = rules.domains or rules.rewrites or record.node_dns
+            record.egress = _policy_dict(policy) if judged else None
             record.save(self._paths(sandbox_id).root)
 
+    def egress_ca(self) -> bytes:
+        return self.ca.pem()
+
     def _remember_egress(self, address: str, rules: EgressRules, node_dns: bool) -> None:
-        if rules.domains or node_dns:
+        if rules.domains or rules.rewrites or node_dns:
             self._egress[address] = rules
         else:
             self._egress.pop(address, None)
@@ -500,7 +507,7 @@ class GVisorRuntime(Runtime):
                 continue
             lease = self._lease_of(record.sandbox_id, record)
             if lease is not None and self.pool.owns(lease):
-                self._egress[record.address] = _rules(NetworkPolicy(**record.egress))
+                self._egress[record.address] = _rules(_policy_of(record.egress))
 
     def _check_snapshot(self, snapshot: SnapshotRef) -> None:
         """A snapshot path comes over the wire: only our own snapshot directories are used."""
@@ -647,7 +654,7 @@ class GVisorRuntime(Runtime):
             rules = _rules(spec.network)
             # With domain entries its resolv.conf names the node, which then answers its DNS
             # for as long as it lives, whatever later updates say.
-            record.node_dns = bool(rules.domains)
+            record.node_dns = bool(rules.domains or rules.rewrites)
             record.egress = _policy_dict(spec.network) if record.node_dns else None
             record.save(paths.root)
             await network.setup(lease, rules, record.node_dns)
@@ -789,7 +796,7 @@ def _du(path: Path) -> int:
 
 
 def _rules(policy: NetworkPolicy) -> EgressRules:
-    return rules_for(policy.allow_out, policy.deny_out, policy.allow_internet)
+    return rules_for(policy.allow_out, policy.deny_out, policy.allow_internet, policy.rewrites)
 
 
 def _template_dir(layers: Sequence[Path], sub: Path) -> os.stat_result | None:
@@ -804,11 +811,23 @@ def _template_dir(layers: Sequence[Path], sub: Path) -> os.stat_result | None:
 
 
 def _policy_dict(policy: NetworkPolicy) -> dict[str, Any]:
+    """What the sandbox's record keeps of its policy: header rules without their values,
+    which never touch the disk (the control plane sends them again after a node restart)."""
     return {
         "allow_internet": policy.allow_internet,
         "allow_out": list(policy.allow_out),
         "deny_out": list(policy.deny_out),
+        "rewrite_domains": [r.domain for r in policy.rewrites],
     }
+
+
+def _policy_of(saved: dict[str, Any]) -> NetworkPolicy:
+    return NetworkPolicy(
+        saved["allow_internet"],
+        tuple(saved["allow_out"]),
+        tuple(saved["deny_out"]),
+        tuple(HeaderRule(d, headers=None) for d in saved.get("rewrite_domains", ())),
+    )
 
 
 def _resolv_conf(rules: EgressRules, host_ip: str) -> str:

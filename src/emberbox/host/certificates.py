@@ -1,0 +1,143 @@
+"""Certificates this host makes with ``cryptography``: PEM helpers, and the node's egress CA.
+
+The egress CA signs, on demand, a certificate for each name the egress gateway intercepts
+(a domain with header rules); only sandboxes with such rules trust it. Its key never leaves
+the node's data dir (mode 0600); it cannot be name-constrained, since rules name any domain.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+import ssl
+import threading
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+CA_DAYS = 3650
+LEAF_DAYS = 30  # leaves are remade at every node start, and when they near their end
+MAX_CONTEXTS = 1024
+
+
+def now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def write_atomic(path: Path, data: bytes, private: bool = False) -> None:
+    """Write ``data`` beside ``path`` and rename it over: readers see the old file or the new."""
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+class EgressCa:
+    """Made in ``directory`` at first use, loaded afterwards."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None = None
+        self._contexts: dict[str, tuple[datetime.datetime, ssl.SSLContext]] = {}
+        self._lock = threading.Lock()
+
+    def pem(self) -> bytes:
+        return self._load()[0].public_bytes(serialization.Encoding.PEM)
+
+    def _load(self) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+        with self._lock:
+            if self._ca is None:
+                self._ca = self._read() or self._make()
+            return self._ca
+
+    def _read(self) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None:
+        try:
+            cert = x509.load_pem_x509_certificate((self.directory / "ca.pem").read_bytes())
+            key = serialization.load_pem_private_key(
+                (self.directory / "ca-key.pem").read_bytes(), password=None
+            )
+        except (OSError, ValueError):
+            return None
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            return None
+        if cert.not_valid_after_utc < now() + datetime.timedelta(days=LEAF_DAYS):
+            return None
+        return cert, key
+
+    def _make(self) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.directory, 0o700)
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Emberbox egress gateway CA")])
+        start = now() - datetime.timedelta(hours=1)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start)
+            .not_valid_after(start + datetime.timedelta(days=CA_DAYS))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+                critical=True,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+            .sign(key, hashes.SHA256())
+        )
+        write_atomic(self.directory / "ca-key.pem", key_pem(key), private=True)
+        write_atomic(self.directory / "ca.pem", cert.public_bytes(serialization.Encoding.PEM))
+        return cert, key
+
+    def server_context(self, name: str) -> ssl.SSLContext:
+        """A TLS server context presenting a certificate for ``name`` (HTTP/1.1 only: the
+        gateway rewrites requests with an HTTP/1 parser)."""
+        cached = self._contexts.get(name)
+        if cached is not None and cached[0] > now():
+            return cached[1]
+        ca_cert, ca_key = self._load()
+        key = ec.generate_private_key(ec.SECP256R1())
+        start = now() - datetime.timedelta(hours=1)
+        end = start + datetime.timedelta(days=LEAF_DAYS)
+        leaf = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name[:64])]))
+            .issuer_name(ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start)
+            .not_valid_after(end)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+            )
+            .sign(ca_key, hashes.SHA256())
+        )
+        leaves = self.directory / "leaves"
+        leaves.mkdir(mode=0o700, exist_ok=True)
+        path = leaves / (hashlib.sha256(name.encode()).hexdigest()[:32] + ".pem")
+        chain = key_pem(key) + leaf.public_bytes(serialization.Encoding.PEM)
+        write_atomic(path, chain, private=True)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(path)
+        context.set_alpn_protocols(["http/1.1"])
+        if len(self._contexts) >= MAX_CONTEXTS:
+            self._contexts.clear()
+        self._contexts[name] = (end - datetime.timedelta(days=1), context)
+        return context
