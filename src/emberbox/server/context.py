@@ -16,6 +16,7 @@ from .builds.service import BuiltinTemplates, TemplateService
 from .config import Settings
 from .db.engine import make_engine, make_sessionmaker, migrate
 from .instance_lock import InstanceLock
+from .lifecycle.network import NetworkService
 from .lifecycle.reaper import Reaper
 from .lifecycle.service import NodeFacts, SandboxService
 from .lifecycle.templates import StaticTemplates, StoreTemplates, TemplateCatalog
@@ -42,6 +43,7 @@ def make_node(settings: Settings) -> tuple[NodeClient, list[InstanceLock]]:
         settings.runsc,
         settings.template_snapshots,
         settings.egress_dns,
+        settings.egress_ca,
     )
     node = EmbeddedNode(
         runtime,
@@ -115,6 +117,7 @@ class ServerContext:
             reconcile_every_s=settings.reconcile_interval_s,
         )
         await reaper.recover()
+        await NetworkService(service).send_header_rules_again()
         return cls(settings, engine, sessions, node, service, resolver, reaper, locks,
                    team_templates, volumes, team_secrets)  # fmt: skip
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..._proto.node import node_pb2 as pb
 from ..db.models import Sandbox as Row
-from ..lifecycle.network import Egress
+from ..lifecycle.network import Egress, rules_dict
 from ..lifecycle.states import HOLDS_SAVED_MEMORY, State, public_state
 from .models import Lifecycle, ListedSandbox, Sandbox, SandboxDetail, SandboxMetric
 
@@ -85,6 +85,8 @@ def network_config(row: Row) -> dict[str, Any] | None:
         out["allowOut"] = list(egress.allow_out)
     if egress.deny_out:
         out["denyOut"] = list(egress.deny_out)
+    if egress.rewrites:
+        out["rules"] = rules_dict(egress.rewrites)
     if row.traffic_access_token is not None:
         out["allowPublicTraffic"] = False
     if row.mask_request_host is not None:

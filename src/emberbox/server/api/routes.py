@@ -84,6 +84,7 @@ async def _create(
         idempotency_key=key,
         allow_out=network.allow_out,
         deny_out=network.deny_out,
+        header_rules=network.header_rules,
         allow_public_traffic=network.allow_public_traffic,
         mask_request_host=network.mask_request_host,
         volume_mounts=[{"name": m["name"], "path": m["path"]} for m in body.volumeMounts or ()],

@@ -118,6 +118,14 @@ async def ids_in_states(s: AsyncSession, states: Collection[State]) -> list[str]
     return list((await s.execute(q)).scalars())
 
 
+async def with_egress(s: AsyncSession, states: Collection[State]) -> Sequence[Sandbox]:
+    """Sandboxes in ``states`` that have egress rules."""
+    query = select(Sandbox).where(
+        Sandbox.state.in_([str(x) for x in states]), Sandbox.egress.is_not(None)
+    )
+    return (await s.execute(query)).scalars().all()
+
+
 async def expired(s: AsyncSession, now: dt.datetime, states: Collection[State]) -> list[str]:
     q = select(Sandbox.id).where(Sandbox.state.in_([str(x) for x in states]), Sandbox.end_at <= now)
     return list((await s.execute(q)).scalars())

@@ -8,10 +8,12 @@ which inherit their source's rules at the moment of the fork.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..._proto.node import node_pb2 as pb
+from ...egress import HeaderRule, parse_header_rules
 from ...node.client import NodeError, NodeSandboxNotFound, NodeUnsupported
 from ..auth.store import Principal
 from ..db import sandboxes as q
@@ -20,14 +22,26 @@ from .errors import Conflict, NotFound, SandboxFailed, Unsupported
 from .states import VISIBLE, State
 
 if TYPE_CHECKING:
+    from ..secrets.service import SecretService
     from .service import SandboxService
 
 
-def egress_json(allow_out: tuple[str, ...], deny_out: tuple[str, ...]) -> str | None:
-    """The row's ``egress`` column: None when there are no rules."""
-    if not allow_out and not deny_out:
+def egress_json(
+    allow_out: tuple[str, ...], deny_out: tuple[str, ...], rewrites: tuple[HeaderRule, ...] = ()
+) -> str | None:
+    """The row's ``egress`` column: None when there are no rules. Header rules are kept as
+    given, placeholders and all: secret values live only in the secret store."""
+    if not allow_out and not deny_out and not rewrites:
         return None
-    return json.dumps({"allowOut": list(allow_out), "denyOut": list(deny_out)})
+    saved: dict[str, object] = {"allowOut": list(allow_out), "denyOut": list(deny_out)}
+    if rewrites:
+        saved["rules"] = rules_dict(rewrites)
+    return json.dumps(saved)
+
+
+def rules_dict(rewrites: tuple[HeaderRule, ...]) -> dict[str, list[dict[str, object]]]:
+    """Header rules in E2B's ``rules`` shape (one rule per domain)."""
+    return {r.domain: [{"transform": {"headers": dict(r.headers or ())}}] for r in rewrites}
 
 
 @dataclass(frozen=True)
@@ -35,6 +49,7 @@ class Egress:
     allow_internet: bool = True
     allow_out: tuple[str, ...] = ()
     deny_out: tuple[str, ...] = ()
+    rewrites: tuple[HeaderRule, ...] = ()  # values as given: placeholders unresolved
 
     @classmethod
     def of(cls, row: Sandbox) -> Egress:
@@ -43,8 +58,29 @@ class Egress:
             bool(row.allow_internet),
             tuple(rules.get("allowOut", ())),
             tuple(rules.get("denyOut", ())),
+            parse_header_rules(rules.get("rules")),
         )
 
+
+async def header_rules_message(
+    secrets: SecretService | None, team_id: str, rewrites: tuple[HeaderRule, ...]
+) -> list[pb.HeaderRule]:
+    """The rules as the node gets them: every ``${e2b.secrets.<name>}`` replaced by the
+    team's secret's current value (Invalid for a secret it lacks)."""
+    if not rewrites:
+        return []
+    if secrets is None:
+        raise Unsupported("this deployment keeps no secrets for header rules")
+    out = []
+    for rule in rewrites:
+        pairs = rule.headers or ()
+        values = await secrets.resolve(team_id, [v for _n, v in pairs])
+        headers = [pb.Header(name=n, value=v) for (n, _v), v in zip(pairs, values, strict=True)]
+        out.append(pb.HeaderRule(domain=rule.domain, headers=headers))
+    return out
+
+
+log = logging.getLogger(__name__)
 
 # A policy can change while the sandbox runs or sleeps (its firewall objects outlive a pause).
 _CHANGEABLE = (State.RUNNING, State.PAUSED)
@@ -65,11 +101,17 @@ class NetworkService:
             )
         if State(row.state) not in _CHANGEABLE:
             raise Conflict(f"sandbox '{sandbox_id}' is {row.state}; try again when it settled")
+        if egress.rewrites and not caps.egress_rules:
+            raise Unsupported(f"the {self.sandboxes.facts.runtime} runtime cannot apply rules")
         request = pb.UpdateNetworkRequest(
             sandbox_id=sandbox_id,
             allow_internet=egress.allow_internet,
             allow_out=egress.allow_out,
             deny_out=egress.deny_out,
+            header_rules=await header_rules_message(
+                self.sandboxes.secret_service, who.team_id, egress.rewrites
+            ),
+            access_token=row.envd_access_token or "",
         )
         try:
             await self.sandboxes.node.update_network(request)
@@ -85,5 +127,29 @@ class NetworkService:
                 sandbox_id,
                 VISIBLE,
                 allow_internet=egress.allow_internet,
-                egress=egress_json(egress.allow_out, egress.deny_out),
+                egress=egress_json(egress.allow_out, egress.deny_out, egress.rewrites),
             )
+
+    async def send_header_rules_again(self) -> int:
+        """After a restart the node has the header rules of its sandboxes without their
+        values (they are never on its disk): send every live sandbox's rules again, resolved.
+        Returns how many sandboxes got them; one that fails is logged and keeps refusing
+        requests its rules cover."""
+        async with self.sandboxes.sessions() as s:
+            rows = await q.with_egress(s, _CHANGEABLE)
+        sent = 0
+        for row in rows:
+            egress = Egress.of(row)
+            if not egress.rewrites:
+                continue
+            try:
+                await self.sandboxes.node.update_network(pb.UpdateNetworkRequest(
+                    sandbox_id=row.id, allow_internet=egress.allow_internet,
+                    allow_out=egress.allow_out, deny_out=egress.deny_out,
+                    header_rules=await header_rules_message(
+                        self.sandboxes.secret_service, row.team_id, egress.rewrites),
+                ))  # fmt: skip
+                sent += 1
+            except Exception as e:
+                log.warning("header rules of %s were not sent again: %s", row.id, e)
+        return sent

@@ -24,6 +24,7 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..._proto.node import node_pb2 as pb
+from ...egress import HeaderRule
 from ...envd_client import EnvdClient
 from ...node.client import NodeClient, NodeError, NodeFull, NodeSandboxNotFound, NodeUnsupported
 from ...vocabulary import new_sandbox_id
@@ -46,7 +47,7 @@ from .errors import (
     Unreachable,
     Unsupported,
 )
-from .network import egress_json
+from .network import egress_json, header_rules_message
 from .states import COUNTS_TOWARD_QUOTA, HOLDS_RESOURCES, VISIBLE, EndReason, State
 from .templates import TeamTemplates, TemplateCatalog, TemplateInfo
 
@@ -86,6 +87,8 @@ class CreateRequest:
     # Egress rules (``egress.parse_list``-checked CIDRs) and whether its ports are public.
     allow_out: tuple[str, ...] = ()
     deny_out: tuple[str, ...] = ()
+    # Header rules (E2B's network.rules), placeholders unresolved.
+    header_rules: tuple[HeaderRule, ...] = ()
     allow_public_traffic: bool = True
     # The Host header its ports get from the proxy (maskRequestHost; ``${PORT}``: the port).
     mask_request_host: str | None = None
@@ -205,6 +208,11 @@ class SandboxService:
             raise self._unsupported("cannot restrict internet access")
         if (req.allow_out or req.deny_out) and not self.facts.capabilities.egress_rules:
             raise self._unsupported("cannot enforce egress rules (network.allowOut/denyOut)")
+        if req.header_rules and not self.facts.capabilities.egress_rules:
+            raise self._unsupported("cannot apply header rules (network.rules)")
+        header_rules = await header_rules_message(
+            self.secret_service, who.team_id, req.header_rules
+        )
         mounts = await self._volume_mounts(who, req)
 
         token = secrets.token_urlsafe(32)
@@ -218,6 +226,7 @@ class SandboxService:
             allow_internet=req.allow_internet,
             allow_out=req.allow_out,
             deny_out=req.deny_out,
+            header_rules=header_rules,
         )
         if req.source is not None:
             spec.snapshot.CopyFrom(snapshot_message(req.source))
@@ -262,7 +271,7 @@ class SandboxService:
                     envd_access_token=token,
                     idempotency_key=req.idempotency_key,
                     allow_internet=req.allow_internet,
-                    egress=egress_json(req.allow_out, req.deny_out),
+                    egress=egress_json(req.allow_out, req.deny_out, req.header_rules),
                     traffic_access_token=(
                         None if req.allow_public_traffic else secrets.token_urlsafe(32)
                     ),

@@ -184,6 +184,7 @@ class SnapshotService:
             # A fork has its source's network policy (never more egress); its own token.
             allow_out=Egress.of(source).allow_out,
             deny_out=Egress.of(source).deny_out,
+            header_rules=Egress.of(source).rewrites,
             allow_public_traffic=source.traffic_access_token is None,
             mask_request_host=source.mask_request_host,
         )
