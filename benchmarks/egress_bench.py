@@ -7,8 +7,10 @@ Two gVisor sandboxes talk to the same HTTPS server of a fake internet (``tests/f
 a namespace of this host; nothing leaves the machine): the baseline may reach it directly
 (default policy: public addresses), the other only by name (``denyOut: 0.0.0.0/0`` +
 ``allowOut: <name>``), so each of its connections is redirected to the node's egress gateway,
-which reads the TLS server name and splices the bytes (TLS end to end). Both run the same
-Python client in the sandbox, connecting to the server's address with the name as SNI:
+which reads the TLS server name and splices the bytes (TLS end to end). A third has a header
+rule for the name (E2B's ``rules``): the gateway terminates its TLS with the node's egress CA,
+sets the header on each request and re-encrypts to the server. All run the same Python client
+in the sandbox, connecting to the server's address with the name as SNI:
 
 * latency: ``--requests`` sequential ``GET /`` on new connections (TCP + TLS handshake +
   response), p50/p95/p99 in ms;
@@ -32,6 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks._host import boot, data_dir, ensure_base, require_root
 from benchmarks._stats import check, percentile
+from emberbox.egress import HeaderRule
 from emberbox.envd_client import EnvdClient
 from emberbox.runtimes.base import NetworkPolicy, RuntimeSandbox, SandboxSpec
 from emberbox.runtimes.gvisor import GVisorConfig, GVisorRuntime
@@ -90,10 +93,18 @@ async def main() -> int:
     ensure_base(directory)
     size = args.mib << 20
     with fake_internet(names={NAME: 0}) as inet:
-        runtime = GVisorRuntime(GVisorConfig(data_dir=directory, egress_dns=(inet.dns,)))
+        assert inet.workdir is not None
+        config = GVisorConfig(
+            data_dir=directory, egress_dns=(inet.dns,), egress_ca=str(inet.workdir / "ca.pem")
+        )
+        runtime = GVisorRuntime(config)
+        rule = HeaderRule(NAME, (("X-Bench", "1"),))
         policies = {
             "direct (baseline)": NetworkPolicy(),
             "gateway (by name)": NetworkPolicy(allow_internet=False, allow_out=(NAME,)),
+            "gateway (rewrite)": NetworkPolicy(
+                allow_internet=False, allow_out=(NAME,), rewrites=(rule,)
+            ),
         }
         latency: dict[str, list[float]] = {}
         throughput: dict[str, list[float]] = {}
@@ -105,8 +116,11 @@ async def main() -> int:
                 ids.append(sandbox_id)
                 sandboxes[kind] = await boot(runtime, SandboxSpec(sandbox_id, "base",
                                                                   network=policy))  # fmt: skip
+                trusted = inet.ca_pem.encode()
+                if policy.rewrites:  # its server certificate comes from the node's egress CA
+                    trusted += runtime.egress_ca()
                 async with EnvdClient(sandboxes[kind].envd_url) as envd:
-                    await envd.write_file("/tmp/ca.pem", inet.ca_pem.encode())
+                    await envd.write_file("/tmp/ca.pem", trusted)
             address = inet.names[NAME]
             for sandbox in sandboxes.values():  # one warm-up each
                 await measure(sandbox, address, "latency", 1, 0)

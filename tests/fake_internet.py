@@ -22,6 +22,7 @@ directly attached networks (which the node refuses by default).
 from __future__ import annotations
 
 import contextlib
+import json
 import secrets
 import shutil
 import subprocess
@@ -31,6 +32,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tests.pki import ca_and_certificate
 
@@ -51,14 +53,26 @@ S(("0.0.0.0", int(sys.argv[2])), H).serve_forever()
 
 
 _NAMED = """
-import http.server, socketserver, ssl, sys, threading
+import hashlib, http.server, json, os, socketserver, ssl, sys, threading
 from dnslib import QTYPE, RCODE, RR, A
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 tag, dns_ip, log_path, cert, key = sys.argv[1:6]
 names = dict(a.split("=", 1) for a in sys.argv[6:])
+requests_log = os.path.join(os.path.dirname(log_path), "requests.log")
+def seen(handler, body=b""):
+    entry = {"path": handler.path, "method": handler.command, "headers": dict(handler.headers),
+             "body_sha256": hashlib.sha256(body).hexdigest()}
+    with open(requests_log, "a") as f: f.write(json.dumps(entry) + "\\n")
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        seen(self, body)
+        b = ("posted %d bytes %s" % (len(body), hashlib.sha256(body).hexdigest())).encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(b)))
+        self.end_headers(); self.wfile.write(b)
     def do_GET(self):
+        seen(self)
         if self.path.startswith("/bytes/"):  # bulk downloads for benchmarks
             n = int(self.path[7:]); chunk = bytes(65536)
             self.send_response(200); self.send_header("Content-Length", str(n))
@@ -116,6 +130,13 @@ class FakeInternet:
         assert self.workdir is not None, "the fake internet has no names"
         log = self.workdir / "queries.log"
         return log.read_text().split() if log.exists() else []
+
+    def requests(self) -> list[dict[str, Any]]:
+        """Every request the named web servers got: path, method, headers, body's sha256."""
+        assert self.workdir is not None, "the fake internet has no names"
+        log = self.workdir / "requests.log"
+        lines = log.read_text().splitlines() if log.exists() else []
+        return [json.loads(line) for line in lines]
 
     def named_body(self, name: str) -> str:
         """What the web servers on 80/443 answer for ``name``."""

@@ -115,7 +115,9 @@ def test_other_team_sees_nothing(running: Running) -> None:
         ({"name": "meta", "value": "x", "metadata": {f"k{i}": "v" for i in range(33)}}, "32"),
     ],
 )
-def test_bad_secrets_are_400_and_store_nothing(running: Running, body: dict, words: str) -> None:
+def test_bad_secrets_are_400_and_store_nothing(
+    running: Running, body: dict[str, object], words: str
+) -> None:
     with running.client() as api:
         before = api.get("/secrets").json()
         r = api.post("/secrets", json=body)

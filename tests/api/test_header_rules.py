@@ -1,0 +1,174 @@
+"""Header rules (E2B's ``network.rules``) with secrets, through the official SDK: the node's
+egress gateway intercepts HTTPS to a ruled domain with its own CA (which the sandbox trusts),
+sets the headers, and re-encrypts to the real server, which the fake internet's log shows
+got them. Other names pass through untouched (their own certificate). The secret's value
+never enters the sandbox: not its env, files or responses, nor the API's answers."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from e2b import Sandbox, Secret
+
+from emberbox.server.testing import ServerProcess
+from tests.fake_internet import FakeInternet, fake_internet
+
+RULED, OTHER, WILD = "api.rules.test", "plain.rules.test", "x.wild.rules.test"
+
+
+@pytest.fixture(scope="module")
+def inet() -> Iterator[FakeInternet]:
+    with fake_internet(names={RULED: 0, OTHER: 0, WILD: 1}) as net:
+        yield net
+
+
+@pytest.fixture(scope="module")
+def gvisor_server(
+    tmp_path_factory: pytest.TempPathFactory, inet: FakeInternet
+) -> Iterator[ServerProcess]:
+    """Its gateway resolves through the fake internet and trusts the fake internet's CA."""
+    from tests.runtimes.gvisor_support import gvisor_server as start
+
+    assert inet.workdir is not None
+    env = {"EMBERBOX_EGRESS_DNS": inet.dns, "EMBERBOX_EGRESS_CA": str(inet.workdir / "ca.pem")}
+    with start(tmp_path_factory.mktemp("gvisor-rules"), env) as server:
+        yield server
+
+
+def _rules(secret: str) -> Any:
+    auth = {"Authorization": "Bearer " + Secret.fill(secret), "X-Static": "yes"}
+    return {RULED: [{"transform": {"headers": auth}}]}
+
+
+def _last(inet: FakeInternet, path: str) -> dict[str, str]:
+    matching = [r for r in inet.requests() if r["path"] == path]
+    assert matching, f"the fake internet got no request for {path}"
+    headers: dict[str, str] = {k.lower(): v for k, v in matching[-1]["headers"].items()}
+    return headers
+
+
+def _run(sbx: Sandbox, cmd: str) -> str:
+    return sbx.commands.run(cmd + " || echo failed", timeout=60).stdout.strip()
+
+
+def _absent(sbx: Sandbox, value: str) -> None:
+    """``value`` is in no env var, file we look at, or command line in the sandbox. The
+    pattern is written reversed, so the search itself does not plant it."""
+    sbx.files.write("/tmp/pattern", value[::-1])
+    places = "/etc /home /tmp /root /usr/local /var /run /opt"
+    found = _run(
+        sbx,
+        "(env; cat /proc/*/environ /proc/*/cmdline | tr '\\0' '\\n'; "
+        f"grep -rsI --exclude=pattern . {places} 2>/dev/null) | rev | grep -c -F -f /tmp/pattern",
+    )
+    assert found in ("0", "0\nfailed"), found
+
+
+def test_a_header_rule_puts_a_secret_into_https_requests(
+    gvisor_server: ServerProcess, gvisor_key: str, inet: FakeInternet
+) -> None:
+    value = "sk-" + secrets.token_hex(16)
+    name = f"rules-{secrets.token_hex(4)}"
+    info = Secret.create(name, value)
+    network: Any = {"allow_out": [RULED, OTHER], "deny_out": ["0.0.0.0/0"], "rules": _rules(name)}
+    sbx = Sandbox.create(timeout=180, network=network)
+    try:
+        # curl and Python use the system trust store, which now holds the node's egress CA;
+        # the sandbox's own Authorization header is replaced, not doubled.
+        got = _run(sbx, f"curl -s -m 10 -H 'Authorization: Bearer mine' https://{RULED}/curl")
+        assert got == inet.named_body(RULED)
+        seen = _last(inet, "/curl")
+        assert seen["authorization"] == f"Bearer {value}"
+        assert seen["x-static"] == "yes"
+        py = "import urllib.request as u; print(u.urlopen('https://%s/py').read().decode())"
+        assert _run(sbx, f'python3 -c "{py % RULED}"') == inet.named_body(RULED)
+        assert _last(inet, "/py")["authorization"] == f"Bearer {value}"
+
+        # A body streams through whole; plain HTTP gets the headers too.
+        blob = "head -c 300000 /dev/urandom > /tmp/blob && sha256sum /tmp/blob | cut -c1-64"
+        digest = _run(sbx, blob)
+        posted = _run(sbx, f"curl -s -m 20 --data-binary @/tmp/blob https://{RULED}/post")
+        assert posted == f"posted 300000 bytes {digest}"
+        assert _run(sbx, f"curl -s -m 10 http://{RULED}/plain") == inet.named_body(RULED)
+        assert _last(inet, "/plain")["authorization"] == f"Bearer {value}"
+
+        # Another allowed name is not intercepted: its own certificate, no injected header.
+        sbx.files.write("/tmp/fake-ca.pem", inet.ca_pem)
+        other = _run(sbx, f"curl -s -m 10 --cacert /tmp/fake-ca.pem https://{OTHER}/other")
+        assert other == inet.named_body(OTHER)
+        assert "authorization" not in _last(inet, "/other")
+        # ... and a request for another host on the intercepted connection is refused.
+        fronted = _run(sbx, f"curl -s -m 10 -H 'Host: {OTHER}' https://{RULED}/front")
+        assert fronted == "failed"
+
+        # The API shows the rules as given: the placeholder, never the value.
+        detail = httpx.get(
+            f"{gvisor_server.api_url}/sandboxes/{sbx.sandbox_id}",
+            headers={"X-API-KEY": gvisor_key},
+        )
+        assert detail.json()["network"]["rules"] == _rules(name)
+        assert value not in detail.text
+        _absent(sbx, value)
+    finally:
+        sbx.kill()
+        Secret.destroy(info.secret_id)
+
+
+@pytest.mark.parametrize(
+    ("rules", "status", "words"),
+    [
+        ({RULED: [{"transform": {"headers": {"X-Key": "${e2b.secrets.nosuch}"}}}]}, 400,
+         "unknown secret 'nosuch'"),
+        ({RULED: [{"transform": {"headers": {"Host": "evil"}}}]}, 400, "Host header cannot"),
+        ({RULED: [{"transform": {"headers": {"Bad Name": "x"}}}]}, 400, "not a header name"),
+        ({RULED: [{"transform": {"headers": {f"X-{i}": "v" for i in range(33)}}}]}, 400, "32"),
+        ({"10.0.0.0/8": [{"transform": {"headers": {"X-Key": "x"}}}]}, 501, "domains only"),
+        ({RULED: [{"transform": {"body": "x"}}]}, 501, "only headers"),
+    ],
+)  # fmt: skip
+def test_bad_rules_are_refused_and_leave_nothing(
+    gvisor_server: ServerProcess, gvisor_key: str, rules: object, status: int, words: str
+) -> None:
+    with httpx.Client(base_url=gvisor_server.api_url, headers={"X-API-KEY": gvisor_key}) as api:
+        before = api.get("/v2/sandboxes").json()
+        r = api.post("/v2/sandboxes", json={"templateID": "base", "network": {"rules": rules}})
+        assert r.status_code == status, r.text
+        assert words in r.json()["message"]
+        assert api.get("/v2/sandboxes").json() == before
+
+
+def test_rules_added_by_update_network_and_kept_across_a_restart(
+    gvisor_server: ServerProcess, gvisor_key: str, inet: FakeInternet
+) -> None:
+    """A running sandbox gets rules later (and then trusts the gateway); the server is
+    SIGKILLed and restarted, and sends the rules' values to its node again. Last in the
+    module: the module's server is a new process afterwards."""
+    value = "sk-" + secrets.token_hex(16)
+    name = f"rules-{secrets.token_hex(4)}"
+    info = Secret.create(name, value)
+    sbx = Sandbox.create(timeout=300, network={"allow_out": [RULED], "deny_out": ["0.0.0.0/0"]})
+    try:
+        sbx.files.write("/tmp/fake-ca.pem", inet.ca_pem)
+        plain = _run(sbx, f"curl -s -m 10 --cacert /tmp/fake-ca.pem https://{RULED}/before")
+        assert plain == inet.named_body(RULED)
+        assert "authorization" not in _last(inet, "/before")
+
+        sbx.update_network({"allow_out": [RULED], "deny_out": ["0.0.0.0/0"], "rules": _rules(name)})
+        assert _run(sbx, f"curl -s -m 10 https://{RULED}/after") == inet.named_body(RULED)
+        assert _last(inet, "/after")["authorization"] == f"Bearer {value}"
+
+        assert gvisor_server.proc is not None
+        gvisor_server.proc.kill()
+        gvisor_server.proc.wait()
+        gvisor_server.proc = None
+        gvisor_server.start(timeout_s=60)
+        assert _run(sbx, f"curl -s -m 10 https://{RULED}/restarted") == inet.named_body(RULED)
+        assert _last(inet, "/restarted")["authorization"] == f"Bearer {value}"
+        _absent(sbx, value)
+    finally:
+        sbx.kill()
+        Secret.destroy(info.secret_id)
