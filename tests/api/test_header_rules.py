@@ -113,6 +113,16 @@ def test_a_header_rule_puts_a_secret_into_https_requests(
         assert detail.json()["network"]["rules"] == _rules(name)
         assert value not in detail.text
         _absent(sbx, value)
+
+        # A rotation reaches the running sandbox; a deleted secret makes its rule refuse.
+        Secret.update(name, value + "-rotated")
+        assert _run(sbx, f"curl -s -m 10 https://{RULED}/rotated") == inet.named_body(RULED)
+        assert _last(inet, "/rotated")["authorization"] == f"Bearer {value}-rotated"
+        Secret.destroy(name)
+        assert _run(sbx, f"curl -s -m 10 https://{RULED}/deleted") == "failed"
+        assert not [r for r in inet.requests() if r["path"] == "/deleted"]
+        still = _run(sbx, f"curl -s -m 10 --cacert /tmp/fake-ca.pem https://{OTHER}/still")
+        assert still == inet.named_body(OTHER)
     finally:
         sbx.kill()
         Secret.destroy(info.secret_id)

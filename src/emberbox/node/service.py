@@ -16,7 +16,7 @@ from google.protobuf.message import Message
 
 from .._connect.errors import Code, ConnectError
 from .._proto.node import node_pb2 as pb
-from ..egress import parse_header_rules, rules_for
+from ..egress import HeaderRule, parse_header_rules, rules_for
 from ..host.errors import HostError, HostExhausted
 from ..runtimes.base import (
     CapabilityMissing,
@@ -90,6 +90,10 @@ def _policy(
         {r.domain: [{"transform": {"headers": {h.name: h.value for h in r.headers}}}]
          for r in header_rules}
     )  # fmt: skip
+    unresolved = {r.domain.lower().rstrip(".") for r in header_rules if r.unresolved}
+    rewrites = tuple(
+        HeaderRule(r.domain, headers=None) if r.domain in unresolved else r for r in rewrites
+    )
     policy = NetworkPolicy(allow_internet, tuple(allow_out), tuple(deny_out), rewrites)
     rules_for(policy.allow_out, policy.deny_out, policy.allow_internet)
     return policy

@@ -117,7 +117,9 @@ class ServerContext:
             reconcile_every_s=settings.reconcile_interval_s,
         )
         await reaper.recover()
-        await NetworkService(service).send_header_rules_again()
+        network = NetworkService(service)
+        team_secrets.changed = network.send_header_rules_again
+        await network.send_header_rules_again()
         return cls(settings, engine, sessions, node, service, resolver, reaper, locks,
                    team_templates, volumes, team_secrets)  # fmt: skip
 

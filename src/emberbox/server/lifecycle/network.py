@@ -18,11 +18,11 @@ from ...node.client import NodeError, NodeSandboxNotFound, NodeUnsupported
 from ..auth.store import Principal
 from ..db import sandboxes as q
 from ..db.models import Sandbox
-from .errors import Conflict, NotFound, SandboxFailed, Unsupported
+from ..secrets.service import SecretService
+from .errors import Conflict, Invalid, NotFound, SandboxFailed, Unsupported
 from .states import VISIBLE, State
 
 if TYPE_CHECKING:
-    from ..secrets.service import SecretService
     from .service import SandboxService
 
 
@@ -63,10 +63,16 @@ class Egress:
 
 
 async def header_rules_message(
-    secrets: SecretService | None, team_id: str, rewrites: tuple[HeaderRule, ...]
+    secrets: SecretService | None,
+    team_id: str,
+    rewrites: tuple[HeaderRule, ...],
+    *,
+    lenient: bool = False,
 ) -> list[pb.HeaderRule]:
     """The rules as the node gets them: every ``${e2b.secrets.<name>}`` replaced by the
-    team's secret's current value (Invalid for a secret it lacks)."""
+    team's secret's current value. A secret the team lacks is Invalid, or with ``lenient``
+    (a secret deleted under a running sandbox) makes its rule ``unresolved``: the node then
+    refuses the requests that rule covers rather than send them without it."""
     if not rewrites:
         return []
     if secrets is None:
@@ -74,7 +80,13 @@ async def header_rules_message(
     out = []
     for rule in rewrites:
         pairs = rule.headers or ()
-        values = await secrets.resolve(team_id, [v for _n, v in pairs])
+        try:
+            values = await secrets.resolve(team_id, [v for _n, v in pairs])
+        except Invalid:
+            if not lenient:
+                raise
+            out.append(pb.HeaderRule(domain=rule.domain, unresolved=True))
+            continue
         headers = [pb.Header(name=n, value=v) for (n, _v), v in zip(pairs, values, strict=True)]
         out.append(pb.HeaderRule(domain=rule.domain, headers=headers))
     return out
@@ -130,26 +142,38 @@ class NetworkService:
                 egress=egress_json(egress.allow_out, egress.deny_out, egress.rewrites),
             )
 
-    async def send_header_rules_again(self) -> int:
-        """After a restart the node has the header rules of its sandboxes without their
-        values (they are never on its disk): send every live sandbox's rules again, resolved.
-        Returns how many sandboxes got them; one that fails is logged and keeps refusing
-        requests its rules cover."""
+    async def send_header_rules_again(self, team_id: str = "", secret: str = "") -> int:
+        """Send live sandboxes' header rules to the node again, resolved now: all of them
+        after a restart (the node keeps values in memory only), or those of ``team_id`` that
+        use ``secret`` when it changed or was deleted, so a rotation reaches running
+        sandboxes. Returns how many sandboxes got them; one that fails is logged (it keeps
+        its old values, or refuses what its rules cover)."""
         async with self.sandboxes.sessions() as s:
             rows = await q.with_egress(s, _CHANGEABLE)
         sent = 0
         for row in rows:
             egress = Egress.of(row)
-            if not egress.rewrites:
+            if not egress.rewrites or (team_id and row.team_id != team_id):
+                continue
+            if secret and not _uses(egress.rewrites, secret):
                 continue
             try:
                 await self.sandboxes.node.update_network(pb.UpdateNetworkRequest(
                     sandbox_id=row.id, allow_internet=egress.allow_internet,
                     allow_out=egress.allow_out, deny_out=egress.deny_out,
                     header_rules=await header_rules_message(
-                        self.sandboxes.secret_service, row.team_id, egress.rewrites),
+                        self.sandboxes.secret_service, row.team_id, egress.rewrites,
+                        lenient=True),
                 ))  # fmt: skip
                 sent += 1
             except Exception as e:
                 log.warning("header rules of %s were not sent again: %s", row.id, e)
         return sent
+
+
+def _uses(rewrites: tuple[HeaderRule, ...], secret: str) -> bool:
+    return any(
+        secret in SecretService.names_in(value)
+        for rule in rewrites
+        for _name, value in rule.headers or ()
+    )

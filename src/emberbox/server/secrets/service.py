@@ -13,7 +13,7 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from sqlalchemy.exc import IntegrityError
@@ -106,6 +106,9 @@ class SecretService:
         self.sessions = sessions
         self.cipher = cipher
         self.max_secrets = max_secrets
+        # Told (team id, secret name) after a value changed or a secret was deleted, so the
+        # running sandboxes whose header rules use it get the new value (or refuse).
+        self.changed: Callable[[str, str], Awaitable[object]] | None = None
 
     async def create(
         self, who: Principal, name: str, value: str, metadata: Mapping[str, str]
@@ -148,7 +151,8 @@ class SecretService:
                 await s.flush()
             except IntegrityError:  # another update took this version number first
                 raise Conflict(f"secret '{ref}' changed meanwhile; try again") from None
-            return row
+        await self._tell(who.team_id, row.name)
+        return row
 
     async def get(self, who: Principal, ref: str) -> Secret:
         async with self.sessions() as s:
@@ -165,9 +169,15 @@ class SecretService:
         return Page(rows, _token(rows[-1].name) if more else None)
 
     async def delete(self, who: Principal, ref: str) -> None:
-        """Running sandboxes keep the values their rules were given (see ``resolve``)."""
+        """Running sandboxes whose rules use it then refuse the requests those rules cover."""
         async with self.sessions.begin() as s:
-            await s.delete(await self._find(s, who, ref))
+            row = await self._find(s, who, ref)
+            await s.delete(row)
+        await self._tell(who.team_id, row.name)
+
+    async def _tell(self, team_id: str, name: str) -> None:
+        if self.changed is not None:
+            await self.changed(team_id, name)
 
     async def _find(self, s: AsyncSession, who: Principal, ref: str) -> Secret:
         row = await q.find(s, who.team_id, ref)
