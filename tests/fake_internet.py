@@ -73,6 +73,12 @@ class H(http.server.BaseHTTPRequestHandler):
         self.end_headers(); self.wfile.write(b)
     def do_GET(self):
         seen(self)
+        if self.headers.get("Upgrade"):  # a protocol switch: then every byte is echoed
+            self.send_response(101); self.send_header("Upgrade", self.headers["Upgrade"])
+            self.send_header("Connection", "Upgrade"); self.end_headers(); self.wfile.flush()
+            while data := self.connection.recv(65536): self.connection.sendall(data)
+            self.close_connection = True
+            return
         if self.path.startswith("/bytes/"):  # bulk downloads for benchmarks
             n = int(self.path[7:]); chunk = bytes(65536)
             self.send_response(200); self.send_header("Content-Length", str(n))

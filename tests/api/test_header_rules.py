@@ -128,6 +128,63 @@ def test_a_header_rule_puts_a_secret_into_https_requests(
         Secret.destroy(info.secret_id)
 
 
+UPGRADE = """
+import socket, ssl, sys
+name = sys.argv[1]
+s = ssl.create_default_context().wrap_socket(
+    socket.create_connection((name, 443), 10), server_hostname=name)
+s.sendall(("GET /upgrade HTTP/1.1\\r\\nHost: %s\\r\\nUpgrade: echo\\r\\n"
+           "Connection: Upgrade\\r\\n\\r\\n" % name).encode())
+head = b""
+while b"\\r\\n\\r\\n" not in head:
+    head += s.recv(1)
+print(head.split(b"\\r\\n")[0].decode())
+s.sendall(b"ping-after-the-switch")
+print(s.recv(100).decode())
+"""
+
+
+def test_upgrades_and_concurrent_requests_through_the_interception(
+    gvisor_server: ServerProcess, gvisor_key: str, inet: FakeInternet
+) -> None:
+    """A protocol switch (WebSocket-style ``101``) gets its headers, then bytes both ways;
+    two sandboxes with ten requests each at once all get theirs (and a POST with ``Expect:
+    100-continue`` is not held back)."""
+    value = "sk-" + secrets.token_hex(16)
+    name = f"rules-{secrets.token_hex(4)}"
+    info = Secret.create(name, value)
+    network: Any = {"allow_out": [RULED], "deny_out": ["0.0.0.0/0"], "rules": _rules(name)}
+    boxes = [Sandbox.create(timeout=180, network=network) for _ in range(2)]
+    try:
+        sbx = boxes[0]
+        sbx.files.write("/tmp/upgrade.py", UPGRADE)
+        switched = _run(sbx, f"python3 /tmp/upgrade.py {RULED}").splitlines()
+        assert switched == ["HTTP/1.1 101 Switching Protocols", "ping-after-the-switch"]
+        assert _last(inet, "/upgrade")["authorization"] == f"Bearer {value}"
+
+        # curl would wait 30 s for a 100 Continue before sending the body: it must come at once.
+        expect = (
+            "head -c 5000 /dev/zero > /tmp/z && curl -s -m 10 --expect100-timeout 30 "
+            f"-H 'Expect: 100-continue' --data-binary @/tmp/z https://{RULED}/expect"
+        )
+        assert _run(sbx, expect).startswith("posted 5000 bytes")
+
+        burst = (
+            "seq 10 | xargs -P 10 -I{} curl -s -m 30 -o /dev/null -w '%{http_code}\\n' "
+            f"https://{RULED}/burst-$(hostname)-{{}}"
+        )
+        results = [b.commands.run(burst, background=True) for b in boxes]
+        for handle in results:
+            assert handle.wait().stdout.split() == ["200"] * 10
+        burst_seen = [r for r in inet.requests() if r["path"].startswith("/burst-")]
+        assert len(burst_seen) == 20
+        assert all(r["headers"]["Authorization"] == f"Bearer {value}" for r in burst_seen)
+    finally:
+        for b in boxes:
+            b.kill()
+        Secret.destroy(info.secret_id)
+
+
 @pytest.mark.parametrize(
     ("rules", "status", "words"),
     [

@@ -693,8 +693,10 @@ async def _next(conn: h11.Connection, stream: _Stream) -> Any:
 
 
 def _rewritten(request: h11.Request, rule: HeaderRule) -> h11.Request:
+    """The request with the rule's headers, and without ``Expect`` (the gateway answers the
+    client's ``100-continue`` itself, so a body is never held back waiting for it)."""
     assert rule.headers is not None
-    replaced = {n.lower().encode() for n, _v in rule.headers}
+    replaced = {n.lower().encode() for n, _v in rule.headers} | {b"expect"}
     headers = [(k, v) for k, v in request.headers if k.lower() not in replaced]
     headers += [(n.encode(), v.encode()) for n, v in rule.headers]
     return h11.Request(method=request.method, target=request.target, headers=headers,
@@ -720,6 +722,9 @@ async def _relay_rewritten(
         if host is None or host.lower().rstrip(".") != name or rule is None:
             raise _Refused(f"a request for {host!r} on a connection to {name}")
         await upstream.send(outbound.send(_rewritten(request, rule)))
+        if inbound.they_are_waiting_for_100_continue:
+            continue_ = h11.InformationalResponse(status_code=100, headers=[])
+            await sandbox.send(inbound.send(continue_) or b"")
         while not isinstance(event := await _next(inbound, sandbox), h11.EndOfMessage):
             if not isinstance(event, h11.Data):
                 raise _Refused("the request ended early")
