@@ -14,9 +14,11 @@ if _TYPE_CHECKING:
     from .sdk._async.commands import AsyncCommandHandle
     from .sdk._async.filesystem import AsyncWatchHandle
     from .sdk._async.sandbox import AsyncSandbox
+    from .sdk._async.secrets import AsyncSecret, AsyncSecretPaginator
     from .sdk._async.snapshots import AsyncSnapshotPaginator
     from .sdk._sync.commands import CommandHandle
     from .sdk._sync.filesystem import WatchHandle
+    from .sdk._sync.secrets import Secret, SecretPaginator
     from .sdk._sync.snapshots import SnapshotPaginator
     from .sdk.code_models import (
         Context,
@@ -50,6 +52,7 @@ if _TYPE_CHECKING:
         PtySize,
         SandboxInfo,
         SandboxMetrics,
+        SecretInfo,
         SnapshotInfo,
         WriteEntry,
         WriteInfo,
@@ -60,6 +63,8 @@ if _TYPE_CHECKING:
 _EXPORTS = {
     "AsyncCommandHandle": ".sdk._async.commands",
     "AsyncSandbox": ".sdk._async.sandbox",
+    "AsyncSecret": ".sdk._async.secrets",
+    "AsyncSecretPaginator": ".sdk._async.secrets",
     "AsyncSnapshotPaginator": ".sdk._async.snapshots",
     "AsyncWatchHandle": ".sdk._async.filesystem",
     "AuthenticationException": ".sdk.exceptions",
@@ -88,6 +93,9 @@ _EXPORTS = {
     "SandboxInfo": ".sdk.models",
     "SandboxMetrics": ".sdk.models",
     "SandboxUnavailableException": ".sdk.exceptions",
+    "Secret": ".sdk._sync.secrets",
+    "SecretInfo": ".sdk.models",
+    "SecretPaginator": ".sdk._sync.secrets",
     "SnapshotInfo": ".sdk.models",
     "SnapshotPaginator": ".sdk._sync.snapshots",
     "TemplateException": ".sdk.exceptions",
@@ -117,6 +125,8 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncCommandHandle",
     "AsyncSandbox",
+    "AsyncSecret",
+    "AsyncSecretPaginator",
     "AsyncSnapshotPaginator",
     "AsyncWatchHandle",
     "AuthenticationException",
@@ -145,6 +155,9 @@ __all__ = [
     "SandboxInfo",
     "SandboxMetrics",
     "SandboxUnavailableException",
+    "Secret",
+    "SecretInfo",
+    "SecretPaginator",
     "SnapshotInfo",
     "SnapshotPaginator",
     "TemplateException",

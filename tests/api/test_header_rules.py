@@ -185,6 +185,29 @@ def test_upgrades_and_concurrent_requests_through_the_interception(
         Secret.destroy(info.secret_id)
 
 
+def test_our_sdk_header_rules(
+    gvisor_server: ServerProcess, gvisor_key: str, inet: FakeInternet
+) -> None:
+    import emberbox
+
+    value = "sk-" + secrets.token_hex(16)
+    info = emberbox.Secret.create(f"ours-{secrets.token_hex(4)}", value)
+    auth = {"Authorization": "Bearer " + emberbox.Secret.fill(info.name)}
+    rules = {RULED: [{"transform": {"headers": auth}}]}
+    with emberbox.Sandbox.create(
+        timeout=120, network={"allow_out": [RULED], "deny_out": ["0.0.0.0/0"], "rules": rules}
+    ) as sbx:
+        got = sbx.commands.run(f"curl -s -m 10 https://{RULED}/ours", timeout=60).stdout
+        assert got.strip() == inet.named_body(RULED)
+        assert _last(inet, "/ours")["authorization"] == f"Bearer {value}"
+        assert sbx.get_info().network == {
+            "allow_out": [RULED],
+            "deny_out": ["0.0.0.0/0"],
+            "rules": rules,
+        }
+    emberbox.Secret.destroy(info.secret_id)
+
+
 @pytest.mark.parametrize(
     ("rules", "status", "words"),
     [

@@ -130,3 +130,24 @@ def test_bad_page_token_is_400(running: Running) -> None:
     with httpx.Client(base_url=running.server.api_url, headers={"X-API-KEY": running.key}) as c:
         assert c.get("/secrets", params={"limit": 0}).status_code == 400
         assert c.get("/secrets", params={"nextToken": "%%%"}).status_code == 400
+
+
+async def test_our_sdk_sync_and_async(sdk_env: Running) -> None:
+    import emberbox
+
+    info = emberbox.Secret.create("Ours-Key", "v1", metadata={"team": "a"})
+    try:
+        assert (info.name, info.version) == ("ours-key", 1)
+        assert emberbox.Secret.update("ours-key", "v2").version == 2
+        assert emberbox.Secret.get_info(info.secret_id).metadata == {"team": "a"}
+        assert "ours-key" in [s.name for s in emberbox.Secret.list(limit=1)]  # every page
+        assert emberbox.Secret.fill("ours-key") == "${e2b.secrets.ours-key}"
+        with pytest.raises(emberbox.NotFoundException):
+            emberbox.Secret.get_info("no-such-secret")
+        assert (await emberbox.AsyncSecret.update(info.secret_id, "v3")).version == 3
+        names = [s.name async for s in emberbox.AsyncSecret.list()]
+        assert "ours-key" in names
+    finally:
+        assert emberbox.Secret.destroy(info.secret_id)
+    assert not emberbox.Secret.exists("ours-key")
+    assert not await emberbox.AsyncSecret.destroy("ours-key")

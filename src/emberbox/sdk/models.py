@@ -168,19 +168,35 @@ class SnapshotInfo:
     created_at: datetime | None = None
 
 
+@dataclass(frozen=True)
+class SecretInfo:
+    """A team secret's metadata (E2B's ``SecretInfo``); the value is never returned."""
+
+    secret_id: str
+    name: str
+    version: int
+    metadata: dict[str, str] = field(default_factory=dict)
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
 class NetworkOptions(TypedDict, total=False):
     """Egress rules and port privacy, with E2B's SDK names: ``allow_out`` (CIDR blocks, IPv4
     addresses or domains, ``*.example.com`` for every name below it; allowed entries win) /
     ``deny_out`` (CIDR blocks or IPv4 addresses), ``allow_public_traffic`` (create only; False
     makes the sandbox's ports need its ``traffic_access_token``), ``mask_request_host`` (create
     only; the Host its servers see through the proxy, ``${PORT}`` for the port) and
-    ``allow_internet_access`` (update only; False is ``deny_out=["0.0.0.0/0"]``)."""
+    ``allow_internet_access`` (update only; False is ``deny_out=["0.0.0.0/0"]``). ``rules``
+    set headers on the sandbox's HTTP(S) requests to a domain (``{"api.example.com":
+    [{"transform": {"headers": {"Authorization": "Bearer " + Secret.fill("key")}}}]}``); the
+    domain must also be reachable by ``allow_out`` or the address rules."""
 
     allow_out: list[str]
     deny_out: list[str]
     allow_public_traffic: bool
     mask_request_host: str
     allow_internet_access: bool
+    rules: dict[str, list[dict[str, Any]]]
 
 
 _WIRE_NAMES = {

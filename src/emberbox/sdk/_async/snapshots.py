@@ -7,7 +7,6 @@ by naming it as the template of a create.
 from __future__ import annotations
 
 import builtins
-from collections.abc import AsyncIterator
 from typing import Any
 
 from .. import _errors
@@ -15,6 +14,7 @@ from .._config import ConnectionConfig
 from ..exceptions import SandboxException
 from ..models import SnapshotInfo
 from .api import AsyncApi, _ts, http_client
+from .paging import AsyncPaginator
 
 
 def snapshot_info(item: dict[str, Any]) -> SnapshotInfo:
@@ -124,13 +124,15 @@ async def rollback(api: AsyncApi, sandbox_id: str, snapshot_id: str) -> None:
         raise _errors.from_http(response, what=f"rollback of {sandbox_id}")
 
 
-class AsyncSnapshotPaginator:
+class AsyncSnapshotPaginator(AsyncPaginator[SnapshotInfo]):
     """The team's snapshots, newest first, a page per request (E2B's paginator: ``has_next``,
     ``next_token``, ``next_items()``); iterating it walks every remaining page.
 
     **Parameters:** ``sandbox_id`` and ``name`` filter; ``limit`` is the page size (1-100);
     ``next_token`` resumes from a page an earlier paginator stopped at.
     """
+
+    what = "snapshots"
 
     def __init__(
         self,
@@ -141,38 +143,16 @@ class AsyncSnapshotPaginator:
         limit: int | None = None,
         next_token: str | None = None,
     ) -> None:
-        self._config = config
+        super().__init__(config, limit, next_token)
         self.sandbox_id = sandbox_id
         self.name = name
-        self.limit = limit
-        self._next_token = next_token
-        self._has_next = True
 
-    @property
-    def has_next(self) -> bool:
-        return self._has_next
-
-    @property
-    def next_token(self) -> str | None:
-        return self._next_token
-
-    async def next_items(self) -> builtins.list[SnapshotInfo]:
-        """The next page; raises :class:`SandboxException` once ``has_next`` is False."""
-        if not self._has_next:
-            raise SandboxException("no more snapshots to fetch (has_next is False)")
+    async def _page(self) -> tuple[builtins.list[SnapshotInfo], str | None]:
         async with http_client() as http:
-            items, token = await snapshot_page(
+            return await snapshot_page(
                 AsyncApi(self._config, http),
                 sandbox_id=self.sandbox_id,
                 name=self.name,
                 limit=self.limit,
                 next_token=self._next_token,
             )
-        self._next_token = token
-        self._has_next = token is not None
-        return items
-
-    async def __aiter__(self) -> AsyncIterator[SnapshotInfo]:
-        while self._has_next:
-            for item in await self.next_items():
-                yield item

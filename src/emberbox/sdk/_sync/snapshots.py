@@ -8,7 +8,6 @@ by naming it as the template of a create.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterator
 from typing import Any
 
 from .. import _errors
@@ -16,6 +15,7 @@ from .._config import ConnectionConfig
 from ..exceptions import SandboxException
 from ..models import SnapshotInfo
 from .api import Api, _ts, http_client
+from .paging import Paginator
 
 
 def snapshot_info(item: dict[str, Any]) -> SnapshotInfo:
@@ -125,13 +125,15 @@ def rollback(api: Api, sandbox_id: str, snapshot_id: str) -> None:
         raise _errors.from_http(response, what=f"rollback of {sandbox_id}")
 
 
-class SnapshotPaginator:
+class SnapshotPaginator(Paginator[SnapshotInfo]):
     """The team's snapshots, newest first, a page per request (E2B's paginator: ``has_next``,
     ``next_token``, ``next_items()``); iterating it walks every remaining page.
 
     **Parameters:** ``sandbox_id`` and ``name`` filter; ``limit`` is the page size (1-100);
     ``next_token`` resumes from a page an earlier paginator stopped at.
     """
+
+    what = "snapshots"
 
     def __init__(
         self,
@@ -142,38 +144,16 @@ class SnapshotPaginator:
         limit: int | None = None,
         next_token: str | None = None,
     ) -> None:
-        self._config = config
+        super().__init__(config, limit, next_token)
         self.sandbox_id = sandbox_id
         self.name = name
-        self.limit = limit
-        self._next_token = next_token
-        self._has_next = True
 
-    @property
-    def has_next(self) -> bool:
-        return self._has_next
-
-    @property
-    def next_token(self) -> str | None:
-        return self._next_token
-
-    def next_items(self) -> builtins.list[SnapshotInfo]:
-        """The next page; raises :class:`SandboxException` once ``has_next`` is False."""
-        if not self._has_next:
-            raise SandboxException("no more snapshots to fetch (has_next is False)")
+    def _page(self) -> tuple[builtins.list[SnapshotInfo], str | None]:
         with http_client() as http:
-            items, token = snapshot_page(
+            return snapshot_page(
                 Api(self._config, http),
                 sandbox_id=self.sandbox_id,
                 name=self.name,
                 limit=self.limit,
                 next_token=self._next_token,
             )
-        self._next_token = token
-        self._has_next = token is not None
-        return items
-
-    def __iter__(self) -> Iterator[SnapshotInfo]:
-        while self._has_next:
-            for item in self.next_items():
-                yield item
