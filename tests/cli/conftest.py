@@ -24,10 +24,10 @@ def cli(server: ServerProcess) -> Cli:
         **server.sdk_env(server.first_key),
     }
 
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
+    def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "emberbox.cli", *args],
-            capture_output=True, text=True, timeout=120, env=env,
+            capture_output=True, text=True, timeout=120, env=env, input=stdin,
         )  # fmt: skip
 
     return run

@@ -25,7 +25,8 @@ def inet() -> Iterator[FakeInternet]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, inet: FakeInternet) -> Iterator[ServerProcess]:
-    env = {"EMBERBOX_EGRESS_DNS": inet.dns}
+    assert inet.workdir is not None
+    env = {"EMBERBOX_EGRESS_DNS": inet.dns, "EMBERBOX_EGRESS_CA": str(inet.workdir / "ca.pem")}
     with gvisor_server(tmp_path_factory.mktemp("cli-network"), env) as srv:
         yield srv
 
@@ -66,3 +67,33 @@ def test_create_with_rules_then_replace_them(cli: Cli, inet: FakeInternet) -> No
         assert len(bad.stderr.strip().splitlines()) == 1
     finally:
         cli("sandbox", "kill", sandbox_id)
+
+
+def test_a_secret_and_a_header_rule(cli: Cli, inet: FakeInternet) -> None:
+    """``emberbox secret create`` reads the value from stdin; ``sandbox create --header`` puts
+    it into the sandbox's requests to the domain; ``secret delete`` removes it."""
+    made = cli("secret", "create", "cli-key", "--meta", "owner=cli", stdin="sk-cli-value\n")
+    assert made.returncode == 0, made.stderr
+    assert "cli-key" in made.stdout and "version 1" in made.stdout
+    listed = json.loads(cli("secret", "list", "--json").stdout)
+    assert [s["metadata"] for s in listed if s["name"] == "cli-key"] == [{"owner": "cli"}]
+    assert "sk-cli-value" not in cli("secret", "info", "cli-key", "--json").stdout
+
+    header = f"{ALLOWED}:Authorization=Bearer ${{e2b.secrets.cli-key}}"
+    created = cli("sandbox", "create", "--no-internet", "--allow-out", ALLOWED,
+                  "--header", header, "--json")  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    sandbox_id = json.loads(created.stdout)["sandboxID"]
+    try:
+        got = cli("sandbox", "exec", sandbox_id, "--", "curl", "-s", "-m", "5",
+                  f"https://{ALLOWED}/cli-rule")  # fmt: skip
+        assert got.stdout.strip() == inet.named_body(ALLOWED), got.stderr
+        seen = [r for r in inet.requests() if r["path"] == "/cli-rule"]
+        assert seen[-1]["headers"]["Authorization"] == "Bearer sk-cli-value"
+        bad = cli("sandbox", "create", "--header", "no-colon")
+        assert bad.returncode != 0 and "DOMAIN:NAME=VALUE" in bad.stderr
+    finally:
+        cli("sandbox", "kill", sandbox_id)
+    assert cli("secret", "delete", "cli-key").returncode == 0
+    gone = cli("secret", "delete", "cli-key")
+    assert gone.returncode == 1 and "not found" in gone.stderr

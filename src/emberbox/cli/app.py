@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import logs, node, sandbox, server, stateful, template
+from . import logs, node, sandbox, secret, server, stateful, template
 
 app = typer.Typer(
     help="Emberbox: self-hosted sandboxes for AI agents.",
@@ -16,6 +16,7 @@ app.command("node")(node.node)
 app.add_typer(server.keys_app, name="keys")
 app.add_typer(sandbox.app, name="sandbox")
 app.add_typer(stateful.app, name="snapshot")
+app.add_typer(secret.app, name="secret")
 app.add_typer(template.app, name="template")
 app.command("logs")(logs.logs)
 

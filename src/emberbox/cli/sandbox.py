@@ -42,17 +42,36 @@ AllowOut = Annotated[
 DenyOut = Annotated[
     list[str] | None, typer.Option("--deny-out", help="CIDR or IP it may not reach; repeat")
 ]
+Headers = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--header",
+        help="DOMAIN:NAME=VALUE set on its HTTP(S) requests to DOMAIN (a header rule); VALUE "
+        "may hold '${e2b.secrets.SECRET}'; repeat",
+    ),
+]
 NoInternet = Annotated[
     bool, typer.Option("--no-internet", help="no egress but what --allow-out names")
 ]
 
 
-def _rules(allow_out: list[str] | None, deny_out: list[str] | None) -> NetworkOptions:
+def _rules(
+    allow_out: list[str] | None, deny_out: list[str] | None, headers: list[str] | None = None
+) -> NetworkOptions:
     rules = NetworkOptions()
     if allow_out:
         rules["allow_out"] = allow_out
     if deny_out:
         rules["deny_out"] = deny_out
+    by_domain: dict[str, dict[str, str]] = {}
+    for item in headers or []:
+        domain, _, header = item.partition(":")
+        name, sep, value = header.partition("=")
+        if not (domain and name and sep):
+            raise fail(f"--header must look like DOMAIN:NAME=VALUE, got {item!r}")
+        by_domain.setdefault(domain, {})[name] = value
+    if by_domain:
+        rules["rules"] = {d: [{"transform": {"headers": h}}] for d, h in by_domain.items()}
     return rules
 
 
@@ -65,6 +84,7 @@ def create(
     env: Annotated[list[str] | None, typer.Option("--env", "-e")] = None,
     allow_out: AllowOut = None,
     deny_out: DenyOut = None,
+    header: Headers = None,
     no_internet: NoInternet = False,
     private: Annotated[
         bool, typer.Option("--private", help="its ports answer only with its traffic token")
@@ -77,7 +97,7 @@ def create(
 ) -> None:
     """Create a sandbox and print its id (and, with --private, its traffic access token on
     stderr: requests to its ports need it in the e2b-traffic-access-token header)."""
-    network = _rules(allow_out, deny_out)
+    network = _rules(allow_out, deny_out, header)
     if private:
         network["allow_public_traffic"] = False
     if mask_host:
@@ -107,10 +127,11 @@ def network(
     sandbox_id: str,
     allow_out: AllowOut = None,
     deny_out: DenyOut = None,
+    header: Headers = None,
     no_internet: NoInternet = False,
 ) -> None:
     """Replace a running or paused sandbox's egress rules (what is not given is cleared)."""
-    rules = _rules(allow_out, deny_out)
+    rules = _rules(allow_out, deny_out, header)
     if no_internet:
         rules["allow_internet_access"] = False
     sandbox = Sandbox._handle(sandbox_id)
