@@ -89,7 +89,14 @@ FRAMING_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "con
                              "upgrade", "te", "trailer", "keep-alive", "expect",
                              "proxy-connection", "http2-settings"})  # fmt: skip
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 field-name
-_BAD_VALUE = re.compile(r"[\r\n\x00]")
+# RFC 9110 field-value (what h11 sends): no control characters but tab inside, none and no
+# space at either end.
+_VALUE = re.compile(r"([^\x00-\x20\x7f]([^\x00-\x08\x0a-\x1f\x7f]*[^\x00-\x20\x7f])?)?")
+
+
+def valid_header_value(text: str) -> bool:
+    """Whether ``text`` can be sent as an HTTP header's value as it is."""
+    return _VALUE.fullmatch(text) is not None
 
 
 @dataclass(frozen=True)
@@ -118,9 +125,9 @@ class EgressRules:
     rewrites: tuple[HeaderRule, ...] = ()
 
     def rewrite_for(self, name: str | None) -> HeaderRule | None:
-        """The rule for ``name``: one naming it exactly before a wildcard one."""
+        """The rule for ``name``: one naming it exactly, else the longest wildcard."""
         matching = [r for r in self.rewrites if r.matches(name)]
-        matching.sort(key=lambda r: r.domain.startswith("*."))
+        matching.sort(key=lambda r: (r.domain.startswith("*."), -len(r.domain)))
         return matching[0] if matching else None
 
 
@@ -214,10 +221,20 @@ def parse_header_rules(raw: object) -> tuple[HeaderRule, ...]:
         if len(headers) > MAX_RULE_HEADERS:
             raise InvalidRules(f"rules['{key}'] sets {len(headers)} headers; at most "
                                f"{MAX_RULE_HEADERS} allowed")  # fmt: skip
-        out.append(HeaderRule(str(entry), tuple(headers.values())))
+        if headers:  # a rule that sets nothing intercepts nothing
+            out.append(HeaderRule(str(entry), tuple(headers.values())))
     if size > MAX_RULE_BYTES:
         raise InvalidRules(f"rules hold {size} bytes of headers; at most {MAX_RULE_BYTES}")
     return tuple(out)
+
+
+def header_rules_from(
+    rules: Iterable[tuple[str, Iterable[tuple[str, str]]]],
+) -> tuple[HeaderRule, ...]:
+    """(domain, headers) pairs, as node messages carry them, checked like E2B's ``rules``."""
+    return parse_header_rules(
+        {domain: [{"transform": {"headers": dict(headers)}}] for domain, headers in rules}
+    )
 
 
 def _rule_headers(domain: str, rule: object) -> list[tuple[str, str]]:
@@ -242,10 +259,10 @@ def _rule_headers(domain: str, rule: object) -> list[tuple[str, str]]:
             raise InvalidRules(f"rules['{domain}']: '{name}' is not a header name")
         if name.lower() in FRAMING_HEADERS or name.lower().startswith("proxy-"):
             raise InvalidRules(f"rules['{domain}']: the {name} header cannot be set")
-        if not isinstance(value, str) or _BAD_VALUE.search(value):
+        if not isinstance(value, str) or not valid_header_value(value):
             raise InvalidRules(
-                f"rules['{domain}']: the {name} header's value must be a string without CR, "
-                "LF or NUL"
+                f"rules['{domain}']: the {name} header's value must be a string without "
+                "control characters (but tab) or spaces at either end"
             )
     return list(headers.items())
 

@@ -7,6 +7,7 @@ never enters the sandbox: not its env, files or responses, nor the API's answers
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -182,6 +183,61 @@ def test_upgrades_and_concurrent_requests_through_the_interception(
     finally:
         for b in boxes:
             b.kill()
+        Secret.destroy(info.secret_id)
+
+
+KEEP_ALIVE = """
+import http.client, os, ssl, sys, time
+name = sys.argv[1]
+c = http.client.HTTPSConnection(name, context=ssl.create_default_context(), timeout=20)
+c.request("GET", "/keep-1"); r = c.getresponse(); r.read(); print(r.status, flush=True)
+open("/tmp/first-done", "w").close()
+while not os.path.exists("/tmp/go"):
+    time.sleep(0.05)
+try:
+    c.request("GET", "/keep-2"); r = c.getresponse(); r.read(); print(r.status)
+except Exception as e:
+    print("closed", type(e).__name__)
+"""
+
+
+def test_the_credential_cannot_be_steered_and_follows_the_rule_on_open_connections(
+    gvisor_server: ServerProcess, gvisor_key: str, inet: FakeInternet
+) -> None:
+    """Requests that would send the header elsewhere (an absolute-form target, a Host with
+    more after the name, CONNECT) or echo it back (TRACE) are refused before anything is
+    sent; a connection opened before a rotation carries the new value on its next request."""
+    value = "sk-" + secrets.token_hex(16)
+    name = f"rules-{secrets.token_hex(4)}"
+    info = Secret.create(name, value)
+    network: Any = {"allow_out": [RULED], "deny_out": ["0.0.0.0/0"], "rules": _rules(name)}
+    sbx = Sandbox.create(timeout=180, network=network)
+    try:
+        attempts = {
+            "/absolute": f"--request-target https://{OTHER}/absolute https://{RULED}/",
+            "/junk": f"-H 'Host: {RULED}:443, {OTHER}' https://{RULED}/junk",
+            "/trace": f"-X TRACE https://{RULED}/trace",
+            "/connect": f"-X CONNECT https://{RULED}/connect",
+        }
+        for path, args in attempts.items():
+            assert _run(sbx, f"curl -s -m 10 {args}") == "failed", path
+        logged = {r["path"] for r in inet.requests()}
+        assert not logged & {*attempts, f"https://{OTHER}/absolute"}
+        assert _run(sbx, f"curl -s -m 10 https://{RULED}:443/port") == inet.named_body(RULED)
+
+        sbx.files.write("/tmp/keep.py", KEEP_ALIVE)
+        handle = sbx.commands.run(f"python3 /tmp/keep.py {RULED}", background=True)
+        deadline = time.monotonic() + 30
+        while not sbx.files.exists("/tmp/first-done"):
+            assert time.monotonic() < deadline, "the first request did not finish"
+            time.sleep(0.1)
+        assert _last(inet, "/keep-1")["authorization"] == f"Bearer {value}"
+        Secret.update(name, value + "-new")
+        sbx.files.write("/tmp/go", "")
+        assert handle.wait().stdout.split() == ["200", "200"]
+        assert _last(inet, "/keep-2")["authorization"] == f"Bearer {value}-new"
+    finally:
+        sbx.kill()
         Secret.destroy(info.secret_id)
 
 

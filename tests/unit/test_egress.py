@@ -14,6 +14,7 @@ from emberbox.egress import (
     parse_list,
     reaches,
     rules_for,
+    valid_header_value,
 )
 
 
@@ -152,3 +153,22 @@ def test_header_rules_merge_per_domain_and_prefer_exact_names() -> None:
 def test_bad_header_rules(raw: object, error: type[Exception]) -> None:
     with pytest.raises(error):
         parse_header_rules(raw)
+
+
+def test_the_longest_wildcard_wins_and_values_are_what_http_can_carry() -> None:
+    rules = parse_header_rules(
+        {
+            "*.example.com": [{"transform": {"headers": {"X-A": "1"}}}],
+            "*.api.example.com": [{"transform": {"headers": {"X-B": "2"}}}],
+            "nothing.example.com": [{}],  # sets nothing: intercepts nothing
+        }
+    )
+    assert [r.domain for r in rules] == ["*.example.com", "*.api.example.com"]
+    egress = rules_for([], [], rewrites=rules)
+    assert egress.rewrite_for("x.api.example.com") == rules[1]
+    assert egress.rewrite_for("x.example.com") == rules[0]
+    assert egress.rewrite_for("nothing.example.com") == rules[0]
+    for good in ("", "a", "Bearer x", "a\tb", "é"):
+        assert valid_header_value(good), good
+    for bad in (" a", "a ", "a\nb", "a\x01b", "a\x7fb"):
+        assert not valid_header_value(bad), bad

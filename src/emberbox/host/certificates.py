@@ -7,10 +7,11 @@ the node's data dir (mode 0600); it cannot be name-constrained, since rules name
 
 from __future__ import annotations
 
+import collections
 import datetime
-import hashlib
 import os
 import ssl
+import tempfile
 import threading
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 CA_DAYS = 3650
 LEAF_DAYS = 30  # leaves are remade at every node start, and when they near their end
-MAX_CONTEXTS = 1024
+MAX_CONTEXTS = 1024  # leaves kept, least recently used dropped first
 
 
 def now() -> datetime.datetime:
@@ -51,7 +52,8 @@ class EgressCa:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None = None
-        self._contexts: dict[str, tuple[datetime.datetime, ssl.SSLContext]] = {}
+        self._contexts: collections.OrderedDict[str, tuple[datetime.datetime, ssl.SSLContext]]
+        self._contexts = collections.OrderedDict()
         self._lock = threading.Lock()
 
     def pem(self) -> bytes:
@@ -64,15 +66,18 @@ class EgressCa:
             return self._ca
 
     def _read(self) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None:
+        """The CA on disk; None when there is none (or it nears its end). Files that exist
+        but do not load are an error, never silently replaced: sandboxes trust that CA."""
+        cert_path, key_path = self.directory / "ca.pem", self.directory / "ca-key.pem"
+        if not cert_path.exists() and not key_path.exists():
+            return None
         try:
-            cert = x509.load_pem_x509_certificate((self.directory / "ca.pem").read_bytes())
-            key = serialization.load_pem_private_key(
-                (self.directory / "ca-key.pem").read_bytes(), password=None
-            )
-        except (OSError, ValueError):
-            return None
+            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        except (OSError, ValueError) as e:
+            raise OSError(f"the egress CA in {self.directory} does not load: {e}") from e
         if not isinstance(key, ec.EllipticCurvePrivateKey):
-            return None
+            raise OSError(f"the egress CA key in {self.directory} is not an EC key")
         if cert.not_valid_after_utc < now() + datetime.timedelta(days=LEAF_DAYS):
             return None
         return cert, key
@@ -105,10 +110,14 @@ class EgressCa:
 
     def server_context(self, name: str) -> ssl.SSLContext:
         """A TLS server context presenting a certificate for ``name`` (HTTP/1.1 only: the
-        gateway rewrites requests with an HTTP/1 parser)."""
-        cached = self._contexts.get(name)
-        if cached is not None and cached[0] > now():
-            return cached[1]
+        gateway rewrites requests with an HTTP/1 parser). Signing costs a few milliseconds:
+        call it off the event loop. The leaf's key lives only in memory (the file ssl needs
+        to load it is removed at once)."""
+        with self._lock:
+            cached = self._contexts.get(name)
+            if cached is not None and cached[0] > now():
+                self._contexts.move_to_end(name)
+                return cached[1]
         ca_cert, ca_key = self._load()
         key = ec.generate_private_key(ec.SECP256R1())
         start = now() - datetime.timedelta(hours=1)
@@ -129,15 +138,14 @@ class EgressCa:
             )
             .sign(ca_key, hashes.SHA256())
         )
-        leaves = self.directory / "leaves"
-        leaves.mkdir(mode=0o700, exist_ok=True)
-        path = leaves / (hashlib.sha256(name.encode()).hexdigest()[:32] + ".pem")
-        chain = key_pem(key) + leaf.public_bytes(serialization.Encoding.PEM)
-        write_atomic(path, chain, private=True)
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(path)
+        with tempfile.NamedTemporaryFile(dir=self.directory, suffix=".pem") as chain:
+            chain.write(key_pem(key) + leaf.public_bytes(serialization.Encoding.PEM))
+            chain.flush()
+            context.load_cert_chain(chain.name)
         context.set_alpn_protocols(["http/1.1"])
-        if len(self._contexts) >= MAX_CONTEXTS:
-            self._contexts.clear()
-        self._contexts[name] = (end - datetime.timedelta(days=1), context)
+        with self._lock:
+            self._contexts[name] = (end - datetime.timedelta(days=1), context)
+            while len(self._contexts) > MAX_CONTEXTS:
+                self._contexts.popitem(last=False)
         return context

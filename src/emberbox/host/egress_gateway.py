@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import resource
 import socket
 import ssl
@@ -75,6 +76,7 @@ IDLE_S = 600.0  # a spliced connection with no bytes either way for this long is
 MAX_PER_SANDBOX = 256  # connections (and DNS-over-TCP streams) one sandbox may hold open
 MAX_OPEN = 8192  # ... and all sandboxes together
 CHUNK = 256 * 1024  # what one read may hand over; also the streams' buffer limit
+MAX_RESPONSE_HEAD = 64 * 1024  # the largest response head an intercepted server may send
 
 Lookup = Callable[[str], EgressRules | None]
 
@@ -478,6 +480,7 @@ class EgressGateway:
         try:
             address, port = original_destination(writer.get_extra_info("socket"))
             seen, name, requests = await asyncio.wait_for(_read_name(reader, port), NAME_TIMEOUT_S)
+            name = name.lower().rstrip(".") if name else name
             pipelined = requests.first[1:] if requests is not None else []
             by_name = all(name_allowed(rules.domains, n) for n in [name, *pipelined])
             # Only a sandbox with header rules has connections its IP rules allow sent here.
@@ -492,7 +495,7 @@ class EgressGateway:
                     _reset(writer)
                     return
                 log.info("egress rewritten: %s -> %s (%s:%d)", peer, name, target, port)
-                await self._intercept(reader, writer, seen, name, target, port, rules)
+                await self._intercept(reader, writer, seen, name, target, port)
                 return
             if by_name:
                 target = await self._target(rules, name, address)
@@ -510,7 +513,8 @@ class EgressGateway:
             up_writer.write(seen)
             await self._splice(reader, writer, up_reader, up_writer, requests, rules)
         except (TimeoutError, OSError, ConnectionError, _Refused, h11.ProtocolError) as exc:
-            log.debug("egress connection of %s ended: %r", peer, exc)
+            # The type only: an error's text may quote a request's headers (a credential).
+            log.debug("egress connection of %s ended: %s", peer, type(exc).__name__)
             _reset(writer)
         finally:
             self._release(peer, writer)
@@ -526,7 +530,6 @@ class EgressGateway:
         name: str,
         target: str,
         port: int,
-        rules: EgressRules,
     ) -> None:
         """Terminate the sandbox's TLS with a certificate for ``name`` from the node's CA
         (plain HTTP on port 80 needs none), open a verified TLS connection of our own to
@@ -536,7 +539,8 @@ class EgressGateway:
         if port == 80:
             sandbox, first = _Plain(reader, writer), seen
         else:
-            tls = _TlsServer(self.ca.server_context(name), reader, writer)
+            leaf = await asyncio.to_thread(self.ca.server_context, name)
+            tls = _TlsServer(leaf, reader, writer)
             await asyncio.wait_for(tls.handshake(seen), NAME_TIMEOUT_S)
             sandbox, first = tls, b""
         context = self._client_context() if port != 80 else None
@@ -546,8 +550,12 @@ class EgressGateway:
             ),
             CONNECT_TIMEOUT_S,
         )
+        peer = writer.get_extra_info("peername")[0]
         try:
-            await _relay_rewritten(sandbox, _Plain(up_reader, up_writer), first, name, rules)
+            await _relay_rewritten(
+                sandbox, _Plain(up_reader, up_writer), first, name, lambda: self.lookup(peer)
+            )
+            await sandbox.close()
         finally:
             up_writer.close()
 
@@ -619,6 +627,10 @@ class _Stream:
     async def send(self, data: bytes) -> None:
         raise NotImplementedError
 
+    async def close(self) -> None:
+        """End the stream cleanly (TLS: its close_notify, so a response delimited by the
+        connection's end is not read as truncated)."""
+
 
 class _Plain(_Stream):
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -682,6 +694,12 @@ class _TlsServer(_Stream):
         self._tls.write(data)
         await self._flush()
 
+    async def close(self) -> None:
+        with contextlib.suppress(ssl.SSLError):
+            self._tls.unwrap()
+        with contextlib.suppress(OSError, ConnectionError):
+            await self._flush()
+
 
 async def _next(conn: h11.Connection, stream: _Stream) -> Any:
     """The next h11 event of ``conn``, reading from ``stream`` as it needs (idle: closed)."""
@@ -690,6 +708,31 @@ async def _next(conn: h11.Connection, stream: _Stream) -> Any:
         if event is not h11.NEED_DATA:
             return event
         conn.receive_data(await asyncio.wait_for(stream.recv(), IDLE_S))
+
+
+# Methods refused on an intercepted connection: CONNECT would tunnel the credential-bearing
+# request elsewhere, TRACE/TRACK make servers echo it (header and all) back to the sandbox.
+_REFUSED_METHODS = frozenset({b"CONNECT", b"TRACE", b"TRACK"})
+_HOST = re.compile(rb"([A-Za-z0-9.-]+?)\.?(:[0-9]{1,5})?")
+
+
+def _checked(request: h11.Request, name: str) -> None:
+    """A request the gateway may send the rule's headers with: origin-form target (an
+    absolute-form URL names its own host, which a server uses instead of Host), a Host that
+    is exactly the intercepted name with an optional port, no CONNECT/TRACE, and one framing
+    (Content-Length beside Transfer-Encoding could desync the server: smuggling)."""
+    if request.method in _REFUSED_METHODS:
+        raise _Refused(f"{request.method.decode()} on an intercepted connection")
+    if not (request.target.startswith(b"/") or (request.target == b"*"
+                                                 and request.method == b"OPTIONS")):  # fmt: skip
+        raise _Refused("a request target that is not a path")
+    hosts = [v for k, v in request.headers if k == b"host"]
+    found = _HOST.fullmatch(hosts[0]) if len(hosts) == 1 else None
+    if found is None or found.group(1).decode().lower() != name:
+        raise _Refused(f"a request for another host than {name}")
+    framing = {k for k, _v in request.headers} & {b"content-length", b"transfer-encoding"}
+    if len(framing) == 2:
+        raise _Refused("both Content-Length and Transfer-Encoding")
 
 
 def _rewritten(request: h11.Request, rule: HeaderRule) -> h11.Request:
@@ -704,23 +747,32 @@ def _rewritten(request: h11.Request, rule: HeaderRule) -> h11.Request:
 
 
 async def _relay_rewritten(
-    sandbox: _Stream, upstream: _Stream, first: bytes, name: str, rules: EgressRules
+    sandbox: _Stream,
+    upstream: _Stream,
+    first: bytes,
+    name: str,
+    rules: Callable[[], EgressRules | None],
 ) -> None:
-    """Relay HTTP/1 exchanges one at a time (h11 on both sides), each request getting the
-    headers of the rule for ``name``; a request for another host ends the connection (the
-    upstream is ``name``'s). Bodies stream through; after a ``101`` the bytes are copied."""
+    """Relay HTTP/1 exchanges one at a time (h11 on both sides), each request checked
+    (:func:`_checked`) and given the headers of the rule for ``name`` *as it is now*
+    (``rules`` is asked per request: a rotated secret or a removed rule applies to open
+    connections too; a rule gone or without values ends the connection). Bodies stream
+    through; after a ``101`` the bytes are copied."""
     inbound = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HELLO)
-    outbound = h11.Connection(h11.CLIENT)
+    outbound = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD)
     if first:  # (h11 takes b"" for the end of the stream)
         inbound.receive_data(first)
     while True:
         request = await _next(inbound, sandbox)
         if isinstance(request, h11.ConnectionClosed):
             return
-        host = _host(request) if isinstance(request, h11.Request) else None
-        rule = rules.rewrite_for(host)
-        if host is None or host.lower().rstrip(".") != name or rule is None:
-            raise _Refused(f"a request for {host!r} on a connection to {name}")
+        if not isinstance(request, h11.Request):
+            raise _Refused("not a request")
+        _checked(request, name)
+        current = rules()
+        rule = current.rewrite_for(name) if current is not None else None
+        if rule is None or rule.headers is None:
+            raise _Refused(f"the rule for {name} is gone or has no values")
         await upstream.send(outbound.send(_rewritten(request, rule)))
         if inbound.they_are_waiting_for_100_continue:
             continue_ = h11.InformationalResponse(status_code=100, headers=[])
@@ -734,8 +786,11 @@ async def _relay_rewritten(
             event = await _next(outbound, upstream)
             if isinstance(event, h11.ConnectionClosed):
                 raise _Refused("the server closed before it answered")
+            interim = isinstance(event, h11.InformationalResponse)
+            if interim and event.status_code != 101 and request.http_version == b"1.0":
+                continue  # an HTTP/1.0 client does not expect 1xx answers
             await sandbox.send(inbound.send(event) or b"")
-            if isinstance(event, h11.InformationalResponse) and event.status_code == 101:
+            if interim and event.status_code == 101:
                 await upstream.send(inbound.trailing_data[0])
                 await sandbox.send(outbound.trailing_data[0])
                 await _copy_both(sandbox, upstream)

@@ -191,6 +191,7 @@ class Orchestrator:
                 version = await self._handshake(sandbox, access_token, previous_token)
                 if spec.network.rewrites:
                     await self._install_egress_ca(sandbox.envd_url, access_token)
+                    record.trusts_egress_ca = True
             except BaseException:
                 await self._release_locked(spec.sandbox_id, "create failed")
                 raise
@@ -297,11 +298,15 @@ class Orchestrator:
         record = self._held.get(sandbox_id)
         if record is None:
             raise SandboxNotFound(sandbox_id)
+        if record.trusts_egress_ca:
+            return
         if record.state != "running":
             raise CapabilityMissing(
                 f"sandbox {sandbox_id} is {record.state}: header rules are added while it runs"
             )
         await self._install_egress_ca(record.envd_url, access_token)
+        record.trusts_egress_ca = True
+        self.records.save(record)
 
     async def _install_egress_ca(self, envd_url: str, access_token: str) -> None:
         """Add the gateway's CA to the guest's system trust store (the bundle OpenSSL, curl

@@ -22,6 +22,8 @@ class SandboxRecord:
     envd_url: str = ""
     host: str = ""
     envd_version: str = ""
+    # The sandbox's trust store holds the egress gateway's CA (header rules were given).
+    trusts_egress_ca: bool = False
 
 
 class RecordStore:

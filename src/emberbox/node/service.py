@@ -16,7 +16,7 @@ from google.protobuf.message import Message
 
 from .._connect.errors import Code, ConnectError
 from .._proto.node import node_pb2 as pb
-from ..egress import HeaderRule, parse_header_rules, rules_for
+from ..egress import HeaderRule, header_rules_from, rules_for
 from ..host.errors import HostError, HostExhausted
 from ..runtimes.base import (
     CapabilityMissing,
@@ -86,13 +86,11 @@ def _policy(
 ) -> NetworkPolicy:
     """Checked here too (``InvalidRules`` is a ValueError: INVALID_ARGUMENT): node messages
     may come from any client."""
-    rewrites = parse_header_rules(
-        {r.domain: [{"transform": {"headers": {h.name: h.value for h in r.headers}}}]
-         for r in header_rules}
-    )  # fmt: skip
-    unresolved = {r.domain.lower().rstrip(".") for r in header_rules if r.unresolved}
-    rewrites = tuple(
-        HeaderRule(r.domain, headers=None) if r.domain in unresolved else r for r in rewrites
+    rewrites = header_rules_from((r.domain, [(h.name, h.value) for h in r.headers])
+                                 for r in header_rules if not r.unresolved)  # fmt: skip
+    # A rule whose secret is gone keeps its domain, without values: its requests are refused.
+    rewrites += tuple(
+        HeaderRule(r.domain.lower().rstrip("."), headers=None) for r in header_rules if r.unresolved
     )
     policy = NetworkPolicy(allow_internet, tuple(allow_out), tuple(deny_out), rewrites)
     rules_for(policy.allow_out, policy.deny_out, policy.allow_internet)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..._proto.node import node_pb2 as pb
-from ...egress import HeaderRule, parse_header_rules
+from ...egress import HeaderRule, InvalidRules, header_rules_from, parse_header_rules
 from ...node.client import NodeError, NodeSandboxNotFound, NodeUnsupported
 from ..auth.store import Principal
 from ..db import sandboxes as q
@@ -89,6 +89,12 @@ async def header_rules_message(
             continue
         headers = [pb.Header(name=n, value=v) for (n, _v), v in zip(pairs, values, strict=True)]
         out.append(pb.HeaderRule(domain=rule.domain, headers=headers))
+    try:  # the node checks the resolved rules too (sizes grow with the values): check first
+        header_rules_from((r.domain, [(h.name, h.value) for h in r.headers]) for r in out)
+    except InvalidRules as e:
+        if not lenient:
+            raise Invalid(f"with the secrets' values, {e}") from None
+        return [pb.HeaderRule(domain=r.domain, unresolved=True) for r in out]
     return out
 
 
@@ -104,7 +110,12 @@ class NetworkService:
 
     async def update(self, who: Principal, sandbox_id: str, egress: Egress) -> None:
         """Replace the sandbox's egress rules: on its node first (effective for the next
-        packet), then in the database."""
+        packet), then in the database; one change at a time, so a secret's re-send never
+        puts back rules an update just replaced."""
+        async with self.sandboxes.network_lock:
+            await self._update(who, sandbox_id, egress)
+
+    async def _update(self, who: Principal, sandbox_id: str, egress: Egress) -> None:
         row = await self.sandboxes.get(who, sandbox_id)
         caps = self.sandboxes.facts.capabilities
         if not caps.egress_rules:
@@ -113,8 +124,6 @@ class NetworkService:
             )
         if State(row.state) not in _CHANGEABLE:
             raise Conflict(f"sandbox '{sandbox_id}' is {row.state}; try again when it settled")
-        if egress.rewrites and not caps.egress_rules:
-            raise Unsupported(f"the {self.sandboxes.facts.runtime} runtime cannot apply rules")
         request = pb.UpdateNetworkRequest(
             sandbox_id=sandbox_id,
             allow_internet=egress.allow_internet,
@@ -148,6 +157,10 @@ class NetworkService:
         use ``secret`` when it changed or was deleted, so a rotation reaches running
         sandboxes. Returns how many sandboxes got them; one that fails is logged (it keeps
         its old values, or refuses what its rules cover)."""
+        async with self.sandboxes.network_lock:
+            return await self._send_again(team_id, secret)
+
+    async def _send_again(self, team_id: str, secret: str) -> int:
         async with self.sandboxes.sessions() as s:
             rows = await q.with_egress(s, _CHANGEABLE)
         sent = 0

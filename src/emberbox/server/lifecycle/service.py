@@ -148,6 +148,8 @@ class SandboxService:
         self.team_templates = team_templates
         self.volumes = volumes  # None: this deployment serves no volumes
         self.secret_service = secret_service  # None: header rules cannot name secrets
+        # Held while a sandbox's network policy changes on its node and in the database.
+        self.network_lock = asyncio.Lock()
         self._admission = asyncio.Lock()
         # One resume per paused sandbox, however many requests arrive to wake it (see wake).
         self._waking: dict[str, asyncio.Task[bool]] = {}

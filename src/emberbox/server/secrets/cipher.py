@@ -47,6 +47,8 @@ def load_key(data_dir: Path, configured: str = "") -> bytes:
         with os.fdopen(fd, "w") as f:
             f.write(text + "\n")
         os.replace(path.with_suffix(".tmp"), path)
+    if path.stat().st_mode & 0o077:  # readable by others: no longer a secret's key
+        os.chmod(path, 0o600)
     return _decode(path.read_text())
 
 

@@ -16,9 +16,11 @@ import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
+from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from ...egress import valid_header_value
 from ...vocabulary import SECRET_ID_PREFIX, new_secret_id
 from ..auth.store import Principal
 from ..db import secrets as q
@@ -35,7 +37,6 @@ MAX_METADATA_BYTES = 8192
 MAX_PAGE = 100
 
 _BAD_NAME_CHARS = re.compile(r"[{}\x00-\x1f\x7f-\x9f]")
-_BAD_VALUE_CHARS = re.compile(r"[\r\n\x00]")
 PLACEHOLDER = re.compile(r"\$\{e2b\.secrets\.([^{}]+)\}")
 """What the SDK's ``Secret.fill(name)`` writes, and the egress gateway's header rules carry."""
 
@@ -61,8 +62,11 @@ def _name(raw: str) -> str:
 def _value(value: str) -> str:
     if len(value.encode()) > MAX_VALUE_BYTES:
         raise Invalid(f"a secret value is at most {MAX_VALUE_BYTES} bytes")
-    if _BAD_VALUE_CHARS.search(value):
-        raise Invalid("a secret value may not contain CR, LF or NUL (it is sent in HTTP headers)")
+    if not valid_header_value(value):
+        raise Invalid(
+            "a secret value is sent in HTTP headers: no control characters (but tab) and no "
+            "spaces at either end"
+        )
     return value
 
 
@@ -147,6 +151,12 @@ class SecretService:
             version = row.current_version
             sealed = self.cipher.seal(value, row.id, version)
             s.add(SecretVersion(secret_id=row.id, version=version, sealed=sealed))
+            # Only the current value is ever read: a rotated-away one is not kept to leak.
+            await s.execute(
+                delete(SecretVersion).where(
+                    SecretVersion.secret_id == row.id, SecretVersion.version < version
+                )
+            )
             try:
                 await s.flush()
             except IntegrityError:  # another update took this version number first
