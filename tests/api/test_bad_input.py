@@ -213,7 +213,7 @@ def test_egress_rules_we_cannot_honour_are_refused(api: httpx.Client, unchanged:
         ({"allowOut": ["*.example.com"]}, "cannot enforce egress rules"),
         ({"allowOut": ["2001:db8::/32"]}, "ipv6"),
         ({"dnsServers": ["9.9.9.9"]}, "dnsservers"),
-        ({"rules": {"a.com": [{"transform": {"headers": {"x": "y"}}}]}}, "rules"),
+        ({"rules": {"a.com": [{"transform": {"headers": {"x": "y"}}}]}}, "cannot apply header"),
         ({"egressProxy": {"address": "p:1"}}, "egressproxy"),
     ]:
         r = api.post("/v2/sandboxes", json={"templateID": "base", "network": network})

@@ -177,6 +177,7 @@ class NodeService:
                 snapshot=caps.snapshot,
                 fork=caps.fork,
                 egress_rules=caps.egress_rules,
+                header_rules=caps.header_rules,
                 no_internet=caps.no_internet,
                 isolation=self.runtime.isolation,
             ),

@@ -53,6 +53,7 @@ class Capabilities:
     snapshot: bool = False
     fork: bool = False
     egress_rules: bool = False  # honours allow_out/deny_out and update_network
+    header_rules: bool = False  # honours NetworkPolicy.rewrites (an egress gateway with a CA)
     no_internet: bool = True  # honours NetworkPolicy(allow_internet=False)
 
 

@@ -17,20 +17,22 @@ SANDBOX_STATUS_RUNNING: SandboxStatus
 SANDBOX_STATUS_PAUSED: SandboxStatus
 
 class Capabilities(_message.Message):
-    __slots__ = ("pause", "snapshot", "fork", "egress_rules", "no_internet", "isolation")
+    __slots__ = ("pause", "snapshot", "fork", "egress_rules", "no_internet", "isolation", "header_rules")
     PAUSE_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     FORK_FIELD_NUMBER: _ClassVar[int]
     EGRESS_RULES_FIELD_NUMBER: _ClassVar[int]
     NO_INTERNET_FIELD_NUMBER: _ClassVar[int]
     ISOLATION_FIELD_NUMBER: _ClassVar[int]
+    HEADER_RULES_FIELD_NUMBER: _ClassVar[int]
     pause: bool
     snapshot: bool
     fork: bool
     egress_rules: bool
     no_internet: bool
     isolation: bool
-    def __init__(self, pause: _Optional[bool] = ..., snapshot: _Optional[bool] = ..., fork: _Optional[bool] = ..., egress_rules: _Optional[bool] = ..., no_internet: _Optional[bool] = ..., isolation: _Optional[bool] = ...) -> None: ...
+    header_rules: bool
+    def __init__(self, pause: _Optional[bool] = ..., snapshot: _Optional[bool] = ..., fork: _Optional[bool] = ..., egress_rules: _Optional[bool] = ..., no_internet: _Optional[bool] = ..., isolation: _Optional[bool] = ..., header_rules: _Optional[bool] = ...) -> None: ...
 
 class InfoRequest(_message.Message):
     __slots__ = ()

@@ -67,7 +67,9 @@ _INIT_ONLY = {"PATH", "HOME", "LANG", "EMBERBOX_START_CMD"}
 
 class GVisorRuntime(Runtime):
     name = "gvisor"
-    capabilities = Capabilities(pause=True, snapshot=True, fork=True, egress_rules=True)
+    capabilities = Capabilities(
+        pause=True, snapshot=True, fork=True, egress_rules=True, header_rules=True
+    )
     orphan_names = frozenset({"exe"})  # runsc re-executes itself as /proc/self/exe
 
     def __init__(

@@ -122,6 +122,8 @@ class NetworkService:
             raise Unsupported(
                 f"the {self.sandboxes.facts.runtime} runtime cannot change egress rules"
             )
+        if egress.rewrites and not caps.header_rules:
+            raise Unsupported(f"the {self.sandboxes.facts.runtime} runtime cannot apply rules")
         if State(row.state) not in _CHANGEABLE:
             raise Conflict(f"sandbox '{sandbox_id}' is {row.state}; try again when it settled")
         request = pb.UpdateNetworkRequest(

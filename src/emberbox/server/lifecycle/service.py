@@ -210,7 +210,7 @@ class SandboxService:
             raise self._unsupported("cannot restrict internet access")
         if (req.allow_out or req.deny_out) and not self.facts.capabilities.egress_rules:
             raise self._unsupported("cannot enforce egress rules (network.allowOut/denyOut)")
-        if req.header_rules and not self.facts.capabilities.egress_rules:
+        if req.header_rules and not self.facts.capabilities.header_rules:
             raise self._unsupported("cannot apply header rules (network.rules)")
         header_rules = await header_rules_message(
             self.secret_service, who.team_id, req.header_rules
