@@ -9,14 +9,18 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from e2b import Sandbox, Secret
 
-from emberbox.server.testing import ServerProcess
+from emberbox.server.testing import NodeProcess, ServerProcess
+from tests.api.conftest import point_sdks_at
 from tests.fake_internet import FakeInternet, fake_internet
+from tests.node.support import data_dir_sharing_templates
+from tests.runtimes.gvisor_support import DATA_DIR
 
 RULED, OTHER, WILD = "api.rules.test", "plain.rules.test", "x.wild.rules.test"
 
@@ -239,6 +243,47 @@ def test_the_credential_cannot_be_steered_and_follows_the_rule_on_open_connectio
     finally:
         sbx.kill()
         Secret.destroy(info.secret_id)
+
+
+def test_a_separate_node_restarted_under_the_server_gets_the_values_again(
+    gvisor_server: ServerProcess,
+    inet: FakeInternet,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``emberbox node`` keeps header values in memory only; SIGKILLed and restarted while
+    the server runs, it refuses ruled requests until the server, seeing a new boot id in its
+    reconcile, sends them again."""
+    assert inet.workdir is not None
+    node_env = {"EMBERBOX_EGRESS_DNS": inet.dns, "EMBERBOX_EGRESS_CA": str(inet.workdir / "ca.pem")}
+    node = NodeProcess(data_dir_sharing_templates(tmp_path / "node", DATA_DIR), "gvisor", node_env)
+    node.start()
+    server_env = {"EMBERBOX_NODE_URL": node.url, "EMBERBOX_NODE_TOKEN": node.token,
+                  "EMBERBOX_RECONCILE_INTERVAL_S": "0.5"}  # fmt: skip
+    server = ServerProcess(tmp_path / "server", env=server_env)
+    sbx = None
+    try:
+        server.start()
+        assert server.first_key is not None
+        point_sdks_at(server, server.first_key, monkeypatch)
+        value = "sk-" + secrets.token_hex(16)
+        info = Secret.create("remote-node", value)
+        network: Any = {"allow_out": [RULED], "deny_out": ["0.0.0.0/0"], "rules": _rules(info.name)}
+        sbx = Sandbox.create(timeout=180, network=network)
+        assert _run(sbx, f"curl -s -m 10 https://{RULED}/remote-1") == inet.named_body(RULED)
+        node.sigkill()
+        node.start()
+        deadline = time.monotonic() + 30
+        while (got := _run(sbx, f"curl -s -m 5 https://{RULED}/remote-2")) == "failed":
+            assert time.monotonic() < deadline, "the values never came back"
+            time.sleep(0.5)
+        assert got == inet.named_body(RULED)
+        assert _last(inet, "/remote-2")["authorization"] == f"Bearer {value}"
+    finally:
+        if sbx is not None:
+            sbx.kill()
+        server.stop()
+        node.stop()
 
 
 def test_our_sdk_header_rules(

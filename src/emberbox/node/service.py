@@ -8,6 +8,7 @@ same messages, so the in-process default exercises the very contract a remote no
 from __future__ import annotations
 
 import logging
+import secrets
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -136,6 +137,7 @@ class NodeService:
     def __init__(self, orchestrator: Orchestrator, node_id: str | None = None) -> None:
         self.orchestrator = orchestrator
         self.node_id = node_id or socket.gethostname()
+        self.boot_id = secrets.token_hex(8)
         self.handlers: dict[str, tuple[type[Message], Handler]] = {
             "/node.Node/Info": (pb.InfoRequest, self.info),
             "/node.Node/Create": (pb.CreateRequest, self.create),
@@ -214,6 +216,7 @@ class NodeService:
                 pb.EndedSandbox(sandbox_id=i, reason=why)
                 for i, why in self.orchestrator.ended.items()
             ],
+            boot_id=self.boot_id,
         )
 
     async def stats(self, request: pb.StatsRequest) -> pb.StatsResponse:

@@ -200,12 +200,14 @@ class EndedSandbox(_message.Message):
     def __init__(self, sandbox_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ListResponse(_message.Message):
-    __slots__ = ("sandboxes", "ended")
+    __slots__ = ("sandboxes", "ended", "boot_id")
     SANDBOXES_FIELD_NUMBER: _ClassVar[int]
     ENDED_FIELD_NUMBER: _ClassVar[int]
+    BOOT_ID_FIELD_NUMBER: _ClassVar[int]
     sandboxes: _containers.RepeatedCompositeFieldContainer[Sandbox]
     ended: _containers.RepeatedCompositeFieldContainer[EndedSandbox]
-    def __init__(self, sandboxes: _Optional[_Iterable[_Union[Sandbox, _Mapping]]] = ..., ended: _Optional[_Iterable[_Union[EndedSandbox, _Mapping]]] = ...) -> None: ...
+    boot_id: str
+    def __init__(self, sandboxes: _Optional[_Iterable[_Union[Sandbox, _Mapping]]] = ..., ended: _Optional[_Iterable[_Union[EndedSandbox, _Mapping]]] = ..., boot_id: _Optional[str] = ...) -> None: ...
 
 class StatsRequest(_message.Message):
     __slots__ = ("sandbox_id",)

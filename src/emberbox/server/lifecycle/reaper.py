@@ -22,6 +22,7 @@ from ..._proto.node import node_pb2 as pb
 from ...node.client import NodeError
 from ..db import sandboxes as q
 from ..db.models import utcnow
+from .network import NetworkService
 from .service import DEFAULT_RESUME_TIMEOUT_S, SandboxService
 from .states import EndReason, State
 
@@ -50,6 +51,7 @@ class Reaper:
         self.reconcile_every_s = reconcile_every_s
         self._loops: list[asyncio.Task[None]] = []
         self._ending: set[str] = set()
+        self._node_boot: str | None = None  # the node process the last listing came from
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def recover(self) -> None:
@@ -158,6 +160,7 @@ class Reaper:
             running = set(await q.ids_in_states(s, [State.RUNNING, State.PAUSED]))
             known_before = set(await q.ids_in_states(s, _KNOWN))
         listing = await self.service.node.list()
+        self._notice_node_restart(listing.boot_id)
         async with self.service.sessions() as s:
             known_after = set(await q.ids_in_states(s, _KNOWN))
         held = {b.sandbox_id for b in listing.sandboxes}
@@ -171,6 +174,21 @@ class Reaper:
         for sid in held - known_before - known_after:
             log.warning("killing orphan sandbox %s", sid)
             await self.service.node.kill(sid)
+
+    def _notice_node_restart(self, boot_id: str) -> None:
+        """A separate node that restarted under us lost its sandboxes' header-rule values
+        (kept in memory only): send them again, off the reconcile loop."""
+        seen, self._node_boot = self._node_boot, boot_id
+        if seen is None or seen == boot_id:
+            return
+        log.warning("the node restarted; sending its sandboxes' header rules again")
+
+        async def send() -> None:
+            await NetworkService(self.service).send_header_rules_again()
+
+        task = asyncio.create_task(send())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _every(self, seconds: float, work: Any) -> None:
         while True:
