@@ -228,13 +228,16 @@ def parse_header_rules(raw: object) -> tuple[HeaderRule, ...]:
     return tuple(out)
 
 
+def rules_dict(rewrites: Iterable[HeaderRule]) -> dict[str, list[dict[str, object]]]:
+    """Header rules in E2B's ``rules`` shape (one rule per domain), as stored and shown."""
+    return {r.domain: [{"transform": {"headers": dict(r.headers or ())}}] for r in rewrites}
+
+
 def header_rules_from(
     rules: Iterable[tuple[str, Iterable[tuple[str, str]]]],
 ) -> tuple[HeaderRule, ...]:
     """(domain, headers) pairs, as node messages carry them, checked like E2B's ``rules``."""
-    return parse_header_rules(
-        {domain: [{"transform": {"headers": dict(headers)}}] for domain, headers in rules}
-    )
+    return parse_header_rules(rules_dict(HeaderRule(d, tuple(h)) for d, h in rules))
 
 
 def _rule_headers(domain: str, rule: object) -> list[tuple[str, str]]:

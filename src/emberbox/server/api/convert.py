@@ -6,8 +6,9 @@ import datetime as dt
 from typing import Any
 
 from ..._proto.node import node_pb2 as pb
+from ...egress import rules_dict
 from ..db.models import Sandbox as Row
-from ..lifecycle.network import Egress, rules_dict
+from ..lifecycle.network import Egress
 from ..lifecycle.states import HOLDS_SAVED_MEMORY, State, public_state
 from .models import Lifecycle, ListedSandbox, Sandbox, SandboxDetail, SandboxMetric
 

@@ -13,7 +13,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..._proto.node import node_pb2 as pb
-from ...egress import HeaderRule, InvalidRules, header_rules_from, parse_header_rules
+from ...egress import (
+    HeaderRule,
+    InvalidRules,
+    header_rules_from,
+    parse_header_rules,
+    rules_dict,
+)
 from ...node.client import NodeError, NodeSandboxNotFound, NodeUnsupported
 from ..auth.store import Principal
 from ..db import sandboxes as q
@@ -24,6 +30,8 @@ from .states import VISIBLE, State
 
 if TYPE_CHECKING:
     from .service import SandboxService
+
+log = logging.getLogger(__name__)
 
 
 def egress_json(
@@ -37,11 +45,6 @@ def egress_json(
     if rewrites:
         saved["rules"] = rules_dict(rewrites)
     return json.dumps(saved)
-
-
-def rules_dict(rewrites: tuple[HeaderRule, ...]) -> dict[str, list[dict[str, object]]]:
-    """Header rules in E2B's ``rules`` shape (one rule per domain)."""
-    return {r.domain: [{"transform": {"headers": dict(r.headers or ())}}] for r in rewrites}
 
 
 @dataclass(frozen=True)
@@ -98,8 +101,6 @@ async def header_rules_message(
     return out
 
 
-log = logging.getLogger(__name__)
-
 # A policy can change while the sandbox runs or sleeps (its firewall objects outlive a pause).
 _CHANGEABLE = (State.RUNNING, State.PAUSED)
 
@@ -126,16 +127,8 @@ class NetworkService:
             raise Unsupported(f"the {self.sandboxes.facts.runtime} runtime cannot apply rules")
         if State(row.state) not in _CHANGEABLE:
             raise Conflict(f"sandbox '{sandbox_id}' is {row.state}; try again when it settled")
-        request = pb.UpdateNetworkRequest(
-            sandbox_id=sandbox_id,
-            allow_internet=egress.allow_internet,
-            allow_out=egress.allow_out,
-            deny_out=egress.deny_out,
-            header_rules=await header_rules_message(
-                self.sandboxes.secret_service, who.team_id, egress.rewrites
-            ),
-            access_token=row.envd_access_token or "",
-        )
+        request = await self._request(sandbox_id, who.team_id, egress)
+        request.access_token = row.envd_access_token or ""
         try:
             await self.sandboxes.node.update_network(request)
         except NodeSandboxNotFound as e:
@@ -152,6 +145,21 @@ class NetworkService:
                 allow_internet=egress.allow_internet,
                 egress=egress_json(egress.allow_out, egress.deny_out, egress.rewrites),
             )
+
+    async def _request(
+        self, sandbox_id: str, team_id: str, egress: Egress, *, lenient: bool = False
+    ) -> pb.UpdateNetworkRequest:
+        """The node's message for ``egress``, header rules resolved (see
+        :func:`header_rules_message` for ``lenient``)."""
+        return pb.UpdateNetworkRequest(
+            sandbox_id=sandbox_id,
+            allow_internet=egress.allow_internet,
+            allow_out=egress.allow_out,
+            deny_out=egress.deny_out,
+            header_rules=await header_rules_message(
+                self.sandboxes.secret_service, team_id, egress.rewrites, lenient=lenient
+            ),
+        )
 
     async def send_header_rules_again(self, team_id: str = "", secret: str = "") -> int:
         """Send live sandboxes' header rules to the node again, resolved now: all of them
@@ -173,13 +181,8 @@ class NetworkService:
             if secret and not _uses(egress.rewrites, secret):
                 continue
             try:
-                await self.sandboxes.node.update_network(pb.UpdateNetworkRequest(
-                    sandbox_id=row.id, allow_internet=egress.allow_internet,
-                    allow_out=egress.allow_out, deny_out=egress.deny_out,
-                    header_rules=await header_rules_message(
-                        self.sandboxes.secret_service, row.team_id, egress.rewrites,
-                        lenient=True),
-                ))  # fmt: skip
+                request = await self._request(row.id, row.team_id, egress, lenient=True)
+                await self.sandboxes.node.update_network(request)
                 sent += 1
             except Exception as e:
                 log.warning("header rules of %s were not sent again: %s", row.id, e)
