@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from functools import wraps
-from typing import Any, ParamSpec, TypeVar
+from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -79,3 +79,17 @@ def friendly_errors(fn: Callable[P, R]) -> Callable[P, R]:
             raise fail(f"{type(exc).__name__}: {exc}") from None
 
     return wrapper
+
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+
+
+def pairs(values: list[str] | None, what: str) -> dict[str, str]:
+    """``KEY=VALUE`` options as a dict; a malformed one fails naming the option ``what``."""
+    out: dict[str, str] = {}
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise fail(f"{what} must look like KEY=VALUE, got {item!r}")
+        out[key] = value
+    return out

@@ -16,23 +16,11 @@ from ..sdk.exceptions import CommandExitException
 from ..sdk.models import NetworkOptions
 from ..sdk.sandbox import Sandbox
 from .cell_output import Printer, read_code
-from .output import console, emit_json, fail, friendly_errors, table
+from .output import JsonFlag, console, emit_json, fail, friendly_errors, pairs, table
 from .shell import run_shell
 from .stateful import fork, pause, resume, rollback, snapshot
 
 app = typer.Typer(help="Create, inspect, use and kill sandboxes.", no_args_is_help=True)
-
-JsonFlag = Annotated[bool, typer.Option("--json", help="machine-readable output")]
-
-
-def _pairs(values: list[str] | None, what: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in values or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise fail(f"{what} must look like KEY=VALUE, got {item!r}")
-        out[key] = value
-    return out
 
 
 AllowOut = Annotated[
@@ -105,8 +93,8 @@ def create(
     sandbox = Sandbox.create(
         template=template,
         timeout=timeout,
-        metadata=_pairs(metadata, "--metadata"),
-        envs=_pairs(env, "--env"),
+        metadata=pairs(metadata, "--metadata"),
+        envs=pairs(env, "--env"),
         allow_internet_access=not no_internet,
         network=network or None,
     )
@@ -150,7 +138,7 @@ def list_(
     json_out: JsonFlag = False,
 ) -> None:
     """List sandboxes (running and paused), filtered by metadata or state."""
-    found = Sandbox.list(metadata=_pairs(metadata, "--metadata") or None, state=state)
+    found = Sandbox.list(metadata=pairs(metadata, "--metadata") or None, state=state)
     if json_out:
         emit_json(found)
         return
@@ -261,7 +249,7 @@ def run_code(
             on_stderr=printer.output,
             on_result=printer.result,
             on_error=printer.error,
-            envs=_pairs(env, "--env") or None,
+            envs=pairs(env, "--env") or None,
             timeout=timeout,
         )
     finally:

@@ -11,11 +11,10 @@ import typer
 
 from ..sdk._sync.secrets import Secret
 from ..sdk.models import SecretInfo
-from .output import console, emit_json, fail, friendly_errors, table
+from .output import JsonFlag, console, emit_json, fail, friendly_errors, pairs, table
 
 app = typer.Typer(help="The team's secrets (values are write-only).", no_args_is_help=True)
 
-JsonFlag = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 Meta = Annotated[list[str] | None, typer.Option("--meta", help="KEY=VALUE metadata; repeat")]
 
 
@@ -27,15 +26,8 @@ def _value() -> str:
 
 
 def _meta(items: list[str] | None) -> dict[str, str] | None:
-    if items is None:
-        return None
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise fail(f"--meta must look like KEY=VALUE, got {item!r}")
-        out[key] = value
-    return out
+    """None without ``--meta``: an update then keeps the stored metadata."""
+    return pairs(items, "--meta") if items is not None else None
 
 
 def _show(info: SecretInfo, json_out: bool) -> None:

@@ -13,12 +13,19 @@ import typer
 from ..sdk.exceptions import SandboxException
 from ..sdk.models import SnapshotInfo
 from ..sdk.sandbox import Sandbox
-from .output import console, emit_json, errors, fail, friendly_errors, human_bytes, table
+from .output import (
+    JsonFlag,
+    console,
+    emit_json,
+    errors,
+    fail,
+    friendly_errors,
+    human_bytes,
+    table,
+)
 
 app = typer.Typer(help="List and delete snapshots (start one with sandbox create -t ID).",
                   no_args_is_help=True)  # fmt: skip
-
-JsonFlag = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 
 
 def _handle(sandbox_id: str) -> Sandbox:
