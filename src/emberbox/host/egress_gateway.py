@@ -495,7 +495,7 @@ class EgressGateway:
                     _reset(writer)
                     return
                 log.info("egress rewritten: %s -> %s (%s:%d)", peer, name, target, port)
-                await self._intercept(reader, writer, seen, name, target, port)
+                await self._intercept(reader, writer, seen, name, target, port, peer)
                 return
             if by_name:
                 target = await self._target(rules, name, address)
@@ -530,27 +530,28 @@ class EgressGateway:
         name: str,
         target: str,
         port: int,
+        peer: str,
     ) -> None:
         """Terminate the sandbox's TLS with a certificate for ``name`` from the node's CA
         (plain HTTP on port 80 needs none), open a verified TLS connection of our own to
-        ``name`` at ``target``, and relay requests with the rule's headers set."""
+        ``name`` at ``target``, and relay requests with the rule's headers set (the rules of
+        the sandbox at ``peer`` as they are at each request)."""
         assert self.ca is not None
         sandbox: _Stream
+        context: ssl.SSLContext | None = None
         if port == 80:
             sandbox, first = _Plain(reader, writer), seen
         else:
             leaf = await asyncio.to_thread(self.ca.server_context, name)
             tls = _TlsServer(leaf, reader, writer)
             await asyncio.wait_for(tls.handshake(seen), NAME_TIMEOUT_S)
-            sandbox, first = tls, b""
-        context = self._client_context() if port != 80 else None
+            sandbox, first, context = tls, b"", self._client_context()
         up_reader, up_writer = await asyncio.wait_for(
             asyncio.open_connection(
                 target, port, ssl=context, server_hostname=name if context else None, limit=CHUNK
             ),
             CONNECT_TIMEOUT_S,
         )
-        peer = writer.get_extra_info("peername")[0]
         try:
             await _relay_rewritten(
                 sandbox, _Plain(up_reader, up_writer), first, name, lambda: self.lookup(peer)
