@@ -31,7 +31,7 @@ def secret_info(item: dict[str, Any]) -> SecretInfo:
 
 def _call(
     method: str, path: str, what: str, connection: dict[str, Any], **kw: Any
-) -> dict[str, Any] | builtins.list[dict[str, Any]] | None:
+) -> dict[str, Any] | None:
     """One request; None for a 404 (the caller decides what that means)."""
     with http_client() as http:
         response = Api(ConnectionConfig.create(**connection), http).request(
@@ -41,7 +41,17 @@ def _call(
         return None
     if response.status_code >= 300:
         raise _errors.from_http(response, what=what)
-    return response.json() if response.content else {}
+    return dict(response.json()) if response.content else {}
+
+
+def _secret(
+    method: str, path: str, what: str, connection: dict[str, Any], **kw: Any
+) -> SecretInfo:
+    """One request answered with a secret; a 404 raises ``NotFoundException``."""
+    item = _call(method, path, what, connection, **kw)
+    if item is None:
+        raise _errors.from_status(404, f"secret {path.removeprefix('/secrets/')} not found")
+    return secret_info(item)
 
 
 class Secret:
@@ -63,10 +73,8 @@ class Secret:
         if metadata is not None:
             body["metadata"] = metadata
         # Not retried: a lost answer would make the retry a 409 for a secret that exists.
-        item = _call("POST", "/secrets", f"create secret {name}", connection,
-                           json_body=body, idempotent=False)  # fmt: skip
-        assert isinstance(item, dict)
-        return secret_info(item)
+        return _secret("POST", "/secrets", f"create secret {name}", connection,
+                             json_body=body, idempotent=False)  # fmt: skip
 
     @classmethod
     def update(
@@ -75,20 +83,12 @@ class Secret:
         body: dict[str, Any] = {"value": value}
         if metadata is not None:
             body["metadata"] = metadata
-        item = _call("POST", f"/secrets/{secret}", f"update secret {secret}", connection,
-                           json_body=body, idempotent=False)  # fmt: skip
-        if item is None:
-            raise _errors.from_status(404, f"secret {secret} not found")
-        assert isinstance(item, dict)
-        return secret_info(item)
+        return _secret("POST", f"/secrets/{secret}", f"update secret {secret}", connection,
+                             json_body=body, idempotent=False)  # fmt: skip
 
     @classmethod
     def get_info(cls, secret: str, **connection: Any) -> SecretInfo:
-        item = _call("GET", f"/secrets/{secret}", f"secret {secret}", connection)
-        if item is None:
-            raise _errors.from_status(404, f"secret {secret} not found")
-        assert isinstance(item, dict)
-        return secret_info(item)
+        return _secret("GET", f"/secrets/{secret}", f"secret {secret}", connection)
 
     @classmethod
     def exists(cls, secret: str, **connection: Any) -> bool:
