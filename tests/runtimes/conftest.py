@@ -31,8 +31,13 @@ def gvisor_config() -> GVisorConfig:
 
 
 @pytest.fixture(scope="session")
-def runtime(base_template: Template, gvisor_config: GVisorConfig) -> GVisorRuntime:
-    return GVisorRuntime(gvisor_config)
+async def runtime(
+    base_template: Template, gvisor_config: GVisorConfig
+) -> AsyncIterator[GVisorRuntime]:
+    """Closed after the test, as a node closes it (its gateway and ulogd stop)."""
+    runtime = GVisorRuntime(gvisor_config)
+    yield runtime
+    await runtime.close()
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from __future__ import annotations
 import secrets
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -83,12 +83,14 @@ def test_guard_kills_only_once_memory_is_used_up(tmp_path: Path):
 
 
 @pytest.fixture(scope="module")
-def hardening_runtime(
+async def hardening_runtime(
     base_template: Template, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[GVisorRuntime]:
+) -> AsyncIterator[GVisorRuntime]:
     """A runtime on a data dir of its own, so no other suite's orphan sweep touches it."""
     config = GVisorConfig(data_dir=tmp_path_factory.mktemp("hardening"))
-    yield GVisorRuntime(config, TemplateStore())
+    runtime = GVisorRuntime(config, TemplateStore())
+    yield runtime
+    await runtime.close()
 
 
 @pytest.fixture

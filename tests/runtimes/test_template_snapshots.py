@@ -82,7 +82,7 @@ async def test_creates_restore_the_template_snapshot(
     finally:
         for sandbox_id in made:
             await runtime.kill(sandbox_id)
-        await runtime.warm.close()
+        await runtime.close()
     assert await inventory(runtime.config) == before
 
 
@@ -103,4 +103,4 @@ async def test_a_snapshot_that_does_not_restore_is_dropped(
         assert (broken / "checkpoint.img").read_bytes()[:16] != b"not a checkpoint"
     finally:
         await runtime.kill(sandbox.sandbox_id)
-        await runtime.warm.close()
+        await runtime.close()

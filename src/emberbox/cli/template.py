@@ -115,7 +115,7 @@ def _build_here(name: str, spec: BuildSpec, sink: _ProgressLog) -> str:
 
     settings = Settings.from_env()
     store = TemplateStore(settings.data_dir)
-    config = GVisorConfig(data_dir=settings.data_dir)
+    config = GVisorConfig(data_dir=settings.data_dir, egress_audit=False)
     if settings.runsc:
         config = dataclasses.replace(config, runsc=settings.runsc)
     runner = GVisorRuntime(config, store)

@@ -46,6 +46,7 @@ import struct
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 from typing import Any
 
 import h11
@@ -62,6 +63,20 @@ from ..egress import (
     reaches,
 )
 from .certificates import EgressCa
+from .egress_audit import (
+    ALLOWED,
+    DENIED,
+    RULE_ALLOW_OUT,
+    RULE_DENY_OUT,
+    RULE_HEADERS,
+    RULE_INTERNAL,
+    RULE_INTERNET,
+    RULE_NAME,
+    RULE_REQUEST,
+    EgressAudit,
+    EgressEvent,
+    Ticket,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +92,7 @@ MAX_PER_SANDBOX = 256  # connections (and DNS-over-TCP streams) one sandbox may 
 MAX_OPEN = 8192  # ... and all sandboxes together
 CHUNK = 256 * 1024  # what one read may hand over; also the streams' buffer limit
 MAX_RESPONSE_HEAD = 64 * 1024  # the largest response head an intercepted server may send
+MAX_LOGGED_PATH = 2048  # the most of a request's path the audit log keeps
 
 Lookup = Callable[[str], EgressRules | None]
 
@@ -142,6 +158,7 @@ class _RequestHosts:
     def __init__(self) -> None:
         self.name: str | None = None  # the first request's host
         self.first: list[str | None] = []  # every request in the first bytes (pipelined too)
+        self.request: tuple[bytes, bytes] | None = None  # the first one's method and target
         self.upgraded = False
         self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HELLO)
 
@@ -178,6 +195,7 @@ class _RequestHosts:
                 continue
             if isinstance(event, h11.Request):
                 found.append(_host(event))
+                self.request = self.request or (event.method, event.target)
                 headers = {k.lower() for k, _v in event.headers}
                 if b"upgrade" in headers or event.method == b"CONNECT":
                     self.upgraded = True
@@ -210,10 +228,21 @@ async def _read_name(
 
 
 class _Activity:
-    """When bytes last moved either way on a spliced connection (for the idle timeout)."""
+    """When bytes last moved either way on a connection (for the idle timeout), how many,
+    and its first request (for the audit log)."""
 
     def __init__(self) -> None:
         self.at = time.monotonic()
+        self.sent = 0  # sandbox to destination
+        self.received = 0
+        self.method = self.path = ""
+        self.last: tuple[str, str] = ("", "")  # the latest request's method and path
+
+    def saw(self, method: bytes, target: bytes) -> None:
+        self.last = (method.decode("latin-1"),
+                     target[:MAX_LOGGED_PATH].decode("latin-1"))  # fmt: skip
+        if not self.method:
+            self.method, self.path = self.last
 
 
 async def _pipe(
@@ -221,6 +250,7 @@ async def _pipe(
     dst: asyncio.StreamWriter,
     activity: _Activity,
     allowed: Callable[[bytes], bool] | None = None,
+    outbound: bool = False,
 ) -> None:
     """Copy until EOF; ``allowed`` sees each chunk first and may stop the copy (False)."""
     with contextlib.suppress(OSError, ConnectionError):
@@ -228,6 +258,10 @@ async def _pipe(
             activity.at = time.monotonic()
             if allowed is not None and not allowed(data):
                 raise _Refused
+            if outbound:
+                activity.sent += len(data)
+            else:
+                activity.received += len(data)
             dst.write(data)
             await dst.drain()
         if dst.can_write_eof():
@@ -290,8 +324,10 @@ class EgressGateway:
         internal: Sequence[IPv4Network] = INTERNAL_RANGES,
         ca: EgressCa | None = None,
         trust: str = "",
+        audit: EgressAudit | None = None,
     ) -> None:
         self.lookup = lookup
+        self.audit = audit  # where each connection and DNS question is recorded
         self.upstream = tuple(upstream)
         self.internal = tuple(internal)
         self.ca = ca  # signs the names it intercepts (header rules); None: it intercepts none
@@ -424,11 +460,15 @@ class EgressGateway:
             reply = request.reply()  # only the first question would be judged: refuse
             reply.header.rcode = RCODE.REFUSED
             return bytes(reply.pack())
-        if not (name_allowed(rules.domains, name) or self._resolvers_open(rules)):
+        listed = name_allowed(rules.domains, name)
+        if not (listed or self._resolvers_open(rules)):
             log.info("egress dns refused: %s asked for %s", peer, name)
+            self._record(peer, "dns", "", 53, DENIED, RULE_NAME, name)
             reply = request.reply()
             reply.header.rcode = RCODE.NXDOMAIN
             return bytes(reply.pack())
+        self._record(peer, "dns", "", 53, ALLOWED, RULE_ALLOW_OUT if listed else RULE_INTERNET,
+                     name)  # fmt: skip
         for server in self.upstream:
             try:
                 return await exchange(packet, server, DNS_TIMEOUT_S)
@@ -469,6 +509,30 @@ class EgressGateway:
         for writer in list(self._open.pop(peer, ())):
             _reset(writer)
 
+    def _record(
+        self,
+        peer: str,
+        protocol: str,
+        ip: str,
+        port: int,
+        verdict: str,
+        rule: str,
+        name: str | None,
+        flow: _Activity | None = None,
+    ) -> None:
+        """A record complete when written: a refusal, a DNS question."""
+        if self.audit is not None:
+            method, path = flow.last if flow is not None else ("", "")
+            self.audit.once(peer, EgressEvent(time.time(), protocol, ip, port, verdict, rule,
+                                              name or "", method, path))  # fmt: skip
+
+    def _refusal_rule(self, rules: EgressRules, name: str | None, address: str) -> str:
+        """Why a connection neither its name nor its address opens was refused."""
+        if name and rules.domains:
+            return RULE_NAME
+        ip = IPv4Address(address)
+        return RULE_INTERNAL if any(ip in net for net in self.internal) else RULE_DENY_OUT
+
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         upstream: asyncio.StreamWriter | None = None
         peer = writer.get_extra_info("peername")[0]
@@ -477,10 +541,14 @@ class EgressGateway:
         if rules is None or not judged or not self._admit(peer, writer):
             writer.close()
             return
+        flow, ticket, opened = _Activity(), None, time.time()
         try:
             address, port = original_destination(writer.get_extra_info("socket"))
             seen, name, requests = await asyncio.wait_for(_read_name(reader, port), NAME_TIMEOUT_S)
             name = name.lower().rstrip(".") if name else name
+            protocol = "http" if port == 80 else "tls"
+            if requests is not None and requests.request is not None:
+                flow.saw(*requests.request)
             pipelined = requests.first[1:] if requests is not None else []
             by_name = all(name_allowed(rules.domains, n) for n in [name, *pipelined])
             # Only a sandbox with header rules has connections its IP rules allow sent here.
@@ -492,10 +560,18 @@ class EgressGateway:
                     log.info("egress refused: %s -> %s:%d (name %r: %s)", peer, address, port,
                              name, "no usable address" if target is None else
                              "its header rules were lost with a node restart")  # fmt: skip
+                    why = RULE_NAME if target is None else RULE_HEADERS
+                    self._record(peer, protocol, address, port, DENIED, why, name, flow)
                     _reset(writer)
                     return
                 log.info("egress rewritten: %s -> %s (%s:%d)", peer, name, target, port)
-                await self._intercept(reader, writer, seen, name, target, port, peer)
+                protocol = "http" if port == 80 else "https"
+                ticket = self._opened(peer, opened, protocol, target, port, RULE_HEADERS, name)
+                try:
+                    await self._intercept(reader, writer, seen, name, target, port, peer, flow)
+                except _Refused:
+                    self._record(peer, protocol, target, port, DENIED, RULE_REQUEST, name, flow)
+                    raise
                 return
             if by_name:
                 target = await self._target(rules, name, address)
@@ -503,15 +579,21 @@ class EgressGateway:
                 target, requests = (address if by_address else None), None
             if target is None:
                 log.info("egress refused: %s -> %s:%d (name %r)", peer, address, port, name)
+                why = self._refusal_rule(rules, name, address) if not by_name else RULE_NAME
+                self._record(peer, protocol, address, port, DENIED, why, name, flow)
                 _reset(writer)
                 return
             log.info("egress allowed: %s -> %s (%s:%d)", peer, name, target, port)
+            listed = by_name or any(IPv4Address(target) in net for net in rules.allow)
+            why = RULE_ALLOW_OUT if listed else RULE_INTERNET
+            ticket = self._opened(peer, opened, protocol, target, port, why, name, flow)
             up_reader, up_writer = await asyncio.wait_for(
                 asyncio.open_connection(target, port, limit=CHUNK), CONNECT_TIMEOUT_S
             )
             upstream = up_writer
             up_writer.write(seen)
-            await self._splice(reader, writer, up_reader, up_writer, requests, rules)
+            flow.sent += len(seen)
+            await self._splice(reader, writer, up_reader, up_writer, requests, rules, flow)
         except (TimeoutError, OSError, ConnectionError, _Refused, h11.ProtocolError) as exc:
             # The type only: an error's text may quote a request's headers (a credential).
             log.debug("egress connection of %s ended: %s", peer, type(exc).__name__)
@@ -521,6 +603,25 @@ class EgressGateway:
             for w in (upstream, writer):
                 if w is not None:
                     w.close()
+            if self.audit is not None and ticket is not None:
+                self.audit.closed(ticket, flow.sent, flow.received, flow.method, flow.path)
+
+    def _opened(
+        self,
+        peer: str,
+        at: float,
+        protocol: str,
+        ip: str,
+        port: int,
+        rule: str,
+        name: str | None,
+        flow: _Activity | None = None,
+    ) -> Ticket | None:
+        if self.audit is None:
+            return None
+        method, path = (flow.method, flow.path) if flow is not None else ("", "")
+        return self.audit.opened(peer, EgressEvent(at, protocol, ip, port, ALLOWED, rule,
+                                                   name or "", method, path))  # fmt: skip
 
     async def _intercept(
         self,
@@ -531,6 +632,7 @@ class EgressGateway:
         target: str,
         port: int,
         peer: str,
+        flow: _Activity,
     ) -> None:
         """Terminate the sandbox's TLS with a certificate for ``name`` from the node's CA
         (plain HTTP on port 80 needs none), open a verified TLS connection of our own to
@@ -541,6 +643,7 @@ class EgressGateway:
         context: ssl.SSLContext | None = None
         if port == 80:
             sandbox, first = _Plain(reader, writer), seen
+            flow.sent += len(seen)
         else:
             leaf = await asyncio.to_thread(self.ca.server_context, name)
             tls = _TlsServer(leaf, reader, writer)
@@ -553,9 +656,8 @@ class EgressGateway:
             CONNECT_TIMEOUT_S,
         )
         try:
-            await _relay_rewritten(
-                sandbox, _Plain(up_reader, up_writer), first, name, lambda: self.lookup(peer)
-            )
+            await _relay_rewritten(_Counted(sandbox, flow), _Plain(up_reader, up_writer), first,
+                                   name, lambda: self.lookup(peer), flow)  # fmt: skip
             await sandbox.close()
         finally:
             up_writer.close()
@@ -568,6 +670,7 @@ class EgressGateway:
         up_writer: asyncio.StreamWriter,
         requests: _RequestHosts | None,
         rules: EgressRules,
+        flow: _Activity,
     ) -> None:
         """Copy both ways until both end, or nothing moved for :data:`IDLE_S`, or a later
         HTTP request names a host the sandbox may not reach (then :class:`_Refused`)."""
@@ -577,9 +680,9 @@ class EgressGateway:
             hosts = requests.hosts(data)
             return hosts is not None and all(name_allowed(rules.domains, h) for h in hosts)
 
-        activity = _Activity()
+        activity = flow
         both = asyncio.gather(
-            _pipe(reader, up_writer, activity, judged if requests is not None else None),
+            _pipe(reader, up_writer, activity, judged if requests is not None else None, True),
             _pipe(up_reader, writer, activity),
         )
         try:
@@ -631,6 +734,27 @@ class _Stream:
     async def close(self) -> None:
         """End the stream cleanly (TLS: its close_notify, so a response delimited by the
         connection's end is not read as truncated)."""
+
+
+class _Counted(_Stream):
+    """The sandbox's side of an intercepted connection, counted for the audit log (the
+    bytes of the HTTP it sends and receives: inside TLS, before the rule's headers)."""
+
+    def __init__(self, inner: _Stream, flow: _Activity) -> None:
+        self.inner, self.flow = inner, flow
+
+    async def recv(self) -> bytes:
+        data = await self.inner.recv()
+        self.flow.sent += len(data)
+        self.flow.at = time.monotonic()
+        return data
+
+    async def send(self, data: bytes) -> None:
+        self.flow.received += len(data)
+        await self.inner.send(data)
+
+    async def close(self) -> None:
+        await self.inner.close()
 
 
 class _Plain(_Stream):
@@ -753,6 +877,7 @@ async def _relay_rewritten(
     first: bytes,
     name: str,
     rules: Callable[[], EgressRules | None],
+    flow: _Activity | None = None,
 ) -> None:
     """Relay HTTP/1 exchanges one at a time (h11 on both sides), each request checked
     (:func:`_checked`) and given the headers of the rule for ``name`` *as it is now*
@@ -769,6 +894,8 @@ async def _relay_rewritten(
             return
         if not isinstance(request, h11.Request):
             raise _Refused("not a request")
+        if flow is not None:
+            flow.saw(request.method, request.target)
         _checked(request, name)
         current = rules()
         rule = current.rewrite_for(name) if current is not None else None

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..egress import DOMAIN_PORTS, INTERNAL_RANGES, EgressRules
 from . import commands as _proc
+from .egress_audit import RULE_DENY_OUT, RULE_INTERNAL, RULE_IPV6
 from .errors import HostExhausted
 
 NETNS_PREFIX = "ebx"
@@ -28,7 +29,12 @@ HOST_VETH_PREFIX = "ebh"
 GUEST_VETH_PREFIX = "ebs"
 NFT_TABLE = "emberbox"
 GATEWAY_MARK = 0x0E6B0000  # conntrack mark bits of connections redirected to our gateway
+ALLOW_MARK = 0x1  # ... and the bit of connections an allowOut entry let through
 _MARK = f"{GATEWAY_MARK:#x}"
+# Refused new connections are logged (NFLOG, for the egress audit log: ``flow_monitor.py``)
+# with this prefix and the rule that refused them, at most this often per sandbox and rule.
+LOG_PREFIX = "ebx:"
+_LOG_LIMIT = "limit rate 20/second burst 40 packets"
 _T = f"inet {NFT_TABLE}"
 
 # The base chains, (re)written whole at every node start in one transaction: idempotent, and
@@ -232,6 +238,22 @@ async def ensure_firewall() -> list[ipaddress.IPv4Network]:
     return internal
 
 
+def log_group(instance: str) -> int:
+    """The instance's NFLOG group (16 bits; groups below 1024 are left to others). Groups are
+    exclusive to one listener: each instance has its own."""
+    return 1024 + int(instance, 16) % 64000
+
+
+def _refusal(chain: str, lease: Lease, match: str, rule: str) -> str:
+    """Log the first packet of a new connection ``match`` refuses, then refuse it (two rules:
+    the rate limit only ever skips the logging)."""
+    logged = f'log prefix "{LOG_PREFIX}{rule}" group {log_group(lease.instance)}'
+    return (
+        f"add rule {_T} {chain} {match} ct state new {_LOG_LIMIT} {logged}\n"
+        f"add rule {_T} {chain} {match} goto refuse\n"
+    )
+
+
 def _names(lease: Lease) -> tuple[str, str, str]:
     """The sandbox's chain and its allow and deny sets, named after its host veth."""
     chain = lease.host_veth
@@ -323,13 +345,14 @@ async def setup(lease: Lease, rules: EgressRules, node_dns: bool = False) -> Non
             f"add set {_T} {deny} {{ type ipv4_addr; flags interval; }}\n"
             f"add chain {_T} {chain}\n"
             f"flush chain {_T} {chain}\n"
-            f"add rule {_T} {chain} meta nfproto ipv6 goto refuse\n"
-            f"add rule {_T} {chain} ip daddr @{allow} accept\n"
-            f"add rule {_T} {chain} ip daddr @{deny} goto refuse\n"
-            f"add rule {_T} {chain} ip daddr @resolvers meta l4proto {{ tcp, udp }} "
+            + _refusal(chain, lease, "meta nfproto ipv6", RULE_IPV6)
+            + f"add rule {_T} {chain} ip daddr @{allow} ct mark set ct mark or {ALLOW_MARK} "
+            "accept\n"
+            + _refusal(chain, lease, f"ip daddr @{deny}", RULE_DENY_OUT)
+            + f"add rule {_T} {chain} ip daddr @resolvers meta l4proto {{ tcp, udp }} "
             "th dport 53 accept\n"
-            f"add rule {_T} {chain} ip daddr @internal goto refuse\n"
-            f"add rule {_T} {chain} accept\n"
+            + _refusal(chain, lease, "ip daddr @internal", RULE_INTERNAL)
+            + f"add rule {_T} {chain} accept\n"
             + _rules_script(lease, rules, node_dns)
             + f'add element {_T} sandboxes {{ "{lease.host_veth}" : goto {chain} }}\n'
             + f'add element {_T} sandbox_nat {{ "{lease.host_veth}" : goto {chain}_nat }}\n'

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from ..egress import HeaderRule
 from ..envd_client.handshake import EnvdDefaults
+from ..host.egress_audit import EgressEvent
 from ..host.errors import HostError, HostExhausted
 from ..vocabulary import (
     DEFAULT_CPU_COUNT,
@@ -213,6 +214,13 @@ class Runtime(abc.ABC):
     async def update_network(self, sandbox_id: str, policy: NetworkPolicy) -> None:
         """Replace a live sandbox's egress rules (``Capabilities.egress_rules``)."""
         raise CapabilityMissing(f"{self.name} cannot change a sandbox's egress rules")
+
+    async def egress_log(
+        self, sandbox_id: str, after: int, limit: int
+    ) -> tuple[builtins.list[EgressEvent], int | None]:
+        """The sandbox's egress audit records after ``after``, oldest first, and the
+        ``after`` of the next page (None: no more); see ``host/egress_audit.py``."""
+        raise CapabilityMissing(f"{self.name} keeps no egress log")
 
     def egress_ca(self) -> bytes:
         """The PEM certificate of the CA the node's egress gateway signs intercepted names

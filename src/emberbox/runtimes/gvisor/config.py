@@ -48,6 +48,9 @@ class GVisorConfig:
     # CAs (a PEM file) the gateway trusts besides the system's when it intercepts HTTPS for
     # header rules; empty: the system's only.
     egress_ca: str = ""
+    # Run ulogd for the egress audit log's kernel side (``host/flow_monitor.py``). Off for a
+    # process that only builds templates beside a node: the node's ulogd is the one.
+    egress_audit: bool = True
 
     @property
     def cpu_cap(self) -> float:

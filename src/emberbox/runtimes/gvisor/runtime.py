@@ -27,8 +27,10 @@ from ...egress import EgressRules, HeaderRule, reaches, rules_for
 from ...envd_client.handshake import EnvdDefaults, HandshakeFailed, handshake
 from ...host import cgroups, network, rootfs
 from ...host.certificates import EgressCa
+from ...host.egress_audit import EgressAudit, EgressEvent, EgressJournal
 from ...host.egress_gateway import EgressGateway
 from ...host.errors import HostError
+from ...host.flow_monitor import FlowMonitor
 from ...host.locks import KeyedLock
 from ...templates.guest.oom import count_kills
 from ...templates.steps import BootFailed, Step
@@ -93,13 +95,21 @@ class GVisorRuntime(Runtime):
         # to the node), by address.
         self._egress: dict[str, EgressRules] = {}
         self.ca = EgressCa(self.config.root / "egress-ca")
+        # The egress audit log: the gateway's records and the kernel's (``flows``).
+        self.journal = EgressJournal(self.config.root / "egress-log")
+        self._owners: dict[str, str] = {}  # sandbox id by address, from the leases
+        self._owners_read = -1.0  # when the leases were last read for it
+        audit = EgressAudit(self.journal, self._owner)
         self.gateway = EgressGateway(self._egress_of, self.config.egress_dns, ca=self.ca,
-                                     trust=self.config.egress_ca)  # fmt: skip
+                                     trust=self.config.egress_ca, audit=audit)  # fmt: skip
+        self.flows = FlowMonitor(self.config.root / "egress-audit", self.config.instance,
+                                 str(self.config.network), audit)  # fmt: skip
 
     async def close(self) -> None:
         """A template snapshot under way is abandoned and its boot killed: nobody would
         remove it until the next node start."""
         await self.warm.close()
+        await self.flows.close()
         if self.gateway.ports is not None:
             await self.gateway.close()
             await network.unpoint_gateway(self.config.instance)
@@ -328,6 +338,7 @@ class GVisorRuntime(Runtime):
             or sandbox_id in cgroups.existing(self.config.cgroup_base)
             or sandbox_id in await self.runsc.list_ids()
         )
+        self.journal.remove(sandbox_id)
         if not found:
             return False
         log.info("host teardown of %s", sandbox_id)  # counted by tests/api/test_stress.py
@@ -337,6 +348,7 @@ class GVisorRuntime(Runtime):
         if lease is not None:
             if owned:
                 self._egress.pop(lease.guest_ip, None)
+                self._owners.pop(lease.guest_ip, None)
                 self.gateway.forget(lease.guest_ip)
             await network.teardown(lease, owns_index=owned)
         await rootfs.unmount(paths.rootfs)
@@ -493,6 +505,21 @@ class GVisorRuntime(Runtime):
         else:
             self._egress.pop(address, None)
 
+    def _owner(self, address: str) -> str | None:
+        """The sandbox at ``address`` (the audit log's lookup): the lease files say."""
+        found = self._owners.get(address)
+        if found is None and time.monotonic() - self._owners_read > 0.5:
+            self._owners = {lease.guest_ip: lease.sandbox_id for lease in self.pool.leases()}
+            self._owners_read = time.monotonic()
+            found = self._owners.get(address)
+        return found
+
+    async def egress_log(
+        self, sandbox_id: str, after: int, limit: int
+    ) -> tuple[list[EgressEvent], int | None]:
+        await self._require(sandbox_id)
+        return self.journal.read(sandbox_id, after, limit)
+
     def _egress_of(self, address: str) -> EgressRules | None:
         """The rules of the sandbox at ``address`` if the gateway judges its traffic (the
         gateway's lookup)."""
@@ -623,6 +650,8 @@ class GVisorRuntime(Runtime):
                 await network.point_gateway(
                     self.config.instance, ports.tcp, ports.dns, ports.dns_tcp
                 )
+                if self.config.egress_audit:
+                    await self.flows.start()
                 self._firewall_ready = True
 
     async def _prepare(
