@@ -120,6 +120,10 @@ class NodeClient(abc.ABC):
     async def update_network(self, request: pb.UpdateNetworkRequest) -> None:
         await self._call("UpdateNetwork", request, pb.UpdateNetworkResponse)
 
+    async def egress_log(self, sandbox_id: str, after: int, limit: int) -> pb.EgressLogResponse:
+        request = pb.EgressLogRequest(sandbox_id=sandbox_id, after=after, limit=limit)
+        return await self._call("EgressLog", request, pb.EgressLogResponse)
+
     async def claim(self, spec: pb.SandboxSpec) -> str:
         """The id of a pooled sandbox fitting ``spec``, now reserved for a Create; "" if none."""
         return (await self._call("Claim", pb.ClaimRequest(spec=spec), pb.ClaimResponse)).sandbox_id

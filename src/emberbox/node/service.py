@@ -18,6 +18,7 @@ from google.protobuf.message import Message
 from .._connect.errors import Code, ConnectError
 from .._proto.node import node_pb2 as pb
 from ..egress import HeaderRule, header_rules_from, rules_for
+from ..host.egress_audit import EgressEvent
 from ..host.errors import HostError, HostExhausted
 from ..runtimes.base import (
     CapabilityMissing,
@@ -98,6 +99,14 @@ def _policy(
     return policy
 
 
+def _egress_record(r: EgressEvent) -> pb.EgressRecord:
+    return pb.EgressRecord(
+        seq=r.seq, at=r.at, ended=r.ended, protocol=r.protocol, name=r.name, ip=r.ip,
+        port=r.port, method=r.method, path=r.path, bytes_out=r.bytes_out, bytes_in=r.bytes_in,
+        verdict=r.verdict, rule=r.rule,
+    )  # fmt: skip
+
+
 def _connect_error(exc: Exception) -> ConnectError:
     """Domain failures below the node, as the codes its clients map back to domain errors."""
     if isinstance(exc, ConnectError):
@@ -151,6 +160,7 @@ class NodeService:
             "/node.Node/DeleteSnapshot": (pb.DeleteSnapshotRequest, self.delete_snapshot),
             "/node.Node/Claim": (pb.ClaimRequest, self.claim),
             "/node.Node/UpdateNetwork": (pb.UpdateNetworkRequest, self.update_network),
+            "/node.Node/EgressLog": (pb.EgressLogRequest, self.egress_log),
         }
 
     @property
@@ -267,6 +277,17 @@ class NodeService:
             await self.orchestrator.trust_egress_ca(request.sandbox_id, request.access_token)
         await self.runtime.update_network(request.sandbox_id, policy)
         return pb.UpdateNetworkResponse()
+
+    async def egress_log(self, request: pb.EgressLogRequest) -> pb.EgressLogResponse:
+        if not self.orchestrator.holds(request.sandbox_id):
+            raise SandboxNotFound(request.sandbox_id)
+        records, after = await self.runtime.egress_log(
+            request.sandbox_id, request.after, request.limit or 100
+        )
+        return pb.EgressLogResponse(
+            records=[_egress_record(r) for r in records],
+            next=after or 0,
+        )
 
     async def resume(self, request: pb.ResumeRequest) -> pb.ResumeResponse:
         record = await self.orchestrator.resume(request.sandbox_id)

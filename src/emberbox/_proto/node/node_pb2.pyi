@@ -324,3 +324,51 @@ class UpdateNetworkRequest(_message.Message):
 class UpdateNetworkResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class EgressLogRequest(_message.Message):
+    __slots__ = ("sandbox_id", "after", "limit")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    after: int
+    limit: int
+    def __init__(self, sandbox_id: _Optional[str] = ..., after: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class EgressRecord(_message.Message):
+    __slots__ = ("seq", "at", "ended", "protocol", "name", "ip", "port", "method", "path", "bytes_out", "bytes_in", "verdict", "rule")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    ENDED_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    IP_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    BYTES_OUT_FIELD_NUMBER: _ClassVar[int]
+    BYTES_IN_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    at: float
+    ended: float
+    protocol: str
+    name: str
+    ip: str
+    port: int
+    method: str
+    path: str
+    bytes_out: int
+    bytes_in: int
+    verdict: str
+    rule: str
+    def __init__(self, seq: _Optional[int] = ..., at: _Optional[float] = ..., ended: _Optional[float] = ..., protocol: _Optional[str] = ..., name: _Optional[str] = ..., ip: _Optional[str] = ..., port: _Optional[int] = ..., method: _Optional[str] = ..., path: _Optional[str] = ..., bytes_out: _Optional[int] = ..., bytes_in: _Optional[int] = ..., verdict: _Optional[str] = ..., rule: _Optional[str] = ...) -> None: ...
+
+class EgressLogResponse(_message.Message):
+    __slots__ = ("records", "next")
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[EgressRecord]
+    next: int
+    def __init__(self, records: _Optional[_Iterable[_Union[EgressRecord, _Mapping]]] = ..., next: _Optional[int] = ...) -> None: ...

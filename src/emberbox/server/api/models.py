@@ -225,6 +225,25 @@ class SandboxLogs(BaseModel):
     logEntries: list[SandboxLogEntry]
 
 
+class EgressRecord(BaseModel):
+    """One entry of ``GET /sandboxes/{id}/egress`` (our extension): a connection the sandbox
+    opened to the outside, or a DNS question the node answered for it."""
+
+    seq: int  # its place in the sandbox's log: as ``nextToken``, what comes after it
+    timestamp: dt.datetime  # when it opened
+    endedAt: dt.datetime | None  # None while open (and for a refusal: nothing was carried)
+    protocol: Literal["tcp", "udp", "icmp", "http", "https", "tls", "dns"] | str
+    name: str | None  # TLS server name, HTTP Host or DNS question, where one was seen
+    ip: str | None
+    port: int
+    method: str | None  # of the connection's first HTTP request, where visible
+    path: str | None
+    bytesOut: int | None  # sandbox to destination; None until it ended
+    bytesIn: int | None
+    verdict: Literal["allowed", "denied"]
+    rule: str  # what decided: internet, allowOut, denyOut, internal, ipv6, name, rules, request
+
+
 class SnapshotRequest(_In):
     """``POST /sandboxes/{id}/snapshots`` (E2B's ``SandboxSnapshotRequest``)."""
 

@@ -9,19 +9,21 @@ silently ignored.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from starlette.status import HTTP_204_NO_CONTENT
 
+from ..._proto.node import node_pb2 as pb
 from ...egress import HeaderRule, InvalidRules, UnsupportedRule, parse_header_rules, parse_list
 from ...vocabulary import MASK_PORT_VARIABLE
 from ..lifecycle.network import Egress, NetworkService
 from .deps import Caller
 from .errors import ApiError
-from .models import Error, NetworkUpdate
+from .models import EgressRecord, Error, NetworkUpdate
 
 router = APIRouter(tags=["sandboxes"])
 
@@ -116,3 +118,54 @@ async def update_network(
     assert isinstance(svc, NetworkService)
     await svc.update(who, sandbox_id, egress)
     return Response(status_code=HTTP_204_NO_CONTENT)
+
+
+MAX_EGRESS_PAGE = 1000
+
+
+def _record(r: pb.EgressRecord) -> EgressRecord:
+    def when(t: float) -> dt.datetime:
+        return dt.datetime.fromtimestamp(t, dt.UTC)
+
+    return EgressRecord(
+        seq=r.seq,
+        timestamp=when(r.at),
+        endedAt=when(r.ended) if r.HasField("ended") else None,
+        protocol=r.protocol,
+        name=r.name or None,
+        ip=r.ip or None,
+        port=r.port,
+        method=r.method or None,
+        path=r.path or None,
+        bytesOut=r.bytes_out if r.HasField("bytes_out") else None,
+        bytesIn=r.bytes_in if r.HasField("bytes_in") else None,
+        verdict="denied" if r.verdict == "denied" else "allowed",
+        rule=r.rule,
+    )
+
+
+@router.get(
+    "/sandboxes/{sandbox_id}/egress",
+    response_model=list[EgressRecord],
+    responses={code: {"model": Error} for code in (400, 401, 404, 409, 500, 501)},
+    summary="The sandbox's egress audit log, oldest first (X-Next-Token for the next page)",
+)
+async def egress_log(
+    request: Request,
+    response: Response,
+    who: Caller,
+    sandbox_id: str,
+    limit: Annotated[int, Query(ge=1, le=MAX_EGRESS_PAGE)] = 100,
+    next_token: Annotated[str | None, Query(alias="nextToken")] = None,
+) -> list[EgressRecord]:
+    after = 0
+    if next_token is not None:
+        if not next_token.isdigit() or len(next_token) > 19:
+            raise ApiError(400, f"nextToken: {next_token!r} is not a token this API gave")
+        after = int(next_token)
+    svc = request.app.state.network
+    assert isinstance(svc, NetworkService)
+    page = await svc.egress_log(who, sandbox_id, after, limit)
+    if page.next:
+        response.headers["X-Next-Token"] = str(page.next)
+    return [_record(r) for r in page.records]

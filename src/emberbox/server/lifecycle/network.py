@@ -146,6 +146,22 @@ class NetworkService:
                 egress=egress_json(egress.allow_out, egress.deny_out, egress.rewrites),
             )
 
+    async def egress_log(
+        self, who: Principal, sandbox_id: str, after: int, limit: int
+    ) -> pb.EgressLogResponse:
+        """A page of the sandbox's egress audit log, kept by its node while it exists."""
+        row = await self.sandboxes.get(who, sandbox_id)
+        if State(row.state) not in _CHANGEABLE:
+            raise Conflict(f"sandbox '{sandbox_id}' is {row.state}; try again when it settled")
+        try:
+            return await self.sandboxes.node.egress_log(sandbox_id, after, limit)
+        except NodeSandboxNotFound as e:
+            raise NotFound(f"sandbox '{sandbox_id}' not found") from e
+        except NodeUnsupported as e:
+            raise Unsupported(e.message) from e
+        except NodeError as e:
+            raise SandboxFailed(f"reading the sandbox's egress log failed: {e.message}") from e
+
     async def _request(
         self, sandbox_id: str, team_id: str, egress: Egress, *, lenient: bool = False
     ) -> pb.UpdateNetworkRequest:
