@@ -12,11 +12,13 @@ from typing import Any as _Any
 
 if _TYPE_CHECKING:
     from .sdk._async.commands import AsyncCommandHandle
+    from .sdk._async.egress import AsyncEgressPaginator
     from .sdk._async.filesystem import AsyncWatchHandle
     from .sdk._async.sandbox import AsyncSandbox
     from .sdk._async.secrets import AsyncSecret, AsyncSecretPaginator
     from .sdk._async.snapshots import AsyncSnapshotPaginator
     from .sdk._sync.commands import CommandHandle
+    from .sdk._sync.egress import EgressPaginator
     from .sdk._sync.filesystem import WatchHandle
     from .sdk._sync.secrets import Secret, SecretPaginator
     from .sdk._sync.snapshots import SnapshotPaginator
@@ -44,6 +46,7 @@ if _TYPE_CHECKING:
     )
     from .sdk.models import (
         CommandResult,
+        EgressRecord,
         EntryInfo,
         FilesystemEvent,
         FilesystemEventType,
@@ -62,6 +65,7 @@ if _TYPE_CHECKING:
 # Loaded on first use, so that envd (which lives in this package) starts without the SDK.
 _EXPORTS = {
     "AsyncCommandHandle": ".sdk._async.commands",
+    "AsyncEgressPaginator": ".sdk._async.egress",
     "AsyncSandbox": ".sdk._async.sandbox",
     "AsyncSecret": ".sdk._async.secrets",
     "AsyncSecretPaginator": ".sdk._async.secrets",
@@ -72,6 +76,8 @@ _EXPORTS = {
     "CommandHandle": ".sdk._sync.commands",
     "CommandResult": ".sdk.models",
     "Context": ".sdk.code_models",
+    "EgressPaginator": ".sdk._sync.egress",
+    "EgressRecord": ".sdk.models",
     "EntryInfo": ".sdk.models",
     "Execution": ".sdk.code_models",
     "ExecutionError": ".sdk.code_models",
@@ -124,6 +130,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncCommandHandle",
+    "AsyncEgressPaginator",
     "AsyncSandbox",
     "AsyncSecret",
     "AsyncSecretPaginator",
@@ -134,6 +141,8 @@ __all__ = [
     "CommandHandle",
     "CommandResult",
     "Context",
+    "EgressPaginator",
+    "EgressRecord",
     "EntryInfo",
     "Execution",
     "ExecutionError",

@@ -5,6 +5,7 @@ reach only a fake internet this test made (its own DNS and web servers)."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -97,3 +98,28 @@ def test_a_secret_and_a_header_rule(cli: Cli, inet: FakeInternet) -> None:
     assert cli("secret", "delete", "cli-key").returncode == 0
     gone = cli("secret", "delete", "cli-key")
     assert gone.returncode == 1 and "not found" in gone.stderr
+
+
+def test_the_egress_log(cli: Cli, inet: FakeInternet) -> None:
+    """``emberbox logs --egress``: what the sandbox reached and what it was refused."""
+    made = cli("sandbox", "create", "--no-internet", "--allow-out", ALLOWED, "--json")
+    assert made.returncode == 0, made.stderr
+    sandbox_id = json.loads(made.stdout)["sandboxID"]
+    try:
+        assert _get(cli, sandbox_id, ALLOWED) == inet.named_body(ALLOWED)
+        assert _get(cli, sandbox_id, OTHER, at=inet.names[OTHER]) == "refused"
+        deadline = time.monotonic() + 20
+        while True:
+            done = cli("logs", sandbox_id, "--egress", "--json")
+            assert done.returncode == 0, done.stderr
+            records = [json.loads(line) for line in done.stdout.splitlines()]
+            seen = {(r["name"], r["protocol"], r["verdict"]) for r in records}
+            if {(ALLOWED, "http", "allowed"), (OTHER, "http", "denied")} <= seen:
+                break
+            assert time.monotonic() < deadline, done.stdout
+            time.sleep(0.5)
+        assert [r["seq"] for r in records] == sorted(r["seq"] for r in records)
+        text = cli("logs", sandbox_id, "--egress").stdout
+        assert f"denied  http  {OTHER} {inet.names[OTHER]}:80 GET /" in text
+    finally:
+        cli("sandbox", "kill", sandbox_id)

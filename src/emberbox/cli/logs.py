@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import asdict
+from datetime import datetime
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
+from ..sdk.models import EgressRecord
 from ..sdk.sandbox import Sandbox
 from .output import console, friendly_errors
 
@@ -26,16 +30,56 @@ def _print(entries: list[dict[str, Any]], json_out: bool) -> None:
             )
 
 
+def _print_egress(records: list[EgressRecord], json_out: bool) -> None:
+    for r in records:
+        if json_out:
+            sys.stdout.write(json.dumps(asdict(r), default=datetime.isoformat) + "\n")
+            sys.stdout.flush()
+            continue
+        style = "red" if r.verdict == "denied" else "green"
+        where = f"{r.name} " if r.name else ""
+        where += f"{r.ip}:{r.port}" if r.ip else f":{r.port}"
+        request = f" {r.method} {r.path}" if r.method else ""
+        where, request = escape(where), escape(request)  # the sandbox chose them
+        sizes = "" if r.bytes_out is None else f" out {r.bytes_out} B, in {r.bytes_in} B"
+        console.print(
+            f"[dim]{r.timestamp.isoformat()}[/] [{style}]{r.verdict:<7}[/] {r.protocol:<5} "
+            f"{where}{request}{sizes} [dim]({r.rule})[/]",
+            highlight=False,
+            soft_wrap=True,  # one line per record, whatever the terminal's width
+        )
+
+
+def _egress(sandbox: Sandbox, follow: bool, json_out: bool) -> None:
+    """Every record, then (``follow``) the ones that come after, by the last page's token."""
+    seen = 0
+    while True:
+        for record in sandbox.egress_log(limit=1000, next_token=str(seen) if seen else None):
+            _print_egress([record], json_out)
+            seen = record.seq
+        if not follow:
+            return
+        time.sleep(1.0)
+
+
 @friendly_errors
 def logs(
     sandbox_id: str,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="keep printing new entries")
     ] = False,
+    egress: Annotated[
+        bool,
+        typer.Option("--egress", help="the connections it opened to the outside (audit log)"),
+    ] = False,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Show a sandbox's lifecycle events and the processes it ran."""
+    """Show a sandbox's lifecycle events and the processes it ran (--egress: its egress
+    audit log)."""
     sandbox = Sandbox.connect(sandbox_id)
+    if egress:
+        _egress(sandbox, follow, json_out)
+        return
     entries = sandbox.get_logs()
     _print(entries, json_out)
     cursor = max((int(e["fields"].get("seq", 0)) for e in entries), default=0)

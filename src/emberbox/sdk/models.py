@@ -180,6 +180,30 @@ class SecretInfo:
     updated_at: datetime | None = None
 
 
+@dataclass(frozen=True)
+class EgressRecord:
+    """One connection a sandbox opened to the outside, or a DNS question the node answered
+    for it (``Sandbox.egress_log()``). ``rule`` says what decided: ``internet``,
+    ``allowOut``, ``denyOut``, ``internal``, ``ipv6``, ``name``, ``rules`` (a header rule's
+    domain) or ``request`` (an intercepted request refused). Bytes and ``ended_at`` are None
+    while it is open and for a refusal. ``seq`` orders a sandbox's records; passed as
+    ``next_token`` it asks for the ones after it."""
+
+    seq: int
+    timestamp: datetime
+    ended_at: datetime | None
+    protocol: str  # tcp, udp, icmp, http, https, tls, dns
+    name: str | None  # TLS server name, HTTP Host or DNS question, where one was seen
+    ip: str | None
+    port: int
+    method: str | None  # of the connection's first HTTP request, where visible
+    path: str | None
+    bytes_out: int | None
+    bytes_in: int | None
+    verdict: str  # allowed, denied
+    rule: str
+
+
 class NetworkOptions(TypedDict, total=False):
     """Egress rules and port privacy, with E2B's SDK names: ``allow_out`` (CIDR blocks, IPv4
     addresses or domains, ``*.example.com`` for every name below it; allowed entries win) /

@@ -18,6 +18,7 @@ from . import snapshots
 from .api import AsyncApi, http_client
 from .code import AsyncCodeInterpreter
 from .commands import AsyncCommands, AsyncPty
+from .egress import AsyncEgressPaginator
 from .filesystem import AsyncFilesystem
 from .rpc import AsyncRpc
 from .snapshots import AsyncSnapshotPaginator
@@ -206,6 +207,14 @@ class AsyncSandbox(AsyncCodeInterpreter):
         """Lifecycle events and the processes envd ran; ``start`` continues from an entry's
         ``fields["seq"]``."""
         return await self._api.logs(self.sandbox_id, start)
+
+    def egress_log(
+        self, limit: int | None = None, next_token: str | None = None
+    ) -> AsyncEgressPaginator:
+        """The connections this sandbox opened to the outside (and its DNS questions the
+        node answered), oldest first, with what the rules decided: a paginator
+        (``next_items()`` per page, or iterate over all of them)."""
+        return AsyncEgressPaginator(self._config, self.sandbox_id, limit, next_token)
 
     async def pause(self) -> bool:
         """Pause with memory where the runtime can; False if it already was paused."""

@@ -19,6 +19,7 @@ from . import snapshots
 from .api import Api, http_client
 from .code import CodeInterpreter
 from .commands import Commands, Pty
+from .egress import EgressPaginator
 from .filesystem import Filesystem
 from .rpc import Rpc
 from .snapshots import SnapshotPaginator
@@ -207,6 +208,14 @@ class Sandbox(CodeInterpreter):
         """Lifecycle events and the processes envd ran; ``start`` continues from an entry's
         ``fields["seq"]``."""
         return self._api.logs(self.sandbox_id, start)
+
+    def egress_log(
+        self, limit: int | None = None, next_token: str | None = None
+    ) -> EgressPaginator:
+        """The connections this sandbox opened to the outside (and its DNS questions the
+        node answered), oldest first, with what the rules decided: a paginator
+        (``next_items()`` per page, or iterate over all of them)."""
+        return EgressPaginator(self._config, self.sandbox_id, limit, next_token)
 
     def pause(self) -> bool:
         """Pause with memory where the runtime can; False if it already was paused."""
