@@ -62,6 +62,7 @@ ALLOWED_EXTRA_FIELDS: Mapping[tuple[str, str], str] = {
 NOT_E2B_OPERATIONS: Mapping[tuple[str, str], str] = {
     ("get", "/health"): "not in the SDK's generated client (E2B's answers plain text); unused",
     ("post", "/sandboxes/{sandbox_id}/rollback"): "our extension: rollback in place",
+    ("get", "/sandboxes/{sandbox_id}/egress"): "our extension: the egress audit log",
     ("post", "/v2/templates"): "E2B's older template create; the SDK 2.63 calls /v3/templates",
     ("post", "/templates"): "E2B's v1 template create; the SDK 2.63 calls /v3/templates",
 }

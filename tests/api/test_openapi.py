@@ -30,6 +30,7 @@ PROTOCOL_OPERATIONS = {
     ("delete", "/templates/{template_id}"),
     ("post", "/sandboxes/{sandbox_id}/fork"),
     ("post", "/sandboxes/{sandbox_id}/rollback"),  # our extension
+    ("get", "/sandboxes/{sandbox_id}/egress"),  # our extension: the egress audit log
     ("put", "/sandboxes/{sandbox_id}/network"),
     # templates (server/api/templates.py)
     ("post", "/v3/templates"),
