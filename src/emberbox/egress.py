@@ -113,6 +113,80 @@ class HeaderRule:
         return name_allowed((self.domain,), name)
 
 
+MAX_PROXY_CREDENTIAL = 255  # bytes of a SOCKS5 username or password (RFC 1929)
+_PROXY_KEYS = frozenset({"address", "username", "password", "tls"})
+
+
+@dataclass(frozen=True)
+class EgressProxy:
+    """E2B's ``egressProxy``: a SOCKS5 proxy the node tunnels the sandbox's allowed TCP
+    through (its own connection to ``host``, which the node resolves at each dial and refuses
+    when internal). ``password`` None: the node lost it (it restarted; the control plane
+    sends it again), so its dials fail meanwhile."""
+
+    host: str
+    port: int
+    username: str = ""
+    password: str | None = field(default="", repr=False)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def parse_egress_proxy(raw: object) -> EgressProxy | None:
+    """``egressProxy`` as the API got it, checked: None when absent; 400 for a malformed
+    address or credentials or an internal address; 501 for TLS to the proxy or IPv6."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not isinstance(raw.get("address"), str):
+        raise InvalidRules('egressProxy must be an object with an "address" ("host:port")')
+    unknown = sorted(set(raw) - _PROXY_KEYS)
+    if unknown:
+        raise InvalidRules(f"egressProxy: unknown field(s) {', '.join(unknown)}")
+    tls = raw.get("tls")
+    if tls is not None and not (isinstance(tls, dict) and tls.get("enabled") is False
+                                and set(tls) == {"enabled"}):  # fmt: skip
+        raise UnsupportedRule("egressProxy.tls: TLS to the proxy is not supported")
+    host, sep, port_text = raw["address"].strip().rpartition(":")
+    host = host.lower().rstrip(".")
+    port = int(port_text) if sep and port_text.isdigit() and len(port_text) <= 5 else 0
+    if not 1 <= port <= 65535 or not host:
+        raise InvalidRules(f"egressProxy.address: {raw['address']!r} is not host:port")
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        if not _DOMAIN.match(host) or host.startswith("*."):
+            raise InvalidRules(f"egressProxy.address: {host!r} is not a host name") from None
+    else:
+        if not isinstance(ip, ipaddress.IPv4Address):
+            raise UnsupportedRule("egressProxy.address: IPv6 proxies are not supported")
+        if any(ip in net for net in INTERNAL_RANGES):
+            raise InvalidRules(f"egressProxy.address: {ip} is an internal address")
+    credentials = []
+    for key in ("username", "password"):
+        value = raw.get(key)
+        if value is not None and (
+            not isinstance(value, str) or not 0 < len(value.encode()) <= MAX_PROXY_CREDENTIAL
+        ):
+            raise InvalidRules(f"egressProxy.{key}: 1 to {MAX_PROXY_CREDENTIAL} bytes of text")
+        credentials.append(value or "")
+    if credentials[1] and not credentials[0]:
+        raise InvalidRules("egressProxy.password needs a username")
+    return EgressProxy(host, port, credentials[0], credentials[1])
+
+
+def proxy_dict(proxy: EgressProxy, password: str | None = None) -> dict[str, object]:
+    """The proxy in E2B's shape; the password only when given (what is stored, never what
+    is shown)."""
+    out: dict[str, object] = {"address": proxy.address}
+    if proxy.username:
+        out["username"] = proxy.username
+    if password:
+        out["password"] = password
+    return out
+
+
 @dataclass(frozen=True)
 class EgressRules:
     """Collapsed IPv4 networks; ``deny`` already holds ``0.0.0.0/0`` when internet is off.
@@ -123,6 +197,7 @@ class EgressRules:
     deny: tuple[IPv4Network, ...] = ()
     domains: tuple[str, ...] = ()
     rewrites: tuple[HeaderRule, ...] = ()
+    proxy: EgressProxy | None = None  # where its allowed TCP is tunneled (SOCKS5)
 
     def rewrite_for(self, name: str | None) -> HeaderRule | None:
         """The rule for ``name``: one naming it exactly, else the longest wildcard."""
@@ -275,6 +350,7 @@ def rules_for(
     deny_out: Sequence[str],
     allow_internet: bool = True,
     rewrites: Sequence[HeaderRule] = (),
+    proxy: EgressProxy | None = None,
 ) -> EgressRules:
     """The enforcing view of a policy: IPv4 networks (overlaps merged) and domain names."""
     allow: list[IPv4Network] = []
@@ -288,7 +364,7 @@ def rules_for(
     deny = [n for n in (_entry(e, "denyOut") for e in deny_out) if isinstance(n, IPv4Network)]
     if not allow_internet:
         deny.append(ALL_IPV4)
-    return EgressRules(_collapse(allow), _collapse(deny), tuple(domains), tuple(rewrites))
+    return EgressRules(_collapse(allow), _collapse(deny), tuple(domains), tuple(rewrites), proxy)
 
 
 def name_allowed(domains: Sequence[str], name: str | None) -> bool:

@@ -6,12 +6,15 @@ import pytest
 
 from emberbox.egress import (
     MAX_ENTRIES,
+    EgressProxy,
     InvalidRules,
     UnsupportedRule,
     gateway_reaches,
     name_allowed,
+    parse_egress_proxy,
     parse_header_rules,
     parse_list,
+    proxy_dict,
     reaches,
     rules_for,
     valid_header_value,
@@ -172,3 +175,21 @@ def test_the_longest_wildcard_wins_and_values_are_what_http_can_carry() -> None:
         assert valid_header_value(good), good
     for bad in (" a", "a ", "a\nb", "a\x01b", "a\x7fb"):
         assert not valid_header_value(bad), bad
+
+
+def test_egress_proxy_settings_are_checked() -> None:
+    proxy = parse_egress_proxy({"address": "Proxy.Example.com.:1080", "username": "u",
+                                "password": "p", "tls": {"enabled": False}})  # fmt: skip
+    assert proxy == EgressProxy("proxy.example.com", 1080, "u", "p")
+    assert proxy_dict(proxy) == {"address": "proxy.example.com:1080", "username": "u"}
+    assert parse_egress_proxy(None) is None
+    assert parse_egress_proxy({"address": "198.18.0.1:1"}) == EgressProxy("198.18.0.1", 1)
+    for bad in ({"address": "proxy.example.com"}, {"address": ":1080"}, {"address": "a.b:99999"},
+                {"address": "169.254.169.254:80"}, {"address": "*.x.com:1"}, {"address": 5},
+                {"address": "a.b:1", "password": "p"}, {"address": "a.b:1", "username": ""},
+                {"address": "a.b:1", "extra": 1}, "a.b:1"):  # fmt: skip
+        with pytest.raises(InvalidRules):
+            parse_egress_proxy(bad)
+    for unsupported in ({"address": "a.b:1", "tls": {"enabled": True}}, {"address": "[::1]:1"}):
+        with pytest.raises(UnsupportedRule):
+            parse_egress_proxy(unsupported)

@@ -28,7 +28,15 @@ refuse, and all of that sandbox's DNS (TCP and UDP 53). Here:
   port 80/443 connections sent here; those without a ruled name are judged as above, or
   spliced to their own address when its IP rules allow it.
 
-A connection whose source is not a sandbox with domain entries or rules is closed unread.
+* **A proxy** (``EgressRules.proxy``, E2B's ``egressProxy``): such a sandbox has every new TCP
+  connection (DNS aside) sent here. Each is judged as above (other ports than 80/443 by
+  address alone: nothing is read from them) and what is allowed is dialed through the SOCKS5
+  proxy, by name when a domain entry allowed it (the proxy resolves it) or else by address.
+  The proxy's own address is resolved by the node at each dial and must not be internal. No
+  proxy, a wrong password or a refusal: the connection is reset (fails closed, never direct).
+
+A connection whose source is not a sandbox with domain entries, rules or a proxy is closed
+unread.
 Each sandbox may hold :data:`MAX_PER_SANDBOX` connections, spliced ones idle for
 :data:`IDLE_S` are closed, and a killed sandbox's are closed with it (``forget``).
 """
@@ -51,10 +59,14 @@ from typing import Any
 
 import h11
 from dnslib import OPCODE, QTYPE, RCODE, DNSRecord
+from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError, ProxyType
+from python_socks.async_.asyncio import Proxy as Socks5
 
 from ..egress import (
     ALL_IPV4,
+    DOMAIN_PORTS,
     INTERNAL_RANGES,
+    EgressProxy,
     EgressRules,
     HeaderRule,
     IPv4Network,
@@ -537,16 +549,21 @@ class EgressGateway:
         upstream: asyncio.StreamWriter | None = None
         peer = writer.get_extra_info("peername")[0]
         rules = self.lookup(peer)
-        judged = rules is not None and (rules.domains or rules.rewrites)
+        judged = rules is not None and (rules.domains or rules.rewrites or rules.proxy)
         if rules is None or not judged or not self._admit(peer, writer):
             writer.close()
             return
         flow, ticket, opened = _Activity(), None, time.time()
         try:
             address, port = original_destination(writer.get_extra_info("socket"))
-            seen, name, requests = await asyncio.wait_for(_read_name(reader, port), NAME_TIMEOUT_S)
+            # Only a proxied sandbox sends other ports here: nothing to read (a server that
+            # speaks first would wait forever), they are judged by address.
+            seen, name, requests, protocol = b"", None, None, "tcp"
+            if port in DOMAIN_PORTS:
+                read = await asyncio.wait_for(_read_name(reader, port), NAME_TIMEOUT_S)
+                seen, name, requests = read
+                protocol = "http" if port == 80 else "tls"
             name = name.lower().rstrip(".") if name else name
-            protocol = "http" if port == 80 else "tls"
             if requests is not None and requests.request is not None:
                 flow.saw(*requests.request)
             pipelined = requests.first[1:] if requests is not None else []
@@ -554,8 +571,10 @@ class EgressGateway:
             # Only a sandbox with header rules has connections its IP rules allow sent here.
             by_address = reaches(rules, address, internal=self.internal)
             rule = rules.rewrite_for(name) if self.ca is not None else None
+            # A proxy resolves an allowed name itself (remote DNS, as E2B's does).
+            remote = rules.proxy is not None and by_name
             if rule is not None and name is not None and (by_name or by_address):
-                target = await self._target(rules, name, address, by_name)
+                target = name if remote else await self._target(rules, name, address, by_name)
                 if target is None or rule.headers is None:
                     log.info("egress refused: %s -> %s:%d (name %r: %s)", peer, address, port,
                              name, "no usable address" if target is None else
@@ -566,14 +585,18 @@ class EgressGateway:
                     return
                 log.info("egress rewritten: %s -> %s (%s:%d)", peer, name, target, port)
                 protocol = "http" if port == 80 else "https"
-                ticket = self._opened(peer, opened, protocol, target, port, RULE_HEADERS, name)
+                ip = address if remote else target
+                ticket = self._opened(peer, opened, protocol, ip, port, RULE_HEADERS, name)
                 try:
-                    await self._intercept(reader, writer, seen, name, target, port, peer, flow)
+                    await self._intercept(reader, writer, seen, name, target, port, peer, flow,
+                                          rules)  # fmt: skip
                 except _Refused:
-                    self._record(peer, protocol, target, port, DENIED, RULE_REQUEST, name, flow)
+                    self._record(peer, protocol, ip, port, DENIED, RULE_REQUEST, name, flow)
                     raise
                 return
-            if by_name:
+            if remote:
+                target = name
+            elif by_name:
                 target = await self._target(rules, name, address)
             else:
                 target, requests = (address if by_address else None), None
@@ -584,12 +607,11 @@ class EgressGateway:
                 _reset(writer)
                 return
             log.info("egress allowed: %s -> %s (%s:%d)", peer, name, target, port)
-            listed = by_name or any(IPv4Address(target) in net for net in rules.allow)
+            ip = address if remote else target
+            listed = by_name or any(IPv4Address(ip) in net for net in rules.allow)
             why = RULE_ALLOW_OUT if listed else RULE_INTERNET
-            ticket = self._opened(peer, opened, protocol, target, port, why, name, flow)
-            up_reader, up_writer = await asyncio.wait_for(
-                asyncio.open_connection(target, port, limit=CHUNK), CONNECT_TIMEOUT_S
-            )
+            ticket = self._opened(peer, opened, protocol, ip, port, why, name, flow)
+            up_reader, up_writer = await self._dial(rules, target, port)
             upstream = up_writer
             up_writer.write(seen)
             flow.sent += len(seen)
@@ -633,6 +655,7 @@ class EgressGateway:
         port: int,
         peer: str,
         flow: _Activity,
+        rules: EgressRules,
     ) -> None:
         """Terminate the sandbox's TLS with a certificate for ``name`` from the node's CA
         (plain HTTP on port 80 needs none), open a verified TLS connection of our own to
@@ -640,7 +663,6 @@ class EgressGateway:
         the sandbox at ``peer`` as they are at each request)."""
         assert self.ca is not None
         sandbox: _Stream
-        context: ssl.SSLContext | None = None
         if port == 80:
             sandbox, first = _Plain(reader, writer), seen
             flow.sent += len(seen)
@@ -648,13 +670,8 @@ class EgressGateway:
             leaf = await asyncio.to_thread(self.ca.server_context, name)
             tls = _TlsServer(leaf, reader, writer)
             await asyncio.wait_for(tls.handshake(seen), NAME_TIMEOUT_S)
-            sandbox, first, context = tls, b"", self._client_context()
-        up_reader, up_writer = await asyncio.wait_for(
-            asyncio.open_connection(
-                target, port, ssl=context, server_hostname=name if context else None, limit=CHUNK
-            ),
-            CONNECT_TIMEOUT_S,
-        )
+            sandbox, first = tls, b""
+        up_reader, up_writer = await self._dial(rules, target, port, name if port != 80 else None)
         try:
             await _relay_rewritten(_Counted(sandbox, flow), _Plain(up_reader, up_writer), first,
                                    name, lambda: self.lookup(peer), flow)  # fmt: skip
@@ -696,6 +713,48 @@ class EgressGateway:
             both.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await both
+
+    async def _dial(
+        self, rules: EgressRules, host: str, port: int, tls_name: str | None = None
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A connection to ``host`` (an address, or a name only a proxy resolves): direct,
+        or through the sandbox's proxy; TLS verified for ``tls_name`` when given."""
+        context = self._client_context() if tls_name else None
+        if rules.proxy is None:
+            opening = asyncio.open_connection(
+                host, port, ssl=context, server_hostname=tls_name, limit=CHUNK
+            )
+        else:
+            sock = await self._through_proxy(rules.proxy, host, port)
+            opening = asyncio.open_connection(
+                sock=sock, ssl=context, server_hostname=tls_name, limit=CHUNK
+            )
+            try:
+                return await asyncio.wait_for(opening, CONNECT_TIMEOUT_S)
+            except BaseException:
+                sock.close()
+                raise
+        return await asyncio.wait_for(opening, CONNECT_TIMEOUT_S)
+
+    async def _through_proxy(self, proxy: EgressProxy, host: str, port: int) -> socket.socket:
+        """A socket already tunneled to ``host:port`` by the SOCKS5 ``proxy``: its address
+        resolved by the node now (and used for this dial only), never an internal one, so a
+        proxy setting cannot aim the node at its own network. Fails closed (OSError)."""
+        if proxy.password is None:
+            raise OSError("the proxy's password was lost with a node restart")
+        try:
+            candidates = [str(IPv4Address(proxy.host))]
+        except ValueError:
+            candidates = await self.resolve(proxy.host)
+        usable = [a for a in candidates if not any(IPv4Address(a) in n for n in self.internal)]
+        if not usable:
+            raise OSError(f"egress proxy {proxy.host} has no public address")
+        socks = Socks5(ProxyType.SOCKS5, usable[0], proxy.port, proxy.username or None,
+                       proxy.password or None, rdns=True)  # fmt: skip
+        try:
+            return await socks.connect(dest_host=host, dest_port=port, timeout=CONNECT_TIMEOUT_S)
+        except (ProxyError, ProxyConnectionError, ProxyTimeoutError) as exc:
+            raise OSError(f"egress proxy {proxy.address}: {exc}") from exc
 
     def _client_context(self) -> ssl.SSLContext:
         """How the gateway verifies the servers it re-encrypts to: the system's roots and

@@ -293,7 +293,8 @@ async def unpoint_gateway(instance: str) -> None:
 def _rules_script(lease: Lease, rules: EgressRules, node_dns: bool = False) -> str:
     """Replace the sandbox's set elements and NAT rules: one transaction, so no packet sees
     half a change. The NAT chain is empty unless the rules name domains or have header rules
-    (then every new port 80/443 connection goes to the gateway first), or ``node_dns`` (its
+    (then every new port 80/443 connection goes to the gateway first), a proxy (then every
+    new TCP connection but DNS does: it tunnels what the rules allow), or ``node_dns`` (its
     resolv.conf names the node: its DNS keeps going to the gateway)."""
     chain, allow, deny = _names(lease)
     nat = f"{chain}_nat"
@@ -304,6 +305,13 @@ def _rules_script(lease: Lease, rules: EgressRules, node_dns: bool = False) -> s
         + f"add chain {_T} {nat}\nflush chain {_T} {nat}\n"
     )
     tcp, dns = _gateway_chains(lease.instance)
+    if rules.proxy is not None:  # every TCP connection is the gateway's to tunnel
+        if rules.domains or rules.rewrites or node_dns:
+            script += f"add rule {_T} {nat} tcp dport 53 goto {dns}\n"
+        script += (
+            f"add rule {_T} {nat} ip daddr @resolvers tcp dport 53 return\n"
+            f"add rule {_T} {nat} meta l4proto tcp goto {tcp}\n"
+        )
     if rules.rewrites:  # header rules: the gateway sees every HTTP(S) connection first
         ports = ", ".join(str(p) for p in DOMAIN_PORTS)
         script += f"add rule {_T} {nat} tcp dport {{ {ports} }} goto {tcp}\n"

@@ -17,7 +17,13 @@ from google.protobuf.message import Message
 
 from .._connect.errors import Code, ConnectError
 from .._proto.node import node_pb2 as pb
-from ..egress import HeaderRule, header_rules_from, rules_for
+from ..egress import (
+    EgressProxy,
+    HeaderRule,
+    header_rules_from,
+    parse_egress_proxy,
+    rules_for,
+)
 from ..host.egress_audit import EgressEvent
 from ..host.errors import HostError, HostExhausted
 from ..runtimes.base import (
@@ -69,7 +75,13 @@ def _spec(s: pb.SandboxSpec) -> SandboxSpec:
         memory_mb=s.memory_mb,
         disk_mb=s.disk_mb,
         envs=dict(s.env_vars),
-        network=_policy(s.allow_internet, s.allow_out, s.deny_out, s.header_rules),
+        network=_policy(
+            s.allow_internet,
+            s.allow_out,
+            s.deny_out,
+            s.header_rules,
+            s.egress_proxy if s.HasField("egress_proxy") else None,
+        ),
         volumes=tuple(_volume(v) for v in s.volume_mounts),
     )
 
@@ -85,6 +97,7 @@ def _policy(
     allow_out: Sequence[str],
     deny_out: Sequence[str],
     header_rules: Sequence[pb.HeaderRule] = (),
+    proxy: pb.EgressProxy | None = None,
 ) -> NetworkPolicy:
     """Checked here too (``InvalidRules`` is a ValueError: INVALID_ARGUMENT): node messages
     may come from any client."""
@@ -94,7 +107,8 @@ def _policy(
     rewrites += tuple(
         HeaderRule(r.domain.lower().rstrip("."), headers=None) for r in header_rules if r.unresolved
     )
-    policy = NetworkPolicy(allow_internet, tuple(allow_out), tuple(deny_out), rewrites)
+    policy = NetworkPolicy(allow_internet, tuple(allow_out), tuple(deny_out), rewrites,
+                           _proxy(proxy) if proxy is not None else None)  # fmt: skip
     rules_for(policy.allow_out, policy.deny_out, policy.allow_internet)
     return policy
 
@@ -105,6 +119,16 @@ def _egress_record(r: EgressEvent) -> pb.EgressRecord:
         port=r.port, method=r.method, path=r.path, bytes_out=r.bytes_out, bytes_in=r.bytes_in,
         verdict=r.verdict, rule=r.rule,
     )  # fmt: skip
+
+
+def _proxy(p: pb.EgressProxy) -> EgressProxy | None:
+    """Checked as the API checks it (the same parser)."""
+    raw: dict[str, object] = {"address": f"{p.host}:{p.port}"}
+    if p.username:
+        raw["username"] = p.username
+    if p.password:
+        raw["password"] = p.password
+    return parse_egress_proxy(raw)
 
 
 def _connect_error(exc: Exception) -> ConnectError:
@@ -190,6 +214,7 @@ class NodeService:
                 fork=caps.fork,
                 egress_rules=caps.egress_rules,
                 header_rules=caps.header_rules,
+                egress_proxy=caps.egress_proxy,
                 no_internet=caps.no_internet,
                 isolation=self.runtime.isolation,
             ),
@@ -267,8 +292,9 @@ class NodeService:
     async def update_network(self, request: pb.UpdateNetworkRequest) -> pb.UpdateNetworkResponse:
         """Straight to the runtime, which serialises it with the sandbox's other host work."""
         policy = _policy(
-            request.allow_internet, request.allow_out, request.deny_out, request.header_rules
-        )
+            request.allow_internet, request.allow_out, request.deny_out, request.header_rules,
+            request.egress_proxy if request.HasField("egress_proxy") else None,
+        )  # fmt: skip
         if not self.orchestrator.holds(request.sandbox_id):
             raise SandboxNotFound(request.sandbox_id)
         # The sandbox trusts the gateway before it intercepts anything (no token: rules sent

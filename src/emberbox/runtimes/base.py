@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ..egress import HeaderRule
+from ..egress import EgressProxy, HeaderRule
 from ..envd_client.handshake import EnvdDefaults
 from ..host.egress_audit import EgressEvent
 from ..host.errors import HostError, HostExhausted
@@ -55,6 +55,7 @@ class Capabilities:
     fork: bool = False
     egress_rules: bool = False  # honours allow_out/deny_out and update_network
     header_rules: bool = False  # honours NetworkPolicy.rewrites (an egress gateway with a CA)
+    egress_proxy: bool = False  # honours NetworkPolicy.proxy (SOCKS5 from the gateway)
     no_internet: bool = True  # honours NetworkPolicy(allow_internet=False)
 
 
@@ -68,6 +69,7 @@ class NetworkPolicy:
     allow_out: Sequence[str] = ()
     deny_out: Sequence[str] = ()
     rewrites: Sequence[HeaderRule] = ()  # header rules; values live in memory only
+    proxy: EgressProxy | None = None  # SOCKS5 upstream; its password lives in memory only
 
 
 _MOUNT_PATH = re.compile(r"(/[^/\0]+)+")

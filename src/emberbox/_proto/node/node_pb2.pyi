@@ -17,7 +17,7 @@ SANDBOX_STATUS_RUNNING: SandboxStatus
 SANDBOX_STATUS_PAUSED: SandboxStatus
 
 class Capabilities(_message.Message):
-    __slots__ = ("pause", "snapshot", "fork", "egress_rules", "no_internet", "isolation", "header_rules")
+    __slots__ = ("pause", "snapshot", "fork", "egress_rules", "no_internet", "isolation", "header_rules", "egress_proxy")
     PAUSE_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     FORK_FIELD_NUMBER: _ClassVar[int]
@@ -25,6 +25,7 @@ class Capabilities(_message.Message):
     NO_INTERNET_FIELD_NUMBER: _ClassVar[int]
     ISOLATION_FIELD_NUMBER: _ClassVar[int]
     HEADER_RULES_FIELD_NUMBER: _ClassVar[int]
+    EGRESS_PROXY_FIELD_NUMBER: _ClassVar[int]
     pause: bool
     snapshot: bool
     fork: bool
@@ -32,7 +33,8 @@ class Capabilities(_message.Message):
     no_internet: bool
     isolation: bool
     header_rules: bool
-    def __init__(self, pause: _Optional[bool] = ..., snapshot: _Optional[bool] = ..., fork: _Optional[bool] = ..., egress_rules: _Optional[bool] = ..., no_internet: _Optional[bool] = ..., isolation: _Optional[bool] = ..., header_rules: _Optional[bool] = ...) -> None: ...
+    egress_proxy: bool
+    def __init__(self, pause: _Optional[bool] = ..., snapshot: _Optional[bool] = ..., fork: _Optional[bool] = ..., egress_rules: _Optional[bool] = ..., no_internet: _Optional[bool] = ..., isolation: _Optional[bool] = ..., header_rules: _Optional[bool] = ..., egress_proxy: _Optional[bool] = ...) -> None: ...
 
 class InfoRequest(_message.Message):
     __slots__ = ()
@@ -69,7 +71,7 @@ class PoolStatus(_message.Message):
     def __init__(self, template_id: _Optional[str] = ..., cpu_count: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_mb: _Optional[int] = ..., ready: _Optional[int] = ..., target: _Optional[int] = ...) -> None: ...
 
 class SandboxSpec(_message.Message):
-    __slots__ = ("sandbox_id", "template_id", "cpu_count", "memory_mb", "disk_mb", "env_vars", "access_token", "allow_internet", "snapshot", "allow_out", "deny_out", "volume_mounts", "header_rules")
+    __slots__ = ("sandbox_id", "template_id", "cpu_count", "memory_mb", "disk_mb", "env_vars", "access_token", "allow_internet", "snapshot", "allow_out", "deny_out", "volume_mounts", "header_rules", "egress_proxy")
     class EnvVarsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +92,7 @@ class SandboxSpec(_message.Message):
     DENY_OUT_FIELD_NUMBER: _ClassVar[int]
     VOLUME_MOUNTS_FIELD_NUMBER: _ClassVar[int]
     HEADER_RULES_FIELD_NUMBER: _ClassVar[int]
+    EGRESS_PROXY_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     template_id: str
     cpu_count: int
@@ -103,7 +106,20 @@ class SandboxSpec(_message.Message):
     deny_out: _containers.RepeatedScalarFieldContainer[str]
     volume_mounts: _containers.RepeatedCompositeFieldContainer[VolumeMount]
     header_rules: _containers.RepeatedCompositeFieldContainer[HeaderRule]
-    def __init__(self, sandbox_id: _Optional[str] = ..., template_id: _Optional[str] = ..., cpu_count: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_mb: _Optional[int] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., access_token: _Optional[str] = ..., allow_internet: _Optional[bool] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., allow_out: _Optional[_Iterable[str]] = ..., deny_out: _Optional[_Iterable[str]] = ..., volume_mounts: _Optional[_Iterable[_Union[VolumeMount, _Mapping]]] = ..., header_rules: _Optional[_Iterable[_Union[HeaderRule, _Mapping]]] = ...) -> None: ...
+    egress_proxy: EgressProxy
+    def __init__(self, sandbox_id: _Optional[str] = ..., template_id: _Optional[str] = ..., cpu_count: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_mb: _Optional[int] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., access_token: _Optional[str] = ..., allow_internet: _Optional[bool] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., allow_out: _Optional[_Iterable[str]] = ..., deny_out: _Optional[_Iterable[str]] = ..., volume_mounts: _Optional[_Iterable[_Union[VolumeMount, _Mapping]]] = ..., header_rules: _Optional[_Iterable[_Union[HeaderRule, _Mapping]]] = ..., egress_proxy: _Optional[_Union[EgressProxy, _Mapping]] = ...) -> None: ...
+
+class EgressProxy(_message.Message):
+    __slots__ = ("host", "port", "username", "password")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    USERNAME_FIELD_NUMBER: _ClassVar[int]
+    PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    port: int
+    username: str
+    password: str
+    def __init__(self, host: _Optional[str] = ..., port: _Optional[int] = ..., username: _Optional[str] = ..., password: _Optional[str] = ...) -> None: ...
 
 class HeaderRule(_message.Message):
     __slots__ = ("domain", "headers", "unresolved")
@@ -306,20 +322,22 @@ class ClaimResponse(_message.Message):
     def __init__(self, sandbox_id: _Optional[str] = ...) -> None: ...
 
 class UpdateNetworkRequest(_message.Message):
-    __slots__ = ("sandbox_id", "allow_internet", "allow_out", "deny_out", "header_rules", "access_token")
+    __slots__ = ("sandbox_id", "allow_internet", "allow_out", "deny_out", "header_rules", "access_token", "egress_proxy")
     SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
     ALLOW_INTERNET_FIELD_NUMBER: _ClassVar[int]
     ALLOW_OUT_FIELD_NUMBER: _ClassVar[int]
     DENY_OUT_FIELD_NUMBER: _ClassVar[int]
     HEADER_RULES_FIELD_NUMBER: _ClassVar[int]
     ACCESS_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    EGRESS_PROXY_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     allow_internet: bool
     allow_out: _containers.RepeatedScalarFieldContainer[str]
     deny_out: _containers.RepeatedScalarFieldContainer[str]
     header_rules: _containers.RepeatedCompositeFieldContainer[HeaderRule]
     access_token: str
-    def __init__(self, sandbox_id: _Optional[str] = ..., allow_internet: _Optional[bool] = ..., allow_out: _Optional[_Iterable[str]] = ..., deny_out: _Optional[_Iterable[str]] = ..., header_rules: _Optional[_Iterable[_Union[HeaderRule, _Mapping]]] = ..., access_token: _Optional[str] = ...) -> None: ...
+    egress_proxy: EgressProxy
+    def __init__(self, sandbox_id: _Optional[str] = ..., allow_internet: _Optional[bool] = ..., allow_out: _Optional[_Iterable[str]] = ..., deny_out: _Optional[_Iterable[str]] = ..., header_rules: _Optional[_Iterable[_Union[HeaderRule, _Mapping]]] = ..., access_token: _Optional[str] = ..., egress_proxy: _Optional[_Union[EgressProxy, _Mapping]] = ...) -> None: ...
 
 class UpdateNetworkResponse(_message.Message):
     __slots__ = ()

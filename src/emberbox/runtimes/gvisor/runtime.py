@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from ...egress import EgressRules, HeaderRule, reaches, rules_for
+from ...egress import EgressProxy, EgressRules, HeaderRule, reaches, rules_for
 from ...envd_client.handshake import EnvdDefaults, HandshakeFailed, handshake
 from ...host import cgroups, network, rootfs
 from ...host.certificates import EgressCa
@@ -70,8 +71,9 @@ _INIT_ONLY = {"PATH", "HOME", "LANG", "EMBERBOX_START_CMD"}
 class GVisorRuntime(Runtime):
     name = "gvisor"
     capabilities = Capabilities(
-        pause=True, snapshot=True, fork=True, egress_rules=True, header_rules=True
-    )
+        pause=True, snapshot=True, fork=True, egress_rules=True, header_rules=True,
+        egress_proxy=True,
+    )  # fmt: skip
     orphan_names = frozenset({"exe"})  # runsc re-executes itself as /proc/self/exe
 
     def __init__(
@@ -492,7 +494,7 @@ class GVisorRuntime(Runtime):
             await self._ensure_firewall()
             await network.apply_rules(lease, rules, record.node_dns)
             self._remember_egress(lease.guest_ip, rules, record.node_dns)
-            judged = rules.domains or rules.rewrites or record.node_dns
+            judged = _judged(rules, record.node_dns)
             record.egress = _policy_dict(policy) if judged else None
             record.save(self._paths(sandbox_id).root)
 
@@ -500,7 +502,7 @@ class GVisorRuntime(Runtime):
         return self.ca.pem()
 
     def _remember_egress(self, address: str, rules: EgressRules, node_dns: bool) -> None:
-        if rules.domains or rules.rewrites or node_dns:
+        if _judged(rules, node_dns):
             self._egress[address] = rules
         else:
             self._egress.pop(address, None)
@@ -686,7 +688,7 @@ class GVisorRuntime(Runtime):
             # With domain entries its resolv.conf names the node, which then answers its DNS
             # for as long as it lives, whatever later updates say.
             record.node_dns = bool(rules.domains or rules.rewrites)
-            record.egress = _policy_dict(spec.network) if record.node_dns else None
+            record.egress = _policy_dict(spec.network) if _judged(rules, record.node_dns) else None
             record.save(paths.root)
             await network.setup(lease, rules, record.node_dns)
             self._remember_egress(lease.guest_ip, rules, record.node_dns)
@@ -827,7 +829,8 @@ def _du(path: Path) -> int:
 
 
 def _rules(policy: NetworkPolicy) -> EgressRules:
-    return rules_for(policy.allow_out, policy.deny_out, policy.allow_internet, policy.rewrites)
+    return rules_for(policy.allow_out, policy.deny_out, policy.allow_internet, policy.rewrites,
+                     policy.proxy)  # fmt: skip
 
 
 def _template_dir(layers: Sequence[Path], sub: Path) -> os.stat_result | None:
@@ -841,23 +844,34 @@ def _template_dir(layers: Sequence[Path], sub: Path) -> os.stat_result | None:
     return None
 
 
+def _judged(rules: EgressRules, node_dns: bool) -> bool:
+    """Whether the gateway sees the sandbox's traffic (and needs its rules)."""
+    return bool(rules.domains or rules.rewrites or rules.proxy or node_dns)
+
+
 def _policy_dict(policy: NetworkPolicy) -> dict[str, Any]:
-    """What the sandbox's record keeps of its policy: header rules without their values,
-    which never touch the disk (the control plane sends them again after a node restart)."""
-    return {
+    """What the sandbox's record keeps of its policy: header rules without their values and
+    the proxy without its password, which never touch the disk (the control plane sends them
+    again after a node restart)."""
+    saved: dict[str, Any] = {
         "allow_internet": policy.allow_internet,
         "allow_out": list(policy.allow_out),
         "deny_out": list(policy.deny_out),
         "rewrite_domains": [r.domain for r in policy.rewrites],
     }
+    if policy.proxy is not None:
+        saved["proxy"] = dataclasses.asdict(dataclasses.replace(policy.proxy, password=None))
+    return saved
 
 
 def _policy_of(saved: dict[str, Any]) -> NetworkPolicy:
+    proxy = saved.get("proxy")
     return NetworkPolicy(
         saved["allow_internet"],
         tuple(saved["allow_out"]),
         tuple(saved["deny_out"]),
         tuple(HeaderRule(d, headers=None) for d in saved.get("rewrite_domains", ())),
+        EgressProxy(**proxy) if proxy else None,
     )
 
 
