@@ -213,7 +213,9 @@ class NetworkOptions(TypedDict, total=False):
     ``allow_internet_access`` (update only; False is ``deny_out=["0.0.0.0/0"]``). ``rules``
     set headers on the sandbox's HTTP(S) requests to a domain (``{"api.example.com":
     [{"transform": {"headers": {"Authorization": "Bearer " + Secret.fill("key")}}}]}``); the
-    domain must also be reachable by ``allow_out`` or the address rules."""
+    domain must also be reachable by ``allow_out`` or the address rules. ``egress_proxy``
+    (``{"address": "host:port", "username": ..., "password": ...}``) tunnels the sandbox's
+    allowed TCP through a SOCKS5 proxy; an update without it stops tunneling."""
 
     allow_out: list[str]
     deny_out: list[str]
@@ -221,6 +223,7 @@ class NetworkOptions(TypedDict, total=False):
     mask_request_host: str
     allow_internet_access: bool
     rules: dict[str, list[dict[str, Any]]]
+    egress_proxy: dict[str, str]
 
 
 _WIRE_NAMES = {
@@ -229,6 +232,7 @@ _WIRE_NAMES = {
     "allow_public_traffic": "allowPublicTraffic",
     "mask_request_host": "maskRequestHost",
     "allow_internet_access": "allow_internet_access",
+    "egress_proxy": "egressProxy",
 }
 
 

@@ -6,7 +6,7 @@ import datetime as dt
 from typing import Any
 
 from ..._proto.node import node_pb2 as pb
-from ...egress import rules_dict
+from ...egress import proxy_dict, rules_dict
 from ..db.models import Sandbox as Row
 from ..lifecycle.network import Egress
 from ..lifecycle.states import HOLDS_SAVED_MEMORY, State, public_state
@@ -88,6 +88,8 @@ def network_config(row: Row) -> dict[str, Any] | None:
         out["denyOut"] = list(egress.deny_out)
     if egress.rewrites:
         out["rules"] = rules_dict(egress.rewrites)
+    if egress.proxy is not None:  # E2B's SandboxEgressProxyInfo: never the password
+        out["egressProxy"] = proxy_dict(egress.proxy)
     if row.traffic_access_token is not None:
         out["allowPublicTraffic"] = False
     if row.mask_request_host is not None:

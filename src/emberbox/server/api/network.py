@@ -18,7 +18,15 @@ from fastapi import APIRouter, Query, Request, Response
 from starlette.status import HTTP_204_NO_CONTENT
 
 from ..._proto.node import node_pb2 as pb
-from ...egress import HeaderRule, InvalidRules, UnsupportedRule, parse_header_rules, parse_list
+from ...egress import (
+    EgressProxy,
+    HeaderRule,
+    InvalidRules,
+    UnsupportedRule,
+    parse_egress_proxy,
+    parse_header_rules,
+    parse_list,
+)
 from ...vocabulary import MASK_PORT_VARIABLE
 from ..lifecycle.network import Egress, NetworkService
 from .deps import Caller
@@ -29,12 +37,14 @@ router = APIRouter(tags=["sandboxes"])
 
 # Options honoured in a create's ``network`` and in an update; any other option set to
 # something but "nothing" is refused.
-_CREATE_KEYS = frozenset({"allowOut", "denyOut", "allowPublicTraffic", "maskRequestHost", "rules"})
+_CREATE_KEYS = frozenset(
+    {"allowOut", "denyOut", "allowPublicTraffic", "maskRequestHost", "rules", "egressProxy"}
+)
 # What maskRequestHost may become once ``${PORT}`` is replaced: a host name or IPv4 address
 # with an optional port (it is sent as a Host header, so nothing else may slip in).
 _MASK = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}(:[0-9]{1,5})?")
 MAX_MASK = 255  # characters of the mask as given (the column holds 300)
-_UPDATE_KEYS = frozenset({"allowOut", "denyOut", "allow_internet_access", "rules"})
+_UPDATE_KEYS = frozenset({"allowOut", "denyOut", "allow_internet_access", "rules", "egressProxy"})
 
 
 @dataclass(frozen=True)
@@ -44,6 +54,7 @@ class CreateNetwork:
     allow_public_traffic: bool = True
     mask_request_host: str | None = None
     header_rules: tuple[HeaderRule, ...] = ()
+    proxy: EgressProxy | None = None
 
 
 def _mask(raw: object) -> str | None:
@@ -79,26 +90,27 @@ def _refuse_unsupported(network: dict[str, Any], honoured: frozenset[str]) -> No
 
 def _rules(
     network: dict[str, Any],
-) -> tuple[tuple[str, ...], tuple[str, ...], tuple[HeaderRule, ...]]:
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[HeaderRule, ...], EgressProxy | None]:
     try:
         allow = parse_list(network.get("allowOut"), "allowOut")
         deny = parse_list(network.get("denyOut"), "denyOut")
         rewrites = parse_header_rules(network.get("rules"))
+        proxy = parse_egress_proxy(network.get("egressProxy"))
     except InvalidRules as e:
         raise ApiError(400, str(e)) from None
     except UnsupportedRule as e:
         raise ApiError(501, str(e), should_retry=False) from None
-    return allow, deny, rewrites
+    return allow, deny, rewrites, proxy
 
 
 def create_options(network: dict[str, Any] | None) -> CreateNetwork:
     """A create's ``network``, checked: 400 for bad input, 501 for what we cannot honour."""
     network = network or {}
     _refuse_unsupported(network, _CREATE_KEYS)
-    allow, deny, rewrites = _rules(network)
+    allow, deny, rewrites, proxy = _rules(network)
     public = network.get("allowPublicTraffic")
     mask = _mask(network.get("maskRequestHost"))
-    return CreateNetwork(allow, deny, public is not False, mask, rewrites)
+    return CreateNetwork(allow, deny, public is not False, mask, rewrites, proxy)
 
 
 @router.put(
@@ -112,8 +124,8 @@ async def update_network(
     request: Request, who: Caller, sandbox_id: str, body: NetworkUpdate
 ) -> Response:
     _refuse_unsupported(body, _UPDATE_KEYS)
-    allow, deny, rewrites = _rules(body)
-    egress = Egress(body.get("allow_internet_access") is not False, allow, deny, rewrites)
+    allow, deny, rewrites, proxy = _rules(body)
+    egress = Egress(body.get("allow_internet_access") is not False, allow, deny, rewrites, proxy)
     svc = request.app.state.network
     assert isinstance(svc, NetworkService)
     await svc.update(who, sandbox_id, egress)

@@ -85,6 +85,7 @@ async def _create(
         allow_out=network.allow_out,
         deny_out=network.deny_out,
         header_rules=network.header_rules,
+        egress_proxy=network.proxy,
         allow_public_traffic=network.allow_public_traffic,
         mask_request_host=network.mask_request_host,
         volume_mounts=[{"name": m["name"], "path": m["path"]} for m in body.volumeMounts or ()],

@@ -7,6 +7,7 @@ which inherit their source's rules at the moment of the fork.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -14,10 +15,13 @@ from typing import TYPE_CHECKING
 
 from ..._proto.node import node_pb2 as pb
 from ...egress import (
+    EgressProxy,
     HeaderRule,
     InvalidRules,
     header_rules_from,
+    parse_egress_proxy,
     parse_header_rules,
+    proxy_dict,
     rules_dict,
 )
 from ...node.client import NodeError, NodeSandboxNotFound, NodeUnsupported
@@ -35,15 +39,24 @@ log = logging.getLogger(__name__)
 
 
 def egress_json(
-    allow_out: tuple[str, ...], deny_out: tuple[str, ...], rewrites: tuple[HeaderRule, ...] = ()
+    allow_out: tuple[str, ...],
+    deny_out: tuple[str, ...],
+    rewrites: tuple[HeaderRule, ...] = (),
+    proxy: EgressProxy | None = None,
+    sealed_password: str = "",
 ) -> str | None:
     """The row's ``egress`` column: None when there are no rules. Header rules are kept as
-    given, placeholders and all: secret values live only in the secret store."""
-    if not allow_out and not deny_out and not rewrites:
+    given, placeholders and all: secret values live only in the secret store; a proxy's
+    password only sealed (``SecretService.seal_for_team``)."""
+    if not allow_out and not deny_out and not rewrites and proxy is None:
         return None
     saved: dict[str, object] = {"allowOut": list(allow_out), "denyOut": list(deny_out)}
     if rewrites:
         saved["rules"] = rules_dict(rewrites)
+    if proxy is not None:
+        saved["egressProxy"] = proxy_dict(proxy) | (
+            {"sealedPassword": sealed_password} if sealed_password else {}
+        )
     return json.dumps(saved)
 
 
@@ -53,16 +66,52 @@ class Egress:
     allow_out: tuple[str, ...] = ()
     deny_out: tuple[str, ...] = ()
     rewrites: tuple[HeaderRule, ...] = ()  # values as given: placeholders unresolved
+    # The proxy; from a row its password is "" and ``sealed_password`` holds it.
+    proxy: EgressProxy | None = None
+    sealed_password: str = ""
 
     @classmethod
     def of(cls, row: Sandbox) -> Egress:
         rules = json.loads(row.egress) if row.egress else {}
+        proxy = dict(rules.get("egressProxy") or {})
+        sealed = proxy.pop("sealedPassword", "")
         return cls(
             bool(row.allow_internet),
             tuple(rules.get("allowOut", ())),
             tuple(rules.get("denyOut", ())),
             parse_header_rules(rules.get("rules")),
+            parse_egress_proxy(proxy) if proxy else None,
+            sealed,
         )
+
+    def to_json(self, secrets: SecretService | None, team_id: str) -> str | None:
+        """The row's column for this policy, the proxy's password sealed."""
+        sealed = self.sealed_password
+        if self.proxy is not None and self.proxy.password:
+            if secrets is None:
+                raise Unsupported("this deployment keeps no secrets for proxy passwords")
+            sealed = secrets.seal_for_team(team_id, self.proxy.password)
+        return egress_json(self.allow_out, self.deny_out, self.rewrites, self.proxy, sealed)
+
+    def proxy_message(self, secrets: SecretService | None, team_id: str) -> pb.EgressProxy | None:
+        """The proxy as the node gets it: the password in clear (unsealed)."""
+        if self.proxy is None:
+            return None
+        password = self.proxy.password or ""
+        if not password and self.sealed_password:
+            if secrets is None:
+                raise Unsupported("this deployment keeps no secrets for proxy passwords")
+            password = secrets.open_for_team(team_id, self.sealed_password)
+        return pb.EgressProxy(host=self.proxy.host, port=self.proxy.port,
+                              username=self.proxy.username, password=password)  # fmt: skip
+
+    def with_password(self, secrets: SecretService | None, team_id: str) -> Egress:
+        """The same policy, the proxy's password opened (a fork re-seals it for itself)."""
+        message = self.proxy_message(secrets, team_id)
+        if message is None or self.proxy is None:
+            return self
+        proxy = dataclasses.replace(self.proxy, password=message.password)
+        return dataclasses.replace(self, proxy=proxy, sealed_password="")
 
 
 async def header_rules_message(
@@ -127,6 +176,10 @@ class NetworkService:
             raise Unsupported(f"the {self.sandboxes.facts.runtime} runtime cannot apply rules")
         if State(row.state) not in _CHANGEABLE:
             raise Conflict(f"sandbox '{sandbox_id}' is {row.state}; try again when it settled")
+        if egress.proxy is not None and not caps.egress_proxy:
+            raise Unsupported(
+                f"the {self.sandboxes.facts.runtime} runtime cannot tunnel through a proxy"
+            )
         request = await self._request(sandbox_id, who.team_id, egress)
         request.access_token = row.envd_access_token or ""
         try:
@@ -143,7 +196,7 @@ class NetworkService:
                 sandbox_id,
                 VISIBLE,
                 allow_internet=egress.allow_internet,
-                egress=egress_json(egress.allow_out, egress.deny_out, egress.rewrites),
+                egress=egress.to_json(self.sandboxes.secret_service, who.team_id),
             )
 
     async def egress_log(
@@ -167,19 +220,22 @@ class NetworkService:
     ) -> pb.UpdateNetworkRequest:
         """The node's message for ``egress``, header rules resolved (see
         :func:`header_rules_message` for ``lenient``)."""
+        secrets = self.sandboxes.secret_service
         return pb.UpdateNetworkRequest(
             sandbox_id=sandbox_id,
             allow_internet=egress.allow_internet,
             allow_out=egress.allow_out,
             deny_out=egress.deny_out,
             header_rules=await header_rules_message(
-                self.sandboxes.secret_service, team_id, egress.rewrites, lenient=lenient
+                secrets, team_id, egress.rewrites, lenient=lenient
             ),
+            egress_proxy=egress.proxy_message(secrets, team_id),
         )
 
     async def send_header_rules_again(self, team_id: str = "", secret: str = "") -> int:
-        """Send live sandboxes' header rules to the node again, resolved now: all of them
-        after a restart (the node keeps values in memory only), or those of ``team_id`` that
+        """Send live sandboxes' header rules (and proxies) to the node again, resolved now:
+        all of them after a restart (the node keeps values and passwords in memory only), or
+        those of ``team_id`` that
         use ``secret`` when it changed or was deleted, so a rotation reaches running
         sandboxes. Returns how many sandboxes got them; one that fails is logged (it keeps
         its old values, or refuses what its rules cover)."""
@@ -192,7 +248,7 @@ class NetworkService:
         sent = 0
         for row in rows:
             egress = Egress.of(row)
-            if not egress.rewrites or (team_id and row.team_id != team_id):
+            if not (egress.rewrites or egress.proxy) or (team_id and row.team_id != team_id):
                 continue
             if secret and not _uses(egress.rewrites, secret):
                 continue

@@ -24,7 +24,7 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..._proto.node import node_pb2 as pb
-from ...egress import HeaderRule
+from ...egress import EgressProxy, HeaderRule
 from ...envd_client import EnvdClient
 from ...node.client import NodeClient, NodeError, NodeFull, NodeSandboxNotFound, NodeUnsupported
 from ...vocabulary import new_sandbox_id
@@ -47,7 +47,7 @@ from .errors import (
     Unreachable,
     Unsupported,
 )
-from .network import egress_json, header_rules_message
+from .network import Egress, header_rules_message
 from .states import COUNTS_TOWARD_QUOTA, HOLDS_RESOURCES, VISIBLE, EndReason, State
 from .templates import TeamTemplates, TemplateCatalog, TemplateInfo
 
@@ -89,6 +89,8 @@ class CreateRequest:
     deny_out: tuple[str, ...] = ()
     # Header rules (E2B's network.rules), placeholders unresolved.
     header_rules: tuple[HeaderRule, ...] = ()
+    # E2B's egressProxy (SOCKS5), its password in clear (sealed on the row).
+    egress_proxy: EgressProxy | None = None
     allow_public_traffic: bool = True
     # The Host header its ports get from the proxy (maskRequestHost; ``${PORT}``: the port).
     mask_request_host: str | None = None
@@ -212,6 +214,11 @@ class SandboxService:
             raise self._unsupported("cannot enforce egress rules (network.allowOut/denyOut)")
         if req.header_rules and not self.facts.capabilities.header_rules:
             raise self._unsupported("cannot apply header rules (network.rules)")
+        if req.egress_proxy is not None and not self.facts.capabilities.egress_proxy:
+            raise self._unsupported("cannot tunnel through a proxy (network.egressProxy)")
+        egress = Egress(req.allow_internet, req.allow_out, req.deny_out, req.header_rules,
+                        req.egress_proxy)  # fmt: skip
+        egress_column = egress.to_json(self.secret_service, who.team_id)
         header_rules = await header_rules_message(
             self.secret_service, who.team_id, req.header_rules
         )
@@ -229,6 +236,7 @@ class SandboxService:
             allow_out=req.allow_out,
             deny_out=req.deny_out,
             header_rules=header_rules,
+            egress_proxy=egress.proxy_message(self.secret_service, who.team_id),
         )
         if req.source is not None:
             spec.snapshot.CopyFrom(snapshot_message(req.source))
@@ -273,7 +281,7 @@ class SandboxService:
                     envd_access_token=token,
                     idempotency_key=req.idempotency_key,
                     allow_internet=req.allow_internet,
-                    egress=egress_json(req.allow_out, req.deny_out, req.header_rules),
+                    egress=egress_column,
                     traffic_access_token=(
                         None if req.allow_public_traffic else secrets.token_urlsafe(32)
                     ),

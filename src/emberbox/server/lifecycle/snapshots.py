@@ -175,6 +175,7 @@ class SnapshotService:
             raise self.sandboxes._unsupported("cannot fork sandboxes")
         snapshot = await self.create(who, sandbox_id, internal=True)
         source = await self.sandboxes.get(who, sandbox_id)
+        secrets = self.sandboxes.secret_service
         req = CreateRequest(
             template=snapshot.id,
             timeout_s=timeout_s,
@@ -185,6 +186,7 @@ class SnapshotService:
             allow_out=Egress.of(source).allow_out,
             deny_out=Egress.of(source).deny_out,
             header_rules=Egress.of(source).rewrites,
+            egress_proxy=Egress.of(source).with_password(secrets, who.team_id).proxy,
             allow_public_traffic=source.traffic_access_token is None,
             mask_request_host=source.mask_request_host,
         )

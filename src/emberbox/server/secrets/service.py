@@ -114,6 +114,14 @@ class SecretService:
         # running sandboxes whose header rules use it get the new value (or refuse).
         self.changed: Callable[[str, str], Awaitable[object]] | None = None
 
+    def seal_for_team(self, team_id: str, value: str) -> str:
+        """A credential a team gave with a sandbox (its egressProxy password), sealed under
+        the server key for the sandbox row: any of the team's sandboxes (a fork) may open it."""
+        return base64.b64encode(self.cipher.seal(value, f"team:{team_id}", 0)).decode()
+
+    def open_for_team(self, team_id: str, sealed: str) -> str:
+        return self.cipher.open(base64.b64decode(sealed), f"team:{team_id}", 0)
+
     async def create(
         self, who: Principal, name: str, value: str, metadata: Mapping[str, str]
     ) -> Secret:
