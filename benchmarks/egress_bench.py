@@ -9,7 +9,9 @@ a namespace of this host; nothing leaves the machine): the baseline may reach it
 ``allowOut: <name>``), so each of its connections is redirected to the node's egress gateway,
 which reads the TLS server name and splices the bytes (TLS end to end). A third has a header
 rule for the name (E2B's ``rules``): the gateway terminates its TLS with the node's egress CA,
-sets the header on each request and re-encrypts to the server. All run the same Python client
+sets the header on each request and re-encrypts to the server. A fourth has an egressProxy:
+the gateway tunnels its connections through a SOCKS5 proxy (``pproxy``) in the fake internet.
+All run the same Python client
 in the sandbox, connecting to the server's address with the name as SNI:
 
 * latency: ``--requests`` sequential ``GET /`` on new connections (TCP + TLS handshake +
@@ -39,11 +41,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks._host import boot, data_dir, ensure_base, require_root
 from benchmarks._stats import check, percentile
-from emberbox.egress import HeaderRule
+from emberbox.egress import EgressProxy, HeaderRule
 from emberbox.envd_client import EnvdClient
 from emberbox.runtimes.base import NetworkPolicy, RuntimeSandbox, SandboxSpec
 from emberbox.runtimes.gvisor import GVisorConfig, GVisorRuntime
 from tests.fake_internet import fake_internet
+from tests.socks_proxy import socks_proxy
 
 NAME = "bench.egress.test"
 
@@ -97,8 +100,10 @@ async def main() -> int:
     directory = data_dir()
     ensure_base(directory)
     size = args.mib << 20
-    with fake_internet(names={NAME: 0}) as inet:
+    with fake_internet(names={NAME: 0}) as inet, socks_proxy(inet, "bench", "b3nch") as socks:
         assert inet.workdir is not None
+        proxy_host, proxy_port = socks.address.split(":")
+        proxy = EgressProxy(proxy_host, int(proxy_port), socks.username, socks.password)
         config = GVisorConfig(
             data_dir=directory, egress_dns=(inet.dns,), egress_ca=str(inet.workdir / "ca.pem")
         )
@@ -110,6 +115,7 @@ async def main() -> int:
             "gateway (rewrite)": NetworkPolicy(
                 allow_internet=False, allow_out=(NAME,), rewrites=(rule,)
             ),
+            "gateway (SOCKS5)": NetworkPolicy(proxy=proxy),
         }
         latency: dict[str, list[float]] = {}
         throughput: dict[str, list[float]] = {}

@@ -6,7 +6,8 @@ nothing outside this machine answers there. A test may also ask for addresses th
 internal networks (``internal=("169.254.169.254", "10.213.7.10")``): they are put on the same
 namespace and routed to it with a /32 host route, so a test can show a sandbox cannot reach
 "the metadata service" without a packet ever going to the real one. Every server answers
-``GET /`` on :data:`PORT` with ``fake internet <tag> <address it was reached at>``.
+``GET /`` on :data:`PORT` with ``fake internet <tag> <address it was reached at>`` (and
+``GET /whoami`` with the address the connection came from).
 
 With ``names``, the namespace is also a small named internet: a DNS server (``dnslib``) on the
 first public address answers those names (and logs every name it is asked, so a test can show
@@ -43,6 +44,8 @@ import http.server, socketserver, sys
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         b = (sys.argv[1] + " " + self.connection.getsockname()[0]).encode()
+        if self.path == "/whoami":  # where the connection came from (a proxy, or the host)
+            b = self.client_address[0].encode()
         self.send_response(200); self.send_header("Content-Length", str(len(b)))
         self.end_headers(); self.wfile.write(b)
     def log_message(self, *a): pass
@@ -61,7 +64,8 @@ names = dict(a.split("=", 1) for a in sys.argv[6:])
 requests_log = os.path.join(os.path.dirname(log_path), "requests.log")
 def seen(handler, body=b""):
     entry = {"path": handler.path, "method": handler.command, "headers": dict(handler.headers),
-             "body_sha256": hashlib.sha256(body).hexdigest()}
+             "body_sha256": hashlib.sha256(body).hexdigest(),
+             "client": handler.client_address[0]}
     with open(requests_log, "a") as f: f.write(json.dumps(entry) + "\\n")
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -120,6 +124,11 @@ class FakeInternet:
     tag: str
     names: Mapping[str, str] = field(default_factory=dict)  # name -> address it resolves to
     workdir: Path | None = None
+
+    @property
+    def netns(self) -> str:
+        """The namespace everything runs in (a test may start more servers there)."""
+        return f"ebtinet{self.tag}"
 
     @property
     def dns(self) -> str:
