@@ -176,6 +176,33 @@ def parse_egress_proxy(raw: object) -> EgressProxy | None:
     return EgressProxy(host, port, credentials[0], credentials[1])
 
 
+MAX_DNS_SERVERS = 10
+
+
+def parse_dns_servers(raw: object) -> tuple[str, ...]:
+    """E2B's ``dnsServers``: IPv4 addresses (at most 10) a sandbox whose ``allowOut`` names a
+    domain may reach, every port (its own resolvers, beside the node's)."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or len(raw) > MAX_DNS_SERVERS:
+        raise InvalidRules(f"dnsServers must be a list of at most {MAX_DNS_SERVERS} addresses")
+    out: list[str] = []
+    for entry in raw:
+        try:
+            ip = ipaddress.ip_address(entry.strip() if isinstance(entry, str) else "")
+        except ValueError:
+            raise InvalidRules(f"dnsServers: {entry!r} is not an IP address") from None
+        if not isinstance(ip, ipaddress.IPv4Address):
+            raise UnsupportedRule(f"dnsServers: {ip} is IPv6 (sandboxes have IPv4 egress only)")
+        if str(ip) not in out:
+            out.append(str(ip))
+    return tuple(out)
+
+
+def names_a_domain(allow_out: Sequence[str]) -> bool:
+    return any(isinstance(_entry(e, "allowOut"), _Domain) for e in allow_out)
+
+
 def proxy_dict(proxy: EgressProxy, password: str | None = None) -> dict[str, object]:
     """The proxy in E2B's shape; the password only when given (what is stored, never what
     is shown)."""

@@ -166,3 +166,34 @@ def test_bad_proxies_are_refused(
     assert made.status_code == status, made.text
     assert made.json()["message"].startswith("egressProxy")
     assert len(api.get("/sandboxes").json()) == before
+
+
+def test_the_proxy_and_the_egress_log_outlive_a_server_restart(
+    gvisor_server: ServerProcess, gvisor_key: str, inet: FakeInternet, proxy: SocksProxy
+) -> None:
+    """The node keeps the password in memory only: the server, SIGKILLed and restarted (its
+    embedded node with it), sends it again, and tunneling goes on; the sandbox's egress log
+    keeps what came before. Last in the module: its server is a new process afterwards."""
+    network: SandboxNetworkOpts = {"egress_proxy": _settings(proxy)}
+    sbx = Sandbox.create(timeout=300, network=network)
+    try:
+        assert _through_proxy(inet, _whoami(sbx, inet))
+        log_url = f"{gvisor_server.api_url}/sandboxes/{sbx.sandbox_id}/egress"
+        headers = {"X-API-KEY": gvisor_key}
+        before = httpx.get(log_url, headers=headers).json()
+        assert [r["port"] for r in before] == [inet.port]
+
+        assert gvisor_server.proc is not None
+        gvisor_server.proc.kill()
+        gvisor_server.proc.wait()
+        gvisor_server.proc = None
+        gvisor_server.start(timeout_s=60)
+        tunnels = len(proxy.tunnels())
+        assert _through_proxy(inet, _whoami(sbx, inet))
+        assert len(proxy.tunnels()) == tunnels + 1
+        after = httpx.get(log_url, headers=headers).json()
+        kept = [(r["seq"], r["timestamp"]) for r in before]
+        assert [(r["seq"], r["timestamp"]) for r in after[:-1]] == kept
+        assert len(after) == len(before) + 1 and after[-1]["seq"] > before[-1]["seq"]
+    finally:
+        sbx.kill()

@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from dnslib import DNSRecord
 from e2b import AsyncSandbox, Sandbox
 
 from emberbox.server.testing import ServerProcess
@@ -215,6 +218,39 @@ def test_bad_update_changes_nothing(
         assert fetch(sbx, inet, one) == "refused"
     finally:
         sbx.kill()
+
+
+def test_dns_servers_are_reachable_beside_domains(
+    gvisor_server: ServerProcess, gvisor_key: str, inet: FakeInternet
+) -> None:
+    """E2B's dnsServers: with a domain in allowOut, the sandbox may reach these resolvers
+    (every port) itself, so a name the rules do not allow reaches the fake resolver; without
+    a domain they open nothing."""
+    name = f"d{secrets.token_hex(6)}.servers.egress.test"
+    query = DNSRecord.question(name).pack().hex()
+    ask = (
+        'python3 -c "import socket; s = socket.socket(2, 2); s.settimeout(3); '
+        f"s.sendto(bytes.fromhex('{query}'), ('{inet.dns}', 53)); print(len(s.recv(512)))\""
+    )
+    network: Any = {"allow_out": [ALLOWED], "deny_out": ["0.0.0.0/0"], "dns_servers": [inet.dns]}
+    sbx = Sandbox.create(timeout=120, network=network)
+    try:
+        assert sbx.commands.run(ask).exit_code == 0
+        assert name in inet.queried()  # asked there, not answered by the node
+        assert fetch(sbx, inet, inet.dns) == inet.body_of(inet.dns)  # every port
+        assert fetch(sbx, inet, inet.public[1]) == "refused"
+        assert _detail(gvisor_server, gvisor_key, sbx.sandbox_id)["network"] == {
+            "allowOut": [ALLOWED], "denyOut": ["0.0.0.0/0"], "dnsServers": [inet.dns]}  # fmt: skip
+        sbx.update_network({"deny_out": ["0.0.0.0/0"], "dns_servers": [inet.dns]})  # no domain
+        assert fetch(sbx, inet, inet.dns) == "refused"
+    finally:
+        sbx.kill()
+    api = httpx.Client(base_url=gvisor_server.api_url, headers={"X-API-KEY": gvisor_key})
+    for servers, status in ((["nope"], 400), (["1.1.1.1"] * 11, 400), (["2001:db8::1"], 501)):
+        made = api.post("/sandboxes", json={"templateID": "base",
+                                            "network": {"dnsServers": servers}})  # fmt: skip
+        assert made.status_code == status, made.text
+        assert made.json()["message"].startswith("dnsServers")
 
 
 def _wait_for(url: str, headers: dict[str, str]) -> httpx.Response:

@@ -11,6 +11,7 @@ from emberbox.egress import (
     UnsupportedRule,
     gateway_reaches,
     name_allowed,
+    parse_dns_servers,
     parse_egress_proxy,
     parse_header_rules,
     parse_list,
@@ -193,3 +194,13 @@ def test_egress_proxy_settings_are_checked() -> None:
     for unsupported in ({"address": "a.b:1", "tls": {"enabled": True}}, {"address": "[::1]:1"}):
         with pytest.raises(UnsupportedRule):
             parse_egress_proxy(unsupported)
+
+
+def test_dns_servers_are_checked() -> None:
+    assert parse_dns_servers(None) == ()
+    assert parse_dns_servers([" 8.8.8.8", "8.8.8.8", "1.1.1.1"]) == ("8.8.8.8", "1.1.1.1")
+    for bad in ("8.8.8.8", ["8.8.8.0/24"], ["x"], [1], ["1.1.1.1"] * 11):
+        with pytest.raises(InvalidRules):
+            parse_dns_servers(bad)
+    with pytest.raises(UnsupportedRule):
+        parse_dns_servers(["2001:db8::1"])

@@ -224,6 +224,7 @@ class NetworkOptions(TypedDict, total=False):
     allow_internet_access: bool
     rules: dict[str, list[dict[str, Any]]]
     egress_proxy: dict[str, str]
+    dns_servers: list[str]
 
 
 _WIRE_NAMES = {
@@ -233,6 +234,7 @@ _WIRE_NAMES = {
     "mask_request_host": "maskRequestHost",
     "allow_internet_access": "allow_internet_access",
     "egress_proxy": "egressProxy",
+    "dns_servers": "dnsServers",
 }
 
 

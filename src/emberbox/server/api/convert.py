@@ -88,6 +88,8 @@ def network_config(row: Row) -> dict[str, Any] | None:
         out["denyOut"] = list(egress.deny_out)
     if egress.rewrites:
         out["rules"] = rules_dict(egress.rewrites)
+    if egress.dns_servers:
+        out["dnsServers"] = list(egress.dns_servers)
     if egress.proxy is not None:  # E2B's SandboxEgressProxyInfo: never the password
         out["egressProxy"] = proxy_dict(egress.proxy)
     if row.traffic_access_token is not None:

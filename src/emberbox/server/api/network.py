@@ -1,10 +1,9 @@
 """The ``network`` options of a create and ``PUT /sandboxes/{id}/network``: what we honour
-(``allowOut`` CIDRs, IPs and domains, ``denyOut`` CIDRs and IPs, ``allowPublicTraffic``,
-``maskRequestHost``) and the refusal of the rest.
+(``allowOut`` CIDRs, IPs and domains, ``denyOut`` CIDRs and IPs, ``rules``, ``egressProxy``,
+``dnsServers``, ``allowPublicTraffic``, ``maskRequestHost``) and the refusal of the rest.
 
-Bad input is a 400 and changes nothing; a well-formed option we cannot enforce (IPv6 in
-``allowOut``, ``dnsServers``, ``rules``, ``egressProxy``, ...) is a 501 naming it, never
-silently ignored.
+Bad input is a 400 and changes nothing; a well-formed option we cannot enforce (IPv6 entries,
+TLS to a proxy, ``httpsPorts``, ...) is a 501 naming it, never silently ignored.
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ from ...egress import (
     HeaderRule,
     InvalidRules,
     UnsupportedRule,
+    parse_dns_servers,
     parse_egress_proxy,
     parse_header_rules,
     parse_list,
@@ -38,13 +38,23 @@ router = APIRouter(tags=["sandboxes"])
 # Options honoured in a create's ``network`` and in an update; any other option set to
 # something but "nothing" is refused.
 _CREATE_KEYS = frozenset(
-    {"allowOut", "denyOut", "allowPublicTraffic", "maskRequestHost", "rules", "egressProxy"}
+    {
+        "allowOut",
+        "denyOut",
+        "allowPublicTraffic",
+        "maskRequestHost",
+        "rules",
+        "egressProxy",
+        "dnsServers",
+    }
 )
 # What maskRequestHost may become once ``${PORT}`` is replaced: a host name or IPv4 address
 # with an optional port (it is sent as a Host header, so nothing else may slip in).
 _MASK = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}(:[0-9]{1,5})?")
 MAX_MASK = 255  # characters of the mask as given (the column holds 300)
-_UPDATE_KEYS = frozenset({"allowOut", "denyOut", "allow_internet_access", "rules", "egressProxy"})
+_UPDATE_KEYS = frozenset(
+    {"allowOut", "denyOut", "allow_internet_access", "rules", "egressProxy", "dnsServers"}
+)
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,7 @@ class CreateNetwork:
     mask_request_host: str | None = None
     header_rules: tuple[HeaderRule, ...] = ()
     proxy: EgressProxy | None = None
+    dns_servers: tuple[str, ...] = ()
 
 
 def _mask(raw: object) -> str | None:
@@ -88,29 +99,29 @@ def _refuse_unsupported(network: dict[str, Any], honoured: frozenset[str]) -> No
         )
 
 
-def _rules(
-    network: dict[str, Any],
-) -> tuple[tuple[str, ...], tuple[str, ...], tuple[HeaderRule, ...], EgressProxy | None]:
+def _egress(network: dict[str, Any], allow_internet: bool = True) -> Egress:
     try:
         allow = parse_list(network.get("allowOut"), "allowOut")
         deny = parse_list(network.get("denyOut"), "denyOut")
         rewrites = parse_header_rules(network.get("rules"))
         proxy = parse_egress_proxy(network.get("egressProxy"))
+        dns = parse_dns_servers(network.get("dnsServers"))
     except InvalidRules as e:
         raise ApiError(400, str(e)) from None
     except UnsupportedRule as e:
         raise ApiError(501, str(e), should_retry=False) from None
-    return allow, deny, rewrites, proxy
+    return Egress(allow_internet, allow, deny, rewrites, proxy, dns_servers=dns)
 
 
 def create_options(network: dict[str, Any] | None) -> CreateNetwork:
     """A create's ``network``, checked: 400 for bad input, 501 for what we cannot honour."""
     network = network or {}
     _refuse_unsupported(network, _CREATE_KEYS)
-    allow, deny, rewrites, proxy = _rules(network)
+    egress = _egress(network)
     public = network.get("allowPublicTraffic")
     mask = _mask(network.get("maskRequestHost"))
-    return CreateNetwork(allow, deny, public is not False, mask, rewrites, proxy)
+    return CreateNetwork(egress.allow_out, egress.deny_out, public is not False, mask,
+                         egress.rewrites, egress.proxy, egress.dns_servers)  # fmt: skip
 
 
 @router.put(
@@ -124,8 +135,7 @@ async def update_network(
     request: Request, who: Caller, sandbox_id: str, body: NetworkUpdate
 ) -> Response:
     _refuse_unsupported(body, _UPDATE_KEYS)
-    allow, deny, rewrites, proxy = _rules(body)
-    egress = Egress(body.get("allow_internet_access") is not False, allow, deny, rewrites, proxy)
+    egress = _egress(body, body.get("allow_internet_access") is not False)
     svc = request.app.state.network
     assert isinstance(svc, NetworkService)
     await svc.update(who, sandbox_id, egress)

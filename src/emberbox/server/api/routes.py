@@ -86,6 +86,7 @@ async def _create(
         deny_out=network.deny_out,
         header_rules=network.header_rules,
         egress_proxy=network.proxy,
+        dns_servers=network.dns_servers,
         allow_public_traffic=network.allow_public_traffic,
         mask_request_host=network.mask_request_host,
         volume_mounts=[{"name": m["name"], "path": m["path"]} for m in body.volumeMounts or ()],

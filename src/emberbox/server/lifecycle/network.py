@@ -19,6 +19,8 @@ from ...egress import (
     HeaderRule,
     InvalidRules,
     header_rules_from,
+    names_a_domain,
+    parse_dns_servers,
     parse_egress_proxy,
     parse_header_rules,
     proxy_dict,
@@ -38,28 +40,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def egress_json(
-    allow_out: tuple[str, ...],
-    deny_out: tuple[str, ...],
-    rewrites: tuple[HeaderRule, ...] = (),
-    proxy: EgressProxy | None = None,
-    sealed_password: str = "",
-) -> str | None:
-    """The row's ``egress`` column: None when there are no rules. Header rules are kept as
-    given, placeholders and all: secret values live only in the secret store; a proxy's
-    password only sealed (``SecretService.seal_for_team``)."""
-    if not allow_out and not deny_out and not rewrites and proxy is None:
-        return None
-    saved: dict[str, object] = {"allowOut": list(allow_out), "denyOut": list(deny_out)}
-    if rewrites:
-        saved["rules"] = rules_dict(rewrites)
-    if proxy is not None:
-        saved["egressProxy"] = proxy_dict(proxy) | (
-            {"sealedPassword": sealed_password} if sealed_password else {}
-        )
-    return json.dumps(saved)
-
-
 @dataclass(frozen=True)
 class Egress:
     allow_internet: bool = True
@@ -69,6 +49,7 @@ class Egress:
     # The proxy; from a row its password is "" and ``sealed_password`` holds it.
     proxy: EgressProxy | None = None
     sealed_password: str = ""
+    dns_servers: tuple[str, ...] = ()  # E2B's dnsServers (reachable when allowOut names a domain)
 
     @classmethod
     def of(cls, row: Sandbox) -> Egress:
@@ -82,16 +63,39 @@ class Egress:
             parse_header_rules(rules.get("rules")),
             parse_egress_proxy(proxy) if proxy else None,
             sealed,
+            parse_dns_servers(rules.get("dnsServers")),
         )
 
+    @property
+    def node_allow_out(self) -> tuple[str, ...]:
+        """``allowOut`` as the node enforces it: with the dnsServers when it names a domain."""
+        if self.dns_servers and names_a_domain(self.allow_out):
+            return (*self.allow_out, *(f"{ip}/32" for ip in self.dns_servers))
+        return self.allow_out
+
     def to_json(self, secrets: SecretService | None, team_id: str) -> str | None:
-        """The row's column for this policy, the proxy's password sealed."""
-        sealed = self.sealed_password
-        if self.proxy is not None and self.proxy.password:
-            if secrets is None:
-                raise Unsupported("this deployment keeps no secrets for proxy passwords")
-            sealed = secrets.seal_for_team(team_id, self.proxy.password)
-        return egress_json(self.allow_out, self.deny_out, self.rewrites, self.proxy, sealed)
+        """The row's ``egress`` column (None: no rules). Header rules are kept as given,
+        placeholders and all (secret values live only in the secret store); the proxy's
+        password only sealed (``SecretService.seal_for_team``)."""
+        if not (self.allow_out or self.deny_out or self.rewrites or self.proxy
+                or self.dns_servers):  # fmt: skip
+            return None
+        saved: dict[str, object] = {"allowOut": list(self.allow_out),
+                                    "denyOut": list(self.deny_out)}  # fmt: skip
+        if self.rewrites:
+            saved["rules"] = rules_dict(self.rewrites)
+        if self.dns_servers:
+            saved["dnsServers"] = list(self.dns_servers)
+        if self.proxy is not None:
+            sealed = self.sealed_password
+            if self.proxy.password:
+                if secrets is None:
+                    raise Unsupported("this deployment keeps no secrets for proxy passwords")
+                sealed = secrets.seal_for_team(team_id, self.proxy.password)
+            saved["egressProxy"] = proxy_dict(self.proxy) | (
+                {"sealedPassword": sealed} if sealed else {}
+            )
+        return json.dumps(saved)
 
     def proxy_message(self, secrets: SecretService | None, team_id: str) -> pb.EgressProxy | None:
         """The proxy as the node gets it: the password in clear (unsealed)."""
@@ -168,6 +172,10 @@ class NetworkService:
     async def _update(self, who: Principal, sandbox_id: str, egress: Egress) -> None:
         row = await self.sandboxes.get(who, sandbox_id)
         caps = self.sandboxes.facts.capabilities
+        if egress.proxy is not None and not caps.egress_proxy:
+            raise Unsupported(
+                f"the {self.sandboxes.facts.runtime} runtime cannot tunnel through an egressProxy"
+            )
         if not caps.egress_rules:
             raise Unsupported(
                 f"the {self.sandboxes.facts.runtime} runtime cannot change egress rules"
@@ -176,10 +184,6 @@ class NetworkService:
             raise Unsupported(f"the {self.sandboxes.facts.runtime} runtime cannot apply rules")
         if State(row.state) not in _CHANGEABLE:
             raise Conflict(f"sandbox '{sandbox_id}' is {row.state}; try again when it settled")
-        if egress.proxy is not None and not caps.egress_proxy:
-            raise Unsupported(
-                f"the {self.sandboxes.facts.runtime} runtime cannot tunnel through a proxy"
-            )
         request = await self._request(sandbox_id, who.team_id, egress)
         request.access_token = row.envd_access_token or ""
         try:
@@ -224,7 +228,7 @@ class NetworkService:
         return pb.UpdateNetworkRequest(
             sandbox_id=sandbox_id,
             allow_internet=egress.allow_internet,
-            allow_out=egress.allow_out,
+            allow_out=egress.node_allow_out,
             deny_out=egress.deny_out,
             header_rules=await header_rules_message(
                 secrets, team_id, egress.rewrites, lenient=lenient

@@ -91,6 +91,7 @@ class CreateRequest:
     header_rules: tuple[HeaderRule, ...] = ()
     # E2B's egressProxy (SOCKS5), its password in clear (sealed on the row).
     egress_proxy: EgressProxy | None = None
+    dns_servers: tuple[str, ...] = ()  # E2B's dnsServers
     allow_public_traffic: bool = True
     # The Host header its ports get from the proxy (maskRequestHost; ``${PORT}``: the port).
     mask_request_host: str | None = None
@@ -212,12 +213,14 @@ class SandboxService:
             raise self._unsupported("cannot restrict internet access")
         if (req.allow_out or req.deny_out) and not self.facts.capabilities.egress_rules:
             raise self._unsupported("cannot enforce egress rules (network.allowOut/denyOut)")
+        if req.dns_servers and not self.facts.capabilities.egress_rules:
+            raise self._unsupported("cannot enforce egress rules (network.dnsServers)")
         if req.header_rules and not self.facts.capabilities.header_rules:
             raise self._unsupported("cannot apply header rules (network.rules)")
         if req.egress_proxy is not None and not self.facts.capabilities.egress_proxy:
             raise self._unsupported("cannot tunnel through a proxy (network.egressProxy)")
         egress = Egress(req.allow_internet, req.allow_out, req.deny_out, req.header_rules,
-                        req.egress_proxy)  # fmt: skip
+                        req.egress_proxy, dns_servers=req.dns_servers)  # fmt: skip
         egress_column = egress.to_json(self.secret_service, who.team_id)
         header_rules = await header_rules_message(
             self.secret_service, who.team_id, req.header_rules
@@ -233,7 +236,7 @@ class SandboxService:
             env_vars=dict(req.env_vars),
             access_token=token,
             allow_internet=req.allow_internet,
-            allow_out=req.allow_out,
+            allow_out=egress.node_allow_out,
             deny_out=req.deny_out,
             header_rules=header_rules,
             egress_proxy=egress.proxy_message(self.secret_service, who.team_id),

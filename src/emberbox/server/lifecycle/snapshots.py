@@ -187,6 +187,7 @@ class SnapshotService:
             deny_out=Egress.of(source).deny_out,
             header_rules=Egress.of(source).rewrites,
             egress_proxy=Egress.of(source).with_password(secrets, who.team_id).proxy,
+            dns_servers=Egress.of(source).dns_servers,
             allow_public_traffic=source.traffic_access_token is None,
             mask_request_host=source.mask_request_host,
         )
