@@ -194,6 +194,8 @@ def parse_dns_servers(raw: object) -> tuple[str, ...]:
             raise InvalidRules(f"dnsServers: {entry!r} is not an IP address") from None
         if not isinstance(ip, ipaddress.IPv4Address):
             raise UnsupportedRule(f"dnsServers: {ip} is IPv6 (sandboxes have IPv4 egress only)")
+        if any(ip in net for net in INTERNAL_RANGES):  # it opens every port, not just DNS
+            raise InvalidRules(f"dnsServers: {ip} is an internal address (allowOut opens those)")
         if str(ip) not in out:
             out.append(str(ip))
     return tuple(out)

@@ -139,6 +139,10 @@ def test_it_fails_closed(
     try:
         for sbx in (wrong, nobody):
             assert _whoami(sbx, inet) == "failed"
+            log = httpx.get(f"{gvisor_server.api_url}/sandboxes/{sbx.sandbox_id}/egress",
+                            headers={"X-API-KEY": gvisor_key}).json()  # fmt: skip
+            assert [(r["ip"], r["verdict"], r["rule"]) for r in log] == [
+                (inet.address, "denied", "proxy")]  # fmt: skip
     finally:
         wrong.kill()
         nobody.kill()

@@ -246,7 +246,8 @@ def test_dns_servers_are_reachable_beside_domains(
     finally:
         sbx.kill()
     api = httpx.Client(base_url=gvisor_server.api_url, headers={"X-API-KEY": gvisor_key})
-    for servers, status in ((["nope"], 400), (["1.1.1.1"] * 11, 400), (["2001:db8::1"], 501)):
+    bad = ((["nope"], 400), (["1.1.1.1"] * 11, 400), ([METADATA], 400), (["2001:db8::1"], 501))
+    for servers, status in bad:
         made = api.post("/sandboxes", json={"templateID": "base",
                                             "network": {"dnsServers": servers}})  # fmt: skip
         assert made.status_code == status, made.text

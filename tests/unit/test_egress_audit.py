@@ -60,7 +60,8 @@ def test_a_full_file_keeps_its_newest_half(tmp_path: Path, monkeypatch: pytest.M
     assert (tmp_path / f"{SID}.jsonl").stat().st_size <= 4000 + 300
     kept = journal.read(SID, limit=1000)[0]
     assert kept[-1].port == 100 and 1 < len(kept) < 100
-    assert [r.seq for r in kept] == sorted(r.seq for r in kept)
+    # Numbers stay consecutive: the first one says how many older records the cap dropped.
+    assert [r.seq for r in kept] == list(range(kept[0].seq, 101))
     journal.remove(SID)
     assert journal.read(SID)[0] == [] and not (tmp_path / f"{SID}.jsonl").exists()
 
@@ -117,3 +118,13 @@ def test_each_instance_has_its_own_log_group() -> None:
     groups = {log_group(f"{n:04x}") for n in range(0, 65536, 7)}
     assert all(1024 <= g < 65536 for g in groups)
     assert log_group("abcd") != log_group("abce")
+
+
+def test_names_and_paths_are_stored_printable(tmp_path: Path) -> None:
+    """They come from the sandbox; a terminal showing the log must not act on them."""
+    journal = EgressJournal(tmp_path)
+    seq = journal.opened(SID, _event(name="x\x1b]0;pwn\x07.example", path="/a\r\nb"))
+    journal.closed(SID, seq, 1, 1, "GET\x00", "/\x9b")
+    (record,) = journal.read(SID)[0]
+    assert record.name == "x\\x1b]0;pwn\\x07.example"
+    assert (record.method, record.path) == ("GET\\x00", "/\\x9b")

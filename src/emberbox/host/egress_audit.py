@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -40,8 +41,19 @@ RULE_IPV6 = "ipv6"  # sandboxes get no IPv6 egress
 RULE_NAME = "name"  # its name matched no allowOut domain (or resolved to nothing usable)
 RULE_HEADERS = "rules"  # a header rule's domain: intercepted, headers set
 RULE_REQUEST = "request"  # an intercepted request the gateway refused to carry
+RULE_PROXY = "proxy"  # allowed, but the egressProxy failed or refused it (fails closed)
+RULE_UNREACHABLE = "unreachable"  # allowed, but the destination did not answer
 
 ALLOWED, DENIED = "allowed", "denied"
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped (``\\xNN``): names and paths come from the
+    sandbox, and a terminal showing the log must not act on them."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 @dataclass(frozen=True)
@@ -105,7 +117,9 @@ class EgressJournal:
         """Write a record; returns its ``seq`` (for :meth:`closed`)."""
         state = self._file(sandbox_id)
         seq, state.next_seq = state.next_seq, state.next_seq + 1
-        self._append(sandbox_id, asdict(replace(event, seq=seq)))
+        clean = replace(event, seq=seq, name=printable(event.name),
+                        method=printable(event.method), path=printable(event.path))  # fmt: skip
+        self._append(sandbox_id, asdict(clean))
         return seq
 
     def closed(
@@ -124,7 +138,7 @@ class EgressJournal:
         line: dict[str, Any] = {"seq": seq, "bytes_out": bytes_out, "bytes_in": bytes_in,
                                 "ended": time.time()}  # fmt: skip
         if method:
-            line |= {"method": method, "path": path}
+            line |= {"method": printable(method), "path": printable(path)}
         self._append(sandbox_id, {"done": True, **line})
 
     def read(
@@ -135,6 +149,12 @@ class EgressJournal:
         records = [r for r in self._merged(self._path(sandbox_id)) if r.seq > after]
         page = records[: max(1, min(limit, MAX_PAGE))]
         return page, (page[-1].seq if len(records) > len(page) else None)
+
+    def sandboxes(self) -> list[str]:
+        """The sandboxes that have a log file."""
+        if not self.directory.exists():
+            return []
+        return [p.stem for p in self.directory.glob("*.jsonl")]
 
     def remove(self, sandbox_id: str) -> None:
         self._files.pop(sandbox_id, None)

@@ -84,7 +84,9 @@ from .egress_audit import (
     RULE_INTERNAL,
     RULE_INTERNET,
     RULE_NAME,
+    RULE_PROXY,
     RULE_REQUEST,
+    RULE_UNREACHABLE,
     EgressAudit,
     EgressEvent,
     Ticket,
@@ -556,6 +558,9 @@ class EgressGateway:
         flow, ticket, opened = _Activity(), None, time.time()
         try:
             address, port = original_destination(writer.get_extra_info("socket"))
+            if port not in DOMAIN_PORTS and rules.proxy is None:
+                _reset(writer)  # sent here for a proxy the rules no longer have: never direct
+                return
             # Only a proxied sandbox sends other ports here: nothing to read (a server that
             # speaks first would wait forever), they are judged by address.
             seen, name, requests, protocol = b"", None, None, "tcp"
@@ -610,13 +615,18 @@ class EgressGateway:
             ip = address if remote else target
             listed = by_name or any(IPv4Address(ip) in net for net in rules.allow)
             why = RULE_ALLOW_OUT if listed else RULE_INTERNET
+            try:
+                up_reader, up_writer = await self._dial(rules, target, port)
+            except (TimeoutError, OSError) as exc:
+                failed = RULE_PROXY if rules.proxy is not None else RULE_UNREACHABLE
+                self._record(peer, protocol, ip, port, DENIED, failed, name, flow)
+                raise OSError(f"dial failed: {type(exc).__name__}") from None
             ticket = self._opened(peer, opened, protocol, ip, port, why, name, flow)
-            up_reader, up_writer = await self._dial(rules, target, port)
             upstream = up_writer
             up_writer.write(seen)
             flow.sent += len(seen)
             await self._splice(reader, writer, up_reader, up_writer, requests, rules, flow)
-        except (TimeoutError, OSError, ConnectionError, _Refused, h11.ProtocolError) as exc:
+        except (TimeoutError, OSError, ValueError, _Refused, h11.ProtocolError) as exc:
             # The type only: an error's text may quote a request's headers (a credential).
             log.debug("egress connection of %s ended: %s", peer, type(exc).__name__)
             _reset(writer)
@@ -753,8 +763,9 @@ class EgressGateway:
                        proxy.password or None, rdns=True)  # fmt: skip
         try:
             return await socks.connect(dest_host=host, dest_port=port, timeout=CONNECT_TIMEOUT_S)
-        except (ProxyError, ProxyConnectionError, ProxyTimeoutError) as exc:
-            raise OSError(f"egress proxy {proxy.address}: {exc}") from exc
+        except (ProxyError, ProxyConnectionError, ProxyTimeoutError, ValueError) as exc:
+            # A name SOCKS5 cannot carry (a label over 63 bytes) is a ValueError here.
+            raise OSError(f"egress proxy {proxy.address}: {type(exc).__name__}") from None
 
     def _client_context(self) -> ssl.SSLContext:
         """How the gateway verifies the servers it re-encrypts to: the system's roots and

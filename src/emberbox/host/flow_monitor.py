@@ -104,6 +104,7 @@ class FlowMonitor:
         self._process: asyncio.subprocess.Process | None = None
         self._server: asyncio.Server | None = None
         self._readers: set[asyncio.Task[None]] = set()  # one per ulogd connection
+        self._watch: asyncio.Task[None] | None = None
         self._open: OrderedDict[int, Ticket] = OrderedDict()  # by conntrack id
         self._refused: dict[tuple[Any, ...], float] = {}
 
@@ -136,7 +137,19 @@ class FlowMonitor:
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
+        self._watch = asyncio.ensure_future(self._watch_exit(self._process))
         return True
+
+    async def _watch_exit(self, process: asyncio.subprocess.Process) -> None:
+        """A ulogd that ends on its own (it could not bind its NFLOG group, say) is logged:
+        the kernel's records stop until the node restarts."""
+        code = await process.wait()
+        try:
+            tail = (self.directory / "ulogd.log").read_text()[-500:]
+        except OSError:
+            tail = ""
+        log.error("ulogd exited (%s): the egress log now holds the gateway's records only. %s",
+                  code, tail)  # fmt: skip
 
     def _kill_leftover(self) -> None:
         """A ulogd a killed node left holds our NFLOG group: end it."""
@@ -149,6 +162,10 @@ class FlowMonitor:
             pidfile.unlink()
 
     async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
+            self._watch = None
         if self._process is not None and self._process.returncode is None:
             self._process.terminate()
             try:

@@ -307,7 +307,10 @@ def _rules_script(lease: Lease, rules: EgressRules, node_dns: bool = False) -> s
     tcp, dns = _gateway_chains(lease.instance)
     if rules.proxy is not None:  # every TCP connection is the gateway's to tunnel
         if rules.domains or rules.rewrites or node_dns:
-            script += f"add rule {_T} {nat} tcp dport 53 goto {dns}\n"
+            script += (  # DNS to an allowed resolver is tunneled; the rest the node answers
+                f"add rule {_T} {nat} ip daddr @{allow} tcp dport 53 goto {tcp}\n"
+                f"add rule {_T} {nat} tcp dport 53 goto {dns}\n"
+            )
         script += (
             f"add rule {_T} {nat} ip daddr @resolvers tcp dport 53 return\n"
             f"add rule {_T} {nat} meta l4proto tcp goto {tcp}\n"

@@ -231,8 +231,13 @@ class NodeService:
             ],
         )
 
+    def _check_proxy(self, policy: NetworkPolicy) -> None:
+        if policy.proxy is not None and not self.runtime.capabilities.egress_proxy:
+            raise CapabilityMissing(f"{self.runtime.name} cannot tunnel through an egressProxy")
+
     async def create(self, request: pb.CreateRequest) -> pb.CreateResponse:
         spec = _spec(request.spec)
+        self._check_proxy(spec.network)
         s = request.spec
         previous = s.snapshot.access_token if spec.snapshot is not None else ""
         record = await self.orchestrator.create(spec, s.access_token, previous_token=previous)
@@ -295,6 +300,7 @@ class NodeService:
             request.allow_internet, request.allow_out, request.deny_out, request.header_rules,
             request.egress_proxy if request.HasField("egress_proxy") else None,
         )  # fmt: skip
+        self._check_proxy(policy)
         if not self.orchestrator.holds(request.sandbox_id):
             raise SandboxNotFound(request.sandbox_id)
         # The sandbox trusts the gateway before it intercepts anything (no token: rules sent

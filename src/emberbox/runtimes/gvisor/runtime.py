@@ -340,8 +340,8 @@ class GVisorRuntime(Runtime):
             or sandbox_id in cgroups.existing(self.config.cgroup_base)
             or sandbox_id in await self.runsc.list_ids()
         )
-        self.journal.remove(sandbox_id)
         if not found:
+            self.journal.remove(sandbox_id)
             return False
         log.info("host teardown of %s", sandbox_id)  # counted by tests/api/test_stress.py
         await self.runsc.delete(sandbox_id)
@@ -362,6 +362,8 @@ class GVisorRuntime(Runtime):
             self.pool.release(lease)
         if paths.root.exists() and not rootfs.mounted(paths.rootfs):
             shutil.rmtree(paths.root, ignore_errors=True)
+        # Last: until its address stopped being its own, a record could still be written.
+        self.journal.remove(sandbox_id)
         return True
 
     async def _kill_leftover_processes(self, sandbox_id: str) -> None:
@@ -631,6 +633,9 @@ class GVisorRuntime(Runtime):
             if veth not in leased:
                 await network.delete_link(veth)
         await network.remove_stray_rules(instance, self.config.network, leased)
+        for sandbox_id in self.journal.sandboxes():  # logs of sandboxes gone while we were not
+            if sandbox_id in removed or not (self.config.sandboxes_dir / sandbox_id).exists():
+                self.journal.remove(sandbox_id)
         return removed
 
     # -- internals -------------------------------------------------------------------------
@@ -653,7 +658,10 @@ class GVisorRuntime(Runtime):
                     self.config.instance, ports.tcp, ports.dns, ports.dns_tcp
                 )
                 if self.config.egress_audit:
-                    await self.flows.start()
+                    try:
+                        await self.flows.start()
+                    except OSError:  # the log then holds the gateway's records only
+                        log.exception("the egress log's ulogd did not start")
                 self._firewall_ready = True
 
     async def _prepare(

@@ -186,6 +186,7 @@ class NetworkService:
             raise Conflict(f"sandbox '{sandbox_id}' is {row.state}; try again when it settled")
         request = await self._request(sandbox_id, who.team_id, egress)
         request.access_token = row.envd_access_token or ""
+        column = egress.to_json(self.sandboxes.secret_service, who.team_id)  # before the node
         try:
             await self.sandboxes.node.update_network(request)
         except NodeSandboxNotFound as e:
@@ -200,7 +201,7 @@ class NetworkService:
                 sandbox_id,
                 VISIBLE,
                 allow_internet=egress.allow_internet,
-                egress=egress.to_json(self.sandboxes.secret_service, who.team_id),
+                egress=column,
             )
 
     async def egress_log(
