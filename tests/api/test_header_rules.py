@@ -60,6 +60,11 @@ def _run(sbx: Sandbox, cmd: str) -> str:
     return sbx.commands.run(cmd + " || echo failed", timeout=60).stdout.strip()
 
 
+def _memory(sandbox_id: str) -> Path:
+    """Where the node keeps a paused sandbox's memory (this module's server uses DATA_DIR)."""
+    return DATA_DIR / "gvisor" / "sandboxes" / sandbox_id / "memory"
+
+
 def _absent(sbx: Sandbox, value: str) -> None:
     """``value`` is in no env var, file we look at, or command line in the sandbox. The
     pattern is written reversed, so the search itself does not plant it."""
@@ -118,6 +123,19 @@ def test_a_header_rule_puts_a_secret_into_https_requests(
         assert detail.json()["network"]["rules"] == _rules(name)
         assert value not in detail.text
         _absent(sbx, value)
+
+        # Nor in its memory: paused, all of it is a file on the node. A string a process in
+        # the sandbox holds is found there (the search works); the value is not.
+        marker = "mark-" + secrets.token_hex(8)
+        hold = f"import time; s = '{marker[::-1]}'[::-1]; time.sleep(900)"
+        sbx.commands.run(f'python3 -c "{hold}"', background=True)
+        assert sbx.pause()
+        image = b"".join(p.read_bytes() for p in _memory(sbx.sandbox_id).rglob("*") if p.is_file())
+        assert marker.encode() in image
+        assert value.encode() not in image
+        Sandbox.connect(sbx.sandbox_id)
+        assert _run(sbx, f"curl -s -m 10 https://{RULED}/resumed") == inet.named_body(RULED)
+        assert _last(inet, "/resumed")["authorization"] == f"Bearer {value}"
 
         # A rotation reaches the running sandbox; a deleted secret makes its rule refuse.
         Secret.update(name, value + "-rotated")
