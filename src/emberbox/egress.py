@@ -134,6 +134,12 @@ class EgressProxy:
         return f"{self.host}:{self.port}"
 
 
+def within(address: str | ipaddress.IPv4Address, nets: Iterable[IPv4Network]) -> bool:
+    """Whether an IPv4 address lies in any of ``nets``."""
+    ip = ipaddress.IPv4Address(address)
+    return any(ip in net for net in nets)
+
+
 def parse_egress_proxy(raw: object) -> EgressProxy | None:
     """``egressProxy`` as the API got it, checked: None when absent; 400 for a malformed
     address or credentials or an internal address; 501 for TLS to the proxy or IPv6."""
@@ -161,7 +167,7 @@ def parse_egress_proxy(raw: object) -> EgressProxy | None:
     else:
         if not isinstance(ip, ipaddress.IPv4Address):
             raise UnsupportedRule("egressProxy.address: IPv6 proxies are not supported")
-        if any(ip in net for net in INTERNAL_RANGES):
+        if within(ip, INTERNAL_RANGES):
             raise InvalidRules(f"egressProxy.address: {ip} is an internal address")
     credentials = []
     for key in ("username", "password"):
@@ -194,7 +200,7 @@ def parse_dns_servers(raw: object) -> tuple[str, ...]:
             raise InvalidRules(f"dnsServers: {entry!r} is not an IP address") from None
         if not isinstance(ip, ipaddress.IPv4Address):
             raise UnsupportedRule(f"dnsServers: {ip} is IPv6 (sandboxes have IPv4 egress only)")
-        if any(ip in net for net in INTERNAL_RANGES):  # it opens every port, not just DNS
+        if within(ip, INTERNAL_RANGES):  # it opens every port, not just DNS
             raise InvalidRules(f"dnsServers: {ip} is an internal address (allowOut opens those)")
         if str(ip) not in out:
             out.append(str(ip))
@@ -205,14 +211,12 @@ def names_a_domain(allow_out: Sequence[str]) -> bool:
     return any(isinstance(_entry(e, "allowOut"), _Domain) for e in allow_out)
 
 
-def proxy_dict(proxy: EgressProxy, password: str | None = None) -> dict[str, object]:
-    """The proxy in E2B's shape; the password only when given (what is stored, never what
-    is shown)."""
+def proxy_dict(proxy: EgressProxy) -> dict[str, object]:
+    """The proxy in E2B's shape, never its password (shown and stored so; the row keeps the
+    password sealed beside it)."""
     out: dict[str, object] = {"address": proxy.address}
     if proxy.username:
         out["username"] = proxy.username
-    if password:
-        out["password"] = password
     return out
 
 
@@ -420,14 +424,13 @@ def reaches(
     dns: bool = False,
 ) -> bool:
     """Whether a packet to ``address`` passes, in the firewall's order (module docstring)."""
-    ip = ipaddress.IPv4Address(address)
-    if any(ip in n for n in rules.allow):
+    if within(address, rules.allow):
         return True
-    if any(ip in n for n in rules.deny):
+    if within(address, rules.deny):
         return False
     if dns and address in resolvers:
         return True
-    return not any(ip in n for n in internal)
+    return not within(address, internal)
 
 
 def gateway_reaches(
@@ -436,5 +439,4 @@ def gateway_reaches(
     """Whether the gateway may connect to ``address``, resolved for a name that matched a
     domain entry: the match wins over ``deny`` (allowed entries win), but it never opens an
     internal address that ``allow`` does not name, since a public name may resolve anywhere."""
-    ip = ipaddress.IPv4Address(address)
-    return any(ip in n for n in rules.allow) or not any(ip in n for n in internal)
+    return within(address, rules.allow) or not within(address, internal)

@@ -4,6 +4,7 @@ runs are in tests/api/test_egress_log.py)."""
 
 from __future__ import annotations
 
+from ipaddress import IPv4Network
 from pathlib import Path
 
 import pytest
@@ -77,7 +78,7 @@ def test_records_of_unknown_addresses_are_dropped(tmp_path: Path) -> None:
 
 def _monitor(tmp_path: Path) -> FlowMonitor:
     audit = EgressAudit(EgressJournal(tmp_path / "log"), {"10.11.0.2": SID}.get)
-    return FlowMonitor(tmp_path / "run", "abcd", "10.11.0.0/16", audit)
+    return FlowMonitor(tmp_path / "run", "abcd", IPv4Network("10.11.0.0/16"), audit)
 
 
 def _flow(event: int, flow_id: int, **kw: object) -> dict[str, object]:

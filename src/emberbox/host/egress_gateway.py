@@ -73,6 +73,7 @@ from ..egress import (
     gateway_reaches,
     name_allowed,
     reaches,
+    within,
 )
 from .certificates import EgressCa
 from .egress_audit import (
@@ -544,8 +545,7 @@ class EgressGateway:
         """Why a connection neither its name nor its address opens was refused."""
         if name and rules.domains:
             return RULE_NAME
-        ip = IPv4Address(address)
-        return RULE_INTERNAL if any(ip in net for net in self.internal) else RULE_DENY_OUT
+        return RULE_INTERNAL if within(address, self.internal) else RULE_DENY_OUT
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         upstream: asyncio.StreamWriter | None = None
@@ -613,7 +613,7 @@ class EgressGateway:
                 return
             log.info("egress allowed: %s -> %s (%s:%d)", peer, name, target, port)
             ip = address if remote else target
-            listed = by_name or any(IPv4Address(ip) in net for net in rules.allow)
+            listed = by_name or within(ip, rules.allow)
             why = RULE_ALLOW_OUT if listed else RULE_INTERNET
             try:
                 up_reader, up_writer = await self._dial(rules, target, port)
@@ -707,14 +707,13 @@ class EgressGateway:
             hosts = requests.hosts(data)
             return hosts is not None and all(name_allowed(rules.domains, h) for h in hosts)
 
-        activity = flow
         both = asyncio.gather(
-            _pipe(reader, up_writer, activity, judged if requests is not None else None, True),
-            _pipe(up_reader, writer, activity),
+            _pipe(reader, up_writer, flow, judged if requests is not None else None, True),
+            _pipe(up_reader, writer, flow),
         )
         try:
             while not both.done():
-                idle = time.monotonic() - activity.at
+                idle = time.monotonic() - flow.at
                 if idle >= IDLE_S:
                     raise TimeoutError(f"idle for {idle:.0f} s")
                 await asyncio.wait({both}, timeout=IDLE_S - idle)
@@ -756,7 +755,7 @@ class EgressGateway:
             candidates = [str(IPv4Address(proxy.host))]
         except ValueError:
             candidates = await self.resolve(proxy.host)
-        usable = [a for a in candidates if not any(IPv4Address(a) in n for n in self.internal)]
+        usable = [a for a in candidates if not within(a, self.internal)]
         if not usable:
             raise OSError(f"egress proxy {proxy.host} has no public address")
         socks = Socks5(ProxyType.SOCKS5, usable[0], proxy.port, proxy.username or None,

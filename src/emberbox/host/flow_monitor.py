@@ -28,7 +28,7 @@ import shutil
 import signal
 import time
 from collections import OrderedDict
-from ipaddress import ip_address, ip_network
+from ipaddress import IPv4Network, ip_address
 from pathlib import Path
 from typing import Any
 
@@ -94,11 +94,12 @@ def _time(item: dict[str, Any], key: str) -> float:
 class FlowMonitor:
     """Runs the node's ulogd and turns its lines into audit records."""
 
-    def __init__(self, directory: Path, instance: str, subnet: str, audit: EgressAudit) -> None:
+    def __init__(
+        self, directory: Path, instance: str, subnet: IPv4Network, audit: EgressAudit
+    ) -> None:
         self.directory = directory
         self.group = log_group(instance)
-        self.subnet = subnet
-        self._subnet = ip_network(subnet)
+        self.subnet = subnet  # the sandboxes' links: ulogd passes only flows from there
         self.audit = audit
         self.socket_path = Path(f"/run/emberbox/audit-{instance}.sock")
         self._process: asyncio.subprocess.Process | None = None
@@ -107,10 +108,6 @@ class FlowMonitor:
         self._watch: asyncio.Task[None] | None = None
         self._open: OrderedDict[int, Ticket] = OrderedDict()  # by conntrack id
         self._refused: dict[tuple[Any, ...], float] = {}
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.returncode is None
 
     async def start(self) -> bool:
         """Start ulogd (False, logged, when it is not installed: the gateway's records are
@@ -130,7 +127,7 @@ class FlowMonitor:
             self.socket_path.unlink()
         self._server = await asyncio.start_unix_server(self._lines, str(self.socket_path))
         conf = self.directory / "ulogd.conf"
-        conf.write_text(_config(plugins, self.group, self.subnet, self.socket_path,
+        conf.write_text(_config(plugins, self.group, str(self.subnet), self.socket_path,
                                 self.directory / "ulogd.log"))  # fmt: skip
         self._process = await asyncio.create_subprocess_exec(
             binary, "-c", str(conf), "-p", str(self.directory / "ulogd.pid"),
@@ -214,7 +211,7 @@ class FlowMonitor:
                 self.audit.closed(ticket, int(item.get("orig.raw.pktlen", 0)),
                                   int(item.get("reply.raw.pktlen", 0)))  # fmt: skip
             return
-        if ip_address(str(item["dest_ip"])) in self._subnet:
+        if ip_address(str(item["dest_ip"])) in self.subnet:
             return  # the host's connection to a sandbox (its source is the host's link end)
         mark = int(item.get("ct.mark", 0))
         if mark & GATEWAY_MARK == GATEWAY_MARK or not int(item["ct.event"]) & _NEW:

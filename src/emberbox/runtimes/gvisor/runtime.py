@@ -105,7 +105,7 @@ class GVisorRuntime(Runtime):
         self.gateway = EgressGateway(self._egress_of, self.config.egress_dns, ca=self.ca,
                                      trust=self.config.egress_ca, audit=audit)  # fmt: skip
         self.flows = FlowMonitor(self.config.root / "egress-audit", self.config.instance,
-                                 str(self.config.network), audit)  # fmt: skip
+                                 self.config.network, audit)  # fmt: skip
 
     async def close(self) -> None:
         """A template snapshot under way is abandoned and its boot killed: nobody would
@@ -634,7 +634,7 @@ class GVisorRuntime(Runtime):
                 await network.delete_link(veth)
         await network.remove_stray_rules(instance, self.config.network, leased)
         for sandbox_id in self.journal.sandboxes():  # logs of sandboxes gone while we were not
-            if sandbox_id in removed or not (self.config.sandboxes_dir / sandbox_id).exists():
+            if not (self.config.sandboxes_dir / sandbox_id).exists():
                 self.journal.remove(sandbox_id)
         return removed
 
