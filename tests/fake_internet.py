@@ -131,6 +131,13 @@ class FakeInternet:
         return f"ebtinet{self.tag}"
 
     @property
+    def node_env(self) -> dict[str, str]:
+        """What a node needs to use this internet: its resolver for the egress gateway, and its
+        CA for the servers the gateway re-encrypts to (header rules)."""
+        assert self.workdir is not None, "the fake internet has no names"
+        return {"EMBERBOX_EGRESS_DNS": self.dns, "EMBERBOX_EGRESS_CA": str(self.workdir / "ca.pem")}
+
+    @property
     def dns(self) -> str:
         """The fake internet's resolver (with ``names``): its first public address."""
         return self.public[0]

@@ -37,9 +37,7 @@ def gvisor_server(
 ) -> Iterator[ServerProcess]:
     from tests.runtimes.gvisor_support import gvisor_server as start
 
-    assert inet.workdir is not None
-    env = {"EMBERBOX_EGRESS_DNS": inet.dns, "EMBERBOX_EGRESS_CA": str(inet.workdir / "ca.pem")}
-    with start(tmp_path_factory.mktemp("gvisor-egress-log"), env) as server:
+    with start(tmp_path_factory.mktemp("gvisor-egress-log"), inet.node_env) as server:
         yield server
 
 

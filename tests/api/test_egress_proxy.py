@@ -39,9 +39,7 @@ def gvisor_server(
 ) -> Iterator[ServerProcess]:
     from tests.runtimes.gvisor_support import gvisor_server as start
 
-    assert inet.workdir is not None
-    env = {"EMBERBOX_EGRESS_DNS": inet.dns, "EMBERBOX_EGRESS_CA": str(inet.workdir / "ca.pem")}
-    with start(tmp_path_factory.mktemp("gvisor-egress-proxy"), env) as server:
+    with start(tmp_path_factory.mktemp("gvisor-egress-proxy"), inet.node_env) as server:
         yield server
 
 

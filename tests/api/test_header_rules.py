@@ -38,9 +38,7 @@ def gvisor_server(
     """Its gateway resolves through the fake internet and trusts the fake internet's CA."""
     from tests.runtimes.gvisor_support import gvisor_server as start
 
-    assert inet.workdir is not None
-    env = {"EMBERBOX_EGRESS_DNS": inet.dns, "EMBERBOX_EGRESS_CA": str(inet.workdir / "ca.pem")}
-    with start(tmp_path_factory.mktemp("gvisor-rules"), env) as server:
+    with start(tmp_path_factory.mktemp("gvisor-rules"), inet.node_env) as server:
         yield server
 
 
@@ -272,9 +270,8 @@ def test_a_separate_node_restarted_under_the_server_gets_the_values_again(
     """``emberbox node`` keeps header values in memory only; SIGKILLed and restarted while
     the server runs, it refuses ruled requests until the server, seeing a new boot id in its
     reconcile, sends them again."""
-    assert inet.workdir is not None
-    node_env = {"EMBERBOX_EGRESS_DNS": inet.dns, "EMBERBOX_EGRESS_CA": str(inet.workdir / "ca.pem")}
-    node = NodeProcess(data_dir_sharing_templates(tmp_path / "node", DATA_DIR), "gvisor", node_env)
+    node_dir = data_dir_sharing_templates(tmp_path / "node", DATA_DIR)
+    node = NodeProcess(node_dir, "gvisor", inet.node_env)
     node.start()
     server_env = {"EMBERBOX_NODE_URL": node.url, "EMBERBOX_NODE_TOKEN": node.token,
                   "EMBERBOX_RECONCILE_INTERVAL_S": "0.5"}  # fmt: skip

@@ -26,9 +26,7 @@ def inet() -> Iterator[FakeInternet]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, inet: FakeInternet) -> Iterator[ServerProcess]:
-    assert inet.workdir is not None
-    env = {"EMBERBOX_EGRESS_DNS": inet.dns, "EMBERBOX_EGRESS_CA": str(inet.workdir / "ca.pem")}
-    with gvisor_server(tmp_path_factory.mktemp("cli-network"), env) as srv:
+    with gvisor_server(tmp_path_factory.mktemp("cli-network"), inet.node_env) as srv:
         yield srv
 
 
