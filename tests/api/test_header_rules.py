@@ -125,8 +125,11 @@ def test_a_header_rule_puts_a_secret_into_https_requests(
         # Nor in its memory: paused, all of it is a file on the node. A string a process in
         # the sandbox holds is found there (the search works); the value is not.
         marker = "mark-" + secrets.token_hex(8)
-        hold = f"import time; s = '{marker[::-1]}'[::-1]; time.sleep(900)"
+        hold = f"import time; s = '{marker[::-1]}'[::-1]; open('/tmp/held', 'w'); time.sleep(900)"
         sbx.commands.run(f'python3 -c "{hold}"', background=True)
+        # Paused only once the process holds it (a background start returns before Python ran).
+        assert _run(sbx, "for i in $(seq 100); do test -e /tmp/held && break; sleep 0.1; done; "
+                         "test -e /tmp/held && echo held") == "held"  # fmt: skip
         assert sbx.pause()
         image = b"".join(p.read_bytes() for p in _memory(sbx.sandbox_id).rglob("*") if p.is_file())
         assert marker.encode() in image
