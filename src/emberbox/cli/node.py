@@ -59,6 +59,7 @@ def node(log_level: Annotated[str, typer.Option(help="log level")] = "info") -> 
                 settings.warm_pool,
                 settings.egress_dns,
                 settings.egress_ca,
+                settings.builds,
             )
         )
     finally:

@@ -9,6 +9,7 @@ Both pass the same request and response messages and turn Connect codes into the
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -19,6 +20,7 @@ from .._connect.codec import decode_json, encode_json
 from .._connect.errors import Code, ConnectError
 from .._proto.node import node_pb2 as pb
 from ..runtimes.base import Runtime
+from .builds import NodeBuilds
 from .orchestrator import Orchestrator
 from .pool import PoolSettings
 from .service import NodeService
@@ -124,6 +126,29 @@ class NodeClient(abc.ABC):
         request = pb.EgressLogRequest(sandbox_id=sandbox_id, after=after, limit=limit)
         return await self._call("EgressLog", request, pb.EgressLogResponse)
 
+    async def build_files(self, template_id: str, hashes: Sequence[str]) -> tuple[str, ...]:
+        """The hashes of those files the node does not hold yet."""
+        request = pb.BuildFilesRequest(template_id=template_id, files_hashes=hashes)
+        return tuple((await self._call("BuildFiles", request, pb.BuildFilesResponse)).missing)
+
+    async def put_build_file(self, request: pb.PutBuildFileRequest) -> None:
+        await self._call("PutBuildFile", request, pb.PutBuildFileResponse)
+
+    async def start_build(self, request: pb.StartBuildRequest) -> None:
+        await self._call("StartBuild", request, pb.StartBuildResponse)
+
+    async def build_status(self, build_id: str, from_seq: int) -> pb.BuildStatusResponse:
+        request = pb.BuildStatusRequest(build_id=build_id, from_seq=from_seq)
+        return await self._call("BuildStatus", request, pb.BuildStatusResponse)
+
+    async def cancel_build(self, build_id: str) -> None:
+        request = pb.CancelBuildRequest(build_id=build_id)
+        await self._call("CancelBuild", request, pb.CancelBuildResponse)
+
+    async def delete_template(self, template_id: str, store_names: Sequence[str]) -> None:
+        request = pb.DeleteTemplateRequest(template_id=template_id, store_names=store_names)
+        await self._call("DeleteTemplate", request, pb.DeleteTemplateResponse)
+
     async def claim(self, spec: pb.SandboxSpec) -> str:
         """The id of a pooled sandbox fitting ``spec``, now reserved for a Create; "" if none."""
         return (await self._call("Claim", pb.ClaimRequest(spec=spec), pb.ClaimResponse)).sandbox_id
@@ -138,15 +163,21 @@ class EmbeddedNode(NodeClient):
         state_dir: Path,
         *,
         pool: PoolSettings | None = None,
+        builds: NodeBuilds | None = None,
         **orchestrator_options: float,
     ) -> None:
         self.orchestrator = Orchestrator(runtime, state_dir, pool=pool, **orchestrator_options)
-        self.service = NodeService(self.orchestrator)
+        self.builds = builds
+        self.service = NodeService(self.orchestrator, builds=builds)
 
     async def start(self) -> None:
         await self.orchestrator.start()
+        if self.builds is not None:
+            self.builds.start()
 
     async def close(self) -> None:
+        if self.builds is not None:
+            await self.builds.close()
         await self.orchestrator.close()
 
     async def _call(self, method: str, request: Message, response_type: type[M]) -> M:

@@ -16,6 +16,7 @@ import uvicorn
 
 from ..runtimes import select_runtime
 from .app import node_app
+from .builds import BuildSettings, NodeBuilds
 from .orchestrator import Orchestrator
 from .pool import PoolSettings
 from .service import NodeService
@@ -42,6 +43,7 @@ async def serve_node(
     pool: PoolSettings | None = None,
     egress_dns: Sequence[str] = (),
     egress_ca: str = "",
+    builds: BuildSettings | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT; the caller holds the data dir's node lock."""
     runtime = select_runtime(
@@ -51,7 +53,10 @@ async def serve_node(
         runtime, data_dir / "node", dead_check_every_s=dead_check_every_s, pool=pool
     )
     report = await orchestrator.start()
-    service = NodeService(orchestrator)
+    node_builds = NodeBuilds.for_runtime(data_dir, runtime, builds or BuildSettings())
+    if node_builds is not None:
+        node_builds.start()
+    service = NodeService(orchestrator, builds=node_builds)
     config = uvicorn.Config(
         node_app(service, token),
         host=host,
@@ -78,4 +83,6 @@ async def serve_node(
             )
         await task
     finally:
+        if node_builds is not None:
+            await node_builds.close()
         await orchestrator.close()

@@ -7,6 +7,7 @@ same messages, so the in-process default exercises the very contract a remote no
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import socket
@@ -39,7 +40,15 @@ from ..runtimes.base import (
     VolumeMount,
     check_mount_path,
 )
+from ..templates.oci import Credentials
 from ..vocabulary import ENVD_VERSION, InvalidSandboxId, check_sandbox_id
+from .builds import (
+    BuildOrder,
+    BuildParentMissing,
+    BuildQueueFull,
+    BuildUnknown,
+    NodeBuilds,
+)
 from .orchestrator import BootFailed, Orchestrator, SandboxExists, SandboxNotFound
 from .records import SandboxRecord
 
@@ -137,13 +146,13 @@ def _connect_error(exc: Exception) -> ConnectError:
         return exc
     if isinstance(exc, SandboxNotFound | SandboxGone):
         return ConnectError(Code.NOT_FOUND, f"sandbox {exc} not found on this node")
-    if isinstance(exc, UnknownTemplate):
+    if isinstance(exc, UnknownTemplate | BuildParentMissing | BuildUnknown):
         return ConnectError(Code.NOT_FOUND, str(exc))
     if isinstance(exc, SandboxExists):
         return ConnectError(Code.ALREADY_EXISTS, str(exc))
     if isinstance(exc, CapabilityMissing):
         return ConnectError(Code.UNIMPLEMENTED, str(exc))
-    if isinstance(exc, CapacityExhausted | HostExhausted):
+    if isinstance(exc, CapacityExhausted | HostExhausted | BuildQueueFull):
         return ConnectError(Code.RESOURCE_EXHAUSTED, str(exc))
     if isinstance(exc, InvalidSandboxId | ValueError):
         return ConnectError(Code.INVALID_ARGUMENT, str(exc))
@@ -167,8 +176,14 @@ class NodeService:
     """Serves one :class:`Orchestrator`; ``handlers`` maps ``/node.Node/<Method>`` to a
     coroutine taking the request message and returning the response message."""
 
-    def __init__(self, orchestrator: Orchestrator, node_id: str | None = None) -> None:
+    def __init__(
+        self,
+        orchestrator: Orchestrator,
+        node_id: str | None = None,
+        builds: NodeBuilds | None = None,
+    ) -> None:
         self.orchestrator = orchestrator
+        self._builds = builds
         self.node_id = node_id or socket.gethostname()
         self.boot_id = secrets.token_hex(8)
         self.handlers: dict[str, tuple[type[Message], Handler]] = {
@@ -185,6 +200,12 @@ class NodeService:
             "/node.Node/Claim": (pb.ClaimRequest, self.claim),
             "/node.Node/UpdateNetwork": (pb.UpdateNetworkRequest, self.update_network),
             "/node.Node/EgressLog": (pb.EgressLogRequest, self.egress_log),
+            "/node.Node/BuildFiles": (pb.BuildFilesRequest, self.build_files),
+            "/node.Node/PutBuildFile": (pb.PutBuildFileRequest, self.put_build_file),
+            "/node.Node/StartBuild": (pb.StartBuildRequest, self.start_build),
+            "/node.Node/BuildStatus": (pb.BuildStatusRequest, self.build_status),
+            "/node.Node/CancelBuild": (pb.CancelBuildRequest, self.cancel_build),
+            "/node.Node/DeleteTemplate": (pb.DeleteTemplateRequest, self.delete_template),
         }
 
     @property
@@ -217,6 +238,7 @@ class NodeService:
                 egress_proxy=caps.egress_proxy,
                 no_internet=caps.no_internet,
                 isolation=self.runtime.isolation,
+                builds=self._builds is not None,
             ),
             pools=[
                 pb.PoolStatus(
@@ -324,3 +346,59 @@ class NodeService:
     async def resume(self, request: pb.ResumeRequest) -> pb.ResumeResponse:
         record = await self.orchestrator.resume(request.sandbox_id)
         return pb.ResumeResponse(sandbox=_sandbox(record))
+
+    # ---- template builds ----------------------------------------------------------------------
+
+    @property
+    def builds(self) -> NodeBuilds:
+        if self._builds is None:
+            raise CapabilityMissing(f"template builds need the gVisor runtime (this node runs "
+                                    f"{self.runtime.name})")  # fmt: skip
+        return self._builds
+
+    async def build_files(self, request: pb.BuildFilesRequest) -> pb.BuildFilesResponse:
+        missing = self.builds.files.missing(request.template_id, request.files_hashes)
+        return pb.BuildFilesResponse(missing=missing)
+
+    async def put_build_file(self, request: pb.PutBuildFileRequest) -> pb.PutBuildFileResponse:
+        files, r = self.builds.files, request
+        await asyncio.to_thread(files.put, r.template_id, r.files_hash, r.offset, r.data, r.last)
+        return pb.PutBuildFileResponse()
+
+    async def start_build(self, request: pb.StartBuildRequest) -> pb.StartBuildResponse:
+        r = request
+        login = r.registry if r.HasField("registry") else None
+        self.builds.submit(
+            BuildOrder(
+                build_id=r.build_id, scope=r.template_id, store_name=r.store_name,
+                label=r.label or r.store_name,
+                steps=[{"type": s.type, "args": list(s.args), "filesHash": s.files_hash,
+                        "force": s.force} for s in r.steps],
+                from_template=r.from_template, from_image=r.from_image,
+                creds=Credentials(login.username, login.password) if login else None,
+                start_cmd=r.start_cmd, ready_cmd=r.ready_cmd, force=r.force,
+                memory_mb=r.memory_mb or 1024,
+            )
+        )  # fmt: skip
+        return pb.StartBuildResponse()
+
+    async def build_status(self, request: pb.BuildStatusRequest) -> pb.BuildStatusResponse:
+        build = self.builds.status(request.build_id)
+        lines = build.lines[max(request.from_seq, 0) :]
+        return pb.BuildStatusResponse(
+            status=build.status,
+            lines=[
+                pb.BuildLogLine(seq=x.seq, at=x.at, level=x.level, message=x.message, step=x.step)
+                for x in lines
+            ],
+            reason=build.reason,
+            reason_step=build.reason_step,
+        )
+
+    async def cancel_build(self, request: pb.CancelBuildRequest) -> pb.CancelBuildResponse:
+        self.builds.cancel(request.build_id)
+        return pb.CancelBuildResponse()
+
+    async def delete_template(self, request: pb.DeleteTemplateRequest) -> pb.DeleteTemplateResponse:
+        await asyncio.to_thread(self.builds.delete, request.template_id, request.store_names)
+        return pb.DeleteTemplateResponse()

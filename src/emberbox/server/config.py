@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..node.builds import BuildSettings
 from ..node.pool import PoolSettings
 
 
@@ -44,18 +45,6 @@ class Limits:
     max_volumes: int = 20  # volumes per team
     max_secrets: int = 100  # secrets per team
     volume_mb: int = 1024  # each volume's size (a sparse filesystem: blocks used when written)
-
-
-@dataclass(frozen=True)
-class BuildSettings:
-    """Template builds through the API: how many run at once, how many may wait, each step
-    sandbox's vCPUs (so builds cannot starve running sandboxes), and the largest upload."""
-
-    max_concurrent: int = 1
-    max_queued: int = 8
-    cpu_count: int = 1
-    max_upload_bytes: int = 4 << 30
-    insecure_registries: tuple[str, ...] = ()  # host[:port]s pulled from over plain HTTP
 
 
 @dataclass(frozen=True)
@@ -115,6 +104,8 @@ class Settings:
       HTTPS to a domain with header rules (``EMBERBOX_EGRESS_CA``); the system's are trusted.
     * template_snapshots - gVisor creates restore a snapshot of their template taken once
       (``EMBERBOX_TEMPLATE_SNAPSHOTS``, default on; ``0`` boots every sandbox).
+    * builds - how the node runs template builds (``node.builds.BuildSettings``).
+    * max_upload_bytes - the largest file upload for a build (``EMBERBOX_MAX_UPLOAD_BYTES``).
     """
 
     data_dir: Path = Path("/var/lib/emberbox")
@@ -144,6 +135,7 @@ class Settings:
     limits: Limits = field(default_factory=Limits)
     capacity: Capacity = field(default_factory=Capacity)
     builds: BuildSettings = field(default_factory=BuildSettings)
+    max_upload_bytes: int = 4 << 30
 
     @property
     def resolved_runtime(self) -> str:
@@ -239,15 +231,8 @@ class Settings:
             warm_pool=PoolSettings.from_env(e),
             limits=limits,
             capacity=capacity,
-            builds=BuildSettings(
-                max_concurrent=whole("EMBERBOX_MAX_CONCURRENT_BUILDS", 1),
-                max_queued=whole("EMBERBOX_MAX_QUEUED_BUILDS", 8),
-                cpu_count=whole("EMBERBOX_BUILD_CPUS", 1),
-                max_upload_bytes=whole("EMBERBOX_MAX_UPLOAD_BYTES", 4 << 30),
-                insecure_registries=tuple(
-                    h for h in e.get("EMBERBOX_INSECURE_REGISTRIES", "").split(",") if h
-                ),
-            ),
+            builds=BuildSettings.from_env(e),
+            max_upload_bytes=whole("EMBERBOX_MAX_UPLOAD_BYTES", 4 << 30),
         )
 
 

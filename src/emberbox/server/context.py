@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from ..node.builds import NodeBuilds
 from ..node.client import EmbeddedNode, NodeClient, RemoteNode
 from ..runtimes import select_runtime
 from .auth.store import Principal, authenticate
@@ -50,6 +51,7 @@ def make_node(settings: Settings) -> tuple[NodeClient, list[InstanceLock]]:
         settings.data_dir / "node",
         dead_check_every_s=settings.dead_check_interval_s,
         pool=settings.warm_pool,
+        builds=NodeBuilds.for_runtime(settings.data_dir, runtime, settings.builds),
     )
     return node, [lock]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from .store import Template, TemplateError
 
@@ -52,6 +52,7 @@ class BootFailed(TemplateError):
     """A built template did not come up (envd or its ready check never answered)."""
 
 
+@runtime_checkable
 class StepRunner(Protocol):
     async def run_step(self, step: Step) -> int:
         """Run the step; returns its exit code."""

@@ -17,7 +17,7 @@ SANDBOX_STATUS_RUNNING: SandboxStatus
 SANDBOX_STATUS_PAUSED: SandboxStatus
 
 class Capabilities(_message.Message):
-    __slots__ = ("pause", "snapshot", "fork", "egress_rules", "no_internet", "isolation", "header_rules", "egress_proxy")
+    __slots__ = ("pause", "snapshot", "fork", "egress_rules", "no_internet", "isolation", "header_rules", "egress_proxy", "builds")
     PAUSE_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     FORK_FIELD_NUMBER: _ClassVar[int]
@@ -26,6 +26,7 @@ class Capabilities(_message.Message):
     ISOLATION_FIELD_NUMBER: _ClassVar[int]
     HEADER_RULES_FIELD_NUMBER: _ClassVar[int]
     EGRESS_PROXY_FIELD_NUMBER: _ClassVar[int]
+    BUILDS_FIELD_NUMBER: _ClassVar[int]
     pause: bool
     snapshot: bool
     fork: bool
@@ -34,7 +35,8 @@ class Capabilities(_message.Message):
     isolation: bool
     header_rules: bool
     egress_proxy: bool
-    def __init__(self, pause: _Optional[bool] = ..., snapshot: _Optional[bool] = ..., fork: _Optional[bool] = ..., egress_rules: _Optional[bool] = ..., no_internet: _Optional[bool] = ..., isolation: _Optional[bool] = ..., header_rules: _Optional[bool] = ..., egress_proxy: _Optional[bool] = ...) -> None: ...
+    builds: bool
+    def __init__(self, pause: _Optional[bool] = ..., snapshot: _Optional[bool] = ..., fork: _Optional[bool] = ..., egress_rules: _Optional[bool] = ..., no_internet: _Optional[bool] = ..., isolation: _Optional[bool] = ..., header_rules: _Optional[bool] = ..., egress_proxy: _Optional[bool] = ..., builds: _Optional[bool] = ...) -> None: ...
 
 class InfoRequest(_message.Message):
     __slots__ = ()
@@ -390,3 +392,143 @@ class EgressLogResponse(_message.Message):
     records: _containers.RepeatedCompositeFieldContainer[EgressRecord]
     next: int
     def __init__(self, records: _Optional[_Iterable[_Union[EgressRecord, _Mapping]]] = ..., next: _Optional[int] = ...) -> None: ...
+
+class BuildFilesRequest(_message.Message):
+    __slots__ = ("template_id", "files_hashes")
+    TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
+    FILES_HASHES_FIELD_NUMBER: _ClassVar[int]
+    template_id: str
+    files_hashes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, template_id: _Optional[str] = ..., files_hashes: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class BuildFilesResponse(_message.Message):
+    __slots__ = ("missing",)
+    MISSING_FIELD_NUMBER: _ClassVar[int]
+    missing: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, missing: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PutBuildFileRequest(_message.Message):
+    __slots__ = ("template_id", "files_hash", "offset", "data", "last")
+    TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
+    FILES_HASH_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    template_id: str
+    files_hash: str
+    offset: int
+    data: bytes
+    last: bool
+    def __init__(self, template_id: _Optional[str] = ..., files_hash: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., last: _Optional[bool] = ...) -> None: ...
+
+class PutBuildFileResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RegistryLogin(_message.Message):
+    __slots__ = ("username", "password")
+    USERNAME_FIELD_NUMBER: _ClassVar[int]
+    PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    username: str
+    password: str
+    def __init__(self, username: _Optional[str] = ..., password: _Optional[str] = ...) -> None: ...
+
+class BuildStep(_message.Message):
+    __slots__ = ("type", "args", "files_hash", "force")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    ARGS_FIELD_NUMBER: _ClassVar[int]
+    FILES_HASH_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    args: _containers.RepeatedScalarFieldContainer[str]
+    files_hash: str
+    force: bool
+    def __init__(self, type: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., files_hash: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class StartBuildRequest(_message.Message):
+    __slots__ = ("build_id", "template_id", "store_name", "label", "from_template", "from_image", "registry", "steps", "start_cmd", "ready_cmd", "force", "memory_mb")
+    BUILD_ID_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
+    STORE_NAME_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    FROM_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    FROM_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    REGISTRY_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    START_CMD_FIELD_NUMBER: _ClassVar[int]
+    READY_CMD_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
+    build_id: str
+    template_id: str
+    store_name: str
+    label: str
+    from_template: str
+    from_image: str
+    registry: RegistryLogin
+    steps: _containers.RepeatedCompositeFieldContainer[BuildStep]
+    start_cmd: str
+    ready_cmd: str
+    force: bool
+    memory_mb: int
+    def __init__(self, build_id: _Optional[str] = ..., template_id: _Optional[str] = ..., store_name: _Optional[str] = ..., label: _Optional[str] = ..., from_template: _Optional[str] = ..., from_image: _Optional[str] = ..., registry: _Optional[_Union[RegistryLogin, _Mapping]] = ..., steps: _Optional[_Iterable[_Union[BuildStep, _Mapping]]] = ..., start_cmd: _Optional[str] = ..., ready_cmd: _Optional[str] = ..., force: _Optional[bool] = ..., memory_mb: _Optional[int] = ...) -> None: ...
+
+class StartBuildResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class BuildStatusRequest(_message.Message):
+    __slots__ = ("build_id", "from_seq")
+    BUILD_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_SEQ_FIELD_NUMBER: _ClassVar[int]
+    build_id: str
+    from_seq: int
+    def __init__(self, build_id: _Optional[str] = ..., from_seq: _Optional[int] = ...) -> None: ...
+
+class BuildLogLine(_message.Message):
+    __slots__ = ("seq", "at", "level", "message", "step")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    at: float
+    level: str
+    message: str
+    step: str
+    def __init__(self, seq: _Optional[int] = ..., at: _Optional[float] = ..., level: _Optional[str] = ..., message: _Optional[str] = ..., step: _Optional[str] = ...) -> None: ...
+
+class BuildStatusResponse(_message.Message):
+    __slots__ = ("status", "lines", "reason", "reason_step")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    REASON_STEP_FIELD_NUMBER: _ClassVar[int]
+    status: str
+    lines: _containers.RepeatedCompositeFieldContainer[BuildLogLine]
+    reason: str
+    reason_step: str
+    def __init__(self, status: _Optional[str] = ..., lines: _Optional[_Iterable[_Union[BuildLogLine, _Mapping]]] = ..., reason: _Optional[str] = ..., reason_step: _Optional[str] = ...) -> None: ...
+
+class CancelBuildRequest(_message.Message):
+    __slots__ = ("build_id",)
+    BUILD_ID_FIELD_NUMBER: _ClassVar[int]
+    build_id: str
+    def __init__(self, build_id: _Optional[str] = ...) -> None: ...
+
+class CancelBuildResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DeleteTemplateRequest(_message.Message):
+    __slots__ = ("template_id", "store_names")
+    TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
+    STORE_NAMES_FIELD_NUMBER: _ClassVar[int]
+    template_id: str
+    store_names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, template_id: _Optional[str] = ..., store_names: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DeleteTemplateResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -75,6 +75,7 @@ _STATUS: list[tuple[type[domain.LifecycleError], int]] = [
     (domain.NoCapacity, 503),
     (domain.GuestUnhealthy, 503),
     (domain.Unreachable, 502),
+    (domain.NodeFailed, 502),
     (domain.SandboxFailed, 500),
 ]
 

@@ -10,6 +10,7 @@ import re
 import secrets
 import string
 
+from ...node.builds import BUILD_PREFIX
 from ..lifecycle.errors import Invalid
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
@@ -44,7 +45,7 @@ def new_template_id() -> str:
     return "".join(secrets.choice(_ID_ALPHABET) for _ in range(20))
 
 
-STORE_PREFIX = "b-"
+STORE_PREFIX = BUILD_PREFIX
 
 
 def store_name(build_id: str) -> str:

@@ -9,17 +9,19 @@ ready build.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from ...templates.oci import Credentials, import_image
-from ...templates.spec import BuildSpec
-from ...templates.store import TemplateError, TemplateStore
+from ..._proto.node import node_pb2 as pb
+from ...node.client import NodeError
+from ...templates import sdk_steps
 from ...vocabulary import DEFAULT_CPU_COUNT, DEFAULT_DISK_MB, DEFAULT_MEMORY_MB
 from ..auth.store import Principal
 from ..config import Limits
@@ -28,8 +30,6 @@ from ..db.templates import BuildLogLine, TeamTemplate, TemplateBuild, TemplateTa
 from ..lifecycle.errors import Conflict, Invalid, NotFound, Unsupported
 from ..lifecycle.states import State
 from ..lifecycle.templates import TemplateCatalog, TemplateInfo
-from . import convert
-from .log import BuildLog
 from .names import (
     DEFAULT_TAG,
     check_name,
@@ -42,6 +42,8 @@ from .names import (
 from .runner import BuildJob, BuildRunner
 from .uploads import Uploads
 
+log = logging.getLogger("emberbox.builds")
+
 # What the SDK's from_base_image() asks for: our `base` template.
 BASE_IMAGES = frozenset({"e2bdev/base", "e2bdev/base:latest", "docker.io/e2bdev/base"})
 LOG_PAGE = 100
@@ -49,7 +51,7 @@ LOG_PAGE = 100
 BuiltinResolver = Callable[[str], TemplateInfo | None]
 
 
-def _credentials(registry: Mapping[str, Any]) -> Credentials:
+def _login(registry: Mapping[str, Any]) -> pb.RegistryLogin:
     """``fromImageRegistry``: a registry login; AWS and GCP registries are refused."""
     kind = registry.get("type")
     if kind != "registry":
@@ -60,28 +62,7 @@ def _credentials(registry: Mapping[str, Any]) -> Credentials:
     username, password = registry.get("username"), registry.get("password")
     if not isinstance(username, str) or not isinstance(password, str) or not username:
         raise Invalid("fromImageRegistry needs username and password")
-    return Credentials(username, password)
-
-
-@dataclass(frozen=True)
-class Parent:
-    """A build's starting point: a store template, or an image made into one when it runs."""
-
-    template: str | None = None
-    image: str | None = None
-    creds: Credentials | None = None
-
-    async def materialize(
-        self, store: TemplateStore, insecure: Sequence[str], log: BuildLog
-    ) -> tuple[str, str]:
-        """The store template's name and its default user (who the steps start as)."""
-        if self.template is not None:
-            return self.template, store.get(self.template).config.user
-        assert self.image is not None
-        log.add(f"FROM {self.image}")
-        tpl = await import_image(store, self.image, store.get("base"), creds=self.creds,
-                                 insecure=insecure, say=log.add)  # fmt: skip
-        return tpl.name, tpl.config.user
+    return pb.RegistryLogin(username=username, password=password)
 
 
 class BuiltinTemplates:
@@ -127,31 +108,23 @@ class TemplateService:
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
-        store: TemplateStore,
         uploads: Uploads,
-        runner: BuildRunner | None,
+        runner: BuildRunner,
         builtin: BuiltinResolver,
         limits: Limits,
-        refusal: str = "",
-        insecure_registries: Sequence[str] = (),
     ) -> None:
         self.sessions = sessions
-        self.store = store
         self.uploads = uploads
-        self.runner = runner
+        self.runner = runner  # hands builds to the node, which runs them where templates live
         self.builtin = builtin
         self.limits = limits
-        self.refusal = refusal  # why builds cannot run here (no runner)
-        self.insecure = tuple(insecure_registries)  # registries reached over plain HTTP
         self._pending_tags: dict[str, list[str]] = {}
 
     async def recover(self) -> None:
-        if self.runner is not None:
-            await self.runner.recover()
+        await self.runner.recover()
 
     async def close(self) -> None:
-        if self.runner is not None:
-            await self.runner.close()
+        await self.runner.close()
 
     # ---- lookups ------------------------------------------------------------------------------
 
@@ -281,58 +254,57 @@ class TemplateService:
     ) -> None:
         async with self.sessions() as s:
             tpl, build = await self._build(s, who, template_ref, build_id)
-            if build.status != "waiting" or (self.runner and self.runner.busy(build.id)):
+            if build.status != "waiting" or self.runner.busy(build.id):
                 raise Conflict(f"build '{build_id}' was already started (status {build.status})")
             steps = body.get("steps") or []
-            convert.check_steps(steps)
+            try:
+                sdk_steps.check_steps(steps)
+            except sdk_steps.InvalidStep as exc:
+                raise Invalid(str(exc)) from None
+            files: dict[str, Path] = {}
             for number, raw in enumerate(steps, 1):
                 files_hash = raw.get("filesHash")
-                if str(raw.get("type")).upper() == "COPY" and not self.uploads.present(
-                    tpl.id, str(files_hash)
-                ):
+                if str(raw.get("type")).upper() != "COPY":
+                    continue
+                if not self.uploads.present(tpl.id, str(files_hash)):
                     raise Invalid(f"step {number}: COPY {raw['args'][0]}: its files "
                                   f"({files_hash}) were not uploaded")  # fmt: skip
-            parent = await self._parent(s, who, body)
-        assert self.runner is not None  # _parent refused otherwise
-        context = self.uploads.context_dir(tpl.id)
-        tags = self._pending_tags.pop(build.id, [DEFAULT_TAG])
-        step_cpus, step_memory = self.runner.cpu_count, max(build.memory_mb, 1024)
-
-        async def prepare(log: BuildLog) -> BuildSpec:
-            name, user = await parent.materialize(self.store, self.insecure, log)
-            return convert.to_spec(
-                name, user, steps, context=context, force=bool(body.get("force")),
-                start_cmd=body.get("startCmd") or None, ready_cmd=body.get("readyCmd") or None,
-                cpu_count=step_cpus, memory_mb=step_memory,
-            )  # fmt: skip
+                files[str(files_hash)] = self.uploads.path(tpl.id, str(files_hash))
+            request = await self._parent(s, who, body)
+        request.MergeFrom(
+            pb.StartBuildRequest(
+                build_id=build.id, template_id=tpl.id, store_name=store_name(build.id),
+                label=f"{tpl.name} ({tpl.id})",
+                steps=[pb.BuildStep(type=str(raw.get("type")), args=raw.get("args") or [],
+                                    files_hash=str(raw.get("filesHash") or ""),
+                                    force=bool(raw.get("force"))) for raw in steps],
+                start_cmd=body.get("startCmd") or "", ready_cmd=body.get("readyCmd") or "",
+                force=bool(body.get("force")), memory_mb=max(build.memory_mb, 1024),
+            )
+        )  # fmt: skip
+        tags = self._pending_tags.get(build.id, [DEFAULT_TAG])
 
         async def on_ready(done_id: str) -> None:
             await self._assign(tpl.id, done_id, tags)
 
-        self.runner.submit(BuildJob(build.id, store_name(build.id), f"{tpl.name} ({tpl.id})",
-                                    prepare, on_ready))  # fmt: skip
+        await self.runner.submit(BuildJob(request, files, on_ready))
+        self._pending_tags.pop(build.id, None)
 
-    async def _parent(self, s: AsyncSession, who: Principal, body: Mapping[str, Any]) -> Parent:
-        """What the build starts from: a template in the store, or an image to pull."""
+    async def _parent(
+        self, s: AsyncSession, who: Principal, body: Mapping[str, Any]
+    ) -> pb.StartBuildRequest:
+        """What the build starts from: a template on the node, or an image it pulls."""
         image, template = body.get("fromImage"), body.get("fromTemplate")
         registry = body.get("fromImageRegistry")
         if bool(image) == bool(template):
             raise Invalid("give exactly one of fromImage and fromTemplate")
         if registry and not image:
             raise Invalid("fromImageRegistry applies only with fromImage")
-        creds = _credentials(registry) if registry else None
+        login = _login(registry) if registry else None
         if image and image not in BASE_IMAGES:
-            if self.runner is None:
-                raise Unsupported(self.refusal)
-            return Parent(image=str(image), creds=creds)
+            return pb.StartBuildRequest(from_image=str(image), registry=login)
         name = "base" if image else await self._parent_template(s, who, str(template))
-        if self.runner is None:  # after every check of the request, so those answer first
-            raise Unsupported(self.refusal)
-        try:
-            self.store.get(name)
-        except TemplateError:
-            raise NotFound(f"template '{template or image}' is not on this node") from None
-        return Parent(template=name)
+        return pb.StartBuildRequest(from_template=name)
 
     async def _parent_template(self, s: AsyncSession, who: Principal, ref: str) -> str:
         info = await self.resolve(who.team_id, ref)
@@ -452,16 +424,19 @@ class TemplateService:
         async with self.sessions.begin() as s:
             tpl = await self._template(s, who, template_ref)
             listed = await self._listed(s, tpl)
-            if self.runner is not None and any(self.runner.busy(b.id) for b in listed.builds):
+            if any(self.runner.busy(b.id) for b in listed.builds):
                 raise Conflict(f"template '{template_ref}' has a build in progress")
             for b in listed.builds:
                 await s.execute(delete(BuildLogLine).where(BuildLogLine.build_id == b.id))
             await s.execute(delete(TemplateTag).where(TemplateTag.template_id == tpl.id))
             await s.execute(delete(TemplateBuild).where(TemplateBuild.template_id == tpl.id))
             await s.delete(tpl)
-        for b in listed.builds:
-            if b.store_name and not await self._in_use(b.store_name):
-                self.store.delete(b.store_name)
+        unused = [b.store_name for b in listed.builds
+                  if b.store_name and not await self._in_use(b.store_name)]  # fmt: skip
+        try:
+            await self.runner.node.delete_template(tpl.id, unused)
+        except NodeError as exc:  # the rows are gone: the node's copies wait for gc
+            log.warning("template %s: the node kept its files: %s", tpl.id, exc.message)
         self.uploads.drop_template(tpl.id)
 
     async def _in_use(self, store: str) -> bool:

@@ -4,7 +4,8 @@
 ``PUT`` it: a URL on this API carrying a token signed with a key kept in the data dir, bound to
 the template and the hash and good for ``ttl_s``. Archives are stored as plain tar (a gzipped
 upload is unpacked as it arrives) under ``<data_dir>/template-files/<templateID>/<hash>.tar``;
-they are only ever unpacked inside a build sandbox.
+they are only ever unpacked inside a build sandbox. A remote node is sent the ones a build
+needs (``runner.BuildRunner``); an embedded node reads them here (the same layout).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import asyncio
 import hashlib
 import hmac
 import os
-import re
 import secrets
 import shutil
 import tarfile
@@ -22,9 +22,9 @@ import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from ...node.builds import FILES_DIR, HASH_RE
 from ..lifecycle.errors import Invalid, QuotaExceeded
 
-HASH_RE = re.compile(r"^[0-9a-f]{64}$")
 BAD = "bad_token"
 UPLOAD_PREFIX = "/_uploads/templates/"  # served outside API-key auth: the token is the check
 
@@ -49,7 +49,8 @@ class Uploads:
             fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as f:
                 f.write(secrets.token_bytes(32))
-        return cls(data_dir / "template-files", key_file.read_bytes(), max_bytes=max_bytes)
+        # The node's layout: an embedded node then reads these files where they are.
+        return cls(data_dir / FILES_DIR, key_file.read_bytes(), max_bytes=max_bytes)
 
     def context_dir(self, template_id: str) -> Path:
         return self.root / template_id

@@ -52,5 +52,9 @@ class SandboxFailed(LifecycleError):
     """The node could not start, pause, resume or stop the sandbox."""
 
 
+class NodeFailed(LifecycleError):
+    """The node could not be reached, or failed inside, outside any one sandbox."""
+
+
 class Unreachable(LifecycleError):
     """The sandbox did not answer a request the control plane made to it."""
