@@ -12,7 +12,10 @@ a real server on gVisor:
   conventions + pip + copy + boot check;
 * **from cache**: the same template again (every layer reused, nothing booted);
 * **create**: ``Sandbox.create(template)`` → first command's result, next to the same for
-  ``base``.
+  ``base``;
+* **from scratch on a remote node**: the same build through a server whose node is a separate
+  ``emberbox node`` (its own data dir for the server, so the uploaded files travel to the node
+  through ``PutBuildFile``), next to the embedded node's figure.
 
 The baseline, in the same run, does the same by hand: ``skopeo copy`` the image to an OCI
 layout, ``umoci unpack`` it to a root filesystem, ``chroot … python3 -m pip install`` the wheel
@@ -23,6 +26,7 @@ and ``tar`` the 1,000 files in. The envd bundle layer (made once per base versio
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -31,6 +35,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +51,7 @@ from emberbox.server.build_testing import (
     push,
     tiny_rootfs,
 )
+from emberbox.server.testing import NodeProcess, ServerProcess
 from emberbox.templates import hashing
 from emberbox.templates.oci import image_template_name
 from emberbox.templates.store import TemplateStore
@@ -136,6 +142,21 @@ def tti(template: str, command: str) -> tuple[float, str]:
         return time.monotonic() - started, out
 
 
+@contextlib.contextmanager
+def remote_node_server(tmp: Path, env: dict[str, str]) -> Iterator[ServerProcess]:
+    """``emberbox node`` on the bench data dir and a server with a data dir of its own."""
+    node = NodeProcess(data_dir(), "gvisor", env)
+    node.start()
+    reach = {"EMBERBOX_NODE_URL": node.url, "EMBERBOX_NODE_TOKEN": node.token}
+    server = ServerProcess(tmp / "remote-server", log_dir=tmp, env=reach)
+    try:
+        server.start(timeout_s=60)
+        yield server
+    finally:
+        server.stop()
+        node.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=3)
@@ -144,7 +165,8 @@ def main() -> None:
     if args.quick:
         args.n = 1
 
-    rows: dict[str, list[float]] = {k: [] for k in ("scratch", "cached", "create", "base", "hand")}
+    keys = ("scratch", "cached", "create", "base", "hand", "remote")
+    rows: dict[str, list[float]] = {k: [] for k in keys}
     with tempfile.TemporaryDirectory(prefix="emberbox-template-bench-") as tmp_dir:
         tmp = Path(tmp_dir)
         ctx = make_context(tmp / "context")
@@ -190,6 +212,14 @@ def main() -> None:
                     if i:
                         rows["create"].append(took)
                         rows["base"].append(base_took)
+            with remote_node_server(tmp, env) as server:
+                assert server.first_key
+                os.environ.update(server.sdk_env(server.first_key))
+                for _ in range(args.n):
+                    forget_image(store, ref)
+                    t = time.monotonic()
+                    Template.build(template(uuid.uuid4().hex), f"{name}-remote")
+                    rows["remote"].append(time.monotonic() - t)
             for _ in range(args.n):
                 rows["hand"].append(by_hand(tmp / "hand", ref, ctx))
 
@@ -197,10 +227,12 @@ def main() -> None:
     scratch = summary("build from scratch (API, e2b SDK)", rows["scratch"], "s")
     cached = summary("build from cache (API, e2b SDK)", rows["cached"], "s")
     hand = summary("baseline: skopeo + umoci + pip + tar by hand", rows["hand"], "s")
+    remote = summary("build from scratch, remote node", rows["remote"], "s")
     create = summary("create from it -> first command (e2b SDK)", rows["create"], "s")
     base = summary("baseline: create from base -> first command", rows["base"], "s")
     for what, row, against in (("scratch / by hand", scratch, hand),
                                ("cached / scratch", cached, scratch),
+                               ("remote node / embedded", remote, scratch),
                                ("create / create from base", create, base)):  # fmt: skip
         print(f"{'':44} {what}: median {row['median'] / against['median']:.3f}x,"
               f" p99 {row['p99'] / against['p99']:.3f}x")  # fmt: skip
