@@ -15,7 +15,6 @@ import hashlib
 import os
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -25,33 +24,10 @@ from e2b import BuildException, LogEntry, Sandbox, Template
 from emberbox.node.builds import FILES_DIR
 from emberbox.runtimes.gvisor import GVisorConfig
 from emberbox.server.testing import NodeProcess, ServerProcess
-from emberbox.templates.store import Template as StoredTemplate
 from emberbox.templates.store import TemplateStore
-from tests.api.conftest import point_sdks_at
-from tests.runtimes.gvisor_support import DATA_DIR, inventory
-
-from .support import data_dir_sharing_templates
+from tests.runtimes.gvisor_support import inventory
 
 pytestmark = pytest.mark.timeout(900)
-
-
-@pytest.fixture
-def remote(
-    tmp_path: Path, base_template: StoredTemplate, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[tuple[NodeProcess, ServerProcess]]:
-    node = NodeProcess(data_dir_sharing_templates(tmp_path / "node", DATA_DIR), "gvisor")
-    node.start()
-    server = ServerProcess(
-        tmp_path / "server", env={"EMBERBOX_NODE_URL": node.url, "EMBERBOX_NODE_TOKEN": node.token}
-    )
-    server.start()
-    assert server.first_key
-    point_sdks_at(server, server.first_key, monkeypatch)
-    try:
-        yield node, server
-    finally:
-        server.stop()
-        node.stop()
 
 
 def _context(where: Path) -> tuple[Path, str]:

@@ -126,3 +126,22 @@ def test_a_non_ascii_authorization_header_is_a_401_not_a_500(node: NodeProcess) 
         },
     )
     assert r.status_code == 401 and r.json()["code"] == "unauthenticated"
+
+
+def test_the_node_speaks_both_connect_codecs(node: NodeProcess) -> None:
+    """``application/proto`` (what RemoteNode sends) and ``application/json`` answer the same
+    message; a body that is not protobuf is a 400 in Connect's JSON error shape."""
+    from emberbox._proto.node import node_pb2 as pb
+
+    auth = {"Authorization": f"Bearer {node.token}"}
+    url = f"{node.url}/node.Node/Info"
+    binary = httpx.post(url, content=b"", headers={**auth, "Content-Type": "application/proto"})
+    assert binary.status_code == 200 and binary.headers["content-type"] == "application/proto"
+    as_json = httpx.post(url, content=b"{}", headers={**auth, "Content-Type": "application/json"})
+    info = pb.InfoResponse.FromString(binary.content)
+    assert info.runtime == as_json.json()["runtime"] == "process"
+    bad = httpx.post(f"{node.url}/node.Node/List", content=b"\xff\xff\xff",
+                     headers={**auth, "Content-Type": "application/proto"})  # fmt: skip
+    assert bad.status_code == 400 and bad.json()["code"] == "invalid_argument"
+    other = httpx.post(url, content=b"x", headers={**auth, "Content-Type": "text/plain"})
+    assert other.json()["code"] == "unimplemented"

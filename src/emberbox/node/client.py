@@ -1,7 +1,8 @@
 """How the control plane reaches a node: one typed client over the ``node.Node`` messages.
 
 :class:`EmbeddedNode` runs the node inside the server process (the default: nothing else to
-start); :class:`RemoteNode` talks to ``emberbox node`` over HTTP (Connect protocol, JSON).
+start); :class:`RemoteNode` talks to ``emberbox node`` over HTTP (Connect protocol, binary
+protobuf codec).
 Both pass the same request and response messages and turn Connect codes into the same
 :class:`NodeError` subclasses, so the control plane cannot tell them apart.
 """
@@ -16,7 +17,7 @@ from typing import TypeVar
 import httpx
 from google.protobuf.message import Message
 
-from .._connect.codec import decode_json, encode_json
+from .._connect.codec import decode_proto
 from .._connect.errors import Code, ConnectError
 from .._proto.node import node_pb2 as pb
 from ..runtimes.base import Runtime
@@ -24,6 +25,7 @@ from .builds import NodeBuilds
 from .orchestrator import Orchestrator
 from .pool import PoolSettings
 from .service import NodeService
+from .volumes.service import NodeVolumes
 
 M = TypeVar("M", bound=Message)
 
@@ -149,6 +151,38 @@ class NodeClient(abc.ABC):
         request = pb.DeleteTemplateRequest(template_id=template_id, store_names=store_names)
         await self._call("DeleteTemplate", request, pb.DeleteTemplateResponse)
 
+    async def create_volume(self, volume_id: str, size_mb: int) -> None:
+        request = pb.CreateVolumeRequest(volume_id=volume_id, size_mb=size_mb)
+        await self._call("CreateVolume", request, pb.CreateVolumeResponse)
+
+    async def delete_volume(self, volume_id: str) -> None:
+        request = pb.DeleteVolumeRequest(volume_id=volume_id)
+        await self._call("DeleteVolume", request, pb.DeleteVolumeResponse)
+
+    async def volume_list(self, volume_id: str, path: str, depth: int) -> Sequence[pb.VolumeEntry]:
+        request = pb.VolumeListRequest(volume_id=volume_id, path=path, depth=depth)
+        return tuple((await self._call("VolumeList", request, pb.VolumeListResponse)).entries)
+
+    async def volume_stat(self, volume_id: str, path: str) -> pb.VolumeEntry:
+        request = pb.VolumePathRequest(volume_id=volume_id, path=path)
+        return (await self._call("VolumeStat", request, pb.VolumeEntryResponse)).entry
+
+    async def volume_make_dir(self, request: pb.VolumeChangeRequest) -> pb.VolumeEntry:
+        return (await self._call("VolumeMakeDir", request, pb.VolumeEntryResponse)).entry
+
+    async def volume_update(self, request: pb.VolumeChangeRequest) -> pb.VolumeEntry:
+        return (await self._call("VolumeUpdate", request, pb.VolumeEntryResponse)).entry
+
+    async def volume_remove(self, volume_id: str, path: str) -> None:
+        request = pb.VolumePathRequest(volume_id=volume_id, path=path)
+        await self._call("VolumeRemove", request, pb.VolumeRemoveResponse)
+
+    async def volume_read(self, request: pb.VolumeReadRequest) -> pb.VolumeReadResponse:
+        return await self._call("VolumeRead", request, pb.VolumeReadResponse)
+
+    async def volume_write(self, request: pb.VolumeWriteRequest) -> pb.VolumeEntryResponse:
+        return await self._call("VolumeWrite", request, pb.VolumeEntryResponse)
+
     async def claim(self, spec: pb.SandboxSpec) -> str:
         """The id of a pooled sandbox fitting ``spec``, now reserved for a Create; "" if none."""
         return (await self._call("Claim", pb.ClaimRequest(spec=spec), pb.ClaimResponse)).sandbox_id
@@ -164,11 +198,18 @@ class EmbeddedNode(NodeClient):
         *,
         pool: PoolSettings | None = None,
         builds: NodeBuilds | None = None,
+        data_dir: Path | None = None,
         **orchestrator_options: float,
     ) -> None:
+        """``data_dir``: where the node keeps volumes (none without it)."""
         self.orchestrator = Orchestrator(runtime, state_dir, pool=pool, **orchestrator_options)
         self.builds = builds
-        self.service = NodeService(self.orchestrator, builds=builds)
+        self.volumes = (
+            NodeVolumes.for_runtime(data_dir, runtime, self.orchestrator.volumes_in_use)
+            if data_dir is not None
+            else None
+        )
+        self.service = NodeService(self.orchestrator, builds=builds, volumes=self.volumes)
 
     async def start(self) -> None:
         await self.orchestrator.start()
@@ -178,6 +219,8 @@ class EmbeddedNode(NodeClient):
     async def close(self) -> None:
         if self.builds is not None:
             await self.builds.close()
+        if self.volumes is not None:
+            await self.volumes.close()
         await self.orchestrator.close()
 
     async def _call(self, method: str, request: Message, response_type: type[M]) -> M:
@@ -207,14 +250,14 @@ class RemoteNode(NodeClient):
         try:
             response = await self._http.post(
                 f"{self.url}/node.Node/{method}",
-                content=encode_json(request),
-                headers={"Content-Type": "application/json"},
+                content=request.SerializeToString(),
+                headers={"Content-Type": "application/proto"},
             )
         except httpx.HTTPError as exc:
             raise NodeUnavailable(Code.UNAVAILABLE, f"node at {self.url}: {exc}") from exc
         if response.status_code != 200:
             raise node_error(ConnectError.from_http(response.status_code, response.content))
         try:
-            return decode_json(response.content, response_type)
+            return decode_proto(response.content, response_type)
         except ConnectError as err:
             raise NodeUnavailable(Code.INTERNAL, f"node sent an unreadable answer: {err}") from err

@@ -183,7 +183,8 @@ class Orchestrator:
         async with self._locks.hold(spec.sandbox_id):
             if spec.sandbox_id in self._held:
                 raise SandboxExists(f"sandbox {spec.sandbox_id} already exists on this node")
-            record = SandboxRecord(spec.sandbox_id, spec.template_id, time.time())
+            record = SandboxRecord(spec.sandbox_id, spec.template_id, time.time(),
+                                   volumes=[v.volume_id for v in spec.volumes])  # fmt: skip
             self.records.save(record)  # before any resource exists: a crash now is recoverable
             self._held[spec.sandbox_id] = record
             try:
@@ -387,6 +388,10 @@ class Orchestrator:
             )
         except HandshakeFailed as exc:
             raise BootFailed(f"sandbox {sandbox.sandbox_id}: {exc}") from None
+
+    def volumes_in_use(self) -> set[str]:
+        """The volumes the sandboxes held here mount (even those still starting)."""
+        return {v for record in self._held.values() for v in record.volumes}
 
     def list(self) -> builtins.list[SandboxRecord]:
         """Sandboxes this node holds once created (a kill under way still holds them)."""

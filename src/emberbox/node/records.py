@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+ALL_VOLUMES = "*"
 
 
 @dataclass
@@ -24,6 +26,9 @@ class SandboxRecord:
     envd_version: str = ""
     # The sandbox's trust store holds the egress gateway's CA (header rules were given).
     trusts_egress_ca: bool = False
+    # The volumes it mounts: they stay mounted, and cannot be deleted, while it lives. A
+    # record from before records named them holds ALL_VOLUMES: any volume may be mounted.
+    volumes: list[str] = field(default_factory=list)
 
 
 class RecordStore:
@@ -45,7 +50,9 @@ class RecordStore:
             return out
         for path in self.directory.glob("*.json"):
             try:
-                record = SandboxRecord(**json.loads(path.read_text()))
+                data = json.loads(path.read_text())
+                data.setdefault("volumes", [ALL_VOLUMES])
+                record = SandboxRecord(**data)
             except (ValueError, TypeError):
                 path.unlink(missing_ok=True)  # torn write or an older format: not adoptable
                 continue

@@ -20,6 +20,7 @@ from .builds import BuildSettings, NodeBuilds
 from .orchestrator import Orchestrator
 from .pool import PoolSettings
 from .service import NodeService
+from .volumes.service import NodeVolumes
 
 
 class _Server(uvicorn.Server):
@@ -56,7 +57,8 @@ async def serve_node(
     node_builds = NodeBuilds.for_runtime(data_dir, runtime, builds or BuildSettings())
     if node_builds is not None:
         node_builds.start()
-    service = NodeService(orchestrator, builds=node_builds)
+    volumes = NodeVolumes.for_runtime(data_dir, runtime, orchestrator.volumes_in_use)
+    service = NodeService(orchestrator, builds=node_builds, volumes=volumes)
     config = uvicorn.Config(
         node_app(service, token),
         host=host,
@@ -85,4 +87,6 @@ async def serve_node(
     finally:
         if node_builds is not None:
             await node_builds.close()
+        if volumes is not None:
+            await volumes.close()
         await orchestrator.close()

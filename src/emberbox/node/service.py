@@ -8,6 +8,7 @@ same messages, so the in-process default exercises the very contract a remote no
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 import socket
@@ -51,6 +52,8 @@ from .builds import (
 )
 from .orchestrator import BootFailed, Orchestrator, SandboxExists, SandboxNotFound
 from .records import SandboxRecord
+from .volumes.handlers import VolumeHandlers
+from .volumes.service import NodeVolumes, VolumeMissing
 
 log = logging.getLogger("emberbox.node")
 
@@ -91,14 +94,7 @@ def _spec(s: pb.SandboxSpec) -> SandboxSpec:
             s.header_rules,
             s.egress_proxy if s.HasField("egress_proxy") else None,
         ),
-        volumes=tuple(_volume(v) for v in s.volume_mounts),
     )
-
-
-def _volume(v: pb.VolumeMount) -> VolumeMount:
-    """Node messages may come from any client: only absolute, plain paths (the runtime then
-    accepts only its own volume directories as sources)."""
-    return VolumeMount(check_mount_path(v.source), check_mount_path(v.path))
 
 
 def _policy(
@@ -146,7 +142,7 @@ def _connect_error(exc: Exception) -> ConnectError:
         return exc
     if isinstance(exc, SandboxNotFound | SandboxGone):
         return ConnectError(Code.NOT_FOUND, f"sandbox {exc} not found on this node")
-    if isinstance(exc, UnknownTemplate | BuildParentMissing | BuildUnknown):
+    if isinstance(exc, UnknownTemplate | BuildParentMissing | BuildUnknown | VolumeMissing):
         return ConnectError(Code.NOT_FOUND, str(exc))
     if isinstance(exc, SandboxExists):
         return ConnectError(Code.ALREADY_EXISTS, str(exc))
@@ -181,9 +177,11 @@ class NodeService:
         orchestrator: Orchestrator,
         node_id: str | None = None,
         builds: NodeBuilds | None = None,
+        volumes: NodeVolumes | None = None,
     ) -> None:
         self.orchestrator = orchestrator
         self._builds = builds
+        self._volumes = volumes
         self.node_id = node_id or socket.gethostname()
         self.boot_id = secrets.token_hex(8)
         self.handlers: dict[str, tuple[type[Message], Handler]] = {
@@ -206,6 +204,7 @@ class NodeService:
             "/node.Node/BuildStatus": (pb.BuildStatusRequest, self.build_status),
             "/node.Node/CancelBuild": (pb.CancelBuildRequest, self.cancel_build),
             "/node.Node/DeleteTemplate": (pb.DeleteTemplateRequest, self.delete_template),
+            **VolumeHandlers(lambda: self.volumes).handlers,
         }
 
     @property
@@ -239,6 +238,7 @@ class NodeService:
                 no_internet=caps.no_internet,
                 isolation=self.runtime.isolation,
                 builds=self._builds is not None,
+                volumes=self._volumes is not None,
             ),
             pools=[
                 pb.PoolStatus(
@@ -262,7 +262,16 @@ class NodeService:
         self._check_proxy(spec.network)
         s = request.spec
         previous = s.snapshot.access_token if spec.snapshot is not None else ""
-        record = await self.orchestrator.create(spec, s.access_token, previous_token=previous)
+        if not s.volume_mounts:
+            record = await self.orchestrator.create(spec, s.access_token, previous_token=previous)
+            return pb.CreateResponse(sandbox=_sandbox(record))
+        # The volumes are mounted and in use until the sandbox's record names them.
+        ids = [v.volume_id for v in s.volume_mounts]
+        async with self.volumes.using(ids) as roots:
+            mounts = tuple(VolumeMount(str(root), check_mount_path(v.path), v.volume_id)
+                           for root, v in zip(roots, s.volume_mounts, strict=True))  # fmt: skip
+            spec = dataclasses.replace(spec, volumes=mounts)
+            record = await self.orchestrator.create(spec, s.access_token, previous_token=previous)
         return pb.CreateResponse(sandbox=_sandbox(record))
 
     async def claim(self, request: pb.ClaimRequest) -> pb.ClaimResponse:
@@ -346,6 +355,13 @@ class NodeService:
     async def resume(self, request: pb.ResumeRequest) -> pb.ResumeResponse:
         record = await self.orchestrator.resume(request.sandbox_id)
         return pb.ResumeResponse(sandbox=_sandbox(record))
+
+    @property
+    def volumes(self) -> NodeVolumes:
+        if self._volumes is None:
+            raise CapabilityMissing(f"volumes need the gVisor runtime (this node runs "
+                                    f"{self.runtime.name})")  # fmt: skip
+        return self._volumes
 
     # ---- template builds ----------------------------------------------------------------------
 

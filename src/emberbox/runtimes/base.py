@@ -57,6 +57,7 @@ class Capabilities:
     header_rules: bool = False  # honours NetworkPolicy.rewrites (an egress gateway with a CA)
     egress_proxy: bool = False  # honours NetworkPolicy.proxy (SOCKS5 from the gateway)
     no_internet: bool = True  # honours NetworkPolicy(allow_internet=False)
+    volumes: bool = False  # binds volume directories into sandboxes (SandboxSpec.volumes)
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ class VolumeMount:
 
     source: str
     path: str
+    volume_id: str = ""
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ def make_node(settings: Settings) -> tuple[NodeClient, list[InstanceLock]]:
         dead_check_every_s=settings.dead_check_interval_s,
         pool=settings.warm_pool,
         builds=NodeBuilds.for_runtime(settings.data_dir, runtime, settings.builds),
+        data_dir=settings.data_dir,
     )
     return node, [lock]
 

@@ -17,7 +17,7 @@ SANDBOX_STATUS_RUNNING: SandboxStatus
 SANDBOX_STATUS_PAUSED: SandboxStatus
 
 class Capabilities(_message.Message):
-    __slots__ = ("pause", "snapshot", "fork", "egress_rules", "no_internet", "isolation", "header_rules", "egress_proxy", "builds")
+    __slots__ = ("pause", "snapshot", "fork", "egress_rules", "no_internet", "isolation", "header_rules", "egress_proxy", "builds", "volumes")
     PAUSE_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     FORK_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +27,7 @@ class Capabilities(_message.Message):
     HEADER_RULES_FIELD_NUMBER: _ClassVar[int]
     EGRESS_PROXY_FIELD_NUMBER: _ClassVar[int]
     BUILDS_FIELD_NUMBER: _ClassVar[int]
+    VOLUMES_FIELD_NUMBER: _ClassVar[int]
     pause: bool
     snapshot: bool
     fork: bool
@@ -36,7 +37,8 @@ class Capabilities(_message.Message):
     header_rules: bool
     egress_proxy: bool
     builds: bool
-    def __init__(self, pause: _Optional[bool] = ..., snapshot: _Optional[bool] = ..., fork: _Optional[bool] = ..., egress_rules: _Optional[bool] = ..., no_internet: _Optional[bool] = ..., isolation: _Optional[bool] = ..., header_rules: _Optional[bool] = ..., egress_proxy: _Optional[bool] = ..., builds: _Optional[bool] = ...) -> None: ...
+    volumes: bool
+    def __init__(self, pause: _Optional[bool] = ..., snapshot: _Optional[bool] = ..., fork: _Optional[bool] = ..., egress_rules: _Optional[bool] = ..., no_internet: _Optional[bool] = ..., isolation: _Optional[bool] = ..., header_rules: _Optional[bool] = ..., egress_proxy: _Optional[bool] = ..., builds: _Optional[bool] = ..., volumes: _Optional[bool] = ...) -> None: ...
 
 class InfoRequest(_message.Message):
     __slots__ = ()
@@ -142,12 +144,12 @@ class Header(_message.Message):
     def __init__(self, name: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
 
 class VolumeMount(_message.Message):
-    __slots__ = ("source", "path")
-    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("path", "volume_id")
     PATH_FIELD_NUMBER: _ClassVar[int]
-    source: str
+    VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
     path: str
-    def __init__(self, source: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
+    volume_id: str
+    def __init__(self, path: _Optional[str] = ..., volume_id: _Optional[str] = ...) -> None: ...
 
 class Snapshot(_message.Message):
     __slots__ = ("snapshot_id", "runtime", "path", "template_id", "access_token", "size_bytes")
@@ -532,3 +534,153 @@ class DeleteTemplateRequest(_message.Message):
 class DeleteTemplateResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class CreateVolumeRequest(_message.Message):
+    __slots__ = ("volume_id", "size_mb")
+    VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
+    SIZE_MB_FIELD_NUMBER: _ClassVar[int]
+    volume_id: str
+    size_mb: int
+    def __init__(self, volume_id: _Optional[str] = ..., size_mb: _Optional[int] = ...) -> None: ...
+
+class CreateVolumeResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DeleteVolumeRequest(_message.Message):
+    __slots__ = ("volume_id",)
+    VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
+    volume_id: str
+    def __init__(self, volume_id: _Optional[str] = ...) -> None: ...
+
+class DeleteVolumeResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class VolumeEntry(_message.Message):
+    __slots__ = ("name", "type", "path", "size", "mode", "uid", "gid", "atime", "mtime", "ctime", "target")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    GID_FIELD_NUMBER: _ClassVar[int]
+    ATIME_FIELD_NUMBER: _ClassVar[int]
+    MTIME_FIELD_NUMBER: _ClassVar[int]
+    CTIME_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    type: str
+    path: str
+    size: int
+    mode: int
+    uid: int
+    gid: int
+    atime: float
+    mtime: float
+    ctime: float
+    target: str
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., path: _Optional[str] = ..., size: _Optional[int] = ..., mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., atime: _Optional[float] = ..., mtime: _Optional[float] = ..., ctime: _Optional[float] = ..., target: _Optional[str] = ...) -> None: ...
+
+class VolumePathRequest(_message.Message):
+    __slots__ = ("volume_id", "path")
+    VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    volume_id: str
+    path: str
+    def __init__(self, volume_id: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
+
+class VolumeListRequest(_message.Message):
+    __slots__ = ("volume_id", "path", "depth")
+    VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    DEPTH_FIELD_NUMBER: _ClassVar[int]
+    volume_id: str
+    path: str
+    depth: int
+    def __init__(self, volume_id: _Optional[str] = ..., path: _Optional[str] = ..., depth: _Optional[int] = ...) -> None: ...
+
+class VolumeListResponse(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[VolumeEntry]
+    def __init__(self, entries: _Optional[_Iterable[_Union[VolumeEntry, _Mapping]]] = ...) -> None: ...
+
+class VolumeOwner(_message.Message):
+    __slots__ = ("uid", "gid", "mode")
+    UID_FIELD_NUMBER: _ClassVar[int]
+    GID_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    uid: int
+    gid: int
+    mode: int
+    def __init__(self, uid: _Optional[int] = ..., gid: _Optional[int] = ..., mode: _Optional[int] = ...) -> None: ...
+
+class VolumeChangeRequest(_message.Message):
+    __slots__ = ("volume_id", "path", "owner", "parents")
+    VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    PARENTS_FIELD_NUMBER: _ClassVar[int]
+    volume_id: str
+    path: str
+    owner: VolumeOwner
+    parents: bool
+    def __init__(self, volume_id: _Optional[str] = ..., path: _Optional[str] = ..., owner: _Optional[_Union[VolumeOwner, _Mapping]] = ..., parents: _Optional[bool] = ...) -> None: ...
+
+class VolumeEntryResponse(_message.Message):
+    __slots__ = ("entry",)
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    entry: VolumeEntry
+    def __init__(self, entry: _Optional[_Union[VolumeEntry, _Mapping]] = ...) -> None: ...
+
+class VolumeRemoveResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class VolumeReadRequest(_message.Message):
+    __slots__ = ("volume_id", "path", "offset", "length", "read_id", "done")
+    VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    READ_ID_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    volume_id: str
+    path: str
+    offset: int
+    length: int
+    read_id: str
+    done: bool
+    def __init__(self, volume_id: _Optional[str] = ..., path: _Optional[str] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ..., read_id: _Optional[str] = ..., done: _Optional[bool] = ...) -> None: ...
+
+class VolumeReadResponse(_message.Message):
+    __slots__ = ("data", "size")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    size: int
+    def __init__(self, data: _Optional[bytes] = ..., size: _Optional[int] = ...) -> None: ...
+
+class VolumeWriteRequest(_message.Message):
+    __slots__ = ("volume_id", "path", "write_id", "offset", "data", "last", "abort", "owner", "parents")
+    VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    WRITE_ID_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    ABORT_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    PARENTS_FIELD_NUMBER: _ClassVar[int]
+    volume_id: str
+    path: str
+    write_id: str
+    offset: int
+    data: bytes
+    last: bool
+    abort: bool
+    owner: VolumeOwner
+    parents: bool
+    def __init__(self, volume_id: _Optional[str] = ..., path: _Optional[str] = ..., write_id: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., last: _Optional[bool] = ..., abort: _Optional[bool] = ..., owner: _Optional[_Union[VolumeOwner, _Mapping]] = ..., parents: _Optional[bool] = ...) -> None: ...

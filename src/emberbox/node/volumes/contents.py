@@ -4,13 +4,13 @@ Sandboxes write to volumes too, so a volume may hold symlinks to anywhere on the
 path is therefore walked one component at a time from the root's file descriptor with
 ``O_NOFOLLOW``: a symlink is never followed (it is reported as one, or refused as a parent),
 ``..`` is refused, and a rename racing the walk cannot move it outside the volume. The
-functions block; callers run them in a thread.
+functions block; callers run them in a thread. Entries are dicts with the content API's field
+names (times as unix seconds).
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import os
 import shutil
 import stat
@@ -21,7 +21,6 @@ from typing import Any
 
 from ...vocabulary import DEFAULT_UID
 
-CHUNK = 1 << 20
 MAX_DEPTH = 32
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -126,10 +125,6 @@ def _chmod(dir_fd: int, name: str, mode: int) -> None:
         os.close(fd)
 
 
-def _time(seconds: float) -> str:
-    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat().replace("+00:00", "Z")
-
-
 def _entry(parts: list[str], st: os.stat_result, target: str | None) -> dict[str, Any]:
     kind = (
         "directory" if stat.S_ISDIR(st.st_mode)
@@ -145,9 +140,9 @@ def _entry(parts: list[str], st: os.stat_result, target: str | None) -> dict[str
         "mode": stat.S_IMODE(st.st_mode),
         "uid": st.st_uid,
         "gid": st.st_gid,
-        "atime": _time(st.st_atime),
-        "mtime": _time(st.st_mtime),
-        "ctime": _time(st.st_ctime),
+        "atime": st.st_atime,
+        "mtime": st.st_mtime,
+        "ctime": st.st_ctime,
     }
     if target is not None:
         entry["target"] = target
@@ -239,14 +234,11 @@ def open_file(root: Path, path: str) -> tuple[int, int]:
     return fd, st.st_size
 
 
-def read_chunks(fd: int, size: int) -> Iterator[bytes]:
-    """The file's first ``size`` bytes (what Content-Length announced, though a sandbox may
-    be appending); closes ``fd`` at the end (or when the consumer stops)."""
+def read_at(root: Path, path: str, offset: int, length: int) -> tuple[bytes, int]:
+    """Up to ``length`` bytes of a regular file from ``offset``, and the file's size now."""
+    fd, size = open_file(root, path)
     try:
-        left = size
-        while left > 0 and (chunk := os.read(fd, min(CHUNK, left))):
-            left -= len(chunk)
-            yield chunk
+        return os.pread(fd, max(0, min(length, size - offset)), offset), size
     finally:
         os.close(fd)
 

@@ -1,10 +1,6 @@
 """Where volumes live on the node: ``<data_dir>/volumes/<id>/`` holds ``disk.img``, a sparse
-ext4 whose size is the volume's hard quota, mounted at ``data/``.
-
-A volume stays mounted while any sandbox may use it: runsc's gofer holds the mount open, and
-mounting the image a second time beside a live mount would corrupt it. So ``open`` mounts only
-what is not mounted, and ``close`` unmounts only the volumes no live sandbox mounts.
-"""
+ext4 whose size is the volume's hard quota, mounted at ``data/``. When to mount and unmount is
+``service.NodeVolumes``'s call."""
 
 from __future__ import annotations
 
@@ -30,6 +26,14 @@ class VolumeStore:
         if not is_volume_id(volume_id):
             raise ValueError(f"not a volume id: {volume_id!r}")
         return self.root / volume_id
+
+    def exists(self, volume_id: str) -> bool:
+        return (self._dir(volume_id) / "disk.img").exists()
+
+    def ids(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if is_volume_id(p.name))
 
     def data(self, volume_id: str) -> Path:
         """The mounted directory: what sandboxes see at their mount path."""
@@ -69,7 +73,11 @@ class VolumeStore:
                 log.error("volume %s cannot be mounted: %s", volume_id, e)
 
     async def unmount(self, volume_id: str) -> None:
-        await rootfs.unmount(self._dir(volume_id) / "data")
+        """Never lazily: a volume still busy (a sandbox this node did not know of, a record
+        from an older node) stays mounted rather than being detached under it."""
+        data = self._dir(volume_id) / "data"
+        if rootfs.mounted(data):
+            await _proc.run("umount", str(data))
 
     async def remove(self, volume_id: str) -> None:
         """Unmount and delete the volume's image: only once no sandbox mounts it."""

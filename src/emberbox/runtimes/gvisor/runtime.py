@@ -72,7 +72,7 @@ class GVisorRuntime(Runtime):
     name = "gvisor"
     capabilities = Capabilities(
         pause=True, snapshot=True, fork=True, egress_rules=True, header_rules=True,
-        egress_proxy=True,
+        egress_proxy=True, volumes=True,
     )  # fmt: skip
     orphan_names = frozenset({"exe"})  # runsc re-executes itself as /proc/self/exe
 

@@ -5,23 +5,26 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
-import errno
 import math
-from pathlib import Path
-from typing import Annotated, Any, Literal
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Body, Depends, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
-from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 from starlette.status import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
+from ..._connect.errors import Code
+from ..._proto.node import node_pb2 as pb
+from ...node.client import NodeError
+from ...node.volumes.contents import MAX_DEPTH, ContentError, Owner
 from ..db.models import Volume
 from ..lifecycle.errors import NotFound
-from ..volumes import contents
-from ..volumes.contents import ContentError, Owner
 from ..volumes.service import VolumeService
 from .deps import Caller
 from .errors import ApiError
@@ -112,13 +115,16 @@ async def delete_volume(who: Caller, svc: Volumes, volume_id: str) -> Response:
 
 Authorization = Annotated[str | None, Header()]
 PathParam = Annotated[str, Query(max_length=4096)]
+CHUNK = 512 << 10  # of a read or write call to the node: its requests stay under 1 MiB as JSON
+FLUSH_S = 20.0  # an upload's bytes wait at most this long here (the node drops one idle 60 s)
+T = TypeVar("T")
 
 
-async def volume_root(
+async def authorized_volume(
     request: Request, svc: Volumes, volume_id: str, authorization: Authorization = None
-) -> Path:
-    """The volume's directory for a caller holding its token. Wrong tokens draw from a bucket
-    per client address, as wrong API keys do, so tokens cannot be guessed at speed."""
+) -> str:
+    """The volume, for a caller holding its token. Wrong tokens draw from a bucket per client
+    address, as wrong API keys do, so tokens cannot be guessed at speed."""
     try:
         return await svc.authorize(volume_id, authorization)
     except NotFound:
@@ -131,94 +137,126 @@ async def volume_root(
         raise
 
 
-VolumeRoot = Annotated[Path, Depends(volume_root)]
+VolumeId = Annotated[str, Depends(authorized_volume)]
 
-
-# What the volume's filesystem may answer, as the caller's problem rather than ours.
-_ERRNO_STATUS = {
-    errno.ENOSPC: 507, errno.EDQUOT: 507, errno.ENAMETOOLONG: 400, errno.ENXIO: 400,
-    errno.ENOTEMPTY: 409, errno.EEXIST: 409, errno.ENOTDIR: 400, errno.EISDIR: 400,
-    errno.ENOENT: 404,
+# The node's answers (node.proto's volume calls), as the caller's problem or ours.
+_STATUS = {
+    Code.NOT_FOUND: 404, Code.INVALID_ARGUMENT: 400, Code.ALREADY_EXISTS: 409,
+    Code.FAILED_PRECONDITION: 409, Code.RESOURCE_EXHAUSTED: 507, Code.PERMISSION_DENIED: 403,
+    Code.UNAVAILABLE: 503, Code.UNIMPLEMENTED: 501,
 }  # fmt: skip
 
 
-def _owner(uid: int | None, gid: int | None, mode: int | None) -> Owner:
+async def _node(call: Awaitable[T]) -> T:
     try:
-        return Owner(uid, gid, mode)
+        return await call
+    except NodeError as e:
+        raise ApiError(_STATUS.get(e.code, 502), e.message) from None
+
+
+def _owner(uid: int | None, gid: int | None, mode: int | None) -> pb.VolumeOwner:
+    try:
+        Owner(uid, gid, mode)  # the ranges, checked before they are encoded
     except ContentError as e:
         raise ApiError(e.status, e.message) from None
+    return pb.VolumeOwner(uid=uid, gid=gid, mode=mode)
 
 
 def new_entry(
     uid: int | None = None, gid: int | None = None, mode: int | None = None, force: bool = False
-) -> tuple[Owner, bool]:
+) -> tuple[pb.VolumeOwner, bool]:
     """The query of a make-dir or an upload: the new entry's owner and mode, and whether its
     missing parents are made (``force``)."""
     return _owner(uid, gid, mode), force
 
 
-NewEntry = Annotated[tuple[Owner, bool], Depends(new_entry)]
+NewEntry = Annotated[tuple[pb.VolumeOwner, bool], Depends(new_entry)]
 
 
-async def _run(fn: Any, *args: Any) -> Any:
-    try:
-        return await run_in_threadpool(fn, *args)
-    except ContentError as e:
-        raise ApiError(e.status, e.message) from None
-    except PermissionError as e:
-        raise ApiError(403, f"not permitted: {e.strerror}") from None
-    except OSError as e:
-        status = _ERRNO_STATUS.get(e.errno or 0)
-        if status is None:
-            raise
-        raise ApiError(status, f"{e.strerror}") from None
+def _time(seconds: float) -> str:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def _entry(e: pb.VolumeEntry) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": e.name, "type": e.type, "path": e.path, "size": e.size, "mode": e.mode,
+        "uid": e.uid, "gid": e.gid, "atime": _time(e.atime), "mtime": _time(e.mtime),
+        "ctime": _time(e.ctime),
+    }  # fmt: skip
+    if e.HasField("target"):
+        out["target"] = e.target
+    return out
 
 
 @router.get(CONTENT_PREFIX + "{volume_id}/dir", response_model=list[VolumeEntryStat],
             responses=_errors(404), summary="List a volume directory")  # fmt: skip
-async def list_dir(root: VolumeRoot, path: PathParam, depth: int = 1) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = await _run(contents.list_dir, root, path, depth)
-    return out
+async def list_dir(
+    svc: Volumes, vid: VolumeId, path: PathParam, depth: int = 1
+) -> list[dict[str, Any]]:
+    if not 1 <= depth <= MAX_DEPTH:
+        raise ApiError(400, f"depth must be between 1 and {MAX_DEPTH}")
+    return [_entry(e) for e in await _node(svc.node.volume_list(vid, path, depth))]
 
 
 @router.get(CONTENT_PREFIX + "{volume_id}/path", response_model=VolumeEntryStat,
             responses=_errors(404), summary="A volume entry's metadata")  # fmt: skip
-async def stat_path(root: VolumeRoot, path: PathParam) -> dict[str, Any]:
-    out: dict[str, Any] = await _run(contents.stat_path, root, path)
-    return out
+async def stat_path(svc: Volumes, vid: VolumeId, path: PathParam) -> dict[str, Any]:
+    return _entry(await _node(svc.node.volume_stat(vid, path)))
 
 
 @router.patch(CONTENT_PREFIX + "{volume_id}/path", response_model=VolumeEntryStat,
               responses=_errors(404), summary="Change an entry's owner or mode")  # fmt: skip
 async def update_path(
-    root: VolumeRoot, path: PathParam, body: Annotated[EntryMetadata, Body()]
+    svc: Volumes, vid: VolumeId, path: PathParam, body: Annotated[EntryMetadata, Body()]
 ) -> dict[str, Any]:
-    owner = _owner(body.uid, body.gid, body.mode)
-    out: dict[str, Any] = await _run(contents.update, root, path, owner)
-    return out
+    change = pb.VolumeChangeRequest(volume_id=vid, path=path,
+                                    owner=_owner(body.uid, body.gid, body.mode))  # fmt: skip
+    return _entry(await _node(svc.node.volume_update(change)))
 
 
 @router.delete(CONTENT_PREFIX + "{volume_id}/path", status_code=HTTP_204_NO_CONTENT,
                responses=_errors(404), summary="Remove a file or a directory tree")  # fmt: skip
-async def remove_path(root: VolumeRoot, path: PathParam) -> Response:
-    await _run(contents.remove, root, path)
+async def remove_path(svc: Volumes, vid: VolumeId, path: PathParam) -> Response:
+    await _node(svc.node.volume_remove(vid, path))
     return Response(status_code=HTTP_204_NO_CONTENT)
 
 
 @router.post(CONTENT_PREFIX + "{volume_id}/dir", status_code=HTTP_201_CREATED,
              response_model=VolumeEntryStat, responses=_errors(404, 409),
              summary="Make a directory (force: its parents too)")  # fmt: skip
-async def make_dir(root: VolumeRoot, path: PathParam, entry: NewEntry) -> dict[str, Any]:
-    out: dict[str, Any] = await _run(contents.make_dir, root, path, *entry)
-    return out
+async def make_dir(svc: Volumes, vid: VolumeId, path: PathParam, entry: NewEntry) -> dict[str, Any]:
+    owner, parents = entry
+    change = pb.VolumeChangeRequest(volume_id=vid, path=path, owner=owner, parents=parents)
+    return _entry(await _node(svc.node.volume_make_dir(change)))
 
 
 @router.get(CONTENT_PREFIX + "{volume_id}/file", responses={**_errors(404), 200: {
     "content": {"application/octet-stream": {}}, "description": "The file's bytes"}},
     summary="Read a file")  # fmt: skip
-async def read_file(root: VolumeRoot, path: PathParam) -> StreamingResponse:
-    fd, size = await _run(contents.open_file, root, path)
-    return StreamingResponse(contents.read_chunks(fd, size), media_type="application/octet-stream",
+async def read_file(svc: Volumes, vid: VolumeId, path: PathParam) -> StreamingResponse:
+    """The file's first ``size`` bytes (what Content-Length announced, though a sandbox may
+    be appending), read from the node a chunk at a time from the file it opened first."""
+    read = pb.VolumeReadRequest(volume_id=vid, path=path, read_id=secrets.token_hex(8),
+                                length=CHUNK)  # fmt: skip
+    first = await _node(svc.node.volume_read(read))
+    size = first.size
+
+    async def rest() -> AsyncIterator[bytes]:
+        data = first.data
+        try:
+            while data:
+                yield data
+                read.offset += len(data)
+                if read.offset >= size:
+                    return
+                data = (await svc.node.volume_read(read)).data
+        finally:
+            if read.offset < size:  # the client left early: the node closes the file now
+                read.done = True
+                with contextlib.suppress(NodeError):
+                    await asyncio.shield(svc.node.volume_read(read))
+
+    return StreamingResponse(rest(), media_type="application/octet-stream",
                              headers={"Content-Length": str(size)})  # fmt: skip
 
 
@@ -226,15 +264,32 @@ async def read_file(root: VolumeRoot, path: PathParam) -> StreamingResponse:
             response_model=VolumeEntryStat, responses=_errors(404, 409, 507),
             summary="Write a file (replaced whole; force: parents are made)")  # fmt: skip
 async def write_file(
-    request: Request, root: VolumeRoot, path: PathParam, entry: NewEntry
+    request: Request, svc: Volumes, vid: VolumeId, path: PathParam, entry: NewEntry
 ) -> dict[str, Any]:
-    writer: contents.FileWriter = await _run(contents.FileWriter, root, path, *entry)
+    """Sent to the node in chunks under one write id; the target is replaced only at the end."""
+    owner, parents = entry
+    write = pb.VolumeWriteRequest(volume_id=vid, path=path, write_id=secrets.token_hex(8),
+                                  owner=owner, parents=parents)  # fmt: skip
+
+    async def send(data: bytes, last: bool) -> pb.VolumeEntryResponse:
+        write.data, write.last = data, last
+        answer = await _node(svc.node.volume_write(write))
+        write.offset += len(data)
+        return answer
+
+    pending, sent_at = bytearray(), time.monotonic()
     try:
         async for chunk in request.stream():
-            if chunk:
-                await _run(writer.write, chunk)
-        out: dict[str, Any] = await _run(writer.commit)
+            pending += chunk
+            # A slow client's bytes still reach the node before it drops an idle upload.
+            while len(pending) >= CHUNK or (pending and time.monotonic() - sent_at > FLUSH_S):
+                await send(bytes(pending[:CHUNK]), False)
+                del pending[:CHUNK]
+                sent_at = time.monotonic()
+        done = await send(bytes(pending), True)
     except BaseException:
-        await asyncio.shield(run_in_threadpool(writer.close))
+        write.abort, write.data = True, b""
+        with contextlib.suppress(NodeError, ApiError):
+            await asyncio.shield(svc.node.volume_write(write))
         raise
-    return out
+    return _entry(done.entry)

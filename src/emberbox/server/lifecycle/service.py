@@ -243,7 +243,9 @@ class SandboxService:
         )
         if req.source is not None:
             spec.snapshot.CopyFrom(snapshot_message(req.source))
-        spec.volume_mounts.extend(pb.VolumeMount(source=str(m.source), path=m.path) for m in mounts)
+        spec.volume_mounts.extend(
+            pb.VolumeMount(volume_id=m.volume_id, path=m.path) for m in mounts
+        )
         # A volume delete waits for this admission to commit (or sees its mount and refuses).
         volumes_held = self.volumes.lock if mounts and self.volumes else contextlib.nullcontext()
         async with volumes_held, self._admission, self.sessions.begin() as s:

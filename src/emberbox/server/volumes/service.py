@@ -1,8 +1,10 @@
 """Team volumes behind E2B's volume API: create, list, get and delete them, check the content
-API's bearer token, and turn a create's ``volumeMounts`` into host directories for the node.
+API's bearer token, and turn a create's ``volumeMounts`` into volumes for the node.
 
 A volume belongs to one team (another team gets 404). Its name is unique in the team; a
-sandbox mounts it by name. A volume that a live sandbox mounts cannot be deleted (409).
+sandbox mounts it by name. A volume that a live sandbox mounts cannot be deleted (409). The
+control plane owns names, teams and tokens; the node (embedded or remote) owns the disks and
+serves the content calls (``node.volumes``).
 """
 
 from __future__ import annotations
@@ -14,21 +16,27 @@ import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from ...host import rootfs
+from ..._connect.errors import Code
+from ...node.client import NodeClient, NodeError
 from ...runtimes.base import check_mount_path
 from ...vocabulary import is_volume_id, new_volume_id
 from ..auth.store import Principal
 from ..config import Limits
 from ..db import volumes as q
 from ..db.models import SandboxVolume, Volume
-from ..lifecycle.errors import Conflict, Invalid, NoCapacity, NotFound, QuotaExceeded, Unsupported
+from ..lifecycle.errors import (
+    Conflict,
+    Invalid,
+    NodeFailed,
+    NotFound,
+    QuotaExceeded,
+    Unsupported,
+)
 from ..lifecycle.states import State
-from .store import VolumeStore
 
 log = logging.getLogger(__name__)
 
@@ -46,24 +54,20 @@ class Mount:
     """One entry of a create's ``volumeMounts``, resolved: the volume and where it goes."""
 
     volume_id: str
-    source: Path
     path: str
 
 
 class VolumeService:
-    """**Parameters:** refusal - why this deployment serves no volumes ("" when it does)."""
+    """Serves volumes once :meth:`open` found that the node keeps them (else every call is
+    refused with 501: the process runtime binds none)."""
 
     def __init__(
-        self,
-        sessions: async_sessionmaker[AsyncSession],
-        store: VolumeStore,
-        limits: Limits,
-        refusal: str = "",
+        self, sessions: async_sessionmaker[AsyncSession], node: NodeClient, limits: Limits
     ) -> None:
         self.sessions = sessions
-        self.store = store
+        self.node = node
         self.limits = limits
-        self.refusal = refusal
+        self.refusal = "volumes are not served until the node answered"
         # Held by a delete from its check to its commit, and by a create that mounts volumes
         # until its mounts are committed: so a delete never removes a volume being mounted.
         self.lock = asyncio.Lock()
@@ -73,25 +77,14 @@ class VolumeService:
             raise Unsupported(self.refusal)
 
     async def open(self) -> None:
-        """Mount every volume that is not mounted (after a reboot, or a first start)."""
-        if self.refusal:
-            return
-        async with self.sessions() as s:
-            ids = await q.all_ids(s)
-        await self.store.mount_all(ids)
+        info = await self.node.info()
+        self.refusal = (
+            "" if info.capabilities.volumes
+            else f"volumes need the gVisor runtime (this node runs {info.runtime})"
+        )  # fmt: skip
 
     async def close(self) -> None:
-        """Unmount the volumes no live sandbox mounts; the rest stay for the sandboxes."""
-        if self.refusal:
-            return
-        async with self.sessions() as s:
-            ids = await q.all_ids(s)
-            idle = [i for i in ids if not await q.mounted_by(s, i, LIVE)]
-        for volume_id in idle:
-            try:
-                await self.store.unmount(volume_id)
-            except Exception as e:  # the next start mounts only what is not mounted
-                log.warning("volume %s stays mounted: %s", volume_id, e)
+        """Nothing: the node unmounts the volumes no sandbox mounts when it stops."""
 
     # ---- the volume API ----------------------------------------------------------------
 
@@ -119,8 +112,11 @@ class VolumeService:
                 await s.flush()
             except IntegrityError:  # the same name, created at the same moment
                 raise Conflict(f"volume '{name}' exists already") from None
-            # Made inside the transaction: a failure leaves neither a row nor a directory.
-            await self.store.create(row.id, row.size_mb)
+            # Made inside the transaction: a failure leaves neither a row nor a disk.
+            try:
+                await self.node.create_volume(row.id, row.size_mb)
+            except NodeError as e:
+                raise NodeFailed(f"the node could not make the volume: {e.message}") from None
         return row
 
     async def of_team(self, who: Principal) -> Sequence[Volume]:
@@ -148,13 +144,19 @@ class VolumeService:
                     f"volume '{row.name}' is mounted by sandbox {', '.join(sorted(users))}; "
                     "kill it first"
                 )
-            await self.store.remove(volume_id)  # before the row goes: a failure keeps both
+            try:  # before the row goes: a failure keeps both
+                await self.node.delete_volume(volume_id)
+            except NodeError as e:
+                if e.code == Code.FAILED_PRECONDITION:
+                    raise Conflict(f"volume '{row.name}' is in use: {e.message}") from None
+                if e.code != Code.NOT_FOUND:  # not there: nothing to free
+                    raise NodeFailed(f"the node could not delete it: {e.message}") from None
             await s.delete(row)
 
     # ---- the content API -------------------------------------------------------------
 
-    async def authorize(self, volume_id: str, authorization: str | None) -> Path:
-        """The volume's directory, if ``authorization`` is ``Bearer <its token>``."""
+    async def authorize(self, volume_id: str, authorization: str | None) -> str:
+        """The volume's id, if ``authorization`` is ``Bearer <its token>``."""
         self._serving()
         token = (authorization or "").removeprefix("Bearer ").strip()
         row = None
@@ -164,15 +166,7 @@ class VolumeService:
         # One answer for "no such volume" and "wrong token": ids cannot be probed.
         if row is None or not token or not hmac.compare_digest(row.token.encode(), token.encode()):
             raise NotFound(f"volume '{volume_id}' not found, or the token is not its own")
-        return self._mounted(volume_id)
-
-    def _mounted(self, volume_id: str) -> Path:
-        """The volume's directory, only while its filesystem is mounted there: unmounted, the
-        directory is a bare one on the host disk with no quota."""
-        data = self.store.data(volume_id)
-        if not rootfs.mounted(data):
-            raise NoCapacity(f"volume '{volume_id}' is not mounted on this host (see its log)")
-        return data
+        return volume_id
 
     # ---- sandboxes -------------------------------------------------------------------
 
@@ -200,15 +194,14 @@ class VolumeService:
                 row = await q.by_name(s, team_id, name)
                 if row is None:
                     raise NotFound(f"volume '{name}' not found")
-                out.append(Mount(row.id, self.store.data(row.id), path))
+                out.append(Mount(row.id, path))
         return out
 
     async def record(self, session: AsyncSession, sandbox_id: str, mounts: Sequence[Mount]) -> None:
         """Note which volumes the sandbox mounts, in the transaction that adds its row (with
         ``lock`` held): from then on a delete of them is refused; one deleted since
-        ``mounts_for`` is not found, one that is not mounted answers 503."""
+        ``mounts_for`` is not found (the node mounts the others as it creates the sandbox)."""
         for m in mounts:
             if await session.get(Volume, m.volume_id) is None:
                 raise NotFound(f"volume '{m.volume_id}' was deleted")
-            self._mounted(m.volume_id)
             session.add(SandboxVolume(sandbox_id=sandbox_id, volume_id=m.volume_id, path=m.path))
