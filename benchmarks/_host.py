@@ -22,7 +22,7 @@ from benchmarks._stats import check
 from emberbox.envd_client.handshake import handshake
 from emberbox.runtimes.base import RuntimeSandbox, SandboxSpec
 from emberbox.runtimes.gvisor import GVisorRuntime
-from emberbox.server.testing import ServerProcess
+from emberbox.server.testing import NodeProcess, ServerProcess
 
 
 def require_root() -> None:
@@ -77,3 +77,22 @@ def gvisor_server(tmp: Path, env: Mapping[str, str] | None = None) -> Iterator[S
         yield server
     finally:
         server.stop()
+
+
+@contextlib.contextmanager
+def remote_node_server(tmp: Path, env: Mapping[str, str] | None = None) -> Iterator[ServerProcess]:
+    """``emberbox node`` on gVisor over the bench data dir, and a server with a data dir of its
+    own pointed at it (every node call then crosses HTTP as JSON). Stop any server using the
+    bench data dir first: one node per data dir."""
+    require_root()
+    ensure_base(data_dir())
+    node = NodeProcess(data_dir(), "gvisor", env)
+    reach = {"EMBERBOX_NODE_URL": node.url, "EMBERBOX_NODE_TOKEN": node.token}
+    server = ServerProcess(tmp / "remote-server", log_dir=tmp, env={**(env or {}), **reach})
+    try:
+        node.start()
+        server.start(timeout_s=60)
+        yield server
+    finally:
+        server.stop()
+        node.stop()

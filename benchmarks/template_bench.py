@@ -26,7 +26,6 @@ and ``tar`` the 1,000 files in. The envd bundle layer (made once per base versio
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
@@ -35,14 +34,13 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("EMBERBOX_BENCH_DATA_DIR", "/var/lib/emberbox-bench-templates")
 
-from benchmarks._host import data_dir, gvisor_server
+from benchmarks._host import data_dir, gvisor_server, remote_node_server
 from benchmarks._stats import check, summary
 from emberbox.server.build_testing import (
     build_image,
@@ -51,7 +49,6 @@ from emberbox.server.build_testing import (
     push,
     tiny_rootfs,
 )
-from emberbox.server.testing import NodeProcess, ServerProcess
 from emberbox.templates import hashing
 from emberbox.templates.oci import image_template_name
 from emberbox.templates.store import TemplateStore
@@ -140,21 +137,6 @@ def tti(template: str, command: str) -> tuple[float, str]:
     with Sandbox.create(template, timeout=60) as sandbox:
         out = sandbox.commands.run(command).stdout
         return time.monotonic() - started, out
-
-
-@contextlib.contextmanager
-def remote_node_server(tmp: Path, env: dict[str, str]) -> Iterator[ServerProcess]:
-    """``emberbox node`` on the bench data dir and a server with a data dir of its own."""
-    node = NodeProcess(data_dir(), "gvisor", env)
-    node.start()
-    reach = {"EMBERBOX_NODE_URL": node.url, "EMBERBOX_NODE_TOKEN": node.token}
-    server = ServerProcess(tmp / "remote-server", log_dir=tmp, env=reach)
-    try:
-        server.start(timeout_s=60)
-        yield server
-    finally:
-        server.stop()
-        node.stop()
 
 
 def main() -> None:

@@ -7,7 +7,9 @@ Measured (median/p95/p99, ratio to its baseline):
 * the content API: upload and download 16 MiB (``Volume.write_file`` / ``read_file``)
   against the same bytes through envd (``sandbox.files.write`` / ``read``);
 * create → first command with a volume mounted (always a boot: no template snapshot holds
-  the mount) against a create without one (restored from the template's snapshot).
+  the mount) against a create without one (restored from the template's snapshot);
+* the content API through a remote node (``emberbox node``: every piece crosses HTTP as
+  JSON) against the embedded node's figures.
 
     .venv/bin/python benchmarks/volume_bench.py [--n 10] [--quick]
 
@@ -30,7 +32,13 @@ from e2b import Sandbox, Volume
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._host import data_dir, ensure_base, gvisor_server, require_root
+from benchmarks._host import (
+    data_dir,
+    ensure_base,
+    gvisor_server,
+    remote_node_server,
+    require_root,
+)
 from benchmarks._stats import check, summary
 
 BIG_MB = 64
@@ -68,6 +76,17 @@ def guest_io(sbx: Sandbox, n: int) -> dict[str, tuple[list[float], list[float]]]
             disk.append(in_guest(sbx, template.format(d="/home/user")))
         rows[name] = (volume, disk)
     return rows
+
+
+def transfers(vol: Volume, n: int) -> tuple[list[float], list[float]]:
+    """Upload and download of UPLOAD through the content API alone."""
+    up, down = [], []
+    got: dict[str, bytes | bytearray] = {}
+    for _ in range(n):
+        up.append(timed(lambda: vol.write_file("/upload", UPLOAD)))
+        down.append(timed(lambda: got.update(v=vol.read_file("/upload", format="bytes"))))
+        check(got["v"] == UPLOAD, "a transfer changed the bytes")
+    return up, down
 
 
 def content_api(vol: Volume, sbx: Sandbox, n: int) -> dict[str, tuple[list[float], list[float]]]:
@@ -119,6 +138,13 @@ def main() -> None:
             sbx.kill()
         with_volume, without = creates(n)
         Volume.destroy(vol.volume_id)
+    with tempfile.TemporaryDirectory() as tmp, remote_node_server(Path(tmp), env) as server:
+        os.environ.update(server.sdk_env(server.first_key or ""))
+        vol = Volume.create("bench-remote")
+        remote_up, remote_down = transfers(vol, n)
+        Volume.destroy(vol.volume_id)
+    rows["upload 16 MiB, remote node"] = (remote_up, rows["upload 16 MiB"][0])
+    rows["download 16 MiB, remote node"] = (remote_down, rows["download 16 MiB"][0])
     for name, (measured, baseline) in rows.items():
         row = summary(f"{name} (volume)", measured)
         base = summary(f"{name} (baseline)", baseline)
