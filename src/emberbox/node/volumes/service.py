@@ -201,12 +201,7 @@ class NodeVolumes:
         if current is None:
             if offset != 0:
                 raise ContentError(400, f"read {read_id} is not open (it starts at offset 0)")
-            root = await self._hold(volume_id)
-            try:
-                fd, size = await run_in_threadpool(contents.open_file, root, path)
-            except BaseException:
-                self._release(volume_id)
-                raise
+            fd, size = await self._opened(volume_id, contents.open_file, path)
             current = self._reads[read_id] = _Read(volume_id, path, fd=fd, size=size)
         elif (current.volume_id, current.path) != (volume_id, path):
             raise ContentError(400, f"read {read_id} is of another file")
@@ -239,12 +234,7 @@ class NodeVolumes:
         if current is None:
             if offset != 0:
                 raise ContentError(400, f"write {write_id} is not open (it starts at offset 0)")
-            root = await self._hold(volume_id)
-            try:
-                writer = await run_in_threadpool(FileWriter, root, path, owner or Owner(), parents)
-            except BaseException:
-                self._release(volume_id)
-                raise
+            writer = await self._opened(volume_id, FileWriter, path, owner or Owner(), parents)
             current = self._writes[write_id] = _Write(volume_id, path, writer=writer)
         elif (current.volume_id, current.path) != (volume_id, path) or offset != current.offset:
             self._drop(self._writes, write_id)
@@ -263,6 +253,16 @@ class NodeVolumes:
         finally:
             if last:
                 self._drop(self._writes, write_id)
+
+    async def _opened(self, volume_id: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(root, *args)`` in a thread, opening a handle that holds the volume until it is
+        dropped; the hold goes again if the opening fails."""
+        root = await self._hold(volume_id)
+        try:
+            return await run_in_threadpool(fn, root, *args)
+        except BaseException:
+            self._release(volume_id)
+            raise
 
     async def _work(
         self, handles: dict[str, Any], key: str, handle: _Handle, fn: Callable[..., Any], *args: Any
