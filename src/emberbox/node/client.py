@@ -28,6 +28,9 @@ from .service import NodeService
 from .volumes.service import NodeVolumes
 
 M = TypeVar("M", bound=Message)
+# File bytes per node call that carries them (PutBuildFile, VolumeRead, VolumeWrite): every
+# request stays under the node app's 1 MiB limit, even in JSON's base64.
+PIECE_BYTES = 512 << 10
 
 
 class NodeError(Exception):
@@ -212,16 +215,10 @@ class EmbeddedNode(NodeClient):
         self.service = NodeService(self.orchestrator, builds=builds, volumes=self.volumes)
 
     async def start(self) -> None:
-        await self.orchestrator.start()
-        if self.builds is not None:
-            self.builds.start()
+        await self.service.start()
 
     async def close(self) -> None:
-        if self.builds is not None:
-            await self.builds.close()
-        if self.volumes is not None:
-            await self.volumes.close()
-        await self.orchestrator.close()
+        await self.service.close()
 
     async def _call(self, method: str, request: Message, response_type: type[M]) -> M:
         try:

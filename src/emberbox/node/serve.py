@@ -53,12 +53,10 @@ async def serve_node(
     orchestrator = Orchestrator(
         runtime, data_dir / "node", dead_check_every_s=dead_check_every_s, pool=pool
     )
-    report = await orchestrator.start()
     node_builds = NodeBuilds.for_runtime(data_dir, runtime, builds or BuildSettings())
-    if node_builds is not None:
-        node_builds.start()
     volumes = NodeVolumes.for_runtime(data_dir, runtime, orchestrator.volumes_in_use)
     service = NodeService(orchestrator, builds=node_builds, volumes=volumes)
+    report = await service.start()
     config = uvicorn.Config(
         node_app(service, token),
         host=host,
@@ -85,8 +83,4 @@ async def serve_node(
             )
         await task
     finally:
-        if node_builds is not None:
-            await node_builds.close()
-        if volumes is not None:
-            await volumes.close()
-        await orchestrator.close()
+        await service.close()

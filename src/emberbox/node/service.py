@@ -50,7 +50,13 @@ from .builds import (
     BuildUnknown,
     NodeBuilds,
 )
-from .orchestrator import BootFailed, Orchestrator, SandboxExists, SandboxNotFound
+from .orchestrator import (
+    BootFailed,
+    Orchestrator,
+    RecoveryReport,
+    SandboxExists,
+    SandboxNotFound,
+)
 from .records import SandboxRecord
 from .volumes.handlers import VolumeHandlers
 from .volumes.service import NodeVolumes, VolumeMissing
@@ -210,6 +216,21 @@ class NodeService:
     @property
     def runtime(self) -> Runtime:
         return self.orchestrator.runtime
+
+    async def start(self) -> RecoveryReport:
+        """Recover the sandboxes a previous node left, then take builds."""
+        report = await self.orchestrator.start()
+        if self._builds is not None:
+            self._builds.start()
+        return report
+
+    async def close(self) -> None:
+        """Stop builds, unmount idle volumes, stop the orchestrator; sandboxes keep running."""
+        if self._builds is not None:
+            await self._builds.close()
+        if self._volumes is not None:
+            await self._volumes.close()
+        await self.orchestrator.close()
 
     async def call(self, path: str, request: Message) -> Message:
         """Run one handler; every failure leaves as a :class:`ConnectError`."""
