@@ -23,7 +23,7 @@ from pathlib import Path
 from ..templates._run import StepFailed
 from ..templates.builder import TemplateBuilder
 from ..templates.oci import Credentials, import_image
-from ..templates.sdk_steps import to_spec
+from ..templates.sdk_steps import check_steps, to_spec
 from ..templates.spec import BuildSpec
 from ..templates.steps import StepRunner
 from ..templates.store import TemplateError, TemplateNotFound, TemplateStore, validate_name
@@ -243,10 +243,7 @@ class NodeBuilds:
                 raise BuildParentMissing(
                     f"template '{order.from_template}' is not on this node"
                 ) from None
-        # Steps are converted now, so a bad one is refused before anything runs.
-        to_spec("base", "root", order.steps, context=self.files.context_dir(order.scope),
-                force=order.force, start_cmd=None, ready_cmd=None, cpu_count=1,
-                memory_mb=order.memory_mb)  # fmt: skip
+        check_steps(list(order.steps))  # a bad step is refused before anything runs
         hashes = [str(s.get("filesHash")) for s in order.steps if s.get("filesHash")]
         missing = self.files.missing(order.scope, hashes)
         if missing:
@@ -261,8 +258,7 @@ class NodeBuilds:
     def _done(self, build: Build) -> None:
         self._tasks.pop(build.order.build_id, None)
         if not build.finished:  # cancelled before it began
-            build.add(STOPPED, level="error")
-            build.end("error", STOPPED)
+            self._stopped(build)
 
     def status(self, build_id: str) -> Build:
         self._forget_old()
@@ -279,9 +275,7 @@ class NodeBuilds:
             return
         build = self._builds.get(build_id)
         if build is not None and build.status == "ready":
-            self.store.delete(build.order.store_name)
-            build.add(STOPPED, level="error")
-            build.end("error", STOPPED)
+            self._stopped(build)
 
     def delete(self, scope: str, store_names: Sequence[str]) -> None:
         names = [_check_build_name(n) for n in store_names]
@@ -325,9 +319,7 @@ class NodeBuilds:
                 build.add(f"Build finished in {time.monotonic() - started:.1f} s")
                 build.end("ready")
         except asyncio.CancelledError:
-            build.add(STOPPED, level="error")
-            build.end("error", STOPPED)
-            self.store.delete(order.store_name)
+            self._stopped(build)
             raise
 
     async def _spec(self, build: Build) -> BuildSpec:
@@ -348,6 +340,12 @@ class NodeBuilds:
             ready_cmd=order.ready_cmd or None, cpu_count=self.settings.cpu_count,
             memory_mb=order.memory_mb,
         )  # fmt: skip
+
+    def _stopped(self, build: Build) -> None:
+        """Ends a build as stopped; whatever it wrote to the store goes."""
+        self.store.delete(build.order.store_name)
+        build.add(STOPPED, level="error")
+        build.end("error", STOPPED)
 
     def _fail(self, build: Build, exc: BaseException) -> None:
         if isinstance(exc, StepFailed):

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..._proto.node import node_pb2 as pb
 from ...node.client import (
+    PIECE_BYTES,
     NodeBadRequest,
     NodeClient,
     NodeError,
@@ -45,7 +46,6 @@ from .log import BuildLog
 log = logging.getLogger("emberbox.builds")
 
 Finish = Callable[[str], Awaitable[None]]
-CHUNK_BYTES = 512 << 10  # a PutBuildFile's data: node requests stay under 1 MiB as JSON
 STOPPED = "the build was stopped (server shutting down)"
 
 
@@ -116,8 +116,8 @@ class BuildRunner:
         with path.open("rb") as f:
             offset, last = 0, False
             while not last:
-                data = await asyncio.to_thread(f.read, CHUNK_BYTES)
-                last = len(data) < CHUNK_BYTES
+                data = await asyncio.to_thread(f.read, PIECE_BYTES)
+                last = len(data) < PIECE_BYTES
                 chunk = pb.PutBuildFileRequest(
                     template_id=template_id, files_hash=files_hash, offset=offset, data=data,
                     last=last,
@@ -160,11 +160,9 @@ class BuildRunner:
                 if status == "ready":
                     try:
                         await job.on_ready(build_id)
-                    except Exception as exc:
+                    except Exception as exc:  # the node's cancel undoes a finished build
                         log.exception("build %s: tagging failed", build_id)
-                        with contextlib.suppress(NodeError):
-                            await self.node.cancel_build(build_id)  # undoes a finished build
-                        await self._end(blog, build_id, f"tagging the build failed: {exc}")
+                        await self._stop(blog, build_id, f"tagging the build failed: {exc}")
                         return
                     await self._set(build_id, status="ready", finished_at=utcnow(),
                                     store_name=job.request.store_name)  # fmt: skip

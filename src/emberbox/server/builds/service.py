@@ -435,7 +435,7 @@ class TemplateService:
                   if b.store_name and not await self._in_use(b.store_name)]  # fmt: skip
         try:
             await self.runner.node.delete_template(tpl.id, unused)
-        except NodeError as exc:  # the rows are gone: the node's copies wait for gc
+        except NodeError as exc:  # the rows are gone; the node keeps its copies (logged)
             log.warning("template %s: the node kept its files: %s", tpl.id, exc.message)
         self.uploads.drop_template(tpl.id)
 

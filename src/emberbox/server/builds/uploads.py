@@ -15,14 +15,13 @@ import hashlib
 import hmac
 import os
 import secrets
-import shutil
 import tarfile
 import time
 import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from ...node.builds import FILES_DIR, HASH_RE
+from ...node.builds import FILES_DIR, BuildFiles, BuildRefused
 from ..lifecycle.errors import Invalid, QuotaExceeded
 
 BAD = "bad_token"
@@ -35,7 +34,7 @@ class UploadRefused(Invalid):
 
 class Uploads:
     def __init__(self, root: Path, key: bytes, ttl_s: float = 3600.0, max_bytes: int = 4 << 30):
-        self.root = root
+        self.files = BuildFiles(root)  # the node's layout, so an embedded node reads them here
         self.key = key
         self.ttl_s = ttl_s
         self.max_bytes = max_bytes
@@ -49,16 +48,13 @@ class Uploads:
             fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as f:
                 f.write(secrets.token_bytes(32))
-        # The node's layout: an embedded node then reads these files where they are.
         return cls(data_dir / FILES_DIR, key_file.read_bytes(), max_bytes=max_bytes)
 
-    def context_dir(self, template_id: str) -> Path:
-        return self.root / template_id
-
     def path(self, template_id: str, files_hash: str) -> Path:
-        if not HASH_RE.match(files_hash):
-            raise Invalid("a files hash is 64 lowercase hex digits (sha256)")
-        return self.context_dir(template_id) / f"{files_hash}.tar"
+        try:
+            return self.files.path(template_id, files_hash)
+        except BuildRefused as exc:
+            raise Invalid(str(exc)) from None
 
     def present(self, template_id: str, files_hash: str) -> bool:
         return self.path(template_id, files_hash).is_file()
@@ -119,7 +115,7 @@ class Uploads:
             raise UploadRefused("the upload is empty")
 
     def drop_template(self, template_id: str) -> None:
-        shutil.rmtree(self.context_dir(template_id), ignore_errors=True)
+        self.files.drop(template_id)
 
 
 def _check_tar(path: Path) -> None:
