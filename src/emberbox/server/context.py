@@ -98,8 +98,7 @@ class ServerContext:
         )
         team_templates = open_template_service(settings, sessions, node, templates)
         await team_templates.recover()
-        volumes = open_volume_service(settings, sessions, node)
-        await volumes.open()
+        volumes = open_volume_service(settings, sessions, node, info)
         cipher = SecretCipher(load_key(settings.data_dir, settings.secrets_key))
         team_secrets = SecretService(sessions, cipher, settings.limits.max_secrets)
         service = SandboxService(
@@ -133,7 +132,6 @@ class ServerContext:
         await self.templates.close()
         await self.reaper.stop()
         await self.node.close()
-        await self.volumes.close()
         await self.engine.dispose()
         for lock in self.locks:
             with contextlib.suppress(OSError):

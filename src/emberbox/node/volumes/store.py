@@ -8,7 +8,6 @@ import asyncio
 import logging
 import os
 import shutil
-from collections.abc import Iterable
 from pathlib import Path
 
 from ...host import commands as _proc
@@ -63,15 +62,6 @@ class VolumeStore:
             await _proc.run("mount", "-o", "loop,nodev,nosuid", str(home / "disk.img"),
                             str(home / "data"))  # fmt: skip
 
-    async def mount_all(self, volume_ids: Iterable[str]) -> None:
-        """Every volume that can be mounted; one that cannot is logged and answers 503, the
-        server still starts."""
-        for volume_id in volume_ids:
-            try:
-                await self.mount(volume_id)
-            except Exception as e:
-                log.error("volume %s cannot be mounted: %s", volume_id, e)
-
     async def unmount(self, volume_id: str) -> None:
         """Never lazily: a volume still busy (a sandbox this node did not know of, a record
         from an older node) stays mounted rather than being detached under it."""
@@ -86,7 +76,3 @@ class VolumeStore:
         if rootfs.mounted(home / "data"):
             raise OSError(f"volume {volume_id} is still mounted")
         await asyncio.to_thread(shutil.rmtree, home, True)
-
-    def used_bytes(self, volume_id: str) -> int:
-        st = os.statvfs(self.data(volume_id))
-        return (st.f_blocks - st.f_bfree) * st.f_frsize

@@ -21,8 +21,9 @@ from starlette.status import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from ..._connect.errors import Code
 from ..._proto.node import node_pb2 as pb
-from ...node.client import NodeError
+from ...node.client import PIECE_BYTES, NodeError
 from ...node.volumes.contents import MAX_DEPTH, ContentError, Owner
+from ...node.volumes.service import IDLE_S
 from ..db.models import Volume
 from ..lifecycle.errors import NotFound
 from ..volumes.service import VolumeService
@@ -115,8 +116,7 @@ async def delete_volume(who: Caller, svc: Volumes, volume_id: str) -> Response:
 
 Authorization = Annotated[str | None, Header()]
 PathParam = Annotated[str, Query(max_length=4096)]
-CHUNK = 512 << 10  # of a read or write call to the node: its requests stay under 1 MiB as JSON
-FLUSH_S = 20.0  # an upload's bytes wait at most this long here (the node drops one idle 60 s)
+FLUSH_S = IDLE_S / 3  # an upload's bytes wait here at most this long: the node drops idle ones
 T = TypeVar("T")
 
 
@@ -237,7 +237,7 @@ async def read_file(svc: Volumes, vid: VolumeId, path: PathParam) -> StreamingRe
     """The file's first ``size`` bytes (what Content-Length announced, though a sandbox may
     be appending), read from the node a chunk at a time from the file it opened first."""
     read = pb.VolumeReadRequest(volume_id=vid, path=path, read_id=secrets.token_hex(8),
-                                length=CHUNK)  # fmt: skip
+                                length=PIECE_BYTES)  # fmt: skip
     first = await _node(svc.node.volume_read(read))
     size = first.size
 
@@ -282,9 +282,9 @@ async def write_file(
         async for chunk in request.stream():
             pending += chunk
             # A slow client's bytes still reach the node before it drops an idle upload.
-            while len(pending) >= CHUNK or (pending and time.monotonic() - sent_at > FLUSH_S):
-                await send(bytes(pending[:CHUNK]), False)
-                del pending[:CHUNK]
+            while len(pending) >= PIECE_BYTES or (pending and time.monotonic() - sent_at > FLUSH_S):
+                await send(bytes(pending[:PIECE_BYTES]), False)
+                del pending[:PIECE_BYTES]
                 sent_at = time.monotonic()
         done = await send(bytes(pending), True)
     except BaseException:

@@ -58,16 +58,20 @@ class Mount:
 
 
 class VolumeService:
-    """Serves volumes once :meth:`open` found that the node keeps them (else every call is
-    refused with 501: the process runtime binds none)."""
+    """**Parameters:** refusal - why this deployment serves no volumes ("" when its node keeps
+    them; the process runtime binds none)."""
 
     def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], node: NodeClient, limits: Limits
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        node: NodeClient,
+        limits: Limits,
+        refusal: str = "",
     ) -> None:
         self.sessions = sessions
         self.node = node
         self.limits = limits
-        self.refusal = "volumes are not served until the node answered"
+        self.refusal = refusal
         # Held by a delete from its check to its commit, and by a create that mounts volumes
         # until its mounts are committed: so a delete never removes a volume being mounted.
         self.lock = asyncio.Lock()
@@ -75,16 +79,6 @@ class VolumeService:
     def _serving(self) -> None:
         if self.refusal:
             raise Unsupported(self.refusal)
-
-    async def open(self) -> None:
-        info = await self.node.info()
-        self.refusal = (
-            "" if info.capabilities.volumes
-            else f"volumes need the gVisor runtime (this node runs {info.runtime})"
-        )  # fmt: skip
-
-    async def close(self) -> None:
-        """Nothing: the node unmounts the volumes no sandbox mounts when it stops."""
 
     # ---- the volume API ----------------------------------------------------------------
 
