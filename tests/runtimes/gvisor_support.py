@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import subprocess
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,6 +132,16 @@ async def inventory(config: GVisorConfig) -> Inventory:
         leases=frozenset(f"{lease.index}:{lease.sandbox_id}" for lease in pool.leases()),
         nft=frozenset(await network.list_rule_objects(config.instance)),
     )
+
+
+def tracked_flows(address: str) -> list[str]:
+    """The host's conntrack entries to or from ``address`` (a dead sandbox should have none)."""
+    found = []
+    for direction in ("--orig-src", "--orig-dst"):
+        out = subprocess.run(["conntrack", "-L", direction, address], capture_output=True,
+                             text=True, check=False)  # fmt: skip
+        found += [line for line in out.stdout.splitlines() if line.strip()]
+    return found
 
 
 DATA_DIR = Path(os.environ.get("EMBERBOX_DATA_DIR") or "/var/lib/emberbox")

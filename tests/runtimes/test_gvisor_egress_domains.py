@@ -21,7 +21,7 @@ from emberbox.runtimes.gvisor import GVisorRuntime
 from tests.fake_internet import FakeInternet, fake_internet
 
 from .conftest import SandboxFactory
-from .gvisor_support import inventory, run
+from .gvisor_support import inventory, run, tracked_flows
 
 METADATA = "169.254.169.254"
 ALLOWED, OTHER = "allowed.egress.test", "other.egress.test"
@@ -310,6 +310,8 @@ async def test_one_sandbox_cannot_hold_all_the_gateways_connections(
     assert len(runtime.gateway._open[address.guest_ip]) == MAX_PER_SANDBOX
     await runtime.kill(sandbox.sandbox_id)
     assert address.guest_ip not in runtime.gateway._open
+    # The gateway's resets cannot reach a link that is gone: the kill deletes the entries.
+    assert tracked_flows(address.guest_ip) == []
     task.cancel()
     with contextlib.suppress(BaseException):
         await task
@@ -336,3 +338,4 @@ async def test_concurrent_sandboxes_with_domains_come_and_go_cleanly(
     await asyncio.gather(*(runtime.kill(s.sandbox_id) for s in sandboxes))
     assert (await inventory(runtime.config)).leaked_since(before) == {}
     assert not any(a is not None and a.guest_ip in runtime.gateway._open for a in addresses)
+    assert [f for a in addresses if a is not None for f in tracked_flows(a.guest_ip)] == []

@@ -14,6 +14,7 @@ import contextlib
 import errno
 import ipaddress
 import json
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from ..egress import DOMAIN_PORTS, INTERNAL_RANGES, EgressRules
 from . import commands as _proc
 from .egress_audit import RULE_DENY_OUT, RULE_INTERNAL, RULE_IPV6
 from .errors import HostExhausted
+
+log = logging.getLogger(__name__)
 
 NETNS_PREFIX = "ebx"
 HOST_VETH_PREFIX = "ebh"
@@ -409,6 +412,27 @@ async def teardown(lease: Lease, owns_index: bool = True) -> None:
         return
     await _remove_rules(lease)
     await _proc.run("ip", "link", "delete", lease.host_veth, check=False)
+    await forget_flows(lease.guest_ip)
+
+
+async def forget_flows(address: str) -> None:
+    """Delete the host's conntrack entries to and from a sandbox address that is gone.
+
+    A connection still open when its sandbox dies keeps its entry for days (the gateway's
+    reset cannot be routed to a veth that no longer exists, so conntrack never sees the end):
+    entries pile up towards the host's table limit, and the next sandbox given the address
+    could send a SYN matching one, which conntrack hands to the old entry's NAT target, a
+    gateway port from an earlier node process, which refuses it. Missing ``conntrack``
+    (Debian ``conntrack``) is logged, not fatal: the sandbox is gone either way.
+    """
+    for direction in ("--orig-src", "--orig-dst"):
+        try:
+            # Exit 1 means "no entry matched".
+            await _proc.run("conntrack", "-D", direction, address, check=False)
+        except FileNotFoundError:
+            log.error("conntrack is not installed: a killed sandbox's connection tracking "
+                      "entries stay until they time out")  # fmt: skip
+            return
 
 
 async def _remove_rules(lease: Lease) -> None:
