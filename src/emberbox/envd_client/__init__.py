@@ -2,6 +2,7 @@
 
 from .client import CommandResult, EnvdClient
 from .handshake import EnvdDefaults, HandshakeFailed, handshake, wait_healthy, wait_ready
+from .http import sandbox_http
 
 __all__ = [
     "CommandResult",
@@ -9,6 +10,7 @@ __all__ = [
     "EnvdDefaults",
     "HandshakeFailed",
     "handshake",
+    "sandbox_http",
     "wait_healthy",
     "wait_ready",
 ]

@@ -13,6 +13,7 @@ import httpx
 from .._proto.process import process_pb2 as pb
 from ..sdk._async.rpc import AsyncRpc
 from ..sdk._base import basic_auth
+from .http import sandbox_http
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,7 @@ class EnvdClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._headers = {"X-Access-Token": access_token} if access_token else {}
-        # Sandboxes are reached directly, never through an HTTP proxy from the environment.
-        self._http = http or httpx.AsyncClient(timeout=30.0, trust_env=False)
+        self._http = http or sandbox_http(timeout=30.0)
         self._owns_http = http is None
 
     async def __aenter__(self) -> EnvdClient:

@@ -31,6 +31,7 @@ from ..envd_client.handshake import (
     wait_healthy,
     wait_ready,
 )
+from ..envd_client.http import sandbox_http
 from ..host import commands, processes
 from ..host.locks import KeyedLock
 from ..runtimes.base import (
@@ -110,9 +111,7 @@ class Orchestrator:
         dead, or unknown to us); then start looking for sandboxes that die on their own."""
         # No keep-alive: a later sandbox may reuse an address, and a pooled connection to a
         # dead envd would fail its first request.
-        self._http = httpx.AsyncClient(
-            timeout=10.0, trust_env=False, limits=httpx.Limits(max_keepalive_connections=0)
-        )
+        self._http = sandbox_http(timeout=10.0, limits=httpx.Limits(max_keepalive_connections=0))
         records = self.records.load_all()
         live = {s.sandbox_id: s for s in await self.runtime.list()}
         adopted, removed = [], []

@@ -5,14 +5,26 @@ from __future__ import annotations
 import base64
 import codecs
 import functools
+import ssl
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
+
+import httpx
 
 from .._proto.process import process_pb2 as pb
 from .exceptions import CommandExitException
 from .models import CommandResult
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """httpx's default verification context, built once per process and shared by every
+    client: building it (certifi's bundle) costs 25-40 ms, which each new client paid, e.g.
+    once per sandbox object in the SDK and per sandbox in the server's proxy. ``SSL_CERT_FILE``
+    and ``SSL_CERT_DIR`` are read when it is first built."""
+    return httpx.create_ssl_context(trust_env=True)
 
 
 def basic_auth(user: str | None) -> dict[str, str]:

@@ -22,10 +22,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from ...egress import EgressProxy, EgressRules, HeaderRule, reaches, rules_for
 from ...envd_client.handshake import EnvdDefaults, HandshakeFailed, handshake
+from ...envd_client.http import sandbox_http
 from ...host import cgroups, network, rootfs
 from ...host.certificates import EgressCa
 from ...host.egress_audit import EgressAudit, EgressEvent, EgressJournal
@@ -283,7 +282,7 @@ class GVisorRuntime(Runtime):
         )
         try:
             sandbox = await self.create(spec, template=template)
-            async with httpx.AsyncClient(trust_env=False) as http:
+            async with sandbox_http() as http:
                 await handshake(
                     http, sandbox.envd_url, sandbox.defaults, "",
                     timeout_s=self.config.boot_timeout, alive=lambda: self.alive(sandbox_id),

@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 
 from ...envd_client.handshake import HandshakeFailed, prime_standbys, wait_healthy, wait_ready
+from ...envd_client.http import sandbox_http
 from ...templates.store import Template
 from ..base import NetworkPolicy, RuntimeError_, RuntimeSandbox, SandboxSpec
 
@@ -104,9 +105,7 @@ class TemplateSnapshots:
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir(parents=True)
             sandbox = await boot(warm, template)
-            async with httpx.AsyncClient(
-                trust_env=False, limits=httpx.Limits(max_keepalive_connections=0)
-            ) as http:
+            async with sandbox_http(limits=httpx.Limits(max_keepalive_connections=0)) as http:
                 await wait_healthy(http, sandbox.envd_url, self.boot_timeout_s)
             if template.config.ready_cmd:
                 await wait_ready(sandbox.envd_url, template.config.ready_cmd, self.boot_timeout_s)

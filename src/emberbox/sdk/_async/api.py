@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from .. import _errors
+from .._base import tls_context
 from .._config import ConnectionConfig
 from ..exceptions import AuthenticationException, NotFoundException
 from ..models import NetworkOptions, SandboxInfo, SandboxMetrics, network_body, network_info
@@ -47,6 +48,7 @@ def sandbox_info(item: dict[str, Any]) -> SandboxInfo:
 def http_client() -> httpx.AsyncClient:
     """One client per sandbox object (or per class-level call): its own keep-alive pool."""
     return httpx.AsyncClient(
+        verify=tls_context(),
         timeout=httpx.Timeout(60.0),
         limits=httpx.Limits(max_keepalive_connections=20, keepalive_expiry=300),
     )

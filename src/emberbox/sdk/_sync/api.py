@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from .. import _errors
+from .._base import tls_context
 from .._config import ConnectionConfig
 from ..exceptions import AuthenticationException, NotFoundException
 from ..models import NetworkOptions, SandboxInfo, SandboxMetrics, network_body, network_info
@@ -48,6 +49,7 @@ def sandbox_info(item: dict[str, Any]) -> SandboxInfo:
 def http_client() -> httpx.Client:
     """One client per sandbox object (or per class-level call): its own keep-alive pool."""
     return httpx.Client(
+        verify=tls_context(),
         timeout=httpx.Timeout(60.0),
         limits=httpx.Limits(max_keepalive_connections=20, keepalive_expiry=300),
     )

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..._proto.node import node_pb2 as pb
 from ...egress import EgressProxy, HeaderRule
-from ...envd_client import EnvdClient
+from ...envd_client import EnvdClient, sandbox_http
 from ...node.client import NodeClient, NodeError, NodeFull, NodeSandboxNotFound, NodeUnsupported
 from ...vocabulary import new_sandbox_id
 from ..auth.store import Principal
@@ -457,7 +457,7 @@ class SandboxService:
         if State(row.state) != State.RUNNING or not row.envd_url:
             return row, []
         try:
-            async with httpx.AsyncClient(timeout=5.0, trust_env=False) as http:
+            async with sandbox_http(timeout=5.0) as http:
                 response = await http.get(
                     f"{row.envd_url}/logs",
                     params={"after": after},

@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 from starlette.types import Message, Receive, Scope, Send
 
+from ...envd_client.http import sandbox_http
 from .responses import port_not_open, send_json, upstream_failed
 
 HOP_BY_HOP = frozenset(
@@ -71,11 +72,8 @@ def upstream_client(*, pooled: bool = True) -> httpx.AsyncClient:
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=20)
     else:
         limits = httpx.Limits(max_connections=1, max_keepalive_connections=0)
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(None, connect=5.0),
-        limits=limits,
-        trust_env=False,
-        follow_redirects=False,
+    return sandbox_http(
+        timeout=httpx.Timeout(None, connect=5.0), limits=limits, follow_redirects=False
     )
 
 
