@@ -166,9 +166,11 @@ class Runsc:
         (runsc waits for the cgroup to empty), so callers that only need it stopped do this."""
         await _proc.run(*await self._base(), "kill", sandbox_id, "KILL", check=False)
 
-    async def delete(self, sandbox_id: str) -> None:
-        """Kill and forget the sandbox; fine if runsc never heard of it."""
-        await _proc.run(*await self._base(), "delete", "--force", sandbox_id, check=False)
+    async def delete(self, sandbox_id: str) -> bool:
+        """Kill and forget the sandbox; fine if runsc never heard of it. True when runsc said
+        it deleted it."""
+        out = await _proc.run(*await self._base(), "delete", "--force", sandbox_id, check=False)
+        return out.code == 0
 
     async def list_ids(self) -> list[str]:
         out = await _proc.run(*await self._base(), "list", "--format=json", check=False)

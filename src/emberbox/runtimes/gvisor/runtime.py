@@ -90,6 +90,9 @@ class GVisorRuntime(Runtime):
         # another kill (or the end of a create) over the same host objects.
         self._locks = KeyedLock()
         self._background: set[asyncio.Task[None]] = set()
+        # Paused sandboxes whose runsc container this process deleted: their resume need not
+        # ask runsc whether one is left (a ``runsc state``, ~35 ms).
+        self._deleted: set[str] = set()
         self.warm = TemplateSnapshots(self.config.root / "template-snapshots",
                                       self.config.boot_timeout)  # fmt: skip
         # Rules of the sandboxes whose traffic the gateway judges (domain entries, or DNS sent
@@ -329,6 +332,7 @@ class GVisorRuntime(Runtime):
         the lease file still names this sandbox, and the lease is given back last, once they
         are gone: an index is never reused while anything carrying it exists.
         """
+        self._deleted.discard(sandbox_id)
         paths = self._paths(sandbox_id)
         record = SandboxRecord.load(paths.root)
         lease = self._lease_of(sandbox_id, record)
@@ -429,8 +433,8 @@ class GVisorRuntime(Runtime):
 
     async def _forget_container(self, sandbox_id: str) -> None:
         async with self._locks.hold(sandbox_id):
-            if self._paths(sandbox_id).memory.is_dir():
-                await self.runsc.delete(sandbox_id)
+            if self._paths(sandbox_id).memory.is_dir() and await self.runsc.delete(sandbox_id):
+                self._deleted.add(sandbox_id)
 
     async def resume(self, sandbox_id: str) -> RuntimeSandbox:
         async with self._locks.hold(sandbox_id):
@@ -555,7 +559,9 @@ class GVisorRuntime(Runtime):
         if lease is None:
             raise SandboxGone(f"sandbox {sandbox_id} has no network lease")
         paths = self._paths(sandbox_id)
-        if await self.runsc.state(sandbox_id) is not None:
+        if sandbox_id in self._deleted:
+            self._deleted.discard(sandbox_id)
+        elif await self.runsc.state(sandbox_id) is not None:
             await self.runsc.delete(sandbox_id)
         await network.readdress(lease)
         await self.runsc.restore(sandbox_id, paths.bundle, image, paths.log, paths.disk,
