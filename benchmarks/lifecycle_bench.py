@@ -116,13 +116,19 @@ def sdk_env(server: object) -> dict[str, Any]:
             "sandbox_url": env["E2B_SANDBOX_URL"]}  # fmt: skip
 
 
-def tti(opts: dict[str, Any], template: str = "base") -> float:
-    """create → first command result; the sandbox is killed afterwards (not timed)."""
+def first_command(opts: dict[str, Any], template: str = "base") -> tuple[float, Sandbox]:
+    """create → first command result, and the sandbox (still running)."""
     start = time.perf_counter()
     sbx = Sandbox.create(template, timeout=300, **opts)
     result = sbx.commands.run("true")
     elapsed = time.perf_counter() - start
     check(result.exit_code == 0, "first command failed")
+    return elapsed, sbx
+
+
+def tti(opts: dict[str, Any], template: str = "base") -> float:
+    """create → first command result; the sandbox is killed afterwards (not timed)."""
+    elapsed, sbx = first_command(opts, template)
     sbx.kill()
     return elapsed
 
@@ -131,18 +137,9 @@ def concurrent_ttis(opts: dict[str, Any], count: int) -> tuple[list[float], floa
     """``count`` creates at once, each timed to its first command result, and the wall time
     until all have one. The sandboxes are killed only after that (not timed): a kill is host
     work that would otherwise land inside the others' creates."""
-
-    def one(_i: int) -> tuple[float, Sandbox]:
-        start = time.perf_counter()
-        sbx = Sandbox.create("base", timeout=300, **opts)
-        result = sbx.commands.run("true")
-        elapsed = time.perf_counter() - start
-        check(result.exit_code == 0, "first command failed")
-        return elapsed, sbx
-
     with ThreadPoolExecutor(count) as pool:
         start = time.perf_counter()
-        done = list(pool.map(one, range(count)))
+        done = list(pool.map(lambda _i: first_command(opts), range(count)))
         wall = time.perf_counter() - start
         list(pool.map(lambda pair: pair[1].kill(), done))
     return [elapsed for elapsed, _ in done], wall
@@ -205,11 +202,8 @@ def warm_pool(n: int, concurrent: int) -> dict[str, list[float]]:
         for _ in range(n):
             ready = wait_for_pool(data_dir(), LATENCY_POOL)
             time.sleep(1)  # the last refill's standby shells finish their login
-            start = time.perf_counter()
-            sbx = Sandbox.create("base", timeout=300, **opts)
-            result = sbx.commands.run("true")
-            samples.append(time.perf_counter() - start)
-            check(result.exit_code == 0, "first command failed")
+            elapsed, sbx = first_command(opts)
+            samples.append(elapsed)
             check(sbx.sandbox_id in ready, "the create did not come from the pool")
             sbx.kill()
         out[f"warm-pool create → first command (pool of {LATENCY_POOL})"] = samples
