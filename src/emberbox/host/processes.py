@@ -101,7 +101,37 @@ def become_subreaper() -> bool:
 
 def reap_orphans(names: frozenset[str], skip: set[int]) -> int:
     """Reap zombie children called one of ``names`` that we did not start ourselves
-    (``skip``: someone waits for those); returns how many."""
+    (``skip``: someone waits for those); returns how many.
+
+    Runs on every SIGCHLD, a dozen per sandbox create, so it first asks the kernel whether
+    any child is a zombie at all (``waitid`` with ``WNOWAIT`` reaps nothing): usually none is,
+    the child having been reaped by whoever started it. Reading every process's stat, ~3 ms
+    on a busy host, is left for when a zombie we may not reap hides the others."""
+    reaped = 0
+    while True:
+        try:
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return reaped  # no children at all
+        if info is None:
+            return reaped
+        pid = info.si_pid
+        if pid in skip or _comm(pid) not in names:
+            return reaped + _reap_by_scan(names, skip)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+            reaped += 1
+
+
+def _comm(pid: int) -> str | None:
+    try:
+        raw = (_PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    return raw[raw.find("(") + 1 : raw.rfind(")")]
+
+
+def _reap_by_scan(names: frozenset[str], skip: set[int]) -> int:
     me, reaped = os.getpid(), 0
     for entry in _PROC.iterdir():
         if not entry.name.isdigit() or int(entry.name) in skip:
