@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import HostError
 
@@ -78,3 +80,15 @@ async def run_to_file(*argv: str, log_path: str, timeout: float | None = None) -
         raise
     finally:
         SPAWNED.discard(proc.pid)
+
+
+async def concurrently(*steps: Coroutine[Any, Any, object]) -> None:
+    """Run independent host steps together and wait for all of them. If one fails the others
+    are cancelled and waited for (a clean-up must not race a step still running), and the
+    first failure is raised as itself, not wrapped in a group."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            for step in steps:
+                group.create_task(step)
+    except BaseExceptionGroup as failed:
+        raise failed.exceptions[0] from None

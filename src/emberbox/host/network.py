@@ -338,44 +338,49 @@ def _rules_script(lease: Lease, rules: EgressRules, node_dns: bool = False) -> s
 async def setup(lease: Lease, rules: EgressRules, node_dns: bool = False) -> None:
     """Create netns + veth pair, address both ends and give the sandbox its own chain and
     sets; undo everything if a step fails."""
+    chain, allow, deny = _names(lease)
+    script = (
+        f"add set {_T} {allow} {{ type ipv4_addr; flags interval; }}\n"
+        f"add set {_T} {deny} {{ type ipv4_addr; flags interval; }}\n"
+        f"add chain {_T} {chain}\n"
+        f"flush chain {_T} {chain}\n"
+        + _refusal(chain, lease, "meta nfproto ipv6", RULE_IPV6)
+        + f"add rule {_T} {chain} ip daddr @{allow} ct mark set ct mark or {ALLOW_MARK} "
+        "accept\n"
+        + _refusal(chain, lease, f"ip daddr @{deny}", RULE_DENY_OUT)
+        + f"add rule {_T} {chain} ip daddr @resolvers meta l4proto {{ tcp, udp }} "
+        "th dport 53 accept\n"
+        + _refusal(chain, lease, "ip daddr @internal", RULE_INTERNAL)
+        + f"add rule {_T} {chain} accept\n"
+        + _rules_script(lease, rules, node_dns)
+        + f'add element {_T} sandboxes {{ "{lease.host_veth}" : goto {chain} }}\n'
+        + f'add element {_T} sandbox_nat {{ "{lease.host_veth}" : goto {chain}_nat }}\n'
+        f"add element {_T} egress {{ {lease.guest_ip} }}\n"
+    )
     try:
-        await _proc.run("ip", "netns", "add", lease.netns)
-        await _proc.run(
-            "ip", "link", "add", lease.host_veth, "type", "veth",
-            "peer", "name", lease.guest_veth, "netns", lease.netns,
-        )  # fmt: skip
-        await _proc.run("ip", "addr", "add", f"{lease.host_ip}/30", "dev", lease.host_veth)
-        await _proc.run("ip", "link", "set", lease.host_veth, "up")
-        batch = (
-            f"addr add {lease.guest_ip}/30 dev {lease.guest_veth}\n"
-            f"link set {lease.guest_veth} up\n"
-            "link set lo up\n"
-            f"route add default via {lease.host_ip}\n"
-        )
-        await _proc.run("ip", "-n", lease.netns, "-batch", "-", stdin=batch.encode())
-        chain, allow, deny = _names(lease)
-        script = (
-            f"add set {_T} {allow} {{ type ipv4_addr; flags interval; }}\n"
-            f"add set {_T} {deny} {{ type ipv4_addr; flags interval; }}\n"
-            f"add chain {_T} {chain}\n"
-            f"flush chain {_T} {chain}\n"
-            + _refusal(chain, lease, "meta nfproto ipv6", RULE_IPV6)
-            + f"add rule {_T} {chain} ip daddr @{allow} ct mark set ct mark or {ALLOW_MARK} "
-            "accept\n"
-            + _refusal(chain, lease, f"ip daddr @{deny}", RULE_DENY_OUT)
-            + f"add rule {_T} {chain} ip daddr @resolvers meta l4proto {{ tcp, udp }} "
-            "th dport 53 accept\n"
-            + _refusal(chain, lease, "ip daddr @internal", RULE_INTERNAL)
-            + f"add rule {_T} {chain} accept\n"
-            + _rules_script(lease, rules, node_dns)
-            + f'add element {_T} sandboxes {{ "{lease.host_veth}" : goto {chain} }}\n'
-            + f'add element {_T} sandbox_nat {{ "{lease.host_veth}" : goto {chain}_nat }}\n'
-            f"add element {_T} egress {{ {lease.guest_ip} }}\n"
-        )
-        await _proc.run("nft", "-f", "-", stdin=script.encode())
+        # The rules name the host veth as a string: they need not wait for the link.
+        await _proc.concurrently(_links(lease), _proc.run("nft", "-f", "-", stdin=script.encode()))
     except BaseException:
         await teardown(lease)
         raise
+
+
+async def _links(lease: Lease) -> None:
+    """The netns and its veth pair, addressed and up: one ``ip`` per namespace."""
+    host = (
+        f"netns add {lease.netns}\n"
+        f"link add {lease.host_veth} type veth peer name {lease.guest_veth} netns {lease.netns}\n"
+        f"addr add {lease.host_ip}/30 dev {lease.host_veth}\n"
+        f"link set {lease.host_veth} up\n"
+    )
+    await _proc.run("ip", "-batch", "-", stdin=host.encode())
+    guest = (
+        f"addr add {lease.guest_ip}/30 dev {lease.guest_veth}\n"
+        f"link set {lease.guest_veth} up\n"
+        "link set lo up\n"
+        f"route add default via {lease.host_ip}\n"
+    )
+    await _proc.run("ip", "-n", lease.netns, "-batch", "-", stdin=guest.encode())
 
 
 async def apply_rules(lease: Lease, rules: EgressRules, node_dns: bool = False) -> None:

@@ -27,6 +27,7 @@ from ...envd_client.handshake import EnvdDefaults, HandshakeFailed, handshake
 from ...envd_client.http import sandbox_http
 from ...host import cgroups, network, rootfs
 from ...host.certificates import EgressCa
+from ...host.commands import concurrently
 from ...host.egress_audit import EgressAudit, EgressEvent, EgressJournal
 from ...host.egress_gateway import EgressGateway
 from ...host.errors import HostError
@@ -703,18 +704,22 @@ class GVisorRuntime(Runtime):
             record.node_dns = bool(rules.domains or rules.rewrites)
             record.egress = _policy_dict(spec.network) if _judged(rules, record.node_dns) else None
             record.save(paths.root)
-            await network.setup(lease, rules, record.node_dns)
+
+            async def filesystems() -> None:
+                if upper is None:
+                    # Sandboxes: a read-only view of the layers; gVisor's overlay takes the
+                    # writes into a file on the size-limited disk. Read-only files can then be
+                    # mapped from the host page cache, shared by every sandbox of the template.
+                    await rootfs.make_disk(paths.disk_image, paths.disk, spec.disk_mb)
+                    await rootfs.mount_lower([*layers, *self._mount_points(spec, paths, layers)],
+                                             paths.rootfs)  # fmt: skip
+                else:
+                    # Template builds: kernel overlayfs, so the writes form a directory tree.
+                    await rootfs.mount_root(layers, upper, paths.rootfs)
+
+            # Independent host work, each a few subprocesses: together, not one after the other.
+            await concurrently(network.setup(lease, rules, record.node_dns), filesystems())
             self._remember_egress(lease.guest_ip, rules, record.node_dns)
-            if upper is None:
-                # Sandboxes: a read-only view of the layers; gVisor's overlay takes the writes
-                # into a file on the size-limited disk. Read-only files can then be mapped
-                # from the host page cache, shared by every sandbox of the template.
-                await rootfs.make_disk(paths.disk_image, paths.disk, spec.disk_mb)
-                await rootfs.mount_lower([*layers, *self._mount_points(spec, paths, layers)],
-                                         paths.rootfs)  # fmt: skip
-            else:
-                # Template builds: kernel overlayfs, so the writes form a directory tree.
-                await rootfs.mount_root(layers, upper, paths.rootfs)
             self._write_etc(spec, template, paths, lease.host_ip)
         except BaseException:
             await self._teardown(spec.sandbox_id)
