@@ -13,13 +13,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from emberbox.envd.guest.oom import OomGuard, count_kills, pick_victim
 from emberbox.envd_client.handshake import handshake
 from emberbox.host import cgroups
 from emberbox.runtimes.base import RuntimeSandbox, SandboxSpec
 from emberbox.runtimes.gvisor import GVisorConfig, GVisorRuntime
 from emberbox.runtimes.gvisor.bundle import HOST_HEADROOM_MB
 from emberbox.runtimes.gvisor.runsc import STUB_OOM_SCORE_ADJ, Runsc, RunscError
-from emberbox.templates.guest.oom import OomGuard, count_kills, pick_victim
 from emberbox.templates.store import Template, TemplateStore
 
 from .gvisor_support import healthy, require_host, run

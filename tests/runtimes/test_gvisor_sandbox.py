@@ -72,7 +72,26 @@ async def test_host_files_are_invisible(make_sandbox: SandboxFactory, tmp_path):
     )
     assert "host secret" not in result.text
     assert "No such file or directory" in result.text
-    assert "emberbox.templates.guest.init" in result.text  # PID 1 is ours, not the host's
+    assert "/opt/emberbox/init" in result.text  # PID 1 is ours, not the host's
+
+
+async def test_pid_1_reaps_orphans_and_envd_is_the_only_interpreter(make_sandbox: SandboxFactory):
+    """PID 1 is a shell that reaps; envd (``--guest``) does the rest in its own process."""
+    sandbox = await make_sandbox()
+    result = await run(
+        sandbox,
+        "for i in 1 2 3 4 5; do sh -c 'sleep 0.1 &'; done; sleep 1;"
+        " echo zombies=$(ps -eo stat= | grep -c '^Z');"
+        " echo pythons=$(ps -eo comm= | grep -c python);"
+        " tr '\\0' ' ' < /proc/1/cmdline; echo;"
+        " ps -o args= -p \"$(pgrep -f '^/opt/emberbox/venv/bin/python -m emberbox.envd')\"",
+        user="root",
+    )
+    lines = result.text.splitlines()
+    assert lines[0] == "zombies=0", result.text  # five orphans came and went
+    assert lines[1] == "pythons=1", result.text
+    assert lines[2].split()[:2] == ["/bin/sh", "/opt/emberbox/init"], result.text
+    assert "--guest" in lines[3].split(), result.text
 
 
 async def test_sandboxes_cannot_reach_each_other_or_the_host(make_sandbox: SandboxFactory):

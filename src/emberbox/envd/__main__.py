@@ -6,8 +6,8 @@ import argparse
 import logging
 import os
 
+from ..vocabulary import DEFAULT_USER, DEFAULT_WORKDIR, SERVER_KEEPALIVE_S
 from ..vocabulary import ENVD_PORT as DEFAULT_PORT
-from ..vocabulary import SERVER_KEEPALIVE_S
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,6 +33,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=2,
         help="login shells kept started per (user, cwd) for commands; 0: none (docs/envd.md)",
     )
+    parser.add_argument(
+        "--guest",
+        action="store_true",
+        help="envd is the sandbox's daemon: also forward loopback-only ports, serve sudo, guard"
+        " memory and run EMBERBOX_START_CMD (envd/guest/duties.py)",
+    )
     parser.add_argument("--log-level", default="warning")
     return parser.parse_args(argv)
 
@@ -54,8 +60,15 @@ def main(argv: list[str] | None = None) -> None:
         sync_clock=args.sync_clock,
         standby_shells=max(0, args.standby_shells),
     )
+    duties = None
+    if args.guest:
+        from .guest.duties import GuestDuties
+
+        duties = GuestDuties(
+            args.port, args.default_user or DEFAULT_USER, args.default_workdir or DEFAULT_WORKDIR
+        )
     uvicorn.run(
-        create_app(state),
+        create_app(state, duties),
         host=args.host,
         port=args.port,
         loop="uvloop",

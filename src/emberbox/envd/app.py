@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .._connect.errors import Code, ConnectError
 from . import files, journal, system
 from .filesystem.service import FilesystemService
+from .guest.duties import GuestDuties
 from .http_errors import UNAUTHORIZED_MESSAGE, HTTPProblem, problem_response
 from .metrics import MetricsSampler
 from .process.manager import ProcessManager
@@ -52,8 +53,9 @@ class AccessTokenMiddleware:
 class EnvdApp:
     """Top-level ASGI app: Connect paths go to :class:`ConnectApp`, the rest to Starlette."""
 
-    def __init__(self, state: EnvdState) -> None:
+    def __init__(self, state: EnvdState, duties: GuestDuties | None = None) -> None:
         self.state = state
+        self.duties = duties
         self.processes = ProcessManager(state)
         self.filesystem = FilesystemService(state)
         self.rpc = ConnectApp(
@@ -85,9 +87,13 @@ class EnvdApp:
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        if self.duties is not None:
+            self.duties.start()
         try:
             yield
         finally:
+            if self.duties is not None:
+                await self.duties.stop()
             self.processes.kill_all()
             self.filesystem.close()
 
@@ -119,5 +125,5 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
     return problem_response(exc.status_code, exc.detail)
 
 
-def create_app(state: EnvdState | None = None) -> EnvdApp:
-    return EnvdApp(state or EnvdState())
+def create_app(state: EnvdState | None = None, duties: GuestDuties | None = None) -> EnvdApp:
+    return EnvdApp(state or EnvdState(), duties)

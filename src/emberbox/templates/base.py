@@ -38,20 +38,26 @@ rm -rf /var/cache/apt/archives/*.deb /var/lib/apt/lists/*
 
 
 # Runs in the rootfs after envd is installed. gVisor never honours setuid bits (it always sets
-# no_new_privs), so /usr/bin/sudo becomes a client of the root broker (guest/sudo_broker.py).
+# no_new_privs), so /usr/bin/sudo becomes a client of envd's root broker
+# (envd/guest/sudo_broker.py).
 GUEST_SETUP = r"""set -e
 cat > /opt/emberbox/init <<'EOF'
 #!/bin/sh
-# PID 1: envd first (the host is waiting for it), then become the Python supervisor, which
-# loads its heavier modules only once envd listens.
-/opt/emberbox/venv/bin/python -m emberbox.envd --port @ENVD_PORT@ \
+# PID 1: envd serves the sandbox and does its other duties (envd/guest/duties.py); this shell
+# only reaps orphans (its wait takes every child that exits) and passes TERM and INT on. The
+# sandbox stops when envd exits, since nothing can reach it then.
+/opt/emberbox/venv/bin/python -m emberbox.envd --guest --port @ENVD_PORT@ \
     --default-user "${EMBERBOX_DEFAULT_USER:-user}" \
     --default-workdir "${EMBERBOX_DEFAULT_WORKDIR:-/home/user}" </dev/null &
-exec /opt/emberbox/venv/bin/python -m emberbox.templates.guest.init --envd-pid $!
+envd=$!
+trap 'kill -TERM $envd 2>/dev/null' TERM INT
+code=1
+while kill -0 $envd 2>/dev/null; do wait $envd; code=$?; done
+exit $code
 EOF
 chmod 0755 /opt/emberbox/init
 dpkg-divert --quiet --local --rename --divert /usr/bin/sudo.setuid --add /usr/bin/sudo
-printf '#!/bin/sh\nexec /opt/emberbox/venv/bin/python -m emberbox.templates.guest.sudo "$@"\n' \
+printf '#!/bin/sh\nexec /opt/emberbox/venv/bin/python -m emberbox.envd.guest.sudo "$@"\n' \
     > /usr/bin/sudo
 chmod 0755 /usr/bin/sudo
 usermod -aG sudo user

@@ -274,8 +274,7 @@ def _write_conventions(store: TemplateStore, key: str, image_layers: Sequence[st
             "opt/emberbox/venv/bin/python": (PYTHON_WRAPPER, 0o755),
             "opt/emberbox/init": (_init_script(), 0o755),
             "usr/bin/sudo": (
-                "#!/bin/sh\nexec /opt/emberbox/venv/bin/python -m emberbox.templates.guest.sudo "
-                '"$@"\n',
+                '#!/bin/sh\nexec /opt/emberbox/venv/bin/python -m emberbox.envd.guest.sudo "$@"\n',
                 0o755,
             ),
         }

@@ -31,7 +31,7 @@ DEFAULT_DATA_DIR = Path("/var/lib/emberbox")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 KEY_RE = re.compile(r"^[0-9a-f]{64}$")
 
-# How a sandbox of a template boots: PID 1 inside every sandbox (see guest/init.py).
+# How a sandbox of a template boots: PID 1 inside every sandbox (see base.GUEST_SETUP).
 GUEST_PYTHON = "/opt/emberbox/venv/bin/python"
 INIT_ARGS = ("/opt/emberbox/init",)
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ...egress import EgressProxy, EgressRules, HeaderRule, reaches, rules_for
+from ...envd.guest.oom import count_kills
 from ...envd_client.handshake import EnvdDefaults, HandshakeFailed, handshake
 from ...envd_client.http import sandbox_http
 from ...host import cgroups, network, rootfs
@@ -33,7 +34,6 @@ from ...host.egress_gateway import EgressGateway
 from ...host.errors import HostError
 from ...host.flow_monitor import FlowMonitor
 from ...host.locks import KeyedLock
-from ...templates.guest.oom import count_kills
 from ...templates.steps import BootFailed, Step
 from ...templates.store import Template, TemplateError, TemplateStore
 from ...vocabulary import ENVD_PORT, check_sandbox_id, e2b_env, is_sandbox_id, is_volume_id
@@ -833,7 +833,7 @@ class GVisorRuntime(Runtime):
         )
 
     def _oom_killed(self, sandbox_id: str) -> bool:
-        """Whether the host's OOM killer or the guest's (``templates/guest/oom.py``, which logs
+        """Whether the host's OOM killer or the guest's (``envd/guest/oom.py``, which logs
         each kill) ever killed in this sandbox; reads its log, so not for every listing."""
         usage = cgroups.usage(self._cgroup(sandbox_id))
         log = self._paths(sandbox_id).log

@@ -20,9 +20,8 @@ import socket
 import struct
 import subprocess
 
-from .reaper import Reaper
+from .sudo import SOCKET_PATH
 
-SOCKET_PATH = "/run/emberbox/sudo.sock"
 MAX_HEADER = 1 << 20
 
 
@@ -65,7 +64,7 @@ def _spawn(request: dict[str, object], fds: list[int]) -> subprocess.Popen[bytes
     )
 
 
-def _serve_one(conn: socket.socket, reaper: Reaper) -> None:
+def _serve_one(conn: socket.socket) -> None:
     with conn:
         creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         _, uid, _ = struct.unpack("3i", creds)
@@ -83,14 +82,13 @@ def _serve_one(conn: socket.socket, reaper: Reaper) -> None:
         finally:
             for fd in fds:
                 os.close(fd)
-        code = reaper.wait(proc.pid)
-        proc.returncode = code  # reaped by PID 1's reaper, not by Popen
+        code = proc.wait()
         code = 128 - code if code < 0 else code
         with contextlib.suppress(OSError):
             conn.sendall(struct.pack("!i", code))
 
 
-async def serve(reaper: Reaper) -> None:
+async def serve() -> None:
     os.makedirs(os.path.dirname(SOCKET_PATH), mode=0o755, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(SOCKET_PATH)
@@ -103,4 +101,4 @@ async def serve(reaper: Reaper) -> None:
     while True:
         conn, _ = await loop.sock_accept(server)
         conn.setblocking(True)
-        loop.run_in_executor(None, _serve_one, conn, reaper)
+        loop.run_in_executor(None, _serve_one, conn)

@@ -12,7 +12,9 @@ import struct
 import sys
 import time
 
-from .sudo_broker import SOCKET_PATH
+# The broker's socket (guest/sudo_broker.py); kept here so this shim, run for every ``sudo``,
+# imports nothing beyond the standard library's basics.
+SOCKET_PATH = "/run/emberbox/sudo.sock"
 
 USAGE = "usage: sudo [-u user] [-E] [-H] [-n] [-i | -s] [--] command [args...]"
 

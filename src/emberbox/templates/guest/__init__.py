@@ -1,1 +1,0 @@
-"""Code that runs inside sandboxes (standard library only): PID 1 and the port forwarder."""
