@@ -97,7 +97,8 @@ class Ours:
     name = "emberbox"
 
     def __init__(self, directory: Path) -> None:
-        config = GVisorConfig(data_dir=directory)
+        # Booted like the bare side: restores from template snapshots are lifecycle_bench's.
+        config = GVisorConfig(data_dir=directory, template_snapshots=False)
         self.runtime = GVisorRuntime(config)
         self.marker = str(config.runsc_root)
         self.ids: list[str] = []
