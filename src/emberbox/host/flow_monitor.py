@@ -193,6 +193,10 @@ class FlowMonitor:
                     log.debug("egress log: an unreadable line from ulogd")
         except (OSError, ConnectionError, ValueError):
             pass
+        except asyncio.CancelledError:
+            # Ends quietly: Python 3.11's streams report a connection task that ends cancelled
+            # (by close(), or asyncio.run's shutdown) as "Exception in callback" with a trace.
+            return
         finally:
             writer.close()
 
