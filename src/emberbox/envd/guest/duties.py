@@ -12,7 +12,6 @@ import contextlib
 import logging
 import os
 import subprocess
-import threading
 
 from ..._connect.errors import ConnectError
 from ..creds import spawn_as_user
@@ -33,8 +32,8 @@ class GuestDuties:
 
     def start(self) -> None:
         guard = OomGuard(protected=lambda: ())  # envd itself and PID 1 are never chosen
-        threading.Thread(target=guard.run_forever, name="oom-guard", daemon=True).start()
         self._tasks = [
+            asyncio.create_task(guard.run_forever()),
             asyncio.create_task(forward_forever(skip=frozenset({self.envd_port}))),
             asyncio.create_task(serve()),
         ]

@@ -1,4 +1,4 @@
-"""The guest's OOM killer, run by PID 1 in a thread.
+"""The guest's OOM killer, run by envd on its event loop (guest/duties.py).
 
 gVisor has none of its own: guest memory is one memfd charged to the host cgroup, and when that
 is full the host kills a host process, which can be the sentry (the whole sandbox dies). So the
@@ -14,6 +14,7 @@ costs the sentry about 0.3 ms, and a process can fault in memory at about 1 GB/s
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sys
@@ -126,29 +127,35 @@ class OomGuard:
             file=sys.stderr,
             flush=True,
         )
-        self._wait_gone(victim.pid)
         return used, victim
 
-    def _wait_gone(self, pid: int, timeout: float = 2.0) -> None:
+    def _released(self, pid: int) -> bool:
+        try:
+            with open(f"{self.proc}/{pid}/stat") as f:
+                gone = f.read().rsplit(")", 1)[-1].split()[0] in ("Z", "X")
+        except OSError:
+            gone = True
+        return gone and self.used() < self.limit - self.reserve
+
+    async def _wait_released(self, pid: int, timeout: float = 2.0) -> None:
         """Memory comes back only once the sentry has released the victim's address space,
         a little after the process is gone: wait for both before choosing again, or a
         bystander dies for memory that is already being freed."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            try:
-                with open(f"{self.proc}/{pid}/stat") as f:
-                    gone = f.read().rsplit(")", 1)[-1].split()[0] in ("Z", "X")
-            except OSError:
-                gone = True
-            if gone and self.used() < self.limit - self.reserve:
+            if self._released(pid):
                 return
-            time.sleep(0.005)
+            await asyncio.sleep(0.005)
 
-    def run_forever(self) -> None:
+    async def run_forever(self) -> None:
+        """On envd's event loop, not a thread of its own: a second thread woke four times a
+        second and took the interpreter lock from request handling each time."""
         while True:
             try:
-                used, _ = self.check()
+                used, victim = self.check()
+                if victim is not None:
+                    await self._wait_released(victim.pid)
             except (OSError, ValueError, KeyError) as exc:
                 print(f"emberbox-init: oom guard: {exc}", file=sys.stderr, flush=True)
                 used = 0
-            time.sleep(self.interval(used))
+            await asyncio.sleep(self.interval(used))
