@@ -174,6 +174,12 @@ async def test_node_start_removes_rules_a_killed_node_left(runtime: GVisorRuntim
     before = await inventory(runtime.config)
     await network.setup(lease, rules_for(("198.18.0.1",), ("0.0.0.0/0",)))
     await network.teardown(lease, owns_index=False)  # the netns (and veth) only
+    # The kernel tears a deleted netns's devices down in a work queue: the host end of the
+    # pair can outlive `ip netns delete` by a moment (seen once in CI). Rules are the point here.
+    for _ in range(200):
+        if not await network.link_exists(lease.host_veth):
+            break
+        await asyncio.sleep(0.05)
     left = (await inventory(runtime.config)).leaked_since(before)
     assert left == {"nft": {f"chain:{lease.host_veth}", f"chain:{lease.host_veth}_nat",
                             f"set:{lease.host_veth}_allow", f"set:{lease.host_veth}_deny",
