@@ -10,28 +10,29 @@ from pathlib import Path
 _PROC = Path("/proc")
 
 
-def start_time(pid: int) -> int | None:
-    """Kernel start time in clock ticks (field 22), to tell a live PID from a reused one."""
+def _stat(pid: int | str) -> tuple[str, list[str]] | None:
+    """``/proc/<pid>/stat`` as (comm, the fields after it: state, ppid, ...); None if gone.
+    comm may hold spaces and parentheses, so the fields start after the last ")"."""
     try:
         raw = (_PROC / str(pid) / "stat").read_text()
     except OSError:
         return None
-    fields = raw.rsplit(")", 1)[1].split()
-    if fields[0] == "Z":
+    return raw[raw.find("(") + 1 : raw.rfind(")")], raw.rsplit(")", 1)[1].split()
+
+
+def start_time(pid: int) -> int | None:
+    """Kernel start time in clock ticks (field 22), to tell a live PID from a reused one."""
+    stat = _stat(pid)
+    if stat is None or stat[1][0] == "Z":
         return None
-    return int(fields[19])
+    return int(stat[1][19])
 
 
 def _parents() -> dict[int, int]:
     out: dict[int, int] = {}
     for entry in _PROC.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            raw = (entry / "stat").read_text()
-        except OSError:
-            continue
-        out[int(entry.name)] = int(raw.rsplit(")", 1)[1].split()[1])
+        if entry.name.isdigit() and (stat := _stat(entry.name)) is not None:
+            out[int(entry.name)] = int(stat[1][1])
     return out
 
 
@@ -70,8 +71,10 @@ def usage(pid: int) -> tuple[int, float]:
     for p in tree(pid):
         try:
             rss += int((_PROC / str(p) / "statm").read_text().split()[1]) * page
-            fields = (_PROC / str(p) / "stat").read_text().rsplit(")", 1)[1].split()
-            cpu += (int(fields[11]) + int(fields[12])) / ticks
+            stat = _stat(p)
+            if stat is None:
+                continue
+            cpu += (int(stat[1][11]) + int(stat[1][12])) / ticks
         except (OSError, IndexError, ValueError):
             continue
     return rss, cpu
@@ -116,19 +119,12 @@ def reap_orphans(names: frozenset[str], skip: set[int]) -> int:
         if info is None:
             return reaped
         pid = info.si_pid
-        if pid in skip or _comm(pid) not in names:
+        stat = _stat(pid)
+        if pid in skip or stat is None or stat[0] not in names:
             return reaped + _reap_by_scan(names, skip)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
             reaped += 1
-
-
-def _comm(pid: int) -> str | None:
-    try:
-        raw = (_PROC / str(pid) / "stat").read_text()
-    except OSError:
-        return None
-    return raw[raw.find("(") + 1 : raw.rfind(")")]
 
 
 def _reap_by_scan(names: frozenset[str], skip: set[int]) -> int:
@@ -136,12 +132,10 @@ def _reap_by_scan(names: frozenset[str], skip: set[int]) -> int:
     for entry in _PROC.iterdir():
         if not entry.name.isdigit() or int(entry.name) in skip:
             continue
-        try:
-            raw = (entry / "stat").read_text()
-        except OSError:
+        stat = _stat(entry.name)
+        if stat is None:
             continue
-        comm = raw[raw.find("(") + 1 : raw.rfind(")")]
-        fields = raw.rsplit(")", 1)[1].split()
+        comm, fields = stat
         if fields[0] != "Z" or int(fields[1]) != me or comm not in names:
             continue
         with contextlib.suppress(ChildProcessError):
