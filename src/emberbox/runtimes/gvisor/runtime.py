@@ -497,8 +497,8 @@ class GVisorRuntime(Runtime):
         async with self._locks.hold(sandbox_id):
             record = await self._require(sandbox_id)
             self._no_volumes(record, "rolled back")
-            await self._stop_processes(sandbox_id)
             shutil.rmtree(self._paths(sandbox_id).memory, ignore_errors=True)
+            # It stops the running sandbox (or knows a paused one's runsc record is gone).
             await self._restore_in_place(sandbox_id, record, Path(snapshot.path))
             return self._sandbox(record, SandboxStatus.RUNNING)
 
