@@ -6,7 +6,7 @@ import contextlib
 import functools
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
@@ -19,13 +19,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .._connect.errors import Code, ConnectError
 from . import files, journal, system
 from .filesystem.service import FilesystemService
-from .guest.duties import GuestDuties
 from .http_errors import UNAUTHORIZED_MESSAGE, HTTPProblem, problem_response
 from .metrics import MetricsSampler
 from .process.manager import ProcessManager
 from .process.service import ProcessService
 from .rpc import ConnectApp
 from .state import EnvdState
+
+if TYPE_CHECKING:  # loaded by __main__ only for --guest
+    from .guest.duties import GuestDuties
 
 # Reachable without X-Access-Token: health probes, /files (token or signature, checked there),
 # and /init (checks the current token itself).
