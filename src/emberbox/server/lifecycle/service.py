@@ -358,7 +358,7 @@ class SandboxService:
 
     async def _mark_running(self, sandbox_id: str, b: pb.Sandbox, timeout_s: int) -> Sandbox:
         now = utcnow()
-        async with self.sessions.begin() as s:
+        async with self.sessions.begin() as s:  # one transaction: it is on every create's path
             ok = await q.set_state(
                 s,
                 sandbox_id,
@@ -370,13 +370,11 @@ class SandboxService:
                 started_at=now,
                 end_at=now + dt.timedelta(seconds=timeout_s),
             )
-        if not ok:  # killed while it was starting
+            row = await q.get(s, sandbox_id) if ok else None
+        if row is None:  # killed while it was starting
             await self.node.kill(sandbox_id)
             raise SandboxFailed("sandbox was stopped while starting")
-        async with self.sessions() as s:
-            row = await q.get(s, sandbox_id)
-            assert row is not None
-            return row
+        return row
 
     async def _fail(
         self, sandbox_id: str, reason: EndReason, error: str, from_states: list[State]
