@@ -10,7 +10,8 @@ Measured (median/p95/p99 in ms, ratio to its baseline):
 * snapshot, fork x10 (one call), rollback in place;
 * N concurrent creates, each to its first command result, and the wall time of all (the
   sandboxes are killed only after that): from a warm pool of N, and with no pool (restores);
-* host memory (PSS) per idle sandbox: pooled (never claimed), and restored after a command.
+* host memory per idle sandbox (what the kernel charges its cgroup): pooled (never claimed),
+  and restored after a command.
 
     .venv/bin/python benchmarks/lifecycle_bench.py [--n 10] [--concurrent 20] [--quick]
 
@@ -42,7 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks._host import boot, data_dir, ensure_base, gvisor_server, require_root
 from benchmarks._stats import check, summary
 from emberbox.envd_client import EnvdClient
-from emberbox.host import network
+from emberbox.host import cgroups, network
 from emberbox.runtimes.base import SandboxSpec
 from emberbox.runtimes.gvisor import GVisorConfig, GVisorRuntime
 from emberbox.templates.store import TemplateStore
@@ -219,29 +220,24 @@ def warm_pool(n: int, concurrent: int) -> dict[str, list[float]]:
         out["host CPU per idle pooled sandbox, % of one core"] = [
             100 * (os.cpu_count() or 1) * (idle_after - idle_before) / len(ready)
         ]
-        pss = [host_pss(i) for i in ready]
-        check(all(p > 0 for p in pss), "no runsc process found for a pooled sandbox")
-        out["host memory (PSS) per idle pooled sandbox, MiB"] = [p / 2**20 for p in pss]
+        used = [host_memory(i) for i in ready]
+        check(all(u > 0 for u in used), "no memory charged to a pooled sandbox's cgroup")
+        out["host memory (cgroup charge) per idle pooled sandbox, MiB"] = [
+            u / 2**20 for u in used
+        ]
         each, wall = concurrent_ttis(opts, concurrent)
         out[f"{concurrent} concurrent creates (pool of {concurrent}), each"] = each
         out[f"{concurrent} concurrent creates (pool of {concurrent}), all"] = [wall]
     return out
 
 
-def host_pss(sandbox_id: str) -> int:
-    """Proportional set size of the host processes runsc runs for one sandbox (sentry, gofer,
-    stubs): its share of host memory, shared pages split among their users."""
-    total = 0
-    for proc in Path("/proc").iterdir():
-        try:
-            if sandbox_id.encode() not in (proc / "cmdline").read_bytes().split(b"\0"):
-                continue
-            for line in (proc / "smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1]) * 1024
-        except (OSError, ValueError):
-            continue
-    return total
+def host_memory(sandbox_id: str) -> int:
+    """Host memory charged to the sandbox's cgroup: every page its runsc processes (sentry,
+    gofer, systrap stubs) hold, the guest's memory included, each counted once. Summing their
+    PSS does neither: the gofer's command line does not name the sandbox, and the stubs share
+    one address space, so their pages would count once per stub."""
+    used = cgroups.usage(f"{GVisorConfig(data_dir=data_dir()).cgroup_base}/{sandbox_id}")
+    return used.mem_used if used is not None else 0
 
 
 def through_api(n: int, forks: int, concurrent: int) -> dict[str, list[float]]:
@@ -314,11 +310,15 @@ def through_api(n: int, forks: int, concurrent: int) -> dict[str, list[float]]:
         for sbx in held:
             check(sbx.commands.run("true").exit_code == 0, "idle sandbox does not run")
         time.sleep(3)
-        pss = [host_pss(sbx.sandbox_id) for sbx in held]
+        used = [host_memory(sbx.sandbox_id) for sbx in held]
         for sbx in held:
             sbx.kill()
-        check(all(p > 0 for p in pss), "no runsc process found for an idle sandbox")
-        summary("host memory (PSS) per idle restored sandbox", [p / 2**20 for p in pss], "MiB")
+        check(all(u > 0 for u in used), "no memory charged to an idle sandbox's cgroup")
+        summary(
+            "host memory (cgroup charge) per idle restored sandbox",
+            [u / 2**20 for u in used],
+            "MiB",
+        )
     return out
 
 
