@@ -222,9 +222,7 @@ def warm_pool(n: int, concurrent: int) -> dict[str, list[float]]:
         ]
         used = [host_memory(i) for i in ready]
         check(all(u > 0 for u in used), "no memory charged to a pooled sandbox's cgroup")
-        out["host memory (cgroup charge) per idle pooled sandbox, MiB"] = [
-            u / 2**20 for u in used
-        ]
+        out["host memory (cgroup charge) per idle pooled sandbox, MiB"] = [u / 2**20 for u in used]
         each, wall = concurrent_ttis(opts, concurrent)
         out[f"{concurrent} concurrent creates (pool of {concurrent}), each"] = each
         out[f"{concurrent} concurrent creates (pool of {concurrent}), all"] = [wall]
