@@ -19,20 +19,20 @@ from .conftest import Plane
 async def test_a_forget_during_a_lookup_wins(plane: Plane, monkeypatch: pytest.MonkeyPatch) -> None:
     row = await plane.service.create(plane.who, CreateRequest("base", 600))
     resolver = SandboxResolver(plane.service.sessions)
-    real_get = q.get
+    real_route = q.route
     reading = asyncio.Event()
 
-    async def slow_get(session: Any, sandbox_id: str) -> Any:
-        found = await real_get(session, sandbox_id)  # read before the kill starts...
+    async def slow_route(session: Any, sandbox_id: str) -> Any:
+        found = await real_route(session, sandbox_id)  # read before the kill starts...
         reading.set()
         await asyncio.sleep(0.2)  # ...and the kill starts meanwhile
         return found
 
-    monkeypatch.setattr(q, "get", slow_get)  # the module the resolver reads through
+    monkeypatch.setattr(q, "route", slow_route)  # the module the resolver reads through
     lookup = asyncio.create_task(resolver.resolve(row.id))
     await reading.wait()
     resolver.forget(row.id)  # what the lifecycle service does when a kill begins
     assert await lookup is None
-    monkeypatch.setattr(q, "get", real_get)
+    monkeypatch.setattr(q, "route", real_route)
     assert row.id not in resolver._cache
     assert await resolver.resolve(row.id) is not None  # a later lookup sees the row as it is

@@ -31,6 +31,35 @@ async def get(s: AsyncSession, sandbox_id: str) -> Sandbox | None:
     return await s.get(Sandbox, sandbox_id)
 
 
+@dataclass(frozen=True)
+class Route:
+    """What the proxy needs to reach a sandbox, read in one query (``get`` loads the row's
+    metadata and volumes too: two more queries on the first request to every sandbox)."""
+
+    state: str
+    envd_url: str | None
+    host_address: str | None
+    traffic_access_token: str | None
+    mask_request_host: str | None
+    auto_resume: bool
+
+
+async def route(s: AsyncSession, sandbox_id: str) -> Route | None:
+    row = (
+        await s.execute(
+            select(
+                Sandbox.state,
+                Sandbox.envd_url,
+                Sandbox.host_address,
+                Sandbox.traffic_access_token,
+                Sandbox.mask_request_host,
+                Sandbox.auto_resume,
+            ).where(Sandbox.id == sandbox_id)
+        )
+    ).one_or_none()
+    return None if row is None else Route(*row)
+
+
 async def get_for_team(
     s: AsyncSession, team_id: str, sandbox_id: str, states: Collection[State]
 ) -> Sandbox | None:

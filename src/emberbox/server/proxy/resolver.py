@@ -86,7 +86,7 @@ class SandboxResolver:
             return hit[0]
         asked_at = self._epoch
         async with self.sessions() as s:
-            row = await q.get(s, sandbox_id)
+            row = await q.route(s, sandbox_id)
         if row is not None and row.state in _ASLEEP:
             # never cached: it may wake
             return Paused(auto_resume=bool(row.auto_resume), traffic_token=row.traffic_access_token)
