@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from pathlib import Path
 
 import httpx
 import pytest
 
 from emberbox.envd_client import EnvdClient
+from emberbox.host import cgroups
 from emberbox.runtimes.base import SandboxSpec, SandboxStatus, UnknownTemplate
-from emberbox.runtimes.gvisor import GVisorRuntime
+from emberbox.runtimes.gvisor import GVisorConfig, GVisorRuntime
 from emberbox.templates.store import Template, TemplateStore
 
 from .conftest import SandboxFactory
@@ -223,3 +225,29 @@ async def test_bad_input_is_refused_without_leaks(runtime: GVisorRuntime, spec, 
     with pytest.raises((ValueError, UnknownTemplate), match=message):
         await runtime.create(SandboxSpec(**spec))
     assert (await inventory(runtime.config)).leaked_since(before) == {}
+
+
+async def test_close_removes_the_data_dirs_cgroup_once_no_sandbox_is_left(
+    base_template: Template, tmp_path
+):
+    """A node that stops leaves its running sandboxes (and so their parent cgroup) alone; one
+    that stops with none left removes the parent too (one per data dir had piled up, 471 on
+    this host, from nodes that came and went)."""
+    config = GVisorConfig(data_dir=tmp_path, template_snapshots=False)
+    runtime = GVisorRuntime(config, TemplateStore())
+    sandbox_id = f"t{secrets.token_hex(5)}"
+    try:
+        await runtime.create(SandboxSpec(sandbox_id=sandbox_id, template_id=base_template.name))
+        await runtime.close()
+        assert _cgroup_dirs(config.cgroup_base), "the running sandbox's parent went"
+        assert await runtime.alive(sandbox_id)
+    finally:
+        successor = GVisorRuntime(config, TemplateStore())  # as a restarted node
+        await successor.kill(sandbox_id)
+        await successor.close()
+    assert _cgroup_dirs(config.cgroup_base) == []
+
+
+def _cgroup_dirs(rel: str) -> list[Path]:
+    hierarchies = cgroups.V1_CONTROLLERS if cgroups.is_v1() else ("",)
+    return [d for d in (cgroups.CGROUP_ROOT / h / rel for h in hierarchies) if d.exists()]

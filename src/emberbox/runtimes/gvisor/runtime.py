@@ -112,12 +112,15 @@ class GVisorRuntime(Runtime):
 
     async def close(self) -> None:
         """A template snapshot under way is abandoned and its boot killed: nobody would
-        remove it until the next node start."""
+        remove it until the next node start. The data dir's parent cgroup goes once no
+        sandbox is left in it (sandboxes still running keep it: a node stops without killing
+        them); one per data dir had piled up on a host that runs many short-lived nodes."""
         await self.warm.close()
         await self.flows.close()
         if self.gateway.ports is not None:
             await self.gateway.close()
             await network.unpoint_gateway(self.config.instance)
+        cgroups.remove(self.config.cgroup_base)
 
     # -- paths -----------------------------------------------------------------------------
 
