@@ -168,6 +168,12 @@ async def test_stats_and_pause_resume(runtime: GVisorRuntime, make_sandbox: Sand
     assert not await healthy(sandbox, timeout=1.0)
     await runtime.resume(sandbox.sandbox_id)
     assert await healthy(sandbox)
+    # The saved memory is removed after the resume returns, never left behind.
+    root = runtime.config.sandboxes_dir / sandbox.sandbox_id
+    deadline = asyncio.get_running_loop().time() + 10
+    while sorted(p.name for p in root.iterdir() if "memory" in p.name):
+        assert asyncio.get_running_loop().time() < deadline, list(root.iterdir())
+        await asyncio.sleep(0.05)
 
 
 async def test_kill_releases_everything(runtime: GVisorRuntime, make_sandbox: SandboxFactory):

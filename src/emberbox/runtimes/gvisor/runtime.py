@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import stat
@@ -450,6 +451,20 @@ class GVisorRuntime(Runtime):
         task.add_done_callback(self._background.discard)
         return size
 
+    def _discard(self, checkpoint: Path) -> None:
+        """Remove a checkpoint off the caller's path: unlinking an image of a few hundred MiB
+        takes 60-90 ms here once written back (measured), on the event loop and in every
+        resume. Renamed first, so the name is free (and the sandbox no longer paused) at once;
+        a kill removes a leftover with the sandbox's directory."""
+        doomed = checkpoint.with_name(f".{checkpoint.name}-discarded-{secrets.token_hex(4)}")
+        try:
+            os.replace(checkpoint, doomed)
+        except FileNotFoundError:
+            return
+        task = asyncio.create_task(asyncio.to_thread(shutil.rmtree, doomed, True))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def _forget_container(self, sandbox_id: str) -> None:
         async with self._locks.hold(sandbox_id):
             if not self._paths(sandbox_id).memory.is_dir():
@@ -467,7 +482,7 @@ class GVisorRuntime(Runtime):
                     return self._sandbox(record, SandboxStatus.RUNNING)
                 raise SandboxGone(f"sandbox {sandbox_id} is neither paused nor running")
             await self._restore_in_place(sandbox_id, record, paths.memory)
-            shutil.rmtree(paths.memory, ignore_errors=True)
+            self._discard(paths.memory)
             return self._sandbox(record, SandboxStatus.RUNNING)
 
     async def checkpoint(self, sandbox_id: str, snapshot_id: str) -> SnapshotRef:
@@ -500,7 +515,7 @@ class GVisorRuntime(Runtime):
         async with self._locks.hold(sandbox_id):
             record = await self._require(sandbox_id)
             self._no_volumes(record, "rolled back")
-            shutil.rmtree(self._paths(sandbox_id).memory, ignore_errors=True)
+            self._discard(self._paths(sandbox_id).memory)
             # It stops the running sandbox (or knows a paused one's runsc record is gone).
             await self._restore_in_place(sandbox_id, record, Path(snapshot.path))
             return self._sandbox(record, SandboxStatus.RUNNING)
