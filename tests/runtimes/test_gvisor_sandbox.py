@@ -171,7 +171,7 @@ async def test_stats_and_pause_resume(runtime: GVisorRuntime, make_sandbox: Sand
     # The saved memory is removed after the resume returns, never left behind.
     root = runtime.config.sandboxes_dir / sandbox.sandbox_id
     deadline = asyncio.get_running_loop().time() + 10
-    while sorted(p.name for p in root.iterdir() if "memory" in p.name):
+    while any("memory" in p.name for p in root.iterdir()):
         assert asyncio.get_running_loop().time() < deadline, list(root.iterdir())
         await asyncio.sleep(0.05)
 
@@ -245,15 +245,14 @@ async def test_close_removes_the_data_dirs_cgroup_once_no_sandbox_is_left(
     try:
         await runtime.create(SandboxSpec(sandbox_id=sandbox_id, template_id=base_template.name))
         await runtime.close()
-        assert _cgroup_dirs(config.cgroup_base), "the running sandbox's parent went"
+        assert _existing(config.cgroup_base), "the running sandbox's parent went"
         assert await runtime.alive(sandbox_id)
     finally:
         successor = GVisorRuntime(config, TemplateStore())  # as a restarted node
         await successor.kill(sandbox_id)
         await successor.close()
-    assert _cgroup_dirs(config.cgroup_base) == []
+    assert _existing(config.cgroup_base) == []
 
 
-def _cgroup_dirs(rel: str) -> list[Path]:
-    hierarchies = cgroups.V1_CONTROLLERS if cgroups.is_v1() else ("",)
-    return [d for d in (cgroups.CGROUP_ROOT / h / rel for h in hierarchies) if d.exists()]
+def _existing(rel: str) -> list[Path]:
+    return [d for d in cgroups.directories(rel) if d.exists()]

@@ -83,10 +83,14 @@ def existing(parent: str) -> list[str]:
         return []
 
 
+def directories(rel: str) -> list[Path]:
+    """Cgroup ``rel``'s directory in every hierarchy (one per controller on v1), existing or not."""
+    return [CGROUP_ROOT / c / rel for c in V1_CONTROLLERS] if is_v1() else [CGROUP_ROOT / rel]
+
+
 def remove(rel: str) -> None:
     """rmdir the cgroup in every hierarchy; only works (and is only called) once it is empty."""
-    dirs = [CGROUP_ROOT / c / rel for c in V1_CONTROLLERS] if is_v1() else [CGROUP_ROOT / rel]
-    for d in dirs:
+    for d in directories(rel):
         with contextlib.suppress(FileNotFoundError):
             for child in sorted(d.glob("**/"), key=lambda p: len(p.parts), reverse=True):
                 with contextlib.suppress(OSError):
