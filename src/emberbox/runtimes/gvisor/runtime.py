@@ -19,7 +19,7 @@ import shutil
 import signal
 import stat
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -446,10 +446,14 @@ class GVisorRuntime(Runtime):
             size = _du(paths.memory)
         # The processes' end and runsc's own record go in the background (~80 ms); a resume
         # waits for that, or removes the record itself after a node restart.
-        task = asyncio.create_task(self._forget_container(sandbox_id))
+        self._in_background(self._forget_container(sandbox_id))
+        return size
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` without waiting for it, holding a reference until it is done."""
+        task = asyncio.create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-        return size
 
     def _discard(self, checkpoint: Path) -> None:
         """Remove a checkpoint off the caller's path: unlinking an image of a few hundred MiB
@@ -461,9 +465,7 @@ class GVisorRuntime(Runtime):
             os.replace(checkpoint, doomed)
         except FileNotFoundError:
             return
-        task = asyncio.create_task(asyncio.to_thread(shutil.rmtree, doomed, True))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._in_background(asyncio.to_thread(shutil.rmtree, doomed, True))
 
     async def _forget_container(self, sandbox_id: str) -> None:
         async with self._locks.hold(sandbox_id):
