@@ -109,6 +109,7 @@ class ServerContext:
             settings.limits,
             ResourceScheduler(settings.capacity),
             on_gone=resolver.forget,
+            on_running=resolver.learn,
             team_templates=team_templates.resolve,
             volumes=volumes,
             secret_service=team_secrets,

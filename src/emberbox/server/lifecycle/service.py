@@ -132,6 +132,7 @@ class SandboxService:
         limits: Limits,
         scheduler: ResourceScheduler,
         on_gone: Callable[[str], None] = lambda _id: None,
+        on_running: Callable[[Sandbox], None] = lambda _row: None,
         quiesce: Callable[[str], Awaitable[None]] | None = None,
         team_templates: TeamTemplates | None = None,
         volumes: VolumeService | None = None,
@@ -144,6 +145,9 @@ class SandboxService:
         self.limits = limits
         self.scheduler = scheduler
         self.on_gone = on_gone
+        # Told of every sandbox a create made running, so its first proxied request needs no
+        # lookup (the proxy's resolver caches where it answers).
+        self.on_running = on_running
         # Closes the proxy's connections to a sandbox before a checkpoint: a connection saved
         # in one would be restored into its forks (see runtimes/gvisor/runsc.py).
         self.quiesce = quiesce or _nothing
@@ -272,36 +276,33 @@ class SandboxService:
             sandbox_id = (not mounts and await self._claim(spec)) or new_sandbox_id()
             spec.sandbox_id = sandbox_id
             now = utcnow()
-            s.add(
-                Sandbox(
-                    id=sandbox_id,
-                    team_id=who.team_id,
-                    template_id=tpl.template_id,
-                    alias=tpl.alias,
-                    state=str(State.CREATING),
-                    cpu_count=tpl.cpu_count,
-                    memory_mb=tpl.memory_mb,
-                    disk_mb=tpl.disk_mb,
-                    envd_version="",
-                    envd_access_token=token,
-                    idempotency_key=req.idempotency_key,
-                    allow_internet=req.allow_internet,
-                    egress=egress_column,
-                    traffic_access_token=(
-                        None if req.allow_public_traffic else secrets.token_urlsafe(32)
-                    ),
-                    mask_request_host=req.mask_request_host,
-                    on_timeout="pause" if req.auto_pause else "kill",
-                    auto_resume=req.auto_resume,
-                    timeout_s=req.timeout_s,
-                    node_id=self.facts.node_id,
-                    started_at=now,
-                    end_at=now + dt.timedelta(seconds=req.timeout_s),
-                    metadata_items=[
-                        SandboxMetadata(key=k, value=v) for k, v in req.metadata.items()
-                    ],
-                )
+            row = Sandbox(
+                id=sandbox_id,
+                team_id=who.team_id,
+                template_id=tpl.template_id,
+                alias=tpl.alias,
+                state=str(State.CREATING),
+                cpu_count=tpl.cpu_count,
+                memory_mb=tpl.memory_mb,
+                disk_mb=tpl.disk_mb,
+                envd_version="",
+                envd_access_token=token,
+                idempotency_key=req.idempotency_key,
+                allow_internet=req.allow_internet,
+                egress=egress_column,
+                traffic_access_token=(
+                    None if req.allow_public_traffic else secrets.token_urlsafe(32)
+                ),
+                mask_request_host=req.mask_request_host,
+                on_timeout="pause" if req.auto_pause else "kill",
+                auto_resume=req.auto_resume,
+                timeout_s=req.timeout_s,
+                node_id=self.facts.node_id,
+                started_at=now,
+                end_at=now + dt.timedelta(seconds=req.timeout_s),
+                metadata_items=[SandboxMetadata(key=k, value=v) for k, v in req.metadata.items()],
             )
+            s.add(row)
             if mounts and self.volumes is not None:
                 await self.volumes.record(s, sandbox_id, mounts)
 
@@ -325,7 +326,7 @@ class SandboxService:
             raise SandboxFailed(
                 f"sandbox could not be started: {e}", error_code="sandbox_create_failed"
             ) from e
-        return await self._mark_running(sandbox_id, started, req.timeout_s)
+        return await self._mark_running(row, started, req.timeout_s)
 
     async def _volume_mounts(self, who: Principal, req: CreateRequest) -> list[Any]:
         """The create's volumes, resolved; refused where they cannot be honoured."""
@@ -356,24 +357,27 @@ class SandboxService:
             log.debug("no warm-pool claim: %s", e)
             return ""
 
-    async def _mark_running(self, sandbox_id: str, b: pb.Sandbox, timeout_s: int) -> Sandbox:
+    async def _mark_running(self, row: Sandbox, b: pb.Sandbox, timeout_s: int) -> Sandbox:
+        """Record the started sandbox; ``row`` is the admitted one (detached), brought up to date
+        in memory rather than read back: every value written is known here, and the read (the
+        row, its metadata, its volumes) cost three queries on every create's path."""
         now = utcnow()
-        async with self.sessions.begin() as s:  # one transaction: it is on every create's path
-            ok = await q.set_state(
-                s,
-                sandbox_id,
-                [State.CREATING],
-                State.RUNNING,
-                envd_url=b.envd_url,
-                host_address=b.host,
-                envd_version=b.envd_version,
-                started_at=now,
-                end_at=now + dt.timedelta(seconds=timeout_s),
-            )
-            row = await q.get(s, sandbox_id) if ok else None
-        if row is None:  # killed while it was starting
-            await self.node.kill(sandbox_id)
+        values: dict[str, Any] = {
+            "envd_url": b.envd_url,
+            "host_address": b.host,
+            "envd_version": b.envd_version,
+            "started_at": now,
+            "end_at": now + dt.timedelta(seconds=timeout_s),
+        }
+        async with self.sessions.begin() as s:
+            ok = await q.set_state(s, row.id, [State.CREATING], State.RUNNING, **values)
+        if not ok:  # killed while it was starting
+            await self.node.kill(row.id)
             raise SandboxFailed("sandbox was stopped while starting")
+        for name, value in values.items():
+            setattr(row, name, value)
+        row.state = str(State.RUNNING)
+        self.on_running(row)
         return row
 
     async def _fail(

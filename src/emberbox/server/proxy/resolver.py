@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ...vocabulary import ENVD_PORT, MASK_PORT_VARIABLE
 from ..db import sandboxes as q
+from ..db.models import Sandbox
 from ..lifecycle.states import State
 
 
@@ -59,6 +60,11 @@ class Paused:
 _ASLEEP = (State.PAUSED, State.PAUSING, State.RESUMING)
 
 
+def _location(envd_url: str, host: str, row: q.Route | Sandbox) -> Location:
+    return Location(envd_url=envd_url, host=host, traffic_token=row.traffic_access_token,
+                    mask_host=row.mask_request_host)  # fmt: skip
+
+
 class SandboxResolver:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], ttl_s: float = 2.0) -> None:
         self.sessions = sessions
@@ -95,16 +101,22 @@ class SandboxResolver:
         if row is None or row.state != State.RUNNING or not row.envd_url or not row.host_address:
             self.forget(sandbox_id)
             return None
-        loc = Location(
-            envd_url=row.envd_url,
-            host=row.host_address,
-            traffic_token=row.traffic_access_token,
-            mask_host=row.mask_request_host,
-        )
+        loc = _location(row.envd_url, row.host_address, row)
+        self._remember(sandbox_id, loc, now)
+        return loc
+
+    def learn(self, row: Sandbox) -> None:
+        """Cache where a sandbox a create just made running answers, so its first proxied
+        request needs no lookup. Its id is new here: if it was forgotten already, it started
+        dying (or pausing) meanwhile, and nothing is cached."""
+        if row.id in self._forgotten_at or not row.envd_url or not row.host_address:
+            return
+        self._remember(row.id, _location(row.envd_url, row.host_address, row), time.monotonic())
+
+    def _remember(self, sandbox_id: str, loc: Location, now: float) -> None:
         if len(self._cache) > 50_000:
             self._cache.clear()
         self._cache[sandbox_id] = (loc, now + self.ttl_s)
-        return loc
 
     def forget(self, sandbox_id: str) -> None:
         self._cache.pop(sandbox_id, None)
