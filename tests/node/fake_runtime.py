@@ -31,16 +31,23 @@ from emberbox.runtimes.base import (
 
 
 class _Envd:
-    """Answers /health and /init like envd; remembers what /init said."""
+    """Answers /health and /init like envd (once a token is set, only its holder may /init
+    again); remembers what each accepted /init said."""
 
     def __init__(self) -> None:
         self.inits: list[dict[str, object]] = []
+        self.token: str | None = None
 
         async def health(request: Request) -> Response:
             return Response(status_code=204, headers={"X-Envd-Version": "0.6.13"})
 
         async def init(request: Request) -> Response:
-            self.inits.append(await request.json())
+            if self.token and request.headers.get("x-access-token") != self.token:
+                return Response(status_code=401)
+            body = await request.json()
+            self.inits.append(body)
+            if "accessToken" in body:
+                self.token = body["accessToken"] or None
             return Response(status_code=204)
 
         app = Starlette(routes=[Route("/health", health), Route("/init", init, methods=["POST"])])

@@ -24,10 +24,13 @@ def _spec(memory_mb: int = 128, **envs: str) -> pb.SandboxSpec:
 
 
 async def _create(node: EmbeddedNode, spec: pb.SandboxSpec) -> tuple[pb.Sandbox, bool]:
-    """Create as the control plane does: claim, else a fresh id. (sandbox, came from the pool)"""
+    """Create as the control plane does: claim (and take the claimed envd's token), else a
+    fresh id. (sandbox, came from the pool)"""
     claimed = await node.claim(spec)
-    spec.sandbox_id = claimed or new_sandbox_id()
-    return await node.create(spec), bool(claimed)
+    spec.sandbox_id = claimed.sandbox_id or new_sandbox_id()
+    if claimed.access_token:
+        spec.access_token = claimed.access_token
+    return await node.create(spec), bool(claimed.sandbox_id)
 
 
 def _node(tmp_path: Path, runtime: FakeRuntime, **pool: float) -> EmbeddedNode:
@@ -35,9 +38,7 @@ def _node(tmp_path: Path, runtime: FakeRuntime, **pool: float) -> EmbeddedNode:
     return EmbeddedNode(runtime, tmp_path, pool=settings, dead_check_every_s=0)
 
 
-async def test_a_claimed_sandbox_was_started_ahead_and_only_gets_its_identity(
-    tmp_path: Path,
-) -> None:
+async def test_a_claimed_sandbox_was_started_and_initialised_ahead(tmp_path: Path) -> None:
     runtime = FakeRuntime()
     node = _node(tmp_path, runtime)
     await node.start()
@@ -50,20 +51,55 @@ async def test_a_claimed_sandbox_was_started_ahead_and_only_gets_its_identity(
             "base", 128, 2, 2,
         )  # fmt: skip
         waiting = set(runtime.sandboxes) - {first.sandbox_id}
-        assert len(waiting) == 2 and all(not runtime.envds[i].inits for i in waiting)
+        assert len(waiting) == 2
+        # Each was given its identity as it was pooled: its id, a token of its own.
+        tokens = set()
+        for i in waiting:
+            (init,) = runtime.envds[i].inits
+            assert init["envVars"] == dict(runtime.sandboxes[i].defaults.env)  # the template's
+            tokens.add(init["accessToken"])
+        assert len(tokens) == 2 and "tok" not in tokens
         assert [s.sandbox_id for s in (await node.list()).sandboxes] == [first.sandbox_id]
 
-        second, pooled = await _create(node, _spec(FOO="bar"))
-        assert pooled and second.sandbox_id in waiting
-        (init,) = runtime.envds[second.sandbox_id].inits  # one /init, with everything
-        assert init["accessToken"] == "tok" and init["envVars"] == {"FOO": "bar"}
+        claim = await node.claim(_spec())
+        assert claim.sandbox_id in waiting and claim.access_token in tokens
+        spec = _spec()  # as the control plane does: it keeps the claimed envd's token
+        spec.sandbox_id, spec.access_token = claim.sandbox_id, claim.access_token
+        second = await node.create(spec)
+        assert second.sandbox_id == claim.sandbox_id
+        assert len(runtime.envds[second.sandbox_id].inits) == 1, "handed over with no /init"
+
+        third, pooled = await _create(node, _spec(FOO="bar"))  # env vars of its own
+        assert pooled and third.sandbox_id in waiting
+        envd = runtime.envds[third.sandbox_id]
+        assert len(envd.inits) == 2, "the claim's /init proved the pooled token (else 401)"
+        defaults = runtime.sandboxes[third.sandbox_id].defaults.env
+        assert envd.inits[-1]["envVars"] == {**defaults, "FOO": "bar"}
         listed = {s.sandbox_id for s in (await node.list()).sandboxes}
-        assert listed == {first.sandbox_id, second.sandbox_id}
-        await node.orchestrator.pool.wait_full(10)  # refilled with a new one
-        assert len(runtime.sandboxes) == 4
+        assert listed == {first.sandbox_id, second.sandbox_id, third.sandbox_id}
+        await node.orchestrator.pool.wait_full(10)  # refilled
+        assert len(runtime.sandboxes) == 5
     finally:
         await node.close()
-    assert set(runtime.sandboxes) == {first.sandbox_id, second.sandbox_id}, "pool released"
+    assert set(runtime.sandboxes) == {first.sandbox_id, second.sandbox_id, third.sandbox_id}
+
+
+async def test_a_claim_with_another_token_sets_it(tmp_path: Path) -> None:
+    """A create that does not take the pooled token (its own, ``tok``) gets it by /init."""
+    runtime = FakeRuntime()
+    node = _node(tmp_path, runtime, size=1)
+    await node.start()
+    try:
+        await _create(node, _spec())
+        await node.orchestrator.pool.wait_full(10)
+        spec = _spec()
+        spec.sandbox_id = (await node.claim(spec)).sandbox_id
+        assert spec.sandbox_id
+        await node.create(spec)
+        envd = runtime.envds[spec.sandbox_id]
+        assert [i["accessToken"] for i in envd.inits][1:] == ["tok"] and envd.token == "tok"
+    finally:
+        await node.close()
 
 
 async def test_claims_never_hand_one_sandbox_out_twice(tmp_path: Path) -> None:
@@ -77,7 +113,7 @@ async def test_claims_never_hand_one_sandbox_out_twice(tmp_path: Path) -> None:
         ids = [sandbox.sandbox_id for sandbox, _ in results]
         assert len(set(ids)) == 10
         assert sum(pooled for _, pooled in results) == 4
-        assert all(len(runtime.envds[i].inits) == 1 for i in ids)
+        assert all(len(runtime.envds[i].inits) == 1 for i in ids)  # pooled: at pooling
     finally:
         await node.close()
 
@@ -90,7 +126,7 @@ async def test_unused_claims_and_a_shrunk_target_release_their_sandboxes(tmp_pat
         await _create(node, _spec())
         pool = node.orchestrator.pool
         await pool.wait_full(10)
-        claimed = await node.claim(_spec())
+        claimed = (await node.claim(_spec())).sandbox_id
         assert claimed
         await asyncio.sleep(0.1)
         await pool.tidy()
@@ -110,12 +146,12 @@ async def test_specs_the_pool_cannot_serve_are_never_claimed(tmp_path: Path) -> 
     try:
         await _create(node, _spec())
         await node.orchestrator.pool.wait_full(10)
-        assert await node.claim(_spec(memory_mb=256)) == ""  # another size: its own key
+        assert (await node.claim(_spec(memory_mb=256))).sandbox_id == ""  # its own key
         closed = SandboxSpec("x", "base", 1, 128, 64, network=NetworkPolicy(allow_internet=False))
         assert PoolKey.of(closed) is None
         restored = SandboxSpec("x", "base", 1, 128, 64, snapshot=SnapshotRef("s", "fake", "/", "b"))
         assert PoolKey.of(restored) is None
-        claimed = await node.claim(_spec())
+        claimed = (await node.claim(_spec())).sandbox_id
         wrong = _spec(memory_mb=256)
         wrong.sandbox_id = claimed
         with pytest.raises(NodeBadRequest, match="claimed for another"):
@@ -134,7 +170,7 @@ async def test_a_pooled_sandbox_that_died_is_never_handed_out(tmp_path: Path) ->
         (doomed,) = set(runtime.sandboxes) - {first.sandbox_id}
         runtime.die(doomed)
         assert await node.orchestrator.check_dead() == [doomed]
-        claimed = await node.claim(_spec())
+        claimed = (await node.claim(_spec())).sandbox_id
         assert claimed != doomed
     finally:
         await node.close()

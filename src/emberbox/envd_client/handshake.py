@@ -100,19 +100,24 @@ async def handshake(
     alive: Alive = _always,
     previous_token: str = "",
     known_version: str = "",
+    inherit_env: bool = True,
 ) -> str:
     """Bring a freshly started envd into service; returns its version.
 
     One ``/init`` carries everything (env vars, default user and workdir, the access token and
     the clock), so envd is never reachable with a half-set identity. An envd restored from a
     checkpoint still holds the token it had then: ``previous_token`` proves the right to
-    replace it. ``known_version``: envd was seen healthy already, with this version.
+    replace it, and the env vars the source's callers set are kept (``inherit_env``; a
+    warm-pool sandbox's are the template's, which ``defaults`` holds already).
+    ``known_version``: envd was seen healthy already, with this version.
     """
     # An envd already seen healthy (a warm-pool sandbox) is not asked again: one round trip less.
     version = known_version or await wait_healthy(http, envd_url, timeout_s, alive)
     headers = {"X-Access-Token": previous_token} if previous_token else {}
     env = dict(defaults.env)
-    if previous_token:  # restored: keep what the source's callers set, with our identity on top
+    if (
+        previous_token and inherit_env
+    ):  # restored: keep what the source's callers set, with our identity on top
         try:
             inherited = await http.get(f"{envd_url}/envs", headers=headers, timeout=10.0)
         except httpx.HTTPError as exc:

@@ -186,9 +186,10 @@ class NodeClient(abc.ABC):
     async def volume_write(self, request: pb.VolumeWriteRequest) -> pb.VolumeEntryResponse:
         return await self._call("VolumeWrite", request, pb.VolumeEntryResponse)
 
-    async def claim(self, spec: pb.SandboxSpec) -> str:
-        """The id of a pooled sandbox fitting ``spec``, now reserved for a Create; "" if none."""
-        return (await self._call("Claim", pb.ClaimRequest(spec=spec), pb.ClaimResponse)).sandbox_id
+    async def claim(self, spec: pb.SandboxSpec) -> pb.ClaimResponse:
+        """A pooled sandbox fitting ``spec``, now reserved for a Create (its ``sandbox_id`` is
+        "" if none), with the access token its envd holds."""
+        return await self._call("Claim", pb.ClaimRequest(spec=spec), pb.ClaimResponse)
 
 
 class EmbeddedNode(NodeClient):

@@ -16,6 +16,7 @@ import collections
 import contextlib
 import dataclasses
 import logging
+import secrets
 import signal
 import time
 from dataclasses import dataclass
@@ -98,6 +99,9 @@ class Orchestrator:
         self.ended: collections.OrderedDict[str, str] = collections.OrderedDict()
         self.releases: collections.Counter[str] = collections.Counter()  # teardowns per id
         self._held: dict[str, SandboxRecord] = {}
+        # The access token each pooled sandbox's envd was given as it was pooled (never on
+        # disk: a pooled sandbox does not outlive this process).
+        self._pool_tokens: dict[str, str] = {}
         self._locks = KeyedLock()
         self._checker: asyncio.Task[None] | None = None
         self._http: httpx.AsyncClient | None = None
@@ -173,7 +177,7 @@ class Orchestrator:
         """Start the machine, then envd's one handshake; on any failure nothing is left.
 
         ``previous_token`` is the token envd holds when it starts from a checkpoint. An id
-        :meth:`claim` handed out names a pooled sandbox: it only gets the handshake."""
+        :meth:`claim` handed out names a pooled sandbox: it gets at most its ``/init``."""
         pooled = self.pool.take(spec.sandbox_id, spec)
         if pooled is not None:
             handed = await self._hand_over(pooled, spec, access_token)
@@ -201,31 +205,43 @@ class Orchestrator:
             self.records.save(record)
             return record
 
-    def claim(self, spec: SandboxSpec) -> str | None:
-        """A pooled sandbox fitting ``spec``, reserved for the create that names it."""
-        return self.pool.claim(spec)
+    def claim(self, spec: SandboxSpec) -> tuple[str, str] | None:
+        """A pooled sandbox fitting ``spec``, reserved for the create that names it: its id
+        and the access token its envd holds (a create with it and no env vars of its own
+        needs no ``/init``)."""
+        sandbox_id = self.pool.claim(spec)
+        if sandbox_id is None:
+            return None
+        return sandbox_id, self._pool_tokens.get(sandbox_id, "")
 
     async def _hand_over(
         self, pooled: RuntimeSandbox, spec: SandboxSpec, access_token: str
     ) -> SandboxRecord | None:
-        """A claimed sandbox gets its identity: the caller's env vars on the template's, the
-        access token, the clock (its template was made ready before it was pooled). None when
-        it can not: it is released, and the caller starts a sandbox under that id as usual."""
+        """A claimed sandbox becomes the caller's. It was given its identity as it was pooled
+        (its id, the template's env and defaults, a token of its own, the clock); a create
+        with that token and no env vars of its own takes it as it is, anything else is one
+        ``/init`` (the caller's env vars on the template's, the caller's token). None when it
+        can not: it is released, and the caller starts a sandbox under that id as usual."""
         async with self._locks.hold(pooled.sandbox_id):
             record = self._held.get(pooled.sandbox_id)
             if record is None:
                 return None
+            pool_token = self._pool_tokens.pop(pooled.sandbox_id, "")
             record.state = "creating"
             self.records.save(record)
             defaults = dataclasses.replace(
                 pooled.defaults, env={**pooled.defaults.env, **spec.envs}, ready_cmd=None
             )
             try:
-                version = await self._handshake(
-                    dataclasses.replace(pooled, defaults=defaults),
-                    access_token,
-                    known_version=record.envd_version,
-                )
+                version = record.envd_version
+                if spec.envs or not pool_token or access_token != pool_token:
+                    version = await self._handshake(
+                        dataclasses.replace(pooled, defaults=defaults),
+                        access_token,
+                        previous_token=pool_token,
+                        known_version=record.envd_version,
+                        inherit_env=False,  # the template's, which ``defaults`` holds
+                    )
             except BaseException as exc:
                 await self._release_locked(pooled.sandbox_id, "pooled handshake failed")
                 if not isinstance(exc, Exception):
@@ -241,7 +257,8 @@ class Orchestrator:
 
     async def _start_pooled(self, key: PoolKey) -> RuntimeSandbox:
         """One sandbox for the pool: started, envd healthy, the template's ready check
-        passed, standby login shells started, and no ``/init`` (that is the claim's)."""
+        passed, its ``/init`` with a token of its own (so most claims need no round trip into
+        the sandbox, see :meth:`_hand_over`), then standby login shells started."""
         assert self._http is not None, "node not started"
         sandbox_id = new_sandbox_id()
         async with self._locks.hold(sandbox_id):
@@ -255,8 +272,12 @@ class Orchestrator:
                     await wait_ready(
                         sandbox.envd_url, sandbox.defaults.ready_cmd, self.boot_timeout_s
                     )
-                defaults = sandbox.defaults
-                await prime_standbys(sandbox.envd_url, defaults.user, defaults.workdir)
+                token = secrets.token_urlsafe(32)
+                defaults = dataclasses.replace(sandbox.defaults, ready_cmd=None)  # it passed
+                await self._handshake(dataclasses.replace(sandbox, defaults=defaults), token,
+                                      known_version=record.envd_version)  # fmt: skip
+                self._pool_tokens[sandbox_id] = token
+                await prime_standbys(sandbox.envd_url, defaults.user, defaults.workdir, token)
             except BaseException:
                 await self._release_locked(sandbox_id, "pool start failed")
                 raise
@@ -276,6 +297,7 @@ class Orchestrator:
         access_token: str,
         previous_token: str = "",
         known_version: str = "",
+        inherit_env: bool = True,
     ) -> str:
         assert self._http is not None, "node not started"
         try:
@@ -288,6 +310,7 @@ class Orchestrator:
                 alive=lambda: self.runtime.alive(sandbox.sandbox_id),
                 previous_token=previous_token,
                 known_version=known_version,
+                inherit_env=inherit_env,
             )
         except HandshakeFailed as exc:
             tail = await self.runtime.boot_log(sandbox.sandbox_id)
@@ -426,6 +449,7 @@ class Orchestrator:
         while len(self.ended) > ENDED_KEPT:
             self.ended.popitem(last=False)
         self._held.pop(sandbox_id, None)
+        self._pool_tokens.pop(sandbox_id, None)
         self.records.delete(sandbox_id)
         self.pool.forget(sandbox_id)
 

@@ -1,10 +1,12 @@
 """The warm pool: sandboxes started ahead of demand, waiting for a create to claim them.
 
-A pooled sandbox is a plain sandbox of one template and machine size whose envd is healthy
-and whose template is ready, but which has had no ``/init``: no access token, no caller's env
-vars, nobody's data. A create claims one (the control plane then names the sandbox by the
-pooled id) and the node's handshake gives it its identity, so a create costs one ``/init``
-instead of a restore. A pooled sandbox serves exactly one claim; the pool refills in the
+A pooled sandbox is a plain sandbox of one template and machine size whose envd is healthy,
+whose template is ready, and which had its ``/init`` as it was pooled: its own id, the
+template's env vars and an access token nobody has seen; no caller's env vars, nobody's data.
+A create claims one (the control plane then names the sandbox by the pooled id and keeps its
+token) and takes it as it is, or after one ``/init`` when it brings env vars of its own, so a
+create costs at most one ``/init`` instead of a restore. A pooled sandbox serves exactly one
+claim; the pool refills in the
 background, one start at a time and only once claims pause for half a second, so refilling
 never competes with callers for more than one core, nor with a burst of creates at all.
 

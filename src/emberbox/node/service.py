@@ -296,7 +296,10 @@ class NodeService:
         return pb.CreateResponse(sandbox=_sandbox(record))
 
     async def claim(self, request: pb.ClaimRequest) -> pb.ClaimResponse:
-        return pb.ClaimResponse(sandbox_id=self.orchestrator.claim(_spec(request.spec)) or "")
+        claimed = self.orchestrator.claim(_spec(request.spec))
+        if claimed is None:
+            return pb.ClaimResponse()
+        return pb.ClaimResponse(sandbox_id=claimed[0], access_token=claimed[1])
 
     async def kill(self, request: pb.KillRequest) -> pb.KillResponse:
         return pb.KillResponse(released=await self.orchestrator.kill(request.sandbox_id))

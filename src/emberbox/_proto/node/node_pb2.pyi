@@ -320,10 +320,12 @@ class ClaimRequest(_message.Message):
     def __init__(self, spec: _Optional[_Union[SandboxSpec, _Mapping]] = ...) -> None: ...
 
 class ClaimResponse(_message.Message):
-    __slots__ = ("sandbox_id",)
+    __slots__ = ("sandbox_id", "access_token")
     SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_TOKEN_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
-    def __init__(self, sandbox_id: _Optional[str] = ...) -> None: ...
+    access_token: str
+    def __init__(self, sandbox_id: _Optional[str] = ..., access_token: _Optional[str] = ...) -> None: ...
 
 class UpdateNetworkRequest(_message.Message):
     __slots__ = ("sandbox_id", "allow_internet", "allow_out", "deny_out", "header_rules", "access_token", "egress_proxy")

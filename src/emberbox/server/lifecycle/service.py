@@ -273,7 +273,10 @@ class SandboxService:
             if refusal is not None:
                 raise NoCapacity(refusal, error_code="sandbox_capacity_unavailable")
             # A pooled sandbox was made without the volumes: one with them always boots.
-            sandbox_id = (not mounts and await self._claim(spec)) or new_sandbox_id()
+            claimed = await self._claim(spec) if not mounts else pb.ClaimResponse()
+            sandbox_id = claimed.sandbox_id or new_sandbox_id()
+            if claimed.access_token:  # its envd holds a token nobody has seen: keep it
+                token = spec.access_token = claimed.access_token
             spec.sandbox_id = sandbox_id
             now = utcnow()
             row = Sandbox(
@@ -348,14 +351,15 @@ class SandboxService:
             if await vols.has_volumes(s, sandbox_id):
                 raise Unsupported(f"sandbox '{sandbox_id}' mounts volumes and cannot be {what}")
 
-    async def _claim(self, spec: pb.SandboxSpec) -> str:
-        """A warm-pool sandbox's id for this create, or "" (the node has none that fits, or
-        cannot pool: the create then starts one of its own, so a failed claim costs nothing)."""
+    async def _claim(self, spec: pb.SandboxSpec) -> pb.ClaimResponse:
+        """A warm-pool sandbox for this create, or an empty answer (the node has none that
+        fits, or cannot pool: the create then starts one of its own, so a failed claim costs
+        nothing)."""
         try:
             return await self.node.claim(spec)
         except NodeError as e:
             log.debug("no warm-pool claim: %s", e)
-            return ""
+            return pb.ClaimResponse()
 
     async def _mark_running(self, row: Sandbox, b: pb.Sandbox, timeout_s: int) -> Sandbox:
         """Record the started sandbox; ``row`` is the admitted one (detached), brought up to date
