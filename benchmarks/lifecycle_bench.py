@@ -13,6 +13,10 @@ Measured (median/p95/p99 in ms, ratio to its baseline):
 * host memory per idle sandbox (what the kernel charges its cgroup): pooled (never claimed),
   and restored after a command.
 
+Every timed operation starts on a settled host (:func:`settle`: its CPUs under 20% busy), so
+it does not share the two cores with the clean-up of the operation before it (a killed
+sandbox's teardown, the unlinking of a removed checkpoint): each figure is the operation's own.
+
     .venv/bin/python benchmarks/lifecycle_bench.py [--n 10] [--concurrent 20] [--quick]
 
 Needs root and runsc; runs in the benchmarks' own data dir (``_host.py``). ``--quick`` does
@@ -59,9 +63,19 @@ LIMITS = {
 
 
 def timed(fn: Callable[[], object]) -> float:
+    """``fn``'s duration, started on a settled host."""
+    settle()
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def settle(quiet: float = 0.2, timeout_s: float = 10.0) -> None:
+    """Wait until the host's CPUs are under ``quiet`` busy over a quarter second (at most
+    ``timeout_s``): the previous operation's background clean-up is done."""
+    deadline = time.monotonic() + timeout_s
+    while host_busy(0.25) > quiet and time.monotonic() < deadline:
+        pass
 
 
 # ---- bare runsc -------------------------------------------------------------------------------
@@ -92,11 +106,13 @@ async def bare_checkpoint_restore(n: int) -> tuple[list[float], list[float]]:
         for _ in range(n):
             shutil.rmtree(image, ignore_errors=True)
             image.mkdir()
+            settle()
             start = time.perf_counter()
             await runtime.runsc.checkpoint(sandbox_id, image, paths.disk)
             saves.append(time.perf_counter() - start)
             await runtime.runsc.delete(sandbox_id)
             await network.readdress(lease)
+            settle()
             start = time.perf_counter()
             await runtime.runsc.restore(sandbox_id, paths.bundle, image, paths.log, paths.disk)
             restores.append(time.perf_counter() - start)
@@ -117,8 +133,12 @@ def sdk_env(server: object) -> dict[str, Any]:
             "sandbox_url": env["E2B_SANDBOX_URL"]}  # fmt: skip
 
 
-def first_command(opts: dict[str, Any], template: str = "base") -> tuple[float, Sandbox]:
+def first_command(
+    opts: dict[str, Any], template: str = "base", settled: bool = True
+) -> tuple[float, Sandbox]:
     """create → first command result, and the sandbox (still running)."""
+    if settled:
+        settle()
     start = time.perf_counter()
     sbx = Sandbox.create(template, timeout=300, **opts)
     result = sbx.commands.run("true")
@@ -140,7 +160,7 @@ def concurrent_ttis(opts: dict[str, Any], count: int) -> tuple[list[float], floa
     work that would otherwise land inside the others' creates."""
     with ThreadPoolExecutor(count) as pool:
         start = time.perf_counter()
-        done = list(pool.map(lambda _i: first_command(opts), range(count)))
+        done = list(pool.map(lambda _i: first_command(opts, settled=False), range(count)))
         wall = time.perf_counter() - start
         list(pool.map(lambda pair: pair[1].kill(), done))
     return [elapsed for elapsed, _ in done], wall
@@ -271,6 +291,7 @@ def through_api(n: int, forks: int, concurrent: int) -> dict[str, list[float]]:
             shots: list[str] = []
             takes = []
             for _ in range(n):
+                settle()
                 start = time.perf_counter()
                 shots.append(src.create_snapshot().snapshot_id)
                 takes.append(time.perf_counter() - start)
@@ -279,6 +300,7 @@ def through_api(n: int, forks: int, concurrent: int) -> dict[str, list[float]]:
                                timeout=120)  # fmt: skip
             rollbacks = []
             for shot in shots:
+                settle()
                 start = time.perf_counter()
                 r = api.post(f"/sandboxes/{src.sandbox_id}/rollback", json={"snapshotID": shot})
                 rollbacks.append(time.perf_counter() - start)
@@ -288,6 +310,7 @@ def through_api(n: int, forks: int, concurrent: int) -> dict[str, list[float]]:
                 Sandbox.delete_snapshot(shot, **opts)
             fork_times = []
             for _ in range(max(1, n // 5)):
+                settle()
                 start = time.perf_counter()
                 results = src.fork(count=forks, timeout=120)
                 fork_times.append(time.perf_counter() - start)
