@@ -682,22 +682,24 @@ class SandboxService:
                 raise NotFound(f"sandbox '{row.id}' no longer exists on its node") from e
             raise SandboxFailed(f"resume failed: {e}") from e
         timeout = timeout_s if timeout_s is not None else DEFAULT_RESUME_TIMEOUT_S
-        end_at = utcnow() + dt.timedelta(seconds=timeout)
+        values: dict[str, Any] = {
+            "envd_url": b.envd_url,
+            "host_address": b.host,
+            "end_at": utcnow() + dt.timedelta(seconds=timeout),
+            "paused_bytes": 0,
+        }
         async with self.sessions.begin() as s:
-            await q.set_state(
-                s,
-                row.id,
-                [State.RESUMING],
-                State.RUNNING,
-                envd_url=b.envd_url,
-                host_address=b.host,
-                end_at=end_at,
-                paused_bytes=0,
-            )
-        async with self.sessions() as s:
-            fresh = await q.get(s, row.id)
-        assert fresh is not None
-        return fresh
+            ok = await q.set_state(s, row.id, [State.RESUMING], State.RUNNING, **values)
+        if not ok:  # it was killed meanwhile: answer what it is now
+            async with self.sessions() as s:
+                now = await q.get(s, row.id)
+            assert now is not None
+            return now
+        # What was written is known: ``row`` is brought up to date rather than read back.
+        for name, value in values.items():
+            setattr(row, name, value)
+        row.state = str(State.RUNNING)
+        return row
 
     async def kill(self, who: Principal, sandbox_id: str) -> None:
         await self.get(who, sandbox_id)
