@@ -133,8 +133,11 @@ class FakeRuntime(Runtime):
         )  # fmt: skip
 
     async def alive(self, sandbox_id: str) -> bool:
+        return not self.known_stopped(sandbox_id)
+
+    def known_stopped(self, sandbox_id: str) -> bool:
         sandbox = self.sandboxes.get(sandbox_id)
-        return sandbox is not None and sandbox.status is not SandboxStatus.STOPPED
+        return sandbox is None or sandbox.status is SandboxStatus.STOPPED
 
     async def list(self) -> builtins.list[RuntimeSandbox]:
         return list(self.sandboxes.values())

@@ -176,6 +176,31 @@ async def test_a_pooled_sandbox_that_died_is_never_handed_out(tmp_path: Path) ->
         await node.close()
 
 
+async def test_a_pooled_sandbox_that_died_unnoticed_is_replaced_at_its_claim(
+    tmp_path: Path,
+) -> None:
+    """It died after its claim, before any dead check: the create, which needs no /init,
+    still looks (a cost-free look) and starts a sandbox of its own under the id instead."""
+    runtime = FakeRuntime()
+    node = _node(tmp_path, runtime, size=1)
+    await node.start()
+    try:
+        await _create(node, _spec())
+        await node.orchestrator.pool.wait_full(10)
+        claim = await node.claim(_spec())
+        runtime.die(claim.sandbox_id)
+        spec = _spec()
+        spec.sandbox_id, spec.access_token = claim.sandbox_id, claim.access_token
+        created = await node.create(spec)
+        assert created.sandbox_id == claim.sandbox_id
+        assert await runtime.alive(claim.sandbox_id), "a dead sandbox was handed out"
+        assert runtime.teardowns[claim.sandbox_id] == 1  # the dead one, released
+        (init,) = runtime.envds[claim.sandbox_id].inits  # the new one's own /init
+        assert init["accessToken"] == claim.access_token
+    finally:
+        await node.close()
+
+
 async def test_a_restarted_node_removes_what_its_predecessor_pooled(tmp_path: Path) -> None:
     runtime = FakeRuntime()
     before = _node(tmp_path, runtime)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import secrets
+import signal
 from pathlib import Path
 
 import httpx
@@ -173,6 +176,23 @@ async def test_stats_and_pause_resume(runtime: GVisorRuntime, make_sandbox: Sand
     deadline = asyncio.get_running_loop().time() + 10
     while any("memory" in p.name for p in root.iterdir()):
         assert asyncio.get_running_loop().time() < deadline, list(root.iterdir())
+        await asyncio.sleep(0.05)
+
+
+async def test_a_sandbox_whose_processes_died_is_known_stopped(
+    runtime: GVisorRuntime, make_sandbox: SandboxFactory
+) -> None:
+    """The cost-free look a warm-pool hand-over relies on: a running sandbox is never taken
+    for stopped, one whose processes were killed (as the host's OOM killer would) is."""
+    sandbox = await make_sandbox()
+    assert not runtime.known_stopped(sandbox.sandbox_id)
+    group = f"{runtime.config.cgroup_base}/{sandbox.sandbox_id}"
+    for pid in cgroups.procs(group):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = asyncio.get_running_loop().time() + 10
+    while not runtime.known_stopped(sandbox.sandbox_id):
+        assert asyncio.get_running_loop().time() < deadline, cgroups.procs(group)
         await asyncio.sleep(0.05)
 
 

@@ -242,6 +242,8 @@ class Orchestrator:
                         known_version=record.envd_version,
                         inherit_env=False,  # the template's, which ``defaults`` holds
                     )
+                elif self.runtime.known_stopped(pooled.sandbox_id):  # /init would have failed
+                    raise BootFailed(f"pooled sandbox {pooled.sandbox_id} stopped while pooled")
             except BaseException as exc:
                 await self._release_locked(pooled.sandbox_id, "pooled handshake failed")
                 if not isinstance(exc, Exception):

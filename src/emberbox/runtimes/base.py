@@ -197,6 +197,12 @@ class Runtime(abc.ABC):
         """Whether the machine still runs (the handshake stops waiting once it does not)."""
         return True
 
+    def known_stopped(self, sandbox_id: str) -> bool:
+        """Whether the machine is known to have stopped from a look that costs nothing (no
+        process started, no request into it); False when such a look cannot tell. A warm-pool
+        sandbox handed over without an ``/init`` is checked so, not to hand out a dead one."""
+        return False
+
     async def boot_log(self, sandbox_id: str) -> str:
         """The tail of the machine's own log, to explain a failed boot."""
         return ""

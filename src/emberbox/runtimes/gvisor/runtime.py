@@ -413,6 +413,10 @@ class GVisorRuntime(Runtime):
         except RuntimeError_:
             return True  # runsc could not tell: unknown is not dead
 
+    def known_stopped(self, sandbox_id: str) -> bool:
+        # Its sentry, gofer and stubs all live in its cgroup: none left, it has stopped.
+        return not cgroups.procs(self._cgroup(sandbox_id))
+
     async def _status(self, sandbox_id: str) -> SandboxStatus:
         """runsc's view, except that a sandbox whose memory is saved on disk is paused (its
         runsc container is killed, then deleted, and comes back only with the resume)."""
