@@ -48,7 +48,7 @@ class _Envd:
             self.inits.append(body)
             if "accessToken" in body:
                 self.token = body["accessToken"] or None
-            return Response(status_code=204)
+            return Response(status_code=204, headers={"X-Envd-Version": "0.6.13"})
 
         app = Starlette(routes=[Route("/health", health), Route("/init", init, methods=["POST"])])
         self.server = uvicorn.Server(

@@ -90,6 +90,26 @@ async def prime_standbys(
     await asyncio.sleep(settle_s)
 
 
+async def _first_answer(
+    send: Callable[[], Awaitable[httpx.Response]], envd_url: str, timeout_s: float, alive: Alive
+) -> httpx.Response:
+    """``send``'s answer from an envd that may not listen yet (a boot, a restore): a failed
+    attempt is tried again every 20 ms until envd answers, the machine stops, or ``timeout_s``
+    passes. What it sends must be safe to send twice."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return await send()
+        except httpx.TransportError as exc:
+            failure = exc
+        if not await alive():
+            raise HandshakeFailed(f"the sandbox stopped before envd answered at {envd_url}")
+        if time.monotonic() >= deadline:
+            raise HandshakeFailed(f"envd not answering at {envd_url} after {timeout_s:.0f}s: "
+                                  f"{failure!r}")  # fmt: skip
+        await asyncio.sleep(0.02)
+
+
 async def handshake(
     http: httpx.AsyncClient,
     envd_url: str,
@@ -110,18 +130,32 @@ async def handshake(
     replace it, and the env vars the source's callers set are kept (``inherit_env``; a
     warm-pool sandbox's are the template's, which ``defaults`` holds already).
     ``known_version``: envd was seen healthy already, with this version.
+
+    The first request waits for envd to listen (no ``/health`` poll before it: one round trip
+    less, and after a restore the first answer is the slow one). An ``/init`` without a
+    previous token proves the token it sets, so one retried after it had been applied passes.
     """
-    # An envd already seen healthy (a warm-pool sandbox) is not asked again: one round trip less.
-    version = known_version or await wait_healthy(http, envd_url, timeout_s, alive)
-    headers = {"X-Access-Token": previous_token} if previous_token else {}
-    env = dict(defaults.env)
-    if (
-        previous_token and inherit_env
-    ):  # restored: keep what the source's callers set, with our identity on top
+    first = not known_version
+    timeout = httpx.Timeout(10.0, connect=1.0)
+    proof = previous_token or access_token
+    headers = {"X-Access-Token": proof} if proof else {}
+
+    async def answer(send: Callable[[], Awaitable[httpx.Response]], what: str) -> httpx.Response:
+        nonlocal first
         try:
-            inherited = await http.get(f"{envd_url}/envs", headers=headers, timeout=10.0)
+            if first:
+                return await _first_answer(send, envd_url, timeout_s, alive)
+            return await send()
         except httpx.HTTPError as exc:
-            raise HandshakeFailed(f"envd /envs failed: {exc}") from exc
+            raise HandshakeFailed(f"envd {what} failed: {exc}") from exc
+        finally:
+            first = False
+
+    env = dict(defaults.env)
+    if previous_token and inherit_env:  # restored: keep what its callers set, our identity on top
+        inherited = await answer(
+            lambda: http.get(f"{envd_url}/envs", headers=headers, timeout=timeout), "/envs"
+        )
         if inherited.status_code == 200 and isinstance(inherited.json(), dict):
             env = {**inherited.json(), **env}
     body: dict[str, object] = {
@@ -132,12 +166,12 @@ async def handshake(
     }
     if access_token:
         body["accessToken"] = access_token
-    try:
-        response = await http.post(f"{envd_url}/init", json=body, headers=headers, timeout=10.0)
-    except httpx.HTTPError as exc:
-        raise HandshakeFailed(f"envd /init failed: {exc}") from exc
+    response = await answer(
+        lambda: http.post(f"{envd_url}/init", json=body, headers=headers, timeout=timeout), "/init"
+    )
     if response.status_code != 204:
         raise HandshakeFailed(f"envd /init answered {response.status_code}: {response.text[:200]}")
+    version = known_version or str(response.headers.get("x-envd-version", ENVD_VERSION))
     if defaults.ready_cmd:
         await wait_ready(envd_url, defaults.ready_cmd, timeout_s, access_token)
     return version

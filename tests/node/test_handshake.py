@@ -1,0 +1,123 @@
+"""envd's handshake against loopback servers that misbehave the way a booting or restoring
+sandbox does: not listening yet, or dropping the connection after taking the /init."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from starlette.types import Receive, Scope, Send
+
+from emberbox.envd_client.handshake import EnvdDefaults, HandshakeFailed, handshake
+
+DEFAULTS = EnvdDefaults(user="user", workdir="/home/user", env={"A": "1"})
+
+
+class Envd:
+    """/init as envd takes it (a token once set must be proved), and only /init: a handshake
+    that still polled /health first would get 404s. ``drop_first`` takes the first /init,
+    then breaks the connection before its answer is complete."""
+
+    def __init__(self, drop_first: bool = False) -> None:
+        self.token: str | None = None
+        self.inits: list[dict[str, Any]] = []
+        self.refused = 0
+        self.drop_first = drop_first
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        assert scope["type"] == "http"
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        if scope["path"] != "/init":
+            await self._answer(send, 404)
+            return
+        headers = dict(scope["headers"])
+        if self.token and headers.get(b"x-access-token", b"").decode() != self.token:
+            self.refused += 1
+            await self._answer(send, 401)
+            return
+        data = json.loads(body)
+        self.inits.append(data)
+        self.token = data.get("accessToken") or self.token
+        if self.drop_first and len(self.inits) == 1:  # taken, then the connection breaks
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-length", b"10")]})  # fmt: skip
+            return  # unfinished: uvicorn closes the connection
+        await self._answer(send, 204, [(b"x-envd-version", b"9.9.9")])
+
+    @staticmethod
+    async def _answer(send: Send, status: int, headers: list[tuple[bytes, bytes]] = []) -> None:  # noqa: B006
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _serve(app: Envd, port: int, after_s: float = 0.0) -> uvicorn.Server:
+    await asyncio.sleep(after_s)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical", lifespan="off")
+    server = uvicorn.Server(config)
+    asyncio.get_running_loop().create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110 - uvicorn offers no started event
+        await asyncio.sleep(0.005)
+    return server
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient() as client:
+        yield client
+
+
+async def test_the_first_init_waits_for_envd_to_listen(http: httpx.AsyncClient) -> None:
+    envd, port = Envd(), _free_port()
+    starting = asyncio.create_task(_serve(envd, port, after_s=0.3))  # a boot, a restore
+    version = await handshake(http, f"http://127.0.0.1:{port}", DEFAULTS, "tok", timeout_s=10)
+    server = await starting
+    server.should_exit = True
+    assert version == "9.9.9"  # from /init's answer: no /health asked
+    (init,) = envd.inits
+    assert init["accessToken"] == "tok" and init["envVars"] == {"A": "1"}
+
+
+async def test_an_init_taken_but_not_answered_is_sent_again_and_passes(
+    http: httpx.AsyncClient,
+) -> None:
+    envd, port = Envd(drop_first=True), _free_port()
+    server = await _serve(envd, port)
+    try:
+        await handshake(http, f"http://127.0.0.1:{port}", DEFAULTS, "tok", timeout_s=10)
+    finally:
+        server.should_exit = True
+    assert len(envd.inits) == 2 and envd.refused == 0, "the retry proved the token it set"
+    assert envd.token == "tok"
+
+
+async def test_a_machine_that_stops_ends_the_wait_at_once(http: httpx.AsyncClient) -> None:
+    async def dead() -> bool:
+        return False
+
+    start = asyncio.get_running_loop().time()
+    with pytest.raises(HandshakeFailed, match="stopped before envd answered"):
+        await handshake(http, f"http://127.0.0.1:{_free_port()}", DEFAULTS, "tok",
+                        timeout_s=30, alive=dead)  # fmt: skip
+    assert asyncio.get_running_loop().time() - start < 5
+
+
+async def test_nobody_listening_fails_after_the_timeout(http: httpx.AsyncClient) -> None:
+    with pytest.raises(HandshakeFailed, match="not answering"):
+        await handshake(http, f"http://127.0.0.1:{_free_port()}", DEFAULTS, "tok", timeout_s=0.3)
