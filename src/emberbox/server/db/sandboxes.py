@@ -81,18 +81,45 @@ async def set_state(
 ) -> bool:
     """Move the sandbox to ``to`` if it is in one of ``from_states`` (and, with ``ended_by``,
     only if its end time is not later than that); False if it was not."""
-    for current in from_states:
-        check_transition(current, to)
+    return await _move(s, sandbox_id, from_states, to, _written(to, values), ended_by)
+
+
+async def set_row_state(
+    s: AsyncSession, row: Sandbox, from_states: Collection[State], to: State, **values: Any
+) -> bool:
+    """:func:`set_state` for a row the caller holds, brought up to date in memory when it
+    moved: every value written is known, so the row need not be read back (with its metadata
+    and volumes, three queries)."""
+    written = _written(to, values)
+    if not await _move(s, row.id, from_states, to, written, None):
+        return False
+    for name, value in written.items():
+        setattr(row, name, value)
+    return True
+
+
+def _written(to: State, values: dict[str, Any]) -> dict[str, Any]:
+    """Every column a move to ``to`` writes."""
     if to in (State.KILLED, State.FAILED):
         values.setdefault("idempotency_key", None)  # the key may create a new sandbox now
+    return {**values, "state": str(to), "updated_at": utcnow()}
+
+
+async def _move(
+    s: AsyncSession,
+    sandbox_id: str,
+    from_states: Collection[State],
+    to: State,
+    written: dict[str, Any],
+    ended_by: dt.datetime | None,
+) -> bool:
+    for current in from_states:
+        check_transition(current, to)
     where = [Sandbox.id == sandbox_id, Sandbox.state.in_([str(x) for x in from_states])]
     if ended_by is not None:
         where.append(Sandbox.end_at <= ended_by)
     result = await s.execute(
-        update(Sandbox)
-        .where(*where)
-        .values(state=str(to), updated_at=utcnow(), **values)
-        .execution_options(synchronize_session=False)
+        update(Sandbox).where(*where).values(**written).execution_options(synchronize_session=False)
     )
     return bool(cast(CursorResult[Any], result).rowcount)
 

@@ -362,25 +362,18 @@ class SandboxService:
             return pb.ClaimResponse()
 
     async def _mark_running(self, row: Sandbox, b: pb.Sandbox, timeout_s: int) -> Sandbox:
-        """Record the started sandbox; ``row`` is the admitted one (detached), brought up to date
-        in memory rather than read back: every value written is known here, and the read (the
-        row, its metadata, its volumes) cost three queries on every create's path."""
+        """Record the started sandbox; ``row`` is the admitted one (detached), which is what
+        the create answers."""
         now = utcnow()
-        values: dict[str, Any] = {
-            "envd_url": b.envd_url,
-            "host_address": b.host,
-            "envd_version": b.envd_version,
-            "started_at": now,
-            "end_at": now + dt.timedelta(seconds=timeout_s),
-        }
         async with self.sessions.begin() as s:
-            ok = await q.set_state(s, row.id, [State.CREATING], State.RUNNING, **values)
+            ok = await q.set_row_state(
+                s, row, [State.CREATING], State.RUNNING,
+                envd_url=b.envd_url, host_address=b.host, envd_version=b.envd_version,
+                started_at=now, end_at=now + dt.timedelta(seconds=timeout_s),
+            )  # fmt: skip
         if not ok:  # killed while it was starting
             await self.node.kill(row.id)
             raise SandboxFailed("sandbox was stopped while starting")
-        for name, value in values.items():
-            setattr(row, name, value)
-        row.state = str(State.RUNNING)
         self.on_running(row)
         return row
 
@@ -682,23 +675,17 @@ class SandboxService:
                 raise NotFound(f"sandbox '{row.id}' no longer exists on its node") from e
             raise SandboxFailed(f"resume failed: {e}") from e
         timeout = timeout_s if timeout_s is not None else DEFAULT_RESUME_TIMEOUT_S
-        values: dict[str, Any] = {
-            "envd_url": b.envd_url,
-            "host_address": b.host,
-            "end_at": utcnow() + dt.timedelta(seconds=timeout),
-            "paused_bytes": 0,
-        }
         async with self.sessions.begin() as s:
-            ok = await q.set_state(s, row.id, [State.RESUMING], State.RUNNING, **values)
+            ok = await q.set_row_state(
+                s, row, [State.RESUMING], State.RUNNING, envd_url=b.envd_url,
+                host_address=b.host, end_at=utcnow() + dt.timedelta(seconds=timeout),
+                paused_bytes=0,
+            )  # fmt: skip
         if not ok:  # it was killed meanwhile: answer what it is now
             async with self.sessions() as s:
                 now = await q.get(s, row.id)
             assert now is not None
             return now
-        # What was written is known: ``row`` is brought up to date rather than read back.
-        for name, value in values.items():
-            setattr(row, name, value)
-        row.state = str(State.RUNNING)
         return row
 
     async def kill(self, who: Principal, sandbox_id: str) -> None:
