@@ -50,16 +50,41 @@ async def wait_healthy(
 
     ``alive`` lets the runtime say the machine died, so a crashed boot fails at once.
     """
+    response = await _first_answer(
+        lambda: http.get(f"{envd_url}/health", timeout=1.0), envd_url, timeout_s, alive,
+        accept=lambda r: r.status_code == 204, waiting_for="healthy",
+    )  # fmt: skip
+    return str(response.headers.get("x-envd-version", ENVD_VERSION))
+
+
+async def _first_answer(
+    send: Callable[[], Awaitable[httpx.Response]],
+    envd_url: str,
+    timeout_s: float,
+    alive: Alive,
+    *,
+    accept: Callable[[httpx.Response], bool] = lambda _r: True,
+    waiting_for: str = "answering",
+) -> httpx.Response:
+    """``send``'s answer from an envd that may not listen yet (a boot, a restore): a failed
+    attempt, or an answer ``accept`` refuses, is tried again every 20 ms until it passes, the
+    machine stops, or ``timeout_s`` passes. What it sends must be safe to send twice."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError):
-            response = await http.get(f"{envd_url}/health", timeout=1.0)
-            if response.status_code == 204:
-                return str(response.headers.get("x-envd-version", ENVD_VERSION))
+    failure: object = "no attempt"
+    while True:
+        try:
+            response = await send()
+            if accept(response):
+                return response
+            failure = f"answered {response.status_code}"
+        except httpx.HTTPError as exc:
+            failure = repr(exc)
         if not await alive():
             raise HandshakeFailed(f"the sandbox stopped before envd answered at {envd_url}")
+        if time.monotonic() >= deadline:
+            raise HandshakeFailed(f"envd not {waiting_for} at {envd_url} after "
+                                  f"{timeout_s:.0f}s: {failure}")  # fmt: skip
         await asyncio.sleep(0.02)
-    raise HandshakeFailed(f"envd not healthy at {envd_url} after {timeout_s:.0f}s")
 
 
 async def wait_ready(envd_url: str, command: str, timeout_s: float, token: str = "") -> None:
@@ -88,26 +113,6 @@ async def prime_standbys(
     except Exception:  # an optimisation, never a reason to fail a sandbox
         return
     await asyncio.sleep(settle_s)
-
-
-async def _first_answer(
-    send: Callable[[], Awaitable[httpx.Response]], envd_url: str, timeout_s: float, alive: Alive
-) -> httpx.Response:
-    """``send``'s answer from an envd that may not listen yet (a boot, a restore): a failed
-    attempt is tried again every 20 ms until envd answers, the machine stops, or ``timeout_s``
-    passes. What it sends must be safe to send twice."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return await send()
-        except httpx.TransportError as exc:
-            failure = exc
-        if not await alive():
-            raise HandshakeFailed(f"the sandbox stopped before envd answered at {envd_url}")
-        if time.monotonic() >= deadline:
-            raise HandshakeFailed(f"envd not answering at {envd_url} after {timeout_s:.0f}s: "
-                                  f"{failure!r}")  # fmt: skip
-        await asyncio.sleep(0.02)
 
 
 async def handshake(
