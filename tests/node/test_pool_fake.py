@@ -4,6 +4,8 @@ hand-over, refill, expiry, sizing, death and restarts. ``test_pool_gvisor.py`` r
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -36,6 +38,22 @@ async def _create(node: EmbeddedNode, spec: pb.SandboxSpec) -> tuple[pb.Sandbox,
 def _node(tmp_path: Path, runtime: FakeRuntime, **pool: float) -> EmbeddedNode:
     settings = PoolSettings(size=int(pool.pop("size", 2)), **pool)  # type: ignore[arg-type]
     return EmbeddedNode(runtime, tmp_path, pool=settings, dead_check_every_s=0)
+
+
+@contextlib.asynccontextmanager
+async def _filled(
+    tmp_path: Path, runtime: FakeRuntime, **pool: float
+) -> AsyncIterator[tuple[EmbeddedNode, pb.Sandbox]]:
+    """A started node whose pool learned the template from one create (returned) and filled
+    up; closed afterwards."""
+    node = _node(tmp_path, runtime, **pool)
+    await node.start()
+    try:
+        first, _ = await _create(node, _spec())
+        await node.orchestrator.pool.wait_full(10)
+        yield node, first
+    finally:
+        await node.close()
 
 
 async def test_a_claimed_sandbox_was_started_and_initialised_ahead(tmp_path: Path) -> None:
@@ -87,45 +105,29 @@ async def test_a_claimed_sandbox_was_started_and_initialised_ahead(tmp_path: Pat
 async def test_a_claim_with_another_token_sets_it(tmp_path: Path) -> None:
     """A create that does not take the pooled token (its own, ``tok``) gets it by /init."""
     runtime = FakeRuntime()
-    node = _node(tmp_path, runtime, size=1)
-    await node.start()
-    try:
-        await _create(node, _spec())
-        await node.orchestrator.pool.wait_full(10)
+    async with _filled(tmp_path, runtime, size=1) as (node, _):
         spec = _spec()
         spec.sandbox_id = (await node.claim(spec)).sandbox_id
         assert spec.sandbox_id
         await node.create(spec)
         envd = runtime.envds[spec.sandbox_id]
         assert [i["accessToken"] for i in envd.inits][1:] == ["tok"] and envd.token == "tok"
-    finally:
-        await node.close()
 
 
 async def test_claims_never_hand_one_sandbox_out_twice(tmp_path: Path) -> None:
     runtime = FakeRuntime(create_delay_s=0.02)
-    node = _node(tmp_path, runtime, size=4)
-    await node.start()
-    try:
-        await _create(node, _spec())
-        await node.orchestrator.pool.wait_full(10)
+    async with _filled(tmp_path, runtime, size=4) as (node, _):
         results = await asyncio.gather(*(_create(node, _spec()) for _ in range(10)))
         ids = [sandbox.sandbox_id for sandbox, _ in results]
         assert len(set(ids)) == 10
         assert sum(pooled for _, pooled in results) == 4
         assert all(len(runtime.envds[i].inits) == 1 for i in ids)  # pooled: at pooling
-    finally:
-        await node.close()
 
 
 async def test_unused_claims_and_a_shrunk_target_release_their_sandboxes(tmp_path: Path) -> None:
     runtime = FakeRuntime()
-    node = _node(tmp_path, runtime, hold_s=0.05)
-    await node.start()
-    try:
-        await _create(node, _spec())
+    async with _filled(tmp_path, runtime, hold_s=0.05) as (node, _):
         pool = node.orchestrator.pool
-        await pool.wait_full(10)
         claimed = (await node.claim(_spec())).sandbox_id
         assert claimed
         await asyncio.sleep(0.1)
@@ -135,17 +137,11 @@ async def test_unused_claims_and_a_shrunk_target_release_their_sandboxes(tmp_pat
         spec.sandbox_id = claimed  # a create that comes too late starts a sandbox of its own
         late = await node.create(spec)
         assert late.sandbox_id == claimed and len(runtime.envds[claimed].inits) == 1
-    finally:
-        await node.close()
 
 
 async def test_specs_the_pool_cannot_serve_are_never_claimed(tmp_path: Path) -> None:
     runtime = FakeRuntime()
-    node = _node(tmp_path, runtime)
-    await node.start()
-    try:
-        await _create(node, _spec())
-        await node.orchestrator.pool.wait_full(10)
+    async with _filled(tmp_path, runtime) as (node, _):
         assert (await node.claim(_spec(memory_mb=256))).sandbox_id == ""  # its own key
         closed = SandboxSpec("x", "base", 1, 128, 64, network=NetworkPolicy(allow_internet=False))
         assert PoolKey.of(closed) is None
@@ -156,24 +152,16 @@ async def test_specs_the_pool_cannot_serve_are_never_claimed(tmp_path: Path) -> 
         wrong.sandbox_id = claimed
         with pytest.raises(NodeBadRequest, match="claimed for another"):
             await node.create(wrong)
-    finally:
-        await node.close()
 
 
 async def test_a_pooled_sandbox_that_died_is_never_handed_out(tmp_path: Path) -> None:
     runtime = FakeRuntime()
-    node = _node(tmp_path, runtime, size=1)
-    await node.start()
-    try:
-        first, _ = await _create(node, _spec())
-        await node.orchestrator.pool.wait_full(10)
+    async with _filled(tmp_path, runtime, size=1) as (node, first):
         (doomed,) = set(runtime.sandboxes) - {first.sandbox_id}
         runtime.die(doomed)
         assert await node.orchestrator.check_dead() == [doomed]
         claimed = (await node.claim(_spec())).sandbox_id
         assert claimed != doomed
-    finally:
-        await node.close()
 
 
 async def test_a_pooled_sandbox_that_died_unnoticed_is_replaced_at_its_claim(
@@ -182,11 +170,7 @@ async def test_a_pooled_sandbox_that_died_unnoticed_is_replaced_at_its_claim(
     """It died after its claim, before any dead check: the create, which needs no /init,
     still looks (a cost-free look) and starts a sandbox of its own under the id instead."""
     runtime = FakeRuntime()
-    node = _node(tmp_path, runtime, size=1)
-    await node.start()
-    try:
-        await _create(node, _spec())
-        await node.orchestrator.pool.wait_full(10)
+    async with _filled(tmp_path, runtime, size=1) as (node, _):
         claim = await node.claim(_spec())
         runtime.die(claim.sandbox_id)
         spec = _spec()
@@ -197,8 +181,6 @@ async def test_a_pooled_sandbox_that_died_unnoticed_is_replaced_at_its_claim(
         assert runtime.teardowns[claim.sandbox_id] == 1  # the dead one, released
         (init,) = runtime.envds[claim.sandbox_id].inits  # the new one's own /init
         assert init["accessToken"] == claim.access_token
-    finally:
-        await node.close()
 
 
 async def test_a_restarted_node_removes_what_its_predecessor_pooled(tmp_path: Path) -> None:
