@@ -22,6 +22,10 @@ DEFAULT_USER = "user"
 DEFAULT_WORKDIR = "/home/user"
 """Who commands run as, and where, unless a template or a call says otherwise (E2B's)."""
 
+STANDBY_SHELLS = 2
+"""Login shells envd keeps started per (user, cwd, stdin) so a command need not wait for a login
+(``envd/process/standby.py``); the warm pool primes a pooled sandbox with as many commands."""
+
 DEFAULT_UID = 1000
 """The uid (and gid) of ``DEFAULT_USER`` in our templates: who owns what is put in a volume."""
 

@@ -56,6 +56,14 @@ async def _wait_full(node: NodeProcess, timeout_s: float = 120.0) -> None:
         await client.close()
 
 
+def _wait_template_snapshot(node: NodeProcess, timeout_s: float = 120.0) -> None:
+    snapshots = node.data_dir / "gvisor" / "template-snapshots"
+    deadline = time.monotonic() + timeout_s
+    while not any(snapshots.glob("base-*/checkpoint.img")):
+        assert time.monotonic() < deadline, "the template snapshot never appeared"
+        time.sleep(0.2)
+
+
 def test_creates_come_from_the_pool_and_carry_nothing_of_anyone_else(
     node: NodeProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -71,6 +79,7 @@ def test_creates_come_from_the_pool_and_carry_nothing_of_anyone_else(
         for name, value in server.sdk_env(server.first_key).items():
             monkeypatch.setenv(name, value)
         first = Sandbox.create("base", timeout=120)  # the pool learns what is asked for
+        _wait_template_snapshot(node)  # refills from now on restore it
         asyncio.run(_wait_full(node))
         ready = _pooled(node)
         assert len(ready) == POOL
@@ -94,7 +103,19 @@ def test_creates_come_from_the_pool_and_carry_nothing_of_anyone_else(
         assert not other.files.exists("/home/user/mine.txt")
         assert other.commands.run("echo ${FOO:-unset}").stdout == "unset\n"
 
-        for s in (first, sandbox, other):
+        # A pooled sandbox restored from the template's snapshot (its init still has the
+        # snapshot's identity): its first command runs in a login shell started after the
+        # sandbox got its own identity (in the shell's initial environment), not in one the
+        # restore brought back, whose first run is slower (it faults its memory back in).
+        asyncio.run(_wait_full(node))
+        restored = Sandbox.create("base", timeout=120)
+        environ = "tr '\\0' '\\n' < /proc/{}/environ | grep ^E2B_SANDBOX_ID= || echo none"
+        first_shell = restored.commands.run(environ.format("$$")).stdout
+        init = restored.commands.run(environ.format(1), user="root").stdout
+        assert init.startswith("E2B_SANDBOX_ID=warm-"), init
+        assert first_shell == f"E2B_SANDBOX_ID={restored.sandbox_id}\n"
+
+        for s in (first, sandbox, other, restored):
             s.kill()
     finally:
         server.stop()

@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 
-from ..vocabulary import DEFAULT_USER, DEFAULT_WORKDIR, SERVER_KEEPALIVE_S
+from ..vocabulary import DEFAULT_USER, DEFAULT_WORKDIR, SERVER_KEEPALIVE_S, STANDBY_SHELLS
 from ..vocabulary import ENVD_PORT as DEFAULT_PORT
 
 
@@ -30,7 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--standby-shells",
         type=int,
-        default=2,
+        default=STANDBY_SHELLS,
         help="login shells kept started per (user, cwd) for commands; 0: none (docs/envd.md)",
     )
     parser.add_argument(

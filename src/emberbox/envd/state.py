@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from ..vocabulary import ENVD_VERSION
+from ..vocabulary import ENVD_VERSION, STANDBY_SHELLS
 
 __all__ = ["ENVD_VERSION", "EnvdState"]
 
@@ -21,7 +21,7 @@ class EnvdState:
     last_init: datetime | None = None
     max_upload_bytes: int | None = None
     sync_clock: bool = False
-    standby_shells: int = 2  # per (user, cwd, stdin); 0 starts every command afresh
+    standby_shells: int = STANDBY_SHELLS  # per (user, cwd, stdin); 0: every command afresh
 
     def token_ok(self, presented: str | None) -> bool:
         """True when no token is required or the presented one matches (constant time)."""

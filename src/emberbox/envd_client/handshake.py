@@ -100,16 +100,24 @@ async def wait_ready(envd_url: str, command: str, timeout_s: float, token: str =
 
 
 async def prime_standbys(
-    envd_url: str, user: str, workdir: str, token: str = "", settle_s: float = 0.0
+    envd_url: str,
+    user: str,
+    workdir: str,
+    token: str = "",
+    settle_s: float = 0.0,
+    commands: int = 1,
 ) -> None:
-    """Run one command as ``user`` in ``workdir``, the (user, cwd) the SDKs' commands run with
-    by default: envd then keeps standby login shells ready for them (``envd/process/standby``),
-    so the first command after a restore or a warm-pool claim need not wait for a login.
-    ``settle_s`` lets those shells finish their login (before a checkpoint). Best effort: a
-    failure only means the first command starts its own shell."""
+    """Run ``commands`` commands, one after another, as ``user`` in ``workdir``, the (user,
+    cwd) the SDKs' commands run with by default: envd then keeps standby login shells ready for
+    them (``envd/process/standby``), so the first command after a restore or a warm-pool claim
+    need not wait for a login. Each command takes the oldest standby; as many as envd keeps
+    leave only shells started after the first. ``settle_s`` lets the shells finish their login
+    (before a checkpoint). Best effort: a failure only means the first command starts its own
+    shell."""
     try:
         async with EnvdClient(envd_url, token or None) as envd:
-            await envd.run("true", user=user, cwd=workdir, timeout=30)
+            for _ in range(commands):
+                await envd.run("true", user=user, cwd=workdir, timeout=30)
     except Exception:  # an optimisation, never a reason to fail a sandbox
         return
     await asyncio.sleep(settle_s)

@@ -45,7 +45,7 @@ from ..runtimes.base import (
     SandboxStatus,
     SnapshotRef,
 )
-from ..vocabulary import new_sandbox_id
+from ..vocabulary import STANDBY_SHELLS, new_sandbox_id
 from .pool import PoolKey, PoolSettings, WarmPool
 from .records import RecordStore, SandboxRecord
 
@@ -260,7 +260,7 @@ class Orchestrator:
     async def _start_pooled(self, key: PoolKey) -> RuntimeSandbox:
         """One sandbox for the pool: started, envd healthy, the template's ready check
         passed, its ``/init`` with a token of its own (so most claims need no round trip into
-        the sandbox, see :meth:`_hand_over`), then standby login shells started."""
+        the sandbox, see :meth:`_hand_over`), then standby login shells started in it."""
         assert self._http is not None, "node not started"
         sandbox_id = new_sandbox_id()
         async with self._locks.hold(sandbox_id):
@@ -279,7 +279,11 @@ class Orchestrator:
                 await self._handshake(dataclasses.replace(sandbox, defaults=defaults), token,
                                       known_version=record.envd_version)  # fmt: skip
                 self._pool_tokens[sandbox_id] = token
-                await prime_standbys(sandbox.envd_url, defaults.user, defaults.workdir, token)
+                # One command per standby shell: those a restore brought back from the template's
+                # snapshot are used up here, so a claim's first command takes a shell started in
+                # this sandbox (a restored one's first run faults its memory in, ~10 ms).
+                await prime_standbys(sandbox.envd_url, defaults.user, defaults.workdir, token,
+                                     commands=STANDBY_SHELLS)  # fmt: skip
             except BaseException:
                 await self._release_locked(sandbox_id, "pool start failed")
                 raise
