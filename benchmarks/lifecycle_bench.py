@@ -50,6 +50,7 @@ from emberbox.envd_client import EnvdClient
 from emberbox.host import cgroups, network
 from emberbox.runtimes.base import SandboxSpec
 from emberbox.runtimes.gvisor import GVisorConfig, GVisorRuntime
+from emberbox.runtimes.gvisor.warm import TemplateSnapshots
 from emberbox.templates.store import TemplateStore
 
 HOLD_256 = "python3 -c 'b = b\"x\" * (256 << 20); import time; time.sleep(3600)' >/dev/null 2>&1 &"
@@ -167,9 +168,9 @@ def concurrent_ttis(opts: dict[str, Any], count: int) -> tuple[list[float], floa
 
 
 def wait_for_template_snapshot(directory: Path, timeout_s: float = 120) -> None:
-    root = directory / "gvisor" / "template-snapshots"
+    snapshots = TemplateSnapshots(GVisorConfig(data_dir=directory).template_snapshots_dir)
     deadline = time.monotonic() + timeout_s
-    while not any((p / "checkpoint.img").is_file() for p in root.glob("base-*")):
+    while not snapshots.taken("base"):
         check(time.monotonic() < deadline, "the template snapshot never appeared")
         time.sleep(0.2)
 

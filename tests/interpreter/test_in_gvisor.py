@@ -173,24 +173,15 @@ def test_env_vars_from_create_and_per_call(sandbox: Any) -> None:
     assert sandbox.run_code(bash, language="bash").logs.stdout == ["set at create/unset\n"]
 
 
-def _wait_for_template_snapshot() -> None:
-    """Until creates of code-interpreter restore its template snapshot instead of booting."""
-    from tests.runtimes.gvisor_support import DATA_DIR
-
-    snapshots = DATA_DIR / "gvisor" / "template-snapshots"
-    deadline = time.monotonic() + 120
-    while not list(snapshots.glob("code-interpreter-*/checkpoint.img")):
-        assert time.monotonic() < deadline, "no template snapshot of code-interpreter was made"
-        time.sleep(0.5)
-
-
 def test_a_sandbox_restored_from_the_template_snapshot_is_its_own(
     sandbox: Any, server: ServerProcess
 ) -> None:
     """The node snapshots each template once it booted (kernel running, before any sandbox's
     /init) and restores later creates from it: their service and kernels must still take on
     the new sandbox's env and token."""
-    _wait_for_template_snapshot()
+    from tests.runtimes.gvisor_support import DATA_DIR, wait_for_template_snapshot
+
+    wait_for_template_snapshot(DATA_DIR, "code-interpreter")
     restored = Sandbox.create(timeout=120, envs={"FROM_CREATE": "restored"})
     try:
         code = "import os; os.environ['E2B_SANDBOX_ID'], os.environ.get('FROM_CREATE')"
@@ -216,7 +207,9 @@ def test_sandboxes_restored_from_one_snapshot_draw_different_random_numbers(
 ) -> None:
     """The prestarted kernel is in the template snapshot with its generators' state: each
     restored sandbox reseeds it before the first cell, so they never draw the same numbers."""
-    _wait_for_template_snapshot()
+    from tests.runtimes.gvisor_support import DATA_DIR, wait_for_template_snapshot
+
+    wait_for_template_snapshot(DATA_DIR, "code-interpreter")
     draw = "import random, numpy; (random.random(), float(numpy.random.random()))"
     made = [Sandbox.create(timeout=120) for _ in range(2)]
     try:

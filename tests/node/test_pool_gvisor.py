@@ -18,7 +18,7 @@ from emberbox.node.client import RemoteNode
 from emberbox.runtimes.gvisor import GVisorConfig
 from emberbox.server.testing import NodeProcess, ServerProcess
 from emberbox.templates.store import Template
-from tests.runtimes.gvisor_support import DATA_DIR, inventory
+from tests.runtimes.gvisor_support import DATA_DIR, inventory, wait_for_template_snapshot
 
 from .support import data_dir_sharing_templates
 
@@ -56,14 +56,6 @@ async def _wait_full(node: NodeProcess, timeout_s: float = 120.0) -> None:
         await client.close()
 
 
-def _wait_template_snapshot(node: NodeProcess, timeout_s: float = 120.0) -> None:
-    snapshots = node.data_dir / "gvisor" / "template-snapshots"
-    deadline = time.monotonic() + timeout_s
-    while not any(snapshots.glob("base-*/checkpoint.img")):
-        assert time.monotonic() < deadline, "the template snapshot never appeared"
-        time.sleep(0.2)
-
-
 def test_creates_come_from_the_pool_and_carry_nothing_of_anyone_else(
     node: NodeProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -79,7 +71,7 @@ def test_creates_come_from_the_pool_and_carry_nothing_of_anyone_else(
         for name, value in server.sdk_env(server.first_key).items():
             monkeypatch.setenv(name, value)
         first = Sandbox.create("base", timeout=120)  # the pool learns what is asked for
-        _wait_template_snapshot(node)  # refills from now on restore it
+        wait_for_template_snapshot(node.data_dir, "base")  # refills from now on restore it
         asyncio.run(_wait_full(node))
         ready = _pooled(node)
         assert len(ready) == POOL

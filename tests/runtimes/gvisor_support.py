@@ -8,6 +8,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from emberbox.host import cgroups as cg
 from emberbox.host import network
 from emberbox.runtimes.base import RuntimeSandbox
 from emberbox.runtimes.gvisor import GVisorConfig
+from emberbox.runtimes.gvisor.warm import TemplateSnapshots
 from emberbox.server.testing import ServerProcess
 from emberbox.templates.base import build_base
 from emberbox.templates.store import Template, TemplateStore
@@ -145,6 +147,15 @@ def tracked_flows(address: str) -> list[str]:
 
 
 DATA_DIR = Path(os.environ.get("EMBERBOX_DATA_DIR") or "/var/lib/emberbox")
+
+
+def wait_for_template_snapshot(data_dir: Path, template_name: str, timeout_s: float = 120) -> None:
+    """Until creates of the template restore its snapshot instead of booting."""
+    snapshots = TemplateSnapshots(GVisorConfig(data_dir=data_dir).template_snapshots_dir)
+    deadline = time.monotonic() + timeout_s
+    while not snapshots.taken(template_name):
+        assert time.monotonic() < deadline, f"no template snapshot of {template_name} was made"
+        time.sleep(0.2)
 
 
 @contextlib.contextmanager

@@ -82,6 +82,11 @@ class GVisorConfig:
         return self.root / "snapshots"
 
     @property
+    def template_snapshots_dir(self) -> Path:
+        """Each template's own checkpoint, taken after its first boot (``warm.py``)."""
+        return self.root / "template-snapshots"
+
+    @property
     def leases_dir(self) -> Path:
         return self.leases_root
 

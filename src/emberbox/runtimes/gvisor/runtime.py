@@ -95,8 +95,7 @@ class GVisorRuntime(Runtime):
         # Paused sandboxes whose runsc container this process deleted: their resume need not
         # ask runsc whether one is left (a ``runsc state``, ~35 ms).
         self._deleted: set[str] = set()
-        self.warm = TemplateSnapshots(self.config.root / "template-snapshots",
-                                      self.config.boot_timeout)  # fmt: skip
+        self.warm = TemplateSnapshots(self.config.template_snapshots_dir, self.config.boot_timeout)
         # Rules of the sandboxes whose traffic the gateway judges (domain entries, or DNS sent
         # to the node), by address.
         self._egress: dict[str, EgressRules] = {}

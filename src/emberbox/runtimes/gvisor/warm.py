@@ -56,6 +56,12 @@ class TemplateSnapshots:
         path = self.path(template, spec)
         return path if (path / "checkpoint.img").is_file() else None
 
+    def taken(self, template_name: str) -> bool:
+        """Whether the template has a finished snapshot, of any size (what tests and benchmarks
+        wait for before timing or checking restores)."""
+        images = self.root.glob(f"{template_name}-*/checkpoint.img")
+        return any(not image.parent.name.endswith(".partial") for image in images)
+
     def discard(self, template: Template, spec: SandboxSpec) -> None:
         shutil.rmtree(self.path(template, spec), ignore_errors=True)
 
