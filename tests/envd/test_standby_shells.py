@@ -219,3 +219,30 @@ def test_an_init_after_the_standbys_started_reaches_their_commands(
         if i < 2:
             assert _started_before(standby, moment), f"the standby was not used after {env}"
         time.sleep(0.5)  # the used standbys are replaced before the next /init
+
+
+def test_a_woken_standby_still_runs_its_command_as_a_fresh_shell_would(
+    envd_factory: Callable[..., EnvdProcess], monkeypatch: pytest.MonkeyPatch, sandbox_user: str
+) -> None:
+    """Every ``/init`` wakes the idle standbys (after a restore they pay their first run
+    then, not in a command): a woken shell goes back to waiting and is used as before."""
+    import httpx
+
+    monkeypatch.setenv("E2B_DEBUG", "true")
+    pair = []
+    for flags in ((), ("--standby-shells", "0")):
+        envd = envd_factory(*flags)
+        monkeypatch.setenv("E2B_SANDBOX_URL", envd.url)
+        pair.append((envd, Sandbox.create()))
+    for _, sandbox in pair:
+        sandbox.commands.run("true")  # the key's standbys start now
+    time.sleep(1.0)  # their logins are done
+    moment = time.time()
+    for envd, _ in pair:
+        for _ in range(3):  # woken three times; the shells read each wake-up
+            assert httpx.post(f"{envd.url}/init", json={}).status_code == 204
+    time.sleep(0.2)
+    standby, fresh = pair[0][1], pair[1][1]
+    assert _started_before(standby, moment), "a woken standby was not used"
+    # The other woken standby (the oldest now): its shell state is a fresh login's.
+    assert _outcome(standby, PROBES[1]) == _outcome(fresh, PROBES[1])

@@ -67,13 +67,15 @@ class EnvdApp:
         self.journal = journal.install()
 
         def bind(
-            fn: Callable[..., Awaitable[Response]], first: Any
+            fn: Callable[..., Awaitable[Response]], *first: Any
         ) -> Callable[[Request], Awaitable[Response]]:
-            return functools.partial(fn, first)
+            return functools.partial(fn, *first)
 
         routes = [
             Route("/health", system.health, methods=["GET", "HEAD"]),
-            Route("/init", bind(system.init, state), methods=["POST"]),
+            Route(
+                "/init", bind(system.init, state, self.processes.standbys.wake), methods=["POST"]
+            ),
             Route("/envs", bind(system.envs, state), methods=["GET"]),
             Route("/metrics", bind(system.metrics, sampler), methods=["GET"]),
             Route("/logs", bind(system.logs, self.journal), methods=["GET"]),

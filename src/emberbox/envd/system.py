@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from datetime import datetime
 
 from starlette.requests import Request
@@ -47,10 +48,14 @@ def _sync_clock(target: datetime) -> None:
             log.warning("cannot set the clock (drift %.3fs): %s", drift, exc)
 
 
-async def init(state: EnvdState, request: Request) -> Response:
-    """Configure envd. Once a token is set, only its holder may change anything."""
+async def init(state: EnvdState, wake: Callable[[], None], request: Request) -> Response:
+    """Configure envd. Once a token is set, only its holder may change anything.
+
+    ``wake`` lets the standby shells run at once: an ``/init`` follows every restore, whose
+    processes pay their first run's cost (``StandbyPool.wake``) while this answer travels."""
     if state.access_token and not state.token_ok(request.headers.get("x-access-token")):
         raise HTTPProblem(401, UNAUTHORIZED_MESSAGE)
+    wake()
     body = await request.body()
     try:
         data = json.loads(body) if body.strip() else {}

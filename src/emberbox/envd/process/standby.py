@@ -42,7 +42,8 @@ log = logging.getLogger("emberbox.envd.process")
 BOOT = (
     '__eb_s=$?; __eb_ret() { builtin unset -f __eb_ret; return "$1"; }; '
     "[[ $- == *e* ]] && __eb_s=0; "
-    "builtin read -r -u @CTL@ __eb_go || builtin exit 0; exec @CTL@<&-; "
+    "while builtin read -r -u @CTL@ __eb_go || builtin exit 0; [[ $__eb_go == w ]]; "
+    "do builtin :; done; exec @CTL@<&-; "
     "IFS= builtin read -r -d '' -u @REQ@ __eb_n; "
     "while (( __eb_n-- > 0 )); do IFS= builtin read -r -d '' -u @REQ@ __eb_kv; "
     'builtin export -- "$__eb_kv"; done; '
@@ -50,6 +51,9 @@ BOOT = (
     "builtin unset -v __eb_go __eb_n __eb_kv; BASH_EXECUTION_STRING=$__eb_cmd; "
     'builtin eval "builtin unset -v __eb_cmd __eb_s; __eb_ret $__eb_s; $__eb_cmd"'
 )
+
+# On the control pipe: run, then wait again (``StandbyPool.wake``); any other line: go.
+WAKE = b"w\n"
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 # Variables bash sets or reads at start-up: exporting them after start-up would not mean what
@@ -300,6 +304,17 @@ class StandbyPool:
                 future.result().discard()
 
         return back
+
+    def wake(self) -> None:
+        """Let every idle standby run for a moment: a ``w`` line on its control pipe, which
+        its ``BOOT`` loop reads and goes back to waiting. After a restore, a process's first
+        run is slow (gVisor gives its address space a new host stub, ~20 ms here); woken at
+        ``/init``, the shells pay that beside the create's answer, not in the next commands."""
+        for slot in self._slots.values():
+            for future in slot.shells:
+                if future.done() and not future.cancelled() and future.exception() is None:
+                    with contextlib.suppress(OSError):  # it exited: ``take`` will see that
+                        os.write(future.result().control, WAKE)
 
     def _evict(self) -> None:
         while len(self._slots) > self.max_keys:
