@@ -35,6 +35,11 @@ from ..users import User
 
 log = logging.getLogger("emberbox.envd.process")
 
+# On the control pipe, a line with this word makes a standby run, then wait again
+# (``StandbyPool.wake``); any other line hands it its command.
+_WAKE_WORD = "w"
+WAKE = f"{_WAKE_WORD}\n".encode()
+
 # One line, so LINENO inside the command starts at 1 as with ``bash -c``. Every name it uses is
 # unset before the command runs; builtins are called as such in case the profile shadows them.
 # ``$?`` after the login (the profile's last status, which ``bash -l -c`` shows the command) is
@@ -42,7 +47,7 @@ log = logging.getLogger("emberbox.envd.process")
 BOOT = (
     '__eb_s=$?; __eb_ret() { builtin unset -f __eb_ret; return "$1"; }; '
     "[[ $- == *e* ]] && __eb_s=0; "
-    "while builtin read -r -u @CTL@ __eb_go || builtin exit 0; [[ $__eb_go == w ]]; "
+    "while builtin read -r -u @CTL@ __eb_go || builtin exit 0; [[ $__eb_go == @WAKE@ ]]; "
     "do builtin :; done; exec @CTL@<&-; "
     "IFS= builtin read -r -d '' -u @REQ@ __eb_n; "
     "while (( __eb_n-- > 0 )); do IFS= builtin read -r -d '' -u @REQ@ __eb_kv; "
@@ -50,10 +55,7 @@ BOOT = (
     "IFS= builtin read -r -d '' -u @REQ@ __eb_cmd; exec @REQ@<&-; "
     "builtin unset -v __eb_go __eb_n __eb_kv; BASH_EXECUTION_STRING=$__eb_cmd; "
     'builtin eval "builtin unset -v __eb_cmd __eb_s; __eb_ret $__eb_s; $__eb_cmd"'
-)
-
-# On the control pipe: run, then wait again (``StandbyPool.wake``); any other line: go.
-WAKE = b"w\n"
+).replace("@WAKE@", _WAKE_WORD)
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 # Variables bash sets or reads at start-up: exporting them after start-up would not mean what
