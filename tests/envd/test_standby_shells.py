@@ -224,8 +224,9 @@ def test_an_init_after_the_standbys_started_reaches_their_commands(
 def test_a_woken_standby_still_runs_its_command_as_a_fresh_shell_would(
     envd_factory: Callable[..., EnvdProcess], monkeypatch: pytest.MonkeyPatch, sandbox_user: str
 ) -> None:
-    """Every ``/init`` wakes the idle standbys (after a restore they pay their first run
-    then, not in a command): a woken shell goes back to waiting and is used as before."""
+    """Every ``/init`` and ``/health`` wakes the idle standbys (after a restore they pay
+    their first run then, not in a command): a woken shell goes back to waiting and is used
+    as before."""
     import httpx
 
     monkeypatch.setenv("E2B_DEBUG", "true")
@@ -239,8 +240,9 @@ def test_a_woken_standby_still_runs_its_command_as_a_fresh_shell_would(
     time.sleep(1.0)  # their logins are done
     moment = time.time()
     for envd, _ in pair:
-        for _ in range(3):  # woken three times; the shells read each wake-up
+        for _ in range(2):  # woken four times; the shells read each wake-up
             assert httpx.post(f"{envd.url}/init", json={}).status_code == 204
+            assert httpx.get(f"{envd.url}/health").status_code == 204
     time.sleep(0.2)
     standby, fresh = pair[0][1], pair[1][1]
     assert _started_before(standby, moment), "a woken standby was not used"

@@ -71,11 +71,10 @@ class EnvdApp:
         ) -> Callable[[Request], Awaitable[Response]]:
             return functools.partial(fn, *first)
 
+        wake = self.processes.standbys.wake
         routes = [
-            Route("/health", system.health, methods=["GET", "HEAD"]),
-            Route(
-                "/init", bind(system.init, state, self.processes.standbys.wake), methods=["POST"]
-            ),
+            Route("/health", bind(system.health, wake), methods=["GET", "HEAD"]),
+            Route("/init", bind(system.init, state, wake), methods=["POST"]),
             Route("/envs", bind(system.envs, state), methods=["GET"]),
             Route("/metrics", bind(system.metrics, sampler), methods=["GET"]),
             Route("/logs", bind(system.logs, self.journal), methods=["GET"]),

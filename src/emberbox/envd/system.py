@@ -26,7 +26,10 @@ CLOCK_AHEAD_S = 5.0
 CLOCK_BEHIND_S = 0.05
 
 
-async def health(request: Request) -> Response:
+async def health(wake: Callable[[], None], request: Request) -> Response:
+    """204 with envd's version. ``wake``: see :func:`init`; after a resume or a rollback,
+    the node's health check is envd's first request (no ``/init`` follows those)."""
+    wake()
     return Response(status_code=204, headers={"X-Envd-Version": ENVD_VERSION})
 
 

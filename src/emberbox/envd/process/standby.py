@@ -308,10 +308,11 @@ class StandbyPool:
         return back
 
     def wake(self) -> None:
-        """Let every idle standby run for a moment: a ``w`` line on its control pipe, which
-        its ``BOOT`` loop reads and goes back to waiting. After a restore, a process's first
-        run is slow (gVisor gives its address space a new host stub, ~20 ms here); woken at
-        ``/init``, the shells pay that beside the create's answer, not in the next commands."""
+        """Let every idle standby run for a moment: a ``WAKE`` line on its control pipe, which
+        its ``BOOT`` loop reads before it waits again. After a restore, a process's first run
+        is slow (gVisor sets its address space up again on the host, ~20 ms here); woken at
+        the node's first request (``/init``, ``/health``), the shells pay that beside the
+        answer, not in the next commands."""
         for slot in self._slots.values():
             for future in slot.shells:
                 if future.done() and not future.cancelled() and future.exception() is None:
