@@ -74,11 +74,16 @@ class FakeRuntime(Runtime):
     capabilities = Capabilities(pause=True)
 
     def __init__(
-        self, create_delay_s: float = 0.0, kill_delay_s: float = 0.0, pause_delay_s: float = 0.0
+        self,
+        create_delay_s: float = 0.0,
+        kill_delay_s: float = 0.0,
+        pause_delay_s: float = 0.0,
+        resume_delay_s: float = 0.0,
     ) -> None:
         self.create_delay_s = create_delay_s
         self.kill_delay_s = kill_delay_s
         self.pause_delay_s = pause_delay_s
+        self.resume_delay_s = resume_delay_s
         self.sandboxes: dict[str, RuntimeSandbox] = {}
         self.envds: dict[str, _Envd] = {}
         self.teardowns: collections.Counter[str] = collections.Counter()
@@ -157,6 +162,7 @@ class FakeRuntime(Runtime):
         return 4096  # what its saved memory would take
 
     async def resume(self, sandbox_id: str) -> RuntimeSandbox:
+        await asyncio.sleep(self.resume_delay_s)
         sandbox = self.sandboxes[sandbox_id]
         self.sandboxes[sandbox_id] = RuntimeSandbox(
             sandbox.sandbox_id, sandbox.template_id, sandbox.address, sandbox.envd_port

@@ -12,12 +12,12 @@ import pytest
 
 from emberbox._proto.node import node_pb2 as pb
 from emberbox.envd_client import EnvdClient
-from emberbox.node.client import NodeError, RemoteNode
+from emberbox.node.client import NodeConflict, NodeError, RemoteNode
 from emberbox.runtimes.gvisor import GVisorConfig, GVisorRuntime
 from emberbox.server.testing import NodeProcess, ServerProcess
 from emberbox.templates.store import Template
 from emberbox.vocabulary import new_sandbox_id
-from tests.runtimes.gvisor_support import DATA_DIR, inventory
+from tests.runtimes.gvisor_support import DATA_DIR, inventory, wait_for_template_snapshot
 
 from .support import data_dir_sharing_templates
 
@@ -110,3 +110,35 @@ def test_a_server_on_a_remote_gvisor_node_finds_its_templates(
         server.stop()
         node.stop()
     assert asyncio.run(inventory(config)).leaked_since(baseline) == {}
+
+
+async def test_a_paused_sandbox_is_neither_snapshotted_nor_rolled_back(node: NodeProcess) -> None:
+    """The control plane checks a sandbox is running before a snapshot or a rollback, but a
+    pause from another caller can reach the node in between: the node then refuses with its
+    conflict code (409 upstream) and leaves the sandbox paused, to be resumed intact. A
+    rollback that ran would have restarted a sandbox its owner records paused."""
+    config = GVisorConfig(data_dir=node.data_dir)
+    baseline = await inventory(config)
+    node.start()
+    client = RemoteNode(node.url, node.token)
+    try:
+        sandbox = await client.create(_spec())
+        snapshot = await client.checkpoint(sandbox.sandbox_id, "snapcoffee0000000001")
+        await client.pause(sandbox.sandbox_id)
+        with pytest.raises(NodeConflict, match="not running"):
+            await client.checkpoint(sandbox.sandbox_id, "snapcoffee0000000002")
+        with pytest.raises(NodeConflict, match="paused"):
+            await client.restore(sandbox.sandbox_id, snapshot)
+        await client.resume(sandbox.sandbox_id)
+        assert await _echo(sandbox, "intact") == "intact\n"
+        await client.delete_snapshot(snapshot)
+        assert await client.kill(sandbox.sandbox_id) is True
+        # The first create also started the template's snapshot (a sandbox of its own).
+        await asyncio.to_thread(wait_for_template_snapshot, node.data_dir, "base")
+    finally:
+        await client.close()
+    for _ in range(150):  # that sandbox's tear-down follows its snapshot
+        if not (leaked := (await inventory(config)).leaked_since(baseline)):
+            break
+        await asyncio.sleep(0.2)
+    assert leaked == {}

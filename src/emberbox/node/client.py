@@ -54,6 +54,10 @@ class NodeBadRequest(NodeError):
     """The request is malformed or conflicts with what exists (bad id, duplicate id)."""
 
 
+class NodeConflict(NodeError):
+    """The sandbox is not in a state that allows this (paused, while a snapshot was asked)."""
+
+
 class NodeFull(NodeError):
     """The node has no room for another sandbox."""
 
@@ -67,6 +71,7 @@ _BY_CODE: dict[Code, type[NodeError]] = {
     Code.UNIMPLEMENTED: NodeUnsupported,
     Code.INVALID_ARGUMENT: NodeBadRequest,
     Code.ALREADY_EXISTS: NodeBadRequest,
+    Code.FAILED_PRECONDITION: NodeConflict,
     Code.RESOURCE_EXHAUSTED: NodeFull,
 }
 

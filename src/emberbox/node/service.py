@@ -35,6 +35,7 @@ from ..runtimes.base import (
     Runtime,
     RuntimeError_,
     SandboxGone,
+    SandboxNotRunning,
     SandboxSpec,
     SnapshotRef,
     UnknownTemplate,
@@ -150,6 +151,8 @@ def _connect_error(exc: Exception) -> ConnectError:
         return ConnectError(Code.NOT_FOUND, f"sandbox {exc} not found on this node")
     if isinstance(exc, UnknownTemplate | BuildParentMissing | BuildUnknown | VolumeMissing):
         return ConnectError(Code.NOT_FOUND, str(exc))
+    if isinstance(exc, SandboxNotRunning):
+        return ConnectError(Code.FAILED_PRECONDITION, str(exc))
     if isinstance(exc, SandboxExists):
         return ConnectError(Code.ALREADY_EXISTS, str(exc))
     if isinstance(exc, CapabilityMissing):

@@ -48,6 +48,11 @@ class SandboxGone(RuntimeError_):
     """Raised when the runtime no longer has the sandbox (killed, crashed, never existed)."""
 
 
+class SandboxNotRunning(RuntimeError_):
+    """The operation needs the sandbox running and it is paused: another caller's pause got
+    there first (the callers' checks and the runtime's lock are not one step)."""
+
+
 @dataclass(frozen=True)
 class Capabilities:
     pause: bool = False

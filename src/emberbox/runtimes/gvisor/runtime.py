@@ -47,6 +47,7 @@ from ..base import (
     RuntimeError_,
     RuntimeSandbox,
     SandboxGone,
+    SandboxNotRunning,
     SandboxSpec,
     SandboxStats,
     SandboxStatus,
@@ -497,7 +498,7 @@ class GVisorRuntime(Runtime):
             record = await self._require(sandbox_id)
             self._no_volumes(record, "snapshotted or forked")
             if await self._status(sandbox_id) is not SandboxStatus.RUNNING:
-                raise RuntimeError_(f"sandbox {sandbox_id} is not running")
+                raise SandboxNotRunning(f"sandbox {sandbox_id} is not running")
             dest = self.config.snapshots_dir / snapshot_id
             partial = self.config.snapshots_dir / f"{snapshot_id}.partial"
             if dest.exists():
@@ -520,9 +521,11 @@ class GVisorRuntime(Runtime):
         async with self._locks.hold(sandbox_id):
             record = await self._require(sandbox_id)
             self._no_volumes(record, "rolled back")
-            self._discard(self._paths(sandbox_id).memory)
-            # It stops the running sandbox (or knows a paused one's runsc record is gone).
-            await self._restore_in_place(sandbox_id, record, Path(snapshot.path))
+            if self._paths(sandbox_id).memory.is_dir():
+                # Paused (by a pause that got the lock first): a rollback now would run it
+                # again while its owner records it paused. Its callers refuse paused sandboxes.
+                raise SandboxNotRunning(f"sandbox {sandbox_id} is paused")
+            await self._restore_in_place(sandbox_id, record, Path(snapshot.path))  # stops it first
             return self._sandbox(record, SandboxStatus.RUNNING)
 
     async def delete_snapshot(self, snapshot: SnapshotRef) -> None:

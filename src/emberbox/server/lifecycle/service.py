@@ -500,15 +500,28 @@ class SandboxService:
         """Extend (never shorten) a running sandbox's end time, or resume a paused one.
 
         Returns the sandbox and whether it was resumed (the API answers 201 then, else 200).
-        ``with_memory`` False (a cold boot from the files alone) is refused for now.
+        A pause or resume another caller has under way is waited out (up to ``WAKE_WAIT_S``,
+        as traffic waking a sandbox does): the caller wants the sandbox running, whoever
+        asked first. ``with_memory`` False (a cold boot from the files alone) is refused for now.
         """
         if timeout_s is not None:
             self.check_timeout(timeout_s)
-        row = await self.get(who, sandbox_id)
-        if State(row.state) in (State.PAUSED, State.PAUSING, State.RESUMING):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + WAKE_WAIT_S
+        while True:
+            row = await self.get(who, sandbox_id)
+            state = State(row.state)
+            if state not in (State.PAUSED, State.PAUSING, State.RESUMING):
+                break
             if not with_memory:
                 raise Unsupported("resuming without memory (memory: false) is not supported yet")
-            return await self._resume(row, timeout_s), True
+            if state == State.PAUSED or loop.time() > deadline:
+                try:
+                    return await self._resume(row, timeout_s), True
+                except Busy:  # another caller's pause or resume started since the read
+                    if loop.time() > deadline:
+                        raise
+            await asyncio.sleep(0.05)
         if timeout_s is not None:
             wanted = utcnow() + dt.timedelta(seconds=timeout_s)
             if wanted > row.end_at:
@@ -526,7 +539,7 @@ class SandboxService:
     ) -> None:
         row = await self.get(who, sandbox_id)
         if State(row.state) != State.RUNNING:
-            raise Conflict(f"sandbox '{sandbox_id}' is already paused")
+            raise Conflict(f"sandbox '{sandbox_id}' is {row.state}, not running")
         if not keep_memory:
             raise Unsupported("a filesystem-only pause (memory: false) is not supported yet")
         if not self.facts.capabilities.pause:
@@ -537,7 +550,7 @@ class SandboxService:
         await self._check_saved_disk(row.team_id, f"sandbox '{sandbox_id}' was not paused")
         async with self.sessions.begin() as s:
             if not await q.set_state(s, sandbox_id, [State.RUNNING], State.PAUSING):
-                raise Conflict(f"sandbox '{sandbox_id}' is already paused")
+                raise Conflict(f"sandbox '{sandbox_id}' is being paused or resumed, not running")
         self.on_gone(sandbox_id)
         try:
             size = await self.node.pause(sandbox_id)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from ...node.client import NodeError, NodeSandboxNotFound, NodeUnsupported
+from ...node.client import NodeConflict, NodeError, NodeSandboxNotFound, NodeUnsupported
 from ...vocabulary import new_snapshot_id
 from ..auth.store import Principal
 from ..db import snapshots as snaps
@@ -77,6 +77,8 @@ class SnapshotService:
             ref = await self.sandboxes.node.checkpoint(sandbox_id, snapshot_id)
         except NodeSandboxNotFound as e:
             raise NotFound(f"sandbox '{sandbox_id}' no longer exists on its node") from e
+        except NodeConflict as e:  # paused by another caller since the check above
+            raise Conflict(f"sandbox '{sandbox_id}' is not running: {e.message}") from e
         except NodeError as e:
             raise SandboxFailed(f"snapshot of '{sandbox_id}' failed (it keeps running): {e}") from e
         snapshot = Snapshot(
@@ -230,6 +232,8 @@ class SnapshotService:
             await self.sandboxes.node.restore(sandbox_id, snapshot_message(snapshot))
         except NodeUnsupported as e:
             raise self.sandboxes._unsupported("cannot roll sandboxes back") from e
+        except NodeConflict as e:  # paused by another caller since the check above; untouched
+            raise Conflict(f"sandbox '{sandbox_id}' is not running: {e.message}") from e
         except NodeError as e:
             # The runtime stopped the sandbox before restoring it: it is gone now.
             await self.sandboxes.mark_crashed(sandbox_id, oom=False)
