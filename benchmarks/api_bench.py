@@ -33,7 +33,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks._host import boot, data_dir, gvisor_server
 from benchmarks._stats import check, summary
-from benchmarks.envd_bench import free_port, start_envd
+from benchmarks.envd_bench import start_envd
+from emberbox.host.ports import free_loopback_port
 from emberbox.server.testing import ServerProcess
 
 LIMITS = {
@@ -71,7 +72,7 @@ def bare_envd_starts(n: int) -> list[float]:
     """What the local backend cannot avoid: one envd process, up until /health answers."""
     times = []
     for _ in range(n):
-        process, elapsed = start_envd(free_port())
+        process, elapsed = start_envd(free_loopback_port())
         times.append(elapsed)
         process.terminate()
         process.wait()

@@ -32,15 +32,10 @@ from e2b import Sandbox
 from benchmarks._stats import BenchFailed, check, summary
 from emberbox._proto.process import process_pb2 as pb
 from emberbox.envd.users import fallback_user
+from emberbox.host.ports import free_loopback_port
 from emberbox.sdk._async.rpc import AsyncRpc
 
 WARMUP = 20
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_envd(port: int) -> tuple[subprocess.Popen[bytes], float]:
@@ -77,7 +72,7 @@ def rss_mib(pid: int) -> float:
 def bench_cold_start(runs: int) -> None:
     samples = []
     for _ in range(runs):
-        process, elapsed = start_envd(free_port())
+        process, elapsed = start_envd(free_loopback_port())
         samples.append(elapsed)
         process.terminate()
         process.wait()
@@ -233,7 +228,7 @@ def main() -> None:
         args.runs, args.size_mib, args.starts, WARMUP = 20, 4, 2, 3
     print(f"host: {os.cpu_count()} cpus, python {sys.version.split()[0]}")
     bench_cold_start(args.starts)
-    port = free_port()
+    port = free_loopback_port()
     process, _ = start_envd(port)
     url = f"http://127.0.0.1:{port}"
     time.sleep(1.0)

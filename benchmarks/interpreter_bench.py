@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,14 +30,9 @@ from e2b_code_interpreter import Sandbox
 from jupyter_client.manager import KernelManager
 
 from benchmarks._stats import BenchFailed, check, summary
+from emberbox.host.ports import free_loopback_port
 
 WARMUP = 10
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_service(port: int, cwd: str) -> tuple[subprocess.Popen[bytes], float]:
@@ -108,7 +102,7 @@ def main() -> None:
     runs = 20 if args.quick else args.runs
     creates = 2 if args.quick else args.creates
 
-    port = free_port()
+    port = free_loopback_port()
     with tempfile.TemporaryDirectory(prefix="emberbox-interp-bench-") as cwd:
         process, startup = start_service(port, cwd)
         try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import pwd
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,8 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+
+from emberbox.host.ports import free_loopback_port
 
 # Servers and nodes made in-process read EMBERBOX_* from here: the warm pool is opt-in in tests
 # (its background sandboxes would show up in every leak inventory).
@@ -36,12 +37,6 @@ class EnvdProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_envd(port: int, *args: str, ready_timeout: float = 15.0) -> EnvdProcess:
@@ -91,7 +86,7 @@ def envd_factory() -> Iterator[Callable[..., EnvdProcess]]:
     started: list[EnvdProcess] = []
 
     def make(*args: str) -> EnvdProcess:
-        envd = start_envd(free_port(), *args)
+        envd = start_envd(free_loopback_port(), *args)
         started.append(envd)
         return envd
 

@@ -16,8 +16,9 @@ import pytest
 from e2b import AsyncSandbox, Sandbox, SandboxException, SandboxState
 
 from emberbox.host.errors import HostError
+from emberbox.host.ports import free_loopback_port
 from emberbox.server.lifecycle.service import CreateRequest
-from emberbox.server.testing import ServerProcess, free_port
+from emberbox.server.testing import ServerProcess
 from emberbox.vocabulary import ENVD_PORT
 from tests import background_counter
 from tests.api.conftest import Running, point_sdks_at
@@ -70,7 +71,7 @@ def wait_state(sbx: Sandbox, state: SandboxState, within_s: float = 20) -> None:
 def serve_site(gv: ServerProcess, sbx: Sandbox, text: str) -> str:
     """Starts ``python3 -m http.server`` inside (detached); returns its Host header once it
     answers through the proxy."""
-    port = free_port()
+    port = free_loopback_port()
     sbx.files.write("/home/user/site/index.html", text)
     sbx.commands.run(
         f"cd /home/user/site && setsid python3 -m http.server {port} >/dev/null 2>&1 </dev/null &"

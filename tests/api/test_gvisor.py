@@ -15,7 +15,8 @@ import httpx
 import pytest
 from e2b import CommandExitException, Sandbox, SandboxQuery, SandboxState
 
-from emberbox.server.testing import ServerProcess, free_port
+from emberbox.host.ports import free_loopback_port
+from emberbox.server.testing import ServerProcess
 
 
 def test_sdk_round_in_gvisor(gvisor_server: ServerProcess, gvisor_key: str) -> None:
@@ -30,7 +31,7 @@ def test_sdk_round_in_gvisor(gvisor_server: ServerProcess, gvisor_key: str) -> N
         listed = Sandbox.list(query=SandboxQuery(metadata={"suite": tag})).next_items()
         assert [s.sandbox_id for s in listed] == [sbx.sandbox_id]
 
-        port = free_port()
+        port = free_loopback_port()
         sbx.files.write("site/index.html", "served from gvisor")
         sbx.commands.run(f"cd site && python3 -m http.server {port}", background=True)
         host = sbx.get_host(port)

@@ -11,6 +11,7 @@ import pytest
 from e2b import Sandbox, SandboxQuery, SandboxState
 from e2b.exceptions import AuthenticationException, NotFoundException, SandboxException
 
+from emberbox.host.ports import free_loopback_port
 from tests.api.conftest import Running
 
 
@@ -125,7 +126,7 @@ def test_pause_is_an_honest_error(sdk_env: Running) -> None:
 def test_get_host_reaches_a_server_in_the_sandbox(sdk_env: Running) -> None:
     sbx = Sandbox.create(timeout=60)
     try:
-        port = _free_port()
+        port = free_loopback_port()
         home = sbx.commands.run("pwd").stdout.strip()
         sbx.files.write(f"{home}/site/index.html", "served from the sandbox")
         sbx.commands.run(
@@ -152,12 +153,6 @@ def test_wrong_key_is_authentication_error(sdk_env: Running) -> None:
         Sandbox.create(api_key="e2b_" + "0" * 40)
     with pytest.raises(AuthenticationException):
         Sandbox.list(api_key="e2b_" + "0" * 40).next_items()
-
-
-def _free_port() -> int:
-    from emberbox.server.testing import free_port
-
-    return free_port()
 
 
 def _get_until_up(url: str, headers: dict[str, str], timeout_s: float = 10.0) -> str:

@@ -29,9 +29,10 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 from dnslib import QTYPE, RCODE, RR, A
 from dnslib.server import BaseResolver, DNSServer
 
+from emberbox.host.ports import free_loopback_port
 from emberbox.server import tls
 from emberbox.server.config import Settings, TlsSettings
-from emberbox.server.testing import ServerProcess, free_port
+from emberbox.server.testing import ServerProcess
 from tests.api.test_npm_sdk import NODE_MODULES
 from tests.pki import ca_and_certificate
 from tests.runtimes.gvisor_support import gvisor_server
@@ -68,7 +69,7 @@ def resolver() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proxy_port = free_port()
+    proxy_port = free_loopback_port()
     env = {
         "EMBERBOX_TLS": "local",
         "EMBERBOX_PROXY_PORT": str(proxy_port),

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import free_port
+from emberbox.host.ports import free_loopback_port
 
 TOKEN = "interpreter-test-token"
 KEEPALIVE = "0.2"  # keepalive lines while a cell is silent must not disturb the SDK
@@ -42,7 +42,7 @@ class Service:
 def start_service(
     cwd: Path, *args: str, ready_timeout: float = 20.0, env: dict[str, str] | None = None
 ) -> Service:
-    port = free_port()
+    port = free_loopback_port()
     process = subprocess.Popen(
         [
             *(sys.executable, "-m", "emberbox.interpreter", "--host", "127.0.0.1"),

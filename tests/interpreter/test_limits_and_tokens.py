@@ -13,8 +13,9 @@ import pytest
 from e2b import SandboxException
 from e2b_code_interpreter import Sandbox
 
+from emberbox.host.ports import free_loopback_port
 from emberbox.interpreter import tokens
-from tests.conftest import EnvdProcess, free_port, start_envd
+from tests.conftest import EnvdProcess, start_envd
 
 from .conftest import Service, sdk_env, start_service, with_token
 
@@ -71,7 +72,7 @@ def test_twenty_contexts_run_at_once_without_interleaving(sandbox: Any) -> None:
 
 @pytest.fixture
 def envd(sandbox_user: str) -> Iterator[EnvdProcess]:
-    process = start_envd(free_port())
+    process = start_envd(free_loopback_port())
     yield process
     process.stop()
 

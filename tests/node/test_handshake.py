@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,6 +14,7 @@ import uvicorn
 from starlette.types import Receive, Scope, Send
 
 from emberbox.envd_client.handshake import EnvdDefaults, HandshakeFailed, handshake
+from emberbox.host.ports import free_loopback_port
 
 DEFAULTS = EnvdDefaults(user="user", workdir="/home/user", env={"A": "1"})
 
@@ -61,12 +61,6 @@ class Envd:
         await send({"type": "http.response.body", "body": b""})
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def _serve(app: Envd, port: int, after_s: float = 0.0) -> uvicorn.Server:
     await asyncio.sleep(after_s)
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical", lifespan="off")
@@ -84,7 +78,7 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def test_the_first_init_waits_for_envd_to_listen(http: httpx.AsyncClient) -> None:
-    envd, port = Envd(), _free_port()
+    envd, port = Envd(), free_loopback_port()
     starting = asyncio.create_task(_serve(envd, port, after_s=0.3))  # a boot, a restore
     version = await handshake(http, f"http://127.0.0.1:{port}", DEFAULTS, "tok", timeout_s=10)
     server = await starting
@@ -97,7 +91,7 @@ async def test_the_first_init_waits_for_envd_to_listen(http: httpx.AsyncClient) 
 async def test_an_init_taken_but_not_answered_is_sent_again_and_passes(
     http: httpx.AsyncClient,
 ) -> None:
-    envd, port = Envd(drop_first=True), _free_port()
+    envd, port = Envd(drop_first=True), free_loopback_port()
     server = await _serve(envd, port)
     try:
         await handshake(http, f"http://127.0.0.1:{port}", DEFAULTS, "tok", timeout_s=10)
@@ -113,11 +107,12 @@ async def test_a_machine_that_stops_ends_the_wait_at_once(http: httpx.AsyncClien
 
     start = asyncio.get_running_loop().time()
     with pytest.raises(HandshakeFailed, match="stopped before envd answered"):
-        await handshake(http, f"http://127.0.0.1:{_free_port()}", DEFAULTS, "tok",
+        await handshake(http, f"http://127.0.0.1:{free_loopback_port()}", DEFAULTS, "tok",
                         timeout_s=30, alive=dead)  # fmt: skip
     assert asyncio.get_running_loop().time() - start < 5
 
 
 async def test_nobody_listening_fails_after_the_timeout(http: httpx.AsyncClient) -> None:
     with pytest.raises(HandshakeFailed, match="not answering"):
-        await handshake(http, f"http://127.0.0.1:{_free_port()}", DEFAULTS, "tok", timeout_s=0.3)
+        nobody = f"http://127.0.0.1:{free_loopback_port()}"
+        await handshake(http, nobody, DEFAULTS, "tok", timeout_s=0.3)

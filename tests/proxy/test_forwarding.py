@@ -16,7 +16,8 @@ from e2b import Sandbox
 from e2b.exceptions import SandboxException
 from websockets.typing import Subprotocol
 
-from emberbox.server.testing import ServerProcess, free_port
+from emberbox.host.ports import free_loopback_port
+from emberbox.server.testing import ServerProcess
 
 
 def _headers(sid: str, port: int) -> dict[str, str]:
@@ -38,7 +39,7 @@ def test_bad_route_is_400_json(proxy_server: ServerProcess) -> None:
 
 
 def test_closed_port_and_killed_sandbox(proxy_server: ServerProcess, sandbox: Sandbox) -> None:
-    port = free_port()
+    port = free_loopback_port()
     r = httpx.get(proxy_server.sandbox_url + "/", headers=_headers(sandbox.sandbox_id, port))
     assert r.status_code == 502
     assert r.json() == {
@@ -136,7 +137,7 @@ def _start_user_server(sandbox: Sandbox, home: str, script: str, port: int, url:
 def test_user_port_streaming_and_request_bodies(
     proxy_server: ServerProcess, sandbox: Sandbox, sandbox_home: str
 ) -> None:
-    port = free_port()
+    port = free_loopback_port()
     url = proxy_server.sandbox_url
     _start_user_server(sandbox, sandbox_home, _STREAMER, port, url)
     host = {"Host": sandbox.get_host(port)}
@@ -189,7 +190,7 @@ _WS_ECHO = textwrap.dedent(
 
 
 def test_websockets(proxy_server: ServerProcess, sandbox: Sandbox, sandbox_home: str) -> None:
-    port = free_port()
+    port = free_loopback_port()
     _start_user_server(sandbox, sandbox_home, _WS_ECHO, port, proxy_server.sandbox_url)
     ws_url = proxy_server.sandbox_url.replace("http://", "ws://") + "/chat"
 
@@ -232,7 +233,7 @@ def test_websocket_refused_by_the_sandbox_server_is_relayed(
     proxy_server: ServerProcess, sandbox: Sandbox, sandbox_home: str
 ) -> None:
     """The sandbox's server refuses the upgrade: the client sees its answer, not a proxy error."""
-    port = free_port()
+    port = free_loopback_port()
     _start_user_server(sandbox, sandbox_home, _WS_GATED, port, proxy_server.sandbox_url)
     base = proxy_server.sandbox_url.replace("http://", "ws://")
 

@@ -16,7 +16,8 @@ import pytest
 import websockets
 from e2b import Sandbox
 
-from emberbox.server.testing import ServerProcess, free_port
+from emberbox.host.ports import free_loopback_port
+from emberbox.server.testing import ServerProcess
 
 MASK = "localhost:${PORT}"
 
@@ -72,7 +73,7 @@ def test_the_mask_is_the_host_a_sandbox_server_sees(
     proxy_server: ServerProcess, sandbox: Sandbox, masked: Sandbox
 ) -> None:
     url = proxy_server.sandbox_url
-    port = free_port()
+    port = free_loopback_port()
     by_header = _serve(masked, port, url)
     by_host = {"Host": masked.get_host(port)}
     for routing in (by_header, by_host):
@@ -88,7 +89,7 @@ def test_the_mask_is_the_host_a_sandbox_server_sees(
     assert asyncio.run(ws_host()) == f"ws host=localhost:{port}"
 
     # Without a mask the server sees the proxy's upstream Host (the sandbox's own address).
-    plain_port = free_port()
+    plain_port = free_loopback_port()
     plain = _serve(sandbox, plain_port, url)
     assert httpx.get(url + "/", headers=plain).text == f"http host=127.0.0.1:{plain_port}"
 

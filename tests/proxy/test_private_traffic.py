@@ -16,7 +16,8 @@ import websockets.exceptions
 from e2b import Sandbox
 from websockets.typing import Subprotocol
 
-from emberbox.server.testing import ServerProcess, free_port
+from emberbox.host.ports import free_loopback_port
+from emberbox.server.testing import ServerProcess
 
 from .test_forwarding import _WS_ECHO
 
@@ -63,7 +64,7 @@ def test_http_needs_the_token_by_header_and_host_routing(
 ) -> None:
     token = private.traffic_access_token
     assert token and sandbox.traffic_access_token is None
-    port = free_port()
+    port = free_loopback_port()
     url = proxy_server.sandbox_url
     _serve(private, _HTTP, port, url, token)
     by_header = {"E2b-Sandbox-Id": private.sandbox_id, "E2b-Sandbox-Port": str(port)}
@@ -78,7 +79,7 @@ def test_http_needs_the_token_by_header_and_host_routing(
     # envd's port is exempt; the SDK keeps working without sending the traffic token
     assert private.commands.run("echo envd").stdout == "envd\n"
     # a public sandbox's port needs nothing
-    public_port = free_port()
+    public_port = free_loopback_port()
     _serve(sandbox, _HTTP, public_port, url, None)
     assert httpx.get(url + "/", headers={"Host": sandbox.get_host(public_port)}).text == "private"
     # the token is reported, and in get_info the network says it is private
@@ -88,7 +89,7 @@ def test_http_needs_the_token_by_header_and_host_routing(
 def test_websockets_need_the_token(proxy_server: ServerProcess, private: Sandbox) -> None:
     token = private.traffic_access_token
     assert token
-    port = free_port()
+    port = free_loopback_port()
     url = proxy_server.sandbox_url
     _serve(private, _WS_ECHO, port, url, token)
     ws_url = url.replace("http://", "ws://") + "/chat"

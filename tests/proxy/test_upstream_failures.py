@@ -16,7 +16,8 @@ import websockets
 from e2b import Sandbox
 from e2b.exceptions import SandboxNotRunningException, SandboxUnreachableException
 
-from emberbox.server.testing import ServerProcess, free_port
+from emberbox.host.ports import free_loopback_port
+from emberbox.server.testing import ServerProcess
 
 from .test_forwarding import _headers, _start_user_server
 
@@ -87,7 +88,7 @@ _FLAKY = textwrap.dedent(
 def test_stale_pooled_connections_are_retried_on_a_fresh_one(
     proxy_server: ServerProcess, sandbox: Sandbox, sandbox_home: str
 ) -> None:
-    port = free_port()
+    port = free_loopback_port()
     url = proxy_server.sandbox_url
     _start_user_server(sandbox, sandbox_home, _FLAKY, port, url)
     route = _headers(sandbox.sandbox_id, port)
@@ -140,7 +141,7 @@ def test_websocket_upstream_dying_drops_the_client(
     proxy_server: ServerProcess, sandbox: Sandbox, sandbox_home: str
 ) -> None:
     """The client sees the connection drop (1006, no close frame), not a clean 1011 close."""
-    port = free_port()
+    port = free_loopback_port()
     _start_user_server(sandbox, sandbox_home, _WS_DIES, port, proxy_server.sandbox_url)
     ws_url = proxy_server.sandbox_url.replace("http://", "ws://") + "/"
 

@@ -27,7 +27,7 @@ from emberbox import (
     SandboxUnavailableException,
     TimeoutException,
 )
-from tests.conftest import free_port
+from emberbox.host.ports import free_loopback_port
 from tests.interpreter.conftest import Service
 from tests.sdk.conftest import INTERPRETER_TOKEN, code_sandbox, maybe
 
@@ -298,7 +298,7 @@ async def test_the_envd_access_token_is_sent(face: str, secured_interpreter: Ser
 
 @pytest.mark.parametrize("face", ["sync", "async"])
 async def test_no_interpreter_listening_is_unavailable(face: str) -> None:
-    sbx = await code_sandbox(face, f"http://127.0.0.1:{free_port()}")
+    sbx = await code_sandbox(face, f"http://127.0.0.1:{free_loopback_port()}")
     with pytest.raises(SandboxUnavailableException, match="run_code"):
         await maybe(sbx.run_code("1"))
     with pytest.raises(SandboxUnavailableException, match="list_code_contexts"):

@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from pathlib import Path
 from ..envd_client.handshake import EnvdDefaults
 from ..host.errors import HostError
 from ..host.locks import KeyedLock
+from ..host.ports import free_loopback_port
 from ..host.processes import dir_size, kill_tree, start_time, usage
 from ..vocabulary import check_sandbox_id, e2b_env
 from .base import (
@@ -57,12 +57,6 @@ class _Record:
     cpu_count: int
     memory_mb: int
     disk_mb: int
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ProcessRuntime(Runtime):
@@ -116,7 +110,7 @@ class ProcessRuntime(Runtime):
                 raise ValueError(f"sandbox {spec.sandbox_id} already exists")
             home = self.homes / spec.sandbox_id
             home.mkdir(parents=True, exist_ok=True)
-            port = _free_port()
+            port = free_loopback_port()
             proc = self._spawn(spec, port, home)
             rec = _Record(
                 sandbox_id=spec.sandbox_id,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from .testing import free_port
+from ..host.ports import free_loopback_port
 
 TOOLS = (
     "bash", "cat", "ls", "id", "env", "sleep", "mkdir", "rm", "stat", "whoami", "cp", "chown",
@@ -102,7 +102,7 @@ def push(image: str, dest: str, creds: tuple[str, str] | None = None) -> None:
 @contextlib.contextmanager
 def local_registry(work: Path, login: tuple[str, str] | None = None) -> Iterator[str]:
     """``docker-registry`` on loopback; yields ``127.0.0.1:<port>``."""
-    port = free_port()
+    port = free_loopback_port()
     work.mkdir(parents=True, exist_ok=True)
     auth = ""
     if login:

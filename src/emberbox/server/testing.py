@@ -13,7 +13,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,15 +20,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from ..host.ports import free_loopback_port
 from ..host.processes import kill_tree, start_time
 
 _KEY_RE = re.compile(r"e2b_[0-9a-f]{40}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _launch(
@@ -98,8 +92,8 @@ class ServerProcess:
         self.log_dir = log_dir or data_dir
         self.database_url = database_url
         self.extra_env = dict(env or {})
-        self.api_port = int(self.extra_env.get("EMBERBOX_API_PORT") or free_port())
-        self.proxy_port = int(self.extra_env.get("EMBERBOX_PROXY_PORT") or free_port())
+        self.api_port = int(self.extra_env.get("EMBERBOX_API_PORT") or free_loopback_port())
+        self.proxy_port = int(self.extra_env.get("EMBERBOX_PROXY_PORT") or free_loopback_port())
         self.proc: subprocess.Popen[bytes] | None = None
         self.first_key: str | None = None
 
@@ -219,7 +213,7 @@ class NodeProcess:
     def __init__(self, data_dir: Path, runtime: str, env: Mapping[str, str] | None = None) -> None:
         self.data_dir = data_dir
         self.runtime = runtime
-        self.port = free_port()
+        self.port = free_loopback_port()
         self.token = secrets.token_hex(16)
         self.extra_env = dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
