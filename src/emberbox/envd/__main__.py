@@ -46,7 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def server_options(args: argparse.Namespace) -> dict[str, Any]:
     """How uvicorn serves envd. ``ws="none"``: envd serves no WebSockets, and uvicorn's
-    default loads the websockets package anyway (~1.2 MiB in every sandbox)."""
+    default loads the websockets package wherever it is installed (~1.2 MiB; not in our
+    templates, whose envd venv lacks it, but in a development venv running envd)."""
     return {
         "host": args.host,
         "port": args.port,
