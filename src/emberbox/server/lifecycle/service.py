@@ -60,6 +60,8 @@ log = logging.getLogger("emberbox.lifecycle")
 DEFAULT_RESUME_TIMEOUT_S = 300
 # How long a request that wakes a sandbox waits for a pause or resume already under way.
 WAKE_WAIT_S = 60.0
+# States a connect or traffic resumes from, once another caller's pause or resume is done.
+_NOT_RUNNING_YET = frozenset({State.PAUSED, State.PAUSING, State.RESUMING})
 
 
 @dataclass(frozen=True)
@@ -506,22 +508,15 @@ class SandboxService:
         """
         if timeout_s is not None:
             self.check_timeout(timeout_s)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + WAKE_WAIT_S
-        while True:
-            row = await self.get(who, sandbox_id)
-            state = State(row.state)
-            if state not in (State.PAUSED, State.PAUSING, State.RESUMING):
-                break
+        row = await self.get(who, sandbox_id)
+        if State(row.state) in _NOT_RUNNING_YET:
             if not with_memory:
                 raise Unsupported("resuming without memory (memory: false) is not supported yet")
-            if state == State.PAUSED or loop.time() > deadline:
-                try:
-                    return await self._resume(row, timeout_s), True
-                except Busy:  # another caller's pause or resume started since the read
-                    if loop.time() > deadline:
-                        raise
-            await asyncio.sleep(0.05)
+            row, resumed = await self._resume_once_settled(
+                lambda: self.get(who, sandbox_id), timeout_s
+            )
+            if resumed:
+                return row, True
         if timeout_s is not None:
             wanted = utcnow() + dt.timedelta(seconds=timeout_s)
             if wanted > row.end_at:
@@ -625,31 +620,48 @@ class SandboxService:
     async def _wake(self, sandbox_id: str) -> bool:
         """Waits out a pause or resume already under way; the new end time is now plus the
         timeout the sandbox was created with."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + WAKE_WAIT_S
-        while True:
+
+        async def read() -> Sandbox:
             async with self.sessions() as s:
                 row = await q.get(s, sandbox_id)
             if row is None:
-                return False
+                raise NotFound(f"sandbox '{sandbox_id}' not found")
+            return row
+
+        try:
+            row = await read()
+            if not row.auto_resume:
+                return State(row.state) == State.RUNNING
+            timeout = row.timeout_s or DEFAULT_RESUME_TIMEOUT_S
+            row, resumed = await self._resume_once_settled(read, timeout)
+        except (NotFound, Busy):  # gone meanwhile, or still mid-way after WAKE_WAIT_S
+            return False
+        except Exception as e:
+            log.warning("auto-resume of %s failed: %s", sandbox_id, e)
+            return False
+        if resumed:
+            log.info("sandbox %s resumed by traffic", sandbox_id)
+        return State(row.state) == State.RUNNING
+
+    async def _resume_once_settled(
+        self, read: Callable[[], Awaitable[Sandbox]], timeout_s: int | None
+    ) -> tuple[Sandbox, bool]:
+        """The sandbox once no pause or resume is under way, resumed here if that left it
+        paused (True), else as ``read`` gives it (False): a connect and traffic waking a
+        sandbox both want it running, whoever asked first. Waits up to ``WAKE_WAIT_S``, then
+        raises :class:`Busy`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + WAKE_WAIT_S
+        while True:
+            row = await read()
             state = State(row.state)
-            if state == State.RUNNING:
-                return True
-            if not row.auto_resume or state not in (State.PAUSED, State.PAUSING, State.RESUMING):
-                return False
+            if state not in _NOT_RUNNING_YET:
+                return row, False
             if state == State.PAUSED:
-                try:
-                    await self._resume(row, row.timeout_s or DEFAULT_RESUME_TIMEOUT_S)
-                except Busy:
-                    pass  # a connect got there first: wait for it below
-                except Exception as e:
-                    log.warning("auto-resume of %s failed: %s", sandbox_id, e)
-                    return False
-                else:
-                    log.info("sandbox %s resumed by traffic", sandbox_id)
-                    return True
+                with contextlib.suppress(Busy):  # another caller's resume began: wait for it
+                    return await self._resume(row, timeout_s), True
             if loop.time() > deadline:
-                return False
+                raise Busy(f"sandbox '{row.id}' is being paused or resumed; retry")
             await asyncio.sleep(0.05)
 
     async def _resume(self, row: Sandbox, timeout_s: int | None) -> Sandbox:
