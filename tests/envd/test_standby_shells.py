@@ -186,6 +186,24 @@ def _started_before(sandbox: Sandbox, moment: float) -> bool:
     return booted + int(out) / os.sysconf("SC_CLK_TCK") < moment
 
 
+def _pair_with_standbys_waiting(
+    envd_factory: Callable[..., EnvdProcess], monkeypatch: pytest.MonkeyPatch
+) -> list[tuple[EnvdProcess, Sandbox]]:
+    """(envd with standby shells, envd starting every command afresh), each with the
+    official SDK on it; the first's standbys for the default key have started (with no
+    ``/init`` vars) and finished their login."""
+    monkeypatch.setenv("E2B_DEBUG", "true")
+    pair = []
+    for flags in ((), ("--standby-shells", "0")):
+        envd = envd_factory(*flags)
+        monkeypatch.setenv("E2B_SANDBOX_URL", envd.url)
+        pair.append((envd, Sandbox.create()))
+    for _, sandbox in pair:
+        sandbox.commands.run("true")  # the key's standbys start now
+    time.sleep(1.0)  # their logins are done
+    return pair
+
+
 def test_an_init_after_the_standbys_started_reaches_their_commands(
     envd_factory: Callable[..., EnvdProcess], monkeypatch: pytest.MonkeyPatch, sandbox_user: str
 ) -> None:
@@ -195,15 +213,7 @@ def test_an_init_after_the_standbys_started_reaches_their_commands(
     what a fresh login shell sees."""
     import httpx
 
-    monkeypatch.setenv("E2B_DEBUG", "true")
-    pair = []
-    for flags in ((), ("--standby-shells", "0")):
-        envd = envd_factory(*flags)
-        monkeypatch.setenv("E2B_SANDBOX_URL", envd.url)
-        pair.append((envd, Sandbox.create()))
-    for _, sandbox in pair:
-        sandbox.commands.run("true")  # the key's standbys start now, with no /init vars
-    time.sleep(1.0)  # their logins are done
+    pair = _pair_with_standbys_waiting(envd_factory, monkeypatch)
     inits = [
         {"E2B_SANDBOX_ID": "one", "FOO": "a b"},  # new vars: exported to the standby
         {"E2B_SANDBOX_ID": "two", "FOO": "a b"},  # a changed one: the same
@@ -229,15 +239,7 @@ def test_a_woken_standby_still_runs_its_command_as_a_fresh_shell_would(
     as before."""
     import httpx
 
-    monkeypatch.setenv("E2B_DEBUG", "true")
-    pair = []
-    for flags in ((), ("--standby-shells", "0")):
-        envd = envd_factory(*flags)
-        monkeypatch.setenv("E2B_SANDBOX_URL", envd.url)
-        pair.append((envd, Sandbox.create()))
-    for _, sandbox in pair:
-        sandbox.commands.run("true")  # the key's standbys start now
-    time.sleep(1.0)  # their logins are done
+    pair = _pair_with_standbys_waiting(envd_factory, monkeypatch)
     moment = time.time()
     for envd, _ in pair:
         for _ in range(2):  # woken four times; the shells read each wake-up

@@ -11,6 +11,7 @@ import pytest
 from emberbox.node.client import EmbeddedNode
 from emberbox.server.auth.store import Principal, authenticate, create_key
 from emberbox.server.config import Capacity, Limits
+from emberbox.server.db import sandboxes as q
 from emberbox.server.db.engine import make_engine, make_sessionmaker, migrate
 from emberbox.server.lifecycle.reaper import Reaper
 from emberbox.server.lifecycle.service import NodeFacts, SandboxService
@@ -27,6 +28,13 @@ class Plane:
     reaper: Reaper
     runtime: FakeRuntime
     who: Principal
+
+    async def state(self, sandbox_id: str) -> str:
+        """The sandbox's state as the database holds it."""
+        async with self.service.sessions() as s:
+            row = await q.get(s, sandbox_id)
+        assert row is not None
+        return row.state
 
 
 @pytest.fixture

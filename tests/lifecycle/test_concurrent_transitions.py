@@ -7,17 +7,9 @@ from __future__ import annotations
 import asyncio
 
 from emberbox.runtimes.base import SandboxStatus
-from emberbox.server.db import sandboxes as q
 from emberbox.server.lifecycle.service import CreateRequest
 
 from .conftest import Plane
-
-
-async def _state(plane: Plane, sandbox_id: str) -> str:
-    async with plane.service.sessions() as s:
-        row = await q.get(s, sandbox_id)
-    assert row is not None
-    return row.state
 
 
 async def test_a_connect_during_a_pause_waits_for_it_then_resumes(plane: Plane) -> None:
@@ -25,11 +17,11 @@ async def test_a_connect_during_a_pause_waits_for_it_then_resumes(plane: Plane) 
     row = await plane.service.create(plane.who, CreateRequest("base", 600))
     pausing = asyncio.create_task(plane.service.pause(plane.who, row.id))
     await asyncio.sleep(0.1)
-    assert await _state(plane, row.id) == "pausing"
+    assert await plane.state(row.id) == "pausing"
     connected, resumed = await plane.service.connect(plane.who, row.id, 600)
     await pausing  # the pause itself succeeded
     assert (connected.id, resumed) == (row.id, True)
-    assert await _state(plane, row.id) == "running"
+    assert await plane.state(row.id) == "running"
     assert plane.runtime.sandboxes[row.id].status is SandboxStatus.RUNNING
 
 
@@ -42,4 +34,4 @@ async def test_two_connects_of_a_paused_sandbox_both_get_it_running(plane: Plane
         plane.service.connect(plane.who, row.id, 600),
     )
     assert sorted(resumed for _, resumed in answers) == [False, True]  # one resume, not two
-    assert await _state(plane, row.id) == "running"
+    assert await plane.state(row.id) == "running"

@@ -22,13 +22,6 @@ async def _force(plane: Plane, sandbox_id: str, state: State) -> None:
         assert await q.update_fields(s, sandbox_id, list(State), state=str(state))
 
 
-async def _state(plane: Plane, sandbox_id: str) -> str:
-    async with plane.service.sessions() as s:
-        row = await q.get(s, sandbox_id)
-    assert row is not None
-    return row.state
-
-
 @pytest.mark.parametrize(
     ("pause_on_node", "left_in", "expected"),
     [
@@ -46,7 +39,7 @@ async def test_half_done_pause_or_resume_settles_on_the_nodes_word(
         await plane.service.node.pause(row.id)
     await _force(plane, row.id, left_in)
     await plane.reaper.recover()
-    assert await _state(plane, row.id) == expected
+    assert await plane.state(row.id) == expected
     assert not plane.runtime.teardowns
 
 
@@ -55,7 +48,7 @@ async def test_half_done_pause_of_a_lost_sandbox_is_recorded_as_crashed(plane: P
     await plane.service.node.kill(row.id)  # gone from the node while the server was down
     await _force(plane, row.id, State.PAUSING)
     await plane.reaper.recover()
-    assert await _state(plane, row.id) == "failed"
+    assert await plane.state(row.id) == "failed"
 
 
 async def test_a_resume_that_got_through_gets_a_fresh_end_time(plane: Plane) -> None:
@@ -69,7 +62,7 @@ async def test_a_resume_that_got_through_gets_a_fresh_end_time(plane: Plane) -> 
     await plane.reaper.recover()
     await plane.reaper.tick()
     await plane.reaper.stop()
-    assert await _state(plane, row.id) == "running"
+    assert await plane.state(row.id) == "running"
     assert not plane.runtime.teardowns
 
 
@@ -78,7 +71,7 @@ async def test_a_paused_sandbox_the_node_lost_is_recorded_as_crashed(plane: Plan
     await plane.service.pause(plane.who, row.id)
     await plane.service.node.kill(row.id)  # the node lost it (a host reboot, say)
     await plane.reaper.reconcile()
-    assert await _state(plane, row.id) == "failed"
+    assert await plane.state(row.id) == "failed"
 
 
 async def test_a_cancelled_pause_leaves_the_sandbox_running(plane: Plane) -> None:
@@ -86,11 +79,11 @@ async def test_a_cancelled_pause_leaves_the_sandbox_running(plane: Plane) -> Non
     row = await plane.service.create(plane.who, CreateRequest("base", 600))
     pausing = asyncio.create_task(plane.service.pause(plane.who, row.id))
     await asyncio.sleep(0.1)
-    assert await _state(plane, row.id) == "pausing"
+    assert await plane.state(row.id) == "pausing"
     pausing.cancel()
     with pytest.raises(asyncio.CancelledError):
         await pausing
-    assert await _state(plane, row.id) == "running"
+    assert await plane.state(row.id) == "running"
 
 
 async def test_pause_with_require_healthy_guest_checks_envd_first(plane: Plane) -> None:
@@ -100,7 +93,7 @@ async def test_pause_with_require_healthy_guest_checks_envd_first(plane: Plane) 
     await plane.runtime.envds[sick.id].stop()  # envd stops answering; the machine is still up
     with pytest.raises(GuestUnhealthy):
         await plane.service.pause(plane.who, sick.id, require_healthy_guest=True)
-    assert await _state(plane, sick.id) == "running"
+    assert await plane.state(sick.id) == "running"
     well = await plane.service.create(plane.who, CreateRequest("base", 600))
     await plane.service.pause(plane.who, well.id, require_healthy_guest=True)
-    assert await _state(plane, well.id) == "paused"
+    assert await plane.state(well.id) == "paused"
