@@ -281,7 +281,7 @@ class Orchestrator:
                 self._pool_tokens[sandbox_id] = token
                 # One command per standby shell: those a restore brought back from the template's
                 # snapshot are used up here, so a claim's first command takes a shell started in
-                # this sandbox (a restored one's first run faults its memory in, ~10 ms).
+                # this sandbox (a restored one's first run is slower, docs/stateful.md).
                 await prime_standbys(sandbox.envd_url, defaults.user, defaults.workdir, token,
                                      commands=STANDBY_SHELLS)  # fmt: skip
             except BaseException:
