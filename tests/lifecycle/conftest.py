@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from emberbox.node.client import EmbeddedNode
+from emberbox.node.pool import PoolSettings
 from emberbox.server.auth.store import Principal, authenticate, create_key
 from emberbox.server.config import Capacity, Limits
 from emberbox.server.db import sandboxes as q
@@ -39,11 +41,24 @@ class Plane:
 
 @pytest.fixture
 async def plane(tmp_path: Path) -> AsyncIterator[Plane]:
+    async with _plane(tmp_path) as made:
+        yield made
+
+
+@pytest.fixture
+async def pooled_plane(tmp_path: Path) -> AsyncIterator[Plane]:
+    """With a warm pool of one per template asked for."""
+    async with _plane(tmp_path, PoolSettings(size=1)) as made:
+        yield made
+
+
+@contextlib.asynccontextmanager
+async def _plane(tmp_path: Path, pool: PoolSettings | None = None) -> AsyncIterator[Plane]:
     engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}")
     await migrate(engine)
     sessions = make_sessionmaker(engine)
     runtime = FakeRuntime()
-    node = EmbeddedNode(runtime, tmp_path / "node", dead_check_every_s=0)
+    node = EmbeddedNode(runtime, tmp_path / "node", pool=pool, dead_check_every_s=0)
     await node.start()
     info = await node.info()
     service = SandboxService(

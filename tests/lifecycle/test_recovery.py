@@ -75,10 +75,13 @@ async def test_a_paused_sandbox_the_node_lost_is_recorded_as_crashed(plane: Plan
 
 
 async def test_a_cancelled_pause_leaves_the_sandbox_running(plane: Plane) -> None:
-    plane.runtime.pause_delay_s = 0.5
+    plane.runtime.pause_delay_s = 5.0
     row = await plane.service.create(plane.who, CreateRequest("base", 600))
     pausing = asyncio.create_task(plane.service.pause(plane.who, row.id))
-    await asyncio.sleep(0.1)
+    for _ in range(400):  # (a fixed sleep lost the race on a busy host)
+        if await plane.state(row.id) == "pausing":
+            break
+        await asyncio.sleep(0.01)
     assert await plane.state(row.id) == "pausing"
     pausing.cancel()
     with pytest.raises(asyncio.CancelledError):

@@ -1,9 +1,10 @@
 """The warm pool's logic on the fake runtime (real loopback envds, real handshakes): claims,
-hand-over, refill, expiry, sizing, death and restarts. ``test_pool_gvisor.py`` runs it for real."""
+hand-over, refill, sizing, death and restarts. ``test_pool_gvisor.py`` runs it for real."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from emberbox._proto.node import node_pb2 as pb
-from emberbox.node.client import EmbeddedNode, NodeBadRequest
+from emberbox.node.client import EmbeddedNode
 from emberbox.node.orchestrator import Orchestrator
-from emberbox.node.pool import PoolKey, PoolSettings
+from emberbox.node.pool import DEMAND_WINDOW_S, PoolKey, PoolSettings
 from emberbox.runtimes.base import NetworkPolicy, SandboxSpec, SnapshotRef
 from emberbox.vocabulary import new_sandbox_id
 
@@ -26,13 +27,18 @@ def _spec(memory_mb: int = 128, **envs: str) -> pb.SandboxSpec:
 
 
 async def _create(node: EmbeddedNode, spec: pb.SandboxSpec) -> tuple[pb.Sandbox, bool]:
-    """Create as the control plane does: claim (and take the claimed envd's token), else a
-    fresh id. (sandbox, came from the pool)"""
+    """Create as the control plane does: a claim hands a pooled sandbox over, else a create
+    with a fresh id. (sandbox, came from the pool)"""
     claimed = await node.claim(spec)
-    spec.sandbox_id = claimed.sandbox_id or new_sandbox_id()
-    if claimed.access_token:
-        spec.access_token = claimed.access_token
-    return await node.create(spec), bool(claimed.sandbox_id)
+    if claimed.HasField("sandbox"):
+        return claimed.sandbox, True
+    spec.sandbox_id = new_sandbox_id()
+    return await node.create(spec), False
+
+
+def _pooled(runtime: FakeRuntime, node: EmbeddedNode) -> set[str]:
+    """The sandboxes the pool holds ready."""
+    return {i for i in runtime.sandboxes if node.orchestrator.pool.holds(i)}
 
 
 def _node(tmp_path: Path, runtime: FakeRuntime, **pool: float) -> EmbeddedNode:
@@ -79,13 +85,12 @@ async def test_a_claimed_sandbox_was_started_and_initialised_ahead(tmp_path: Pat
         assert len(tokens) == 2 and "tok" not in tokens
         assert [s.sandbox_id for s in (await node.list()).sandboxes] == [first.sandbox_id]
 
-        claim = await node.claim(_spec())
-        assert claim.sandbox_id in waiting and claim.access_token in tokens
-        spec = _spec()  # as the control plane does: it keeps the claimed envd's token
-        spec.sandbox_id, spec.access_token = claim.sandbox_id, claim.access_token
-        second = await node.create(spec)
-        assert second.sandbox_id == claim.sandbox_id
+        claim = await node.claim(_spec())  # handed over in the same call
+        second = claim.sandbox
+        assert second.sandbox_id in waiting and claim.access_token in tokens
+        assert second.status == pb.SANDBOX_STATUS_RUNNING and second.envd_url
         assert len(runtime.envds[second.sandbox_id].inits) == 1, "handed over with no /init"
+        assert runtime.envds[second.sandbox_id].token == claim.access_token
 
         third, pooled = await _create(node, _spec(FOO="bar"))  # env vars of its own
         assert pooled and third.sandbox_id in waiting
@@ -102,16 +107,16 @@ async def test_a_claimed_sandbox_was_started_and_initialised_ahead(tmp_path: Pat
     assert set(runtime.sandboxes) == {first.sandbox_id, second.sandbox_id, third.sandbox_id}
 
 
-async def test_a_claim_with_another_token_sets_it(tmp_path: Path) -> None:
-    """A create that does not take the pooled token (its own, ``tok``) gets it by /init."""
+async def test_a_claim_keeps_the_pooled_token_whatever_the_spec_names(tmp_path: Path) -> None:
+    """The token a claim answers is the one the envd holds (the spec's ``tok`` is not read),
+    with env vars of its own too: the control plane keeps it and nobody else has seen it."""
     runtime = FakeRuntime()
-    async with _filled(tmp_path, runtime, size=1) as (node, _):
-        spec = _spec()
-        spec.sandbox_id = (await node.claim(spec)).sandbox_id
-        assert spec.sandbox_id
-        await node.create(spec)
-        envd = runtime.envds[spec.sandbox_id]
-        assert [i["accessToken"] for i in envd.inits][1:] == ["tok"] and envd.token == "tok"
+    async with _filled(tmp_path, runtime, size=2) as (node, _):
+        for spec in (_spec(), _spec(FOO="bar")):
+            claim = await node.claim(spec)
+            envd = runtime.envds[claim.sandbox.sandbox_id]
+            assert claim.access_token not in ("", "tok") and envd.token == claim.access_token
+            assert all(i["accessToken"] == claim.access_token for i in envd.inits)
 
 
 async def test_claims_never_hand_one_sandbox_out_twice(tmp_path: Path) -> None:
@@ -124,34 +129,37 @@ async def test_claims_never_hand_one_sandbox_out_twice(tmp_path: Path) -> None:
         assert all(len(runtime.envds[i].inits) == 1 for i in ids)  # pooled: at pooling
 
 
-async def test_unused_claims_and_a_shrunk_target_release_their_sandboxes(tmp_path: Path) -> None:
+async def test_a_shrunk_target_releases_the_surplus(tmp_path: Path) -> None:
+    """``auto``: once the demand that sized a key is older than the window, tidying releases
+    what the pool holds for it."""
     runtime = FakeRuntime()
-    async with _filled(tmp_path, runtime, hold_s=0.05) as (node, _):
+    node = EmbeddedNode(runtime, tmp_path, pool=PoolSettings(size=None, max_per_key=2),
+                        dead_check_every_s=0)  # fmt: skip
+    await node.start()
+    try:
+        kept = [(await _create(node, _spec()))[0].sandbox_id for _ in range(2)]
         pool = node.orchestrator.pool
-        claimed = (await node.claim(_spec())).sandbox_id
-        assert claimed
-        await asyncio.sleep(0.1)
+        await pool.wait_full(10)
+        surplus = _pooled(runtime, node)
+        assert len(surplus) == 2, "two creates asked: two kept ready"
+        for key, asked in pool._demand.items():  # the window passes
+            pool._demand[key] = collections.deque(t - DEMAND_WINDOW_S - 1 for t in asked)
         await pool.tidy()
-        assert runtime.teardowns[claimed] == 1 and claimed not in runtime.sandboxes
-        spec = _spec()
-        spec.sandbox_id = claimed  # a create that comes too late starts a sandbox of its own
-        late = await node.create(spec)
-        assert late.sandbox_id == claimed and len(runtime.envds[claimed].inits) == 1
+        assert all(runtime.teardowns[i] == 1 for i in surplus)
+        assert set(runtime.sandboxes) == set(kept) and not _pooled(runtime, node)
+    finally:
+        await node.close()
 
 
 async def test_specs_the_pool_cannot_serve_are_never_claimed(tmp_path: Path) -> None:
     runtime = FakeRuntime()
     async with _filled(tmp_path, runtime) as (node, _):
-        assert (await node.claim(_spec(memory_mb=256))).sandbox_id == ""  # its own key
+        assert not (await node.claim(_spec(memory_mb=256))).HasField("sandbox")  # its own key
         closed = SandboxSpec("x", "base", 1, 128, 64, network=NetworkPolicy(allow_internet=False))
         assert PoolKey.of(closed) is None
         restored = SandboxSpec("x", "base", 1, 128, 64, snapshot=SnapshotRef("s", "fake", "/", "b"))
         assert PoolKey.of(restored) is None
-        claimed = (await node.claim(_spec())).sandbox_id
-        wrong = _spec(memory_mb=256)
-        wrong.sandbox_id = claimed
-        with pytest.raises(NodeBadRequest, match="claimed for another"):
-            await node.create(wrong)
+        assert len(_pooled(runtime, node)) == 2, "nothing was taken"
 
 
 async def test_a_pooled_sandbox_that_died_is_never_handed_out(tmp_path: Path) -> None:
@@ -160,27 +168,22 @@ async def test_a_pooled_sandbox_that_died_is_never_handed_out(tmp_path: Path) ->
         (doomed,) = set(runtime.sandboxes) - {first.sandbox_id}
         runtime.die(doomed)
         assert await node.orchestrator.check_dead() == [doomed]
-        claimed = (await node.claim(_spec())).sandbox_id
-        assert claimed != doomed
+        assert not (await node.claim(_spec())).HasField("sandbox")
 
 
-async def test_a_pooled_sandbox_that_died_unnoticed_is_replaced_at_its_claim(
+async def test_a_pooled_sandbox_that_died_unnoticed_is_released_at_its_claim(
     tmp_path: Path,
 ) -> None:
-    """It died after its claim, before any dead check: the create, which needs no /init,
-    still looks (a cost-free look) and starts a sandbox of its own under the id instead."""
+    """It died before any dead check: the claim, which needs no /init, still looks (a
+    cost-free look), releases it and answers empty, so the caller starts one of its own."""
     runtime = FakeRuntime()
     async with _filled(tmp_path, runtime, size=1) as (node, _):
-        claim = await node.claim(_spec())
-        runtime.die(claim.sandbox_id)
-        spec = _spec()
-        spec.sandbox_id, spec.access_token = claim.sandbox_id, claim.access_token
-        created = await node.create(spec)
-        assert created.sandbox_id == claim.sandbox_id
-        assert await runtime.alive(claim.sandbox_id), "a dead sandbox was handed out"
-        assert runtime.teardowns[claim.sandbox_id] == 1  # the dead one, released
-        (init,) = runtime.envds[claim.sandbox_id].inits  # the new one's own /init
-        assert init["accessToken"] == claim.access_token
+        (doomed,) = _pooled(runtime, node)
+        runtime.die(doomed)
+        assert not (await node.claim(_spec())).HasField("sandbox"), "a dead one was handed out"
+        assert runtime.teardowns[doomed] == 1 and doomed not in runtime.sandboxes
+        created, pooled = await _create(node, _spec())
+        assert not pooled and await runtime.alive(created.sandbox_id)
 
 
 async def test_a_restarted_node_removes_what_its_predecessor_pooled(tmp_path: Path) -> None:

@@ -129,7 +129,7 @@ def test_a_killed_node_leaves_its_pool_to_its_successor(node: NodeProcess) -> No
 
             spec = pb.SandboxSpec(template_id="base", cpu_count=1, memory_mb=256, disk_mb=256,
                                   access_token="t0k", allow_internet=True)  # fmt: skip
-            assert (await client.claim(spec)).sandbox_id == ""
+            assert not (await client.claim(spec)).HasField("sandbox")
             spec.sandbox_id = new_sandbox_id()
             await client.create(spec)
             await _wait_full(node)

@@ -192,8 +192,8 @@ class NodeClient(abc.ABC):
         return await self._call("VolumeWrite", request, pb.VolumeEntryResponse)
 
     async def claim(self, spec: pb.SandboxSpec) -> pb.ClaimResponse:
-        """A pooled sandbox fitting ``spec``, now reserved for a Create (its ``sandbox_id`` is
-        "" if none), with the access token its envd holds."""
+        """A pooled sandbox fitting ``spec``, handed over and running (``sandbox`` unset if
+        none), with the access token its envd holds."""
         return await self._call("Claim", pb.ClaimRequest(spec=spec), pb.ClaimResponse)
 
 

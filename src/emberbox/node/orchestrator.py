@@ -176,13 +176,7 @@ class Orchestrator:
     ) -> SandboxRecord:
         """Start the machine, then envd's one handshake; on any failure nothing is left.
 
-        ``previous_token`` is the token envd holds when it starts from a checkpoint. An id
-        :meth:`claim` handed out names a pooled sandbox: it gets at most its ``/init``."""
-        pooled = self.pool.take(spec.sandbox_id, spec)
-        if pooled is not None:
-            handed = await self._hand_over(pooled, spec, access_token)
-            if handed is not None:
-                return handed  # else it died or failed its handshake: start one as usual
+        ``previous_token`` is the token envd holds when it starts from a checkpoint."""
         async with self._locks.hold(spec.sandbox_id):
             if spec.sandbox_id in self._held:
                 raise SandboxExists(f"sandbox {spec.sandbox_id} already exists on this node")
@@ -205,28 +199,22 @@ class Orchestrator:
             self.records.save(record)
             return record
 
-    def claim(self, spec: SandboxSpec) -> tuple[str, str] | None:
-        """A pooled sandbox fitting ``spec``, reserved for the create that names it: its id
-        and the access token its envd holds (a create with it and no env vars of its own
-        needs no ``/init``)."""
-        sandbox_id = self.pool.claim(spec)
-        if sandbox_id is None:
-            return None
-        return sandbox_id, self._pool_tokens.get(sandbox_id, "")
+    async def claim(self, spec: SandboxSpec) -> tuple[SandboxRecord, str] | None:
+        """A pooled sandbox fitting ``spec``, handed over: its record and the access token its
+        envd holds. None when none is ready, or the one taken can not be handed over (it is
+        released): the caller then creates a sandbox of its own.
 
-    async def _hand_over(
-        self, pooled: RuntimeSandbox, spec: SandboxSpec, access_token: str
-    ) -> SandboxRecord | None:
-        """A claimed sandbox becomes the caller's. It was given its identity as it was pooled
-        (its id, the template's env and defaults, a token of its own, the clock); a create
-        with that token and no env vars of its own takes it as it is, anything else is one
-        ``/init`` (the caller's env vars on the template's, the caller's token). None when it
-        can not: it is released, and the caller starts a sandbox under that id as usual."""
+        It was given its identity as it was pooled (its id, the template's env and defaults, a
+        token of its own, the clock), so it is taken as it is, or after one ``/init`` when
+        ``spec`` brings env vars of its own (on the template's)."""
+        pooled = self.pool.claim(spec)
+        if pooled is None:
+            return None
         async with self._locks.hold(pooled.sandbox_id):
             record = self._held.get(pooled.sandbox_id)
             if record is None:
                 return None
-            pool_token = self._pool_tokens.pop(pooled.sandbox_id, "")
+            token = self._pool_tokens.pop(pooled.sandbox_id, "")
             record.state = "creating"
             self.records.save(record)
             defaults = dataclasses.replace(
@@ -234,11 +222,13 @@ class Orchestrator:
             )
             try:
                 version = record.envd_version
-                if spec.envs or not pool_token or access_token != pool_token:
+                if not token:  # its pooling never finished its /init
+                    raise BootFailed(f"pooled sandbox {pooled.sandbox_id} holds no token")
+                if spec.envs:
                     version = await self._handshake(
                         dataclasses.replace(pooled, defaults=defaults),
-                        access_token,
-                        previous_token=pool_token,
+                        token,
+                        previous_token=token,
                         known_version=record.envd_version,
                         inherit_env=False,  # the template's, which ``defaults`` holds
                     )
@@ -255,7 +245,7 @@ class Orchestrator:
             record.envd_url, record.host = pooled.envd_url, pooled.address
             record.envd_version = version
             self.records.save(record)
-            return record
+            return record, token
 
     async def _start_pooled(self, key: PoolKey) -> RuntimeSandbox:
         """One sandbox for the pool: started, envd healthy, the template's ready check

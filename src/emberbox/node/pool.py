@@ -3,18 +3,18 @@
 A pooled sandbox is a plain sandbox of one template and machine size whose envd is healthy,
 whose template is ready, and which had its ``/init`` as it was pooled: its own id, the
 template's env vars and an access token nobody has seen; no caller's env vars, nobody's data.
-A create claims one (the control plane then names the sandbox by the pooled id and keeps its
-token) and takes it as it is, or after one ``/init`` when it brings env vars of its own, so a
-create costs at most one ``/init`` instead of a restore. A pooled sandbox serves exactly one
-claim; the pool refills in the
-background, one start at a time and only once claims pause for half a second, so refilling
-never competes with callers for more than one core, nor with a burst of creates at all.
+A create claims one and the node hands it over in the same call, as it is or after one
+``/init`` when the create brings env vars of its own (the control plane keeps the pooled id and
+token), so a create costs at most one ``/init`` instead of a restore. A pooled sandbox serves
+exactly one claim; the pool refills in the background, one start at a time and only once
+claims pause for half a second, so refilling never competes with callers for more than one
+core, nor with a burst of creates at all.
 
 How many per template and size (:class:`PoolSettings`): a fixed number for every template and
 size that has been asked for since the node started, or (``auto``, the default) as many as
 were claimed or asked for in the last ten minutes, at most ``max_per_key``; never more than
 ``max_total`` in all, and none started while the host has less than ``min_free_mb`` of memory
-available. A claim not followed by its create within ``hold_s`` is released.
+available.
 """
 
 from __future__ import annotations
@@ -48,7 +48,6 @@ class PoolSettings:
     max_per_key: int = 4
     max_total: int = 20
     min_free_mb: int = 1024
-    hold_s: float = 60.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> PoolSettings:
@@ -116,11 +115,10 @@ class PoolStatus:
     target: int
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Held:
     sandbox: RuntimeSandbox
     key: PoolKey
-    claimed_at: float = 0.0
 
 
 Start = Callable[[PoolKey], Awaitable[RuntimeSandbox]]
@@ -149,7 +147,6 @@ class WarmPool:
     release: Release
     free_mb: Callable[[], int] = host_free_mb
     _ready: dict[PoolKey, collections.deque[_Held]] = field(default_factory=dict)
-    _claimed: dict[str, _Held] = field(default_factory=dict)
     _demand: dict[PoolKey, collections.deque[float]] = field(default_factory=dict)
     _filling: asyncio.Task[None] | None = None
     _refill_timer: asyncio.TimerHandle | None = None
@@ -158,43 +155,27 @@ class WarmPool:
 
     # -- claims ----------------------------------------------------------------------------
 
-    def claim(self, spec: SandboxSpec) -> str | None:
-        """Reserve a ready sandbox fitting ``spec`` for its create; note the demand either way."""
+    def claim(self, spec: SandboxSpec) -> RuntimeSandbox | None:
+        """Take a ready sandbox fitting ``spec`` out of the pool (the caller hands it over or
+        releases it); note the demand either way."""
         key = PoolKey.of(spec)
         if key is None or not self.settings.enabled or self._closed:
             return None
         self._demand.setdefault(key, collections.deque()).append(time.monotonic())
         ready = self._ready.get(key)
         held = ready.popleft() if ready else None
-        if held is not None:
-            held.claimed_at = time.monotonic()
-            self._claimed[held.sandbox.sandbox_id] = held
         if self._refill_timer is not None:
             self._refill_timer.cancel()
         self._refill_timer = asyncio.get_running_loop().call_later(
             REFILL_AFTER_CLAIM_S, self.refill
         )
-        return held.sandbox.sandbox_id if held is not None else None
-
-    def take(self, sandbox_id: str, spec: SandboxSpec) -> RuntimeSandbox | None:
-        """The claimed sandbox a create names, now the caller's; None if it was never claimed
-        (or its claim expired). A spec that does not fit the claimed key is refused."""
-        held = self._claimed.pop(sandbox_id, None)
-        if held is None:
-            return None
-        if PoolKey.of(spec) != held.key:
-            self._claimed[sandbox_id] = held  # released by tidy() like any unused claim
-            raise ValueError(f"sandbox {sandbox_id} was claimed for another template or size")
-        return held.sandbox
+        return held.sandbox if held is not None else None
 
     def holds(self, sandbox_id: str) -> bool:
-        return sandbox_id in self._claimed or any(
-            h.sandbox.sandbox_id == sandbox_id for q in self._ready.values() for h in q
-        )
+        return any(h.sandbox.sandbox_id == sandbox_id for q in self._ready.values() for h in q)
 
     def forget(self, sandbox_id: str) -> None:
         """A pooled sandbox is gone (it died, or the node released it): never hand it out."""
-        self._claimed.pop(sandbox_id, None)
         for queue in self._ready.values():
             for held in list(queue):
                 if held.sandbox.sandbox_id == sandbox_id:
@@ -266,15 +247,13 @@ class WarmPool:
             self._ready.setdefault(key, collections.deque()).append(_Held(sandbox, key))
 
     async def tidy(self) -> None:
-        """Release expired claims and sandboxes beyond their key's target; resume refilling."""
+        """Release sandboxes beyond their key's target; resume refilling."""
         now = time.monotonic()
-        expired = [i for i, h in self._claimed.items() if now - h.claimed_at > self.settings.hold_s]
         surplus: list[str] = []
         for key, queue in self._ready.items():
             while len(queue) > self.target(key, now):
                 surplus.append(queue.pop().sandbox.sandbox_id)
-        for sandbox_id in expired + surplus:
-            self._claimed.pop(sandbox_id, None)
+        for sandbox_id in surplus:
             with contextlib.suppress(Exception):
                 await self.release(sandbox_id)
         self._failures = 0
@@ -290,9 +269,8 @@ class WarmPool:
             self._filling.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._filling
-        ids = [h.sandbox.sandbox_id for q in self._ready.values() for h in q] + list(self._claimed)
+        ids = [h.sandbox.sandbox_id for q in self._ready.values() for h in q]
         self._ready.clear()
-        self._claimed.clear()
         for sandbox_id in ids:
             with contextlib.suppress(Exception):
                 await self.release(sandbox_id)

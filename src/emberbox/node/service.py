@@ -299,10 +299,11 @@ class NodeService:
         return pb.CreateResponse(sandbox=_sandbox(record))
 
     async def claim(self, request: pb.ClaimRequest) -> pb.ClaimResponse:
-        claimed = self.orchestrator.claim(_spec(request.spec))
+        claimed = await self.orchestrator.claim(_spec(request.spec))
         if claimed is None:
             return pb.ClaimResponse()
-        return pb.ClaimResponse(sandbox_id=claimed[0], access_token=claimed[1])
+        record, token = claimed
+        return pb.ClaimResponse(sandbox=_sandbox(record), access_token=token)
 
     async def kill(self, request: pb.KillRequest) -> pb.KillResponse:
         return pb.KillResponse(released=await self.orchestrator.kill(request.sandbox_id))

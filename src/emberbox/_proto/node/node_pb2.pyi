@@ -320,12 +320,12 @@ class ClaimRequest(_message.Message):
     def __init__(self, spec: _Optional[_Union[SandboxSpec, _Mapping]] = ...) -> None: ...
 
 class ClaimResponse(_message.Message):
-    __slots__ = ("sandbox_id", "access_token")
-    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("sandbox", "access_token")
+    SANDBOX_FIELD_NUMBER: _ClassVar[int]
     ACCESS_TOKEN_FIELD_NUMBER: _ClassVar[int]
-    sandbox_id: str
+    sandbox: Sandbox
     access_token: str
-    def __init__(self, sandbox_id: _Optional[str] = ..., access_token: _Optional[str] = ...) -> None: ...
+    def __init__(self, sandbox: _Optional[_Union[Sandbox, _Mapping]] = ..., access_token: _Optional[str] = ...) -> None: ...
 
 class UpdateNetworkRequest(_message.Message):
     __slots__ = ("sandbox_id", "allow_internet", "allow_out", "deny_out", "header_rules", "access_token", "egress_proxy")

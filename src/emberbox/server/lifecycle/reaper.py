@@ -152,7 +152,8 @@ class Reaper:
 
         The database is read before and after the node's list: a sandbox is an orphan only if
         neither read knew it, so one whose create began, or whose kill ended, while the list
-        was taken is never mistaken for one.
+        was taken is never mistaken for one. The second read waits for any admission under way:
+        a warm-pool claim is handed over (and listed) before its row commits.
         """
         async with self.service.sessions() as s:
             # Running and paused rows are stable: every change of them goes through the
@@ -161,7 +162,7 @@ class Reaper:
             known_before = set(await q.ids_in_states(s, _KNOWN))
         listing = await self.service.node.list()
         self._notice_node_restart(listing.boot_id)
-        async with self.service.sessions() as s:
+        async with self.service.admission, self.service.sessions() as s:
             known_after = set(await q.ids_in_states(s, _KNOWN))
         held = {b.sandbox_id for b in listing.sandboxes}
         why = {e.sandbox_id: e.reason for e in listing.ended}

@@ -159,7 +159,10 @@ class SandboxService:
         self.secret_service = secret_service  # None: header rules cannot name secrets
         # Held while a sandbox's network policy changes on its node and in the database.
         self.network_lock = asyncio.Lock()
-        self._admission = asyncio.Lock()
+        # Held by every admission from its quota check to its commit, which for a warm-pool
+        # claim includes the node handing the sandbox over: the reaper reads the database
+        # under it before it calls a sandbox an orphan (see reaper.reconcile).
+        self.admission = asyncio.Lock()
         # One resume per paused sandbox, however many requests arrive to wake it (see wake).
         self._waking: dict[str, asyncio.Task[bool]] = {}
 
@@ -254,62 +257,77 @@ class SandboxService:
         )
         # A volume delete waits for this admission to commit (or sees its mount and refuses).
         volumes_held = self.volumes.lock if mounts and self.volumes else contextlib.nullcontext()
-        async with volumes_held, self._admission, self.sessions.begin() as s:
-            if req.idempotency_key:
-                same = await q.by_idempotency_key(s, who.team_id, req.idempotency_key)
-                if same is not None and State(same.state) == State.CREATING:
-                    raise Busy(
-                        "a create with this Idempotency-Key is still in progress",
-                        error_code="idempotency_in_progress",
+        handed = pb.Sandbox()  # a warm-pool sandbox the node handed over: it runs already
+        try:
+            async with volumes_held, self.admission, self.sessions.begin() as s:
+                if req.idempotency_key:
+                    same = await q.by_idempotency_key(s, who.team_id, req.idempotency_key)
+                    if same is not None and State(same.state) == State.CREATING:
+                        raise Busy(
+                            "a create with this Idempotency-Key is still in progress",
+                            error_code="idempotency_in_progress",
+                        )
+                    if same is not None:
+                        return same
+                running = await q.count_for_team(s, who.team_id, COUNTS_TOWARD_QUOTA)
+                if running >= self.limits.max_concurrent_sandboxes:
+                    raise QuotaExceeded(
+                        f"concurrent sandbox limit reached ({self.limits.max_concurrent_sandboxes}"
+                        " per team); kill a sandbox first"
                     )
-                if same is not None:
-                    return same
-            running = await q.count_for_team(s, who.team_id, COUNTS_TOWARD_QUOTA)
-            if running >= self.limits.max_concurrent_sandboxes:
-                raise QuotaExceeded(
-                    f"concurrent sandbox limit reached ({self.limits.max_concurrent_sandboxes}"
-                    " per team); kill a sandbox first"
+                cpus, mem = await q.resources_in_use(s, HOLDS_RESOURCES)
+                refusal = self.scheduler.refusal(Usage(cpus, mem), tpl.cpu_count, tpl.memory_mb)
+                if refusal is not None:
+                    raise NoCapacity(refusal, error_code="sandbox_capacity_unavailable")
+                if not mounts:  # a pooled sandbox was made without volumes: theirs always boot
+                    claimed = await self._claim(spec)
+                    if claimed.HasField("sandbox"):
+                        # Its envd holds a token nobody has seen: keep it.
+                        handed, token = claimed.sandbox, claimed.access_token
+                sandbox_id = handed.sandbox_id or new_sandbox_id()
+                spec.sandbox_id, spec.access_token = sandbox_id, token
+                now = utcnow()
+                row = Sandbox(
+                    id=sandbox_id,
+                    team_id=who.team_id,
+                    template_id=tpl.template_id,
+                    alias=tpl.alias,
+                    state=str(State.RUNNING if handed.sandbox_id else State.CREATING),
+                    cpu_count=tpl.cpu_count,
+                    memory_mb=tpl.memory_mb,
+                    disk_mb=tpl.disk_mb,
+                    envd_version=handed.envd_version,
+                    envd_url=handed.envd_url or None,
+                    host_address=handed.host or None,
+                    envd_access_token=token,
+                    idempotency_key=req.idempotency_key,
+                    allow_internet=req.allow_internet,
+                    egress=egress_column,
+                    traffic_access_token=(
+                        None if req.allow_public_traffic else secrets.token_urlsafe(32)
+                    ),
+                    mask_request_host=req.mask_request_host,
+                    on_timeout="pause" if req.auto_pause else "kill",
+                    auto_resume=req.auto_resume,
+                    timeout_s=req.timeout_s,
+                    node_id=self.facts.node_id,
+                    started_at=now,
+                    end_at=now + dt.timedelta(seconds=req.timeout_s),
+                    metadata_items=[
+                        SandboxMetadata(key=k, value=v) for k, v in req.metadata.items()
+                    ],
                 )
-            cpus, mem = await q.resources_in_use(s, HOLDS_RESOURCES)
-            refusal = self.scheduler.refusal(Usage(cpus, mem), tpl.cpu_count, tpl.memory_mb)
-            if refusal is not None:
-                raise NoCapacity(refusal, error_code="sandbox_capacity_unavailable")
-            # A pooled sandbox was made without the volumes: one with them always boots.
-            claimed = await self._claim(spec) if not mounts else pb.ClaimResponse()
-            sandbox_id = claimed.sandbox_id or new_sandbox_id()
-            if claimed.access_token:  # its envd holds a token nobody has seen: keep it
-                token = spec.access_token = claimed.access_token
-            spec.sandbox_id = sandbox_id
-            now = utcnow()
-            row = Sandbox(
-                id=sandbox_id,
-                team_id=who.team_id,
-                template_id=tpl.template_id,
-                alias=tpl.alias,
-                state=str(State.CREATING),
-                cpu_count=tpl.cpu_count,
-                memory_mb=tpl.memory_mb,
-                disk_mb=tpl.disk_mb,
-                envd_version="",
-                envd_access_token=token,
-                idempotency_key=req.idempotency_key,
-                allow_internet=req.allow_internet,
-                egress=egress_column,
-                traffic_access_token=(
-                    None if req.allow_public_traffic else secrets.token_urlsafe(32)
-                ),
-                mask_request_host=req.mask_request_host,
-                on_timeout="pause" if req.auto_pause else "kill",
-                auto_resume=req.auto_resume,
-                timeout_s=req.timeout_s,
-                node_id=self.facts.node_id,
-                started_at=now,
-                end_at=now + dt.timedelta(seconds=req.timeout_s),
-                metadata_items=[SandboxMetadata(key=k, value=v) for k, v in req.metadata.items()],
-            )
-            s.add(row)
-            if mounts and self.volumes is not None:
-                await self.volumes.record(s, sandbox_id, mounts)
+                s.add(row)
+                if mounts and self.volumes is not None:
+                    await self.volumes.record(s, sandbox_id, mounts)
+        except BaseException:
+            if handed.sandbox_id:  # its row never committed: nothing else would end it
+                with contextlib.suppress(Exception):
+                    await self.node.kill(handed.sandbox_id)
+            raise
+        if handed.sandbox_id:  # its end time counts from the claim, now
+            self.on_running(row)
+            return row
 
         try:
             started = await self.node.create(spec)
@@ -670,7 +688,7 @@ class SandboxService:
         # A paused sandbox holds no CPU or memory and is outside the team's cap, so its resume
         # is admitted like a create: never past the cap, never onto a full node.
         # (A refusal raises inside the transaction: it rolls back, the sandbox stays paused.)
-        async with self._admission, self.sessions.begin() as s:
+        async with self.admission, self.sessions.begin() as s:
             if not await q.set_state(s, row.id, [State.PAUSED], State.RESUMING):
                 raise Busy(f"sandbox '{row.id}' is being paused or resumed; retry")
             running = await q.count_for_team(s, row.team_id, COUNTS_TOWARD_QUOTA)
