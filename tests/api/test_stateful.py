@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from e2b import (
 
 from emberbox.server.testing import ServerProcess
 from tests import background_counter
+from tests.api.npm import needs_node, run_script
 
 COUNTER = background_counter.LOOP
 
@@ -352,3 +354,35 @@ def test_pty_shell_state_survives_pause(gvisor_server: ServerProcess, gvisor_key
         assert b"value=across-pause" in b"".join(seen)
     finally:
         sbx.kill()
+
+
+@needs_node
+def test_npm_sdk_pause_connect_snapshot_and_fork(
+    gvisor_server: ServerProcess, gvisor_key: str, tmp_path: Path
+) -> None:
+    """The official npm SDK (2.51): its pause, ``/v2`` connect, snapshots and fork, and its
+    filesystem-only pause (``keepMemory: false``) refused with our message, on real sandboxes."""
+    tag = uuid.uuid4().hex[:8]
+    out = run_script("stateful.mjs", gvisor_server, gvisor_key, tmp_path, 240, SMOKE_TAG=tag)
+    assert out["lifecycle"] == {"onTimeout": "pause", "autoResume": True}
+    assert out["paused"] is True and out["stateWhilePaused"] == "paused"
+    assert out["stateAfterConnect"] == "running"
+    assert out["fileAfterResume"] == "before the pause"
+    assert out["countAfter"] > out["countBefore"] > 0, "the background counter stopped"
+    snapshot = out["snapshot"]
+    assert snapshot == {"snapshotId": f"js-{tag}", "names": [f"js-{tag}"]}
+    assert out["listed"] == [snapshot["snapshotId"]]
+    assert out["childFile"] == "before the pause"
+    assert out["sourceFileAfterChildWrite"] == "before the pause", "the child's write leaked"
+    assert len(out["forks"]) == 2 and all(f.get("counting") for f in out["forks"]), out["forks"]
+    assert out["forkFiles"] == ["fork 0", "fork 1"]
+    assert out["sourceFileAfterForks"] == "before the pause"
+    assert "filesystem-only" in out["filesystemOnlyPause"], out["filesystemOnlyPause"]
+    assert out["stateAfterRefusal"] == "running"
+    assert out["snapshotDeleted"] is True and out["listedAfterDelete"] == 0
+    # Deleting the snapshot leaves the sandbox started from it as it was.
+    assert out["childAfterDelete"] == "the child wrote this"
+    assert out["killed"] == [True] * (2 + len(out["forks"]))
+    states = gvisor_server.sandbox_states()
+    ids = [out["id"], out["childId"], *(f["id"] for f in out["forks"])]
+    assert all(states[i] == ("killed", "killed by user") for i in ids), states

@@ -1,0 +1,84 @@
+// Pause, resume, snapshots and fork with the official npm `e2b` SDK, configured only through
+// E2B_* variables. Prints one JSON line with what it observed; the Python test asserts on it.
+import { Sandbox } from 'e2b'
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
+const FILE = '/home/user/kept.txt'
+const out = {}
+const made = [] // every sandbox this script started, killed at the end whatever happened
+
+async function count(sbx) {
+  return Number((await sbx.files.read('/tmp/count')).trim())
+}
+
+const sbx = await Sandbox.create({
+  timeoutMs: 120_000,
+  lifecycle: { onTimeout: 'pause', autoResume: true },
+})
+made.push(sbx)
+try {
+  out.id = sbx.sandboxId
+  out.lifecycle = (await sbx.getInfo()).lifecycle
+  await sbx.commands.run(
+    'i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done',
+    { background: true },
+  )
+  await sbx.files.write(FILE, 'before the pause')
+  await sleep(500)
+  const before = await count(sbx)
+
+  out.paused = await sbx.pause()
+  out.stateWhilePaused = (await Sandbox.getInfo(sbx.sandboxId)).state
+  const back = await Sandbox.connect(sbx.sandboxId, { timeoutMs: 120_000 })
+  out.stateAfterConnect = (await back.getInfo()).state
+  out.fileAfterResume = await back.files.read(FILE)
+  await sleep(500)
+  out.countBefore = before
+  out.countAfter = await count(back)
+
+  const snap = await back.createSnapshot({ name: `js-${process.env.SMOKE_TAG}` })
+  out.snapshot = snap
+  out.listed = (await Sandbox.listSnapshots({ sandboxId: sbx.sandboxId }).nextItems()).map(
+    (s) => s.snapshotId,
+  )
+  const child = await Sandbox.create(snap.snapshotId, { timeoutMs: 60_000 })
+  made.push(child)
+  out.childId = child.sandboxId
+  out.childFile = await child.files.read(FILE)
+  await child.files.write(FILE, 'the child wrote this')
+  out.sourceFileAfterChildWrite = await back.files.read(FILE)
+
+  const forks = await back.fork({ count: 2, timeoutMs: 60_000 })
+  out.forks = []
+  for (const [i, fork] of forks.entries()) {
+    if (fork instanceof Error) {
+      out.forks.push({ error: fork.message })
+      continue
+    }
+    made.push(fork)
+    await fork.files.write(FILE, `fork ${i}`)
+    const first = await count(fork)
+    await sleep(400)
+    out.forks.push({ id: fork.sandboxId, counting: (await count(fork)) > first })
+  }
+  out.forkFiles = await Promise.all(
+    forks.filter((f) => !(f instanceof Error)).map((f) => f.files.read(FILE)),
+  )
+  out.sourceFileAfterForks = await back.files.read(FILE)
+
+  try {
+    await back.pause({ keepMemory: false })
+    out.filesystemOnlyPause = 'accepted'
+  } catch (err) {
+    out.filesystemOnlyPause = err.message
+  }
+  out.stateAfterRefusal = (await back.getInfo()).state
+
+  out.snapshotDeleted = await Sandbox.deleteSnapshot(snap.snapshotId)
+  out.listedAfterDelete = (await Sandbox.listSnapshots({ sandboxId: sbx.sandboxId }).nextItems())
+    .length
+  out.childAfterDelete = (await child.commands.run('cat ' + FILE)).stdout
+} finally {
+  out.killed = await Promise.all(made.map((s) => s.kill().catch((err) => err.message)))
+}
+console.log(JSON.stringify(out))
