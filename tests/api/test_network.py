@@ -5,11 +5,7 @@ sandbox sends to lives there). Each "refused" is paired with an "allowed" on the
 
 from __future__ import annotations
 
-import json
-import os
 import secrets
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +17,7 @@ from dnslib import DNSRecord
 from e2b import AsyncSandbox, Sandbox
 
 from emberbox.server.testing import ServerProcess
-from tests.api.test_npm_sdk import NODE_MODULES
+from tests.api.npm import needs_node, run_script
 from tests.fake_internet import FakeInternet, fake_internet
 
 METADATA = "169.254.169.254"
@@ -139,25 +135,12 @@ def test_domains_with_the_official_sdk(
         sbx.kill()
 
 
-@pytest.mark.skipif(not shutil.which("node"), reason="Node.js is not installed")
+@needs_node
 def test_domains_with_the_npm_sdk(
     gvisor_server: ServerProcess, gvisor_key: str, inet: FakeInternet, tmp_path: Path
 ) -> None:
-    shutil.copy(Path(__file__).with_name("js") / "network.mjs", tmp_path / "network.mjs")
-    (tmp_path / "node_modules").symlink_to(NODE_MODULES)
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("E2B_")},
-        **gvisor_server.sdk_env(gvisor_key),
-        "ALLOWED": ALLOWED,
-        "OTHER": OTHER,
-        "OTHER_ADDRESS": inet.names[OTHER],
-    }
-    done = subprocess.run(
-        ["node", "network.mjs"], env=env, cwd=tmp_path, capture_output=True, text=True,
-        timeout=180, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out = run_script("network.mjs", gvisor_server, gvisor_key, tmp_path, 180, ALLOWED=ALLOWED,
+                     OTHER=OTHER, OTHER_ADDRESS=inet.names[OTHER])  # fmt: skip
     assert out["allowed"] == inet.named_body(ALLOWED)
     assert out["other"] == "refused"
     assert out["network"]["allowOut"] == [ALLOWED]

@@ -33,7 +33,7 @@ from emberbox.host.ports import free_loopback_port
 from emberbox.server import tls
 from emberbox.server.config import Settings, TlsSettings
 from emberbox.server.testing import ServerProcess
-from tests.api.test_npm_sdk import NODE_MODULES
+from tests.api.npm import NODE_MODULES, needs_node
 from tests.pki import ca_and_certificate
 from tests.runtimes.gvisor_support import gvisor_server
 
@@ -125,7 +125,7 @@ def test_a_user_reaches_sandboxes_by_name_over_https(
     assert out["by_domain"] == [f"https://api.{domain}", "by-domain\n"]
 
 
-@pytest.mark.skipif(not shutil.which("node"), reason="Node.js is not installed")
+@needs_node
 def test_the_npm_sdk_reaches_sandboxes_by_name_over_https(
     server: ServerProcess, resolver: str, tmp_path: Path
 ) -> None:

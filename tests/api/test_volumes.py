@@ -4,10 +4,7 @@ real gVisor sandboxes mounting them, the content API's confinement, and what is 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +18,7 @@ from e2b.exceptions import NotFoundException, SandboxException
 from emberbox.host import rootfs
 from emberbox.server.testing import ServerProcess
 from tests.api.conftest import point_sdks_at
-from tests.api.test_npm_sdk import NODE_MODULES
+from tests.api.npm import needs_node, run_script
 from tests.runtimes.gvisor_support import DATA_DIR
 
 VOLUME_MB = 48  # small enough to fill in a test
@@ -378,23 +375,11 @@ def test_volumes_survive_a_server_restart(server: ServerProcess, key: str) -> No
         Sandbox.create(volume_mounts={"/v": "kept"}, timeout=120)
 
 
-@pytest.mark.skipif(not shutil.which("node"), reason="Node.js is not installed")
+@needs_node
 def test_the_npm_sdk_shares_a_volume_with_a_sandbox(
     server: ServerProcess, key: str, tmp_path: Path
 ) -> None:
-    script = tmp_path / "volume.mjs"
-    shutil.copy(Path(__file__).with_name("js") / "volume.mjs", script)
-    (tmp_path / "node_modules").symlink_to(NODE_MODULES)
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("E2B_")},
-        **server.sdk_env(key),
-        "VOLUME_NAME": "from-npm",
-    }
-    proc = subprocess.run(
-        ["node", str(script)], env=env, capture_output=True, text=True, timeout=180, check=False
-    )
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = run_script("volume.mjs", server, key, tmp_path, 180, VOLUME_NAME="from-npm")
     assert out["seen"] == "written by js" and out["read"] == "from-sandbox"
     assert out["listed"] == ["directory:in", "file:out.txt"]
     assert out["mounts"] == [{"name": "from-npm", "path": "/data"}]
