@@ -32,18 +32,67 @@ def sparse_file(path: Path, size: int) -> None:
         f.truncate(size)
 
 
-async def make_disk(image: Path, mountpoint: Path, size_mb: int) -> None:
-    """Create and mount a sparse ext4 of ``size_mb``; blocks are only used when written."""
+_MKFS = ("mkfs.ext4", "-q", "-F", "-m", "0",
+         "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard")  # fmt: skip
+
+
+async def make_disk(
+    image: Path, mountpoint: Path, size_mb: int, formatted: Path | None = None
+) -> None:
+    """Create and mount a sparse ext4 of ``size_mb``; blocks are only used when written.
+
+    ``formatted``: a directory keeping one freshly made ext4 per size, which each new disk
+    copies (only its ~0.3 MiB of written blocks) instead of running mkfs (a process and ~5 ms
+    of CPU on every sandbox start here)."""
     if size_mb < 16:
         raise ValueError(f"disk_mb must be at least 16, got {size_mb}")
-    sparse_file(image, size_mb * 1024 * 1024)
-    await _proc.run(
-        "mkfs.ext4", "-q", "-F", "-m", "0",
-        "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard", str(image),
-    )  # fmt: skip
+    if formatted is None:
+        sparse_file(image, size_mb * 1024 * 1024)
+        await _proc.run(*_MKFS, str(image))
+    else:
+        copy_sparse(await _formatted(formatted, size_mb), image)
     mountpoint.mkdir(parents=True, exist_ok=True)
     # `-o loop` sets autoclear: the loop device goes away with the last unmount.
     await _proc.run("mount", "-o", "loop,nodev,nosuid", str(image), str(mountpoint))
+
+
+async def _formatted(directory: Path, size_mb: int) -> Path:
+    """The pristine ext4 of ``size_mb``, made on first use. Two makers at once each write their
+    own and the second rename wins: both are pristine."""
+    pristine = directory / f"ext4-{size_mb}m.img"
+    if not pristine.exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        partial = directory / f".{pristine.name}.{os.getpid()}.{id(pristine)}"
+        try:
+            sparse_file(partial, size_mb * 1024 * 1024)
+            await _proc.run(*_MKFS, str(partial))
+            os.replace(partial, pristine)
+        finally:
+            partial.unlink(missing_ok=True)
+    return pristine
+
+
+def copy_sparse(source: Path, target: Path) -> None:
+    """``target`` becomes a copy of ``source`` holding blocks only where ``source`` does
+    (``SEEK_DATA``/``SEEK_HOLE``, then ``copy_file_range`` in the kernel)."""
+    with open(source, "rb") as src, open(target, "wb") as dst:
+        size = os.fstat(src.fileno()).st_size
+        dst.truncate(size)
+        offset = 0
+        while offset < size:
+            try:
+                start = os.lseek(src.fileno(), offset, os.SEEK_DATA)
+            except OSError:  # ENXIO: only a hole is left
+                break
+            offset = os.lseek(src.fileno(), start, os.SEEK_HOLE)
+            position = start
+            while position < offset:
+                copied = os.copy_file_range(
+                    src.fileno(), dst.fileno(), offset - position, position, position
+                )
+                if copied == 0:
+                    raise OSError(f"{source} shrank while it was copied")
+                position += copied
 
 
 async def mount_root(lower: Sequence[Path], upper: Path, target: Path) -> None:

@@ -87,6 +87,11 @@ class GVisorConfig:
         return self.root / "template-snapshots"
 
     @property
+    def formatted_disks_dir(self) -> Path:
+        """One freshly made ext4 per disk size, which sandbox disks copy (host/rootfs.py)."""
+        return self.root / "formatted-disks"
+
+    @property
     def leases_dir(self) -> Path:
         return self.leases_root
 

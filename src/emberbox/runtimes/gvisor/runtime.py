@@ -755,7 +755,8 @@ class GVisorRuntime(Runtime):
                     # Sandboxes: a read-only view of the layers; gVisor's overlay takes the
                     # writes into a file on the size-limited disk. Read-only files can then be
                     # mapped from the host page cache, shared by every sandbox of the template.
-                    await rootfs.make_disk(paths.disk_image, paths.disk, spec.disk_mb)
+                    await rootfs.make_disk(paths.disk_image, paths.disk, spec.disk_mb,
+                                          self.config.formatted_disks_dir)  # fmt: skip
                     await rootfs.mount_lower([*layers, *self._mount_points(spec, paths, layers)],
                                              paths.rootfs)  # fmt: skip
                 else:
