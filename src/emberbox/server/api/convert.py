@@ -8,7 +8,7 @@ from typing import Any
 from ..._proto.node import node_pb2 as pb
 from ...egress import proxy_dict, rules_dict
 from ..db.models import Sandbox as Row
-from ..lifecycle.network import Egress
+from ..lifecycle.egress import Egress
 from ..lifecycle.states import HOLDS_SAVED_MEMORY, State, public_state
 from .models import Lifecycle, ListedSandbox, Sandbox, SandboxDetail, SandboxMetric
 

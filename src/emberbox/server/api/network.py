@@ -28,7 +28,8 @@ from ...egress import (
     parse_list,
 )
 from ...vocabulary import MASK_PORT_VARIABLE
-from ..lifecycle.network import Egress, NetworkService
+from ..lifecycle.egress import Egress
+from ..lifecycle.network import NetworkService
 from .deps import Caller
 from .errors import ApiError
 from .models import EgressRecord, Error, NetworkUpdate

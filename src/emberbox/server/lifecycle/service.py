@@ -35,6 +35,7 @@ from ..db import snapshots as snaps
 from ..db import volumes as vols
 from ..db.models import Sandbox, SandboxMetadata, Snapshot, utcnow
 from ..limits.scheduler import ResourceScheduler, Usage
+from .egress import Egress, header_rules_message
 from .errors import (
     Busy,
     Conflict,
@@ -47,7 +48,6 @@ from .errors import (
     Unreachable,
     Unsupported,
 )
-from .network import Egress, header_rules_message
 from .states import COUNTS_TOWARD_QUOTA, HOLDS_RESOURCES, VISIBLE, EndReason, State
 from .templates import TeamTemplates, TemplateCatalog, TemplateInfo
 

@@ -22,8 +22,8 @@ from ..auth.store import Principal
 from ..db import snapshots as snaps
 from ..db.models import Sandbox, Snapshot, utcnow
 from ..db.sandboxes import paused_bytes_used
+from .egress import Egress
 from .errors import Conflict, Invalid, LifecycleError, NotFound, QuotaExceeded, SandboxFailed
-from .network import Egress
 from .service import CreateRequest, SandboxService, snapshot_message
 from .states import State
 
