@@ -13,6 +13,7 @@ import pytest
 
 from emberbox.server.lifecycle.templates import StaticTemplates, StoreTemplates
 from emberbox.templates import base, cache, code_interpreter
+from emberbox.templates import code_interpreter_recipe as recipe
 from emberbox.templates.store import Template, TemplateStore
 
 KEY = "a" * 64
@@ -20,17 +21,17 @@ KEY = "a" * 64
 
 def test_the_layer_key_follows_base_and_the_recipe() -> None:
     keys = base.compute_keys(base.project_root())
-    mine = code_interpreter.layer_key(keys.envd)
-    assert mine == code_interpreter.layer_key(keys.envd)
-    assert mine != code_interpreter.layer_key("0" * 64)  # new envd (project source) → rebuilt
-    assert code_interpreter.cache_keys(keys) == (keys.os, keys.envd, mine)
+    mine = recipe.layer_key(keys.envd)
+    assert mine == recipe.layer_key(keys.envd)
+    assert mine != recipe.layer_key("0" * 64)  # new envd (project source) → rebuilt
+    assert base.built_in_layers(keys) == (keys.os, keys.envd, mine)
 
 
 def test_pruning_the_cache_keeps_every_built_in_layer(tmp_path: Path) -> None:
     keys = base.compute_keys(base.project_root())
-    for key in (*code_interpreter.cache_keys(keys), "stale"):
+    for key in (*base.built_in_layers(keys), "stale"):
         (tmp_path / f"{key}.tar").write_bytes(b"")
-    assert cache.prune(tmp_path, code_interpreter.cache_keys(keys)) == ["stale.tar"]
+    assert cache.prune(tmp_path, base.built_in_layers(keys)) == ["stale.tar"]
 
 
 def test_code_interpreter_v1_names_the_code_interpreter_template(tmp_path: Path) -> None:
@@ -52,12 +53,12 @@ def test_node_and_the_javascript_kernel_are_part_of_the_recipe(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     keys = base.compute_keys(base.project_root())
-    mine = code_interpreter.layer_key(keys.envd)
-    assert code_interpreter.DEBIAN_PACKAGES == (
+    mine = recipe.layer_key(keys.envd)
+    assert recipe.DEBIAN_PACKAGES == (
         "nodejs", "node-typescript", "r-base-core", "r-cran-irkernel",
     )  # fmt: skip
-    assert "kernels/ir/kernel.json" in code_interpreter.SETUP
-    assert "emberbox.interpreter.js_kernel install >" in code_interpreter.SETUP
-    assert "emberbox.interpreter.js_kernel install --typescript" in code_interpreter.SETUP
-    monkeypatch.setattr(code_interpreter, "DEBIAN_PACKAGES", ("nodejs",))
-    assert code_interpreter.layer_key(keys.envd) != mine  # another package → rebuilt
+    assert "kernels/ir/kernel.json" in recipe.SETUP
+    assert "emberbox.interpreter.js_kernel install >" in recipe.SETUP
+    assert "emberbox.interpreter.js_kernel install --typescript" in recipe.SETUP
+    monkeypatch.setattr(recipe, "DEBIAN_PACKAGES", ("nodejs",))
+    assert recipe.layer_key(keys.envd) != mine  # another package → rebuilt

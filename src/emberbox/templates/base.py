@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..vocabulary import DEFAULT_UID, ENVD_PORT
-from . import _run, cache, hashing
+from . import _run, cache, code_interpreter_recipe, hashing
 from .store import Template, TemplateConfig, TemplateStore
 
 SUITE = "bookworm"
@@ -76,6 +76,12 @@ fi
 class BaseKeys:
     os: str
     envd: str
+
+
+def built_in_layers(keys: BaseKeys) -> tuple[str, ...]:
+    """Every layer the built-in templates are made of (``base`` and ``code-interpreter``):
+    what a layer cache keeps, whichever of them was built."""
+    return (keys.os, keys.envd, code_interpreter_recipe.layer_key(keys.envd))
 
 
 def project_root() -> Path:
@@ -175,9 +181,7 @@ async def build_base(
         for key in (keys.os, keys.envd):
             if not (cache_dir / f"{key}.tar").exists():
                 await cache.export_layer(store, key, cache_dir)
-        from .code_interpreter import cache_keys  # the other built-in template's layers stay
-
-        cache.prune(cache_dir, cache_keys(keys))
+        cache.prune(cache_dir, built_in_layers(keys))
     template = Template(name="base", layers=(keys.os, keys.envd), config=TemplateConfig())
     store.save(template)
     return template

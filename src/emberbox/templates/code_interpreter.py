@@ -26,77 +26,26 @@ import sys
 from pathlib import Path
 
 from ..vocabulary import ENVD_PORT
-from . import _run, base, cache, hashing
+from . import _run, base, cache
+from .code_interpreter_recipe import (
+    DEBIAN_PACKAGES,
+    DEBS,
+    PACKAGES,
+    SETUP,
+    USER_SETUP,
+    VENV,
+    layer_key,
+)
 from .store import Template, TemplateConfig, TemplateStore
 
 NAME = "code-interpreter"
 ALIASES = ("code-interpreter-v1",)  # what e2b-code-interpreter and @e2b/code-interpreter ask for
-RECIPE_VERSION = 3
 INTERPRETER_PORT = 49999  # emberbox.interpreter.INTERPRETER_PORT (templates cannot import it)
-# Pinned, because the layer's key names them: a new version is a new recipe.
-PACKAGES = ("numpy==2.4.6", "pandas==3.1.1", "matplotlib==3.11.2", "bash_kernel==0.10.0")
-# node 18 from bookworm (and its security updates); TypeScript 4.8's compiler, for our
-# typescript kernel (it strips types per cell); R with Debian's IRkernel (the ``r`` language).
-DEBIAN_PACKAGES = ("nodejs", "node-typescript", "r-base-core", "r-cran-irkernel")
-VENV = "/opt/emberbox/venv"
-DEBS = "/tmp/emberbox-debs"  # in the rootfs, while the layer is built
-
 START_CMD = (
     f"{VENV}/bin/python -m emberbox.interpreter --port {INTERPRETER_PORT} "
     f"--envd-url http://127.0.0.1:{ENVD_PORT} --prestart python"
 )
 READY_CMD = f"curl -sf -o /dev/null --max-time 2 http://127.0.0.1:{INTERPRETER_PORT}/health"
-
-# Runs in the rootfs (as root) after the wheels are installed.
-SETUP = rf"""set -e
-# Only the compiler of node-typescript: its language-server bundles are 42 MB more.
-tsl=/usr/share/nodejs/typescript/lib
-dpkg --path-exclude="$tsl/tsserver*" --path-exclude="$tsl/typescriptServices*" \
-  --path-exclude="$tsl/typingsInstaller.js" --path-exclude=/usr/bin/tsserver \
-  -i {DEBS}/*.deb >/dev/null
-rm -rf {DEBS}
-node -e 'process.exit(0)'
-{VENV}/bin/python -m bash_kernel.install --sys-prefix >/dev/null
-{VENV}/bin/python -m emberbox.interpreter.js_kernel install >/dev/null
-{VENV}/bin/python -m emberbox.interpreter.js_kernel install --typescript >/dev/null
-node -e 'require("typescript")'
-# IRkernel's own kernelspec, where the venv's jupyter_client looks (installspec would need
-# the jupyter CLI on R's PATH).
-mkdir -p {VENV}/share/jupyter/kernels/ir
-cat > {VENV}/share/jupyter/kernels/ir/kernel.json <<'JSON'
-{{"argv": ["/usr/bin/R", "--slave", "-e", "IRkernel::main()", "--args", "{{connection_file}}"],
- "display_name": "R", "language": "R"}}
-JSON
-Rscript -e 'library(IRkernel)'
-site={VENV}/lib/python3.*/site-packages
-for pkg in numpy pandas matplotlib mpl_toolkits; do
-  find $site/$pkg -depth -type d -name tests -exec rm -rf {{}} +
-done
-# Optional to ipykernel and IPython (a debugger, completions) and 55 MB: kernels start faster.
-rm -rf $site/debugpy $site/debugpy-* $site/jedi $site/jedi-* $site/parso $site/parso-*
-rm -rf /root/.cache
-"""
-# Runs as ``user``: the caches a first plot would otherwise build, in user's home.
-USER_SETUP = "import matplotlib.pyplot"
-
-
-def layer_key(envd_key: str) -> str:
-    """The layer's key, from base's envd layer (which hashes the project) and the recipe."""
-    return hashing.hash_json(
-        {
-            "parent": envd_key,
-            "packages": PACKAGES,
-            "debian_packages": DEBIAN_PACKAGES,
-            "setup": SETUP,
-            "user_setup": USER_SETUP,
-            "recipe": RECIPE_VERSION,
-        }
-    )
-
-
-def cache_keys(keys: base.BaseKeys) -> tuple[str, ...]:
-    """Every layer the built-in templates are made of: what a layer cache should keep."""
-    return (keys.os, keys.envd, layer_key(keys.envd))
 
 
 def config() -> TemplateConfig:
@@ -199,7 +148,7 @@ async def build_code_interpreter(
     if cache_dir is not None:
         if not (cache_dir / f"{key}.tar").exists():
             await cache.export_layer(store, key, cache_dir)
-        cache.prune(cache_dir, cache_keys(base.BaseKeys(os_key, envd_key)))
+        cache.prune(cache_dir, base.built_in_layers(base.BaseKeys(os_key, envd_key)))
     template = Template(name=NAME, layers=(*parent.layers, key), config=config(), parent="base")
     store.save(template)
     return template
