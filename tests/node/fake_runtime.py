@@ -37,6 +37,7 @@ class _Envd:
     def __init__(self) -> None:
         self.inits: list[dict[str, object]] = []
         self.token: str | None = None
+        self.init_delay_s = 0.0  # a slow (or hung) envd
 
         async def health(request: Request) -> Response:
             return Response(status_code=204, headers={"X-Envd-Version": "0.6.13"})
@@ -45,6 +46,7 @@ class _Envd:
             if self.token and request.headers.get("x-access-token") != self.token:
                 return Response(status_code=401)
             body = await request.json()
+            await asyncio.sleep(self.init_delay_s)
             self.inits.append(body)
             if "accessToken" in body:
                 self.token = body["accessToken"] or None
@@ -52,7 +54,14 @@ class _Envd:
 
         app = Starlette(routes=[Route("/health", health), Route("/init", init, methods=["POST"])])
         self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error", lifespan="off")
+            uvicorn.Config(
+                app,
+                host="127.0.0.1",
+                port=0,
+                log_level="error",
+                lifespan="off",
+                timeout_graceful_shutdown=0.1,
+            )  # a killed machine waits for nothing
         )
         self.task: asyncio.Task[None] | None = None
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from emberbox._proto.node import node_pb2 as pb
+from emberbox.node import orchestrator
 from emberbox.node.client import EmbeddedNode
 from emberbox.node.orchestrator import Orchestrator
 from emberbox.node.pool import DEMAND_WINDOW_S, PoolKey, PoolSettings
@@ -184,6 +185,38 @@ async def test_a_pooled_sandbox_that_died_unnoticed_is_released_at_its_claim(
         assert runtime.teardowns[doomed] == 1 and doomed not in runtime.sandboxes
         created, pooled = await _create(node, _spec())
         assert not pooled and await runtime.alive(created.sandbox_id)
+
+
+async def test_a_claim_passes_over_a_dead_pooled_sandbox_to_a_live_one(tmp_path: Path) -> None:
+    """The first ready sandbox died unnoticed: the claim releases it and hands over the next
+    one instead of sending the create to a restore."""
+    runtime = FakeRuntime()
+    async with _filled(tmp_path, runtime, size=2) as (node, _):
+        (ready,) = node.orchestrator.pool._ready.values()
+        doomed, live = (held.sandbox.sandbox_id for held in ready)  # the order claims take
+        runtime.die(doomed)
+        claim = await node.claim(_spec())
+        assert claim.sandbox.sandbox_id == live
+        assert runtime.teardowns[doomed] == 1 and doomed not in runtime.sandboxes
+        (status,) = (await node.info()).pools
+        assert status.target == 2, "one create asked: a second try is not demand"
+
+
+async def test_a_hung_envd_fails_its_claim_within_the_claim_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim's /init runs under the control plane's admission lock: a pooled envd that does
+    not answer is released after CLAIM_INIT_TIMEOUT_S, not after a boot timeout."""
+    monkeypatch.setattr(orchestrator, "CLAIM_INIT_TIMEOUT_S", 0.3)
+    runtime = FakeRuntime()
+    async with _filled(tmp_path, runtime, size=1) as (node, _):
+        (hung,) = _pooled(runtime, node)
+        runtime.envds[hung].init_delay_s = 30
+        started = asyncio.get_running_loop().time()
+        claim = await node.claim(_spec(FOO="bar"))
+        assert asyncio.get_running_loop().time() - started < 5, "waited for the boot timeout"
+        assert claim.sandbox.sandbox_id != hung  # empty, or one the pool started meanwhile
+        assert runtime.teardowns[hung] == 1
 
 
 async def test_a_restarted_node_removes_what_its_predecessor_pooled(tmp_path: Path) -> None:

@@ -149,7 +149,7 @@ async def handshake(
     previous token proves the token it sets, so one retried after it had been applied passes.
     """
     first = not known_version
-    timeout = httpx.Timeout(10.0, connect=1.0)
+    timeout = httpx.Timeout(min(10.0, timeout_s), connect=1.0)
     proof = previous_token or access_token
     headers = {"X-Access-Token": proof} if proof else {}
 

@@ -57,6 +57,11 @@ EGRESS_BUNDLE_DIR = "/etc/ssl/certs"
 EGRESS_BUNDLE = f"{EGRESS_BUNDLE_DIR}/ca-certificates.crt"
 EGRESS_CA_PATH = "/usr/local/share/ca-certificates/emberbox-egress.crt"
 ENDED_KEPT = 10_000  # how many end reasons the node remembers for the control plane
+# A claim's /init (a create with env vars of its own) runs while the control plane holds its
+# admission lock, and a pooled envd answered an /init once already (~10 ms): one that takes
+# longer than this is released and the create restores a sandbox instead, rather than stall
+# every other admission for a boot timeout.
+CLAIM_INIT_TIMEOUT_S = 3.0
 
 
 class SandboxNotFound(LookupError):
@@ -201,15 +206,23 @@ class Orchestrator:
 
     async def claim(self, spec: SandboxSpec) -> tuple[SandboxRecord, str] | None:
         """A pooled sandbox fitting ``spec``, handed over: its record and the access token its
-        envd holds. None when none is ready, or the one taken can not be handed over (it is
-        released): the caller then creates a sandbox of its own.
+        envd holds. None when none is ready (or none of those taken could be handed over:
+        each is released): the caller then creates a sandbox of its own.
 
         It was given its identity as it was pooled (its id, the template's env and defaults, a
         token of its own, the clock), so it is taken as it is, or after one ``/init`` when
         ``spec`` brings env vars of its own (on the template's)."""
         pooled = self.pool.claim(spec)
-        if pooled is None:
-            return None
+        while pooled is not None:
+            handed = await self._hand_over(pooled, spec)
+            if handed is not None:
+                return handed
+            pooled = self.pool.claim(spec, again=True)
+        return None
+
+    async def _hand_over(
+        self, pooled: RuntimeSandbox, spec: SandboxSpec
+    ) -> tuple[SandboxRecord, str] | None:
         async with self._locks.hold(pooled.sandbox_id):
             record = self._held.get(pooled.sandbox_id)
             if record is None:
@@ -231,6 +244,7 @@ class Orchestrator:
                         previous_token=token,
                         known_version=record.envd_version,
                         inherit_env=False,  # the template's, which ``defaults`` holds
+                        timeout_s=CLAIM_INIT_TIMEOUT_S,
                     )
                 elif self.runtime.known_stopped(pooled.sandbox_id):  # /init would have failed
                     raise BootFailed(f"pooled sandbox {pooled.sandbox_id} stopped while pooled")
@@ -250,7 +264,7 @@ class Orchestrator:
     async def _start_pooled(self, key: PoolKey) -> RuntimeSandbox:
         """One sandbox for the pool: started, envd healthy, the template's ready check
         passed, its ``/init`` with a token of its own (so most claims need no round trip into
-        the sandbox, see :meth:`_hand_over`), then standby login shells started in it."""
+        the sandbox, see :meth:`claim`), then standby login shells started in it."""
         assert self._http is not None, "node not started"
         sandbox_id = new_sandbox_id()
         async with self._locks.hold(sandbox_id):
@@ -294,6 +308,7 @@ class Orchestrator:
         previous_token: str = "",
         known_version: str = "",
         inherit_env: bool = True,
+        timeout_s: float | None = None,
     ) -> str:
         assert self._http is not None, "node not started"
         try:
@@ -302,7 +317,7 @@ class Orchestrator:
                 sandbox.envd_url,
                 sandbox.defaults,
                 access_token,
-                timeout_s=self.boot_timeout_s,
+                timeout_s=timeout_s or self.boot_timeout_s,
                 alive=lambda: self.runtime.alive(sandbox.sandbox_id),
                 previous_token=previous_token,
                 known_version=known_version,

@@ -88,10 +88,11 @@ class PoolKey:
 
     @classmethod
     def of(cls, spec: SandboxSpec) -> PoolKey | None:
-        """None for a spec a pooled sandbox cannot serve: a restore from a snapshot, or
-        anything but the default network (a policy is set up as the sandbox starts)."""
+        """None for a spec a pooled sandbox cannot serve: a restore from a snapshot, volumes,
+        or anything but the default network (both are set up as the sandbox starts)."""
         if (
             spec.snapshot is not None
+            or spec.volumes
             or spec.network != NetworkPolicy()
             or spec.pids_limit != DEFAULT_PIDS_LIMIT
         ):
@@ -155,13 +156,15 @@ class WarmPool:
 
     # -- claims ----------------------------------------------------------------------------
 
-    def claim(self, spec: SandboxSpec) -> RuntimeSandbox | None:
+    def claim(self, spec: SandboxSpec, again: bool = False) -> RuntimeSandbox | None:
         """Take a ready sandbox fitting ``spec`` out of the pool (the caller hands it over or
-        releases it); note the demand either way."""
+        releases it); note the demand either way, once per create (``again``: the same create
+        asks for another, the one it took could not be handed over)."""
         key = PoolKey.of(spec)
         if key is None or not self.settings.enabled or self._closed:
             return None
-        self._demand.setdefault(key, collections.deque()).append(time.monotonic())
+        if not again:
+            self._demand.setdefault(key, collections.deque()).append(time.monotonic())
         ready = self._ready.get(key)
         held = ready.popleft() if ready else None
         if self._refill_timer is not None:

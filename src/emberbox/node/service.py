@@ -299,6 +299,8 @@ class NodeService:
         return pb.CreateResponse(sandbox=_sandbox(record))
 
     async def claim(self, request: pb.ClaimRequest) -> pb.ClaimResponse:
+        if request.spec.volume_mounts:  # mounted as a sandbox starts: a pooled one has none
+            return pb.ClaimResponse()
         claimed = await self.orchestrator.claim(_spec(request.spec))
         if claimed is None:
             return pb.ClaimResponse()
