@@ -60,7 +60,7 @@ class _Envd:
                 port=0,
                 log_level="error",
                 lifespan="off",
-                timeout_graceful_shutdown=0.1,
+                timeout_graceful_shutdown=1,
             )  # a killed machine waits for nothing
         )
         self.task: asyncio.Task[None] | None = None
