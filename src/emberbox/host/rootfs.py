@@ -9,7 +9,9 @@ does not count against the sandbox's memory (``--overlay2=root:memory`` would).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,6 +34,7 @@ def sparse_file(path: Path, size: int) -> None:
         f.truncate(size)
 
 
+_PARTIAL_STALE_S = 600  # a formatted disk in the making older than this was abandoned
 _MKFS = ("mkfs.ext4", "-q", "-F", "-m", "0",
          "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard")  # fmt: skip
 
@@ -57,11 +60,17 @@ async def make_disk(
 
 
 async def _formatted(directory: Path, size_mb: int) -> Path:
-    """The pristine ext4 of ``size_mb``, made on first use. Two makers at once each write their
-    own and the second rename wins: both are pristine."""
-    pristine = directory / f"ext4-{size_mb}m.img"
+    """The pristine ext4 of ``size_mb`` made with :data:`_MKFS` (both name it), made on first
+    use. Two makers at once each write their own and the second rename wins: both are
+    pristine. A maker killed mid-way leaves its partial file, removed by the next maker."""
+    options = hashlib.sha256(" ".join(_MKFS).encode()).hexdigest()[:12]
+    pristine = directory / f"ext4-{size_mb}m-{options}.img"
     if not pristine.exists():
         directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob(".*.img.*"):
+            with contextlib.suppress(OSError):
+                if time.time() - stale.stat().st_mtime > _PARTIAL_STALE_S:
+                    stale.unlink()
         partial = directory / f".{pristine.name}.{os.getpid()}.{id(pristine)}"
         try:
             sparse_file(partial, size_mb * 1024 * 1024)
