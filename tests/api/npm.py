@@ -1,5 +1,5 @@
-"""Runs a script of ``tests/api/js`` with the official npm ``e2b`` SDK, configured only through
-the E2B_* variables a user sets, and returns the one JSON line it prints last.
+"""Runs a script with the official npm SDKs (``e2b``, ``@e2b/code-interpreter``), configured
+only through the E2B_* variables a user sets, and returns the one JSON line it prints last.
 
 The package comes from ``tests/npm`` (pinned by its lock file, installed by ``scripts/setup``);
 ``EMBERBOX_TEST_NODE_MODULES`` may point at another ``node_modules`` holding ``e2b``.
@@ -22,16 +22,23 @@ NODE_MODULES = os.environ.get("EMBERBOX_TEST_NODE_MODULES") or str(
     Path(__file__).parents[1] / "npm" / "node_modules"
 )
 
+JS = Path(__file__).with_name("js")  # this directory's scripts
+
 needs_node = pytest.mark.skipif(not shutil.which("node"), reason="Node.js is not installed")
 
 
 def run_script(
-    name: str, server: ServerProcess, key: str, tmp_path: Path, timeout_s: float = 120, **env: str
+    source: Path,
+    server: ServerProcess,
+    key: str,
+    tmp_path: Path,
+    timeout_s: float = 120,
+    **env: str,
 ) -> dict[str, Any]:
     """``env`` adds variables the script reads (e.g. ``SMOKE_TAG``)."""
     assert Path(NODE_MODULES, "e2b").is_dir(), "run scripts/setup: the npm SDK is not installed"
-    script = tmp_path / name
-    shutil.copy(Path(__file__).with_name("js") / name, script)
+    script = tmp_path / source.name
+    shutil.copy(source, script)
     (tmp_path / "node_modules").symlink_to(NODE_MODULES)
     proc = subprocess.run(
         ["node", str(script)],

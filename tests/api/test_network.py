@@ -17,7 +17,7 @@ from dnslib import DNSRecord
 from e2b import AsyncSandbox, Sandbox
 
 from emberbox.server.testing import ServerProcess
-from tests.api.npm import needs_node, run_script
+from tests.api.npm import JS, needs_node, run_script
 from tests.fake_internet import FakeInternet, fake_internet
 
 METADATA = "169.254.169.254"
@@ -139,7 +139,7 @@ def test_domains_with_the_official_sdk(
 def test_domains_with_the_npm_sdk(
     gvisor_server: ServerProcess, gvisor_key: str, inet: FakeInternet, tmp_path: Path
 ) -> None:
-    out = run_script("network.mjs", gvisor_server, gvisor_key, tmp_path, 180, ALLOWED=ALLOWED,
+    out = run_script(JS / "network.mjs", gvisor_server, gvisor_key, tmp_path, 180, ALLOWED=ALLOWED,
                      OTHER=OTHER, OTHER_ADDRESS=inet.names[OTHER])  # fmt: skip
     assert out["allowed"] == inet.named_body(ALLOWED)
     assert out["other"] == "refused"

@@ -7,14 +7,14 @@ import uuid
 from pathlib import Path
 
 from tests.api.conftest import Running
-from tests.api.npm import needs_node, run_script
+from tests.api.npm import JS, needs_node, run_script
 
 pytestmark = needs_node
 
 
 def test_js_sdk_smoke_round(running: Running, tmp_path: Path) -> None:
     tag = uuid.uuid4().hex
-    out = run_script("smoke.mjs", running.server, running.key, tmp_path, SMOKE_TAG=tag)
+    out = run_script(JS / "smoke.mjs", running.server, running.key, tmp_path, SMOKE_TAG=tag)
     home_line = out["stdout"].splitlines()
     assert home_line[0] == "from-js" and home_line[1].endswith(out["id"])
     assert out["read"] == "written by js"

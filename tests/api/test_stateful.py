@@ -23,7 +23,7 @@ from e2b import (
 
 from emberbox.server.testing import ServerProcess
 from tests import background_counter
-from tests.api.npm import needs_node, run_script
+from tests.api.npm import JS, needs_node, run_script
 
 COUNTER = background_counter.LOOP
 
@@ -363,7 +363,7 @@ def test_npm_sdk_pause_connect_snapshot_and_fork(
     """The official npm SDK (2.51): its pause, ``/v2`` connect, snapshots and fork, and its
     filesystem-only pause (``keepMemory: false``) refused with our message, on real sandboxes."""
     tag = uuid.uuid4().hex[:8]
-    out = run_script("stateful.mjs", gvisor_server, gvisor_key, tmp_path, 240, SMOKE_TAG=tag)
+    out = run_script(JS / "stateful.mjs", gvisor_server, gvisor_key, tmp_path, 240, SMOKE_TAG=tag)
     assert out["lifecycle"] == {"onTimeout": "pause", "autoResume": True}
     assert out["paused"] is True and out["stateWhilePaused"] == "paused"
     assert out["stateAfterConnect"] == "running"

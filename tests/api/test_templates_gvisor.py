@@ -9,10 +9,7 @@ behind; names, tags and aliases are the team's own.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import shutil
-import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -33,6 +30,7 @@ from e2b.template.main import TemplateFinal
 from emberbox.runtimes.gvisor import GVisorConfig
 from emberbox.server.testing import ServerProcess
 from emberbox.templates.store import TemplateStore
+from tests.api.npm import JS, needs_node, run_script
 from tests.api.template_support import make_context
 from tests.runtimes.gvisor_support import DATA_DIR, inventory
 
@@ -280,30 +278,13 @@ def test_from_own_template_tags_and_scoping(gvisor_server: ServerProcess, gvisor
     assert f"b-{assigned.build_id}" not in TemplateStore(DATA_DIR).names()
 
 
-NODE_MODULES = os.environ.get("EMBERBOX_TEST_NODE_MODULES") or str(
-    Path(__file__).parents[1] / "npm" / "node_modules"
-)
-
-
-@pytest.mark.skipif(not shutil.which("node"), reason="Node.js is not installed")
+@needs_node
 def test_npm_sdk_builds_and_uses_a_template(
     gvisor_server: ServerProcess, gvisor_key: str, context: Path, tmp_path: Path
 ) -> None:
-    assert Path(NODE_MODULES, "e2b").is_dir(), "run scripts/setup: the npm SDK is not installed"
-    script = tmp_path / "template.mjs"
-    shutil.copy(Path(__file__).with_name("js") / "template.mjs", script)
-    (tmp_path / "node_modules").symlink_to(NODE_MODULES)
     name = _name("js")
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("E2B_")},
-        **gvisor_server.sdk_env(gvisor_key),
-        "TPL_NAME": name,
-        "TPL_CONTEXT": str(context),
-    }
-    proc = subprocess.run(["node", str(script)], env=env, capture_output=True, text=True,
-                          timeout=600, check=False)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = run_script(JS / "template.mjs", gvisor_server, gvisor_key, tmp_path, 600,
+                     TPL_NAME=name, TPL_CONTEXT=str(context))  # fmt: skip
     assert len(out["templateId"]) == 20 and out["exists"] is True
     assert any("RUN echo built-as" in m for m in out["stepLogs"]), out["stepLogs"]
     assert out["stdout"] == (

@@ -18,7 +18,7 @@ from e2b.exceptions import NotFoundException, SandboxException
 from emberbox.host import rootfs
 from emberbox.server.testing import ServerProcess
 from tests.api.conftest import point_sdks_at
-from tests.api.npm import needs_node, run_script
+from tests.api.npm import JS, needs_node, run_script
 from tests.runtimes.gvisor_support import DATA_DIR
 
 VOLUME_MB = 48  # small enough to fill in a test
@@ -379,7 +379,7 @@ def test_volumes_survive_a_server_restart(server: ServerProcess, key: str) -> No
 def test_the_npm_sdk_shares_a_volume_with_a_sandbox(
     server: ServerProcess, key: str, tmp_path: Path
 ) -> None:
-    out = run_script("volume.mjs", server, key, tmp_path, 180, VOLUME_NAME="from-npm")
+    out = run_script(JS / "volume.mjs", server, key, tmp_path, 180, VOLUME_NAME="from-npm")
     assert out["seen"] == "written by js" and out["read"] == "from-sandbox"
     assert out["listed"] == ["directory:in", "file:out.txt"]
     assert out["mounts"] == [{"name": "from-npm", "path": "/data"}]

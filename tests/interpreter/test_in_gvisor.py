@@ -9,11 +9,7 @@ a fresh kernel make their own context.
 from __future__ import annotations
 
 import base64
-import json
-import os
 import re
-import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -34,6 +30,7 @@ from e2b_code_interpreter.charts import (
 )
 
 from emberbox.server.testing import ServerProcess
+from tests.api.npm import NODE_MODULES, needs_node, run_script
 
 from .sandbox_support import code_interpreter_server, point_sdk_at
 
@@ -460,26 +457,12 @@ async def test_async_sdk(sandbox: Any, sdk_env: None) -> None:
         await sbx.remove_code_context(context)
 
 
-NODE_MODULES = Path(__file__).parents[1] / "npm" / "node_modules"
-
-
-@pytest.mark.skipif(not shutil.which("node"), reason="Node.js is not installed")
+@needs_node
 def test_npm_code_interpreter_sdk(server: ServerProcess, tmp_path: Path) -> None:
-    modules = Path(os.environ.get("EMBERBOX_TEST_NODE_MODULES") or NODE_MODULES)
-    assert (modules / "@e2b" / "code-interpreter").is_dir(), "run scripts/setup (npm ci)"
-    script = tmp_path / "code_interpreter.mjs"
-    shutil.copy(Path(__file__).with_name("js") / "code_interpreter.mjs", script)
-    (tmp_path / "node_modules").symlink_to(modules)
+    assert (Path(NODE_MODULES) / "@e2b" / "code-interpreter").is_dir(), "run scripts/setup"
     assert server.first_key
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("E2B_")},
-        **server.sdk_env(server.first_key),
-    }
-    proc = subprocess.run(
-        ["node", str(script)], env=env, capture_output=True, text=True, timeout=180, check=False
-    )
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    script = Path(__file__).with_name("js") / "code_interpreter.mjs"
+    out = run_script(script, server, server.first_key, tmp_path, 180)
     assert out["state"] == "42"
     assert out["streamed"] == ["early\n", "late\n"] and out["earlyBeforeReturnMs"] > 1000
     assert out["pngs"] == ["PNG", "PNG"] and "png" in out["formats"]
