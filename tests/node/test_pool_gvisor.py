@@ -4,8 +4,10 @@ official SDK creating sandboxes that come out of the pool, and a host that ends 
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import re
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -156,4 +158,68 @@ def test_a_killed_node_leaves_its_pool_to_its_successor(node: NodeProcess) -> No
 
     asyncio.run(kill())
     node.stop()
+    assert asyncio.run(inventory(config)).leaked_since(baseline) == {}
+
+
+CLIENTS, CREATES = 4, 4  # creates per client, each run and killed before the next
+
+
+def test_concurrent_creates_through_the_pool_while_the_reaper_reconciles(
+    node: NodeProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four clients create (half with env vars of their own), run a command and kill, at once,
+    while the server's reaper reconciles every 2 s: some creates are claims the node hands over
+    inside the admission, some find the pool empty and restore. Every create answers with a
+    sandbox of its own identity that runs its command, none is taken for an orphan, each is torn
+    down once, and the host ends as it began."""
+    config = GVisorConfig(data_dir=node.data_dir)
+    baseline = asyncio.run(inventory(config))
+    node.start()
+    server = ServerProcess(
+        tmp_path / "server", env={"EMBERBOX_NODE_URL": node.url, "EMBERBOX_NODE_TOKEN": node.token}
+    )
+    server.start()
+    created: list[str] = []
+    errors: list[str] = []
+
+    def client(n: int) -> None:
+        try:
+            for i in range(CREATES):
+                envs = {"WHO": f"{n}-{i}"} if i % 2 else {}
+                sbx = Sandbox.create("base", timeout=120, envs=envs)
+                created.append(sbx.sandbox_id)
+                out = sbx.commands.run("echo ${WHO:-none} $E2B_SANDBOX_ID").stdout.split()
+                if out != [envs.get("WHO", "none"), sbx.sandbox_id]:
+                    errors.append(f"{sbx.sandbox_id}: {out}")
+                sbx.kill()
+        except Exception as e:  # a thread's exception would otherwise only be printed
+            errors.append(f"client {n}: {e!r}")
+
+    try:
+        assert server.first_key
+        for name, value in server.sdk_env(server.first_key).items():
+            monkeypatch.setenv(name, value)
+        Sandbox.create("base", timeout=120).kill()  # the pool learns what is asked for
+        wait_for_template_snapshot(node.data_dir, "base")
+        asyncio.run(_wait_full(node))
+        pooled_before = _pooled(node)
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(CLIENTS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert len(set(created)) == CLIENTS * CREATES
+        assert pooled_before & set(created), "no create came from the pool"
+        time.sleep(2.5)  # one more reconcile after the last kill
+        log = (server.log_dir / "server.log").read_text()
+        assert "killing orphan" not in log
+        states = server.sandbox_states()
+        assert {states[i] for i in created} == {("killed", "killed by user")}
+    finally:
+        server.stop()
+        node.stop()
+    node_log = (node.data_dir / "node.log").read_text()
+    teardowns = collections.Counter(re.findall(r"host teardown of (\w+)", node_log))
+    assert {i: teardowns[i] for i in created} == dict.fromkeys(created, 1)
     assert asyncio.run(inventory(config)).leaked_since(baseline) == {}
