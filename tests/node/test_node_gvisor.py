@@ -14,12 +14,12 @@ from emberbox._proto.node import node_pb2 as pb
 from emberbox.envd_client import EnvdClient
 from emberbox.node.client import NodeConflict, NodeError, RemoteNode
 from emberbox.runtimes.gvisor import GVisorConfig, GVisorRuntime
-from emberbox.server.testing import NodeProcess, ServerProcess
+from emberbox.server.testing import NodeProcess
 from emberbox.templates.store import Template
 from emberbox.vocabulary import new_sandbox_id
 from tests.runtimes.gvisor_support import DATA_DIR, inventory, wait_for_template_snapshot
 
-from .support import data_dir_sharing_templates
+from .support import data_dir_sharing_templates, server_in_front_of
 
 
 @pytest.fixture
@@ -91,10 +91,7 @@ def test_a_server_on_a_remote_gvisor_node_finds_its_templates(
     config = GVisorConfig(data_dir=node.data_dir)
     baseline = asyncio.run(inventory(config))
     node.start()
-    server = ServerProcess(
-        tmp_path / "server", env={"EMBERBOX_NODE_URL": node.url, "EMBERBOX_NODE_TOKEN": node.token}
-    )
-    server.start()
+    server = server_in_front_of(node, tmp_path / "server")
     try:
         assert server.first_key
         headers = {"X-API-KEY": server.first_key}

@@ -18,11 +18,12 @@ from e2b import Sandbox
 
 from emberbox.node.client import RemoteNode
 from emberbox.runtimes.gvisor import GVisorConfig
-from emberbox.server.testing import NodeProcess, ServerProcess
+from emberbox.server.testing import NodeProcess
 from emberbox.templates.store import Template
+from tests.api.conftest import point_sdks_at
 from tests.runtimes.gvisor_support import DATA_DIR, inventory, wait_for_template_snapshot
 
-from .support import data_dir_sharing_templates
+from .support import data_dir_sharing_templates, server_in_front_of
 
 POOL = 2
 
@@ -64,14 +65,10 @@ def test_creates_come_from_the_pool_and_carry_nothing_of_anyone_else(
     config = GVisorConfig(data_dir=node.data_dir)
     baseline = asyncio.run(inventory(config))
     node.start()
-    server = ServerProcess(
-        tmp_path / "server", env={"EMBERBOX_NODE_URL": node.url, "EMBERBOX_NODE_TOKEN": node.token}
-    )
-    server.start()
+    server = server_in_front_of(node, tmp_path / "server")
     try:
         assert server.first_key
-        for name, value in server.sdk_env(server.first_key).items():
-            monkeypatch.setenv(name, value)
+        point_sdks_at(server, server.first_key, monkeypatch)
         first = Sandbox.create("base", timeout=120)  # the pool learns what is asked for
         wait_for_template_snapshot(node.data_dir, "base")  # refills from now on restore it
         asyncio.run(_wait_full(node))
@@ -175,10 +172,7 @@ def test_concurrent_creates_through_the_pool_while_the_reaper_reconciles(
     config = GVisorConfig(data_dir=node.data_dir)
     baseline = asyncio.run(inventory(config))
     node.start()
-    server = ServerProcess(
-        tmp_path / "server", env={"EMBERBOX_NODE_URL": node.url, "EMBERBOX_NODE_TOKEN": node.token}
-    )
-    server.start()
+    server = server_in_front_of(node, tmp_path / "server")
     created: list[str] = []
     errors: list[str] = []
 
@@ -197,8 +191,7 @@ def test_concurrent_creates_through_the_pool_while_the_reaper_reconciles(
 
     try:
         assert server.first_key
-        for name, value in server.sdk_env(server.first_key).items():
-            monkeypatch.setenv(name, value)
+        point_sdks_at(server, server.first_key, monkeypatch)
         Sandbox.create("base", timeout=120).kill()  # the pool learns what is asked for
         wait_for_template_snapshot(node.data_dir, "base")
         asyncio.run(_wait_full(node))
