@@ -160,6 +160,9 @@ async def test_specs_the_pool_cannot_serve_are_never_claimed(tmp_path: Path) -> 
         assert PoolKey.of(closed) is None
         restored = SandboxSpec("x", "base", 1, 128, 64, snapshot=SnapshotRef("s", "fake", "/", "b"))
         assert PoolKey.of(restored) is None
+        with_volume = _spec()
+        with_volume.volume_mounts.add(volume_id="v1", path="/data")  # a pooled one has none
+        assert not (await node.claim(with_volume)).HasField("sandbox")
         assert len(_pooled(runtime, node)) == 2, "nothing was taken"
 
 

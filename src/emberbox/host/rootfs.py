@@ -37,6 +37,8 @@ def sparse_file(path: Path, size: int) -> None:
 _PARTIAL_STALE_S = 600  # a formatted disk in the making older than this was abandoned
 _MKFS = ("mkfs.ext4", "-q", "-F", "-m", "0",
          "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard")  # fmt: skip
+# Names a formatted disk together with its size: a change of the options makes new ones.
+_MKFS_KEY = hashlib.sha256(" ".join(_MKFS).encode()).hexdigest()[:12]
 
 
 async def make_disk(
@@ -63,8 +65,7 @@ async def _formatted(directory: Path, size_mb: int) -> Path:
     """The pristine ext4 of ``size_mb`` made with :data:`_MKFS` (both name it), made on first
     use. Two makers at once each write their own and the second rename wins: both are
     pristine. A maker killed mid-way leaves its partial file, removed by the next maker."""
-    options = hashlib.sha256(" ".join(_MKFS).encode()).hexdigest()[:12]
-    pristine = directory / f"ext4-{size_mb}m-{options}.img"
+    pristine = directory / f"ext4-{size_mb}m-{_MKFS_KEY}.img"
     if not pristine.exists():
         directory.mkdir(parents=True, exist_ok=True)
         for stale in directory.glob(".*.img.*"):

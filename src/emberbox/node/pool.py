@@ -88,11 +88,11 @@ class PoolKey:
 
     @classmethod
     def of(cls, spec: SandboxSpec) -> PoolKey | None:
-        """None for a spec a pooled sandbox cannot serve: a restore from a snapshot, volumes,
-        or anything but the default network (both are set up as the sandbox starts)."""
+        """None for a spec a pooled sandbox cannot serve: a restore from a snapshot, or
+        anything but the default network (a policy is set up as the sandbox starts). Volumes
+        are refused where the request names them (``NodeService.claim``)."""
         if (
             spec.snapshot is not None
-            or spec.volumes
             or spec.network != NetworkPolicy()
             or spec.pids_limit != DEFAULT_PIDS_LIMIT
         ):
