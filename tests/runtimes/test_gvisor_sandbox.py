@@ -196,6 +196,46 @@ async def test_a_sandbox_whose_processes_died_is_known_stopped(
         await asyncio.sleep(0.05)
 
 
+async def test_a_frozen_sandbox_costs_no_cpu_and_is_answered_for_without_runsc(
+    runtime: GVisorRuntime, make_sandbox: SandboxFactory
+) -> None:
+    """What the warm pool relies on: a frozen sandbox is never scheduled, the runtime answers
+    for it without asking runsc (which would wait for the thaw), it runs on once thawed, and
+    the clean-up of a node that died leaving it frozen removes it."""
+    before = await inventory(runtime.config)
+    sandbox = await make_sandbox()
+    sandbox_id = sandbox.sandbox_id
+    group = f"{runtime.config.cgroup_base}/{sandbox_id}"
+    await runtime.freeze(sandbox_id)
+    assert cgroups.frozen(group)
+
+    def cpu_ns() -> int:
+        used = cgroups.usage(group)
+        assert used is not None
+        return used.cpu_ns
+
+    cpu = cpu_ns()
+    await asyncio.sleep(1)
+    assert cpu_ns() == cpu
+    async with asyncio.timeout(5):
+        assert (await runtime.get(sandbox_id)).status is SandboxStatus.RUNNING
+        assert await runtime.alive(sandbox_id)
+        listed = [s.status for s in await runtime.list() if s.sandbox_id == sandbox_id]
+        assert listed == [SandboxStatus.RUNNING]
+    assert not await healthy(sandbox, timeout=0.5)
+    await runtime.thaw(sandbox_id)
+    assert not cgroups.frozen(group)
+    assert await healthy(sandbox)
+
+    await runtime.freeze(sandbox_id)
+    others = [s.sandbox_id for s in await runtime.list() if s.sandbox_id != sandbox_id]
+    async with asyncio.timeout(30):
+        assert sandbox_id in await runtime.cleanup_orphans(keep=others)
+    after = await inventory(runtime.config)
+    assert after.leaked_since(before) == {}
+    assert after.mentions(sandbox_id) == []
+
+
 async def test_kill_releases_everything(runtime: GVisorRuntime, make_sandbox: SandboxFactory):
     before = await inventory(runtime.config)
     sandbox = await make_sandbox()

@@ -112,3 +112,35 @@ def procs(rel: str) -> list[int]:
         return [int(line) for line in (base / "cgroup.procs").read_text().split()]
     except (OSError, ValueError):
         return []
+
+
+def freeze(rel: str, frozen: bool) -> None:
+    """Ask the kernel to freeze (or thaw) every process in cgroup ``rel``: a frozen process
+    keeps its memory but is never scheduled, and a signal sent to it (SIGKILL too) acts only
+    once thawed. Freezing completes asynchronously (:func:`freezer_state`)."""
+    if is_v1():
+        (CGROUP_ROOT / "freezer" / rel / "freezer.state").write_text(
+            "FROZEN" if frozen else "THAWED"
+        )
+    else:
+        (CGROUP_ROOT / rel / "cgroup.freeze").write_text("1" if frozen else "0")
+
+
+def freezer_state(rel: str) -> str:
+    """``frozen``, ``freezing`` (asked, not every process stopped yet) or ``thawed`` (also
+    for a cgroup that does not exist)."""
+    try:
+        if is_v1():
+            state = (CGROUP_ROOT / "freezer" / rel / "freezer.state").read_text().strip()
+            return state.lower() if state in ("FROZEN", "FREEZING") else "thawed"
+        if (CGROUP_ROOT / rel / "cgroup.freeze").read_text().strip() != "1":
+            return "thawed"
+        done = _read_keyed(CGROUP_ROOT / rel / "cgroup.events").get("frozen") == 1
+        return "frozen" if done else "freezing"
+    except OSError:
+        return "thawed"
+
+
+def frozen(rel: str) -> bool:
+    """Whether cgroup ``rel`` is frozen or being frozen."""
+    return freezer_state(rel) != "thawed"

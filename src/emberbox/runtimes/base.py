@@ -256,6 +256,14 @@ class Runtime(abc.ABC):
         """Free a checkpoint's disk; sandboxes started from it keep running."""
         raise CapabilityMissing(f"{self.name} has no snapshots")
 
+    async def freeze(self, sandbox_id: str) -> None:  # noqa: B027 - optional hook
+        """Stop scheduling a running sandbox nobody uses yet (a pooled one): it keeps its
+        memory and its processes but costs no CPU until :meth:`thaw`. ``kill`` works on a
+        frozen sandbox. A runtime that cannot freeze leaves it running."""
+
+    async def thaw(self, sandbox_id: str) -> None:  # noqa: B027 - optional hook
+        """Undo :meth:`freeze`; nothing for a sandbox that is not frozen."""
+
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Stop the runtime's own background work (sandboxes it started for itself, such as
         the boot a template snapshot is taken of); callers' sandboxes keep running."""

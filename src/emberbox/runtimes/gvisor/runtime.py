@@ -65,6 +65,9 @@ log = logging.getLogger("emberbox.gvisor")
 # starting up leaves them alone while they run. (The boot a template snapshot is taken of,
 # ``warm.WARM_PREFIX``, belongs to the node process itself: a leftover of it is removed.)
 BUILDER_PREFIXES = ("build-", "verify-")
+# A freeze completes once every process of the sandbox has stopped (a few ms); one that does
+# not by then is thawed again and the sandbox keeps running.
+FREEZE_TIMEOUT_S = 2.0
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Variables PID 1 needs but commands should not inherit through envd's /init.
 _INIT_ONLY = {"PATH", "HOME", "LANG", "EMBERBOX_START_CMD"}
@@ -330,6 +333,29 @@ class GVisorRuntime(Runtime):
         async with self._locks.hold(sandbox_id):
             return await self._teardown(sandbox_id)
 
+    async def freeze(self, sandbox_id: str) -> None:
+        """Freeze the sandbox's cgroup (sentry, gofer, stubs): an idle gVisor sandbox wakes
+        its timers and envd's watchers dozens of times a second (~4% of a core each, measured
+        in ``benchmarks/lifecycle_bench.py``), a frozen one never. runsc's own commands wait
+        on the sentry, so nothing here asks runsc about a frozen sandbox (see ``_status``)."""
+        group = self._cgroup(sandbox_id)
+        async with self._locks.hold(sandbox_id):
+            if not cgroups.procs(group):
+                return
+            cgroups.freeze(group, True)
+            deadline = time.monotonic() + FREEZE_TIMEOUT_S
+            while cgroups.freezer_state(group) != "frozen":
+                if time.monotonic() > deadline:
+                    cgroups.freeze(group, False)
+                    raise HostError(f"sandbox {sandbox_id} did not freeze within "
+                                    f"{FREEZE_TIMEOUT_S:.0f}s; it keeps running")  # fmt: skip
+                await asyncio.sleep(0.001)
+
+    async def thaw(self, sandbox_id: str) -> None:
+        async with self._locks.hold(sandbox_id):
+            if cgroups.frozen(self._cgroup(sandbox_id)):
+                cgroups.freeze(self._cgroup(sandbox_id), False)
+
     async def _teardown(self, sandbox_id: str) -> bool:
         """Release everything the sandbox holds; the caller holds its lock.
 
@@ -385,7 +411,10 @@ class GVisorRuntime(Runtime):
         warm-pool refill restores, a boot timeout) leaves runsc-sandbox and its gofer running,
         and they outlived every clean-up (measured after a benchmark run)."""
         deadline = time.monotonic() + 5
+        group = self._cgroup(sandbox_id)
         while pids := self._kill_processes(sandbox_id):
+            if cgroups.frozen(group):  # signalled first, so a frozen sandbox never runs again
+                cgroups.freeze(group, False)
             if time.monotonic() > deadline:
                 raise HostError(f"sandbox {sandbox_id}: processes {pids} survive SIGKILL")
             await asyncio.sleep(0.005)
@@ -422,6 +451,9 @@ class GVisorRuntime(Runtime):
         runsc container is killed, then deleted, and comes back only with the resume)."""
         if self._paths(sandbox_id).memory.is_dir():
             return SandboxStatus.PAUSED  # runsc may still report the killed sandbox for a while
+        if cgroups.frozen(self._cgroup(sandbox_id)):  # runsc would wait for its thaw
+            stopped = self.known_stopped(sandbox_id)
+            return SandboxStatus.STOPPED if stopped else SandboxStatus.RUNNING
         return _status(await self.runsc.state(sandbox_id))
 
     async def boot_log(self, sandbox_id: str) -> str:
@@ -661,12 +693,15 @@ class GVisorRuntime(Runtime):
         found: set[str] = set()
         if self.config.sandboxes_dir.exists():
             found |= {p.name for p in self.config.sandboxes_dir.iterdir()}
+        found |= set(cgroups.existing(self.config.cgroup_base))
+        for sandbox_id in found - keep_set:  # (a pooled one the last process froze)
+            if cgroups.frozen(self._cgroup(sandbox_id)):  # runsc list would wait for it
+                cgroups.freeze(self._cgroup(sandbox_id), False)
         found |= set(await self.runsc.list_ids())
         instance = self.config.instance
         prefix = network.netns_prefix(instance)
         found |= {n.removeprefix(prefix) for n in await network.list_netns(instance)}
         found |= {lease.sandbox_id for lease in self.pool.leases()}
-        found |= set(cgroups.existing(self.config.cgroup_base))
         removed = []
         for sandbox_id in sorted(found - keep_set):
             if not is_sandbox_id(sandbox_id):
