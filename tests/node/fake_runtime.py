@@ -38,11 +38,15 @@ class _Envd:
         self.inits: list[dict[str, object]] = []
         self.token: str | None = None
         self.init_delay_s = 0.0  # a slow (or hung) envd
+        self.running = asyncio.Event()  # cleared while its machine is frozen: nothing answers
+        self.running.set()
 
         async def health(request: Request) -> Response:
+            await self.running.wait()
             return Response(status_code=204, headers={"X-Envd-Version": "0.6.13"})
 
         async def init(request: Request) -> Response:
+            await self.running.wait()
             if self.token and request.headers.get("x-access-token") != self.token:
                 return Response(status_code=401)
             body = await request.json()
@@ -99,6 +103,7 @@ class FakeRuntime(Runtime):
         self.in_teardown: set[str] = set()
         self.overlaps = 0  # teardowns of one id that ran at the same time (must stay 0)
         self.broken: set[str] = set()  # ids whose teardown fails (a host command erring)
+        self.frozen: set[str] = set()
 
     async def create(self, spec: SandboxSpec) -> RuntimeSandbox:
         if spec.snapshot is not None:
@@ -130,13 +135,25 @@ class FakeRuntime(Runtime):
         try:
             self.teardowns[sandbox_id] += 1
             await asyncio.sleep(self.kill_delay_s)
+            self.frozen.discard(sandbox_id)
             envd = self.envds.pop(sandbox_id, None)
             if envd is not None:
+                envd.running.set()  # a kill works on a frozen machine
                 await envd.stop()
             self.sandboxes.pop(sandbox_id, None)
         finally:
             self.in_teardown.discard(sandbox_id)
         return True
+
+    async def freeze(self, sandbox_id: str) -> None:
+        if sandbox_id in self.envds:
+            self.frozen.add(sandbox_id)
+            self.envds[sandbox_id].running.clear()
+
+    async def thaw(self, sandbox_id: str) -> None:
+        self.frozen.discard(sandbox_id)
+        if sandbox_id in self.envds:
+            self.envds[sandbox_id].running.set()
 
     def die(self, sandbox_id: str) -> None:
         """The machine stops on its own (as after an OOM kill of its init)."""

@@ -108,6 +108,35 @@ async def test_a_claimed_sandbox_was_started_and_initialised_ahead(tmp_path: Pat
     assert set(runtime.sandboxes) == {first.sandbox_id, second.sandbox_id, third.sandbox_id}
 
 
+async def test_a_pooled_sandbox_waits_frozen_and_only_its_claim_thaws_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Frozen once it has waited ``POOLED_FREEZE_AFTER_S``; a claim thaws it before its
+    ``/init`` (a frozen envd answers nothing); one claimed before its freeze is never frozen."""
+    monkeypatch.setattr(orchestrator, "POOLED_FREEZE_AFTER_S", 0.05)
+    runtime = FakeRuntime()
+    async with _filled(tmp_path, runtime) as (node, _):
+        pooled = _pooled(runtime, node)
+        for _ in range(100):
+            if runtime.frozen == pooled:
+                break
+            await asyncio.sleep(0.02)
+        assert runtime.frozen == pooled
+        sandbox, from_pool = await _create(node, _spec(FOO="bar"))  # costs an /init
+        assert from_pool and sandbox.sandbox_id not in runtime.frozen
+        assert runtime.envds[sandbox.sandbox_id].inits[-1]["envVars"] == {"FOO": "bar"}
+
+        monkeypatch.setattr(orchestrator, "POOLED_FREEZE_AFTER_S", 0.3)
+        await node.orchestrator.pool.wait_full(10)
+        assert len(runtime.frozen) == 1  # the one left, not the refill of a moment ago
+        taken = [await _create(node, _spec()) for _ in range(2)]
+        assert all(from_pool for _, from_pool in taken)
+        claimed = {s.sandbox_id for s, _ in taken}
+        await asyncio.sleep(0.5)
+        assert not claimed & runtime.frozen, "a claimed sandbox was frozen after its claim"
+    assert runtime.frozen == set()
+
+
 async def test_a_claim_keeps_the_pooled_token_whatever_the_spec_names(tmp_path: Path) -> None:
     """The token a claim answers is the one the envd holds (the spec's ``tok`` is not read),
     with env vars of its own too: the control plane keeps it and nobody else has seen it."""

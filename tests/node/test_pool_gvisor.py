@@ -16,6 +16,7 @@ import httpx
 import pytest
 from e2b import Sandbox
 
+from emberbox.host import cgroups
 from emberbox.node.client import RemoteNode
 from emberbox.runtimes.gvisor import GVisorConfig
 from emberbox.server.testing import NodeProcess
@@ -59,6 +60,21 @@ async def _wait_full(node: NodeProcess, timeout_s: float = 120.0) -> None:
         await client.close()
 
 
+def _wait_frozen(node: NodeProcess, ids: set[str], timeout_s: float = 10.0) -> None:
+    """Until every one of ``ids`` is frozen (``POOLED_FREEZE_AFTER_S`` after it was pooled)."""
+    base = GVisorConfig(data_dir=node.data_dir).cgroup_base
+    deadline = time.monotonic() + timeout_s
+    while not all(cgroups.freezer_state(f"{base}/{i}") == "frozen" for i in ids):
+        assert time.monotonic() < deadline, "pooled sandboxes were never frozen"
+        time.sleep(0.1)
+
+
+def _cpu_ns(node: NodeProcess, sandbox_id: str) -> int:
+    used = cgroups.usage(f"{GVisorConfig(data_dir=node.data_dir).cgroup_base}/{sandbox_id}")
+    assert used is not None, f"{sandbox_id} has no cgroup"
+    return used.cpu_ns
+
+
 def test_creates_come_from_the_pool_and_carry_nothing_of_anyone_else(
     node: NodeProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -74,11 +90,21 @@ def test_creates_come_from_the_pool_and_carry_nothing_of_anyone_else(
         asyncio.run(_wait_full(node))
         ready = _pooled(node)
         assert len(ready) == POOL
+        # An unclaimed pooled sandbox is frozen: it costs no CPU at all while it waits.
+        _wait_frozen(node, ready)
+        before = {i: _cpu_ns(node, i) for i in ready}
+        time.sleep(1.5)
+        assert {i: _cpu_ns(node, i) for i in ready} == before
 
         sandbox = Sandbox.create("base", timeout=300, envs={"FOO": "bar"})
         assert sandbox.sandbox_id in ready, "the create did not take a pooled sandbox"
         out = sandbox.commands.run("echo $FOO $E2B_SANDBOX_ID; id -un; pwd").stdout.split()
         assert out == ["bar", sandbox.sandbox_id, "user", "/home/user"]
+        # Thawed by its claim, with a clock that did not stop while it was frozen.
+        base = GVisorConfig(data_dir=node.data_dir).cgroup_base
+        assert not cgroups.frozen(f"{base}/{sandbox.sandbox_id}")
+        guest_now = float(sandbox.commands.run("date +%s.%N").stdout)
+        assert abs(guest_now - time.time()) < 1.0, "the guest's clock stopped while frozen"
         info = sandbox.get_info()
         assert abs((info.end_at - info.started_at).total_seconds() - 300) < 2, "end from claim"
         host = sandbox.get_host(49983)
@@ -139,6 +165,7 @@ def test_a_killed_node_leaves_its_pool_to_its_successor(node: NodeProcess) -> No
     kept = asyncio.run(teach_and_fill())
     pooled = _pooled(node)
     assert len(pooled) == POOL
+    _wait_frozen(node, pooled)  # runsc waits on a frozen sentry: the successor must not ask it
     node.sigkill()
     line = node.start()
     # Removed: the pooled ones, and the boot a template snapshot was being taken of, if any.

@@ -62,6 +62,10 @@ ENDED_KEPT = 10_000  # how many end reasons the node remembers for the control p
 # longer than this is released and the create restores a sandbox instead, rather than stall
 # every other admission for a boot timeout.
 CLAIM_INIT_TIMEOUT_S = 3.0
+# A pooled sandbox is frozen (``Runtime.freeze``: no CPU while it waits) this long after it
+# joined the pool, once the standby shells its priming used up have been replaced (a login
+# takes ~0.1 s in gVisor); it can be claimed meanwhile.
+POOLED_FREEZE_AFTER_S = 1.0
 
 
 class SandboxNotFound(LookupError):
@@ -111,6 +115,7 @@ class Orchestrator:
         self._checker: asyncio.Task[None] | None = None
         self._http: httpx.AsyncClient | None = None
         self._reaping = False
+        self._freezes: set[asyncio.Task[None]] = set()
         self.pool = WarmPool(pool or PoolSettings(size=0), self._start_pooled, self._release_pooled)
 
     # -- start-up / shutdown ---------------------------------------------------------------
@@ -160,6 +165,8 @@ class Orchestrator:
     async def close(self) -> None:
         """Stop checking; sandboxes keep running (they outlive the node process), except the
         warm pool's, which nobody owns once this process is gone."""
+        for task in self._freezes:
+            task.cancel()
         await self.pool.close()
         await self.runtime.close()
         if self._reaping:
@@ -234,6 +241,7 @@ class Orchestrator:
                 pooled.defaults, env={**pooled.defaults.env, **spec.envs}, ready_cmd=None
             )
             try:
+                await self.runtime.thaw(pooled.sandbox_id)
                 version = record.envd_version
                 if not token:  # its pooling never finished its /init
                     raise BootFailed(f"pooled sandbox {pooled.sandbox_id} holds no token")
@@ -293,7 +301,23 @@ class Orchestrator:
                 raise
             record.envd_url, record.host = sandbox.envd_url, sandbox.address
             self.records.save(record)
-            return sandbox
+        task = asyncio.create_task(self._freeze_pooled(sandbox_id), name=f"freeze-{sandbox_id}")
+        self._freezes.add(task)
+        task.add_done_callback(self._freezes.discard)
+        return sandbox
+
+    async def _freeze_pooled(self, sandbox_id: str) -> None:
+        """Freeze a pooled sandbox that is still unclaimed: it waits at no CPU cost until
+        ``_hand_over`` thaws it. Under its lock, so a claim never finds it half frozen."""
+        await asyncio.sleep(POOLED_FREEZE_AFTER_S)
+        async with self._locks.hold(sandbox_id):
+            record = self._held.get(sandbox_id)
+            if record is None or record.state != "pooled":
+                return  # claimed or released meanwhile
+            try:
+                await self.runtime.freeze(sandbox_id)
+            except Exception as exc:  # it stays pooled, running: only its idle cost is lost
+                log.warning("freezing pooled sandbox %s failed: %s", sandbox_id, exc)
 
     async def _release_pooled(self, sandbox_id: str) -> None:
         async with self._locks.hold(sandbox_id):

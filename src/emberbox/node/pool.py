@@ -3,7 +3,8 @@
 A pooled sandbox is a plain sandbox of one template and machine size whose envd is healthy,
 whose template is ready, and which had its ``/init`` as it was pooled: its own id, the
 template's env vars and an access token nobody has seen; no caller's env vars, nobody's data.
-A create claims one and the node hands it over in the same call, as it is or after one
+While it waits it is frozen (the orchestrator's ``_freeze_pooled``: no CPU at all). A create
+claims one and the node thaws it and hands it over in the same call, as it is or after one
 ``/init`` when the create brings env vars of its own (the control plane keeps the pooled id and
 token), so a create costs at most one ``/init`` instead of a restore. A pooled sandbox serves
 exactly one claim; the pool refills in the background, one start at a time and only once
