@@ -11,7 +11,10 @@ Measured (median/p95/p99 in ms, ratio to its baseline):
 * N concurrent creates, each to its first command result, and the wall time of all (the
   sandboxes are killed only after that): from a warm pool of N, and with no pool (restores);
 * host memory per idle sandbox (what the kernel charges its cgroup): pooled (never claimed),
-  and restored after a command.
+  and restored after a command;
+* host CPU per idle pooled sandbox (its cgroup's CPU time over 5 s): frozen, as the node
+  keeps them; baseline two of them thawed by hand. The warm-pool creates alternate between
+  the frozen pool and one thawed by hand, for what the claim's thaw costs.
 
 Every timed operation starts on a settled host (:func:`settle`: its CPUs under 20% busy), so
 it does not share the two cores with the clean-up of the operation before it (a killed
@@ -188,14 +191,51 @@ def pooled_ids(directory: Path) -> set[str]:
 
 
 def wait_for_pool(directory: Path, size: int, timeout_s: float = 300) -> set[str]:
+    """Until the pool holds ``size`` sandboxes, every one frozen: how a pool that waits for
+    creates sits (the node freezes a pooled sandbox once its standby shells are replaced)."""
     deadline = time.monotonic() + timeout_s
-    while len(ids := pooled_ids(directory)) < size:
+    while len(ids := pooled_ids(directory)) < size or not all(map(frozen, ids)):
         check(time.monotonic() < deadline, f"the warm pool never reached {size}: {len(ids)}")
         time.sleep(0.1)
     return ids
 
 
+def _group(sandbox_id: str) -> str:
+    return f"{GVisorConfig(data_dir=data_dir()).cgroup_base}/{sandbox_id}"
+
+
+def frozen(sandbox_id: str) -> bool:
+    return cgroups.freezer_state(_group(sandbox_id)) == "frozen"
+
+
+def thaw_by_hand(ids: set[str]) -> None:
+    """The baseline of a frozen pool: pooled sandboxes running, as they did before the node
+    froze them (a claim's own thaw then finds nothing to do)."""
+    for sandbox_id in ids:
+        cgroups.freeze(_group(sandbox_id), False)
+
+
+def freeze_by_hand(ids: set[str]) -> None:
+    for sandbox_id in ids:
+        cgroups.freeze(_group(sandbox_id), True)
+
+
+def cpu_seconds(ids: set[str], seconds: float) -> list[float]:
+    """CPU time each sandbox's cgroup (sentry, gofer, stubs) used over ``seconds``."""
+
+    def cpu_ns() -> dict[str, int]:
+        usage = {i: cgroups.usage(_group(i)) for i in ids}
+        return {i: u.cpu_ns for i, u in usage.items() if u is not None}
+
+    before = cpu_ns()
+    time.sleep(seconds)
+    after = cpu_ns()
+    check(len(before) == len(after) == len(ids), "a pooled sandbox lost its cgroup")
+    return [(after[i] - before[i]) / 1e9 for i in ids]
+
+
 LATENCY_POOL = 2  # the pool the one-at-a-time creates claim from (the default auto size)
+IDLE_S = 5.0  # how long an idle pooled sandbox's CPU use is measured
 
 
 def host_busy(seconds: float) -> float:
@@ -220,26 +260,34 @@ def warm_pool(n: int, concurrent: int) -> dict[str, list[float]]:
     with tempfile.TemporaryDirectory() as tmp, gvisor_server(Path(tmp), env) as server:
         opts = sdk_env(server)
         tti(opts)  # the pool learns what is asked for; the template is snapshotted
-        samples = []
-        for _ in range(n):
+        samples: dict[bool, list[float]] = {True: [], False: []}
+        for i in range(2 * n):  # alternately from a frozen pool and one thawed by hand
             ready = wait_for_pool(data_dir(), LATENCY_POOL)
-            time.sleep(1)  # the last refill's standby shells finish their login
+            if thawed := i % 2 == 1:
+                thaw_by_hand(ready)
+                time.sleep(0.5)  # its timers caught up
             elapsed, sbx = first_command(opts)
-            samples.append(elapsed)
+            samples[thawed].append(elapsed)
             check(sbx.sandbox_id in ready, "the create did not come from the pool")
+            if thawed:  # as the node left the one still pooled
+                freeze_by_hand(ready & pooled_ids(data_dir()))
             sbx.kill()
-        out[f"warm-pool create → first command (pool of {LATENCY_POOL})"] = samples
+        out[f"warm-pool create → first command (pool of {LATENCY_POOL})"] = samples[False]
+        out["  the same, pool thawed by hand beforehand"] = samples[True]
 
     env = {**LIMITS, "EMBERBOX_WARM_POOL": str(concurrent)}
     with tempfile.TemporaryDirectory() as tmp, gvisor_server(Path(tmp), env) as server:
         opts = sdk_env(server)
-        idle_before = host_busy(3)
         tti(opts)
         ready = wait_for_pool(data_dir(), concurrent)
-        time.sleep(3)
-        idle_after = host_busy(5)
         out["host CPU per idle pooled sandbox, % of one core"] = [
-            100 * (os.cpu_count() or 1) * (idle_after - idle_before) / len(ready)
+            100 * s / IDLE_S for s in cpu_seconds(ready, IDLE_S)
+        ]
+        some = set(sorted(ready)[:2])
+        thaw_by_hand(some)
+        time.sleep(1)
+        out["  the same, thawed by hand (baseline), % of one core"] = [
+            100 * s / IDLE_S for s in cpu_seconds(some, IDLE_S)
         ]
         used = [host_memory(i) for i in ready]
         check(all(u > 0 for u in used), "no memory charged to a pooled sandbox's cgroup")
@@ -367,12 +415,16 @@ def main() -> None:
         f"warm-pool create → first command (pool of {LATENCY_POOL})": bare_restore,
         "cold create → first command": bare_restore,
     }
+    percent: list[dict[str, float]] = []
     for name, samples in rows.items():
         if name.endswith(", MiB"):
             summary(name.removesuffix(", MiB"), samples, "MiB")
             continue
         if name.endswith(", % of one core"):
-            summary(name.removesuffix(", % of one core"), samples, "%")
+            percent.append(summary(name.removesuffix(", % of one core"), samples, "%"))
+            if len(percent) == 2 and percent[1]["median"] > 0:
+                ratio = percent[0]["median"] / percent[1]["median"]
+                print(f"{'':<44} ratio of frozen to thawed: {ratio:.3f}x")
             continue
         row = summary(name, samples)
         base = baselines.get(name)
