@@ -16,6 +16,7 @@ from emberbox.envd_client import EnvdClient
 from emberbox.host import cgroups
 from emberbox.runtimes.base import SandboxSpec, SandboxStatus, UnknownTemplate
 from emberbox.runtimes.gvisor import GVisorConfig, GVisorRuntime
+from emberbox.runtimes.gvisor import runsc as runsc_module
 from emberbox.templates.store import Template, TemplateStore
 
 from .conftest import SandboxFactory
@@ -197,7 +198,7 @@ async def test_a_sandbox_whose_processes_died_is_known_stopped(
 
 
 async def test_a_frozen_sandbox_costs_no_cpu_and_is_answered_for_without_runsc(
-    runtime: GVisorRuntime, make_sandbox: SandboxFactory
+    runtime: GVisorRuntime, make_sandbox: SandboxFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """What the warm pool relies on: a frozen sandbox is never scheduled, the runtime answers
     for it without asking runsc (which would wait for the thaw), it runs on once thawed, and
@@ -222,6 +223,24 @@ async def test_a_frozen_sandbox_costs_no_cpu_and_is_answered_for_without_runsc(
         assert await runtime.alive(sandbox_id)
         listed = [s.status for s in await runtime.list() if s.sandbox_id == sandbox_id]
         assert listed == [SandboxStatus.RUNNING]
+        # Others are served meanwhile: a kill of an id with nothing left asks runsc which
+        # containers it knows, a create fails as it should.
+        assert not await runtime.kill(f"tnone{secrets.token_hex(4)}")
+        with pytest.raises(UnknownTemplate):
+            await runtime.create(SandboxSpec(f"tbad{secrets.token_hex(4)}", "no-such-template"))
+    # Frozen while ``runsc state`` was asking: the question times out, the cgroup answers.
+    with monkeypatch.context() as patch:
+        patch.setattr(runsc_module, "STATE_TIMEOUT_S", 1.0)
+        looks: list[str] = []
+
+        def thawed_at_first_look(rel: str) -> bool:
+            looks.append(rel)
+            return len(looks) > 1
+
+        patch.setattr(cgroups, "frozen", thawed_at_first_look)
+        async with asyncio.timeout(5):
+            assert (await runtime.get(sandbox_id)).status is SandboxStatus.RUNNING
+        assert len(looks) == 2, "runsc was not asked first"
     assert not await healthy(sandbox, timeout=0.5)
     await runtime.thaw(sandbox_id)
     assert not cgroups.frozen(group)

@@ -29,6 +29,10 @@ from ..base import RuntimeError_
 from .bundle import HOST_LIMIT_ANNOTATION
 from .config import GVisorConfig
 
+# ``runsc state`` asks the sandbox's sentry, which does not answer while it is frozen (a warm
+# pool's) or wedged: past this, the caller gets a RunscError rather than waiting.
+STATE_TIMEOUT_S = 10.0
+
 # What runsc prints when it has no record of the container (vs. failing to read the record);
 # the second when the record went away while runsc was loading it.
 _NOT_FOUND = ("does not exist", "no such file or directory")
@@ -164,7 +168,14 @@ class Runsc:
         Raises :class:`RunscError` when runsc fails otherwise: a caller that took that for
         "gone" would kill a live sandbox over a transient error.
         """
-        out = await _proc.run(*await self._base(), "state", sandbox_id, check=False)
+        try:
+            out = await _proc.run(
+                *await self._base(), "state", sandbox_id, check=False, timeout=STATE_TIMEOUT_S
+            )
+        except TimeoutError:  # its sentry does not answer (frozen, or wedged)
+            raise RunscError(
+                f"runsc state {sandbox_id}: no answer in {STATE_TIMEOUT_S:.0f}s"
+            ) from None
         if out.code != 0:
             if any(words in out.stderr for words in _NOT_FOUND):
                 return None
@@ -187,10 +198,12 @@ class Runsc:
         return out.code == 0
 
     async def list_ids(self) -> list[str]:
-        out = await _proc.run(*await self._base(), "list", "--format=json", check=False)
-        if out.code != 0 or not out.stdout.strip():
+        """Ids of the containers runsc has state for. ``--quiet`` reads only its root
+        directory: the full listing asks every sandbox's sentry and waits for a frozen one."""
+        out = await _proc.run(*await self._base(), "list", "--quiet", check=False)
+        if out.code != 0:
             return []
-        return [c["id"] for c in json.loads(out.stdout) or []]
+        return out.stdout.split()
 
 
 def _apply_memory_policy(bundle: Path) -> None:

@@ -65,9 +65,9 @@ log = logging.getLogger("emberbox.gvisor")
 # starting up leaves them alone while they run. (The boot a template snapshot is taken of,
 # ``warm.WARM_PREFIX``, belongs to the node process itself: a leftover of it is removed.)
 BUILDER_PREFIXES = ("build-", "verify-")
-# A freeze completes once every process of the sandbox has stopped (a few ms); one that does
-# not by then is thawed again and the sandbox keeps running.
-FREEZE_TIMEOUT_S = 2.0
+# A freeze completes once every process of the sandbox has stopped (a few ms; one that is still
+# booting may not freeze at all): one that does not by then is thawed again and keeps running.
+FREEZE_TIMEOUT_S = 0.5
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Variables PID 1 needs but commands should not inherit through envd's /init.
 _INIT_ONLY = {"PATH", "HOME", "LANG", "EMBERBOX_START_CMD"}
@@ -344,12 +344,15 @@ class GVisorRuntime(Runtime):
                 return
             cgroups.freeze(group, True)
             deadline = time.monotonic() + FREEZE_TIMEOUT_S
-            while cgroups.freezer_state(group) != "frozen":
-                if time.monotonic() > deadline:
-                    cgroups.freeze(group, False)
-                    raise HostError(f"sandbox {sandbox_id} did not freeze within "
-                                    f"{FREEZE_TIMEOUT_S:.0f}s; it keeps running")  # fmt: skip
-                await asyncio.sleep(0.001)
+            try:
+                while cgroups.freezer_state(group) != "frozen":
+                    if time.monotonic() > deadline:
+                        raise HostError(f"sandbox {sandbox_id} did not freeze within "
+                                        f"{FREEZE_TIMEOUT_S}s; it keeps running")  # fmt: skip
+                    await asyncio.sleep(0.001)
+            except BaseException:  # (cancelled too) never left half frozen
+                cgroups.freeze(group, False)
+                raise
 
     async def thaw(self, sandbox_id: str) -> None:
         async with self._locks.hold(sandbox_id):
@@ -451,10 +454,14 @@ class GVisorRuntime(Runtime):
         runsc container is killed, then deleted, and comes back only with the resume)."""
         if self._paths(sandbox_id).memory.is_dir():
             return SandboxStatus.PAUSED  # runsc may still report the killed sandbox for a while
-        if cgroups.frozen(self._cgroup(sandbox_id)):  # runsc would wait for its thaw
-            stopped = self.known_stopped(sandbox_id)
-            return SandboxStatus.STOPPED if stopped else SandboxStatus.RUNNING
-        return _status(await self.runsc.state(sandbox_id))
+        group = self._cgroup(sandbox_id)
+        try:
+            if not cgroups.frozen(group):  # runsc would wait for its thaw
+                return _status(await self.runsc.state(sandbox_id))
+        except RunscError:
+            if not cgroups.frozen(group):  # (frozen while runsc asked: answered below)
+                raise
+        return SandboxStatus.STOPPED if self.known_stopped(sandbox_id) else SandboxStatus.RUNNING
 
     async def boot_log(self, sandbox_id: str) -> str:
         log = self._paths(sandbox_id).log
