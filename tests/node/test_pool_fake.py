@@ -126,15 +126,39 @@ async def test_a_pooled_sandbox_waits_frozen_and_only_its_claim_thaws_it(
         assert from_pool and sandbox.sandbox_id not in runtime.frozen
         assert runtime.envds[sandbox.sandbox_id].inits[-1]["envVars"] == {"FOO": "bar"}
 
-        monkeypatch.setattr(orchestrator, "POOLED_FREEZE_AFTER_S", 0.3)
+        monkeypatch.setattr(orchestrator, "POOLED_FREEZE_AFTER_S", 60.0)  # the refill's is due
         await node.orchestrator.pool.wait_full(10)
-        assert len(runtime.frozen) == 1  # the one left, not the refill of a moment ago
+        (fresh,) = _pooled(runtime, node) - runtime.frozen
         taken = [await _create(node, _spec()) for _ in range(2)]
         assert all(from_pool for _, from_pool in taken)
         claimed = {s.sandbox_id for s, _ in taken}
-        await asyncio.sleep(0.5)
+        assert fresh in claimed
+        # Its freeze, once due, finds it claimed and leaves it alone.
+        monkeypatch.setattr(orchestrator, "POOLED_FREEZE_AFTER_S", 0.0)
+        await node.orchestrator._freeze_pooled(fresh)
         assert not claimed & runtime.frozen, "a claimed sandbox was frozen after its claim"
     assert runtime.frozen == set()
+
+
+async def test_a_claim_cancelled_while_it_waits_releases_the_sandbox_it_took(
+    tmp_path: Path,
+) -> None:
+    """A claim waits for the pooled sandbox's lock (a freeze may hold it); cancelled there,
+    the sandbox it took out of the pool is nobody's: it is released, not left running."""
+    runtime = FakeRuntime()
+    async with _filled(tmp_path, runtime, size=1) as (node, _):
+        (pooled,) = _pooled(runtime, node)
+        async with node.orchestrator._locks.hold(pooled):  # as a freeze in progress does
+            claim = asyncio.create_task(node.claim(_spec()))
+            await asyncio.sleep(0.1)
+            claim.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await claim
+        for _ in range(100):
+            if pooled not in runtime.sandboxes:
+                break
+            await asyncio.sleep(0.02)
+        assert pooled not in runtime.sandboxes, "the sandbox a cancelled claim took leaked"
 
 
 async def test_a_claim_keeps_the_pooled_token_whatever_the_spec_names(tmp_path: Path) -> None:

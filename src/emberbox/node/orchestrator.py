@@ -19,8 +19,10 @@ import logging
 import secrets
 import signal
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -115,7 +117,7 @@ class Orchestrator:
         self._checker: asyncio.Task[None] | None = None
         self._http: httpx.AsyncClient | None = None
         self._reaping = False
-        self._freezes: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()  # pooled sandboxes' freezes, releases
         self.pool = WarmPool(pool or PoolSettings(size=0), self._start_pooled, self._release_pooled)
 
     # -- start-up / shutdown ---------------------------------------------------------------
@@ -165,8 +167,10 @@ class Orchestrator:
     async def close(self) -> None:
         """Stop checking; sandboxes keep running (they outlive the node process), except the
         warm pool's, which nobody owns once this process is gone."""
-        for task in self._freezes:
-            task.cancel()
+        for task in self._background:
+            if task.get_name().startswith("freeze-"):
+                task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         await self.pool.close()
         await self.runtime.close()
         if self._reaping:
@@ -221,7 +225,11 @@ class Orchestrator:
         ``spec`` brings env vars of its own (on the template's)."""
         pooled = self.pool.claim(spec)
         while pooled is not None:
-            handed = await self._hand_over(pooled, spec)
+            try:
+                handed = await self._hand_over(pooled, spec)
+            except asyncio.CancelledError:  # out of the pool, handed to nobody: release it
+                self._in_background(self._release_pooled(pooled.sandbox_id), "release")
+                raise
             if handed is not None:
                 return handed
             pooled = self.pool.claim(spec, again=True)
@@ -301,10 +309,13 @@ class Orchestrator:
                 raise
             record.envd_url, record.host = sandbox.envd_url, sandbox.address
             self.records.save(record)
-        task = asyncio.create_task(self._freeze_pooled(sandbox_id), name=f"freeze-{sandbox_id}")
-        self._freezes.add(task)
-        task.add_done_callback(self._freezes.discard)
+        self._in_background(self._freeze_pooled(sandbox_id), f"freeze-{sandbox_id}")
         return sandbox
+
+    def _in_background(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(work, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _freeze_pooled(self, sandbox_id: str) -> None:
         """Freeze a pooled sandbox that is still unclaimed: it waits at no CPU cost until
