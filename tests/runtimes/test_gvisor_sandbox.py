@@ -7,6 +7,7 @@ import contextlib
 import os
 import secrets
 import signal
+import time
 from pathlib import Path
 
 import httpx
@@ -14,9 +15,11 @@ import pytest
 
 from emberbox.envd_client import EnvdClient
 from emberbox.host import cgroups
+from emberbox.host.errors import HostError
 from emberbox.runtimes.base import SandboxSpec, SandboxStatus, UnknownTemplate
 from emberbox.runtimes.gvisor import GVisorConfig, GVisorRuntime
 from emberbox.runtimes.gvisor import runsc as runsc_module
+from emberbox.runtimes.gvisor.runtime import FREEZE_TIMEOUT_S
 from emberbox.templates.store import Template, TemplateStore
 
 from .conftest import SandboxFactory
@@ -253,6 +256,45 @@ async def test_a_frozen_sandbox_costs_no_cpu_and_is_answered_for_without_runsc(
     after = await inventory(runtime.config)
     assert after.leaked_since(before) == {}
     assert after.mentions(sandbox_id) == []
+
+
+async def test_a_freeze_that_does_not_finish_or_is_cancelled_leaves_the_sandbox_running(
+    runtime: GVisorRuntime, make_sandbox: SandboxFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A freeze can hang (seen freezing a sandbox still booting): the node must get an error
+    and a sandbox that keeps running and answering, never one stuck half frozen."""
+    sandbox = await make_sandbox()
+    sandbox_id = sandbox.sandbox_id
+    group = f"{runtime.config.cgroup_base}/{sandbox_id}"
+    real_state = cgroups.freezer_state
+
+    def never_done(rel: str) -> str:
+        state = real_state(rel)
+        return "freezing" if rel == group and state == "frozen" else state
+
+    with monkeypatch.context() as patch:
+        patch.setattr(cgroups, "freezer_state", never_done)
+        asked = time.monotonic()
+        with pytest.raises(HostError, match="did not freeze"):
+            await runtime.freeze(sandbox_id)
+        assert time.monotonic() - asked < FREEZE_TIMEOUT_S + 2
+        assert real_state(group) == "thawed"
+
+        freezing = asyncio.create_task(runtime.freeze(sandbox_id))
+        await asyncio.sleep(FREEZE_TIMEOUT_S / 5)
+        assert real_state(group) == "frozen"
+        freezing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await freezing
+        assert real_state(group) == "thawed"
+
+    assert await healthy(sandbox, timeout=5)
+    used = cgroups.usage(group)
+    assert used is not None
+    await asyncio.sleep(0.5)
+    later = cgroups.usage(group)
+    assert later is not None and later.cpu_ns > used.cpu_ns, "the sandbox is not scheduled"
+    assert (await runtime.get(sandbox_id)).status is SandboxStatus.RUNNING
 
 
 async def test_kill_releases_everything(runtime: GVisorRuntime, make_sandbox: SandboxFactory):
