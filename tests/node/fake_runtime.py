@@ -178,7 +178,9 @@ class FakeRuntime(Runtime):
             raise SandboxGone(sandbox_id)
         return SandboxStats(2, 1.0, 1, 2, 3, 4)
 
-    async def pause(self, sandbox_id: str) -> int:
+    async def pause(self, sandbox_id: str, memory: bool = True) -> int:
+        if not memory:
+            raise CapabilityMissing("the fake runtime keeps no files apart from memory")
         await asyncio.sleep(self.pause_delay_s)
         sandbox = self.sandboxes[sandbox_id]
         self.sandboxes[sandbox_id] = RuntimeSandbox(
@@ -187,7 +189,9 @@ class FakeRuntime(Runtime):
         )  # fmt: skip
         return 4096  # what its saved memory would take
 
-    async def resume(self, sandbox_id: str) -> RuntimeSandbox:
+    async def resume(self, sandbox_id: str, memory: bool = True) -> RuntimeSandbox:
+        if not memory:
+            raise CapabilityMissing("the fake runtime cannot boot from files")
         await asyncio.sleep(self.resume_delay_s)
         sandbox = self.sandboxes[sandbox_id]
         self.sandboxes[sandbox_id] = RuntimeSandbox(

@@ -58,19 +58,34 @@ async def run(
     return result
 
 
-async def run_to_file(*argv: str, log_path: str, timeout: float | None = None) -> int:
-    """Run ``argv`` with stdio on a file, never a pipe.
+async def run_to_file(
+    *argv: str,
+    log_path: str,
+    timeout: float | None = None,
+    stdin_path: str | None = None,
+    stdout_path: str | None = None,
+) -> int:
+    """Run ``argv`` with stdio on files, never a pipe: output to ``log_path`` (stdout to
+    ``stdout_path`` when given, created afresh), input from ``stdin_path`` or nothing.
 
     A detached ``runsc run`` keeps its stdio open for the sandbox's whole life, so a pipe would
     never reach EOF; a file does not have that problem.
     """
-    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    fds = [os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)]
     try:
+        if stdout_path is not None:
+            fds.append(os.open(stdout_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+        if stdin_path is not None:
+            fds.append(os.open(stdin_path, os.O_RDONLY))
         proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=fd, stderr=fd
+            *argv,
+            stdin=fds[-1] if stdin_path is not None else asyncio.subprocess.DEVNULL,
+            stdout=fds[1] if stdout_path is not None else fds[0],
+            stderr=fds[0],
         )
     finally:
-        os.close(fd)
+        for fd in fds:
+            os.close(fd)
     SPAWNED.add(proc.pid)
     try:
         return await asyncio.wait_for(proc.wait(), timeout)

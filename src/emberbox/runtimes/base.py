@@ -63,6 +63,8 @@ class Capabilities:
     egress_proxy: bool = False  # honours NetworkPolicy.proxy (SOCKS5 from the gateway)
     no_internet: bool = True  # honours NetworkPolicy(allow_internet=False)
     volumes: bool = False  # binds volume directories into sandboxes (SandboxSpec.volumes)
+    # pause(memory=False) keeps only the files; resume(memory=False) boots from them.
+    filesystem_pause: bool = False
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,8 @@ class RuntimeSandbox:
     # reason is all it is for there), a runtime's single-sandbox lookup always.
     oom_killed: bool = False
     defaults: EnvdDefaults = field(default_factory=lambda: UNKNOWN_DEFAULTS)
+    # Booted afresh by a resume (filesystem-only): its envd waits for its ``/init`` again.
+    rebooted: bool = False
 
     @property
     def envd_url(self) -> str:
@@ -219,11 +223,14 @@ class Runtime(abc.ABC):
     @abc.abstractmethod
     async def stats(self, sandbox_id: str) -> SandboxStats: ...
 
-    async def pause(self, sandbox_id: str) -> int:
-        """Save the sandbox and stop it; returns the disk the saved memory takes."""
+    async def pause(self, sandbox_id: str, memory: bool = True) -> int:
+        """Save the sandbox and stop it; returns the disk what was saved takes. Without
+        ``memory`` only its files are kept (``Capabilities.filesystem_pause``)."""
         raise CapabilityMissing(f"{self.name} cannot pause sandboxes")
 
-    async def resume(self, sandbox_id: str) -> RuntimeSandbox:
+    async def resume(self, sandbox_id: str, memory: bool = True) -> RuntimeSandbox:
+        """Run a paused sandbox again; without ``memory`` (or paused without it) it boots
+        afresh from its files and comes back ``rebooted``."""
         raise CapabilityMissing(f"{self.name} cannot resume sandboxes")
 
     async def update_network(self, sandbox_id: str, policy: NetworkPolicy) -> None:

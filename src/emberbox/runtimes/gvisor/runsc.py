@@ -106,8 +106,10 @@ class Runsc:
         log: Path,
         filestore: Path | None = None,
         overlay_binds: bool = True,
+        stdin: Path | None = None,
     ) -> None:
-        """Start the sandbox and return once runsc has created it (its init keeps running).
+        """Start the sandbox and return once runsc has created it (its init keeps running;
+        its stdin is ``stdin`` when given).
 
         With ``filestore``, writes to the root and (with ``overlay_binds``) to every writable
         bind (/tmp) go to gVisor's own overlays, whose backing files live in that directory
@@ -117,10 +119,20 @@ class Runsc:
         overlay = _overlay(filestore, overlay_binds) if filestore else "none"
         argv = self._wrapped([*await self._base(overlay=overlay), "run", "--detach",
                               "--bundle", str(bundle), sandbox_id])  # fmt: skip
-        code = await _proc.run_to_file(*argv, log_path=str(log), timeout=self.config.boot_timeout)
+        code = await _proc.run_to_file(*argv, log_path=str(log), timeout=self.config.boot_timeout,
+                                       stdin_path=str(stdin) if stdin else None)  # fmt: skip
         if code != 0:
             raise _proc.CommandFailed(tuple(argv), code, _tail(log))
         _apply_memory_policy(bundle)
+
+    async def exec_to_file(
+        self, sandbox_id: str, argv: list[str], stdout: Path, log: Path, timeout: float
+    ) -> int:
+        """Run ``argv`` inside the running sandbox as its root, beside envd (which may not
+        answer), its stdout written straight to the host file ``stdout``; its exit code."""
+        cmd = [*await self._base(), "exec", "--user", "0:0", "--cwd", "/", sandbox_id, *argv]
+        return await _proc.run_to_file(*cmd, log_path=str(log), timeout=timeout,
+                                       stdout_path=str(stdout))  # fmt: skip
 
     async def run_foreground(
         self, sandbox_id: str, bundle: Path, log: Path, timeout: float | None

@@ -25,7 +25,7 @@ from typing import Any
 
 from ...egress import EgressProxy, EgressRules, HeaderRule, reaches, rules_for
 from ...envd.guest.oom import count_kills
-from ...envd_client.handshake import EnvdDefaults, HandshakeFailed, handshake
+from ...envd_client.handshake import EnvdDefaults, HandshakeFailed, handshake, wait_healthy
 from ...envd_client.http import sandbox_http
 from ...host import cgroups, network, processes, rootfs
 from ...host.certificates import EgressCa
@@ -36,7 +36,7 @@ from ...host.errors import HostError
 from ...host.flow_monitor import FlowMonitor
 from ...host.locks import KeyedLock
 from ...templates.steps import BootFailed, Step
-from ...templates.store import Template, TemplateError, TemplateStore
+from ...templates.store import GUEST_PYTHON, Template, TemplateError, TemplateStore
 from ...vocabulary import ENVD_PORT, check_sandbox_id, e2b_env, is_sandbox_id, is_volume_id
 from ..base import (
     UNKNOWN_DEFAULTS,
@@ -54,6 +54,7 @@ from ..base import (
     SnapshotRef,
     UnknownTemplate,
 )
+from . import guest_files
 from .bundle import BindMount, BundleSpec, write_bundle
 from .config import GVisorConfig
 from .runsc import Runsc, RunscError
@@ -68,6 +69,13 @@ BUILDER_PREFIXES = ("build-", "verify-")
 # A freeze completes once every process of the sandbox has stopped (a few ms; one that is still
 # booting may not freeze at all): one that does not by then is thawed again and keeps running.
 FREEZE_TIMEOUT_S = 0.5
+# Reading a sandbox's changed files out for a filesystem-only pause (at most its disk's size).
+SAVE_TIMEOUT_S = 300.0
+# guest_files.py runs in the guest by its own Python, given as source (any template's envd).
+_GUEST_FILES = Path(guest_files.__file__).read_text()
+_GUEST_SAVE = _GUEST_FILES + "\nsave()\n"
+_GUEST_BOOT = _GUEST_FILES + "\nboot(sys.argv[1:])\n"
+_GUEST_CONT = "import os, signal; os.kill(-1, signal.SIGCONT)"
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Variables PID 1 needs but commands should not inherit through envd's /init.
 _INIT_ONLY = {"PATH", "HOME", "LANG", "EMBERBOX_START_CMD"}
@@ -77,7 +85,7 @@ class GVisorRuntime(Runtime):
     name = "gvisor"
     capabilities = Capabilities(
         pause=True, snapshot=True, fork=True, egress_rules=True, header_rules=True,
-        egress_proxy=True, volumes=True,
+        egress_proxy=True, volumes=True, filesystem_pause=True,
     )  # fmt: skip
     orphan_names = frozenset({"exe"})  # runsc re-executes itself as /proc/self/exe
 
@@ -452,7 +460,7 @@ class GVisorRuntime(Runtime):
     async def _status(self, sandbox_id: str) -> SandboxStatus:
         """runsc's view, except that a sandbox whose memory is saved on disk is paused (its
         runsc container is killed, then deleted, and comes back only with the resume)."""
-        if self._paths(sandbox_id).memory.is_dir():
+        if self._paths(sandbox_id).paused():
             return SandboxStatus.PAUSED  # runsc may still report the killed sandbox for a while
         group = self._cgroup(sandbox_id)
         try:
@@ -467,15 +475,24 @@ class GVisorRuntime(Runtime):
         log = self._paths(sandbox_id).log
         return log.read_text(errors="replace")[-3000:] if log.exists() else ""
 
-    async def pause(self, sandbox_id: str) -> int:
-        """Save the sandbox's memory and writable layer to its directory, then stop it: a
-        paused sandbox holds disk, its address and its mounts, but no memory or CPU.
+    async def pause(self, sandbox_id: str, memory: bool = True) -> int:
+        """Save the sandbox's memory and writable layer to its directory (without ``memory``:
+        only the files it changed), then stop it: a paused sandbox holds disk, its address
+        and its mounts, but no memory or CPU. Returns the disk what was saved takes.
 
-        If the checkpoint fails the sandbox keeps running and the error is raised.
+        If the save fails the sandbox keeps running and the error is raised.
         """
         async with self._locks.hold(sandbox_id):
             self._no_volumes(await self._require(sandbox_id), "paused")
             paths = self._paths(sandbox_id)
+            if paths.paused():
+                raise SandboxNotRunning(f"sandbox {sandbox_id} is paused")
+            if not memory:
+                await self._save_files(sandbox_id, paths)
+                self._kill_processes(sandbox_id)
+                size = paths.files.stat().st_blocks * 512
+                self._in_background(self._forget_container(sandbox_id))
+                return size
             partial = paths.root / "memory.partial"
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir()
@@ -508,27 +525,124 @@ class GVisorRuntime(Runtime):
             os.replace(checkpoint, doomed)
         except FileNotFoundError:
             return
-        self._in_background(asyncio.to_thread(shutil.rmtree, doomed, True))
+        if doomed.is_dir():
+            self._in_background(asyncio.to_thread(shutil.rmtree, doomed, True))
+        else:
+            self._in_background(asyncio.to_thread(doomed.unlink, True))
 
     async def _forget_container(self, sandbox_id: str) -> None:
         async with self._locks.hold(sandbox_id):
-            if not self._paths(sandbox_id).memory.is_dir():
+            if not self._paths(sandbox_id).paused():
                 return
             await self._stop_processes(sandbox_id)
             if await self.runsc.delete(sandbox_id):
                 self._deleted.add(sandbox_id)
 
-    async def resume(self, sandbox_id: str) -> RuntimeSandbox:
+    async def resume(self, sandbox_id: str, memory: bool = True) -> RuntimeSandbox:
+        """Run a paused sandbox again: from its saved memory, or (``memory`` False, or paused
+        without it) booted afresh from its files, its envd then waiting for its ``/init``
+        (``RuntimeSandbox.rebooted``). A running sandbox is answered as it is."""
         async with self._locks.hold(sandbox_id):
             record = await self._require(sandbox_id)
             paths = self._paths(sandbox_id)
-            if not paths.memory.is_dir():
+            if not paths.paused():
                 if await self._status(sandbox_id) is SandboxStatus.RUNNING:
                     return self._sandbox(record, SandboxStatus.RUNNING)
                 raise SandboxGone(f"sandbox {sandbox_id} is neither paused nor running")
+            if paths.memory.is_dir() and not memory:
+                await self._files_of_memory(sandbox_id, record, paths)
+            if paths.files.is_file():
+                defaults = await self._boot_from_files(sandbox_id, record, paths)
+                return dataclasses.replace(
+                    self._sandbox(record, SandboxStatus.RUNNING, defaults), rebooted=True
+                )
             await self._restore_in_place(sandbox_id, record, paths.memory)
             self._discard(paths.memory)
             return self._sandbox(record, SandboxStatus.RUNNING)
+
+    async def _save_files(self, sandbox_id: str, paths: SandboxPaths) -> None:
+        """Read what the running sandbox changed into ``paths.files`` (``guest_files.save``,
+        run by runsc beside envd, which need not answer). Its processes are stopped while it
+        reads; if it fails they run on and nothing is kept."""
+        partial = paths.root / "files.partial"
+        try:
+            code = await self.runsc.exec_to_file(
+                sandbox_id, [GUEST_PYTHON, "-c", _GUEST_SAVE], partial, paths.log, SAVE_TIMEOUT_S
+            )
+            if code != 0:
+                raise RunscError(f"saving the files of {sandbox_id} failed (exit {code}): "
+                                 f"{_tail_of(paths.log)}")  # fmt: skip
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            with contextlib.suppress(Exception):  # a save cut off leaves them stopped
+                await self.runsc.exec_to_file(sandbox_id, [GUEST_PYTHON, "-c", _GUEST_CONT],
+                                              Path(os.devnull), paths.log, 10)  # fmt: skip
+            raise
+        os.replace(partial, paths.files)
+
+    async def _files_of_memory(
+        self, sandbox_id: str, record: SandboxRecord, paths: SandboxPaths
+    ) -> None:
+        """A sandbox paused with its memory holds its files in that image: restore it, save
+        them, stop it, drop the memory. If that fails it stays paused with its memory."""
+        await self._restore_in_place(sandbox_id, record, paths.memory)
+        try:
+            await self._save_files(sandbox_id, paths)
+        finally:
+            await self._stop_processes(sandbox_id)
+            await self.runsc.delete(sandbox_id)
+        self._discard(paths.memory)
+
+    async def _boot_from_files(
+        self, sandbox_id: str, record: SandboxRecord, paths: SandboxPaths
+    ) -> EnvdDefaults:
+        """Boot the sandbox's own bundle afresh, its PID 1 applying the saved files before it
+        becomes the template's init; the files go once envd answers. If the boot fails the
+        sandbox is stopped and stays paused with its files."""
+        lease = self._lease_of(sandbox_id, record)
+        if lease is None:
+            raise SandboxGone(f"sandbox {sandbox_id} has no network lease")
+        if sandbox_id in self._deleted:
+            self._deleted.discard(sandbox_id)
+        else:
+            await self._stop_processes(sandbox_id)
+            await self.runsc.delete(sandbox_id)
+        await network.readdress(lease)
+        config_path = paths.bundle / "config.json"
+        original = config_path.read_text()
+        spec = json.loads(original)
+        init, env = spec["process"]["args"], spec["process"]["env"]
+        spec["process"]["args"] = [GUEST_PYTHON, "-c", _GUEST_BOOT, *init]
+        config_path.write_text(json.dumps(spec))
+        try:
+            await self.runsc.run_detached(sandbox_id, paths.bundle, paths.log,
+                                          filestore=paths.disk, overlay_binds=not record.volumes,
+                                          stdin=paths.files)  # fmt: skip
+            config_path.write_text(original)  # a later restore reads the bundle as made
+            url = self._sandbox(record, SandboxStatus.RUNNING).envd_url
+
+            async def running() -> bool:
+                return not self.known_stopped(sandbox_id)
+
+            async with sandbox_http() as http:
+                await wait_healthy(http, url, self.config.boot_timeout, alive=running)
+        except BaseException as exc:
+            config_path.write_text(original)
+            await self._stop_processes(sandbox_id)
+            await self.runsc.delete(sandbox_id)
+            if isinstance(exc, HandshakeFailed):
+                raise BootFailed(f"sandbox {sandbox_id} did not boot from its files: {exc}\n"
+                                 f"{_tail_of(paths.log)}") from None  # fmt: skip
+            raise
+        self._discard(paths.files)
+        template = self._template(record.template_id)
+        values = dict(item.split("=", 1) for item in env)
+        return EnvdDefaults(
+            user=template.config.user,
+            workdir=template.config.workdir,
+            env={k: v for k, v in values.items() if k not in _INIT_ONLY},
+            ready_cmd=template.config.ready_cmd,
+        )
 
     async def checkpoint(self, sandbox_id: str, snapshot_id: str) -> SnapshotRef:
         """Save the running sandbox to a snapshot directory of its own; it keeps running."""
@@ -560,7 +674,7 @@ class GVisorRuntime(Runtime):
         async with self._locks.hold(sandbox_id):
             record = await self._require(sandbox_id)
             self._no_volumes(record, "rolled back")
-            if self._paths(sandbox_id).memory.is_dir():
+            if self._paths(sandbox_id).paused():
                 # Paused (by a pause that got the lock first): a rollback now would run it
                 # again while its owner records it paused. Its callers refuse paused sandboxes.
                 raise SandboxNotRunning(f"sandbox {sandbox_id} is paused")
@@ -927,6 +1041,13 @@ class GVisorRuntime(Runtime):
         log = self._paths(sandbox_id).log
         guest_kills = count_kills(log.read_text(errors="replace")) if log.exists() else 0
         return bool(usage and usage.oom_kills) or guest_kills > 0
+
+
+def _tail_of(log: Path, limit: int = 2000) -> str:
+    try:
+        return log.read_text(errors="replace")[-limit:].strip()
+    except FileNotFoundError:
+        return ""
 
 
 def _du(path: Path) -> int:

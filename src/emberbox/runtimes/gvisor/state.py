@@ -74,5 +74,13 @@ class SandboxPaths:
         return self.root / "memory"
 
     @property
+    def files(self) -> Path:
+        """What a filesystem-only pause kept (``guest_files.py``), while it is paused so."""
+        return self.root / "files.tar"
+
+    def paused(self) -> bool:
+        return self.memory.is_dir() or self.files.is_file()
+
+    @property
     def log(self) -> Path:
         return self.root / "runsc.log"
