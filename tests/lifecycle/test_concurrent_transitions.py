@@ -16,8 +16,9 @@ async def test_a_connect_during_a_pause_waits_for_it_then_resumes(plane: Plane) 
     plane.runtime.pause_delay_s = 0.5
     row = await plane.service.create(plane.who, CreateRequest("base", 600))
     pausing = asyncio.create_task(plane.service.pause(plane.who, row.id))
-    await asyncio.sleep(0.1)
-    assert await plane.state(row.id) == "pausing"
+    async with asyncio.timeout(2):  # (the pause asks envd whether it answers first)
+        while await plane.state(row.id) != "pausing":  # noqa: ASYNC110 - a database row
+            await asyncio.sleep(0.01)
     connected, resumed = await plane.service.connect(plane.who, row.id, 600)
     await pausing  # the pause itself succeeded
     assert (connected.id, resumed) == (row.id, True)

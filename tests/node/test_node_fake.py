@@ -118,7 +118,7 @@ async def test_paused_sandbox_is_never_killed_by_the_node(tmp_path: Path) -> Non
         await asyncio.sleep(0.3)  # many dead checks
         (held,) = (await node.list()).sandboxes
         assert held.status == pb.SANDBOX_STATUS_PAUSED
-        resumed = await node.resume(sandbox.sandbox_id)
+        resumed = (await node.resume(sandbox.sandbox_id, "t0k")).sandbox
         assert resumed.status == pb.SANDBOX_STATUS_RUNNING and not runtime.teardowns
     finally:
         await node.close()

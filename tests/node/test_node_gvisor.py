@@ -126,8 +126,17 @@ async def test_a_paused_sandbox_is_neither_snapshotted_nor_rolled_back(node: Nod
             await client.checkpoint(sandbox.sandbox_id, "snapcoffee0000000002")
         with pytest.raises(NodeConflict, match="paused"):
             await client.restore(sandbox.sandbox_id, snapshot)
-        await client.resume(sandbox.sandbox_id)
+        assert not (await client.resume(sandbox.sandbox_id, "t0k")).rebooted
         assert await _echo(sandbox, "intact") == "intact\n"
+        # Filesystem-only: the sandbox boots afresh, its envd handed the token again.
+        async with EnvdClient(sandbox.envd_url, "t0k") as envd:
+            await envd.run("echo kept > /home/user/f; sleep 1000 > /dev/null 2>&1 &")
+        assert await client.pause(sandbox.sandbox_id, memory=False) > 0
+        resumed = await client.resume(sandbox.sandbox_id, "t0k")
+        assert resumed.rebooted and resumed.sandbox.envd_version
+        assert await _echo(sandbox, "$(cat /home/user/f) $(pgrep -x sleep || echo none)") == (
+            "kept none\n"
+        )
         await client.delete_snapshot(snapshot)
         assert await client.kill(sandbox.sandbox_id) is True
         # The first create also started the template's snapshot (a sandbox of its own).

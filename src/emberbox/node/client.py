@@ -108,18 +108,24 @@ class NodeClient(abc.ABC):
     async def stats(self, sandbox_id: str) -> pb.StatsResponse:
         return await self._call("Stats", pb.StatsRequest(sandbox_id=sandbox_id), pb.StatsResponse)
 
-    async def pause(self, sandbox_id: str) -> int:
-        """Returns the disk the paused sandbox's saved memory takes."""
-        request = pb.PauseRequest(sandbox_id=sandbox_id)
+    async def pause(self, sandbox_id: str, memory: bool = True) -> int:
+        """Returns the disk what the paused sandbox saved takes (only its files without
+        ``memory``)."""
+        request = pb.PauseRequest(sandbox_id=sandbox_id, filesystem_only=not memory)
         return (await self._call("Pause", request, pb.PauseResponse)).size_bytes
 
     async def checkpoint(self, sandbox_id: str, snapshot_id: str) -> pb.Snapshot:
         request = pb.CheckpointRequest(sandbox_id=sandbox_id, snapshot_id=snapshot_id)
         return (await self._call("Checkpoint", request, pb.CheckpointResponse)).snapshot
 
-    async def resume(self, sandbox_id: str) -> pb.Sandbox:
-        request = pb.ResumeRequest(sandbox_id=sandbox_id)
-        return (await self._call("Resume", request, pb.ResumeResponse)).sandbox
+    async def resume(
+        self, sandbox_id: str, access_token: str, memory: bool = True
+    ) -> pb.ResumeResponse:
+        """``access_token`` is for a sandbox that boots afresh (``memory`` False, or paused
+        without it): its envd is handed it as at create."""
+        request = pb.ResumeRequest(sandbox_id=sandbox_id, reboot=not memory,
+                                   access_token=access_token)  # fmt: skip
+        return await self._call("Resume", request, pb.ResumeResponse)
 
     async def restore(self, sandbox_id: str, snapshot: pb.Snapshot) -> pb.Sandbox:
         request = pb.RestoreRequest(sandbox_id=sandbox_id, snapshot=snapshot)

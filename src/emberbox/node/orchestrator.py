@@ -408,24 +408,31 @@ class Orchestrator:
                 return await self.runtime.kill(sandbox_id)
             return False
 
-    async def pause(self, sandbox_id: str) -> int:
-        """Returns the disk the saved memory takes."""
+    async def pause(self, sandbox_id: str, memory: bool = True) -> int:
+        """Returns the disk what was saved takes (without ``memory``: only the files)."""
         async with self._locks.hold(sandbox_id):
             record = self._get(sandbox_id)
-            size = await self.runtime.pause(sandbox_id)
+            size = await self.runtime.pause(sandbox_id, memory=memory)
             record.state = "paused"
             self.records.save(record)
             return size
 
-    async def resume(self, sandbox_id: str) -> SandboxRecord:
+    async def resume(
+        self, sandbox_id: str, memory: bool = True, access_token: str = ""
+    ) -> tuple[SandboxRecord, bool]:
+        """Run it again; True when it was booted afresh from its files (without ``memory``,
+        or paused without it), its envd then given ``access_token`` as at create."""
         async with self._locks.hold(sandbox_id):
             record = self._get(sandbox_id)
-            sandbox = await self.runtime.resume(sandbox_id)
-            await self._serving(sandbox)
+            sandbox = await self.runtime.resume(sandbox_id, memory=memory)
+            if sandbox.rebooted:
+                record.envd_version = await self._handshake(sandbox, access_token)
+            else:
+                await self._serving(sandbox)
             record.state = "running"
             record.envd_url, record.host = sandbox.envd_url, sandbox.address
             self.records.save(record)
-            return record
+            return record, sandbox.rebooted
 
     async def checkpoint(self, sandbox_id: str, snapshot_id: str) -> SnapshotRef:
         async with self._locks.hold(sandbox_id):

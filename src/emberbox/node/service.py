@@ -263,6 +263,7 @@ class NodeService:
                 isolation=self.runtime.isolation,
                 builds=self._builds is not None,
                 volumes=self._volumes is not None,
+                filesystem_pause=caps.filesystem_pause,
             ),
             pools=[
                 pb.PoolStatus(
@@ -332,7 +333,7 @@ class NodeService:
         )
 
     async def pause(self, request: pb.PauseRequest) -> pb.PauseResponse:
-        size = await self.orchestrator.pause(request.sandbox_id)
+        size = await self.orchestrator.pause(request.sandbox_id, memory=not request.filesystem_only)
         return pb.PauseResponse(size_bytes=size)
 
     async def checkpoint(self, request: pb.CheckpointRequest) -> pb.CheckpointResponse:
@@ -383,8 +384,10 @@ class NodeService:
         )
 
     async def resume(self, request: pb.ResumeRequest) -> pb.ResumeResponse:
-        record = await self.orchestrator.resume(request.sandbox_id)
-        return pb.ResumeResponse(sandbox=_sandbox(record))
+        record, rebooted = await self.orchestrator.resume(
+            request.sandbox_id, memory=not request.reboot, access_token=request.access_token
+        )
+        return pb.ResumeResponse(sandbox=_sandbox(record), rebooted=rebooted)
 
     @property
     def volumes(self) -> NodeVolumes:

@@ -17,7 +17,7 @@ SANDBOX_STATUS_RUNNING: SandboxStatus
 SANDBOX_STATUS_PAUSED: SandboxStatus
 
 class Capabilities(_message.Message):
-    __slots__ = ("pause", "snapshot", "fork", "egress_rules", "no_internet", "isolation", "header_rules", "egress_proxy", "builds", "volumes")
+    __slots__ = ("pause", "snapshot", "fork", "egress_rules", "no_internet", "isolation", "header_rules", "egress_proxy", "builds", "volumes", "filesystem_pause")
     PAUSE_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     FORK_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +28,7 @@ class Capabilities(_message.Message):
     EGRESS_PROXY_FIELD_NUMBER: _ClassVar[int]
     BUILDS_FIELD_NUMBER: _ClassVar[int]
     VOLUMES_FIELD_NUMBER: _ClassVar[int]
+    FILESYSTEM_PAUSE_FIELD_NUMBER: _ClassVar[int]
     pause: bool
     snapshot: bool
     fork: bool
@@ -38,7 +39,8 @@ class Capabilities(_message.Message):
     egress_proxy: bool
     builds: bool
     volumes: bool
-    def __init__(self, pause: _Optional[bool] = ..., snapshot: _Optional[bool] = ..., fork: _Optional[bool] = ..., egress_rules: _Optional[bool] = ..., no_internet: _Optional[bool] = ..., isolation: _Optional[bool] = ..., header_rules: _Optional[bool] = ..., egress_proxy: _Optional[bool] = ..., builds: _Optional[bool] = ..., volumes: _Optional[bool] = ...) -> None: ...
+    filesystem_pause: bool
+    def __init__(self, pause: _Optional[bool] = ..., snapshot: _Optional[bool] = ..., fork: _Optional[bool] = ..., egress_rules: _Optional[bool] = ..., no_internet: _Optional[bool] = ..., isolation: _Optional[bool] = ..., header_rules: _Optional[bool] = ..., egress_proxy: _Optional[bool] = ..., builds: _Optional[bool] = ..., volumes: _Optional[bool] = ..., filesystem_pause: _Optional[bool] = ...) -> None: ...
 
 class InfoRequest(_message.Message):
     __slots__ = ()
@@ -252,10 +254,12 @@ class StatsResponse(_message.Message):
     def __init__(self, cpu_count: _Optional[int] = ..., cpu_used_pct: _Optional[float] = ..., mem_used: _Optional[int] = ..., mem_total: _Optional[int] = ..., disk_used: _Optional[int] = ..., disk_total: _Optional[int] = ...) -> None: ...
 
 class PauseRequest(_message.Message):
-    __slots__ = ("sandbox_id",)
+    __slots__ = ("sandbox_id", "filesystem_only")
     SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    FILESYSTEM_ONLY_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
-    def __init__(self, sandbox_id: _Optional[str] = ...) -> None: ...
+    filesystem_only: bool
+    def __init__(self, sandbox_id: _Optional[str] = ..., filesystem_only: _Optional[bool] = ...) -> None: ...
 
 class PauseResponse(_message.Message):
     __slots__ = ("size_bytes",)
@@ -264,16 +268,22 @@ class PauseResponse(_message.Message):
     def __init__(self, size_bytes: _Optional[int] = ...) -> None: ...
 
 class ResumeRequest(_message.Message):
-    __slots__ = ("sandbox_id",)
+    __slots__ = ("sandbox_id", "reboot", "access_token")
     SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    REBOOT_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_TOKEN_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
-    def __init__(self, sandbox_id: _Optional[str] = ...) -> None: ...
+    reboot: bool
+    access_token: str
+    def __init__(self, sandbox_id: _Optional[str] = ..., reboot: _Optional[bool] = ..., access_token: _Optional[str] = ...) -> None: ...
 
 class ResumeResponse(_message.Message):
-    __slots__ = ("sandbox",)
+    __slots__ = ("sandbox", "rebooted")
     SANDBOX_FIELD_NUMBER: _ClassVar[int]
+    REBOOTED_FIELD_NUMBER: _ClassVar[int]
     sandbox: Sandbox
-    def __init__(self, sandbox: _Optional[_Union[Sandbox, _Mapping]] = ...) -> None: ...
+    rebooted: bool
+    def __init__(self, sandbox: _Optional[_Union[Sandbox, _Mapping]] = ..., rebooted: _Optional[bool] = ...) -> None: ...
 
 class CheckpointRequest(_message.Message):
     __slots__ = ("sandbox_id", "snapshot_id")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, Literal
 
 from ..._proto.node import node_pb2 as pb
 from ...egress import proxy_dict, rules_dict
@@ -42,6 +42,9 @@ def to_listed(row: Row) -> ListedSandbox:
         diskSizeMB=row.disk_mb,
         state=public_state(State(row.state)),
         metadata=row.metadata_dict,
+        envdUnresponsiveAtPause=(
+            True if row.envd_unresponsive_at_pause and State(row.state) == State.PAUSED else None
+        ),
         pausedBytes=row.paused_bytes if State(row.state) in HOLDS_SAVED_MEMORY else None,
         volumeMounts=[
             {"name": m.volume.name, "path": m.path} for m in row.volume_mounts if m.volume
@@ -61,7 +64,15 @@ def to_detail(row: Row, domain: str | None) -> SandboxDetail:
             autoResume=bool(row.auto_resume),
             onTimeout="pause" if row.on_timeout == "pause" else "kill",
         ),
+        pauseMode=_pause_mode(row),
     )
+
+
+def _pause_mode(row: Row) -> Literal["full", "filesystem"] | None:
+    """Shown for a paused sandbox once its pause finished (E2B)."""
+    if State(row.state) != State.PAUSED:
+        return None
+    return "filesystem" if row.pause_mode == "filesystem" else "full"
 
 
 def to_metric(stats: pb.StatsResponse, now: dt.datetime) -> SandboxMetric:

@@ -169,6 +169,8 @@ class ListedSandbox(BaseModel):
     diskSizeMB: int
     state: Literal["running", "paused"]
     metadata: dict[str, str] = Field(default_factory=dict)
+    # E2B's: a paused sandbox whose envd did not answer at its pause resumes only from files.
+    envdUnresponsiveAtPause: Annotated[bool | None, Field(exclude_if=lambda v: v is None)] = None
     # Our extension: disk a paused sandbox's saved memory takes (counted in the snapshot quota).
     pausedBytes: Annotated[int | None, Field(exclude_if=lambda v: v is None)] = None
     volumeMounts: Annotated[
@@ -188,6 +190,10 @@ class SandboxDetail(ListedSandbox):
     # ``SandboxNetworkConfig`` of what is in force (allowOut, denyOut, allowPublicTraffic).
     network: Annotated[dict[str, Any] | None, Field(exclude_if=lambda v: v is None)] = None
     lifecycle: Lifecycle = Field(default_factory=Lifecycle)
+    # What a paused sandbox's pause kept: "full" (memory and files) or "filesystem".
+    pauseMode: Annotated[
+        Literal["full", "filesystem"] | None, Field(exclude_if=lambda v: v is None)
+    ] = None
 
 
 class SandboxMetric(BaseModel):

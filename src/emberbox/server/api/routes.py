@@ -62,14 +62,8 @@ async def _create(
         raise ApiError(400, "Idempotency-Key must be 1-255 characters of [a-z0-9-]")
     if body.mcp is not None:
         raise ApiError(501, "MCP gateway sandboxes are not supported", should_retry=False)
-    if body.autoPauseMemory is False:
-        if not body.autoPause:
-            raise ApiError(400, "autoPauseMemory applies only with autoPause: true")
-        raise ApiError(
-            501,
-            "a filesystem-only auto-pause (autoPauseMemory: false) is not supported yet",
-            should_retry=False,
-        )
+    if body.autoPauseMemory is False and not body.autoPause:
+        raise ApiError(400, "autoPauseMemory applies only with autoPause: true")
     if body.iam and body.iam.get("tokens"):
         raise ApiError(501, "workload identity (iam tokens) is not supported", should_retry=False)
     network = create_options(body.network)
@@ -80,6 +74,7 @@ async def _create(
         env_vars=body.envVars or {},
         allow_internet=body.allow_internet_access is not False,
         auto_pause=bool(body.autoPause),
+        auto_pause_memory=body.autoPauseMemory is not False,
         auto_resume=bool(body.autoResume and body.autoResume.get("enabled")),
         idempotency_key=key,
         allow_out=network.allow_out,
@@ -269,8 +264,8 @@ async def set_timeout(who: Caller, svc: Service, sandbox_id: str, body: TimeoutR
     "/sandboxes/{sandbox_id}/pause",
     status_code=HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=_errors(404, 409, 413, 501),
-    summary="Pause a sandbox (501 when the runtime cannot, or for memory: false)",
+    responses=_errors(404, 409, 413, 501, 503),
+    summary="Pause a sandbox: memory and files, or only its files (memory: false)",
 )
 async def pause_sandbox(
     who: Caller,

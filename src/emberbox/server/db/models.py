@@ -74,6 +74,12 @@ class ApiKey(Base):
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
+def wakeable(auto_resume: bool, pause_mode: str | None, envd_unresponsive_at_pause: bool) -> bool:
+    """Traffic through the proxy may resume a paused sandbox: its lifecycle says so, and its
+    resume restores memory (one that boots afresh from its files is resumed only when asked)."""
+    return bool(auto_resume) and pause_mode != "filesystem" and not envd_unresponsive_at_pause
+
+
 class Sandbox(Base):
     """One sandbox and its persisted lifecycle state (:mod:`emberbox.server.lifecycle.states`)."""
 
@@ -113,6 +119,14 @@ class Sandbox(Base):
     timeout_s: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # Disk its saved memory takes while paused (0 otherwise): shown, and under the snapshot quota.
     paused_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # Its end time's pause keeps the memory (False: only the files, E2B's autoPauseMemory).
+    auto_pause_memory: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    # While paused: what the pause kept ("full" or "filesystem", E2B's pauseMode), and whether
+    # envd did not answer then (a resume must then boot from the files).
+    pause_mode: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    envd_unresponsive_at_pause: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )
     # Cleared when the sandbox ends, so a key protects against duplicates only while it lives.
     idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
     started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -128,6 +142,10 @@ class Sandbox(Base):
     @property
     def metadata_dict(self) -> dict[str, str]:
         return {m.key: m.value for m in self.metadata_items}
+
+    @property
+    def wakeable(self) -> bool:
+        return wakeable(self.auto_resume, self.pause_mode, self.envd_unresponsive_at_pause)
 
 
 class SandboxMetadata(Base):

@@ -14,7 +14,7 @@ from sqlalchemy import CursorResult, and_, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..lifecycle.states import HOLDS_SAVED_MEMORY, State, check_transition
-from .models import Sandbox, SandboxMetadata, utcnow
+from .models import Sandbox, SandboxMetadata, utcnow, wakeable
 
 
 class BadCursor(ValueError):
@@ -42,6 +42,12 @@ class Route:
     traffic_access_token: str | None
     mask_request_host: str | None
     auto_resume: bool
+    pause_mode: str | None
+    envd_unresponsive_at_pause: bool
+
+    @property
+    def wakeable(self) -> bool:
+        return wakeable(self.auto_resume, self.pause_mode, self.envd_unresponsive_at_pause)
 
 
 async def route(s: AsyncSession, sandbox_id: str) -> Route | None:
@@ -54,6 +60,8 @@ async def route(s: AsyncSession, sandbox_id: str) -> Route | None:
                 Sandbox.traffic_access_token,
                 Sandbox.mask_request_host,
                 Sandbox.auto_resume,
+                Sandbox.pause_mode,
+                Sandbox.envd_unresponsive_at_pause,
             ).where(Sandbox.id == sandbox_id)
         )
     ).one_or_none()

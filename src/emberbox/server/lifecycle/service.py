@@ -37,6 +37,7 @@ from ..db.models import Sandbox, SandboxMetadata, Snapshot, utcnow
 from ..limits.scheduler import ResourceScheduler, Usage
 from .egress import Egress, header_rules_message
 from .errors import (
+    GUEST_UNRESPONSIVE,
     Busy,
     Conflict,
     GuestUnhealthy,
@@ -81,6 +82,8 @@ class CreateRequest:
     env_vars: Mapping[str, str] = field(default_factory=dict)
     allow_internet: bool = True
     auto_pause: bool = False
+    # With auto_pause: False keeps only the files at the end time (a resume boots from them).
+    auto_pause_memory: bool = True
     # With auto_pause: traffic through the proxy resumes the paused sandbox.
     auto_resume: bool = False
     idempotency_key: str | None = None
@@ -115,6 +118,11 @@ def snapshot_message(row: Snapshot) -> pb.Snapshot:
         access_token=row.envd_access_token,
         size_bytes=row.size_bytes,
     )
+
+
+def _pause_mode(keep_memory: bool) -> str:
+    """E2B's ``pauseMode`` of what a pause kept."""
+    return "full" if keep_memory else "filesystem"
 
 
 async def _envd_answers(row: Sandbox) -> bool:
@@ -218,6 +226,13 @@ class SandboxService:
             self.check_can_pause("autoPause" if req.auto_pause else "autoResume")
         if req.auto_resume and not req.auto_pause:
             raise Invalid("autoResume needs autoPause: only a paused sandbox can be woken")
+        if not req.auto_pause_memory:
+            if req.auto_resume:
+                raise Invalid(
+                    "autoResume cannot go with autoPauseMemory: false: traffic never wakes a "
+                    "sandbox that must boot afresh; resume it with connect"
+                )
+            self.check_can_pause_files("autoPauseMemory: false")
         if not req.allow_internet and not self.facts.capabilities.no_internet:
             raise self._unsupported("cannot restrict internet access")
         if (req.allow_out or req.deny_out) and not self.facts.capabilities.egress_rules:
@@ -308,6 +323,7 @@ class SandboxService:
                     ),
                     mask_request_host=req.mask_request_host,
                     on_timeout="pause" if req.auto_pause else "kill",
+                    auto_pause_memory=req.auto_pause_memory,
                     auto_resume=req.auto_resume,
                     timeout_s=req.timeout_s,
                     node_id=self.facts.node_id,
@@ -504,6 +520,12 @@ class SandboxService:
         if not self.facts.capabilities.pause:
             raise self._unsupported(f"cannot pause sandboxes ({option})")
 
+    def check_can_pause_files(self, option: str) -> None:
+        """Refuse a filesystem-only pause or a boot from the files (``option``) the runtime
+        cannot do."""
+        if not self.facts.capabilities.filesystem_pause:
+            raise self._unsupported(f"cannot pause sandboxes keeping only their files ({option})")
+
     async def set_on_timeout(self, who: Principal, sandbox_id: str, on_timeout: str) -> None:
         """What the sandbox's end time does from now on: "kill" or "pause" (``/resume``'s
         ``autoPause``)."""
@@ -522,16 +544,17 @@ class SandboxService:
         Returns the sandbox and whether it was resumed (the API answers 201 then, else 200).
         A pause or resume another caller has under way is waited out (up to ``WAKE_WAIT_S``,
         as traffic waking a sandbox does): the caller wants the sandbox running, whoever
-        asked first. ``with_memory`` False (a cold boot from the files alone) is refused for now.
+        asked first. ``with_memory`` False boots a paused sandbox afresh from its files (E2B's
+        ``memory: false``, the SDK's ``on_resume="reboot"``); nothing for a running one.
         """
         if timeout_s is not None:
             self.check_timeout(timeout_s)
         row = await self.get(who, sandbox_id)
         if State(row.state) in _NOT_RUNNING_YET:
             if not with_memory:
-                raise Unsupported("resuming without memory (memory: false) is not supported yet")
+                self.check_can_pause_files("memory: false")
             row, resumed = await self._resume_once_settled(
-                lambda: self.get(who, sandbox_id), timeout_s
+                lambda: self.get(who, sandbox_id), timeout_s, with_memory
             )
             if resumed:
                 return row, True
@@ -550,32 +573,42 @@ class SandboxService:
         keep_memory: bool = True,
         require_healthy_guest: bool = False,
     ) -> None:
+        """Save the sandbox and stop it: its memory and files, or (without ``keep_memory``)
+        only its files, which a resume then boots from. A memory pause of a sandbox whose envd
+        does not answer goes ahead and is marked so (its resume must boot from the files),
+        unless ``require_healthy_guest``; a filesystem-only pause needs envd to answer."""
         row = await self.get(who, sandbox_id)
         if State(row.state) != State.RUNNING:
             raise Conflict(f"sandbox '{sandbox_id}' is {row.state}, not running")
         if not keep_memory:
-            raise Unsupported("a filesystem-only pause (memory: false) is not supported yet")
+            self.check_can_pause_files("memory: false")
         if not self.facts.capabilities.pause:
             raise self._unsupported("cannot pause sandboxes")
         await self.refuse_if_volumes(sandbox_id, "paused")
-        if require_healthy_guest and not await _envd_answers(row):
-            raise GuestUnhealthy(f"sandbox '{sandbox_id}' envd does not answer; not paused")
+        answers = await _envd_answers(row)
+        if not answers and (require_healthy_guest or not keep_memory):
+            what = "not paused" if keep_memory else "a filesystem-only pause needs it"
+            raise GuestUnhealthy(f"sandbox '{sandbox_id}' envd does not answer; {what}")
         await self._check_saved_disk(row.team_id, f"sandbox '{sandbox_id}' was not paused")
-        async with self.sessions.begin() as s:
-            if not await q.set_state(s, sandbox_id, [State.RUNNING], State.PAUSING):
+        async with self.sessions.begin() as s:  # (its mode now: traffic must not wake it)
+            if not await q.set_state(s, sandbox_id, [State.RUNNING], State.PAUSING,
+                                     pause_mode=_pause_mode(keep_memory)):  # fmt: skip
                 raise Conflict(f"sandbox '{sandbox_id}' is being paused or resumed, not running")
         self.on_gone(sandbox_id)
         try:
-            size = await self.node.pause(sandbox_id)
+            size = await self.node.pause(sandbox_id, memory=keep_memory)
         except BaseException as e:  # cancellation too: never leave the row half-way
             log.warning("pause of %s failed: %s", sandbox_id, e)
             async with self.sessions.begin() as s:
-                await q.set_state(s, sandbox_id, [State.PAUSING], State.RUNNING)
+                await q.set_state(s, sandbox_id, [State.PAUSING], State.RUNNING, pause_mode=None)
             if not isinstance(e, Exception):
                 raise
             raise SandboxFailed(f"pause failed: {e}") from e
         async with self.sessions.begin() as s:
-            await q.set_state(s, sandbox_id, [State.PAUSING], State.PAUSED, paused_bytes=size)
+            await q.set_state(
+                s, sandbox_id, [State.PAUSING], State.PAUSED, paused_bytes=size,
+                pause_mode=_pause_mode(keep_memory), envd_unresponsive_at_pause=not answers,
+            )  # fmt: skip
 
     async def saved_disk_used(self, team_id: str) -> int:
         """Disk the team's snapshots and paused sandboxes take: what the quota limits."""
@@ -599,24 +632,31 @@ class SandboxService:
         fails kills the sandbox, as its end time asked for it to stop running; it is never
         left running past its end nor half-paused.
         """
+        async with self.sessions() as s:
+            row = await q.get(s, sandbox_id)
+        keep_memory = row is None or row.auto_pause_memory
         async with self.sessions.begin() as s:
-            if not await q.set_state(
-                s, sandbox_id, [State.RUNNING], State.PAUSING, ended_by=utcnow()
-            ):
+            mode = _pause_mode(keep_memory)
+            if not await q.set_state(s, sandbox_id, [State.RUNNING], State.PAUSING,
+                                     ended_by=utcnow(), pause_mode=mode):  # fmt: skip
                 return False
         self.on_gone(sandbox_id)
+        answers = row is None or await _envd_answers(row)
         try:  # never refused for the disk quota: the end time's pause keeps the user's work
-            size = await self.node.pause(sandbox_id)
+            size = await self.node.pause(sandbox_id, memory=keep_memory)
         except Exception as e:
             log.error("pause at the end time of %s failed (%s); killing it", sandbox_id, e)
             await self.end(sandbox_id, EndReason.TIMEOUT)
             return True
         except BaseException:  # cancelled (shutdown): the next start's recovery asks the node
             async with self.sessions.begin() as s:
-                await q.set_state(s, sandbox_id, [State.PAUSING], State.RUNNING)
+                await q.set_state(s, sandbox_id, [State.PAUSING], State.RUNNING, pause_mode=None)
             raise
         async with self.sessions.begin() as s:
-            await q.set_state(s, sandbox_id, [State.PAUSING], State.PAUSED, paused_bytes=size)
+            await q.set_state(
+                s, sandbox_id, [State.PAUSING], State.PAUSED, paused_bytes=size,
+                pause_mode=_pause_mode(keep_memory), envd_unresponsive_at_pause=not answers,
+            )  # fmt: skip
         log.info("sandbox %s paused at its end time", sandbox_id)
         return True
 
@@ -648,10 +688,10 @@ class SandboxService:
 
         try:
             row = await read()
-            if not row.auto_resume:
+            if not row.wakeable:
                 return State(row.state) == State.RUNNING
             timeout = row.timeout_s or DEFAULT_RESUME_TIMEOUT_S
-            row, resumed = await self._resume_once_settled(read, timeout)
+            row, resumed = await self._resume_once_settled(read, timeout, by_traffic=True)
         except (NotFound, Busy):  # gone meanwhile, or still mid-way after WAKE_WAIT_S
             return False
         except Exception as e:
@@ -662,12 +702,17 @@ class SandboxService:
         return State(row.state) == State.RUNNING
 
     async def _resume_once_settled(
-        self, read: Callable[[], Awaitable[Sandbox]], timeout_s: int | None
+        self,
+        read: Callable[[], Awaitable[Sandbox]],
+        timeout_s: int | None,
+        with_memory: bool = True,
+        by_traffic: bool = False,
     ) -> tuple[Sandbox, bool]:
         """The sandbox once no pause or resume is under way, resumed here if that left it
         paused (True), else as ``read`` gives it (False): a connect and traffic waking a
         sandbox both want it running, whoever asked first. Waits up to ``WAKE_WAIT_S``, then
-        raises :class:`Busy`."""
+        raises :class:`Busy`. Traffic (``by_traffic``) leaves a sandbox that is not
+        ``wakeable`` paused: the pause it waited for may have kept only the files."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + WAKE_WAIT_S
         while True:
@@ -675,16 +720,26 @@ class SandboxService:
             state = State(row.state)
             if state not in _NOT_RUNNING_YET:
                 return row, False
+            if state == State.PAUSED and by_traffic and not row.wakeable:
+                return row, False
             if state == State.PAUSED:
                 with contextlib.suppress(Busy):  # another caller's resume began: wait for it
-                    return await self._resume(row, timeout_s), True
+                    return await self._resume(row, timeout_s, with_memory), True
             if loop.time() > deadline:
                 raise Busy(f"sandbox '{row.id}' is being paused or resumed; retry")
             await asyncio.sleep(0.05)
 
-    async def _resume(self, row: Sandbox, timeout_s: int | None) -> Sandbox:
+    async def _resume(
+        self, row: Sandbox, timeout_s: int | None, with_memory: bool = True
+    ) -> Sandbox:
         if not self.facts.capabilities.pause:
             raise self._unsupported("cannot resume sandboxes")
+        if with_memory and row.envd_unresponsive_at_pause and row.pause_mode == "full":
+            raise Conflict(
+                f"sandbox '{row.id}' was paused while its envd did not answer: restoring that "
+                "memory would bring it back so; resume it without memory (memory: false)",
+                error_code=GUEST_UNRESPONSIVE,
+            )
         # A paused sandbox holds no CPU or memory and is outside the team's cap, so its resume
         # is admitted like a create: never past the cap, never onto a full node.
         # (A refusal raises inside the transaction: it rolls back, the sandbox stays paused.)
@@ -706,7 +761,8 @@ class SandboxService:
                     error_code="sandbox_capacity_unavailable",
                 )
         try:
-            b = await self.node.resume(row.id)
+            resumed = await self.node.resume(row.id, row.envd_access_token, memory=with_memory)
+            b = resumed.sandbox
         except BaseException as e:  # cancellation too: never leave the row half-way
             log.warning("resume of %s failed: %s", row.id, e)
             async with self.sessions.begin() as s:
@@ -722,7 +778,8 @@ class SandboxService:
             ok = await q.set_row_state(
                 s, row, [State.RESUMING], State.RUNNING, envd_url=b.envd_url,
                 host_address=b.host, end_at=utcnow() + dt.timedelta(seconds=timeout),
-                paused_bytes=0,
+                paused_bytes=0, pause_mode=None, envd_unresponsive_at_pause=False,
+                envd_version=b.envd_version or row.envd_version,
             )  # fmt: skip
         if not ok:  # it was killed meanwhile: answer what it is now
             async with self.sessions() as s:

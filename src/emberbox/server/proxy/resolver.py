@@ -95,7 +95,7 @@ class SandboxResolver:
             row = await q.route(s, sandbox_id)
         if row is not None and row.state in _ASLEEP:
             # never cached: it may wake
-            return Paused(auto_resume=bool(row.auto_resume), traffic_token=row.traffic_access_token)
+            return Paused(auto_resume=row.wakeable, traffic_token=row.traffic_access_token)
         if self._forgotten_at.get(sandbox_id, -1) >= asked_at:
             return None  # it started dying while we looked it up
         if row is None or row.state != State.RUNNING or not row.envd_url or not row.host_address:
