@@ -318,6 +318,7 @@ FULL_LISTED = MIN_LISTED.model_copy(
     update={
         "alias": "base",
         "metadata": {"k": "v"},
+        "envdUnresponsiveAtPause": True,
         "pausedBytes": 4096,
         "volumeMounts": [{"name": "v", "path": "/mnt"}],
     }
@@ -329,6 +330,7 @@ FULL_DETAIL = ours.SandboxDetail(
     allowInternetAccess=False,
     network={"allowOut": ["198.18.0.1/32"], "denyOut": ["0.0.0.0/0"], "allowPublicTraffic": False},
     lifecycle=ours.Lifecycle(autoResume=True, onTimeout="pause"),
+    pauseMode="filesystem",
 )
 MIN_DETAIL = ours.SandboxDetail(**MIN_LISTED.model_dump())
 METRIC_MODEL = ours.SandboxMetric.model_validate(METRIC)

@@ -361,7 +361,7 @@ def test_npm_sdk_pause_connect_snapshot_and_fork(
     gvisor_server: ServerProcess, gvisor_key: str, tmp_path: Path
 ) -> None:
     """The official npm SDK (2.51): its pause, ``/v2`` connect, snapshots and fork, and its
-    filesystem-only pause (``keepMemory: false``) refused with our message, on real sandboxes."""
+    filesystem-only pause (``keepMemory: false``) and ``onResume: 'reboot'``, on real sandboxes."""
     tag = uuid.uuid4().hex[:8]
     out = run_script(JS / "stateful.mjs", gvisor_server, gvisor_key, tmp_path, 240, SMOKE_TAG=tag)
     assert out["lifecycle"] == {"onTimeout": "pause", "autoResume": True}
@@ -377,8 +377,12 @@ def test_npm_sdk_pause_connect_snapshot_and_fork(
     assert len(out["forks"]) == 2 and all(f.get("counting") for f in out["forks"]), out["forks"]
     assert out["forkFiles"] == ["fork 0", "fork 1"]
     assert out["sourceFileAfterForks"] == "before the pause"
-    assert "filesystem-only" in out["filesystemOnlyPause"], out["filesystemOnlyPause"]
-    assert out["stateAfterRefusal"] == "running"
+    assert out["filesystemOnlyPause"] is True and out["stateAfterFilesystemPause"] == "paused"
+    assert out["fileAfterReboot"] == "before the pause"
+    assert out["countingBeforeFilesystemPause"] is True
+    assert out["countingAfterReboot"] is False, "a process outlived a filesystem-only pause"
+    assert out["sleepBeforePause"] != "none"  # what looks for it finds it
+    assert out["sleepAfterRebootResume"] == "none", "onResume: 'reboot' restored the memory"
     assert out["snapshotDeleted"] is True and out["listedAfterDelete"] == 0
     # Deleting the snapshot leaves the sandbox started from it as it was.
     assert out["childAfterDelete"] == "the child wrote this"

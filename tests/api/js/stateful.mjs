@@ -11,6 +11,12 @@ async function count(sbx) {
   return Number((await sbx.files.read('/tmp/count')).trim())
 }
 
+async function counting(sbx) {
+  const first = await count(sbx)
+  await sleep(400)
+  return (await count(sbx)) > first
+}
+
 const sbx = await Sandbox.create({
   timeoutMs: 120_000,
   lifecycle: { onTimeout: 'pause', autoResume: true },
@@ -66,13 +72,21 @@ try {
   )
   out.sourceFileAfterForks = await back.files.read(FILE)
 
-  try {
-    await back.pause({ keepMemory: false })
-    out.filesystemOnlyPause = 'accepted'
-  } catch (err) {
-    out.filesystemOnlyPause = err.message
-  }
-  out.stateAfterRefusal = (await back.getInfo()).state
+  // Filesystem-only: the files stay, the processes end; a connect reboots it from its files,
+  // and a memory-paused sandbox connected with onResume: 'reboot' boots afresh too.
+  out.countingBeforeFilesystemPause = await counting(back)
+  out.filesystemOnlyPause = await back.pause({ keepMemory: false })
+  out.stateAfterFilesystemPause = (await Sandbox.getInfo(back.sandboxId)).state
+  const rebooted = await Sandbox.connect(back.sandboxId, { timeoutMs: 120_000 })
+  out.fileAfterReboot = await rebooted.files.read(FILE)
+  out.countingAfterReboot = await counting(rebooted)
+  // (The child: traffic does not wake it, as it could the source, created with autoResume.)
+  await child.commands.run('sleep 1000', { background: true })
+  out.sleepBeforePause = (await child.commands.run('pgrep -x sleep || echo none')).stdout.trim()
+  await child.pause()
+  const again = await Sandbox.connect(child.sandboxId, { timeoutMs: 60_000, onResume: 'reboot' })
+  out.sleepAfterRebootResume = (await again.commands.run('pgrep -x sleep || echo none'))
+    .stdout.trim()
 
   out.snapshotDeleted = await Sandbox.deleteSnapshot(snap.snapshotId)
   out.listedAfterDelete = (await Sandbox.listSnapshots({ sandboxId: sbx.sandboxId }).nextItems())

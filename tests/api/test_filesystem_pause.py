@@ -1,0 +1,202 @@
+"""Filesystem-only pauses through the official e2b SDK on real gVisor sandboxes: ``pause(mode=
+"filesystem")``, ``on_timeout: {action: pause, mode: filesystem}``, ``connect(on_resume=
+"reboot")``, and a pause while envd does not answer (``envd_unresponsive_at_pause``). What the
+sandbox wrote stays, its processes do not; traffic never wakes one that must boot afresh."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from e2b import AsyncSandbox, GuestUnresponsiveException, Sandbox, SandboxState
+
+from emberbox.server.testing import ServerProcess
+from emberbox.vocabulary import ENVD_PORT
+from tests import background_counter
+
+# Detached (not an SDK background command, whose stream breaking at the pause would make the
+# SDK probe the sandbox: traffic), so the test alone decides what reaches the sandbox.
+COUNTER = f"setsid sh -c '{background_counter.LOOP}' >/dev/null 2>&1 </dev/null &"
+SLEEPER = "setsid sleep 1000 >/dev/null 2>&1 </dev/null &"
+
+
+@pytest.fixture
+def api(gvisor_server: ServerProcess, gvisor_key: str) -> Iterator[httpx.Client]:
+    with httpx.Client(
+        base_url=gvisor_server.api_url, headers={"X-API-KEY": gvisor_key}, timeout=60
+    ) as client:
+        yield client
+
+
+def counter(sbx: Sandbox) -> int:
+    return int(sbx.commands.run(background_counter.READ).stdout)
+
+
+def sleeping(sbx: Sandbox) -> bool:
+    return sbx.commands.run("pgrep -x sleep || true").stdout.strip() != ""
+
+
+def wait_state(api: httpx.Client, sid: str, state: str, within: float = 30) -> dict[str, object]:
+    deadline = time.monotonic() + within
+    while True:
+        detail: dict[str, object] = api.get(f"/sandboxes/{sid}").json()
+        if detail["state"] == state:
+            return detail
+        assert time.monotonic() < deadline, f"not {state}: {detail}"
+        time.sleep(0.1)
+
+
+def test_a_filesystem_pause_keeps_files_and_a_connect_reboots_from_them(
+    gvisor_server: ServerProcess, api: httpx.Client
+) -> None:
+    sbx = Sandbox.create(timeout=300, lifecycle={"on_timeout": "pause", "auto_resume": True})
+    try:
+        sbx.commands.run(COUNTER)
+        sbx.files.write("/home/user/kept.txt", "written before the pause")
+        sbx.commands.run("rm /etc/issue.net && echo changed > /etc/motd", user="root")
+        first = counter(sbx)
+        assert sbx.pause(mode="filesystem") is True
+        detail = api.get(f"/sandboxes/{sbx.sandbox_id}").json()
+        assert detail["state"] == "paused" and detail["pauseMode"] == "filesystem", detail
+        assert 0 < detail["pausedBytes"] < 16 * 2**20, detail  # the changes, not the template
+
+        # Its lifecycle lets traffic wake it, but not one that must boot afresh: the proxy
+        # answers that it is paused and cannot be woken, and it stays paused.
+        host = sbx.get_host(ENVD_PORT)
+        r = httpx.get(f"{gvisor_server.sandbox_url}/health", headers={"Host": host}, timeout=10)
+        assert r.status_code == 502 and r.json()["canAutoResume"] is False, r.text
+        time.sleep(0.5)
+        assert sbx.get_info().state == SandboxState.PAUSED
+
+        back = Sandbox.connect(sbx.sandbox_id, timeout=300)
+        assert back.get_info().state == SandboxState.RUNNING
+        assert back.files.read("/home/user/kept.txt") == "written before the pause"
+        check = "test -e /etc/issue.net || echo gone; cat /etc/motd"
+        assert back.commands.run(check).stdout == "gone\nchanged\n"
+        # Booted afresh: the counter's file is there, its loop is not.
+        stopped = counter(back)
+        assert stopped >= first
+        time.sleep(0.5)
+        assert counter(back) == stopped, "a process outlived a filesystem-only pause"
+        assert "pauseMode" not in api.get(f"/sandboxes/{sbx.sandbox_id}").json()
+        # A reboot-resumed sandbox pauses with its memory as any other.
+        back.commands.run(COUNTER)
+        back.pause()
+        assert api.get(f"/sandboxes/{sbx.sandbox_id}").json()["pauseMode"] == "full"
+        again = Sandbox.connect(sbx.sandbox_id, timeout=300)
+        moving = counter(again)
+        deadline = time.monotonic() + 10
+        while counter(again) == moving:
+            assert time.monotonic() < deadline, "the counter did not survive a memory pause"
+            time.sleep(0.1)
+    finally:
+        sbx.kill()
+
+
+async def test_connect_with_on_resume_reboot_boots_a_memory_paused_sandbox_afresh(
+    gvisor_key: str,
+) -> None:
+    sbx = await AsyncSandbox.create(timeout=300)
+    try:
+        await sbx.commands.run(SLEEPER)
+        await sbx.files.write("/home/user/a.txt", "kept")
+        assert (await sbx.commands.run("pgrep -x sleep")).stdout.strip()
+        await sbx.pause()
+        back = await AsyncSandbox.connect(sbx.sandbox_id, on_resume="reboot")
+        assert await back.files.read("/home/user/a.txt") == "kept"
+        assert (await back.commands.run("pgrep -x sleep || echo none")).stdout == "none\n"
+        # A running sandbox: "reboot" changes nothing.
+        await back.commands.run(SLEEPER)
+        same = await AsyncSandbox.connect(sbx.sandbox_id, on_resume="reboot")
+        assert (await same.commands.run("pgrep -x sleep || echo none")).stdout != "none\n"
+    finally:
+        await sbx.kill()
+
+
+def test_the_end_time_pause_can_keep_only_files(api: httpx.Client) -> None:
+    sbx = Sandbox.create(
+        timeout=3, lifecycle={"on_timeout": {"action": "pause", "mode": "filesystem"}}
+    )
+    try:
+        sbx.commands.run(SLEEPER)
+        sbx.files.write("/home/user/a.txt", "kept")
+        detail = wait_state(api, sbx.sandbox_id, "paused")
+        assert detail["pauseMode"] == "filesystem", detail
+        back = Sandbox.connect(sbx.sandbox_id, timeout=60)
+        assert back.files.read("/home/user/a.txt") == "kept"
+        assert not sleeping(back)
+    finally:
+        sbx.kill()
+
+
+def test_a_sandbox_paused_while_envd_did_not_answer_resumes_only_from_its_files(
+    api: httpx.Client,
+) -> None:
+    sbx = Sandbox.create(timeout=300)
+    try:
+        sbx.files.write("/home/user/a.txt", "kept")
+        # envd (this shell's parent) stops answering once the command has returned.
+        sbx.commands.run("setsid sh -c 'sleep 0.5; kill -STOP $0' $PPID >/dev/null 2>&1 &",
+                         user="root")  # fmt: skip
+        time.sleep(1.5)
+        # A filesystem-only pause needs envd; strict refuses; a plain one goes ahead, marked.
+        r = api.post(f"/sandboxes/{sbx.sandbox_id}/pause", json={"memory": False})
+        assert r.status_code == 503, r.text
+        r = api.post(f"/sandboxes/{sbx.sandbox_id}/pause", json={"requireHealthyGuest": True})
+        assert r.status_code == 503, r.text
+        assert sbx.get_info().state == SandboxState.RUNNING
+        assert sbx.pause() is True
+        assert sbx.get_info().envd_unresponsive_at_pause is True
+        with pytest.raises(GuestUnresponsiveException):
+            Sandbox.connect(sbx.sandbox_id)
+        assert sbx.get_info().state == SandboxState.PAUSED
+        back = Sandbox.connect(sbx.sandbox_id, on_resume="reboot")
+        assert back.files.read("/home/user/a.txt") == "kept"
+        assert back.get_info().envd_unresponsive_at_pause is None
+    finally:
+        sbx.kill()
+
+
+def test_filesystem_pause_bad_input_changes_nothing(api: httpx.Client) -> None:
+    before = api.get("/v2/sandboxes").json()
+    r = api.post("/v2/sandboxes", json={"templateID": "base", "autoPauseMemory": False})
+    assert r.status_code == 400 and "autoPause" in r.json()["message"], r.text
+    r = api.post(
+        "/v2/sandboxes",
+        json={"templateID": "base", "autoPause": True, "autoPauseMemory": False,
+              "autoResume": {"enabled": True}},
+    )  # fmt: skip
+    assert r.status_code == 400 and "autoResume" in r.json()["message"], r.text
+    assert api.get("/v2/sandboxes").json() == before
+    sid = api.post("/v2/sandboxes", json={"templateID": "base", "timeout": 60}).json()["sandboxID"]
+    try:
+        assert api.post(f"/sandboxes/{sid}/pause", json={"memory": False}).status_code == 204
+        r = api.post(f"/sandboxes/{sid}/pause", json={"memory": False})
+        assert r.status_code == 409, r.text
+        assert api.get(f"/sandboxes/{sid}").json()["state"] == "paused"
+    finally:
+        api.delete(f"/sandboxes/{sid}")
+
+
+async def test_concurrent_filesystem_pauses_and_reboots(api: httpx.Client) -> None:
+    """Four sandboxes paused filesystem-only and rebooted at once, twice: each keeps its own
+    files, nothing crosses over."""
+    boxes = await asyncio.gather(*(AsyncSandbox.create(timeout=300) for _ in range(4)))
+    try:
+        for round_ in range(2):
+            await asyncio.gather(
+                *(b.files.write("/home/user/mine.txt", f"{b.sandbox_id} {round_}") for b in boxes)
+            )
+            await asyncio.gather(*(b.pause(mode="filesystem") for b in boxes))
+            boxes = list(
+                await asyncio.gather(
+                    *(AsyncSandbox.connect(b.sandbox_id, timeout=300) for b in boxes)
+                )
+            )
+            mine = await asyncio.gather(*(b.files.read("/home/user/mine.txt") for b in boxes))
+            assert mine == [f"{b.sandbox_id} {round_}" for b in boxes]
+    finally:
+        await asyncio.gather(*(b.kill() for b in boxes))
