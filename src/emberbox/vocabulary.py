@@ -98,3 +98,7 @@ def e2b_env(sandbox_id: str, template_id: str) -> dict[str, str]:
 
 # In E2B's ``network.maskRequestHost``, what stands for the port a request is for.
 MASK_PORT_VARIABLE = "${PORT}"
+
+# E2B's error_code for a plain resume of a sandbox paused while its envd did not answer (409):
+# only a resume without memory (the SDKs' on_resume="reboot") brings it back.
+GUEST_UNRESPONSIVE_ERROR = "sandbox_snapshot_guest_agent_unresponsive"

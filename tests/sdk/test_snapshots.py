@@ -14,6 +14,7 @@ import pytest
 
 from emberbox import (
     AsyncSandbox,
+    GuestUnresponsiveException,
     InvalidArgumentException,
     NotFoundException,
     Sandbox,
@@ -210,3 +211,64 @@ async def test_rollback_pause_resume_and_refusals(face: Any, connection: dict[st
         await kill_all(sbx, other)
     for shot in shots:
         assert await maybe(face.delete_snapshot(shot.snapshot_id, **connection)) is True
+
+
+SLEEPER = "setsid sleep 1000 >/dev/null 2>&1 </dev/null &"
+
+
+async def sleeping(sbx: Any) -> bool:
+    found: str = (await maybe(sbx.commands.run("pgrep -x sleep || true"))).stdout
+    return found.strip() != ""
+
+
+async def test_filesystem_pause_reboot_and_lifecycle(face: Any, connection: dict[str, Any]) -> None:
+    """``pause(mode="filesystem")``, ``connect(on_resume="reboot")``, a lifecycle whose end
+    time keeps only files, and a pause while envd did not answer: files stay, processes end."""
+    sbx = await maybe(face.create(timeout=300, **connection))
+    ends = await maybe(
+        face.create(
+            timeout=3,
+            lifecycle={"on_timeout": {"action": "pause", "mode": "filesystem"}},
+            **connection,
+        )
+    )
+    try:
+        await maybe(sbx.commands.run(SLEEPER))
+        await maybe(sbx.files.write("/home/user/a.txt", "kept"))
+        assert await sleeping(sbx)
+        assert await maybe(sbx.pause(mode="filesystem")) is True
+        info = await maybe(sbx.get_info())
+        assert (info.state, info.pause_mode) == ("paused", "filesystem")
+        back = await maybe(face.connect(sbx.sandbox_id, **connection))
+        assert await read(back, "/home/user/a.txt") == "kept" and not await sleeping(back)
+        assert (await maybe(back.get_info())).pause_mode is None
+
+        await maybe(back.commands.run(SLEEPER))
+        await maybe(back.pause())
+        assert (await maybe(back.get_info())).pause_mode == "full"
+        await maybe(back.resume(on_resume="reboot"))
+        assert not await sleeping(back) and await read(back, "/home/user/a.txt") == "kept"
+
+        with pytest.raises(InvalidArgumentException):
+            await maybe(back.pause(mode="nothing"))
+        with pytest.raises(InvalidArgumentException):
+            await maybe(face.create(lifecycle={"on_timeout": "sleep"}, **connection))
+
+        # envd stops answering: a plain pause goes ahead, marked; only a reboot resumes it.
+        stop_envd = "setsid sh -c 'sleep 0.5; kill -STOP $0' $PPID >/dev/null 2>&1 &"
+        await maybe(back.commands.run(stop_envd, user="root"))
+        await asyncio.sleep(1.5)
+        assert await maybe(back.pause()) is True
+        assert (await maybe(back.get_info())).envd_unresponsive_at_pause is True
+        with pytest.raises(GuestUnresponsiveException):
+            await maybe(back.resume())
+        await maybe(back.resume(on_resume="reboot"))
+        assert await read(back, "/home/user/a.txt") == "kept"
+
+        deadline = time.monotonic() + 30
+        while (info := await maybe(ends.get_info())).state != "paused":
+            assert time.monotonic() < deadline, "not paused at its end time"
+            await asyncio.sleep(0.1)
+        assert info.pause_mode == "filesystem"
+    finally:
+        await kill_all(sbx, ends)

@@ -7,9 +7,11 @@ import json
 import httpx
 
 from .._connect.errors import Code, ConnectError
+from ..vocabulary import GUEST_UNRESPONSIVE_ERROR
 from .exceptions import (
     AuthenticationException,
     FileNotFoundException,
+    GuestUnresponsiveException,
     InvalidArgumentException,
     NotEnoughSpaceException,
     NotFoundException,
@@ -42,14 +44,19 @@ def from_connect(err: ConnectError, *, files: bool = False) -> SandboxException:
     return SandboxException(f"{err.code}: {message}")
 
 
-def _message(response: httpx.Response) -> str:
+def _body(response: httpx.Response) -> dict[str, object] | None:
     try:
         body = json.loads(response.content)
     except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _message(response: httpx.Response) -> str:
+    body = _body(response)
+    if body is None:
         return response.text or response.reason_phrase
-    if isinstance(body, dict) and "message" in body:
-        return str(body["message"])
-    return response.text
+    return str(body["message"]) if "message" in body else response.text
 
 
 def retry_after(response: httpx.Response) -> float | None:
@@ -63,7 +70,11 @@ def retry_after(response: httpx.Response) -> float | None:
 def from_http(
     response: httpx.Response, *, what: str = "request", files: bool = False
 ) -> SandboxException:
-    """Map a non-2xx REST or envd HTTP answer (bodies are ``{code, message}``)."""
+    """Map a non-2xx REST or envd HTTP answer (bodies are ``{code, message}``, some with an
+    ``error_code``)."""
+    body = _body(response) or {}
+    if response.status_code == 409 and body.get("error_code") == GUEST_UNRESPONSIVE_ERROR:
+        return GuestUnresponsiveException(f"{what}: {_message(response)}")
     return from_status(
         response.status_code,
         f"{what}: {_message(response)}",

@@ -65,6 +65,12 @@ class SandboxUnavailableException(SandboxException):
     409: the sandbox is not in a state that allows the call (snapshot or fork of a paused one)."""
 
 
+class GuestUnresponsiveException(SandboxUnavailableException):
+    """409: the paused sandbox was paused while its envd did not answer; restoring that memory
+    would bring it back so. Resume it with ``on_resume="reboot"`` (it boots afresh from its
+    files)."""
+
+
 class UnsupportedException(SandboxException):
     """501: the server or its runtime does not offer this (a runtime without checkpoints, a
     filesystem-only snapshot); retrying does not help."""
@@ -85,6 +91,7 @@ __all__ = [
     "AuthenticationException",
     "CommandExitException",
     "FileNotFoundException",
+    "GuestUnresponsiveException",
     "InvalidArgumentException",
     "NotEnoughSpaceException",
     "NotFoundException",

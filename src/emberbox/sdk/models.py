@@ -5,9 +5,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import IO, Any, Protocol, TypedDict, runtime_checkable
+from typing import IO, Any, Literal, Protocol, TypedDict, runtime_checkable
 
 from .._proto.filesystem import filesystem_pb2 as fs_pb
+from .exceptions import InvalidArgumentException
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,10 @@ class SandboxInfo:
     envd_version: str | None = None
     # Disk a paused sandbox's saved memory takes (Emberbox's addition; None when running).
     paused_bytes: int | None = None
+    # A paused sandbox's pause kept "full" (memory and files) or "filesystem" (a resume boots
+    # it afresh); True when envd did not answer at its pause (resume with on_resume="reboot").
+    pause_mode: str | None = None
+    envd_unresponsive_at_pause: bool | None = None
     # The network policy in force, with E2B's SDK names (``allow_out``, ``deny_out``,
     # ``allow_public_traffic``, ``mask_request_host``); None: no rules.
     network: dict[str, Any] | None = None
@@ -244,6 +249,41 @@ def network_info(wire: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     names = {v: k for k, v in _WIRE_NAMES.items()}
     return {names.get(k, k): v for k, v in wire.items()}
+
+
+# What a pause keeps, and how a paused sandbox comes back (E2B's SDK names).
+PauseMode = Literal["full", "filesystem"]
+OnResume = Literal["restore", "reboot"]
+
+
+class Lifecycle(TypedDict, total=False):
+    """What the end time does, with E2B's SDK names: ``on_timeout`` ``"kill"`` (the default),
+    ``"pause"``, or ``{"action": "pause", "mode": "filesystem"}`` (keep only the files; a
+    resume boots afresh from them); ``auto_resume`` True lets traffic through the proxy
+    resume a paused sandbox (not with ``mode: "filesystem"``)."""
+
+    on_timeout: str | dict[str, str]
+    auto_resume: bool
+
+
+def lifecycle_body(lifecycle: Lifecycle) -> dict[str, Any]:
+    """The create fields (``autoPause``, ``autoPauseMemory``, ``autoResume``) it stands for."""
+    on_timeout = lifecycle.get("on_timeout", "kill")
+    if isinstance(on_timeout, dict):
+        action, mode = on_timeout.get("action", "pause"), on_timeout.get("mode", "full")
+    else:
+        action, mode = on_timeout, "full"
+    if action not in ("kill", "pause") or mode not in ("full", "filesystem"):
+        raise InvalidArgumentException(
+            f"lifecycle on_timeout: action 'kill' or 'pause', mode 'full' or 'filesystem' "
+            f"(got {on_timeout!r})"
+        )
+    body: dict[str, Any] = {"autoPause": action == "pause"}
+    if mode == "filesystem":
+        body["autoPauseMemory"] = False
+    if "auto_resume" in lifecycle:
+        body["autoResume"] = {"enabled": bool(lifecycle["auto_resume"])}
+    return body
 
 
 def network_body(network: NetworkOptions) -> dict[str, Any]:

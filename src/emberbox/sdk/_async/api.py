@@ -18,8 +18,18 @@ import httpx
 from .. import _errors
 from .._base import tls_context
 from .._config import ConnectionConfig
-from ..exceptions import AuthenticationException, NotFoundException
-from ..models import NetworkOptions, SandboxInfo, SandboxMetrics, network_body, network_info
+from ..exceptions import AuthenticationException, InvalidArgumentException, NotFoundException
+from ..models import (
+    Lifecycle,
+    NetworkOptions,
+    OnResume,
+    PauseMode,
+    SandboxInfo,
+    SandboxMetrics,
+    lifecycle_body,
+    network_body,
+    network_info,
+)
 
 RETRY_STATUSES = {429, 502, 503, 504}
 MAX_RETRIES = 3
@@ -41,6 +51,8 @@ def sandbox_info(item: dict[str, Any]) -> SandboxInfo:
         memory_mb=item.get("memoryMB"),
         envd_version=item.get("envdVersion"),
         paused_bytes=item.get("pausedBytes"),
+        pause_mode=item.get("pauseMode"),
+        envd_unresponsive_at_pause=item.get("envdUnresponsiveAtPause"),
         network=network_info(item.get("network")),
     )
 
@@ -116,6 +128,7 @@ class AsyncApi:
         envs: dict[str, str] | None,
         allow_internet_access: bool,
         network: NetworkOptions | None = None,
+        lifecycle: Lifecycle | None = None,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "templateID": template,
@@ -126,6 +139,8 @@ class AsyncApi:
         }
         if network:
             body["network"] = network_body(network)
+        if lifecycle:
+            body.update(lifecycle_body(lifecycle))
         response = await self.request(
             "POST", "/v2/sandboxes", json_body=body, idempotent=False, what="create sandbox"
         )
@@ -134,8 +149,14 @@ class AsyncApi:
         created: dict[str, Any] = response.json()
         return created
 
-    async def connect(self, sandbox_id: str, timeout: int | None) -> dict[str, Any]:
-        body = {"timeout": timeout} if timeout is not None else {}
+    async def connect(
+        self, sandbox_id: str, timeout: int | None, on_resume: OnResume = "restore"
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"timeout": timeout} if timeout is not None else {}
+        if on_resume not in ("restore", "reboot"):
+            raise InvalidArgumentException(f"on_resume: 'restore' or 'reboot' (got {on_resume!r})")
+        if on_resume == "reboot":
+            body["memory"] = False
         response = await self.request(
             "POST", f"/v2/sandboxes/{sandbox_id}/connect", json_body=body, what="connect"
         )
@@ -198,9 +219,12 @@ class AsyncApi:
         if response.status_code >= 300:
             raise _errors.from_http(response, what=f"update_network {sandbox_id}")
 
-    async def pause(self, sandbox_id: str) -> bool:
+    async def pause(self, sandbox_id: str, mode: PauseMode = "full") -> bool:
+        if mode not in ("full", "filesystem"):
+            raise InvalidArgumentException(f"pause mode: 'full' or 'filesystem' (got {mode!r})")
+        body = {"memory": False} if mode == "filesystem" else {}
         response = await self.request(
-            "POST", f"/sandboxes/{sandbox_id}/pause", json_body={}, idempotent=False
+            "POST", f"/sandboxes/{sandbox_id}/pause", json_body=body, idempotent=False
         )
         if response.status_code == 409:
             return False

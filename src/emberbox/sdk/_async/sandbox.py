@@ -13,7 +13,15 @@ from .._base import hybridmethod
 from .._code import INTERPRETER_PORT
 from .._config import DEFAULT_SANDBOX_TIMEOUT, ENVD_PORT, ConnectionConfig
 from ..exceptions import SandboxException
-from ..models import NetworkOptions, SandboxInfo, SandboxMetrics, SnapshotInfo
+from ..models import (
+    Lifecycle,
+    NetworkOptions,
+    OnResume,
+    PauseMode,
+    SandboxInfo,
+    SandboxMetrics,
+    SnapshotInfo,
+)
 from . import snapshots
 from .api import AsyncApi, http_client
 from .code import AsyncCodeInterpreter
@@ -107,6 +115,7 @@ class AsyncSandbox(AsyncCodeInterpreter):
         envs: dict[str, str] | None,
         allow_internet_access: bool,
         network: NetworkOptions | None = None,
+        lifecycle: Lifecycle | None = None,
         **connection: Any,
     ) -> tuple[dict[str, Any], ConnectionConfig, httpx.AsyncClient]:
         config = ConnectionConfig.create(**connection)
@@ -115,7 +124,7 @@ class AsyncSandbox(AsyncCodeInterpreter):
             return {"sandboxID": DEBUG_SANDBOX_ID, "templateID": template}, config, http
         try:
             data = await AsyncApi(config, http).create(
-                template, timeout, metadata, envs, allow_internet_access, network
+                template, timeout, metadata, envs, allow_internet_access, network, lifecycle
             )
         except BaseException:
             await http.aclose()
@@ -131,11 +140,14 @@ class AsyncSandbox(AsyncCodeInterpreter):
         envs: dict[str, str] | None = None,
         allow_internet_access: bool = True,
         network: NetworkOptions | None = None,
+        lifecycle: Lifecycle | None = None,
         **connection: Any,
     ) -> Self:
+        """``lifecycle``: what the end time does (:class:`~emberbox.sdk.models.Lifecycle`)."""
         data, config, http = await cls._provision(
-            template, timeout, metadata, envs, allow_internet_access, network, **connection
-        )
+            template, timeout, metadata, envs, allow_internet_access, network, lifecycle,
+            **connection,
+        )  # fmt: skip
         return cls._from_api(data, config, http)
 
     @classmethod
@@ -146,14 +158,21 @@ class AsyncSandbox(AsyncCodeInterpreter):
         return cls._from_api({"sandboxID": sandbox_id}, config, http_client())
 
     @classmethod
-    async def connect(cls, sandbox_id: str, timeout: int | None = None, **connection: Any) -> Self:
-        """Attach to a running (or resume a paused) sandbox by id."""
+    async def connect(
+        cls,
+        sandbox_id: str,
+        timeout: int | None = None,
+        on_resume: OnResume = "restore",
+        **connection: Any,
+    ) -> Self:
+        """Attach to a running (or resume a paused) sandbox by id. ``on_resume="reboot"``
+        boots a paused one afresh from its files instead of restoring its memory."""
         config = ConnectionConfig.create(**connection)
         http = http_client()
         if config.debug:
             return cls._from_api({"sandboxID": sandbox_id}, config, http)
         try:
-            data = await AsyncApi(config, http).connect(sandbox_id, timeout)
+            data = await AsyncApi(config, http).connect(sandbox_id, timeout, on_resume)
         except BaseException:
             await http.aclose()
             raise
@@ -216,12 +235,13 @@ class AsyncSandbox(AsyncCodeInterpreter):
         (``next_items()`` per page, or iterate over all of them)."""
         return AsyncEgressPaginator(self._config, self.sandbox_id, limit, next_token)
 
-    async def pause(self) -> bool:
-        """Pause with memory where the runtime can; False if it already was paused."""
-        return await self._api.pause(self.sandbox_id)
+    async def pause(self, mode: PauseMode = "full") -> bool:
+        """Pause: ``"full"`` keeps memory and files (a resume continues where it was),
+        ``"filesystem"`` only the files (a resume boots afresh). False if already paused."""
+        return await self._api.pause(self.sandbox_id, mode)
 
-    async def resume(self, timeout: int | None = None) -> None:
-        await self._api.connect(self.sandbox_id, timeout)
+    async def resume(self, timeout: int | None = None, on_resume: OnResume = "restore") -> None:
+        await self._api.connect(self.sandbox_id, timeout, on_resume)
 
     # ---- snapshots, fork, rollback ------------------------------------------------------------
 

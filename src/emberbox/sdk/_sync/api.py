@@ -19,8 +19,18 @@ import httpx
 from .. import _errors
 from .._base import tls_context
 from .._config import ConnectionConfig
-from ..exceptions import AuthenticationException, NotFoundException
-from ..models import NetworkOptions, SandboxInfo, SandboxMetrics, network_body, network_info
+from ..exceptions import AuthenticationException, InvalidArgumentException, NotFoundException
+from ..models import (
+    Lifecycle,
+    NetworkOptions,
+    OnResume,
+    PauseMode,
+    SandboxInfo,
+    SandboxMetrics,
+    lifecycle_body,
+    network_body,
+    network_info,
+)
 
 RETRY_STATUSES = {429, 502, 503, 504}
 MAX_RETRIES = 3
@@ -42,6 +52,8 @@ def sandbox_info(item: dict[str, Any]) -> SandboxInfo:
         memory_mb=item.get("memoryMB"),
         envd_version=item.get("envdVersion"),
         paused_bytes=item.get("pausedBytes"),
+        pause_mode=item.get("pauseMode"),
+        envd_unresponsive_at_pause=item.get("envdUnresponsiveAtPause"),
         network=network_info(item.get("network")),
     )
 
@@ -117,6 +129,7 @@ class Api:
         envs: dict[str, str] | None,
         allow_internet_access: bool,
         network: NetworkOptions | None = None,
+        lifecycle: Lifecycle | None = None,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "templateID": template,
@@ -127,6 +140,8 @@ class Api:
         }
         if network:
             body["network"] = network_body(network)
+        if lifecycle:
+            body.update(lifecycle_body(lifecycle))
         response = self.request(
             "POST", "/v2/sandboxes", json_body=body, idempotent=False, what="create sandbox"
         )
@@ -135,8 +150,14 @@ class Api:
         created: dict[str, Any] = response.json()
         return created
 
-    def connect(self, sandbox_id: str, timeout: int | None) -> dict[str, Any]:
-        body = {"timeout": timeout} if timeout is not None else {}
+    def connect(
+        self, sandbox_id: str, timeout: int | None, on_resume: OnResume = "restore"
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"timeout": timeout} if timeout is not None else {}
+        if on_resume not in ("restore", "reboot"):
+            raise InvalidArgumentException(f"on_resume: 'restore' or 'reboot' (got {on_resume!r})")
+        if on_resume == "reboot":
+            body["memory"] = False
         response = self.request(
             "POST", f"/v2/sandboxes/{sandbox_id}/connect", json_body=body, what="connect"
         )
@@ -199,9 +220,12 @@ class Api:
         if response.status_code >= 300:
             raise _errors.from_http(response, what=f"update_network {sandbox_id}")
 
-    def pause(self, sandbox_id: str) -> bool:
+    def pause(self, sandbox_id: str, mode: PauseMode = "full") -> bool:
+        if mode not in ("full", "filesystem"):
+            raise InvalidArgumentException(f"pause mode: 'full' or 'filesystem' (got {mode!r})")
+        body = {"memory": False} if mode == "filesystem" else {}
         response = self.request(
-            "POST", f"/sandboxes/{sandbox_id}/pause", json_body={}, idempotent=False
+            "POST", f"/sandboxes/{sandbox_id}/pause", json_body=body, idempotent=False
         )
         if response.status_code == 409:
             return False

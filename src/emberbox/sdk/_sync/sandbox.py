@@ -14,7 +14,15 @@ from .._base import hybridmethod
 from .._code import INTERPRETER_PORT
 from .._config import DEFAULT_SANDBOX_TIMEOUT, ENVD_PORT, ConnectionConfig
 from ..exceptions import SandboxException
-from ..models import NetworkOptions, SandboxInfo, SandboxMetrics, SnapshotInfo
+from ..models import (
+    Lifecycle,
+    NetworkOptions,
+    OnResume,
+    PauseMode,
+    SandboxInfo,
+    SandboxMetrics,
+    SnapshotInfo,
+)
 from . import snapshots
 from .api import Api, http_client
 from .code import CodeInterpreter
@@ -108,6 +116,7 @@ class Sandbox(CodeInterpreter):
         envs: dict[str, str] | None,
         allow_internet_access: bool,
         network: NetworkOptions | None = None,
+        lifecycle: Lifecycle | None = None,
         **connection: Any,
     ) -> tuple[dict[str, Any], ConnectionConfig, httpx.Client]:
         config = ConnectionConfig.create(**connection)
@@ -116,7 +125,7 @@ class Sandbox(CodeInterpreter):
             return {"sandboxID": DEBUG_SANDBOX_ID, "templateID": template}, config, http
         try:
             data = Api(config, http).create(
-                template, timeout, metadata, envs, allow_internet_access, network
+                template, timeout, metadata, envs, allow_internet_access, network, lifecycle
             )
         except BaseException:
             http.close()
@@ -132,11 +141,14 @@ class Sandbox(CodeInterpreter):
         envs: dict[str, str] | None = None,
         allow_internet_access: bool = True,
         network: NetworkOptions | None = None,
+        lifecycle: Lifecycle | None = None,
         **connection: Any,
     ) -> Self:
+        """``lifecycle``: what the end time does (:class:`~emberbox.sdk.models.Lifecycle`)."""
         data, config, http = cls._provision(
-            template, timeout, metadata, envs, allow_internet_access, network, **connection
-        )
+            template, timeout, metadata, envs, allow_internet_access, network, lifecycle,
+            **connection,
+        )  # fmt: skip
         return cls._from_api(data, config, http)
 
     @classmethod
@@ -147,14 +159,21 @@ class Sandbox(CodeInterpreter):
         return cls._from_api({"sandboxID": sandbox_id}, config, http_client())
 
     @classmethod
-    def connect(cls, sandbox_id: str, timeout: int | None = None, **connection: Any) -> Self:
-        """Attach to a running (or resume a paused) sandbox by id."""
+    def connect(
+        cls,
+        sandbox_id: str,
+        timeout: int | None = None,
+        on_resume: OnResume = "restore",
+        **connection: Any,
+    ) -> Self:
+        """Attach to a running (or resume a paused) sandbox by id. ``on_resume="reboot"``
+        boots a paused one afresh from its files instead of restoring its memory."""
         config = ConnectionConfig.create(**connection)
         http = http_client()
         if config.debug:
             return cls._from_api({"sandboxID": sandbox_id}, config, http)
         try:
-            data = Api(config, http).connect(sandbox_id, timeout)
+            data = Api(config, http).connect(sandbox_id, timeout, on_resume)
         except BaseException:
             http.close()
             raise
@@ -217,12 +236,13 @@ class Sandbox(CodeInterpreter):
         (``next_items()`` per page, or iterate over all of them)."""
         return EgressPaginator(self._config, self.sandbox_id, limit, next_token)
 
-    def pause(self) -> bool:
-        """Pause with memory where the runtime can; False if it already was paused."""
-        return self._api.pause(self.sandbox_id)
+    def pause(self, mode: PauseMode = "full") -> bool:
+        """Pause: ``"full"`` keeps memory and files (a resume continues where it was),
+        ``"filesystem"`` only the files (a resume boots afresh). False if already paused."""
+        return self._api.pause(self.sandbox_id, mode)
 
-    def resume(self, timeout: int | None = None) -> None:
-        self._api.connect(self.sandbox_id, timeout)
+    def resume(self, timeout: int | None = None, on_resume: OnResume = "restore") -> None:
+        self._api.connect(self.sandbox_id, timeout, on_resume)
 
     # ---- snapshots, fork, rollback ------------------------------------------------------------
 

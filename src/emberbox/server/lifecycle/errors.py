@@ -58,7 +58,3 @@ class NodeFailed(LifecycleError):
 
 class Unreachable(LifecycleError):
     """The sandbox did not answer a request the control plane made to it."""
-
-
-# E2B's error_code for a plain resume of a sandbox paused while its envd did not answer.
-GUEST_UNRESPONSIVE = "sandbox_snapshot_guest_agent_unresponsive"

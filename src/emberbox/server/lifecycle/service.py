@@ -27,7 +27,7 @@ from ..._proto.node import node_pb2 as pb
 from ...egress import EgressProxy, HeaderRule
 from ...envd_client import EnvdClient, sandbox_http
 from ...node.client import NodeClient, NodeError, NodeFull, NodeSandboxNotFound, NodeUnsupported
-from ...vocabulary import new_sandbox_id
+from ...vocabulary import GUEST_UNRESPONSIVE_ERROR, new_sandbox_id
 from ..auth.store import Principal
 from ..config import Limits
 from ..db import sandboxes as q
@@ -37,7 +37,6 @@ from ..db.models import Sandbox, SandboxMetadata, Snapshot, utcnow
 from ..limits.scheduler import ResourceScheduler, Usage
 from .egress import Egress, header_rules_message
 from .errors import (
-    GUEST_UNRESPONSIVE,
     Busy,
     Conflict,
     GuestUnhealthy,
@@ -738,7 +737,7 @@ class SandboxService:
             raise Conflict(
                 f"sandbox '{row.id}' was paused while its envd did not answer: restoring that "
                 "memory would bring it back so; resume it without memory (memory: false)",
-                error_code=GUEST_UNRESPONSIVE,
+                error_code=GUEST_UNRESPONSIVE_ERROR,
             )
         # A paused sandbox holds no CPU or memory and is outside the team's cap, so its resume
         # is admitted like a create: never past the cap, never onto a full node.
