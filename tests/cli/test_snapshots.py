@@ -85,6 +85,30 @@ def test_snapshot_rollback_fork_pause_resume_delete(cli: Cli, server: ServerProc
         assert refused.returncode == 1 and "SandboxUnavailableException" in refused.stderr
         ok(cli("sandbox", "resume", sandbox_id, "--timeout", "120"))
         assert ok(cli("sandbox", "exec", sandbox_id, "--", "cat", "/home/user/f")) == "one\n"
+
+        # Only the files: the processes end; --reboot boots a memory pause afresh too.
+        sleeper = "setsid sleep 1000 >/dev/null 2>&1 </dev/null &"
+        ok(cli("sandbox", "exec", sandbox_id, "--", "sh", "-c", sleeper))
+        ok(cli("sandbox", "pause", sandbox_id, "--filesystem"))
+        info = json.loads(ok(cli("sandbox", "info", sandbox_id, "--json")))
+        assert (info["state"], info["pause_mode"]) == ("paused", "filesystem")
+        ok(cli("sandbox", "resume", sandbox_id))
+        looked = [
+            "sandbox",
+            "exec",
+            sandbox_id,
+            "--",
+            "sh",
+            "-c",
+            "cat /home/user/f; pgrep -x sleep",
+        ]
+        gone = cli(*looked)
+        assert gone.stdout == "one\n" and gone.returncode == 1, gone.stdout + gone.stderr
+        ok(cli("sandbox", "exec", sandbox_id, "--", "sh", "-c", sleeper))
+        ok(cli("sandbox", "pause", sandbox_id))
+        ok(cli("sandbox", "resume", sandbox_id, "--reboot"))
+        gone = cli(*looked)
+        assert gone.stdout == "one\n" and gone.returncode == 1, gone.stdout + gone.stderr
     finally:
         Sandbox.kill(sandbox_id, api_key=server.first_key, api_url=server.api_url)
 

@@ -106,11 +106,16 @@ def rollback(sandbox_id: str, snapshot_id: str) -> None:
 
 
 @friendly_errors
-def pause(sandbox_id: str) -> None:
+def pause(
+    sandbox_id: str,
+    filesystem: Annotated[
+        bool, typer.Option(help="keep only its files: its processes end, a resume boots it")
+    ] = False,
+) -> None:
     """Pause a sandbox: its memory and files go to disk, it holds no CPU or memory."""
     sandbox = _handle(sandbox_id)
     try:
-        paused = sandbox.pause()
+        paused = sandbox.pause(mode="filesystem" if filesystem else "full")
     finally:
         sandbox.close()
     console.print(f"paused {sandbox_id}" if paused else f"{sandbox_id} was already paused",
@@ -121,9 +126,15 @@ def pause(sandbox_id: str) -> None:
 def resume(
     sandbox_id: str,
     timeout: Annotated[int | None, typer.Option(help="seconds to live from now")] = None,
+    reboot: Annotated[
+        bool, typer.Option(help="boot it afresh from its files instead of restoring memory")
+    ] = False,
 ) -> None:
-    """Resume a paused sandbox with its id, processes and files (a running one: no change)."""
-    Sandbox.connect(sandbox_id, timeout=timeout).close()
+    """Resume a paused sandbox with its id, processes and files (a running one: no change);
+    one paused with --filesystem, or resumed with --reboot, boots afresh from its files."""
+    Sandbox.connect(
+        sandbox_id, timeout=timeout, on_resume="reboot" if reboot else "restore"
+    ).close()
     console.print(f"resumed {sandbox_id}", highlight=False)
 
 
