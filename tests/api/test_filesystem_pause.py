@@ -200,3 +200,40 @@ async def test_concurrent_filesystem_pauses_and_reboots(api: httpx.Client) -> No
             assert mine == [f"{b.sandbox_id} {round_}" for b in boxes]
     finally:
         await asyncio.gather(*(b.kill() for b in boxes))
+
+
+def test_a_filesystem_snapshot_boots_new_sandboxes_and_its_source_runs_on(
+    api: httpx.Client,
+) -> None:
+    sbx = Sandbox.create(timeout=300)
+    child: Sandbox | None = None
+    try:
+        sbx.commands.run(COUNTER)
+        sbx.files.write("/home/user/a.txt", "from the source")
+        snap = sbx.create_snapshot(name=f"fs-{sbx.sandbox_id}", mode="filesystem")
+        moving = counter(sbx)
+        deadline = time.monotonic() + 10
+        while counter(sbx) == moving:  # the source's processes were let go after the save
+            assert time.monotonic() < deadline, "the source's counter stopped"
+            time.sleep(0.1)
+        listed = Sandbox.list_snapshots(sandbox_id=sbx.sandbox_id).next_items()
+        assert [s.snapshot_id for s in listed] == [snap.snapshot_id]
+
+        child = Sandbox.create(snap.snapshot_id, timeout=120)
+        assert child.sandbox_id != sbx.sandbox_id
+        assert child.files.read("/home/user/a.txt") == "from the source"
+        stopped = counter(child)
+        time.sleep(0.5)
+        assert counter(child) == stopped, "a process came along with a filesystem snapshot"
+        child.files.write("/home/user/a.txt", "the child's")
+        assert sbx.files.read("/home/user/a.txt") == "from the source"
+
+        r = api.post(f"/sandboxes/{sbx.sandbox_id}/rollback", json={"snapshotID": snap.snapshot_id})
+        assert r.status_code == 501 and "only files" in r.json()["message"], r.text
+        assert sbx.commands.run("echo still").stdout == "still\n"
+        assert Sandbox.delete_snapshot(snap.snapshot_id) is True
+        assert child.files.read("/home/user/a.txt") == "the child's"
+    finally:
+        sbx.kill()
+        if child is not None:
+            child.kill()

@@ -4,13 +4,16 @@ kept (``guest_files.py``), its processes end, and a resume boots it afresh from 
 from __future__ import annotations
 
 import asyncio
+import secrets
+from pathlib import Path
 
 import httpx
 import pytest
 
 from emberbox.envd_client import handshake
-from emberbox.runtimes.base import RuntimeSandbox, SandboxStatus
+from emberbox.runtimes.base import CapabilityMissing, RuntimeSandbox, SandboxStatus
 from emberbox.runtimes.gvisor import GVisorRuntime
+from tests import background_counter
 
 from .conftest import SandboxFactory
 from .gvisor_support import healthy, inventory, run
@@ -47,6 +50,8 @@ test -d /srv/empty && echo empty-dir
 ls /home/user | od -c | grep -c 351
 ls /usr/bin/ls > /dev/null && echo ls-runs
 """
+SLEEPER = "setsid sleep 1000 >/dev/null 2>&1 </dev/null &"
+COUNTER = f"setsid sh -c '{background_counter.LOOP}' >/dev/null 2>&1 </dev/null &"
 EXPECTED = [
     "kept", "tmp-kept", "rewritten", "inside", "no-issue-net", "no-bash-doc", "doc-dir-stays",
     "700", "user", "/home/user/notes.txt", "2", "empty-dir", "1", "ls-runs",
@@ -65,7 +70,8 @@ async def test_a_filesystem_pause_keeps_the_files_and_a_resume_boots_from_them(
     sid = sandbox.sandbox_id
     result = await run(sandbox, CHANGES, user="root")
     assert result.exit_code == 0, result.stderr
-    await run(sandbox, "sleep 1000 > /dev/null 2>&1 &", user="root")
+    await run(sandbox, SLEEPER, user="root")
+    assert (await run(sandbox, "pgrep -x sleep || echo none")).text.strip() != "none"
     size = await runtime.pause(sid, memory=False)
     assert 0 < size < 8 * 2**20, size  # what changed, not the template
     assert (await runtime.get(sid)).status is SandboxStatus.PAUSED
@@ -105,7 +111,8 @@ async def test_a_memory_pause_resumed_without_memory_boots_from_its_files(
     before = await inventory(runtime.config)
     sandbox = await make_sandbox()
     sid = sandbox.sandbox_id
-    await run(sandbox, "echo from-memory > /home/user/a; sleep 1000 > /dev/null 2>&1 &")
+    await run(sandbox, f"echo from-memory > /home/user/a; {SLEEPER}")
+    assert (await run(sandbox, "pgrep -x sleep || echo none")).text.strip() != "none"
     await runtime.pause(sid)
     resumed = await runtime.resume(sid, memory=False)
     assert resumed.rebooted
@@ -124,15 +131,48 @@ async def test_a_failed_save_leaves_the_sandbox_running(
 
     sandbox = await make_sandbox()
     sid = sandbox.sandbox_id
-    await run(sandbox, "echo 0 > /tmp/n; (while true; do echo $(( $(cat /tmp/n) + 1 )) > /tmp/n;"
-                       " sleep 0.1; done) > /dev/null 2>&1 &")  # fmt: skip
+    await run(sandbox, COUNTER)
     failing = runtime_module._GUEST_FILES + "\nsave()\nraise SystemExit(3)\n"
     monkeypatch.setattr(runtime_module, "_GUEST_SAVE", failing)
     with pytest.raises(Exception, match="exit 3"):
         await runtime.pause(sid, memory=False)
     assert (await runtime.get(sid)).status is SandboxStatus.RUNNING
     assert await healthy(sandbox)
-    first = int((await run(sandbox, "cat /tmp/n")).text)
+    first = int((await run(sandbox, background_counter.READ)).text)
     await asyncio.sleep(0.5)
-    assert int((await run(sandbox, "cat /tmp/n")).text) > first, "its processes stay stopped"
+    assert int((await run(sandbox, background_counter.READ)).text) > first, (
+        "its processes stay stopped"
+    )
     assert not (runtime.config.sandboxes_dir / sid / "files.tar").exists()
+
+
+async def test_a_filesystem_snapshot_keeps_its_source_running_and_boots_new_sandboxes(
+    runtime: GVisorRuntime, make_sandbox: SandboxFactory
+) -> None:
+    """The save stops the source's processes while it reads, then lets them go; a sandbox
+    created from it boots with the files and none of the processes; no rollback to it."""
+    sandbox = await make_sandbox()
+    sid = sandbox.sandbox_id
+    await run(sandbox, f"echo kept > /home/user/a; {COUNTER}")
+    # One its user stopped stays stopped: the save lets go only of what it stopped itself.
+    await run(sandbox, "setsid sh -c 'kill -STOP $$; exec sleep 1000' >/dev/null 2>&1 </dev/null &")
+    ref = await runtime.checkpoint(sid, f"snap{secrets.token_hex(6)}", memory=False)
+    try:
+        assert not ref.memory and (Path(ref.path) / "files.tar").is_file()
+        first = int((await run(sandbox, background_counter.READ)).text)
+        await asyncio.sleep(0.5)
+        assert int((await run(sandbox, background_counter.READ)).text) > first, (
+            "the source stayed stopped"
+        )
+        held = await run(sandbox, "ps -o stat= -p $(pgrep -f '^sh -c kill -STOP')")
+        assert held.text.strip().startswith("T"), held.text
+        child = await make_sandbox(snapshot=ref)
+        assert (await run(child, "cat /home/user/a")).text.strip() == "kept"
+        counted = (await run(child, background_counter.READ)).text
+        await asyncio.sleep(0.5)
+        assert (await run(child, background_counter.READ)).text == counted, "a process came along"
+        with pytest.raises(CapabilityMissing, match="files only"):
+            await runtime.restore(sid, ref)
+        assert await healthy(sandbox)
+    finally:
+        await runtime.delete_snapshot(ref)

@@ -236,6 +236,14 @@ async def test_filesystem_pause_reboot_and_lifecycle(face: Any, connection: dict
         await maybe(sbx.commands.run(SLEEPER))
         await maybe(sbx.files.write("/home/user/a.txt", "kept"))
         assert await sleeping(sbx)
+        shot = await maybe(sbx.create_snapshot(mode="filesystem"))
+        child = await maybe(face.create(shot.snapshot_id, timeout=60, **connection))
+        try:
+            assert await read(child, "/home/user/a.txt") == "kept" and not await sleeping(child)
+        finally:
+            await kill_all(child)
+        assert await maybe(face.delete_snapshot(shot.snapshot_id, **connection)) is True
+        assert await sleeping(sbx)  # the snapshot's source runs on
         assert await maybe(sbx.pause(mode="filesystem")) is True
         info = await maybe(sbx.get_info())
         assert (info.state, info.pause_mode) == ("paused", "filesystem")

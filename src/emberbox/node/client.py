@@ -114,8 +114,12 @@ class NodeClient(abc.ABC):
         request = pb.PauseRequest(sandbox_id=sandbox_id, filesystem_only=not memory)
         return (await self._call("Pause", request, pb.PauseResponse)).size_bytes
 
-    async def checkpoint(self, sandbox_id: str, snapshot_id: str) -> pb.Snapshot:
-        request = pb.CheckpointRequest(sandbox_id=sandbox_id, snapshot_id=snapshot_id)
+    async def checkpoint(
+        self, sandbox_id: str, snapshot_id: str, memory: bool = True
+    ) -> pb.Snapshot:
+        """Without ``memory`` only the files the sandbox changed are kept."""
+        request = pb.CheckpointRequest(sandbox_id=sandbox_id, snapshot_id=snapshot_id,
+                                       filesystem_only=not memory)  # fmt: skip
         return (await self._call("Checkpoint", request, pb.CheckpointResponse)).snapshot
 
     async def resume(

@@ -434,10 +434,12 @@ class Orchestrator:
             self.records.save(record)
             return record, sandbox.rebooted
 
-    async def checkpoint(self, sandbox_id: str, snapshot_id: str) -> SnapshotRef:
+    async def checkpoint(
+        self, sandbox_id: str, snapshot_id: str, memory: bool = True
+    ) -> SnapshotRef:
         async with self._locks.hold(sandbox_id):
             self._get(sandbox_id)
-            return await self.runtime.checkpoint(sandbox_id, snapshot_id)
+            return await self.runtime.checkpoint(sandbox_id, snapshot_id, memory=memory)
 
     async def restore(self, sandbox_id: str, snapshot: SnapshotRef) -> SandboxRecord:
         """Roll a sandbox back to ``snapshot`` in place. envd comes back with the identity it

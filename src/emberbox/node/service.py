@@ -81,7 +81,8 @@ def _sandbox(record: SandboxRecord) -> pb.Sandbox:
 
 def _snapshot_ref(snap: pb.Snapshot) -> SnapshotRef:
     check_sandbox_id(snap.snapshot_id)  # snapshot ids name directories, like sandbox ids
-    return SnapshotRef(snap.snapshot_id, snap.runtime, snap.path, snap.template_id)
+    return SnapshotRef(snap.snapshot_id, snap.runtime, snap.path, snap.template_id,
+                       memory=not snap.filesystem_only)  # fmt: skip
 
 
 def _spec(s: pb.SandboxSpec) -> SandboxSpec:
@@ -337,13 +338,16 @@ class NodeService:
         return pb.PauseResponse(size_bytes=size)
 
     async def checkpoint(self, request: pb.CheckpointRequest) -> pb.CheckpointResponse:
-        ref = await self.orchestrator.checkpoint(request.sandbox_id, request.snapshot_id)
+        ref = await self.orchestrator.checkpoint(
+            request.sandbox_id, request.snapshot_id, memory=not request.filesystem_only
+        )
         snapshot = pb.Snapshot(
             snapshot_id=ref.snapshot_id,
             runtime=ref.runtime,
             path=ref.path,
             template_id=ref.template_id,
             size_bytes=ref.size_bytes,
+            filesystem_only=not ref.memory,
         )
         return pb.CheckpointResponse(snapshot=snapshot)
 

@@ -110,6 +110,8 @@ class SnapshotRef:
     path: str
     template_id: str
     size_bytes: int = 0  # disk the checkpoint takes on its node
+    # False: only the files the sandbox changed (sandboxes start from it by booting).
+    memory: bool = True
 
 
 @dataclass(frozen=True)
@@ -249,8 +251,11 @@ class Runtime(abc.ABC):
         with, which sandboxes with header rules trust (``NetworkPolicy.rewrites``)."""
         raise CapabilityMissing(f"{self.name} cannot apply header rules")
 
-    async def checkpoint(self, sandbox_id: str, snapshot_id: str) -> SnapshotRef:
-        """Save the sandbox's memory and files; it keeps running. Create from the result by
+    async def checkpoint(
+        self, sandbox_id: str, snapshot_id: str, memory: bool = True
+    ) -> SnapshotRef:
+        """Save the sandbox's memory and files (without ``memory``: only the files it changed,
+        ``Capabilities.filesystem_pause``); it keeps running. Create from the result by
         setting ``SandboxSpec.snapshot`` (start from memory, fork, rollback build on this)."""
         raise CapabilityMissing(f"{self.name} cannot checkpoint sandboxes")
 

@@ -154,20 +154,22 @@ class VolumeMount(_message.Message):
     def __init__(self, path: _Optional[str] = ..., volume_id: _Optional[str] = ...) -> None: ...
 
 class Snapshot(_message.Message):
-    __slots__ = ("snapshot_id", "runtime", "path", "template_id", "access_token", "size_bytes")
+    __slots__ = ("snapshot_id", "runtime", "path", "template_id", "access_token", "size_bytes", "filesystem_only")
     SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
     ACCESS_TOKEN_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FILESYSTEM_ONLY_FIELD_NUMBER: _ClassVar[int]
     snapshot_id: str
     runtime: str
     path: str
     template_id: str
     access_token: str
     size_bytes: int
-    def __init__(self, snapshot_id: _Optional[str] = ..., runtime: _Optional[str] = ..., path: _Optional[str] = ..., template_id: _Optional[str] = ..., access_token: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
+    filesystem_only: bool
+    def __init__(self, snapshot_id: _Optional[str] = ..., runtime: _Optional[str] = ..., path: _Optional[str] = ..., template_id: _Optional[str] = ..., access_token: _Optional[str] = ..., size_bytes: _Optional[int] = ..., filesystem_only: _Optional[bool] = ...) -> None: ...
 
 class Sandbox(_message.Message):
     __slots__ = ("sandbox_id", "template_id", "envd_url", "host", "envd_version", "status")
@@ -286,12 +288,14 @@ class ResumeResponse(_message.Message):
     def __init__(self, sandbox: _Optional[_Union[Sandbox, _Mapping]] = ..., rebooted: _Optional[bool] = ...) -> None: ...
 
 class CheckpointRequest(_message.Message):
-    __slots__ = ("sandbox_id", "snapshot_id")
+    __slots__ = ("sandbox_id", "snapshot_id", "filesystem_only")
     SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
+    FILESYSTEM_ONLY_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     snapshot_id: str
-    def __init__(self, sandbox_id: _Optional[str] = ..., snapshot_id: _Optional[str] = ...) -> None: ...
+    filesystem_only: bool
+    def __init__(self, sandbox_id: _Optional[str] = ..., snapshot_id: _Optional[str] = ..., filesystem_only: _Optional[bool] = ...) -> None: ...
 
 class CheckpointResponse(_message.Message):
     __slots__ = ("snapshot",)

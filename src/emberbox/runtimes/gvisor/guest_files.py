@@ -17,6 +17,7 @@ root and /tmp are overlays of their own (gVisor mounts the image's /tmp apart); 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -33,27 +34,31 @@ MOUNTS = ("", "tmp")  # relative to the root: the overlays whose writes are kept
 _PROBE = ".emberbox-upper-probe"
 
 
-def _walk(root: str, mount: str) -> Iterator[tuple[str, os.stat_result]]:
-    """Every path under the mount ``mount`` (relative to ``root``, the mount itself excluded)
-    and its lstat; mounts under it (/proc, /dev, /tmp, bound files) are not descended into."""
+def _walk(root: str, mount: str) -> Iterator[tuple[str, os.DirEntry[str]]]:
+    """Every path under the mount ``mount`` (relative to ``root``, the mount itself excluded),
+    parents before children, and its directory entry; mounts under it (/proc, /dev, /tmp,
+    bound files) are not descended into. Only directories are stat'ed here: a stat costs a
+    sentry round trip (~80 us on a nested host), and the load needs none of the files'."""
     top = os.lstat(os.path.join(root, mount)).st_dev
     stack = [mount]
     while stack:
         rel = stack.pop()
         try:
-            with os.scandir(os.path.join(root, rel)) as entries:
-                names = sorted(entry.name for entry in entries)
+            with os.scandir(os.path.join(root, rel)) as found:
+                entries = sorted(found, key=lambda entry: entry.name)
         except OSError:
             continue
-        for name in names:
-            path = os.path.join(rel, name)
+        for entry in entries:
+            path = os.path.join(rel, entry.name)
+            yield path, entry
             try:
-                st = os.lstat(os.path.join(root, path))
+                if (
+                    entry.is_dir(follow_symlinks=False)
+                    and entry.stat(follow_symlinks=False).st_dev == top
+                ):
+                    stack.append(path)
             except OSError:
                 continue
-            yield path, st
-            if stat.S_ISDIR(st.st_mode) and st.st_dev == top:
-                stack.append(path)
 
 
 def _mounts(root: str) -> list[str]:
@@ -82,23 +87,63 @@ def _upper_device(directory: str) -> int:
         os.unlink(probe)
 
 
-def save(root: str = "/", out: IO[bytes] | None = None, stop_others: bool = True) -> None:
+def _stop_others() -> list[int]:
+    """SIGSTOP every process but PID 1 and this one, again until a pass finds none running
+    (one may fork meanwhile); returns those it stopped (one stopped already, by its user,
+    stays so when the others are let go)."""
+    stopped: list[int] = []
+    skip = {1, os.getpid()}
+    for _ in range(5):
+        found = False
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) in skip:
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
+                skip.add(int(entry))
+                if state not in ("T", "t"):
+                    os.kill(int(entry), signal.SIGSTOP)
+                    stopped.append(int(entry))
+                    found = True
+            except (OSError, IndexError):
+                continue  # it exited meanwhile
+        if not found:
+            break
+    return stopped
+
+
+def _let_go(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGCONT)
+
+
+def save(
+    root: str = "/",
+    out: IO[bytes] | None = None,
+    stop_others: bool = True,
+    keep_running: bool = False,
+) -> None:
     """Write the tar of what changed under ``root`` to ``out`` (stdout). With ``stop_others``
     every other process is stopped first, so no file changes while it is read; they run on
-    only if the save fails (a saved sandbox is stopped for good)."""
+    afterwards with ``keep_running`` (a snapshot), else only if the save fails (a pause)."""
     stream = out if out is not None else sys.stdout.buffer
-    if stop_others:
-        os.kill(-1, signal.SIGSTOP)
+    stopped = _stop_others() if stop_others else []
     try:
         paths: list[bytes] = []
         with tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT) as tar:
             for mount in _mounts(root):
                 top = os.lstat(os.path.join(root, mount)).st_dev
                 upper = _upper_device(os.path.join(root, mount))
-                for path, st in _walk(root, mount):
-                    if os.path.basename(path) == _PROBE:
+                for path, entry in _walk(root, mount):
+                    if entry.name == _PROBE:
                         continue
                     paths.append(os.fsencode(path))
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue  # gone since it was listed
                     directory = stat.S_ISDIR(st.st_mode) and st.st_dev == top
                     if not directory and st.st_dev != upper:
                         continue  # the template's, or a file bound in (/etc/hosts)
@@ -110,9 +155,10 @@ def save(root: str = "/", out: IO[bytes] | None = None, stop_others: bool = True
             info.size = len(listing)
             tar.addfile(info, io.BytesIO(listing))
     except BaseException:
-        if stop_others:
-            os.kill(-1, signal.SIGCONT)
+        _let_go(stopped)
         raise
+    if keep_running:
+        _let_go(stopped)
 
 
 def _add(tar: tarfile.TarFile, source: str, name: str) -> None:

@@ -69,11 +69,14 @@ BUILDER_PREFIXES = ("build-", "verify-")
 # A freeze completes once every process of the sandbox has stopped (a few ms; one that is still
 # booting may not freeze at all): one that does not by then is thawed again and keeps running.
 FREEZE_TIMEOUT_S = 0.5
+# A filesystem-only snapshot's one file (beside its snapshot.json).
+FILES_IMAGE = "files.tar"
 # Reading a sandbox's changed files out for a filesystem-only pause (at most its disk's size).
 SAVE_TIMEOUT_S = 300.0
 # guest_files.py runs in the guest by its own Python, given as source (any template's envd).
 _GUEST_FILES = Path(guest_files.__file__).read_text()
 _GUEST_SAVE = _GUEST_FILES + "\nsave()\n"
+_GUEST_SNAPSHOT = _GUEST_FILES + "\nsave(keep_running=True)\n"
 _GUEST_BOOT = _GUEST_FILES + "\nboot(sys.argv[1:])\n"
 _GUEST_CONT = "import os, signal; os.kill(-1, signal.SIGCONT)"
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -152,18 +155,19 @@ class GVisorRuntime(Runtime):
         node then waits for envd). ``template`` overrides the stored manifest (a build checking
         its result: always booted)."""
         image: Path | None = None
+        files: Path | None = None
         from_template = False
         self._check_volumes(spec)
         if spec.snapshot is not None:
-            self._check_snapshot(spec.snapshot)
-            image = Path(spec.snapshot.path)
+            files = self._check_snapshot(spec.snapshot)
+            image = None if files else Path(spec.snapshot.path)
         elif template is None and self.config.template_snapshots and not spec.volumes:
             template = self._template(spec.template_id)
             image = self.warm.ready(template, spec)
             from_template = image is not None
         template = template or self._template(spec.template_id)
         try:
-            record, env = await self._start(spec, template, image)
+            record, env = await self._start(spec, template, image, files)
         except RunscError:
             if not from_template:
                 raise
@@ -173,6 +177,7 @@ class GVisorRuntime(Runtime):
             record, env = await self._start(spec, template, None)
         if (
             image is None
+            and files is None
             and self.config.template_snapshots
             and not spec.sandbox_id.startswith(BUILDER_PREFIXES)
             and not spec.volumes  # a template snapshot must not hold a volume's mount
@@ -190,20 +195,23 @@ class GVisorRuntime(Runtime):
         return self._sandbox(record, SandboxStatus.RUNNING, defaults)
 
     async def _start(
-        self, spec: SandboxSpec, template: Template, image: Path | None
+        self, spec: SandboxSpec, template: Template, image: Path | None, files: Path | None = None
     ) -> tuple[SandboxRecord, dict[str, str]]:
+        """Boot (``files``: applying them first, see ``guest_files.boot``) or restore ``image``."""
         async with self._locks.hold(spec.sandbox_id):
             paths, record = await self._prepare(spec, template)
             try:
                 env = self._guest_env(spec, template)
                 volumes = [BindMount(Path(v.source), v.path, readonly=False) for v in spec.volumes]
                 tmp = self._volume_tmp(paths) if volumes else None
-                self._bundle(spec, template, paths, record, list(template.config.init), env, "/",
-                             binds=volumes, tmp=tmp)  # fmt: skip
+                init = list(template.config.init)
+                args = [GUEST_PYTHON, "-c", _GUEST_BOOT, *init] if files else init
+                self._bundle(spec, template, paths, record, args, env, "/", binds=volumes, tmp=tmp)
                 if image is None:
                     await self.runsc.run_detached(spec.sandbox_id, paths.bundle, paths.log,
                                                   filestore=paths.disk,
-                                                  overlay_binds=not volumes)  # fmt: skip
+                                                  overlay_binds=not volumes,
+                                                  stdin=files)  # fmt: skip
                 else:
                     await self.runsc.restore(spec.sandbox_id, paths.bundle, image, paths.log,
                                              paths.disk)  # fmt: skip
@@ -560,14 +568,20 @@ class GVisorRuntime(Runtime):
             self._discard(paths.memory)
             return self._sandbox(record, SandboxStatus.RUNNING)
 
-    async def _save_files(self, sandbox_id: str, paths: SandboxPaths) -> None:
-        """Read what the running sandbox changed into ``paths.files`` (``guest_files.save``,
-        run by runsc beside envd, which need not answer). Its processes are stopped while it
-        reads; if it fails they run on and nothing is kept."""
-        partial = paths.root / "files.partial"
+    async def _save_files(
+        self, sandbox_id: str, paths: SandboxPaths, dest: Path | None = None,
+        keep_running: bool = False,
+    ) -> None:  # fmt: skip
+        """Read what the running sandbox changed into ``dest`` (``paths.files``) with
+        ``guest_files.save``, run by runsc beside envd, which need not answer. Its processes
+        are stopped while it reads; they run on afterwards with ``keep_running``, and if it
+        fails (then nothing is kept)."""
+        dest = dest or paths.files
+        partial = dest.with_name(f"{dest.name}.partial")
+        source = _GUEST_SNAPSHOT if keep_running else _GUEST_SAVE
         try:
             code = await self.runsc.exec_to_file(
-                sandbox_id, [GUEST_PYTHON, "-c", _GUEST_SAVE], partial, paths.log, SAVE_TIMEOUT_S
+                sandbox_id, [GUEST_PYTHON, "-c", source], partial, paths.log, SAVE_TIMEOUT_S
             )
             if code != 0:
                 raise RunscError(f"saving the files of {sandbox_id} failed (exit {code}): "
@@ -578,7 +592,7 @@ class GVisorRuntime(Runtime):
                 await self.runsc.exec_to_file(sandbox_id, [GUEST_PYTHON, "-c", _GUEST_CONT],
                                               Path(os.devnull), paths.log, 10)  # fmt: skip
             raise
-        os.replace(partial, paths.files)
+        os.replace(partial, dest)
 
     async def _files_of_memory(
         self, sandbox_id: str, record: SandboxRecord, paths: SandboxPaths
@@ -644,8 +658,12 @@ class GVisorRuntime(Runtime):
             ready_cmd=template.config.ready_cmd,
         )
 
-    async def checkpoint(self, sandbox_id: str, snapshot_id: str) -> SnapshotRef:
-        """Save the running sandbox to a snapshot directory of its own; it keeps running."""
+    async def checkpoint(
+        self, sandbox_id: str, snapshot_id: str, memory: bool = True
+    ) -> SnapshotRef:
+        """Save the running sandbox to a snapshot directory of its own; it keeps running.
+        Without ``memory`` only the files it changed are kept (``guest_files.py``): sandboxes
+        start from them by booting."""
         check_sandbox_id(snapshot_id)  # names a directory
         async with self._locks.hold(sandbox_id):
             record = await self._require(sandbox_id)
@@ -659,18 +677,27 @@ class GVisorRuntime(Runtime):
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir(parents=True)
             try:
-                await self.runsc.checkpoint(sandbox_id, partial, self._paths(sandbox_id).disk)
-                (partial / "snapshot.json").write_text(
-                    json.dumps({"source": sandbox_id, "template_id": record.template_id})
-                )
+                paths = self._paths(sandbox_id)
+                if memory:
+                    await self.runsc.checkpoint(sandbox_id, partial, paths.disk)
+                else:
+                    await self._save_files(sandbox_id, paths, partial / FILES_IMAGE,
+                                           keep_running=True)  # fmt: skip
+                about = {"source": sandbox_id, "template_id": record.template_id, "memory": memory}
+                (partial / "snapshot.json").write_text(json.dumps(about))
             except BaseException:
                 shutil.rmtree(partial, ignore_errors=True)
                 raise
             os.replace(partial, dest)
-        return SnapshotRef(snapshot_id, self.name, str(dest), record.template_id, _du(dest))
+        return SnapshotRef(snapshot_id, self.name, str(dest), record.template_id, _du(dest),
+                           memory=memory)  # fmt: skip
 
     async def restore(self, sandbox_id: str, snapshot: SnapshotRef) -> RuntimeSandbox:
-        self._check_snapshot(snapshot)
+        if self._check_snapshot(snapshot) is not None:
+            raise CapabilityMissing(
+                f"snapshot {snapshot.snapshot_id} holds files only: a rollback to it is not "
+                "supported (create a sandbox from it)"
+            )
         async with self._locks.hold(sandbox_id):
             record = await self._require(sandbox_id)
             self._no_volumes(record, "rolled back")
@@ -743,13 +770,17 @@ class GVisorRuntime(Runtime):
             if lease is not None and self.pool.owns(lease):
                 self._egress[record.address] = _rules(_policy_of(record.egress))
 
-    def _check_snapshot(self, snapshot: SnapshotRef) -> None:
-        """A snapshot path comes over the wire: only our own snapshot directories are used."""
+    def _check_snapshot(self, snapshot: SnapshotRef) -> Path | None:
+        """A snapshot path comes over the wire: only our own snapshot directories are used.
+        Returns its files when it holds no memory (a filesystem-only snapshot)."""
         path = Path(snapshot.path)
         if path.parent != self.config.snapshots_dir or path.name != snapshot.snapshot_id:
             raise ValueError(f"{snapshot.path} is not a snapshot of this node")
+        if (path / FILES_IMAGE).is_file():
+            return path / FILES_IMAGE
         if not (path / "checkpoint.img").is_file():
             raise SandboxGone(f"snapshot {snapshot.snapshot_id} is not on this node")
+        return None
 
     async def _restore_in_place(self, sandbox_id: str, record: SandboxRecord, image: Path) -> None:
         """Start the sandbox's own bundle (netns, disk, mounts, cgroup) from ``image``."""

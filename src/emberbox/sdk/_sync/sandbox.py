@@ -246,10 +246,13 @@ class Sandbox(CodeInterpreter):
 
     # ---- snapshots, fork, rollback ------------------------------------------------------------
 
-    def create_snapshot(self, name: str | None = None) -> SnapshotInfo:
-        """Save this sandbox's memory and files; it keeps running. Its ``snapshot_id`` (the
-        name, when given; a newer snapshot takes a name over) is a template for ``create``."""
-        return snapshots.create_snapshot(self._api, self.sandbox_id, name)
+    def create_snapshot(
+        self, name: str | None = None, mode: PauseMode = "full"
+    ) -> SnapshotInfo:
+        """Save this sandbox's memory and files (``mode="filesystem"``: only its files, from
+        which sandboxes boot); it keeps running. Its ``snapshot_id`` (the name, when given; a
+        newer snapshot takes a name over) is a template for ``create``."""
+        return snapshots.create_snapshot(self._api, self.sandbox_id, name, mode)
 
     @hybridmethod
     def list_snapshots(

@@ -12,8 +12,8 @@ from typing import Any
 
 from .. import _errors
 from .._config import ConnectionConfig
-from ..exceptions import SandboxException
-from ..models import SnapshotInfo
+from ..exceptions import InvalidArgumentException, SandboxException
+from ..models import PauseMode, SnapshotInfo
 from .api import Api, _ts, http_client
 from .paging import Paginator
 
@@ -29,12 +29,19 @@ def snapshot_info(item: dict[str, Any]) -> SnapshotInfo:
     )
 
 
-def create_snapshot(api: Api, sandbox_id: str, name: str | None) -> SnapshotInfo:
+def create_snapshot(
+    api: Api, sandbox_id: str, name: str | None, mode: PauseMode = "full"
+) -> SnapshotInfo:
+    if mode not in ("full", "filesystem"):
+        raise InvalidArgumentException(f"snapshot mode: 'full' or 'filesystem' (got {mode!r})")
+    body: dict[str, Any] = {"name": name} if name is not None else {}
+    if mode == "filesystem":
+        body["memory"] = False
     # Not retried: a retry after a lost answer would save a second snapshot.
     response = api.request(
         "POST",
         f"/sandboxes/{sandbox_id}/snapshots",
-        json_body={"name": name} if name is not None else {},
+        json_body=body,
         idempotent=False,
         what=f"snapshot of {sandbox_id}",
     )

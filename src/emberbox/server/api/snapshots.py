@@ -65,7 +65,8 @@ def to_info(row: Snapshot) -> SnapshotInfo:
     status_code=HTTP_201_CREATED,
     response_model=SnapshotInfo,
     responses=_errors(404, 409, 501),
-    summary="Save a running sandbox's memory and files as a snapshot; it keeps running",
+    summary="Save a running sandbox's memory and files (memory: false: only its files) as a "
+    "snapshot; it keeps running",
 )
 async def create_snapshot(
     who: Caller,
@@ -74,12 +75,7 @@ async def create_snapshot(
     body: Annotated[SnapshotRequest | None, Body()] = None,
 ) -> SnapshotInfo:
     opts = body or SnapshotRequest()
-    if opts.memory is False:
-        raise ApiError(
-            501, "filesystem-only snapshots (memory: false) are not supported yet",
-            error_code="snapshot_filesystem_only_disabled", should_retry=False,
-        )  # fmt: skip
-    return to_info(await svc.create(who, sandbox_id, opts.name))
+    return to_info(await svc.create(who, sandbox_id, opts.name, memory=opts.memory is not False))
 
 
 @router.get(

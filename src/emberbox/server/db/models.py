@@ -188,6 +188,8 @@ class Snapshot(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     # envd's token inside the saved memory; a sandbox started from it needs it to take its own.
     envd_access_token: Mapped[str] = mapped_column(String(128))
+    # False: only the files the sandbox had changed (E2B's memory: false); sandboxes boot.
+    memory: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     # Taken for a fork rather than by the user: not listed, deleted with its last fork.
     internal: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -116,6 +116,7 @@ def snapshot_message(row: Snapshot) -> pb.Snapshot:
         template_id=row.template_id,
         access_token=row.envd_access_token,
         size_bytes=row.size_bytes,
+        filesystem_only=not row.memory,
     )
 
 

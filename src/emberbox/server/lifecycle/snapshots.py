@@ -23,7 +23,15 @@ from ..db import snapshots as snaps
 from ..db.models import Sandbox, Snapshot, utcnow
 from ..db.sandboxes import paused_bytes_used
 from .egress import Egress
-from .errors import Conflict, Invalid, LifecycleError, NotFound, QuotaExceeded, SandboxFailed
+from .errors import (
+    Conflict,
+    Invalid,
+    LifecycleError,
+    NotFound,
+    QuotaExceeded,
+    SandboxFailed,
+    Unsupported,
+)
 from .service import CreateRequest, SandboxService, snapshot_message
 from .states import State
 
@@ -63,8 +71,18 @@ class SnapshotService:
     # ---- snapshots ----------------------------------------------------------------------------
 
     async def create(
-        self, who: Principal, sandbox_id: str, name: str | None = None, *, internal: bool = False
+        self,
+        who: Principal,
+        sandbox_id: str,
+        name: str | None = None,
+        *,
+        internal: bool = False,
+        memory: bool = True,
     ) -> Snapshot:
+        """Save a running sandbox, which keeps running: its memory and files, or (without
+        ``memory``) only the files it changed, from which sandboxes then boot."""
+        if not memory:
+            self.sandboxes.check_can_pause_files("memory: false")
         if name is not None and not SNAPSHOT_NAME.match(name.removesuffix(snaps.DEFAULT_TAG)):
             raise Invalid("a snapshot name is 1-128 characters of [A-Za-z0-9._/-]")
         name = name.removesuffix(snaps.DEFAULT_TAG) if name else None
@@ -74,7 +92,7 @@ class SnapshotService:
         await self.sandboxes.quiesce(sandbox_id)
         snapshot_id = new_snapshot_id()
         try:
-            ref = await self.sandboxes.node.checkpoint(sandbox_id, snapshot_id)
+            ref = await self.sandboxes.node.checkpoint(sandbox_id, snapshot_id, memory=memory)
         except NodeSandboxNotFound as e:
             raise NotFound(f"sandbox '{sandbox_id}' no longer exists on its node") from e
         except NodeConflict as e:  # paused by another caller since the check above
@@ -96,7 +114,9 @@ class SnapshotService:
             runtime=ref.runtime,
             path=ref.path,
             size_bytes=ref.size_bytes,
-            envd_access_token=row.envd_access_token,
+            # A sandbox started from its files boots a fresh envd, which holds no token.
+            envd_access_token=row.envd_access_token if memory else "",
+            memory=memory,
             internal=internal,
             created_at=utcnow(),
         )
@@ -222,6 +242,11 @@ class SnapshotService:
         snapshot = await self.find(who, ref)
         if snapshot is None:
             raise NotFound(f"snapshot '{ref}' not found")
+        if not snapshot.memory:
+            raise Unsupported(
+                f"snapshot '{ref}' holds only files: a rollback to it is not supported (start "
+                "a new sandbox from it instead)"
+            )
         if snapshot.source_sandbox_id != sandbox_id:
             raise Invalid(
                 f"snapshot '{ref}' was taken of sandbox '{snapshot.source_sandbox_id}'; a sandbox "
