@@ -237,3 +237,22 @@ def test_a_filesystem_snapshot_boots_new_sandboxes_and_its_source_runs_on(
         sbx.kill()
         if child is not None:
             child.kill()
+
+
+def test_a_filesystem_pause_survives_a_server_and_node_restart(
+    gvisor_server: ServerProcess, api: httpx.Client
+) -> None:
+    sbx = Sandbox.create(timeout=300)
+    try:
+        sbx.files.write("/home/user/kept.txt", "across restarts")
+        sbx.commands.run(SLEEPER)
+        assert sbx.pause(mode="filesystem") is True
+        gvisor_server.stop()
+        gvisor_server.start()
+        detail = api.get(f"/sandboxes/{sbx.sandbox_id}").json()
+        assert (detail["state"], detail["pauseMode"]) == ("paused", "filesystem"), detail
+        back = Sandbox.connect(sbx.sandbox_id, timeout=300)
+        assert back.files.read("/home/user/kept.txt") == "across restarts"
+        assert not sleeping(back)
+    finally:
+        sbx.kill()

@@ -623,11 +623,15 @@ class GVisorRuntime(Runtime):
             await self.runsc.delete(sandbox_id)
         await network.readdress(lease)
         config_path = paths.bundle / "config.json"
-        original = config_path.read_text()
-        spec = json.loads(original)
-        init, env = spec["process"]["args"], spec["process"]["env"]
-        spec["process"]["args"] = [GUEST_PYTHON, "-c", _GUEST_BOOT, *init]
+        spec = json.loads(config_path.read_text())
+        env, init = spec["process"]["env"], spec["process"]["args"]
+        wrap = [GUEST_PYTHON, "-c", _GUEST_BOOT]
+        if init[: len(wrap)] == wrap:  # a node killed mid-boot left them so
+            init = init[len(wrap) :]
+        spec["process"]["args"] = [*wrap, *init]
         config_path.write_text(json.dumps(spec))
+        spec["process"]["args"] = init
+        original = json.dumps(spec)
         try:
             await self.runsc.run_detached(sandbox_id, paths.bundle, paths.log,
                                           filestore=paths.disk, overlay_binds=not record.volumes,
@@ -649,13 +653,16 @@ class GVisorRuntime(Runtime):
                                  f"{_tail_of(paths.log)}") from None  # fmt: skip
             raise
         self._discard(paths.files)
-        template = self._template(record.template_id)
         values = dict(item.split("=", 1) for item in env)
+        try:  # its ready check, as at a create's boot (none if the template is gone since)
+            ready_cmd = self.store.get(record.template_id).config.ready_cmd
+        except TemplateError:
+            ready_cmd = None
         return EnvdDefaults(
-            user=template.config.user,
-            workdir=template.config.workdir,
+            user=values["EMBERBOX_DEFAULT_USER"],
+            workdir=values["EMBERBOX_DEFAULT_WORKDIR"],
             env={k: v for k, v in values.items() if k not in _INIT_ONLY},
-            ready_cmd=template.config.ready_cmd,
+            ready_cmd=ready_cmd,
         )
 
     async def checkpoint(
