@@ -54,9 +54,12 @@ class EnvdClient:
     def _auth(self, user: str | None) -> dict[str, str]:
         return {**self._headers, **basic_auth(user)}
 
-    async def health(self, timeout: float = 2.0) -> bool:
+    async def health(self, timeout: float = 2.0, probe: bool = False) -> bool:
+        """Whether envd answers. ``probe``: a HEAD, which has envd do nothing else (a GET
+        also wakes its standby shells, see ``envd/system.py``)."""
+        method = "HEAD" if probe else "GET"
         try:
-            response = await self._http.get(f"{self.base_url}/health", timeout=timeout)
+            response = await self._http.request(method, f"{self.base_url}/health", timeout=timeout)
         except httpx.HTTPError:
             return False
         return response.status_code == 204

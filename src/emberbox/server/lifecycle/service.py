@@ -126,10 +126,11 @@ def _pause_mode(keep_memory: bool) -> str:
 
 
 async def _envd_answers(row: Sandbox) -> bool:
+    """Asked before a pause: a probe that changes nothing in the guest it checkpoints."""
     if not row.envd_url:
         return False
     async with EnvdClient(row.envd_url) as envd:
-        return await envd.health(timeout=2.0)
+        return await envd.health(timeout=2.0, probe=True)
 
 
 class SandboxService:
@@ -590,9 +591,11 @@ class SandboxService:
             what = "not paused" if keep_memory else "a filesystem-only pause needs it"
             raise GuestUnhealthy(f"sandbox '{sandbox_id}' envd does not answer; {what}")
         await self._check_saved_disk(row.team_id, f"sandbox '{sandbox_id}' was not paused")
-        async with self.sessions.begin() as s:  # (its mode now: traffic must not wake it)
+        # What it will be is known now: traffic must not wake it, a restart must not lose it.
+        async with self.sessions.begin() as s:
             if not await q.set_state(s, sandbox_id, [State.RUNNING], State.PAUSING,
-                                     pause_mode=_pause_mode(keep_memory)):  # fmt: skip
+                                     pause_mode=_pause_mode(keep_memory),
+                                     envd_unresponsive_at_pause=not answers):  # fmt: skip
                 raise Conflict(f"sandbox '{sandbox_id}' is being paused or resumed, not running")
         self.on_gone(sandbox_id)
         try:
@@ -600,15 +603,13 @@ class SandboxService:
         except BaseException as e:  # cancellation too: never leave the row half-way
             log.warning("pause of %s failed: %s", sandbox_id, e)
             async with self.sessions.begin() as s:
-                await q.set_state(s, sandbox_id, [State.PAUSING], State.RUNNING, pause_mode=None)
+                await q.set_state(s, sandbox_id, [State.PAUSING], State.RUNNING,
+                                  pause_mode=None, envd_unresponsive_at_pause=False)  # fmt: skip
             if not isinstance(e, Exception):
                 raise
             raise SandboxFailed(f"pause failed: {e}") from e
         async with self.sessions.begin() as s:
-            await q.set_state(
-                s, sandbox_id, [State.PAUSING], State.PAUSED, paused_bytes=size,
-                pause_mode=_pause_mode(keep_memory), envd_unresponsive_at_pause=not answers,
-            )  # fmt: skip
+            await q.set_state(s, sandbox_id, [State.PAUSING], State.PAUSED, paused_bytes=size)
 
     async def saved_disk_used(self, team_id: str) -> int:
         """Disk the team's snapshots and paused sandboxes take: what the quota limits."""
@@ -635,13 +636,14 @@ class SandboxService:
         async with self.sessions() as s:
             row = await q.get(s, sandbox_id)
         keep_memory = row is None or row.auto_pause_memory
+        # (a filesystem-only pause reads the files beside envd: whether it answers is moot)
+        unresponsive = keep_memory and row is not None and not await _envd_answers(row)
         async with self.sessions.begin() as s:
-            mode = _pause_mode(keep_memory)
             if not await q.set_state(s, sandbox_id, [State.RUNNING], State.PAUSING,
-                                     ended_by=utcnow(), pause_mode=mode):  # fmt: skip
+                                     ended_by=utcnow(), pause_mode=_pause_mode(keep_memory),
+                                     envd_unresponsive_at_pause=unresponsive):  # fmt: skip
                 return False
         self.on_gone(sandbox_id)
-        answers = row is None or await _envd_answers(row)
         try:  # never refused for the disk quota: the end time's pause keeps the user's work
             size = await self.node.pause(sandbox_id, memory=keep_memory)
         except Exception as e:
@@ -650,13 +652,11 @@ class SandboxService:
             return True
         except BaseException:  # cancelled (shutdown): the next start's recovery asks the node
             async with self.sessions.begin() as s:
-                await q.set_state(s, sandbox_id, [State.PAUSING], State.RUNNING, pause_mode=None)
+                await q.set_state(s, sandbox_id, [State.PAUSING], State.RUNNING,
+                                  pause_mode=None, envd_unresponsive_at_pause=False)  # fmt: skip
             raise
         async with self.sessions.begin() as s:
-            await q.set_state(
-                s, sandbox_id, [State.PAUSING], State.PAUSED, paused_bytes=size,
-                pause_mode=_pause_mode(keep_memory), envd_unresponsive_at_pause=not answers,
-            )  # fmt: skip
+            await q.set_state(s, sandbox_id, [State.PAUSING], State.PAUSED, paused_bytes=size)
         log.info("sandbox %s paused at its end time", sandbox_id)
         return True
 
