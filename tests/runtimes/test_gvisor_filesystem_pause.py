@@ -176,3 +176,17 @@ async def test_a_filesystem_snapshot_keeps_its_source_running_and_boots_new_sand
         assert await healthy(sandbox)
     finally:
         await runtime.delete_snapshot(ref)
+
+
+async def test_files_past_the_disk_fail_the_save_and_the_sandbox_runs_on(
+    runtime: GVisorRuntime, make_sandbox: SandboxFactory
+) -> None:
+    """A sparse file costs the disk nothing but the tar holds it whole, outside the quota."""
+    sandbox = await make_sandbox(disk_mb=64)
+    await run(sandbox, "truncate -s 1G /home/user/sparse")
+    with pytest.raises(Exception, match="more than its disk"):
+        await runtime.pause(sandbox.sandbox_id, memory=False)
+    assert (await runtime.get(sandbox.sandbox_id)).status is SandboxStatus.RUNNING
+    assert await healthy(sandbox)
+    root = runtime.config.sandboxes_dir / sandbox.sandbox_id
+    assert not [p.name for p in root.iterdir() if p.name.startswith(("files", "saving"))]

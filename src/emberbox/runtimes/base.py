@@ -101,6 +101,12 @@ class VolumeMount:
     volume_id: str = ""
 
 
+# How long a runtime may take to read a sandbox's changed files out (a filesystem-only pause
+# or snapshot) or to apply them at a boot: at most its disk's size, a sentry round trip per
+# file. Callers of the node size their waits from it.
+FILES_TIMEOUT_S = 300.0
+
+
 @dataclass(frozen=True)
 class SnapshotRef:
     """A checkpoint a runtime can start sandboxes from: where it lives and what it came from."""

@@ -34,11 +34,13 @@ MOUNTS = ("", "tmp")  # relative to the root: the overlays whose writes are kept
 _PROBE = ".emberbox-upper-probe"
 
 
-def _walk(root: str, mount: str) -> Iterator[tuple[str, os.DirEntry[str]]]:
+def _walk(root: str, mount: str, strict: bool = False) -> Iterator[tuple[str, os.DirEntry[str]]]:
     """Every path under the mount ``mount`` (relative to ``root``, the mount itself excluded),
     parents before children, and its directory entry; mounts under it (/proc, /dev, /tmp,
     bound files) are not descended into. Only directories are stat'ed here: a stat costs a
-    sentry round trip (~80 us on a nested host), and the load needs none of the files'."""
+    sentry round trip (~80 us on a nested host), and the load needs none of the files'.
+    ``strict`` (a save) raises what it cannot read: a directory left out of the list of
+    paths would have its template files deleted by the load."""
     top = os.lstat(os.path.join(root, mount)).st_dev
     stack = [mount]
     while stack:
@@ -47,6 +49,8 @@ def _walk(root: str, mount: str) -> Iterator[tuple[str, os.DirEntry[str]]]:
             with os.scandir(os.path.join(root, rel)) as found:
                 entries = sorted(found, key=lambda entry: entry.name)
         except OSError:
+            if strict:
+                raise
             continue
         for entry in entries:
             path = os.path.join(rel, entry.name)
@@ -58,6 +62,8 @@ def _walk(root: str, mount: str) -> Iterator[tuple[str, os.DirEntry[str]]]:
                 ):
                     stack.append(path)
             except OSError:
+                if strict:
+                    raise
                 continue
 
 
@@ -114,7 +120,9 @@ def _stop_others() -> list[int]:
 
 
 def _let_go(pids: list[int]) -> None:
-    for pid in pids:
+    """Children before their parents (they were stopped in pid order): a shell whose job
+    went on first would take it for stopped."""
+    for pid in reversed(pids):
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGCONT)
 
@@ -124,31 +132,36 @@ def save(
     out: IO[bytes] | None = None,
     stop_others: bool = True,
     keep_running: bool = False,
+    limit: int | None = None,
 ) -> None:
     """Write the tar of what changed under ``root`` to ``out`` (stdout). With ``stop_others``
     every other process is stopped first, so no file changes while it is read; they run on
-    afterwards with ``keep_running`` (a snapshot), else only if the save fails (a pause)."""
+    afterwards with ``keep_running`` (a snapshot), else only if the save fails (a pause).
+    Files whose sizes add up past ``limit`` bytes (the sandbox's disk; a sparse file counts
+    whole, as the tar holds it) fail the save: its host copy is outside the disk's quota."""
     stream = out if out is not None else sys.stdout.buffer
     stopped = _stop_others() if stop_others else []
     try:
         paths: list[bytes] = []
+        total = 0
         with tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT) as tar:
             for mount in _mounts(root):
                 top = os.lstat(os.path.join(root, mount)).st_dev
                 upper = _upper_device(os.path.join(root, mount))
-                for path, entry in _walk(root, mount):
+                for path, entry in _walk(root, mount, strict=True):
                     if entry.name == _PROBE:
                         continue
                     paths.append(os.fsencode(path))
-                    try:
-                        st = entry.stat(follow_symlinks=False)
-                    except OSError:
-                        continue  # gone since it was listed
+                    st = entry.stat(follow_symlinks=False)  # (nothing runs to remove it)
                     directory = stat.S_ISDIR(st.st_mode) and st.st_dev == top
                     if not directory and st.st_dev != upper:
                         continue  # the template's, or a file bound in (/etc/hosts)
                     if stat.S_ISSOCK(st.st_mode):
                         continue
+                    total += st.st_size if stat.S_ISREG(st.st_mode) else 0
+                    if limit is not None and total > limit:
+                        raise OSError(f"the sandbox's files add up to more than its disk "
+                                      f"({limit} bytes; sparse files count whole)")  # fmt: skip
                     _add(tar, os.path.join(root, path), path)
             listing = b"\0".join(paths)
             info = tarfile.TarInfo(PATHS_MEMBER)
@@ -162,15 +175,14 @@ def save(
 
 
 def _add(tar: tarfile.TarFile, source: str, name: str) -> None:
-    try:
-        info = tar.gettarinfo(source, arcname=name)
-        if info.isreg():
-            with open(source, "rb") as f:
-                tar.addfile(info, f)
-        else:
-            tar.addfile(info)
-    except OSError:
-        pass  # gone or unreadable since it was listed: not kept
+    """Every error is raised: the pause then fails and the sandbox runs on (a file left out
+    would be lost, a hard link to it would break the load)."""
+    info = tar.gettarinfo(source, arcname=name)
+    if info.isreg():
+        with open(source, "rb") as f:
+            tar.addfile(info, f)
+    else:
+        tar.addfile(info)
 
 
 def _same_directory(path: str, member: tarfile.TarInfo) -> bool:
@@ -208,7 +220,10 @@ def load(root: str = "/", source: IO[bytes] | None = None) -> None:
             if member.isdir():
                 if _same_directory(target, member):
                     continue
-                if os.path.lexists(target) and not os.path.isdir(target):
+                # (a symlink to a directory is replaced too: isdir would follow it)
+                if os.path.islink(target) or (
+                    os.path.lexists(target) and not os.path.isdir(target)
+                ):
                     _remove(target)
             else:
                 _remove(target)

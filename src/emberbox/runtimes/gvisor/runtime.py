@@ -39,6 +39,7 @@ from ...templates.steps import BootFailed, Step
 from ...templates.store import GUEST_PYTHON, Template, TemplateError, TemplateStore
 from ...vocabulary import ENVD_PORT, check_sandbox_id, e2b_env, is_sandbox_id, is_volume_id
 from ..base import (
+    FILES_TIMEOUT_S,
     UNKNOWN_DEFAULTS,
     Capabilities,
     CapabilityMissing,
@@ -71,14 +72,34 @@ BUILDER_PREFIXES = ("build-", "verify-")
 FREEZE_TIMEOUT_S = 0.5
 # A filesystem-only snapshot's one file (beside its snapshot.json).
 FILES_IMAGE = "files.tar"
-# Reading a sandbox's changed files out for a filesystem-only pause (at most its disk's size).
-SAVE_TIMEOUT_S = 300.0
 # guest_files.py runs in the guest by its own Python, given as source (any template's envd).
 _GUEST_FILES = Path(guest_files.__file__).read_text()
-_GUEST_SAVE = _GUEST_FILES + "\nsave()\n"
-_GUEST_SNAPSHOT = _GUEST_FILES + "\nsave(keep_running=True)\n"
-_GUEST_BOOT = _GUEST_FILES + "\nboot(sys.argv[1:])\n"
+_GUEST_SAVE = _GUEST_FILES + "\nsave(limit=int(sys.argv[1]))\n"
+_GUEST_SNAPSHOT = _GUEST_FILES + "\nsave(keep_running=True, limit=int(sys.argv[1]))\n"
+_GUEST_BOOT = _GUEST_FILES + "\nboot(sys.argv[1:])\n"  # (_BOOT_CALL)
 _GUEST_CONT = "import os, signal; os.kill(-1, signal.SIGCONT)"
+_BOOT_CALL = "boot(sys.argv[1:])"
+
+
+def _guest(source: str) -> list[str]:
+    """``source`` run by the guest's Python, isolated (-I): a user's /tarfile.py or PYTHON*
+    variables must not change what it does."""
+    return [GUEST_PYTHON, "-I", "-c", source]
+
+
+def _booting(init: Sequence[str]) -> list[str]:
+    """PID 1's argv that applies the files on its stdin, then execs ``init``."""
+    return [*_guest(_GUEST_BOOT), *init]
+
+
+def _unwrapped(args: list[str]) -> list[str]:
+    """``init`` again from :func:`_booting`'s argv, whichever version of it wrote them (a node
+    killed mid-boot, or upgraded since, leaves them so)."""
+    while args[:2] == [GUEST_PYTHON, "-I"] and len(args) > 3 and _BOOT_CALL in args[3]:
+        args = args[4:]
+    return args
+
+
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Variables PID 1 needs but commands should not inherit through envd's /init.
 _INIT_ONLY = {"PATH", "HOME", "LANG", "EMBERBOX_START_CMD"}
@@ -161,6 +182,8 @@ class GVisorRuntime(Runtime):
         if spec.snapshot is not None:
             files = self._check_snapshot(spec.snapshot)
             image = None if files else Path(spec.snapshot.path)
+            if files and spec.volumes:  # the load's deletions would reach into the volumes
+                raise ValueError("a sandbox with volumes cannot start from a filesystem snapshot")
         elif template is None and self.config.template_snapshots and not spec.volumes:
             template = self._template(spec.template_id)
             image = self.warm.ready(template, spec)
@@ -184,6 +207,8 @@ class GVisorRuntime(Runtime):
         ):
             self.warm.make_later(template, spec, self._boot_for_snapshot, self._checkpoint_to,
                                  self.kill)  # fmt: skip
+        if files is not None:
+            await self._files_applied(record)
         cfg = template.config
         defaults = EnvdDefaults(
             user=cfg.user,
@@ -205,13 +230,16 @@ class GVisorRuntime(Runtime):
                 volumes = [BindMount(Path(v.source), v.path, readonly=False) for v in spec.volumes]
                 tmp = self._volume_tmp(paths) if volumes else None
                 init = list(template.config.init)
-                args = [GUEST_PYTHON, "-c", _GUEST_BOOT, *init] if files else init
+                args = _booting(init) if files else init
                 self._bundle(spec, template, paths, record, args, env, "/", binds=volumes, tmp=tmp)
                 if image is None:
                     await self.runsc.run_detached(spec.sandbox_id, paths.bundle, paths.log,
                                                   filestore=paths.disk,
                                                   overlay_binds=not volumes,
                                                   stdin=files)  # fmt: skip
+                    if files:  # a later restore (a pause) reads the bundle as made
+                        self._bundle(spec, template, paths, record, init, env, "/",
+                                     binds=volumes, tmp=tmp)  # fmt: skip
                 else:
                     await self.runsc.restore(spec.sandbox_id, paths.bundle, image, paths.log,
                                              paths.disk)  # fmt: skip
@@ -219,6 +247,26 @@ class GVisorRuntime(Runtime):
                 await self._teardown(spec.sandbox_id)
                 raise
         return record, env
+
+    async def _files_applied(self, record: SandboxRecord) -> None:
+        """Wait for the envd of a sandbox started from a filesystem snapshot: its PID 1
+        applies the files first, which may take longer than a boot (``FILES_TIMEOUT_S``).
+        If it never answers, the sandbox is removed."""
+        url = self._sandbox(record, SandboxStatus.RUNNING).envd_url
+
+        async def running() -> bool:
+            return not self.known_stopped(record.sandbox_id)
+
+        try:
+            async with sandbox_http() as http:
+                await wait_healthy(http, url, FILES_TIMEOUT_S, alive=running)
+        except BaseException as exc:
+            log_tail = await self.boot_log(record.sandbox_id)
+            await self.kill(record.sandbox_id)
+            if isinstance(exc, HandshakeFailed):
+                raise BootFailed(f"sandbox {record.sandbox_id} did not boot from its files: "
+                                 f"{exc}\n{log_tail}") from None  # fmt: skip
+            raise
 
     @staticmethod
     def _volume_tmp(paths: SandboxPaths) -> Path:
@@ -498,6 +546,7 @@ class GVisorRuntime(Runtime):
             if not memory:
                 await self._save_files(sandbox_id, paths)
                 self._kill_processes(sandbox_id)
+                paths.saving.unlink(missing_ok=True)  # (paused: nothing stopped to let go)
                 size = paths.files.stat().st_blocks * 512
                 self._in_background(self._forget_container(sandbox_id))
                 return size
@@ -557,16 +606,18 @@ class GVisorRuntime(Runtime):
                 if await self._status(sandbox_id) is SandboxStatus.RUNNING:
                     return self._sandbox(record, SandboxStatus.RUNNING)
                 raise SandboxGone(f"sandbox {sandbox_id} is neither paused nor running")
-            if paths.memory.is_dir() and not memory:
+            if paths.memory.is_dir() and memory:
+                # (a leftover of a reboot that failed, or was cut off, goes with its success)
+                await self._restore_in_place(sandbox_id, record, paths.memory)
+                self._discard(paths.memory)
+                self._discard(paths.files)
+                return self._sandbox(record, SandboxStatus.RUNNING)
+            if not paths.files.is_file():
                 await self._files_of_memory(sandbox_id, record, paths)
-            if paths.files.is_file():
-                defaults = await self._boot_from_files(sandbox_id, record, paths)
-                return dataclasses.replace(
-                    self._sandbox(record, SandboxStatus.RUNNING, defaults), rebooted=True
-                )
-            await self._restore_in_place(sandbox_id, record, paths.memory)
-            self._discard(paths.memory)
-            return self._sandbox(record, SandboxStatus.RUNNING)
+            defaults = await self._boot_from_files(sandbox_id, record, paths)
+            return dataclasses.replace(
+                self._sandbox(record, SandboxStatus.RUNNING, defaults), rebooted=True
+            )
 
     async def _save_files(
         self, sandbox_id: str, paths: SandboxPaths, dest: Path | None = None,
@@ -579,9 +630,12 @@ class GVisorRuntime(Runtime):
         dest = dest or paths.files
         partial = dest.with_name(f"{dest.name}.partial")
         source = _GUEST_SNAPSHOT if keep_running else _GUEST_SAVE
+        paths.saving.touch()  # until it is over: a node killed meanwhile lets them go again
         try:
+            record = await self._require(sandbox_id)
+            limit = str(record.disk_mb * 2**20)  # what its disk could hold
             code = await self.runsc.exec_to_file(
-                sandbox_id, [GUEST_PYTHON, "-c", source], partial, paths.log, SAVE_TIMEOUT_S
+                sandbox_id, [*_guest(source), limit], partial, paths.log, FILES_TIMEOUT_S
             )
             if code != 0:
                 raise RunscError(f"saving the files of {sandbox_id} failed (exit {code}): "
@@ -589,30 +643,33 @@ class GVisorRuntime(Runtime):
         except BaseException:
             partial.unlink(missing_ok=True)
             with contextlib.suppress(Exception):  # a save cut off leaves them stopped
-                await self.runsc.exec_to_file(sandbox_id, [GUEST_PYTHON, "-c", _GUEST_CONT],
+                await self.runsc.exec_to_file(sandbox_id, _guest(_GUEST_CONT),
                                               Path(os.devnull), paths.log, 10)  # fmt: skip
+            paths.saving.unlink(missing_ok=True)
             raise
         os.replace(partial, dest)
+        if keep_running:
+            paths.saving.unlink(missing_ok=True)
 
     async def _files_of_memory(
         self, sandbox_id: str, record: SandboxRecord, paths: SandboxPaths
     ) -> None:
         """A sandbox paused with its memory holds its files in that image: restore it, save
-        them, stop it, drop the memory. If that fails it stays paused with its memory."""
+        them, stop it. Its memory stays until the boot from the files succeeds."""
         await self._restore_in_place(sandbox_id, record, paths.memory)
         try:
             await self._save_files(sandbox_id, paths)
         finally:
             await self._stop_processes(sandbox_id)
             await self.runsc.delete(sandbox_id)
-        self._discard(paths.memory)
+            paths.saving.unlink(missing_ok=True)
 
     async def _boot_from_files(
         self, sandbox_id: str, record: SandboxRecord, paths: SandboxPaths
     ) -> EnvdDefaults:
         """Boot the sandbox's own bundle afresh, its PID 1 applying the saved files before it
-        becomes the template's init; the files go once envd answers. If the boot fails the
-        sandbox is stopped and stays paused with its files."""
+        becomes the template's init; the files (and a memory image it had) go once envd
+        answers. If the boot fails the sandbox is stopped and stays paused as it was."""
         lease = self._lease_of(sandbox_id, record)
         if lease is None:
             raise SandboxGone(f"sandbox {sandbox_id} has no network lease")
@@ -624,11 +681,8 @@ class GVisorRuntime(Runtime):
         await network.readdress(lease)
         config_path = paths.bundle / "config.json"
         spec = json.loads(config_path.read_text())
-        env, init = spec["process"]["env"], spec["process"]["args"]
-        wrap = [GUEST_PYTHON, "-c", _GUEST_BOOT]
-        if init[: len(wrap)] == wrap:  # a node killed mid-boot left them so
-            init = init[len(wrap) :]
-        spec["process"]["args"] = [*wrap, *init]
+        env, init = spec["process"]["env"], _unwrapped(spec["process"]["args"])
+        spec["process"]["args"] = _booting(init)
         config_path.write_text(json.dumps(spec))
         spec["process"]["args"] = init
         original = json.dumps(spec)
@@ -642,9 +696,9 @@ class GVisorRuntime(Runtime):
             async def running() -> bool:
                 return not self.known_stopped(sandbox_id)
 
-            async with sandbox_http() as http:
-                await wait_healthy(http, url, self.config.boot_timeout, alive=running)
-        except BaseException as exc:
+            async with sandbox_http() as http:  # (applying the files comes before envd)
+                await wait_healthy(http, url, FILES_TIMEOUT_S, alive=running)
+        except BaseException as exc:  # stopped: paused as it was
             config_path.write_text(original)
             await self._stop_processes(sandbox_id)
             await self.runsc.delete(sandbox_id)
@@ -653,6 +707,7 @@ class GVisorRuntime(Runtime):
                                  f"{_tail_of(paths.log)}") from None  # fmt: skip
             raise
         self._discard(paths.files)
+        self._discard(paths.memory)
         values = dict(item.split("=", 1) for item in env)
         try:  # its ready check, as at a create's boot (none if the template is gone since)
             ready_cmd = self.store.get(record.template_id).config.ready_cmd
@@ -861,6 +916,8 @@ class GVisorRuntime(Runtime):
         prefix = network.netns_prefix(instance)
         found |= {n.removeprefix(prefix) for n in await network.list_netns(instance)}
         found |= {lease.sandbox_id for lease in self.pool.leases()}
+        for sandbox_id in sorted(keep_set):
+            await self._finish_cut_save(sandbox_id)
         removed = []
         for sandbox_id in sorted(found - keep_set):
             if not is_sandbox_id(sandbox_id):
@@ -882,6 +939,22 @@ class GVisorRuntime(Runtime):
             if not (self.config.sandboxes_dir / sandbox_id).exists():
                 self.journal.remove(sandbox_id)
         return removed
+
+    async def _finish_cut_save(self, sandbox_id: str) -> None:
+        """A node killed while a save read a sandbox's files left its processes stopped
+        (the save's runsc exec lets them go only when it fails, or for a snapshot): let
+        them go, unless the sandbox was paused with its files after all."""
+        paths = self._paths(sandbox_id)
+        if not paths.saving.exists():
+            return
+        if not paths.paused() and await self._status(sandbox_id) is SandboxStatus.RUNNING:
+            log.warning("sandbox %s: a save of its files was cut off; its processes run on",
+                        sandbox_id)  # fmt: skip
+            with contextlib.suppress(Exception):
+                await self.runsc.exec_to_file(sandbox_id, _guest(_GUEST_CONT),
+                                              Path(os.devnull), paths.log, 10)  # fmt: skip
+        paths.files.with_name(f"{paths.files.name}.partial").unlink(missing_ok=True)
+        paths.saving.unlink(missing_ok=True)
 
     # -- internals -------------------------------------------------------------------------
 

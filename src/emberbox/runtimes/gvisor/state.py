@@ -78,6 +78,11 @@ class SandboxPaths:
         """What a filesystem-only pause kept (``guest_files.py``), while it is paused so."""
         return self.root / "files.tar"
 
+    @property
+    def saving(self) -> Path:
+        """Present while a save reads its files with its processes stopped."""
+        return self.root / "saving"
+
     def paused(self) -> bool:
         return self.memory.is_dir() or self.files.is_file()
 
