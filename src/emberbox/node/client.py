@@ -20,7 +20,7 @@ from google.protobuf.message import Message
 from .._connect.codec import decode_proto
 from .._connect.errors import Code, ConnectError
 from .._proto.node import node_pb2 as pb
-from ..runtimes.base import Runtime
+from ..runtimes.base import FILES_TIMEOUT_S, Runtime
 from .builds import NodeBuilds
 from .orchestrator import Orchestrator
 from .pool import PoolSettings
@@ -245,6 +245,9 @@ class EmbeddedNode(NodeClient):
         return response
 
 
+_FILES_CALLS = frozenset({"Pause", "Resume", "Checkpoint", "Create"})
+
+
 class RemoteNode(NodeClient):
     """A node served by ``emberbox node`` at ``url``; ``token`` is its shared secret."""
 
@@ -260,11 +263,14 @@ class RemoteNode(NodeClient):
         await self._http.aclose()
 
     async def _call(self, method: str, request: Message, response_type: type[M]) -> M:
+        # A call that may read a sandbox's files out and boot it from them waits that long.
+        slow = 2 * FILES_TIMEOUT_S + 120 if method in _FILES_CALLS else None
         try:
             response = await self._http.post(
                 f"{self.url}/node.Node/{method}",
                 content=request.SerializeToString(),
                 headers={"Content-Type": "application/proto"},
+                timeout=slow if slow is not None else httpx.USE_CLIENT_DEFAULT,
             )
         except httpx.HTTPError as exc:
             raise NodeUnavailable(Code.UNAVAILABLE, f"node at {self.url}: {exc}") from exc

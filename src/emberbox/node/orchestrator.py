@@ -274,6 +274,7 @@ class Orchestrator:
             record.created_at = time.time()
             record.envd_url, record.host = pooled.envd_url, pooled.address
             record.envd_version = version
+            record.envs = dict(spec.envs)
             self.records.save(record)
             return record, token
 
@@ -426,7 +427,17 @@ class Orchestrator:
             record = self._get(sandbox_id)
             sandbox = await self.runtime.resume(sandbox_id, memory=memory)
             if sandbox.rebooted:
-                record.envd_version = await self._handshake(sandbox, access_token)
+                env = {**sandbox.defaults.env, **record.envs}
+                defaults = dataclasses.replace(sandbox.defaults, env=env)
+                sandbox = dataclasses.replace(sandbox, defaults=defaults)
+                try:
+                    record.envd_version = await self._handshake(sandbox, access_token)
+                except BaseException:
+                    # Paused again with its files, so a later resume can try again; what
+                    # cannot be saved stays running and the control plane learns of it.
+                    with contextlib.suppress(Exception):
+                        await self.runtime.pause(sandbox_id, memory=False)
+                    raise
             else:
                 await self._serving(sandbox)
             record.state = "running"

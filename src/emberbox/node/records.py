@@ -29,6 +29,9 @@ class SandboxRecord:
     # The volumes it mounts: they stay mounted, and cannot be deleted, while it lives. A
     # record from before records named them holds ALL_VOLUMES: any volume may be mounted.
     volumes: list[str] = field(default_factory=list)
+    # Env vars its create gave it that its runtime's own record may lack (a pooled sandbox
+    # gets them at /init): a boot from its files hands them to envd again.
+    envs: dict[str, str] = field(default_factory=dict)
 
 
 class RecordStore:
