@@ -120,6 +120,15 @@ def gvisor_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPr
 
 
 @pytest.fixture
+def gvisor_api(gvisor_server: ServerProcess, gvisor_key: str) -> Iterator[httpx.Client]:
+    """A client of the gVisor server's REST API with its first key."""
+    with httpx.Client(
+        base_url=gvisor_server.api_url, headers={"X-API-KEY": gvisor_key}, timeout=60
+    ) as client:
+        yield client
+
+
+@pytest.fixture
 def gvisor_key(gvisor_server: ServerProcess, monkeypatch: pytest.MonkeyPatch) -> str:
     """The server's first key, with the official SDK pointed at the server through its
     environment variables, as a user does."""

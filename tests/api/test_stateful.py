@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -29,11 +28,8 @@ COUNTER = background_counter.LOOP
 
 
 @pytest.fixture
-def api(gvisor_server: ServerProcess, gvisor_key: str) -> Iterator[httpx.Client]:
-    with httpx.Client(
-        base_url=gvisor_server.api_url, headers={"X-API-KEY": gvisor_key}, timeout=60
-    ) as client:
-        yield client
+def api(gvisor_api: httpx.Client) -> httpx.Client:
+    return gvisor_api
 
 
 def served(server: ServerProcess, sbx: Sandbox, path: str, body: str) -> None:

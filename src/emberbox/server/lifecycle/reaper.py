@@ -86,8 +86,10 @@ class Reaper:
                 paused = sandbox.status == pb.SANDBOX_STATUS_PAUSED
                 # A resume that got through counts its lifetime from now, as a resume does
                 # (its old end time may have passed while it was paused).
-                fresh = {} if paused else {"end_at": utcnow() + dt.timedelta(
-                    seconds=DEFAULT_RESUME_TIMEOUT_S)}  # fmt: skip
+                fresh: dict[str, Any] = {} if paused else {
+                    "end_at": utcnow() + dt.timedelta(seconds=DEFAULT_RESUME_TIMEOUT_S),
+                    "pause_mode": None, "envd_unresponsive_at_pause": False,
+                }  # fmt: skip
                 async with self.service.sessions.begin() as s:
                     await q.set_state(
                         s,
