@@ -10,7 +10,7 @@ import time
 
 import httpx
 import pytest
-from e2b import AsyncSandbox, GuestUnresponsiveException, Sandbox, SandboxState
+from e2b import AsyncSandbox, Sandbox, SandboxState
 
 from emberbox.server.testing import ServerProcess
 from emberbox.vocabulary import ENVD_PORT
@@ -133,9 +133,12 @@ def test_the_end_time_pause_can_keep_only_files(api: httpx.Client) -> None:
         sbx.kill()
 
 
-def test_a_sandbox_paused_while_envd_did_not_answer_resumes_only_from_its_files(
+def test_a_sandbox_whose_envd_does_not_answer_comes_back_by_a_reboot(
     api: httpx.Client,
 ) -> None:
+    """A filesystem-only pause and a strict one need envd (503); a plain memory pause goes
+    ahead (envd is not asked: under load its answer was late, and busy sandboxes were taken
+    for hung ones), and ``on_resume="reboot"`` brings the sandbox back with a fresh envd."""
     sbx = Sandbox.create(timeout=300)
     try:
         sbx.files.write("/home/user/a.txt", "kept")
@@ -143,20 +146,15 @@ def test_a_sandbox_paused_while_envd_did_not_answer_resumes_only_from_its_files(
         sbx.commands.run("setsid sh -c 'sleep 0.5; kill -STOP $0' $PPID >/dev/null 2>&1 &",
                          user="root")  # fmt: skip
         time.sleep(1.5)
-        # A filesystem-only pause needs envd; strict refuses; a plain one goes ahead, marked.
         r = api.post(f"/sandboxes/{sbx.sandbox_id}/pause", json={"memory": False})
         assert r.status_code == 503, r.text
         r = api.post(f"/sandboxes/{sbx.sandbox_id}/pause", json={"requireHealthyGuest": True})
         assert r.status_code == 503, r.text
         assert sbx.get_info().state == SandboxState.RUNNING
         assert sbx.pause() is True
-        assert sbx.get_info().envd_unresponsive_at_pause is True
-        with pytest.raises(GuestUnresponsiveException):
-            Sandbox.connect(sbx.sandbox_id)
-        assert sbx.get_info().state == SandboxState.PAUSED
+        assert sbx.get_info().envd_unresponsive_at_pause is None
         back = Sandbox.connect(sbx.sandbox_id, on_resume="reboot")
         assert back.files.read("/home/user/a.txt") == "kept"
-        assert back.get_info().envd_unresponsive_at_pause is None
     finally:
         sbx.kill()
 
