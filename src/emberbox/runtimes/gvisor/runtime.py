@@ -74,11 +74,11 @@ FREEZE_TIMEOUT_S = 0.5
 FILES_IMAGE = "files.tar"
 # guest_files.py runs in the guest by its own Python, given as source (any template's envd).
 _GUEST_FILES = Path(guest_files.__file__).read_text()
+_BOOT_CALL = "boot(sys.argv[1:])"
 _GUEST_SAVE = _GUEST_FILES + "\nsave(limit=int(sys.argv[1]))\n"
 _GUEST_SNAPSHOT = _GUEST_FILES + "\nsave(keep_running=True, limit=int(sys.argv[1]))\n"
-_GUEST_BOOT = _GUEST_FILES + "\nboot(sys.argv[1:])\n"  # (_BOOT_CALL)
+_GUEST_BOOT = f"{_GUEST_FILES}\n{_BOOT_CALL}\n"
 _GUEST_CONT = "import os, signal; os.kill(-1, signal.SIGCONT)"
-_BOOT_CALL = "boot(sys.argv[1:])"
 
 
 def _guest(source: str) -> list[str]:
@@ -208,7 +208,11 @@ class GVisorRuntime(Runtime):
             self.warm.make_later(template, spec, self._boot_for_snapshot, self._checkpoint_to,
                                  self.kill)  # fmt: skip
         if files is not None:
-            await self._files_applied(record)
+            try:
+                await self._files_applied(record)
+            except BaseException:
+                await self.kill(record.sandbox_id)
+                raise
         cfg = template.config
         defaults = EnvdDefaults(
             user=cfg.user,
@@ -249,24 +253,21 @@ class GVisorRuntime(Runtime):
         return record, env
 
     async def _files_applied(self, record: SandboxRecord) -> None:
-        """Wait for the envd of a sandbox started from a filesystem snapshot: its PID 1
-        applies the files first, which may take longer than a boot (``FILES_TIMEOUT_S``).
-        If it never answers, the sandbox is removed."""
+        """Wait for the envd of a sandbox booted with saved files (a reboot, or a create from a
+        filesystem snapshot): its PID 1 applies them first, which may take longer than a boot
+        (``FILES_TIMEOUT_S``). The caller stops the sandbox if this raises."""
+        sandbox_id = record.sandbox_id
         url = self._sandbox(record, SandboxStatus.RUNNING).envd_url
 
         async def running() -> bool:
-            return not self.known_stopped(record.sandbox_id)
+            return not self.known_stopped(sandbox_id)
 
         try:
             async with sandbox_http() as http:
                 await wait_healthy(http, url, FILES_TIMEOUT_S, alive=running)
-        except BaseException as exc:
-            log_tail = await self.boot_log(record.sandbox_id)
-            await self.kill(record.sandbox_id)
-            if isinstance(exc, HandshakeFailed):
-                raise BootFailed(f"sandbox {record.sandbox_id} did not boot from its files: "
-                                 f"{exc}\n{log_tail}") from None  # fmt: skip
-            raise
+        except HandshakeFailed as exc:
+            raise BootFailed(f"sandbox {sandbox_id} did not boot from its files: {exc}\n"
+                             f"{await self.boot_log(sandbox_id)}") from None  # fmt: skip
 
     @staticmethod
     def _volume_tmp(paths: SandboxPaths) -> Path:
@@ -539,12 +540,13 @@ class GVisorRuntime(Runtime):
         If the save fails the sandbox keeps running and the error is raised.
         """
         async with self._locks.hold(sandbox_id):
-            self._no_volumes(await self._require(sandbox_id), "paused")
+            record = await self._require(sandbox_id)
+            self._no_volumes(record, "paused")
             paths = self._paths(sandbox_id)
             if paths.paused():
                 raise SandboxNotRunning(f"sandbox {sandbox_id} is paused")
             if not memory:
-                await self._save_files(sandbox_id, paths)
+                await self._save_files(record, paths)
                 self._kill_processes(sandbox_id)
                 paths.saving.unlink(missing_ok=True)  # (paused: nothing stopped to let go)
                 size = paths.files.stat().st_blocks * 512
@@ -620,26 +622,26 @@ class GVisorRuntime(Runtime):
             )
 
     async def _save_files(
-        self, sandbox_id: str, paths: SandboxPaths, dest: Path | None = None,
+        self, record: SandboxRecord, paths: SandboxPaths, dest: Path | None = None,
         keep_running: bool = False,
     ) -> None:  # fmt: skip
         """Read what the running sandbox changed into ``dest`` (``paths.files``) with
         ``guest_files.save``, run by runsc beside envd, which need not answer. Its processes
         are stopped while it reads; they run on afterwards with ``keep_running``, and if it
         fails (then nothing is kept)."""
+        sandbox_id = record.sandbox_id
         dest = dest or paths.files
         partial = dest.with_name(f"{dest.name}.partial")
         source = _GUEST_SNAPSHOT if keep_running else _GUEST_SAVE
         paths.saving.touch()  # until it is over: a node killed meanwhile lets them go again
         try:
-            record = await self._require(sandbox_id)
             limit = str(record.disk_mb * 2**20)  # what its disk could hold
             code = await self.runsc.exec_to_file(
                 sandbox_id, [*_guest(source), limit], partial, paths.log, FILES_TIMEOUT_S
             )
             if code != 0:
                 raise RunscError(f"saving the files of {sandbox_id} failed (exit {code}): "
-                                 f"{_tail_of(paths.log)}")  # fmt: skip
+                                 f"{await self.boot_log(sandbox_id)}")  # fmt: skip
         except BaseException:
             partial.unlink(missing_ok=True)
             with contextlib.suppress(Exception):  # a save cut off leaves them stopped
@@ -658,7 +660,7 @@ class GVisorRuntime(Runtime):
         them, stop it. Its memory stays until the boot from the files succeeds."""
         await self._restore_in_place(sandbox_id, record, paths.memory)
         try:
-            await self._save_files(sandbox_id, paths)
+            await self._save_files(record, paths)
         finally:
             await self._stop_processes(sandbox_id)
             await self.runsc.delete(sandbox_id)
@@ -691,20 +693,11 @@ class GVisorRuntime(Runtime):
                                           filestore=paths.disk, overlay_binds=not record.volumes,
                                           stdin=paths.files)  # fmt: skip
             config_path.write_text(original)  # a later restore reads the bundle as made
-            url = self._sandbox(record, SandboxStatus.RUNNING).envd_url
-
-            async def running() -> bool:
-                return not self.known_stopped(sandbox_id)
-
-            async with sandbox_http() as http:  # (applying the files comes before envd)
-                await wait_healthy(http, url, FILES_TIMEOUT_S, alive=running)
-        except BaseException as exc:  # stopped: paused as it was
+            await self._files_applied(record)
+        except BaseException:  # stopped: paused as it was
             config_path.write_text(original)
             await self._stop_processes(sandbox_id)
             await self.runsc.delete(sandbox_id)
-            if isinstance(exc, HandshakeFailed):
-                raise BootFailed(f"sandbox {sandbox_id} did not boot from its files: {exc}\n"
-                                 f"{_tail_of(paths.log)}") from None  # fmt: skip
             raise
         self._discard(paths.files)
         self._discard(paths.memory)
@@ -743,7 +736,7 @@ class GVisorRuntime(Runtime):
                 if memory:
                     await self.runsc.checkpoint(sandbox_id, partial, paths.disk)
                 else:
-                    await self._save_files(sandbox_id, paths, partial / FILES_IMAGE,
+                    await self._save_files(record, paths, partial / FILES_IMAGE,
                                            keep_running=True)  # fmt: skip
                 about = {"source": sandbox_id, "template_id": record.template_id, "memory": memory}
                 (partial / "snapshot.json").write_text(json.dumps(about))
@@ -1152,13 +1145,6 @@ class GVisorRuntime(Runtime):
         log = self._paths(sandbox_id).log
         guest_kills = count_kills(log.read_text(errors="replace")) if log.exists() else 0
         return bool(usage and usage.oom_kills) or guest_kills > 0
-
-
-def _tail_of(log: Path, limit: int = 2000) -> str:
-    try:
-        return log.read_text(errors="replace")[-limit:].strip()
-    except FileNotFoundError:
-        return ""
 
 
 def _du(path: Path) -> int:
