@@ -88,7 +88,7 @@ class Reaper:
                 # (its old end time may have passed while it was paused).
                 fresh: dict[str, Any] = {} if paused else {
                     "end_at": utcnow() + dt.timedelta(seconds=DEFAULT_RESUME_TIMEOUT_S),
-                    "pause_mode": None, "envd_unresponsive_at_pause": False,
+                    "pause_mode": None,
                 }  # fmt: skip
                 async with self.service.sessions.begin() as s:
                     await q.set_state(

@@ -575,9 +575,8 @@ class SandboxService:
         require_healthy_guest: bool = False,
     ) -> None:
         """Save the sandbox and stop it: its memory and files, or (without ``keep_memory``)
-        only its files, which a resume then boots from. A memory pause of a sandbox whose envd
-        does not answer goes ahead and is marked so (its resume must boot from the files),
-        unless ``require_healthy_guest``; a filesystem-only pause needs envd to answer."""
+        only its files, which a resume then boots from. With ``require_healthy_guest``, and
+        for a filesystem-only pause, envd must answer first."""
         row = await self.get(who, sandbox_id)
         if State(row.state) != State.RUNNING:
             raise Conflict(f"sandbox '{sandbox_id}' is {row.state}, not running")
@@ -589,18 +588,14 @@ class SandboxService:
         # envd is asked only where its answer decides: a probe that timed out under load, or
         # while another caller's checkpoint held the sandbox, marked busy sandboxes
         # unresponsive (CI's stress test), and their plain resume was then refused.
-        answers = True
-        if require_healthy_guest or not keep_memory:
-            answers = await _envd_answers(row)
-        if not answers:
+        if (require_healthy_guest or not keep_memory) and not await _envd_answers(row):
             what = "not paused" if keep_memory else "a filesystem-only pause needs it"
             raise GuestUnhealthy(f"sandbox '{sandbox_id}' envd does not answer; {what}")
         await self._check_saved_disk(row.team_id, f"sandbox '{sandbox_id}' was not paused")
         # What it will be is known now: traffic must not wake it, a restart must not lose it.
         async with self.sessions.begin() as s:
             if not await q.set_state(s, sandbox_id, [State.RUNNING], State.PAUSING,
-                                     pause_mode=_pause_mode(keep_memory),
-                                     envd_unresponsive_at_pause=not answers):  # fmt: skip
+                                     pause_mode=_pause_mode(keep_memory)):  # fmt: skip
                 raise Conflict(f"sandbox '{sandbox_id}' is being paused or resumed, not running")
         self.on_gone(sandbox_id)
         try:
@@ -608,8 +603,7 @@ class SandboxService:
         except BaseException as e:  # cancellation too: never leave the row half-way
             log.warning("pause of %s failed: %s", sandbox_id, e)
             async with self.sessions.begin() as s:
-                await q.set_state(s, sandbox_id, [State.PAUSING], State.RUNNING,
-                                  pause_mode=None, envd_unresponsive_at_pause=False)  # fmt: skip
+                await q.set_state(s, sandbox_id, [State.PAUSING], State.RUNNING, pause_mode=None)
             if not isinstance(e, Exception):
                 raise
             raise SandboxFailed(f"pause failed: {e}") from e
@@ -641,11 +635,10 @@ class SandboxService:
         async with self.sessions() as s:
             row = await q.get(s, sandbox_id)
         keep_memory = row is None or row.auto_pause_memory
-        unresponsive = False  # (not asked: see ``pause``)
         async with self.sessions.begin() as s:
+            mode = _pause_mode(keep_memory)
             if not await q.set_state(s, sandbox_id, [State.RUNNING], State.PAUSING,
-                                     ended_by=utcnow(), pause_mode=_pause_mode(keep_memory),
-                                     envd_unresponsive_at_pause=unresponsive):  # fmt: skip
+                                     ended_by=utcnow(), pause_mode=mode):  # fmt: skip
                 return False
         self.on_gone(sandbox_id)
         try:  # never refused for the disk quota: the end time's pause keeps the user's work
@@ -656,8 +649,7 @@ class SandboxService:
             return True
         except BaseException:  # cancelled (shutdown): the next start's recovery asks the node
             async with self.sessions.begin() as s:
-                await q.set_state(s, sandbox_id, [State.PAUSING], State.RUNNING,
-                                  pause_mode=None, envd_unresponsive_at_pause=False)  # fmt: skip
+                await q.set_state(s, sandbox_id, [State.PAUSING], State.RUNNING, pause_mode=None)
             raise
         async with self.sessions.begin() as s:
             await q.set_state(s, sandbox_id, [State.PAUSING], State.PAUSED, paused_bytes=size)
@@ -782,7 +774,7 @@ class SandboxService:
             ok = await q.set_row_state(
                 s, row, [State.RESUMING], State.RUNNING, envd_url=b.envd_url,
                 host_address=b.host, end_at=utcnow() + dt.timedelta(seconds=timeout),
-                paused_bytes=0, pause_mode=None, envd_unresponsive_at_pause=False,
+                paused_bytes=0, pause_mode=None,
                 envd_version=b.envd_version or row.envd_version,
             )  # fmt: skip
         if not ok:  # it was killed meanwhile: answer what it is now
