@@ -5,6 +5,8 @@ loads for nothing is memory in every sandbox."""
 
 from __future__ import annotations
 
+import asyncio
+import selectors
 import subprocess
 import sys
 import textwrap
@@ -58,3 +60,21 @@ def test_envd_loads_what_its_requests_need_before_it_serves_and_no_websockets() 
     # at its first use.
     assert "anyio._backends._asyncio" in loaded
     assert "websockets" not in loaded
+
+
+def test_envd_runs_on_a_loop_that_polls() -> None:
+    """Not epoll, which this runsc can leave corrupt across a checkpoint (``envd/loop.py``; in
+    a sandbox: ``test_envd_keeps_serving_after_checkpoints_taken_amid_its_traffic``)."""
+    import uvicorn
+
+    from emberbox.envd.__main__ import parse_args, server_options
+    from emberbox.envd.app import create_app
+
+    factory = uvicorn.Config(create_app(), **server_options(parse_args([]))).get_loop_factory()
+    assert factory is not None
+    loop = factory()
+    try:
+        assert isinstance(loop, asyncio.SelectorEventLoop)
+        assert isinstance(loop._selector, selectors.PollSelector)  # type: ignore[attr-defined]
+    finally:
+        loop.close()

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..vocabulary import DEFAULT_USER, DEFAULT_WORKDIR, SERVER_KEEPALIVE_S, STANDBY_SHELLS
 from ..vocabulary import ENVD_PORT as DEFAULT_PORT
+from .loop import UVICORN_LOOP
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,13 +46,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def server_options(args: argparse.Namespace) -> dict[str, Any]:
-    """How uvicorn serves envd. ``ws="none"``: envd serves no WebSockets, and uvicorn's
-    default loads the websockets package wherever it is installed (~1.2 MiB; not in our
-    templates, whose envd venv lacks it, but in a development venv running envd)."""
+    """How uvicorn serves envd. ``loop``: a ``poll(2)`` loop, see ``envd/loop.py``.
+    ``ws="none"``: envd serves no WebSockets, and uvicorn's default loads the websockets
+    package wherever it is installed (~1.2 MiB; not in our templates, whose envd venv lacks
+    it, but in a development venv running envd)."""
     return {
         "host": args.host,
         "port": args.port,
-        "loop": "uvloop",
+        "loop": UVICORN_LOOP,
         "http": "httptools",
         "ws": "none",
         "lifespan": "on",

@@ -29,10 +29,10 @@ CLOCK_BEHIND_S = 0.05
 async def health(wake: Callable[[], None], request: Request) -> Response:
     """204 with envd's version. ``wake``: see :func:`init`; after a resume or a rollback,
     the node's health check (a GET) is envd's first request (no ``/init`` follows those).
-    A HEAD only answers: the control plane asks so right before a pause, and shells woken
-    as the checkpoint is taken left a later command hanging after the resume (pause/resume
-    cycles with a GET right before each pause: a hang within the first 7, twice; with a
-    HEAD: none in 90; the cause inside the woken shells is not known yet)."""
+    A HEAD only answers: the control plane asks so right before a pause, where waking the
+    shells would only be work inside the checkpoint. (A GET there once made a later command
+    hang after the resume; the cause was this runsc's epoll across a checkpoint, which envd
+    no longer uses: ``envd/loop.py``.)"""
     if request.method == "GET":
         wake()
     return Response(status_code=204, headers={"X-Envd-Version": ENVD_VERSION})
