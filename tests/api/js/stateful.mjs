@@ -93,6 +93,8 @@ try {
     .length
   out.childAfterDelete = (await child.commands.run('cat ' + FILE)).stdout
 } finally {
+  // On a failure, where it happened: the steps done, in order (Node prints the error itself).
+  console.error(`steps done: ${Object.keys(out).join(' ')}`)
   out.killed = await Promise.all(made.map((s) => s.kill().catch((err) => err.message)))
 }
 console.log(JSON.stringify(out))
