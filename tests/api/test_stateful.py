@@ -125,7 +125,10 @@ def test_paused_sandbox_frees_its_memory(gvisor_server: ServerProcess, gvisor_ke
     sbx = Sandbox.create(timeout=120)
     try:
         sbx.commands.run("python3 -c 'b = b\"x\" * (64 << 20); import time; time.sleep(600)' &")
-        assert runsc_rss(sbx.sandbox_id) > 64 << 20
+        deadline = time.monotonic() + 20  # the command returns as python starts, not once it holds
+        while runsc_rss(sbx.sandbox_id) <= 64 << 20:
+            assert time.monotonic() < deadline, "the sandbox never held the 64 MiB"
+            time.sleep(0.1)
         sbx.pause()
         deadline = time.monotonic() + 10
         while runsc_rss(sbx.sandbox_id) > 0:
