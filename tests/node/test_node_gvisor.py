@@ -17,7 +17,12 @@ from emberbox.runtimes.gvisor import GVisorConfig, GVisorRuntime
 from emberbox.server.testing import NodeProcess
 from emberbox.templates.store import Template
 from emberbox.vocabulary import new_sandbox_id
-from tests.runtimes.gvisor_support import DATA_DIR, inventory, wait_for_template_snapshot
+from tests.runtimes.gvisor_support import (
+    DATA_DIR,
+    inventory,
+    runsc_pids,
+    wait_for_template_snapshot,
+)
 
 from .support import data_dir_sharing_templates, server_in_front_of
 
@@ -148,3 +153,88 @@ async def test_a_paused_sandbox_is_neither_snapshotted_nor_rolled_back(node: Nod
             break
         await asyncio.sleep(0.2)
     assert leaked == {}
+
+
+def _saving(config: GVisorConfig, sandbox_id: str) -> bool:
+    """Whether a ``runsc checkpoint`` of ``sandbox_id`` runs on the host right now."""
+    for pid in runsc_pids(config):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"checkpoint" in argv and sandbox_id.encode() in argv:
+            return True
+    return False
+
+
+async def _cut_mid_save(node: NodeProcess, config: GVisorConfig, sandbox_id: str,
+                        save: asyncio.Task[object]) -> None:  # fmt: skip
+    """SIGKILL the node while runsc saves the sandbox (the node's answer not given yet), then
+    wait until that orphaned ``runsc checkpoint`` has ended, as it runs on without the node."""
+    while not _saving(config, sandbox_id):
+        assert not save.done(), "the save finished before it could be cut"
+        await asyncio.sleep(0.002)
+    node.sigkill()
+    with pytest.raises(NodeError):
+        await save
+    for _ in range(300):
+        if not _saving(config, sandbox_id):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("the orphaned runsc checkpoint never ended")
+
+
+def _partial_saves(config: GVisorConfig) -> list[Path]:
+    """Half-written memory images: a pause's in a sandbox's directory, a snapshot's."""
+    found = list(config.sandboxes_dir.glob("*/*.partial"))
+    return found + list(config.snapshots_dir.glob("*.partial"))
+
+
+async def test_a_node_killed_mid_save_leaves_the_sandbox_running_and_no_partial_image(
+    node: NodeProcess,
+) -> None:
+    """The node SIGKILLed while runsc checkpoints a sandbox for a pause, then for a snapshot:
+    the checkpoint leaves the sandbox running, so the restarted node adopts it running, its
+    processes counting on; the half-made images, which no one would ever read or delete, are
+    gone; and the sandbox pauses and resumes as any other."""
+    config = GVisorConfig(data_dir=node.data_dir)
+    baseline = await inventory(config)
+    node.start()
+    client = RemoteNode(node.url, node.token)
+    try:
+        sandbox = await client.create(_spec())
+        sid = sandbox.sandbox_id
+        async with EnvdClient(sandbox.envd_url, "t0k") as envd:  # 160 MiB: a save takes a while
+            await envd.run(
+                'nohup python3 -c \'import time; b = b"x" * (160 << 20); open("/tmp/held", "w")'
+                "; time.sleep(1e6)' > /dev/null 2>&1 &"
+                " nohup sh -c 'while :; do date +%s%N > /tmp/tick; sleep 0.05; done' > /dev/null"
+                " 2>&1 &"
+            )
+            for _ in range(200):
+                if (await envd.run("test -e /tmp/held && echo y")).text == "y\n":
+                    break
+                await asyncio.sleep(0.1)
+        cuts = [lambda: client.pause(sid), lambda: client.checkpoint(sid, "snapcoffee0000000003")]
+        for cut in cuts:
+            await _cut_mid_save(node, config, sid, asyncio.create_task(cut()))
+            line = node.start()
+            assert "adopted 1" in line, line
+            await client.close()
+            client = RemoteNode(node.url, node.token)
+            assert [(s.sandbox_id, s.status) for s in (await client.list()).sandboxes] == [
+                (sid, pb.SANDBOX_STATUS_RUNNING)
+            ]
+            assert _partial_saves(config) == []
+            before = await _echo(sandbox, "$(cat /tmp/tick)")
+            await asyncio.sleep(0.3)
+            assert int(await _echo(sandbox, "$(cat /tmp/tick)")) > int(before), "not counting"
+
+        assert await client.pause(sid) > 100 << 20
+        assert not (await client.resume(sid, "t0k")).rebooted
+        assert await _echo(sandbox, "$(pgrep -c -f '[1]e6')") == "1\n"
+        assert await client.kill(sid) is True
+    finally:
+        await client.close()
+    assert _partial_saves(config) == []
+    assert (await inventory(config)).leaked_since(baseline) == {}

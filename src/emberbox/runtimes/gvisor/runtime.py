@@ -552,7 +552,7 @@ class GVisorRuntime(Runtime):
                 size = paths.files.stat().st_blocks * 512
                 self._in_background(self._forget_container(sandbox_id))
                 return size
-            partial = paths.root / "memory.partial"
+            partial = paths.memory_partial
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir()
             try:
@@ -911,6 +911,8 @@ class GVisorRuntime(Runtime):
         found |= {lease.sandbox_id for lease in self.pool.leases()}
         for sandbox_id in sorted(keep_set):
             await self._finish_cut_save(sandbox_id)
+        for partial in self.config.snapshots_dir.glob("*.partial"):  # snapshots cut off
+            await asyncio.to_thread(shutil.rmtree, partial, True)
         removed = []
         for sandbox_id in sorted(found - keep_set):
             if not is_sandbox_id(sandbox_id):
@@ -934,10 +936,13 @@ class GVisorRuntime(Runtime):
         return removed
 
     async def _finish_cut_save(self, sandbox_id: str) -> None:
-        """A node killed while a save read a sandbox's files left its processes stopped
-        (the save's runsc exec lets them go only when it fails, or for a snapshot): let
-        them go, unless the sandbox was paused with its files after all."""
+        """A node killed while a pause checkpointed a sandbox left the half-written image
+        (the sandbox runs on: runsc checkpoints with ``--leave-running``). One killed while
+        a save read its files left its processes stopped (the save's runsc exec lets them go
+        only when it fails, or for a snapshot): let them go, unless the sandbox was paused
+        with its files after all."""
         paths = self._paths(sandbox_id)
+        await asyncio.to_thread(shutil.rmtree, paths.memory_partial, True)
         if not paths.saving.exists():
             return
         if not paths.paused() and await self._status(sandbox_id) is SandboxStatus.RUNNING:

@@ -74,6 +74,12 @@ class SandboxPaths:
         return self.root / "memory"
 
     @property
+    def memory_partial(self) -> Path:
+        """A pause's checkpoint while runsc writes it, renamed to ``memory`` once whole; a
+        node killed meanwhile leaves it to the next start to remove."""
+        return self.root / "memory.partial"
+
+    @property
     def files(self) -> Path:
         """What a filesystem-only pause kept (``guest_files.py``), while it is paused so."""
         return self.root / "files.tar"
