@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from e2b import Sandbox, SandboxState
 from emberbox import Sandbox as Ours
 from emberbox.server.testing import ServerProcess
 from emberbox.templates.store import Template
+from emberbox.vocabulary import DEFAULT_MEMORY_MB
 from tests.node.support import data_dir_sharing_templates
 from tests.runtimes.conftest import base_template
 from tests.runtimes.gvisor_support import DATA_DIR
@@ -38,6 +40,12 @@ def _server(tmp_path: Path, **limits: str) -> Iterator[ServerProcess]:
 @pytest.fixture
 def capped(tmp_path: Path, base_template: Template) -> Iterator[ServerProcess]:
     yield from _server(tmp_path, EMBERBOX_MAX_SANDBOXES_PER_TEAM="1")
+
+
+@pytest.fixture
+def room_for_one(tmp_path: Path, base_template: Template) -> Iterator[ServerProcess]:
+    """A node whose memory holds one sandbox of the default size."""
+    yield from _server(tmp_path, EMBERBOX_NODE_MEMORY_MB=str(DEFAULT_MEMORY_MB))
 
 
 @pytest.fixture
@@ -73,6 +81,67 @@ def test_a_resume_past_the_team_cap_is_refused_and_changes_nothing(
         paused.kill()
         if other is not None:
             other.kill()
+
+
+def test_a_resume_onto_a_full_node_is_refused_and_changes_nothing(
+    room_for_one: ServerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The paused sandbox gave its memory back, another took it: its resume answers 503 with
+    ``{code, message}`` and it stays paused, files kept, until memory is free again."""
+    assert room_for_one.first_key
+    for name, value in room_for_one.sdk_env(room_for_one.first_key).items():
+        monkeypatch.setenv(name, value)
+    paused = Sandbox.create(timeout=120)
+    other: Sandbox | None = None
+    try:
+        paused.files.write("/home/user/kept.txt", "before the pause")
+        paused.pause()
+        other = Sandbox.create(timeout=120)  # fits: a paused sandbox holds no memory
+
+        api = httpx.Client(base_url=room_for_one.api_url,
+                           headers={"X-API-KEY": room_for_one.first_key})  # fmt: skip
+        refused = api.post(f"/sandboxes/{paused.sandbox_id}/connect", json={"timeout": 60})
+        assert refused.status_code == 503, refused.text
+        body = refused.json()
+        assert body["code"] == 503 and "stays paused" in body["message"], body
+        assert "out of memory" in body["message"], body
+        assert paused.get_info().state == SandboxState.PAUSED
+
+        other.kill()
+        resumed = Sandbox.connect(paused.sandbox_id, timeout=60)
+        assert resumed.files.read("/home/user/kept.txt") == "before the pause"
+    finally:
+        paused.kill()
+        if other is not None:
+            other.kill()
+
+
+def test_the_end_time_pause_is_never_refused_for_the_quota(
+    one_byte: ServerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The quota refuses a caller's pause, never the end time's of an ``on_timeout: pause``
+    sandbox: that pause keeps the user's work, where refusing it would leave the sandbox
+    running past its end."""
+    assert one_byte.first_key
+    for name, value in one_byte.sdk_env(one_byte.first_key).items():
+        monkeypatch.setenv(name, value)
+    full = Sandbox.create(timeout=120)
+    ending: Sandbox | None = None
+    try:
+        full.pause()  # the team is at its quota now
+        ending = Sandbox.create(timeout=5, lifecycle={"on_timeout": "pause"})  # type: ignore[arg-type]
+        ending.files.write("/home/user/work.txt", "kept")
+        deadline = time.monotonic() + 30
+        while (state := ending.get_info().state) != SandboxState.PAUSED:
+            assert state == SandboxState.RUNNING, state
+            assert time.monotonic() < deadline, "not paused at its end time"
+            time.sleep(0.2)
+        resumed = Sandbox.connect(ending.sandbox_id, timeout=60)
+        assert resumed.files.read("/home/user/work.txt") == "kept"
+    finally:
+        full.kill()
+        if ending is not None:
+            ending.kill()
 
 
 def test_paused_memory_is_shown_and_counted_in_the_snapshot_quota(
