@@ -201,9 +201,10 @@ async def test_a_node_killed_mid_save_leaves_the_sandbox_running_and_no_partial_
     baseline = await inventory(config)
     node.start()
     client = RemoteNode(node.url, node.token)
+    sandbox_made = False
     try:
         sandbox = await client.create(_spec())
-        sid = sandbox.sandbox_id
+        sandbox_made, sid = True, sandbox.sandbox_id
         async with EnvdClient(sandbox.envd_url, "t0k") as envd:  # 160 MiB: a save takes a while
             await envd.run(
                 'nohup python3 -c \'import time; b = b"x" * (160 << 20); open("/tmp/held", "w")'
@@ -236,5 +237,7 @@ async def test_a_node_killed_mid_save_leaves_the_sandbox_running_and_no_partial_
         assert await client.kill(sid) is True
     finally:
         await client.close()
+        if sandbox_made:  # a failure above must not leave a sandbox spinning on the host
+            await GVisorRuntime(config).kill(sandbox.sandbox_id)
     assert _partial_saves(config) == []
     assert (await inventory(config)).leaked_since(baseline) == {}
