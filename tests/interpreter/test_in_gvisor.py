@@ -430,6 +430,45 @@ def test_the_envd_token_guards_port_49999(sandbox: Any, server: ServerProcess) -
     assert right.status_code == 200 and '"text":"42"' in right.text
 
 
+def test_kernels_survive_pause_resume_fork_and_snapshot(sdk_env: None) -> None:
+    """A paused code interpreter sandbox comes back with its kernels as they were (a variable
+    in the default Python context and one in a bash context of its own), three times over,
+    the SDK's connections to port 49999 cut by each pause; a fork and a create from a
+    snapshot go on from the same kernels and diverge."""
+    sbx = Sandbox.create(timeout=300)
+    made: list[Any] = []
+    snapshot_id: str | None = None
+    try:
+        sh = sbx.create_code_context(language="bash")
+        sbx.run_code("x = 41")
+        sbx.run_code("Y=shell", context=sh)
+        for i in range(3):
+            assert sbx.pause()
+            sbx = Sandbox.connect(sbx.sandbox_id, timeout=300)
+            assert sbx.run_code("x += 1; x").text == str(42 + i)
+            assert sbx.run_code("echo $Y", context=sh).logs.stdout == ["shell\n"]
+
+        forks = sbx.fork(count=2, timeout=120)
+        made += [f for f in forks if not isinstance(f, Exception)]
+        assert len(made) == 2, forks
+        for k, fork in enumerate(made):
+            assert fork.run_code(f"x += {100 + k}; x").text == str(144 + k)
+        assert sbx.run_code("x").text == "44"
+
+        snapshot_id = sbx.create_snapshot().snapshot_id
+        sbx.run_code("x = 0")
+        made.append(Sandbox.create(snapshot_id, timeout=120))
+        assert made[-1].run_code("x").text == "44"
+        assert made[-1].run_code("echo $Y", context=sh).logs.stdout == ["shell\n"]
+        assert [m.run_code("x").text for m in made] == ["144", "145", "44"]
+    finally:
+        for m in made:
+            m.kill()
+        sbx.kill()
+        if snapshot_id is not None:
+            Sandbox.delete_snapshot(snapshot_id)
+
+
 async def test_async_sdk(sandbox: Any, sdk_env: None) -> None:
     sbx = await AsyncSandbox.connect(sandbox.sandbox_id)
     seen: list[str] = []
