@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -20,11 +21,16 @@ from e2b import (
     SandboxState,
 )
 
+from emberbox.runtimes.gvisor import GVisorConfig
 from emberbox.server.testing import ServerProcess
 from tests import background_counter
 from tests.api.npm import JS, needs_node, run_script
+from tests.runtimes.gvisor_support import checkpointing
 
 COUNTER = background_counter.LOOP
+HOLD_160_MIB = (  # a checkpoint of a sandbox holding it takes a while
+    'python3 -c \'b = b"x" * (160 << 20); open("/tmp/held", "w"); import time; time.sleep(3600)\''
+)
 
 
 @pytest.fixture
@@ -102,6 +108,50 @@ def test_server_restart_between_pause_and_resume(
         resumed = Sandbox.connect(sbx.sandbox_id, timeout=300)
         assert counting(resumed) > before
         assert resumed.files.read("/home/user/kept.txt") == "across restarts"
+    finally:
+        sbx.kill()
+
+
+def test_a_server_killed_mid_pause_comes_back_with_the_sandbox_running(
+    gvisor_server: ServerProcess, gvisor_key: str
+) -> None:
+    """SIGKILL of the server, its node inside it, while runsc checkpoints a sandbox for a
+    pause: the caller gets an error, and the restarted server finds the sandbox running (its
+    record said pausing; the node adopted it running), its processes counting on and its
+    files intact; it then pauses and resumes as any other."""
+    config = GVisorConfig(data_dir=gvisor_server.data_dir)
+    sbx = Sandbox.create(timeout=300)
+    try:
+        sbx.commands.run(COUNTER, background=True)
+        sbx.files.write("/home/user/kept.txt", "before the cut")
+        sbx.commands.run(HOLD_160_MIB, background=True)
+        deadline = time.monotonic() + 20
+        while sbx.commands.run("test -e /tmp/held && echo y || echo n").stdout != "y\n":
+            assert time.monotonic() < deadline, "the memory holder never started"
+            time.sleep(0.1)
+        with ThreadPoolExecutor(1) as pool:
+            pause = pool.submit(sbx.pause)
+            while not checkpointing(config, sbx.sandbox_id):
+                assert not pause.done(), "the pause finished before it could be cut"
+                time.sleep(0.002)
+            assert gvisor_server.proc is not None
+            gvisor_server.proc.kill()
+            gvisor_server.proc.wait()
+            gvisor_server.proc = None
+            assert pause.exception(timeout=60) is not None
+        deadline = time.monotonic() + 30
+        while checkpointing(config, sbx.sandbox_id):  # it runs on without the node
+            assert time.monotonic() < deadline, "the orphaned runsc checkpoint never ended"
+            time.sleep(0.1)
+        gvisor_server.start(timeout_s=60)
+
+        assert sbx.get_info().state == SandboxState.RUNNING
+        assert list(config.sandboxes_dir.glob(f"{sbx.sandbox_id}/*.partial")) == []
+        before = counting(sbx)
+        assert sbx.files.read("/home/user/kept.txt") == "before the cut"
+        sbx.pause()
+        resumed = Sandbox.connect(sbx.sandbox_id, timeout=300)
+        assert counting(resumed) > before
     finally:
         sbx.kill()
 

@@ -19,8 +19,8 @@ from emberbox.templates.store import Template
 from emberbox.vocabulary import new_sandbox_id
 from tests.runtimes.gvisor_support import (
     DATA_DIR,
+    checkpointing,
     inventory,
-    runsc_pids,
     wait_for_template_snapshot,
 )
 
@@ -155,30 +155,18 @@ async def test_a_paused_sandbox_is_neither_snapshotted_nor_rolled_back(node: Nod
     assert leaked == {}
 
 
-def _saving(config: GVisorConfig, sandbox_id: str) -> bool:
-    """Whether a ``runsc checkpoint`` of ``sandbox_id`` runs on the host right now."""
-    for pid in runsc_pids(config):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"checkpoint" in argv and sandbox_id.encode() in argv:
-            return True
-    return False
-
-
 async def _cut_mid_save(node: NodeProcess, config: GVisorConfig, sandbox_id: str,
                         save: asyncio.Task[object]) -> None:  # fmt: skip
     """SIGKILL the node while runsc saves the sandbox (the node's answer not given yet), then
     wait until that orphaned ``runsc checkpoint`` has ended, as it runs on without the node."""
-    while not _saving(config, sandbox_id):
+    while not checkpointing(config, sandbox_id):
         assert not save.done(), "the save finished before it could be cut"
         await asyncio.sleep(0.002)
     node.sigkill()
     with pytest.raises(NodeError):
         await save
     for _ in range(300):
-        if not _saving(config, sandbox_id):
+        if not checkpointing(config, sandbox_id):
             return
         await asyncio.sleep(0.1)
     raise AssertionError("the orphaned runsc checkpoint never ended")

@@ -118,6 +118,19 @@ def _mounts_under(root: str) -> set[str]:
         return {line.split()[4] for line in f if line.split()[4].startswith(root)}
 
 
+def checkpointing(config: GVisorConfig, sandbox_id: str) -> bool:
+    """Whether a ``runsc checkpoint`` of ``sandbox_id`` runs on the host right now (tests
+    that cut a save short wait for it)."""
+    for pid in runsc_pids(config):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"checkpoint" in argv and sandbox_id.encode() in argv:
+            return True
+    return False
+
+
 async def inventory(config: GVisorConfig) -> Inventory:
     mounts = _mounts_under(str(config.root))
     dirs = set()
