@@ -129,7 +129,7 @@ def test_the_end_time_pause_is_never_refused_for_the_quota(
     ending: Sandbox | None = None
     try:
         full.pause()  # the team is at its quota now
-        ending = Sandbox.create(timeout=5, lifecycle={"on_timeout": "pause"})  # type: ignore[arg-type]
+        ending = Sandbox.create(timeout=5, lifecycle={"on_timeout": "pause"})
         ending.files.write("/home/user/work.txt", "kept")
         deadline = time.monotonic() + 30
         while (state := ending.get_info().state) != SandboxState.PAUSED:

@@ -197,8 +197,8 @@ async def test_a_node_killed_mid_save_leaves_the_sandbox_running_and_no_partial_
             await envd.run(
                 'nohup python3 -c \'import time; b = b"x" * (160 << 20); open("/tmp/held", "w")'
                 "; time.sleep(1e6)' > /dev/null 2>&1 &"
-                " nohup sh -c 'while :; do date +%s%N > /tmp/tick; sleep 0.05; done' > /dev/null"
-                " 2>&1 &"
+                " nohup sh -c 'while :; do date +%s%N > /tmp/t; mv /tmp/t /tmp/tick; sleep 0.05"
+                "; done' > /dev/null 2>&1 &"
             )
             for _ in range(200):
                 if (await envd.run("test -e /tmp/held && echo y")).text == "y\n":
