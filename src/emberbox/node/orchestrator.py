@@ -243,8 +243,9 @@ class Orchestrator:
             if record is None:
                 return None
             token = self._pool_tokens.pop(pooled.sandbox_id, "")
+            # Not written to disk: a restart releases a "pooled" record as it would a
+            # "creating" one, and the write cost a claim ~1.3 ms (a rename over the file).
             record.state = "creating"
-            self.records.save(record)
             defaults = dataclasses.replace(
                 pooled.defaults, env={**pooled.defaults.env, **spec.envs}, ready_cmd=None
             )
