@@ -53,24 +53,35 @@ def one_byte(tmp_path: Path, base_template: Template) -> Iterator[ServerProcess]
     yield from _server(tmp_path, EMBERBOX_MAX_SNAPSHOT_BYTES_PER_TEAM="1")
 
 
-def test_a_resume_past_the_team_cap_is_refused_and_changes_nothing(
-    capped: ServerProcess, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    assert capped.first_key
-    for name, value in capped.sdk_env(capped.first_key).items():
+def _use(server: ServerProcess, monkeypatch: pytest.MonkeyPatch) -> httpx.Client:
+    """Point the official SDK at ``server`` as a user does (E2B_* variables); a client of its
+    REST API for what the SDK does not show (status codes, bodies)."""
+    assert server.first_key
+    for name, value in server.sdk_env(server.first_key).items():
         monkeypatch.setenv(name, value)
+    return httpx.Client(base_url=server.api_url, headers={"X-API-KEY": server.first_key})
+
+
+def _refused_resume_changes_nothing(
+    server: ServerProcess, monkeypatch: pytest.MonkeyPatch, status: int, reason: str
+) -> None:
+    """A paused sandbox, then another that takes what the first's resume would need (a
+    paused one counts toward neither the team's cap nor the node's memory): the resume
+    answers ``status`` naming ``reason``, the sandbox stays paused with its files, and
+    resumes once the other is gone."""
+    api = _use(server, monkeypatch)
     paused = Sandbox.create(timeout=120)
     other: Sandbox | None = None
     try:
         paused.files.write("/home/user/kept.txt", "before the pause")
         paused.pause()
-        other = Sandbox.create(timeout=120)  # the paused one does not count toward the cap
+        other = Sandbox.create(timeout=120)
 
-        api = httpx.Client(base_url=capped.api_url, headers={"X-API-KEY": capped.first_key})
         refused = api.post(f"/sandboxes/{paused.sandbox_id}/connect", json={"timeout": 60})
-        assert refused.status_code == 429, refused.text
+        assert refused.status_code == status, refused.text
         body = refused.json()
-        assert body["code"] == 429 and "stays paused" in body["message"]
+        assert body["code"] == status and "stays paused" in body["message"], body
+        assert reason in body["message"], body
         assert paused.get_info().state == SandboxState.PAUSED
 
         other.kill()
@@ -83,37 +94,16 @@ def test_a_resume_past_the_team_cap_is_refused_and_changes_nothing(
             other.kill()
 
 
+def test_a_resume_past_the_team_cap_is_refused_and_changes_nothing(
+    capped: ServerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _refused_resume_changes_nothing(capped, monkeypatch, 429, "concurrent sandbox limit")
+
+
 def test_a_resume_onto_a_full_node_is_refused_and_changes_nothing(
     room_for_one: ServerProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The paused sandbox gave its memory back, another took it: its resume answers 503 with
-    ``{code, message}`` and it stays paused, files kept, until memory is free again."""
-    assert room_for_one.first_key
-    for name, value in room_for_one.sdk_env(room_for_one.first_key).items():
-        monkeypatch.setenv(name, value)
-    paused = Sandbox.create(timeout=120)
-    other: Sandbox | None = None
-    try:
-        paused.files.write("/home/user/kept.txt", "before the pause")
-        paused.pause()
-        other = Sandbox.create(timeout=120)  # fits: a paused sandbox holds no memory
-
-        api = httpx.Client(base_url=room_for_one.api_url,
-                           headers={"X-API-KEY": room_for_one.first_key})  # fmt: skip
-        refused = api.post(f"/sandboxes/{paused.sandbox_id}/connect", json={"timeout": 60})
-        assert refused.status_code == 503, refused.text
-        body = refused.json()
-        assert body["code"] == 503 and "stays paused" in body["message"], body
-        assert "out of memory" in body["message"], body
-        assert paused.get_info().state == SandboxState.PAUSED
-
-        other.kill()
-        resumed = Sandbox.connect(paused.sandbox_id, timeout=60)
-        assert resumed.files.read("/home/user/kept.txt") == "before the pause"
-    finally:
-        paused.kill()
-        if other is not None:
-            other.kill()
+    _refused_resume_changes_nothing(room_for_one, monkeypatch, 503, "out of memory")
 
 
 def test_the_end_time_pause_is_never_refused_for_the_quota(
@@ -122,9 +112,7 @@ def test_the_end_time_pause_is_never_refused_for_the_quota(
     """The quota refuses a caller's pause, never the end time's of an ``on_timeout: pause``
     sandbox: that pause keeps the user's work, where refusing it would leave the sandbox
     running past its end."""
-    assert one_byte.first_key
-    for name, value in one_byte.sdk_env(one_byte.first_key).items():
-        monkeypatch.setenv(name, value)
+    _use(one_byte, monkeypatch)
     full = Sandbox.create(timeout=120)
     ending: Sandbox | None = None
     try:
@@ -150,10 +138,7 @@ def test_paused_memory_is_shown_and_counted_in_the_snapshot_quota(
     """With a quota of one byte: the first pause is admitted (nothing saved yet), then the
     team is at its quota: another pause and a snapshot are refused and change nothing; killing
     the paused sandbox frees its disk and a pause is admitted again."""
-    assert one_byte.first_key
-    for name, value in one_byte.sdk_env(one_byte.first_key).items():
-        monkeypatch.setenv(name, value)
-    api = httpx.Client(base_url=one_byte.api_url, headers={"X-API-KEY": one_byte.first_key})
+    api = _use(one_byte, monkeypatch)
     first, second = Sandbox.create(timeout=120), Sandbox.create(timeout=120)
     try:
         first.pause()
