@@ -25,12 +25,9 @@ from emberbox.runtimes.gvisor import GVisorConfig
 from emberbox.server.testing import ServerProcess
 from tests import background_counter
 from tests.api.npm import JS, needs_node, run_script
-from tests.runtimes.gvisor_support import checkpointing
+from tests.runtimes.gvisor_support import HELD, checkpointing, memory_holder
 
 COUNTER = background_counter.LOOP
-HOLD_160_MIB = (  # a checkpoint of a sandbox holding it takes a while
-    'python3 -c \'b = b"x" * (160 << 20); open("/tmp/held", "w"); import time; time.sleep(3600)\''
-)
 
 
 @pytest.fixture
@@ -124,9 +121,9 @@ def test_a_server_killed_mid_pause_comes_back_with_the_sandbox_running(
     try:
         sbx.commands.run(COUNTER, background=True)
         sbx.files.write("/home/user/kept.txt", "before the cut")
-        sbx.commands.run(HOLD_160_MIB, background=True)
+        sbx.commands.run(memory_holder(160), background=True)
         deadline = time.monotonic() + 20
-        while sbx.commands.run("test -e /tmp/held && echo y || echo n").stdout != "y\n":
+        while sbx.commands.run(f"test -e {HELD} && echo y || echo n").stdout != "y\n":
             assert time.monotonic() < deadline, "the memory holder never started"
             time.sleep(0.1)
         with ThreadPoolExecutor(1) as pool:

@@ -17,10 +17,13 @@ from emberbox.runtimes.gvisor import GVisorConfig, GVisorRuntime
 from emberbox.server.testing import NodeProcess
 from emberbox.templates.store import Template
 from emberbox.vocabulary import new_sandbox_id
+from tests import background_counter
 from tests.runtimes.gvisor_support import (
     DATA_DIR,
+    HELD,
     checkpointing,
     inventory,
+    memory_holder,
     wait_for_template_snapshot,
 )
 
@@ -42,6 +45,11 @@ def _spec() -> pb.SandboxSpec:
 async def _echo(sandbox: pb.Sandbox, text: str) -> str:
     async with EnvdClient(sandbox.envd_url, "t0k") as envd:
         return (await envd.run(f"echo {text}")).text
+
+
+async def _counter(sandbox: pb.Sandbox) -> int:
+    async with EnvdClient(sandbox.envd_url, "t0k") as envd:
+        return int((await envd.run(background_counter.READ)).text)
 
 
 async def _entered(config: GVisorConfig, sandbox_id: str, create: asyncio.Task[object]) -> None:
@@ -193,17 +201,16 @@ async def test_a_node_killed_mid_save_leaves_the_sandbox_running_and_no_partial_
     try:
         sandbox = await client.create(_spec())
         sandbox_made, sid = True, sandbox.sandbox_id
-        async with EnvdClient(sandbox.envd_url, "t0k") as envd:  # 160 MiB: a save takes a while
-            await envd.run(
-                'nohup python3 -c \'import time; b = b"x" * (160 << 20); open("/tmp/held", "w")'
-                "; time.sleep(1e6)' > /dev/null 2>&1 &"
-                " nohup sh -c 'while :; do date +%s%N > /tmp/t; mv /tmp/t /tmp/tick; sleep 0.05"
-                "; done' > /dev/null 2>&1 &"
-            )
+        async with EnvdClient(sandbox.envd_url, "t0k") as envd:
+            quiet = "> /dev/null 2>&1 &"
+            await envd.run(f"nohup {memory_holder(160)} {quiet}"
+                           f" nohup sh -c '{background_counter.LOOP}' {quiet}")  # fmt: skip
             for _ in range(200):
-                if (await envd.run("test -e /tmp/held && echo y")).text == "y\n":
+                if (await envd.run(f"test -e {HELD} && echo y")).text == "y\n":
                     break
                 await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("the memory holder never started")
         cuts = [lambda: client.pause(sid), lambda: client.checkpoint(sid, "snapcoffee0000000003")]
         for cut in cuts:
             await _cut_mid_save(node, config, sid, asyncio.create_task(cut()))
@@ -215,9 +222,9 @@ async def test_a_node_killed_mid_save_leaves_the_sandbox_running_and_no_partial_
                 (sid, pb.SANDBOX_STATUS_RUNNING)
             ]
             assert _partial_saves(config) == []
-            before = await _echo(sandbox, "$(cat /tmp/tick)")
+            before = await _counter(sandbox)
             await asyncio.sleep(0.3)
-            assert int(await _echo(sandbox, "$(cat /tmp/tick)")) > int(before), "not counting"
+            assert await _counter(sandbox) > before, "not counting"
 
         assert await client.pause(sid) > 100 << 20
         assert not (await client.resume(sid, "t0k")).rebooted

@@ -118,6 +118,18 @@ def _mounts_under(root: str) -> set[str]:
         return {line.split()[4] for line in f if line.split()[4].startswith(root)}
 
 
+HELD = "/tmp/held"
+
+
+def memory_holder(mib: int) -> str:
+    """A command that keeps ``mib`` MiB resident in a sandbox (written, so every page is
+    touched) and creates ``HELD`` once it does: a checkpoint of that sandbox takes a while."""
+    return (
+        f'python3 -c \'import time; b = b"x" * ({mib} << 20); open("{HELD}", "w")'
+        "; time.sleep(1e6)'"
+    )
+
+
 def checkpointing(config: GVisorConfig, sandbox_id: str) -> bool:
     """Whether a ``runsc checkpoint`` of ``sandbox_id`` runs on the host right now (tests
     that cut a save short wait for it)."""
