@@ -398,7 +398,9 @@ def test_wrong_volume_tokens_are_throttled(server: ServerProcess, key: str) -> N
                 for i in range(80)  # the default burst is 60
             ]
             assert {r.status_code for r in answers} == {404, 429}
-            assert int(answers[-1].headers["retry-after"]) >= 1
+            # Not only the last: a slow machine refills the bucket (2 a second) as it asks.
+            refused = [r for r in answers if r.status_code == 429]
+            assert all(int(r.headers["retry-after"]) >= 1 for r in refused)
             # The holder of the token is never throttled.
             mine = {"Authorization": f"Bearer {vol.token}"}
             ok = client.get(url, params={"path": "/"}, headers=mine)
