@@ -59,7 +59,7 @@ from . import guest_files
 from .bundle import BindMount, BundleSpec, write_bundle
 from .config import GVisorConfig
 from .runsc import Runsc, RunscError
-from .state import SandboxPaths, SandboxRecord
+from .state import PARTIAL_SUFFIX, SandboxPaths, SandboxRecord, partial
 from .warm import TemplateSnapshots
 
 log = logging.getLogger("emberbox.gvisor")
@@ -552,15 +552,15 @@ class GVisorRuntime(Runtime):
                 size = paths.files.stat().st_blocks * 512
                 self._in_background(self._forget_container(sandbox_id))
                 return size
-            partial = paths.memory_partial
-            shutil.rmtree(partial, ignore_errors=True)
-            partial.mkdir()
+            image = partial(paths.memory)
+            shutil.rmtree(image, ignore_errors=True)
+            image.mkdir()
             try:
-                await self.runsc.checkpoint(sandbox_id, partial, paths.disk)
+                await self.runsc.checkpoint(sandbox_id, image, paths.disk)
             except BaseException:
-                shutil.rmtree(partial, ignore_errors=True)
+                shutil.rmtree(image, ignore_errors=True)
                 raise
-            os.replace(partial, paths.memory)  # from here on the sandbox counts as paused
+            os.replace(image, paths.memory)  # from here on the sandbox counts as paused
             self._kill_processes(sandbox_id)  # their exit (~50 ms for 256 MiB) is not waited for
             size = _du(paths.memory)
         # The processes' end and runsc's own record go in the background (~80 ms); a resume
@@ -631,25 +631,25 @@ class GVisorRuntime(Runtime):
         fails (then nothing is kept)."""
         sandbox_id = record.sandbox_id
         dest = dest or paths.files
-        partial = dest.with_name(f"{dest.name}.partial")
+        written = partial(dest)
         source = _GUEST_SNAPSHOT if keep_running else _GUEST_SAVE
         paths.saving.touch()  # until it is over: a node killed meanwhile lets them go again
         try:
             limit = str(record.disk_mb * 2**20)  # what its disk could hold
             code = await self.runsc.exec_to_file(
-                sandbox_id, [*_guest(source), limit], partial, paths.log, FILES_TIMEOUT_S
+                sandbox_id, [*_guest(source), limit], written, paths.log, FILES_TIMEOUT_S
             )
             if code != 0:
                 raise RunscError(f"saving the files of {sandbox_id} failed (exit {code}): "
                                  f"{await self.boot_log(sandbox_id)}")  # fmt: skip
         except BaseException:
-            partial.unlink(missing_ok=True)
+            written.unlink(missing_ok=True)
             with contextlib.suppress(Exception):  # a save cut off leaves them stopped
                 await self.runsc.exec_to_file(sandbox_id, _guest(_GUEST_CONT),
                                               Path(os.devnull), paths.log, 10)  # fmt: skip
             paths.saving.unlink(missing_ok=True)
             raise
-        os.replace(partial, dest)
+        os.replace(written, dest)
         if keep_running:
             paths.saving.unlink(missing_ok=True)
 
@@ -726,24 +726,24 @@ class GVisorRuntime(Runtime):
             if await self._status(sandbox_id) is not SandboxStatus.RUNNING:
                 raise SandboxNotRunning(f"sandbox {sandbox_id} is not running")
             dest = self.config.snapshots_dir / snapshot_id
-            partial = self.config.snapshots_dir / f"{snapshot_id}.partial"
+            image = partial(dest)
             if dest.exists():
                 raise ValueError(f"snapshot {snapshot_id} already exists")
-            shutil.rmtree(partial, ignore_errors=True)
-            partial.mkdir(parents=True)
+            shutil.rmtree(image, ignore_errors=True)
+            image.mkdir(parents=True)
             try:
                 paths = self._paths(sandbox_id)
                 if memory:
-                    await self.runsc.checkpoint(sandbox_id, partial, paths.disk)
+                    await self.runsc.checkpoint(sandbox_id, image, paths.disk)
                 else:
-                    await self._save_files(record, paths, partial / FILES_IMAGE,
+                    await self._save_files(record, paths, image / FILES_IMAGE,
                                            keep_running=True)  # fmt: skip
                 about = {"source": sandbox_id, "template_id": record.template_id, "memory": memory}
-                (partial / "snapshot.json").write_text(json.dumps(about))
+                (image / "snapshot.json").write_text(json.dumps(about))
             except BaseException:
-                shutil.rmtree(partial, ignore_errors=True)
+                shutil.rmtree(image, ignore_errors=True)
                 raise
-            os.replace(partial, dest)
+            os.replace(image, dest)
         return SnapshotRef(snapshot_id, self.name, str(dest), record.template_id, _du(dest),
                            memory=memory)  # fmt: skip
 
@@ -911,8 +911,8 @@ class GVisorRuntime(Runtime):
         found |= {lease.sandbox_id for lease in self.pool.leases()}
         for sandbox_id in sorted(keep_set):
             await self._finish_cut_save(sandbox_id)
-        for partial in self.config.snapshots_dir.glob("*.partial"):  # snapshots cut off
-            await asyncio.to_thread(shutil.rmtree, partial, True)
+        for cut in self.config.snapshots_dir.glob(f"*{PARTIAL_SUFFIX}"):  # snapshots cut off
+            await asyncio.to_thread(shutil.rmtree, cut, True)
         removed = []
         for sandbox_id in sorted(found - keep_set):
             if not is_sandbox_id(sandbox_id):
@@ -942,7 +942,7 @@ class GVisorRuntime(Runtime):
         only when it fails, or for a snapshot): let them go, unless the sandbox was paused
         with its files after all."""
         paths = self._paths(sandbox_id)
-        await asyncio.to_thread(shutil.rmtree, paths.memory_partial, True)
+        await asyncio.to_thread(shutil.rmtree, partial(paths.memory), True)
         if not paths.saving.exists():
             return
         if not paths.paused() and await self._status(sandbox_id) is SandboxStatus.RUNNING:
@@ -951,7 +951,7 @@ class GVisorRuntime(Runtime):
             with contextlib.suppress(Exception):
                 await self.runsc.exec_to_file(sandbox_id, _guest(_GUEST_CONT),
                                               Path(os.devnull), paths.log, 10)  # fmt: skip
-        paths.files.with_name(f"{paths.files.name}.partial").unlink(missing_ok=True)
+        partial(paths.files).unlink(missing_ok=True)
         paths.saving.unlink(missing_ok=True)
 
     # -- internals -------------------------------------------------------------------------

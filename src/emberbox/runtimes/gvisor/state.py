@@ -41,6 +41,15 @@ class SandboxRecord:
             return None
 
 
+PARTIAL_SUFFIX = ".partial"
+
+
+def partial(path: Path) -> Path:
+    """Where a save writes ``path`` until it is whole (then renamed over it): a node killed
+    meanwhile leaves only names with this suffix, which its next start removes."""
+    return path.with_name(path.name + PARTIAL_SUFFIX)
+
+
 @dataclass(frozen=True)
 class SandboxPaths:
     """Where one sandbox's pieces live; only a function of its directory."""
@@ -72,12 +81,6 @@ class SandboxPaths:
     def memory(self) -> Path:
         """The checkpoint of a paused sandbox; it exists only while the sandbox is paused."""
         return self.root / "memory"
-
-    @property
-    def memory_partial(self) -> Path:
-        """A pause's checkpoint while runsc writes it, renamed to ``memory`` once whole; a
-        node killed meanwhile leaves it to the next start to remove."""
-        return self.root / "memory.partial"
 
     @property
     def files(self) -> Path:

@@ -24,6 +24,7 @@ from ...envd_client.handshake import HandshakeFailed, prime_standbys, wait_healt
 from ...envd_client.http import sandbox_http
 from ...templates.store import Template
 from ..base import NetworkPolicy, RuntimeError_, RuntimeSandbox, SandboxSpec
+from .state import PARTIAL_SUFFIX, partial
 
 log = logging.getLogger("emberbox.gvisor.warm")
 
@@ -60,7 +61,7 @@ class TemplateSnapshots:
         """Whether the template has a finished snapshot, of any size (what tests and benchmarks
         wait for before timing or checking restores)."""
         images = self.root.glob(f"{template_name}-*/checkpoint.img")
-        return any(not image.parent.name.endswith(".partial") for image in images)
+        return any(not image.parent.name.endswith(PARTIAL_SUFFIX) for image in images)
 
     def discard(self, template: Template, spec: SandboxSpec) -> None:
         shutil.rmtree(self.path(template, spec), ignore_errors=True)
@@ -105,11 +106,11 @@ class TemplateSnapshots:
         checkpoint: Checkpoint,
         kill: Kill,
     ) -> None:
-        partial = dest.with_name(dest.name + ".partial")
+        image = partial(dest)
         sandbox_id = warm.sandbox_id
         try:
-            shutil.rmtree(partial, ignore_errors=True)
-            partial.mkdir(parents=True)
+            shutil.rmtree(image, ignore_errors=True)
+            image.mkdir(parents=True)
             sandbox = await boot(warm, template)
             async with sandbox_http(limits=httpx.Limits(max_keepalive_connections=0)) as http:
                 await wait_healthy(http, sandbox.envd_url, self.boot_timeout_s)
@@ -117,16 +118,16 @@ class TemplateSnapshots:
                 await wait_ready(sandbox.envd_url, template.config.ready_cmd, self.boot_timeout_s)
             cfg = template.config
             await prime_standbys(sandbox.envd_url, cfg.user, cfg.workdir, settle_s=PRIME_SETTLE_S)
-            await checkpoint(sandbox_id, partial)
+            await checkpoint(sandbox_id, image)
             size = f"{warm.cpu_count}c{warm.memory_mb}m"
             for old in self.root.glob(f"{template.name}-{size}-*"):  # older builds' images
-                if old != dest and not old.name.endswith(".partial"):
+                if old != dest and not old.name.endswith(PARTIAL_SUFFIX):
                     shutil.rmtree(old, ignore_errors=True)
-            os.replace(partial, dest)
+            os.replace(image, dest)
             log.info("template %s: snapshot taken (%s)", template.name, dest.name)
         except (HandshakeFailed, RuntimeError_, OSError) as exc:
             log.warning("template %s: no snapshot, creates keep booting: %s", template.name, exc)
         finally:
-            shutil.rmtree(partial, ignore_errors=True)
+            shutil.rmtree(image, ignore_errors=True)
             with contextlib.suppress(Exception):
                 await kill(sandbox_id)
