@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import shutil
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,15 +31,30 @@ from tests.lifecycle.conftest import Plane
 # proxy would break at the pause, and the SDK's probe after a broken stream is traffic that
 # wakes the sandbox. Detached, nothing touches the proxy while we wait for the pause.
 COUNTER = f"setsid sh -c '{background_counter.LOOP}' >/dev/null 2>&1 </dev/null &"
+COUNTING = "pgrep -f 'counter[.]new' || echo none"  # (the pattern does not match itself)
 PAUSE_AND_RESUME: dict[str, object] = {"on_timeout": "pause", "auto_resume": True}
 
 
 @pytest.fixture(scope="module")
 def gv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """Its runsc refuses every checkpoint while ``refusing_checkpoints`` says so."""
     from tests.runtimes.gvisor_support import gvisor_server
 
-    with gvisor_server(tmp_path_factory.mktemp("auto-pause-server")) as server:
+    tmp = tmp_path_factory.mktemp("auto-pause-server")
+    faulty = tmp / "runsc"
+    faulty.write_text(
+        "#!/bin/sh\n"
+        f'case " $* " in *" checkpoint "*) [ -e {refusing_checkpoints(tmp)} ] &&'
+        ' { echo "checkpoint refused by the test" >&2; exit 1; };; esac\n'
+        f'exec {shutil.which("runsc")} "$@"\n'
+    )
+    faulty.chmod(0o755)
+    with gvisor_server(tmp, env={"EMBERBOX_RUNSC": str(faulty)}) as server:
         yield server
+
+
+def refusing_checkpoints(tmp: Path) -> Path:
+    return tmp / "refuse-checkpoints"
 
 
 @pytest.fixture
@@ -189,6 +206,37 @@ def test_resume_with_auto_pause_pauses_again_at_the_end(
         gv_api.delete(f"/sandboxes/{sid}")
 
 
+def test_a_memory_pause_refused_at_the_end_time_keeps_the_files(
+    gv: ServerProcess, gv_api: httpx.Client
+) -> None:
+    """runsc refuses every checkpoint of some sandboxes for minutes (docs/stateful.md, Known
+    limits): at the end time such a sandbox keeps its files, rather than being killed."""
+    sbx = Sandbox.create(timeout=60, lifecycle=PAUSE_AND_RESUME)  # type: ignore[arg-type]
+    refuse = refusing_checkpoints(gv.log_dir)
+    try:
+        sbx.files.write("/home/user/work.txt", "the user's work")
+        sbx.commands.run(COUNTER)
+        assert counter(sbx) > 0  # (waits for the loop's first value)
+        assert sbx.commands.run(COUNTING).stdout != "none\n"
+        refuse.touch()
+        sbx.set_timeout(2)
+        wait_state(sbx, SandboxState.PAUSED)
+        refuse.unlink()
+        detail = gv_api.get(f"/sandboxes/{sbx.sandbox_id}").json()
+        assert detail["pauseMode"] == "filesystem", detail
+        assert f"saving the memory of {sbx.sandbox_id} at its end time failed" in server_log(gv)
+        # Booted afresh from its files when resumed, so traffic does not wake it.
+        envd = sbx.get_host(ENVD_PORT)
+        r = httpx.get(f"{gv.sandbox_url}/health", headers={"Host": envd})
+        assert r.status_code == 502 and r.json()["canAutoResume"] is False, r.text
+        resumed = Sandbox.connect(sbx.sandbox_id, timeout=60)
+        assert resumed.files.read("/home/user/work.txt") == "the user's work"
+        assert resumed.commands.run(COUNTING).stdout == "none\n"  # its processes are gone
+    finally:
+        refuse.unlink(missing_ok=True)
+        sbx.kill()
+
+
 def test_lifecycle_bad_input_on_gvisor(gv_api: httpx.Client) -> None:
     before = gv_api.get("/v2/sandboxes").json()
     r = gv_api.post("/v2/sandboxes", json={"templateID": "base", "autoResume": {"enabled": True}})
@@ -278,13 +326,18 @@ async def test_auto_paused_sandbox_never_times_out(
     await plane.service.kill(plane.who, row.id)
 
 
+@pytest.mark.parametrize("runtime_keeps_files", [False, True])
 async def test_failed_pause_at_the_end_time_kills_the_sandbox(
-    lifecycle_plane: Plane, monkeypatch: pytest.MonkeyPatch
+    lifecycle_plane: Plane, monkeypatch: pytest.MonkeyPatch, runtime_keeps_files: bool
 ) -> None:
+    """When neither its memory nor (where the runtime can) its files could be kept."""
     plane = lifecycle_plane
+    plane.service.facts.capabilities.filesystem_pause = runtime_keeps_files
+    asked: list[bool] = []
 
-    async def checkpoint_fails(sandbox_id: str) -> None:
-        raise HostError(f"runsc checkpoint of {sandbox_id} failed")
+    async def checkpoint_fails(sandbox_id: str, memory: bool = True) -> int:
+        asked.append(memory)
+        raise HostError(f"saving {sandbox_id} failed")
 
     monkeypatch.setattr(plane.runtime, "pause", checkpoint_fails)
     row = await plane.service.create(plane.who, CreateRequest("base", 60, auto_pause=True))
@@ -293,6 +346,7 @@ async def test_failed_pause_at_the_end_time_kills_the_sandbox(
     await plane.reaper.stop()
     ended = await _row(plane, row.id)
     assert (ended.state, ended.end_reason) == ("killed", "timeout")
+    assert asked == ([True, False] if runtime_keeps_files else [True])
     assert plane.runtime.teardowns[row.id] == 1
     assert await plane.service.wake(row.id) is False
 

@@ -628,9 +628,10 @@ class SandboxService:
     async def pause_at_end(self, sandbox_id: str) -> bool:
         """The end time of a sandbox created with ``autoPause``: pause it instead of killing it.
 
-        False if another actor got there first (a kill, an end time moved later). A pause that
-        fails kills the sandbox, as its end time asked for it to stop running; it is never
-        left running past its end nor half-paused.
+        False if another actor got there first (a kill, an end time moved later). A memory
+        pause that fails keeps the sandbox's files instead (``_keep_files_at_end``); one that
+        keeps nothing kills the sandbox, as its end time asked for it to stop running: it is
+        never left running past its end nor half-paused.
         """
         async with self.sessions() as s:
             row = await q.get(s, sandbox_id)
@@ -644,9 +645,12 @@ class SandboxService:
         try:  # never refused for the disk quota: the end time's pause keeps the user's work
             size = await self.node.pause(sandbox_id, memory=keep_memory)
         except Exception as e:
-            log.error("pause at the end time of %s failed (%s); killing it", sandbox_id, e)
-            await self.end(sandbox_id, EndReason.TIMEOUT)
-            return True
+            saved = await self._keep_files_at_end(sandbox_id, e) if keep_memory else None
+            if saved is None:
+                log.error("pause at the end time of %s failed (%s); killing it", sandbox_id, e)
+                await self.end(sandbox_id, EndReason.TIMEOUT)
+                return True
+            size = saved
         except BaseException:  # cancelled (shutdown): the next start's recovery asks the node
             async with self.sessions.begin() as s:
                 await q.set_state(s, sandbox_id, [State.PAUSING], State.RUNNING, pause_mode=None)
@@ -655,6 +659,27 @@ class SandboxService:
             await q.set_state(s, sandbox_id, [State.PAUSING], State.PAUSED, paused_bytes=size)
         log.info("sandbox %s paused at its end time", sandbox_id)
         return True
+
+    async def _keep_files_at_end(self, sandbox_id: str, failed: Exception) -> int | None:
+        """The files of a sandbox whose memory could not be saved at its end time, its bytes
+        on disk; None if they could not be saved either (or the runtime cannot).
+
+        runsc refuses every checkpoint of some sandboxes for minutes (docs/stateful.md, Known
+        limits); killing them would lose the user's work. The row says ``filesystem`` first,
+        so traffic does not wake it and a restart meanwhile records it as what it became.
+        """
+        if not self.facts.capabilities.filesystem_pause:
+            return None
+        log.warning("saving the memory of %s at its end time failed (%s); keeping its files",
+                    sandbox_id, failed)  # fmt: skip
+        async with self.sessions.begin() as s:
+            await q.update_fields(s, sandbox_id, [State.PAUSING],
+                                  pause_mode=_pause_mode(keep_memory=False))  # fmt: skip
+        try:
+            return await self.node.pause(sandbox_id, memory=False)
+        except Exception as e:
+            log.error("saving the files of %s at its end time failed too (%s)", sandbox_id, e)
+            return None
 
     async def wake(self, sandbox_id: str) -> bool:
         """Resume a paused sandbox whose lifecycle lets traffic wake it; True once it runs.
