@@ -204,7 +204,11 @@ def test_a_filesystem_snapshot_boots_new_sandboxes_and_its_source_runs_on(
     try:
         sbx.commands.run(COUNTER)
         sbx.files.write("/home/user/a.txt", "from the source")
+        ticks = "for i in $(seq 30); do echo tick $i; sleep 0.1; done"
+        streaming = sbx.commands.run(ticks, background=True)  # through the proxy, held open
         snap = sbx.create_snapshot(name=f"fs-{sbx.sandbox_id}", mode="filesystem")
+        # A snapshot of files leaves connections alone (one of memory closes them first).
+        assert streaming.wait().stdout == "".join(f"tick {i}\n" for i in range(1, 31))
         moving = counter(sbx)
         deadline = time.monotonic() + 10
         while counter(sbx) == moving:  # the source's processes were let go after the save

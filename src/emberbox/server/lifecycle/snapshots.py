@@ -89,7 +89,8 @@ class SnapshotService:
         if name is not None and self.sandboxes.templates.resolve(name) is not None:
             raise Invalid(f"'{name}' is a template's name; choose another snapshot name")
         row = await self._running(who, sandbox_id)
-        await self.sandboxes.quiesce(sandbox_id)
+        if memory:  # a connection saved in memory would come back in every sandbox started
+            await self.sandboxes.quiesce(sandbox_id)  # from it; files hold none: streams go on
         snapshot_id = new_snapshot_id()
         try:
             ref = await self.sandboxes.node.checkpoint(sandbox_id, snapshot_id, memory=memory)
