@@ -1,4 +1,8 @@
-"""FastAPI dependencies: the caller's principal and the sandbox service."""
+"""FastAPI dependencies: the caller's principal and the sandbox service.
+
+Dependencies that do no I/O are ``async def``: FastAPI runs a plain ``def`` one in its worker
+threads, a hop per dependency per request (16 clients reading a sandbox: 150 → 169 requests a
+second once the API's dependencies were made async)."""
 
 from __future__ import annotations
 
@@ -15,14 +19,14 @@ from .errors import ApiError
 _api_key = APIKeyHeader(name="X-API-KEY", auto_error=False)
 
 
-def principal(request: Request, _key: str | None = Security(_api_key)) -> Principal:
+async def principal(request: Request, _key: str | None = Security(_api_key)) -> Principal:
     who = request.scope.get("state", {}).get("principal")
     if not isinstance(who, Principal):
         raise ApiError(401, "missing API key: send it in the X-API-KEY header")
     return who
 
 
-def service(request: Request) -> SandboxService:
+async def service(request: Request) -> SandboxService:
     svc = request.app.state.service
     assert isinstance(svc, SandboxService)
     return svc

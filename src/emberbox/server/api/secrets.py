@@ -18,7 +18,7 @@ from .models import Error
 router = APIRouter(tags=["secrets"])
 
 
-def secrets(request: Request) -> SecretService:
+async def secrets(request: Request) -> SecretService:
     svc = request.app.state.secrets
     assert isinstance(svc, SecretService)
     return svc

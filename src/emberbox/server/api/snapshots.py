@@ -32,7 +32,7 @@ router = APIRouter(tags=["snapshots"])
 FORK_DEFAULT_TIMEOUT_S = 15  # E2B's SandboxForkRequest default
 
 
-def snapshots(request: Request) -> SnapshotService:
+async def snapshots(request: Request) -> SnapshotService:
     svc = request.app.state.snapshots
     assert isinstance(svc, SnapshotService)
     return svc

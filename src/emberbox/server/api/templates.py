@@ -49,7 +49,7 @@ from .template_models import (
 router = APIRouter(tags=["templates"])
 
 
-def templates(request: Request) -> TemplateService:
+async def templates(request: Request) -> TemplateService:
     svc = request.app.state.templates
     assert isinstance(svc, TemplateService)
     return svc

@@ -36,7 +36,7 @@ CONTENT_PREFIX = "/volumecontent/"
 router = APIRouter(tags=["volumes"])
 
 
-def volumes(request: Request) -> VolumeService:
+async def volumes(request: Request) -> VolumeService:
     svc = request.app.state.volumes
     assert isinstance(svc, VolumeService)
     return svc
@@ -162,7 +162,7 @@ def _owner(uid: int | None, gid: int | None, mode: int | None) -> pb.VolumeOwner
     return pb.VolumeOwner(uid=uid, gid=gid, mode=mode)
 
 
-def new_entry(
+async def new_entry(
     uid: int | None = None, gid: int | None = None, mode: int | None = None, force: bool = False
 ) -> tuple[pb.VolumeOwner, bool]:
     """The query of a make-dir or an upload: the new entry's owner and mode, and whether its
