@@ -12,9 +12,10 @@ from typing import Any, cast
 
 from sqlalchemy import CursorResult, and_, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import joinedload
 
 from ..lifecycle.states import HOLDS_SAVED_MEMORY, State, check_transition
-from .models import Sandbox, SandboxMetadata, utcnow, wakeable
+from .models import Sandbox, SandboxMetadata, SandboxVolume, utcnow, wakeable
 
 
 class BadCursor(ValueError):
@@ -27,8 +28,20 @@ class Page:
     next_token: str | None
 
 
-async def get(s: AsyncSession, sandbox_id: str) -> Sandbox | None:
-    return await s.get(Sandbox, sandbox_id)
+async def get(s: AsyncSession, sandbox_id: str, *, fresh: bool = False) -> Sandbox | None:
+    """The sandbox with its metadata and volumes, in one query: the relationships' own
+    loading takes three, each a round trip to SQLite's thread. ``fresh`` overwrites what the
+    session already holds of it."""
+    query = (
+        select(Sandbox)
+        .where(Sandbox.id == sandbox_id)
+        .options(
+            joinedload(Sandbox.metadata_items),
+            joinedload(Sandbox.volume_mounts).joinedload(SandboxVolume.volume),
+        )
+        .execution_options(populate_existing=fresh)
+    )
+    return (await s.execute(query)).unique().scalar_one_or_none()
 
 
 @dataclass(frozen=True)
@@ -72,7 +85,7 @@ async def get_for_team(
     s: AsyncSession, team_id: str, sandbox_id: str, states: Collection[State]
 ) -> Sandbox | None:
     """The sandbox if ``team_id`` owns it and it is in one of ``states``; another team's is None."""
-    row = await s.get(Sandbox, sandbox_id, populate_existing=True)
+    row = await get(s, sandbox_id, fresh=True)
     if row is None or row.team_id != team_id or State(row.state) not in states:
         return None
     return row
