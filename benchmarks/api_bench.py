@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 from e2b import Sandbox
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -37,6 +38,7 @@ from benchmarks.envd_bench import start_envd
 from emberbox.host.ports import free_loopback_port
 from emberbox.server.testing import ServerProcess
 
+READERS = 16  # concurrent clients reading one sandbox
 LIMITS = {
     "EMBERBOX_CPU_OVERCOMMIT": "100",
     "EMBERBOX_MEMORY_OVERCOMMIT": "4",
@@ -61,6 +63,40 @@ def tti_once(env: dict[str, str]) -> float:
         killed = sbx.kill()
     check(killed is True, f"kill of {sbx.sandbox_id} answered {killed!r}")
     return elapsed
+
+
+Samples = list[float]
+
+
+def reads(env: dict[str, str], n: int, clients: int) -> tuple[Samples, Samples, Samples]:
+    """A sandbox read (``Sandbox.get_info``: ``GET /sandboxes/{id}``, authenticated, from the
+    database) from one client and from ``clients`` at once, and the server's ``/health`` (no
+    key, no database) from one client: the API's own cost per request."""
+    key, url = env["E2B_API_KEY"], env["E2B_API_URL"]
+    sbx = Sandbox.create(timeout=120, api_key=key, api_url=url, sandbox_url=env["E2B_SANDBOX_URL"])
+    try:
+
+        def read() -> float:
+            start = time.perf_counter()
+            info = Sandbox.get_info(sbx.sandbox_id, api_key=key, api_url=url)
+            check(info.sandbox_id == sbx.sandbox_id, f"get_info answered {info.sandbox_id}")
+            return time.perf_counter() - start
+
+        with httpx.Client(base_url=env["E2B_API_URL"]) as http:
+
+            def health() -> float:
+                start = time.perf_counter()
+                check(http.get("/health").is_success, "/health did not answer")
+                return time.perf_counter() - start
+
+            for _ in range(5):  # warm-up: connections, caches
+                read(), health()
+            alone = [read() for _ in range(n)]
+            bare = [health() for _ in range(n)]
+        together = concurrent(lambda: sum(read() for _ in range(n)) / n, clients)
+    finally:
+        sbx.kill()
+    return alone, together, bare
 
 
 def concurrent(fn: Callable[[], float], n: int) -> list[float]:
@@ -134,6 +170,7 @@ def main() -> None:
             tti_once(sdk_env)  # warm-up: imports, connection pools, page cache
             seq = [tti_once(sdk_env) for _ in range(args.n)]
             par = concurrent(lambda: tti_once(sdk_env), args.n)
+            read_alone, read_together, health = reads(sdk_env, args.n * 5, READERS)
         if args.backend == "gvisor":
             bare_name = "runtime create + handshake"
             bare = asyncio.run(bare_runtime_creates(args.n))
@@ -152,6 +189,10 @@ def main() -> None:
             f"{'':44} TTI {name} / bare: median {row['median'] / base['median']:.2f}x,"
             f" p99 {row['p99'] / base['p99']:.2f}x"
         )
+    alone = summary("get_info, 1 client (GET /sandboxes/{id})", read_alone)
+    summary(f"get_info, {READERS} clients, each one's mean", read_together)
+    floor = summary("baseline: GET /health, 1 client", health)
+    print(f"{'':44} get_info / health: median {alone['median'] / floor['median']:.2f}x")
 
 
 if __name__ == "__main__":
