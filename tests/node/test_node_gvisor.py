@@ -164,20 +164,65 @@ async def test_a_paused_sandbox_is_neither_snapshotted_nor_rolled_back(node: Nod
 
 
 async def _cut_mid_save(node: NodeProcess, config: GVisorConfig, sandbox_id: str,
-                        save: asyncio.Task[object]) -> None:  # fmt: skip
+                        save: asyncio.Task[object], files: bool = False) -> None:  # fmt: skip
     """SIGKILL the node while runsc saves the sandbox (the node's answer not given yet), then
-    wait until that orphaned ``runsc checkpoint`` has ended, as it runs on without the node."""
-    while not checkpointing(config, sandbox_id):
+    wait until that orphaned ``runsc checkpoint`` (with ``files``: the ``runsc exec`` reading
+    its files) has ended, as it runs on without the node."""
+    while not checkpointing(config, sandbox_id, files):
         assert not save.done(), "the save finished before it could be cut"
         await asyncio.sleep(0.002)
     node.sigkill()
     with pytest.raises(NodeError):
         await save
     for _ in range(300):
-        if not checkpointing(config, sandbox_id):
+        if not checkpointing(config, sandbox_id, files):
             return
         await asyncio.sleep(0.1)
-    raise AssertionError("the orphaned runsc checkpoint never ended")
+    raise AssertionError("the orphaned save never ended")
+
+
+async def test_a_node_killed_mid_files_save_lets_the_sandbox_run_on(node: NodeProcess) -> None:
+    """The node SIGKILLed while a filesystem-only pause reads the sandbox's files, which stops
+    its processes until the pause kills them: the restarted node adopts it running and lets
+    its processes go (they count on), the half-written tar and the marker are gone, and the
+    sandbox pauses so and boots from its files as any other."""
+    config = GVisorConfig(data_dir=node.data_dir)
+    baseline = await inventory(config)
+    node.start()
+    client = RemoteNode(node.url, node.token)
+    sandbox_made = False
+    try:
+        sandbox = await client.create(_spec())
+        sandbox_made, sid = True, sandbox.sandbox_id
+        async with EnvdClient(sandbox.envd_url, "t0k") as envd:
+            files = "head -c 48M /dev/zero > /home/user/big && echo kept > /home/user/f"
+            await envd.run(f"{files}; nohup sh -c '{background_counter.LOOP}' > /dev/null 2>&1 &")
+        await _counter(sandbox)  # (waits for its first value)
+        save = asyncio.create_task(client.pause(sid, memory=False))
+        await _cut_mid_save(node, config, sid, save, files=True)
+        line = node.start()
+        assert "adopted 1" in line, line
+        await client.close()
+        client = RemoteNode(node.url, node.token)
+        assert [(s.sandbox_id, s.status) for s in (await client.list()).sandboxes] == [
+            (sid, pb.SANDBOX_STATUS_RUNNING)
+        ]
+        root = config.sandboxes_dir / sid
+        assert _partial_saves(config) == [] and not (root / "saving").exists()
+        before = await _counter(sandbox)
+        await asyncio.sleep(0.3)
+        assert await _counter(sandbox) > before, "its processes were left stopped"
+
+        assert await client.pause(sid, memory=False) > 48 << 20
+        assert (await client.resume(sid, "t0k")).rebooted
+        assert await _echo(sandbox, "$(cat /home/user/f)") == "kept\n"
+        assert await client.kill(sid) is True
+    finally:
+        await client.close()
+        if sandbox_made:
+            await GVisorRuntime(config).kill(sandbox.sandbox_id)
+    assert _partial_saves(config) == []
+    assert (await inventory(config)).leaked_since(baseline) == {}
 
 
 def _partial_saves(config: GVisorConfig) -> list[Path]:

@@ -130,15 +130,20 @@ def memory_holder(mib: int) -> str:
     )
 
 
-def checkpointing(config: GVisorConfig, sandbox_id: str) -> bool:
-    """Whether a ``runsc checkpoint`` of ``sandbox_id`` runs on the host right now (tests
-    that cut a save short wait for it)."""
+def checkpointing(config: GVisorConfig, sandbox_id: str, files: bool = False) -> bool:
+    """Whether a ``runsc checkpoint`` of ``sandbox_id`` runs on the host right now (with
+    ``files``: the ``runsc exec`` of a filesystem-only save reading its files), for tests that
+    cut a save short."""
     for pid in runsc_pids(config):
         try:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"checkpoint" in argv and sandbox_id.encode() in argv:
+        if sandbox_id.encode() not in argv:
+            continue
+        if files and b"exec" in argv and any(b"save(" in arg for arg in argv):
+            return True
+        if not files and b"checkpoint" in argv:
             return True
     return False
 
