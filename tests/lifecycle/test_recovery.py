@@ -66,6 +66,33 @@ async def test_a_resume_that_got_through_gets_a_fresh_end_time(plane: Plane) -> 
     assert not plane.runtime.teardowns
 
 
+async def test_a_pause_that_did_not_get_through_keeps_the_end_time(plane: Plane) -> None:
+    """Server killed mid-pause, the sandbox still running on the node: its lifetime is as
+    before (a fresh end time, as for a resume, would shorten or lengthen it)."""
+    row = await plane.service.create(plane.who, CreateRequest("base", 3600))
+    await _force(plane, row.id, State.PAUSING)
+    await plane.reaper.recover()
+    assert await plane.state(row.id) == "running"
+    async with plane.service.sessions() as s:
+        recovered = await q.get(s, row.id)
+    assert recovered is not None and recovered.end_at == row.end_at
+
+
+async def test_a_pause_at_the_end_time_cut_by_a_crash_is_taken_again(plane: Plane) -> None:
+    """An ``autoPause`` sandbox whose pause at its end time a crash cut off (the node still
+    runs it) is paused by the first tick after the restart, not given more time."""
+    row = await plane.service.create(plane.who, CreateRequest("base", 600, auto_pause=True))
+    async with plane.service.sessions.begin() as s:
+        past = utcnow() - dt.timedelta(seconds=1)
+        assert await q.update_fields(s, row.id, list(State), end_at=past)
+    await _force(plane, row.id, State.PAUSING)
+    await plane.reaper.recover()
+    await plane.reaper.tick()
+    await plane.reaper.stop()
+    assert await plane.state(row.id) == "paused"
+    assert not plane.runtime.teardowns
+
+
 async def test_a_paused_sandbox_the_node_lost_is_recorded_as_crashed(plane: Plane) -> None:
     row = await plane.service.create(plane.who, CreateRequest("base", 600))
     await plane.service.pause(plane.who, row.id)

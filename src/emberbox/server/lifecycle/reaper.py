@@ -60,7 +60,9 @@ class Reaper:
         async with self.service.sessions() as s:
             creating = await q.ids_in_states(s, [State.CREATING])
             killing = await q.ids_in_states(s, [State.KILLING])
-            switching = await q.ids_in_states(s, [State.PAUSING, State.RESUMING])
+            pausing = await q.ids_in_states(s, [State.PAUSING])
+            resuming = await q.ids_in_states(s, [State.RESUMING])
+        switching = [*pausing, *resuming]
         for sid in creating:
             await self.service.mark_crashed(sid, oom=False)
         for sid in killing:
@@ -85,11 +87,14 @@ class Reaper:
                     continue
                 paused = sandbox.status == pb.SANDBOX_STATUS_PAUSED
                 # A resume that got through counts its lifetime from now, as a resume does
-                # (its old end time may have passed while it was paused).
-                fresh: dict[str, Any] = {} if paused else {
-                    "end_at": utcnow() + dt.timedelta(seconds=DEFAULT_RESUME_TIMEOUT_S),
-                    "pause_mode": None,
-                }  # fmt: skip
+                # (its old end time may have passed while it was paused). A pause that did
+                # not keeps the end time it had: one cut at that end time is paused by the
+                # next tick, a user's pause leaves the lifetime as it was.
+                fresh: dict[str, Any] = {}
+                if not paused:
+                    fresh["pause_mode"] = None
+                if not paused and sid in resuming:
+                    fresh["end_at"] = utcnow() + dt.timedelta(seconds=DEFAULT_RESUME_TIMEOUT_S)
                 async with self.service.sessions.begin() as s:
                     await q.set_state(
                         s,
