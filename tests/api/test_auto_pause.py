@@ -237,6 +237,41 @@ def test_a_memory_pause_refused_at_the_end_time_keeps_the_files(
         sbx.kill()
 
 
+def test_a_crash_amid_the_files_save_at_the_end_time_still_ends_paused(
+    gv: ServerProcess, gv_api: httpx.Client
+) -> None:
+    """The server SIGKILLed while the end time's fallback reads the sandbox's files (its
+    processes stopped): the restarted server finds it running, with the end time it had, and
+    pauses it again, keeping its files; nothing is lost and nothing is left stopped."""
+    from emberbox.runtimes.gvisor import GVisorConfig
+    from tests.runtimes.gvisor_support import checkpointing
+
+    sbx = Sandbox.create(timeout=60, lifecycle=PAUSE_AND_RESUME)  # type: ignore[arg-type]
+    refuse = refusing_checkpoints(gv.log_dir)
+    config = GVisorConfig(data_dir=gv.data_dir)
+    try:
+        sbx.files.write("/home/user/work.txt", "the user's work")
+        sbx.commands.run("head -c 32M /dev/zero > /home/user/bulk")  # a save that takes a while
+        refuse.touch()
+        sbx.set_timeout(2)
+        deadline = time.monotonic() + 20
+        while not checkpointing(config, sbx.sandbox_id, files=True):
+            assert time.monotonic() < deadline, "the files were never saved"
+            time.sleep(0.002)
+        gv.sigkill()
+        gv.start(timeout_s=60)
+        wait_state(sbx, SandboxState.PAUSED, within_s=60)
+        refuse.unlink()
+        detail = gv_api.get(f"/sandboxes/{sbx.sandbox_id}").json()
+        assert detail["pauseMode"] == "filesystem", detail
+        resumed = Sandbox.connect(sbx.sandbox_id, timeout=60)
+        assert resumed.files.read("/home/user/work.txt") == "the user's work"
+        assert resumed.commands.run("stat -c %s /home/user/bulk").stdout == f"{32 << 20}\n"
+    finally:
+        refuse.unlink(missing_ok=True)
+        sbx.kill()
+
+
 def test_lifecycle_bad_input_on_gvisor(gv_api: httpx.Client) -> None:
     before = gv_api.get("/v2/sandboxes").json()
     r = gv_api.post("/v2/sandboxes", json={"templateID": "base", "autoResume": {"enabled": True}})

@@ -170,6 +170,13 @@ class ServerProcess:
         _terminate(self.proc)
         self.proc = None
 
+    def sigkill(self) -> None:
+        """A crash: no drain, no shutdown; what it was doing is left half-done."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+        self.proc = None
+
     def create_key(self, team: str) -> str:
         out = subprocess.run(
             [sys.executable, "-m", "emberbox.cli", "keys", "create", "--team", team],
