@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -84,3 +85,35 @@ def test_files_that_are_not_files(envd_debug: EnvdProcess, user_dir: Path) -> No
     assert refused.json() == {"code": 400, "message": f"path '{fifo}' is not a file"}
     null = httpx.get(f"{envd_debug.url}/files", params={"path": "/dev/null"})
     assert (null.status_code, null.content) == (200, b"")
+
+
+def test_a_small_file_rewritten_meanwhile_reads_whole(
+    envd_debug: EnvdProcess, user_dir: Path
+) -> None:
+    """A status file a program rewrites in place (truncate, then write: what ``echo n > f``
+    does) is read as it was at one instant: empty or one whole value, never a transfer cut
+    short because the file shrank between its stat and its read (the npm stateful test's
+    counter read failed so, ~1 in 15 runs)."""
+    target = user_dir / "count"
+    target.write_text("0\n")
+    stop = threading.Event()
+
+    def rewrite() -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            with open(target, "w") as f:  # truncates first
+                f.write(f"{i}\n")
+
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    try:
+        with httpx.Client(base_url=envd_debug.url) as client:
+            for _ in range(400):
+                r = client.get("/files", params={"path": str(target)})
+                assert r.status_code == 200
+                assert r.content == b"" or r.content.endswith(b"\n"), r.content
+                assert r.headers.get("content-length") in (None, str(len(r.content)))
+    finally:
+        stop.set()
+        writer.join()

@@ -110,20 +110,31 @@ async def download(state: EnvdState, request: Request) -> Response:
     if not raw:
         raise HTTPProblem(400, "query parameter 'path' is required")
     path = _path(raw, user)
-    fd, st = await acquire_as_user(user, _close_first, _open_for_reading, path)
+    whole_if_small = request.method == "GET" and "range" not in request.headers
+    fd, st, whole = await acquire_as_user(
+        user, _close_first, _open_for_reading, path, whole_if_small
+    )
     try:
-        return _file_response(request, fd, st, path)
+        return _file_response(request, fd, st, path, whole)
     except BaseException:
         os.close(fd)
         raise
 
 
-def _close_first(opened: tuple[int, os.stat_result]) -> None:
+def _close_first(opened: tuple[int, os.stat_result, bytes | None]) -> None:
     os.close(opened[0])
 
 
-def _open_for_reading(path: str) -> tuple[int, os.stat_result]:
-    """Open as the user (run under its credentials); what the descriptor is decides the rest."""
+def _open_for_reading(
+    path: str, whole_if_small: bool = False
+) -> tuple[int, os.stat_result, bytes | None]:
+    """Open as the user (run under its credentials); what the descriptor is decides the rest.
+
+    With ``whole_if_small``, a file that stat says is under ``CHUNK`` is read here too, in
+    one ``pread``: the answer is the file as it was at one instant, whatever its size says.
+    A status file rewritten in place (``echo n > f`` truncates, then writes) would otherwise
+    often shrink between the stat that set Content-Length and the read, and the transfer
+    would end short (a broken connection for the client). It also saves a thread hop."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -137,10 +148,15 @@ def _open_for_reading(path: str) -> tuple[int, os.stat_result]:
         if not (stat.S_ISREG(st.st_mode) or stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)):
             raise HTTPProblem(400, f"path '{path}' is not a file")  # FIFOs would block forever
         os.set_blocking(fd, True)  # O_NONBLOCK only kept open() of a FIFO from hanging
+        small = whole_if_small and st.st_size < CHUNK and _has_true_size(fd, st)
+        whole = os.pread(fd, CHUNK, 0) if small else None
+    except OSError as exc:
+        os.close(fd)
+        raise _read_problem(exc, path) from None
     except BaseException:
         os.close(fd)
         raise
-    return fd, st
+    return fd, st, whole
 
 
 def _read_problem(exc: OSError, path: str) -> HTTPProblem:
@@ -193,7 +209,11 @@ def _requested_range(headers: Headers, size: int) -> tuple[int, int] | None:
     return (start, end) if end > start else None
 
 
-def _file_response(request: Request, fd: int, st: os.stat_result, path: str) -> Response:
+def _file_response(
+    request: Request, fd: int, st: os.stat_result, path: str, whole: bytes | None = None
+) -> Response:
+    """``whole``: the file's content read at open, if it was smaller than ``CHUNK`` then; a
+    read that came back full (the file grew meanwhile) is streamed as any other."""
     name = os.path.basename(path)
     quoted = quote(name)
     headers = {
@@ -203,6 +223,10 @@ def _file_response(request: Request, fd: int, st: os.stat_result, path: str) -> 
         "last-modified": formatdate(st.st_mtime, usegmt=True),
     }
     head = request.method == "HEAD"
+    if whole is not None and len(whole) < CHUNK:
+        os.close(fd)
+        headers["accept-ranges"] = "bytes"
+        return Response(whole, 200, headers, media_type="application/octet-stream")
     if not _has_true_size(fd, st):
         return _DescriptorResponse(fd, headers, head=head)
     headers["accept-ranges"] = "bytes"
