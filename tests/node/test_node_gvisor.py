@@ -4,7 +4,7 @@ finished, removes what did not and what died meanwhile, and the host ends as it 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -12,6 +12,7 @@ import pytest
 
 from emberbox._proto.node import node_pb2 as pb
 from emberbox.envd_client import EnvdClient
+from emberbox.host import cgroups
 from emberbox.node.client import NodeConflict, NodeError, RemoteNode
 from emberbox.runtimes.gvisor import GVisorConfig, GVisorRuntime
 from emberbox.server.testing import NodeProcess
@@ -24,6 +25,7 @@ from tests.runtimes.gvisor_support import (
     checkpointing,
     inventory,
     memory_holder,
+    runsc_pids,
     wait_for_template_snapshot,
 )
 
@@ -223,6 +225,73 @@ async def test_a_node_killed_mid_files_save_lets_the_sandbox_run_on(node: NodePr
             await GVisorRuntime(config).kill(sandbox.sandbox_id)
     assert _partial_saves(config) == []
     assert (await inventory(config)).leaked_since(baseline) == {}
+
+
+async def test_a_node_killed_mid_resume_leaves_the_sandbox_paused_and_nothing_running(
+    node: NodeProcess,
+) -> None:
+    """The node SIGKILLed while it resumes a sandbox, from its memory and then from its
+    files: what the restore or the boot started would run on without it while the sandbox
+    counts as paused (its saved state goes only once it runs), holding memory no one sees.
+    The restarted node stops it; the sandbox is paused, and resumes as any other."""
+    config = GVisorConfig(data_dir=node.data_dir)
+    baseline = await inventory(config)
+    node.start()
+    client = RemoteNode(node.url, node.token)
+    sandbox_made = False
+    try:
+        sandbox = await client.create(_spec())
+        sandbox_made, sid = True, sandbox.sandbox_id
+        async with EnvdClient(sandbox.envd_url, "t0k") as envd:
+            await envd.run("echo kept > /home/user/f")
+        group = GVisorRuntime(config)._cgroup(sid)
+        for memory in (True, False):
+            await client.pause(sid, memory=memory)
+            resume = asyncio.create_task(client.resume(sid, "t0k"))
+            # From its memory: as the restore starts the sandbox. From its files: once the
+            # boot has started it, while the node waits for its envd to apply the files.
+            await _until(resume, lambda: _runsc_starts(config, sid))
+            if not memory:
+                await _until(resume, lambda: not _runsc_starts(config, sid))
+            node.sigkill()
+            with pytest.raises(NodeError):
+                await resume
+            await asyncio.sleep(1)  # what it started runs on meanwhile, if anything
+            line = node.start()
+            assert "adopted 1" in line, line
+            await client.close()
+            client = RemoteNode(node.url, node.token)
+            assert [(s.sandbox_id, s.status) for s in (await client.list()).sandboxes] == [
+                (sid, pb.SANDBOX_STATUS_PAUSED)
+            ]
+            assert cgroups.procs(group) == [], "a paused sandbox still runs"
+            resumed = await client.resume(sid, "t0k")
+            assert resumed.rebooted is not memory
+            assert await _echo(sandbox, "$(cat /home/user/f)") == "kept\n"
+        assert await client.kill(sid) is True
+    finally:
+        await client.close()
+        if sandbox_made:
+            await GVisorRuntime(config).kill(sandbox.sandbox_id)
+    assert (await inventory(config)).leaked_since(baseline) == {}
+
+
+async def _until(task: asyncio.Task[object], condition: Callable[[], bool]) -> None:
+    while not condition():
+        assert not task.done(), "it finished before it could be cut"
+        await asyncio.sleep(0.002)
+
+
+def _runsc_starts(config: GVisorConfig, sandbox_id: str) -> bool:
+    """Whether a ``runsc restore`` or ``runsc run`` is starting ``sandbox_id`` right now."""
+    for pid in runsc_pids(config):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if (b"run" in argv or b"restore" in argv) and sandbox_id.encode() in argv:
+            return True
+    return False
 
 
 def _partial_saves(config: GVisorConfig) -> list[Path]:

@@ -911,6 +911,7 @@ class GVisorRuntime(Runtime):
         found |= {lease.sandbox_id for lease in self.pool.leases()}
         for sandbox_id in sorted(keep_set):
             await self._finish_cut_save(sandbox_id)
+            await self._finish_cut_resume(sandbox_id)
         for cut in self.config.snapshots_dir.glob(f"*{PARTIAL_SUFFIX}"):  # snapshots cut off
             await asyncio.to_thread(shutil.rmtree, cut, True)
         removed = []
@@ -953,6 +954,20 @@ class GVisorRuntime(Runtime):
                                               Path(os.devnull), paths.log, 10)  # fmt: skip
         partial(paths.files).unlink(missing_ok=True)
         paths.saving.unlink(missing_ok=True)
+
+    async def _finish_cut_resume(self, sandbox_id: str) -> None:
+        """A node killed while it resumed a sandbox left it paused (its saved memory or files
+        go only once it runs: a boot from files waits for envd to apply them), but what the
+        boot had started runs on without the node, holding memory the sandbox should not.
+        The control plane records it paused, as the node reports it: stop what runs, and a
+        resume starts it again from what was saved."""
+        if not self._paths(sandbox_id).paused():
+            return
+        if not cgroups.procs(self._cgroup(sandbox_id)):
+            return
+        log.warning("sandbox %s: a resume was cut off; stopping what it started", sandbox_id)
+        await self._stop_processes(sandbox_id)
+        await self.runsc.delete(sandbox_id)
 
     # -- internals -------------------------------------------------------------------------
 
