@@ -53,3 +53,9 @@ async def bytes_used(s: AsyncSession, team_id: str) -> int:
         select(func.coalesce(func.sum(Snapshot.size_bytes), 0)).where(Snapshot.team_id == team_id)
     )
     return int(total or 0)
+
+
+async def internal_on_node(s: AsyncSession, node_id: str) -> list[Snapshot]:
+    """The forks' own checkpoints held on ``node_id`` (of every team)."""
+    query = select(Snapshot).where(Snapshot.internal.is_(True), Snapshot.node_id == node_id)
+    return list((await s.execute(query)).scalars())

@@ -179,10 +179,7 @@ class SnapshotService:
         await self._delete_on_node(snapshot)
 
     async def _delete_on_node(self, snapshot: Snapshot) -> None:
-        try:
-            await self.sandboxes.node.delete_snapshot(snapshot_message(snapshot))
-        except NodeError:  # its row is gone; the files are a leftover, logged for the operator
-            log.exception("deleting snapshot %s on its node failed", snapshot.id)
+        await _delete_on_node(self.sandboxes, snapshot)
 
     # ---- fork ---------------------------------------------------------------------------------
 
@@ -267,4 +264,29 @@ class SnapshotService:
         return row
 
 
-__all__ = ["MAX_FORKS", "SnapshotPage", "SnapshotService"]
+async def remove_fork_leftovers(sandboxes: SandboxService) -> list[str]:
+    """Remove the checkpoints of forks a crash cut off; returns their ids.
+
+    A fork's checkpoint (``internal``) lives only for its call, which deletes it in the end;
+    a server killed meanwhile left it: hidden from every list, so no one could delete it, yet
+    counted in its team's snapshot quota and held on the node's disk. Called as the server
+    starts, when no fork of its own is under way (one server per data dir, and so per node).
+    """
+    async with sandboxes.sessions.begin() as s:
+        rows = await snaps.internal_on_node(s, sandboxes.facts.node_id)
+        for row in rows:
+            await s.delete(row)
+    for row in rows:
+        log.warning("removing the checkpoint %s of a fork a crash cut off", row.id)
+        await _delete_on_node(sandboxes, row)
+    return [row.id for row in rows]
+
+
+async def _delete_on_node(sandboxes: SandboxService, snapshot: Snapshot) -> None:
+    try:
+        await sandboxes.node.delete_snapshot(snapshot_message(snapshot))
+    except NodeError:  # its row is gone; the files are a leftover, logged for the operator
+        log.exception("deleting snapshot %s on its node failed", snapshot.id)
+
+
+__all__ = ["MAX_FORKS", "SnapshotPage", "SnapshotService", "remove_fork_leftovers"]
