@@ -4,7 +4,9 @@ the bad input around them. Each test checks processes and files, not only status
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -151,6 +153,52 @@ def test_a_server_killed_mid_pause_comes_back_with_the_sandbox_running(
         assert counting(resumed) > before
     finally:
         sbx.kill()
+
+
+def test_a_server_killed_mid_fork_leaves_no_checkpoint_behind(
+    gvisor_server: ServerProcess, api: httpx.Client
+) -> None:
+    """SIGKILL of the server while a fork starts its sandboxes from the source's checkpoint:
+    the restarted server removes that checkpoint (hidden from every list, it would have held
+    disk and the team's snapshot quota for ever), records the cut-off forks as failed, and
+    the source runs on."""
+    config = GVisorConfig(data_dir=gvisor_server.data_dir)
+    db = gvisor_server.db_url.split("///", 1)[1]
+    images_before = set(config.snapshots_dir.iterdir())
+    sbx = Sandbox.create(timeout=300)
+    try:
+        sbx.files.write("/home/user/kept.txt", "the source's")
+        with ThreadPoolExecutor(1) as pool:
+            fork = pool.submit(api.post, f"/sandboxes/{sbx.sandbox_id}/fork",
+                               json={"count": 4, "timeout": 60})  # fmt: skip
+            deadline = time.monotonic() + 30
+            while not _fork_checkpoint(db) or _partial_images(config):
+                assert not fork.done(), f"the fork ended before it could be cut: {fork.result()}"
+                assert time.monotonic() < deadline, "no checkpoint for the fork"
+                time.sleep(0.002)
+            gvisor_server.sigkill()
+            assert fork.exception(timeout=60) is not None
+        gvisor_server.start(timeout_s=60)
+
+        assert _fork_checkpoint(db) == []
+        assert set(config.snapshots_dir.iterdir()) == images_before
+        states = gvisor_server.sandbox_states()
+        cut = [sid for sid in states if sid != sbx.sandbox_id]
+        assert all(states[sid][0] in ("failed", "killed") for sid in cut), states
+        assert sbx.get_info().state == SandboxState.RUNNING
+        assert sbx.files.read("/home/user/kept.txt") == "the source's"
+    finally:
+        sbx.kill()
+
+
+def _fork_checkpoint(db: str) -> list[str]:
+    """Ids of the forks' own checkpoints in the server's database."""
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return [row[0] for row in conn.execute("SELECT id FROM snapshots WHERE internal")]
+
+
+def _partial_images(config: GVisorConfig) -> list[Path]:
+    return list(config.snapshots_dir.glob("*.partial"))
 
 
 def runsc_rss(sandbox_id: str) -> int:
