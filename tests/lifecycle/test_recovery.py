@@ -22,6 +22,20 @@ async def _force(plane: Plane, sandbox_id: str, state: State) -> None:
         assert await q.update_fields(s, sandbox_id, list(State), state=str(state))
 
 
+async def _crash_past_the_end(
+    plane: Plane, sandbox_id: str, left_in: State, ended_ago: dt.timedelta
+) -> None:
+    """The server killed with the sandbox ``left_in`` a transition, its end time passed
+    ``ended_ago``: then the restart's recovery and one reaper tick."""
+    async with plane.service.sessions.begin() as s:
+        end_at = utcnow() - ended_ago
+        assert await q.update_fields(s, sandbox_id, list(State), end_at=end_at)
+    await _force(plane, sandbox_id, left_in)
+    await plane.reaper.recover()
+    await plane.reaper.tick()
+    await plane.reaper.stop()
+
+
 @pytest.mark.parametrize(
     ("pause_on_node", "left_in", "expected"),
     [
@@ -55,13 +69,7 @@ async def test_a_resume_that_got_through_gets_a_fresh_end_time(plane: Plane) -> 
     """Paused past its end time, resumed, server killed before it recorded the resume: the
     recovered sandbox must not be ended at once by its stale end time."""
     row = await plane.service.create(plane.who, CreateRequest("base", 600))
-    async with plane.service.sessions.begin() as s:
-        past = utcnow() - dt.timedelta(hours=1)
-        assert await q.update_fields(s, row.id, list(State), end_at=past)
-    await _force(plane, row.id, State.RESUMING)
-    await plane.reaper.recover()
-    await plane.reaper.tick()
-    await plane.reaper.stop()
+    await _crash_past_the_end(plane, row.id, State.RESUMING, dt.timedelta(hours=1))
     assert await plane.state(row.id) == "running"
     assert not plane.runtime.teardowns
 
@@ -82,13 +90,7 @@ async def test_a_pause_at_the_end_time_cut_by_a_crash_is_taken_again(plane: Plan
     """An ``autoPause`` sandbox whose pause at its end time a crash cut off (the node still
     runs it) is paused by the first tick after the restart, not given more time."""
     row = await plane.service.create(plane.who, CreateRequest("base", 600, auto_pause=True))
-    async with plane.service.sessions.begin() as s:
-        past = utcnow() - dt.timedelta(seconds=1)
-        assert await q.update_fields(s, row.id, list(State), end_at=past)
-    await _force(plane, row.id, State.PAUSING)
-    await plane.reaper.recover()
-    await plane.reaper.tick()
-    await plane.reaper.stop()
+    await _crash_past_the_end(plane, row.id, State.PAUSING, dt.timedelta(seconds=1))
     assert await plane.state(row.id) == "paused"
     assert not plane.runtime.teardowns
 

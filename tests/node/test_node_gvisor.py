@@ -4,7 +4,8 @@ finished, removes what did not and what died meanwhile, and the host ends as it 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -188,43 +189,25 @@ async def test_a_node_killed_mid_files_save_lets_the_sandbox_run_on(node: NodePr
     its processes until the pause kills them: the restarted node adopts it running and lets
     its processes go (they count on), the half-written tar and the marker are gone, and the
     sandbox pauses so and boots from its files as any other."""
-    config = GVisorConfig(data_dir=node.data_dir)
-    baseline = await inventory(config)
-    node.start()
-    client = RemoteNode(node.url, node.token)
-    sandbox_made = False
-    try:
-        sandbox = await client.create(_spec())
-        sandbox_made, sid = True, sandbox.sandbox_id
-        async with EnvdClient(sandbox.envd_url, "t0k") as envd:
+    async with _one_sandbox(node) as h:
+        async with EnvdClient(h.sandbox.envd_url, "t0k") as envd:
             files = "head -c 48M /dev/zero > /home/user/big && echo kept > /home/user/f"
             await envd.run(f"{files}; nohup sh -c '{background_counter.LOOP}' > /dev/null 2>&1 &")
-        await _counter(sandbox)  # (waits for its first value)
-        save = asyncio.create_task(client.pause(sid, memory=False))
-        await _cut_mid_save(node, config, sid, save, files=True)
-        line = node.start()
-        assert "adopted 1" in line, line
-        await client.close()
-        client = RemoteNode(node.url, node.token)
-        assert [(s.sandbox_id, s.status) for s in (await client.list()).sandboxes] == [
-            (sid, pb.SANDBOX_STATUS_RUNNING)
-        ]
-        root = config.sandboxes_dir / sid
-        assert _partial_saves(config) == [] and not (root / "saving").exists()
-        before = await _counter(sandbox)
+        await _counter(h.sandbox)  # (waits for its first value)
+        save = asyncio.create_task(h.client.pause(h.sid, memory=False))
+        await _cut_mid_save(node, h.config, h.sid, save, files=True)
+        await h.restart()
+        assert await h.statuses() == [(h.sid, pb.SANDBOX_STATUS_RUNNING)]
+        root = h.config.sandboxes_dir / h.sid
+        assert _partial_saves(h.config) == [] and not (root / "saving").exists()
+        before = await _counter(h.sandbox)
         await asyncio.sleep(0.3)
-        assert await _counter(sandbox) > before, "its processes were left stopped"
+        assert await _counter(h.sandbox) > before, "its processes were left stopped"
 
-        assert await client.pause(sid, memory=False) > 48 << 20
-        assert (await client.resume(sid, "t0k")).rebooted
-        assert await _echo(sandbox, "$(cat /home/user/f)") == "kept\n"
-        assert await client.kill(sid) is True
-    finally:
-        await client.close()
-        if sandbox_made:
-            await GVisorRuntime(config).kill(sandbox.sandbox_id)
-    assert _partial_saves(config) == []
-    assert (await inventory(config)).leaked_since(baseline) == {}
+        assert await h.client.pause(h.sid, memory=False) > 48 << 20
+        assert (await h.client.resume(h.sid, "t0k")).rebooted
+        assert await _echo(h.sandbox, "$(cat /home/user/f)") == "kept\n"
+        assert await h.client.kill(h.sid) is True
 
 
 async def test_a_node_killed_mid_resume_leaves_the_sandbox_paused_and_nothing_running(
@@ -234,46 +217,29 @@ async def test_a_node_killed_mid_resume_leaves_the_sandbox_paused_and_nothing_ru
     files: what the restore or the boot started would run on without it while the sandbox
     counts as paused (its saved state goes only once it runs), holding memory no one sees.
     The restarted node stops it; the sandbox is paused, and resumes as any other."""
-    config = GVisorConfig(data_dir=node.data_dir)
-    baseline = await inventory(config)
-    node.start()
-    client = RemoteNode(node.url, node.token)
-    sandbox_made = False
-    try:
-        sandbox = await client.create(_spec())
-        sandbox_made, sid = True, sandbox.sandbox_id
-        async with EnvdClient(sandbox.envd_url, "t0k") as envd:
+    async with _one_sandbox(node) as h:
+        async with EnvdClient(h.sandbox.envd_url, "t0k") as envd:
             await envd.run("echo kept > /home/user/f")
-        group = GVisorRuntime(config)._cgroup(sid)
+        group = GVisorRuntime(h.config)._cgroup(h.sid)
         for memory in (True, False):
-            await client.pause(sid, memory=memory)
-            resume = asyncio.create_task(client.resume(sid, "t0k"))
+            await h.client.pause(h.sid, memory=memory)
+            resume = asyncio.create_task(h.client.resume(h.sid, "t0k"))
             # From its memory: as the restore starts the sandbox. From its files: once the
             # boot has started it, while the node waits for its envd to apply the files.
-            await _until(resume, lambda: _runsc_starts(config, sid))
+            await _until(resume, lambda: _runsc_starts(h.config, h.sid))
             if not memory:
-                await _until(resume, lambda: not _runsc_starts(config, sid))
+                await _until(resume, lambda: not _runsc_starts(h.config, h.sid))
             node.sigkill()
             with pytest.raises(NodeError):
                 await resume
             await asyncio.sleep(1)  # what it started runs on meanwhile, if anything
-            line = node.start()
-            assert "adopted 1" in line, line
-            await client.close()
-            client = RemoteNode(node.url, node.token)
-            assert [(s.sandbox_id, s.status) for s in (await client.list()).sandboxes] == [
-                (sid, pb.SANDBOX_STATUS_PAUSED)
-            ]
+            await h.restart()
+            assert await h.statuses() == [(h.sid, pb.SANDBOX_STATUS_PAUSED)]
             assert cgroups.procs(group) == [], "a paused sandbox still runs"
-            resumed = await client.resume(sid, "t0k")
+            resumed = await h.client.resume(h.sid, "t0k")
             assert resumed.rebooted is not memory
-            assert await _echo(sandbox, "$(cat /home/user/f)") == "kept\n"
-        assert await client.kill(sid) is True
-    finally:
-        await client.close()
-        if sandbox_made:
-            await GVisorRuntime(config).kill(sandbox.sandbox_id)
-    assert (await inventory(config)).leaked_since(baseline) == {}
+            assert await _echo(h.sandbox, "$(cat /home/user/f)") == "kept\n"
+        assert await h.client.kill(h.sid) is True
 
 
 async def _until(task: asyncio.Task[object], condition: Callable[[], bool]) -> None:
@@ -307,15 +273,8 @@ async def test_a_node_killed_mid_save_leaves_the_sandbox_running_and_no_partial_
     the checkpoint leaves the sandbox running, so the restarted node adopts it running, its
     processes counting on; the half-made images, which no one would ever read or delete, are
     gone; and the sandbox pauses and resumes as any other."""
-    config = GVisorConfig(data_dir=node.data_dir)
-    baseline = await inventory(config)
-    node.start()
-    client = RemoteNode(node.url, node.token)
-    sandbox_made = False
-    try:
-        sandbox = await client.create(_spec())
-        sandbox_made, sid = True, sandbox.sandbox_id
-        async with EnvdClient(sandbox.envd_url, "t0k") as envd:
+    async with _one_sandbox(node) as h:
+        async with EnvdClient(h.sandbox.envd_url, "t0k") as envd:
             quiet = "> /dev/null 2>&1 &"
             await envd.run(f"nohup {memory_holder(160)} {quiet}"
                            f" nohup sh -c '{background_counter.LOOP}' {quiet}")  # fmt: skip
@@ -325,28 +284,59 @@ async def test_a_node_killed_mid_save_leaves_the_sandbox_running_and_no_partial_
                 await asyncio.sleep(0.1)
             else:
                 raise AssertionError("the memory holder never started")
-        cuts = [lambda: client.pause(sid), lambda: client.checkpoint(sid, "snapcoffee0000000003")]
+        cuts = [
+            lambda: h.client.pause(h.sid),
+            lambda: h.client.checkpoint(h.sid, "snapcoffee0000000003"),
+        ]
         for cut in cuts:
-            await _cut_mid_save(node, config, sid, asyncio.create_task(cut()))
-            line = node.start()
-            assert "adopted 1" in line, line
-            await client.close()
-            client = RemoteNode(node.url, node.token)
-            assert [(s.sandbox_id, s.status) for s in (await client.list()).sandboxes] == [
-                (sid, pb.SANDBOX_STATUS_RUNNING)
-            ]
-            assert _partial_saves(config) == []
-            before = await _counter(sandbox)
+            await _cut_mid_save(node, h.config, h.sid, asyncio.create_task(cut()))
+            await h.restart()
+            assert await h.statuses() == [(h.sid, pb.SANDBOX_STATUS_RUNNING)]
+            assert _partial_saves(h.config) == []
+            before = await _counter(h.sandbox)
             await asyncio.sleep(0.3)
-            assert await _counter(sandbox) > before, "not counting"
+            assert await _counter(h.sandbox) > before, "not counting"
 
-        assert await client.pause(sid) > 100 << 20
-        assert not (await client.resume(sid, "t0k")).rebooted
-        assert await _echo(sandbox, "$(pgrep -c -f '[1]e6')") == "1\n"
-        assert await client.kill(sid) is True
+        assert await h.client.pause(h.sid) > 100 << 20
+        assert not (await h.client.resume(h.sid, "t0k")).rebooted
+        assert await _echo(h.sandbox, "$(pgrep -c -f '[1]e6')") == "1\n"
+        assert await h.client.kill(h.sid) is True
+
+
+class _Harness:
+    """A node holding one sandbox, and a client for it that outlives the node's restarts."""
+
+    def __init__(self, node: NodeProcess, config: GVisorConfig, sandbox: pb.Sandbox,
+                 client: RemoteNode) -> None:  # fmt: skip
+        self.node, self.config, self.sandbox, self.client = node, config, sandbox, client
+        self.sid = sandbox.sandbox_id
+
+    async def restart(self) -> None:
+        """Start the killed node again, which adopts the sandbox, and talk to the new one."""
+        line = self.node.start()
+        assert "adopted 1" in line, line
+        await self.client.close()
+        self.client = RemoteNode(self.node.url, self.node.token)
+
+    async def statuses(self) -> list[tuple[str, int]]:
+        return [(s.sandbox_id, s.status) for s in (await self.client.list()).sandboxes]
+
+
+@contextlib.asynccontextmanager
+async def _one_sandbox(node: NodeProcess) -> AsyncIterator[_Harness]:
+    """Start the node and one sandbox in it. Afterwards the sandbox is gone (a failure must not
+    leave it spinning on the host), no half-written image is left, and the host is as before."""
+    config = GVisorConfig(data_dir=node.data_dir)
+    baseline = await inventory(config)
+    node.start()
+    client = RemoteNode(node.url, node.token)
+    made: _Harness | None = None
+    try:
+        made = _Harness(node, config, await client.create(_spec()), client)
+        yield made
     finally:
-        await client.close()
-        if sandbox_made:  # a failure above must not leave a sandbox spinning on the host
-            await GVisorRuntime(config).kill(sandbox.sandbox_id)
+        await (made.client if made else client).close()
+        if made is not None:
+            await GVisorRuntime(config).kill(made.sid)
     assert _partial_saves(config) == []
     assert (await inventory(config)).leaked_since(baseline) == {}
