@@ -185,10 +185,7 @@ def test_the_proxy_and_the_egress_log_outlive_a_server_restart(
         before = httpx.get(log_url, headers=headers).json()
         assert [r["port"] for r in before] == [inet.port]
 
-        assert gvisor_server.proc is not None
-        gvisor_server.proc.kill()
-        gvisor_server.proc.wait()
-        gvisor_server.proc = None
+        gvisor_server.sigkill()
         gvisor_server.start(timeout_s=60)
         tunnels = len(proxy.tunnels())
         assert _through_proxy(inet, _whoami(sbx, inet))

@@ -370,10 +370,7 @@ def test_rules_added_by_update_network_and_kept_across_a_restart(
         assert _run(sbx, f"curl -s -m 10 https://{RULED}/after") == inet.named_body(RULED)
         assert _last(inet, "/after")["authorization"] == f"Bearer {value}"
 
-        assert gvisor_server.proc is not None
-        gvisor_server.proc.kill()
-        gvisor_server.proc.wait()
-        gvisor_server.proc = None
+        gvisor_server.sigkill()
         gvisor_server.start(timeout_s=60)
         assert _run(sbx, f"curl -s -m 10 https://{RULED}/restarted") == inet.named_body(RULED)
         assert _last(inet, "/restarted")["authorization"] == f"Bearer {value}"

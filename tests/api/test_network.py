@@ -413,10 +413,7 @@ def test_domain_rules_hold_after_the_server_is_killed_and_restarted(
     try:
         sbx.files.write("/tmp/ca.pem", inet.ca_pem)
         assert _https(sbx, ALLOWED) == inet.named_body(ALLOWED)
-        assert gvisor_server.proc is not None
-        gvisor_server.proc.kill()
-        gvisor_server.proc.wait()
-        gvisor_server.proc = None
+        gvisor_server.sigkill()
         gvisor_server.start(timeout_s=60)
         assert _https(sbx, ALLOWED) == inet.named_body(ALLOWED)
         assert _https(sbx, OTHER, at=inet.names[OTHER]) == "refused"

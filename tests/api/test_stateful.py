@@ -133,10 +133,7 @@ def test_a_server_killed_mid_pause_comes_back_with_the_sandbox_running(
             while not checkpointing(config, sbx.sandbox_id):
                 assert not pause.done(), "the pause finished before it could be cut"
                 time.sleep(0.002)
-            assert gvisor_server.proc is not None
-            gvisor_server.proc.kill()
-            gvisor_server.proc.wait()
-            gvisor_server.proc = None
+            gvisor_server.sigkill()
             assert pause.exception(timeout=60) is not None
         deadline = time.monotonic() + 30
         while checkpointing(config, sbx.sandbox_id):  # it runs on without the node
