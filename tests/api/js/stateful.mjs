@@ -7,14 +7,29 @@ const FILE = '/home/user/kept.txt'
 const out = {}
 const made = [] // every sandbox this script started, killed at the end whatever happened
 
+// The loop writes each value beside the counter and renames it over, as
+// tests/background_counter.py does: a truncating `echo >` leaves an empty file between its open
+// and its write, and a read in that window once turned a CI run red.
+const LOOP =
+  'i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count;' +
+  ' sleep 0.1; done'
+
 async function count(sbx) {
-  return Number((await sbx.files.read('/tmp/count')).trim())
+  const text = (await sbx.files.read('/tmp/count')).trim()
+  if (!/^[0-9]+$/.test(text)) throw new Error(`the counter file holds ${JSON.stringify(text)}`)
+  return Number(text)
 }
 
+// Whether the loop still runs: a larger value within five seconds (a 2-core CI machine busy
+// restoring other sandboxes can hold a fresh one back for a while), and the values seen.
 async function counting(sbx) {
   const first = await count(sbx)
-  await sleep(400)
-  return (await count(sbx)) > first
+  let last = first
+  for (let waited = 0; last <= first && waited < 5000; waited += 200) {
+    await sleep(200)
+    last = await count(sbx)
+  }
+  return { counting: last > first, first, last }
 }
 
 const sbx = await Sandbox.create({
@@ -26,7 +41,7 @@ try {
   out.id = sbx.sandboxId
   out.lifecycle = (await sbx.getInfo()).lifecycle
   await sbx.commands.run(
-    'i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done',
+    LOOP,
     { background: true },
   )
   await sbx.files.write(FILE, 'before the pause')
@@ -63,9 +78,7 @@ try {
     }
     made.push(fork)
     await fork.files.write(FILE, `fork ${i}`)
-    const first = await count(fork)
-    await sleep(400)
-    out.forks.push({ id: fork.sandboxId, counting: (await count(fork)) > first })
+    out.forks.push({ id: fork.sandboxId, ...(await counting(fork)) })
   }
   out.forkFiles = await Promise.all(
     forks.filter((f) => !(f instanceof Error)).map((f) => f.files.read(FILE)),
@@ -74,12 +87,12 @@ try {
 
   // Filesystem-only: the files stay, the processes end; a connect reboots it from its files,
   // and a memory-paused sandbox connected with onResume: 'reboot' boots afresh too.
-  out.countingBeforeFilesystemPause = await counting(back)
+  out.countingBeforeFilesystemPause = (await counting(back)).counting
   out.filesystemOnlyPause = await back.pause({ keepMemory: false })
   out.stateAfterFilesystemPause = (await Sandbox.getInfo(back.sandboxId)).state
   const rebooted = await Sandbox.connect(back.sandboxId, { timeoutMs: 120_000 })
   out.fileAfterReboot = await rebooted.files.read(FILE)
-  out.countingAfterReboot = await counting(rebooted)
+  out.countingAfterReboot = (await counting(rebooted)).counting
   // (The child: traffic does not wake it, as it could the source, created with autoResume.)
   await child.commands.run('sleep 1000', { background: true })
   out.sleepBeforePause = (await child.commands.run('pgrep -x sleep || echo none')).stdout.trim()
