@@ -188,6 +188,38 @@ def test_a_server_killed_mid_fork_leaves_no_checkpoint_behind(
         sbx.kill()
 
 
+def test_a_snapshot_left_without_its_row_is_removed_at_start(
+    gvisor_server: ServerProcess, api: httpx.Client
+) -> None:
+    """A crash between the node's checkpoint and the row's commit, or between a delete's
+    commit and its call to the node, leaves a checkpoint nothing refers to. The windows are
+    milliseconds wide, so the test makes their outcome: it SIGKILLs the server and deletes
+    one snapshot's row. The restarted server deletes that checkpoint and keeps the other."""
+    config = GVisorConfig(data_dir=gvisor_server.data_dir)
+    db = gvisor_server.db_url.split("///", 1)[1]
+    sbx = Sandbox.create(timeout=120)
+    try:
+        kept, lost = (api.post(f"/sandboxes/{sbx.sandbox_id}/snapshots", json={}).json()
+                      for _ in range(2))  # fmt: skip
+        kept_id, lost_id = kept["snapshotID"], lost["snapshotID"]
+        assert (config.snapshots_dir / lost_id).is_dir()
+        gvisor_server.sigkill()
+        with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+            conn.execute("DELETE FROM snapshots WHERE id = ?", (lost_id,))
+        gvisor_server.start(timeout_s=60)
+
+        assert not (config.snapshots_dir / lost_id).exists()
+        assert (config.snapshots_dir / kept_id).is_dir()
+        listed = api.get("/snapshots", params={"sandboxID": sbx.sandbox_id}).json()
+        assert [s["snapshotID"] for s in listed] == [kept_id]
+        child = Sandbox.create(kept_id, timeout=60)  # the one kept still starts sandboxes
+        child.kill()
+    finally:
+        sbx.kill()
+        for left in api.get("/snapshots", params={"sandboxID": sbx.sandbox_id}).json():
+            api.delete(f"/templates/{left['snapshotID']}")
+
+
 def _fork_checkpoint(db: str) -> list[str]:
     """Ids of the forks' own checkpoints in the server's database."""
     with contextlib.closing(sqlite3.connect(db)) as conn:

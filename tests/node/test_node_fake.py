@@ -162,8 +162,18 @@ async def test_checkpoint_and_restore_are_refused_where_the_runtime_cannot(
             await node.create(spec)
         assert [s.sandbox_id for s in (await node.list()).sandboxes] == [sandbox.sandbox_id]
         assert spec.sandbox_id not in runtime.sandboxes
+        assert await node.list_snapshots() == []  # and it holds none
     finally:
         await node.close()
+
+
+def test_every_call_of_the_contract_is_served(tmp_path: Path) -> None:
+    """A call added to node.proto without a handler would answer 404 to a separate node's
+    control plane; the embedded one would not even have the method."""
+    service = pb.DESCRIPTOR.services_by_name["Node"]
+    node = EmbeddedNode(FakeRuntime(), tmp_path, dead_check_every_s=0)
+    served = set(node.service.handlers)
+    assert served == {f"/node.Node/{m.name}" for m in service.methods}
 
 
 async def test_a_failing_teardown_does_not_keep_the_node_from_starting(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ Both pass the same request and response messages and turn Connect codes into the
 from __future__ import annotations
 
 import abc
+import builtins
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -138,6 +139,11 @@ class NodeClient(abc.ABC):
     async def delete_snapshot(self, snapshot: pb.Snapshot) -> None:
         request = pb.DeleteSnapshotRequest(snapshot=snapshot)
         await self._call("DeleteSnapshot", request, pb.DeleteSnapshotResponse)
+
+    async def list_snapshots(self) -> builtins.list[pb.Snapshot]:
+        response = await self._call("ListSnapshots", pb.ListSnapshotsRequest(),
+                                    pb.ListSnapshotsResponse)  # fmt: skip
+        return builtins.list(response.snapshots)
 
     async def update_network(self, request: pb.UpdateNetworkRequest) -> None:
         await self._call("UpdateNetwork", request, pb.UpdateNetworkResponse)

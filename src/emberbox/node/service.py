@@ -85,6 +85,12 @@ def _snapshot_ref(snap: pb.Snapshot) -> SnapshotRef:
                        memory=not snap.filesystem_only)  # fmt: skip
 
 
+def _snapshot_message(ref: SnapshotRef) -> pb.Snapshot:
+    return pb.Snapshot(snapshot_id=ref.snapshot_id, runtime=ref.runtime, path=ref.path,
+                       template_id=ref.template_id, size_bytes=ref.size_bytes,
+                       filesystem_only=not ref.memory)  # fmt: skip
+
+
 def _spec(s: pb.SandboxSpec) -> SandboxSpec:
     snapshot = _snapshot_ref(s.snapshot) if s.HasField("snapshot") else None
     return SandboxSpec(
@@ -205,6 +211,7 @@ class NodeService:
             "/node.Node/Checkpoint": (pb.CheckpointRequest, self.checkpoint),
             "/node.Node/Restore": (pb.RestoreRequest, self.restore),
             "/node.Node/DeleteSnapshot": (pb.DeleteSnapshotRequest, self.delete_snapshot),
+            "/node.Node/ListSnapshots": (pb.ListSnapshotsRequest, self.list_snapshots),
             "/node.Node/Claim": (pb.ClaimRequest, self.claim),
             "/node.Node/UpdateNetwork": (pb.UpdateNetworkRequest, self.update_network),
             "/node.Node/EgressLog": (pb.EgressLogRequest, self.egress_log),
@@ -341,15 +348,7 @@ class NodeService:
         ref = await self.orchestrator.checkpoint(
             request.sandbox_id, request.snapshot_id, memory=not request.filesystem_only
         )
-        snapshot = pb.Snapshot(
-            snapshot_id=ref.snapshot_id,
-            runtime=ref.runtime,
-            path=ref.path,
-            template_id=ref.template_id,
-            size_bytes=ref.size_bytes,
-            filesystem_only=not ref.memory,
-        )
-        return pb.CheckpointResponse(snapshot=snapshot)
+        return pb.CheckpointResponse(snapshot=_snapshot_message(ref))
 
     async def restore(self, request: pb.RestoreRequest) -> pb.RestoreResponse:
         snapshot = _snapshot_ref(request.snapshot)
@@ -359,6 +358,10 @@ class NodeService:
     async def delete_snapshot(self, request: pb.DeleteSnapshotRequest) -> pb.DeleteSnapshotResponse:
         await self.runtime.delete_snapshot(_snapshot_ref(request.snapshot))
         return pb.DeleteSnapshotResponse()
+
+    async def list_snapshots(self, request: pb.ListSnapshotsRequest) -> pb.ListSnapshotsResponse:
+        found = await self.runtime.snapshots()
+        return pb.ListSnapshotsResponse(snapshots=[_snapshot_message(ref) for ref in found])
 
     async def update_network(self, request: pb.UpdateNetworkRequest) -> pb.UpdateNetworkResponse:
         """Straight to the runtime, which serialises it with the sandbox's other host work."""

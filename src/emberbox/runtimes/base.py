@@ -274,6 +274,10 @@ class Runtime(abc.ABC):
         """Free a checkpoint's disk; sandboxes started from it keep running."""
         raise CapabilityMissing(f"{self.name} has no snapshots")
 
+    async def snapshots(self) -> builtins.list[SnapshotRef]:
+        """The whole checkpoints this runtime holds (one cut off half-written is not one)."""
+        return []
+
     async def freeze(self, sandbox_id: str) -> None:  # noqa: B027 - optional hook
         """Stop scheduling a running sandbox nobody uses yet (a pooled one): it keeps its
         memory and its processes but costs no CPU until :meth:`thaw`. ``kill`` works on a

@@ -767,6 +767,25 @@ class GVisorRuntime(Runtime):
         self._check_snapshot(snapshot)
         await asyncio.to_thread(shutil.rmtree, snapshot.path, True)
 
+    async def snapshots(self) -> builtins.list[SnapshotRef]:
+        return await asyncio.to_thread(self._snapshots)
+
+    def _snapshots(self) -> builtins.list[SnapshotRef]:
+        """The snapshot directories a checkpoint finished (renamed from its partial name once
+        its snapshot.json was written), as :meth:`checkpoint` described them."""
+        found = []
+        root = self.config.snapshots_dir
+        for path in sorted(root.iterdir()) if root.exists() else []:
+            try:
+                about = json.loads((path / "snapshot.json").read_text())
+            except (OSError, ValueError):
+                continue  # a partial one, or not ours
+            if not is_sandbox_id(path.name):
+                continue
+            found.append(SnapshotRef(path.name, self.name, str(path), about["template_id"],
+                                     _du(path), memory=about["memory"]))  # fmt: skip
+        return found
+
     async def update_network(self, sandbox_id: str, policy: NetworkPolicy) -> None:
         """Replace a running or paused sandbox's egress rules in place (one nft transaction);
         its resolv.conf is not rewritten (a process may hold it open)."""

@@ -59,3 +59,10 @@ async def internal_on_node(s: AsyncSession, node_id: str) -> list[Snapshot]:
     """The forks' own checkpoints held on ``node_id`` (of every team)."""
     query = select(Snapshot).where(Snapshot.internal.is_(True), Snapshot.node_id == node_id)
     return list((await s.execute(query)).scalars())
+
+
+async def known(s: AsyncSession, ids: list[str]) -> set[str]:
+    """Which of ``ids`` have a row (whatever node or team holds them)."""
+    if not ids:
+        return set()
+    return set((await s.execute(select(Snapshot.id).where(Snapshot.id.in_(ids)))).scalars())

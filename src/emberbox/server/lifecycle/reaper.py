@@ -24,7 +24,7 @@ from ..db import sandboxes as q
 from ..db.models import utcnow
 from .network import NetworkService
 from .service import DEFAULT_RESUME_TIMEOUT_S, SandboxService
-from .snapshots import remove_fork_leftovers
+from .snapshots import remove_leftover_snapshots
 from .states import EndReason, State
 
 log = logging.getLogger("emberbox.reaper")
@@ -57,9 +57,9 @@ class Reaper:
 
     async def recover(self) -> None:
         """Finish what a crash interrupted: half-created, half-killed, half-paused or
-        half-resumed sandboxes (the node says where a pause or resume really got to), and the
-        checkpoints of forks cut off."""
-        await remove_fork_leftovers(self.service)
+        half-resumed sandboxes (the node says where a pause or resume really got to), and
+        checkpoints a crash left on the node (forks' own, and those with no row)."""
+        await remove_leftover_snapshots(self.service)
         async with self.service.sessions() as s:
             creating = await q.ids_in_states(s, [State.CREATING])
             killing = await q.ids_in_states(s, [State.KILLING])

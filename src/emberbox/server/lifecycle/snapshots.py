@@ -264,13 +264,17 @@ class SnapshotService:
         return row
 
 
-async def remove_fork_leftovers(sandboxes: SandboxService) -> list[str]:
-    """Remove the checkpoints of forks a crash cut off; returns their ids.
+async def remove_leftover_snapshots(sandboxes: SandboxService) -> list[str]:
+    """Remove the checkpoints a crash left behind on this server's node; returns their ids.
+    Called as the server starts, when no snapshot or fork of its own is under way (one server
+    per data dir, and so per node).
 
-    A fork's checkpoint (``internal``) lives only for its call, which deletes it in the end;
-    a server killed meanwhile left it: hidden from every list, so no one could delete it, yet
-    counted in its team's snapshot quota and held on the node's disk. Called as the server
-    starts, when no fork of its own is under way (one server per data dir, and so per node).
+    Two kinds. A fork's checkpoint (``internal``) lives only for its call, which deletes it in
+    the end: one a crash cut off is hidden from every list, so no one could delete it, yet
+    counted in its team's snapshot quota and held on the node's disk. And a checkpoint the
+    node holds with no row at all: the server died between the node's answer and the row's
+    commit, or between a delete's commit and its call to the node (or that call failed). The
+    rows of every node are asked, not only this one's: a node renamed since keeps its files.
     """
     async with sandboxes.sessions.begin() as s:
         rows = await snaps.internal_on_node(s, sandboxes.facts.node_id)
@@ -279,7 +283,26 @@ async def remove_fork_leftovers(sandboxes: SandboxService) -> list[str]:
     for row in rows:
         log.warning("removing the checkpoint %s of a fork a crash cut off", row.id)
         await _delete_on_node(sandboxes, row)
-    return [row.id for row in rows]
+    removed = [row.id for row in rows]
+    try:
+        held = await sandboxes.node.list_snapshots()
+    except NodeError:  # (a node too old to list them, or down: the next start tries again)
+        log.exception("the node did not list its snapshots; leftovers stay for now")
+        return removed
+    async with sandboxes.sessions() as s:
+        known = await snaps.known(s, [snapshot.snapshot_id for snapshot in held])
+    for snapshot in held:
+        if snapshot.snapshot_id in known:
+            continue
+        log.warning("removing snapshot %s: no record of it (a crash cut off its save or "
+                    "delete)", snapshot.snapshot_id)  # fmt: skip
+        try:
+            await sandboxes.node.delete_snapshot(snapshot)
+        except NodeError:
+            log.exception("deleting snapshot %s on its node failed", snapshot.snapshot_id)
+            continue
+        removed.append(snapshot.snapshot_id)
+    return removed
 
 
 async def _delete_on_node(sandboxes: SandboxService, snapshot: Snapshot) -> None:
@@ -289,4 +312,4 @@ async def _delete_on_node(sandboxes: SandboxService, snapshot: Snapshot) -> None
         log.exception("deleting snapshot %s on its node failed", snapshot.id)
 
 
-__all__ = ["MAX_FORKS", "SnapshotPage", "SnapshotService", "remove_fork_leftovers"]
+__all__ = ["MAX_FORKS", "SnapshotPage", "SnapshotService", "remove_leftover_snapshots"]
