@@ -776,12 +776,12 @@ class GVisorRuntime(Runtime):
         found = []
         root = self.config.snapshots_dir
         for path in sorted(root.iterdir()) if root.exists() else []:
+            if not is_sandbox_id(path.name):
+                continue  # a partial one (``<id>.partial``), or not ours
             try:
                 about = json.loads((path / "snapshot.json").read_text())
             except (OSError, ValueError):
-                continue  # a partial one, or not ours
-            if not is_sandbox_id(path.name):
-                continue
+                continue  # not a checkpoint this runtime wrote
             found.append(SnapshotRef(path.name, self.name, str(path), about["template_id"],
                                      _du(path), memory=about["memory"]))  # fmt: skip
         return found

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from ..._proto.node import node_pb2 as pb
 from ...node.client import NodeConflict, NodeError, NodeSandboxNotFound, NodeUnsupported
 from ...vocabulary import new_snapshot_id
 from ..auth.store import Principal
@@ -179,7 +180,7 @@ class SnapshotService:
         await self._delete_on_node(snapshot)
 
     async def _delete_on_node(self, snapshot: Snapshot) -> None:
-        await _delete_on_node(self.sandboxes, snapshot)
+        await _delete_on_node(self.sandboxes, snapshot_message(snapshot))
 
     # ---- fork ---------------------------------------------------------------------------------
 
@@ -282,7 +283,7 @@ async def remove_leftover_snapshots(sandboxes: SandboxService) -> list[str]:
             await s.delete(row)
     for row in rows:
         log.warning("removing the checkpoint %s of a fork a crash cut off", row.id)
-        await _delete_on_node(sandboxes, row)
+        await _delete_on_node(sandboxes, snapshot_message(row))
     removed = [row.id for row in rows]
     try:
         held = await sandboxes.node.list_snapshots()
@@ -296,20 +297,20 @@ async def remove_leftover_snapshots(sandboxes: SandboxService) -> list[str]:
             continue
         log.warning("removing snapshot %s: no record of it (a crash cut off its save or "
                     "delete)", snapshot.snapshot_id)  # fmt: skip
-        try:
-            await sandboxes.node.delete_snapshot(snapshot)
-        except NodeError:
-            log.exception("deleting snapshot %s on its node failed", snapshot.snapshot_id)
-            continue
-        removed.append(snapshot.snapshot_id)
+        if await _delete_on_node(sandboxes, snapshot):
+            removed.append(snapshot.snapshot_id)
     return removed
 
 
-async def _delete_on_node(sandboxes: SandboxService, snapshot: Snapshot) -> None:
+async def _delete_on_node(sandboxes: SandboxService, snapshot: pb.Snapshot) -> bool:
+    """Whether the node freed the checkpoint; a failure is logged for the operator (its row
+    is gone, so the server's next start deletes the files)."""
     try:
-        await sandboxes.node.delete_snapshot(snapshot_message(snapshot))
-    except NodeError:  # its row is gone; the files are a leftover, logged for the operator
-        log.exception("deleting snapshot %s on its node failed", snapshot.id)
+        await sandboxes.node.delete_snapshot(snapshot)
+    except NodeError:
+        log.exception("deleting snapshot %s on its node failed", snapshot.snapshot_id)
+        return False
+    return True
 
 
 __all__ = ["MAX_FORKS", "SnapshotPage", "SnapshotService", "remove_leftover_snapshots"]
