@@ -43,12 +43,12 @@ async def gateway_asks_the_fake_internet(
     """The node's gateway resolves through the fake internet's DNS, never the host's; the
     redirect chains point at this process's gateway (a server that shared the data dir
     earlier in the session pointed them at its own, then stopped)."""
-    runtime._firewall_ready = False
-    await runtime._ensure_firewall()
-    before = runtime.gateway.upstream
-    runtime.gateway.upstream = (inet.dns,)
+    runtime.egress._ready = False
+    await runtime.egress.ready()
+    before = runtime.egress.gateway.upstream
+    runtime.egress.gateway.upstream = (inet.dns,)
     yield
-    runtime.gateway.upstream = before
+    runtime.egress.gateway.upstream = before
 
 
 async def trusting(sandbox: RuntimeSandbox, inet: FakeInternet) -> RuntimeSandbox:
@@ -256,18 +256,18 @@ async def test_a_restarted_node_judges_by_name_again(
     sandboxes' records; the old process's gateway is gone."""
     policy = NetworkPolicy(allow_internet=False, allow_out=(ALLOWED,))
     sandbox = await trusting(await make_sandbox(network=policy), inet)
-    await runtime.gateway.close()
+    await runtime.egress.gateway.close()
     restarted = GVisorRuntime(runtime.config)
     try:
         keep = [s.sandbox_id for s in await restarted.list()]
         assert sandbox.sandbox_id not in await restarted.cleanup_orphans(keep)
-        restarted.gateway.upstream = (inet.dns,)
+        restarted.egress.gateway.upstream = (inet.dns,)
         assert await get(sandbox, f"https://{ALLOWED}/") == inet.named_body(ALLOWED)
         assert await get(sandbox, f"https://{OTHER}/", at=inet.names[OTHER]) == "refused"
     finally:
         await restarted.close()
-        runtime._firewall_ready = False  # point the redirect chains back at this process
-        await runtime._ensure_firewall()
+        runtime.egress._ready = False  # point the redirect chains back at this process
+        await runtime.egress.ready()
 
 
 async def test_one_sandbox_cannot_hold_all_the_gateways_connections(
@@ -307,14 +307,14 @@ async def test_one_sandbox_cannot_hold_all_the_gateways_connections(
     assert address is not None
     task = asyncio.ensure_future(run(sandbox, script, timeout=120))
     deadline = time.monotonic() + 90
-    while len(runtime.gateway._open.get(address.guest_ip, ())) < MAX_PER_SANDBOX:
+    while len(runtime.egress.gateway._open.get(address.guest_ip, ())) < MAX_PER_SANDBOX:
         assert not task.done(), f"the script ended early: {task.result()}"
         assert time.monotonic() < deadline, "the sandbox's connections never reached the cap"
         await asyncio.sleep(0.2)
     await asyncio.sleep(2)
-    assert len(runtime.gateway._open[address.guest_ip]) == MAX_PER_SANDBOX
+    assert len(runtime.egress.gateway._open[address.guest_ip]) == MAX_PER_SANDBOX
     await runtime.kill(sandbox.sandbox_id)
-    assert address.guest_ip not in runtime.gateway._open
+    assert address.guest_ip not in runtime.egress.gateway._open
     # The gateway's resets cannot reach a link that is gone: the kill deletes the entries.
     assert tracked_flows(address.guest_ip) == []
     task.cancel()
@@ -342,5 +342,5 @@ async def test_concurrent_sandboxes_with_domains_come_and_go_cleanly(
     addresses = [runtime._lease_of(s.sandbox_id, None) for s in sandboxes]
     await asyncio.gather(*(runtime.kill(s.sandbox_id) for s in sandboxes))
     assert (await inventory(runtime.config)).leaked_since(before) == {}
-    assert not any(a is not None and a.guest_ip in runtime.gateway._open for a in addresses)
+    assert not any(a is not None and a.guest_ip in runtime.egress.gateway._open for a in addresses)
     assert [f for a in addresses if a is not None for f in tracked_flows(a.guest_ip)] == []

@@ -19,21 +19,17 @@ import shutil
 import signal
 import stat
 import time
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ...egress import EgressProxy, EgressRules, HeaderRule, reaches, rules_for
 from ...envd.guest.oom import count_kills
 from ...envd_client.handshake import EnvdDefaults, HandshakeFailed, handshake, wait_healthy
 from ...envd_client.http import sandbox_http
 from ...host import cgroups, network, processes, rootfs
-from ...host.certificates import EgressCa
 from ...host.commands import SPAWNED, concurrently
-from ...host.egress_audit import EgressAudit, EgressEvent, EgressJournal
-from ...host.egress_gateway import EgressGateway
+from ...host.egress_audit import EgressEvent
 from ...host.errors import HostError
-from ...host.flow_monitor import FlowMonitor
 from ...host.locks import KeyedLock
 from ...templates.steps import BootFailed, Step
 from ...templates.store import GUEST_PYTHON, Template, TemplateError, TemplateStore
@@ -58,6 +54,7 @@ from ..base import (
 from . import guest_files
 from .bundle import BindMount, BundleSpec, write_bundle
 from .config import GVisorConfig
+from .egress import NodeEgress, judged, resolv_conf, rules_of, saved_policy
 from .runsc import Runsc, RunscError
 from .state import PARTIAL_SUFFIX, SandboxPaths, SandboxRecord, partial
 from .warm import TemplateSnapshots
@@ -122,8 +119,6 @@ class GVisorRuntime(Runtime):
         self.pool = network.AddressPool(
             self.config.leases_dir, self.config.network, self.config.instance
         )
-        self._firewall_ready = False
-        self._firewall_lock = asyncio.Lock()
         # Every create/kill of one sandbox id runs under its lock, so a kill never races
         # another kill (or the end of a create) over the same host objects.
         self._locks = KeyedLock()
@@ -132,19 +127,7 @@ class GVisorRuntime(Runtime):
         # ask runsc whether one is left (a ``runsc state``, ~35 ms).
         self._deleted: set[str] = set()
         self.warm = TemplateSnapshots(self.config.template_snapshots_dir, self.config.boot_timeout)
-        # Rules of the sandboxes whose traffic the gateway judges (domain entries, or DNS sent
-        # to the node), by address.
-        self._egress: dict[str, EgressRules] = {}
-        self.ca = EgressCa(self.config.root / "egress-ca")
-        # The egress audit log: the gateway's records and the kernel's (``flows``).
-        self.journal = EgressJournal(self.config.root / "egress-log")
-        self._owners: dict[str, str] = {}  # sandbox id by address, from the leases
-        self._owners_read = -1.0  # when the leases were last read for it
-        audit = EgressAudit(self.journal, self._owner)
-        self.gateway = EgressGateway(self._egress_of, self.config.egress_dns, ca=self.ca,
-                                     trust=self.config.egress_ca, audit=audit)  # fmt: skip
-        self.flows = FlowMonitor(self.config.root / "egress-audit", self.config.instance,
-                                 self.config.network, audit)  # fmt: skip
+        self.egress = NodeEgress(self.config, self.pool, self._saved_policies)
 
     async def close(self) -> None:
         """A template snapshot under way is abandoned and its boot killed: nobody would
@@ -152,10 +135,7 @@ class GVisorRuntime(Runtime):
         sandbox is left in it (sandboxes still running keep it: a node stops without killing
         them); one per data dir had piled up on a host that runs many short-lived nodes."""
         await self.warm.close()
-        await self.flows.close()
-        if self.gateway.ports is not None:
-            await self.gateway.close()
-            await network.unpoint_gateway(self.config.instance)
+        await self.egress.close()
         cgroups.remove(self.config.cgroup_base)
 
     # -- paths -----------------------------------------------------------------------------
@@ -443,7 +423,7 @@ class GVisorRuntime(Runtime):
             or sandbox_id in await self.runsc.list_ids()
         )
         if not found:
-            self.journal.remove(sandbox_id)
+            self.egress.journal.remove(sandbox_id)
             return False
         log.info("host teardown of %s", sandbox_id)  # counted by tests/api/test_stress.py
         await self._stop_processes(sandbox_id)
@@ -452,9 +432,7 @@ class GVisorRuntime(Runtime):
         owned = lease is not None and self.pool.owns(lease)
         if lease is not None:
             if owned:
-                self._egress.pop(lease.guest_ip, None)
-                self._owners.pop(lease.guest_ip, None)
-                self.gateway.forget(lease.guest_ip)
+                self.egress.forget(lease.guest_ip)
             await network.teardown(lease, owns_index=owned)
         await rootfs.unmount(paths.rootfs)
         await rootfs.unmount(paths.disk)
@@ -466,7 +444,7 @@ class GVisorRuntime(Runtime):
         if paths.root.exists() and not rootfs.mounted(paths.rootfs):
             shutil.rmtree(paths.root, ignore_errors=True)
         # Last: until its address stopped being its own, a record could still be written.
-        self.journal.remove(sandbox_id)
+        self.egress.journal.remove(sandbox_id)
         return True
 
     async def _stop_processes(self, sandbox_id: str) -> None:
@@ -789,51 +767,30 @@ class GVisorRuntime(Runtime):
     async def update_network(self, sandbox_id: str, policy: NetworkPolicy) -> None:
         """Replace a running or paused sandbox's egress rules in place (one nft transaction);
         its resolv.conf is not rewritten (a process may hold it open)."""
-        rules = _rules(policy)
+        rules = rules_of(policy)
         async with self._locks.hold(sandbox_id):
             record = await self._require(sandbox_id)
             lease = self._lease_of(sandbox_id, record)
             if lease is None or not self.pool.owns(lease):
                 raise SandboxGone(f"sandbox {sandbox_id} has no network lease")
-            await self._ensure_firewall()
+            await self.egress.ready()
             await network.apply_rules(lease, rules, record.node_dns)
-            self._remember_egress(lease.guest_ip, rules, record.node_dns)
-            judged = _judged(rules, record.node_dns)
-            record.egress = _policy_dict(policy) if judged else None
+            self.egress.remember(lease.guest_ip, rules, record.node_dns)
+            record.egress = saved_policy(policy) if judged(rules, record.node_dns) else None
             record.save(self._paths(sandbox_id).root)
 
     def egress_ca(self) -> bytes:
-        return self.ca.pem()
-
-    def _remember_egress(self, address: str, rules: EgressRules, node_dns: bool) -> None:
-        if _judged(rules, node_dns):
-            self._egress[address] = rules
-        else:
-            self._egress.pop(address, None)
-
-    def _owner(self, address: str) -> str | None:
-        """The sandbox at ``address`` (the audit log's lookup): the lease files say."""
-        found = self._owners.get(address)
-        if found is None and time.monotonic() - self._owners_read > 0.5:
-            self._owners = {lease.guest_ip: lease.sandbox_id for lease in self.pool.leases()}
-            self._owners_read = time.monotonic()
-            found = self._owners.get(address)
-        return found
+        return self.egress.ca.pem()
 
     async def egress_log(
         self, sandbox_id: str, after: int, limit: int
     ) -> tuple[list[EgressEvent], int | None]:
         await self._require(sandbox_id)
-        return self.journal.read(sandbox_id, after, limit)
+        return self.egress.journal.read(sandbox_id, after, limit)
 
-    def _egress_of(self, address: str) -> EgressRules | None:
-        """The rules of the sandbox at ``address`` if the gateway judges its traffic (the
-        gateway's lookup)."""
-        return self._egress.get(address)
-
-    def _load_egress(self) -> None:
-        """The rules of sandboxes a previous node process made, from their records (only those
-        still holding their lease: a leftover record may name a reused address)."""
+    def _saved_policies(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The policies of sandboxes a previous node process made, from their records (only
+        those still holding their lease: a leftover record may name a reused address)."""
         if not self.config.sandboxes_dir.exists():
             return
         for root in self.config.sandboxes_dir.iterdir():
@@ -842,7 +799,7 @@ class GVisorRuntime(Runtime):
                 continue
             lease = self._lease_of(record.sandbox_id, record)
             if lease is not None and self.pool.owns(lease):
-                self._egress[record.address] = _rules(_policy_of(record.egress))
+                yield record.address, record.egress
 
     def _check_snapshot(self, snapshot: SnapshotRef) -> Path | None:
         """A snapshot path comes over the wire: only our own snapshot directories are used.
@@ -914,7 +871,7 @@ class GVisorRuntime(Runtime):
 
     async def cleanup_orphans(self, keep: Sequence[str]) -> builtins.list[str]:
         """Release everything of ours on this host that is not a sandbox in ``keep``."""
-        await self._ensure_firewall()  # the gateway kept sandboxes' domain rules depend on
+        await self.egress.ready()  # the gateway kept sandboxes' domain rules depend on
         keep_set = set(keep)
         found: set[str] = set()
         if self.config.sandboxes_dir.exists():
@@ -950,9 +907,9 @@ class GVisorRuntime(Runtime):
             if veth not in leased:
                 await network.delete_link(veth)
         await network.remove_stray_rules(instance, self.config.network, leased)
-        for sandbox_id in self.journal.sandboxes():  # logs of sandboxes gone while we were not
+        for sandbox_id in self.egress.journal.sandboxes():  # logs of those gone while we were not
             if not (self.config.sandboxes_dir / sandbox_id).exists():
-                self.journal.remove(sandbox_id)
+                self.egress.journal.remove(sandbox_id)
         return removed
 
     async def _finish_cut_save(self, sandbox_id: str) -> None:
@@ -996,24 +953,6 @@ class GVisorRuntime(Runtime):
         except TemplateError as exc:
             raise UnknownTemplate(str(exc)) from None
 
-    async def _ensure_firewall(self) -> None:
-        async with self._firewall_lock:
-            if not self._firewall_ready:
-                self.gateway.internal = tuple(await network.ensure_firewall())
-                if not self.gateway.upstream:  # it runs on the host: loopback ones work too
-                    self.gateway.upstream = tuple(network.host_resolvers(loopback=True))
-                self._load_egress()
-                ports = await self.gateway.start()
-                await network.point_gateway(
-                    self.config.instance, ports.tcp, ports.dns, ports.dns_tcp
-                )
-                if self.config.egress_audit:
-                    try:
-                        await self.flows.start()
-                    except OSError:  # the log then holds the gateway's records only
-                        log.exception("the egress log's ulogd did not start")
-                self._firewall_ready = True
-
     async def _prepare(
         self, spec: SandboxSpec, template: Template, upper: Path | None = None
     ) -> tuple[SandboxPaths, SandboxRecord]:
@@ -1039,14 +978,14 @@ class GVisorRuntime(Runtime):
         )
         record.save(paths.root)
         try:
-            await self._ensure_firewall()
+            await self.egress.ready()
             lease = self.pool.claim(spec.sandbox_id)
             record.lease_index, record.address = lease.index, lease.guest_ip
-            rules = _rules(spec.network)
+            rules = rules_of(spec.network)
             # With domain entries its resolv.conf names the node, which then answers its DNS
             # for as long as it lives, whatever later updates say.
             record.node_dns = bool(rules.domains or rules.rewrites)
-            record.egress = _policy_dict(spec.network) if _judged(rules, record.node_dns) else None
+            record.egress = saved_policy(spec.network) if judged(rules, record.node_dns) else None
             record.save(paths.root)
 
             async def filesystems() -> None:
@@ -1064,7 +1003,7 @@ class GVisorRuntime(Runtime):
 
             # Independent host work, each a few subprocesses: together, not one after the other.
             await concurrently(network.setup(lease, rules, record.node_dns), filesystems())
-            self._remember_egress(lease.guest_ip, rules, record.node_dns)
+            self.egress.remember(lease.guest_ip, rules, record.node_dns)
             self._write_etc(spec, template, paths, lease.host_ip)
         except BaseException:
             await self._teardown(spec.sandbox_id)
@@ -1080,7 +1019,7 @@ class GVisorRuntime(Runtime):
         (paths.etc / "hosts").write_text(
             f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{sid}\n"
         )
-        (paths.etc / "resolv.conf").write_text(_resolv_conf(_rules(spec.network), host_ip))
+        (paths.etc / "resolv.conf").write_text(resolv_conf(rules_of(spec.network), host_ip))
         (paths.etc / "e2b").write_text(
             f"ENV_ID={spec.template_id}\nTEMPLATE_ID={spec.template_id}\n"
             f"BUILD_ID={template.id[:32]}\nSANDBOX_ID={sid}\n"
@@ -1191,11 +1130,6 @@ def _du(path: Path) -> int:
     return sum(f.stat().st_blocks * 512 for f in path.rglob("*") if f.is_file())
 
 
-def _rules(policy: NetworkPolicy) -> EgressRules:
-    return rules_for(policy.allow_out, policy.deny_out, policy.allow_internet, policy.rewrites,
-                     policy.proxy)  # fmt: skip
-
-
 def _template_dir(layers: Sequence[Path], sub: Path) -> os.stat_result | None:
     """The topmost layer's directory at ``sub``, if the template has one there."""
     for layer in reversed(layers):
@@ -1205,51 +1139,6 @@ def _template_dir(layers: Sequence[Path], sub: Path) -> os.stat_result | None:
             continue
         return st if stat.S_ISDIR(st.st_mode) else None
     return None
-
-
-def _judged(rules: EgressRules, node_dns: bool) -> bool:
-    """Whether the gateway sees the sandbox's traffic (and needs its rules)."""
-    return bool(rules.domains or rules.rewrites or rules.proxy or node_dns)
-
-
-def _policy_dict(policy: NetworkPolicy) -> dict[str, Any]:
-    """What the sandbox's record keeps of its policy: header rules without their values and
-    the proxy without its password, which never touch the disk (the control plane sends them
-    again after a node restart)."""
-    saved: dict[str, Any] = {
-        "allow_internet": policy.allow_internet,
-        "allow_out": list(policy.allow_out),
-        "deny_out": list(policy.deny_out),
-        "rewrite_domains": [r.domain for r in policy.rewrites],
-    }
-    if policy.proxy is not None:
-        saved["proxy"] = dataclasses.asdict(dataclasses.replace(policy.proxy, password=None))
-    return saved
-
-
-def _policy_of(saved: dict[str, Any]) -> NetworkPolicy:
-    proxy = saved.get("proxy")
-    return NetworkPolicy(
-        saved["allow_internet"],
-        tuple(saved["allow_out"]),
-        tuple(saved["deny_out"]),
-        tuple(HeaderRule(d, headers=None) for d in saved.get("rewrite_domains", ())),
-        EgressProxy(**proxy) if proxy else None,
-    )
-
-
-def _resolv_conf(rules: EgressRules, host_ip: str) -> str:
-    """The host's resolvers the sandbox may reach; none at all (lookups fail at once instead
-    of timing out) when its rules refuse them. A sandbox with domain entries asks its host end
-    of the link, where its DNS is answered by the node's gateway (any address would do: all
-    its DNS is redirected there)."""
-    if rules.domains:
-        return f"nameserver {host_ip}\n"
-    servers = network.host_resolvers()
-    usable = [s for s in servers if reaches(rules, s, resolvers=servers, dns=True)]
-    if not usable:
-        return "# no nameserver this sandbox may reach\n"
-    return "".join(f"nameserver {s}\n" for s in usable)
 
 
 def _status(state: Mapping[str, object] | None) -> SandboxStatus:
