@@ -216,34 +216,7 @@ class SandboxService:
             tpl = TemplateInfo(
                 src.template_id, src.alias, src.cpu_count, src.memory_mb, src.disk_mb
             )
-        self.check_timeout(req.timeout_s, minimum=1)
-        if tpl.cpu_count > self.limits.max_cpu_count or tpl.memory_mb > self.limits.max_memory_mb:
-            raise Invalid(
-                f"template '{req.template}' needs {tpl.cpu_count} vCPUs and {tpl.memory_mb} MiB; "
-                f"the limit per sandbox is {self.limits.max_cpu_count} vCPUs and "
-                f"{self.limits.max_memory_mb} MiB"
-            )
-        if req.auto_pause or req.auto_resume:
-            self.check_can_pause("autoPause" if req.auto_pause else "autoResume")
-        if req.auto_resume and not req.auto_pause:
-            raise Invalid("autoResume needs autoPause: only a paused sandbox can be woken")
-        if not req.auto_pause_memory:
-            if req.auto_resume:
-                raise Invalid(
-                    "autoResume cannot go with autoPauseMemory: false: traffic never wakes a "
-                    "sandbox that must boot afresh; resume it with connect"
-                )
-            self.check_can_pause_files("autoPauseMemory: false")
-        if not req.allow_internet and not self.facts.capabilities.no_internet:
-            raise self._unsupported("cannot restrict internet access")
-        if (req.allow_out or req.deny_out) and not self.facts.capabilities.egress_rules:
-            raise self._unsupported("cannot enforce egress rules (network.allowOut/denyOut)")
-        if req.dns_servers and not self.facts.capabilities.egress_rules:
-            raise self._unsupported("cannot enforce egress rules (network.dnsServers)")
-        if req.header_rules and not self.facts.capabilities.header_rules:
-            raise self._unsupported("cannot apply header rules (network.rules)")
-        if req.egress_proxy is not None and not self.facts.capabilities.egress_proxy:
-            raise self._unsupported("cannot tunnel through a proxy (network.egressProxy)")
+        self._check_request(req, tpl)
         egress = Egress(req.allow_internet, req.allow_out, req.deny_out, req.header_rules,
                         req.egress_proxy, dns_servers=req.dns_servers)  # fmt: skip
         egress_column = egress.to_json(self.secret_service, who.team_id)
@@ -302,38 +275,7 @@ class SandboxService:
                         handed, token = claimed.sandbox, claimed.access_token
                 sandbox_id = handed.sandbox_id or new_sandbox_id()
                 spec.sandbox_id, spec.access_token = sandbox_id, token
-                now = utcnow()
-                row = Sandbox(
-                    id=sandbox_id,
-                    team_id=who.team_id,
-                    template_id=tpl.template_id,
-                    alias=tpl.alias,
-                    state=str(State.RUNNING if handed.sandbox_id else State.CREATING),
-                    cpu_count=tpl.cpu_count,
-                    memory_mb=tpl.memory_mb,
-                    disk_mb=tpl.disk_mb,
-                    envd_version=handed.envd_version,
-                    envd_url=handed.envd_url or None,
-                    host_address=handed.host or None,
-                    envd_access_token=token,
-                    idempotency_key=req.idempotency_key,
-                    allow_internet=req.allow_internet,
-                    egress=egress_column,
-                    traffic_access_token=(
-                        None if req.allow_public_traffic else secrets.token_urlsafe(32)
-                    ),
-                    mask_request_host=req.mask_request_host,
-                    on_timeout="pause" if req.auto_pause else "kill",
-                    auto_pause_memory=req.auto_pause_memory,
-                    auto_resume=req.auto_resume,
-                    timeout_s=req.timeout_s,
-                    node_id=self.facts.node_id,
-                    started_at=now,
-                    end_at=now + dt.timedelta(seconds=req.timeout_s),
-                    metadata_items=[
-                        SandboxMetadata(key=k, value=v) for k, v in req.metadata.items()
-                    ],
-                )
+                row = self._new_row(who, req, tpl, sandbox_id, token, handed, egress_column)
                 s.add(row)
                 if mounts and self.volumes is not None:
                     await self.volumes.record(s, sandbox_id, mounts)
@@ -345,7 +287,83 @@ class SandboxService:
         if handed.sandbox_id:  # its end time counts from the claim, now
             self.on_running(row)
             return row
+        return await self._start(spec, row, req)
 
+    def _check_request(self, req: CreateRequest, tpl: TemplateInfo) -> None:
+        """Refuse, before anything is admitted, what the limits or the node cannot honour."""
+        self.check_timeout(req.timeout_s, minimum=1)
+        if tpl.cpu_count > self.limits.max_cpu_count or tpl.memory_mb > self.limits.max_memory_mb:
+            raise Invalid(
+                f"template '{req.template}' needs {tpl.cpu_count} vCPUs and {tpl.memory_mb} MiB; "
+                f"the limit per sandbox is {self.limits.max_cpu_count} vCPUs and "
+                f"{self.limits.max_memory_mb} MiB"
+            )
+        if req.auto_pause or req.auto_resume:
+            self.check_can_pause("autoPause" if req.auto_pause else "autoResume")
+        if req.auto_resume and not req.auto_pause:
+            raise Invalid("autoResume needs autoPause: only a paused sandbox can be woken")
+        if not req.auto_pause_memory:
+            if req.auto_resume:
+                raise Invalid(
+                    "autoResume cannot go with autoPauseMemory: false: traffic never wakes a "
+                    "sandbox that must boot afresh; resume it with connect"
+                )
+            self.check_can_pause_files("autoPauseMemory: false")
+        if not req.allow_internet and not self.facts.capabilities.no_internet:
+            raise self._unsupported("cannot restrict internet access")
+        if (req.allow_out or req.deny_out) and not self.facts.capabilities.egress_rules:
+            raise self._unsupported("cannot enforce egress rules (network.allowOut/denyOut)")
+        if req.dns_servers and not self.facts.capabilities.egress_rules:
+            raise self._unsupported("cannot enforce egress rules (network.dnsServers)")
+        if req.header_rules and not self.facts.capabilities.header_rules:
+            raise self._unsupported("cannot apply header rules (network.rules)")
+        if req.egress_proxy is not None and not self.facts.capabilities.egress_proxy:
+            raise self._unsupported("cannot tunnel through a proxy (network.egressProxy)")
+
+    def _new_row(
+        self,
+        who: Principal,
+        req: CreateRequest,
+        tpl: TemplateInfo,
+        sandbox_id: str,
+        token: str,
+        handed: pb.Sandbox,
+        egress_column: str | None,
+    ) -> Sandbox:
+        """The create's row: running already when the node ``handed`` over a pooled sandbox,
+        its end time counting from now."""
+        now = utcnow()
+        return Sandbox(
+            id=sandbox_id,
+            team_id=who.team_id,
+            template_id=tpl.template_id,
+            alias=tpl.alias,
+            state=str(State.RUNNING if handed.sandbox_id else State.CREATING),
+            cpu_count=tpl.cpu_count,
+            memory_mb=tpl.memory_mb,
+            disk_mb=tpl.disk_mb,
+            envd_version=handed.envd_version,
+            envd_url=handed.envd_url or None,
+            host_address=handed.host or None,
+            envd_access_token=token,
+            idempotency_key=req.idempotency_key,
+            allow_internet=req.allow_internet,
+            egress=egress_column,
+            traffic_access_token=(None if req.allow_public_traffic else secrets.token_urlsafe(32)),
+            mask_request_host=req.mask_request_host,
+            on_timeout="pause" if req.auto_pause else "kill",
+            auto_pause_memory=req.auto_pause_memory,
+            auto_resume=req.auto_resume,
+            timeout_s=req.timeout_s,
+            node_id=self.facts.node_id,
+            started_at=now,
+            end_at=now + dt.timedelta(seconds=req.timeout_s),
+            metadata_items=[SandboxMetadata(key=k, value=v) for k, v in req.metadata.items()],
+        )
+
+    async def _start(self, spec: pb.SandboxSpec, row: Sandbox, req: CreateRequest) -> Sandbox:
+        """Start the admitted sandbox on the node; a failure ends its row with the reason."""
+        sandbox_id = row.id
         try:
             started = await self.node.create(spec)
         except BaseException as e:  # cancellation too: never leave a half-made sandbox behind
