@@ -59,6 +59,15 @@ def new_snapshot_id() -> str:
     return "snap" + new_sandbox_id()
 
 
+SNAPSHOT_ID_RE = re.compile(rf"snap[a-z0-9]{{{SANDBOX_ID_LENGTH}}}")
+"""What :func:`new_snapshot_id` makes. A snapshot is named by its id or its name wherever one
+is asked for, so no name may have this shape."""
+
+
+def is_snapshot_id(value: str) -> bool:
+    return SNAPSHOT_ID_RE.fullmatch(value) is not None
+
+
 VOLUME_ID_RE = re.compile(r"vol[a-z0-9]{20}")
 """A volume's id: also its directory's name on the node, checked by the server and the runtime."""
 

@@ -19,7 +19,7 @@ from emberbox.server.lifecycle.reaper import Reaper
 from emberbox.server.lifecycle.service import NodeFacts, SandboxService
 from emberbox.server.lifecycle.templates import StaticTemplates
 from emberbox.server.limits.scheduler import ResourceScheduler
-from tests.node.fake_runtime import FakeRuntime
+from tests.node.fake_runtime import CheckpointingRuntime, FakeRuntime
 
 HOUR = 3600
 
@@ -52,12 +52,21 @@ async def pooled_plane(tmp_path: Path) -> AsyncIterator[Plane]:
         yield made
 
 
+@pytest.fixture
+async def snapshotting_plane(tmp_path: Path) -> AsyncIterator[Plane]:
+    """Over a fake runtime that also checkpoints (``CheckpointingRuntime``)."""
+    async with _plane(tmp_path, runtime=CheckpointingRuntime()) as made:
+        yield made
+
+
 @contextlib.asynccontextmanager
-async def _plane(tmp_path: Path, pool: PoolSettings | None = None) -> AsyncIterator[Plane]:
+async def _plane(
+    tmp_path: Path, pool: PoolSettings | None = None, runtime: FakeRuntime | None = None
+) -> AsyncIterator[Plane]:
     engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}")
     await migrate(engine)
     sessions = make_sessionmaker(engine)
-    runtime = FakeRuntime()
+    runtime = runtime or FakeRuntime()
     node = EmbeddedNode(runtime, tmp_path / "node", pool=pool, dead_check_every_s=0)
     await node.start()
     info = await node.info()

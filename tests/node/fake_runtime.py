@@ -27,6 +27,7 @@ from emberbox.runtimes.base import (
     SandboxSpec,
     SandboxStats,
     SandboxStatus,
+    SnapshotRef,
 )
 
 
@@ -206,3 +207,38 @@ class FakeRuntime(Runtime):
                 await self.kill(sandbox_id)
                 removed.append(sandbox_id)
         return removed
+
+
+class CheckpointingRuntime(FakeRuntime):
+    """Also takes snapshots (nothing is saved: forks and creates from them are not served),
+    ``checkpoint_delay_s`` long, and holds them until deleted (``held``)."""
+
+    capabilities = Capabilities(pause=True, snapshot=True, fork=True)
+
+    def __init__(self, checkpoint_delay_s: float = 0.0) -> None:
+        super().__init__()
+        self.checkpoint_delay_s = checkpoint_delay_s
+        self.held: dict[str, SnapshotRef] = {}
+        self.checkpointing = False
+
+    async def checkpoint(
+        self, sandbox_id: str, snapshot_id: str, memory: bool = True
+    ) -> SnapshotRef:
+        sandbox = self.sandboxes.get(sandbox_id)
+        if sandbox is None:
+            raise SandboxGone(sandbox_id)
+        self.checkpointing = True
+        try:
+            await asyncio.sleep(self.checkpoint_delay_s)
+        finally:
+            self.checkpointing = False
+        ref = SnapshotRef(snapshot_id, self.name, f"/fake/{snapshot_id}", sandbox.template_id,
+                          size_bytes=4096, memory=memory)  # fmt: skip
+        self.held[snapshot_id] = ref
+        return ref
+
+    async def delete_snapshot(self, snapshot: SnapshotRef) -> None:
+        self.held.pop(snapshot.snapshot_id, None)
+
+    async def snapshots(self) -> builtins.list[SnapshotRef]:
+        return list(self.held.values())

@@ -77,6 +77,7 @@ class Inventory:
     cgroups: frozenset[str]
     runsc_pids: frozenset[int]
     sandbox_dirs: frozenset[str]
+    snapshot_dirs: frozenset[str]  # checkpoints (finished or cut off) of snapshots and forks
     leases: frozenset[str]
     nft: frozenset[str]  # per-sandbox chains, sets and verdict-map elements
 
@@ -148,11 +149,13 @@ def checkpointing(config: GVisorConfig, sandbox_id: str, files: bool = False) ->
     return False
 
 
+def _names(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir()} if folder.exists() else set()
+
+
 async def inventory(config: GVisorConfig) -> Inventory:
     mounts = _mounts_under(str(config.root))
-    dirs = set()
-    if config.sandboxes_dir.exists():
-        dirs = {p.name for p in config.sandboxes_dir.iterdir()}
+    dirs = _names(config.sandboxes_dir)
     pool = network.AddressPool(config.leases_dir, config.network, config.instance)
     return Inventory(
         netns=frozenset(await network.list_netns(config.instance)),
@@ -161,6 +164,7 @@ async def inventory(config: GVisorConfig) -> Inventory:
         cgroups=frozenset(cg.existing(config.cgroup_base)),
         runsc_pids=frozenset(runsc_pids(config)),
         sandbox_dirs=frozenset(dirs),
+        snapshot_dirs=frozenset(_names(config.snapshots_dir)),
         leases=frozenset(f"{lease.index}:{lease.sandbox_id}" for lease in pool.leases()),
         nft=frozenset(await network.list_rule_objects(config.instance)),
     )

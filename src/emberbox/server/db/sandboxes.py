@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -15,11 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
 
 from ..lifecycle.states import HOLDS_SAVED_MEMORY, State, check_transition
+from . import cursors
 from .models import Sandbox, SandboxMetadata, SandboxVolume, utcnow, wakeable
-
-
-class BadCursor(ValueError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -228,23 +223,6 @@ async def next_end_at(s: AsyncSession, states: Collection[State]) -> dt.datetime
     return None
 
 
-def encode_cursor(row: Sandbox) -> str:
-    raw = f"{row.started_at.isoformat()}|{row.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(token: str) -> tuple[dt.datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-        ts, sandbox_id = raw.split("|", 1)
-        started = dt.datetime.fromisoformat(ts)
-    except (binascii.Error, UnicodeDecodeError, ValueError) as e:
-        raise BadCursor("invalid nextToken") from e
-    if started.tzinfo is None:
-        raise BadCursor("invalid nextToken")
-    return started, sandbox_id
-
-
 async def list_page(
     s: AsyncSession,
     *,
@@ -274,7 +252,7 @@ async def list_page(
     if started_after is not None:
         q = q.where(Sandbox.started_at >= started_after)
     if cursor:
-        ts, last_id = decode_cursor(cursor)
+        ts, last_id = cursors.decode(cursor)
         if descending:
             q = q.where(
                 or_(Sandbox.started_at < ts, and_(Sandbox.started_at == ts, Sandbox.id < last_id))
@@ -289,6 +267,6 @@ async def list_page(
         else (Sandbox.started_at.asc(), Sandbox.id.asc())
     )
     rows = list((await s.execute(q.order_by(*order).limit(limit + 1))).scalars())
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return Page(items=rows, next_token=encode_cursor(rows[-1]) if more and rows else None)
+    more, rows = len(rows) > limit, rows[:limit]
+    last = rows[-1] if more and rows else None
+    return Page(items=rows, next_token=cursors.encode(last.started_at, last.id) if last else None)

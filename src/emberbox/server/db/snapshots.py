@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+import datetime as dt
+
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .models import Snapshot
@@ -36,15 +38,21 @@ async def list_page(
     source_sandbox_id: str | None,
     name: str | None,
     limit: int,
-    offset: int,
+    after: tuple[dt.datetime, str] | None = None,
 ) -> list[Snapshot]:
-    """The team's snapshots, newest first (``limit + 1`` rows tell whether a next page exists)."""
+    """The team's snapshots, newest first, from just past ``after`` (the created time and id
+    of the last one a page held); ``limit + 1`` rows tell whether a next page exists."""
     query = select(Snapshot).where(Snapshot.team_id == team_id, Snapshot.internal.is_(False))
     if source_sandbox_id:
         query = query.where(Snapshot.source_sandbox_id == source_sandbox_id)
     if name:
         query = query.where(Snapshot.name == name.removesuffix(DEFAULT_TAG))
-    query = query.order_by(Snapshot.created_at.desc(), Snapshot.id).offset(offset).limit(limit + 1)
+    if after is not None:
+        at, last_id = after
+        query = query.where(
+            or_(Snapshot.created_at < at, and_(Snapshot.created_at == at, Snapshot.id < last_id))
+        )
+    query = query.order_by(Snapshot.created_at.desc(), Snapshot.id.desc()).limit(limit + 1)
     return list((await s.execute(query)).scalars())
 
 

@@ -33,6 +33,7 @@ from ..config import Limits
 from ..db import sandboxes as q
 from ..db import snapshots as snaps
 from ..db import volumes as vols
+from ..db.cursors import BadCursor
 from ..db.models import Sandbox, SandboxMetadata, Snapshot, utcnow
 from ..limits.scheduler import ResourceScheduler, Usage
 from .egress import Egress, header_rules_message
@@ -489,7 +490,7 @@ class SandboxService:
                     limit=limit,
                     cursor=cursor,
                 )
-            except q.BadCursor as e:
+            except BadCursor as e:
                 raise Invalid(str(e)) from e
 
     async def stats(

@@ -18,8 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..._proto.node import node_pb2 as pb
 from ...node.client import NodeConflict, NodeError, NodeSandboxNotFound, NodeUnsupported
-from ...vocabulary import new_snapshot_id
+from ...vocabulary import is_snapshot_id, new_snapshot_id
 from ..auth.store import Principal
+from ..db import cursors
 from ..db import snapshots as snaps
 from ..db.models import Sandbox, Snapshot, utcnow
 from ..db.sandboxes import paused_bytes_used
@@ -87,6 +88,8 @@ class SnapshotService:
         if name is not None and not SNAPSHOT_NAME.match(name.removesuffix(snaps.DEFAULT_TAG)):
             raise Invalid("a snapshot name is 1-128 characters of [A-Za-z0-9._/-]")
         name = name.removesuffix(snaps.DEFAULT_TAG) if name else None
+        if name is not None and is_snapshot_id(name):
+            raise Invalid(f"'{name}' has the shape of a snapshot id; choose another snapshot name")
         if name is not None and self.sandboxes.templates.resolve(name) is not None:
             raise Invalid(f"'{name}' is a template's name; choose another snapshot name")
         row = await self._running(who, sandbox_id)
@@ -129,7 +132,7 @@ class SnapshotService:
             if not over:
                 if name is not None:  # a newer snapshot takes the name over (E2B's rule)
                     for older in await snaps.list_page(
-                        s, who.team_id, source_sandbox_id=None, name=name, limit=1000, offset=0
+                        s, who.team_id, source_sandbox_id=None, name=name, limit=1000
                     ):
                         older.name = None
                 s.add(snapshot)
@@ -154,15 +157,16 @@ class SnapshotService:
         if not 1 <= limit <= 100:
             raise Invalid("limit must be between 1 and 100")
         try:
-            offset = int(next_token) if next_token else 0
-        except ValueError:
+            after = cursors.decode(next_token) if next_token else None
+        except cursors.BadCursor:
             raise Invalid("nextToken is not one this server gave out") from None
         async with self._sessions() as s:
             rows = await snaps.list_page(
-                s, who.team_id, source_sandbox_id=sandbox_id, name=name, limit=limit, offset=offset
+                s, who.team_id, source_sandbox_id=sandbox_id, name=name, limit=limit, after=after
             )
-        more = len(rows) > limit
-        return SnapshotPage(rows[:limit], str(offset + limit) if more else None)
+        more, rows = len(rows) > limit, rows[:limit]
+        last = rows[-1] if more else None
+        return SnapshotPage(rows, cursors.encode(last.created_at, last.id) if last else None)
 
     async def find(self, who: Principal, ref: str) -> Snapshot | None:
         async with self._sessions() as s:
@@ -195,24 +199,24 @@ class SnapshotService:
         if not self.sandboxes.facts.capabilities.fork:
             raise self.sandboxes._unsupported("cannot fork sandboxes")
         snapshot = await self.create(who, sandbox_id, internal=True)
-        source = await self.sandboxes.get(who, sandbox_id)
-        secrets = self.sandboxes.secret_service
-        req = CreateRequest(
-            template=snapshot.id,
-            timeout_s=timeout_s,
-            metadata=source.metadata_dict,
-            allow_internet=source.allow_internet,
-            source=snapshot,
-            # A fork has its source's network policy (never more egress); its own token.
-            allow_out=Egress.of(source).allow_out,
-            deny_out=Egress.of(source).deny_out,
-            header_rules=Egress.of(source).rewrites,
-            egress_proxy=Egress.of(source).with_password(secrets, who.team_id).proxy,
-            dns_servers=Egress.of(source).dns_servers,
-            allow_public_traffic=source.traffic_access_token is None,
-            mask_request_host=source.mask_request_host,
-        )
-        try:
+        try:  # (the source may be killed meanwhile: its checkpoint goes all the same)
+            source = await self.sandboxes.get(who, sandbox_id)
+            secrets = self.sandboxes.secret_service
+            req = CreateRequest(
+                template=snapshot.id,
+                timeout_s=timeout_s,
+                metadata=source.metadata_dict,
+                allow_internet=source.allow_internet,
+                source=snapshot,
+                # A fork has its source's network policy (never more egress); its own token.
+                allow_out=Egress.of(source).allow_out,
+                deny_out=Egress.of(source).deny_out,
+                header_rules=Egress.of(source).rewrites,
+                egress_proxy=Egress.of(source).with_password(secrets, who.team_id).proxy,
+                dns_servers=Egress.of(source).dns_servers,
+                allow_public_traffic=source.traffic_access_token is None,
+                mask_request_host=source.mask_request_host,
+            )
             results = await asyncio.gather(
                 *(self.sandboxes.create(who, req) for _ in range(count)), return_exceptions=True
             )

@@ -1,0 +1,71 @@
+"""Snapshot pages are keyset pages: a snapshot taken or deleted between two requests neither
+repeats a snapshot on the next page nor hides one (offsets did both); and no name may have a
+snapshot id's shape, since ids and names are looked up alike."""
+
+from __future__ import annotations
+
+import pytest
+
+from emberbox.server.lifecycle.errors import Invalid
+from emberbox.server.lifecycle.service import CreateRequest
+from emberbox.server.lifecycle.snapshots import SnapshotService
+from emberbox.vocabulary import new_snapshot_id
+
+from .conftest import Plane
+
+
+async def _pages(service: SnapshotService, plane: Plane, token: str | None = None) -> list[str]:
+    """Every id from ``token`` on, one per page."""
+    seen = []
+    while True:
+        page = await service.list(plane.who, sandbox_id=None, name=None, limit=1, next_token=token)
+        seen += [s.id for s in page.items]
+        if page.next_token is None:
+            return seen
+        token = page.next_token
+
+
+async def test_a_snapshot_taken_or_deleted_between_pages_moves_no_other(
+    snapshotting_plane: Plane,
+) -> None:
+    plane = snapshotting_plane
+    service = SnapshotService(plane.service)
+    row = await plane.service.create(plane.who, CreateRequest("base", 600))
+    taken = [(await service.create(plane.who, row.id)).id for _ in range(4)]
+    newest_first = taken[::-1]
+
+    first = await service.list(plane.who, sandbox_id=None, name=None, limit=1, next_token=None)
+    assert [s.id for s in first.items] == newest_first[:1] and first.next_token
+    await service.create(plane.who, row.id)  # a newer one does not push the next page back
+    assert await _pages(service, plane, first.next_token) == newest_first[1:]
+
+    second = await service.list(
+        plane.who, sandbox_id=None, name=None, limit=1, next_token=first.next_token
+    )
+    assert [s.id for s in second.items] == newest_first[1:2]
+    await service.delete(plane.who, newest_first[1])  # the one just listed goes
+    assert await _pages(service, plane, second.next_token) == newest_first[2:]
+
+
+async def test_a_name_shaped_like_a_snapshot_id_is_refused(snapshotting_plane: Plane) -> None:
+    plane = snapshotting_plane
+    service = SnapshotService(plane.service)
+    row = await plane.service.create(plane.who, CreateRequest("base", 600))
+    first = await service.create(plane.who, row.id)
+    for name in (first.id, new_snapshot_id()):
+        with pytest.raises(Invalid, match="shape of a snapshot id"):
+            await service.create(plane.who, row.id, name=name)
+    named = await service.create(plane.who, row.id, name=f"{first.id}-v2")  # not an id's shape
+    by_id = await service.find(plane.who, first.id)
+    by_name = await service.find(plane.who, f"{first.id}-v2")
+    assert by_id is not None and by_id.id == first.id
+    assert by_name is not None and by_name.id == named.id
+
+
+async def test_a_token_this_server_did_not_give_is_refused(snapshotting_plane: Plane) -> None:
+    service = SnapshotService(snapshotting_plane.service)
+    for token in ("1", "x", "bm90LWEtdGltZXxzbmFw"):  # an offset, junk, base64 of no time
+        with pytest.raises(Invalid, match="nextToken"):
+            await service.list(
+                snapshotting_plane.who, sandbox_id=None, name=None, limit=1, next_token=token
+            )
