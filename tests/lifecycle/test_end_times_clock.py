@@ -14,7 +14,7 @@ from emberbox.server.db import sandboxes as q
 from emberbox.server.db.models import utcnow
 from emberbox.server.lifecycle import reaper as reaper_module
 from emberbox.server.lifecycle import service as service_module
-from emberbox.server.lifecycle.errors import Invalid
+from emberbox.server.lifecycle.errors import Conflict, Invalid
 from emberbox.server.lifecycle.service import CreateRequest
 from emberbox.server.lifecycle.states import EndReason
 
@@ -81,3 +81,23 @@ async def test_an_end_time_extended_after_the_reaper_looked_wins(plane: Plane) -
     await plane.service.set_timeout(plane.who, row.id, 0)
     assert await plane.service.end(row.id, EndReason.TIMEOUT) is True
     assert await _state(plane, row.id) == ("killed", "timeout")
+
+
+async def test_a_paused_sandbox_refuses_a_timeout_it_would_drop(plane: Plane) -> None:
+    """Its end time comes from the connect that resumes it: a timeout set while it is paused
+    would be overwritten then, so it is refused (409) and nothing changes."""
+    row = await plane.service.create(plane.who, CreateRequest("base", 600))
+    await plane.service.pause(plane.who, row.id)
+    async with plane.service.sessions() as s:
+        before = await q.get(s, row.id)
+    assert before is not None
+    with pytest.raises(Conflict, match="is paused"):
+        await plane.service.set_timeout(plane.who, row.id, 5)
+    async with plane.service.sessions() as s:
+        after = await q.get(s, row.id)
+    assert after is not None and (after.state, after.end_at) == ("paused", before.end_at)
+    await plane.service.connect(plane.who, row.id, 600)
+    await plane.service.set_timeout(plane.who, row.id, 5)  # running again: it moves
+    async with plane.service.sessions() as s:
+        moved = await q.get(s, row.id)
+    assert moved is not None and moved.end_at < utcnow() + dt.timedelta(seconds=6)

@@ -252,8 +252,8 @@ async def kill_sandbox(who: Caller, svc: Service, sandbox_id: str) -> Response:
     "/sandboxes/{sandbox_id}/timeout",
     status_code=HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=_errors(404, 413),
-    summary="Set the end time to now + timeout seconds",
+    responses=_errors(404, 409, 413),
+    summary="Set the end time to now + timeout seconds (a running sandbox; 409 when paused)",
 )
 async def set_timeout(who: Caller, svc: Service, sandbox_id: str, body: TimeoutRequest) -> Response:
     await svc.set_timeout(who, sandbox_id, body.timeout)

@@ -528,12 +528,22 @@ class SandboxService:
     # ---- changes ------------------------------------------------------------------------------
 
     async def set_timeout(self, who: Principal, sandbox_id: str, timeout_s: int) -> None:
+        """Only a running sandbox has an end time to move: one paused (or on its way there or
+        back) gets its end time from the connect that resumes it, so a timeout set now would
+        be dropped without a word."""
         self.check_timeout(timeout_s)
-        await self.get(who, sandbox_id)
+        await self.get(who, sandbox_id)  # (the team's own, or a 404)
         end_at = utcnow() + dt.timedelta(seconds=timeout_s)
         async with self.sessions.begin() as s:
-            if not await q.update_fields(s, sandbox_id, VISIBLE, end_at=end_at):
-                raise NotFound(f"sandbox '{sandbox_id}' not found")
+            if await q.update_fields(s, sandbox_id, [State.RUNNING], end_at=end_at):
+                return
+            row = await q.get_for_team(s, who.team_id, sandbox_id, VISIBLE)
+        if row is None:
+            raise NotFound(f"sandbox '{sandbox_id}' not found")
+        raise Conflict(
+            f"sandbox '{sandbox_id}' is {row.state}: it has no end time until it runs again; "
+            "give the timeout to connect, which resumes it"
+        )
 
     def check_can_pause(self, option: str) -> None:
         """Refuse a lifecycle ``option`` (autoPause, autoResume) the runtime cannot honour."""
