@@ -69,6 +69,8 @@ def test_malformed_json(api: httpx.Client, unchanged: None, raw: bytes) -> None:
         {"templateID": "base", "timeout": "soon"},
         {"templateID": "base", "metadata": {"k": 1}},
         {"templateID": "base", "envVars": ["A=1"]},
+        {"templateID": "base", "timeout": "60"},  # types are not guessed (strict bodies)
+        {"templateID": "base", "autoPause": "yes"},
         [],
     ],
 )
@@ -153,6 +155,36 @@ def test_set_timeout_out_of_range_keeps_end_time(api: httpx.Client) -> None:
             _assert_error(api.post(f"/sandboxes/{sid}/timeout", json={"timeout": bad}), 400)
         _assert_error(api.post(f"/sandboxes/{sid}/timeout", json={}), 400)
         assert api.get(f"/sandboxes/{sid}").json()["endAt"] == before
+    finally:
+        api.delete(f"/sandboxes/{sid}")
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("pause", {"memory": "no"}),
+        ("pause", {"requireHealthyGuest": "yes"}),
+        ("snapshots", {"memory": "no"}),
+        ("snapshots", {"name": 5}),
+        ("fork", {"count": True}),
+        ("fork", {"count": "2"}),
+        ("fork", {"timeout": 60.5}),
+        ("timeout", {"timeout": "60"}),
+        ("connect", {"timeout": True}),
+        ("rollback", {"snapshotID": 7}),
+    ],
+)
+def test_wrong_types_on_a_sandbox_are_refused_not_coerced(
+    api: httpx.Client, path: str, body: dict[str, object]
+) -> None:
+    """``"no"`` once made a filesystem-only snapshot and ``true`` one fork: a body whose types
+    are wrong is a 400 that names the field, and the sandbox is as it was."""
+    sid = api.post("/v2/sandboxes", json={"templateID": "base", "timeout": 60}).json()["sandboxID"]
+    try:
+        before = api.get(f"/sandboxes/{sid}").json()
+        r = api.post(f"/sandboxes/{sid}/{path}", json=body)
+        _assert_error(r, 400, next(iter(body)))
+        assert api.get(f"/sandboxes/{sid}").json() == before
     finally:
         api.delete(f"/sandboxes/{sid}")
 

@@ -88,7 +88,10 @@ class SandboxIam(TypedDict, total=False):
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    """A request body. Strict: ``"no"`` is not ``false`` nor ``"2"`` or ``true`` a count (the
+    SDKs send JSON's own types), so a wrong type is a 400 rather than a guess."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class Error(BaseModel):
