@@ -4,6 +4,7 @@ the bad input around them. Each test checks processes and files, not only status
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import sqlite3
@@ -21,6 +22,7 @@ from e2b import (
     Sandbox,
     SandboxException,
     SandboxState,
+    TimeoutException,
 )
 
 from emberbox.runtimes.gvisor import GVisorConfig
@@ -453,6 +455,43 @@ async def test_async_sdk_pause_resume_and_fork(
         await fork.kill()
     finally:
         await sbx.kill()
+
+
+PRINTED = 20_000
+PRINTER = f"for i in $(seq 1 {PRINTED}); do echo $i; [ $((i % 500)) = 0 ] && sleep 0.03; done"
+
+
+async def test_output_streamed_across_pause_and_snapshot_is_all_read_once(
+    gvisor_server: ServerProcess, gvisor_key: str
+) -> None:
+    """A background command printing fast while its sandbox is paused and resumed, then
+    snapshotted: the first stream ends (the SDK raises a TimeoutException saying the sandbox
+    is paused), ``commands.connect(pid)`` reads on; every line arrives once, in order. Before
+    envd ended its streams ahead of the checkpoint (``POST /detach``), a block of lines was lost
+    in about one run of six (what was on the wire when the stream was cut)."""
+    sbx = await AsyncSandbox.create(timeout=120)
+    try:
+        got: list[str] = []
+        handle = await sbx.commands.run(PRINTER, background=True, on_stdout=got.append)
+        for step in ("pause", "snapshot"):
+            deadline = time.monotonic() + 30
+            start = "".join(got).count("\n")
+            while "".join(got).count("\n") < start + 1_000:  # printing, and read
+                assert time.monotonic() < deadline, step
+                await asyncio.sleep(0.02)
+            if step == "pause":
+                await sbx.pause()
+                sbx = await AsyncSandbox.connect(sbx.sandbox_id)
+            else:
+                snapshot = await sbx.create_snapshot()
+            with pytest.raises(TimeoutException, match="paused"):
+                await handle.wait()
+            handle = await sbx.commands.connect(handle.pid, on_stdout=got.append)
+        assert (await handle.wait()).exit_code == 0
+        assert [int(n) for n in "".join(got).split()] == list(range(1, PRINTED + 1))
+    finally:
+        await sbx.kill()
+    await AsyncSandbox.delete_snapshot(snapshot.snapshot_id)
 
 
 def test_pty_shell_state_survives_pause(gvisor_server: ServerProcess, gvisor_key: str) -> None:

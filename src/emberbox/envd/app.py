@@ -76,6 +76,7 @@ class EnvdApp:
         routes = [
             Route("/health", bind(system.health, wake), methods=["GET", "HEAD"]),
             Route("/init", bind(system.init, state, wake), methods=["POST"]),
+            Route("/detach", bind(system.detach, self.processes.detach_streams), methods=["POST"]),
             Route("/envs", bind(system.envs, state), methods=["GET"]),
             Route("/metrics", bind(system.metrics, sampler), methods=["GET"]),
             Route("/logs", bind(system.logs, self.journal), methods=["GET"]),

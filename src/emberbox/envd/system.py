@@ -1,4 +1,5 @@
-"""``/health``, ``/init``, ``/envs``, ``/metrics``: how the orchestrator drives envd."""
+"""How the control plane drives envd (``/health``, ``/init``, ``/detach``, ``/envs``,
+``/metrics``)."""
 
 from __future__ import annotations
 
@@ -99,6 +100,13 @@ async def init(state: EnvdState, wake: Callable[[], None], request: Request) -> 
         if state.sync_clock:
             _sync_clock(stamp)
     return Response(status_code=204, headers={"X-Envd-Version": ENVD_VERSION})
+
+
+async def detach(detach_streams: Callable[[], int], request: Request) -> Response:
+    """``POST /detach`` (ours, not E2B's): the control plane asks it before a checkpoint, so
+    process output streams end whole instead of being cut with output in flight. 200 with how
+    many ended; their clients read on with Connect (``ProcessManager.detach_streams``)."""
+    return JSONResponse({"streams": detach_streams()})
 
 
 async def envs(state: EnvdState, request: Request) -> Response:

@@ -64,6 +64,20 @@ class EnvdClient:
             return False
         return response.status_code == 204
 
+    async def detach(self, timeout: float = 1.0) -> int | None:
+        """Have envd end its process output streams whole (``POST /detach``, asked before a
+        checkpoint); how many it ended, None if it did not answer so (or predates it)."""
+        try:
+            response = await self._http.post(
+                f"{self.base_url}/detach", headers=self._headers, timeout=timeout
+            )
+        except httpx.HTTPError:
+            return None
+        if response.status_code != 200:
+            return None
+        streams = response.json().get("streams")
+        return streams if isinstance(streams, int) else None
+
     async def init(self, body: dict[str, object]) -> None:
         response = await self._http.post(f"{self.base_url}/init", json=body, headers=self._headers)
         response.raise_for_status()

@@ -121,6 +121,7 @@ async def serve(settings: Settings) -> None:
     )
     proxy = SandboxProxy(ctx.resolver, wake=ctx.service.wake)
     ctx.service.quiesce = proxy.close_connections
+    ctx.service.streams_relayed = proxy.settle
     drain = Drain()
     proxy_side = ApiHostDispatch(api, proxy, settings.sandbox_host) if settings.domain else proxy
     servers = [

@@ -54,7 +54,14 @@ class Exit:
         return None if self.exit_code == 0 and self.exited else self.status
 
 
-Event = Output | Exit
+@dataclass(frozen=True)
+class Detached:
+    """Ends a stream that :meth:`ProcessManager.detach_streams` cut loose before a checkpoint:
+    its follower gets what was queued for it, then this; the process's later output waits in
+    the backlog for the next Connect."""
+
+
+Event = Output | Exit | Detached
 
 
 def _set_controlling_tty() -> None:  # runs in the child between fork and exec
@@ -103,6 +110,9 @@ class ManagedProcess:
             return
         self._backlog.append(event)
         self._backlog_bytes += len(event.data)
+        self._trim_backlog()
+
+    def _trim_backlog(self) -> None:
         while self._backlog_bytes > BACKLOG_LIMIT and self._backlog:
             self._backlog_bytes -= len(self._backlog.popleft().data)
 
@@ -118,8 +128,29 @@ class ManagedProcess:
         return queue
 
     def unsubscribe(self, queue: asyncio.Queue[Event]) -> None:
-        with contextlib.suppress(ValueError):
+        """A follower that leaves with output it never took (its client went away) gives it
+        back to the backlog when nobody else got it, so the next Connect still reads it."""
+        try:
             self._subscribers.remove(queue)
+        except ValueError:
+            return
+        if self._subscribers:
+            return
+        unread = []
+        while not queue.empty():
+            event = queue.get_nowait()
+            if isinstance(event, Output):
+                unread.append(event)
+        self._backlog.extendleft(reversed(unread))
+        self._backlog_bytes += sum(len(event.data) for event in unread)
+        self._trim_backlog()
+
+    def detach(self) -> int:
+        """End every stream following the process (see :class:`Detached`); how many."""
+        followers, self._subscribers = self._subscribers, []
+        for queue in followers:
+            queue.put_nowait(Detached())
+        return len(followers)
 
     # -- lifecycle -------------------------------------------------------------------------
     def _on_exit(self) -> None:
@@ -220,6 +251,12 @@ class ProcessManager:
 
     def list(self) -> list[ManagedProcess]:
         return [p for p in self._by_pid.values() if p.running]
+
+    def detach_streams(self) -> int:
+        """End every process output stream cleanly, asked before a checkpoint: a stream cut by
+        the checkpoint loses what was in flight, one ended here loses nothing (its client reads
+        on with Connect, first getting what was printed since). How many were ended."""
+        return sum(process.detach() for process in self._by_pid.values())
 
     def get(self, selector: pb.ProcessSelector) -> ManagedProcess:
         which = selector.WhichOneof("selector")

@@ -11,12 +11,16 @@ from ..._proto.process import process_pb2 as pb
 from ..rpc import Kind, RpcContext, RpcMethod
 from ..state import EnvdState
 from ..users import resolve_user, username_from_basic
-from .manager import Event, Exit, ManagedProcess, Output, ProcessManager
+from .manager import Detached, Event, Exit, ManagedProcess, Output, ProcessManager
+
+# How a stream ended before a checkpoint ends (CANCELED: what E2B's SDKs expect of a stream a
+# pause ends; they raise a TimeoutException saying so).
+DETACHED = "the sandbox is being paused, snapshotted, forked or rolled back; the process runs on"
 
 _SIGNALS = {pb.SIGNAL_SIGKILL: signal.SIGKILL, pb.SIGNAL_SIGTERM: signal.SIGTERM}
 
 
-def _event(event: Event) -> pb.ProcessEvent:
+def _event(event: Output | Exit) -> pb.ProcessEvent:
     if isinstance(event, Output):
         data = pb.ProcessEvent.DataEvent()
         setattr(data, event.kind, event.data)
@@ -91,6 +95,8 @@ class ProcessService:
             yield pb.ProcessEvent(start=pb.ProcessEvent.StartEvent(pid=process.pid))
             while True:
                 event = await queue.get()
+                if isinstance(event, Detached):
+                    raise ConnectError(Code.CANCELED, f"{DETACHED} (connect to pid {process.pid})")
                 yield _event(event)
                 if isinstance(event, Exit):
                     return

@@ -146,6 +146,7 @@ class SandboxService:
         on_gone: Callable[[str], None] = lambda _id: None,
         on_running: Callable[[Sandbox], None] = lambda _row: None,
         quiesce: Callable[[str], Awaitable[None]] | None = None,
+        streams_relayed: Callable[[str], Awaitable[object]] | None = None,
         team_templates: TeamTemplates | None = None,
         volumes: VolumeService | None = None,
         secret_service: SecretService | None = None,
@@ -163,6 +164,9 @@ class SandboxService:
         # Closes the proxy's connections to a sandbox before a checkpoint: a connection saved
         # in one would be restored into its forks (see runtimes/gvisor/runsc.py).
         self.quiesce = quiesce or _nothing
+        # Waits until the proxy has relayed the ends of the process streams envd ended before a
+        # checkpoint (``detach_streams``).
+        self.streams_relayed = streams_relayed or _nothing
         # Templates teams built through the API (server/builds), looked up before built-ins.
         self.team_templates = team_templates
         self.volumes = volumes  # None: this deployment serves no volumes
@@ -626,6 +630,8 @@ class SandboxService:
             if not await q.set_state(s, sandbox_id, [State.RUNNING], State.PAUSING,
                                      pause_mode=_pause_mode(keep_memory)):  # fmt: skip
                 raise Conflict(f"sandbox '{sandbox_id}' is being paused or resumed, not running")
+        if keep_memory:
+            await self.detach_streams(row)
         self.on_gone(sandbox_id)
         try:
             size = await self.node.pause(sandbox_id, memory=keep_memory)
@@ -638,6 +644,19 @@ class SandboxService:
             raise SandboxFailed(f"pause failed: {e}") from e
         async with self.sessions.begin() as s:
             await q.set_state(s, sandbox_id, [State.PAUSING], State.PAUSED, paused_bytes=size)
+
+    async def detach_streams(self, row: Sandbox) -> None:
+        """Before a checkpoint of its memory: envd ends its process output streams whole and
+        the proxy relays their ends, so nothing is on the wire when the sandbox is saved (a
+        stream the checkpoint cut lost the output in flight; what the processes print next
+        waits in envd for the client's Connect). Best effort: an envd that does not answer in
+        time, or predates ``/detach``, is saved as before."""
+        if not row.envd_url:
+            return
+        async with EnvdClient(row.envd_url, row.envd_access_token) as envd:
+            ended = await envd.detach()
+        if ended:
+            await self.streams_relayed(row.id)
 
     async def saved_disk_used(self, team_id: str) -> int:
         """Disk the team's snapshots and paused sandboxes take: what the quota limits."""
@@ -670,6 +689,8 @@ class SandboxService:
             if not await q.set_state(s, sandbox_id, [State.RUNNING], State.PAUSING,
                                      ended_by=utcnow(), pause_mode=mode):  # fmt: skip
                 return False
+        if row is not None and keep_memory:
+            await self.detach_streams(row)
         self.on_gone(sandbox_id)
         try:  # never refused for the disk quota: the end time's pause keeps the user's work
             size = await self.node.pause(sandbox_id, memory=keep_memory)

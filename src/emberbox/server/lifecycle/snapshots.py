@@ -94,7 +94,8 @@ class SnapshotService:
             raise Invalid(f"'{name}' is a template's name; choose another snapshot name")
         row = await self._running(who, sandbox_id)
         if memory:  # a connection saved in memory would come back in every sandbox started
-            await self.sandboxes.quiesce(sandbox_id)  # from it; files hold none: streams go on
+            await self.sandboxes.detach_streams(row)  # from it; files hold none: streams go on
+            await self.sandboxes.quiesce(sandbox_id)
         snapshot_id = new_snapshot_id()
         try:
             ref = await self.sandboxes.node.checkpoint(sandbox_id, snapshot_id, memory=memory)
@@ -255,6 +256,7 @@ class SnapshotService:
                 f"snapshot '{ref}' was taken of sandbox '{snapshot.source_sandbox_id}'; a sandbox "
                 "rolls back only to its own snapshots (start a new one from it instead)"
             )
+        await self.sandboxes.detach_streams(row)
         await self.sandboxes.quiesce(sandbox_id)
         try:
             await self.sandboxes.node.restore(sandbox_id, snapshot_message(snapshot))

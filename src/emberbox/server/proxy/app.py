@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import hmac
 from collections.abc import Awaitable, Callable
 
@@ -24,6 +25,12 @@ from .responses import (
 from .routing import RouteError, Target, route
 from .ws import deny, forward_ws
 
+# envd's process output streams, which it ends whole before a checkpoint (``settle``).
+PROCESS_STREAMS = frozenset({"/process.Process/Start", "/process.Process/Connect"})
+# How long a checkpoint waits for them to be relayed (envd ends them at once; a client that
+# reads slowly holds its stream until the proxy's buffers toward it drain).
+SETTLE_S = 1.0
+
 
 class SandboxProxy:
     """**Parameters:** resolver - finds sandboxes; the proxy keeps one connection pool per
@@ -42,6 +49,9 @@ class SandboxProxy:
         self.wake = wake
         self._clients: dict[str, httpx.AsyncClient] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        # Process output streams being relayed, by sandbox (see ``settle``).
+        self._streams: collections.Counter[str] = collections.Counter()
+        self._stream_ended = asyncio.Condition()
         resolver.on_forget(self.drop_client)
         quiet_deliberate_aborts()
 
@@ -64,6 +74,19 @@ class SandboxProxy:
         client = self._clients.pop(sandbox_id, None)
         if client is not None:
             await client.aclose()
+
+    async def settle(self, sandbox_id: str, timeout_s: float = SETTLE_S) -> bool:
+        """Wait until no process output stream of the sandbox is being relayed, at most
+        ``timeout_s``; whether none is. Asked before a checkpoint once envd ended its streams
+        (``POST /detach``): their last bytes then reach the clients instead of being cut off
+        on the wire by the checkpoint."""
+        async with self._stream_ended:
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await self._stream_ended.wait_for(lambda: not self._streams[sandbox_id])
+            except TimeoutError:
+                return False
+        return True
 
     async def aclose(self) -> None:
         clients, self._clients = list(self._clients.values()), {}
@@ -111,9 +134,23 @@ class SandboxProxy:
             await forward_ws(scope, receive, send, address, target.sandbox_id, target.port, host)
         else:
             client = self.client_for(target.sandbox_id)
-            await forward_http(
-                scope, receive, send, client, address, target.sandbox_id, target.port, host
-            )
+            stream = target.port == ENVD_PORT and scope["path"] in PROCESS_STREAMS
+            if stream:
+                self._streams[target.sandbox_id] += 1
+            try:
+                await forward_http(
+                    scope, receive, send, client, address, target.sandbox_id, target.port, host
+                )
+            finally:
+                if stream:
+                    await self._stream_over(target.sandbox_id)
+
+    async def _stream_over(self, sandbox_id: str) -> None:
+        async with self._stream_ended:
+            self._streams[sandbox_id] -= 1
+            if not self._streams[sandbox_id]:
+                del self._streams[sandbox_id]
+            self._stream_ended.notify_all()
 
     async def _admitted(self, target: Target, headers: Headers) -> bool:
         """Whether the request may reach the port: envd's always (it checks its own token),

@@ -1,0 +1,85 @@
+"""``SandboxProxy.settle``: a checkpoint waits until the process streams envd ended have been
+relayed whole, and only those (a long download or a port's stream does not hold it up).
+In-process: the proxy app, a real upstream on loopback playing envd, a resolver that knows it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import httpx
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+from starlette.routing import Route
+
+from emberbox.server.proxy.app import SandboxProxy
+from emberbox.server.proxy.resolver import Location, Paused, SandboxResolver
+from emberbox.vocabulary import ENVD_PORT, new_sandbox_id
+
+SID = new_sandbox_id()
+
+
+class _Resolver(SandboxResolver):
+    def __init__(self, envd_url: str) -> None:
+        self.location = Location(envd_url=envd_url, host="127.0.0.1")
+        self._listeners = []
+
+    async def lookup(self, sandbox_id: str) -> Location | Paused | None:
+        return self.location if sandbox_id == SID else None
+
+
+@contextlib.asynccontextmanager
+async def _upstream(finish: asyncio.Event) -> AsyncIterator[str]:
+    """Streams until ``finish`` is set, on every path (a process stream or a download)."""
+
+    async def stream(request: Request) -> StreamingResponse:
+        async def body() -> AsyncIterator[bytes]:
+            yield b"started\n"
+            await finish.wait()
+            yield b"ended\n"
+
+        return StreamingResponse(body())
+
+    app = Starlette(routes=[Route("/{path:path}", stream, methods=["GET", "POST"])])
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110 - uvicorn says so by this flag only
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        finish.set()
+        server.should_exit = True
+        await task
+
+
+async def _request(proxy: SandboxProxy, path: str) -> bytes:
+    transport = httpx.ASGITransport(app=proxy)
+    async with httpx.AsyncClient(transport=transport, base_url="http://proxy") as client:
+        response = await client.post(path, headers={"Host": f"{ENVD_PORT}-{SID}.test"})
+        return response.content
+
+
+async def test_settle_waits_for_process_streams_only() -> None:
+    finish = asyncio.Event()
+    async with _upstream(finish) as url:
+        proxy = SandboxProxy(_Resolver(url))
+        assert await proxy.settle(SID, timeout_s=0.1)  # nothing under way
+        download = asyncio.create_task(_request(proxy, "/files"))
+        stream = asyncio.create_task(_request(proxy, "/process.Process/Connect"))
+        async with asyncio.timeout(5):
+            while not proxy._streams[SID]:  # noqa: ASYNC110 - the proxy's own counter
+                await asyncio.sleep(0.01)
+        assert not await proxy.settle(SID, timeout_s=0.2)  # the stream is still relayed
+        waiting = asyncio.create_task(proxy.settle(SID, timeout_s=5))
+        await asyncio.sleep(0.1)
+        assert not waiting.done()
+        finish.set()  # envd ends its streams (and the download ends too)
+        assert await stream == b"started\nended\n"  # relayed whole
+        assert await waiting
+        await download
+        await proxy.aclose()
