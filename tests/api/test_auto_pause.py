@@ -6,6 +6,7 @@ pause, refuses the options with 501."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import shutil
 import time
@@ -20,6 +21,7 @@ from e2b import AsyncSandbox, Sandbox, SandboxException, SandboxState
 from emberbox.host.errors import HostError
 from emberbox.host.ports import free_loopback_port
 from emberbox.server.lifecycle.service import CreateRequest
+from emberbox.server.proxy.responses import sandbox_paused
 from emberbox.server.testing import ServerProcess
 from emberbox.vocabulary import ENVD_PORT
 from tests import background_counter
@@ -353,7 +355,7 @@ async def test_auto_paused_sandbox_never_times_out(
     assert (await _row(plane, row.id)).state == "paused"
     assert plane.runtime.teardowns[row.id] == 0
     # woken: its lifetime is the one it was created with, counted from now
-    assert await plane.service.wake(row.id) is True
+    assert (await plane.service.wake(row.id)).running is True
     woken = await _row(plane, row.id)
     assert woken.state == "running"
     left = (woken.end_at - dt.datetime.now(dt.UTC) - dt.timedelta(days=30)).total_seconds()
@@ -383,13 +385,34 @@ async def test_failed_pause_at_the_end_time_kills_the_sandbox(
     assert (ended.state, ended.end_reason) == ("killed", "timeout")
     assert asked == ([True, False] if runtime_keeps_files else [True])
     assert plane.runtime.teardowns[row.id] == 1
-    assert await plane.service.wake(row.id) is False
+    assert (await plane.service.wake(row.id)).running is False
 
 
 async def test_wake_refuses_a_sandbox_without_auto_resume(lifecycle_plane: Plane) -> None:
     plane = lifecycle_plane
     row = await plane.service.create(plane.who, CreateRequest("base", 60, auto_pause=True))
     await plane.service.pause(plane.who, row.id)
-    assert await plane.service.wake(row.id) is False
+    assert (await plane.service.wake(row.id)).running is False
     assert (await _row(plane, row.id)).state == "paused"
+    await plane.service.kill(plane.who, row.id)
+
+
+async def test_a_wake_the_team_limit_refuses_says_why(lifecycle_plane: Plane) -> None:
+    """The proxy's 502 for a sandbox traffic could not wake names the reason (it was only in
+    the server's log), and the sandbox stays paused."""
+    plane = lifecycle_plane
+    req = CreateRequest("base", 60, auto_pause=True, auto_resume=True)
+    row = await plane.service.create(plane.who, req)
+    await plane.service.pause(plane.who, row.id)
+    plane.service.limits = dataclasses.replace(plane.service.limits, max_concurrent_sandboxes=1)
+    other = await plane.service.create(plane.who, CreateRequest("base", 60))
+    woken = await plane.service.wake(row.id)
+    assert woken.running is False and woken.refused is not None
+    assert "concurrent sandbox limit" in woken.refused
+    body = sandbox_paused(row.id, True, woken.refused)
+    assert "was not found" in body["message"]  # what the SDKs look for in a 502
+    assert woken.refused in body["message"]
+    assert (await _row(plane, row.id)).state == "paused"
+    await plane.service.kill(plane.who, other.id)
+    assert (await plane.service.wake(row.id)).running is True
     await plane.service.kill(plane.who, row.id)

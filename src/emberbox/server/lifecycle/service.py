@@ -108,6 +108,14 @@ async def _nothing(_sandbox_id: str) -> None:
     return None
 
 
+@dataclass(frozen=True)
+class Woken:
+    """What a wake by traffic came to: running, or why not (None: it may not be woken)."""
+
+    running: bool
+    refused: str | None = None
+
+
 def snapshot_message(row: Snapshot) -> pb.Snapshot:
     """What the node needs to start from (or delete) a snapshot."""
     return pb.Snapshot(
@@ -178,7 +186,7 @@ class SandboxService:
         # under it before it calls a sandbox an orphan (see reaper.reconcile).
         self.admission = asyncio.Lock()
         # One resume per paused sandbox, however many requests arrive to wake it (see wake).
-        self._waking: dict[str, asyncio.Task[bool]] = {}
+        self._waking: dict[str, asyncio.Task[Woken]] = {}
 
     # ---- create -------------------------------------------------------------------------------
 
@@ -731,8 +739,9 @@ class SandboxService:
             log.error("saving the files of %s at its end time failed too (%s)", sandbox_id, e)
             return None
 
-    async def wake(self, sandbox_id: str) -> bool:
-        """Resume a paused sandbox whose lifecycle lets traffic wake it; True once it runs.
+    async def wake(self, sandbox_id: str) -> Woken:
+        """Resume a paused sandbox whose lifecycle lets traffic wake it: whether it runs now,
+        else why not (the proxy's answer says it).
 
         The proxy calls this for every request that finds such a sandbox paused; concurrent
         callers share one resume (a task per id, shielded so a caller that gives up does not
@@ -746,7 +755,7 @@ class SandboxService:
             task.add_done_callback(lambda _t: self._waking.pop(sandbox_id, None))
         return await asyncio.shield(task)
 
-    async def _wake(self, sandbox_id: str) -> bool:
+    async def _wake(self, sandbox_id: str) -> Woken:
         """Waits out a pause or resume already under way; the new end time is now plus the
         timeout the sandbox was created with."""
 
@@ -760,17 +769,17 @@ class SandboxService:
         try:
             row = await read()
             if not row.wakeable:
-                return State(row.state) == State.RUNNING
+                return Woken(State(row.state) == State.RUNNING)
             timeout = row.timeout_s or DEFAULT_RESUME_TIMEOUT_S
             row, resumed = await self._resume_once_settled(read, timeout, by_traffic=True)
-        except (NotFound, Busy):  # gone meanwhile, or still mid-way after WAKE_WAIT_S
-            return False
-        except Exception as e:
+        except (NotFound, Busy) as e:  # gone meanwhile, or still mid-way after WAKE_WAIT_S
+            return Woken(False, str(e))
+        except Exception as e:  # refused (the team's limits, the node's memory) or failed
             log.warning("auto-resume of %s failed: %s", sandbox_id, e)
-            return False
+            return Woken(False, str(e) or type(e).__name__)
         if resumed:
             log.info("sandbox %s resumed by traffic", sandbox_id)
-        return State(row.state) == State.RUNNING
+        return Woken(State(row.state) == State.RUNNING)
 
     async def _resume_once_settled(
         self,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import hmac
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import httpx
 from starlette.datastructures import Headers
@@ -25,6 +27,9 @@ from .responses import (
 from .routing import RouteError, Target, route
 from .ws import deny, forward_ws
 
+if TYPE_CHECKING:
+    from ..lifecycle.service import Woken
+
 # envd's process output streams, which it ends whole before a checkpoint (``settle``).
 PROCESS_STREAMS = frozenset({"/process.Process/Start", "/process.Process/Connect"})
 # How long a checkpoint waits for them to be relayed (envd ends them at once; a client that
@@ -37,13 +42,13 @@ class SandboxProxy:
     sandbox and drops it when the resolver forgets the sandbox, because a later sandbox may get
     the same address and a pooled connection to the dead one would fail its first request.
     wake - resumes a paused sandbox whose lifecycle allows it (``SandboxService.wake``: one
-    resume per sandbox however many requests wait), True once it runs; without it, paused
-    sandboxes are refused like missing ones."""
+    resume per sandbox however many requests wait), whether it runs then and why not; without
+    it, paused sandboxes are refused like missing ones."""
 
     def __init__(
         self,
         resolver: SandboxResolver,
-        wake: Callable[[str], Awaitable[bool]] | None = None,
+        wake: Callable[[str], Awaitable[Woken]] | None = None,
     ) -> None:
         self.resolver = resolver
         self.wake = wake
@@ -120,7 +125,8 @@ class SandboxProxy:
         found = await self._locate(target.sandbox_id)
         if not isinstance(found, Location):
             if isinstance(found, Paused):
-                body = sandbox_paused(target.sandbox_id, found.auto_resume and bool(self.wake))
+                woke = found.auto_resume and bool(self.wake)
+                body = sandbox_paused(target.sandbox_id, woke, found.refused)
             else:
                 body = sandbox_not_found(target.sandbox_id)
             if ws:
@@ -171,8 +177,9 @@ class SandboxProxy:
         found = await self.resolver.lookup(sandbox_id)
         if not isinstance(found, Paused) or not found.auto_resume or self.wake is None:
             return found
-        if not await self.wake(sandbox_id):
-            return found
+        woken = await self.wake(sandbox_id)
+        if not woken.running:
+            return dataclasses.replace(found, refused=woken.refused)
         return await self.resolver.resolve(sandbox_id) or found
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:

@@ -55,6 +55,7 @@ class Paused:
 
     auto_resume: bool
     traffic_token: str | None = None
+    refused: str | None = None  # why traffic could not wake it, once that was tried
 
 
 _ASLEEP = (State.PAUSED, State.PAUSING, State.RESUMING)

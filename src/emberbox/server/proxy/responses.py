@@ -23,11 +23,13 @@ def sandbox_not_found(sandbox_id: str) -> dict[str, Any]:
     return {"sandboxId": sandbox_id, "message": NOT_FOUND, "code": 502}
 
 
-def sandbox_paused(sandbox_id: str, can_auto_resume: bool) -> dict[str, Any]:
-    """``can_auto_resume`` True means a wake was tried and failed."""
+def sandbox_paused(
+    sandbox_id: str, can_auto_resume: bool, refused: str | None = None
+) -> dict[str, Any]:
+    """``can_auto_resume`` True means a wake was tried and failed, ``refused`` says why."""
     return {
         "sandboxId": sandbox_id,
-        "message": PAUSED,
+        "message": PAUSED if refused is None else f"{PAUSED}; traffic could not wake it: {refused}",
         "code": 502,
         "canAutoResume": can_auto_resume,
     }
