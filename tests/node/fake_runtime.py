@@ -176,7 +176,7 @@ class FakeRuntime(Runtime):
 
     async def stats(self, sandbox_id: str) -> SandboxStats:
         if sandbox_id not in self.sandboxes:
-            raise SandboxGone(sandbox_id)
+            raise SandboxGone(f"sandbox {sandbox_id} does not exist")
         return SandboxStats(2, 1.0, 1, 2, 3, 4)
 
     async def pause(self, sandbox_id: str, memory: bool = True) -> int:
@@ -226,7 +226,7 @@ class CheckpointingRuntime(FakeRuntime):
     ) -> SnapshotRef:
         sandbox = self.sandboxes.get(sandbox_id)
         if sandbox is None:
-            raise SandboxGone(sandbox_id)
+            raise SandboxGone(f"sandbox {sandbox_id} does not exist")
         self.checkpointing = True
         try:
             await asyncio.sleep(self.checkpoint_delay_s)

@@ -154,8 +154,10 @@ def _connect_error(exc: Exception) -> ConnectError:
     """Domain failures below the node, as the codes its clients map back to domain errors."""
     if isinstance(exc, ConnectError):
         return exc
-    if isinstance(exc, SandboxNotFound | SandboxGone):
+    if isinstance(exc, SandboxNotFound):  # (its message is the id)
         return ConnectError(Code.NOT_FOUND, f"sandbox {exc} not found on this node")
+    if isinstance(exc, SandboxGone):  # (a sentence of its own)
+        return ConnectError(Code.NOT_FOUND, str(exc))
     if isinstance(exc, UnknownTemplate | BuildParentMissing | BuildUnknown | VolumeMissing):
         return ConnectError(Code.NOT_FOUND, str(exc))
     if isinstance(exc, SandboxNotRunning):
