@@ -71,6 +71,8 @@ def test_malformed_json(api: httpx.Client, unchanged: None, raw: bytes) -> None:
         {"templateID": "base", "envVars": ["A=1"]},
         {"templateID": "base", "timeout": "60"},  # types are not guessed (strict bodies)
         {"templateID": "base", "autoPause": "yes"},
+        {"templateID": "base", "network": {"allowPublicTraffic": "false"}},
+        {"templateID": "base", "network": {"httpsPorts": ["443"]}},
         [],
     ],
 )
@@ -280,6 +282,8 @@ def test_bad_network_updates_change_nothing(api: httpx.Client) -> None:
         _assert_error(r, 501, "ipv6")
         r = api.put(f"/sandboxes/{sid}/network", json={"egressProxy": {"address": "p:1"}})
         _assert_error(r, 501, "egressproxy")
+        r = api.put(f"/sandboxes/{sid}/network", json={"allow_internet_access": "no"})
+        _assert_error(r, 400, "allow_internet_access")  # not guessed (strict bodies)
         after = api.get(f"/sandboxes/{sid}").json()
         assert after.get("network") == before.get("network")
         assert after["allowInternetAccess"] == before["allowInternetAccess"]

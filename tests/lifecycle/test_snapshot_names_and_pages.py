@@ -5,7 +5,9 @@ snapshot id's shape, since ids and names are looked up alike."""
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import update
 
+from emberbox.server.db.models import Snapshot, utcnow
 from emberbox.server.lifecycle.errors import Invalid
 from emberbox.server.lifecycle.service import CreateRequest
 from emberbox.server.lifecycle.snapshots import SnapshotService
@@ -69,3 +71,17 @@ async def test_a_token_this_server_did_not_give_is_refused(snapshotting_plane: P
             await service.list(
                 snapshotting_plane.who, sandbox_id=None, name=None, limit=1, next_token=token
             )
+
+
+async def test_snapshots_taken_in_the_same_microsecond_are_each_listed_once(
+    snapshotting_plane: Plane,
+) -> None:
+    """The id breaks ties between equal creation times, in the order and in the cursor."""
+    plane = snapshotting_plane
+    service = SnapshotService(plane.service)
+    row = await plane.service.create(plane.who, CreateRequest("base", 600))
+    taken = {(await service.create(plane.who, row.id)).id for _ in range(5)}
+    async with plane.service.sessions.begin() as s:
+        await s.execute(update(Snapshot).values(created_at=utcnow()))
+    listed = await _pages(service, plane)
+    assert listed == sorted(taken, reverse=True)

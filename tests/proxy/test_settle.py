@@ -32,13 +32,13 @@ class _Resolver(SandboxResolver):
 
 
 @contextlib.asynccontextmanager
-async def _upstream(finish: asyncio.Event) -> AsyncIterator[str]:
-    """Streams until ``finish`` is set, on every path (a process stream or a download)."""
+async def _upstream(finish: dict[str, asyncio.Event]) -> AsyncIterator[str]:
+    """Streams until ``finish[path]`` is set (a process stream, a download)."""
 
     async def stream(request: Request) -> StreamingResponse:
         async def body() -> AsyncIterator[bytes]:
             yield b"started\n"
-            await finish.wait()
+            await finish[request.url.path].wait()
             yield b"ended\n"
 
         return StreamingResponse(body())
@@ -52,7 +52,8 @@ async def _upstream(finish: asyncio.Event) -> AsyncIterator[str]:
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
-        finish.set()
+        for event in finish.values():
+            event.set()
         server.should_exit = True
         await task
 
@@ -64,13 +65,16 @@ async def _request(proxy: SandboxProxy, path: str) -> bytes:
         return response.content
 
 
+CONNECT = "/process.Process/Connect"
+
+
 async def test_settle_waits_for_process_streams_only() -> None:
-    finish = asyncio.Event()
+    finish = {CONNECT: asyncio.Event(), "/files": asyncio.Event()}
     async with _upstream(finish) as url:
         proxy = SandboxProxy(_Resolver(url))
         assert await proxy.settle(SID, timeout_s=0.1)  # nothing under way
         download = asyncio.create_task(_request(proxy, "/files"))
-        stream = asyncio.create_task(_request(proxy, "/process.Process/Connect"))
+        stream = asyncio.create_task(_request(proxy, CONNECT))
         async with asyncio.timeout(5):
             while not proxy._streams[SID]:  # noqa: ASYNC110 - the proxy's own counter
                 await asyncio.sleep(0.01)
@@ -78,8 +82,26 @@ async def test_settle_waits_for_process_streams_only() -> None:
         waiting = asyncio.create_task(proxy.settle(SID, timeout_s=5))
         await asyncio.sleep(0.1)
         assert not waiting.done()
-        finish.set()  # envd ends its streams (and the download ends too)
+        finish[CONNECT].set()  # envd ends its streams; the download goes on
         assert await stream == b"started\nended\n"  # relayed whole
         assert await waiting
+        assert not download.done()
+        finish["/files"].set()
         await download
+        await proxy.aclose()
+
+
+async def test_a_new_stream_waits_for_the_checkpoint_holding_it() -> None:
+    finish = {CONNECT: asyncio.Event(), "/health": asyncio.Event()}
+    for event in finish.values():
+        event.set()  # both answer at once
+    async with _upstream(finish) as url:
+        proxy = SandboxProxy(_Resolver(url))
+        async with proxy.holding_streams(SID):
+            held = asyncio.create_task(_request(proxy, CONNECT))
+            other = await _request(proxy, "/health")  # not a process stream: not held
+            await asyncio.sleep(0.2)
+            assert not held.done()
+        assert await held == b"started\nended\n"  # served once the checkpoint is over
+        assert other == b"started\nended\n"
         await proxy.aclose()

@@ -75,7 +75,10 @@ class EnvdClient:
             return None
         if response.status_code != 200:
             return None
-        streams = response.json().get("streams")
+        try:
+            streams = response.json()["streams"]
+        except (ValueError, TypeError, KeyError):
+            return None
         return streams if isinstance(streams, int) else None
 
     async def init(self, body: dict[str, object]) -> None:

@@ -122,6 +122,7 @@ async def serve(settings: Settings) -> None:
     proxy = SandboxProxy(ctx.resolver, wake=ctx.service.wake)
     ctx.service.quiesce = proxy.close_connections
     ctx.service.streams_relayed = proxy.settle
+    ctx.service.holding_streams = proxy.holding_streams
     drain = Drain()
     proxy_side = ApiHostDispatch(api, proxy, settings.sandbox_host) if settings.domain else proxy
     servers = [

@@ -45,7 +45,7 @@ class SandboxVolumeMount(TypedDict):
     path: str
 
 
-@with_config(ConfigDict(extra="allow"))  # unknown options reach the route, which refuses them
+@with_config(ConfigDict(extra="allow", strict=True))  # unknown options: the route refuses
 class SandboxNetworkConfig(TypedDict, total=False):
     allowPublicTraffic: bool | None
     allowOut: list[str]
@@ -61,7 +61,7 @@ class SandboxNetworkConfig(TypedDict, total=False):
 NetworkConfig = Annotated[dict[str, Any], GetPydanticSchema(lambda _, h: h(SandboxNetworkConfig))]
 
 
-@with_config(ConfigDict(extra="allow"))  # unknown options reach the route, which refuses them
+@with_config(ConfigDict(extra="allow", strict=True))  # unknown options: the route refuses
 class SandboxNetworkUpdateConfig(TypedDict, total=False):
     """``PUT /sandboxes/{id}/network``: replaces the rules; an omitted field is cleared."""
 

@@ -16,7 +16,7 @@ import dataclasses
 import datetime as dt
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -108,9 +108,16 @@ async def _nothing(_sandbox_id: str) -> None:
     return None
 
 
+@contextlib.asynccontextmanager
+async def _no_hold(_sandbox_id: str) -> AsyncIterator[None]:
+    yield
+
+
 @dataclass(frozen=True)
 class Woken:
-    """What a wake by traffic came to: running, or why not (None: it may not be woken)."""
+    """What a wake by traffic came to: running, or why not (``refused``: a reason fit for the
+    proxy's answer to anyone; None when it runs or its lifecycle does not let traffic wake
+    it)."""
 
     running: bool
     refused: str | None = None
@@ -155,6 +162,8 @@ class SandboxService:
         on_running: Callable[[Sandbox], None] = lambda _row: None,
         quiesce: Callable[[str], Awaitable[None]] | None = None,
         streams_relayed: Callable[[str], Awaitable[object]] | None = None,
+        holding_streams: Callable[[str], contextlib.AbstractAsyncContextManager[None]]
+        | None = None,
         team_templates: TeamTemplates | None = None,
         volumes: VolumeService | None = None,
         secret_service: SecretService | None = None,
@@ -175,6 +184,8 @@ class SandboxService:
         # Waits until the proxy has relayed the ends of the process streams envd ended before a
         # checkpoint (``detach_streams``).
         self.streams_relayed = streams_relayed or _nothing
+        # Holds new process streams to a sandbox while its memory is saved (``saving_memory``).
+        self.holding_streams = holding_streams or _no_hold
         # Templates teams built through the API (server/builds), looked up before built-ins.
         self.team_templates = team_templates
         self.volumes = volumes  # None: this deployment serves no volumes
@@ -638,11 +649,10 @@ class SandboxService:
             if not await q.set_state(s, sandbox_id, [State.RUNNING], State.PAUSING,
                                      pause_mode=_pause_mode(keep_memory)):  # fmt: skip
                 raise Conflict(f"sandbox '{sandbox_id}' is being paused or resumed, not running")
-        if keep_memory:
-            await self.detach_streams(row)
-        self.on_gone(sandbox_id)
         try:
-            size = await self.node.pause(sandbox_id, memory=keep_memory)
+            async with self.saving_memory(row) if keep_memory else contextlib.nullcontext():
+                self.on_gone(sandbox_id)
+                size = await self.node.pause(sandbox_id, memory=keep_memory)
         except BaseException as e:  # cancellation too: never leave the row half-way
             log.warning("pause of %s failed: %s", sandbox_id, e)
             async with self.sessions.begin() as s:
@@ -653,18 +663,21 @@ class SandboxService:
         async with self.sessions.begin() as s:
             await q.set_state(s, sandbox_id, [State.PAUSING], State.PAUSED, paused_bytes=size)
 
-    async def detach_streams(self, row: Sandbox) -> None:
-        """Before a checkpoint of its memory: envd ends its process output streams whole and
-        the proxy relays their ends, so nothing is on the wire when the sandbox is saved (a
+    @contextlib.asynccontextmanager
+    async def saving_memory(self, row: Sandbox) -> AsyncIterator[None]:
+        """Around a checkpoint of the sandbox's memory: envd ends its process output streams
+        whole and the proxy relays their ends, so nothing is on the wire when it is saved (a
         stream the checkpoint cut lost the output in flight; what the processes print next
-        waits in envd for the client's Connect). Best effort: an envd that does not answer in
-        time, or predates ``/detach``, is saved as before."""
-        if not row.envd_url:
-            return
-        async with EnvdClient(row.envd_url, row.envd_access_token) as envd:
-            ended = await envd.detach()
-        if ended:
-            await self.streams_relayed(row.id)
+        waits in envd for the client's Connect), and new streams wait until it is saved.
+        Best effort: an envd that does not answer in time, or predates ``/detach``, is saved
+        as before."""
+        async with self.holding_streams(row.id):
+            if row.envd_url:
+                async with EnvdClient(row.envd_url, row.envd_access_token) as envd:
+                    ended = await envd.detach()
+                if ended:
+                    await self.streams_relayed(row.id)
+            yield
 
     async def saved_disk_used(self, team_id: str) -> int:
         """Disk the team's snapshots and paused sandboxes take: what the quota limits."""
@@ -697,11 +710,11 @@ class SandboxService:
             if not await q.set_state(s, sandbox_id, [State.RUNNING], State.PAUSING,
                                      ended_by=utcnow(), pause_mode=mode):  # fmt: skip
                 return False
-        if row is not None and keep_memory:
-            await self.detach_streams(row)
-        self.on_gone(sandbox_id)
+        saving = self.saving_memory(row) if row is not None and keep_memory else None
         try:  # never refused for the disk quota: the end time's pause keeps the user's work
-            size = await self.node.pause(sandbox_id, memory=keep_memory)
+            async with saving or contextlib.nullcontext():
+                self.on_gone(sandbox_id)
+                size = await self.node.pause(sandbox_id, memory=keep_memory)
         except Exception as e:
             saved = await self._keep_files_at_end(sandbox_id, e) if keep_memory else None
             if saved is None:
@@ -776,7 +789,9 @@ class SandboxService:
             return Woken(False, str(e))
         except Exception as e:  # refused (the team's limits, the node's memory) or failed
             log.warning("auto-resume of %s failed: %s", sandbox_id, e)
-            return Woken(False, str(e) or type(e).__name__)
+            # A failure's detail is for the log only: anyone who can reach the proxy sees this.
+            refused = str(e) if isinstance(e, QuotaExceeded | NoCapacity) else "its resume failed"
+            return Woken(False, refused)
         if resumed:
             log.info("sandbox %s resumed by traffic", sandbox_id)
         return Woken(State(row.state) == State.RUNNING)

@@ -93,12 +93,9 @@ class SnapshotService:
         if name is not None and self.sandboxes.templates.resolve(name) is not None:
             raise Invalid(f"'{name}' is a template's name; choose another snapshot name")
         row = await self._running(who, sandbox_id)
-        if memory:  # a connection saved in memory would come back in every sandbox started
-            await self.sandboxes.detach_streams(row)  # from it; files hold none: streams go on
-            await self.sandboxes.quiesce(sandbox_id)
         snapshot_id = new_snapshot_id()
         try:
-            ref = await self.sandboxes.node.checkpoint(sandbox_id, snapshot_id, memory=memory)
+            ref = await self._checkpoint(row, snapshot_id, memory)
         except NodeSandboxNotFound as e:
             raise NotFound(f"sandbox '{sandbox_id}' no longer exists on its node") from e
         except NodeConflict as e:  # paused by another caller since the check above
@@ -145,6 +142,14 @@ class SnapshotService:
                 "paused sandboxes first"
             )
         return snapshot
+
+    async def _checkpoint(self, row: Sandbox, snapshot_id: str, memory: bool) -> pb.Snapshot:
+        if not memory:  # files hold no connection: streams go on
+            return await self.sandboxes.node.checkpoint(row.id, snapshot_id, memory=False)
+        async with self.sandboxes.saving_memory(row):
+            # A connection saved in memory would come back in every sandbox started from it.
+            await self.sandboxes.quiesce(row.id)
+            return await self.sandboxes.node.checkpoint(row.id, snapshot_id, memory=True)
 
     async def list(
         self,
@@ -256,10 +261,10 @@ class SnapshotService:
                 f"snapshot '{ref}' was taken of sandbox '{snapshot.source_sandbox_id}'; a sandbox "
                 "rolls back only to its own snapshots (start a new one from it instead)"
             )
-        await self.sandboxes.detach_streams(row)
-        await self.sandboxes.quiesce(sandbox_id)
         try:
-            await self.sandboxes.node.restore(sandbox_id, snapshot_message(snapshot))
+            async with self.sandboxes.saving_memory(row):  # (its memory is replaced, as saved)
+                await self.sandboxes.quiesce(sandbox_id)
+                await self.sandboxes.node.restore(sandbox_id, snapshot_message(snapshot))
         except NodeUnsupported as e:
             raise self.sandboxes._unsupported("cannot roll sandboxes back") from e
         except NodeConflict as e:  # paused by another caller since the check above; untouched

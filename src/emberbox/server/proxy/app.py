@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import httpx
@@ -35,6 +36,8 @@ PROCESS_STREAMS = frozenset({"/process.Process/Start", "/process.Process/Connect
 # How long a checkpoint waits for them to be relayed (envd ends them at once; a client that
 # reads slowly holds its stream until the proxy's buffers toward it drain).
 SETTLE_S = 1.0
+# How long a new one waits for a checkpoint under way (a pause of a few GiB takes seconds).
+HOLD_S = 30.0
 
 
 class SandboxProxy:
@@ -54,9 +57,11 @@ class SandboxProxy:
         self.wake = wake
         self._clients: dict[str, httpx.AsyncClient] = {}
         self._closing: set[asyncio.Task[None]] = set()
-        # Process output streams being relayed, by sandbox (see ``settle``).
+        # Process output streams being relayed, and checkpoints holding new ones, by sandbox
+        # (``settle``, ``holding_streams``); the condition is told when either count falls.
         self._streams: collections.Counter[str] = collections.Counter()
-        self._stream_ended = asyncio.Condition()
+        self._holds: collections.Counter[str] = collections.Counter()
+        self._fell = asyncio.Condition()
         resolver.on_forget(self.drop_client)
         quiet_deliberate_aborts()
 
@@ -85,13 +90,35 @@ class SandboxProxy:
         ``timeout_s``; whether none is. Asked before a checkpoint once envd ended its streams
         (``POST /detach``): their last bytes then reach the clients instead of being cut off
         on the wire by the checkpoint."""
-        async with self._stream_ended:
+        return await self._until(lambda: not self._streams[sandbox_id], timeout_s)
+
+    @contextlib.asynccontextmanager
+    async def holding_streams(self, sandbox_id: str) -> AsyncIterator[None]:
+        """While a checkpoint saves the sandbox's memory: a new process stream to it waits
+        (``HOLD_S`` at most) and then reaches whatever the sandbox has become (running again,
+        or paused); one opened meanwhile would be cut by the checkpoint, or take envd's
+        backlog with it."""
+        self._holds[sandbox_id] += 1
+        try:
+            yield
+        finally:
+            self._holds[sandbox_id] -= 1
+            if self._holds[sandbox_id] <= 0:
+                del self._holds[sandbox_id]
+            await self._tell()
+
+    async def _until(self, done: Callable[[], bool], timeout_s: float) -> bool:
+        async with self._fell:
             try:
                 async with asyncio.timeout(timeout_s):
-                    await self._stream_ended.wait_for(lambda: not self._streams[sandbox_id])
+                    await self._fell.wait_for(done)
             except TimeoutError:
                 return False
         return True
+
+    async def _tell(self) -> None:
+        async with self._fell:
+            self._fell.notify_all()
 
     async def aclose(self) -> None:
         clients, self._clients = list(self._clients.values()), {}
@@ -122,6 +149,9 @@ class SandboxProxy:
             else:
                 await send_json(send, 401, body)
             return
+        stream = target.port == ENVD_PORT and scope["path"] in PROCESS_STREAMS
+        if stream and self._holds[target.sandbox_id]:
+            await self._until(lambda: not self._holds[target.sandbox_id], HOLD_S)
         found = await self._locate(target.sandbox_id)
         if not isinstance(found, Location):
             if isinstance(found, Paused):
@@ -140,7 +170,6 @@ class SandboxProxy:
             await forward_ws(scope, receive, send, address, target.sandbox_id, target.port, host)
         else:
             client = self.client_for(target.sandbox_id)
-            stream = target.port == ENVD_PORT and scope["path"] in PROCESS_STREAMS
             if stream:
                 self._streams[target.sandbox_id] += 1
             try:
@@ -152,11 +181,10 @@ class SandboxProxy:
                     await self._stream_over(target.sandbox_id)
 
     async def _stream_over(self, sandbox_id: str) -> None:
-        async with self._stream_ended:
-            self._streams[sandbox_id] -= 1
-            if not self._streams[sandbox_id]:
-                del self._streams[sandbox_id]
-            self._stream_ended.notify_all()
+        self._streams[sandbox_id] -= 1  # at once: a cancelled notify must not leave it counted
+        if self._streams[sandbox_id] <= 0:
+            del self._streams[sandbox_id]
+        await self._tell()
 
     async def _admitted(self, target: Target, headers: Headers) -> bool:
         """Whether the request may reach the port: envd's always (it checks its own token),
