@@ -27,18 +27,23 @@ async def _pages(service: SnapshotService, plane: Plane, token: str | None = Non
         token = page.next_token
 
 
+async def _taken(plane: Plane, count: int) -> tuple[SnapshotService, str, list[str]]:
+    """``count`` snapshots of one new sandbox: the service, the sandbox, their ids in order."""
+    service = SnapshotService(plane.service)
+    row = await plane.service.create(plane.who, CreateRequest("base", 600))
+    return service, row.id, [(await service.create(plane.who, row.id)).id for _ in range(count)]
+
+
 async def test_a_snapshot_taken_or_deleted_between_pages_moves_no_other(
     snapshotting_plane: Plane,
 ) -> None:
     plane = snapshotting_plane
-    service = SnapshotService(plane.service)
-    row = await plane.service.create(plane.who, CreateRequest("base", 600))
-    taken = [(await service.create(plane.who, row.id)).id for _ in range(4)]
+    service, sandbox_id, taken = await _taken(plane, 4)
     newest_first = taken[::-1]
 
     first = await service.list(plane.who, sandbox_id=None, name=None, limit=1, next_token=None)
     assert [s.id for s in first.items] == newest_first[:1] and first.next_token
-    await service.create(plane.who, row.id)  # a newer one does not push the next page back
+    await service.create(plane.who, sandbox_id)  # a newer one does not push the next page back
     assert await _pages(service, plane, first.next_token) == newest_first[1:]
 
     second = await service.list(
@@ -78,9 +83,7 @@ async def test_snapshots_taken_in_the_same_microsecond_are_each_listed_once(
 ) -> None:
     """The id breaks ties between equal creation times, in the order and in the cursor."""
     plane = snapshotting_plane
-    service = SnapshotService(plane.service)
-    row = await plane.service.create(plane.who, CreateRequest("base", 600))
-    taken = {(await service.create(plane.who, row.id)).id for _ in range(5)}
+    service, _, taken = await _taken(plane, 5)
     async with plane.service.sessions.begin() as s:
         await s.execute(update(Snapshot).values(created_at=utcnow()))
     listed = await _pages(service, plane)
