@@ -282,16 +282,7 @@ class SandboxService:
                         )
                     if same is not None:
                         return same
-                running = await q.count_for_team(s, who.team_id, COUNTS_TOWARD_QUOTA)
-                if running >= self.limits.max_concurrent_sandboxes:
-                    raise QuotaExceeded(
-                        f"concurrent sandbox limit reached ({self.limits.max_concurrent_sandboxes}"
-                        " per team); kill a sandbox first"
-                    )
-                cpus, mem = await q.resources_in_use(s, HOLDS_RESOURCES)
-                refusal = self.scheduler.refusal(Usage(cpus, mem), tpl.cpu_count, tpl.memory_mb)
-                if refusal is not None:
-                    raise NoCapacity(refusal, error_code="sandbox_capacity_unavailable")
+                await self._check_room(s, who.team_id, tpl.cpu_count, tpl.memory_mb)
                 if not mounts:  # a pooled sandbox was made without volumes: theirs always boot
                     claimed = await self._claim(spec)
                     if claimed.HasField("sandbox"):
@@ -312,6 +303,26 @@ class SandboxService:
             self.on_running(row)
             return row
         return await self._start(spec, row, req)
+
+    async def _check_room(
+        self, s: AsyncSession, team_id: str, cpu_count: int, memory_mb: int, resuming: str = ""
+    ) -> None:
+        """Under the admission lock: the team's sandbox cap, then the node's cpu and memory.
+        ``resuming``: a paused sandbox admitted back, whose row (resuming) counts already."""
+        running = await q.count_for_team(s, team_id, COUNTS_TOWARD_QUOTA)
+        cpus, mem = await q.resources_in_use(s, HOLDS_RESOURCES)
+        if resuming:
+            running, cpus, mem = running - 1, cpus - cpu_count, mem - memory_mb
+        stays = f"sandbox '{resuming}' stays paused" if resuming else ""
+        if running >= self.limits.max_concurrent_sandboxes:
+            raise QuotaExceeded(
+                f"concurrent sandbox limit reached ({self.limits.max_concurrent_sandboxes}"
+                f" per team){': ' + stays if stays else ''}; kill a sandbox first"
+            )
+        refusal = self.scheduler.refusal(Usage(cpus, mem), cpu_count, memory_mb)
+        if refusal is not None:
+            raise NoCapacity(f"{stays}: {refusal}" if stays else refusal,
+                             error_code="sandbox_capacity_unavailable")  # fmt: skip
 
     def _check_request(self, req: CreateRequest, tpl: TemplateInfo) -> None:
         """Refuse, before anything is admitted, what the limits or the node cannot honour."""
@@ -841,20 +852,7 @@ class SandboxService:
         async with self.admission, self.sessions.begin() as s:
             if not await q.set_state(s, row.id, [State.PAUSED], State.RESUMING):
                 raise Busy(f"sandbox '{row.id}' is being paused or resumed; retry")
-            running = await q.count_for_team(s, row.team_id, COUNTS_TOWARD_QUOTA)
-            if running > self.limits.max_concurrent_sandboxes:  # it counts itself now
-                raise QuotaExceeded(
-                    f"concurrent sandbox limit reached ({self.limits.max_concurrent_sandboxes}"
-                    f" per team): sandbox '{row.id}' stays paused; kill a sandbox first"
-                )
-            cpus, mem = await q.resources_in_use(s, HOLDS_RESOURCES)
-            others = Usage(cpus - row.cpu_count, mem - row.memory_mb)
-            refusal = self.scheduler.refusal(others, row.cpu_count, row.memory_mb)
-            if refusal is not None:
-                raise NoCapacity(
-                    f"sandbox '{row.id}' stays paused: {refusal}",
-                    error_code="sandbox_capacity_unavailable",
-                )
+            await self._check_room(s, row.team_id, row.cpu_count, row.memory_mb, resuming=row.id)
         try:
             resumed = await self.node.resume(row.id, row.envd_access_token, memory=with_memory)
             b = resumed.sandbox
