@@ -679,15 +679,17 @@ class SandboxService:
         """Around a checkpoint of the sandbox's memory: envd ends its process output streams
         whole and the proxy relays their ends, so nothing is on the wire when it is saved (a
         stream the checkpoint cut lost the output in flight; what the processes print next
-        waits in envd for the client's Connect), and new streams wait until it is saved.
-        Best effort: an envd that does not answer in time, or predates ``/detach``, is saved
-        as before."""
+        waits in envd for the client's Connect), then the proxy's connections to it close (a
+        connection saved in memory would come back in every sandbox started from it), and new
+        streams wait until it is saved. Best effort: an envd that does not answer in time, or
+        predates ``/detach``, is saved as before."""
         async with self.holding_streams(row.id):
             if row.envd_url:
                 async with EnvdClient(row.envd_url, row.envd_access_token) as envd:
                     ended = await envd.detach()
                 if ended:
                     await self.streams_relayed(row.id)
+            await self.quiesce(row.id)
             yield
 
     async def saved_disk_used(self, team_id: str) -> int:

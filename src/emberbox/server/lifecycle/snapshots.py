@@ -147,8 +147,6 @@ class SnapshotService:
         if not memory:  # files hold no connection: streams go on
             return await self.sandboxes.node.checkpoint(row.id, snapshot_id, memory=False)
         async with self.sandboxes.saving_memory(row):
-            # A connection saved in memory would come back in every sandbox started from it.
-            await self.sandboxes.quiesce(row.id)
             return await self.sandboxes.node.checkpoint(row.id, snapshot_id, memory=True)
 
     async def list(
@@ -263,7 +261,6 @@ class SnapshotService:
             )
         try:
             async with self.sandboxes.saving_memory(row):  # (its memory is replaced, as saved)
-                await self.sandboxes.quiesce(sandbox_id)
                 await self.sandboxes.node.restore(sandbox_id, snapshot_message(snapshot))
         except NodeUnsupported as e:
             raise self.sandboxes._unsupported("cannot roll sandboxes back") from e

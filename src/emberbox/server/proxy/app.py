@@ -102,10 +102,7 @@ class SandboxProxy:
         try:
             yield
         finally:
-            self._holds[sandbox_id] -= 1
-            if self._holds[sandbox_id] <= 0:
-                del self._holds[sandbox_id]
-            await self._tell()
+            await self._lower(self._holds, sandbox_id)
 
     async def _until(self, done: Callable[[], bool], timeout_s: float) -> bool:
         async with self._fell:
@@ -116,7 +113,10 @@ class SandboxProxy:
                 return False
         return True
 
-    async def _tell(self) -> None:
+    async def _lower(self, counts: collections.Counter[str], sandbox_id: str) -> None:
+        counts[sandbox_id] -= 1  # at once: a cancelled notify must not leave it counted
+        if counts[sandbox_id] <= 0:
+            del counts[sandbox_id]
         async with self._fell:
             self._fell.notify_all()
 
@@ -178,13 +178,7 @@ class SandboxProxy:
                 )
             finally:
                 if stream:
-                    await self._stream_over(target.sandbox_id)
-
-    async def _stream_over(self, sandbox_id: str) -> None:
-        self._streams[sandbox_id] -= 1  # at once: a cancelled notify must not leave it counted
-        if self._streams[sandbox_id] <= 0:
-            del self._streams[sandbox_id]
-        await self._tell()
+                    await self._lower(self._streams, target.sandbox_id)
 
     async def _admitted(self, target: Target, headers: Headers) -> bool:
         """Whether the request may reach the port: envd's always (it checks its own token),
