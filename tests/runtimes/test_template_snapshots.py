@@ -104,3 +104,27 @@ async def test_a_snapshot_that_does_not_restore_is_dropped(
     finally:
         await runtime.kill(sandbox.sandbox_id)
         await runtime.close()
+
+
+async def test_a_close_during_the_snapshot_boots_teardown_leaves_nothing(
+    base_template: Template, tmp_path: Path
+) -> None:
+    """A runtime closed while its template snapshot's boot is being torn down (the snapshot
+    taken) lets that teardown finish: cut off, it had left the boot's rootfs and disk mounted
+    (every run of a suite that closed its runtime about then)."""
+    runtime = GVisorRuntime(GVisorConfig(data_dir=tmp_path), TemplateStore())
+    before = await inventory(runtime.config)
+    tearing_down = asyncio.Event()
+
+    async def slow_kill(sandbox_id: str) -> bool:
+        tearing_down.set()
+        await asyncio.sleep(0.5)  # the window a close falls into
+        return await runtime.kill(sandbox_id)
+
+    spec = SandboxSpec(sandbox_id="x", template_id="base", memory_mb=256)
+    runtime.warm.make_later(base_template, spec, runtime._boot_for_snapshot,
+                            runtime._checkpoint_to, slow_kill)  # fmt: skip
+    await asyncio.wait_for(tearing_down.wait(), 60)
+    await runtime.close()
+    assert runtime.warm.ready(base_template, spec) is not None, "no snapshot was taken"
+    assert (await inventory(runtime.config)).leaked_since(before) == {}

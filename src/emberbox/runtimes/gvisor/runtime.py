@@ -135,6 +135,7 @@ class GVisorRuntime(Runtime):
         sandbox is left in it (sandboxes still running keep it: a node stops without killing
         them); one per data dir had piled up on a host that runs many short-lived nodes."""
         await self.warm.close()
+        await asyncio.gather(*self._background, return_exceptions=True)  # teardowns under way
         await self.egress.close()
         cgroups.remove(self.config.cgroup_base)
 
