@@ -114,6 +114,9 @@ async def test_memory_hog_dies_alone_and_envd_answers(
     group = f"{hardening_runtime.config.cgroup_base}/{sandbox.sandbox_id}"
     usage = cgroups.usage(group)
     assert usage is not None and usage.mem_limit == (256 + HOST_HEADROOM_MB) * MiB
+    memsw = cgroups.CGROUP_ROOT / "memory" / group / "memory.memsw.limit_in_bytes"
+    if cgroups.is_v1() and memsw.exists():  # swap adds nothing: memory plus swap is held to it
+        assert int(memsw.read_text()) == usage.mem_limit
     stubs = [p for p in cgroups.procs(group)
              if not Path(f"/proc/{p}/cmdline").read_bytes().startswith(b"runsc-")]  # fmt: skip
     assert stubs and all(

@@ -7,6 +7,7 @@ detection, and remove cgroups left behind by sandboxes that died while nobody wa
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,11 +99,89 @@ def remove(rel: str) -> None:
 
 
 def set_memory_limit(rel: str, limit: int) -> None:
-    """Set the memory limit of cgroup ``rel`` (runsc created it); only raising is safe live."""
+    """Set the memory limit of cgroup ``rel`` (runsc created it); only raising is safe live.
+
+    Swap never adds to it: on a host with swap, memory plus swap is held to the same limit
+    (v1 ``memsw``; v2 allows no swap), so a sandbox gets no more memory there than elsewhere.
+    Moving pages to swap within the limit (:func:`offload`) stays possible on v1."""
     if is_v1():
-        (CGROUP_ROOT / "memory" / rel / "memory.limit_in_bytes").write_text(str(limit))
+        group = CGROUP_ROOT / "memory" / rel
+        memsw = group / "memory.memsw.limit_in_bytes"  # absent without swap accounting
+        files = [group / "memory.limit_in_bytes"] + ([memsw] if memsw.exists() else [])
+        if len(files) == 2 and limit > _read_int(memsw):
+            files.reverse()  # the memory limit may never exceed memsw's
+        for file in files:
+            file.write_text(str(limit))
     else:
         (CGROUP_ROOT / rel / "memory.max").write_text(str(limit))
+        with contextlib.suppress(FileNotFoundError):
+            (CGROUP_ROOT / rel / "memory.swap.max").write_text("0")
+
+
+def swap_total() -> int:
+    """Bytes of swap the host has (0: none, so nothing can be offloaded)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("SwapTotal:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def swap_in_ram() -> bool:
+    """Whether what goes to swap stays in RAM, compressed: a zram swap device, or zswap in
+    front of the swap. Pages read back from there take microseconds, from a disk far more."""
+    with contextlib.suppress(OSError):
+        if Path("/sys/module/zswap/parameters/enabled").read_text().strip() in ("Y", "1"):
+            return swap_total() > 0
+    try:
+        lines = Path("/proc/swaps").read_text().splitlines()[1:]
+    except OSError:
+        return False
+    return any(line.split()[0].startswith("/dev/zram") for line in lines if line.strip())
+
+
+def offload(rel: str, keep: int) -> int:
+    """One pass moving the memory of cgroup ``rel`` to swap, towards ``keep`` bytes resident;
+    returns the bytes still resident. Meant for a frozen cgroup, whose pages nobody touches
+    meanwhile: they come back as its processes fault them in once thawed.
+
+    v1 has no reclaim-on-request: the limit is lowered to half the usage (the write reclaims
+    until the usage fits or gives up with EBUSY) and put back; memory plus swap stays within
+    ``memsw``. A pass gets about half the pages of a frozen gVisor sandbox; the rest comes
+    loose only over time (measured: retried at once, a pass frees nothing; ~50 ms apart, ~1
+    MiB each), so callers space their passes. v2 asks ``memory.reclaim`` with swap allowed
+    for that moment."""
+    if is_v1():
+        group = CGROUP_ROOT / "memory" / rel
+        used = _read_int(group / "memory.usage_in_bytes")
+        if used > keep:
+            limit = (group / "memory.limit_in_bytes").read_text().strip()
+            try:
+                (group / "memory.limit_in_bytes").write_text(str(max(keep, used // 2)))
+            except OSError as exc:
+                if exc.errno != errno.EBUSY:  # EBUSY: it freed less than asked
+                    raise
+            finally:
+                (group / "memory.limit_in_bytes").write_text(limit)
+        return _read_int(group / "memory.usage_in_bytes")
+    group = CGROUP_ROOT / rel
+    used = _read_int(group / "memory.current")
+    if used > keep:
+        swap_max = group / "memory.swap.max"
+        swap_max.write_text("max")
+        try:
+            with contextlib.suppress(OSError):  # EAGAIN: it reclaimed less than asked
+                (group / "memory.reclaim").write_text(str(used - keep))
+        finally:
+            swap_max.write_text("0")
+    return _read_int(group / "memory.current")
+
+
+def swapped(rel: str) -> int:
+    """Bytes of cgroup ``rel``'s memory that are in swap (0 for one that does not exist)."""
+    if is_v1():
+        return _read_keyed(CGROUP_ROOT / "memory" / rel / "memory.stat").get("swap", 0)
+    return _read_int(CGROUP_ROOT / rel / "memory.swap.current")
 
 
 def procs(rel: str) -> list[int]:
