@@ -14,10 +14,12 @@ Measured (median/p95/p99 in ms, ratio to its baseline):
 * N concurrent creates, each to its first command result, and the wall time of all (the
   sandboxes are killed only after that): from a warm pool of N, and with no pool (restores);
 * host memory per idle sandbox (what the kernel charges its cgroup): pooled (never claimed),
-  and restored after a command;
+  and restored after a command; on a host with swap, the pooled ones behind the newest are
+  offloaded there, so theirs adds what their swap costs in RAM (zram's compressed share);
 * host CPU per idle pooled sandbox (its cgroup's CPU time over 5 s): frozen, as the node
   keeps them; baseline two of them thawed by hand. The warm-pool creates alternate between
-  the frozen pool and one thawed by hand, for what the claim's thaw costs.
+  the frozen pool and one thawed by hand, for what the claim's thaw costs, and (with swap) a
+  claim of an offloaded pooled sandbox, whose pages come back from swap.
 
 Every timed operation starts on a settled host (:func:`settle`: its CPUs under 20% busy), so
 it does not share the two cores with the clean-up of the operation before it (a killed
@@ -267,26 +269,61 @@ def warm_pool(n: int, concurrent: int) -> dict[str, list[float]]:
     with tempfile.TemporaryDirectory() as tmp, gvisor_server(Path(tmp), env) as server:
         opts = sdk_env(server)
         tti(opts)  # the pool learns what is asked for; the template is snapshotted
-        samples: dict[bool, list[float]] = {True: [], False: []}
-        for i in range(2 * n):  # alternately from a frozen pool and one thawed by hand
+        samples: dict[str, list[float]] = {"frozen": [], "thawed": [], "offloaded": []}
+        modes = list(samples) if cgroups.swap_in_ram() else ["frozen", "thawed"]
+        for i in range(len(modes) * n):  # from a frozen pool, one thawed by hand, offloaded
             ready = wait_for_pool(data_dir(), LATENCY_POOL)
-            if thawed := i % 2 == 1:
-                thaw_by_hand(ready)
+            # Claims take the newest; the others wait offloaded (where the host can).
+            older = wait_offloaded(ready, LATENCY_POOL - 1) if "offloaded" in modes else set()
+            mode = modes[i % len(modes)]
+            newest = None
+            if mode == "thawed":  # the one a claim takes, left running as before freezing
+                thaw_by_hand(ready - older)
                 time.sleep(0.5)  # its timers caught up
-            elapsed, sbx = first_command(opts)
-            samples[thawed].append(elapsed)
-            check(sbx.sandbox_id in ready, "the create did not come from the pool")
-            if thawed:  # as the node left the one still pooled
-                freeze_by_hand(ready & pooled_ids(data_dir()))
-            sbx.kill()
-        out[f"warm-pool create → first command (pool of {LATENCY_POOL})"] = samples[False]
-        out["  the same, pool thawed by hand beforehand"] = samples[True]
+            elif mode == "offloaded":  # take the newest, untimed; then one offloaded
+                settle()  # not between the two: a refill 0.5 s on would be the newest then
+                newest = Sandbox.create(timeout=300, **opts)
+            elapsed, sbx = first_command(opts, settled=newest is None)
+            samples[mode].append(elapsed)
+            check(
+                sbx.sandbox_id in (older if newest else ready - older),
+                f"{mode}: claimed {sbx.sandbox_id}, pooled {ready}, offloaded {older}",
+            )
+            if mode == "thawed":  # as the node left the ones still pooled
+                freeze_by_hand((ready - older) & pooled_ids(data_dir()))
+            for claimed in (sbx, newest):
+                if claimed is not None:
+                    claimed.kill()
+        out[f"warm-pool create → first command (pool of {LATENCY_POOL})"] = samples["frozen"]
+        out["  the same, pool thawed by hand beforehand"] = samples["thawed"]
+        if samples["offloaded"]:
+            out["  the same, claiming a pooled sandbox offloaded to swap"] = samples["offloaded"]
+        else:
+            print("(no swap in RAM here: pooled sandboxes stay resident; offload not measured)")
 
     env = {**LIMITS, "EMBERBOX_WARM_POOL": str(concurrent)}
     with tempfile.TemporaryDirectory() as tmp, gvisor_server(Path(tmp), env) as server:
         opts = sdk_env(server)
         tti(opts)
         ready = wait_for_pool(data_dir(), concurrent)
+        if cgroups.swap_in_ram():  # all but the newest offloaded to swap; charge + its share
+            older = wait_offloaded(ready, concurrent - 1)
+            ratio = swap_ram_per_byte()
+            out["host memory per idle pooled sandbox, the newest (resident), MiB"] = [
+                host_memory(i) / 2**20 for i in ready - older
+            ]
+            out["  the others, offloaded: resident + their swap's RAM, MiB"] = [
+                (host_memory(i) + cgroups.swapped(_group(i)) * ratio) / 2**20 for i in older
+            ]
+            out["  the others, offloaded: resident alone, MiB"] = [
+                host_memory(i) / 2**20 for i in older
+            ]
+        else:
+            used = [host_memory(i) for i in ready]
+            check(all(u > 0 for u in used), "no memory charged to a pooled sandbox's cgroup")
+            out["host memory (cgroup charge) per idle pooled sandbox, MiB"] = [
+                u / 2**20 for u in used
+            ]
         out["host CPU per idle pooled sandbox, % of one core"] = [
             100 * s / IDLE_S for s in cpu_seconds(ready, IDLE_S)
         ]
@@ -296,13 +333,33 @@ def warm_pool(n: int, concurrent: int) -> dict[str, list[float]]:
         out["  the same, thawed by hand (baseline), % of one core"] = [
             100 * s / IDLE_S for s in cpu_seconds(some, IDLE_S)
         ]
-        used = [host_memory(i) for i in ready]
-        check(all(u > 0 for u in used), "no memory charged to a pooled sandbox's cgroup")
-        out["host memory (cgroup charge) per idle pooled sandbox, MiB"] = [u / 2**20 for u in used]
         each, wall = concurrent_ttis(opts, concurrent)
         out[f"{concurrent} concurrent creates (pool of {concurrent}), each"] = each
         out[f"{concurrent} concurrent creates (pool of {concurrent}), all"] = [wall]
     return out
+
+
+OFFLOADED_BELOW = 8 << 20  # an offloaded pooled sandbox keeps less than this resident
+
+
+def wait_offloaded(ids: set[str], count: int, timeout_s: float = 60) -> set[str]:
+    """Until ``count`` of ``ids`` have their memory in swap (the node offloads every pooled
+    sandbox but the newest of its template, step by step): those."""
+    deadline = time.monotonic() + timeout_s
+    while len(done := {i for i in ids if 0 < host_memory(i) < OFFLOADED_BELOW}) < count:
+        check(time.monotonic() < deadline, f"{len(done)} of {count} pooled sandboxes offloaded")
+        time.sleep(0.1)
+    return done
+
+
+def swap_ram_per_byte() -> float:
+    """RAM a byte in swap costs: what the zram devices use for what they hold."""
+    stored = used = 0
+    for device in Path("/sys/block").glob("zram*"):
+        fields = (device / "mm_stat").read_text().split()
+        stored, used = stored + int(fields[0]), used + int(fields[2])  # orig, mem_used_total
+    check(stored > 0, "pages went to swap, but no zram device holds any (zswap is not counted)")
+    return used / stored
 
 
 def host_memory(sandbox_id: str) -> int:
@@ -451,10 +508,15 @@ def main() -> None:
         "reboot resume → first command": "cold create → first command",
     }
     measured: dict[str, dict[str, float]] = {}
+    mib: dict[str, dict[str, float]] = {}
     percent: list[dict[str, float]] = []
     for name, samples in rows.items():
         if name.endswith(", MiB"):
-            summary(name.removesuffix(", MiB"), samples, "MiB")
+            mib[name] = summary(name.removesuffix(", MiB"), samples, "MiB")
+            newest = mib.get("host memory per idle pooled sandbox, the newest (resident), MiB")
+            if name.startswith("  the others, offloaded: resident + ") and newest:
+                ratio = mib[name]["median"] / newest["median"]
+                print(f"{'':<44} ratio of offloaded to resident: {ratio:.2f}x")
             continue
         if name.endswith(", % of one core"):
             percent.append(summary(name.removesuffix(", % of one core"), samples, "%"))

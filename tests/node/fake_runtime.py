@@ -105,6 +105,10 @@ class FakeRuntime(Runtime):
         self.overlaps = 0  # teardowns of one id that ran at the same time (must stay 0)
         self.broken: set[str] = set()  # ids whose teardown fails (a host command erring)
         self.frozen: set[str] = set()
+        self.offloaded: list[str] = []  # every offload that moved memory, in order
+        self.offloading: set[str] = set()  # its limit lowered: a thaw now would be a bug
+        self.offload_s = 0.0
+        self.offload_steps: collections.Counter[str] = collections.Counter()
 
     async def create(self, spec: SandboxSpec) -> RuntimeSandbox:
         if spec.snapshot is not None:
@@ -152,9 +156,24 @@ class FakeRuntime(Runtime):
             self.envds[sandbox_id].running.clear()
 
     async def thaw(self, sandbox_id: str) -> None:
+        assert sandbox_id not in self.offloading, "thawed while its memory was being offloaded"
         self.frozen.discard(sandbox_id)
         if sandbox_id in self.envds:
             self.envds[sandbox_id].running.set()
+
+    async def offload(self, sandbox_id: str) -> bool:
+        """Three steps of ``offload_s`` each; a sandbox is listed in ``offloaded`` at its first."""
+        if sandbox_id not in self.frozen:
+            return False
+        self.offloading.add(sandbox_id)
+        try:
+            await asyncio.sleep(self.offload_s)
+        finally:
+            self.offloading.discard(sandbox_id)
+        if sandbox_id not in self.offloaded:
+            self.offloaded.append(sandbox_id)
+        self.offload_steps[sandbox_id] += 1
+        return self.offload_steps[sandbox_id] < 3
 
     def die(self, sandbox_id: str) -> None:
         """The machine stops on its own (as after an OOM kill of its init)."""

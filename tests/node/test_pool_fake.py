@@ -8,10 +8,12 @@ import collections
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from emberbox._proto.node import node_pb2 as pb
+from emberbox.host import cgroups
 from emberbox.node import orchestrator
 from emberbox.node.client import EmbeddedNode
 from emberbox.node.orchestrator import Orchestrator
@@ -42,14 +44,14 @@ def _pooled(runtime: FakeRuntime, node: EmbeddedNode) -> set[str]:
     return {i for i in runtime.sandboxes if node.orchestrator.pool.holds(i)}
 
 
-def _node(tmp_path: Path, runtime: FakeRuntime, **pool: float) -> EmbeddedNode:
-    settings = PoolSettings(size=int(pool.pop("size", 2)), **pool)  # type: ignore[arg-type]
+def _node(tmp_path: Path, runtime: FakeRuntime, **pool: Any) -> EmbeddedNode:
+    settings = PoolSettings(size=int(pool.pop("size", 2)), **pool)
     return EmbeddedNode(runtime, tmp_path, pool=settings, dead_check_every_s=0)
 
 
 @contextlib.asynccontextmanager
 async def _filled(
-    tmp_path: Path, runtime: FakeRuntime, **pool: float
+    tmp_path: Path, runtime: FakeRuntime, **pool: Any
 ) -> AsyncIterator[tuple[EmbeddedNode, pb.Sandbox]]:
     """A started node whose pool learned the template from one create (returned) and filled
     up; closed afterwards."""
@@ -138,6 +140,60 @@ async def test_a_pooled_sandbox_waits_frozen_and_only_its_claim_thaws_it(
         await node.orchestrator._freeze_pooled(fresh)
         assert not claimed & runtime.frozen, "a claimed sandbox was frozen after its claim"
     assert runtime.frozen == set()
+
+
+async def test_pooled_sandboxes_behind_the_newest_are_offloaded_and_claims_take_the_newest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once frozen, every pooled sandbox but the newest of its key has its memory offloaded,
+    once; a claim takes the newest (never offloaded), and one of an offloaded sandbox waits
+    for an offload under way, so it never thaws a sandbox whose limit is lowered."""
+    monkeypatch.setattr(orchestrator, "POOLED_FREEZE_AFTER_S", 0.0)
+    monkeypatch.setattr(cgroups, "swap_in_ram", lambda: True)  # what ``auto`` asks the host
+    runtime = FakeRuntime()
+    runtime.offload_s = 0.2
+    async with _filled(tmp_path, runtime, size=3) as (node, _):
+        order = [h.sandbox.sandbox_id for q in node.orchestrator.pool._ready.values() for h in q]
+        for _ in range(100):
+            if len(runtime.offloaded) == 2:
+                break
+            await asyncio.sleep(0.02)
+        assert runtime.offloaded == order[:2], "only those behind the newest, oldest first"
+        newest, _ = await _create(node, _spec())
+        assert newest.sandbox_id == order[2]
+        # Claims of offloaded sandboxes work; nothing is offloaded twice.
+        taken = [await _create(node, _spec()) for _ in range(2)]
+        assert [s.sandbox_id for s, _ in taken] == [order[1], order[0]]
+        assert sorted(runtime.offloaded) == sorted(order[:2])
+        assert max(runtime.offload_steps.values()) <= 3, "an offload ran twice"
+
+        # A claim arriving while an offload is under way waits for it (the fake asserts that).
+        monkeypatch.setattr(orchestrator, "POOLED_FREEZE_AFTER_S", 60.0)
+        await node.orchestrator.pool.wait_full(10)
+        (queue,) = node.orchestrator.pool._ready.values()
+        victim = queue[0].sandbox.sandbox_id  # the oldest: behind the newest
+        await runtime.freeze(victim)
+        offloading = asyncio.create_task(node.orchestrator._offload_behind(victim))
+        for _ in range(100):
+            if victim in runtime.offloading:
+                break
+            await asyncio.sleep(0.005)
+        assert victim in runtime.offloading
+        claims = [await _create(node, _spec()) for _ in range(3)]
+        assert victim in {s.sandbox_id for s, _ in claims}
+        await offloading
+
+
+async def test_no_offload_when_the_setting_is_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(orchestrator, "POOLED_FREEZE_AFTER_S", 0.0)
+    monkeypatch.setattr(cgroups, "swap_in_ram", lambda: True)
+    runtime = FakeRuntime()
+    async with _filled(tmp_path, runtime, size=3, offload="off") as _:
+        for _ in range(20):
+            await asyncio.sleep(0.02)
+        assert len(runtime.frozen) == 3 and runtime.offloaded == []
 
 
 async def test_a_claim_cancelled_while_it_waits_releases_the_sandbox_it_took(
@@ -249,7 +305,7 @@ async def test_a_claim_passes_over_a_dead_pooled_sandbox_to_a_live_one(tmp_path:
     runtime = FakeRuntime()
     async with _filled(tmp_path, runtime, size=2) as (node, _):
         (ready,) = node.orchestrator.pool._ready.values()
-        doomed, live = (held.sandbox.sandbox_id for held in ready)  # the order claims take
+        live, doomed = (held.sandbox.sandbox_id for held in ready)  # claims take the newest
         runtime.die(doomed)
         claim = await node.claim(_spec())
         assert claim.sandbox.sandbox_id == live
@@ -318,3 +374,9 @@ def test_settings_read_from_the_environment() -> None:
     for bad in ("many", "-1"):
         with pytest.raises(ValueError, match="EMBERBOX_WARM_POOL"):
             PoolSettings.from_env({"EMBERBOX_WARM_POOL": bad})
+    assert PoolSettings.from_env({}).offload == "auto"
+    for value in ("on", "off"):
+        assert PoolSettings.from_env({"EMBERBOX_WARM_POOL_OFFLOAD": value}).offload == value
+    assert not PoolSettings(offload="off").offloads()
+    with pytest.raises(ValueError, match="EMBERBOX_WARM_POOL_OFFLOAD"):
+        PoolSettings.from_env({"EMBERBOX_WARM_POOL_OFFLOAD": "yes"})

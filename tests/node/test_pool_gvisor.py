@@ -243,3 +243,63 @@ def test_concurrent_creates_through_the_pool_while_the_reaper_reconciles(
     teardowns = collections.Counter(re.findall(r"host teardown of (\w+)", node_log))
     assert {i: teardowns[i] for i in created} == dict.fromkeys(created, 1)
     assert asyncio.run(inventory(config)).leaked_since(baseline) == {}
+
+
+def _resident(group: str) -> int:
+    usage = cgroups.usage(group)
+    assert usage is not None, f"{group} is gone"
+    return usage.mem_used
+
+
+def test_pooled_sandboxes_behind_the_newest_wait_in_swap(
+    tmp_path: Path, base_template: Template, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a host with swap, every frozen pooled sandbox but the newest has its memory moved
+    there; claims take the newest first, and an offloaded one, once claimed, works and has
+    its whole memory limit back (memory plus swap held to it, as for every sandbox)."""
+    if not cgroups.swap_in_ram():
+        pytest.skip("the host has no swap in RAM (scripts/setup adds a compressed one, zram)")
+    node = NodeProcess(data_dir_sharing_templates(tmp_path / "data", DATA_DIR), "gvisor",
+                       env={"EMBERBOX_WARM_POOL": "3"})  # fmt: skip
+    config = GVisorConfig(data_dir=node.data_dir)
+    baseline = asyncio.run(inventory(config))
+    node.start()
+    server = server_in_front_of(node, tmp_path / "server")
+    try:
+        assert server.first_key
+        point_sdks_at(server, server.first_key, monkeypatch)
+        Sandbox.create("base", timeout=120).kill()  # the pool learns what is asked for
+        wait_for_template_snapshot(node.data_dir, "base")
+        asyncio.run(_wait_full(node))
+        ready = _pooled(node)
+        _wait_frozen(node, ready)
+        group = {i: f"{config.cgroup_base}/{i}" for i in ready}
+        # What stays resident is a few MiB, not the ~40 of a waiting sandbox.
+        deadline = time.monotonic() + 30
+        while len(offloaded := {i for i in ready if _resident(group[i]) < 8 << 20}) < 2:
+            assert time.monotonic() < deadline, {i: _resident(group[i]) >> 20 for i in ready}
+            time.sleep(0.2)
+        (resident,) = ready - offloaded
+        assert cgroups.swapped(group[resident]) == 0 and _resident(group[resident]) > 16 << 20
+        assert all(cgroups.swapped(group[i]) > 16 << 20 for i in offloaded)
+
+        claimed = [Sandbox.create("base", timeout=120) for _ in range(3)]
+        assert claimed[0].sandbox_id == resident, "a claim took an offloaded sandbox first"
+        assert {s.sandbox_id for s in claimed[1:]} == offloaded
+        limits = set()
+        for sandbox in claimed:
+            run = sandbox.commands.run("head -c 64M /dev/zero | tr '\\0' x | wc -c; echo $HOME")
+            assert run.stdout.split() == [str(64 << 20), "/home/user"]
+            usage = cgroups.usage(group[sandbox.sandbox_id])
+            assert usage is not None and usage.mem_used > 8 << 20, "its pages never came back"
+            limits.add(usage.mem_limit)
+            if cgroups.is_v1():  # memory plus swap is held to the same limit
+                memsw = cgroups.CGROUP_ROOT / "memory" / group[sandbox.sandbox_id]
+                assert int((memsw / "memory.memsw.limit_in_bytes").read_text()) == usage.mem_limit
+        assert len(limits) == 1, f"an offloaded sandbox kept a lowered limit: {limits}"
+        for sandbox in claimed:
+            sandbox.kill()
+    finally:
+        server.stop()
+        node.stop()
+    assert asyncio.run(inventory(config)).leaked_since(baseline) == {}

@@ -68,6 +68,10 @@ CLAIM_INIT_TIMEOUT_S = 3.0
 # joined the pool, once the standby shells its priming used up have been replaced (a login
 # takes ~0.1 s in gVisor); it can be claimed meanwhile.
 POOLED_FREEZE_AFTER_S = 1.0
+# A frozen pooled sandbox's memory goes to swap over up to this many runtime steps, this far
+# apart (a frozen gVisor sandbox's pages come loose over ~1 s, ``cgroups.offload``).
+OFFLOAD_STEPS = 40
+OFFLOAD_STEP_EVERY_S = 0.05
 
 
 class SandboxNotFound(LookupError):
@@ -113,6 +117,7 @@ class Orchestrator:
         # The access token each pooled sandbox's envd was given as it was pooled (never on
         # disk: a pooled sandbox does not outlive this process).
         self._pool_tokens: dict[str, str] = {}
+        self._offloaded: set[str] = set()  # pooled sandboxes whose memory went to swap
         self._locks = KeyedLock()
         self._checker: asyncio.Task[None] | None = None
         self._http: httpx.AsyncClient | None = None
@@ -243,6 +248,7 @@ class Orchestrator:
             if record is None:
                 return None
             token = self._pool_tokens.pop(pooled.sandbox_id, "")
+            self._offloaded.discard(pooled.sandbox_id)
             # Not written to disk: a restart releases a "pooled" record as it would a
             # "creating" one, and the write cost a claim ~1.3 ms (a rename over the file).
             record.state = "creating"
@@ -331,6 +337,32 @@ class Orchestrator:
                 await self.runtime.freeze(sandbox_id)
             except Exception as exc:  # it stays pooled, running: only its idle cost is lost
                 log.warning("freezing pooled sandbox %s failed: %s", sandbox_id, exc)
+        if self.pool.settings.offloads():
+            await self._offload_behind(sandbox_id)
+
+    async def _offload_behind(self, sandbox_id: str) -> None:
+        """Offload each frozen pooled sandbox of ``sandbox_id``'s key, pooled no later than it,
+        that claims take only after the newest (the pool's ``waiting_behind``), once. Step by
+        step, each under its lock: a claim waits for one step at most and finds it whole, its
+        limit back where it was; a claim ends the offload."""
+        for other in self.pool.waiting_behind(sandbox_id):
+            for step in range(OFFLOAD_STEPS):
+                async with self._locks.hold(other):
+                    record = self._held.get(other)
+                    if record is None or record.state != "pooled":
+                        break  # claimed or released
+                    if step == 0:
+                        if other in self._offloaded:
+                            break  # another freeze's offload has it
+                        self._offloaded.add(other)
+                    try:
+                        more = await self.runtime.offload(other)
+                    except Exception as exc:  # it stays resident: only its idle cost is lost
+                        log.warning("offloading pooled sandbox %s failed: %s", other, exc)
+                        break
+                if not more:
+                    break
+                await asyncio.sleep(OFFLOAD_STEP_EVERY_S)
 
     async def _release_pooled(self, sandbox_id: str) -> None:
         async with self._locks.hold(sandbox_id):
@@ -517,6 +549,7 @@ class Orchestrator:
             self.ended.popitem(last=False)
         self._held.pop(sandbox_id, None)
         self._pool_tokens.pop(sandbox_id, None)
+        self._offloaded.discard(sandbox_id)
         self.records.delete(sandbox_id)
         self.pool.forget(sandbox_id)
 

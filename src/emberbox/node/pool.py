@@ -4,12 +4,18 @@ A pooled sandbox is a plain sandbox of one template and machine size whose envd 
 whose template is ready, and which had its ``/init`` as it was pooled: its own id, the
 template's env vars and an access token nobody has seen; no caller's env vars, nobody's data.
 While it waits it is frozen (the orchestrator's ``_freeze_pooled``: no CPU at all). A create
-claims one and the node thaws it and hands it over in the same call, as it is or after one
-``/init`` when the create brings env vars of its own (the control plane keeps the pooled id and
-token), so a create costs at most one ``/init`` instead of a restore. A pooled sandbox serves
-exactly one claim; the pool refills in the background, one start at a time and only once
-claims pause for half a second, so refilling never competes with callers for more than one
-core, nor with a burst of creates at all.
+claims the newest of its key and the node thaws it and hands it over in the same call, as it
+is or after one ``/init`` when the create brings env vars of its own (the control plane keeps
+the pooled id and token), so a create costs at most one ``/init`` instead of a restore. A
+pooled sandbox serves exactly one claim; the pool refills in the background, one start at a
+time and only once claims pause for half a second, so refilling never competes with callers
+for more than one core, nor with a burst of creates at all.
+
+Claims take the newest first: on a host whose swap keeps pages in RAM, compressed (zram,
+zswap), every pooled sandbox but the newest of its key has its memory offloaded there
+(``offload``, the orchestrator's ``_offload_behind``), and a claim of the newest pays nothing
+for it. An offloaded one costs the host what its pages compress to, and its claim a few ms
+more as they come back.
 
 How many per template and size (:class:`PoolSettings`): a fixed number for every template and
 size that has been asked for since the node started, or (``auto``, the default) as many as
@@ -29,6 +35,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..host import cgroups
 from ..runtimes.base import NetworkPolicy, RuntimeSandbox, SandboxSpec
 from ..vocabulary import DEFAULT_PIDS_LIMIT
 
@@ -49,12 +56,15 @@ class PoolSettings:
     max_per_key: int = 4
     max_total: int = 20
     min_free_mb: int = 1024
+    offload: str = "auto"  # "auto": to swap kept in RAM (zram, zswap); "on": any swap; "off"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> PoolSettings:
         """``EMBERBOX_WARM_POOL``: ``auto`` (default), ``0`` (off) or a number per template;
         ``EMBERBOX_WARM_POOL_MAX`` bounds the whole pool, ``EMBERBOX_WARM_POOL_MIN_FREE_MB``
-        the host memory a refill leaves free."""
+        the host memory a refill leaves free; ``EMBERBOX_WARM_POOL_OFFLOAD`` ``auto`` (the
+        default: when the host's swap keeps pages in RAM, compressed), ``on`` (any swap, a
+        disk's too) or ``off``."""
         raw = (env.get("EMBERBOX_WARM_POOL") or "auto").strip().lower()
         if raw == "auto":
             size = None
@@ -71,7 +81,18 @@ class PoolSettings:
                 raise ValueError(f"EMBERBOX_WARM_POOL={raw!r} must not be negative")
         max_total = int(env.get("EMBERBOX_WARM_POOL_MAX") or max(cls.max_total, size or 0))
         min_free = int(env.get("EMBERBOX_WARM_POOL_MIN_FREE_MB") or cls.min_free_mb)
-        return cls(size=size, max_total=max_total, min_free_mb=min_free)
+        offload = (env.get("EMBERBOX_WARM_POOL_OFFLOAD") or "auto").strip().lower()
+        if offload not in ("auto", "on", "off"):
+            raise ValueError(
+                f"EMBERBOX_WARM_POOL_OFFLOAD={offload!r}: expected 'auto', 'on' or 'off'"
+            )
+        return cls(size=size, max_total=max_total, min_free_mb=min_free, offload=offload)
+
+    def offloads(self) -> bool:
+        """Whether pooled sandboxes behind the newest go to swap on this host now."""
+        if self.offload == "auto":
+            return cgroups.swap_in_ram()
+        return self.offload == "on" and cgroups.swap_total() > 0
 
     @property
     def enabled(self) -> bool:
@@ -167,13 +188,23 @@ class WarmPool:
         if not again:
             self._demand.setdefault(key, collections.deque()).append(time.monotonic())
         ready = self._ready.get(key)
-        held = ready.popleft() if ready else None
+        held = ready.pop() if ready else None  # the newest: never offloaded
         if self._refill_timer is not None:
             self._refill_timer.cancel()
         self._refill_timer = asyncio.get_running_loop().call_later(
             REFILL_AFTER_CLAIM_S, self.refill
         )
         return held.sandbox if held is not None else None
+
+    def waiting_behind(self, sandbox_id: str) -> list[str]:
+        """The pooled sandboxes of ``sandbox_id``'s key, up to itself, that a claim takes after
+        the newest (what may be offloaded), oldest first; empty if it is not pooled. Those
+        pooled later are left out: their freeze may not be due yet."""
+        for queue in self._ready.values():
+            ids = [h.sandbox.sandbox_id for h in queue]
+            if sandbox_id in ids:
+                return ids[: min(ids.index(sandbox_id) + 1, len(ids) - 1)]
+        return []
 
     def holds(self, sandbox_id: str) -> bool:
         return any(h.sandbox.sandbox_id == sandbox_id for q in self._ready.values() for h in q)
@@ -256,7 +287,7 @@ class WarmPool:
         surplus: list[str] = []
         for key, queue in self._ready.items():
             while len(queue) > self.target(key, now):
-                surplus.append(queue.pop().sandbox.sandbox_id)
+                surplus.append(queue.popleft().sandbox.sandbox_id)  # the longest unclaimed
         for sandbox_id in surplus:
             with contextlib.suppress(Exception):
                 await self.release(sandbox_id)

@@ -286,6 +286,14 @@ class Runtime(abc.ABC):
     async def thaw(self, sandbox_id: str) -> None:  # noqa: B027 - optional hook
         """Undo :meth:`freeze`; nothing for a sandbox that is not frozen."""
 
+    async def offload(self, sandbox_id: str) -> bool:
+        """One step moving a frozen sandbox's memory to the host's swap, if it has any: a
+        pooled sandbox that may wait long then costs the host what its pages compress to.
+        They come back as it faults them in after :meth:`thaw` (its claim is a few ms
+        slower). True while more could move (the caller takes another step a little later);
+        a runtime that cannot offload returns False."""
+        return False
+
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Stop the runtime's own background work (sandboxes it started for itself, such as
         the boot a template snapshot is taken of); callers' sandboxes keep running."""

@@ -67,6 +67,8 @@ BUILDER_PREFIXES = ("build-", "verify-")
 # A freeze completes once every process of the sandbox has stopped (a few ms; one that is still
 # booting may not freeze at all): one that does not by then is thawed again and keeps running.
 FREEZE_TIMEOUT_S = 0.5
+# What an offloaded sandbox keeps resident: pages the kernel charges to it but cannot swap.
+OFFLOAD_KEEP_BYTES = 4 << 20
 # A filesystem-only snapshot's one file (beside its snapshot.json).
 FILES_IMAGE = "files.tar"
 # guest_files.py runs in the guest by its own Python, given as source (any template's envd).
@@ -404,6 +406,24 @@ class GVisorRuntime(Runtime):
         async with self._locks.hold(sandbox_id):
             if cgroups.frozen(self._cgroup(sandbox_id)):
                 cgroups.freeze(self._cgroup(sandbox_id), False)
+
+    async def offload(self, sandbox_id: str) -> bool:
+        """One pass pushing a frozen sandbox's pages (the guest's memory file, the sentry's
+        and gofer's heaps) to swap; memory plus swap stays within its limit."""
+        group = self._cgroup(sandbox_id)
+        async with self._locks.hold(sandbox_id):
+            if cgroups.freezer_state(group) != "frozen" or cgroups.swap_total() == 0:
+                return False  # a running sandbox would fault its pages right back
+            work = asyncio.ensure_future(
+                asyncio.to_thread(cgroups.offload, group, OFFLOAD_KEEP_BYTES)
+            )
+            try:
+                resident = await asyncio.shield(work)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await work  # its limit is put back before the lock is let go
+                raise
+            return resident > OFFLOAD_KEEP_BYTES
 
     async def _teardown(self, sandbox_id: str) -> bool:
         """Release everything the sandbox holds; the caller holds its lock.
