@@ -423,6 +423,8 @@ def test_bad_input_changes_nothing(
         assert r.status_code == 404
         r = api.post(f"/sandboxes/{a.sandbox_id}/snapshots", json={"name": "base"})
         assert r.status_code == 400  # a template's name
+        r = api.post(f"/sandboxes/{a.sandbox_id}/snapshots", json={"name": "n" * 300})
+        assert r.status_code == 400 and "1-128 characters" in r.json()["message"]
         assert api.delete("/templates/nosuchsnapshot").status_code == 404
         a.pause()
         r = api.post(f"/sandboxes/{a.sandbox_id}/fork", json={"count": 1})

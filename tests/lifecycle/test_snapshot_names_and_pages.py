@@ -69,6 +69,16 @@ async def test_a_name_shaped_like_a_snapshot_id_is_refused(snapshotting_plane: P
     assert by_name is not None and by_name.id == named.id
 
 
+async def test_a_snapshot_name_is_1_to_128_characters(snapshotting_plane: Plane) -> None:
+    plane = snapshotting_plane
+    service = SnapshotService(plane.service)
+    row = await plane.service.create(plane.who, CreateRequest("base", 600))
+    assert (await service.create(plane.who, row.id, name="n" * 128)).name == "n" * 128
+    for name in ("", "n" * 129, "n" * 300, "-lead", "sp ace"):
+        with pytest.raises(Invalid, match="1-128 characters"):
+            await service.create(plane.who, row.id, name=name)
+
+
 async def test_a_token_this_server_did_not_give_is_refused(snapshotting_plane: Plane) -> None:
     service = SnapshotService(snapshotting_plane.service)
     for token in ("1", "x", "bm90LWEtdGltZXxzbmFw"):  # an offset, junk, base64 of no time

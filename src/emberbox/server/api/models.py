@@ -256,7 +256,7 @@ class EgressRecord(BaseModel):
 class SnapshotRequest(_In):
     """``POST /sandboxes/{id}/snapshots`` (E2B's ``SandboxSnapshotRequest``)."""
 
-    name: str | None = Field(default=None, max_length=200)
+    name: str | None = None  # its rule (1-128 of [A-Za-z0-9._/-]) is the service's alone
     memory: bool | None = None
 
 
