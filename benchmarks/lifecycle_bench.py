@@ -58,6 +58,7 @@ from emberbox.envd_client import EnvdClient
 from emberbox.host import cgroups, network
 from emberbox.runtimes.base import SandboxSpec
 from emberbox.runtimes.gvisor import GVisorConfig, GVisorRuntime
+from emberbox.runtimes.gvisor.runtime import OFFLOAD_KEEP_BYTES
 from emberbox.runtimes.gvisor.warm import TemplateSnapshots
 from emberbox.templates.store import TemplateStore
 
@@ -339,7 +340,7 @@ def warm_pool(n: int, concurrent: int) -> dict[str, list[float]]:
     return out
 
 
-OFFLOADED_BELOW = 8 << 20  # an offloaded pooled sandbox keeps less than this resident
+OFFLOADED_BELOW = 2 * OFFLOAD_KEEP_BYTES  # an offloaded pooled sandbox keeps less resident
 
 
 def wait_offloaded(ids: set[str], count: int, timeout_s: float = 60) -> set[str]:

@@ -107,7 +107,9 @@ class FakeRuntime(Runtime):
         self.frozen: set[str] = set()
         self.offloaded: list[str] = []  # every offload that moved memory, in order
         self.offloading: set[str] = set()  # its limit lowered: a thaw now would be a bug
+        self.bad_thaws = 0  # thaws of a sandbox in the middle of an offload step
         self.offload_s = 0.0
+        self.offload_error: Exception | None = None
         self.offload_steps: collections.Counter[str] = collections.Counter()
 
     async def create(self, spec: SandboxSpec) -> RuntimeSandbox:
@@ -156,15 +158,17 @@ class FakeRuntime(Runtime):
             self.envds[sandbox_id].running.clear()
 
     async def thaw(self, sandbox_id: str) -> None:
-        assert sandbox_id not in self.offloading, "thawed while its memory was being offloaded"
+        self.bad_thaws += sandbox_id in self.offloading
         self.frozen.discard(sandbox_id)
         if sandbox_id in self.envds:
             self.envds[sandbox_id].running.set()
 
-    async def offload(self, sandbox_id: str) -> bool:
+    async def offload(self, sandbox_id: str) -> bool | None:
         """Three steps of ``offload_s`` each; a sandbox is listed in ``offloaded`` at its first."""
         if sandbox_id not in self.frozen:
-            return False
+            return None
+        if self.offload_error is not None:
+            raise self.offload_error
         self.offloading.add(sandbox_id)
         try:
             await asyncio.sleep(self.offload_s)

@@ -150,6 +150,7 @@ async def test_pooled_sandboxes_behind_the_newest_are_offloaded_and_claims_take_
     for an offload under way, so it never thaws a sandbox whose limit is lowered."""
     monkeypatch.setattr(orchestrator, "POOLED_FREEZE_AFTER_S", 0.0)
     monkeypatch.setattr(cgroups, "swap_in_ram", lambda: True)  # what ``auto`` asks the host
+    monkeypatch.setattr(cgroups, "swap_limited", lambda: True)
     runtime = FakeRuntime()
     runtime.offload_s = 0.2
     async with _filled(tmp_path, runtime, size=3) as (node, _):
@@ -182,6 +183,27 @@ async def test_pooled_sandboxes_behind_the_newest_are_offloaded_and_claims_take_
         claims = [await _create(node, _spec()) for _ in range(3)]
         assert victim in {s.sandbox_id for s, _ in claims}
         await offloading
+        assert runtime.bad_thaws == 0, "a claim thawed a sandbox in the middle of a step"
+
+
+async def test_a_pooled_sandbox_whose_offload_failed_is_released(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed step may have left its limit lowered: the sandbox is never handed out."""
+    monkeypatch.setattr(orchestrator, "POOLED_FREEZE_AFTER_S", 0.0)
+    monkeypatch.setattr(cgroups, "swap_in_ram", lambda: True)
+    monkeypatch.setattr(cgroups, "swap_limited", lambda: True)
+    runtime = FakeRuntime()
+    runtime.offload_error = OSError("EPERM")
+    async with _filled(tmp_path, runtime, size=2) as (node, _):
+        (queue,) = node.orchestrator.pool._ready.values()
+        older = queue[0].sandbox.sandbox_id
+        for _ in range(100):
+            if older in node.orchestrator.ended:
+                break
+            await asyncio.sleep(0.02)
+        assert node.orchestrator.ended[older] == "offload failed"
+        assert runtime.teardowns[older] == 1 and not node.orchestrator.pool.holds(older)
 
 
 async def test_no_offload_when_the_setting_is_off(

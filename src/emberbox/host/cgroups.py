@@ -99,11 +99,12 @@ def remove(rel: str) -> None:
 
 
 def set_memory_limit(rel: str, limit: int) -> None:
-    """Set the memory limit of cgroup ``rel`` (runsc created it); only raising is safe live.
+    """Set the memory limit of cgroup ``rel`` (runsc created it): raised once it booted.
 
-    Swap never adds to it: on a host with swap, memory plus swap is held to the same limit
-    (v1 ``memsw``; v2 allows no swap), so a sandbox gets no more memory there than elsewhere.
-    Moving pages to swap within the limit (:func:`offload`) stays possible on v1."""
+    Swap never adds to it where the kernel accounts swap (:func:`swap_limited`): memory plus
+    swap is held to the same limit (v1 ``memsw``; v2 allows no swap), so a sandbox gets no
+    more memory on a host with swap than elsewhere. Moving pages to swap within the limit
+    (:func:`offload`) stays possible."""
     if is_v1():
         group = CGROUP_ROOT / "memory" / rel
         memsw = group / "memory.memsw.limit_in_bytes"  # absent without swap accounting
@@ -125,6 +126,18 @@ def swap_total() -> int:
             if line.startswith("SwapTotal:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def swap_limited() -> bool:
+    """Whether the kernel accounts swap per cgroup, so :func:`set_memory_limit` can hold a
+    sandbox's memory plus swap to its limit (v1 ``memsw`` files; v2 unless booted without)."""
+    if is_v1():
+        return (CGROUP_ROOT / "memory" / "memory.memsw.limit_in_bytes").exists()
+    try:
+        cmdline = Path("/proc/cmdline").read_text().split()
+    except OSError:
+        return False
+    return "swapaccount=0" not in cmdline and "cgroup.memory=noswap" not in cmdline
 
 
 def swap_in_ram() -> bool:
@@ -170,8 +183,10 @@ def offload(rel: str, keep: int) -> int:
         swap_max = group / "memory.swap.max"
         swap_max.write_text("max")
         try:
-            with contextlib.suppress(OSError):  # EAGAIN: it reclaimed less than asked
-                (group / "memory.reclaim").write_text(str(used - keep))
+            (group / "memory.reclaim").write_text(str(used - keep))
+        except OSError as exc:
+            if exc.errno != errno.EAGAIN:  # EAGAIN: it reclaimed less than asked
+                raise
         finally:
             swap_max.write_text("0")
     return _read_int(group / "memory.current")

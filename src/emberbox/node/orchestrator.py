@@ -357,9 +357,12 @@ class Orchestrator:
                         self._offloaded.add(other)
                     try:
                         more = await self.runtime.offload(other)
-                    except Exception as exc:  # it stays resident: only its idle cost is lost
+                    except Exception as exc:  # its limit may be left lowered: never hand it out
                         log.warning("offloading pooled sandbox %s failed: %s", other, exc)
+                        await self._release_locked(other, "offload failed")
                         break
+                    if more is None and step == 0:  # not frozen yet: a later freeze's offload
+                        self._offloaded.discard(other)
                 if not more:
                     break
                 await asyncio.sleep(OFFLOAD_STEP_EVERY_S)

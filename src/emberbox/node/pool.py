@@ -34,6 +34,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from ..host import cgroups
 from ..runtimes.base import NetworkPolicy, RuntimeSandbox, SandboxSpec
@@ -56,7 +57,7 @@ class PoolSettings:
     max_per_key: int = 4
     max_total: int = 20
     min_free_mb: int = 1024
-    offload: str = "auto"  # "auto": to swap kept in RAM (zram, zswap); "on": any swap; "off"
+    offload: Literal["auto", "on", "off"] = "auto"  # "auto": to swap in RAM (zram, zswap)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> PoolSettings:
@@ -86,13 +87,16 @@ class PoolSettings:
             raise ValueError(
                 f"EMBERBOX_WARM_POOL_OFFLOAD={offload!r}: expected 'auto', 'on' or 'off'"
             )
-        return cls(size=size, max_total=max_total, min_free_mb=min_free, offload=offload)
+        return cls(size=size, max_total=max_total, min_free_mb=min_free,
+                   offload=offload)  # type: ignore[arg-type]  # fmt: skip
 
     def offloads(self) -> bool:
-        """Whether pooled sandboxes behind the newest go to swap on this host now."""
-        if self.offload == "auto":
-            return cgroups.swap_in_ram()
-        return self.offload == "on" and cgroups.swap_total() > 0
+        """Whether pooled sandboxes behind the newest go to swap on this host now: never
+        where the kernel does not account swap per cgroup (a sandbox's limit could not hold
+        its memory plus swap)."""
+        if self.offload == "off" or not cgroups.swap_limited():
+            return False
+        return cgroups.swap_in_ram() if self.offload == "auto" else cgroups.swap_total() > 0
 
     @property
     def enabled(self) -> bool:
@@ -188,7 +192,7 @@ class WarmPool:
         if not again:
             self._demand.setdefault(key, collections.deque()).append(time.monotonic())
         ready = self._ready.get(key)
-        held = ready.pop() if ready else None  # the newest: never offloaded
+        held = ready.pop() if ready else None  # the newest: the last to be offloaded
         if self._refill_timer is not None:
             self._refill_timer.cancel()
         self._refill_timer = asyncio.get_running_loop().call_later(

@@ -286,13 +286,13 @@ class Runtime(abc.ABC):
     async def thaw(self, sandbox_id: str) -> None:  # noqa: B027 - optional hook
         """Undo :meth:`freeze`; nothing for a sandbox that is not frozen."""
 
-    async def offload(self, sandbox_id: str) -> bool:
-        """One step moving a frozen sandbox's memory to the host's swap, if it has any: a
-        pooled sandbox that may wait long then costs the host what its pages compress to.
-        They come back as it faults them in after :meth:`thaw` (its claim is a few ms
-        slower). True while more could move (the caller takes another step a little later);
-        a runtime that cannot offload returns False."""
-        return False
+    async def offload(self, sandbox_id: str) -> bool | None:
+        """One step moving a frozen sandbox's memory to the host's swap: a pooled sandbox
+        that may wait long then costs the host what its pages compress to. They come back as
+        it faults them in after :meth:`thaw` (its claim is a few ms slower). True while more
+        could move (the caller takes another step a little later), False once done, None if
+        nothing can move now (not frozen, no swap; a runtime that cannot offload)."""
+        return None
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Stop the runtime's own background work (sandboxes it started for itself, such as
