@@ -30,7 +30,7 @@ from tests.runtimes.gvisor_support import (
     wait_for_template_snapshot,
 )
 
-from .support import data_dir_sharing_templates, server_in_front_of
+from .support import data_dir_sharing_templates, served_leaving_nothing
 
 
 @pytest.fixture
@@ -104,11 +104,7 @@ def test_a_server_on_a_remote_gvisor_node_finds_its_templates(
     """The templates live beside the node, not the server: create of base works through a
     server with no template store of its own (review finding: it answered 404 to every create).
     The node stops while its template snapshot is still being taken: that boot goes too."""
-    config = GVisorConfig(data_dir=node.data_dir)
-    baseline = asyncio.run(inventory(config))
-    node.start()
-    server = server_in_front_of(node, tmp_path / "server")
-    try:
+    with served_leaving_nothing(node, tmp_path / "server") as server:
         assert server.first_key
         headers = {"X-API-KEY": server.first_key}
         with httpx.Client(base_url=server.api_url, headers=headers, timeout=60) as api:
@@ -119,10 +115,6 @@ def test_a_server_on_a_remote_gvisor_node_finds_its_templates(
             assert api.delete(f"/sandboxes/{sid}").status_code == 204
             missing = api.post("/v2/sandboxes", json={"templateID": "nope", "timeout": 60})
             assert missing.status_code == 404 and missing.json()["code"] == 404
-    finally:
-        server.stop()
-        node.stop()
-    assert asyncio.run(inventory(config)).leaked_since(baseline) == {}
 
 
 async def test_a_paused_sandbox_is_neither_snapshotted_nor_rolled_back(node: NodeProcess) -> None:

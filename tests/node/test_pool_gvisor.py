@@ -25,7 +25,7 @@ from emberbox.templates.store import Template
 from tests.api.conftest import point_sdks_at
 from tests.runtimes.gvisor_support import DATA_DIR, inventory, wait_for_template_snapshot
 
-from .support import data_dir_sharing_templates, server_in_front_of
+from .support import data_dir_sharing_templates, served_leaving_nothing, server_in_front_of
 
 POOL = 2
 
@@ -79,11 +79,7 @@ def _cpu_ns(node: NodeProcess, sandbox_id: str) -> int:
 def test_creates_come_from_the_pool_and_carry_nothing_of_anyone_else(
     node: NodeProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = GVisorConfig(data_dir=node.data_dir)
-    baseline = asyncio.run(inventory(config))
-    node.start()
-    server = server_in_front_of(node, tmp_path / "server")
-    try:
+    with served_leaving_nothing(node, tmp_path / "server") as server:
         assert server.first_key
         point_sdks_at(server, server.first_key, monkeypatch)
         first = Sandbox.create("base", timeout=120)  # the pool learns what is asked for
@@ -135,10 +131,6 @@ def test_creates_come_from_the_pool_and_carry_nothing_of_anyone_else(
 
         for s in (first, sandbox, other, restored):
             s.kill()
-    finally:
-        server.stop()
-        node.stop()  # its pool is released with it
-    assert asyncio.run(inventory(config)).leaked_since(baseline) == {}
 
 
 def test_a_killed_node_leaves_its_pool_to_its_successor(node: NodeProcess) -> None:
@@ -266,10 +258,7 @@ def test_pooled_sandboxes_behind_the_newest_wait_in_swap(
     node = NodeProcess(data_dir_sharing_templates(tmp_path / "data", DATA_DIR), "gvisor",
                        env={"EMBERBOX_WARM_POOL": "3"})  # fmt: skip
     config = GVisorConfig(data_dir=node.data_dir)
-    baseline = asyncio.run(inventory(config))
-    node.start()
-    server = server_in_front_of(node, tmp_path / "server")
-    try:
+    with served_leaving_nothing(node, tmp_path / "server") as server:
         assert server.first_key
         point_sdks_at(server, server.first_key, monkeypatch)
         Sandbox.create("base", timeout=120).kill()  # the pool learns what is asked for
@@ -305,7 +294,3 @@ def test_pooled_sandboxes_behind_the_newest_wait_in_swap(
         assert set(limits.values()) == {limits[resident]}, f"a lowered limit was kept: {limits}"
         for sandbox in claimed:
             sandbox.kill()
-    finally:
-        server.stop()
-        node.stop()
-    assert asyncio.run(inventory(config)).leaked_since(baseline) == {}
