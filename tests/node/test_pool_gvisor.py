@@ -20,7 +20,7 @@ from emberbox.host import cgroups
 from emberbox.node.client import RemoteNode
 from emberbox.runtimes.gvisor import GVisorConfig
 from emberbox.runtimes.gvisor.runtime import OFFLOAD_KEEP_BYTES
-from emberbox.server.testing import NodeProcess
+from emberbox.server.testing import NodeProcess, ServerProcess
 from emberbox.templates.store import Template
 from tests.api.conftest import point_sdks_at
 from tests.runtimes.gvisor_support import DATA_DIR, inventory, wait_for_template_snapshot
@@ -61,6 +61,17 @@ async def _wait_full(node: NodeProcess, timeout_s: float = 120.0) -> None:
         await client.close()
 
 
+def _taught(node: NodeProcess, server: ServerProcess, monkeypatch: pytest.MonkeyPatch) -> set[str]:
+    """Point the SDKs at ``server``, teach the pool the template with one create, and wait
+    until the pool is full, its refills restoring the template's snapshot: the pooled ids."""
+    assert server.first_key
+    point_sdks_at(server, server.first_key, monkeypatch)
+    Sandbox.create("base", timeout=120).kill()  # the pool learns what is asked for
+    wait_for_template_snapshot(node.data_dir, "base")
+    asyncio.run(_wait_full(node))
+    return _pooled(node)
+
+
 def _wait_frozen(node: NodeProcess, ids: set[str], timeout_s: float = 10.0) -> None:
     """Until every one of ``ids`` is frozen (``POOLED_FREEZE_AFTER_S`` after it was pooled)."""
     base = GVisorConfig(data_dir=node.data_dir).cgroup_base
@@ -80,12 +91,7 @@ def test_creates_come_from_the_pool_and_carry_nothing_of_anyone_else(
     node: NodeProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with served_leaving_nothing(node, tmp_path / "server") as server:
-        assert server.first_key
-        point_sdks_at(server, server.first_key, monkeypatch)
-        first = Sandbox.create("base", timeout=120)  # the pool learns what is asked for
-        wait_for_template_snapshot(node.data_dir, "base")  # refills from now on restore it
-        asyncio.run(_wait_full(node))
-        ready = _pooled(node)
+        ready = _taught(node, server, monkeypatch)
         assert len(ready) == POOL
         # An unclaimed pooled sandbox is frozen: it costs no CPU at all while it waits.
         _wait_frozen(node, ready)
@@ -129,7 +135,7 @@ def test_creates_come_from_the_pool_and_carry_nothing_of_anyone_else(
         assert init.startswith("E2B_SANDBOX_ID=warm-"), init
         assert first_shell == f"E2B_SANDBOX_ID={restored.sandbox_id}\n"
 
-        for s in (first, sandbox, other, restored):
+        for s in (sandbox, other, restored):
             s.kill()
 
 
@@ -210,12 +216,7 @@ def test_concurrent_creates_through_the_pool_while_the_reaper_reconciles(
             errors.append(f"client {n}: {e!r}")
 
     try:
-        assert server.first_key
-        point_sdks_at(server, server.first_key, monkeypatch)
-        Sandbox.create("base", timeout=120).kill()  # the pool learns what is asked for
-        wait_for_template_snapshot(node.data_dir, "base")
-        asyncio.run(_wait_full(node))
-        pooled_before = _pooled(node)
+        pooled_before = _taught(node, server, monkeypatch)
         threads = [threading.Thread(target=client, args=(n,)) for n in range(CLIENTS)]
         for t in threads:
             t.start()
@@ -259,12 +260,7 @@ def test_pooled_sandboxes_behind_the_newest_wait_in_swap(
                        env={"EMBERBOX_WARM_POOL": "3"})  # fmt: skip
     config = GVisorConfig(data_dir=node.data_dir)
     with served_leaving_nothing(node, tmp_path / "server") as server:
-        assert server.first_key
-        point_sdks_at(server, server.first_key, monkeypatch)
-        Sandbox.create("base", timeout=120).kill()  # the pool learns what is asked for
-        wait_for_template_snapshot(node.data_dir, "base")
-        asyncio.run(_wait_full(node))
-        ready = _pooled(node)
+        ready = _taught(node, server, monkeypatch)
         _wait_frozen(node, ready)
         group = {i: f"{config.cgroup_base}/{i}" for i in ready}
         # What stays resident is a few MiB, not the ~40 of a waiting sandbox.
