@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .meminfo import meminfo_bytes
+
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "pids", "devices", "freezer", "blkio")
 
@@ -121,11 +123,7 @@ def set_memory_limit(rel: str, limit: int) -> None:
 
 def swap_total() -> int:
     """Bytes of swap the host has (0: none, so nothing can be offloaded)."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("SwapTotal:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    return meminfo_bytes("SwapTotal") or 0
 
 
 def swap_limited() -> bool:

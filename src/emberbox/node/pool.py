@@ -33,10 +33,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 from ..host import cgroups
+from ..host.meminfo import meminfo_bytes
 from ..runtimes.base import NetworkPolicy, RuntimeSandbox, SandboxSpec
 from ..vocabulary import DEFAULT_PIDS_LIMIT
 
@@ -46,7 +46,6 @@ DEMAND_WINDOW_S = 600.0  # ``auto`` sizes each key by the creates asked for in t
 # A refill starts this long after the last claim: a burst of creates gets its first commands
 # done before a restore competes with them for the CPU.
 REFILL_AFTER_CLAIM_S = 0.5
-MEMINFO = Path("/proc/meminfo")
 
 
 @dataclass(frozen=True)
@@ -154,13 +153,7 @@ Release = Callable[[str], Awaitable[None]]
 
 def host_free_mb() -> int:
     """``MemAvailable``: what the host can still give without swapping or reclaiming hard."""
-    try:
-        for line in MEMINFO.read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) // 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
+    return (meminfo_bytes("MemAvailable") or 0) >> 20
 
 
 @dataclass

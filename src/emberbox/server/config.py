@@ -12,20 +12,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..host.meminfo import meminfo_bytes
 from ..node.builds import BuildSettings
 from ..node.pool import PoolSettings
 
 
 def _node_memory_mb() -> int:
-    """Total RAM of this machine, from /proc/meminfo (the scheduler's default capacity)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) // 1024
-    except OSError:
-        pass
-    return 4096
+    """Total RAM of this machine (the scheduler's default capacity); 4096 if unreadable."""
+    total = meminfo_bytes("MemTotal")
+    return total >> 20 if total else 4096
 
 
 @dataclass(frozen=True)
