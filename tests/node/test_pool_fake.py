@@ -17,7 +17,7 @@ from emberbox.host import cgroups
 from emberbox.node import orchestrator
 from emberbox.node.client import EmbeddedNode
 from emberbox.node.orchestrator import Orchestrator
-from emberbox.node.pool import DEMAND_WINDOW_S, PoolKey, PoolSettings
+from emberbox.node.pool import DEMAND_WINDOW_S, OffloadUnavailable, PoolKey, PoolSettings
 from emberbox.runtimes.base import NetworkPolicy, SandboxSpec, SnapshotRef
 from emberbox.vocabulary import new_sandbox_id
 
@@ -216,6 +216,27 @@ async def test_no_offload_when_the_setting_is_off(
         for _ in range(20):
             await asyncio.sleep(0.02)
         assert len(runtime.frozen) == 3 and runtime.offloaded == []
+
+
+async def test_offload_on_is_refused_at_start_on_a_host_that_cannot_offload(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``on`` where no pooled sandbox could be offloaded stops the node before it holds
+    anything, rather than quietly keeping every pooled sandbox resident."""
+    monkeypatch.setattr(cgroups, "swap_limited", lambda: True)
+    monkeypatch.setattr(cgroups, "swap_total", lambda: 0)
+    with pytest.raises(OffloadUnavailable, match="no swap"):
+        await _node(tmp_path, FakeRuntime(), offload="on").start()
+    monkeypatch.setattr(cgroups, "swap_total", lambda: 1 << 30)
+    monkeypatch.setattr(cgroups, "swap_limited", lambda: False)
+    with pytest.raises(OffloadUnavailable, match="does not account swap"):
+        await _node(tmp_path, FakeRuntime(), offload="on").start()
+    runtime = FakeRuntime()
+    async with _filled(tmp_path, runtime, offload="auto") as (node, _):  # ``auto`` adapts
+        assert not node.orchestrator.pool.settings.offloads()
+    monkeypatch.setattr(cgroups, "swap_limited", lambda: True)
+    async with _filled(tmp_path, runtime, offload="on") as (node, _):
+        assert node.orchestrator.pool.settings.offloads()
 
 
 async def test_a_claim_cancelled_while_it_waits_releases_the_sandbox_it_took(

@@ -19,6 +19,7 @@ keys_app = typer.Typer(help="Manage API keys (stored hashed; shown once).", no_a
 
 def serve(log_level: Annotated[str, typer.Option(help="log level")] = "info") -> None:
     """Run the API and the sandbox proxy with settings from EMBERBOX_* variables."""
+    from ..node.pool import OffloadUnavailable
     from ..server.app import serve as run_server
     from ..server.config import Settings
     from ..server.instance_lock import AlreadyRunning
@@ -33,7 +34,7 @@ def serve(log_level: Annotated[str, typer.Option(help="log level")] = "info") ->
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         asyncio.run(run_server(Settings.from_env()))
-    except (AlreadyRunning, TlsError) as exc:
+    except (AlreadyRunning, TlsError, OffloadUnavailable) as exc:
         raise fail(str(exc)) from None
 
 

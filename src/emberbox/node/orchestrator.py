@@ -130,6 +130,7 @@ class Orchestrator:
     async def start(self) -> RecoveryReport:
         """Adopt live sandboxes whose creation completed; remove everything else (half-created,
         dead, or unknown to us); then start looking for sandboxes that die on their own."""
+        self.pool.settings.check_host()
         # No keep-alive: a later sandbox may reuse an address, and a pooled connection to a
         # dead envd would fail its first request.
         self._http = sandbox_http(timeout=10.0, limits=httpx.Limits(max_keepalive_connections=0))

@@ -48,6 +48,11 @@ DEMAND_WINDOW_S = 600.0  # ``auto`` sizes each key by the creates asked for in t
 REFILL_AFTER_CLAIM_S = 0.5
 
 
+class OffloadUnavailable(RuntimeError):
+    """``EMBERBOX_WARM_POOL_OFFLOAD=on`` on a host that cannot offload: refused at start,
+    never left to do nothing."""
+
+
 @dataclass(frozen=True)
 class PoolSettings:
     """``size``: None for ``auto``, else the fixed number kept per template and size (0: off)."""
@@ -96,6 +101,22 @@ class PoolSettings:
         if self.offload == "off" or not cgroups.swap_limited():
             return False
         return cgroups.swap_in_ram() if self.offload == "auto" else cgroups.swap_total() > 0
+
+    def check_host(self) -> None:
+        """Refuse ``on`` where no pooled sandbox could ever be offloaded (``auto`` adapts)."""
+        if self.offload != "on":
+            return
+        if not cgroups.swap_limited():
+            raise OffloadUnavailable(
+                "EMBERBOX_WARM_POOL_OFFLOAD=on, but this kernel does not account swap per "
+                "cgroup, so a sandbox's memory plus swap could not be held to its limit; "
+                "set it to 'auto' or 'off'"
+            )
+        if cgroups.swap_total() == 0:
+            raise OffloadUnavailable(
+                "EMBERBOX_WARM_POOL_OFFLOAD=on, but this host has no swap "
+                "(scripts/host-swap.sh adds one compressed in RAM); set it to 'auto' or 'off'"
+            )
 
     @property
     def enabled(self) -> bool:
