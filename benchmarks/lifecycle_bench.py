@@ -14,8 +14,11 @@ Measured (median/p95/p99 in ms, ratio to its baseline):
 * N concurrent creates, each to its first command result, and the wall time of all (the
   sandboxes are killed only after that): from a warm pool of N, and with no pool (restores);
 * host memory per idle sandbox (what the kernel charges its cgroup): pooled (never claimed),
-  and restored after a command; on a host with swap, the pooled ones behind the newest are
-  offloaded there, so theirs adds what their swap costs in RAM (zram's compressed share);
+  and running after a command; on a host whose swap is compressed RAM the node offloads
+  idle ones there (``EMBERBOX_OFFLOAD_IDLE_S``, shortened here), so theirs adds what their
+  swap costs in RAM (zram's compressed share); baselines the same kinds resident. A running
+  one's figure is its mean over a while idle (its timers bring pages back, and the node
+  offloads it again); its first command after the offload, baseline its second;
 * host CPU per idle pooled sandbox (its cgroup's CPU time over 5 s): frozen, as the node
   keeps them; baseline two of them thawed by hand. The warm-pool creates alternate between
   the frozen pool and one thawed by hand, for what the claim's thaw costs, and (with swap) a
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import secrets
@@ -266,7 +270,8 @@ def warm_pool(n: int, concurrent: int) -> dict[str, list[float]]:
     (the refill starts half a second after a claim, as it would); then ``concurrent`` at once
     from a pool of that size; and what an idle pooled sandbox costs the host (memory, CPU)."""
     out: dict[str, list[float]] = {}
-    env = {**LIMITS, "EMBERBOX_WARM_POOL": str(LATENCY_POOL)}
+    # Claims soon after one another: the newest pooled sandbox is never offloaded as idle.
+    env = {**LIMITS, "EMBERBOX_WARM_POOL": str(LATENCY_POOL), "EMBERBOX_OFFLOAD_IDLE_S": "0"}
     with tempfile.TemporaryDirectory() as tmp, gvisor_server(Path(tmp), env) as server:
         opts = sdk_env(server)
         tti(opts)  # the pool learns what is asked for; the template is snapshotted
@@ -276,6 +281,12 @@ def warm_pool(n: int, concurrent: int) -> dict[str, list[float]]:
             ready = wait_for_pool(data_dir(), LATENCY_POOL)
             # Claims take the newest; the others wait offloaded (where the host can).
             older = wait_offloaded(ready, LATENCY_POOL - 1) if "offloaded" in modes else set()
+            if i == 0:
+                resident = [host_memory(sid) for sid in ready - older]
+                check(all(u > 0 for u in resident), "no memory charged to a pooled sandbox")
+                out["host memory per idle pooled sandbox, resident (the newest), MiB"] = [
+                    u / 2**20 for u in resident
+                ]
             mode = modes[i % len(modes)]
             newest = None
             if mode == "thawed":  # the one a claim takes, left running as before freezing
@@ -302,29 +313,20 @@ def warm_pool(n: int, concurrent: int) -> dict[str, list[float]]:
         else:
             print("(no swap in RAM here: pooled sandboxes stay resident; offload not measured)")
 
-    env = {**LIMITS, "EMBERBOX_WARM_POOL": str(concurrent)}
+    # A pool nobody claimed from for a while: its newest sandbox is offloaded too.
+    env = {**LIMITS, "EMBERBOX_WARM_POOL": str(concurrent),
+           "EMBERBOX_OFFLOAD_IDLE_S": IDLE_OFFLOAD_S}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp, gvisor_server(Path(tmp), env) as server:
         opts = sdk_env(server)
         tti(opts)
         ready = wait_for_pool(data_dir(), concurrent)
-        if cgroups.swap_in_ram():  # all but the newest offloaded to swap; charge + its share
-            older = wait_offloaded(ready, concurrent - 1)
+        if cgroups.swap_in_ram():  # every one offloaded to swap: charge + its share
+            wait_offloaded(ready, concurrent)
             ratio = swap_ram_per_byte()
-            out["host memory per idle pooled sandbox, the newest (resident), MiB"] = [
-                host_memory(i) / 2**20 for i in ready - older
+            out["  offloaded, idle: resident + their swap's RAM, MiB"] = [
+                (host_memory(i) + cgroups.swapped(_group(i)) * ratio) / 2**20 for i in ready
             ]
-            out["  the others, offloaded: resident + their swap's RAM, MiB"] = [
-                (host_memory(i) + cgroups.swapped(_group(i)) * ratio) / 2**20 for i in older
-            ]
-            out["  the others, offloaded: resident alone, MiB"] = [
-                host_memory(i) / 2**20 for i in older
-            ]
-        else:
-            used = [host_memory(i) for i in ready]
-            check(all(u > 0 for u in used), "no memory charged to a pooled sandbox's cgroup")
-            out["host memory (cgroup charge) per idle pooled sandbox, MiB"] = [
-                u / 2**20 for u in used
-            ]
+            out["  offloaded, idle: resident alone, MiB"] = [host_memory(i) / 2**20 for i in ready]
         out["host CPU per idle pooled sandbox, % of one core"] = [
             100 * s / IDLE_S for s in cpu_seconds(ready, IDLE_S)
         ]
@@ -340,14 +342,64 @@ def warm_pool(n: int, concurrent: int) -> dict[str, list[float]]:
     return out
 
 
+IDLE_OFFLOAD_S = "3"  # EMBERBOX_OFFLOAD_IDLE_S where idle sandboxes' memory is measured
+
+
+def idle_running(count: int, window_s: float) -> dict[str, list[float]]:
+    """Host memory of running sandboxes left idle after a command: right after it
+    (resident), then, where the node offloads idle sandboxes, each one's mean over
+    ``window_s`` (resident + its swap's RAM); and their first command after that."""
+    out: dict[str, list[float]] = {}
+    env = {**LIMITS, "EMBERBOX_WARM_POOL": "0", "EMBERBOX_OFFLOAD_IDLE_S": IDLE_OFFLOAD_S}
+    with tempfile.TemporaryDirectory() as tmp, gvisor_server(Path(tmp), env) as server:
+        opts = sdk_env(server)
+        tti(opts)
+        wait_for_template_snapshot(data_dir())
+        held = [Sandbox.create(timeout=600, **opts) for _ in range(count)]
+        for sbx in held:
+            check(sbx.commands.run("true").exit_code == 0, "idle sandbox does not run")
+        used = [host_memory(sbx.sandbox_id) for sbx in held]  # before the node's idle_s
+        check(all(u > 0 for u in used), "no memory charged to an idle sandbox's cgroup")
+        out["host memory per idle running sandbox, resident, MiB"] = [u / 2**20 for u in used]
+        if cgroups.swap_in_ram():
+            wait_offloaded({sbx.sandbox_id for sbx in held}, count, below=16 << 20)
+            sums = [0.0] * count
+            samples = 0
+            deadline = time.monotonic() + window_s
+            while time.monotonic() < deadline:
+                ratio = swap_ram_per_byte()
+                for k, sbx in enumerate(held):
+                    group = _group(sbx.sandbox_id)
+                    sums[k] += host_memory(sbx.sandbox_id) + cgroups.swapped(group) * ratio
+                samples += 1
+                time.sleep(1.0)
+            out[f"  offloaded, idle {window_s:.0f} s: resident + their swap's RAM, MiB"] = [
+                total / samples / 2**20 for total in sums
+            ]
+            firsts, seconds = [], []
+            for sbx in held:
+                firsts.append(timed(functools.partial(sbx.commands.run, "true")))
+                seconds.append(timed(functools.partial(sbx.commands.run, "true")))
+            out["commands.run after an idle offload, the first"] = firsts
+            out["  the second (its pages back)"] = seconds
+        else:
+            print("(no swap in RAM here: idle sandboxes stay resident; offload not measured)")
+        for sbx in held:
+            sbx.kill()
+    return out
+
+
 OFFLOADED_BELOW = 2 * OFFLOAD_KEEP_BYTES  # an offloaded pooled sandbox keeps less resident
 
 
-def wait_offloaded(ids: set[str], count: int, timeout_s: float = 60) -> set[str]:
-    """Until ``count`` of ``ids`` have their memory in swap (the node offloads every pooled
-    sandbox but the newest of its template, step by step): those."""
+def wait_offloaded(
+    ids: set[str], count: int, timeout_s: float = 60, below: int = OFFLOADED_BELOW
+) -> set[str]:
+    """Until ``count`` of ``ids`` have their memory in swap, keeping less than ``below``
+    resident (the node offloads pooled sandboxes behind the newest of their template, and
+    idle ones, step by step): those."""
     deadline = time.monotonic() + timeout_s
-    while len(done := {i for i in ids if 0 < host_memory(i) < OFFLOADED_BELOW}) < count:
+    while len(done := {i for i in ids if 0 < host_memory(i) < below}) < count:
         check(time.monotonic() < deadline, f"{len(done)} of {count} pooled sandboxes offloaded")
         time.sleep(0.1)
     return done
@@ -464,20 +516,6 @@ def through_api(n: int, forks: int, concurrent: int) -> dict[str, list[float]]:
         out[f"{concurrent} concurrent creates (no pool), each"] = each
         out[f"{concurrent} concurrent creates (no pool), all"] = [wall]
 
-        idle = max(2, n // 2)
-        held = [Sandbox.create(timeout=300, **opts) for _ in range(idle)]
-        for sbx in held:
-            check(sbx.commands.run("true").exit_code == 0, "idle sandbox does not run")
-        time.sleep(3)
-        used = [host_memory(sbx.sandbox_id) for sbx in held]
-        for sbx in held:
-            sbx.kill()
-        check(all(u > 0 for u in used), "no memory charged to an idle sandbox's cgroup")
-        summary(
-            "host memory (cgroup charge) per idle restored sandbox",
-            [u / 2**20 for u in used],
-            "MiB",
-        )
     return out
 
 
@@ -496,6 +534,7 @@ def main() -> None:
     bare_save = summary("bare runsc checkpoint (256 MiB held)", saves)
     bare_restore = summary("bare runsc restore (256 MiB held)", restores)
     rows = warm_pool(args.n, args.concurrent)
+    rows.update(idle_running(max(2, args.n // 2), 8.0 if args.quick else 60.0))
     rows.update(through_api(args.n, args.forks, args.concurrent))
     baselines = {
         "pause (256 MiB held)": bare_save,
@@ -507,16 +546,19 @@ def main() -> None:
     second = {  # baselines measured through the API in the same run
         "filesystem pause (10 MiB written)": "pause (256 MiB held)",
         "reboot resume → first command": "cold create → first command",
+        "commands.run after an idle offload, the first": "  the second (its pages back)",
     }
     measured: dict[str, dict[str, float]] = {}
     mib: dict[str, dict[str, float]] = {}
     percent: list[dict[str, float]] = []
+    resident = ""  # the last resident row: the baseline of the offloaded rows after it
     for name, samples in rows.items():
         if name.endswith(", MiB"):
             mib[name] = summary(name.removesuffix(", MiB"), samples, "MiB")
-            newest = mib.get("host memory per idle pooled sandbox, the newest (resident), MiB")
-            if name.startswith("  the others, offloaded: resident + ") and newest:
-                ratio = mib[name]["median"] / newest["median"]
+            if name.endswith(" resident, MiB") or name.endswith("(the newest), MiB"):
+                resident = name
+            elif "resident + " in name and resident:
+                ratio = mib[name]["median"] / mib[resident]["median"]
                 print(f"{'':<44} ratio of offloaded to resident: {ratio:.2f}x")
             continue
         if name.endswith(", % of one core"):

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # A compressed swap in RAM (zram) for a host that has no swap, so the node can offload the
-# memory of pooled sandboxes that wait behind the newest of their template (docs/stateful.md,
-# "Pooled sandboxes behind the newest wait in swap"): ~43 MiB each becomes ~17. Sized at a
+# memory of idle sandboxes, pooled or running (docs/stateful.md, "Idle sandboxes wait in
+# swap"): ~43 MiB each becomes ~17 for a pooled one. Sized at a
 # quarter of RAM, which is what it may hold uncompressed; it takes memory only for what it
 # stores. Sandboxes get no more memory from it: the node holds each one's memory plus swap to
 # its limit, so a host whose kernel does not account swap per cgroup gets none. Idempotent;
 # anything that cannot be done leaves the host as it was (offloading is optional).
 set -euo pipefail
 
-skip() { echo "host-swap: $1; pooled sandboxes stay resident"; exit 0; }
+skip() { echo "host-swap: $1; idle sandboxes stay resident"; exit 0; }
 
 if awk '/^SwapTotal:/ { exit !($2 > 0) }' /proc/meminfo; then
   echo "host-swap: the host has swap already"; exit 0

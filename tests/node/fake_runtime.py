@@ -23,6 +23,7 @@ from emberbox.runtimes.base import (
     CapabilityMissing,
     Runtime,
     RuntimeSandbox,
+    SandboxActivity,
     SandboxGone,
     SandboxSpec,
     SandboxStats,
@@ -107,10 +108,13 @@ class FakeRuntime(Runtime):
         self.frozen: set[str] = set()
         self.offloaded: list[str] = []  # every offload that moved memory, in order
         self.offloading: set[str] = set()  # its limit lowered: a thaw now would be a bug
-        self.bad_thaws = 0  # thaws of a sandbox in the middle of an offload step
+        self.bad_thaws = 0  # thaws or pauses of a sandbox in the middle of an offload step
         self.offload_s = 0.0
         self.offload_error: Exception | None = None
         self.offload_steps: collections.Counter[str] = collections.Counter()
+        # What ``activity`` reports; None: the runtime cannot tell (nothing is idle).
+        self.cpu_ns: dict[str, int] | None = None
+        self.resident: dict[str, int] = collections.defaultdict(lambda: 40 << 20)
 
     async def create(self, spec: SandboxSpec) -> RuntimeSandbox:
         if spec.snapshot is not None:
@@ -164,8 +168,10 @@ class FakeRuntime(Runtime):
             self.envds[sandbox_id].running.set()
 
     async def offload(self, sandbox_id: str) -> bool | None:
-        """Three steps of ``offload_s`` each; a sandbox is listed in ``offloaded`` at its first."""
-        if sandbox_id not in self.frozen:
+        """Three steps of ``offload_s`` each, the last leaving 4 MiB resident; a sandbox is
+        listed in ``offloaded`` at its first. Frozen or running, not paused."""
+        sandbox = self.sandboxes.get(sandbox_id)
+        if sandbox is None or sandbox.status is SandboxStatus.PAUSED:
             return None
         if self.offload_error is not None:
             raise self.offload_error
@@ -177,7 +183,15 @@ class FakeRuntime(Runtime):
         if sandbox_id not in self.offloaded:
             self.offloaded.append(sandbox_id)
         self.offload_steps[sandbox_id] += 1
-        return self.offload_steps[sandbox_id] < 3
+        if self.offload_steps[sandbox_id] % 3 == 0:
+            self.resident[sandbox_id] = 4 << 20
+        return self.offload_steps[sandbox_id] % 3 != 0
+
+    async def activity(self, sandbox_id: str) -> SandboxActivity | None:
+        sandbox = self.sandboxes.get(sandbox_id)
+        if self.cpu_ns is None or sandbox is None or sandbox.status is SandboxStatus.PAUSED:
+            return None
+        return SandboxActivity(self.cpu_ns.get(sandbox_id, 0), self.resident[sandbox_id])
 
     def die(self, sandbox_id: str) -> None:
         """The machine stops on its own (as after an OOM kill of its init)."""
@@ -205,6 +219,7 @@ class FakeRuntime(Runtime):
     async def pause(self, sandbox_id: str, memory: bool = True) -> int:
         if not memory:
             raise CapabilityMissing("the fake runtime keeps no files apart from memory")
+        self.bad_thaws += sandbox_id in self.offloading
         await asyncio.sleep(self.pause_delay_s)
         sandbox = self.sandboxes[sandbox_id]
         self.sandboxes[sandbox_id] = RuntimeSandbox(

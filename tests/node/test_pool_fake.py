@@ -16,8 +16,9 @@ from emberbox._proto.node import node_pb2 as pb
 from emberbox.host import cgroups
 from emberbox.node import orchestrator
 from emberbox.node.client import EmbeddedNode
+from emberbox.node.offload import OffloadSettings, OffloadUnavailable
 from emberbox.node.orchestrator import Orchestrator
-from emberbox.node.pool import DEMAND_WINDOW_S, OffloadUnavailable, PoolKey, PoolSettings
+from emberbox.node.pool import DEMAND_WINDOW_S, PoolKey, PoolSettings
 from emberbox.runtimes.base import NetworkPolicy, SandboxSpec, SnapshotRef
 from emberbox.vocabulary import new_sandbox_id
 
@@ -45,8 +46,10 @@ def _pooled(runtime: FakeRuntime, node: EmbeddedNode) -> set[str]:
 
 
 def _node(tmp_path: Path, runtime: FakeRuntime, **pool: Any) -> EmbeddedNode:
+    """``offload``: the offload mode (idle sandboxes are offloaded only by hand)."""
+    offload = OffloadSettings(mode=pool.pop("offload", "auto"), idle_s=0)
     settings = PoolSettings(size=int(pool.pop("size", 2)), **pool)
-    return EmbeddedNode(runtime, tmp_path, pool=settings, dead_check_every_s=0)
+    return EmbeddedNode(runtime, tmp_path, pool=settings, offload=offload, dead_check_every_s=0)
 
 
 @contextlib.asynccontextmanager
@@ -174,7 +177,8 @@ async def test_pooled_sandboxes_behind_the_newest_are_offloaded_and_claims_take_
         (queue,) = node.orchestrator.pool._ready.values()
         victim = queue[0].sandbox.sandbox_id  # the oldest: behind the newest
         await runtime.freeze(victim)
-        offloading = asyncio.create_task(node.orchestrator._offload_behind(victim))
+        behind = node.orchestrator.pool.waiting_behind(victim)
+        offloading = asyncio.create_task(node.orchestrator.offloader.behind(behind))
         for _ in range(100):
             if victim in runtime.offloading:
                 break
@@ -221,8 +225,8 @@ async def test_no_offload_when_the_setting_is_off(
 async def test_offload_on_is_refused_at_start_on_a_host_that_cannot_offload(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``on`` where no pooled sandbox could be offloaded stops the node before it holds
-    anything, rather than quietly keeping every pooled sandbox resident."""
+    """``on`` where no sandbox could be offloaded stops the node before it holds anything,
+    rather than quietly keeping every idle sandbox resident."""
     monkeypatch.setattr(cgroups, "swap_limited", lambda: True)
     monkeypatch.setattr(cgroups, "swap_total", lambda: 0)
     with pytest.raises(OffloadUnavailable, match="no swap"):
@@ -233,10 +237,10 @@ async def test_offload_on_is_refused_at_start_on_a_host_that_cannot_offload(
         await _node(tmp_path, FakeRuntime(), offload="on").start()
     runtime = FakeRuntime()
     async with _filled(tmp_path, runtime, offload="auto") as (node, _):  # ``auto`` adapts
-        assert not node.orchestrator.pool.settings.offloads()
+        assert not node.orchestrator.offloader.settings.active()
     monkeypatch.setattr(cgroups, "swap_limited", lambda: True)
     async with _filled(tmp_path, runtime, offload="on") as (node, _):
-        assert node.orchestrator.pool.settings.offloads()
+        assert node.orchestrator.offloader.settings.active()
 
 
 async def test_a_claim_cancelled_while_it_waits_releases_the_sandbox_it_took(
@@ -417,9 +421,3 @@ def test_settings_read_from_the_environment() -> None:
     for bad in ("many", "-1"):
         with pytest.raises(ValueError, match="EMBERBOX_WARM_POOL"):
             PoolSettings.from_env({"EMBERBOX_WARM_POOL": bad})
-    assert PoolSettings.from_env({}).offload == "auto"
-    for value in ("on", "off"):
-        assert PoolSettings.from_env({"EMBERBOX_WARM_POOL_OFFLOAD": value}).offload == value
-    assert not PoolSettings(offload="off").offloads()
-    with pytest.raises(ValueError, match="EMBERBOX_WARM_POOL_OFFLOAD"):
-        PoolSettings.from_env({"EMBERBOX_WARM_POOL_OFFLOAD": "yes"})

@@ -257,7 +257,8 @@ def test_pooled_sandboxes_behind_the_newest_wait_in_swap(
     if not cgroups.swap_in_ram():
         pytest.skip("the host has no swap in RAM (scripts/setup adds a compressed one, zram)")
     node = NodeProcess(data_dir_sharing_templates(tmp_path / "data", DATA_DIR), "gvisor",
-                       env={"EMBERBOX_WARM_POOL": "3"})  # fmt: skip
+                       env={"EMBERBOX_WARM_POOL": "3",
+                            "EMBERBOX_OFFLOAD_IDLE_S": "0"})  # the newest stays  # fmt: skip
     config = GVisorConfig(data_dir=node.data_dir)
     with served_leaving_nothing(node, tmp_path / "server") as server:
         ready = _taught(node, server, monkeypatch)
@@ -290,3 +291,45 @@ def test_pooled_sandboxes_behind_the_newest_wait_in_swap(
         assert set(limits.values()) == {limits[resident]}, f"a lowered limit was kept: {limits}"
         for sandbox in claimed:
             sandbox.kill()
+
+
+def test_an_idle_running_sandbox_waits_in_swap_and_keeps_its_processes_and_files(
+    tmp_path: Path, base_template: Template, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A running sandbox idle for ``EMBERBOX_OFFLOAD_IDLE_S`` has its memory moved to swap
+    while its processes run on: a background counter keeps counting, its files stay, the
+    next command works and it has its whole memory limit (memory plus swap held to it)."""
+    if not cgroups.swap_in_ram():
+        pytest.skip("the host has no swap in RAM (scripts/setup adds a compressed one, zram)")
+    node = NodeProcess(data_dir_sharing_templates(tmp_path / "data", DATA_DIR), "gvisor",
+                       env={"EMBERBOX_WARM_POOL": "0", "EMBERBOX_OFFLOAD_IDLE_S": "2"})  # fmt: skip
+    config = GVisorConfig(data_dir=node.data_dir)
+    with served_leaving_nothing(node, tmp_path / "server") as server:
+        assert server.first_key
+        point_sdks_at(server, server.first_key, monkeypatch)
+        sandbox = Sandbox.create("base", timeout=120)
+        group = f"{config.cgroup_base}/{sandbox.sandbox_id}"
+        before = cgroups.usage(group)
+        assert before is not None
+        sandbox.files.write("/home/user/kept.txt", "before the offload")
+        counter = "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 1; done"
+        sandbox.commands.run(counter, background=True)
+        deadline = time.monotonic() + 60
+        # Most of its ~40 MiB in swap (it faults a few MiB back at once: its timers, counter).
+        while cgroups.swapped(group) < 16 << 20 or _resident(group) > 16 << 20:
+            assert time.monotonic() < deadline, f"never offloaded: {_resident(group) >> 20} MiB"
+            time.sleep(0.1)
+        first = int(sandbox.files.read("/tmp/count"))
+        time.sleep(2.5)
+        assert int(sandbox.files.read("/tmp/count")) > first, "the counter stopped"
+        assert sandbox.files.read("/home/user/kept.txt") == "before the offload"
+        # Most of its memory (512 MiB) is still there for it: what sits in swap counts
+        # against the host's headroom above the guest's memory, not the guest's.
+        hold = "python3 -c 'b = bytearray(400 << 20); print(len(b))'"
+        assert sandbox.commands.run(hold).stdout.split() == [str(400 << 20)]
+        usage = cgroups.usage(group)
+        assert usage is not None
+        if cgroups.is_v1():  # its limit whole, memory plus swap held to it
+            memsw = cgroups.CGROUP_ROOT / "memory" / group / "memory.memsw.limit_in_bytes"
+            assert int(memsw.read_text()) == usage.mem_limit == before.mem_limit
+        sandbox.kill()

@@ -24,7 +24,7 @@ def node(log_level: Annotated[str, typer.Option(help="log level")] = "info") -> 
     """Run the node service (sandboxes on this machine) with settings from EMBERBOX_* variables:
     EMBERBOX_NODE_HOST/PORT to listen on, EMBERBOX_NODE_TOKEN as the shared secret, and
     EMBERBOX_RUNTIME. Point a server at it with EMBERBOX_NODE_URL."""
-    from ..node.pool import OffloadUnavailable
+    from ..node.offload import OffloadUnavailable
     from ..node.serve import serve_node
     from ..server.config import Settings
     from ..server.instance_lock import AlreadyRunning, InstanceLock
@@ -61,6 +61,7 @@ def node(log_level: Annotated[str, typer.Option(help="log level")] = "info") -> 
                 settings.egress_dns,
                 settings.egress_ca,
                 settings.builds,
+                settings.offload,
             )
         )
     except OffloadUnavailable as exc:

@@ -19,7 +19,7 @@ keys_app = typer.Typer(help="Manage API keys (stored hashed; shown once).", no_a
 
 def serve(log_level: Annotated[str, typer.Option(help="log level")] = "info") -> None:
     """Run the API and the sandbox proxy with settings from EMBERBOX_* variables."""
-    from ..node.pool import OffloadUnavailable
+    from ..node.offload import OffloadUnavailable
     from ..server.app import serve as run_server
     from ..server.config import Settings
     from ..server.instance_lock import AlreadyRunning

@@ -126,6 +126,11 @@ def swap_total() -> int:
     return meminfo_bytes("SwapTotal") or 0
 
 
+def swap_free() -> int:
+    """Bytes of the host's swap not in use."""
+    return meminfo_bytes("SwapFree") or 0
+
+
 def swap_limited() -> bool:
     """Whether the kernel accounts swap per cgroup, so :func:`set_memory_limit` can hold a
     sandbox's memory plus swap to its limit (v1 ``memsw`` files; v2 unless booted without)."""

@@ -23,6 +23,7 @@ from .._connect.errors import Code, ConnectError
 from .._proto.node import node_pb2 as pb
 from ..runtimes.base import FILES_TIMEOUT_S, Runtime
 from .builds import NodeBuilds
+from .offload import OffloadSettings
 from .orchestrator import Orchestrator
 from .pool import PoolSettings
 from .service import NodeService
@@ -222,12 +223,15 @@ class EmbeddedNode(NodeClient):
         state_dir: Path,
         *,
         pool: PoolSettings | None = None,
+        offload: OffloadSettings | None = None,
         builds: NodeBuilds | None = None,
         data_dir: Path | None = None,
         **orchestrator_options: float,
     ) -> None:
         """``data_dir``: where the node keeps volumes (none without it)."""
-        self.orchestrator = Orchestrator(runtime, state_dir, pool=pool, **orchestrator_options)
+        self.orchestrator = Orchestrator(
+            runtime, state_dir, pool=pool, offload=offload, **orchestrator_options
+        )
         self.builds = builds
         self.volumes = (
             NodeVolumes.for_runtime(data_dir, runtime, self.orchestrator.volumes_in_use)

@@ -48,6 +48,7 @@ from ..runtimes.base import (
     SnapshotRef,
 )
 from ..vocabulary import STANDBY_SHELLS, new_sandbox_id
+from .offload import Offloader, OffloadSettings
 from .pool import PoolKey, PoolSettings, WarmPool
 from .records import RecordStore, SandboxRecord
 
@@ -68,10 +69,6 @@ CLAIM_INIT_TIMEOUT_S = 3.0
 # joined the pool, once the standby shells its priming used up have been replaced (a login
 # takes ~0.1 s in gVisor); it can be claimed meanwhile.
 POOLED_FREEZE_AFTER_S = 1.0
-# A frozen pooled sandbox's memory goes to swap over up to this many runtime steps, this far
-# apart (a frozen gVisor sandbox's pages come loose over ~1 s, ``cgroups.offload``).
-OFFLOAD_STEPS = 40
-OFFLOAD_STEP_EVERY_S = 0.05
 
 
 class SandboxNotFound(LookupError):
@@ -96,7 +93,8 @@ class Orchestrator:
     """**Parameters:** runtime - the node's runtime; state_dir - where records live (on the
     same host as the runtime's state); boot_timeout_s - how long envd may take to answer;
     dead_check_every_s - how often sandboxes that stopped on their own are looked for;
-    pool - the warm pool's sizes (``pool.py``; off unless given)."""
+    pool - the warm pool's sizes (``pool.py``; off unless given); offload - when idle
+    sandboxes' memory goes to swap (``offload.py``)."""
 
     def __init__(
         self,
@@ -106,6 +104,7 @@ class Orchestrator:
         boot_timeout_s: float = 30.0,
         dead_check_every_s: float = 2.0,
         pool: PoolSettings | None = None,
+        offload: OffloadSettings | None = None,
     ) -> None:
         self.runtime = runtime
         self.records = RecordStore(state_dir / "sandboxes")
@@ -117,20 +116,23 @@ class Orchestrator:
         # The access token each pooled sandbox's envd was given as it was pooled (never on
         # disk: a pooled sandbox does not outlive this process).
         self._pool_tokens: dict[str, str] = {}
-        self._offloaded: set[str] = set()  # pooled sandboxes whose memory went to swap
         self._locks = KeyedLock()
         self._checker: asyncio.Task[None] | None = None
         self._http: httpx.AsyncClient | None = None
         self._reaping = False
         self._background: set[asyncio.Task[None]] = set()  # pooled sandboxes' freezes, releases
         self.pool = WarmPool(pool or PoolSettings(size=0), self._start_pooled, self._release_pooled)
+        self.offloader = Offloader(
+            runtime, offload or OffloadSettings(), self._held, self._locks, self._release_locked
+        )
+        self._sweeper: asyncio.Task[None] | None = None
 
     # -- start-up / shutdown ---------------------------------------------------------------
 
     async def start(self) -> RecoveryReport:
         """Adopt live sandboxes whose creation completed; remove everything else (half-created,
         dead, or unknown to us); then start looking for sandboxes that die on their own."""
-        self.pool.settings.check_host()
+        self.offloader.settings.check_host()
         # No keep-alive: a later sandbox may reuse an address, and a pooled connection to a
         # dead envd would fail its first request.
         self._http = sandbox_http(timeout=10.0, limits=httpx.Limits(max_keepalive_connections=0))
@@ -164,6 +166,10 @@ class Orchestrator:
             self._reaping = True
         if self.dead_check_every_s > 0:
             self._checker = asyncio.create_task(self._check_forever(), name="node-dead-check")
+        if self.offloader.settings.idle_s > 0:
+            self._sweeper = asyncio.create_task(
+                self.offloader.sweep_forever(), name="node-idle-offload"
+            )
         log.info("node started: adopted %s, removed %s", adopted, removed)
         return RecoveryReport(sorted(adopted), sorted(set(removed)))
 
@@ -173,6 +179,11 @@ class Orchestrator:
     async def close(self) -> None:
         """Stop checking; sandboxes keep running (they outlive the node process), except the
         warm pool's, which nobody owns once this process is gone."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
         for task in self._background:
             if task.get_name().startswith("freeze-"):
                 task.cancel()
@@ -249,7 +260,6 @@ class Orchestrator:
             if record is None:
                 return None
             token = self._pool_tokens.pop(pooled.sandbox_id, "")
-            self._offloaded.discard(pooled.sandbox_id)
             # Not written to disk: a restart releases a "pooled" record as it would a
             # "creating" one, and the write cost a claim ~1.3 ms (a rename over the file).
             record.state = "creating"
@@ -338,35 +348,7 @@ class Orchestrator:
                 await self.runtime.freeze(sandbox_id)
             except Exception as exc:  # it stays pooled, running: only its idle cost is lost
                 log.warning("freezing pooled sandbox %s failed: %s", sandbox_id, exc)
-        if self.pool.settings.offloads():
-            await self._offload_behind(sandbox_id)
-
-    async def _offload_behind(self, sandbox_id: str) -> None:
-        """Offload each frozen pooled sandbox of ``sandbox_id``'s key, pooled no later than it,
-        that claims take only after the newest (the pool's ``waiting_behind``), once. Step by
-        step, each under its lock: a claim waits for one step at most and finds it whole, its
-        limit back where it was; a claim ends the offload."""
-        for other in self.pool.waiting_behind(sandbox_id):
-            for step in range(OFFLOAD_STEPS):
-                async with self._locks.hold(other):
-                    record = self._held.get(other)
-                    if record is None or record.state != "pooled":
-                        break  # claimed or released
-                    if step == 0:
-                        if other in self._offloaded:
-                            break  # another freeze's offload has it
-                        self._offloaded.add(other)
-                    try:
-                        more = await self.runtime.offload(other)
-                    except Exception as exc:  # its limit may be left lowered: never hand it out
-                        log.warning("offloading pooled sandbox %s failed: %s", other, exc)
-                        await self._release_locked(other, "offload failed")
-                        break
-                    if more is None and step == 0:  # not frozen yet: a later freeze's offload
-                        self._offloaded.discard(other)
-                if not more:
-                    break
-                await asyncio.sleep(OFFLOAD_STEP_EVERY_S)
+        await self.offloader.behind(self.pool.waiting_behind(sandbox_id))
 
     async def _release_pooled(self, sandbox_id: str) -> None:
         async with self._locks.hold(sandbox_id):
@@ -553,7 +535,7 @@ class Orchestrator:
             self.ended.popitem(last=False)
         self._held.pop(sandbox_id, None)
         self._pool_tokens.pop(sandbox_id, None)
-        self._offloaded.discard(sandbox_id)
+        self.offloader.forget(sandbox_id)
         self.records.delete(sandbox_id)
         self.pool.forget(sandbox_id)
 

@@ -12,10 +12,10 @@ time and only once claims pause for half a second, so refilling never competes w
 for more than one core, nor with a burst of creates at all.
 
 Claims take the newest first: on a host whose swap keeps pages in RAM, compressed (zram,
-zswap), every pooled sandbox but the newest of its key has its memory offloaded there
-(``offload``, the orchestrator's ``_offload_behind``), and a claim of the newest pays nothing
-for it. An offloaded one costs the host what its pages compress to, and its claim a few ms
-more as they come back.
+zswap), every pooled sandbox but the newest of its key has its memory offloaded there at
+once (``offload.py``), and the newest only once it waited idle as long as any sandbox does
+before that: a claim soon after another pays nothing for it. An offloaded one costs the host
+what its pages compress to, and its claim a few ms more as they come back.
 
 How many per template and size (:class:`PoolSettings`): a fixed number for every template and
 size that has been asked for since the node started, or (``auto``, the default) as many as
@@ -33,9 +33,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
 
-from ..host import cgroups
 from ..host.meminfo import meminfo_bytes
 from ..runtimes.base import NetworkPolicy, RuntimeSandbox, SandboxSpec
 from ..vocabulary import DEFAULT_PIDS_LIMIT
@@ -48,11 +46,6 @@ DEMAND_WINDOW_S = 600.0  # ``auto`` sizes each key by the creates asked for in t
 REFILL_AFTER_CLAIM_S = 0.5
 
 
-class OffloadUnavailable(RuntimeError):
-    """``EMBERBOX_WARM_POOL_OFFLOAD=on`` on a host that cannot offload: refused at start,
-    never left to do nothing."""
-
-
 @dataclass(frozen=True)
 class PoolSettings:
     """``size``: None for ``auto``, else the fixed number kept per template and size (0: off)."""
@@ -61,15 +54,12 @@ class PoolSettings:
     max_per_key: int = 4
     max_total: int = 20
     min_free_mb: int = 1024
-    offload: Literal["auto", "on", "off"] = "auto"  # "auto": to swap in RAM (zram, zswap)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> PoolSettings:
         """``EMBERBOX_WARM_POOL``: ``auto`` (default), ``0`` (off) or a number per template;
         ``EMBERBOX_WARM_POOL_MAX`` bounds the whole pool, ``EMBERBOX_WARM_POOL_MIN_FREE_MB``
-        the host memory a refill leaves free; ``EMBERBOX_WARM_POOL_OFFLOAD`` ``auto`` (the
-        default: when the host's swap keeps pages in RAM, compressed), ``on`` (any swap, a
-        disk's too) or ``off``."""
+        the host memory a refill leaves free."""
         raw = (env.get("EMBERBOX_WARM_POOL") or "auto").strip().lower()
         if raw == "auto":
             size = None
@@ -86,37 +76,7 @@ class PoolSettings:
                 raise ValueError(f"EMBERBOX_WARM_POOL={raw!r} must not be negative")
         max_total = int(env.get("EMBERBOX_WARM_POOL_MAX") or max(cls.max_total, size or 0))
         min_free = int(env.get("EMBERBOX_WARM_POOL_MIN_FREE_MB") or cls.min_free_mb)
-        offload = (env.get("EMBERBOX_WARM_POOL_OFFLOAD") or "auto").strip().lower()
-        if offload not in ("auto", "on", "off"):
-            raise ValueError(
-                f"EMBERBOX_WARM_POOL_OFFLOAD={offload!r}: expected 'auto', 'on' or 'off'"
-            )
-        return cls(size=size, max_total=max_total, min_free_mb=min_free,
-                   offload=offload)  # type: ignore[arg-type]  # fmt: skip
-
-    def offloads(self) -> bool:
-        """Whether pooled sandboxes behind the newest go to swap on this host now: never
-        where the kernel does not account swap per cgroup (a sandbox's limit could not hold
-        its memory plus swap)."""
-        if self.offload == "off" or not cgroups.swap_limited():
-            return False
-        return cgroups.swap_in_ram() if self.offload == "auto" else cgroups.swap_total() > 0
-
-    def check_host(self) -> None:
-        """Refuse ``on`` where no pooled sandbox could ever be offloaded (``auto`` adapts)."""
-        if self.offload != "on":
-            return
-        if not cgroups.swap_limited():
-            raise OffloadUnavailable(
-                "EMBERBOX_WARM_POOL_OFFLOAD=on, but this kernel does not account swap per "
-                "cgroup, so a sandbox's memory plus swap could not be held to its limit; "
-                "set it to 'auto' or 'off'"
-            )
-        if cgroups.swap_total() == 0:
-            raise OffloadUnavailable(
-                "EMBERBOX_WARM_POOL_OFFLOAD=on, but this host has no swap "
-                "(scripts/host-swap.sh adds one compressed in RAM); set it to 'auto' or 'off'"
-            )
+        return cls(size=size, max_total=max_total, min_free_mb=min_free)
 
     @property
     def enabled(self) -> bool:

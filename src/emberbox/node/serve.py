@@ -17,6 +17,7 @@ import uvicorn
 from ..runtimes import select_runtime
 from .app import node_app
 from .builds import BuildSettings, NodeBuilds
+from .offload import OffloadSettings
 from .orchestrator import Orchestrator
 from .pool import PoolSettings
 from .service import NodeService
@@ -45,13 +46,18 @@ async def serve_node(
     egress_dns: Sequence[str] = (),
     egress_ca: str = "",
     builds: BuildSettings | None = None,
+    offload: OffloadSettings | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT; the caller holds the data dir's node lock."""
     runtime = select_runtime(
         runtime_name, data_dir, envd_command, runsc, template_snapshots, egress_dns, egress_ca
     )
     orchestrator = Orchestrator(
-        runtime, data_dir / "node", dead_check_every_s=dead_check_every_s, pool=pool
+        runtime,
+        data_dir / "node",
+        dead_check_every_s=dead_check_every_s,
+        pool=pool,
+        offload=offload,
     )
     node_builds = NodeBuilds.for_runtime(data_dir, runtime, builds or BuildSettings())
     volumes = NodeVolumes.for_runtime(data_dir, runtime, orchestrator.volumes_in_use)

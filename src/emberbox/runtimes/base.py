@@ -185,6 +185,14 @@ class SandboxStats:
     disk_total: int
 
 
+@dataclass(frozen=True)
+class SandboxActivity:
+    """Counters read without disturbing the sandbox: how the node tells an idle one."""
+
+    cpu_ns: int  # CPU time its processes used since it started
+    resident: int  # host memory it holds now, in bytes (not what it has in swap)
+
+
 class Runtime(abc.ABC):
     """Async lifecycle of sandboxes on this node.
 
@@ -287,11 +295,17 @@ class Runtime(abc.ABC):
         """Undo :meth:`freeze`; nothing for a sandbox that is not frozen."""
 
     async def offload(self, sandbox_id: str) -> bool | None:
-        """One step moving a frozen sandbox's memory to the host's swap: a pooled sandbox
-        that may wait long then costs the host what its pages compress to. They come back as
-        it faults them in after :meth:`thaw` (its claim is a few ms slower). True while more
+        """One step moving an idle sandbox's memory to the host's swap (a frozen pooled one,
+        or a running one nothing used for a while): it then costs the host what its pages
+        compress to. They come back as its processes touch them (its next command, or its
+        claim, is a few ms slower); memory plus swap stays within its limit. True while more
         could move (the caller takes another step a little later), False once done, None if
-        nothing can move now (not frozen, no swap; a runtime that cannot offload)."""
+        nothing can move now (no swap, or too little of it left; a runtime that cannot)."""
+        return None
+
+    async def activity(self, sandbox_id: str) -> SandboxActivity | None:
+        """The sandbox's CPU time and resident memory now; None if it has none (not running)
+        or the runtime cannot tell (it is then never offloaded as idle)."""
         return None
 
     async def close(self) -> None:  # noqa: B027 - optional hook

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..host.meminfo import meminfo_bytes
 from ..node.builds import BuildSettings
+from ..node.offload import OffloadSettings
 from ..node.pool import PoolSettings
 
 
@@ -127,6 +128,7 @@ class Settings:
     reconcile_interval_s: float = 2.0
     dead_check_interval_s: float = 2.0
     warm_pool: PoolSettings = field(default_factory=PoolSettings)
+    offload: OffloadSettings = field(default_factory=OffloadSettings)
     limits: Limits = field(default_factory=Limits)
     capacity: Capacity = field(default_factory=Capacity)
     builds: BuildSettings = field(default_factory=BuildSettings)
@@ -224,6 +226,7 @@ class Settings:
             reconcile_interval_s=num("EMBERBOX_RECONCILE_INTERVAL_S", 2.0),
             dead_check_interval_s=num("EMBERBOX_DEAD_CHECK_INTERVAL_S", 2.0),
             warm_pool=PoolSettings.from_env(e),
+            offload=OffloadSettings.from_env(e),
             limits=limits,
             capacity=capacity,
             builds=BuildSettings.from_env(e),

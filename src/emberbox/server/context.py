@@ -51,6 +51,7 @@ def make_node(settings: Settings) -> tuple[NodeClient, list[InstanceLock]]:
         settings.data_dir / "node",
         dead_check_every_s=settings.dead_check_interval_s,
         pool=settings.warm_pool,
+        offload=settings.offload,
         builds=NodeBuilds.for_runtime(settings.data_dir, runtime, settings.builds),
         data_dir=settings.data_dir,
     )

@@ -43,6 +43,7 @@ from ..base import (
     Runtime,
     RuntimeError_,
     RuntimeSandbox,
+    SandboxActivity,
     SandboxGone,
     SandboxNotRunning,
     SandboxSpec,
@@ -68,8 +69,12 @@ BUILDER_PREFIXES = ("build-", "verify-")
 # booting may not freeze at all): one that does not by then is thawed again and keeps running.
 FREEZE_TIMEOUT_S = 0.5
 # What an offloaded sandbox keeps resident: pages the kernel charges to it but cannot swap
-# (~3.9 MiB measured). Tests and benchmarks take twice it as "offloaded".
+# (~3.9 MiB measured, frozen). Tests and benchmarks take twice it as "offloaded".
 OFFLOAD_KEEP_BYTES = 4 << 20
+# Nothing is offloaded once less than this share of the host's swap is free: a running
+# sandbox that hits its limit while a step has it lowered reclaims into swap, never into
+# its OOM killer.
+OFFLOAD_SWAP_HEADROOM = 0.25
 # A filesystem-only snapshot's one file (beside its snapshot.json).
 FILES_IMAGE = "files.tar"
 # guest_files.py runs in the guest by its own Python, given as source (any template's envd).
@@ -409,12 +414,16 @@ class GVisorRuntime(Runtime):
                 cgroups.freeze(self._cgroup(sandbox_id), False)
 
     async def offload(self, sandbox_id: str) -> bool | None:
-        """One pass pushing a frozen sandbox's pages (the guest's memory file, the sentry's
-        and gofer's heaps) to swap; memory plus swap stays within its limit."""
+        """One pass pushing the sandbox's pages (the guest's memory file, the sentry's and
+        gofer's heaps) to swap; memory plus swap stays within its limit. A running sandbox
+        (idle: the node asks no other) faults back what it touches."""
         group = self._cgroup(sandbox_id)
         async with self._locks.hold(sandbox_id):
-            if cgroups.freezer_state(group) != "frozen" or cgroups.swap_total() == 0:
-                return None  # a running sandbox would fault its pages right back
+            total = cgroups.swap_total()
+            if total == 0 or cgroups.swap_free() < total * OFFLOAD_SWAP_HEADROOM:
+                return None
+            if cgroups.usage(group) is None:
+                return None  # not running (paused, gone)
             work = asyncio.ensure_future(
                 asyncio.to_thread(cgroups.offload, group, OFFLOAD_KEEP_BYTES)
             )
@@ -425,6 +434,10 @@ class GVisorRuntime(Runtime):
                     await work  # its limit is put back before the lock is let go
                 raise
             return resident > OFFLOAD_KEEP_BYTES
+
+    async def activity(self, sandbox_id: str) -> SandboxActivity | None:
+        used = cgroups.usage(self._cgroup(sandbox_id))
+        return None if used is None else SandboxActivity(used.cpu_ns, used.mem_used)
 
     async def _teardown(self, sandbox_id: str) -> bool:
         """Release everything the sandbox holds; the caller holds its lock.

@@ -1,0 +1,229 @@
+"""Idle sandboxes wait with their memory in compressed swap.
+
+A sandbox nobody uses holds ~43 MiB of host memory (its guest's pages, the sentry's and
+gofer's heaps) that nothing touches until it is used again. On a host whose swap keeps pages
+in RAM, compressed (zram, zswap), the node moves them there (:meth:`Runtime.offload`): the
+sandbox then costs what its pages compress to, and the next use a few ms more as the pages
+it touches come back. Its limit holds memory plus swap, so swap never gives it more.
+
+Which sandboxes, and when:
+
+* a pooled sandbox behind the newest of its template and size, as soon as it is frozen
+  (claims take the newest first, ``pool.py``): :meth:`Offloader.behind`;
+* any other sandbox, running or pooled, once its CPU use stayed under a tenth of a core for
+  ``idle_s`` (a gVisor sandbox waiting on nothing uses ~4%), and again each time its
+  resident memory regrew by ``REGROWN_BYTES`` while it stays idle (the sentry's garbage
+  collector brings ~10 MiB back every couple of minutes): :meth:`Offloader.sweep`.
+
+Each runs step by step, every step under the sandbox's lock, so a claim, pause or kill waits
+for one step at most and always finds the sandbox's limit whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from ..host import cgroups
+from ..host.locks import KeyedLock
+from ..runtimes.base import Runtime
+
+log = logging.getLogger(__name__)
+
+# An offload moves memory over up to this many runtime steps, this far apart (a frozen gVisor
+# sandbox's pages come loose over ~1 s, ``cgroups.offload``).
+OFFLOAD_STEPS = 40
+OFFLOAD_STEP_EVERY_S = 0.05
+# Under this share of one core a sandbox counts as idle: gVisor's own timers keep one that
+# waits on nothing at ~4% (``benchmarks/lifecycle_bench.py``).
+IDLE_CPU_SHARE = 0.10
+# An idle sandbox is offloaded again once its resident memory grew this much since.
+REGROWN_BYTES = 8 << 20
+SWEEP_EVERY_S = 2.0  # at most; a shorter ``idle_s`` sweeps more often
+
+
+class OffloadUnavailable(RuntimeError):
+    """``EMBERBOX_OFFLOAD=on`` on a host that cannot offload: refused at start, never left to
+    do nothing."""
+
+
+@dataclass(frozen=True)
+class OffloadSettings:
+    """``mode``: ``auto`` offloads where the host's swap keeps pages in RAM, compressed;
+    ``on`` to any swap; ``off`` never. ``idle_s``: how long a sandbox stays idle before it is
+    offloaded (0: only pooled sandboxes behind the newest are)."""
+
+    mode: Literal["auto", "on", "off"] = "auto"
+    idle_s: float = 30.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> OffloadSettings:
+        """``EMBERBOX_OFFLOAD`` (``auto``, ``on``, ``off``) and ``EMBERBOX_OFFLOAD_IDLE_S``."""
+        mode = (env.get("EMBERBOX_OFFLOAD") or "auto").strip().lower()
+        if mode not in ("auto", "on", "off"):
+            raise ValueError(f"EMBERBOX_OFFLOAD={mode!r}: expected 'auto', 'on' or 'off'")
+        raw = (env.get("EMBERBOX_OFFLOAD_IDLE_S") or str(cls.idle_s)).strip()
+        try:
+            idle_s = float(raw)
+        except ValueError:
+            raise ValueError(f"EMBERBOX_OFFLOAD_IDLE_S={raw!r}: expected seconds") from None
+        if not idle_s >= 0:
+            raise ValueError(f"EMBERBOX_OFFLOAD_IDLE_S={raw!r} must not be negative")
+        return cls(mode=mode, idle_s=idle_s)  # type: ignore[arg-type]
+
+    def active(self) -> bool:
+        """Whether sandboxes go to swap on this host now: never where the kernel does not
+        account swap per cgroup (a sandbox's limit could not hold its memory plus swap)."""
+        if self.mode == "off" or not cgroups.swap_limited():
+            return False
+        return cgroups.swap_in_ram() if self.mode == "auto" else cgroups.swap_total() > 0
+
+    def check_host(self) -> None:
+        """Refuse ``on`` where no sandbox could ever be offloaded (``auto`` adapts)."""
+        if self.mode != "on":
+            return
+        if not cgroups.swap_limited():
+            raise OffloadUnavailable(
+                "EMBERBOX_OFFLOAD=on, but this kernel does not account swap per cgroup, so a "
+                "sandbox's memory plus swap could not be held to its limit; set it to 'auto' "
+                "or 'off'"
+            )
+        if cgroups.swap_total() == 0:
+            raise OffloadUnavailable(
+                "EMBERBOX_OFFLOAD=on, but this host has no swap (scripts/host-swap.sh adds "
+                "one compressed in RAM); set it to 'auto' or 'off'"
+            )
+
+
+class Held(Protocol):
+    """What the offloader reads of a sandbox the node holds."""
+
+    @property
+    def state(self) -> str: ...
+
+
+@dataclass
+class _Watch:
+    """One sandbox as the sweeps saw it."""
+
+    cpu_ns: int
+    seen_at: float
+    busy_at: float  # the last sweep that found it using CPU (or its first)
+    floor: int | None = None  # its resident bytes after its last offload
+
+
+class Offloader:
+    """Offloads the node's idle sandboxes (module doc). ``held``: the node's sandboxes by id,
+    read live; ``locks``: the node's per-sandbox locks; ``release_locked``: frees a pooled
+    sandbox whose step failed (its limit may be left lowered: never hand it out)."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        settings: OffloadSettings,
+        held: Mapping[str, Held],
+        locks: KeyedLock,
+        release_locked: Callable[[str, str], Awaitable[None]],
+    ) -> None:
+        self.runtime = runtime
+        self.settings = settings
+        self._held = held
+        self._locks = locks
+        self._release_locked = release_locked
+        self._watch: dict[str, _Watch] = {}
+        self._busy: set[str] = set()  # an offload of it is under way
+        self._failed: set[str] = set()  # running sandboxes a step failed on: left alone
+
+    def offloaded(self, sandbox_id: str) -> bool:
+        watch = self._watch.get(sandbox_id)
+        return watch is not None and watch.floor is not None
+
+    def forget(self, sandbox_id: str) -> None:
+        self._watch.pop(sandbox_id, None)
+        self._failed.discard(sandbox_id)
+
+    async def behind(self, sandbox_ids: Iterable[str]) -> None:
+        """Offload each pooled sandbox in ``sandbox_ids`` not offloaded yet, in turn."""
+        if not self.settings.active():
+            return
+        for sandbox_id in sandbox_ids:
+            if sandbox_id not in self._busy and not self.offloaded(sandbox_id):
+                await self._offload(sandbox_id, "pooled")
+
+    async def sweep(self, now: float | None = None) -> list[str]:
+        """Offload the sandboxes idle for ``idle_s`` that are not offloaded, or regrew since;
+        the ids offloaded."""
+        if self.settings.idle_s <= 0 or not self.settings.active():
+            return []
+        now = time.monotonic() if now is None else now
+        for gone in self._watch.keys() - self._held.keys():
+            self.forget(gone)
+        done = []
+        for sandbox_id, record in list(self._held.items()):
+            if record.state not in ("running", "pooled") or sandbox_id in self._busy:
+                continue
+            seen = await self.runtime.activity(sandbox_id)
+            if seen is None:
+                continue
+            watch = self._watch.get(sandbox_id)
+            if watch is None:
+                self._watch[sandbox_id] = _Watch(seen.cpu_ns, now, now)
+                continue
+            used_s = (seen.cpu_ns - watch.cpu_ns) / 1e9
+            if used_s > IDLE_CPU_SHARE * max(now - watch.seen_at, 1e-3):
+                watch.busy_at = now
+            watch.cpu_ns, watch.seen_at = seen.cpu_ns, now
+            if now - watch.busy_at < self.settings.idle_s or sandbox_id in self._failed:
+                continue
+            if watch.floor is not None and seen.resident < watch.floor + REGROWN_BYTES:
+                continue
+            if await self._offload(sandbox_id, record.state):
+                done.append(sandbox_id)
+        return done
+
+    async def sweep_forever(self) -> None:
+        every = min(SWEEP_EVERY_S, max(self.settings.idle_s / 2, 0.05))
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("offloading idle sandboxes failed")
+
+    async def _offload(self, sandbox_id: str, state: str) -> bool:
+        """Steps until the runtime has nothing more to move, the sandbox leaves ``state``
+        (claimed, paused, killed) or ``OFFLOAD_STEPS`` ran; whether any step moved memory."""
+        self._busy.add(sandbox_id)
+        moved = False
+        more: bool | None = None
+        try:
+            for _ in range(OFFLOAD_STEPS):
+                async with self._locks.hold(sandbox_id):
+                    record = self._held.get(sandbox_id)
+                    if record is None or record.state != state:
+                        break
+                    try:
+                        more = await self.runtime.offload(sandbox_id)
+                    except Exception as exc:
+                        log.warning("offloading sandbox %s (%s) failed: %s", sandbox_id, state, exc)
+                        if state == "pooled":  # its limit may be left lowered
+                            await self._release_locked(sandbox_id, "offload failed")
+                        else:
+                            self._failed.add(sandbox_id)
+                        break
+                    moved = moved or more is not None
+                if not more:
+                    break
+                await asyncio.sleep(OFFLOAD_STEP_EVERY_S)
+        finally:
+            self._busy.discard(sandbox_id)
+        if moved and sandbox_id in self._held:
+            seen = await self.runtime.activity(sandbox_id)
+            now = time.monotonic()
+            watch = self._watch.setdefault(sandbox_id, _Watch(seen.cpu_ns if seen else 0, now, now))
+            watch.floor = seen.resident if seen else 0
+        return moved

@@ -1,0 +1,162 @@
+"""Offloading idle sandboxes' memory (``node/offload.py``) on the fake runtime, whose CPU
+counters and resident memory the tests set: which sandboxes go, when, how often, and that
+nothing else waits on it. ``test_pool_gvisor.py`` offloads real ones."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Literal
+
+import pytest
+
+from emberbox._proto.node import node_pb2 as pb
+from emberbox.host import cgroups
+from emberbox.node.client import EmbeddedNode
+from emberbox.node.offload import IDLE_CPU_SHARE, REGROWN_BYTES, OffloadSettings
+from emberbox.vocabulary import new_sandbox_id
+
+from .fake_runtime import FakeRuntime
+
+IDLE_S = 10.0
+
+
+@pytest.fixture(autouse=True)
+def _swap_in_ram(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What ``auto`` asks of the host: its swap is compressed RAM, accounted per cgroup."""
+    monkeypatch.setattr(cgroups, "swap_in_ram", lambda: True)
+    monkeypatch.setattr(cgroups, "swap_limited", lambda: True)
+
+
+@contextlib.asynccontextmanager
+async def _node(
+    tmp_path: Path,
+    runtime: FakeRuntime,
+    idle_s: float = IDLE_S,
+    mode: Literal["auto", "on", "off"] = "auto",
+) -> AsyncIterator[EmbeddedNode]:
+    runtime.cpu_ns = runtime.cpu_ns if runtime.cpu_ns is not None else {}
+    settings = OffloadSettings(mode, idle_s)
+    node = EmbeddedNode(runtime, tmp_path, offload=settings, dead_check_every_s=0)
+    await node.start()
+    try:
+        yield node
+    finally:
+        await node.close()
+
+
+async def _running(node: EmbeddedNode) -> str:
+    spec = pb.SandboxSpec(template_id="base", cpu_count=1, memory_mb=128, disk_mb=64,
+                          access_token="tok", sandbox_id=new_sandbox_id())  # fmt: skip
+    return (await node.create(spec)).sandbox_id
+
+
+async def test_a_running_sandbox_idle_long_enough_is_offloaded_and_again_only_once_it_regrew(
+    tmp_path: Path,
+) -> None:
+    runtime = FakeRuntime()
+    async with _node(tmp_path, runtime, idle_s=1e6) as node:  # the sweeper never gets there
+        offloader = node.orchestrator.offloader
+        idle, busy = await _running(node), await _running(node)
+        assert await offloader.sweep(now=0.0) == []  # first seen
+        assert runtime.cpu_ns is not None
+        # Under a tenth of a core for both; ``busy`` then uses half a core.
+        runtime.cpu_ns[idle] = int(0.9 * IDLE_CPU_SHARE * 5e9)
+        runtime.cpu_ns[busy] = int(0.5 * 5e9)
+        assert await offloader.sweep(now=5.0) == []
+        offloader.settings = OffloadSettings("auto", IDLE_S)
+        assert await offloader.sweep(now=IDLE_S - 0.1) == [], "offloaded before idle_s"
+        assert await offloader.sweep(now=IDLE_S + 0.1) == [idle]
+        assert runtime.resident[idle] == 4 << 20 and offloader.offloaded(idle)
+        assert busy not in runtime.offloaded, "a sandbox using the CPU was offloaded"
+        # Idle still: nothing more until its memory regrew by REGROWN_BYTES.
+        # (``busy`` went quiet at 5.0: its turn comes now.)
+        runtime.resident[idle] += REGROWN_BYTES - 1
+        assert await offloader.sweep(now=IDLE_S + 5) == [busy]
+        runtime.resident[idle] += 1
+        assert await offloader.sweep(now=IDLE_S + 10) == [idle]
+        # Used again: idle_s counts from its last busy sweep.
+        runtime.cpu_ns[idle] += int(5e9)
+        runtime.resident[idle] = 40 << 20
+        assert await offloader.sweep(now=IDLE_S + 15) == []
+        assert await offloader.sweep(now=2 * IDLE_S + 14) == []
+        assert await offloader.sweep(now=2 * IDLE_S + 16) == [idle]
+        # A paused sandbox has no activity: never offloaded.
+        await node.orchestrator.pause(busy)
+        runtime.resident[busy] = 40 << 20
+        assert await offloader.sweep(now=10 * IDLE_S) == []
+        assert runtime.bad_thaws == 0
+
+
+async def test_the_node_sweeps_by_itself_and_off_or_zero_offloads_nothing(
+    tmp_path: Path,
+) -> None:
+    runtime = FakeRuntime()
+    async with _node(tmp_path, runtime, idle_s=0.1) as node:
+        sandbox_id = await _running(node)
+        for _ in range(200):
+            if node.orchestrator.offloader.offloaded(sandbox_id):
+                break
+            await asyncio.sleep(0.02)
+        assert node.orchestrator.offloader.offloaded(sandbox_id)
+        assert runtime.resident[sandbox_id] == 4 << 20
+    cases: list[tuple[Literal["auto", "on", "off"], float]] = [("off", 0.1), ("auto", 0.0)]
+    for mode, idle_s in cases:
+        runtime = FakeRuntime()
+        async with _node(tmp_path / mode, runtime, idle_s=idle_s, mode=mode) as node:
+            await _running(node)
+            assert await node.orchestrator.offloader.sweep(now=0.0) == []
+            await asyncio.sleep(0.5)
+            assert await node.orchestrator.offloader.sweep(now=1e6) == []
+            assert runtime.offloaded == []
+
+
+async def test_a_pause_during_an_idle_offload_waits_for_one_step_and_ends_it(
+    tmp_path: Path,
+) -> None:
+    runtime = FakeRuntime()
+    runtime.offload_s = 0.1
+    async with _node(tmp_path, runtime, idle_s=1e6) as node:
+        offloader = node.orchestrator.offloader
+        sandbox_id = await _running(node)
+        offloader.settings = OffloadSettings("auto", IDLE_S)
+        await offloader.sweep(now=0.0)
+        sweeping = asyncio.create_task(offloader.sweep(now=2 * IDLE_S))
+        for _ in range(400):
+            if sandbox_id in runtime.offloading:
+                break
+            await asyncio.sleep(0.005)
+        await node.orchestrator.pause(sandbox_id)
+        await sweeping
+        assert runtime.bad_thaws == 0, "the pause ran in the middle of a step"
+        assert runtime.offload_steps[sandbox_id] == 1, "steps went on after the pause"
+
+
+async def test_a_failed_step_leaves_a_running_sandbox_running_and_alone(
+    tmp_path: Path,
+) -> None:
+    runtime = FakeRuntime()
+    async with _node(tmp_path, runtime, idle_s=1e6) as node:
+        offloader = node.orchestrator.offloader
+        sandbox_id = await _running(node)
+        offloader.settings = OffloadSettings("auto", IDLE_S)
+        runtime.offload_error = OSError("EPERM")
+        await offloader.sweep(now=0.0)
+        assert await offloader.sweep(now=2 * IDLE_S) == []
+        assert node.orchestrator._held[sandbox_id].state == "running"
+        runtime.offload_error = None
+        assert await offloader.sweep(now=4 * IDLE_S) == [], "retried after a failure"
+
+
+def test_settings_read_from_the_environment() -> None:
+    assert OffloadSettings.from_env({}) == OffloadSettings("auto", 30.0)
+    for value in ("on", "off"):
+        assert OffloadSettings.from_env({"EMBERBOX_OFFLOAD": value}).mode == value
+    assert OffloadSettings.from_env({"EMBERBOX_OFFLOAD_IDLE_S": "2.5"}).idle_s == 2.5
+    assert not OffloadSettings(mode="off").active()
+    for env in ({"EMBERBOX_OFFLOAD": "yes"}, {"EMBERBOX_OFFLOAD_IDLE_S": "soon"},
+                {"EMBERBOX_OFFLOAD_IDLE_S": "-1"}, {"EMBERBOX_OFFLOAD_IDLE_S": "nan"}):  # fmt: skip
+        with pytest.raises(ValueError, match=next(iter(env))):
+            OffloadSettings.from_env(env)
