@@ -11,7 +11,6 @@ to restore is deleted and the create boots instead.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import shutil
@@ -22,6 +21,7 @@ import httpx
 
 from ...envd_client.handshake import HandshakeFailed, prime_standbys, wait_healthy, wait_ready
 from ...envd_client.http import sandbox_http
+from ...host.completion import to_completion
 from ...templates.store import Template
 from ..base import NetworkPolicy, RuntimeError_, RuntimeSandbox, SandboxSpec
 from .state import PARTIAL_SUFFIX, partial
@@ -131,12 +131,7 @@ class TemplateSnapshots:
             shutil.rmtree(image, ignore_errors=True)
             # A close cancels the snapshot, never its boot's teardown: cut off, that left the
             # boot's rootfs and disk mounted (measured: a close just after the checkpoint).
-            teardown = asyncio.ensure_future(kill(sandbox_id))
             try:
-                await asyncio.shield(teardown)
-            except asyncio.CancelledError:
-                with contextlib.suppress(Exception):
-                    await teardown
-                raise
+                await to_completion(kill(sandbox_id))
             except Exception as exc:  # the next start's orphan sweep removes what is left
                 log.warning("template %s: tearing its snapshot boot down: %s", template.name, exc)
