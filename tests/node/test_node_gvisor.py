@@ -295,6 +295,36 @@ async def test_a_node_killed_mid_save_leaves_the_sandbox_running_and_no_partial_
         assert await h.client.kill(h.sid) is True
 
 
+async def test_a_limit_a_killed_node_left_lowered_mid_offload_is_set_back_at_its_restart(
+    node: NodeProcess,
+) -> None:
+    """An offload step lowers a running sandbox's memory limit for a moment (v1; on v2 it
+    opens its swap): the node SIGKILLed then leaves it so, and its restart sets it back as the
+    sandbox's boot did, so the sandbox still holds what its memory allows."""
+    async with _one_sandbox(node) as h:
+        group = f"{h.config.cgroup_base}/{h.sid}"
+        booted = cgroups.usage(group)
+        assert booted is not None
+        node.sigkill()
+        cut = 64 << 20  # what a step between its write and its restore would have left
+        if cgroups.is_v1():
+            (cgroups.CGROUP_ROOT / "memory" / group / "memory.limit_in_bytes").write_text(str(cut))
+        else:
+            (cgroups.CGROUP_ROOT / group / "memory.max").write_text(str(cut))
+            (cgroups.CGROUP_ROOT / group / "memory.swap.max").write_text("max")
+        await h.restart()
+        usage = cgroups.usage(group)
+        assert usage is not None and usage.mem_limit == booted.mem_limit
+        if cgroups.is_v1():
+            memsw = cgroups.CGROUP_ROOT / "memory" / group / "memory.memsw.limit_in_bytes"
+            assert not memsw.exists() or int(memsw.read_text()) == booted.mem_limit
+        else:
+            assert (cgroups.CGROUP_ROOT / group / "memory.swap.max").read_text().strip() == "0"
+        hold = "python3 -c 'b = bytearray(160 << 20); print(len(b))'"
+        assert await _echo(h.sandbox, f"$({hold})") == f"{160 << 20}\n"
+        assert await h.client.kill(h.sid) is True
+
+
 class _Harness:
     """A node holding one sandbox, and a client for it that outlives the node's restarts."""
 

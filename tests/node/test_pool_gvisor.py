@@ -308,28 +308,30 @@ def test_an_idle_running_sandbox_waits_in_swap_and_keeps_its_processes_and_files
         assert server.first_key
         point_sdks_at(server, server.first_key, monkeypatch)
         sandbox = Sandbox.create("base", timeout=120)
-        group = f"{config.cgroup_base}/{sandbox.sandbox_id}"
-        before = cgroups.usage(group)
-        assert before is not None
-        sandbox.files.write("/home/user/kept.txt", "before the offload")
-        counter = "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 1; done"
-        sandbox.commands.run(counter, background=True)
-        deadline = time.monotonic() + 60
-        # Most of its ~40 MiB in swap (it faults a few MiB back at once: its timers, counter).
-        while cgroups.swapped(group) < 16 << 20 or _resident(group) > 16 << 20:
-            assert time.monotonic() < deadline, f"never offloaded: {_resident(group) >> 20} MiB"
-            time.sleep(0.1)
-        first = int(sandbox.files.read("/tmp/count"))
-        time.sleep(2.5)
-        assert int(sandbox.files.read("/tmp/count")) > first, "the counter stopped"
-        assert sandbox.files.read("/home/user/kept.txt") == "before the offload"
-        # Most of its memory (512 MiB) is still there for it: what sits in swap counts
-        # against the host's headroom above the guest's memory, not the guest's.
-        hold = "python3 -c 'b = bytearray(400 << 20); print(len(b))'"
-        assert sandbox.commands.run(hold).stdout.split() == [str(400 << 20)]
-        usage = cgroups.usage(group)
-        assert usage is not None
-        if cgroups.is_v1():  # its limit whole, memory plus swap held to it
-            memsw = cgroups.CGROUP_ROOT / "memory" / group / "memory.memsw.limit_in_bytes"
-            assert int(memsw.read_text()) == usage.mem_limit == before.mem_limit
-        sandbox.kill()
+        try:
+            group = f"{config.cgroup_base}/{sandbox.sandbox_id}"
+            before = cgroups.usage(group)
+            assert before is not None
+            sandbox.files.write("/home/user/kept.txt", "before the offload")
+            counter = "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 1; done"
+            sandbox.commands.run(counter, background=True)
+            deadline = time.monotonic() + 60
+            # Most of its ~40 MiB in swap (it faults a few MiB back at once: its timers, counter).
+            while cgroups.swapped(group) < 16 << 20 or _resident(group) > 16 << 20:
+                assert time.monotonic() < deadline, f"never offloaded: {_resident(group) >> 20} MiB"
+                time.sleep(0.1)
+            first = int(sandbox.files.read("/tmp/count"))
+            time.sleep(2.5)
+            assert int(sandbox.files.read("/tmp/count")) > first, "the counter stopped"
+            assert sandbox.files.read("/home/user/kept.txt") == "before the offload"
+            # Most of its memory (512 MiB) is still there for it: what sits in swap counts
+            # against the host's headroom above the guest's memory, not the guest's.
+            hold = "python3 -c 'b = bytearray(400 << 20); print(len(b))'"
+            assert sandbox.commands.run(hold).stdout.split() == [str(400 << 20)]
+            usage = cgroups.usage(group)
+            assert usage is not None
+            if cgroups.is_v1():  # its limit whole, memory plus swap held to it
+                memsw = cgroups.CGROUP_ROOT / "memory" / group / "memory.memsw.limit_in_bytes"
+                assert int(memsw.read_text()) == usage.mem_limit == before.mem_limit
+        finally:
+            sandbox.kill()  # (a failed check must not leave it running)

@@ -28,6 +28,7 @@ from ...envd_client.handshake import EnvdDefaults, HandshakeFailed, handshake, w
 from ...envd_client.http import sandbox_http
 from ...host import cgroups, network, processes, rootfs
 from ...host.commands import SPAWNED, concurrently
+from ...host.completion import to_completion
 from ...host.egress_audit import EgressEvent
 from ...host.errors import HostError
 from ...host.locks import KeyedLock
@@ -53,7 +54,7 @@ from ..base import (
     UnknownTemplate,
 )
 from . import guest_files
-from .bundle import BindMount, BundleSpec, write_bundle
+from .bundle import BindMount, BundleSpec, host_memory_limit, write_bundle
 from .config import GVisorConfig
 from .egress import NodeEgress, judged, resolv_conf, rules_of, saved_policy
 from .runsc import Runsc, RunscError
@@ -424,16 +425,9 @@ class GVisorRuntime(Runtime):
                 return None
             if cgroups.usage(group) is None:
                 return None  # not running (paused, gone)
-            work = asyncio.ensure_future(
-                asyncio.to_thread(cgroups.offload, group, OFFLOAD_KEEP_BYTES)
-            )
-            try:
-                resident = await asyncio.shield(work)
-            except asyncio.CancelledError:
-                with contextlib.suppress(Exception):
-                    await work  # its limit is put back before the lock is let go
-                raise
-            return resident > OFFLOAD_KEEP_BYTES
+            # Its limit is put back before the lock is let go, cancelled or not.
+            work = asyncio.to_thread(cgroups.offload, group, OFFLOAD_KEEP_BYTES)
+            return await to_completion(work) > OFFLOAD_KEEP_BYTES
 
     async def activity(self, sandbox_id: str) -> SandboxActivity | None:
         used = cgroups.usage(self._cgroup(sandbox_id))
@@ -923,6 +917,7 @@ class GVisorRuntime(Runtime):
         for sandbox_id in sorted(keep_set):
             await self._finish_cut_save(sandbox_id)
             await self._finish_cut_resume(sandbox_id)
+            self._finish_cut_offload(sandbox_id)
         for cut in self.config.snapshots_dir.glob(f"*{PARTIAL_SUFFIX}"):  # snapshots cut off
             await asyncio.to_thread(shutil.rmtree, cut, True)
         removed = []
@@ -946,6 +941,14 @@ class GVisorRuntime(Runtime):
             if not (self.config.sandboxes_dir / sandbox_id).exists():
                 self.egress.journal.remove(sandbox_id)
         return removed
+
+    def _finish_cut_offload(self, sandbox_id: str) -> None:
+        """A node killed in the middle of an offload step left the sandbox's memory limit
+        lowered (v1) or its swap open (v2): set both as its boot did."""
+        record = SandboxRecord.load(self._paths(sandbox_id).root)
+        group = self._cgroup(sandbox_id)
+        if record is not None and cgroups.usage(group) is not None:
+            cgroups.set_memory_limit(group, host_memory_limit(record.memory_mb))
 
     async def _finish_cut_save(self, sandbox_id: str) -> None:
         """A node killed while a pause checkpointed a sandbox left the half-written image
