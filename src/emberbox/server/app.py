@@ -120,9 +120,7 @@ async def serve(settings: Settings) -> None:
         settings, ctx.service, ctx.authenticate, ctx.templates, ctx.volumes, ctx.secrets
     )
     proxy = SandboxProxy(ctx.resolver, wake=ctx.service.wake)
-    ctx.service.quiesce = proxy.close_connections
-    ctx.service.streams_relayed = proxy.settle
-    ctx.service.holding_streams = proxy.holding_streams
+    ctx.service.traffic = proxy
     drain = Drain()
     proxy_side = ApiHostDispatch(api, proxy, settings.sandbox_host) if settings.domain else proxy
     servers = [

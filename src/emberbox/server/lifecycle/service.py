@@ -18,7 +18,7 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -104,13 +104,34 @@ class CreateRequest:
     volume_mounts: Sequence[Mapping[str, str]] = ()
 
 
-async def _nothing(_sandbox_id: str) -> None:
-    return None
+class SandboxTraffic(Protocol):
+    """The traffic between callers and sandboxes (the proxy's), as a checkpoint of a
+    sandbox's memory needs it quiet (``saving_memory``)."""
+
+    async def close_connections(self, sandbox_id: str) -> None:
+        """Close every connection to the sandbox: one saved in a checkpoint would come back
+        in every sandbox started from it (see runtimes/gvisor/runsc.py)."""
+
+    async def settle(self, sandbox_id: str) -> object:
+        """Wait until the ends of the process streams envd ended (``detach``) are relayed."""
+
+    def holding_streams(self, sandbox_id: str) -> contextlib.AbstractAsyncContextManager[None]:
+        """Hold new process streams to the sandbox while its memory is saved."""
+        ...
 
 
-@contextlib.asynccontextmanager
-async def _no_hold(_sandbox_id: str) -> AsyncIterator[None]:
-    yield
+class NoTraffic:
+    """Where nothing relays traffic to sandboxes (a service without a proxy in front)."""
+
+    async def close_connections(self, sandbox_id: str) -> None:
+        return None
+
+    async def settle(self, sandbox_id: str) -> object:
+        return None
+
+    @contextlib.asynccontextmanager
+    async def holding_streams(self, sandbox_id: str) -> AsyncIterator[None]:
+        yield
 
 
 @dataclass(frozen=True)
@@ -160,10 +181,7 @@ class SandboxService:
         scheduler: ResourceScheduler,
         on_gone: Callable[[str], None] = lambda _id: None,
         on_running: Callable[[Sandbox], None] = lambda _row: None,
-        quiesce: Callable[[str], Awaitable[None]] | None = None,
-        streams_relayed: Callable[[str], Awaitable[object]] | None = None,
-        holding_streams: Callable[[str], contextlib.AbstractAsyncContextManager[None]]
-        | None = None,
+        traffic: SandboxTraffic | None = None,
         team_templates: TeamTemplates | None = None,
         volumes: VolumeService | None = None,
         secret_service: SecretService | None = None,
@@ -178,14 +196,8 @@ class SandboxService:
         # Told of every sandbox a create made running, so its first proxied request needs no
         # lookup (the proxy's resolver caches where it answers).
         self.on_running = on_running
-        # Closes the proxy's connections to a sandbox before a checkpoint: a connection saved
-        # in one would be restored into its forks (see runtimes/gvisor/runsc.py).
-        self.quiesce = quiesce or _nothing
-        # Waits until the proxy has relayed the ends of the process streams envd ended before a
-        # checkpoint (``detach_streams``).
-        self.streams_relayed = streams_relayed or _nothing
-        # Holds new process streams to a sandbox while its memory is saved (``saving_memory``).
-        self.holding_streams = holding_streams or _no_hold
+        # Quieted around every checkpoint of a sandbox's memory (``saving_memory``).
+        self.traffic: SandboxTraffic = traffic or NoTraffic()
         # Templates teams built through the API (server/builds), looked up before built-ins.
         self.team_templates = team_templates
         self.volumes = volumes  # None: this deployment serves no volumes
@@ -683,13 +695,13 @@ class SandboxService:
         connection saved in memory would come back in every sandbox started from it), and new
         streams wait until it is saved. Best effort: an envd that does not answer in time, or
         predates ``/detach``, is saved as before."""
-        async with self.holding_streams(row.id):
+        async with self.traffic.holding_streams(row.id):
             if row.envd_url:
                 async with EnvdClient(row.envd_url, row.envd_access_token) as envd:
                     ended = await envd.detach()
                 if ended:
-                    await self.streams_relayed(row.id)
-            await self.quiesce(row.id)
+                    await self.traffic.settle(row.id)
+            await self.traffic.close_connections(row.id)
             yield
 
     async def saved_disk_used(self, team_id: str) -> int:
