@@ -13,7 +13,7 @@ Which sandboxes, and when:
 * any other sandbox, running or pooled, once its CPU use stayed under a tenth of a core for
   ``idle_s`` (a gVisor sandbox waiting on nothing uses ~4%), and again each time its
   resident memory regrew by ``REGROWN_BYTES`` while it stays idle (the sentry's garbage
-  collector brings ~10 MiB back every couple of minutes): :meth:`Offloader.sweep`.
+  collector, most likely, brings ~10 MiB back within a minute or two): :meth:`Offloader.sweep`.
 
 Each runs step by step, every step under the sandbox's lock, so a claim, pause or kill waits
 for one step at most and always finds the sandbox's limit whole.
