@@ -15,7 +15,7 @@ import pytest
 from emberbox._proto.node import node_pb2 as pb
 from emberbox.host import cgroups
 from emberbox.node.client import EmbeddedNode
-from emberbox.node.offload import IDLE_CPU_SHARE, REGROWN_BYTES, OffloadSettings
+from emberbox.node.offload import IDLE_CPU_SHARE, MAX_WINDOW_S, REGROWN_BYTES, OffloadSettings
 from emberbox.vocabulary import new_sandbox_id
 
 from .fake_runtime import FakeRuntime
@@ -28,6 +28,7 @@ def _swap_in_ram(monkeypatch: pytest.MonkeyPatch) -> None:
     """What ``auto`` asks of the host: its swap is compressed RAM, accounted per cgroup."""
     monkeypatch.setattr(cgroups, "swap_in_ram", lambda: True)
     monkeypatch.setattr(cgroups, "swap_limited", lambda: True)
+    monkeypatch.setattr(cgroups, "reclaims", lambda: True)
 
 
 @contextlib.asynccontextmanager
@@ -86,7 +87,7 @@ async def test_a_running_sandbox_idle_long_enough_is_offloaded_and_again_only_on
         # A paused sandbox has no activity: never offloaded.
         await node.orchestrator.pause(busy)
         runtime.resident[busy] = 40 << 20
-        assert await offloader.sweep(now=10 * IDLE_S) == []
+        assert await offloader.sweep(now=2 * IDLE_S + 20) == []
         assert runtime.bad_thaws == 0
 
 
@@ -122,8 +123,9 @@ async def test_a_pause_during_an_idle_offload_waits_for_one_step_and_ends_it(
         offloader = node.orchestrator.offloader
         sandbox_id = await _running(node)
         offloader.settings = OffloadSettings("auto", IDLE_S)
-        await offloader.sweep(now=0.0)
-        sweeping = asyncio.create_task(offloader.sweep(now=2 * IDLE_S))
+        for at in (0.0, IDLE_S / 2):
+            await offloader.sweep(now=at)
+        sweeping = asyncio.create_task(offloader.sweep(now=IDLE_S))
         for _ in range(400):
             if sandbox_id in runtime.offloading:
                 break
@@ -143,11 +145,13 @@ async def test_a_failed_step_leaves_a_running_sandbox_running_and_alone(
         sandbox_id = await _running(node)
         offloader.settings = OffloadSettings("auto", IDLE_S)
         runtime.offload_error = OSError("EPERM")
-        await offloader.sweep(now=0.0)
-        assert await offloader.sweep(now=2 * IDLE_S) == []
+        for at in (0.0, IDLE_S / 2):
+            await offloader.sweep(now=at)
+        assert await offloader.sweep(now=IDLE_S) == []
         assert node.orchestrator._held[sandbox_id].state == "running"
+        assert runtime.offloaded == [] and sandbox_id in offloader._failed
         runtime.offload_error = None
-        assert await offloader.sweep(now=4 * IDLE_S) == [], "retried after a failure"
+        assert await offloader.sweep(now=IDLE_S * 1.5) == [], "retried after a failure"
 
 
 def test_settings_read_from_the_environment() -> None:
@@ -160,3 +164,46 @@ def test_settings_read_from_the_environment() -> None:
                 {"EMBERBOX_OFFLOAD_IDLE_S": "-1"}, {"EMBERBOX_OFFLOAD_IDLE_S": "nan"}):  # fmt: skip
         with pytest.raises(ValueError, match=next(iter(env))):
             OffloadSettings.from_env(env)
+    with pytest.raises(ValueError, match="is now EMBERBOX_OFFLOAD"):  # its first name
+        OffloadSettings.from_env({"EMBERBOX_WARM_POOL_OFFLOAD": "off"})
+
+
+async def test_a_resumed_sandbox_counts_as_idle_only_idle_s_after_it_runs_again(
+    tmp_path: Path,
+) -> None:
+    """Idle before its pause is not idle after its resume (nor after a claim or a rollback,
+    which start it anew the same way): the next sweep sees it for the first time."""
+    runtime = FakeRuntime()
+    async with _node(tmp_path, runtime, idle_s=1e6) as node:
+        offloader = node.orchestrator.offloader
+        sandbox_id = await _running(node)
+        offloader.settings = OffloadSettings("auto", IDLE_S)
+        for at in (0.0, IDLE_S / 2):
+            await offloader.sweep(now=at)
+        assert await offloader.sweep(now=IDLE_S) == [sandbox_id]
+        await node.orchestrator.pause(sandbox_id)
+        await node.orchestrator.resume(sandbox_id)
+        runtime.resident[sandbox_id] = 40 << 20  # all of it back, as after a restore
+        assert await offloader.sweep(now=IDLE_S + 1) == [], "offloaded as it resumed"
+        assert await offloader.sweep(now=2 * IDLE_S) == [], "offloaded before idle_s"
+        assert await offloader.sweep(now=2 * IDLE_S + 2) == [sandbox_id]
+
+
+async def test_a_long_window_counts_as_busy_and_a_held_lock_is_passed_over(
+    tmp_path: Path,
+) -> None:
+    """CPU time read over a window longer than ``MAX_WINDOW_S`` (a sweep slowed by other
+    offloads) could hide a burst: it counts as busy. A sandbox whose lock is held (a pause,
+    a claim) is left to the next sweep rather than waited for."""
+    runtime = FakeRuntime()
+    async with _node(tmp_path, runtime, idle_s=1e6) as node:
+        offloader = node.orchestrator.offloader
+        sandbox_id = await _running(node)
+        offloader.settings = OffloadSettings("auto", IDLE_S)
+        await offloader.sweep(now=0.0)
+        assert await offloader.sweep(now=MAX_WINDOW_S + 1) == []
+        assert await offloader.sweep(now=MAX_WINDOW_S + 2) == [], "busy_at moved on"
+        ripe = MAX_WINDOW_S + 1 + IDLE_S  # idle_s after the long window's busy mark
+        async with node.orchestrator._locks.hold(sandbox_id):
+            assert await offloader.sweep(now=ripe + 0.5) == []
+        assert await offloader.sweep(now=ripe + 1) == [sandbox_id]

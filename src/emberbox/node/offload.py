@@ -44,6 +44,8 @@ IDLE_CPU_SHARE = 0.10
 # An idle sandbox is offloaded again once its resident memory grew this much since.
 REGROWN_BYTES = 8 << 20
 SWEEP_EVERY_S = 2.0  # at most; a shorter ``idle_s`` sweeps more often
+# CPU use read over a longer window than this (a sweep slowed by offloads) counts as busy.
+MAX_WINDOW_S = 10.0
 
 
 class OffloadUnavailable(RuntimeError):
@@ -63,6 +65,11 @@ class OffloadSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> OffloadSettings:
         """``EMBERBOX_OFFLOAD`` (``auto``, ``on``, ``off``) and ``EMBERBOX_OFFLOAD_IDLE_S``."""
+        if "EMBERBOX_WARM_POOL_OFFLOAD" in env:  # its first name: refused, never ignored
+            raise ValueError(
+                "EMBERBOX_WARM_POOL_OFFLOAD is now EMBERBOX_OFFLOAD, and covers idle running "
+                "sandboxes too (EMBERBOX_OFFLOAD_IDLE_S): rename it"
+            )
         mode = (env.get("EMBERBOX_OFFLOAD") or "auto").strip().lower()
         if mode not in ("auto", "on", "off"):
             raise ValueError(f"EMBERBOX_OFFLOAD={mode!r}: expected 'auto', 'on' or 'off'")
@@ -78,7 +85,7 @@ class OffloadSettings:
     def active(self) -> bool:
         """Whether sandboxes go to swap on this host now: never where the kernel does not
         account swap per cgroup (a sandbox's limit could not hold its memory plus swap)."""
-        if self.mode == "off" or not cgroups.swap_limited():
+        if self.mode == "off" or not cgroups.swap_limited() or not cgroups.reclaims():
             return False
         return cgroups.swap_in_ram() if self.mode == "auto" else cgroups.swap_total() > 0
 
@@ -86,11 +93,11 @@ class OffloadSettings:
         """Refuse ``on`` where no sandbox could ever be offloaded (``auto`` adapts)."""
         if self.mode != "on":
             return
-        if not cgroups.swap_limited():
+        if not cgroups.swap_limited() or not cgroups.reclaims():
             raise OffloadUnavailable(
-                "EMBERBOX_OFFLOAD=on, but this kernel does not account swap per cgroup, so a "
-                "sandbox's memory plus swap could not be held to its limit; set it to 'auto' "
-                "or 'off'"
+                "EMBERBOX_OFFLOAD=on, but this kernel does not account swap per cgroup (a "
+                "sandbox's memory plus swap could not be held to its limit) or, on cgroup v2, "
+                "has no memory.reclaim (Linux < 5.19); set it to 'auto' or 'off'"
             )
         if cgroups.swap_total() == 0:
             raise OffloadUnavailable(
@@ -146,6 +153,11 @@ class Offloader:
         self._watch.pop(sandbox_id, None)
         self._failed.discard(sandbox_id)
 
+    def started(self, sandbox_id: str) -> None:
+        """The sandbox runs anew (claimed, resumed, rolled back): it counts as idle only
+        ``idle_s`` after the next sweep sees it, whatever it was before."""
+        self.forget(sandbox_id)
+
     async def behind(self, sandbox_ids: Iterable[str]) -> None:
         """Offload each pooled sandbox in ``sandbox_ids`` not offloaded yet, in turn."""
         if not self.settings.active():
@@ -159,25 +171,29 @@ class Offloader:
         the ids offloaded."""
         if self.settings.idle_s <= 0 or not self.settings.active():
             return []
-        now = time.monotonic() if now is None else now
         for gone in self._watch.keys() - self._held.keys():
             self.forget(gone)
         done = []
         for sandbox_id, record in list(self._held.items()):
             if record.state not in ("running", "pooled") or sandbox_id in self._busy:
                 continue
+            if self._locks.held(sandbox_id):
+                continue  # paused, claimed or booted right now: left to the next sweep
             seen = await self.runtime.activity(sandbox_id)
             if seen is None:
                 continue
+            at = time.monotonic() if now is None else now
             watch = self._watch.get(sandbox_id)
-            if watch is None:
-                self._watch[sandbox_id] = _Watch(seen.cpu_ns, now, now)
+            if watch is None or seen.cpu_ns < watch.cpu_ns:  # first seen, or a new cgroup
+                self._watch[sandbox_id] = _Watch(seen.cpu_ns, at, at)
                 continue
             used_s = (seen.cpu_ns - watch.cpu_ns) / 1e9
-            if used_s > IDLE_CPU_SHARE * max(now - watch.seen_at, 1e-3):
-                watch.busy_at = now
-            watch.cpu_ns, watch.seen_at = seen.cpu_ns, now
-            if now - watch.busy_at < self.settings.idle_s or sandbox_id in self._failed:
+            window_s = at - watch.seen_at
+            # A long window (a slow sweep) would dilute a burst into idleness: counted busy.
+            if window_s > MAX_WINDOW_S or used_s > IDLE_CPU_SHARE * max(window_s, 1e-3):
+                watch.busy_at = at
+            watch.cpu_ns, watch.seen_at = seen.cpu_ns, at
+            if at - watch.busy_at < self.settings.idle_s or sandbox_id in self._failed:
                 continue
             if watch.floor is not None and seen.resident < watch.floor + REGROWN_BYTES:
                 continue

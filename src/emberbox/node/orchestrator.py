@@ -289,6 +289,7 @@ class Orchestrator:
                 log.warning("pooled sandbox %s failed its handshake: %s", pooled.sandbox_id, exc)
                 return None
             record.state = "running"
+            self.offloader.started(pooled.sandbox_id)
             record.created_at = time.time()
             record.envd_url, record.host = pooled.envd_url, pooled.address
             record.envd_version = version
@@ -460,6 +461,7 @@ class Orchestrator:
             else:
                 await self._serving(sandbox)
             record.state = "running"
+            self.offloader.started(sandbox_id)
             record.envd_url, record.host = sandbox.envd_url, sandbox.address
             self.records.save(record)
             return record, sandbox.rebooted
@@ -479,6 +481,7 @@ class Orchestrator:
             sandbox = await self.runtime.restore(sandbox_id, snapshot)
             await self._serving(sandbox)
             record.state = "running"
+            self.offloader.started(sandbox_id)
             self.records.save(record)
             return record
 
