@@ -89,3 +89,21 @@ def test_logs_show_lifecycle_and_processes(tmp_path: Path) -> None:
     finally:
         server.stop()
         server.kill_sandboxes()
+
+
+def test_a_setting_that_cannot_be_read_stops_the_server_and_the_node_in_one_line(
+    tmp_path: Path,
+) -> None:
+    """Refused, never ignored: a renamed or malformed setting ends ``emberbox server`` and
+    ``emberbox node`` before they start anything, with the setting named and no traceback."""
+    bad = {"EMBERBOX_WARM_POOL_OFFLOAD": ("off", "is now EMBERBOX_OFFLOAD"),
+           "EMBERBOX_OFFLOAD_IDLE_S": ("soon", "EMBERBOX_OFFLOAD_IDLE_S='soon'")}  # fmt: skip
+    for name, (value, said) in bad.items():
+        for command in ("server", "node"):
+            env = {k: v for k, v in os.environ.items() if not k.startswith(("EMBERBOX_", "E2B_"))}
+            env |= {"EMBERBOX_DATA_DIR": str(tmp_path), name: value}
+            ended = subprocess.run([sys.executable, "-m", "emberbox.cli", command],
+                                   capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
+            assert ended.returncode != 0, (command, name)
+            assert said in ended.stderr and "Traceback" not in ended.stderr, ended.stderr
+    assert list(tmp_path.iterdir()) == [], "the server or the node started before it refused"

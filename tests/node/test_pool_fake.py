@@ -154,6 +154,7 @@ async def test_pooled_sandboxes_behind_the_newest_are_offloaded_and_claims_take_
     monkeypatch.setattr(orchestrator, "POOLED_FREEZE_AFTER_S", 0.0)
     monkeypatch.setattr(cgroups, "swap_in_ram", lambda: True)  # what ``auto`` asks the host
     monkeypatch.setattr(cgroups, "swap_limited", lambda: True)
+    monkeypatch.setattr(cgroups, "reclaims", lambda: True)
     runtime = FakeRuntime()
     runtime.offload_s = 0.2
     async with _filled(tmp_path, runtime, size=3) as (node, _):

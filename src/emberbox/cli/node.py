@@ -35,7 +35,10 @@ def node(log_level: Annotated[str, typer.Option(help="log level")] = "info") -> 
         stream=sys.stderr,
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:  # a setting that cannot be read: named in the message
+        raise fail(str(exc)) from None
     if not settings.node_token and not _loopback(settings.node_host):
         raise fail(
             f"refusing to serve the node on {settings.node_host} without EMBERBOX_NODE_TOKEN: "

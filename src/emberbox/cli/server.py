@@ -33,7 +33,11 @@ def serve(log_level: Annotated[str, typer.Option(help="log level")] = "info") ->
     for noisy in ("httpx", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        asyncio.run(run_server(Settings.from_env()))
+        settings = Settings.from_env()
+    except ValueError as exc:  # a setting that cannot be read: named in the message
+        raise fail(str(exc)) from None
+    try:
+        asyncio.run(run_server(settings))
     except (AlreadyRunning, TlsError, OffloadUnavailable) as exc:
         raise fail(str(exc)) from None
 

@@ -143,6 +143,12 @@ def swap_limited() -> bool:
     return "swapaccount=0" not in cmdline and "cgroup.memory=noswap" not in cmdline
 
 
+def reclaims() -> bool:
+    """Whether a cgroup's memory can be pushed out on request (:func:`offload`): always on
+    v1 (by lowering its limit), on v2 only with ``memory.reclaim`` (Linux 5.19 and later)."""
+    return is_v1() or (CGROUP_ROOT / "memory.reclaim").exists()
+
+
 def swap_in_ram() -> bool:
     """Whether what goes to swap stays in RAM, compressed: a zram swap device, or zswap in
     front of the swap. Pages read back from there take microseconds, from a disk far more."""

@@ -427,7 +427,11 @@ class GVisorRuntime(Runtime):
                 return None  # not running (paused, gone)
             # Its limit is put back before the lock is let go, cancelled or not.
             work = asyncio.to_thread(cgroups.offload, group, OFFLOAD_KEEP_BYTES)
-            return await to_completion(work) > OFFLOAD_KEEP_BYTES
+            try:
+                return await to_completion(work) > OFFLOAD_KEEP_BYTES
+            except OSError:  # a write failed: its limit may be the lowered one
+                self._finish_cut_offload(sandbox_id)
+                raise
 
     async def activity(self, sandbox_id: str) -> SandboxActivity | None:
         used = cgroups.usage(self._cgroup(sandbox_id))
@@ -948,7 +952,10 @@ class GVisorRuntime(Runtime):
         record = SandboxRecord.load(self._paths(sandbox_id).root)
         group = self._cgroup(sandbox_id)
         if record is not None and cgroups.usage(group) is not None:
-            cgroups.set_memory_limit(group, host_memory_limit(record.memory_mb))
+            try:
+                cgroups.set_memory_limit(group, host_memory_limit(record.memory_mb))
+            except OSError as exc:  # (it stopped meanwhile: nothing to set back)
+                log.warning("sandbox %s: setting its memory limit back: %s", sandbox_id, exc)
 
     async def _finish_cut_save(self, sandbox_id: str) -> None:
         """A node killed while a pause checkpointed a sandbox left the half-written image
