@@ -15,7 +15,13 @@ import pytest
 from emberbox._proto.node import node_pb2 as pb
 from emberbox.host import cgroups
 from emberbox.node.client import EmbeddedNode
-from emberbox.node.offload import IDLE_CPU_SHARE, MAX_WINDOW_S, REGROWN_BYTES, OffloadSettings
+from emberbox.node.offload import (
+    IDLE_CPU_SHARE,
+    MAX_WINDOW_S,
+    REGROWN_BYTES,
+    Offloader,
+    OffloadSettings,
+)
 from emberbox.vocabulary import new_sandbox_id
 
 from .fake_runtime import FakeRuntime
@@ -52,6 +58,25 @@ async def _running(node: EmbeddedNode) -> str:
     spec = pb.SandboxSpec(template_id="base", cpu_count=1, memory_mb=128, disk_mb=64,
                           access_token="tok", sandbox_id=new_sandbox_id())  # fmt: skip
     return (await node.create(spec)).sandbox_id
+
+
+@contextlib.asynccontextmanager
+async def _one_watched(
+    tmp_path: Path, runtime: FakeRuntime
+) -> AsyncIterator[tuple[EmbeddedNode, Offloader, str]]:
+    """A node holding one running sandbox, whose offloader sweeps only when the test says,
+    at the times it gives (its own sweeper never gets there)."""
+    async with _node(tmp_path, runtime, idle_s=1e6) as node:
+        offloader = node.orchestrator.offloader
+        sandbox_id = await _running(node)
+        offloader.settings = OffloadSettings("auto", IDLE_S)
+        yield node, offloader, sandbox_id
+
+
+async def _seen_idle_until_ripe(offloader: Offloader) -> None:
+    """Sweeps at 0 and IDLE_S / 2 (nothing used the CPU): a sweep at IDLE_S offloads."""
+    for at in (0.0, IDLE_S / 2):
+        await offloader.sweep(now=at)
 
 
 async def test_a_running_sandbox_idle_long_enough_is_offloaded_and_again_only_once_it_regrew(
@@ -119,12 +144,8 @@ async def test_a_pause_during_an_idle_offload_waits_for_one_step_and_ends_it(
 ) -> None:
     runtime = FakeRuntime()
     runtime.offload_s = 0.1
-    async with _node(tmp_path, runtime, idle_s=1e6) as node:
-        offloader = node.orchestrator.offloader
-        sandbox_id = await _running(node)
-        offloader.settings = OffloadSettings("auto", IDLE_S)
-        for at in (0.0, IDLE_S / 2):
-            await offloader.sweep(now=at)
+    async with _one_watched(tmp_path, runtime) as (node, offloader, sandbox_id):
+        await _seen_idle_until_ripe(offloader)
         sweeping = asyncio.create_task(offloader.sweep(now=IDLE_S))
         for _ in range(400):
             if sandbox_id in runtime.offloading:
@@ -140,13 +161,9 @@ async def test_a_failed_step_leaves_a_running_sandbox_running_and_alone(
     tmp_path: Path,
 ) -> None:
     runtime = FakeRuntime()
-    async with _node(tmp_path, runtime, idle_s=1e6) as node:
-        offloader = node.orchestrator.offloader
-        sandbox_id = await _running(node)
-        offloader.settings = OffloadSettings("auto", IDLE_S)
+    async with _one_watched(tmp_path, runtime) as (node, offloader, sandbox_id):
         runtime.offload_error = OSError("EPERM")
-        for at in (0.0, IDLE_S / 2):
-            await offloader.sweep(now=at)
+        await _seen_idle_until_ripe(offloader)
         assert await offloader.sweep(now=IDLE_S) == []
         assert node.orchestrator._held[sandbox_id].state == "running"
         assert runtime.offloaded == [] and sandbox_id in offloader._failed
@@ -174,12 +191,8 @@ async def test_a_resumed_sandbox_counts_as_idle_only_idle_s_after_it_runs_again(
     """Idle before its pause is not idle after its resume (nor after a claim or a rollback,
     which start it anew the same way): the next sweep sees it for the first time."""
     runtime = FakeRuntime()
-    async with _node(tmp_path, runtime, idle_s=1e6) as node:
-        offloader = node.orchestrator.offloader
-        sandbox_id = await _running(node)
-        offloader.settings = OffloadSettings("auto", IDLE_S)
-        for at in (0.0, IDLE_S / 2):
-            await offloader.sweep(now=at)
+    async with _one_watched(tmp_path, runtime) as (node, offloader, sandbox_id):
+        await _seen_idle_until_ripe(offloader)
         assert await offloader.sweep(now=IDLE_S) == [sandbox_id]
         await node.orchestrator.pause(sandbox_id)
         await node.orchestrator.resume(sandbox_id)
@@ -196,10 +209,7 @@ async def test_a_long_window_counts_as_busy_and_a_held_lock_is_passed_over(
     offloads) could hide a burst: it counts as busy. A sandbox whose lock is held (a pause,
     a claim) is left to the next sweep rather than waited for."""
     runtime = FakeRuntime()
-    async with _node(tmp_path, runtime, idle_s=1e6) as node:
-        offloader = node.orchestrator.offloader
-        sandbox_id = await _running(node)
-        offloader.settings = OffloadSettings("auto", IDLE_S)
+    async with _one_watched(tmp_path, runtime) as (node, offloader, sandbox_id):
         await offloader.sweep(now=0.0)
         assert await offloader.sweep(now=MAX_WINDOW_S + 1) == []
         assert await offloader.sweep(now=MAX_WINDOW_S + 2) == [], "busy_at moved on"
