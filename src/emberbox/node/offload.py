@@ -83,27 +83,28 @@ class OffloadSettings:
         return cls(mode=mode, idle_s=idle_s)  # type: ignore[arg-type]
 
     def active(self) -> bool:
-        """Whether sandboxes go to swap on this host now: never where the kernel does not
-        account swap per cgroup (a sandbox's limit could not hold its memory plus swap)."""
-        if self.mode == "off" or not cgroups.swap_limited() or not cgroups.reclaims():
+        """Whether sandboxes go to swap on this host now (``auto``: only to swap in RAM)."""
+        if self.mode == "off" or _unfit_host() is not None:
             return False
-        return cgroups.swap_in_ram() if self.mode == "auto" else cgroups.swap_total() > 0
+        return self.mode == "on" or cgroups.swap_in_ram()
 
     def check_host(self) -> None:
         """Refuse ``on`` where no sandbox could ever be offloaded (``auto`` adapts)."""
-        if self.mode != "on":
-            return
-        if not cgroups.swap_limited() or not cgroups.reclaims():
-            raise OffloadUnavailable(
-                "EMBERBOX_OFFLOAD=on, but this kernel does not account swap per cgroup (a "
-                "sandbox's memory plus swap could not be held to its limit) or, on cgroup v2, "
-                "has no memory.reclaim (Linux < 5.19); set it to 'auto' or 'off'"
-            )
-        if cgroups.swap_total() == 0:
-            raise OffloadUnavailable(
-                "EMBERBOX_OFFLOAD=on, but this host has no swap (scripts/host-swap.sh adds "
-                "one compressed in RAM); set it to 'auto' or 'off'"
-            )
+        if self.mode == "on" and (why := _unfit_host()) is not None:
+            raise OffloadUnavailable(f"EMBERBOX_OFFLOAD=on, but {why}; set it to 'auto' or 'off'")
+
+
+def _unfit_host() -> str | None:
+    """Why no sandbox can be offloaded on this host at all, or None: what ``active`` and
+    ``check_host`` both ask."""
+    if not cgroups.swap_limited() or not cgroups.reclaims():
+        return (
+            "this kernel does not account swap per cgroup (a sandbox's memory plus swap could "
+            "not be held to its limit) or, on cgroup v2, has no memory.reclaim (Linux < 5.19)"
+        )
+    if cgroups.swap_total() == 0:
+        return "this host has no swap (scripts/host-swap.sh adds one compressed in RAM)"
+    return None
 
 
 class Held(Protocol):
