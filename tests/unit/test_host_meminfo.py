@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from emberbox.host import cgroups, meminfo
-from emberbox.node.pool import host_free_mb
+from emberbox.host.meminfo import host_free_mb
 
 SAMPLE = """MemTotal:       24576000 kB
 MemFree:        20000000 kB

@@ -18,3 +18,9 @@ def meminfo_bytes(field: str) -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def host_free_mb() -> int:
+    """``MemAvailable`` in MiB: what the host can still give without swapping or reclaiming
+    hard (0 when unreadable, so nothing that waits on memory starts)."""
+    return (meminfo_bytes("MemAvailable") or 0) >> 20

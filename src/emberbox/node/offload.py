@@ -31,6 +31,7 @@ from typing import Literal, Protocol
 from ..host import cgroups
 from ..host.locks import KeyedLock
 from ..runtimes.base import Runtime
+from .env import seconds
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +74,7 @@ class OffloadSettings:
         mode = (env.get("EMBERBOX_OFFLOAD") or "auto").strip().lower()
         if mode not in ("auto", "on", "off"):
             raise ValueError(f"EMBERBOX_OFFLOAD={mode!r}: expected 'auto', 'on' or 'off'")
-        raw = (env.get("EMBERBOX_OFFLOAD_IDLE_S") or str(cls.idle_s)).strip()
-        try:
-            idle_s = float(raw)
-        except ValueError:
-            raise ValueError(f"EMBERBOX_OFFLOAD_IDLE_S={raw!r}: expected seconds") from None
-        if not idle_s >= 0:
-            raise ValueError(f"EMBERBOX_OFFLOAD_IDLE_S={raw!r} must not be negative")
+        idle_s = seconds(env, "EMBERBOX_OFFLOAD_IDLE_S", cls.idle_s)
         return cls(mode=mode, idle_s=idle_s)  # type: ignore[arg-type]
 
     def active(self) -> bool:

@@ -34,7 +34,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
-from ..host.meminfo import meminfo_bytes
+from ..host.meminfo import host_free_mb
 from ..runtimes.base import NetworkPolicy, RuntimeSandbox, SandboxSpec
 from ..vocabulary import DEFAULT_PIDS_LIMIT
 
@@ -130,11 +130,6 @@ class _Held:
 
 Start = Callable[[PoolKey], Awaitable[RuntimeSandbox]]
 Release = Callable[[str], Awaitable[None]]
-
-
-def host_free_mb() -> int:
-    """``MemAvailable``: what the host can still give without swapping or reclaiming hard."""
-    return (meminfo_bytes("MemAvailable") or 0) >> 20
 
 
 @dataclass
