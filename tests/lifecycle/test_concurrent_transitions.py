@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from emberbox.runtimes.base import SandboxStatus
+from emberbox.server.lifecycle.errors import NotFound
 from emberbox.server.lifecycle.service import CreateRequest
 
 from .conftest import Plane
@@ -36,3 +39,14 @@ async def test_two_connects_of_a_paused_sandbox_both_get_it_running(plane: Plane
     )
     assert sorted(resumed for _, resumed in answers) == [False, True]  # one resume, not two
     assert await plane.state(row.id) == "running"
+
+
+async def test_a_pause_that_finds_the_sandbox_gone_from_its_node_is_not_found(plane: Plane) -> None:
+    """A kill from another caller that reached the node first (CI's stress test met it between
+    the pause's checks and its node call): 404 like every other operation, not a 500, and
+    the row is not left pausing."""
+    row = await plane.service.create(plane.who, CreateRequest("base", 600))
+    assert await plane.service.node.kill(row.id)
+    with pytest.raises(NotFound, match="no longer exists on its node"):
+        await plane.service.pause(plane.who, row.id)
+    assert await plane.state(row.id) != "pausing"

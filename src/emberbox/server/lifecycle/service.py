@@ -682,6 +682,8 @@ class SandboxService:
                 await q.set_state(s, sandbox_id, [State.PAUSING], State.RUNNING, pause_mode=None)
             if not isinstance(e, Exception):
                 raise
+            if isinstance(e, NodeSandboxNotFound):  # killed meanwhile (or died: the dead check)
+                raise NotFound(f"sandbox '{sandbox_id}' no longer exists on its node") from e
             raise SandboxFailed(f"pause failed: {e}") from e
         async with self.sessions.begin() as s:
             await q.set_state(s, sandbox_id, [State.PAUSING], State.PAUSED, paused_bytes=size)
