@@ -6,7 +6,10 @@ Measured (median/p95/p99 in ms, ratio to its baseline):
   template's snapshot (empty pool), and cold (``EMBERBOX_TEMPLATE_SNAPSHOTS=0``: every create
   boots); baseline bare ``runsc restore``;
 * pause and resume (``Sandbox.connect``) of a sandbox holding 256 MiB; baselines bare
-  ``runsc checkpoint`` and ``runsc restore`` of a sandbox holding 256 MiB;
+  ``runsc checkpoint`` and ``runsc restore`` of a sandbox holding 256 MiB. Resumed at once,
+  within the node's keep (``EMBERBOX_PAUSE_KEEP_S``), as an agent between turns does: its
+  kept processes continue; and on a node that keeps none (``EMBERBOX_PAUSE_KEEP_S=0``, as after
+  the keep): restored from the saved memory;
 * snapshot, fork x10 (one call), rollback in place;
 * filesystem-only pause (``pause(mode="filesystem")``) of a sandbox that wrote 10 MiB in 200
   files, and its resume (a boot from those files) to the first command result; baselines the
@@ -447,14 +450,34 @@ def filesystem_pause(opts: dict[str, Any], n: int) -> dict[str, list[float]]:
     }
 
 
+def pause_resume(opts: dict[str, Any], n: int) -> tuple[list[float], list[float]]:
+    """``n`` pauses of a sandbox holding 256 MiB, each resumed at once (``Sandbox.connect``)."""
+    sbx = Sandbox.create(timeout=600, **opts)
+    try:
+        check(sbx.commands.run(HOLD_256).exit_code == 0, "could not hold 256 MiB")
+        time.sleep(2)
+        pauses, resumes = [], []
+        for _ in range(n):
+            pauses.append(timed(sbx.pause))
+            resumes.append(timed(lambda: Sandbox.connect(sbx.sandbox_id, **opts)))
+            check(sbx.commands.run("true").exit_code == 0, "resumed sandbox does not run")
+        return pauses, resumes
+    finally:
+        sbx.kill()
+
+
 def through_api(n: int, forks: int, concurrent: int) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        cold_env = {**LIMITS, "EMBERBOX_TEMPLATE_SNAPSHOTS": "0"}
+        # (a node that keeps no paused sandbox's processes: every resume restores)
+        cold_env = {**LIMITS, "EMBERBOX_TEMPLATE_SNAPSHOTS": "0", "EMBERBOX_PAUSE_KEEP_S": "0"}
         with gvisor_server(Path(tmp) / "cold", cold_env) as server:
             opts = sdk_env(server)
             out["cold create → first command"] = [tti(opts) for _ in range(n)]
             out.update(filesystem_pause(opts, n))
+            pauses, resumes = pause_resume(opts, n)
+            out["pause, none kept (256 MiB held)"] = pauses
+            out["resume, restored (256 MiB held)"] = resumes
 
     with tempfile.TemporaryDirectory() as tmp, gvisor_server(Path(tmp), LIMITS) as server:
         opts = sdk_env(server)
@@ -462,19 +485,9 @@ def through_api(n: int, forks: int, concurrent: int) -> dict[str, list[float]]:
         wait_for_template_snapshot(data_dir())
         out["restore create → first command"] = [tti(opts) for _ in range(n)]
 
-        sbx = Sandbox.create(timeout=600, **opts)
-        try:
-            check(sbx.commands.run(HOLD_256).exit_code == 0, "could not hold 256 MiB")
-            time.sleep(2)
-            pauses, resumes = [], []
-            for _ in range(n):
-                pauses.append(timed(sbx.pause))
-                resumes.append(timed(lambda: Sandbox.connect(sbx.sandbox_id, **opts)))
-                check(sbx.commands.run("true").exit_code == 0, "resumed sandbox does not run")
-            out["pause (256 MiB held)"] = pauses
-            out["resume (256 MiB held)"] = resumes
-        finally:
-            sbx.kill()
+        pauses, resumes = pause_resume(opts, n)
+        out["pause (256 MiB held)"] = pauses
+        out["resume, kept (256 MiB held)"] = resumes
 
         src = Sandbox.create(timeout=600, **opts)
         try:
@@ -538,7 +551,9 @@ def main() -> None:
     rows.update(through_api(args.n, args.forks, args.concurrent))
     baselines = {
         "pause (256 MiB held)": bare_save,
-        "resume (256 MiB held)": bare_restore,
+        "pause, none kept (256 MiB held)": bare_save,
+        "resume, kept (256 MiB held)": bare_restore,
+        "resume, restored (256 MiB held)": bare_restore,
         "restore create → first command": bare_restore,
         f"warm-pool create → first command (pool of {LATENCY_POOL})": bare_restore,
         "cold create → first command": bare_restore,

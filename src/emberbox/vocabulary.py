@@ -26,6 +26,11 @@ STANDBY_SHELLS = 2
 """Login shells envd keeps started per (user, cwd, stdin) so a command need not wait for a login
 (``envd/process/standby.py``); the warm pool primes a pooled sandbox with as many commands."""
 
+PAUSE_KEEP_S = 60.0
+"""How long a node keeps a paused sandbox's processes stopped beside its saved memory
+(``EMBERBOX_PAUSE_KEEP_S``; 0: never): a resume within it continues them in tens of ms
+instead of restoring the memory (docs/stateful.md, "Kept paused sandboxes")."""
+
 DEFAULT_UID = 1000
 """The uid (and gid) of ``DEFAULT_USER`` in our templates: who owns what is put in a volume."""
 

@@ -208,7 +208,9 @@ async def test_a_node_killed_mid_resume_leaves_the_sandbox_paused_and_nothing_ru
     """The node SIGKILLed while it resumes a sandbox, from its memory and then from its
     files: what the restore or the boot started would run on without it while the sandbox
     counts as paused (its saved state goes only once it runs), holding memory no one sees.
-    The restarted node stops it; the sandbox is paused, and resumes as any other."""
+    The restarted node stops it; the sandbox is paused, and resumes as any other. (This node
+    keeps no paused sandbox's processes: a resume restores, and lasts long enough to cut.)"""
+    node.extra_env["EMBERBOX_PAUSE_KEEP_S"] = "0"
     async with _one_sandbox(node) as h:
         async with EnvdClient(h.sandbox.envd_url, "t0k") as envd:
             await envd.run("echo kept > /home/user/f")
@@ -231,6 +233,32 @@ async def test_a_node_killed_mid_resume_leaves_the_sandbox_paused_and_nothing_ru
             resumed = await h.client.resume(h.sid, "t0k")
             assert resumed.rebooted is not memory
             assert await _echo(h.sandbox, "$(cat /home/user/f)") == "kept\n"
+        assert await h.client.kill(h.sid) is True
+
+
+async def test_a_node_killed_while_it_keeps_a_paused_sandbox_leaves_it_paused_and_nothing_running(
+    node: NodeProcess,
+) -> None:
+    """A paused sandbox's processes kept for a fast resume (``runtimes/gvisor/kept.py``) are
+    the node's alone: one SIGKILLed leaves them frozen on the host, and its successor stops
+    them as it starts. The sandbox stays paused and resumes from its saved memory."""
+    async with _one_sandbox(node) as h:
+        async with EnvdClient(h.sandbox.envd_url, "t0k") as envd:
+            await envd.run(f"echo kept > /home/user/f; nohup sh -c '{background_counter.LOOP}'"
+                           " > /dev/null 2>&1 &")  # fmt: skip
+            counted = int((await envd.run(background_counter.READ)).text)
+        group = GVisorRuntime(h.config)._cgroup(h.sid)
+        await h.client.pause(h.sid)
+        assert cgroups.procs(group), "the paused sandbox's processes were not kept"
+        node.sigkill()
+        await h.restart()
+        assert await h.statuses() == [(h.sid, pb.SANDBOX_STATUS_PAUSED)]
+        assert cgroups.procs(group) == [], "a paused sandbox still runs"
+        resumed = await h.client.resume(h.sid, "t0k")
+        assert not resumed.rebooted
+        assert await _echo(h.sandbox, "$(cat /home/user/f)") == "kept\n"
+        async with EnvdClient(h.sandbox.envd_url, "t0k") as envd:
+            assert int((await envd.run(background_counter.READ)).text) >= counted
         assert await h.client.kill(h.sid) is True
 
 
@@ -262,9 +290,9 @@ async def test_a_node_killed_mid_save_leaves_the_sandbox_running_and_no_partial_
     node: NodeProcess,
 ) -> None:
     """The node SIGKILLed while runsc checkpoints a sandbox for a pause, then for a snapshot:
-    the checkpoint leaves the sandbox running, so the restarted node adopts it running, its
-    processes counting on; the half-made images, which no one would ever read or delete, are
-    gone; and the sandbox pauses and resumes as any other."""
+    the restarted node lets its kernel (paused for the checkpoint) run again and adopts it
+    running, its processes counting on; the half-made images, which no one would ever read
+    or delete, are gone; and the sandbox pauses and resumes as any other."""
     async with _one_sandbox(node) as h:
         async with EnvdClient(h.sandbox.envd_url, "t0k") as envd:
             quiet = "> /dev/null 2>&1 &"

@@ -65,6 +65,7 @@ def node(log_level: Annotated[str, typer.Option(help="log level")] = "info") -> 
                 settings.egress_ca,
                 settings.builds,
                 settings.offload,
+                settings.pause_keep_s,
             )
         )
     except OffloadUnavailable as exc:

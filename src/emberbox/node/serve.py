@@ -15,6 +15,7 @@ from pathlib import Path
 import uvicorn
 
 from ..runtimes import select_runtime
+from ..vocabulary import PAUSE_KEEP_S
 from .app import node_app
 from .builds import BuildSettings, NodeBuilds
 from .offload import OffloadSettings
@@ -47,11 +48,13 @@ async def serve_node(
     egress_ca: str = "",
     builds: BuildSettings | None = None,
     offload: OffloadSettings | None = None,
+    pause_keep_s: float = PAUSE_KEEP_S,
 ) -> None:
     """Serve until SIGTERM/SIGINT; the caller holds the data dir's node lock."""
     runtime = select_runtime(
-        runtime_name, data_dir, envd_command, runsc, template_snapshots, egress_dns, egress_ca
-    )
+        runtime_name, data_dir, envd_command, runsc, template_snapshots, egress_dns, egress_ca,
+        pause_keep_s,
+    )  # fmt: skip
     orchestrator = Orchestrator(
         runtime,
         data_dir / "node",

@@ -17,6 +17,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..vocabulary import PAUSE_KEEP_S
 from .base import Runtime
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ def select_runtime(
     template_snapshots: bool = True,
     egress_dns: Sequence[str] = (),
     egress_ca: str = "",
+    pause_keep_s: float = PAUSE_KEEP_S,
 ) -> Runtime:
     """The runtime ``name`` stands for, keeping its state under ``data_dir``.
 
@@ -76,7 +78,8 @@ def select_runtime(
     ``runsc`` names the runsc binary (default: the one on PATH); ``template_snapshots`` False
     makes every create boot (gVisor restores a snapshot of the template otherwise);
     ``egress_dns`` are the resolvers the egress gateway asks (default: the host's), and
-    ``egress_ca`` a PEM file of CAs it trusts besides the system's when it intercepts.
+    ``egress_ca`` a PEM file of CAs it trusts besides the system's when it intercepts;
+    ``pause_keep_s`` how long gVisor keeps a paused sandbox's processes for a fast resume.
     """
     resolved = resolve_name(name)
     if resolved == "gvisor":
@@ -88,6 +91,7 @@ def select_runtime(
             template_snapshots=template_snapshots,
             egress_dns=tuple(egress_dns),
             egress_ca=egress_ca,
+            pause_keep_s=pause_keep_s,
         )
         if runsc:
             config = dataclasses.replace(config, runsc=runsc)

@@ -14,8 +14,10 @@ from pathlib import Path
 
 from ..host.meminfo import meminfo_bytes
 from ..node.builds import BuildSettings
+from ..node.env import seconds
 from ..node.offload import OffloadSettings
 from ..node.pool import PoolSettings
+from ..vocabulary import PAUSE_KEEP_S
 
 
 def _node_memory_mb() -> int:
@@ -100,6 +102,8 @@ class Settings:
       HTTPS to a domain with header rules (``EMBERBOX_EGRESS_CA``); the system's are trusted.
     * template_snapshots - gVisor creates restore a snapshot of their template taken once
       (``EMBERBOX_TEMPLATE_SNAPSHOTS``, default on; ``0`` boots every sandbox).
+    * pause_keep_s - how long the node keeps a paused gVisor sandbox's processes, stopped,
+      for a resume that continues them (``EMBERBOX_PAUSE_KEEP_S``; 0: every resume restores).
     * builds - how the node runs template builds (``node.builds.BuildSettings``).
     * max_upload_bytes - the largest file upload for a build (``EMBERBOX_MAX_UPLOAD_BYTES``).
     """
@@ -129,6 +133,7 @@ class Settings:
     dead_check_interval_s: float = 2.0
     warm_pool: PoolSettings = field(default_factory=PoolSettings)
     offload: OffloadSettings = field(default_factory=OffloadSettings)
+    pause_keep_s: float = PAUSE_KEEP_S
     limits: Limits = field(default_factory=Limits)
     capacity: Capacity = field(default_factory=Capacity)
     builds: BuildSettings = field(default_factory=BuildSettings)
@@ -227,6 +232,7 @@ class Settings:
             dead_check_interval_s=num("EMBERBOX_DEAD_CHECK_INTERVAL_S", 2.0),
             warm_pool=PoolSettings.from_env(e),
             offload=OffloadSettings.from_env(e),
+            pause_keep_s=seconds(e, "EMBERBOX_PAUSE_KEEP_S", PAUSE_KEEP_S),
             limits=limits,
             capacity=capacity,
             builds=BuildSettings.from_env(e),

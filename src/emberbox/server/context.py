@@ -45,6 +45,7 @@ def make_node(settings: Settings) -> tuple[NodeClient, list[InstanceLock]]:
         settings.template_snapshots,
         settings.egress_dns,
         settings.egress_ca,
+        settings.pause_keep_s,
     )
     node = EmbeddedNode(
         runtime,

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...templates.store import data_dir
+from ...vocabulary import PAUSE_KEEP_S
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,11 @@ class GVisorConfig:
     # Run ulogd for the egress audit log's kernel side (``host/flow_monitor.py``). Off for a
     # process that only builds templates beside a node: the node's ulogd is the one.
     egress_audit: bool = True
+    # A paused sandbox's processes stay, stopped, beside its saved memory this long (0: never)
+    # while the host has more than ``pause_keep_min_free_mb`` available: a resume then
+    # continues them instead of restoring.
+    pause_keep_s: float = PAUSE_KEEP_S
+    pause_keep_min_free_mb: int = 1024
 
     @property
     def cpu_cap(self) -> float:

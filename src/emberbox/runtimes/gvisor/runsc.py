@@ -154,6 +154,19 @@ class Runsc:
         if out.code != 0:
             raise RunscError(f"checkpoint of {sandbox_id} failed: {_reason(out.stderr)}")
 
+    async def pause(self, sandbox_id: str) -> None:
+        """Stop every task of the sandbox's kernel (its sentry and gofer stay, idle): what a
+        checkpoint then saves is all that ran, until :meth:`resume`."""
+        out = await _proc.run(*await self._base(), "pause", sandbox_id, check=False)
+        if out.code != 0:
+            raise RunscError(f"pause of {sandbox_id} failed: {_reason(out.stderr)}")
+
+    async def resume(self, sandbox_id: str) -> None:
+        """Let the tasks :meth:`pause` stopped run again."""
+        out = await _proc.run(*await self._base(), "resume", sandbox_id, check=False)
+        if out.code != 0:
+            raise RunscError(f"resume of {sandbox_id} failed: {_reason(out.stderr)}")
+
     async def restore(
         self,
         sandbox_id: str,

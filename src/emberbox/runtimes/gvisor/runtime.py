@@ -57,6 +57,7 @@ from . import guest_files
 from .bundle import BindMount, BundleSpec, host_memory_limit, write_bundle
 from .config import GVisorConfig
 from .egress import NodeEgress, judged, resolv_conf, rules_of, saved_policy
+from .kept import KeptPauses
 from .runsc import Runsc, RunscError
 from .state import PARTIAL_SUFFIX, SandboxPaths, SandboxRecord, partial
 from .warm import TemplateSnapshots
@@ -135,6 +136,9 @@ class GVisorRuntime(Runtime):
         # Paused sandboxes whose runsc container this process deleted: their resume need not
         # ask runsc whether one is left (a ``runsc state``, ~35 ms).
         self._deleted: set[str] = set()
+        # Paused sandboxes whose processes stay, stopped, for a resume to continue (kept.py).
+        self.kept = KeptPauses(self.config.pause_keep_s, self.config.pause_keep_min_free_mb,
+                               self._forget_container)  # fmt: skip
         self.warm = TemplateSnapshots(self.config.template_snapshots_dir, self.config.boot_timeout)
         self.egress = NodeEgress(self.config, self.pool, self._saved_policies)
 
@@ -144,6 +148,7 @@ class GVisorRuntime(Runtime):
         sandbox is left in it (sandboxes still running keep it: a node stops without killing
         them); one per data dir had piled up on a host that runs many short-lived nodes."""
         await self.warm.close()
+        await self.kept.close()
         await asyncio.gather(*self._background, return_exceptions=True)  # teardowns under way
         await self.egress.close()
         cgroups.remove(self.config.cgroup_base)
@@ -503,6 +508,7 @@ class GVisorRuntime(Runtime):
 
     def _kill_processes(self, sandbox_id: str) -> list[int]:
         """SIGKILL every process in the sandbox's cgroup; returns the ones signalled."""
+        self.kept.take(sandbox_id)  # a paused one's kept processes end here
         pids = cgroups.procs(self._cgroup(sandbox_id))
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
@@ -526,8 +532,10 @@ class GVisorRuntime(Runtime):
         return not cgroups.procs(self._cgroup(sandbox_id))
 
     async def _status(self, sandbox_id: str) -> SandboxStatus:
-        """runsc's view, except that a sandbox whose memory is saved on disk is paused (its
-        runsc container is killed, then deleted, and comes back only with the resume)."""
+        """runsc's view, except that a sandbox is paused exactly when its memory is saved on
+        disk: its runsc container is killed, then deleted, and comes back only with the
+        resume (or is kept, runsc-paused, until then); one runsc reports paused without that
+        is a pause under way, or one a node's death cut off, which its successor undoes."""
         if self._paths(sandbox_id).paused():
             return SandboxStatus.PAUSED  # runsc may still report the killed sandbox for a while
         group = self._cgroup(sandbox_id)
@@ -546,9 +554,12 @@ class GVisorRuntime(Runtime):
     async def pause(self, sandbox_id: str, memory: bool = True) -> int:
         """Save the sandbox's memory and writable layer to its directory (without ``memory``:
         only the files it changed), then stop it: a paused sandbox holds disk, its address
-        and its mounts, but no memory or CPU. Returns the disk what was saved takes.
+        and its mounts, but no CPU, and no memory once its processes are let go (at once, or
+        after ``pause_keep_s``: ``kept.py``). Returns the disk what was saved takes.
 
-        If the save fails the sandbox keeps running and the error is raised.
+        Its kernel is paused before the checkpoint, so nothing it does after the saved state
+        (a file write that returned) is lost. If the save fails the sandbox keeps running and
+        the error is raised.
         """
         async with self._locks.hold(sandbox_id):
             record = await self._require(sandbox_id)
@@ -567,13 +578,20 @@ class GVisorRuntime(Runtime):
             shutil.rmtree(image, ignore_errors=True)
             image.mkdir()
             try:
+                await self.runsc.pause(sandbox_id)
                 await self.runsc.checkpoint(sandbox_id, image, paths.disk)
             except BaseException:
-                shutil.rmtree(image, ignore_errors=True)
+                with contextlib.suppress(Exception):  # (the first error is the one told)
+                    await self.runsc.resume(sandbox_id)
+                shutil.rmtree(image, ignore_errors=True)  # last: it marks a kernel paused
                 raise
             os.replace(image, paths.memory)  # from here on the sandbox counts as paused
-            self._kill_processes(sandbox_id)  # their exit (~50 ms for 256 MiB) is not waited for
             size = _du(paths.memory)
+            if self.kept.may_keep():
+                cgroups.freeze(self._cgroup(sandbox_id), True)  # its sentry's timers too
+                self.kept.keep(sandbox_id)
+                return size
+            self._kill_processes(sandbox_id)  # their exit (~50 ms for 256 MiB) is not waited for
         # The processes' end and runsc's own record go in the background (~80 ms); a resume
         # waits for that, or removes the record itself after a node restart.
         self._in_background(self._forget_container(sandbox_id))
@@ -621,7 +639,8 @@ class GVisorRuntime(Runtime):
                 raise SandboxGone(f"sandbox {sandbox_id} is neither paused nor running")
             if paths.memory.is_dir() and memory:
                 # (a leftover of a reboot that failed, or was cut off, goes with its success)
-                await self._restore_in_place(sandbox_id, record, paths.memory)
+                if not await self._continue_kept(sandbox_id):
+                    await self._restore_in_place(sandbox_id, record, paths.memory)
                 self._discard(paths.memory)
                 self._discard(paths.files)
                 return self._sandbox(record, SandboxStatus.RUNNING)
@@ -631,6 +650,21 @@ class GVisorRuntime(Runtime):
             return dataclasses.replace(
                 self._sandbox(record, SandboxStatus.RUNNING, defaults), rebooted=True
             )
+
+    async def _continue_kept(self, sandbox_id: str) -> bool:
+        """Run a paused sandbox's kept processes again (``kept.py``); False when it has none
+        (a restore then starts it from its saved memory, stopping what is left first)."""
+        if not self.kept.take(sandbox_id):
+            return False
+        group = self._cgroup(sandbox_id)
+        cgroups.freeze(group, False)
+        try:
+            await self.runsc.resume(sandbox_id)
+        except RunscError as exc:
+            log.warning("sandbox %s: its kept processes did not resume (%s); restoring",
+                        sandbox_id, exc)  # fmt: skip
+            return False
+        return True
 
     async def _save_files(
         self, record: SandboxRecord, paths: SandboxPaths, dest: Path | None = None,
@@ -958,13 +992,19 @@ class GVisorRuntime(Runtime):
                 log.warning("sandbox %s: setting its memory limit back: %s", sandbox_id, exc)
 
     async def _finish_cut_save(self, sandbox_id: str) -> None:
-        """A node killed while a pause checkpointed a sandbox left the half-written image
-        (the sandbox runs on: runsc checkpoints with ``--leave-running``). One killed while
+        """A node killed while a pause checkpointed a sandbox left the half-written image and
+        the sandbox's kernel paused (``runsc pause`` before the checkpoint): it runs on,
+        unpaused, and the image goes. One killed while
         a save read its files left its processes stopped (the save's runsc exec lets them go
         only when it fails, or for a snapshot): let them go, unless the sandbox was paused
         with its files after all."""
         paths = self._paths(sandbox_id)
-        await asyncio.to_thread(shutil.rmtree, partial(paths.memory), True)
+        image = partial(paths.memory)
+        if image.exists() and not paths.paused():
+            log.warning("sandbox %s: a pause was cut off; it runs on", sandbox_id)
+            with contextlib.suppress(RunscError):  # (it may not have been paused yet)
+                await self.runsc.resume(sandbox_id)
+        await asyncio.to_thread(shutil.rmtree, image, True)
         if not paths.saving.exists():
             return
         if not paths.paused() and await self._status(sandbox_id) is SandboxStatus.RUNNING:
@@ -979,14 +1019,15 @@ class GVisorRuntime(Runtime):
     async def _finish_cut_resume(self, sandbox_id: str) -> None:
         """A node killed while it resumed a sandbox left it paused (its saved memory or files
         go only once it runs: a boot from files waits for envd to apply them), but what the
-        boot had started runs on without the node, holding memory the sandbox should not.
+        boot had started runs on without the node, holding memory the sandbox should not;
+        so do the processes a node stopped (or killed) meanwhile kept for a fast resume.
         The control plane records it paused, as the node reports it: stop what runs, and a
         resume starts it again from what was saved."""
         if not self._paths(sandbox_id).paused():
             return
         if not cgroups.procs(self._cgroup(sandbox_id)):
             return
-        log.warning("sandbox %s: a resume was cut off; stopping what it started", sandbox_id)
+        log.warning("sandbox %s is paused; stopping the processes left of it", sandbox_id)
         await self._stop_processes(sandbox_id)
         await self.runsc.delete(sandbox_id)
 
@@ -1190,9 +1231,8 @@ def _status(state: Mapping[str, object] | None) -> SandboxStatus:
     if state is None:
         return SandboxStatus.STOPPED
     status = str(state.get("status"))
-    if status == "paused":
-        return SandboxStatus.PAUSED
-    # "creating"/"created" are the moments of runsc run before it returns: not dead yet.
-    if status in ("running", "creating", "created"):
+    # "creating"/"created" are the moments of runsc run before it returns: not dead yet;
+    # "paused" (``runsc pause``) a pause under way (``GVisorRuntime._status``).
+    if status in ("running", "creating", "created", "paused"):
         return SandboxStatus.RUNNING
     return SandboxStatus.STOPPED

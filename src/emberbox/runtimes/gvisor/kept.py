@@ -1,0 +1,91 @@
+"""Paused sandboxes whose processes the node keeps, stopped, beside their saved memory.
+
+A pause saves the sandbox's memory to disk either way (that copy survives a node restart and
+is what a late resume restores, ~400 ms here). For ``keep_s`` after the pause its processes
+also stay on the host, their kernel paused by runsc and their cgroup frozen (no CPU at all):
+a resume in that time continues them in tens of ms. Agents pause between turns and resume
+seconds later; keeping the processes for a minute makes that resume nearly free, while the
+memory a pause is for is given back after a minute, or at once while the host runs short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from ...host.meminfo import host_free_mb
+
+log = logging.getLogger("emberbox.runtimes.gvisor")
+
+# How often the keeper looks for kept sandboxes whose time is up or whose memory the host needs.
+CHECK_EVERY_S = 1.0
+
+
+@dataclass
+class KeptPauses:
+    """**Parameters:** keep_s - how long a paused sandbox's processes are kept (0: never);
+    min_free_mb - none is kept, and the oldest go first, while the host has less available;
+    release - stops one kept sandbox's processes (its saved memory stays: it is still
+    paused); free_mb - the host's available memory."""
+
+    keep_s: float
+    min_free_mb: int
+    release: Callable[[str], Awaitable[None]]
+    free_mb: Callable[[], int] = host_free_mb
+    _until: dict[str, float] = field(default_factory=dict)  # sandbox id -> end (monotonic)
+    _keeper: asyncio.Task[None] | None = None
+
+    def may_keep(self) -> bool:
+        return self.keep_s > 0 and self.free_mb() >= self.min_free_mb
+
+    def keep(self, sandbox_id: str, now: float | None = None) -> None:
+        """Count ``sandbox_id`` kept from now; the keeper releases it when its time is up."""
+        self._until[sandbox_id] = (time.monotonic() if now is None else now) + self.keep_s
+        if self._keeper is None or self._keeper.done():
+            self._keeper = asyncio.create_task(self._release_when_due())
+
+    def take(self, sandbox_id: str) -> bool:
+        """Whether ``sandbox_id`` was kept; it no longer is (a resume continues it, or a stop
+        ends it)."""
+        return self._until.pop(sandbox_id, None) is not None
+
+    def kept(self) -> list[str]:
+        return list(self._until)
+
+    async def close(self) -> None:
+        """Release every kept sandbox: a node that stops leaves only what is on disk."""
+        if self._keeper is not None:
+            self._keeper.cancel()
+            await asyncio.gather(self._keeper, return_exceptions=True)
+        for sandbox_id in self.kept():
+            await self._release(sandbox_id)
+
+    async def due(self, now: float | None = None) -> list[str]:
+        """Release those whose time is up, then the oldest while the host is short of memory;
+        the ids released."""
+        at = time.monotonic() if now is None else now
+        released = []
+        for sandbox_id, until in sorted(self._until.items(), key=lambda item: item[1]):
+            if until > at and self.free_mb() >= self.min_free_mb:
+                break  # the rest end later, and the host has memory
+            if sandbox_id in self._until and await self._release(sandbox_id):
+                released.append(sandbox_id)
+        return released
+
+    async def _release(self, sandbox_id: str) -> bool:
+        try:
+            await self.release(sandbox_id)
+        except Exception:  # its processes stay, stopped; a kill or a resume ends them
+            log.exception("releasing the kept processes of paused sandbox %s failed", sandbox_id)
+            self._until.pop(sandbox_id, None)
+            return False
+        self._until.pop(sandbox_id, None)
+        return True
+
+    async def _release_when_due(self) -> None:
+        while self._until:
+            await asyncio.sleep(CHECK_EVERY_S)
+            await self.due()

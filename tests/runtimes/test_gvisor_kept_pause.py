@@ -1,0 +1,131 @@
+"""A paused gVisor sandbox's processes kept, stopped, beside its saved memory (kept.py): a
+resume within the keep continues those very processes; once they are let go (the keep's end,
+a host short of memory, a node's restart) the resume restores the saved memory, and either
+way nothing the sandbox did before the pause is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from emberbox.host import cgroups
+from emberbox.runtimes.base import RuntimeSandbox, SandboxStatus
+from emberbox.runtimes.gvisor import GVisorRuntime
+from tests import background_counter
+
+from .conftest import SandboxFactory
+from .gvisor_support import healthy, inventory, run
+
+
+def sentry_pid(runtime: GVisorRuntime, sandbox_id: str) -> int:
+    """The host process of the sandbox's kernel (``runsc boot``): a restore starts a new one."""
+    group = f"{runtime.config.cgroup_base}/{sandbox_id}"
+    for pid in cgroups.procs(group):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"boot" in argv:
+            return pid
+    raise AssertionError(f"no runsc boot process in {group}")
+
+
+async def counting(sandbox: RuntimeSandbox) -> None:
+    await run(sandbox, f"echo before > /home/user/note; nohup sh -c '{background_counter.LOOP}'"
+                       " > /dev/null 2>&1 &")  # fmt: skip
+    await counter(sandbox)
+
+
+async def counter(sandbox: RuntimeSandbox) -> int:
+    return int((await run(sandbox, background_counter.READ)).text)
+
+
+async def test_a_resume_within_the_keep_continues_the_very_processes_paused(
+    runtime: GVisorRuntime, make_sandbox: SandboxFactory
+) -> None:
+    sandbox = await make_sandbox()
+    sandbox_id = sandbox.sandbox_id
+    group = f"{runtime.config.cgroup_base}/{sandbox_id}"
+    await counting(sandbox)
+    sentry = sentry_pid(runtime, sandbox_id)
+    before = await counter(sandbox)
+    await runtime.pause(sandbox_id)
+    assert runtime.kept.kept() == [sandbox_id]
+    assert (await runtime.get(sandbox_id)).status is SandboxStatus.PAUSED
+    assert cgroups.frozen(group)
+    deadline = time.monotonic() + 5
+    while cgroups.freezer_state(group) != "frozen":  # (the kernel freezes it in a while)
+        assert time.monotonic() < deadline, cgroups.freezer_state(group)
+        await asyncio.sleep(0.01)
+    used = cgroups.usage(group)
+    assert used is not None
+    await asyncio.sleep(2)  # the loop would count 20 in this time
+    again = cgroups.usage(group)
+    assert again is not None and again.cpu_ns == used.cpu_ns  # no CPU at all
+    assert not await healthy(sandbox, timeout=0.5)
+    await runtime.resume(sandbox_id)
+    assert runtime.kept.kept() == []
+    assert sentry_pid(runtime, sandbox_id) == sentry  # continued, not restored
+    after = await counter(sandbox)
+    assert before <= after < before + 10, (before, after)
+    await asyncio.sleep(0.5)
+    assert await counter(sandbox) > after  # counting on
+    assert (await run(sandbox, "cat /home/user/note")).text == "before\n"
+    root = runtime.config.sandboxes_dir / sandbox_id
+    deadline = time.monotonic() + 10
+    while any("memory" in p.name for p in root.iterdir()):  # the saved memory goes
+        assert time.monotonic() < deadline, list(root.iterdir())
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("let_go", ["keep_ended", "host_short", "node_restarted"])
+async def test_processes_let_go_leave_the_saved_memory_to_restore(
+    runtime: GVisorRuntime, make_sandbox: SandboxFactory, monkeypatch: pytest.MonkeyPatch,
+    let_go: str,
+) -> None:  # fmt: skip
+    sandbox = await make_sandbox()
+    sandbox_id = sandbox.sandbox_id
+    group = f"{runtime.config.cgroup_base}/{sandbox_id}"
+    await counting(sandbox)
+    sentry = sentry_pid(runtime, sandbox_id)
+    before = await counter(sandbox)
+    if let_go == "host_short":  # none kept while the host has less than its floor
+        monkeypatch.setattr(runtime.kept, "free_mb", lambda: 0)
+    await runtime.pause(sandbox_id)
+    if let_go == "keep_ended":
+        ended = time.monotonic() + runtime.config.pause_keep_s + 1
+        assert await runtime.kept.due(now=ended) == [sandbox_id]
+    elif let_go == "node_restarted":  # a new node's start-up stops what the last one kept
+        others = [s.sandbox_id for s in await runtime.list()]
+        assert sandbox_id in others
+        await runtime.cleanup_orphans(keep=others)
+    assert runtime.kept.kept() == []
+    deadline = time.monotonic() + 10
+    while cgroups.procs(group):  # (a pause that kept nothing lets them go in the background)
+        assert time.monotonic() < deadline, cgroups.procs(group)
+        await asyncio.sleep(0.05)
+    assert (await runtime.get(sandbox_id)).status is SandboxStatus.PAUSED
+    await runtime.resume(sandbox_id)
+    assert sentry_pid(runtime, sandbox_id) != sentry  # restored from the saved memory
+    after = await counter(sandbox)
+    assert before <= after < before + 10, (before, after)
+    await asyncio.sleep(0.5)
+    assert await counter(sandbox) > after
+    assert (await run(sandbox, "cat /home/user/note")).text == "before\n"
+
+
+async def test_a_kill_of_a_kept_paused_sandbox_leaves_nothing(
+    runtime: GVisorRuntime, make_sandbox: SandboxFactory
+) -> None:
+    before = await inventory(runtime.config)
+    sandbox = await make_sandbox()
+    await runtime.pause(sandbox.sandbox_id)
+    assert runtime.kept.kept() == [sandbox.sandbox_id]
+    assert await runtime.kill(sandbox.sandbox_id)
+    assert runtime.kept.kept() == []
+    after = await inventory(runtime.config)
+    assert after.leaked_since(before) == {}
+    assert after.mentions(sandbox.sandbox_id) == []

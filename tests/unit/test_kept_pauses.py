@@ -1,0 +1,83 @@
+"""When the node lets go of a paused sandbox's kept processes (``runtimes/gvisor/kept.py``):
+at the end of its keep, or the oldest first while the host is short of memory. The release is
+a fake here; tests/runtimes/test_gvisor_kept_pause.py keeps real gVisor sandboxes."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from emberbox.runtimes.gvisor.kept import KeptPauses
+from emberbox.server.config import Settings
+from emberbox.vocabulary import PAUSE_KEEP_S
+
+
+class Host:
+    def __init__(self, free_mb: int) -> None:
+        self.free = free_mb
+        self.released: list[str] = []
+
+    async def release(self, sandbox_id: str) -> None:
+        self.released.append(sandbox_id)
+        self.free += 300  # its memory comes back
+
+
+async def test_each_kept_sandbox_is_released_at_the_end_of_its_keep() -> None:
+    host = Host(4096)
+    kept = KeptPauses(60, 1024, host.release, free_mb=lambda: host.free)
+    assert kept.may_keep()
+    kept.keep("a")
+    later = time.monotonic() + 30
+    kept.keep("b", now=later)
+    assert await kept.due(now=later) == [] and host.released == []
+    assert await kept.due(now=later + 31) == ["a"]
+    assert await kept.due(now=later + 61) == ["b"]
+    assert kept.kept() == [] and host.released == ["a", "b"]
+    await kept.close()
+
+
+async def test_a_host_short_of_memory_keeps_none_and_gets_the_oldest_back_first() -> None:
+    host = Host(4096)
+    kept = KeptPauses(60, 1024, host.release, free_mb=lambda: host.free)
+    for sandbox_id in ("old", "mid", "new"):
+        kept.keep(sandbox_id)
+    host.free = 500  # short by 524 MiB: two releases of 300 MiB cover it
+    assert not kept.may_keep()
+    assert await kept.due() == ["old", "mid"]
+    assert kept.kept() == ["new"]
+    await kept.close()
+    assert host.released == ["old", "mid", "new"]  # a node that stops keeps nothing
+
+
+async def test_a_resumed_sandbox_is_taken_once_and_never_released() -> None:
+    host = Host(4096)
+    kept = KeptPauses(60, 1024, host.release, free_mb=lambda: host.free)
+    kept.keep("a")
+    assert kept.take("a") and not kept.take("a")
+    assert await kept.due(now=time.monotonic() + 120) == []
+    await kept.close()
+    assert host.released == []
+
+
+async def test_a_keep_of_zero_keeps_nothing_and_a_failed_release_is_not_retried() -> None:
+    host = Host(4096)
+    assert not KeptPauses(0, 1024, host.release, free_mb=lambda: host.free).may_keep()
+
+    async def failing(sandbox_id: str) -> None:
+        raise OSError("no such cgroup")
+
+    kept = KeptPauses(60, 1024, failing, free_mb=lambda: host.free)
+    kept.keep("a")
+    assert await kept.due(now=time.monotonic() + 61) == []
+    assert kept.kept() == []  # logged; a kill or a resume ends what is left
+    await kept.close()
+
+
+def test_the_keep_is_read_from_the_environment() -> None:
+    """``EMBERBOX_PAUSE_KEEP_S``: seconds, or refused with its name as the node starts."""
+    assert Settings.from_env({}).pause_keep_s == PAUSE_KEEP_S
+    assert Settings.from_env({"EMBERBOX_PAUSE_KEEP_S": "0"}).pause_keep_s == 0
+    for raw in ("soon", "-1", "nan"):
+        with pytest.raises(ValueError, match="EMBERBOX_PAUSE_KEEP_S"):
+            Settings.from_env({"EMBERBOX_PAUSE_KEEP_S": raw})
