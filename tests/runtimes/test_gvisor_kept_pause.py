@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from emberbox.host import cgroups
 from emberbox.runtimes.base import RuntimeSandbox, SandboxStatus
 from emberbox.runtimes.gvisor import GVisorRuntime
+from emberbox.runtimes.gvisor.runsc import CHECKPOINT_RETRY_AFTER_S, Runsc, RunscError
 from tests import background_counter
 
 from .conftest import SandboxFactory
@@ -33,10 +35,17 @@ def sentry_pid(runtime: GVisorRuntime, sandbox_id: str) -> int:
     raise AssertionError(f"no runsc boot process in {group}")
 
 
-async def counting(sandbox: RuntimeSandbox) -> None:
+async def counting(
+    runtime: GVisorRuntime, make_sandbox: SandboxFactory
+) -> tuple[RuntimeSandbox, str, int, int]:
+    """A sandbox that wrote a note and runs a background counter: it, its cgroup, its
+    sentry's pid and the counter's value just before the test pauses it."""
+    sandbox = await make_sandbox()
     await run(sandbox, f"echo before > /home/user/note; nohup sh -c '{background_counter.LOOP}'"
                        " > /dev/null 2>&1 &")  # fmt: skip
     await counter(sandbox)
+    group = f"{runtime.config.cgroup_base}/{sandbox.sandbox_id}"
+    return sandbox, group, sentry_pid(runtime, sandbox.sandbox_id), await counter(sandbox)
 
 
 async def counter(sandbox: RuntimeSandbox) -> int:
@@ -46,12 +55,8 @@ async def counter(sandbox: RuntimeSandbox) -> int:
 async def test_a_resume_within_the_keep_continues_the_very_processes_paused(
     runtime: GVisorRuntime, make_sandbox: SandboxFactory
 ) -> None:
-    sandbox = await make_sandbox()
+    sandbox, group, sentry, before = await counting(runtime, make_sandbox)
     sandbox_id = sandbox.sandbox_id
-    group = f"{runtime.config.cgroup_base}/{sandbox_id}"
-    await counting(sandbox)
-    sentry = sentry_pid(runtime, sandbox_id)
-    before = await counter(sandbox)
     await runtime.pause(sandbox_id)
     assert runtime.kept.kept() == [sandbox_id]
     assert (await runtime.get(sandbox_id)).status is SandboxStatus.PAUSED
@@ -86,12 +91,8 @@ async def test_processes_let_go_leave_the_saved_memory_to_restore(
     runtime: GVisorRuntime, make_sandbox: SandboxFactory, monkeypatch: pytest.MonkeyPatch,
     let_go: str,
 ) -> None:  # fmt: skip
-    sandbox = await make_sandbox()
+    sandbox, group, sentry, before = await counting(runtime, make_sandbox)
     sandbox_id = sandbox.sandbox_id
-    group = f"{runtime.config.cgroup_base}/{sandbox_id}"
-    await counting(sandbox)
-    sentry = sentry_pid(runtime, sandbox_id)
-    before = await counter(sandbox)
     if let_go == "host_short":  # none kept while the host has less than its floor
         monkeypatch.setattr(runtime.kept, "free_mb", lambda: 0)
     await runtime.pause(sandbox_id)
@@ -129,3 +130,39 @@ async def test_a_kill_of_a_kept_paused_sandbox_leaves_nothing(
     after = await inventory(runtime.config)
     assert after.leaked_since(before) == {}
     assert after.mentions(sandbox.sandbox_id) == []
+
+
+@pytest.mark.parametrize("failures", [2, 9])
+async def test_a_checkpoint_runsc_fails_on_a_passing_tcp_state_is_tried_again(
+    runtime: GVisorRuntime, make_sandbox: SandboxFactory, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, failures: int,
+) -> None:  # fmt: skip
+    """runsc 20240729 fails a checkpoint that meets a TCP endpoint in some passing states
+    (CI's stress test met it in a fork) and leaves the sandbox running: the checkpoint is tried
+    again a few times (here a runsc wrapper fails the first ``failures`` with runsc's words).
+    When every try fails the pause answers that error and the sandbox runs on, unpaused."""
+    failed = tmp_path / "failed"
+    wrapper = tmp_path / "runsc"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'case " $* " in *" checkpoint "*) n=$(cat {failed} 2>/dev/null || echo 0)\n'
+        f'  if [ "$n" -lt {failures} ]; then echo $((n + 1)) > {failed}\n'
+        '    echo "checkpoint failed: encoding error: runtime error: invalid memory address'
+        ' or nil pointer dereference" >&2; exit 128; fi;; esac\n'
+        f'exec {runtime.config.runsc} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    sandbox, _, _, before = await counting(runtime, make_sandbox)
+    monkeypatch.setattr(runtime, "runsc", Runsc(replace(runtime.config, runsc=str(wrapper))))
+    if failures > len(CHECKPOINT_RETRY_AFTER_S):
+        with pytest.raises(RunscError, match="encoding error"):
+            await runtime.pause(sandbox.sandbox_id)
+        assert int(failed.read_text()) == len(CHECKPOINT_RETRY_AFTER_S) + 1
+        assert (await runtime.get(sandbox.sandbox_id)).status is SandboxStatus.RUNNING
+        assert await counter(sandbox) > before  # its kernel was let go again
+        return
+    await runtime.pause(sandbox.sandbox_id)
+    assert int(failed.read_text()) == failures
+    await runtime.resume(sandbox.sandbox_id)
+    assert (await run(sandbox, "cat /home/user/note")).text == "before\n"
+    assert await counter(sandbox) >= before

@@ -17,9 +17,11 @@ Quirks handled here (see docs/runtimes.md):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,12 @@ from .config import GVisorConfig
 # ``runsc state`` asks the sandbox's sentry, which does not answer while it is frozen (a warm
 # pool's) or wedged: past this, the caller gets a RunscError rather than waiting.
 STATE_TIMEOUT_S = 10.0
+# runsc 20240729 fails a checkpoint that meets a TCP endpoint in some passing states (an
+# ``encoding error``, a nil pointer in ``resetConnectionLocked``, fixed upstream since) and
+# leaves the sandbox running as it was; such an endpoint moves on within moments, so the
+# checkpoint is tried again after each of these pauses.
+CHECKPOINT_RETRY_AFTER_S = (0.1, 0.3, 1.0)
+_TRANSIENT_CHECKPOINT_ERROR = "encoding error"
 
 # What runsc prints when it has no record of the container (vs. failing to read the record);
 # the second when the record went away while runsc was loading it.
@@ -150,9 +158,15 @@ class Runsc:
         overlay = _overlay(filestore, overlay_binds)
         argv = [*await self._base(overlay=overlay), "checkpoint", "--leave-running",
                 "--compression=none", "--image-path", str(image), sandbox_id]  # fmt: skip
-        out = await _proc.run(*self._wrapped(argv), check=False)
-        if out.code != 0:
-            raise RunscError(f"checkpoint of {sandbox_id} failed: {_reason(out.stderr)}")
+        for retry_after in (*CHECKPOINT_RETRY_AFTER_S, None):
+            out = await _proc.run(*self._wrapped(argv), check=False)
+            if out.code == 0:
+                return
+            if retry_after is None or _TRANSIENT_CHECKPOINT_ERROR not in out.stderr:
+                raise RunscError(f"checkpoint of {sandbox_id} failed: {_reason(out.stderr)}")
+            for written in image.iterdir():  # what the failed attempt left
+                shutil.rmtree(written) if written.is_dir() else written.unlink()
+            await asyncio.sleep(retry_after)
 
     async def pause(self, sandbox_id: str) -> None:
         """Stop every task of the sandbox's kernel (its sentry and gofer stay, idle): what a
