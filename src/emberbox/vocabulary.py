@@ -26,6 +26,11 @@ STANDBY_SHELLS = 2
 """Login shells envd keeps started per (user, cwd, stdin) so a command need not wait for a login
 (``envd/process/standby.py``); the warm pool primes a pooled sandbox with as many commands."""
 
+HOST_MIN_FREE_MB = 1024
+"""Memory (``MemAvailable``, MiB) the node leaves the host for what runs: no warm-pool refill
+starts below it (``EMBERBOX_WARM_POOL_MIN_FREE_MB``), and no paused sandbox's processes are
+kept below it (the oldest kept go first)."""
+
 PAUSE_KEEP_S = 60.0
 """How long a node keeps a paused sandbox's processes stopped beside its saved memory
 (``EMBERBOX_PAUSE_KEEP_S``; 0: never): a resume within it continues them in tens of ms

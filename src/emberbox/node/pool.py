@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 from ..host.meminfo import host_free_mb
 from ..runtimes.base import NetworkPolicy, RuntimeSandbox, SandboxSpec
-from ..vocabulary import DEFAULT_PIDS_LIMIT
+from ..vocabulary import DEFAULT_PIDS_LIMIT, HOST_MIN_FREE_MB
 
 log = logging.getLogger("emberbox.node.pool")
 
@@ -53,7 +53,7 @@ class PoolSettings:
     size: int | None = None
     max_per_key: int = 4
     max_total: int = 20
-    min_free_mb: int = 1024
+    min_free_mb: int = HOST_MIN_FREE_MB
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> PoolSettings:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...templates.store import data_dir
-from ...vocabulary import PAUSE_KEEP_S
+from ...vocabulary import HOST_MIN_FREE_MB, PAUSE_KEEP_S
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class GVisorConfig:
     # while the host has more than ``pause_keep_min_free_mb`` available: a resume then
     # continues them instead of restoring.
     pause_keep_s: float = PAUSE_KEEP_S
-    pause_keep_min_free_mb: int = 1024
+    pause_keep_min_free_mb: int = HOST_MIN_FREE_MB
 
     @property
     def cpu_cap(self) -> float:

@@ -80,9 +80,9 @@ class KeptPauses:
             await self.release(sandbox_id)
         except Exception:  # its processes stay, stopped; a kill or a resume ends them
             log.exception("releasing the kept processes of paused sandbox %s failed", sandbox_id)
-            self._until.pop(sandbox_id, None)
             return False
-        self._until.pop(sandbox_id, None)
+        finally:
+            self._until.pop(sandbox_id, None)
         return True
 
     async def _release_when_due(self) -> None:

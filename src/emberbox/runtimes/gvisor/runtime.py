@@ -994,10 +994,9 @@ class GVisorRuntime(Runtime):
     async def _finish_cut_save(self, sandbox_id: str) -> None:
         """A node killed while a pause checkpointed a sandbox left the half-written image and
         the sandbox's kernel paused (``runsc pause`` before the checkpoint): it runs on,
-        unpaused, and the image goes. One killed while
-        a save read its files left its processes stopped (the save's runsc exec lets them go
-        only when it fails, or for a snapshot): let them go, unless the sandbox was paused
-        with its files after all."""
+        unpaused, and the image goes. One killed while a save read its files left its
+        processes stopped (the save's runsc exec lets them go only when it fails, or for a
+        snapshot): let them go, unless the sandbox was paused with its files after all."""
         paths = self._paths(sandbox_id)
         image = partial(paths.memory)
         if image.exists() and not paths.paused():
