@@ -31,10 +31,11 @@ HOST_MIN_FREE_MB = 1024
 starts below it (``EMBERBOX_WARM_POOL_MIN_FREE_MB``), and no paused sandbox's processes are
 kept below it (the oldest kept go first)."""
 
-PAUSE_KEEP_S = 60.0
-"""How long a node keeps a paused sandbox's processes stopped beside its saved memory
+PAUSE_KEEP_S = 600.0
+"""How long a node keeps a paused sandbox's processes stopped beside its saved memory, at most
 (``EMBERBOX_PAUSE_KEEP_S``; 0: never): a resume within it continues them in tens of ms
-instead of restoring the memory (docs/stateful.md, "Kept paused sandboxes")."""
+instead of restoring the memory. Only once their memory is in compressed swap; resident,
+a minute at most (docs/stateful.md, "Kept paused sandboxes")."""
 
 DEFAULT_UID = 1000
 """The uid (and gid) of ``DEFAULT_USER`` in our templates: who owns what is put in a volume."""

@@ -335,3 +335,55 @@ def test_an_idle_running_sandbox_waits_in_swap_and_keeps_its_processes_and_files
                 assert int(memsw.read_text()) == usage.mem_limit == before.mem_limit
         finally:
             sandbox.kill()  # (a failed check must not leave it running)
+
+
+def _sentry(group: str) -> int:
+    """The sandbox's kernel process (``runsc boot``): a restore would start a new one."""
+    for pid in cgroups.procs(group):
+        try:
+            if b"boot" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"):
+                return pid
+        except OSError:
+            continue
+    raise AssertionError(f"no runsc boot process in {group}")
+
+
+def test_a_paused_sandbox_kept_by_its_node_waits_in_swap_and_resumes_where_it_was(
+    tmp_path: Path, base_template: Template, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A paused sandbox whose processes the node keeps for a fast resume (``kept.py``) is
+    idle from its pause: ``EMBERBOX_OFFLOAD_IDLE_S`` later its memory is in swap, and a
+    ``connect`` continues the very processes (no restore), its counter and files intact."""
+    if not cgroups.swap_in_ram():
+        pytest.skip("the host has no swap in RAM (scripts/setup adds a compressed one, zram)")
+    node = NodeProcess(data_dir_sharing_templates(tmp_path / "data", DATA_DIR), "gvisor",
+                       env={"EMBERBOX_WARM_POOL": "0", "EMBERBOX_OFFLOAD_IDLE_S": "2"})  # fmt: skip
+    config = GVisorConfig(data_dir=node.data_dir)
+    with served_leaving_nothing(node, tmp_path / "server") as server:
+        assert server.first_key
+        point_sdks_at(server, server.first_key, monkeypatch)
+        sandbox = Sandbox.create("base", timeout=120)
+        try:
+            group = f"{config.cgroup_base}/{sandbox.sandbox_id}"
+            sandbox.files.write("/home/user/kept.txt", "before the pause")
+            counter = "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done"
+            sandbox.commands.run(counter, background=True)
+            time.sleep(0.5)
+            sentry = _sentry(group)
+            before = int(sandbox.files.read("/tmp/count"))
+            sandbox.pause()
+            assert cgroups.freezer_state(group) in ("frozen", "freezing")
+            # (its idle clock starts at the pause: at least 2 s, 40 counts had it run on)
+            deadline = time.monotonic() + 60
+            while cgroups.swapped(group) < 16 << 20 or _resident(group) > 16 << 20:
+                assert time.monotonic() < deadline, f"never offloaded: {_resident(group) >> 20} MiB"
+                time.sleep(0.1)
+            back = Sandbox.connect(sandbox.sandbox_id)
+            assert _sentry(group) == sentry, "the sandbox was restored, not continued"
+            first = int(back.files.read("/tmp/count"))
+            assert before <= first < before + 20, (before, first)  # it did not count paused
+            time.sleep(1)
+            assert int(back.files.read("/tmp/count")) > first, "the counter stopped"
+            assert back.files.read("/home/user/kept.txt") == "before the pause"
+        finally:
+            sandbox.kill()

@@ -86,6 +86,53 @@ async def test_a_resume_within_the_keep_continues_the_very_processes_paused(
         await asyncio.sleep(0.05)
 
 
+async def test_kept_processes_moved_to_swap_are_kept_past_the_resident_minute(
+    runtime: GVisorRuntime, make_sandbox: SandboxFactory
+) -> None:
+    """Offloaded (what the node's idle sweep does to a kept sandbox), a kept sandbox costs
+    what its pages compress to: it is kept for the whole keep, not only ``resident_s``, and
+    a resume then still continues the very processes, its pages coming back from swap."""
+    if not cgroups.swap_in_ram():
+        pytest.skip("the host has no swap in RAM (scripts/setup adds a compressed one, zram)")
+    sandbox, group, sentry, before = await counting(runtime, make_sandbox)
+    sandbox_id = sandbox.sandbox_id
+    await runtime.pause(sandbox_id)
+    resident = await runtime.activity(sandbox_id)
+    assert resident is not None and resident.resident > 16 << 20
+    for _ in range(40):  # as the node steps: pages of a frozen sandbox come loose over a while
+        if not await runtime.offload(sandbox_id):
+            break
+        await asyncio.sleep(0.05)
+    assert cgroups.swapped(group) > 16 << 20, cgroups.swapped(group)
+    offloaded = await runtime.activity(sandbox_id)
+    assert offloaded is not None and offloaded.resident < resident.resident / 2
+    past_resident = time.monotonic() + runtime.kept.resident_s + 1
+    assert runtime.config.pause_keep_s > runtime.kept.resident_s
+    assert await runtime.kept.due(now=past_resident) == []
+    assert runtime.kept.kept() == [sandbox_id]
+    await runtime.resume(sandbox_id)
+    assert sentry_pid(runtime, sandbox_id) == sentry  # continued, not restored
+    after = await counter(sandbox)
+    assert before <= after < before + 10, (before, after)
+    assert (await run(sandbox, "cat /home/user/note")).text == "before\n"
+    await asyncio.sleep(0.5)
+    assert await counter(sandbox) > after
+
+
+async def test_a_paused_sandbox_whose_processes_are_let_go_has_no_activity_to_offload(
+    runtime: GVisorRuntime, make_sandbox: SandboxFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its cgroup stays, charged with its saved memory's page cache: the node's idle sweep
+    must find nothing there to move, and a resume restores as after any keep."""
+    sandbox = await make_sandbox()
+    monkeypatch.setattr(runtime.kept, "free_mb", lambda: 0)  # none kept
+    await runtime.pause(sandbox.sandbox_id)
+    assert await runtime.activity(sandbox.sandbox_id) is None
+    assert await runtime.offload(sandbox.sandbox_id) is None
+    await runtime.resume(sandbox.sandbox_id)
+    assert await runtime.activity(sandbox.sandbox_id) is not None
+
+
 @pytest.mark.parametrize("let_go", ["keep_ended", "host_short", "node_restarted"])
 async def test_processes_let_go_leave_the_saved_memory_to_restore(
     runtime: GVisorRuntime, make_sandbox: SandboxFactory, monkeypatch: pytest.MonkeyPatch,

@@ -37,6 +37,37 @@ async def test_each_kept_sandbox_is_released_at_the_end_of_its_keep() -> None:
     await kept.close()
 
 
+async def test_a_kept_sandbox_stays_resident_a_minute_at_most_and_in_swap_for_the_keep() -> None:
+    """Resident ones go after ``resident_s``; one whose memory went to swap after ``keep_s``."""
+    host = Host(4096)
+    kept = KeptPauses(600, 1024, host.release, free_mb=lambda: host.free, resident_s=60)
+    start = time.monotonic()
+    for sandbox_id in ("resident", "swapped"):
+        kept.keep(sandbox_id, now=start)
+    kept.swapped("swapped")
+    kept.swapped("never kept")  # (an offload of a running sandbox: nothing to extend)
+    assert await kept.due(now=start + 59) == []
+    assert await kept.due(now=start + 61) == ["resident"]
+    assert kept.holds("swapped") and not kept.holds("resident")
+    assert await kept.due(now=start + 599) == []
+    assert await kept.due(now=start + 601) == ["swapped"]
+    assert kept.kept() == [] and host.released == ["resident", "swapped"]
+    await kept.close()
+
+
+async def test_a_host_short_of_memory_gets_resident_ones_back_before_those_in_swap() -> None:
+    host = Host(4096)
+    kept = KeptPauses(600, 1024, host.release, free_mb=lambda: host.free, resident_s=60)
+    start = time.monotonic()
+    kept.keep("old, in swap", now=start)
+    kept.swapped("old, in swap")
+    kept.keep("new, resident", now=start + 10)
+    host.free = 900  # one release of 300 MiB covers it
+    assert await kept.due(now=start + 20) == ["new, resident"]
+    assert kept.kept() == ["old, in swap"]
+    await kept.close()
+
+
 async def test_a_host_short_of_memory_keeps_none_and_gets_the_oldest_back_first() -> None:
     host = Host(4096)
     kept = KeptPauses(60, 1024, host.release, free_mb=lambda: host.free)

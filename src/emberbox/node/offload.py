@@ -10,8 +10,10 @@ Which sandboxes, and when:
 
 * a pooled sandbox behind the newest of its template and size, as soon as it is frozen
   (claims take the newest first, ``pool.py``): :meth:`Offloader.behind`;
-* any other sandbox, running or pooled, once its CPU use stayed under a tenth of a core for
-  ``idle_s`` (a gVisor sandbox waiting on nothing uses ~4%), and again each time its
+* any other sandbox, running, pooled, or paused with its processes kept (a gVisor node keeps
+  them for a fast resume: ``runtimes/gvisor/kept.py``), once its CPU use stayed under a
+  tenth of a core for ``idle_s`` (a gVisor sandbox waiting on nothing uses ~4%; a paused one
+  counts from its pause), and again each time its
   resident memory regrew by ``REGROWN_BYTES`` while it stays idle (the sentry's garbage
   collector, most likely, brings ~10 MiB back within a minute or two): :meth:`Offloader.sweep`.
 
@@ -45,6 +47,10 @@ IDLE_CPU_SHARE = 0.10
 # An idle sandbox is offloaded again once its resident memory grew this much since.
 REGROWN_BYTES = 8 << 20
 SWEEP_EVERY_S = 2.0  # at most; a shorter ``idle_s`` sweeps more often
+# What the sweeps look at: a paused sandbox too, whose runtime keeps its processes stopped for
+# a fast resume (``runtimes/gvisor/kept.py``: in swap, they are kept longer); the runtime
+# reports no activity for one whose processes are gone.
+OFFLOADED_STATES = ("running", "pooled", "paused")
 # CPU use read over a longer window than this (a sweep slowed by offloads) counts as busy.
 MAX_WINDOW_S = 10.0
 
@@ -171,7 +177,7 @@ class Offloader:
             self.forget(gone)
         done = []
         for sandbox_id, record in list(self._held.items()):
-            if record.state not in ("running", "pooled") or sandbox_id in self._busy:
+            if record.state not in OFFLOADED_STATES or sandbox_id in self._busy:
                 continue
             if self._locks.held(sandbox_id):
                 continue  # paused, claimed or booted right now: left to the next sweep

@@ -435,6 +435,7 @@ class Orchestrator:
             record = self._get(sandbox_id)
             size = await self.runtime.pause(sandbox_id, memory=memory)
             record.state = "paused"
+            self.offloader.forget(sandbox_id)  # processes it keeps count idle from the pause
             self.records.save(record)
             return size
 

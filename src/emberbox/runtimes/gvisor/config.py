@@ -52,9 +52,9 @@ class GVisorConfig:
     # Run ulogd for the egress audit log's kernel side (``host/flow_monitor.py``). Off for a
     # process that only builds templates beside a node: the node's ulogd is the one.
     egress_audit: bool = True
-    # A paused sandbox's processes stay, stopped, beside its saved memory this long (0: never)
-    # while the host has more than ``pause_keep_min_free_mb`` available: a resume then
-    # continues them instead of restoring.
+    # A paused sandbox's processes stay, stopped, beside its saved memory up to this long (0:
+    # never; resident, a minute at most: ``kept.py``) while the host has more than
+    # ``pause_keep_min_free_mb`` available: a resume then continues them instead of restoring.
     pause_keep_s: float = PAUSE_KEEP_S
     pause_keep_min_free_mb: int = HOST_MIN_FREE_MB
 

@@ -1,11 +1,14 @@
 """Paused sandboxes whose processes the node keeps, stopped, beside their saved memory.
 
 A pause saves the sandbox's memory to disk either way (that copy survives a node restart and
-is what a late resume restores, ~400 ms here). For ``keep_s`` after the pause its processes
-also stay on the host, their kernel paused by runsc and their cgroup frozen (no CPU at all):
-a resume in that time continues them in tens of ms. Agents pause between turns and resume
-seconds later; keeping the processes for a minute makes that resume nearly free, while the
-memory a pause is for is given back after a minute, or at once while the host runs short.
+is what a late resume restores, ~400 ms here). After the pause its processes also stay on
+the host, their kernel paused by runsc and their cgroup frozen (no CPU at all): a resume
+continues them in tens of ms. Agents pause between turns and resume seconds or minutes later.
+
+How long: resident, at most ``resident_s`` (a minute); once the node has moved their memory
+to swap kept in RAM, compressed (``node/offload.py``, after ``EMBERBOX_OFFLOAD_IDLE_S``), up
+to ``keep_s`` (ten minutes), as what their pages compress to is all they cost. Either way
+the oldest go first, at once, while the host runs short of memory.
 """
 
 from __future__ import annotations
@@ -22,6 +25,14 @@ log = logging.getLogger("emberbox.runtimes.gvisor")
 
 # How often the keeper looks for kept sandboxes whose time is up or whose memory the host needs.
 CHECK_EVERY_S = 1.0
+# The longest a kept sandbox's memory stays resident: one not moved to swap by then goes.
+RESIDENT_S = 60.0
+
+
+@dataclass
+class _Kept:
+    since: float  # the pause (monotonic)
+    swapped: bool = False  # its memory went to swap: kept for the whole keep
 
 
 @dataclass
@@ -29,13 +40,15 @@ class KeptPauses:
     """**Parameters:** keep_s - how long a paused sandbox's processes are kept (0: never);
     min_free_mb - none is kept, and the oldest go first, while the host has less available;
     release - stops one kept sandbox's processes (its saved memory stays: it is still
-    paused); free_mb - the host's available memory."""
+    paused); free_mb - the host's available memory; resident_s - how long one whose memory
+    is not in swap is kept, at most."""
 
     keep_s: float
     min_free_mb: int
     release: Callable[[str], Awaitable[None]]
     free_mb: Callable[[], int] = host_free_mb
-    _until: dict[str, float] = field(default_factory=dict)  # sandbox id -> end (monotonic)
+    resident_s: float = RESIDENT_S
+    _kept: dict[str, _Kept] = field(default_factory=dict)
     _keeper: asyncio.Task[None] | None = None
 
     def may_keep(self) -> bool:
@@ -43,17 +56,28 @@ class KeptPauses:
 
     def keep(self, sandbox_id: str, now: float | None = None) -> None:
         """Count ``sandbox_id`` kept from now; the keeper releases it when its time is up."""
-        self._until[sandbox_id] = (time.monotonic() if now is None else now) + self.keep_s
+        self._kept[sandbox_id] = _Kept(time.monotonic() if now is None else now)
         if self._keeper is None or self._keeper.done():
             self._keeper = asyncio.create_task(self._release_when_due())
+
+    def swapped(self, sandbox_id: str) -> None:
+        """``sandbox_id``'s memory went to swap: it is kept for the whole ``keep_s``."""
+        if (kept := self._kept.get(sandbox_id)) is not None:
+            kept.swapped = True
+
+    def holds(self, sandbox_id: str) -> bool:
+        return sandbox_id in self._kept
 
     def take(self, sandbox_id: str) -> bool:
         """Whether ``sandbox_id`` was kept; it no longer is (a resume continues it, or a stop
         ends it)."""
-        return self._until.pop(sandbox_id, None) is not None
+        return self._kept.pop(sandbox_id, None) is not None
 
     def kept(self) -> list[str]:
-        return list(self._until)
+        return list(self._kept)
+
+    def _end(self, kept: _Kept) -> float:
+        return kept.since + (self.keep_s if kept.swapped else min(self.keep_s, self.resident_s))
 
     async def close(self) -> None:
         """Release every kept sandbox: a node that stops leaves only what is on disk."""
@@ -64,14 +88,15 @@ class KeptPauses:
             await self._release(sandbox_id)
 
     async def due(self, now: float | None = None) -> list[str]:
-        """Release those whose time is up, then the oldest while the host is short of memory;
-        the ids released."""
+        """Release those whose time is up, then, while the host is short of memory, those
+        ending soonest (resident ones before those in swap, which cost less); the ids
+        released."""
         at = time.monotonic() if now is None else now
         released = []
-        for sandbox_id, until in sorted(self._until.items(), key=lambda item: item[1]):
-            if until > at and self.free_mb() >= self.min_free_mb:
+        for sandbox_id, kept in sorted(self._kept.items(), key=lambda item: self._end(item[1])):
+            if self._end(kept) > at and self.free_mb() >= self.min_free_mb:
                 break  # the rest end later, and the host has memory
-            if sandbox_id in self._until and await self._release(sandbox_id):
+            if sandbox_id in self._kept and await self._release(sandbox_id):
                 released.append(sandbox_id)
         return released
 
@@ -82,10 +107,10 @@ class KeptPauses:
             log.exception("releasing the kept processes of paused sandbox %s failed", sandbox_id)
             return False
         finally:
-            self._until.pop(sandbox_id, None)
+            self._kept.pop(sandbox_id, None)
         return True
 
     async def _release_when_due(self) -> None:
-        while self._until:
+        while self._kept:
             await asyncio.sleep(CHECK_EVERY_S)
             await self.due()

@@ -422,25 +422,35 @@ class GVisorRuntime(Runtime):
     async def offload(self, sandbox_id: str) -> bool | None:
         """One pass pushing the sandbox's pages (the guest's memory file, the sentry's and
         gofer's heaps) to swap; memory plus swap stays within its limit. A running sandbox
-        (idle: the node asks no other) faults back what it touches."""
+        (idle: the node asks no other) faults back what it touches; a paused one's kept
+        processes are then kept longer (``kept.py``)."""
         group = self._cgroup(sandbox_id)
         async with self._locks.hold(sandbox_id):
             total = cgroups.swap_total()
             if total == 0 or cgroups.swap_free() < total * OFFLOAD_SWAP_HEADROOM:
                 return None
-            if cgroups.usage(group) is None:
-                return None  # not running (paused, gone)
+            if self._usage(sandbox_id) is None:
+                return None  # no processes (paused and not kept, gone)
             # Its limit is put back before the lock is let go, cancelled or not.
             work = asyncio.to_thread(cgroups.offload, group, OFFLOAD_KEEP_BYTES)
             try:
-                return await to_completion(work) > OFFLOAD_KEEP_BYTES
+                more = await to_completion(work) > OFFLOAD_KEEP_BYTES
             except OSError:  # a write failed: its limit may be the lowered one
                 self._finish_cut_offload(sandbox_id)
                 raise
+            self.kept.swapped(sandbox_id)
+            return more
 
     async def activity(self, sandbox_id: str) -> SandboxActivity | None:
-        used = cgroups.usage(self._cgroup(sandbox_id))
+        used = self._usage(sandbox_id)
         return None if used is None else SandboxActivity(used.cpu_ns, used.mem_used)
+
+    def _usage(self, sandbox_id: str) -> cgroups.Usage | None:
+        """The cgroup's usage while processes of the sandbox run or are kept: a paused one's
+        cgroup stays, empty, charged with the page cache of its saved memory."""
+        if self._paths(sandbox_id).paused() and not self.kept.holds(sandbox_id):
+            return None
+        return cgroups.usage(self._cgroup(sandbox_id))
 
     async def _teardown(self, sandbox_id: str) -> bool:
         """Release everything the sandbox holds; the caller holds its lock.
