@@ -29,7 +29,7 @@ STANDBY_SHELLS = 2
 HOST_MIN_FREE_MB = 1024
 """Memory (``MemAvailable``, MiB) the node leaves the host for what runs: no warm-pool refill
 starts below it (``EMBERBOX_WARM_POOL_MIN_FREE_MB``), and no paused sandbox's processes are
-kept below it (the oldest kept go first)."""
+kept below it (those kept go, resident ones first: ``runtimes/gvisor/kept.py``)."""
 
 PAUSE_KEEP_S = 600.0
 """How long a node keeps a paused sandbox's processes stopped beside its saved memory, at most

@@ -110,6 +110,9 @@ class FakeRuntime(Runtime):
         self.offloading: set[str] = set()  # its limit lowered: a thaw now would be a bug
         self.bad_thaws = 0  # thaws or pauses of a sandbox in the middle of an offload step
         self.offload_s = 0.0
+        # Paused sandboxes keep their processes, as gVisor's for a fast resume (kept.py):
+        # they report activity and can be offloaded.
+        self.keeps_paused = False
         self.offload_error: Exception | None = None
         self.offload_steps: collections.Counter[str] = collections.Counter()
         # What ``activity`` reports; None: the runtime cannot tell (nothing is idle).
@@ -169,9 +172,10 @@ class FakeRuntime(Runtime):
 
     async def offload(self, sandbox_id: str) -> bool | None:
         """Three steps of ``offload_s`` each, the last leaving 4 MiB resident; a sandbox is
-        listed in ``offloaded`` at its first. Frozen or running, not paused."""
+        listed in ``offloaded`` at its first. Frozen or running, paused only with
+        ``keeps_paused``."""
         sandbox = self.sandboxes.get(sandbox_id)
-        if sandbox is None or sandbox.status is SandboxStatus.PAUSED:
+        if sandbox is None or (sandbox.status is SandboxStatus.PAUSED and not self.keeps_paused):
             return None
         if self.offload_error is not None:
             raise self.offload_error
@@ -189,7 +193,9 @@ class FakeRuntime(Runtime):
 
     async def activity(self, sandbox_id: str) -> SandboxActivity | None:
         sandbox = self.sandboxes.get(sandbox_id)
-        if self.cpu_ns is None or sandbox is None or sandbox.status is SandboxStatus.PAUSED:
+        if self.cpu_ns is None or sandbox is None:
+            return None
+        if sandbox.status is SandboxStatus.PAUSED and not self.keeps_paused:
             return None
         return SandboxActivity(self.cpu_ns.get(sandbox_id, 0), self.resident[sandbox_id])
 

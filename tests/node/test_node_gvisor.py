@@ -236,29 +236,57 @@ async def test_a_node_killed_mid_resume_leaves_the_sandbox_paused_and_nothing_ru
         assert await h.client.kill(h.sid) is True
 
 
-async def test_a_node_killed_while_it_keeps_a_paused_sandbox_leaves_it_paused_and_nothing_running(
-    node: NodeProcess,
+def _sentry(group: str) -> int:
+    """The sandbox's kernel process (``runsc boot``): a restore would start a new one."""
+    for pid in cgroups.procs(group):
+        with contextlib.suppress(OSError):
+            if b"boot" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"):
+                return pid
+    raise AssertionError(f"no runsc boot process in {group}")
+
+
+@pytest.mark.parametrize("how", ["sigkill", "stop", "successor_keeps_none"])
+async def test_a_node_restarted_while_it_keeps_a_paused_sandbox_hands_it_to_its_successor(
+    node: NodeProcess, how: str
 ) -> None:
-    """A paused sandbox's processes kept for a fast resume (``runtimes/gvisor/kept.py``) are
-    the node's alone: one SIGKILLed leaves them frozen on the host, and its successor stops
-    them as it starts. The sandbox stays paused and resumes from its saved memory."""
+    """A paused sandbox's processes kept for a fast resume (``runtimes/gvisor/kept.py``)
+    outlive their node as running sandboxes do, stopped and frozen, whether it was SIGKILLed
+    or stopped: its successor keeps them for what is left of the keep, and a resume
+    continues them. A successor that keeps none (``EMBERBOX_PAUSE_KEEP_S=0``) stops them as
+    it starts, and the resume restores the saved memory. Either way the sandbox stays paused
+    and loses nothing."""
     async with _one_sandbox(node) as h:
         async with EnvdClient(h.sandbox.envd_url, "t0k") as envd:
             await envd.run(f"echo kept > /home/user/f; nohup sh -c '{background_counter.LOOP}'"
                            " > /dev/null 2>&1 &")  # fmt: skip
             counted = int((await envd.run(background_counter.READ)).text)
         group = GVisorRuntime(h.config)._cgroup(h.sid)
+        sentry = _sentry(group)
         await h.client.pause(h.sid)
         assert cgroups.procs(group), "the paused sandbox's processes were not kept"
-        node.sigkill()
+        if how == "stop":
+            node.stop()
+        else:
+            node.sigkill()
+        assert _sentry(group) == sentry and cgroups.frozen(group)
+        if how == "successor_keeps_none":
+            node.extra_env["EMBERBOX_PAUSE_KEEP_S"] = "0"
         await h.restart()
         assert await h.statuses() == [(h.sid, pb.SANDBOX_STATUS_PAUSED)]
-        assert cgroups.procs(group) == [], "a paused sandbox still runs"
+        if how == "successor_keeps_none":
+            assert cgroups.procs(group) == [], "a paused sandbox still runs"
+        else:
+            assert _sentry(group) == sentry and cgroups.frozen(group)
         resumed = await h.client.resume(h.sid, "t0k")
         assert not resumed.rebooted
+        if how == "successor_keeps_none":
+            assert _sentry(group) != sentry, "its processes were not stopped"
+        else:
+            assert _sentry(group) == sentry, "restored, not continued"
         assert await _echo(h.sandbox, "$(cat /home/user/f)") == "kept\n"
         async with EnvdClient(h.sandbox.envd_url, "t0k") as envd:
-            assert int((await envd.run(background_counter.READ)).text) >= counted
+            now = int((await envd.run(background_counter.READ)).text)
+        assert counted <= now < counted + 10, (counted, now)  # it did not count paused
         assert await h.client.kill(h.sid) is True
 
 

@@ -155,6 +155,27 @@ async def test_a_pause_during_an_idle_offload_waits_for_one_step_and_ends_it(
         await sweeping
         assert runtime.bad_thaws == 0, "the pause ran in the middle of a step"
         assert runtime.offload_steps[sandbox_id] == 1, "steps went on after the pause"
+        # Paused, it is idle from its pause on: not taken for offloaded by the cut offload.
+        assert not offloader.offloaded(sandbox_id)
+
+
+async def test_a_paused_sandbox_whose_processes_are_kept_is_offloaded_idle_s_after_its_pause(
+    tmp_path: Path,
+) -> None:
+    """What gVisor's kept paused sandboxes get (``runtimes/gvisor/kept.py``): the runtime
+    reports their activity, and the sweep offloads them like an idle running one, counting
+    from the pause (an idle running sandbox paused just before its offload waits again)."""
+    runtime = FakeRuntime()
+    runtime.keeps_paused = True
+    async with _one_watched(tmp_path, runtime) as (node, offloader, sandbox_id):
+        await _seen_idle_until_ripe(offloader)
+        await node.orchestrator.pause(sandbox_id)
+        assert await offloader.sweep(now=IDLE_S) == []  # first seen since its pause
+        assert await offloader.sweep(now=2 * IDLE_S - 0.1) == []
+        assert await offloader.sweep(now=2 * IDLE_S + 0.1) == [sandbox_id]
+        assert offloader.offloaded(sandbox_id) and runtime.resident[sandbox_id] == 4 << 20
+        await node.orchestrator.resume(sandbox_id)
+        assert not offloader.offloaded(sandbox_id)  # runs anew
 
 
 async def test_a_failed_step_leaves_a_running_sandbox_running_and_alone(

@@ -239,7 +239,8 @@ class Offloader:
                 await asyncio.sleep(OFFLOAD_STEP_EVERY_S)
         finally:
             self._busy.discard(sandbox_id)
-        if moved and sandbox_id in self._held:
+        record = self._held.get(sandbox_id)
+        if moved and record is not None and record.state == state:  # (not paused meanwhile)
             seen = await self.runtime.activity(sandbox_id)
             now = time.monotonic()
             watch = self._watch.setdefault(sandbox_id, _Watch(seen.cpu_ns if seen else 0, now, now))

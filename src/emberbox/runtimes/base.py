@@ -304,8 +304,9 @@ class Runtime(abc.ABC):
         return None
 
     async def activity(self, sandbox_id: str) -> SandboxActivity | None:
-        """The sandbox's CPU time and resident memory now; None if it has none (not running)
-        or the runtime cannot tell (it is then never offloaded as idle)."""
+        """The sandbox's CPU time and resident memory now; None if it has no processes (not
+        running, or paused with none kept) or the runtime cannot tell (it is then never
+        offloaded as idle)."""
         return None
 
     async def close(self) -> None:  # noqa: B027 - optional hook

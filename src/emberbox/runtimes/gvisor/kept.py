@@ -6,9 +6,15 @@ the host, their kernel paused by runsc and their cgroup frozen (no CPU at all): 
 continues them in tens of ms. Agents pause between turns and resume seconds or minutes later.
 
 How long: resident, at most ``resident_s`` (a minute); once the node has moved their memory
-to swap kept in RAM, compressed (``node/offload.py``, after ``EMBERBOX_OFFLOAD_IDLE_S``), up
-to ``keep_s`` (ten minutes), as what their pages compress to is all they cost. Either way
-the oldest go first, at once, while the host runs short of memory.
+to swap (``node/offload.py``, ``EMBERBOX_OFFLOAD_IDLE_S`` after the pause; a swap kept in
+RAM, compressed, unless ``EMBERBOX_OFFLOAD=on``), up to ``keep_s`` (ten minutes), as what
+their pages compress to is all they then cost. At once, whatever their age, while the host
+runs short of memory (resident ones first, then those in swap, the oldest first of each), or
+of swap (those in swap, the oldest first).
+
+Kept processes outlive their node as running sandboxes do: a node that stops (or is killed)
+leaves them stopped and frozen, and its successor keeps them for the rest of their keep
+(``GVisorRuntime._adopt_kept``).
 """
 
 from __future__ import annotations
@@ -38,15 +44,17 @@ class _Kept:
 @dataclass
 class KeptPauses:
     """**Parameters:** keep_s - how long a paused sandbox's processes are kept (0: never);
-    min_free_mb - none is kept, and the oldest go first, while the host has less available;
-    release - stops one kept sandbox's processes (its saved memory stays: it is still
-    paused); free_mb - the host's available memory; resident_s - how long one whose memory
+    min_free_mb - none is kept while the host has less available, and kept ones go (module
+    doc); release - stops one kept sandbox's processes (its saved memory stays: it is still
+    paused); free_mb - the host's available memory; swap_short - whether the host's swap is
+    too full to take more (kept ones in it then go); resident_s - how long one whose memory
     is not in swap is kept, at most."""
 
     keep_s: float
     min_free_mb: int
     release: Callable[[str], Awaitable[None]]
     free_mb: Callable[[], int] = host_free_mb
+    swap_short: Callable[[], bool] = lambda: False
     resident_s: float = RESIDENT_S
     _kept: dict[str, _Kept] = field(default_factory=dict)
     _keeper: asyncio.Task[None] | None = None
@@ -55,7 +63,8 @@ class KeptPauses:
         return self.keep_s > 0 and self.free_mb() >= self.min_free_mb
 
     def keep(self, sandbox_id: str, now: float | None = None) -> None:
-        """Count ``sandbox_id`` kept from now; the keeper releases it when its time is up."""
+        """Count ``sandbox_id`` kept since ``now`` (its pause); the keeper releases it when its
+        time is up."""
         self._kept[sandbox_id] = _Kept(time.monotonic() if now is None else now)
         if self._keeper is None or self._keeper.done():
             self._keeper = asyncio.create_task(self._release_when_due())
@@ -76,29 +85,32 @@ class KeptPauses:
     def kept(self) -> list[str]:
         return list(self._kept)
 
-    def _end(self, kept: _Kept) -> float:
-        return kept.since + (self.keep_s if kept.swapped else min(self.keep_s, self.resident_s))
-
     async def close(self) -> None:
-        """Release every kept sandbox: a node that stops leaves only what is on disk."""
+        """Stop watching: the kept processes stay, for the node's successor (module doc)."""
         if self._keeper is not None:
             self._keeper.cancel()
             await asyncio.gather(self._keeper, return_exceptions=True)
-        for sandbox_id in self.kept():
-            await self._release(sandbox_id)
 
     async def due(self, now: float | None = None) -> list[str]:
-        """Release those whose time is up, then, while the host is short of memory, those
-        ending soonest (resident ones before those in swap, which cost less); the ids
-        released."""
+        """Release those whose time is up, then those the host needs back (module doc); the
+        ids released."""
         at = time.monotonic() if now is None else now
         released = []
-        for sandbox_id, kept in sorted(self._kept.items(), key=lambda item: self._end(item[1])):
-            if self._end(kept) > at and self.free_mb() >= self.min_free_mb:
-                break  # the rest end later, and the host has memory
-            if sandbox_id in self._kept and await self._release(sandbox_id):
+        for sandbox_id, kept in list(self._kept.items()):
+            if self._end(kept) <= at and self.holds(sandbox_id) and await self._release(sandbox_id):
+                released.append(sandbox_id)
+        # Resident ones free the most: first, then those in swap, the oldest first of each.
+        order = sorted(self._kept.items(), key=lambda item: (item[1].swapped, item[1].since))
+        for sandbox_id, kept in order:
+            short_of_swap = kept.swapped and self.swap_short()
+            if self.free_mb() >= self.min_free_mb and not short_of_swap:
+                continue
+            if self.holds(sandbox_id) and await self._release(sandbox_id):
                 released.append(sandbox_id)
         return released
+
+    def _end(self, kept: _Kept) -> float:
+        return kept.since + (self.keep_s if kept.swapped else min(self.keep_s, self.resident_s))
 
     async def _release(self, sandbox_id: str) -> bool:
         try:

@@ -77,6 +77,9 @@ OFFLOAD_KEEP_BYTES = 4 << 20
 # sandbox that hits its limit while a step has it lowered reclaims into swap, never into
 # its OOM killer.
 OFFLOAD_SWAP_HEADROOM = 0.25
+# A paused sandbox's kept processes count as in swap (and are kept longer, ``kept.py``) once
+# an offload leaves less than this resident.
+KEPT_IN_SWAP_BELOW = 4 * OFFLOAD_KEEP_BYTES
 # A filesystem-only snapshot's one file (beside its snapshot.json).
 FILES_IMAGE = "files.tar"
 # guest_files.py runs in the guest by its own Python, given as source (any template's envd).
@@ -112,6 +115,13 @@ GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _INIT_ONLY = {"PATH", "HOME", "LANG", "EMBERBOX_START_CMD"}
 
 
+def _swap_short() -> bool:
+    """Whether the host's swap is absent or too full to take an offload
+    (``OFFLOAD_SWAP_HEADROOM``); kept paused sandboxes in it then go (``kept.py``)."""
+    total = cgroups.swap_total()
+    return total == 0 or cgroups.swap_free() < total * OFFLOAD_SWAP_HEADROOM
+
+
 class GVisorRuntime(Runtime):
     name = "gvisor"
     capabilities = Capabilities(
@@ -138,15 +148,16 @@ class GVisorRuntime(Runtime):
         self._deleted: set[str] = set()
         # Paused sandboxes whose processes stay, stopped, for a resume to continue (kept.py).
         self.kept = KeptPauses(self.config.pause_keep_s, self.config.pause_keep_min_free_mb,
-                               self._forget_container)  # fmt: skip
+                               self._forget_container, swap_short=_swap_short)  # fmt: skip
         self.warm = TemplateSnapshots(self.config.template_snapshots_dir, self.config.boot_timeout)
         self.egress = NodeEgress(self.config, self.pool, self._saved_policies)
 
     async def close(self) -> None:
         """A template snapshot under way is abandoned and its boot killed: nobody would
         remove it until the next node start. The data dir's parent cgroup goes once no
-        sandbox is left in it (sandboxes still running keep it: a node stops without killing
-        them); one per data dir had piled up on a host that runs many short-lived nodes."""
+        sandbox is left in it (sandboxes still running keep it, and paused ones' kept
+        processes: a node stops without killing them); one per data dir had piled up on a
+        host that runs many short-lived nodes."""
         await self.warm.close()
         await self.kept.close()
         await asyncio.gather(*self._background, return_exceptions=True)  # teardowns under way
@@ -426,20 +437,22 @@ class GVisorRuntime(Runtime):
         processes are then kept longer (``kept.py``)."""
         group = self._cgroup(sandbox_id)
         async with self._locks.hold(sandbox_id):
-            total = cgroups.swap_total()
-            if total == 0 or cgroups.swap_free() < total * OFFLOAD_SWAP_HEADROOM:
+            if _swap_short():
                 return None
             if self._usage(sandbox_id) is None:
                 return None  # no processes (paused and not kept, gone)
             # Its limit is put back before the lock is let go, cancelled or not.
             work = asyncio.to_thread(cgroups.offload, group, OFFLOAD_KEEP_BYTES)
             try:
-                more = await to_completion(work) > OFFLOAD_KEEP_BYTES
+                resident = await to_completion(work)
             except OSError:  # a write failed: its limit may be the lowered one
                 self._finish_cut_offload(sandbox_id)
+                if self.kept.take(sandbox_id):  # a resume restores, and sets its limit
+                    self._in_background(self._forget_container(sandbox_id))
                 raise
-            self.kept.swapped(sandbox_id)
-            return more
+            if resident < KEPT_IN_SWAP_BELOW:
+                self.kept.swapped(sandbox_id)
+            return resident > OFFLOAD_KEEP_BYTES
 
     async def activity(self, sandbox_id: str) -> SandboxActivity | None:
         used = self._usage(sandbox_id)
@@ -519,6 +532,7 @@ class GVisorRuntime(Runtime):
     def _kill_processes(self, sandbox_id: str) -> list[int]:
         """SIGKILL every process in the sandbox's cgroup; returns the ones signalled."""
         self.kept.take(sandbox_id)  # a paused one's kept processes end here
+        self._paths(sandbox_id).kept.unlink(missing_ok=True)
         pids = cgroups.procs(self._cgroup(sandbox_id))
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
@@ -600,6 +614,7 @@ class GVisorRuntime(Runtime):
             if self.kept.may_keep():
                 cgroups.freeze(self._cgroup(sandbox_id), True)  # its sentry's timers too
                 self.kept.keep(sandbox_id)
+                paths.kept.touch()
                 return size
             self._kill_processes(sandbox_id)  # their exit (~50 ms for 256 MiB) is not waited for
         # The processes' end and runsc's own record go in the background (~80 ms); a resume
@@ -666,6 +681,7 @@ class GVisorRuntime(Runtime):
         (a restore then starts it from its saved memory, stopping what is left first)."""
         if not self.kept.take(sandbox_id):
             return False
+        self._paths(sandbox_id).kept.unlink(missing_ok=True)  # a resume cut off restores
         group = self._cgroup(sandbox_id)
         cgroups.freeze(group, False)
         try:
@@ -1029,16 +1045,37 @@ class GVisorRuntime(Runtime):
         """A node killed while it resumed a sandbox left it paused (its saved memory or files
         go only once it runs: a boot from files waits for envd to apply them), but what the
         boot had started runs on without the node, holding memory the sandbox should not;
-        so do the processes a node stopped (or killed) meanwhile kept for a fast resume.
-        The control plane records it paused, as the node reports it: stop what runs, and a
-        resume starts it again from what was saved."""
+        unless they are the processes a node kept for a fast resume, which this one keeps
+        (``_adopt_kept``). The control plane records it paused, as the node reports it: stop
+        what runs, and a resume starts it again from what was saved."""
         if not self._paths(sandbox_id).paused():
             return
         if not cgroups.procs(self._cgroup(sandbox_id)):
             return
+        if self._adopt_kept(sandbox_id):
+            return
         log.warning("sandbox %s is paused; stopping the processes left of it", sandbox_id)
         await self._stop_processes(sandbox_id)
         await self.runsc.delete(sandbox_id)
+
+    def _adopt_kept(self, sandbox_id: str) -> bool:
+        """Keep the processes the last node kept of a paused sandbox (its ``kept`` mark, set
+        once they were frozen and the saved memory whole, dropped before a resume thaws them)
+        for the rest of their keep, as in swap if most of their memory is; False if there are
+        none or this node keeps none."""
+        paths, group = self._paths(sandbox_id), self._cgroup(sandbox_id)
+        try:
+            paused_at = paths.kept.stat().st_mtime
+        except FileNotFoundError:
+            return False
+        used = cgroups.usage(group)
+        if not (paths.memory.is_dir() and cgroups.frozen(group) and used and self.kept.may_keep()):
+            return False
+        self.kept.keep(sandbox_id, now=time.monotonic() - max(0.0, time.time() - paused_at))
+        if cgroups.swapped(group) > used.mem_used:
+            self.kept.swapped(sandbox_id)
+        log.info("sandbox %s: keeping the processes the last node kept paused", sandbox_id)
+        return True
 
     # -- internals -------------------------------------------------------------------------
 

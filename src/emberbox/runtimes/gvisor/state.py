@@ -92,6 +92,12 @@ class SandboxPaths:
         """Present while a save reads its files with its processes stopped."""
         return self.root / "saving"
 
+    @property
+    def kept(self) -> Path:
+        """Present while a paused sandbox's processes are kept for a fast resume (``kept.py``),
+        so a node's successor keeps them too; its time is the pause's."""
+        return self.root / "kept"
+
     def paused(self) -> bool:
         return self.memory.is_dir() or self.files.is_file()
 
