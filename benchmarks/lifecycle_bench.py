@@ -8,8 +8,9 @@ Measured (median/p95/p99 in ms, ratio to its baseline):
 * pause and resume (``Sandbox.connect``) of a sandbox holding 256 MiB; baselines bare
   ``runsc checkpoint`` and ``runsc restore`` of a sandbox holding 256 MiB. Resumed at once,
   within the node's keep (``EMBERBOX_PAUSE_KEEP_S``), as an agent between turns does: its
-  kept processes continue; and on a node that keeps none (``EMBERBOX_PAUSE_KEEP_S=0``, as after
-  the keep): restored from the saved memory;
+  kept processes continue; resumed once the node moved those processes' memory to swap (as
+  a pause resumed minutes later, still within the keep); and on a node that keeps none
+  (``EMBERBOX_PAUSE_KEEP_S=0``, as after the keep): restored from the saved memory;
 * snapshot, fork x10 (one call), rollback in place;
 * filesystem-only pause (``pause(mode="filesystem")``) of a sandbox that wrote 10 MiB in 200
   files, and its resume (a boot from those files) to the first command result; baselines the
@@ -389,7 +390,37 @@ def idle_running(count: int, window_s: float) -> dict[str, list[float]]:
             print("(no swap in RAM here: idle sandboxes stay resident; offload not measured)")
         for sbx in held:
             sbx.kill()
+        if cgroups.swap_in_ram():
+            out.update(resume_in_swap(opts, max(2, count)))
     return out
+
+
+def resume_in_swap(opts: dict[str, Any], n: int) -> dict[str, list[float]]:
+    """``n`` pauses of a sandbox holding 256 MiB, each resumed (``Sandbox.connect``) once the
+    node has moved the memory of the processes it keeps to swap (``EMBERBOX_OFFLOAD_IDLE_S``
+    after the pause): a resume minutes after a pause, within the keep; and what such a kept
+    sandbox costs the host meanwhile."""
+    sbx = Sandbox.create(timeout=600, **opts)
+    group = _group(sbx.sandbox_id)
+    try:
+        check(sbx.commands.run(HOLD_256).exit_code == 0, "could not hold 256 MiB")
+        time.sleep(2)
+        resumes, costs = [], []
+        for _ in range(n):
+            sbx.pause()
+            wait_offloaded({sbx.sandbox_id}, 1, below=16 << 20)
+            ratio = swap_ram_per_byte()
+            costs.append((host_memory(sbx.sandbox_id) + cgroups.swapped(group) * ratio) / 2**20)
+            settle()
+            resumes.append(timed(lambda: Sandbox.connect(sbx.sandbox_id, **opts)))
+            check(sbx.commands.run("true").exit_code == 0, "resumed sandbox does not run")
+    finally:
+        sbx.kill()
+    return {
+        "resume, kept in swap (256 MiB held)": resumes,
+        # (the 256 MiB are one byte repeated: they compress to almost nothing)
+        "  paused, kept in swap: in RAM with its swap's share, MiB": costs,
+    }
 
 
 OFFLOADED_BELOW = 2 * OFFLOAD_KEEP_BYTES  # an offloaded pooled sandbox keeps less resident
@@ -554,6 +585,7 @@ def main() -> None:
         "pause, none kept (256 MiB held)": bare_save,
         "resume, kept (256 MiB held)": bare_restore,
         "resume, restored (256 MiB held)": bare_restore,
+        "resume, kept in swap (256 MiB held)": bare_restore,
         "restore create → first command": bare_restore,
         f"warm-pool create → first command (pool of {LATENCY_POOL})": bare_restore,
         "cold create → first command": bare_restore,
