@@ -31,6 +31,12 @@ HOST_MIN_FREE_MB = 1024
 starts below it (``EMBERBOX_WARM_POOL_MIN_FREE_MB``), and no paused sandbox's processes are
 kept below it (those kept go, resident ones first: ``runtimes/gvisor/kept.py``)."""
 
+OFFLOADED_BELOW_BYTES = 16 << 20
+"""A sandbox whose memory the node moved to swap counts as offloaded once it keeps less than
+this resident (an idle gVisor sandbox keeps ~4 MiB): an offload that ran out of steps above it
+is tried again (``node/offload.py``), and a paused sandbox's kept processes count as in swap
+only below it (``runtimes/gvisor/kept.py``)."""
+
 PAUSE_KEEP_S = 600.0
 """How long a node keeps a paused sandbox's processes stopped beside its saved memory, at most
 (``EMBERBOX_PAUSE_KEEP_S``; 0: never): a resume within it continues them in tens of ms

@@ -27,6 +27,7 @@ from tests.runtimes.gvisor_support import (
     inventory,
     memory_holder,
     runsc_pids,
+    sentry_pid,
     wait_for_template_snapshot,
 )
 
@@ -236,53 +237,55 @@ async def test_a_node_killed_mid_resume_leaves_the_sandbox_paused_and_nothing_ru
         assert await h.client.kill(h.sid) is True
 
 
-def _sentry(group: str) -> int:
-    """The sandbox's kernel process (``runsc boot``): a restore would start a new one."""
-    for pid in cgroups.procs(group):
-        with contextlib.suppress(OSError):
-            if b"boot" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"):
-                return pid
-    raise AssertionError(f"no runsc boot process in {group}")
-
-
-@pytest.mark.parametrize("how", ["sigkill", "stop", "successor_keeps_none"])
+@pytest.mark.parametrize("how", ["sigkill", "stop_in_swap", "stop", "successor_keeps_none"])
 async def test_a_node_restarted_while_it_keeps_a_paused_sandbox_hands_it_to_its_successor(
     node: NodeProcess, how: str
 ) -> None:
     """A paused sandbox's processes kept for a fast resume (``runtimes/gvisor/kept.py``)
-    outlive their node as running sandboxes do, stopped and frozen, whether it was SIGKILLed
-    or stopped: its successor keeps them for what is left of the keep, and a resume
-    continues them. A successor that keeps none (``EMBERBOX_PAUSE_KEEP_S=0``) stops them as
-    it starts, and the resume restores the saved memory. Either way the sandbox stays paused
-    and loses nothing."""
+    outlive a SIGKILLed node, stopped and frozen, as running sandboxes do, and a stopped one
+    once they are in swap: its successor keeps them for what is left of the keep, and a
+    resume continues them. A node that stops lets resident ones go, and a successor that keeps
+    none (``EMBERBOX_PAUSE_KEEP_S=0``) stops them as it starts: the resume then restores the
+    saved memory. Either way the sandbox stays paused and loses nothing."""
+    if how == "stop_in_swap":
+        if not cgroups.swap_in_ram():
+            pytest.skip("the host has no swap in RAM (scripts/setup adds a compressed one, zram)")
+        node.extra_env["EMBERBOX_OFFLOAD_IDLE_S"] = "1"
+    continued = how in ("sigkill", "stop_in_swap")
     async with _one_sandbox(node) as h:
         async with EnvdClient(h.sandbox.envd_url, "t0k") as envd:
             await envd.run(f"echo kept > /home/user/f; nohup sh -c '{background_counter.LOOP}'"
                            " > /dev/null 2>&1 &")  # fmt: skip
             counted = int((await envd.run(background_counter.READ)).text)
         group = GVisorRuntime(h.config)._cgroup(h.sid)
-        sentry = _sentry(group)
+        sentry = sentry_pid(group)
         await h.client.pause(h.sid)
         assert cgroups.procs(group), "the paused sandbox's processes were not kept"
-        if how == "stop":
+        if how == "stop_in_swap":
+            deadline = asyncio.get_running_loop().time() + 60
+            while (used := cgroups.usage(group)) is None or used.mem_used > 12 << 20:
+                assert asyncio.get_running_loop().time() < deadline, "never moved to swap"
+                await asyncio.sleep(0.1)
+        if how.startswith("stop"):
             node.stop()
         else:
             node.sigkill()
-        assert _sentry(group) == sentry and cgroups.frozen(group)
+        if how != "stop":
+            assert sentry_pid(group) == sentry and cgroups.frozen(group)
         if how == "successor_keeps_none":
             node.extra_env["EMBERBOX_PAUSE_KEEP_S"] = "0"
         await h.restart()
         assert await h.statuses() == [(h.sid, pb.SANDBOX_STATUS_PAUSED)]
-        if how == "successor_keeps_none":
-            assert cgroups.procs(group) == [], "a paused sandbox still runs"
+        if continued:
+            assert sentry_pid(group) == sentry and cgroups.frozen(group)
         else:
-            assert _sentry(group) == sentry and cgroups.frozen(group)
+            assert cgroups.procs(group) == [], "a paused sandbox still runs"
         resumed = await h.client.resume(h.sid, "t0k")
         assert not resumed.rebooted
-        if how == "successor_keeps_none":
-            assert _sentry(group) != sentry, "its processes were not stopped"
+        if continued:
+            assert sentry_pid(group) == sentry, "restored, not continued"
         else:
-            assert _sentry(group) == sentry, "restored, not continued"
+            assert sentry_pid(group) != sentry, "its processes were not stopped"
         assert await _echo(h.sandbox, "$(cat /home/user/f)") == "kept\n"
         async with EnvdClient(h.sandbox.envd_url, "t0k") as envd:
             now = int((await envd.run(background_counter.READ)).text)

@@ -14,11 +14,13 @@ import pytest
 
 from emberbox._proto.node import node_pb2 as pb
 from emberbox.host import cgroups
+from emberbox.node import offload
 from emberbox.node.client import EmbeddedNode
 from emberbox.node.offload import (
     IDLE_CPU_SHARE,
     MAX_WINDOW_S,
     REGROWN_BYTES,
+    RETRIES,
     Offloader,
     OffloadSettings,
 )
@@ -176,6 +178,35 @@ async def test_a_paused_sandbox_whose_processes_are_kept_is_offloaded_idle_s_aft
         assert offloader.offloaded(sandbox_id) and runtime.resident[sandbox_id] == 4 << 20
         await node.orchestrator.resume(sandbox_id)
         assert not offloader.offloaded(sandbox_id)  # runs anew
+
+
+async def test_an_offload_that_ran_out_of_steps_is_tried_again_a_few_times(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Steps run out with much still resident (a paused sandbox's 256 MiB on cgroup v1):
+    it does not count as offloaded, and the next sweeps go on; one that never gets there
+    counts as offloaded after ``RETRIES`` more, and is left alone until it regrows."""
+    monkeypatch.setattr(offload, "OFFLOAD_STEPS", 2)  # the fake needs 3 to finish
+    runtime = FakeRuntime()
+    async with _one_watched(tmp_path, runtime) as (_, offloader, sandbox_id):
+        await _seen_idle_until_ripe(offloader)
+        assert await offloader.sweep(now=IDLE_S) == [sandbox_id]
+        assert not offloader.offloaded(sandbox_id) and runtime.resident[sandbox_id] > 4 << 20
+        assert await offloader.sweep(now=IDLE_S + 1) == [sandbox_id]
+        assert offloader.offloaded(sandbox_id) and runtime.resident[sandbox_id] == 4 << 20
+        assert runtime.offload_steps[sandbox_id] == 3
+
+    async def never_done(sandbox_id: str) -> bool:
+        return True  # moved some, more to move, and its resident stays as it was
+
+    runtime = FakeRuntime()
+    async with _one_watched(tmp_path / "stuck", runtime) as (_, offloader, sandbox_id):
+        monkeypatch.setattr(runtime, "offload", never_done)
+        await _seen_idle_until_ripe(offloader)
+        for k in range(RETRIES + 1):
+            assert await offloader.sweep(now=IDLE_S + k) == [sandbox_id]
+        assert offloader.offloaded(sandbox_id)
+        assert await offloader.sweep(now=IDLE_S + RETRIES + 1) == []
 
 
 async def test_a_failed_step_leaves_a_running_sandbox_running_and_alone(

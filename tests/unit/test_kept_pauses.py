@@ -102,7 +102,30 @@ async def test_a_host_short_of_memory_keeps_none_and_gets_the_oldest_back_first(
     assert await kept.due() == ["old", "mid"]
     assert kept.kept() == ["new"]
     await kept.close()
-    assert host.released == ["old", "mid"]  # a node that stops leaves them to its successor
+    assert host.released == ["old", "mid", "new"]  # a node that stops lets resident ones go
+
+
+async def test_a_node_that_stops_leaves_those_in_swap_to_its_successor() -> None:
+    host = Host(4096)
+    kept = KeptPauses(600, 1024, host.release, free_mb=lambda: host.free)
+    kept.keep("resident")
+    kept.keep("in swap")
+    kept.swapped("in swap")
+    await kept.close()
+    assert host.released == ["resident"]
+
+
+async def test_one_adopted_resident_gets_a_new_minute_within_its_keep() -> None:
+    """A successor's offloads count idle time from its own start (module doc of offload.py)."""
+    host = Host(4096)
+    kept = KeptPauses(600, 1024, host.release, free_mb=lambda: host.free, resident_s=60)
+    start = time.monotonic()
+    kept.keep("early", now=start - 40, resident_from=start)  # paused 40 s before adoption
+    kept.keep("late", now=start - 590, resident_from=start)  # its keep ends in 10 s
+    assert await kept.due(now=start + 11) == ["late"]
+    assert await kept.due(now=start + 59) == []
+    assert await kept.due(now=start + 61) == ["early"]
+    await kept.close()
 
 
 async def test_a_resumed_sandbox_is_taken_once_and_never_released() -> None:

@@ -13,7 +13,7 @@ Which sandboxes, and when:
 * any other sandbox, running, pooled, or paused with its processes kept (a gVisor node keeps
   them for a fast resume: ``runtimes/gvisor/kept.py``), once its CPU use stayed under a
   tenth of a core for ``idle_s`` (a gVisor sandbox waiting on nothing uses ~4%; a paused one
-  counts from its pause), and again each time its
+  counts from its pause, or from a successor node's start), and again each time its
   resident memory regrew by ``REGROWN_BYTES`` while it stays idle (the sentry's garbage
   collector, most likely, brings ~10 MiB back within a minute or two): :meth:`Offloader.sweep`.
 
@@ -33,6 +33,7 @@ from typing import Literal, Protocol
 from ..host import cgroups
 from ..host.locks import KeyedLock
 from ..runtimes.base import Runtime
+from ..vocabulary import OFFLOADED_BELOW_BYTES
 from .env import seconds
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,11 @@ log = logging.getLogger(__name__)
 # sandbox's pages come loose over ~1 s, ``cgroups.offload``).
 OFFLOAD_STEPS = 40
 OFFLOAD_STEP_EVERY_S = 0.05
+# An offload that ran out of steps with more than ``OFFLOADED_BELOW_BYTES`` still resident (a
+# paused sandbox's 256 MiB and its image's page cache took more than 40 steps on cgroup v1)
+# is tried again this many times: at once for a pooled one behind the newest, at the next
+# sweeps for an idle one. Then its floor is what is left.
+RETRIES = 3
 # Under this share of one core a sandbox counts as idle: gVisor's own timers keep one that
 # waits on nothing at ~4% (``benchmarks/lifecycle_bench.py``).
 IDLE_CPU_SHARE = 0.10
@@ -123,6 +129,7 @@ class _Watch:
     seen_at: float
     busy_at: float  # the last sweep that found it using CPU (or its first)
     floor: int | None = None  # its resident bytes after its last offload
+    retries: int = 0  # offloads in a row that ran out of steps (``RETRIES``)
 
 
 class Offloader:
@@ -165,8 +172,11 @@ class Offloader:
         if not self.settings.active():
             return
         for sandbox_id in sandbox_ids:
-            if sandbox_id not in self._busy and not self.offloaded(sandbox_id):
-                await self._offload(sandbox_id, "pooled")
+            for _ in range(1 + RETRIES):
+                if sandbox_id in self._busy or self.offloaded(sandbox_id):
+                    break
+                if not await self._offload(sandbox_id, "pooled"):
+                    break  # nothing moved: claimed, gone, or no swap left
 
     async def sweep(self, now: float | None = None) -> list[str]:
         """Offload the sandboxes idle for ``idle_s`` that are not offloaded, or regrew since;
@@ -214,7 +224,9 @@ class Offloader:
 
     async def _offload(self, sandbox_id: str, state: str) -> bool:
         """Steps until the runtime has nothing more to move, the sandbox leaves ``state``
-        (claimed, paused, killed) or ``OFFLOAD_STEPS`` ran; whether any step moved memory."""
+        (claimed, paused, killed) or ``OFFLOAD_STEPS`` ran; whether any step moved memory.
+        It counts as offloaded (its resident floor taken) unless it ran out of steps with much
+        left to move (``RETRIES``)."""
         self._busy.add(sandbox_id)
         moved = False
         more: bool | None = None
@@ -244,5 +256,9 @@ class Offloader:
             seen = await self.runtime.activity(sandbox_id)
             now = time.monotonic()
             watch = self._watch.setdefault(sandbox_id, _Watch(seen.cpu_ns if seen else 0, now, now))
-            watch.floor = seen.resident if seen else 0
+            resident = seen.resident if seen else 0
+            if more and resident >= OFFLOADED_BELOW_BYTES and watch.retries < RETRIES:
+                watch.retries += 1  # not offloaded yet: tried again
+            else:
+                watch.floor, watch.retries = resident, 0
         return moved

@@ -12,9 +12,9 @@ their pages compress to is all they then cost. At once, whatever their age, whil
 runs short of memory (resident ones first, then those in swap, the oldest first of each), or
 of swap (those in swap, the oldest first).
 
-Kept processes outlive their node as running sandboxes do: a node that stops (or is killed)
-leaves them stopped and frozen, and its successor keeps them for the rest of their keep
-(``GVisorRuntime._adopt_kept``).
+Kept processes in swap outlive their node as running sandboxes do, and resident ones a node
+that is killed: they stay stopped and frozen, and the node's successor keeps them for the rest
+of their keep (``GVisorRuntime._adopt_kept``). A node that stops lets resident ones go.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ RESIDENT_S = 60.0
 @dataclass
 class _Kept:
     since: float  # the pause (monotonic)
+    resident_from: float  # what its resident time counts from: the pause, or its adoption
     swapped: bool = False  # its memory went to swap: kept for the whole keep
 
 
@@ -62,10 +63,13 @@ class KeptPauses:
     def may_keep(self) -> bool:
         return self.keep_s > 0 and self.free_mb() >= self.min_free_mb
 
-    def keep(self, sandbox_id: str, now: float | None = None) -> None:
-        """Count ``sandbox_id`` kept since ``now`` (its pause); the keeper releases it when its
-        time is up."""
-        self._kept[sandbox_id] = _Kept(time.monotonic() if now is None else now)
+    def keep(
+        self, sandbox_id: str, now: float | None = None, resident_from: float | None = None
+    ) -> None:
+        """Count ``sandbox_id`` kept since ``now`` (its pause), resident since
+        ``resident_from`` (``now``); the keeper releases it when its time is up."""
+        since = time.monotonic() if now is None else now
+        self._kept[sandbox_id] = _Kept(since, since if resident_from is None else resident_from)
         if self._keeper is None or self._keeper.done():
             self._keeper = asyncio.create_task(self._release_when_due())
 
@@ -86,10 +90,14 @@ class KeptPauses:
         return list(self._kept)
 
     async def close(self) -> None:
-        """Stop watching: the kept processes stay, for the node's successor (module doc)."""
+        """Stop watching. Those in swap stay, for the node's successor (module doc); resident
+        ones go, as no node may come back to release them."""
         if self._keeper is not None:
             self._keeper.cancel()
             await asyncio.gather(self._keeper, return_exceptions=True)
+        for sandbox_id, kept in list(self._kept.items()):
+            if not kept.swapped:
+                await self._release(sandbox_id)
 
     async def due(self, now: float | None = None) -> list[str]:
         """Release those whose time is up, then those the host needs back (module doc); the
@@ -110,7 +118,8 @@ class KeptPauses:
         return released
 
     def _end(self, kept: _Kept) -> float:
-        return kept.since + (self.keep_s if kept.swapped else min(self.keep_s, self.resident_s))
+        end = kept.since + self.keep_s
+        return end if kept.swapped else min(end, kept.resident_from + self.resident_s)
 
     async def _release(self, sandbox_id: str) -> bool:
         try:

@@ -34,7 +34,14 @@ from ...host.errors import HostError
 from ...host.locks import KeyedLock
 from ...templates.steps import BootFailed, Step
 from ...templates.store import GUEST_PYTHON, Template, TemplateError, TemplateStore
-from ...vocabulary import ENVD_PORT, check_sandbox_id, e2b_env, is_sandbox_id, is_volume_id
+from ...vocabulary import (
+    ENVD_PORT,
+    OFFLOADED_BELOW_BYTES,
+    check_sandbox_id,
+    e2b_env,
+    is_sandbox_id,
+    is_volume_id,
+)
 from ..base import (
     FILES_TIMEOUT_S,
     UNKNOWN_DEFAULTS,
@@ -77,9 +84,6 @@ OFFLOAD_KEEP_BYTES = 4 << 20
 # sandbox that hits its limit while a step has it lowered reclaims into swap, never into
 # its OOM killer.
 OFFLOAD_SWAP_HEADROOM = 0.25
-# A paused sandbox's kept processes count as in swap (and are kept longer, ``kept.py``) once
-# an offload leaves less than this resident.
-KEPT_IN_SWAP_BELOW = 4 * OFFLOAD_KEEP_BYTES
 # A filesystem-only snapshot's one file (beside its snapshot.json).
 FILES_IMAGE = "files.tar"
 # guest_files.py runs in the guest by its own Python, given as source (any template's envd).
@@ -448,9 +452,10 @@ class GVisorRuntime(Runtime):
             except OSError:  # a write failed: its limit may be the lowered one
                 self._finish_cut_offload(sandbox_id)
                 if self.kept.take(sandbox_id):  # a resume restores, and sets its limit
+                    self._paths(sandbox_id).kept.unlink(missing_ok=True)
                     self._in_background(self._forget_container(sandbox_id))
                 raise
-            if resident < KEPT_IN_SWAP_BELOW:
+            if resident < OFFLOADED_BELOW_BYTES:
                 self.kept.swapped(sandbox_id)
             return resident > OFFLOAD_KEEP_BYTES
 
@@ -614,7 +619,8 @@ class GVisorRuntime(Runtime):
             if self.kept.may_keep():
                 cgroups.freeze(self._cgroup(sandbox_id), True)  # its sentry's timers too
                 self.kept.keep(sandbox_id)
-                paths.kept.touch()
+                with contextlib.suppress(OSError):  # (without it a successor restores it)
+                    paths.kept.touch()
                 return size
             self._kill_processes(sandbox_id)  # their exit (~50 ms for 256 MiB) is not waited for
         # The processes' end and runsc's own record go in the background (~80 ms); a resume
@@ -980,8 +986,8 @@ class GVisorRuntime(Runtime):
         found |= {lease.sandbox_id for lease in self.pool.leases()}
         for sandbox_id in sorted(keep_set):
             await self._finish_cut_save(sandbox_id)
-            await self._finish_cut_resume(sandbox_id)
-            self._finish_cut_offload(sandbox_id)
+            limit_whole = self._finish_cut_offload(sandbox_id)
+            await self._finish_cut_resume(sandbox_id, adopt=limit_whole)
         for cut in self.config.snapshots_dir.glob(f"*{PARTIAL_SUFFIX}"):  # snapshots cut off
             await asyncio.to_thread(shutil.rmtree, cut, True)
         removed = []
@@ -1006,9 +1012,9 @@ class GVisorRuntime(Runtime):
                 self.egress.journal.remove(sandbox_id)
         return removed
 
-    def _finish_cut_offload(self, sandbox_id: str) -> None:
+    def _finish_cut_offload(self, sandbox_id: str) -> bool:
         """A node killed in the middle of an offload step left the sandbox's memory limit
-        lowered (v1) or its swap open (v2): set both as its boot did."""
+        lowered (v1) or its swap open (v2): set both as its boot did. False if that failed."""
         record = SandboxRecord.load(self._paths(sandbox_id).root)
         group = self._cgroup(sandbox_id)
         if record is not None and cgroups.usage(group) is not None:
@@ -1016,6 +1022,8 @@ class GVisorRuntime(Runtime):
                 cgroups.set_memory_limit(group, host_memory_limit(record.memory_mb))
             except OSError as exc:  # (it stopped meanwhile: nothing to set back)
                 log.warning("sandbox %s: setting its memory limit back: %s", sandbox_id, exc)
+                return False
+        return True
 
     async def _finish_cut_save(self, sandbox_id: str) -> None:
         """A node killed while a pause checkpointed a sandbox left the half-written image and
@@ -1041,18 +1049,19 @@ class GVisorRuntime(Runtime):
         partial(paths.files).unlink(missing_ok=True)
         paths.saving.unlink(missing_ok=True)
 
-    async def _finish_cut_resume(self, sandbox_id: str) -> None:
+    async def _finish_cut_resume(self, sandbox_id: str, adopt: bool = True) -> None:
         """A node killed while it resumed a sandbox left it paused (its saved memory or files
         go only once it runs: a boot from files waits for envd to apply them), but what the
         boot had started runs on without the node, holding memory the sandbox should not;
         unless they are the processes a node kept for a fast resume, which this one keeps
-        (``_adopt_kept``). The control plane records it paused, as the node reports it: stop
-        what runs, and a resume starts it again from what was saved."""
+        (``_adopt_kept``; not with ``adopt`` False: its memory limit could not be set). The
+        control plane records it paused, as the node reports it: stop what runs, and a resume
+        starts it again from what was saved."""
         if not self._paths(sandbox_id).paused():
             return
         if not cgroups.procs(self._cgroup(sandbox_id)):
             return
-        if self._adopt_kept(sandbox_id):
+        if adopt and self._adopt_kept(sandbox_id):
             return
         log.warning("sandbox %s is paused; stopping the processes left of it", sandbox_id)
         await self._stop_processes(sandbox_id)
@@ -1061,8 +1070,9 @@ class GVisorRuntime(Runtime):
     def _adopt_kept(self, sandbox_id: str) -> bool:
         """Keep the processes the last node kept of a paused sandbox (its ``kept`` mark, set
         once they were frozen and the saved memory whole, dropped before a resume thaws them)
-        for the rest of their keep, as in swap if most of their memory is; False if there are
-        none or this node keeps none."""
+        for the rest of their keep; False if there are none or this node keeps none. In swap
+        by the offload's measure, or resident for a new ``resident_s`` at most: this node's
+        offloads count their idle time from its start."""
         paths, group = self._paths(sandbox_id), self._cgroup(sandbox_id)
         try:
             paused_at = paths.kept.stat().st_mtime
@@ -1071,8 +1081,9 @@ class GVisorRuntime(Runtime):
         used = cgroups.usage(group)
         if not (paths.memory.is_dir() and cgroups.frozen(group) and used and self.kept.may_keep()):
             return False
-        self.kept.keep(sandbox_id, now=time.monotonic() - max(0.0, time.time() - paused_at))
-        if cgroups.swapped(group) > used.mem_used:
+        now = time.monotonic()
+        self.kept.keep(sandbox_id, now=now - max(0.0, time.time() - paused_at), resident_from=now)
+        if used.mem_used < OFFLOADED_BELOW_BYTES:
             self.kept.swapped(sandbox_id)
         log.info("sandbox %s: keeping the processes the last node kept paused", sandbox_id)
         return True
