@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import re
 import threading
@@ -23,7 +24,12 @@ from emberbox.runtimes.gvisor.runtime import OFFLOAD_KEEP_BYTES
 from emberbox.server.testing import NodeProcess, ServerProcess
 from emberbox.templates.store import Template
 from tests.api.conftest import point_sdks_at
-from tests.runtimes.gvisor_support import DATA_DIR, inventory, wait_for_template_snapshot
+from tests.runtimes.gvisor_support import (
+    DATA_DIR,
+    inventory,
+    sentry_pid,
+    wait_for_template_snapshot,
+)
 
 from .support import data_dir_sharing_templates, served_leaving_nothing, server_in_front_of
 
@@ -293,12 +299,12 @@ def test_pooled_sandboxes_behind_the_newest_wait_in_swap(
             sandbox.kill()
 
 
-def test_an_idle_running_sandbox_waits_in_swap_and_keeps_its_processes_and_files(
-    tmp_path: Path, base_template: Template, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A running sandbox idle for ``EMBERBOX_OFFLOAD_IDLE_S`` has its memory moved to swap
-    while its processes run on: a background counter keeps counting, its files stay, the
-    next command works and it has its whole memory limit (memory plus swap held to it)."""
+@contextlib.contextmanager
+def _one_on_an_offloading_node(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[Sandbox, str]]:
+    """A sandbox (and its cgroup) on a node that offloads sandboxes idle for 2 s, served; it
+    is killed afterwards, whatever the test found."""
     if not cgroups.swap_in_ram():
         pytest.skip("the host has no swap in RAM (scripts/setup adds a compressed one, zram)")
     node = NodeProcess(data_dir_sharing_templates(tmp_path / "data", DATA_DIR), "gvisor",
@@ -309,43 +315,41 @@ def test_an_idle_running_sandbox_waits_in_swap_and_keeps_its_processes_and_files
         point_sdks_at(server, server.first_key, monkeypatch)
         sandbox = Sandbox.create("base", timeout=120)
         try:
-            group = f"{config.cgroup_base}/{sandbox.sandbox_id}"
-            before = cgroups.usage(group)
-            assert before is not None
-            sandbox.files.write("/home/user/kept.txt", "before the offload")
-            counter = "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 1; done"
-            sandbox.commands.run(counter, background=True)
-            deadline = time.monotonic() + 60
-            # Most of its ~40 MiB in swap (it faults a few MiB back at once: its timers, counter).
-            while cgroups.swapped(group) < 16 << 20 or _resident(group) > 16 << 20:
-                assert time.monotonic() < deadline, f"never offloaded: {_resident(group) >> 20} MiB"
-                time.sleep(0.1)
-            first = int(sandbox.files.read("/tmp/count"))
-            time.sleep(2.5)
-            assert int(sandbox.files.read("/tmp/count")) > first, "the counter stopped"
-            assert sandbox.files.read("/home/user/kept.txt") == "before the offload"
-            # Most of its memory (512 MiB) is still there for it: what sits in swap counts
-            # against the host's headroom above the guest's memory, not the guest's.
-            hold = "python3 -c 'b = bytearray(400 << 20); print(len(b))'"
-            assert sandbox.commands.run(hold).stdout.split() == [str(400 << 20)]
-            usage = cgroups.usage(group)
-            assert usage is not None
-            if cgroups.is_v1():  # its limit whole, memory plus swap held to it
-                memsw = cgroups.CGROUP_ROOT / "memory" / group / "memory.memsw.limit_in_bytes"
-                assert int(memsw.read_text()) == usage.mem_limit == before.mem_limit
+            yield sandbox, f"{config.cgroup_base}/{sandbox.sandbox_id}"
         finally:
             sandbox.kill()  # (a failed check must not leave it running)
 
 
-def _sentry(group: str) -> int:
-    """The sandbox's kernel process (``runsc boot``): a restore would start a new one."""
-    for pid in cgroups.procs(group):
-        try:
-            if b"boot" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"):
-                return pid
-        except OSError:
-            continue
-    raise AssertionError(f"no runsc boot process in {group}")
+def test_an_idle_running_sandbox_waits_in_swap_and_keeps_its_processes_and_files(
+    tmp_path: Path, base_template: Template, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A running sandbox idle for ``EMBERBOX_OFFLOAD_IDLE_S`` has its memory moved to swap
+    while its processes run on: a background counter keeps counting, its files stay, the
+    next command works and it has its whole memory limit (memory plus swap held to it)."""
+    with _one_on_an_offloading_node(tmp_path, monkeypatch) as (sandbox, group):
+        before = cgroups.usage(group)
+        assert before is not None
+        sandbox.files.write("/home/user/kept.txt", "before the offload")
+        counter = "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 1; done"
+        sandbox.commands.run(counter, background=True)
+        deadline = time.monotonic() + 60
+        # Most of its ~40 MiB in swap (it faults a few MiB back at once: its timers, counter).
+        while cgroups.swapped(group) < 16 << 20 or _resident(group) > 16 << 20:
+            assert time.monotonic() < deadline, f"never offloaded: {_resident(group) >> 20} MiB"
+            time.sleep(0.1)
+        first = int(sandbox.files.read("/tmp/count"))
+        time.sleep(2.5)
+        assert int(sandbox.files.read("/tmp/count")) > first, "the counter stopped"
+        assert sandbox.files.read("/home/user/kept.txt") == "before the offload"
+        # Most of its memory (512 MiB) is still there for it: what sits in swap counts
+        # against the host's headroom above the guest's memory, not the guest's.
+        hold = "python3 -c 'b = bytearray(400 << 20); print(len(b))'"
+        assert sandbox.commands.run(hold).stdout.split() == [str(400 << 20)]
+        usage = cgroups.usage(group)
+        assert usage is not None
+        if cgroups.is_v1():  # its limit whole, memory plus swap held to it
+            memsw = cgroups.CGROUP_ROOT / "memory" / group / "memory.memsw.limit_in_bytes"
+            assert int(memsw.read_text()) == usage.mem_limit == before.mem_limit
 
 
 def test_a_paused_sandbox_kept_by_its_node_waits_in_swap_and_resumes_where_it_was(
@@ -354,36 +358,24 @@ def test_a_paused_sandbox_kept_by_its_node_waits_in_swap_and_resumes_where_it_wa
     """A paused sandbox whose processes the node keeps for a fast resume (``kept.py``) is
     idle from its pause: ``EMBERBOX_OFFLOAD_IDLE_S`` later its memory is in swap, and a
     ``connect`` continues the very processes (no restore), its counter and files intact."""
-    if not cgroups.swap_in_ram():
-        pytest.skip("the host has no swap in RAM (scripts/setup adds a compressed one, zram)")
-    node = NodeProcess(data_dir_sharing_templates(tmp_path / "data", DATA_DIR), "gvisor",
-                       env={"EMBERBOX_WARM_POOL": "0", "EMBERBOX_OFFLOAD_IDLE_S": "2"})  # fmt: skip
-    config = GVisorConfig(data_dir=node.data_dir)
-    with served_leaving_nothing(node, tmp_path / "server") as server:
-        assert server.first_key
-        point_sdks_at(server, server.first_key, monkeypatch)
-        sandbox = Sandbox.create("base", timeout=120)
-        try:
-            group = f"{config.cgroup_base}/{sandbox.sandbox_id}"
-            sandbox.files.write("/home/user/kept.txt", "before the pause")
-            counter = "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done"
-            sandbox.commands.run(counter, background=True)
-            time.sleep(0.5)
-            sentry = _sentry(group)
-            before = int(sandbox.files.read("/tmp/count"))
-            sandbox.pause()
-            assert cgroups.freezer_state(group) in ("frozen", "freezing")
-            # (its idle clock starts at the pause: at least 2 s, 40 counts had it run on)
-            deadline = time.monotonic() + 60
-            while cgroups.swapped(group) < 16 << 20 or _resident(group) > 16 << 20:
-                assert time.monotonic() < deadline, f"never offloaded: {_resident(group) >> 20} MiB"
-                time.sleep(0.1)
-            back = Sandbox.connect(sandbox.sandbox_id)
-            assert _sentry(group) == sentry, "the sandbox was restored, not continued"
-            first = int(back.files.read("/tmp/count"))
-            assert before <= first < before + 20, (before, first)  # it did not count paused
-            time.sleep(1)
-            assert int(back.files.read("/tmp/count")) > first, "the counter stopped"
-            assert back.files.read("/home/user/kept.txt") == "before the pause"
-        finally:
-            sandbox.kill()
+    with _one_on_an_offloading_node(tmp_path, monkeypatch) as (sandbox, group):
+        sandbox.files.write("/home/user/kept.txt", "before the pause")
+        counter = "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done"
+        sandbox.commands.run(counter, background=True)
+        time.sleep(0.5)
+        sentry = sentry_pid(group)
+        before = int(sandbox.files.read("/tmp/count"))
+        sandbox.pause()
+        assert cgroups.freezer_state(group) in ("frozen", "freezing")
+        # (its idle clock starts at the pause: at least 2 s, 40 counts had it run on)
+        deadline = time.monotonic() + 60
+        while cgroups.swapped(group) < 16 << 20 or _resident(group) > 16 << 20:
+            assert time.monotonic() < deadline, f"never offloaded: {_resident(group) >> 20} MiB"
+            time.sleep(0.1)
+        back = Sandbox.connect(sandbox.sandbox_id)
+        assert sentry_pid(group) == sentry, "the sandbox was restored, not continued"
+        first = int(back.files.read("/tmp/count"))
+        assert before <= first < before + 20, (before, first)  # it did not count paused
+        time.sleep(1)
+        assert int(back.files.read("/tmp/count")) > first, "the counter stopped"
+        assert back.files.read("/home/user/kept.txt") == "before the pause"

@@ -114,6 +114,16 @@ def runsc_pids(config: GVisorConfig) -> set[int]:
     return pids
 
 
+def sentry_pid(group: str) -> int:
+    """The host process of the kernel of the sandbox in cgroup ``group`` (``runsc boot``): a
+    restore starts a new one, a resume of kept processes continues it."""
+    for pid in cg.procs(group):
+        with contextlib.suppress(OSError):
+            if b"boot" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"):
+                return pid
+    raise AssertionError(f"no runsc boot process in {group}")
+
+
 def _mounts_under(root: str) -> set[str]:
     with open("/proc/self/mountinfo") as f:
         return {line.split()[4] for line in f if line.split()[4].startswith(root)}

@@ -19,20 +19,7 @@ from emberbox.runtimes.gvisor.runsc import CHECKPOINT_RETRY_AFTER_S, Runsc, Runs
 from tests import background_counter
 
 from .conftest import SandboxFactory
-from .gvisor_support import healthy, inventory, run
-
-
-def sentry_pid(runtime: GVisorRuntime, sandbox_id: str) -> int:
-    """The host process of the sandbox's kernel (``runsc boot``): a restore starts a new one."""
-    group = f"{runtime.config.cgroup_base}/{sandbox_id}"
-    for pid in cgroups.procs(group):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"boot" in argv:
-            return pid
-    raise AssertionError(f"no runsc boot process in {group}")
+from .gvisor_support import healthy, inventory, run, sentry_pid
 
 
 async def counting(
@@ -45,7 +32,7 @@ async def counting(
                        " > /dev/null 2>&1 &")  # fmt: skip
     await counter(sandbox)
     group = f"{runtime.config.cgroup_base}/{sandbox.sandbox_id}"
-    return sandbox, group, sentry_pid(runtime, sandbox.sandbox_id), await counter(sandbox)
+    return sandbox, group, sentry_pid(group), await counter(sandbox)
 
 
 async def counter(sandbox: RuntimeSandbox) -> int:
@@ -73,7 +60,7 @@ async def test_a_resume_within_the_keep_continues_the_very_processes_paused(
     assert not await healthy(sandbox, timeout=0.5)
     await runtime.resume(sandbox_id)
     assert runtime.kept.kept() == []
-    assert sentry_pid(runtime, sandbox_id) == sentry  # continued, not restored
+    assert sentry_pid(group) == sentry  # continued, not restored
     after = await counter(sandbox)
     assert before <= after < before + 10, (before, after)
     await asyncio.sleep(0.5)
@@ -111,7 +98,7 @@ async def test_kept_processes_moved_to_swap_are_kept_past_the_resident_minute(
     assert await runtime.kept.due(now=past_resident) == []
     assert runtime.kept.kept() == [sandbox_id]
     await runtime.resume(sandbox_id)
-    assert sentry_pid(runtime, sandbox_id) == sentry  # continued, not restored
+    assert sentry_pid(group) == sentry  # continued, not restored
     after = await counter(sandbox)
     assert before <= after < before + 10, (before, after)
     assert (await run(sandbox, "cat /home/user/note")).text == "before\n"
@@ -142,7 +129,7 @@ async def test_a_kept_sandbox_whose_offload_failed_is_let_go_and_restores(
         assert time.monotonic() < deadline, cgroups.procs(group)
         await asyncio.sleep(0.05)
     await runtime.resume(sandbox.sandbox_id)
-    assert sentry_pid(runtime, sandbox.sandbox_id) != sentry  # restored
+    assert sentry_pid(group) != sentry  # restored
     assert before <= await counter(sandbox) < before + 10
 
 
@@ -180,7 +167,7 @@ async def test_processes_let_go_leave_the_saved_memory_to_restore(
         await asyncio.sleep(0.05)
     assert (await runtime.get(sandbox_id)).status is SandboxStatus.PAUSED
     await runtime.resume(sandbox_id)
-    assert sentry_pid(runtime, sandbox_id) != sentry  # restored from the saved memory
+    assert sentry_pid(group) != sentry  # restored from the saved memory
     after = await counter(sandbox)
     assert before <= after < before + 10, (before, after)
     await asyncio.sleep(0.5)
