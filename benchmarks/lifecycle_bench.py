@@ -66,9 +66,9 @@ from emberbox.envd_client import EnvdClient
 from emberbox.host import cgroups, network
 from emberbox.runtimes.base import SandboxSpec
 from emberbox.runtimes.gvisor import GVisorConfig, GVisorRuntime
-from emberbox.runtimes.gvisor.runtime import OFFLOAD_KEEP_BYTES
 from emberbox.runtimes.gvisor.warm import TemplateSnapshots
 from emberbox.templates.store import TemplateStore
+from emberbox.vocabulary import OFFLOADED_BELOW_BYTES
 
 WRITE_FILES = (
     "head -c 10M /dev/urandom > /home/user/data.bin && mkdir -p /home/user/src && "
@@ -326,6 +326,7 @@ def warm_pool(n: int, concurrent: int) -> dict[str, list[float]]:
         ready = wait_for_pool(data_dir(), concurrent)
         if cgroups.swap_in_ram():  # every one offloaded to swap: charge + its share
             wait_offloaded(ready, concurrent)
+            time.sleep(2)  # offloads still under way finish (40 steps, 50 ms apart, at most)
             ratio = swap_ram_per_byte()
             out["  offloaded, idle: resident + their swap's RAM, MiB"] = [
                 (host_memory(i) + cgroups.swapped(_group(i)) * ratio) / 2**20 for i in ready
@@ -423,7 +424,7 @@ def resume_in_swap(opts: dict[str, Any], n: int) -> dict[str, list[float]]:
     }
 
 
-OFFLOADED_BELOW = 2 * OFFLOAD_KEEP_BYTES  # an offloaded pooled sandbox keeps less resident
+OFFLOADED_BELOW = OFFLOADED_BELOW_BYTES  # what the node counts as offloaded (~4 MiB is usual)
 
 
 def wait_offloaded(
@@ -434,7 +435,8 @@ def wait_offloaded(
     idle ones, step by step): those."""
     deadline = time.monotonic() + timeout_s
     while len(done := {i for i in ids if 0 < host_memory(i) < below}) < count:
-        check(time.monotonic() < deadline, f"{len(done)} of {count} pooled sandboxes offloaded")
+        resident = {i: f"{host_memory(i) / 2**20:.1f} MiB" for i in ids}
+        check(time.monotonic() < deadline, f"{len(done)} of {count} offloaded: {resident}")
         time.sleep(0.1)
     return done
 
