@@ -367,7 +367,7 @@ def idle_running(count: int, window_s: float) -> dict[str, list[float]]:
         check(all(u > 0 for u in used), "no memory charged to an idle sandbox's cgroup")
         out["host memory per idle running sandbox, resident, MiB"] = [u / 2**20 for u in used]
         if cgroups.swap_in_ram():
-            wait_offloaded({sbx.sandbox_id for sbx in held}, count, below=16 << 20)
+            wait_offloaded({sbx.sandbox_id for sbx in held}, count)
             sums = [0.0] * count
             samples = 0
             deadline = time.monotonic() + window_s
@@ -409,7 +409,7 @@ def resume_in_swap(opts: dict[str, Any], n: int) -> dict[str, list[float]]:
         resumes, costs = [], []
         for _ in range(n):
             sbx.pause()
-            wait_offloaded({sbx.sandbox_id}, 1, below=16 << 20)
+            wait_offloaded({sbx.sandbox_id}, 1)
             ratio = swap_ram_per_byte()
             costs.append((host_memory(sbx.sandbox_id) + cgroups.swapped(group) * ratio) / 2**20)
             settle()
@@ -424,21 +424,20 @@ def resume_in_swap(opts: dict[str, Any], n: int) -> dict[str, list[float]]:
     }
 
 
-OFFLOADED_BELOW = OFFLOADED_BELOW_BYTES  # what the node counts as offloaded (~4 MiB is usual)
-
-
-def wait_offloaded(
-    ids: set[str], count: int, timeout_s: float = 60, below: int = OFFLOADED_BELOW
-) -> set[str]:
-    """Until ``count`` of ``ids`` have their memory in swap, keeping less than ``below``
-    resident (the node offloads pooled sandboxes behind the newest of their template, and
-    idle ones, step by step): those."""
+def wait_offloaded(ids: set[str], count: int, timeout_s: float = 60) -> set[str]:
+    """Until ``count`` of ``ids`` have their memory in swap, keeping less resident than the
+    node counts as offloaded (``OFFLOADED_BELOW_BYTES``; ~4 MiB is usual): those. The node
+    offloads pooled sandboxes behind the newest of their template, and idle ones, step by
+    step."""
     deadline = time.monotonic() + timeout_s
-    while len(done := {i for i in ids if 0 < host_memory(i) < below}) < count:
-        resident = {i: f"{host_memory(i) / 2**20:.1f} MiB" for i in ids}
+    while True:
+        held = {i: host_memory(i) for i in ids}
+        done = {i for i, used in held.items() if 0 < used < OFFLOADED_BELOW_BYTES}
+        if len(done) >= count:
+            return done
+        resident = {i: f"{used / 2**20:.1f} MiB" for i, used in held.items()}
         check(time.monotonic() < deadline, f"{len(done)} of {count} offloaded: {resident}")
         time.sleep(0.1)
-    return done
 
 
 def swap_ram_per_byte() -> float:

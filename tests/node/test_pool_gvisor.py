@@ -299,6 +299,14 @@ def test_pooled_sandboxes_behind_the_newest_wait_in_swap(
             sandbox.kill()
 
 
+def _wait_in_swap(group: str, timeout_s: float = 60) -> None:
+    """Until the node moved most of cgroup ``group``'s memory to swap."""
+    deadline = time.monotonic() + timeout_s
+    while cgroups.swapped(group) < 16 << 20 or _resident(group) > 16 << 20:
+        assert time.monotonic() < deadline, f"never offloaded: {_resident(group) >> 20} MiB"
+        time.sleep(0.1)
+
+
 @contextlib.contextmanager
 def _one_on_an_offloading_node(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -332,11 +340,8 @@ def test_an_idle_running_sandbox_waits_in_swap_and_keeps_its_processes_and_files
         sandbox.files.write("/home/user/kept.txt", "before the offload")
         counter = "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 1; done"
         sandbox.commands.run(counter, background=True)
-        deadline = time.monotonic() + 60
         # Most of its ~40 MiB in swap (it faults a few MiB back at once: its timers, counter).
-        while cgroups.swapped(group) < 16 << 20 or _resident(group) > 16 << 20:
-            assert time.monotonic() < deadline, f"never offloaded: {_resident(group) >> 20} MiB"
-            time.sleep(0.1)
+        _wait_in_swap(group)
         first = int(sandbox.files.read("/tmp/count"))
         time.sleep(2.5)
         assert int(sandbox.files.read("/tmp/count")) > first, "the counter stopped"
@@ -367,11 +372,7 @@ def test_a_paused_sandbox_kept_by_its_node_waits_in_swap_and_resumes_where_it_wa
         before = int(sandbox.files.read("/tmp/count"))
         sandbox.pause()
         assert cgroups.freezer_state(group) in ("frozen", "freezing")
-        # (its idle clock starts at the pause: at least 2 s, 40 counts had it run on)
-        deadline = time.monotonic() + 60
-        while cgroups.swapped(group) < 16 << 20 or _resident(group) > 16 << 20:
-            assert time.monotonic() < deadline, f"never offloaded: {_resident(group) >> 20} MiB"
-            time.sleep(0.1)
+        _wait_in_swap(group)  # (idle from its pause: at least 2 s, 40 counts had it run on)
         back = Sandbox.connect(sandbox.sandbox_id)
         assert sentry_pid(group) == sentry, "the sandbox was restored, not continued"
         first = int(back.files.read("/tmp/count"))

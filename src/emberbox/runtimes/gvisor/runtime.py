@@ -451,8 +451,7 @@ class GVisorRuntime(Runtime):
                 resident = await to_completion(work)
             except OSError:  # a write failed: its limit may be the lowered one
                 self._finish_cut_offload(sandbox_id)
-                if self.kept.take(sandbox_id):  # a resume restores, and sets its limit
-                    self._paths(sandbox_id).kept.unlink(missing_ok=True)
+                if self._unkeep(sandbox_id):  # a resume restores, and sets its limit
                     self._in_background(self._forget_container(sandbox_id))
                 raise
             if resident < OFFLOADED_BELOW_BYTES:
@@ -462,6 +461,12 @@ class GVisorRuntime(Runtime):
     async def activity(self, sandbox_id: str) -> SandboxActivity | None:
         used = self._usage(sandbox_id)
         return None if used is None else SandboxActivity(used.cpu_ns, used.mem_used)
+
+    def _unkeep(self, sandbox_id: str) -> bool:
+        """Whether the paused sandbox's processes were kept (``kept.py``); they no longer are,
+        by this node nor by a successor (its ``kept`` mark goes too)."""
+        self._paths(sandbox_id).kept.unlink(missing_ok=True)
+        return self.kept.take(sandbox_id)
 
     def _usage(self, sandbox_id: str) -> cgroups.Usage | None:
         """The cgroup's usage while processes of the sandbox run or are kept: a paused one's
@@ -536,8 +541,7 @@ class GVisorRuntime(Runtime):
 
     def _kill_processes(self, sandbox_id: str) -> list[int]:
         """SIGKILL every process in the sandbox's cgroup; returns the ones signalled."""
-        self.kept.take(sandbox_id)  # a paused one's kept processes end here
-        self._paths(sandbox_id).kept.unlink(missing_ok=True)
+        self._unkeep(sandbox_id)  # a paused one's kept processes end here
         pids = cgroups.procs(self._cgroup(sandbox_id))
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
@@ -685,9 +689,8 @@ class GVisorRuntime(Runtime):
     async def _continue_kept(self, sandbox_id: str) -> bool:
         """Run a paused sandbox's kept processes again (``kept.py``); False when it has none
         (a restore then starts it from its saved memory, stopping what is left first)."""
-        if not self.kept.take(sandbox_id):
+        if not self._unkeep(sandbox_id):  # (before the thaw: a resume cut off restores)
             return False
-        self._paths(sandbox_id).kept.unlink(missing_ok=True)  # a resume cut off restores
         group = self._cgroup(sandbox_id)
         cgroups.freeze(group, False)
         try:
