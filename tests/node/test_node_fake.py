@@ -195,3 +195,15 @@ async def test_a_failing_teardown_does_not_keep_the_node_from_starting(tmp_path:
     third = Orchestrator(runtime, tmp_path, dead_check_every_s=0)
     assert (await third.start()).removed == [dead]
     await third.close()
+
+
+async def test_the_runtime_s_host_hints_are_logged_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    runtime = FakeRuntime()
+    runtime.host_hints = lambda: ["this host is slow: run the fix"]  # type: ignore[method-assign]
+    orch = Orchestrator(runtime, tmp_path, dead_check_every_s=0)
+    with caplog.at_level("WARNING", logger="emberbox.node"):
+        await orch.start()
+    await orch.close()
+    assert "this host is slow: run the fix" in caplog.messages

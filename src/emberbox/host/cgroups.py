@@ -15,6 +15,8 @@ from pathlib import Path
 from .meminfo import meminfo_bytes
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+# 1 makes every RCU grace period an expedited one (see ``moves_wait_for_grace_periods``).
+RCU_EXPEDITED = Path("/sys/kernel/rcu_expedited")
 V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "pids", "devices", "freezer", "blkio")
 
 
@@ -147,6 +149,17 @@ def reclaims() -> bool:
     """Whether a cgroup's memory can be pushed out on request (:func:`offload`): always on
     v1 (by lowering its limit), on v2 only with ``memory.reclaim`` (Linux 5.19 and later)."""
     return is_v1() or (CGROUP_ROOT / "memory.reclaim").exists()
+
+
+def moves_wait_for_grace_periods() -> bool:
+    """Whether moving a process between cgroups waits for a normal RCU grace period (the
+    kernel's ``cgroup_threadgroup_rwsem``): ~10 ms on our 2-core host, where an expedited one
+    takes microseconds. runsc moves itself into each sandbox's cgroup and back as it starts
+    one; ``scripts/host-rcu.sh`` expedites them."""
+    try:
+        return RCU_EXPEDITED.read_text().strip() == "0"
+    except OSError:  # no such knob: nothing to tune
+        return False
 
 
 def swap_in_ram() -> bool:

@@ -170,6 +170,8 @@ class Orchestrator:
             self._sweeper = asyncio.create_task(
                 self.offloader.sweep_forever(), name="node-idle-offload"
             )
+        for hint in self.runtime.host_hints():
+            log.warning("%s", hint)
         log.info("node started: adopted %s, removed %s", adopted, removed)
         return RecoveryReport(sorted(adopted), sorted(set(removed)))
 

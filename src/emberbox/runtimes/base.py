@@ -313,6 +313,11 @@ class Runtime(abc.ABC):
         """Stop the runtime's own background work (sandboxes it started for itself, such as
         the boot a template snapshot is taken of); callers' sandboxes keep running."""
 
+    def host_hints(self) -> builtins.list[str]:
+        """What about this host makes the runtime slower than it could be, with the fix; the
+        node logs them at start."""
+        return []
+
     async def cleanup_orphans(self, keep: Sequence[str]) -> builtins.list[str]:
         """Remove leftovers (netns, veths, mounts, state) of sandboxes not in ``keep``.
 

@@ -971,6 +971,13 @@ class GVisorRuntime(Runtime):
             disk_total=disk.f_blocks * disk.f_frsize,
         )
 
+    def host_hints(self) -> builtins.list[str]:
+        if cgroups.moves_wait_for_grace_periods():
+            return ["RCU grace periods are not expedited: each sandbox start, restore and "
+                    "resume waits ~20-40 ms longer for runsc's cgroup moves "
+                    f"(scripts/host-rcu.sh writes 1 to {cgroups.RCU_EXPEDITED})"]  # fmt: skip
+        return []
+
     async def cleanup_orphans(self, keep: Sequence[str]) -> builtins.list[str]:
         """Release everything of ours on this host that is not a sandbox in ``keep``."""
         await self.egress.ready()  # the gateway kept sandboxes' domain rules depend on
