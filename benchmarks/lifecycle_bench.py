@@ -575,6 +575,8 @@ def main() -> None:
         args.n, args.forks, args.concurrent = 2, 2, 4
     require_root()
     ensure_base(data_dir())
+    grace = "normal" if cgroups.moves_wait_for_grace_periods() else "expedited"
+    print(f"host: RCU grace periods {grace} (scripts/host-rcu.sh; every runsc start waits on them)")
     saves, restores = asyncio.run(bare_checkpoint_restore(args.n))
     bare_save = summary("bare runsc checkpoint (256 MiB held)", saves)
     bare_restore = summary("bare runsc restore (256 MiB held)", restores)
