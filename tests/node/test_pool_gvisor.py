@@ -23,6 +23,7 @@ from emberbox.runtimes.gvisor import GVisorConfig
 from emberbox.runtimes.gvisor.runtime import OFFLOAD_KEEP_BYTES
 from emberbox.server.testing import NodeProcess, ServerProcess
 from emberbox.templates.store import Template
+from emberbox.vocabulary import OFFLOADED_BELOW_BYTES
 from tests.api.conftest import point_sdks_at
 from tests.runtimes.gvisor_support import (
     DATA_DIR,
@@ -276,7 +277,8 @@ def test_pooled_sandboxes_behind_the_newest_wait_in_swap(
             assert time.monotonic() < deadline, {i: _resident(group[i]) >> 20 for i in ready}
             time.sleep(0.2)
         (resident,) = ready - offloaded
-        assert cgroups.swapped(group[resident]) == 0 and _resident(group[resident]) > 16 << 20
+        assert cgroups.swapped(group[resident]) == 0
+        assert _resident(group[resident]) > OFFLOADED_BELOW_BYTES
         assert all(cgroups.swapped(group[i]) > 16 << 20 for i in offloaded)
 
         claimed = [Sandbox.create("base", timeout=120) for _ in range(3)]
@@ -300,9 +302,10 @@ def test_pooled_sandboxes_behind_the_newest_wait_in_swap(
 
 
 def _wait_in_swap(group: str, timeout_s: float = 60) -> None:
-    """Until the node moved most of cgroup ``group``'s memory to swap."""
+    """Until the node moved most of cgroup ``group``'s memory to swap and counts it
+    offloaded (what keeps a paused one's processes past the resident minute)."""
     deadline = time.monotonic() + timeout_s
-    while cgroups.swapped(group) < 16 << 20 or _resident(group) > 16 << 20:
+    while cgroups.swapped(group) < 16 << 20 or _resident(group) > OFFLOADED_BELOW_BYTES:
         assert time.monotonic() < deadline, f"never offloaded: {_resident(group) >> 20} MiB"
         time.sleep(0.1)
 
