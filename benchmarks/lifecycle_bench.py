@@ -60,7 +60,15 @@ from e2b import Sandbox
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._host import boot, data_dir, ensure_base, gvisor_server, require_root
+from benchmarks._host import (
+    boot,
+    data_dir,
+    ensure_base,
+    free_page_reporting,
+    gvisor_server,
+    memory_fill_ms,
+    require_root,
+)
 from benchmarks._stats import check, summary
 from emberbox.envd_client import EnvdClient
 from emberbox.host import cgroups, network
@@ -577,6 +585,10 @@ def main() -> None:
     ensure_base(data_dir())
     grace = "normal" if cgroups.moves_wait_for_grace_periods() else "expedited"
     print(f"host: RCU grace periods {grace} (scripts/host-rcu.sh; every runsc start waits on them)")
+    fresh, again = memory_fill_ms()
+    print(f"host: filling 256 MiB of fresh shared memory {fresh:.0f} ms, the same pages again "
+          f"{again:.0f} ms (a restore fills the sandbox's memory so; free page reporting to "
+          f"a hypervisor: {free_page_reporting()})")  # fmt: skip
     saves, restores = asyncio.run(bare_checkpoint_restore(args.n))
     bare_save = summary("bare runsc checkpoint (256 MiB held)", saves)
     bare_restore = summary("bare runsc restore (256 MiB held)", restores)
