@@ -16,6 +16,7 @@ import pytest
 
 from emberbox import AsyncSandbox, Sandbox
 from emberbox.sdk._config import ConnectionConfig
+from emberbox.server.testing import ServerProcess
 from tests.conftest import EnvdProcess
 from tests.interpreter.conftest import Service, start_service
 
@@ -37,6 +38,23 @@ async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> boo
             return True
         await asyncio.sleep(0.05)
     return condition()
+
+
+@pytest.fixture
+def connection(server: ServerProcess) -> dict[str, Any]:
+    """Our SDK's connection to the module's own ``server`` fixture (a real server)."""
+    assert server.first_key is not None
+    return {
+        "api_key": server.first_key,
+        "api_url": server.api_url,
+        "sandbox_url": server.sandbox_url,
+    }
+
+
+@pytest.fixture(params=["sync", "async"])
+def face(request: pytest.FixtureRequest) -> Any:
+    """The SDK class a test creates its sandboxes with: the sync face, then the async core."""
+    return Sandbox if request.param == "sync" else AsyncSandbox
 
 
 @pytest.fixture(params=["sync", "async"])

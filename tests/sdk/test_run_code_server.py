@@ -31,16 +31,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         yield srv
 
 
-@pytest.fixture
-def connection(server: ServerProcess) -> dict[str, Any]:
-    assert server.first_key is not None
-    return {
-        "api_key": server.first_key,
-        "api_url": server.api_url,
-        "sandbox_url": server.sandbox_url,
-    }
-
-
 @pytest.fixture(params=["sync", "async"])
 async def sandbox(request: pytest.FixtureRequest, connection: dict[str, Any]) -> AsyncIterator[Any]:
     face: Any = Sandbox if request.param == "sync" else AsyncSandbox

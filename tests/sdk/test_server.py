@@ -12,7 +12,6 @@ import httpx
 import pytest
 
 from emberbox import (
-    AsyncSandbox,
     AuthenticationException,
     NotFoundException,
     Sandbox,
@@ -28,21 +27,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
     with gvisor_server(tmp_path_factory.mktemp("sdk-server")) as srv:
         yield srv
-
-
-@pytest.fixture
-def connection(server: ServerProcess) -> dict[str, Any]:
-    assert server.first_key is not None
-    return {
-        "api_key": server.first_key,
-        "api_url": server.api_url,
-        "sandbox_url": server.sandbox_url,
-    }
-
-
-@pytest.fixture(params=["sync", "async"])
-def face(request: pytest.FixtureRequest) -> Any:
-    return Sandbox if request.param == "sync" else AsyncSandbox
 
 
 async def _create(face: Any, connection: dict[str, Any], **kwargs: Any) -> Any:

@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 
 from emberbox import (
-    AsyncSandbox,
     InvalidArgumentException,
     NotFoundException,
     Sandbox,
@@ -34,21 +33,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
     with gvisor_server(tmp_path_factory.mktemp("sdk-snapshots")) as srv:
         yield srv
-
-
-@pytest.fixture
-def connection(server: ServerProcess) -> dict[str, Any]:
-    assert server.first_key is not None
-    return {
-        "api_key": server.first_key,
-        "api_url": server.api_url,
-        "sandbox_url": server.sandbox_url,
-    }
-
-
-@pytest.fixture(params=["sync", "async"])
-def face(request: pytest.FixtureRequest) -> Any:
-    return Sandbox if request.param == "sync" else AsyncSandbox
 
 
 async def read(sbx: Any, path: str) -> str:
