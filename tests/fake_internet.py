@@ -187,6 +187,21 @@ def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True)
 
 
+def _free_place() -> tuple[str, int, int]:
+    """A tag, with the 198.18.<n>.0/24 and the 10.250.<n>.<link>/30 it names, that nothing on
+    the host holds: a run killed before its clean-up leaves its namespace and routes behind
+    (one did, and a later run drawing the same n failed at ``ip route add``), and two fake
+    internets of one run must not meet either."""
+    routes = subprocess.run(["ip", "route", "show"], capture_output=True, text=True).stdout
+    spaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    for _ in range(1000):
+        tag = secrets.token_hex(2)
+        n = int(tag, 16) % 250 + 1
+        if f"198.18.{n}." not in routes and f"10.250.{n}." not in routes and tag not in spaces:
+            return tag, n, int(tag, 16) % 64 * 4
+    raise AssertionError("no free place for a fake internet: clean up leftover ebtinet* netns")
+
+
 @contextlib.contextmanager
 def fake_internet(
     internal: Sequence[str] = (), public: int = 2, names: Mapping[str, int] | None = None
@@ -194,9 +209,7 @@ def fake_internet(
     """Servers answering at ``public`` addresses of 198.18.<n>.0/24 and at ``internal``;
     ``names`` maps a DNS name to an index into ``public + internal``. Everything (namespace,
     veth, host routes, files) is removed afterwards."""
-    tag = secrets.token_hex(2)
-    n = int(tag, 16) % 250 + 1
-    link = int(tag, 16) % 64 * 4
+    tag, n, link = _free_place()
     host_ip, ns_ip = f"10.250.{n}.{link + 1}", f"10.250.{n}.{link + 2}"
     ns, host_if, ns_if = f"ebtinet{tag}", f"ebti{tag}", f"ebtn{tag}"
     addresses = [f"198.18.{n}.{10 + i}" for i in range(public)]

@@ -1,0 +1,33 @@
+"""The tests' fake internet never lands on a place something else holds: the namespace and
+routes of a run killed before its clean-up, or of another fake internet alive beside it."""
+
+from __future__ import annotations
+
+import os
+import urllib.request
+from unittest import mock
+
+import pytest
+
+from tests import fake_internet as fi
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
+
+
+def _get(address: str) -> str:
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with direct.open(f"http://{address}:{fi.PORT}/", timeout=5) as response:
+        return str(response.read().decode())
+
+
+def test_a_second_fake_internet_drawing_a_taken_place_takes_another() -> None:
+    with fi.fake_internet() as first:
+        drawn = iter([first.tag, first.tag, "0001" if first.tag != "0001" else "0002"])
+        with (
+            mock.patch.object(fi.secrets, "token_hex", lambda _n: next(drawn)),
+            fi.fake_internet() as second,
+        ):
+            assert second.tag != first.tag
+            assert not set(second.public) & set(first.public)
+            assert _get(first.public[0]).startswith(f"fake internet {first.tag}")
+            assert _get(second.public[0]).startswith(f"fake internet {second.tag}")
