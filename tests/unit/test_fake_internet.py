@@ -4,6 +4,7 @@ routes of a run killed before its clean-up, or of another fake internet alive be
 from __future__ import annotations
 
 import os
+import secrets
 import urllib.request
 from unittest import mock
 
@@ -24,7 +25,7 @@ def test_a_second_fake_internet_drawing_a_taken_place_takes_another() -> None:
     with fi.fake_internet() as first:
         drawn = iter([first.tag, first.tag, "0001" if first.tag != "0001" else "0002"])
         with (
-            mock.patch.object(fi.secrets, "token_hex", lambda _n: next(drawn)),
+            mock.patch.object(secrets, "token_hex", lambda _n: next(drawn)),
             fi.fake_internet() as second,
         ):
             assert second.tag != first.tag
