@@ -341,13 +341,22 @@ def test_an_idle_running_sandbox_waits_in_swap_and_keeps_its_processes_and_files
         before = cgroups.usage(group)
         assert before is not None
         sandbox.files.write("/home/user/kept.txt", "before the offload")
-        counter = "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 1; done"
+        # Bash builtins only, waiting in ``read -t`` on a pipe nobody writes: a counter that
+        # started ``sleep 1`` each second kept the sandbox at ~12.5% of a core, over the node's
+        # idle line (a tenth of one, ``offload.IDLE_CPU_SHARE``), and it was offloaded only
+        # when a quiet moment happened to last ``EMBERBOX_OFFLOAD_IDLE_S`` (one CI run waited
+        # 60 s for none); this one keeps it at ~6.5%. Appended, so a read never finds the file
+        # emptied by a truncating write.
+        counter = (
+            "i=0; exec 3<> <(:); "
+            "while :; do i=$((i+1)); echo $i >> /tmp/count; read -t 1 -u 3; done"
+        )
         sandbox.commands.run(counter, background=True)
         # Most of its ~40 MiB in swap (it faults a few MiB back at once: its timers, counter).
         _wait_in_swap(group)
-        first = int(sandbox.files.read("/tmp/count"))
+        first = int(sandbox.files.read("/tmp/count").split()[-1])
         time.sleep(2.5)
-        assert int(sandbox.files.read("/tmp/count")) > first, "the counter stopped"
+        assert int(sandbox.files.read("/tmp/count").split()[-1]) > first, "the counter stopped"
         assert sandbox.files.read("/home/user/kept.txt") == "before the offload"
         # Most of its memory (512 MiB) is still there for it: what sits in swap counts
         # against the host's headroom above the guest's memory, not the guest's.
