@@ -3,6 +3,7 @@ routes of a run killed before its clean-up, or of another fake internet alive be
 
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
 import urllib.request
@@ -23,7 +24,9 @@ def _get(address: str) -> str:
 
 def test_a_second_fake_internet_drawing_a_taken_place_takes_another() -> None:
     with fi.fake_internet() as first:
-        drawn = iter([first.tag, first.tag, "0001" if first.tag != "0001" else "0002"])
+        # Twice the live one's tag, then real draws (a fixed third tag could name the same n).
+        draw = secrets.token_hex
+        drawn = itertools.chain([first.tag, first.tag], iter(lambda: draw(2), None))
         with (
             mock.patch.object(secrets, "token_hex", lambda _n: next(drawn)),
             fi.fake_internet() as second,
