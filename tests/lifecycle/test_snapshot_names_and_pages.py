@@ -1,14 +1,23 @@
 """Snapshot pages are keyset pages: a snapshot taken or deleted between two requests neither
-repeats a snapshot on the next page nor hides one (offsets did both); and no name may have a
-snapshot id's shape, since ids and names are looked up alike."""
+repeats a snapshot on the next page nor hides one (offsets did both); no name may have a
+snapshot id's shape, since ids and names are looked up alike; and snapshots and the team's
+templates share one namespace, since a create or a delete naming either looks up both."""
 
 from __future__ import annotations
 
-import pytest
-from sqlalchemy import update
+from pathlib import Path
 
+import pytest
+from sqlalchemy import select, update
+
+from emberbox.server.auth.store import Principal, authenticate, create_key
+from emberbox.server.builds.runner import BuildRunner
+from emberbox.server.builds.service import TemplateService
+from emberbox.server.builds.uploads import Uploads
+from emberbox.server.config import Limits
 from emberbox.server.db.models import Snapshot, utcnow
-from emberbox.server.lifecycle.errors import Invalid
+from emberbox.server.db.templates import TeamTemplate
+from emberbox.server.lifecycle.errors import Conflict, Invalid
 from emberbox.server.lifecycle.service import CreateRequest
 from emberbox.server.lifecycle.snapshots import SnapshotService
 from emberbox.vocabulary import new_snapshot_id
@@ -98,3 +107,42 @@ async def test_snapshots_taken_in_the_same_microsecond_are_each_listed_once(
         await s.execute(update(Snapshot).values(created_at=utcnow()))
     listed = await _pages(service, plane)
     assert listed == sorted(taken, reverse=True)
+
+
+async def test_snapshots_and_the_teams_templates_never_share_a_name(
+    snapshotting_plane: Plane, tmp_path: Path
+) -> None:
+    plane = snapshotting_plane
+    service = SnapshotService(plane.service)
+    sessions = plane.service.sessions
+    templates = TemplateService(
+        sessions, Uploads.open(tmp_path, 2**20), BuildRunner(sessions, plane.service.node),
+        plane.service.templates.resolve, Limits(),
+    )  # fmt: skip
+    built = await templates.request_build(plane.who, "myapp")
+    row = await plane.service.create(plane.who, CreateRequest("base", 600))
+    for name in ("myapp", "myapp:default", built.template.id):
+        with pytest.raises(Invalid, match="is a template's name"):
+            await service.create(plane.who, row.id, name=name)
+
+    snapshot = await service.create(plane.who, row.id, name="mysnap")
+    with pytest.raises(Conflict, match="is a snapshot's name"):
+        await templates.request_build(plane.who, "mysnap:v2")
+    with pytest.raises(Conflict, match="is a snapshot's name"):
+        await templates.request_build(plane.who, snapshot.id)
+    async with sessions() as s:
+        names = {t.name for t in (await s.execute(select(TeamTemplate))).scalars()}
+    assert names == {"myapp"}  # the refused requests left no template behind
+
+    # Another team's template holds no name for this one.
+    other = await _other_team(plane)
+    await templates.request_build(other, "theirs")
+    assert (await service.create(plane.who, row.id, name="theirs")).name == "theirs"
+
+
+async def _other_team(plane: Plane) -> Principal:
+    who = await authenticate(
+        plane.service.sessions, (await create_key(plane.service.sessions, "t2", "k")).key
+    )
+    assert who is not None
+    return who

@@ -25,6 +25,7 @@ from ...templates import sdk_steps
 from ...vocabulary import DEFAULT_CPU_COUNT, DEFAULT_DISK_MB, DEFAULT_MEMORY_MB
 from ..auth.store import Principal
 from ..config import Limits
+from ..db import snapshots as snaps
 from ..db.models import Sandbox, Snapshot, utcnow
 from ..db.templates import BuildLogLine, TeamTemplate, TemplateBuild, TemplateTag
 from ..lifecycle.errors import Conflict, Invalid, NotFound, Unsupported
@@ -227,6 +228,8 @@ class TemplateService:
                 TeamTemplate.team_id == who.team_id, TeamTemplate.name == base
             )
             tpl = (await s.execute(q)).scalars().first()
+            if tpl is None and await snaps.find(s, who.team_id, base) is not None:
+                raise Conflict(f"'{base}' is a snapshot's name; choose another (or delete it)")
             if tpl is None:
                 tpl = TeamTemplate(
                     id=new_template_id(), team_id=who.team_id, name=base, public=False,

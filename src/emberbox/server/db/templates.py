@@ -9,7 +9,18 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    or_,
+    select,
+)
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .models import Base, UTCDateTime, utcnow
@@ -69,3 +80,12 @@ class TemplateTag(Base):
     tag: Mapped[str] = mapped_column(String(128))
     build_id: Mapped[str] = mapped_column(ForeignKey("template_builds.id", ondelete="CASCADE"))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+async def holding_name(s: AsyncSession, team_id: str, name: str) -> TeamTemplate | None:
+    """The team's template whose name, or id, is ``name``: snapshot names share that
+    namespace, as E2B's do (a create or a delete naming it must mean one thing)."""
+    query = select(TeamTemplate).where(
+        TeamTemplate.team_id == team_id, or_(TeamTemplate.name == name, TeamTemplate.id == name)
+    )
+    return (await s.execute(query.limit(1))).scalar_one_or_none()

@@ -22,6 +22,7 @@ from ...vocabulary import is_snapshot_id, new_snapshot_id
 from ..auth.store import Principal
 from ..db import cursors
 from ..db import snapshots as snaps
+from ..db import templates as team_templates
 from ..db.models import Sandbox, Snapshot, utcnow
 from ..db.sandboxes import paused_bytes_used
 from .egress import Egress
@@ -90,7 +91,7 @@ class SnapshotService:
         name = name.removesuffix(snaps.DEFAULT_TAG) if name else None
         if name is not None and is_snapshot_id(name):
             raise Invalid(f"'{name}' has the shape of a snapshot id; choose another snapshot name")
-        if name is not None and self.sandboxes.templates.resolve(name) is not None:
+        if name is not None and await self._template_named(who, name):
             raise Invalid(f"'{name}' is a template's name; choose another snapshot name")
         row = await self._running(who, sandbox_id)
         snapshot_id = new_snapshot_id()
@@ -240,6 +241,13 @@ class SnapshotService:
             else:
                 raise result
         return out
+
+    async def _template_named(self, who: Principal, name: str) -> bool:
+        """Whether a template, built-in or the team's own, holds ``name``."""
+        if self.sandboxes.templates.resolve(name) is not None:
+            return True
+        async with self._sessions() as s:
+            return await team_templates.holding_name(s, who.team_id, name) is not None
 
     # ---- rollback -----------------------------------------------------------------------------
 
