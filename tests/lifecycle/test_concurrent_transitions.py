@@ -5,10 +5,13 @@ would make every client of a shared sandbox write its own retry loop)."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 
 import pytest
 
 from emberbox.runtimes.base import SandboxStatus
+from emberbox.server.auth.store import Principal
+from emberbox.server.db.models import Sandbox, utcnow
 from emberbox.server.lifecycle.errors import NotFound
 from emberbox.server.lifecycle.service import CreateRequest
 
@@ -27,6 +30,31 @@ async def test_a_connect_during_a_pause_waits_for_it_then_resumes(plane: Plane) 
     assert (connected.id, resumed) == (row.id, True)
     assert await plane.state(row.id) == "running"
     assert plane.runtime.sandboxes[row.id].status is SandboxStatus.RUNNING
+
+
+async def test_a_connect_whose_sandbox_paused_after_it_was_read_resumes_it(
+    plane: Plane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The end time's pause (or another caller's) lands between connect's read of a running
+    sandbox and its write of the new end time: the write finds it paused, and the connect
+    resumes it rather than answering a paused sandbox running with an end time it lacks."""
+    row = await plane.service.create(plane.who, CreateRequest("base", 60))
+    read = plane.service.get
+    reads = 0
+
+    async def read_then_pause(who: Principal, sandbox_id: str) -> Sandbox:
+        nonlocal reads
+        found = await read(who, sandbox_id)
+        reads += 1
+        if reads == 1:
+            await plane.service.pause(who, sandbox_id)
+        return found
+
+    monkeypatch.setattr(plane.service, "get", read_then_pause)
+    connected, resumed = await plane.service.connect(plane.who, row.id, 600)
+    assert resumed and await plane.state(row.id) == "running"
+    assert plane.runtime.sandboxes[row.id].status is SandboxStatus.RUNNING
+    assert connected.end_at > utcnow() + dt.timedelta(seconds=590)
 
 
 async def test_two_connects_of_a_paused_sandbox_both_get_it_running(plane: Plane) -> None:

@@ -63,6 +63,7 @@ DEFAULT_RESUME_TIMEOUT_S = 300
 WAKE_WAIT_S = 60.0
 # States a connect or traffic resumes from, once another caller's pause or resume is done.
 _NOT_RUNNING_YET = frozenset({State.PAUSED, State.PAUSING, State.RESUMING})
+_CONNECT_TRIES = 3  # reads of a sandbox whose state changed under a connect
 
 
 @dataclass(frozen=True)
@@ -625,22 +626,26 @@ class SandboxService:
         """
         if timeout_s is not None:
             self.check_timeout(timeout_s)
-        row = await self.get(who, sandbox_id)
-        if State(row.state) in _NOT_RUNNING_YET:
-            if not with_memory:
-                self.check_can_pause_files("memory: false")
-            row, resumed = await self._resume_once_settled(
-                lambda: self.get(who, sandbox_id), timeout_s, with_memory
-            )
-            if resumed:
-                return row, True
-        if timeout_s is not None:
-            wanted = utcnow() + dt.timedelta(seconds=timeout_s)
-            if wanted > row.end_at:
-                async with self.sessions.begin() as s:
-                    await q.update_fields(s, sandbox_id, [State.RUNNING], end_at=wanted)
-                row.end_at = wanted
-        return row, False
+        for _ in range(_CONNECT_TRIES):
+            row = await self.get(who, sandbox_id)
+            if State(row.state) in _NOT_RUNNING_YET:
+                if not with_memory:
+                    self.check_can_pause_files("memory: false")
+                row, resumed = await self._resume_once_settled(
+                    lambda: self.get(who, sandbox_id), timeout_s, with_memory
+                )
+                if resumed:
+                    return row, True
+            wanted = utcnow() + dt.timedelta(seconds=timeout_s or 0)
+            if timeout_s is None or wanted <= row.end_at:
+                return row, False
+            async with self.sessions.begin() as s:
+                if await q.update_fields(s, sandbox_id, [State.RUNNING], end_at=wanted):
+                    row.end_at = wanted
+                    return row, False
+            # No longer running since it was read (its end time's pause or kill got there
+            # first): answered from what it is now, never with an end time it does not have.
+        raise Busy(f"sandbox '{sandbox_id}' keeps changing state; retry")
 
     async def pause(
         self,
