@@ -67,6 +67,12 @@ class NodeFull(NodeError):
 class NodeUnavailable(NodeError):
     """The node could not be reached, or failed inside."""
 
+    @property
+    def unreached(self) -> bool:
+        """The call may never have got to the node, or its answer was lost on the way: what
+        the node did is unknown (not a failure it reported)."""
+        return self.code is Code.UNAVAILABLE
+
 
 _BY_CODE: dict[Code, type[NodeError]] = {
     Code.NOT_FOUND: NodeSandboxNotFound,

@@ -17,7 +17,13 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..._proto.node import node_pb2 as pb
-from ...node.client import NodeConflict, NodeError, NodeSandboxNotFound, NodeUnsupported
+from ...node.client import (
+    NodeConflict,
+    NodeError,
+    NodeSandboxNotFound,
+    NodeUnavailable,
+    NodeUnsupported,
+)
 from ...vocabulary import is_snapshot_id, new_snapshot_id
 from ..auth.store import Principal
 from ..db import cursors
@@ -30,6 +36,7 @@ from .errors import (
     Conflict,
     Invalid,
     LifecycleError,
+    NodeFailed,
     NotFound,
     QuotaExceeded,
     SandboxFailed,
@@ -275,6 +282,13 @@ class SnapshotService:
         except NodeConflict as e:  # paused by another caller since the check above; untouched
             raise Conflict(f"sandbox '{sandbox_id}' is not running: {e.message}") from e
         except NodeError as e:
+            if isinstance(e, NodeUnavailable) and e.unreached:
+                # Rolled back or not, it is as the node holds it: never killed on a guess
+                # (reconciliation records it lost if the node no longer runs it).
+                raise NodeFailed(
+                    f"rollback of '{sandbox_id}': the node did not answer ({e}); the sandbox "
+                    "may or may not be rolled back"
+                ) from e
             # The runtime stopped the sandbox before restoring it: it is gone now.
             await self.sandboxes.mark_crashed(sandbox_id, oom=False)
             raise SandboxFailed(f"rollback of '{sandbox_id}' failed, sandbox lost: {e}") from e
