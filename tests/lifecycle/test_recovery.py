@@ -1,16 +1,20 @@
-"""A server killed in the middle of a pause or resume: on restart the database takes the
-node's word for where the sandbox got to, instead of staying "pausing" forever."""
+"""A server killed in the middle of a pause or resume, or a node whose answer to one was lost:
+the database takes the node's word for where the sandbox got to (at the restart, or from the
+next listing), instead of staying "pausing" forever or guessing."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Awaitable, Callable
 
 import pytest
 
+from emberbox._connect.errors import Code
+from emberbox.node.client import NodeUnavailable
 from emberbox.server.db import sandboxes as q
 from emberbox.server.db.models import utcnow
-from emberbox.server.lifecycle.errors import GuestUnhealthy
+from emberbox.server.lifecycle.errors import GuestUnhealthy, NodeFailed
 from emberbox.server.lifecycle.service import CreateRequest
 from emberbox.server.lifecycle.states import State
 
@@ -129,3 +133,77 @@ async def test_pause_with_require_healthy_guest_checks_envd_first(plane: Plane) 
     well = await plane.service.create(plane.who, CreateRequest("base", 600))
     await plane.service.pause(plane.who, well.id, require_healthy_guest=True)
     assert await plane.state(well.id) == "paused"
+
+
+def _answer_lost_after(call: Callable[..., Awaitable[object]]) -> Callable[..., Awaitable[object]]:
+    """``call`` made (the node's, or ``_nothing``: never reached), then its answer lost."""
+
+    async def lost(*args: object, **kwargs: object) -> object:
+        await call(*args, **kwargs)
+        raise NodeUnavailable(Code.UNAVAILABLE, "node at http://node: connection reset")
+
+    return lost
+
+
+async def _nothing(*args: object, **kwargs: object) -> None:
+    return None
+
+
+@pytest.mark.parametrize(("reached", "expected"), [(True, "paused"), (False, "running")])
+async def test_a_pause_whose_answer_was_lost_settles_on_the_nodes_word(
+    plane: Plane, monkeypatch: pytest.MonkeyPatch, reached: bool, expected: str
+) -> None:
+    """A separate node paused the sandbox (or never got the call) and its answer was lost:
+    the row is not put back to running on a guess (it would route traffic to a paused
+    sandbox and fail every pause after), but left pausing for the node's listing to settle."""
+    row = await plane.service.create(plane.who, CreateRequest("base", 600))
+    real = plane.service.node.pause
+    monkeypatch.setattr(
+        plane.service.node, "pause", _answer_lost_after(real if reached else _nothing)
+    )
+    with pytest.raises(NodeFailed):
+        await plane.service.pause(plane.who, row.id)
+    assert await plane.state(row.id) == "pausing"
+    monkeypatch.setattr(plane.service.node, "pause", real)
+    await plane.reaper.reconcile()
+    assert await plane.state(row.id) == expected
+    _, resumed = await plane.service.connect(plane.who, row.id, 600)
+    assert resumed is reached and await plane.state(row.id) == "running"
+    assert not plane.runtime.teardowns
+
+
+@pytest.mark.parametrize(("reached", "expected"), [(True, "running"), (False, "paused")])
+async def test_a_resume_whose_answer_was_lost_settles_on_the_nodes_word(
+    plane: Plane, monkeypatch: pytest.MonkeyPatch, reached: bool, expected: str
+) -> None:
+    row = await plane.service.create(plane.who, CreateRequest("base", 600))
+    await plane.service.pause(plane.who, row.id)
+    real = plane.service.node.resume
+    monkeypatch.setattr(
+        plane.service.node, "resume", _answer_lost_after(real if reached else _nothing)
+    )
+    with pytest.raises(NodeFailed):
+        await plane.service.connect(plane.who, row.id, 600)
+    assert await plane.state(row.id) == "resuming"
+    await plane.reaper.reconcile()
+    assert await plane.state(row.id) == expected
+    async with plane.service.sessions() as s:
+        settled = await q.get(s, row.id)
+    assert settled is not None
+    if reached:  # running again, with an end time that lies ahead
+        assert settled.end_at > utcnow()
+    assert not plane.runtime.teardowns
+
+
+async def test_reconciliation_leaves_a_pause_under_way_to_its_caller(plane: Plane) -> None:
+    plane.runtime.pause_delay_s = 0.5
+    row = await plane.service.create(plane.who, CreateRequest("base", 600))
+    pausing = asyncio.create_task(plane.service.pause(plane.who, row.id))
+    for _ in range(400):
+        if await plane.state(row.id) == "pausing":
+            break
+        await asyncio.sleep(0.01)
+    await plane.reaper.reconcile()  # the node still lists it running: not settled from that
+    assert await plane.state(row.id) == "pausing"
+    await pausing
+    assert await plane.state(row.id) == "paused"

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from typing import Any
 
 from ..._proto.node import node_pb2 as pb
@@ -82,32 +82,42 @@ class Reaper:
             except NodeError:
                 log.exception("the node did not list its sandboxes; %s stay as they are", switching)
                 return
-            held = {b.sandbox_id: b for b in listing.sandboxes}
-            for sid in switching:
-                sandbox = held.get(sid)
-                if sandbox is None:
-                    await self.service.mark_crashed(sid, oom=False)
-                    continue
-                paused = sandbox.status == pb.SANDBOX_STATUS_PAUSED
-                # A resume that got through counts its lifetime from now, as a resume does
-                # (its old end time may have passed while it was paused). A pause that did
-                # not keeps the end time it had: one cut at that end time is paused by the
-                # next tick, a user's pause leaves the lifetime as it was.
-                fresh: dict[str, Any] = {}
-                if not paused:
-                    fresh["pause_mode"] = None
-                if not paused and sid in resuming:
-                    fresh["end_at"] = utcnow() + dt.timedelta(seconds=DEFAULT_RESUME_TIMEOUT_S)
-                async with self.service.sessions.begin() as s:
-                    await q.set_state(
-                        s,
-                        sid,
-                        [State.PAUSING, State.RESUMING],
-                        State.PAUSED if paused else State.RUNNING,
-                        envd_url=sandbox.envd_url,
-                        host_address=sandbox.host,
-                        **fresh,
-                    )
+            await self._settle(switching, listing, resuming=set(resuming))
+
+    async def _settle(
+        self, switching: Iterable[str], listing: pb.ListResponse, resuming: set[str]
+    ) -> None:
+        """Record pauses and resumes nobody is finishing (cut off by a crash, or their node's
+        answer lost) as what the node says they came to."""
+        held = {b.sandbox_id: b for b in listing.sandboxes}
+        for sid in switching:
+            sandbox = held.get(sid)
+            if sandbox is None:
+                await self.service.mark_crashed(sid, oom=False)
+                continue
+            paused = sandbox.status == pb.SANDBOX_STATUS_PAUSED
+            # A resume that got through counts its lifetime from now, as a resume does (its
+            # old end time may have passed while it was paused). A pause that did not keeps
+            # the end time it had: one cut at that end time is paused by the next tick, a
+            # user's pause leaves the lifetime as it was.
+            fresh: dict[str, Any] = {}
+            if not paused:
+                fresh["pause_mode"] = None
+            if not paused and sid in resuming:
+                fresh["end_at"] = utcnow() + dt.timedelta(seconds=DEFAULT_RESUME_TIMEOUT_S)
+            async with self.service.sessions.begin() as s:
+                settled = await q.set_state(
+                    s,
+                    sid,
+                    [State.PAUSING, State.RESUMING],
+                    State.PAUSED if paused else State.RUNNING,
+                    envd_url=sandbox.envd_url,
+                    host_address=sandbox.host,
+                    **fresh,
+                )
+            if settled:
+                log.warning("sandbox %s recorded %s, as its node holds it", sid,
+                            "paused" if paused else "running")  # fmt: skip
 
     def start(self) -> None:
         self._loops = [
@@ -170,6 +180,11 @@ class Reaper:
             # database before the node, so one the node does not hold was lost.
             running = set(await q.ids_in_states(s, [State.RUNNING, State.PAUSED]))
             known_before = set(await q.ids_in_states(s, _KNOWN))
+            pausing = set(await q.ids_in_states(s, [State.PAUSING]))
+            resuming = set(await q.ids_in_states(s, [State.RESUMING]))
+        # Pausing or resuming with nobody here at it (checked after the read: a switch is
+        # counted before its row changes and until its last write): the node's answer was lost.
+        unfinished = {i for i in pausing | resuming if not self.service.switching(i)}
         listing = await self.service.node.list()
         self._notice_node_restart(listing.boot_id)
         async with self.service.admission, self.service.sessions() as s:
@@ -185,6 +200,8 @@ class Reaper:
         for sid in held - known_before - known_after:
             log.warning("killing orphan sandbox %s", sid)
             await self.service.node.kill(sid)
+        unfinished = {i for i in unfinished if not self.service.switching(i)}
+        await self._settle(sorted(unfinished), listing, resuming)
 
     def _notice_node_restart(self, boot_id: str) -> None:
         """A separate node that restarted under us lost its sandboxes' header-rule values

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import collections
 import contextlib
 import dataclasses
 import datetime as dt
 import logging
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -26,7 +27,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from ..._proto.node import node_pb2 as pb
 from ...egress import EgressProxy, HeaderRule
 from ...envd_client import EnvdClient, sandbox_http
-from ...node.client import NodeClient, NodeError, NodeFull, NodeSandboxNotFound, NodeUnsupported
+from ...node.client import (
+    NodeClient,
+    NodeError,
+    NodeFull,
+    NodeSandboxNotFound,
+    NodeUnavailable,
+    NodeUnsupported,
+)
 from ...vocabulary import GUEST_UNRESPONSIVE_ERROR, new_sandbox_id
 from ..auth.store import Principal
 from ..config import Limits
@@ -43,6 +51,7 @@ from .errors import (
     GuestUnhealthy,
     Invalid,
     NoCapacity,
+    NodeFailed,
     NotFound,
     QuotaExceeded,
     SandboxFailed,
@@ -63,6 +72,14 @@ DEFAULT_RESUME_TIMEOUT_S = 300
 WAKE_WAIT_S = 60.0
 # States a connect or traffic resumes from, once another caller's pause or resume is done.
 _NOT_RUNNING_YET = frozenset({State.PAUSED, State.PAUSING, State.RESUMING})
+_LOST = "the node did not answer; the sandbox is recorded as the node reports it once it does"
+
+
+def _answer_lost(e: BaseException) -> bool:
+    """The node was not reached, or its answer was lost: what it did is unknown."""
+    return isinstance(e, NodeUnavailable) and e.unreached
+
+
 _CONNECT_TRIES = 3  # reads of a sandbox whose state changed under a connect
 
 
@@ -211,6 +228,10 @@ class SandboxService:
         self.admission = asyncio.Lock()
         # One resume per paused sandbox, however many requests arrive to wake it (see wake).
         self._waking: dict[str, asyncio.Task[Woken]] = {}
+        # Pauses and resumes under way in this process, per sandbox: a row left pausing or
+        # resuming by none of them (the node's answer was lost) is settled from the node's
+        # listing (``Reaper.reconcile``).
+        self._switches: collections.Counter[str] = collections.Counter()
 
     # ---- create -------------------------------------------------------------------------------
 
@@ -673,25 +694,45 @@ class SandboxService:
             raise GuestUnhealthy(f"sandbox '{sandbox_id}' envd does not answer; {what}")
         await self._check_saved_disk(row.team_id, f"sandbox '{sandbox_id}' was not paused")
         # What it will be is known now: traffic must not wake it, a restart must not lose it.
-        async with self.sessions.begin() as s:
-            if not await q.set_state(s, sandbox_id, [State.RUNNING], State.PAUSING,
-                                     pause_mode=_pause_mode(keep_memory)):  # fmt: skip
-                raise Conflict(f"sandbox '{sandbox_id}' is being paused or resumed, not running")
-        try:
-            async with self.saving_memory(row) if keep_memory else contextlib.nullcontext():
-                self.on_gone(sandbox_id)
-                size = await self.node.pause(sandbox_id, memory=keep_memory)
-        except BaseException as e:  # cancellation too: never leave the row half-way
-            log.warning("pause of %s failed: %s", sandbox_id, e)
+        with self._switching(sandbox_id):
             async with self.sessions.begin() as s:
-                await q.set_state(s, sandbox_id, [State.PAUSING], State.RUNNING, pause_mode=None)
-            if not isinstance(e, Exception):
-                raise
-            if isinstance(e, NodeSandboxNotFound):  # killed meanwhile (or died: the dead check)
-                raise NotFound(f"sandbox '{sandbox_id}' no longer exists on its node") from e
-            raise SandboxFailed(f"pause failed: {e}") from e
-        async with self.sessions.begin() as s:
-            await q.set_state(s, sandbox_id, [State.PAUSING], State.PAUSED, paused_bytes=size)
+                if not await q.set_state(s, sandbox_id, [State.RUNNING], State.PAUSING,
+                                         pause_mode=_pause_mode(keep_memory)):  # fmt: skip
+                    raise Conflict(
+                        f"sandbox '{sandbox_id}' is being paused or resumed, not running"
+                    )
+            try:
+                async with self.saving_memory(row) if keep_memory else contextlib.nullcontext():
+                    self.on_gone(sandbox_id)
+                    size = await self.node.pause(sandbox_id, memory=keep_memory)
+            except BaseException as e:  # cancellation too: never leave the row half-way
+                log.warning("pause of %s failed: %s", sandbox_id, e)
+                if _answer_lost(e):  # left pausing: the node's listing settles it
+                    raise NodeFailed(f"pause of '{sandbox_id}': {_LOST}") from e
+                async with self.sessions.begin() as s:
+                    await q.set_state(s, sandbox_id, [State.PAUSING], State.RUNNING,
+                                      pause_mode=None)  # fmt: skip
+                if not isinstance(e, Exception):
+                    raise
+                if isinstance(e, NodeSandboxNotFound):  # killed meanwhile (or died)
+                    raise NotFound(f"sandbox '{sandbox_id}' no longer exists on its node") from e
+                raise SandboxFailed(f"pause failed: {e}") from e
+            async with self.sessions.begin() as s:
+                await q.set_state(s, sandbox_id, [State.PAUSING], State.PAUSED, paused_bytes=size)
+
+    @contextlib.contextmanager
+    def _switching(self, sandbox_id: str) -> Iterator[None]:
+        self._switches[sandbox_id] += 1
+        try:
+            yield
+        finally:
+            self._switches[sandbox_id] -= 1
+            if not self._switches[sandbox_id]:
+                del self._switches[sandbox_id]
+
+    def switching(self, sandbox_id: str) -> bool:
+        """Whether this process has a pause or resume of the sandbox under way."""
+        return sandbox_id in self._switches
 
     @contextlib.asynccontextmanager
     async def saving_memory(self, row: Sandbox) -> AsyncIterator[None]:
@@ -737,6 +778,10 @@ class SandboxService:
         async with self.sessions() as s:
             row = await q.get(s, sandbox_id)
         keep_memory = row is None or row.auto_pause_memory
+        with self._switching(sandbox_id):
+            return await self._pause_at_end(sandbox_id, row, keep_memory)
+
+    async def _pause_at_end(self, sandbox_id: str, row: Sandbox | None, keep_memory: bool) -> bool:
         async with self.sessions.begin() as s:
             mode = _pause_mode(keep_memory)
             if not await q.set_state(s, sandbox_id, [State.RUNNING], State.PAUSING,
@@ -748,13 +793,16 @@ class SandboxService:
                 self.on_gone(sandbox_id)
                 size = await self.node.pause(sandbox_id, memory=keep_memory)
         except Exception as e:
+            if _answer_lost(e):  # left pausing: the node's listing settles it (then a tick)
+                log.warning("pause at the end time of %s: %s (%s)", sandbox_id, _LOST, e)
+                return True
             saved = await self._keep_files_at_end(sandbox_id, e) if keep_memory else None
             if saved is None:
                 log.error("pause at the end time of %s failed (%s); killing it", sandbox_id, e)
                 await self.end(sandbox_id, EndReason.TIMEOUT)
                 return True
             size = saved
-        except BaseException:  # cancelled (shutdown): the next start's recovery asks the node
+        except BaseException:  # cancelled (shutdown): put back, the next tick pauses it again
             async with self.sessions.begin() as s:
                 await q.set_state(s, sandbox_id, [State.PAUSING], State.RUNNING, pause_mode=None)
             raise
@@ -870,6 +918,12 @@ class SandboxService:
         # A paused sandbox holds no CPU or memory and is outside the team's cap, so its resume
         # is admitted like a create: never past the cap, never onto a full node.
         # (A refusal raises inside the transaction: it rolls back, the sandbox stays paused.)
+        with self._switching(row.id):
+            return await self._resume_admitted(row, timeout_s, with_memory)
+
+    async def _resume_admitted(
+        self, row: Sandbox, timeout_s: int | None, with_memory: bool
+    ) -> Sandbox:
         async with self.admission, self.sessions.begin() as s:
             if not await q.set_state(s, row.id, [State.PAUSED], State.RESUMING):
                 raise Busy(f"sandbox '{row.id}' is being paused or resumed; retry")
@@ -879,6 +933,8 @@ class SandboxService:
             b = resumed.sandbox
         except BaseException as e:  # cancellation too: never leave the row half-way
             log.warning("resume of %s failed: %s", row.id, e)
+            if _answer_lost(e):  # left resuming: the node's listing settles it
+                raise NodeFailed(f"resume of '{row.id}': {_LOST}") from e
             async with self.sessions.begin() as s:
                 await q.set_state(s, row.id, [State.RESUMING], State.PAUSED)
             if not isinstance(e, Exception):
