@@ -5,6 +5,7 @@ templates share one namespace, since a create or a delete naming either looks up
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from emberbox.server.builds.uploads import Uploads
 from emberbox.server.config import Limits
 from emberbox.server.db.models import Snapshot, utcnow
 from emberbox.server.db.templates import TeamTemplate
-from emberbox.server.lifecycle.errors import Conflict, Invalid
+from emberbox.server.lifecycle.errors import Conflict, Invalid, QuotaExceeded
 from emberbox.server.lifecycle.service import CreateRequest
 from emberbox.server.lifecycle.snapshots import SnapshotService
 from emberbox.vocabulary import new_snapshot_id
@@ -146,3 +147,19 @@ async def _other_team(plane: Plane) -> Principal:
     )
     assert who is not None
     return who
+
+
+async def test_snapshots_taken_at_once_never_land_over_the_teams_quota(
+    snapshotting_plane: Plane,
+) -> None:
+    """Room for two more: of five taken at once, two land and three are refused (each check
+    counted the snapshots admitted before it, not only those committed before it began)."""
+    plane = snapshotting_plane
+    service = SnapshotService(plane.service, max_bytes_per_team=2 * 4096)
+    rows = [await plane.service.create(plane.who, CreateRequest("base", 600)) for _ in range(5)]
+    results = await asyncio.gather(
+        *(service.create(plane.who, row.id) for row in rows), return_exceptions=True
+    )
+    assert sum(isinstance(r, QuotaExceeded) for r in results) == 3, results
+    assert sum(isinstance(r, Snapshot) for r in results) == 2
+    assert len(plane.runtime.held) == 2  # the refused ones' checkpoints deleted on the node

@@ -64,6 +64,9 @@ class SnapshotService:
     def __init__(self, sandboxes: SandboxService, max_bytes_per_team: int = 0) -> None:
         self.sandboxes = sandboxes
         self.max_bytes_per_team = max_bytes_per_team
+        # Around each quota check and the row it admits: two snapshots checked at once would
+        # each see the other's bytes missing, and both land over the limit.
+        self._quota = asyncio.Lock()
 
     @property
     def _sessions(self) -> async_sessionmaker[AsyncSession]:
@@ -131,7 +134,7 @@ class SnapshotService:
             internal=internal,
             created_at=utcnow(),
         )
-        async with self._sessions.begin() as s:
+        async with self._quota, self._sessions.begin() as s:
             used = await snaps.bytes_used(s, who.team_id)
             used += await paused_bytes_used(s, who.team_id)
             over = self.max_bytes_per_team and used + ref.size_bytes > self.max_bytes_per_team
