@@ -22,6 +22,7 @@ from emberbox.server.lifecycle.errors import Conflict, Invalid, QuotaExceeded
 from emberbox.server.lifecycle.service import CreateRequest
 from emberbox.server.lifecycle.snapshots import SnapshotService
 from emberbox.vocabulary import new_snapshot_id
+from tests.node.fake_runtime import CheckpointingRuntime
 
 from .conftest import Plane
 
@@ -162,4 +163,5 @@ async def test_snapshots_taken_at_once_never_land_over_the_teams_quota(
     )
     assert sum(isinstance(r, QuotaExceeded) for r in results) == 3, results
     assert sum(isinstance(r, Snapshot) for r in results) == 2
+    assert isinstance(plane.runtime, CheckpointingRuntime)
     assert len(plane.runtime.held) == 2  # the refused ones' checkpoints deleted on the node
