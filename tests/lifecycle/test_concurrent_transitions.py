@@ -78,3 +78,19 @@ async def test_a_pause_that_finds_the_sandbox_gone_from_its_node_is_not_found(pl
     with pytest.raises(NotFound, match="no longer exists on its node"):
         await plane.service.pause(plane.who, row.id)
     assert await plane.state(row.id) != "pausing"
+
+
+async def test_a_connect_whose_sandbox_is_killed_while_it_resumes_is_404(plane: Plane) -> None:
+    """Not 201 with a sandbox on its way out: the caller would go on using it."""
+    plane.runtime.resume_delay_s = 0.5
+    row = await plane.service.create(plane.who, CreateRequest("base", 600))
+    await plane.service.pause(plane.who, row.id)
+    connecting = asyncio.create_task(plane.service.connect(plane.who, row.id, 600))
+    async with asyncio.timeout(2):
+        while await plane.state(row.id) != "resuming":  # noqa: ASYNC110 - a database row
+            await asyncio.sleep(0.01)
+    await plane.service.kill(plane.who, row.id)
+    with pytest.raises(NotFound, match="killed while it resumed"):
+        await connecting
+    assert await plane.state(row.id) == "killed"
+    assert row.id not in plane.runtime.sandboxes

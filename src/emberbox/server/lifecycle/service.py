@@ -951,11 +951,8 @@ class SandboxService:
                 paused_bytes=0, pause_mode=None,
                 envd_version=b.envd_version or row.envd_version,
             )  # fmt: skip
-        if not ok:  # it was killed meanwhile: answer what it is now
-            async with self.sessions() as s:
-                now = await q.get(s, row.id)
-            assert now is not None
-            return now
+        if not ok:  # killed meanwhile (its kill stops it on the node once this is done)
+            raise NotFound(f"sandbox '{row.id}' was killed while it resumed")
         return row
 
     async def kill(self, who: Principal, sandbox_id: str) -> None:
