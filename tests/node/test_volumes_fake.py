@@ -5,9 +5,12 @@ The gVisor tests run the same calls with real sandboxes, embedded and remote."""
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +23,7 @@ from emberbox.node.client import (
     NodeSandboxNotFound,
     NodeUnsupported,
 )
+from emberbox.node.volumes import service as volume_service
 from emberbox.runtimes.base import Capabilities
 from emberbox.vocabulary import new_sandbox_id, new_volume_id
 
@@ -135,6 +139,36 @@ async def test_content_calls_and_chunked_writes(node: EmbeddedNode, tmp_path: Pa
 
     with pytest.raises(NodeBadRequest):
         await node.volume_stat("../../etc", "/")
+
+
+async def test_an_upload_aborted_while_its_chunk_fails_frees_the_volume(
+    node: EmbeddedNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An abort while a chunk is being written leaves the closing to that chunk; when the
+    chunk then failed, nothing closed the file and the volume stayed held (undeletable)
+    until the node restarted."""
+    vid = new_volume_id()
+    await node.create_volume(vid, 16)
+    write = pb.VolumeWriteRequest(volume_id=vid, path="/f", write_id="w1", data=b"abc")
+    await node.volume_write(write)
+    writing, fail = asyncio.Event(), asyncio.Event()
+
+    async def failing(fn: Callable[..., Any], *args: Any) -> Any:
+        writing.set()
+        await fail.wait()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(volume_service, "run_in_threadpool", failing)
+    write.offset, write.data = 3, b"def"
+    chunk = asyncio.create_task(node.volume_write(write))
+    await writing.wait()
+    await node.volume_write(pb.VolumeWriteRequest(volume_id=vid, path="/f", write_id="w1",
+                                                  abort=True))  # fmt: skip
+    fail.set()
+    with pytest.raises(NodeError):
+        await chunk
+    monkeypatch.undo()
+    await node.delete_volume(vid)  # nothing holds it
 
 
 async def test_the_node_unmounts_idle_volumes_when_it_stops(tmp_path: Path) -> None:

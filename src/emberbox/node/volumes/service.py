@@ -274,7 +274,10 @@ class NodeVolumes:
             result = await run_in_threadpool(fn, *args)
         except BaseException:
             handle.in_flight = False
-            self._drop(handles, key)
+            if handle.dropped:  # (dropped meanwhile: no longer in ``handles``, closed here)
+                self._close(handle)
+            else:
+                self._drop(handles, key)
             raise
         handle.in_flight = False
         if handle.dropped:
