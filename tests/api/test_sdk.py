@@ -26,10 +26,14 @@ def test_create_run_files_info_kill(sdk_env: Running) -> None:
         assert result.exit_code == 0
         assert result.stdout.strip() == f"bar baz|{sbx.sandbox_id}"
 
-        # The local backend runs envd as the server's user, whose home is the host's: relative
-        # paths would land there, so use the sandbox's own working directory.
+        # The local backend runs envd as the server's user, with the sandbox's own directory
+        # as every user's home: its logins never read (or leave state in) the host's dotfiles.
         home = sbx.commands.run("pwd").stdout.strip()
         assert home.endswith(sbx.sandbox_id)
+        assert sbx.commands.run("echo $HOME", user="root").stdout.strip() == home
+        sbx.files.write("relative.txt", "in the sandbox's home")
+        with open(f"{home}/relative.txt") as f:
+            assert f.read() == "in the sandbox's home"
         sbx.files.write(f"{home}/notes/hello.txt", "hello from the test")
         assert sbx.files.read(f"{home}/notes/hello.txt") == "hello from the test"
         assert [e.name for e in sbx.files.list(f"{home}/notes")] == ["hello.txt"]

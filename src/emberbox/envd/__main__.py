@@ -36,6 +36,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="login shells kept started per (user, cwd) for commands; 0: none (docs/envd.md)",
     )
     parser.add_argument(
+        "--home",
+        help="every user's home (the process runtime: its sandbox's directory, so commands' "
+        "logins never read or write the host's own dotfiles)",
+    )
+    parser.add_argument(
         "--guest",
         action="store_true",
         help="envd is the sandbox's daemon: also forward loopback-only ports, serve sudo, guard"
@@ -79,6 +84,7 @@ def main(argv: list[str] | None = None) -> None:
         max_upload_bytes=args.max_upload_mb * 1024 * 1024 if args.max_upload_mb else None,
         sync_clock=args.sync_clock,
         standby_shells=max(0, args.standby_shells),
+        home=args.home,
     )
     duties = None
     if args.guest:

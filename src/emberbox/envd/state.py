@@ -22,6 +22,7 @@ class EnvdState:
     max_upload_bytes: int | None = None
     sync_clock: bool = False
     standby_shells: int = STANDBY_SHELLS  # per (user, cwd, stdin); 0: every command afresh
+    home: str | None = None  # every user's home, when set (``--home``)
 
     def token_ok(self, presented: str | None) -> bool:
         """True when no token is required or the presented one matches (constant time)."""

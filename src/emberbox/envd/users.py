@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import os
 import pwd
 from dataclasses import dataclass
@@ -61,7 +62,8 @@ def username_from_basic(headers: Headers) -> str | None:
 
 
 def resolve_user(state: EnvdState, name: str | None) -> User:
-    return User.lookup(name or state.default_user or fallback_user())
+    user = User.lookup(name or state.default_user or fallback_user())
+    return dataclasses.replace(user, home=state.home) if state.home else user
 
 
 def resolve_path(path: str, user: User) -> str:

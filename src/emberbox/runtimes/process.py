@@ -133,12 +133,13 @@ class ProcessRuntime(Runtime):
             "LANG": "C.UTF-8",
             **e2b_env(spec.sandbox_id, spec.template_id),
         }
-        # No standby login shells: here they would be logins on the host itself, and kill()
-        # SIGKILLs the whole session, which can catch one mid-profile and leave the host's own
-        # state behind (pyenv's rehash lock made every later root login wait 60 s). A fresh
-        # login per command, as before, is the right cost here.
+        # Commands are logins on the host itself, and kill() SIGKILLs the whole session, which
+        # can catch one mid-profile: with the host's HOME it left the host's own state behind
+        # (pyenv's rehash lock, from root's ~/.bashrc, made every later root login on the host
+        # wait 60 s, and the tests' commands with it). So every user's home is the sandbox's
+        # directory, and no standby login shells run (a fresh login per command, as before).
         argv = [*self.envd_command, "--host", "127.0.0.1", "--port", str(port)]
-        argv += ["--standby-shells", "0"]
+        argv += ["--standby-shells", "0", "--home", str(home)]
         out = open(home.parent / f"{spec.sandbox_id}.envd.log", "ab")  # noqa: SIM115
         try:
             return subprocess.Popen(
