@@ -31,6 +31,8 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from .vocabulary import whole_number
+
 IPv4Network = ipaddress.IPv4Network
 
 # The most entries one list (allowOut or denyOut) may hold; more is refused (400), because a
@@ -156,7 +158,7 @@ def parse_egress_proxy(raw: object) -> EgressProxy | None:
         raise UnsupportedRule("egressProxy.tls: TLS to the proxy is not supported")
     host, sep, port_text = raw["address"].strip().rpartition(":")
     host = host.lower().rstrip(".")
-    port = int(port_text) if sep and port_text.isdigit() and len(port_text) <= 5 else 0
+    port = (whole_number(port_text, 5) if sep else None) or 0
     if not 1 <= port <= 65535 or not host:
         raise InvalidRules(f"egressProxy.address: {raw['address']!r} is not host:port")
     try:

@@ -128,3 +128,12 @@ MASK_PORT_VARIABLE = "${PORT}"
 # E2B's error_code for a plain resume of a sandbox paused while its envd did not answer (409):
 # only a resume without memory (the SDKs' on_resume="reboot") brings it back.
 GUEST_UNRESPONSIVE_ERROR = "sandbox_snapshot_guest_agent_unresponsive"
+
+
+def whole_number(text: str, max_digits: int = 19) -> int | None:
+    """``text`` as a non-negative integer when it is 1 to ``max_digits`` ASCII digits, else
+    None: how every number a request (or an image's files) carries is read. ``str.isdigit``
+    also accepts "²" and other digits ``int`` refuses, which made such checks answer 500."""
+    if 0 < len(text) <= max_digits and text.isascii() and text.isdigit():
+        return int(text)
+    return None

@@ -53,6 +53,9 @@ def test_host_form_wins_on_a_custom_domain_even_with_headers() -> None:
         {"host": "localhost", "e2b-sandbox-id": "Bad-ID", "e2b-sandbox-port": "1"},
         {"host": "localhost", "e2b-sandbox-id": SID, "e2b-sandbox-port": "70000"},
         {"host": "localhost", "e2b-sandbox-id": SID, "e2b-sandbox-port": "x"},
+        {"host": "localhost", "e2b-sandbox-id": SID, "e2b-sandbox-port": "\u00b2"},  # isdigit()
+        {"host": "localhost", "e2b-sandbox-id": SID, "e2b-sandbox-port": "0" * 5000 + "1"},
+        {"host": f"\u00b2-{SID}.example.org"},
         {"host": "localhost"},
         {"host": "example.org"},
         {"host": f"abc-{SID}.example.org"},

@@ -32,6 +32,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from .._connect.errors import ConnectError
+from ..vocabulary import whole_number
 from .creds import acquire_as_user, as_user
 from .filesystem.entries import METADATA_XATTR_PREFIX
 from .http_errors import UNAUTHORIZED_MESSAGE, HTTPProblem, problem_response
@@ -196,14 +197,14 @@ def _requested_range(headers: Headers, size: int) -> tuple[int, int] | None:
     first, dash, last = spec.strip().partition("-")
     if units.strip().lower() != "bytes" or "," in spec or not dash:
         return None
-    if not (first.isdigit() or first == "") or not (last.isdigit() or last == ""):
+    start, stop = whole_number(first), whole_number(last)
+    if (start is None and first) or (stop is None and last):
         return None
-    if first == "":
-        if last == "" or int(last) == 0:
+    if start is None:
+        if not stop:
             raise _Unsatisfiable
-        return max(size - int(last), 0), size
-    start = int(first)
-    end = min(int(last) + 1, size) if last else size
+        return max(size - stop, 0), size
+    end = min(stop + 1, size) if stop is not None else size
     if start >= size:
         raise _Unsatisfiable
     return (start, end) if end > start else None
@@ -436,7 +437,8 @@ async def upload(state: EnvdState, request: Request) -> Response:
     query_path = request.query_params.get("path")
     length = request.headers.get("content-length")
     limit = state.max_upload_bytes
-    if limit is not None and length and length.isdigit() and int(length) > limit:
+    declared = whole_number(length or "")
+    if limit is not None and declared is not None and declared > limit:
         raise HTTPProblem(413, f"upload exceeds the {state.max_upload_bytes} byte limit")
     upload = _Upload(user, state.max_upload_bytes, parse_metadata(request))
     content_type = request.headers.get("content-type", "")

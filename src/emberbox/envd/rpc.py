@@ -31,6 +31,7 @@ from .._connect.envelope import (
     encode_envelope,
 )
 from .._connect.errors import Code, ConnectError
+from ..vocabulary import whole_number
 
 log = logging.getLogger("emberbox.envd.rpc")
 
@@ -121,9 +122,10 @@ def _deadline(headers: Headers) -> float | None:
     raw = headers.get("connect-timeout-ms")
     if raw is None:
         return None
-    if not raw.isdigit() or len(raw) > 10:
+    ms = whole_number(raw, 10)
+    if ms is None:
         raise ConnectError(Code.INVALID_ARGUMENT, f"invalid Connect-Timeout-Ms: {raw!r}")
-    return asyncio.get_running_loop().time() + int(raw) / 1000
+    return asyncio.get_running_loop().time() + ms / 1000
 
 
 def _keepalive(headers: Headers) -> float:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..vocabulary import whole_number
 from . import _run, hashing
 from .base import GUEST_SETUP
 from .store import INIT_ARGS, Template, TemplateConfig, TemplateError, TemplateStore
@@ -256,8 +257,8 @@ def _write_conventions(store: TemplateStore, key: str, image_layers: Sequence[st
         groups = [line.split(":") for line in group.splitlines() if line.count(":") >= 3]
         uid = next((int(u[2]) for u in users if u[0] == "user"), None)
         if uid is None:
-            taken = {int(u[2]) for u in users if u[2].isdigit()} | {
-                int(g[2]) for g in groups if g[2].isdigit()
+            taken = {whole_number(u[2], 10) for u in users} | {
+                whole_number(g[2], 10) for g in groups
             }
             uid = next(n for n in range(1000, 60000) if n not in taken)
             passwd = passwd.rstrip("\n") + f"\nuser:x:{uid}:{uid}::/home/user:/bin/bash\n"
@@ -307,7 +308,7 @@ def _with_sudo_member(group: str, user: str) -> str:
                 fields[3] = ",".join([*members, user])
             lines[i] = ":".join(fields)
             return "\n".join(lines) + "\n"
-    gids = {int(f[2]) for f in (x.split(":") for x in lines) if len(f) > 2 and f[2].isdigit()}
+    gids = {whole_number(f[2], 10) for f in (x.split(":") for x in lines) if len(f) > 2}
     gid = next(n for n in (27, *range(900, 1000)) if n not in gids)
     return "\n".join([*lines, f"sudo:x:{gid}:{user}"]) + "\n"
 

@@ -27,14 +27,15 @@ from ...egress import (
     parse_header_rules,
     parse_list,
 )
-from ...vocabulary import MASK_PORT_VARIABLE
+from ...vocabulary import MASK_PORT_VARIABLE, whole_number
 from ..lifecycle.egress import Egress
 from ..lifecycle.network import NetworkService
 from .deps import Caller
 from .errors import ApiError
 from .models import EgressRecord, Error, NetworkUpdate
+from .unicode_json import UnicodeJsonRoute
 
-router = APIRouter(tags=["sandboxes"])
+router = APIRouter(tags=["sandboxes"], route_class=UnicodeJsonRoute)
 
 # Options honoured in a create's ``network`` and in an update; any other option set to
 # something but "nothing" is refused.
@@ -183,9 +184,10 @@ async def egress_log(
 ) -> list[EgressRecord]:
     after = 0
     if next_token is not None:
-        if not next_token.isdigit() or len(next_token) > 19:
+        token = whole_number(next_token)
+        if token is None:
             raise ApiError(400, f"nextToken: {next_token!r} is not a token this API gave")
-        after = int(next_token)
+        after = token
     svc = request.app.state.network
     assert isinstance(svc, NetworkService)
     page = await svc.egress_log(who, sandbox_id, after, limit)

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from ...node.builds import FILES_DIR, BuildFiles, BuildRefused
+from ...vocabulary import whole_number
 from ..lifecycle.errors import Invalid, QuotaExceeded
 
 BAD = "bad_token"
@@ -70,11 +71,12 @@ class Uploads:
         return f"{UPLOAD_PREFIX}{template_id}/{files_hash}?expires={expires}&signature={sig}"
 
     def check_token(self, template_id: str, files_hash: str, expires: str, sig: str) -> None:
-        if not expires.isdigit() or int(expires) < time.time():
+        at = whole_number(expires)
+        if at is None or at < time.time():
             raise UploadRefused(
                 "the upload URL has expired; ask for a new one", error_code="bad_token"
             )
-        good = self._signature(template_id, files_hash, int(expires))
+        good = self._signature(template_id, files_hash, at)
         if not hmac.compare_digest(good, sig):
             raise UploadRefused("the upload URL's signature is not valid", error_code=BAD)
 

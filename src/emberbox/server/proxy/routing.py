@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from starlette.datastructures import Headers
 
-from ...vocabulary import is_sandbox_id
+from ...vocabulary import is_sandbox_id, whole_number
 
 ID_HEADER = "e2b-sandbox-id"
 PORT_HEADER = "e2b-sandbox-port"
@@ -44,9 +44,10 @@ def _is_ip(name: str) -> bool:
 
 
 def _port(raw: str) -> int:
-    if not raw.isdigit() or not 0 < int(raw) < 65536:
+    port = whole_number(raw, 5)
+    if port is None or not 0 < port < 65536:
         raise RouteError(f"invalid sandbox port '{raw}'")
-    return int(raw)
+    return port
 
 
 def _sandbox_id(raw: str) -> str:
