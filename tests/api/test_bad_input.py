@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 
 import httpx
@@ -61,6 +62,34 @@ def test_malformed_json(api: httpx.Client, unchanged: None, raw: bytes) -> None:
 
 
 @pytest.mark.parametrize(
+    ("path", "raw"),
+    [
+        ("/v2/sandboxes", b'{"templateID": "\\ud800"}'),
+        ("/v2/sandboxes", b'{"templateID": "base", "metadata": {"\\udc00": "x"}}'),
+        ("/v2/sandboxes", b'{"templateID": "base", "envVars": {"A": "x\\ud83d"}}'),
+        ("/secrets", b'{"name": "a", "value": "\\ud800"}'),
+    ],
+)
+def test_strings_that_are_not_unicode_are_refused(
+    api: httpx.Client, unchanged: None, path: str, raw: bytes
+) -> None:
+    """JSON escapes can spell a lone surrogate, which no encoder writes (each was a 500)."""
+    r = api.post(path, content=raw, headers={"Content-Type": "application/json"})
+    _assert_error(r, 400, "lone surrogate")
+
+
+def test_a_surrogate_pair_is_one_character_and_welcome(api: httpx.Client) -> None:
+    pair = b'{"templateID": "base", "metadata": {"k": "\\ud83d\\ude00"}, "timeout": 1}'
+    ok = api.post("/v2/sandboxes", content=pair, headers={"Content-Type": "application/json"})
+    assert ok.status_code == 201, ok.text
+    sandbox_id = ok.json()["sandboxID"]
+    try:
+        assert api.get(f"/sandboxes/{sandbox_id}").json()["metadata"] == {"k": "\U0001f600"}
+    finally:
+        assert api.delete(f"/sandboxes/{sandbox_id}").status_code == 204
+
+
+@pytest.mark.parametrize(
     "body",
     [
         {},
@@ -105,6 +134,15 @@ def test_unknown_routes_and_methods(api: httpx.Client, unchanged: None) -> None:
 
 
 def test_bad_list_parameters(api: httpx.Client, unchanged: None) -> None:
+    far = "0001-01-01T00:00:00+01:00"  # (before year 1 in UTC: it overflowed, a 500)
+    _assert_error(api.get("/v2/sandboxes", params={"startedAfter": far}), 400, "startedAfter")
+    token = base64.urlsafe_b64encode(f"{far}|x".encode()).decode()
+    _assert_error(api.get("/v2/sandboxes", params={"nextToken": token}), 400, "nextToken")
+    many = "&".join(f"k{i}=v" for i in range(65))  # (each a condition: SQLite's depth limit)
+    _assert_error(api.get("/v2/sandboxes", params={"metadata": many}), 400, "at most 64")
+    one_each = "&".join(f"k{i}=v" for i in range(64))
+    assert api.get("/v2/sandboxes", params={"metadata": one_each}).json() == []
+    _assert_error(api.get("/sandboxes/abc/egress", params={"nextToken": "\u00b2"}), 400)
     _assert_error(api.get("/v2/sandboxes", params={"limit": 101}), 400)
     _assert_error(api.get("/v2/sandboxes", params={"limit": 0}), 400)
     _assert_error(api.get("/v2/sandboxes", params={"nextToken": "%%%"}), 400, "nextToken")

@@ -58,7 +58,8 @@ def _validation_message(exc: RequestValidationError) -> str:
     parts = []
     for err in exc.errors():
         if err.get("type") == "json_invalid":
-            return "request body is not valid JSON"
+            reason = (err.get("ctx") or {}).get("error")
+            return "request body is not valid JSON" + (f": {reason}" if reason else "")
         loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
         parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
     return "invalid request: " + "; ".join(parts)

@@ -20,7 +20,8 @@ MetaKey = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 MetaValue = Annotated[str, StringConstraints(max_length=1024)]
 EnvName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 EnvValue = Annotated[str, StringConstraints(max_length=32 * 1024)]
-Metadata = Annotated[dict[MetaKey, MetaValue], Field(max_length=64)]
+MAX_METADATA_KEYS = 64  # a sandbox's; a list's metadata filters are as many at most
+Metadata = Annotated[dict[MetaKey, MetaValue], Field(max_length=MAX_METADATA_KEYS)]
 EnvVars = Annotated[dict[EnvName, EnvValue], Field(max_length=256)]
 
 # An optional response string E2B declares as a plain string (not nullable): omitted when unset,

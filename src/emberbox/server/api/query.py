@@ -7,6 +7,7 @@ from urllib.parse import unquote_plus
 
 from ..lifecycle.states import State
 from .errors import ApiError
+from .models import MAX_METADATA_KEYS
 
 
 def parse_metadata(raw: str | None) -> dict[str, str]:
@@ -21,6 +22,8 @@ def parse_metadata(raw: str | None) -> dict[str, str]:
     for pair in unquote_plus(raw).split("&"):
         if not pair:
             continue
+        if len(out) == MAX_METADATA_KEYS:  # (each one is a condition of the query)
+            raise ApiError(400, f"at most {MAX_METADATA_KEYS} metadata filters")
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ApiError(400, f"invalid metadata filter '{pair}': expected key=value")
@@ -49,9 +52,10 @@ def parse_time(raw: str | None, name: str) -> dt.datetime | None:
         return None
     try:
         value = dt.datetime.fromisoformat(raw.replace("Z", "+00:00").replace(" ", "+"))
-    except ValueError as e:
+        value = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC)  # (year 1 or 9999 in another zone overflows here)
+    except (ValueError, OverflowError) as e:
         raise ApiError(400, f"{name} must be an RFC 3339 timestamp") from e
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
 def parse_order(raw: str | None) -> bool:

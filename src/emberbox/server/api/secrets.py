@@ -14,8 +14,9 @@ from ..db.models import Secret
 from ..secrets.service import SecretService, metadata_of
 from .deps import Caller
 from .models import Error
+from .unicode_json import UnicodeJsonRoute
 
-router = APIRouter(tags=["secrets"])
+router = APIRouter(tags=["secrets"], route_class=UnicodeJsonRoute)
 
 
 async def secrets(request: Request) -> SecretService:

@@ -27,8 +27,9 @@ from .models import (
     SnapshotInfo,
     SnapshotRequest,
 )
+from .unicode_json import UnicodeJsonRoute
 
-router = APIRouter(tags=["snapshots"])
+router = APIRouter(tags=["snapshots"], route_class=UnicodeJsonRoute)
 FORK_DEFAULT_TIMEOUT_S = 15  # E2B's SandboxForkRequest default
 
 

@@ -45,8 +45,9 @@ from .template_models import (
     TemplateUpdateResponse,
     TemplateWithBuilds,
 )
+from .unicode_json import UnicodeJsonRoute
 
-router = APIRouter(tags=["templates"])
+router = APIRouter(tags=["templates"], route_class=UnicodeJsonRoute)
 
 
 async def templates(request: Request) -> TemplateService:

@@ -10,8 +10,9 @@ from collections.abc import Awaitable, Callable
 from fastapi import APIRouter
 
 from .errors import ApiError
+from .unicode_json import UnicodeJsonRoute
 
-router = APIRouter()
+router = APIRouter(route_class=UnicodeJsonRoute)
 
 # (method, path, what it is, which work brings it)
 _MISSING = [

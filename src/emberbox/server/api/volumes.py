@@ -30,10 +30,11 @@ from ..volumes.service import VolumeService
 from .deps import Caller
 from .errors import ApiError
 from .models import Error
+from .unicode_json import UnicodeJsonRoute
 
 CONTENT_PREFIX = "/volumecontent/"
 
-router = APIRouter(tags=["volumes"])
+router = APIRouter(tags=["volumes"], route_class=UnicodeJsonRoute)
 
 
 async def volumes(request: Request) -> VolumeService:

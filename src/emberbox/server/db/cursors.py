@@ -26,8 +26,9 @@ def decode(token: str) -> tuple[dt.datetime, str]:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
         ts, key = raw.split("|", 1)
         at = dt.datetime.fromisoformat(ts)
-    except (binascii.Error, UnicodeDecodeError, ValueError) as e:
+        if at.tzinfo is None:
+            raise ValueError("no time zone")
+        at = at.astimezone(dt.UTC)  # (year 1 or 9999 in another zone overflows here)
+    except (binascii.Error, UnicodeDecodeError, ValueError, OverflowError) as e:
         raise BadCursor("invalid nextToken") from e
-    if at.tzinfo is None:
-        raise BadCursor("invalid nextToken")
     return at, key
