@@ -4,11 +4,16 @@ pooled connection is retried, and only a refused fresh connection means "port is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import socket
+import sys
 import textwrap
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -156,3 +161,100 @@ def test_websocket_upstream_dying_drops_the_client(
 
     closed = asyncio.run(talk())
     assert closed.rcvd is None, f"the proxy sent a close frame: {closed.rcvd}"
+
+
+# Writes one line per request to the file in argv[2]: "<path> whole" once a chunked body's last
+# chunk arrived, "<path> cut" when the connection closed before it; "/hang" is never answered,
+# and "<path> closed" is written when the proxy drops its connection.
+_RECORDER = textwrap.dedent(
+    """
+    import socket, sys, threading
+
+    def note(line):
+        with open(sys.argv[2], "a") as f:
+            f.write(line + "\\n")
+
+    def serve(conn):
+        data = b""
+        with conn:
+            while b"\\r\\n\\r\\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            path = data.split(b" ")[1].decode()
+            if path == "/hang":
+                while conn.recv(65536):
+                    pass
+                note(path + " closed")
+                return
+            if b"transfer-encoding: chunked" in data.lower():
+                while not data.endswith(b"\\r\\n0\\r\\n\\r\\n"):
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        note(path + " cut")
+                        return
+                    data += chunk
+                note(path + " whole")
+            head = b"HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\nConnection: close\\r\\n\\r\\n"
+            conn.sendall(head + b"ok")
+
+    s = socket.create_server(("127.0.0.1", int(sys.argv[1])))
+    while True:
+        c, _ = s.accept()
+        threading.Thread(target=serve, args=(c,), daemon=True).start()
+    """
+)
+
+
+def _recorded(path: str, line: str) -> bool:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        with contextlib.suppress(FileNotFoundError):
+            if line in Path(path).read_text().splitlines():
+                return True
+        time.sleep(0.05)
+    return False
+
+
+def _raw_request(url: str, head: bytes, body: bytes) -> None:
+    """Send a request's head and part of its body, then leave without reading an answer."""
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80)) as s:
+        s.sendall(head + body)
+        time.sleep(0.5)  # (the proxy has forwarded what it got)
+
+
+def test_a_client_that_leaves_is_never_passed_on_as_a_whole_request(
+    proxy_server: ServerProcess, sandbox: Sandbox, sandbox_home: str
+) -> None:
+    """An upload cut off by its client reaches the sandbox's server cut off, not as a whole
+    (shorter) body; a request left unanswered when its client leaves releases its connection
+    to the sandbox at once, not when the sandbox's server answers (it never does here)."""
+    port = free_loopback_port()
+    url = proxy_server.sandbox_url
+    log = f"{sandbox_home}/requests.log"
+    sandbox.files.write(f"{sandbox_home}/recorder.py", _RECORDER)
+    sandbox.commands.run(f"exec {sys.executable} {sandbox_home}/recorder.py {port} {log}",
+                         background=True)  # fmt: skip
+    host = sandbox.get_host(port)
+    deadline = time.monotonic() + 10
+    while httpx.get(url + "/health", headers={"Host": host}).status_code == 502:
+        assert time.monotonic() < deadline, "user server never came up"
+        time.sleep(0.1)
+
+    def slowly() -> Iterator[bytes]:  # (in several messages: the proxy streams it on)
+        for _ in range(3):
+            yield b"a" * 1000
+            time.sleep(0.1)
+
+    r = httpx.put(url + "/whole", headers={"Host": host}, content=slowly())
+    assert r.status_code == 200 and _recorded(log, "/whole whole")
+
+    head = f"PUT /cut HTTP/1.1\r\nHost: {host}\r\nContent-Length: 100000\r\n\r\n".encode()
+    _raw_request(url, head, b"a" * 1000)
+    assert _recorded(log, "/cut cut"), Path(log).read_text()
+    assert "/cut whole" not in Path(log).read_text()
+
+    _raw_request(url, f"GET /hang HTTP/1.1\r\nHost: {host}\r\n\r\n".encode(), b"")
+    assert _recorded(log, "/hang closed"), Path(log).read_text()

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextvars import ContextVar
 from typing import Any
 
@@ -68,8 +68,8 @@ def quiet_deliberate_aborts() -> None:
 def upstream_client(*, pooled: bool = True) -> httpx.AsyncClient:
     """A client for one sandbox. No read timeout: process streams stay open as long as the
     process runs. An unpooled client keeps no connection, so its request gets a fresh one."""
-    if pooled:
-        limits = httpx.Limits(max_connections=200, max_keepalive_connections=20)
+    if pooled:  # no cap: a cap reached (long streams, hung requests) would hang every port
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=20)
     else:
         limits = httpx.Limits(max_connections=1, max_keepalive_connections=0)
     return sandbox_http(
@@ -100,34 +100,59 @@ def target_of(scope: Scope) -> str:
     return path + (f"?{qs}" if qs else "")
 
 
-async def _first_and_rest(receive: Receive) -> tuple[bytes, AsyncIterator[bytes] | None]:
-    """Read the first body message; a single-message body is sent with a Content-Length."""
-    first = await receive()
-    if first["type"] != "http.request":
-        return b"", None
-    body = first.get("body", b"")
-    if not first.get("more_body", False):
-        return body, None
+class _ClientGone(Exception):
+    """The client went away before its request was whole, or before it was answered."""
 
-    async def rest() -> AsyncIterator[bytes]:
-        if body:
-            yield body
+
+class _Body:
+    """The request body as it arrives; ``whole`` is set once the client has sent all of it.
+
+    A client that leaves mid-body must not look like a body that ended: sent on in chunks,
+    the request would reach the sandbox complete (a cut-off upload stored as a short file)."""
+
+    def __init__(self, receive: Receive) -> None:
+        self.receive = receive
+        self.whole = asyncio.Event()
+
+    async def first_and_rest(self) -> tuple[bytes, AsyncIterator[bytes] | None]:
+        """Read the first body message; a single-message body is sent with a Content-Length."""
+        first = await self.receive()
+        if first["type"] != "http.request":
+            raise _ClientGone
+        body = first.get("body", b"")
+        if not first.get("more_body", False):
+            self.whole.set()
+            return body, None
+
+        async def rest() -> AsyncIterator[bytes]:
+            if body:
+                yield body
+            while True:
+                msg = await self.receive()
+                if msg["type"] != "http.request":
+                    raise _ClientGone  # (httpx then drops the upstream connection)
+                if msg.get("body"):
+                    yield msg["body"]
+                if not msg.get("more_body", False):
+                    self.whole.set()
+                    return
+
+        return b"", rest()
+
+    async def client_gone(self) -> None:
+        """Returns when the client disconnects, watching once its body is whole (until then
+        the body's reader sees a disconnect)."""
+        await self.whole.wait()
         while True:
-            msg = await receive()
-            if msg["type"] != "http.request":
+            message: Message = await self.receive()
+            if message["type"] == "http.disconnect":
                 return
-            if msg.get("body"):
-                yield msg["body"]
-            if not msg.get("more_body", False):
-                return
-
-    return b"", rest()
 
 
 class _SendFailed(Exception):
     """A request that got no response; ``reused`` if it went out on a pooled connection."""
 
-    def __init__(self, cause: httpx.TransportError, reused: bool) -> None:
+    def __init__(self, cause: Exception, reused: bool) -> None:
         super().__init__(str(cause))
         self.cause = cause
         self.reused = reused
@@ -153,6 +178,10 @@ async def _send(client: httpx.AsyncClient, request: httpx.Request) -> httpx.Resp
         return await client.send(request, stream=True)
     except httpx.TransportError as e:
         raise _SendFailed(e, reused=not dialed) from e
+    except RuntimeError as e:  # the pool was closed under it (a kill, or before a checkpoint)
+        if not client.is_closed:
+            raise
+        raise _SendFailed(e, reused=True) from e  # (a fresh connection tells which)
 
 
 async def forward_http(
@@ -166,7 +195,11 @@ async def forward_http(
     host: str | None = None,
 ) -> None:
     """Forward one request; ``host`` replaces the Host header (maskRequestHost)."""
-    body, stream = await _first_and_rest(receive)
+    incoming = _Body(receive)
+    try:
+        body, stream = await incoming.first_and_rest()
+    except _ClientGone:
+        return
     headers = upstream_headers(scope)
     if host is not None:
         headers.append((b"host", host.encode("latin-1")))
@@ -184,26 +217,49 @@ async def forward_http(
         return request
 
     fresh: httpx.AsyncClient | None = None
+    gone = asyncio.create_task(incoming.client_gone())
     try:
         try:
-            response = await _send(client, build(client))
+            response = await _unless_gone(_send(client, build(client)), gone)
         except _SendFailed as stale:
             if not stale.reused or stream is not None:  # a streamed body cannot be replayed
                 raise
             fresh = upstream_client(pooled=False)
-            response = await _send(fresh, build(fresh))
+            response = await _unless_gone(_send(fresh, build(fresh)), gone)
         try:
-            await _relay(response, receive, send)
+            await _relay(response, gone, send)
         finally:
             await response.aclose()
     except _SendFailed as failed:
         await send_json(send, 502, failed.answer(sandbox_id, port))
+    except _ClientGone:
+        pass  # nobody to answer; the upstream request was dropped with it
     finally:
+        if not gone.done():
+            gone.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await gone
         if fresh is not None:
             await fresh.aclose()
 
 
-async def _relay(response: httpx.Response, receive: Receive, send: Send) -> None:
+async def _unless_gone(
+    sending: Coroutine[Any, Any, httpx.Response], gone: asyncio.Task[None]
+) -> httpx.Response:
+    """The upstream's response once its headers arrive; _ClientGone if the client left first
+    (its upstream request is then cancelled: a request nobody waits for holds no connection
+    to the sandbox for as long as its server takes)."""
+    task = asyncio.create_task(sending)
+    await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+    raise _ClientGone
+
+
+async def _relay(response: httpx.Response, gone: asyncio.Task[None], send: Send) -> None:
     await send(
         {
             "type": "http.response.start",
@@ -212,13 +268,11 @@ async def _relay(response: httpx.Response, receive: Receive, send: Send) -> None
         }
     )
     pump = asyncio.create_task(_pump(response, send))
-    gone = asyncio.create_task(_wait_disconnect(receive))
     done, _ = await asyncio.wait({pump, gone}, return_when=asyncio.FIRST_COMPLETED)
-    for t in (pump, gone):
-        if t not in done:
-            t.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+    if pump not in done:
+        pump.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await pump
     if pump in done and not pump.result():
         _ABORTED.set(True)  # return unfinished: uvicorn closes the client's connection
 
@@ -233,10 +287,3 @@ async def _pump(response: httpx.Response, send: Send) -> bool:
         return False
     await send({"type": "http.response.body", "body": b"", "more_body": False})
     return True
-
-
-async def _wait_disconnect(receive: Receive) -> None:
-    while True:
-        message: Message = await receive()
-        if message["type"] == "http.disconnect":
-            return
