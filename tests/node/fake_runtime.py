@@ -8,12 +8,12 @@ import asyncio
 import builtins
 import collections
 import contextlib
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from emberbox.envd_client import EnvdDefaults
@@ -42,6 +42,7 @@ class _Envd:
         self.init_delay_s = 0.0  # a slow (or hung) envd
         self.running = asyncio.Event()  # cleared while its machine is frozen: nothing answers
         self.running.set()
+        self.endless_logs = False
 
         async def health(request: Request) -> Response:
             await self.running.wait()
@@ -58,7 +59,20 @@ class _Envd:
                 self.token = body["accessToken"] or None
             return Response(status_code=204, headers={"X-Envd-Version": "0.6.13"})
 
-        app = Starlette(routes=[Route("/health", health), Route("/init", init, methods=["POST"])])
+        async def logs(request: Request) -> Response:
+            if self.endless_logs:  # a guest answering without end on envd's port
+                chunk = b'{"entries": [' + b'{"seq": 1, "msg": "x"}, ' * 4096
+
+                async def forever() -> AsyncIterator[bytes]:
+                    while True:
+                        yield chunk
+                        await asyncio.sleep(0)
+
+                return StreamingResponse(forever(), media_type="application/json")
+            return Response(b'{"entries": []}', media_type="application/json")
+
+        app = Starlette(routes=[Route("/health", health), Route("/init", init, methods=["POST"]),
+                                Route("/logs", logs)])  # fmt: skip
         self.server = uvicorn.Server(
             uvicorn.Config(
                 app,

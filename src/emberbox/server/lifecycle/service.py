@@ -15,6 +15,7 @@ import collections
 import contextlib
 import dataclasses
 import datetime as dt
+import json
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
@@ -72,6 +73,9 @@ DEFAULT_RESUME_TIMEOUT_S = 300
 WAKE_WAIT_S = 60.0
 # States a connect or traffic resumes from, once another caller's pause or resume is done.
 _NOT_RUNNING_YET = frozenset({State.PAUSED, State.PAUSING, State.RESUMING})
+# envd's journal (``GET /logs``): 1000 entries a page at most, each a line of its log.
+JOURNAL_MAX_BYTES = 8 << 20
+JOURNAL_READ_S = 10.0
 _LOST = "the node did not answer; the sandbox is recorded as the node reports it once it does"
 
 
@@ -579,18 +583,31 @@ class SandboxService:
         row = await self.get(who, sandbox_id)
         if State(row.state) != State.RUNNING or not row.envd_url:
             return row, []
+        # What answers on envd's port is the guest's to choose: its answer is read within a
+        # time and a size, so a guest cannot hold or fill the control plane's memory.
+        body = bytearray()
         try:
-            async with sandbox_http(timeout=5.0) as http:
-                response = await http.get(
+            async with (
+                asyncio.timeout(JOURNAL_READ_S),
+                sandbox_http(timeout=JOURNAL_READ_S) as http,
+                http.stream(
+                    "GET",
                     f"{row.envd_url}/logs",
                     params={"after": after},
                     headers={"X-Access-Token": row.envd_access_token},
-                )
-        except httpx.HTTPError as exc:
-            raise Unreachable(f"sandbox '{sandbox_id}' did not answer: {exc}") from exc
-        if response.status_code != 200:
-            raise Unreachable(f"sandbox '{sandbox_id}' answered {response.status_code}")
-        entries: builtins.list[dict[str, Any]] = response.json().get("entries", [])
+                ) as response,
+            ):
+                if response.status_code != 200:
+                    raise Unreachable(f"sandbox '{sandbox_id}' answered {response.status_code}")
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > JOURNAL_MAX_BYTES:
+                        raise Unreachable(f"sandbox '{sandbox_id}' answered too much")
+            entries = json.loads(body).get("entries", [])
+        except (httpx.HTTPError, TimeoutError, ValueError, AttributeError) as exc:
+            raise Unreachable(f"sandbox '{sandbox_id}' did not answer its journal: {exc}") from exc
+        if not isinstance(entries, list):
+            raise Unreachable(f"sandbox '{sandbox_id}' answered no journal")
         return row, entries
 
     # ---- changes ------------------------------------------------------------------------------
