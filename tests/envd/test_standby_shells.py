@@ -250,3 +250,23 @@ def test_a_woken_standby_still_runs_its_command_as_a_fresh_shell_would(
     assert _started_before(standby, moment), "a woken standby was not used"
     # The other woken standby (the oldest now): its shell state is a fresh login's.
     assert _outcome(standby, PROBES[1]) == _outcome(fresh, PROBES[1])
+
+
+def test_a_directory_made_again_under_its_name_is_where_the_next_command_runs(
+    pair: tuple[Sandbox, Sandbox],
+) -> None:
+    """``rm -rf repo && git clone ... repo``: the standbys waiting in the old ``repo`` (deleted)
+    are let go, and the command runs in the new one, as a fresh login would."""
+    for sandbox in pair:
+        base = f"/tmp/emberbox-cwd-{time.monotonic_ns()}"
+        sandbox.commands.run(f"mkdir -p {base}/repo")
+        sandbox.commands.run("true", cwd=f"{base}/repo")  # its standbys now wait in repo
+        time.sleep(0.5)
+        sandbox.commands.run(f"rm -rf {base}/repo && mkdir {base}/repo && touch {base}/repo/x")
+        assert sandbox.commands.run("ls", cwd=f"{base}/repo").stdout == "x\n"
+        sandbox.commands.run(f"ln -sfn {base}/repo {base}/link && mkdir {base}/other")
+        sandbox.commands.run("true", cwd=f"{base}/link")
+        time.sleep(0.5)
+        sandbox.commands.run(f"ln -sfn {base}/other {base}/link")  # pointed elsewhere
+        assert sandbox.commands.run("pwd -P; ls", cwd=f"{base}/link").stdout == f"{base}/other\n"
+        sandbox.commands.run(f"rm -rf {base}")

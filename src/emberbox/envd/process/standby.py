@@ -9,12 +9,12 @@ command text go into a memfd (bash reads a seekable file in bulk, a pipe one byt
 call), one byte goes down the control pipe, and the shell exports the vars and ``eval``\\ s the
 command. The shell's pid is the command's pid, its exit status the command's.
 
-A standby is used only while it is still what a fresh start would produce: none of the files the
-login reads (or tests for) may have changed since it was started, and its base environment
-(``/init`` vars) must be unchanged, or changed only in variables a login does not read (the
-sandbox's identity and the caller's own vars, set by the ``/init`` that follows a restore or a
-warm-pool claim), which are then exported before the command like its request vars. Otherwise
-it is let go and the command gets a new shell.
+A standby is used only while it is still what a fresh start would produce: it still sits in the
+directory its cwd names, none of the files the login reads (or tests for) may have changed
+since it was started, and its base environment (``/init`` vars) must be unchanged, or changed
+only in variables a login does not read (the sandbox's identity and the caller's own vars, set
+by the ``/init`` that follows a restore or a warm-pool claim), which are then exported before
+the command like its request vars. Otherwise it is let go and the command gets a new shell.
 """
 
 from __future__ import annotations
@@ -103,6 +103,17 @@ def login_command(cmd: str, args: list[str], envs: Mapping[str, str], pty: bool)
     if any(not _NAME.match(name) or name in _BASH_OWNED for name in envs):
         return None
     return args[2]
+
+
+def _in_dir(pid: int, cwd: str) -> bool:
+    """Whether the shell still sits in the directory ``cwd`` names now: one deleted and made
+    again (``rm -rf repo && git clone ... repo``), or a symlink pointed elsewhere, would have
+    the command run where a fresh start would not (in the deleted one, empty)."""
+    try:
+        here, there = os.stat(f"/proc/{pid}/cwd"), os.stat(cwd)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 def _stat(path: str) -> tuple[int, int] | None:
@@ -273,7 +284,8 @@ class StandbyPool:
             except asyncio.CancelledError:
                 future.add_done_callback(self._return_to(slot))
                 raise
-            if standby.popen.poll() is None and standby.stamp == stamp:
+            alive = standby.popen.poll() is None
+            if alive and standby.stamp == stamp and _in_dir(standby.popen.pid, cwd):
                 change = env_change(standby.env, env)
                 if change is not None:
                     standby.pending = change
