@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from e2b import FileType, NotFoundException
-from e2b.exceptions import InvalidArgumentException
+from e2b.exceptions import InvalidArgumentException, SandboxException
 from e2b.sandbox.filesystem.filesystem import WriteEntry
 
 
@@ -158,3 +158,23 @@ def test_200_mib_upload_and_download_keep_their_checksum(sandbox: Any, workdir: 
         received += len(part)
     assert received == size
     assert downloaded.hexdigest() == expected.hexdigest()
+
+
+def test_a_rename_keeps_a_rename_s_rules(sandbox: Any, workdir: str) -> None:
+    """Onto an existing directory a rename fails (E2B's envd: Go's os.Rename); it used to move
+    the source into it and answer the directory's details."""
+    sandbox.files.write(f"{workdir}/a.txt", "a")
+    sandbox.files.make_dir(f"{workdir}/out/inner")
+    with pytest.raises(SandboxException):
+        sandbox.files.rename(f"{workdir}/a.txt", f"{workdir}/out")
+    assert sandbox.files.read(f"{workdir}/a.txt") == "a"
+    assert [e.name for e in sandbox.files.list(f"{workdir}/out")] == ["inner"]
+    sandbox.files.write(f"{workdir}/b.txt", "b")
+    assert sandbox.files.rename(f"{workdir}/a.txt", f"{workdir}/b.txt").name == "b.txt"
+    assert sandbox.files.read(f"{workdir}/b.txt") == "a"  # a file replaces a file
+
+
+@pytest.mark.parametrize("root", ["/", "//", "///"])
+def test_the_root_is_never_removed(sandbox: Any, root: str) -> None:
+    with pytest.raises(InvalidArgumentException):
+        sandbox.files.remove(root, user="root")

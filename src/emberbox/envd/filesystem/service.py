@@ -118,7 +118,7 @@ class FilesystemService:
 
     async def remove(self, request: pb.RemoveRequest, ctx: RpcContext) -> pb.RemoveResponse:
         user, path = self._user_path(ctx, request.path)
-        if path == "/":
+        if not path.strip("/"):  # ("//" is another spelling of it)
             raise ConnectError(Code.INVALID_ARGUMENT, "refusing to remove '/'")
         await as_user(user, _remove, path)
         return pb.RemoveResponse()
@@ -208,7 +208,14 @@ def _move(source: str, destination: str) -> pb.EntryInfo:
         raise os_error(exc, source) from exc
     try:
         make_dirs(os.path.dirname(destination))
-        shutil.move(source, destination)
+        try:
+            os.rename(source, destination)  # a rename's own rules, as E2B's envd (Go)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            if os.path.lexists(destination):  # (shutil.move would move the source into it)
+                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST)) from exc
+            shutil.move(source, destination)  # another filesystem: copied, then removed
         return entry_info(destination)
     except OSError as exc:
         raise os_error(exc, destination) from exc
