@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import threading
 import time
 from typing import Any
 
@@ -130,3 +131,29 @@ def test_global_env_from_init_reaches_processes(sandbox: Any, e2b_debug_env: Any
         assert httpx.get(f"{url}/envs").json() == {"GLOBAL_X": "1", "OVERRIDE": "init"}
     finally:
         httpx.post(f"{url}/init", json={"envVars": {}})
+
+
+def test_two_inputs_at_once_each_arrive_whole_and_in_one_piece(sandbox: Any) -> None:
+    """Both wait for the pipe to drain: the loop keeps one writability callback per fd, so
+    the second replaced the first's, which then waited forever (and the bytes interleaved)."""
+    out = f"/tmp/stdin-{time.monotonic_ns()}"
+    handle = sandbox.commands.run(f"sleep 1; cat > {out}; wc -c < {out}", background=True,
+                                  stdin=True)  # fmt: skip
+    size = 300 * 1024
+    sent: list[str] = []
+
+    def send(letter: str) -> None:
+        sandbox.commands.send_stdin(handle.pid, letter * size)
+        sent.append(letter)
+
+    threads = [threading.Thread(target=send, args=(c,), daemon=True) for c in "ab"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert sorted(sent) == ["a", "b"], "an input never returned"
+    sandbox.commands.close_stdin(handle.pid)
+    assert handle.wait().stdout.strip() == str(2 * size)
+    data = sandbox.files.read(out)
+    assert sorted([data[:size], data[size:]]) == ["a" * size, "b" * size]  # not interleaved
+    sandbox.commands.run(f"rm -f {out}")

@@ -8,6 +8,7 @@ import os
 from collections.abc import Callable
 
 READ_CHUNK = 64 * 1024
+DRAIN_READS = 4096  # at most ~256 MiB read after a process's exit
 
 
 def set_nonblocking(fd: int) -> None:
@@ -58,9 +59,21 @@ class FdReader:
             self.close()
 
     def drain_and_close(self) -> None:
-        """Take what is buffered now and stop; used when the process has exited."""
-        if not self.closed:
-            self._readable()
+        """Take what is buffered now and stop; used when the process has exited. Read until
+        nothing is left: one pass stops at a short read, and a PTY master hands out ~4 KiB a
+        read, so what a process printed just before it exited was cut off. (Bounded: a
+        daemon the process left may still be writing.)"""
+        for _ in range(DRAIN_READS):
+            if self.closed:
+                break
+            try:
+                chunks, eof = read_available(self.fd)
+            except OSError:
+                chunks, eof = [], True
+            for chunk in chunks:
+                self._on_data(chunk)
+            if eof or not chunks:
+                break
         self.close()
 
     def close(self) -> None:

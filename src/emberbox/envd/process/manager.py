@@ -87,6 +87,10 @@ class ManagedProcess:
         self.tag = tag
         self.pty_master = pty_master
         self.stdin_fd = stdin_fd
+        # One writer at a time: two inputs at once would interleave their bytes, and the
+        # loop keeps one writability callback per fd (the second replaced the first's, which
+        # then waited forever).
+        self._input = asyncio.Lock()
         self.exit: Exit | None = None
         self.finished = asyncio.Event()
         self.on_exit: Callable[[ManagedProcess], None] | None = None
@@ -210,7 +214,8 @@ class ManagedProcess:
                 raise ConnectError(Code.INTERNAL, "stdin not enabled or closed")
             fd = self.stdin_fd
         try:
-            await write_all(fd, data)
+            async with self._input:
+                await write_all(fd, data)
         except BrokenPipeError as exc:
             raise ConnectError(Code.INTERNAL, "stdin not enabled or closed") from exc
 
@@ -265,10 +270,10 @@ class ProcessManager:
             if process is not None:
                 return process
             raise ConnectError(Code.NOT_FOUND, f"process with pid {selector.pid} not found")
-        if which == "tag":
-            for process in self._by_pid.values():
-                if process.tag == selector.tag:
-                    return process
+        if which == "tag":  # the newest running one, else the newest ended (kept a while)
+            tagged = [p for p in self._by_pid.values() if p.tag == selector.tag]
+            if tagged:
+                return ([p for p in tagged if p.running] or tagged)[-1]
             raise ConnectError(Code.NOT_FOUND, f"process with tag '{selector.tag}' not found")
         raise ConnectError(Code.INVALID_ARGUMENT, "process selector needs a pid or a tag")
 
@@ -352,18 +357,22 @@ class ProcessManager:
             if pty is not None:
                 master, slave = os.openpty()
                 child_fds.append(slave)
-                set_winsize(slave, pty.size.cols or 80, pty.size.rows or 24)
-                popen = subprocess.Popen(
-                    argv,
-                    stdin=slave,
-                    stdout=slave,
-                    stderr=slave,
-                    cwd=cwd,
-                    env=env,
-                    start_new_session=True,
-                    preexec_fn=_set_controlling_tty,
-                    **identity,  # type: ignore[call-overload]
-                )
+                try:
+                    set_winsize(slave, pty.size.cols or 80, pty.size.rows or 24)
+                    popen = subprocess.Popen(
+                        argv,
+                        stdin=slave,
+                        stdout=slave,
+                        stderr=slave,
+                        cwd=cwd,
+                        env=env,
+                        start_new_session=True,
+                        preexec_fn=_set_controlling_tty,
+                        **identity,  # type: ignore[call-overload]
+                    )
+                except BaseException:
+                    os.close(master)
+                    raise
                 process = ManagedProcess(popen, config, tag, master, None)
                 process.attach_output(master, "pty")
             else:
