@@ -11,6 +11,7 @@ import asyncio
 
 import pytest
 from e2b import AsyncSandbox, SandboxException
+from e2b.exceptions import InvalidArgumentException
 
 from tests.runtimes.conftest import (  # noqa: F401  (fixtures)
     SandboxFactory,
@@ -70,3 +71,11 @@ async def test_files_as_user_have_the_users_permissions_in_gvisor(
     status = await files.read("/proc/self/status")
     assert status.startswith("Name:") and "\nUid:" in status
     assert "processor" in await files.read("/proc/cpuinfo")
+
+    # Remove('//') as root passed the check for '/' (normpath keeps two slashes) and ran
+    # rmtree('//'). Checked here, in gVisor: against an envd on the host, a regression would
+    # remove the host's files (it did, once: /etc).
+    for root in ("/", "//", "///", "/./", "//.."):
+        with pytest.raises(InvalidArgumentException):
+            await files.remove(root, user="root")
+    assert (await sbx.commands.run("ls /etc/passwd", user="root")).stdout == "/etc/passwd\n"

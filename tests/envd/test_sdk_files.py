@@ -172,9 +172,3 @@ def test_a_rename_keeps_a_rename_s_rules(sandbox: Any, workdir: str) -> None:
     sandbox.files.write(f"{workdir}/b.txt", "b")
     assert sandbox.files.rename(f"{workdir}/a.txt", f"{workdir}/b.txt").name == "b.txt"
     assert sandbox.files.read(f"{workdir}/b.txt") == "a"  # a file replaces a file
-
-
-@pytest.mark.parametrize("root", ["/", "//", "///"])
-def test_the_root_is_never_removed(sandbox: Any, root: str) -> None:
-    with pytest.raises(InvalidArgumentException):
-        sandbox.files.remove(root, user="root")
