@@ -11,6 +11,7 @@ to restore is deleted and the create boots instead.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import shutil
@@ -19,11 +20,11 @@ from pathlib import Path
 
 import httpx
 
-from ...envd_client.handshake import HandshakeFailed, prime_standbys, wait_healthy, wait_ready
+from ...envd_client.handshake import prime_standbys, wait_healthy, wait_ready
 from ...envd_client.http import sandbox_http
 from ...host.completion import to_completion
 from ...templates.store import Template
-from ..base import NetworkPolicy, RuntimeError_, RuntimeSandbox, SandboxSpec
+from ..base import NetworkPolicy, RuntimeSandbox, SandboxSpec
 from .state import PARTIAL_SUFFIX, partial
 
 log = logging.getLogger("emberbox.gvisor.warm")
@@ -74,8 +75,11 @@ class TemplateSnapshots:
         key = dest.name
         if key in self._making or self.ready(template, spec) is not None:
             return
+        # Named after the image, not the content id: two templates built alike (same layers
+        # and config, another name) share an id, and their boots must not share a sandbox.
+        image_id = hashlib.sha256(key.encode()).hexdigest()[:8]
         warm = SandboxSpec(
-            sandbox_id=WARM_PREFIX + template.id[:8] + f"-{spec.cpu_count}-{spec.memory_mb}",
+            sandbox_id=WARM_PREFIX + image_id + f"-{spec.cpu_count}-{spec.memory_mb}",
             template_id=spec.template_id,
             cpu_count=spec.cpu_count,
             memory_mb=spec.memory_mb,
@@ -125,7 +129,7 @@ class TemplateSnapshots:
                     shutil.rmtree(old, ignore_errors=True)
             os.replace(image, dest)
             log.info("template %s: snapshot taken (%s)", template.name, dest.name)
-        except (HandshakeFailed, RuntimeError_, OSError) as exc:
+        except Exception as exc:  # (nobody awaits this task: every failure is logged here)
             log.warning("template %s: no snapshot, creates keep booting: %s", template.name, exc)
         finally:
             shutil.rmtree(image, ignore_errors=True)
