@@ -15,8 +15,8 @@ from emberbox.node.client import (
     NodeSandboxNotFound,
     NodeUnsupported,
 )
-from emberbox.node.orchestrator import Orchestrator
-from emberbox.runtimes.base import SandboxSpec
+from emberbox.node.orchestrator import BootFailed, Orchestrator
+from emberbox.runtimes.base import SandboxSpec, SandboxStatus
 from emberbox.vocabulary import new_sandbox_id
 
 from .fake_runtime import FakeRuntime
@@ -122,6 +122,42 @@ async def test_paused_sandbox_is_never_killed_by_the_node(tmp_path: Path) -> Non
         assert resumed.status == pb.SANDBOX_STATUS_RUNNING and not runtime.teardowns
     finally:
         await node.close()
+
+
+async def test_a_resume_whose_envd_never_answers_leaves_the_sandbox_paused(
+    tmp_path: Path,
+) -> None:
+    """The runtime ran it again (its saved memory spent) but envd did not answer: it is saved
+    again, not left running unaccounted while the node and the control plane hold it paused;
+    one that cannot be saved at all is released, never left running."""
+    runtime = FakeRuntime()
+    orch = Orchestrator(runtime, tmp_path, dead_check_every_s=0, boot_timeout_s=0.3)
+    await orch.start()
+    try:
+        ids = [new_sandbox_id(), new_sandbox_id()]
+        for sandbox_id in ids:
+            await orch.create(SandboxSpec(sandbox_id, "base"))
+            await orch.pause(sandbox_id)
+            runtime.envds[sandbox_id].running.clear()  # envd hangs once it runs again
+        with pytest.raises(BootFailed):
+            await orch.resume(ids[0])
+        assert runtime.sandboxes[ids[0]].status is SandboxStatus.PAUSED
+        assert [r.state for r in orch.list()] == ["paused", "paused"]
+        runtime.envds[ids[0]].running.set()
+        record, _ = await orch.resume(ids[0])  # a later resume can try again
+        assert record.state == "running"
+        assert runtime.sandboxes[ids[0]].status is SandboxStatus.RUNNING
+
+        async def cannot_save(sandbox_id: str, memory: bool = True) -> int:
+            raise RuntimeError("checkpoint failed")
+
+        runtime.pause = cannot_save  # type: ignore[method-assign]
+        with pytest.raises(BootFailed):
+            await orch.resume(ids[1])
+        assert ids[1] not in runtime.sandboxes and runtime.teardowns[ids[1]] == 1
+        assert [r.sandbox_id for r in orch.list()] == [ids[0]]
+    finally:
+        await orch.close()
 
 
 async def test_restart_adopts_live_and_removes_half_created(tmp_path: Path) -> None:

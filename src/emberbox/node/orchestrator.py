@@ -462,12 +462,32 @@ class Orchestrator:
                         await self.runtime.pause(sandbox_id, memory=False)
                     raise
             else:
-                await self._serving(sandbox)
+                try:
+                    await self._serving(sandbox)
+                except BaseException:
+                    # Running again with its saved memory spent: saved again, or it would
+                    # run on unaccounted while everyone holds it paused (its files, if its
+                    # memory cannot be saved; stopped, if nothing can).
+                    await self._pause_again(sandbox_id)
+                    raise
             record.state = "running"
             self.offloader.started(sandbox_id)
             record.envd_url, record.host = sandbox.envd_url, sandbox.address
             self.records.save(record)
             return record, sandbox.rebooted
+
+    async def _pause_again(self, sandbox_id: str) -> None:
+        """Put a sandbox whose resume failed after it ran back to paused (under its lock)."""
+        for memory in (True, False):
+            try:
+                await self.runtime.pause(sandbox_id, memory=memory)
+                return
+            except Exception as exc:
+                log.warning("sandbox %s: pause after a failed resume (memory %s): %s",
+                            sandbox_id, memory, exc)  # fmt: skip
+        log.error("sandbox %s: nothing of it could be saved again; stopping it", sandbox_id)
+        with contextlib.suppress(Exception):
+            await self._release_locked(sandbox_id, "resume failed")
 
     async def checkpoint(
         self, sandbox_id: str, snapshot_id: str, memory: bool = True
