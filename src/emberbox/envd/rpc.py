@@ -34,6 +34,7 @@ from .._connect.errors import Code, ConnectError
 from ..vocabulary import whole_number
 
 log = logging.getLogger("emberbox.envd.rpc")
+PUMP_AHEAD = 16  # messages of a stream taken from its handler and not yet sent
 
 DEFAULT_KEEPALIVE_S = 90.0
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -266,10 +267,16 @@ class ConnectApp:
         caller can send it with the end-of-stream frame.
         """
         queue: asyncio.Queue[Message | BaseException | _Disconnected | _Finished] = asyncio.Queue()
+        # At most PUMP_AHEAD messages taken from the handler and not yet sent: a client that
+        # reads slowly leaves the rest where the handler keeps it (a process's output stays
+        # in its queue, and goes back to its backlog for the next Connect if the client
+        # leaves), instead of growing here without bound and being dropped with the stream.
+        room = asyncio.Semaphore(PUMP_AHEAD)
 
         async def produce() -> None:
             try:
                 async for item in stream:
+                    await room.acquire()
                     queue.put_nowait(item)
                 queue.put_nowait(_FINISHED)
             except BaseException as exc:  # handed to the consumer, which decides
@@ -304,6 +311,7 @@ class ConnectApp:
                 while True:
                     if not isinstance(item, Message):
                         return self._outcome(item), bytes(batch)
+                    room.release()
                     batch += encode_envelope(encode_json(item))
                     if queue.empty():
                         break
