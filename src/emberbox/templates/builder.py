@@ -19,12 +19,20 @@ import shutil
 from pathlib import Path
 from typing import TextIO
 
+from ..vocabulary import whole_number
 from . import hashing
 from ._run import StepFailed
 from .spec import BuildSpec, SpecError, Step
 from .steps import BootFailed, Mount, StepRunner
 from .steps import Step as RunStep
-from .store import Template, TemplateConfig, TemplateError, TemplateStore, validate_name
+from .store import (
+    Template,
+    TemplateConfig,
+    TemplateError,
+    TemplateStore,
+    read_layer_file,
+    validate_name,
+)
 
 CONTEXT_MOUNT = "/.emberbox-context"
 
@@ -39,15 +47,20 @@ class _State:
 
 def _lookup_user(store: TemplateStore, layers: list[str], name: str) -> tuple[int, int]:
     """uid/gid of ``name`` from the top-most layer that has /etc/passwd."""
-    if name.isdigit():
-        return int(name), int(name)
+    if (number := whole_number(name, 10)) is not None:
+        return number, number
     for key in reversed(layers):
-        passwd = store.layer_path(key) / "etc" / "passwd"
-        if passwd.is_file():
-            for line in passwd.read_text().splitlines():
+        passwd = read_layer_file(store.layer_path(key), "etc/passwd")  # (no link followed)
+        if passwd.whiteout:
+            break
+        if passwd.text is not None:
+            for line in passwd.text.splitlines():
                 fields = line.split(":")
                 if len(fields) > 3 and fields[0] == name:
-                    return int(fields[2]), int(fields[3])
+                    uid, gid = whole_number(fields[2], 10), whole_number(fields[3], 10)
+                    if uid is None or gid is None:
+                        break
+                    return uid, gid
             break
     raise SpecError(f"USER {name}: no such user in the template (create it with RUN useradd)")
 

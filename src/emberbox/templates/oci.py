@@ -35,7 +35,15 @@ from typing import Any
 from ..vocabulary import whole_number
 from . import _run, hashing
 from .base import GUEST_SETUP
-from .store import INIT_ARGS, Template, TemplateConfig, TemplateError, TemplateStore
+from .store import (
+    INIT_ARGS,
+    LayerFileUnsafe,
+    Template,
+    TemplateConfig,
+    TemplateError,
+    TemplateStore,
+    read_layer_file,
+)
 
 BUNDLE = "/opt/emberbox/root"
 RECIPE_VERSION = 2  # of the bundle and conventions layers: a change here makes them anew
@@ -228,11 +236,14 @@ async def ensure_bundle(store: TemplateStore, base: Template, say: Say) -> str:
 
 def _top_file(store: TemplateStore, layers: Sequence[str], rel: str) -> str | None:
     for key in reversed(layers):
-        path = store.layer_path(key) / rel
-        if path.is_char_device():  # whited out
+        try:
+            found = read_layer_file(store.layer_path(key), rel)
+        except LayerFileUnsafe as exc:
+            raise ImageError(str(exc)) from exc
+        if found.whiteout:
             return None
-        if path.is_file():
-            return path.read_text()
+        if found.text is not None:
+            return found.text
     return None
 
 

@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -46,6 +47,56 @@ class TemplateNotFound(TemplateError):
 
 def data_dir() -> Path:
     return Path(os.environ.get("EMBERBOX_DATA_DIR") or DEFAULT_DATA_DIR)
+
+
+class LayerFileUnsafe(TemplateError):
+    """A layer holds a path the node reads as something other than a regular file."""
+
+
+@dataclass(frozen=True)
+class LayerFile:
+    """What one layer says about a path: absent (look below), whited out, or this text."""
+
+    whiteout: bool = False
+    text: str | None = None
+
+
+def read_layer_file(root: Path, rel: str) -> LayerFile:
+    """Read ``rel`` (like ``etc/passwd``) from the layer tree ``root`` on the host without
+    following a symlink anywhere on the way: a layer is an image's content, and a link in it
+    (``etc/shadow -> /etc/shadow``, or ``etc -> /etc``) named the host's own files when read
+    with ``Path.read_text``. A link or anything but a directory on the way, or anything but a
+    regular file at the end, is :class:`LayerFileUnsafe`; an overlay whiteout (a 0:0 character
+    device) on the way or at the end means the layer removed it."""
+    parts = [p for p in rel.split("/") if p]
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for i, part in enumerate(parts):
+            try:
+                st = os.stat(part, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                return LayerFile()
+            if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                return LayerFile(whiteout=True)
+            last = i == len(parts) - 1
+            if last and stat.S_ISREG(st.st_mode):
+                flags = os.O_RDONLY | os.O_NOFOLLOW
+            elif not last and stat.S_ISDIR(st.st_mode):
+                flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+            else:
+                raise LayerFileUnsafe(
+                    f"/{'/'.join(parts[: i + 1])} in the image is not a "
+                    f"{'regular file' if last else 'directory'}; it is not read"
+                )
+            next_fd = os.open(part, flags, dir_fd=fd)
+            os.close(fd)
+            fd = next_fd
+        with os.fdopen(fd, "rb") as f:
+            fd = -1
+            return LayerFile(text=f.read().decode("utf-8", errors="replace"))
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 @dataclass(frozen=True)
