@@ -67,6 +67,8 @@ def test_request_upload_and_refusals(running: Running, api: httpx.Client) -> Non
         assert r.status_code == 403 and r.json()["code"] == 403, r.text
     r = httpx.put(good, content=b"not a tar archive at all" * 40)
     assert r.status_code == 400 and "not a tar" in r.json()["message"]
+    r = httpx.put(good, content=b"\x1f\x8b" + b"not gzip past its magic" * 40)  # (was a 500)
+    assert r.status_code == 400 and "gzip stream is corrupt" in r.json()["message"], r.text
     assert httpx.put(good, content=_tar({"b": b"B"}, compress=False)).status_code == 200
 
     # Start: malformed bodies are refused before anything runs; then this node cannot build.

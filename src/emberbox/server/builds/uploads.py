@@ -18,7 +18,7 @@ import secrets
 import tarfile
 import time
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 from ...node.builds import FILES_DIR, BuildFiles, BuildRefused
@@ -104,11 +104,11 @@ class Uploads:
                 if seen == 0 and chunk[:2] == b"\x1f\x8b":
                     inflate = zlib.decompressobj(wbits=31)
                 seen += len(chunk)
-                data = inflate.decompress(chunk) if inflate else chunk
-                written += len(data)
-                if written > self.max_bytes:
-                    raise QuotaExceeded(f"the archive is larger than {self.max_bytes} bytes")
-                out.write(data)
+                for data in _inflated(inflate, chunk) if inflate else (chunk,):
+                    written += len(data)
+                    if written > self.max_bytes:
+                        raise QuotaExceeded(f"the archive is larger than {self.max_bytes} bytes")
+                    out.write(data)
             if inflate is not None:
                 if not inflate.eof:
                     raise UploadRefused("the gzip stream ended early")
@@ -118,6 +118,17 @@ class Uploads:
 
     def drop_template(self, template_id: str) -> None:
         self.files.drop(template_id)
+
+
+def _inflated(inflate: zlib._Decompress, chunk: bytes) -> Iterator[bytes]:
+    """What ``chunk`` inflates to, a MiB at a time (a few KiB of a gzip bomb inflate to GiBs:
+    counted against the limit as they come, never held whole); a corrupt stream is refused."""
+    try:
+        while chunk:
+            yield inflate.decompress(chunk, 1 << 20)
+            chunk = inflate.unconsumed_tail
+    except zlib.error as exc:
+        raise UploadRefused(f"the gzip stream is corrupt: {exc}") from None
 
 
 def _check_tar(path: Path) -> None:
