@@ -185,6 +185,9 @@ class TemplateStore:
         """Move a finished tree into place; if a concurrent build won, keep theirs."""
         target = self.layer_path(key)
         self.layers_dir.mkdir(parents=True, exist_ok=True)
+        # Root's only: a layer holds an image's setuid binaries and device nodes as the image
+        # made them, which no other account on the host may reach.
+        os.chmod(self.layers_dir, 0o700)
         os.chmod(tree, os.stat(tree).st_mode)  # fail early if the tree vanished
         try:
             os.rename(tree, target)
