@@ -15,6 +15,9 @@ import string
 ENVD_PORT = 49983
 """Where envd listens inside every sandbox (E2B's fixed port; the SDKs hard-code it)."""
 
+TRAFFIC_TOKEN_HEADER = "e2b-traffic-access-token"
+"""E2B's header for a private sandbox's ``trafficAccessToken`` on its ports (envd's exempt)."""
+
 ENVD_VERSION = "0.6.13"
 """The E2B envd feature level we implement; SDKs switch behaviour on it (protocol §2.7)."""
 

@@ -53,3 +53,13 @@ def test_run_code_in_a_code_interpreter_sandbox(
             assert failed.stderr.rstrip().endswith("ValueError: nope")
         finally:
             Sandbox.kill(sandbox_id, api_key=server.first_key, api_url=server.api_url)
+
+        # A private sandbox: the interpreter's port wants its traffic token (SDK and CLI).
+        created = cli("create", "-t", "code-interpreter", "--private")
+        assert created.returncode == 0, created.stderr
+        sandbox_id = created.stdout.strip()
+        try:
+            ran = cli("run-code", sandbox_id, "--", "6 * 7")
+            assert (ran.returncode, ran.stdout) == (0, "42\n"), ran.stderr
+        finally:
+            Sandbox.kill(sandbox_id, api_key=server.first_key, api_url=server.api_url)

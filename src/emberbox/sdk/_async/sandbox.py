@@ -9,6 +9,7 @@ from typing import Any, Self
 
 import httpx
 
+from ...vocabulary import TRAFFIC_TOKEN_HEADER
 from .._base import hybridmethod
 from .._code import INTERPRETER_PORT
 from .._config import DEFAULT_SANDBOX_TIMEOUT, ENVD_PORT, ConnectionConfig
@@ -83,6 +84,8 @@ class AsyncSandbox(AsyncCodeInterpreter):
         self._interpreter_headers = {
             **config.routing_headers(sandbox_id, INTERPRETER_PORT),
             **({"X-Access-Token": envd_access_token} if envd_access_token else {}),
+            # The interpreter's port is not envd's: a private sandbox's needs its traffic token.
+            **({TRAFFIC_TOKEN_HEADER: traffic_access_token} if traffic_access_token else {}),
         }
 
     def _setup_from_api(

@@ -14,11 +14,10 @@ import httpx
 from starlette.datastructures import Headers
 from starlette.types import Receive, Scope, Send
 
-from ...vocabulary import ENVD_PORT
+from ...vocabulary import ENVD_PORT, TRAFFIC_TOKEN_HEADER
 from .http import forward_http, quiet_deliberate_aborts, upstream_client
 from .resolver import Location, Paused, SandboxResolver
 from .responses import (
-    TRAFFIC_TOKEN_HEADER,
     bad_route,
     sandbox_not_found,
     sandbox_paused,

@@ -7,9 +7,9 @@ from typing import Any
 
 from starlette.types import Send
 
+from ...vocabulary import TRAFFIC_TOKEN_HEADER
+
 NOT_FOUND = "The sandbox was not found"
-# E2B's header for ``trafficAccessToken`` (protocol §2.1); envd's port is exempt.
-TRAFFIC_TOKEN_HEADER = "e2b-traffic-access-token"
 # E2B's proxy answers a paused sandbox 409 "The sandbox is paused"; both official SDKs treat only
 # a 502 as "not running" (is_running() is False, calls raise SandboxNotRunningException on
 # "was not found"), so we keep the 502 and that phrase, and add E2B's canAutoResume.
