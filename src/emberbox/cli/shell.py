@@ -29,6 +29,7 @@ async def run_shell(sandbox: AsyncSandbox, user: str | None = None) -> int:
     terminal = await sandbox.pty.create(_size(), user=user)
     saved = termios.tcgetattr(stdin_fd) if interactive else None
     pending: set[asyncio.Task[None]] = set()
+    typed: asyncio.Queue[bytes] = asyncio.Queue()
 
     def forward_input() -> None:
         try:
@@ -38,9 +39,19 @@ async def run_shell(sandbox: AsyncSandbox, user: str | None = None) -> int:
         if not data:
             loop.remove_reader(stdin_fd)
             return
-        task = loop.create_task(sandbox.pty.send_stdin(terminal.pid, data))
-        pending.add(task)
-        task.add_done_callback(pending.discard)
+        typed.put_nowait(data)
+
+    async def send_typed() -> None:
+        """One sender, in order: a request per read, sent at once, could overtake another
+        on its way (a paste of more than 4 KiB arriving shuffled)."""
+        while True:
+            data = await typed.get()
+            while not typed.empty():
+                data += typed.get_nowait()
+            await sandbox.pty.send_stdin(terminal.pid, data)
+
+    sender = loop.create_task(send_typed())
+    pending.add(sender)
 
     def resize() -> None:
         task = loop.create_task(sandbox.pty.resize(terminal.pid, _size()))
