@@ -76,7 +76,7 @@ def logs(
 ) -> None:
     """Show a sandbox's lifecycle events and the processes it ran (--egress: its egress
     audit log)."""
-    sandbox = Sandbox.connect(sandbox_id)
+    sandbox = Sandbox._handle(sandbox_id)  # (a connect would resume a paused sandbox)
     if egress:
         _egress(sandbox, follow, json_out)
         return
