@@ -75,6 +75,9 @@ class VolumeService:
         # Held by a delete from its check to its commit, and by a create that mounts volumes
         # until its mounts are committed: so a delete never removes a volume being mounted.
         self.lock = asyncio.Lock()
+        # Around each create's count and its row (with the disk made in between): two creates
+        # counted at once would each miss the other and both land over the team's limit.
+        self._creating = asyncio.Lock()
 
     def _serving(self) -> None:
         if self.refusal:
@@ -87,7 +90,7 @@ class VolumeService:
         if not NAME.match(name):
             raise Invalid("a volume name is 1-128 characters of [A-Za-z0-9._-], not starting "
                           "with '.', '_' or '-'")  # fmt: skip
-        async with self.sessions.begin() as s:
+        async with self._creating, self.sessions.begin() as s:
             if await q.by_name(s, who.team_id, name) is not None:
                 raise Conflict(f"volume '{name}' exists already")
             if len(await q.list_for_team(s, who.team_id)) >= self.limits.max_volumes:
