@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -57,3 +58,60 @@ async def test_contexts_in_parallel(async_sandbox: Any) -> None:
         await async_sandbox.restart_code_context(contexts[0])
     with pytest.raises(SandboxException, match="supported: python"):
         await async_sandbox.run_code("1", language="typescript")
+
+
+async def test_a_cell_running_when_its_context_restarts_ends_with_an_error(
+    async_sandbox: Any,
+) -> None:
+    """Closing the kernel's channels cancelled the cell's wait for output: the execution
+    ended as a success, with half its output and no error."""
+    context = await async_sandbox.create_code_context()
+    started = asyncio.Event()
+
+    async def on_stdout(message: Any) -> None:
+        started.set()
+
+    running = asyncio.create_task(
+        async_sandbox.run_code(
+            "import time\nprint('start', flush=True)\ntime.sleep(30)",
+            context=context,
+            on_stdout=on_stdout,
+        )
+    )
+    await asyncio.wait_for(started.wait(), 20)
+    await async_sandbox.restart_code_context(context)
+    execution = await asyncio.wait_for(running, 20)
+    assert execution.error is not None and "restarted" in execution.error.value, execution
+    assert (await async_sandbox.run_code("1 + 1", context=context)).text == "2"
+    await async_sandbox.remove_code_context(context)
+
+
+async def test_a_context_deleted_amid_its_restart_leaves_no_kernel(async_sandbox: Any) -> None:
+    """A delete that came while a restart was starting the new kernel found none to stop; the
+    restart then started one nobody would ever stop."""
+    for _ in range(3):
+        context = await async_sandbox.create_code_context()
+        await asyncio.gather(
+            async_sandbox.restart_code_context(context),
+            async_sandbox.remove_code_context(context),
+            return_exceptions=True,
+        )
+        deadline = time.monotonic() + 10
+        while _kernels_of(context.id):
+            assert time.monotonic() < deadline, f"kernel of {context.id} left running"
+            await asyncio.sleep(0.1)
+
+
+def _kernels_of(context_id: str) -> list[int]:
+    """Kernel processes whose sockets live in the context's private directory."""
+    marker = f"emberbox-kernel-{context_id[:8]}-".encode()
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if marker in f.read():
+                        pids.append(int(entry))
+            except OSError:
+                continue
+    return pids

@@ -85,6 +85,9 @@ class Context:
         self._client: AsyncKernelClient | None = None
         self._runtime: str | None = None  # private directory of the kernel's sockets
         self._lock = asyncio.Lock()
+        # Start, restart and close one at a time: a close amid a restart found no kernel yet,
+        # and the restart then started one nobody would ever stop.
+        self._switching = asyncio.Lock()
         self._generation = 0  # bumped whenever the kernel is replaced or shut down
         self._tasks: set[asyncio.Task[None]] = set()
         self._sandbox_env: dict[str, str] = {}  # what this kernel was given of the sandbox's env
@@ -97,6 +100,12 @@ class Context:
     # -- kernel lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
+        async with self._switching:
+            if self.closed:
+                raise KernelDied("the context was deleted")
+            await self._start_kernel()
+
+    async def _start_kernel(self) -> None:
         # IPC sockets in a private directory, not TCP on loopback: nothing else in the sandbox
         # can reach the kernel around this service (and its access token).
         runtime = tempfile.mkdtemp(prefix=f"emberbox-kernel-{self.id[:8]}-")
@@ -137,12 +146,16 @@ class Context:
 
     async def restart(self) -> None:
         """A fresh kernel; a cell running now ends with an error event."""
-        await self._stop_kernel()
-        await self.start()
+        async with self._switching:
+            await self._stop_kernel()
+            if self.closed:
+                raise KernelDied("the context was deleted")
+            await self._start_kernel()
 
     async def close(self) -> None:
         self.closed = True
-        await self._stop_kernel()
+        async with self._switching:
+            await self._stop_kernel()
 
     async def _alive(self) -> bool:
         return self._manager is not None and bool(await self._manager.is_alive())
@@ -242,8 +255,18 @@ class Context:
                 interrupted_at = time.monotonic()
                 await manager.interrupt_kernel()
             try:
-                message: dict[str, Any] = await client.get_iopub_msg(timeout=POLL_SECONDS)
+                message: dict[str, Any] | None = await client.get_iopub_msg(timeout=POLL_SECONDS)
             except queue.Empty:
+                message = None
+            except (asyncio.CancelledError, Exception):
+                # Its channels were closed under it (a restart or a delete): the cell ends with
+                # an error, never as a success with half its output. This task's own
+                # cancellation is passed on as it is.
+                task = asyncio.current_task()
+                if self._generation == generation or (task is not None and task.cancelling()):
+                    raise
+                raise KernelDied("the context was restarted during the execution") from None
+            if message is None:
                 if self._generation != generation:
                     raise KernelDied("the context was restarted during the execution") from None
                 if not await manager.is_alive():
