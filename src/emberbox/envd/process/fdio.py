@@ -48,7 +48,8 @@ class FdReader:
         set_nonblocking(fd)
         self._loop.add_reader(fd, self._readable)
 
-    def _readable(self) -> None:
+    def _readable(self) -> bool:
+        """Pass on what can be read now; whether more may follow (False at the end)."""
         try:
             chunks, eof = read_available(self.fd)
         except OSError:
@@ -57,6 +58,7 @@ class FdReader:
             self._on_data(chunk)
         if eof:
             self.close()
+        return bool(chunks) and not eof
 
     def drain_and_close(self) -> None:
         """Take what is buffered now and stop; used when the process has exited. Read until
@@ -64,15 +66,7 @@ class FdReader:
         read, so what a process printed just before it exited was cut off. (Bounded: a
         daemon the process left may still be writing.)"""
         for _ in range(DRAIN_READS):
-            if self.closed:
-                break
-            try:
-                chunks, eof = read_available(self.fd)
-            except OSError:
-                chunks, eof = [], True
-            for chunk in chunks:
-                self._on_data(chunk)
-            if eof or not chunks:
+            if self.closed or not self._readable():
                 break
         self.close()
 

@@ -20,6 +20,7 @@ import subprocess
 import termios
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from ..._connect.errors import Code, ConnectError
 from ..._proto.process import process_pb2 as pb
@@ -352,54 +353,50 @@ class ProcessManager:
         identity: dict[str, object] = {}
         if not user.is_current:
             identity = {"user": user.uid, "group": user.gid, "extra_groups": user.groups()}
-        child_fds: list[int] = []
+        child_fds: list[int] = []  # the child's ends, closed here once it has them
+        ours: list[int] = []  # our ends, closed too if it does not start
         try:
+            session: dict[str, Any]
             if pty is not None:
                 master, slave = os.openpty()
                 child_fds.append(slave)
-                try:
-                    set_winsize(slave, pty.size.cols or 80, pty.size.rows or 24)
-                    popen = subprocess.Popen(
-                        argv,
-                        stdin=slave,
-                        stdout=slave,
-                        stderr=slave,
-                        cwd=cwd,
-                        env=env,
-                        start_new_session=True,
-                        preexec_fn=_set_controlling_tty,
-                        **identity,  # type: ignore[call-overload]
-                    )
-                except BaseException:
-                    os.close(master)
-                    raise
-                process = ManagedProcess(popen, config, tag, master, None)
-                process.attach_output(master, "pty")
+                ours.append(master)
+                stdio = (slave, slave, slave)
+                session = {"start_new_session": True, "preexec_fn": _set_controlling_tty}
             else:
                 out_r, out_w = os.pipe2(os.O_CLOEXEC)
                 err_r, err_w = os.pipe2(os.O_CLOEXEC)
                 child_fds += [out_w, err_w]
+                ours += [out_r, err_r]
                 stdin_r: int = subprocess.DEVNULL
                 stdin_w: int | None = None
                 if stdin:
                     stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
                     child_fds.append(stdin_r)
-                try:
-                    popen = subprocess.Popen(
-                        argv,
-                        stdin=stdin_r,
-                        stdout=out_w,
-                        stderr=err_w,
-                        cwd=cwd,
-                        env=env,
-                        process_group=0,
-                        **identity,  # type: ignore[call-overload]
-                    )
-                except BaseException:
-                    for fd in (out_r, err_r, stdin_w):
-                        if fd is not None:
-                            os.close(fd)
-                    raise
+                    ours.append(stdin_w)
+                stdio = (stdin_r, out_w, err_w)
+                session = {"process_group": 0}
+            try:
+                if pty is not None:
+                    set_winsize(slave, pty.size.cols or 80, pty.size.rows or 24)
+                popen = subprocess.Popen(
+                    argv,
+                    stdin=stdio[0],
+                    stdout=stdio[1],
+                    stderr=stdio[2],
+                    cwd=cwd,
+                    env=env,
+                    **session,
+                    **identity,  # type: ignore[call-overload]
+                )
+            except BaseException:
+                for fd in ours:
+                    os.close(fd)
+                raise
+            if pty is not None:
+                process = ManagedProcess(popen, config, tag, master, None)
+                process.attach_output(master, "pty")
+            else:
                 if stdin_w is not None:
                     set_nonblocking(stdin_w)
                 process = ManagedProcess(popen, config, tag, None, stdin_w)
