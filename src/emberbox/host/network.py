@@ -284,9 +284,16 @@ async def point_gateway(instance: str, tcp_port: int, dns_port: int, dns_tcp_por
 
 
 async def unpoint_gateway(instance: str) -> None:
-    """While no gateway listens (the node stopped), what would go to it is dropped, never
-    sent to whatever binds its old ports next."""
+    """The node stopped: with no sandbox of the instance left, its chains go (every test
+    server had left two behind, for good); while a sandbox still jumps to them, what would
+    go to the gateway is dropped, never sent to whatever binds its old ports next."""
     tcp, dns = _gateway_chains(instance)
+    removed = await _proc.run(
+        "nft", "-f", "-", stdin=f"delete chain {_T} {tcp}\ndelete chain {_T} {dns}\n".encode(),
+        check=False,
+    )  # fmt: skip
+    if removed.code == 0:  # (one transaction: a chain still in use keeps both)
+        return
     script = "".join(
         f"add chain {_T} {c}\nflush chain {_T} {c}\nadd rule {_T} {c} drop\n" for c in (tcp, dns)
     )
