@@ -235,12 +235,18 @@ async def forward_http(
     except _ClientGone:
         pass  # nobody to answer; the upstream request was dropped with it
     finally:
-        if not gone.done():
-            gone.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await gone
+        await stop(gone)
         if fresh is not None:
             await fresh.aclose()
+
+
+async def stop(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` unless it is done, and wait for it, whatever it ends with: the other
+    half of a relay (or a wait) the first half to end has made pointless."""
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
 
 
 async def _unless_gone(
@@ -253,9 +259,7 @@ async def _unless_gone(
     await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
     if task.done():
         return task.result()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task
+    await stop(task)
     raise _ClientGone
 
 
@@ -269,10 +273,7 @@ async def _relay(response: httpx.Response, gone: asyncio.Task[None], send: Send)
     )
     pump = asyncio.create_task(_pump(response, send))
     done, _ = await asyncio.wait({pump, gone}, return_when=asyncio.FIRST_COMPLETED)
-    if pump not in done:
-        pump.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await pump
+    await stop(pump)
     if pump in done and not pump.result():
         _ABORTED.set(True)  # return unfinished: uvicorn closes the client's connection
 

@@ -13,7 +13,7 @@ from starlette.types import Receive, Scope, Send
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from .http import target_of, upstream_url
+from .http import stop, target_of, upstream_url
 from .responses import port_not_open, send_json
 
 NO_UPGRADE = "The sandbox's server did not accept the WebSocket upgrade"
@@ -110,9 +110,7 @@ async def forward_ws(
         down = asyncio.create_task(_upstream_to_client(upstream, send))
         _, pending = await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
         for t in pending:
-            t.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+            await stop(t)
 
 
 async def _client_to_upstream(receive: Receive, upstream: ClientConnection) -> None:
