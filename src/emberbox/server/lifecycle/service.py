@@ -674,8 +674,10 @@ class SandboxService:
                 )
                 if resumed:
                     return row, True
-            wanted = utcnow() + dt.timedelta(seconds=timeout_s or 0)
-            if timeout_s is None or wanted <= row.end_at:
+            if timeout_s is None:
+                return row, False
+            wanted = utcnow() + dt.timedelta(seconds=timeout_s)
+            if wanted <= row.end_at:
                 return row, False
             async with self.sessions.begin() as s:
                 if await q.update_fields(s, sandbox_id, [State.RUNNING], end_at=wanted):
