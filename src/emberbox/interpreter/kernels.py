@@ -3,9 +3,10 @@
 A :class:`Context` runs one execution at a time (callers queue on its lock); an execution is a
 :class:`Run`, produced by a task the context owns and drained by whoever streams it. The split
 matters when the client goes away: the HTTP side calls :meth:`Run.abandon`, and the producer,
-still holding the lock, interrupts the kernel and waits for it to go idle (restarting it if it
-will not) before the next execution may start. So a timed-out or dropped call never leaves the
-next one behind a busy kernel.
+still holding the lock, interrupts the kernel (again each second) and waits for it to go idle
+(restarting it if it will not) before the next execution may start. So a timed-out or dropped
+call never leaves the next one behind a busy kernel, and a call dropped while it still queued
+never runs.
 
 A kernel that dies mid-cell (``os._exit``, OOM) is reported as an error event; the context
 starts a fresh kernel on its next call. Restarting or deleting a context ends its running cell
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.1  # how often a silent kernel is checked for death or a cancelled call
 INTERRUPT_GRACE_SECONDS = 3.0  # an interrupted cell gets this long to stop before a restart
+# The interrupt is sent again this often within the grace: one that lands before the cell has
+# started is lost, and a cell may catch one KeyboardInterrupt; a restart would cost its state.
+INTERRUPT_REPEAT_SECONDS = 1.0
 START_TIMEOUT_SECONDS = 60.0
 RUN_QUEUE_EVENTS = 256  # events buffered between the kernel and a slow client
 
@@ -200,6 +204,8 @@ class Context:
     ) -> None:
         if self.closed:
             raise KernelDied("the context was deleted")
+        if run.abandoned.is_set():
+            return  # its caller gave up while it queued: it must not run behind their back
         if not await self._alive():
             await self.restart()  # first use after a crash (or a failed start)
         if sandbox_env is not None:
@@ -250,10 +256,21 @@ class Context:
         client, manager, generation = self._client, self._manager, self._generation
         assert client is not None and manager is not None
         interrupted_at: float | None = None
+        last_interrupt = 0.0
         while True:
-            if run is not None and run.abandoned.is_set() and interrupted_at is None:
-                interrupted_at = time.monotonic()
-                await manager.interrupt_kernel()
+            if run is not None and run.abandoned.is_set():
+                now = time.monotonic()
+                if interrupted_at is None:
+                    interrupted_at = now
+                elif now - interrupted_at > INTERRUPT_GRACE_SECONDS:
+                    # Checked on every message, not only in silence: a cell printing without
+                    # pause would otherwise hold the context for good.
+                    log.warning("context %s ignored an interrupt; restarting it", self.id)
+                    await self.restart()
+                    return
+                if now - last_interrupt >= INTERRUPT_REPEAT_SECONDS:
+                    last_interrupt = now
+                    await manager.interrupt_kernel()
             try:
                 message: dict[str, Any] | None = await client.get_iopub_msg(timeout=POLL_SECONDS)
             except queue.Empty:
@@ -274,10 +291,6 @@ class Context:
                         "the kernel died during the execution; "
                         "the context starts a fresh kernel on its next call"
                     ) from None
-                if interrupted_at and time.monotonic() - interrupted_at > INTERRUPT_GRACE_SECONDS:
-                    log.warning("context %s ignored an interrupt; restarting it", self.id)
-                    await self.restart()
-                    return
                 continue
             if message.get("parent_header", {}).get("msg_id") != msg_id:
                 continue  # a stale message from an earlier, abandoned cell
