@@ -220,6 +220,20 @@ def test_restarting_or_deleting_a_context_ends_its_node(
     assert _gone(second), "the deleted context's node outlived it"
 
 
+def test_what_node_started_ends_with_it(js: Any) -> None:
+    """Processes a cell started end with the node that started them: when node is replaced for
+    ignoring an interrupt, and when the context restarts. Before, both outlived it for good."""
+    spawn = "require('child_process').spawn('sleep', ['300']).pid"
+    first = int(run(js, spawn).text)
+    with pytest.raises(TimeoutException):
+        run(js, "await null\nwhile (true) {}", timeout=1.5)
+    assert run(js, "1").text == "1"  # a fresh node
+    assert _gone(first), "the replaced node's child outlived it"
+    second = int(run(js, spawn).text)
+    js.restart_code_context(js.ctx)
+    assert _gone(second), "the restarted context's child outlived its kernel"
+
+
 def test_large_output_is_cut_at_the_budget(js: Any) -> None:
     execution = run(js, "console.log('x'.repeat(24 << 20))\n'after'")
     sent = sum(len(chunk) for chunk in execution.logs.stdout)

@@ -156,7 +156,9 @@ class Node:
         return self.decoders[name].decode(b"".join(chunks))
 
     async def kill(self) -> int | None:
-        self._signal(signal.SIGKILL)
+        """node and what its cells started (its process group: node leads its own session)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
         for fd in self.raw.values():
             asyncio.get_running_loop().remove_reader(fd)
             os.close(fd)

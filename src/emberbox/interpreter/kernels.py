@@ -10,7 +10,8 @@ never runs.
 
 A kernel that dies mid-cell (``os._exit``, OOM) is reported as an error event; the context
 starts a fresh kernel on its next call. Restarting or deleting a context ends its running cell
-the same way. Output past the execution's budget is dropped as it arrives (:mod:`.budget`).
+the same way, and every process its kernel started. Output past the execution's budget is
+dropped as it arrives (:mod:`.budget`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+import psutil
 from jupyter_client.asynchronous.client import AsyncKernelClient
 from jupyter_client.manager import AsyncKernelManager
 
@@ -142,8 +144,14 @@ class Context:
         if client is not None:
             client.stop_channels()
         if manager is not None:
+            # Listed before the kernel goes: once it is gone they are the init process's
+            # children, and a restarted context would leave them running for good.
+            started = _descendants(getattr(manager.provisioner, "pid", None))
             with contextlib.suppress(Exception):
                 await manager.shutdown_kernel(now=True)
+            for process in started:
+                with contextlib.suppress(psutil.Error):
+                    process.kill()  # psutil refuses a pid that was reused meanwhile
         if self._runtime is not None:
             shutil.rmtree(self._runtime, ignore_errors=True)
             self._runtime = None
@@ -312,6 +320,16 @@ class Context:
                 reply = await self._client.get_shell_msg(timeout=1.0)
                 if reply.get("parent_header", {}).get("msg_id") == msg_id:
                     return
+
+
+def _descendants(pid: int | None) -> list[psutil.Process]:
+    """What the kernel started, however deep: node's children, a cell's daemons."""
+    if pid is None:
+        return []
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
 
 
 def kernel_env() -> dict[str, str]:
