@@ -59,6 +59,11 @@ async def test_half_done_pause_or_resume_settles_on_the_nodes_word(
     await plane.reaper.recover()
     assert await plane.state(row.id) == expected
     assert not plane.runtime.teardowns
+    async with plane.service.sessions() as s:
+        recovered = await q.get(s, row.id)
+    # A pause the server never recorded still counts its disk (the fake's pause saves 4096
+    # bytes); before, the row said 0 and the snapshot quota never saw it.
+    assert recovered is not None and recovered.paused_bytes == (4096 if pause_on_node else 0)
 
 
 async def test_half_done_pause_of_a_lost_sandbox_is_recorded_as_crashed(plane: Plane) -> None:

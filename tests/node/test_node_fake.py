@@ -118,8 +118,15 @@ async def test_paused_sandbox_is_never_killed_by_the_node(tmp_path: Path) -> Non
         await asyncio.sleep(0.3)  # many dead checks
         (held,) = (await node.list()).sandboxes
         assert held.status == pb.SANDBOX_STATUS_PAUSED
+        assert held.paused_bytes == 4096  # the disk its pause saved (the fake's figure)
+        await node.close()
+        node = EmbeddedNode(runtime, tmp_path, dead_check_every_s=0.01)
+        await node.start()  # a restarted node still tells it
+        (held,) = (await node.list()).sandboxes
+        assert (held.status, held.paused_bytes) == (pb.SANDBOX_STATUS_PAUSED, 4096)
         resumed = (await node.resume(sandbox.sandbox_id, "t0k")).sandbox
         assert resumed.status == pb.SANDBOX_STATUS_RUNNING and not runtime.teardowns
+        assert resumed.paused_bytes == 0
     finally:
         await node.close()
 

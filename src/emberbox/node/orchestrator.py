@@ -436,7 +436,7 @@ class Orchestrator:
         async with self._locks.hold(sandbox_id):
             record = self._get(sandbox_id)
             size = await self.runtime.pause(sandbox_id, memory=memory)
-            record.state = "paused"
+            record.state, record.paused_bytes = "paused", size
             self.offloader.forget(sandbox_id)  # processes it keeps count idle from the pause
             self.records.save(record)
             return size
@@ -480,11 +480,15 @@ class Orchestrator:
         """Put a sandbox whose resume failed after it ran back to paused (under its lock)."""
         for memory in (True, False):
             try:
-                await self.runtime.pause(sandbox_id, memory=memory)
-                return
+                size = await self.runtime.pause(sandbox_id, memory=memory)
             except Exception as exc:
                 log.warning("sandbox %s: pause after a failed resume (memory %s): %s",
                             sandbox_id, memory, exc)  # fmt: skip
+                continue
+            if (record := self._held.get(sandbox_id)) is not None:
+                record.paused_bytes = size  # (what it saved this time)
+                self.records.save(record)
+            return
         log.error("sandbox %s: nothing of it could be saved again; stopping it", sandbox_id)
         with contextlib.suppress(Exception):
             await self._release_locked(sandbox_id, "resume failed")

@@ -21,6 +21,9 @@ class SandboxRecord:
     template_id: str
     created_at: float
     state: str = "creating"  # creating | running | paused
+    # Disk what its pause saved takes, while it is paused: the node's listing carries it, so a
+    # control plane that never got the pause's answer (a crash, a lost reply) still counts it.
+    paused_bytes: int = 0
     envd_url: str = ""
     host: str = ""
     envd_version: str = ""

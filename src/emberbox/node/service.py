@@ -76,6 +76,7 @@ def _sandbox(record: SandboxRecord) -> pb.Sandbox:
         host=record.host,
         envd_version=record.envd_version or ENVD_VERSION,
         status=status,
+        paused_bytes=record.paused_bytes if record.state == "paused" else 0,
     )
 
 

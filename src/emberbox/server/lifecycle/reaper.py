@@ -101,7 +101,9 @@ class Reaper:
             # the end time it had: one cut at that end time is paused by the next tick, a
             # user's pause leaves the lifetime as it was.
             fresh: dict[str, Any] = {}
-            if not paused:
+            if paused:
+                fresh["paused_bytes"] = sandbox.paused_bytes  # what its quota counts
+            else:
                 fresh["pause_mode"] = None
             if not paused and sid in resuming:
                 fresh["end_at"] = utcnow() + dt.timedelta(seconds=DEFAULT_RESUME_TIMEOUT_S)
