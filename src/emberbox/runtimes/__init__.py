@@ -43,8 +43,8 @@ def hardware_kvm(sys_module: Path = Path("/sys/module"), cpuinfo: Path = Path("/
 def resolve_name(name: str | None = None) -> str:
     """The concrete runtime ``name`` (default auto) stands for.
 
-    ``auto``: Firecracker where hardware KVM works, else gVisor when running as root with runsc
-    on PATH, else the unisolated process runtime.
+    ``auto``: as root with runsc on PATH, Firecracker where hardware KVM works and its runtime
+    is installed, else gVisor; otherwise the unisolated process runtime.
     """
     chosen = (name or "auto").lower()
     if chosen not in RUNTIMES:
