@@ -198,6 +198,12 @@ def test_bad_update_changes_nothing(
             sbx.update_network({"allow_out": ["1.2.3.4/99"]})
         with pytest.raises(SandboxException, match="only"):
             sbx.update_network({"deny_out": ["example.com"]})
+        # Set at create only: true was taken and dropped (a private sandbox stayed private).
+        with httpx.Client(base_url=gvisor_server.api_url, headers={"X-API-KEY": gvisor_key}) as api:
+            for value in (True, False):
+                r = api.put(f"/sandboxes/{sbx.sandbox_id}/network",
+                            json={"allowPublicTraffic": value})  # fmt: skip
+                assert r.status_code == 501 and "allowPublicTraffic" in r.json()["message"]
         assert fetch(sbx, inet, one) == "refused"
     finally:
         sbx.kill()

@@ -136,6 +136,10 @@ def create_options(network: dict[str, Any] | None) -> CreateNetwork:
 async def update_network(
     request: Request, who: Caller, sandbox_id: str, body: NetworkUpdate
 ) -> Response:
+    if body.get("allowPublicTraffic") is not None:
+        # (create's default, true, is let through there; here it would change nothing)
+        raise ApiError(501, "allowPublicTraffic is set at create; it cannot be changed",
+                       should_retry=False)  # fmt: skip
     _refuse_unsupported(body, _UPDATE_KEYS)
     egress = _egress(body, body.get("allow_internet_access") is not False)
     svc = request.app.state.network
