@@ -92,6 +92,8 @@ def test_request_upload_and_refusals(running: Running, api: httpx.Client) -> Non
     status = api.get(f"/templates/{tid}/builds/{bid}/status").json()
     assert status["status"] == "waiting" and status["logEntries"] == []
     assert api.get(f"/templates/{tid}/builds/{bid}/logs").json() == {"logs": []}
+    far = api.get(f"/templates/{tid}/builds/{bid}/logs", params={"cursor": 10**20})
+    assert far.status_code == 400 and "cursor" in far.json()["message"]  # (was a 500)
     listed = {t["templateID"]: t for t in api.get("/templates").json()}
     assert listed[tid]["buildStatus"] == "waiting" and listed[tid]["names"] == [name]
     assert tid in {t["templateID"] for t in api.get("/v2/templates").json()}
@@ -155,3 +157,38 @@ def test_names_and_sizes_are_checked(api: httpx.Client) -> None:
     r = api.post("/v2/templates", json={"alias": f"legacy-{uuid.uuid4().hex[:6]}"})
     assert r.status_code == 202 and r.json()["buildID"]
     assert api.delete("/templates/base").status_code == 400
+
+
+def test_templates_and_builds_page_with_next_tokens(api: httpx.Client) -> None:
+    """``limit`` cut the list and ``nextToken`` was refused: past the limit, templates (the
+    newest) and builds (the oldest) could not be reached at all."""
+    prefix = f"page-{uuid.uuid4().hex[:6]}"
+    names = {f"{prefix}-{i}" for i in range(3)}
+    for name in sorted(names):
+        _request(api, name)
+
+    seen: list[str] = []
+    token = None
+    while True:
+        params = {"limit": 2, **({"nextToken": token} if token else {})}
+        page = api.get("/v2/templates", params=params)
+        assert page.status_code == 200 and len(page.json()) <= 2
+        seen += [t["names"][0] for t in page.json()]
+        token = page.headers.get("X-Next-Token")
+        if token is None:
+            break
+    assert names <= set(seen) and len(seen) == len(set(seen))
+
+    tid = _request(api, f"{prefix}-0")["templateID"]  # a second build, then a third
+    _request(api, f"{prefix}-0")
+    first = api.get(f"/templates/{tid}", params={"limit": 2})
+    assert len(first.json()["builds"]) == 2 and "X-Next-Token" in first.headers
+    rest = api.get(
+        f"/templates/{tid}", params={"limit": 2, "nextToken": first.headers["X-Next-Token"]}
+    )
+    assert len(rest.json()["builds"]) == 1 and "X-Next-Token" not in rest.headers
+    every = [b["buildID"] for b in api.get(f"/templates/{tid}").json()["builds"]]
+    assert [b["buildID"] for b in first.json()["builds"] + rest.json()["builds"]] == every
+
+    bad = api.get("/v2/templates", params={"nextToken": "not-a-token"})
+    assert bad.status_code == 400 and "nextToken" in bad.json()["message"]

@@ -199,6 +199,43 @@ def test_failed_step_leaves_nothing(gvisor_server: ServerProcess, gvisor_key: st
     assert created.status_code == 404 and "no ready build" in created.json()["message"]
 
 
+def test_a_server_restart_before_the_start_keeps_the_tags_and_sandboxes_show_the_id(
+    gvisor_server: ServerProcess, gvisor_key: str
+) -> None:
+    """The tags a request names are the build's once it is ready, even across a restart of
+    the server between the request and the start (they were kept in its memory: the build
+    got ``default`` instead). Its sandboxes show the template's id, as the build API gave it
+    (they showed the build's store name), and list filters find them by that id or name."""
+    name = _name("tagged")
+    with httpx.Client(base_url=gvisor_server.api_url, headers={"X-API-KEY": gvisor_key}) as api:
+        requested = api.post("/v3/templates", json={"name": f"{name}:v1", "tags": ["stable"]})
+        assert requested.status_code == 202, requested.text
+        tid, bid = requested.json()["templateID"], requested.json()["buildID"]
+    gvisor_server.stop()
+    gvisor_server.start(timeout_s=60)
+    api = httpx.Client(base_url=gvisor_server.api_url, headers={"X-API-KEY": gvisor_key})
+    with api:
+        body = {"fromTemplate": "base", "steps": [{"type": "RUN", "args": ["echo t > /tmp/t"]}]}
+        started = api.post(f"/v2/templates/{tid}/builds/{bid}", json=body)
+        assert started.status_code == 202, started.text
+        deadline = time.monotonic() + 300
+        while (status := api.get(f"/templates/{tid}/builds/{bid}/status").json())["status"] in (
+            "waiting", "building"
+        ):  # fmt: skip
+            assert time.monotonic() < deadline, status
+            time.sleep(0.5)
+        assert status["status"] == "ready", status
+        assert {t["tag"] for t in api.get(f"/templates/{tid}/tags").json()} == {"v1", "stable"}
+
+        with Sandbox.create(f"{name}:stable", timeout=60) as sandbox:
+            assert sandbox.get_info().template_id == tid
+            for wanted in (tid, name, f"{name}:v1"):
+                listed = api.get("/v2/sandboxes", params={"template": wanted}).json()
+                assert [
+                    s["templateID"] for s in listed if s["sandboxID"] == sandbox.sandbox_id
+                ] == [tid], wanted
+
+
 def test_async_sdk_build_and_create(gvisor_key: str, context: Path) -> None:
     name = _name("async")
 

@@ -82,9 +82,20 @@ def logs(
         return
     entries = sandbox.get_logs()
     _print(entries, json_out)
-    cursor = max((int(e["fields"].get("seq", 0)) for e in entries), default=0)
+    since, seen = _cursor(entries, 0, 0)
     while follow:
         time.sleep(1.0)
-        fresh = [e for e in sandbox.get_logs(cursor) if "seq" in e["fields"]]
+        # From the last entry's millisecond on (inclusive), less the ones already printed.
+        fresh = [e for e in sandbox.get_logs(since) if int(e["fields"].get("seq", 0)) > seen]
         _print(fresh, json_out)
-        cursor = max((int(e["fields"]["seq"]) for e in fresh), default=cursor)
+        since, seen = _cursor(fresh, since, seen)
+
+
+def _cursor(entries: list[dict[str, Any]], since: int, seen: int) -> tuple[int, int]:
+    """The millisecond of the newest journal entry and its ``seq``: where a follow goes on."""
+    journal = [e for e in entries if "seq" in e["fields"]]
+    if not journal:
+        return since, seen
+    last = journal[-1]
+    at = datetime.fromisoformat(str(last["timestamp"]).replace("Z", "+00:00"))
+    return int(at.timestamp() * 1000), int(last["fields"]["seq"])

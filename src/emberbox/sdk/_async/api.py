@@ -252,7 +252,7 @@ class AsyncApi:
         ]
 
     async def logs(self, sandbox_id: str, start: int = 0) -> builtins.list[dict[str, Any]]:
-        """Entries (``timestamp``, ``level``, ``message``, ``fields``) after cursor ``start``."""
+        """Entries (``timestamp``, ``level``, ``message``, ``fields``) from ``start`` (ms) on."""
         response = await self.request(
             "GET", f"/sandboxes/{sandbox_id}/logs", params={"start": str(start)}, what="logs"
         )

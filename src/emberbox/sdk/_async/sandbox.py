@@ -226,8 +226,8 @@ class AsyncSandbox(AsyncCodeInterpreter):
         return await self._api.metrics(self.sandbox_id)
 
     async def get_logs(self, start: int = 0) -> builtins.list[dict[str, Any]]:
-        """Lifecycle events and the processes envd ran; ``start`` continues from an entry's
-        ``fields["seq"]``."""
+        """Lifecycle events and the processes envd ran, from ``start`` (ms since 1970) on;
+        entries of one millisecond are told apart by ``fields["seq"]``."""
         return await self._api.logs(self.sandbox_id, start)
 
     def egress_log(

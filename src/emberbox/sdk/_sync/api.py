@@ -253,7 +253,7 @@ class Api:
         ]
 
     def logs(self, sandbox_id: str, start: int = 0) -> builtins.list[dict[str, Any]]:
-        """Entries (``timestamp``, ``level``, ``message``, ``fields``) after cursor ``start``."""
+        """Entries (``timestamp``, ``level``, ``message``, ``fields``) from ``start`` (ms) on."""
         response = self.request(
             "GET", f"/sandboxes/{sandbox_id}/logs", params={"start": str(start)}, what="logs"
         )

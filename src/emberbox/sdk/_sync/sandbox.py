@@ -227,8 +227,8 @@ class Sandbox(CodeInterpreter):
         return self._api.metrics(self.sandbox_id)
 
     def get_logs(self, start: int = 0) -> builtins.list[dict[str, Any]]:
-        """Lifecycle events and the processes envd ran; ``start`` continues from an entry's
-        ``fields["seq"]``."""
+        """Lifecycle events and the processes envd ran, from ``start`` (ms since 1970) on;
+        entries of one millisecond are told apart by ``fields["seq"]``."""
         return self._api.logs(self.sandbox_id, start)
 
     def egress_log(

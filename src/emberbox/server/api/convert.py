@@ -17,7 +17,7 @@ CLIENT_ID = "emberbox"
 
 def to_sandbox(row: Row, domain: str | None) -> Sandbox:
     return Sandbox(
-        templateID=row.template_id,
+        templateID=row.shown_template_id,
         sandboxID=row.id,
         clientID=CLIENT_ID,
         envdVersion=row.envd_version,
@@ -30,7 +30,7 @@ def to_sandbox(row: Row, domain: str | None) -> Sandbox:
 
 def to_listed(row: Row) -> ListedSandbox:
     return ListedSandbox(
-        templateID=row.template_id,
+        templateID=row.shown_template_id,
         sandboxID=row.id,
         clientID=CLIENT_ID,
         envdVersion=row.envd_version,

@@ -47,6 +47,16 @@ def parse_states(raw: list[str] | None) -> set[State]:
     return out
 
 
+def parse_ms(raw: int | None, name: str) -> dt.datetime | None:
+    """A time in ms since the epoch (E2B's log cursors); one no calendar holds is a 400."""
+    if raw is None:
+        return None
+    try:
+        return dt.datetime.fromtimestamp(raw / 1000, dt.UTC)
+    except (ValueError, OverflowError, OSError) as e:
+        raise ApiError(400, f"{name} is not a time in milliseconds since 1970") from e
+
+
 def parse_time(raw: str | None, name: str) -> dt.datetime | None:
     if not raw:
         return None

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Request, Response
+from pydantic import ValidationError
 from starlette.status import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from ..db.models import utcnow
@@ -31,7 +33,7 @@ from .models import (
     TimeoutRequest,
 )
 from .network import create_options
-from .query import parse_metadata, parse_order, parse_states, parse_time
+from .query import parse_metadata, parse_ms, parse_order, parse_states, parse_time
 from .unicode_json import UnicodeJsonRoute
 
 MAX_PAGE = 100
@@ -307,10 +309,27 @@ async def sandbox_metrics(
     return [] if stats is None else [to_metric(stats, utcnow())]
 
 
+def _journal_entry(item: Any) -> SandboxLogEntry | None:
+    """One entry of envd's journal; the guest writes it, so one it garbled is left out."""
+    try:
+        level = item.get("level", "info")
+        entry = SandboxLogEntry(
+            timestamp=item["timestamp"],
+            level=level if level in ("debug", "info", "error") else "warn",
+            message=item["message"],
+            fields={"seq": str(item["seq"]), "logger": str(item.get("logger", ""))},
+        )
+    except (AttributeError, KeyError, TypeError, ValidationError):
+        return None
+    if entry.timestamp.tzinfo is None:  # (compared with aware times)
+        entry.timestamp = entry.timestamp.replace(tzinfo=dt.UTC)
+    return entry
+
+
 @router.get(
     "/sandboxes/{sandbox_id}/logs",
     response_model=SandboxLogs,
-    responses=_errors(404, 502),
+    responses=_errors(400, 404, 502),
     summary="Lifecycle events and the processes envd ran (newest last)",
 )
 async def sandbox_logs(
@@ -320,26 +339,22 @@ async def sandbox_logs(
     start: int | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
 ) -> SandboxLogs:
-    """``start`` is envd's journal cursor (the ``seq`` field of the last entry seen)."""
-    row, journal = await svc.envd_journal(who, sandbox_id, after=start or 0)
+    """``start`` is a time in ms (E2B's meaning): entries from then on, at most ``limit``.
+    An entry's ``fields["seq"]`` tells entries of the same millisecond apart."""
+    since = parse_ms(start, "start")
+    row, journal = await svc.envd_journal(who, sandbox_id)
     entries = [
         SandboxLogEntry(
             timestamp=row.started_at,
             level="info",
-            message=f"sandbox created from template {row.template_id}",
+            message=f"sandbox created from template {row.shown_template_id}",
             fields={"event": "lifecycle"},
         )
     ]
-    for item in journal[:limit]:
-        level = item.get("level", "info")
-        entries.append(
-            SandboxLogEntry(
-                timestamp=item["timestamp"],
-                level=level if level in ("debug", "info", "error") else "warn",
-                message=item["message"],
-                fields={"seq": str(item["seq"]), "logger": item.get("logger", "")},
-            )
-        )
+    entries += [e for e in map(_journal_entry, journal) if e is not None]
+    if since is not None:
+        entries = [e for e in entries if e.timestamp >= since]
+    entries = entries[:limit]
     return SandboxLogs(
         logs=[SandboxLog(timestamp=e.timestamp, line=e.message) for e in entries],
         logEntries=entries,

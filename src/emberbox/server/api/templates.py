@@ -5,7 +5,9 @@ outside API-key auth: its signed token is the check."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import datetime as dt
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -16,6 +18,7 @@ from starlette.types import Receive, Scope, Send
 from ...vocabulary import ENVD_VERSION
 from ..builds.service import Listed, TemplateService
 from ..builds.uploads import BAD, UPLOAD_PREFIX, UploadRefused, Uploads
+from ..db import cursors
 from ..db.templates import BuildLogLine
 from ..db.templates import TemplateBuild as BuildRow
 from ..lifecycle.errors import LifecycleError
@@ -23,6 +26,7 @@ from ..wire_errors import error_body
 from .deps import Caller
 from .errors import ApiError, status_of
 from .models import Error
+from .query import parse_ms
 from .snapshots import delete_snapshot
 from .template_models import (
     AssignedTemplateTags,
@@ -48,6 +52,8 @@ from .template_models import (
 from .unicode_json import UnicodeJsonRoute
 
 router = APIRouter(tags=["templates"], route_class=UnicodeJsonRoute)
+
+T = TypeVar("T")
 
 
 async def templates(request: Request) -> TemplateService:
@@ -238,7 +244,7 @@ async def build_status(
 @router.get(
     "/templates/{template_id}/builds/{build_id}/logs",
     response_model=TemplateBuildLogsResponse,
-    responses=_errors(404),
+    responses=_errors(400, 404),
     summary="Build logs from a cursor (a time in ms), forward or backward",
 )
 async def build_logs(
@@ -252,7 +258,8 @@ async def build_logs(
     level: str | None = None,
     source: Annotated[str | None, Query(pattern="^(temporary|persistent)$")] = None,
 ) -> TemplateBuildLogsResponse:
-    rows = await svc.logs(who, template_id, build_id, cursor, limit, direction == "forward", level)
+    at = parse_ms(cursor, "cursor")
+    rows = await svc.logs(who, template_id, build_id, at, limit, direction == "forward", level)
     return TemplateBuildLogsResponse(logs=[_entry(r) for r in rows])
 
 
@@ -300,14 +307,17 @@ async def list_templates(
 async def list_templates_v2(
     who: Caller,
     svc: Templates,
+    response: Response,
     team_id: Annotated[str | None, Query(alias="teamID")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 100,
     next_token: Annotated[str | None, Query(alias="nextToken")] = None,
 ) -> list[dict[str, Any]]:
+    """Oldest first, ``limit`` at a time; the next page's token in ``X-Next-Token``."""
     _check_team(who, team_id)
-    if next_token:
-        raise ApiError(400, "nextToken is not valid: every template fits in one page")
-    return [_template(t) for t in await svc.list_templates(who)][:limit]
+    listed = await svc.list_templates(who)
+    page = _page(listed, lambda t: (t.template.created_at, t.template.id), limit, next_token,
+                 response)  # fmt: skip
+    return [_template(t) for t in page]
 
 
 @router.get("/templates/aliases/{alias}", response_model=TemplateAliasResponse,
@@ -323,13 +333,39 @@ async def get_template(
     who: Caller,
     svc: Templates,
     template_id: str,
+    response: Response,
     limit: Annotated[int, Query(ge=1, le=100)] = 100,
     next_token: Annotated[str | None, Query(alias="nextToken")] = None,
 ) -> dict[str, Any]:
-    if next_token:
-        raise ApiError(400, "nextToken is not valid: builds fit in one page")
+    """Its builds newest first, ``limit`` at a time; the next page's token in
+    ``X-Next-Token``."""
     listed = await svc.get(who, template_id)
-    return {**_template(listed), "builds": [_build(b) for b in listed.builds[:limit]]}
+    builds = _page(listed.builds, lambda b: (b.created_at, b.id), limit, next_token, response,
+                   newest_first=True)  # fmt: skip
+    return {**_template(listed), "builds": [_build(b) for b in builds]}
+
+
+def _page(
+    items: list[T],
+    key: Callable[[T], tuple[dt.datetime, str]],
+    limit: int,
+    next_token: str | None,
+    response: Response,
+    newest_first: bool = False,
+) -> list[T]:
+    """One page of ``items`` (in ``key`` order) after the page ``next_token`` ended; when
+    more follow, the token of this one's end goes in ``X-Next-Token``."""
+    items = sorted(items, key=key, reverse=newest_first)  # (the tokens' order, not SQL's)
+    if next_token:
+        try:
+            after = cursors.decode(next_token)
+        except cursors.BadCursor:
+            raise ApiError(400, "nextToken is not valid") from None
+        items = [i for i in items if (key(i) < after if newest_first else key(i) > after)]
+    page = items[:limit]
+    if len(items) > limit:
+        response.headers["X-Next-Token"] = cursors.encode(*key(page[-1]))
+    return page
 
 
 @router.delete(

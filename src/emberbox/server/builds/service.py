@@ -9,6 +9,7 @@ ready build.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -119,7 +120,6 @@ class TemplateService:
         self.runner = runner  # hands builds to the node, which runs them where templates live
         self.builtin = builtin
         self.limits = limits
-        self._pending_tags: dict[str, list[str]] = {}
 
     async def recover(self) -> None:
         await self.runner.recover()
@@ -191,7 +191,7 @@ class TemplateService:
                     f"template '{ref}' has no ready build" + (f" tagged '{tag}'" if tag else "")
                 )
             return TemplateInfo(build.store_name, tpl.name, build.cpu_count, build.memory_mb,
-                                build.disk_mb)  # fmt: skip
+                                build.disk_mb, public_id=tpl.id)  # fmt: skip
 
     # ---- request, upload, start ---------------------------------------------------------------
 
@@ -237,12 +237,13 @@ class TemplateService:
                 )  # fmt: skip
                 s.add(tpl)
                 await s.flush()
+            tags = list(dict.fromkeys(wanted))
             build = TemplateBuild(id=str(uuid.uuid4()), template_id=tpl.id, status="waiting",
                                   cpu_count=cpu, memory_mb=memory, disk_mb=disk,
-                                  created_at=now, updated_at=now)  # fmt: skip
+                                  wanted_tags=json.dumps(tags), created_at=now,
+                                  updated_at=now)  # fmt: skip
             s.add(build)
-        self._pending_tags[build.id] = list(dict.fromkeys(wanted))
-        return Requested(tpl, build, self._pending_tags[build.id])
+        return Requested(tpl, build, tags)
 
     async def upload_link(self, who: Principal, template_ref: str, files_hash: str) -> str | None:
         """None when the file is already there, else the path of a signed upload URL."""
@@ -285,13 +286,12 @@ class TemplateService:
                 force=bool(body.get("force")), memory_mb=max(build.memory_mb, 1024),
             )
         )  # fmt: skip
-        tags = self._pending_tags.get(build.id, [DEFAULT_TAG])
+        tags = json.loads(build.wanted_tags) if build.wanted_tags else [DEFAULT_TAG]
 
         async def on_ready(done_id: str) -> None:
             await self._assign(tpl.id, done_id, tags)
 
         await self.runner.submit(BuildJob(request, files, on_ready))
-        self._pending_tags.pop(build.id, None)
 
     async def _parent(
         self, s: AsyncSession, who: Principal, body: Mapping[str, Any]
@@ -362,7 +362,7 @@ class TemplateService:
         who: Principal,
         template_ref: str,
         build_id: str,
-        cursor_ms: int | None,
+        at: dt.datetime | None,
         limit: int,
         forward: bool,
         level: str | None,
@@ -370,8 +370,7 @@ class TemplateService:
         async with self.sessions() as s:
             _, build = await self._build(s, who, template_ref, build_id)
             q = select(BuildLogLine).where(BuildLogLine.build_id == build.id)
-            if cursor_ms is not None:
-                at = dt.datetime.fromtimestamp(cursor_ms / 1000, dt.UTC)
+            if at is not None:
                 q = q.where(
                     BuildLogLine.timestamp >= at if forward else BuildLogLine.timestamp <= at
                 )
@@ -387,7 +386,7 @@ class TemplateService:
         q = (
             select(TemplateBuild)
             .where(TemplateBuild.template_id == tpl.id)
-            .order_by(TemplateBuild.created_at.desc())
+            .order_by(TemplateBuild.created_at.desc(), TemplateBuild.id.desc())
         )
         builds = list((await s.execute(q)).scalars())
         return Listed(tpl, builds, await self._tags(s, tpl.id))
@@ -397,7 +396,7 @@ class TemplateService:
             q = (
                 select(TeamTemplate)
                 .where(TeamTemplate.team_id == who.team_id)
-                .order_by(TeamTemplate.created_at)
+                .order_by(TeamTemplate.created_at, TeamTemplate.id)
             )
             return [await self._listed(s, t) for t in (await s.execute(q)).scalars()]
 

@@ -92,7 +92,9 @@ class Sandbox(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     team_id: Mapped[str] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
-    template_id: Mapped[str] = mapped_column(String(200))
+    template_id: Mapped[str] = mapped_column(String(200))  # what its node started it from
+    # The id the API shows when it differs (a team template's; TemplateInfo.public_id).
+    public_template_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
     alias: Mapped[str | None] = mapped_column(String(200), nullable=True)
     state: Mapped[str] = mapped_column(String(16))
     end_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
@@ -147,6 +149,11 @@ class Sandbox(Base):
     def wakeable(self) -> bool:
         return wakeable(self.auto_resume, self.pause_mode, self.envd_unresponsive_at_pause)
 
+    @property
+    def shown_template_id(self) -> str:
+        """The template id the API shows: ``public_template_id``, else ``template_id``."""
+        return self.public_template_id or self.template_id
+
 
 class SandboxMetadata(Base):
     """User metadata, one row per key, so listing can filter in SQL on any database."""
@@ -176,6 +183,7 @@ class Snapshot(Base):
     name: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
     source_sandbox_id: Mapped[str] = mapped_column(String(32), index=True)
     template_id: Mapped[str] = mapped_column(String(200))
+    public_template_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
     alias: Mapped[str | None] = mapped_column(String(200), nullable=True)
     cpu_count: Mapped[int] = mapped_column(Integer)
     memory_mb: Mapped[int] = mapped_column(Integer)

@@ -248,7 +248,15 @@ async def list_page(
             )
         )
     if template:
-        q = q.where(or_(Sandbox.template_id == template, Sandbox.alias == template))
+        # An id or a name, as the SDKs document it; a ``name:tag`` is its name's.
+        name = template.partition(":")[0]
+        q = q.where(
+            or_(
+                Sandbox.template_id == template,
+                Sandbox.public_template_id == name,
+                Sandbox.alias == name,
+            )
+        )
     if started_after is not None:
         q = q.where(Sandbox.started_at >= started_after)
     if cursor:

@@ -53,6 +53,9 @@ class TemplateBuild(Base):
     memory_mb: Mapped[int] = mapped_column(Integer)
     disk_mb: Mapped[int] = mapped_column(Integer)
     store_name: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The tags its request asked for (a JSON list), given to it once it is ready: kept here,
+    # not in the server's memory, so a restart between the request and the start keeps them.
+    wanted_tags: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -276,7 +276,12 @@ class SandboxService:
             assert req.source is not None
             src = req.source
             tpl = TemplateInfo(
-                src.template_id, src.alias, src.cpu_count, src.memory_mb, src.disk_mb
+                src.template_id,
+                src.alias,
+                src.cpu_count,
+                src.memory_mb,
+                src.disk_mb,
+                public_id=src.public_template_id,
             )
         self._check_request(req, tpl)
         egress = Egress(req.allow_internet, req.allow_out, req.deny_out, req.header_rules,
@@ -410,6 +415,7 @@ class SandboxService:
             id=sandbox_id,
             team_id=who.team_id,
             template_id=tpl.template_id,
+            public_template_id=tpl.public_id,
             alias=tpl.alias,
             state=str(State.RUNNING if handed.sandbox_id else State.CREATING),
             cpu_count=tpl.cpu_count,
@@ -577,7 +583,7 @@ class SandboxService:
             return row, None
 
     async def envd_journal(
-        self, who: Principal, sandbox_id: str, after: int = 0
+        self, who: Principal, sandbox_id: str
     ) -> tuple[Sandbox, builtins.list[dict[str, Any]]]:
         """The sandbox row and envd's journal (empty when the sandbox no longer runs)."""
         row = await self.get(who, sandbox_id)
@@ -593,7 +599,6 @@ class SandboxService:
                 http.stream(
                     "GET",
                     f"{row.envd_url}/logs",
-                    params={"after": after},
                     headers={"X-Access-Token": row.envd_access_token},
                 ) as response,
             ):

@@ -119,6 +119,7 @@ class SnapshotService:
             name=name,
             source_sandbox_id=sandbox_id,
             template_id=row.template_id,
+            public_template_id=row.public_template_id,
             alias=row.alias,
             cpu_count=row.cpu_count,
             memory_mb=row.memory_mb,

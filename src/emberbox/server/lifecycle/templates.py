@@ -17,11 +17,16 @@ from ...vocabulary import DEFAULT_CPU_COUNT, DEFAULT_DISK_MB, DEFAULT_MEMORY_MB
 
 @dataclass(frozen=True)
 class TemplateInfo:
+    """``template_id`` is what the node starts sandboxes from; ``public_id``, when set, is
+    the id the API shows for it instead (a team template's id: its builds' store names are
+    the node's business)."""
+
     template_id: str
     alias: str | None
     cpu_count: int = DEFAULT_CPU_COUNT
     memory_mb: int = DEFAULT_MEMORY_MB
     disk_mb: int = DEFAULT_DISK_MB
+    public_id: str | None = None
 
 
 # A team's own templates by name or id (``server/builds``): None when the name is not one.

@@ -1,0 +1,50 @@
+"""``GET /sandboxes/{id}/logs``: ``start`` and ``limit`` as E2B defines them (a time in ms, and
+at most that many entries), through the official SDK's own client for the call."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import httpx
+from e2b import Sandbox
+
+from tests.api.conftest import Running
+
+
+def _ms(timestamp: str) -> int:
+    return int(dt.datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+def test_start_is_a_time_in_ms_and_limit_bounds_every_entry(
+    sdk_env: Running, api: httpx.Client
+) -> None:
+    sbx = Sandbox.create(timeout=120)
+    try:
+        for word in ("first", "second", "third"):
+            sbx.commands.run(f"echo {word}")
+        every = api.get(f"/sandboxes/{sbx.sandbox_id}/logs").json()["logEntries"]
+        assert every[0]["message"].startswith("sandbox created from template")
+        assert len(every) >= 4, every
+
+        # From the last entry's millisecond on: that entry (and any of the same ms), nothing
+        # older. Before, start was envd's sequence number: a time in ms gave only the
+        # "created" entry, which came back whatever start was.
+        last = every[-1]
+        since = api.get(
+            f"/sandboxes/{sbx.sandbox_id}/logs", params={"start": _ms(last["timestamp"])}
+        )
+        tail = since.json()["logEntries"]
+        assert last in tail and all(_ms(e["timestamp"]) >= _ms(last["timestamp"]) for e in tail)
+        assert every[0] not in tail
+        later = _ms(last["timestamp"]) + 3_600_000
+        future = api.get(f"/sandboxes/{sbx.sandbox_id}/logs", params={"start": later})
+        assert future.json() == {"logs": [], "logEntries": []}
+
+        # limit counts every entry (the "created" one was added on top of it).
+        one = api.get(f"/sandboxes/{sbx.sandbox_id}/logs", params={"limit": 1}).json()
+        assert one["logEntries"] == every[:1] and len(one["logs"]) == 1
+
+        far = api.get(f"/sandboxes/{sbx.sandbox_id}/logs", params={"start": 10**20})
+        assert far.status_code == 400 and "start" in far.json()["message"]
+    finally:
+        sbx.kill()
