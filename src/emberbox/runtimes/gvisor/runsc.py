@@ -40,6 +40,16 @@ STATE_TIMEOUT_S = 10.0
 # checkpoint is tried again after each of these pauses.
 CHECKPOINT_RETRY_AFTER_S = (0.1, 0.3, 1.0)
 _TRANSIENT_CHECKPOINT_ERROR = "encoding error"
+# What a restore reports when the sandbox's sentry died under it (its urpc connection closed):
+# seen once in CI, a fork of a sandbox that had just used TCP through its egress proxy; the
+# same flow passed in every rerun.
+_SENTRY_DIED = '"containerManager.Restore" failed: EOF'
+
+
+def sentry_died(exc: RunscError) -> bool:
+    """Whether ``exc`` is a restore whose sentry died mid-way (``_SENTRY_DIED``)."""
+    return _SENTRY_DIED in str(exc)
+
 
 # What runsc prints when it has no record of the container (vs. failing to read the record);
 # the second when the record went away while runsc was loading it.

@@ -65,7 +65,7 @@ from .bundle import BindMount, BundleSpec, host_memory_limit, write_bundle
 from .config import GVisorConfig
 from .egress import NodeEgress, judged, resolv_conf, rules_of, saved_policy
 from .kept import KeptPauses
-from .runsc import Runsc, RunscError
+from .runsc import Runsc, RunscError, sentry_died
 from .state import PARTIAL_SUFFIX, SandboxPaths, SandboxRecord, partial
 from .warm import TemplateSnapshots
 
@@ -201,13 +201,20 @@ class GVisorRuntime(Runtime):
         template = template or self._template(spec.template_id)
         try:
             record, env = await self._start(spec, template, image, files)
-        except RunscError:
-            if not from_template:
+        except RunscError as exc:
+            if image is not None and not from_template and sentry_died(exc):
+                # Tried once more (a restore here costs ~0.4 s): a sentry that died once is
+                # no proof that the image cannot be restored; if it cannot, the error stands.
+                log.warning("sandbox %s: its sentry died restoring %s; trying once more",
+                            spec.sandbox_id, image)  # fmt: skip
+                record, env = await self._start(spec, template, image, files)
+            elif not from_template:
                 raise
-            log.warning("template %s: its snapshot did not restore; booting", template.name)
-            self.warm.discard(template, spec)
-            image = None
-            record, env = await self._start(spec, template, None)
+            else:
+                log.warning("template %s: its snapshot did not restore; booting", template.name)
+                self.warm.discard(template, spec)
+                image = None
+                record, env = await self._start(spec, template, None)
         if (
             image is None
             and files is None
