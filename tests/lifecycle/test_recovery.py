@@ -16,6 +16,7 @@ from emberbox.server.db import sandboxes as q
 from emberbox.server.db.models import utcnow
 from emberbox.server.lifecycle.errors import GuestUnhealthy, NodeFailed
 from emberbox.server.lifecycle.service import CreateRequest
+from emberbox.server.lifecycle.snapshots import SnapshotService
 from emberbox.server.lifecycle.states import State
 
 from .conftest import Plane
@@ -212,3 +213,62 @@ async def test_reconciliation_leaves_a_pause_under_way_to_its_caller(plane: Plan
     assert await plane.state(row.id) == "pausing"
     await pausing
     assert await plane.state(row.id) == "paused"
+
+
+@pytest.mark.parametrize("reached", [True, False])
+async def test_a_create_whose_answer_was_lost_is_a_502_and_leaves_no_sandbox(
+    plane: Plane, monkeypatch: pytest.MonkeyPatch, reached: bool
+) -> None:
+    """A separate node that did not answer a create: 502 (it was a 500, as if the node had
+    failed inside); the row is failed, and a sandbox the node made anyway is an orphan the
+    next reconciliation kills."""
+    real = plane.service.node.create
+    monkeypatch.setattr(
+        plane.service.node, "create", _answer_lost_after(real if reached else _nothing)
+    )
+    with pytest.raises(NodeFailed, match="did not answer"):
+        await plane.service.create(plane.who, CreateRequest("base", 600))
+    monkeypatch.setattr(plane.service.node, "create", real)
+    await plane.reaper.reconcile()
+    assert [s.sandbox_id for s in (await plane.service.node.list()).sandboxes] == []
+
+
+@pytest.mark.parametrize("reached", [True, False])
+async def test_a_snapshot_whose_answer_was_lost_is_a_502(
+    snapshotting_plane: Plane, monkeypatch: pytest.MonkeyPatch, reached: bool
+) -> None:
+    plane = snapshotting_plane
+    snapshots = SnapshotService(plane.service)
+    row = await plane.service.create(plane.who, CreateRequest("base", 600))
+    real = plane.service.node.checkpoint
+    monkeypatch.setattr(
+        plane.service.node, "checkpoint", _answer_lost_after(real if reached else _nothing)
+    )
+    with pytest.raises(NodeFailed, match="did not answer"):
+        await snapshots.create(plane.who, row.id)
+    assert await plane.state(row.id) == "running"  # it keeps running either way
+    # A checkpoint the node took anyway has no row: the next reconciliation deletes it (it
+    # stayed, hidden from every list, until the server's next start).
+    assert len(await plane.service.node.list_snapshots()) == (1 if reached else 0)
+    await plane.reaper.reconcile()
+    assert list(await plane.service.node.list_snapshots()) == []
+    # Deleted, it is no longer looked for; never taken, it is looked for a while (a save whose
+    # answer was lost may finish on the node later).
+    assert bool(plane.service.untracked_snapshots) is not reached
+
+
+async def test_a_fork_whose_checkpoint_delete_was_lost_deletes_it_at_reconciliation(
+    snapshotting_plane: Plane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fork deletes its own checkpoint once its sandboxes run; a node that did not answer
+    that delete kept the files, which nothing listed, until the server's next start."""
+    plane = snapshotting_plane
+    snapshots = SnapshotService(plane.service)
+    row = await plane.service.create(plane.who, CreateRequest("base", 600))
+    real = plane.service.node.delete_snapshot
+    monkeypatch.setattr(plane.service.node, "delete_snapshot", _answer_lost_after(_nothing))
+    await snapshots.fork(plane.who, row.id, 1, 60)  # (the fake cannot start the fork itself)
+    assert len(await plane.service.node.list_snapshots()) == 1
+    monkeypatch.setattr(plane.service.node, "delete_snapshot", real)
+    await plane.reaper.reconcile()
+    assert list(await plane.service.node.list_snapshots()) == []

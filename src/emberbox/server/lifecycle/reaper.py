@@ -24,7 +24,7 @@ from ..db import sandboxes as q
 from ..db.models import utcnow
 from .network import NetworkService
 from .service import DEFAULT_RESUME_TIMEOUT_S, SandboxService
-from .snapshots import remove_leftover_snapshots
+from .snapshots import remove_leftover_snapshots, remove_untracked_snapshots
 from .states import EndReason, State
 
 log = logging.getLogger("emberbox.reaper")
@@ -204,6 +204,7 @@ class Reaper:
             await self.service.node.kill(sid)
         unfinished = {i for i in unfinished if not self.service.switching(i)}
         await self._settle(sorted(unfinished), listing, resuming)
+        await remove_untracked_snapshots(self.service)
 
     def _notice_node_restart(self, boot_id: str) -> None:
         """A separate node that restarted under us lost its sandboxes' header-rule values

@@ -236,6 +236,9 @@ class SandboxService:
         # resuming by none of them (the node's answer was lost) is settled from the node's
         # listing (``Reaper.reconcile``).
         self._switches: collections.Counter[str] = collections.Counter()
+        # Checkpoints the node may hold that no row names (``snapshots.lose_track``): snapshot
+        # id -> until when (monotonic) reconciliation looks for them to delete them.
+        self.untracked_snapshots: dict[str, float] = {}
 
     # ---- create -------------------------------------------------------------------------------
 
@@ -460,6 +463,11 @@ class SandboxService:
                 raise Unsupported(e.message) from e
             if isinstance(e, NodeSandboxNotFound):  # at create: the node lacks the template
                 raise NotFound(f"template '{req.template}' not found on its node") from e
+            if _answer_lost(e):  # (one the node made anyway is an orphan reconciliation kills)
+                raise NodeFailed(
+                    f"sandbox could not be started: the node did not answer ({e})",
+                    error_code="sandbox_create_failed",
+                ) from e
             raise SandboxFailed(
                 f"sandbox could not be started: {e}", error_code="sandbox_create_failed"
             ) from e

@@ -12,6 +12,7 @@ import asyncio
 import builtins
 import logging
 import re
+import time
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -112,6 +113,12 @@ class SnapshotService:
         except NodeConflict as e:  # paused by another caller since the check above
             raise Conflict(f"sandbox '{sandbox_id}' is not running: {e.message}") from e
         except NodeError as e:
+            if isinstance(e, NodeUnavailable) and e.unreached:
+                lose_track(self.sandboxes, snapshot_id)  # taken anyway, it has no row
+                raise NodeFailed(
+                    f"snapshot of '{sandbox_id}': the node did not answer ({e}); no snapshot "
+                    "was recorded"
+                ) from e
             raise SandboxFailed(f"snapshot of '{sandbox_id}' failed (it keeps running): {e}") from e
         snapshot = Snapshot(
             id=snapshot_id,
@@ -337,14 +344,65 @@ async def remove_leftover_snapshots(sandboxes: SandboxService) -> list[str]:
 
 
 async def _delete_on_node(sandboxes: SandboxService, snapshot: pb.Snapshot) -> bool:
-    """Whether the node freed the checkpoint; a failure is logged for the operator (its row
-    is gone, so the server's next start deletes the files)."""
+    """Whether the node freed the checkpoint; a failure is logged for the operator, and the
+    checkpoint (whose row is gone) is deleted once the node answers (``lose_track``)."""
     try:
         await sandboxes.node.delete_snapshot(snapshot)
     except NodeError:
         log.exception("deleting snapshot %s on its node failed", snapshot.snapshot_id)
+        lose_track(sandboxes, snapshot.snapshot_id)
         return False
     return True
 
 
-__all__ = ["MAX_FORKS", "SnapshotPage", "SnapshotService", "remove_leftover_snapshots"]
+# How long reconciliation looks for a checkpoint the server lost track of: a save whose answer
+# was lost may still be under way on the node (a listing shows it only once it is complete).
+UNTRACKED_LOOK_S = 600.0
+
+
+def lose_track(sandboxes: SandboxService, snapshot_id: str) -> None:
+    """``snapshot_id`` may be on the node with no row naming it: a save whose answer was lost
+    (taken or not), or a checkpoint whose delete did not reach the node. Reconciliation
+    deletes it there (``remove_untracked_snapshots``) rather than leaving it, hidden from
+    every list, on the node's disk until the server's next start."""
+    sandboxes.untracked_snapshots[snapshot_id] = time.monotonic() + UNTRACKED_LOOK_S
+
+
+async def remove_untracked_snapshots(sandboxes: SandboxService) -> list[str]:
+    """Delete those of ``lose_track``'s checkpoints that the node holds and no row names;
+    returns their ids. Only those: a periodic sweep of every unnamed checkpoint would race
+    saves under way (the node holds one before its row commits)."""
+    looking = sandboxes.untracked_snapshots
+    now = time.monotonic()
+    for snapshot_id, until in list(looking.items()):
+        if until < now:
+            del looking[snapshot_id]
+    if not looking:
+        return []
+    try:
+        held = [s for s in await sandboxes.node.list_snapshots() if s.snapshot_id in looking]
+    except NodeError:  # (down still: the next reconciliation asks again)
+        return []
+    async with sandboxes.sessions() as s:
+        known = await snaps.known(s, [snapshot.snapshot_id for snapshot in held])
+    removed = []
+    for snapshot in held:
+        if snapshot.snapshot_id in known:  # (a row names it after all: it stays)
+            looking.pop(snapshot.snapshot_id, None)
+            continue
+        log.warning("removing snapshot %s: its save's answer or its delete was lost",
+                    snapshot.snapshot_id)  # fmt: skip
+        if await _delete_on_node(sandboxes, snapshot):
+            looking.pop(snapshot.snapshot_id, None)
+            removed.append(snapshot.snapshot_id)
+    return removed
+
+
+__all__ = [
+    "MAX_FORKS",
+    "SnapshotPage",
+    "SnapshotService",
+    "lose_track",
+    "remove_leftover_snapshots",
+    "remove_untracked_snapshots",
+]
