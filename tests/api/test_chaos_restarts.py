@@ -1,12 +1,14 @@
 """Several clients create, pause, resume, snapshot, fork and kill sandboxes while the server (its
-node inside it) is SIGKILLed and restarted at once, twice, under them.
+node inside it), or a separate node behind a server that stays up, is SIGKILLed and restarted
+at once, twice, under them.
 
 A crash lands wherever it lands: mid-create, mid-checkpoint (runsc carries on, orphaned, while
 the new server adopts the sandbox), mid-fork, mid-kill. What must hold whatever it cut: every
 answer the server gives is a success or a clear refusal (never a 5xx), no row is left switching
 once the restarted server has reconciled, every sandbox the database calls running or paused
 comes back with its files, and once everything is killed and every snapshot deleted the host
-holds what it held before.
+holds what it held before. While a separate node is down, the server answers 502 for calls that
+need it (and only then).
 """
 
 from __future__ import annotations
@@ -16,15 +18,18 @@ import collections
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
 from e2b import Sandbox
 
 from emberbox.runtimes.gvisor import GVisorConfig
-from emberbox.server.testing import ServerProcess
+from emberbox.server.testing import NodeProcess, ServerProcess
 from tests.api.conftest import point_sdks_at
+from tests.node.support import data_dir_sharing_templates, server_in_front_of
 from tests.runtimes.gvisor_support import DATA_DIR, gvisor_server, inventory
 
 CLIENTS = 3
@@ -45,14 +50,44 @@ ANSWERS = {
     "kill": {204, 404, 429},
 }
 FULL = "sandbox_capacity_unavailable"  # the only 503 allowed
+NODE_DOWN = 502  # a separate node that does not answer (allowed only around its outages)
+SETTLE_S = 3.0  # after a node is back, calls that began before may still end in a 502
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+@dataclass
+class Setup:
+    server: ServerProcess
+    data_dir: Path  # the node's, whose host objects are compared
+    crash: Callable[[], None]  # SIGKILL the crashing process and start it again at once
+
+
+@pytest.fixture(params=["server", "node"])
+def setup(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Setup]:
     # No warm pool: its refills would come and go under the host inventory compared below.
-    tmp = tmp_path_factory.mktemp("chaos-restarts")
-    with gvisor_server(tmp, {"EMBERBOX_WARM_POOL": "0"}) as s:
-        yield s
+    if request.param == "server":
+        with gvisor_server(tmp_path, {"EMBERBOX_WARM_POOL": "0"}) as server:
+
+            def restart_server() -> None:
+                server.sigkill()
+                server.start(timeout_s=120)  # at once, as a supervisor restarts it
+
+            yield Setup(server, DATA_DIR, restart_server)
+        return
+    node = NodeProcess(data_dir_sharing_templates(tmp_path / "node", DATA_DIR), "gvisor")
+    node.start()
+    try:
+        server = server_in_front_of(node, tmp_path / "server")
+        try:
+
+            def restart_node() -> None:
+                node.sigkill()
+                node.start(timeout_s=120)
+
+            yield Setup(server, node.data_dir, restart_node)
+        finally:
+            server.stop()
+    finally:
+        node.stop()
 
 
 class Client(threading.Thread):
@@ -73,6 +108,7 @@ class Client(threading.Thread):
         self.marked: dict[str, str] = {}  # sandbox id → what its mark file holds
         self.snapshots: list[str] = []
         self.answers: collections.Counter[tuple[str, int]] = collections.Counter()
+        self.node_down: list[tuple[float, float, str]] = []  # 502s, checked at the end
         self.errors: list[str] = []
         self.cut = 0  # calls the crash cut off
 
@@ -95,6 +131,7 @@ class Client(threading.Thread):
         else:
             op = self.rng.choice(["pause", "resume", "resume", "snapshot", "fork", "kill"])
         sid = self.rng.choice(self.mine) if self.mine else ""
+        started = time.monotonic()
         if op == "create":
             r = self.api.post("/sandboxes", json={"templateID": "base", "timeout": 600})
             if r.status_code == 201:
@@ -124,7 +161,9 @@ class Client(threading.Thread):
                 self.mine.remove(sid)
                 self.marked.pop(sid, None)
         self.answers[(op, r.status_code)] += 1
-        if r.status_code not in ANSWERS[op]:
+        if r.status_code == NODE_DOWN:
+            self.node_down.append((started, time.monotonic(), f"{op} {sid}: {r.text[:300]}"))
+        elif r.status_code not in ANSWERS[op]:
             self.errors.append(f"{op} {sid}: {r.status_code} {r.text[:300]}")
         elif r.status_code >= 400 and not {"code", "message"} <= set(r.json()):
             self.errors.append(f"{op} {sid}: refusal without code and message: {r.text[:300]}")
@@ -146,11 +185,12 @@ class Client(threading.Thread):
             return
         self.marked[sid] = text
 
-    def unexplained_mark_failures(self) -> list[str]:
+    def unexplained(self) -> list[str]:
+        """502s and failed marks that overlap no outage."""
         return [
             what
-            for started, ended, what in self.mark_failures
-            if not any(started <= up and ended >= down for down, up in self.outages)
+            for started, ended, what in self.mark_failures + self.node_down
+            if not any(started <= up + SETTLE_S and ended >= down for down, up in self.outages)
         ]
 
 
@@ -177,13 +217,12 @@ def _no_row_switching(server: ServerProcess, timeout_s: float = 60) -> dict[str,
         time.sleep(0.5)
 
 
-def test_clients_at_work_through_two_server_crashes(
-    server: ServerProcess, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_clients_at_work_through_two_crashes(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    server = setup.server
     key = server.first_key
     assert key
     point_sdks_at(server, key, monkeypatch)
-    config = GVisorConfig(data_dir=DATA_DIR)
+    config = GVisorConfig(data_dir=setup.data_dir)
     before = asyncio.run(inventory(config))
     stop = threading.Event()
     outages: list[tuple[float, float]] = []
@@ -195,8 +234,7 @@ def test_clients_at_work_through_two_server_crashes(
         for _ in range(CRASHES):
             time.sleep(CHAOS_S)
             down = time.monotonic()
-            server.sigkill()
-            server.start(timeout_s=120)  # at once, as a supervisor restarts it
+            setup.crash()
             outages.append((down, time.monotonic()))
         time.sleep(CHAOS_S)
         stop.set()
@@ -204,10 +242,11 @@ def test_clients_at_work_through_two_server_crashes(
             client.join(timeout=300)
             assert not client.is_alive(), "a client hung"
 
-        errors = [e for c in clients for e in c.errors + c.unexplained_mark_failures()]
+        errors = [e for c in clients for e in c.errors + c.unexplained()]
         answers = sum((c.answers for c in clients), collections.Counter())
         assert errors == [], f"{errors}\nanswers: {dict(answers)}"
-        assert sum(c.cut for c in clients) > 0, "no call was cut: the crashes hit nothing"
+        cut = sum(c.cut + len(c.node_down) + len(c.mark_failures) for c in clients)
+        assert cut > 0, "no call was cut: the crashes hit nothing"
         succeeded = {op for (op, status) in answers if status < 300}
         assert {"create", "pause", "resume"} <= succeeded, answers
 

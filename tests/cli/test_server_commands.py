@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -83,6 +84,32 @@ def test_logs_show_lifecycle_and_processes(tmp_path: Path) -> None:
         assert messages[0] == "sandbox created from template base"
         assert any("logged-$((6*7))" in m for m in messages)
         assert any(m.endswith("ended: exit status 0") for m in messages)
+
+        # --follow prints what comes later once, and nothing twice.
+        follow = subprocess.Popen(
+            [sys.executable, "-m", "emberbox.cli", "logs", sandbox_id, "--follow", "--json"],
+            stdout=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
+        try:
+            for word in ("one", "two"):
+                assert (
+                    cli("sandbox", "exec", sandbox_id, "--", f"echo followed-{word}").returncode
+                    == 0
+                )
+            followed: list[dict[str, Any]] = []
+            deadline = time.monotonic() + 30
+            assert follow.stdout is not None
+            while sum("followed-two" in str(e["message"]) for e in followed) == 0:
+                assert time.monotonic() < deadline, followed
+                followed.append(json.loads(follow.stdout.readline()))
+            time.sleep(2.5)  # two more polls: nothing printed again
+        finally:
+            follow.kill()
+        rest = follow.communicate()[0]
+        followed += [json.loads(line) for line in rest.splitlines()]
+        seqs = [e["fields"]["seq"] for e in followed if "seq" in e["fields"]]
+        assert len(seqs) == len(set(seqs)), "an entry was printed twice"
+        assert any("followed-one" in str(e["message"]) for e in followed)
         assert cli("sandbox", "kill", sandbox_id).returncode == 0
         gone = cli("logs", sandbox_id)
         assert gone.returncode == 1 and "NotFound" in gone.stderr
