@@ -30,7 +30,7 @@ from emberbox.runtimes.gvisor import GVisorConfig
 from emberbox.server.testing import NodeProcess, ServerProcess
 from tests.api.conftest import point_sdks_at
 from tests.node.support import data_dir_sharing_templates, server_in_front_of
-from tests.runtimes.gvisor_support import DATA_DIR, gvisor_server, inventory
+from tests.runtimes.gvisor_support import DATA_DIR, gvisor_server, inventory, settled_leaks
 
 CLIENTS = 3
 PER_CLIENT = 2  # sandboxes a client keeps at most
@@ -194,15 +194,6 @@ class Client(threading.Thread):
         ]
 
 
-def _settled(config: GVisorConfig, before: object, timeout_s: float = 60) -> dict[str, set[object]]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        leaked = asyncio.run(inventory(config)).leaked_since(before)  # type: ignore[arg-type]
-        if not leaked or time.monotonic() > deadline:
-            return leaked
-        time.sleep(0.5)
-
-
 def _no_row_switching(server: ServerProcess, timeout_s: float = 60) -> dict[str, str]:
     """Rows still pausing or resuming once reconciliation had its time."""
     deadline = time.monotonic() + timeout_s
@@ -274,4 +265,4 @@ def test_clients_at_work_through_two_crashes(setup: Setup, monkeypatch: pytest.M
         for snapshot_id in known | {s for c in clients for s in c.snapshots}:
             api.delete(f"/templates/{snapshot_id}")
         api.close()
-    assert _settled(config, before) == {}
+    assert settled_leaks(config, before) == {}

@@ -26,7 +26,7 @@ from emberbox.runtimes.gvisor import GVisorConfig
 from emberbox.server.testing import ServerProcess
 from tests import background_counter
 from tests.api.conftest import point_sdks_at
-from tests.runtimes.gvisor_support import DATA_DIR, gvisor_server, inventory
+from tests.runtimes.gvisor_support import DATA_DIR, gvisor_server, inventory, settled_leaks
 
 CLIENTS = 4
 ROUNDS = 12  # operations per client
@@ -115,16 +115,6 @@ def _operate(
             errors.append(f"{op} {sid}: refusal without code and message: {r.text[:300]}")
 
 
-def _settled(config: GVisorConfig, before: object, timeout_s: float = 60) -> dict[str, set[object]]:
-    """What the host holds beyond ``before``, once background tear-downs have had their time."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        leaked = asyncio.run(inventory(config)).leaked_since(before)  # type: ignore[arg-type]
-        if not leaked or time.monotonic() > deadline:
-            return leaked
-        time.sleep(0.5)
-
-
 def _kill_everything(api: httpx.Client, snapshots: list[tuple[str, str]]) -> None:
     """Whatever a failed run left (a fork a client did not get to kill, a paused survivor):
     the next test module's server would find it on the node and call it an orphan."""
@@ -183,4 +173,4 @@ def test_concurrent_pause_resume_snapshot_fork_and_kill(
     finally:
         _kill_everything(api, snapshots)
         api.close()
-    assert _settled(config, before) == {}
+    assert settled_leaks(config, before) == {}

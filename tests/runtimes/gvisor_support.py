@@ -180,6 +180,19 @@ async def inventory(config: GVisorConfig) -> Inventory:
     )
 
 
+def settled_leaks(
+    config: GVisorConfig, before: Inventory, timeout_s: float = 60
+) -> dict[str, set[object]]:
+    """What the host holds beyond ``before``, once background tear-downs have had their time
+    (for tests that run outside an event loop)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        leaked = asyncio.run(inventory(config)).leaked_since(before)
+        if not leaked or time.monotonic() > deadline:
+            return leaked
+        time.sleep(0.5)
+
+
 def tracked_flows(address: str) -> list[str]:
     """The host's conntrack entries to or from ``address`` (a dead sandbox should have none)."""
     found = []
