@@ -4,6 +4,8 @@ at most that many entries), through the official SDK's own client for the call."
 from __future__ import annotations
 
 import datetime as dt
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 from e2b import Sandbox
@@ -46,5 +48,26 @@ def test_start_is_a_time_in_ms_and_limit_bounds_every_entry(
 
         far = api.get(f"/sandboxes/{sbx.sandbox_id}/logs", params={"start": 10**20})
         assert far.status_code == 400 and "start" in far.json()["message"]
+    finally:
+        sbx.kill()
+
+
+def test_the_newest_entries_show_past_a_page_of_envd_s_journal(
+    sdk_env: Running, api: httpx.Client
+) -> None:
+    """envd answers its journal a page (1000 entries) at a time, oldest first: read in one
+    page, everything after the first thousand could never be shown, whatever start was."""
+    sbx = Sandbox.create(timeout=300)
+    try:
+        with ThreadPoolExecutor(8) as pool:  # two entries each: started and ended
+            list(pool.map(lambda i: sbx.commands.run(f"echo {i}"), range(520)))
+        before_last = int(time.time() * 1000) - 1
+        sbx.commands.run("echo the-very-last")
+        every = api.get(f"/sandboxes/{sbx.sandbox_id}/logs").json()["logEntries"]
+        assert len(every) == 1000  # limit's default
+        tail = api.get(f"/sandboxes/{sbx.sandbox_id}/logs", params={"start": before_last}).json()[
+            "logEntries"
+        ]
+        assert any("the-very-last" in e["message"] for e in tail), tail
     finally:
         sbx.kill()

@@ -82,20 +82,33 @@ def logs(
         return
     entries = sandbox.get_logs()
     _print(entries, json_out)
-    since, seen = _cursor(entries, 0, 0)
+    since, printed = _cursor(entries, 0, set())
     while follow:
         time.sleep(1.0)
-        # From the last entry's millisecond on (inclusive), less the ones already printed.
-        fresh = [e for e in sandbox.get_logs(since) if int(e["fields"].get("seq", 0)) > seen]
+        # From the newest printed entry's millisecond on (inclusive), less those of that
+        # millisecond already printed (by seq: envd's count starts again after a reboot).
+        fresh = [
+            e
+            for e in sandbox.get_logs(since)
+            if "seq" in e["fields"] and (_ms(e), e["fields"]["seq"]) not in printed
+        ]
         _print(fresh, json_out)
-        since, seen = _cursor(fresh, since, seen)
+        since, printed = _cursor(fresh, since, printed)
 
 
-def _cursor(entries: list[dict[str, Any]], since: int, seen: int) -> tuple[int, int]:
-    """The millisecond of the newest journal entry and its ``seq``: where a follow goes on."""
+def _ms(entry: dict[str, Any]) -> int:
+    at = datetime.fromisoformat(str(entry["timestamp"]).replace("Z", "+00:00"))
+    return int(at.timestamp() * 1000)
+
+
+def _cursor(
+    entries: list[dict[str, Any]], since: int, printed: set[tuple[int, str]]
+) -> tuple[int, set[tuple[int, str]]]:
+    """Where a follow goes on: the newest journal entry's millisecond, and the entries of
+    that millisecond printed so far."""
     journal = [e for e in entries if "seq" in e["fields"]]
     if not journal:
-        return since, seen
-    last = journal[-1]
-    at = datetime.fromisoformat(str(last["timestamp"]).replace("Z", "+00:00"))
-    return int(at.timestamp() * 1000), int(last["fields"]["seq"])
+        return since, printed
+    newest = max(_ms(e) for e in journal)
+    kept = {p for p in printed if p[0] == newest}
+    return newest, kept | {(newest, e["fields"]["seq"]) for e in journal if _ms(e) == newest}

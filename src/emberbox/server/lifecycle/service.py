@@ -74,7 +74,9 @@ WAKE_WAIT_S = 60.0
 # States a connect or traffic resumes from, once another caller's pause or resume is done.
 _NOT_RUNNING_YET = frozenset({State.PAUSED, State.PAUSING, State.RESUMING})
 # envd's journal (``GET /logs``): 1000 entries a page at most, each a line of its log.
-JOURNAL_MAX_BYTES = 8 << 20
+JOURNAL_MAX_BYTES = 8 << 20  # all pages together
+JOURNAL_PAGE = 1000  # entries envd answers at most at once
+JOURNAL_PAGES = 3  # its ring holds 2000 (envd/journal.py), and more may come meanwhile
 JOURNAL_READ_S = 10.0
 _LOST = "the node did not answer; the sandbox is recorded as the node reports it once it does"
 
@@ -598,30 +600,53 @@ class SandboxService:
         if State(row.state) != State.RUNNING or not row.envd_url:
             return row, []
         # What answers on envd's port is the guest's to choose: its answer is read within a
-        # time and a size, so a guest cannot hold or fill the control plane's memory.
-        body = bytearray()
+        # time and a size, so a guest cannot hold or fill the control plane's memory. envd
+        # answers a page at a time, oldest first: every page, or the newest would never show.
+        entries: builtins.list[dict[str, Any]] = []
+        left = JOURNAL_MAX_BYTES
         try:
             async with (
                 asyncio.timeout(JOURNAL_READ_S),
                 sandbox_http(timeout=JOURNAL_READ_S) as http,
-                http.stream(
-                    "GET",
-                    f"{row.envd_url}/logs",
-                    headers={"X-Access-Token": row.envd_access_token},
-                ) as response,
             ):
-                if response.status_code != 200:
-                    raise Unreachable(f"sandbox '{sandbox_id}' answered {response.status_code}")
-                async for chunk in response.aiter_bytes():
-                    body += chunk
-                    if len(body) > JOURNAL_MAX_BYTES:
-                        raise Unreachable(f"sandbox '{sandbox_id}' answered too much")
-            entries = json.loads(body).get("entries", [])
+                after = 0
+                for _ in range(JOURNAL_PAGES):
+                    page, left = await self._journal_page(http, row, after, left)
+                    entries += page
+                    last = page[-1] if page else None
+                    if len(page) < JOURNAL_PAGE or not isinstance(last, dict):
+                        break
+                    seq = last.get("seq")
+                    if not isinstance(seq, int):
+                        break
+                    after = seq
         except (httpx.HTTPError, TimeoutError, ValueError, AttributeError) as exc:
             raise Unreachable(f"sandbox '{sandbox_id}' did not answer its journal: {exc}") from exc
-        if not isinstance(entries, list):
-            raise Unreachable(f"sandbox '{sandbox_id}' answered no journal")
         return row, entries
+
+    @staticmethod
+    async def _journal_page(
+        http: httpx.AsyncClient, row: Sandbox, after: int, left: int
+    ) -> tuple[builtins.list[Any], int]:
+        """One page of envd's journal after ``after``, read within ``left`` bytes; the page
+        and the bytes still left."""
+        body = bytearray()
+        async with http.stream(
+            "GET",
+            f"{row.envd_url}/logs",
+            params={"after": after, "limit": JOURNAL_PAGE},
+            headers={"X-Access-Token": row.envd_access_token},
+        ) as response:
+            if response.status_code != 200:
+                raise Unreachable(f"sandbox '{row.id}' answered {response.status_code}")
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > left:
+                    raise Unreachable(f"sandbox '{row.id}' answered too much")
+        page = json.loads(body).get("entries", [])
+        if not isinstance(page, list):
+            raise Unreachable(f"sandbox '{row.id}' answered no journal")
+        return page, left - len(body)
 
     # ---- changes ------------------------------------------------------------------------------
 
