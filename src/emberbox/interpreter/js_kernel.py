@@ -157,7 +157,7 @@ class Node:
 
     async def kill(self) -> int | None:
         """node and what its cells started (its process group: node leads its own session)."""
-        with contextlib.suppress(ProcessLookupError):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
         for fd in self.raw.values():
             asyncio.get_running_loop().remove_reader(fd)

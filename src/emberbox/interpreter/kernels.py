@@ -10,8 +10,8 @@ never runs.
 
 A kernel that dies mid-cell (``os._exit``, OOM) is reported as an error event; the context
 starts a fresh kernel on its next call. Restarting or deleting a context ends its running cell
-the same way, and every process its kernel started. Output past the execution's budget is
-dropped as it arrives (:mod:`.budget`).
+the same way, and every process still descended from its kernel. Output past the execution's
+budget is dropped as it arrives (:mod:`.budget`).
 """
 
 from __future__ import annotations
@@ -88,6 +88,9 @@ class Context:
         self.output_limit = output_limit
         self._env = dict(env)
         self._manager: AsyncKernelManager | None = None
+        # The kernel's process, as psutil knows it from its start: a pid reused after the
+        # kernel died is never taken for it.
+        self._kernel_process: psutil.Process | None = None
         self._client: AsyncKernelClient | None = None
         self._runtime: str | None = None  # private directory of the kernel's sockets
         self._lock = asyncio.Lock()
@@ -136,17 +139,23 @@ class Context:
             await manager.shutdown_kernel(now=True)
             raise
         self._manager, self._client = manager, client
+        pid = getattr(manager.provisioner, "pid", None)
+        if isinstance(pid, int):  # (psutil.Process(None) would be this service itself)
+            with contextlib.suppress(psutil.Error):
+                self._kernel_process = psutil.Process(pid)
 
     async def _stop_kernel(self) -> None:
         manager, client = self._manager, self._client
+        kernel, self._kernel_process = self._kernel_process, None
         self._manager = self._client = None
         self._generation += 1
         if client is not None:
             client.stop_channels()
         if manager is not None:
             # Listed before the kernel goes: once it is gone they are the init process's
-            # children, and a restarted context would leave them running for good.
-            started = _descendants(getattr(manager.provisioner, "pid", None))
+            # children, and a restarted context would leave them running for good. (A kernel
+            # that died already has none left to list: they were handed on as it died.)
+            started = _descendants(kernel)
             with contextlib.suppress(Exception):
                 await manager.shutdown_kernel(now=True)
             for process in started:
@@ -322,12 +331,13 @@ class Context:
                     return
 
 
-def _descendants(pid: int | None) -> list[psutil.Process]:
-    """What the kernel started, however deep: node's children, a cell's daemons."""
-    if pid is None:
+def _descendants(kernel: psutil.Process | None) -> list[psutil.Process]:
+    """What the kernel started, however deep (node's children, a cell's background jobs),
+    while it runs; nothing once it is gone, or its pid belongs to another process now."""
+    if kernel is None or not kernel.is_running():  # (is_running compares start times)
         return []
     try:
-        return psutil.Process(pid).children(recursive=True)
+        return kernel.children(recursive=True)
     except psutil.Error:
         return []
 
