@@ -459,7 +459,9 @@ class Orchestrator:
                     # Paused again with its files, so a later resume can try again; what
                     # cannot be saved stays running and the control plane learns of it.
                     with contextlib.suppress(Exception):
-                        await self.runtime.pause(sandbox_id, memory=False)
+                        size = await self.runtime.pause(sandbox_id, memory=False)
+                        record.paused_bytes = size  # (what it saved this time)
+                        self.records.save(record)
                     raise
             else:
                 try:
@@ -470,7 +472,7 @@ class Orchestrator:
                     # memory cannot be saved; stopped, if nothing can).
                     await self._pause_again(sandbox_id)
                     raise
-            record.state = "running"
+            record.state, record.paused_bytes = "running", 0
             self.offloader.started(sandbox_id)
             record.envd_url, record.host = sandbox.envd_url, sandbox.address
             self.records.save(record)
