@@ -4,11 +4,11 @@ at once, twice, under them.
 
 A crash lands wherever it lands: mid-create, mid-checkpoint (runsc carries on, orphaned, while
 the new server adopts the sandbox), mid-fork, mid-kill. What must hold whatever it cut: every
-answer the server gives is a success or a clear refusal (never a 5xx), no row is left switching
-once the restarted server has reconciled, every sandbox the database calls running or paused
-comes back with its files, and once everything is killed and every snapshot deleted the host
-holds what it held before. While a separate node is down, the server answers 502 for calls that
-need it (and only then).
+answer the server gives is a success or a clear refusal (a 503 only for a node out of room, a
+502 only while a separate node is down), no row is left switching once the restarted server
+has reconciled, paused sandboxes show the disk they hold, every sandbox the database calls
+running or paused comes back with its files, and once everything is killed and every snapshot
+deleted the host holds what it held before.
 """
 
 from __future__ import annotations
