@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from emberbox._connect.errors import Code
-from emberbox.node.client import NodeUnavailable
+from emberbox.node.client import EmbeddedNode, NodeUnavailable
 from emberbox.server.db import sandboxes as q
 from emberbox.server.db.models import utcnow
 from emberbox.server.lifecycle.errors import GuestUnhealthy, NodeFailed
@@ -272,3 +272,29 @@ async def test_a_fork_whose_checkpoint_delete_was_lost_deletes_it_at_reconciliat
     monkeypatch.setattr(plane.service.node, "delete_snapshot", real)
     await plane.reaper.reconcile()
     assert list(await plane.service.node.list_snapshots()) == []
+
+
+async def test_a_resume_that_fails_after_the_sandbox_ran_records_what_was_saved_again(
+    plane: Plane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node runs the sandbox again, its envd never answers, and the node saves it again:
+    that save takes other disk than the pause before (its files alone, say). The row kept the
+    first pause's size, which the team's snapshot quota then counted."""
+    row = await plane.service.create(plane.who, CreateRequest("base", 600))
+    await plane.service.pause(plane.who, row.id)
+    plane.runtime.envds[row.id].running.clear()  # envd hangs once it runs again
+    node = plane.service.node
+    assert isinstance(node, EmbeddedNode)
+    monkeypatch.setattr(node.orchestrator, "boot_timeout_s", 0.3)
+    first_pause = plane.runtime.pause
+
+    async def saves_more(sandbox_id: str, memory: bool = True) -> int:
+        await first_pause(sandbox_id, memory)
+        return 12345
+
+    monkeypatch.setattr(plane.runtime, "pause", saves_more)
+    with pytest.raises(Exception, match="resume failed"):
+        await plane.service.connect(plane.who, row.id, 600)
+    async with plane.service.sessions() as s:
+        after = await q.get(s, row.id)
+    assert after is not None and (after.state, after.paused_bytes) == ("paused", 12345)

@@ -992,8 +992,9 @@ class SandboxService:
             log.warning("resume of %s failed: %s", row.id, e)
             if _answer_lost(e):  # left resuming: the node's listing settles it
                 raise NodeFailed(f"resume of '{row.id}': {_LOST}") from e
+            saved = await self._saved_size(row.id) if isinstance(e, Exception) else {}
             async with self.sessions.begin() as s:
-                await q.set_state(s, row.id, [State.RESUMING], State.PAUSED)
+                await q.set_state(s, row.id, [State.RESUMING], State.PAUSED, **saved)
             if not isinstance(e, Exception):
                 raise
             if isinstance(e, NodeSandboxNotFound):
@@ -1011,6 +1012,19 @@ class SandboxService:
         if not ok:  # killed meanwhile (its kill stops it on the node once this is done)
             raise NotFound(f"sandbox '{row.id}' was killed while it resumed")
         return row
+
+    async def _saved_size(self, sandbox_id: str) -> dict[str, Any]:
+        """``paused_bytes`` as the node holds it now: a resume that failed once the sandbox ran
+        saved it again (its files alone, if its memory could not be), which takes other disk
+        than the pause before. Empty when the node cannot say."""
+        try:
+            listing = await self.node.list()
+        except NodeError:
+            return {}
+        for held in listing.sandboxes:
+            if held.sandbox_id == sandbox_id and held.status == pb.SANDBOX_STATUS_PAUSED:
+                return {"paused_bytes": held.paused_bytes}
+        return {}
 
     async def kill(self, who: Principal, sandbox_id: str) -> None:
         await self.get(who, sandbox_id)
