@@ -305,5 +305,16 @@ def create_postgres_database(base_url: str) -> str:
 
 
 def drop_postgres_database(base_url: str, url: str) -> None:
+    """Drop the test database, ending its other sessions (``scripts/postgres-test-db`` lets
+    the test role end an autovacuum worker's; tried again for a moment where it cannot)."""
+    import asyncpg
+
     name = urlsplit(url).path.lstrip("/")
-    asyncio.run(_pg(base_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    for attempt in range(5):
+        try:
+            asyncio.run(_pg(base_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            return
+        except (asyncpg.InsufficientPrivilegeError, asyncpg.ObjectInUseError):
+            if attempt == 4:
+                raise
+            time.sleep(0.5)
