@@ -81,7 +81,7 @@ JOURNAL_READ_S = 10.0
 _LOST = "the node did not answer; the sandbox is recorded as the node reports it once it does"
 
 
-def _answer_lost(e: BaseException) -> bool:
+def answer_lost(e: BaseException) -> bool:
     """The node was not reached, or its answer was lost: what it did is unknown."""
     return isinstance(e, NodeUnavailable) and e.unreached
 
@@ -465,7 +465,7 @@ class SandboxService:
                 raise Unsupported(e.message) from e
             if isinstance(e, NodeSandboxNotFound):  # at create: the node lacks the template
                 raise NotFound(f"template '{req.template}' not found on its node") from e
-            if _answer_lost(e):  # (one the node made anyway is an orphan reconciliation kills)
+            if answer_lost(e):  # (one the node made anyway is an orphan reconciliation kills)
                 raise NodeFailed(
                     f"sandbox could not be started: the node did not answer ({e})",
                     error_code="sandbox_create_failed",
@@ -764,7 +764,7 @@ class SandboxService:
                     size = await self.node.pause(sandbox_id, memory=keep_memory)
             except BaseException as e:  # cancellation too: never leave the row half-way
                 log.warning("pause of %s failed: %s", sandbox_id, e)
-                if _answer_lost(e):  # left pausing: the node's listing settles it
+                if answer_lost(e):  # left pausing: the node's listing settles it
                     raise NodeFailed(f"pause of '{sandbox_id}': {_LOST}") from e
                 async with self.sessions.begin() as s:
                     await q.set_state(s, sandbox_id, [State.PAUSING], State.RUNNING,
@@ -850,7 +850,7 @@ class SandboxService:
                 self.on_gone(sandbox_id)
                 size = await self.node.pause(sandbox_id, memory=keep_memory)
         except Exception as e:
-            if _answer_lost(e):  # left pausing: the node's listing settles it (then a tick)
+            if answer_lost(e):  # left pausing: the node's listing settles it (then a tick)
                 log.warning("pause at the end time of %s: %s (%s)", sandbox_id, _LOST, e)
                 return True
             saved = await self._keep_files_at_end(sandbox_id, e) if keep_memory else None
@@ -990,7 +990,7 @@ class SandboxService:
             b = resumed.sandbox
         except BaseException as e:  # cancellation too: never leave the row half-way
             log.warning("resume of %s failed: %s", row.id, e)
-            if _answer_lost(e):  # left resuming: the node's listing settles it
+            if answer_lost(e):  # left resuming: the node's listing settles it
                 raise NodeFailed(f"resume of '{row.id}': {_LOST}") from e
             saved = await self._saved_size(row.id) if isinstance(e, Exception) else {}
             async with self.sessions.begin() as s:

@@ -22,7 +22,6 @@ from ...node.client import (
     NodeConflict,
     NodeError,
     NodeSandboxNotFound,
-    NodeUnavailable,
     NodeUnsupported,
 )
 from ...vocabulary import is_snapshot_id, new_snapshot_id
@@ -43,7 +42,7 @@ from .errors import (
     SandboxFailed,
     Unsupported,
 )
-from .service import CreateRequest, SandboxService, snapshot_message
+from .service import CreateRequest, SandboxService, answer_lost, snapshot_message
 from .states import State
 
 log = logging.getLogger("emberbox.snapshots")
@@ -113,7 +112,7 @@ class SnapshotService:
         except NodeConflict as e:  # paused by another caller since the check above
             raise Conflict(f"sandbox '{sandbox_id}' is not running: {e.message}") from e
         except NodeError as e:
-            if isinstance(e, NodeUnavailable) and e.unreached:
+            if answer_lost(e):
                 lose_track(self.sandboxes, snapshot_id)  # taken anyway, it has no row
                 raise NodeFailed(
                     f"snapshot of '{sandbox_id}': the node did not answer ({e}); no snapshot "
@@ -293,7 +292,7 @@ class SnapshotService:
         except NodeConflict as e:  # paused by another caller since the check above; untouched
             raise Conflict(f"sandbox '{sandbox_id}' is not running: {e.message}") from e
         except NodeError as e:
-            if isinstance(e, NodeUnavailable) and e.unreached:
+            if answer_lost(e):
                 # Rolled back or not, it is as the node holds it: never killed on a guess
                 # (reconciliation records it lost if the node no longer runs it).
                 raise NodeFailed(
@@ -331,16 +330,27 @@ async def remove_leftover_snapshots(sandboxes: SandboxService) -> list[str]:
     except NodeError:  # (a node too old to list them, or down: the next start tries again)
         log.exception("the node did not list its snapshots; leftovers stay for now")
         return removed
+    _, deleted = await _delete_unnamed(
+        sandboxes, held, "no record of it (a crash cut off its save or delete)"
+    )
+    return removed + deleted
+
+
+async def _delete_unnamed(
+    sandboxes: SandboxService, held: builtins.list[pb.Snapshot], why: str
+) -> tuple[set[str], builtins.list[str]]:
+    """Delete the checkpoints of ``held`` that no row names; the ids a row names, and the ids
+    deleted."""
     async with sandboxes.sessions() as s:
         known = await snaps.known(s, [snapshot.snapshot_id for snapshot in held])
+    deleted = []
     for snapshot in held:
         if snapshot.snapshot_id in known:
             continue
-        log.warning("removing snapshot %s: no record of it (a crash cut off its save or "
-                    "delete)", snapshot.snapshot_id)  # fmt: skip
+        log.warning("removing snapshot %s: %s", snapshot.snapshot_id, why)
         if await _delete_on_node(sandboxes, snapshot):
-            removed.append(snapshot.snapshot_id)
-    return removed
+            deleted.append(snapshot.snapshot_id)
+    return known, deleted
 
 
 async def _delete_on_node(sandboxes: SandboxService, snapshot: pb.Snapshot) -> bool:
@@ -383,19 +393,12 @@ async def remove_untracked_snapshots(sandboxes: SandboxService) -> list[str]:
         held = [s for s in await sandboxes.node.list_snapshots() if s.snapshot_id in looking]
     except NodeError:  # (down still: the next reconciliation asks again)
         return []
-    async with sandboxes.sessions() as s:
-        known = await snaps.known(s, [snapshot.snapshot_id for snapshot in held])
-    removed = []
-    for snapshot in held:
-        if snapshot.snapshot_id in known:  # (a row names it after all: it stays)
-            looking.pop(snapshot.snapshot_id, None)
-            continue
-        log.warning("removing snapshot %s: its save's answer or its delete was lost",
-                    snapshot.snapshot_id)  # fmt: skip
-        if await _delete_on_node(sandboxes, snapshot):
-            looking.pop(snapshot.snapshot_id, None)
-            removed.append(snapshot.snapshot_id)
-    return removed
+    known, deleted = await _delete_unnamed(
+        sandboxes, held, "its save's answer or its delete was lost"
+    )
+    for snapshot_id in known | set(deleted):  # (one a row names after all stays, unsought)
+        looking.pop(snapshot_id, None)
+    return deleted
 
 
 __all__ = [
