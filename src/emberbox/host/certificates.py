@@ -20,6 +20,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from .files import write_atomic
+
 CA_DAYS = 3650
 LEAF_DAYS = 30  # leaves are remade at every node start, and when they near their end
 MAX_CONTEXTS = 1024  # leaves kept, least recently used dropped first
@@ -35,15 +37,6 @@ def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-
-
-def write_atomic(path: Path, data: bytes, private: bool = False) -> None:
-    """Write ``data`` beside ``path`` and rename it over: readers see the old file or the new."""
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 class EgressCa:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import re
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..vocabulary import check_sandbox_id
+from .files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -165,11 +165,8 @@ class EgressJournal:
         path = self._path(sandbox_id)
         records = self._merged(path)
         kept = records[len(records) // 2 :]
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            for r in kept:
-                f.write(json.dumps(asdict(r), separators=(",", ":")) + "\n")
-        os.replace(tmp, path)
+        lines = (json.dumps(asdict(r), separators=(",", ":")) + "\n" for r in kept)
+        write_atomic(path, "".join(lines))
         self._files[sandbox_id].size = path.stat().st_size
 
     @staticmethod

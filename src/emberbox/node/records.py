@@ -8,9 +8,10 @@ are not here: they belong to the control plane's database.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from ..host.files import write_atomic
 
 ALL_VOLUMES = "*"
 
@@ -46,9 +47,7 @@ class RecordStore:
 
     def save(self, record: SandboxRecord) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self.directory / f".{record.sandbox_id}.tmp"
-        tmp.write_text(json.dumps(asdict(record)))
-        os.replace(tmp, self._path(record.sandbox_id))
+        write_atomic(self._path(record.sandbox_id), json.dumps(asdict(record)))
 
     def load_all(self) -> dict[str, SandboxRecord]:
         out: dict[str, SandboxRecord] = {}

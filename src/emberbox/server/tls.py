@@ -31,8 +31,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ..host.certificates import key_pem, write_atomic
+from ..host.certificates import key_pem
 from ..host.certificates import now as utc_now
+from ..host.files import write_atomic
 from .config import Settings
 
 CA_DAYS = 3650

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..host.files import write_atomic
 from ..vocabulary import DEFAULT_USER, DEFAULT_WORKDIR
 
 DEFAULT_DATA_DIR = Path("/var/lib/emberbox")
@@ -210,9 +211,9 @@ class TemplateStore:
             "layers": list(template.layers),
             "config": template.config.to_json(),
         }
-        tmp = self.templates_dir / f".{template.name}.json.tmp"
-        tmp.write_text(json.dumps(body, indent=1, sort_keys=True))
-        os.replace(tmp, self.templates_dir / f"{template.name}.json")
+        write_atomic(
+            self.templates_dir / f"{template.name}.json", json.dumps(body, indent=1, sort_keys=True)
+        )
 
     def get(self, name: str) -> Template:
         path = self.templates_dir / f"{validate_name(name)}.json"

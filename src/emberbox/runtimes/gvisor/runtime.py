@@ -31,6 +31,7 @@ from ...host.commands import SPAWNED, concurrently
 from ...host.completion import to_completion
 from ...host.egress_audit import EgressEvent
 from ...host.errors import HostError
+from ...host.files import write_atomic
 from ...host.locks import KeyedLock
 from ...templates.steps import BootFailed, Step
 from ...templates.store import GUEST_PYTHON, Template, TemplateError, TemplateStore
@@ -772,17 +773,17 @@ class GVisorRuntime(Runtime):
         spec = json.loads(config_path.read_text())
         env, init = spec["process"]["env"], _unwrapped(spec["process"]["args"])
         spec["process"]["args"] = _booting(init)
-        config_path.write_text(json.dumps(spec))
+        write_atomic(config_path, json.dumps(spec))
         spec["process"]["args"] = init
         original = json.dumps(spec)
         try:
             await self.runsc.run_detached(sandbox_id, paths.bundle, paths.log,
                                           filestore=paths.disk, overlay_binds=not record.volumes,
                                           stdin=paths.files)  # fmt: skip
-            config_path.write_text(original)  # a later restore reads the bundle as made
+            write_atomic(config_path, original)  # a later restore reads the bundle as made
             await self._files_applied(record)
         except BaseException:  # stopped: paused as it was
-            config_path.write_text(original)
+            write_atomic(config_path, original)
             await self._stop_processes(sandbox_id)
             await self.runsc.delete(sandbox_id)
             raise

@@ -4,10 +4,11 @@ orchestrator (or a cleanup after SIGKILL) can find and release everything it nam
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from ...host.files import write_atomic
 
 
 @dataclass
@@ -29,9 +30,7 @@ class SandboxRecord:
     node_dns: bool = False
 
     def save(self, directory: Path) -> None:
-        tmp = directory / "state.json.tmp"
-        tmp.write_text(json.dumps(asdict(self)))
-        os.replace(tmp, directory / "state.json")
+        write_atomic(directory / "state.json", json.dumps(asdict(self)))
 
     @classmethod
     def load(cls, directory: Path) -> SandboxRecord | None:

@@ -17,6 +17,8 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from ...host.files import write_atomic
+
 KEY_FILE = "secrets.key"
 NONCE_BYTES = 12
 
@@ -43,10 +45,7 @@ def load_key(data_dir: Path, configured: str = "") -> bytes:
     if not path.exists():
         data_dir.mkdir(parents=True, exist_ok=True)
         text = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
-        fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(text + "\n")
-        os.replace(path.with_suffix(".tmp"), path)
+        write_atomic(path, text + "\n", private=True)
     if path.stat().st_mode & 0o077:  # readable by others: no longer a secret's key
         os.chmod(path, 0o600)
     return _decode(path.read_text())
