@@ -42,6 +42,7 @@ class Limits:
     max_snapshot_bytes: int = 50 << 30  # disk all of one team's snapshots may take (0: any)
     max_volumes: int = 20  # volumes per team
     max_secrets: int = 100  # secrets per team
+    max_template_files_bytes: int = 20 << 30  # all of one team's COPY archives (0: any)
     volume_mb: int = 1024  # each volume's size (a sparse filesystem: blocks used when written)
 
 
@@ -191,6 +192,9 @@ class Settings:
             max_snapshot_bytes=whole("EMBERBOX_MAX_SNAPSHOT_BYTES_PER_TEAM", 50 << 30),
             max_volumes=whole("EMBERBOX_MAX_VOLUMES_PER_TEAM", 20),
             max_secrets=whole("EMBERBOX_MAX_SECRETS_PER_TEAM", Limits.max_secrets),
+            max_template_files_bytes=whole(
+                "EMBERBOX_MAX_TEMPLATE_FILES_BYTES_PER_TEAM", Limits.max_template_files_bytes
+            ),
             volume_mb=whole("EMBERBOX_VOLUME_SIZE_MB", 1024),
         )
         default_cap = Capacity()

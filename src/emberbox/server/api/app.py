@@ -90,7 +90,7 @@ def create_api_app(
     app.include_router(volumes_router)
     app.state.secrets = secrets
     app.include_router(secrets_router)
-    app.mount(UPLOAD_PREFIX.rstrip("/"), upload_app(templates.uploads))
+    app.mount(UPLOAD_PREFIX.rstrip("/"), upload_app(templates))
 
     @app.get("/health", response_model=Health, tags=["health"], summary="API liveness")
     async def health() -> Health:

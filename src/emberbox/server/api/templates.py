@@ -17,7 +17,7 @@ from starlette.types import Receive, Scope, Send
 
 from ...vocabulary import ENVD_VERSION
 from ..builds.service import Listed, TemplateService
-from ..builds.uploads import BAD, UPLOAD_PREFIX, UploadRefused, Uploads
+from ..builds.uploads import BAD, UPLOAD_PREFIX, UploadRefused
 from ..db import cursors
 from ..db.templates import BuildLogLine
 from ..db.templates import TemplateBuild as BuildRow
@@ -429,8 +429,9 @@ async def _no_receive() -> dict[str, Any]:
     return {"type": "http.disconnect"}
 
 
-def upload_app(uploads: Uploads) -> Any:
+def upload_app(templates: TemplateService) -> Any:
     """ASGI app for ``PUT /_uploads/templates/{templateID}/{hash}?expires=&signature=``."""
+    uploads = templates.uploads
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         parts = scope["path"].removeprefix(UPLOAD_PREFIX).split("/")
@@ -453,7 +454,7 @@ def upload_app(uploads: Uploads) -> Any:
             uploads.path(template_id, files_hash)
             uploads.check_token(template_id, files_hash, query.get("expires", [""])[0],
                                 query.get("signature", [""])[0])  # fmt: skip
-            await uploads.receive(template_id, files_hash, chunks())
+            await templates.receive_upload(template_id, files_hash, chunks())
         except UploadRefused as exc:
             status = 403 if exc.error_code == BAD else 400
             await _json(send, status, error_body(status, exc.message))

@@ -12,7 +12,7 @@ import datetime as dt
 import json
 import logging
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ from .names import (
     store_name,
 )
 from .runner import BuildJob, BuildRunner
-from .uploads import Uploads
+from .uploads import TeamShare, Uploads
 
 log = logging.getLogger("emberbox.builds")
 
@@ -252,6 +252,23 @@ class TemplateService:
         if self.uploads.present(tpl.id, files_hash):
             return None
         return self.uploads.upload_path(tpl.id, files_hash)
+
+    async def receive_upload(
+        self, template_id: str, files_hash: str, chunks: AsyncIterator[bytes]
+    ) -> None:
+        """Store an archive sent to a signed upload URL, within its team's quota (the URL
+        names the template; the template names the team)."""
+        async with self.sessions() as s:
+            owner = await s.scalar(
+                select(TeamTemplate.team_id).where(TeamTemplate.id == template_id)
+            )
+            if owner is None:
+                raise NotFound(f"template '{template_id}' not found")
+            ids = (
+                await s.scalars(select(TeamTemplate.id).where(TeamTemplate.team_id == owner))
+            ).all()
+        share = TeamShare(owner, ids, self.limits.max_template_files_bytes)
+        await self.uploads.receive(template_id, files_hash, chunks, share)
 
     async def start_build(
         self, who: Principal, template_ref: str, build_id: str, body: Mapping[str, Any]

@@ -6,11 +6,16 @@ the template and the hash and good for ``ttl_s``. Archives are stored as plain t
 upload is unpacked as it arrives) under ``<data_dir>/template-files/<templateID>/<hash>.tar``;
 they are only ever unpacked inside a build sandbox. A remote node is sent the ones a build
 needs (``runner.BuildRunner``); an embedded node reads them here (the same layout).
+
+Each archive has a size limit, and all of one team's archives a quota (:class:`TeamShare`):
+counted as the bytes arrive, with what the team's other uploads are writing meanwhile, and
+again, exactly, just before the archive appears.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import os
@@ -18,7 +23,9 @@ import secrets
 import tarfile
 import time
 import zlib
-from collections.abc import AsyncIterator, Iterator
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from ...node.builds import FILES_DIR, BuildFiles, BuildRefused
@@ -33,12 +40,22 @@ class UploadRefused(Invalid):
     """Bad token, bad archive or too large; nothing was kept."""
 
 
+@dataclass(frozen=True)
+class TeamShare:
+    """The team an upload is for: its templates (whose archives count) and its quota."""
+
+    team_id: str
+    template_ids: Sequence[str]
+    quota: int
+
+
 class Uploads:
     def __init__(self, root: Path, key: bytes, ttl_s: float = 3600.0, max_bytes: int = 4 << 30):
         self.files = BuildFiles(root)  # the node's layout, so an embedded node reads them here
         self.key = key
         self.ttl_s = ttl_s
         self.max_bytes = max_bytes
+        self._writing: Counter[str] = Counter()  # per team: bytes its uploads have written
 
     @classmethod
     def open(cls, data_dir: Path, max_bytes: int) -> Uploads:
@@ -80,44 +97,97 @@ class Uploads:
         if not hmac.compare_digest(good, sig):
             raise UploadRefused("the upload URL's signature is not valid", error_code=BAD)
 
+    def stored_bytes(self, template_ids: Sequence[str]) -> int:
+        """What the whole archives of these templates take (uploads under way not counted)."""
+        total = 0
+        for template_id in template_ids:
+            try:
+                entries = list(os.scandir(self.files.context_dir(template_id)))
+            except (FileNotFoundError, BuildRefused):
+                continue
+            for entry in entries:
+                if entry.name.endswith(".tar") and not entry.name.startswith("."):
+                    with contextlib.suppress(FileNotFoundError):  # a template deleted meanwhile
+                        total += entry.stat(follow_symlinks=False).st_size
+        return total
+
     async def receive(
-        self, template_id: str, files_hash: str, chunks: AsyncIterator[bytes]
+        self,
+        template_id: str,
+        files_hash: str,
+        chunks: AsyncIterator[bytes],
+        team: TeamShare | None = None,
     ) -> None:
-        """Store one archive; it appears (by rename) only once complete and readable as tar."""
+        """Store one archive; it appears (by rename) only once complete, readable as tar, and
+        within ``team``'s quota (if given, and not 0). An archive it replaces counts once."""
         target = self.path(template_id, files_hash)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.parent / f".{files_hash}.{secrets.token_hex(4)}.part"
+        share = team if team is not None and team.quota else None
         try:
-            await self._write(tmp, chunks)
+            await self._write(tmp, chunks, share, target)
             await asyncio.to_thread(_check_tar, tmp)
+            if share:  # again, exactly: no await from here to the rename
+                _check_share(share, self._stored_but(target, share) + tmp.stat().st_size)
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
 
-    async def _write(self, tmp: Path, chunks: AsyncIterator[bytes]) -> None:
+    def _stored_but(self, target: Path, share: TeamShare) -> int:
+        """The team's stored archives but the one an upload would replace."""
+        try:
+            replaced = target.stat().st_size
+        except FileNotFoundError:
+            replaced = 0
+        return self.stored_bytes(share.template_ids) - replaced
+
+    async def _write(
+        self, tmp: Path, chunks: AsyncIterator[bytes], share: TeamShare | None, target: Path
+    ) -> None:
         inflate: zlib._Decompress | None = None
-        seen = written = 0
-        with tmp.open("wb") as out:
-            async for chunk in chunks:
-                if not chunk:
-                    continue
-                if seen == 0 and chunk[:2] == b"\x1f\x8b":
-                    inflate = zlib.decompressobj(wbits=31)
-                seen += len(chunk)
-                for data in _inflated(inflate, chunk) if inflate else (chunk,):
-                    written += len(data)
-                    if written > self.max_bytes:
-                        raise QuotaExceeded(f"the archive is larger than {self.max_bytes} bytes")
-                    out.write(data)
-            if inflate is not None:
-                if not inflate.eof:
-                    raise UploadRefused("the gzip stream ended early")
-                out.write(inflate.flush())
+        seen = written = mine = 0
+        stored = self._stored_but(target, share) if share else 0
+        try:
+            with tmp.open("wb") as out:
+                async for chunk in chunks:
+                    if not chunk:
+                        continue
+                    if seen == 0 and chunk[:2] == b"\x1f\x8b":
+                        inflate = zlib.decompressobj(wbits=31)
+                    seen += len(chunk)
+                    for data in _inflated(inflate, chunk) if inflate else (chunk,):
+                        written += len(data)
+                        if written > self.max_bytes:
+                            raise QuotaExceeded(
+                                f"the archive is larger than {self.max_bytes} bytes"
+                            )
+                        if share:  # with what the team's other uploads are writing
+                            self._writing[share.team_id] += len(data)
+                            mine += len(data)
+                            _check_share(share, stored + self._writing[share.team_id])
+                        out.write(data)
+                if inflate is not None:
+                    if not inflate.eof:
+                        raise UploadRefused("the gzip stream ended early")
+                    out.write(inflate.flush())
+        finally:
+            if share:
+                self._writing[share.team_id] -= mine
+                if self._writing[share.team_id] <= 0:
+                    del self._writing[share.team_id]
         if seen == 0:
             raise UploadRefused("the upload is empty")
 
     def drop_template(self, template_id: str) -> None:
         self.files.drop(template_id)
+
+
+def _check_share(team: TeamShare, total: int) -> None:
+    if total > team.quota:
+        raise QuotaExceeded(
+            f"the team's template files would take more than {team.quota} bytes "
+            "(EMBERBOX_MAX_TEMPLATE_FILES_BYTES_PER_TEAM); delete templates it no longer needs"
+        )
 
 
 def _inflated(inflate: zlib._Decompress, chunk: bytes) -> Iterator[bytes]:
