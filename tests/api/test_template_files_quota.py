@@ -154,3 +154,13 @@ async def _race(running: Running) -> None:
     assert sum(kept) == 2 and sorted(codes) == [200, 200, 429, 429], (codes, kept)
     assert [c == 200 for c in codes] == kept
     assert _leftovers(running) == []
+
+
+def test_an_upload_for_a_template_deleted_since_is_not_kept(quota_server: Running) -> None:
+    with quota_server.client() as api:
+        tid = _template(api)
+        link = _link(api, tid, _hash(20))
+        assert api.delete(f"/templates/{tid}").status_code == 204
+        r = httpx.put(link, content=_tar(20))
+        assert r.status_code == 404 and r.json()["code"] == 404, r.text
+    assert not (quota_server.server.data_dir / "template-files" / tid).exists()
