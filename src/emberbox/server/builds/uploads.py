@@ -30,7 +30,7 @@ from pathlib import Path
 
 from ...node.builds import FILES_DIR, BuildFiles, BuildRefused
 from ...vocabulary import whole_number
-from ..lifecycle.errors import Invalid, QuotaExceeded
+from ..lifecycle.errors import Invalid, NotFound, QuotaExceeded
 
 BAD = "bad_token"
 UPLOAD_PREFIX = "/_uploads/templates/"  # served outside API-key auth: the token is the check
@@ -130,6 +130,8 @@ class Uploads:
             if share:  # again, exactly: no await from here to the rename
                 _check_share(share, self._stored_but(target, share) + tmp.stat().st_size)
             os.replace(tmp, target)
+        except FileNotFoundError:  # its directory went with the template meanwhile
+            raise NotFound(f"template '{template_id}' was deleted during the upload") from None
         finally:
             tmp.unlink(missing_ok=True)
 
