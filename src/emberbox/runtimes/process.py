@@ -28,6 +28,7 @@ from pathlib import Path
 
 from ..envd_client.handshake import EnvdDefaults
 from ..host.errors import HostError
+from ..host.files import write_atomic
 from ..host.locks import KeyedLock
 from ..host.ports import free_loopback_port
 from ..host.processes import dir_size, kill_tree, start_time, usage
@@ -122,7 +123,7 @@ class ProcessRuntime(Runtime):
                 memory_mb=spec.memory_mb,
                 disk_mb=spec.disk_mb,
             )
-            self._path(spec.sandbox_id).write_text(json.dumps(rec.__dict__))
+            write_atomic(self._path(spec.sandbox_id), json.dumps(rec.__dict__))
             env = {**e2b_env(spec.sandbox_id, spec.template_id), **spec.envs}
             return self._view(rec, EnvdDefaults(user=getpass.getuser(), workdir=str(home), env=env))
 
