@@ -1,8 +1,12 @@
-"""A rollback the node reports failed lost its sandbox (the runtime stopped it before the
-restore), so the row records it; one whose call never reached the node, or whose answer was
-lost, changes nothing on a guess: the sandbox is left as the node holds it."""
+"""Where a failed rollback leaves its sandbox, recorded as the node holds it: a rollback the
+node failed before touching it runs on, one that left it paused at the snapshot (gVisor does)
+is recorded paused with its disk and resumes there, one that lost it is recorded lost. One
+whose call never reached the node, or whose answer was lost, changes nothing on a guess; the
+reconciliation then records what the node holds."""
 
 from __future__ import annotations
+
+import contextlib
 
 import pytest
 
@@ -10,36 +14,104 @@ from emberbox._connect.errors import Code
 from emberbox._proto.node import node_pb2 as pb
 from emberbox.node.client import NodeUnavailable
 from emberbox.runtimes.base import SandboxStatus
+from emberbox.server.db import sandboxes as q
 from emberbox.server.lifecycle.errors import NodeFailed, SandboxFailed
 from emberbox.server.lifecycle.service import CreateRequest
 from emberbox.server.lifecycle.snapshots import SnapshotService
+from tests.node.fake_runtime import CheckpointingRuntime
 
 from .conftest import Plane
 
 
-@pytest.mark.parametrize(
-    ("code", "raised", "state"),
-    [(Code.UNAVAILABLE, NodeFailed, "running"), (Code.INTERNAL, SandboxFailed, "failed")],
-)
-async def test_a_rollback_is_recorded_as_lost_only_when_the_node_says_it_failed(
-    snapshotting_plane: Plane,
-    monkeypatch: pytest.MonkeyPatch,
-    code: Code,
-    raised: type[Exception],
-    state: str,
-) -> None:
-    plane = snapshotting_plane
+async def _rolled_back(plane: Plane, fails: str | None) -> tuple[str, Exception | None]:
+    """A sandbox, a snapshot of it, and a rollback to it that fails as ``fails`` says."""
+    runtime = plane.runtime
+    assert isinstance(runtime, CheckpointingRuntime)
     service = SnapshotService(plane.service)
     row = await plane.service.create(plane.who, CreateRequest("base", 600))
     snapshot = await service.create(plane.who, row.id)
-
-    async def restore(sandbox_id: str, snapshot: pb.Snapshot) -> pb.Sandbox:
-        raise NodeUnavailable(code, "connection refused" if code is Code.UNAVAILABLE else "boom")
-
-    monkeypatch.setattr(plane.service.node, "restore", restore)
-    with pytest.raises(raised):
+    runtime.restore_fails = fails
+    try:
         await service.rollback(plane.who, row.id, snapshot.id)
-    assert await plane.state(row.id) == state
-    if state == "running":
-        assert plane.runtime.sandboxes[row.id].status is SandboxStatus.RUNNING
-        assert not plane.runtime.teardowns
+    except Exception as e:
+        return row.id, e
+    finally:
+        runtime.restore_fails = None
+    return row.id, None
+
+
+async def _paused_bytes(plane: Plane, sandbox_id: str) -> int:
+    async with plane.service.sessions() as s:
+        row = await q.get(s, sandbox_id)
+    assert row is not None
+    return row.paused_bytes
+
+
+async def test_a_rollback_that_works_leaves_it_running(snapshotting_plane: Plane) -> None:
+    sid, error = await _rolled_back(snapshotting_plane, None)
+    assert error is None and await snapshotting_plane.state(sid) == "running"
+
+
+@pytest.mark.parametrize(
+    ("fails", "state", "words"),
+    [
+        ("before", "running", "runs on as it was"),
+        ("paused", "paused", "paused at the snapshot"),
+        ("lost", "failed", "is lost"),
+    ],
+)
+async def test_a_rollback_the_node_failed_is_recorded_as_the_node_left_it(
+    snapshotting_plane: Plane, fails: str, state: str, words: str
+) -> None:
+    plane = snapshotting_plane
+    sid, error = await _rolled_back(plane, fails)
+    assert isinstance(error, SandboxFailed) and words in error.message, error
+    assert await plane.state(sid) == state
+    if state == "paused":
+        assert await _paused_bytes(plane, sid) == 4096  # counted in the snapshot quota
+        _, resumed = await plane.service.connect(plane.who, sid, 600)
+        assert resumed and await plane.state(sid) == "running"
+        assert plane.runtime.sandboxes[sid].status is SandboxStatus.RUNNING
+
+
+async def test_a_rollback_whose_answer_was_lost_is_settled_by_reconciliation(
+    snapshotting_plane: Plane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plane = snapshotting_plane
+    node = plane.service.node
+    real = node.restore
+
+    async def answer_lost(sandbox_id: str, snapshot: pb.Snapshot) -> pb.Sandbox:
+        with contextlib.suppress(Exception):
+            await real(sandbox_id, snapshot)
+        raise NodeUnavailable(Code.UNAVAILABLE, "connection reset")
+
+    monkeypatch.setattr(node, "restore", answer_lost)
+    sid, error = await _rolled_back(plane, "paused")
+    assert isinstance(error, NodeFailed) and "may or may not" in error.message
+    assert await plane.state(sid) == "running"  # nothing recorded on a guess
+    await plane.reaper.reconcile()
+    assert await plane.state(sid) == "paused"
+    assert await _paused_bytes(plane, sid) == 4096
+
+    # One it reached and that worked stays running through the reconciliation.
+    other, error = await _rolled_back(plane, None)
+    assert isinstance(error, NodeFailed)
+    await plane.reaper.reconcile()
+    assert await plane.state(other) == "running"
+
+
+async def test_a_rollback_that_never_reached_the_node_changes_nothing(
+    snapshotting_plane: Plane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plane = snapshotting_plane
+
+    async def refused(sandbox_id: str, snapshot: pb.Snapshot) -> pb.Sandbox:
+        raise NodeUnavailable(Code.UNAVAILABLE, "connection refused")
+
+    monkeypatch.setattr(plane.service.node, "restore", refused)
+    sid, error = await _rolled_back(plane, None)
+    assert isinstance(error, NodeFailed)
+    assert await plane.state(sid) == "running"
+    assert plane.runtime.sandboxes[sid].status is SandboxStatus.RUNNING
+    assert not plane.runtime.teardowns

@@ -8,6 +8,7 @@ import asyncio
 import builtins
 import collections
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Sequence
 
 import uvicorn
@@ -22,6 +23,7 @@ from emberbox.runtimes.base import (
     Capabilities,
     CapabilityMissing,
     Runtime,
+    RuntimeError_,
     RuntimeSandbox,
     SandboxActivity,
     SandboxGone,
@@ -278,6 +280,26 @@ class CheckpointingRuntime(FakeRuntime):
         self.checkpoint_delay_s = checkpoint_delay_s
         self.held: dict[str, SnapshotRef] = {}
         self.checkpointing = False
+        # How the next rollbacks fail: None (they do not), "before" (nothing was touched),
+        # "paused" (left paused at the snapshot, as gVisor's), "lost" (the sandbox is gone).
+        self.restore_fails: str | None = None
+        self.restores = 0
+
+    async def restore(self, sandbox_id: str, snapshot: SnapshotRef) -> RuntimeSandbox:
+        self.restores += 1
+        sandbox = self.sandboxes.get(sandbox_id)
+        if sandbox is None or snapshot.snapshot_id not in self.held:
+            raise SandboxGone(f"sandbox {sandbox_id} or snapshot {snapshot.snapshot_id} is gone")
+        if self.restore_fails == "paused":
+            paused = SandboxStatus.PAUSED
+            self.sandboxes[sandbox_id] = dataclasses.replace(
+                sandbox, status=paused, paused_bytes=self.held[snapshot.snapshot_id].size_bytes
+            )
+        elif self.restore_fails == "lost":
+            del self.sandboxes[sandbox_id]
+        if self.restore_fails is not None:
+            raise RuntimeError_(f"restore of {sandbox_id} failed ({self.restore_fails})")
+        return sandbox
 
     async def checkpoint(
         self, sandbox_id: str, snapshot_id: str, memory: bool = True

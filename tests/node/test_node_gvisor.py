@@ -237,6 +237,36 @@ async def test_a_node_killed_mid_resume_leaves_the_sandbox_paused_and_nothing_ru
         assert await h.client.kill(h.sid) is True
 
 
+async def test_a_node_killed_mid_rollback_leaves_the_sandbox_paused_at_the_snapshot(
+    node: NodeProcess,
+) -> None:
+    """The node SIGKILLed while runsc restores a sandbox for a rollback, after it stopped
+    what ran: the sandbox is not lost. The restarted node holds it paused at the snapshot,
+    with its saved memory's size, nothing of it running; a resume brings it back there."""
+    async with _one_sandbox(node) as h:
+        async with EnvdClient(h.sandbox.envd_url, "t0k") as envd:
+            await envd.run("echo then > /home/user/mark")
+        snapshot = await h.client.checkpoint(h.sid, "snapcoffee0000000004")
+        try:
+            async with EnvdClient(h.sandbox.envd_url, "t0k") as envd:
+                await envd.run("echo now > /home/user/mark")
+            rollback = asyncio.create_task(h.client.restore(h.sid, snapshot))
+            await _until(rollback, lambda: _runsc_starts(h.config, h.sid))
+            node.sigkill()
+            with pytest.raises(NodeError):
+                await rollback
+            await asyncio.sleep(1)  # what the restore started runs on meanwhile, if anything
+            await h.restart()
+            [held] = (await h.client.list()).sandboxes
+            assert held.status == pb.SANDBOX_STATUS_PAUSED and held.paused_bytes > 1 << 20
+            assert cgroups.procs(GVisorRuntime(h.config)._cgroup(h.sid)) == []
+            assert not (await h.client.resume(h.sid, "t0k")).rebooted
+            assert await _echo(h.sandbox, "$(cat /home/user/mark)") == "then\n"
+        finally:
+            await h.client.delete_snapshot(snapshot)
+        assert await h.client.kill(h.sid) is True
+
+
 @pytest.mark.parametrize("how", ["sigkill", "stop_in_swap", "stop", "successor_keeps_none"])
 async def test_a_node_restarted_while_it_keeps_a_paused_sandbox_hands_it_to_its_successor(
     node: NodeProcess, how: str

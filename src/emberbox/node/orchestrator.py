@@ -156,7 +156,12 @@ class Orchestrator:
                     continue
                 removed.append(sandbox_id)
                 continue
-            record.state = "paused" if sandbox.status is SandboxStatus.PAUSED else "running"
+            if sandbox.status is SandboxStatus.PAUSED:
+                # (a pause or rollback the previous process did not live to record counts too)
+                record.paused_bytes = record.paused_bytes or sandbox.paused_bytes
+                record.state = "paused"
+            else:
+                record.state = "running"
             self.records.save(record)
             self._held[sandbox_id] = record
             adopted.append(sandbox_id)
@@ -507,12 +512,35 @@ class Orchestrator:
         had then, which is this sandbox's own: no handshake, only a check that it answers."""
         async with self._locks.hold(sandbox_id):
             record = self._get(sandbox_id)
-            sandbox = await self.runtime.restore(sandbox_id, snapshot)
+            try:
+                sandbox = await self.runtime.restore(sandbox_id, snapshot)
+            except BaseException:
+                await self._after_failed_restore(record)
+                raise
             await self._serving(sandbox)
             record.state = "running"
             self.offloader.started(sandbox_id)
             self.records.save(record)
             return record
+
+    async def _after_failed_restore(self, record: SandboxRecord) -> None:
+        """Record where a rollback that failed left the sandbox (under its lock): paused at
+        its snapshot (the gVisor runtime does that), with the disk that takes, so a resume
+        tries again; released if the runtime lost it; else it runs on as it was."""
+        sandbox_id = record.sandbox_id
+        try:
+            held = {s.sandbox_id: s for s in await self.runtime.list()}
+        except Exception:  # the runtime cannot say: its listing, and the dead check, tell later
+            log.exception("sandbox %s: where its failed rollback left it is unknown", sandbox_id)
+            return
+        view = held.get(sandbox_id)
+        if view is not None and view.status is SandboxStatus.PAUSED:
+            record.state, record.paused_bytes = "paused", view.paused_bytes
+            self.offloader.forget(sandbox_id)
+            self.records.save(record)
+        elif view is None or view.status is SandboxStatus.STOPPED:
+            with contextlib.suppress(Exception):
+                await self._release_locked(sandbox_id, "rollback failed")
 
     async def _serving(self, sandbox: RuntimeSandbox) -> str:
         """envd answers again after a restore (it comes back with its memory, no /init);

@@ -166,6 +166,8 @@ class RuntimeSandbox:
     defaults: EnvdDefaults = field(default_factory=lambda: UNKNOWN_DEFAULTS)
     # Booted afresh by a resume (filesystem-only): its envd waits for its ``/init`` again.
     rebooted: bool = False
+    # Disk its saved state takes, while it is paused (runtimes that pause fill it).
+    paused_bytes: int = 0
 
     @property
     def envd_url(self) -> str:

@@ -612,7 +612,7 @@ class GVisorRuntime(Runtime):
                 await self._save_files(record, paths)
                 self._kill_processes(sandbox_id)
                 paths.saving.unlink(missing_ok=True)  # (paused: nothing stopped to let go)
-                size = paths.files.stat().st_blocks * 512
+                size = _saved_bytes(paths)
                 self._in_background(self._forget_container(sandbox_id))
                 return size
             image = partial(paths.memory)
@@ -627,7 +627,7 @@ class GVisorRuntime(Runtime):
                 shutil.rmtree(image, ignore_errors=True)  # last: it marks a kernel paused
                 raise
             os.replace(image, paths.memory)  # from here on the sandbox counts as paused
-            size = _du(paths.memory)
+            size = _saved_bytes(paths)
             if self.kept.may_keep():
                 cgroups.freeze(self._cgroup(sandbox_id), True)  # its sentry's timers too
                 self.kept.keep(sandbox_id)
@@ -836,6 +836,10 @@ class GVisorRuntime(Runtime):
                            memory=memory)  # fmt: skip
 
     async def restore(self, sandbox_id: str, snapshot: SnapshotRef) -> RuntimeSandbox:
+        """Roll the sandbox back: paused at ``snapshot`` first (its checkpoint linked in as the
+        sandbox's saved memory), then resumed from there. A restore that fails, or a node
+        killed meanwhile, leaves it paused at the snapshot, and a resume tries again: it is
+        never lost."""
         if self._check_snapshot(snapshot) is not None:
             raise CapabilityMissing(
                 f"snapshot {snapshot.snapshot_id} holds files only: a rollback to it is not "
@@ -844,11 +848,28 @@ class GVisorRuntime(Runtime):
         async with self._locks.hold(sandbox_id):
             record = await self._require(sandbox_id)
             self._no_volumes(record, "rolled back")
-            if self._paths(sandbox_id).paused():
+            paths = self._paths(sandbox_id)
+            if paths.paused():
                 # Paused (by a pause that got the lock first): a rollback now would run it
                 # again while its owner records it paused. Its callers refuse paused sandboxes.
                 raise SandboxNotRunning(f"sandbox {sandbox_id} is paused")
-            await self._restore_in_place(sandbox_id, record, Path(snapshot.path))  # stops it first
+            await asyncio.to_thread(_link_tree, Path(snapshot.path), paths.rollback)
+            os.replace(paths.rollback, paths.memory)  # from here on it counts as paused
+            try:
+                try:
+                    await self._restore_in_place(sandbox_id, record, paths.memory)
+                except RunscError as exc:
+                    if not sentry_died(exc):
+                        raise
+                    log.warning("sandbox %s: its sentry died restoring %s; trying once more",
+                                sandbox_id, snapshot.snapshot_id)  # fmt: skip
+                    await self._restore_in_place(sandbox_id, record, paths.memory)
+            except BaseException:
+                with contextlib.suppress(Exception):  # paused: nothing of it may run on
+                    await self._stop_processes(sandbox_id)
+                    await self.runsc.delete(sandbox_id)
+                raise
+            self._discard(paths.memory)
             return self._sandbox(record, SandboxStatus.RUNNING)
 
     async def delete_snapshot(self, snapshot: SnapshotRef) -> None:
@@ -1050,6 +1071,7 @@ class GVisorRuntime(Runtime):
         processes stopped (the save's runsc exec lets them go only when it fails, or for a
         snapshot): let them go, unless the sandbox was paused with its files after all."""
         paths = self._paths(sandbox_id)
+        await asyncio.to_thread(shutil.rmtree, paths.rollback, True)  # a rollback's, cut off
         image = partial(paths.memory)
         if image.exists() and not paths.paused():
             log.warning("sandbox %s: a pause was cut off; it runs on", sandbox_id)
@@ -1267,6 +1289,7 @@ class GVisorRuntime(Runtime):
         defaults: EnvdDefaults = UNKNOWN_DEFAULTS,
         oom_killed: bool = False,
     ) -> RuntimeSandbox:
+        paused = status is SandboxStatus.PAUSED
         return RuntimeSandbox(
             sandbox_id=record.sandbox_id,
             template_id=record.template_id,
@@ -1275,6 +1298,7 @@ class GVisorRuntime(Runtime):
             status=status,
             oom_killed=oom_killed,
             defaults=defaults,
+            paused_bytes=_saved_bytes(self._paths(record.sandbox_id)) if paused else 0,
         )
 
     def _oom_killed(self, sandbox_id: str) -> bool:
@@ -1284,6 +1308,32 @@ class GVisorRuntime(Runtime):
         log = self._paths(sandbox_id).log
         guest_kills = count_kills(log.read_text(errors="replace")) if log.exists() else 0
         return bool(usage and usage.oom_kills) or guest_kills > 0
+
+
+def _link_tree(source: Path, dest: Path) -> None:
+    """``source``'s files at ``dest``: hard links (no time, no disk; restores only read them),
+    copies where links cannot be made. Nothing at ``dest`` when it fails."""
+    shutil.rmtree(dest, ignore_errors=True)
+    try:
+        shutil.copytree(source, dest, copy_function=os.link)
+        return
+    except (shutil.Error, OSError):
+        shutil.rmtree(dest, ignore_errors=True)
+    if not source.is_dir():
+        raise SandboxGone(f"snapshot {source.name} is not on this node")
+    try:
+        shutil.copytree(source, dest)
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+
+
+def _saved_bytes(paths: SandboxPaths) -> int:
+    """Disk a paused sandbox's saved state takes: its memory, or its files."""
+    try:
+        return _du(paths.memory) if paths.memory.is_dir() else paths.files.stat().st_blocks * 512
+    except FileNotFoundError:  # (resumed meanwhile)
+        return 0
 
 
 def _du(path: Path) -> int:

@@ -87,6 +87,12 @@ class SandboxPaths:
         return self.root / "files.tar"
 
     @property
+    def rollback(self) -> Path:
+        """A snapshot's checkpoint being linked in for a rollback, until it is whole and renamed
+        to :attr:`memory` (a node killed meanwhile leaves it: its successor removes it)."""
+        return partial(self.root / "rollback")
+
+    @property
     def saving(self) -> Path:
         """Present while a save reads its files with its processes stopped."""
         return self.root / "saving"

@@ -181,6 +181,7 @@ class Reaper:
             # Running and paused rows are stable: every change of them goes through the
             # database before the node, so one the node does not hold was lost.
             running = set(await q.ids_in_states(s, [State.RUNNING, State.PAUSED]))
+            only_running = set(await q.ids_in_states(s, [State.RUNNING]))
             known_before = set(await q.ids_in_states(s, _KNOWN))
             pausing = set(await q.ids_in_states(s, [State.PAUSING]))
             resuming = set(await q.ids_in_states(s, [State.RESUMING]))
@@ -204,7 +205,26 @@ class Reaper:
             await self.service.node.kill(sid)
         unfinished = {i for i in unfinished if not self.service.switching(i)}
         await self._settle(sorted(unfinished), listing, resuming)
+        await self._paused_by_node(only_running, listing)
         await remove_untracked_snapshots(self.service)
+
+    async def _paused_by_node(self, running: set[str], listing: pb.ListResponse) -> None:
+        """Running rows whose node holds the sandbox paused, with nobody at them here: a
+        rollback cut off, or whose answer was lost, left it paused at its snapshot. Checked
+        again against a fresh listing: a pause and a resume between the reads do not count
+        (each is under way here, and ends with the node's sandbox running)."""
+        paused = pb.SANDBOX_STATUS_PAUSED
+        suspects = [b.sandbox_id for b in listing.sandboxes
+                    if b.sandbox_id in running and b.status == paused]  # fmt: skip
+        if not suspects:
+            return
+        fresh = {b.sandbox_id: b for b in (await self.service.node.list()).sandboxes}
+        for sid in suspects:
+            held = fresh.get(sid)
+            if held is None or held.status != paused or self.service.switching(sid):
+                continue
+            if await self.service.record_paused_by_node(sid, held):
+                log.warning("sandbox %s recorded paused, as its node holds it", sid)
 
     def _notice_node_restart(self, boot_id: str) -> None:
         """A separate node that restarted under us lost its sandboxes' header-rule values

@@ -751,7 +751,7 @@ class SandboxService:
             raise GuestUnhealthy(f"sandbox '{sandbox_id}' envd does not answer; {what}")
         await self._check_saved_disk(row.team_id, f"sandbox '{sandbox_id}' was not paused")
         # What it will be is known now: traffic must not wake it, a restart must not lose it.
-        with self._switching(sandbox_id):
+        with self.switch(sandbox_id):
             async with self.sessions.begin() as s:
                 if not await q.set_state(s, sandbox_id, [State.RUNNING], State.PAUSING,
                                          pause_mode=_pause_mode(keep_memory)):  # fmt: skip
@@ -778,7 +778,7 @@ class SandboxService:
                 await q.set_state(s, sandbox_id, [State.PAUSING], State.PAUSED, paused_bytes=size)
 
     @contextlib.contextmanager
-    def _switching(self, sandbox_id: str) -> Iterator[None]:
+    def switch(self, sandbox_id: str) -> Iterator[None]:
         self._switches[sandbox_id] += 1
         try:
             yield
@@ -788,7 +788,7 @@ class SandboxService:
                 del self._switches[sandbox_id]
 
     def switching(self, sandbox_id: str) -> bool:
-        """Whether this process has a pause or resume of the sandbox under way."""
+        """Whether this process has a pause, resume or rollback of the sandbox under way."""
         return sandbox_id in self._switches
 
     @contextlib.asynccontextmanager
@@ -835,7 +835,7 @@ class SandboxService:
         async with self.sessions() as s:
             row = await q.get(s, sandbox_id)
         keep_memory = row is None or row.auto_pause_memory
-        with self._switching(sandbox_id):
+        with self.switch(sandbox_id):
             return await self._pause_at_end(sandbox_id, row, keep_memory)
 
     async def _pause_at_end(self, sandbox_id: str, row: Sandbox | None, keep_memory: bool) -> bool:
@@ -975,7 +975,7 @@ class SandboxService:
         # A paused sandbox holds no CPU or memory and is outside the team's cap, so its resume
         # is admitted like a create: never past the cap, never onto a full node.
         # (A refusal raises inside the transaction: it rolls back, the sandbox stays paused.)
-        with self._switching(row.id):
+        with self.switch(row.id):
             return await self._resume_admitted(row, timeout_s, with_memory)
 
     async def _resume_admitted(
@@ -1018,13 +1018,26 @@ class SandboxService:
         saved it again (its files alone, if its memory could not be), which takes other disk
         than the pause before. Empty when the node cannot say."""
         try:
-            listing = await self.node.list()
+            held = await self.node_view(sandbox_id)
         except NodeError:
             return {}
-        for held in listing.sandboxes:
-            if held.sandbox_id == sandbox_id and held.status == pb.SANDBOX_STATUS_PAUSED:
-                return {"paused_bytes": held.paused_bytes}
+        if held is not None and held.status == pb.SANDBOX_STATUS_PAUSED:
+            return {"paused_bytes": held.paused_bytes}
         return {}
+
+    async def node_view(self, sandbox_id: str) -> pb.Sandbox | None:
+        """The sandbox as its node holds it now; None when it holds no such sandbox."""
+        listing = await self.node.list()
+        return next((b for b in listing.sandboxes if b.sandbox_id == sandbox_id), None)
+
+    async def record_paused_by_node(self, sandbox_id: str, held: pb.Sandbox) -> bool:
+        """A running row whose node holds the sandbox paused (a rollback that failed, or was
+        cut off, leaves it paused at its snapshot): recorded paused, its disk counted, so a
+        resume tries again. False if the row was not running."""
+        async with self.sessions.begin() as s:
+            return await q.set_state(s, sandbox_id, [State.RUNNING], State.PAUSED,
+                                     paused_bytes=held.paused_bytes,
+                                     pause_mode=_pause_mode(True))  # fmt: skip
 
     async def kill(self, who: Principal, sandbox_id: str) -> None:
         await self.get(who, sandbox_id)

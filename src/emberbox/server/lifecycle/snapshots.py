@@ -285,24 +285,42 @@ class SnapshotService:
                 "rolls back only to its own snapshots (start a new one from it instead)"
             )
         try:
-            async with self.sandboxes.saving_memory(row):  # (its memory is replaced, as saved)
-                await self.sandboxes.node.restore(sandbox_id, snapshot_message(snapshot))
+            with self.sandboxes.switch(sandbox_id):  # (reconciliation leaves it alone)
+                async with self.sandboxes.saving_memory(row):  # (its memory is replaced)
+                    await self.sandboxes.node.restore(sandbox_id, snapshot_message(snapshot))
         except NodeUnsupported as e:
             raise self.sandboxes._unsupported("cannot roll sandboxes back") from e
         except NodeConflict as e:  # paused by another caller since the check above; untouched
             raise Conflict(f"sandbox '{sandbox_id}' is not running: {e.message}") from e
         except NodeError as e:
             if answer_lost(e):
-                # Rolled back or not, it is as the node holds it: never killed on a guess
-                # (reconciliation records it lost if the node no longer runs it).
+                # Rolled back or not, it is as the node holds it: never recorded on a guess
+                # (reconciliation records it as the node holds it).
                 raise NodeFailed(
                     f"rollback of '{sandbox_id}': the node did not answer ({e}); the sandbox "
                     "may or may not be rolled back"
                 ) from e
-            # The runtime stopped the sandbox before restoring it: it is gone now.
-            await self.sandboxes.mark_crashed(sandbox_id, oom=False)
-            raise SandboxFailed(f"rollback of '{sandbox_id}' failed, sandbox lost: {e}") from e
+            raise await self._failed_rollback(sandbox_id, e) from e
         return row
+
+    async def _failed_rollback(self, sandbox_id: str, e: NodeError) -> LifecycleError:
+        """Where a rollback the node failed left the sandbox, recorded: paused at the
+        snapshot (a resume tries again), running as it was, or gone."""
+        failed = f"rollback of '{sandbox_id}' failed: {e.message}"
+        try:
+            held = await self.sandboxes.node_view(sandbox_id)
+        except NodeError as lost:
+            return NodeFailed(f"{failed}; the node did not say where it left it ({lost})")
+        if held is None:
+            await self.sandboxes.mark_crashed(sandbox_id, oom=False)
+            return SandboxFailed(f"{failed}; the sandbox is lost")
+        if held.status == pb.SANDBOX_STATUS_PAUSED:
+            await self.sandboxes.record_paused_by_node(sandbox_id, held)
+            return SandboxFailed(
+                f"{failed}; the sandbox is paused at the snapshot, and a resume (connect) "
+                "tries again"
+            )
+        return SandboxFailed(f"{failed}; the sandbox runs on as it was")
 
 
 async def remove_leftover_snapshots(sandboxes: SandboxService) -> list[str]:

@@ -5,6 +5,9 @@ creating ─▶ running ─▶ pausing ─▶ paused ─▶ resuming ─▶ runn
     └──────────┴──────────┴────┬─────┴──────────┘
                                ▼
                   killing ─▶ killed        (any live state ─▶ failed)
+
+running ─▶ paused directly: a rollback the node left paused at its snapshot (it failed, or
+was cut off), recorded as the node holds it.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ class EndReason(enum.StrEnum):
 _ENDED = {State.KILLED, State.FAILED}
 _NEXT: dict[State, set[State]] = {
     State.CREATING: {State.RUNNING, State.KILLING, State.FAILED},
-    State.RUNNING: {State.PAUSING, State.KILLING, State.FAILED},
+    State.RUNNING: {State.PAUSING, State.PAUSED, State.KILLING, State.FAILED},
     State.PAUSING: {State.PAUSED, State.RUNNING, State.KILLING, State.FAILED},
     State.PAUSED: {State.RESUMING, State.KILLING, State.FAILED},
     State.RESUMING: {State.RUNNING, State.PAUSED, State.KILLING, State.FAILED},
