@@ -164,3 +164,35 @@ def test_an_upload_for_a_template_deleted_since_is_not_kept(quota_server: Runnin
         r = httpx.put(link, content=_tar(20))
         assert r.status_code == 404 and r.json()["code"] == 404, r.text
     assert not (quota_server.server.data_dir / "template-files" / tid).exists()
+
+
+async def test_an_upload_a_crash_cut_off_is_removed_at_the_next_start(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The server SIGKILLed while an archive arrives: its next start removes the half-written
+    file (which no quota counts and nothing else would remove), and the link still works."""
+    with contextlib.contextmanager(start_server)(
+        tmp_path_factory.mktemp("files-crash"), "sqlite"
+    ) as running:
+        with running.client() as api:
+            tid = _template(api)
+            link = _link(api, tid, _hash(30))
+        async with httpx.AsyncClient(timeout=30) as client:
+            upload = asyncio.create_task(client.put(link, content=_slowly(_tar(30) * 4)))
+            files = running.server.data_dir / "template-files" / tid
+            for _ in range(500):
+                if list(files.glob(".*.part")):
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                raise AssertionError("the upload never began")
+            running.server.sigkill()
+            with contextlib.suppress(httpx.TransportError):
+                await upload
+        assert _leftovers(running) != []
+        running.server.start()
+        assert _leftovers(running) == []
+        async with httpx.AsyncClient(timeout=30) as client:
+            assert (await client.put(link, content=_tar(30))).status_code == 200
+        with running.client() as api:
+            assert _present(api, tid, _hash(30))

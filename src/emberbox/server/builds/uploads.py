@@ -34,6 +34,7 @@ from ..lifecycle.errors import Invalid, NotFound, QuotaExceeded
 
 BAD = "bad_token"
 UPLOAD_PREFIX = "/_uploads/templates/"  # served outside API-key auth: the token is the check
+_PART = ".part"  # an archive while it arrives: ``.<hash>.<random>.part`` beside its target
 
 
 class UploadRefused(Invalid):
@@ -59,14 +60,19 @@ class Uploads:
 
     @classmethod
     def open(cls, data_dir: Path, max_bytes: int) -> Uploads:
-        """The signing key is made once (0600) and kept, so URLs survive a restart."""
+        """The signing key is made once (0600) and kept, so URLs survive a restart. Uploads a
+        previous server process was receiving when it died are removed (one server per data
+        dir: none of this one's has begun)."""
         key_file = data_dir / "secrets" / "upload-url.key"
         if not key_file.exists():
             key_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as f:
                 f.write(secrets.token_bytes(32))
-        return cls(data_dir / FILES_DIR, key_file.read_bytes(), max_bytes=max_bytes)
+        uploads = cls(data_dir / FILES_DIR, key_file.read_bytes(), max_bytes=max_bytes)
+        for cut in uploads.files.root.glob(f"*/.*{_PART}"):
+            cut.unlink(missing_ok=True)
+        return uploads
 
     def path(self, template_id: str, files_hash: str) -> Path:
         try:
@@ -122,7 +128,7 @@ class Uploads:
         within ``team``'s quota (if given, and not 0). An archive it replaces counts once."""
         target = self.path(template_id, files_hash)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.parent / f".{files_hash}.{secrets.token_hex(4)}.part"
+        tmp = target.parent / f".{files_hash}.{secrets.token_hex(4)}{_PART}"
         share = team if team is not None and team.quota else None
         try:
             await self._write(tmp, chunks, share, target)
