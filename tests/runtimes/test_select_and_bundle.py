@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,3 +91,29 @@ def test_address_pool_leases_are_exclusive_and_per_instance(tmp_path: Path):
     assert len(b.leases()) == 1
     a.release(first)
     assert a.claim("four").index == 0
+
+
+_KILLED_CLAIMER = """
+import ipaddress, os, signal, sys
+from pathlib import Path
+from emberbox.host.network import AddressPool
+
+def die(*_):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+# Killed mid-claim: as it writes a file by descriptor, or links a lease file into place.
+os.write = die
+sys.addaudithook(lambda event, args: event == "os.link" and die())
+AddressPool(Path(sys.argv[1]), ipaddress.IPv4Network("10.50.0.0/29"), "aaaa").claim("one")
+"""
+
+
+def test_a_claimer_killed_mid_claim_leaves_no_lease_naming_no_one(tmp_path: Path):
+    """Every lease file names its owner, whenever its claimer dies: one naming no one would
+    hold its address for good (no instance owns it, so none frees it)."""
+    child = subprocess.run([sys.executable, "-c", _KILLED_CLAIMER, str(tmp_path)], check=False)
+    assert child.returncode == -signal.SIGKILL
+    leases = [p for p in tmp_path.iterdir() if p.name.isdigit()]
+    assert all(p.read_text() for p in leases), "a lease file names no one"
+    pool = AddressPool(tmp_path, ipaddress.IPv4Network("10.50.0.0/29"), "aaaa")
+    assert [pool.claim("two").index, pool.claim("three").index] == [0, 1]

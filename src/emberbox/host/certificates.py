@@ -60,9 +60,11 @@ class EgressCa:
 
     def _read(self) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None:
         """The CA on disk; None when there is none (or it nears its end). Files that exist
-        but do not load are an error, never silently replaced: sandboxes trust that CA."""
+        but do not load are an error, never silently replaced: sandboxes trust that CA. A key
+        without its certificate is a make cut off (the certificate is written last, and no
+        sandbox was given it): made again."""
         cert_path, key_path = self.directory / "ca.pem", self.directory / "ca-key.pem"
-        if not cert_path.exists() and not key_path.exists():
+        if not cert_path.exists():
             return None
         try:
             cert = x509.load_pem_x509_certificate(cert_path.read_bytes())

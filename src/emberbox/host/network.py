@@ -11,7 +11,6 @@ another sandbox's. The rule order is ``egress.py``'s.
 from __future__ import annotations
 
 import contextlib
-import errno
 import ipaddress
 import json
 import logging
@@ -148,20 +147,24 @@ class AddressPool:
         self.size = subnet.num_addresses // 4
 
     def claim(self, sandbox_id: str) -> Lease:
+        """A lease file appears with its owner in it: written aside, then hard-linked to its
+        index, which fails if the index is taken. (Created empty and then written, a claimer
+        killed in between left a file naming no one, an address no one would ever free.)"""
         self.directory.mkdir(parents=True, exist_ok=True)
         taken = {int(p.name) for p in self.directory.iterdir() if p.name.isdigit()}
-        for index in range(self.size):
-            if index in taken:
-                continue
-            try:
-                fd = os.open(self.directory / str(index), os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-            except OSError as exc:
-                if exc.errno == errno.EEXIST:
+        owner = self.directory / f".claim-{self.instance}-{sandbox_id}-{os.getpid()}"
+        owner.write_text(f"{self.instance}:{sandbox_id}")
+        try:
+            for index in range(self.size):
+                if index in taken:
                     continue
-                raise
-            os.write(fd, f"{self.instance}:{sandbox_id}".encode())
-            os.close(fd)
-            return Lease(index, sandbox_id, self.subnet, self.instance)
+                try:
+                    os.link(owner, self.directory / str(index))
+                except FileExistsError:
+                    continue
+                return Lease(index, sandbox_id, self.subnet, self.instance)
+        finally:
+            owner.unlink(missing_ok=True)
         raise PoolExhausted(f"no free address in {self.subnet} ({self.size} sandboxes)")
 
     def owns(self, lease: Lease) -> bool:

@@ -24,16 +24,18 @@ import tarfile
 import time
 import zlib
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ...host.files import write_atomic
 from ...node.builds import FILES_DIR, BuildFiles, BuildRefused
 from ...vocabulary import whole_number
 from ..lifecycle.errors import Invalid, NotFound, QuotaExceeded
 
 BAD = "bad_token"
 UPLOAD_PREFIX = "/_uploads/templates/"  # served outside API-key auth: the token is the check
+_KEY_BYTES = 32  # the upload URLs' HMAC key
 _PART = ".part"  # an archive while it arrives: ``.<hash>.<random>.part`` beside its target
 
 
@@ -64,12 +66,12 @@ class Uploads:
         previous server process was receiving when it died are removed (one server per data
         dir: none of this one's has begun)."""
         key_file = data_dir / "secrets" / "upload-url.key"
-        if not key_file.exists():
+        key = key_file.read_bytes() if key_file.exists() else b""
+        if len(key) != _KEY_BYTES:  # none yet (or an older server's make cut off: empty)
             key_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(secrets.token_bytes(32))
-        uploads = cls(data_dir / FILES_DIR, key_file.read_bytes(), max_bytes=max_bytes)
+            key = secrets.token_bytes(_KEY_BYTES)
+            write_atomic(key_file, key, private=True)
+        uploads = cls(data_dir / FILES_DIR, key, max_bytes=max_bytes)
         for cut in uploads.files.root.glob(f"*/.*{_PART}"):
             cut.unlink(missing_ok=True)
         return uploads
@@ -131,11 +133,12 @@ class Uploads:
         tmp = target.parent / f".{files_hash}.{secrets.token_hex(4)}{_PART}"
         share = team if team is not None and team.quota else None
         try:
-            await self._write(tmp, chunks, share, target)
-            await asyncio.to_thread(_check_tar, tmp)
-            if share:  # again, exactly: no await from here to the rename
-                _check_share(share, self._stored_but(target, share) + tmp.stat().st_size)
-            os.replace(tmp, target)
+            with self._arriving(share, target) as arrived:  # counted until it is stored, or refused
+                await self._write(tmp, chunks, arrived)
+                await asyncio.to_thread(_check_tar, tmp)
+                if share:  # again, exactly: no await from here to the rename
+                    _check_share(share, self._stored_but(target, share) + tmp.stat().st_size)
+                os.replace(tmp, target)
         except FileNotFoundError:  # its directory went with the template meanwhile
             raise NotFound(f"template '{template_id}' was deleted during the upload") from None
         finally:
@@ -149,40 +152,51 @@ class Uploads:
             replaced = 0
         return self.stored_bytes(share.template_ids) - replaced
 
+    @contextlib.contextmanager
+    def _arriving(self, share: TeamShare | None, target: Path) -> Iterator[Callable[[int], None]]:
+        """Counts the bytes one upload to ``target`` writes in its team's share, with what
+        the team has stored when it starts (but ``target``, which it replaces) and what its
+        other uploads are writing; refuses the upload once they pass the quota."""
+        if share is None:
+            yield lambda _n: None
+            return
+        stored, mine = self._stored_but(target, share), 0
+
+        def arrived(n: int) -> None:
+            nonlocal mine
+            self._writing[share.team_id] += n
+            mine += n
+            _check_share(share, stored + self._writing[share.team_id])
+
+        try:
+            yield arrived
+        finally:
+            self._writing[share.team_id] -= mine
+            if self._writing[share.team_id] <= 0:
+                del self._writing[share.team_id]
+
     async def _write(
-        self, tmp: Path, chunks: AsyncIterator[bytes], share: TeamShare | None, target: Path
+        self, tmp: Path, chunks: AsyncIterator[bytes], arrived: Callable[[int], None]
     ) -> None:
         inflate: zlib._Decompress | None = None
-        seen = written = mine = 0
-        stored = self._stored_but(target, share) if share else 0
-        try:
-            with tmp.open("wb") as out:
-                async for chunk in chunks:
-                    if not chunk:
-                        continue
-                    if seen == 0 and chunk[:2] == b"\x1f\x8b":
-                        inflate = zlib.decompressobj(wbits=31)
-                    seen += len(chunk)
-                    for data in _inflated(inflate, chunk) if inflate else (chunk,):
-                        written += len(data)
-                        if written > self.max_bytes:
-                            raise QuotaExceeded(
-                                f"the archive is larger than {self.max_bytes} bytes"
-                            )
-                        if share:  # with what the team's other uploads are writing
-                            self._writing[share.team_id] += len(data)
-                            mine += len(data)
-                            _check_share(share, stored + self._writing[share.team_id])
-                        out.write(data)
-                if inflate is not None:
-                    if not inflate.eof:
-                        raise UploadRefused("the gzip stream ended early")
-                    out.write(inflate.flush())
-        finally:
-            if share:
-                self._writing[share.team_id] -= mine
-                if self._writing[share.team_id] <= 0:
-                    del self._writing[share.team_id]
+        seen = written = 0
+        with tmp.open("wb") as out:
+            async for chunk in chunks:
+                if not chunk:
+                    continue
+                if seen == 0 and chunk[:2] == b"\x1f\x8b":
+                    inflate = zlib.decompressobj(wbits=31)
+                seen += len(chunk)
+                for data in _inflated(inflate, chunk) if inflate else (chunk,):
+                    written += len(data)
+                    if written > self.max_bytes:
+                        raise QuotaExceeded(f"the archive is larger than {self.max_bytes} bytes")
+                    arrived(len(data))
+                    out.write(data)
+            if inflate is not None:
+                if not inflate.eof:
+                    raise UploadRefused("the gzip stream ended early")
+                out.write(inflate.flush())
         if seen == 0:
             raise UploadRefused("the upload is empty")
 
