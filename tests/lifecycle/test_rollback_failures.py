@@ -6,6 +6,7 @@ reconciliation then records what the node holds."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 
 import pytest
@@ -115,3 +116,28 @@ async def test_a_rollback_that_never_reached_the_node_changes_nothing(
     assert await plane.state(sid) == "running"
     assert plane.runtime.sandboxes[sid].status is SandboxStatus.RUNNING
     assert not plane.runtime.teardowns
+
+
+async def test_a_pause_that_waited_for_a_failing_rollback_finds_it_paused(
+    snapshotting_plane: Plane,
+) -> None:
+    """A pause that reached the node while a rollback held the sandbox, which the rollback
+    left paused at its snapshot: the pause finds it paused, and it is recorded so (not put
+    back to running, nor killed)."""
+    plane = snapshotting_plane
+    runtime = plane.runtime
+    assert isinstance(runtime, CheckpointingRuntime)
+    service = SnapshotService(plane.service)
+    row = await plane.service.create(plane.who, CreateRequest("base", 600))
+    snapshot = await service.create(plane.who, row.id)
+    runtime.restore_fails, runtime.restore_delay_s = "paused", 0.3
+    rollback = asyncio.create_task(service.rollback(plane.who, row.id, snapshot.id))
+    for _ in range(100):  # until the rollback holds the sandbox on the node
+        if runtime.restores:
+            break
+        await asyncio.sleep(0.01)
+    await plane.service.pause(plane.who, row.id)  # waits for the node's lock on it
+    with pytest.raises(SandboxFailed, match="paused at the snapshot"):
+        await rollback
+    assert await plane.state(row.id) == "paused"
+    assert await _paused_bytes(plane, row.id) == 4096

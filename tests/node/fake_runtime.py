@@ -27,6 +27,7 @@ from emberbox.runtimes.base import (
     RuntimeSandbox,
     SandboxActivity,
     SandboxGone,
+    SandboxNotRunning,
     SandboxSpec,
     SandboxStats,
     SandboxStatus,
@@ -244,6 +245,8 @@ class FakeRuntime(Runtime):
         self.bad_thaws += sandbox_id in self.offloading
         await asyncio.sleep(self.pause_delay_s)
         sandbox = self.sandboxes[sandbox_id]
+        if sandbox.status is SandboxStatus.PAUSED:  # (as gVisor's)
+            raise SandboxNotRunning(f"sandbox {sandbox_id} is paused")
         self.sandboxes[sandbox_id] = RuntimeSandbox(
             sandbox.sandbox_id, sandbox.template_id, sandbox.address, sandbox.envd_port,
             SandboxStatus.PAUSED,
@@ -283,10 +286,12 @@ class CheckpointingRuntime(FakeRuntime):
         # How the next rollbacks fail: None (they do not), "before" (nothing was touched),
         # "paused" (left paused at the snapshot, as gVisor's), "lost" (the sandbox is gone).
         self.restore_fails: str | None = None
+        self.restore_delay_s = 0.0
         self.restores = 0
 
     async def restore(self, sandbox_id: str, snapshot: SnapshotRef) -> RuntimeSandbox:
         self.restores += 1
+        await asyncio.sleep(self.restore_delay_s)
         sandbox = self.sandboxes.get(sandbox_id)
         if sandbox is None or snapshot.snapshot_id not in self.held:
             raise SandboxGone(f"sandbox {sandbox_id} or snapshot {snapshot.snapshot_id} is gone")

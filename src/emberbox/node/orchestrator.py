@@ -517,7 +517,14 @@ class Orchestrator:
             except BaseException:
                 await self._after_failed_restore(record)
                 raise
-            await self._serving(sandbox)
+            try:
+                await self._serving(sandbox)
+            except BaseException:
+                # Rolled back, but its envd does not answer: saved again, as a resume does,
+                # rather than left running while everyone holds it unchanged.
+                await self._pause_again(sandbox_id)
+                await self._after_failed_restore(record)
+                raise
             record.state = "running"
             self.offloader.started(sandbox_id)
             self.records.save(record)

@@ -867,6 +867,7 @@ class GVisorRuntime(Runtime):
             except BaseException:
                 with contextlib.suppress(Exception):  # paused: nothing of it may run on
                     await self._stop_processes(sandbox_id)
+                with contextlib.suppress(Exception):
                     await self.runsc.delete(sandbox_id)
                 raise
             self._discard(paths.memory)

@@ -210,17 +210,18 @@ class Reaper:
 
     async def _paused_by_node(self, running: set[str], listing: pb.ListResponse) -> None:
         """Running rows whose node holds the sandbox paused, with nobody at them here: a
-        rollback cut off, or whose answer was lost, left it paused at its snapshot. Checked
-        again against a fresh listing: a pause and a resume between the reads do not count
-        (each is under way here, and ends with the node's sandbox running)."""
+        rollback cut off, or whose answer was lost, left it paused at its snapshot. Each is
+        checked again, just before, against a fresh listing: a pause and a resume since the
+        first read do not count (each is under way here, and ends with it running)."""
         paused = pb.SANDBOX_STATUS_PAUSED
         suspects = [b.sandbox_id for b in listing.sandboxes
                     if b.sandbox_id in running and b.status == paused]  # fmt: skip
         if not suspects:
             return
-        fresh = {b.sandbox_id: b for b in (await self.service.node.list()).sandboxes}
         for sid in suspects:
-            held = fresh.get(sid)
+            if self.service.switching(sid):
+                continue
+            held = await self.service.node_view(sid)
             if held is None or held.status != paused or self.service.switching(sid):
                 continue
             if await self.service.record_paused_by_node(sid, held):

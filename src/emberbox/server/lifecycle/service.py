@@ -30,6 +30,7 @@ from ...egress import EgressProxy, HeaderRule
 from ...envd_client import EnvdClient, sandbox_http
 from ...node.client import (
     NodeClient,
+    NodeConflict,
     NodeError,
     NodeFull,
     NodeSandboxNotFound,
@@ -766,6 +767,9 @@ class SandboxService:
                 log.warning("pause of %s failed: %s", sandbox_id, e)
                 if answer_lost(e):  # left pausing: the node's listing settles it
                     raise NodeFailed(f"pause of '{sandbox_id}': {_LOST}") from e
+                if (held := await self._paused_meanwhile(sandbox_id, e)) is not None:
+                    await self._paused_as_held(sandbox_id, held)
+                    return
                 async with self.sessions.begin() as s:
                     await q.set_state(s, sandbox_id, [State.PAUSING], State.RUNNING,
                                       pause_mode=None)  # fmt: skip
@@ -853,6 +857,9 @@ class SandboxService:
             if answer_lost(e):  # left pausing: the node's listing settles it (then a tick)
                 log.warning("pause at the end time of %s: %s (%s)", sandbox_id, _LOST, e)
                 return True
+            if (held := await self._paused_meanwhile(sandbox_id, e)) is not None:
+                await self._paused_as_held(sandbox_id, held)
+                return True
             saved = await self._keep_files_at_end(sandbox_id, e) if keep_memory else None
             if saved is None:
                 log.error("pause at the end time of %s failed (%s); killing it", sandbox_id, e)
@@ -867,6 +874,25 @@ class SandboxService:
             await q.set_state(s, sandbox_id, [State.PAUSING], State.PAUSED, paused_bytes=size)
         log.info("sandbox %s paused at its end time", sandbox_id)
         return True
+
+    async def _paused_meanwhile(self, sandbox_id: str, failed: BaseException) -> pb.Sandbox | None:
+        """The sandbox as its node holds it, if a pause failed because it is paused already:
+        a rollback that failed while the pause waited for it left it paused at its
+        snapshot. None otherwise."""
+        if not isinstance(failed, NodeConflict):
+            return None
+        try:
+            held = await self.node_view(sandbox_id)
+        except NodeError:
+            return None
+        return held if held is not None and held.status == pb.SANDBOX_STATUS_PAUSED else None
+
+    async def _paused_as_held(self, sandbox_id: str, held: pb.Sandbox) -> None:
+        async with self.sessions.begin() as s:
+            await q.set_state(s, sandbox_id, [State.PAUSING], State.PAUSED,
+                              paused_bytes=held.paused_bytes,
+                              pause_mode=_pause_mode(True))  # fmt: skip
+        log.warning("sandbox %s was paused already, as its node holds it", sandbox_id)
 
     async def _keep_files_at_end(self, sandbox_id: str, failed: Exception) -> int | None:
         """The files of a sandbox whose memory could not be saved at its end time, its bytes
@@ -1035,9 +1061,12 @@ class SandboxService:
         cut off, leaves it paused at its snapshot): recorded paused, its disk counted, so a
         resume tries again. False if the row was not running."""
         async with self.sessions.begin() as s:
-            return await q.set_state(s, sandbox_id, [State.RUNNING], State.PAUSED,
-                                     paused_bytes=held.paused_bytes,
-                                     pause_mode=_pause_mode(True))  # fmt: skip
+            moved = await q.set_state(s, sandbox_id, [State.RUNNING], State.PAUSED,
+                                      paused_bytes=held.paused_bytes,
+                                      pause_mode=_pause_mode(True))  # fmt: skip
+        if moved:
+            self.on_gone(sandbox_id)  # (the proxy forgets where it ran)
+        return moved
 
     async def kill(self, who: Principal, sandbox_id: str) -> None:
         await self.get(who, sandbox_id)

@@ -320,6 +320,8 @@ class SnapshotService:
                 f"{failed}; the sandbox is paused at the snapshot, and a resume (connect) "
                 "tries again"
             )
+        if isinstance(e, NodeSandboxNotFound):  # (the snapshot's files, not the sandbox)
+            return NotFound(f"{failed}; the sandbox runs on as it was")
         return SandboxFailed(f"{failed}; the sandbox runs on as it was")
 
 
