@@ -117,3 +117,5 @@ def test_a_claimer_killed_mid_claim_leaves_no_lease_naming_no_one(tmp_path: Path
     assert all(p.read_text() for p in leases), "a lease file names no one"
     pool = AddressPool(tmp_path, ipaddress.IPv4Network("10.50.0.0/29"), "aaaa")
     assert [pool.claim("two").index, pool.claim("three").index] == [0, 1]
+    pool.sweep_cut_claims()  # the dead claimer's owner file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0", "1"]

@@ -167,6 +167,13 @@ class AddressPool:
             owner.unlink(missing_ok=True)
         raise PoolExhausted(f"no free address in {self.subnet} ({self.size} sandboxes)")
 
+    def sweep_cut_claims(self) -> None:
+        """Remove the owner files of this instance's claims whose process died mid-claim."""
+        for owner in self.directory.glob(f".claim-{self.instance}-*"):
+            pid = owner.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                owner.unlink(missing_ok=True)
+
     def owns(self, lease: Lease) -> bool:
         """Whether the lease file still names this sandbox (it may have been released and
         claimed again by another sandbox since ``lease`` was read)."""

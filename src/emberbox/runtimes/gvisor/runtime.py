@@ -1024,6 +1024,7 @@ class GVisorRuntime(Runtime):
         prefix = network.netns_prefix(instance)
         found |= {n.removeprefix(prefix) for n in await network.list_netns(instance)}
         found |= {lease.sandbox_id for lease in self.pool.leases()}
+        self.pool.sweep_cut_claims()
         for sandbox_id in sorted(keep_set):
             await self._finish_cut_save(sandbox_id)
             limit_whole = self._finish_cut_offload(sandbox_id)
