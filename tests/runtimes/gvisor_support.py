@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import shutil
+import stat
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
@@ -19,7 +21,7 @@ from emberbox.envd_client import CommandResult, EnvdClient
 from emberbox.host import cgroups as cg
 from emberbox.host import network
 from emberbox.runtimes.base import RuntimeSandbox
-from emberbox.runtimes.gvisor import GVisorConfig
+from emberbox.runtimes.gvisor import GVisorConfig, GVisorRuntime
 from emberbox.runtimes.gvisor.warm import TemplateSnapshots
 from emberbox.server.testing import ServerProcess
 from emberbox.templates.base import build_base
@@ -235,3 +237,39 @@ def gvisor_server(tmp: Path, env: Mapping[str, str] | None = None) -> Iterator[S
         yield server
     finally:
         server.stop()
+
+
+_RESTORE_FAILING_RUNSC = """#!/bin/sh
+# runsc, except that while {count} holds a number above 0 a restore fails, and counts down.
+for arg in "$@"; do
+  if [ "$arg" = restore ]; then
+    left=$(cat {count})
+    if [ "$left" -gt 0 ]; then
+      echo $((left - 1)) > {count}
+      echo '{message}' >&2
+      exit {code}
+    fi
+  fi
+done
+exec {runsc} "$@"
+"""
+
+
+@contextlib.contextmanager
+def failing_restores(
+    runtime: GVisorRuntime, directory: Path, message: str, code: int = 1
+) -> Iterator[Path]:
+    """The runtime's runsc wrapped by a script: while the file yielded holds a number above
+    0, a restore answers ``message`` on stderr and exits ``code`` instead of running (and
+    the number counts down). Failures injected where a real one cannot be made on demand."""
+    count, wrapper = directory / "restore-failures", directory / "runsc"
+    count.write_text("0")
+    wrapper.write_text(_RESTORE_FAILING_RUNSC.format(count=count, message=message, code=code,
+                                                     runsc=runtime.config.runsc))  # fmt: skip
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+    real = runtime.runsc.config
+    runtime.runsc.config = dataclasses.replace(real, runsc=str(wrapper))
+    try:
+        yield count
+    finally:
+        runtime.runsc.config = real

@@ -6,9 +6,7 @@ answers the first restores with that error instead of running them."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import secrets
-import stat
 from pathlib import Path
 
 import pytest
@@ -18,66 +16,43 @@ from emberbox.runtimes.gvisor import GVisorRuntime
 from emberbox.runtimes.gvisor.runsc import RunscError
 
 from .conftest import SandboxFactory
-from .gvisor_support import healthy, inventory, run
+from .gvisor_support import failing_restores, healthy, inventory, run
 
-WRAPPER = """#!/bin/sh
-# runsc, except that while {deaths} holds a number above 0 a restore dies as one whose sentry
-# died, and counts down.
-for arg in "$@"; do
-  if [ "$arg" = restore ]; then
-    left=$(cat {deaths})
-    if [ "$left" -gt 0 ]; then
-      echo $((left - 1)) > {deaths}
-      echo 'restoring container: urpc method "containerManager.Restore" failed: EOF' >&2
-      exit 128
-    fi
-  fi
-done
-exec {runsc} "$@"
-"""
+DEATH = 'restoring container: urpc method "containerManager.Restore" failed: EOF'
 
 
 async def test_a_sentry_that_dies_restoring_is_given_one_more_try(
-    runtime: GVisorRuntime,
-    make_sandbox: SandboxFactory,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    runtime: GVisorRuntime, make_sandbox: SandboxFactory, tmp_path: Path
 ) -> None:
     source = await make_sandbox()
     assert (await run(source, "echo from-the-source > /home/user/mark")).exit_code == 0
     ref = await runtime.checkpoint(source.sandbox_id, f"s{secrets.token_hex(5)}")
-    deaths = tmp_path / "deaths"
-    wrapper = tmp_path / "runsc"
-    wrapper.write_text(WRAPPER.format(deaths=deaths, runsc=runtime.config.runsc))
-    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
-    config = dataclasses.replace(runtime.runsc.config, runsc=str(wrapper))
-    monkeypatch.setattr(runtime.runsc, "config", config)
 
     def spec() -> SandboxSpec:
         return SandboxSpec(sandbox_id=f"t{secrets.token_hex(5)}", template_id="base",
                            network=NetworkPolicy(), snapshot=ref)  # fmt: skip
 
     try:
-        # One death: the second try restores it, with the source's files.
-        deaths.write_text("1")
-        child = await runtime.create(spec())
-        try:
-            assert deaths.read_text().strip() == "0", "the injected death never happened"
-            assert await healthy(child, timeout=30)
-            assert (await run(child, "cat /home/user/mark")).text == "from-the-source\n"
-        finally:
-            await runtime.kill(child.sandbox_id)
+        with failing_restores(runtime, tmp_path, DEATH, code=128) as deaths:
+            # One death: the second try restores it, with the source's files.
+            deaths.write_text("1")
+            child = await runtime.create(spec())
+            try:
+                assert deaths.read_text().strip() == "0", "the injected death never happened"
+                assert await healthy(child, timeout=30)
+                assert (await run(child, "cat /home/user/mark")).text == "from-the-source\n"
+            finally:
+                await runtime.kill(child.sandbox_id)
 
-        # Two deaths: the error is the caller's, and nothing of either try is left.
-        before = await inventory(runtime.config)
-        deaths.write_text("2")
-        doomed = spec()
-        with pytest.raises(RunscError, match="failed: EOF"):
-            await runtime.create(doomed)
-        assert deaths.read_text().strip() == "0"
-        await asyncio.sleep(0.5)  # (teardowns finish in the background)
-        assert (await inventory(runtime.config)).leaked_since(before) == {}
-        assert not (runtime.config.sandboxes_dir / doomed.sandbox_id).exists()
+            # Two deaths: the error is the caller's, and nothing of either try is left.
+            before = await inventory(runtime.config)
+            deaths.write_text("2")
+            doomed = spec()
+            with pytest.raises(RunscError, match="failed: EOF"):
+                await runtime.create(doomed)
+            assert deaths.read_text().strip() == "0"
+            await asyncio.sleep(0.5)  # (teardowns finish in the background)
+            assert (await inventory(runtime.config)).leaked_since(before) == {}
+            assert not (runtime.config.sandboxes_dir / doomed.sandbox_id).exists()
     finally:
-        monkeypatch.undo()
         await runtime.delete_snapshot(ref)

@@ -5,9 +5,7 @@ runsc is wrapped by a script that answers the next restores with an error."""
 
 from __future__ import annotations
 
-import dataclasses
 import secrets
-import stat
 from pathlib import Path
 
 import pytest
@@ -18,47 +16,23 @@ from emberbox.runtimes.gvisor import GVisorRuntime
 from emberbox.runtimes.gvisor.runsc import RunscError
 
 from .conftest import SandboxFactory
-from .gvisor_support import healthy, run
-
-WRAPPER = """#!/bin/sh
-# runsc, except that while {fails} holds a number above 0 a restore fails, and counts down.
-for arg in "$@"; do
-  if [ "$arg" = restore ]; then
-    left=$(cat {fails})
-    if [ "$left" -gt 0 ]; then
-      echo $((left - 1)) > {fails}
-      echo 'restoring container: injected failure' >&2
-      exit 1
-    fi
-  fi
-done
-exec {runsc} "$@"
-"""
+from .gvisor_support import failing_restores, healthy, run
 
 
 async def test_a_rollback_whose_restore_fails_leaves_it_paused_at_the_snapshot(
-    runtime: GVisorRuntime,
-    make_sandbox: SandboxFactory,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    runtime: GVisorRuntime, make_sandbox: SandboxFactory, tmp_path: Path
 ) -> None:
     sandbox = await make_sandbox()
     sid = sandbox.sandbox_id
     assert (await run(sandbox, "echo then > /home/user/mark")).exit_code == 0
     ref = await runtime.checkpoint(sid, f"s{secrets.token_hex(5)}")
     assert (await run(sandbox, "echo now > /home/user/mark; touch /home/user/later")).exit_code == 0
-    fails = tmp_path / "fails"
-    wrapper = tmp_path / "runsc"
-    wrapper.write_text(WRAPPER.format(fails=fails, runsc=runtime.config.runsc))
-    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
-    real = runtime.runsc.config
     try:
-        fails.write_text("1")
-        monkeypatch.setattr(runtime.runsc, "config", dataclasses.replace(real, runsc=str(wrapper)))
-        with pytest.raises(RunscError, match="injected failure"):
-            await runtime.restore(sid, ref)
-        monkeypatch.setattr(runtime.runsc, "config", real)
-        assert fails.read_text().strip() == "0", "the injected failure never happened"
+        with failing_restores(runtime, tmp_path, "restoring container: injected failure") as fails:
+            fails.write_text("1")
+            with pytest.raises(RunscError, match="injected failure"):
+                await runtime.restore(sid, ref)
+            assert fails.read_text().strip() == "0", "the injected failure never happened"
 
         # Paused at the snapshot: listed so with its saved memory's size, nothing running.
         view = {s.sandbox_id: s for s in await runtime.list()}[sid]
@@ -77,5 +51,4 @@ async def test_a_rollback_whose_restore_fails_leaves_it_paused_at_the_snapshot(
         await runtime.restore(sid, ref)
         assert (await run(resumed, "cat /home/user/mark")).text == "then\n"
     finally:
-        monkeypatch.undo()
         await runtime.delete_snapshot(ref)
