@@ -216,16 +216,12 @@ class Reaper:
         paused = pb.SANDBOX_STATUS_PAUSED
         suspects = [b.sandbox_id for b in listing.sandboxes
                     if b.sandbox_id in running and b.status == paused]  # fmt: skip
-        if not suspects:
-            return
         for sid in suspects:
             if self.service.switching(sid):
                 continue
-            held = await self.service.node_view(sid)
-            if held is None or held.status != paused or self.service.switching(sid):
-                continue
-            if await self.service.record_paused_by_node(sid, held):
-                log.warning("sandbox %s recorded paused, as its node holds it", sid)
+            held = await self.service.node_paused(sid)
+            if held is not None and not self.service.switching(sid):
+                await self.service.record_paused_by_node(sid, held)
 
     def _notice_node_restart(self, boot_id: str) -> None:
         """A separate node that restarted under us lost its sandboxes' header-rule values

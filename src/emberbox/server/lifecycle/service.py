@@ -768,7 +768,7 @@ class SandboxService:
                 if answer_lost(e):  # left pausing: the node's listing settles it
                     raise NodeFailed(f"pause of '{sandbox_id}': {_LOST}") from e
                 if (held := await self._paused_meanwhile(sandbox_id, e)) is not None:
-                    await self._paused_as_held(sandbox_id, held)
+                    await self.record_paused_by_node(sandbox_id, held, was=State.PAUSING)
                     return
                 async with self.sessions.begin() as s:
                     await q.set_state(s, sandbox_id, [State.PAUSING], State.RUNNING,
@@ -858,7 +858,7 @@ class SandboxService:
                 log.warning("pause at the end time of %s: %s (%s)", sandbox_id, _LOST, e)
                 return True
             if (held := await self._paused_meanwhile(sandbox_id, e)) is not None:
-                await self._paused_as_held(sandbox_id, held)
+                await self.record_paused_by_node(sandbox_id, held, was=State.PAUSING)
                 return True
             saved = await self._keep_files_at_end(sandbox_id, e) if keep_memory else None
             if saved is None:
@@ -882,17 +882,9 @@ class SandboxService:
         if not isinstance(failed, NodeConflict):
             return None
         try:
-            held = await self.node_view(sandbox_id)
+            return await self.node_paused(sandbox_id)
         except NodeError:
             return None
-        return held if held is not None and held.status == pb.SANDBOX_STATUS_PAUSED else None
-
-    async def _paused_as_held(self, sandbox_id: str, held: pb.Sandbox) -> None:
-        async with self.sessions.begin() as s:
-            await q.set_state(s, sandbox_id, [State.PAUSING], State.PAUSED,
-                              paused_bytes=held.paused_bytes,
-                              pause_mode=_pause_mode(True))  # fmt: skip
-        log.warning("sandbox %s was paused already, as its node holds it", sandbox_id)
 
     async def _keep_files_at_end(self, sandbox_id: str, failed: Exception) -> int | None:
         """The files of a sandbox whose memory could not be saved at its end time, its bytes
@@ -1044,28 +1036,35 @@ class SandboxService:
         saved it again (its files alone, if its memory could not be), which takes other disk
         than the pause before. Empty when the node cannot say."""
         try:
-            held = await self.node_view(sandbox_id)
+            held = await self.node_paused(sandbox_id)
         except NodeError:
             return {}
-        if held is not None and held.status == pb.SANDBOX_STATUS_PAUSED:
-            return {"paused_bytes": held.paused_bytes}
-        return {}
+        return {"paused_bytes": held.paused_bytes} if held is not None else {}
 
     async def node_view(self, sandbox_id: str) -> pb.Sandbox | None:
         """The sandbox as its node holds it now; None when it holds no such sandbox."""
         listing = await self.node.list()
         return next((b for b in listing.sandboxes if b.sandbox_id == sandbox_id), None)
 
-    async def record_paused_by_node(self, sandbox_id: str, held: pb.Sandbox) -> bool:
-        """A running row whose node holds the sandbox paused (a rollback that failed, or was
-        cut off, leaves it paused at its snapshot): recorded paused, its disk counted, so a
-        resume tries again. False if the row was not running."""
+    async def node_paused(self, sandbox_id: str) -> pb.Sandbox | None:
+        """The sandbox as its node holds it, if it holds it paused."""
+        held = await self.node_view(sandbox_id)
+        return held if held is not None and held.status == pb.SANDBOX_STATUS_PAUSED else None
+
+    async def record_paused_by_node(
+        self, sandbox_id: str, held: pb.Sandbox, was: State = State.RUNNING
+    ) -> bool:
+        """A row in ``was`` whose node holds the sandbox paused (a rollback that failed, or
+        was cut off, leaves it paused at its snapshot; a pause that waited for that rollback
+        finds it so): recorded paused, its disk counted, so a resume tries again. False if
+        the row was not in ``was``."""
         async with self.sessions.begin() as s:
-            moved = await q.set_state(s, sandbox_id, [State.RUNNING], State.PAUSED,
+            moved = await q.set_state(s, sandbox_id, [was], State.PAUSED,
                                       paused_bytes=held.paused_bytes,
                                       pause_mode=_pause_mode(True))  # fmt: skip
         if moved:
             self.on_gone(sandbox_id)  # (the proxy forgets where it ran)
+            log.warning("sandbox %s recorded paused, as its node holds it", sandbox_id)
         return moved
 
     async def kill(self, who: Principal, sandbox_id: str) -> None:
