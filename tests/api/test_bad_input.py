@@ -261,6 +261,59 @@ def test_unsupported_options_on_a_sandbox_are_refused(api: httpx.Client) -> None
         api.delete(f"/sandboxes/{sid}")
 
 
+UNKNOWN_AT_CREATE: list[tuple[dict[str, object], str]] = [
+    ({"templateID": "base", "keepAlive": True}, "keepAlive"),
+    ({"templateID": "base", "autoResume": {"enabled": False, "afterS": 5}}, "autoResume.afterS"),
+    ({"templateID": "base", "volumeMounts": [{"name": "v", "path": "/m", "ro": True}]}, "ro"),
+]
+
+
+@pytest.mark.parametrize(("body", "says"), UNKNOWN_AT_CREATE)
+def test_unknown_fields_are_refused_at_create(
+    api: httpx.Client, unchanged: None, body: dict[str, object], says: str
+) -> None:
+    """An option a newer SDK sends, or a typo, is named in a 400 rather than ignored."""
+    for path in ("/v2/sandboxes", "/sandboxes"):
+        r = api.post(path, json=body)
+        _assert_error(r, 400, says)
+        assert "not supported" in r.json()["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("pause", {"memory": True, "drain": True}),
+        ("connect", {"timeout": 60, "region": "eu"}),
+        ("resume", {"timeout": 60, "region": "eu"}),
+        ("timeout", {"timeout": 60, "extend": True}),
+        ("snapshots", {"name": "s", "labels": {}}),
+        ("fork", {"count": 1, "spread": True}),
+        ("rollback", {"snapshotID": "x", "keepFiles": True}),
+    ],
+)
+def test_unknown_fields_on_a_sandbox_are_refused(
+    api: httpx.Client, path: str, body: dict[str, object]
+) -> None:
+    sid = api.post("/v2/sandboxes", json={"templateID": "base", "timeout": 60}).json()["sandboxID"]
+    try:
+        before = api.get(f"/sandboxes/{sid}").json()
+        r = api.post(f"/sandboxes/{sid}/{path}", json=body)
+        _assert_error(r, 400, list(body)[-1])
+        assert api.get(f"/sandboxes/{sid}").json() == before
+    finally:
+        api.delete(f"/sandboxes/{sid}")
+
+
+def test_unknown_fields_on_secrets_and_volumes_are_refused(api: httpx.Client) -> None:
+    r = api.post("/secrets", json={"name": "S", "value": "v", "expiresAt": "never"})
+    _assert_error(r, 400, "expiresAt")
+    assert [s["name"] for s in api.get("/secrets").json()] == []
+    r = api.post("/volumes", json={"name": "vol", "sizeMB": 10})
+    _assert_error(r, 400, "sizeMB")
+    listed = api.get("/volumes")  # (this runtime has no volumes: 501)
+    assert listed.status_code == 501 or listed.json() == [], listed.text
+
+
 BAD_RULES: list[tuple[dict[str, object], str]] = [
     ({"allowOut": ["10.0.0.0/33"]}, "allowOut: '10.0.0.0/33'"),
     ({"allowOut": ["1.2.3"]}, "'1.2.3' is not a CIDR"),

@@ -61,6 +61,9 @@ def _validation_message(exc: RequestValidationError) -> str:
             reason = (err.get("ctx") or {}).get("error")
             return "request body is not valid JSON" + (f": {reason}" if reason else "")
         loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
+        if err.get("type") == "extra_forbidden":
+            parts.append(f"{loc}: not a field this server knows (not supported)")
+            continue
         parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
     return "invalid request: " + "; ".join(parts)
 

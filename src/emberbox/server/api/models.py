@@ -37,10 +37,12 @@ OmittedIfNone = Annotated[
 # and documented as such. They are TypedDicts so the routes keep reading plain dicts.
 
 
+@with_config(ConfigDict(extra="forbid"))
 class SandboxAutoResumeConfig(TypedDict):
     enabled: bool
 
 
+@with_config(ConfigDict(extra="forbid"))
 class SandboxVolumeMount(TypedDict):
     name: str
     path: str
@@ -79,20 +81,23 @@ NetworkUpdate = Annotated[
 ]
 
 
+@with_config(ConfigDict(extra="forbid"))
 class SandboxIamToken(TypedDict):
     audience: str
     tokenType: str
 
 
+@with_config(ConfigDict(extra="forbid"))
 class SandboxIam(TypedDict, total=False):
     tokens: dict[str, SandboxIamToken]
 
 
-class _In(BaseModel):
+class RequestBody(BaseModel):
     """A request body. Strict: ``"no"`` is not ``false`` nor ``"2"`` or ``true`` a count (the
-    SDKs send JSON's own types), so a wrong type is a 400 rather than a guess."""
+    SDKs send JSON's own types), so a wrong type is a 400 rather than a guess. A field we do
+    not know is a 400 too: an option a newer SDK sends would otherwise be ignored silently."""
 
-    model_config = ConfigDict(extra="ignore", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class Error(BaseModel):
@@ -101,7 +106,7 @@ class Error(BaseModel):
     error_code: OmittedIfNone = Field(default=None, description="Machine-readable reason, if any.")
 
 
-class NewSandboxV2(_In):
+class NewSandboxV2(RequestBody):
     """``POST /v2/sandboxes``. Fields we accept but cannot honour are refused with 501."""
 
     templateID: str = Field(min_length=1, max_length=200)
@@ -124,7 +129,7 @@ class NewSandbox(NewSandboxV2):
     secure: bool | None = None
 
 
-class ConnectSandbox(_In):
+class ConnectSandbox(RequestBody):
     """``POST /v2/sandboxes/{id}/connect`` and ``/sandboxes/{id}/connect`` (E2B requires
     ``timeout`` on the v1 path; we accept its absence, as on v2)."""
 
@@ -132,7 +137,7 @@ class ConnectSandbox(_In):
     memory: bool | None = None
 
 
-class ResumedSandbox(_In):
+class ResumedSandbox(RequestBody):
     """``POST /sandboxes/{id}/resume`` (SDKs before ~2.6): E2B's ``ResumedSandbox``."""
 
     timeout: int | None = None
@@ -140,11 +145,11 @@ class ResumedSandbox(_In):
     memory: bool | None = None
 
 
-class TimeoutRequest(_In):
+class TimeoutRequest(RequestBody):
     timeout: int
 
 
-class PauseRequest(_In):
+class PauseRequest(RequestBody):
     memory: bool | None = None
     requireHealthyGuest: bool | None = None
 
@@ -254,7 +259,7 @@ class EgressRecord(BaseModel):
     rule: str  # what decided: internet, allowOut, denyOut, internal, ipv6, name, rules, request
 
 
-class SnapshotRequest(_In):
+class SnapshotRequest(RequestBody):
     """``POST /sandboxes/{id}/snapshots`` (E2B's ``SandboxSnapshotRequest``)."""
 
     name: str | None = None  # its rule (1-128 of [A-Za-z0-9._/-]) is the service's alone
@@ -272,7 +277,7 @@ class SnapshotInfo(BaseModel):
     createdAt: dt.datetime
 
 
-class ForkRequest(_In):
+class ForkRequest(RequestBody):
     """``POST /sandboxes/{id}/fork`` (E2B's ``SandboxForkRequest``)."""
 
     timeout: int | None = Field(default=None, description="Seconds the forks live; default 15.")
@@ -286,7 +291,7 @@ class ForkResult(BaseModel):
     error: Error | None = Field(default=None, exclude_if=lambda v: v is None)
 
 
-class RollbackRequest(_In):
+class RollbackRequest(RequestBody):
     """``POST /sandboxes/{id}/rollback`` (our extension): one of this sandbox's snapshots."""
 
     snapshotID: str = Field(min_length=1, max_length=220)

@@ -13,7 +13,7 @@ from starlette.status import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 from ..db.models import Secret
 from ..secrets.service import SecretService, metadata_of
 from .deps import Caller
-from .models import Error
+from .models import Error, RequestBody
 from .unicode_json import UnicodeJsonRoute
 
 router = APIRouter(tags=["secrets"], route_class=UnicodeJsonRoute)
@@ -28,13 +28,13 @@ async def secrets(request: Request) -> SecretService:
 Secrets = Annotated[SecretService, Depends(secrets)]
 
 
-class NewSecret(BaseModel):
+class NewSecret(RequestBody):
     name: str
     value: str
     metadata: dict[str, str] | None = None
 
 
-class SecretUpdate(BaseModel):
+class SecretUpdate(RequestBody):
     value: str
     metadata: dict[str, str] | None = None
 

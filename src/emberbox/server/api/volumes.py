@@ -29,7 +29,7 @@ from ..lifecycle.errors import NotFound
 from ..volumes.service import VolumeService
 from .deps import Caller
 from .errors import ApiError
-from .models import Error
+from .models import Error, RequestBody
 from .unicode_json import UnicodeJsonRoute
 
 CONTENT_PREFIX = "/volumecontent/"
@@ -46,7 +46,7 @@ async def volumes(request: Request) -> VolumeService:
 Volumes = Annotated[VolumeService, Depends(volumes)]
 
 
-class NewVolume(BaseModel):
+class NewVolume(RequestBody):
     name: str
 
 
@@ -73,7 +73,7 @@ class VolumeEntryStat(BaseModel):
     target: str | None = None
 
 
-class EntryMetadata(BaseModel):
+class EntryMetadata(RequestBody):
     uid: int | None = None
     gid: int | None = None
     mode: int | None = None
