@@ -33,9 +33,9 @@ from ..lifecycle.network import NetworkService
 from .deps import Caller
 from .errors import ApiError
 from .models import EgressRecord, Error, NetworkUpdate
-from .unicode_json import UnicodeJsonRoute
+from .route import ApiRoute
 
-router = APIRouter(tags=["sandboxes"], route_class=UnicodeJsonRoute)
+router = APIRouter(tags=["sandboxes"], route_class=ApiRoute)
 
 # Options honoured in a create's ``network`` and in an update; any other option set to
 # something but "nothing" is refused.

@@ -34,7 +34,7 @@ from .models import (
 )
 from .network import create_options
 from .query import parse_metadata, parse_ms, parse_order, parse_states, parse_time
-from .unicode_json import UnicodeJsonRoute
+from .route import ApiRoute
 
 MAX_PAGE = 100
 V2_DEFAULT_TIMEOUT_S = 300
@@ -45,7 +45,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": Error} for code in (400, 401, 429, 500, *codes)}
 
 
-router = APIRouter(tags=["sandboxes"], route_class=UnicodeJsonRoute)
+router = APIRouter(tags=["sandboxes"], route_class=ApiRoute)
 RESUMED: dict[str, Any] = {"model": Sandbox, "description": "Resumed a paused sandbox"}
 
 

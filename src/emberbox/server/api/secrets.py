@@ -14,9 +14,9 @@ from ..db.models import Secret
 from ..secrets.service import SecretService, metadata_of
 from .deps import Caller
 from .models import Error, RequestBody
-from .unicode_json import UnicodeJsonRoute
+from .route import ApiRoute
 
-router = APIRouter(tags=["secrets"], route_class=UnicodeJsonRoute)
+router = APIRouter(tags=["secrets"], route_class=ApiRoute)
 
 
 async def secrets(request: Request) -> SecretService:

@@ -27,9 +27,9 @@ from .models import (
     SnapshotInfo,
     SnapshotRequest,
 )
-from .unicode_json import UnicodeJsonRoute
+from .route import ApiRoute
 
-router = APIRouter(tags=["snapshots"], route_class=UnicodeJsonRoute)
+router = APIRouter(tags=["snapshots"], route_class=ApiRoute)
 FORK_DEFAULT_TIMEOUT_S = 15  # E2B's SandboxForkRequest default
 
 

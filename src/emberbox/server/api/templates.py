@@ -27,6 +27,7 @@ from .deps import Caller
 from .errors import ApiError, status_of
 from .models import Error
 from .query import parse_ms
+from .route import ApiRoute
 from .snapshots import delete_snapshot
 from .template_models import (
     AssignedTemplateTags,
@@ -49,9 +50,8 @@ from .template_models import (
     TemplateUpdateResponse,
     TemplateWithBuilds,
 )
-from .unicode_json import UnicodeJsonRoute
 
-router = APIRouter(tags=["templates"], route_class=UnicodeJsonRoute)
+router = APIRouter(tags=["templates"], route_class=ApiRoute)
 
 T = TypeVar("T")
 

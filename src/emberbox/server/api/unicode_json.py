@@ -33,7 +33,7 @@ class _UnicodeJsonRequest(Request):
 
 
 class UnicodeJsonRoute(APIRoute):
-    """Every API router's route class (``APIRouter(route_class=UnicodeJsonRoute)``)."""
+    """Parses bodies as Unicode JSON (``route.ApiRoute`` builds on it)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handle = super().get_route_handler()

@@ -30,11 +30,11 @@ from ..volumes.service import VolumeService
 from .deps import Caller
 from .errors import ApiError
 from .models import Error, RequestBody
-from .unicode_json import UnicodeJsonRoute
+from .route import ApiRoute
 
 CONTENT_PREFIX = "/volumecontent/"
 
-router = APIRouter(tags=["volumes"], route_class=UnicodeJsonRoute)
+router = APIRouter(tags=["volumes"], route_class=ApiRoute)
 
 
 async def volumes(request: Request) -> VolumeService:
