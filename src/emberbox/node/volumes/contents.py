@@ -101,10 +101,13 @@ def _mkdir(dir_fd: int, name: str, owner: Owner) -> None:
     _own(dir_fd, name, owner)
 
 
-def _own(dir_fd: int, name: str, owner: Owner) -> None:
+def _ids(owner: Owner) -> tuple[int, int]:
     uid = DEFAULT_UID if owner.uid is None else owner.uid
-    gid = DEFAULT_UID if owner.gid is None else owner.gid
-    os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+    return uid, DEFAULT_UID if owner.gid is None else owner.gid
+
+
+def _own(dir_fd: int, name: str, owner: Owner) -> None:
+    os.chown(name, *_ids(owner), dir_fd=dir_fd, follow_symlinks=False)
     if owner.mode is not None:
         _chmod(dir_fd, name, owner.mode)  # past the umask
 
@@ -244,8 +247,10 @@ def read_at(root: Path, path: str, offset: int, length: int) -> tuple[bytes, int
 
 
 class FileWriter:
-    """A file being uploaded: written to a hidden temporary beside it, then renamed over the
-    target, so readers (and sandboxes) see the old content or the new, never half of it."""
+    """A file being uploaded: written to an unnamed file in the target's directory
+    (``O_TMPFILE``), named only at the commit and at once renamed over the target. Readers (and
+    sandboxes) see the old content or the new, never half of it, and a node killed mid-upload
+    leaves nothing in the user's volume: the file never had a name, so the kernel frees it."""
 
     def __init__(self, root: Path, path: str, owner: Owner, parents: bool) -> None:
         self.parts = _parts(path)
@@ -261,8 +266,8 @@ class FileWriter:
                 st = os.stat(self.parts[-1], dir_fd=self.dir_fd, follow_symlinks=False)
                 if stat.S_ISDIR(st.st_mode):
                     raise ContentError(409, f"{_display(self.parts)} is a directory")
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-            self.fd = os.open(self.tmp, flags, 0o644, dir_fd=self.dir_fd)
+            self.fd = os.open(".", os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC, 0o644,
+                              dir_fd=self.dir_fd)  # fmt: skip
         except BaseException:
             self._dirs.__exit__(None, None, None)
             raise
@@ -280,9 +285,13 @@ class FileWriter:
 
     def commit(self) -> dict[str, Any]:
         try:
+            os.fchown(self.fd, *_ids(self.owner))
+            if self.owner.mode is not None:
+                os.fchmod(self.fd, self.owner.mode & 0o7777)  # past the umask
+            # A name only for the instant before the rename (linkat cannot replace a file).
+            os.link(f"/proc/self/fd/{self.fd}", self.tmp, dst_dir_fd=self.dir_fd)
             os.close(self.fd)
             self.fd = -1
-            _own(self.dir_fd, self.tmp, self.owner)
             os.rename(self.tmp, self.parts[-1], src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
             return _stat_at(self.dir_fd, self.parts)
         finally:
