@@ -21,6 +21,13 @@ TRAFFIC_TOKEN_HEADER = "e2b-traffic-access-token"
 ENVD_VERSION = "0.6.13"
 """The E2B envd feature level we implement; SDKs switch behaviour on it (protocol §2.7)."""
 
+GUEST_HOSTNAME = "e2b"
+"""Every sandbox's kernel host name (what ``hostname`` prints), as in E2B's sandboxes. Not the
+sandbox id: a sandbox restored from a snapshot (a warm-pool claim, a fork, a create from a
+snapshot) keeps the host name saved in its memory, and root inside lacks ``CAP_SYS_ADMIN`` to
+change it, so one name for all keeps it the same however a sandbox started. The id is in
+``/etc/hostname``, ``/.e2b`` and ``E2B_SANDBOX_ID``; ``/etc/hosts`` resolves both names."""
+
 DEFAULT_USER = "user"
 DEFAULT_WORKDIR = "/home/user"
 """Who commands run as, and where, unless a template or a call says otherwise (E2B's)."""

@@ -26,6 +26,7 @@ from e2b import (
 
 from emberbox.runtimes.gvisor import GVisorConfig
 from emberbox.server.testing import ServerProcess
+from emberbox.vocabulary import GUEST_HOSTNAME
 from tests import background_counter
 from tests.api.npm import JS, needs_node, run_script
 from tests.runtimes.gvisor_support import HELD, checkpointing, memory_holder
@@ -63,6 +64,16 @@ def counting(sbx: Sandbox) -> int:
         assert time.monotonic() < deadline, "the background counter stopped"
         time.sleep(0.1)
     return now
+
+
+def assert_named(sbx: Sandbox) -> None:
+    """The sandbox's host name is the one all sandboxes share, however it started (a restore
+    keeps the name saved in memory), and it and the sandbox's id resolve locally: Java's
+    ``getLocalHost``, ``sudo`` and ``hostname -f`` fail on a name that does not."""
+    out = sbx.commands.run(
+        'hostname; cat /etc/hostname; getent hosts "$(hostname)" "$E2B_SANDBOX_ID" | cut -d" " -f1'
+    ).stdout.split()
+    assert out == [GUEST_HOSTNAME, sbx.sandbox_id, "127.0.1.1", "127.0.1.1"], out
 
 
 def test_pause_resume_five_times_keeps_processes_and_files(
@@ -250,6 +261,7 @@ def test_snapshot_then_two_creates_diverge(gvisor_server: ServerProcess, gvisor_
             assert counting(sbx) > 0  # the snapshot's processes run in the copy
             ids = sbx.commands.run("echo $E2B_SANDBOX_ID $FROM_SOURCE").stdout.split()
             assert ids == [sbx.sandbox_id, "yes"]
+            assert_named(sbx)
         assert [m.files.read("/home/user/state.txt") for m in made] == ["copy 0", "copy 1"]
         assert src.files.read("/home/user/state.txt") == "after snapshot"
         # the copies hold their own tokens: the source's does not open them
@@ -328,11 +340,13 @@ def test_fork_three_diverge_and_source_keeps_its_end_time(
             served(gvisor_server, f, "who.txt", "source")
             f.files.write("/home/user/who.txt", f"fork {i}")
             assert counting(f) > 0
+            assert_named(f)
         assert [f.files.read("/home/user/who.txt") for f in forks] == ["fork 0", "fork 1", "fork 2"]
         info = src.get_info()
         assert info.state == SandboxState.RUNNING and info.end_at == end_at
         assert src.files.read("/home/user/who.txt") == "source"
         assert counting(src) > 0
+        assert_named(src)
         # the fork's image is gone once the forks run: it is not a listed snapshot
         assert Sandbox.list_snapshots(sandbox_id=src.sandbox_id).next_items() == []
     finally:

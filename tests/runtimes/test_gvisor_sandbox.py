@@ -21,6 +21,7 @@ from emberbox.runtimes.gvisor import GVisorConfig, GVisorRuntime
 from emberbox.runtimes.gvisor import runsc as runsc_module
 from emberbox.runtimes.gvisor.runtime import FREEZE_TIMEOUT_S
 from emberbox.templates.store import Template, TemplateStore
+from emberbox.vocabulary import GUEST_HOSTNAME
 
 from .conftest import SandboxFactory
 from .gvisor_support import healthy, inventory, run, tcp_read
@@ -37,8 +38,8 @@ async def test_command_runs_through_envd_with_sandbox_conventions(make_sandbox: 
     assert result.exit_code == 0, result.stderr
     lines = result.text.splitlines()
     assert lines[0] == "user"
-    assert lines[1] == sandbox.sandbox_id
-    assert lines[2] == sandbox.sandbox_id
+    assert lines[1] == GUEST_HOSTNAME  # a cold boot's, as a restored sandbox's
+    assert lines[2] == f"{GUEST_HOSTNAME} {sandbox.sandbox_id}"
     assert "TEMPLATE_ID=base" in lines
     assert f"sid={sandbox.sandbox_id} sb=true tpl=base" in lines
     assert "/home/user" in lines

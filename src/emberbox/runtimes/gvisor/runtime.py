@@ -37,6 +37,7 @@ from ...templates.steps import BootFailed, Step
 from ...templates.store import GUEST_PYTHON, Template, TemplateError, TemplateStore
 from ...vocabulary import (
     ENVD_PORT,
+    GUEST_HOSTNAME,
     OFFLOADED_BELOW_BYTES,
     check_sandbox_id,
     e2b_env,
@@ -1202,7 +1203,8 @@ class GVisorRuntime(Runtime):
         sid = spec.sandbox_id
         (paths.etc / "hostname").write_text(f"{sid}\n")
         (paths.etc / "hosts").write_text(
-            f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{sid}\n"
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+            f"127.0.1.1\t{GUEST_HOSTNAME} {sid}\n"
         )
         (paths.etc / "resolv.conf").write_text(resolv_conf(rules_of(spec.network), host_ip))
         (paths.etc / "e2b").write_text(
@@ -1253,7 +1255,7 @@ class GVisorRuntime(Runtime):
                 rootfs=paths.rootfs,
                 args=list(args),
                 env=env,
-                hostname=spec.sandbox_id,
+                hostname=GUEST_HOSTNAME,
                 netns_path=lease.netns_path,
                 cgroups_path="/" + self._cgroup(spec.sandbox_id),
                 cpu_count=spec.cpu_count,

@@ -24,6 +24,7 @@ from ...envd_client.handshake import prime_standbys, wait_healthy, wait_ready
 from ...envd_client.http import sandbox_http
 from ...host.completion import to_completion
 from ...templates.store import Template
+from ...vocabulary import GUEST_HOSTNAME
 from ..base import NetworkPolicy, RuntimeSandbox, SandboxSpec
 from .state import PARTIAL_SUFFIX, partial
 
@@ -39,6 +40,13 @@ Checkpoint = Callable[[str, Path], Awaitable[None]]
 Kill = Callable[[str], Awaitable[object]]
 
 
+def image_key(template: Template) -> str:
+    """What an image's memory holds: the template (its content id) and what the boot gave the
+    kernel that no restore can change (the host name), so an image taken before either changed
+    is never restored."""
+    return hashlib.sha256(f"{template.id}\0{GUEST_HOSTNAME}".encode()).hexdigest()[:24]
+
+
 class TemplateSnapshots:
     """**Parameters:** root - where the images live (one directory per template content id);
     boot_timeout_s - how long the one boot may take to become ready."""
@@ -52,7 +60,7 @@ class TemplateSnapshots:
         """One image per template id and machine size: the guest learns its memory size at
         boot and keeps it across a restore."""
         size = f"{spec.cpu_count}c{spec.memory_mb}m"
-        return self.root / f"{template.name}-{size}-{template.id[:24]}"
+        return self.root / f"{template.name}-{size}-{image_key(template)}"
 
     def ready(self, template: Template, spec: SandboxSpec) -> Path | None:
         path = self.path(template, spec)
