@@ -195,7 +195,7 @@ def test_upgrades_and_concurrent_requests_through_the_interception(
 
         burst = (
             "seq 10 | xargs -P 10 -I{} curl -s -m 30 -o /dev/null -w '%{http_code}\\n' "
-            f"https://{RULED}/burst-$(hostname)-{{}}"
+            f"https://{RULED}/burst-$E2B_SANDBOX_ID-{{}}"
         )
         results = [b.commands.run(burst, background=True) for b in boxes]
         for handle in results:
