@@ -18,6 +18,7 @@ from emberbox.runtimes.base import RuntimeSandbox, SandboxSpec
 from emberbox.runtimes.gvisor import GVisorConfig, GVisorRuntime
 from emberbox.sdk.exceptions import AuthenticationException
 from emberbox.templates.store import Template, TemplateStore
+from emberbox.vocabulary import GUEST_HOSTNAME
 
 from .gvisor_support import inventory, tcp_read
 
@@ -63,7 +64,7 @@ async def test_creates_restore_the_template_snapshot(
             lines = await _identity(warm, token)
             assert lines[0] == warm.sandbox_id  # its own identity, from the handshake
             assert lines[1] == warm.sandbox_id  # /etc/hostname is the sandbox's own file
-            assert lines[2].startswith("warm-")  # the UTS name is in the saved memory
+            assert lines[2] == GUEST_HOSTNAME  # the UTS name, in the saved memory, is everyone's
             assert lines[3].split()[1] == str(512 * 1024)
             async with EnvdClient(warm.envd_url, "t-cold") as envd:  # another's token: refused
                 with pytest.raises(AuthenticationException):
@@ -97,7 +98,7 @@ async def test_a_snapshot_that_does_not_restore_is_dropped(
     sandbox = await _create(runtime, "t")
     try:
         lines = await _identity(sandbox, "t")
-        assert lines[2] == sandbox.sandbox_id  # booted
+        assert lines[:3] == [sandbox.sandbox_id, sandbox.sandbox_id, GUEST_HOSTNAME]  # booted
         await runtime.warm.wait()  # and a good snapshot replaced the broken one
         assert runtime.warm.ready(base_template, spec) == broken
         assert (broken / "checkpoint.img").read_bytes()[:16] != b"not a checkpoint"
