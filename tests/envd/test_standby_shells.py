@@ -21,11 +21,13 @@ from e2b import AsyncSandbox, CommandExitException, Sandbox
 from tests.conftest import EnvdProcess
 
 # What legitimately differs between two shells: pids, clocks, PIPESTATUS before the first
-# command (a standby ran its own since the login), and the label bash puts
-# on a syntax error (``-c:`` for a fresh ``bash -c``, ``eval:`` for a standby's eval).
+# command (a standby ran its own since the login), the values and attributes of the dynamic
+# variables (a standby sets SECONDS and seeds RANDOM as its command starts, and bash shows such
+# a variable with ``-i`` and a value once it was used: only the name is kept), and the label
+# bash puts on a syntax error (``-c:`` for a fresh ``bash -c``, ``eval:`` for a standby's eval).
 _VOLATILE = re.compile(
     r"^(declare -[-a-zA-Z]* )?(BASHPID|PPID|_|BASH_COMMAND|SECONDS|EPOCHREALTIME|EPOCHSECONDS"
-    r"|RANDOM|SRANDOM|PIPESTATUS)=.*$",
+    r"|RANDOM|SRANDOM|PIPESTATUS)(=.*)?$",
     re.M,
 )
 
@@ -44,7 +46,7 @@ PROBES = [
 
 
 def _normalise(text: str, pid: int) -> str:
-    return _VOLATILE.sub("", text).replace(str(pid), "<pid>")
+    return _VOLATILE.sub(r"\2", text).replace(str(pid), "<pid>")
 
 
 def _outcome(sandbox: Sandbox, cmd: str, **kw: Any) -> tuple[int, str, str]:
@@ -270,3 +272,17 @@ def test_a_directory_made_again_under_its_name_is_where_the_next_command_runs(
         sandbox.commands.run(f"ln -sfn {base}/other {base}/link")  # pointed elsewhere
         assert sandbox.commands.run("pwd -P; ls", cwd=f"{base}/link").stdout == f"{base}/other\n"
         sandbox.commands.run(f"rm -rf {base}")
+
+
+def test_a_standby_counts_seconds_from_its_command_and_seeds_random_afresh(
+    pair: tuple[Sandbox, Sandbox],
+) -> None:
+    """``until ready || (( SECONDS > 60 ))`` in a fresh shell counts from the command; a standby
+    waiting since long before must not give the script its age. And one started before a
+    snapshot was taken is restored many times: its ``RANDOM`` must not repeat in each."""
+    standby, _ = pair
+    standby.commands.run("true")  # the standbys for the next commands start now
+    time.sleep(2.5)
+    assert standby.commands.run("echo $SECONDS").stdout.strip() in ("0", "1")
+    seeded = standby.commands.run("declare -p RANDOM; echo $RANDOM").stdout
+    assert seeded.startswith('declare -i RANDOM="'), "RANDOM was not seeded as the command began"

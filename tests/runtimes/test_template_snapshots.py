@@ -36,7 +36,8 @@ async def _create(runtime: GVisorRuntime, token: str, memory_mb: int = 512) -> R
 async def _identity(sandbox: RuntimeSandbox, token: str) -> list[str]:
     async with EnvdClient(sandbox.envd_url, token) as envd:
         result = await envd.run(
-            "echo $E2B_SANDBOX_ID; cat /etc/hostname; hostname; grep MemTotal /proc/meminfo"
+            "echo $E2B_SANDBOX_ID; cat /etc/hostname; hostname; grep MemTotal /proc/meminfo; "
+            "echo $RANDOM $RANDOM $RANDOM; echo $SECONDS"
         )
     assert result.exit_code == 0, result.stderr
     return result.text.splitlines()
@@ -58,10 +59,15 @@ async def test_creates_restore_the_template_snapshot(
         # A different size is a different image: the guest keeps the memory size it booted with.
         assert runtime.warm.ready(base_template, SandboxSpec("x", "base", memory_mb=384)) is None
 
+        randoms = []
         for token in ("t-one", "t-two"):
             warm = await _create(runtime, token)
             made.append(warm.sandbox_id)
             lines = await _identity(warm, token)
+            # Its first command runs in a login shell started before the snapshot was taken,
+            # yet with a seed and a clock of its own.
+            randoms.append(lines[4])
+            assert int(lines[5]) <= 1, "SECONDS counts from the command"
             assert lines[0] == warm.sandbox_id  # its own identity, from the handshake
             assert lines[1] == warm.sandbox_id  # /etc/hostname is the sandbox's own file
             assert lines[2] == GUEST_HOSTNAME  # the UTS name, in the saved memory, is everyone's
@@ -69,6 +75,7 @@ async def test_creates_restore_the_template_snapshot(
             async with EnvdClient(warm.envd_url, "t-cold") as envd:  # another's token: refused
                 with pytest.raises(AuthenticationException):
                     await envd.run("true")
+        assert randoms[0] != randoms[1], "two restores of one snapshot: one RANDOM sequence"
         # A loopback-only port is relayed on the restored sandbox's own address (the guest's
         # forwarder woke up in another network than the one the snapshot was taken in).
         async with EnvdClient(warm.envd_url, "t-two") as envd:

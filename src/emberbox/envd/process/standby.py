@@ -44,11 +44,15 @@ WAKE = f"{_WAKE_WORD}\n".encode()
 # unset before the command runs; builtins are called as such in case the profile shadows them.
 # ``$?`` after the login (the profile's last status, which ``bash -l -c`` shows the command) is
 # handed on through a function that removes itself (not under ``set -e``: it would exit).
+# ``SECONDS`` counts from the command, not from the shell's start, and ``RANDOM`` is seeded
+# afresh: a shell started before a template snapshot was taken would otherwise give every
+# sandbox restored from it the same sequence (unless the profile unset them).
 BOOT = (
     '__eb_s=$?; __eb_ret() { builtin unset -f __eb_ret; return "$1"; }; '
     "[[ $- == *e* ]] && __eb_s=0; "
     "while builtin read -r -u @CTL@ __eb_go || builtin exit 0; [[ $__eb_go == @WAKE@ ]]; "
     "do builtin :; done; exec @CTL@<&-; "
+    "[[ -v SECONDS ]] && SECONDS=0; [[ -v RANDOM && -v SRANDOM ]] && RANDOM=$SRANDOM; "
     "IFS= builtin read -r -d '' -u @REQ@ __eb_n; "
     "while (( __eb_n-- > 0 )); do IFS= builtin read -r -d '' -u @REQ@ __eb_kv; "
     'builtin export -- "$__eb_kv"; done; '
