@@ -260,9 +260,6 @@ class FileWriter:
         self._closed = False
         self._dirs = _open_dir(root, self.parts[:-1], create=owner if parents else None)
         self.dir_fd = self._dirs.__enter__()
-        # Short, whatever the target's length: a name may take all of NAME_MAX itself.
-        self.tmp = f".upload-{os.urandom(6).hex()}"
-        self._linked = False
         try:
             with contextlib.suppress(FileNotFoundError):
                 st = os.stat(self.parts[-1], dir_fd=self.dir_fd, follow_symlinks=False)
@@ -290,19 +287,23 @@ class FileWriter:
             os.fchown(self.fd, *_ids(self.owner))
             if self.owner.mode is not None:
                 os.fchmod(self.fd, self.owner.mode & 0o7777)  # past the umask
-            # A name only for the instant before the rename (linkat cannot replace a file).
-            os.link(f"/proc/self/fd/{self.fd}", self.tmp, dst_dir_fd=self.dir_fd)
-            self._linked = True
-            fd, self.fd = self.fd, -1
-            os.close(fd)
-            os.rename(self.tmp, self.parts[-1], src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
-            self._linked = False
+            # A name only for the instant before the rename (linkat cannot replace a file),
+            # short whatever the target's length: a name may take all of NAME_MAX itself.
+            tmp = f".upload-{os.urandom(6).hex()}"
+            os.link(f"/proc/self/fd/{self.fd}", tmp, dst_dir_fd=self.dir_fd)
+            try:
+                os.rename(tmp, self.parts[-1], src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=self.dir_fd)
+                raise
             return _stat_at(self.dir_fd, self.parts)
         finally:
             self.close()
 
     def close(self) -> None:
-        """Gives up: the temporary goes, the target is untouched (after a commit: nothing)."""
+        """Gives up: the unnamed file goes with its descriptor, the target is untouched (after
+        a commit: nothing)."""
         if self._closed:
             return
         self._closed = True
@@ -310,9 +311,6 @@ class FileWriter:
             if self.fd >= 0:
                 fd, self.fd = self.fd, -1
                 os.close(fd)
-            if self._linked:  # a commit cut off between the link and the rename
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.tmp, dir_fd=self.dir_fd)
         finally:
             self._dirs.__exit__(None, None, None)  # the volume's directory fds, whatever failed
 

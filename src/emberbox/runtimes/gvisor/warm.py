@@ -48,7 +48,7 @@ def image_key(template: Template) -> str:
 
 
 class TemplateSnapshots:
-    """**Parameters:** root - where the images live (one directory per template content id);
+    """**Parameters:** root - where the images live (one directory per ``image_key`` and size);
     boot_timeout_s - how long the one boot may take to become ready."""
 
     def __init__(self, root: Path, boot_timeout_s: float = 60.0) -> None:
