@@ -46,6 +46,37 @@ def test_v1_create_connect_and_legacy_list(api: httpx.Client) -> None:
     assert api.delete(f"/sandboxes/{sid}").status_code == 404
 
 
+def test_a_connect_without_timeout_extends_a_running_sandbox_to_the_default(
+    api: httpx.Client,
+) -> None:
+    """E2B's ``ConnectSandboxV2.timeout`` defaults to 300 s: ``Sandbox.connect(id)`` (no
+    timeout sent) keeps a sandbox with a short end time alive as long as a resume would.
+    The end time is only ever extended, and 0 is refused (it would end the sandbox)."""
+    r = api.post("/v2/sandboxes", json={"templateID": "base", "timeout": 20})
+    assert r.status_code == 201, r.text
+    sid = r.json()["sandboxID"]
+
+    def left() -> float:
+        detail = api.get(f"/sandboxes/{sid}").json()
+        return (_ts(detail["endAt"]) - dt.datetime.now(dt.UTC)).total_seconds()
+
+    try:
+        assert left() < 25
+        bodies: list[dict[str, int] | None] = [None, {}]  # no body, an empty one
+        for body in bodies:
+            r = api.post(f"/v2/sandboxes/{sid}/connect", json=body)
+            assert r.status_code == 200, r.text
+            assert 290 <= left() <= 305
+        assert api.post(f"/sandboxes/{sid}/connect", json={"timeout": 60}).status_code == 200
+        assert left() > 280  # never shortened
+        before = api.get(f"/sandboxes/{sid}").json()["endAt"]
+        r = api.post(f"/v2/sandboxes/{sid}/connect", json={"timeout": 0})
+        assert r.status_code == 400 and r.json()["code"] == 400, r.text
+        assert api.get(f"/sandboxes/{sid}").json()["endAt"] == before
+    finally:
+        assert api.delete(f"/sandboxes/{sid}").status_code == 204
+
+
 def test_default_v2_timeout_and_chunked_request_body(api: httpx.Client) -> None:
     def body() -> Iterator[bytes]:  # the JS SDK sends REST bodies chunked
         yield b'{"templateID":'

@@ -69,6 +69,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("emberbox.lifecycle")
 
+# E2B's ``ConnectSandboxV2.timeout`` default: the end time (from now) a connect without
+# ``timeout`` gives, extending a running sandbox or resuming a paused one.
 DEFAULT_RESUME_TIMEOUT_S = 300
 # How long a request that wakes a sandbox waits for a pause or resume already under way.
 WAKE_WAIT_S = 60.0
@@ -693,7 +695,8 @@ class SandboxService:
     async def connect(
         self, who: Principal, sandbox_id: str, timeout_s: int | None, with_memory: bool = True
     ) -> tuple[Sandbox, bool]:
-        """Extend (never shorten) a running sandbox's end time, or resume a paused one.
+        """Extend (never shorten) a running sandbox's end time to now + ``timeout_s`` (None:
+        ``DEFAULT_RESUME_TIMEOUT_S``, as E2B's connect), or resume a paused one.
 
         Returns the sandbox and whether it was resumed (the API answers 201 then, else 200).
         A pause or resume another caller has under way is waited out (up to ``WAKE_WAIT_S``,
@@ -701,8 +704,8 @@ class SandboxService:
         asked first. ``with_memory`` False boots a paused sandbox afresh from its files (E2B's
         ``memory: false``, the SDK's ``on_resume="reboot"``); nothing for a running one.
         """
-        if timeout_s is not None:
-            self.check_timeout(timeout_s)
+        timeout_s = DEFAULT_RESUME_TIMEOUT_S if timeout_s is None else timeout_s
+        self.check_timeout(timeout_s, minimum=1)  # E2B's minimum: 0 would end it at once
         for _ in range(_CONNECT_TRIES):
             row = await self.get(who, sandbox_id)
             if State(row.state) in _NOT_RUNNING_YET:
@@ -713,8 +716,6 @@ class SandboxService:
                 )
                 if resumed:
                     return row, True
-            if timeout_s is None:
-                return row, False
             wanted = utcnow() + dt.timedelta(seconds=timeout_s)
             if wanted <= row.end_at:
                 return row, False
