@@ -11,12 +11,15 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
-from e2b import AsyncSandbox, CommandExitException, Sandbox
+from e2b import AsyncSandbox, CommandExitException, InvalidArgumentException, Sandbox
 
 from tests.conftest import EnvdProcess
 
@@ -107,6 +110,29 @@ def test_request_envs_override_what_the_profile_set(pair: tuple[Sandbox, Sandbox
     path = "/opt/custom/bin:/usr/bin:/bin"
     assert standby.commands.run("echo $PATH", envs={"PATH": path}).stdout == path + "\n"
     assert fresh.commands.run("echo $PATH", envs={"PATH": path}).stdout != path + "\n"
+
+
+def test_a_nul_in_a_command_or_its_envs_is_refused_and_runs_nothing(
+    pair: tuple[Sandbox, Sandbox],
+) -> None:
+    """No exec can carry a NUL. A standby splits its request at NULs: a value holding one
+    ran its tail as the command, and a command was cut at it; a fresh start failed inside."""
+    where = Path(tempfile.mkdtemp())
+    where.chmod(0o777)  # the commands' user may write there
+    mark = where / "ran"
+    for sandbox in pair:
+        for cmd, envs in (
+            (f"echo the-command > {mark}", {"A": f"x\0echo injected > {mark}"}),
+            (f"echo cut > {mark}\0; echo whole", {}),
+            (f"echo the-command > {mark}", {f"B\0echo injected > {mark}": "y"}),
+        ):
+            with pytest.raises(InvalidArgumentException, match="NUL"):
+                sandbox.commands.run(cmd, envs=envs)
+            assert not mark.exists(), (cmd, envs)
+        sandbox.commands.run(f"echo fine > {mark}")
+        assert mark.read_text() == "fine\n"  # the user could have written the mark
+        mark.unlink()
+    shutil.rmtree(where)
 
 
 def test_envs_bash_owns_start_a_fresh_shell(pair: tuple[Sandbox, Sandbox]) -> None:

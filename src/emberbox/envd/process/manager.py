@@ -298,6 +298,9 @@ class ProcessManager:
         }
         if not config.cmd:
             raise ConnectError(Code.INVALID_ARGUMENT, "process cmd is empty")
+        texts = [config.cmd, *config.args, *config.envs.keys(), *config.envs.values()]
+        if any("\0" in text for text in texts):  # no exec can carry one: refused, not cut
+            raise ConnectError(Code.INVALID_ARGUMENT, "process cmd, args and envs hold no NUL")
         if not user.is_current and os.geteuid() != 0:
             raise ConnectError(
                 Code.PERMISSION_DENIED, f"envd is not root and cannot run as '{user.name}'"
@@ -331,6 +334,8 @@ class ProcessManager:
                 standby = await self.standbys.take(user, cwd, env, stdin)
             except OSError as exc:  # e.g. cwd not enterable as the user: the old path decides
                 log.info("no standby shell for %s in %s: %s", user.name, cwd, exc)
+                return None
+            if standby is None:  # none fitted (module doc of ``standby``)
                 return None
             try:
                 standby.hand_over(command, envs)

@@ -26,9 +26,10 @@ import logging
 import os
 import re
 import select
+import stat
 import subprocess
 import threading
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Container, Mapping
 from dataclasses import dataclass, field
 
 from ..users import User
@@ -51,7 +52,7 @@ BOOT = (
     '__eb_s=$?; __eb_ret() { builtin unset -f __eb_ret; return "$1"; }; '
     "[[ $- == *e* ]] && __eb_s=0; "
     "while builtin read -r -u @CTL@ __eb_go || builtin exit 0; [[ $__eb_go == @WAKE@ ]]; "
-    "do builtin :; done; exec @CTL@<&-; "
+    "do builtin :; done; exec @CTL@<&-; builtin hash -r; "
     "[[ -v SECONDS ]] && SECONDS=0; [[ -v RANDOM && -v SRANDOM ]] && RANDOM=$SRANDOM; "
     "IFS= builtin read -r -d '' -u @REQ@ __eb_n; "
     "while (( __eb_n-- > 0 )); do IFS= builtin read -r -d '' -u @REQ@ __eb_kv; "
@@ -83,9 +84,12 @@ _LOGIN_READ = frozenset({
 })  # fmt: skip
 
 
-def env_change(started: Mapping[str, str], now: Mapping[str, str]) -> dict[str, str] | None:
+def env_change(
+    started: Mapping[str, str], now: Mapping[str, str], read: Container[str] = ()
+) -> dict[str, str] | None:
     """What a standby started with ``started`` must export to run as if started with ``now``;
-    None when that cannot be exact (a variable removed, or one the login reads changed)."""
+    None when that cannot be exact (a variable removed, or one the login reads changed: bash's
+    and the profiles', and any name in ``read``, see :func:`login_names`)."""
     if any(name not in now for name in started):
         return None
     change = {k: v for k, v in now.items() if started.get(k) != v}
@@ -94,6 +98,7 @@ def env_change(started: Mapping[str, str], now: Mapping[str, str]) -> dict[str, 
             not _NAME.match(name)
             or name in _BASH_OWNED
             or name in _LOGIN_READ
+            or name in read
             or name.startswith(("LC_", "XDG_", "BASH_FUNC_"))
         ):
             return None
@@ -120,6 +125,10 @@ def _in_dir(pid: int, cwd: str) -> bool:
     return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
+# Each login file's path with its modification time (ns) and size, None when it is missing.
+Stamp = tuple[tuple[str, tuple[int, int] | None], ...]
+
+
 def _stat(path: str) -> tuple[int, int] | None:
     """Modification time (ns) and size. Not the inode: gVisor numbers inodes afresh on a
     restore, which would make every standby in a checkpoint look stale."""
@@ -130,7 +139,7 @@ def _stat(path: str) -> tuple[int, int] | None:
     return (st.st_mtime_ns, st.st_size)
 
 
-def login_stamp(home: str) -> tuple[object, ...]:
+def login_stamp(home: str) -> Stamp:
     """What a login shell's result depends on: the files bash and Debian's profiles read, the
     directories ``~/.profile`` tests for, and the account databases (groups, home, shell)."""
     paths = [
@@ -141,6 +150,48 @@ def login_stamp(home: str) -> tuple[object, ...]:
     with contextlib.suppress(OSError):
         paths += sorted(e.path for e in os.scandir("/etc/profile.d"))
     return tuple((path, _stat(path)) for path in paths)
+
+
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_ACCOUNTS = ("/etc/passwd", "/etc/group")  # stamped, but a login reads no variable there
+_SCAN_BYTES = 1 << 20
+_names: dict[Stamp, frozenset[str]] = {}
+
+
+def login_names(stamp: Stamp) -> frozenset[str]:
+    """Every word the login files of ``stamp`` (a :func:`login_stamp`) hold: a variable
+    among them that changed since a standby's login may have changed what it did (a
+    template's ``ENV NVM_DIR`` and ``/etc/profile.d/nvm.sh`` sourcing ``$NVM_DIR/nvm.sh``,
+    when the standby logged in before the ``/init`` that brought the variable). Read once per
+    stamp: the stamp changes with any of the files."""
+    names = _names.get(stamp)
+    if names is None:
+        words: set[str] = set()
+        for path, _ in stamp:
+            if path not in _ACCOUNTS:
+                words.update(_WORD.findall(_read_regular(path)))
+        names = frozenset(words)
+        if len(_names) >= 16:
+            _names.clear()
+        _names[stamp] = names
+    return names
+
+
+def _read_regular(path: str) -> str:
+    """The start of a regular file, as text; nothing for anything else (a directory, a FIFO
+    in ``/etc/profile.d`` that an open for reading would wait on)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return ""
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return ""
+        return os.read(fd, _SCAN_BYTES).decode(errors="replace")
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -160,7 +211,7 @@ class Standby:
     control: int
     request: int
     env: dict[str, str]
-    stamp: tuple[object, ...]
+    stamp: Stamp
     # Base vars that changed since the start (``env_change``), exported before the request's.
     pending: dict[str, str] = field(default_factory=dict)
 
@@ -209,9 +260,9 @@ def _drain_and_reap(popen: subprocess.Popen[bytes], *fds: int) -> None:
         popen.wait()
 
 
-def spawn_standby(cwd: str, env: dict[str, str], stdin: bool) -> Standby:
-    """Start one standby login shell. Runs in the caller's credentials (see ``creds``)."""
-    stamp = login_stamp(env["HOME"])  # before the start: an edit during the login invalidates
+def spawn_standby(cwd: str, env: dict[str, str], stdin: bool, stamp: Stamp) -> Standby:
+    """Start one standby login shell. Runs in the caller's credentials (see ``creds``);
+    ``stamp`` is the login's :func:`login_stamp`, taken by envd just before."""
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     ctl_r, ctl_w = os.pipe2(os.O_CLOEXEC)
@@ -250,6 +301,10 @@ def spawn_standby(cwd: str, env: dict[str, str], stdin: bool) -> Standby:
 Spawner = Callable[[User, Callable[[], Standby]], Awaitable[Standby]]
 REFILL_DELAY_S = 0.1  # refill once the command ends, or after this: not while it starts
 REFILL_AFTER_EXIT_S = 0.02
+# Standbys a command looks at before it starts the ordinary way: a profile that exits, or
+# login files that change while shells start (an ``apt-get install`` beside the command),
+# would otherwise have it start and drop shells without end.
+TAKE_TRIES = 3
 
 
 @dataclass
@@ -272,16 +327,17 @@ class StandbyPool:
         self._spawner = spawner
         self._slots: collections.OrderedDict[Key, _Slot] = collections.OrderedDict()
 
-    async def take(self, user: User, cwd: str, env: dict[str, str], stdin: bool) -> Standby:
+    async def take(self, user: User, cwd: str, env: dict[str, str], stdin: bool) -> Standby | None:
         """A live standby started as this request would start a shell: the oldest pooled one
-        (waiting for it if it is still starting), else one started now."""
+        (waiting for it if it is still starting), else one started now. None when none of
+        ``TAKE_TRIES`` fits: the caller starts the command the ordinary way."""
         key = Key(user.name, user.uid, cwd, stdin)
         slot = self._slots.pop(key, None) or _Slot(user, cwd, env, stdin, collections.deque())
         slot.env, slot.user = env, user
         self._slots[key] = slot  # most recently used last
         self._evict()
-        stamp = login_stamp(user.home)
-        while True:
+        for _ in range(TAKE_TRIES):
+            stamp = login_stamp(user.home)  # now: a shell started after a change fits again
             future = slot.shells.popleft() if slot.shells else self._start(slot)
             try:
                 standby = await asyncio.shield(future)
@@ -290,11 +346,12 @@ class StandbyPool:
                 raise
             alive = standby.popen.poll() is None
             if alive and standby.stamp == stamp and _in_dir(standby.popen.pid, cwd):
-                change = env_change(standby.env, env)
+                change = env_change(standby.env, env, login_names(stamp))
                 if change is not None:
                     standby.pending = change
                     return standby
             standby.discard()
+        return None
 
     def refill(self, user: User, cwd: str, stdin: bool) -> None:
         """Start standbys until the key has ``size`` of them (after a command used one)."""
@@ -304,8 +361,12 @@ class StandbyPool:
 
     def _start(self, slot: _Slot) -> asyncio.Future[Standby]:
         cwd, env, stdin = slot.cwd, slot.env, slot.stdin
+        # Taken here, as envd (as ``take`` compares it), before the start: an edit during the
+        # login makes the shell stale. Taken as the user, a directory the user cannot search
+        # but envd can would make every shell look stale.
+        stamp = login_stamp(slot.user.home)
         future = asyncio.ensure_future(
-            self._spawner(slot.user, lambda: spawn_standby(cwd, env, stdin))
+            self._spawner(slot.user, lambda: spawn_standby(cwd, env, stdin, stamp))
         )
         future.add_done_callback(_log_failure)
         return future

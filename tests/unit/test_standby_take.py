@@ -1,0 +1,142 @@
+"""``StandbyPool.take`` with real ``bash -l`` shells in a home of the test's own: a standby
+whose login files changed since it started is dropped, a take looks at no more than
+``TAKE_TRIES`` of them, and files edited while shells start never make it start and drop shells
+without end."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+from collections.abc import Callable
+from pathlib import Path
+
+from emberbox.envd.process.standby import TAKE_TRIES, Standby, StandbyPool
+from emberbox.envd.users import User
+
+
+def _me(home: Path) -> User:
+    entry = pwd.getpwuid(os.geteuid())
+    return User(entry.pw_name, entry.pw_uid, entry.pw_gid, str(home), "/bin/bash")
+
+
+def _env(home: Path) -> dict[str, str]:
+    return {"PATH": "/usr/bin:/bin", "HOME": str(home), "USER": "u", "LOGNAME": "u"}
+
+
+class Counting:
+    """A spawner that starts each shell in a thread, as envd's does, and counts them;
+    ``before`` runs in that thread just before each start (as the user, in envd)."""
+
+    def __init__(self, before: Callable[[], None] = lambda: None) -> None:
+        self.started = 0
+        self.before = before
+
+    async def __call__(self, user: User, start: Callable[[], Standby]) -> Standby:
+        self.started += 1
+
+        def run() -> Standby:
+            self.before()
+            return start()
+
+        return await asyncio.to_thread(run)
+
+
+def _edit(profile: Path) -> Callable[[], None]:
+    def edit() -> None:
+        profile.write_text(profile.read_text() + "X=1\n")
+
+    return edit
+
+
+async def _pooled(pool: StandbyPool, user: User, home: Path, n: int) -> None:
+    """Fill the key's pool with ``n`` started shells (a first take makes the key known)."""
+    first = await pool.take(user, str(home), _env(home), False)
+    assert first is not None
+    first.discard()
+    pool.size = n
+    pool.refill(user, str(home), False)
+    for slot in pool._slots.values():
+        await asyncio.gather(*slot.shells)
+
+
+async def test_login_files_edited_as_each_shell_starts_still_give_a_shell(tmp_path: Path) -> None:
+    """An install that keeps touching the profile while commands start (pip, apt-get): each
+    new shell's stamp was taken before its start, as the take's, so it fits at once. Before,
+    the shell's stamp was taken inside its start, after the edit, and no shell ever fit."""
+    profile = tmp_path / ".profile"
+    profile.write_text("X=0\n")
+    spawner = Counting(_edit(profile))
+    pool = StandbyPool(spawner, size=2)
+    try:
+        took = await asyncio.wait_for(pool.take(_me(tmp_path), str(tmp_path), _env(tmp_path),
+                                                False), 30)  # fmt: skip
+        assert took is not None and took.popen.poll() is None
+        assert spawner.started == 1
+        took.discard()
+    finally:
+        pool.close()
+
+
+async def test_pooled_shells_older_than_an_edit_are_dropped(tmp_path: Path) -> None:
+    profile = tmp_path / ".profile"
+    profile.write_text("X=0\n")
+    spawner = Counting()
+    pool = StandbyPool(spawner, size=2)
+    user = _me(tmp_path)
+    try:
+        await _pooled(pool, user, tmp_path, 2)
+        assert spawner.started == 3
+        _edit(profile)()
+        took = await asyncio.wait_for(pool.take(user, str(tmp_path), _env(tmp_path), False), 30)
+        assert took is not None
+        assert spawner.started == 4  # both pooled ones dropped, one started for the command
+        took.discard()
+    finally:
+        pool.close()
+
+
+async def test_a_take_gives_up_after_a_few_stale_shells(tmp_path: Path) -> None:
+    """A pool larger than ``TAKE_TRIES``, all stale: the command starts the ordinary way
+    (None) rather than waiting on every one; the rest are looked at by later commands."""
+    profile = tmp_path / ".profile"
+    profile.write_text("X=0\n")
+    spawner = Counting()
+    pool = StandbyPool(spawner, size=2)
+    user = _me(tmp_path)
+    try:
+        await _pooled(pool, user, tmp_path, TAKE_TRIES + 2)
+        started = spawner.started
+        _edit(profile)()
+        took = await asyncio.wait_for(pool.take(user, str(tmp_path), _env(tmp_path), False), 30)
+        assert took is None
+        assert spawner.started == started  # none started for it
+        (slot,) = pool._slots.values()
+        assert len(slot.shells) == 2  # the ones not looked at stay for later commands
+    finally:
+        pool.close()
+
+
+async def test_a_variable_the_login_files_mention_takes_a_shell_that_saw_it(
+    tmp_path: Path,
+) -> None:
+    """Standbys log in before the ``/init`` that brings a template's variables (a restored
+    template snapshot): one whose login read a variable that changed since is dropped, one
+    whose login did not is used, the variable exported before the command."""
+    (tmp_path / ".profile").write_text('export PATH="$TOOL_HOME/bin:$PATH"\n')
+    spawner = Counting()
+    pool = StandbyPool(spawner, size=2)
+    user, env = _me(tmp_path), _env(tmp_path)
+    try:
+        await _pooled(pool, user, tmp_path, 2)
+        started = spawner.started
+        took = await pool.take(user, str(tmp_path), {**env, "OTHER": "1"}, False)
+        assert took is not None and took.pending == {"OTHER": "1"}  # a pooled one
+        assert spawner.started == started
+        took.discard()
+        took = await pool.take(user, str(tmp_path), {**env, "TOOL_HOME": "/opt/tool"}, False)
+        assert took is not None and took.pending == {}  # started with it
+        assert spawner.started == started + 1  # the other pooled one dropped, one started
+        took.discard()
+    finally:
+        pool.close()
