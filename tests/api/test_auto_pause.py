@@ -196,6 +196,12 @@ def test_resume_with_auto_pause_pauses_again_at_the_end(
     ]
     try:
         assert gv_api.post(f"/sandboxes/{sid}/pause").status_code == 204
+        # A resume refused changes nothing, its autoPause included.
+        r = gv_api.post(f"/sandboxes/{sid}/resume", json={"timeout": 10**9, "autoPause": True})
+        assert r.status_code == 400, r.text
+        detail = gv_api.get(f"/sandboxes/{sid}").json()
+        assert detail["state"] == "paused"
+        assert detail["lifecycle"] == {"autoResume": False, "onTimeout": "kill"}
         r = gv_api.post(f"/sandboxes/{sid}/resume", json={"timeout": 2, "autoPause": True})
         assert r.status_code == 201, r.text
         detail = gv_api.get(f"/sandboxes/{sid}").json()

@@ -164,9 +164,10 @@ async def resume_legacy(
     row = await svc.get(who, sandbox_id)
     if row.state == "running":
         raise ApiError(409, f"sandbox '{sandbox_id}' is already running")
-    if opts.autoPause is not None:  # what the resumed sandbox's end time does
-        await svc.set_on_timeout(who, sandbox_id, "pause" if opts.autoPause else "kill")
     row, _ = await svc.connect(who, sandbox_id, opts.timeout, opts.memory is not False)
+    if opts.autoPause is not None:  # what the resumed sandbox's end time does (once resumed:
+        # a resume refused changes nothing; its end time is at least a second away)
+        await svc.set_on_timeout(who, sandbox_id, "pause" if opts.autoPause else "kill")
     return to_sandbox(row, _domain(request))
 
 
