@@ -85,9 +85,13 @@ async def test_a_snapshot_name_is_1_to_128_characters(snapshotting_plane: Plane)
     service = SnapshotService(plane.service)
     row = await plane.service.create(plane.who, CreateRequest("base", 600))
     assert (await service.create(plane.who, row.id, name="n" * 128)).name == "n" * 128
-    for name in ("", "n" * 129, "n" * 300, "-lead", "sp ace"):
+    assert (await service.create(plane.who, row.id, name="team/v1.2")).name == "team/v1.2"
+    bad = ("", "n" * 129, "n" * 300, "-lead", "sp ace", "a//b", "a/", "/a", "a/../b", "a/.b")
+    for name in bad:
         with pytest.raises(Invalid, match="1-128 characters"):
             await service.create(plane.who, row.id, name=name)
+    with pytest.raises(Invalid, match="a path of the API"):  # DELETE /templates/tags
+        await service.create(plane.who, row.id, name="tags")
 
 
 async def test_a_token_this_server_did_not_give_is_refused(snapshotting_plane: Plane) -> None:
@@ -165,3 +169,22 @@ async def test_snapshots_taken_at_once_never_land_over_the_teams_quota(
     assert sum(isinstance(r, Snapshot) for r in results) == 2
     assert isinstance(plane.runtime, CheckpointingRuntime)
     assert len(plane.runtime.held) == 2  # the refused ones' checkpoints deleted on the node
+
+
+async def test_a_team_at_its_quota_is_refused_before_any_checkpoint(
+    snapshotting_plane: Plane,
+) -> None:
+    """A checkpoint disturbs the sandbox (its output streams end): a snapshot or a fork that
+    cannot be kept is refused before one is taken."""
+    plane = snapshotting_plane
+    service = SnapshotService(plane.service, max_bytes_per_team=4096)
+    row = await plane.service.create(plane.who, CreateRequest("base", 600))
+    await service.create(plane.who, row.id)  # the team is at its quota now
+    assert isinstance(plane.runtime, CheckpointingRuntime)
+    taken = plane.runtime.checkpoints
+    with pytest.raises(QuotaExceeded, match="no snapshot of sandbox"):
+        await service.create(plane.who, row.id)
+    with pytest.raises(QuotaExceeded, match="no snapshot of sandbox"):
+        await service.fork(plane.who, row.id, count=1, timeout_s=60)
+    assert plane.runtime.checkpoints == taken
+    assert len(plane.runtime.held) == 1

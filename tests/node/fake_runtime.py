@@ -288,6 +288,7 @@ class CheckpointingRuntime(FakeRuntime):
         self.restore_fails: str | None = None
         self.restore_delay_s = 0.0
         self.restores = 0
+        self.checkpoints = 0  # taken, kept or not
 
     async def restore(self, sandbox_id: str, snapshot: SnapshotRef) -> RuntimeSandbox:
         self.restores += 1
@@ -312,6 +313,7 @@ class CheckpointingRuntime(FakeRuntime):
         sandbox = self.sandboxes.get(sandbox_id)
         if sandbox is None:
             raise SandboxGone(f"sandbox {sandbox_id} does not exist")
+        self.checkpoints += 1
         self.checkpointing = True
         try:
             await asyncio.sleep(self.checkpoint_delay_s)

@@ -48,7 +48,12 @@ from .states import State
 log = logging.getLogger("emberbox.snapshots")
 
 MAX_FORKS = 100
-SNAPSHOT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
+# Segments joined by single slashes, each starting with a letter or digit (no empty, "." or
+# ".." segment: the name is a path segment the SDK deletes by, ``DELETE /templates/{name}``).
+_SEGMENT = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+SNAPSHOT_NAME = re.compile(rf"^(?=.{{1,128}}$){_SEGMENT}(/{_SEGMENT})*$")
+# Names the API's own paths take: ``DELETE /templates/tags`` removes tags.
+RESERVED_NAMES = frozenset({"tags"})
 
 
 @dataclass(frozen=True)
@@ -97,13 +102,19 @@ class SnapshotService:
         if not memory:
             self.sandboxes.check_can_pause_files("memory: false")
         if name is not None and not SNAPSHOT_NAME.match(name.removesuffix(snaps.DEFAULT_TAG)):
-            raise Invalid("a snapshot name is 1-128 characters of [A-Za-z0-9._/-]")
+            raise Invalid(
+                "a snapshot name is 1-128 characters of [A-Za-z0-9._-] in segments joined by '/',"
+                " each starting with a letter or digit"
+            )
         name = name.removesuffix(snaps.DEFAULT_TAG) if name else None
+        if name in RESERVED_NAMES:
+            raise Invalid(f"'{name}' is a path of the API; choose another snapshot name")
         if name is not None and is_snapshot_id(name):
             raise Invalid(f"'{name}' has the shape of a snapshot id; choose another snapshot name")
         if name is not None and await self._template_named(who, name):
             raise Invalid(f"'{name}' is a template's name; choose another snapshot name")
         row = await self._running(who, sandbox_id)
+        await self._check_room(who.team_id, sandbox_id)
         snapshot_id = new_snapshot_id()
         try:
             ref = await self._checkpoint(row, snapshot_id, memory)
@@ -160,6 +171,18 @@ class SnapshotService:
                 "paused sandboxes first"
             )
         return snapshot
+
+    async def _check_room(self, team_id: str, sandbox_id: str) -> None:
+        """Refuse before the checkpoint a team already at its quota: a checkpoint disturbs the
+        sandbox (its output streams end, its proxied connections close) even when the
+        snapshot is then refused for its size."""
+        limit = self.max_bytes_per_team
+        if limit and (used := await self.sandboxes.saved_disk_used(team_id)) >= limit:
+            raise QuotaExceeded(
+                f"no snapshot of sandbox '{sandbox_id}' was taken: this team's snapshots and "
+                f"paused sandboxes take {used} bytes, at the limit of {limit}; delete snapshots "
+                "or kill paused sandboxes first"
+            )
 
     async def _checkpoint(self, row: Sandbox, snapshot_id: str, memory: bool) -> pb.Snapshot:
         if not memory:  # files hold no connection: streams go on
