@@ -305,6 +305,11 @@ def test_named_snapshot_and_paging(
         assert all(s["sizeBytes"] > 0 for s in [*page.json(), *rest])
         named = Sandbox.create("stateful-named", timeout=60)
         named.kill()
+        # A name with a slash (E2B's are namespaced so): the SDK deletes it as %2F.
+        slashed = src.create_snapshot(name="team/stateful")
+        assert slashed.snapshot_id == "team/stateful"
+        assert Sandbox.delete_snapshot("team/stateful") is True
+        assert Sandbox.list_snapshots(name="team/stateful").next_items() == []
     finally:
         src.kill()
     for s in api.get("/snapshots", params={"sandboxID": src.sandbox_id}).json():

@@ -262,7 +262,7 @@ class EgressRecord(BaseModel):
 class SnapshotRequest(RequestBody):
     """``POST /sandboxes/{id}/snapshots`` (E2B's ``SandboxSnapshotRequest``)."""
 
-    name: str | None = None  # its rule (1-128 of [A-Za-z0-9._/-]) is the service's alone
+    name: str | None = None  # its rule is the service's alone (SNAPSHOT_NAME)
     memory: bool | None = None
 
 

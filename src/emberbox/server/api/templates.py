@@ -369,7 +369,7 @@ def _page(
 
 
 @router.delete(
-    "/templates/{template_id}",
+    "/templates/{template_id:path}",  # a snapshot's name may hold '/' (the SDK sends %2F)
     status_code=HTTP_204_NO_CONTENT,
     response_class=Response,
     responses=_errors(404),
