@@ -18,8 +18,10 @@ import httpx
 import pytest
 from e2b import AsyncSandbox, Sandbox, SandboxException, SandboxState
 
+from emberbox._connect.errors import Code
 from emberbox.host.errors import HostError
 from emberbox.host.ports import free_loopback_port
+from emberbox.node.client import NodeUnavailable
 from emberbox.server.lifecycle.service import CreateRequest
 from emberbox.server.proxy.responses import sandbox_paused
 from emberbox.server.testing import ServerProcess
@@ -392,6 +394,37 @@ async def test_failed_pause_at_the_end_time_kills_the_sandbox(
     assert asked == ([True, False] if runtime_keeps_files else [True])
     assert plane.runtime.teardowns[row.id] == 1
     assert (await plane.service.wake(row.id)).running is False
+
+
+async def test_a_lost_answer_to_the_files_pause_at_the_end_time_kills_nothing(
+    lifecycle_plane: Plane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The memory could not be saved, and a separate node's answer to the files-only pause
+    that followed was lost: it may have kept them. The sandbox is left pausing for the
+    node's listing to settle, as after a lost answer to the first pause, never killed on a
+    guess (a kill would lose the files the node kept)."""
+    plane = lifecycle_plane
+    plane.service.facts.capabilities.filesystem_pause = True
+    asked: list[bool] = []
+
+    async def memory_fails_then_answer_lost(sandbox_id: str, memory: bool = True) -> int:
+        asked.append(memory)
+        if memory:
+            raise NodeUnavailable(Code.INTERNAL, f"saving {sandbox_id} failed")
+        raise NodeUnavailable(Code.UNAVAILABLE, "node at http://node: connection reset")
+
+    row = await plane.service.create(plane.who, CreateRequest("base", 60, auto_pause=True))
+    monkeypatch.setattr(plane.service.node, "pause", memory_fails_then_answer_lost)
+    _clock(monkeypatch, dt.timedelta(seconds=61))
+    await plane.reaper.tick()
+    await plane.reaper.stop()
+    left = await _row(plane, row.id)
+    assert (left.state, left.pause_mode) == ("pausing", "filesystem")
+    assert asked == [True, False]
+    assert plane.runtime.teardowns[row.id] == 0
+    await plane.reaper.reconcile()  # the node says it runs: the files were not kept
+    assert (await _row(plane, row.id)).state == "running"
+    await plane.service.kill(plane.who, row.id)
 
 
 async def test_wake_refuses_a_sandbox_without_auto_resume(lifecycle_plane: Plane) -> None:

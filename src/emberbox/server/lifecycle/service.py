@@ -861,7 +861,12 @@ class SandboxService:
             if (held := await self._paused_meanwhile(sandbox_id, e)) is not None:
                 await self.record_paused_by_node(sandbox_id, held, was=State.PAUSING)
                 return True
-            saved = await self._keep_files_at_end(sandbox_id, e) if keep_memory else None
+            try:
+                saved = await self._keep_files_at_end(sandbox_id, e) if keep_memory else None
+            except NodeError as lost:  # left pausing, as above: the node may have kept them
+                log.warning("files-only pause at the end time of %s: %s (%s)",
+                            sandbox_id, _LOST, lost)  # fmt: skip
+                return True
             if saved is None:
                 log.error("pause at the end time of %s failed (%s); killing it", sandbox_id, e)
                 await self.end(sandbox_id, EndReason.TIMEOUT)
@@ -889,7 +894,8 @@ class SandboxService:
 
     async def _keep_files_at_end(self, sandbox_id: str, failed: Exception) -> int | None:
         """The files of a sandbox whose memory could not be saved at its end time, its bytes
-        on disk; None if they could not be saved either (or the runtime cannot).
+        on disk; None if they could not be saved either (or the runtime cannot). A lost
+        answer (``answer_lost``) is raised: the node may have saved them.
 
         runsc refuses every checkpoint of some sandboxes for minutes (docs/stateful.md, Known
         limits); killing them would lose the user's work. The row says ``filesystem`` first,
@@ -905,6 +911,8 @@ class SandboxService:
         try:
             return await self.node.pause(sandbox_id, memory=False)
         except Exception as e:
+            if answer_lost(e):  # what the node did is unknown: the caller leaves it pausing
+                raise
             log.error("saving the files of %s at its end time failed too (%s)", sandbox_id, e)
             return None
 
