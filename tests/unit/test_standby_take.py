@@ -11,6 +11,8 @@ import pwd
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from emberbox.envd.process.standby import TAKE_TRIES, Standby, StandbyPool
 from emberbox.envd.users import User
 
@@ -31,6 +33,7 @@ class Counting:
     def __init__(self, before: Callable[[], None] = lambda: None) -> None:
         self.started = 0
         self.before = before
+        self.shells: list[Standby] = []
 
     async def __call__(self, user: User, start: Callable[[], Standby]) -> Standby:
         self.started += 1
@@ -39,7 +42,9 @@ class Counting:
             self.before()
             return start()
 
-        return await asyncio.to_thread(run)
+        shell = await asyncio.to_thread(run)
+        self.shells.append(shell)
+        return shell
 
 
 def _edit(profile: Path) -> Callable[[], None]:
@@ -140,3 +145,28 @@ async def test_a_variable_the_login_files_mention_takes_a_shell_that_saw_it(
         took.discard()
     finally:
         pool.close()
+
+
+async def test_wake_ups_a_shell_stuck_in_its_login_never_reads_do_not_block_envd(
+    tmp_path: Path,
+) -> None:
+    """Every /health wakes the idle standbys with a line on their control pipe. A shell
+    whose login hangs reads none: ~32k of them filled the pipe, and the next write stopped
+    envd's event loop. Now they are dropped, and such a shell is not handed a command."""
+    (tmp_path / ".profile").write_text("sleep 60\n")  # a login that hangs
+    spawner = Counting()
+    pool = StandbyPool(spawner, size=2)
+    user = _me(tmp_path)
+    try:
+        await _pooled(pool, user, tmp_path, 1)
+        waking = asyncio.to_thread(lambda: [pool.wake() for _ in range(40_000)])
+        await asyncio.wait_for(waking, 20)
+        stuck = await pool.take(user, str(tmp_path), _env(tmp_path), False)
+        assert stuck is not None
+        with pytest.raises(BlockingIOError):
+            stuck.hand_over("true", {})
+        stuck.discard()
+    finally:
+        pool.close()
+        for shell in spawner.shells:  # (a blocked write, before, ends when its reader does)
+            shell.popen.kill()

@@ -216,7 +216,8 @@ class Standby:
     pending: dict[str, str] = field(default_factory=dict)
 
     def hand_over(self, command: str, envs: Mapping[str, str]) -> None:
-        """Give the shell its command; BrokenPipeError if it is no longer there."""
+        """Give the shell its command; OSError if it is no longer there (BrokenPipeError) or
+        reads no more (BlockingIOError: stuck in its login, its pipe full of wake-ups)."""
         envs = {**self.pending, **envs}
         fields = [str(len(envs)), *(f"{k}={v}" for k, v in envs.items()), command]
         os.pwrite(self.request, b"".join(f.encode() + b"\0" for f in fields), 0)
@@ -295,6 +296,9 @@ def spawn_standby(cwd: str, env: dict[str, str], stdin: bool, stamp: Stamp) -> S
         Standby._close(*child_ends)
     if in_w is not None:
         os.set_blocking(in_w, False)
+    # Never waited on: a shell stuck in its login reads no wake-up, and ~32k of them (one per
+    # /health) would fill the pipe and stop envd's event loop in a write.
+    os.set_blocking(ctl_w, False)
     return Standby(popen, out_r, err_r, in_w, ctl_w, request, env, stamp)
 
 
