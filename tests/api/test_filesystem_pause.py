@@ -117,6 +117,36 @@ async def test_connect_with_on_resume_reboot_boots_a_memory_paused_sandbox_afres
         await sbx.kill()
 
 
+def test_copies_and_forks_keep_their_source_variables_when_booted_from_files(
+    gvisor_key: str,
+) -> None:
+    """A sandbox started from a snapshot or a fork has its source's variables (they came with
+    its memory), under its own; a boot from its files (a filesystem pause, then a connect)
+    keeps them rather than falling back to its template's."""
+    src = Sandbox.create(timeout=300, envs={"FROM_SOURCE": "yes", "SHARED": "source"})
+    made: list[Sandbox] = []
+    info = None
+    try:
+        info = src.create_snapshot()
+        made.append(Sandbox.create(info.snapshot_id, timeout=120, envs={"SHARED": "copy"}))
+        (fork,) = src.fork(count=1, timeout=120)
+        assert isinstance(fork, Sandbox), fork
+        made.append(fork)
+        show = "echo $FROM_SOURCE $SHARED"
+        expected = [["yes", "copy"], ["yes", "source"]]
+        assert [m.commands.run(show).stdout.split() for m in made] == expected
+        for sbx in made:
+            sbx.pause(mode="filesystem")
+        back = [Sandbox.connect(m.sandbox_id) for m in made]
+        assert [b.commands.run(show).stdout.split() for b in back] == expected
+    finally:
+        for sbx in made:
+            sbx.kill()
+        src.kill()
+        if info is not None:
+            Sandbox.delete_snapshot(info.snapshot_id)
+
+
 def test_the_end_time_pause_can_keep_only_files(api: httpx.Client) -> None:
     sbx = Sandbox.create(
         timeout=3, lifecycle={"on_timeout": {"action": "pause", "mode": "filesystem"}}

@@ -24,8 +24,9 @@ class Envd:
     that still polled /health first would get 404s. ``drop_first`` takes the first /init,
     then breaks the connection before its answer is complete."""
 
-    def __init__(self, drop_first: bool = False) -> None:
+    def __init__(self, drop_first: bool = False, envs: dict[str, str] | None = None) -> None:
         self.token: str | None = None
+        self.envs = envs  # a restored envd's variables, served at /envs
         self.inits: list[dict[str, Any]] = []
         self.refused = 0
         self.drop_first = drop_first
@@ -38,13 +39,16 @@ class Envd:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        if scope["path"] != "/init":
+        if scope["path"] not in ("/init", "/envs"):
             await self._answer(send, 404)
             return
         headers = dict(scope["headers"])
         if self.token and headers.get(b"x-access-token", b"").decode() != self.token:
             self.refused += 1
             await self._answer(send, 401)
+            return
+        if scope["path"] == "/envs":
+            await self._answer(send, 200, body=json.dumps(self.envs or {}).encode())
             return
         data = json.loads(body)
         self.inits.append(data)
@@ -56,9 +60,14 @@ class Envd:
         await self._answer(send, 204, [(b"x-envd-version", b"9.9.9")])
 
     @staticmethod
-    async def _answer(send: Send, status: int, headers: list[tuple[bytes, bytes]] = []) -> None:  # noqa: B006
+    async def _answer(
+        send: Send,
+        status: int,
+        headers: list[tuple[bytes, bytes]] = [],  # noqa: B006
+        body: bytes = b"",
+    ) -> None:
         await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": b""})
+        await send({"type": "http.response.body", "body": body})
 
 
 async def _serve(app: Envd, port: int, after_s: float = 0.0) -> uvicorn.Server:
@@ -80,10 +89,11 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
 async def test_the_first_init_waits_for_envd_to_listen(http: httpx.AsyncClient) -> None:
     envd, port = Envd(), free_loopback_port()
     starting = asyncio.create_task(_serve(envd, port, after_s=0.3))  # a boot, a restore
-    version = await handshake(http, f"http://127.0.0.1:{port}", DEFAULTS, "tok", timeout_s=10)
+    greeting = await handshake(http, f"http://127.0.0.1:{port}", DEFAULTS, "tok", timeout_s=10)
     server = await starting
     server.should_exit = True
-    assert version == "9.9.9"  # from /init's answer: no /health asked
+    assert greeting.version == "9.9.9"  # from /init's answer: no /health asked
+    assert greeting.inherited_env == {}  # a boot: nothing held before
     (init,) = envd.inits
     assert init["accessToken"] == "tok" and init["envVars"] == {"A": "1"}
 
@@ -116,3 +126,24 @@ async def test_nobody_listening_fails_after_the_timeout(http: httpx.AsyncClient)
     with pytest.raises(HandshakeFailed, match="not answering"):
         nobody = f"http://127.0.0.1:{free_loopback_port()}"
         await handshake(http, nobody, DEFAULTS, "tok", timeout_s=0.3)
+
+
+async def test_a_restored_envd_keeps_its_callers_variables_under_the_new_identity(
+    http: httpx.AsyncClient,
+) -> None:
+    """A sandbox started from a snapshot or a fork: the source's callers' variables stay, the
+    new sandbox's own win, and the handshake says which ones came from the restored memory
+    (the node keeps them for the sandbox's later boots from its files)."""
+    envd = Envd(envs={"A": "source", "FROM_SOURCE": "x"})
+    envd.token = "old"
+    port = free_loopback_port()
+    server = await _serve(envd, port)
+    try:
+        greeting = await handshake(http, f"http://127.0.0.1:{port}", DEFAULTS, "new",
+                                   timeout_s=10, previous_token="old")  # fmt: skip
+    finally:
+        server.should_exit = True
+    (init,) = envd.inits
+    assert init["envVars"] == {"A": "1", "FROM_SOURCE": "x"}
+    assert greeting.inherited_env == {"FROM_SOURCE": "x"}
+    assert envd.token == "new"

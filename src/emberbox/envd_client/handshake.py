@@ -39,6 +39,17 @@ class EnvdDefaults:
     ready_cmd: str | None = None
 
 
+@dataclass(frozen=True)
+class Greeting:
+    """What a handshake learned: envd's ``version``, and ``inherited_env``, the variables a
+    restored envd held that this ``/init`` left as they were (its source's callers set them).
+    The node keeps those: a later boot from the sandbox's files starts from its own
+    defaults, not from that memory."""
+
+    version: str
+    inherited_env: Mapping[str, str] = field(default_factory=dict)
+
+
 async def _always() -> bool:
     return True
 
@@ -134,8 +145,8 @@ async def handshake(
     previous_token: str = "",
     known_version: str = "",
     inherit_env: bool = True,
-) -> str:
-    """Bring a freshly started envd into service; returns its version.
+) -> Greeting:
+    """Bring a freshly started envd into service; what it learned is a :class:`Greeting`.
 
     One ``/init`` carries everything (env vars, default user and workdir, the access token and
     the clock), so envd is never reachable with a half-set identity. An envd restored from a
@@ -165,12 +176,14 @@ async def handshake(
             first = False
 
     env = dict(defaults.env)
+    inherited: dict[str, str] = {}
     if previous_token and inherit_env:  # restored: keep what its callers set, our identity on top
-        inherited = await answer(
+        held = await answer(
             lambda: http.get(f"{envd_url}/envs", headers=headers, timeout=timeout), "/envs"
         )
-        if inherited.status_code == 200 and isinstance(inherited.json(), dict):
-            env = {**inherited.json(), **env}
+        if held.status_code == 200 and isinstance(held.json(), dict):
+            inherited = {str(k): str(v) for k, v in held.json().items() if k not in env}
+            env = {**inherited, **env}
     body: dict[str, object] = {
         "envVars": env,
         "defaultUser": defaults.user,
@@ -187,4 +200,4 @@ async def handshake(
     version = known_version or str(response.headers.get("x-envd-version", ENVD_VERSION))
     if defaults.ready_cmd:
         await wait_ready(envd_url, defaults.ready_cmd, timeout_s, access_token)
-    return version
+    return Greeting(version, inherited)

@@ -28,6 +28,7 @@ import httpx
 
 from ..envd_client.client import EnvdClient
 from ..envd_client.handshake import (
+    Greeting,
     HandshakeFailed,
     handshake,
     prime_standbys,
@@ -226,7 +227,7 @@ class Orchestrator:
             self._held[spec.sandbox_id] = record
             try:
                 sandbox = await self.runtime.create(spec)
-                version = await self._handshake(sandbox, access_token, previous_token)
+                greeting = await self._handshake(sandbox, access_token, previous_token)
                 if spec.network.rewrites:
                     await self._install_egress_ca(sandbox.envd_url, access_token)
                     record.trusts_egress_ca = True
@@ -235,7 +236,9 @@ class Orchestrator:
                 raise
             record.state = "running"
             record.envd_url, record.host = sandbox.envd_url, sandbox.address
-            record.envd_version = version
+            record.envd_version = greeting.version
+            # A restored sandbox's own boot from its files must see them too (docs/stateful.md).
+            record.envs = dict(greeting.inherited_env)
             self.records.save(record)
             return record
 
@@ -275,11 +278,10 @@ class Orchestrator:
             )
             try:
                 await self.runtime.thaw(pooled.sandbox_id)
-                version = record.envd_version
                 if not token:  # its pooling never finished its /init
                     raise BootFailed(f"pooled sandbox {pooled.sandbox_id} holds no token")
                 if spec.envs:
-                    version = await self._handshake(
+                    await self._handshake(
                         dataclasses.replace(pooled, defaults=defaults),
                         token,
                         previous_token=token,
@@ -299,7 +301,6 @@ class Orchestrator:
             self.offloader.started(pooled.sandbox_id)
             record.created_at = time.time()
             record.envd_url, record.host = pooled.envd_url, pooled.address
-            record.envd_version = version
             record.envs = dict(spec.envs)
             self.records.save(record)
             return record, token
@@ -372,7 +373,7 @@ class Orchestrator:
         known_version: str = "",
         inherit_env: bool = True,
         timeout_s: float | None = None,
-    ) -> str:
+    ) -> Greeting:
         assert self._http is not None, "node not started"
         try:
             return await handshake(
@@ -459,7 +460,7 @@ class Orchestrator:
                 defaults = dataclasses.replace(sandbox.defaults, env=env)
                 sandbox = dataclasses.replace(sandbox, defaults=defaults)
                 try:
-                    record.envd_version = await self._handshake(sandbox, access_token)
+                    record.envd_version = (await self._handshake(sandbox, access_token)).version
                 except BaseException:
                     # Paused again with its files, so a later resume can try again; what
                     # cannot be saved stays running and the control plane learns of it.
