@@ -43,7 +43,12 @@ def test_code_interpreter_v1_names_the_code_interpreter_template(tmp_path: Path)
     for asked in ("code-interpreter-v1", "code-interpreter-v1:latest", "code-interpreter"):
         found = catalog.resolve(asked)
         assert found is not None and found.template_id == "code-interpreter", asked
+        assert (found.cpu_count, found.memory_mb) == (2, 2048)  # E2B's size for it
     assert catalog.resolve("code-interpreter-v2") is None
+    sized = StoreTemplates(
+        tmp_path, StaticTemplates.from_env('{"code-interpreter": {"memoryMB": 768}}')
+    )
+    assert (found := sized.resolve("code-interpreter")) is not None and found.memory_mb == 768
     manifest = json.loads((store.templates_dir / "code-interpreter.json").read_text())
     assert "--envd-url http://127.0.0.1:49983" in manifest["config"]["start_cmd"]
     assert manifest["config"]["ready_cmd"].endswith("127.0.0.1:49999/health")

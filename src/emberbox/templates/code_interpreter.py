@@ -41,6 +41,12 @@ from .store import Template, TemplateConfig, TemplateStore
 NAME = "code-interpreter"
 ALIASES = ("code-interpreter-v1",)  # what e2b-code-interpreter and @e2b/code-interpreter ask for
 INTERPRETER_PORT = 49999  # emberbox.interpreter.INTERPRETER_PORT (templates cannot import it)
+# Its sandboxes' default size, E2B's for its code-interpreter template (2 vCPUs, 2 GiB): a
+# Python, a JavaScript, a TypeScript and an R kernel at once do not fit in 512 MiB (the R
+# kernel's start was killed for memory). Memory is reserved, not touched: gVisor takes pages
+# as the kernels use them.
+CPU_COUNT = 2
+MEMORY_MB = 2048
 START_CMD = (
     f"{VENV}/bin/python -m emberbox.interpreter --port {INTERPRETER_PORT} "
     f"--envd-url http://127.0.0.1:{ENVD_PORT} --prestart python"

@@ -70,13 +70,22 @@ def _builtin_aliases() -> dict[str, str]:
     return {alias: code_interpreter.NAME for alias in code_interpreter.ALIASES}
 
 
+def _builtin_sizes() -> dict[str, tuple[int, int]]:
+    """(vCPUs, MiB) of built-in templates whose sandboxes need more than the defaults."""
+    from ...templates import code_interpreter
+
+    return {code_interpreter.NAME: (code_interpreter.CPU_COUNT, code_interpreter.MEMORY_MB)}
+
+
 _BUILTIN_ALIASES = _builtin_aliases()
+_BUILTIN_SIZES = _builtin_sizes()
 
 
 class StoreTemplates:
     """Templates built into the node's template store (what the gVisor runtime boots).
 
-    Resources come from ``overrides`` (``EMBERBOX_TEMPLATES``) when given, else the defaults.
+    Resources come from ``overrides`` (``EMBERBOX_TEMPLATES``) when given, else the built-in
+    template's own (``code-interpreter``: E2B's size for it), else the defaults.
     """
 
     def __init__(self, root: Path, overrides: StaticTemplates) -> None:
@@ -95,10 +104,11 @@ class StoreTemplates:
         except TemplateError:
             return None
         sized = self.overrides.resolve(base)
+        cpus, memory = _BUILTIN_SIZES.get(template.name, (DEFAULT_CPU_COUNT, DEFAULT_MEMORY_MB))
         return TemplateInfo(
             template_id=template.name,
             alias=template.name,
-            cpu_count=sized.cpu_count if sized else DEFAULT_CPU_COUNT,
-            memory_mb=sized.memory_mb if sized else DEFAULT_MEMORY_MB,
+            cpu_count=sized.cpu_count if sized else cpus,
+            memory_mb=sized.memory_mb if sized else memory,
             disk_mb=sized.disk_mb if sized else DEFAULT_DISK_MB,
         )
