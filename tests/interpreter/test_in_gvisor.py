@@ -522,6 +522,7 @@ def test_npm_code_interpreter_sdk(server: ServerProcess, tmp_path: Path) -> None
     assert out["jsEnvs"] == "from-js+js"
     assert out["jsDefault"] == "undefined"  # the default JS context is another kernel
     assert out["ts"] == "42"
+    assert out["rError"] is None  # (in 512 MiB, the fifth kernel's start was killed)
     assert out["r"] == ["[1] 42"]  # IRkernel shows values as display data
     assert out["unsupported"] == "400 Bad Request"  # this SDK drops the body naming them
     assert out["killed"] is True

@@ -67,7 +67,9 @@ try {
 
   out.ts = (await sbx.runCode('const n: number = 20\nn * 2 + 2', { language: 'typescript' })).text
 
-  out.r = (await sbx.runCode('sum(1:6) * 2', { language: 'r' })).results.map((r) => r.text)
+  const rRun = await sbx.runCode('sum(1:6) * 2', { language: 'r' })
+  out.r = rRun.results.map((r) => r.text)
+  out.rError = rRun.error ? `${rRun.error.name}: ${rRun.error.value}` : null
 
   try {
     await sbx.runCode('1', { language: 'java' })
