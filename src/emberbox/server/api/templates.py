@@ -369,7 +369,7 @@ def _page(
 
 
 @router.delete(
-    "/templates/{template_id:path}",  # a snapshot's name may hold '/' (the SDK sends %2F)
+    "/templates/{template_id:path}",  # snapshots named with a '/' before 2026-12-06
     status_code=HTTP_204_NO_CONTENT,
     response_class=Response,
     responses=_errors(404),
@@ -378,7 +378,9 @@ def _page(
 async def delete_template(
     request: Request, who: Caller, svc: Templates, template_id: str
 ) -> Response:
-    if await svc.owns(who, template_id):
+    # A name with a '/' is a snapshot's (such names were once taken): a template reference
+    # drops its 'team/' prefix, and 'acme/myapp' would delete the template 'myapp'.
+    if "/" not in template_id and await svc.owns(who, template_id):
         await svc.delete(who, template_id)
         return Response(status_code=HTTP_204_NO_CONTENT)
     return await delete_snapshot(who, request.app.state.snapshots, template_id)

@@ -48,10 +48,9 @@ from .states import State
 log = logging.getLogger("emberbox.snapshots")
 
 MAX_FORKS = 100
-# Segments joined by single slashes, each starting with a letter or digit (no empty, "." or
-# ".." segment: the name is a path segment the SDK deletes by, ``DELETE /templates/{name}``).
-_SEGMENT = r"[A-Za-z0-9][A-Za-z0-9._-]*"
-SNAPSHOT_NAME = re.compile(rf"^(?=.{{1,128}}$){_SEGMENT}(/{_SEGMENT})*$")
+# No '/': this server has one namespace, and a template reference drops a ``team/`` prefix
+# (``acme/myapp`` is the template ``myapp``), so a snapshot so named would be taken for it.
+SNAPSHOT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # Names the API's own paths take: ``DELETE /templates/tags`` removes tags.
 RESERVED_NAMES = frozenset({"tags"})
 
@@ -101,10 +100,10 @@ class SnapshotService:
         ``memory``) only the files it changed, from which sandboxes then boot."""
         if not memory:
             self.sandboxes.check_can_pause_files("memory: false")
-        if name is not None and not SNAPSHOT_NAME.match(name.removesuffix(snaps.DEFAULT_TAG)):
+        if name is not None and not SNAPSHOT_NAME.fullmatch(name.removesuffix(snaps.DEFAULT_TAG)):
             raise Invalid(
-                "a snapshot name is 1-128 characters of [A-Za-z0-9._-] in segments joined by '/',"
-                " each starting with a letter or digit"
+                "a snapshot name is 1-128 characters of [A-Za-z0-9._-], starting with a letter "
+                "or digit (no 'team/' prefix: this server has one namespace)"
             )
         name = name.removesuffix(snaps.DEFAULT_TAG) if name else None
         if name in RESERVED_NAMES:
