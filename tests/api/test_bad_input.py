@@ -109,6 +109,15 @@ def test_invalid_fields(api: httpx.Client, unchanged: None, body: object) -> Non
     _assert_error(api.post("/v2/sandboxes", json=body), 400, "invalid request")
 
 
+@pytest.mark.parametrize("env", [{"A": "x\0echo injected"}, {"A\0B": "x"}])
+def test_a_nul_in_env_vars_is_refused(
+    api: httpx.Client, unchanged: None, env: dict[str, str]
+) -> None:
+    """No process can carry one, and envd's standby shells read NUL-separated fields."""
+    r = api.post("/v2/sandboxes", json={"templateID": "base", "envVars": env})
+    _assert_error(r, 400, "NUL")
+
+
 def test_oversized_bodies(api: httpx.Client, unchanged: None) -> None:
     big = {
         "templateID": "base",

@@ -48,6 +48,9 @@ def test_init_sets_defaults_and_ignores_stale_requests(
     assert bad_user.status_code == 400
     assert httpx.post(f"{envd.url}/init", content=b"[1,2").status_code == 400
     assert httpx.post(f"{envd.url}/init", json={"envVars": {"A": 1}}).status_code == 400
+    for nul in ({"A": "x\0echo injected"}, {"A\0B": "x"}):  # a standby reads NUL-split fields
+        assert httpx.post(f"{envd.url}/init", json={"envVars": nul}).status_code == 400
+    assert httpx.get(f"{envd.url}/envs").json()["MODE"] == "new"  # unchanged
 
 
 def test_metrics_report_real_usage(envd_debug: EnvdProcess) -> None:

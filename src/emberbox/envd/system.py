@@ -81,6 +81,8 @@ async def init(state: EnvdState, wake: Callable[[], None], request: Request) -> 
         or not all(isinstance(k, str) and isinstance(v, str) for k, v in env_vars.items())
     ):
         raise HTTPProblem(400, "envVars must map strings to strings")
+    if env_vars is not None and any("\0" in text for item in env_vars.items() for text in item):
+        raise HTTPProblem(400, "envVars hold a NUL, which no process can carry")
     default_user = data.get("defaultUser")
     if default_user:
         try:

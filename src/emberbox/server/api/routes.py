@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import re
 from typing import Annotated, Any
@@ -69,6 +70,8 @@ async def _create(
         raise ApiError(400, "autoPauseMemory applies only with autoPause: true")
     if body.iam and body.iam.get("tokens"):
         raise ApiError(501, "workload identity (iam tokens) is not supported", should_retry=False)
+    if any("\0" in text for item in (body.envVars or {}).items() for text in item):
+        raise ApiError(400, "envVars: a name or value holds a NUL, which no process can carry")
     network = create_options(body.network)
     req = CreateRequest(
         template=body.templateID,
@@ -164,10 +167,17 @@ async def resume_legacy(
     row = await svc.get(who, sandbox_id)
     if row.state == "running":
         raise ApiError(409, f"sandbox '{sandbox_id}' is already running")
-    row, _ = await svc.connect(who, sandbox_id, opts.timeout, opts.memory is not False)
-    if opts.autoPause is not None:  # what the resumed sandbox's end time does (once resumed:
-        # a resume refused changes nothing; its end time is at least a second away)
+    # What the resumed sandbox's end time does: set before the resume (set after it, the
+    # end time could come first), and put back if the resume is refused.
+    if opts.autoPause is not None:
         await svc.set_on_timeout(who, sandbox_id, "pause" if opts.autoPause else "kill")
+    try:
+        row, _ = await svc.connect(who, sandbox_id, opts.timeout, opts.memory is not False)
+    except BaseException:
+        if opts.autoPause is not None:
+            with contextlib.suppress(Exception):
+                await svc.set_on_timeout(who, sandbox_id, row.on_timeout)
+        raise
     return to_sandbox(row, _domain(request))
 
 
