@@ -6,8 +6,10 @@ without end."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pwd
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -172,5 +174,32 @@ async def test_wake_ups_a_shell_stuck_in_its_login_never_reads_do_not_block_envd
         stuck.discard()
     finally:
         pool.close()
-        for shell in spawner.shells:  # (a blocked write, before, ends when its reader does)
-            shell.popen.kill()
+        for shell in spawner.shells:  # the login's sleep too: it holds the pipe's read end
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(shell.popen.pid, signal.SIGKILL)
+
+
+def _read_all(fd: int) -> bytes:
+    out = b""
+    while chunk := os.read(fd, 65536):
+        out += chunk
+    return out
+
+
+async def test_a_login_that_turns_hashing_off_still_runs_its_commands(tmp_path: Path) -> None:
+    """The standby forgets the login's remembered command paths (``hash -r``) only where
+    hashing is on: under ``set +h`` that builtin fails, and with ``set -e`` the shell exited
+    without running the command."""
+    (tmp_path / ".profile").write_text("set +h\nset -e\n")
+    pool = StandbyPool(Counting(), size=2)
+    try:
+        shell = await pool.take(_me(tmp_path), str(tmp_path), _env(tmp_path), False)
+        assert shell is not None
+        shell.hand_over("echo ran", {})
+        out, err = await asyncio.gather(
+            asyncio.to_thread(_read_all, shell.stdout), asyncio.to_thread(_read_all, shell.stderr)
+        )
+        assert (out, err, await asyncio.to_thread(shell.popen.wait)) == (b"ran\n", b"", 0)
+        shell.discard()
+    finally:
+        pool.close()

@@ -52,7 +52,7 @@ BOOT = (
     '__eb_s=$?; __eb_ret() { builtin unset -f __eb_ret; return "$1"; }; '
     "[[ $- == *e* ]] && __eb_s=0; "
     "while builtin read -r -u @CTL@ __eb_go || builtin exit 0; [[ $__eb_go == @WAKE@ ]]; "
-    "do builtin :; done; exec @CTL@<&-; builtin hash -r; "
+    "do builtin :; done; exec @CTL@<&-; [[ $- == *h* ]] && builtin hash -r; "
     "[[ -v SECONDS ]] && SECONDS=0; [[ -v RANDOM && -v SRANDOM ]] && RANDOM=$SRANDOM; "
     "IFS= builtin read -r -d '' -u @REQ@ __eb_n; "
     "while (( __eb_n-- > 0 )); do IFS= builtin read -r -d '' -u @REQ@ __eb_kv; "
