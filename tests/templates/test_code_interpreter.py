@@ -49,6 +49,11 @@ def test_code_interpreter_v1_names_the_code_interpreter_template(tmp_path: Path)
         tmp_path, StaticTemplates.from_env('{"code-interpreter": {"memoryMB": 768}}')
     )
     assert (found := sized.resolve("code-interpreter")) is not None and found.memory_mb == 768
+    cpus = StoreTemplates(
+        tmp_path, StaticTemplates.from_env('{"code-interpreter": {"cpuCount": 4}}')
+    )
+    assert (found := cpus.resolve("code-interpreter")) is not None
+    assert (found.cpu_count, found.memory_mb) == (4, 2048)  # the size not given stays its own
     manifest = json.loads((store.templates_dir / "code-interpreter.json").read_text())
     assert "--envd-url http://127.0.0.1:49983" in manifest["config"]["start_cmd"]
     assert manifest["config"]["ready_cmd"].endswith("127.0.0.1:49999/health")

@@ -29,6 +29,16 @@ class TemplateInfo:
     public_id: str | None = None
 
 
+def _builtin_size(name: str) -> tuple[int, int]:
+    """(vCPUs, MiB) a template's sandboxes get unless told otherwise: the defaults, or a
+    built-in template's own (``code-interpreter``: E2B's size for it)."""
+    from ...templates import code_interpreter
+
+    if name == code_interpreter.NAME:
+        return code_interpreter.CPU_COUNT, code_interpreter.MEMORY_MB
+    return DEFAULT_CPU_COUNT, DEFAULT_MEMORY_MB
+
+
 # A team's own templates by name or id (``server/builds``): None when the name is not one.
 TeamTemplates = Callable[[str, str], Awaitable[TemplateInfo | None]]
 
@@ -46,11 +56,12 @@ class StaticTemplates:
     def from_env(cls, raw: str | None) -> StaticTemplates:
         found = {"base": TemplateInfo("base", "base")}
         for name, spec in (json.loads(raw) if raw else {}).items():
+            cpus, memory = _builtin_size(name)  # what a size not given stays at
             found[name] = TemplateInfo(
                 template_id=name,
                 alias=name,
-                cpu_count=int(spec.get("cpuCount", DEFAULT_CPU_COUNT)),
-                memory_mb=int(spec.get("memoryMB", DEFAULT_MEMORY_MB)),
+                cpu_count=int(spec.get("cpuCount", cpus)),
+                memory_mb=int(spec.get("memoryMB", memory)),
                 disk_mb=int(spec.get("diskSizeMB", DEFAULT_DISK_MB)),
             )
         return cls(found)
@@ -70,15 +81,7 @@ def _builtin_aliases() -> dict[str, str]:
     return {alias: code_interpreter.NAME for alias in code_interpreter.ALIASES}
 
 
-def _builtin_sizes() -> dict[str, tuple[int, int]]:
-    """(vCPUs, MiB) of built-in templates whose sandboxes need more than the defaults."""
-    from ...templates import code_interpreter
-
-    return {code_interpreter.NAME: (code_interpreter.CPU_COUNT, code_interpreter.MEMORY_MB)}
-
-
 _BUILTIN_ALIASES = _builtin_aliases()
-_BUILTIN_SIZES = _builtin_sizes()
 
 
 class StoreTemplates:
@@ -104,7 +107,7 @@ class StoreTemplates:
         except TemplateError:
             return None
         sized = self.overrides.resolve(base)
-        cpus, memory = _BUILTIN_SIZES.get(template.name, (DEFAULT_CPU_COUNT, DEFAULT_MEMORY_MB))
+        cpus, memory = _builtin_size(template.name)
         return TemplateInfo(
             template_id=template.name,
             alias=template.name,
