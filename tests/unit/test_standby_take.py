@@ -56,6 +56,14 @@ def _edit(profile: Path) -> Callable[[], None]:
     return edit
 
 
+def _home_with_a_profile(home: Path) -> tuple[Path, Counting, StandbyPool, User]:
+    """A ``~/.profile`` in ``home``, and a pool of two shells per key that counts its starts."""
+    profile = home / ".profile"
+    profile.write_text("X=0\n")
+    spawner = Counting()
+    return profile, spawner, StandbyPool(spawner, size=2), _me(home)
+
+
 async def _pooled(pool: StandbyPool, user: User, home: Path, n: int) -> None:
     """Fill the key's pool with ``n`` started shells (a first take makes the key known)."""
     first = await pool.take(user, str(home), _env(home), False)
@@ -86,11 +94,7 @@ async def test_login_files_edited_as_each_shell_starts_still_give_a_shell(tmp_pa
 
 
 async def test_pooled_shells_older_than_an_edit_are_dropped(tmp_path: Path) -> None:
-    profile = tmp_path / ".profile"
-    profile.write_text("X=0\n")
-    spawner = Counting()
-    pool = StandbyPool(spawner, size=2)
-    user = _me(tmp_path)
+    profile, spawner, pool, user = _home_with_a_profile(tmp_path)
     try:
         await _pooled(pool, user, tmp_path, 2)
         assert spawner.started == 3
@@ -106,11 +110,7 @@ async def test_pooled_shells_older_than_an_edit_are_dropped(tmp_path: Path) -> N
 async def test_a_take_gives_up_after_a_few_stale_shells(tmp_path: Path) -> None:
     """A pool larger than ``TAKE_TRIES``, all stale: the command starts the ordinary way
     (None) rather than waiting on every one; the rest are looked at by later commands."""
-    profile = tmp_path / ".profile"
-    profile.write_text("X=0\n")
-    spawner = Counting()
-    pool = StandbyPool(spawner, size=2)
-    user = _me(tmp_path)
+    profile, spawner, pool, user = _home_with_a_profile(tmp_path)
     try:
         await _pooled(pool, user, tmp_path, TAKE_TRIES + 2)
         started = spawner.started
