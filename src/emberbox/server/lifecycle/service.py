@@ -751,7 +751,7 @@ class SandboxService:
         if (require_healthy_guest or not keep_memory) and not await _envd_answers(row):
             what = "not paused" if keep_memory else "a filesystem-only pause needs it"
             raise GuestUnhealthy(f"sandbox '{sandbox_id}' envd does not answer; {what}")
-        await self._check_saved_disk(row.team_id, f"sandbox '{sandbox_id}' was not paused")
+        await self.check_saved_disk(row.team_id, f"sandbox '{sandbox_id}' was not paused")
         # What it will be is known now: traffic must not wake it, a restart must not lose it.
         with self.switch(sandbox_id):
             async with self.sessions.begin() as s:
@@ -819,10 +819,11 @@ class SandboxService:
         async with self.sessions() as s:
             return await snaps.bytes_used(s, team_id) + await q.paused_bytes_used(s, team_id)
 
-    async def _check_saved_disk(self, team_id: str, refused: str) -> None:
-        """Refuse to save more memory once the team's saved disk reached its quota (a pause's
-        size is known only after it, so the quota is checked before)."""
-        limit = self.limits.max_snapshot_bytes
+    async def check_saved_disk(self, team_id: str, refused: str, limit: int | None = None) -> None:
+        """Refuse to save more memory once the team's saved disk reached its quota, ``limit``
+        (None: ``Limits.max_snapshot_bytes``). A save's size is known only after it, so the
+        quota is checked before (a pause's, and a snapshot's that would disturb the sandbox)."""
+        limit = self.limits.max_snapshot_bytes if limit is None else limit
         if limit and (used := await self.saved_disk_used(team_id)) >= limit:
             raise QuotaExceeded(
                 f"{refused}: this team's snapshots and paused sandboxes take {used} bytes, at the "

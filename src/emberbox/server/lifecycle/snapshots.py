@@ -113,7 +113,12 @@ class SnapshotService:
         if name is not None and await self._template_named(who, name):
             raise Invalid(f"'{name}' is a template's name; choose another snapshot name")
         row = await self._running(who, sandbox_id)
-        await self._check_room(who.team_id, sandbox_id)
+        # A checkpoint disturbs the sandbox (its output streams end, its proxied connections
+        # close) even when the snapshot is then refused for its size: a full team is refused
+        # before one.
+        await self.sandboxes.check_saved_disk(
+            who.team_id, f"no snapshot of sandbox '{sandbox_id}' was taken", self.max_bytes_per_team
+        )
         snapshot_id = new_snapshot_id()
         try:
             ref = await self._checkpoint(row, snapshot_id, memory)
@@ -170,18 +175,6 @@ class SnapshotService:
                 "paused sandboxes first"
             )
         return snapshot
-
-    async def _check_room(self, team_id: str, sandbox_id: str) -> None:
-        """Refuse before the checkpoint a team already at its quota: a checkpoint disturbs the
-        sandbox (its output streams end, its proxied connections close) even when the
-        snapshot is then refused for its size."""
-        limit = self.max_bytes_per_team
-        if limit and (used := await self.sandboxes.saved_disk_used(team_id)) >= limit:
-            raise QuotaExceeded(
-                f"no snapshot of sandbox '{sandbox_id}' was taken: this team's snapshots and "
-                f"paused sandboxes take {used} bytes, at the limit of {limit}; delete snapshots "
-                "or kill paused sandboxes first"
-            )
 
     async def _checkpoint(self, row: Sandbox, snapshot_id: str, memory: bool) -> pb.Snapshot:
         if not memory:  # files hold no connection: streams go on
