@@ -342,7 +342,7 @@ class StandbyPool:
         self._evict()
         for _ in range(TAKE_TRIES):
             stamp = login_stamp(user.home)  # now: a shell started after a change fits again
-            future = slot.shells.popleft() if slot.shells else self._start(slot)
+            future = slot.shells.popleft() if slot.shells else self._start(slot, stamp)
             try:
                 standby = await asyncio.shield(future)
             except asyncio.CancelledError:
@@ -363,12 +363,13 @@ class StandbyPool:
         while slot is not None and len(slot.shells) < self.size:
             slot.shells.append(self._start(slot))
 
-    def _start(self, slot: _Slot) -> asyncio.Future[Standby]:
+    def _start(self, slot: _Slot, stamp: Stamp | None = None) -> asyncio.Future[Standby]:
+        """One shell for ``slot``, stamped with ``stamp`` (a ``take``'s, taken this instant)
+        or afresh. Taken here, as envd (as ``take`` compares it), before the start: an edit
+        during the login makes the shell stale. Taken as the user, a directory the user
+        cannot search but envd can would make every shell look stale."""
         cwd, env, stdin = slot.cwd, slot.env, slot.stdin
-        # Taken here, as envd (as ``take`` compares it), before the start: an edit during the
-        # login makes the shell stale. Taken as the user, a directory the user cannot search
-        # but envd can would make every shell look stale.
-        stamp = login_stamp(slot.user.home)
+        stamp = login_stamp(slot.user.home) if stamp is None else stamp
         future = asyncio.ensure_future(
             self._spawner(slot.user, lambda: spawn_standby(cwd, env, stdin, stamp))
         )
