@@ -147,6 +147,42 @@ def test_copies_and_forks_keep_their_source_variables_when_booted_from_files(
             Sandbox.delete_snapshot(info.snapshot_id)
 
 
+def test_a_filesystem_snapshot_keeps_its_source_variables(api: httpx.Client) -> None:
+    """A sandbox booted from a filesystem snapshot has its source's variables under its own,
+    as one restored from memory has: those of the source's create, and those the source
+    itself carried over from its own source. Each keeps its own identity."""
+    src = Sandbox.create(timeout=300, envs={"FROM_SOURCE": "yes", "SHARED": "source"})
+    made: list[Sandbox] = []
+    snapshots: list[str] = []
+    try:
+        snapshots.append(src.create_snapshot().snapshot_id)
+        copy = Sandbox.create(snapshots[0], timeout=120, envs={"SHARED": "copy", "OF_COPY": "c"})
+        made.append(copy)
+        show = "echo $FROM_SOURCE ${OF_COPY:--} $SHARED $E2B_SANDBOX_ID"
+        got = []
+        for parent in (src, copy):
+            snapshots.append(parent.create_snapshot(mode="filesystem").snapshot_id)
+            child = Sandbox.create(snapshots[-1], timeout=120, envs={"SHARED": "child"})
+            made.append(child)
+            got.append(child.commands.run(show).stdout.split())
+            child.pause(mode="filesystem")  # and its own boot from files keeps them
+            back = Sandbox.connect(child.sandbox_id)
+            got.append(back.commands.run(show).stdout.split())
+        ids = [m.sandbox_id for m in made[1:]]
+        assert got == [
+            ["yes", "-", "child", ids[0]],
+            ["yes", "-", "child", ids[0]],
+            ["yes", "c", "child", ids[1]],
+            ["yes", "c", "child", ids[1]],
+        ]
+    finally:
+        for sbx in made:
+            sbx.kill()
+        src.kill()
+        for snapshot_id in snapshots:
+            Sandbox.delete_snapshot(snapshot_id)
+
+
 def test_the_end_time_pause_can_keep_only_files(api: httpx.Client) -> None:
     sbx = Sandbox.create(
         timeout=3, lifecycle={"on_timeout": {"action": "pause", "mode": "filesystem"}}

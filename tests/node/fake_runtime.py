@@ -9,7 +9,7 @@ import builtins
 import collections
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 import uvicorn
 from starlette.applications import Starlette
@@ -289,6 +289,7 @@ class CheckpointingRuntime(FakeRuntime):
         self.restore_delay_s = 0.0
         self.restores = 0
         self.checkpoints = 0  # taken, kept or not
+        self.given_envs: dict[str, dict[str, str]] = {}  # by snapshot id, as checkpoint got them
 
     async def restore(self, sandbox_id: str, snapshot: SnapshotRef) -> RuntimeSandbox:
         self.restores += 1
@@ -308,12 +309,17 @@ class CheckpointingRuntime(FakeRuntime):
         return sandbox
 
     async def checkpoint(
-        self, sandbox_id: str, snapshot_id: str, memory: bool = True
+        self,
+        sandbox_id: str,
+        snapshot_id: str,
+        memory: bool = True,
+        given_env: Mapping[str, str] | None = None,
     ) -> SnapshotRef:
         sandbox = self.sandboxes.get(sandbox_id)
         if sandbox is None:
             raise SandboxGone(f"sandbox {sandbox_id} does not exist")
         self.checkpoints += 1
+        self.given_envs[snapshot_id] = dict(given_env or {})
         self.checkpointing = True
         try:
             await asyncio.sleep(self.checkpoint_delay_s)

@@ -505,8 +505,10 @@ class Orchestrator:
         self, sandbox_id: str, snapshot_id: str, memory: bool = True
     ) -> SnapshotRef:
         async with self._locks.hold(sandbox_id):
-            self._get(sandbox_id)
-            return await self.runtime.checkpoint(sandbox_id, snapshot_id, memory=memory)
+            record = self._get(sandbox_id)
+            return await self.runtime.checkpoint(
+                sandbox_id, snapshot_id, memory=memory, given_env=record.envs
+            )
 
     async def restore(self, sandbox_id: str, snapshot: SnapshotRef) -> SandboxRecord:
         """Roll a sandbox back to ``snapshot`` in place. envd comes back with the identity it

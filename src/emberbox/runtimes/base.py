@@ -268,11 +268,19 @@ class Runtime(abc.ABC):
         raise CapabilityMissing(f"{self.name} cannot apply header rules")
 
     async def checkpoint(
-        self, sandbox_id: str, snapshot_id: str, memory: bool = True
+        self,
+        sandbox_id: str,
+        snapshot_id: str,
+        memory: bool = True,
+        given_env: Mapping[str, str] | None = None,
     ) -> SnapshotRef:
         """Save the sandbox's memory and files (without ``memory``: only the files it changed,
         ``Capabilities.filesystem_pause``); it keeps running. Create from the result by
-        setting ``SandboxSpec.snapshot`` (start from memory, fork, rollback build on this)."""
+        setting ``SandboxSpec.snapshot`` (start from memory, fork, rollback build on this).
+
+        ``given_env``: the variables the node gave the sandbox after its start (at a claim,
+        or carried over from its source). A memory checkpoint holds them in envd; one of
+        files keeps them beside its start's, for the sandboxes that boot from it."""
         raise CapabilityMissing(f"{self.name} cannot checkpoint sandboxes")
 
     async def restore(self, sandbox_id: str, snapshot: SnapshotRef) -> RuntimeSandbox:

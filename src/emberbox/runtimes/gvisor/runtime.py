@@ -119,6 +119,22 @@ def _unwrapped(args: list[str]) -> list[str]:
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Variables PID 1 needs but commands should not inherit through envd's /init.
 _INIT_ONLY = {"PATH", "HOME", "LANG", "EMBERBOX_START_CMD"}
+# Set for each sandbox from its own id and template, never carried over from another's.
+_OWN_VARS = {*e2b_env("", ""), "EMBERBOX_DEFAULT_USER", "EMBERBOX_DEFAULT_WORKDIR",
+             "EMBERBOX_START_CMD"}  # fmt: skip
+
+
+def _carried_env(boot_env: Mapping[str, str], given: Mapping[str, str]) -> dict[str, str]:
+    """What sandboxes booting from a filesystem snapshot keep of its source's variables, as
+    one restored from memory keeps those its envd held: those it booted with and those the
+    node gave it since, but for its identity and its template's settings."""
+    return {k: v for k, v in {**boot_env, **given}.items() if k not in _OWN_VARS}
+
+
+def _snapshot_env(path: Path) -> dict[str, str]:
+    """The variables a filesystem snapshot keeps (none in one taken before 2026-12-06)."""
+    about = json.loads((path / "snapshot.json").read_text())
+    return {str(k): str(v) for k, v in about.get("env", {}).items()}
 
 
 def _swap_short() -> bool:
@@ -191,9 +207,12 @@ class GVisorRuntime(Runtime):
         files: Path | None = None
         from_template = False
         self._check_volumes(spec)
+        carried: dict[str, str] = {}
         if spec.snapshot is not None:
             files = self._check_snapshot(spec.snapshot)
             image = None if files else Path(spec.snapshot.path)
+            if files:
+                carried = _snapshot_env(Path(spec.snapshot.path))
             if files and spec.volumes:  # the load's deletions would reach into the volumes
                 raise ValueError("a sandbox with volumes cannot start from a filesystem snapshot")
         elif template is None and self.config.template_snapshots and not spec.volumes:
@@ -202,7 +221,7 @@ class GVisorRuntime(Runtime):
             from_template = image is not None
         template = template or self._template(spec.template_id)
         try:
-            record, env = await self._start(spec, template, image, files)
+            record, env = await self._start(spec, template, image, files, carried)
         except RunscError as exc:
             if image is not None and not from_template and sentry_died(exc):
                 # Tried once more (a restore here costs ~0.4 s): a sentry that died once is
@@ -243,13 +262,19 @@ class GVisorRuntime(Runtime):
         return self._sandbox(record, SandboxStatus.RUNNING, defaults)
 
     async def _start(
-        self, spec: SandboxSpec, template: Template, image: Path | None, files: Path | None = None
+        self,
+        spec: SandboxSpec,
+        template: Template,
+        image: Path | None,
+        files: Path | None = None,
+        carried: Mapping[str, str] | None = None,
     ) -> tuple[SandboxRecord, dict[str, str]]:
-        """Boot (``files``: applying them first, see ``guest_files.boot``) or restore ``image``."""
+        """Boot (``files``: applying them first, see ``guest_files.boot``; ``carried``: the
+        variables of the sandbox they were saved from) or restore ``image``."""
         async with self._locks.hold(spec.sandbox_id):
             paths, record = await self._prepare(spec, template)
             try:
-                env = self._guest_env(spec, template)
+                env = self._guest_env(spec, template, carried or {})
                 volumes = [BindMount(Path(v.source), v.path, readonly=False) for v in spec.volumes]
                 tmp = self._volume_tmp(paths) if volumes else None
                 init = list(template.config.init)
@@ -270,6 +295,12 @@ class GVisorRuntime(Runtime):
                 await self._teardown(spec.sandbox_id)
                 raise
         return record, env
+
+    @staticmethod
+    def _boot_env(paths: SandboxPaths) -> dict[str, str]:
+        """The variables the sandbox's bundle starts it with."""
+        spec = json.loads((paths.bundle / "config.json").read_text())
+        return dict(item.split("=", 1) for item in spec["process"]["env"])
 
     async def _files_applied(self, record: SandboxRecord) -> None:
         """Wait for the envd of a sandbox booted with saved files (a reboot, or a create from a
@@ -407,7 +438,7 @@ class GVisorRuntime(Runtime):
         async with self._locks.hold(spec.sandbox_id):
             paths, record = await self._prepare(spec, template, upper=upper)
         try:
-            full_env = {**self._guest_env(spec, template), **(env or {})}
+            full_env = {**self._guest_env(spec, template, {}), **(env or {})}
             self._bundle(spec, template, paths, record, list(args), full_env, cwd, user, binds)
             return await self.runsc.run_foreground(spec.sandbox_id, paths.bundle, log, timeout)
         finally:
@@ -803,11 +834,15 @@ class GVisorRuntime(Runtime):
         )
 
     async def checkpoint(
-        self, sandbox_id: str, snapshot_id: str, memory: bool = True
+        self,
+        sandbox_id: str,
+        snapshot_id: str,
+        memory: bool = True,
+        given_env: Mapping[str, str] | None = None,
     ) -> SnapshotRef:
         """Save the running sandbox to a snapshot directory of its own; it keeps running.
         Without ``memory`` only the files it changed are kept (``guest_files.py``): sandboxes
-        start from them by booting."""
+        start from them by booting, with the variables it had (:func:`_carried_env`)."""
         check_sandbox_id(snapshot_id)  # names a directory
         async with self._locks.hold(sandbox_id):
             record = await self._require(sandbox_id)
@@ -827,7 +862,13 @@ class GVisorRuntime(Runtime):
                 else:
                     await self._save_files(record, paths, image / FILES_IMAGE,
                                            keep_running=True)  # fmt: skip
-                about = {"source": sandbox_id, "template_id": record.template_id, "memory": memory}
+                about: dict[str, Any] = {
+                    "source": sandbox_id,
+                    "template_id": record.template_id,
+                    "memory": memory,
+                }
+                if not memory:  # (one of memory holds them in envd)
+                    about["env"] = _carried_env(self._boot_env(paths), given_env or {})
                 (image / "snapshot.json").write_text(json.dumps(about))
             except BaseException:
                 shutil.rmtree(image, ignore_errors=True)
@@ -1212,7 +1253,9 @@ class GVisorRuntime(Runtime):
             f"BUILD_ID={template.id[:32]}\nSANDBOX_ID={sid}\n"
         )
 
-    def _guest_env(self, spec: SandboxSpec, template: Template) -> dict[str, str]:
+    def _guest_env(
+        self, spec: SandboxSpec, template: Template, carried: Mapping[str, str]
+    ) -> dict[str, str]:
         cfg = template.config
         env = {
             "PATH": GUEST_PATH,
@@ -1225,6 +1268,7 @@ class GVisorRuntime(Runtime):
         if cfg.start_cmd:
             env["EMBERBOX_START_CMD"] = cfg.start_cmd
         env.update(cfg.env)
+        env.update(carried)
         env.update(spec.envs)
         return env
 
