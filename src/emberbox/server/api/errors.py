@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -13,8 +14,15 @@ from starlette.responses import JSONResponse, Response
 
 from ..lifecycle import errors as domain
 from ..wire_errors import error_body
+from .models import Error
 
 log = logging.getLogger("emberbox.api")
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The error answers a route lists in ``/openapi.json``: those any route may give (400,
+    401, 429, 500) and ``codes``, each an ``Error``."""
+    return {code: {"model": Error} for code in (400, 401, 429, 500, *codes)}
 
 
 class ApiError(Exception):

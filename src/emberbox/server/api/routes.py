@@ -16,10 +16,9 @@ from ..lifecycle.service import CreateRequest
 from ..lifecycle.states import State
 from .convert import to_detail, to_listed, to_metric, to_sandbox
 from .deps import Caller, Service
-from .errors import ApiError
+from .errors import ApiError, error_responses
 from .models import (
     ConnectSandbox,
-    Error,
     ListedSandbox,
     NewSandbox,
     NewSandboxV2,
@@ -40,10 +39,6 @@ from .route import ApiRoute
 MAX_PAGE = 100
 V2_DEFAULT_TIMEOUT_S = 300
 V1_DEFAULT_TIMEOUT_S = 15
-
-
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": Error} for code in (400, 401, 429, 500, *codes)}
 
 
 router = APIRouter(tags=["sandboxes"], route_class=ApiRoute)
@@ -100,7 +95,7 @@ async def _create(
     "/v2/sandboxes",
     status_code=HTTP_201_CREATED,
     response_model=Sandbox,
-    responses=_errors(404, 409, 413, 501, 503),
+    responses=error_responses(404, 409, 413, 501, 503),
     summary="Create a sandbox",
 )
 async def create_v2(request: Request, who: Caller, svc: Service, body: NewSandboxV2) -> Sandbox:
@@ -111,7 +106,7 @@ async def create_v2(request: Request, who: Caller, svc: Service, body: NewSandbo
     "/sandboxes",
     status_code=HTTP_201_CREATED,
     response_model=Sandbox,
-    responses=_errors(404, 409, 413, 501, 503),
+    responses=error_responses(404, 409, 413, 501, 503),
     summary="Create a sandbox (older SDKs)",
 )
 async def create_v1(request: Request, who: Caller, svc: Service, body: NewSandbox) -> Sandbox:
@@ -121,14 +116,14 @@ async def create_v1(request: Request, who: Caller, svc: Service, body: NewSandbo
 @router.post(
     "/v2/sandboxes/{sandbox_id}/connect",
     response_model=Sandbox,
-    responses={**_errors(404, 409, 413, 501), 201: RESUMED},
+    responses={**error_responses(404, 409, 413, 501), 201: RESUMED},
     summary="Connect to (and extend) a running sandbox; resume a paused one (201)",
     operation_id="connect_v2",
 )
 @router.post(
     "/sandboxes/{sandbox_id}/connect",
     response_model=Sandbox,
-    responses={**_errors(404, 409, 413, 501), 201: RESUMED},
+    responses={**error_responses(404, 409, 413, 501), 201: RESUMED},
     summary="Connect to a sandbox (older SDKs)",
     operation_id="connect_v1",
 )
@@ -151,7 +146,7 @@ async def connect(
     "/sandboxes/{sandbox_id}/resume",
     status_code=HTTP_201_CREATED,
     response_model=Sandbox,
-    responses=_errors(404, 409, 413, 501),
+    responses=error_responses(404, 409, 413, 501),
     summary="Resume a paused sandbox (SDKs before ~2.6); 409 when it is running",
 )
 async def resume_legacy(
@@ -185,7 +180,7 @@ async def resume_legacy(
     "/v2/sandboxes",
     response_model=list[ListedSandbox],
     responses={
-        **_errors(),
+        **error_responses(),
         200: {
             "description": "One page, newest first unless order=asc",
             "headers": {
@@ -228,7 +223,7 @@ async def list_v2(
 @router.get(
     "/sandboxes",
     response_model=list[ListedSandbox],
-    responses=_errors(),
+    responses=error_responses(),
     summary="List running sandboxes (1.x SDKs; first 100)",
 )
 async def list_v1(who: Caller, svc: Service, metadata: str | None = None) -> list[ListedSandbox]:
@@ -241,7 +236,7 @@ async def list_v1(who: Caller, svc: Service, metadata: str | None = None) -> lis
 @router.get(
     "/sandboxes/{sandbox_id}",
     response_model=SandboxDetail,
-    responses=_errors(404),
+    responses=error_responses(404),
     summary="Get a sandbox",
 )
 async def get_sandbox(
@@ -254,7 +249,7 @@ async def get_sandbox(
     "/sandboxes/{sandbox_id}",
     status_code=HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=_errors(404),
+    responses=error_responses(404),
     summary="Kill a sandbox",
 )
 async def kill_sandbox(who: Caller, svc: Service, sandbox_id: str) -> Response:
@@ -266,7 +261,7 @@ async def kill_sandbox(who: Caller, svc: Service, sandbox_id: str) -> Response:
     "/sandboxes/{sandbox_id}/timeout",
     status_code=HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=_errors(404, 409, 413),
+    responses=error_responses(404, 409, 413),
     summary="Set the end time to now + timeout seconds (a running sandbox; 409 when paused)",
 )
 async def set_timeout(who: Caller, svc: Service, sandbox_id: str, body: TimeoutRequest) -> Response:
@@ -278,7 +273,7 @@ async def set_timeout(who: Caller, svc: Service, sandbox_id: str, body: TimeoutR
     "/sandboxes/{sandbox_id}/pause",
     status_code=HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=_errors(404, 409, 413, 501, 503),
+    responses=error_responses(404, 409, 413, 501, 503),
     summary="Pause a sandbox: memory and files, or only its files (memory: false)",
 )
 async def pause_sandbox(
@@ -300,7 +295,7 @@ async def pause_sandbox(
 @router.get(
     "/sandboxes/{sandbox_id}/metrics",
     response_model=list[SandboxMetric],
-    responses=_errors(404, 501),
+    responses=error_responses(404, 501),
     summary="Current resource usage (one sample, or none); no history yet (start/end: 501)",
 )
 async def sandbox_metrics(
@@ -340,7 +335,7 @@ def _journal_entry(item: Any) -> SandboxLogEntry | None:
 @router.get(
     "/sandboxes/{sandbox_id}/logs",
     response_model=SandboxLogs,
-    responses=_errors(400, 404, 502),
+    responses=error_responses(400, 404, 502),
     summary="Lifecycle events and the processes envd ran (newest last)",
 )
 async def sandbox_logs(

@@ -4,7 +4,7 @@ is the secret's metadata (E2B's ``Secret`` model), never its value."""
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel
@@ -13,7 +13,8 @@ from starlette.status import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 from ..db.models import Secret
 from ..secrets.service import SecretService, metadata_of
 from .deps import Caller
-from .models import Error, RequestBody
+from .errors import error_responses
+from .models import RequestBody
 from .route import ApiRoute
 
 router = APIRouter(tags=["secrets"], route_class=ApiRoute)
@@ -54,18 +55,14 @@ def _info(row: Secret) -> SecretInfo:
                       updatedAt=row.updated_at)  # fmt: skip
 
 
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": Error} for code in (400, 401, 429, 500, *codes)}
-
-
 @router.post("/secrets", status_code=HTTP_201_CREATED, response_model=SecretInfo,
-             responses=_errors(409),
+             responses=error_responses(409),
              summary="Create a secret (its value is never returned)")  # fmt: skip
 async def create_secret(who: Caller, svc: Secrets, body: NewSecret) -> SecretInfo:
     return _info(await svc.create(who, body.name, body.value, body.metadata or {}))
 
 
-@router.get("/secrets", response_model=list[SecretInfo], responses=_errors(),
+@router.get("/secrets", response_model=list[SecretInfo], responses=error_responses(),
             summary="The team's secrets, by name (X-Next-Token for the next page)")  # fmt: skip
 async def list_secrets(
     response: Response,
@@ -80,19 +77,19 @@ async def list_secrets(
     return [_info(row) for row in page.secrets]
 
 
-@router.get("/secrets/{secret}", response_model=SecretInfo, responses=_errors(404),
+@router.get("/secrets/{secret}", response_model=SecretInfo, responses=error_responses(404),
             summary="A secret's metadata, by id or name")  # fmt: skip
 async def get_secret(who: Caller, svc: Secrets, secret: str) -> SecretInfo:
     return _info(await svc.get(who, secret))
 
 
-@router.post("/secrets/{secret}", response_model=SecretInfo, responses=_errors(404, 409),
+@router.post("/secrets/{secret}", response_model=SecretInfo, responses=error_responses(404, 409),
              summary="Store a new version of a secret's value")  # fmt: skip
 async def update_secret(who: Caller, svc: Secrets, secret: str, body: SecretUpdate) -> SecretInfo:
     return _info(await svc.update(who, secret, body.value, body.metadata))
 
 
-@router.delete("/secrets/{secret}", status_code=HTTP_204_NO_CONTENT, responses=_errors(404),
+@router.delete("/secrets/{secret}", status_code=HTTP_204_NO_CONTENT, responses=error_responses(404),
                summary="Delete a secret and all its versions")  # fmt: skip
 async def delete_secret(who: Caller, svc: Secrets, secret: str) -> Response:
     await svc.delete(who, secret)

@@ -7,7 +7,7 @@ named in ``templateID`` at create (``routes.py``).
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from starlette.status import HTTP_201_CREATED, HTTP_204_NO_CONTENT
@@ -17,7 +17,7 @@ from ..lifecycle.errors import LifecycleError
 from ..lifecycle.snapshots import SnapshotService
 from .convert import to_sandbox
 from .deps import Caller
-from .errors import ApiError, status_of
+from .errors import ApiError, error_responses, status_of
 from .models import (
     Error,
     ForkRequest,
@@ -42,10 +42,6 @@ async def snapshots(request: Request) -> SnapshotService:
 Snapshots = Annotated[SnapshotService, Depends(snapshots)]
 
 
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": Error} for code in (400, 401, 429, 500, *codes)}
-
-
 def _domain(request: Request) -> str | None:
     domain = request.app.state.sandbox_domain
     return domain if isinstance(domain, str) else None
@@ -65,7 +61,7 @@ def to_info(row: Snapshot) -> SnapshotInfo:
     "/sandboxes/{sandbox_id}/snapshots",
     status_code=HTTP_201_CREATED,
     response_model=SnapshotInfo,
-    responses=_errors(404, 409, 501),
+    responses=error_responses(404, 409, 501),
     summary="Save a running sandbox's memory and files (memory: false: only its files) as a "
     "snapshot; it keeps running",
 )
@@ -82,7 +78,7 @@ async def create_snapshot(
 @router.get(
     "/snapshots",
     response_model=list[SnapshotInfo],
-    responses=_errors(),
+    responses=error_responses(),
     summary="The team's snapshots, newest first (paged with X-Next-Token)",
 )
 async def list_snapshots(
@@ -114,7 +110,7 @@ async def delete_snapshot(who: Caller, svc: SnapshotService, template_id: str) -
     "/sandboxes/{sandbox_id}/fork",
     status_code=HTTP_201_CREATED,
     response_model=list[ForkResult],
-    responses=_errors(404, 409, 501),
+    responses=error_responses(404, 409, 501),
     summary="Start count sandboxes from one checkpoint of a running sandbox; it keeps running",
 )
 async def fork_sandbox(
@@ -141,7 +137,7 @@ async def fork_sandbox(
 @router.post(
     "/sandboxes/{sandbox_id}/rollback",
     response_model=Sandbox,
-    responses=_errors(404, 409, 501),
+    responses=error_responses(404, 409, 501),
     summary="Put a running sandbox back to one of its snapshots, in place (Emberbox extension)",
 )
 async def rollback_sandbox(

@@ -24,8 +24,7 @@ from ..db.templates import TemplateBuild as BuildRow
 from ..lifecycle.errors import LifecycleError
 from ..wire_errors import error_body
 from .deps import Caller
-from .errors import ApiError, status_of
-from .models import Error
+from .errors import ApiError, error_responses, status_of
 from .query import parse_ms
 from .route import ApiRoute
 from .snapshots import delete_snapshot
@@ -63,10 +62,6 @@ async def templates(request: Request) -> TemplateService:
 
 
 Templates = Annotated[TemplateService, Depends(templates)]
-
-
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": Error} for code in (400, 401, 429, 500, *codes)}
 
 
 # ---- shapes ---------------------------------------------------------------------------------
@@ -133,7 +128,7 @@ async def _request(
     "/v3/templates",
     status_code=HTTP_202_ACCEPTED,
     response_model=TemplateRequestResponseV3,
-    responses=_errors(403, 409),
+    responses=error_responses(403, 409),
     summary="Request a build of a template (created on first use of its name)",
 )
 async def request_build_v3(
@@ -161,7 +156,7 @@ async def _request_legacy(
     "/v2/templates",
     status_code=HTTP_202_ACCEPTED,
     response_model=TemplateRequestResponseV3,
-    responses=_errors(403, 409, 501),
+    responses=error_responses(403, 409, 501),
     summary="Request a build (v2 body: alias)",
 )
 async def request_build_v2(
@@ -174,7 +169,7 @@ async def request_build_v2(
     "/templates",
     status_code=HTTP_202_ACCEPTED,
     response_model=TemplateRequestResponseV3,
-    responses=_errors(403, 409, 501),
+    responses=error_responses(403, 409, 501),
     summary="Request a build (v1 body: alias; a dockerfile is refused)",
 )
 async def request_build_v1(
@@ -187,7 +182,7 @@ async def request_build_v1(
     "/templates/{template_id}/files/{files_hash}",
     status_code=HTTP_201_CREATED,
     response_model=TemplateBuildFileUpload,
-    responses=_errors(404),
+    responses=error_responses(404),
     summary="Whether a COPY step's files are uploaded, else a signed URL to PUT them to",
 )
 async def file_upload_link(
@@ -203,7 +198,7 @@ async def file_upload_link(
     "/v2/templates/{template_id}/builds/{build_id}",
     status_code=HTTP_202_ACCEPTED,
     response_class=Response,
-    responses=_errors(404, 409, 501),
+    responses=error_responses(404, 409, 501),
     summary="Start a requested build with its steps",
 )
 async def start_build(
@@ -216,7 +211,7 @@ async def start_build(
 @router.get(
     "/templates/{template_id}/builds/{build_id}/status",
     response_model=TemplateBuildInfo,
-    responses=_errors(404),
+    responses=error_responses(404),
     summary="Build status, with log entries from logsOffset on (at most 100 per call)",
 )
 async def build_status(
@@ -244,7 +239,7 @@ async def build_status(
 @router.get(
     "/templates/{template_id}/builds/{build_id}/logs",
     response_model=TemplateBuildLogsResponse,
-    responses=_errors(400, 404),
+    responses=error_responses(400, 404),
     summary="Build logs from a cursor (a time in ms), forward or backward",
 )
 async def build_logs(
@@ -267,7 +262,7 @@ async def build_logs(
 
 
 @router.post("/templates/tags", status_code=HTTP_201_CREATED,
-             response_model=AssignedTemplateTags, responses=_errors(404),
+             response_model=AssignedTemplateTags, responses=error_responses(404),
              summary="Point tags at the build a name:tag names")  # fmt: skip
 async def assign_tags(
     who: Caller, svc: Templates, body: AssignTemplateTagsRequest
@@ -277,14 +272,14 @@ async def assign_tags(
 
 
 @router.delete("/templates/tags", status_code=HTTP_204_NO_CONTENT, response_class=Response,
-               responses=_errors(404), summary="Remove tags from a template")  # fmt: skip
+               responses=error_responses(404), summary="Remove tags from a template")  # fmt: skip
 async def delete_tags(who: Caller, svc: Templates, body: DeleteTemplateTagsRequest) -> Response:
     await svc.remove_tags(who, body.name, body.tags)
     return Response(status_code=HTTP_204_NO_CONTENT)
 
 
 @router.get("/templates/{template_id}/tags", response_model=list[TemplateTag],
-            responses=_errors(404), summary="A template's tags")  # fmt: skip
+            responses=error_responses(404), summary="A template's tags")  # fmt: skip
 async def list_tags(who: Caller, svc: Templates, template_id: str) -> list[TemplateTag]:
     return [TemplateTag(tag=t.tag, buildID=t.build_id, createdAt=t.created_at)
             for t in await svc.list_tags(who, template_id)]  # fmt: skip
@@ -293,7 +288,7 @@ async def list_tags(who: Caller, svc: Templates, template_id: str) -> list[Templ
 # ---- list, get, update, delete --------------------------------------------------------------
 
 
-@router.get("/templates", response_model=list[Template], responses=_errors(),
+@router.get("/templates", response_model=list[Template], responses=error_responses(),
             summary="The team's templates")  # fmt: skip
 async def list_templates(
     who: Caller, svc: Templates, team_id: Annotated[str | None, Query(alias="teamID")] = None
@@ -302,7 +297,7 @@ async def list_templates(
     return [_template(t) for t in await svc.list_templates(who)]
 
 
-@router.get("/v2/templates", response_model=list[Template], responses=_errors(403),
+@router.get("/v2/templates", response_model=list[Template], responses=error_responses(403),
             summary="The team's templates (v2)")  # fmt: skip
 async def list_templates_v2(
     who: Caller,
@@ -321,14 +316,14 @@ async def list_templates_v2(
 
 
 @router.get("/templates/aliases/{alias}", response_model=TemplateAliasResponse,
-            responses=_errors(404), summary="The team's template of this name")  # fmt: skip
+            responses=error_responses(404), summary="The team's template of this name")  # fmt: skip
 async def template_alias(who: Caller, svc: Templates, alias: str) -> TemplateAliasResponse:
     tpl = await svc.alias(who, alias)
     return TemplateAliasResponse(templateID=tpl.id, public=tpl.public)
 
 
 @router.get("/templates/{template_id}", response_model=TemplateWithBuilds,
-            responses=_errors(404), summary="A template and its builds")  # fmt: skip
+            responses=error_responses(404), summary="A template and its builds")  # fmt: skip
 async def get_template(
     who: Caller,
     svc: Templates,
@@ -372,7 +367,7 @@ def _page(
     "/templates/{template_id:path}",  # snapshots named with a '/' before 2026-12-06
     status_code=HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=_errors(404),
+    responses=error_responses(404),
     summary="Delete a template with its builds (or a snapshot: E2B deletes those as templates)",
 )
 async def delete_template(
@@ -393,7 +388,7 @@ async def _update(
     return TemplateUpdateResponse(names=[listed.template.name])
 
 
-@router.patch("/templates/{template_id}", response_class=Response, responses=_errors(404),
+@router.patch("/templates/{template_id}", response_class=Response, responses=error_responses(404),
               summary="Update a template (public); v1 answers 200 without a body")  # fmt: skip
 async def update_template(
     who: Caller, svc: Templates, template_id: str, body: TemplateUpdateRequest
@@ -403,7 +398,7 @@ async def update_template(
 
 
 @router.patch("/v2/templates/{template_id}", response_model=TemplateUpdateResponse,
-              responses=_errors(404), summary="Update a template (public; v2)")  # fmt: skip
+              responses=error_responses(404), summary="Update a template (public; v2)")  # fmt: skip
 async def update_template_v2(
     who: Caller, svc: Templates, template_id: str, body: TemplateUpdateRequest
 ) -> TemplateUpdateResponse:

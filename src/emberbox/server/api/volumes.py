@@ -28,13 +28,18 @@ from ..db.models import Volume
 from ..lifecycle.errors import NotFound
 from ..volumes.service import VolumeService
 from .deps import Caller
-from .errors import ApiError
-from .models import Error, RequestBody
+from .errors import ApiError, error_responses
+from .models import RequestBody
 from .route import ApiRoute
 
 CONTENT_PREFIX = "/volumecontent/"
 
 router = APIRouter(tags=["volumes"], route_class=ApiRoute)
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """Every volume route may also answer 501: a runtime without volumes."""
+    return error_responses(501, *codes)
 
 
 async def volumes(request: Request) -> VolumeService:
@@ -77,10 +82,6 @@ class EntryMetadata(RequestBody):
     uid: int | None = None
     gid: int | None = None
     mode: int | None = None
-
-
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": Error} for code in (400, 401, 429, 500, 501, *codes)}
 
 
 def _with_token(row: Volume) -> VolumeAndToken:
