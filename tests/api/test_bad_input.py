@@ -430,7 +430,7 @@ def test_bad_idempotency_key(api: httpx.Client, unchanged: None) -> None:
     ("method", "path"),
     [
         ("POST", "/sandboxes/{sid}/refreshes"),
-        ("GET", "/v2/sandboxes/{sid}/logs"),
+        ("GET", "/templates/{sid}/tags/count"),
         ("GET", "/sandboxes/metrics"),
     ],
 )

@@ -24,6 +24,7 @@ PROTOCOL_OPERATIONS = {
     ("post", "/sandboxes/{sandbox_id}/pause"),
     ("get", "/sandboxes/{sandbox_id}/metrics"),
     ("get", "/sandboxes/{sandbox_id}/logs"),
+    ("get", "/v2/sandboxes/{sandbox_id}/logs"),
     ("get", "/health"),
     ("post", "/sandboxes/{sandbox_id}/snapshots"),
     ("get", "/snapshots"),

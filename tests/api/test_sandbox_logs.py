@@ -71,3 +71,49 @@ def test_the_newest_entries_show_past_a_page_of_envd_s_journal(
         assert any("the-very-last" in e["message"] for e in tail), tail
     finally:
         sbx.kill()
+
+
+def test_v2_logs_read_from_a_cursor_either_way_by_level_and_text(
+    sdk_env: Running, api: httpx.Client
+) -> None:
+    """``GET /v2/sandboxes/{id}/logs`` as E2B defines it (every answer is parsed by the
+    official SDK's own client): backward (the default) is newest first up to ``cursor``,
+    forward oldest first from it; ``level`` is a minimum; ``search`` a substring."""
+    sbx = Sandbox.create(timeout=120)
+    url = f"/v2/sandboxes/{sbx.sandbox_id}/logs"
+    try:
+        for word in ("alpha", "beta", "gamma"):
+            sbx.commands.run(f"echo {word}-word")
+        oldest_first = api.get(f"/sandboxes/{sbx.sandbox_id}/logs").json()["logEntries"]
+        newest_first = api.get(url).json()["logs"]
+        assert newest_first == oldest_first[::-1], (newest_first, oldest_first)
+        assert api.get(url, params={"direction": "forward"}).json()["logs"] == oldest_first
+
+        started = [e for e in oldest_first if "-word" in e["message"] and "started" in e["message"]]
+        words = [e["message"].split()[-1] for e in started]
+        assert words == ["alpha-word", "beta-word", "gamma-word"], oldest_first
+        beta = _ms(started[1]["timestamp"])
+        forward = api.get(url, params={"cursor": beta, "direction": "forward"}).json()["logs"]
+        assert forward[0]["timestamp"] >= started[1]["timestamp"] and started[1] in forward
+        assert started[0] not in forward and started[2] in forward
+        backward = api.get(url, params={"cursor": beta}).json()["logs"]
+        assert started[1] in backward and started[0] in backward and started[2] not in backward
+        assert backward[-1]["message"].startswith("sandbox created from template")
+
+        found = api.get(url, params={"search": "beta-word"}).json()["logs"]
+        assert found and all("beta-word" in e["message"] for e in found), found
+        assert api.get(url, params={"search": "Beta-word"}).json()["logs"] == []
+        assert api.get(url, params={"level": "info"}).json()["logs"] == newest_first
+        assert all(e["level"] == "info" for e in newest_first)
+        assert api.get(url, params={"level": "error"}).json()["logs"] == []
+        assert api.get(url, params={"limit": 2}).json()["logs"] == newest_first[:2]
+        assert api.get(url, params={"limit": 0}).json()["logs"] == []
+
+        for bad in ({"level": "fatal"}, {"direction": "sideways"}, {"cursor": 10**20},
+                    {"limit": 1001}, {"start": 0}):  # fmt: skip
+            r = api.get(url, params=bad)
+            assert r.status_code == 400, (bad, r.text)
+        r = api.get(f"/v2/sandboxes/{'a' * 20}/logs")
+        assert r.status_code == 404 and r.json()["code"] == 404, r.text
+    finally:
+        sbx.kill()

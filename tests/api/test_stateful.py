@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import sqlite3
 import time
 import uuid
@@ -548,3 +549,36 @@ def test_npm_sdk_pause_connect_snapshot_and_fork(
     states = gvisor_server.sandbox_states()
     ids = [out["id"], out["childId"], *(f["id"] for f in out["forks"])]
     assert all(states[i] == ("killed", "killed by user") for i in ids), states
+
+
+def test_a_copy_s_logs_begin_with_its_own_creation(api: httpx.Client) -> None:
+    """A sandbox started from a snapshot restores its source's envd, journal and all: what
+    the source ran before is not the copy's, and its logs begin with its own creation (as
+    every sandbox's do: a template's snapshot and the warm pool hold envd's earlier entries)."""
+    src = Sandbox.create(timeout=120)
+    copy = None
+    snapshot_id = None
+    try:
+        src.commands.run("echo in-the-source")
+        snapshot_id = src.create_snapshot().snapshot_id
+        copy = Sandbox.create(snapshot_id, timeout=120)
+        copy.commands.run("echo in-the-copy")
+        v1 = api.get(f"/sandboxes/{copy.sandbox_id}/logs").json()["logEntries"]
+        v2 = api.get(f"/v2/sandboxes/{copy.sandbox_id}/logs", params={"direction": "forward"})
+        assert v2.json()["logs"] == v1
+        text = [e["message"] for e in v1]
+        assert text[0].startswith("sandbox created from template"), text
+        assert any("in-the-copy" in t for t in text), text
+        assert not any("in-the-source" in t for t in text), text
+        for sbx in (src, copy):
+            entries = api.get(f"/sandboxes/{sbx.sandbox_id}/logs").json()["logEntries"]
+            stamps = [dt.datetime.fromisoformat(e["timestamp"]) for e in entries]
+            assert stamps == sorted(stamps), entries
+        source = api.get(f"/sandboxes/{src.sandbox_id}/logs").json()["logEntries"]
+        assert any("in-the-source" in e["message"] for e in source)
+    finally:
+        for made in (copy, src):
+            if made is not None:
+                made.kill()
+        if snapshot_id is not None:
+            Sandbox.delete_snapshot(snapshot_id)

@@ -25,6 +25,7 @@ from .errors import install_error_handlers
 from .models import Health
 from .network import router as network_router
 from .routes import router
+from .sandbox_logs import router as logs_router
 from .secrets import router as secrets_router
 from .snapshots import router as snapshots_router
 from .templates import router as templates_router
@@ -79,6 +80,7 @@ def create_api_app(
     install_error_handlers(app)
     app.include_router(unsupported_router)  # first: /sandboxes/metrics is not a sandbox id
     app.include_router(router)
+    app.include_router(logs_router)
     app.state.templates = templates
     app.include_router(templates_router)  # before snapshots: DELETE /templates/{id} is ours
     app.include_router(snapshots_router)

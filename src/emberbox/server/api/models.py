@@ -226,9 +226,13 @@ class SandboxLog(BaseModel):
     line: str
 
 
+# E2B's LogLevel, least severe first.
+LogLevel = Literal["debug", "info", "warn", "error"]
+
+
 class SandboxLogEntry(BaseModel):
     timestamp: dt.datetime
-    level: Literal["debug", "info", "warn", "error"]
+    level: LogLevel
     message: str
     fields: dict[str, str] = Field(default_factory=dict)
 
@@ -238,6 +242,12 @@ class SandboxLogs(BaseModel):
 
     logs: list[SandboxLog]
     logEntries: list[SandboxLogEntry]
+
+
+class SandboxLogsV2(BaseModel):
+    """``GET /v2/sandboxes/{id}/logs`` (E2B's ``SandboxLogsV2Response``)."""
+
+    logs: list[SandboxLogEntry]
 
 
 class EgressRecord(BaseModel):

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Request, Response
-from pydantic import ValidationError
 from starlette.status import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from ..db.models import utcnow
@@ -26,14 +24,11 @@ from .models import (
     ResumedSandbox,
     Sandbox,
     SandboxDetail,
-    SandboxLog,
-    SandboxLogEntry,
-    SandboxLogs,
     SandboxMetric,
     TimeoutRequest,
 )
 from .network import create_options
-from .query import parse_metadata, parse_ms, parse_order, parse_states, parse_time
+from .query import parse_metadata, parse_order, parse_states, parse_time
 from .route import ApiRoute
 
 MAX_PAGE = 100
@@ -313,55 +308,3 @@ async def sandbox_metrics(
         )
     _row, stats = await svc.stats(who, sandbox_id)
     return [] if stats is None else [to_metric(stats, utcnow())]
-
-
-def _journal_entry(item: Any) -> SandboxLogEntry | None:
-    """One entry of envd's journal; the guest writes it, so one it garbled is left out."""
-    try:
-        level = item.get("level", "info")
-        entry = SandboxLogEntry(
-            timestamp=item["timestamp"],
-            level=level if level in ("debug", "info", "error") else "warn",
-            message=item["message"],
-            fields={"seq": str(item["seq"]), "logger": str(item.get("logger", ""))},
-        )
-    except (AttributeError, KeyError, TypeError, ValidationError):
-        return None
-    if entry.timestamp.tzinfo is None:  # (compared with aware times)
-        entry.timestamp = entry.timestamp.replace(tzinfo=dt.UTC)
-    return entry
-
-
-@router.get(
-    "/sandboxes/{sandbox_id}/logs",
-    response_model=SandboxLogs,
-    responses=error_responses(400, 404, 502),
-    summary="Lifecycle events and the processes envd ran (newest last)",
-)
-async def sandbox_logs(
-    who: Caller,
-    svc: Service,
-    sandbox_id: str,
-    start: int | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
-) -> SandboxLogs:
-    """``start`` is a time in ms (E2B's meaning): entries from then on, at most ``limit``.
-    An entry's ``fields["seq"]`` tells entries of the same millisecond apart."""
-    since = parse_ms(start, "start")
-    row, journal = await svc.envd_journal(who, sandbox_id)
-    entries = [
-        SandboxLogEntry(
-            timestamp=row.started_at,
-            level="info",
-            message=f"sandbox created from template {row.shown_template_id}",
-            fields={"event": "lifecycle"},
-        )
-    ]
-    entries += [e for e in map(_journal_entry, journal) if e is not None]
-    if since is not None:
-        entries = [e for e in entries if e.timestamp >= since]
-    entries = entries[:limit]
-    return SandboxLogs(
-        logs=[SandboxLog(timestamp=e.timestamp, line=e.message) for e in entries],
-        logEntries=entries,
-    )

@@ -17,7 +17,6 @@ router = APIRouter(route_class=UnicodeJsonRoute)
 # (method, path, what it is, which work brings it)
 _MISSING = [
     ("POST", "/sandboxes/{sandbox_id}/refreshes", "refreshing sandboxes", "a later release"),
-    ("GET", "/v2/sandboxes/{sandbox_id}/logs", "structured logs (v2)", "observability"),
     ("GET", "/sandboxes/metrics", "metrics of many sandboxes", "observability"),
     ("POST", "/templates/{template_id}/builds/{build_id}",
      "the v1 build start (use POST /v2/templates/{templateID}/builds/{buildID})", "none"),

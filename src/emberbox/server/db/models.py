@@ -132,6 +132,8 @@ class Sandbox(Base):
     # Cleared when the sandbox ends, so a key protects against duplicates only while it lives.
     idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
     started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # When the create was admitted (None: before 2026-12-06); started_at moves to its run.
+    admitted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     end_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)

@@ -443,6 +443,7 @@ class SandboxService:
             auto_resume=req.auto_resume,
             timeout_s=req.timeout_s,
             node_id=self.facts.node_id,
+            admitted_at=now,
             started_at=now,
             end_at=now + dt.timedelta(seconds=req.timeout_s),
             metadata_items=[SandboxMetadata(key=k, value=v) for k, v in req.metadata.items()],
