@@ -132,6 +132,10 @@ def e2b_env(sandbox_id: str, template_id: str) -> dict[str, str]:
     return {"E2B_SANDBOX": "true", "E2B_SANDBOX_ID": sandbox_id, "E2B_TEMPLATE_ID": template_id}
 
 
+# Those of :func:`e2b_env`: each sandbox's own, never carried over from another's.
+IDENTITY_VARS = frozenset(e2b_env("", ""))
+
+
 # In E2B's ``network.maskRequestHost``, what stands for the port a request is for.
 MASK_PORT_VARIABLE = "${PORT}"
 

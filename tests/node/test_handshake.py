@@ -147,3 +147,32 @@ async def test_a_restored_envd_keeps_its_callers_variables_under_the_new_identit
     assert init["envVars"] == {"A": "1", "FROM_SOURCE": "x"}
     assert greeting.inherited_env == {"FROM_SOURCE": "x"}
     assert envd.token == "new"
+
+
+async def test_a_restored_envd_s_variables_stay_over_the_template_s_not_over_its_own(
+    http: httpx.AsyncClient,
+) -> None:
+    """``own``: only the new sandbox's identity and its create's vars win over what the
+    source held; a template var its source's create had changed keeps the source's value
+    (as the source's processes, restored with it, have it). Vars held as the defaults set
+    them anyway are not reported as carried over."""
+    defaults = EnvdDefaults("user", "/home/user", {
+        "MODE": "template", "SAME": "t", "MINE": "new", "E2B_SANDBOX_ID": "new-id",
+    })  # fmt: skip
+    envd = Envd(envs={"MODE": "source", "SAME": "t", "MINE": "old", "E2B_SANDBOX_ID": "old-id",
+                      "FROM_SOURCE": "x"})  # fmt: skip
+    envd.token = "old"
+    port = free_loopback_port()
+    server = await _serve(envd, port)
+    try:
+        greeting = await handshake(http, f"http://127.0.0.1:{port}", defaults, "new",
+                                   timeout_s=10, previous_token="old",
+                                   own={"MINE", "E2B_SANDBOX_ID"})  # fmt: skip
+    finally:
+        server.should_exit = True
+    (init,) = envd.inits
+    assert init["envVars"] == {
+        "MODE": "source", "SAME": "t", "MINE": "new", "E2B_SANDBOX_ID": "new-id",
+        "FROM_SOURCE": "x",
+    }  # fmt: skip
+    assert greeting.inherited_env == {"MODE": "source", "FROM_SOURCE": "x"}

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
 import httpx
@@ -42,9 +42,9 @@ class EnvdDefaults:
 @dataclass(frozen=True)
 class Greeting:
     """What a handshake learned: envd's ``version``, and ``inherited_env``, the variables a
-    restored envd held that this ``/init`` left as they were (its source's callers set them).
-    The node keeps those: a later boot from the sandbox's files starts from its own
-    defaults, not from that memory."""
+    restored envd held that this ``/init`` kept over the defaults (its source had them: from
+    its create, or from a source of its own). The node keeps those: a later boot from the
+    sandbox's files starts from its own defaults, not from that memory."""
 
     version: str
     inherited_env: Mapping[str, str] = field(default_factory=dict)
@@ -145,14 +145,17 @@ async def handshake(
     previous_token: str = "",
     known_version: str = "",
     inherit_env: bool = True,
+    own: Collection[str] | None = None,
 ) -> Greeting:
     """Bring a freshly started envd into service; what it learned is a :class:`Greeting`.
 
     One ``/init`` carries everything (env vars, default user and workdir, the access token and
     the clock), so envd is never reachable with a half-set identity. An envd restored from a
     checkpoint still holds the token it had then: ``previous_token`` proves the right to
-    replace it, and the env vars the source's callers set are kept (``inherit_env``; a
-    warm-pool sandbox's are the template's, which ``defaults`` holds already).
+    replace it, and the env vars its source had are kept (``inherit_env``; a warm-pool
+    sandbox's are the template's, which ``defaults`` holds already), over the template's:
+    only the ``own`` keys of ``defaults.env`` win over them (the new sandbox's identity and
+    its create's vars; None: every key).
     ``known_version``: envd was seen healthy already, with this version.
 
     The first request waits for envd to listen (no ``/health`` poll before it: one round trip
@@ -182,8 +185,13 @@ async def handshake(
             lambda: http.get(f"{envd_url}/envs", headers=headers, timeout=timeout), "/envs"
         )
         if held.status_code == 200 and isinstance(held.json(), dict):
-            inherited = {str(k): str(v) for k, v in held.json().items() if k not in env}
-            env = {**inherited, **env}
+            ours = env.keys() if own is None else own
+            inherited = {
+                str(k): str(v)
+                for k, v in held.json().items()
+                if k not in ours and env.get(str(k)) != str(v)
+            }
+            env = {**env, **inherited}
     body: dict[str, object] = {
         "envVars": env,
         "defaultUser": defaults.user,

@@ -19,7 +19,7 @@ import logging
 import secrets
 import signal
 import time
-from collections.abc import Coroutine
+from collections.abc import Collection, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +48,7 @@ from ..runtimes.base import (
     SandboxStatus,
     SnapshotRef,
 )
-from ..vocabulary import STANDBY_SHELLS, new_sandbox_id
+from ..vocabulary import IDENTITY_VARS, STANDBY_SHELLS, new_sandbox_id
 from .offload import Offloader, OffloadSettings
 from .pool import PoolKey, PoolSettings, WarmPool
 from .records import RecordStore, SandboxRecord
@@ -227,7 +227,10 @@ class Orchestrator:
             self._held[spec.sandbox_id] = record
             try:
                 sandbox = await self.runtime.create(spec)
-                greeting = await self._handshake(sandbox, access_token, previous_token)
+                # A restored envd's vars (its source's) stay over the template's, not over
+                # this sandbox's identity and its create's own.
+                own = {*IDENTITY_VARS, *spec.envs}
+                greeting = await self._handshake(sandbox, access_token, previous_token, own=own)
                 if spec.network.rewrites:
                     await self._install_egress_ca(sandbox.envd_url, access_token)
                     record.trusts_egress_ca = True
@@ -373,6 +376,7 @@ class Orchestrator:
         known_version: str = "",
         inherit_env: bool = True,
         timeout_s: float | None = None,
+        own: Collection[str] | None = None,
     ) -> Greeting:
         assert self._http is not None, "node not started"
         try:
@@ -386,6 +390,7 @@ class Orchestrator:
                 previous_token=previous_token,
                 known_version=known_version,
                 inherit_env=inherit_env,
+                own=own,
             )
         except HandshakeFailed as exc:
             tail = await self.runtime.boot_log(sandbox.sandbox_id)

@@ -38,6 +38,7 @@ from ...templates.store import GUEST_PYTHON, Template, TemplateError, TemplateSt
 from ...vocabulary import (
     ENVD_PORT,
     GUEST_HOSTNAME,
+    IDENTITY_VARS,
     OFFLOADED_BELOW_BYTES,
     check_sandbox_id,
     e2b_env,
@@ -120,15 +121,19 @@ GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Variables PID 1 needs but commands should not inherit through envd's /init.
 _INIT_ONLY = {"PATH", "HOME", "LANG", "EMBERBOX_START_CMD"}
 # Set for each sandbox from its own id and template, never carried over from another's.
-_OWN_VARS = {*e2b_env("", ""), "EMBERBOX_DEFAULT_USER", "EMBERBOX_DEFAULT_WORKDIR",
+_OWN_VARS = {*IDENTITY_VARS, "EMBERBOX_DEFAULT_USER", "EMBERBOX_DEFAULT_WORKDIR",
              "EMBERBOX_START_CMD"}  # fmt: skip
 
 
-def _carried_env(boot_env: Mapping[str, str], given: Mapping[str, str]) -> dict[str, str]:
+def _carried_env(
+    boot_env: Mapping[str, str], template_env: Mapping[str, str], given: Mapping[str, str]
+) -> dict[str, str]:
     """What sandboxes booting from a filesystem snapshot keep of its source's variables, as
-    one restored from memory keeps those its envd held: those it booted with and those the
-    node gave it since, but for its identity and its template's settings."""
-    return {k: v for k, v in {**boot_env, **given}.items() if k not in _OWN_VARS}
+    one restored from memory keeps those its envd held: those it booted with that its
+    template does not set so (its create's), and those the node gave it since; never its
+    identity. The template's own come from the template they boot, rebuilt or not."""
+    booted = {k: v for k, v in boot_env.items() if template_env.get(k) != v}
+    return {k: v for k, v in {**booted, **given}.items() if k not in _OWN_VARS}
 
 
 def _snapshot_env(path: Path) -> dict[str, str]:
@@ -295,6 +300,15 @@ class GVisorRuntime(Runtime):
                 await self._teardown(spec.sandbox_id)
                 raise
         return record, env
+
+    def _template_env(self, record: SandboxRecord) -> dict[str, str]:
+        """The variables the sandbox's template starts every sandbox with (none when the
+        template is gone: then all the sandbox's are its own)."""
+        try:
+            template = self.store.get(record.template_id)
+        except TemplateError:
+            return {}
+        return self._guest_env(SandboxSpec(record.sandbox_id, record.template_id), template, {})
 
     @staticmethod
     def _boot_env(paths: SandboxPaths) -> dict[str, str]:
@@ -868,7 +882,9 @@ class GVisorRuntime(Runtime):
                     "memory": memory,
                 }
                 if not memory:  # (one of memory holds them in envd)
-                    about["env"] = _carried_env(self._boot_env(paths), given_env or {})
+                    about["env"] = _carried_env(
+                        self._boot_env(paths), self._template_env(record), given_env or {}
+                    )
                 (image / "snapshot.json").write_text(json.dumps(about))
             except BaseException:
                 shutil.rmtree(image, ignore_errors=True)
