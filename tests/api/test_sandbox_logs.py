@@ -110,7 +110,8 @@ def test_v2_logs_read_from_a_cursor_either_way_by_level_and_text(
         assert api.get(url, params={"limit": 0}).json()["logs"] == []
 
         for bad in ({"level": "fatal"}, {"direction": "sideways"}, {"cursor": 10**20},
-                    {"limit": 1001}, {"start": 0}):  # fmt: skip
+                    {"cursor": -1}, {"limit": 1001}, {"search": "x" * 257},
+                    {"start": 0}):  # fmt: skip
             r = api.get(url, params=bad)
             assert r.status_code == 400, (bad, r.text)
         r = api.get(f"/v2/sandboxes/{'a' * 20}/logs")

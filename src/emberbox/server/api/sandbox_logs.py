@@ -41,14 +41,19 @@ def _journal_entry(item: Any) -> SandboxLogEntry | None:
     return entry
 
 
+def _to_ms(at: dt.datetime) -> dt.datetime:
+    return at.replace(microsecond=at.microsecond // 1000 * 1000)
+
+
 def _entries(row: Sandbox, journal: list[dict[str, Any]]) -> list[SandboxLogEntry]:
     """Oldest first. A sandbox started from a checkpoint (a snapshot, a fork, its template's
     snapshot) or handed over from the warm pool has envd's journal of before it: its source's
     processes, the pool's priming. What envd stamped before the sandbox was admitted is not
     the sandbox's own, and is left out (rows from before 2026-12-06 know no admission)."""
-    admitted = row.admitted_at
+    # In envd's precision (ms): an entry of the admission's own millisecond is the sandbox's.
+    admitted = _to_ms(row.admitted_at) if row.admitted_at else None
     created = SandboxLogEntry(
-        timestamp=admitted or row.started_at,
+        timestamp=admitted or _to_ms(row.started_at),
         level="info",
         message=f"sandbox created from template {row.shown_template_id}",
         fields={"event": "lifecycle"},
@@ -97,11 +102,11 @@ async def sandbox_logs_v2(
     who: Caller,
     svc: Service,
     sandbox_id: str,
-    cursor: int | None = None,
+    cursor: Annotated[int | None, Query(ge=0)] = None,
     limit: Annotated[int, Query(ge=0, le=MAX_ENTRIES)] = MAX_ENTRIES,
     direction: Literal["forward", "backward"] = "backward",
     level: LogLevel | None = None,
-    search: str | None = None,
+    search: Annotated[str | None, Query(max_length=256)] = None,
 ) -> SandboxLogsV2:
     """``forward``: entries from ``cursor`` on, oldest first; ``backward`` (the default, as
     E2B's): entries up to ``cursor`` (else the newest), newest first. ``level`` keeps that
