@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -56,10 +58,10 @@ def sandbox(server: ServerProcess, monkeypatch: pytest.MonkeyPatch) -> Iterator[
         sbx.kill()
 
 
-def _settle(sbx: Sandbox, user: str) -> None:
+def _settle(sbx: Sandbox, user: str, cwd: str | None = None) -> None:
     """Leave standby shells started (and finished with their login) before what follows."""
     for _ in range(3):
-        sbx.commands.run("true", user=user)
+        sbx.commands.run("true", user=user, cwd=cwd)
 
 
 def test_login_profile_edits_reach_the_next_command(sandbox: Sandbox) -> None:
@@ -107,3 +109,97 @@ def test_semantics_in_gvisor(sandbox: Sandbox) -> None:
         handle.wait()
     assert (info.value.exit_code, info.value.stdout) == (-1, f"{handle.pid}\n")
     assert run("pgrep -x sleep || echo none").stdout == "none\n"
+
+
+# Kills every idle standby shell (one still holding the control pipe its BOOT loop reads; a
+# shell that took its command has closed it), as ``pkill bash`` would, sparing busy ones.
+KILL_IDLE = r"""
+n=0
+for p in $(pgrep -f __eb_go); do
+  fd=$(tr '\0' ' ' < /proc/$p/cmdline | grep -o 'read -r -u [0-9]* __eb_go' | grep -o '[0-9]*')
+  [ -n "$fd" ] && [ -e /proc/$p/fd/$fd ] && kill -KILL $p 2>/dev/null && n=$((n + 1))
+done
+echo $n
+"""
+
+
+def test_many_clients_while_the_login_changes_and_idle_shells_are_killed(sandbox: Sandbox) -> None:
+    """Four clients run commands at once (two back to back, two paced) while the profile
+    changes under them and idle standby shells are killed. Each command prints what a fresh
+    login would (the version of the profile written before it was sent, or a newer one), or
+    ends killed when a kill caught its shell as it took the command; none hangs or fails
+    otherwise. Afterwards the sandbox holds as many shells as before, none a zombie."""
+    run = sandbox.commands.run
+    profile = "/etc/profile.d/zz-version.sh"
+    sandbox.files.write("/tmp/kill-idle.sh", KILL_IDLE, user="root")
+
+    def write(version: int) -> None:  # renamed in: a login never reads half a file
+        run(f"echo 'export VERSION={version}' > {profile}.new && mv -f {profile}.new {profile}",
+            user="root")  # fmt: skip
+
+    def shells() -> str:
+        live = "ps -eo stat=,args= | grep -c '^[^Z].*[_]_eb_go'"  # ([_]: not grep itself)
+        return run(f"{live}; ps -eo stat= | grep -c Z || true", user="root").stdout
+
+    write(0)
+    for user, cwd in (("user", None), ("root", None), ("user", "/tmp")):
+        _settle(sandbox, user, cwd)
+    before = shells()
+    written: list[float] = [0.0]  # when each version's write returned (monotonic)
+
+    def edit() -> None:
+        for version in range(1, 9):
+            time.sleep(0.15)
+            write(version)
+            written.append(time.monotonic())
+
+    def kill() -> int:
+        killed = 0
+        for _ in range(12):
+            time.sleep(0.1)
+            killed += int(run("sh /tmp/kill-idle.sh", user="root").stdout)
+        return killed
+
+    def client(n: int) -> list[tuple[float, str | None, CommandExitException | None]]:
+        seen: list[tuple[float, str | None, CommandExitException | None]] = []
+        paced = n % 2 == 1  # their shells (of their own cwd) sit idle across the edits
+        for _ in range(12):
+            time.sleep(0.06 if paced else 0)
+            sent = time.monotonic()
+            try:
+                cwd = "/tmp" if paced else None
+                seen.append((sent, run("echo ${VERSION:-none}", cwd=cwd).stdout.strip(), None))
+            except CommandExitException as exc:
+                seen.append((sent, None, exc))
+        return seen
+
+    with ThreadPoolExecutor(6) as pool:
+        editing, killing = pool.submit(edit), pool.submit(kill)
+        results = [r for done in pool.map(client, range(4)) for r in done]
+        editing.result()
+        shells_killed = killing.result()
+    assert shells_killed > 0, "no idle standby shell was found to kill"
+
+    killed = 0
+    for sent, version, exc in results:
+        if exc is not None:  # its shell was killed as it took the command
+            assert exc.exit_code == -1 and "killed" in (exc.error or ""), exc
+            killed += 1
+            continue
+        floor = max(v for v, at in enumerate(written) if at <= sent)
+        assert version is not None and version.isdigit() and int(version) >= floor, (
+            sent, version, floor, written,
+        )  # fmt: skip
+    print(f"{shells_killed} idle shells killed; {killed} of {len(results)} commands with them")
+    assert killed < len(results) // 4, f"{killed} of {len(results)} commands were killed"
+    assert run("echo ${VERSION}").stdout == "8\n"
+    _settle(sandbox, "user", "/tmp")  # and, its shells idle, an edit still reaches the next one
+    write(9)
+    assert run("echo ${VERSION}", cwd="/tmp").stdout == "9\n"
+
+    for user, cwd in (("user", None), ("root", None), ("user", "/tmp")):
+        _settle(sandbox, user, cwd)
+    deadline = time.monotonic() + 10  # dropped shells exit once their login is done
+    while (now := shells()) != before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert now == before, (now, before)
