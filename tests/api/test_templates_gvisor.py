@@ -330,3 +330,33 @@ def test_npm_sdk_builds_and_uses_a_template(
     assert out["tags"] == ["js-stable", "v1"]
     assert out["failure"].startswith("BuildError") and "exit code 7" in out["failure"]
     assert "js-fails" in out["failure"]
+
+
+def test_a_copy_keeps_what_its_source_s_create_changed_of_the_template_s_env(
+    gvisor_key: str, gvisor_api: httpx.Client
+) -> None:
+    """A template's ENV that a sandbox's create changed stays changed in the sandboxes started
+    from its snapshots, of memory or of files (as the source's restored processes have it);
+    the rest is the template's, of the build the source ran (a snapshot's files are changes
+    to that build's, so a template rebuilt since does not change what they boot)."""
+    name = _name("envs")
+    Template.build(Template().from_template("base").set_envs({"MODE": "template", "TPL": "v1"}),
+                   name)  # fmt: skip
+    src = Sandbox.create(name, timeout=120, envs={"MODE": "created"})
+    made: list[Sandbox] = []
+    snapshots: list[str] = []
+    try:
+        snapshots.append(src.create_snapshot().snapshot_id)
+        snapshots.append(src.create_snapshot(mode="filesystem").snapshot_id)
+        Template.build(Template().from_template("base").set_envs({"MODE": "template",
+                                                                  "TPL": "v2"}), name)  # fmt: skip
+        made += [Sandbox.create(s, timeout=120) for s in snapshots]
+        made.append(Sandbox.create(snapshots[0], timeout=120, envs={"MODE": "own"}))
+        shown = [m.commands.run("echo $MODE $TPL").stdout.split() for m in made]
+        assert shown == [["created", "v1"], ["created", "v1"], ["own", "v1"]]
+    finally:
+        for sbx in (*made, src):
+            sbx.kill()
+        for snapshot_id in snapshots:
+            Sandbox.delete_snapshot(snapshot_id)
+        gvisor_api.delete(f"/templates/{name}")

@@ -1,6 +1,6 @@
 """What a filesystem snapshot keeps of its source's variables (``gvisor.runtime._carried_env``):
-the source's own, never its identity, and not the template's (a rebuilt template's new values
-must reach the sandboxes booted from an older snapshot)."""
+the source's own, never its identity, and not the template's (they come with the build the
+snapshot's sandboxes boot)."""
 
 from __future__ import annotations
 

@@ -131,7 +131,7 @@ def _carried_env(
     """What sandboxes booting from a filesystem snapshot keep of its source's variables, as
     one restored from memory keeps those its envd held: those it booted with that its
     template does not set so (its create's), and those the node gave it since; never its
-    identity. The template's own come from the template they boot, rebuilt or not."""
+    identity. The template's own come with the build they boot (the source's)."""
     booted = {k: v for k, v in boot_env.items() if template_env.get(k) != v}
     return {k: v for k, v in {**booted, **given}.items() if k not in _OWN_VARS}
 
