@@ -57,6 +57,32 @@ async def test_a_connect_whose_sandbox_paused_after_it_was_read_resumes_it(
     assert connected.end_at > utcnow() + dt.timedelta(seconds=590)
 
 
+async def test_a_connect_never_shortens_an_end_time_set_after_it_read_the_sandbox(
+    plane: Plane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """E2B's connect only extends: a ``set_timeout(3600)`` that lands between connect's read
+    (an end 60 s away) and its write of now + 300 s keeps its hour."""
+    row = await plane.service.create(plane.who, CreateRequest("base", 60))
+    read = plane.service.get
+    reads = 0
+
+    async def read_then_extend(who: Principal, sandbox_id: str) -> Sandbox:
+        nonlocal reads
+        found = await read(who, sandbox_id)
+        reads += 1
+        if reads == 1:
+            await plane.service.set_timeout(who, sandbox_id, 3600)
+        return found
+
+    monkeypatch.setattr(plane.service, "get", read_then_extend)
+    connected, resumed = await plane.service.connect(plane.who, row.id, 300)
+    assert not resumed
+    monkeypatch.setattr(plane.service, "get", read)
+    kept = await read(plane.who, row.id)
+    assert kept.end_at > utcnow() + dt.timedelta(seconds=3500), kept.end_at
+    assert connected.end_at == kept.end_at
+
+
 async def test_two_connects_of_a_paused_sandbox_both_get_it_running(plane: Plane) -> None:
     plane.runtime.resume_delay_s = 0.3
     row = await plane.service.create(plane.who, CreateRequest("base", 600))

@@ -152,6 +152,23 @@ async def update_fields(
     return bool(cast(CursorResult[Any], result).rowcount)
 
 
+async def extend_end(s: AsyncSession, sandbox_id: str, end_at: dt.datetime) -> bool:
+    """Move a running sandbox's end time later, to ``end_at``; False (nothing changed) when
+    it is not running or already ends then or later. One statement: a caller extending it
+    from an older read cannot shorten what another caller set meanwhile."""
+    result = await s.execute(
+        update(Sandbox)
+        .where(
+            Sandbox.id == sandbox_id,
+            Sandbox.state == str(State.RUNNING),
+            Sandbox.end_at < end_at,
+        )
+        .values(updated_at=utcnow(), end_at=end_at)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(cast(CursorResult[Any], result).rowcount)
+
+
 async def paused_bytes_used(s: AsyncSession, team_id: str) -> int:
     """Disk the team's paused sandboxes' saved memory takes on their nodes."""
     total = await s.scalar(

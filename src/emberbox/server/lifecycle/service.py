@@ -721,11 +721,12 @@ class SandboxService:
             if wanted <= row.end_at:
                 return row, False
             async with self.sessions.begin() as s:
-                if await q.update_fields(s, sandbox_id, [State.RUNNING], end_at=wanted):
+                if await q.extend_end(s, sandbox_id, wanted):
                     row.end_at = wanted
                     return row, False
             # No longer running since it was read (its end time's pause or kill got there
-            # first): answered from what it is now, never with an end time it does not have.
+            # first), or another caller set a later end time meanwhile: answered from what it
+            # is now, never with an end time it does not have.
         raise Busy(f"sandbox '{sandbox_id}' keeps changing state; retry")
 
     async def pause(
