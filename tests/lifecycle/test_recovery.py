@@ -201,6 +201,42 @@ async def test_a_resume_whose_answer_was_lost_settles_on_the_nodes_word(
     assert not plane.runtime.teardowns
 
 
+async def test_a_resume_the_node_finished_after_its_row_settled_paused_is_recorded_running(
+    plane: Plane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A separate node's answer to a resume was lost while the node was still at it: the
+    next listing still showed it paused, so the row settled paused; then the node finished.
+    The row is recorded running, with an end time ahead (it ran with none, every later
+    connect refused by a node that already runs it)."""
+    row = await plane.service.create(plane.who, CreateRequest("base", 600))
+    await plane.service.pause(plane.who, row.id)
+    real = plane.service.node.resume
+    finish = asyncio.Event()
+    finished: list[asyncio.Task[object]] = []
+
+    async def lost(*args: object, **kwargs: object) -> object:
+        async def later() -> object:
+            await finish.wait()
+            return await real(*args, **kwargs)  # type: ignore[arg-type]
+
+        finished.append(asyncio.create_task(later()))
+        raise NodeUnavailable(Code.UNAVAILABLE, "node at http://node: connection reset")
+
+    monkeypatch.setattr(plane.service.node, "resume", lost)
+    with pytest.raises(NodeFailed):
+        await plane.service.connect(plane.who, row.id, 600)
+    await plane.reaper.reconcile()
+    assert await plane.state(row.id) == "paused"  # what the node said then
+    finish.set()
+    await finished[0]
+    await plane.reaper.reconcile()
+    assert await plane.state(row.id) == "running"
+    async with plane.service.sessions() as s:
+        settled = await q.get(s, row.id)
+    assert settled is not None and settled.end_at > utcnow() and settled.pause_mode is None
+    assert not plane.runtime.teardowns
+
+
 async def test_reconciliation_leaves_a_pause_under_way_to_its_caller(plane: Plane) -> None:
     plane.runtime.pause_delay_s = 0.5
     row = await plane.service.create(plane.who, CreateRequest("base", 600))

@@ -182,6 +182,7 @@ class Reaper:
             # database before the node, so one the node does not hold was lost.
             running = set(await q.ids_in_states(s, [State.RUNNING, State.PAUSED]))
             only_running = set(await q.ids_in_states(s, [State.RUNNING]))
+            only_paused = set(await q.ids_in_states(s, [State.PAUSED]))
             known_before = set(await q.ids_in_states(s, _KNOWN))
             pausing = set(await q.ids_in_states(s, [State.PAUSING]))
             resuming = set(await q.ids_in_states(s, [State.RESUMING]))
@@ -206,6 +207,7 @@ class Reaper:
         unfinished = {i for i in unfinished if not self.service.switching(i)}
         await self._settle(sorted(unfinished), listing, resuming)
         await self._paused_by_node(only_running, listing)
+        await self._running_by_node(only_paused, listing)
         await remove_untracked_snapshots(self.service)
 
     async def _paused_by_node(self, running: set[str], listing: pb.ListResponse) -> None:
@@ -222,6 +224,33 @@ class Reaper:
             held = await self.service.node_paused(sid)
             if held is not None and not self.service.switching(sid):
                 await self.service.record_paused_by_node(sid, held)
+
+    async def _running_by_node(self, paused: set[str], listing: pb.ListResponse) -> None:
+        """Paused rows whose node runs the sandbox, with nobody at them here: a resume whose
+        answer was lost, settled paused from a listing taken while the node was still at it,
+        or one this server gave up on (cancelled) while a separate node finished it.
+        Recorded running, as a resume that got through (its lifetime counts from now), or it
+        would run with no end time and every later connect would be refused. Each is checked
+        again, just before, against a fresh listing."""
+        running = pb.SANDBOX_STATUS_RUNNING
+        suspects = [b.sandbox_id for b in listing.sandboxes
+                    if b.sandbox_id in paused and b.status == running]  # fmt: skip
+        for sid in suspects:
+            if self.service.switching(sid):
+                continue
+            held = await self.service.node_view(sid)
+            if held is None or held.status != running or self.service.switching(sid):
+                continue
+            end_at = utcnow() + dt.timedelta(seconds=DEFAULT_RESUME_TIMEOUT_S)
+            async with self.service.sessions.begin() as s:  # (by resuming, as a resume)
+                fresh: dict[str, Any] = {"envd_url": held.envd_url, "host_address": held.host,
+                                         "pause_mode": None, "end_at": end_at}  # fmt: skip
+                moved = await q.set_state(s, sid, [State.PAUSED], State.RESUMING)
+                moved = moved and await q.set_state(
+                    s, sid, [State.RESUMING], State.RUNNING, **fresh
+                )
+            if moved:
+                log.warning("sandbox %s recorded running, as its node holds it", sid)
 
     def _notice_node_restart(self, boot_id: str) -> None:
         """A separate node that restarted under us lost its sandboxes' header-rule values
