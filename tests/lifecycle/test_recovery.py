@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from emberbox._connect.errors import Code
-from emberbox.node.client import EmbeddedNode, NodeUnavailable
+from emberbox.node.client import EmbeddedNode, NodeError, NodeUnavailable
 from emberbox.server.db import sandboxes as q
 from emberbox.server.db.models import utcnow
 from emberbox.server.lifecycle.errors import GuestUnhealthy, NodeFailed
@@ -235,6 +235,30 @@ async def test_a_resume_the_node_finished_after_its_row_settled_paused_is_record
         settled = await q.get(s, row.id)
     assert settled is not None and settled.end_at > utcnow() and settled.pause_mode is None
     assert not plane.runtime.teardowns
+
+
+async def test_an_end_time_pause_the_node_saved_but_answered_failed_is_kept_paused(
+    plane: Plane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node paused the sandbox, then failed (recording it, say) and answered an error:
+    the end time's pause finds it paused on the node and records it so. It was killed, the
+    user's work lost, as a pause that had kept nothing."""
+    row = await plane.service.create(plane.who, CreateRequest("base", 600))
+    real = plane.service.node.pause
+
+    async def saved_then_failed(*args: object, **kwargs: object) -> object:
+        await real(*args, **kwargs)  # type: ignore[arg-type]
+        raise NodeError(Code.INTERNAL, "saving the node's record failed: disk full")
+
+    monkeypatch.setattr(plane.service.node, "pause", saved_then_failed)
+    async with plane.service.sessions.begin() as s:  # its end time has come
+        await q.update_fields(s, row.id, [State.RUNNING], end_at=utcnow())
+    assert await plane.service.pause_at_end(row.id)
+    assert await plane.state(row.id) == "paused"
+    assert not plane.runtime.teardowns
+    monkeypatch.setattr(plane.service.node, "pause", real)
+    _, resumed = await plane.service.connect(plane.who, row.id, 60)
+    assert resumed and await plane.state(row.id) == "running"
 
 
 async def test_reconciliation_leaves_a_pause_under_way_to_its_caller(plane: Plane) -> None:

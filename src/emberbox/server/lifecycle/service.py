@@ -871,6 +871,12 @@ class SandboxService:
                             sandbox_id, _LOST, lost)  # fmt: skip
                 return True
             if saved is None:
+                # A pause can fail after the runtime saved the sandbox (the node then failing
+                # to record it): what the node holds paused is kept, never killed.
+                with contextlib.suppress(NodeError):
+                    if (held := await self.node_paused(sandbox_id)) is not None:
+                        await self.record_paused_by_node(sandbox_id, held, was=State.PAUSING)
+                        return True
                 log.error("pause at the end time of %s failed (%s); killing it", sandbox_id, e)
                 await self.end(sandbox_id, EndReason.TIMEOUT)
                 return True
