@@ -22,7 +22,11 @@ from emberbox._connect.errors import Code
 from emberbox.host.errors import HostError
 from emberbox.host.ports import free_loopback_port
 from emberbox.node.client import NodeUnavailable
-from emberbox.server.lifecycle.service import CreateRequest
+from emberbox.server.db import sandboxes as q
+from emberbox.server.lifecycle.service import CreateRequest, Woken
+from emberbox.server.lifecycle.states import State
+from emberbox.server.proxy.app import SandboxProxy
+from emberbox.server.proxy.resolver import Paused, SandboxResolver
 from emberbox.server.proxy.responses import sandbox_paused
 from emberbox.server.testing import ServerProcess
 from emberbox.vocabulary import ENVD_PORT
@@ -212,6 +216,13 @@ def test_resume_with_auto_pause_pauses_again_at_the_end(
         while gv_api.get(f"/sandboxes/{sid}").json()["state"] != "paused":
             assert time.monotonic() < deadline, "not paused at its end time"
             time.sleep(0.1)
+        # Without a timeout: E2B's ResumedSandbox default, 15 s (it was our connect's 300).
+        r = gv_api.post(f"/sandboxes/{sid}/resume")
+        assert r.status_code == 201, r.text
+        end_at = gv_api.get(f"/sandboxes/{sid}").json()["endAt"]
+        end = dt.datetime.fromisoformat(end_at.replace("Z", "+00:00"))
+        left = (end - dt.datetime.now(dt.UTC)).total_seconds()
+        assert 5 < left <= 16, left
     finally:
         gv_api.delete(f"/sandboxes/{sid}")
 
@@ -434,6 +445,32 @@ async def test_wake_refuses_a_sandbox_without_auto_resume(lifecycle_plane: Plane
     assert (await plane.service.wake(row.id)).running is False
     assert (await _row(plane, row.id)).state == "paused"
     await plane.service.kill(plane.who, row.id)
+
+
+async def test_the_proxy_answers_what_a_failed_wake_left(lifecycle_plane: Plane) -> None:
+    """A wake that ends without the sandbox running: the proxy answers from what the sandbox
+    is then, not from what it was before the wake (killed meanwhile: not found; paused with
+    only its files: traffic cannot wake it, ``canAutoResume`` false)."""
+    plane = lifecycle_plane
+    req = CreateRequest("base", 60, auto_pause=True, auto_resume=True)
+    rows = [await plane.service.create(plane.who, req) for _ in range(2)]
+    for row in rows:
+        await plane.service.pause(plane.who, row.id)
+    killed, files_only = (r.id for r in rows)
+
+    async def wake(sandbox_id: str) -> Woken:
+        if sandbox_id == killed:
+            await plane.service.kill(plane.who, sandbox_id)
+        else:  # the pause it waited for kept only the files
+            async with plane.service.sessions.begin() as s:
+                await q.update_fields(s, sandbox_id, [State.PAUSED], pause_mode="filesystem")
+        return Woken(False)
+
+    proxy = SandboxProxy(SandboxResolver(plane.service.sessions), wake)
+    assert await proxy._locate(killed) is None
+    left = await proxy._locate(files_only)
+    assert isinstance(left, Paused) and left.auto_resume is False
+    await plane.service.kill(plane.who, files_only)
 
 
 async def test_a_wake_the_team_limit_refuses_says_why(lifecycle_plane: Plane) -> None:

@@ -200,7 +200,12 @@ class SandboxProxy:
             return found
         woken = await self.wake(sandbox_id)
         if not woken.running:
-            return dataclasses.replace(found, refused=woken.refused)
+            # As the wake left it: killed meanwhile (not found), paused for good (a pause it
+            # waited for kept only the files: traffic cannot wake it), or running after all.
+            now = await self.resolver.lookup(sandbox_id)
+            if isinstance(now, Paused):
+                return dataclasses.replace(now, refused=woken.refused)
+            return now
         return await self.resolver.resolve(sandbox_id) or found
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
