@@ -8,11 +8,13 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from sqlalchemy import update
 
 from emberbox.server.db import snapshots as snaps
+from emberbox.server.db.models import Snapshot
 from emberbox.server.lifecycle.errors import NotFound
 from emberbox.server.lifecycle.service import CreateRequest
-from emberbox.server.lifecycle.snapshots import SnapshotService
+from emberbox.server.lifecycle.snapshots import SnapshotService, remove_leftover_snapshots
 from tests.node.fake_runtime import CheckpointingRuntime
 
 from .conftest import Plane
@@ -51,3 +53,22 @@ async def test_a_fork_that_runs_keeps_no_checkpoint_either(snapshotting_plane: P
     assert len(results) == 2 and all(isinstance(r, Exception) for r in results), results
     assert runtime.held == {}
     assert await plane.state(row.id) == "running"
+
+
+async def test_a_fork_checkpoint_a_crash_left_is_removed_though_its_node_was_renamed(
+    snapshotting_plane: Plane,
+) -> None:
+    """A fork's own checkpoint names the node its source sandbox started on: once that node
+    came back under another name (the default name is the host's), a checkpoint a crash left
+    was never removed at the server's start, yet hidden from every list and counted in the
+    team's quota."""
+    plane = snapshotting_plane
+    assert isinstance(plane.runtime, CheckpointingRuntime)
+    row = await plane.service.create(plane.who, CreateRequest("base", 600))
+    left = await SnapshotService(plane.service).create(plane.who, row.id, internal=True)
+    async with plane.service.sessions.begin() as s:
+        await s.execute(update(Snapshot).values(node_id="the-node-before-its-rename"))
+    assert await remove_leftover_snapshots(plane.service) == [left.id]
+    assert plane.runtime.held == {}
+    async with plane.service.sessions() as s:
+        assert await s.get(Snapshot, left.id) is None

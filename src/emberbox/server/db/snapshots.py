@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Collection
 
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -63,9 +64,14 @@ async def bytes_used(s: AsyncSession, team_id: str) -> int:
     return int(total or 0)
 
 
-async def internal_on_node(s: AsyncSession, node_id: str) -> list[Snapshot]:
-    """The forks' own checkpoints held on ``node_id`` (of every team)."""
-    query = select(Snapshot).where(Snapshot.internal.is_(True), Snapshot.node_id == node_id)
+async def internal_on_node(s: AsyncSession, node_id: str, held: Collection[str]) -> list[Snapshot]:
+    """The forks' own checkpoints (of every team) recorded on ``node_id``, or whose ids are
+    among ``held`` (what the node holds: a row names the node its source sandbox started on,
+    which a node renamed since no longer is)."""
+    on_node = Snapshot.node_id == node_id
+    query = select(Snapshot).where(
+        Snapshot.internal.is_(True), or_(on_node, Snapshot.id.in_(list(held))) if held else on_node
+    )
     return list((await s.execute(query)).scalars())
 
 

@@ -350,23 +350,30 @@ async def remove_leftover_snapshots(sandboxes: SandboxService) -> list[str]:
     counted in its team's snapshot quota and held on the node's disk. And a checkpoint the
     node holds with no row at all: the server died between the node's answer and the row's
     commit, or between a delete's commit and its call to the node (or that call failed). The
-    rows of every node are asked, not only this one's: a node renamed since keeps its files.
+    rows of every node are asked, not only this one's: a node renamed since keeps its files
+    (and a fork's row names the node its source started on).
     """
+    try:
+        held: builtins.list[pb.Snapshot] | None = await sandboxes.node.list_snapshots()
+    except NodeError:  # (a node too old to list them, or down: the next start tries again)
+        log.exception("the node did not list its snapshots; leftovers stay for now")
+        held = None
     async with sandboxes.sessions.begin() as s:
-        rows = await snaps.internal_on_node(s, sandboxes.facts.node_id)
+        ids = [h.snapshot_id for h in held or []]
+        rows = await snaps.internal_on_node(s, sandboxes.facts.node_id, ids)
         for row in rows:
             await s.delete(row)
     for row in rows:
         log.warning("removing the checkpoint %s of a fork a crash cut off", row.id)
         await _delete_on_node(sandboxes, snapshot_message(row))
     removed = [row.id for row in rows]
-    try:
-        held = await sandboxes.node.list_snapshots()
-    except NodeError:  # (a node too old to list them, or down: the next start tries again)
-        log.exception("the node did not list its snapshots; leftovers stay for now")
+    if held is None:
         return removed
+    gone = set(removed)
     _, deleted = await _delete_unnamed(
-        sandboxes, held, "no record of it (a crash cut off its save or delete)"
+        sandboxes,
+        [h for h in held if h.snapshot_id not in gone],
+        "no record of it (a crash cut off its save or delete)",
     )
     return removed + deleted
 
