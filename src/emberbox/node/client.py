@@ -261,7 +261,9 @@ class EmbeddedNode(NodeClient):
         return response
 
 
-_FILES_CALLS = frozenset({"Pause", "Resume", "Checkpoint", "Create"})
+# Calls that may save a sandbox's files or boot it from them (a rollback whose restored envd
+# does not answer is saved again, its files if its memory cannot be).
+_FILES_CALLS = frozenset({"Pause", "Resume", "Checkpoint", "Create", "Restore"})
 
 
 class RemoteNode(NodeClient):
