@@ -34,6 +34,8 @@ from .route import ApiRoute
 MAX_PAGE = 100
 V2_DEFAULT_TIMEOUT_S = 300
 V1_DEFAULT_TIMEOUT_S = 15
+# E2B's ResumedSandbox.timeout default (the legacy resume's body may leave it out).
+LEGACY_RESUME_TIMEOUT_S = 15
 
 
 router = APIRouter(tags=["sandboxes"], route_class=ApiRoute)
@@ -162,7 +164,8 @@ async def resume_legacy(
     if opts.autoPause is not None:
         await svc.set_on_timeout(who, sandbox_id, "pause" if opts.autoPause else "kill")
     try:
-        row, _ = await svc.connect(who, sandbox_id, opts.timeout, opts.memory is not False)
+        timeout = LEGACY_RESUME_TIMEOUT_S if opts.timeout is None else opts.timeout
+        row, _ = await svc.connect(who, sandbox_id, timeout, opts.memory is not False)
     except BaseException:
         if opts.autoPause is not None:
             with contextlib.suppress(Exception):
