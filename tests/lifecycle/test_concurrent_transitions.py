@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -16,6 +17,28 @@ from emberbox.server.lifecycle.errors import NotFound
 from emberbox.server.lifecycle.service import CreateRequest
 
 from .conftest import Plane
+
+
+def _after_the_first_read(
+    plane: Plane,
+    monkeypatch: pytest.MonkeyPatch,
+    then: Callable[[Principal, str], Awaitable[object]],
+) -> Callable[[Principal, str], Awaitable[Sandbox]]:
+    """``then`` done by another caller just after the service's first read of a sandbox
+    (what that read returned is stale from then on); returns the real read."""
+    read = plane.service.get
+    reads = 0
+
+    async def read_then(who: Principal, sandbox_id: str) -> Sandbox:
+        nonlocal reads
+        found = await read(who, sandbox_id)
+        reads += 1
+        if reads == 1:
+            await then(who, sandbox_id)
+        return found
+
+    monkeypatch.setattr(plane.service, "get", read_then)
+    return read
 
 
 async def test_a_connect_during_a_pause_waits_for_it_then_resumes(plane: Plane) -> None:
@@ -39,18 +62,7 @@ async def test_a_connect_whose_sandbox_paused_after_it_was_read_resumes_it(
     sandbox and its write of the new end time: the write finds it paused, and the connect
     resumes it rather than answering a paused sandbox running with an end time it lacks."""
     row = await plane.service.create(plane.who, CreateRequest("base", 60))
-    read = plane.service.get
-    reads = 0
-
-    async def read_then_pause(who: Principal, sandbox_id: str) -> Sandbox:
-        nonlocal reads
-        found = await read(who, sandbox_id)
-        reads += 1
-        if reads == 1:
-            await plane.service.pause(who, sandbox_id)
-        return found
-
-    monkeypatch.setattr(plane.service, "get", read_then_pause)
+    _after_the_first_read(plane, monkeypatch, plane.service.pause)
     connected, resumed = await plane.service.connect(plane.who, row.id, 600)
     assert resumed and await plane.state(row.id) == "running"
     assert plane.runtime.sandboxes[row.id].status is SandboxStatus.RUNNING
@@ -63,21 +75,11 @@ async def test_a_connect_never_shortens_an_end_time_set_after_it_read_the_sandbo
     """E2B's connect only extends: a ``set_timeout(3600)`` that lands between connect's read
     (an end 60 s away) and its write of now + 300 s keeps its hour."""
     row = await plane.service.create(plane.who, CreateRequest("base", 60))
-    read = plane.service.get
-    reads = 0
-
-    async def read_then_extend(who: Principal, sandbox_id: str) -> Sandbox:
-        nonlocal reads
-        found = await read(who, sandbox_id)
-        reads += 1
-        if reads == 1:
-            await plane.service.set_timeout(who, sandbox_id, 3600)
-        return found
-
-    monkeypatch.setattr(plane.service, "get", read_then_extend)
+    read = _after_the_first_read(
+        plane, monkeypatch, lambda who, sid: plane.service.set_timeout(who, sid, 3600)
+    )
     connected, resumed = await plane.service.connect(plane.who, row.id, 300)
     assert not resumed
-    monkeypatch.setattr(plane.service, "get", read)
     kept = await read(plane.who, row.id)
     assert kept.end_at > utcnow() + dt.timedelta(seconds=3500), kept.end_at
     assert connected.end_at == kept.end_at

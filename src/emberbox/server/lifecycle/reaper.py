@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import Coroutine, Iterable
+from collections.abc import AsyncIterator, Coroutine, Iterable
 from typing import Any
 
 from ..._proto.node import node_pb2 as pb
@@ -211,36 +211,20 @@ class Reaper:
         await remove_untracked_snapshots(self.service)
 
     async def _paused_by_node(self, running: set[str], listing: pb.ListResponse) -> None:
-        """Running rows whose node holds the sandbox paused, with nobody at them here: a
-        rollback cut off, or whose answer was lost, left it paused at its snapshot. Each is
-        checked again, just before, against a fresh listing: a pause and a resume since the
-        first read do not count (each is under way here, and ends with it running)."""
-        paused = pb.SANDBOX_STATUS_PAUSED
-        suspects = [b.sandbox_id for b in listing.sandboxes
-                    if b.sandbox_id in running and b.status == paused]  # fmt: skip
-        for sid in suspects:
-            if self.service.switching(sid):
-                continue
-            held = await self.service.node_paused(sid)
-            if held is not None and not self.service.switching(sid):
-                await self.service.record_paused_by_node(sid, held)
+        """Running rows whose node holds the sandbox paused: a rollback cut off, or whose
+        answer was lost, left it paused at its snapshot. A pause and a resume since the first
+        read do not count (each is under way here, and ends with it running)."""
+        async for held in self._held_as(running, listing, pb.SANDBOX_STATUS_PAUSED):
+            await self.service.record_paused_by_node(held.sandbox_id, held)
 
     async def _running_by_node(self, paused: set[str], listing: pb.ListResponse) -> None:
-        """Paused rows whose node runs the sandbox, with nobody at them here: a resume whose
-        answer was lost, settled paused from a listing taken while the node was still at it,
-        or one this server gave up on (cancelled) while a separate node finished it.
-        Recorded running, as a resume that got through (its lifetime counts from now), or it
-        would run with no end time and every later connect would be refused. Each is checked
-        again, just before, against a fresh listing."""
-        running = pb.SANDBOX_STATUS_RUNNING
-        suspects = [b.sandbox_id for b in listing.sandboxes
-                    if b.sandbox_id in paused and b.status == running]  # fmt: skip
-        for sid in suspects:
-            if self.service.switching(sid):
-                continue
-            held = await self.service.node_view(sid)
-            if held is None or held.status != running or self.service.switching(sid):
-                continue
+        """Paused rows whose node runs the sandbox: a resume whose answer was lost, settled
+        paused from a listing taken while the node was still at it, or one this server gave
+        up on (cancelled) while a separate node finished it. Recorded running, as a resume
+        that got through (its lifetime counts from now), or it would run with no end time
+        and every later connect would be refused."""
+        async for held in self._held_as(paused, listing, pb.SANDBOX_STATUS_RUNNING):
+            sid = held.sandbox_id
             end_at = utcnow() + dt.timedelta(seconds=DEFAULT_RESUME_TIMEOUT_S)
             async with self.service.sessions.begin() as s:  # (by resuming, as a resume)
                 fresh: dict[str, Any] = {"envd_url": held.envd_url, "host_address": held.host,
@@ -251,6 +235,20 @@ class Reaper:
                 )
             if moved:
                 log.warning("sandbox %s recorded running, as its node holds it", sid)
+
+    async def _held_as(
+        self, rows: set[str], listing: pb.ListResponse, status: pb.SandboxStatus
+    ) -> AsyncIterator[pb.Sandbox]:
+        """Those of ``rows`` the node holds in ``status`` with nobody at them here, each
+        checked again, just before, against a fresh listing."""
+        suspects = [b.sandbox_id for b in listing.sandboxes
+                    if b.sandbox_id in rows and b.status == status]  # fmt: skip
+        for sid in suspects:
+            if self.service.switching(sid):
+                continue
+            held = await self.service.node_view(sid)
+            if held is not None and held.status == status and not self.service.switching(sid):
+                yield held
 
     def _notice_node_restart(self, boot_id: str) -> None:
         """A separate node that restarted under us lost its sandboxes' header-rule values
