@@ -182,7 +182,8 @@ class SandboxProxy:
     async def _admitted(self, target: Target, headers: Headers) -> bool:
         """Whether the request may reach the port: envd's always (it checks its own token),
         others unless the sandbox is private and the request lacks its traffic token. Checked
-        before anything else, so a request without it cannot wake a paused sandbox."""
+        before anything else, so a request without it cannot wake a paused sandbox through
+        those ports (one to envd's port can: docs/network.md, known gap)."""
         if target.port == ENVD_PORT:
             return True
         found = await self.resolver.lookup(target.sandbox_id)
