@@ -136,6 +136,11 @@ def _carried_env(
     return {k: v for k, v in {**booted, **given}.items() if k not in _OWN_VARS}
 
 
+def _env_of(bundle: Mapping[str, Any]) -> dict[str, str]:
+    """The variables a bundle's ``config.json`` (read) starts the sandbox with."""
+    return dict(item.split("=", 1) for item in bundle["process"]["env"])
+
+
 def _snapshot_env(path: Path) -> dict[str, str]:
     """The variables a filesystem snapshot keeps (none in one taken before 2026-12-06)."""
     about = json.loads((path / "snapshot.json").read_text())
@@ -313,8 +318,7 @@ class GVisorRuntime(Runtime):
     @staticmethod
     def _boot_env(paths: SandboxPaths) -> dict[str, str]:
         """The variables the sandbox's bundle starts it with."""
-        spec = json.loads((paths.bundle / "config.json").read_text())
-        return dict(item.split("=", 1) for item in spec["process"]["env"])
+        return _env_of(json.loads((paths.bundle / "config.json").read_text()))
 
     async def _files_applied(self, record: SandboxRecord) -> None:
         """Wait for the envd of a sandbox booted with saved files (a reboot, or a create from a
@@ -817,7 +821,7 @@ class GVisorRuntime(Runtime):
         await network.readdress(lease)
         config_path = paths.bundle / "config.json"
         spec = json.loads(config_path.read_text())
-        env, init = spec["process"]["env"], _unwrapped(spec["process"]["args"])
+        init = _unwrapped(spec["process"]["args"])
         spec["process"]["args"] = _booting(init)
         write_atomic(config_path, json.dumps(spec))
         spec["process"]["args"] = init
@@ -835,7 +839,7 @@ class GVisorRuntime(Runtime):
             raise
         self._discard(paths.files)
         self._discard(paths.memory)
-        values = dict(item.split("=", 1) for item in env)
+        values = _env_of(spec)
         try:  # its ready check, as at a create's boot (none if the template is gone since)
             ready_cmd = self.store.get(record.template_id).config.ready_cmd
         except TemplateError:

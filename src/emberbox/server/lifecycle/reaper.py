@@ -182,7 +182,6 @@ class Reaper:
             # database before the node, so one the node does not hold was lost.
             running = set(await q.ids_in_states(s, [State.RUNNING, State.PAUSED]))
             only_running = set(await q.ids_in_states(s, [State.RUNNING]))
-            only_paused = set(await q.ids_in_states(s, [State.PAUSED]))
             known_before = set(await q.ids_in_states(s, _KNOWN))
             pausing = set(await q.ids_in_states(s, [State.PAUSING]))
             resuming = set(await q.ids_in_states(s, [State.RESUMING]))
@@ -207,7 +206,7 @@ class Reaper:
         unfinished = {i for i in unfinished if not self.service.switching(i)}
         await self._settle(sorted(unfinished), listing, resuming)
         await self._paused_by_node(only_running, listing)
-        await self._running_by_node(only_paused, listing)
+        await self._running_by_node(running - only_running, listing)
         await remove_untracked_snapshots(self.service)
 
     async def _paused_by_node(self, running: set[str], listing: pb.ListResponse) -> None:
