@@ -18,6 +18,9 @@ ENVD_PORT = 49983
 TRAFFIC_TOKEN_HEADER = "e2b-traffic-access-token"
 """E2B's header for a private sandbox's ``trafficAccessToken`` on its ports (envd's exempt)."""
 
+ENVD_TOKEN_HEADER = "X-Access-Token"
+"""Where a request to envd (or the code interpreter) carries the sandbox's ``envdAccessToken``."""
+
 ENVD_VERSION = "0.6.13"
 """The E2B envd feature level we implement; SDKs switch behaviour on it (protocol §2.7)."""
 

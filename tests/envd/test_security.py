@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from emberbox.envd.signing import sign
+from emberbox.signed_urls import sign
 from tests.conftest import EnvdProcess
 from tests.envd.wire import run, unary_call
 

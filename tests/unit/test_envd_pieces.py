@@ -7,8 +7,8 @@ import pytest
 
 from emberbox._connect.errors import ConnectError
 from emberbox.envd.process.exit_status import describe
-from emberbox.envd.signing import sign, verify
 from emberbox.envd.users import User, resolve_path
+from emberbox.signed_urls import sign, verify
 
 HOME = User("user", 1000, 1000, "/home/user", "/bin/bash")
 

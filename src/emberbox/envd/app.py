@@ -18,6 +18,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .._connect.errors import Code, ConnectError
+from ..signed_urls import FILES_PATH
+from ..vocabulary import ENVD_TOKEN_HEADER
 from . import files, journal, system
 from .filesystem.service import FilesystemService
 from .http_errors import UNAUTHORIZED_MESSAGE, HTTPProblem, problem_response
@@ -32,7 +34,7 @@ if TYPE_CHECKING:  # loaded by __main__ only for --guest
 
 # Reachable without X-Access-Token: health probes, /files (token or signature, checked there),
 # and /init (checks the current token itself).
-_OPEN_PATHS = {"/health", "/files", "/init"}
+_OPEN_PATHS = {"/health", FILES_PATH, "/init"}
 _RPC_PATH = re.compile(r"^/[a-z][\w]*\.[A-Z]\w*/\w+$")
 
 
@@ -46,7 +48,7 @@ class AccessTokenMiddleware:
             scope["type"] == "http"
             and self.state.access_token
             and scope["path"] not in _OPEN_PATHS
-            and not self.state.token_ok(Headers(scope=scope).get("x-access-token"))
+            and not self.state.token_ok(Headers(scope=scope).get(ENVD_TOKEN_HEADER))
         ):
             await problem_response(401, UNAUTHORIZED_MESSAGE)(scope, receive, send)
             return
@@ -80,8 +82,8 @@ class EnvdApp:
             Route("/envs", bind(system.envs, state), methods=["GET"]),
             Route("/metrics", bind(system.metrics, sampler), methods=["GET"]),
             Route("/logs", bind(system.logs, self.journal), methods=["GET"]),
-            Route("/files", bind(files.download, state), methods=["GET", "HEAD"]),
-            Route("/files", bind(files.upload, state), methods=["POST"]),
+            Route(FILES_PATH, bind(files.download, state), methods=["GET", "HEAD"]),
+            Route(FILES_PATH, bind(files.upload, state), methods=["POST"]),
         ]
         self.http = Starlette(
             routes=routes,

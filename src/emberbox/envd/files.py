@@ -32,11 +32,11 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from .._connect.errors import ConnectError
-from ..vocabulary import whole_number
+from ..signed_urls import refusal
+from ..vocabulary import ENVD_TOKEN_HEADER, whole_number
 from .creds import acquire_as_user, as_user
 from .filesystem.entries import METADATA_XATTR_PREFIX
-from .http_errors import UNAUTHORIZED_MESSAGE, HTTPProblem, problem_response
-from .signing import verify
+from .http_errors import HTTPProblem, problem_response
 from .state import EnvdState
 from .users import User, make_dirs, resolve_path, resolve_user
 
@@ -67,25 +67,13 @@ _PSEUDO_FS_MAGIC = frozenset(
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def authorize(state: EnvdState, request: Request, operation: str) -> None:
+def authorize(state: EnvdState, request: Request) -> None:
     """A valid ``X-Access-Token`` or a valid ``v1_`` signature, when a token is configured."""
     token = state.access_token
     if not token:
         return
-    presented = request.headers.get("x-access-token")
-    if presented is not None and state.token_ok(presented):
-        return
-    signature = request.query_params.get("signature")
-    if not signature:
-        raise HTTPProblem(401, UNAUTHORIZED_MESSAGE)
-    reason = verify(
-        signature,
-        request.query_params.get("path", ""),
-        operation,
-        request.query_params.get("username", ""),
-        token,
-        request.query_params.get("signature_expiration"),
-    )
+    presented = request.headers.get(ENVD_TOKEN_HEADER)
+    reason = refusal(token, presented, request.method, request.query_params)
     if reason is not None:
         raise HTTPProblem(401, reason)
 
@@ -105,7 +93,7 @@ def _path(raw: str, user: User) -> str:
 
 
 async def download(state: EnvdState, request: Request) -> Response:
-    authorize(state, request, "read")
+    authorize(state, request)
     user = _user(state, request)
     raw = request.query_params.get("path")
     if not raw:
@@ -432,7 +420,7 @@ def _io_problem(exc: OSError, path: str) -> HTTPProblem:
 
 
 async def upload(state: EnvdState, request: Request) -> Response:
-    authorize(state, request, "write")
+    authorize(state, request)
     user = _user(state, request)
     query_path = request.query_params.get("path")
     length = request.headers.get("content-length")

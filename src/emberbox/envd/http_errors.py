@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from starlette.responses import JSONResponse
 
-UNAUTHORIZED_MESSAGE = (
-    "unauthorized access, please provide a valid access token or method signing if supported"
-)
+from ..signed_urls import UNAUTHORIZED
+
+UNAUTHORIZED_MESSAGE = UNAUTHORIZED  # every route's, the signed file routes' included
 
 
 class HTTPProblem(Exception):

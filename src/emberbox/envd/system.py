@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .._connect.errors import ConnectError
+from ..vocabulary import ENVD_TOKEN_HEADER
 from .http_errors import UNAUTHORIZED_MESSAGE, HTTPProblem
 from .journal import Journal
 from .metrics import MetricsSampler
@@ -62,7 +63,7 @@ async def init(state: EnvdState, wake: Callable[[], None], request: Request) -> 
 
     ``wake`` lets the standby shells run at once: an ``/init`` follows every restore, whose
     processes pay their first run's cost (``StandbyPool.wake``) while this answer travels."""
-    if state.access_token and not state.token_ok(request.headers.get("x-access-token")):
+    if state.access_token and not state.token_ok(request.headers.get(ENVD_TOKEN_HEADER)):
         raise HTTPProblem(401, UNAUTHORIZED_MESSAGE)
     wake()
     body = await request.body()

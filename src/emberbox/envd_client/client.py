@@ -13,6 +13,7 @@ import httpx
 from .._proto.process import process_pb2 as pb
 from ..sdk._async.rpc import AsyncRpc
 from ..sdk._base import basic_auth
+from ..vocabulary import ENVD_TOKEN_HEADER
 from .http import sandbox_http
 
 
@@ -37,7 +38,7 @@ class EnvdClient:
         http: httpx.AsyncClient | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._headers = {"X-Access-Token": access_token} if access_token else {}
+        self._headers = {ENVD_TOKEN_HEADER: access_token} if access_token else {}
         self._http = http or sandbox_http(timeout=30.0)
         self._owns_http = http is None
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from ..vocabulary import ENVD_VERSION
+from ..vocabulary import ENVD_TOKEN_HEADER, ENVD_VERSION
 from .client import EnvdClient
 
 Alive = Callable[[], Awaitable[bool]]
@@ -165,7 +165,7 @@ async def handshake(
     first = not known_version
     timeout = httpx.Timeout(min(10.0, timeout_s), connect=1.0)
     proof = previous_token or access_token
-    headers = {"X-Access-Token": proof} if proof else {}
+    headers = {ENVD_TOKEN_HEADER: proof} if proof else {}
 
     async def answer(send: Callable[[], Awaitable[httpx.Response]], what: str) -> httpx.Response:
         nonlocal first

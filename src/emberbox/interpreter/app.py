@@ -30,6 +30,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..vocabulary import ENVD_TOKEN_HEADER
 from . import events
 from .contexts import BadRequest, Contexts, UnknownContext
 from .kernels import Run
@@ -227,7 +228,7 @@ class AccessTokenMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] != "/health":
-            given = Headers(scope=scope).get("x-access-token")
+            given = Headers(scope=scope).get(ENVD_TOKEN_HEADER)
             if given is not None or scope["path"] == "/execute":
                 try:
                     accepted = await self.tokens.accepts(given)

@@ -29,6 +29,8 @@ from typing import Protocol
 
 import httpx
 
+from ..vocabulary import ENVD_TOKEN_HEADER
+
 ACCEPT_TTL_SECONDS = 5.0
 CLOCK_JUMP_SECONDS = 1.0
 
@@ -77,7 +79,7 @@ class EnvdToken:
             self._accepted.clear()  # restored from a snapshot (or the clock was set)
         if token is not None and self._accepted.get(token, 0.0) > now:
             return True
-        headers = {"X-Access-Token": token} if token is not None else {}
+        headers = {ENVD_TOKEN_HEADER: token} if token is not None else {}
         try:
             response = await self._http.get(self.url, headers=headers)
         except httpx.HTTPError as exc:

@@ -9,7 +9,7 @@ from typing import Any, Self
 
 import httpx
 
-from ...vocabulary import TRAFFIC_TOKEN_HEADER
+from ...vocabulary import ENVD_TOKEN_HEADER, TRAFFIC_TOKEN_HEADER
 from .._base import hybridmethod
 from .._code import INTERPRETER_PORT
 from .._config import DEFAULT_SANDBOX_TIMEOUT, ENVD_PORT, ConnectionConfig
@@ -73,7 +73,7 @@ class AsyncSandbox(AsyncCodeInterpreter):
         self._domain = domain
         headers = dict(config.routing_headers(sandbox_id))
         if envd_access_token:
-            headers["X-Access-Token"] = envd_access_token
+            headers[ENVD_TOKEN_HEADER] = envd_access_token
         self._envd_access_token = envd_access_token
         rpc = AsyncRpc(http, config.envd_url(sandbox_id, domain), headers)
         self.commands = AsyncCommands(rpc)
@@ -83,7 +83,7 @@ class AsyncSandbox(AsyncCodeInterpreter):
         self._interpreter_url = config.port_url(sandbox_id, INTERPRETER_PORT, domain)
         self._interpreter_headers = {
             **config.routing_headers(sandbox_id, INTERPRETER_PORT),
-            **({"X-Access-Token": envd_access_token} if envd_access_token else {}),
+            **({ENVD_TOKEN_HEADER: envd_access_token} if envd_access_token else {}),
             # The interpreter's port is not envd's: a private sandbox's needs its traffic token.
             **({TRAFFIC_TOKEN_HEADER: traffic_access_token} if traffic_access_token else {}),
         }

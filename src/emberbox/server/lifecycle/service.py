@@ -37,7 +37,7 @@ from ...node.client import (
     NodeUnavailable,
     NodeUnsupported,
 )
-from ...vocabulary import GUEST_UNRESPONSIVE_ERROR, new_sandbox_id
+from ...vocabulary import ENVD_TOKEN_HEADER, GUEST_UNRESPONSIVE_ERROR, new_sandbox_id
 from ..auth.store import Principal
 from ..config import Limits
 from ..db import sandboxes as q
@@ -639,7 +639,7 @@ class SandboxService:
             "GET",
             f"{row.envd_url}/logs",
             params={"after": after, "limit": JOURNAL_PAGE},
-            headers={"X-Access-Token": row.envd_access_token},
+            headers={ENVD_TOKEN_HEADER: row.envd_access_token},
         ) as response:
             if response.status_code != 200:
                 raise Unreachable(f"sandbox '{row.id}' answered {response.status_code}")
