@@ -29,6 +29,7 @@ from emberbox.server.proxy.app import SandboxProxy
 from emberbox.server.proxy.resolver import Paused, SandboxResolver
 from emberbox.server.proxy.responses import sandbox_paused
 from emberbox.server.testing import ServerProcess
+from emberbox.signed_urls import sign
 from emberbox.vocabulary import ENVD_PORT
 from tests import background_counter
 from tests.api.conftest import Running, point_sdks_at
@@ -467,8 +468,8 @@ async def test_the_proxy_answers_what_a_failed_wake_left(lifecycle_plane: Plane)
         return Woken(False)
 
     proxy = SandboxProxy(SandboxResolver(plane.service.sessions), wake)
-    assert await proxy._locate(killed) is None
-    left = await proxy._locate(files_only)
+    assert await proxy._locate(killed, lambda _: None) is None
+    left = await proxy._locate(files_only, lambda _: None)
     assert isinstance(left, Paused) and left.auto_resume is False
     await plane.service.kill(plane.who, files_only)
 
@@ -491,4 +492,62 @@ async def test_a_wake_the_team_limit_refuses_says_why(lifecycle_plane: Plane) ->
     assert (await _row(plane, row.id)).state == "paused"
     await plane.service.kill(plane.who, other.id)
     assert (await plane.service.wake(row.id)).running is True
+    await plane.service.kill(plane.who, row.id)
+
+
+async def test_envd_s_port_wakes_a_sandbox_only_for_a_request_envd_would_serve(
+    lifecycle_plane: Plane,
+) -> None:
+    """Through envd's port, a paused ``auto_resume`` sandbox wakes only for a request carrying
+    its envd access token or a valid signed file URL: anyone else gets a 401 and it stays
+    paused (a wake restarts its lifetime and counts against its team's limits). Its other,
+    public ports wake it for anyone, as E2B's."""
+    plane = lifecycle_plane
+    req = CreateRequest("base", 60, auto_pause=True, auto_resume=True)
+    row = await plane.service.create(plane.who, req)
+    token = row.envd_access_token
+    woken: list[str] = []
+
+    async def wake(sandbox_id: str) -> Woken:
+        woken.append(sandbox_id)
+        return await plane.service.wake(sandbox_id)
+
+    resolver = SandboxResolver(plane.service.sessions)
+    plane.service.on_gone = resolver.forget  # as the server wires them: a pause is seen at once
+    proxy = SandboxProxy(resolver, wake)
+    routing = {"E2b-Sandbox-Id": row.id, "E2b-Sandbox-Port": str(ENVD_PORT)}
+    expires = int(time.time()) + 60
+    read = sign("/home/user/f", "read", "user", token, expires)
+    signed = {"path": "/home/user/f", "username": "user", "signature": read,
+              "signature_expiration": str(expires)}  # fmt: skip
+    refused: list[tuple[str, str, dict[str, str], dict[str, str]]] = [
+        ("GET", "/health", {}, {}),
+        ("GET", "/health", {"X-Access-Token": "wrong"}, {}),
+        ("POST", "/process.Process/List", {"X-Access-Token": token[:-1]}, {}),
+        ("GET", "/files", {}, {**signed, "signature": read[:-2] + "AA"}),
+        ("POST", "/files", {}, signed),  # signed for reading, not writing
+        ("GET", "/files", {}, {**signed, "path": "/home/user/other"}),
+        ("GET", "/files", {}, {**signed, "signature_expiration": str(expires - 120)}),
+        ("GET", "/health", {}, signed),  # a signature opens envd's files only
+    ]
+    transport = httpx.ASGITransport(app=proxy)
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
+        for method, path, headers, params in refused:
+            await plane.service.pause(plane.who, row.id)
+            r = await client.request(method, path, headers={**routing, **headers}, params=params)
+            assert r.status_code == 401, (method, path, headers, params, r.text)
+            assert r.json()["code"] == 401 and "X-Access-Token" in r.json()["message"]
+            assert (await plane.state(row.id), woken) == ("paused", [])
+            await plane.service.wake(row.id)  # let the next case pause it afresh
+        for headers, params in (({"X-Access-Token": token}, {}), ({}, signed)):
+            await plane.service.pause(plane.who, row.id)
+            path = "/files" if params else "/health"
+            r = await client.get(path, headers={**routing, **headers}, params=params)
+            assert r.status_code != 401, r.text  # the fake envd has no /files: a 404
+            assert (await plane.state(row.id), woken) == ("running", [row.id])
+            woken.clear()
+        # a request to envd's port of a running sandbox is envd's to judge, as before
+        r = await client.get("/health", headers=routing)
+        assert r.status_code == 204 and woken == []
+    await proxy.aclose()
     await plane.service.kill(plane.who, row.id)

@@ -48,6 +48,7 @@ class Route:
     envd_url: str | None
     host_address: str | None
     traffic_access_token: str | None
+    envd_access_token: str
     mask_request_host: str | None
     auto_resume: bool
     pause_mode: str | None
@@ -66,6 +67,7 @@ async def route(s: AsyncSession, sandbox_id: str) -> Route | None:
                 Sandbox.envd_url,
                 Sandbox.host_address,
                 Sandbox.traffic_access_token,
+                Sandbox.envd_access_token,
                 Sandbox.mask_request_host,
                 Sandbox.auto_resume,
                 Sandbox.pause_mode,

@@ -11,14 +11,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import httpx
-from starlette.datastructures import Headers
+from starlette.datastructures import Headers, QueryParams
 from starlette.types import Receive, Scope, Send
 
-from ...vocabulary import ENVD_PORT, TRAFFIC_TOKEN_HEADER
+from ...signed_urls import FILES_PATH, refusal
+from ...vocabulary import ENVD_PORT, ENVD_TOKEN_HEADER, TRAFFIC_TOKEN_HEADER
 from .http import forward_http, quiet_deliberate_aborts, upstream_client
 from .resolver import Location, Paused, SandboxResolver
 from .responses import (
     bad_route,
+    envd_credentials_missing,
     sandbox_not_found,
     sandbox_paused,
     send_json,
@@ -37,6 +39,14 @@ PROCESS_STREAMS = frozenset({"/process.Process/Start", "/process.Process/Connect
 SETTLE_S = 1.0
 # How long a new one waits for a checkpoint under way (a pause of a few GiB takes seconds).
 HOLD_S = 30.0
+
+
+@dataclasses.dataclass(frozen=True)
+class _EnvdRefuses:
+    """A paused sandbox traffic may wake, asked through envd's port by a request envd would
+    refuse once awake: it is not woken (``reason``, envd's words for the refusal)."""
+
+    reason: str
 
 
 class SandboxProxy:
@@ -151,7 +161,14 @@ class SandboxProxy:
         stream = target.port == ENVD_PORT and scope["path"] in PROCESS_STREAMS
         if stream and self._holds[target.sandbox_id]:
             await self._until(lambda: not self._holds[target.sandbox_id], HOLD_S)
-        found = await self._locate(target.sandbox_id)
+        found = await self._locate(target.sandbox_id, _wake_refusal(target, scope, headers))
+        if isinstance(found, _EnvdRefuses):
+            body = envd_credentials_missing(target.sandbox_id, target.port, found.reason)
+            if ws:
+                await deny(scope, send, 401, body)
+            else:
+                await send_json(send, 401, body)
+            return
         if not isinstance(found, Location):
             if isinstance(found, Paused):
                 woke = found.auto_resume and bool(self.wake)
@@ -183,7 +200,7 @@ class SandboxProxy:
         """Whether the request may reach the port: envd's always (it checks its own token),
         others unless the sandbox is private and the request lacks its traffic token. Checked
         before anything else, so a request without it cannot wake a paused sandbox through
-        those ports (one to envd's port can: docs/network.md, known gap)."""
+        those ports (envd's port has its own check before a wake: :func:`_wake_refusal`)."""
         if target.port == ENVD_PORT:
             return True
         found = await self.resolver.lookup(target.sandbox_id)
@@ -193,12 +210,17 @@ class SandboxProxy:
         presented = headers.get(TRAFFIC_TOKEN_HEADER, "")
         return hmac.compare_digest(presented.encode(), token.encode())
 
-    async def _locate(self, sandbox_id: str) -> Location | Paused | None:
+    async def _locate(
+        self, sandbox_id: str, refusal_of: Callable[[Paused], str | None]
+    ) -> Location | Paused | _EnvdRefuses | None:
         """Where the sandbox answers; a paused one that traffic may wake is resumed first
-        (the caller sees only the resume's delay)."""
+        (the caller sees only the resume's delay), unless ``refusal_of`` says why this
+        request may not wake it."""
         found = await self.resolver.lookup(sandbox_id)
         if not isinstance(found, Paused) or not found.auto_resume or self.wake is None:
             return found
+        if (reason := refusal_of(found)) is not None:
+            return _EnvdRefuses(reason)
         woken = await self.wake(sandbox_id)
         if not woken.running:
             # As the wake left it: killed meanwhile (not found), paused for good (a pause it
@@ -218,6 +240,21 @@ class SandboxProxy:
                 await self.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def _wake_refusal(target: Target, scope: Scope, headers: Headers) -> Callable[[Paused], str | None]:
+    """Why this request may not wake a paused sandbox, None when it may. Through envd's port,
+    only a request envd would serve once awake: one carrying its access token, or a valid
+    signed URL to its files. Otherwise anyone who knew the sandbox's address could resume it,
+    restarting its lifetime and counting it against its team's limits. Its other ports: any
+    request that got past their traffic token (:meth:`SandboxProxy._admitted`)."""
+    if target.port != ENVD_PORT:
+        return lambda _: None
+    presented = headers.get(ENVD_TOKEN_HEADER)
+    signed = scope["path"] == FILES_PATH and scope["type"] == "http"
+    query = QueryParams(scope["query_string"]) if signed else QueryParams()
+    method = scope.get("method", "")
+    return lambda p: None if not p.envd_token else refusal(p.envd_token, presented, method, query)
 
 
 __all__ = ["SandboxProxy"]

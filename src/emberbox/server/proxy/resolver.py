@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -51,10 +51,12 @@ class Location:
 @dataclass(frozen=True)
 class Paused:
     """The sandbox exists but is paused (or pausing, or resuming); ``auto_resume`` says whether
-    traffic may wake it."""
+    traffic may wake it; through envd's port, only traffic carrying ``envd_token`` (or a URL
+    signed with it) may."""
 
     auto_resume: bool
     traffic_token: str | None = None
+    envd_token: str = field(default="", repr=False)
     refused: str | None = None  # why traffic could not wake it, once that was tried
 
 
@@ -96,7 +98,8 @@ class SandboxResolver:
             row = await q.route(s, sandbox_id)
         if row is not None and row.state in _ASLEEP:
             # never cached: it may wake
-            return Paused(auto_resume=row.wakeable, traffic_token=row.traffic_access_token)
+            return Paused(auto_resume=row.wakeable, traffic_token=row.traffic_access_token,
+                          envd_token=row.envd_access_token)  # fmt: skip
         if self._forgotten_at.get(sandbox_id, -1) >= asked_at:
             return None  # it started dying while we looked it up
         if row is None or row.state != State.RUNNING or not row.envd_url or not row.host_address:

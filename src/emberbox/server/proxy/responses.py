@@ -7,7 +7,7 @@ from typing import Any
 
 from starlette.types import Send
 
-from ...vocabulary import TRAFFIC_TOKEN_HEADER
+from ...vocabulary import ENVD_TOKEN_HEADER, TRAFFIC_TOKEN_HEADER
 
 NOT_FOUND = "The sandbox was not found"
 # E2B's proxy answers a paused sandbox 409 "The sandbox is paused"; both official SDKs treat only
@@ -48,6 +48,16 @@ def traffic_token_missing(sandbox_id: str, port: int) -> dict[str, Any]:
         "sandboxId": sandbox_id,
         "message": f"this sandbox's ports are private: send its traffic access token in the "
         f"{TRAFFIC_TOKEN_HEADER} header",
+        "port": port,
+        "code": 401,
+    }
+
+
+def envd_credentials_missing(sandbox_id: str, port: int, reason: str) -> dict[str, Any]:
+    return {
+        "sandboxId": sandbox_id,
+        "message": f"the sandbox is paused, and a request to envd wakes it only with its access "
+        f"token in the {ENVD_TOKEN_HEADER} header or a valid signed file URL: {reason}",
         "port": port,
         "code": 401,
     }
