@@ -18,6 +18,7 @@ from emberbox.server.lifecycle.errors import GuestUnhealthy, NodeFailed
 from emberbox.server.lifecycle.service import CreateRequest
 from emberbox.server.lifecycle.snapshots import SnapshotService
 from emberbox.server.lifecycle.states import State
+from tests.node.fake_runtime import FILES_BYTES, MEMORY_BYTES
 
 from .conftest import Plane
 
@@ -259,6 +260,55 @@ async def test_an_end_time_pause_the_node_saved_but_answered_failed_is_kept_paus
     monkeypatch.setattr(plane.service.node, "pause", real)
     _, resumed = await plane.service.connect(plane.who, row.id, 60)
     assert resumed and await plane.state(row.id) == "running"
+
+
+@pytest.mark.parametrize("keep_memory", [True, False])
+async def test_a_user_pause_the_node_saved_but_answered_failed_is_recorded_paused(
+    plane: Plane, monkeypatch: pytest.MonkeyPatch, keep_memory: bool
+) -> None:
+    """As at the end time: ``sandbox.pause()`` whose node saved the sandbox and then failed
+    finds it paused on the node, records it so, with the disk it takes and what was kept
+    (only its files: traffic must not wake it), and answers the pause done. It was put back
+    to running while the node held it paused (until a reconciliation)."""
+    plane.service.facts.capabilities.filesystem_pause = True
+    req = CreateRequest("base", 600, auto_pause=True, auto_resume=True)
+    row = await plane.service.create(plane.who, req)
+    real = plane.service.node.pause
+
+    async def saved_then_failed(*args: object, **kwargs: object) -> object:
+        await real(*args, **kwargs)  # type: ignore[arg-type]
+        raise NodeError(Code.INTERNAL, "saving the node's record failed: disk full")
+
+    monkeypatch.setattr(plane.service.node, "pause", saved_then_failed)
+    await plane.service.pause(plane.who, row.id, keep_memory=keep_memory)
+    async with plane.service.sessions() as s:
+        paused = await q.get(s, row.id)
+        route = await q.route(s, row.id)
+    assert paused is not None and route is not None
+    assert paused.state == "paused"
+    assert paused.pause_mode == ("full" if keep_memory else "filesystem")
+    assert paused.paused_bytes == (MEMORY_BYTES if keep_memory else FILES_BYTES)
+    assert route.wakeable is keep_memory
+    monkeypatch.setattr(plane.service.node, "pause", real)
+    _, resumed = await plane.service.connect(plane.who, row.id, 60)
+    assert resumed and await plane.state(row.id) == "running"
+
+
+async def test_reconciliation_records_a_files_only_pause_as_files_only(plane: Plane) -> None:
+    """A running row whose node holds it paused with only its files (a files-only pause
+    whose answer never came back, say) is recorded paused ``filesystem``: traffic must not
+    wake it, and a resume boots it afresh. It was recorded as keeping its memory."""
+    plane.service.facts.capabilities.filesystem_pause = True
+    req = CreateRequest("base", 600, auto_pause=True, auto_resume=True)
+    row = await plane.service.create(plane.who, req)
+    await plane.service.node.pause(row.id, memory=False)
+    await plane.reaper.reconcile()
+    async with plane.service.sessions() as s:
+        paused = await q.get(s, row.id)
+        route = await q.route(s, row.id)
+    assert paused is not None and route is not None
+    assert (paused.state, paused.pause_mode, route.wakeable) == ("paused", "filesystem", False)
+    await plane.service.kill(plane.who, row.id)
 
 
 async def test_reconciliation_leaves_a_pause_under_way_to_its_caller(plane: Plane) -> None:

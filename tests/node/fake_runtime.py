@@ -34,6 +34,9 @@ from emberbox.runtimes.base import (
     SnapshotRef,
 )
 
+MEMORY_BYTES = 4096  # what a fake pause says its saved memory takes
+FILES_BYTES = 1024  # and a files-only pause its files
+
 
 class _Envd:
     """Answers /health and /init like envd (once a token is set, only its holder may /init
@@ -130,6 +133,7 @@ class FakeRuntime(Runtime):
         # Paused sandboxes keep their processes, as gVisor's for a fast resume (kept.py):
         # they report activity and can be offloaded.
         self.keeps_paused = False
+        self.files_only: set[str] = set()  # paused keeping only files: a resume reboots them
         self.offload_error: Exception | None = None
         self.offload_steps: collections.Counter[str] = collections.Counter()
         # What ``activity`` reports; None: the runtime cannot tell (nothing is idle).
@@ -240,8 +244,7 @@ class FakeRuntime(Runtime):
         return SandboxStats(2, 1.0, 1, 2, 3, 4)
 
     async def pause(self, sandbox_id: str, memory: bool = True) -> int:
-        if not memory:
-            raise CapabilityMissing("the fake runtime keeps no files apart from memory")
+        """Returns ``MEMORY_BYTES`` saved, or without ``memory`` ``FILES_BYTES``."""
         self.bad_thaws += sandbox_id in self.offloading
         await asyncio.sleep(self.pause_delay_s)
         sandbox = self.sandboxes[sandbox_id]
@@ -251,16 +254,22 @@ class FakeRuntime(Runtime):
             sandbox.sandbox_id, sandbox.template_id, sandbox.address, sandbox.envd_port,
             SandboxStatus.PAUSED,
         )  # fmt: skip
-        return 4096  # what its saved memory would take
+        if not memory:
+            self.files_only.add(sandbox_id)
+            return FILES_BYTES
+        return MEMORY_BYTES
 
     async def resume(self, sandbox_id: str, memory: bool = True) -> RuntimeSandbox:
-        if not memory:
-            raise CapabilityMissing("the fake runtime cannot boot from files")
+        """Without ``memory``, or paused without it, it comes back ``rebooted`` (its fake
+        envd goes on answering: nothing of it is lost here)."""
         await asyncio.sleep(self.resume_delay_s)
         sandbox = self.sandboxes[sandbox_id]
+        rebooted = not memory or sandbox_id in self.files_only
+        self.files_only.discard(sandbox_id)
         self.sandboxes[sandbox_id] = RuntimeSandbox(
-            sandbox.sandbox_id, sandbox.template_id, sandbox.address, sandbox.envd_port
-        )
+            sandbox.sandbox_id, sandbox.template_id, sandbox.address, sandbox.envd_port,
+            rebooted=rebooted,
+        )  # fmt: skip
         return self.sandboxes[sandbox_id]
 
     async def cleanup_orphans(self, keep: Sequence[str]) -> builtins.list[str]:

@@ -19,7 +19,7 @@ from emberbox.node.orchestrator import BootFailed, Orchestrator
 from emberbox.runtimes.base import SandboxSpec, SandboxStatus
 from emberbox.vocabulary import new_sandbox_id
 
-from .fake_runtime import FakeRuntime
+from .fake_runtime import FILES_BYTES, MEMORY_BYTES, FakeRuntime
 
 
 def _spec(sandbox_id: str | None = None) -> pb.SandboxSpec:
@@ -118,15 +118,43 @@ async def test_paused_sandbox_is_never_killed_by_the_node(tmp_path: Path) -> Non
         await asyncio.sleep(0.3)  # many dead checks
         (held,) = (await node.list()).sandboxes
         assert held.status == pb.SANDBOX_STATUS_PAUSED
-        assert held.paused_bytes == 4096  # the disk its pause saved (the fake's figure)
+        assert held.paused_bytes == MEMORY_BYTES  # the disk its pause saved (the fake's)
         await node.close()
         node = EmbeddedNode(runtime, tmp_path, dead_check_every_s=0.01)
         await node.start()  # a restarted node still tells it
         (held,) = (await node.list()).sandboxes
-        assert (held.status, held.paused_bytes) == (pb.SANDBOX_STATUS_PAUSED, 4096)
+        assert (held.status, held.paused_bytes) == (pb.SANDBOX_STATUS_PAUSED, MEMORY_BYTES)
         resumed = (await node.resume(sandbox.sandbox_id, "t0k")).sandbox
         assert resumed.status == pb.SANDBOX_STATUS_RUNNING and not runtime.teardowns
         assert resumed.paused_bytes == 0
+    finally:
+        await node.close()
+
+
+async def test_the_listing_tells_a_files_only_pause_even_after_a_restart(tmp_path: Path) -> None:
+    """A control plane that never got a pause's answer learns from the listing what it kept:
+    only the files (a resume boots afresh, traffic must not wake it) or the memory too."""
+    runtime = FakeRuntime()
+    node = EmbeddedNode(runtime, tmp_path, dead_check_every_s=0)
+    await node.start()
+    try:
+        files, memory = await node.create(_spec()), await node.create(_spec())
+        await node.pause(files.sandbox_id, memory=False)
+        await node.pause(memory.sandbox_id)
+        for restarted in (False, True):
+            if restarted:
+                await node.close()
+                node = EmbeddedNode(runtime, tmp_path, dead_check_every_s=0)
+                await node.start()
+            held = {h.sandbox_id: h for h in (await node.list()).sandboxes}
+            kept = {sid: (h.files_only, h.paused_bytes) for sid, h in held.items()}
+            assert kept == {files.sandbox_id: (True, FILES_BYTES),
+                            memory.sandbox_id: (False, MEMORY_BYTES)}  # fmt: skip
+        resumed = (await node.resume(files.sandbox_id, "tok")).sandbox  # (its create's token)
+        assert resumed.status == pb.SANDBOX_STATUS_RUNNING and not resumed.files_only
+        await node.pause(files.sandbox_id)  # with its memory this time
+        (again,) = [h for h in (await node.list()).sandboxes if h.sandbox_id == files.sandbox_id]
+        assert (again.files_only, again.paused_bytes) == (False, MEMORY_BYTES)
     finally:
         await node.close()
 

@@ -447,7 +447,7 @@ class Orchestrator:
         async with self._locks.hold(sandbox_id):
             record = self._get(sandbox_id)
             size = await self.runtime.pause(sandbox_id, memory=memory)
-            record.state, record.paused_bytes = "paused", size
+            record.state, record.paused_bytes, record.kept_memory = "paused", size, memory
             self.offloader.forget(sandbox_id)  # processes it keeps count idle from the pause
             self.records.save(record)
             return size
@@ -472,6 +472,7 @@ class Orchestrator:
                     with contextlib.suppress(Exception):
                         size = await self.runtime.pause(sandbox_id, memory=False)
                         record.paused_bytes = size  # (what it saved this time)
+                        record.kept_memory = False
                         self.records.save(record)
                     raise
             else:
@@ -499,7 +500,7 @@ class Orchestrator:
                             sandbox_id, memory, exc)  # fmt: skip
                 continue
             if (record := self._held.get(sandbox_id)) is not None:
-                record.paused_bytes = size  # (what it saved this time)
+                record.paused_bytes, record.kept_memory = size, memory  # (what it saved now)
                 self.records.save(record)
             return
         log.error("sandbox %s: nothing of it could be saved again; stopping it", sandbox_id)
@@ -523,7 +524,7 @@ class Orchestrator:
             try:
                 sandbox = await self.runtime.restore(sandbox_id, snapshot)
             except BaseException:
-                await self._after_failed_restore(record)
+                await self._after_failed_restore(record, snapshot.memory)
                 raise
             try:
                 await self._serving(sandbox)
@@ -538,10 +539,14 @@ class Orchestrator:
             self.records.save(record)
             return record
 
-    async def _after_failed_restore(self, record: SandboxRecord) -> None:
+    async def _after_failed_restore(
+        self, record: SandboxRecord, at_snapshot_memory: bool | None = None
+    ) -> None:
         """Record where a rollback that failed left the sandbox (under its lock): paused at
         its snapshot (the gVisor runtime does that), with the disk that takes, so a resume
-        tries again; released if the runtime lost it; else it runs on as it was."""
+        tries again; released if the runtime lost it; else it runs on as it was.
+        ``at_snapshot_memory``: whether that snapshot kept memory (None: paused again after
+        the rollback, as the record already says)."""
         sandbox_id = record.sandbox_id
         try:
             held = {s.sandbox_id: s for s in await self.runtime.list()}
@@ -551,6 +556,8 @@ class Orchestrator:
         view = held.get(sandbox_id)
         if view is not None and view.status is SandboxStatus.PAUSED:
             record.state, record.paused_bytes = "paused", view.paused_bytes
+            if at_snapshot_memory is not None:
+                record.kept_memory = at_snapshot_memory
             self.offloader.forget(sandbox_id)
             self.records.save(record)
         elif view is None or view.status is SandboxStatus.STOPPED:

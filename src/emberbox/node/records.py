@@ -25,6 +25,9 @@ class SandboxRecord:
     # Disk what its pause saved takes, while it is paused: the node's listing carries it, so a
     # control plane that never got the pause's answer (a crash, a lost reply) still counts it.
     paused_bytes: int = 0
+    # While it is paused: whether its memory was kept (a resume continues its processes), or
+    # only its files (a resume boots it afresh). The listing carries it, for the same reason.
+    kept_memory: bool = True
     envd_url: str = ""
     host: str = ""
     envd_version: str = ""

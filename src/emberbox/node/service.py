@@ -77,6 +77,7 @@ def _sandbox(record: SandboxRecord) -> pb.Sandbox:
         envd_version=record.envd_version or ENVD_VERSION,
         status=status,
         paused_bytes=record.paused_bytes if record.state == "paused" else 0,
+        files_only=record.state == "paused" and not record.kept_memory,
     )
 
 

@@ -172,7 +172,7 @@ class Snapshot(_message.Message):
     def __init__(self, snapshot_id: _Optional[str] = ..., runtime: _Optional[str] = ..., path: _Optional[str] = ..., template_id: _Optional[str] = ..., access_token: _Optional[str] = ..., size_bytes: _Optional[int] = ..., filesystem_only: _Optional[bool] = ...) -> None: ...
 
 class Sandbox(_message.Message):
-    __slots__ = ("sandbox_id", "template_id", "envd_url", "host", "envd_version", "status", "paused_bytes")
+    __slots__ = ("sandbox_id", "template_id", "envd_url", "host", "envd_version", "status", "paused_bytes", "files_only")
     SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
     TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
     ENVD_URL_FIELD_NUMBER: _ClassVar[int]
@@ -180,6 +180,7 @@ class Sandbox(_message.Message):
     ENVD_VERSION_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     PAUSED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FILES_ONLY_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     template_id: str
     envd_url: str
@@ -187,7 +188,8 @@ class Sandbox(_message.Message):
     envd_version: str
     status: SandboxStatus
     paused_bytes: int
-    def __init__(self, sandbox_id: _Optional[str] = ..., template_id: _Optional[str] = ..., envd_url: _Optional[str] = ..., host: _Optional[str] = ..., envd_version: _Optional[str] = ..., status: _Optional[_Union[SandboxStatus, str]] = ..., paused_bytes: _Optional[int] = ...) -> None: ...
+    files_only: bool
+    def __init__(self, sandbox_id: _Optional[str] = ..., template_id: _Optional[str] = ..., envd_url: _Optional[str] = ..., host: _Optional[str] = ..., envd_version: _Optional[str] = ..., status: _Optional[_Union[SandboxStatus, str]] = ..., paused_bytes: _Optional[int] = ..., files_only: _Optional[bool] = ...) -> None: ...
 
 class CreateRequest(_message.Message):
     __slots__ = ("spec",)

@@ -30,7 +30,6 @@ from ...egress import EgressProxy, HeaderRule
 from ...envd_client import EnvdClient, sandbox_http
 from ...node.client import (
     NodeClient,
-    NodeConflict,
     NodeError,
     NodeFull,
     NodeSandboxNotFound,
@@ -891,10 +890,11 @@ class SandboxService:
         return True
 
     async def _paused_meanwhile(self, sandbox_id: str, failed: BaseException) -> pb.Sandbox | None:
-        """The sandbox as its node holds it, if a pause failed because it is paused already:
-        a rollback that failed while the pause waited for it left it paused at its
-        snapshot. None otherwise."""
-        if not isinstance(failed, NodeConflict):
+        """The sandbox as its node holds it, if it holds it paused although the pause failed:
+        a rollback that failed while the pause waited for it left it paused at its snapshot
+        (a conflict), or the node saved it and then failed (to record it, say). None
+        otherwise: a pause that failed without the node's answer leaves nothing to ask."""
+        if not isinstance(failed, NodeError):
             return None
         try:
             return await self.node_paused(sandbox_id)
@@ -1079,7 +1079,7 @@ class SandboxService:
         async with self.sessions.begin() as s:
             moved = await q.set_state(s, sandbox_id, [was], State.PAUSED,
                                       paused_bytes=held.paused_bytes,
-                                      pause_mode=_pause_mode(True))  # fmt: skip
+                                      pause_mode=_pause_mode(not held.files_only))  # fmt: skip
         if moved:
             self.on_gone(sandbox_id)  # (the proxy forgets where it ran)
             log.warning("sandbox %s recorded paused, as its node holds it", sandbox_id)
