@@ -13,9 +13,11 @@ import pytest
 from emberbox._connect.errors import Code
 from emberbox.node.client import EmbeddedNode, NodeError, NodeUnavailable
 from emberbox.server.db import sandboxes as q
+from emberbox.server.db import snapshots as snapshot_rows
 from emberbox.server.db.models import utcnow
+from emberbox.server.lifecycle import snapshots as snapshots_module
 from emberbox.server.lifecycle.errors import GuestUnhealthy, NodeFailed
-from emberbox.server.lifecycle.service import CreateRequest
+from emberbox.server.lifecycle.service import CreateRequest, snapshot_message
 from emberbox.server.lifecycle.snapshots import SnapshotService
 from emberbox.server.lifecycle.states import State
 from tests.node.fake_runtime import FILES_BYTES, MEMORY_BYTES
@@ -382,6 +384,68 @@ async def test_a_fork_whose_checkpoint_delete_was_lost_deletes_it_at_reconciliat
     monkeypatch.setattr(plane.service.node, "delete_snapshot", real)
     await plane.reaper.reconcile()
     assert list(await plane.service.node.list_snapshots()) == []
+
+
+async def test_a_snapshot_delete_the_node_failed_is_retried_however_long_it_stays_down(
+    snapshotting_plane: Plane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The row is gone and the node failed the delete: the checkpoint is deleted once the
+    node answers, also after ``UNTRACKED_LOOK_S`` (it was forgotten then, and stayed on the
+    node's disk, hidden from every list, until the server's next start). One the node no
+    longer lists is no longer looked for."""
+    plane = snapshotting_plane
+    service = SnapshotService(plane.service)
+    row = await plane.service.create(plane.who, CreateRequest("base", 600))
+    kept, vanished = [await service.create(plane.who, row.id) for _ in range(2)]
+    node = plane.service.node
+    real_delete, real_list = node.delete_snapshot, node.list_snapshots
+
+    async def fails(*args: object, **kwargs: object) -> None:
+        raise NodeError(Code.INTERNAL, "removing the checkpoint failed: device busy")
+
+    async def down(*args: object, **kwargs: object) -> None:
+        raise NodeUnavailable(Code.UNAVAILABLE, "node at http://node: connection refused")
+
+    monkeypatch.setattr(node, "delete_snapshot", fails)
+    monkeypatch.setattr(snapshots_module, "UNTRACKED_LOOK_S", 0.0)  # as if long down
+    for snapshot in (kept, vanished):
+        await service.delete(plane.who, snapshot.id)
+    assert {s.snapshot_id for s in await node.list_snapshots()} == {kept.id, vanished.id}
+    monkeypatch.setattr(node, "list_snapshots", down)
+    await plane.reaper.reconcile()  # the node down: nothing is learnt, nothing forgotten
+    monkeypatch.setattr(node, "list_snapshots", real_list)
+    monkeypatch.setattr(node, "delete_snapshot", real_delete)
+    await real_delete(snapshot_message(vanished))  # (removed by hand meanwhile, say)
+    await plane.reaper.reconcile()
+    assert list(await node.list_snapshots()) == []
+    assert plane.service.untracked_snapshots == {}
+
+
+async def test_a_snapshot_whose_row_was_not_written_is_deleted_at_reconciliation(
+    snapshotting_plane: Plane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node took the checkpoint and the database then failed: the caller gets the error,
+    and the checkpoint no row names is deleted (it stayed on the node's disk, hidden from
+    every list, until the server's next start)."""
+    plane = snapshotting_plane
+    service = SnapshotService(plane.service)
+    row = await plane.service.create(plane.who, CreateRequest("base", 600))
+
+    async def database_fails(*args: object, **kwargs: object) -> int:
+        raise OSError("database is locked")
+
+    monkeypatch.setattr(snapshot_rows, "bytes_used", database_fails)
+    with pytest.raises(OSError, match="database is locked"):
+        await service.create(plane.who, row.id, "named")
+    monkeypatch.undo()
+    assert len(await plane.service.node.list_snapshots()) == 1
+    await plane.reaper.reconcile()
+    assert list(await plane.service.node.list_snapshots()) == []
+    assert await plane.state(row.id) == "running"
+    # a snapshot whose row was written is never taken for one of these
+    named = await service.create(plane.who, row.id, "named")
+    await plane.reaper.reconcile()
+    assert [s.snapshot_id for s in await plane.service.node.list_snapshots()] == [named.id]
 
 
 async def test_a_resume_that_fails_after_the_sandbox_ran_records_what_was_saved_again(

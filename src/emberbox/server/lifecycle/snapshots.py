@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import logging
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -128,7 +129,7 @@ class SnapshotService:
             raise Conflict(f"sandbox '{sandbox_id}' is not running: {e.message}") from e
         except NodeError as e:
             if answer_lost(e):
-                lose_track(self.sandboxes, snapshot_id)  # taken anyway, it has no row
+                lose_track(self.sandboxes, snapshot_id, saving=True)  # taken anyway: no row
                 raise NodeFailed(
                     f"snapshot of '{sandbox_id}': the node did not answer ({e}); no snapshot "
                     "was recorded"
@@ -156,17 +157,24 @@ class SnapshotService:
             internal=internal,
             created_at=utcnow(),
         )
-        async with self._quota, self._sessions.begin() as s:
-            used = await snaps.bytes_used(s, who.team_id)
-            used += await paused_bytes_used(s, who.team_id)
-            over = self.max_bytes_per_team and used + ref.size_bytes > self.max_bytes_per_team
-            if not over:
-                if name is not None:  # a newer snapshot takes the name over (E2B's rule)
-                    for older in await snaps.list_page(
-                        s, who.team_id, source_sandbox_id=None, name=name, limit=1000
-                    ):
-                        older.name = None
-                s.add(snapshot)
+        try:
+            async with self._quota, self._sessions.begin() as s:
+                used = await snaps.bytes_used(s, who.team_id)
+                used += await paused_bytes_used(s, who.team_id)
+                over = self.max_bytes_per_team and used + ref.size_bytes > self.max_bytes_per_team
+                if not over:
+                    if name is not None:  # a newer snapshot takes the name over (E2B's rule)
+                        for older in await snaps.list_page(
+                            s, who.team_id, source_sandbox_id=None, name=name, limit=1000
+                        ):
+                            older.name = None
+                    s.add(snapshot)
+        except BaseException:
+            # Taken, but its row was not written (the database failed, or the call was
+            # cancelled): the reconciliation deletes it, unless a row names it after all (a
+            # commit whose answer was lost), rather than leave it hidden on the node's disk.
+            lose_track(self.sandboxes, snapshot_id, saving=False)
+            raise
         if over:
             await self._delete_on_node(snapshot)
             raise QuotaExceeded(
@@ -402,7 +410,7 @@ async def _delete_on_node(sandboxes: SandboxService, snapshot: pb.Snapshot) -> b
         await sandboxes.node.delete_snapshot(snapshot)
     except NodeError:
         log.exception("deleting snapshot %s on its node failed", snapshot.snapshot_id)
-        lose_track(sandboxes, snapshot.snapshot_id)
+        lose_track(sandboxes, snapshot.snapshot_id, saving=False)
         return False
     return True
 
@@ -412,12 +420,17 @@ async def _delete_on_node(sandboxes: SandboxService, snapshot: pb.Snapshot) -> b
 UNTRACKED_LOOK_S = 600.0
 
 
-def lose_track(sandboxes: SandboxService, snapshot_id: str) -> None:
+def lose_track(sandboxes: SandboxService, snapshot_id: str, *, saving: bool) -> None:
     """``snapshot_id`` may be on the node with no row naming it: a save whose answer was lost
-    (taken or not), or a checkpoint whose delete did not reach the node. Reconciliation
-    deletes it there (``remove_untracked_snapshots``) rather than leaving it, hidden from
-    every list, on the node's disk until the server's next start."""
-    sandboxes.untracked_snapshots[snapshot_id] = time.monotonic() + UNTRACKED_LOOK_S
+    (taken or not), a save whose row was not written, or a checkpoint whose delete did not
+    reach the node. Reconciliation deletes it there (``remove_untracked_snapshots``) rather
+    than leaving it, hidden from every list, on the node's disk until the server's next start.
+
+    ``saving``: a save that may still be under way, looked for ``UNTRACKED_LOOK_S`` (its
+    checkpoint is listed only once complete). Else the checkpoint is complete, and is looked
+    for until a listing no longer shows it, however long the node stays unreachable."""
+    until = time.monotonic() + UNTRACKED_LOOK_S if saving else math.inf
+    sandboxes.untracked_snapshots[snapshot_id] = until
 
 
 async def remove_untracked_snapshots(sandboxes: SandboxService) -> list[str]:
@@ -432,9 +445,13 @@ async def remove_untracked_snapshots(sandboxes: SandboxService) -> list[str]:
     if not looking:
         return []
     try:
-        held = [s for s in await sandboxes.node.list_snapshots() if s.snapshot_id in looking]
+        listed = await sandboxes.node.list_snapshots()
     except NodeError:  # (down still: the next reconciliation asks again)
         return []
+    held = [s for s in listed if s.snapshot_id in looking]
+    gone = {i for i, until in looking.items() if until == math.inf} - {s.snapshot_id for s in held}
+    for snapshot_id in gone:  # complete, and no longer on the node: nothing to look for
+        del looking[snapshot_id]
     known, deleted = await _delete_unnamed(
         sandboxes, held, "its save's answer or its delete was lost"
     )
