@@ -23,6 +23,8 @@ from emberbox.host.errors import HostError
 from emberbox.host.ports import free_loopback_port
 from emberbox.node.client import NodeUnavailable
 from emberbox.server.db import sandboxes as q
+from emberbox.server.lifecycle import service as lifecycle_service
+from emberbox.server.lifecycle.errors import SandboxFailed
 from emberbox.server.lifecycle.service import CreateRequest, Woken
 from emberbox.server.lifecycle.states import State
 from emberbox.server.proxy.app import SandboxProxy
@@ -550,4 +552,42 @@ async def test_envd_s_port_wakes_a_sandbox_only_for_a_request_envd_would_serve(
         r = await client.get("/health", headers=routing)
         assert r.status_code == 204 and woken == []
     await proxy.aclose()
+    await plane.service.kill(plane.who, row.id)
+
+
+async def test_traffic_leaves_a_sandbox_whose_wake_failed_alone_for_a_while(
+    lifecycle_plane: Plane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wake whose resume failed is not tried again by traffic for ``WAKE_RETRY_S`` (a client
+    retrying in a loop had the node restore the sandbox each time); a connect tries at once,
+    and once it resumed the sandbox, its next pause is woken by traffic at once again."""
+    plane = lifecycle_plane
+    monkeypatch.setattr(lifecycle_service, "WAKE_RETRY_S", 2.0)
+    req = CreateRequest("base", 60, auto_pause=True, auto_resume=True)
+    row = await plane.service.create(plane.who, req)
+    await plane.service.pause(plane.who, row.id)
+    tries: list[str] = []
+    resume = plane.runtime.resume
+
+    async def fails(sandbox_id: str, memory: bool = True) -> object:
+        tries.append(sandbox_id)
+        raise HostError("runsc restore failed: checkpoint file truncated")
+
+    monkeypatch.setattr(plane.runtime, "resume", fails)
+    first = await plane.service.wake(row.id)
+    assert not first.running and first.refused is not None
+    assert "tries again in 2 s" in first.refused and "truncated" not in first.refused
+    again = await asyncio.gather(*(plane.service.wake(row.id) for _ in range(5)))
+    assert again == [first] * 5 and tries == [row.id]
+    assert await plane.state(row.id) == "paused"
+    await asyncio.sleep(2.1)  # the while is over: traffic tries again
+    assert (await plane.service.wake(row.id)).running is False and len(tries) == 2
+    with pytest.raises(SandboxFailed):  # a connect does not wait
+        await plane.service.connect(plane.who, row.id, 60)
+    assert len(tries) == 3
+    monkeypatch.setattr(plane.runtime, "resume", resume)
+    _, resumed = await plane.service.connect(plane.who, row.id, 60)
+    assert resumed and await plane.state(row.id) == "running"
+    await plane.service.pause(plane.who, row.id)
+    assert (await plane.service.wake(row.id)).running is True
     await plane.service.kill(plane.who, row.id)

@@ -18,6 +18,7 @@ import datetime as dt
 import json
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -73,6 +74,9 @@ log = logging.getLogger("emberbox.lifecycle")
 DEFAULT_RESUME_TIMEOUT_S = 300
 # How long a request that wakes a sandbox waits for a pause or resume already under way.
 WAKE_WAIT_S = 60.0
+# How long traffic leaves a sandbox whose wake failed before it tries again (a connect does
+# not wait): a client retrying in a loop would otherwise have the node restore it each time.
+WAKE_RETRY_S = 10.0
 # States a connect or traffic resumes from, once another caller's pause or resume is done.
 _NOT_RUNNING_YET = frozenset({State.PAUSED, State.PAUSING, State.RESUMING})
 # envd's journal (``GET /logs``): 1000 entries a page at most, each a line of its log.
@@ -236,6 +240,8 @@ class SandboxService:
         self.admission = asyncio.Lock()
         # One resume per paused sandbox, however many requests arrive to wake it (see wake).
         self._waking: dict[str, asyncio.Task[Woken]] = {}
+        # Sandboxes whose wake failed, until when traffic does not try again and why.
+        self._wake_failed: dict[str, tuple[float, str]] = {}
         # Pauses and resumes under way in this process, per sandbox: a row left pausing or
         # resuming by none of them (the node's answer was lost) is settled from the node's
         # listing (``Reaper.reconcile``).
@@ -933,6 +939,9 @@ class SandboxService:
         callers share one resume (a task per id, shielded so a caller that gives up does not
         cancel a resume others wait for).
         """
+        failed = self._wake_failed.get(sandbox_id)
+        if failed is not None and failed[0] > time.monotonic():
+            return Woken(False, failed[1])
         task = self._waking.get(sandbox_id)
         if task is None:
             log.info("waking sandbox %s on traffic", sandbox_id)
@@ -963,11 +972,20 @@ class SandboxService:
         except Exception as e:  # refused (the team's limits, the node's memory) or failed
             log.warning("auto-resume of %s failed: %s", sandbox_id, e)
             # A failure's detail is for the log only: anyone who can reach the proxy sees this.
-            refused = str(e) if isinstance(e, QuotaExceeded | NoCapacity) else "its resume failed"
+            if isinstance(e, QuotaExceeded | NoCapacity):  # (asked again at no cost)
+                return Woken(False, str(e))
+            refused = f"its resume failed; traffic tries again in {WAKE_RETRY_S:g} s, a connect now"
+            self._wake_failing(sandbox_id, refused)
             return Woken(False, refused)
         if resumed:
             log.info("sandbox %s resumed by traffic", sandbox_id)
         return Woken(State(row.state) == State.RUNNING)
+
+    def _wake_failing(self, sandbox_id: str, refused: str) -> None:
+        now = time.monotonic()
+        for stale in [i for i, (until, _) in self._wake_failed.items() if until <= now]:
+            del self._wake_failed[stale]
+        self._wake_failed[sandbox_id] = (now + WAKE_RETRY_S, refused)
 
     async def _resume_once_settled(
         self,
@@ -1047,6 +1065,7 @@ class SandboxService:
             )  # fmt: skip
         if not ok:  # killed meanwhile (its kill stops it on the node once this is done)
             raise NotFound(f"sandbox '{row.id}' was killed while it resumed")
+        self._wake_failed.pop(row.id, None)  # (its next pause is woken by traffic at once)
         return row
 
     async def _saved_size(self, sandbox_id: str) -> dict[str, Any]:
