@@ -70,6 +70,39 @@ async def test_half_done_pause_or_resume_settles_on_the_nodes_word(
     assert recovered is not None and recovered.paused_bytes == (4096 if pause_on_node else 0)
 
 
+async def test_a_half_done_pause_settles_as_what_the_node_kept(plane: Plane) -> None:
+    """The row said a memory pause; the node kept only the files (the end time's memory save
+    failed and its files-only pause then got through, say): recorded ``filesystem``, which
+    traffic does not wake. It was recorded as the row said."""
+    plane.service.facts.capabilities.filesystem_pause = True
+    req = CreateRequest("base", 600, auto_pause=True, auto_resume=True)
+    row = await plane.service.create(plane.who, req)
+    await plane.service.node.pause(row.id, memory=False)
+    async with plane.service.sessions.begin() as s:
+        await q.update_fields(s, row.id, [State.RUNNING], state=str(State.PAUSING),
+                              pause_mode="full")  # fmt: skip
+    await plane.reaper.reconcile()
+    async with plane.service.sessions() as s:
+        settled = await q.get(s, row.id)
+        route = await q.route(s, row.id)
+    assert settled is not None and route is not None
+    assert (settled.state, settled.pause_mode, route.wakeable) == ("paused", "filesystem", False)
+    assert settled.paused_bytes == FILES_BYTES
+
+
+async def test_a_settle_changes_only_a_row_still_as_it_was_read(plane: Plane) -> None:
+    """A listing settles a row left resuming: if the row is pausing by then (another switch
+    began since it was read), the listing says nothing of that one and the row is left to it.
+    It was settled from either state."""
+    row = await plane.service.create(plane.who, CreateRequest("base", 600))
+    listing = await plane.service.node.list()
+    await _force(plane, row.id, State.PAUSING)
+    await plane.reaper._settle([row.id], listing, resuming={row.id})  # (read as resuming)
+    assert await plane.state(row.id) == "pausing"
+    await plane.reaper._settle([row.id], listing, resuming=set())  # (read as pausing)
+    assert await plane.state(row.id) == "running"
+
+
 async def test_half_done_pause_of_a_lost_sandbox_is_recorded_as_crashed(plane: Plane) -> None:
     row = await plane.service.create(plane.who, CreateRequest("base", 600))
     await plane.service.node.kill(row.id)  # gone from the node while the server was down

@@ -23,7 +23,7 @@ from ...node.client import NodeError
 from ..db import sandboxes as q
 from ..db.models import utcnow
 from .network import NetworkService
-from .service import DEFAULT_RESUME_TIMEOUT_S, SandboxService
+from .service import DEFAULT_RESUME_TIMEOUT_S, SandboxService, pause_mode_of
 from .snapshots import remove_leftover_snapshots, remove_untracked_snapshots
 from .states import EndReason, State
 
@@ -101,17 +101,20 @@ class Reaper:
             # the end time it had: one cut at that end time is paused by the next tick, a
             # user's pause leaves the lifetime as it was.
             fresh: dict[str, Any] = {}
-            if paused:
-                fresh["paused_bytes"] = sandbox.paused_bytes  # what its quota counts
+            if paused:  # what its quota counts, and what it kept (traffic wakes no files)
+                fresh["paused_bytes"] = sandbox.paused_bytes
+                fresh["pause_mode"] = pause_mode_of(not sandbox.files_only)
             else:
                 fresh["pause_mode"] = None
             if not paused and sid in resuming:
                 fresh["end_at"] = utcnow() + dt.timedelta(seconds=DEFAULT_RESUME_TIMEOUT_S)
+            # Only from the state it was read in: the listing says nothing of a switch since.
+            was = State.RESUMING if sid in resuming else State.PAUSING
             async with self.service.sessions.begin() as s:
                 settled = await q.set_state(
                     s,
                     sid,
-                    [State.PAUSING, State.RESUMING],
+                    [was],
                     State.PAUSED if paused else State.RUNNING,
                     envd_url=sandbox.envd_url,
                     host_address=sandbox.host,

@@ -187,8 +187,8 @@ def snapshot_message(row: Snapshot) -> pb.Snapshot:
     )
 
 
-def _pause_mode(keep_memory: bool) -> str:
-    """E2B's ``pauseMode`` of what a pause kept."""
+def pause_mode_of(keep_memory: bool) -> str:
+    """E2B's ``pauseMode`` of what a pause kept (the row's ``pause_mode`` while paused)."""
     return "full" if keep_memory else "filesystem"
 
 
@@ -763,7 +763,7 @@ class SandboxService:
         with self.switch(sandbox_id):
             async with self.sessions.begin() as s:
                 if not await q.set_state(s, sandbox_id, [State.RUNNING], State.PAUSING,
-                                         pause_mode=_pause_mode(keep_memory)):  # fmt: skip
+                                         pause_mode=pause_mode_of(keep_memory)):  # fmt: skip
                     raise Conflict(
                         f"sandbox '{sandbox_id}' is being paused or resumed, not running"
                     )
@@ -853,7 +853,7 @@ class SandboxService:
 
     async def _pause_at_end(self, sandbox_id: str, row: Sandbox | None, keep_memory: bool) -> bool:
         async with self.sessions.begin() as s:
-            mode = _pause_mode(keep_memory)
+            mode = pause_mode_of(keep_memory)
             if not await q.set_state(s, sandbox_id, [State.RUNNING], State.PAUSING,
                                      ended_by=utcnow(), pause_mode=mode):  # fmt: skip
                 return False
@@ -922,7 +922,7 @@ class SandboxService:
                     sandbox_id, failed)  # fmt: skip
         async with self.sessions.begin() as s:
             await q.update_fields(s, sandbox_id, [State.PAUSING],
-                                  pause_mode=_pause_mode(keep_memory=False))  # fmt: skip
+                                  pause_mode=pause_mode_of(keep_memory=False))  # fmt: skip
         try:
             return await self.node.pause(sandbox_id, memory=False)
         except Exception as e:
@@ -1098,7 +1098,7 @@ class SandboxService:
         async with self.sessions.begin() as s:
             moved = await q.set_state(s, sandbox_id, [was], State.PAUSED,
                                       paused_bytes=held.paused_bytes,
-                                      pause_mode=_pause_mode(not held.files_only))  # fmt: skip
+                                      pause_mode=pause_mode_of(not held.files_only))  # fmt: skip
         if moved:
             self.on_gone(sandbox_id)  # (the proxy forgets where it ran)
             log.warning("sandbox %s recorded paused, as its node holds it", sandbox_id)
