@@ -11,12 +11,13 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from emberbox._connect.errors import Code
-from emberbox.node.client import EmbeddedNode, NodeError, NodeUnavailable
+from emberbox.host.errors import HostError
+from emberbox.node.client import EmbeddedNode, NodeError, NodeUnavailable, NodeUnsupported
 from emberbox.server.db import sandboxes as q
 from emberbox.server.db import snapshots as snapshot_rows
 from emberbox.server.db.models import utcnow
 from emberbox.server.lifecycle import snapshots as snapshots_module
-from emberbox.server.lifecycle.errors import GuestUnhealthy, NodeFailed
+from emberbox.server.lifecycle.errors import GuestUnhealthy, NodeFailed, NotFound
 from emberbox.server.lifecycle.service import CreateRequest, snapshot_message
 from emberbox.server.lifecycle.snapshots import SnapshotService
 from emberbox.server.lifecycle.states import State
@@ -454,6 +455,31 @@ async def test_a_snapshot_delete_the_node_failed_is_retried_however_long_it_stay
     assert plane.service.untracked_snapshots == {}
 
 
+async def test_a_node_that_keeps_no_snapshots_ends_the_search_for_lost_ones(
+    snapshotting_plane: Plane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checkpoints whose delete failed are looked for until a listing no longer shows them; a
+    node that answers it lists none (its runtime keeps none) ends that search, rather than
+    each failed delete being looked for as long as the server runs."""
+    plane = snapshotting_plane
+    service = SnapshotService(plane.service)
+    row = await plane.service.create(plane.who, CreateRequest("base", 600))
+    snapshot = await service.create(plane.who, row.id)
+    node = plane.service.node
+
+    async def fails(*args: object, **kwargs: object) -> None:
+        raise NodeError(Code.INTERNAL, "removing the checkpoint failed: device busy")
+
+    async def unsupported(*args: object, **kwargs: object) -> None:
+        raise NodeUnsupported(Code.UNIMPLEMENTED, "this node's runtime keeps no snapshots")
+
+    monkeypatch.setattr(node, "delete_snapshot", fails)
+    await service.delete(plane.who, snapshot.id)
+    monkeypatch.setattr(node, "list_snapshots", unsupported)
+    await plane.reaper.reconcile()
+    assert plane.service.untracked_snapshots == {}
+
+
 async def test_a_snapshot_whose_row_was_not_written_is_deleted_at_reconciliation(
     snapshotting_plane: Plane, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -481,13 +507,18 @@ async def test_a_snapshot_whose_row_was_not_written_is_deleted_at_reconciliation
     assert [s.snapshot_id for s in await plane.service.node.list_snapshots()] == [named.id]
 
 
+@pytest.mark.parametrize("memory_saves", [True, False])
 async def test_a_resume_that_fails_after_the_sandbox_ran_records_what_was_saved_again(
-    plane: Plane, monkeypatch: pytest.MonkeyPatch
+    plane: Plane, monkeypatch: pytest.MonkeyPatch, memory_saves: bool
 ) -> None:
     """The node runs the sandbox again, its envd never answers, and the node saves it again:
-    that save takes other disk than the pause before (its files alone, say). The row kept the
-    first pause's size, which the team's snapshot quota then counted."""
-    row = await plane.service.create(plane.who, CreateRequest("base", 600))
+    that save takes other disk than the pause before, and may keep only its files (its
+    memory could not be saved). The row kept the first pause's size, which the team's
+    snapshot quota then counted, and its mode, so traffic woke and rebooted a sandbox whose
+    processes were gone."""
+    plane.service.facts.capabilities.filesystem_pause = True
+    req = CreateRequest("base", 600, auto_pause=True, auto_resume=True)
+    row = await plane.service.create(plane.who, req)
     await plane.service.pause(plane.who, row.id)
     plane.runtime.envds[row.id].running.clear()  # envd hangs once it runs again
     node = plane.service.node
@@ -496,6 +527,8 @@ async def test_a_resume_that_fails_after_the_sandbox_ran_records_what_was_saved_
     first_pause = plane.runtime.pause
 
     async def saves_more(sandbox_id: str, memory: bool = True) -> int:
+        if memory and not memory_saves:
+            raise HostError("checkpoint refused: a socket in TIME_WAIT")
         await first_pause(sandbox_id, memory)
         return 12345
 
@@ -504,4 +537,28 @@ async def test_a_resume_that_fails_after_the_sandbox_ran_records_what_was_saved_
         await plane.service.connect(plane.who, row.id, 600)
     async with plane.service.sessions() as s:
         after = await q.get(s, row.id)
-    assert after is not None and (after.state, after.paused_bytes) == ("paused", 12345)
+        route = await q.route(s, row.id)
+    assert after is not None and route is not None
+    assert (after.state, after.paused_bytes) == ("paused", 12345)
+    assert after.pause_mode == ("full" if memory_saves else "filesystem")
+    assert route.wakeable is memory_saves
+
+
+async def test_a_user_pause_killed_meanwhile_is_not_answered_done(
+    plane: Plane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node saved the sandbox and answered an error, and a kill landed meanwhile: the
+    pause answers that the sandbox is gone, not that it paused."""
+    row = await plane.service.create(plane.who, CreateRequest("base", 600))
+    real = plane.service.node.pause
+
+    async def saved_killed_then_failed(*args: object, **kwargs: object) -> object:
+        await real(*args, **kwargs)  # type: ignore[arg-type]
+        async with plane.service.sessions.begin() as s:  # a kill's first step
+            await q.update_fields(s, row.id, [State.PAUSING], state=str(State.KILLING))
+        raise NodeError(Code.INTERNAL, "saving the node's record failed: disk full")
+
+    monkeypatch.setattr(plane.service.node, "pause", saved_killed_then_failed)
+    with pytest.raises(NotFound, match="killed while it paused"):
+        await plane.service.pause(plane.who, row.id)
+    assert await plane.state(row.id) == "killing"

@@ -252,12 +252,12 @@ class FakeRuntime(Runtime):
             raise SandboxNotRunning(f"sandbox {sandbox_id} is paused")
         self.sandboxes[sandbox_id] = RuntimeSandbox(
             sandbox.sandbox_id, sandbox.template_id, sandbox.address, sandbox.envd_port,
-            SandboxStatus.PAUSED,
+            SandboxStatus.PAUSED, kept_memory=memory,
+            paused_bytes=MEMORY_BYTES if memory else FILES_BYTES,
         )  # fmt: skip
         if not memory:
             self.files_only.add(sandbox_id)
-            return FILES_BYTES
-        return MEMORY_BYTES
+        return self.sandboxes[sandbox_id].paused_bytes
 
     async def resume(self, sandbox_id: str, memory: bool = True) -> RuntimeSandbox:
         """Without ``memory``, or paused without it, it comes back ``rebooted`` (its fake

@@ -159,6 +159,28 @@ async def test_the_listing_tells_a_files_only_pause_even_after_a_restart(tmp_pat
         await node.close()
 
 
+async def test_a_pause_the_node_did_not_live_to_record_is_listed_as_the_runtime_kept_it(
+    tmp_path: Path,
+) -> None:
+    """The runtime paused the sandbox (only its files) and the node process died before it
+    recorded that: the next one adopts it paused, with what the runtime kept, not what a
+    record written for an earlier state says."""
+    runtime = FakeRuntime()
+    node = EmbeddedNode(runtime, tmp_path, dead_check_every_s=0)
+    await node.start()
+    try:
+        sandbox = await node.create(_spec())
+        await node.close()
+        await runtime.pause(sandbox.sandbox_id, memory=False)  # (no node at it)
+        node = EmbeddedNode(runtime, tmp_path, dead_check_every_s=0)
+        await node.start()
+        (held,) = (await node.list()).sandboxes
+        assert held.status == pb.SANDBOX_STATUS_PAUSED
+        assert (held.files_only, held.paused_bytes) == (True, FILES_BYTES)
+    finally:
+        await node.close()
+
+
 async def test_a_resume_whose_envd_never_answers_leaves_the_sandbox_paused(
     tmp_path: Path,
 ) -> None:

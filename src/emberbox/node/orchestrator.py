@@ -160,7 +160,7 @@ class Orchestrator:
             if sandbox.status is SandboxStatus.PAUSED:
                 # (a pause or rollback the previous process did not live to record counts too)
                 record.paused_bytes = record.paused_bytes or sandbox.paused_bytes
-                record.state = "paused"
+                record.state, record.kept_memory = "paused", sandbox.kept_memory
             else:
                 record.state = "running"
             self.records.save(record)
@@ -484,7 +484,7 @@ class Orchestrator:
                     # memory cannot be saved; stopped, if nothing can).
                     await self._pause_again(sandbox_id)
                     raise
-            record.state, record.paused_bytes = "running", 0
+            record.state, record.paused_bytes, record.kept_memory = "running", 0, True
             self.offloader.started(sandbox_id)
             record.envd_url, record.host = sandbox.envd_url, sandbox.address
             self.records.save(record)
@@ -524,7 +524,7 @@ class Orchestrator:
             try:
                 sandbox = await self.runtime.restore(sandbox_id, snapshot)
             except BaseException:
-                await self._after_failed_restore(record, snapshot.memory)
+                await self._after_failed_restore(record)
                 raise
             try:
                 await self._serving(sandbox)
@@ -534,19 +534,16 @@ class Orchestrator:
                 await self._pause_again(sandbox_id)
                 await self._after_failed_restore(record)
                 raise
-            record.state = "running"
+            record.state, record.kept_memory = "running", True
             self.offloader.started(sandbox_id)
             self.records.save(record)
             return record
 
-    async def _after_failed_restore(
-        self, record: SandboxRecord, at_snapshot_memory: bool | None = None
-    ) -> None:
+    async def _after_failed_restore(self, record: SandboxRecord) -> None:
         """Record where a rollback that failed left the sandbox (under its lock): paused at
-        its snapshot (the gVisor runtime does that), with the disk that takes, so a resume
-        tries again; released if the runtime lost it; else it runs on as it was.
-        ``at_snapshot_memory``: whether that snapshot kept memory (None: paused again after
-        the rollback, as the record already says)."""
+        its snapshot (the gVisor runtime does that), with the disk that takes and what it
+        kept, so a resume tries again; released if the runtime lost it; else it runs on as
+        it was."""
         sandbox_id = record.sandbox_id
         try:
             held = {s.sandbox_id: s for s in await self.runtime.list()}
@@ -556,8 +553,7 @@ class Orchestrator:
         view = held.get(sandbox_id)
         if view is not None and view.status is SandboxStatus.PAUSED:
             record.state, record.paused_bytes = "paused", view.paused_bytes
-            if at_snapshot_memory is not None:
-                record.kept_memory = at_snapshot_memory
+            record.kept_memory = view.kept_memory
             self.offloader.forget(sandbox_id)
             self.records.save(record)
         elif view is None or view.status is SandboxStatus.STOPPED:

@@ -168,6 +168,9 @@ class RuntimeSandbox:
     rebooted: bool = False
     # Disk its saved state takes, while it is paused (runtimes that pause fill it).
     paused_bytes: int = 0
+    # While it is paused: whether its memory was saved (a resume continues its processes),
+    # else only its files (a resume boots it afresh).
+    kept_memory: bool = True
 
     @property
     def envd_url(self) -> str:

@@ -1367,6 +1367,7 @@ class GVisorRuntime(Runtime):
             oom_killed=oom_killed,
             defaults=defaults,
             paused_bytes=_saved_bytes(self._paths(record.sandbox_id)) if paused else 0,
+            kept_memory=not paused or self._paths(record.sandbox_id).memory.is_dir(),
         )
 
     def _oom_killed(self, sandbox_id: str) -> bool:

@@ -776,8 +776,9 @@ class SandboxService:
                 if answer_lost(e):  # left pausing: the node's listing settles it
                     raise NodeFailed(f"pause of '{sandbox_id}': {_LOST}") from e
                 if (held := await self._paused_meanwhile(sandbox_id, e)) is not None:
-                    await self.record_paused_by_node(sandbox_id, held, was=State.PAUSING)
-                    return
+                    if await self.record_paused_by_node(sandbox_id, held, was=State.PAUSING):
+                        return
+                    raise NotFound(f"sandbox '{sandbox_id}' was killed while it paused") from e
                 async with self.sessions.begin() as s:
                     await q.set_state(s, sandbox_id, [State.PAUSING], State.RUNNING,
                                       pause_mode=None)  # fmt: skip
@@ -1069,14 +1070,17 @@ class SandboxService:
         return row
 
     async def _saved_size(self, sandbox_id: str) -> dict[str, Any]:
-        """``paused_bytes`` as the node holds it now: a resume that failed once the sandbox ran
-        saved it again (its files alone, if its memory could not be), which takes other disk
-        than the pause before. Empty when the node cannot say."""
+        """``paused_bytes`` and ``pause_mode`` as the node holds them now: a resume that failed
+        once the sandbox ran saved it again (its files alone, if its memory could not be),
+        which takes other disk than the pause before, and traffic must not wake it if only
+        its files were kept. Empty when the node cannot say."""
         try:
             held = await self.node_paused(sandbox_id)
         except NodeError:
             return {}
-        return {"paused_bytes": held.paused_bytes} if held is not None else {}
+        if held is None:
+            return {}
+        return {"paused_bytes": held.paused_bytes, "pause_mode": pause_mode_of(not held.files_only)}
 
     async def node_view(self, sandbox_id: str) -> pb.Sandbox | None:
         """The sandbox as its node holds it now; None when it holds no such sandbox."""

@@ -444,14 +444,19 @@ async def remove_untracked_snapshots(sandboxes: SandboxService) -> list[str]:
             del looking[snapshot_id]
     if not looking:
         return []
+    # Complete before the listing was asked for: one it does not show is gone (one lost
+    # track of meanwhile may have been renamed into place after the node's scan).
+    complete = {i for i, until in looking.items() if until == math.inf}
     try:
         listed = await sandboxes.node.list_snapshots()
+    except NodeUnsupported:  # a node that keeps no snapshots holds none of these either
+        looking.clear()
+        return []
     except NodeError:  # (down still: the next reconciliation asks again)
         return []
     held = [s for s in listed if s.snapshot_id in looking]
-    gone = {i for i, until in looking.items() if until == math.inf} - {s.snapshot_id for s in held}
-    for snapshot_id in gone:  # complete, and no longer on the node: nothing to look for
-        del looking[snapshot_id]
+    for snapshot_id in complete - {s.snapshot_id for s in held}:  # nothing to look for
+        looking.pop(snapshot_id, None)
     known, deleted = await _delete_unnamed(
         sandboxes, held, "its save's answer or its delete was lost"
     )
