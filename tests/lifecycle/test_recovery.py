@@ -31,6 +31,15 @@ async def _force(plane: Plane, sandbox_id: str, state: State) -> None:
         assert await q.update_fields(s, sandbox_id, list(State), state=str(state))
 
 
+async def _as_recorded(plane: Plane, sandbox_id: str) -> tuple[str, str | None, bool, int]:
+    """The row's state, its pause mode, whether traffic may wake it, and the disk it counts."""
+    async with plane.service.sessions() as s:
+        row = await q.get(s, sandbox_id)
+        route = await q.route(s, sandbox_id)
+    assert row is not None and route is not None
+    return row.state, row.pause_mode, route.wakeable, row.paused_bytes
+
+
 async def _crash_past_the_end(
     plane: Plane, sandbox_id: str, left_in: State, ended_ago: dt.timedelta
 ) -> None:
@@ -83,12 +92,7 @@ async def test_a_half_done_pause_settles_as_what_the_node_kept(plane: Plane) -> 
         await q.update_fields(s, row.id, [State.RUNNING], state=str(State.PAUSING),
                               pause_mode="full")  # fmt: skip
     await plane.reaper.reconcile()
-    async with plane.service.sessions() as s:
-        settled = await q.get(s, row.id)
-        route = await q.route(s, row.id)
-    assert settled is not None and route is not None
-    assert (settled.state, settled.pause_mode, route.wakeable) == ("paused", "filesystem", False)
-    assert settled.paused_bytes == FILES_BYTES
+    assert await _as_recorded(plane, row.id) == ("paused", "filesystem", False, FILES_BYTES)
 
 
 async def test_a_settle_changes_only_a_row_still_as_it_was_read(plane: Plane) -> None:
@@ -317,14 +321,8 @@ async def test_a_user_pause_the_node_saved_but_answered_failed_is_recorded_pause
 
     monkeypatch.setattr(plane.service.node, "pause", saved_then_failed)
     await plane.service.pause(plane.who, row.id, keep_memory=keep_memory)
-    async with plane.service.sessions() as s:
-        paused = await q.get(s, row.id)
-        route = await q.route(s, row.id)
-    assert paused is not None and route is not None
-    assert paused.state == "paused"
-    assert paused.pause_mode == ("full" if keep_memory else "filesystem")
-    assert paused.paused_bytes == (MEMORY_BYTES if keep_memory else FILES_BYTES)
-    assert route.wakeable is keep_memory
+    kept = ("full", MEMORY_BYTES) if keep_memory else ("filesystem", FILES_BYTES)
+    assert await _as_recorded(plane, row.id) == ("paused", kept[0], keep_memory, kept[1])
     monkeypatch.setattr(plane.service.node, "pause", real)
     _, resumed = await plane.service.connect(plane.who, row.id, 60)
     assert resumed and await plane.state(row.id) == "running"
@@ -339,11 +337,7 @@ async def test_reconciliation_records_a_files_only_pause_as_files_only(plane: Pl
     row = await plane.service.create(plane.who, req)
     await plane.service.node.pause(row.id, memory=False)
     await plane.reaper.reconcile()
-    async with plane.service.sessions() as s:
-        paused = await q.get(s, row.id)
-        route = await q.route(s, row.id)
-    assert paused is not None and route is not None
-    assert (paused.state, paused.pause_mode, route.wakeable) == ("paused", "filesystem", False)
+    assert await _as_recorded(plane, row.id) == ("paused", "filesystem", False, FILES_BYTES)
     await plane.service.kill(plane.who, row.id)
 
 
@@ -535,13 +529,8 @@ async def test_a_resume_that_fails_after_the_sandbox_ran_records_what_was_saved_
     monkeypatch.setattr(plane.runtime, "pause", saves_more)
     with pytest.raises(Exception, match="resume failed"):
         await plane.service.connect(plane.who, row.id, 600)
-    async with plane.service.sessions() as s:
-        after = await q.get(s, row.id)
-        route = await q.route(s, row.id)
-    assert after is not None and route is not None
-    assert (after.state, after.paused_bytes) == ("paused", 12345)
-    assert after.pause_mode == ("full" if memory_saves else "filesystem")
-    assert route.wakeable is memory_saves
+    mode = "full" if memory_saves else "filesystem"
+    assert await _as_recorded(plane, row.id) == ("paused", mode, memory_saves, 12345)
 
 
 async def test_a_user_pause_killed_meanwhile_is_not_answered_done(
