@@ -131,6 +131,8 @@ async def test_a_paused_sandbox_is_neither_snapshotted_nor_rolled_back(node: Nod
         sandbox = await client.create(_spec())
         snapshot = await client.checkpoint(sandbox.sandbox_id, "snapcoffee0000000001")
         await client.pause(sandbox.sandbox_id)
+        (held,) = [h for h in (await client.list()).sandboxes if h.sandbox_id == sandbox.sandbox_id]
+        assert not held.files_only
         with pytest.raises(NodeConflict, match="not running"):
             await client.checkpoint(sandbox.sandbox_id, "snapcoffee0000000002")
         with pytest.raises(NodeConflict, match="paused"):
@@ -141,6 +143,8 @@ async def test_a_paused_sandbox_is_neither_snapshotted_nor_rolled_back(node: Nod
         async with EnvdClient(sandbox.envd_url, "t0k") as envd:
             await envd.run("echo kept > /home/user/f; sleep 1000 > /dev/null 2>&1 &")
         assert await client.pause(sandbox.sandbox_id, memory=False) > 0
+        (held,) = [h for h in (await client.list()).sandboxes if h.sandbox_id == sandbox.sandbox_id]
+        assert held.files_only  # (what a control plane that lost the answer records)
         resumed = await client.resume(sandbox.sandbox_id, "t0k")
         assert resumed.rebooted and resumed.sandbox.envd_version
         assert await _echo(sandbox, "$(cat /home/user/f) $(pgrep -x sleep || echo none)") == (

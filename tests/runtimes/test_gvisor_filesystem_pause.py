@@ -74,7 +74,9 @@ async def test_a_filesystem_pause_keeps_the_files_and_a_resume_boots_from_them(
     assert (await run(sandbox, "pgrep -x sleep || echo none")).text.strip() != "none"
     size = await runtime.pause(sid, memory=False)
     assert 0 < size < 8 * 2**20, size  # what changed, not the template
-    assert (await runtime.get(sid)).status is SandboxStatus.PAUSED
+    paused = await runtime.get(sid)
+    assert paused.status is SandboxStatus.PAUSED and paused.kept_memory is False
+    assert [s.kept_memory for s in await runtime.list() if s.sandbox_id == sid] == [False]
     assert not await healthy(sandbox, timeout=1.0)
     with pytest.raises(Exception, match="paused"):
         await runtime.pause(sid, memory=False)
