@@ -12,8 +12,9 @@ import pytest
 
 from emberbox.runtimes.base import SandboxStatus
 from emberbox.server.auth.store import Principal
+from emberbox.server.db import sandboxes as q
 from emberbox.server.db.models import Sandbox, utcnow
-from emberbox.server.lifecycle.errors import NotFound
+from emberbox.server.lifecycle.errors import Conflict, NotFound
 from emberbox.server.lifecycle.service import CreateRequest
 
 from .conftest import Plane
@@ -95,6 +96,31 @@ async def test_two_connects_of_a_paused_sandbox_both_get_it_running(plane: Plane
     )
     assert sorted(resumed for _, resumed in answers) == [False, True]  # one resume, not two
     assert await plane.state(row.id) == "running"
+
+
+async def test_of_two_legacy_resumes_one_resumes_and_the_other_is_a_conflict(
+    plane: Plane,
+) -> None:
+    """The legacy ``/resume`` is a 409 for a running sandbox (E2B's), also one another caller
+    resumed while it waited; that one leaves the end time as the resume set it. Both were
+    answered 201, the second with the end time it asked for."""
+    plane.runtime.resume_delay_s = 0.3
+    row = await plane.service.create(plane.who, CreateRequest("base", 600))
+    await plane.service.pause(plane.who, row.id)
+    answers = await asyncio.gather(
+        plane.service.connect(plane.who, row.id, 60, resume_only=True),
+        plane.service.connect(plane.who, row.id, 3600, resume_only=True),
+        return_exceptions=True,
+    )
+    (resumed,) = [a for a in answers if not isinstance(a, BaseException)]
+    (refused,) = [a for a in answers if isinstance(a, BaseException)]
+    assert isinstance(refused, Conflict) and "already running" in str(refused)
+    assert resumed[1] is True
+    async with plane.service.sessions() as s:
+        now = await q.get(s, row.id)
+    assert now is not None and now.state == "running" and now.end_at == resumed[0].end_at
+    with pytest.raises(Conflict, match="already running"):  # (and one running all along)
+        await plane.service.connect(plane.who, row.id, 3600, resume_only=True)
 
 
 async def test_a_pause_that_finds_the_sandbox_gone_from_its_node_is_not_found(plane: Plane) -> None:

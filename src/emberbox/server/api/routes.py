@@ -165,7 +165,9 @@ async def resume_legacy(
         await svc.set_on_timeout(who, sandbox_id, "pause" if opts.autoPause else "kill")
     try:
         timeout = LEGACY_RESUME_TIMEOUT_S if opts.timeout is None else opts.timeout
-        row, _ = await svc.connect(who, sandbox_id, timeout, opts.memory is not False)
+        row, _ = await svc.connect(
+            who, sandbox_id, timeout, opts.memory is not False, resume_only=True
+        )
     except BaseException:
         if opts.autoPause is not None:
             with contextlib.suppress(Exception):

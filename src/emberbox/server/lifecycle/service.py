@@ -699,7 +699,12 @@ class SandboxService:
                 raise NotFound(f"sandbox '{sandbox_id}' not found")
 
     async def connect(
-        self, who: Principal, sandbox_id: str, timeout_s: int | None, with_memory: bool = True
+        self,
+        who: Principal,
+        sandbox_id: str,
+        timeout_s: int | None,
+        with_memory: bool = True,
+        resume_only: bool = False,
     ) -> tuple[Sandbox, bool]:
         """Extend (never shorten) a running sandbox's end time to now + ``timeout_s`` (None:
         ``DEFAULT_RESUME_TIMEOUT_S``, as E2B's connect), or resume a paused one.
@@ -709,6 +714,8 @@ class SandboxService:
         as traffic waking a sandbox does): the caller wants the sandbox running, whoever
         asked first. ``with_memory`` False boots a paused sandbox afresh from its files (E2B's
         ``memory: false``, the SDK's ``on_resume="reboot"``); nothing for a running one.
+        ``resume_only`` (the legacy ``/resume``): a sandbox that is running, or that another
+        caller resumed meanwhile, is a :class:`Conflict` and its end time is left alone.
         """
         timeout_s = DEFAULT_RESUME_TIMEOUT_S if timeout_s is None else timeout_s
         self.check_timeout(timeout_s, minimum=1)  # E2B's minimum: 0 would end it at once
@@ -722,6 +729,8 @@ class SandboxService:
                 )
                 if resumed:
                     return row, True
+            if resume_only:
+                raise Conflict(f"sandbox '{sandbox_id}' is already running")
             wanted = utcnow() + dt.timedelta(seconds=timeout_s)
             if wanted <= row.end_at:
                 return row, False
