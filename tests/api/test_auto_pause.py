@@ -591,3 +591,31 @@ async def test_traffic_leaves_a_sandbox_whose_wake_failed_alone_for_a_while(
     await plane.service.pause(plane.who, row.id)
     assert (await plane.service.wake(row.id)).running is True
     await plane.service.kill(plane.who, row.id)
+
+
+async def test_a_wake_whose_answer_was_lost_is_not_held_against_the_next(
+    lifecycle_plane: Plane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wake whose call to the node got no answer may have resumed the sandbox: it is not
+    remembered as a failure (traffic was refused for ``WAKE_RETRY_S`` with "its resume
+    failed" while the node's listing said it ran)."""
+    plane = lifecycle_plane
+    req = CreateRequest("base", 60, auto_pause=True, auto_resume=True)
+    row = await plane.service.create(plane.who, req)
+    await plane.service.pause(plane.who, row.id)
+    calls: list[str] = []
+    resume = plane.service.node.resume
+
+    async def lost(sandbox_id: str, *args: object, **kwargs: object) -> object:
+        calls.append(sandbox_id)
+        raise NodeUnavailable(Code.UNAVAILABLE, "node at http://node: connection reset")
+
+    monkeypatch.setattr(plane.service.node, "resume", lost)
+    assert (await plane.service.wake(row.id)).running is False
+    assert await plane.state(row.id) == "resuming"  # the node's listing settles it
+    await plane.reaper.reconcile()
+    assert await plane.state(row.id) == "paused"  # (this one never reached the node)
+    monkeypatch.setattr(plane.service.node, "resume", resume)
+    assert (await plane.service.wake(row.id)).running is True
+    assert calls == [row.id]
+    await plane.service.kill(plane.who, row.id)

@@ -10,11 +10,12 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from emberbox.host.errors import HostError
 from emberbox.runtimes.base import SandboxStatus
 from emberbox.server.auth.store import Principal
 from emberbox.server.db import sandboxes as q
 from emberbox.server.db.models import Sandbox, utcnow
-from emberbox.server.lifecycle.errors import Conflict, NotFound
+from emberbox.server.lifecycle.errors import Conflict, NotFound, SandboxFailed
 from emberbox.server.lifecycle.service import CreateRequest
 
 from .conftest import Plane
@@ -121,6 +122,39 @@ async def test_of_two_legacy_resumes_one_resumes_and_the_other_is_a_conflict(
     assert now is not None and now.state == "running" and now.end_at == resumed[0].end_at
     with pytest.raises(Conflict, match="already running"):  # (and one running all along)
         await plane.service.connect(plane.who, row.id, 3600, resume_only=True)
+
+
+async def test_what_a_legacy_resume_sets_its_end_time_to_do_is_set_by_the_one_that_resumed(
+    plane: Plane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``/resume`` with ``autoPause``: the call that resumes the sandbox sets what its end
+    time does; one refused for a conflict changes nothing (it put back the value it had read,
+    undoing the resuming call's, and the sandbox was killed at its end instead of paused), and
+    a resume that fails puts it back."""
+    plane.runtime.resume_delay_s = 0.3
+    row = await plane.service.create(plane.who, CreateRequest("base", 600))
+    await plane.service.pause(plane.who, row.id)
+    answers = await asyncio.gather(
+        *(plane.service.connect(plane.who, row.id, 60, resume_only=True, on_timeout="pause")
+          for _ in range(2)),
+        return_exceptions=True,
+    )  # fmt: skip
+    assert sorted(type(a).__name__ for a in answers) == ["Conflict", "tuple"]
+    async with plane.service.sessions() as s:
+        now = await q.get(s, row.id)
+    assert now is not None and (now.state, now.on_timeout) == ("running", "pause")
+
+    await plane.service.pause(plane.who, row.id)
+
+    async def fails(sandbox_id: str, memory: bool = True) -> object:
+        raise HostError("runsc restore failed")
+
+    monkeypatch.setattr(plane.runtime, "resume", fails)
+    with pytest.raises(SandboxFailed):
+        await plane.service.connect(plane.who, row.id, 60, resume_only=True, on_timeout="kill")
+    async with plane.service.sessions() as s:
+        now = await q.get(s, row.id)
+    assert now is not None and (now.state, now.on_timeout) == ("paused", "pause")
 
 
 async def test_a_pause_that_finds_the_sandbox_gone_from_its_node_is_not_found(plane: Plane) -> None:

@@ -158,8 +158,10 @@ class Orchestrator:
                 removed.append(sandbox_id)
                 continue
             if sandbox.status is SandboxStatus.PAUSED:
-                # (a pause or rollback the previous process did not live to record counts too)
-                record.paused_bytes = record.paused_bytes or sandbox.paused_bytes
+                # (a pause or rollback the previous process did not live to record counts too,
+                # and so does a save of another kind than the record's: a files-only re-pause)
+                if not record.paused_bytes or record.kept_memory != sandbox.kept_memory:
+                    record.paused_bytes = sandbox.paused_bytes or record.paused_bytes
                 record.state, record.kept_memory = "paused", sandbox.kept_memory
             else:
                 record.state = "running"

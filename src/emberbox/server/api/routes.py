@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import re
 from typing import Annotated, Any
 
@@ -159,20 +158,10 @@ async def resume_legacy(
     row = await svc.get(who, sandbox_id)
     if row.state == "running":
         raise ApiError(409, f"sandbox '{sandbox_id}' is already running")
-    # What the resumed sandbox's end time does: set before the resume (set after it, the
-    # end time could come first), and put back if the resume is refused.
-    if opts.autoPause is not None:
-        await svc.set_on_timeout(who, sandbox_id, "pause" if opts.autoPause else "kill")
-    try:
-        timeout = LEGACY_RESUME_TIMEOUT_S if opts.timeout is None else opts.timeout
-        row, _ = await svc.connect(
-            who, sandbox_id, timeout, opts.memory is not False, resume_only=True
-        )
-    except BaseException:
-        if opts.autoPause is not None:
-            with contextlib.suppress(Exception):
-                await svc.set_on_timeout(who, sandbox_id, row.on_timeout)
-        raise
+    timeout = LEGACY_RESUME_TIMEOUT_S if opts.timeout is None else opts.timeout
+    on_timeout = None if opts.autoPause is None else "pause" if opts.autoPause else "kill"
+    row, _ = await svc.connect(who, sandbox_id, timeout, opts.memory is not False,
+                               resume_only=True, on_timeout=on_timeout)  # fmt: skip
     return to_sandbox(row, _domain(request))
 
 

@@ -688,16 +688,6 @@ class SandboxService:
         if not self.facts.capabilities.filesystem_pause:
             raise self._unsupported(f"cannot pause sandboxes keeping only their files ({option})")
 
-    async def set_on_timeout(self, who: Principal, sandbox_id: str, on_timeout: str) -> None:
-        """What the sandbox's end time does from now on: "kill" or "pause" (``/resume``'s
-        ``autoPause``)."""
-        if on_timeout == "pause":
-            self.check_can_pause("autoPause")
-        await self.get(who, sandbox_id)
-        async with self.sessions.begin() as s:
-            if not await q.update_fields(s, sandbox_id, VISIBLE, on_timeout=on_timeout):
-                raise NotFound(f"sandbox '{sandbox_id}' not found")
-
     async def connect(
         self,
         who: Principal,
@@ -705,6 +695,7 @@ class SandboxService:
         timeout_s: int | None,
         with_memory: bool = True,
         resume_only: bool = False,
+        on_timeout: str | None = None,
     ) -> tuple[Sandbox, bool]:
         """Extend (never shorten) a running sandbox's end time to now + ``timeout_s`` (None:
         ``DEFAULT_RESUME_TIMEOUT_S``, as E2B's connect), or resume a paused one.
@@ -716,6 +707,9 @@ class SandboxService:
         ``memory: false``, the SDK's ``on_resume="reboot"``); nothing for a running one.
         ``resume_only`` (the legacy ``/resume``): a sandbox that is running, or that another
         caller resumed meanwhile, is a :class:`Conflict` and its end time is left alone.
+        ``on_timeout`` (its ``autoPause``): what the end time of a sandbox this call resumes
+        does, set with the resume (before it, the end time could come first; by a call that
+        did not resume it, it would undo what the resuming call set).
         """
         timeout_s = DEFAULT_RESUME_TIMEOUT_S if timeout_s is None else timeout_s
         self.check_timeout(timeout_s, minimum=1)  # E2B's minimum: 0 would end it at once
@@ -725,8 +719,9 @@ class SandboxService:
                 if not with_memory:
                     self.check_can_pause_files("memory: false")
                 row, resumed = await self._resume_once_settled(
-                    lambda: self.get(who, sandbox_id), timeout_s, with_memory
-                )
+                    lambda: self.get(who, sandbox_id), timeout_s, with_memory,
+                    on_timeout=on_timeout,
+                )  # fmt: skip
                 if resumed:
                     return row, True
             if resume_only:
@@ -949,10 +944,10 @@ class SandboxService:
         callers share one resume (a task per id, shielded so a caller that gives up does not
         cancel a resume others wait for).
         """
-        failed = self._wake_failed.get(sandbox_id)
-        if failed is not None and failed[0] > time.monotonic():
-            return Woken(False, failed[1])
         task = self._waking.get(sandbox_id)
+        failed = self._wake_failed.get(sandbox_id)
+        if task is None and failed is not None and failed[0] > time.monotonic():
+            return Woken(False, failed[1])
         if task is None:
             log.info("waking sandbox %s on traffic", sandbox_id)
             task = asyncio.create_task(self._wake(sandbox_id), name=f"wake-{sandbox_id}")
@@ -984,6 +979,8 @@ class SandboxService:
             # A failure's detail is for the log only: anyone who can reach the proxy sees this.
             if isinstance(e, QuotaExceeded | NoCapacity):  # (asked again at no cost)
                 return Woken(False, str(e))
+            if not isinstance(e, SandboxFailed):  # (a lost answer: the resume may have worked)
+                return Woken(False, "its resume failed")
             refused = f"its resume failed; traffic tries again in {WAKE_RETRY_S:g} s, a connect now"
             self._wake_failing(sandbox_id, refused)
             return Woken(False, refused)
@@ -1003,6 +1000,7 @@ class SandboxService:
         timeout_s: int | None,
         with_memory: bool = True,
         by_traffic: bool = False,
+        on_timeout: str | None = None,
     ) -> tuple[Sandbox, bool]:
         """The sandbox once no pause or resume is under way, resumed here if that left it
         paused (True), else as ``read`` gives it (False): a connect and traffic waking a
@@ -1020,13 +1018,17 @@ class SandboxService:
                 return row, False
             if state == State.PAUSED:
                 with contextlib.suppress(Busy):  # another caller's resume began: wait for it
-                    return await self._resume(row, timeout_s, with_memory), True
+                    return await self._resume(row, timeout_s, with_memory, on_timeout), True
             if loop.time() > deadline:
                 raise Busy(f"sandbox '{row.id}' is being paused or resumed; retry")
             await asyncio.sleep(0.05)
 
     async def _resume(
-        self, row: Sandbox, timeout_s: int | None, with_memory: bool = True
+        self,
+        row: Sandbox,
+        timeout_s: int | None,
+        with_memory: bool = True,
+        on_timeout: str | None = None,
     ) -> Sandbox:
         if not self.facts.capabilities.pause:
             raise self._unsupported("cannot resume sandboxes")
@@ -1040,15 +1042,20 @@ class SandboxService:
         # is admitted like a create: never past the cap, never onto a full node.
         # (A refusal raises inside the transaction: it rolls back, the sandbox stays paused.)
         with self.switch(row.id):
-            return await self._resume_admitted(row, timeout_s, with_memory)
+            return await self._resume_admitted(row, timeout_s, with_memory, on_timeout)
 
     async def _resume_admitted(
-        self, row: Sandbox, timeout_s: int | None, with_memory: bool
+        self, row: Sandbox, timeout_s: int | None, with_memory: bool, on_timeout: str | None
     ) -> Sandbox:
+        # (set from the start, so a resume whose answer is lost and that the node's listing
+        # settles running has it; put back if the resume fails)
+        ends: dict[str, Any] = {"on_timeout": on_timeout} if on_timeout else {}
         async with self.admission, self.sessions.begin() as s:
-            if not await q.set_state(s, row.id, [State.PAUSED], State.RESUMING):
+            if not await q.set_state(s, row.id, [State.PAUSED], State.RESUMING, **ends):
                 raise Busy(f"sandbox '{row.id}' is being paused or resumed; retry")
             await self._check_room(s, row.team_id, row.cpu_count, row.memory_mb, resuming=row.id)
+        # (traffic meanwhile waits for this resume, not for an earlier one's failure to age)
+        self._wake_failed.pop(row.id, None)
         try:
             resumed = await self.node.resume(row.id, row.envd_access_token, memory=with_memory)
             b = resumed.sandbox
@@ -1057,6 +1064,8 @@ class SandboxService:
             if answer_lost(e):  # left resuming: the node's listing settles it
                 raise NodeFailed(f"resume of '{row.id}': {_LOST}") from e
             saved = await self._saved_size(row.id) if isinstance(e, Exception) else {}
+            if ends:
+                saved["on_timeout"] = row.on_timeout
             async with self.sessions.begin() as s:
                 await q.set_state(s, row.id, [State.RESUMING], State.PAUSED, **saved)
             if not isinstance(e, Exception):
@@ -1075,7 +1084,6 @@ class SandboxService:
             )  # fmt: skip
         if not ok:  # killed meanwhile (its kill stops it on the node once this is done)
             raise NotFound(f"sandbox '{row.id}' was killed while it resumed")
-        self._wake_failed.pop(row.id, None)  # (its next pause is woken by traffic at once)
         return row
 
     async def _saved_size(self, sandbox_id: str) -> dict[str, Any]:
