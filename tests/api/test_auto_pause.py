@@ -168,6 +168,37 @@ def test_ten_requests_to_a_paused_sandbox_cause_one_resume(gv: ServerProcess, gv
         sbx.kill()
 
 
+def test_envd_traffic_wakes_it_only_with_the_token_or_a_signed_url(
+    gv: ServerProcess, gv_key: str
+) -> None:
+    """Through envd's port, the official SDK's calls (which carry the access token) and its
+    signed file URLs wake a paused ``auto_resume`` sandbox; a request without either is a
+    401 and it stays paused."""
+    sbx = Sandbox.create(timeout=60, lifecycle=PAUSE_AND_RESUME)  # type: ignore[arg-type]
+    try:
+        sbx.files.write("/home/user/kept.txt", "kept")
+        envd = {"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": str(ENVD_PORT)}
+        files = gv.sandbox_url + "/files"
+        signed = files + "?" + sbx.download_url("/home/user/kept.txt").split("?", 1)[1]
+        sbx.pause()
+        for anyone in (gv.sandbox_url + "/health", files + "?path=/home/user/kept.txt"):
+            r = httpx.get(anyone, headers=envd)
+            assert r.status_code == 401 and "X-Access-Token" in r.json()["message"], r.text
+        tampered = signed.replace("kept.txt", "other.txt")
+        assert httpx.get(tampered, headers=envd).status_code == 401
+        assert sbx.get_info().state == SandboxState.PAUSED
+
+        r = httpx.get(signed, headers=envd, timeout=60)  # a signed URL wakes it
+        assert r.status_code == 200 and r.text == "kept"
+        assert sbx.get_info().state == SandboxState.RUNNING
+        sbx.pause()
+        assert sbx.files.read("/home/user/kept.txt") == "kept"  # so does the SDK's own call
+        assert sbx.get_info().state == SandboxState.RUNNING
+        assert server_log(gv).count(f"sandbox {sbx.sandbox_id} resumed by traffic") == 2
+    finally:
+        sbx.kill()
+
+
 async def test_without_auto_resume_traffic_is_refused_and_it_stays_paused(
     gv: ServerProcess, gv_key: str
 ) -> None:
