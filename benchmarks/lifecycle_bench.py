@@ -11,6 +11,9 @@ Measured (median/p95/p99 in ms, ratio to its baseline):
   kept processes continue; resumed once the node moved those processes' memory to swap (as
   a pause resumed minutes later, still within the keep); and on a node that keeps none
   (``EMBERBOX_PAUSE_KEEP_S=0``, as after the keep): restored from the saved memory;
+* a paused ``auto_resume`` sandbox holding 256 MiB woken by traffic: a proxied request to a
+  server inside, until its answer (on the node that keeps none: restored); baseline bare
+  ``runsc restore``;
 * snapshot, fork x10 (one call), rollback in place;
 * filesystem-only pause (``pause(mode="filesystem")``) of a sandbox that wrote 10 MiB in 200
   files, and its resume (a boot from those files) to the first command result; baselines the
@@ -82,6 +85,7 @@ WRITE_FILES = (
     "head -c 10M /dev/urandom > /home/user/data.bin && mkdir -p /home/user/src && "
     "for i in $(seq 200); do echo $i > /home/user/src/f$i; done"
 )
+SITE_PORT = 8000  # a server inside the sandbox that traffic wakes it for
 HOLD_256 = "python3 -c 'b = b\"x\" * (256 << 20); import time; time.sleep(3600)' >/dev/null 2>&1 &"
 LIMITS = {
     "EMBERBOX_CPU_OVERCOMMIT": "100",
@@ -506,6 +510,34 @@ def pause_resume(opts: dict[str, Any], n: int) -> tuple[list[float], list[float]
         sbx.kill()
 
 
+def wake_by_traffic(opts: dict[str, Any], n: int) -> list[float]:
+    """``n`` proxied requests to a server inside a paused ``auto_resume`` sandbox holding 256
+    MiB, each timed until its answer: the resume the request causes, then the request."""
+    lifecycle: Any = {"on_timeout": "pause", "auto_resume": True}
+    sbx = Sandbox.create(timeout=600, lifecycle=lifecycle, **opts)
+    try:
+        check(sbx.commands.run(HOLD_256).exit_code == 0, "could not hold 256 MiB")
+        sbx.commands.run(f"setsid python3 -m http.server {SITE_PORT} -d /tmp >/dev/null 2>&1 &")
+        site = {"Host": sbx.get_host(SITE_PORT)}
+        with httpx.Client(base_url=opts["sandbox_url"], timeout=120) as proxy:
+            deadline = time.monotonic() + 30
+            while proxy.get("/", headers=site).status_code != 200:
+                check(time.monotonic() < deadline, "the server inside never answered")
+                time.sleep(0.1)
+            time.sleep(2)
+            wakes = []
+            for _ in range(n):
+                sbx.pause()
+                settle()
+                start = time.perf_counter()
+                r = proxy.get("/", headers=site)
+                wakes.append(time.perf_counter() - start)
+                check(r.status_code == 200, f"the woken sandbox answered {r.status_code}")
+        return wakes
+    finally:
+        sbx.kill()
+
+
 def through_api(n: int, forks: int, concurrent: int) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -518,6 +550,7 @@ def through_api(n: int, forks: int, concurrent: int) -> dict[str, list[float]]:
             pauses, resumes = pause_resume(opts, n)
             out["pause, none kept (256 MiB held)"] = pauses
             out["resume, restored (256 MiB held)"] = resumes
+            out["wake by traffic → answer, restored (256 MiB)"] = wake_by_traffic(opts, n)
 
     with tempfile.TemporaryDirectory() as tmp, gvisor_server(Path(tmp), LIMITS) as server:
         opts = sdk_env(server)
@@ -600,6 +633,7 @@ def main() -> None:
         "pause, none kept (256 MiB held)": bare_save,
         "resume, kept (256 MiB held)": bare_restore,
         "resume, restored (256 MiB held)": bare_restore,
+        "wake by traffic → answer, restored (256 MiB)": bare_restore,
         "resume, kept in swap (256 MiB held)": bare_restore,
         "restore create → first command": bare_restore,
         f"warm-pool create → first command (pool of {LATENCY_POOL})": bare_restore,
