@@ -8,7 +8,7 @@ import contextlib
 import dataclasses
 import hmac
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from starlette.datastructures import Headers, QueryParams
@@ -146,17 +146,10 @@ class SandboxProxy:
             if not ws and scope["path"] == "/health":
                 await send_json(send, 200, {"status": "ok"})
                 return
-            if ws:
-                await deny(scope, send, 400, bad_route(str(e)))
-            else:
-                await send_json(send, 400, bad_route(str(e)))
+            await _refuse(scope, send, 400, bad_route(str(e)))
             return
         if not await self._admitted(target, headers):
-            body = traffic_token_missing(target.sandbox_id, target.port)
-            if ws:
-                await deny(scope, send, 401, body)
-            else:
-                await send_json(send, 401, body)
+            await _refuse(scope, send, 401, traffic_token_missing(target.sandbox_id, target.port))
             return
         stream = target.port == ENVD_PORT and scope["path"] in PROCESS_STREAMS
         if stream and self._holds[target.sandbox_id]:
@@ -164,10 +157,7 @@ class SandboxProxy:
         found = await self._locate(target.sandbox_id, _wake_refusal(target, scope, headers))
         if isinstance(found, _EnvdRefuses):
             body = envd_credentials_missing(target.sandbox_id, target.port, found.reason)
-            if ws:
-                await deny(scope, send, 401, body)
-            else:
-                await send_json(send, 401, body)
+            await _refuse(scope, send, 401, body)
             return
         if not isinstance(found, Location):
             if isinstance(found, Paused):
@@ -175,10 +165,7 @@ class SandboxProxy:
                 body = sandbox_paused(target.sandbox_id, woke, found.refused)
             else:
                 body = sandbox_not_found(target.sandbox_id)
-            if ws:
-                await deny(scope, send, 502, body)
-            else:
-                await send_json(send, 502, body)
+            await _refuse(scope, send, 502, body)
             return
         address = found.address(target.port)
         host = found.host_header(target.port)
@@ -240,6 +227,15 @@ class SandboxProxy:
                 await self.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+async def _refuse(scope: Scope, send: Send, status: int, body: dict[str, Any]) -> None:
+    """The proxy's own answer instead of the sandbox's: JSON, or a WebSocket handshake's
+    denial."""
+    if scope["type"] == "websocket":
+        await deny(scope, send, status, body)
+    else:
+        await send_json(send, status, body)
 
 
 def _wake_refusal(target: Target, scope: Scope, headers: Headers) -> Callable[[Paused], str | None]:
