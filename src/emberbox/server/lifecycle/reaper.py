@@ -23,7 +23,7 @@ from ...node.client import NodeError
 from ..db import sandboxes as q
 from ..db.models import utcnow
 from .network import NetworkService
-from .service import DEFAULT_RESUME_TIMEOUT_S, SandboxService, pause_mode_of
+from .service import DEFAULT_RESUME_TIMEOUT_S, SandboxService, paused_as_held
 from .snapshots import remove_leftover_snapshots, remove_untracked_snapshots
 from .states import EndReason, State
 
@@ -100,12 +100,7 @@ class Reaper:
             # old end time may have passed while it was paused). A pause that did not keeps
             # the end time it had: one cut at that end time is paused by the next tick, a
             # user's pause leaves the lifetime as it was.
-            fresh: dict[str, Any] = {}
-            if paused:  # what its quota counts, and what it kept (traffic wakes no files)
-                fresh["paused_bytes"] = sandbox.paused_bytes
-                fresh["pause_mode"] = pause_mode_of(not sandbox.files_only)
-            else:
-                fresh["pause_mode"] = None
+            fresh: dict[str, Any] = paused_as_held(sandbox) if paused else {"pause_mode": None}
             if not paused and sid in resuming:
                 fresh["end_at"] = utcnow() + dt.timedelta(seconds=DEFAULT_RESUME_TIMEOUT_S)
             # Only from the state it was read in: the listing says nothing of a switch since.

@@ -192,6 +192,12 @@ def pause_mode_of(keep_memory: bool) -> str:
     return "full" if keep_memory else "filesystem"
 
 
+def paused_as_held(held: pb.Sandbox) -> dict[str, Any]:
+    """A paused row's fields as its node holds the sandbox: the disk its save takes (what the
+    team's quota counts) and what it kept (traffic does not wake a sandbox of files only)."""
+    return {"paused_bytes": held.paused_bytes, "pause_mode": pause_mode_of(not held.files_only)}
+
+
 async def _envd_answers(row: Sandbox) -> bool:
     """Asked before a pause: a probe that changes nothing in the guest it checkpoints."""
     if not row.envd_url:
@@ -1095,9 +1101,7 @@ class SandboxService:
             held = await self.node_paused(sandbox_id)
         except NodeError:
             return {}
-        if held is None:
-            return {}
-        return {"paused_bytes": held.paused_bytes, "pause_mode": pause_mode_of(not held.files_only)}
+        return {} if held is None else paused_as_held(held)
 
     async def node_view(self, sandbox_id: str) -> pb.Sandbox | None:
         """The sandbox as its node holds it now; None when it holds no such sandbox."""
@@ -1117,9 +1121,7 @@ class SandboxService:
         finds it so): recorded paused, its disk counted, so a resume tries again. False if
         the row was not in ``was``."""
         async with self.sessions.begin() as s:
-            moved = await q.set_state(s, sandbox_id, [was], State.PAUSED,
-                                      paused_bytes=held.paused_bytes,
-                                      pause_mode=pause_mode_of(not held.files_only))  # fmt: skip
+            moved = await q.set_state(s, sandbox_id, [was], State.PAUSED, **paused_as_held(held))
         if moved:
             self.on_gone(sandbox_id)  # (the proxy forgets where it ran)
             log.warning("sandbox %s recorded paused, as its node holds it", sandbox_id)
