@@ -551,3 +551,95 @@ async def test_a_user_pause_killed_meanwhile_is_not_answered_done(
     with pytest.raises(NotFound, match="killed while it paused"):
         await plane.service.pause(plane.who, row.id)
     assert await plane.state(row.id) == "killing"
+
+
+async def _lifetime(plane: Plane, sandbox_id: str) -> tuple[str, str, float]:
+    """The row's state, what its end time does, and the seconds left until it."""
+    async with plane.service.sessions() as s:
+        row = await q.get(s, sandbox_id)
+    assert row is not None
+    return row.state, row.on_timeout, (row.end_at - utcnow()).total_seconds()
+
+
+@pytest.mark.parametrize("reached", [True, False])
+async def test_a_resume_recorded_from_the_nodes_listing_runs_as_it_asked(
+    plane: Plane, monkeypatch: pytest.MonkeyPatch, reached: bool
+) -> None:
+    """A legacy resume with ``autoPause`` and a 60 s timeout whose answer was lost: recorded
+    running from the listing, it gets those 60 s (it got E2B's connect default, 300 s) and
+    pauses at its end. Recorded paused (the node had not got to it), its end time does what
+    it did before (the resume's ``autoPause`` stayed on a sandbox it never resumed) until the
+    node runs it after all."""
+    row = await plane.service.create(plane.who, CreateRequest("base", 600))
+    await plane.service.pause(plane.who, row.id)
+    real = plane.service.node.resume
+    monkeypatch.setattr(
+        plane.service.node, "resume", _answer_lost_after(real if reached else _nothing)
+    )
+    with pytest.raises(NodeFailed):
+        await plane.service.connect(plane.who, row.id, 60, resume_only=True, on_timeout="pause")
+    await plane.reaper.reconcile()
+    if not reached:
+        state, on_timeout, _ = await _lifetime(plane, row.id)
+        assert (state, on_timeout) == ("paused", "kill")
+        await real(row.id, row.envd_access_token)  # the node gets to it after all
+        await plane.reaper.reconcile()
+    state, on_timeout, left_s = await _lifetime(plane, row.id)
+    assert (state, on_timeout) == ("running", "pause") and 50 < left_s <= 60
+    assert not plane.runtime.teardowns
+
+
+async def test_a_resume_given_up_on_that_the_node_finished_runs_as_it_asked(
+    plane: Plane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A legacy resume with ``autoPause`` cancelled here (its client went away, the server
+    stopped) while a separate node went on with it: the row is put back paused, and the
+    listing then shows the sandbox running. Recorded running, it ends as that resume asked.
+    It got 300 s and the end time's old action (kill), the ``autoPause`` put back."""
+    row = await plane.service.create(plane.who, CreateRequest("base", 600))
+    await plane.service.pause(plane.who, row.id)
+    real = plane.service.node.resume
+    finish = asyncio.Event()
+    on_node: list[asyncio.Task[object]] = []
+    asked = asyncio.Event()
+
+    async def goes_on_without_us(*args: object, **kwargs: object) -> object:
+        async def later() -> object:
+            await finish.wait()
+            return await real(*args, **kwargs)  # type: ignore[arg-type]
+
+        on_node.append(asyncio.create_task(later()))
+        asked.set()
+        await asyncio.Event().wait()  # (no answer until cancelled)
+        raise AssertionError
+
+    monkeypatch.setattr(plane.service.node, "resume", goes_on_without_us)
+    call = asyncio.create_task(
+        plane.service.connect(plane.who, row.id, 60, resume_only=True, on_timeout="pause")
+    )
+    await asked.wait()
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert (await _lifetime(plane, row.id))[:2] == ("paused", "kill")
+    finish.set()
+    await on_node[0]
+    await plane.reaper.reconcile()
+    state, on_timeout, left_s = await _lifetime(plane, row.id)
+    assert (state, on_timeout) == ("running", "pause") and 50 < left_s <= 60
+
+
+async def test_a_wake_recorded_from_the_nodes_listing_gets_the_sandboxs_own_lifetime(
+    plane: Plane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Traffic woke a sandbox created with a 120 s timeout and the node's answer was lost:
+    recorded running from the listing, it has 120 s ahead, as a wake gives (it had 300)."""
+    req = CreateRequest("base", 120, auto_pause=True, auto_resume=True)
+    row = await plane.service.create(plane.who, req)
+    await plane.service.pause(plane.who, row.id)
+    monkeypatch.setattr(plane.service.node, "resume", _answer_lost_after(plane.service.node.resume))
+    woken = await plane.service.wake(row.id)
+    assert not woken.running
+    await plane.reaper.reconcile()
+    state, on_timeout, left_s = await _lifetime(plane, row.id)
+    assert (state, on_timeout) == ("running", "pause") and 110 < left_s <= 120

@@ -119,6 +119,12 @@ class Sandbox(Base):
     on_timeout: Mapped[str] = mapped_column(String(8), default="kill", server_default="kill")
     auto_resume: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     timeout_s: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # What the last resume asked for once the sandbox runs (its lifetime from then, and what
+    # its end time does: the legacy resume's autoPause; None: as before), kept from the resume's
+    # start until it runs: a resume whose answer was lost, or that this server gave up on, may
+    # be finished by the node and recorded from its listing.
+    resume_timeout_s: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    resume_on_timeout: Mapped[str | None] = mapped_column(String(8), nullable=True)
     # Disk its saved memory takes while paused (0 otherwise): shown, and under the snapshot quota.
     paused_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     # Its end time's pause keeps the memory (False: only the files, E2B's autoPauseMemory).

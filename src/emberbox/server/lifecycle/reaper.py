@@ -13,17 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 from collections.abc import AsyncIterator, Coroutine, Iterable
 from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..._proto.node import node_pb2 as pb
 from ...node.client import NodeError
 from ..db import sandboxes as q
 from ..db.models import utcnow
 from .network import NetworkService
-from .service import DEFAULT_RESUME_TIMEOUT_S, SandboxService, paused_as_held
+from .service import SandboxService, paused_as_held, running_as_resumed
 from .snapshots import remove_leftover_snapshots, remove_untracked_snapshots
 from .states import EndReason, State
 
@@ -96,16 +97,17 @@ class Reaper:
                 await self.service.mark_crashed(sid, oom=False)
                 continue
             paused = sandbox.status == pb.SANDBOX_STATUS_PAUSED
-            # A resume that got through counts its lifetime from now, as a resume does (its
-            # old end time may have passed while it was paused). A pause that did not keeps
-            # the end time it had: one cut at that end time is paused by the next tick, a
-            # user's pause leaves the lifetime as it was.
+            # (a pause that did not get through: nothing saved)
             fresh: dict[str, Any] = paused_as_held(sandbox) if paused else {"pause_mode": None}
-            if not paused and sid in resuming:
-                fresh["end_at"] = utcnow() + dt.timedelta(seconds=DEFAULT_RESUME_TIMEOUT_S)
             # Only from the state it was read in: the listing says nothing of a switch since.
             was = State.RESUMING if sid in resuming else State.PAUSING
             async with self.service.sessions.begin() as s:
+                # A resume that got through runs as it asked (its lifetime from now, as a
+                # resume's). A pause that did not keeps the end time it had: one cut at that
+                # end time is paused by the next tick, a user's pause leaves the lifetime as
+                # it was. (A resume settled paused keeps what it asked: the node may be at it.)
+                if not paused and was == State.RESUMING:
+                    fresh |= await _as_resumed(s, sid)
                 settled = await q.set_state(
                     s,
                     sid,
@@ -222,10 +224,9 @@ class Reaper:
         and every later connect would be refused."""
         async for held in self._held_as(paused, listing, pb.SANDBOX_STATUS_RUNNING):
             sid = held.sandbox_id
-            end_at = utcnow() + dt.timedelta(seconds=DEFAULT_RESUME_TIMEOUT_S)
             async with self.service.sessions.begin() as s:  # (by resuming, as a resume)
-                fresh: dict[str, Any] = {"envd_url": held.envd_url, "host_address": held.host,
-                                         "pause_mode": None, "end_at": end_at}  # fmt: skip
+                fresh = {"envd_url": held.envd_url, "host_address": held.host,
+                         **await _as_resumed(s, sid)}  # fmt: skip
                 moved = await q.set_state(s, sid, [State.PAUSED], State.RESUMING)
                 moved = moved and await q.set_state(
                     s, sid, [State.RESUMING], State.RUNNING, **fresh
@@ -271,3 +272,11 @@ class Reaper:
             except Exception:
                 log.exception("reaper step failed")
             await asyncio.sleep(seconds)
+
+
+async def _as_resumed(s: AsyncSession, sandbox_id: str) -> dict[str, Any]:
+    """A row the node's listing shows resumed, as the last resume that began asked."""
+    row = await q.get(s, sandbox_id, fresh=True)
+    if row is None:  # (gone: the move that follows finds no row either)
+        return running_as_resumed(None, None)
+    return running_as_resumed(row.resume_timeout_s, row.resume_on_timeout)

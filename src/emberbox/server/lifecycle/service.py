@@ -192,6 +192,18 @@ def pause_mode_of(keep_memory: bool) -> str:
     return "full" if keep_memory else "filesystem"
 
 
+def running_as_resumed(timeout_s: int | None, on_timeout: str | None) -> dict[str, Any]:
+    """A resumed row's fields, as its resume asked: its lifetime counts from now (its old end
+    time may have passed while it was paused; None: ``DEFAULT_RESUME_TIMEOUT_S``), and its end
+    time does ``on_timeout`` (None: as before). Nothing saved is left; what the resume asked
+    is spent."""
+    timeout_s = DEFAULT_RESUME_TIMEOUT_S if timeout_s is None else timeout_s
+    end_at = utcnow() + dt.timedelta(seconds=timeout_s)
+    ends = {"on_timeout": on_timeout} if on_timeout else {}
+    spent = {"resume_timeout_s": None, "resume_on_timeout": None}
+    return {"end_at": end_at, **ends, "paused_bytes": 0, "pause_mode": None, **spent}
+
+
 def paused_as_held(held: pb.Sandbox) -> dict[str, Any]:
     """A paused row's fields as its node holds the sandbox: the disk its save takes (what the
     team's quota counts) and what it kept (traffic does not wake a sandbox of files only)."""
@@ -714,8 +726,8 @@ class SandboxService:
         ``resume_only`` (the legacy ``/resume``): a sandbox that is running, or that another
         caller resumed meanwhile, is a :class:`Conflict` and its end time is left alone.
         ``on_timeout`` (its ``autoPause``): what the end time of a sandbox this call resumes
-        does, set with the resume (before it, the end time could come first; by a call that
-        did not resume it, it would undo what the resuming call set).
+        does, set as it runs again (by a call that did not resume it, it would undo what the
+        resuming call set).
         """
         timeout_s = DEFAULT_RESUME_TIMEOUT_S if timeout_s is None else timeout_s
         self.check_timeout(timeout_s, minimum=1)  # E2B's minimum: 0 would end it at once
@@ -1053,11 +1065,11 @@ class SandboxService:
     async def _resume_admitted(
         self, row: Sandbox, timeout_s: int | None, with_memory: bool, on_timeout: str | None
     ) -> Sandbox:
-        # (set from the start, so a resume whose answer is lost and that the node's listing
-        # settles running has it; put back if the resume fails)
-        ends: dict[str, Any] = {"on_timeout": on_timeout} if on_timeout else {}
+        # (kept on the row from the start: a resume whose answer is lost, or that is given up
+        # on here, may still be finished by the node, and is then recorded from its listing)
+        asked: dict[str, Any] = {"resume_timeout_s": timeout_s, "resume_on_timeout": on_timeout}
         async with self.admission, self.sessions.begin() as s:
-            if not await q.set_state(s, row.id, [State.PAUSED], State.RESUMING, **ends):
+            if not await q.set_state(s, row.id, [State.PAUSED], State.RESUMING, **asked):
                 raise Busy(f"sandbox '{row.id}' is being paused or resumed; retry")
             await self._check_room(s, row.team_id, row.cpu_count, row.memory_mb, resuming=row.id)
         # (traffic meanwhile waits for this resume, not for an earlier one's failure to age)
@@ -1070,8 +1082,8 @@ class SandboxService:
             if answer_lost(e):  # left resuming: the node's listing settles it
                 raise NodeFailed(f"resume of '{row.id}': {_LOST}") from e
             saved = await self._saved_size(row.id) if isinstance(e, Exception) else {}
-            if ends:
-                saved["on_timeout"] = row.on_timeout
+            if isinstance(e, Exception):  # (failed: nothing of it is left to finish)
+                saved |= {"resume_timeout_s": None, "resume_on_timeout": None}
             async with self.sessions.begin() as s:
                 await q.set_state(s, row.id, [State.RESUMING], State.PAUSED, **saved)
             if not isinstance(e, Exception):
@@ -1080,13 +1092,11 @@ class SandboxService:
                 await self.mark_crashed(row.id, oom=False)
                 raise NotFound(f"sandbox '{row.id}' no longer exists on its node") from e
             raise SandboxFailed(f"resume failed: {e}") from e
-        timeout = timeout_s if timeout_s is not None else DEFAULT_RESUME_TIMEOUT_S
         async with self.sessions.begin() as s:
             ok = await q.set_row_state(
                 s, row, [State.RESUMING], State.RUNNING, envd_url=b.envd_url,
-                host_address=b.host, end_at=utcnow() + dt.timedelta(seconds=timeout),
-                paused_bytes=0, pause_mode=None,
-                envd_version=b.envd_version or row.envd_version,
+                host_address=b.host, envd_version=b.envd_version or row.envd_version,
+                **running_as_resumed(timeout_s, on_timeout),
             )  # fmt: skip
         if not ok:  # killed meanwhile (its kill stops it on the node once this is done)
             raise NotFound(f"sandbox '{row.id}' was killed while it resumed")
