@@ -7,7 +7,8 @@ import asyncio
 from urllib.parse import quote
 
 import pytest
-from sqlalchemy import inspect, text
+from sqlalchemy import Connection, inspect, text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from emberbox.server.api.errors import ApiError
 from emberbox.server.api.query import parse_metadata, parse_order, parse_states, parse_time
@@ -128,7 +129,7 @@ def test_migrations_create_the_schema_and_are_idempotent(db: str, tmp_path) -> N
         else f"sqlite+aiosqlite:///{tmp_path}/m.db"
     )
 
-    async def run() -> tuple[set[str], str]:
+    async def run() -> tuple[set[str], str, list[object]]:
         engine = make_engine(url)
         try:
             await migrate(engine)
@@ -138,17 +139,98 @@ def test_migrations_create_the_schema_and_are_idempotent(db: str, tmp_path) -> N
                 version = (
                     await conn.execute(text("select version_num from alembic_version"))
                 ).scalar_one()
-            return tables, version
+                drift = await conn.run_sync(_differences_from_the_models)
+            return tables, version, drift
         finally:
             await engine.dispose()
 
     try:
-        tables, version = asyncio.run(run())
+        tables, version, drift = asyncio.run(run())
     finally:
         if db == "postgres":
             drop_postgres_database(PG_URL, url)
     assert {"teams", "api_keys", "sandboxes", "sandbox_metadata", "snapshots"} <= tables
     assert version == _newest_migration()
+    # The schema the migrations build is the one the models describe: a column a model
+    # gained without a migration, or a type or NULL rule that differs, shows here.
+    assert drift == []
+
+
+_ROWS_BEFORE_0019 = [
+    "insert into teams (id, name, created_at) values ('t1', 'team', '2026-12-06 10:00:00')",
+    "insert into templates (id, team_id, name, public, spawn_count, created_at, updated_at) "
+    "values ('tp', 't1', 'mine', false, 0, '2026-12-06 10:00:00', '2026-12-06 10:00:00')",
+    "insert into template_builds (id, template_id, status, cpu_count, memory_mb, disk_mb, "
+    "created_at, updated_at) values ('b1', 'tp', 'ready', 1, 256, 512, '2026-12-06 10:00:00', "
+    "'2026-12-06 10:00:00')",
+    "insert into template_tags (template_id, tag, build_id, created_at) "
+    "values ('tp', 'default', 'b1', '2026-12-06 10:00:00')",
+    "insert into template_build_logs (build_id, seq, timestamp, level, message) "
+    "values ('b1', 0, '2026-12-06 10:00:00', 'info', 'built')",
+    "insert into snapshots (id, team_id, source_sandbox_id, template_id, cpu_count, memory_mb, "
+    "disk_mb, allow_internet, node_id, runtime, path, size_bytes, envd_access_token, internal, "
+    "created_at, memory) values ('s1', 't1', 'sb', 'base', 1, 256, 512, true, 'n', 'gvisor', "
+    "'/p', 10, 'token', false, '2026-12-06 10:00:00', true)",
+]
+
+
+@pytest.mark.parametrize("db", DB_PARAMS)
+def test_migrating_a_database_that_holds_rows_keeps_every_row(db: str, tmp_path) -> None:
+    """A migration that recreates a SQLite table (to change a NULL rule, say) dropped it with
+    foreign keys enforced: every build, tag and build log of the templates went with it."""
+    from alembic import command
+
+    from emberbox.server.db.engine import _alembic_config
+
+    url = (
+        create_postgres_database(PG_URL)
+        if db == "postgres"
+        else f"sqlite+aiosqlite:///{tmp_path}/m.db"
+    )
+    tables = [i.split()[2] for i in _ROWS_BEFORE_0019]
+
+    async def counts(engine: AsyncEngine) -> dict[str, int]:
+        async with engine.connect() as conn:
+            return {t: (await conn.execute(text(f"select count(*) from {t}"))).scalar_one()
+                    for t in tables}  # fmt: skip
+
+    async def run() -> tuple[dict[str, int], dict[str, int], object]:
+        engine = make_engine(url)
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(lambda c: command.upgrade(_alembic_config(c), "0018"))
+            async with engine.begin() as conn:
+                for insert in _ROWS_BEFORE_0019:
+                    await conn.execute(text(insert))
+            before = await counts(engine)
+            await migrate(engine)
+            enforced = None
+            if db == "sqlite":
+                async with engine.connect() as conn:
+                    enforced = (await conn.exec_driver_sql("PRAGMA foreign_keys")).scalar_one()
+            return before, await counts(engine), enforced
+        finally:
+            await engine.dispose()
+
+    try:
+        before, after, enforced = asyncio.run(run())
+    finally:
+        if db == "postgres":
+            drop_postgres_database(PG_URL, url)
+    assert before == dict.fromkeys(tables, 1) and after == before
+    assert enforced in (None, 1)  # (SQLite's foreign keys are enforced again)
+
+
+def _differences_from_the_models(conn: Connection) -> list[object]:
+    """What Alembic's autogenerate would change for the schema to match the models."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from emberbox.server.db import templates  # noqa: F401  (its tables join the metadata)
+    from emberbox.server.db.models import Base
+
+    context = MigrationContext.configure(conn, opts={"compare_type": True})
+    return list(compare_metadata(context, Base.metadata))
 
 
 def _newest_migration() -> str:

@@ -52,5 +52,23 @@ async def migrate(engine: AsyncEngine) -> None:
     def upgrade(connection: Connection) -> None:
         command.upgrade(_alembic_config(connection), "head")
 
-    async with engine.begin() as conn:
-        await conn.run_sync(upgrade)
+    if engine.dialect.name != "sqlite":
+        async with engine.begin() as conn:
+            await conn.run_sync(upgrade)
+        return
+    # A batch migration recreates a SQLite table (copy, drop, rename): with foreign keys
+    # enforced, the drop deletes every row that references it (ON DELETE CASCADE), so they
+    # are off while it runs (SQLite ignores the switch inside a transaction: set before one)
+    # and checked once it is done.
+    async with engine.connect() as conn:
+        await conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        await conn.commit()
+        try:
+            async with conn.begin():
+                await conn.run_sync(upgrade)
+                broken = (await conn.exec_driver_sql("PRAGMA foreign_key_check")).all()
+                if broken:
+                    raise RuntimeError(f"migration left rows whose references are gone: {broken}")
+        finally:
+            await conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+            await conn.commit()
