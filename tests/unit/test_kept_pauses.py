@@ -4,6 +4,7 @@ a fake here; tests/runtimes/test_gvisor_kept_pause.py keeps real gVisor sandboxe
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -159,3 +160,31 @@ def test_the_keep_is_read_from_the_environment() -> None:
     for raw in ("soon", "-1", "nan"):
         with pytest.raises(ValueError, match="EMBERBOX_PAUSE_KEEP_S"):
             Settings.from_env({"EMBERBOX_PAUSE_KEEP_S": raw})
+
+
+async def test_a_sandbox_resumed_and_paused_again_meanwhile_is_judged_by_its_new_keep() -> None:
+    """Both kept sandboxes are due; while the first one's release runs, the second is resumed
+    (``take``) and paused again (``keep``): its new keep has its whole time ahead. The check
+    released it anyway, on the end time of the keep it had read."""
+    host = Host(4096)
+    releasing = asyncio.Event()
+    go_on = asyncio.Event()
+
+    async def slow_release(sandbox_id: str) -> None:
+        if sandbox_id == "a":
+            releasing.set()
+            await go_on.wait()
+        await host.release(sandbox_id)
+
+    kept = KeptPauses(60, 1024, slow_release, free_mb=lambda: host.free)
+    start = time.monotonic() - 61
+    kept.keep("a", now=start)
+    kept.keep("b", now=start)
+    check = asyncio.create_task(kept.due())
+    await releasing.wait()
+    assert kept.take("b")  # resumed...
+    kept.keep("b")  # ...and paused again
+    go_on.set()
+    assert await check == ["a"]
+    assert kept.holds("b") and host.released == ["a"]
+    await kept.close()

@@ -97,15 +97,17 @@ class KeptPauses:
             await asyncio.gather(self._keeper, return_exceptions=True)
         for sandbox_id, kept in list(self._kept.items()):
             if not kept.swapped:
-                await self._release(sandbox_id)
+                await self._release(sandbox_id, kept)
 
     async def due(self, now: float | None = None) -> list[str]:
         """Release those whose time is up, then those the host needs back (module doc); the
         ids released."""
         at = time.monotonic() if now is None else now
         released = []
+        # (each release awaits: one resumed and paused again meanwhile is a new keep, judged
+        # on its own at the next check)
         for sandbox_id, kept in list(self._kept.items()):
-            if self._end(kept) <= at and self.holds(sandbox_id) and await self._release(sandbox_id):
+            if self._end(kept) <= at and await self._release(sandbox_id, kept):
                 released.append(sandbox_id)
         # Resident ones free the most: first, then those in swap, the oldest first of each.
         order = sorted(self._kept.items(), key=lambda item: (item[1].swapped, item[1].since))
@@ -113,7 +115,7 @@ class KeptPauses:
             short_of_swap = kept.swapped and self.swap_short()
             if self.free_mb() >= self.min_free_mb and not short_of_swap:
                 continue
-            if self.holds(sandbox_id) and await self._release(sandbox_id):
+            if await self._release(sandbox_id, kept):
                 released.append(sandbox_id)
         return released
 
@@ -121,14 +123,19 @@ class KeptPauses:
         end = kept.since + self.keep_s
         return end if kept.swapped else min(end, kept.resident_from + self.resident_s)
 
-    async def _release(self, sandbox_id: str) -> bool:
+    async def _release(self, sandbox_id: str, kept: _Kept) -> bool:
+        """Release ``sandbox_id`` if it is still ``kept``: not taken, nor kept again (a
+        resume and a new pause) since that was read."""
+        if self._kept.get(sandbox_id) is not kept:
+            return False
         try:
             await self.release(sandbox_id)
         except Exception:  # its processes stay, stopped; a kill or a resume ends them
             log.exception("releasing the kept processes of paused sandbox %s failed", sandbox_id)
             return False
         finally:
-            self._kept.pop(sandbox_id, None)
+            if self._kept.get(sandbox_id) is kept:
+                del self._kept[sandbox_id]
         return True
 
     async def _release_when_due(self) -> None:
