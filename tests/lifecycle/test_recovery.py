@@ -17,7 +17,7 @@ from emberbox.server.db import sandboxes as q
 from emberbox.server.db import snapshots as snapshot_rows
 from emberbox.server.db.models import utcnow
 from emberbox.server.lifecycle import snapshots as snapshots_module
-from emberbox.server.lifecycle.errors import GuestUnhealthy, NodeFailed, NotFound
+from emberbox.server.lifecycle.errors import GuestUnhealthy, NodeFailed, NotFound, SandboxFailed
 from emberbox.server.lifecycle.service import CreateRequest, snapshot_message
 from emberbox.server.lifecycle.snapshots import SnapshotService
 from emberbox.server.lifecycle.states import State
@@ -643,3 +643,27 @@ async def test_a_wake_recorded_from_the_nodes_listing_gets_the_sandboxs_own_life
     await plane.reaper.reconcile()
     state, on_timeout, left_s = await _lifetime(plane, row.id)
     assert (state, on_timeout) == ("running", "pause") and 110 < left_s <= 120
+
+
+async def test_a_resume_the_node_ran_but_answered_failed_runs_as_it_asked(
+    plane: Plane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node ran the sandbox and then failed to record it (its disk full, say): the resume
+    answers failed and the row goes back to paused, then the listing shows it running. What
+    that resume asked for is kept for it (it was dropped with the failure, and the sandbox
+    got 300 s and the end time's old action)."""
+    row = await plane.service.create(plane.who, CreateRequest("base", 600))
+    await plane.service.pause(plane.who, row.id)
+    real = plane.service.node.resume
+
+    async def ran_then_failed(*args: object, **kwargs: object) -> object:
+        await real(*args, **kwargs)  # type: ignore[arg-type]
+        raise NodeError(Code.INTERNAL, "saving the node's record failed: disk full")
+
+    monkeypatch.setattr(plane.service.node, "resume", ran_then_failed)
+    with pytest.raises(SandboxFailed):
+        await plane.service.connect(plane.who, row.id, 60, resume_only=True, on_timeout="pause")
+    assert (await _lifetime(plane, row.id))[:2] == ("paused", "kill")
+    await plane.reaper.reconcile()
+    state, on_timeout, left_s = await _lifetime(plane, row.id)
+    assert (state, on_timeout) == ("running", "pause") and 50 < left_s <= 60

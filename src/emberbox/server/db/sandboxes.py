@@ -78,6 +78,14 @@ async def route(s: AsyncSession, sandbox_id: str) -> Route | None:
     return None if row is None else Route(*row)
 
 
+async def resume_asked(s: AsyncSession, sandbox_id: str) -> tuple[int | None, str | None]:
+    """What the last resume of the sandbox to begin asked for: its timeout and what its end
+    time does (None, None: nothing, or no such sandbox)."""
+    query = select(Sandbox.resume_timeout_s, Sandbox.resume_on_timeout)
+    row = (await s.execute(query.where(Sandbox.id == sandbox_id))).one_or_none()
+    return (None, None) if row is None else (row[0], row[1])
+
+
 async def get_for_team(
     s: AsyncSession, team_id: str, sandbox_id: str, states: Collection[State]
 ) -> Sandbox | None:

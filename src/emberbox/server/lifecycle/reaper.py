@@ -276,7 +276,4 @@ class Reaper:
 
 async def _as_resumed(s: AsyncSession, sandbox_id: str) -> dict[str, Any]:
     """A row the node's listing shows resumed, as the last resume that began asked."""
-    row = await q.get(s, sandbox_id, fresh=True)
-    if row is None:  # (gone: the move that follows finds no row either)
-        return running_as_resumed(None, None)
-    return running_as_resumed(row.resume_timeout_s, row.resume_on_timeout)
+    return running_as_resumed(*await q.resume_asked(s, sandbox_id))

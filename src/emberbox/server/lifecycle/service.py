@@ -1081,9 +1081,9 @@ class SandboxService:
             log.warning("resume of %s failed: %s", row.id, e)
             if answer_lost(e):  # left resuming: the node's listing settles it
                 raise NodeFailed(f"resume of '{row.id}': {_LOST}") from e
+            # (what it asked stays on the row: a node that failed to record the resume may
+            # run the sandbox all the same, and the next resume to begin overwrites it)
             saved = await self._saved_size(row.id) if isinstance(e, Exception) else {}
-            if isinstance(e, Exception):  # (failed: nothing of it is left to finish)
-                saved |= {"resume_timeout_s": None, "resume_on_timeout": None}
             async with self.sessions.begin() as s:
                 await q.set_state(s, row.id, [State.RESUMING], State.PAUSED, **saved)
             if not isinstance(e, Exception):
