@@ -218,7 +218,59 @@ def test_migrating_a_database_that_holds_rows_keeps_every_row(db: str, tmp_path)
         if db == "postgres":
             drop_postgres_database(PG_URL, url)
     assert before == dict.fromkeys(tables, 1) and after == before
-    assert enforced in (None, 1)  # (SQLite's foreign keys are enforced again)
+    assert enforced == (1 if db == "sqlite" else None)  # (SQLite's are enforced again)
+
+
+@pytest.mark.parametrize("db", DB_PARAMS)
+def test_a_migration_that_fails_changes_nothing_and_runs_again_once_fixed(
+    db: str, tmp_path
+) -> None:
+    """0019 refuses a snapshot row with no path (the column becomes NOT NULL). On SQLite
+    the tables it had recreated by then stayed (DDL before the first row written was
+    committed at once), and every later start failed on them."""
+    from alembic import command
+
+    from emberbox.server.db.engine import _alembic_config
+
+    url = (
+        create_postgres_database(PG_URL)
+        if db == "postgres"
+        else f"sqlite+aiosqlite:///{tmp_path}/m.db"
+    )
+    no_path = _ROWS_BEFORE_0019[-1].replace("'/p'", "null")
+
+    async def schema(engine: AsyncEngine) -> tuple[str, set[str]]:
+        async with engine.connect() as conn:
+            version = await conn.execute(text("select version_num from alembic_version"))
+            tables = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
+            return version.scalar_one(), tables
+
+    async def run() -> tuple[tuple[str, set[str]], tuple[str, set[str]], str]:
+        engine = make_engine(url)
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(lambda c: command.upgrade(_alembic_config(c), "0018"))
+            async with engine.begin() as conn:
+                for insert in [*_ROWS_BEFORE_0019[:-1], no_path]:
+                    await conn.execute(text(insert))
+            before = await schema(engine)
+            with pytest.raises(Exception, match=r"(?i)null"):
+                await migrate(engine)
+            failed = await schema(engine)
+            async with engine.begin() as conn:
+                await conn.execute(text("update snapshots set path = '/p'"))
+            await migrate(engine)
+            return before, failed, (await schema(engine))[0]
+        finally:
+            await engine.dispose()
+
+    try:
+        before, failed, fixed = asyncio.run(run())
+    finally:
+        if db == "postgres":
+            drop_postgres_database(PG_URL, url)
+    assert before[0] == "0018" and failed == before
+    assert fixed == _newest_migration()
 
 
 def _differences_from_the_models(conn: Connection) -> list[object]:
@@ -229,7 +281,9 @@ def _differences_from_the_models(conn: Connection) -> list[object]:
     from emberbox.server.db import templates  # noqa: F401  (its tables join the metadata)
     from emberbox.server.db.models import Base
 
-    context = MigrationContext.configure(conn, opts={"compare_type": True})
+    context = MigrationContext.configure(
+        conn, opts={"compare_type": True, "compare_server_default": True}
+    )
     return list(compare_metadata(context, Base.metadata))
 
 

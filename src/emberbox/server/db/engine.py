@@ -11,8 +11,15 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, event
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -47,7 +54,7 @@ def _alembic_config(connection: Connection) -> Config:
 
 
 async def migrate(engine: AsyncEngine) -> None:
-    """Bring the schema to the newest revision (idempotent)."""
+    """Bring the schema to the newest revision (idempotent): all of it, or none of it."""
 
     def upgrade(connection: Connection) -> None:
         command.upgrade(_alembic_config(connection), "head")
@@ -56,19 +63,36 @@ async def migrate(engine: AsyncEngine) -> None:
         async with engine.begin() as conn:
             await conn.run_sync(upgrade)
         return
-    # A batch migration recreates a SQLite table (copy, drop, rename): with foreign keys
-    # enforced, the drop deletes every row that references it (ON DELETE CASCADE), so they
-    # are off while it runs (SQLite ignores the switch inside a transaction: set before one)
-    # and checked once it is done.
     async with engine.connect() as conn:
+        if await conn.run_sync(_at_head):
+            return
+        # A batch migration recreates a SQLite table (copy, drop, rename): with foreign keys
+        # enforced, the drop deletes every row that references it (ON DELETE CASCADE), so they
+        # are off while it runs (SQLite ignores the switch inside a transaction: set before
+        # one), and what it left pointing nowhere is refused.
         await conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
         await conn.commit()
         try:
             async with conn.begin():
+                # (sqlite3 begins a transaction only before a row is written: the DDL before
+                # that was committed at once, and a migration that failed left half a schema)
+                await conn.exec_driver_sql("BEGIN")
+                before = set(await _broken_references(conn))
                 await conn.run_sync(upgrade)
-                broken = (await conn.exec_driver_sql("PRAGMA foreign_key_check")).all()
-                if broken:
+                if broken := set(await _broken_references(conn)) - before:
                     raise RuntimeError(f"migration left rows whose references are gone: {broken}")
         finally:
-            await conn.exec_driver_sql("PRAGMA foreign_keys=ON")
-            await conn.commit()
+            # (its foreign keys are off: the next checkout opens a connection set up afresh)
+            await conn.invalidate()
+
+
+def _at_head(connection: Connection) -> bool:
+    """Whether the schema is at the newest revision already."""
+    current = MigrationContext.configure(connection).get_current_heads()
+    newest = ScriptDirectory.from_config(_alembic_config(connection)).get_heads()
+    return set(current) == set(newest)
+
+
+async def _broken_references(conn: AsyncConnection) -> list[tuple[Any, ...]]:
+    """SQLite's rows whose foreign key names no row (table, rowid, parent, key index)."""
+    return [tuple(r) for r in (await conn.exec_driver_sql("PRAGMA foreign_key_check")).all()]
