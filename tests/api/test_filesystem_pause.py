@@ -183,6 +183,38 @@ def test_a_filesystem_snapshot_keeps_its_source_variables(api: httpx.Client) -> 
             Sandbox.delete_snapshot(snapshot_id)
 
 
+def test_home_and_path_a_create_gives_reach_commands_however_the_sandbox_starts(
+    api: httpx.Client,
+) -> None:
+    """A create's ``HOME`` and ``PATH`` are handed to every command over envd's defaults (as
+    E2B's envd does with ``envVars``): started from the template's snapshot or booted, from
+    a snapshot with memory or of files only, and booted again from its files. Only a
+    warm-pool claim handed them over; every other start dropped them with the template's."""
+    given = {"HOME": "/tmp/given-home", "PATH": "/opt/given:/usr/bin:/bin", "FOO": "bar"}
+    # (the shell's own environment, as envd started it: a login's profile resets PATH)
+    show = "tr '\\0' '\\n' < /proc/$$/environ | grep -E '^(HOME|PATH|FOO)=' | sort"
+    expected = sorted(f"{k}={v}" for k, v in given.items())
+    src = Sandbox.create(timeout=300, envs=given)
+    made: list[Sandbox] = []
+    snapshots: list[str] = []
+    try:
+        got = {"created": src.commands.run(show).stdout.split()}
+        snapshots.append(src.create_snapshot().snapshot_id)
+        snapshots.append(src.create_snapshot(mode="filesystem").snapshot_id)
+        for how, snapshot_id in zip(("from memory", "from files"), snapshots, strict=True):
+            made.append(Sandbox.create(snapshot_id, timeout=120))
+            got[how] = made[-1].commands.run(show).stdout.split()
+        src.pause(mode="filesystem")
+        got["booted again"] = Sandbox.connect(src.sandbox_id).commands.run(show).stdout.split()
+        assert got == dict.fromkeys(got, expected)
+    finally:
+        for sbx in made:
+            sbx.kill()
+        src.kill()
+        for snapshot_id in snapshots:
+            Sandbox.delete_snapshot(snapshot_id)
+
+
 def test_the_end_time_pause_can_keep_only_files(api: httpx.Client) -> None:
     sbx = Sandbox.create(
         timeout=3, lifecycle={"on_timeout": {"action": "pause", "mode": "filesystem"}}

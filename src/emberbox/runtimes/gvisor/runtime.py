@@ -118,11 +118,19 @@ def _unwrapped(args: list[str]) -> list[str]:
 
 
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# Variables PID 1 needs but commands should not inherit through envd's /init.
+# Variables PID 1 needs but commands should not inherit through envd's /init, as the template
+# sets them (root's HOME); one its create gave (or its snapshot carried) is the sandbox's own.
 _INIT_ONLY = {"PATH", "HOME", "LANG", "EMBERBOX_START_CMD"}
 # Set for each sandbox from its own id and template, never carried over from another's.
 _OWN_VARS = {*IDENTITY_VARS, "EMBERBOX_DEFAULT_USER", "EMBERBOX_DEFAULT_WORKDIR",
              "EMBERBOX_START_CMD"}  # fmt: skip
+
+
+def _init_env(env: Mapping[str, str], template_env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` (what the sandbox boots with) without the template's own ``_INIT_ONLY``
+    values: envd hands the rest to every command over its defaults (HOME, PATH, USER), as
+    E2B's envd does with a create's ``envVars``."""
+    return {k: v for k, v in env.items() if k not in _INIT_ONLY or template_env.get(k) != v}
 
 
 def _carried_env(
@@ -262,10 +270,11 @@ class GVisorRuntime(Runtime):
                 await self.kill(record.sandbox_id)
                 raise
         cfg = template.config
+        own_spec = SandboxSpec(spec.sandbox_id, spec.template_id)  # (the template's vars alone)
         defaults = EnvdDefaults(
             user=cfg.user,
             workdir=cfg.workdir,
-            env={k: v for k, v in env.items() if k not in _INIT_ONLY},
+            env=_init_env(env, self._guest_env(own_spec, template, {})),
             # A checkpoint is taken of a sandbox that was ready already.
             ready_cmd=cfg.ready_cmd if image is None else None,
         )
@@ -847,7 +856,7 @@ class GVisorRuntime(Runtime):
         return EnvdDefaults(
             user=values["EMBERBOX_DEFAULT_USER"],
             workdir=values["EMBERBOX_DEFAULT_WORKDIR"],
-            env={k: v for k, v in values.items() if k not in _INIT_ONLY},
+            env=_init_env(values, self._template_env(record)),
             ready_cmd=ready_cmd,
         )
 
