@@ -183,29 +183,45 @@ def test_a_filesystem_snapshot_keeps_its_source_variables(api: httpx.Client) -> 
             Sandbox.delete_snapshot(snapshot_id)
 
 
+@pytest.mark.parametrize(
+    "given",
+    [
+        {"HOME": "/tmp/given-home", "PATH": "/opt/given:/usr/bin:/bin", "FOO": "bar"},
+        {"HOME": "/root", "LANG": "C.UTF-8", "FOO": "bar"},  # (the template's own values)
+        {"FOO": "bar"},
+    ],
+    ids=["own values", "the template's values", "none"],
+)
 def test_home_and_path_a_create_gives_reach_commands_however_the_sandbox_starts(
-    api: httpx.Client,
+    api: httpx.Client, given: dict[str, str]
 ) -> None:
-    """A create's ``HOME`` and ``PATH`` are handed to every command over envd's defaults (as
-    E2B's envd does with ``envVars``): started from the template's snapshot or booted, from
-    a snapshot with memory or of files only, and booted again from its files. Only a
-    warm-pool claim handed them over; every other start dropped them with the template's."""
-    given = {"HOME": "/tmp/given-home", "PATH": "/opt/given:/usr/bin:/bin", "FOO": "bar"}
-    # (the shell's own environment, as envd started it: a login's profile resets PATH)
-    show = "tr '\\0' '\\n' < /proc/$$/environ | grep -E '^(HOME|PATH|FOO)=' | sort"
-    expected = sorted(f"{k}={v}" for k, v in given.items())
+    """A create's ``HOME``, ``PATH`` and ``LANG`` are handed to every command over envd's
+    defaults (as E2B's envd does with ``envVars``), also when they equal the template's own:
+    started from the template's snapshot or booted, from a snapshot with memory or of files
+    only, and booted again from its files; a create that gives none has the user's HOME and
+    no LANG. Only a warm-pool claim handed them over; every other start dropped them."""
+    # (PATH as envd started the shell: a login's profile resets it; a standby shell exports
+    # the rest after its start, so they are read from the shell)
+    show = ("{ env | grep -E '^(HOME|LANG|FOO)='; "
+            "tr '\\0' '\\n' < /proc/$$/environ | grep -E '^PATH='; } | sort")  # fmt: skip
+    expected = sorted(f"{k}={v}" for k, v in {"HOME": "/home/user", **given}.items())
+
+    def seen(sbx: Sandbox) -> list[str]:
+        lines = sbx.commands.run(show).stdout.split()
+        return [line for line in lines if "PATH" in given or not line.startswith("PATH=")]
+
     src = Sandbox.create(timeout=300, envs=given)
     made: list[Sandbox] = []
     snapshots: list[str] = []
     try:
-        got = {"created": src.commands.run(show).stdout.split()}
+        got = {"created": seen(src)}
         snapshots.append(src.create_snapshot().snapshot_id)
         snapshots.append(src.create_snapshot(mode="filesystem").snapshot_id)
         for how, snapshot_id in zip(("from memory", "from files"), snapshots, strict=True):
             made.append(Sandbox.create(snapshot_id, timeout=120))
-            got[how] = made[-1].commands.run(show).stdout.split()
+            got[how] = seen(made[-1])
         src.pause(mode="filesystem")
-        got["booted again"] = Sandbox.connect(src.sandbox_id).commands.run(show).stdout.split()
+        got["booted again"] = seen(Sandbox.connect(src.sandbox_id))
         assert got == dict.fromkeys(got, expected)
     finally:
         for sbx in made:

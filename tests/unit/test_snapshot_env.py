@@ -12,7 +12,7 @@ def test_only_what_the_source_had_beyond_its_template_is_carried() -> None:
                 "E2B_SANDBOX_ID": "src", "EMBERBOX_DEFAULT_USER": "user"}  # fmt: skip
     booted = {**template, "MODE": "created", "FROM_CREATE": "c", "E2B_SANDBOX_ID": "src"}
     given = {"FROM_CLAIM": "g", "E2B_TEMPLATE_ID": "x"}
-    assert _carried_env(booted, template, given) == {
+    assert _carried_env(booted, template, given, []) == {
         "MODE": "created", "FROM_CREATE": "c", "FROM_CLAIM": "g",
     }  # fmt: skip
 
@@ -20,4 +20,11 @@ def test_only_what_the_source_had_beyond_its_template_is_carried() -> None:
 def test_a_template_gone_since_leaves_every_variable_but_the_identity() -> None:
     booted = {"PATH": "/opt/bin", "FROM_CREATE": "c", "E2B_SANDBOX": "true",
               "EMBERBOX_START_CMD": "serve"}  # fmt: skip
-    assert _carried_env(booted, {}, {}) == {"PATH": "/opt/bin", "FROM_CREATE": "c"}
+    assert _carried_env(booted, {}, {}, []) == {"PATH": "/opt/bin", "FROM_CREATE": "c"}
+
+
+def test_a_variable_pid_1_needs_is_carried_when_its_create_gave_it_whatever_its_value() -> None:
+    """``HOME=/root`` given at the source's create is its own, though the template sets the
+    same: envd hands it to commands, so its snapshot's sandboxes keep it too."""
+    template = {"PATH": "/usr/bin:/bin", "HOME": "/root", "LANG": "C.UTF-8"}
+    assert _carried_env(template, template, {}, ["HOME"]) == {"HOME": "/root"}

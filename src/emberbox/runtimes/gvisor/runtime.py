@@ -19,7 +19,7 @@ import shutil
 import signal
 import stat
 import time
-from collections.abc import Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Collection, Coroutine, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +118,7 @@ def _unwrapped(args: list[str]) -> list[str]:
 
 
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# Variables PID 1 needs but commands should not inherit through envd's /init, as the template
+# Variables PID 1 needs but commands should not inherit through envd's /init as the template
 # sets them (root's HOME); one its create gave (or its snapshot carried) is the sandbox's own.
 _INIT_ONLY = {"PATH", "HOME", "LANG", "EMBERBOX_START_CMD"}
 # Set for each sandbox from its own id and template, never carried over from another's.
@@ -126,21 +126,25 @@ _OWN_VARS = {*IDENTITY_VARS, "EMBERBOX_DEFAULT_USER", "EMBERBOX_DEFAULT_WORKDIR"
              "EMBERBOX_START_CMD"}  # fmt: skip
 
 
-def _init_env(env: Mapping[str, str], template_env: Mapping[str, str]) -> dict[str, str]:
-    """``env`` (what the sandbox boots with) without the template's own ``_INIT_ONLY``
-    values: envd hands the rest to every command over its defaults (HOME, PATH, USER), as
-    E2B's envd does with a create's ``envVars``."""
-    return {k: v for k, v in env.items() if k not in _INIT_ONLY or template_env.get(k) != v}
+def _init_env(env: Mapping[str, str], own: Collection[str]) -> dict[str, str]:
+    """``env`` (what the sandbox boots with) without the ``_INIT_ONLY`` variables that are not
+    its ``own`` (``SandboxRecord.own_init_vars``): envd hands the rest to every command over
+    its defaults (HOME, PATH, USER), as E2B's envd does with a create's ``envVars``."""
+    return {k: v for k, v in env.items() if k not in _INIT_ONLY or k in own}
 
 
 def _carried_env(
-    boot_env: Mapping[str, str], template_env: Mapping[str, str], given: Mapping[str, str]
+    boot_env: Mapping[str, str],
+    template_env: Mapping[str, str],
+    given: Mapping[str, str],
+    own_init_vars: Collection[str],
 ) -> dict[str, str]:
     """What sandboxes booting from a filesystem snapshot keep of its source's variables, as
     one restored from memory keeps those its envd held: those it booted with that its
-    template does not set so (its create's), and those the node gave it since; never its
+    template does not set so (its create's), its own ``_INIT_ONLY`` ones whatever their
+    values (``SandboxRecord.own_init_vars``), and those the node gave it since; never its
     identity. The template's own come with the build they boot (the source's)."""
-    booted = {k: v for k, v in boot_env.items() if template_env.get(k) != v}
+    booted = {k: v for k, v in boot_env.items() if template_env.get(k) != v or k in own_init_vars}
     return {k: v for k, v in {**booted, **given}.items() if k not in _OWN_VARS}
 
 
@@ -270,11 +274,10 @@ class GVisorRuntime(Runtime):
                 await self.kill(record.sandbox_id)
                 raise
         cfg = template.config
-        own_spec = SandboxSpec(spec.sandbox_id, spec.template_id)  # (the template's vars alone)
         defaults = EnvdDefaults(
             user=cfg.user,
             workdir=cfg.workdir,
-            env=_init_env(env, self._guest_env(own_spec, template, {})),
+            env=_init_env(env, record.own_init_vars),
             # A checkpoint is taken of a sandbox that was ready already.
             ready_cmd=cfg.ready_cmd if image is None else None,
         )
@@ -294,6 +297,9 @@ class GVisorRuntime(Runtime):
             paths, record = await self._prepare(spec, template)
             try:
                 env = self._guest_env(spec, template, carried or {})
+                given = {*spec.envs, *(carried or {})}
+                record.own_init_vars = sorted(k for k in _INIT_ONLY if k in given)
+                record.save(paths.root)
                 volumes = [BindMount(Path(v.source), v.path, readonly=False) for v in spec.volumes]
                 tmp = self._volume_tmp(paths) if volumes else None
                 init = list(template.config.init)
@@ -856,7 +862,7 @@ class GVisorRuntime(Runtime):
         return EnvdDefaults(
             user=values["EMBERBOX_DEFAULT_USER"],
             workdir=values["EMBERBOX_DEFAULT_WORKDIR"],
-            env=_init_env(values, self._template_env(record)),
+            env=_init_env(values, record.own_init_vars),
             ready_cmd=ready_cmd,
         )
 
@@ -895,9 +901,8 @@ class GVisorRuntime(Runtime):
                     "memory": memory,
                 }
                 if not memory:  # (one of memory holds them in envd)
-                    about["env"] = _carried_env(
-                        self._boot_env(paths), self._template_env(record), given_env or {}
-                    )
+                    about["env"] = _carried_env(self._boot_env(paths), self._template_env(record),
+                                                given_env or {}, record.own_init_vars)  # fmt: skip
                 (image / "snapshot.json").write_text(json.dumps(about))
             except BaseException:
                 shutil.rmtree(image, ignore_errors=True)

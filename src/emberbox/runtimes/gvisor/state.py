@@ -4,7 +4,7 @@ orchestrator (or a cleanup after SIGKILL) can find and release everything it nam
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,10 @@ class SandboxRecord:
     egress: dict[str, Any] | None = None
     # Its resolv.conf names its host end of the link, so its DNS always goes to the gateway.
     node_dns: bool = False
+    # Which of the variables PID 1 needs (PATH, HOME, ...) are its own: its create gave them
+    # or its snapshot carried them, so envd hands them to commands (else they are the
+    # template's). Kept for its boots from files.
+    own_init_vars: list[str] = field(default_factory=list)
 
     def save(self, directory: Path) -> None:
         write_atomic(directory / "state.json", json.dumps(asdict(self)))
