@@ -240,8 +240,12 @@ def test_a_migration_that_fails_changes_nothing_and_runs_again_once_fixed(
     no_path = _ROWS_BEFORE_0019[-1].replace("'/p'", "null")
 
     async def schema(engine: AsyncEngine) -> tuple[str, set[str]]:
+        """The revision, and every table (on SQLite: every object, as its SQL)."""
         async with engine.connect() as conn:
             version = await conn.execute(text("select version_num from alembic_version"))
+            if db == "sqlite":
+                objects = await conn.execute(text("select sql from sqlite_master"))
+                return version.scalar_one(), {str(sql) for (sql,) in objects}
             tables = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
             return version.scalar_one(), tables
 
@@ -271,6 +275,23 @@ def test_a_migration_that_fails_changes_nothing_and_runs_again_once_fixed(
             drop_postgres_database(PG_URL, url)
     assert before[0] == "0018" and failed == before
     assert fixed == _newest_migration()
+
+
+def test_an_in_memory_database_keeps_its_schema_after_the_migration() -> None:
+    """SQLite's ``:memory:`` is one connection: the migration must not drop it."""
+
+    async def run() -> int:
+        engine = make_engine("sqlite+aiosqlite://")
+        try:
+            await migrate(engine)
+            async with engine.connect() as conn:
+                return int(
+                    (await conn.execute(text("select count(*) from sandboxes"))).scalar_one()
+                )
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(run()) == 0
 
 
 def _differences_from_the_models(conn: Connection) -> list[object]:

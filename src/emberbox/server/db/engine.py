@@ -6,6 +6,7 @@ installed package, so a wheel install needs no alembic.ini and no source checkou
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -69,21 +70,26 @@ async def migrate(engine: AsyncEngine) -> None:
         # A batch migration recreates a SQLite table (copy, drop, rename): with foreign keys
         # enforced, the drop deletes every row that references it (ON DELETE CASCADE), so they
         # are off while it runs (SQLite ignores the switch inside a transaction: set before
-        # one), and what it left pointing nowhere is refused.
+        # one), and a migration that leaves rows pointing nowhere is refused.
         await conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
         await conn.commit()
         try:
             async with conn.begin():
                 # (sqlite3 begins a transaction only before a row is written: the DDL before
-                # that was committed at once, and a migration that failed left half a schema)
-                await conn.exec_driver_sql("BEGIN")
-                before = set(await _broken_references(conn))
-                await conn.run_sync(upgrade)
-                if broken := set(await _broken_references(conn)) - before:
-                    raise RuntimeError(f"migration left rows whose references are gone: {broken}")
+                # that was committed at once, and a migration that failed left half a schema;
+                # IMMEDIATE: another process migrating meanwhile waits, then finds it done)
+                await conn.exec_driver_sql("BEGIN IMMEDIATE")
+                if not await conn.run_sync(_at_head):
+                    before = await _broken_references(conn)
+                    await conn.run_sync(upgrade)
+                    if broken := await _broken_references(conn) - before:
+                        raise RuntimeError(f"migration left rows pointing nowhere: {broken}")
         finally:
-            # (its foreign keys are off: the next checkout opens a connection set up afresh)
-            await conn.invalidate()
+            try:
+                await conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                await conn.commit()
+            except Exception:  # (never handed out so: the next checkout sets up afresh)
+                await conn.invalidate()
 
 
 def _at_head(connection: Connection) -> bool:
@@ -93,6 +99,9 @@ def _at_head(connection: Connection) -> bool:
     return set(current) == set(newest)
 
 
-async def _broken_references(conn: AsyncConnection) -> list[tuple[Any, ...]]:
-    """SQLite's rows whose foreign key names no row (table, rowid, parent, key index)."""
-    return [tuple(r) for r in (await conn.exec_driver_sql("PRAGMA foreign_key_check")).all()]
+async def _broken_references(conn: AsyncConnection) -> Counter[tuple[str, str]]:
+    """SQLite's rows whose foreign key names no row, counted by (table, the table named):
+    a recreated table's rows get new rowids, so rows are not compared one by one."""
+    rows = (await conn.exec_driver_sql("PRAGMA foreign_key_check")).all()
+    # (each row: table, rowid, parent, fkid)
+    return Counter((str(r[0]), str(r[2])) for r in map(tuple, rows))
