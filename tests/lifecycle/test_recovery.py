@@ -561,6 +561,17 @@ async def _lifetime(plane: Plane, sandbox_id: str) -> tuple[str, str, float]:
     return row.state, row.on_timeout, (row.end_at - utcnow()).total_seconds()
 
 
+async def _reconciled_running_as_asked(
+    plane: Plane, sandbox_id: str, on_timeout: str, timeout_s: int
+) -> None:
+    """After a reconciliation the sandbox is running, its end time does ``on_timeout`` and
+    lies ``timeout_s`` ahead (as its resume asked)."""
+    await plane.reaper.reconcile()
+    state, now_on_timeout, left_s = await _lifetime(plane, sandbox_id)
+    assert (state, now_on_timeout) == ("running", on_timeout)
+    assert timeout_s - 10 < left_s <= timeout_s
+
+
 @pytest.mark.parametrize("reached", [True, False])
 async def test_a_resume_recorded_from_the_nodes_listing_runs_as_it_asked(
     plane: Plane, monkeypatch: pytest.MonkeyPatch, reached: bool
@@ -578,14 +589,12 @@ async def test_a_resume_recorded_from_the_nodes_listing_runs_as_it_asked(
     )
     with pytest.raises(NodeFailed):
         await plane.service.connect(plane.who, row.id, 60, resume_only=True, on_timeout="pause")
-    await plane.reaper.reconcile()
     if not reached:
+        await plane.reaper.reconcile()
         state, on_timeout, _ = await _lifetime(plane, row.id)
         assert (state, on_timeout) == ("paused", "kill")
         await real(row.id, row.envd_access_token)  # the node gets to it after all
-        await plane.reaper.reconcile()
-    state, on_timeout, left_s = await _lifetime(plane, row.id)
-    assert (state, on_timeout) == ("running", "pause") and 50 < left_s <= 60
+    await _reconciled_running_as_asked(plane, row.id, "pause", 60)
     assert not plane.runtime.teardowns
 
 
@@ -624,9 +633,7 @@ async def test_a_resume_given_up_on_that_the_node_finished_runs_as_it_asked(
     assert (await _lifetime(plane, row.id))[:2] == ("paused", "kill")
     finish.set()
     await on_node[0]
-    await plane.reaper.reconcile()
-    state, on_timeout, left_s = await _lifetime(plane, row.id)
-    assert (state, on_timeout) == ("running", "pause") and 50 < left_s <= 60
+    await _reconciled_running_as_asked(plane, row.id, "pause", 60)
 
 
 async def test_a_wake_recorded_from_the_nodes_listing_gets_the_sandboxs_own_lifetime(
@@ -640,9 +647,7 @@ async def test_a_wake_recorded_from_the_nodes_listing_gets_the_sandboxs_own_life
     monkeypatch.setattr(plane.service.node, "resume", _answer_lost_after(plane.service.node.resume))
     woken = await plane.service.wake(row.id)
     assert not woken.running
-    await plane.reaper.reconcile()
-    state, on_timeout, left_s = await _lifetime(plane, row.id)
-    assert (state, on_timeout) == ("running", "pause") and 110 < left_s <= 120
+    await _reconciled_running_as_asked(plane, row.id, "pause", 120)
 
 
 async def test_a_resume_the_node_ran_but_answered_failed_runs_as_it_asked(
@@ -664,6 +669,4 @@ async def test_a_resume_the_node_ran_but_answered_failed_runs_as_it_asked(
     with pytest.raises(SandboxFailed):
         await plane.service.connect(plane.who, row.id, 60, resume_only=True, on_timeout="pause")
     assert (await _lifetime(plane, row.id))[:2] == ("paused", "kill")
-    await plane.reaper.reconcile()
-    state, on_timeout, left_s = await _lifetime(plane, row.id)
-    assert (state, on_timeout) == ("running", "pause") and 50 < left_s <= 60
+    await _reconciled_running_as_asked(plane, row.id, "pause", 60)
