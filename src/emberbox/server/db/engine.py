@@ -85,11 +85,24 @@ async def migrate(engine: AsyncEngine) -> None:
                     if broken := await _broken_references(conn) - before:
                         raise RuntimeError(f"migration left rows pointing nowhere: {broken}")
         finally:
-            try:
-                await conn.exec_driver_sql("PRAGMA foreign_keys=ON")
-                await conn.commit()
-            except Exception:  # (never handed out so: the next checkout sets up afresh)
-                await conn.invalidate()
+            await _enforce_foreign_keys_again(conn)
+
+
+async def _enforce_foreign_keys_again(conn: AsyncConnection) -> None:
+    """Back on, read back (SQLite ignores the switch inside a transaction, silently); a
+    connection that cannot say they are is dropped, never handed out without them (the next
+    checkout sets one up afresh)."""
+    try:
+        await conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+        await conn.commit()
+        if (await conn.exec_driver_sql("PRAGMA foreign_keys")).scalar_one() == 1:
+            return
+    except BaseException as e:
+        await conn.invalidate()
+        if not isinstance(e, Exception):  # (cancelled: still; a failure here is dealt with)
+            raise
+        return
+    await conn.invalidate()
 
 
 def _at_head(connection: Connection) -> bool:
