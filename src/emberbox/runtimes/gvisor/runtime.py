@@ -294,12 +294,9 @@ class GVisorRuntime(Runtime):
         """Boot (``files``: applying them first, see ``guest_files.boot``; ``carried``: the
         variables of the sandbox they were saved from) or restore ``image``."""
         async with self._locks.hold(spec.sandbox_id):
-            paths, record = await self._prepare(spec, template)
+            paths, record = await self._prepare(spec, template, carried=carried or {})
             try:
                 env = self._guest_env(spec, template, carried or {})
-                given = {*spec.envs, *(carried or {})}
-                record.own_init_vars = sorted(k for k in _INIT_ONLY if k in given)
-                record.save(paths.root)
                 volumes = [BindMount(Path(v.source), v.path, readonly=False) for v in spec.volumes]
                 tmp = self._volume_tmp(paths) if volumes else None
                 init = list(template.config.init)
@@ -1215,9 +1212,14 @@ class GVisorRuntime(Runtime):
             raise UnknownTemplate(str(exc)) from None
 
     async def _prepare(
-        self, spec: SandboxSpec, template: Template, upper: Path | None = None
+        self,
+        spec: SandboxSpec,
+        template: Template,
+        upper: Path | None = None,
+        carried: Collection[str] = (),
     ) -> tuple[SandboxPaths, SandboxRecord]:
-        """Network, disk and root filesystem; on failure nothing is left behind."""
+        """Network, disk and root filesystem; on failure nothing is left behind. ``carried``:
+        the variables its snapshot carried (with ``spec.envs``, the sandbox's own)."""
         paths = self._paths(spec.sandbox_id)
         if spec.disk_mb < 16 or spec.cpu_count < 1 or spec.memory_mb < 64:
             raise ValueError("need disk_mb >= 16, cpu_count >= 1, memory_mb >= 64")
@@ -1236,6 +1238,7 @@ class GVisorRuntime(Runtime):
             disk_mb=spec.disk_mb,
             external_upper=str(upper) if upper else None,
             volumes=bool(spec.volumes),
+            own_init_vars=sorted(k for k in _INIT_ONLY if k in spec.envs or k in carried),
         )
         record.save(paths.root)
         try:
