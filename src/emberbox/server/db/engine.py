@@ -95,14 +95,14 @@ async def _enforce_foreign_keys_again(conn: AsyncConnection) -> None:
     try:
         await conn.exec_driver_sql("PRAGMA foreign_keys=ON")
         await conn.commit()
-        if (await conn.exec_driver_sql("PRAGMA foreign_keys")).scalar_one() == 1:
-            return
-    except BaseException as e:
+        enforced = (await conn.exec_driver_sql("PRAGMA foreign_keys")).scalar_one() == 1
+    except Exception:  # (dealt with by dropping it)
+        enforced = False
+    except BaseException:  # cancelled: dropped, and still cancelled
         await conn.invalidate()
-        if not isinstance(e, Exception):  # (cancelled: still; a failure here is dealt with)
-            raise
-        return
-    await conn.invalidate()
+        raise
+    if not enforced:
+        await conn.invalidate()
 
 
 def _at_head(connection: Connection) -> bool:
