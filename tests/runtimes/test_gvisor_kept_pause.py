@@ -73,6 +73,22 @@ async def test_a_resume_within_the_keep_continues_the_very_processes_paused(
         await asyncio.sleep(0.05)
 
 
+async def test_a_stale_ask_to_let_go_of_a_paused_sandbox_spares_its_kept_processes(
+    runtime: GVisorRuntime, make_sandbox: SandboxFactory
+) -> None:
+    """A pause whose processes were not kept asks, in the background, to stop them. If a
+    resume and a pause that kept them came first, that ask is stale: it leaves them be."""
+    sandbox, group, sentry, before = await counting(runtime, make_sandbox)
+    sandbox_id = sandbox.sandbox_id
+    await runtime.pause(sandbox_id)
+    assert runtime.kept.kept() == [sandbox_id]
+    await runtime._forget_container(sandbox_id)  # as one queued by an earlier pause runs
+    await runtime.resume(sandbox_id)
+    assert sentry_pid(group) == sentry  # continued, not restored
+    after = await counter(sandbox)
+    assert before <= after < before + 10, (before, after)
+
+
 async def test_kept_processes_moved_to_swap_are_kept_past_the_resident_minute(
     runtime: GVisorRuntime, make_sandbox: SandboxFactory
 ) -> None:

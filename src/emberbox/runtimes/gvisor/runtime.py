@@ -724,8 +724,10 @@ class GVisorRuntime(Runtime):
             self._in_background(asyncio.to_thread(doomed.unlink, True))
 
     async def _forget_container(self, sandbox_id: str) -> None:
+        """Stop a paused sandbox's processes and drop runsc's record of it, unless it runs
+        again or was paused again with its processes kept since this was asked for."""
         async with self._locks.hold(sandbox_id):
-            if not self._paths(sandbox_id).paused():
+            if not self._paths(sandbox_id).paused() or self.kept.holds(sandbox_id):
                 return
             await self._stop_processes(sandbox_id)
             if await self.runsc.delete(sandbox_id):
