@@ -277,6 +277,96 @@ def test_a_migration_that_fails_changes_nothing_and_runs_again_once_fixed(
     assert fixed == _newest_migration()
 
 
+_MIGRATE_WHEN_TOLD = """
+import asyncio, pathlib, sys, time
+from emberbox.server.db.engine import make_engine, migrate
+url, ready, go = sys.argv[1], pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3])
+ready.touch()
+while not go.exists():
+    time.sleep(0.002)
+async def main() -> None:
+    engine = make_engine(url)
+    try:
+        await migrate(engine)
+    finally:
+        await engine.dispose()
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("start", ["empty", "0018"])
+@pytest.mark.parametrize("db", DB_PARAMS)
+def test_servers_starting_at_once_on_one_database_all_start_on_its_newest_schema(
+    db: str, start: str, tmp_path
+) -> None:
+    """Several servers (several control planes on one PostgreSQL, a restart overlapping the
+    old process) migrate one database at once: each starts, the schema is migrated once,
+    and no row is lost."""
+    import subprocess
+    import sys
+    import time
+
+    from alembic import command
+
+    from emberbox.server.db.engine import _alembic_config
+
+    url = (
+        create_postgres_database(PG_URL)
+        if db == "postgres"
+        else f"sqlite+aiosqlite:///{tmp_path}/m.db"
+    )
+
+    async def prepare() -> None:
+        engine = make_engine(url)
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(lambda c: command.upgrade(_alembic_config(c), "0018"))
+            async with engine.begin() as conn:
+                for insert in _ROWS_BEFORE_0019:
+                    await conn.execute(text(insert))
+        finally:
+            await engine.dispose()
+
+    async def result() -> tuple[list[str], int]:
+        engine = make_engine(url)
+        try:
+            async with engine.connect() as conn:
+                versions = await conn.execute(text("select version_num from alembic_version"))
+                builds = await conn.execute(text("select count(*) from template_builds"))
+                return [str(v) for (v,) in versions], int(builds.scalar_one())
+        finally:
+            await engine.dispose()
+
+    try:
+        if start == "0018":
+            asyncio.run(prepare())
+        go = tmp_path / "go"
+        argv = [sys.executable, "-c", _MIGRATE_WHEN_TOLD, url]
+        servers = [
+            subprocess.Popen(
+                [*argv, str(tmp_path / f"r{i}"), str(go)], stderr=subprocess.PIPE, text=True
+            )
+            for i in range(3)
+        ]
+        try:
+            while not all((tmp_path / f"r{i}").exists() for i in range(3)):
+                assert all(s.poll() is None for s in servers)
+                time.sleep(0.01)
+            go.touch()
+            errors = [s.communicate(timeout=120)[1][-2000:] for s in servers]
+            outcomes = list(zip([s.returncode for s in servers], errors, strict=True))
+        finally:
+            for s in servers:
+                s.kill()
+        versions, builds = asyncio.run(result())
+    finally:
+        if db == "postgres":
+            drop_postgres_database(PG_URL, url)
+    assert [code for code, _ in outcomes] == [0, 0, 0], outcomes
+    assert versions == [_newest_migration()]
+    assert builds == (1 if start == "0018" else 0)
+
+
 def test_an_in_memory_database_keeps_its_schema_after_the_migration() -> None:
     """SQLite's ``:memory:`` is one connection: the migration must not drop it."""
 

@@ -24,6 +24,9 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+# The PostgreSQL advisory lock held while migrating: an arbitrary key, the same in every
+# server on the database.
+_MIGRATION_LOCK = 7_131_955_022
 
 
 def make_engine(url: str) -> AsyncEngine:
@@ -62,7 +65,11 @@ async def migrate(engine: AsyncEngine) -> None:
 
     if engine.dialect.name != "sqlite":
         async with engine.begin() as conn:
-            await conn.run_sync(upgrade)
+            # Servers starting at once on one database: one migrates, the others wait for
+            # it (the lock is let go at its commit) and then find nothing to do.
+            await conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
+            if not await conn.run_sync(_at_head):
+                await conn.run_sync(upgrade)
         return
     async with engine.connect() as conn:
         if await conn.run_sync(_at_head):
