@@ -49,8 +49,10 @@ def test_snapshot_rollback_fork_pause_resume_delete(cli: Cli, server: ServerProc
     name = f"cli-{uuid.uuid4().hex[:8]}"
     try:
         ok(cli("sandbox", "exec", sandbox_id, "--", "sh", "-c", "echo one > /home/user/f"))
-        named, size = ok(cli("sandbox", "snapshot", sandbox_id, "--name", name)).split(maxsplit=1)
-        assert named == name and size.strip().endswith("iB")
+        named, exact, size = ok(cli("sandbox", "snapshot", sandbox_id, "--name", name)).split(
+            maxsplit=2
+        )  # (the name, and the snapshot itself, which a newer one taking the name is not)
+        assert named == name and exact.startswith("(snap") and size.strip().endswith("iB")
         unnamed = json.loads(ok(cli("sandbox", "snapshot", sandbox_id, "--json")))
         assert unnamed["sandbox_id"] == sandbox_id and unnamed["size_bytes"] > 0
 

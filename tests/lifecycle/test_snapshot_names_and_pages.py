@@ -6,6 +6,7 @@ templates share one namespace, since a create or a delete naming either looks up
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -188,3 +189,121 @@ async def test_a_team_at_its_quota_is_refused_before_any_checkpoint(
         await service.fork(plane.who, row.id, count=1, timeout_s=60)
     assert plane.runtime.checkpoints == taken
     assert len(plane.runtime.held) == 1
+
+
+async def test_a_name_taken_over_leaves_each_snapshot_reachable_and_its_delete_frees_them_all(
+    snapshotting_plane: Plane,
+) -> None:
+    """A newer snapshot takes a name over (E2B's rule: the name is a template, and these are
+    its builds). Each keeps its own id, which a rollback follows exactly; a delete by the
+    name deletes every one taken under it: they were left unnamed, unreachable by the name,
+    yet held disk and quota."""
+    plane = snapshotting_plane
+    service = SnapshotService(plane.service)
+    row = await plane.service.create(plane.who, CreateRequest("base", 600))
+    taken = [await service.create(plane.who, row.id, name="ckpt") for _ in range(3)]
+    other = await service.create(plane.who, row.id, name="other")
+    assert len({s.id for s in taken}) == 3
+    assert (await service.find(plane.who, "ckpt")).id == taken[-1].id  # type: ignore[union-attr]
+
+    await service.rollback(plane.who, row.id, taken[0].id)
+    assert isinstance(plane.runtime, CheckpointingRuntime)
+    assert plane.runtime.restored == [taken[0].id]
+
+    await service.delete(plane.who, "ckpt:default")
+    page = await service.list(plane.who, sandbox_id=None, name=None, limit=100, next_token=None)
+    assert [s.id for s in page.items] == [other.id]
+    assert set(plane.runtime.held) == {other.id}  # the node freed all three
+    assert await plane.service.saved_disk_used(plane.who.team_id) == other.size_bytes
+
+
+async def test_a_delete_by_id_deletes_that_snapshot_only(snapshotting_plane: Plane) -> None:
+    plane = snapshotting_plane
+    service = SnapshotService(plane.service)
+    row = await plane.service.create(plane.who, CreateRequest("base", 600))
+    first, second = [await service.create(plane.who, row.id, name="ckpt") for _ in range(2)]
+    await service.delete(plane.who, first.id)
+    page = await service.list(plane.who, sandbox_id=None, name=None, limit=100, next_token=None)
+    assert [s.id for s in page.items] == [second.id]
+    assert (await service.find(plane.who, "ckpt")).id == second.id  # type: ignore[union-attr]
+
+
+async def test_the_name_filter_takes_an_id_or_a_namespaced_tagged_name(
+    snapshotting_plane: Plane,
+) -> None:
+    """E2B's ``list_snapshots(name=...)``: "by name or ID, optionally tag-qualified"."""
+    plane = snapshotting_plane
+    service = SnapshotService(plane.service)
+    row = await plane.service.create(plane.who, CreateRequest("base", 600))
+    unnamed = await service.create(plane.who, row.id)
+    named = await service.create(plane.who, row.id, name="ckpt")
+
+    async def listed(name: str) -> list[str]:
+        page = await service.list(plane.who, sandbox_id=None, name=name, limit=100, next_token=None)
+        return [s.id for s in page.items]
+
+    assert await listed(unnamed.id) == [unnamed.id]
+    assert await listed(named.id) == [named.id]
+    for name in ("ckpt", "ckpt:default", "my-team/ckpt", "my-team/ckpt:default"):
+        assert await listed(name) == [named.id], name
+    assert await listed("ckpt:v2") == []
+
+
+async def test_a_template_that_took_the_name_during_the_checkpoint_keeps_it(
+    snapshotting_plane: Plane, tmp_path: Path
+) -> None:
+    """The name is checked before the checkpoint (seconds on gVisor) and again as its row is
+    written: a template built meanwhile under the name keeps it, and the snapshot is refused
+    with its checkpoint deleted (else a create or a delete by the name meant either)."""
+    plane = snapshotting_plane
+    assert isinstance(plane.runtime, CheckpointingRuntime)
+    sessions = plane.service.sessions
+    templates = TemplateService(
+        sessions, Uploads.open(tmp_path, 2**20), BuildRunner(sessions, plane.service.node),
+        plane.service.templates.resolve, Limits(),
+    )  # fmt: skip
+    service = SnapshotService(plane.service)
+    row = await plane.service.create(plane.who, CreateRequest("base", 600))
+    plane.runtime.checkpoint_delay_s = 0.5
+    taking = asyncio.create_task(service.create(plane.who, row.id, name="web"))
+    while not plane.runtime.checkpointing:  # noqa: ASYNC110 - the fake runtime's own flag
+        await asyncio.sleep(0.01)
+    await templates.request_build(plane.who, "web")
+    with pytest.raises(Invalid, match="became a template's name"):
+        await taking
+    assert plane.runtime.held == {}
+    page = await service.list(plane.who, sandbox_id=None, name=None, limit=100, next_token=None)
+    assert page.items == []
+
+
+async def test_a_fork_of_a_team_at_its_sandbox_cap_is_refused_before_any_checkpoint(
+    snapshotting_plane: Plane,
+) -> None:
+    """No fork could run: the checkpoint (its streams end, its connections close) is spared."""
+    plane = snapshotting_plane
+    assert isinstance(plane.runtime, CheckpointingRuntime)
+    service = SnapshotService(plane.service)
+    row = await plane.service.create(plane.who, CreateRequest("base", 600))
+    plane.service.limits = replace(plane.service.limits, max_concurrent_sandboxes=1)
+    with pytest.raises(QuotaExceeded, match="was not forked: concurrent sandbox limit"):
+        await service.fork(plane.who, row.id, count=3, timeout_s=60)
+    assert plane.runtime.checkpoints == 0
+
+
+async def test_a_snapshot_cut_off_during_its_checkpoint_is_looked_for_on_the_node(
+    snapshotting_plane: Plane,
+) -> None:
+    """Cancelled (a shutdown's grace ran out) while the node saves it: no row will name it,
+    so reconciliation deletes it there rather than leave it hidden on the node's disk."""
+    plane = snapshotting_plane
+    assert isinstance(plane.runtime, CheckpointingRuntime)
+    service = SnapshotService(plane.service)
+    row = await plane.service.create(plane.who, CreateRequest("base", 600))
+    plane.runtime.checkpoint_delay_s = 0.3
+    taking = asyncio.create_task(service.create(plane.who, row.id))
+    while not plane.runtime.checkpointing:  # noqa: ASYNC110 - the fake runtime's own flag
+        await asyncio.sleep(0.01)
+    taking.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await taking
+    assert len(plane.service.untracked_snapshots) == 1

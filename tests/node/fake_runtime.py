@@ -297,11 +297,13 @@ class CheckpointingRuntime(FakeRuntime):
         self.restore_fails: str | None = None
         self.restore_delay_s = 0.0
         self.restores = 0
+        self.restored: list[str] = []  # the snapshot ids restored, in order
         self.checkpoints = 0  # taken, kept or not
         self.given_envs: dict[str, dict[str, str]] = {}  # by snapshot id, as checkpoint got them
 
     async def restore(self, sandbox_id: str, snapshot: SnapshotRef) -> RuntimeSandbox:
         self.restores += 1
+        self.restored.append(snapshot.snapshot_id)
         await asyncio.sleep(self.restore_delay_s)
         sandbox = self.sandboxes.get(sandbox_id)
         if sandbox is None or snapshot.snapshot_id not in self.held:

@@ -149,20 +149,24 @@ async def test_rollback_pause_resume_and_refusals(face: Any, connection: dict[st
     sbx = await maybe(face.create(timeout=300, **connection))
     other = await maybe(face.create(timeout=120, **connection))
     shots: list[SnapshotInfo] = []
+    # Both taken under one name: the second takes it over, and each SnapshotInfo still
+    # means its own snapshot (its ``id``); a delete by the name deletes both.
+    name = f"steps-{sbx.sandbox_id}"
     try:
         ticker = await maybe(sbx.commands.run(COUNTER, background=True))
         await maybe(sbx.files.write("/home/user/step.txt", "step 0"))
         at_first = await counting(sbx)
-        shots.append(await maybe(sbx.create_snapshot()))
+        shots.append(await maybe(sbx.create_snapshot(name=name)))
         await asyncio.sleep(3)  # ~30 counts, so that going back shows in the counter
         later = await maybe(sbx.commands.run("sleep 900", background=True))
         await maybe(sbx.files.write("/home/user/step.txt", "step 1"))
-        shots.append(await maybe(sbx.create_snapshot()))
+        shots.append(await maybe(sbx.create_snapshot(name=name)))
+        assert shots[0].snapshot_id == shots[1].snapshot_id == name != shots[0].id
         await maybe(sbx.files.write("/home/user/step.txt", "after"))
         before = await counter(sbx)
 
         # the sync face passes the SnapshotInfo, the async one its id: both are accepted
-        await maybe(sbx.rollback(shots[0] if face is Sandbox else shots[0].snapshot_id))
+        await maybe(sbx.rollback(shots[0] if face is Sandbox else shots[0].id))
         # the same object goes on working, on the first snapshot's files and processes
         assert await read(sbx, "/home/user/step.txt") == "step 0"
         assert at_first <= await counting(sbx) < before
@@ -192,8 +196,10 @@ async def test_rollback_pause_resume_and_refusals(face: Any, connection: dict[st
         assert (await maybe(other.commands.run("echo back"))).stdout == "back\n"
     finally:
         await kill_all(sbx, other)
-    for shot in shots:
-        assert await maybe(face.delete_snapshot(shot.snapshot_id, **connection)) is True
+    assert await maybe(face.delete_snapshot(shots[2].snapshot_id, **connection)) is True
+    assert await maybe(face.delete_snapshot(name, **connection)) is True
+    for shot in shots:  # (the name's delete took both of its snapshots)
+        assert await maybe(face.delete_snapshot(shot.id or "", **connection)) is False
 
 
 SLEEPER = "setsid sleep 1000 >/dev/null 2>&1 </dev/null &"

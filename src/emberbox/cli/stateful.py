@@ -49,7 +49,8 @@ def snapshot(
     if json_out:
         emit_json(info)
     else:
-        console.print(f"{info.snapshot_id}  {human_bytes(info.size_bytes)}", highlight=False)
+        exact = f"  ({info.id})" if info.id and info.id != info.snapshot_id else ""
+        console.print(f"{info.snapshot_id}{exact}  {human_bytes(info.size_bytes)}", highlight=False)
 
 
 @friendly_errors

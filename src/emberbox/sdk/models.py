@@ -163,14 +163,16 @@ class SandboxMetrics:
 @dataclass(frozen=True)
 class SnapshotInfo:
     """A saved sandbox (memory and files). ``snapshot_id`` (its name when it has one) is a
-    template for ``create``; ``sandbox_id``, ``size_bytes`` (disk on its node) and
-    ``created_at`` are Emberbox's additions to E2B's ``{snapshotID, names}``."""
+    template for ``create``; ``sandbox_id``, ``size_bytes`` (disk on its node),
+    ``created_at`` and ``id`` (this snapshot itself, whichever a name later names) are
+    Emberbox's additions to E2B's ``{snapshotID, names}``."""
 
     snapshot_id: str
     names: list[str] = field(default_factory=list)
     sandbox_id: str | None = None
     size_bytes: int | None = None
     created_at: datetime | None = None
+    id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -303,8 +303,12 @@ class AsyncSandbox(AsyncCodeInterpreter):
     async def rollback(self, snapshot: str | SnapshotInfo) -> None:
         """Put this sandbox back to one of its own snapshots (id, name or
         :class:`SnapshotInfo`) in place: same id, address and object, the snapshot's memory,
-        processes and files. Emberbox's extension of E2B's API."""
-        ref = snapshot.snapshot_id if isinstance(snapshot, SnapshotInfo) else snapshot
+        processes and files. Emberbox's extension of E2B's API. A :class:`SnapshotInfo` means
+        that very snapshot, even once a newer one took its name over."""
+        if isinstance(snapshot, SnapshotInfo):
+            ref = snapshot.id or snapshot.snapshot_id
+        else:
+            ref = snapshot
         await snapshots.rollback(self._api, self.sandbox_id, ref)
 
     def get_host(self, port: int) -> str:

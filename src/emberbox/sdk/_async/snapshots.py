@@ -25,6 +25,7 @@ def snapshot_info(item: dict[str, Any]) -> SnapshotInfo:
         sandbox_id=item.get("sandboxID"),
         size_bytes=int(size) if size is not None else None,
         created_at=_ts(item.get("createdAt")),
+        id=item.get("id"),
     )
 
 

@@ -277,11 +277,15 @@ class SnapshotRequest(RequestBody):
 
 
 class SnapshotInfo(BaseModel):
-    """E2B's ``SnapshotInfo`` plus our extensions (``sandboxID``, ``sizeBytes``, ``createdAt``),
-    which the SDKs keep as additional properties."""
+    """E2B's ``SnapshotInfo`` plus our extensions (``id``, ``sandboxID``, ``sizeBytes``,
+    ``createdAt``), which the SDKs keep as additional properties."""
 
     snapshotID: str
     names: list[str]
+    id: str = Field(
+        description="This snapshot itself: snapshotID is its name when it has one, which a "
+        "newer snapshot taking the name over then names."
+    )
     sandboxID: str
     sizeBytes: int = Field(description="Disk the snapshot takes on its node.")
     createdAt: dt.datetime

@@ -51,6 +51,7 @@ def to_info(row: Snapshot) -> SnapshotInfo:
     return SnapshotInfo(
         snapshotID=row.name or row.id,
         names=[row.name] if row.name else [],
+        id=row.id,
         sandboxID=row.source_sandbox_id,
         sizeBytes=row.size_bytes,
         createdAt=row.created_at,

@@ -189,6 +189,9 @@ class Snapshot(Base):
     team_id: Mapped[str] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
     # Set by the user; a newer snapshot with the same name takes it over (E2B's rule).
     name: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
+    # The name it was taken under, kept once a newer one took the name over: E2B's name is a
+    # template whose builds these are, and a delete by the name deletes every one of them.
+    taken_as: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
     source_sandbox_id: Mapped[str] = mapped_column(String(32), index=True)
     template_id: Mapped[str] = mapped_column(String(200))
     public_template_id: Mapped[str | None] = mapped_column(String(200), nullable=True)

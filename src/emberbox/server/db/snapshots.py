@@ -13,6 +13,13 @@ from .models import Snapshot
 DEFAULT_TAG = ":default"  # E2B names carry a tag; ours have the one
 
 
+def _meanings(ref: str) -> set[str]:
+    """The ids or names ``ref`` may mean: as given (a name with a '/' from before they were
+    refused) and without E2B's namespace, each without E2B's tag (``team/name:default``)."""
+    ref = ref.removesuffix(DEFAULT_TAG)
+    return {ref, ref.rpartition("/")[2]}
+
+
 async def get(s: AsyncSession, snapshot_id: str) -> Snapshot | None:
     return await s.get(Snapshot, snapshot_id)
 
@@ -32,6 +39,19 @@ async def find(s: AsyncSession, team_id: str, ref: str) -> Snapshot | None:
     return (await s.execute(by_name)).scalar_one_or_none()
 
 
+async def deletable(s: AsyncSession, team_id: str, ref: str) -> list[Snapshot]:
+    """What a delete of ``ref`` removes: the team's snapshot of that id, or every one taken
+    under that name (the one holding it now, and those a newer one took it over from)."""
+    ref = ref.removesuffix(DEFAULT_TAG)
+    row = await s.get(Snapshot, ref)
+    if row is not None and row.team_id == team_id:
+        return [row]
+    named = select(Snapshot).where(
+        Snapshot.team_id == team_id, or_(Snapshot.name == ref, Snapshot.taken_as == ref)
+    )
+    return list((await s.execute(named)).scalars())
+
+
 async def list_page(
     s: AsyncSession,
     team_id: str,
@@ -46,8 +66,9 @@ async def list_page(
     query = select(Snapshot).where(Snapshot.team_id == team_id, Snapshot.internal.is_(False))
     if source_sandbox_id:
         query = query.where(Snapshot.source_sandbox_id == source_sandbox_id)
-    if name:
-        query = query.where(Snapshot.name == name.removesuffix(DEFAULT_TAG))
+    if name:  # by name or id, as E2B's: "my-snapshot", "team/my-snapshot", "my-snapshot:default"
+        refs = _meanings(name)
+        query = query.where(or_(Snapshot.name.in_(refs), Snapshot.id.in_(refs)))
     if after is not None:
         at, last_id = after
         query = query.where(

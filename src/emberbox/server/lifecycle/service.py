@@ -849,6 +849,18 @@ class SandboxService:
         async with self.sessions() as s:
             return await snaps.bytes_used(s, team_id) + await q.paused_bytes_used(s, team_id)
 
+    async def check_sandbox_cap(self, team_id: str, refused: str) -> None:
+        """Refuse ahead of a checkpoint (which disturbs its sandbox) when the team runs as many
+        sandboxes as it may: none it starts from it could run. A hint; creates are admitted
+        under the admission lock."""
+        async with self.sessions() as s:
+            running = await q.count_for_team(s, team_id, COUNTS_TOWARD_QUOTA)
+        if running >= self.limits.max_concurrent_sandboxes:
+            raise QuotaExceeded(
+                f"{refused}: concurrent sandbox limit reached "
+                f"({self.limits.max_concurrent_sandboxes} per team); kill a sandbox first"
+            )
+
     async def check_saved_disk(self, team_id: str, refused: str, limit: int | None = None) -> None:
         """Refuse to save more memory once the team's saved disk reached its quota, ``limit``
         (None: ``Limits.max_snapshot_bytes``). A save's size is known only after it, so the

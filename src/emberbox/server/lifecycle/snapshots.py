@@ -135,10 +135,14 @@ class SnapshotService:
                     "was recorded"
                 ) from e
             raise SandboxFailed(f"snapshot of '{sandbox_id}' failed (it keeps running): {e}") from e
+        except BaseException:  # cut off (cancelled): it may be taken, with no row to name it
+            lose_track(self.sandboxes, snapshot_id, saving=True)
+            raise
         snapshot = Snapshot(
             id=snapshot_id,
             team_id=who.team_id,
             name=name,
+            taken_as=name,
             source_sandbox_id=sandbox_id,
             template_id=row.template_id,
             public_template_id=row.public_template_id,
@@ -162,7 +166,9 @@ class SnapshotService:
                 used = await snaps.bytes_used(s, who.team_id)
                 used += await paused_bytes_used(s, who.team_id)
                 over = self.max_bytes_per_team and used + ref.size_bytes > self.max_bytes_per_team
-                if not over:
+                # A template may have taken the name while the checkpoint ran.
+                clash = name is not None and await team_templates.holding_name(s, who.team_id, name)
+                if not over and not clash:
                     if name is not None:  # a newer snapshot takes the name over (E2B's rule)
                         for older in await snaps.list_page(
                             s, who.team_id, source_sandbox_id=None, name=name, limit=1000
@@ -175,6 +181,9 @@ class SnapshotService:
             # commit whose answer was lost), rather than leave it hidden on the node's disk.
             lose_track(self.sandboxes, snapshot_id, saving=False)
             raise
+        if clash:
+            await self._delete_on_node(snapshot)
+            raise Invalid(f"'{name}' became a template's name meanwhile; choose another name")
         if over:
             await self._delete_on_node(snapshot)
             raise QuotaExceeded(
@@ -218,15 +227,16 @@ class SnapshotService:
             return await snaps.find(s, who.team_id, ref)
 
     async def delete(self, who: Principal, ref: str) -> None:
-        snapshot = await self.find(who, ref)
-        if snapshot is None:
-            raise NotFound(f"snapshot '{ref}' not found")
+        """Delete the snapshot ``ref`` names: by id, that one; by name, every snapshot taken
+        under the name (E2B's name is a template, and they are its builds)."""
         async with self._sessions.begin() as s:
-            row = await snaps.get(s, snapshot.id)
-            if row is None:
+            rows = await snaps.deletable(s, who.team_id, ref)
+            if not rows:
                 raise NotFound(f"snapshot '{ref}' not found")
-            await s.delete(row)
-        await self._delete_on_node(snapshot)
+            for row in rows:
+                await s.delete(row)
+        for row in rows:
+            await self._delete_on_node(row)
 
     async def _delete_on_node(self, snapshot: Snapshot) -> None:
         await _delete_on_node(self.sandboxes, snapshot_message(snapshot))
@@ -243,6 +253,9 @@ class SnapshotService:
         self.sandboxes.check_timeout(timeout_s, minimum=1)
         if not self.sandboxes.facts.capabilities.fork:
             raise self.sandboxes._unsupported("cannot fork sandboxes")
+        await self.sandboxes.check_sandbox_cap(
+            who.team_id, f"sandbox '{sandbox_id}' was not forked"
+        )
         snapshot = await self.create(who, sandbox_id, internal=True)
         try:  # (the source may be killed meanwhile: its checkpoint goes all the same)
             source = await self.sandboxes.get(who, sandbox_id)
