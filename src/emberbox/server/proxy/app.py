@@ -7,7 +7,9 @@ import collections
 import contextlib
 import dataclasses
 import hmac
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -65,6 +67,9 @@ class SandboxProxy:
         self.resolver = resolver
         self.wake = wake
         self._clients: dict[str, httpx.AsyncClient] = {}
+        # Connections opened for one request sent again (``forward_http``): closed with the
+        # pooled ones, so none is saved in a checkpoint.
+        self._one_offs: dict[str, weakref.WeakSet[httpx.AsyncClient]] = {}
         self._closing: set[asyncio.Task[None]] = set()
         # Process output streams being relayed, and checkpoints holding new ones, by sandbox
         # (``settle``, ``holding_streams``); the condition is told when either count falls.
@@ -80,9 +85,19 @@ class SandboxProxy:
             client = self._clients[sandbox_id] = upstream_client()
         return client
 
+    def one_off_for(self, sandbox_id: str) -> httpx.AsyncClient:
+        client = upstream_client(pooled=False)
+        self._one_offs.setdefault(sandbox_id, weakref.WeakSet()).add(client)
+        return client
+
+    def _taken(self, sandbox_id: str) -> list[httpx.AsyncClient]:
+        """The sandbox's clients, no longer handed out."""
+        pooled = self._clients.pop(sandbox_id, None)
+        one_offs = list(self._one_offs.pop(sandbox_id, ()))
+        return [*one_offs, pooled] if pooled is not None else one_offs
+
     def drop_client(self, sandbox_id: str) -> None:
-        client = self._clients.pop(sandbox_id, None)
-        if client is not None:
+        for client in self._taken(sandbox_id):
             task = asyncio.get_running_loop().create_task(client.aclose())
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
@@ -90,9 +105,7 @@ class SandboxProxy:
     async def close_connections(self, sandbox_id: str) -> None:
         """Close every connection to the sandbox now, streams included (before a checkpoint:
         a connection saved in one would be restored into its forks)."""
-        client = self._clients.pop(sandbox_id, None)
-        if client is not None:
-            await client.aclose()
+        await asyncio.gather(*(client.aclose() for client in self._taken(sandbox_id)))
 
     async def settle(self, sandbox_id: str, timeout_s: float = SETTLE_S) -> bool:
         """Wait until no process output stream of the sandbox is being relayed, at most
@@ -177,8 +190,9 @@ class SandboxProxy:
                 self._streams[target.sandbox_id] += 1
             try:
                 await forward_http(
-                    scope, receive, send, client, address, target.sandbox_id, target.port, host
-                )
+                    scope, receive, send, client, address, target.sandbox_id, target.port, host,
+                    partial(self.one_off_for, target.sandbox_id),
+                )  # fmt: skip
             finally:
                 if stream:
                     await self._lower(self._streams, target.sandbox_id)

@@ -9,8 +9,11 @@ Failures are passed on as what they are, not as a closed port:
 * A pooled keep-alive connection can be dead before it is used: the upstream closed it while it
   sat idle, or a previous response left unread bytes on it. When a request fails on a *reused*
   connection before its response headers arrived and its body was buffered, it is sent once more
-  on a fresh connection (Go's HTTP transport does the same). Only a fresh connection that cannot be
-  opened answers 502 "port is not open".
+  on a fresh connection, as Go's HTTP transport does: only if it did not reach the upstream
+  whole, or is one a server may get twice (GET, HEAD, OPTIONS, TRACE, or one carrying an
+  ``Idempotency-Key``). Any other may have been acted on (envd's calls are all POSTs: input
+  written twice, a move that then fails): it answers 502. Only a fresh connection that cannot
+  be opened answers 502 "port is not open".
 * An upstream that breaks mid-response breaks the client's connection too. Ending the response
   cleanly would tell a Connect client that the stream ended without its end message ("missing
   EndStreamResponse"); a broken connection makes the SDKs probe the sandbox and report it killed.
@@ -21,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextvars import ContextVar
 from typing import Any
 
@@ -149,13 +152,26 @@ class _Body:
                 return
 
 
-class _SendFailed(Exception):
-    """A request that got no response; ``reused`` if it went out on a pooled connection."""
+REPLAYABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+IDEMPOTENCY_HEADERS = (b"idempotency-key", b"x-idempotency-key")
 
-    def __init__(self, cause: Exception, reused: bool) -> None:
+
+def _replayable(scope: Scope) -> bool:
+    """Whether a server may get the request twice (Go's ``isReplayable``)."""
+    if scope["method"] in REPLAYABLE_METHODS:
+        return True
+    return any(k.lower() in IDEMPOTENCY_HEADERS for k, _ in scope["headers"])
+
+
+class _SendFailed(Exception):
+    """A request that got no response; ``reused`` if it went out on a pooled connection,
+    ``written`` if all of it reached the upstream (which may have acted on it)."""
+
+    def __init__(self, cause: Exception, reused: bool, written: bool) -> None:
         super().__init__(str(cause))
         self.cause = cause
         self.reused = reused
+        self.written = written
 
     def answer(self, sandbox_id: str, port: int) -> dict[str, Any]:
         if isinstance(self.cause, (httpx.ConnectError, httpx.ConnectTimeout)):
@@ -165,23 +181,28 @@ class _SendFailed(Exception):
 
 async def _send(client: httpx.AsyncClient, request: httpx.Request) -> httpx.Response:
     """Send and return once headers arrive. httpcore's ``trace`` extension reports every new
-    connection, so no ``connect_tcp`` event means the pool handed out a reused one."""
-    dialed = False
+    connection, so no ``connect_tcp`` event means the pool handed out a reused one, and the
+    end of the request's body on the wire."""
+    dialed = written = False
 
     async def trace(event: str, info: dict[str, Any]) -> None:
-        nonlocal dialed
+        nonlocal dialed, written
         if event.startswith("connection.connect_tcp."):
             dialed = True
+        elif event == "http11.send_request_body.complete":
+            written = True
 
     request.extensions["trace"] = trace
     try:
         return await client.send(request, stream=True)
     except httpx.TransportError as e:
-        raise _SendFailed(e, reused=not dialed) from e
+        raise _SendFailed(e, reused=not dialed, written=written) from e
     except RuntimeError as e:  # the pool was closed under it (a kill, or before a checkpoint)
         if not client.is_closed:
             raise
-        raise _SendFailed(e, reused=True) from e  # (a fresh connection tells which)
+        # Not sent again: a connection opened to a sandbox being paused would be saved in
+        # its checkpoint (and restored into its forks).
+        raise _SendFailed(e, reused=False, written=False) from e
 
 
 async def forward_http(
@@ -193,8 +214,10 @@ async def forward_http(
     sandbox_id: str,
     port: int,
     host: str | None = None,
+    one_off: Callable[[], httpx.AsyncClient] | None = None,
 ) -> None:
-    """Forward one request; ``host`` replaces the Host header (maskRequestHost)."""
+    """Forward one request; ``host`` replaces the Host header (maskRequestHost). A request
+    sent again goes on a connection of its own, from ``one_off``."""
     incoming = _Body(receive)
     try:
         body, stream = await incoming.first_and_rest()
@@ -224,7 +247,9 @@ async def forward_http(
         except _SendFailed as stale:
             if not stale.reused or stream is not None:  # a streamed body cannot be replayed
                 raise
-            fresh = upstream_client(pooled=False)
+            if stale.written and not _replayable(scope):
+                raise
+            fresh = one_off() if one_off else upstream_client(pooled=False)
             response = await _unless_gone(_send(fresh, build(fresh)), gone)
         try:
             await _relay(response, gone, send)
