@@ -99,6 +99,23 @@ async def test_two_connects_of_a_paused_sandbox_both_get_it_running(plane: Plane
     assert await plane.state(row.id) == "running"
 
 
+async def test_a_pause_during_a_wake_waits_for_it_then_pauses(plane: Plane) -> None:
+    """Traffic wakes the sandbox as its user pauses it: a 409 would tell the SDKs it was
+    paused already (``pause()`` returns False) while it ran on, using its team's quota."""
+    plane.runtime.resume_delay_s = 0.3
+    asked = CreateRequest("base", 600, auto_pause=True, auto_resume=True)
+    row = await plane.service.create(plane.who, asked)
+    await plane.service.pause(plane.who, row.id)
+    waking = asyncio.create_task(plane.service.wake(row.id))
+    while await plane.state(row.id) != "resuming":  # noqa: ASYNC110 - the row's state
+        await asyncio.sleep(0.01)
+    await plane.service.pause(plane.who, row.id)
+    assert (await waking).running  # (the request that woke it was answered)
+    assert await plane.state(row.id) == "paused"
+    with pytest.raises(Conflict, match="not running"):  # (one paused already is a 409)
+        await plane.service.pause(plane.who, row.id)
+
+
 async def test_of_two_legacy_resumes_one_resumes_and_the_other_is_a_conflict(
     plane: Plane,
 ) -> None:

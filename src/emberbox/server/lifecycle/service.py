@@ -765,8 +765,10 @@ class SandboxService:
     ) -> None:
         """Save the sandbox and stop it: its memory and files, or (without ``keep_memory``)
         only its files, which a resume then boots from. With ``require_healthy_guest``, and
-        for a filesystem-only pause, envd must answer first."""
-        row = await self.get(who, sandbox_id)
+        for a filesystem-only pause, envd must answer first. A resume under way (traffic
+        waking it, say) is waited out, as long as a wake is: a 409 would tell the SDKs it was
+        paused already, and it would run on."""
+        row = await self._past_resume(who, sandbox_id)
         if State(row.state) != State.RUNNING:
             raise Conflict(f"sandbox '{sandbox_id}' is {row.state}, not running")
         if not keep_memory:
@@ -811,6 +813,16 @@ class SandboxService:
                 raise SandboxFailed(f"pause failed: {e}") from e
             async with self.sessions.begin() as s:
                 await q.set_state(s, sandbox_id, [State.PAUSING], State.PAUSED, paused_bytes=size)
+
+    async def _past_resume(self, who: Principal, sandbox_id: str) -> Sandbox:
+        """The sandbox once no resume of it is under way (``WAKE_WAIT_S`` at most: then
+        :class:`Busy`)."""
+        deadline = asyncio.get_running_loop().time() + WAKE_WAIT_S
+        while State((row := await self.get(who, sandbox_id)).state) == State.RESUMING:
+            if asyncio.get_running_loop().time() > deadline:
+                raise Busy(f"sandbox '{sandbox_id}' is being resumed; retry")
+            await asyncio.sleep(0.05)
+        return row
 
     @contextlib.contextmanager
     def switch(self, sandbox_id: str) -> Iterator[None]:
