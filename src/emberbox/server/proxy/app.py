@@ -8,13 +8,14 @@ import contextlib
 import dataclasses
 import hmac
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import httpx
 from starlette.datastructures import Headers, QueryParams
 from starlette.types import Receive, Scope, Send
+from websockets.asyncio.client import ClientConnection
 
 from ...signed_urls import FILES_PATH, refusal
 from ...vocabulary import ENVD_PORT, ENVD_TOKEN_HEADER, TRAFFIC_TOKEN_HEADER
@@ -29,7 +30,7 @@ from .responses import (
     traffic_token_missing,
 )
 from .routing import RouteError, Target, route
-from .ws import deny, forward_ws
+from .ws import GOING_AWAY, deny, forward_ws
 
 if TYPE_CHECKING:
     from ..lifecycle.service import Woken
@@ -70,6 +71,8 @@ class SandboxProxy:
         # Connections opened for one request sent again (``forward_http``): closed with the
         # pooled ones, so none is saved in a checkpoint.
         self._one_offs: dict[str, weakref.WeakSet[httpx.AsyncClient]] = {}
+        # WebSockets being relayed, by sandbox: closed with its connections.
+        self._sockets: dict[str, set[ClientConnection]] = {}
         self._closing: set[asyncio.Task[None]] = set()
         # Process output streams being relayed, and checkpoints holding new ones, by sandbox
         # (``settle``, ``holding_streams``); the condition is told when either count falls.
@@ -96,16 +99,35 @@ class SandboxProxy:
         one_offs = list(self._one_offs.pop(sandbox_id, ()))
         return [*one_offs, pooled] if pooled is not None else one_offs
 
+    @contextlib.contextmanager
+    def _tracked(self, sandbox_id: str, upstream: ClientConnection) -> Iterator[None]:
+        sockets = self._sockets.setdefault(sandbox_id, set())
+        sockets.add(upstream)
+        try:
+            yield
+        finally:
+            sockets.discard(upstream)
+            if not sockets and self._sockets.get(sandbox_id) is sockets:
+                del self._sockets[sandbox_id]
+
+    def _closes(self, sandbox_id: str) -> list[Coroutine[Any, Any, None]]:
+        """Closing each of the sandbox's clients and WebSockets; none is handed out again."""
+        sockets = self._sockets.pop(sandbox_id, set())
+        return [
+            *(client.aclose() for client in self._taken(sandbox_id)),
+            *(ws.close(GOING_AWAY, "the sandbox is pausing or gone") for ws in sockets),
+        ]
+
     def drop_client(self, sandbox_id: str) -> None:
-        for client in self._taken(sandbox_id):
-            task = asyncio.get_running_loop().create_task(client.aclose())
+        for closing in self._closes(sandbox_id):
+            task = asyncio.get_running_loop().create_task(closing)
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
 
     async def close_connections(self, sandbox_id: str) -> None:
-        """Close every connection to the sandbox now, streams included (before a checkpoint:
-        a connection saved in one would be restored into its forks)."""
-        await asyncio.gather(*(client.aclose() for client in self._taken(sandbox_id)))
+        """Close every connection to the sandbox now, streams and WebSockets included (before
+        a checkpoint: a connection saved in one would be restored into its forks)."""
+        await asyncio.gather(*self._closes(sandbox_id))
 
     async def settle(self, sandbox_id: str, timeout_s: float = SETTLE_S) -> bool:
         """Wait until no process output stream of the sandbox is being relayed, at most
@@ -183,7 +205,10 @@ class SandboxProxy:
         address = found.address(target.port)
         host = found.host_header(target.port)
         if ws:
-            await forward_ws(scope, receive, send, address, target.sandbox_id, target.port, host)
+            await forward_ws(
+                scope, receive, send, address, target.sandbox_id, target.port, host,
+                partial(self._tracked, target.sandbox_id),
+            )  # fmt: skip
         else:
             client = self.client_for(target.sandbox_id)
             if stream:

@@ -2,12 +2,16 @@
 
 An upstream that drops without a closing handshake drops the client too (it sees 1006, as if it
 were connected directly); a close frame of 1011 would claim a clean close that never happened.
+The proxy closes a relay itself (``GOING_AWAY``) when the sandbox is paused or killed: its
+client then reconnects (waking a sandbox that traffic wakes) rather than wait on a socket
+saved in a checkpoint, or on one gone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 from starlette.types import Receive, Scope, Send
 from websockets.asyncio.client import ClientConnection, connect
@@ -17,6 +21,8 @@ from .http import stop, target_of, upstream_url
 from .responses import port_not_open, send_json
 
 NO_UPGRADE = "The sandbox's server did not accept the WebSocket upgrade"
+GOING_AWAY = 1001  # RFC 6455: the server is going away
+CLOSE_TIMEOUT_S = 2.0  # a closing handshake the sandbox does not answer in this is dropped
 _SKIP = {
     "host",
     "connection",
@@ -64,9 +70,11 @@ async def forward_ws(
     sandbox_id: str,
     port: int,
     host: str | None = None,
+    tracked: Callable[[ClientConnection], contextlib.AbstractContextManager[None]] | None = None,
 ) -> None:
     """Relay one WebSocket; ``host`` replaces the Host header (maskRequestHost): it names the
-    URI, while the connection still goes to ``address``."""
+    URI, while the connection still goes to ``address``. The upstream connection is held in
+    ``tracked`` while it relays, for the proxy to close."""
     if (await receive())["type"] != "websocket.connect":
         return
     headers = [
@@ -85,6 +93,7 @@ async def forward_ws(
             additional_headers=headers,
             subprotocols=scope.get("subprotocols") or None,
             open_timeout=10,
+            close_timeout=CLOSE_TIMEOUT_S,
             max_size=None,
             compression=None,
         )
@@ -105,12 +114,17 @@ async def forward_ws(
         await deny(scope, send, 502, {**body, "code": 502})
         return
     async with upstream:
-        await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
-        up = asyncio.create_task(_client_to_upstream(receive, upstream))
-        down = asyncio.create_task(_upstream_to_client(upstream, send))
-        _, pending = await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
-        for t in pending:
-            await stop(t)
+        with tracked(upstream) if tracked else contextlib.nullcontext():
+            await _relay(receive, send, upstream)
+
+
+async def _relay(receive: Receive, send: Send, upstream: ClientConnection) -> None:
+    await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
+    up = asyncio.create_task(_client_to_upstream(receive, upstream))
+    down = asyncio.create_task(_upstream_to_client(upstream, send))
+    _, pending = await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
+    for t in pending:
+        await stop(t)
 
 
 async def _client_to_upstream(receive: Receive, upstream: ClientConnection) -> None:
