@@ -507,9 +507,40 @@ async def test_the_proxy_answers_what_a_failed_wake_left(lifecycle_plane: Plane)
     await plane.service.kill(plane.who, files_only)
 
 
+async def test_the_proxy_answers_what_a_woken_sandbox_became_since(
+    lifecycle_plane: Plane,
+) -> None:
+    """Woken, then killed (or paused again) before the request goes on: not found (or the
+    paused answer, not a second wake), never the paused answer read before the wake."""
+    plane = lifecycle_plane
+    req = CreateRequest("base", 60, auto_pause=True, auto_resume=True)
+    rows = [await plane.service.create(plane.who, req) for _ in range(2)]
+    for row in rows:
+        await plane.service.pause(plane.who, row.id)
+    killed, paused_again = (r.id for r in rows)
+    wakes: list[str] = []
+
+    async def wake(sandbox_id: str) -> Woken:
+        wakes.append(sandbox_id)
+        woken = await plane.service.wake(sandbox_id)
+        assert woken.running
+        if sandbox_id == killed:
+            await plane.service.kill(plane.who, sandbox_id)
+        else:
+            await plane.service.pause(plane.who, sandbox_id)
+        return woken
+
+    proxy = SandboxProxy(SandboxResolver(plane.service.sessions), wake)
+    assert await proxy._locate(killed, lambda _: None) is None
+    again = await proxy._locate(paused_again, lambda _: None)
+    assert isinstance(again, Paused) and again.refused is None
+    assert wakes == [killed, paused_again]  # one wake per request
+    await plane.service.kill(plane.who, paused_again)
+
+
 async def test_a_wake_the_team_limit_refuses_says_why(lifecycle_plane: Plane) -> None:
     """The proxy's 502 for a sandbox traffic could not wake names the reason (it was only in
-    the server's log), and the sandbox stays paused."""
+    the server's log), without the team's figures, and the sandbox stays paused."""
     plane = lifecycle_plane
     req = CreateRequest("base", 60, auto_pause=True, auto_resume=True)
     row = await plane.service.create(plane.who, req)
@@ -519,6 +550,7 @@ async def test_a_wake_the_team_limit_refuses_says_why(lifecycle_plane: Plane) ->
     woken = await plane.service.wake(row.id)
     assert woken.running is False and woken.refused is not None
     assert "concurrent sandbox limit" in woken.refused
+    assert "per team" not in woken.refused  # (not the limit: anyone at a public port sees it)
     body = sandbox_paused(row.id, True, woken.refused)
     assert "was not found" in body["message"]  # what the SDKs look for in a 502
     assert woken.refused in body["message"]

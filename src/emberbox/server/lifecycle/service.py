@@ -1018,9 +1018,12 @@ class SandboxService:
             return Woken(False, str(e))
         except Exception as e:  # refused (the team's limits, the node's memory) or failed
             log.warning("auto-resume of %s failed: %s", sandbox_id, e)
-            # A failure's detail is for the log only: anyone who can reach the proxy sees this.
-            if isinstance(e, QuotaExceeded | NoCapacity):  # (asked again at no cost)
-                return Woken(False, str(e))
+            # A failure's detail is for the log only: anyone who can reach the proxy sees this
+            # (nor the team's limit or the node's load: a refusal says which, no figures).
+            if isinstance(e, QuotaExceeded):  # (asked again at no cost)
+                return Woken(False, "its team's concurrent sandbox limit is reached")
+            if isinstance(e, NoCapacity):
+                return Woken(False, "its node has no room for it now")
             if not isinstance(e, SandboxFailed):  # (a lost answer: the resume may have worked)
                 return Woken(False, "its resume failed")
             refused = f"its resume failed; traffic tries again in {WAKE_RETRY_S:g} s, a connect now"

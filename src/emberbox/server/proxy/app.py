@@ -248,14 +248,13 @@ class SandboxProxy:
         if (reason := refusal_of(found)) is not None:
             return _EnvdRefuses(reason)
         woken = await self.wake(sandbox_id)
-        if not woken.running:
-            # As the wake left it: killed meanwhile (not found), paused for good (a pause it
-            # waited for kept only the files: traffic cannot wake it), or running after all.
-            now = await self.resolver.lookup(sandbox_id)
-            if isinstance(now, Paused):
-                return dataclasses.replace(now, refused=woken.refused)
-            return now
-        return await self.resolver.resolve(sandbox_id) or found
+        # As the wake left it, or what it became since: killed (not found), paused for good
+        # (a pause it waited for kept only the files: traffic cannot wake it), paused again
+        # (not woken twice for one request), or running.
+        now = await self.resolver.lookup(sandbox_id)
+        if isinstance(now, Paused) and not woken.running:
+            return dataclasses.replace(now, refused=woken.refused)
+        return now
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
