@@ -135,10 +135,14 @@ class FakeRuntime(Runtime):
         self.keeps_paused = False
         self.files_only: set[str] = set()  # paused keeping only files: a resume reboots them
         self.offload_error: Exception | None = None
+        self.versions: dict[str, str] = {}  # each template's content id (template_version)
         self.offload_steps: collections.Counter[str] = collections.Counter()
         # What ``activity`` reports; None: the runtime cannot tell (nothing is idle).
         self.cpu_ns: dict[str, int] | None = None
         self.resident: dict[str, int] = collections.defaultdict(lambda: 40 << 20)
+
+    def template_version(self, template_id: str) -> str | None:
+        return self.versions.get(template_id)
 
     async def create(self, spec: SandboxSpec) -> RuntimeSandbox:
         if spec.snapshot is not None:

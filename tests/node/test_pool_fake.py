@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -362,6 +363,25 @@ async def test_a_claim_passes_over_a_dead_pooled_sandbox_to_a_live_one(tmp_path:
         assert status.target == 2, "one create asked: a second try is not demand"
 
 
+async def test_sandboxes_pooled_before_their_template_was_rebuilt_are_never_handed_out(
+    tmp_path: Path,
+) -> None:
+    """A template rebuilt under its name (``emberbox template build NAME --local``, a built-in
+    one's new image) or deleted: what was pooled ahead holds the old build's files."""
+    runtime = FakeRuntime()
+    runtime.versions["base"] = "v1"
+    async with _filled(tmp_path, runtime) as (node, _):
+        old = _pooled(runtime, node)
+        assert len(old) == 2
+        runtime.versions["base"] = "v2"
+        sandbox, pooled = await _create(node, _spec())
+        assert not pooled and sandbox.sandbox_id not in old
+        assert not old & set(runtime.sandboxes)  # released, each as its claim found it
+        await node.orchestrator.pool.wait_full(10)
+        _, pooled = await _create(node, _spec())
+        assert pooled  # pooled again, from the new build
+
+
 async def test_a_hung_envd_fails_its_claim_within_the_claim_bound(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -412,6 +432,41 @@ async def test_auto_sizing_follows_recent_demand() -> None:
     assert pool.target(PoolKey("other", 1, 128, 64)) == 0
     later = 10_000.0 + pool._demand[key][-1]
     assert pool.target(key, now=later) == 0, "demand older than the window no longer counts"
+
+
+async def test_a_template_whose_starts_fail_rests_and_the_others_are_pooled() -> None:
+    """A broken (or deleted) template asked for most: the filler went back to it for ever,
+    and no other template was pooled again."""
+    from emberbox.node import pool as pools
+    from emberbox.node.pool import WarmPool
+    from emberbox.runtimes.base import RuntimeSandbox
+
+    broken, fine = PoolKey("broken", 1, 128, 64), PoolKey("base", 1, 128, 64)
+    starts: collections.Counter[str] = collections.Counter()
+
+    async def start(key: PoolKey) -> RuntimeSandbox:
+        starts[key.template_id] += 1
+        if key == broken:
+            raise RuntimeError("no such template")
+        return RuntimeSandbox(new_sandbox_id(), key.template_id, "127.0.0.1")
+
+    async def release(_: str) -> None:
+        pass
+
+    pool = WarmPool(PoolSettings(size=None), start, release, free_mb=lambda: 1 << 20)
+    for _ in range(4):
+        pool.claim(broken.spec("x"))
+    pool.claim(fine.spec("y"))
+    pool.refill()
+    await pool.wait_full(10)
+    assert starts == {"broken": pools.FAILED_STARTS, "base": 1}
+    assert [(s.key.template_id, s.ready) for s in pool.status()] == [("base", 1), ("broken", 0)]
+    pool._resting[broken] = 0.0  # its rest over: tried again, and resting longer
+    pool.refill()
+    await pool.wait_full(10)
+    assert starts["broken"] == pools.FAILED_STARTS + 1
+    assert pool._resting[broken] > time.monotonic() + pools.RESTING_S * 1.5
+    await pool.close()
 
 
 def test_settings_read_from_the_environment() -> None:

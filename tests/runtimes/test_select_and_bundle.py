@@ -13,8 +13,9 @@ import pytest
 
 from emberbox.host.network import AddressPool, PoolExhausted
 from emberbox.runtimes import hardware_kvm, resolve_name
-from emberbox.runtimes.gvisor import GVisorConfig
+from emberbox.runtimes.gvisor import GVisorConfig, GVisorRuntime
 from emberbox.runtimes.gvisor.bundle import BindMount, BundleSpec, oci_config
+from emberbox.templates.store import Template, TemplateConfig, TemplateStore
 
 
 def _host(tmp_path: Path, modules: list[str], flags: str, kvm: bool = True) -> dict[str, Path]:
@@ -119,3 +120,19 @@ def test_a_claimer_killed_mid_claim_leaves_no_lease_naming_no_one(tmp_path: Path
     assert [pool.claim("two").index, pool.claim("three").index] == [0, 1]
     pool.sweep_cut_claims()  # the dead claimer's owner file
     assert sorted(p.name for p in tmp_path.iterdir()) == ["0", "1"]
+
+
+def test_a_templates_version_is_its_content_and_none_once_it_is_gone(tmp_path: Path) -> None:
+    """What tells a pooled sandbox of an older build (``Orchestrator._hand_over``)."""
+    store = TemplateStore(tmp_path)
+    runtime = GVisorRuntime(GVisorConfig(data_dir=tmp_path, leases_root=tmp_path), store=store)
+    (tmp_path / "layers" / ("a" * 64)).mkdir(parents=True)
+    first = Template("mine", ["a" * 64], TemplateConfig())
+    store.save(first)
+    assert runtime.template_version("mine") == first.id
+    rebuilt = Template("mine", ["a" * 64], TemplateConfig(env={"BUILD": "2"}))
+    store.save(rebuilt)
+    assert runtime.template_version("mine") == rebuilt.id != first.id
+    (tmp_path / "templates" / "mine.json").unlink()
+    assert runtime.template_version("mine") is None
+    assert runtime.template_version("../x") is None  # (not a name: no such template)

@@ -117,6 +117,8 @@ class Orchestrator:
         # The access token each pooled sandbox's envd was given as it was pooled (never on
         # disk: a pooled sandbox does not outlive this process).
         self._pool_tokens: dict[str, str] = {}
+        # What each pooled sandbox's template held as it started (``template_version``).
+        self._pool_versions: dict[str, str | None] = {}
         self._locks = KeyedLock()
         self._checker: asyncio.Task[None] | None = None
         self._http: httpx.AsyncClient | None = None
@@ -275,6 +277,11 @@ class Orchestrator:
             if record is None:
                 return None
             token = self._pool_tokens.pop(pooled.sandbox_id, "")
+            started_as = self._pool_versions.pop(pooled.sandbox_id, None)
+            if started_as != self.runtime.template_version(pooled.template_id):
+                # Its template was rebuilt (or deleted) since: its files are the old build's.
+                await self._release_locked(pooled.sandbox_id, "pooled from an older build")
+                return None
             # Not written to disk: a restart releases a "pooled" record as it would a
             # "creating" one, and the write cost a claim ~1.3 ms (a rename over the file).
             record.state = "creating"
@@ -320,6 +327,8 @@ class Orchestrator:
             record = SandboxRecord(sandbox_id, key.template_id, time.time(), state="pooled")
             self.records.save(record)
             self._held[sandbox_id] = record
+            # Before the create: a build landing during it then leaves it marked older.
+            version = self.runtime.template_version(key.template_id)
             try:
                 sandbox = await self.runtime.create(key.spec(sandbox_id))
                 record.envd_version = await self._serving(sandbox)
@@ -332,6 +341,7 @@ class Orchestrator:
                 await self._handshake(dataclasses.replace(sandbox, defaults=defaults), token,
                                       known_version=record.envd_version)  # fmt: skip
                 self._pool_tokens[sandbox_id] = token
+                self._pool_versions[sandbox_id] = version
                 # One command per standby shell: those a restore brought back from the template's
                 # snapshot are used up here, so a claim's first command takes a shell started in
                 # this sandbox (a restored one's first run is slower, docs/stateful.md).
@@ -615,6 +625,7 @@ class Orchestrator:
             self.ended.popitem(last=False)
         self._held.pop(sandbox_id, None)
         self._pool_tokens.pop(sandbox_id, None)
+        self._pool_versions.pop(sandbox_id, None)
         self.offloader.forget(sandbox_id)
         self.records.delete(sandbox_id)
         self.pool.forget(sandbox_id)

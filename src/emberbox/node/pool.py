@@ -21,7 +21,8 @@ How many per template and size (:class:`PoolSettings`): a fixed number for every
 size that has been asked for since the node started, or (``auto``, the default) as many as
 were claimed or asked for in the last ten minutes, at most ``max_per_key``; never more than
 ``max_total`` in all, and none started while the host has less than ``min_free_mb`` of memory
-available.
+available. A template whose sandboxes fail to start (broken, deleted) rests a while, longer
+each time, and the pool goes on filling for the others.
 """
 
 from __future__ import annotations
@@ -44,6 +45,12 @@ DEMAND_WINDOW_S = 600.0  # ``auto`` sizes each key by the creates asked for in t
 # A refill starts this long after the last claim: a burst of creates gets its first commands
 # done before a restore competes with them for the CPU.
 REFILL_AFTER_CLAIM_S = 0.5
+# A key whose starts failed this many times in a row (a broken or deleted template) rests,
+# so the filler goes on to the others: RESTING_S at first, doubled each time after, at most
+# RESTING_MAX_S. A start that works ends its rest.
+FAILED_STARTS = 3
+RESTING_S = 30.0
+RESTING_MAX_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -146,7 +153,8 @@ class WarmPool:
     _demand: dict[PoolKey, collections.deque[float]] = field(default_factory=dict)
     _filling: asyncio.Task[None] | None = None
     _refill_timer: asyncio.TimerHandle | None = None
-    _failures: int = 0
+    _failures: dict[PoolKey, int] = field(default_factory=dict)  # starts failed in a row
+    _resting: dict[PoolKey, float] = field(default_factory=dict)  # not started until then
     _closed: bool = False
 
     # -- claims ----------------------------------------------------------------------------
@@ -215,10 +223,13 @@ class WarmPool:
         return sum(len(q) for q in self._ready.values())
 
     def _wanted(self) -> PoolKey | None:
-        """The key furthest below its target, if the pool may grow at all."""
+        """The key furthest below its target, if the pool may grow at all (a resting key
+        is passed over)."""
         if self._closed or self._total() >= self.settings.max_total:
             return None
-        gaps = [(self.target(k) - len(self._ready.get(k, ())), k) for k in list(self._demand)]
+        now = time.monotonic()
+        keys = [k for k in list(self._demand) if self._resting.get(k, 0.0) <= now]
+        gaps = [(self.target(k) - len(self._ready.get(k, ())), k) for k in keys]
         gaps = [(gap, k) for gap, k in gaps if gap > 0]
         if not gaps:
             return None
@@ -242,13 +253,18 @@ class WarmPool:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self._failures += 1
+                failed = self._failures[key] = self._failures.get(key, 0) + 1
                 log.warning("warm pool: starting a %s sandbox failed: %s", key.template_id, exc)
-                if self._failures >= 3:  # a broken template: wait for the next claim or tidy
-                    return
-                await asyncio.sleep(0.5 * self._failures)
+                if failed >= FAILED_STARTS:  # a broken template: the others go on
+                    rest = min(RESTING_S * 2 ** (failed - FAILED_STARTS), RESTING_MAX_S)
+                    self._resting[key] = time.monotonic() + rest
+                    log.warning("warm pool: %s not pooled for %.0f s (%d starts failed)",
+                                key.template_id, rest, failed)  # fmt: skip
+                else:
+                    await asyncio.sleep(0.5 * failed)
                 continue
-            self._failures = 0
+            self._failures.pop(key, None)
+            self._resting.pop(key, None)
             if self._closed:
                 await self.release(sandbox.sandbox_id)
                 return
@@ -262,9 +278,10 @@ class WarmPool:
             while len(queue) > self.target(key, now):
                 surplus.append(queue.popleft().sandbox.sandbox_id)  # the longest unclaimed
         for sandbox_id in surplus:
-            with contextlib.suppress(Exception):
+            try:
                 await self.release(sandbox_id)
-        self._failures = 0
+            except Exception:
+                log.exception("warm pool: releasing %s failed", sandbox_id)
         if self._wanted() is not None:
             self.refill()
 
@@ -280,8 +297,10 @@ class WarmPool:
         ids = [h.sandbox.sandbox_id for q in self._ready.values() for h in q]
         self._ready.clear()
         for sandbox_id in ids:
-            with contextlib.suppress(Exception):
+            try:
                 await self.release(sandbox_id)
+            except Exception:
+                log.exception("warm pool: releasing %s failed", sandbox_id)
 
     async def wait_full(self, timeout_s: float) -> None:
         """Until every key is at its target or the filler gave up (tests, benchmarks)."""

@@ -299,6 +299,11 @@ class Runtime(abc.ABC):
         """The whole checkpoints this runtime holds (one cut off half-written is not one)."""
         return []
 
+    def template_version(self, template_id: str) -> str | None:
+        """What the template holds now (its content id; None: unknown, or no such template):
+        a sandbox pooled ahead from an older build is not handed out once it was rebuilt."""
+        return None
+
     async def freeze(self, sandbox_id: str) -> None:  # noqa: B027 - optional hook
         """Stop scheduling a running sandbox nobody uses yet (a pooled one): it keeps its
         memory and its processes but costs no CPU until :meth:`thaw`. ``kill`` works on a

@@ -1205,6 +1205,12 @@ class GVisorRuntime(Runtime):
         log.info("sandbox %s: keeping the processes the last node kept paused", sandbox_id)
         return True
 
+    def template_version(self, template_id: str) -> str | None:
+        try:
+            return self.store.get(template_id).id
+        except (TemplateError, OSError, ValueError):  # gone, or unreadable: unknown
+            return None
+
     # -- internals -------------------------------------------------------------------------
 
     def _template(self, name: str) -> Template:
