@@ -16,11 +16,18 @@ import pytest
 from emberbox._proto.node import node_pb2 as pb
 from emberbox.host import cgroups
 from emberbox.node import orchestrator
+from emberbox.node import pool as pools
 from emberbox.node.client import EmbeddedNode
 from emberbox.node.offload import OffloadSettings, OffloadUnavailable
 from emberbox.node.orchestrator import Orchestrator
 from emberbox.node.pool import DEMAND_WINDOW_S, PoolKey, PoolSettings
-from emberbox.runtimes.base import NetworkPolicy, SandboxSpec, SnapshotRef
+from emberbox.runtimes.base import (
+    NetworkPolicy,
+    RuntimeError_,
+    RuntimeSandbox,
+    SandboxSpec,
+    SnapshotRef,
+)
 from emberbox.vocabulary import new_sandbox_id
 
 from .fake_runtime import FakeRuntime
@@ -437,9 +444,7 @@ async def test_auto_sizing_follows_recent_demand() -> None:
 async def test_a_template_whose_starts_fail_rests_and_the_others_are_pooled() -> None:
     """A broken (or deleted) template asked for most: the filler went back to it for ever,
     and no other template was pooled again."""
-    from emberbox.node import pool as pools
     from emberbox.node.pool import WarmPool
-    from emberbox.runtimes.base import RuntimeSandbox
 
     broken, fine = PoolKey("broken", 1, 128, 64), PoolKey("base", 1, 128, 64)
     starts: collections.Counter[str] = collections.Counter()
@@ -467,6 +472,48 @@ async def test_a_template_whose_starts_fail_rests_and_the_others_are_pooled() ->
     assert starts["broken"] == pools.FAILED_STARTS + 1
     assert pool._resting[broken] > time.monotonic() + pools.RESTING_S * 1.5
     await pool.close()
+
+
+class _BootFails(FakeRuntime):
+    """Its machines start, then their boot fails, and their teardown fails (a busy mount:
+    ``broken``) until the test clears it."""
+
+    async def create(self, spec: SandboxSpec) -> RuntimeSandbox:
+        sandbox = await super().create(spec)
+        if spec.template_id == "fails":
+            self.broken.add(spec.sandbox_id)
+            raise RuntimeError_("boot failed")
+        return sandbox
+
+
+async def test_what_a_failed_teardown_left_is_released_by_a_later_dead_check(
+    tmp_path: Path,
+) -> None:
+    """A create (or a pooled start) whose boot failed, and whose teardown failed too: its
+    record stayed creating (or pooled), which no dead check, listing or claim looks at, and
+    its resources stayed until the node restarted. The caller is told the boot's error."""
+    runtime = _BootFails()
+    node = _node(tmp_path, runtime, size=1)
+    await node.start()
+    try:
+        spec = _spec()
+        spec.template_id, spec.sandbox_id = "fails", new_sandbox_id()
+        with pytest.raises(Exception, match="boot failed"):
+            await node.create(spec)
+        assert not (await node.claim(_spec())).HasField("sandbox")  # ("base" is asked for)
+        pool = node.orchestrator.pool
+        pool.claim(SandboxSpec("x", "fails", 1, 128, 64))  # (and "fails" is)
+        await pool.wait_full(10)
+        left = set(runtime.broken)
+        assert spec.sandbox_id in left and len(left) == 1 + pools.FAILED_STARTS
+        assert left <= set(runtime.sandboxes)
+        assert await node.orchestrator.release_abandoned() == []  # (failing still)
+        runtime.broken.clear()  # the host lets them go now
+        assert set(await node.orchestrator.release_abandoned()) == left
+        assert not left & set(runtime.sandboxes)
+        assert (await node.claim(_spec())).HasField("sandbox")  # the pool works on
+    finally:
+        await node.close()
 
 
 def test_settings_read_from_the_environment() -> None:

@@ -239,7 +239,7 @@ class Orchestrator:
                     await self._install_egress_ca(sandbox.envd_url, access_token)
                     record.trusts_egress_ca = True
             except BaseException:
-                await self._release_locked(spec.sandbox_id, "create failed")
+                await self._release_after_failure(spec.sandbox_id, "create failed")
                 raise
             record.state = "running"
             record.envd_url, record.host = sandbox.envd_url, sandbox.address
@@ -280,7 +280,7 @@ class Orchestrator:
             started_as = self._pool_versions.pop(pooled.sandbox_id, None)
             if started_as != self.runtime.template_version(pooled.template_id):
                 # Its template was rebuilt (or deleted) since: its files are the old build's.
-                await self._release_locked(pooled.sandbox_id, "pooled from an older build")
+                await self._release_after_failure(pooled.sandbox_id, "pooled from an older build")
                 return None
             # Not written to disk: a restart releases a "pooled" record as it would a
             # "creating" one, and the write cost a claim ~1.3 ms (a rename over the file).
@@ -304,7 +304,7 @@ class Orchestrator:
                 elif self.runtime.known_stopped(pooled.sandbox_id):  # /init would have failed
                     raise BootFailed(f"pooled sandbox {pooled.sandbox_id} stopped while pooled")
             except BaseException as exc:
-                await self._release_locked(pooled.sandbox_id, "pooled handshake failed")
+                await self._release_after_failure(pooled.sandbox_id, "pooled handshake failed")
                 if not isinstance(exc, Exception):
                     raise
                 log.warning("pooled sandbox %s failed its handshake: %s", pooled.sandbox_id, exc)
@@ -348,7 +348,7 @@ class Orchestrator:
                 await prime_standbys(sandbox.envd_url, defaults.user, defaults.workdir, token,
                                      commands=STANDBY_SHELLS)  # fmt: skip
             except BaseException:
-                await self._release_locked(sandbox_id, "pool start failed")
+                await self._release_after_failure(sandbox_id, "pool start failed")
                 raise
             record.envd_url, record.host = sandbox.envd_url, sandbox.address
             self.records.save(record)
@@ -630,6 +630,42 @@ class Orchestrator:
         self.records.delete(sandbox_id)
         self.pool.forget(sandbox_id)
 
+    async def _release_after_failure(self, sandbox_id: str, reason: str) -> None:
+        """Release a sandbox whose create (or pooling, or claim) failed, under its lock. A
+        teardown that fails too is logged, not raised: the caller's error is the one told,
+        and ``release_abandoned`` tries the teardown again."""
+        try:
+            await self._release_locked(sandbox_id, reason)
+        except Exception:
+            log.exception("releasing %s (%s) failed; tried again later", sandbox_id, reason)
+
+    def _abandoned(self, sandbox_id: str) -> bool:
+        """Whether a record is one a failed teardown left: creating or pooled, with nobody
+        at work on it (a create, a pooling and a claim hold its lock) and in no pool queue."""
+        record = self._held.get(sandbox_id)
+        if record is None or record.state not in ("creating", "pooled"):
+            return False
+        return not self._locks.held(sandbox_id) and not self.pool.holds(sandbox_id)
+
+    async def release_abandoned(self) -> builtins.list[str]:
+        """Release what a failed teardown left (``_release_after_failure``): nobody else
+        would, and nobody lists it, yet it holds its resources. Each dead check."""
+        released = []
+        for sandbox_id in [i for i in self._held if self._abandoned(i)]:
+            async with self._locks.hold(sandbox_id):
+                record = self._held.get(sandbox_id)
+                if record is None or record.state not in ("creating", "pooled"):
+                    continue  # (released meanwhile, or handed over: it runs)
+                if self.pool.holds(sandbox_id):
+                    continue
+                try:
+                    await self._release_locked(sandbox_id, "abandoned by a failed teardown")
+                except Exception as exc:
+                    log.warning("releasing %s failed again: %s", sandbox_id, exc)
+                    continue
+            released.append(sandbox_id)
+        return released
+
     async def check_dead(self) -> builtins.list[str]:
         """Free sandboxes that stopped on their own (OOM, init exited): nothing else would.
 
@@ -659,6 +695,7 @@ class Orchestrator:
             await asyncio.sleep(self.dead_check_every_s)
             try:
                 await self.check_dead()
+                await self.release_abandoned()
                 await self.pool.tidy()
             except Exception:
                 log.exception("checking for dead sandboxes failed")
