@@ -516,6 +516,23 @@ async def test_what_a_failed_teardown_left_is_released_by_a_later_dead_check(
         await node.close()
 
 
+async def test_a_fixed_pool_keeps_no_record_per_create() -> None:
+    """Its size does not depend on how often a key was asked for: a node running for months
+    must not keep a timestamp per create."""
+    from emberbox.node.pool import WarmPool
+
+    async def never(_: object) -> None:
+        raise AssertionError("not started in this test")
+
+    pool = WarmPool(PoolSettings(size=2), never, never)  # type: ignore[arg-type]
+    pool.refill = lambda: None  # type: ignore[method-assign]
+    key = PoolKey("base", 1, 128, 64)
+    for _ in range(1000):
+        pool.claim(key.spec("x"))
+        assert pool.target(key) == 2
+    assert len(pool._demand[key]) == 1
+
+
 def test_settings_read_from_the_environment() -> None:
     assert PoolSettings.from_env({}).size is None  # auto
     assert PoolSettings.from_env({"EMBERBOX_WARM_POOL": "0"}).enabled is False
@@ -524,3 +541,11 @@ def test_settings_read_from_the_environment() -> None:
     for bad in ("many", "-1"):
         with pytest.raises(ValueError, match="EMBERBOX_WARM_POOL"):
             PoolSettings.from_env({"EMBERBOX_WARM_POOL": bad})
+    settings = PoolSettings.from_env(
+        {"EMBERBOX_WARM_POOL_MAX": "7", "EMBERBOX_WARM_POOL_MIN_FREE_MB": "0"}
+    )
+    assert (settings.max_total, settings.min_free_mb) == (7, 0)
+    for name in ("EMBERBOX_WARM_POOL_MAX", "EMBERBOX_WARM_POOL_MIN_FREE_MB"):
+        for bad in ("lots", "1G", "-3"):  # (-3 turned the pool off, silently)
+            with pytest.raises(ValueError, match=f"{name}='{bad}'"):
+                PoolSettings.from_env({name: bad})

@@ -112,7 +112,8 @@ class Orchestrator:
         self.boot_timeout_s = boot_timeout_s
         self.dead_check_every_s = dead_check_every_s
         self.ended: collections.OrderedDict[str, str] = collections.OrderedDict()
-        self.releases: collections.Counter[str] = collections.Counter()  # teardowns per id
+        # Teardowns per id, of the last ENDED_KEPT ids released (tests count them).
+        self.releases: collections.Counter[str] = collections.Counter()
         self._held: dict[str, SandboxRecord] = {}
         # The access token each pooled sandbox's envd was given as it was pooled (never on
         # disk: a pooled sandbox does not outlive this process).
@@ -619,6 +620,8 @@ class Orchestrator:
         with contextlib.suppress(SandboxGone):
             await self.runtime.kill(sandbox_id)
         self.releases[sandbox_id] += 1
+        while len(self.releases) > ENDED_KEPT:  # (the oldest go: a node runs for months)
+            del self.releases[next(iter(self.releases))]
         log.info("released sandbox %s (%s)", sandbox_id, reason)
         self.ended[sandbox_id] = reason
         while len(self.ended) > ENDED_KEPT:

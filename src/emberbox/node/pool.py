@@ -81,13 +81,27 @@ class PoolSettings:
                 ) from None
             if size < 0:
                 raise ValueError(f"EMBERBOX_WARM_POOL={raw!r} must not be negative")
-        max_total = int(env.get("EMBERBOX_WARM_POOL_MAX") or max(cls.max_total, size or 0))
-        min_free = int(env.get("EMBERBOX_WARM_POOL_MIN_FREE_MB") or cls.min_free_mb)
+        max_total = _count(env, "EMBERBOX_WARM_POOL_MAX", max(cls.max_total, size or 0))
+        min_free = _count(env, "EMBERBOX_WARM_POOL_MIN_FREE_MB", cls.min_free_mb)
         return cls(size=size, max_total=max_total, min_free_mb=min_free)
 
     @property
     def enabled(self) -> bool:
         return self.size != 0 and self.max_total > 0
+
+
+def _count(env: Mapping[str, str], name: str, default: int) -> int:
+    """A whole, non-negative number from ``env[name]``; a bad one names the variable."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r}: expected a whole number") from None
+    if value < 0:
+        raise ValueError(f"{name}={raw!r} must not be negative")
+    return value
 
 
 @dataclass(frozen=True)
@@ -203,7 +217,10 @@ class WarmPool:
         if not self.settings.enabled:
             return 0
         if self.settings.size is not None:
-            return self.settings.size if key in self._demand else 0
+            asked = self._demand.get(key)
+            while asked and len(asked) > 1:  # (only that it was asked for counts)
+                asked.popleft()
+            return self.settings.size if asked else 0
         asked = self._demand.get(key)
         if not asked:
             return 0
