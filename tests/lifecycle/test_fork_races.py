@@ -6,6 +6,7 @@ checkpoint, ~27 MB on gVisor, until the server's next start.)"""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from sqlalchemy import update
@@ -72,3 +73,41 @@ async def test_a_fork_checkpoint_a_crash_left_is_removed_though_its_node_was_ren
     assert plane.runtime.held == {}
     async with plane.service.sessions() as s:
         assert await s.get(Snapshot, left.id) is None
+
+
+async def test_a_fork_refused_says_why_with_its_machine_readable_code(
+    snapshotting_plane: Plane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each failed fork's entry is an E2B ``Error``: its ``error_code`` too (what a client
+    tells "the node is full, retry" by), not only the status and message."""
+    import httpx
+    from fastapi import FastAPI
+
+    from emberbox.server.api.errors import install_error_handlers
+    from emberbox.server.api.snapshots import router
+    from emberbox.server.lifecycle.errors import NoCapacity
+
+    plane = snapshotting_plane
+    row = await plane.service.create(plane.who, CreateRequest("base", 600))
+
+    async def full(*_: object) -> None:
+        raise NoCapacity("the node is full", error_code="sandbox_capacity_unavailable")
+
+    monkeypatch.setattr(plane.service, "create", full)
+    app = FastAPI()
+    app.state.snapshots = SnapshotService(plane.service)
+    app.state.sandbox_domain = None
+    install_error_handlers(app)
+    app.include_router(router)
+
+    async def as_the_team(scope: dict[str, Any], receive: object, send: object) -> None:
+        scope.setdefault("state", {})["principal"] = plane.who
+        await app(scope, receive, send)  # type: ignore[arg-type]
+
+    transport = httpx.ASGITransport(app=as_the_team)  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+        answer = await client.post(f"/sandboxes/{row.id}/fork", json={"count": 2})
+    assert answer.status_code == 201
+    refused = {"code": 503, "message": "the node is full"}
+    refused["error_code"] = "sandbox_capacity_unavailable"
+    assert answer.json() == [{"error": refused}] * 2

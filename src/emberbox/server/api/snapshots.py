@@ -128,7 +128,9 @@ async def fork_sandbox(
     out = []
     for result in results:
         if isinstance(result, LifecycleError):
-            error = Error(code=status_of(result), message=result.message)
+            error = Error(
+                code=status_of(result), message=result.message, error_code=result.error_code
+            )
             out.append(ForkResult(error=error))
         else:
             out.append(ForkResult(sandbox=to_sandbox(result, _domain(request))))
