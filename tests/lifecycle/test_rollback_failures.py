@@ -141,3 +141,24 @@ async def test_a_pause_that_waited_for_a_failing_rollback_finds_it_paused(
         await rollback
     assert await plane.state(row.id) == "paused"
     assert await _paused_bytes(plane, row.id) == 4096
+
+
+async def test_a_rollback_to_another_sandboxs_snapshot_is_refused_whatever_it_holds(
+    snapshotting_plane: Plane,
+) -> None:
+    """400 (a request no server would serve), not the 501 of a files-only snapshot (one a
+    server with another runtime might): the ownership rule comes first."""
+    from sqlalchemy import update
+
+    from emberbox.server.db.models import Snapshot
+    from emberbox.server.lifecycle.errors import Invalid
+
+    plane = snapshotting_plane
+    service = SnapshotService(plane.service)
+    theirs, mine = [await plane.service.create(plane.who, CreateRequest("base", 600)) for _ in "ab"]
+    taken = await service.create(plane.who, theirs.id)
+    async with plane.service.sessions.begin() as s:  # as one taken with memory: false
+        await s.execute(update(Snapshot).where(Snapshot.id == taken.id).values(memory=False))
+    with pytest.raises(Invalid, match="a sandbox rolls back only to its own snapshots"):
+        await service.rollback(plane.who, mine.id, taken.id)
+    assert isinstance(plane.runtime, CheckpointingRuntime) and plane.runtime.restores == 0

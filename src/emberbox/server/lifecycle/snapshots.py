@@ -310,15 +310,15 @@ class SnapshotService:
         snapshot = await self.find(who, ref)
         if snapshot is None:
             raise NotFound(f"snapshot '{ref}' not found")
+        if snapshot.source_sandbox_id != sandbox_id:  # (whatever it holds: never allowed)
+            raise Invalid(
+                f"snapshot '{ref}' was taken of sandbox '{snapshot.source_sandbox_id}'; a sandbox "
+                "rolls back only to its own snapshots (start a new one from it instead)"
+            )
         if not snapshot.memory:
             raise Unsupported(
                 f"snapshot '{ref}' holds only files: a rollback to it is not supported (start "
                 "a new sandbox from it instead)"
-            )
-        if snapshot.source_sandbox_id != sandbox_id:
-            raise Invalid(
-                f"snapshot '{ref}' was taken of sandbox '{snapshot.source_sandbox_id}'; a sandbox "
-                "rolls back only to its own snapshots (start a new one from it instead)"
             )
         try:
             with self.sandboxes.switch(sandbox_id):  # (reconciliation leaves it alone)
