@@ -516,9 +516,10 @@ async def test_what_a_failed_teardown_left_is_released_by_a_later_dead_check(
         await node.close()
 
 
-async def test_a_fixed_pool_keeps_no_record_per_create() -> None:
+async def test_a_fixed_pool_keeps_no_record_per_create_and_forgets_keys_unused_for_a_day() -> None:
     """Its size does not depend on how often a key was asked for: a node running for months
-    must not keep a timestamp per create."""
+    must not keep a timestamp per create. A key unused for a day goes, or a template's older
+    builds would hold the whole pool for ever."""
     from emberbox.node.pool import WarmPool
 
     async def never(_: object) -> None:
@@ -531,6 +532,8 @@ async def test_a_fixed_pool_keeps_no_record_per_create() -> None:
         pool.claim(key.spec("x"))
         assert pool.target(key) == 2
     assert len(pool._demand[key]) == 1
+    # A day without a create (a template's older build, each its own key): none kept.
+    assert pool.target(key, now=pool._demand[key][-1] + pools.FIXED_KEEP_S + 1) == 0
 
 
 def test_settings_read_from_the_environment() -> None:

@@ -18,7 +18,7 @@ before that: a claim soon after another pays nothing for it. An offloaded one co
 what its pages compress to, and its claim a few ms more as they come back.
 
 How many per template and size (:class:`PoolSettings`): a fixed number for every template and
-size that has been asked for since the node started, or (``auto``, the default) as many as
+size that has been asked for in the last day, or (``auto``, the default) as many as
 were claimed or asked for in the last ten minutes, at most ``max_per_key``; never more than
 ``max_total`` in all, and none started while the host has less than ``min_free_mb`` of memory
 available. A template whose sandboxes fail to start (broken, deleted) rests a while, longer
@@ -42,6 +42,9 @@ from ..vocabulary import DEFAULT_PIDS_LIMIT, HOST_MIN_FREE_MB
 log = logging.getLogger("emberbox.node.pool")
 
 DEMAND_WINDOW_S = 600.0  # ``auto`` sizes each key by the creates asked for in this window
+# A fixed size keeps a key's sandboxes this long after its last create: a template's older
+# builds (each its own key) and templates nobody uses go, and leave the pool to the others.
+FIXED_KEEP_S = 86_400.0
 # A refill starts this long after the last claim: a burst of creates gets its first commands
 # done before a restore competes with them for the CPU.
 REFILL_AFTER_CLAIM_S = 0.5
@@ -216,15 +219,15 @@ class WarmPool:
     def target(self, key: PoolKey, now: float | None = None) -> int:
         if not self.settings.enabled:
             return 0
-        if self.settings.size is not None:
-            asked = self._demand.get(key)
-            while asked and len(asked) > 1:  # (only that it was asked for counts)
-                asked.popleft()
-            return self.settings.size if asked else 0
+        now = now or time.monotonic()
         asked = self._demand.get(key)
+        if self.settings.size is not None:
+            while asked and len(asked) > 1:  # (only its last create counts)
+                asked.popleft()
+            return self.settings.size if asked and asked[-1] > now - FIXED_KEEP_S else 0
         if not asked:
             return 0
-        horizon = (now or time.monotonic()) - DEMAND_WINDOW_S
+        horizon = now - DEMAND_WINDOW_S
         while asked and asked[0] < horizon:
             asked.popleft()
         return min(self.settings.max_per_key, len(asked))
