@@ -68,11 +68,21 @@ def quiet_deliberate_aborts() -> None:
         logger.addFilter(_QuietDeliberateAborts())
 
 
+# An idle pooled connection is closed after this, before the servers users run close theirs
+# (Node's and uvicorn's 5 s): a request sent on one just as its server closes it is lost, and
+# only a request a server may get twice is sent again.
+UPSTREAM_KEEPALIVE_S = 4.0
+
+
 def upstream_client(*, pooled: bool = True) -> httpx.AsyncClient:
     """A client for one sandbox. No read timeout: process streams stay open as long as the
     process runs. An unpooled client keeps no connection, so its request gets a fresh one."""
     if pooled:  # no cap: a cap reached (long streams, hung requests) would hang every port
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=20)
+        limits = httpx.Limits(
+            max_connections=None,
+            max_keepalive_connections=20,
+            keepalive_expiry=UPSTREAM_KEEPALIVE_S,
+        )
     else:
         limits = httpx.Limits(max_connections=1, max_keepalive_connections=0)
     return sandbox_http(
