@@ -188,3 +188,26 @@ async def test_a_sandbox_resumed_and_paused_again_meanwhile_is_judged_by_its_new
     assert await check == ["a"]
     assert kept.holds("b") and host.released == ["a"]
     await kept.close()
+
+
+async def test_the_release_finds_the_sandbox_it_lets_go_no_longer_kept() -> None:
+    """The runtime's release lets go only of processes nobody keeps (one a resume and a new
+    pause kept meanwhile are spared): the keep's end, a host short of memory and a stop
+    must each have stopped keeping it by then, or the release does nothing."""
+    host = Host(4096)
+    seen: dict[str, bool] = {}
+
+    async def release(sandbox_id: str) -> None:
+        seen[sandbox_id] = kept.holds(sandbox_id)
+        await host.release(sandbox_id)
+
+    kept = KeptPauses(60, 1024, release, free_mb=lambda: host.free)
+    kept.keep("ended")
+    assert await kept.due(now=time.monotonic() + 61) == ["ended"]
+    kept.keep("short")
+    host.free = 0
+    assert await kept.due() == ["short"]
+    host.free = 4096
+    kept.keep("stopped")
+    await kept.close()
+    assert seen == {"ended": False, "short": False, "stopped": False}

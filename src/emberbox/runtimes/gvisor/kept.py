@@ -128,14 +128,14 @@ class KeptPauses:
         resume and a new pause) since that was read."""
         if self._kept.get(sandbox_id) is not kept:
             return False
+        # No longer kept before ``release`` runs: it lets go only of processes nobody keeps
+        # (``_forget_container``), and a resume meanwhile restores rather than continue them.
+        del self._kept[sandbox_id]
         try:
             await self.release(sandbox_id)
         except Exception:  # its processes stay, stopped; a kill or a resume ends them
             log.exception("releasing the kept processes of paused sandbox %s failed", sandbox_id)
             return False
-        finally:
-            if self._kept.get(sandbox_id) is kept:
-                del self._kept[sandbox_id]
         return True
 
     async def _release_when_due(self) -> None:
