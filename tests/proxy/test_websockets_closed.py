@@ -12,6 +12,7 @@ import pytest
 from starlette.types import Message
 from websockets.asyncio.server import ServerConnection, serve
 
+from emberbox.server.proxy import ws
 from emberbox.server.proxy.app import SandboxProxy
 from emberbox.server.proxy.resolver import Location
 
@@ -26,6 +27,23 @@ class _At:
         return Location("http://127.0.0.1:1", "127.0.0.1")
 
     resolve = lookup
+
+
+def _scope(port: int) -> dict[str, Any]:
+    """A client's WebSocket to the sandbox's ``port``, as the proxy gets it."""
+    return {
+        "type": "websocket",
+        "path": "/",
+        "raw_path": b"/",
+        "query_string": b"",
+        "headers": [
+            (b"host", b"localhost"),
+            (b"e2b-sandbox-id", SANDBOX.encode()),
+            (b"e2b-sandbox-port", str(port).encode()),
+        ],
+        "subprotocols": [],
+        "extensions": {"websocket.http.response": {}},
+    }
 
 
 @pytest.mark.parametrize("how", ["pause", "kill"])
@@ -44,19 +62,7 @@ async def test_a_relayed_websocket_is_closed_going_away_with_the_sandboxs_connec
         port = server.sockets[0].getsockname()[1]
         to_proxy: asyncio.Queue[Message] = asyncio.Queue()
         from_proxy: asyncio.Queue[Message] = asyncio.Queue()
-        scope: dict[str, Any] = {
-            "type": "websocket",
-            "path": "/",
-            "raw_path": b"/",
-            "query_string": b"",
-            "headers": [
-                (b"host", b"localhost"),
-                (b"e2b-sandbox-id", SANDBOX.encode()),
-                (b"e2b-sandbox-port", str(port).encode()),
-            ],
-            "subprotocols": [],
-            "extensions": {"websocket.http.response": {}},
-        }
+        scope = _scope(port)
         await to_proxy.put({"type": "websocket.connect"})
         receive: Callable[[], Awaitable[Message]] = to_proxy.get
         relay = asyncio.create_task(proxy(scope, receive, from_proxy.put))
@@ -70,5 +76,66 @@ async def test_a_relayed_websocket_is_closed_going_away_with_the_sandboxs_connec
         closed = await asyncio.wait_for(from_proxy.get(), 5)
         assert closed == {"type": "websocket.close", "code": 1001}
         assert await asyncio.wait_for(upstream_closed, 5) == 1001
+        await asyncio.wait_for(relay, 5)
+    await proxy.aclose()
+
+
+async def test_closing_a_websocket_whose_sandbox_stopped_reading_takes_seconds_not_ever() -> None:
+    """Its close frame cannot be written (the sandbox's app reads nothing, the client sends
+    on): the connection is dropped after ``CLOSE_TIMEOUT_S``, or the pause waiting for it
+    would wait for ever, its sandbox stuck pausing."""
+    stop = asyncio.Event()
+
+    async def deaf(_: ServerConnection) -> None:
+        await stop.wait()
+
+    proxy = SandboxProxy(_At())  # type: ignore[arg-type]
+    # (its side of the dropped connection, still paused reading, closes without waiting)
+    async with serve(deaf, "127.0.0.1", 0, max_queue=1, close_timeout=0.1) as server:
+        port = server.sockets[0].getsockname()[1]
+        to_proxy: asyncio.Queue[Message] = asyncio.Queue()
+        from_proxy: asyncio.Queue[Message] = asyncio.Queue()
+        await to_proxy.put({"type": "websocket.connect"})
+        relay = asyncio.create_task(proxy(_scope(port), to_proxy.get, from_proxy.put))
+        assert (await from_proxy.get())["type"] == "websocket.accept"
+        for _ in range(100):  # 6.5 MB: more than the socket buffers between them hold
+            await to_proxy.put({"type": "websocket.receive", "bytes": b"x" * 65536})
+        left = -1
+        while to_proxy.qsize() != left:  # until the relay is stuck writing
+            left = to_proxy.qsize()
+            await asyncio.sleep(0.5)
+        assert left > 0, "the sandbox read it all: nothing to show"
+        await asyncio.wait_for(proxy.close_connections(SANDBOX), ws.CLOSE_TIMEOUT_S + 8)
+        await to_proxy.put({"type": "websocket.disconnect", "code": 1000})
+        await asyncio.wait_for(relay, 5)
+        stop.set()
+    await proxy.aclose()
+
+
+async def test_a_websocket_still_connecting_as_its_sandbox_pauses_is_closed_once_connected() -> (
+    None
+):
+    """Its upstream connects while the checkpoint is taken: it would be saved in it."""
+    connecting = asyncio.Event()
+
+    async def slow_handshake(_: ServerConnection, __: Any) -> None:
+        connecting.set()
+        await asyncio.sleep(0.3)
+
+    async def handler(conn: ServerConnection) -> None:
+        await conn.wait_closed()
+
+    proxy = SandboxProxy(_At())  # type: ignore[arg-type]
+    async with serve(handler, "127.0.0.1", 0, process_request=slow_handshake) as server:
+        port = server.sockets[0].getsockname()[1]
+        to_proxy: asyncio.Queue[Message] = asyncio.Queue()
+        from_proxy: asyncio.Queue[Message] = asyncio.Queue()
+        await to_proxy.put({"type": "websocket.connect"})
+        relay = asyncio.create_task(proxy(_scope(port), to_proxy.get, from_proxy.put))
+        await connecting.wait()
+        await proxy.close_connections(SANDBOX)  # before its upstream is there
+        assert (await asyncio.wait_for(from_proxy.get(), 5))["type"] == "websocket.accept"
+        closed = await asyncio.wait_for(from_proxy.get(), 5)
+        assert closed == {"type": "websocket.close", "code": 1001}
         await asyncio.wait_for(relay, 5)
     await proxy.aclose()

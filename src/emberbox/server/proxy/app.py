@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from starlette.datastructures import Headers, QueryParams
 from starlette.types import Receive, Scope, Send
-from websockets.asyncio.client import ClientConnection
 
 from ...signed_urls import FILES_PATH, refusal
 from ...vocabulary import ENVD_PORT, ENVD_TOKEN_HEADER, TRAFFIC_TOKEN_HEADER
@@ -30,7 +29,7 @@ from .responses import (
     traffic_token_missing,
 )
 from .routing import RouteError, Target, route
-from .ws import GOING_AWAY, deny, forward_ws
+from .ws import Relay, deny, forward_ws
 
 if TYPE_CHECKING:
     from ..lifecycle.service import Woken
@@ -71,8 +70,8 @@ class SandboxProxy:
         # Connections opened for one request sent again (``forward_http``): closed with the
         # pooled ones, so none is saved in a checkpoint.
         self._one_offs: dict[str, weakref.WeakSet[httpx.AsyncClient]] = {}
-        # WebSockets being relayed, by sandbox: closed with its connections.
-        self._sockets: dict[str, set[ClientConnection]] = {}
+        # WebSockets being relayed (or connecting), by sandbox: closed with its connections.
+        self._relays: dict[str, set[Relay]] = {}
         self._closing: set[asyncio.Task[None]] = set()
         # Process output streams being relayed, and checkpoints holding new ones, by sandbox
         # (``settle``, ``holding_streams``); the condition is told when either count falls.
@@ -100,22 +99,23 @@ class SandboxProxy:
         return [*one_offs, pooled] if pooled is not None else one_offs
 
     @contextlib.contextmanager
-    def _tracked(self, sandbox_id: str, upstream: ClientConnection) -> Iterator[None]:
-        sockets = self._sockets.setdefault(sandbox_id, set())
-        sockets.add(upstream)
+    def _tracked(self, sandbox_id: str) -> Iterator[Relay]:
+        relay = Relay()
+        relays = self._relays.setdefault(sandbox_id, set())
+        relays.add(relay)
         try:
-            yield
+            yield relay
         finally:
-            sockets.discard(upstream)
-            if not sockets and self._sockets.get(sandbox_id) is sockets:
-                del self._sockets[sandbox_id]
+            relays.discard(relay)
+            if not relays and self._relays.get(sandbox_id) is relays:
+                del self._relays[sandbox_id]
 
     def _closes(self, sandbox_id: str) -> list[Coroutine[Any, Any, None]]:
         """Closing each of the sandbox's clients and WebSockets; none is handed out again."""
-        sockets = self._sockets.pop(sandbox_id, set())
+        relays = self._relays.pop(sandbox_id, set())
         return [
             *(client.aclose() for client in self._taken(sandbox_id)),
-            *(ws.close(GOING_AWAY, "the sandbox is pausing or gone") for ws in sockets),
+            *(relay.going_away() for relay in relays),
         ]
 
     def drop_client(self, sandbox_id: str) -> None:

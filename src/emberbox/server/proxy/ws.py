@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from starlette.types import Receive, Scope, Send
 from websockets.asyncio.client import ClientConnection, connect
@@ -34,6 +35,27 @@ _SKIP = {
     "content-length",
     "transfer-encoding",
 }
+
+
+@dataclass(eq=False)
+class Relay:
+    """One WebSocket relay, known to the proxy from before its upstream connects: closed
+    (``going_away``) while it connects, it closes its upstream as soon as it has one."""
+
+    upstream: ClientConnection | None = None
+    closed: bool = False
+
+    async def going_away(self) -> None:
+        """Close the upstream (1001), within ``CLOSE_TIMEOUT_S`` whatever it does: a close
+        frame that cannot be written (a sandbox that stopped reading) drops the connection."""
+        self.closed = True
+        if (upstream := self.upstream) is None:
+            return
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await upstream.close(GOING_AWAY, "the sandbox is pausing or gone")
+        except TimeoutError:
+            upstream.transport.abort()
 
 
 async def deny(scope: Scope, send: Send, status: int, body: dict[str, object]) -> None:
@@ -70,13 +92,27 @@ async def forward_ws(
     sandbox_id: str,
     port: int,
     host: str | None = None,
-    tracked: Callable[[ClientConnection], contextlib.AbstractContextManager[None]] | None = None,
+    tracked: Callable[[], contextlib.AbstractContextManager[Relay]] | None = None,
 ) -> None:
     """Relay one WebSocket; ``host`` replaces the Host header (maskRequestHost): it names the
-    URI, while the connection still goes to ``address``. The upstream connection is held in
-    ``tracked`` while it relays, for the proxy to close."""
+    URI, while the connection still goes to ``address``. ``tracked`` holds the relay, for
+    the proxy to close, from before its upstream connects to its end."""
     if (await receive())["type"] != "websocket.connect":
         return
+    with tracked() if tracked else contextlib.nullcontext(Relay()) as relay:
+        await _connect_and_relay(scope, receive, send, address, sandbox_id, port, host, relay)
+
+
+async def _connect_and_relay(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    address: tuple[str, int],
+    sandbox_id: str,
+    port: int,
+    host: str | None,
+    relay: Relay,
+) -> None:
     headers = [
         (k.decode("latin-1"), v.decode("latin-1"))
         for k, v in scope["headers"]
@@ -114,8 +150,10 @@ async def forward_ws(
         await deny(scope, send, 502, {**body, "code": 502})
         return
     async with upstream:
-        with tracked(upstream) if tracked else contextlib.nullcontext():
-            await _relay(receive, send, upstream)
+        relay.upstream = upstream
+        if relay.closed:  # (closed while it connected: at once)
+            await relay.going_away()
+        await _relay(receive, send, upstream)
 
 
 async def _relay(receive: Receive, send: Send, upstream: ClientConnection) -> None:
