@@ -337,9 +337,26 @@ def test_servers_starting_at_once_on_one_database_all_start_on_its_newest_schema
         finally:
             await engine.dispose()
 
+    async def serializable() -> None:
+        """Transactions serializable by default (a database or role may set it): one waiting
+        for the lock must still see the migration it waited for."""
+        from sqlalchemy.engine import make_url
+
+        engine = make_engine(url)
+        try:
+            async with engine.begin() as conn:
+                await conn.exec_driver_sql(
+                    f'ALTER DATABASE "{make_url(url).database}" '
+                    "SET default_transaction_isolation TO 'serializable'"
+                )
+        finally:
+            await engine.dispose()
+
     try:
         if start == "0018":
             asyncio.run(prepare())
+        if db == "postgres":
+            asyncio.run(serializable())
         go = tmp_path / "go"
         argv = [sys.executable, "-c", _MIGRATE_WHEN_TOLD, url]
         servers = [

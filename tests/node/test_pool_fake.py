@@ -471,6 +471,11 @@ async def test_a_template_whose_starts_fail_rests_and_the_others_are_pooled() ->
     await pool.wait_full(10)
     assert starts["broken"] == pools.FAILED_STARTS + 1
     assert pool._resting[broken] > time.monotonic() + pools.RESTING_S * 1.5
+    pool._failures[broken], pool._resting[broken] = 5000, 0.0  # a week of failing, 10 min apart
+    pool.refill()
+    await pool.wait_full(10)  # (2 ** 5000 s overflowed a float: the filler died)
+    assert starts["broken"] == pools.FAILED_STARTS + 2
+    assert pool._resting[broken] > time.monotonic() + pools.RESTING_MAX_S - 60
     await pool.close()
 
 

@@ -276,7 +276,8 @@ class WarmPool:
                 failed = self._failures[key] = self._failures.get(key, 0) + 1
                 log.warning("warm pool: starting a %s sandbox failed: %s", key.template_id, exc)
                 if failed >= FAILED_STARTS:  # a broken template: the others go on
-                    rest = min(RESTING_S * 2 ** (failed - FAILED_STARTS), RESTING_MAX_S)
+                    doubled = min(failed - FAILED_STARTS, 10)  # (a float past ~1000 would not do)
+                    rest = min(RESTING_S * 2**doubled, RESTING_MAX_S)
                     self._resting[key] = time.monotonic() + rest
                     log.warning("warm pool: %s not pooled for %.0f s (%d starts failed)",
                                 key.template_id, rest, failed)  # fmt: skip

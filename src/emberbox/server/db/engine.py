@@ -64,12 +64,16 @@ async def migrate(engine: AsyncEngine) -> None:
         command.upgrade(_alembic_config(connection), "head")
 
     if engine.dialect.name != "sqlite":
-        async with engine.begin() as conn:
+        async with engine.connect() as conn:
             # Servers starting at once on one database: one migrates, the others wait for
-            # it (the lock is let go at its commit) and then find nothing to do.
-            await conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
-            if not await conn.run_sync(_at_head):
-                await conn.run_sync(upgrade)
+            # it (the lock is let go at its commit) and then find nothing to do. Read
+            # committed whatever the database's default: a snapshot taken as the lock was
+            # asked for would not show the migration the wait was for.
+            await conn.execution_options(isolation_level="READ COMMITTED")
+            async with conn.begin():
+                await conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
+                if not await conn.run_sync(_at_head):
+                    await conn.run_sync(upgrade)
         return
     async with engine.connect() as conn:
         if await conn.run_sync(_at_head):
