@@ -370,20 +370,38 @@ async def test_a_claim_passes_over_a_dead_pooled_sandbox_to_a_live_one(tmp_path:
         assert status.target == 2, "one create asked: a second try is not demand"
 
 
+class _SlowTeardowns(FakeRuntime):
+    """Its teardowns wait for ``torn_down``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.torn_down = asyncio.Event()
+        self.tearing_down: set[str] = set()
+
+    async def kill(self, sandbox_id: str) -> bool:
+        self.tearing_down.add(sandbox_id)
+        await self.torn_down.wait()
+        return await super().kill(sandbox_id)
+
+
 async def test_sandboxes_pooled_before_their_template_was_rebuilt_are_never_handed_out(
     tmp_path: Path,
 ) -> None:
     """A template rebuilt under its name (``emberbox template build NAME --local``, a built-in
-    one's new image) or deleted: what was pooled ahead holds the old build's files."""
-    runtime = FakeRuntime()
+    one's new image) or deleted: what was pooled ahead holds the old build's files. They are
+    released in the background: the create that found them does not wait for it."""
+    runtime = _SlowTeardowns()
     runtime.versions["base"] = "v1"
     async with _filled(tmp_path, runtime) as (node, _):
         old = _pooled(runtime, node)
         assert len(old) == 2
         runtime.versions["base"] = "v2"
-        sandbox, pooled = await _create(node, _spec())
+        sandbox, pooled = await asyncio.wait_for(_create(node, _spec()), 10)  # (no teardowns)
         assert not pooled and sandbox.sandbox_id not in old
-        assert not old & set(runtime.sandboxes)  # released, each as its claim found it
+        assert old <= runtime.tearing_down and not _pooled(runtime, node)
+        runtime.torn_down.set()
+        while old & set(runtime.sandboxes):  # noqa: ASYNC110 - the fake's own record
+            await asyncio.sleep(0.01)
         await node.orchestrator.pool.wait_full(10)
         _, pooled = await _create(node, _spec())
         assert pooled  # pooled again, from the new build

@@ -277,12 +277,19 @@ class Orchestrator:
             record = self._held.get(pooled.sandbox_id)
             if record is None:
                 return None
-            token = self._pool_tokens.pop(pooled.sandbox_id, "")
-            started_as = self._pool_versions.pop(pooled.sandbox_id, None)
-            if started_as != self.runtime.template_version(pooled.template_id):
+            now = self.runtime.template_version(pooled.template_id)
+            if self._pool_versions.get(pooled.sandbox_id) != now:
                 # Its template was rebuilt (or deleted) since: its files are the old build's.
-                await self._release_after_failure(pooled.sandbox_id, "pooled from an older build")
+                # It, and those of its key pooled before the rebuild, go in the background:
+                # the create starts its own rather than wait for their teardowns.
+                older = self.pool.take_where(
+                    spec, lambda other: self._pool_versions.get(other) != now
+                )
+                for stale in [pooled.sandbox_id, *older]:
+                    self._in_background(self._release_pooled(stale), "release")
                 return None
+            token = self._pool_tokens.pop(pooled.sandbox_id, "")
+            self._pool_versions.pop(pooled.sandbox_id, None)
             # Not written to disk: a restart releases a "pooled" record as it would a
             # "creating" one, and the write cost a claim ~1.3 ms (a rename over the file).
             record.state = "creating"

@@ -204,6 +204,18 @@ class WarmPool:
                 return ids[: min(ids.index(sandbox_id) + 1, len(ids) - 1)]
         return []
 
+    def take_where(self, spec: SandboxSpec, which: Callable[[str], bool]) -> list[str]:
+        """Take the ready sandboxes a claim of ``spec`` could get whose ids ``which`` picks
+        out of the pool; their ids (the caller releases them)."""
+        key = PoolKey.of(spec)
+        queue = self._ready.get(key) if key is not None else None
+        if not queue:
+            return []
+        taken = [h for h in queue if which(h.sandbox.sandbox_id)]
+        for held in taken:
+            queue.remove(held)
+        return [h.sandbox.sandbox_id for h in taken]
+
     def holds(self, sandbox_id: str) -> bool:
         return any(h.sandbox.sandbox_id == sandbox_id for q in self._ready.values() for h in q)
 
