@@ -174,13 +174,24 @@ _ROWS_BEFORE_0019 = [
 ]
 
 
+async def _at_0018(engine: AsyncEngine, rows: list[str]) -> None:
+    """The schema migrated to revision 0018 (before 0019 changed NULL rules), holding
+    ``rows``."""
+    from alembic import command
+
+    from emberbox.server.db.engine import _alembic_config
+
+    async with engine.begin() as conn:
+        await conn.run_sync(lambda c: command.upgrade(_alembic_config(c), "0018"))
+    async with engine.begin() as conn:
+        for insert in rows:
+            await conn.execute(text(insert))
+
+
 @pytest.mark.parametrize("db", DB_PARAMS)
 def test_migrating_a_database_that_holds_rows_keeps_every_row(db: str, tmp_path) -> None:
     """A migration that recreates a SQLite table (to change a NULL rule, say) dropped it with
     foreign keys enforced: every build, tag and build log of the templates went with it."""
-    from alembic import command
-
-    from emberbox.server.db.engine import _alembic_config
 
     url = (
         create_postgres_database(PG_URL)
@@ -197,11 +208,7 @@ def test_migrating_a_database_that_holds_rows_keeps_every_row(db: str, tmp_path)
     async def run() -> tuple[dict[str, int], dict[str, int], object]:
         engine = make_engine(url)
         try:
-            async with engine.begin() as conn:
-                await conn.run_sync(lambda c: command.upgrade(_alembic_config(c), "0018"))
-            async with engine.begin() as conn:
-                for insert in _ROWS_BEFORE_0019:
-                    await conn.execute(text(insert))
+            await _at_0018(engine, _ROWS_BEFORE_0019)
             before = await counts(engine)
             await migrate(engine)
             enforced = None
@@ -228,9 +235,6 @@ def test_a_migration_that_fails_changes_nothing_and_runs_again_once_fixed(
     """0019 refuses a snapshot row with no path (the column becomes NOT NULL). On SQLite
     the tables it had recreated by then stayed (DDL before the first row written was
     committed at once), and every later start failed on them."""
-    from alembic import command
-
-    from emberbox.server.db.engine import _alembic_config
 
     url = (
         create_postgres_database(PG_URL)
@@ -252,11 +256,7 @@ def test_a_migration_that_fails_changes_nothing_and_runs_again_once_fixed(
     async def run() -> tuple[tuple[str, set[str]], tuple[str, set[str]], str]:
         engine = make_engine(url)
         try:
-            async with engine.begin() as conn:
-                await conn.run_sync(lambda c: command.upgrade(_alembic_config(c), "0018"))
-            async with engine.begin() as conn:
-                for insert in [*_ROWS_BEFORE_0019[:-1], no_path]:
-                    await conn.execute(text(insert))
+            await _at_0018(engine, [*_ROWS_BEFORE_0019[:-1], no_path])
             before = await schema(engine)
             with pytest.raises(Exception, match=r"(?i)null"):
                 await migrate(engine)
@@ -306,10 +306,6 @@ def test_servers_starting_at_once_on_one_database_all_start_on_its_newest_schema
     import sys
     import time
 
-    from alembic import command
-
-    from emberbox.server.db.engine import _alembic_config
-
     url = (
         create_postgres_database(PG_URL)
         if db == "postgres"
@@ -319,11 +315,7 @@ def test_servers_starting_at_once_on_one_database_all_start_on_its_newest_schema
     async def prepare() -> None:
         engine = make_engine(url)
         try:
-            async with engine.begin() as conn:
-                await conn.run_sync(lambda c: command.upgrade(_alembic_config(c), "0018"))
-            async with engine.begin() as conn:
-                for insert in _ROWS_BEFORE_0019:
-                    await conn.execute(text(insert))
+            await _at_0018(engine, _ROWS_BEFORE_0019)
         finally:
             await engine.dispose()
 

@@ -15,7 +15,8 @@ import pytest
 from starlette.types import Message, Receive, Scope, Send
 
 from emberbox.server.proxy.app import SandboxProxy
-from emberbox.server.proxy.resolver import Location
+
+from .loopback import OnLoopback
 
 SANDBOX = "replaysandbox0000000"
 
@@ -54,18 +55,6 @@ class _Upstream:
             writer.close()
 
 
-class _At:
-    """A resolver that has the sandbox running on loopback."""
-
-    def on_forget(self, _: Callable[[str], None]) -> None:
-        pass
-
-    async def lookup(self, _: str) -> Location:
-        return Location("http://127.0.0.1:1", "127.0.0.1")
-
-    resolve = lookup
-
-
 @pytest.fixture
 async def proxied() -> AsyncIterator[Callable[[Behaviour], Awaitable[tuple[_Upstream, Any]]]]:
     made: list[tuple[asyncio.Server, SandboxProxy, httpx.AsyncClient]] = []
@@ -74,7 +63,7 @@ async def proxied() -> AsyncIterator[Callable[[Behaviour], Awaitable[tuple[_Upst
         upstream = _Upstream(behaviour)
         server = await asyncio.start_server(upstream._serve, "127.0.0.1", 0)
         upstream.port = server.sockets[0].getsockname()[1]
-        proxy = SandboxProxy(_At())  # type: ignore[arg-type]
+        proxy = SandboxProxy(OnLoopback())  # type: ignore[arg-type]
 
         async def whole_bodies(scope: Scope, receive: Receive, send: Send) -> None:
             """The body in one message, as uvicorn hands a small request's."""

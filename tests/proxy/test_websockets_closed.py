@@ -14,19 +14,10 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from emberbox.server.proxy import ws
 from emberbox.server.proxy.app import SandboxProxy
-from emberbox.server.proxy.resolver import Location
+
+from .loopback import OnLoopback
 
 SANDBOX = "wssandbox00000000000"
-
-
-class _At:
-    def on_forget(self, _: Callable[[str], None]) -> None:
-        pass
-
-    async def lookup(self, _: str) -> Location:
-        return Location("http://127.0.0.1:1", "127.0.0.1")
-
-    resolve = lookup
 
 
 def _scope(port: int) -> dict[str, Any]:
@@ -57,7 +48,7 @@ async def test_a_relayed_websocket_is_closed_going_away_with_the_sandboxs_connec
         await ws.wait_closed()
         upstream_closed.set_result(ws.close_code)
 
-    proxy = SandboxProxy(_At())  # type: ignore[arg-type]
+    proxy = SandboxProxy(OnLoopback())  # type: ignore[arg-type]
     async with serve(handler, "127.0.0.1", 0) as server:
         port = server.sockets[0].getsockname()[1]
         to_proxy: asyncio.Queue[Message] = asyncio.Queue()
@@ -89,7 +80,7 @@ async def test_closing_a_websocket_whose_sandbox_stopped_reading_takes_seconds_n
     async def deaf(_: ServerConnection) -> None:
         await stop.wait()
 
-    proxy = SandboxProxy(_At())  # type: ignore[arg-type]
+    proxy = SandboxProxy(OnLoopback())  # type: ignore[arg-type]
     # (its side of the dropped connection, still paused reading, closes without waiting)
     async with serve(deaf, "127.0.0.1", 0, max_queue=1, close_timeout=0.1) as server:
         port = server.sockets[0].getsockname()[1]
@@ -125,7 +116,7 @@ async def test_a_websocket_still_connecting_as_its_sandbox_pauses_is_closed_once
     async def handler(conn: ServerConnection) -> None:
         await conn.wait_closed()
 
-    proxy = SandboxProxy(_At())  # type: ignore[arg-type]
+    proxy = SandboxProxy(OnLoopback())  # type: ignore[arg-type]
     async with serve(handler, "127.0.0.1", 0, process_request=slow_handshake) as server:
         port = server.sockets[0].getsockname()[1]
         to_proxy: asyncio.Queue[Message] = asyncio.Queue()

@@ -17,3 +17,17 @@ def seconds(env: Mapping[str, str], name: str, default: float) -> float:
     if not value >= 0:
         raise ValueError(f"{name}={raw!r} must not be negative")
     return value
+
+
+def count(env: Mapping[str, str], name: str, default: int) -> int:
+    """A whole number, never negative; ``default`` when unset."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r}: expected a whole number") from None
+    if value < 0:
+        raise ValueError(f"{name}={raw!r} must not be negative")
+    return value

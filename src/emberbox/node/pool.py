@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from ..host.meminfo import host_free_mb
 from ..runtimes.base import NetworkPolicy, RuntimeSandbox, SandboxSpec
 from ..vocabulary import DEFAULT_PIDS_LIMIT, HOST_MIN_FREE_MB
+from .env import count
 
 log = logging.getLogger("emberbox.node.pool")
 
@@ -84,27 +85,13 @@ class PoolSettings:
                 ) from None
             if size < 0:
                 raise ValueError(f"EMBERBOX_WARM_POOL={raw!r} must not be negative")
-        max_total = _count(env, "EMBERBOX_WARM_POOL_MAX", max(cls.max_total, size or 0))
-        min_free = _count(env, "EMBERBOX_WARM_POOL_MIN_FREE_MB", cls.min_free_mb)
+        max_total = count(env, "EMBERBOX_WARM_POOL_MAX", max(cls.max_total, size or 0))
+        min_free = count(env, "EMBERBOX_WARM_POOL_MIN_FREE_MB", cls.min_free_mb)
         return cls(size=size, max_total=max_total, min_free_mb=min_free)
 
     @property
     def enabled(self) -> bool:
         return self.size != 0 and self.max_total > 0
-
-
-def _count(env: Mapping[str, str], name: str, default: int) -> int:
-    """A whole, non-negative number from ``env[name]``; a bad one names the variable."""
-    raw = (env.get(name) or "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r}: expected a whole number") from None
-    if value < 0:
-        raise ValueError(f"{name}={raw!r} must not be negative")
-    return value
 
 
 @dataclass(frozen=True)

@@ -100,60 +100,52 @@ async def forward_ws(
     if (await receive())["type"] != "websocket.connect":
         return
     with tracked() if tracked else contextlib.nullcontext(Relay()) as relay:
-        await _connect_and_relay(scope, receive, send, address, sandbox_id, port, host, relay)
+        try:
+            upstream = await _open(scope, address, host)
+        except InvalidStatus as e:  # the sandbox's server said no: pass its answer on
+            await _relay_refusal(
+                scope,
+                send,
+                e.response.status_code,
+                bytes(e.response.body or b""),
+                e.response.headers.get("content-type", "text/plain"),
+            )
+            return
+        except OSError:
+            await deny(scope, send, 502, port_not_open(sandbox_id, port))
+            return
+        except (InvalidHandshake, TimeoutError) as e:
+            body = {"sandboxId": sandbox_id, "message": f"{NO_UPGRADE}: {e}", "port": port}
+            await deny(scope, send, 502, {**body, "code": 502})
+            return
+        async with upstream:
+            relay.upstream = upstream
+            if relay.closed:  # (closed while it connected: at once)
+                await relay.going_away()
+            await _relay(receive, send, upstream)
 
 
-async def _connect_and_relay(
-    scope: Scope,
-    receive: Receive,
-    send: Send,
-    address: tuple[str, int],
-    sandbox_id: str,
-    port: int,
-    host: str | None,
-    relay: Relay,
-) -> None:
+async def _open(scope: Scope, address: tuple[str, int], host: str | None) -> ClientConnection:
+    """The upstream WebSocket, at ``address``, for the URI the client asked for."""
     headers = [
         (k.decode("latin-1"), v.decode("latin-1"))
         for k, v in scope["headers"]
         if k.decode("latin-1").lower() not in _SKIP
     ]
-    try:
-        uri = upstream_url(scope, *address, ws=True)
-        if host is not None:
-            uri = f"ws://{host}{target_of(scope)}"
-        upstream = await connect(
-            uri,
-            host=address[0],
-            port=address[1],
-            additional_headers=headers,
-            subprotocols=scope.get("subprotocols") or None,
-            open_timeout=10,
-            close_timeout=CLOSE_TIMEOUT_S,
-            max_size=None,
-            compression=None,
-        )
-    except InvalidStatus as e:  # the sandbox's server said no: pass its answer on
-        await _relay_refusal(
-            scope,
-            send,
-            e.response.status_code,
-            bytes(e.response.body or b""),
-            e.response.headers.get("content-type", "text/plain"),
-        )
-        return
-    except OSError:
-        await deny(scope, send, 502, port_not_open(sandbox_id, port))
-        return
-    except (InvalidHandshake, TimeoutError) as e:
-        body = {"sandboxId": sandbox_id, "message": f"{NO_UPGRADE}: {e}", "port": port}
-        await deny(scope, send, 502, {**body, "code": 502})
-        return
-    async with upstream:
-        relay.upstream = upstream
-        if relay.closed:  # (closed while it connected: at once)
-            await relay.going_away()
-        await _relay(receive, send, upstream)
+    uri = upstream_url(scope, *address, ws=True)
+    if host is not None:
+        uri = f"ws://{host}{target_of(scope)}"
+    return await connect(
+        uri,
+        host=address[0],
+        port=address[1],
+        additional_headers=headers,
+        subprotocols=scope.get("subprotocols") or None,
+        open_timeout=10,
+        close_timeout=CLOSE_TIMEOUT_S,
+        max_size=None,
+        compression=None,
+    )
 
 
 async def _relay(receive: Receive, send: Send, upstream: ClientConnection) -> None:
