@@ -103,3 +103,27 @@ async def test_output_a_leaving_follower_never_took_goes_back_to_the_backlog() -
         popen.kill()
         popen.wait()
         await asyncio.sleep(0.05)  # its exit is seen on the loop
+
+
+async def test_a_follower_that_stops_reading_holds_at_most_the_backlog_limit() -> None:
+    """A client that stops reading (the sync SDK's handle of a background command, until
+    its ``wait()``) while the process prints: envd keeps the newest ``BACKLOG_LIMIT`` bytes
+    for it, as for nobody, instead of all of it (48 MiB here; a server's log, for ever)."""
+    from emberbox.envd.process.manager import BACKLOG_LIMIT
+
+    popen = subprocess.Popen(["sleep", "30"])  # noqa: ASYNC220 - what ManagedProcess wraps
+    process = ManagedProcess(popen, pb.ProcessConfig(cmd="sleep"), None, None, None)
+    try:
+        stalled = process.subscribe()
+        chunk = 64 * 1024
+        for n in range(48 * 1024 * 1024 // chunk):
+            process._publish(Output("stdout", b"%08d" % n + b"x" * (chunk - 8)))
+        unread = [stalled.get_nowait() for _ in range(stalled.qsize())]
+        held = sum(len(e.data) for e in unread if isinstance(e, Output))
+        assert BACKLOG_LIMIT - chunk < held <= BACKLOG_LIMIT
+        assert unread[-1] == Output("stdout", b"%08d" % n + b"x" * (chunk - 8))  # the newest
+        process.unsubscribe(stalled)
+    finally:
+        popen.kill()
+        popen.wait()
+        await asyncio.sleep(0.05)  # its exit is seen on the loop

@@ -65,6 +65,48 @@ class Detached:
 Event = Output | Exit | Detached
 
 
+class Feed:
+    """What one follower of a process has yet to take, in order. Its output is bounded as the
+    backlog is (``BACKLOG_LIMIT``, the oldest going first): a client that stops reading (the
+    sync SDK's handle of a background command, until its ``wait()``) must not grow envd's
+    memory without end while the process prints."""
+
+    def __init__(self, limit: int = BACKLOG_LIMIT) -> None:
+        self.limit = limit
+        self._events: collections.deque[Event] = collections.deque()
+        self._bytes = 0
+        self._more = asyncio.Event()
+
+    def put_nowait(self, event: Event) -> None:
+        self._events.append(event)
+        if isinstance(event, Output):
+            self._bytes += len(event.data)
+            while self._bytes > self.limit and isinstance(oldest := self._events[0], Output):
+                self._events.popleft()
+                self._bytes -= len(oldest.data)
+        self._more.set()
+
+    def get_nowait(self) -> Event:
+        if not self._events:
+            raise asyncio.QueueEmpty
+        event = self._events.popleft()
+        if isinstance(event, Output):
+            self._bytes -= len(event.data)
+        return event
+
+    async def get(self) -> Event:
+        while not self._events:
+            self._more.clear()
+            await self._more.wait()
+        return self.get_nowait()
+
+    def empty(self) -> bool:
+        return not self._events
+
+    def qsize(self) -> int:
+        return len(self._events)
+
+
 def _set_controlling_tty() -> None:  # runs in the child between fork and exec
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
@@ -95,7 +137,7 @@ class ManagedProcess:
         self.exit: Exit | None = None
         self.finished = asyncio.Event()
         self.on_exit: Callable[[ManagedProcess], None] | None = None
-        self._subscribers: list[asyncio.Queue[Event]] = []
+        self._subscribers: list[Feed] = []
         self._backlog: collections.deque[Output] = collections.deque()
         self._backlog_bytes = 0
         self._readers: list[FdReader] = []
@@ -121,9 +163,9 @@ class ManagedProcess:
         while self._backlog_bytes > BACKLOG_LIMIT and self._backlog:
             self._backlog_bytes -= len(self._backlog.popleft().data)
 
-    def subscribe(self) -> asyncio.Queue[Event]:
+    def subscribe(self) -> Feed:
         """A queue that first receives output nobody has seen yet, then live events."""
-        queue: asyncio.Queue[Event] = asyncio.Queue()
+        queue = Feed()
         while self._backlog:
             queue.put_nowait(self._backlog.popleft())
         self._backlog_bytes = 0
@@ -132,7 +174,7 @@ class ManagedProcess:
         self._subscribers.append(queue)
         return queue
 
-    def unsubscribe(self, queue: asyncio.Queue[Event]) -> None:
+    def unsubscribe(self, queue: Feed) -> None:
         """A follower that leaves with output it never took (its client went away) gives it
         back to the backlog when nobody else got it, so the next Connect still reads it."""
         try:
@@ -286,7 +328,7 @@ class ProcessManager:
         pty: pb.PTY | None,
         stdin: bool,
         tag: str | None,
-    ) -> tuple[ManagedProcess, asyncio.Queue[Event]]:
+    ) -> tuple[ManagedProcess, Feed]:
         """Spawn and subscribe in one step, so no early output can slip into the backlog."""
         cwd = self._cwd(config, user)
         base_env = {
@@ -353,7 +395,7 @@ class ProcessManager:
         pty: pb.PTY | None,
         stdin: bool,
         tag: str | None,
-    ) -> tuple[ManagedProcess, asyncio.Queue[Event]]:
+    ) -> tuple[ManagedProcess, Feed]:
         argv = [config.cmd, *config.args]
         identity: dict[str, object] = {}
         if not user.is_current:
@@ -418,7 +460,7 @@ class ProcessManager:
 
     def _register(
         self, process: ManagedProcess, user: User, cwd: str, how: str
-    ) -> tuple[ManagedProcess, asyncio.Queue[Event]]:
+    ) -> tuple[ManagedProcess, Feed]:
         self._by_pid[process.pid] = process
         log.info(
             "process %d started (%s) as %s in %s: %s",

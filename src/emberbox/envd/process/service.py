@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
 from collections.abc import AsyncIterator
 
@@ -11,7 +10,7 @@ from ..._proto.process import process_pb2 as pb
 from ..rpc import Kind, RpcContext, RpcMethod
 from ..state import EnvdState
 from ..users import resolve_user, username_from_basic
-from .manager import Detached, Event, Exit, ManagedProcess, Output, ProcessManager
+from .manager import Detached, Exit, Feed, ManagedProcess, Output, ProcessManager
 
 # How a stream ended before a checkpoint ends (CANCELED: what E2B's SDKs expect of a stream a
 # pause ends; they raise a TimeoutException saying so).
@@ -88,9 +87,7 @@ class ProcessService:
         async for event in self._follow(process, queue):
             yield pb.ConnectResponse(event=event)
 
-    async def _follow(
-        self, process: ManagedProcess, queue: asyncio.Queue[Event]
-    ) -> AsyncIterator[pb.ProcessEvent]:
+    async def _follow(self, process: ManagedProcess, queue: Feed) -> AsyncIterator[pb.ProcessEvent]:
         try:
             yield pb.ProcessEvent(start=pb.ProcessEvent.StartEvent(pid=process.pid))
             while True:
