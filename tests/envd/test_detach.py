@@ -9,6 +9,7 @@ written or queued for a connection that was gone.)"""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import threading
 import time
@@ -127,3 +128,115 @@ async def test_a_follower_that_stops_reading_holds_at_most_the_backlog_limit() -
         popen.kill()
         popen.wait()
         await asyncio.sleep(0.05)  # its exit is seen on the loop
+
+
+async def test_output_a_detached_follower_held_when_it_was_cut_reaches_the_next_connect() -> None:
+    """Detached before a checkpoint, a stream is cut (the proxy's settle timed out) before
+    it sent what it held: that output goes back ahead of what the process printed since."""
+    popen = subprocess.Popen(["sleep", "30"])  # noqa: ASYNC220 - what ManagedProcess wraps
+    process = ManagedProcess(popen, pb.ProcessConfig(cmd="sleep"), None, None, None)
+    try:
+        follower = process.subscribe()
+        for n in (1, 2, 3):
+            process._publish(Output("stdout", b"%d\n" % n))
+        assert follower.get_nowait() == Output("stdout", b"1\n")  # delivered
+        assert process.detach() == 1
+        process.unsubscribe(follower)  # cut
+        process._publish(Output("stdout", b"4\n"))
+        again = process.subscribe()
+        unread = [again.get_nowait() for _ in range(again.qsize())]
+        assert [e.data for e in unread if isinstance(e, Output)] == [b"2\n", b"3\n", b"4\n"]
+    finally:
+        popen.kill()
+        popen.wait()
+        await asyncio.sleep(0.05)
+
+
+# Counts as fast as it can, then waits to be killed.
+COUNTER = "i=0; while [ $i -lt 100000 ]; do i=$((i+1)); echo $i; done; sleep 30"
+
+
+def _stdout_of(chunks: list[bytes]) -> bytes:
+    """The stdout a process stream's envelopes carry, in order."""
+    import base64
+    import json
+    import struct
+
+    out = b""
+    for chunk in chunks:
+        while len(chunk) >= 5:
+            (size,) = struct.unpack(">I", chunk[1:5])
+            flags, payload, chunk = chunk[0], chunk[5 : 5 + size], chunk[5 + size :]
+            if not flags & 2:
+                data = json.loads(payload).get("event", {}).get("data", {})
+                out += base64.b64decode(data.get("stdout", ""))
+    return out
+
+
+async def _stream(app: Any, path: str, request: dict[str, Any], timeout_ms: int = 0,
+                  pace_s: float = 0.0, breaks_after: int | None = None) -> list[bytes]:  # fmt: skip
+    """A streaming call's body chunks as its client got them: reading one each ``pace_s``,
+    gone (a write fails) after ``breaks_after`` of them."""
+    import json
+    import struct
+
+    body = json.dumps(request).encode()
+    asked = [{"type": "http.request", "body": struct.pack(">BI", 0, len(body)) + body}]
+    got: list[bytes] = []
+
+    async def receive() -> dict[str, Any]:
+        if asked:
+            return asked.pop()
+        await asyncio.Event().wait()
+        raise AssertionError
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] != "http.response.body":
+            return
+        if breaks_after is not None and len(got) >= breaks_after:
+            raise OSError("the client went away")
+        got.append(message.get("body", b""))
+        await asyncio.sleep(pace_s)
+
+    headers = [(b"content-type", b"application/connect+json")]
+    if timeout_ms:
+        headers.append((b"connect-timeout-ms", str(timeout_ms).encode()))
+    await app({"type": "http", "method": "POST", "path": path, "headers": headers}, receive, send)
+    return got
+
+
+@pytest.mark.parametrize("ends", ["deadline", "client gone"])
+async def test_a_connect_that_ends_leaves_the_next_one_exactly_where_it_stopped(
+    ends: str,
+) -> None:
+    """A stream that reached its Connect-Timeout-Ms, or whose client went away, with output
+    taken from the process and not yet sent (up to 17 messages): sent with its end, or kept
+    for the next Connect. Either way no line is lost, nor given twice."""
+    from emberbox.envd.process.manager import ProcessManager
+    from emberbox.envd.process.service import ProcessService
+    from emberbox.envd.rpc import ConnectApp
+    from emberbox.envd.state import EnvdState
+
+    manager = ProcessManager(EnvdState(standby_shells=0))
+    app = ConnectApp(ProcessService(manager.state, manager).methods())
+    start = {"process": {"cmd": "/bin/bash", "args": ["-c", COUNTER]}, "stdin": False}
+    started = asyncio.create_task(_stream(app, "/process.Process/Start", start))
+    while not manager.list():  # noqa: ASYNC110 - the manager's own list
+        await asyncio.sleep(0.01)
+    (process,) = manager.list()
+    started.cancel()  # its client leaves: the output waits for a Connect
+    with contextlib.suppress(asyncio.CancelledError):
+        await started
+    connect = {"process": {"pid": process.pid}}
+    try:
+        if ends == "deadline":
+            first = await _stream(app, "/process.Process/Connect", connect, 700, pace_s=0.05)
+        else:
+            first = await _stream(app, "/process.Process/Connect", connect, breaks_after=20)
+        await asyncio.sleep(0.5)  # (the process prints on meanwhile)
+        second = await _stream(app, "/process.Process/Connect", connect, 1000)
+    finally:
+        process.signal(9)
+    before, after = _stdout_of(first).split(), _stdout_of(second).split()
+    assert before and after
+    assert int(after[0]) == int(before[-1]) + 1, (before[-1], after[0])

@@ -35,6 +35,9 @@ from ..vocabulary import whole_number
 
 log = logging.getLogger("emberbox.envd.rpc")
 PUMP_AHEAD = 16  # messages of a stream taken from its handler and not yet sent
+# The most a stream's client can leave unsent when it goes: a batch being written, and what
+# its handler gave meanwhile (``RpcContext.unsent``).
+MAX_UNSENT = 2 * PUMP_AHEAD + 2
 
 DEFAULT_KEEPALIVE_S = 90.0
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -54,6 +57,10 @@ class RpcContext:
     headers: Headers
     deadline: float | None  # event-loop time, None when the client set no timeout
     keepalive_interval: float
+    # Set when a stream's client went away: how many of the last messages its handler
+    # yielded never reached it, told before the handler is closed so it can keep them for
+    # the next caller (a process's output, for the next Connect).
+    unsent: int = 0
 
     def remaining(self) -> float | None:
         if self.deadline is None:
@@ -136,6 +143,19 @@ def _keepalive(headers: Headers) -> float:
     except ValueError:
         value = DEFAULT_KEEPALIVE_S
     return value if value > 0 else DEFAULT_KEEPALIVE_S
+
+
+def _ready_messages(first: object, queue: asyncio.Queue[Any]) -> bytes:
+    """``first`` and the messages queued after it, as envelopes (up to the first thing in
+    the queue that is not a message: the stream's end, or its client gone)."""
+    out = bytearray()
+    item = first
+    while isinstance(item, Message):
+        out += encode_envelope(encode_json(item))
+        if queue.empty():
+            break
+        item = queue.get_nowait()
+    return bytes(out)
 
 
 def _end_stream(err: ConnectError | None) -> bytes:
@@ -267,6 +287,7 @@ class ConnectApp:
         caller can send it with the end-of-stream frame.
         """
         queue: asyncio.Queue[Message | BaseException | _Disconnected | _Finished] = asyncio.Queue()
+        taken = sent = 0  # messages the handler yielded; those written to the client
         # At most PUMP_AHEAD messages taken from the handler and not yet sent: a client that
         # reads slowly leaves the rest where the handler keeps it (a process's output stays
         # in its queue, and goes back to its backlog for the next Connect if the client
@@ -274,10 +295,12 @@ class ConnectApp:
         room = asyncio.Semaphore(PUMP_AHEAD)
 
         async def produce() -> None:
+            nonlocal taken
             try:
                 async for item in stream:
+                    taken += 1
+                    queue.put_nowait(item)  # (before the wait: never held here, unsent)
                     await room.acquire()
-                    queue.put_nowait(item)
                 queue.put_nowait(_FINISHED)
             except BaseException as exc:  # handed to the consumer, which decides
                 queue.put_nowait(exc)
@@ -306,17 +329,24 @@ class ConnectApp:
                         )
                     continue
                 if ctx.deadline is not None and loop.time() >= ctx.deadline:
-                    return ConnectError(Code.DEADLINE_EXCEEDED, "deadline exceeded"), b""
-                batch = bytearray()
+                    # What the handler gave is still the client's: sent with the end.
+                    error = ConnectError(Code.DEADLINE_EXCEEDED, "deadline exceeded")
+                    return error, _ready_messages(item, queue)
+                batch, count = bytearray(), 0
                 while True:
                     if not isinstance(item, Message):
                         return self._outcome(item), bytes(batch)
                     room.release()
                     batch += encode_envelope(encode_json(item))
+                    count += 1
                     if queue.empty():
                         break
                     item = queue.get_nowait()
                 await self._send_chunk(send, bytes(batch))
+                sent += count
+        except OSError:  # the client is gone: what it never got is the handler's again
+            ctx.unsent = taken - sent
+            raise
         finally:
             for task in tasks:
                 task.cancel()

@@ -18,7 +18,7 @@ import signal
 import struct
 import subprocess
 import termios
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,6 +138,8 @@ class ManagedProcess:
         self.finished = asyncio.Event()
         self.on_exit: Callable[[ManagedProcess], None] | None = None
         self._subscribers: list[Feed] = []
+        # Followers ``detach`` ended that may not have sent all they held yet.
+        self._detached: list[Feed] = []
         self._backlog: collections.deque[Output] = collections.deque()
         self._backlog_bytes = 0
         self._readers: list[FdReader] = []
@@ -174,16 +176,19 @@ class ManagedProcess:
         self._subscribers.append(queue)
         return queue
 
-    def unsubscribe(self, queue: Feed) -> None:
-        """A follower that leaves with output it never took (its client went away) gives it
-        back to the backlog when nobody else got it, so the next Connect still reads it."""
-        try:
+    def unsubscribe(self, queue: Feed, unsent: Sequence[Output] = ()) -> None:
+        """A follower that leaves with output it never took (its client went away), or took
+        and never sent (``unsent``), gives it back to the backlog when nobody else got it, so
+        the next Connect still reads it."""
+        if queue in self._subscribers:
             self._subscribers.remove(queue)
-        except ValueError:
+        elif queue in self._detached:  # (cut before it sent what it held: older than the
+            self._detached.remove(queue)  # backlog's, so it goes first)
+        else:
             return
         if self._subscribers:
             return
-        unread = []
+        unread = list(unsent)
         while not queue.empty():
             event = queue.get_nowait()
             if isinstance(event, Output):
@@ -197,6 +202,7 @@ class ManagedProcess:
         followers, self._subscribers = self._subscribers, []
         for queue in followers:
             queue.put_nowait(Detached())
+        self._detached += followers
         return len(followers)
 
     # -- lifecycle -------------------------------------------------------------------------

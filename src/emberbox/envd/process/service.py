@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import collections
 import signal
 from collections.abc import AsyncIterator
 
 from ..._connect.errors import Code, ConnectError
 from ..._proto.process import process_pb2 as pb
-from ..rpc import Kind, RpcContext, RpcMethod
+from ..rpc import MAX_UNSENT, Kind, RpcContext, RpcMethod
 from ..state import EnvdState
 from ..users import resolve_user, username_from_basic
 from .manager import Detached, Exit, Feed, ManagedProcess, Output, ProcessManager
@@ -76,7 +77,7 @@ class ProcessService:
         )
         if ctx.deadline is not None:
             process.kill_at(ctx.deadline)
-        async for event in self._follow(process, queue):
+        async for event in self._follow(process, queue, ctx):
             yield pb.StartResponse(event=event)
 
     async def connect(
@@ -84,21 +85,29 @@ class ProcessService:
     ) -> AsyncIterator[pb.ConnectResponse]:
         process = self.manager.get(request.process)
         queue = process.subscribe()
-        async for event in self._follow(process, queue):
+        async for event in self._follow(process, queue, ctx):
             yield pb.ConnectResponse(event=event)
 
-    async def _follow(self, process: ManagedProcess, queue: Feed) -> AsyncIterator[pb.ProcessEvent]:
+    async def _follow(
+        self, process: ManagedProcess, queue: Feed, ctx: RpcContext
+    ) -> AsyncIterator[pb.ProcessEvent]:
+        # What was yielded lately: a client gone before it got the last ``ctx.unsent`` of
+        # them leaves that output to the next Connect, not lost between the two.
+        given: collections.deque[Output | None] = collections.deque(maxlen=MAX_UNSENT)
         try:
+            given.append(None)  # (the start event)
             yield pb.ProcessEvent(start=pb.ProcessEvent.StartEvent(pid=process.pid))
             while True:
                 event = await queue.get()
                 if isinstance(event, Detached):
                     raise ConnectError(Code.CANCELED, f"{DETACHED} (connect to pid {process.pid})")
+                given.append(event if isinstance(event, Output) else None)
                 yield _event(event)
                 if isinstance(event, Exit):
                     return
         finally:
-            process.unsubscribe(queue)
+            unsent = list(given)[len(given) - ctx.unsent :] if ctx.unsent else []
+            process.unsubscribe(queue, unsent=[e for e in unsent if e is not None])
 
     async def list(self, request: pb.ListRequest, ctx: RpcContext) -> pb.ListResponse:
         return pb.ListResponse(processes=[p.info() for p in self.manager.list()])
