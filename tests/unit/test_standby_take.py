@@ -203,3 +203,61 @@ async def test_a_login_that_turns_hashing_off_still_runs_its_commands(tmp_path: 
         shell.discard()
     finally:
         pool.close()
+
+
+async def test_a_request_variable_the_login_reads_takes_the_ordinary_way(tmp_path: Path) -> None:
+    """A standby logged in before the request existed: a profile that builds PATH from
+    ``TOOL_HOME`` must see the request's, as ``bash -l -c`` does. A variable the login does
+    not read (and PATH, exported over the profile's: docs/envd.md) is a standby's."""
+    (tmp_path / ".profile").write_text('export PATH="${TOOL_HOME:-/opt/default}/bin:$PATH"\n')
+    spawner = Counting()
+    pool = StandbyPool(spawner, size=2)
+    user, env = _me(tmp_path), _env(tmp_path)
+    try:
+        await _pooled(pool, user, tmp_path, 2)
+        started = spawner.started
+        assert await pool.take(user, str(tmp_path), env, False, given=["TOOL_HOME"]) is None
+        assert await pool.take(user, str(tmp_path), env, False, given=["HOME"]) is None
+        for given in (["OTHER"], ["PATH"]):
+            took = await pool.take(user, str(tmp_path), env, False, given=given)
+            assert took is not None
+            took.discard()
+        assert spawner.started == started  # (the two pooled ones served those)
+    finally:
+        pool.close()
+
+
+async def test_a_command_whose_request_variable_the_profile_reads_sees_what_a_login_made_of_it(
+    tmp_path: Path,
+) -> None:
+    """The same command through envd's process manager with standbys and without: equal."""
+    import dataclasses
+
+    from emberbox._proto.process import process_pb2 as pb
+    from emberbox.envd.process.manager import Exit, Output, ProcessManager
+    from emberbox.envd.state import EnvdState
+
+    (tmp_path / ".profile").write_text('export PATH="${TOOL_HOME:-/opt/default}/bin:$PATH"\n')
+    user = dataclasses.replace(_me(tmp_path), home=str(tmp_path))
+
+    async def run(manager: ProcessManager, envs: dict[str, str]) -> str:
+        config = pb.ProcessConfig(
+            cmd="/bin/bash", args=["-l", "-c", 'echo "${PATH%%:*}"'], envs=envs, cwd=str(tmp_path)
+        )
+        _, feed = await manager.start(config, user, pty=None, stdin=False, tag=None)
+        out = b""
+        while not isinstance(event := await feed.get(), Exit):
+            out += event.data if isinstance(event, Output) else b""
+        return out.decode()
+
+    standby = ProcessManager(EnvdState(standby_shells=2))
+    fresh = ProcessManager(EnvdState(standby_shells=0))
+    try:
+        await run(standby, {})  # (its key is known now: standbys log in)
+        for slot in standby.standbys._slots.values():
+            await asyncio.gather(*slot.shells)
+        given = {"TOOL_HOME": "/opt/tool-2"}
+        assert await run(standby, given) == await run(fresh, given) == "/opt/tool-2/bin\n"
+    finally:
+        standby.kill_all()
+        fresh.kill_all()

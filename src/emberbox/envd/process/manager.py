@@ -379,7 +379,7 @@ class ProcessManager:
         """A standby shell that has taken the command; None: start it the ordinary way."""
         for _ in range(3):  # a shell killed while it waited (pkill bash) is replaced
             try:
-                standby = await self.standbys.take(user, cwd, env, stdin)
+                standby = await self.standbys.take(user, cwd, env, stdin, given=envs)
             except OSError as exc:  # e.g. cwd not enterable as the user: the old path decides
                 log.info("no standby shell for %s in %s: %s", user.name, cwd, exc)
                 return None

@@ -29,7 +29,7 @@ import select
 import stat
 import subprocess
 import threading
-from collections.abc import Awaitable, Callable, Container, Mapping
+from collections.abc import Awaitable, Callable, Collection, Container, Mapping
 from dataclasses import dataclass, field
 
 from ..users import User
@@ -331,10 +331,21 @@ class StandbyPool:
         self._spawner = spawner
         self._slots: collections.OrderedDict[Key, _Slot] = collections.OrderedDict()
 
-    async def take(self, user: User, cwd: str, env: dict[str, str], stdin: bool) -> Standby | None:
+    async def take(
+        self,
+        user: User,
+        cwd: str,
+        env: dict[str, str],
+        stdin: bool,
+        given: Collection[str] = (),
+    ) -> Standby | None:
         """A live standby started as this request would start a shell: the oldest pooled one
         (waiting for it if it is still starting), else one started now. None when none of
-        ``TAKE_TRIES`` fits: the caller starts the command the ordinary way."""
+        ``TAKE_TRIES`` fits, or when one of the names ``given`` (the request's own vars,
+        which a standby exports after its login) is one the login reads, PATH aside (see
+        docs/envd.md): the caller starts the command the ordinary way."""
+        if given and (set(given) - {"PATH"}) & (_LOGIN_READ | login_names(login_stamp(user.home))):
+            return None  # (a profile that derives PATH from TOOL_HOME, say, must see it)
         key = Key(user.name, user.uid, cwd, stdin)
         slot = self._slots.pop(key, None) or _Slot(user, cwd, env, stdin, collections.deque())
         slot.env, slot.user = env, user
