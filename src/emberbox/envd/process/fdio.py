@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 from collections.abc import Callable
@@ -79,22 +80,51 @@ class FdReader:
         self._on_eof()
 
 
-async def write_all(fd: int, data: bytes) -> None:
-    """Write every byte to a non-blocking fd, waiting for writability instead of blocking."""
-    loop = asyncio.get_running_loop()
-    view = memoryview(data)
-    while view:
-        try:
-            written = os.write(fd, view)
-            view = view[written:]
-        except BlockingIOError:
-            ready = loop.create_future()
-            loop.add_writer(fd, ready.set_result, None)
+class FdWriter:
+    """A process's input: writes to a non-blocking fd, waiting for writability instead of
+    blocking, and the one way to stop writing to it. A write waiting when the input closes
+    (the process exited, CloseStdin) is woken with ``BrokenPipeError`` before the fd is
+    closed: waking after, it would write to whatever file took that fd number since, an
+    upload's say. ``owns``: the fd is closed here (a PTY master is its reader's)."""
+
+    def __init__(self, fd: int, owns: bool = True) -> None:
+        self.fd = fd
+        self.owns = owns
+        self.closed = False
+        self._waiting: asyncio.Future[None] | None = None
+        self._loop = asyncio.get_running_loop()
+
+    async def write(self, data: bytes) -> None:
+        """Every byte of ``data`` (one writer at a time: the caller serialises them)."""
+        view = memoryview(data)
+        while view:
+            if self.closed:
+                raise BrokenPipeError("stdin of the process is closed")
             try:
-                await ready
-            finally:
-                loop.remove_writer(fd)
-        except OSError as exc:
-            if exc.errno in (errno.EPIPE, errno.EBADF):
-                raise BrokenPipeError("stdin of the process is closed") from exc
-            raise
+                written = os.write(self.fd, view)
+                view = view[written:]
+            except BlockingIOError:
+                self._waiting = self._loop.create_future()
+                self._loop.add_writer(self.fd, self._waiting.set_result, None)
+                try:
+                    await self._waiting
+                finally:
+                    self._waiting = None
+                    if not self.closed:  # (once closed, the number may be another's)
+                        self._loop.remove_writer(self.fd)
+            except OSError as exc:
+                if exc.errno in (errno.EPIPE, errno.EBADF):
+                    raise BrokenPipeError("stdin of the process is closed") from exc
+                raise
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._waiting is not None:
+            self._loop.remove_writer(self.fd)
+            if not self._waiting.done():
+                self._waiting.set_exception(BrokenPipeError("stdin of the process is closed"))
+        if self.owns:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)

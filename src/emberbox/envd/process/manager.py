@@ -29,7 +29,7 @@ from ..state import EnvdState, default_path
 from ..users import User, resolve_path
 from .exit_fd import exit_fd
 from .exit_status import describe
-from .fdio import FdReader, set_nonblocking, write_all
+from .fdio import FdReader, FdWriter, set_nonblocking
 from .standby import REFILL_AFTER_EXIT_S, REFILL_DELAY_S, Standby, StandbyPool, login_command
 
 log = logging.getLogger("emberbox.envd.process")
@@ -129,7 +129,9 @@ class ManagedProcess:
         self.config = config
         self.tag = tag
         self.pty_master = pty_master
-        self.stdin_fd = stdin_fd
+        # Its input: the PTY's master (its reader closes it), or its stdin pipe.
+        self._pty_input = FdWriter(pty_master, owns=False) if pty_master is not None else None
+        self._stdin = FdWriter(stdin_fd) if stdin_fd is not None else None
         # One writer at a time: two inputs at once would interleave their bytes, and the
         # loop keeps one writability callback per fd (the second replaced the first's, which
         # then waited forever).
@@ -214,12 +216,11 @@ class ManagedProcess:
         os.close(self._exit_fd)
         if self._deadline is not None:
             self._deadline.cancel()
+        for writer in (self._pty_input, self._stdin):  # first: a waiting write must not
+            if writer is not None:  # outlive the fd it waits on (the PTY's reader closes it)
+                writer.close()
         for reader in self._readers:  # readers own the output fds, the PTY master included
             reader.drain_and_close()
-        if self.stdin_fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self.stdin_fd)
-            self.stdin_fd = None
         self.exit = Exit(*describe(returncode))
         log.info("process %d ended: %s", self.pid, self.exit.status)
         for queue in self._subscribers:
@@ -253,18 +254,18 @@ class ManagedProcess:
         if not self.running:
             raise ConnectError(Code.NOT_FOUND, f"process with pid {self.pid} is not running")
         if to_pty:
-            if self.pty_master is None:
+            if self._pty_input is None:
                 raise ConnectError(Code.INVALID_ARGUMENT, "process has no PTY; send stdin instead")
-            fd = self.pty_master
+            writer = self._pty_input
         else:
-            if self.pty_master is not None:
+            if self._pty_input is not None:
                 raise ConnectError(Code.INVALID_ARGUMENT, "process runs in a PTY; send pty input")
-            if self.stdin_fd is None:
+            if self._stdin is None or self._stdin.closed:
                 raise ConnectError(Code.INTERNAL, "stdin not enabled or closed")
-            fd = self.stdin_fd
+            writer = self._stdin
         try:
             async with self._input:
-                await write_all(fd, data)
+                await writer.write(data)
         except BrokenPipeError as exc:
             raise ConnectError(Code.INTERNAL, "stdin not enabled or closed") from exc
 
@@ -274,10 +275,9 @@ class ManagedProcess:
         if self.pty_master is not None:
             os.write(self.pty_master, b"\x04")  # EOF at the terminal's line discipline
             return
-        if self.stdin_fd is None:
+        if self._stdin is None or self._stdin.closed:
             raise ConnectError(Code.INTERNAL, "stdin not enabled or closed")
-        os.close(self.stdin_fd)
-        self.stdin_fd = None
+        self._stdin.close()  # (a write waiting is told the pipe is closed)
 
     def resize(self, cols: int, rows: int) -> None:
         if not self.running:
