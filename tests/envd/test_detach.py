@@ -13,6 +13,7 @@ import contextlib
 import subprocess
 import threading
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -84,12 +85,22 @@ def test_a_detach_with_no_stream_ends_none(sandbox: Any, e2b_debug_env: EnvdProc
     assert sandbox.commands.run("echo still here").stdout == "still here\n"
 
 
+@contextlib.asynccontextmanager
+async def _a_process() -> AsyncIterator[ManagedProcess]:
+    """A running process as envd holds one (``sleep``, whose output the test publishes)."""
+    popen = subprocess.Popen(["sleep", "30"])  # noqa: ASYNC220 - what ManagedProcess wraps
+    try:
+        yield ManagedProcess(popen, pb.ProcessConfig(cmd="sleep"), None, None, None)
+    finally:
+        popen.kill()
+        popen.wait()
+        await asyncio.sleep(0.05)  # its exit is seen on the loop
+
+
 async def test_output_a_leaving_follower_never_took_goes_back_to_the_backlog() -> None:
     """A follower that goes away (its client left) with output queued it never took gives
     it back when nobody else follows: the next one gets it first, then what came after."""
-    popen = subprocess.Popen(["sleep", "30"])  # noqa: ASYNC220 - what ManagedProcess wraps
-    process = ManagedProcess(popen, pb.ProcessConfig(cmd="sleep"), None, None, None)
-    try:
+    async with _a_process() as process:
         leaving = process.subscribe()
         for n in (1, 2, 3):
             process._publish(Output("stdout", b"%d\n" % n))
@@ -100,10 +111,6 @@ async def test_output_a_leaving_follower_never_took_goes_back_to_the_backlog() -
         unread = [staying.get_nowait() for _ in range(staying.qsize())]
         process.unsubscribe(staying)
         assert [e.data for e in unread if isinstance(e, Output)] == [b"2\n", b"3\n", b"4\n"]
-    finally:
-        popen.kill()
-        popen.wait()
-        await asyncio.sleep(0.05)  # its exit is seen on the loop
 
 
 async def test_a_follower_that_stops_reading_holds_at_most_the_backlog_limit() -> None:
@@ -112,9 +119,7 @@ async def test_a_follower_that_stops_reading_holds_at_most_the_backlog_limit() -
     for it, as for nobody, instead of all of it (48 MiB here; a server's log, for ever)."""
     from emberbox.envd.process.manager import BACKLOG_LIMIT
 
-    popen = subprocess.Popen(["sleep", "30"])  # noqa: ASYNC220 - what ManagedProcess wraps
-    process = ManagedProcess(popen, pb.ProcessConfig(cmd="sleep"), None, None, None)
-    try:
+    async with _a_process() as process:
         stalled = process.subscribe()
         chunk = 64 * 1024
         for n in range(48 * 1024 * 1024 // chunk):
@@ -124,18 +129,12 @@ async def test_a_follower_that_stops_reading_holds_at_most_the_backlog_limit() -
         assert BACKLOG_LIMIT - chunk < held <= BACKLOG_LIMIT
         assert unread[-1] == Output("stdout", b"%08d" % n + b"x" * (chunk - 8))  # the newest
         process.unsubscribe(stalled)
-    finally:
-        popen.kill()
-        popen.wait()
-        await asyncio.sleep(0.05)  # its exit is seen on the loop
 
 
 async def test_output_a_detached_follower_held_when_it_was_cut_reaches_the_next_connect() -> None:
     """Detached before a checkpoint, a stream is cut (the proxy's settle timed out) before
     it sent what it held: that output goes back ahead of what the process printed since."""
-    popen = subprocess.Popen(["sleep", "30"])  # noqa: ASYNC220 - what ManagedProcess wraps
-    process = ManagedProcess(popen, pb.ProcessConfig(cmd="sleep"), None, None, None)
-    try:
+    async with _a_process() as process:
         follower = process.subscribe()
         for n in (1, 2, 3):
             process._publish(Output("stdout", b"%d\n" % n))
@@ -146,10 +145,6 @@ async def test_output_a_detached_follower_held_when_it_was_cut_reaches_the_next_
         again = process.subscribe()
         unread = [again.get_nowait() for _ in range(again.qsize())]
         assert [e.data for e in unread if isinstance(e, Output)] == [b"2\n", b"3\n", b"4\n"]
-    finally:
-        popen.kill()
-        popen.wait()
-        await asyncio.sleep(0.05)
 
 
 # Counts as fast as it can, then waits to be killed.

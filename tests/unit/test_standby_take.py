@@ -56,10 +56,13 @@ def _edit(profile: Path) -> Callable[[], None]:
     return edit
 
 
-def _home_with_a_profile(home: Path) -> tuple[Path, Counting, StandbyPool, User]:
-    """A ``~/.profile`` in ``home``, and a pool of two shells per key that counts its starts."""
+def _home_with_a_profile(
+    home: Path, text: str = "X=0\n"
+) -> tuple[Path, Counting, StandbyPool, User]:
+    """A ``~/.profile`` of ``text`` in ``home``, and a pool of two shells per key that counts
+    its starts."""
     profile = home / ".profile"
-    profile.write_text("X=0\n")
+    profile.write_text(text)
     spawner = Counting()
     return profile, spawner, StandbyPool(spawner, size=2), _me(home)
 
@@ -130,10 +133,8 @@ async def test_a_variable_the_login_files_mention_takes_a_shell_that_saw_it(
     """Standbys log in before the ``/init`` that brings a template's variables (a restored
     template snapshot): one whose login read a variable that changed since is dropped, one
     whose login did not is used, the variable exported before the command."""
-    (tmp_path / ".profile").write_text('export PATH="$TOOL_HOME/bin:$PATH"\n')
-    spawner = Counting()
-    pool = StandbyPool(spawner, size=2)
-    user, env = _me(tmp_path), _env(tmp_path)
+    _, spawner, pool, user = _home_with_a_profile(tmp_path, 'export PATH="$TOOL_HOME/bin:$PATH"\n')
+    env = _env(tmp_path)
     try:
         await _pooled(pool, user, tmp_path, 2)
         started = spawner.started
@@ -209,10 +210,10 @@ async def test_a_request_variable_the_login_reads_takes_the_ordinary_way(tmp_pat
     """A standby logged in before the request existed: a profile that builds PATH from
     ``TOOL_HOME`` must see the request's, as ``bash -l -c`` does. A variable the login does
     not read (and PATH, exported over the profile's: docs/envd.md) is a standby's."""
-    (tmp_path / ".profile").write_text('export PATH="${TOOL_HOME:-/opt/default}/bin:$PATH"\n')
-    spawner = Counting()
-    pool = StandbyPool(spawner, size=2)
-    user, env = _me(tmp_path), _env(tmp_path)
+    _, spawner, pool, user = _home_with_a_profile(
+        tmp_path, 'export PATH="${TOOL_HOME:-/opt/default}/bin:$PATH"\n'
+    )
+    env = _env(tmp_path)
     try:
         await _pooled(pool, user, tmp_path, 2)
         started = spawner.started
