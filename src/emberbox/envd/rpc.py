@@ -322,7 +322,10 @@ class ConnectApp:
                         item = await queue.get()
                 except TimeoutError:
                     if ctx.deadline is not None and loop.time() >= ctx.deadline:
-                        return ConnectError(Code.DEADLINE_EXCEEDED, "deadline exceeded"), b""
+                        error = ConnectError(Code.DEADLINE_EXCEEDED, "deadline exceeded")
+                        # (a message can arrive as the wait is cut: it is the client's too)
+                        ready = _ready_messages(queue.get_nowait(), queue) if queue.qsize() else b""
+                        return error, ready
                     if method.keepalive is not None:
                         await self._send_chunk(
                             send, encode_envelope(encode_json(method.keepalive()))

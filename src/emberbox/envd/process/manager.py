@@ -65,46 +65,11 @@ class Detached:
 Event = Output | Exit | Detached
 
 
-class Feed:
-    """What one follower of a process has yet to take, in order. Its output is bounded as the
-    backlog is (``BACKLOG_LIMIT``, the oldest going first): a client that stops reading (the
-    sync SDK's handle of a background command, until its ``wait()``) must not grow envd's
-    memory without end while the process prints."""
-
-    def __init__(self, limit: int = BACKLOG_LIMIT) -> None:
-        self.limit = limit
-        self._events: collections.deque[Event] = collections.deque()
-        self._bytes = 0
-        self._more = asyncio.Event()
-
-    def put_nowait(self, event: Event) -> None:
-        self._events.append(event)
-        if isinstance(event, Output):
-            self._bytes += len(event.data)
-            while self._bytes > self.limit and isinstance(oldest := self._events[0], Output):
-                self._events.popleft()
-                self._bytes -= len(oldest.data)
-        self._more.set()
-
-    def get_nowait(self) -> Event:
-        if not self._events:
-            raise asyncio.QueueEmpty
-        event = self._events.popleft()
-        if isinstance(event, Output):
-            self._bytes -= len(event.data)
-        return event
-
-    async def get(self) -> Event:
-        while not self._events:
-            self._more.clear()
-            await self._more.wait()
-        return self.get_nowait()
-
-    def empty(self) -> bool:
-        return not self._events
-
-    def qsize(self) -> int:
-        return len(self._events)
+class Feed(asyncio.Queue[Event]):
+    """What one follower of a process has yet to take, in order, all of it: a client slower
+    than the process (``cat big.log`` over a slow link) must get every byte. Unbounded: one
+    that stops reading while it stays connected grows it (bounding it needs the process
+    slowed, its output fds left unread while a follower is behind; not done yet)."""
 
 
 def _set_controlling_tty() -> None:  # runs in the child between fork and exec

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 from ..._connect.errors import Code, ConnectError
 from ..._proto.process import process_pb2 as pb
@@ -77,20 +78,24 @@ class ProcessService:
         )
         if ctx.deadline is not None:
             process.kill_at(ctx.deadline)
-        async for event in self._follow(process, queue, ctx):
-            yield pb.StartResponse(event=event)
+        # (closed as the stream ends, not when the loop gets to it: what it never sent goes
+        # back to the process before another Connect can subscribe)
+        async with contextlib.aclosing(self._follow(process, queue, ctx)) as events:
+            async for event in events:
+                yield pb.StartResponse(event=event)
 
     async def connect(
         self, request: pb.ConnectRequest, ctx: RpcContext
     ) -> AsyncIterator[pb.ConnectResponse]:
         process = self.manager.get(request.process)
         queue = process.subscribe()
-        async for event in self._follow(process, queue, ctx):
-            yield pb.ConnectResponse(event=event)
+        async with contextlib.aclosing(self._follow(process, queue, ctx)) as events:
+            async for event in events:
+                yield pb.ConnectResponse(event=event)
 
     async def _follow(
         self, process: ManagedProcess, queue: Feed, ctx: RpcContext
-    ) -> AsyncIterator[pb.ProcessEvent]:
+    ) -> AsyncGenerator[pb.ProcessEvent, None]:
         # What was yielded lately: a client gone before it got the last ``ctx.unsent`` of
         # them leaves that output to the next Connect, not lost between the two.
         given: collections.deque[Output | None] = collections.deque(maxlen=MAX_UNSENT)
