@@ -5,6 +5,7 @@ exits is told the pipe is closed, and never writes to whatever file took its fd 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from pathlib import Path
 
@@ -43,3 +44,40 @@ async def test_input_waiting_when_the_process_exits_never_reaches_another_file(
     for fd in opened:
         os.close(fd)
     assert other.stat().st_size == 0
+
+
+async def test_terminal_input_after_the_process_let_go_of_its_terminal_reaches_no_file(
+    tmp_path: Path,
+) -> None:
+    """A PTY process that closes its terminal and runs on (a daemonising script): envd's
+    reader closes the master at the terminal's end, and the next file opened takes its fd
+    number. Input, a CloseStdin's ^D and a resize must not reach that file."""
+    manager = ProcessManager(EnvdState(standby_shells=0))
+    let_go = 'trap "" HUP; exec </dev/null >/dev/null 2>&1; sleep 5'
+    config = pb.ProcessConfig(cmd="/bin/bash", args=["-c", let_go])
+    process, _ = await manager.start(
+        config, User.lookup("root"), pty=pb.PTY(size=pb.PTY.Size(cols=80, rows=24)),
+        stdin=False, tag=None,
+    )  # fmt: skip
+    try:
+        for _ in range(500):
+            if all(reader.closed for reader in process._readers):
+                break
+            await asyncio.sleep(0.01)
+        assert all(reader.closed for reader in process._readers) and process.running
+        upload = tmp_path / "upload"
+        fd = os.open(upload, os.O_WRONLY | os.O_CREAT)  # (another request's file)
+        try:
+            assert fd == process.pty_master  # the number is the upload's now
+            with contextlib.suppress(ConnectError):
+                await process.send_input(b"typed into the terminal\n", to_pty=True)
+            with contextlib.suppress(ConnectError, OSError):
+                process.close_stdin()
+            with contextlib.suppress(ConnectError, OSError):
+                process.resize(100, 30)
+        finally:
+            os.close(fd)
+        assert upload.read_bytes() == b""
+    finally:
+        process.signal(9)
+        await asyncio.sleep(0.1)

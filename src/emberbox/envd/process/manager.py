@@ -94,8 +94,9 @@ class ManagedProcess:
         self.config = config
         self.tag = tag
         self.pty_master = pty_master
-        # Its input: the PTY's master (its reader closes it), or its stdin pipe.
-        self._pty_input = FdWriter(pty_master, owns=False) if pty_master is not None else None
+        # Its input: the PTY's master (a copy of its own: the reader closes the master at the
+        # terminal's end, which a process that let go of it outlives), or its stdin pipe.
+        self._pty_input = FdWriter(os.dup(pty_master)) if pty_master is not None else None
         self._stdin = FdWriter(stdin_fd) if stdin_fd is not None else None
         # One writer at a time: two inputs at once would interleave their bytes, and the
         # loop keeps one writability callback per fd (the second replaced the first's, which
@@ -237,8 +238,10 @@ class ManagedProcess:
     def close_stdin(self) -> None:
         if not self.running:
             raise ConnectError(Code.NOT_FOUND, f"process with pid {self.pid} is not running")
-        if self.pty_master is not None:
-            os.write(self.pty_master, b"\x04")  # EOF at the terminal's line discipline
+        if self._pty_input is not None:
+            if self._pty_input.closed:
+                raise ConnectError(Code.INTERNAL, "the terminal is closed")
+            os.write(self._pty_input.fd, b"\x04")  # EOF at the terminal's line discipline
             return
         if self._stdin is None or self._stdin.closed:
             raise ConnectError(Code.INTERNAL, "stdin not enabled or closed")
@@ -247,9 +250,11 @@ class ManagedProcess:
     def resize(self, cols: int, rows: int) -> None:
         if not self.running:
             raise ConnectError(Code.NOT_FOUND, f"process with pid {self.pid} is not running")
-        if self.pty_master is None:
+        if self._pty_input is None:
             raise ConnectError(Code.INVALID_ARGUMENT, "process has no PTY to resize")
-        set_winsize(self.pty_master, cols, rows)
+        if self._pty_input.closed:
+            raise ConnectError(Code.INTERNAL, "the terminal is closed")
+        set_winsize(self._pty_input.fd, cols, rows)
 
     def info(self) -> pb.ProcessInfo:
         info = pb.ProcessInfo(config=self.config, pid=self.pid)
