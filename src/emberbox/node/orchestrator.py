@@ -627,12 +627,11 @@ class Orchestrator:
         with contextlib.suppress(SandboxGone):
             await self.runtime.kill(sandbox_id)
         self.releases[sandbox_id] += 1
-        while len(self.releases) > ENDED_KEPT:  # (the oldest go: a node runs for months)
-            del self.releases[next(iter(self.releases))]
         log.info("released sandbox %s (%s)", sandbox_id, reason)
         self.ended[sandbox_id] = reason
-        while len(self.ended) > ENDED_KEPT:
-            self.ended.popitem(last=False)
+        for kept in (self.releases, self.ended):  # the oldest go: a node runs for months
+            while len(kept) > ENDED_KEPT:
+                del kept[next(iter(kept))]
         self._held.pop(sandbox_id, None)
         self._pool_tokens.pop(sandbox_id, None)
         self._pool_versions.pop(sandbox_id, None)
@@ -650,23 +649,21 @@ class Orchestrator:
             log.exception("releasing %s (%s) failed; tried again later", sandbox_id, reason)
 
     def _abandoned(self, sandbox_id: str) -> bool:
-        """Whether a record is one a failed teardown left: creating or pooled, with nobody
-        at work on it (a create, a pooling and a claim hold its lock) and in no pool queue."""
+        """Whether a record is one a failed teardown left, once nobody is at work on it (a
+        create, a pooling and a claim hold its lock): creating or pooled, in no pool queue."""
         record = self._held.get(sandbox_id)
         if record is None or record.state not in ("creating", "pooled"):
             return False
-        return not self._locks.held(sandbox_id) and not self.pool.holds(sandbox_id)
+        return not self.pool.holds(sandbox_id)
 
     async def release_abandoned(self) -> builtins.list[str]:
         """Release what a failed teardown left (``_release_after_failure``): nobody else
         would, and nobody lists it, yet it holds its resources. Each dead check."""
         released = []
-        for sandbox_id in [i for i in self._held if self._abandoned(i)]:
+        left = [i for i in self._held if self._abandoned(i) and not self._locks.held(i)]
+        for sandbox_id in left:
             async with self._locks.hold(sandbox_id):
-                record = self._held.get(sandbox_id)
-                if record is None or record.state not in ("creating", "pooled"):
-                    continue  # (released meanwhile, or handed over: it runs)
-                if self.pool.holds(sandbox_id):
+                if not self._abandoned(sandbox_id):  # (released meanwhile, or handed over)
                     continue
                 try:
                     await self._release_locked(sandbox_id, "abandoned by a failed teardown")

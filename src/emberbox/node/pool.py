@@ -298,12 +298,17 @@ class WarmPool:
             while len(queue) > self.target(key, now):
                 surplus.append(queue.popleft().sandbox.sandbox_id)  # the longest unclaimed
         for sandbox_id in surplus:
-            try:
-                await self.release(sandbox_id)
-            except Exception:
-                log.exception("warm pool: releasing %s failed", sandbox_id)
+            await self._release_logged(sandbox_id)
         if self._wanted() is not None:
             self.refill()
+
+    async def _release_logged(self, sandbox_id: str) -> None:
+        """Release one the pool no longer holds; a failure is the operator's to see (the
+        node's dead check tries the release again: ``Orchestrator.release_abandoned``)."""
+        try:
+            await self.release(sandbox_id)
+        except Exception:
+            log.exception("warm pool: releasing %s failed", sandbox_id)
 
     async def close(self) -> None:
         """Stop filling and release every pooled sandbox (nobody else owns them)."""
@@ -317,10 +322,7 @@ class WarmPool:
         ids = [h.sandbox.sandbox_id for q in self._ready.values() for h in q]
         self._ready.clear()
         for sandbox_id in ids:
-            try:
-                await self.release(sandbox_id)
-            except Exception:
-                log.exception("warm pool: releasing %s failed", sandbox_id)
+            await self._release_logged(sandbox_id)
 
     async def wait_full(self, timeout_s: float) -> None:
         """Until every key is at its target or the filler gave up (tests, benchmarks)."""

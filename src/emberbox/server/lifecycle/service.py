@@ -388,11 +388,8 @@ class SandboxService:
         if resuming:
             running, cpus, mem = running - 1, cpus - cpu_count, mem - memory_mb
         stays = f"sandbox '{resuming}' stays paused" if resuming else ""
-        if running >= self.limits.max_concurrent_sandboxes:
-            raise QuotaExceeded(
-                f"concurrent sandbox limit reached ({self.limits.max_concurrent_sandboxes}"
-                f" per team){': ' + stays if stays else ''}; kill a sandbox first"
-            )
+        if (over := self._over_cap(running)) is not None:
+            raise QuotaExceeded(f"{over}{': ' + stays if stays else ''}; kill a sandbox first")
         refusal = self.scheduler.refusal(Usage(cpus, mem), cpu_count, memory_mb)
         if refusal is not None:
             raise NoCapacity(f"{stays}: {refusal}" if stays else refusal,
@@ -867,11 +864,14 @@ class SandboxService:
         under the admission lock."""
         async with self.sessions() as s:
             running = await q.count_for_team(s, team_id, COUNTS_TOWARD_QUOTA)
-        if running >= self.limits.max_concurrent_sandboxes:
-            raise QuotaExceeded(
-                f"{refused}: concurrent sandbox limit reached "
-                f"({self.limits.max_concurrent_sandboxes} per team); kill a sandbox first"
-            )
+        if (over := self._over_cap(running)) is not None:
+            raise QuotaExceeded(f"{refused}: {over}; kill a sandbox first")
+
+    def _over_cap(self, running: int) -> str | None:
+        """Why a team running ``running`` sandboxes may start no other; None: it may."""
+        if running < self.limits.max_concurrent_sandboxes:
+            return None
+        return f"concurrent sandbox limit reached ({self.limits.max_concurrent_sandboxes} per team)"
 
     async def check_saved_disk(self, team_id: str, refused: str, limit: int | None = None) -> None:
         """Refuse to save more memory once the team's saved disk reached its quota, ``limit``
