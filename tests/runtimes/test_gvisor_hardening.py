@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from emberbox.envd.guest.oom import OomGuard, count_kills, pick_victim
+from emberbox.envd.guest.oom import FILL_RATE, OomGuard, count_kills, pick_victim
 from emberbox.envd_client.handshake import handshake
 from emberbox.host import cgroups
 from emberbox.runtimes.base import RuntimeSandbox, SandboxSpec
@@ -69,7 +69,6 @@ def test_guard_kills_only_once_memory_is_used_up(tmp_path: Path):
             read_meminfo=lambda: next(readings, after_kill),
         )  # fmt: skip
         assert guard.check() == (50 * MiB, None)  # plenty left: nobody dies
-        assert guard.interval(50 * MiB) == 0.25
         used, victim = guard.check()
         assert used == limit - 2 * MiB and victim is not None and victim.pid == hog.pid
         assert hog.wait(timeout=5) == -9  # SIGKILL, as Linux's OOM killer sends
@@ -77,6 +76,19 @@ def test_guard_kills_only_once_memory_is_used_up(tmp_path: Path):
     finally:
         hog.kill()
         hog.wait()
+
+
+@pytest.mark.parametrize("limit_mb", [64, 256, 1024, 16384])
+def test_the_guard_looks_again_before_the_fastest_fill_uses_up_what_is_left(limit_mb: int):
+    limit = limit_mb * MiB
+    guard = OomGuard(protected=lambda: (), limit=limit, read_meminfo=lambda: _meminfo(limit, limit))
+    for used in range(0, limit, limit // 64):
+        room = limit - guard.reserve - used
+        wait = guard.interval(used)
+        assert 0.01 <= wait <= 0.25
+        assert wait * FILL_RATE <= room or wait == 0.01, (used, wait)
+    # A big sandbox with plenty left is not woken more than four times a second.
+    assert limit_mb < 1024 or guard.interval(limit // 8) == 0.25
 
 
 # -- real sandboxes ----------------------------------------------------------------------------

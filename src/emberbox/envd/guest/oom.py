@@ -8,8 +8,11 @@ SIGKILL. envd and PID 1 are never chosen, nor a process whose ``oom_score_adj`` 
 The host cgroup keeps headroom above MemTotal for the time between two polls
 (runtimes/gvisor/bundle.py, "Memory").
 
-Polling is cheap while memory is plentiful and tight near the limit: reading /proc/meminfo
-costs the sentry about 0.3 ms, and a process can fault in memory at about 1 GB/s.
+The guard looks again before the fastest fill could use up what is left (``FILL_RATE``), so a
+miss past MemTotal is only as big as its wake-up is late. It must not get near the host limit:
+the host OOM killer kills stubs, which frees nothing until the sentry lets the guest process's
+memory go, so it goes on killing stubs (envd's among them) while that happens.
+Reading /proc/meminfo costs the sentry about 0.05 ms.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
+# A guest process fills memory at up to ~1.5 GB/s (dd, Python's bytearray); this adds margin.
+FILL_RATE = 2 << 30  # bytes per second
+LOOK_S = (0.01, 0.25)  # the shortest and longest time between two looks
 NEVER_KILL = -1000
 # Each kill is one line on PID 1's stderr, which lands in the sandbox's runsc log on the host:
 # that is how the host learns of kills the host kernel never saw.
@@ -105,8 +111,10 @@ class OomGuard:
         return total - available
 
     def interval(self, used: int) -> float:
-        share = used / self.limit
-        return 0.01 if share > 0.9 else 0.05 if share > 0.5 else 0.25
+        """Seconds until the next look: no longer than the fastest fill takes to use up the
+        memory left before the guard acts."""
+        room = self.limit - self.reserve - used
+        return min(LOOK_S[1], max(LOOK_S[0], room / FILL_RATE))
 
     def check(self) -> tuple[int, Victim | None]:
         """One look: returns memory in use and the process killed, if one was."""
