@@ -1,11 +1,12 @@
-"""A client that stops reading a process's output, then leaves: what envd had not yet sent
-waits in the process's backlog for the next ``Connect`` (docs/envd.md), instead of piling up
-in the stream's own buffer (without bound) and going with it."""
+"""A client that stops reading a process's output holds the process back, as a full pipe
+would, instead of envd's memory growing with all it prints; when it leaves, what envd had not
+yet sent waits in the process's backlog for the next ``Connect`` (docs/envd.md)."""
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 import struct
 import time
 from collections.abc import Callable, Iterator
@@ -43,12 +44,12 @@ def test_output_a_client_never_read_reaches_the_next_connect(
         timeout=30,
     ) as stream:  # fmt: skip
         pid = _first_message(stream.iter_raw(1024))["event"]["start"]["pid"]
-        deadline = time.monotonic() + 30
-        while sandbox.commands.run(f"test -e {done} && echo y || echo n").stdout.strip() != "y":
-            assert time.monotonic() < deadline, "the process never finished printing"
-            time.sleep(0.2)
-        time.sleep(2)  # (envd has long read it all: it waits for this client meanwhile)
-    time.sleep(0.5)  # (the stream has ended: its client left)
+        time.sleep(2)  # (the process printed what envd would take meanwhile)
+    # The client left: the process goes on printing, into the backlog.
+    deadline = time.monotonic() + 30
+    while sandbox.commands.run(f"test -e {done} && echo y || echo n").stdout.strip() != "y":
+        assert time.monotonic() < deadline, "the process never finished printing"
+        time.sleep(0.2)
 
     again = sandbox.commands.connect(pid, timeout=0)
     got: list[str] = []
@@ -68,12 +69,66 @@ def test_output_a_client_never_read_reaches_the_next_connect(
     assert numbers[-1] < 7 * 1024
 
 
-def _first_message(chunks: Iterator[bytes]) -> dict[str, Any]:
-    """The first Connect envelope's JSON, read off the stream and nothing much after it."""
+def test_a_client_that_stops_reading_holds_the_process_back_and_then_gets_every_byte(
+    envd_factory: Callable[..., EnvdProcess], sandbox_user: str
+) -> None:
+    envd = envd_factory("--standby-shells", "0")
+    done = f"/tmp/emberbox-held-{time.monotonic_ns()}"
+    total = 64 * 1024  # numbered 1 KiB lines: 64 MiB, which the process prints in well under 1 s
+    lines = f"[sys.stdout.write('%08d%s\\n' % (i, 'x' * 1015)) for i in range({total})]"
+    cmd = f'python3 -c "import sys; {lines}"; touch {done}'
+    body = json.dumps({"process": {"cmd": "/bin/bash", "args": ["-l", "-c", cmd]}}).encode()
+    with httpx.stream(
+        "POST",
+        f"{envd.url}/process.Process/Start",
+        content=struct.pack(">BI", 0, len(body)) + body,
+        headers={"Content-Type": "application/connect+json",
+                 "Authorization": "Basic " + base64.b64encode(b"user:").decode()},
+        timeout=60,
+    ) as stream:  # fmt: skip
+        messages = _messages(stream.iter_raw(64 * 1024))
+        assert "start" in next(messages)[1]["event"]
+        rss_before = _rss(envd.process.pid)
+        time.sleep(3)  # the client reads nothing
+        assert not os.path.exists(done), "the process printed it all to a client not reading"
+        assert _rss(envd.process.pid) - rss_before < 32 * MIB
+        # It reads on: every line comes, in order, and then the end.
+        text, end = _read_to_end(messages)
+    assert end == {}, end
+    numbers = [int(line[:8]) for line in text.splitlines()]
+    assert numbers == list(range(total))
+    assert os.path.exists(done)
+    os.unlink(done)
+
+
+def _rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        kb = next(line for line in f if line.startswith("VmRSS:")).split()[1]
+    return int(kb) * 1024
+
+
+def _messages(chunks: Iterator[bytes]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Each Connect envelope's flags and JSON, as they come off the stream."""
     seen = b""
     for chunk in chunks:
         seen += chunk
-        if len(seen) >= 5 and len(seen) >= 5 + struct.unpack(">I", seen[1:5])[0]:
-            message: dict[str, Any] = json.loads(seen[5 : 5 + struct.unpack(">I", seen[1:5])[0]])
-            return message
+        while len(seen) >= 5 and len(seen) >= 5 + struct.unpack(">I", seen[1:5])[0]:
+            flags, size = struct.unpack(">BI", seen[:5])
+            yield flags, json.loads(seen[5 : 5 + size])
+            seen = seen[5 + size :]
+
+
+def _first_message(chunks: Iterator[bytes]) -> dict[str, Any]:
+    for _, message in _messages(chunks):
+        return message
     raise AssertionError("the stream ended before its first message")
+
+
+def _read_to_end(messages: Iterator[tuple[int, dict[str, Any]]]) -> tuple[str, dict[str, Any]]:
+    """The stdout of the messages left, and the end-of-stream frame's JSON."""
+    out = bytearray()
+    for flags, message in messages:
+        if flags & 2:
+            return out.decode(), message
+        out += base64.b64decode(message["event"].get("data", {}).get("stdout", ""))
+    raise AssertionError("the stream ended without its end frame")

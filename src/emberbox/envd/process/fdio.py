@@ -61,6 +61,15 @@ class FdReader:
             self.close()
         return bool(chunks) and not eof
 
+    def pause(self) -> None:
+        """Stop reading for now: the writer blocks once the pipe (or terminal) is full."""
+        if not self.closed:
+            self._loop.remove_reader(self.fd)
+
+    def resume(self) -> None:
+        if not self.closed:
+            self._loop.add_reader(self.fd, self._readable)
+
     def drain_and_close(self) -> None:
         """Take what is buffered now and stop; used when the process has exited. Read until
         nothing is left: one pass stops at a short read, and a PTY master hands out ~4 KiB a

@@ -36,6 +36,10 @@ log = logging.getLogger("emberbox.envd.process")
 
 RETAIN_EXITED_S = 30.0  # a late Connect still gets start + end (protocol notes §2.4)
 BACKLOG_LIMIT = 8 * 1024 * 1024  # output kept for a client that connects later
+# A follower this far behind holds the process back (its output fds go unread, so its writes
+# block as they would on a full pipe) until every follower is down to FEED_RESUME.
+FEED_HOLD = 4 * 1024 * 1024
+FEED_RESUME = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -67,9 +71,28 @@ Event = Output | Exit | Detached
 
 class Feed(asyncio.Queue[Event]):
     """What one follower of a process has yet to take, in order, all of it: a client slower
-    than the process (``cat big.log`` over a slow link) must get every byte. Unbounded: one
-    that stops reading while it stays connected grows it (bounding it needs the process
-    slowed, its output fds left unread while a follower is behind; not done yet)."""
+    than the process (``cat big.log`` over a slow link) must get every byte. Its output bytes
+    are counted: past FEED_HOLD the process is held back (:meth:`ManagedProcess._publish`),
+    and ``on_caught_up`` is called as a take brings them down to FEED_RESUME."""
+
+    def __init__(self, on_caught_up: Callable[[], None] = lambda: None) -> None:
+        super().__init__()
+        self.bytes = 0
+        self._on_caught_up = on_caught_up
+
+    def _put(self, item: Event) -> None:
+        super()._put(item)
+        if isinstance(item, Output):
+            self.bytes += len(item.data)
+
+    def _get(self) -> Event:
+        item = super()._get()
+        if isinstance(item, Output):
+            was = self.bytes
+            self.bytes -= len(item.data)
+            if was > FEED_RESUME >= self.bytes:
+                self._on_caught_up()
+        return item
 
 
 def _set_controlling_tty() -> None:  # runs in the child between fork and exec
@@ -111,6 +134,7 @@ class ManagedProcess:
         self._backlog: collections.deque[Output] = collections.deque()
         self._backlog_bytes = 0
         self._readers: list[FdReader] = []
+        self._held = False  # its output fds go unread: a follower is behind (see Feed)
         self._deadline: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
         self._exit_fd = exit_fd(self.pid)
@@ -124,6 +148,10 @@ class ManagedProcess:
         if self._subscribers:
             for queue in self._subscribers:
                 queue.put_nowait(event)
+            if not self._held and any(q.bytes > FEED_HOLD for q in self._subscribers):
+                self._held = True
+                for reader in self._readers:
+                    reader.pause()
             return
         self._backlog.append(event)
         self._backlog_bytes += len(event.data)
@@ -133,9 +161,16 @@ class ManagedProcess:
         while self._backlog_bytes > BACKLOG_LIMIT and self._backlog:
             self._backlog_bytes -= len(self._backlog.popleft().data)
 
+    def _release_if_caught_up(self) -> None:
+        """Read the process's output again once no follower is behind any more."""
+        if self._held and all(q.bytes <= FEED_RESUME for q in self._subscribers):
+            self._held = False
+            for reader in self._readers:
+                reader.resume()
+
     def subscribe(self) -> Feed:
         """A queue that first receives output nobody has seen yet, then live events."""
-        queue = Feed()
+        queue = Feed(self._release_if_caught_up)
         while self._backlog:
             queue.put_nowait(self._backlog.popleft())
         self._backlog_bytes = 0
@@ -150,6 +185,7 @@ class ManagedProcess:
         the next Connect still reads it."""
         if queue in self._subscribers:
             self._subscribers.remove(queue)
+            self._release_if_caught_up()  # (a follower that left holds nothing back)
         elif queue in self._detached:  # (cut before it sent what it held: older than the
             self._detached.remove(queue)  # backlog's, so it goes first)
         else:
@@ -171,6 +207,7 @@ class ManagedProcess:
         for queue in followers:
             queue.put_nowait(Detached())
         self._detached += followers
+        self._release_if_caught_up()  # (its output goes to the backlog meanwhile)
         return len(followers)
 
     # -- lifecycle -------------------------------------------------------------------------
