@@ -151,9 +151,12 @@ def _stdout_of(chunks: list[bytes]) -> bytes:
 
 
 async def _stream(app: Any, path: str, request: dict[str, Any], timeout_ms: int = 0,
-                  pace_s: float = 0.0, breaks_after: int | None = None) -> list[bytes]:  # fmt: skip
+                  pace_s: float = 0.0, breaks_after: int | None = None,
+                  leaves_after: int | None = None) -> list[bytes]:  # fmt: skip
     """A streaming call's body chunks as its client got them: reading one each ``pace_s``,
-    gone (a write fails) after ``breaks_after`` of them."""
+    gone (a write fails) after ``breaks_after`` of them, or gone uvicorn's way after
+    ``leaves_after``: the next write waits for room, the client leaves meanwhile, and that
+    write and every later one return without a word (receive tells of the disconnect)."""
     import json
     import struct
 
@@ -161,17 +164,23 @@ async def _stream(app: Any, path: str, request: dict[str, Any], timeout_ms: int 
     asked = [{"type": "http.request", "body": struct.pack(">BI", 0, len(body)) + body}]
     got: list[bytes] = []
 
+    gone = asyncio.Event()
+
     async def receive() -> dict[str, Any]:
         if asked:
             return asked.pop()
-        await asyncio.Event().wait()
-        raise AssertionError
+        await gone.wait()
+        return {"type": "http.disconnect"}
 
     async def send(message: dict[str, Any]) -> None:
-        if message["type"] != "http.response.body":
+        if message["type"] != "http.response.body" or gone.is_set():
             return
         if breaks_after is not None and len(got) >= breaks_after:
             raise OSError("the client went away")
+        if leaves_after is not None and len(got) >= leaves_after:
+            gone.set()  # (as uvicorn's connection_lost: the receive wakes, then this write)
+            await asyncio.sleep(0)
+            return
         got.append(message.get("body", b""))
         await asyncio.sleep(pace_s)
 
@@ -182,7 +191,7 @@ async def _stream(app: Any, path: str, request: dict[str, Any], timeout_ms: int 
     return got
 
 
-@pytest.mark.parametrize("ends", ["deadline", "client gone"])
+@pytest.mark.parametrize("ends", ["deadline", "client gone", "client gone quietly"])
 async def test_a_connect_that_ends_leaves_the_next_one_exactly_where_it_stopped(
     ends: str,
 ) -> None:
@@ -208,8 +217,10 @@ async def test_a_connect_that_ends_leaves_the_next_one_exactly_where_it_stopped(
     try:
         if ends == "deadline":
             first = await _stream(app, "/process.Process/Connect", connect, 700, pace_s=0.05)
-        else:
+        elif ends == "client gone":
             first = await _stream(app, "/process.Process/Connect", connect, breaks_after=20)
+        else:
+            first = await _stream(app, "/process.Process/Connect", connect, leaves_after=20)
         await asyncio.sleep(0.5)  # (the process prints on meanwhile)
         second = await _stream(app, "/process.Process/Connect", connect, 1000)
     finally:

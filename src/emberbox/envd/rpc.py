@@ -305,9 +305,12 @@ class ConnectApp:
             except BaseException as exc:  # handed to the consumer, which decides
                 queue.put_nowait(exc)
 
+        gone = asyncio.Event()
+
         async def watch_disconnect() -> None:
             while (await receive())["type"] != "http.disconnect":
                 pass
+            gone.set()
             queue.put_nowait(_DISCONNECTED)
 
         loop = asyncio.get_running_loop()
@@ -346,6 +349,12 @@ class ConnectApp:
                         break
                     item = queue.get_nowait()
                 await self._send_chunk(send, bytes(batch))
+                # uvicorn does not raise for a client gone: a write waiting for room when it
+                # left, or made after, returns as if written. Its disconnect is told to the
+                # receive first, so one turn of the loop later ``gone`` says which it was.
+                await asyncio.sleep(0)
+                if gone.is_set():
+                    raise OSError("client disconnected")
                 sent += count
         except OSError:  # the client is gone: what it never got is the handler's again
             ctx.unsent = taken - sent
