@@ -258,3 +258,32 @@ async def test_a_stream_whose_client_left_has_let_go_of_its_process_when_it_retu
     finally:
         process.signal(9)
         await asyncio.sleep(0.1)
+
+
+async def test_output_sent_with_the_end_to_a_client_already_gone_reaches_the_next_connect() -> None:
+    """The last messages of a stream leave with its end frame, after its handler is done:
+    a client gone by then (uvicorn's way, without a word) leaves them to the next Connect."""
+    from emberbox.envd.process.manager import ProcessManager
+    from emberbox.envd.process.service import ProcessService
+    from emberbox.envd.rpc import ConnectApp
+    from emberbox.envd.state import EnvdState
+
+    manager = ProcessManager(EnvdState(standby_shells=0))
+    app = ConnectApp(ProcessService(manager.state, manager).methods())
+    start = {"process": {"cmd": "/bin/bash", "args": ["-c", "sleep 30"]}, "stdin": False}
+    started = asyncio.create_task(_stream(app, "/process.Process/Start", start))
+    while not manager.list():  # noqa: ASYNC110 - the manager's own list
+        await asyncio.sleep(0.01)
+    (process,) = manager.list()
+    started.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await started
+    for n in range(3):
+        process._publish(Output("stdout", b"%d\n" % n))
+    process.signal(9)
+    await process.finished.wait()
+    connect = {"process": {"pid": process.pid}}
+    # Output and exit are all taken before the first write: they go with the end frame.
+    assert await _stream(app, "/process.Process/Connect", connect, leaves_after=0) == []
+    again = await _stream(app, "/process.Process/Connect", connect)
+    assert _stdout_of(again) == b"0\n1\n2\n"

@@ -36,7 +36,7 @@ from ..vocabulary import whole_number
 log = logging.getLogger("emberbox.envd.rpc")
 PUMP_AHEAD = 16  # messages of a stream taken from its handler and not yet sent
 # The most a stream's client can leave unsent when it goes: a batch being written, and what
-# its handler gave meanwhile (``RpcContext.unsent``).
+# its handler gave meanwhile (``RpcContext.give_back``).
 MAX_UNSENT = 2 * PUMP_AHEAD + 2
 
 DEFAULT_KEEPALIVE_S = 90.0
@@ -57,10 +57,11 @@ class RpcContext:
     headers: Headers
     deadline: float | None  # event-loop time, None when the client set no timeout
     keepalive_interval: float
-    # Set when a stream's client went away: how many of the last messages its handler
-    # yielded never reached it, told before the handler is closed so it can keep them for
-    # the next caller (a process's output, for the next Connect).
-    unsent: int = 0
+    # Set by a stream's handler: called, when the client went away, with how many of the last
+    # messages the handler yielded never reached it, so it can keep them for the next caller
+    # (a process's output, for the next Connect). Called before the handler is closed, or
+    # after it ended: its last messages leave with the end frame.
+    give_back: Callable[[int], None] | None = None
 
     def remaining(self) -> float | None:
         if self.deadline is None:
@@ -145,17 +146,18 @@ def _keepalive(headers: Headers) -> float:
     return value if value > 0 else DEFAULT_KEEPALIVE_S
 
 
-def _ready_messages(first: object, queue: asyncio.Queue[Any]) -> bytes:
-    """``first`` and the messages queued after it, as envelopes (up to the first thing in
-    the queue that is not a message: the stream's end, or its client gone)."""
-    out = bytearray()
+def _ready_messages(first: object, queue: asyncio.Queue[Any]) -> tuple[bytes, int]:
+    """``first`` and the messages queued after it, as envelopes, and how many (up to the
+    first thing in the queue that is not a message: the stream's end, or its client gone)."""
+    out, count = bytearray(), 0
     item = first
     while isinstance(item, Message):
         out += encode_envelope(encode_json(item))
+        count += 1
         if queue.empty():
             break
         item = queue.get_nowait()
-    return bytes(out)
+    return bytes(out), count
 
 
 def _end_stream(err: ConnectError | None) -> bytes:
@@ -260,18 +262,12 @@ class ConnectApp:
                 "headers": [(b"content-type", _STREAM_CT.encode())],
             }
         )
-        tail = b""
-        try:
-            if request is not None:
-                error, tail = await self._pump(
-                    method, method.handler(request, ctx), ctx, receive, send
-                )
-        except ConnectError as err:
-            error = err
-        except OSError:
-            return  # the client went away while we wrote; nobody is left to tell
-        with contextlib.suppress(OSError):
-            await send({"type": "http.response.body", "body": tail + _end_stream(error)})
+        if request is None:
+            with contextlib.suppress(OSError):
+                await send({"type": "http.response.body", "body": _end_stream(error)})
+            return
+        with contextlib.suppress(OSError):  # (the client went away: nobody is left to tell)
+            await self._pump(method, method.handler(request, ctx), ctx, receive, send)
 
     async def _pump(
         self,
@@ -280,11 +276,10 @@ class ConnectApp:
         ctx: RpcContext,
         receive: Receive,
         send: Send,
-    ) -> tuple[ConnectError | None, bytes]:
+    ) -> None:
         """Forward handler messages as envelopes, interleaving keepalives, until done or gone.
 
-        Messages that are ready together leave in one write; the last batch is returned so the
-        caller can send it with the end-of-stream frame.
+        Messages that are ready together leave in one write.
         """
         queue: asyncio.Queue[Message | BaseException | _Disconnected | _Finished] = asyncio.Queue()
         taken = sent = 0  # messages the handler yielded; those written to the client
@@ -313,6 +308,25 @@ class ConnectApp:
             gone.set()
             queue.put_nowait(_DISCONNECTED)
 
+        async def write(body: bytes, count: int) -> None:
+            nonlocal sent
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+            # uvicorn does not raise for a client gone: a write waiting for room when it
+            # left, or made after, returns as if written. Its disconnect is told to the
+            # receive first, so one turn of the loop later ``gone`` says which it was.
+            await asyncio.sleep(0)
+            if gone.is_set():
+                raise OSError("client disconnected")
+            sent += count
+
+        async def finish(error: ConnectError | None, tail: bytes = b"", count: int = 0) -> None:
+            """The last messages, then the end frame on its own: once the response is
+            complete, uvicorn tells the receive "disconnect" too, so only what comes before
+            it can be known to have reached the client."""
+            if tail:
+                await write(tail, count)
+            await send({"type": "http.response.body", "body": _end_stream(error)})
+
         loop = asyncio.get_running_loop()
         tasks = [asyncio.create_task(produce()), asyncio.create_task(watch_disconnect())]
         try:
@@ -327,43 +341,38 @@ class ConnectApp:
                     if ctx.deadline is not None and loop.time() >= ctx.deadline:
                         error = ConnectError(Code.DEADLINE_EXCEEDED, "deadline exceeded")
                         # (a message can arrive as the wait is cut: it is the client's too)
-                        ready = _ready_messages(queue.get_nowait(), queue) if queue.qsize() else b""
-                        return error, ready
+                        late = queue.get_nowait() if queue.qsize() else None
+                        await finish(error, *_ready_messages(late, queue))
+                        return
                     if method.keepalive is not None:
-                        await self._send_chunk(
-                            send, encode_envelope(encode_json(method.keepalive()))
-                        )
+                        await write(encode_envelope(encode_json(method.keepalive())), 0)
                     continue
                 if ctx.deadline is not None and loop.time() >= ctx.deadline:
-                    # What the handler gave is still the client's: sent with the end.
+                    # What the handler gave is still the client's: sent before the end.
                     error = ConnectError(Code.DEADLINE_EXCEEDED, "deadline exceeded")
-                    return error, _ready_messages(item, queue)
+                    await finish(error, *_ready_messages(item, queue))
+                    return
                 batch, count = bytearray(), 0
                 while True:
                     if not isinstance(item, Message):
-                        return self._outcome(item), bytes(batch)
+                        await finish(self._outcome(item), bytes(batch), count)
+                        return
                     room.release()
                     batch += encode_envelope(encode_json(item))
                     count += 1
                     if queue.empty():
                         break
                     item = queue.get_nowait()
-                await self._send_chunk(send, bytes(batch))
-                # uvicorn does not raise for a client gone: a write waiting for room when it
-                # left, or made after, returns as if written. Its disconnect is told to the
-                # receive first, so one turn of the loop later ``gone`` says which it was.
-                await asyncio.sleep(0)
-                if gone.is_set():
-                    raise OSError("client disconnected")
-                sent += count
-        except OSError:  # the client is gone: what it never got is the handler's again
-            ctx.unsent = taken - sent
-            raise
+                await write(bytes(batch), count)
         finally:
             for task in tasks:
                 task.cancel()
             with contextlib.suppress(BaseException):
                 await asyncio.gather(*tasks, return_exceptions=True)
+            # What the client never got is the handler's again: it left, or the deadline's
+            # end went out while the handler gave more.
+            if ctx.give_back is not None and taken > sent:
+                ctx.give_back(taken - sent)
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
                 with contextlib.suppress(BaseException):
@@ -382,10 +391,6 @@ class ConnectApp:
             return ConnectError(Code.CANCELED, "canceled")
         log.error("stream handler failed", exc_info=item)
         return ConnectError(Code.INTERNAL, str(item) or type(item).__name__)
-
-    @staticmethod
-    async def _send_chunk(send: Send, body: bytes) -> None:
-        await send({"type": "http.response.body", "body": body, "more_body": True})
 
     async def _client_stream(
         self, method: RpcMethod, headers: Headers, receive: Receive, send: Send

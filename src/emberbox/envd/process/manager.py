@@ -182,13 +182,14 @@ class ManagedProcess:
     def unsubscribe(self, queue: Feed, unsent: Sequence[Output] = ()) -> None:
         """A follower that leaves with output it never took (its client went away), or took
         and never sent (``unsent``), gives it back to the backlog when nobody else got it, so
-        the next Connect still reads it."""
+        the next Connect still reads it. ``unsent`` may come after the follower has left
+        (its stream's last messages leave after its handler ended)."""
         if queue in self._subscribers:
             self._subscribers.remove(queue)
             self._release_if_caught_up()  # (a follower that left holds nothing back)
         elif queue in self._detached:  # (cut before it sent what it held: older than the
             self._detached.remove(queue)  # backlog's, so it goes first)
-        else:
+        elif not unsent:
             return
         if self._subscribers:
             return

@@ -96,9 +96,16 @@ class ProcessService:
     async def _follow(
         self, process: ManagedProcess, queue: Feed, ctx: RpcContext
     ) -> AsyncGenerator[pb.ProcessEvent, None]:
-        # What was yielded lately: a client gone before it got the last ``ctx.unsent`` of
-        # them leaves that output to the next Connect, not lost between the two.
+        # What was yielded lately: a client gone before it got the last few of them leaves
+        # that output to the next Connect, not lost between the two (``ctx.give_back``, also
+        # after this ended: its last messages leave after it).
         given: collections.deque[Output | None] = collections.deque(maxlen=MAX_UNSENT)
+
+        def give_back(unsent: int) -> None:
+            lost = list(given)[max(0, len(given) - unsent) :]
+            process.unsubscribe(queue, unsent=[e for e in lost if e is not None])
+
+        ctx.give_back = give_back
         try:
             given.append(None)  # (the start event)
             yield pb.ProcessEvent(start=pb.ProcessEvent.StartEvent(pid=process.pid))
@@ -111,8 +118,7 @@ class ProcessService:
                 if isinstance(event, Exit):
                     return
         finally:
-            unsent = list(given)[len(given) - ctx.unsent :] if ctx.unsent else []
-            process.unsubscribe(queue, unsent=[e for e in unsent if e is not None])
+            process.unsubscribe(queue)
 
     async def list(self, request: pb.ListRequest, ctx: RpcContext) -> pb.ListResponse:
         return pb.ListResponse(processes=[p.info() for p in self.manager.list()])
