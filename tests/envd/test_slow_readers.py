@@ -4,18 +4,35 @@ yet sent waits in the process's backlog for the next ``Connect`` (docs/envd.md).
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import json
 import os
+import pwd
 import struct
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from e2b import Sandbox
 
+from emberbox._connect.errors import ConnectError
+from emberbox._proto.process import process_pb2 as pb
+from emberbox.envd.process.fdio import READ_LIMIT
+from emberbox.envd.process.manager import (
+    FEED_HOLD,
+    Exit,
+    Feed,
+    ManagedProcess,
+    Output,
+    ProcessManager,
+)
+from emberbox.envd.state import EnvdState
+from emberbox.envd.users import User
 from tests.conftest import EnvdProcess
 
 MIB = 1 << 20
@@ -99,6 +116,73 @@ def test_a_client_that_stops_reading_holds_the_process_back_and_then_gets_every_
     assert numbers == list(range(total))
     assert os.path.exists(done)
     os.unlink(done)
+
+
+async def _started(command: str) -> tuple[ManagedProcess, Feed]:
+    manager = ProcessManager(EnvdState(standby_shells=0))
+    config = pb.ProcessConfig(cmd="/bin/bash", args=["-c", command])
+    return await manager.start(
+        config, User.lookup(pwd.getpwuid(os.geteuid()).pw_name), pty=None, stdin=False, tag=None
+    )
+
+
+async def _until(condition: Callable[[], bool], what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.02)
+
+
+async def test_a_writer_as_fast_as_envd_is_held_within_one_read_of_the_limit() -> None:
+    """``head`` refills the pipe as fast as envd empties it: one wake-up used to read all it
+    wrote (tens of MiB) before the hold could act."""
+    process, feed = await _started("head -c 256M /dev/zero")
+    try:
+        await _until(lambda: process._held, "never held")
+        await asyncio.sleep(0.5)  # (a reader not paused would go on)
+        assert FEED_HOLD < feed.bytes <= FEED_HOLD + READ_LIMIT
+        assert process.running
+        got = 0
+        while not isinstance(event := await feed.get(), Exit):
+            assert isinstance(event, Output)
+            got += len(event.data)
+            assert feed.bytes <= FEED_HOLD + READ_LIMIT
+        assert (got, event.exit_code) == (256 << 20, 0)
+    finally:
+        with contextlib.suppress(ConnectError):
+            process.signal(9)
+
+
+async def test_a_held_process_that_exits_leaves_its_daemon_held_too(tmp_path: Path) -> None:
+    """What the process left in the pipe is read at its exit; a daemon that inherited the
+    pipe and writes on is not read into a follower that is not reading."""
+    pid_file = tmp_path / "daemon.pid"
+    command = f"setsid head -c 256M /dev/zero & echo $! > {pid_file}; sleep 0.3; exit 3"
+    process, feed = await _started(command)
+    try:
+        await _until(lambda: process._held, "never held")
+        await process.finished.wait()
+        assert feed.bytes <= FEED_HOLD + 2 * READ_LIMIT
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int(pid_file.read_text()), 9)
+
+
+async def test_the_follower_behind_leaving_lets_the_process_go_on_for_the_other() -> None:
+    process, behind = await _started("head -c 64M /dev/zero")
+    try:
+        await _until(lambda: process._held, "never held")
+        reading = process.subscribe()
+        process.unsubscribe(behind)
+        got = 0
+        while not isinstance(event := await reading.get(), Exit):
+            assert isinstance(event, Output)
+            got += len(event.data)
+        assert 0 < got < 64 << 20  # all printed since it came (before that: the other's)
+        assert event.exit_code == 0
+    finally:
+        with contextlib.suppress(ConnectError):
+            process.signal(9)
 
 
 def _rss(pid: int) -> int:

@@ -9,7 +9,10 @@ import os
 from collections.abc import Callable
 
 READ_CHUNK = 64 * 1024
-DRAIN_READS = 4096  # at most ~256 MiB read after a process's exit
+# The most one wake-up reads: a writer as fast as envd (on another CPU) never leaves a short
+# read, and all it wrote would be taken before anyone could hold it back, the loop stalled.
+READ_LIMIT = 1024 * 1024
+DRAIN_READS = 256  # at most ~256 MiB read after a process's exit
 
 
 def set_nonblocking(fd: int) -> None:
@@ -17,9 +20,10 @@ def set_nonblocking(fd: int) -> None:
 
 
 def read_available(fd: int) -> tuple[list[bytes], bool]:
-    """Everything readable right now, and whether the writer side is gone (EOF / PTY EIO)."""
+    """What is readable right now, up to READ_LIMIT, and whether the writer side is gone
+    (EOF / PTY EIO)."""
     chunks: list[bytes] = []
-    while True:
+    for _ in range(READ_LIMIT // READ_CHUNK):
         try:
             data = os.read(fd, READ_CHUNK)
         except BlockingIOError:
@@ -33,6 +37,7 @@ def read_available(fd: int) -> tuple[list[bytes], bool]:
         chunks.append(data)
         if len(data) < READ_CHUNK:
             return chunks, False
+    return chunks, False
 
 
 class FdReader:
@@ -70,13 +75,14 @@ class FdReader:
         if not self.closed:
             self._loop.add_reader(self.fd, self._readable)
 
-    def drain_and_close(self) -> None:
+    def drain_and_close(self, more: Callable[[], bool] = lambda: True) -> None:
         """Take what is buffered now and stop; used when the process has exited. Read until
         nothing is left: one pass stops at a short read, and a PTY master hands out ~4 KiB a
         read, so what a process printed just before it exited was cut off. (Bounded: a
-        daemon the process left may still be writing.)"""
+        daemon the process left may still be writing; ``more`` says whether to read on after
+        the first pass, which takes what the process itself left.)"""
         for _ in range(DRAIN_READS):
-            if self.closed or not self._readable():
+            if self.closed or not self._readable() or not more():
                 break
         self.close()
 

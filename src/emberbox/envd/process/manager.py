@@ -224,7 +224,7 @@ class ManagedProcess:
             if writer is not None:  # outlive the fd it waits on (the PTY's reader closes it)
                 writer.close()
         for reader in self._readers:  # readers own the output fds, the PTY master included
-            reader.drain_and_close()
+            reader.drain_and_close(more=lambda: not self._held)  # (a daemon's writes wait)
         self.exit = Exit(*describe(returncode))
         log.info("process %d ended: %s", self.pid, self.exit.status)
         for queue in self._subscribers:
