@@ -89,6 +89,33 @@ def test_the_guard_looks_again_before_the_fastest_fill_uses_up_what_is_left(limi
         assert wait * FILL_RATE <= room or wait == 0.01, (used, wait)
     # A big sandbox with plenty left is not woken more than four times a second.
     assert limit_mb < 1024 or guard.interval(limit // 8) == 0.25
+    # Several processes filling at once: the growth seen counts, twice over.
+    used = limit // 4
+    room = limit - guard.reserve - used
+    fast = 3 * FILL_RATE
+    expected = min(0.25, max(0.01, room / (2 * fast)))
+    assert guard.interval(used, growth=fast) == pytest.approx(expected)
+    assert limit_mb > 1024 or expected < guard.interval(used)
+
+
+async def test_the_guard_chooses_again_when_memory_grows_while_its_victim_is_gone(
+    tmp_path: Path,
+):
+    """Waiting for the victim's memory to come back is for memory being freed: memory that
+    grows meanwhile is another process filling it, which must not have the 2 s."""
+    limit = 256 * MiB
+    readings = iter(range(limit - 2 * MiB, 10 * limit, 8 * MiB))  # in use, growing
+    looks = 0
+
+    def meminfo() -> str:
+        nonlocal looks
+        looks += 1
+        return _meminfo(limit, limit - next(readings))
+
+    guard = OomGuard(protected=lambda: (), limit=limit, proc=str(tmp_path), read_meminfo=meminfo)
+    looks = 0
+    await guard._wait_released(pid=4242, timeout=2.0)  # (gone: no such process here)
+    assert looks <= 3
 
 
 # -- real sandboxes ----------------------------------------------------------------------------

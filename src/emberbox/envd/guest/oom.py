@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 # A guest process fills memory at up to ~1.5 GB/s (dd, Python's bytearray); this adds margin.
+# Several at once fill faster: then the growth seen between two looks counts, twice over.
 FILL_RATE = 2 << 30  # bytes per second
 LOOK_S = (0.01, 0.25)  # the shortest and longest time between two looks
 NEVER_KILL = -1000
@@ -110,11 +111,12 @@ class OomGuard:
         # Past MemTotal the sentry reports a bigger total, so count from what is left.
         return total - available
 
-    def interval(self, used: int) -> float:
-        """Seconds until the next look: no longer than the fastest fill takes to use up the
-        memory left before the guard acts."""
+    def interval(self, used: int, growth: float = 0.0) -> float:
+        """Seconds until the next look: no longer than the fastest fill (or twice the
+        ``growth`` in bytes per second seen lately) takes to use up the memory left before
+        the guard acts."""
         room = self.limit - self.reserve - used
-        return min(LOOK_S[1], max(LOOK_S[0], room / FILL_RATE))
+        return min(LOOK_S[1], max(LOOK_S[0], room / max(FILL_RATE, 2 * growth)))
 
     def check(self) -> tuple[int, Victim | None]:
         """One look: returns memory in use and the process killed, if one was."""
@@ -137,33 +139,49 @@ class OomGuard:
         )
         return used, victim
 
-    def _released(self, pid: int) -> bool:
+    def _gone(self, pid: int) -> bool:
         try:
             with open(f"{self.proc}/{pid}/stat") as f:
-                gone = f.read().rsplit(")", 1)[-1].split()[0] in ("Z", "X")
+                return f.read().rsplit(")", 1)[-1].split()[0] in ("Z", "X")
         except OSError:
-            gone = True
-        return gone and self.used() < self.limit - self.reserve
+            return True
 
     async def _wait_released(self, pid: int, timeout: float = 2.0) -> None:
         """Memory comes back only once the sentry has released the victim's address space,
         a little after the process is gone: wait for both before choosing again, or a
-        bystander dies for memory that is already being freed."""
+        bystander dies for memory that is already being freed. Unless memory grows while
+        the victim is gone: another process is filling it, and waiting on lets it run
+        past the host's limit."""
         deadline = time.monotonic() + timeout
+        low: int | None = None  # the least in use seen since the victim was gone
         while time.monotonic() < deadline:
-            if self._released(pid):
-                return
+            if self._gone(pid):
+                used = self.used()
+                if used < self.limit - self.reserve:
+                    return
+                if low is not None and used > low + self.reserve:
+                    return
+                low = used if low is None else min(low, used)
             await asyncio.sleep(0.005)
 
     async def run_forever(self) -> None:
         """On envd's event loop, not a thread of its own: a second thread woke four times a
         second and took the interpreter lock from request handling each time."""
+        last: tuple[float, int] | None = None  # when the last look was, and what it saw
         while True:
+            growth = 0.0
             try:
                 used, victim = self.check()
+                now = time.monotonic()
+                if last is not None and now > last[0]:
+                    growth = (used - last[1]) / (now - last[0])
+                last = (now, used)
                 if victim is not None:
                     await self._wait_released(victim.pid)
+                    last = None
             except (OSError, ValueError, KeyError) as exc:
                 print(f"emberbox-init: oom guard: {exc}", file=sys.stderr, flush=True)
-                used = 0
-            await asyncio.sleep(self.interval(used))
+                last = None
+                await asyncio.sleep(LOOK_S[1])
+                continue
+            await asyncio.sleep(self.interval(used, growth))
