@@ -312,8 +312,11 @@ class ConnectApp:
             nonlocal sent
             await send({"type": "http.response.body", "body": body, "more_body": True})
             # uvicorn does not raise for a client gone: a write waiting for room when it
-            # left, or made after, returns as if written. Its disconnect is told to the
-            # receive first, so one turn of the loop later ``gone`` says which it was.
+            # left, or made after, returns as if written; so does one made while asyncio
+            # carries the disconnect to the app, which takes two turns of the loop (the
+            # transport's ``call_soon(_call_connection_lost)``, then the receive's wake-up).
+            # Two turns later ``gone`` says whether this write went before it.
+            await asyncio.sleep(0)
             await asyncio.sleep(0)
             if gone.is_set():
                 raise OSError("client disconnected")
@@ -365,14 +368,15 @@ class ConnectApp:
                     item = queue.get_nowait()
                 await write(bytes(batch), count)
         finally:
+            # What the client never got is the handler's again: it left, or the deadline's
+            # end went out while the handler gave more. (Before anything else runs: the
+            # handler, closed below, must not let go of its process first.)
+            if ctx.give_back is not None and taken > sent:
+                ctx.give_back(taken - sent)
             for task in tasks:
                 task.cancel()
             with contextlib.suppress(BaseException):
                 await asyncio.gather(*tasks, return_exceptions=True)
-            # What the client never got is the handler's again: it left, or the deadline's
-            # end went out while the handler gave more.
-            if ctx.give_back is not None and taken > sent:
-                ctx.give_back(taken - sent)
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
                 with contextlib.suppress(BaseException):

@@ -1,0 +1,95 @@
+"""A stream's client that goes just as envd writes to it, over a real socket and real uvicorn
+(httptools): what the handler gave then is given back, never counted as sent. asyncio carries
+a disconnect to the app in two loop turns (``call_soon(_call_connection_lost)``, then the
+wake-up of the task waiting on the receive), and until then uvicorn's send still writes into a
+transport that drops it or fails without a word."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import struct
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from emberbox._proto.process import process_pb2 as pb
+from emberbox.envd.rpc import ConnectApp, Kind, RpcContext, RpcMethod
+
+CASES = {
+    "fin seen as the handler gives": True,
+    "rst seen as the handler gives": True,
+    "rst as the pump writes": True,
+    "client read it, then left": False,
+}
+
+
+@pytest.mark.parametrize("how", CASES)
+async def test_output_given_as_the_client_goes_is_given_back(how: str) -> None:
+    loop = asyncio.get_running_loop()
+    go = asyncio.Event()
+    given_back: list[int] = []
+    client: socket.socket | None = None
+
+    def leave(rst: bool) -> None:
+        assert client is not None
+        if rst:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()
+
+    async def handler(request: Any, ctx: RpcContext) -> AsyncIterator[pb.ConnectResponse]:
+        ctx.give_back = given_back.append
+        yield pb.ConnectResponse(event=pb.ProcessEvent(start=pb.ProcessEvent.StartEvent(pid=1)))
+        await go.wait()
+        if how == "rst as the pump writes":
+            leave(rst=True)  # (in the step that wakes the pump: it writes before any read)
+        data = pb.ProcessEvent.DataEvent(stdout=b"output that must not be lost")
+        yield pb.ConnectResponse(event=pb.ProcessEvent(data=data))
+        await asyncio.Event().wait()
+
+    method = RpcMethod(Kind.SERVER_STREAM, pb.ConnectRequest, handler)
+    config = Config(app=ConnectApp({"/process.Process/Connect": method}), http="httptools",
+                    ws="none", lifespan="off", log_level="warning")  # fmt: skip
+    config.load()
+    state = ServerState()
+    server = await loop.create_server(
+        lambda: HttpToolsProtocol(config, state, {}, loop), "127.0.0.1", 0
+    )
+    try:
+        client = socket.create_connection(server.sockets[0].getsockname()[:2])
+        client.setblocking(False)
+        payload = json.dumps({"process": {"pid": 1}}).encode()
+        body = struct.pack(">BI", 0, len(payload)) + payload
+        head = (b"POST /process.Process/Connect HTTP/1.1\r\nhost: x\r\n"
+                b"content-type: application/connect+json\r\n"
+                b"content-length: %d\r\n\r\n" % len(body))  # fmt: skip
+        await loop.sock_sendall(client, head + body)
+        got = b""
+        while b'"start"' not in got:
+            got += await loop.sock_recv(client, 65536)
+        await asyncio.sleep(0.05)
+        if how == "client read it, then left":
+            go.set()
+            while b'"data"' not in got:
+                got += await loop.sock_recv(client, 65536)
+            leave(rst=False)
+        elif how == "rst as the pump writes":
+            go.set()
+        else:
+            leave(rst=how.startswith("rst"))  # the server's socket has the FIN/RST now
+            go.set()  # the handler gives in the loop turn the server's reader sees it
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if not state.tasks:
+                break
+        assert not state.tasks, "the stream never ended"
+        assert given_back == ([1] if CASES[how] else [])
+    finally:
+        server.close()
+        if client is not None:
+            client.close()
