@@ -46,20 +46,10 @@ def test_output_a_client_never_read_reaches_the_next_connect(
     monkeypatch.setenv("E2B_SANDBOX_URL", envd.url)
     sandbox = Sandbox.create()
     done = f"/tmp/emberbox-slow-reader-{time.monotonic_ns()}"
-    # 7 MiB of numbered 1 KiB lines, then it waits: nobody reads them meanwhile.
-    lines = "[sys.stdout.write('%08d%s\\n' % (i, 'x' * 1015)) for i in range(7 * 1024)]"
-    cmd = f'python3 -c "import sys; {lines}"; touch {done}; sleep 60'
-    # A client that reads the start event, then nothing: the socket's buffers take what
-    # they can (the SDK's own client reads ahead into memory, which a raw one does not).
-    body = json.dumps({"process": {"cmd": "/bin/bash", "args": ["-l", "-c", cmd]}}).encode()
-    with httpx.stream(
-        "POST",
-        f"{envd.url}/process.Process/Start",
-        content=struct.pack(">BI", 0, len(body)) + body,
-        headers={"Content-Type": "application/connect+json",
-                 "Authorization": "Basic " + base64.b64encode(b"user:").decode()},
-        timeout=30,
-    ) as stream:  # fmt: skip
+    # 7 MiB of numbered 1 KiB lines, then it waits. A client that reads the start event,
+    # then nothing: the socket's buffers take what they can (the SDK's own client reads
+    # ahead into memory, which a raw one does not).
+    with _printing(envd, 7 * 1024, f"touch {done}; sleep 60") as stream:
         pid = _first_message(stream.iter_raw(1024))["event"]["start"]["pid"]
         time.sleep(2)  # (the process printed what envd would take meanwhile)
     # The client left: the process goes on printing, into the backlog.
@@ -92,17 +82,7 @@ def test_a_client_that_stops_reading_holds_the_process_back_and_then_gets_every_
     envd = envd_factory("--standby-shells", "0")
     done = f"/tmp/emberbox-held-{time.monotonic_ns()}"
     total = 64 * 1024  # numbered 1 KiB lines: 64 MiB, which the process prints in well under 1 s
-    lines = f"[sys.stdout.write('%08d%s\\n' % (i, 'x' * 1015)) for i in range({total})]"
-    cmd = f'python3 -c "import sys; {lines}"; touch {done}'
-    body = json.dumps({"process": {"cmd": "/bin/bash", "args": ["-l", "-c", cmd]}}).encode()
-    with httpx.stream(
-        "POST",
-        f"{envd.url}/process.Process/Start",
-        content=struct.pack(">BI", 0, len(body)) + body,
-        headers={"Content-Type": "application/connect+json",
-                 "Authorization": "Basic " + base64.b64encode(b"user:").decode()},
-        timeout=60,
-    ) as stream:  # fmt: skip
+    with _printing(envd, total, f"touch {done}") as stream:
         messages = _messages(stream.iter_raw(64 * 1024))
         assert "start" in next(messages)[1]["event"]
         rss_before = _rss(envd.process.pid)
@@ -168,6 +148,30 @@ async def test_a_held_process_that_exits_leaves_its_daemon_held_too(tmp_path: Pa
             os.kill(int(pid_file.read_text()), 9)
 
 
+async def test_a_held_terminal_s_last_output_is_read_at_its_exit() -> None:
+    """A PTY hands out ~4 KiB a read: the drain at exit reads on while a follower is behind,
+    up to what a terminal can hold, or the process's last lines were cut off."""
+    manager = ProcessManager(EnvdState(standby_shells=0))
+    command = "stty raw -echo; sleep 0.5; head -c 8000 /dev/zero | tr '\\0' a"
+    process, feed = await manager.start(
+        pb.ProcessConfig(cmd="/bin/bash", args=["-c", command]),
+        User.lookup(pwd.getpwuid(os.geteuid()).pw_name),
+        pty=pb.PTY(size=pb.PTY.Size(cols=80, rows=24)),
+        stdin=False,
+        tag=None,
+    )
+    await asyncio.sleep(0.3)  # (the terminal is raw; nothing printed yet)
+    process._held = True  # as a follower FEED_HOLD behind does
+    for reader in process._readers:
+        reader.pause()
+    await asyncio.wait_for(process.finished.wait(), 10)
+    got = b""
+    while not feed.empty():
+        if isinstance(event := feed.get_nowait(), Output):
+            got += event.data
+    assert got.count(b"a") == 8000
+
+
 async def test_the_follower_behind_leaving_lets_the_process_go_on_for_the_other() -> None:
     process, behind = await _started("head -c 64M /dev/zero")
     try:
@@ -183,6 +187,23 @@ async def test_the_follower_behind_leaving_lets_the_process_go_on_for_the_other(
     finally:
         with contextlib.suppress(ConnectError):
             process.signal(9)
+
+
+@contextlib.contextmanager
+def _printing(envd: EnvdProcess, lines: int, then: str) -> Iterator[httpx.Response]:
+    """A raw Start stream of a process printing ``lines`` numbered 1 KiB lines, then ``then``."""
+    code = f"[sys.stdout.write('%08d%s\\n' % (i, 'x' * 1015)) for i in range({lines})]"
+    cmd = f'python3 -c "import sys; {code}"; {then}'
+    body = json.dumps({"process": {"cmd": "/bin/bash", "args": ["-l", "-c", cmd]}}).encode()
+    with httpx.stream(
+        "POST",
+        f"{envd.url}/process.Process/Start",
+        content=struct.pack(">BI", 0, len(body)) + body,
+        headers={"Content-Type": "application/connect+json",
+                 "Authorization": "Basic " + base64.b64encode(b"user:").decode()},
+        timeout=60,
+    ) as stream:  # fmt: skip
+        yield stream
 
 
 def _rss(pid: int) -> int:

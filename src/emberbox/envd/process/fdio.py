@@ -54,8 +54,9 @@ class FdReader:
         set_nonblocking(fd)
         self._loop.add_reader(fd, self._readable)
 
-    def _readable(self) -> bool:
-        """Pass on what can be read now; whether more may follow (False at the end)."""
+    def _readable(self) -> int:
+        """Pass on what can be read now; how many bytes, 0 when no more may follow (the
+        end, or nothing there)."""
         try:
             chunks, eof = read_available(self.fd)
         except OSError:
@@ -64,7 +65,8 @@ class FdReader:
             self._on_data(chunk)
         if eof:
             self.close()
-        return bool(chunks) and not eof
+            return 0
+        return sum(map(len, chunks))
 
     def pause(self) -> None:
         """Stop reading for now: the writer blocks once the pipe (or terminal) is full."""
@@ -75,14 +77,15 @@ class FdReader:
         if not self.closed:
             self._loop.add_reader(self.fd, self._readable)
 
-    def drain_and_close(self, more: Callable[[], bool] = lambda: True) -> None:
+    def drain_and_close(self, more: Callable[[int], bool] = lambda taken: True) -> None:
         """Take what is buffered now and stop; used when the process has exited. Read until
         nothing is left: one pass stops at a short read, and a PTY master hands out ~4 KiB a
         read, so what a process printed just before it exited was cut off. (Bounded: a
-        daemon the process left may still be writing; ``more`` says whether to read on after
-        the first pass, which takes what the process itself left.)"""
+        daemon the process left may still be writing; ``more`` is asked, with the bytes
+        taken so far, whether to read on.)"""
+        taken = 0
         for _ in range(DRAIN_READS):
-            if self.closed or not self._readable() or not more():
+            if self.closed or not (read := self._readable()) or not more(taken := taken + read):
                 break
         self.close()
 

@@ -29,7 +29,7 @@ from ..state import EnvdState, default_path
 from ..users import User, resolve_path
 from .exit_fd import exit_fd
 from .exit_status import describe
-from .fdio import FdReader, FdWriter, set_nonblocking
+from .fdio import READ_LIMIT, FdReader, FdWriter, set_nonblocking
 from .standby import REFILL_AFTER_EXIT_S, REFILL_DELAY_S, Standby, StandbyPool, login_command
 
 log = logging.getLogger("emberbox.envd.process")
@@ -224,7 +224,9 @@ class ManagedProcess:
             if writer is not None:  # outlive the fd it waits on (the PTY's reader closes it)
                 writer.close()
         for reader in self._readers:  # readers own the output fds, the PTY master included
-            reader.drain_and_close(more=lambda: not self._held)  # (a daemon's writes wait)
+            # (While a follower is behind, at most what the process itself can have left
+            # in a pipe or terminal: a daemon that writes on is cut off.)
+            reader.drain_and_close(more=lambda taken: not self._held or taken < READ_LIMIT)
         self.exit = Exit(*describe(returncode))
         log.info("process %d ended: %s", self.pid, self.exit.status)
         for queue in self._subscribers:
