@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from emberbox.envd.guest.oom import FILL_RATE, OomGuard, count_kills, pick_victim
+from emberbox.envd.guest.oom import FILL_RATE, OVERRUN, OomGuard, count_kills, pick_victim
 from emberbox.envd_client.handshake import handshake
 from emberbox.host import cgroups
 from emberbox.runtimes.base import RuntimeSandbox, SandboxSpec
@@ -102,7 +102,8 @@ async def test_the_guard_chooses_again_when_memory_grows_while_its_victim_is_gon
     tmp_path: Path,
 ):
     """Waiting for the victim's memory to come back is for memory being freed: memory that
-    grows meanwhile is another process filling it, which must not have the 2 s."""
+    grows well past the limit meanwhile is another process filling it, which must not have
+    the 2 s (a little growth, a bystander's, waits on)."""
     limit = 256 * MiB
     readings = iter(range(limit - 2 * MiB, 10 * limit, 8 * MiB))  # in use, growing
     looks = 0
@@ -115,7 +116,7 @@ async def test_the_guard_chooses_again_when_memory_grows_while_its_victim_is_gon
     guard = OomGuard(protected=lambda: (), limit=limit, proc=str(tmp_path), read_meminfo=meminfo)
     looks = 0
     await guard._wait_released(pid=4242, timeout=2.0)  # (gone: no such process here)
-    assert looks <= 3
+    assert (OVERRUN + 2 * MiB) // (8 * MiB) <= looks <= (OVERRUN + 2 * MiB) // (8 * MiB) + 2
 
 
 # -- real sandboxes ----------------------------------------------------------------------------

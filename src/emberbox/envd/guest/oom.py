@@ -30,6 +30,9 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 # Several at once fill faster: then the growth seen between two looks counts, twice over.
 FILL_RATE = 2 << 30  # bytes per second
 LOOK_S = (0.01, 0.25)  # the shortest and longest time between two looks
+# Memory in use this far past MemTotal while a victim is gone is another process filling it,
+# on its way to the host's limit (which allows 256 MiB past it): the guard chooses again.
+OVERRUN = 64 << 20
 NEVER_KILL = -1000
 # Each kill is one line on PID 1's stderr, which lands in the sandbox's runsc log on the host:
 # that is how the host learns of kills the host kernel never saw.
@@ -149,19 +152,15 @@ class OomGuard:
     async def _wait_released(self, pid: int, timeout: float = 2.0) -> None:
         """Memory comes back only once the sentry has released the victim's address space,
         a little after the process is gone: wait for both before choosing again, or a
-        bystander dies for memory that is already being freed. Unless memory grows while
-        the victim is gone: another process is filling it, and waiting on lets it run
-        past the host's limit."""
+        bystander dies for memory that is already being freed. Unless memory in use goes
+        ``OVERRUN`` past the limit meanwhile: another process is filling it, and waiting on
+        would let it reach the host's limit."""
         deadline = time.monotonic() + timeout
-        low: int | None = None  # the least in use seen since the victim was gone
         while time.monotonic() < deadline:
             if self._gone(pid):
                 used = self.used()
-                if used < self.limit - self.reserve:
+                if used < self.limit - self.reserve or used > self.limit + OVERRUN:
                     return
-                if low is not None and used > low + self.reserve:
-                    return
-                low = used if low is None else min(low, used)
             await asyncio.sleep(0.005)
 
     async def run_forever(self) -> None:
