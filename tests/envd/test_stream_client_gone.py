@@ -25,6 +25,8 @@ CASES = {
     "fin seen as the handler gives": True,
     "rst seen as the handler gives": True,
     "rst as the pump writes": True,
+    "fin as the pump writes": True,
+    "fin polled with the pump's wake-up": True,
     "client read it, then left": False,
 }
 
@@ -46,8 +48,8 @@ async def test_output_given_as_the_client_goes_is_given_back(how: str) -> None:
         ctx.give_back = given_back.append
         yield pb.ConnectResponse(event=pb.ProcessEvent(start=pb.ProcessEvent.StartEvent(pid=1)))
         await go.wait()
-        if how == "rst as the pump writes":
-            leave(rst=True)  # (in the step that wakes the pump: it writes before any read)
+        if how.endswith("as the pump writes"):  # (in the step that wakes the pump: it
+            leave(rst=how.startswith("rst"))  # writes before the loop reads the socket)
         data = pb.ProcessEvent.DataEvent(stdout=b"output that must not be lost")
         yield pb.ConnectResponse(event=pb.ProcessEvent(data=data))
         await asyncio.Event().wait()
@@ -78,8 +80,12 @@ async def test_output_given_as_the_client_goes_is_given_back(how: str) -> None:
             while b'"data"' not in got:
                 got += await loop.sock_recv(client, 65536)
             leave(rst=False)
-        elif how == "rst as the pump writes":
+        elif how.endswith("as the pump writes"):
             go.set()
+        elif how == "fin polled with the pump's wake-up":
+            go.set()
+            await asyncio.sleep(0)  # the handler gives: the pump's wake-up is scheduled
+            leave(rst=False)  # the FIN is at the server's socket by the loop's next poll
         else:
             leave(rst=how.startswith("rst"))  # the server's socket has the FIN/RST now
             go.set()  # the handler gives in the loop turn the server's reader sees it

@@ -313,11 +313,12 @@ class ConnectApp:
             await send({"type": "http.response.body", "body": body, "more_body": True})
             # uvicorn does not raise for a client gone: a write waiting for room when it
             # left, or made after, returns as if written; so does one made while asyncio
-            # carries the disconnect to the app, which takes two turns of the loop (the
-            # transport's ``call_soon(_call_connection_lost)``, then the receive's wake-up).
-            # Two turns later ``gone`` says whether this write went before it.
-            await asyncio.sleep(0)
-            await asyncio.sleep(0)
+            # carries the disconnect to the app, which takes three turns of the loop (the
+            # transport reads the FIN or RST the poll found, runs after what was already
+            # scheduled, this write perhaps; then ``call_soon(_call_connection_lost)``; then
+            # the receive's wake-up). Three turns later ``gone`` says whether it came first.
+            for _ in range(3):
+                await asyncio.sleep(0)
             if gone.is_set():
                 raise OSError("client disconnected")
             sent += count
@@ -371,12 +372,15 @@ class ConnectApp:
             # What the client never got is the handler's again: it left, or the deadline's
             # end went out while the handler gave more. (Before anything else runs: the
             # handler, closed below, must not let go of its process first.)
-            if ctx.give_back is not None and taken > sent:
-                ctx.give_back(taken - sent)
-            for task in tasks:
-                task.cancel()
-            with contextlib.suppress(BaseException):
-                await asyncio.gather(*tasks, return_exceptions=True)
+            try:
+                if ctx.give_back is not None and taken > sent:
+                    ctx.give_back(taken - sent)
+            finally:
+                ctx.give_back = None  # (once: a second call would give the same twice)
+                for task in tasks:
+                    task.cancel()
+                with contextlib.suppress(BaseException):
+                    await asyncio.gather(*tasks, return_exceptions=True)
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
                 with contextlib.suppress(BaseException):
