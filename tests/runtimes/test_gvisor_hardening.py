@@ -118,6 +118,13 @@ async def test_the_guard_chooses_again_when_memory_grows_while_its_victim_is_gon
     await guard._wait_released(pid=4242, timeout=2.0)  # (gone: no such process here)
     assert (OVERRUN + 2 * MiB) // (8 * MiB) <= looks <= (OVERRUN + 2 * MiB) // (8 * MiB) + 2
 
+    # A kill that came late, past the limit by more than OVERRUN: memory not yet freed is no
+    # filler, and the wait goes on until it comes back.
+    readings = iter([limit + OVERRUN + 16 * MiB] * 20 + [limit // 2] * 5)
+    looks = 0
+    await guard._wait_released(pid=4242, timeout=2.0)
+    assert looks == 21
+
 
 # -- real sandboxes ----------------------------------------------------------------------------
 

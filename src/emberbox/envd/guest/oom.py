@@ -153,13 +153,18 @@ class OomGuard:
         """Memory comes back only once the sentry has released the victim's address space,
         a little after the process is gone: wait for both before choosing again, or a
         bystander dies for memory that is already being freed. Unless memory in use goes
-        ``OVERRUN`` past the limit meanwhile: another process is filling it, and waiting on
-        would let it reach the host's limit."""
+        ``OVERRUN`` past the limit, and past the least seen since the victim was gone (the
+        kill itself may have come late), meanwhile: another process is filling it, and
+        waiting on would let it reach the host's limit."""
         deadline = time.monotonic() + timeout
+        low: int | None = None
         while time.monotonic() < deadline:
             if self._gone(pid):
                 used = self.used()
-                if used < self.limit - self.reserve or used > self.limit + OVERRUN:
+                if used < self.limit - self.reserve:
+                    return
+                low = used if low is None else min(low, used)
+                if used > max(self.limit, low) + OVERRUN:
                     return
             await asyncio.sleep(0.005)
 

@@ -19,13 +19,13 @@ def set_nonblocking(fd: int) -> None:
     os.set_blocking(fd, False)
 
 
-def read_available(fd: int) -> tuple[list[bytes], bool]:
-    """What is readable right now, up to READ_LIMIT, and whether the writer side is gone
+def read_available(fd: int, limit: int = READ_LIMIT) -> tuple[list[bytes], bool]:
+    """What is readable right now, up to ``limit`` bytes, and whether the writer side is gone
     (EOF / PTY EIO)."""
     chunks: list[bytes] = []
-    for _ in range(READ_LIMIT // READ_CHUNK):
+    while limit > 0:
         try:
-            data = os.read(fd, READ_CHUNK)
+            data = os.read(fd, min(READ_CHUNK, limit))
         except BlockingIOError:
             return chunks, False
         except OSError as exc:
@@ -35,6 +35,7 @@ def read_available(fd: int) -> tuple[list[bytes], bool]:
         if not data:
             return chunks, True
         chunks.append(data)
+        limit -= len(data)
         if len(data) < READ_CHUNK:
             return chunks, False
     return chunks, False
@@ -54,11 +55,11 @@ class FdReader:
         set_nonblocking(fd)
         self._loop.add_reader(fd, self._readable)
 
-    def _readable(self) -> int:
-        """Pass on what can be read now; how many bytes, 0 when no more may follow (the
-        end, or nothing there)."""
+    def _readable(self, limit: int = READ_LIMIT) -> int:
+        """Pass on what can be read now, up to ``limit``; how many bytes, 0 when no more may
+        follow (the end, or nothing there)."""
         try:
-            chunks, eof = read_available(self.fd)
+            chunks, eof = read_available(self.fd, limit)
         except OSError:
             chunks, eof = [], True
         for chunk in chunks:
@@ -77,16 +78,18 @@ class FdReader:
         if not self.closed:
             self._loop.add_reader(self.fd, self._readable)
 
-    def drain_and_close(self, more: Callable[[int], bool] = lambda taken: True) -> None:
+    def drain_and_close(self, room: Callable[[int], int] = lambda taken: READ_LIMIT) -> None:
         """Take what is buffered now and stop; used when the process has exited. Read until
         nothing is left: one pass stops at a short read, and a PTY master hands out ~4 KiB a
         read, so what a process printed just before it exited was cut off. (Bounded: a
-        daemon the process left may still be writing; ``more`` is asked, with the bytes
-        taken so far, whether to read on.)"""
+        daemon the process left may still be writing; ``room`` tells, from the bytes taken
+        so far, how many more may be.)"""
         taken = 0
         for _ in range(DRAIN_READS):
-            if self.closed or not (read := self._readable()) or not more(taken := taken + read):
+            limit = min(READ_LIMIT, room(taken))
+            if self.closed or limit <= 0 or not (read := self._readable(limit)):
                 break
+            taken += read
         self.close()
 
     def close(self) -> None:

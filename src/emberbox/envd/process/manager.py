@@ -226,7 +226,7 @@ class ManagedProcess:
         for reader in self._readers:  # readers own the output fds, the PTY master included
             # (While a follower is behind, at most what the process itself can have left
             # in a pipe or terminal: a daemon that writes on is cut off.)
-            reader.drain_and_close(more=lambda taken: not self._held or taken < READ_LIMIT)
+            reader.drain_and_close(lambda taken: READ_LIMIT - taken if self._held else READ_LIMIT)
         self.exit = Exit(*describe(returncode))
         log.info("process %d ended: %s", self.pid, self.exit.status)
         for queue in self._subscribers:
