@@ -1,8 +1,9 @@
 """A stream's client that goes just as envd writes to it, over a real socket and real uvicorn
 (httptools): what the handler gave then is given back, never counted as sent. asyncio carries
-a disconnect to the app in two loop turns (``call_soon(_call_connection_lost)``, then the
-wake-up of the task waiting on the receive), and until then uvicorn's send still writes into a
-transport that drops it or fails without a word."""
+a disconnect to the app in up to three loop turns (the transport reads the FIN or RST after
+what was already scheduled, then ``call_soon(_call_connection_lost)``, then the wake-up of the
+task waiting on the receive), and until then uvicorn's send still writes into a transport that
+drops it or fails without a word."""
 
 from __future__ import annotations
 

@@ -124,6 +124,11 @@ async def test_the_guard_chooses_again_when_memory_grows_while_its_victim_is_gon
     looks = 0
     await guard._wait_released(pid=4242, timeout=2.0)
     assert looks == 21
+    # However late the kill, a filler is chosen again by MemTotal + 2 * OVERRUN.
+    readings = iter(range(limit + 2 * OVERRUN - 8 * MiB, 10 * limit, 4 * MiB))
+    looks = 0
+    await guard._wait_released(pid=4242, timeout=2.0)
+    assert looks == 4  # (past MemTotal + 128 MiB at the fourth)
 
 
 # -- real sandboxes ----------------------------------------------------------------------------

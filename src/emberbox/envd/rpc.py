@@ -381,10 +381,10 @@ class ConnectApp:
                     task.cancel()
                 with contextlib.suppress(BaseException):
                     await asyncio.gather(*tasks, return_exceptions=True)
-            aclose = getattr(stream, "aclose", None)
-            if aclose is not None:
-                with contextlib.suppress(BaseException):
-                    await aclose()
+                aclose = getattr(stream, "aclose", None)
+                if aclose is not None:
+                    with contextlib.suppress(BaseException):
+                        await aclose()
 
     @staticmethod
     def _outcome(item: BaseException | _Disconnected | _Finished) -> ConnectError | None:

@@ -30,8 +30,9 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 # Several at once fill faster: then the growth seen between two looks counts, twice over.
 FILL_RATE = 2 << 30  # bytes per second
 LOOK_S = (0.01, 0.25)  # the shortest and longest time between two looks
-# Memory in use this far past MemTotal while a victim is gone is another process filling it,
-# on its way to the host's limit (which allows 256 MiB past it): the guard chooses again.
+# Memory in use this far past what it was when the victim was gone (a late kill's memory
+# counts from MemTotal + OVERRUN at most) is another process filling it, on its way to the
+# host's limit, 256 MiB past MemTotal: the guard chooses again, by MemTotal + 2 * OVERRUN.
 OVERRUN = 64 << 20
 NEVER_KILL = -1000
 # Each kill is one line on PID 1's stderr, which lands in the sandbox's runsc log on the host:
@@ -164,7 +165,7 @@ class OomGuard:
                 if used < self.limit - self.reserve:
                     return
                 low = used if low is None else min(low, used)
-                if used > max(self.limit, low) + OVERRUN:
+                if used > min(max(self.limit, low), self.limit + OVERRUN) + OVERRUN:
                     return
             await asyncio.sleep(0.005)
 
