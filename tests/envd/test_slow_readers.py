@@ -98,11 +98,11 @@ def test_a_client_that_stops_reading_holds_the_process_back_and_then_gets_every_
     os.unlink(done)
 
 
-async def _started(command: str) -> tuple[ManagedProcess, Feed]:
+async def _started(command: str, pty: pb.PTY | None = None) -> tuple[ManagedProcess, Feed]:
     manager = ProcessManager(EnvdState(standby_shells=0))
     config = pb.ProcessConfig(cmd="/bin/bash", args=["-c", command])
     return await manager.start(
-        config, User.lookup(pwd.getpwuid(os.geteuid()).pw_name), pty=None, stdin=False, tag=None
+        config, User.lookup(pwd.getpwuid(os.geteuid()).pw_name), pty=pty, stdin=False, tag=None
     )
 
 
@@ -151,15 +151,8 @@ async def test_a_held_process_that_exits_leaves_its_daemon_held_too(tmp_path: Pa
 async def test_a_held_terminal_s_last_output_is_read_at_its_exit() -> None:
     """A PTY hands out ~4 KiB a read: the drain at exit reads on while a follower is behind,
     up to what a terminal can hold, or the process's last lines were cut off."""
-    manager = ProcessManager(EnvdState(standby_shells=0))
     command = "stty raw -echo; sleep 0.5; head -c 8000 /dev/zero | tr '\\0' a"
-    process, feed = await manager.start(
-        pb.ProcessConfig(cmd="/bin/bash", args=["-c", command]),
-        User.lookup(pwd.getpwuid(os.geteuid()).pw_name),
-        pty=pb.PTY(size=pb.PTY.Size(cols=80, rows=24)),
-        stdin=False,
-        tag=None,
-    )
+    process, feed = await _started(command, pty=pb.PTY(size=pb.PTY.Size(cols=80, rows=24)))
     await asyncio.sleep(0.3)  # (the terminal is raw; nothing printed yet)
     process._held = True  # as a follower FEED_HOLD behind does
     for reader in process._readers:

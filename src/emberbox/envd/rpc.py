@@ -60,7 +60,7 @@ class RpcContext:
     # Set by a stream's handler: called, when the client went away, with how many of the last
     # messages the handler yielded never reached it, so it can keep them for the next caller
     # (a process's output, for the next Connect). Called before the handler is closed, or
-    # after it ended: its last messages leave with the end frame.
+    # after it ended: its last messages are written after it, before the end frame.
     give_back: Callable[[int], None] | None = None
 
     def remaining(self) -> float | None:
@@ -92,6 +92,7 @@ class _Finished:
 
 _DISCONNECTED = _Disconnected()
 _FINISHED = _Finished()
+_End = BaseException | _Disconnected | _Finished  # what ends a stream's queue of messages
 
 
 async def _send_body(send: Send, status: int, content_type: str, body: bytes) -> None:
@@ -146,18 +147,20 @@ def _keepalive(headers: Headers) -> float:
     return value if value > 0 else DEFAULT_KEEPALIVE_S
 
 
-def _ready_messages(first: object, queue: asyncio.Queue[Any]) -> tuple[bytes, int]:
-    """``first`` and the messages queued after it, as envelopes, and how many (up to the
-    first thing in the queue that is not a message: the stream's end, or its client gone)."""
+def _ready_messages(
+    first: Message | _End | None, queue: asyncio.Queue[Message | _End]
+) -> tuple[bytes, int, _End | None]:
+    """``first`` and the messages queued after it, as envelopes, how many, and the first
+    thing taken that is not a message (the stream's end, or its client gone), if any."""
     out, count = bytearray(), 0
     item = first
     while isinstance(item, Message):
         out += encode_envelope(encode_json(item))
         count += 1
         if queue.empty():
-            break
+            return bytes(out), count, None
         item = queue.get_nowait()
-    return bytes(out), count
+    return bytes(out), count, item
 
 
 def _end_stream(err: ConnectError | None) -> bytes:
@@ -281,7 +284,7 @@ class ConnectApp:
 
         Messages that are ready together leave in one write.
         """
-        queue: asyncio.Queue[Message | BaseException | _Disconnected | _Finished] = asyncio.Queue()
+        queue: asyncio.Queue[Message | _End] = asyncio.Queue()
         taken = sent = 0  # messages the handler yielded; those written to the client
         # At most PUMP_AHEAD messages taken from the handler and not yet sent: a client that
         # reads slowly leaves the rest where the handler keeps it (a process's output stays
@@ -346,7 +349,7 @@ class ConnectApp:
                         error = ConnectError(Code.DEADLINE_EXCEEDED, "deadline exceeded")
                         # (a message can arrive as the wait is cut: it is the client's too)
                         late = queue.get_nowait() if queue.qsize() else None
-                        await finish(error, *_ready_messages(late, queue))
+                        await finish(error, *_ready_messages(late, queue)[:2])
                         return
                     if method.keepalive is not None:
                         await write(encode_envelope(encode_json(method.keepalive())), 0)
@@ -354,20 +357,15 @@ class ConnectApp:
                 if ctx.deadline is not None and loop.time() >= ctx.deadline:
                     # What the handler gave is still the client's: sent before the end.
                     error = ConnectError(Code.DEADLINE_EXCEEDED, "deadline exceeded")
-                    await finish(error, *_ready_messages(item, queue))
+                    await finish(error, *_ready_messages(item, queue)[:2])
                     return
-                batch, count = bytearray(), 0
-                while True:
-                    if not isinstance(item, Message):
-                        await finish(self._outcome(item), bytes(batch), count)
-                        return
+                batch, count, end = _ready_messages(item, queue)
+                for _ in range(count):
                     room.release()
-                    batch += encode_envelope(encode_json(item))
-                    count += 1
-                    if queue.empty():
-                        break
-                    item = queue.get_nowait()
-                await write(bytes(batch), count)
+                if end is not None:
+                    await finish(self._outcome(end), batch, count)
+                    return
+                await write(batch, count)
         finally:
             # What the client never got is the handler's again: it left, or the deadline's
             # end went out while the handler gave more. (Before anything else runs: the
@@ -387,7 +385,7 @@ class ConnectApp:
                         await aclose()
 
     @staticmethod
-    def _outcome(item: BaseException | _Disconnected | _Finished) -> ConnectError | None:
+    def _outcome(item: _End) -> ConnectError | None:
         """What ends a stream: success, a handler's error, or a client that left (raised)."""
         if isinstance(item, _Finished):
             return None
