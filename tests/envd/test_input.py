@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -72,7 +73,7 @@ async def test_terminal_input_after_the_process_let_go_of_its_terminal_reaches_n
             with contextlib.suppress(ConnectError):
                 await process.send_input(b"typed into the terminal\n", to_pty=True)
             with contextlib.suppress(ConnectError, OSError):
-                process.close_stdin()
+                await process.close_stdin()
             with contextlib.suppress(ConnectError, OSError):
                 process.resize(100, 30)
         finally:
@@ -81,3 +82,30 @@ async def test_terminal_input_after_the_process_let_go_of_its_terminal_reaches_n
     finally:
         process.signal(9)
         await asyncio.sleep(0.1)
+
+
+async def test_end_of_terminal_input_comes_after_the_input_still_being_written() -> None:
+    """CloseStdin on a terminal while a long input still waits for room: the ^D goes after
+    all of it (inside it, it would end a line, not the input, or find the terminal full)."""
+    manager = ProcessManager(EnvdState(standby_shells=0))
+    config = pb.ProcessConfig(cmd="/bin/sh", args=["-c", "stty -echo; sleep 1; wc -l"])
+    process, _ = await manager.start(
+        config, User.lookup("root"), pty=pb.PTY(size=pb.PTY.Size(cols=80, rows=24)),
+        stdin=False, tag=None,
+    )  # fmt: skip
+    output = process.subscribe()
+    try:
+        writing = asyncio.create_task(process.send_input(b"typed\n" * 100_000, to_pty=True))
+        await asyncio.sleep(0.3)
+        assert not writing.done()  # (the terminal is full: nothing reads it for a second)
+        await asyncio.wait_for(process.close_stdin(), 20)
+        assert writing.done()
+        await asyncio.wait_for(process.finished.wait(), 20)
+        printed = b""
+        while not output.empty():
+            event = output.get_nowait()
+            printed += getattr(event, "data", b"")
+        assert re.search(rb"(?<![0-9])100000\s*$", printed), printed[-200:]  # (after echo's)
+    finally:
+        if process.running:
+            process.signal(9)

@@ -275,13 +275,20 @@ class ManagedProcess:
         except BrokenPipeError as exc:
             raise ConnectError(Code.INTERNAL, "stdin not enabled or closed") from exc
 
-    def close_stdin(self) -> None:
+    async def close_stdin(self) -> None:
+        """A pipe closes at once (a write waiting is told so); a terminal is sent ^D, its
+        line discipline's end of input, after any input still being written: inside that
+        input it would end a line, not the input, and a full terminal would refuse it."""
         if not self.running:
             raise ConnectError(Code.NOT_FOUND, f"process with pid {self.pid} is not running")
         if self._pty_input is not None:
             if self._pty_input.closed:
                 raise ConnectError(Code.INTERNAL, "the terminal is closed")
-            os.write(self._pty_input.fd, b"\x04")  # EOF at the terminal's line discipline
+            try:
+                async with self._input:
+                    await self._pty_input.write(b"\x04")
+            except BrokenPipeError as exc:
+                raise ConnectError(Code.INTERNAL, "the terminal is closed") from exc
             return
         if self._stdin is None or self._stdin.closed:
             raise ConnectError(Code.INTERNAL, "stdin not enabled or closed")

@@ -163,7 +163,7 @@ class ProcessService:
     async def close_stdin(
         self, request: pb.CloseStdinRequest, ctx: RpcContext
     ) -> pb.CloseStdinResponse:
-        self.manager.get(request.process).close_stdin()
+        await self.manager.get(request.process).close_stdin()
         return pb.CloseStdinResponse()
 
     async def update(self, request: pb.UpdateRequest, ctx: RpcContext) -> pb.UpdateResponse:
