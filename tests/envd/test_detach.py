@@ -183,8 +183,8 @@ async def _stream(app: Any, path: str, request: dict[str, Any], timeout_ms: int 
             gone.set()  # (as uvicorn's connection_lost: the receive wakes, then this write)
             await asyncio.sleep(0)
             return
+        await asyncio.sleep(pace_s)  # (uvicorn's order: it waits for room, then writes)
         got.append(message.get("body", b""))
-        await asyncio.sleep(pace_s)
 
     headers = [(b"content-type", b"application/connect+json")]
     if timeout_ms:

@@ -24,6 +24,7 @@ from emberbox._connect.errors import ConnectError
 from emberbox._proto.process import process_pb2 as pb
 from emberbox.envd.process.fdio import READ_LIMIT
 from emberbox.envd.process.manager import (
+    BACKLOG_LIMIT,
     FEED_HOLD,
     Exit,
     Feed,
@@ -96,6 +97,43 @@ def test_a_client_that_stops_reading_holds_the_process_back_and_then_gets_every_
     assert numbers == list(range(total))
     assert os.path.exists(done)
     os.unlink(done)
+
+
+def test_a_connect_deadline_lets_go_of_the_process_however_full_its_client(
+    envd_factory: Callable[..., EnvdProcess], sandbox_user: str
+) -> None:
+    """A Connect with a Connect-Timeout-Ms whose client stays but stops reading: at the
+    deadline, envd lets go of the process (it prints on, into the backlog) even with a write
+    still waiting for room. The client, reading at last, gets what was written, in order,
+    then the deadline's end; what was not written waits for the next Connect, never twice."""
+    envd = envd_factory("--standby-shells", "0")
+    done = f"/tmp/emberbox-deadline-{time.monotonic_ns()}"
+    total = 16 * 1024  # numbered 1 KiB lines: 16 MiB, four times what holds the process
+    with _printing(envd, total, f"touch {done}; sleep 60", first="sleep 2") as stream:
+        pid = _first_message(stream.iter_raw())["event"]["start"]["pid"]  # (as it comes)
+    # The process prints once a Connect follows it (it is alone for 2 s).
+    with _connecting(envd, pid, timeout_ms=3000) as held:
+        first = _messages(held.iter_raw())
+        assert "start" in next(first)[1]["event"]
+        deadline = time.monotonic() + 30
+        while not os.path.exists(done):  # the client reads nothing
+            assert time.monotonic() < deadline, "the process is still held past the deadline"
+            time.sleep(0.1)
+        os.unlink(done)
+        text, end = _read_to_end(first)
+    assert end["error"]["code"] == "deadline_exceeded", end
+    before = [int(line[:8]) for line in text.splitlines()]
+    assert before == list(range(len(before)))
+    assert before[-1] < total - 1, "the client was sent it all: nothing was held"
+    with _connecting(envd, pid, timeout_ms=2000) as again:
+        after_text, _ = _read_to_end(_messages(again.iter_raw(64 * 1024)))
+    # (A backlog trimmed to its limit can start mid-line.)
+    after = [int(line[:8]) for line in after_text.splitlines() if len(line) == 1023]
+    assert after == list(range(after[0], total))
+    # Every line once: the next Connect goes on from the first's last line, or, if what the
+    # process printed meanwhile overflowed the backlog, from the backlog's oldest.
+    assert after[0] > before[-1]
+    assert after[0] == before[-1] + 1 or total - after[0] >= BACKLOG_LIMIT // 1024 - 65
 
 
 async def _started(command: str, pty: pb.PTY | None = None) -> tuple[ManagedProcess, Feed]:
@@ -183,17 +221,37 @@ async def test_the_follower_behind_leaving_lets_the_process_go_on_for_the_other(
 
 
 @contextlib.contextmanager
-def _printing(envd: EnvdProcess, lines: int, then: str) -> Iterator[httpx.Response]:
-    """A raw Start stream of a process printing ``lines`` numbered 1 KiB lines, then ``then``."""
+def _printing(
+    envd: EnvdProcess, lines: int, then: str, first: str = "true"
+) -> Iterator[httpx.Response]:
+    """A raw Start stream of a process that runs ``first``, prints ``lines`` numbered 1 KiB
+    lines, then runs ``then``."""
     code = f"[sys.stdout.write('%08d%s\\n' % (i, 'x' * 1015)) for i in range({lines})]"
-    cmd = f'python3 -c "import sys; {code}"; {then}'
+    cmd = f'{first}; python3 -c "import sys; {code}"; {then}'
     body = json.dumps({"process": {"cmd": "/bin/bash", "args": ["-l", "-c", cmd]}}).encode()
+    with _calling(envd, "Start", body) as stream:
+        yield stream
+
+
+@contextlib.contextmanager
+def _connecting(envd: EnvdProcess, pid: int, timeout_ms: int) -> Iterator[httpx.Response]:
+    """A raw Connect stream to process ``pid``, with a Connect-Timeout-Ms."""
+    body = json.dumps({"process": {"pid": pid}}).encode()
+    with _calling(envd, "Connect", body, {"Connect-Timeout-Ms": str(timeout_ms)}) as stream:
+        yield stream
+
+
+@contextlib.contextmanager
+def _calling(
+    envd: EnvdProcess, method: str, body: bytes, headers: dict[str, str] | None = None
+) -> Iterator[httpx.Response]:
     with httpx.stream(
         "POST",
-        f"{envd.url}/process.Process/Start",
+        f"{envd.url}/process.Process/{method}",
         content=struct.pack(">BI", 0, len(body)) + body,
         headers={"Content-Type": "application/connect+json",
-                 "Authorization": "Basic " + base64.b64encode(b"user:").decode()},
+                 "Authorization": "Basic " + base64.b64encode(b"user:").decode(),
+                 **(headers or {})},
         timeout=60,
     ) as stream:  # fmt: skip
         yield stream

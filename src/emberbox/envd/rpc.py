@@ -57,10 +57,11 @@ class RpcContext:
     headers: Headers
     deadline: float | None  # event-loop time, None when the client set no timeout
     keepalive_interval: float
-    # Set by a stream's handler: called, when the client went away, with how many of the last
-    # messages the handler yielded never reached it, so it can keep them for the next caller
-    # (a process's output, for the next Connect). Called before the handler is closed, or
-    # after it ended: its last messages are written after it, before the end frame.
+    # Set by a stream's handler: called, when the client went away or the deadline came with
+    # a write still waiting for room, with how many of the last messages the handler yielded
+    # never reached it, so it can keep them for the next caller (a process's output, for the
+    # next Connect). Called before the handler is closed, or after it ended: its last
+    # messages are written after it, before the end frame.
     give_back: Callable[[int], None] | None = None
 
     def remaining(self) -> float | None:
@@ -282,7 +283,8 @@ class ConnectApp:
     ) -> None:
         """Forward handler messages as envelopes, interleaving keepalives, until done or gone.
 
-        Messages that are ready together leave in one write.
+        Messages that are ready together leave in one write. The deadline bounds writing
+        too: a client that stops reading holds its connection past it, never the handler.
         """
         queue: asyncio.Queue[Message | _End] = asyncio.Queue()
         taken = sent = 0  # messages the handler yielded; those written to the client
@@ -313,7 +315,13 @@ class ConnectApp:
 
         async def write(body: bytes, count: int) -> None:
             nonlocal sent
-            await send({"type": "http.response.body", "body": body, "more_body": True})
+            if not body:
+                return
+            # Bounded by the deadline (``TimeoutError``): uvicorn waits for room before it
+            # writes anything, so a send cut there wrote nothing, and its messages are the
+            # handler's again; one that finds room writes at once, even past the deadline.
+            async with asyncio.timeout_at(ctx.deadline):
+                await send({"type": "http.response.body", "body": body, "more_body": True})
             # uvicorn does not raise for a client gone: a write waiting for room when it
             # left, or made after, returns as if written; so does one made while asyncio
             # carries the disconnect to the app, which takes three turns of the loop (the
@@ -326,17 +334,10 @@ class ConnectApp:
                 raise OSError("client disconnected")
             sent += count
 
-        async def finish(error: ConnectError | None, tail: bytes = b"", count: int = 0) -> None:
-            """The last messages, then the end frame on its own: once the response is
-            complete, uvicorn tells the receive "disconnect" too, so only what comes before
-            it can be known to have reached the client."""
-            if tail:
-                await write(tail, count)
-            await send({"type": "http.response.body", "body": _end_stream(error)})
-
         loop = asyncio.get_running_loop()
-        tasks = [asyncio.create_task(produce()), asyncio.create_task(watch_disconnect())]
-        try:
+
+        async def relay() -> ConnectError | None:
+            """Forward what the handler gives until it ends; what the stream ends with."""
             while True:
                 wake = loop.time() + ctx.keepalive_interval
                 if ctx.deadline is not None:
@@ -346,30 +347,31 @@ class ConnectApp:
                         item = await queue.get()
                 except TimeoutError:
                     if ctx.deadline is not None and loop.time() >= ctx.deadline:
-                        error = ConnectError(Code.DEADLINE_EXCEEDED, "deadline exceeded")
                         # (a message can arrive as the wait is cut: it is the client's too)
                         late = queue.get_nowait() if queue.qsize() else None
-                        await finish(error, *_ready_messages(late, queue)[:2])
-                        return
+                        await write(*_ready_messages(late, queue)[:2])
+                        return ConnectError(Code.DEADLINE_EXCEEDED, "deadline exceeded")
                     if method.keepalive is not None:
                         await write(encode_envelope(encode_json(method.keepalive())), 0)
                     continue
                 if ctx.deadline is not None and loop.time() >= ctx.deadline:
                     # What the handler gave is still the client's: sent before the end.
-                    error = ConnectError(Code.DEADLINE_EXCEEDED, "deadline exceeded")
-                    await finish(error, *_ready_messages(item, queue)[:2])
-                    return
+                    await write(*_ready_messages(item, queue)[:2])
+                    return ConnectError(Code.DEADLINE_EXCEEDED, "deadline exceeded")
                 batch, count, end = _ready_messages(item, queue)
                 for _ in range(count):
                     room.release()
                 if end is not None:
-                    await finish(self._outcome(end), batch, count)
-                    return
+                    outcome = self._outcome(end)  # (raises first for a client gone)
+                    await write(batch, count)
+                    return outcome
                 await write(batch, count)
-        finally:
-            # What the client never got is the handler's again: it left, or the deadline's
-            # end went out while the handler gave more. (Before anything else runs: the
-            # handler, closed below, must not let go of its process first.)
+
+        async def release() -> None:
+            """Let go of the handler, once: what the client never got is the handler's
+            again (it left, a write outlived the deadline, or the deadline's end went out
+            while the handler gave more), before anything else runs: the handler, closed
+            here, must not let go of its process first."""
             try:
                 if ctx.give_back is not None and taken > sent:
                     ctx.give_back(taken - sent)
@@ -383,6 +385,21 @@ class ConnectApp:
                 if aclose is not None:
                     with contextlib.suppress(BaseException):
                         await aclose()
+
+        tasks = [asyncio.create_task(produce()), asyncio.create_task(watch_disconnect())]
+        try:
+            try:
+                error = await relay()
+            except TimeoutError:
+                error = ConnectError(Code.DEADLINE_EXCEEDED, "deadline exceeded")
+            # The end frame on its own, after the handler is let go: a client that does not
+            # read it holds a connection, not the process; and once the response is complete
+            # uvicorn tells the receive "disconnect" too, so only what comes before it can be
+            # known to have reached the client.
+            await release()
+            await send({"type": "http.response.body", "body": _end_stream(error)})
+        finally:
+            await release()
 
     @staticmethod
     def _outcome(item: _End) -> ConnectError | None:
