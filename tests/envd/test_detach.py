@@ -238,6 +238,37 @@ async def test_a_connect_that_ends_leaves_the_next_one_exactly_where_it_stopped(
     assert int(after[0]) == int(before[-1]) + 1, (before[-1], after[0])
 
 
+@pytest.mark.parametrize("first_leaves", ["the older follower", "the newer follower"])
+async def test_output_only_a_leaving_follower_had_reaches_the_next_connect(
+    first_leaves: str,
+) -> None:
+    """Two followers, the second come after some output: the one that leaves first gives
+    back, unread, what the one still there never had; then all of it goes to the next
+    Connect, in order, each line once."""
+    _, process = await _left_alone("sleep 30")
+    try:
+        older = process.subscribe()
+        for n in range(5):
+            process._publish(Output("stdout", b"%d\n" % n))
+        newer = process.subscribe()
+        for n in range(5, 10):
+            process._publish(Output("stdout", b"%d\n" % n))
+        first, second = (older, newer) if first_leaves == "the older follower" else (newer, older)
+        # Each leaves with all it was given unread (its client gone before it took any).
+        process.unsubscribe(first)
+        process.unsubscribe(second)
+        later = process.subscribe()
+        got = []
+        while not later.empty():
+            event = later.get_nowait()
+            assert isinstance(event, Output)
+            got.append(event.data)
+        assert b"".join(got).split() == [b"%d" % n for n in range(10)]
+    finally:
+        process.signal(9)
+        await asyncio.sleep(0.1)
+
+
 async def test_a_stream_whose_client_left_has_let_go_of_its_process_when_it_returns() -> None:
     """Not some loop turns later (asyncio's finaliser for a generator nobody closed): a
     Connect subscribing meanwhile kept the output the one that left gave back from going

@@ -12,6 +12,7 @@ import collections
 import contextlib
 import fcntl
 import functools
+import heapq
 import logging
 import os
 import signal
@@ -19,7 +20,7 @@ import struct
 import subprocess
 import termios
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..._connect.errors import Code, ConnectError
@@ -46,6 +47,9 @@ FEED_RESUME = 1024 * 1024
 class Output:
     kind: str  # "stdout" | "stderr" | "pty"
     data: bytes
+    # Its place in the process's output, given as it is published: a follower that leaves
+    # gives back only what no follower still there had (see ManagedProcess.unsubscribe).
+    seq: int = field(default=-1, compare=False)
 
 
 @dataclass(frozen=True)
@@ -75,9 +79,10 @@ class Feed(asyncio.Queue[Event]):
     are counted: past FEED_HOLD the process is held back (:meth:`ManagedProcess._publish`),
     and ``on_caught_up`` is called as a take brings them down to FEED_RESUME."""
 
-    def __init__(self, on_caught_up: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, on_caught_up: Callable[[], None] = lambda: None, since: int = 0) -> None:
         super().__init__()
         self.bytes = 0
+        self.since = since  # the seq of the first output it got live: older it never had
         self._on_caught_up = on_caught_up
 
     def _put(self, item: Event) -> None:
@@ -131,7 +136,8 @@ class ManagedProcess:
         self._subscribers: list[Feed] = []
         # Followers ``detach`` ended that may not have sent all they held yet.
         self._detached: list[Feed] = []
-        self._backlog: collections.deque[Output] = collections.deque()
+        self._backlog: collections.deque[Output] = collections.deque()  # in seq order
+        self._published = 0  # the next output's seq
         self._backlog_bytes = 0
         self._readers: list[FdReader] = []
         self._held = False  # its output fds go unread: a follower is behind (see Feed)
@@ -145,6 +151,8 @@ class ManagedProcess:
 
     # -- fan-out ---------------------------------------------------------------------------
     def _publish(self, event: Output) -> None:
+        event = replace(event, seq=self._published)
+        self._published += 1
         if self._subscribers:
             for queue in self._subscribers:
                 queue.put_nowait(event)
@@ -170,7 +178,7 @@ class ManagedProcess:
 
     def subscribe(self) -> Feed:
         """A queue that first receives output nobody has seen yet, then live events."""
-        queue = Feed(self._release_if_caught_up)
+        queue = Feed(self._release_if_caught_up, since=self._published)
         while self._backlog:
             queue.put_nowait(self._backlog.popleft())
         self._backlog_bytes = 0
@@ -181,24 +189,31 @@ class ManagedProcess:
 
     def unsubscribe(self, queue: Feed, unsent: Sequence[Output] = ()) -> None:
         """A follower that leaves with output it never took (its client went away), or took
-        and never sent (``unsent``), gives it back to the backlog when nobody else got it, so
-        the next Connect still reads it. ``unsent`` may come after the follower has left
-        (its stream's last messages leave after its handler ended)."""
+        and never sent (``unsent``), gives back to the backlog what no follower still there
+        had (printed before they came), so the next Connect still reads it. ``unsent`` may
+        come after the follower has left (its stream's last messages leave after its
+        handler ended)."""
         if queue in self._subscribers:
             self._subscribers.remove(queue)
             self._release_if_caught_up()  # (a follower that left holds nothing back)
-        elif queue in self._detached:  # (cut before it sent what it held: older than the
-            self._detached.remove(queue)  # backlog's, so it goes first)
+        elif queue in self._detached:
+            self._detached.remove(queue)
         elif not unsent:
-            return
-        if self._subscribers:
             return
         unread = list(unsent)
         while not queue.empty():
             event = queue.get_nowait()
             if isinstance(event, Output):
                 unread.append(event)
-        self._backlog.extendleft(reversed(unread))
+        if self._subscribers:
+            had = min(follower.since for follower in self._subscribers)
+            unread = [event for event in unread if event.seq < had]
+        if not unread:
+            return
+        # (Older than what the backlog took since, mostly: merged, not put in front.)
+        self._backlog = collections.deque(
+            heapq.merge(unread, self._backlog, key=lambda event: event.seq)
+        )
         self._backlog_bytes += sum(len(event.data) for event in unread)
         self._trim_backlog()
 
