@@ -83,23 +83,28 @@ async def test_closing_a_websocket_whose_sandbox_stopped_reading_takes_seconds_n
     proxy = SandboxProxy(OnLoopback())  # type: ignore[arg-type]
     # (its side of the dropped connection, still paused reading, closes without waiting)
     async with serve(deaf, "127.0.0.1", 0, max_queue=1, close_timeout=0.1) as server:
-        port = server.sockets[0].getsockname()[1]
-        to_proxy: asyncio.Queue[Message] = asyncio.Queue()
-        from_proxy: asyncio.Queue[Message] = asyncio.Queue()
-        await to_proxy.put({"type": "websocket.connect"})
-        relay = asyncio.create_task(proxy(_scope(port), to_proxy.get, from_proxy.put))
-        assert (await from_proxy.get())["type"] == "websocket.accept"
-        for _ in range(100):  # 6.5 MB: more than the socket buffers between them hold
-            await to_proxy.put({"type": "websocket.receive", "bytes": b"x" * 65536})
-        left = -1
-        while to_proxy.qsize() != left:  # until the relay is stuck writing
-            left = to_proxy.qsize()
-            await asyncio.sleep(0.5)
-        assert left > 0, "the sandbox read it all: nothing to show"
-        await asyncio.wait_for(proxy.close_connections(SANDBOX), ws.CLOSE_TIMEOUT_S + 8)
-        await to_proxy.put({"type": "websocket.disconnect", "code": 1000})
-        await asyncio.wait_for(relay, 5)
-        stop.set()
+        try:
+            port = server.sockets[0].getsockname()[1]
+            to_proxy: asyncio.Queue[Message] = asyncio.Queue()
+            from_proxy: asyncio.Queue[Message] = asyncio.Queue()
+            await to_proxy.put({"type": "websocket.connect"})
+            relay = asyncio.create_task(proxy(_scope(port), to_proxy.get, from_proxy.put))
+            assert (await from_proxy.get())["type"] == "websocket.accept"
+            for _ in range(100):  # 6.5 MB: more than the socket buffers between them hold
+                await to_proxy.put({"type": "websocket.receive", "bytes": b"x" * 65536})
+            left = -1
+            while to_proxy.qsize() != left:  # until the relay is stuck writing
+                left = to_proxy.qsize()
+                await asyncio.sleep(0.5)
+            assert left > 0, "the sandbox read it all: nothing to show"
+            await asyncio.wait_for(proxy.close_connections(SANDBOX), ws.CLOSE_TIMEOUT_S + 8)
+            # Its client still hears why: going away (not a connection uvicorn drops).
+            closed = await asyncio.wait_for(from_proxy.get(), 5)
+            assert closed == {"type": "websocket.close", "code": 1001}
+            await to_proxy.put({"type": "websocket.disconnect", "code": 1000})
+            await asyncio.wait_for(relay, 5)
+        finally:
+            stop.set()  # (else the server waits on its handler for ever)
     await proxy.aclose()
 
 

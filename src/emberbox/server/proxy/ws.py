@@ -122,7 +122,7 @@ async def forward_ws(
             relay.upstream = upstream
             if relay.closed:  # (closed while it connected: at once)
                 await relay.going_away()
-            await _relay(receive, send, upstream)
+            await _relay(receive, send, upstream, relay)
 
 
 async def _open(scope: Scope, address: tuple[str, int], host: str | None) -> ClientConnection:
@@ -148,13 +148,19 @@ async def _open(scope: Scope, address: tuple[str, int], host: str | None) -> Cli
     )
 
 
-async def _relay(receive: Receive, send: Send, upstream: ClientConnection) -> None:
+async def _relay(receive: Receive, send: Send, upstream: ClientConnection, relay: Relay) -> None:
     await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
     up = asyncio.create_task(_client_to_upstream(receive, upstream))
-    down = asyncio.create_task(_upstream_to_client(upstream, send))
+    down = asyncio.create_task(_upstream_to_client(upstream, send, relay))
     _, pending = await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
     for t in pending:
         await stop(t)
+    if relay.closed and not (down.done() and not down.cancelled() and down.result()):
+        # The proxy closed it: its client hears "going away" however the upstream ended
+        # (dropped as its close frame could not be written, or a write to it failing first),
+        # not a connection dropped as the app returns.
+        with contextlib.suppress(Exception):
+            await send({"type": "websocket.close", "code": GOING_AWAY})
 
 
 async def _client_to_upstream(receive: Receive, upstream: ClientConnection) -> None:
@@ -172,7 +178,8 @@ async def _client_to_upstream(receive: Receive, upstream: ClientConnection) -> N
             return
 
 
-async def _upstream_to_client(upstream: ClientConnection, send: Send) -> None:
+async def _upstream_to_client(upstream: ClientConnection, send: Send, relay: Relay) -> bool:
+    """Forward until the upstream ends; whether the client was sent a close."""
     try:
         async for data in upstream:
             if isinstance(data, bytes):
@@ -181,10 +188,13 @@ async def _upstream_to_client(upstream: ClientConnection, send: Send) -> None:
                 await send({"type": "websocket.send", "text": data})
         code = upstream.close_code or 1000
     except ConnectionClosed as e:
-        if e.rcvd is None:
-            return  # no closing handshake: return without one, so uvicorn drops the client
-        code = e.rcvd.code
+        if e.rcvd is None and not relay.closed:
+            return False  # no closing handshake: none to the client, so uvicorn drops it
+        code = e.rcvd.code if e.rcvd is not None else GOING_AWAY
+    if relay.closed:
+        code = GOING_AWAY
     if code in (1005, 1006):
         code = 1000
     with contextlib.suppress(Exception):
         await send({"type": "websocket.close", "code": code})
+    return True
