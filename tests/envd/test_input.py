@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from emberbox._connect.errors import ConnectError
+from emberbox._connect.errors import Code, ConnectError
 from emberbox._proto.process import process_pb2 as pb
 from emberbox.envd.process.manager import ManagedProcess, ProcessManager
 from emberbox.envd.state import EnvdState
@@ -109,3 +109,20 @@ async def test_end_of_terminal_input_comes_after_the_input_still_being_written()
     finally:
         if process.running:
             process.signal(9)
+
+
+async def test_end_of_terminal_input_waiting_when_the_process_exits_is_told_not_found() -> None:
+    manager = ProcessManager(EnvdState(standby_shells=0))
+    config = pb.ProcessConfig(cmd="/bin/sh", args=["-c", "sleep 0.5"])  # reads no input
+    process, _ = await manager.start(
+        config, User.lookup("root"), pty=pb.PTY(size=pb.PTY.Size(cols=80, rows=24)),
+        stdin=False, tag=None,
+    )  # fmt: skip
+    writing = asyncio.create_task(process.send_input(b"typed\n" * 100_000, to_pty=True))
+    await asyncio.sleep(0.1)
+    assert not writing.done()
+    with pytest.raises(ConnectError) as raised:
+        await asyncio.wait_for(process.close_stdin(), 10)
+    assert raised.value.code == Code.NOT_FOUND
+    with pytest.raises(ConnectError):
+        await writing

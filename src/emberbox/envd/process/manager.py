@@ -303,6 +303,10 @@ class ManagedProcess:
                 async with self._input:
                     await self._pty_input.write(b"\x04")
             except BrokenPipeError as exc:
+                if not self.running:  # (it exited while the input waited)
+                    raise ConnectError(
+                        Code.NOT_FOUND, f"process with pid {self.pid} is not running"
+                    ) from exc
                 raise ConnectError(Code.INTERNAL, "the terminal is closed") from exc
             return
         if self._stdin is None or self._stdin.closed:
