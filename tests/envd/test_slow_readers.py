@@ -109,9 +109,9 @@ def test_a_connect_deadline_lets_go_of_the_process_however_full_its_client(
     envd = envd_factory("--standby-shells", "0")
     done = f"/tmp/emberbox-deadline-{time.monotonic_ns()}"
     total = 16 * 1024  # numbered 1 KiB lines: 16 MiB, four times what holds the process
-    with _printing(envd, total, f"touch {done}; sleep 60", first="sleep 2") as stream:
+    with _printing(envd, total, f"touch {done}", first="sleep 3") as stream:
         pid = _first_message(stream.iter_raw())["event"]["start"]["pid"]  # (as it comes)
-    # The process prints once a Connect follows it (it is alone for 2 s).
+    # The process prints once a Connect follows it (it is alone for 3 s), then exits.
     with _connecting(envd, pid, timeout_ms=3000) as held:
         first = _messages(held.iter_raw())
         assert "start" in next(first)[1]["event"]
@@ -125,8 +125,9 @@ def test_a_connect_deadline_lets_go_of_the_process_however_full_its_client(
     before = [int(line[:8]) for line in text.splitlines()]
     assert before == list(range(len(before)))
     assert before[-1] < total - 1, "the client was sent it all: nothing was held"
-    with _connecting(envd, pid, timeout_ms=2000) as again:
-        after_text, _ = _read_to_end(_messages(again.iter_raw(64 * 1024)))
+    with _connecting(envd, pid, timeout_ms=30_000) as again:
+        after_text, end = _read_to_end(_messages(again.iter_raw(64 * 1024)))
+    assert end == {}, end  # (to its exit)
     # (A backlog trimmed to its limit can start mid-line.)
     after = [int(line[:8]) for line in after_text.splitlines() if len(line) == 1023]
     assert after == list(range(after[0], total))

@@ -397,6 +397,9 @@ class ConnectApp:
             # uvicorn tells the receive "disconnect" too, so only what comes before it can be
             # known to have reached the client.
             await release()
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # (``release`` swallows it)
+                raise asyncio.CancelledError
             await send({"type": "http.response.body", "body": _end_stream(error)})
         finally:
             await release()
