@@ -48,16 +48,23 @@ print(json.dumps(out))
 """
 
 
-def timed_runs(sbx: Sandbox, runs: int, gap_s: float = 0.0, user: str | None = None) -> list[float]:
+def timed_runs(
+    sbx: Sandbox,
+    runs: int,
+    gap_s: float = 0.0,
+    user: str | None = None,
+    envs: dict[str, str] | None = None,
+) -> list[float]:
     """Back to back (gap 0: every command's replacement shell starts while the next one runs)
     or paced like an agent that thinks between commands."""
     for _ in range(WARMUP):
-        check(sbx.commands.run("true", user=user).exit_code == 0, "commands.run('true') failed")
+        result = sbx.commands.run("true", user=user, envs=envs)
+        check(result.exit_code == 0, "commands.run('true') failed")
     samples = []
     for _ in range(runs):
         time.sleep(gap_s)
         t = time.perf_counter()
-        result = sbx.commands.run("true", user=user)
+        result = sbx.commands.run("true", user=user, envs=envs)
         samples.append(time.perf_counter() - t)
         check(result.exit_code == 0, f"commands.run('true') exited {result.exit_code}")
     return samples
@@ -106,6 +113,8 @@ def main() -> None:
             user = timed_runs(sbx, args.runs)
             paced = timed_runs(sbx, args.runs, gap_s=0.1)
             root = timed_runs(sbx, args.runs, user="root")
+            # TZ is read by the login: no standby shell fits, envd starts a fresh one.
+            fresh = timed_runs(sbx, args.runs, envs={"TZ": "UTC"})
             burst = concurrent_runs(sbx, 20)
             guest = guest_baseline(sbx, args.runs)
         finally:
@@ -113,6 +122,7 @@ def main() -> None:
     ours = summary('commands.run("true") as user (e2b SDK)', user)
     summary("  the same, 100 ms apart", paced)
     summary('commands.run("true") as root (e2b SDK)', root)
+    summary('commands.run("true", envs={"TZ": ...}): a fresh shell', fresh)
     summary("20 concurrent commands.run, each", burst)
     base = summary("baseline: /bin/true started in the guest", guest["true"])
     summary("reference: bash -c true in the guest", guest["bash"])
