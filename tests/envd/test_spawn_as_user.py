@@ -7,12 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import subprocess
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from emberbox._proto.process import process_pb2 as pb
+from emberbox.envd.creds import spawn_as_user
+from emberbox.envd.process import manager as manager_module
 from emberbox.envd.process.manager import Exit, Feed, ProcessManager
 from emberbox.envd.state import EnvdState
 from emberbox.envd.users import User
@@ -56,39 +63,58 @@ async def test_a_cwd_only_root_can_enter_still_starts_there(
     assert (end.exit_code, text.split()) == (0, [sandbox_user, str(closed)])
 
 
-async def test_a_start_cancelled_while_it_spawns_leaves_no_process(sandbox_user: str) -> None:
-    marker = f"EMBERBOX_ORPHAN_{time.monotonic_ns()}"
+async def test_a_start_cancelled_while_it_spawns_hands_its_fds_to_no_one_and_leaves_no_process(
+    sandbox_user: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The spawn thread still uses the child's stdio fds when the call is cancelled: they are
+    closed only once it is done with them (closed before, their numbers went to the next
+    files envd opened, and the user's process got those), and what it started is killed and
+    reaped. The thread is held until files are opened, to make that order certain."""
+    gate = threading.Event()
+    spawned: list[subprocess.Popen[bytes]] = []
+    failed: list[OSError] = []  # (its fds closed under it)
+
+    async def held(user: User, popen: Callable[[], subprocess.Popen[bytes]]) -> Any:
+        def after_the_gate() -> subprocess.Popen[bytes]:
+            gate.wait(10)
+            try:
+                spawned.append(popen())
+            except OSError as exc:
+                failed.append(exc)
+                raise
+            return spawned[-1]
+
+        return await spawn_as_user(user, after_the_gate)
+
+    monkeypatch.setattr(manager_module, "spawn_as_user", held)
     manager = ProcessManager(EnvdState(standby_shells=0))
-    config = pb.ProcessConfig(cmd="/bin/sleep", args=["30"], envs={marker: "1"})
+    config = pb.ProcessConfig(cmd="/bin/sh", args=["-c", "echo leaked; echo leaked >&2; sleep 30"])
     user = User.lookup(sandbox_user)
-    starting = asyncio.create_task(manager.start(config, user, pty=None, stdin=False, tag=None))
-    await asyncio.sleep(0)  # (it hands the spawn to its thread and waits)
+    starting = asyncio.create_task(manager.start(config, user, pty=None, stdin=True, tag=None))
+    await asyncio.sleep(0.05)  # (it handed the spawn to its thread and waits)
     assert starting.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await starting
+    decoy = tmp_path / "decoy"
+    decoy.touch()
+    opened: list[int] = []
+    try:
+        await asyncio.sleep(0)  # (the cancel reaches the start)
+        opened += [os.open(decoy, os.O_RDWR) for _ in range(8)]  # (the lowest free numbers)
+        gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(starting, 10)
+    finally:
+        gate.set()
+        for fd in opened:
+            os.close(fd)
     deadline = time.monotonic() + 10
-    while _carrying(marker):
+    while not (spawned or failed):  # (the thread may still spawn, after the call ended)
+        assert time.monotonic() < deadline, "the spawn never ran"
+        await asyncio.sleep(0.01)
+    assert failed == []
+    (child,) = spawned
+    while child.returncode is None:  # (set by the reaper's wait)
         assert time.monotonic() < deadline, "the process started for the cancelled call lives on"
         await asyncio.sleep(0.05)
+    assert child.returncode == -signal.SIGKILL
+    assert decoy.read_bytes() == b""
     assert manager.list() == []
-
-
-def _carrying(marker: str) -> list[int]:
-    """Processes whose environment holds ``marker``, and zombie ``sleep`` children of ours
-    (a zombie's environment reads empty): one killed and never reaped."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                if marker.encode() in f.read():
-                    found.append(int(entry))
-            with open(f"/proc/{entry}/stat") as f:
-                name, rest = f.read().rsplit(")", 1)
-            state, ppid = rest.split()[:2]
-            if state == "Z" and int(ppid) == os.getpid() and name.endswith("(sleep"):
-                found.append(int(entry))
-        except OSError:
-            continue
-    return found

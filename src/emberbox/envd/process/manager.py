@@ -119,7 +119,13 @@ async def _popen_as(
         try:
             return await asyncio.shield(spawning)
         except asyncio.CancelledError:
-            spawning.add_done_callback(_kill_orphan)  # (it started with nobody to follow it)
+            # The thread goes on with the child's stdio fds, which the caller closes as this
+            # raises (their numbers then free for any file envd opens next): it must be done
+            # with them first. Then what it started, nobody follows: killed and reaped.
+            while not spawning.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait({spawning})
+            _kill_orphan(spawning)
             raise
         except PermissionError as exc:
             if exc.filename != cwd:
