@@ -269,6 +269,38 @@ async def test_output_only_a_leaving_follower_had_reaches_the_next_connect(
         await asyncio.sleep(0.1)
 
 
+@pytest.mark.parametrize("between", ["nothing", "another connect"])
+async def test_output_two_cut_followers_both_give_back_reaches_later_connects_once(
+    between: str,
+) -> None:
+    """Two followers a checkpoint cut (``detach``) before they sent anything, each giving it
+    all back as its stream ends, perhaps with a Connect between the two: every line reaches
+    the Connects that follow exactly once."""
+    _, process = await _left_alone("sleep 30")
+    try:
+        older = process.subscribe()
+        for n in range(5):
+            process._publish(Output("stdout", b"%d\n" % n))
+        newer = process.subscribe()
+        for n in range(5, 10):
+            process._publish(Output("stdout", b"%d\n" % n))
+        process.detach()
+        process.unsubscribe(older)
+        followers = [process.subscribe()] if between == "another connect" else []
+        process.unsubscribe(newer)
+        followers.append(process.subscribe())
+        got = []
+        for follower in followers:
+            while not follower.empty():
+                event = follower.get_nowait()
+                assert isinstance(event, Output)
+                got += event.data.split()
+        assert sorted(got, key=int) == [b"%d" % n for n in range(10)]
+    finally:
+        process.signal(9)
+        await asyncio.sleep(0.1)
+
+
 async def test_a_stream_whose_client_left_has_let_go_of_its_process_when_it_returns() -> None:
     """Not some loop turns later (asyncio's finaliser for a generator nobody closed): a
     Connect subscribing meanwhile kept the output the one that left gave back from going

@@ -109,9 +109,9 @@ def test_a_connect_deadline_lets_go_of_the_process_however_full_its_client(
     envd = envd_factory("--standby-shells", "0")
     done = f"/tmp/emberbox-deadline-{time.monotonic_ns()}"
     total = 16 * 1024  # numbered 1 KiB lines: 16 MiB, four times what holds the process
-    with _printing(envd, total, f"touch {done}", first="sleep 3") as stream:
+    with _printing(envd, total, f"touch {done}", first="sleep 2") as stream:
         pid = _first_message(stream.iter_raw())["event"]["start"]["pid"]  # (as it comes)
-    # The process prints once a Connect follows it (it is alone for 3 s), then exits.
+    # The process prints once a Connect follows it (it is alone for 2 s), then exits.
     with _connecting(envd, pid, timeout_ms=3000) as held:
         first = _messages(held.iter_raw())
         assert "start" in next(first)[1]["event"]

@@ -21,7 +21,7 @@ import subprocess
 import termios
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..._connect.errors import Code, ConnectError
@@ -44,13 +44,15 @@ FEED_HOLD = 4 * 1024 * 1024
 FEED_RESUME = 1024 * 1024
 
 
-@dataclass(frozen=True)
+@dataclass
 class Output:
     kind: str  # "stdout" | "stderr" | "pty"
     data: bytes
-    # Its place in the process's output, given as it is published: a follower that leaves
-    # gives back only what no follower still there had (see ManagedProcess.unsubscribe).
-    seq: int = field(default=-1, compare=False)
+    # Set as it is published: its place in the process's output (the backlog keeps that
+    # order), and how many followers hold it, not yet sent. A follower that leaves gives it
+    # back; it goes back to the backlog when the last holder gave it back, so once.
+    seq: int = field(default=0, compare=False)
+    holders: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True)
@@ -80,10 +82,9 @@ class Feed(asyncio.Queue[Event]):
     are counted: past FEED_HOLD the process is held back (:meth:`ManagedProcess._publish`),
     and ``on_caught_up`` is called as a take brings them down to FEED_RESUME."""
 
-    def __init__(self, on_caught_up: Callable[[], None] = lambda: None, since: int = 0) -> None:
+    def __init__(self, on_caught_up: Callable[[], None] = lambda: None) -> None:
         super().__init__()
         self.bytes = 0
-        self.since = since  # the seq of the first output it got live: older it never had
         self._on_caught_up = on_caught_up
 
     def _put(self, item: Event) -> None:
@@ -189,8 +190,9 @@ class ManagedProcess:
 
     # -- fan-out ---------------------------------------------------------------------------
     def _publish(self, event: Output) -> None:
-        event = replace(event, seq=self._published)
+        event.seq = self._published
         self._published += 1
+        event.holders = len(self._subscribers)
         if self._subscribers:
             for queue in self._subscribers:
                 queue.put_nowait(event)
@@ -216,9 +218,11 @@ class ManagedProcess:
 
     def subscribe(self) -> Feed:
         """A queue that first receives output nobody has seen yet, then live events."""
-        queue = Feed(self._release_if_caught_up, since=self._published)
+        queue = Feed(self._release_if_caught_up)
         while self._backlog:
-            queue.put_nowait(self._backlog.popleft())
+            event = self._backlog.popleft()
+            event.holders = 1
+            queue.put_nowait(event)
         self._backlog_bytes = 0
         if self.exit is not None:
             queue.put_nowait(self.exit)
@@ -227,10 +231,10 @@ class ManagedProcess:
 
     def unsubscribe(self, queue: Feed, unsent: Sequence[Output] = ()) -> None:
         """A follower that leaves with output it never took (its client went away), or took
-        and never sent (``unsent``), gives back to the backlog what no follower still there
-        had (printed before they came), so the next Connect still reads it. ``unsent`` may
-        come after the follower has left (its stream's last messages leave after its
-        handler ended)."""
+        and never sent (``unsent``), gives it back; what no other follower holds or sent
+        (printed before they came, or given back by them too) goes back to the backlog, so
+        the next Connect still reads it, once. ``unsent`` may come after the follower has
+        left (its stream's last messages leave after its handler ended)."""
         if queue in self._subscribers:
             self._subscribers.remove(queue)
             self._release_if_caught_up()  # (a follower that left holds nothing back)
@@ -243,15 +247,17 @@ class ManagedProcess:
             event = queue.get_nowait()
             if isinstance(event, Output):
                 unread.append(event)
-        if self._subscribers:
-            had = min(follower.since for follower in self._subscribers)
-            unread = [event for event in unread if event.seq < had]
+        for event in unread:
+            event.holders -= 1
+        unread = [event for event in unread if event.holders <= 0]
         if not unread:
             return
-        # (Older than what the backlog took since, mostly: merged, not put in front.)
-        self._backlog = collections.deque(
-            heapq.merge(unread, self._backlog, key=lambda event: event.seq)
-        )
+        if not self._backlog or unread[-1].seq < self._backlog[0].seq:
+            self._backlog.extendleft(reversed(unread))  # (older than all it holds: usual)
+        else:  # (a give-back later than what the backlog took since)
+            self._backlog = collections.deque(
+                heapq.merge(unread, self._backlog, key=lambda event: event.seq)
+            )
         self._backlog_bytes += sum(len(event.data) for event in unread)
         self._trim_backlog()
 
