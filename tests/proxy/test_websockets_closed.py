@@ -135,3 +135,41 @@ async def test_a_websocket_still_connecting_as_its_sandbox_pauses_is_closed_once
         assert closed == {"type": "websocket.close", "code": 1001}
         await asyncio.wait_for(relay, 5)
     await proxy.aclose()
+
+
+@pytest.mark.parametrize("client", ["slow", "gone during the pause"])
+async def test_the_sandboxs_own_close_come_first_is_not_replaced_by_going_away(client: str) -> None:
+    """The sandbox's server closed (4001) while the relay still forwarded its last messages to
+    a slow client, and then the sandbox pauses: the client gets the sandbox's close, not 1001.
+    A client that went away meanwhile ends the relay quietly, not with an error."""
+
+    async def handler(conn: ServerConnection) -> None:
+        for n in range(3):
+            await conn.send(f"message {n}")
+        await conn.close(4001, "the sandbox's own reason")
+
+    slow = asyncio.Event()
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        if message["type"] == "websocket.send":
+            await slow.wait()
+            if client == "gone during the pause":
+                raise OSError("the client went away")  # (as uvicorn's ClientDisconnected)
+        sent.append(message)
+
+    proxy = SandboxProxy(OnLoopback())  # type: ignore[arg-type]
+    async with serve(handler, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        to_proxy: asyncio.Queue[Message] = asyncio.Queue()
+        await to_proxy.put({"type": "websocket.connect"})
+        relay = asyncio.create_task(proxy(_scope(port), to_proxy.get, send))
+        await asyncio.sleep(0.3)  # (the sandbox has closed; its messages wait for the client)
+        assert [m["type"] for m in sent] == ["websocket.accept"]
+        await asyncio.wait_for(proxy.close_connections(SANDBOX), 5)
+        slow.set()
+        await asyncio.wait_for(relay, 5)  # (raises if the relay failed)
+    await proxy.aclose()
+    if client == "slow":
+        assert [m.get("text") for m in sent[1:4]] == [f"message {n}" for n in range(3)]
+        assert sent[4:] == [{"type": "websocket.close", "code": 4001}]

@@ -4,7 +4,8 @@ An upstream that drops without a closing handshake drops the client too (it sees
 were connected directly); a close frame of 1011 would claim a clean close that never happened.
 The proxy closes a relay itself (``GOING_AWAY``) when the sandbox is paused or killed: its
 client then reconnects (waking a sandbox that traffic wakes) rather than wait on a socket
-saved in a checkpoint, or on one gone.
+saved in a checkpoint, or on one gone. Such a client is told 1001 however its upstream
+ended (dropped as it would not take the close), unless the sandbox had closed first.
 """
 
 from __future__ import annotations
@@ -155,7 +156,8 @@ async def _relay(receive: Receive, send: Send, upstream: ClientConnection, relay
     _, pending = await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
     for t in pending:
         await stop(t)
-    if relay.closed and not (down.done() and not down.cancelled() and down.result()):
+    told = down.done() and not down.cancelled() and down.exception() is None and down.result()
+    if relay.closed and not told:
         # The proxy closed it: its client hears "going away" however the upstream ended
         # (dropped as its close frame could not be written, or a write to it failing first),
         # not a connection dropped as the app returns.
@@ -179,7 +181,7 @@ async def _client_to_upstream(receive: Receive, upstream: ClientConnection) -> N
 
 
 async def _upstream_to_client(upstream: ClientConnection, send: Send, relay: Relay) -> bool:
-    """Forward until the upstream ends; whether the client was sent a close."""
+    """Forward until the upstream ends; whether a close to the client was tried."""
     try:
         async for data in upstream:
             if isinstance(data, bytes):
@@ -187,11 +189,13 @@ async def _upstream_to_client(upstream: ClientConnection, send: Send, relay: Rel
             else:
                 await send({"type": "websocket.send", "text": data})
         code = upstream.close_code or 1000
+        theirs = upstream.protocol.close_rcvd_then_sent is True
     except ConnectionClosed as e:
         if e.rcvd is None and not relay.closed:
             return False  # no closing handshake: none to the client, so uvicorn drops it
         code = e.rcvd.code if e.rcvd is not None else GOING_AWAY
-    if relay.closed:
+        theirs = e.rcvd_then_sent is True
+    if relay.closed and not theirs:  # (the sandbox's own close, come first, keeps its code)
         code = GOING_AWAY
     if code in (1005, 1006):
         code = 1000
