@@ -66,17 +66,21 @@ async def test_a_cwd_only_root_can_enter_still_starts_there(
 async def test_a_start_cancelled_while_it_spawns_hands_its_fds_to_no_one_and_leaves_no_process(
     sandbox_user: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The spawn thread still uses the child's stdio fds when the call is cancelled: they are
+    """The call ends at once, but the spawn thread still uses the child's stdio fds: they are
     closed only once it is done with them (closed before, their numbers went to the next
     files envd opened, and the user's process got those), and what it started is killed and
     reaped. The thread is held until files are opened, to make that order certain."""
     gate = threading.Event()
     spawned: list[subprocess.Popen[bytes]] = []
     failed: list[OSError] = []  # (its fds closed under it)
+    handed: list[str] = []
 
     async def held(user: User, popen: Callable[[], subprocess.Popen[bytes]]) -> Any:
         def after_the_gate() -> subprocess.Popen[bytes]:
             gate.wait(10)
+            # What the child's stdio numbers are as it is spawned (``_spawn``'s ``stdio``).
+            cells = dict(zip(popen.__code__.co_freevars, popen.__closure__ or (), strict=True))
+            handed.extend(_what_is(fd) for fd in cells["stdio"].cell_contents)
             try:
                 spawned.append(popen())
             except OSError as exc:
@@ -97,11 +101,10 @@ async def test_a_start_cancelled_while_it_spawns_hands_its_fds_to_no_one_and_lea
     decoy.touch()
     opened: list[int] = []
     try:
-        await asyncio.sleep(0)  # (the cancel reaches the start)
+        with pytest.raises(asyncio.CancelledError):  # at once: the thread is still held
+            await asyncio.wait_for(starting, 5)
         opened += [os.open(decoy, os.O_RDWR) for _ in range(8)]  # (the lowest free numbers)
         gate.set()
-        with pytest.raises(asyncio.CancelledError):
-            await asyncio.wait_for(starting, 10)
     finally:
         gate.set()
         for fd in opened:
@@ -111,6 +114,7 @@ async def test_a_start_cancelled_while_it_spawns_hands_its_fds_to_no_one_and_lea
         assert time.monotonic() < deadline, "the spawn never ran"
         await asyncio.sleep(0.01)
     assert failed == []
+    assert handed and all(what.startswith("pipe:") for what in handed), handed
     (child,) = spawned
     while child.returncode is None:  # (set by the reaper's wait)
         assert time.monotonic() < deadline, "the process started for the cancelled call lives on"
@@ -118,3 +122,10 @@ async def test_a_start_cancelled_while_it_spawns_hands_its_fds_to_no_one_and_lea
     assert child.returncode == -signal.SIGKILL
     assert decoy.read_bytes() == b""
     assert manager.list() == []
+
+
+def _what_is(fd: int) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return "closed"

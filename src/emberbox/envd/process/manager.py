@@ -107,12 +107,21 @@ def _set_controlling_tty() -> None:  # runs in the child between fork and exec
 
 
 async def _popen_as(
-    user: User, popen: Callable[..., subprocess.Popen[bytes]], cwd: str, vfork: bool
+    user: User,
+    popen: Callable[..., subprocess.Popen[bytes]],
+    cwd: str,
+    vfork: bool,
+    abandon: Callable[[], None],
 ) -> subprocess.Popen[bytes]:
     """``popen()`` as ``user``. Without a ``preexec_fn`` (``vfork``) it runs in a thread that
     holds the user's ids (:func:`spawn_as_user`): ``Popen(user=...)`` cannot vfork, and
     forking envd's whole address space blocks the event loop (~8 ms here, ~40 ms in gVisor).
-    A ``cwd`` the user cannot enter starts the ordinary way, entered as root, as it did."""
+    A ``cwd`` the user cannot enter starts the ordinary way, entered as root, as it did.
+
+    Cancelled while the thread spawns, it raises at once; the thread goes on with the child's
+    stdio fds, so they are closed (``abandon``) only once it is done with them (closed
+    before, their numbers would go to the next files envd opens, and the child would get
+    those), after what it started, which nobody follows, is killed and reaped."""
     if user.is_current:
         return popen()
     if vfork:
@@ -120,13 +129,14 @@ async def _popen_as(
         try:
             return await asyncio.shield(spawning)
         except asyncio.CancelledError:
-            # The thread goes on with the child's stdio fds, which the caller closes as this
-            # raises (their numbers then free for any file envd opens next): it must be done
-            # with them first. Then what it started, nobody follows: killed and reaped.
-            while not spawning.done():
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.wait({spawning})
-            _kill_orphan(spawning)
+
+            def done_with_fds(spawned: asyncio.Future[subprocess.Popen[bytes]]) -> None:
+                try:
+                    _kill_orphan(spawned)
+                finally:
+                    abandon()
+
+            spawning.add_done_callback(done_with_fds)
             raise
         except PermissionError as exc:
             if exc.filename != cwd:
@@ -486,6 +496,12 @@ class ProcessManager:
         argv = [config.cmd, *config.args]
         child_fds: list[int] = []  # the child's ends, closed here once it has them
         ours: list[int] = []  # our ends, closed too if it does not start
+        abandoned = False  # (the spawn outlived the call: the fds are its to close)
+
+        def abandon() -> None:
+            for fd in (*child_fds, *ours):
+                os.close(fd)
+
         try:
             session: dict[str, Any]
             if pty is not None:
@@ -523,7 +539,10 @@ class ProcessManager:
                         **identity,
                     )
 
-                popen = await _popen_as(user, start, cwd, vfork=pty is None)
+                popen = await _popen_as(user, start, cwd, vfork=pty is None, abandon=abandon)
+            except asyncio.CancelledError:
+                abandoned = True
+                raise
             except BaseException:
                 for fd in ours:
                     os.close(fd)
@@ -542,8 +561,9 @@ class ProcessManager:
                 Code.INVALID_ARGUMENT, f"cannot start '{config.cmd}': {exc.strerror or exc}"
             ) from exc
         finally:
-            for fd in child_fds:
-                os.close(fd)
+            if not abandoned:
+                for fd in child_fds:
+                    os.close(fd)
         return self._register(process, user, cwd, "new process")
 
     def _register(
