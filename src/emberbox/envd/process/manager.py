@@ -49,8 +49,8 @@ class Output:
     kind: str  # "stdout" | "stderr" | "pty"
     data: bytes
     # Set as it is published: its place in the process's output (the backlog keeps that
-    # order), and how many followers hold it, not yet sent. A follower that leaves gives it
-    # back; it goes back to the backlog when the last holder gave it back, so once.
+    # order), and how many followers got it and have not given it back (one that sent it
+    # keeps it for good). It goes back to the backlog when the last one gives it back: once.
     seq: int = field(default=0, compare=False)
     holders: int = field(default=0, compare=False)
 

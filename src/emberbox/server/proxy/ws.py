@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from .http import stop, target_of, upstream_url
 from .responses import port_not_open, send_json
 
+log = logging.getLogger("emberbox.server.proxy")
 NO_UPGRADE = "The sandbox's server did not accept the WebSocket upgrade"
 GOING_AWAY = 1001  # RFC 6455: the server is going away
 CLOSE_TIMEOUT_S = 2.0  # a closing handshake the sandbox does not answer in this is dropped
@@ -156,7 +158,10 @@ async def _relay(receive: Receive, send: Send, upstream: ClientConnection, relay
     _, pending = await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
     for t in pending:
         await stop(t)
-    told = down.done() and not down.cancelled() and down.exception() is None and down.result()
+    failed = down.exception() if down.done() and not down.cancelled() else None
+    if failed is not None and not isinstance(failed, OSError):  # (a client gone is no news)
+        log.warning("websocket relay to the client failed", exc_info=failed)
+    told = down.done() and not down.cancelled() and failed is None and down.result()
     if relay.closed and not told:
         # The proxy closed it: its client hears "going away" however the upstream ended
         # (dropped as its close frame could not be written, or a write to it failing first),
