@@ -21,7 +21,7 @@ import pytest
 from e2b import TimeoutException
 
 from emberbox._proto.process import process_pb2 as pb
-from emberbox.envd.process.manager import ManagedProcess, Output
+from emberbox.envd.process.manager import Feed, ManagedProcess, Output
 from tests.conftest import EnvdProcess
 
 LINES = 30_000
@@ -247,23 +247,12 @@ async def test_output_only_a_leaving_follower_had_reaches_the_next_connect(
     Connect, in order, each line once."""
     _, process = await _left_alone("sleep 30")
     try:
-        older = process.subscribe()
-        for n in range(5):
-            process._publish(Output("stdout", b"%d\n" % n))
-        newer = process.subscribe()
-        for n in range(5, 10):
-            process._publish(Output("stdout", b"%d\n" % n))
+        older, newer = _two_followers(process)
         first, second = (older, newer) if first_leaves == "the older follower" else (newer, older)
         # Each leaves with all it was given unread (its client gone before it took any).
         process.unsubscribe(first)
         process.unsubscribe(second)
-        later = process.subscribe()
-        got = []
-        while not later.empty():
-            event = later.get_nowait()
-            assert isinstance(event, Output)
-            got.append(event.data)
-        assert b"".join(got).split() == [b"%d" % n for n in range(10)]
+        assert _lines(process.subscribe()) == [b"%d" % n for n in range(10)]
     finally:
         process.signal(9)
         await asyncio.sleep(0.1)
@@ -278,27 +267,38 @@ async def test_output_two_cut_followers_both_give_back_reaches_later_connects_on
     the Connects that follow exactly once."""
     _, process = await _left_alone("sleep 30")
     try:
-        older = process.subscribe()
-        for n in range(5):
-            process._publish(Output("stdout", b"%d\n" % n))
-        newer = process.subscribe()
-        for n in range(5, 10):
-            process._publish(Output("stdout", b"%d\n" % n))
+        older, newer = _two_followers(process)
         process.detach()
         process.unsubscribe(older)
         followers = [process.subscribe()] if between == "another connect" else []
         process.unsubscribe(newer)
         followers.append(process.subscribe())
-        got = []
-        for follower in followers:
-            while not follower.empty():
-                event = follower.get_nowait()
-                assert isinstance(event, Output)
-                got += event.data.split()
-        assert sorted(got, key=int) == [b"%d" % n for n in range(10)]
+        assert sorted(_lines(*followers), key=int) == [b"%d" % n for n in range(10)]
     finally:
         process.signal(9)
         await asyncio.sleep(0.1)
+
+
+def _two_followers(process: ManagedProcess) -> tuple[Feed, Feed]:
+    """Two followers of ``process``: one there for lines 0 to 9, one come after line 4."""
+    older = process.subscribe()
+    for n in range(5):
+        process._publish(Output("stdout", b"%d\n" % n))
+    newer = process.subscribe()
+    for n in range(5, 10):
+        process._publish(Output("stdout", b"%d\n" % n))
+    return older, newer
+
+
+def _lines(*followers: Feed) -> list[bytes]:
+    """The lines queued for ``followers``, one after the other."""
+    got = []
+    for follower in followers:
+        while not follower.empty():
+            event = follower.get_nowait()
+            assert isinstance(event, Output)
+            got += event.data.split()
+    return got
 
 
 async def test_a_stream_whose_client_left_has_let_go_of_its_process_when_it_returns() -> None:
