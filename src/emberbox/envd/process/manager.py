@@ -308,9 +308,12 @@ class ManagedProcess:
     def running(self) -> bool:
         return self.exit is None
 
+    def _not_running(self) -> ConnectError:
+        return ConnectError(Code.NOT_FOUND, f"process with pid {self.pid} is not running")
+
     def signal(self, sig: int) -> None:
         if not self.running:
-            raise ConnectError(Code.NOT_FOUND, f"process with pid {self.pid} is not running")
+            raise self._not_running()
         try:
             os.killpg(self.pid, sig)
         except ProcessLookupError:
@@ -327,7 +330,7 @@ class ManagedProcess:
 
     async def send_input(self, data: bytes, to_pty: bool) -> None:
         if not self.running:
-            raise ConnectError(Code.NOT_FOUND, f"process with pid {self.pid} is not running")
+            raise self._not_running()
         if to_pty:
             if self._pty_input is None:
                 raise ConnectError(Code.INVALID_ARGUMENT, "process has no PTY; send stdin instead")
@@ -349,7 +352,7 @@ class ManagedProcess:
         line discipline's end of input, after any input still being written: inside that
         input it would end a line, not the input, and a full terminal would refuse it."""
         if not self.running:
-            raise ConnectError(Code.NOT_FOUND, f"process with pid {self.pid} is not running")
+            raise self._not_running()
         if self._pty_input is not None:
             if self._pty_input.closed:
                 raise ConnectError(Code.INTERNAL, "the terminal is closed")
@@ -358,9 +361,7 @@ class ManagedProcess:
                     await self._pty_input.write(b"\x04")
             except BrokenPipeError as exc:
                 if not self.running:  # (it exited while the input waited)
-                    raise ConnectError(
-                        Code.NOT_FOUND, f"process with pid {self.pid} is not running"
-                    ) from exc
+                    raise self._not_running() from exc
                 raise ConnectError(Code.INTERNAL, "the terminal is closed") from exc
             return
         if self._stdin is None or self._stdin.closed:
@@ -369,7 +370,7 @@ class ManagedProcess:
 
     def resize(self, cols: int, rows: int) -> None:
         if not self.running:
-            raise ConnectError(Code.NOT_FOUND, f"process with pid {self.pid} is not running")
+            raise self._not_running()
         if self._pty_input is None:
             raise ConnectError(Code.INVALID_ARGUMENT, "process has no PTY to resize")
         if self._pty_input.closed:

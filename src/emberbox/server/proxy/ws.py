@@ -158,10 +158,12 @@ async def _relay(receive: Receive, send: Send, upstream: ClientConnection, relay
     _, pending = await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
     for t in pending:
         await stop(t)
-    failed = down.exception() if down.done() and not down.cancelled() else None
-    if failed is not None and not isinstance(failed, OSError):  # (a client gone is no news)
-        log.warning("websocket relay to the client failed", exc_info=failed)
-    told = down.done() and not down.cancelled() and failed is None and down.result()
+    told = False  # (whether the down task sent its client a close)
+    if down.done() and not down.cancelled():
+        if (failed := down.exception()) is None:
+            told = down.result()
+        elif not isinstance(failed, OSError):  # (a client gone is no news)
+            log.warning("websocket relay to the client failed", exc_info=failed)
     if relay.closed and not told:
         # The proxy closed it: its client hears "going away" however the upstream ended
         # (dropped as its close frame could not be written, or a write to it failing first),
