@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import os
 import secrets
+import subprocess
 import sys
 import tempfile
 import time
@@ -133,6 +134,22 @@ async def bare_runtime_creates(n: int) -> list[float]:
     return times
 
 
+def cli_commands(server: ServerProcess, n: int) -> tuple[Samples, Samples]:
+    """``emberbox keys list`` as shipped, and the same command run without ``main()``'s
+    frozen exit (``emberbox.long_lived``): the collections at exit walk all it imported."""
+    env = {**os.environ, **server.env()}
+    shipped = [sys.executable, "-m", "emberbox.cli", "keys", "list"]
+    walked = [sys.executable, "-c", "from emberbox.cli.app import app; app()", "keys", "list"]
+
+    def once(argv: list[str]) -> float:
+        t0 = time.perf_counter()
+        done = subprocess.run(argv, env=env, capture_output=True, timeout=60)
+        check(done.returncode == 0, f"{argv[-2:]} failed: {done.stderr[-500:]!r}")
+        return time.perf_counter() - t0
+
+    return [once(shipped) for _ in range(n)], [once(walked) for _ in range(n)]
+
+
 @contextmanager
 def server(backend: str, tmp: Path, n: int) -> Iterator[ServerProcess]:
     env = {**LIMITS, "EMBERBOX_MAX_SANDBOXES_PER_TEAM": str(n + 5)}
@@ -171,6 +188,7 @@ def main() -> None:
             seq = [tti_once(sdk_env) for _ in range(args.n)]
             par = concurrent(lambda: tti_once(sdk_env), args.n)
             read_alone, read_together, health = reads(sdk_env, args.n * 5, READERS)
+            commands = cli_commands(started, args.n) if args.backend == "local" else None
         if args.backend == "gvisor":
             bare_name = "runtime create + handshake"
             bare = asyncio.run(bare_runtime_creates(args.n))
@@ -193,6 +211,10 @@ def main() -> None:
     summary(f"get_info, {READERS} clients, each one's mean", read_together)
     floor = summary("baseline: GET /health, 1 client", health)
     print(f"{'':44} get_info / health: median {alone['median'] / floor['median']:.2f}x")
+    if commands is not None:
+        shipped = summary("emberbox keys list (a CLI command)", commands[0])
+        walked = summary("baseline: the same, exit collections walking all", commands[1])
+        print(f"{'':44} CLI command / baseline: median {shipped['median'] / walked['median']:.2f}x")
 
 
 if __name__ == "__main__":

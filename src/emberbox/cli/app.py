@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from ..long_lived import skip_exit_collections
 from . import logs, node, sandbox, secret, server, stateful, template
 
 app = typer.Typer(
@@ -22,4 +23,5 @@ app.command("logs")(logs.logs)
 
 
 def main() -> None:
+    skip_exit_collections()
     app()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import uvicorn
 
+from ..long_lived import freeze_started
 from ..runtimes import select_runtime
 from ..vocabulary import PAUSE_KEEP_S
 from .app import node_app
@@ -90,6 +91,7 @@ async def serve_node(
                 f"{len(report.adopted)}, removed {len(report.removed)})",
                 flush=True,
             )
+            freeze_started()
         await task
     finally:
         await service.close()

@@ -14,6 +14,7 @@ from typing import Any
 
 import uvicorn
 
+from ..long_lived import freeze_started
 from ..vocabulary import SERVER_KEEPALIVE_S
 from .api.app import create_api_app
 from .api_host import ApiHostDispatch
@@ -159,6 +160,7 @@ async def serve(settings: Settings) -> None:
                 banner(settings, first_key, facts.runtime, facts.capabilities.isolation, tls),
                 flush=True,
             )
+            freeze_started()
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         stop()
         await asyncio.gather(*tasks, return_exceptions=True)
