@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from ..long_lived import skip_exit_collections
+from ..long_lived import freeze_at_exit
 from . import logs, node, sandbox, secret, server, stateful, template
 
 app = typer.Typer(
@@ -23,5 +23,5 @@ app.command("logs")(logs.logs)
 
 
 def main() -> None:
-    skip_exit_collections()
+    freeze_at_exit()
     app()

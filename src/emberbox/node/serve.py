@@ -86,12 +86,12 @@ async def serve_node(
                 break
             await asyncio.sleep(0.02)
         if server.started:
+            freeze_started()  # (before it says it is ready: the one collection's pause)
             print(
                 f"Emberbox node on http://{host}:{port} (runtime: {runtime.name}; adopted "
                 f"{len(report.adopted)}, removed {len(report.removed)})",
                 flush=True,
             )
-            freeze_started()
         await task
     finally:
         await service.close()

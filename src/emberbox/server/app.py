@@ -155,12 +155,12 @@ async def serve(settings: Settings) -> None:
                 break
             await asyncio.sleep(0.02)
         if all(s.started for s in servers):
+            freeze_started()  # (before it says it is ready: the one collection's pause)
             facts = ctx.service.facts
             print(
                 banner(settings, first_key, facts.runtime, facts.capabilities.isolation, tls),
                 flush=True,
             )
-            freeze_started()
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         stop()
         await asyncio.gather(*tasks, return_exceptions=True)
