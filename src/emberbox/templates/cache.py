@@ -6,7 +6,9 @@ directories survive the round trip.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -17,11 +19,19 @@ TAR_FLAGS = ("--xattrs", "--xattrs-include=*", "--numeric-owner")
 
 
 async def export_layer(store: TemplateStore, key: str, cache_dir: Path) -> Path:
+    """Write ``<key>.tar`` under a name of its own, then rename it into place: two builds
+    exporting the same layer at once (two nodes, one cache) each publish a whole tarball."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     target = cache_dir / f"{key}.tar"
-    tmp = cache_dir / f".{key}.tar.tmp"
-    await _run.run("tar", *TAR_FLAGS, "-C", str(store.layer_path(key)), "-cf", str(tmp), ".")
-    os.replace(tmp, target)
+    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{key}.", suffix=".tar.tmp")
+    os.close(fd)
+    try:
+        await _run.run("tar", *TAR_FLAGS, "-C", str(store.layer_path(key)), "-cf", tmp, ".")
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
     return target
 
 
