@@ -23,6 +23,7 @@ directly attached networks (which the node refuses by default).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import secrets
 import shutil
@@ -187,6 +188,10 @@ def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True)
 
 
+# Held from picking a place to routing it: another process (an xdist worker) picks next.
+_PLACE_LOCK = Path(tempfile.gettempdir()) / "emberbox-fake-internet.lock"
+
+
 def _free_place() -> tuple[str, int, int]:
     """A tag, with the 198.18.<n>.0/24 and the 10.250.<n>.<link>/30 it names, that nothing on
     the host holds: a run killed before its clean-up leaves its namespace and routes behind
@@ -209,12 +214,18 @@ def fake_internet(
     """Servers answering at ``public`` addresses of 198.18.<n>.0/24 and at ``internal``;
     ``names`` maps a DNS name to an index into ``public + internal``. Everything (namespace,
     veth, host routes, files) is removed afterwards."""
-    tag, n, link = _free_place()
+    placing = _PLACE_LOCK.open("w")  # until its routes are up, no other process picks a place
+    fcntl.flock(placing, fcntl.LOCK_EX)
+    try:
+        tag, n, link = _free_place()
+        _ip("netns", "add", ns := f"ebtinet{tag}")
+    except BaseException:
+        placing.close()
+        raise
     host_ip, ns_ip = f"10.250.{n}.{link + 1}", f"10.250.{n}.{link + 2}"
-    ns, host_if, ns_if = f"ebtinet{tag}", f"ebti{tag}", f"ebtn{tag}"
+    host_if, ns_if = f"ebti{tag}", f"ebtn{tag}"
     addresses = [f"198.18.{n}.{10 + i}" for i in range(public)]
     routes: list[str] = []
-    _ip("netns", "add", ns)
     server: subprocess.Popen[bytes] | None = None
     named: subprocess.Popen[bytes] | None = None
     workdir = Path(tempfile.mkdtemp(prefix="fake-internet-")) if names else None
@@ -232,6 +243,7 @@ def fake_internet(
         for dest in [f"198.18.{n}.0/24", *(f"{a}/32" for a in internal)]:
             _ip("route", "add", dest, "via", ns_ip)
             routes.append(dest)
+        placing.close()
         server = subprocess.Popen(
             ["ip", "netns", "exec", ns, sys.executable, "-c", _SERVER, f"fake internet {tag}",
              str(PORT)]
@@ -260,6 +272,7 @@ def fake_internet(
                 time.sleep(0.05)
         yield FakeInternet(tuple(addresses), tuple(internal), PORT, tag, resolved, workdir)
     finally:
+        placing.close()
         for proc in (server, named):
             if proc is not None:
                 proc.kill()

@@ -11,7 +11,7 @@ import shutil
 import stat
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from emberbox.runtimes.gvisor.warm import TemplateSnapshots
 from emberbox.server.testing import ServerProcess
 from emberbox.templates.base import build_base
 from emberbox.templates.store import Template, TemplateStore
+from tests import lanes
 
 REQUIRED_TOOLS = ("runsc", "mmdebstrap", "nft", "ip", "mkfs.ext4", "unshare")
 
@@ -195,13 +196,16 @@ def settled_leaks(
         time.sleep(0.5)
 
 
-def tracked_flows(address: str) -> list[str]:
-    """The host's conntrack entries to or from ``address`` (a dead sandbox should have none)."""
+def tracked_flows(address: str, peers: Sequence[str]) -> list[str]:
+    """The host's conntrack entries between ``address`` and any of ``peers`` (a dead sandbox
+    should have none). Only those: the freed address may already be another sandbox's, of
+    another instance on the host, with flows of its own."""
     found = []
-    for direction in ("--orig-src", "--orig-dst"):
-        out = subprocess.run(["conntrack", "-L", direction, address], capture_output=True,
-                             text=True, check=False)  # fmt: skip
-        found += [line for line in out.stdout.splitlines() if line.strip()]
+    for peer in peers:
+        for src, dst in ((address, peer), (peer, address)):
+            out = subprocess.run(["conntrack", "-L", "--orig-src", src, "--orig-dst", dst],
+                                 capture_output=True, text=True, check=False)  # fmt: skip
+            found += [line for line in out.stdout.splitlines() if line.strip()]
     return found
 
 
@@ -222,9 +226,11 @@ def gvisor_server(tmp: Path, env: Mapping[str, str] | None = None) -> Iterator[S
     """A real ``emberbox server`` on gVisor: the node's template store, a fresh database.
 
     The orchestrator owns the sandboxes of its data dir, so only one of these runs at a time;
-    pytest's module-scoped fixtures give exactly that.
+    pytest's module-scoped fixtures give exactly that, and tests/lanes.py keeps its users in
+    one xdist worker.
     """
     require_host()
+    lanes.require(lanes.SHARED_DATA_DIR)
     asyncio.run(ensure_base(TemplateStore(DATA_DIR)))
     server = ServerProcess(
         DATA_DIR,

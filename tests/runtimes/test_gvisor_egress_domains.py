@@ -313,10 +313,11 @@ async def test_one_sandbox_cannot_hold_all_the_gateways_connections(
         await asyncio.sleep(0.2)
     await asyncio.sleep(2)
     assert len(runtime.egress.gateway._open[address.guest_ip]) == MAX_PER_SANDBOX
+    assert tracked_flows(address.guest_ip, inet.public)  # what the kill must delete
     await runtime.kill(sandbox.sandbox_id)
     assert address.guest_ip not in runtime.egress.gateway._open
     # The gateway's resets cannot reach a link that is gone: the kill deletes the entries.
-    assert tracked_flows(address.guest_ip) == []
+    assert tracked_flows(address.guest_ip, inet.public) == []
     task.cancel()
     with contextlib.suppress(BaseException):
         await task
@@ -340,7 +341,9 @@ async def test_concurrent_sandboxes_with_domains_come_and_go_cleanly(
     expected = [inet.named_body(ALLOWED), inet.named_body(UNDER_WILD)] * 10
     assert all(a.text.splitlines() == expected for a in answers)
     addresses = [runtime._lease_of(s.sandbox_id, None) for s in sandboxes]
+    assert all(a is not None and tracked_flows(a.guest_ip, inet.public) for a in addresses)
     await asyncio.gather(*(runtime.kill(s.sandbox_id) for s in sandboxes))
     assert (await inventory(runtime.config)).leaked_since(before) == {}
     assert not any(a is not None and a.guest_ip in runtime.egress.gateway._open for a in addresses)
-    assert [f for a in addresses if a is not None for f in tracked_flows(a.guest_ip)] == []
+    guests = [a.guest_ip for a in addresses if a is not None]
+    assert [f for guest in guests for f in tracked_flows(guest, inet.public)] == []
