@@ -9,11 +9,13 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
 
 from emberbox.host.ports import free_loopback_port
+from tests import lanes
 
 # Servers and nodes made in-process read EMBERBOX_* from here: the warm pool is opt-in in tests
 # (its background sandboxes would show up in every leak inventory).
@@ -105,3 +107,14 @@ def e2b_debug_env(monkeypatch: pytest.MonkeyPatch, envd_debug: EnvdProcess) -> E
 
 def is_root() -> bool:
     return os.geteuid() == 0
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    lanes.check(items)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> lanes.LaneScheduling | None:
+    """``--dist loadfile`` keeps the files that share a host resource in one worker."""
+    if config.getvalue("dist") == "loadfile":
+        return lanes.LaneScheduling(config, log)
+    return None

@@ -11,6 +11,7 @@ from emberbox.envd_client import handshake
 from emberbox.runtimes.base import NetworkPolicy, RuntimeSandbox, SandboxSpec
 from emberbox.runtimes.gvisor import GVisorConfig, GVisorRuntime
 from emberbox.templates.store import Template, TemplateStore
+from tests import lanes
 
 from .gvisor_support import ensure_base, require_host
 
@@ -27,6 +28,7 @@ async def base_template() -> Template:
 def gvisor_config() -> GVisorConfig:
     """Creates boot (this suite tests the boot path; test_template_snapshots.py the restore
     path), and no background snapshot outlives the test that started it."""
+    lanes.require(lanes.SHARED_DATA_DIR)
     return GVisorConfig(template_snapshots=False)
 
 
