@@ -41,7 +41,10 @@ def test_shell_types_reads_resizes_and_exits(envd_debug: EnvdProcess) -> None:
         stdin=slave,
         stdout=slave,
         stderr=slave,
-        env={**os.environ, "EMBERBOX_DEBUG": "true"},
+        # The size comes from the terminal: COLUMNS and LINES (pytest-xdist's workers set
+        # them) would take precedence over it.
+        env={k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+        | {"EMBERBOX_DEBUG": "true"},
         start_new_session=True,
         preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
     )
