@@ -58,6 +58,6 @@ def prune(cache_dir: Path, keep: Iterable[str]) -> list[str]:
     if cache_dir.is_dir():
         for p in cache_dir.glob("*.tar"):
             if p.name not in wanted:
-                p.unlink()
+                p.unlink(missing_ok=True)  # another build sharing the cache may prune it too
                 removed.append(p.name)
     return removed
