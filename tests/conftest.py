@@ -114,7 +114,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> lanes.LaneScheduling | None:
-    """``--dist loadfile`` keeps the files that share a host resource in one worker."""
-    if config.getvalue("dist") == "loadfile":
+    """Whenever xdist hands out tests (every ``--dist`` but ``each``), the files that share a
+    host resource stay in one worker."""
+    if config.getvalue("dist") not in ("no", "each"):
         return lanes.LaneScheduling(config, log)
     return None

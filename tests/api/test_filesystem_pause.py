@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -15,11 +16,23 @@ from e2b import AsyncSandbox, Sandbox, SandboxState
 from emberbox.server.testing import ServerProcess
 from emberbox.vocabulary import ENVD_PORT
 from tests import background_counter
+from tests.node.support import data_dir_sharing_templates
+from tests.runtimes.gvisor_support import DATA_DIR
+from tests.runtimes.gvisor_support import gvisor_server as start_gvisor_server
 
 # Detached (not an SDK background command, whose stream breaking at the pause would make the
 # SDK probe the sandbox: traffic), so the test alone decides what reaches the sandbox.
 COUNTER = f"setsid sh -c '{background_counter.LOOP}' >/dev/null 2>&1 </dev/null &"
 SLEEPER = "setsid sleep 1000 >/dev/null 2>&1 </dev/null &"
+
+
+@pytest.fixture(scope="module")
+def gvisor_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """On a data dir of its own: this file runs next to the others (tests/lanes.py)."""
+    tmp = tmp_path_factory.mktemp("filesystem-pause")
+    data_dir = data_dir_sharing_templates(tmp / "data", DATA_DIR)
+    with start_gvisor_server(tmp, data_dir=data_dir) as server:
+        yield server
 
 
 @pytest.fixture

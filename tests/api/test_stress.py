@@ -22,7 +22,7 @@ import pytest
 
 from emberbox.runtimes.gvisor import GVisorConfig
 from emberbox.server.testing import ServerProcess
-from tests.runtimes.gvisor_support import DATA_DIR, ensure_base, inventory, require_host
+from tests.runtimes.gvisor_support import DATA_DIR, gvisor_server, inventory
 
 CYCLES = int(os.environ.get("EMBERBOX_STRESS_CYCLES", "200"))
 CLIENTS = 4
@@ -30,29 +30,15 @@ CLIENTS = 4
 
 @pytest.fixture(scope="module")
 def stressed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    import asyncio
-
-    from emberbox.templates.store import TemplateStore
-
-    require_host()
-    asyncio.run(ensure_base(TemplateStore(DATA_DIR)))
-    tmp = tmp_path_factory.mktemp("stress")
-    server = ServerProcess(
-        DATA_DIR,
-        database_url=f"sqlite+aiosqlite:///{tmp / 'emberbox.db'}",
-        env={
-            "EMBERBOX_BACKEND": "gvisor",
-            "EMBERBOX_RECONCILE_INTERVAL_S": "0.05",
-            "EMBERBOX_DEAD_CHECK_INTERVAL_S": "0.05",
-            "EMBERBOX_REAP_INTERVAL_S": "0.05",
-            "EMBERBOX_RATE_PER_S": "1000",
-            "EMBERBOX_RATE_BURST": "1000",
-        },
-        log_dir=tmp,
-    )
-    server.start(timeout_s=60)
-    yield server
-    server.stop()
+    fast = {
+        "EMBERBOX_RECONCILE_INTERVAL_S": "0.05",
+        "EMBERBOX_DEAD_CHECK_INTERVAL_S": "0.05",
+        "EMBERBOX_REAP_INTERVAL_S": "0.05",
+        "EMBERBOX_RATE_PER_S": "1000",
+        "EMBERBOX_RATE_BURST": "1000",
+    }
+    with gvisor_server(tmp_path_factory.mktemp("stress"), fast) as server:
+        yield server
 
 
 def _cycle(server: ServerProcess, key: str, n: int, created: list[str], errors: list[str]) -> None:

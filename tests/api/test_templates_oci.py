@@ -18,9 +18,8 @@ import pytest
 from e2b import AsyncSandbox, AsyncTemplate, BuildException, LogEntry, Sandbox, Template
 
 from emberbox.server.testing import ServerProcess
-from emberbox.templates.store import TemplateStore
 from tests.api.oci_support import build_image, local_registry, push, require_oci_tools, tiny_rootfs
-from tests.runtimes.gvisor_support import DATA_DIR, ensure_base, require_host
+from tests.runtimes.gvisor_support import gvisor_server
 
 pytestmark = pytest.mark.timeout(900)
 LOGIN = ("alice", "s3cret-pw")
@@ -49,24 +48,12 @@ def registries(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
 def server(
     registries: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
-    require_host()
-    asyncio.run(ensure_base(TemplateStore(DATA_DIR)))
-    tmp = tmp_path_factory.mktemp("oci-server")
-    srv = ServerProcess(
-        DATA_DIR,
-        database_url=f"sqlite+aiosqlite:///{tmp / 'emberbox.db'}",
-        env={
-            "EMBERBOX_BACKEND": "gvisor",
-            "EMBERBOX_INSECURE_REGISTRIES": ",".join(registries),
-            "EMBERBOX_MAX_QUEUED_BUILDS": "1",  # see test_the_build_queue_is_bounded
-        },
-        log_dir=tmp,
-    )
-    srv.start(timeout_s=60)
-    try:
+    env = {
+        "EMBERBOX_INSECURE_REGISTRIES": ",".join(registries),
+        "EMBERBOX_MAX_QUEUED_BUILDS": "1",  # see test_the_build_queue_is_bounded
+    }
+    with gvisor_server(tmp_path_factory.mktemp("oci-server"), env) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture

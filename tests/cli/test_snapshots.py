@@ -4,7 +4,6 @@ may hold two sandboxes, so a fork of two from a running sandbox gets one fork an
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import uuid
@@ -14,29 +13,17 @@ import pytest
 
 from emberbox import Sandbox
 from emberbox.server.testing import ServerProcess
-from emberbox.templates.store import TemplateStore
 from tests.cli.conftest import Cli
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """``gvisor_server``'s server, with a team limit of two sandboxes."""
-    from tests.runtimes import gvisor_support as gv
+    from tests.runtimes.gvisor_support import gvisor_server
 
-    gv.require_host()
-    asyncio.run(gv.ensure_base(TemplateStore(gv.DATA_DIR)))
     tmp = tmp_path_factory.mktemp("cli-snapshots")
-    srv = ServerProcess(
-        gv.DATA_DIR,
-        database_url=f"sqlite+aiosqlite:///{tmp / 'emberbox.db'}",
-        env={"EMBERBOX_BACKEND": "gvisor", "EMBERBOX_MAX_SANDBOXES_PER_TEAM": "2"},
-        log_dir=tmp,
-    )
-    srv.start(timeout_s=60)
-    try:
+    with gvisor_server(tmp, {"EMBERBOX_MAX_SANDBOXES_PER_TEAM": "2"}) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:

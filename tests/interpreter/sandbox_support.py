@@ -23,9 +23,11 @@ from emberbox.templates.store import TemplateStore
 
 @contextmanager
 def code_interpreter_server(tmp: Path) -> Iterator[ServerProcess]:
+    from tests import lanes
     from tests.runtimes.gvisor_support import DATA_DIR, require_host
 
     require_host()
+    lanes.require(lanes.SHARED_DATA_DIR)
     cache = os.environ.get("EMBERBOX_TEMPLATE_CACHE")
     asyncio.run(build_code_interpreter(TemplateStore(DATA_DIR), Path(cache) if cache else None))
     server = ServerProcess(

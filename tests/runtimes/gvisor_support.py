@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import fcntl
 import os
 import shutil
 import stat
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,9 +42,15 @@ def require_host() -> None:
         pytest.skip(f"missing host tools: {', '.join(missing)} (see docs/runtimes.md)")
 
 
+# Held while one process builds (or finds) ``base``: xdist workers share the template store.
+_BASE_LOCK = Path(tempfile.gettempdir()) / "emberbox-tests-base.lock"
+
+
 async def ensure_base(store: TemplateStore) -> Template:
     cache = os.environ.get("EMBERBOX_TEMPLATE_CACHE")
-    return await build_base(store, Path(cache) if cache else None)
+    with _BASE_LOCK.open("w") as lock:
+        await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)
+        return await build_base(store, Path(cache) if cache else None)
 
 
 async def run(sandbox: RuntimeSandbox, cmd: str, user: str | None = None,
@@ -222,18 +230,23 @@ def wait_for_template_snapshot(data_dir: Path, template_name: str, timeout_s: fl
 
 
 @contextlib.contextmanager
-def gvisor_server(tmp: Path, env: Mapping[str, str] | None = None) -> Iterator[ServerProcess]:
+def gvisor_server(
+    tmp: Path, env: Mapping[str, str] | None = None, data_dir: Path | None = None
+) -> Iterator[ServerProcess]:
     """A real ``emberbox server`` on gVisor: the node's template store, a fresh database.
 
-    The orchestrator owns the sandboxes of its data dir, so only one of these runs at a time;
-    pytest's module-scoped fixtures give exactly that, and tests/lanes.py keeps its users in
-    one xdist worker.
+    On the shared ``DATA_DIR`` by default: the orchestrator owns the sandboxes of its data dir,
+    so only one of these runs at a time; pytest's module-scoped fixtures give exactly that,
+    and tests/lanes.py keeps their files in one xdist worker. With ``data_dir`` (made by
+    ``tests.node.support.data_dir_sharing_templates``) the server is an instance of its own,
+    and its file may run next to any other.
     """
     require_host()
-    lanes.require(lanes.SHARED_DATA_DIR)
+    if data_dir is None:
+        lanes.require(lanes.SHARED_DATA_DIR)
     asyncio.run(ensure_base(TemplateStore(DATA_DIR)))
     server = ServerProcess(
-        DATA_DIR,
+        data_dir or DATA_DIR,
         database_url=f"sqlite+aiosqlite:///{tmp / 'emberbox.db'}",
         env={"EMBERBOX_BACKEND": "gvisor", **(env or {})},
         log_dir=tmp,

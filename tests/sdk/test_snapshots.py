@@ -29,9 +29,13 @@ COUNTER = background_counter.LOOP
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    from tests.runtimes.gvisor_support import gvisor_server
+    """On a data dir of its own: this file runs next to the others (tests/lanes.py)."""
+    from tests.node.support import data_dir_sharing_templates
+    from tests.runtimes.gvisor_support import DATA_DIR, gvisor_server
 
-    with gvisor_server(tmp_path_factory.mktemp("sdk-snapshots")) as srv:
+    tmp = tmp_path_factory.mktemp("sdk-snapshots")
+    data_dir = data_dir_sharing_templates(tmp / "data", DATA_DIR)
+    with gvisor_server(tmp, data_dir=data_dir) as srv:
         yield srv
 
 
