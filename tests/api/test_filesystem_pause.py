@@ -16,8 +16,6 @@ from e2b import AsyncSandbox, Sandbox, SandboxState
 from emberbox.server.testing import ServerProcess
 from emberbox.vocabulary import ENVD_PORT
 from tests import background_counter
-from tests.node.support import data_dir_sharing_templates
-from tests.runtimes.gvisor_support import DATA_DIR
 from tests.runtimes.gvisor_support import gvisor_server as start_gvisor_server
 
 # Detached (not an SDK background command, whose stream breaking at the pause would make the
@@ -30,8 +28,7 @@ SLEEPER = "setsid sleep 1000 >/dev/null 2>&1 </dev/null &"
 def gvisor_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """On a data dir of its own: this file runs next to the others (tests/lanes.py)."""
     tmp = tmp_path_factory.mktemp("filesystem-pause")
-    data_dir = data_dir_sharing_templates(tmp / "data", DATA_DIR)
-    with start_gvisor_server(tmp, data_dir=data_dir) as server:
+    with start_gvisor_server(tmp, own_data_dir=True) as server:
         yield server
 
 

@@ -231,22 +231,27 @@ def wait_for_template_snapshot(data_dir: Path, template_name: str, timeout_s: fl
 
 @contextlib.contextmanager
 def gvisor_server(
-    tmp: Path, env: Mapping[str, str] | None = None, data_dir: Path | None = None
+    tmp: Path, env: Mapping[str, str] | None = None, own_data_dir: bool = False
 ) -> Iterator[ServerProcess]:
     """A real ``emberbox server`` on gVisor: the node's template store, a fresh database.
 
     On the shared ``DATA_DIR`` by default: the orchestrator owns the sandboxes of its data dir,
     so only one of these runs at a time; pytest's module-scoped fixtures give exactly that,
-    and tests/lanes.py keeps their files in one xdist worker. With ``data_dir`` (made by
-    ``tests.node.support.data_dir_sharing_templates``) the server is an instance of its own,
-    and its file may run next to any other.
+    and tests/lanes.py keeps their files in one xdist worker. With ``own_data_dir`` (one that
+    sees the shared templates, under ``tmp``) the server is an instance of its own, and its
+    file may run next to any other.
     """
+    from tests.node.support import data_dir_sharing_templates  # it imports this module
+
     require_host()
-    if data_dir is None:
+    if own_data_dir:
+        data_dir = data_dir_sharing_templates(tmp / "data", DATA_DIR)
+    else:
         lanes.require(lanes.SHARED_DATA_DIR)
+        data_dir = DATA_DIR
     asyncio.run(ensure_base(TemplateStore(DATA_DIR)))
     server = ServerProcess(
-        data_dir or DATA_DIR,
+        data_dir,
         database_url=f"sqlite+aiosqlite:///{tmp / 'emberbox.db'}",
         env={"EMBERBOX_BACKEND": "gvisor", **(env or {})},
         log_dir=tmp,

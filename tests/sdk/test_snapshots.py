@@ -30,12 +30,9 @@ COUNTER = background_counter.LOOP
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """On a data dir of its own: this file runs next to the others (tests/lanes.py)."""
-    from tests.node.support import data_dir_sharing_templates
-    from tests.runtimes.gvisor_support import DATA_DIR, gvisor_server
+    from tests.runtimes.gvisor_support import gvisor_server
 
-    tmp = tmp_path_factory.mktemp("sdk-snapshots")
-    data_dir = data_dir_sharing_templates(tmp / "data", DATA_DIR)
-    with gvisor_server(tmp, data_dir=data_dir) as srv:
+    with gvisor_server(tmp_path_factory.mktemp("sdk-snapshots"), own_data_dir=True) as srv:
         yield srv
 
 
