@@ -6,12 +6,11 @@ directories survive the round trip.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..host.files import replacing
 from . import _run
 from .store import TemplateStore
 
@@ -19,19 +18,13 @@ TAR_FLAGS = ("--xattrs", "--xattrs-include=*", "--numeric-owner")
 
 
 async def export_layer(store: TemplateStore, key: str, cache_dir: Path) -> Path:
-    """Write ``<key>.tar`` under a name of its own, then rename it into place: two builds
+    """Write ``<key>.tar`` beside its place and rename it in (:func:`replacing`): two builds
     exporting the same layer at once (two nodes, one cache) each publish a whole tarball."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     target = cache_dir / f"{key}.tar"
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{key}.", suffix=".tar.tmp")
-    os.close(fd)
-    try:
-        await _run.run("tar", *TAR_FLAGS, "-C", str(store.layer_path(key)), "-cf", tmp, ".")
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with replacing(target) as (fd, tmp):
+        os.close(fd)  # tar writes the file by its name
+        await _run.run("tar", *TAR_FLAGS, "-C", str(store.layer_path(key)), "-cf", str(tmp), ".")
     return target
 
 
