@@ -100,15 +100,20 @@ def unit_of(path: str) -> str:
     return path
 
 
+def file_of(nodeid: str) -> str:
+    """A test's file, from its node id (``PYTEST_CURRENT_TEST`` starts with one too)."""
+    return nodeid.split("::", 1)[0]
+
+
 def unit_of_test(nodeid: str) -> str:
-    return unit_of(nodeid.split("::", 1)[0])
+    return unit_of(file_of(nodeid))
 
 
 def check(items: list[pytest.Item]) -> None:
     """Refuse to run a test whose fixtures reach for a shared resource its file's unit
     does not own."""
     for item in items:
-        path = item.nodeid.split("::", 1)[0]
+        path = file_of(item.nodeid)
         for group, fixtures in _FIXTURES.items():
             used = fixtures.intersection(getattr(item, "fixturenames", ()))
             if used and unit_of(path) != group:
@@ -121,7 +126,7 @@ def require(group: str) -> None:
     """Fail the running test unless its file is in ``group``: for code that reaches for a
     shared resource without one of the fixtures :func:`check` knows."""
     running = os.environ.get("PYTEST_CURRENT_TEST", "")
-    path = running.split("::", 1)[0]
+    path = file_of(running)
     if running and unit_of(path) != group:
         raise RuntimeError(f"{path} uses {group}: list it in tests/lanes.py")
 
