@@ -109,6 +109,11 @@ def is_root() -> bool:
     return os.geteuid() == 0
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):  # the controller (or a run without workers)
+        config.pluginmanager.register(lanes.LaneTimes(), "emberbox-lane-times")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     lanes.check(items)
 

@@ -11,6 +11,8 @@ for the resource (:func:`require`), never only sometimes.
 from __future__ import annotations
 
 import os
+from collections import defaultdict
+from typing import Any
 
 import pytest
 from xdist.scheduler import LoadScopeScheduling
@@ -137,3 +139,33 @@ class LaneScheduling(LoadScopeScheduling):  # type: ignore[misc]  # xdist has no
 
     def _split_scope(self, nodeid: str) -> str:
         return unit_of_test(nodeid)
+
+
+class LaneTimes:
+    """What each worker spent on tests and which units took longest, printed after a run in
+    lanes: it shows whether one unit (the shared data dir's) is the run's critical path.
+    Registered in the controller; xdist hands it every worker's reports."""
+
+    def __init__(self) -> None:
+        self.by_worker: dict[str, float] = defaultdict(float)
+        self.by_unit: dict[str, float] = defaultdict(float)
+
+    def add(self, worker: str, nodeid: str, seconds: float) -> None:
+        self.by_worker[worker] += seconds
+        self.by_unit[unit_of_test(nodeid)] += seconds
+
+    def lines(self, top: int = 5) -> list[str]:
+        workers = ", ".join(f"{w} {s:.0f} s" for w, s in sorted(self.by_worker.items()))
+        longest = sorted(self.by_unit.items(), key=lambda pair: -pair[1])[:top]
+        units = ", ".join(f"{unit} {s:.0f} s" for unit, s in longest)
+        return [f"lanes: tests took {workers}", f"lanes: longest units: {units}"]
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        node: Any = getattr(report, "node", None)  # set by xdist on a worker's report
+        if node is not None:
+            self.add(node.gateway.id, report.nodeid, report.duration)
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.by_worker:
+            for line in self.lines():
+                terminalreporter.write_line(line)

@@ -45,3 +45,15 @@ def test_require_refuses_a_test_outside_the_unit(monkeypatch: pytest.MonkeyPatch
     shared = min(lanes._FILES[lanes.SHARED_DATA_DIR])
     monkeypatch.setenv("PYTEST_CURRENT_TEST", f"{shared}::test_x (setup)")
     lanes.require(lanes.SHARED_DATA_DIR)
+
+
+def test_lane_times_sum_by_worker_and_by_unit() -> None:
+    times = lanes.LaneTimes()
+    shared = sorted(lanes._FILES[lanes.SHARED_DATA_DIR])
+    times.add("gw0", f"{shared[0]}::test_a", 30.0)
+    times.add("gw0", f"{shared[1]}::test_b", 12.5)
+    times.add("gw1", "tests/unit/test_lanes.py::test_c", 2.0)
+    assert times.lines(top=1) == [
+        "lanes: tests took gw0 42 s, gw1 2 s",
+        f"lanes: longest units: {lanes.SHARED_DATA_DIR} 42 s",
+    ]
