@@ -6,6 +6,10 @@ server proxy → envd → a login shell) to its result. The baseline comes from 
 the same run: a loop inside the guest timing ``/bin/true`` (and, for reference, a fresh
 ``bash -c true`` and ``bash -l -c true``, what every command cost before standby shells).
 
+Also ``pty.create`` until the SDK has its start event (a terminal's login shell started),
+baseline a background command started afresh (``envs={"TZ": ...}``: no standby shell fits) in
+the same sandbox: the same RPC without a terminal.
+
     .venv/bin/python benchmarks/commands_bench.py [--runs 300] [--quick]
 
 Needs root and runsc. ``--quick`` takes 20 samples of each.
@@ -23,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from e2b import Sandbox
+from e2b.sandbox.commands.command_handle import PtySize
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -80,6 +85,23 @@ def concurrent_runs(sbx: Sandbox, n: int) -> list[float]:
         return list(pool.map(one, range(n)))
 
 
+def process_starts(sbx: Sandbox, runs: int) -> tuple[list[float], list[float]]:
+    """``pty.create`` to its start event, and a fresh background command's start; each
+    killed (untimed) before the next."""
+    ptys, commands = [], []
+    for _ in range(runs):
+        t = time.perf_counter()
+        pty = sbx.pty.create(PtySize(rows=24, cols=80), timeout=0)
+        ptys.append(time.perf_counter() - t)
+        check(sbx.pty.kill(pty.pid), "could not kill the PTY")
+        t = time.perf_counter()
+        command = sbx.commands.run("sleep 600", background=True, envs={"TZ": "UTC"}, timeout=0)
+        commands.append(time.perf_counter() - t)
+        check(command.kill(), "could not kill the background command")
+        time.sleep(0.05)  # (the killed shells' exits, before the next start)
+    return ptys, commands
+
+
 def guest_baseline(sbx: Sandbox, runs: int) -> dict[str, list[float]]:
     sbx.files.write("/tmp/emberbox-guest-loop.py", GUEST_LOOP)
     result = sbx.commands.run(f"python3 /tmp/emberbox-guest-loop.py {runs}", timeout=600)
@@ -116,6 +138,7 @@ def main() -> None:
             # TZ is read by the login: no standby shell fits, envd starts a fresh one.
             fresh = timed_runs(sbx, args.runs, envs={"TZ": "UTC"})
             burst = concurrent_runs(sbx, 20)
+            ptys, backgrounds = process_starts(sbx, args.runs // 5)
             guest = guest_baseline(sbx, args.runs)
         finally:
             check(sbx.kill() is True, f"kill of {sbx.sandbox_id} failed")
@@ -124,6 +147,9 @@ def main() -> None:
     summary('commands.run("true") as root (e2b SDK)', root)
     summary('commands.run("true", envs={"TZ": ...}): a fresh shell', fresh)
     summary("20 concurrent commands.run, each", burst)
+    pty = summary("pty.create → start event (e2b SDK)", ptys)
+    background = summary("  baseline: a fresh background command's start", backgrounds)
+    print(f"{'':44} pty / background command: median {pty['median'] / background['median']:.2f}x")
     base = summary("baseline: /bin/true started in the guest", guest["true"])
     summary("reference: bash -c true in the guest", guest["bash"])
     summary("reference: bash -l -c true in the guest", guest["login"])

@@ -143,7 +143,8 @@ def test_a_server_killed_mid_pause_comes_back_with_the_sandbox_running(
             time.sleep(0.1)
         with ThreadPoolExecutor(1) as pool:
             pause = pool.submit(sbx.pause)
-            while not checkpointing(config, sbx.sandbox_id):
+            assert gvisor_server.proc is not None
+            while not checkpointing(config, sbx.sandbox_id, parent=gvisor_server.proc.pid):
                 assert not pause.done(), "the pause finished before it could be cut"
                 time.sleep(0.002)
             gvisor_server.sigkill()
@@ -496,7 +497,8 @@ async def test_output_streamed_across_pause_and_snapshot_is_all_read_once(
 
 def test_pty_shell_state_survives_pause(gvisor_server: ServerProcess, gvisor_key: str) -> None:
     """A shell variable set in a PTY is still there after pause/resume: the same bash process,
-    re-attached with ``pty.connect``."""
+    re-attached with ``pty.connect``, its terminal still its controlling one (Ctrl-C
+    interrupts what runs in the foreground)."""
     sbx = Sandbox.create(timeout=120)
     try:
         shell = sbx.pty.create(PtySize(rows=24, cols=80), timeout=0)
@@ -506,12 +508,16 @@ def test_pty_shell_state_survives_pause(gvisor_server: ServerProcess, gvisor_key
         sbx.pause()
         resumed = Sandbox.connect(sbx.sandbox_id, timeout=120)
         again = resumed.pty.connect(shell.pid, timeout=60)
+        resumed.pty.send_stdin(shell.pid, b"sleep 60; echo slept-$((1+1))\n")
+        time.sleep(0.5)
+        resumed.pty.send_stdin(shell.pid, b"\x03")  # Ctrl-C
         resumed.pty.send_stdin(shell.pid, b"echo value=$KEPT; exit 3\n")
         seen: list[bytes] = []
         with pytest.raises(CommandExitException) as exited:
             again.wait(on_pty=seen.append)
         assert exited.value.exit_code == 3
         assert b"value=across-pause" in b"".join(seen)
+        assert b"slept-2" not in b"".join(seen)
     finally:
         sbx.kill()
 

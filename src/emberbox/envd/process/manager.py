@@ -10,15 +10,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import fcntl
 import functools
 import heapq
 import logging
 import os
 import signal
-import struct
 import subprocess
-import termios
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,10 +26,12 @@ from ..._proto.process import process_pb2 as pb
 from ..creds import spawn_as_user
 from ..state import EnvdState, default_path
 from ..users import User, resolve_path
+from . import terminal
 from .exit_fd import exit_fd
 from .exit_status import describe
 from .fdio import READ_LIMIT, FdReader, FdWriter, set_nonblocking
 from .standby import REFILL_AFTER_EXIT_S, REFILL_DELAY_S, Standby, StandbyPool, login_command
+from .terminal import set_winsize
 
 log = logging.getLogger("emberbox.envd.process")
 
@@ -102,10 +101,6 @@ class Feed(asyncio.Queue[Event]):
         return item
 
 
-def _set_controlling_tty() -> None:  # runs in the child between fork and exec
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
-
 async def _popen_as(
     user: User,
     popen: Callable[..., subprocess.Popen[bytes]],
@@ -151,10 +146,6 @@ def _kill_orphan(spawned: asyncio.Future[subprocess.Popen[bytes]]) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(orphan.pid, signal.SIGKILL)
     threading.Thread(target=orphan.wait, name=f"reap-{orphan.pid}", daemon=True).start()
-
-
-def set_winsize(fd: int, cols: int, rows: int) -> None:
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
 
 class ManagedProcess:
@@ -505,12 +496,19 @@ class ProcessManager:
 
         try:
             session: dict[str, Any]
+            vfork = True
             if pty is not None:
+                behind_setsid = await asyncio.to_thread(terminal.wrapped, argv, env["PATH"])
                 master, slave = os.openpty()
                 child_fds.append(slave)
                 ours.append(master)
                 stdio = (slave, slave, slave)
-                session = {"start_new_session": True, "preexec_fn": _set_controlling_tty}
+                if behind_setsid is not None:
+                    argv, session = behind_setsid, {}
+                else:
+                    vfork = False
+                    session = {"start_new_session": True,
+                               "preexec_fn": terminal.set_controlling_tty}  # fmt: skip
             else:
                 out_r, out_w = os.pipe2(os.O_CLOEXEC)
                 err_r, err_w = os.pipe2(os.O_CLOEXEC)
@@ -540,7 +538,7 @@ class ProcessManager:
                         **identity,
                     )
 
-                popen = await _popen_as(user, start, cwd, vfork=pty is None, abandon=abandon)
+                popen = await _popen_as(user, start, cwd, vfork=vfork, abandon=abandon)
             except asyncio.CancelledError:
                 abandoned = True
                 raise
