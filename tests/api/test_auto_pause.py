@@ -310,7 +310,8 @@ def test_a_crash_amid_the_files_save_at_the_end_time_still_ends_paused(
         refuse.touch()
         sbx.set_timeout(2)
         deadline = time.monotonic() + 20
-        while not checkpointing(config, sbx.sandbox_id, files=True):
+        assert gv.proc is not None
+        while not checkpointing(config, sbx.sandbox_id, files=True, parent=gv.proc.pid):
             assert time.monotonic() < deadline, "the files were never saved"
             time.sleep(0.002)
         gv.sigkill()

@@ -168,7 +168,8 @@ async def _cut_mid_save(node: NodeProcess, config: GVisorConfig, sandbox_id: str
     """SIGKILL the node while runsc saves the sandbox (the node's answer not given yet), then
     wait until that orphaned ``runsc checkpoint`` (with ``files``: the ``runsc exec`` reading
     its files) has ended, as it runs on without the node."""
-    while not checkpointing(config, sandbox_id, files):
+    assert node.proc is not None
+    while not checkpointing(config, sandbox_id, files, parent=node.proc.pid):
         assert not save.done(), "the save finished before it could be cut"
         await asyncio.sleep(0.002)
     node.sigkill()
