@@ -75,7 +75,7 @@ async def _check_terminal(user: User, envs: dict[str, str]) -> None:
         await _until(feed, b"after-5", seen)
         assert b"slept-2" not in seen
     finally:
-        manager.kill_all()
+        await manager.close()
         await process.finished.wait()
 
 

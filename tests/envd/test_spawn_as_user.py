@@ -124,6 +124,61 @@ async def test_a_start_cancelled_while_it_spawns_hands_its_fds_to_no_one_and_lea
     assert manager.list() == []
 
 
+def _gone(pid: int) -> bool:
+    """Ended: no such process, or a zombie no one reaped yet."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rindex(")") + 2] == "Z"
+
+
+@pytest.mark.parametrize("caller", ["waiting", "cancelled"])
+def test_a_spawn_under_way_at_shutdown_leaves_no_process(
+    caller: str, sandbox_user: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """envd shuts down while a start as another user is still being spawned in its thread
+    (held there until after the shutdown began), and its event loop ends: the shutdown
+    waits for that spawn and kills what it started, whether its caller still waited for it
+    or was cancelled. The thread goes on without the loop, so nothing would later."""
+    gate = threading.Event()
+    spawned: list[subprocess.Popen[bytes]] = []
+
+    async def held(user: User, popen: Callable[[], subprocess.Popen[bytes]]) -> Any:
+        def after_the_gate() -> subprocess.Popen[bytes]:
+            gate.wait(10)
+            spawned.append(popen())
+            return spawned[-1]
+
+        return await spawn_as_user(user, after_the_gate)
+
+    async def serve_then_stop() -> None:
+        manager = ProcessManager(EnvdState(standby_shells=0))
+        config = pb.ProcessConfig(cmd="/bin/sh", args=["-c", "sleep 60"])
+        user = User.lookup(sandbox_user)
+        starting = asyncio.create_task(manager.start(config, user, pty=None, stdin=False, tag=None))
+        await asyncio.sleep(0.05)  # (it handed the spawn to its thread and waits)
+        if caller == "cancelled":  # (a client gone as the server stops)
+            starting.cancel()
+        threading.Timer(0.3, gate.set).start()  # the spawn ends after the shutdown began
+        await manager.close()  # (as envd's lifespan ends; then its loop ends)
+
+    monkeypatch.setattr(manager_module, "spawn_as_user", held)
+    try:
+        asyncio.run(serve_then_stop())
+    finally:
+        gate.set()
+    deadline = time.monotonic() + 10
+    while not spawned:  # (without the wait, the thread spawns after the loop ended)
+        assert time.monotonic() < deadline, "the spawn never ran"
+        time.sleep(0.01)
+    (child,) = spawned
+    while not _gone(child.pid):
+        assert time.monotonic() < deadline, "the process spawned at shutdown lives on"
+        time.sleep(0.05)
+    child.wait(10)  # (a zombie of this test process otherwise)
+
+
 def _what_is(fd: int) -> str:
     try:
         return os.readlink(f"/proc/self/fd/{fd}")

@@ -260,5 +260,5 @@ async def test_a_command_whose_request_variable_the_profile_reads_sees_what_a_lo
         given = {"TOOL_HOME": "/opt/tool-2"}
         assert await run(standby, given) == await run(fresh, given) == "/opt/tool-2/bin\n"
     finally:
-        standby.kill_all()
-        fresh.kill_all()
+        await standby.close()
+        await fresh.close()

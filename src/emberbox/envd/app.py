@@ -106,7 +106,7 @@ class EnvdApp:
         finally:
             if self.duties is not None:
                 await self.duties.stop()
-            self.processes.kill_all()
+            await self.processes.close()
             self.filesystem.close()
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -35,6 +35,7 @@ from .terminal import set_winsize
 
 log = logging.getLogger("emberbox.envd.process")
 
+SPAWN_WAIT_S = 5.0  # at shutdown, for spawns under way in threads (each takes ~1 ms)
 RETAIN_EXITED_S = 30.0  # a late Connect still gets start + end (protocol notes §2.4)
 BACKLOG_LIMIT = 8 * 1024 * 1024  # output kept for a client that connects later
 # A follower this far behind holds the process back (its output fds go unread, so its writes
@@ -107,6 +108,7 @@ async def _popen_as(
     cwd: str,
     vfork: bool,
     abandon: Callable[[], None],
+    spawns: set[asyncio.Future[subprocess.Popen[bytes]]],
 ) -> subprocess.Popen[bytes]:
     """``popen()`` as ``user``. Without a ``preexec_fn`` (``vfork``) it runs in a thread that
     holds the user's ids (:func:`spawn_as_user`): ``Popen(user=...)`` cannot vfork, and
@@ -116,11 +118,14 @@ async def _popen_as(
     Cancelled while the thread spawns, it raises at once; the thread goes on with the child's
     stdio fds, so they are closed (``abandon``) only once it is done with them (closed
     before, their numbers would go to the next files envd opens, and the child would get
-    those), after what it started, which nobody follows, is killed and reaped."""
+    those), after what it started, which nobody follows, is killed and reaped. A thread's
+    spawn stays in ``spawns`` until it is done."""
     if user.is_current:
         return popen()
     if vfork:
         spawning = asyncio.ensure_future(spawn_as_user(user, popen))
+        spawns.add(spawning)
+        spawning.add_done_callback(spawns.discard)
         try:
             return await asyncio.shield(spawning)
         except asyncio.CancelledError:
@@ -139,13 +144,16 @@ async def _popen_as(
     return popen(user=user.uid, group=user.gid, extra_groups=user.groups())
 
 
-def _kill_orphan(spawned: asyncio.Future[subprocess.Popen[bytes]]) -> None:
+def _kill_orphan(spawned: asyncio.Future[subprocess.Popen[bytes]], reap: bool = True) -> None:
     if spawned.cancelled() or spawned.exception() is not None:
         return
     orphan = spawned.result()
+    if orphan.returncode is not None:  # reaped: its number may be another's by now
+        return
     with contextlib.suppress(ProcessLookupError):
         os.killpg(orphan.pid, signal.SIGKILL)
-    threading.Thread(target=orphan.wait, name=f"reap-{orphan.pid}", daemon=True).start()
+    if reap:
+        threading.Thread(target=orphan.wait, name=f"reap-{orphan.pid}", daemon=True).start()
 
 
 class ManagedProcess:
@@ -384,6 +392,8 @@ class ProcessManager:
         self.state = state
         self._by_pid: dict[int, ManagedProcess] = {}
         self.standbys = StandbyPool(spawn_as_user, size=state.standby_shells)
+        self._spawns: set[asyncio.Future[subprocess.Popen[bytes]]] = set()  # in threads
+        self._closed = False
 
     def list(self) -> list[ManagedProcess]:
         return [p for p in self._by_pid.values() if p.running]
@@ -538,7 +548,7 @@ class ProcessManager:
                         **identity,
                     )
 
-                popen = await _popen_as(user, start, cwd, vfork=vfork, abandon=abandon)
+                popen = await _popen_as(user, start, cwd, vfork, abandon, self._spawns)
             except asyncio.CancelledError:
                 abandoned = True
                 raise
@@ -569,6 +579,8 @@ class ProcessManager:
         self, process: ManagedProcess, user: User, cwd: str, how: str
     ) -> tuple[ManagedProcess, Feed]:
         self._by_pid[process.pid] = process
+        if self._closed:  # (its spawn outlived close(), which killed it)
+            process.signal(signal.SIGKILL)
         log.info(
             "process %d started (%s) as %s in %s: %s",
             process.pid,
@@ -607,8 +619,18 @@ class ProcessManager:
         if self._by_pid.get(process.pid) is process:
             del self._by_pid[process.pid]
 
-    def kill_all(self) -> None:
+    async def close(self, spawn_wait_s: float = SPAWN_WAIT_S) -> None:
+        """Kill every process, those whose spawn is under way in a thread included: the
+        thread goes on without the event loop, so what it starts would run on unseen, no
+        longer envd's. Waits for those spawns (at most ``spawn_wait_s``)."""
+        self._closed = True
         self.standbys.close()
         for process in self.list():
             with contextlib.suppress(ConnectError):
                 process.signal(signal.SIGKILL)
+        spawning = set(self._spawns)
+        if spawning:
+            await asyncio.wait(spawning, timeout=spawn_wait_s)
+        for spawn in spawning:
+            if spawn.done():  # (reaped by its caller, or by the cancelled one's callback)
+                _kill_orphan(spawn, reap=False)
