@@ -24,6 +24,7 @@ def node(log_level: Annotated[str, typer.Option(help="log level")] = "info") -> 
     """Run the node service (sandboxes on this machine) with settings from EMBERBOX_* variables:
     EMBERBOX_NODE_HOST/PORT to listen on, EMBERBOX_NODE_TOKEN as the shared secret, and
     EMBERBOX_RUNTIME. Point a server at it with EMBERBOX_NODE_URL."""
+    from ..host.instance_claim import InstanceTaken
     from ..node.offload import OffloadUnavailable
     from ..node.serve import serve_node
     from ..server.config import Settings
@@ -68,7 +69,7 @@ def node(log_level: Annotated[str, typer.Option(help="log level")] = "info") -> 
                 settings.pause_keep_s,
             )
         )
-    except OffloadUnavailable as exc:
+    except (InstanceTaken, OffloadUnavailable) as exc:
         raise fail(str(exc)) from None
     finally:
         lock.release()

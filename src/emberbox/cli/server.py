@@ -19,6 +19,7 @@ keys_app = typer.Typer(help="Manage API keys (stored hashed; shown once).", no_a
 
 def serve(log_level: Annotated[str, typer.Option(help="log level")] = "info") -> None:
     """Run the API and the sandbox proxy with settings from EMBERBOX_* variables."""
+    from ..host.instance_claim import InstanceTaken
     from ..node.offload import OffloadUnavailable
     from ..server.app import serve as run_server
     from ..server.config import Settings
@@ -38,7 +39,7 @@ def serve(log_level: Annotated[str, typer.Option(help="log level")] = "info") ->
         raise fail(str(exc)) from None
     try:
         asyncio.run(run_server(settings))
-    except (AlreadyRunning, TlsError, OffloadUnavailable) as exc:
+    except (AlreadyRunning, InstanceTaken, TlsError, OffloadUnavailable) as exc:
         raise fail(str(exc)) from None
 
 

@@ -28,9 +28,12 @@ class GVisorConfig:
       ``<parent>/<instance>/<id>``.
     * leases_root - (optional) host-wide directory of address leases, shared by every data dir
       so that two instances on one host never lease the same /30.
+    * instances_root - (optional) host-wide directory where each instance id is claimed for
+      one data dir (``host/instance_claim.py``).
 
     Host-wide names (netns, veths, cgroups) carry ``instance``, a short hash of the data dir,
-    so instances with different data dirs never touch each other's sandboxes.
+    so instances with different data dirs never touch each other's sandboxes (two data dirs
+    whose ids collide are refused, see ``instances_root``).
     """
 
     data_dir: Path = field(default_factory=data_dir)
@@ -39,6 +42,7 @@ class GVisorConfig:
     subnet: str = "10.11.0.0/16"
     cgroup_parent: str = "emberbox"
     leases_root: Path = Path("/run/emberbox/leases")
+    instances_root: Path = Path("/run/emberbox/instances")
     boot_timeout: float = 30.0
     host_cpus: int = field(default_factory=lambda: os.cpu_count() or 1)
     cpu_reserve: float = 0.5

@@ -32,6 +32,7 @@ from ...host.completion import to_completion
 from ...host.egress_audit import EgressEvent
 from ...host.errors import HostError
 from ...host.files import write_atomic
+from ...host.instance_claim import InstanceClaim
 from ...host.locks import KeyedLock
 from ...templates.steps import BootFailed, Step
 from ...templates.store import GUEST_PYTHON, Template, TemplateError, TemplateStore
@@ -178,6 +179,9 @@ class GVisorRuntime(Runtime):
         self, config: GVisorConfig | None = None, store: TemplateStore | None = None
     ) -> None:
         self.config = config or GVisorConfig()
+        self.claim = InstanceClaim(
+            self.config.instances_root, self.config.instance, self.config.data_dir
+        ).acquire()
         self.store = store or TemplateStore(self.config.data_dir)
         self.runsc = Runsc(self.config)
         self.pool = network.AddressPool(
@@ -207,6 +211,7 @@ class GVisorRuntime(Runtime):
         await asyncio.gather(*self._background, return_exceptions=True)  # teardowns under way
         await self.egress.close()
         cgroups.remove(self.config.cgroup_base)
+        self.claim.release()
 
     # -- paths -----------------------------------------------------------------------------
 
