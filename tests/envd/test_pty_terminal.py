@@ -6,9 +6,12 @@ and the old way where the image has no ``setsid``. On the host, as root: no sand
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,20 @@ async def _until(feed: Feed, needle: bytes, seen: bytearray, timeout_s: float = 
                 seen += event.data
             else:
                 raise AssertionError(f"the shell ended before {needle!r}: {bytes(seen)!r}")
+
+
+async def _until_foreground(shell: int, comm: str, timeout_s: float = 10.0) -> None:
+    """Until the job in the foreground of the shell's terminal runs ``comm`` (exec'd: a
+    Ctrl-C before that can reach the shell's child before it takes SIGINT's default)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        stat = Path(f"/proc/{shell}/stat").read_text()
+        group = int(stat[stat.rindex(")") + 2 :].split()[5])
+        with contextlib.suppress(OSError):
+            if group != shell and _session(group)[0] == comm:
+                return
+        assert time.monotonic() < deadline, f"{comm} never ran in the foreground"
+        await asyncio.sleep(0.01)
 
 
 def _session(pid: int) -> tuple[str, int, int, int]:
@@ -56,9 +73,15 @@ def shell_starts(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     return seen
 
 
-async def _check_terminal(user: User, envs: dict[str, str]) -> None:
+@pytest.fixture
+def fresh_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The setsid probe asked afresh (its answers are kept per process)."""
+    monkeypatch.setattr(terminal, "_sets_ctty", {})
+
+
+async def _check_terminal(user: User) -> None:
     manager = ProcessManager(EnvdState(standby_shells=0))
-    config = pb.ProcessConfig(cmd="/bin/bash", args=["-i", "-l"], envs=envs)
+    config = pb.ProcessConfig(cmd="/bin/bash", args=["-i", "-l"])
     size = pb.PTY(size=pb.PTY.Size(cols=80, rows=24))
     process, feed = await manager.start(config, user, pty=size, stdin=False, tag=None)
     seen = bytearray()
@@ -68,8 +91,10 @@ async def _check_terminal(user: User, envs: dict[str, str]) -> None:
         comm, group, session, tty = _session(process.pid)
         assert (comm, group, session) == ("bash", process.pid, process.pid)
         assert tty != 0, "the shell has no controlling terminal"
-        await process.send_input(b"sleep 60; echo slept-$((1+1))\n", to_pty=True)
-        await asyncio.sleep(0.5)  # (the sleep in the foreground)
+        await process.send_input(b"echo started-$((0+1)); sleep 60; echo slept-$((1+1))\n",
+                                 to_pty=True)  # fmt: skip
+        await _until(feed, b"started-1", seen)
+        await _until_foreground(process.pid, "sleep")
         await process.send_input(b"\x03", to_pty=True)  # Ctrl-C: SIGINT to the foreground
         await process.send_input(b"echo after-$((2+3))\n", to_pty=True)
         await _until(feed, b"after-5", seen)
@@ -81,43 +106,77 @@ async def _check_terminal(user: User, envs: dict[str, str]) -> None:
 
 @pytest.mark.parametrize("name", ["root", "user"])
 async def test_a_pty_behind_setsid_is_the_shells_controlling_terminal(
-    name: str, sandbox_user: str, shell_starts: list[Any]
+    name: str, sandbox_user: str, shell_starts: list[Any], fresh_probe: None
 ) -> None:
-    assert terminal.wrapped(["/bin/bash"], os.environ["PATH"]) is not None, "no setsid -c here"
-    await _check_terminal(User.lookup(name if name == "root" else sandbox_user), {})
+    """The probe cold, as in a sandbox's first PTY: the manager asks it off the loop."""
+    await _check_terminal(User.lookup(name if name == "root" else sandbox_user))
     assert shell_starts == [None]  # (no fork)
+    assert terminal.probe() is not None
 
 
 async def test_without_setsid_the_pty_starts_the_old_way(
-    tmp_path: Path, shell_starts: list[Any]
+    tmp_path: Path, shell_starts: list[Any], fresh_probe: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    bin_dir = tmp_path / "bin"  # bash and what a login needs, but no setsid
-    bin_dir.mkdir()
-    tmp_path.chmod(0o755)
-    for tool in ("bash", "sleep", "id", "tty"):
-        found = shutil.which(tool)
-        assert found is not None
-        (bin_dir / tool).symlink_to(found)
-    path = str(bin_dir)
-    assert terminal.wrapped(["/bin/bash"], path) is None
-    await _check_terminal(User.lookup("root"), {"PATH": path})
+    monkeypatch.setattr(terminal, "SYSTEM_PATH", str(tmp_path))  # (no setsid there)
+    assert terminal.wrapped(["/bin/bash"], os.environ["PATH"]) is None
+    await _check_terminal(User.lookup("root"))
     assert shell_starts == [terminal.set_controlling_tty]
 
 
-def test_a_setsid_without_c_or_a_relative_command_is_not_used(tmp_path: Path) -> None:
+def test_a_setsid_that_fails_its_probe_is_not_used(
+    tmp_path: Path, fresh_probe: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     setsid = tmp_path / "setsid"
     setsid.write_text("#!/bin/sh\necho 'setsid: invalid option -- c' >&2\nexit 1\n")
     setsid.chmod(0o755)
     (tmp_path / "true").symlink_to(shutil.which("true") or "/bin/true")
-    assert terminal.wrapped(["/bin/bash", "-l"], str(tmp_path)) is None
-    real = shutil.which("setsid")
-    assert real is not None
-    here = os.path.dirname(real) + os.pathsep + "/bin"
-    assert terminal.wrapped(["./run.sh"], here) is None  # (in the child's cwd, not envd's)
-    assert terminal.wrapped(["no-such-command-here"], here) is None  # (the start's own error)
-    assert terminal.wrapped(["bash", "-i"], here) == [
-        real,
-        "-c",
-        shutil.which("bash", path=here),
-        "-i",
-    ]
+    monkeypatch.setattr(terminal, "SYSTEM_PATH", str(tmp_path))
+    assert terminal.wrapped(["/bin/bash", "-l"], os.environ["PATH"]) is None
+    assert terminal._sets_ctty == {str(setsid): False}
+
+
+def test_a_setsid_probe_that_times_out_is_asked_again(
+    tmp_path: Path, fresh_probe: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    setsid = tmp_path / "setsid"
+    setsid.write_text("#!/bin/sh\nsleep 5\n")
+    setsid.chmod(0o755)
+    (tmp_path / "true").symlink_to(shutil.which("true") or "/bin/true")
+    monkeypatch.setattr(terminal, "SYSTEM_PATH", str(tmp_path))
+    monkeypatch.setattr(terminal, "PROBE_TIMEOUT_S", 0.2)
+    assert terminal.probe() is None
+    assert terminal._sets_ctty == {}
+
+
+def test_only_commands_whose_start_cannot_fail_for_the_user_go_behind_setsid(
+    tmp_path: Path,
+) -> None:
+    """Anything the start itself would have refused starts the old way, so the client is
+    told as before; argv[0] is passed as given (setsid looks it up in the child's PATH)."""
+    real = terminal.probe()
+    assert real is not None, "this host's setsid does not take -c"
+    path = os.environ["PATH"]
+    assert terminal.wrapped(["bash", "-i"], path) == [real, "-c", "bash", "-i"]
+    assert terminal.wrapped(["/bin/bash"], path) == [real, "-c", "/bin/bash"]
+    tmp_path = Path(tempfile.mkdtemp(prefix="emberbox-pty-"))  # (every ancestor open to all)
+    tmp_path.chmod(0o755)
+    scripts = {
+        "ok.sh": ("#!/bin/sh\ntrue\n", 0o755),
+        "root-only.sh": ("#!/bin/sh\ntrue\n", 0o700),
+        "unreadable.sh": ("#!/bin/sh\ntrue\n", 0o711),
+        "no-header.sh": ("true\n", 0o755),
+    }
+    for name, (text, mode) in scripts.items():
+        (tmp_path / name).write_text(text)
+        (tmp_path / name).chmod(mode)
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)
+    (closed / "ok.sh").write_text("#!/bin/sh\ntrue\n")
+    (closed / "ok.sh").chmod(0o755)
+    assert terminal.wrapped([str(tmp_path / "ok.sh")], path) is not None
+    for refused in ["root-only.sh", "unreadable.sh", "no-header.sh", "closed/ok.sh", "gone.sh"]:
+        assert terminal.wrapped([str(tmp_path / refused)], path) is None, refused
+    assert terminal.wrapped(["./ok.sh"], path) is None  # (a file in the child's cwd)
+    assert terminal.wrapped(["no-such-command-here"], path) is None
+    assert terminal.wrapped(["ok.sh"], "relative-dir") is None  # (found from envd's cwd)
+    shutil.rmtree(tmp_path)

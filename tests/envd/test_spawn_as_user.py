@@ -133,14 +133,17 @@ def _gone(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] == "Z"
 
 
+@pytest.mark.parametrize("terminal", [False, True], ids=["pipes", "pty"])
 @pytest.mark.parametrize("caller", ["waiting", "cancelled"])
 def test_a_spawn_under_way_at_shutdown_leaves_no_process(
-    caller: str, sandbox_user: str, monkeypatch: pytest.MonkeyPatch
+    caller: str, terminal: bool, sandbox_user: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """envd shuts down while a start as another user is still being spawned in its thread
     (held there until after the shutdown began), and its event loop ends: the shutdown
     waits for that spawn and kills what it started, whether its caller still waited for it
-    or was cancelled. The thread goes on without the loop, so nothing would later."""
+    or was cancelled. The thread goes on without the loop, so nothing would later. A PTY's
+    process (behind ``setsid -c``) leads no process group yet when its spawn returns: it is
+    killed by its pid too."""
     gate = threading.Event()
     spawned: list[subprocess.Popen[bytes]] = []
 
@@ -156,7 +159,8 @@ def test_a_spawn_under_way_at_shutdown_leaves_no_process(
         manager = ProcessManager(EnvdState(standby_shells=0))
         config = pb.ProcessConfig(cmd="/bin/sh", args=["-c", "sleep 60"])
         user = User.lookup(sandbox_user)
-        starting = asyncio.create_task(manager.start(config, user, pty=None, stdin=False, tag=None))
+        size = pb.PTY(size=pb.PTY.Size(cols=80, rows=24)) if terminal else None
+        starting = asyncio.create_task(manager.start(config, user, pty=size, stdin=False, tag=None))
         await asyncio.sleep(0.05)  # (it handed the spawn to its thread and waits)
         if caller == "cancelled":  # (a client gone as the server stops)
             starting.cancel()

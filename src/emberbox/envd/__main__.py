@@ -50,6 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+GRACEFUL_SHUTDOWN_S = 2.0
+
+
 def server_options(args: argparse.Namespace) -> dict[str, Any]:
     """How uvicorn serves envd. ``loop``: a ``poll(2)`` loop, see ``envd/loop.py``.
     ``ws="none"``: envd serves no WebSockets, and uvicorn's default loads the websockets
@@ -65,6 +68,10 @@ def server_options(args: argparse.Namespace) -> dict[str, Any]:
         "access_log": False,
         "log_level": args.log_level,
         "timeout_keep_alive": SERVER_KEEPALIVE_S,
+        # Streams a client still follows (a process's output) end this long after a SIGTERM,
+        # then the lifespan's end kills every process envd started; uvicorn would otherwise
+        # wait for those clients for ever, and a SIGKILL after that kills envd alone.
+        "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
     }
 
 

@@ -108,7 +108,7 @@ async def _popen_as(
     cwd: str,
     vfork: bool,
     abandon: Callable[[], None],
-    spawns: set[asyncio.Future[subprocess.Popen[bytes]]],
+    spawns: Spawns,
 ) -> subprocess.Popen[bytes]:
     """``popen()`` as ``user``. Without a ``preexec_fn`` (``vfork``) it runs in a thread that
     holds the user's ids (:func:`spawn_as_user`): ``Popen(user=...)`` cannot vfork, and
@@ -119,16 +119,17 @@ async def _popen_as(
     stdio fds, so they are closed (``abandon``) only once it is done with them (closed
     before, their numbers would go to the next files envd opens, and the child would get
     those), after what it started, which nobody follows, is killed and reaped. A thread's
-    spawn stays in ``spawns`` until it is done."""
+    spawn stays in ``spawns`` until it is done, marked once its caller has gone."""
     if user.is_current:
         return popen()
     if vfork:
         spawning = asyncio.ensure_future(spawn_as_user(user, popen))
-        spawns.add(spawning)
-        spawning.add_done_callback(spawns.discard)
+        spawns[spawning] = caller = Caller()
+        spawning.add_done_callback(lambda done: spawns.pop(done, None))
         try:
             return await asyncio.shield(spawning)
         except asyncio.CancelledError:
+            caller.left = True  # (its own callback below kills what it starts)
 
             def done_with_fds(spawned: asyncio.Future[subprocess.Popen[bytes]]) -> None:
                 try:
@@ -144,14 +145,27 @@ async def _popen_as(
     return popen(user=user.uid, group=user.gid, extra_groups=user.groups())
 
 
+@dataclass
+class Caller:
+    """Of a spawn under way in a thread: whether the call that asked for it has gone."""
+
+    left: bool = False
+
+
+Spawns = dict[asyncio.Future[subprocess.Popen[bytes]], Caller]
+
+
 def _kill_orphan(spawned: asyncio.Future[subprocess.Popen[bytes]], reap: bool = True) -> None:
+    """Kill what a spawn started, and the group it leads: the process first, as it may not
+    lead one yet (a PTY's ``setsid`` makes its group a moment after the start)."""
     if spawned.cancelled() or spawned.exception() is not None:
         return
     orphan = spawned.result()
     if orphan.returncode is not None:  # reaped: its number may be another's by now
         return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(orphan.pid, signal.SIGKILL)
+    for kill in (os.kill, os.killpg):
+        with contextlib.suppress(ProcessLookupError):
+            kill(orphan.pid, signal.SIGKILL)
     if reap:
         threading.Thread(target=orphan.wait, name=f"reap-{orphan.pid}", daemon=True).start()
 
@@ -392,7 +406,7 @@ class ProcessManager:
         self.state = state
         self._by_pid: dict[int, ManagedProcess] = {}
         self.standbys = StandbyPool(spawn_as_user, size=state.standby_shells)
-        self._spawns: set[asyncio.Future[subprocess.Popen[bytes]]] = set()  # in threads
+        self._spawns: Spawns = {}  # under way in threads
         self._closed = False
 
     def list(self) -> list[ManagedProcess]:
@@ -436,6 +450,8 @@ class ProcessManager:
             "LOGNAME": user.name,
             **self.state.process_env(),
         }
+        if self._closed:
+            raise ConnectError(Code.UNAVAILABLE, "envd is shutting down")
         if not config.cmd:
             raise ConnectError(Code.INVALID_ARGUMENT, "process cmd is empty")
         texts = [config.cmd, *config.args, *config.envs.keys(), *config.envs.values()]
@@ -622,15 +638,19 @@ class ProcessManager:
     async def close(self, spawn_wait_s: float = SPAWN_WAIT_S) -> None:
         """Kill every process, those whose spawn is under way in a thread included: the
         thread goes on without the event loop, so what it starts would run on unseen, no
-        longer envd's. Waits for those spawns (at most ``spawn_wait_s``)."""
+        longer envd's. Waits for those spawns (at most ``spawn_wait_s``); starts asked for
+        from now on are refused."""
         self._closed = True
         self.standbys.close()
         for process in self.list():
             with contextlib.suppress(ConnectError):
                 process.signal(signal.SIGKILL)
-        spawning = set(self._spawns)
-        if spawning:
-            await asyncio.wait(spawning, timeout=spawn_wait_s)
-        for spawn in spawning:
-            if spawn.done():  # (reaped by its caller, or by the cancelled one's callback)
-                _kill_orphan(spawn, reap=False)
+        deadline = asyncio.get_running_loop().time() + spawn_wait_s
+        while self._spawns and (left := deadline - asyncio.get_running_loop().time()) > 0:
+            spawning = dict(self._spawns)
+            await asyncio.wait(spawning, timeout=left)
+            for spawn, caller in spawning.items():
+                # A caller that left has its spawn's callback kill it (and reap it); one
+                # that waits may never resume to register it, as the loop ends.
+                if spawn.done() and not caller.left:
+                    _kill_orphan(spawn, reap=False)
