@@ -509,7 +509,13 @@ def test_pty_shell_state_survives_pause(gvisor_server: ServerProcess, gvisor_key
         resumed = Sandbox.connect(sbx.sandbox_id, timeout=120)
         again = resumed.pty.connect(shell.pid, timeout=60)
         resumed.pty.send_stdin(shell.pid, b"sleep 60; echo slept-$((1+1))\n")
-        time.sleep(0.5)
+        # The sleep exec'd, in the shell's session (gVisor's /proc shows no terminal fields):
+        # a Ctrl-C before its exec could be lost in the shell's child.
+        sleeping = f"ps -o comm= -s {shell.pid} | grep -x sleep || true"
+        deadline = time.monotonic() + 30
+        while resumed.commands.run(sleeping).stdout != "sleep\n":
+            assert time.monotonic() < deadline, "the sleep never ran in the foreground"
+            time.sleep(0.05)
         resumed.pty.send_stdin(shell.pid, b"\x03")  # Ctrl-C
         resumed.pty.send_stdin(shell.pid, b"echo value=$KEPT; exit 3\n")
         seen: list[bytes] = []

@@ -154,6 +154,8 @@ def memory_holder(mib: int) -> str:
 
 def children(pid: int) -> set[int]:
     """The processes ``pid`` started that still run (any of its threads started them)."""
+    if not Path("/proc/self/task", str(os.getpid()), "children").exists():
+        raise RuntimeError("this kernel has no /proc/<pid>/task/<tid>/children (PROC_CHILDREN)")
     found: set[int] = set()
     for task in Path(f"/proc/{pid}/task").glob("*"):
         with contextlib.suppress(OSError):
@@ -173,8 +175,8 @@ def checkpointing(
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if sandbox_id.encode() not in argv:
-            continue
+        if sandbox_id.encode() not in argv or os.path.basename(argv[0]) != b"runsc":
+            continue  # (not runsc itself yet: the unshare and sh it is exec'd from)
         if files and b"exec" in argv and any(b"save(" in arg for arg in argv):
             return True
         if not files and b"checkpoint" in argv:
