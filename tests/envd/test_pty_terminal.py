@@ -123,14 +123,21 @@ async def test_without_setsid_the_pty_starts_the_old_way(
     assert shell_starts == [terminal.set_controlling_tty]
 
 
+def _system_setsid(folder: Path, script: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The system's setsid replaced by ``script`` (beside a real ``true``)."""
+    setsid = folder / "setsid"
+    setsid.write_text(f"#!/bin/sh\n{script}\n")
+    setsid.chmod(0o755)
+    (folder / "true").symlink_to(shutil.which("true") or "/bin/true")
+    monkeypatch.setattr(terminal, "SYSTEM_PATH", str(folder))
+    return setsid
+
+
 def test_a_setsid_that_fails_its_probe_is_not_used(
     tmp_path: Path, fresh_probe: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    setsid = tmp_path / "setsid"
-    setsid.write_text("#!/bin/sh\necho 'setsid: invalid option -- c' >&2\nexit 1\n")
-    setsid.chmod(0o755)
-    (tmp_path / "true").symlink_to(shutil.which("true") or "/bin/true")
-    monkeypatch.setattr(terminal, "SYSTEM_PATH", str(tmp_path))
+    refusing = "echo 'setsid: invalid option -- c' >&2; exit 1"
+    setsid = _system_setsid(tmp_path, refusing, monkeypatch)
     assert terminal.wrapped(["/bin/bash", "-l"], os.environ["PATH"]) is None
     assert terminal._sets_ctty == {str(setsid): False}
 
@@ -138,11 +145,7 @@ def test_a_setsid_that_fails_its_probe_is_not_used(
 def test_a_setsid_probe_that_times_out_is_asked_again(
     tmp_path: Path, fresh_probe: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    setsid = tmp_path / "setsid"
-    setsid.write_text("#!/bin/sh\nsleep 5\n")
-    setsid.chmod(0o755)
-    (tmp_path / "true").symlink_to(shutil.which("true") or "/bin/true")
-    monkeypatch.setattr(terminal, "SYSTEM_PATH", str(tmp_path))
+    _system_setsid(tmp_path, "sleep 5", monkeypatch)
     monkeypatch.setattr(terminal, "PROBE_TIMEOUT_S", 0.2)
     assert terminal.probe() is None
     assert terminal._sets_ctty == {}
