@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from emberbox._proto.process import process_pb2 as pb
+from emberbox.envd.creds import as_user
 from emberbox.envd.process import terminal
 from emberbox.envd.process.manager import Feed, Output, ProcessManager
 from emberbox.envd.state import EnvdState
@@ -77,10 +78,11 @@ def shell_starts(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 def fresh_probe(monkeypatch: pytest.MonkeyPatch) -> None:
     """The setsid probe asked afresh (its answers are kept per process)."""
     monkeypatch.setattr(terminal, "_sets_ctty", {})
+    monkeypatch.setattr(terminal, "_retry_at", 0.0)
 
 
-async def _check_terminal(user: User) -> None:
-    manager = ProcessManager(EnvdState(standby_shells=0))
+async def _check_terminal(user: User, manager: ProcessManager | None = None) -> None:
+    manager = manager or ProcessManager(EnvdState(standby_shells=0))
     config = pb.ProcessConfig(cmd="/bin/bash", args=["-i", "-l"])
     size = pb.PTY(size=pb.PTY.Size(cols=80, rows=24))
     process, feed = await manager.start(config, user, pty=size, stdin=False, tag=None)
@@ -108,10 +110,19 @@ async def _check_terminal(user: User) -> None:
 async def test_a_pty_behind_setsid_is_the_shells_controlling_terminal(
     name: str, sandbox_user: str, shell_starts: list[Any], fresh_probe: None
 ) -> None:
-    """The probe cold, as in a sandbox's first PTY: the manager asks it off the loop."""
+    assert terminal.probe() is not None, "this host's setsid does not take -c"  # (as envd starts)
     await _check_terminal(User.lookup(name if name == "root" else sandbox_user))
     assert shell_starts == [None]  # (no fork)
-    assert terminal.probe() is not None
+
+
+async def test_ptys_started_before_the_probe_answered_fork_then_setsid_is_used(
+    shell_starts: list[Any], fresh_probe: None
+) -> None:
+    manager = ProcessManager(EnvdState(standby_shells=0))  # (no lifespan asked: unknown)
+    await _check_terminal(User.lookup("root"), manager)  # (it closes the manager)
+    assert terminal.known() is not None  # (the first PTY had it asked in the background)
+    await _check_terminal(User.lookup("root"))
+    assert shell_starts == [terminal.set_controlling_tty, None]
 
 
 async def test_without_setsid_the_pty_starts_the_old_way(
@@ -138,8 +149,9 @@ def test_a_setsid_that_fails_its_probe_is_not_used(
 ) -> None:
     refusing = "echo 'setsid: invalid option -- c' >&2; exit 1"
     setsid = _system_setsid(tmp_path, refusing, monkeypatch)
+    assert terminal.probe() is None
+    assert terminal._sets_ctty == {str(setsid): False}  # (a definite answer: kept)
     assert terminal.wrapped(["/bin/bash", "-l"], os.environ["PATH"]) is None
-    assert terminal._sets_ctty == {str(setsid): False}
 
 
 def test_a_setsid_probe_that_times_out_is_asked_again(
@@ -151,35 +163,49 @@ def test_a_setsid_probe_that_times_out_is_asked_again(
     assert terminal._sets_ctty == {}
 
 
-def test_only_commands_whose_start_cannot_fail_for_the_user_go_behind_setsid(
-    tmp_path: Path,
+async def test_only_commands_whose_start_cannot_fail_for_the_user_go_behind_setsid(
+    sandbox_user: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Anything the start itself would have refused starts the old way, so the client is
-    told as before; argv[0] is passed as given (setsid looks it up in the child's PATH)."""
+    """Anything the start itself would have refused for the user starts the old way, so the
+    client is told as before (checked with the user's ids); argv[0] is passed as given
+    (setsid looks it up in the child's PATH)."""
     real = terminal.probe()
     assert real is not None, "this host's setsid does not take -c"
+    user = User.lookup(sandbox_user)
     path = os.environ["PATH"]
-    assert terminal.wrapped(["bash", "-i"], path) == [real, "-c", "bash", "-i"]
-    assert terminal.wrapped(["/bin/bash"], path) == [real, "-c", "/bin/bash"]
-    tmp_path = Path(tempfile.mkdtemp(prefix="emberbox-pty-"))  # (every ancestor open to all)
-    tmp_path.chmod(0o755)
-    scripts = {
-        "ok.sh": ("#!/bin/sh\ntrue\n", 0o755),
-        "root-only.sh": ("#!/bin/sh\ntrue\n", 0o700),
-        "unreadable.sh": ("#!/bin/sh\ntrue\n", 0o711),
-        "no-header.sh": ("true\n", 0o755),
-    }
-    for name, (text, mode) in scripts.items():
-        (tmp_path / name).write_text(text)
-        (tmp_path / name).chmod(mode)
-    closed = tmp_path / "closed"
-    closed.mkdir(mode=0o700)
-    (closed / "ok.sh").write_text("#!/bin/sh\ntrue\n")
-    (closed / "ok.sh").chmod(0o755)
-    assert terminal.wrapped([str(tmp_path / "ok.sh")], path) is not None
-    for refused in ["root-only.sh", "unreadable.sh", "no-header.sh", "closed/ok.sh", "gone.sh"]:
-        assert terminal.wrapped([str(tmp_path / refused)], path) is None, refused
-    assert terminal.wrapped(["./ok.sh"], path) is None  # (a file in the child's cwd)
-    assert terminal.wrapped(["no-such-command-here"], path) is None
-    assert terminal.wrapped(["ok.sh"], "relative-dir") is None  # (found from envd's cwd)
-    shutil.rmtree(tmp_path)
+
+    async def wrapped(*argv: str, path: str = path) -> list[str] | None:
+        return await as_user(user, terminal.wrapped, list(argv), path)
+
+    assert await wrapped("bash", "-i") == [real, "-c", "bash", "-i"]
+    assert await wrapped("/bin/bash") == [real, "-c", "/bin/bash"]
+    folder = Path(tempfile.mkdtemp(prefix="emberbox-pty-"))  # (every ancestor open to all)
+    try:
+        folder.chmod(0o755)
+        scripts = {
+            "ok.sh": ("#!/bin/sh\ntrue\n", 0o755),
+            "root-only.sh": ("#!/bin/sh\ntrue\n", 0o700),
+            "unreadable.sh": ("#!/bin/sh\ntrue\n", 0o711),
+            "no-header.sh": ("true\n", 0o755),
+            "crlf.sh": ("#!/bin/sh\r\ntrue\r\n", 0o755),
+            "no-interpreter.sh": ("#!/no/such/interpreter\ntrue\n", 0o755),
+        }
+        for name, (text, mode) in scripts.items():
+            (folder / name).write_text(text)
+            (folder / name).chmod(mode)
+        closed = folder / "closed"
+        closed.mkdir(mode=0o700)
+        (closed / "ok.sh").write_text("#!/bin/sh\ntrue\n")
+        (closed / "ok.sh").chmod(0o755)
+        (folder / "link.sh").symlink_to(closed / "ok.sh")
+        assert await wrapped(str(folder / "ok.sh")) is not None
+        refused = [*sorted(set(scripts) - {"ok.sh"}), "closed/ok.sh", "link.sh", "gone.sh"]
+        for name in refused:
+            assert await wrapped(str(folder / name)) is None, name
+        assert await wrapped("./ok.sh") is None  # (a file in the child's cwd)
+        assert await wrapped("no-such-command-here") is None
+        monkeypatch.chdir(folder)
+        assert shutil.which("ok.sh", path=".") == "./ok.sh"  # (found from envd's cwd:)
+        assert await wrapped("ok.sh", path=".") is None  # (the child's cwd may differ)
+    finally:
+        shutil.rmtree(folder)

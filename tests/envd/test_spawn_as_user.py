@@ -20,6 +20,7 @@ import pytest
 from emberbox._proto.process import process_pb2 as pb
 from emberbox.envd.creds import spawn_as_user
 from emberbox.envd.process import manager as manager_module
+from emberbox.envd.process import terminal as terminal_module
 from emberbox.envd.process.manager import Exit, Feed, ProcessManager
 from emberbox.envd.state import EnvdState
 from emberbox.envd.users import User
@@ -161,13 +162,18 @@ def test_a_spawn_under_way_at_shutdown_leaves_no_process(
         user = User.lookup(sandbox_user)
         size = pb.PTY(size=pb.PTY.Size(cols=80, rows=24)) if terminal else None
         starting = asyncio.create_task(manager.start(config, user, pty=size, stdin=False, tag=None))
-        await asyncio.sleep(0.05)  # (it handed the spawn to its thread and waits)
+        deadline = time.monotonic() + 10
+        while not manager._spawns:  # (until it handed the spawn to its thread and waits)
+            assert time.monotonic() < deadline, "the start never reached its spawn"
+            await asyncio.sleep(0.01)
         if caller == "cancelled":  # (a client gone as the server stops)
             starting.cancel()
         threading.Timer(0.3, gate.set).start()  # the spawn ends after the shutdown began
         await manager.close()  # (as envd's lifespan ends; then its loop ends)
 
     monkeypatch.setattr(manager_module, "spawn_as_user", held)
+    if terminal:  # (as envd asks at its start: the PTY goes behind setsid)
+        assert terminal_module.probe() is not None
     try:
         asyncio.run(serve_then_stop())
     finally:

@@ -170,12 +170,13 @@ def checkpointing(
     ``files``: the ``runsc exec`` of a filesystem-only save reading its files), for tests that
     cut a save short. With ``parent`` (the node's pid) only its children are looked at: a
     scan of every process on a busy host can take longer than a fast save."""
+    runsc = os.path.basename(config.runsc).encode()  # (argv[0] once runsc itself runs)
     for pid in runsc_pids(config) if parent is None else children(parent):
         try:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if sandbox_id.encode() not in argv or os.path.basename(argv[0]) != b"runsc":
+        if sandbox_id.encode() not in argv or os.path.basename(argv[0]) != runsc:
             continue  # (not runsc itself yet: the unshare and sh it is exec'd from)
         if files and b"exec" in argv and any(b"save(" in arg for arg in argv):
             return True

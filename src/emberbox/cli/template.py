@@ -108,6 +108,7 @@ def _build_through_api(
 
 
 def _build_here(name: str, spec: BuildSpec, sink: _ProgressLog) -> str:
+    from ..host.instance_claim import InstanceTaken
     from ..runtimes.gvisor import GVisorConfig, GVisorRuntime
     from ..server.config import Settings
     from ..templates.builder import build_template
@@ -118,7 +119,10 @@ def _build_here(name: str, spec: BuildSpec, sink: _ProgressLog) -> str:
     config = GVisorConfig(data_dir=settings.data_dir, egress_audit=False)
     if settings.runsc:
         config = dataclasses.replace(config, runsc=settings.runsc)
-    runner = GVisorRuntime(config, store)
+    try:
+        runner = GVisorRuntime(config, store)
+    except InstanceTaken as exc:
+        raise fail(str(exc)) from None
     try:
         template = asyncio.run(build_template(store, name, spec, runner=runner, log=sink))  # type: ignore[arg-type]
     except TemplateError as exc:

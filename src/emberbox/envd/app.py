@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import re
@@ -25,7 +24,6 @@ from . import files, journal, system
 from .filesystem.service import FilesystemService
 from .http_errors import UNAUTHORIZED_MESSAGE, HTTPProblem, problem_response
 from .metrics import MetricsSampler
-from .process import terminal
 from .process.manager import ProcessManager
 from .process.service import ProcessService
 from .rpc import ConnectApp
@@ -101,11 +99,11 @@ class EnvdApp:
         # (~70 ms in gVisor). It costs every sandbox ~1.2 MiB, which nearly all would pay at
         # their first download anyway.
         await anyio.lowlevel.checkpoint()
-        # Whether PTYs can start without a fork of envd (``process/terminal.py``): asked in
-        # the background now, so a template's snapshot holds the answer.
-        probing = asyncio.ensure_future(asyncio.to_thread(terminal.probe))
         if self.duties is not None:
             self.duties.start()
+        # Whether PTYs can start without a fork of envd (``process/terminal.py``): asked in
+        # the background now, so a template's snapshot holds the answer.
+        self.processes.probe_terminals()
         try:
             yield
         finally:
@@ -115,7 +113,6 @@ class EnvdApp:
             finally:
                 await self.processes.close()
                 self.filesystem.close()
-                await asyncio.gather(probing, return_exceptions=True)
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":

@@ -23,7 +23,7 @@ from typing import Any
 
 from ..._connect.errors import Code, ConnectError
 from ..._proto.process import process_pb2 as pb
-from ..creds import spawn_as_user
+from ..creds import as_user, spawn_as_user
 from ..state import EnvdState, default_path
 from ..users import User, resolve_path
 from . import terminal
@@ -407,6 +407,7 @@ class ProcessManager:
         self._by_pid: dict[int, ManagedProcess] = {}
         self.standbys = StandbyPool(spawn_as_user, size=state.standby_shells)
         self._spawns: Spawns = {}  # under way in threads
+        self._probing: asyncio.Future[str | None] | None = None
         self._closed = False
 
     def list(self) -> list[ManagedProcess]:
@@ -524,7 +525,12 @@ class ProcessManager:
             session: dict[str, Any]
             vfork = True
             if pty is not None:
-                behind_setsid = await asyncio.to_thread(terminal.wrapped, argv, env["PATH"])
+                if terminal.known() is None:  # (asked as envd started; asked again meanwhile)
+                    self.probe_terminals()
+                if user.is_current:
+                    behind_setsid = await asyncio.to_thread(terminal.wrapped, argv, env["PATH"])
+                else:  # (its file checks are the user's)
+                    behind_setsid = await as_user(user, terminal.wrapped, argv, env["PATH"])
                 master, slave = os.openpty()
                 child_fds.append(slave)
                 ours.append(master)
@@ -591,6 +597,12 @@ class ProcessManager:
                     os.close(fd)
         return self._register(process, user, cwd, "new process")
 
+    def probe_terminals(self) -> None:
+        """Ask in the background whether PTYs may start behind ``setsid`` (``terminal.probe``,
+        as root); those started before its answer fork."""
+        if self._probing is None or self._probing.done():
+            self._probing = asyncio.ensure_future(asyncio.to_thread(terminal.probe))
+
     def _register(
         self, process: ManagedProcess, user: User, cwd: str, how: str
     ) -> tuple[ManagedProcess, Feed]:
@@ -642,6 +654,8 @@ class ProcessManager:
         from now on are refused."""
         self._closed = True
         self.standbys.close()
+        if self._probing is not None:  # (a few ms; at most PROBE_TIMEOUT_S)
+            await asyncio.wait({self._probing})
         for process in self.list():
             with contextlib.suppress(ConnectError):
                 process.signal(signal.SIGKILL)

@@ -23,10 +23,11 @@ import fcntl
 import logging
 import os
 import shutil
-import stat
 import struct
 import subprocess
 import termios
+import threading
+import time
 
 log = logging.getLogger("emberbox.envd.process")
 
@@ -34,7 +35,10 @@ log = logging.getLogger("emberbox.envd.process")
 # a client's PATH named).
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PROBE_TIMEOUT_S = 10.0
+RETRY_S = 60.0  # after a try that got no answer (a timeout), PTYs fork this long
 _sets_ctty: dict[str, bool] = {}  # setsid path → whether it takes -c (definite answers only)
+_probing = threading.Lock()
+_retry_at = 0.0
 
 
 def set_controlling_tty() -> None:
@@ -47,32 +51,52 @@ def set_winsize(fd: int, cols: int, rows: int) -> None:
 
 
 def wrapped(argv: list[str], path: str) -> list[str] | None:
-    """``argv`` behind ``setsid -c``, or None: start it the old way. ``path`` is the child's
-    PATH: ``setsid`` looks the command up in it as ``Popen`` would (argv[0] is passed as
-    given). Blocking (stats, and the probe once): call it off the event loop."""
-    setsid = probe()
+    """``argv`` behind ``setsid -c``, or None: start it the old way (also until
+    :func:`probe` has answered). ``path`` is the child's PATH: ``setsid`` looks the command
+    up in it as ``Popen`` would (argv[0] is passed as given). Blocking (stats): call it off
+    the event loop, in a thread holding the user's ids (``creds.as_user``): the file checks
+    are the user's."""
+    setsid = known()
     if setsid is None:
         return None
     name = argv[0]
     command = name if "/" in name else shutil.which(name, path=path)
-    if command is None or not os.path.isabs(command) or not _runs_for_anyone(command):
+    if command is None or not os.path.isabs(command) or not _startable(command):
         return None
     return [setsid, "-c", *argv]
 
 
+def known() -> str | None:
+    """The system's ``setsid`` if :func:`probe` found that it takes ``-c``."""
+    setsid = shutil.which("setsid", path=SYSTEM_PATH)
+    return setsid if setsid is not None and _sets_ctty.get(setsid) else None
+
+
 def probe() -> str | None:
-    """The system's ``setsid`` if it takes ``-c``; tried once (a definite answer is kept),
-    with a PTY of its own as stdin: a failure would otherwise end each terminal at its start.
-    envd warms this at its start, so a template's snapshot already holds the answer."""
+    """The system's ``setsid`` if it takes ``-c``; tried with a PTY of its own as stdin (a
+    failure would otherwise end each terminal at its start). One try at a time: while one
+    runs, or for ``RETRY_S`` after one got no answer, PTYs start the old way. A definite
+    answer is kept. envd asks as it starts (as root, in a thread), so a template's snapshot
+    holds the answer, and again at a PTY start while none is known."""
+    global _retry_at
     setsid = shutil.which("setsid", path=SYSTEM_PATH)
     if setsid is None:
         return None
-    if setsid not in _sets_ctty:
-        answer = _try(setsid)
-        if answer is None:  # (a timeout, a failed spawn: asked again next time)
+    known = _sets_ctty.get(setsid)
+    if known is None:
+        if time.monotonic() < _retry_at or not _probing.acquire(blocking=False):
             return None
-        _sets_ctty[setsid] = answer
-    return setsid if _sets_ctty[setsid] else None
+        try:
+            known = _sets_ctty.get(setsid)
+            if known is None:
+                known = _try(setsid)
+                if known is None:
+                    _retry_at = time.monotonic() + RETRY_S
+                    return None
+                _sets_ctty[setsid] = known
+        finally:
+            _probing.release()
+    return setsid if known else None
 
 
 def _try(setsid: str) -> bool | None:
@@ -101,26 +125,23 @@ def _try(setsid: str) -> bool | None:
     return done.returncode == 0
 
 
-def _runs_for_anyone(command: str) -> bool:
-    """A regular file every user may reach and execute (a script: read too), with a header
-    exec takes: its start cannot fail for the user where a fork's would have told the
-    client. Checked as root for everyone, so no finer."""
+def _startable(command: str, depth: int = 0) -> bool:
+    """The calling thread's (effective) user may exec ``command``: a regular file it may
+    reach and execute (noexec mounts included), with an ELF header, or a ``#!`` line naming
+    an interpreter that is so too (the script then also readable). Its start then cannot fail
+    where a fork's would have told the client."""
     try:
-        real = os.path.realpath(command)
-        st = os.stat(real)
-        if not stat.S_ISREG(st.st_mode) or not st.st_mode & stat.S_IXOTH:
+        if not os.path.isfile(command) or not os.access(command, os.X_OK, effective_ids=True):
             return False
-        folder = os.path.dirname(real)
-        while True:
-            if not os.stat(folder).st_mode & stat.S_IXOTH:
-                return False
-            if folder == "/":
-                break
-            folder = os.path.dirname(folder)
-        with open(real, "rb") as file:
-            header = file.read(4)
+        with open(command, "rb") as file:
+            header = file.readline(256)
     except OSError:
         return False
-    if header.startswith(b"#!"):
-        return bool(st.st_mode & stat.S_IROTH)
-    return header == b"\x7fELF"
+    if header.startswith(b"\x7fELF"):
+        return True
+    if not header.startswith(b"#!") or depth >= 2:
+        return False
+    # As the kernel reads it: up to the newline, blanks and tabs apart (a \r is the name's).
+    line = header[2:].split(b"\n", 1)[0].lstrip(b" \t")
+    interpreter = line.replace(b"\t", b" ").split(b" ", 1)[0].decode(errors="replace")
+    return os.path.isabs(interpreter) and _startable(interpreter, depth + 1)

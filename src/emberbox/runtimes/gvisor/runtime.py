@@ -167,6 +167,15 @@ def _swap_short() -> bool:
     return total == 0 or cgroups.swap_free() < total * OFFLOAD_SWAP_HEADROOM
 
 
+def _has_sandboxes(data_dir: Path) -> bool:
+    """Whether a data dir's gVisor runtime still has sandboxes (running or paused) here: its
+    instance id names their host objects even while no node of it runs."""
+    try:
+        return any(GVisorConfig(data_dir=data_dir).sandboxes_dir.iterdir())
+    except OSError:
+        return False
+
+
 class GVisorRuntime(Runtime):
     name = "gvisor"
     capabilities = Capabilities(
@@ -180,7 +189,7 @@ class GVisorRuntime(Runtime):
     ) -> None:
         self.config = config or GVisorConfig()
         self.claim = InstanceClaim(
-            self.config.instances_root, self.config.instance, self.config.data_dir
+            self.config.instances_root, self.config.instance, self.config.data_dir, _has_sandboxes
         ).acquire()
         self.store = store or TemplateStore(self.config.data_dir)
         self.runsc = Runsc(self.config)
