@@ -7,10 +7,10 @@ would destroy each other's sandboxes. The kernel drops it when the process dies,
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 from pathlib import Path
-
-from ..host.held_lock import HeldLock
 
 
 class AlreadyRunning(RuntimeError):
@@ -21,17 +21,28 @@ class InstanceLock:
     def __init__(self, data_dir: Path, role: str) -> None:
         self.path = data_dir / f"{role}.lock"
         self.role = role
-        self._lock = HeldLock(self.path)
+        self._fd: int | None = None
 
     def acquire(self) -> InstanceLock:
-        holder = self._lock.take(str(os.getpid()))
-        if holder is not None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
+            os.close(fd)
             raise AlreadyRunning(
-                f"an emberbox {self.role} already runs on {self.path.parent} "
-                f"(pid {holder or 'of another process'}); stop it first or use another "
-                "EMBERBOX_DATA_DIR"
-            )
+                f"an emberbox {self.role} already runs on {self.path.parent} (pid {holder}); "
+                "stop it first or use another EMBERBOX_DATA_DIR"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
         return self
 
     def release(self) -> None:
-        self._lock.release()
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None

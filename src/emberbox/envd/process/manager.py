@@ -654,8 +654,6 @@ class ProcessManager:
         from now on are refused."""
         self._closed = True
         self.standbys.close()
-        if self._probing is not None:  # (a few ms; at most PROBE_TIMEOUT_S)
-            await asyncio.wait({self._probing})
         for process in self.list():
             with contextlib.suppress(ConnectError):
                 process.signal(signal.SIGKILL)
@@ -668,3 +666,5 @@ class ProcessManager:
                 # that waits may never resume to register it, as the loop ends.
                 if spawn.done() and not caller.left:
                     _kill_orphan(spawn, reap=False)
+        if self._probing is not None:  # (a few ms; at most PROBE_TIMEOUT_S), after the kills
+            await asyncio.wait({self._probing})
