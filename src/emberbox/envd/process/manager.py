@@ -156,11 +156,14 @@ Spawns = dict[asyncio.Future[subprocess.Popen[bytes]], Caller]
 
 
 def _kill_orphan(spawned: asyncio.Future[subprocess.Popen[bytes]], reap: bool = True) -> None:
-    """Kill what a spawn started, and the group it leads: the process first, as it may not
-    lead one yet (a PTY's ``setsid`` makes its group a moment after the start)."""
-    if spawned.cancelled() or spawned.exception() is not None:
-        return
-    orphan = spawned.result()
+    """Kill what a spawn started (:func:`_kill_started`), if it started anything."""
+    if not spawned.cancelled() and spawned.exception() is None:
+        _kill_started(spawned.result(), reap)
+
+
+def _kill_started(orphan: subprocess.Popen[bytes], reap: bool = True) -> None:
+    """Kill a process nobody will follow, and the group it leads: the process first, as it
+    may not lead one yet (a PTY's ``setsid`` makes its group a moment after the start)."""
     if orphan.returncode is not None:  # reaped: its number may be another's by now
         return
     for kill in (os.kill, os.killpg):
@@ -171,6 +174,10 @@ def _kill_orphan(spawned: asyncio.Future[subprocess.Popen[bytes]], reap: bool = 
 
 
 class ManagedProcess:
+    """A started process envd follows. Its construction takes fds of its own (a copy of the
+    PTY's master, one that tells of the exit) and can fail, envd out of them: then it has
+    let go of those again, and the caller kills the process and closes the fds it passed."""
+
     def __init__(
         self,
         popen: subprocess.Popen[bytes],
@@ -184,9 +191,24 @@ class ManagedProcess:
         self.config = config
         self.tag = tag
         self.pty_master = pty_master
+        self._loop = asyncio.get_running_loop()
         # Its input: the PTY's master (a copy of its own: the reader closes the master at the
         # terminal's end, which a process that let go of it outlives), or its stdin pipe.
-        self._pty_input = FdWriter(os.dup(pty_master)) if pty_master is not None else None
+        pty_input = os.dup(pty_master) if pty_master is not None else None
+        try:
+            self._exit_fd = exit_fd(self.pid)
+        except BaseException:
+            if pty_input is not None:
+                os.close(pty_input)
+            raise
+        try:
+            self._loop.add_reader(self._exit_fd, self._on_exit)
+        except BaseException:
+            for fd in (self._exit_fd, pty_input):
+                if fd is not None:
+                    os.close(fd)
+            raise
+        self._pty_input = FdWriter(pty_input) if pty_input is not None else None
         self._stdin = FdWriter(stdin_fd) if stdin_fd is not None else None
         # One writer at a time: two inputs at once would interleave their bytes, and the
         # loop keeps one writability callback per fd (the second replaced the first's, which
@@ -204,9 +226,6 @@ class ManagedProcess:
         self._readers: list[FdReader] = []
         self._held = False  # its output fds go unread: a follower is behind (see Feed)
         self._deadline: asyncio.TimerHandle | None = None
-        self._loop = asyncio.get_running_loop()
-        self._exit_fd = exit_fd(self.pid)
-        self._loop.add_reader(self._exit_fd, self._on_exit)
 
     def attach_output(self, fd: int, kind: str) -> None:
         self._readers.append(FdReader(fd, lambda data: self._publish(Output(kind, data)), _noop))
@@ -401,6 +420,12 @@ def _noop() -> None:
     pass
 
 
+def _cannot_start(config: pb.ProcessConfig, exc: OSError) -> ConnectError:
+    return ConnectError(
+        Code.INVALID_ARGUMENT, f"cannot start '{config.cmd}': {exc.strerror or exc}"
+    )
+
+
 class ProcessManager:
     def __init__(self, state: EnvdState) -> None:
         self.state = state
@@ -466,7 +491,14 @@ class ProcessManager:
         if command is not None and self.standbys.size > 0:
             standby = await self._standby(user, cwd, base_env, stdin, command, config.envs)
             if standby is not None:
-                process = ManagedProcess(standby.popen, config, tag, None, standby.stdin)
+                try:
+                    process = ManagedProcess(standby.popen, config, tag, None, standby.stdin)
+                except OSError as exc:
+                    standby.kill()
+                    raise _cannot_start(config, exc) from exc
+                except BaseException:
+                    standby.kill()
+                    raise
                 process.attach_output(standby.stdout, "stdout")
                 process.attach_output(standby.stderr, "stderr")
                 refill = functools.partial(self.standbys.refill, user, cwd, stdin)
@@ -578,19 +610,25 @@ class ProcessManager:
                 for fd in ours:
                     os.close(fd)
                 raise
+            try:
+                if pty is not None:
+                    process = ManagedProcess(popen, config, tag, master, None)
+                else:
+                    if stdin_w is not None:
+                        set_nonblocking(stdin_w)
+                    process = ManagedProcess(popen, config, tag, None, stdin_w)
+            except BaseException:  # (it started: nobody will follow it)
+                _kill_started(popen)
+                for fd in ours:
+                    os.close(fd)
+                raise
             if pty is not None:
-                process = ManagedProcess(popen, config, tag, master, None)
                 process.attach_output(master, "pty")
             else:
-                if stdin_w is not None:
-                    set_nonblocking(stdin_w)
-                process = ManagedProcess(popen, config, tag, None, stdin_w)
                 process.attach_output(out_r, "stdout")
                 process.attach_output(err_r, "stderr")
         except OSError as exc:
-            raise ConnectError(
-                Code.INVALID_ARGUMENT, f"cannot start '{config.cmd}': {exc.strerror or exc}"
-            ) from exc
+            raise _cannot_start(config, exc) from exc
         finally:
             if not abandoned:
                 for fd in child_fds:

@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import select
+import signal
 import stat
 import subprocess
 import threading
@@ -230,6 +231,20 @@ class Standby:
         made every later root login wait a minute). Closing the control pipe makes it exit as
         soon as the login is done; its output is read and dropped until then."""
         self._close(self.control, self.request, self.stdin)
+        threading.Thread(
+            target=_drain_and_reap,
+            args=(self.popen, self.stdout, self.stderr),
+            name=f"standby-{self.popen.pid}",
+            daemon=True,
+        ).start()
+
+    def kill(self) -> None:
+        """Kill a shell that has its command (:meth:`hand_over`) but will never be followed
+        (envd could not take it on): it and its group, then read and reap it as ``discard``."""
+        for kill in (os.killpg, os.kill):
+            with contextlib.suppress(ProcessLookupError):
+                kill(self.popen.pid, signal.SIGKILL)
+        self._close(self.stdin)
         threading.Thread(
             target=_drain_and_reap,
             args=(self.popen, self.stdout, self.stderr),
