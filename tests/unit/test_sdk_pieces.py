@@ -53,8 +53,11 @@ def test_connect_codes_map_to_the_tree() -> None:
     missing = ConnectError(Code.NOT_FOUND, "gone")
     assert isinstance(_errors.from_connect(missing, files=True), FileNotFoundException)
     assert type(_errors.from_connect(missing)) is NotFoundException
-    full = ConnectError(Code.RESOURCE_EXHAUSTED, "not enough disk space for '/x'")
-    assert isinstance(_errors.from_connect(full), NotEnoughSpaceException)
+    for code in (Code.INTERNAL, Code.RESOURCE_EXHAUSTED):  # (envd's; older envds')
+        full = ConnectError(code, "not enough disk space for '/x'")
+        assert isinstance(_errors.from_connect(full), NotEnoughSpaceException)
+    busy = ConnectError(Code.RESOURCE_EXHAUSTED, "request message exceeds the 4 byte limit")
+    assert isinstance(_errors.from_connect(busy), RateLimitException)
 
 
 def test_metadata_query_is_encoded_once_here(monkeypatch: pytest.MonkeyPatch) -> None:

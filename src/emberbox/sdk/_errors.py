@@ -33,9 +33,12 @@ def from_connect(err: ConnectError, *, files: bool = False) -> SandboxException:
         return InvalidArgumentException(message)
     if err.code in (Code.UNAUTHENTICATED, Code.PERMISSION_DENIED):
         return AuthenticationException(message)
+    if "not enough disk space" in message and err.code in (
+        Code.INTERNAL,  # (envd's code for it: the official SDK reads RESOURCE_EXHAUSTED as a
+        Code.RESOURCE_EXHAUSTED,  # rate limit; older envds sent that)
+    ):
+        return NotEnoughSpaceException(message)
     if err.code is Code.RESOURCE_EXHAUSTED:
-        if "disk space" in message:
-            return NotEnoughSpaceException(message)
         return RateLimitException(message)
     if err.code in (Code.DEADLINE_EXCEEDED, Code.CANCELED):
         return TimeoutException(message)

@@ -33,8 +33,8 @@ def os_error(exc: OSError, path: str) -> ConnectError:
         return ConnectError(Code.INVALID_ARGUMENT, f"a component of '{path}' is not a directory")
     if exc.errno == errno.EEXIST:
         return ConnectError(Code.ALREADY_EXISTS, f"path '{path}' already exists")
-    if exc.errno == errno.ENOSPC:
-        return ConnectError(Code.RESOURCE_EXHAUSTED, f"not enough disk space for '{path}'")
+    if exc.errno == errno.ENOSPC:  # (not RESOURCE_EXHAUSTED: the SDK calls that a rate limit)
+        return ConnectError(Code.INTERNAL, f"not enough disk space for '{path}'")
     if exc.errno == errno.ENAMETOOLONG:
         return ConnectError(Code.INVALID_ARGUMENT, f"path too long: '{path}'")
     return ConnectError(Code.INTERNAL, f"{exc.strerror or exc}: '{path}'")
@@ -132,6 +132,10 @@ class FilesystemService:
                 path, request.recursive, request.include_entry, request.allow_network_mounts, user
             )
         except OSError as exc:
+            if exc.errno == errno.ENOSPC:  # (inotify_add_watch's, not the disk's)
+                raise ConnectError(
+                    Code.INTERNAL, f"cannot watch '{path}': the inotify watch limit is reached"
+                ) from exc
             raise os_error(exc, path) from exc
 
     async def watch_dir(
