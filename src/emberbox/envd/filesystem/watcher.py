@@ -38,6 +38,9 @@ _MASK = (
 )
 _NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "fuse.sshfs", "9p", "ceph", "glusterfs"}
 MAX_QUEUED_EVENTS = 10_000
+# Raw events read but not yet translated: past this the inotify fd goes unread until the pump
+# catches up, and the kernel's own bounded queue (it overflows, dropping) takes the rest.
+MAX_RAW_EVENTS = 10_000
 
 
 def _event_types(mask: int) -> list[pb.EventType]:
@@ -95,6 +98,7 @@ class DirWatcher:
         self._inotify = INotify()
         self._dirs: dict[int, str] = {}  # touched only by the worker running _add_tree/_translate
         self._raw: list[Event] = []
+        self._reading = False  # the loop reads the inotify fd (not while _raw is full)
         self._wake = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._pump_task: asyncio.Task[None] | None = None
@@ -111,7 +115,7 @@ class DirWatcher:
         except BaseException:
             watcher.close()
             raise
-        watcher._loop.add_reader(watcher._inotify.fileno(), watcher._readable)
+        watcher._read(True)
         watcher._pump_task = watcher._loop.create_task(watcher._pump())
         return watcher
 
@@ -142,6 +146,13 @@ class DirWatcher:
                 name = os.path.relpath(full, self.root)
                 out.append(self._message(name, pb.EVENT_TYPE_CREATE, full))
 
+    def _read(self, on: bool) -> None:
+        if on and not self._reading:
+            self._loop.add_reader(self._inotify.fileno(), self._readable)
+        elif not on and self._reading:
+            self._loop.remove_reader(self._inotify.fileno())
+        self._reading = on
+
     def _readable(self) -> None:
         try:
             events = self._inotify.read(timeout=0)
@@ -150,12 +161,15 @@ class DirWatcher:
         if events:
             self._raw.extend(events)
             self._wake.set()
+            if len(self._raw) >= MAX_RAW_EVENTS:
+                self._read(False)
 
     async def _pump(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
             raw, self._raw = self._raw, []
+            self._read(True)
             try:
                 messages = await as_user(self.user, self._translate, raw)
             except Exception:
@@ -170,6 +184,9 @@ class DirWatcher:
     def _translate(self, raw: list[Event]) -> list[pb.FilesystemEvent]:
         out: list[pb.FilesystemEvent] = []
         for event in raw:
+            if event.mask & F.Q_OVERFLOW:  # (the kernel's queue was full: some are lost)
+                self.dropped += 1
+                continue
             base = self._dirs.get(event.wd)
             if base is None:
                 continue
@@ -207,6 +224,6 @@ class DirWatcher:
         if self._pump_task is not None:
             self._pump_task.cancel()
         with contextlib.suppress(Exception):
-            self._loop.remove_reader(self._inotify.fileno())
+            self._read(False)
         with contextlib.suppress(OSError):
             self._inotify.close()
