@@ -18,7 +18,7 @@ import errno
 import os
 import stat
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any
@@ -448,18 +448,54 @@ async def _receive_raw(request: Request, upload: _Upload, query_path: str | None
     if not query_path:
         raise HTTPProblem(400, "query parameter 'path' is required for octet-stream uploads")
     encoding = request.headers.get("content-encoding", "identity").lower()
-    decode: Callable[[bytes], bytes] | None = None
+    gunzip: Gunzip | None = None
     if encoding == "gzip":
-        decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        decode = decoder.decompress
+        gunzip = Gunzip()
     elif encoding != "identity":
         raise HTTPProblem(400, f"unsupported Content-Encoding '{encoding}'")
     await upload.open(_path(query_path, upload.user))
     try:
         async for chunk in request.stream():
-            upload.write(decode(chunk) if decode else chunk)
+            if gunzip is None:
+                upload.write(chunk)
+                continue
+            for data in gunzip.feed(chunk):
+                upload.write(data)
+        if gunzip is not None:
+            gunzip.finish()
     except zlib.error as exc:
         raise HTTPProblem(400, f"body is not valid gzip: {exc}") from None
+
+
+class Gunzip:
+    """A gzip body's bytes, ``CHUNK`` at most at a time (a small body can stand for gigabytes,
+    and the upload's limit is checked as each piece is written), every member of it (``cat
+    a.gz b.gz`` is one valid gzip), and ``zlib.error`` for one cut short."""
+
+    def __init__(self) -> None:
+        self._member = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self._started = False  # the current member has had input
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        while True:
+            self._started = self._started or bool(data)
+            out = self._member.decompress(data, CHUNK)
+            if out:
+                yield out
+            if self._member.eof:  # the next member (or trailing bytes, which it refuses)
+                data = self._member.unused_data
+                self._member = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                self._started = False
+                if not data:
+                    return
+                continue
+            data = self._member.unconsumed_tail
+            if not data and len(out) < CHUNK:  # (a full CHUNK: more may be held back)
+                return
+
+    def finish(self) -> None:
+        if self._started and not self._member.eof:
+            raise zlib.error("the body ends inside a gzip member (truncated)")
 
 
 async def _receive_multipart(
