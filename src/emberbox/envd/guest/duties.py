@@ -15,6 +15,7 @@ import subprocess
 
 from ..._connect.errors import ConnectError
 from ..creds import spawn_as_user
+from ..process.exit_fd import exited
 from ..users import User
 from .oom import OomGuard
 from .portfwd import forward_forever
@@ -75,5 +76,5 @@ class GuestDuties:
             )
         finally:
             out.close()
-        code = await asyncio.to_thread(popen.wait)
+        code = await exited(popen)
         log.info("start command exited %s", code)

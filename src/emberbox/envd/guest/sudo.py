@@ -5,8 +5,10 @@ Supports the options scripts use: ``-u USER``, ``-E``, ``-H``, ``-n``, ``-i``, `
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import struct
 import sys
@@ -15,6 +17,11 @@ import time
 # The broker's socket (guest/sudo_broker.py); kept here so this shim, run for every ``sudo``,
 # imports nothing beyond the standard library's basics.
 SOCKET_PATH = "/run/emberbox/sudo.sock"
+# Signals the shim passes on to the command (which leads a process group of its own), as real
+# sudo relays them: a terminal's Ctrl-C and Ctrl-\\, envd's and kill's, a hang-up.
+FORWARDED = frozenset(
+    {signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2}
+)
 
 USAGE = "usage: sudo [-u user] [-E] [-H] [-n] [-i | -s] [--] command [args...]"
 
@@ -75,6 +82,13 @@ def main(argv: list[str] | None = None) -> int:
             [json.dumps(request).encode()],
             [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("3i", 0, 1, 2))],
         )
+
+        def forward(signum: int, _frame: object) -> None:
+            with contextlib.suppress(OSError):
+                conn.sendall(struct.pack("!i", signum))
+
+        for signum in FORWARDED:
+            signal.signal(signum, forward)
         reply = b""
         while chunk := conn.recv(65536):
             reply += chunk

@@ -6,8 +6,11 @@ written by a thread blocked in ``waitid(WNOWAIT)``, so ``Popen.poll`` can still 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
 import os
+import subprocess
 import threading
 
 _pidfd_works: bool | None = None
@@ -22,10 +25,16 @@ def _emulated(pid: int) -> int:
         except ChildProcessError:
             pass
         finally:
-            os.write(write_end, b"x")
+            with contextlib.suppress(OSError):  # (its reader may have stopped waiting)
+                os.write(write_end, b"x")
             os.close(write_end)
 
-    threading.Thread(target=wait, name=f"exit-{pid}", daemon=True).start()
+    try:
+        threading.Thread(target=wait, name=f"exit-{pid}", daemon=True).start()
+    except BaseException:  # (no thread to be had: the pipe is nobody's)
+        os.close(read_end)
+        os.close(write_end)
+        raise
     return read_end
 
 
@@ -42,3 +51,23 @@ def exit_fd(pid: int) -> int:
             _pidfd_works = True
             return fd
     return _emulated(pid)
+
+
+async def exited(popen: subprocess.Popen[bytes]) -> int:
+    """``popen.wait()`` on the event loop: no thread of the loop's default executor held for
+    a process's whole life (a few of those would starve every ``to_thread`` in envd)."""
+    fd = exit_fd(popen.pid)
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    loop.add_reader(fd, readable)
+    try:
+        await done
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+    return popen.wait()
