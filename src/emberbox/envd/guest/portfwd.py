@@ -61,15 +61,20 @@ def external_address() -> str | None:
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """One direction. Its end is passed on as an end of input only (a half-close): a client
+    that shuts its side down once it has sent its request (``nc -N``) still gets the answer.
+    A broken connection closes the other side whole, which ends the other direction too."""
     try:
         while data := await reader.read(65536):
             writer.write(data)
             await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+            return
     except (ConnectionError, OSError):
         pass
-    finally:
-        with contextlib.suppress(Exception):
-            writer.close()
+    with contextlib.suppress(Exception):
+        writer.close()
 
 
 async def _relay(port: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -78,7 +83,12 @@ async def _relay(port: int, reader: asyncio.StreamReader, writer: asyncio.Stream
     except OSError:
         writer.close()
         return
-    await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+    try:
+        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+    finally:  # (both directions ended, or the relay was cancelled)
+        for end in (up_writer, writer):
+            with contextlib.suppress(Exception):
+                end.close()
 
 
 def _handler(
