@@ -19,7 +19,7 @@ from emberbox.server.builds.uploads import Uploads
 from emberbox.server.config import Limits
 from emberbox.server.db.models import Snapshot, utcnow
 from emberbox.server.db.templates import TeamTemplate
-from emberbox.server.lifecycle.errors import Conflict, Invalid, QuotaExceeded
+from emberbox.server.lifecycle.errors import Conflict, Invalid, QuotaExceeded, Unsupported
 from emberbox.server.lifecycle.service import CreateRequest
 from emberbox.server.lifecycle.snapshots import SnapshotService
 from emberbox.vocabulary import new_snapshot_id
@@ -247,6 +247,29 @@ async def test_the_name_filter_takes_an_id_or_a_namespaced_tagged_name(
     for name in ("ckpt", "ckpt:default", "my-team/ckpt", "my-team/ckpt:default"):
         assert await listed(name) == [named.id], name
     assert await listed("ckpt:v2") == []
+
+
+async def test_a_namespaced_tagged_name_finds_rolls_back_to_and_deletes_the_snapshot(
+    snapshotting_plane: Plane,
+) -> None:
+    """E2B's names are ``team-slug/name:default`` (its ``SnapshotInfo``), so code written for
+    it hands those back: a list found the snapshot by them, a create from it, a rollback to
+    it and a delete of it answered 404 (a delete the SDK reports as False, the snapshot
+    kept, and its disk counted)."""
+    plane = snapshotting_plane
+    service = SnapshotService(plane.service)
+    row = await plane.service.create(plane.who, CreateRequest("base", 600))
+    for ref in ("ckpt", "ckpt:default", "my-team/ckpt", "my-team/ckpt:default"):
+        taken = await service.create(plane.who, row.id, name="ckpt")
+        assert (await service.find(plane.who, ref)).id == taken.id, ref  # type: ignore[union-attr]
+        with pytest.raises(Unsupported):  # (found, and handed to the node: this fake's
+            await plane.service.create(plane.who, CreateRequest(ref, 600))  # cannot start one)
+        await service.rollback(plane.who, row.id, ref)
+        assert isinstance(plane.runtime, CheckpointingRuntime)
+        assert plane.runtime.restored[-1] == taken.id, ref
+        await service.delete(plane.who, ref)
+        assert await service.find(plane.who, "ckpt") is None, ref
+    assert await plane.service.saved_disk_used(plane.who.team_id) == 0
 
 
 async def test_a_template_that_took_the_name_during_the_checkpoint_keeps_it(

@@ -24,9 +24,24 @@ async def get(s: AsyncSession, snapshot_id: str) -> Snapshot | None:
     return await s.get(Snapshot, snapshot_id)
 
 
+def _unqualified(ref: str) -> str | None:
+    """``ref`` without E2B's namespace (``team/name``; we have a single one), when it has one:
+    looked for only if ``ref`` itself means nothing (a name with a '/' from before they were
+    refused still means itself)."""
+    return ref.rpartition("/")[2] if "/" in ref else None
+
+
 async def find(s: AsyncSession, team_id: str, ref: str) -> Snapshot | None:
-    """The team's snapshot named ``ref`` by id, or by name (the newest holding it)."""
+    """The team's snapshot named ``ref`` by id, or by name (the newest holding it), with or
+    without E2B's namespace and tag (``team/name:default``)."""
     ref = ref.removesuffix(DEFAULT_TAG)
+    found = await _find_exactly(s, team_id, ref)
+    if found is None and (unqualified := _unqualified(ref)) is not None:
+        found = await _find_exactly(s, team_id, unqualified)
+    return found
+
+
+async def _find_exactly(s: AsyncSession, team_id: str, ref: str) -> Snapshot | None:
     row = await s.get(Snapshot, ref)
     if row is not None and row.team_id == team_id:
         return row
@@ -41,8 +56,16 @@ async def find(s: AsyncSession, team_id: str, ref: str) -> Snapshot | None:
 
 async def deletable(s: AsyncSession, team_id: str, ref: str) -> list[Snapshot]:
     """What a delete of ``ref`` removes: the team's snapshot of that id, or every one taken
-    under that name (the one holding it now, and those a newer one took it over from)."""
+    under that name (the one holding it now, and those a newer one took it over from); the
+    name may carry E2B's namespace and tag, as in :func:`find`."""
     ref = ref.removesuffix(DEFAULT_TAG)
+    found = await _deletable_exactly(s, team_id, ref)
+    if not found and (unqualified := _unqualified(ref)) is not None:
+        found = await _deletable_exactly(s, team_id, unqualified)
+    return found
+
+
+async def _deletable_exactly(s: AsyncSession, team_id: str, ref: str) -> list[Snapshot]:
     row = await s.get(Snapshot, ref)
     if row is not None and row.team_id == team_id:
         return [row]
