@@ -141,6 +141,21 @@ async def test_of_two_legacy_resumes_one_resumes_and_the_other_is_a_conflict(
         await plane.service.connect(plane.who, row.id, 3600, resume_only=True)
 
 
+async def test_a_legacy_resume_that_ends_auto_pause_ends_auto_resume_with_it(plane: Plane) -> None:
+    """``/resume {"autoPause": false}`` of a sandbox made with autoPause and autoResume: it
+    is killed at its end time now, and a lifecycle of auto-resume with kill is one a create
+    is refused (E2B's SDK: auto_resume only with on_timeout 'pause')."""
+    asked = CreateRequest("base", 600, auto_pause=True, auto_resume=True)
+    row = await plane.service.create(plane.who, asked)
+    await plane.service.pause(plane.who, row.id)
+    await plane.service.connect(plane.who, row.id, 60, resume_only=True, on_timeout="kill")
+    async with plane.service.sessions() as s:
+        now = await q.get(s, row.id)
+    assert now is not None and (now.state, now.on_timeout, now.auto_resume) == (
+        "running", "kill", False,
+    )  # fmt: skip
+
+
 async def test_what_a_legacy_resume_sets_its_end_time_to_do_is_set_by_the_one_that_resumed(
     plane: Plane, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -195,11 +195,14 @@ def pause_mode_of(keep_memory: bool) -> str:
 def running_as_resumed(timeout_s: int | None, on_timeout: str | None) -> dict[str, Any]:
     """A resumed row's fields, as its resume asked: its lifetime counts from now (its old end
     time may have passed while it was paused; None: ``DEFAULT_RESUME_TIMEOUT_S``), and its end
-    time does ``on_timeout`` (None: as before). Nothing saved is left; what the resume asked
-    is spent."""
+    time does ``on_timeout`` (None: as before; "kill" ends auto-resume too, which only a
+    sandbox that pauses at its end time may have, as a create is told). Nothing saved is left;
+    what the resume asked is spent."""
     timeout_s = DEFAULT_RESUME_TIMEOUT_S if timeout_s is None else timeout_s
     end_at = utcnow() + dt.timedelta(seconds=timeout_s)
-    ends = {"on_timeout": on_timeout} if on_timeout else {}
+    ends: dict[str, Any] = {"on_timeout": on_timeout} if on_timeout else {}
+    if on_timeout == "kill":
+        ends["auto_resume"] = False
     spent = {"resume_timeout_s": None, "resume_on_timeout": None}
     return {"end_at": end_at, **ends, "paused_bytes": 0, "pause_mode": None, **spent}
 
