@@ -125,11 +125,16 @@ async def test_a_request_a_server_may_get_twice_is_sent_again_on_a_fresh_connect
     assert upstream.seen[b"again"] == 2
 
 
-async def test_a_post_under_way_as_a_pause_closes_the_connections_is_not_sent_again(
-    proxied: Any,
+@pytest.mark.parametrize(
+    ("method", "headers"), [("POST", {}), ("GET", {}), ("POST", {"Idempotency-Key": "k2"})]
+)
+async def test_a_request_under_way_as_a_pause_closes_the_connections_is_not_sent_again(
+    proxied: Any, method: str, headers: dict[str, str]
 ) -> None:
     """A pause closes every connection to the sandbox before its checkpoint; the envd it
-    was sent to is still running then, and acting on it."""
+    was sent to is still running then, and acting on it. Not even a request a server may
+    get twice goes again: a connection opened to the sandbox now would be saved in its
+    checkpoint (a GET cut off so was sent again on a fresh one)."""
 
     async def slow(body: bytes, _: int, __: Any) -> str | None:
         if body == b"slow call":
@@ -138,7 +143,9 @@ async def test_a_post_under_way_as_a_pause_closes_the_connections_is_not_sent_ag
 
     upstream, (client, proxy) = await proxied(slow)
     assert (await client.post("/", content=b"warm")).status_code == 200
-    under_way = asyncio.create_task(client.post("/", content=b"slow call"))
+    under_way = asyncio.create_task(
+        client.request(method, "/", content=b"slow call", headers=headers)
+    )
     while not upstream.seen[b"slow call"]:  # noqa: ASYNC110 - the upstream's own count
         await asyncio.sleep(0.01)
     await proxy.close_connections(SANDBOX)

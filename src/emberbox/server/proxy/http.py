@@ -85,16 +85,37 @@ def upstream_client(*, pooled: bool = True) -> httpx.AsyncClient:
         )
     else:
         limits = httpx.Limits(max_connections=1, max_keepalive_connections=0)
-    return sandbox_http(
+    client = sandbox_http(
         timeout=httpx.Timeout(None, connect=5.0), limits=limits, follow_redirects=False
     )
+    # None of httpx's own: a request that had no Accept-Encoding got "gzip, deflate" (and its
+    # answer compressed, passed on raw to a client that never asked), and httpx's User-Agent.
+    client.headers.clear()
+    return client
 
 
-def upstream_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
-    headers = [(k, v) for k, v in scope["headers"] if k.lower() not in HOP_BY_HOP]
+def upstream_headers(
+    scope: Scope, skip: frozenset[bytes] = frozenset()
+) -> list[tuple[bytes, bytes]]:
+    """The request's headers as the sandbox gets them: without hop-by-hop ones (those its
+    ``Connection`` names too) or ``skip``; with ``X-Forwarded-For`` (the client appended to
+    what a proxy before us said) and ``X-Forwarded-Host``, the Host it arrived with, set here
+    only (a client's own would be taken for the original host, maskRequestHost's users read
+    it there)."""
+    named = {
+        token.strip().lower().encode("latin-1")
+        for k, v in scope["headers"]
+        if k.lower() == b"connection"
+        for token in v.decode("latin-1").split(",")
+    }
+    dropped = HOP_BY_HOP | named | skip | {b"x-forwarded-host", b"x-forwarded-for"}
+    headers = [(k, v) for k, v in scope["headers"] if k.lower() not in dropped]
+    chain = [v for k, v in scope["headers"] if k.lower() == b"x-forwarded-for"]
     client = scope.get("client")
     if client:
-        headers.append((b"x-forwarded-for", client[0].encode()))
+        chain.append(client[0].encode())
+    if chain:
+        headers.append((b"x-forwarded-for", b", ".join(chain)))
     for k, v in scope["headers"]:
         if k == b"host":
             headers.append((b"x-forwarded-host", v))
@@ -206,6 +227,8 @@ async def _send(client: httpx.AsyncClient, request: httpx.Request) -> httpx.Resp
     try:
         return await client.send(request, stream=True)
     except httpx.TransportError as e:
+        if client.is_closed:  # (closed under it on purpose, as below: a read cut, say)
+            raise _SendFailed(e, reused=False, written=True) from e
         raise _SendFailed(e, reused=not dialed, written=written) from e
     except RuntimeError as e:  # the pool was closed under it (a kill, or before a checkpoint)
         if not client.is_closed:
@@ -244,9 +267,9 @@ async def forward_http(
             headers=headers,
             content=stream if stream is not None else body,
         )
-        if stream is not None:  # httpx would add its own framing; keep exactly one
-            request.headers.pop("content-length", None)
-            request.headers["transfer-encoding"] = "chunked"
+        # (A streamed body keeps the client's Content-Length, which h11 then frames it by:
+        # servers that read exactly that many bytes need it. Without one httpx sends it
+        # chunked.)
         return request
 
     fresh: httpx.AsyncClient | None = None

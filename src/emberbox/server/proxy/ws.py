@@ -20,24 +20,24 @@ from starlette.types import Receive, Scope, Send
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from .http import stop, target_of, upstream_url
+from .http import stop, target_of, upstream_headers, upstream_url
 from .responses import port_not_open, send_json
 
 log = logging.getLogger("emberbox.server.proxy")
 NO_UPGRADE = "The sandbox's server did not accept the WebSocket upgrade"
 GOING_AWAY = 1001  # RFC 6455: the server is going away
 CLOSE_TIMEOUT_S = 2.0  # a closing handshake the sandbox does not answer in this is dropped
-_SKIP = {
-    "host",
-    "connection",
-    "upgrade",
-    "sec-websocket-key",
-    "sec-websocket-version",
-    "sec-websocket-extensions",
-    "sec-websocket-protocol",
-    "content-length",
-    "transfer-encoding",
-}
+DRAIN_TIMEOUT_S = 10.0  # for a client to take the messages a sandbox sent before its close
+# Besides the hop-by-hop ones: what the WebSocket client library sends itself.
+_SKIP = frozenset(
+    {
+        b"sec-websocket-key",
+        b"sec-websocket-version",
+        b"sec-websocket-extensions",
+        b"sec-websocket-protocol",
+        b"content-length",
+    }
+)
 
 
 @dataclass(eq=False)
@@ -131,9 +131,7 @@ async def forward_ws(
 async def _open(scope: Scope, address: tuple[str, int], host: str | None) -> ClientConnection:
     """The upstream WebSocket, at ``address``, for the URI the client asked for."""
     headers = [
-        (k.decode("latin-1"), v.decode("latin-1"))
-        for k, v in scope["headers"]
-        if k.decode("latin-1").lower() not in _SKIP
+        (k.decode("latin-1"), v.decode("latin-1")) for k, v in upstream_headers(scope, skip=_SKIP)
     ]
     uri = upstream_url(scope, *address, ws=True)
     if host is not None:
@@ -155,8 +153,12 @@ async def _relay(receive: Receive, send: Send, upstream: ClientConnection, relay
     await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
     up = asyncio.create_task(_client_to_upstream(receive, upstream))
     down = asyncio.create_task(_upstream_to_client(upstream, send, relay))
-    _, pending = await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
-    for t in pending:
+    await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
+    if up.done() and not up.cancelled() and up.exception() is None and not up.result():
+        # The upstream had closed as the client sent it something: what it sent before its
+        # close, and the close, still go on to the client (within reason: it may not read).
+        await asyncio.wait({down}, timeout=DRAIN_TIMEOUT_S)
+    for t in (up, down):
         await stop(t)
     told = False  # (whether the down task sent its client a close)
     if down.done() and not down.cancelled():
@@ -172,19 +174,24 @@ async def _relay(receive: Receive, send: Send, upstream: ClientConnection, relay
             await send({"type": "websocket.close", "code": GOING_AWAY})
 
 
-async def _client_to_upstream(receive: Receive, upstream: ClientConnection) -> None:
+async def _client_to_upstream(receive: Receive, upstream: ClientConnection) -> bool:
+    """Forward until the client leaves (True) or the upstream is closed to its sends (False:
+    the other direction then passes on what came before its close)."""
     while True:
         msg = await receive()
-        if msg["type"] == "websocket.receive":
-            if msg.get("bytes") is not None:
-                await upstream.send(msg["bytes"])
-            elif msg.get("text") is not None:
-                await upstream.send(msg["text"])
-        elif msg["type"] == "websocket.disconnect":
-            # 1005/1006 name a missing status or a lost connection; no frame may carry them.
-            code = msg.get("code") or 1000
-            await upstream.close(code=1000 if code in (1005, 1006) else code)
-            return
+        try:
+            if msg["type"] == "websocket.receive":
+                if msg.get("bytes") is not None:
+                    await upstream.send(msg["bytes"])
+                elif msg.get("text") is not None:
+                    await upstream.send(msg["text"])
+            elif msg["type"] == "websocket.disconnect":
+                # 1005/1006 name a missing status or a lost connection; no frame may carry them.
+                code = msg.get("code") or 1000
+                await upstream.close(code=1000 if code in (1005, 1006) else code)
+                return True
+        except ConnectionClosed:
+            return False
 
 
 async def _upstream_to_client(upstream: ClientConnection, send: Send, relay: Relay) -> bool:
