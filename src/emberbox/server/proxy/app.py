@@ -138,10 +138,12 @@ class SandboxProxy:
 
     @contextlib.asynccontextmanager
     async def holding_streams(self, sandbox_id: str) -> AsyncIterator[None]:
-        """While a checkpoint saves the sandbox's memory: a new process stream to it waits
-        (``HOLD_S`` at most) and then reaches whatever the sandbox has become (running again,
-        or paused); one opened meanwhile would be cut by the checkpoint, or take envd's
-        backlog with it."""
+        """While a checkpoint saves the sandbox's memory: a new request or WebSocket to it
+        waits (``HOLD_S`` at most) and then reaches whatever the sandbox has become (running
+        again, or paused: woken if traffic wakes it). One let through meanwhile would meet a
+        paused kernel, be cut by the checkpoint (a process stream would take envd's backlog
+        with it), or have its connection saved in the checkpoint and restored half-open into
+        every fork of it."""
         self._holds[sandbox_id] += 1
         try:
             yield
@@ -187,7 +189,7 @@ class SandboxProxy:
             await _refuse(scope, send, 401, traffic_token_missing(target.sandbox_id, target.port))
             return
         stream = target.port == ENVD_PORT and scope["path"] in PROCESS_STREAMS
-        if stream and self._holds[target.sandbox_id]:
+        if self._holds[target.sandbox_id]:
             await self._until(lambda: not self._holds[target.sandbox_id], HOLD_S)
         found = await self._locate(target.sandbox_id, _wake_refusal(target, scope, headers))
         if isinstance(found, _EnvdRefuses):
