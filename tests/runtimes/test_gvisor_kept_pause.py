@@ -15,6 +15,7 @@ import pytest
 from emberbox.host import cgroups
 from emberbox.runtimes.base import RuntimeSandbox, SandboxStatus
 from emberbox.runtimes.gvisor import GVisorRuntime
+from emberbox.runtimes.gvisor import runsc as runsc_module
 from emberbox.runtimes.gvisor.runsc import CHECKPOINT_RETRY_AFTER_S, Runsc, RunscError
 from tests import background_counter
 
@@ -239,3 +240,76 @@ async def test_a_checkpoint_runsc_fails_on_a_passing_tcp_state_is_tried_again(
     await runtime.resume(sandbox.sandbox_id)
     assert (await run(sandbox, "cat /home/user/note")).text == "before\n"
     assert await counter(sandbox) >= before
+
+
+@pytest.mark.parametrize("how", ["restored", "kept"])
+async def test_a_resume_that_fails_part_way_leaves_it_paused_with_nothing_running(
+    runtime: GVisorRuntime, make_sandbox: SandboxFactory, monkeypatch: pytest.MonkeyPatch,
+    how: str,
+) -> None:  # fmt: skip
+    """A restore that fails once its sentry runs (here: the memory policy applied after it),
+    or kept processes thawed whose ``runsc resume`` does not answer: the resume fails and the
+    sandbox is still paused, so none of it may run on (it did: user code running unseen,
+    its memory counted nowhere). The next resume restores it whole."""
+    sandbox, group, sentry, before = await counting(runtime, make_sandbox)
+    sandbox_id = sandbox.sandbox_id
+    if how == "restored":
+        monkeypatch.setattr(runtime.kept, "free_mb", lambda: 0)  # (nothing kept)
+    await runtime.pause(sandbox_id)
+    assert runtime.kept.kept() == ([sandbox_id] if how == "kept" else [])
+    with monkeypatch.context() as patch:
+        if how == "restored":
+
+            def fails(bundle: Path) -> None:
+                raise RunscError("injected: the restored sandbox could not be limited")
+
+            patch.setattr(runsc_module, "_apply_memory_policy", fails)
+            expected: type[Exception] = RunscError
+        else:
+
+            async def hangs(self: Runsc, sandbox_id: str) -> None:
+                raise TimeoutError("injected: runsc resume did not answer")
+
+            patch.setattr(Runsc, "resume", hangs)
+            expected = TimeoutError
+        with pytest.raises(expected, match="injected"):
+            await runtime.resume(sandbox_id)
+    assert (await runtime.get(sandbox_id)).status is SandboxStatus.PAUSED
+    assert cgroups.procs(group) == []
+    assert runtime.kept.kept() == []
+    await runtime.resume(sandbox_id)
+    assert sentry_pid(group) != sentry  # restored from the saved memory
+    after = await counter(sandbox)
+    assert before <= after < before + 10, (before, after)
+    assert (await run(sandbox, "cat /home/user/note")).text == "before\n"
+
+
+async def test_a_pause_whose_freeze_fails_lets_the_processes_go_and_still_pauses(
+    runtime: GVisorRuntime, make_sandbox: SandboxFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The memory is saved before the freeze that keeps the processes: a freeze the cgroup
+    refuses must not fail a pause already recorded (it left the sandbox paused on disk,
+    running for its node, its kernel paused and its processes nobody's)."""
+    sandbox, group, sentry, before = await counting(runtime, make_sandbox)
+    sandbox_id = sandbox.sandbox_id
+    freeze = cgroups.freeze
+
+    def refused(path: str, frozen: bool) -> None:
+        if frozen:
+            raise OSError("injected: the cgroup refused the freeze")
+        freeze(path, frozen)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(cgroups, "freeze", refused)
+        assert await runtime.pause(sandbox_id) > 1 << 20
+    assert runtime.kept.kept() == []
+    deadline = time.monotonic() + 10
+    while cgroups.procs(group):  # (let go in the background)
+        assert time.monotonic() < deadline, cgroups.procs(group)
+        await asyncio.sleep(0.05)
+    assert (await runtime.get(sandbox_id)).status is SandboxStatus.PAUSED
+    await runtime.resume(sandbox_id)
+    assert sentry_pid(group) != sentry
+    after = await counter(sandbox)
+    assert before <= after < before + 10, (before, after)
+    assert (await run(sandbox, "cat /home/user/note")).text == "before\n"

@@ -703,9 +703,8 @@ class GVisorRuntime(Runtime):
                 shutil.rmtree(image, ignore_errors=True)  # last: it marks a kernel paused
                 raise
             os.replace(image, paths.memory)  # from here on the sandbox counts as paused
-            size = _saved_bytes(paths)
-            if self.kept.may_keep():
-                cgroups.freeze(self._cgroup(sandbox_id), True)  # its sentry's timers too
+            size = _saved_bytes(paths)  # (and nothing below may fail the pause)
+            if self.kept.may_keep() and self._freeze_kept(sandbox_id):
                 self.kept.keep(sandbox_id)
                 with contextlib.suppress(OSError):  # (without it a successor restores it)
                     paths.kept.touch()
@@ -715,6 +714,17 @@ class GVisorRuntime(Runtime):
         # waits for that, or removes the record itself after a node restart.
         self._in_background(self._forget_container(sandbox_id))
         return size
+
+    def _freeze_kept(self, sandbox_id: str) -> bool:
+        """Freeze a paused sandbox's processes to keep them (its sentry's timers too); False
+        if the cgroup refused: they are let go then, and a resume restores it."""
+        try:
+            cgroups.freeze(self._cgroup(sandbox_id), True)
+        except OSError as exc:
+            log.warning("sandbox %s: its processes could not be frozen to be kept (%s); "
+                        "they are stopped", sandbox_id, exc)  # fmt: skip
+            return False
+        return True
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` without waiting for it, holding a reference until it is done."""
@@ -759,9 +769,13 @@ class GVisorRuntime(Runtime):
                     return self._sandbox(record, SandboxStatus.RUNNING)
                 raise SandboxGone(f"sandbox {sandbox_id} is neither paused nor running")
             if paths.memory.is_dir() and memory:
+                try:
+                    if not await self._continue_kept(sandbox_id):
+                        await self._restore_in_place(sandbox_id, record, paths.memory)
+                except BaseException:
+                    await self._stop_unresumed(sandbox_id)
+                    raise
                 # (a leftover of a reboot that failed, or was cut off, goes with its success)
-                if not await self._continue_kept(sandbox_id):
-                    await self._restore_in_place(sandbox_id, record, paths.memory)
                 self._discard(paths.memory)
                 self._discard(paths.files)
                 return self._sandbox(record, SandboxStatus.RUNNING)
@@ -771,6 +785,16 @@ class GVisorRuntime(Runtime):
             return dataclasses.replace(
                 self._sandbox(record, SandboxStatus.RUNNING, defaults), rebooted=True
             )
+
+    async def _stop_unresumed(self, sandbox_id: str) -> None:
+        """After a resume that failed or was cut off part way (a restore whose sentry went on
+        running, kept processes thawed): the sandbox is still paused, so nothing of it may
+        run on, unseen and counted nowhere; its saved memory stays for the next resume."""
+        with contextlib.suppress(Exception):
+            await self._stop_processes(sandbox_id)
+        with contextlib.suppress(Exception):
+            if await self.runsc.delete(sandbox_id):
+                self._deleted.add(sandbox_id)
 
     async def _continue_kept(self, sandbox_id: str) -> bool:
         """Run a paused sandbox's kept processes again (``kept.py``); False when it has none
@@ -824,8 +848,8 @@ class GVisorRuntime(Runtime):
     ) -> None:
         """A sandbox paused with its memory holds its files in that image: restore it, save
         them, stop it. Its memory stays until the boot from the files succeeds."""
-        await self._restore_in_place(sandbox_id, record, paths.memory)
         try:
+            await self._restore_in_place(sandbox_id, record, paths.memory)
             await self._save_files(record, paths)
         finally:
             await self._stop_processes(sandbox_id)
