@@ -54,6 +54,22 @@ async def test_command_runs_through_envd_with_sandbox_conventions(make_sandbox: 
         assert await envd.read_file("/home/user/note.txt") == b"written via envd"
 
 
+async def test_a_sudo_command_ends_with_the_command_that_ran_it(make_sandbox: SandboxFactory):
+    """gVisor's sudo hands the command to a root broker (guest/sudo_broker.py), so it is not
+    the caller's child: killed at its end of time (a SIGKILL to its group), the caller's
+    ``sudo`` must take what it ran with it, as real sudo's would."""
+    sandbox = await make_sandbox()
+    with contextlib.suppress(Exception):  # (the stream ends at its deadline)
+        await run(sandbox, "sudo sleep 301; echo unreachable", timeout=3)
+    sleeping = "grep -lx sleep /proc/[0-9]*/comm || true"
+    for _ in range(40):
+        if not (left := await run(sandbox, sleeping)).text.strip():
+            break
+        await asyncio.sleep(0.25)
+    assert left.text.strip() == "", f"still running: {left.text}"
+    assert (await run(sandbox, "sudo id -u")).text.strip() == "0"
+
+
 async def test_writes_never_touch_the_template(
     make_sandbox: SandboxFactory, base_template: Template
 ):
