@@ -349,6 +349,9 @@ def test_r_context(sandbox: Any) -> None:
         per_call = sandbox.run_code(env, context=r, envs={"ONLY_NOW": 'q"uote ü'})
         assert per_call.logs.stdout == ['set at create|q"uote ü'], per_call.logs
         assert sandbox.run_code(env, context=r).logs.stdout == ["set at create|-"]
+        sandbox.run_code('.k <- "mine"', context=r)  # (the restore's loop used .k and .v)
+        sandbox.run_code("1", context=r, envs={"ONLY_NOW": "x"})
+        assert shown(".k") == '[1] "mine"'
         assert shown('Sys.info()[["user"]]') == '[1] "user"'
     finally:
         sandbox.remove_code_context(r)

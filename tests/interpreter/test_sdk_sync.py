@@ -100,6 +100,14 @@ def test_env_vars_apply_to_one_call_only(sandbox: Any) -> None:
     assert sandbox.run_code(code).text == "('before', None)"
 
 
+def test_env_vars_for_a_call_leave_the_users_names_alone(sandbox: Any) -> None:
+    """Putting the variables back after the call ran in the user's namespace, and deleted
+    the user's own ``_k`` and ``_v``."""
+    sandbox.run_code("_k, _v, k, v = 'mine', 'also mine', 1, 2")
+    assert sandbox.run_code("(_k, ONLY := 1)", envs={"ONLY_NOW": "yes"}).text == "('mine', 1)"
+    assert sandbox.run_code("(_k, _v, k, v)").text == "('mine', 'also mine', 1, 2)"
+
+
 def test_timeout_interrupts_and_the_next_call_works(sandbox: Any) -> None:
     sandbox.run_code("kept = 'still here'")
     started = time.monotonic()

@@ -159,20 +159,22 @@ def restore_env_code(language: str) -> str:
             'unset "__eb_old_$__eb_k" "__eb_had_$__eb_k"; done; unset __eb_k __eb_keys'
         )
     if language == "r":
-        return (
-            "for (.k in names(.emberbox_env_saved)) {\n"
+        return (  # (in local(): the user's own .k and .v stay as they were)
+            "local(for (.k in names(.emberbox_env_saved)) {\n"
             "  .v <- .emberbox_env_saved[[.k]]\n"
             "  if (is.na(.v)) Sys.unsetenv(.k) else do.call(Sys.setenv, setNames(list(.v), .k))\n"
-            "}\n"
-            "suppressWarnings(rm(.k, .v, .emberbox_env, .emberbox_env_saved))"
+            "})\n"
+            "suppressWarnings(rm(.emberbox_env, .emberbox_env_saved))"
         )
-    return (
-        "for _k, _v in _emberbox_env_saved.items():\n"
-        "    if _v is None:\n"
-        "        _emberbox_os.environ.pop(_k, None)\n"
-        "    else:\n"
-        "        _emberbox_os.environ[_k] = _v\n"
-        "del _k, _v, _emberbox_env, _emberbox_env_saved, _emberbox_os\n"
+    return (  # (in a function: the user's own names stay as they were)
+        "def _emberbox_restore(saved, environ):\n"
+        "    for k, v in saved.items():\n"
+        "        if v is None:\n"
+        "            environ.pop(k, None)\n"
+        "        else:\n"
+        "            environ[k] = v\n"
+        "_emberbox_restore(_emberbox_env_saved, _emberbox_os.environ)\n"
+        "del _emberbox_restore, _emberbox_env, _emberbox_env_saved, _emberbox_os\n"
     )
 
 
