@@ -44,7 +44,6 @@ INTERRUPT_GRACE_SECONDS = 3.0  # an interrupted cell gets this long to stop befo
 # started is lost, and a cell may catch one KeyboardInterrupt; a restart would cost its state.
 INTERRUPT_REPEAT_SECONDS = 1.0
 START_TIMEOUT_SECONDS = 60.0
-RUN_QUEUE_EVENTS = 256  # events buffered between the kernel and a slow client
 
 
 class KernelDied(Exception):
@@ -52,10 +51,13 @@ class KernelDied(Exception):
 
 
 class Run:
-    """One execution's events, from the producing task to the streaming response."""
+    """One execution's events, from the producing task to the streaming response. Not
+    bounded by count: a producer waiting on a slow client would leave the kernel's messages
+    unread, and ZeroMQ drops what passes its high-water mark (the cell's idle among them:
+    the call then never ended). The output budget bounds their bytes."""
 
     def __init__(self) -> None:
-        self.events: asyncio.Queue[Event | None] = asyncio.Queue(RUN_QUEUE_EVENTS)
+        self.events: asyncio.Queue[Event | None] = asyncio.Queue()
         self.abandoned = asyncio.Event()
 
     async def put(self, event: Event | None) -> None:
@@ -65,7 +67,7 @@ class Run:
     def abandon(self) -> None:
         """The reader is gone: interrupt the cell and stop buffering its output."""
         self.abandoned.set()
-        while not self.events.empty():  # unblock a producer waiting on a full queue
+        while not self.events.empty():  # (what nobody will read)
             self.events.get_nowait()
 
 
