@@ -33,7 +33,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ..vocabulary import ENVD_TOKEN_HEADER
 from . import events
 from .contexts import BadRequest, Contexts, UnknownContext
-from .kernels import Run
+from .kernels import KernelStartFailed, Run
 from .tokens import FixedToken, TokenCheck, TokenCheckFailed
 
 log = logging.getLogger(__name__)
@@ -206,10 +206,17 @@ def create_app(
     async def bad_request(request: Request, exc: Exception) -> Response:
         return problem(400, str(exc))
 
+    async def no_kernel(request: Request, exc: Exception) -> Response:
+        return problem(500, str(exc))
+
     return Starlette(
         routes=routes,
         middleware=[Middleware(AccessTokenMiddleware, tokens=checker)],
-        exception_handlers={UnknownContext: unknown_context, BadRequest: bad_request},
+        exception_handlers={
+            UnknownContext: unknown_context,
+            BadRequest: bad_request,
+            KernelStartFailed: no_kernel,
+        },
         lifespan=lambda _app: _lifespan(contexts, tokens, prestart),
     )
 

@@ -50,6 +50,10 @@ class KernelDied(Exception):
     """The kernel process is gone (or was replaced) while a cell ran."""
 
 
+class KernelStartFailed(Exception):
+    """A kernel did not start (its kernelspec, its program, or no answer in time)."""
+
+
 class Run:
     """One execution's events, from the producing task to the streaming response. Not
     bounded by count: a producer waiting on a slow client would leave the kernel's messages
@@ -129,16 +133,25 @@ class Context:
         self._runtime = runtime
         self._sandbox_env = {}
         self._reseeded = False
-        await manager.start_kernel(
-            cwd=self.cwd, env=self._env, extra_arguments=languages.kernel_arguments(self.language)
-        )
-        client = manager.client()
-        client.start_channels()
         try:
-            await client.wait_for_ready(timeout=START_TIMEOUT_SECONDS)
-        except BaseException:
-            client.stop_channels()
-            await manager.shutdown_kernel(now=True)
+            await manager.start_kernel(
+                cwd=self.cwd,
+                env=self._env,
+                extra_arguments=languages.kernel_arguments(self.language),
+            )
+            client = manager.client()
+            client.start_channels()
+            try:
+                await client.wait_for_ready(timeout=START_TIMEOUT_SECONDS)
+            except BaseException:
+                client.stop_channels()
+                await manager.shutdown_kernel(now=True)
+                raise
+        except BaseException as exc:
+            shutil.rmtree(runtime, ignore_errors=True)  # (one directory per try, else)
+            self._runtime = None
+            if isinstance(exc, Exception):
+                raise KernelStartFailed(f"the {self.kernel} kernel did not start: {exc}") from exc
             raise
         self._manager, self._client = manager, client
         pid = getattr(manager.provisioner, "pid", None)
