@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 from e2b import SandboxException, TimeoutException
 from e2b_code_interpreter import Sandbox
@@ -241,3 +242,32 @@ def test_large_output_is_cut_at_the_budget(js: Any) -> None:
     assert "output truncated" in execution.logs.stderr[-1]
     assert execution.text is None  # past the budget results are dropped too
     assert run(js, "'next'").text == "next"
+
+
+def test_a_huge_throw_is_cut_and_later_cells_answer_for_themselves(js: Any) -> None:
+    """A cell's end frame past the kernel's line limit could not be read: the call seemed to
+    succeed, and from then on every call got the previous one's answer."""
+    thrown = run(js, "throw new Error('x'.repeat(7e7))")
+    assert thrown.error is not None and thrown.error.name == "Error"
+    assert len(thrown.error.value) < 2 * 2**20 and "more characters cut" in thrown.error.value
+    assert run(js, "1 + 1").text == "2"
+    assert run(js, "2 + 2").text == "4"
+
+
+def test_output_of_a_background_process_between_cells_is_not_kept(
+    js: Any, js_service: Service
+) -> None:
+    """A child writing to node's own stdout (``stdio: 'inherit'``) while no cell runs: its
+    output went to a list nobody emptied until the next cell, as fast as it wrote."""
+    service = psutil.Process(js_service.process.pid)
+    started = run(js, "globalThis.child = require('child_process').spawn('yes', "
+                      "{ stdio: 'inherit' }); child.pid")  # fmt: skip
+    assert started.error is None, started.error
+    kernels = [p for p in service.children(recursive=True) if "js_kernel" in " ".join(p.cmdline())]
+    assert kernels, "the JavaScript kernel was not found"
+    kernel = max(kernels, key=lambda p: p.create_time())
+    before = kernel.memory_info().rss
+    time.sleep(3)
+    grown = kernel.memory_info().rss - before
+    run(js, "child.kill(); 1")
+    assert grown < 32 * 2**20, f"the kernel grew {grown >> 20} MiB in 3 s"

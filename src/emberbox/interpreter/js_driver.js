@@ -31,6 +31,25 @@ const REQUESTS = Number(process.argv[2])
 const FRAMES = Number(process.argv[3])
 const TYPESCRIPT = process.argv[4] === 'typescript' // cells are TypeScript: strip types first
 const CHUNK = 32 * 1024 // characters of output per frame: frames stay small
+// Characters of a cell's value, and of its error's message and traceback, in its end frame: a
+// frame past the kernel's line limit could not be read (a throw of a 70 MB message).
+const REPLY_LIMIT = 1024 * 1024
+
+function capped(text) {
+  text = String(text)
+  if (text.length <= REPLY_LIMIT) return text
+  return `${text.slice(0, REPLY_LIMIT)}... [${text.length - REPLY_LIMIT} more characters cut]`
+}
+
+function cappedReply(reply) {
+  if (reply.value !== undefined && reply.value !== null) return { ...reply, value: capped(reply.value) }
+  if (!reply.error) return reply
+  const { ename, evalue, traceback } = reply.error
+  let lines = (traceback || []).map(capped)
+  const total = lines.reduce((sum, line) => sum + line.length, 0)
+  if (total > REPLY_LIMIT) lines = capped(lines.join('\n')).split('\n')
+  return { ...reply, error: { ename: capped(ename), evalue: capped(evalue), traceback: lines } }
+}
 
 function frame(obj) {
   const line = JSON.stringify(obj) + '\n'
@@ -226,7 +245,7 @@ requests.on('line', (line) => {
   const request = JSON.parse(line)
   queue = queue.then(async () => {
     const reply = await run(request.code)
-    frame({ t: 'done', ...reply })
+    frame({ t: 'done', ...cappedReply(reply) })
   })
 })
 requests.on('close', () => process.exit(0)) // the kernel is gone

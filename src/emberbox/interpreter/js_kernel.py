@@ -43,6 +43,7 @@ KERNEL_NAME = "javascript"
 DRIVER = Path(__file__).with_name("js_driver.js")
 INTERRUPT_GRACE = 2.0  # seconds node gets to end an interrupted cell before it is killed
 FRAME_LIMIT = 64 << 20  # bytes of one frame line (output is cut into 32 KiB frames)
+RAW_READ_LIMIT = 1 << 20  # bytes of node's fd 1 or 2 read at one wake-up
 STDOUT, STDERR = "stdout", "stderr"
 RAW = (STDOUT, STDERR)
 
@@ -140,8 +141,8 @@ class Node:
         fd = self.raw.get(name)
         if fd is None:
             return None
-        chunks = []
-        while True:
+        chunks: list[bytes] = []
+        while sum(map(len, chunks)) < RAW_READ_LIMIT:  # (a writer as fast as us never stops)
             try:
                 chunk = os.read(fd, 65536)
             except BlockingIOError:
@@ -191,6 +192,7 @@ class JavaScriptKernel(Kernel):
         # an older cell's parent header.
         self._raw: list[tuple[str, str]] = []
         self._raw_ready = asyncio.Event()
+        self._raw_dropped = 0  # characters written while no cell ran
         self._node_lock = asyncio.Lock()  # one node at a time: the prestart races cell one
 
     def start(self) -> None:
@@ -252,14 +254,17 @@ class JavaScriptKernel(Kernel):
         except Exception as exc:
             return self._error("KernelDied", f"node could not start: {exc}", silent)
         self._interrupted = asyncio.Event()
-        if self._raw:  # written between cells: no cell to show it in
-            self.log.info("node output between cells: %r", self._raw)
-            self._raw.clear()
+        if self._raw_dropped:
+            self.log.info("node wrote %d characters between cells", self._raw_dropped)
+            self._raw_dropped = 0
         try:
             node.send({"code": code})
             return await self._follow(node, silent)
         except (BrokenPipeError, OSError) as exc:
             return await self._died(node, silent, f"({exc})")
+        except Exception as exc:  # (a frame that could not be read: the pipe is out of step)
+            self.log.exception("node's answer could not be read")
+            return await self._died(node, silent, f" (its answer could not be read: {exc})")
         finally:
             self._interrupted = None
 
@@ -313,9 +318,13 @@ class JavaScriptKernel(Kernel):
 
     def _collect_raw(self, node: Node, name: str) -> None:
         text = node.read_raw(name)
-        if text:
-            self._raw.append((name, text))
-            self._raw_ready.set()
+        if not text:
+            return
+        if self._interrupted is None:  # between cells: no cell to show it in, and a
+            self._raw_dropped += len(text)  # background writer must not fill our memory
+            return
+        self._raw.append((name, text))
+        self._raw_ready.set()
 
     def _drain_raw(self, node: Node, silent: bool) -> None:
         for name in RAW:
