@@ -79,6 +79,15 @@ class InvalidSandboxId(ValueError):
     """A sandbox id that no sandbox can have."""
 
 
+def template_ref_parts(ref: str) -> tuple[str, str | None]:
+    """A template reference ``[namespace/]name[:tag]`` → (``name``, ``tag``; None when not
+    given): the one reading of it, for every lookup. The namespace is cut off first (at the
+    last '/'), then the tag: lookups that read it otherwise found different templates for
+    one reference (``b-<build>:x/y`` was ``y`` to one and ``b-<build>`` to another)."""
+    name, _, tag = ref.rpartition("/")[2].partition(":")
+    return name, (tag or None)
+
+
 def new_sandbox_id() -> str:
     """20 chars of [a-z0-9], the shape E2B's ids have (no '-' or '.', which hosts split on)."""
     return "".join(secrets.choice(_ID_ALPHABET) for _ in range(SANDBOX_ID_LENGTH))

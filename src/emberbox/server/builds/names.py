@@ -11,6 +11,7 @@ import secrets
 import string
 
 from ...node.builds import BUILD_PREFIX
+from ...vocabulary import template_ref_parts
 from ..lifecycle.errors import Invalid
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
@@ -19,10 +20,7 @@ DEFAULT_TAG = "default"
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 
 
-def split_ref(ref: str) -> tuple[str, str | None]:
-    """``ns/name:tag`` → (``name``, ``tag``); the tag is None when not given."""
-    name, _, tag = ref.rpartition("/")[2].partition(":")
-    return name, (tag or None)
+split_ref = template_ref_parts  # ``ns/name:tag`` → (``name``, ``tag`` or None)
 
 
 def check_name(name: str) -> str:

@@ -75,7 +75,9 @@ class BuiltinTemplates:
         self.catalog = catalog
 
     def resolve(self, name: str) -> TemplateInfo | None:
-        return None if is_store_name(name) else self.catalog.resolve(name)
+        if is_store_name(name):
+            return None
+        return self.catalog.resolve(split_ref(name)[0])  # (the name the check above read)
 
 
 @dataclass

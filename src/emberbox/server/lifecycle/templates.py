@@ -12,7 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from ...vocabulary import DEFAULT_CPU_COUNT, DEFAULT_DISK_MB, DEFAULT_MEMORY_MB
+from ...vocabulary import (
+    DEFAULT_CPU_COUNT,
+    DEFAULT_DISK_MB,
+    DEFAULT_MEMORY_MB,
+    template_ref_parts,
+)
 
 
 @dataclass(frozen=True)
@@ -67,10 +72,7 @@ class StaticTemplates:
         return cls(found)
 
     def resolve(self, name: str) -> TemplateInfo | None:
-        base = name.split(":", 1)[0]
-        if "/" in base:  # namespace/alias: we have a single namespace
-            base = base.rsplit("/", 1)[1]
-        return self._by_name.get(base)
+        return self._by_name.get(template_ref_parts(name)[0])  # (we have a single namespace)
 
 
 def _builtin_aliases() -> dict[str, str]:
@@ -100,7 +102,7 @@ class StoreTemplates:
     def resolve(self, name: str) -> TemplateInfo | None:
         from ...templates.store import TemplateError
 
-        base = name.split(":", 1)[0].rsplit("/", 1)[-1]
+        base = template_ref_parts(name)[0]
         base = _BUILTIN_ALIASES.get(base, base)
         try:
             template = self.store.get(base)
