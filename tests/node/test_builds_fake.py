@@ -205,3 +205,27 @@ def test_build_settings_from_the_environment() -> None:
     assert got == BuildSettings(max_concurrent=2, insecure_registries=("a:5000", "b"))
     with pytest.raises(ValueError, match="EMBERBOX_BUILD_CPUS"):
         BuildSettings.from_env({"EMBERBOX_BUILD_CPUS": "0"})
+
+
+async def test_an_archive_uploaded_under_another_teams_hash_never_lends_its_layer(
+    node: EmbeddedNode, tmp_path: Path
+) -> None:
+    """The layer store is every team's, and a client names the hash its archive goes by:
+    another template's upload under the same hash and the same steps took the first
+    build's COPY layer (its files, and every layer above them) as cached."""
+    for template_id, content in (("tpl1", b"the owner's files"), ("tpl2", b"planted files")):
+        put = pb.PutBuildFileRequest(template_id=template_id, files_hash=HASH, data=content)
+        put.last = True
+        await node.put_build_file(put)
+    copy = pb.BuildStep(type="COPY", args=["app", "/app"], files_hash=HASH)
+    answers = []
+    for build_id, template_id in (("own", "tpl1"), ("other", "tpl2"), ("again", "tpl1")):
+        request = _start(build_id, template_id=template_id)
+        request.steps.extend([copy, pb.BuildStep(type="RUN", args=["echo above"])])
+        await node.start_build(request)
+        answers.append(await _finished(node, build_id))
+    assert [a.status for a in answers] == ["ready"] * 3, answers
+    cached = [[line.message for line in a.lines if line.message.endswith("(cached)")]
+              for a in answers]  # fmt: skip
+    assert cached[0] == [] and cached[1] == []  # the same hash, other bytes: built afresh
+    assert len(cached[2]) == 2  # the same bytes again: both layers cached

@@ -9,6 +9,7 @@ is written, so the template either appears complete or not at all.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import posixpath
@@ -184,8 +185,10 @@ class TemplateBuilder:
             command, cwd = f"mkdir -p {shlex.quote(workdir)}", "/"
         elif step.kind == "COPY":
             assert spec.context is not None
-            if step.archive:  # named by the hash of its contents
-                extra = [_context_source(spec.context, step.archive).name, step.chown, step.mode]
+            if step.archive:  # keyed by what it holds, not the hash it was uploaded as: the
+                # layer store is every team's, and a client names its archive's hash itself
+                archive = _context_source(spec.context, step.archive)
+                extra = [await asyncio.to_thread(hashing.hash_file, archive), step.chown, step.mode]
             else:
                 files = [_context_source(spec.context, s) for s in step.sources]
                 extra = [hashing.hash_paths(files), step.mode]

@@ -33,6 +33,12 @@ def hash_tree(root: Path, digest: Any = None) -> str:
     return str(h.hexdigest())
 
 
+def hash_file(path: Path) -> str:
+    """The sha256 of a file's bytes, read in pieces (an uploaded archive may be gigabytes)."""
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def hash_paths(paths: Iterable[Path]) -> str:
     h = hashlib.sha256()
     for p in paths:
