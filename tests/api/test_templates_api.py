@@ -53,7 +53,10 @@ def test_request_upload_and_refusals(running: Running, api: httpx.Client) -> Non
     url = link.json()["url"]
     assert url.startswith(running.server.api_url + "/_uploads/templates/")
     assert httpx.put(url, content=_tar({"a.txt": b"A"})).status_code == 200
-    assert api.get(f"/templates/{tid}/files/{HASH}").json() == {"present": True}
+    again = api.get(f"/templates/{tid}/files/{HASH}").json()
+    assert again["present"] is True  # and a URL still: the SDK's force_upload sends to it
+    assert again["url"].startswith(running.server.api_url + "/_uploads/templates/")
+    assert httpx.put(again["url"], content=_tar({"a.txt": b"A, again"})).status_code == 200
 
     other = "cd" * 32
     good = api.get(f"/templates/{tid}/files/{other}").json()["url"]

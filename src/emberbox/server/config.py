@@ -34,6 +34,7 @@ class Limits:
     max_timeout_s: int = 24 * 3600
     max_cpu_count: int = 8
     max_memory_mb: int = 8192
+    max_disk_mb: int = 64 * 1024  # a sandbox's disk (a template's minFreeDiskMb and more)
     rate_per_s: float = 50.0
     rate_burst: int = 100
     bad_key_rate_per_s: float = 2.0  # per client address, for requests without a valid key
@@ -184,6 +185,7 @@ class Settings:
             max_timeout_s=whole("EMBERBOX_MAX_TIMEOUT_S", 24 * 3600),
             max_cpu_count=whole("EMBERBOX_MAX_CPU_COUNT", 8),
             max_memory_mb=whole("EMBERBOX_MAX_MEMORY_MB", 8192),
+            max_disk_mb=whole("EMBERBOX_MAX_DISK_MB", Limits.max_disk_mb),
             rate_per_s=num("EMBERBOX_RATE_PER_S", 50.0),
             rate_burst=whole("EMBERBOX_RATE_BURST", 100),
             bad_key_rate_per_s=num("EMBERBOX_BAD_KEY_RATE_PER_S", 2.0),

@@ -62,7 +62,9 @@ class TemplateStep(_Strict):
     args: list[str] = Field(default_factory=list)
     filesHash: str | None = None
     force: bool = False
-    forceUpload: bool | None = None  # the SDK's own upload flag; nothing to do here
+    # The SDK's own: it uploads again (to the URL files/{hash} always gives) before the
+    # build, whose step then carries force as well. Nothing left to do with it here.
+    forceUpload: bool | None = None
 
 
 class TemplateBuildStartV2(_Strict):

@@ -188,10 +188,8 @@ async def request_build_v1(
 async def file_upload_link(
     request: Request, who: Caller, svc: Templates, template_id: str, files_hash: str
 ) -> TemplateBuildFileUpload:
-    path = await svc.upload_link(who, template_id, files_hash)
-    if path is None:
-        return TemplateBuildFileUpload(present=True)
-    return TemplateBuildFileUpload(present=False, url=str(request.base_url).rstrip("/") + path)
+    present, path = await svc.upload_link(who, template_id, files_hash)
+    return TemplateBuildFileUpload(present=present, url=str(request.base_url).rstrip("/") + path)
 
 
 @router.post(

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete, or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..._proto.node import node_pb2 as pb
@@ -224,6 +225,19 @@ class TemplateService:
         if min_free_disk_mb is not None and min_free_disk_mb < 0:
             raise Invalid("minFreeDiskMb must not be negative")
         disk = max(DEFAULT_DISK_MB, (min_free_disk_mb or 0) + DEFAULT_DISK_MB // 2)
+        if disk > self.limits.max_disk_mb:
+            room = self.limits.max_disk_mb - DEFAULT_DISK_MB // 2
+            raise Invalid(f"minFreeDiskMb must be at most {room} (a sandbox's disk is at most "
+                          f"{self.limits.max_disk_mb} MiB here)")  # fmt: skip
+        try:
+            return await self._requested(who, base, wanted, cpu, memory, disk)
+        except IntegrityError:  # the name's template made by a request at the same moment
+            return await self._requested(who, base, wanted, cpu, memory, disk)
+
+    async def _requested(
+        self, who: Principal, base: str, wanted: list[str], cpu: int, memory: int, disk: int
+    ) -> Requested:
+        """A build of the team's template ``base``, made first if the team has none."""
         now = utcnow()
         async with self.sessions.begin() as s:
             q = select(TeamTemplate).where(
@@ -247,13 +261,17 @@ class TemplateService:
             s.add(build)
         return Requested(tpl, build, tags)
 
-    async def upload_link(self, who: Principal, template_ref: str, files_hash: str) -> str | None:
-        """None when the file is already there, else the path of a signed upload URL."""
+    async def upload_link(
+        self, who: Principal, template_ref: str, files_hash: str
+    ) -> tuple[bool, str]:
+        """Whether the file is already there, and the path of a signed URL to upload it to:
+        given either way, since the SDK's ``force_upload`` sends the files again only when
+        it gets one (an upload replaces what is stored)."""
         async with self.sessions() as s:
             tpl = await self._template(s, who, template_ref)
-        if self.uploads.present(tpl.id, files_hash):
-            return None
-        return self.uploads.upload_path(tpl.id, files_hash)
+        return self.uploads.present(tpl.id, files_hash), self.uploads.upload_path(
+            tpl.id, files_hash
+        )
 
     async def receive_upload(
         self, template_id: str, files_hash: str, chunks: AsyncIterator[bytes]

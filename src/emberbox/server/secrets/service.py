@@ -9,6 +9,7 @@ headers, so it may not hold CR, LF or NUL.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -110,6 +111,8 @@ class SecretService:
         self.sessions = sessions
         self.cipher = cipher
         self.max_secrets = max_secrets
+        # A create counts and inserts under it: two at once both counted below the limit.
+        self._creating = asyncio.Lock()
         # Told (team id, secret name) after a value changed or a secret was deleted, so the
         # running sandboxes whose header rules use it get the new value (or refuse).
         self.changed: Callable[[str, str], Awaitable[object]] | None = None
@@ -126,7 +129,7 @@ class SecretService:
         self, who: Principal, name: str, value: str, metadata: Mapping[str, str]
     ) -> Secret:
         name, value, meta = _name(name), _value(value), _metadata(metadata)
-        async with self.sessions.begin() as s:
+        async with self._creating, self.sessions.begin() as s:
             if await q.find(s, who.team_id, name) is not None:
                 raise Conflict(f"secret '{name}' exists already")
             if await q.count(s, who.team_id) >= self.max_secrets:
