@@ -14,10 +14,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from emberbox.egress import HeaderRule
 from emberbox.envd_client import EnvdClient
 from emberbox.host import cgroups
 from emberbox.host.errors import HostError
-from emberbox.runtimes.base import SandboxSpec, SandboxStatus, UnknownTemplate
+from emberbox.runtimes.base import NetworkPolicy, SandboxSpec, SandboxStatus, UnknownTemplate
 from emberbox.runtimes.gvisor import GVisorConfig, GVisorRuntime
 from emberbox.runtimes.gvisor import runsc as runsc_module
 from emberbox.runtimes.gvisor.runtime import FREEZE_TIMEOUT_S
@@ -147,6 +148,41 @@ async def test_sandboxes_cannot_reach_each_other_or_the_host(make_sandbox: Sandb
     finally:
         server.close()
     assert probe.text.split() == ["000", "000"], probe.text
+
+
+async def test_the_egress_gateway_reaches_no_sandbox_nor_the_host_whatever_allow_out_says(
+    runtime: GVisorRuntime, make_sandbox: SandboxFactory
+):
+    """A sandbox with header rules has every port-80 connection made by the node's gateway,
+    which dials from the host, past the firewall that keeps sandboxes apart: with allowOut
+    naming everything it reached other sandboxes and the host on port 80."""
+    await runtime.egress.ready()
+    a = await make_sandbox()
+    served = await run(a, "nohup python3 -m http.server 80 >/dev/null 2>&1 & sleep 1; echo ok",
+                       user="root")  # fmt: skip
+    assert served.exit_code == 0
+    assert (await tcp_read(a.address, 80) or b"").startswith(b"HTTP/1.0 200")
+    rule = HeaderRule("api.rules.test", (("X-Test", "1"),))
+    b = await make_sandbox(network=NetworkPolicy(allow_out=("0.0.0.0/0",), rewrites=(rule,)))
+    host_b = b.address.rsplit(".", 1)[0] + "." + str(int(b.address.rsplit(".", 1)[1]) - 1)
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.0 200 OK\r\n\r\nhost")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, host_b, 80)
+    try:
+        assert await tcp_read(host_b, 80) is not None
+        probe = await run(
+            b,
+            f"curl -s -m 3 -o /dev/null -w '%{{http_code}}' http://{a.address}/; echo;"
+            f"curl -s -m 3 -o /dev/null -w '%{{http_code}}' http://{host_b}/; echo;"
+            "curl -s -m 3 -o /dev/null -w '%{http_code}' http://127.0.0.1/; echo",
+        )
+    finally:
+        server.close()
+    assert probe.text.split() == ["000", "000", "000"], probe.text
 
 
 async def test_loopback_ports_are_reachable_from_the_host(make_sandbox: SandboxFactory):

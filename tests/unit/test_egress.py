@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ipaddress import IPv4Network
+
 import pytest
 
 from emberbox.egress import (
@@ -204,3 +206,51 @@ def test_dns_servers_are_checked() -> None:
             parse_dns_servers(bad)
     with pytest.raises(UnsupportedRule):
         parse_dns_servers(["2001:db8::1"])
+
+
+def test_the_gateway_never_dials_the_host_nor_a_sandbox() -> None:
+    """Whatever allowOut says: the gateway dials from the host, past the firewall that keeps
+    sandboxes from the host and from each other. The host's own addresses are told by the
+    kernel's routing (a datagram socket's source; no packet is sent)."""
+    from emberbox.host.egress_gateway import EgressGateway, host_address
+
+    gateway = EgressGateway(lambda _: None, (), sandboxes=[IPv4Network("10.11.0.0/16")])
+    for never in ("127.0.0.1", "127.1.2.3", "0.0.0.0", "10.11.0.6", "10.11.255.254", "x.test"):
+        assert not gateway.may_dial(never), never
+    assert gateway.may_dial("198.18.0.10")  # (the tests' fake internet's range)
+    assert host_address("127.0.0.1") and not host_address("198.18.0.10")
+
+
+def _get(host: str, *extra: str) -> bytes:
+    return "\r\n".join(["GET / HTTP/1.1", f"Host: {host}", *extra, "", ""]).encode()
+
+
+def test_a_request_asking_to_switch_protocols_stops_judging_only_if_the_server_switched() -> None:
+    """An ``Upgrade`` header the server ignored switched judging off: every later request on
+    the connection reached any virtual host of the allowed address."""
+    from emberbox.host.egress_gateway import _RequestHosts
+
+    upgrade = ("Upgrade: websocket", "Connection: Upgrade")
+    declined = _RequestHosts()
+    assert declined.hosts(_get("allowed.test", *upgrade)) == ["allowed.test"]
+    declined.answered(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert declined.hosts(_get("evil.test")) == ["evil.test"]  # judged, and refused by name
+
+    switched = _RequestHosts()
+    assert switched.hosts(_get("allowed.test", *upgrade)) == ["allowed.test"]
+    switched.answered(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n")
+    assert switched.hosts(b"\x81\x05hello") == []  # WebSocket frames: left alone
+
+    late = _RequestHosts()  # only the first request may switch the connection
+    assert late.hosts(_get("allowed.test")) == ["allowed.test"]
+    late.answered(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert late.hosts(_get("allowed.test", *upgrade)) == ["allowed.test"]
+    late.answered(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+    assert late.hosts(_get("evil.test")) == ["evil.test"]  # still judged
+
+    tunnel = _RequestHosts()
+    assert tunnel.hosts(b"CONNECT allowed.test:80 HTTP/1.1\r\nHost: allowed.test\r\n\r\n") == [
+        "allowed.test"
+    ]
+    tunnel.answered(b"HTTP/1.1 200 Connection established\r\n\r\n")
+    assert tunnel.hosts(b"\x16\x03\x01 anything") == []

@@ -167,15 +167,37 @@ _ServerName._context.sni_callback = _ServerName._seen
 
 class _RequestHosts:
     """Every request of a plain-HTTP connection, read by h11 as it passes, so each one's
-    ``Host`` is judged (a keep-alive connection may ask for another name later); after an
-    ``Upgrade`` (a WebSocket) the bytes are no longer HTTP and are left alone."""
+    ``Host`` is judged (a keep-alive connection may ask for another name later). Once the
+    server has switched protocols (a WebSocket: its 101 to an ``Upgrade``; a tunnel: its 2xx
+    to a ``CONNECT``) the bytes are no longer HTTP and are left alone. Only the connection's
+    first request may switch it, so the first answer is the one to it (:meth:`answered`): a
+    request merely asking, which the server declined, switched judging off for good."""
 
     def __init__(self) -> None:
         self.name: str | None = None  # the first request's host
         self.first: list[str | None] = []  # every request in the first bytes (pipelined too)
         self.request: tuple[bytes, bytes] | None = None  # the first one's method and target
         self.upgraded = False
+        self._asked: bytes | None = None  # the first request's method, if it asked to switch
+        self._answer = b""  # the start of the server's first answer, until it is decided
+        self._decided = False
+        self._requests = 0
         self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HELLO)
+
+    def answered(self, data: bytes) -> None:
+        """The server's bytes as they pass: its first answer's status decides a switch."""
+        if self._decided:
+            return
+        self._answer += data
+        if len(self._answer) < 12 and b"\r\n" not in self._answer:  # ("HTTP/1.1 101")
+            return
+        self._decided = True
+        status = self._answer.split(b"\r\n", 1)[0].split(b" ")
+        code = status[1] if len(status) > 1 and status[0].startswith(b"HTTP/1.") else b""
+        self.upgraded = (self._asked == b"CONNECT" and code.startswith(b"2")) or (
+            self._asked is not None and self._asked != b"CONNECT" and code == b"101"
+        )
+        self._answer = b""
 
     def feed(self, data: bytes) -> bool:
         """For the first request: True once its host is known (``name``; None: not HTTP)."""
@@ -204,17 +226,17 @@ class _RequestHosts:
             if event is h11.PAUSED:  # one request is complete: the next starts afresh
                 rest, _closed = self._conn.trailing_data
                 self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HELLO)
-                if self.upgraded or not rest:
+                if not rest:  # (bytes sent before a switch was answered are judged as HTTP)
                     return found
                 self._conn.receive_data(rest)
                 continue
             if isinstance(event, h11.Request):
                 found.append(_host(event))
+                self._requests += 1
                 self.request = self.request or (event.method, event.target)
                 headers = {k.lower() for k, _v in event.headers}
-                if b"upgrade" in headers or event.method == b"CONNECT":
-                    self.upgraded = True
-                    return found
+                if self._requests == 1 and (b"upgrade" in headers or event.method == b"CONNECT"):
+                    self._asked = event.method
 
 
 def _host(request: h11.Request) -> str | None:
@@ -266,13 +288,17 @@ async def _pipe(
     activity: _Activity,
     allowed: Callable[[bytes], bool] | None = None,
     outbound: bool = False,
+    seen: Callable[[bytes], None] | None = None,
 ) -> None:
-    """Copy until EOF; ``allowed`` sees each chunk first and may stop the copy (False)."""
+    """Copy until EOF; ``allowed`` sees each chunk first and may stop the copy (False);
+    ``seen`` sees each chunk before it is passed on."""
     with contextlib.suppress(OSError, ConnectionError):
         while data := await src.read(CHUNK):
             activity.at = time.monotonic()
             if allowed is not None and not allowed(data):
                 raise _Refused
+            if seen is not None:
+                seen(data)
             if outbound:
                 activity.sent += len(data)
             else:
@@ -328,9 +354,32 @@ async def _tcp_exchange(packet: bytes, server: str, timeout: float) -> bytes:
 Exchange = Callable[[bytes, str, float], Awaitable[bytes]]
 
 
+# What the gateway never connects to for a sandbox, whatever its rules say (allowOut cannot
+# open them): the firewall keeps sandboxes from the host and from each other, and the gateway
+# dials from the host, past it. Besides these: the node's sandbox subnet (``sandboxes``), and
+# any address of the host's own (:func:`host_address`).
+NEVER_RANGES: tuple[IPv4Network, ...] = (
+    IPv4Network("0.0.0.0/8"),  # "this host"
+    IPv4Network("127.0.0.0/8"),  # loopback
+)
+
+
+def host_address(address: str) -> bool:
+    """Whether ``address`` is one of the host's own, as the kernel routes it now: a datagram
+    socket connected to a local address takes that address as its source (no packet is sent;
+    bind() would not tell with ``ip_nonlocal_bind`` on)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect((address, 9))
+        except OSError:  # no route: not the host's
+            return False
+        return bool(probe.getsockname()[0] == address)
+
+
 class EgressGateway:
     """One per node runtime. ``lookup`` maps a sandbox address to its rules (None: not ours);
-    ``upstream`` are the resolvers the node asks; ``internal`` the ranges no name may open."""
+    ``upstream`` are the resolvers the node asks; ``internal`` the ranges no name may open;
+    ``sandboxes`` the node's sandbox subnet, which nothing opens (:data:`NEVER_RANGES`)."""
 
     def __init__(
         self,
@@ -340,11 +389,13 @@ class EgressGateway:
         ca: EgressCa | None = None,
         trust: str = "",
         audit: EgressAudit | None = None,
+        sandboxes: Sequence[IPv4Network] = (),
     ) -> None:
         self.lookup = lookup
         self.audit = audit  # where each connection and DNS question is recorded
         self.upstream = tuple(upstream)
         self.internal = tuple(internal)
+        self.never = (*NEVER_RANGES, *sandboxes)
         self.ca = ca  # signs the names it intercepts (header rules); None: it intercepts none
         self.trust = trust  # extra CAs (PEM file) for the servers it re-encrypts to
         self._upstream_tls: ssl.SSLContext | None = None
@@ -574,7 +625,7 @@ class EgressGateway:
             pipelined = requests.first[1:] if requests is not None else []
             by_name = all(name_allowed(rules.domains, n) for n in [name, *pipelined])
             # Only a sandbox with header rules has connections its IP rules allow sent here.
-            by_address = reaches(rules, address, internal=self.internal)
+            by_address = reaches(rules, address, internal=self.internal) and self.may_dial(address)
             rule = rules.rewrite_for(name) if self.ca is not None else None
             # A proxy resolves an allowed name itself (remote DNS, as E2B's does).
             remote = rules.proxy is not None and by_name
@@ -709,7 +760,8 @@ class EgressGateway:
 
         both = asyncio.gather(
             _pipe(reader, up_writer, flow, judged if requests is not None else None, True),
-            _pipe(up_reader, writer, flow),
+            # (before the sandbox gets the server's answer: its bytes after a 101 follow it)
+            _pipe(up_reader, writer, flow, seen=requests.answered if requests else None),
         )
         try:
             while not both.done():
@@ -730,6 +782,8 @@ class EgressGateway:
         or through the sandbox's proxy; TLS verified for ``tls_name`` when given."""
         context = self._client_context() if tls_name else None
         if rules.proxy is None:
+            if not self.may_dial(host):  # (checked before: never reached, whatever changes)
+                raise OSError(f"{host} is the host's or a sandbox's")
             opening = asyncio.open_connection(
                 host, port, ssl=context, server_hostname=tls_name, limit=CHUNK
             )
@@ -744,6 +798,15 @@ class EgressGateway:
                 sock.close()
                 raise
         return await asyncio.wait_for(opening, CONNECT_TIMEOUT_S)
+
+    def may_dial(self, address: str) -> bool:
+        """Whether the gateway may connect to ``address`` for a sandbox at all: never to the
+        host itself nor to a sandbox (:data:`NEVER_RANGES`), whatever allowOut says."""
+        try:
+            ip = IPv4Address(address)
+        except ValueError:  # (a name: only a proxy is given one, and it resolves it)
+            return False
+        return not within(ip, self.never) and not host_address(str(ip))
 
     async def _through_proxy(self, proxy: EgressProxy, host: str, port: int) -> socket.socket:
         """A socket already tunneled to ``host:port`` by the SOCKS5 ``proxy``: its address
@@ -785,7 +848,11 @@ class EgressGateway:
         open (``by_name``) or else the IP rules must allow; None when there is none."""
         assert name is not None
         opens = gateway_reaches if by_name else reaches
-        usable = [a for a in await self.resolve(name) if opens(rules, a, internal=self.internal)]
+        usable = [
+            a
+            for a in await self.resolve(name)
+            if opens(rules, a, internal=self.internal) and self.may_dial(a)
+        ]
         if not usable:
             return None
         return address if address in usable else usable[0]

@@ -55,7 +55,8 @@ class NodeEgress:
         self.journal = EgressJournal(config.root / "egress-log")
         audit = EgressAudit(self.journal, self.owner)
         self.gateway = EgressGateway(self._rules.get, config.egress_dns, ca=self.ca,
-                                     trust=config.egress_ca, audit=audit)  # fmt: skip
+                                     trust=config.egress_ca, audit=audit,
+                                     sandboxes=[config.network])  # fmt: skip
         self.flows = FlowMonitor(config.root / "egress-audit", config.instance,
                                  config.network, audit)  # fmt: skip
 
