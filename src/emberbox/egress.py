@@ -263,7 +263,13 @@ def _entry(raw: object, field: str) -> IPv4Network | _Domain | None:
         raise InvalidRules(
             f"{field}: '{text}' is not a CIDR block, an IP address or a domain"
         ) from None
+    if isinstance(net, ipaddress.IPv6Network) and net.subnet_of(_IPV4_MAPPED):
+        # ``::ffff:1.2.3.4`` is IPv4's 1.2.3.4: kept as IPv6, it was shown back and not enforced
+        return IPv4Network((int(net.network_address) & 0xFFFFFFFF, net.prefixlen - 96))
     return net if isinstance(net, IPv4Network) else None
+
+
+_IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 
 
 def parse_list(entries: Sequence[object] | None, field: str) -> tuple[str, ...]:

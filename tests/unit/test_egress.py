@@ -254,3 +254,16 @@ def test_a_request_asking_to_switch_protocols_stops_judging_only_if_the_server_s
     ]
     tunnel.answered(b"HTTP/1.1 200 Connection established\r\n\r\n")
     assert tunnel.hosts(b"\x16\x03\x01 anything") == []
+
+
+def test_an_ipv4_mapped_entry_is_the_ipv4_address_it_names() -> None:
+    """``::ffff:1.2.3.4`` is 1.2.3.4 (RFC 4291 §2.5.5.2): kept as IPv6, a denyOut entry was
+    accepted, shown back, and not enforced."""
+    assert parse_list(["::ffff:198.18.0.10", "::ffff:10.0.0.0/104"], "denyOut") == (
+        "198.18.0.10/32",
+        "10.0.0.0/8",
+    )
+    assert parse_list(["::ffff:198.18.0.10"], "allowOut") == ("198.18.0.10/32",)
+    rules = rules_for([], ["::ffff:198.18.0.10"])
+    assert not reaches(rules, "198.18.0.10") and reaches(rules, "198.18.0.11")
+    assert parse_list(["2001:db8::/32"], "denyOut") == ("2001:db8::/32",)  # (IPv6 stays)
