@@ -267,3 +267,46 @@ def test_an_ipv4_mapped_entry_is_the_ipv4_address_it_names() -> None:
     rules = rules_for([], ["::ffff:198.18.0.10"])
     assert not reaches(rules, "198.18.0.10") and reaches(rules, "198.18.0.11")
     assert parse_list(["2001:db8::/32"], "denyOut") == ("2001:db8::/32",)  # (IPv6 stays)
+
+
+async def test_the_gateway_takes_only_the_answer_to_its_own_question(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A loopback resolver that first sends a forged answer (another id, then another name)
+    and then the real one: the gateway's lookup must get the real one, for its TTL."""
+    import asyncio
+
+    from dnslib import QTYPE, RR, A, DNSRecord
+
+    from emberbox.host import egress_gateway
+    from emberbox.host.egress_gateway import EgressGateway
+
+    class Resolver(asyncio.DatagramProtocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+
+        def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+            question = DNSRecord.parse(data)
+
+            def reply(qname: str, address: str, id_: int) -> bytes:
+                answer = DNSRecord.question(qname, "A")
+                answer.header.id, answer.header.qr = id_, 1
+                answer.add_answer(RR(qname, QTYPE.A, rdata=A(address), ttl=60))
+                return bytes(answer.pack())
+
+            name = str(question.q.qname)
+            for forged in (
+                reply(name, "198.18.66.66", (question.header.id + 1) % 65536),
+                reply("other.test.", "198.18.66.67", question.header.id),
+                reply(name, "198.18.0.10", question.header.id),
+            ):
+                self.transport.sendto(forged, addr)  # type: ignore[attr-defined]
+
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(Resolver, local_addr=("127.0.0.1", 0))
+    monkeypatch.setattr(egress_gateway, "DNS_PORT", transport.get_extra_info("sockname")[1])
+    try:
+        gateway = EgressGateway(lambda _: None, ("127.0.0.1",))
+        assert await gateway.resolve("allowed.test") == ["198.18.0.10"]
+    finally:
+        transport.close()

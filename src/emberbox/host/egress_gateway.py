@@ -100,6 +100,7 @@ MAX_HELLO = 16 * 1024  # the most we read looking for a name
 NAME_TIMEOUT_S = 10.0
 CONNECT_TIMEOUT_S = 10.0
 DNS_TIMEOUT_S = 2.0
+DNS_PORT = 53  # of the upstream resolvers
 MAX_CACHE_S = 60.0  # the longest a resolved name is reused, whatever its TTL says
 MAX_CACHED = 4096
 IDLE_S = 600.0  # a spliced connection with no bytes either way for this long is closed
@@ -314,20 +315,23 @@ class _Refused(Exception):
 
 
 async def _udp_exchange(packet: bytes, server: str, timeout: float) -> bytes:
-    """Send one DNS datagram to ``server`` and return its answer."""
+    """Send one DNS datagram to ``server`` and return its answer: the first datagram that
+    carries the query's id and question (any other is not the answer: a spoofer off the
+    path must guess the id as well as the port)."""
     loop = asyncio.get_running_loop()
     answer: asyncio.Future[bytes] = loop.create_future()
+    asked = _question(packet)
 
     class Client(asyncio.DatagramProtocol):
         def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
-            if not answer.done():
+            if not answer.done() and data[:2] == packet[:2] and _question(data) == asked:
                 answer.set_result(data)
 
         def error_received(self, exc: Exception) -> None:
             if not answer.done():
                 answer.set_exception(exc)
 
-    transport, _ = await loop.create_datagram_endpoint(Client, remote_addr=(server, 53))
+    transport, _ = await loop.create_datagram_endpoint(Client, remote_addr=(server, DNS_PORT))
     try:
         transport.sendto(packet)
         return await asyncio.wait_for(answer, timeout)
@@ -335,11 +339,31 @@ async def _udp_exchange(packet: bytes, server: str, timeout: float) -> bytes:
         transport.close()
 
 
+def _question(message: bytes) -> object:
+    """A DNS message's first question (None: none, or not DNS)."""
+    try:
+        questions = DNSRecord.parse(message).questions
+    except Exception:  # (dnslib raises its own errors for malformed messages)
+        return None
+    return questions[0] if questions else None
+
+
+def _answers(answer: DNSRecord, name: str) -> bool:
+    """Whether ``answer`` is a response to the A question for ``name`` (and nothing else)."""
+    questions = answer.questions
+    return bool(
+        answer.header.qr
+        and len(questions) == 1
+        and questions[0].qtype == QTYPE.A
+        and str(questions[0].qname).rstrip(".").lower() == name.rstrip(".").lower()
+    )
+
+
 async def _tcp_exchange(packet: bytes, server: str, timeout: float) -> bytes:
     """Send one DNS message to ``server`` over TCP and return its answer."""
 
     async def ask() -> bytes:
-        reader, writer = await asyncio.open_connection(server, 53)
+        reader, writer = await asyncio.open_connection(server, DNS_PORT)
         try:
             writer.write(len(packet).to_bytes(2, "big") + packet)
             await writer.drain()
@@ -469,8 +493,13 @@ class EgressGateway:
         for server in self.upstream:
             try:
                 answer = DNSRecord.parse(await _udp_exchange(query, server, DNS_TIMEOUT_S))
+                if answer.header.tc:  # cut to fit a datagram: the whole answer over TCP
+                    answer = DNSRecord.parse(await _tcp_exchange(query, server, DNS_TIMEOUT_S))
             except (TimeoutError, OSError, ValueError) as exc:
                 log.debug("resolver %s did not answer for %s: %s", server, name, exc)
+                continue
+            if not _answers(answer, name):
+                log.info("resolver %s answered another question than %s", server, name)
                 continue
             records = [rr for rr in answer.rr if rr.rtype == QTYPE.A]
             addresses = [str(rr.rdata) for rr in records]
