@@ -19,6 +19,7 @@ from emberbox.sdk import _errors
 from emberbox.sdk._async.api import encode_metadata_query
 from emberbox.sdk._base import tls_context
 from emberbox.sdk._config import ConnectionConfig
+from emberbox.server.api.query import parse_metadata
 
 
 def _response(status: int, body: bytes = b"{}", **headers: str) -> httpx.Response:
@@ -61,7 +62,12 @@ def test_connect_codes_map_to_the_tree() -> None:
 
 
 def test_metadata_query_is_encoded_once_here(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert encode_metadata_query({"a": "b c", "k&": "v="}) == "a=b%20c&k%26=v%3D"
+    """What the server reads back (``parse_metadata``, after the framework's own decoding)
+    is what was asked: the official SDKs' double escape (once, '+' read as a space, '&' and
+    '=' split the filter)."""
+    asked = {"a": "b c", "k&": "v=", "plus": "a+b", "pct": "50%25", "ü/x": "ü y"}
+    query = httpx.QueryParams({"metadata": encode_metadata_query(asked)})
+    assert parse_metadata(httpx.QueryParams(str(query))["metadata"]) == asked
 
 
 def test_config_prefers_arguments_then_emberbox_then_e2b(monkeypatch: pytest.MonkeyPatch) -> None:

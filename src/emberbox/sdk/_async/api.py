@@ -67,8 +67,11 @@ def http_client() -> httpx.AsyncClient:
 
 
 def encode_metadata_query(metadata: dict[str, str]) -> str:
-    """The API takes metadata filters as one query-encoded ``k=v&k2=v2`` string."""
-    return urllib.parse.urlencode(metadata, quote_via=urllib.parse.quote)
+    """The API takes metadata filters as one ``k=v&k2=v2`` string with each key and value
+    escaped, the whole escaped again (the official SDKs' encoding, which the server undoes
+    twice: escaped once, a '+', '&', '=' or '%' in a value was read as something else)."""
+    quoted = {urllib.parse.quote(k): urllib.parse.quote(v) for k, v in metadata.items()}
+    return urllib.parse.urlencode(quoted)
 
 
 class AsyncApi:
