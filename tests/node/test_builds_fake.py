@@ -19,6 +19,7 @@ from emberbox.node.client import (
     NodeSandboxNotFound,
     NodeUnsupported,
 )
+from emberbox.templates.step_output import MAX_FILE_BYTES as STEP_FILE_CAP
 from emberbox.templates.steps import Step
 from emberbox.templates.store import Template, TemplateConfig, TemplateStore
 
@@ -35,12 +36,20 @@ class FakeSteps(FakeRuntime):
         super().__init__()
         self.release = asyncio.Event()
         self.holding = asyncio.Event()
+        self.largest = 0  # the largest a flooded step's log file grew
 
     async def run_step(self, step: Step) -> int:
         command = step.args[-1]
         step.upper.mkdir(parents=True, exist_ok=True)
         (step.upper / "ran").write_text(command)
         step.log.write_text(f"output of {command}\n")
+        if "flood" in command:  # (``yes`` in a RUN step: 64 MiB, as a writer that appends)
+            with step.log.open("ab") as log:
+                for n in range(64):
+                    log.write(f"{n:04d}".encode() * (1 << 18))
+                    log.flush()
+                    self.largest = max(self.largest, step.log.stat().st_size)
+                    await asyncio.sleep(0.03)
         if "hold" in command:
             self.holding.set()
             await self.release.wait()
@@ -229,3 +238,21 @@ async def test_an_archive_uploaded_under_another_teams_hash_never_lends_its_laye
               for a in answers]  # fmt: skip
     assert cached[0] == [] and cached[1] == []  # the same hash, other bytes: built afresh
     assert len(cached[2]) == 2  # the same bytes again: both layers cached
+
+
+async def test_a_step_that_floods_its_output_is_kept_to_its_head_and_tail(
+    node: EmbeddedNode,
+) -> None:
+    """64 MiB of output: the file on the host stays under the cap as it is written, and the
+    build's log keeps its head, a note of what was cut, and its tail (it held it all, in
+    the node's memory and then the database)."""
+    await node.start_build(_start("flood", "flood"))
+    answer = await _finished(node, "flood")
+    assert answer.status == "ready", answer
+    runtime = node.orchestrator.runtime
+    assert isinstance(runtime, FakeSteps)
+    assert 0 < runtime.largest < 3 * STEP_FILE_CAP  # (over the cap for a check's interval)
+    text = "\n".join(line.message for line in answer.lines)
+    assert len(text) < 512 << 10
+    assert "output of flood" in text and "0000" in text and "0063" in text
+    assert "bytes of output cut" in text

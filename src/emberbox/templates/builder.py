@@ -24,6 +24,7 @@ from ..vocabulary import whole_number
 from . import hashing
 from ._run import StepFailed
 from .spec import BuildSpec, SpecError, Step
+from .step_output import StepOutput
 from .steps import BootFailed, Mount, StepRunner
 from .steps import Step as RunStep
 from .store import (
@@ -225,16 +226,23 @@ class TemplateBuilder:
         sandbox_id = f"build-{key[:8]}-{secrets.token_hex(3)}"
         current = Template(name=spec.parent, layers=tuple(state.layers), config=state.config)
         home = "/root" if user[0] == 0 else f"/home/{step_user or state.build_user}"
+        output_of = StepOutput(log)
+        bounding = asyncio.ensure_future(output_of.watch())
         try:
-            code = await self.runner.run_step(
-                RunStep(sandbox_id=sandbox_id, template=current,
-                        args=["/bin/bash", "-l", "-c", command], upper=upper, log=log,
-                        env={**state.config.env, "HOME": home}, cwd=cwd, user=user,
-                        mounts=binds, timeout=spec.step_timeout,
-                        allow_internet=spec.allow_internet, cpu_count=spec.cpu_count,
-                        memory_mb=spec.memory_mb)
-            )  # fmt: skip
-            output = log.read_text(errors="replace") if log.exists() else ""
+            try:
+                code = await self.runner.run_step(
+                    RunStep(sandbox_id=sandbox_id, template=current,
+                            args=["/bin/bash", "-l", "-c", command], upper=upper, log=log,
+                            env={**state.config.env, "HOME": home}, cwd=cwd, user=user,
+                            mounts=binds, timeout=spec.step_timeout,
+                            allow_internet=spec.allow_internet, cpu_count=spec.cpu_count,
+                            memory_mb=spec.memory_mb)
+                )  # fmt: skip
+            finally:
+                bounding.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await bounding
+            output = output_of.text()
             if output and self.log is not None:
                 self.log.write(output if output.endswith("\n") else output + "\n")
             if code != 0:
