@@ -241,12 +241,25 @@ def test_a_request_asking_to_switch_protocols_stops_judging_only_if_the_server_s
     switched.answered(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n")
     assert switched.hosts(b"\x81\x05hello") == []  # WebSocket frames: left alone
 
-    late = _RequestHosts()  # only the first request may switch the connection
-    assert late.hosts(_get("allowed.test")) == ["allowed.test"]
-    late.answered(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-    assert late.hosts(_get("allowed.test", *upgrade)) == ["allowed.test"]
-    late.answered(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
-    assert late.hosts(_get("evil.test")) == ["evil.test"]  # still judged
+    # A WebSocket on a pooled keep-alive connection (aiohttp, Go, Node's ws with an agent):
+    # its 101 answers the second request, matched to it, not the first answer's status.
+    later = _RequestHosts()
+    assert later.hosts(_get("allowed.test")) == ["allowed.test"]
+    later.answered(b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\nHTTP/1.1 101")
+    assert later.hosts(_get("evil.test")) == ["evil.test"]  # (a body saying 101 is no switch)
+    later.answered(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+    assert later.hosts(_get("allowed.test", *upgrade)) == ["allowed.test"]
+    later.answered(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n")
+    assert later.hosts(b"\x81\x05hello" * 5000) == []
+
+    # Pipelined: the answers come in order, each read as the answer to its own request.
+    piped = _RequestHosts()
+    both = _get("allowed.test") + _get("allowed.test", *upgrade)
+    assert piped.hosts(both) == ["allowed.test", "allowed.test"]
+    piped.answered(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert not piped.upgraded
+    piped.answered(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")  # (it declined)
+    assert piped.hosts(_get("evil.test")) == ["evil.test"]
 
     tunnel = _RequestHosts()
     assert tunnel.hosts(b"CONNECT allowed.test:80 HTTP/1.1\r\nHost: allowed.test\r\n\r\n") == [
@@ -308,5 +321,45 @@ async def test_the_gateway_takes_only_the_answer_to_its_own_question(
     try:
         gateway = EgressGateway(lambda _: None, ("127.0.0.1",))
         assert await gateway.resolve("allowed.test") == ["198.18.0.10"]
+    finally:
+        transport.close()
+
+
+async def test_a_truncated_answer_whose_tcp_retry_fails_is_no_answer_not_a_crash(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """TC set, and the answer over TCP cut short (EOFError) or unreadable (dnslib's own
+    error): the lookup goes on to the next resolver, or finds nothing; it raised through
+    the connection's handler, which recorded nothing."""
+    import asyncio
+
+    from dnslib import DNSError, DNSRecord
+
+    from emberbox.host import egress_gateway
+    from emberbox.host.egress_gateway import EgressGateway
+
+    class Truncating(asyncio.DatagramProtocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+
+        def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+            answer = DNSRecord.parse(data).reply()
+            answer.header.tc = 1
+            self.transport.sendto(answer.pack(), addr)  # type: ignore[attr-defined]
+
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(Truncating, local_addr=("127.0.0.1", 0))
+    monkeypatch.setattr(egress_gateway, "DNS_PORT", transport.get_extra_info("sockname")[1])
+    try:
+        for failure in (asyncio.IncompleteReadError(b"", 2), DNSError("unreadable")):
+
+            async def cut(
+                packet: bytes, server: str, timeout: float, failure: Exception = failure
+            ) -> bytes:
+                raise failure
+
+            monkeypatch.setattr(egress_gateway, "_tcp_exchange", cut)
+            gateway = EgressGateway(lambda _: None, ("127.0.0.1", "127.0.0.1"))
+            assert await gateway.resolve("allowed.test") == []
     finally:
         transport.close()

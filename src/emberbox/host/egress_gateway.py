@@ -44,6 +44,7 @@ Each sandbox may hold :data:`MAX_PER_SANDBOX` connections, spliced ones idle for
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import re
@@ -58,7 +59,7 @@ from ipaddress import IPv4Address
 from typing import Any
 
 import h11
-from dnslib import OPCODE, QTYPE, RCODE, DNSRecord
+from dnslib import OPCODE, QTYPE, RCODE, DNSError, DNSRecord
 from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError, ProxyType
 from python_socks.async_.asyncio import Proxy as Socks5
 
@@ -166,39 +167,101 @@ class _ServerName:
 _ServerName._context.sni_callback = _ServerName._seen
 
 
+class _Answers:
+    """The server's side of a plain-HTTP connection, read by h11 as it passes, answer after
+    answer matched to the requests they answer (``asked``, in order): whether the server has
+    switched protocols, by its 101 to a request that asked to ``Upgrade`` or its 2xx to a
+    ``CONNECT``. Anything it cannot follow (a malformed answer, one nobody asked for) stops
+    it for good, the connection then never switched."""
+
+    def __init__(self) -> None:
+        self.switched = False
+        self._asks: collections.deque[h11.Request] = collections.deque()
+        self._conn: h11.Connection | None = None  # the answer being read, its request sent
+        self._early = b""  # the server's bytes not read yet: they wait for their request
+        self._lost = False
+
+    def asked(self, request: h11.Request) -> None:
+        """A request on its way to the server: only its method and whether it asks to
+        switch matter to the framing of its answer (its body is not the answer's)."""
+        headers = [(b"host", b"x")]
+        upgrade = [v for k, v in request.headers if k.lower() == b"upgrade"]
+        if upgrade:
+            headers += [(b"connection", b"upgrade"), (b"upgrade", upgrade[0])]
+        self._asks.append(h11.Request(method=request.method, target=b"/", headers=headers))
+        self._read()
+
+    def answered(self, data: bytes) -> None:
+        """The server's bytes as they pass (before the sandbox gets them)."""
+        if self.switched or self._lost:
+            return
+        self._early += data
+        if len(self._early) > MAX_HELLO and not self._asks:  # (answers to no request)
+            self._lost, self._early = True, b""
+            return
+        self._read()
+
+    def _read(self) -> None:
+        """Read what the server sent, each answer after the request it answers was sent
+        (as h11 follows it); bytes with no request yet wait for one."""
+        while not (self.switched or self._lost):
+            if self._conn is None or self._conn.our_state is h11.IDLE:
+                if not self._asks:
+                    return
+                self._conn = self._conn or h11.Connection(
+                    h11.CLIENT, max_incomplete_event_size=MAX_HELLO
+                )
+                self._conn.send(self._asks.popleft())
+                self._conn.send(h11.EndOfMessage())
+            if not self._early:
+                return
+            data, self._early = self._early, b""
+            try:
+                self._conn.receive_data(data)
+                self._events()
+            except (h11.RemoteProtocolError, h11.LocalProtocolError):
+                self._lost = True
+
+    def _events(self) -> None:
+        assert self._conn is not None
+        while True:
+            event = self._conn.next_event()
+            if self._conn.their_state is h11.SWITCHED_PROTOCOL:
+                self.switched = True
+                return
+            if self._conn.our_state is h11.DONE and self._conn.their_state is h11.DONE:
+                self._early = self._conn.trailing_data[0]  # (the next answers, if any)
+                self._conn.start_next_cycle()
+                return
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return
+            if isinstance(event, h11.ConnectionClosed):
+                self._lost = True
+                return
+
+
 class _RequestHosts:
     """Every request of a plain-HTTP connection, read by h11 as it passes, so each one's
     ``Host`` is judged (a keep-alive connection may ask for another name later). Once the
     server has switched protocols (a WebSocket: its 101 to an ``Upgrade``; a tunnel: its 2xx
-    to a ``CONNECT``) the bytes are no longer HTTP and are left alone. Only the connection's
-    first request may switch it, so the first answer is the one to it (:meth:`answered`): a
-    request merely asking, which the server declined, switched judging off for good."""
+    to a ``CONNECT``; :class:`_Answers` reads its answers) the bytes are no longer HTTP and
+    are left alone: a request merely asking, which the server declined, switched judging off
+    for good."""
 
     def __init__(self) -> None:
         self.name: str | None = None  # the first request's host
         self.first: list[str | None] = []  # every request in the first bytes (pipelined too)
         self.request: tuple[bytes, bytes] | None = None  # the first one's method and target
-        self.upgraded = False
-        self._asked: bytes | None = None  # the first request's method, if it asked to switch
-        self._answer = b""  # the start of the server's first answer, until it is decided
-        self._decided = False
-        self._requests = 0
+        self.answers = _Answers()
         self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HELLO)
 
+    @property
+    def upgraded(self) -> bool:
+        return self.answers.switched
+
     def answered(self, data: bytes) -> None:
-        """The server's bytes as they pass: its first answer's status decides a switch."""
-        if self._decided:
-            return
-        self._answer += data
-        if len(self._answer) < 12 and b"\r\n" not in self._answer:  # ("HTTP/1.1 101")
-            return
-        self._decided = True
-        status = self._answer.split(b"\r\n", 1)[0].split(b" ")
-        code = status[1] if len(status) > 1 and status[0].startswith(b"HTTP/1.") else b""
-        self.upgraded = (self._asked == b"CONNECT" and code.startswith(b"2")) or (
-            self._asked is not None and self._asked != b"CONNECT" and code == b"101"
-        )
-        self._answer = b""
+        """The server's bytes as they pass (before the sandbox gets them)."""
+        self.answers.answered(data)
 
     def feed(self, data: bytes) -> bool:
         """For the first request: True once its host is known (``name``; None: not HTTP)."""
@@ -233,11 +296,8 @@ class _RequestHosts:
                 continue
             if isinstance(event, h11.Request):
                 found.append(_host(event))
-                self._requests += 1
                 self.request = self.request or (event.method, event.target)
-                headers = {k.lower() for k, _v in event.headers}
-                if self._requests == 1 and (b"upgrade" in headers or event.method == b"CONNECT"):
-                    self._asked = event.method
+                self.answers.asked(event)
 
 
 def _host(request: h11.Request) -> str | None:
@@ -495,7 +555,8 @@ class EgressGateway:
                 answer = DNSRecord.parse(await _udp_exchange(query, server, DNS_TIMEOUT_S))
                 if answer.header.tc:  # cut to fit a datagram: the whole answer over TCP
                     answer = DNSRecord.parse(await _tcp_exchange(query, server, DNS_TIMEOUT_S))
-            except (TimeoutError, OSError, ValueError) as exc:
+            except (TimeoutError, OSError, ValueError, EOFError, DNSError) as exc:
+                # (EOFError: a TCP answer cut short; DNSError: one dnslib cannot read)
                 log.debug("resolver %s did not answer for %s: %s", server, name, exc)
                 continue
             if not _answers(answer, name):
