@@ -271,3 +271,13 @@ def test_output_of_a_background_process_between_cells_is_not_kept(
     grown = kernel.memory_info().rss - before
     run(js, "child.kill(); 1")
     assert grown < 32 * 2**20, f"the kernel grew {grown >> 20} MiB in 3 s"
+
+
+def test_a_killed_cell_s_raw_output_is_not_the_next_cell_s(js: Any) -> None:
+    """A cell writing to node's own stdout that ignores its interrupt is killed; what it
+    wrote meanwhile, never sent, was the next cell's stdout."""
+    with pytest.raises(TimeoutException):
+        run(js, "require('child_process').execSync('yes', { stdio: 'inherit' })", timeout=1.5)
+    after = run(js, "1 + 1")
+    assert after.text == "2"
+    assert after.logs.stdout == [] and after.logs.stderr == [], after.logs

@@ -267,6 +267,11 @@ class JavaScriptKernel(Kernel):
             return await self._died(node, silent, f" (its answer could not be read: {exc})")
         finally:
             self._interrupted = None
+            # What a cell that ended without it being sent left (killed, or node gone):
+            # never the next cell's output.
+            self._raw_dropped += sum(len(text) for _name, text in self._raw)
+            self._raw.clear()
+            self._raw_ready.clear()
 
     async def _follow(self, node: Node, silent: bool) -> dict[str, Any]:
         assert self._interrupted is not None
