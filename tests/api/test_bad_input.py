@@ -118,6 +118,36 @@ def test_a_nul_in_env_vars_is_refused(
     _assert_error(r, 400, "NUL")
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"templateID": "base", "metadata": {"k": "a\0b"}},
+        {"templateID": "base", "metadata": {"k\0": "v"}},
+        {"templateID": "base\0x"},
+    ],
+)
+def test_a_nul_anywhere_in_a_body_is_refused(
+    api: httpx.Client, unchanged: None, body: dict[str, object]
+) -> None:
+    """PostgreSQL's text holds no NUL: stored on SQLite, a 500 on PostgreSQL."""
+    _assert_error(api.post("/v2/sandboxes", json=body), 400, "NUL")
+
+
+def test_a_nul_in_a_path_or_a_query_is_refused(api: httpx.Client, unchanged: None) -> None:
+    _assert_error(api.get("/sandboxes/abc%00def"), 400, "NUL")
+    _assert_error(api.get("/v2/sandboxes", params={"metadata": "k=a\0b"}), 400, "NUL")
+    _assert_error(api.delete("/templates/x%00y"), 400, "NUL")
+
+
+def test_a_metadata_entry_past_the_index_s_bytes_is_refused(
+    api: httpx.Client, unchanged: None
+) -> None:
+    """A key and value fit in characters (256, 1024) but past what PostgreSQL's B-tree
+    index can hold as one entry (1024 CJK characters are 3072 bytes): a 500 there."""
+    body = {"templateID": "base", "metadata": {"k" * 256: "\u4e2d" * 1024}}
+    _assert_error(api.post("/v2/sandboxes", json=body), 400, "bytes")
+
+
 def test_oversized_bodies(api: httpx.Client, unchanged: None) -> None:
     big = {
         "templateID": "base",

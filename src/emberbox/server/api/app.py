@@ -24,6 +24,7 @@ from .body_limit import BodyLimitMiddleware
 from .errors import install_error_handlers
 from .models import Health
 from .network import router as network_router
+from .no_nul import NoNulMiddleware
 from .routes import router
 from .sandbox_logs import router as logs_router
 from .secrets import router as secrets_router
@@ -101,6 +102,7 @@ def create_api_app(
     _document_real_errors(app)
 
     # add_middleware wraps: the last added runs first.
+    app.add_middleware(NoNulMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes,
                        exempt_prefixes=(UPLOAD_PREFIX,), exempt_puts=(CONTENT_PREFIX,))  # fmt: skip
     app.add_middleware(

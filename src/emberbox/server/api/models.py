@@ -6,6 +6,7 @@ import datetime as dt
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -21,7 +22,24 @@ MetaValue = Annotated[str, StringConstraints(max_length=1024)]
 EnvName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 EnvValue = Annotated[str, StringConstraints(max_length=32 * 1024)]
 MAX_METADATA_KEYS = 64  # a sandbox's; a list's metadata filters are as many at most
-Metadata = Annotated[dict[MetaKey, MetaValue], Field(max_length=MAX_METADATA_KEYS)]
+# A key and its value together, in UTF-8: the database indexes them as one B-tree entry, which
+# PostgreSQL caps at 2704 bytes (a 1024-character value of CJK text is 3072: a 500 there).
+METADATA_ENTRY_BYTES = 2048
+
+
+def _entries_fit(metadata: dict[str, str]) -> dict[str, str]:
+    for key, value in metadata.items():
+        if len(key.encode()) + len(value.encode()) > METADATA_ENTRY_BYTES:
+            raise ValueError(
+                f"metadata {key[:40]!r}: a key and its value may take {METADATA_ENTRY_BYTES} "
+                "bytes of UTF-8 together"
+            )
+    return metadata
+
+
+Metadata = Annotated[
+    dict[MetaKey, MetaValue], Field(max_length=MAX_METADATA_KEYS), AfterValidator(_entries_fit)
+]
 EnvVars = Annotated[dict[EnvName, EnvValue], Field(max_length=256)]
 
 # An optional response string E2B declares as a plain string (not nullable): omitted when unset,
