@@ -69,6 +69,20 @@ def main(argv: list[str] | None = None) -> int:
     env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
     request = {"argv": command, "user": user, "env": env, "cwd": None if shell else os.getcwd()}
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        # Forwarding starts before the request goes: a signal between the command's start
+        # and a handler put in place after it killed this shim, unforwarded.
+        pending: list[int] = []  # signals that came before the request went
+        sent = False
+
+        def forward(signum: int, _frame: object) -> None:
+            if not sent:
+                pending.append(signum)
+                return
+            with contextlib.suppress(OSError):
+                conn.sendall(struct.pack("!i", signum))
+
+        for signum in FORWARDED:
+            signal.signal(signum, forward)
         for attempt in range(50):  # the broker starts a moment after envd at boot
             try:
                 conn.connect(SOCKET_PATH)
@@ -82,13 +96,9 @@ def main(argv: list[str] | None = None) -> int:
             [json.dumps(request).encode()],
             [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("3i", 0, 1, 2))],
         )
-
-        def forward(signum: int, _frame: object) -> None:
-            with contextlib.suppress(OSError):
-                conn.sendall(struct.pack("!i", signum))
-
-        for signum in FORWARDED:
-            signal.signal(signum, forward)
+        sent = True
+        for early in pending:
+            forward(early, None)
         reply = b""
         while chunk := conn.recv(65536):
             reply += chunk

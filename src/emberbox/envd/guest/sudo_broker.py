@@ -48,7 +48,11 @@ def _recv_request(conn: socket.socket) -> tuple[bytes, list[int]]:
     """The request's bytes and the fds that came with them (however many: the caller's to
     close, whatever the request is)."""
     fds = array.array("i")
-    data, ancdata, _, _ = conn.recvmsg(MAX_HEADER, socket.CMSG_SPACE(3 * fds.itemsize))
+    # (close-on-exec: a process envd starts meanwhile must not inherit the caller's stdio,
+    # which would hold its pipes open after the command ended)
+    data, ancdata, _, _ = conn.recvmsg(
+        MAX_HEADER, socket.CMSG_SPACE(3 * fds.itemsize), socket.MSG_CMSG_CLOEXEC
+    )
     for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
