@@ -198,21 +198,15 @@ _RECORDER = textwrap.dedent(
             head, _, body = data.partition(b"\\r\\n\\r\\n")
             length = [int(line.split(b":")[1]) for line in head.lower().split(b"\\r\\n")
                       if line.startswith(b"content-length:")]
-            if b"transfer-encoding: chunked" in head.lower():
-                while not data.endswith(b"\\r\\n0\\r\\n\\r\\n"):
+            chunked = b"transfer-encoding: chunked" in head.lower()
+            if chunked or length:  # (framed as its client framed it)
+                end = b"\\r\\n0\\r\\n\\r\\n"
+                while not (data.endswith(end) if chunked else len(body) >= length[0]):
                     chunk = conn.recv(65536)
                     if not chunk:
                         note(path + " cut")
                         return
-                    data += chunk
-                note(path + " whole")
-            elif length:  # (framed by its length, as its client sent it)
-                while len(body) < length[0]:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        note(path + " cut")
-                        return
-                    body += chunk
+                    data, body = data + chunk, body + chunk
                 note(path + " whole")
             head = b"HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\nConnection: close\\r\\n\\r\\n"
             conn.sendall(head + b"ok")

@@ -137,16 +137,18 @@ async def test_a_websocket_still_connecting_as_its_sandbox_pauses_is_closed_once
     await proxy.aclose()
 
 
+async def _three_messages_then_4001(conn: ServerConnection) -> None:
+    """A sandbox's server that sends its last messages and closes with its own code."""
+    for n in range(3):
+        await conn.send(f"message {n}")
+    await conn.close(4001, "the sandbox's own reason")
+
+
 @pytest.mark.parametrize("client", ["slow", "gone during the pause"])
 async def test_the_sandboxs_own_close_come_first_is_not_replaced_by_going_away(client: str) -> None:
     """The sandbox's server closed (4001) while the relay still forwarded its last messages to
     a slow client, and then the sandbox pauses: the client gets the sandbox's close, not 1001.
     A client that went away meanwhile ends the relay quietly, not with an error."""
-
-    async def handler(conn: ServerConnection) -> None:
-        for n in range(3):
-            await conn.send(f"message {n}")
-        await conn.close(4001, "the sandbox's own reason")
 
     slow = asyncio.Event()
     sent: list[Message] = []
@@ -159,7 +161,7 @@ async def test_the_sandboxs_own_close_come_first_is_not_replaced_by_going_away(c
         sent.append(message)
 
     proxy = SandboxProxy(OnLoopback())  # type: ignore[arg-type]
-    async with serve(handler, "127.0.0.1", 0) as server:
+    async with serve(_three_messages_then_4001, "127.0.0.1", 0) as server:
         port = server.sockets[0].getsockname()[1]
         to_proxy: asyncio.Queue[Message] = asyncio.Queue()
         await to_proxy.put({"type": "websocket.connect"})
@@ -180,11 +182,6 @@ async def test_a_client_message_after_the_sandboxs_close_loses_none_of_what_came
     sends a frame (a keepalive): the relay's send to the closed upstream fails first, and
     the queued messages and the close were dropped with the other direction (1006)."""
 
-    async def handler(conn: ServerConnection) -> None:
-        for n in range(3):
-            await conn.send(f"message {n}")
-        await conn.close(4001, "the sandbox's own reason")
-
     slow = asyncio.Event()
     sent: list[Message] = []
 
@@ -194,7 +191,7 @@ async def test_a_client_message_after_the_sandboxs_close_loses_none_of_what_came
         sent.append(message)
 
     proxy = SandboxProxy(OnLoopback())  # type: ignore[arg-type]
-    async with serve(handler, "127.0.0.1", 0) as server:
+    async with serve(_three_messages_then_4001, "127.0.0.1", 0) as server:
         port = server.sockets[0].getsockname()[1]
         to_proxy: asyncio.Queue[Message] = asyncio.Queue()
         await to_proxy.put({"type": "websocket.connect"})

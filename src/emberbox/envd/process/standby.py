@@ -231,12 +231,7 @@ class Standby:
         made every later root login wait a minute). Closing the control pipe makes it exit as
         soon as the login is done; its output is read and dropped until then."""
         self._close(self.control, self.request, self.stdin)
-        threading.Thread(
-            target=_drain_and_reap,
-            args=(self.popen, self.stdout, self.stderr),
-            name=f"standby-{self.popen.pid}",
-            daemon=True,
-        ).start()
+        self._drain_and_reap()
 
     def kill(self) -> None:
         """Kill a shell that has its command (:meth:`hand_over`) but will never be followed
@@ -245,6 +240,9 @@ class Standby:
             with contextlib.suppress(ProcessLookupError):
                 kill(self.popen.pid, signal.SIGKILL)
         self._close(self.stdin)
+        self._drain_and_reap()
+
+    def _drain_and_reap(self) -> None:
         threading.Thread(
             target=_drain_and_reap,
             args=(self.popen, self.stdout, self.stderr),
