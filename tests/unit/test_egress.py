@@ -252,6 +252,23 @@ def test_a_request_asking_to_switch_protocols_stops_judging_only_if_the_server_s
     later.answered(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n")
     assert later.hosts(b"\x81\x05hello" * 5000) == []
 
+    # Big reads: an answer of 300 KB in one read, then a 101 with 20 KB of frames in one.
+    big = _RequestHosts()
+    assert big.hosts(_get("allowed.test")) == ["allowed.test"]
+    body = b"x" * 300_000
+    big.answered(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    assert big.hosts(_get("allowed.test", *upgrade)) == ["allowed.test"]
+    big.answered(b"HTTP/1.1 101 Switching Protocols\r\n\r\n" + b"\x81\x7e" * 10_000)
+    assert big.upgraded
+
+    # An HTTP/1.0 answer that keeps the connection, then an upgrade on it.
+    old = _RequestHosts()
+    assert old.hosts(_get("allowed.test")) == ["allowed.test"]
+    old.answered(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok")
+    assert old.hosts(_get("allowed.test", *upgrade)) == ["allowed.test"]
+    old.answered(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+    assert old.upgraded
+
     # Pipelined: the answers come in order, each read as the answer to its own request.
     piped = _RequestHosts()
     both = _get("allowed.test") + _get("allowed.test", *upgrade)

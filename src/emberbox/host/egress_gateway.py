@@ -196,10 +196,15 @@ class _Answers:
         if self.switched or self._lost:
             return
         self._early += data
-        if len(self._early) > MAX_HELLO and not self._asks:  # (answers to no request)
-            self._lost, self._early = True, b""
-            return
         self._read()
+
+    def _unasked(self) -> bool:
+        """Whether bytes wait that answer no request (none under way, none asked): held to
+        ``MAX_HELLO``, past it the answers cannot be followed."""
+        idle = self._conn is None or self._conn.our_state is h11.IDLE
+        if idle and not self._asks and len(self._early) > MAX_HELLO:
+            self._lost, self._early = True, b""
+        return self._lost
 
     def _read(self) -> None:
         """Read what the server sent, each answer after the request it answers was sent
@@ -207,6 +212,7 @@ class _Answers:
         while not (self.switched or self._lost):
             if self._conn is None or self._conn.our_state is h11.IDLE:
                 if not self._asks:
+                    self._unasked()
                     return
                 self._conn = self._conn or h11.Connection(
                     h11.CLIENT, max_incomplete_event_size=MAX_HELLO
@@ -229,9 +235,14 @@ class _Answers:
             if self._conn.their_state is h11.SWITCHED_PROTOCOL:
                 self.switched = True
                 return
-            if self._conn.our_state is h11.DONE and self._conn.their_state is h11.DONE:
-                self._early = self._conn.trailing_data[0]  # (the next answers, if any)
-                self._conn.start_next_cycle()
+            ended = (h11.DONE, h11.MUST_CLOSE)  # (MUST_CLOSE: after an HTTP/1.0 answer,
+            # even one that keeps the connection, as h11 reads it)
+            if self._conn.our_state in ended and self._conn.their_state in ended:
+                self._early = self._conn.trailing_data[0] + self._early  # (the next answers)
+                if self._conn.our_state is h11.DONE and self._conn.their_state is h11.DONE:
+                    self._conn.start_next_cycle()
+                else:
+                    self._conn = None  # (a fresh reader for the next answer)
                 return
             if event is h11.NEED_DATA or event is h11.PAUSED:
                 return
