@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import functools
 import os
 import signal
 import socket
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from emberbox.envd.guest import sudo_broker
+from emberbox.envd.guest.sudo import FORWARDED
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the broker starts commands as root")
 
@@ -41,10 +43,23 @@ async def broker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterat
     serving.cancel()
 
 
-async def _sudo(socket_path: str, *argv: str) -> asyncio.subprocess.Process:
+def _as_a_terminal_would(ignore_hangup: bool = False) -> None:
+    """In the shim, before its exec: the forwarded signals at their defaults, whatever this
+    test process was started with (under ``nohup`` SIGHUP is ignored, and stays so through
+    exec); SIGHUP ignored with ``ignore_hangup``, as ``nohup sudo ...`` starts it."""
+    for signum in FORWARDED:
+        signal.signal(signum, signal.SIG_DFL)
+    if ignore_hangup:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+async def _sudo(
+    socket_path: str, *argv: str, ignore_hangup: bool = False
+) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _SHIM, socket_path, *argv, stdout=asyncio.subprocess.PIPE
-    )
+        sys.executable, "-c", _SHIM, socket_path, *argv, stdout=asyncio.subprocess.PIPE,
+        preexec_fn=functools.partial(_as_a_terminal_would, ignore_hangup),
+    )  # fmt: skip
 
 
 async def _pid_in(path: Path) -> int:
@@ -100,6 +115,26 @@ async def test_the_signals_sudo_gets_reach_the_command(
     shim.send_signal(signum)
     out, _ = await asyncio.wait_for(shim.communicate(), 10)
     assert (shim.returncode, out) == (5, b"got\n")
+    await _until_gone(pid)
+
+
+async def test_nohup_sudo_leaves_the_command_ignoring_hangups(broker: str, tmp_path: Path) -> None:
+    """A shim started ignoring SIGHUP (``nohup sudo ...``) forwards none, and its command
+    ignores it too (a hangup of its group reaches it and does nothing), as real sudo's
+    would; other signals still reach it. Its shell cannot even trap what it was started
+    ignoring, so the trap below never runs."""
+    pidfile = tmp_path / "pid"
+    script = f"trap 'echo got; exit 5' HUP; echo $$ > {pidfile}; " \
+        "for i in $(seq 300); do sleep 0.05; done"  # fmt: skip
+    shim = await _sudo(broker, "sh", "-c", script, ignore_hangup=True)
+    pid = await _pid_in(pidfile)
+    shim.send_signal(signal.SIGHUP)
+    os.killpg(pid, signal.SIGHUP)  # (the hangup of a terminal, say)
+    await asyncio.sleep(0.5)
+    assert shim.returncode is None and _group_alive(pid)
+    shim.send_signal(signal.SIGTERM)
+    out, _ = await asyncio.wait_for(shim.communicate(), 10)
+    assert (await shim.wait(), out) == (128 + signal.SIGTERM, b"")
     await _until_gone(pid)
 
 

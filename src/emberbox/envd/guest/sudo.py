@@ -67,7 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     base_env = {k: v for k, v in os.environ.items() if k in ("TERM", "PATH", "LANG", "DISPLAY")}
     env = dict(os.environ) if keep_env else base_env
     env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-    request = {"argv": command, "user": user, "env": env, "cwd": None if shell else os.getcwd()}
+    request: dict[str, object] = {
+        "argv": command,
+        "user": user,
+        "env": env,
+        "cwd": None if shell else os.getcwd(),
+    }
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         # Forwarding starts before the request goes: a signal between the command's start
         # and a handler put in place after it killed this shim, unforwarded.
@@ -81,8 +86,13 @@ def main(argv: list[str] | None = None) -> int:
             with contextlib.suppress(OSError):
                 conn.sendall(struct.pack("!i", signum))
 
+        # One this shim was started ignoring (``nohup sudo ...``) is the command's to ignore
+        # too, as real sudo's command inherits it: not forwarded, and the broker is told.
+        ignored = [int(s) for s in FORWARDED if signal.getsignal(s) is signal.SIG_IGN]
+        request["ignored"] = ignored
         for signum in FORWARDED:
-            signal.signal(signum, forward)
+            if int(signum) not in ignored:
+                signal.signal(signum, forward)
         for attempt in range(50):  # the broker starts a moment after envd at boot
             try:
                 conn.connect(SOCKET_PATH)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import array
 import asyncio
 import contextlib
+import functools
 import grp
 import json
 import os
@@ -65,6 +66,7 @@ def _spawn(request: dict[str, object], fds: list[int]) -> subprocess.Popen[bytes
     env.update(HOME=pw.pw_dir, USER=pw.pw_name, LOGNAME=pw.pw_name)
     env["SUDO_USER"] = str(request["caller"])
     argv = [str(a) for a in list(request["argv"])]  # type: ignore[call-overload]
+    ignored = frozenset(int(n) for n in list(request.get("ignored") or []))  # type: ignore[call-overload]
     cwd = str(request.get("cwd") or pw.pw_dir)
     return subprocess.Popen(
         argv,
@@ -77,7 +79,16 @@ def _spawn(request: dict[str, object], fds: list[int]) -> subprocess.Popen[bytes
         group=pw.pw_gid,
         extra_groups=os.getgrouplist(pw.pw_name, pw.pw_gid),
         process_group=0,
+        preexec_fn=functools.partial(_dispositions, ignored),
     )
+
+
+def _dispositions(ignored: frozenset[int]) -> None:
+    """In the command's process, before its exec: the forwarded signals as its caller had
+    them (ignored under ``nohup``), never as envd has them (one envd ignores would stay
+    ignored through the exec, and a shell cannot even trap it)."""
+    for signum in FORWARDED:
+        signal.signal(signum, signal.SIG_IGN if int(signum) in ignored else signal.SIG_DFL)
 
 
 def _serve_one(conn: socket.socket) -> None:
